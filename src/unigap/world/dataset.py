@@ -1,0 +1,187 @@
+"""Deterministic train/val/test datasets written as JSONL + PNG, and loading them back.
+
+Why: results must be reproducible byte for byte, and held-out splits must be genuinely held out.
+
+* Prompt split: within each category, prompt texts are ordered by sha256(f"{seed}:prompt:{text}"); the
+  first ~10% (at least one) go to test, the next ~10% (at least one) to val, the rest to train.
+  Every category therefore appears in every split, and no prompt text is in two splits.
+* Scene split: a scene belongs to split number int(sha256(f"{seed}:scene:{canonical json}")) % 3;
+  a sampled scene from another split's share is rejected and redrawn. So no scene is in two splits
+  (even under different prompts), whatever n.
+* Sampling: record i draws a category (uniform, unless fixed), a prompt of that category uniformly from
+  the split's share, then a scene for it (`sample_scene_for`), from rng = default_rng([seed, split index]).
+  Use one seed for all splits of one dataset: the partition depends on the seed.
+* Files: DIR/samples.jsonl (one JSON object per line, sorted keys) and DIR/images/{i:06d}.png (PIL PNG,
+  compress_level 6, no metadata); the same arguments give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unigap.errors import UserError
+from unigap.world.prompts import CATEGORIES, PromptSpec, all_specs, sample_scene_for
+from unigap.world.render import render_pil
+from unigap.world.scene import DEFAULT_CANVAS, Scene
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+HELD_OUT_FRACTION = 0.1  # of each category's prompts, for val and for test each
+SAMPLES_FILE = "samples.jsonl"
+IMAGES_DIR = "images"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One dataset sample: the prompt spec, a scene satisfying it, and where its PNG lies."""
+
+    index: int
+    split: str
+    spec: PromptSpec
+    scene: Scene
+    image_path: Path
+
+    @property
+    def prompt(self) -> str:
+        return self.spec.text
+
+
+def _hash(seed: int, kind: str, text: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{kind}:{text}".encode()).digest()[:8], "big")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+
+
+@lru_cache(maxsize=64)
+def split_prompts(split: str, seed: int, category: str | None = None) -> tuple[PromptSpec, ...]:
+    """The prompts of one split (optionally one category), in the fixed `all_specs` order."""
+    _check_split(split)
+    if category is None:
+        return tuple(s for c in CATEGORIES for s in split_prompts(split, seed, c))
+    specs = all_specs(category)
+    ranked = sorted(specs, key=lambda s: (_hash(seed, "prompt", s.text), s.text))
+    n_held = max(1, round(HELD_OUT_FRACTION * len(specs)))
+    share = {"test": ranked[:n_held], "val": ranked[n_held : 2 * n_held], "train": ranked[2 * n_held :]}[
+        split
+    ]
+    chosen = {s.text for s in share}
+    return tuple(s for s in specs if s.text in chosen)
+
+
+def scene_json(scene: Scene) -> str:
+    """Canonical JSON of a scene (sorted keys, no spaces): its identity for hashing and comparison."""
+    return json.dumps(scene.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def scene_split(scene: Scene, seed: int) -> str:
+    """The split a scene belongs to (see module docstring)."""
+    return SPLITS[_hash(seed, "scene", scene_json(scene)) % len(SPLITS)]
+
+
+def sample_records(
+    n: int, seed: int, split: str = "train", category: str | None = None, canvas: int = DEFAULT_CANVAS
+) -> list[tuple[PromptSpec, Scene]]:
+    """n (spec, scene) pairs of one split, deterministic in the arguments."""
+    _check_split(split)
+    if n <= 0:
+        raise UserError(f"n must be positive, got {n}")
+    categories = CATEGORIES if category is None else (category,)
+    pools = {c: split_prompts(split, seed, c) for c in categories}
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    out = []
+    for _ in range(n):
+        pool = pools[categories[rng.integers(len(categories))]]
+        spec = pool[rng.integers(len(pool))]
+        scene = sample_scene_for(spec, rng, canvas)
+        while scene_split(scene, seed) != split:
+            scene = sample_scene_for(spec, rng, canvas)
+        out.append((spec, scene))
+    return out
+
+
+def _record_json(index: int, split: str, seed: int, spec: PromptSpec, scene: Scene, image: str) -> str:
+    row: dict[str, Any] = {
+        "index": index,
+        "split": split,
+        "seed": seed,
+        "image": image,
+        "prompt": spec.text,
+        "category": spec.category,
+        "spec": spec.to_dict(),
+        "scene": scene.to_dict(),
+    }
+    return json.dumps(row, sort_keys=True)
+
+
+def write_dataset(
+    out_dir: str | Path,
+    n: int,
+    seed: int,
+    split: str = "train",
+    category: str | None = None,
+    canvas: int = DEFAULT_CANVAS,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write n samples of one split to out_dir (PNGs, then samples.jsonl atomically); returns the JSONL path.
+
+    `progress(k)` is called after each image with the number written so far (for a progress bar).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output directory {out} is a file")
+    pairs = sample_records(n, seed, split, category, canvas)
+    (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (spec, scene) in enumerate(pairs):
+        rel = f"{IMAGES_DIR}/{i:06d}.png"
+        render_pil(scene).save(out / rel, format="PNG", optimize=False, compress_level=6)
+        lines.append(_record_json(i, split, seed, spec, scene, rel))
+        if progress is not None:
+            progress(i + 1)
+    target = out / SAMPLES_FILE
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".samples.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write("".join(line + "\n" for line in lines))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_dataset(directory: str | Path) -> list[Record]:
+    """The records of a directory written by `write_dataset`; `UserError` if it is missing or malformed."""
+    root = Path(directory)
+    path = root / SAMPLES_FILE
+    if not path.is_file():
+        raise UserError(f"no {SAMPLES_FILE} in {root}")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+                records.append(
+                    Record(
+                        index=int(row["index"]),
+                        split=str(row["split"]),
+                        spec=PromptSpec.from_dict(row["spec"]),
+                        scene=Scene.from_dict(row["scene"]),
+                        image_path=root / row["image"],
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise UserError(f"{path}:{line_no}: malformed record: {exc}") from None
+    return records

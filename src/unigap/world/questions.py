@@ -1,0 +1,225 @@
+"""Questions about a scene with exact answers, the judge question, and the closed word vocabulary.
+
+Why: understanding is trained and measured on these, and the self-judgement question
+"Does this image show {prompt}?" ties understanding to generation; its answer is `satisfies`.
+
+Kinds and when a question is well defined (only well-defined questions are ever generated):
+
+* color     "What color is the circle?"            exactly one circle
+* shape     "What shape is the red object?"        exactly one red object
+* size      "What size is the red circle?"         exactly one red circle        -> small / large
+* count     "How many (red) (circles|objects) are there?"  always               -> zero .. four
+* exists    "Is there a (red) circle?"             always                        -> yes / no
+* position  "Is the red circle to the left of the blue square?"  exactly one of each -> yes / no
+* describe  "Describe the image."                  always -> "There are two objects: a small red circle
+                                                   and a large blue square." (objects left to right)
+* judge     "Does this image show {prompt}?"       any prompt -> yes / no = satisfies(scene, spec)
+
+Sampling picks a kind, then an answer uniformly among the kind's distinct answers, then a question with
+that answer, so answers are balanced (a model cannot score by always saying "no").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from unigap.world.prompts import (
+    NUMBER_WORDS,
+    RELATION_PHRASES,
+    PromptSpec,
+    all_specs,
+    article,
+    plural,
+    satisfies,
+)
+from unigap.world.scene import COLORS, RELATIONS, SHAPES, SIZES, Scene, SceneObject, relation_holds
+
+QUESTION_KINDS: tuple[str, ...] = (
+    "color",
+    "shape",
+    "size",
+    "count",
+    "exists",
+    "position",
+    "describe",
+    "judge",
+)
+ALWAYS_DEFINED: frozenset[str] = frozenset({"count", "exists", "describe", "judge"})
+# Every question and description is one of these templates with attribute words filled in; `vocabulary`
+# is built from them, so a new template cannot silently add a word the tokenizer lacks.
+TEMPLATES: dict[str, str] = {
+    "color": "What color is the {shape}?",
+    "shape": "What shape is the {color} object?",
+    "size": "What size is the {color} {shape}?",
+    "count_all": "How many objects are there?",
+    "count_shape": "How many {shapes} are there?",
+    "count_color": "How many {color} objects are there?",
+    "count_both": "How many {color} {shapes} are there?",
+    "exists_shape": "Is there {a} {shape}?",
+    "exists_both": "Is there {a} {color} {shape}?",
+    "position": "Is the {color} {shape} {relation} the {color2} {shape2}?",
+    "describe": "Describe the image.",
+    "description_one": "There is one object: {objects}.",
+    "description_many": "There are {number} objects: {objects}.",
+    "judge": "Does this image show {prompt}?",
+}
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question about a scene and its exact answer."""
+
+    kind: str
+    text: str
+    answer: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "text": self.text, "answer": self.answer}
+
+
+def question_kinds() -> list[str]:
+    """All question kinds, in a fixed order."""
+    return list(QUESTION_KINDS)
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _object_phrase(obj: SceneObject) -> str:
+    return f"{article(obj.size)} {obj.size} {obj.color} {obj.shape}"
+
+
+def describe(scene: Scene) -> str:
+    """The canonical one-sentence description: every object with size, colour, shape, left to right."""
+    phrases = [_object_phrase(o) for o in scene.objects]
+    listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    if len(phrases) == 1:
+        return TEMPLATES["description_one"].format(objects=listed)
+    return TEMPLATES["description_many"].format(number=NUMBER_WORDS[len(phrases)], objects=listed)
+
+
+def judge_question(spec: PromptSpec) -> str:
+    """The self-judgement question for a prompt."""
+    return TEMPLATES["judge"].format(prompt=spec.text)
+
+
+def judge(scene: Scene, spec: PromptSpec) -> Question:
+    """The judge question for (scene, prompt); its answer is defined for every pair: `satisfies`."""
+    return Question("judge", judge_question(spec), _yes_no(satisfies(scene, spec)))
+
+
+def _matching(scene: Scene, shape: str | None = None, color: str | None = None) -> list[SceneObject]:
+    return [o for o in scene.objects if shape in (None, o.shape) and color in (None, o.color)]
+
+
+def _count(scene: Scene, shape: str | None = None, color: str | None = None) -> int:
+    return len(_matching(scene, shape, color))
+
+
+def _unique(scene: Scene, shape: str | None = None, color: str | None = None) -> SceneObject | None:
+    found = _matching(scene, shape, color)
+    return found[0] if len(found) == 1 else None
+
+
+def candidate_questions(scene: Scene, kind: str) -> list[Question]:
+    """Every well-defined question of one kind about the scene, in a fixed order."""
+    if kind not in QUESTION_KINDS:
+        raise ValueError(f"unknown question kind {kind!r}; expected one of {', '.join(QUESTION_KINDS)}")
+    t = TEMPLATES
+    if kind == "color":
+        unique_shapes = [(s, _unique(scene, shape=s)) for s in SHAPES]
+        return [Question(kind, t["color"].format(shape=s), o.color) for s, o in unique_shapes if o]
+    if kind == "shape":
+        unique_colors = [(c, _unique(scene, color=c)) for c in COLORS]
+        return [Question(kind, t["shape"].format(color=c), o.shape) for c, o in unique_colors if o]
+    unique = [(c, s, o) for c in COLORS for s in SHAPES if (o := _unique(scene, s, c)) is not None]
+    if kind == "size":
+        return [Question(kind, t["size"].format(color=c, shape=s), o.size) for c, s, o in unique]
+    if kind == "count":
+
+        def count(template: str, shape: str | None = None, color: str | None = None) -> Question:
+            text = t[template].format(shapes=plural(shape or ""), color=color)
+            return Question(kind, text, NUMBER_WORDS[_count(scene, shape, color)])
+
+        return (
+            [count("count_all")]
+            + [count("count_shape", shape=s) for s in SHAPES]
+            + [count("count_color", color=c) for c in COLORS]
+            + [count("count_both", s, c) for c in COLORS for s in SHAPES]
+        )
+    if kind == "exists":
+        return [
+            Question(kind, t["exists_shape"].format(a=article(s), shape=s), _yes_no(_count(scene, s) > 0))
+            for s in SHAPES
+        ] + [
+            Question(
+                kind,
+                t["exists_both"].format(a=article(c), color=c, shape=s),
+                _yes_no(_count(scene, s, c) > 0),
+            )
+            for c in COLORS
+            for s in SHAPES
+        ]
+    if kind == "position":
+        margin = scene.geometry.margin
+        return [
+            Question(
+                kind,
+                t["position"].format(color=c1, shape=s1, relation=RELATION_PHRASES[r], color2=c2, shape2=s2),
+                _yes_no(relation_holds(a, b, r, margin)),
+            )
+            for c1, s1, a in unique
+            for c2, s2, b in unique
+            if a is not b
+            for r in RELATIONS
+        ]
+    if kind == "describe":
+        return [Question(kind, t["describe"], describe(scene))]
+    return [judge(scene, spec) for spec in all_specs()]
+
+
+def sample_question(scene: Scene, rng: np.random.Generator, kind: str | None = None) -> Question:
+    """One well-defined question, answer-balanced (see module docstring); kind uniform unless given."""
+    if kind is None:
+        kinds = [k for k in QUESTION_KINDS if k in ALWAYS_DEFINED or candidate_questions(scene, k)]
+        kind = kinds[rng.integers(len(kinds))]
+    pool = candidate_questions(scene, kind)
+    if not pool:
+        raise ValueError(f"no well-defined {kind!r} question exists for this scene")
+    answers = sorted({q.answer for q in pool})
+    answer = answers[rng.integers(len(answers))]
+    with_answer = [q for q in pool if q.answer == answer]
+    return with_answer[rng.integers(len(with_answer))]
+
+
+def sample_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[Question]:
+    """n independently sampled questions (duplicates possible)."""
+    return [sample_question(scene, rng) for _ in range(n)]
+
+
+_TOKEN = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
+
+
+def tokenize_words(text: str) -> list[str]:
+    """The word-splitting rule `vocabulary` assumes: lower-case letter runs, digit runs, punctuation marks."""
+    return _TOKEN.findall(text.lower())
+
+
+@lru_cache(maxsize=1)
+def _vocabulary() -> tuple[str, ...]:
+    template_words = re.sub(r"\{\w+\}", " ", " ".join(TEMPLATES.values()))
+    fillers = [*COLORS, *SHAPES, *map(plural, SHAPES), *SIZES, *NUMBER_WORDS, *RELATION_PHRASES.values()]
+    fillers += ["a", "an", "and", ",", "yes", "no"]
+    texts = [template_words, *fillers, *(spec.text for spec in all_specs())]
+    return tuple(sorted({w for text in texts for w in tokenize_words(text)}))
+
+
+def vocabulary() -> list[str]:
+    """Every word that can appear in any prompt, question or answer, sorted (a fixed, deterministic order)."""
+    return list(_vocabulary())

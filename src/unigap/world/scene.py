@@ -1,0 +1,218 @@
+"""Scenes: coloured shapes on a square canvas, their geometry, and the one definition of the relations.
+
+Why this module exists: every other part of ShapeWorld (renderer, prompts, questions, verifier) needs the
+same vocabulary of attributes and the same geometric rules, so they live here, once.
+
+Geometry (all lengths scale with the canvas side, `canvas`; numbers below are for 64 x 64):
+
+* An object is a shape drawn inside a square box of side 2r+1 centred on an integer pixel (x, y):
+  small r = 6 (13 px across), large r = 11 (23 px across). (x, y) is the centre of the object's bounding box
+  (x grows rightwards, y grows downwards); the verifier measures the same quantity.
+* Every box keeps >= 1 px from the canvas edge, and two boxes keep >= `gap` = 4 px of background
+  between them, so objects never overlap or touch, even after a blur.
+* Relations, with margin m = 6 px (6 * canvas / 64, rounded):
+  A is *left of* B iff B.x - A.x >= m; *right of* iff A.x - B.x >= m;
+  A is *above* B iff B.y - A.y >= m; *below* iff A.y - B.y >= m.
+  A diagonal pair can be both left of and above. Every generated scene keeps, for every pair of objects,
+  |dx| and |dy| outside the open band (m - band, m + band) = (3, 9) with band = 3 px: every offset is
+  >= 3 px from the threshold, so a verifier whose centre estimates are off by < 1.5 px per object agrees
+  with the ground truth on every relation, including the false ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from unigap.errors import UserError
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
+SIZES: tuple[str, ...] = ("small", "large")
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+MAX_OBJECTS = 4
+MIN_CANVAS = 32
+RESTARTS = 1000  # whole-scene retries before giving up; placement succeeds far sooner on any valid canvas
+DEFAULT_CANVAS = 64
+
+
+class Placed(Protocol):
+    """Anything with a shape, colour, size word and centre: a ground-truth object or a detected one."""
+
+    shape: str
+    color: str
+    size: str
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Pixel lengths for one canvas side, derived by scaling the 64 x 64 reference values."""
+
+    canvas: int
+    radius_small: int
+    radius_large: int
+    gap: int
+    margin: int
+    band: int
+
+    @classmethod
+    def for_canvas(cls, canvas: int = DEFAULT_CANVAS) -> Geometry:
+        """Scale the reference geometry; canvases below `MIN_CANVAS` cannot keep objects separable."""
+        if not isinstance(canvas, int) or canvas < MIN_CANVAS:
+            raise UserError(f"canvas size must be an integer >= {MIN_CANVAS}, got {canvas!r}")
+        s = canvas / DEFAULT_CANVAS
+        return cls(
+            canvas=canvas,
+            radius_small=round(6 * s),
+            radius_large=round(11 * s),
+            gap=max(3, round(4 * s)),
+            margin=round(6 * s),
+            band=max(3, round(3 * s)),
+        )
+
+    def radius(self, size: str) -> int:
+        """Half-side (in px, excluding the centre pixel) of the box of a small or large object."""
+        return self.radius_small if size == "small" else self.radius_large
+
+    def size_threshold(self) -> float:
+        """Box side separating small from large: halfway between the two rendered sides."""
+        return float(self.radius_small + self.radius_large + 1)
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One ground-truth object: what it is and where its bounding-box centre lies (integer pixels)."""
+
+    shape: str
+    color: str
+    size: str
+    x: int
+    y: int
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise UserError(f"unknown shape {self.shape!r}; expected one of {', '.join(SHAPES)}")
+        if self.color not in COLORS:
+            raise UserError(f"unknown color {self.color!r}; expected one of {', '.join(COLORS)}")
+        if self.size not in SIZES:
+            raise UserError(f"unknown size {self.size!r}; expected one of {', '.join(SIZES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": self.shape, "color": self.color, "size": self.size, "x": self.x, "y": self.y}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SceneObject:
+        try:
+            return cls(str(d["shape"]), str(d["color"]), str(d["size"]), int(d["x"]), int(d["y"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"malformed scene object {d!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A canvas side and 1-4 objects, kept sorted left-to-right (then top-to-bottom).
+
+    The canonical order makes two scenes equal exactly when they draw the same picture, which is what
+    "splits share no scene" needs, and gives descriptions their left-to-right order.
+    """
+
+    canvas: int
+    objects: tuple[SceneObject, ...]
+
+    def __post_init__(self) -> None:
+        geo = Geometry.for_canvas(self.canvas)
+        for o in self.objects:
+            r = geo.radius(o.size)
+            if not (r <= o.x < self.canvas - r and r <= o.y < self.canvas - r):
+                raise UserError(f"{o} does not fit on a {self.canvas}x{self.canvas} canvas")
+        ordered = tuple(sorted(self.objects, key=lambda o: (o.x, o.y, o.shape, o.color, o.size)))
+        object.__setattr__(self, "objects", ordered)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"canvas": self.canvas, "objects": [o.to_dict() for o in self.objects]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scene:
+        try:
+            canvas, objects = int(d["canvas"]), d["objects"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"malformed scene {d!r}: {exc}") from None
+        return cls(canvas, tuple(SceneObject.from_dict(o) for o in objects))
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.for_canvas(self.canvas)
+
+
+def relation_holds(a: Placed, b: Placed, relation: str, margin: float) -> bool:
+    """The single definition of the four relations (see module docstring); y grows downwards."""
+    if relation == "left of":
+        return b.x - a.x >= margin
+    if relation == "right of":
+        return a.x - b.x >= margin
+    if relation == "above":
+        return b.y - a.y >= margin
+    if relation == "below":
+        return a.y - b.y >= margin
+    raise ValueError(f"unknown relation {relation!r}")
+
+
+def _compatible(geo: Geometry, a: SceneObject, b: SceneObject) -> bool:
+    """Boxes at least `gap` apart, and both centre offsets clear of the ambiguous relation band."""
+    reach = geo.radius(a.size) + geo.radius(b.size) + geo.gap
+    dx, dy = abs(a.x - b.x), abs(a.y - b.y)
+    if dx <= reach and dy <= reach:
+        return False
+    lo, hi = geo.margin - geo.band, geo.margin + geo.band
+    return not (lo < dx < hi or lo < dy < hi)
+
+
+def place_objects(
+    kinds: list[tuple[str, str, str]],
+    rng: np.random.Generator,
+    canvas: int = DEFAULT_CANVAS,
+    tries: int = 200,
+) -> Scene | None:
+    """Put (shape, color, size) objects at random valid positions, in order; None if they do not fit.
+
+    Rejection sampling one object at a time; the caller retries (with fresh randomness) on None.
+    """
+    geo = Geometry.for_canvas(canvas)
+    placed: list[SceneObject] = []
+    for shape, color, size in kinds:
+        r = geo.radius(size)
+        for x, y in rng.integers(1 + r, canvas - 1 - r, size=(tries, 2)).tolist():  # one draw: fast
+            obj = SceneObject(shape, color, size, x, y)
+            if all(_compatible(geo, obj, other) for other in placed):
+                placed.append(obj)
+                break
+        else:
+            return None
+    return Scene(canvas, tuple(placed))
+
+
+def random_kind(rng: np.random.Generator) -> tuple[str, str, str]:
+    """A uniformly random (shape, color, size)."""
+    return (
+        SHAPES[rng.integers(len(SHAPES))],
+        COLORS[rng.integers(len(COLORS))],
+        SIZES[rng.integers(len(SIZES))],
+    )
+
+
+def sample_scene(
+    rng: np.random.Generator, canvas: int = DEFAULT_CANVAS, n_objects: int | None = None
+) -> Scene:
+    """A random scene with `n_objects` (default: uniform 1-4) uniformly random objects."""
+    n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else n_objects
+    if not 1 <= n <= MAX_OBJECTS:
+        raise UserError(f"a scene holds 1-{MAX_OBJECTS} objects, got {n}")
+    for _ in range(RESTARTS):
+        scene = place_objects([random_kind(rng) for _ in range(n)], rng, canvas)
+        if scene is not None:
+            return scene
+    raise RuntimeError(f"could not place {n} objects on a {canvas}x{canvas} canvas")

@@ -1,0 +1,96 @@
+"""`unigap world`: sample writes files, verify prints JSON, user mistakes exit 2 with one stderr line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unigap.cli import main
+from unigap.world import load_dataset
+
+
+def run_main(capsys, args):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_sample_then_verify(tmp_path, capsys):
+    out_dir = tmp_path / "ds"
+    code, out, _ = run_main(
+        capsys, ["world", "sample", "--n", "5", "--seed", "1", "--out", str(out_dir), "--split", "test"]
+    )
+    assert code == 0 and "wrote 5 samples" in out
+    rows = [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all((out_dir / r["image"]).is_file() for r in rows)
+    assert len(load_dataset(out_dir)) == 5
+
+    image = out_dir / rows[0]["image"]
+    code, out, _ = run_main(capsys, ["world", "verify", str(image), "--prompt", rows[0]["prompt"]])
+    verdict = json.loads(out)
+    assert code == 0 and verdict["satisfied"] is True and verdict["objects"]
+    code, out, _ = run_main(capsys, ["world", "verify", str(image), "--prompt", "four purple squares"])
+    verdict = json.loads(out)
+    assert code == 0 and verdict["satisfied"] is False and "expected 4 purple square(s)" in verdict["reason"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["world", "sample", "--n", "0", "--seed", "1", "--out", "OUT"], "--n must be positive"),
+        (["world", "sample", "--n", "2", "--seed", "1", "--out", "FILE"], "is a file"),
+        (
+            ["world", "sample", "--n", "2", "--seed", "1", "--out", "OUT", "--split", "dev"],
+            "--split must be one of",
+        ),
+        (
+            ["world", "sample", "--n", "2", "--seed", "1", "--out", "OUT", "--category", "x"],
+            "--category must be one of",
+        ),
+        (["world", "verify", "MISSING", "--prompt", "a circle"], "image file not found"),
+        (["world", "verify", "FILE", "--prompt", "a circle"], "cannot read"),
+        (["world", "verify", "SMALL", "--prompt", "a circle"], "expected a 64x64 image, got 32x32"),
+        (["world", "verify", "GOOD", "--prompt", "a pink elephant"], "cannot parse prompt"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
+    (tmp_path / "file.txt").write_text("not an image")
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(tmp_path / "good.png")
+    paths = {
+        "OUT": tmp_path / "out",
+        "FILE": tmp_path / "file.txt",
+        "MISSING": tmp_path / "nope.png",
+        "SMALL": tmp_path / "small.png",
+        "GOOD": tmp_path / "good.png",
+    }
+    code, _out, err = run_main(capsys, [str(paths.get(a, a)) for a in args])
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("unigap: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from unigap.cli import main; main()",
+            "world",
+            "verify",
+            str(tmp_path / "x.png"),
+            "--prompt",
+            "a circle",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"unigap: error: image file not found: {tmp_path / 'x.png'}"]

@@ -1,0 +1,91 @@
+"""Datasets: byte-identical for a seed, disjoint splits, loadable back, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unigap.errors import UserError
+from unigap.world import (
+    CATEGORIES,
+    SPLITS,
+    all_specs,
+    load_dataset,
+    render,
+    sample_records,
+    satisfies,
+    scene_split,
+    split_prompts,
+    write_dataset,
+)
+
+
+def tree_bytes(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write_dataset(a, 40, seed=3)
+    write_dataset(b, 40, seed=3)
+    write_dataset(c, 40, seed=4)
+    files = tree_bytes(a)
+    assert len(files) == 41 and "samples.jsonl" in files and "images/000039.png" in files
+    assert files == tree_bytes(b)
+    assert files["samples.jsonl"] != tree_bytes(c)["samples.jsonl"]
+
+
+def test_prompt_splits_partition_every_category():
+    for category in CATEGORIES:
+        shares = [{s.text for s in split_prompts(split, 9, category)} for split in SPLITS]
+        assert all(shares)  # every category appears in every split
+        assert sum(map(len, shares)) == len(all_specs(category)) == len(set().union(*shares))
+    assert len(split_prompts("test", 9)) < len(split_prompts("train", 9)) / 5
+    assert split_prompts("test", 9) != split_prompts("test", 10)
+
+
+def test_splits_share_no_prompt_text_nor_scene():
+    records = {split: sample_records(600, seed=11, split=split) for split in SPLITS}
+    prompts = {split: {spec.text for spec, _ in recs} for split, recs in records.items()}
+    scenes = {split: {scene for _, scene in recs} for split, recs in records.items()}
+    for i, first in enumerate(SPLITS):
+        for second in SPLITS[i + 1 :]:
+            assert not prompts[first] & prompts[second]
+            assert not scenes[first] & scenes[second]
+    for split, recs in records.items():
+        allowed = {s.text for s in split_prompts(split, 11)}
+        for spec, scene in recs:
+            assert spec.text in allowed and scene_split(scene, 11) == split and satisfies(scene, spec)
+
+
+def test_load_dataset_round_trips(tmp_path):
+    path = write_dataset(tmp_path, 12, seed=5, split="val", category="position")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["category"] for r in rows} == {"position"} and {r["split"] for r in rows} == {"val"}
+    assert set(rows[0]) >= {"image", "prompt", "category", "spec", "scene"}
+    records = load_dataset(tmp_path)
+    assert [r.index for r in records] == list(range(12))
+    for record, row in zip(records, rows):
+        assert record.prompt == row["prompt"] and record.spec.category == "position"
+        assert np.array_equal(np.asarray(Image.open(record.image_path)), render(record.scene))
+    assert not list(tmp_path.glob(".samples.*"))  # the temp file was renamed away
+
+
+def test_user_errors(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        write_dataset(tmp_path / "file", 3, seed=0)
+    with pytest.raises(UserError, match="positive"):
+        sample_records(0, seed=0)
+    with pytest.raises(UserError, match="unknown split"):
+        sample_records(3, seed=0, split="dev")
+    with pytest.raises(UserError, match="unknown category"):
+        sample_records(3, seed=0, category="shapes")
+    with pytest.raises(UserError, match=r"no samples\.jsonl"):
+        load_dataset(tmp_path)
+    (tmp_path / "samples.jsonl").write_text('{"index": 0}\n')
+    with pytest.raises(UserError, match="malformed record"):
+        load_dataset(tmp_path)

@@ -1,0 +1,77 @@
+"""Scenes: geometry, the relation definition, separation guarantees, canonical order, serialisation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from unigap.errors import UserError
+from unigap.world import Geometry, Scene, SceneObject, relation_holds, sample_scene
+
+
+def test_geometry_scales_with_canvas():
+    g64 = Geometry.for_canvas(64)
+    assert (g64.radius_small, g64.radius_large, g64.gap, g64.margin, g64.band) == (6, 11, 4, 6, 3)
+    g128 = Geometry.for_canvas(128)
+    assert (g128.radius_small, g128.radius_large, g128.margin) == (12, 22, 12)
+    with pytest.raises(UserError, match="canvas size"):
+        Geometry.for_canvas(16)
+
+
+def test_relation_definition():
+    a = SceneObject("circle", "red", "small", 10, 30)
+    for dx, left in ((5, False), (6, True), (20, True)):
+        b = SceneObject("square", "blue", "small", 10 + dx, 30)
+        assert relation_holds(a, b, "left of", 6) is left
+        assert relation_holds(b, a, "right of", 6) is left
+        assert not relation_holds(a, b, "right of", 6)
+    c = SceneObject("square", "blue", "small", 30, 50)  # right of and below a: diagonal pairs hold both
+    assert relation_holds(a, c, "left of", 6) and relation_holds(a, c, "above", 6)
+    assert relation_holds(c, a, "below", 6) and not relation_holds(c, a, "above", 6)
+
+
+@pytest.mark.parametrize("canvas", [32, 64, 128])
+def test_sampled_scenes_are_separated_and_unambiguous(canvas):
+    geo = Geometry.for_canvas(canvas)
+    rng = np.random.default_rng(canvas)
+    for _ in range(300):
+        scene = sample_scene(rng, canvas)
+        assert 1 <= len(scene.objects) <= 4
+        for o in scene.objects:
+            r = geo.radius(o.size)
+            assert 1 + r <= o.x <= canvas - 2 - r and 1 + r <= o.y <= canvas - 2 - r
+        for a, b in itertools.combinations(scene.objects, 2):
+            dx, dy = abs(a.x - b.x), abs(a.y - b.y)
+            reach = geo.radius(a.size) + geo.radius(b.size) + geo.gap
+            assert dx > reach or dy > reach  # bounding boxes at least `gap` apart
+            for d in (dx, dy):
+                assert not geo.margin - geo.band < d < geo.margin + geo.band
+
+
+def test_sampling_is_deterministic_in_the_seed():
+    a = [sample_scene(np.random.default_rng(5)) for _ in range(3)]
+    b = [sample_scene(np.random.default_rng(5)) for _ in range(3)]
+    assert a == b
+    assert sample_scene(np.random.default_rng(6)) != a[0]
+
+
+def test_scenes_are_canonical_and_round_trip():
+    objs = (SceneObject("circle", "red", "small", 40, 20), SceneObject("square", "blue", "large", 15, 40))
+    assert Scene(64, objs) == Scene(64, objs[::-1])
+    assert [o.x for o in Scene(64, objs).objects] == [15, 40]
+    scene = Scene(64, objs)
+    assert Scene.from_dict(json.loads(json.dumps(scene.to_dict()))) == scene
+
+
+def test_invalid_objects_raise_user_error():
+    with pytest.raises(UserError, match="unknown shape"):
+        SceneObject("hexagon", "red", "small", 10, 10)
+    with pytest.raises(UserError, match="unknown color"):
+        SceneObject("circle", "pink", "small", 10, 10)
+    with pytest.raises(UserError, match="does not fit"):
+        Scene(64, (SceneObject("circle", "red", "large", 60, 30),))
+    with pytest.raises(UserError, match="malformed"):
+        Scene.from_dict({"canvas": 64, "objects": [{"shape": "circle"}]})

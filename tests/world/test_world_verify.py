@@ -1,0 +1,156 @@
+"""The verifier: exact on renders, robust on degraded ones, strict on false prompts, clear on bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+from shapeworld_degrade import DEGRADATIONS
+
+from unigap.errors import UserError
+from unigap.world import (
+    Item,
+    PromptSpec,
+    Scene,
+    SceneObject,
+    detect,
+    parse_prompt,
+    render,
+    satisfies,
+    verify,
+)
+from unigap.world.scene import RELATIONS
+
+OPPOSITE = dict(zip(RELATIONS, ("right of", "left of", "below", "above")))
+
+
+def hard_negatives(spec: PromptSpec) -> list[PromptSpec]:
+    """Near misses of a prompt: count off by one, colours swapped or changed, relation reversed."""
+    out = []
+    items = spec.items
+    if spec.category == "counting":
+        item = items[0]
+        out += [
+            PromptSpec("counting", (dataclasses.replace(item, count=c),))
+            for c in (item.count - 1, item.count + 1)
+            if 1 <= c <= 4
+        ]
+    if spec.category == "color_attribution":
+        a, b = items
+        out.append(PromptSpec(spec.category, (Item(a.shape, b.color), Item(b.shape, a.color))))
+    if spec.category == "colors":
+        other = "blue" if items[0].color != "blue" else "red"
+        out.append(PromptSpec("colors", (Item(items[0].shape, other),)))
+    if spec.category == "position":
+        out.append(PromptSpec("position", items, OPPOSITE[spec.relation]))
+        out.append(PromptSpec("position", items[::-1], spec.relation))
+    return out
+
+
+def negatives(corpus, rng: np.random.Generator) -> list[tuple[int, PromptSpec]]:
+    """Per scene: one other scene's prompt that it does not satisfy, plus its unsatisfied near misses."""
+    out = []
+    for i, (spec, scene, _) in enumerate(corpus):
+        while True:
+            other = corpus[rng.integers(len(corpus))][0]
+            if not satisfies(scene, other):
+                out.append((i, other))
+                break
+        out += [(i, s) for s in hard_negatives(spec) if not satisfies(scene, s)]
+    return out
+
+
+def test_clean_renders_detected_exactly_and_satisfy_their_prompt(corpus):
+    accepted = exact = 0
+    for spec, scene, image in corpus:
+        verdict = verify(image, spec)
+        accepted += verdict.satisfied
+        exact += [(d.shape, d.color, d.size, d.x, d.y) for d in verdict.objects] == [
+            (o.shape, o.color, o.size, o.x, o.y) for o in scene.objects
+        ]
+    assert accepted / len(corpus) >= 0.995
+    assert exact == len(corpus)  # renders are parsed back to the exact scene, centres included
+
+
+def test_clean_renders_reject_prompts_they_do_not_satisfy(corpus):
+    pairs = negatives(corpus, np.random.default_rng(1))
+    assert len(pairs) > 2500  # 2,000 random + the near misses
+    rejected = sum(not verify(corpus[i][2], spec).satisfied for i, spec in pairs)
+    assert rejected / len(pairs) >= 0.99
+
+
+@pytest.mark.parametrize("name", sorted(DEGRADATIONS))
+def test_degraded_renders_judged_correctly(corpus, name):
+    rng = np.random.default_rng(7)
+    subset = corpus[:1000]
+    pairs = negatives(subset, np.random.default_rng(2))
+    degraded = [DEGRADATIONS[name](image, rng) for _, _, image in subset]
+    accepted = np.mean([verify(img, spec).satisfied for img, (spec, _, _) in zip(degraded, subset)])
+    rejected = np.mean([not verify(degraded[i], spec).satisfied for i, spec in pairs])
+    assert accepted >= 0.97, f"{name}: accepted {accepted:.3f} of true prompts"
+    assert rejected >= 0.97, f"{name}: rejected {rejected:.3f} of false prompts"
+
+
+def _scene(*objects: tuple[str, str, str, int, int]) -> Scene:
+    return Scene(64, tuple(SceneObject(*o) for o in objects))
+
+
+def test_reasons_name_what_is_missing():
+    scene = _scene(
+        ("circle", "red", "small", 12, 12),
+        ("circle", "red", "large", 40, 40),
+        ("square", "blue", "small", 50, 12),
+    )
+    image = render(scene)
+    verdict = verify(image, parse_prompt("three red circles"))
+    assert not verdict.satisfied and verdict.reason == "expected 3 red circle(s), found 2"
+    assert verify(image, parse_prompt("two red circles")).satisfied
+    verdict = verify(image, parse_prompt("a green triangle"))
+    assert not verdict.satisfied and verdict.reason == "expected a green triangle, found none"
+    verdict = verify(image, parse_prompt("a blue square to the left of a red circle"))
+    assert not verdict.satisfied and "no blue square is left of a red circle" in verdict.reason
+    assert verify(image, parse_prompt("a blue square to the right of a red circle")).satisfied
+    assert verify(image, parse_prompt("a blue square above a red circle")).satisfied
+    assert len(verdict.objects) == 3
+
+
+def test_accepts_pil_images_and_checks_size():
+    scene = _scene(("triangle", "purple", "large", 30, 30))
+    image = render(scene)
+    assert verify(Image.fromarray(image), parse_prompt("a triangle")).satisfied
+    with pytest.raises(UserError, match="expected a 64x64 image, got 32x48"):
+        verify(np.zeros((48, 32, 3), np.uint8), parse_prompt("a triangle"))
+    with pytest.raises(UserError, match="RGB"):
+        verify(np.zeros((64, 64), np.uint8), parse_prompt("a triangle"))
+    big = render(Scene(128, (SceneObject("triangle", "purple", "large", 60, 60),)))
+    assert verify(big, parse_prompt("a triangle"), canvas=128).satisfied
+    with pytest.raises(UserError, match="expected a 64x64 image, got 128x128"):
+        verify(big, parse_prompt("a triangle"))
+
+
+def test_off_palette_blobs_and_odd_shapes_match_nothing():
+    image = np.full((64, 64, 3), 255, np.uint8)
+    image[10:30, 10:30] = (120, 80, 40)  # brown: no palette colour
+    image[40:44, 5:60] = (200, 20, 20)  # a red bar: much longer than wide
+    objects = detect(image)
+    assert [(o.color, o.shape) for o in objects] == [("red", "unknown")]
+    assert not verify(image, parse_prompt("a red square")).satisfied
+
+
+def test_touching_objects_of_different_colours_are_split():
+    image = render(_scene(("square", "blue", "large", 20, 32)))
+    image[21:44, 32:55] = (200, 20, 20)  # a red square whose left edge touches the blue one
+    found = sorted((o.color, o.shape) for o in detect(image))
+    assert found == [("blue", "square"), ("red", "square")]
+
+
+def test_blank_and_noise_images_contain_no_objects():
+    rng = np.random.default_rng(0)
+    assert detect(np.full((64, 64, 3), 255, np.uint8)) == []
+    noisy = np.clip(255 + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype(np.uint8)
+    assert detect(noisy) == []
+    speck = np.full((64, 64, 3), 255, np.uint8)
+    speck[30:34, 30:34] = (200, 20, 20)  # 16 px: far below a small object's area
+    assert detect(speck) == []
