@@ -1,0 +1,63 @@
+"""The checkpoint sidecar: which prompt convention and pixel statistics a checkpoint uses.
+
+A checkpoint is a transformers-format directory (config + safetensors + tokenizer files, optionally a
+preprocessor config and generation config). unigap adds one small sidecar, `unigap.json`, saying which
+prompt convention the model was trained with and, for models without a preprocessor config, the pixel
+mean/std. A directory without the sidecar is a Janus-Pro checkpoint converted by transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
+
+from unigap.errors import UserError
+from unigap.model.prompts import JANUS_PRO_TEMPLATE, TEMPLATES
+
+SIDECAR = "unigap.json"
+
+
+def read_sidecar(directory: Path) -> dict:
+    """The `unigap.json` settings of a checkpoint; Janus-Pro defaults when the file is absent."""
+    sidecar_file = directory / SIDECAR
+    settings: dict = {}
+    if sidecar_file.is_file():
+        try:
+            settings = json.loads(sidecar_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{sidecar_file} is not valid JSON: {exc}") from exc
+    template = settings.setdefault("template", JANUS_PRO_TEMPLATE)
+    if template not in TEMPLATES:
+        raise UserError(f"{sidecar_file}: unknown template {template!r}; expected one of {', '.join(TEMPLATES)}")
+    return settings
+
+
+def save_checkpoint(
+    model: JanusForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: str | os.PathLike,
+    *,
+    template: str,
+    image_mean: float | tuple[float, float, float],
+    image_std: float | tuple[float, float, float],
+) -> Path:
+    """Write weights, configs, tokenizer and the `unigap.json` sidecar so `load_model` can read them back."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; expected one of {', '.join(TEMPLATES)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    settings = {
+        "template": template,
+        "image_mean": list(image_mean) if isinstance(image_mean, tuple | list) else [image_mean] * 3,
+        "image_std": list(image_std) if isinstance(image_std, tuple | list) else [image_std] * 3,
+    }
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
+        json.dump(settings, handle, indent=2)
+    os.replace(handle.name, directory / SIDECAR)
+    return directory

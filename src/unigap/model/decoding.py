@@ -1,0 +1,71 @@
+"""Pieces shared by the text decoder, the image sampler and the teacher-forced scorers.
+
+Batches are left-padded, with an attention mask and position ids counted over real tokens only, so a
+sequence's numbers do not depend on what else is in its batch (batched == unbatched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Token-id lists → (ids [B, L], attention mask [B, L]), padded on the left."""
+    length = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, length - len(seq) :] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.LongTensor:
+    """Position ids that start at 0 on each row's first real token (pads get 0; they are masked)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def extend(mask: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.LongTensor]:
+    """Mask and position ids for one more (real) token per row after a cached step."""
+    mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+    return mask, position_ids[:, -1:] + 1
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A private RNG for sampling, so results depend on `seed` and never on the global RNG state."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def choose(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.LongTensor:
+    """Next tokens: argmax at temperature 0, else a draw from softmax(logits / temperature)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.LongTensor) -> torch.Tensor:
+    """log p(token) under softmax(logits), computed in fp32 whatever the model dtype."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def check_temperature(temperature: float) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+
+
+def check_counts(**named: Sequence[object]) -> int:
+    """The common length of several per-example lists; a mismatch is an error, never a broadcast."""
+    lengths = {name: len(values) for name, values in named.items()}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{count} {name}" for name, count in lengths.items())
+        raise ValueError(f"mismatched batch: got {detail}; pass one of each per example")
+    return next(iter(lengths.values()))

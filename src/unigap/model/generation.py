@@ -1,0 +1,173 @@
+"""Text-to-image: batched CFG sampling with a KV cache, and teacher-forced scoring of image tokens.
+
+Both follow transformers' `JanusForConditionalGeneration.generate(generation_mode="image")`:
+the prompt ends in <begin_of_image>; image tokens are fed back through `generation_embeddings` +
+`generation_aligner`; logits come from `generation_head`; with CFG the batch is doubled with an
+unconditional prompt in which every token except BOS and <begin_of_image> is replaced by PAD (same
+attention mask), and logits are mixed as ``uncond + (cond - uncond) * scale``.
+
+One difference, on purpose: position ids count real tokens only, so left padding does not shift a
+prompt's positions (transformers' image generate numbers pads too, so its output for a prompt can
+change with the other prompts' lengths). For equal-length prompts the two are identical.
+
+Log-probs are those of the untempered policy (softmax of the — possibly CFG-mixed — logits):
+the quantity DPO needs. Sampling temperature only changes which tokens are drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import JanusForConditionalGeneration
+
+from unigap.model.decoding import (
+    check_counts,
+    check_temperature,
+    choose,
+    extend,
+    left_pad,
+    make_generator,
+    positions,
+    token_logprobs,
+)
+from unigap.model.prompts import PromptFormat
+
+
+def uses_cfg(cfg_scale: float | None) -> bool:
+    """CFG needs the unconditional pass unless the scale is None or 1 (where the mix equals cond)."""
+    if cfg_scale is not None and not cfg_scale >= 0:
+        raise ValueError(f"cfg_scale must be None or >= 0, got {cfg_scale}")
+    return cfg_scale is not None and cfg_scale != 1.0
+
+
+def prompt_batch(
+    fmt: PromptFormat, prompts: Sequence[str], cfg: bool, device: torch.device
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Left-padded generation prompts [B or 2B, L] and mask; with CFG the unconditional half follows."""
+    ids, mask = left_pad([fmt.generation_ids(prompt) for prompt in prompts], fmt.ids.pad)
+    if cfg:
+        uncond = ids.clone()
+        uncond[(ids != fmt.ids.bos) & (ids != fmt.ids.boi)] = fmt.ids.pad
+        ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
+    return ids.to(device), mask.to(device)
+
+
+def guided(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
+    """Mix conditional (first half) and unconditional (second half) logits, as transformers does
+    (callers pass fp32 logits, so in bf16 the mix is not rounded again)."""
+    if not uses_cfg(cfg_scale):
+        return logits
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + (cond - uncond) * cfg_scale
+
+
+def _generation_logits(
+    model: JanusForConditionalGeneration,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: object | None,
+    use_cache: bool,
+    last: int,
+) -> tuple[torch.Tensor, object]:
+    """Run the LLM on embeddings; generation-head logits for the last `last` positions, and the cache."""
+    out = model.model.language_model(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=use_cache,
+    )
+    return model.model.generation_head(out.last_hidden_state[:, -last:]), out.past_key_values
+
+
+@torch.no_grad()
+def sample_image_tokens(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    prompts: Sequence[str],
+    n_per_prompt: int,
+    cfg_scale: float | None,
+    temperature: float,
+    seed: int | None,
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """Sample `n_per_prompt` images per prompt → (ids [B·n, N], per-step log-probs [B·n, N]).
+
+    Rows are prompt-major (all samples of prompt 0, then prompt 1, ...), like `num_return_sequences`.
+    """
+    if n_per_prompt < 1:
+        raise ValueError(f"n_per_prompt must be >= 1, got {n_per_prompt}")
+    check_temperature(temperature)
+    cfg = uses_cfg(cfg_scale)
+    device = model.device
+    expanded = [prompt for prompt in prompts for _ in range(n_per_prompt)]
+    batch, num_tokens = len(expanded), fmt.num_image_tokens
+    tokens = torch.zeros((batch, num_tokens), dtype=torch.long, device=device)
+    logprobs = torch.zeros((batch, num_tokens), dtype=torch.float32, device=device)
+    if batch == 0:
+        return tokens, logprobs
+    generator = make_generator(seed, device)
+    ids, mask = prompt_batch(fmt, expanded, cfg, device)
+    position_ids = positions(mask)
+    embeds = model.get_input_embeddings()(ids)
+    cache = None
+    for step in range(num_tokens):
+        logits, cache = _generation_logits(model, embeds, mask, position_ids, cache, use_cache=True, last=1)
+        logits = guided(logits[:, -1].float(), cfg_scale)
+        token = choose(logits, temperature, generator)
+        tokens[:, step] = token
+        logprobs[:, step] = token_logprobs(logits, token)
+        fed = torch.cat([token, token]) if cfg else token
+        embeds = model.prepare_embeddings_for_image_generation(fed.unsqueeze(-1))
+        mask, position_ids = extend(mask, position_ids)
+    return tokens, logprobs
+
+
+def check_image_tokens(image_tokens: torch.Tensor, num_tokens: int, codebook_size: int) -> torch.LongTensor:
+    """Validate a [B, N] batch of image-token ids (integer dtype, N tokens, ids inside the codebook)."""
+    if not isinstance(image_tokens, torch.Tensor):
+        image_tokens = torch.as_tensor(image_tokens)
+    if image_tokens.dtype.is_floating_point or image_tokens.dtype == torch.bool:
+        raise ValueError(f"image tokens must be integer ids, got dtype {image_tokens.dtype}")
+    if image_tokens.ndim != 2 or image_tokens.shape[1] != num_tokens:
+        raise ValueError(
+            f"image tokens must have shape [batch, {num_tokens}] for this model, got {tuple(image_tokens.shape)}"
+        )
+    if image_tokens.numel() and (image_tokens.min() < 0 or image_tokens.max() >= codebook_size):
+        raise ValueError(
+            f"image token ids must lie in [0, {codebook_size}), got range "
+            f"[{int(image_tokens.min())}, {int(image_tokens.max())}]"
+        )
+    return image_tokens.long()
+
+
+def score_image_tokens(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    prompts: Sequence[str],
+    image_tokens: torch.Tensor,
+    cfg_scale: float | None,
+) -> tuple[torch.Tensor, torch.LongTensor]:
+    """Teacher-forced log p(image tokens | prompt) through the generation head → (sum [B], count [B]).
+
+    Differentiable (DPO trains through it). The hidden state at <begin_of_image> predicts token 0 and
+    the one at token i predicts token i+1, so the LLM sees the prompt plus all tokens but the last.
+    """
+    num_tokens = fmt.num_image_tokens
+    image_tokens = check_image_tokens(image_tokens, num_tokens, model.config.vq_config.num_embeddings)
+    batch = check_counts(prompts=prompts, **{"image token rows": image_tokens})
+    device = model.device
+    if batch == 0:
+        return torch.zeros(0, device=device), torch.zeros(0, dtype=torch.long, device=device)
+    cfg = uses_cfg(cfg_scale)
+    image_tokens = image_tokens.to(device)
+    ids, mask = prompt_batch(fmt, prompts, cfg, device)
+    fed = image_tokens.repeat(2, 1) if cfg else image_tokens
+    embeds = torch.cat(
+        [model.get_input_embeddings()(ids), model.prepare_embeddings_for_image_generation(fed[:, :-1])], dim=1
+    )
+    mask = torch.cat([mask, mask.new_ones((mask.shape[0], num_tokens - 1))], dim=1)
+    logits, _ = _generation_logits(model, embeds, mask, positions(mask), None, use_cache=False, last=num_tokens)
+    logprobs = token_logprobs(guided(logits.float(), cfg_scale), image_tokens)
+    return logprobs.sum(dim=-1), torch.full((batch,), num_tokens, dtype=torch.long, device=device)

@@ -1,0 +1,125 @@
+"""Finding, checking and loading checkpoints (directories in transformers format, or embedded names)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, JanusForConditionalGeneration, PreTrainedTokenizerBase
+
+from unigap.errors import UserError
+from unigap.model.checkpoint import read_sidecar
+from unigap.model.unified import UnifiedModel
+
+EMBEDDED = {"tiny": Path(__file__).resolve().parent.parent / "assets" / "tiny"}
+DEFAULT_PIXEL_STAT = 0.5  # Janus-Pro's image_mean and image_std
+
+
+def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
+    """An embedded model's name or a directory → a directory that holds a Janus checkpoint."""
+    name = str(path_or_name)
+    if name in EMBEDDED:
+        directory = EMBEDDED[name]
+        if not (directory / "config.json").is_file():
+            raise UserError(
+                f"the embedded model {name!r} is not present (expected it at {directory}); "
+                "pass the path of a checkpoint directory instead"
+            )
+        return directory
+    directory = Path(name).expanduser()
+    if not directory.exists():
+        raise UserError(f"model path {directory} does not exist")
+    if not directory.is_dir():
+        raise UserError(f"model path {directory} is not a directory")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{directory} is not a transformers checkpoint: it has no config.json")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise UserError(f"{config_file} is not a valid JSON config: {exc}") from exc
+    if model_type != "janus":
+        raise UserError(f"{directory} is not a Janus checkpoint (config model_type is {model_type!r}, not 'janus')")
+    if not any(directory.glob("*.safetensors")):
+        raise UserError(f"{directory} has no *.safetensors weights")
+    return directory
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text()) if file.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{file} is not valid JSON: {exc}") from exc
+
+
+def pixel_stats(directory: Path, settings: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Pixel mean/std: the sidecar's, else the checkpoint's preprocessor config's, else Janus-Pro's 0.5."""
+    preprocessor = _read_json(directory / "preprocessor_config.json")
+
+    def stat(key: str) -> tuple[float, ...]:
+        value = settings.get(key, preprocessor.get(key, DEFAULT_PIXEL_STAT))
+        values = tuple(float(v) for v in (value if isinstance(value, list | tuple) else [value] * 3))
+        if len(values) != 3:
+            raise UserError(f"{directory}: {key} must have 3 values, got {value}")
+        return values
+
+    return stat("image_mean"), stat("image_std")
+
+
+def uses_default_system_prompt(directory: Path) -> bool:
+    """Whether the checkpoint's JanusProcessor prepends the default system prompt (converted ones do)."""
+    return bool(_read_json(directory / "processor_config.json").get("use_default_system_prompt", True))
+
+
+def default_device_and_dtype(
+    device: str | torch.device | None, dtype: torch.dtype | str | None
+) -> tuple[torch.device, torch.dtype]:
+    """CUDA in bf16 when available, else CPU in fp32, unless told otherwise."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise UserError(f"unknown dtype {dtype!r}")
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return device, dtype
+
+
+def load_weights(
+    directory: Path, device: torch.device, dtype: torch.dtype
+) -> tuple[JanusForConditionalGeneration, PreTrainedTokenizerBase]:
+    """The transformers model (eval mode) and tokenizer of a checked checkpoint directory."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the tokenizer of {directory}: {exc}") from exc
+    # device_map puts the weights straight onto the device (no full CPU copy of a 7B model first)
+    model = JanusForConditionalGeneration.from_pretrained(directory, dtype=dtype, device_map=device)
+    return model.eval(), tokenizer
+
+
+def load_model(
+    path_or_name: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> UnifiedModel:
+    """Load a Janus checkpoint directory (Janus-Pro 1B/7B or a unigap tiny model), or an embedded
+    model by name ("tiny"), as a `UnifiedModel` on `device` in `dtype` (default: CUDA bf16, else CPU fp32).
+    """
+    directory = resolve_checkpoint(path_or_name)
+    settings = read_sidecar(directory)
+    device, dtype = default_device_and_dtype(device, dtype)
+    model, tokenizer = load_weights(directory, device, dtype)
+    mean, std = pixel_stats(directory, settings)
+    return UnifiedModel(
+        model,
+        tokenizer,
+        template=settings["template"],
+        image_mean=mean,
+        image_std=std,
+        use_default_system_prompt=uses_default_system_prompt(directory),
+    )

@@ -1,0 +1,80 @@
+"""LoRA on the shared LLM (peft), with the generation head fully trainable.
+
+The SigLIP tower also has `q_proj/k_proj/v_proj`, so the targets are a regex anchored on
+`language_model.layers.N` — a plain name list would put LoRA into the vision tower too. peft injects
+the LoRA layers in place, so the wrapped `JanusForConditionalGeneration` keeps its module paths and
+every UnifiedModel method runs the adapted model; `disable_adapter()` gives the base (reference) model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import JanusForConditionalGeneration
+
+LM_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+GENERATION_HEAD = "generation_head"
+
+_LORA_PARAM = re.compile(r"language_model\.layers\.(\d+)\..*\.(lora_A|lora_B)\.")
+
+
+def attach_lora(
+    model: JanusForConditionalGeneration,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    target_modules: str | list[str],
+    train_generation_head: bool,
+) -> PeftModel:
+    """Wrap `model` with a fresh LoRA adapter named "default" (B = 0, so outputs start unchanged)."""
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"LoRA dropout must lie in [0, 1), got {dropout}")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        modules_to_save=[GENERATION_HEAD] if train_generation_head else None,
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def load_lora(model: JanusForConditionalGeneration, directory: str | Path, trainable: bool) -> PeftModel:
+    """Wrap `model` with an adapter saved by `PeftModel.save_pretrained` (standard PEFT format)."""
+    return PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
+
+
+@dataclass
+class LoraParameterGroups:
+    """The shared (LLM) LoRA parameters, by decoder layer and by factor (A or B).
+
+    `names` and `parameters` are in model order; `by_layer` / `by_factor` hold the same tensors.
+    The generation head is *not* shared (only generation uses it), so it is left out on purpose.
+    """
+
+    names: list[str] = field(default_factory=list)
+    parameters: list[nn.Parameter] = field(default_factory=list)
+    by_layer: dict[int, list[nn.Parameter]] = field(default_factory=dict)
+    by_factor: dict[str, list[nn.Parameter]] = field(default_factory=lambda: {"lora_A": [], "lora_B": []})
+
+
+def shared_lora_parameters(model: nn.Module) -> LoraParameterGroups:
+    """Collect the trainable LoRA tensors of the LLM's decoder layers."""
+    groups = LoraParameterGroups()
+    for name, param in model.named_parameters():
+        match = _LORA_PARAM.search(name)
+        if match is None or not param.requires_grad:
+            continue
+        layer, factor = int(match.group(1)), match.group(2)
+        groups.names.append(name)
+        groups.parameters.append(param)
+        groups.by_layer.setdefault(layer, []).append(param)
+        groups.by_factor[factor].append(param)
+    return groups

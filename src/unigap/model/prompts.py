@@ -1,0 +1,123 @@
+"""Prompt conventions: how a question, an answer and a generation prompt become token ids.
+
+A model only behaves well on the prompt format it was trained on, so each checkpoint records its
+convention (`template` in the `unigap.json` sidecar; absent means Janus-Pro). Every function here
+returns plain token-id lists that begin with BOS, so batching and padding live in one place elsewhere.
+
+Janus-Pro follows transformers' Janus chat template and processor (the conversion script's
+CHAT_TEMPLATE plus `JanusProcessor`):
+
+- understanding:
+  ``[system prompt]<|User|>: <begin_of_image><image_placeholder>×N<end_of_image>\\n{question}\\n\\n<|Assistant|>:``
+  (the system prompt is used when the processor's ``use_default_system_prompt`` is set, as in the
+  converted checkpoints); the answer follows as `` {answer}`` and ends with EOS;
+- generation: ``<|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>`` (no system prompt, as
+  `JanusProcessor(generation_mode="image")` builds it).
+
+The tiny convention is the same skeleton without chat markup (word-level vocabularies have no room
+for it): ``<bos><begin_of_image><image_placeholder>×N<end_of_image> {question}`` → ``{answer}<eos>``
+and ``<bos>{prompt}<begin_of_image>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
+
+from unigap.errors import UserError
+
+JANUS_PRO_TEMPLATE = "janus-pro"
+TINY_TEMPLATE = "tiny"
+TEMPLATES = (JANUS_PRO_TEMPLATE, TINY_TEMPLATE)
+
+JUDGE_QUESTION = "Does this image show {prompt}?"
+YES_WORDS = ("yes", "Yes")
+NO_WORDS = ("no", "No")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids the prompts and the image sampler rely on, resolved once from the checkpoint."""
+
+    bos: int
+    eos: int
+    pad: int
+    image: int
+    boi: int
+    eoi: int
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """One checkpoint's prompt convention bound to its tokenizer."""
+
+    template: str
+    tokenizer: PreTrainedTokenizerBase
+    ids: SpecialIds
+    num_image_tokens: int
+    system_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if self.template not in TEMPLATES:
+            raise UserError(f"unknown prompt template {self.template!r}; expected one of {', '.join(TEMPLATES)}")
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def understanding_ids(self, question: str) -> list[int]:
+        """BOS + prompt with one image (N placeholders) and the question, ready for the answer.
+
+        The image block is written as token strings and tokenised with the rest, exactly as
+        JanusProcessor expands `<image_placeholder>`; the placeholder count is then checked.
+        """
+        question = question.strip()
+        boi, image, eoi = self.tokenizer.convert_ids_to_tokens([self.ids.boi, self.ids.image, self.ids.eoi])
+        block = boi + image * self.num_image_tokens + eoi
+        if self.template == TINY_TEMPLATE:
+            text = f"{block} {question}"
+        else:
+            text = f"{self.system_prompt}<|User|>: {block}\n{question}\n\n<|Assistant|>:"
+        ids = [self.ids.bos] + self._encode(text)
+        found = ids.count(self.ids.image)
+        if found != self.num_image_tokens:
+            raise ValueError(
+                f"the understanding prompt holds {found} image placeholder tokens, expected {self.num_image_tokens} "
+                "(does the question contain image tokens, or does the tokenizer split the placeholder?)"
+            )
+        return ids
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """The answer as the model should produce it after the understanding prompt, EOS included."""
+        return self._answer_text_ids(answer.strip()) + [self.ids.eos]
+
+    def _answer_text_ids(self, answer: str) -> list[int]:
+        return self._encode(answer if self.template == TINY_TEMPLATE else f" {answer}")
+
+    def generation_ids(self, prompt: str) -> list[int]:
+        """BOS + generation prompt ending in <begin_of_image>; the image tokens follow it."""
+        prompt = prompt.strip()
+        text = prompt if self.template == TINY_TEMPLATE else f"<|User|>: {prompt}\n\n<|Assistant|>:"
+        ids = self._encode(text)
+        if {self.ids.image, self.ids.boi, self.ids.eoi} & set(ids):
+            raise ValueError(f"generation prompts must not contain image tokens, got {prompt!r}")
+        return [self.ids.bos] + ids + [self.ids.boi]
+
+    def judge_question(self, prompt: str) -> str:
+        """The self-judging question for a generation prompt."""
+        return JUDGE_QUESTION.format(prompt=prompt.strip().rstrip(".!?").strip())
+
+    def first_answer_token_ids(self, words: tuple[str, ...]) -> list[int]:
+        """Distinct first tokens of the given answer words (e.g. " yes"/" Yes"), for yes/no scoring."""
+        unk = self.tokenizer.unk_token_id
+        ids = {self._answer_text_ids(word)[0] for word in words}
+        ids.discard(unk)
+        if not ids:
+            raise UserError(f"the tokenizer cannot express any of {words}; it cannot be used as a judge")
+        return sorted(ids)
+
+
+def janus_pro_system_prompt(use_default_system_prompt: bool) -> str:
+    """The understanding system prompt JanusProcessor prepends when `use_default_system_prompt` is set."""
+    return DEFAULT_SYSTEM_PROMPT if use_default_system_prompt else ""

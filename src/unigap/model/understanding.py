@@ -1,0 +1,171 @@
+"""Image + question → text: decoding, teacher-forced answer scoring, and the yes/no self-judge.
+
+Everything runs through `JanusModel.forward` (SigLIP features scattered into the image placeholders,
+then the LLM) and the LM head. Prompt and answer are concatenated per example and left-padded, so
+answers end at the last column: the scorer only runs the LM head on the last T columns.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import JanusForConditionalGeneration
+
+from unigap.model.decoding import (
+    check_counts,
+    check_temperature,
+    choose,
+    extend,
+    left_pad,
+    make_generator,
+    positions,
+    token_logprobs,
+)
+from unigap.model.images import ImageInput, VisionPreprocessing
+from unigap.model.prompts import NO_WORDS, YES_WORDS, PromptFormat
+
+
+@dataclass
+class _Batch:
+    ids: torch.LongTensor
+    mask: torch.LongTensor
+    pixel_values: torch.Tensor
+
+
+def _batch(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    vision: VisionPreprocessing,
+    images: Sequence[ImageInput],
+    sequences: Sequence[list[int]],
+) -> _Batch:
+    ids, mask = left_pad(sequences, fmt.ids.pad)
+    pixels = vision(images).to(model.device, model.dtype)
+    return _Batch(ids.to(model.device), mask.to(model.device), pixels)
+
+
+def _hidden(
+    model: JanusForConditionalGeneration, batch: _Batch, cache: object | None = None, use_cache: bool = False
+) -> tuple[torch.Tensor, object]:
+    out = model.model(
+        input_ids=batch.ids,
+        pixel_values=batch.pixel_values,
+        attention_mask=batch.mask,
+        position_ids=positions(batch.mask),
+        past_key_values=cache,
+        use_cache=use_cache,
+    )
+    return out.last_hidden_state, out.past_key_values
+
+
+def answer_logprobs(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    vision: VisionPreprocessing,
+    images: Sequence[ImageInput],
+    questions: Sequence[str],
+    answers: Sequence[str],
+) -> tuple[torch.Tensor, torch.LongTensor]:
+    """Teacher-forced log p(answer + EOS | image, question) → (sum [B], token count [B]); differentiable."""
+    batch_size = check_counts(images=images, questions=questions, answers=answers)
+    if batch_size == 0:
+        return torch.zeros(0, device=model.device), torch.zeros(0, dtype=torch.long, device=model.device)
+    targets = [fmt.answer_ids(answer) for answer in answers]
+    sequences = [fmt.understanding_ids(q) + t for q, t in zip(questions, targets, strict=True)]
+    batch = _batch(model, fmt, vision, images, sequences)
+    width = max(len(t) for t in targets)
+    target_mask = torch.zeros((batch_size, width), dtype=torch.bool, device=model.device)
+    for row, target in enumerate(targets):
+        target_mask[row, width - len(target) :] = True
+    hidden, _ = _hidden(model, batch)
+    logits = model.lm_head(hidden[:, -width - 1 : -1])
+    logprobs = token_logprobs(logits, batch.ids[:, -width:])
+    # `where`, not a product: a padded column's value is never read, even if it is not finite
+    return torch.where(target_mask, logprobs, 0.0).sum(dim=-1), target_mask.sum(dim=-1)
+
+
+@torch.no_grad()
+def generate_answers(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    vision: VisionPreprocessing,
+    images: Sequence[ImageInput],
+    questions: Sequence[str],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int | None,
+) -> list[str]:
+    """Decode answers with a KV cache until EOS or `max_new_tokens` (temperature 0 = greedy)."""
+    batch_size = check_counts(images=images, questions=questions)
+    check_temperature(temperature)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size == 0:
+        return []
+    generator = make_generator(seed, model.device)
+    batch = _batch(model, fmt, vision, images, [fmt.understanding_ids(q) for q in questions])
+    hidden, cache = _hidden(model, batch, use_cache=True)
+    mask, position_ids = batch.mask, positions(batch.mask)
+    done = torch.zeros(batch_size, dtype=torch.bool, device=model.device)
+    produced: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        token = choose(model.lm_head(hidden[:, -1]), temperature, generator)
+        token = token.masked_fill(done, fmt.ids.pad)
+        produced.append(token)
+        done |= token == fmt.ids.eos
+        if bool(done.all()):
+            break
+        mask, position_ids = extend(mask, position_ids)
+        out = model.model(
+            input_ids=token.unsqueeze(-1),
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        hidden, cache = out.last_hidden_state, out.past_key_values
+    rows = torch.stack(produced, dim=1).tolist()
+    texts = []
+    for row in rows:
+        if fmt.ids.eos in row:
+            row = row[: row.index(fmt.ids.eos)]
+        texts.append(fmt.tokenizer.decode(row, skip_special_tokens=True).strip())
+    return texts
+
+
+@torch.no_grad()
+def judge_yes_probability(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    vision: VisionPreprocessing,
+    images: Sequence[ImageInput],
+    prompts: Sequence[str],
+) -> torch.Tensor:
+    """P(yes) for "Does this image show {prompt}?", normalised over the yes and no first tokens.
+
+    Several spellings ("yes"/"Yes") may map to different first tokens; their probabilities are summed.
+    """
+    batch_size = check_counts(images=images, prompts=prompts)
+    if batch_size == 0:
+        return torch.zeros(0, device=model.device)
+    yes_ids, no_ids = fmt.first_answer_token_ids(YES_WORDS), fmt.first_answer_token_ids(NO_WORDS)
+    batch = _batch(model, fmt, vision, images, [fmt.understanding_ids(fmt.judge_question(p)) for p in prompts])
+    hidden, _ = _hidden(model, batch)
+    logprobs = torch.log_softmax(model.lm_head(hidden[:, -1]).float(), dim=-1)
+    yes = torch.logsumexp(logprobs[:, yes_ids], dim=-1)
+    no = torch.logsumexp(logprobs[:, no_ids], dim=-1)
+    return torch.sigmoid(yes - no)
+
+
+_VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> int | None:
+    """1 for a yes, 0 for a no (the first one said wins), None when the answer holds neither."""
+    match = _VERDICT.search(text)
+    if match is None:
+        return None
+    return 1 if match.group(1).lower() == "yes" else 0

@@ -1,0 +1,238 @@
+"""`UnifiedModel`: one object giving every stage what it needs from a Janus model.
+
+It holds the transformers `JanusForConditionalGeneration` (always the unwrapped module — peft injects
+LoRA in place, so the same module paths run the adapted model), its tokenizer and prompt convention,
+and the pixel preprocessing. Understanding, generation, scoring, VQ and LoRA all hang off it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from PIL import Image
+from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
+
+from unigap.errors import UserError
+from unigap.model import generation, lora, understanding
+from unigap.model.checkpoint import save_checkpoint
+from unigap.model.images import (
+    VQ_MEAN,
+    VQ_STD,
+    ImageInput,
+    VisionPreprocessing,
+    pixel_tensor,
+    vq_decode,
+    vq_encode,
+    vq_image_size,
+)
+from unigap.model.prompts import JANUS_PRO_TEMPLATE, PromptFormat, SpecialIds, janus_pro_system_prompt
+from unigap.model.tokenizer import BOI, EOI, special_token_id
+
+
+def special_ids(model: JanusForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> SpecialIds:
+    """Resolve the ids image generate and the prompts need: the generation config first (what
+    transformers' image generate reads), then the tokenizer."""
+    gen = model.generation_config
+    boi = (getattr(gen, "generation_kwargs", None) or {}).get("boi_token_id", getattr(gen, "boi_token_id", None))
+    ids = {
+        "bos": gen.bos_token_id if gen.bos_token_id is not None else tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "pad": gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id,
+        "image": model.config.image_token_id,
+        "boi": boi if boi is not None else special_token_id(tokenizer, BOI),
+        "eoi": special_token_id(tokenizer, EOI),
+    }
+    missing = [name for name, value in ids.items() if value is None]
+    if missing:
+        raise UserError(f"the checkpoint defines no {', '.join(missing)} token id(s)")
+    return SpecialIds(**{name: int(value) for name, value in ids.items()})
+
+
+class UnifiedModel:
+    """A Janus model for understanding, image generation, scoring and LoRA training."""
+
+    def __init__(
+        self,
+        model: JanusForConditionalGeneration | PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        template: str = JANUS_PRO_TEMPLATE,
+        image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        image_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        use_default_system_prompt: bool = True,
+    ) -> None:
+        self.peft: PeftModel | None = model if isinstance(model, PeftModel) else None
+        self.model: JanusForConditionalGeneration = model.get_base_model() if self.peft is not None else model
+        self.tokenizer = tokenizer
+        vision_config = self.model.config.vision_config
+        self.prompts = PromptFormat(
+            template=template,
+            tokenizer=tokenizer,
+            ids=special_ids(self.model, tokenizer),
+            num_image_tokens=vision_config.num_image_tokens,
+            system_prompt=janus_pro_system_prompt(use_default_system_prompt) if template == JANUS_PRO_TEMPLATE else "",
+        )
+        self.vision = VisionPreprocessing(vision_config.image_size, tuple(image_mean), tuple(image_std))
+
+    # -- basic facts -------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens per generated image (e.g. 576 on Janus-Pro, 64 on the tiny models)."""
+        return self.prompts.num_image_tokens
+
+    @property
+    def codebook_size(self) -> int:
+        return self.model.config.vq_config.num_embeddings
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write this model as a checkpoint directory that `load_model` reads back (sidecar included)."""
+        if self.peft is not None:
+            raise ValueError("this model carries a LoRA adapter: save it with save_adapter (or merge it first)")
+        return save_checkpoint(
+            self.model,
+            self.tokenizer,
+            directory,
+            template=self.prompts.template,
+            image_mean=self.vision.mean,
+            image_std=self.vision.std,
+        )
+
+    # -- understanding -----------------------------------------------------------------------
+
+    def answer(
+        self,
+        images: Sequence[ImageInput],
+        questions: Sequence[str],
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Answer one question per image (temperature 0 = greedy)."""
+        return understanding.generate_answers(
+            self.model, self.prompts, self.vision, images, questions, max_new_tokens, temperature, seed
+        )
+
+    def answer_logprobs(
+        self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """Summed log-prob of each answer (EOS included) and its token count; differentiable."""
+        return understanding.answer_logprobs(self.model, self.prompts, self.vision, images, questions, answers)
+
+    def judge(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> torch.Tensor:
+        """P(yes) for "Does this image show {prompt}?", normalised over yes/no, one per image."""
+        return understanding.judge_yes_probability(self.model, self.prompts, self.vision, images, prompts)
+
+    def judge_generate(
+        self, images: Sequence[ImageInput], prompts: Sequence[str], max_new_tokens: int = 8
+    ) -> list[int | None]:
+        """The judge question answered greedily in words, parsed to 1 (yes), 0 (no) or None."""
+        questions = [self.prompts.judge_question(prompt) for prompt in prompts]
+        texts = self.answer(images, questions, max_new_tokens=max_new_tokens, temperature=0.0)
+        return [understanding.parse_verdict(text) for text in texts]
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate_images(
+        self,
+        prompts: Sequence[str],
+        n_per_prompt: int = 1,
+        cfg_scale: float | None = 5.0,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        return_logprobs: bool = False,
+    ) -> torch.LongTensor | tuple[torch.LongTensor, torch.Tensor]:
+        """Sample image tokens [len(prompts)·n_per_prompt, N], prompt-major; optionally with the
+        per-step log-probs [.., N] of the (CFG-mixed, untempered) policy. cfg_scale None/1 = no CFG."""
+        tokens, logprobs = generation.sample_image_tokens(
+            self.model, self.prompts, prompts, n_per_prompt, cfg_scale, temperature, seed
+        )
+        return (tokens, logprobs) if return_logprobs else tokens
+
+    def image_logprobs(
+        self, prompts: Sequence[str], image_tokens: torch.Tensor, cfg_scale: float | None = None
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """Teacher-forced summed log-prob of each image's tokens and the token count; differentiable.
+        Conditional-only by default; CFG-mixed logits when `cfg_scale` is given."""
+        return generation.score_image_tokens(self.model, self.prompts, prompts, image_tokens, cfg_scale)
+
+    # -- VQ ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[ImageInput]) -> torch.LongTensor:
+        """Images → VQ token ids [B, N] (nearest normalised code; see `images.vq_encode`)."""
+        vq = self.model.model.vqmodel
+        if not images:
+            return torch.zeros((0, self.num_image_tokens), dtype=torch.long, device=self.device)
+        pixels = pixel_tensor(images, vq_image_size(vq), VQ_MEAN, VQ_STD)
+        return vq_encode(vq, pixels.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def decode_tokens(self, ids: torch.Tensor) -> list[Image.Image]:
+        """VQ token ids [B, N] → RGB images."""
+        ids = generation.check_image_tokens(ids, self.num_image_tokens, self.codebook_size)
+        if ids.shape[0] == 0:
+            return []
+        return vq_decode(self.model.model.vqmodel, ids.to(self.device))
+
+    # -- LoRA --------------------------------------------------------------------------------
+
+    def add_lora(
+        self,
+        rank: int = 64,
+        alpha: float = 128,
+        dropout: float = 0.05,
+        target_modules: str | list[str] = lora.LM_LORA_TARGETS,
+        train_generation_head: bool = True,
+    ) -> PeftModel:
+        """Attach a fresh LoRA adapter to the LLM (and make the generation head trainable)."""
+        if self.peft is not None:
+            raise ValueError("this model already has a LoRA adapter")
+        self.peft = lora.attach_lora(self.model, rank, alpha, dropout, target_modules, train_generation_head)
+        return self.peft
+
+    def load_adapter(self, directory: str | os.PathLike, trainable: bool = False) -> PeftModel:
+        """Attach an adapter saved with `save_adapter` (standard PEFT format)."""
+        if self.peft is not None:
+            raise ValueError("this model already has a LoRA adapter")
+        if not (Path(directory) / "adapter_config.json").is_file():
+            raise UserError(f"{directory} holds no PEFT adapter (no adapter_config.json)")
+        self.peft = lora.load_lora(self.model, directory, trainable)
+        return self.peft
+
+    def save_adapter(self, directory: str | os.PathLike) -> Path:
+        """Save the adapter (LoRA weights + trained generation head) in standard PEFT format."""
+        if self.peft is None:
+            raise ValueError("no LoRA adapter to save; call add_lora or load_adapter first")
+        self.peft.save_pretrained(str(directory))
+        return Path(directory)
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[UnifiedModel]:
+        """Run the base model inside the block (the DPO reference policy); a no-op without LoRA."""
+        if self.peft is None:
+            yield self
+            return
+        with self.peft.disable_adapter():
+            yield self
+
+    def shared_lora_parameters(self) -> lora.LoraParameterGroups:
+        """Trainable LoRA tensors of the shared LLM, grouped by layer and by lora_A/lora_B."""
+        return lora.shared_lora_parameters(self.model)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Everything an optimiser should update (LLM LoRA + generation head when trained)."""
+        return [param for param in self.model.parameters() if param.requires_grad]

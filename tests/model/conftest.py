@@ -1,0 +1,42 @@
+"""Fixtures: one tiny random Janus checkpoint per session, saved and loaded the real way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import JanusForConditionalGeneration
+
+from unigap.model import UnifiedModel, build_word_tokenizer, load_model, save_tiny, tiny_janus_config
+
+WORDS = (
+    "a red blue green yellow circle square triangle star big small left right top bottom of the on in "
+    "and is there does this image show what color shape ? , . yes no"
+).split()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokenizer = build_word_tokenizer(WORDS)
+    torch.manual_seed(0)
+    model = JanusForConditionalGeneration(tiny_janus_config(len(tokenizer), tokenizer))
+    return save_tiny(model, tokenizer, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def um(tiny_dir: Path) -> UnifiedModel:
+    """A shared read-only model; tests that change weights or attach LoRA load their own."""
+    return load_model(tiny_dir)
+
+
+@pytest.fixture
+def fresh(tiny_dir: Path) -> UnifiedModel:
+    return load_model(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8) for _ in range(4)]

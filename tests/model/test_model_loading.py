@@ -1,0 +1,126 @@
+"""Tokenizer, tiny config, checkpoint sidecar, loading errors and prompt templates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers.models import BPE
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
+
+from unigap.errors import UserError
+from unigap.model import build_word_tokenizer, load_model, loading, tiny_janus_config
+from unigap.model.prompts import JANUS_PRO_TEMPLATE, PromptFormat, SpecialIds, janus_pro_system_prompt
+from unigap.model.tokenizer import BOI, BOS, EOI, EOS, IMAGE, PAD, UNK
+
+
+def test_word_tokenizer_special_tokens_and_round_trip(tmp_path: Path) -> None:
+    tok = build_word_tokenizer(["Red", "circle", "?", "red"])
+    assert [tok.convert_tokens_to_ids(t) for t in (PAD, BOS, EOS, UNK, IMAGE, BOI, EOI)] == list(range(7))
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
+    assert len(tok) == 10  # "red" is deduplicated after lowercasing
+    ids = tok("RED circle?  zebra", add_special_tokens=False)["input_ids"]
+    assert ids == [7, 8, 9, 3]  # lowercased, "?" split off, unknown word → <unk>
+    # special tokens inside text stay single tokens (the image placeholder must never be split)
+    assert tok(f"{BOI}{IMAGE}{IMAGE}{EOI} red", add_special_tokens=False)["input_ids"] == [5, 4, 4, 6, 7]
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again("RED circle? zebra", add_special_tokens=False)["input_ids"] == ids
+    assert again.image_token == IMAGE and again.boi_token == BOI and again.eoi_token == EOI
+    with pytest.raises(ValueError, match="single non-empty words"):
+        build_word_tokenizer(["two words"])
+
+
+def test_tiny_config_obeys_janus_constraints() -> None:
+    tok = build_word_tokenizer(["a"])
+    cfg = tiny_janus_config(len(tok), tok)
+    hidden = cfg.text_config.hidden_size
+    vision = cfg.vision_config
+    assert vision.num_image_tokens == 64 == (vision.image_size // vision.patch_size) ** 2
+    assert cfg.vq_config.num_patches == 8
+    assert 2 ** (len(cfg.vq_config.channel_multiplier) - 1) == cfg.vision_config.patch_size
+    assert all(cfg.vq_config.base_channels * m % 32 == 0 for m in cfg.vq_config.channel_multiplier)
+    assert cfg.vq_config.num_embeddings >= 256
+    assert vision.projection_dim == cfg.vq_config.projection_dim == cfg.vq_config.image_token_embed_dim == hidden
+    assert cfg.image_token_id == tok.convert_tokens_to_ids(IMAGE)
+    assert (cfg.text_config.pad_token_id, cfg.text_config.bos_token_id, cfg.text_config.eos_token_id) == (0, 1, 2)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        tiny_janus_config(10, vq_base_channels=48)
+    with pytest.raises(ValueError, match="power of two"):
+        tiny_janus_config(10, image_size=60, patch_size=6)
+
+
+def test_saved_checkpoint_has_sidecar_and_generation_config(tiny_dir: Path) -> None:
+    assert json.loads((tiny_dir / "unigap.json").read_text())["template"] == "tiny"
+    gen = GenerationConfig.from_pretrained(tiny_dir)
+    assert gen.generation_kwargs["boi_token_id"] == 5 and gen.bos_token_id == 1 and gen.pad_token_id == 0
+
+
+def test_load_model_rejects_bad_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="no config.json"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(UserError, match="not a Janus checkpoint"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "janus"}))
+    with pytest.raises(UserError, match="safetensors"):
+        load_model(tmp_path)
+    monkeypatch.setitem(loading.EMBEDDED, "tiny", tmp_path / "absent")
+    with pytest.raises(UserError, match="embedded model 'tiny' is not present"):
+        load_model("tiny")
+
+
+def test_directory_without_sidecar_is_janus_pro(tiny_dir: Path, tmp_path: Path) -> None:
+    for file in tiny_dir.iterdir():
+        if file.name != "unigap.json":
+            (tmp_path / file.name).write_bytes(file.read_bytes())
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": 0.25}))
+    model = load_model(tmp_path)
+    assert model.prompts.template == JANUS_PRO_TEMPLATE
+    assert model.vision.mean == (0.1, 0.2, 0.3) and model.vision.std == (0.25, 0.25, 0.25)
+
+
+def test_tiny_prompt_layout(um) -> None:
+    ids = um.prompts.understanding_ids("does this image show a red circle?")
+    n = um.num_image_tokens
+    assert ids[:2] == [1, 5] and ids[2 : 2 + n] == [4] * n and ids[2 + n] == 6
+    assert 4 not in ids[3 + n :]
+    assert um.prompts.answer_ids("Yes")[-1] == 2
+    gen = um.prompts.generation_ids("a red circle")
+    assert gen[0] == 1 and gen[-1] == 5 and len(gen) == 5
+
+
+def _byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A real byte-level BPE tokenizer (no merges) whose decode returns the exact text."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    backend = Tokenizer(BPE(vocab={ch: i for i, ch in enumerate(sorted(alphabet))}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    tok.add_special_tokens({"additional_special_tokens": [IMAGE, BOI, EOI]})
+    return tok
+
+
+def test_janus_pro_prompts_follow_the_chat_template() -> None:
+    tok = _byte_level_tokenizer()
+    ids = SpecialIds(
+        bos=tok.bos_token_id,
+        eos=tok.eos_token_id,
+        pad=tok.pad_token_id,
+        image=tok.convert_tokens_to_ids(IMAGE),
+        boi=tok.convert_tokens_to_ids(BOI),
+        eoi=tok.convert_tokens_to_ids(EOI),
+    )
+    fmt = PromptFormat(JANUS_PRO_TEMPLATE, tok, ids, num_image_tokens=3, system_prompt=janus_pro_system_prompt(True))
+    text = tok.decode(fmt.understanding_ids(" What is it? "))
+    block = BOI + IMAGE * 3 + EOI
+    assert text == f"<bos>{janus_pro_system_prompt(True)}<|User|>: {block}\nWhat is it?\n\n<|Assistant|>:"
+    assert tok.decode(fmt.answer_ids("A dog.")) == " A dog.<eos>"
+    assert tok.decode(fmt.generation_ids("a cat")) == f"<bos><|User|>: a cat\n\n<|Assistant|>:{BOI}"
+    assert fmt.judge_question("a red circle.") == "Does this image show a red circle?"
+    with pytest.raises(ValueError, match="image placeholder"):
+        fmt.understanding_ids(f"sneaky {IMAGE}")

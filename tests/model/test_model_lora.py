@@ -1,0 +1,110 @@
+"""LoRA on the shared LLM only: placement, training, reference (disabled) outputs, save/load, grouping."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from peft.utils.other import ModulesToSaveWrapper
+
+from unigap.errors import UserError
+from unigap.model import UnifiedModel, load_model
+
+PROMPTS = ["a red circle", "the big blue square"]
+QUESTIONS = ["shape ?", "what color is the star ?"]
+ANSWERS = ["a circle", "blue"]
+
+
+def _outputs(um: UnifiedModel, images, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        text, _ = um.answer_logprobs(images[:2], QUESTIONS, ANSWERS)
+        image, _ = um.image_logprobs(PROMPTS, tokens)
+        mixed, _ = um.image_logprobs(PROMPTS, tokens, cfg_scale=3.0)
+    return text, image, mixed, um.judge(images[:2], PROMPTS)
+
+
+def _train_step(um: UnifiedModel, images, tokens: torch.Tensor) -> None:
+    optimizer = torch.optim.SGD(um.trainable_parameters(), lr=0.5)
+    text, _ = um.answer_logprobs(images[:2], QUESTIONS, ANSWERS)
+    image, _ = um.image_logprobs(PROMPTS, tokens)
+    (-(text.sum() + image.sum())).backward()
+    optimizer.step()
+
+
+def test_lora_sits_on_the_language_model_only(fresh: UnifiedModel) -> None:
+    fresh.add_lora(rank=4, alpha=8, dropout=0.0)
+    lora_modules = [name for name, module in fresh.model.named_modules() if hasattr(module, "lora_A")]
+    assert len(lora_modules) == 4 * 7  # 4 layers × q,k,v,o,gate,up,down
+    assert all(".language_model.layers." in name for name in lora_modules)
+    assert not [n for n, _ in fresh.model.named_parameters() if "lora" in n and ("vision_model" in n or "vqmodel" in n)]
+    assert isinstance(fresh.model.model.generation_head, ModulesToSaveWrapper)
+    trainable = {n for n, p in fresh.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "generation_head.modules_to_save" in n for n in trainable)
+
+
+def test_training_changes_only_lora_and_generation_head_and_disable_gives_base(fresh: UnifiedModel, images) -> None:
+    tokens = fresh.generate_images(PROMPTS, cfg_scale=2.0, temperature=1.0, seed=0)
+    base = _outputs(fresh, images, tokens)
+    fresh.add_lora(rank=4, alpha=8, dropout=0.0)
+    before = {n: p.detach().clone() for n, p in fresh.model.named_parameters()}
+    assert all(torch.allclose(a, b) for a, b in zip(_outputs(fresh, images, tokens), base, strict=True))
+    _train_step(fresh, images, tokens)
+    changed = {n for n, p in fresh.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed, "the training step changed nothing"
+    allowed = re.compile(r"\.language_model\.layers\.\d+\..*\.lora_B\.|generation_head\.modules_to_save\.")
+    assert all(allowed.search(n) for n in changed), changed
+    assert any("lora_B" in n for n in changed) and any("generation_head" in n for n in changed)
+    # lora_A gets exactly zero gradient while B = 0 (PEFT's init), so one plain SGD step leaves it alone
+    assert not any("lora_A" in n for n in changed)
+    adapted = _outputs(fresh, images, tokens)
+    assert all(not torch.allclose(a, b) for a, b in zip(adapted, base, strict=True))
+    with fresh.adapters_disabled() as reference:
+        disabled = _outputs(reference, images, tokens)
+        greedy_ref = reference.generate_images(PROMPTS, cfg_scale=2.0, temperature=0.0)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(disabled, base, strict=True))
+    assert all(torch.allclose(a, b) for a, b in zip(_outputs(fresh, images, tokens), adapted, strict=True))
+    assert greedy_ref.shape == tokens.shape
+
+
+def test_adapter_save_load_round_trip(tiny_dir: Path, fresh: UnifiedModel, images, tmp_path: Path) -> None:
+    tokens = fresh.generate_images(PROMPTS, cfg_scale=None, temperature=1.0, seed=1)
+    fresh.add_lora(rank=4, alpha=8, dropout=0.0)
+    _train_step(fresh, images, tokens)
+    _train_step(fresh, images, tokens)  # the second step moves lora_A too
+    fresh.model.eval()
+    trained = _outputs(fresh, images, tokens)
+    greedy = fresh.generate_images(PROMPTS, cfg_scale=2.0, temperature=0.0)
+    answers = fresh.answer(images[:2], QUESTIONS, max_new_tokens=4)
+    fresh.save_adapter(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+    loaded = load_model(tiny_dir)
+    loaded.load_adapter(tmp_path / "adapter")
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(loaded, images, tokens), trained, strict=True))
+    assert torch.equal(loaded.generate_images(PROMPTS, cfg_scale=2.0, temperature=0.0), greedy)
+    assert loaded.answer(images[:2], QUESTIONS, max_new_tokens=4) == answers
+    assert not any(p.requires_grad for p in loaded.model.parameters())  # loaded for inference by default
+    with pytest.raises(ValueError, match="already has a LoRA adapter"):
+        loaded.add_lora()
+    with pytest.raises(UserError, match="no PEFT adapter"):
+        load_model(tiny_dir).load_adapter(tmp_path)
+
+
+def test_shared_parameters_grouped_by_layer_and_factor(fresh: UnifiedModel) -> None:
+    fresh.add_lora(rank=4, alpha=8, dropout=0.0)
+    groups = fresh.shared_lora_parameters()
+    assert sorted(groups.by_layer) == [0, 1, 2, 3]
+    assert all(len(params) == 14 for params in groups.by_layer.values())  # 7 modules × (A, B)
+    assert len(groups.by_factor["lora_A"]) == len(groups.by_factor["lora_B"]) == 28
+    assert len(groups.parameters) == len(groups.names) == 56
+    for name, param in zip(groups.names, groups.parameters, strict=True):
+        layer = int(name.split("language_model.layers.")[1].split(".")[0])
+        factor = "lora_A" if ".lora_A." in name else "lora_B"
+        assert any(p is param for p in groups.by_layer[layer])
+        assert any(p is param for p in groups.by_factor[factor])
+        assert param.shape[0 if factor == "lora_A" else 1] == 4  # rank
+    head = {id(p) for n, p in fresh.model.named_parameters() if "generation_head" in n}
+    assert not head & {id(p) for p in groups.parameters}  # the generation head is not shared

@@ -1,0 +1,99 @@
+"""Answering, teacher-forced answer scoring, the yes/no judge, and input checking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unigap.model import UnifiedModel
+from unigap.model.understanding import parse_verdict
+
+QUESTIONS = ["what color is the circle ?", "is there a big red square on the left of the star ?", "shape ?"]
+ANSWERS = ["red", "no , there is a small blue triangle", "a circle"]
+# longer than any understanding prompt, so the other rows' answer columns reach into their left padding
+LONG_ANSWER = " ".join(["a big red circle and"] * 20)
+
+
+def test_answer_logprobs_batched_equal_unbatched(um: UnifiedModel, images) -> None:
+    questions, answers = [*QUESTIONS, "what is there ?"], [*ANSWERS, LONG_ANSWER]
+    total, count = um.answer_logprobs(images, questions, answers)
+    assert count.tolist() == [2, 9, 3, 101]  # answer words + EOS
+    for i in range(4):
+        single, single_count = um.answer_logprobs(images[i : i + 1], questions[i : i + 1], answers[i : i + 1])
+        assert single_count.item() == count[i].item()
+        assert torch.allclose(total[i], single[0], atol=1e-5, rtol=0)
+    assert torch.all(total < 0)
+
+
+def test_answer_logprobs_depend_on_the_image_and_are_differentiable(fresh: UnifiedModel, images) -> None:
+    a, _ = fresh.answer_logprobs([images[0]], ["shape ?"], ["a circle"])
+    b, _ = fresh.answer_logprobs([images[1]], ["shape ?"], ["a circle"])
+    assert not torch.allclose(a, b)
+    a.sum().backward()
+    assert fresh.model.model.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+
+
+def test_answers_are_deterministic_and_batch_independent(um: UnifiedModel, images) -> None:
+    answers = um.answer(images[:3], QUESTIONS, max_new_tokens=4)
+    assert answers == um.answer(images[:3], QUESTIONS, max_new_tokens=4)
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    for i, question in enumerate(QUESTIONS):
+        alone = um.answer(images[i : i + 1], [question], max_new_tokens=4)
+        assert alone == answers[i : i + 1]
+    sampled = um.answer(images[:3], QUESTIONS, max_new_tokens=4, temperature=1.0, seed=5)
+    assert sampled == um.answer(images[:3], QUESTIONS, max_new_tokens=4, temperature=1.0, seed=5)
+
+
+def test_judge_probability_is_normalised_over_yes_and_no(um: UnifiedModel, images) -> None:
+    prompts = ["a red circle", "a blue square .", "the big star", "green"]
+    p_yes = um.judge(images, prompts)
+    assert p_yes.shape == (4,) and torch.all((p_yes > 0) & (p_yes < 1))
+    # recompute P(yes) / (P(yes) + P(no)) from the raw LM logits of the same prompt
+    fmt = um.prompts
+    yes, no = fmt.tokenizer.convert_tokens_to_ids(["yes", "no"])
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([fmt.understanding_ids(fmt.judge_question(prompt))])
+        with torch.no_grad():
+            logits = um.model(input_ids=ids, pixel_values=um.vision([images[i]])).logits[0, -1]
+        probs = logits.softmax(-1)
+        assert torch.allclose(p_yes[i], probs[yes] / (probs[yes] + probs[no]), atol=1e-5)
+
+
+def test_judge_generate_parses_answers(um: UnifiedModel, images, monkeypatch: pytest.MonkeyPatch) -> None:
+    verdicts = um.judge_generate(images[:2], ["a red circle", "a star"])
+    assert len(verdicts) == 2 and all(v in (0, 1, None) for v in verdicts)
+    monkeypatch.setattr(um, "answer", lambda *args, **kwargs: ["Yes, it does.", "no", "The score is unclear"])
+    assert um.judge_generate(images[:3], ["a", "b", "c"]) == [1, 0, None]
+    assert parse_verdict("No. yes") == 0 and parse_verdict("eyes nod") is None
+
+
+def test_images_may_be_pil_or_arrays_of_any_size(um: UnifiedModel, images) -> None:
+    pil = Image.fromarray(images[0])
+    a, _ = um.answer_logprobs([images[0]], ["shape ?"], ["a circle"])
+    b, _ = um.answer_logprobs([pil], ["shape ?"], ["a circle"])
+    assert torch.allclose(a, b)
+    wide = np.zeros((20, 90, 3), dtype=np.uint8)
+    pixels = um.vision([wide, Image.fromarray(wide).convert("L")])
+    assert pixels.shape == (2, 3, 64, 64)
+    # letterboxed with the mean colour, which normalises to ~0, exactly like JanusImageProcessor
+    assert pixels[0, :, 0, :].abs().max() < 0.01 and pixels[0, :, 32, :].min() < -0.99
+
+
+def test_bad_understanding_input_raises(um: UnifiedModel, images) -> None:
+    with pytest.raises(ValueError, match="mismatched batch: got 2 images, 1 questions, 1 answers"):
+        um.answer_logprobs(images[:2], ["shape ?"], ["a circle"])
+    with pytest.raises(ValueError, match="mismatched batch"):
+        um.answer(images[:1], ["a ?", "b ?"])
+    with pytest.raises(ValueError, match="mismatched batch"):
+        um.judge(images[:3], ["a"])
+    with pytest.raises(ValueError, match="uint8 of shape HxWx3"):
+        um.answer([images[0].astype(np.float32)], ["shape ?"])
+    with pytest.raises(ValueError, match="uint8 of shape HxWx3"):
+        um.answer([images[0][:, :, :1]], ["shape ?"])
+    with pytest.raises(ValueError, match="PIL images or uint8"):
+        um.answer(["picture.png"], ["shape ?"])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        um.answer(images[:1], ["shape ?"], max_new_tokens=0)
+    assert um.answer([], []) == []
