@@ -41,15 +41,22 @@ def uses_cfg(cfg_scale: float | None) -> bool:
     return cfg_scale is not None and cfg_scale != 1.0
 
 
+def unconditional(fmt: PromptFormat, ids: torch.LongTensor) -> torch.LongTensor:
+    """The unconditional version of prompt rows: every token but BOS and <begin_of_image> becomes PAD
+    (the attention mask is kept), as transformers' image generate builds it — and as prompt dropout
+    must build it in training, so that CFG at inference sees what the model was trained on."""
+    uncond = ids.clone()
+    uncond[(ids != fmt.ids.bos) & (ids != fmt.ids.boi)] = fmt.ids.pad
+    return uncond
+
+
 def prompt_batch(
     fmt: PromptFormat, prompts: Sequence[str], cfg: bool, device: torch.device
 ) -> tuple[torch.LongTensor, torch.LongTensor]:
     """Left-padded generation prompts [B or 2B, L] and mask; with CFG the unconditional half follows."""
     ids, mask = left_pad([fmt.generation_ids(prompt) for prompt in prompts], fmt.ids.pad)
     if cfg:
-        uncond = ids.clone()
-        uncond[(ids != fmt.ids.bos) & (ids != fmt.ids.boi)] = fmt.ids.pad
-        ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
+        ids, mask = torch.cat([ids, unconditional(fmt, ids)]), torch.cat([mask, mask])
     return ids.to(device), mask.to(device)
 
 
@@ -151,8 +158,7 @@ def score_image_tokens(
 ) -> tuple[torch.Tensor, torch.LongTensor]:
     """Teacher-forced log p(image tokens | prompt) through the generation head → (sum [B], count [B]).
 
-    Differentiable (DPO trains through it). The hidden state at <begin_of_image> predicts token 0 and
-    the one at token i predicts token i+1, so the LLM sees the prompt plus all tokens but the last.
+    Differentiable (DPO trains through it). See `image_token_logprobs` for the layout.
     """
     num_tokens = fmt.num_image_tokens
     image_tokens = check_image_tokens(image_tokens, num_tokens, model.config.vq_config.num_embeddings)
@@ -161,13 +167,26 @@ def score_image_tokens(
     if batch == 0:
         return torch.zeros(0, device=device), torch.zeros(0, dtype=torch.long, device=device)
     cfg = uses_cfg(cfg_scale)
-    image_tokens = image_tokens.to(device)
     ids, mask = prompt_batch(fmt, prompts, cfg, device)
-    fed = image_tokens.repeat(2, 1) if cfg else image_tokens
+    fed = image_tokens.to(device)
+    logits = image_token_logits(model, ids, mask, fed.repeat(2, 1) if cfg else fed)
+    logprobs = token_logprobs(guided(logits.float(), cfg_scale), fed)
+    return logprobs.sum(dim=-1), torch.full((batch,), num_tokens, dtype=torch.long, device=device)
+
+
+def image_token_logits(
+    model: JanusForConditionalGeneration, ids: torch.LongTensor, mask: torch.LongTensor, image_tokens: torch.LongTensor
+) -> torch.Tensor:
+    """Generation-head logits [B, N, codebook] predicting each of the N image tokens, teacher-forced.
+
+    `ids`/`mask` are left-padded prompt rows ending in <begin_of_image>. The hidden state at
+    <begin_of_image> predicts token 0 and the one at token i predicts token i+1, so the LLM sees the
+    prompt plus all image tokens but the last.
+    """
+    num_tokens = image_tokens.shape[1]
     embeds = torch.cat(
-        [model.get_input_embeddings()(ids), model.prepare_embeddings_for_image_generation(fed[:, :-1])], dim=1
+        [model.get_input_embeddings()(ids), model.prepare_embeddings_for_image_generation(image_tokens[:, :-1])], dim=1
     )
     mask = torch.cat([mask, mask.new_ones((mask.shape[0], num_tokens - 1))], dim=1)
     logits, _ = _generation_logits(model, embeds, mask, positions(mask), None, use_cache=False, last=num_tokens)
-    logprobs = token_logprobs(guided(logits.float(), cfg_scale), image_tokens)
-    return logprobs.sum(dim=-1), torch.full((batch,), num_tokens, dtype=torch.long, device=device)
+    return logits

@@ -22,6 +22,7 @@ that answer, so answers are balanced (a model cannot score by always saying "no"
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -127,8 +128,13 @@ def _unique(scene: Scene, shape: str | None = None, color: str | None = None) ->
     return found[0] if len(found) == 1 else None
 
 
-def candidate_questions(scene: Scene, kind: str) -> list[Question]:
-    """Every well-defined question of one kind about the scene, in a fixed order."""
+def candidate_questions(
+    scene: Scene, kind: str, judge_prompts: Sequence[PromptSpec] | None = None
+) -> list[Question]:
+    """Every well-defined question of one kind about the scene, in a fixed order.
+
+    Judge questions range over `judge_prompts` (default: every prompt); a smaller pool makes them
+    cheap to sample and lets training keep held-out prompt texts out of its questions."""
     if kind not in QUESTION_KINDS:
         raise ValueError(f"unknown question kind {kind!r}; expected one of {', '.join(QUESTION_KINDS)}")
     t = TEMPLATES
@@ -181,15 +187,21 @@ def candidate_questions(scene: Scene, kind: str) -> list[Question]:
         ]
     if kind == "describe":
         return [Question(kind, t["describe"], describe(scene))]
-    return [judge(scene, spec) for spec in all_specs()]
+    return [judge(scene, spec) for spec in (all_specs() if judge_prompts is None else judge_prompts)]
 
 
-def sample_question(scene: Scene, rng: np.random.Generator, kind: str | None = None) -> Question:
-    """One well-defined question, answer-balanced (see module docstring); kind uniform unless given."""
+def sample_question(
+    scene: Scene,
+    rng: np.random.Generator,
+    kind: str | None = None,
+    judge_prompts: Sequence[PromptSpec] | None = None,
+) -> Question:
+    """One well-defined question, answer-balanced (see module docstring); kind uniform unless given.
+    Judge questions draw from `judge_prompts` (see `candidate_questions`)."""
     if kind is None:
         kinds = [k for k in QUESTION_KINDS if k in ALWAYS_DEFINED or candidate_questions(scene, k)]
         kind = kinds[rng.integers(len(kinds))]
-    pool = candidate_questions(scene, kind)
+    pool = candidate_questions(scene, kind, judge_prompts)
     if not pool:
         raise ValueError(f"no well-defined {kind!r} question exists for this scene")
     answers = sorted({q.answer for q in pool})

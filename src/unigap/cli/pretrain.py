@@ -1,0 +1,26 @@
+"""`unigap pretrain`: train the embedded default model (a tiny Janus on ShapeWorld) from scratch."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from unigap.errors import UserError
+from unigap.pretrain import FULL, QUICK, pretrain
+
+
+def pretrain_command(
+    out: Path = typer.Option(..., "--out", help="Output directory: a checkpoint that `--model DIR` loads."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the corpus, the initialisation and the data order."),
+    quick: bool = typer.Option(False, "--quick", help="CI-sized run (minutes, not a useful model)."),
+) -> None:
+    """Train the VQ tokenizer, then LLM + vision + generation head; rerunning resumes from checkpoints."""
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    config = (QUICK if quick else FULL).scaled(seed=seed)
+    started = time.perf_counter()
+    directory = pretrain(out, config)
+    Console().print(f"saved {directory} in {time.perf_counter() - started:.0f} s; load it with --model {directory}")

@@ -1,0 +1,43 @@
+"""What `unigap pretrain` trains and for how long: one dataclass, two presets (full and `--quick`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Model sizes and the two training stages' budgets. The full preset is what ships as `tiny`."""
+
+    seed: int = 0
+    # model (see unigap.model.tiny_janus_config)
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    codebook_size: int = 512
+    vision_hidden_size: int = 128
+    vision_layers: int = 2
+    # corpus: train-split scenes rendered once; questions drawn per scene
+    scenes: int = 4000
+    questions_per_scene: int = 4
+    reconstructed_fraction: float = 0.5  # understanding images that are VQ reconstructions, not renders
+    # stage 1: VQ tokenizer
+    vq_steps: int = 300
+    vq_batch: int = 16
+    vq_lr: float = 2e-3
+    # stage 2: everything but the VQ, on understanding + generation
+    steps: int = 1000
+    und_batch: int = 32
+    gen_batch: int = 32
+    lr: float = 1.5e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    prompt_dropout: float = 0.1  # generation prompts replaced by the unconditional prompt (CFG)
+    checkpoint_every: int = 100
+
+    def scaled(self, **changes: object) -> PretrainConfig:
+        return replace(self, **changes)
+
+
+FULL = PretrainConfig()
+QUICK = FULL.scaled(scenes=400, questions_per_scene=2, vq_steps=40, steps=40, checkpoint_every=20)

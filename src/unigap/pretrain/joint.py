@@ -1,0 +1,98 @@
+"""Stage 2: train the LLM, vision tower, aligners and generation head on both tasks at once.
+
+Each step takes a batch of understanding examples (image, question → exact answer; images are renders
+or their VQ reconstructions, so the model also understands the kind of image it generates) and a
+batch of text-to-image examples (prompt → VQ ids of a scene satisfying it). Some prompts are replaced
+by the unconditional prompt, built exactly as CFG builds it at inference. Each task's loss is its
+mean token cross-entropy; the step minimises their sum. The VQ stays frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unigap.model import UnifiedModel
+from unigap.model.decoding import left_pad
+from unigap.model.generation import image_token_logits, unconditional
+from unigap.pretrain.config import PretrainConfig
+from unigap.pretrain.corpus import Corpus
+
+
+@dataclass
+class JointStep:
+    """One step's per-task losses, for the log."""
+
+    und_loss: float
+    gen_loss: float
+    lr: float
+
+
+def trainable_parameters(um: UnifiedModel) -> list[torch.nn.Parameter]:
+    """Every parameter except the VQ tokenizer's (trained in stage 1, frozen here)."""
+    um.model.model.vqmodel.requires_grad_(False)
+    return [p for p in um.model.parameters() if p.requires_grad]
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: PretrainConfig) -> tuple[torch.optim.Optimizer, object]:
+    """AdamW with linear warm-up then cosine decay to 10% of the peak learning rate."""
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+
+    def factor(step: int) -> float:
+        if step < config.warmup:
+            return (step + 1) / config.warmup
+        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def understanding_loss(um: UnifiedModel, corpus: Corpus, rows: np.ndarray, rng: np.random.Generator, reconstructed: float) -> torch.Tensor:
+    """Mean answer-token cross-entropy (EOS included) on one question per chosen scene."""
+    assert corpus.reconstructions is not None
+    questions = [corpus.questions[r][rng.integers(len(corpus.questions[r]))] for r in rows]
+    use_recon = rng.random(len(rows)) < reconstructed
+    images = [corpus.reconstructions[r] if rec else corpus.renders[r] for r, rec in zip(rows, use_recon, strict=True)]
+    total, count = um.answer_logprobs(images, [q.text for q in questions], [q.answer for q in questions])
+    return -total.sum() / count.sum()
+
+
+def generation_loss(um: UnifiedModel, corpus: Corpus, rows: np.ndarray, rng: np.random.Generator, dropout: float) -> torch.Tensor:
+    """Mean image-token cross-entropy; a `dropout` share of prompts made unconditional."""
+    assert corpus.tokens is not None
+    fmt = um.prompts
+    ids, mask = left_pad([fmt.generation_ids(corpus.specs[r].text) for r in rows], fmt.ids.pad)
+    dropped = torch.from_numpy(rng.random(len(rows)) < dropout)
+    ids = torch.where(dropped.unsqueeze(-1), unconditional(fmt, ids), ids)
+    tokens = torch.from_numpy(corpus.tokens[rows]).to(um.device)
+    logits = image_token_logits(um.model, ids.to(um.device), mask.to(um.device), tokens)
+    return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+
+
+def joint_step(
+    um: UnifiedModel,
+    corpus: Corpus,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    params: list[torch.nn.Parameter],
+    rng: np.random.Generator,
+    config: PretrainConfig,
+) -> JointStep:
+    """One optimiser step on one understanding and one generation batch."""
+    und_rows = rng.integers(len(corpus), size=config.und_batch)
+    gen_rows = rng.integers(len(corpus), size=config.gen_batch)
+    und = understanding_loss(um, corpus, und_rows, rng, config.reconstructed_fraction)
+    gen = generation_loss(um, corpus, gen_rows, rng, config.prompt_dropout)
+    loss = und + gen
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"pretraining loss is not finite (understanding {float(und)}, generation {float(gen)})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    return JointStep(und.item(), gen.item(), schedule.get_last_lr()[0])

@@ -1,0 +1,137 @@
+"""Pretraining: VQ training agrees with transformers' decode, losses reuse the model's scorers,
+the corpus keeps held-out prompts out, and a killed run resumes to the same weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unigap.cli import main
+from unigap.model import load_model
+from unigap.model.generation import prompt_batch
+from unigap.model.images import vq_encode
+from unigap.pretrain import QUICK, pretrain
+from unigap.pretrain import run as run_module
+from unigap.pretrain.corpus import build_corpus
+from unigap.pretrain.joint import generation_loss, understanding_loss
+from unigap.pretrain.run import build_model, tokenize_corpus
+from unigap.pretrain.vq import to_pixels, train_vq, vq_reconstruct
+from unigap.world import satisfies, split_prompts
+
+TINY = QUICK.scaled(scenes=24, questions_per_scene=2, vq_steps=2, vq_batch=4, steps=4, und_batch=4, gen_batch=4,
+                    checkpoint_every=2, warmup=2)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(24, seed=0, questions_per_scene=3)
+
+
+@pytest.fixture(scope="module")
+def model_and_corpus(corpus):
+    um = build_model(TINY)
+    tokenize_corpus(um, corpus)
+    return um, corpus
+
+
+def test_corpus_is_train_split_and_its_judge_answers_are_exact(corpus) -> None:
+    train = {spec.text for spec in split_prompts("train", 0)}
+    assert all(spec.text in train for spec in corpus.specs)
+    judged = [(scene, q) for scene, qs in zip(corpus.scenes, corpus.questions, strict=True) for q in qs if q.kind == "judge"]
+    for scene, q in judged:
+        prompt = q.text.removeprefix("Does this image show ").removesuffix("?")
+        assert prompt in train  # held-out prompt texts never appear in training questions
+        spec = next(s for s in split_prompts("train", 0) if s.text == prompt)
+        assert q.answer == ("yes" if satisfies(scene, spec) else "no")
+    again = build_corpus(24, seed=0, questions_per_scene=3)
+    assert [q.text for qs in again.questions for q in qs] == [q.text for qs in corpus.questions for q in qs]
+    assert np.array_equal(again.renders, corpus.renders)
+
+
+def test_vq_training_path_agrees_with_transformers_decode(corpus) -> None:
+    um = build_model(TINY)
+    vq = um.model.model.vqmodel
+    losses = []
+    train_vq(vq, corpus.renders[:8], steps=12, batch=4, lr=2e-3, seed=0,
+             on_step=lambda step, numbers: losses.append(numbers.reconstruction))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns
+    pixels = to_pixels(corpus.renders[:4])
+    with torch.no_grad():
+        recon, _, ids = vq_reconstruct(vq, pixels)
+        assert torch.equal(ids, vq_encode(vq, pixels))  # training picks the codes encode picks
+        assert torch.allclose(recon, vq.decode(ids), atol=1e-5)  # and decodes them as transformers does
+
+
+def test_losses_are_the_model_scorers(model_and_corpus) -> None:
+    um, corpus = model_and_corpus
+    rows = np.arange(4)
+    gen = generation_loss(um, corpus, rows, np.random.default_rng(0), dropout=0.0)
+    total, count = um.image_logprobs([corpus.specs[r].text for r in rows], torch.from_numpy(corpus.tokens[rows]))
+    assert torch.allclose(gen, -total.sum() / count.sum(), atol=1e-5)
+
+    rng = np.random.default_rng(3)
+    und = understanding_loss(um, corpus, rows, rng, reconstructed=0.0)
+    rng = np.random.default_rng(3)
+    questions = [corpus.questions[r][rng.integers(len(corpus.questions[r]))] for r in rows]
+    total, count = um.answer_logprobs(list(corpus.renders[rows]), [q.text for q in questions], [q.answer for q in questions])
+    assert torch.allclose(und, -total.sum() / count.sum(), atol=1e-5)
+
+
+def test_prompt_dropout_uses_the_cfg_unconditional_prompt(model_and_corpus) -> None:
+    um, corpus = model_and_corpus
+    rows = np.arange(3)
+    prompts = [corpus.specs[r].text for r in rows]
+    dropped = generation_loss(um, corpus, rows, np.random.default_rng(0), dropout=1.0)
+    ids, mask = prompt_batch(um.prompts, prompts, cfg=True, device=um.device)
+    from unigap.model.generation import image_token_logits
+
+    tokens = torch.from_numpy(corpus.tokens[rows])
+    logits = image_token_logits(um.model, ids[3:], mask[3:], tokens)  # the CFG unconditional half
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+    assert torch.allclose(dropped, expected, atol=1e-5)
+    kept = generation_loss(um, corpus, rows, np.random.default_rng(0), dropout=0.0)
+    assert not torch.allclose(dropped, kept)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = pretrain(tmp_path / "whole", TINY, show_progress=False)
+    real_step, calls = run_module.joint_step, {"n": 0}
+
+    def dies_on_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "joint_step", dies_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tmp_path / "resumed", TINY, show_progress=False)
+    monkeypatch.setattr(run_module, "joint_step", real_step)
+    assert (tmp_path / "resumed" / run_module.JOINT_FILE).is_file()
+    pretrain(tmp_path / "resumed", TINY, show_progress=False)
+    a, b = load_file(whole / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    um = load_model(whole)
+    assert um.num_image_tokens == 64 and um.codebook_size == TINY.codebook_size
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--seed", "-1"], "--seed must be >= 0"), (["--out", "{file}"], "is a file, not a directory")],
+)
+def test_cli_rejects_bad_input_with_one_line(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    argv = [a.format(file=file) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", *argv, "--quick"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
