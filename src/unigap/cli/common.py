@@ -1,0 +1,48 @@
+"""Options and checks shared by the commands that load a model (`eval`, `generate`, `ask`).
+
+torch/transformers are imported inside the commands, never at module level, so `unigap --help` and
+the flag checks stay fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from unigap.errors import UserError
+
+if TYPE_CHECKING:
+    from unigap.model import UnifiedModel
+
+MODEL_OPTION = typer.Option(..., "--model", help='A checkpoint directory, or "tiny" (the shipped model).')
+ADAPTER_OPTION = typer.Option(None, "--adapter", help="A LoRA adapter directory (PEFT format) to apply.")
+
+
+def require_positive(flag: str, value: float) -> None:
+    if not value > 0:
+        raise UserError(f"{flag} must be positive, got {value}")
+
+
+def require_non_negative(flag: str, value: float) -> None:
+    if not value >= 0:
+        raise UserError(f"{flag} must be >= 0, got {value}")
+
+
+def load(model: str, adapter: Path | None) -> UnifiedModel:
+    """The model (plus adapter); missing or broken directories are user errors, not tracebacks."""
+    if adapter is not None and not adapter.is_dir():
+        raise UserError(f"adapter directory {adapter} does not exist")
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter} holds no PEFT adapter (no adapter_config.json)")  # before a slow load
+    from unigap.model import load_model
+
+    um = load_model(model)
+    if adapter is not None:
+        try:
+            um.load_adapter(adapter)
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot apply adapter {adapter} to this model: {first}") from None
+    return um

@@ -1,0 +1,44 @@
+"""`unigap eval`: measure a model's understanding, generation and the gap between them, as JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, require_non_negative, require_positive
+
+app = typer.Typer()
+
+
+@app.command("eval")
+def eval_command(
+    model: str = MODEL_OPTION,
+    adapter: Path | None = ADAPTER_OPTION,
+    n: int = typer.Option(200, "--n", help="Held-out questions, and held-out prompts (one image each)."),
+    seed: int = typer.Option(0, "--seed", help="Draws the items, questions and image samples."),
+    data_seed: int = typer.Option(
+        0, "--data-seed", help="Seed of the train/val/test partition (the training data's seed)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Report file (JSON), written atomically."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Items per model call."),
+    cfg: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale for generation (1 = none)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Image sampling temperature (0 = greedy)."),
+) -> None:
+    """Write the metrics report to OUT and print a summary table."""
+    from unigap.evaluate import check_output_file, evaluate, save_report, summary_table
+
+    require_positive("--n", n)
+    require_positive("--batch-size", batch_size)
+    require_non_negative("--cfg", cfg)
+    require_non_negative("--temperature", temperature)
+    check_output_file(out)
+    um = load(model, adapter)
+    report = evaluate(
+        um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature
+    )
+    report["config"].update(model=model, adapter=None if adapter is None else str(adapter))
+    save_report(report, out)
+    Console().print(summary_table(report))
+    typer.echo(f"wrote {out}")

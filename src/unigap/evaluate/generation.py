@@ -1,0 +1,103 @@
+"""Generation accuracy and the model's judgement of its own images (the self-contradiction metrics).
+
+Why together: non-unification, weak generation and judge accuracy are statements about *the same*
+images whose verifier verdicts give generation accuracy (SPEC §2), so each image is generated, decoded,
+verified and self-judged exactly once and every metric reads the same per-image record.
+
+* generation accuracy   = share of images the exact verifier accepts
+* non-unification score = share of images the model's own judge rejects (P(yes) < 0.5)
+* weak-generation rate  = among self-rejected images, share the verifier rejects too
+* judge accuracy        = share of images where the self-judge verdict equals the verifier's
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from unigap.evaluate.progress import batches
+from unigap.evaluate.stats import summarize, summarize_grouped
+from unigap.world import CATEGORIES, PromptSpec, verify
+
+GENERATION_STREAM = 2  # per-batch sampling seeds are drawn from this stream of the run's seed
+ACCEPT_THRESHOLD = 0.5  # the self-judge accepts an image when P(yes) >= this
+
+
+class ImageModel(Protocol):
+    def generate_images(
+        self, prompts: Sequence[str], n_per_prompt: int, cfg_scale: float | None, temperature: float, seed: int | None
+    ) -> torch.Tensor: ...
+
+    def decode_tokens(self, ids: torch.Tensor) -> list[Image.Image]: ...
+
+    def judge(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor: ...
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The sampling seed of one batch: a fixed function of (run seed, batch index)."""
+    return int(np.random.SeedSequence([seed, GENERATION_STREAM, batch_index]).generate_state(1)[0])
+
+
+def generate_and_judge(
+    um: ImageModel,
+    specs: Sequence[PromptSpec],
+    seed: int,
+    batch_size: int = 32,
+    cfg_scale: float | None = 5.0,
+    temperature: float = 1.0,
+    progress: bool = True,
+) -> tuple[list[Image.Image], list[dict[str, Any]]]:
+    """One image per prompt, verified and self-judged → (images, per-image records).
+
+    Batch b is sampled with `batch_seed(seed, b)`, so the images depend on (seed, batch_size) only.
+    """
+    images: list[Image.Image] = []
+    records: list[dict[str, Any]] = []
+    for index, chunk in enumerate(batches(specs, batch_size, "generation", progress)):
+        prompts = [spec.text for spec in chunk]
+        tokens = um.generate_images(
+            prompts, n_per_prompt=1, cfg_scale=cfg_scale, temperature=temperature, seed=batch_seed(seed, index)
+        )
+        decoded = um.decode_tokens(tokens)
+        p_yes = torch.as_tensor(um.judge(decoded, prompts)).float().cpu().tolist()
+        for spec, image, prob in zip(chunk, decoded, p_yes, strict=True):
+            verdict = verify(image, spec, canvas=image.size[0])
+            accepted = prob >= ACCEPT_THRESHOLD
+            records.append(
+                {
+                    "index": len(records),
+                    "prompt": spec.text,
+                    "category": spec.category,
+                    "verified": verdict.satisfied,
+                    "reason": verdict.reason,
+                    "p_yes": prob,
+                    "self_accepted": accepted,
+                    "self_rejected": not accepted,
+                    "judge_correct": accepted == verdict.satisfied,
+                    "weak_generation": None if accepted else not verdict.satisfied,
+                }
+            )
+        images.extend(decoded)
+    return images, records
+
+
+def generation_metrics(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The four generation-side metric objects, each overall and per prompt category."""
+
+    def metric(outcome: str, key: str, rows: Sequence[dict[str, Any]] = records) -> dict[str, Any]:
+        return summarize_grouped(rows, outcome, key, "category", CATEGORIES, "by_category")
+
+    rejected = [r for r in records if r["self_rejected"]]
+    return {
+        "generation": metric("verified", "accuracy"),
+        "nonunification": {
+            **metric("self_rejected", "score"),
+            "mean_p_yes": summarize([r["p_yes"] for r in records], "mean"),
+        },
+        "weak_generation": metric("weak_generation", "rate", rejected),
+        "judge": metric("judge_correct", "accuracy"),
+    }

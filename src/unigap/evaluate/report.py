@@ -1,0 +1,77 @@
+"""Writing a report safely and showing it: an interrupted run must never leave a half-written file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from unigap.errors import UserError
+
+HEADLINES = (
+    ("understanding", "accuracy", "by_kind"),
+    ("generation", "accuracy", "by_category"),
+    ("nonunification", "score", "by_category"),
+    ("weak_generation", "rate", "by_category"),
+    ("judge", "accuracy", "by_category"),
+)
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Fail before any work if `path` cannot be a file: it is a directory, or its parent is a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"output path {path} is a directory; give a file name")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"cannot create {path}: {parent} is a file")
+    return path
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(temporary path)` in the target's directory, then rename it over `path` (atomic)."""
+    path = check_output_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc}") from None
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """The report as indented JSON (null for values of empty samples), written atomically."""
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """Headline metrics with n and stderr, each followed by its per-kind / per-category rows."""
+    table = Table(title=f"unigap eval (n={report['config']['n']}, seed={report['config']['seed']})")
+    for column in ("metric", "value", "n", "stderr"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, key, breakdown in HEADLINES:
+        metric = report[name]
+        table.add_row(f"[bold]{name}.{key}[/bold]", _fmt(metric[key]), str(metric["n"]), _fmt(metric["stderr"]))
+        for group, sub in metric[breakdown].items():
+            table.add_row(f"  {group}", _fmt(sub[key]), str(sub["n"]), _fmt(sub["stderr"]))
+    mean = report["nonunification"]["mean_p_yes"]
+    table.add_row("[bold]mean P(yes)[/bold]", _fmt(mean["mean"]), str(mean["n"]), _fmt(mean["stderr"]))
+    return table

@@ -1,0 +1,47 @@
+"""Metric objects: a value with its sample size and standard error, overall and per group.
+
+Why one shape everywhere: later stages (DPO, the study) compare runs with t-tests, which need n and the
+standard error next to every number, and a reader should never wonder which of several layouts a metric uses.
+
+An empty sample (n = 0, e.g. no self-rejected generations) has no value: value and stderr are `None`
+(JSON null), never NaN, so the report stays valid JSON and nothing divides by zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def summarize(values: Sequence[float | bool], key: str) -> dict[str, Any]:
+    """`{key: mean, "n": n, "stderr": sqrt(var / n)}` with the population variance (ddof = 0).
+
+    For 0/1 outcomes the population variance is p(1 - p), so this is the binomial standard error
+    sqrt(p(1 - p) / n); for graded values (e.g. P(yes)) it is the plain standard error of the mean.
+    """
+    n = len(values)
+    if n == 0:
+        return {key: None, "n": 0, "stderr": None}
+    floats = [float(v) for v in values]
+    mean = math.fsum(floats) / n
+    variance = math.fsum((v - mean) ** 2 for v in floats) / n
+    return {key: mean, "n": n, "stderr": math.sqrt(variance / n)}
+
+
+def summarize_by(
+    records: Iterable[dict[str, Any]], group: str, groups: Sequence[str], outcome: str, key: str
+) -> dict[str, dict[str, Any]]:
+    """`summarize` of `record[outcome]` within each value of `record[group]`; every group listed, even empty."""
+    buckets: dict[str, list[Any]] = {name: [] for name in groups}
+    for record in records:
+        buckets.setdefault(record[group], []).append(record[outcome])
+    return {name: summarize(values, key) for name, values in buckets.items()}
+
+
+def summarize_grouped(
+    records: Sequence[dict[str, Any]], outcome: str, key: str, group: str, groups: Sequence[str], label: str
+) -> dict[str, Any]:
+    """`summarize` of `record[outcome]` over all records, plus its `summarize_by` breakdown under `label`."""
+    overall = summarize([record[outcome] for record in records], key)
+    return {**overall, label: summarize_by(records, group, groups, outcome, key)}

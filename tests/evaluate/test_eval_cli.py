@@ -1,0 +1,100 @@
+"""`unigap eval/generate/ask` on a random tiny model, and user mistakes: one stderr line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from unigap.cli import main
+
+REQUIRED = {
+    "understanding": ("accuracy", "by_kind"),
+    "generation": ("accuracy", "by_category"),
+    "nonunification": ("score", "by_category"),
+    "weak_generation": ("rate", "by_category"),
+    "judge": ("accuracy", "by_category"),
+}
+
+
+def run_main(capsys, args):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_eval_writes_the_report(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "reports" / "eval.json"
+    code, stdout, _ = run_main(
+        capsys, ["eval", "--model", tiny_dir, "--n", 4, "--seed", 3, "--out", out, "--batch-size", 3]
+    )
+    assert code == 0 and f"wrote {out}" in stdout and "understanding.accuracy" in stdout
+    report = json.loads(out.read_text())
+    for name, (key, breakdown) in REQUIRED.items():
+        assert {key, "n", "stderr", breakdown} <= set(report[name]), name
+    assert report["understanding"]["n"] == 4 and report["config"]["model"] == str(tiny_dir)
+    assert len(report["records"]["generation"]) == 4
+    assert sorted(p.name for p in out.parent.iterdir()) == ["eval.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("n, size", [(1, (64, 64)), (3, (128, 128))])
+def test_generate_writes_one_png_or_a_grid(tiny_dir, tmp_path, capsys, n, size):
+    out = tmp_path / "img.png"
+    args = ["generate", "--model", tiny_dir, "--prompt", "a red circle", "--n", n, "--seed", 1, "--out", out]
+    code, stdout, _ = run_main(capsys, args)
+    assert code == 0 and f"wrote {n} image(s)" in stdout
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == size
+    first = out.read_bytes()
+    run_main(capsys, args)
+    assert out.read_bytes() == first  # seeded
+
+
+def test_ask_prints_an_answer(tiny_dir, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(image)
+    args = ["ask", "--model", tiny_dir, "--image", image, "--question", "What color is the circle?"]
+    code, stdout, _ = run_main(capsys, [*args, "--max-new-tokens", 3])
+    assert code == 0 and 1 <= len(stdout.split()) <= 3
+
+
+@pytest.fixture
+def paths(tmp_path, tiny_dir):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "FILE").write_text("not an image")
+    return {"MODEL": tiny_dir, "TMP": tmp_path}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "--model", "TMP/missing", "--n", 2, "--out", "TMP/o.json"], "does not exist"),
+        (["eval", "--model", "TMP/empty", "--n", 2, "--out", "TMP/o.json"], "no config.json"),
+        (["eval", "--model", "MODEL", "--n", 0, "--out", "TMP/o.json"], "--n must be positive"),
+        (["eval", "--model", "MODEL", "--n", 2, "--out", "TMP/o.json", "--batch-size", 0], "--batch-size must be"),
+        (["eval", "--model", "MODEL", "--n", 2, "--out", "TMP"], "is a directory"),
+        (["eval", "--model", "MODEL", "--n", 2, "--out", "TMP/FILE/o.json"], "is a file"),
+        (["eval", "--model", "MODEL", "--adapter", "TMP/none", "--n", 2, "--out", "TMP/o.json"], "does not exist"),
+        (["eval", "--model", "MODEL", "--adapter", "TMP/empty", "--n", 2, "--out", "TMP/o.json"], "no PEFT adapter"),
+        (["generate", "--model", "MODEL", "--prompt", "a circle", "--n", -1, "--out", "TMP/i.png"], "--n must be"),
+        (["generate", "--model", "MODEL", "--prompt", " ", "--out", "TMP/i.png"], "--prompt must not be empty"),
+        (["generate", "--model", "MODEL", "--prompt", "a circle", "--temperature", -1, "--out", "TMP/i.png"],
+         "--temperature must be >= 0"),
+        (["generate", "--model", "MODEL", "--prompt", "a circle", "--out", "TMP"], "is a directory"),
+        (["ask", "--model", "MODEL", "--image", "TMP/FILE", "--question", "What?"], "cannot read"),
+        (["ask", "--model", "MODEL", "--image", "TMP/nope.png", "--question", "What?"], "image file not found"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(paths, capsys, args, message):
+    def fill(arg):
+        text = str(arg)
+        for name, value in paths.items():
+            text = text.replace(name, str(value), 1) if text.startswith(name) else text
+        return text
+
+    code, _, err = run_main(capsys, [fill(a) for a in args])
+    assert code == 2
+    assert err.startswith("unigap: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (paths["TMP"] / "o.json").exists()

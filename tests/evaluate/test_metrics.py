@@ -1,0 +1,104 @@
+"""Metrics against stub models with known outputs: exact expected values, one generation pass, seeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from unigap.evaluate import (
+    answer_items,
+    batch_seed,
+    evaluate,
+    generate_and_judge,
+    generation_metrics,
+    held_out_pairs,
+    understanding_items,
+    understanding_metrics,
+)
+from unigap.world import CATEGORIES, QUESTION_KINDS
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def items():
+    return understanding_items(N, seed=4)
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return [spec for spec, _ in held_out_pairs(N, seed=4)]
+
+
+def test_a_perfect_answerer_scores_one(items, stub_factory):
+    metrics = understanding_metrics(answer_items(stub_factory(items), items, batch_size=7, progress=False))
+    assert metrics["accuracy"] == 1.0 and metrics["n"] == N and metrics["stderr"] == 0.0
+    assert all(m["accuracy"] in (1.0, None) for m in metrics["by_kind"].values())
+    assert sum(m["n"] for m in metrics["by_kind"].values()) == N
+
+
+def test_wrong_kinds_score_zero_and_lower_the_total_by_their_share(items, stub_factory):
+    wrong = ("color", "count")
+    records = answer_items(stub_factory(items, wrong_kinds=wrong), items, batch_size=8, progress=False)
+    metrics = understanding_metrics(records)
+    n_wrong = sum(it.question.kind in wrong for it in items)
+    assert 0 < n_wrong < N
+    assert metrics["accuracy"] == pytest.approx(1 - n_wrong / N)
+    for kind in QUESTION_KINDS:
+        expected = 0.0 if kind in wrong else 1.0
+        assert metrics["by_kind"][kind]["accuracy"] == expected, kind
+    assert [r["index"] for r in records] == list(range(N))
+
+
+def test_generation_side_metrics_have_their_exact_values(specs, stub_factory):
+    blank, doubted = ("counting",), ("position",)
+    stub = stub_factory(blank_categories=blank, doubted_categories=doubted)
+    images, records = generate_and_judge(stub, specs, seed=9, batch_size=8, progress=False)
+    metrics = generation_metrics(records)
+    n_blank = sum(s.category in blank for s in specs)
+    n_doubted = sum(s.category in doubted for s in specs)
+    assert n_blank and n_doubted
+
+    assert metrics["generation"]["accuracy"] == pytest.approx(1 - n_blank / N)
+    assert metrics["generation"]["by_category"]["counting"]["accuracy"] == 0.0
+    assert metrics["generation"]["by_category"]["colors"]["accuracy"] in (1.0, None)
+    assert metrics["nonunification"]["score"] == pytest.approx((n_blank + n_doubted) / N)
+    assert metrics["nonunification"]["mean_p_yes"]["mean"] == pytest.approx(
+        (0.2 * (n_blank + n_doubted) + 0.9 * (N - n_blank - n_doubted)) / N
+    )
+    weak = metrics["weak_generation"]
+    assert weak["n"] == n_blank + n_doubted
+    assert weak["rate"] == pytest.approx(n_blank / (n_blank + n_doubted))
+    assert weak["by_category"]["counting"]["rate"] == 1.0 and weak["by_category"]["position"]["rate"] == 0.0
+    assert weak["by_category"]["colors"]["n"] == 0 and weak["by_category"]["colors"]["rate"] is None
+    assert metrics["judge"]["accuracy"] == pytest.approx(1 - n_doubted / N)
+    assert set(metrics["generation"]["by_category"]) == set(CATEGORIES)
+
+    # one generation pass, judged on exactly the decoded images, seeded per batch
+    assert [p for call in stub.generate_calls for p in call["prompts"]] == [s.text for s in specs]
+    assert [call["seed"] for call in stub.generate_calls] == [batch_seed(9, b) for b in range(len(stub.generate_calls))]
+    assert len(stub.judged) == len(images) == N and all(a is b for a, b in zip(stub.judged, images, strict=True))
+
+
+def test_no_self_rejections_gives_a_null_weak_generation_rate(specs, stub_factory):
+    _, records = generate_and_judge(stub_factory(), specs[:10], seed=0, batch_size=4, progress=False)
+    metrics = generation_metrics(records)
+    assert metrics["nonunification"]["score"] == 0.0
+    weak = metrics["weak_generation"]
+    assert (weak["rate"], weak["n"], weak["stderr"]) == (None, 0, None)
+
+
+def test_evaluate_composes_both_sides(stub_factory):
+    n, seed = 24, 2
+    stub = stub_factory(understanding_items(n, seed), wrong_kinds=("describe",), blank_categories=("colors",))
+    report = evaluate(stub, n, seed, batch_size=5, cfg_scale=3.0, progress=False)
+    metrics = {"understanding", "generation", "nonunification", "weak_generation", "judge"}
+    assert metrics | {"records", "config"} <= set(report)
+    assert len(report["records"]["understanding"]) == len(report["records"]["generation"]) == n
+    describe = report["understanding"]["by_kind"]["describe"]
+    colors = report["generation"]["by_category"]["colors"]
+    assert describe["n"] > 0 and describe["accuracy"] == 0.0
+    assert colors["n"] > 0 and colors["accuracy"] == 0.0
+    assert report["understanding"]["accuracy"] == pytest.approx(1 - describe["n"] / n)
+    assert len(stub.generate_calls) == 5 and all(call["cfg_scale"] == 3.0 for call in stub.generate_calls)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(stub, n, seed, batch_size=0, progress=False)
