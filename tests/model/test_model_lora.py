@@ -108,3 +108,17 @@ def test_shared_parameters_grouped_by_layer_and_factor(fresh: UnifiedModel) -> N
         assert param.shape[0 if factor == "lora_A" else 1] == 4  # rank
     head = {id(p) for n, p in fresh.model.named_parameters() if "generation_head" in n}
     assert not head & {id(p) for p in groups.parameters}  # the generation head is not shared
+
+
+def test_add_lora_keeps_an_eval_model_deterministic(fresh: UnifiedModel, images) -> None:
+    """peft builds LoRA layers in train mode; on an eval model their dropout must stay off."""
+    fresh.model.eval()
+    fresh.add_lora(rank=4, alpha=8, dropout=0.5)
+    assert not any(module.training for module in fresh.model.modules())
+    with torch.no_grad():
+        for module in fresh.model.modules():  # make LoRA act, so dropout would show
+            if hasattr(module, "lora_B") and "default" in module.lora_B:
+                module.lora_B["default"].weight.fill_(0.1)
+        first, _ = fresh.answer_logprobs(images[:2], QUESTIONS, ANSWERS)
+        second, _ = fresh.answer_logprobs(images[:2], QUESTIONS, ANSWERS)
+    assert torch.equal(first, second)

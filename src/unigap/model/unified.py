@@ -201,7 +201,9 @@ class UnifiedModel:
         """Attach a fresh LoRA adapter to the LLM (and make the generation head trainable)."""
         if self.peft is not None:
             raise ValueError("this model already has a LoRA adapter")
+        was_training = self.model.training
         self.peft = lora.attach_lora(self.model, rank, alpha, dropout, target_modules, train_generation_head)
+        self.model.train(was_training)  # peft builds LoRA layers in train mode: dropout would act at inference
         return self.peft
 
     def load_adapter(self, directory: str | os.PathLike, trainable: bool = False) -> PeftModel:

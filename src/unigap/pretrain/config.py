@@ -22,14 +22,14 @@ class PretrainConfig:
     questions_per_scene: int = 4
     reconstructed_fraction: float = 0.5  # understanding images that are VQ reconstructions, not renders
     # stage 1: VQ tokenizer
-    vq_steps: int = 300
+    vq_steps: int = 250
     vq_batch: int = 16
-    vq_lr: float = 2e-3
+    vq_lr: float = 3e-3
     # stage 2: everything but the VQ, on understanding + generation
-    steps: int = 1000
-    und_batch: int = 32
-    gen_batch: int = 32
-    lr: float = 1.5e-3
+    steps: int = 900
+    und_batch: int = 24
+    gen_batch: int = 24
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup: int = 100
     prompt_dropout: float = 0.1  # generation prompts replaced by the unconditional prompt (CFG)

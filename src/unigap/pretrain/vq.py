@@ -6,7 +6,9 @@ encoder → quant_conv → nearest *L2-normalised* code (straight-through) → p
 `decode` (via `get_codebook_entry`) L2-normalises codebook vectors, and `unigap.model.images.vq_encode`
 picks codes by normalised similarity, so training, encoding and decoding all see the same vectors.
 Losses: L1 + MSE reconstruction, codebook and commitment terms (β = 0.25) on the normalised vectors,
-and unused codes are restarted on current latents so the whole codebook stays in use.
+and unused codes are restarted on current latents so the whole codebook stays in use. Shapes cover a
+small share of a ShapeWorld canvas, so a plain pixel loss is met by a blank canvas with blurred blobs;
+pixels that differ from the background therefore weigh `OBJECT_WEIGHT` times more.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from transformers.models.janus.modeling_janus import JanusVQVAE
 from unigap.model.images import normalized_codebook, vq_latents
 
 COMMITMENT = 0.25
+OBJECT_WEIGHT = 10.0
 RESTART_EVERY = 100  # steps between restarts of codes unused since the last restart
 
 
@@ -44,6 +47,14 @@ def vq_reconstruct(vq: JanusVQVAE, pixels: torch.Tensor) -> tuple[torch.Tensor, 
     straight = latents + (codes - latents).detach()
     recon = vq.decoder(vq.post_quant_conv(straight.permute(0, 3, 1, 2)))
     return recon, quant_loss, ids.flatten(1)
+
+
+def reconstruction_loss(recon: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Object-weighted L1 + MSE; the background is the top-left pixel's colour (ShapeWorld's white)."""
+    background = pixels[:, :, :1, :1]
+    weight = 1.0 + (OBJECT_WEIGHT - 1.0) * (pixels - background).abs().amax(dim=1, keepdim=True).gt(0.05).float()
+    error = recon - pixels
+    return ((error.abs() + error.square()) * weight).mean() / weight.mean()
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
@@ -70,7 +81,7 @@ def train_vq(
         rows = torch.randint(len(images), (batch,), generator=generator).numpy()
         pixels = to_pixels(images[rows])
         recon, quant_loss, ids = vq_reconstruct(vq, pixels)
-        reconstruction = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels)
+        reconstruction = reconstruction_loss(recon, pixels)
         loss = reconstruction + quant_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
