@@ -116,6 +116,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pyt
     a, b = load_file(whole / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (whole / run_module.JOINT_FILE).exists() and not (whole / run_module.VQ_FILE).exists()
     um = load_model(whole)
     assert um.num_image_tokens == 64 and um.codebook_size == TINY.codebook_size
 

@@ -23,9 +23,26 @@ app = typer.Typer(
 
 def _register() -> None:
     """Attach each stage's sub-app; imported lazily so `unigap --help` stays fast."""
+    from unigap.cli.merge import merge
+    from unigap.cli.prefs import app as prefs_app
+    from unigap.cli.train import train
     from unigap.cli.world import app as world_app
 
     app.add_typer(world_app, name="world")
+    app.add_typer(prefs_app, name="prefs")
+    app.command("train")(train)
+    app.command("merge")(merge)
+    from unigap.cli.pretrain import pretrain_command
+
+    app.command("pretrain")(pretrain_command)
+    from unigap.cli.evaluate import app as eval_app
+    from unigap.cli.inference import app as inference_app
+
+    app.add_typer(eval_app)  # unnamed: `eval` becomes a top-level command
+    app.add_typer(inference_app)  # `generate`, `ask`
+    from unigap.cli.diagnose import app as diagnose_app
+
+    app.add_typer(diagnose_app)  # `diagnose`
 
 
 _register()

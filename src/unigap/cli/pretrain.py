@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 
 from unigap.errors import UserError
-from unigap.pretrain import FULL, QUICK, pretrain
 
 
 def pretrain_command(
@@ -20,6 +19,8 @@ def pretrain_command(
     """Train the VQ tokenizer, then LLM + vision + generation head; rerunning resumes from checkpoints."""
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
+    from unigap.pretrain import FULL, QUICK, pretrain  # torch: imported only when the command runs
+
     config = (QUICK if quick else FULL).scaled(seed=seed)
     started = time.perf_counter()
     directory = pretrain(out, config)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from unigap import atomic
 from unigap.errors import UserError
 
 HEADLINES = (
@@ -35,21 +35,13 @@ def check_output_file(path: str | os.PathLike) -> Path:
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(temporary path)` in the target's directory, then rename it over `path` (atomic)."""
+    """`unigap.atomic.write_atomically` for a user-named output: checked, parent created, errors as one line."""
     path = check_output_file(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return atomic.write_atomically(path, write)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc}") from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_report(report: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
 
+from unigap.atomic import write_text_atomically
 from unigap.errors import UserError
 from unigap.model.prompts import JANUS_PRO_TEMPLATE, TEMPLATES
 
@@ -57,7 +57,5 @@ def save_checkpoint(
         "image_mean": list(image_mean) if isinstance(image_mean, tuple | list) else [image_mean] * 3,
         "image_std": list(image_std) if isinstance(image_std, tuple | list) else [image_std] * 3,
     }
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
-        json.dump(settings, handle, indent=2)
-    os.replace(handle.name, directory / SIDECAR)
+    write_text_atomically(directory / SIDECAR, json.dumps(settings, indent=2))
     return directory

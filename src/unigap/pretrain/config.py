@@ -25,6 +25,7 @@ class PretrainConfig:
     vq_steps: int = 250
     vq_batch: int = 16
     vq_lr: float = 3e-3
+    vq_crop: int = 32  # train on grid-aligned crops of this side (the VQ is convolutional)
     # stage 2: everything but the VQ, on understanding + generation
     steps: int = 900
     und_batch: int = 24

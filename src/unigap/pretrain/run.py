@@ -2,14 +2,13 @@
 
 Long work checkpoints into the output directory (`vq.safetensors` after stage 1, `joint.pt` every
 `checkpoint_every` steps of stage 2, both written atomically) and a rerun with the same arguments
-resumes from them. The corpus is rebuilt from the seed (deterministic), so it is never stored.
+resumes from them; a finished run removes them, leaving just the checkpoint that ships. The corpus is rebuilt from the seed (deterministic), so it is never stored.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file, save_file
 from transformers import JanusForConditionalGeneration
 
+from unigap.atomic import write_atomically, write_text_atomically
 from unigap.errors import UserError
 from unigap.model import UnifiedModel, build_word_tokenizer, save_tiny, tiny_janus_config
 from unigap.model.images import vq_decode, vq_encode
@@ -38,18 +38,6 @@ JOINT_FILE = "joint.pt"
 LOG_FILE = "pretrain_log.jsonl"
 SUMMARY_FILE = "pretrain.json"
 ENCODE_BATCH = 64
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
@@ -111,8 +99,8 @@ def _stage_vq(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Pat
             if (step + 1) % 10 == 0 or step + 1 == config.vq_steps:
                 _log(out, {"stage": "vq", "step": step + 1, **asdict(numbers)})
 
-        train_vq(vq, corpus.renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step)
-    _atomic(out / VQ_FILE, lambda tmp: save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, tmp))
+        train_vq(vq, corpus.renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step, config.vq_crop)
+    write_atomically(out / VQ_FILE, lambda tmp: save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, tmp))
     return time.perf_counter() - start
 
 
@@ -151,7 +139,7 @@ def _stage_joint(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: 
                     "step": step,
                     "seconds": time.perf_counter() - started,
                 }
-                _atomic(checkpoint, lambda tmp: torch.save(state, tmp))
+                write_atomically(checkpoint, lambda tmp: torch.save(state, tmp))
     um.model.eval()
     return {"seconds": time.perf_counter() - started, "final": asdict(last) if last else None}
 
@@ -178,5 +166,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
         "wall_seconds_this_run": time.perf_counter() - started,
         "torch_threads": torch.get_num_threads(),
     }
-    _atomic(out / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    write_text_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2))
+    for stage_checkpoint in (VQ_FILE, JOINT_FILE):  # only a killed run needs them
+        (out / stage_checkpoint).unlink(missing_ok=True)
     return out

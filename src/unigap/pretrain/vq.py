@@ -8,7 +8,9 @@ picks codes by normalised similarity, so training, encoding and decoding all see
 Losses: L1 + MSE reconstruction, codebook and commitment terms (β = 0.25) on the normalised vectors,
 and unused codes are restarted on current latents so the whole codebook stays in use. Shapes cover a
 small share of a ShapeWorld canvas, so a plain pixel loss is met by a blank canvas with blurred blobs;
-pixels that differ from the background therefore weigh `OBJECT_WEIGHT` times more.
+pixels that differ from the background therefore weigh `OBJECT_WEIGHT` times more. The encoder and
+decoder are convolutional, so they train on random crops aligned to the token grid (a 32×32 crop costs a
+quarter of a 64×64 image) and still encode and decode whole images.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ def reconstruction_loss(recon: torch.Tensor, pixels: torch.Tensor) -> torch.Tens
     return ((error.abs() + error.square()) * weight).mean() / weight.mean()
 
 
+def grid_crops(images: np.ndarray, size: int, cell: int, generator: torch.Generator) -> np.ndarray:
+    """One random `size`×`size` crop per image, its corner on the `cell`-pixel token grid."""
+    height, width = images.shape[1:3]
+    if size >= min(height, width):
+        return images
+    rows = torch.randint((height - size) // cell + 1, (len(images),), generator=generator).numpy() * cell
+    cols = torch.randint((width - size) // cell + 1, (len(images),), generator=generator).numpy() * cell
+    return np.stack([image[r : r + size, c : c + size] for image, r, c in zip(images, rows, cols, strict=True)])
+
+
 def to_pixels(images: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W, 3] → float [B, 3, H, W] in [-1, 1] (the VQ's range)."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -70,16 +82,18 @@ def train_vq(
     lr: float,
     seed: int,
     on_step: Callable[[int, VQStep], None] | None = None,
+    crop: int | None = None,
 ) -> None:
-    """Train `vq` in place on uint8 renders [S, H, W, 3]; leaves it in eval mode."""
+    """Train `vq` in place on uint8 renders [S, H, W, 3] (or grid-aligned crops of them); leaves it in eval mode."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vq.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.05)
     used = torch.zeros(vq.config.num_embeddings, dtype=torch.bool)
+    cell = 2 ** (len(vq.config.channel_multiplier) - 1)  # pixels per token side
     vq.train()
     for step in range(steps):
         rows = torch.randint(len(images), (batch,), generator=generator).numpy()
-        pixels = to_pixels(images[rows])
+        pixels = to_pixels(grid_crops(images[rows], crop or images.shape[1], cell, generator))
         recon, quant_loss, ids = vq_reconstruct(vq, pixels)
         reconstruction = reconstruction_loss(recon, pixels)
         loss = reconstruction + quant_loss

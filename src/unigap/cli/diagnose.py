@@ -1,0 +1,133 @@
+"""`unigap diagnose`: task conflict and magnitude imbalance of the per-task DPO gradients (SPEC §1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, require_non_negative, require_positive
+from unigap.errors import UserError
+
+if TYPE_CHECKING:
+    from unigap.model import UnifiedModel
+
+app = typer.Typer()
+
+MIN_PAIRS = 4  # two intra-task couples per task: the fewest a Welch test can use
+
+
+def _check_gen_pairs(um: UnifiedModel, pairs: list, path: Path) -> None:
+    """Image pairs built for another model (token count or codebook) fail here, before any gradient."""
+    for i, pair in enumerate(pairs, start=1):
+        for ids in (pair.chosen, pair.rejected):
+            if len(ids) != um.num_image_tokens or not all(0 <= t < um.codebook_size for t in ids):
+                raise UserError(
+                    f"{path}: pair {i} does not fit this model (it needs {um.num_image_tokens} image tokens "
+                    f"with ids below {um.codebook_size}); build the preference file with this model"
+                )
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def summary_table(report: dict) -> Table:
+    """The headline numbers, next to the paper's Janus-Pro-7B values (SPEC §1)."""
+    inter, intra, weights = report["inter"], report["intra"], report["weighting"]
+    table = Table(title=f"Gradient diagnostics, {report['n']} single-pair batches")
+    for column in ("quantity", "mean", "95% CI", "Janus-Pro-7B (paper)"):
+        table.add_column(column, justify="right")
+
+    def ci(key: str, section: dict) -> str:
+        bounds = section.get(key)
+        return "—" if not bounds else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
+
+    und_welch, gen_welch = intra["welch_und_vs_inter"], intra["welch_gen_vs_inter"]
+    table.add_row("cos(g_U, g_G)", _fmt(inter.get("cos_mean")), ci("cos_ci95", inter), "-0.0001")
+    table.add_row("ρ = ‖g_U‖/‖g_G‖", _fmt(inter.get("ratio_mean")), ci("ratio_ci95", inter), "0.073")
+    table.add_row("CV of ρ", _fmt(inter.get("ratio_cv"), ".2f"), "", "≈0.5")
+    table.add_row("intra cos und", _fmt(intra["und_cos_mean"]), ci("und_cos_ci95", intra), "+0.0405")
+    table.add_row("intra cos gen", _fmt(intra["gen_cos_mean"]), ci("gen_cos_ci95", intra), "+0.0063")
+    table.add_row(
+        "Welch und vs inter: t, p", f"{_fmt(und_welch['t'], '.2f')}, {_fmt(und_welch['p'], '.2g')}", "", "9.37, <1e-17"
+    )
+    table.add_row(
+        "Welch gen vs inter: t, p", f"{_fmt(gen_welch['t'], '.2f')}, {_fmt(gen_welch['p'], '.2g')}", "", "2.72, 0.007"
+    )
+    table.add_row(
+        "grad-weighted w_U",
+        _fmt(weights["grad_weighted_w_und_mean"], ".3f"),
+        ci("grad_weighted_w_und_ci95", weights),
+        "≈0.93",
+    )
+    return table
+
+
+@app.command("diagnose")
+def diagnose_command(
+    model: str = MODEL_OPTION,
+    adapter: Path | None = ADAPTER_OPTION,
+    und: Path = typer.Option(..., "--und", help="Understanding preference file (.jsonl or .parquet)."),
+    gen: Path = typer.Option(..., "--gen", help="Generation preference file (.jsonl or .parquet)."),
+    pairs: int = typer.Option(200, "--pairs", help="Single-pair batches (one und + one gen pair each)."),
+    out: Path = typer.Option(..., "--out", help="Output directory: diagnostics.json and PNG figures."),
+    seed: int = typer.Option(0, "--seed", help="Draws the batches, the sweep probes and a fresh LoRA's init."),
+    full_params: bool = typer.Option(
+        False, "--full-params", help="Gradients on the LLM's own weights instead of its LoRA."
+    ),
+    sweep_probes: int = typer.Option(
+        16, "--sweep-probes", help="ShapeWorld probes per answer length in the length sweep (0 = skip)."
+    ),
+    beta: float = typer.Option(0.1, "--beta", help="DPO β of the per-task losses."),
+) -> None:
+    """Per-task DPO gradients over N batches: cosines, norm ratio, calibration, per layer, length sweep.
+
+    Without --adapter a fresh LoRA (r 64, α 128, B = 0) is attached, i.e. the base model at step 0.
+    """
+    if pairs < MIN_PAIRS:
+        raise UserError(f"--pairs must be at least {MIN_PAIRS} (two intra-task couples per task), got {pairs}")
+    require_non_negative("--seed", seed)
+    require_non_negative("--sweep-probes", sweep_probes)
+    require_positive("--beta", beta)
+    if full_params and adapter is not None:
+        raise UserError("--full-params measures the base LLM's own weights; it cannot be combined with --adapter")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+
+    from unigap.diagnose import run_diagnostics, shared_parameters, write_report
+    from unigap.prefs.rows import load_pairs
+    from unigap.train.dpo import DPOOptions
+
+    data = {"und": load_pairs(und, "und"), "gen": load_pairs(gen, "gen")}
+    for task, path in (("und", und), ("gen", gen)):
+        if len(data[task]) < 2:
+            raise UserError(f"{path}: intra-task cosines need at least 2 pairs, found {len(data[task])}")
+    um = load(model, adapter)
+    _check_gen_pairs(um, data["gen"], gen)
+    try:
+        params = shared_parameters(um, full_params, seed)
+    except ValueError as exc:  # e.g. an adapter with no LoRA on the LLM's decoder layers
+        raise UserError(f"cannot diagnose this model: {exc}") from None
+    columns = (TextColumn("gradients"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("gradients", total=pairs + 2 * sweep_probes)
+        report = run_diagnostics(
+            um,
+            params,
+            data["und"],
+            data["gen"],
+            pairs,
+            seed,
+            sweep_probes=sweep_probes,
+            options=DPOOptions(beta=beta),
+            progress=lambda: bar.advance(task),
+        )
+    report |= {"model": model, "adapter": None if adapter is None else str(adapter), "und": str(und), "gen": str(gen)}
+    path = write_report(report, out)
+    Console().print(summary_table(report))
+    typer.echo(f"wrote {path} and its PNG figures")

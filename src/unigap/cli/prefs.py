@@ -1,0 +1,59 @@
+"""`unigap prefs`: build preference pairs for multi-task DPO (rules in `unigap.prefs.build`).
+
+torch/transformers are imported inside the command, so `unigap --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from unigap.cli.common import MODEL_OPTION
+from unigap.errors import UserError
+from unigap.prefs.kinds import KINDS, check_suffix
+
+app = typer.Typer(help="Preference pairs for multi-task DPO.", no_args_is_help=True)
+
+
+@app.command()
+def build(
+    model: str = MODEL_OPTION,
+    kind: str = typer.Option(..., "--kind", help=" | ".join(KINDS)),
+    n: int = typer.Option(..., "--n", help="Number of pairs to keep."),
+    seed: int = typer.Option(0, "--seed", help="Seed: scenes, questions and samples all follow from it."),
+    out: Path = typer.Option(..., "--out", help="Output file, .jsonl or .parquet."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (und answers; gen-real)."),
+    margin: float = typer.Option(0.5, "--margin", help="Minimum score margin (und, gen-model)."),
+    fallback_gt: bool = typer.Option(False, "--fallback-gt", help="und: ground truth as chosen when samples tie."),
+    cfg_scale: float = typer.Option(5.0, "--cfg-scale", help="CFG scale for image sampling (1 = none)."),
+    max_candidates: int | None = typer.Option(None, "--max-candidates", help="Candidates to try (default 4n)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Candidates per model call."),
+) -> None:
+    """Sample, score and filter pairs; write them with reference log-probs under the base model."""
+    check_suffix(out)
+    from unigap.model import load_model
+    from unigap.prefs.build import BuildOptions, build_preferences, summary
+    from unigap.prefs.rows import write_rows
+
+    options = BuildOptions(
+        kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size
+    )
+    um = load_model(model)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"{kind} pairs", total=n)
+
+        def progress(kept: int, tried: int) -> None:
+            bar.update(task, completed=kept, description=f"{kind} pairs ({tried} tried)")
+
+        rows = build_preferences(um, options, progress)
+    if not rows:
+        raise UserError(
+            f"no {kind} pair passed the filters in {options.max_candidates or 4 * n} candidates; "
+            "try more candidates, a higher --temperature, or --fallback-gt (und)"
+        )
+    path = write_rows(out, rows)
+    typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")

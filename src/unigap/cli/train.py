@@ -1,0 +1,54 @@
+"""`unigap train`: multi-task DPO with one of the strategies (see `unigap.train.strategies`).
+
+torch/transformers are imported inside the command, so `unigap --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from unigap.cli.common import MODEL_OPTION
+from unigap.train.names import STRATEGIES
+
+
+def _losses(record: dict[str, Any]) -> str:
+    return "  ".join(f"{t} {record[f'{t}_dpo_loss']:.4f}" for t in ("und", "gen") if f"{t}_dpo_loss" in record)
+
+
+def train(
+    model: str = MODEL_OPTION,
+    strategy: str = typer.Option(..., "--strategy", help=" | ".join(STRATEGIES)),
+    und: Path | None = typer.Option(
+        None, "--und", help="Understanding pairs (.jsonl/.parquet from `prefs build`)."
+    ),
+    gen: Path | None = typer.Option(None, "--gen", help="Generation pairs (gen-real or gen-model)."),
+    out: Path = typer.Option(..., "--out", help="Output directory: log, checkpoints, final adapter."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default 1000)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 1e-6)."),
+    beta: float | None = typer.Option(None, "--beta", help="DPO beta (default 0.1)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed: LoRA init, data order, dropout (default 0)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file of TrainConfig keys (flags win)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Multi-task DPO on a LoRA; logs every step to OUT/log.jsonl and saves the PEFT adapter in OUT."""
+    from unigap.model import load_model
+    from unigap.prefs.rows import load_pairs
+    from unigap.train.config import TrainConfig
+    from unigap.train.trainer import DPOTrainer
+
+    settings = TrainConfig.load(config, strategy=strategy, steps=steps, lr=lr, beta=beta, seed=seed)
+    und_pairs = load_pairs(und, "und") if und is not None else []
+    gen_pairs = load_pairs(gen, "gen") if gen is not None else []
+    trainer = DPOTrainer(load_model(model), settings, und_pairs, gen_pairs, out)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(settings.strategy, total=settings.steps)
+        result = trainer.train(
+            resume, lambda step, record: bar.update(task, completed=step, description=_losses(record))
+        )
+    typer.echo(f"trained {result.steps} steps ({settings.strategy}); adapter and log in {result.out_dir}")

@@ -1,0 +1,198 @@
+"""Statistics of a `GradientLog`: cosines, norm ratios, calibration tests, per layer and per module.
+
+Everything is computed from per-tensor sums (see `gradients`), so a group of tensors is just a mask.
+A group whose gradients are exactly zero (lora_A at step 0 under PEFT's B = 0 init) is reported as
+`{"zero_gradient": true}`; a cosine with a zero-norm side is undefined and counted, never NaN. The JSON
+therefore never holds NaN or infinity: undefined values are null.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from unigap.diagnose.gradients import GradientLog
+
+CONFIDENCE = 0.95
+
+
+def finite(value: float) -> float | None:
+    """A float for JSON, or None where it is NaN/±inf (undefined)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def summary(values: Sequence[float] | np.ndarray, prefix: str) -> dict[str, Any]:
+    """`{prefix}_mean/_std/_ci95/_median/_min/_max/_n`: std is the sample std (ddof 1), ci95 the t-interval
+    of the mean; both null below two values."""
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    out: dict[str, Any] = {f"{prefix}_n": n}
+    if n == 0:
+        return out | {f"{prefix}_{k}": None for k in ("mean", "std", "ci95", "median", "min", "max")}
+    mean = float(x.mean())
+    std = float(x.std(ddof=1)) if n > 1 else math.nan
+    half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    ci = [finite(mean - half), finite(mean + half)]
+    return out | {
+        f"{prefix}_mean": mean,
+        f"{prefix}_std": finite(std),
+        f"{prefix}_ci95": ci if None not in ci else None,
+        f"{prefix}_median": float(np.median(x)),
+        f"{prefix}_min": float(x.min()),
+        f"{prefix}_max": float(x.max()),
+    }
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Welch's two-sided t-test of mean(a) vs mean(b); t/p/df null where it is undefined
+    (fewer than two values on a side, or no variance on either)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out: dict[str, Any] = {"n_a": len(a), "n_b": len(b), "t": None, "p": None, "df": None}
+    if len(a) < 2 or len(b) < 2 or (a.var() == 0 and b.var() == 0):
+        return out
+    result = stats.ttest_ind(a, b, equal_var=False)
+    return out | {"t": finite(result.statistic), "p": finite(result.pvalue), "df": finite(result.df)}
+
+
+def cosines(triples: np.ndarray) -> tuple[np.ndarray, int]:
+    """Cosines of rows [‖a‖², ‖b‖², ⟨a, b⟩] where both norms are non-zero, and how many were undefined."""
+    defined = (triples[:, 0] > 0) & (triples[:, 1] > 0)
+    t = triples[defined]
+    return t[:, 2] / np.sqrt(t[:, 0] * t[:, 1]), int((~defined).sum())
+
+
+def ratios(triples: np.ndarray) -> np.ndarray:
+    """ρ = ‖a‖ / ‖b‖ where ‖b‖ > 0."""
+    t = triples[triples[:, 1] > 0]
+    return np.sqrt(t[:, 0] / t[:, 1])
+
+
+def group_summary(triples: np.ndarray) -> dict[str, Any]:
+    """Inter-task cosine, ρ (with its coefficient of variation) and norms of one tensor group, per batch."""
+    if not triples[:, :2].any():
+        return {"zero_gradient": True}
+    cos, undefined = cosines(triples)
+    rho = ratios(triples)
+    cv = finite(np.std(rho, ddof=1) / np.mean(rho)) if len(rho) > 1 and np.mean(rho) > 0 else None
+    return {
+        "zero_gradient": False,
+        **summary(cos, "cos"),
+        "cos_undefined": undefined,
+        **summary(rho, "ratio"),
+        "ratio_cv": cv,
+        **summary(np.sqrt(triples[:, 0]), "und_norm"),
+        **summary(np.sqrt(triples[:, 1]), "gen_norm"),
+    }
+
+
+def _masked(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Sum the per-tensor triples over the tensors in `mask` → [rows, 3]."""
+    return array[:, mask, :].sum(axis=1)
+
+
+def per_group(log: GradientLog) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per layer (whole layer, each factor, each module kind) and per factor / module kind overall."""
+    params = log.params
+    inter = log.array("inter")
+    layers, factors, modules = (np.array(v, dtype=object) for v in (params.layers, params.factors, params.modules))
+
+    def by(values: np.ndarray, within: np.ndarray) -> dict[str, Any]:
+        return {str(v): group_summary(_masked(inter, within & (values == v))) for v in sorted(set(values[within]))}
+
+    everything = np.ones(len(params.names), dtype=bool)
+    per_layer = []
+    for layer in sorted({v for v in params.layers if v is not None}):
+        mask = layers == layer
+        per_layer.append(
+            {
+                "layer": layer,
+                **group_summary(_masked(inter, mask)),
+                "factors": by(factors, mask),
+                "modules": by(modules, mask),
+            }
+        )
+    return per_layer, {"factors": by(factors, everything), "modules": by(modules, everything)}
+
+
+def depth_trend(per_layer: list[dict[str, Any]]) -> dict[str, Any]:
+    """Spearman correlation of the per-layer mean cosine with depth (the paper saw no trend)."""
+    points = [(row["layer"], row["cos_mean"]) for row in per_layer if row.get("cos_mean") is not None]
+    if len(points) < 3 or len({c for _, c in points}) < 2:
+        return {"spearman_r": None, "p": None, "layers": len(points)}
+    result = stats.spearmanr(*zip(*points, strict=True))
+    return {"spearman_r": finite(result.statistic), "p": finite(result.pvalue), "layers": len(points)}
+
+
+def norm_change(triples: np.ndarray) -> dict[str, Any]:
+    """SPEC Eq. 7: adding g_U to g_G changes the update norm by ½ρ² when cos = 0.
+
+    Measured: ‖g_U + g_G‖ / ‖g_G‖ − 1, exact since the joint gradient is the sum of the task gradients
+    (‖g_U + g_G‖² = ‖g_U‖² + ‖g_G‖² + 2⟨g_U, g_G⟩). The orthogonal value √(1+ρ²) − 1 is what ½ρ²
+    approximates; the gap measured − orthogonal is the cosine's share (≈ ρ·cos).
+    """
+    t = triples[triples[:, 1] > 0]
+    uu, gg, ug = t[:, 0], t[:, 1], t[:, 2]
+    rho2 = uu / gg
+    measured = np.sqrt(np.maximum(uu + gg + 2 * ug, 0.0) / gg) - 1
+    predicted = rho2 / 2
+    return {
+        **summary(predicted, "predicted_half_rho2"),
+        **summary(np.sqrt(1 + rho2) - 1, "orthogonal"),
+        **summary(measured, "measured"),
+        **summary(measured - predicted, "error"),
+    }
+
+
+def weighting(triples: np.ndarray, und_tokens: Sequence[float], gen_tokens: Sequence[float]) -> dict[str, Any]:
+    """The w_U that gradient-weighted DPO would set, ‖g_G‖/(‖g_U‖+‖g_G‖), per batch; next to the
+    length-normalised weight N/(N+T) from the mean token counts (SPEC §1 strategies 5 and 6)."""
+    und_norm, gen_norm = np.sqrt(triples[:, 0]), np.sqrt(triples[:, 1])
+    total = und_norm + gen_norm
+    w = gen_norm[total > 0] / total[total > 0]
+    t_mean, n_mean = float(np.mean(und_tokens)), float(np.mean(gen_tokens))
+    return {
+        **summary(w, "grad_weighted_w_und"),
+        "und_tokens_mean": t_mean,
+        "gen_tokens_mean": n_mean,
+        "length_normalised_w_und": n_mean / (n_mean + t_mean),
+    }
+
+
+def analyse(log: GradientLog, und_tokens: Sequence[float], gen_tokens: Sequence[float]) -> dict[str, Any]:
+    """All statistics of one run (the body of diagnostics.json, without run metadata or the sweep)."""
+    if len(log) == 0:
+        raise ValueError("the gradient log is empty")
+    everything = np.ones(len(log.params.names), dtype=bool)
+    inter = _masked(log.array("inter"), everything)
+    inter_cos, _ = cosines(inter)
+    intra: dict[str, Any] = {}
+    samples: dict[str, Any] = {"inter_cos": inter_cos.tolist(), "ratio": ratios(inter).tolist()}
+    for task in ("und", "gen"):
+        cos, undefined = cosines(_masked(log.array(f"intra_{task}"), everything))
+        intra |= summary(cos, f"{task}_cos") | {f"{task}_cos_undefined": undefined}
+        intra[f"welch_{task}_vs_inter"] = welch(cos, inter_cos)
+        samples[f"intra_{task}_cos"] = cos.tolist()
+    per_layer, per_module = per_group(log)
+    return {
+        "n": len(log),
+        "inter": group_summary(inter),
+        "intra": intra,
+        "per_layer": per_layer,
+        "depth_trend": depth_trend(per_layer),
+        "per_module": per_module,
+        "norm_change": norm_change(inter),
+        "weighting": weighting(inter, und_tokens, gen_tokens),
+        "losses": {**summary(log.und_loss, "und"), **summary(log.gen_loss, "gen")},
+        "samples": samples
+        | {
+            "und_norm": np.sqrt(inter[:, 0]).tolist(),
+            "gen_norm": np.sqrt(inter[:, 1]).tolist(),
+            "und_index": list(log.und_index),
+            "gen_index": list(log.gen_index),
+        },
+    }

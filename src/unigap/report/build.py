@@ -1,0 +1,79 @@
+"""`build_report`: a study's results → results.json, results.csv, PNG figures and report.html; and the
+terminal summary. Every file is written atomically, so an interrupted build never leaves half a report."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from unigap.evaluate.report import save_report, write_atomically
+from unigap.report.figures import Plot, write_figures
+from unigap.report.html import fmt, fmt_p, write_html
+from unigap.report.runs import MethodRun, Study, as_study
+from unigap.report.stats import CSV_COLUMNS, METRICS, StatsOptions, compute_stats, csv_rows
+
+RESULTS_JSON, RESULTS_CSV, REPORT_HTML = "results.json", "results.csv", "report.html"
+
+
+@dataclass(frozen=True)
+class BuiltReport:
+    results: dict[str, Any]
+    files: list[Path]
+
+
+def write_csv(results: dict[str, Any], path: str | Path) -> Path:
+    """`csv_rows(results)` with a header row."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(csv_rows(results))
+
+    return write_atomically(path, write)
+
+
+def build_report(
+    source: Study | Sequence[MethodRun] | str | Path,
+    out_dir: str | Path,
+    options: StatsOptions = StatsOptions(),
+    title: str = "unigap study",
+) -> BuiltReport:
+    """Statistics, figures and the HTML report of a study (a `Study`, runs, or a results directory)."""
+    study = as_study(source)
+    out_dir = Path(out_dir)
+    results = compute_stats(study, options)
+    plots: list[Plot] = write_figures(study, results, out_dir)
+    files = [
+        save_report(results, out_dir / RESULTS_JSON),
+        write_csv(results, out_dir / RESULTS_CSV),
+        *(plot.path for plot in plots),
+        write_html(results, plots, out_dir / REPORT_HTML, title),
+    ]
+    return BuiltReport(results, files)
+
+
+def summary_table(results: dict[str, Any]) -> Table:
+    """Δ vs base with p per metric (bold * = significant after Bonferroni) and the final generation loss."""
+    b = results["bonferroni"]
+    table = Table(title=f"unigap study (seeds {results['seeds']}; Bonferroni p < {b['alpha_corrected']:.2g})")
+    table.add_column("method")
+    for metric in METRICS:
+        table.add_column(f"Δ {metric.label} (p)", justify="right")
+    table.add_column("gen loss − ln 2", justify="right")
+    for method in results["methods"][1:]:
+        cells = []
+        for metric in METRICS:
+            m = results["results"][method][metric.name]
+            text = f"{fmt(m['delta'], signed=True)} ({fmt_p(m['p'])})"
+            cells.append(f"[bold green]{text}*[/bold green]" if m["significant"] else text)
+        training = results["training"].get(method, {})
+        gap = fmt(training.get("gen_ln2_gap"), 4, signed=True)
+        cells.append(f"[red]{gap} no signal[/red]" if training.get("gen_no_signal") else gap)
+        table.add_row(method, *cells)
+    return table

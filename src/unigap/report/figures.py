@@ -1,0 +1,246 @@
+"""The study's PNG figures: the understanding–generation trade-off, training dynamics, gradient diagnostics.
+
+Drawn on `matplotlib.figure.Figure` with the Agg canvas: no pyplot global state and no display, so the
+report builds on a headless machine; each file is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from unigap.atomic import write_atomically
+from unigap.report.reference import LN2
+from unigap.report.runs import BASE, MethodRun, Study
+from unigap.report.stats import series
+
+DPI = 110
+SMOOTH = 25  # steps in the moving average of per-step (batch-1, noisy) training curves
+BINS = 30
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A written figure with the title and caption the HTML report shows under it."""
+
+    path: Path
+    title: str
+    caption: str
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI))
+
+
+def method_colours(methods: Sequence[str]) -> dict[str, Any]:
+    """One colour per method, the same in every figure: tab10's strong colours first, then tab20's light ones."""
+    palette = [*colormaps["tab10"].colors, *colormaps["tab20"].colors[1::2]]
+    return {method: palette[i % len(palette)] for i, method in enumerate(methods)}
+
+
+def _legend_outside(ax: Axes) -> None:
+    """Legend right of the axes: with a dozen methods it would hide the data inside them."""
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def tradeoff_plot(results: dict[str, Any], path: Path) -> Path:
+    """Δ understanding vs Δ generation accuracy per method with Welch 95% CIs; the base is the origin."""
+    figure = Figure(figsize=(8.5, 5.5))
+    ax = figure.add_subplot()
+    colours = method_colours(results["methods"])
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.plot([0], [0], marker="*", markersize=14, color="black", linestyle="none", label=BASE)
+    for method in results["methods"]:
+        if method == BASE:
+            continue
+        und = results["results"][method]["understanding.accuracy"]
+        gen = results["results"][method]["generation.accuracy"]
+        if und["delta"] is None or gen["delta"] is None:
+            continue
+        errors = [
+            [[m["delta"] - m["delta_ci95"][0]], [m["delta_ci95"][1] - m["delta"]]] if m["delta_ci95"] else None
+            for m in (und, gen)
+        ]
+        filled = und["significant"] or gen["significant"]
+        ax.errorbar(
+            und["delta"], gen["delta"], xerr=errors[0], yerr=errors[1], marker="o", capsize=3, linestyle="none",
+            color=colours[method], markerfacecolor=colours[method] if filled else "white", label=method,
+        )  # fmt: skip
+        ax.annotate(method, (und["delta"], gen["delta"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set(
+        xlabel="Δ understanding accuracy vs base",
+        ylabel="Δ generation accuracy vs base",
+        title="Understanding–generation trade-off (filled: significant after Bonferroni)",
+    )
+    _legend_outside(ax)
+    return _save(figure, path)
+
+
+def _seed_mean(runs: Sequence[MethodRun], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A training-log series averaged over seeds at each step."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        for step, value in zip(*series(run.log_rows, name), strict=True):
+            by_step[step].append(value)
+    steps = np.array(sorted(by_step))
+    return steps, np.array([np.mean(by_step[s]) for s in steps])
+
+
+def _smooth(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing moving average over SMOOTH steps (fewer for short logs), plotted at each window's end."""
+    window = max(1, min(SMOOTH, len(values)))
+    kernel = np.ones(window) / window
+    return steps[window - 1 :], np.convolve(values, kernel, mode="valid")
+
+
+def _trained(study: Study) -> list[str]:
+    return [m for m in study.methods() if any(run.log_rows for run in study.of(m))]
+
+
+def losses_plot(study: Study, path: Path) -> Path:
+    """Per-task DPO loss vs step, one panel per strategy, with the ln 2 'no signal' line."""
+    methods = _trained(study)
+    cols = min(3, len(methods))
+    rows = -(-len(methods) // cols)
+    figure = Figure(figsize=(3.6 * cols, 2.8 * rows))
+    axes = figure.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, method in zip(axes, methods, strict=False):
+        for task, colour in (("und", "tab:blue"), ("gen", "tab:red")):
+            steps, values = _seed_mean(study.of(method), f"{task}_loss")
+            if len(steps):
+                ax.plot(*_smooth(steps, values), color=colour, label=f"{task} loss")
+        ax.axhline(LN2, color="black", linestyle="--", linewidth=0.8, label="ln 2")
+        ax.set_title(method, fontsize="medium")
+    for ax in axes[len(methods) :]:
+        ax.set_visible(False)
+    for ax in axes[::cols]:
+        ax.set_ylabel("DPO loss")
+    for ax in axes[-cols:]:
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize="small")
+    return _save(figure, path)
+
+
+def weights_plot(study: Study, path: Path) -> Path:
+    """w_U (solid) and w_G (dashed) vs step per strategy, averaged over seeds."""
+    figure = Figure(figsize=(8.5, 4.5))
+    ax = figure.add_subplot()
+    colours = method_colours(study.methods())
+    for method in _trained(study):
+        for name, style in (("w_und", "-"), ("w_gen", "--")):
+            steps, values = _seed_mean(study.of(method), name)
+            if len(steps):
+                ax.plot(
+                    steps, values, linestyle=style, color=colours[method], label=method if name == "w_und" else None
+                )
+    ax.set(xlabel="step", ylabel="task weight", ylim=(-0.02, 1.02), title="Task weights (solid w_U, dashed w_G)")
+    _legend_outside(ax)
+    return _save(figure, path)
+
+
+def _histogram(ax: Axes, groups: dict[str, list[float]], xlabel: str) -> None:
+    values = [v for group in groups.values() for v in group]
+    bins = np.histogram_bin_edges(values, bins=BINS)
+    for label, group in groups.items():
+        if group:
+            ax.hist(group, bins=bins, alpha=0.5, label=f"{label} (n={len(group)})")
+    ax.set(xlabel=xlabel, ylabel="batches")
+    ax.legend(fontsize="small")
+
+
+def _per_layer(ax: Axes, runs: Sequence[MethodRun], key: str, ylabel: str) -> None:
+    """Per-layer mean of `key` with its 95% CI, one line per seed; zero-gradient layers omitted."""
+    for run in runs:
+        rows = [r for r in run.diagnostics.get("per_layer", []) if r.get(f"{key}_mean") is not None]
+        if not rows:
+            continue
+        means = np.array([r[f"{key}_mean"] for r in rows])
+        cis = [r.get(f"{key}_ci95") or [m, m] for r, m in zip(rows, means, strict=True)]
+        errors = np.abs(np.array(cis).T - means)
+        ax.errorbar([r["layer"] for r in rows], means, yerr=errors, marker="o", capsize=2, label=f"seed {run.seed}")
+    ax.set(xlabel="decoder layer", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ax.has_data():
+        ax.legend(fontsize="small")
+
+
+def gradients_plot(runs: Sequence[MethodRun], path: Path) -> Path:
+    """Cosine and ρ histograms (raw per-batch values, pooled over seeds) and per-layer cosine and ρ."""
+    figure = Figure(figsize=(10, 7.5))
+    (cos_ax, ratio_ax), (layer_cos_ax, layer_ratio_ax) = figure.subplots(2, 2)
+    samples = [run.diagnostics.get("samples", {}) for run in runs]
+    pooled = {
+        key: [v for s in samples for v in s.get(key, [])]
+        for key in ("inter_cos", "intra_und_cos", "intra_gen_cos", "ratio")
+    }
+    if any(pooled[k] for k in ("inter_cos", "intra_und_cos", "intra_gen_cos")):
+        labels = {"und vs gen": "inter_cos", "und vs und": "intra_und_cos", "gen vs gen": "intra_gen_cos"}
+        _histogram(cos_ax, {label: pooled[key] for label, key in labels.items()}, "cosine")
+        cos_ax.axvline(0.0, color="black", linewidth=0.8)
+    if pooled["ratio"]:
+        _histogram(ratio_ax, {"ρ": pooled["ratio"]}, "ρ = ‖g_U‖ / ‖g_G‖")
+    cos_ax.set_title("Gradient cosines per batch")
+    ratio_ax.set_title("Norm ratio per batch")
+    _per_layer(layer_cos_ax, runs, "cos", "cos(g_U, g_G)")
+    if layer_cos_ax.has_data():
+        layer_cos_ax.axhline(0.0, color="black", linewidth=0.8)
+    layer_cos_ax.set_title("Per-layer cosine")
+    _per_layer(layer_ratio_ax, runs, "ratio", "ρ")
+    layer_ratio_ax.set_title("Per-layer ρ")
+    for ax in (cos_ax, ratio_ax, layer_cos_ax, layer_ratio_ax):
+        if not ax.has_data():  # an older or trimmed diagnostics.json: say so rather than draw an empty frame
+            ax.text(0.5, 0.5, "not in diagnostics.json", ha="center", va="center", transform=ax.transAxes)
+    return _save(figure, path)
+
+
+def write_figures(study: Study, results: dict[str, Any], directory: str | Path) -> list[Plot]:
+    """Every figure the study supports, into `directory`, with titles and captions for the report."""
+    directory = Path(directory)
+    plots = [
+        Plot(
+            tradeoff_plot(results, directory / "tradeoff.png"),
+            "Understanding–generation trade-off",
+            "Δ vs base of the pooled per-item accuracies (all seeds); error bars: Welch 95% CIs of the "
+            "difference. Filled markers: significant on either axis after Bonferroni.",
+        )
+    ]
+    if _trained(study):
+        plots.append(
+            Plot(
+                losses_plot(study, directory / "losses.png"),
+                "Training dynamics: per-task DPO loss",
+                f"Mean over seeds, {SMOOTH}-step moving average. The dashed line is ln 2 ≈ {LN2:.3f}: "
+                "a loss that stays there carries no preference signal.",
+            )
+        )
+        plots.append(
+            Plot(
+                weights_plot(study, directory / "weights.png"),
+                "Training dynamics: task weights",
+                "w_U and w_G of the shared-LoRA update per step, mean over seeds.",
+            )
+        )
+    for method in results["diagnostics"]:
+        diagnosed = [run for run in study.of(method) if run.diagnostics is not None]
+        plots.append(
+            Plot(
+                gradients_plot(diagnosed, directory / f"gradients-{method}.png"),
+                f"Gradient diagnostics ({method})",
+                "Top: per-batch inter-task and intra-task (calibration) cosines and the norm ratio ρ, "
+                "pooled over seeds. Bottom: per-layer means with 95% CIs, one line per seed.",
+            )
+        )
+    return plots

@@ -1,0 +1,292 @@
+"""`report.html`: the study as the paper shows it — headline table, diagnostics beside the published values,
+figures, final losses against ln 2, methods — in one self-contained file.
+
+Why self-contained: the report is copied off the machine that made it; figures are base64 PNG data URIs,
+the CSS is inline, there is no script and no external URL. Every piece of text is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from unigap.atomic import write_atomically
+from unigap.report.figures import Plot
+from unigap.report.reference import LN2, PAPER_BASE, PAPER_BONFERRONI, PAPER_FINAL, PAPER_GRADIENTS, PAPER_HEADLINE
+from unigap.report.stats import METRICS
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d2330;
+       background: #fff; line-height: 1.45; }
+main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; }
+h1 { font-size: 1.7em; margin: 0 0 4px; }
+h2 { font-size: 1.25em; margin: 32px 0 8px; border-bottom: 2px solid #e3e6ec; padding-bottom: 4px; }
+p.lead { color: #566074; margin: 0 0 12px; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: 8px 0 6px; font-size: 0.9em; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #e3e6ec; text-align: right; white-space: nowrap; }
+th { background: #f3f5f8; font-weight: 600; white-space: normal; vertical-align: bottom; max-width: 9em; }
+th:first-child, td:first-child { text-align: left; }
+tr.base td { background: #fafbfc; font-style: italic; }
+tr.paper td { color: #566074; background: #fbfaf4; }
+td.sig { font-weight: 700; color: #0b6b2f; }
+td { vertical-align: top; }
+.ci { color: #7a8396; font-size: 0.85em; }
+.flag { background: #fde8e8; color: #9b1c1c; border-radius: 3px; padding: 0 5px; font-weight: 600; }
+.ok { color: #0b6b2f; }
+p.note { font-size: 0.85em; color: #566074; margin: 2px 0 12px; }
+figure { margin: 16px 0 24px; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e3e6ec; }
+figcaption { font-size: 0.88em; color: #566074; margin-top: 4px; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; font-size: 0.9em; }
+dt { font-weight: 600; }
+dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-word; }
+"""
+DASH = "—"
+
+
+class Safe(str):
+    """HTML built here from escaped parts: a table cell that must not be escaped again."""
+
+
+class Significant(Safe):
+    """A cell shown in bold: significant after Bonferroni."""
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, Safe) else escape(str(value))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] = ()) -> Safe:
+    """A table; row i gets CSS class classes[i] (when given)."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        css = f' class="{escape(classes[i])}"' if i < len(classes) and classes[i] else ""
+        cells = "".join(
+            f'<td class="sig">{_cell(v)}</td>' if isinstance(v, Significant) else f"<td>{_cell(v)}</td>" for v in row
+        )
+        body.append(f"<tr{css}>{cells}</tr>")
+    return Safe(
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    )
+
+
+def fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
+    """A number for a table, or a dash where it is undefined."""
+    if value is None:
+        return DASH
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def fmt_p(p: float | None) -> str:
+    """p-values as the paper prints them: three decimals, scientific below 0.001."""
+    if p is None:
+        return DASH
+    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def _ci(interval: Sequence[float] | None, signed: bool = False, below: bool = False) -> str:
+    """An interval in small grey type, after the value or (`below`) on its own line."""
+    if not interval:
+        return ""
+    low, high = (escape(fmt(v, signed=signed)) for v in interval)
+    return f'{"<br>" if below else " "}<span class="ci">[{low}, {high}]</span>'
+
+
+def headline_table(results: dict[str, Any]) -> Safe:
+    """Per method and metric: Δ vs base with its Welch CI, and p; bold where significant (Bonferroni)."""
+    headers = ["method"]
+    for metric in METRICS:
+        headers += [f"Δ {metric.label}", "p"]
+    base = results["results"][results["base"]]
+    base_row: list[Any] = [f"{results['base']} (level)"]
+    for metric in METRICS:
+        m = base[metric.name]
+        base_row += [Safe(escape(fmt(m["pooled"])) + _ci(m["ci95_bootstrap"], below=True)), ""]
+    rows, classes = [base_row], ["base"]
+    for method in results["methods"][1:]:
+        row: list[Any] = [method]
+        for metric in METRICS:
+            m = results["results"][method][metric.name]
+            kind = Significant if m["significant"] else Safe
+            mark = "*" if m["significant"] else ""
+            delta = escape(fmt(m["delta"], signed=True) + mark) + _ci(m["delta_ci95"], signed=True, below=True)
+            row += [kind(delta), kind(escape(fmt_p(m["p"])))]
+        rows.append(row)
+        classes.append("")
+    return _table(headers, rows, classes)
+
+
+def paper_headline_table() -> Safe:
+    """The published Janus-Pro-7B headline (Δ VQA score, Δ CLIPScore) for direction and significance."""
+    rows = [
+        [method, fmt(v["vqa"], 2, True), fmt_p(v["vqa_p"]), fmt(v["clip"], 2, True), fmt_p(v["clip_p"])]
+        for method, v in PAPER_HEADLINE.items()
+    ]
+    return _table(["method (paper, Janus-Pro-7B)", "Δ VQA", "p", "Δ CLIPScore", "p"], rows, ["paper"] * len(rows))
+
+
+def levels_table(results: dict[str, Any]) -> Safe:
+    """Mean over seeds with its t-interval, and the per-seed values underneath."""
+    rows, classes = [], []
+    for method in results["methods"]:
+        row: list[Any] = [method]
+        for metric in METRICS:
+            m = results["results"][method][metric.name]
+            seeds = " · ".join(fmt(s["value"]) for s in m["per_seed"])
+            row.append(
+                Safe(
+                    escape(fmt(m["mean_over_seeds"]))
+                    + _ci(m["ci95_seeds"])
+                    + f'<br><span class="ci">{escape(seeds)}</span>'
+                )
+            )
+        rows.append(row)
+        classes.append("base" if method == results["base"] else "")
+    return _table(["method", *(m.label for m in METRICS)], rows, classes)
+
+
+def _signal(flag: bool | None) -> Safe:
+    if flag is None:
+        return Safe(DASH)
+    return Safe('<span class="flag">no signal</span>' if flag else '<span class="ok">learning</span>')
+
+
+def losses_table(results: dict[str, Any]) -> Safe:
+    """Final (tail-mean) per-task DPO losses against ln 2, KL to the reference, final w_U."""
+    rows = []
+    for method, t in results["training"].items():
+        paper = PAPER_FINAL.get(method, {})
+        published = ", ".join(f"{k} {v}" for k, v in paper.items()) or DASH
+        rows.append(
+            [
+                method, "+".join(t["trained"]), fmt(t["und_loss"]), _signal(t["und_no_signal"]), fmt(t["gen_loss"]),
+                fmt(t["gen_ln2_gap"], 4, True), _signal(t["gen_no_signal"]), fmt(t["und_kl"]), fmt(t["gen_kl"]),
+                fmt(t["w_und"]), published,
+            ]
+        )  # fmt: skip
+    headers = [
+        "method", "trained", "und loss", "und signal", "gen loss", "gen − ln\u00a02", "gen signal", "KL und", "KL gen",
+        "final w_U", "paper",
+    ]  # fmt: skip
+    return _table(headers, rows)
+
+
+def gradients_table(results: dict[str, Any]) -> Safe:
+    """Our diagnostics (mean over seeds) beside the published Janus-Pro values."""
+    rows, classes = [], []
+
+    def row(name: str, d: dict[str, Any], batches: str) -> list[Any]:
+        ratio = d.get("ratio")
+        return [
+            name, batches, fmt(d.get("cos"), 4, True), fmt(ratio), fmt(1 / ratio if ratio else None, 1),
+            fmt(d.get("ratio_cv"), 2), fmt(d.get("und_cos"), 4, True), fmt(d.get("gen_cos"), 4, True),
+            fmt_p(d.get("und_vs_inter_p")), fmt_p(d.get("gen_vs_inter_p")),
+        ]  # fmt: skip
+
+    for method, d in results["diagnostics"].items():
+        batches = " + ".join(str(s["batches"]) for s in d["per_seed"])
+        rows.append(row(f"ours: {method} ({len(d['per_seed'])} seeds)", d, batches))
+        classes.append("")
+    for model, d in PAPER_GRADIENTS.items():
+        rows.append(row(f"paper: {model}", d, "200"))
+        classes.append("paper")
+    headers = [
+        "source",
+        "batches",
+        "cos(g_U, g_G)",
+        "ρ",
+        "1/ρ",
+        "CV(ρ)",
+        "intra und cos",
+        "intra gen cos",
+        "p und",
+        "p gen",
+    ]
+    return _table(headers, rows, classes)
+
+
+def _figure(plot: Plot) -> str:
+    data = base64.b64encode(plot.path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img alt="{escape(plot.title)}" src="data:image/png;base64,{data}">'
+        f"<figcaption><b>{escape(plot.title)}.</b> {escape(plot.caption)}</figcaption></figure>"
+    )
+
+
+def methods_section(results: dict[str, Any]) -> str:
+    """How the numbers were computed, and the study configuration as given."""
+    o, b = results["options"], results["bonferroni"]
+    notes = [
+        f"Seeds: {', '.join(map(str, results['seeds']))}; every method and the base are evaluated per seed.",
+        "Test: Welch's two-sided t-test of each method against the base over the per-item outcomes pooled "
+        "across seeds (SPEC §1: n = 200 per seed, 3 seeds). Δ = pooled mean − base pooled mean; its CI is "
+        "the Welch interval.",
+        f"Bonferroni over {b['tests']} tests (methods × metrics): α = {b['alpha']} → significant when "
+        f"p < {b['alpha_corrected']:.2g} (the paper: {PAPER_BONFERRONI['methods']} × "
+        f"{PAPER_BONFERRONI['metrics']}, p < {PAPER_BONFERRONI['alpha_corrected']}).",
+        "Levels: mean over seed means with a t-interval over seeds (k − 1 df); pooled per-item mean with a "
+        f"percentile bootstrap ({o['bootstrap_resamples']} resamples, items resampled within each seed).",
+        f"Final losses: mean of the last {o['loss_tail']} logged steps; a trained task ending within "
+        f"{o['ln2_tolerance']} of ln 2 = {LN2:.4f} is flagged 'no signal'. KL: the trainer's per-sequence "
+        "log-ratio to the reference, averaged the same way.",
+    ]
+    items = "".join(f"<li>{escape(n)}</li>" for n in notes)
+    config = "".join(
+        f"<dt>{escape(str(k))}</dt><dd>{escape(json.dumps(v, default=str))}</dd>" for k, v in results["config"].items()
+    )
+    return f"<ul>{items}</ul>" + (f"<h3>Study configuration</h3><dl>{config}</dl>" if config else "")
+
+
+def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "unigap study") -> str:
+    """The whole report as one HTML string."""
+    b = results["bonferroni"]
+    per_seed = results["results"][results["base"]][METRICS[0].name]["per_seed"]
+    lead = (
+        f"{len(results['methods']) - 1} methods vs {results['base']}, seeds {results['seeds']}, "
+        f"n = {'/'.join(sorted({str(s['n']) for s in per_seed}))} items per seed; "
+        f"bold* = significant after Bonferroni (p < {b['alpha_corrected']:.2g}, {b['tests']} tests)."
+    )
+    sections = [
+        f'<h1>{escape(title)}</h1><p class="lead">{escape(lead)}</p>',
+        "<h2>Headline: Δ vs base</h2>",
+        headline_table(results),
+        '<p class="note">Δ of pooled per-item means over all seeds, Welch 95% CI in brackets; base row: its '
+        "level with a bootstrap CI. Understanding accuracy is our VQA-like score, generation accuracy the exact "
+        "verifier's (the paper's CLIPScore).</p>",
+        paper_headline_table(),
+        f'<p class="note">Published Janus-Pro-7B deltas vs base VQA {PAPER_BASE["vqa"]} / CLIPScore '
+        f"{PAPER_BASE['clip']}; different scales from ours — compare direction and significance only.</p>",
+        *(_figure(p) for p in plots if p.path.name == "tradeoff.png"),
+        "<h2>Metric levels per method</h2>",
+        levels_table(results),
+        '<p class="note">Mean over seed means [t-interval over seeds]; per-seed values underneath.</p>',
+    ]
+    if results["training"]:
+        sections += ["<h2>Final DPO losses vs ln 2</h2>", losses_table(results)]
+        sections += [_figure(p) for p in plots if p.path.name in ("losses.png", "weights.png")]
+    if results["diagnostics"]:
+        sections += ["<h2>Gradient diagnostics</h2>", gradients_table(results)]
+        sections.append(
+            '<p class="note">Mean over seeds of each run\'s mean per-batch cosine and ρ = ‖g_U‖/‖g_G‖ on the '
+            "shared parameters; intra-task cosines are the calibration (two batches of one task); p: Welch "
+            "intra vs inter. The paper quotes the intra-task values without a model size (shown on the 7B row).</p>"
+        )
+        sections += [_figure(p) for p in plots if p.path.name.startswith("gradients-")]
+    sections += ["<h2>Methods</h2>", methods_section(results)]
+    body = "\n".join(sections)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{CSS}</style></head><body><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+def write_html(results: dict[str, Any], plots: Sequence[Plot], path: str | Path, title: str = "unigap study") -> Path:
+    """`render_html` written atomically to `path`."""
+    text = render_html(results, plots, title)
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,0 +1,118 @@
+"""What the study hands to the report: one `MethodRun` per (method, seed), read from plain dicts or a directory.
+
+Why plain dicts: the evaluation report (`unigap.evaluate.evaluate`), the training log (`log.jsonl` rows) and
+`diagnostics.json` are already JSON; the report reads them as they are, so it never needs a model or torch.
+
+Directory layout read by `load_study` (what `unigap study` writes)::
+
+    RESULTS/study.json                       optional: the study's configuration, shown in the report
+    RESULTS/<method>/seed<k>/eval.json       required: the evaluation report of that model
+    RESULTS/<method>/seed<k>/log.jsonl       optional: training log (trained strategies only)
+    RESULTS/<method>/seed<k>/diagnostics.json  optional: gradient diagnostics (usually base only)
+
+The base model is the method named `base`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unigap.errors import UserError
+from unigap.train.names import SOUP_LAMBDAS, STRATEGIES
+
+BASE = "base"
+EVAL_FILE, LOG_FILE, DIAGNOSTICS_FILE, STUDY_FILE = "eval.json", "log.jsonl", "diagnostics.json", "study.json"
+# report order: the base, the trained strategies, the post-hoc soups and the oracle; anything else after
+METHOD_ORDER = (BASE, *STRATEGIES, *(f"soup-{lam:g}" for lam in SOUP_LAMBDAS), "oracle")
+_SEED_DIR = re.compile(r"seed(\d+)")
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One model of the study: its evaluation report, training log rows and gradient diagnostics."""
+
+    method: str
+    seed: int
+    eval_report: dict[str, Any]
+    log_rows: list[dict[str, Any]] = field(default_factory=list)
+    diagnostics: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Study:
+    """All runs plus the study configuration (free-form, shown in the report's methods section)."""
+
+    runs: list[MethodRun]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def methods(self) -> list[str]:
+        """Methods present, in report order (base first)."""
+        present = {run.method for run in self.runs}
+        known = [m for m in METHOD_ORDER if m in present]
+        return known + sorted(present - set(known))
+
+    def of(self, method: str) -> list[MethodRun]:
+        """The runs of `method`, by seed."""
+        return sorted((run for run in self.runs if run.method == method), key=lambda run: run.seed)
+
+
+def as_study(source: Study | Sequence[MethodRun] | str | Path) -> Study:
+    """A `Study` from a study, a list of runs, or a results directory; fails clearly without a base."""
+    if isinstance(source, (str, Path)):
+        study = load_study(source)
+    elif isinstance(source, Study):
+        study = source
+    else:
+        study = Study(list(source))
+    if not any(run.method == BASE for run in study.runs):
+        raise UserError(f"the study has no {BASE!r} runs to compare the methods against")
+    seen = [(run.method, run.seed) for run in study.runs]
+    if len(seen) != len(set(seen)):
+        raise UserError("the study holds the same (method, seed) more than once")
+    return study
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def load_study(directory: str | Path) -> Study:
+    """Every RESULTS/<method>/seed<k>/ holding an eval.json (see the module docstring for the layout)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"results directory {directory} does not exist")
+    runs = []
+    for eval_path in sorted(directory.glob(f"*/seed*/{EVAL_FILE}")):
+        match = _SEED_DIR.fullmatch(eval_path.parent.name)
+        if match is None:
+            continue
+        run_dir = eval_path.parent
+        log, diagnostics = run_dir / LOG_FILE, run_dir / DIAGNOSTICS_FILE
+        runs.append(
+            MethodRun(
+                method=run_dir.parent.name,
+                seed=int(match.group(1)),
+                eval_report=_read_json(eval_path),
+                log_rows=_read_jsonl(log) if log.is_file() else [],
+                diagnostics=_read_json(diagnostics) if diagnostics.is_file() else None,
+            )
+        )
+    if not runs:
+        raise UserError(f"no {directory}/<method>/seed<k>/{EVAL_FILE} found")
+    config_path = directory / STUDY_FILE
+    return Study(runs, _read_json(config_path) if config_path.is_file() else {})

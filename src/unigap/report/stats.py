@@ -1,0 +1,323 @@
+"""The study's statistics: per-seed and pooled metrics, Welch tests against the base, Bonferroni, final
+DPO losses against ln 2, KL, and the gradient diagnostics — as one JSON-serialisable dict.
+
+Choices (SPEC §1: "n = 200 per seed, 3 seeds, Welch t-test per method vs base, Bonferroni over
+methods × metrics"):
+
+- **Test**: Welch's two-sided t-test of a method against the base over the *per-item outcomes pooled across
+  seeds* (3 × 200 = 600 items a side), as the paper's n = 200 per seed implies; a test over 3 seed means
+  could not reach its p = 0.005. When an evaluation report has no per-item `records`, the same test is
+  computed exactly from each seed's mean, n and standard error. `delta` is the pooled mean minus the base's,
+  `delta_ci95` the Welch interval of that difference (the error bars of the trade-off figure).
+- **CIs of a method's level**: `ci95_seeds` is the t-interval over the seed means (k − 1 df; null for one
+  seed) around `mean_over_seeds`; `ci95_bootstrap` is a percentile bootstrap of the pooled per-item mean,
+  resampling items within each seed (null without records).
+- **Bonferroni**: the family is every method (base excluded) × every metric; `alpha_corrected` = α / family
+  size, `significant` = p < alpha_corrected, `p_bonferroni` = min(1, p · family size).
+- **Final losses**: a DPO run at batch 1 is noisy per step, so "final" means the mean over the last
+  `loss_tail` logged steps; a trained task whose final loss is within `ln2_tolerance` of ln 2 is flagged
+  `no_signal` (SPEC: "a generation DPO loss stuck at ln 2 is a stop signal").
+
+Undefined values (no items, one seed, zero variance on both sides) are null, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from unigap.errors import UserError
+from unigap.report.reference import LN2
+from unigap.report.runs import BASE, MethodRun, Study
+from unigap.train.names import SINGLE_TASK
+
+CONFIDENCE = 0.95
+TASKS = ("und", "gen")
+# the training-log series the report reads, each with the log keys that may hold it (first present wins)
+LOG_SERIES: dict[str, tuple[str, ...]] = {
+    "und_loss": ("und_dpo_loss", "und_loss"),
+    "gen_loss": ("gen_dpo_loss", "gen_loss"),
+    "und_kl": ("und_kl",),
+    "gen_kl": ("gen_kl",),
+    "w_und": ("w_und",),
+    "w_gen": ("w_gen",),
+}
+# gradient diagnostics read from diagnostics.json: name -> path of keys
+DIAGNOSTIC_FIELDS: dict[str, tuple[str, ...]] = {
+    "cos": ("inter", "cos_mean"),
+    "ratio": ("inter", "ratio_mean"),
+    "ratio_cv": ("inter", "ratio_cv"),
+    "und_cos": ("intra", "und_cos_mean"),
+    "gen_cos": ("intra", "gen_cos_mean"),
+    "und_vs_inter_p": ("intra", "welch_und_vs_inter", "p"),
+    "gen_vs_inter_p": ("intra", "welch_gen_vs_inter", "p"),
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A headline metric: its name in the evaluation report and the per-item outcome behind it."""
+
+    name: str
+    label: str
+    records: str
+    outcome: str
+
+
+METRICS = (
+    Metric("understanding.accuracy", "understanding accuracy", "understanding", "correct"),
+    Metric("generation.accuracy", "generation accuracy", "generation", "verified"),
+    Metric("nonunification.score", "non-unification score", "generation", "self_rejected"),
+    Metric("weak_generation.rate", "weak-generation rate", "generation", "weak_generation"),
+)
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    """The study's statistical settings, recorded in results.json so a reader can redo the numbers."""
+
+    alpha: float = 0.05
+    bootstrap_resamples: int = 2000
+    bootstrap_seed: int = 0
+    loss_tail: int = 50
+    ln2_tolerance: float = 0.01
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One metric's outcomes: n, mean, population variance (ddof 0) and the items when they were recorded."""
+
+    n: int
+    mean: float | None
+    var: float
+    items: np.ndarray | None
+
+
+def finite(value: Any) -> float | None:
+    """A float for JSON, or None for missing / NaN / ±inf."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+def sample(run: MethodRun, metric: Metric) -> Sample:
+    """The metric's outcomes in a run's evaluation report: from per-item records (null outcomes, e.g. the
+    weak-generation outcome of self-accepted images, are outside the sample), else from its summary."""
+    report = run.eval_report
+    records = report.get("records", {}).get(metric.records)
+    if records is not None:
+        items = np.array([float(r[metric.outcome]) for r in records if r[metric.outcome] is not None])
+        if not len(items):
+            return Sample(0, None, 0.0, items)
+        return Sample(len(items), float(items.mean()), float(items.var()), items)
+    section, key = metric.name.split(".")
+    summary = report.get(section)
+    if summary is None:
+        raise UserError(
+            f"the evaluation report of {run.method} seed {run.seed} has neither {section} records nor {metric.name}"
+        )
+    n, stderr = int(summary["n"]), summary["stderr"]
+    return Sample(n, summary[key], stderr**2 * n if n else 0.0, None)
+
+
+def pool(samples: Sequence[Sample]) -> Sample:
+    """The samples as one: exact pooled mean and population variance (law of total variance)."""
+    present = [s for s in samples if s.n]
+    n = sum(s.n for s in present)
+    if n == 0:
+        return Sample(0, None, 0.0, None)
+    mean = math.fsum(s.n * s.mean for s in present) / n
+    var = math.fsum(s.n * (s.var + (s.mean - mean) ** 2) for s in present) / n
+    items = np.concatenate([s.items for s in present]) if all(s.items is not None for s in present) else None
+    return Sample(n, mean, var, items)
+
+
+def welch(a: Sample, b: Sample) -> dict[str, Any]:
+    """Welch's two-sided test of mean(a) − mean(b) with its CI; equals `scipy.stats.ttest_ind(a, b,
+    equal_var=False)` on the items. Null where undefined (n < 2 on a side, or no variance on either)."""
+    out: dict[str, Any] = {"t": None, "df": None, "p": None, "delta_ci95": None}
+    if a.n < 2 or b.n < 2:
+        return out
+    sq_a, sq_b = a.var / (a.n - 1), b.var / (b.n - 1)  # squared standard errors s²/n with s² = var·n/(n−1)
+    se = math.sqrt(sq_a + sq_b)
+    if se == 0:
+        return out
+    delta = a.mean - b.mean
+    t = delta / se
+    df = (sq_a + sq_b) ** 2 / (sq_a**2 / (a.n - 1) + sq_b**2 / (b.n - 1))
+    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, df)) * se
+    return {"t": t, "df": df, "p": float(2 * stats.t.sf(abs(t), df)), "delta_ci95": [delta - half, delta + half]}
+
+
+def seed_interval(means: Sequence[float]) -> list[float] | None:
+    """t-interval of the mean over seed means (k − 1 df); None below two seeds."""
+    k = len(means)
+    if k < 2:
+        return None
+    mean, sd = float(np.mean(means)), float(np.std(means, ddof=1))
+    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, k - 1)) * sd / math.sqrt(k)
+    return [mean - half, mean + half]
+
+
+def bootstrap_interval(samples: Sequence[Sample], resamples: int, rng: np.random.Generator) -> list[float] | None:
+    """Percentile bootstrap of the pooled per-item mean, items resampled within each seed."""
+    present = [s for s in samples if s.n]
+    if not present or any(s.items is None for s in present):
+        return None
+    totals = np.zeros(resamples)
+    for s in present:
+        totals += s.items[rng.integers(0, s.n, size=(resamples, s.n))].sum(axis=1)
+    means = totals / sum(s.n for s in present)
+    low, high = np.quantile(means, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return [float(low), float(high)]
+
+
+def metric_summary(runs: Sequence[MethodRun], metric: Metric, options: StatsOptions) -> tuple[dict[str, Any], Sample]:
+    """Per-seed values, the mean over seeds with its t-interval, the pooled mean with its bootstrap CI."""
+    samples = [sample(run, metric) for run in runs]
+    seed_means = [s.mean for s in samples if s.mean is not None]
+    pooled = pool(samples)
+    key = zlib.crc32(f"{runs[0].method}/{metric.name}".encode())  # same draws whatever else is in the study
+    rng = np.random.default_rng([options.bootstrap_seed, key])
+    summary = {
+        "per_seed": [
+            {"seed": run.seed, "value": s.mean, "n": s.n, "stderr": math.sqrt(s.var / s.n) if s.n else None}
+            for run, s in zip(runs, samples, strict=True)
+        ],
+        "seeds": len(seed_means),
+        "mean_over_seeds": _mean(seed_means),
+        "ci95_seeds": seed_interval(seed_means),
+        "pooled": pooled.mean,
+        "n": pooled.n,
+        "ci95_bootstrap": bootstrap_interval(samples, options.bootstrap_resamples, rng),
+    }
+    return summary, pooled
+
+
+def series(rows: Sequence[dict[str, Any]], name: str) -> tuple[list[int], list[float]]:
+    """Steps and finite values of a LOG_SERIES entry in a training log (empty when the log lacks it)."""
+    key = next((k for k in LOG_SERIES[name] if any(k in row for row in rows)), None)
+    pairs = [(int(row.get("step", i)), finite(row.get(key))) for i, row in enumerate(rows)] if key else []
+    kept = [(step, value) for step, value in pairs if value is not None]
+    return [s for s, _ in kept], [v for _, v in kept]
+
+
+def trained_tasks(method: str) -> tuple[str, ...]:
+    """The tasks a strategy optimises (single-task runs still log the other task's loss)."""
+    return (SINGLE_TASK[method],) if method in SINGLE_TASK else TASKS
+
+
+def training_summary(method: str, runs: Sequence[MethodRun], options: StatsOptions) -> dict[str, Any] | None:
+    """Final (tail-mean) losses, KL and weights per seed and over seeds, with the ln 2 flags; None
+    for methods without training logs (base, soups, oracle)."""
+    logged = [run for run in runs if run.log_rows]
+    if not logged:
+        return None
+    per_seed = []
+    for run in logged:
+        tail = run.log_rows[-options.loss_tail :]
+        per_seed.append(
+            {"seed": run.seed, "steps": len(run.log_rows)} | {name: _mean(series(tail, name)[1]) for name in LOG_SERIES}
+        )
+    out: dict[str, Any] = {"trained": list(trained_tasks(method)), "per_seed": per_seed}
+    for name in LOG_SERIES:
+        out[name] = _mean([row[name] for row in per_seed if row[name] is not None])
+    for task in TASKS:
+        loss = out[f"{task}_loss"]
+        out[f"{task}_ln2_gap"] = None if loss is None else loss - LN2
+        trained = task in out["trained"] and loss is not None
+        out[f"{task}_no_signal"] = abs(loss - LN2) <= options.ln2_tolerance if trained else None
+    return out
+
+
+def _dig(tree: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return finite(tree)
+
+
+def diagnostics_summary(runs: Sequence[MethodRun]) -> dict[str, Any] | None:
+    """Inter-task cosine, ρ and intra-task cosines per seed and averaged over seeds; None without diagnostics."""
+    diagnosed = [run for run in runs if run.diagnostics is not None]
+    if not diagnosed:
+        return None
+    per_seed = [
+        {"seed": run.seed, "batches": run.diagnostics.get("n")}
+        | {name: _dig(run.diagnostics, path) for name, path in DIAGNOSTIC_FIELDS.items()}
+        for run in diagnosed
+    ]
+    means = {name: _mean([row[name] for row in per_seed if row[name] is not None]) for name in DIAGNOSTIC_FIELDS}
+    return {"per_seed": per_seed, **means}
+
+
+def compute_stats(study: Study, options: StatsOptions = StatsOptions()) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-serialisable dict (see the module docstring)."""
+    methods = study.methods()
+    compared = [m for m in methods if m != BASE]
+    family = len(compared) * len(METRICS)
+    alpha_corrected = options.alpha / family if family else options.alpha
+    metrics: dict[str, dict[str, Any]] = {BASE: {}}
+    base_samples = {}
+    for metric in METRICS:
+        metrics[BASE][metric.name], base_samples[metric.name] = metric_summary(study.of(BASE), metric, options)
+    for method in compared:
+        metrics[method] = {}
+        for metric in METRICS:
+            summary, pooled = metric_summary(study.of(method), metric, options)
+            base = base_samples[metric.name]
+            test = welch(pooled, base)
+            delta = None if pooled.mean is None or base.mean is None else pooled.mean - base.mean
+            p = test["p"]
+            metrics[method][metric.name] = summary | {
+                "delta": delta,
+                **test,
+                "p_bonferroni": None if p is None else min(1.0, p * family),
+                "significant": p is not None and p < alpha_corrected,
+            }
+    return {
+        "options": asdict(options) | {"confidence": CONFIDENCE},
+        "config": study.config,
+        "base": BASE,
+        "methods": methods,
+        "seeds": sorted({run.seed for run in study.runs}),
+        "metrics": [asdict(metric) for metric in METRICS],
+        "bonferroni": {"alpha": options.alpha, "tests": family, "alpha_corrected": alpha_corrected},
+        "results": metrics,
+        "training": {m: s for m in methods if (s := training_summary(m, study.of(m), options)) is not None},
+        "diagnostics": {m: s for m in methods if (s := diagnostics_summary(study.of(m))) is not None},
+    }
+
+
+CSV_COLUMNS = (
+    "method", "metric", "seeds", "per_seed", "mean_over_seeds", "ci95_seeds_low", "ci95_seeds_high",
+    "n", "pooled", "ci95_bootstrap_low", "ci95_bootstrap_high", "delta", "delta_ci95_low", "delta_ci95_high",
+    "t", "df", "p", "p_bonferroni", "alpha_corrected", "significant",
+)  # fmt: skip
+
+
+def csv_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per method × metric (the base included, without test columns); intervals split in two."""
+    rows = []
+    for method in results["methods"]:
+        for metric, summary in results["results"][method].items():
+            row: dict[str, Any] = {"method": method, "metric": metric}
+            row["per_seed"] = ";".join(f"{s['seed']}:{s['value']}" for s in summary["per_seed"])
+            for key in ("ci95_seeds", "ci95_bootstrap", "delta_ci95"):
+                low, high = summary.get(key) or (None, None)
+                row |= {f"{key}_low": low, f"{key}_high": high}
+            for key in CSV_COLUMNS:
+                row.setdefault(key, summary.get(key))
+            if method != results["base"]:
+                row["alpha_corrected"] = results["bonferroni"]["alpha_corrected"]
+            rows.append({key: "" if row[key] is None else row[key] for key in CSV_COLUMNS})
+    return rows

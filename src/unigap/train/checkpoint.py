@@ -1,0 +1,83 @@
+"""Atomic training checkpoints: everything a killed run needs to continue bit for bit.
+
+Why atomic: a run killed mid-write must leave the previous checkpoint intact (write a temporary file in
+the same directory, then `os.replace`). Why all of this state: resuming must reach the same final adapter
+as an uninterrupted run, so the trainable tensors, AdamW moments, scheduler position, strategy state
+(grad-weighted's held weights) and the RNG states (LoRA dropout draws from torch's global RNG) are saved.
+The data order needs no state: it is a function of (seed, task, step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unigap.atomic import write_atomically
+from unigap.errors import UserError
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call `write(handle)` on a binary file that replaces `path` atomically (fsynced first)."""
+
+    def write_file(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    write_atomically(path, write_file)
+
+
+def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
+    """Replace a text file by `lines` (each without its newline), atomically."""
+    atomic_write_bytes(path, lambda handle: handle.write("".join(line + "\n" for line in lines).encode()))
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch RNG states a step consumes (CPU, and every CUDA device when present)."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+    """Write `state` (tensors, optimizer/scheduler state dicts, plain values) to DIR/checkpoint.pt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    atomic_write_bytes(path, lambda handle: torch.save(state, handle))
+    return path
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any]:
+    """The state saved by `save_checkpoint`; `UserError` when there is none or it is unreadable."""
+    path = directory / CHECKPOINT_FILE
+    if not path.is_file():
+        raise UserError(f"nothing to resume: no {CHECKPOINT_FILE} in {directory}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable `key: saved -> current` for every setting that differs."""
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{k}: {json.dumps(saved.get(k))} -> {json.dumps(current.get(k))}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]

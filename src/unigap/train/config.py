@@ -1,0 +1,105 @@
+"""`TrainConfig`: every knob of a multi-task DPO run, with the SPEC §1 defaults, loadable from TOML.
+
+Why a dataclass apart from the trainer (as TRL separates `DPOConfig` from `DPOTrainer`): the config is
+saved next to the adapter and into checkpoints, so a run can be reproduced or resumed, and a resumed run
+can refuse to continue under different settings.
+
+Precedence: dataclass defaults < TOML file (flat keys named like the fields) < command-line flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from unigap.errors import UserError
+from unigap.train.dpo import LOSS_TYPES, DPOOptions
+from unigap.train.names import STRATEGIES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A multi-task DPO run (defaults: SPEC §1)."""
+
+    strategy: str = "joint"
+    steps: int = 1000
+    lr: float = 1e-6
+    beta: float = 0.1
+    seed: int = 0
+    loss_type: str = "sigmoid"
+    length_normalize: bool = False
+    nll_weight: float = 0.0
+    lora_rank: int = 64
+    lora_alpha: float = 128.0
+    lora_dropout: float = 0.05
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    joint_alpha: float = 0.5  # naive joint: w_U
+    fixed_w_und: float = 0.93  # fixed-weight strategy: w_U
+    reweight_every: int = 50  # grad-weighted: K
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        positive = {
+            "steps": self.steps,
+            "lr": self.lr,
+            "beta": self.beta,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "max_grad_norm": self.max_grad_norm,
+            "reweight_every": self.reweight_every,
+            "checkpoint_every": self.checkpoint_every,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise UserError(f"{name} must be > 0, got {value}")
+        for name in ("joint_alpha", "fixed_w_und"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
+        if self.loss_type not in LOSS_TYPES:
+            raise UserError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
+        if self.weight_decay < 0 or self.nll_weight < 0 or self.seed < 0:
+            raise UserError("weight_decay, nll_weight and seed must be >= 0")
+
+    @property
+    def dpo(self) -> DPOOptions:
+        """The loss options every task shares."""
+        return DPOOptions(self.beta, self.loss_type, self.length_normalize, self.nll_weight)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, toml_file: Path | None = None, **overrides: Any) -> TrainConfig:
+        """Defaults, then the TOML file's keys, then the overrides that are not None."""
+        values: dict[str, Any] = {}
+        if toml_file is not None:
+            try:
+                values = tomllib.loads(Path(toml_file).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise UserError(f"cannot read config {toml_file}: {exc}") from None
+        values |= {key: value for key, value in overrides.items() if value is not None}
+        types = {f.name: type(f.default) for f in fields(cls)}
+        unknown = sorted(set(values) - set(types))
+        if unknown:
+            raise UserError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(types)}")
+        for name, value in values.items():
+            if not _type_ok(value, types[name]):
+                raise UserError(f"config key {name} must be a {types[name].__name__}, got {value!r}")
+        return cls(**{name: types[name](value) for name, value in values.items()})
+
+
+def _type_ok(value: Any, expected: type) -> bool:
+    """TOML gives ints where floats are meant (lr = 1); bools are not numbers here."""
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)

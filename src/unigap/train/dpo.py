@@ -1,0 +1,231 @@
+"""The DPO loss core: preference pairs, the loss formula, and one task's loss on a `UnifiedModel`.
+
+Why a module of its own: the trainer, the gradient diagnostics (`unigap.diagnose`) and the benchmark all
+need exactly the same per-task loss, so there is one definition. Stable public API:
+
+* `UnderstandingPair(image, question, chosen, rejected, ref_chosen, ref_rejected, ...)` and
+  `GenerationPair(prompt, chosen, rejected, ref_chosen, ref_rejected, ...)` — one preference pair each,
+  with the reference policy's summed log-probs stored (SPEC §1: π_ref is fixed per pair, compute once).
+* `dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1, loss_type="sigmoid",
+  *, chosen_tokens=None, rejected_tokens=None, length_normalize=False, nll_weight=0.0) -> DPOOutput`
+  — pure tensor maths on per-pair summed log-probs.
+* `task_dpo_loss(um, pairs, options=DPOOptions()) -> TaskLoss` — the policy log-probs of a batch of pairs
+  of one task (understanding: summed answer-token log-probs via `answer_logprobs`; generation: summed
+  image-token log-probs via `image_logprobs`, conditional-only unless `options.cfg_scale` is set), then
+  `dpo_loss`. `TaskLoss.loss` is the differentiable scalar; `TaskLoss.metrics` holds floats
+  `dpo_loss`, `reward_margin`, `accuracy`, `kl` (batch means).
+* `reference_logprobs(um, pairs, cfg_scale=None)` — (sum, count) under the base model (adapters disabled),
+  what the preference builder stores and what the benchmark's "recompute" variant calls every step.
+
+Formulas, with r = log π_θ(y|x) − log π_ref(y|x) (per pair; divided by the token count when
+`length_normalize`) and h = r_w − r_l:
+* sigmoid (Rafailov et al.): L = −log σ(β·h)
+* ipo (Azar et al.): L = (h − 1/(2β))²
+* NLL on the chosen (RPO-style, as in self-improvement DPO, SPEC §2): + nll_weight · (−log π_θ(y_w|x) / |y_w|),
+  always per token so its scale does not depend on the answer or image length.
+Reward margin = β·h, accuracy = 1[h > 0]; KL estimate = mean over chosen and rejected of log π_θ − log π_ref
+in nats per sequence — a plug-in estimate on the pair's sequences (they are not fresh policy samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from unigap.model.images import ImageInput
+from unigap.model.unified import UnifiedModel
+
+LossType = Literal["sigmoid", "ipo"]
+LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo")
+
+
+@dataclass(frozen=True)
+class UnderstandingPair:
+    """(image, question) with a preferred and a dispreferred answer, and their reference log-probs."""
+
+    image: ImageInput
+    question: str
+    chosen: str
+    rejected: str
+    ref_chosen: float
+    ref_rejected: float
+    chosen_tokens: int
+    rejected_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationPair:
+    """A prompt with a preferred and a dispreferred image (VQ token ids), and their reference log-probs."""
+
+    prompt: str
+    chosen: tuple[int, ...]
+    rejected: tuple[int, ...]
+    ref_chosen: float
+    ref_rejected: float
+
+    @property
+    def chosen_tokens(self) -> int:
+        return len(self.chosen)
+
+    @property
+    def rejected_tokens(self) -> int:
+        return len(self.rejected)
+
+
+Pair = UnderstandingPair | GenerationPair
+
+
+@dataclass(frozen=True)
+class DPOOutput:
+    """Per-pair results of `dpo_loss`; `loss` is the batch mean (what is backpropagated)."""
+
+    loss: torch.Tensor
+    losses: torch.Tensor
+    margins: torch.Tensor
+    accuracies: torch.Tensor
+    kl: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DPOOptions:
+    """How the loss is formed from log-probs; shared by every task so strategies compare like with like."""
+
+    beta: float = 0.1
+    loss_type: LossType = "sigmoid"
+    length_normalize: bool = False
+    nll_weight: float = 0.0
+    # generation only: score under CFG-mixed logits (SPEC §1 variant); the stored reference log-probs must
+    # then have been computed with the same scale (`prefs build` stores conditional-only ones)
+    cfg_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown DPO loss type {self.loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not self.nll_weight >= 0:
+            raise ValueError(f"nll_weight must be >= 0, got {self.nll_weight}")
+
+
+@dataclass(frozen=True)
+class TaskLoss:
+    """One task's differentiable loss and its logged batch means."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+    loss_type: LossType = "sigmoid",
+    *,
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
+    length_normalize: bool = False,
+    nll_weight: float = 0.0,
+) -> DPOOutput:
+    """DPO (sigmoid) or IPO loss on per-pair summed log-probs [B]; see the module docstring for formulas."""
+    DPOOptions(beta=beta, loss_type=loss_type, nll_weight=nll_weight)  # validates
+    needs_counts = length_normalize or nll_weight > 0
+    if needs_counts and (chosen_tokens is None or rejected_tokens is None):
+        raise ValueError("length_normalize and nll_weight need chosen_tokens and rejected_tokens")
+    ref_chosen = ref_chosen.to(policy_chosen)
+    ref_rejected = ref_rejected.to(policy_rejected)
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    kl = (chosen_ratio.detach() + rejected_ratio.detach()) / 2
+    if length_normalize:
+        chosen_ratio = chosen_ratio / chosen_tokens.to(chosen_ratio)
+        rejected_ratio = rejected_ratio / rejected_tokens.to(rejected_ratio)
+    h = chosen_ratio - rejected_ratio
+    losses = -F.logsigmoid(beta * h) if loss_type == "sigmoid" else (h - 1 / (2 * beta)) ** 2
+    if nll_weight > 0:
+        losses = losses + nll_weight * (-policy_chosen / chosen_tokens.to(policy_chosen))
+    margins = (beta * h).detach()
+    return DPOOutput(losses.mean(), losses.detach(), margins, (margins > 0).float(), kl)
+
+
+def _check_one_task(pairs: Sequence[Pair]) -> type:
+    kinds = {type(pair) for pair in pairs}
+    if len(kinds) != 1 or not kinds <= {UnderstandingPair, GenerationPair}:
+        raise ValueError(
+            f"pairs must be a non-empty batch of one task's pairs, got {sorted(k.__name__ for k in kinds)}"
+        )
+    return kinds.pop()
+
+
+def sequence_logprobs(
+    um: UnifiedModel, pairs: Sequence[Pair], cfg_scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chosen sum, rejected sum, chosen count, rejected count) [B] under the model as it is now.
+
+    Chosen and rejected run as one batch of 2B (left-padding makes batched == unbatched).
+    """
+    kind = _check_one_task(pairs)
+    n = len(pairs)
+    if kind is UnderstandingPair:
+        images = [p.image for p in pairs] * 2
+        questions = [p.question for p in pairs] * 2
+        answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        sums, counts = um.answer_logprobs(images, questions, answers)
+    else:
+        prompts = [p.prompt for p in pairs] * 2
+        tokens = torch.tensor([p.chosen for p in pairs] + [p.rejected for p in pairs], dtype=torch.long)
+        sums, counts = um.image_logprobs(prompts, tokens, cfg_scale=cfg_scale)
+    return sums[:n], sums[n:], counts[:n], counts[n:]
+
+
+@torch.no_grad()
+def reference_logprobs(
+    um: UnifiedModel, pairs: Sequence[Pair], cfg_scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`sequence_logprobs` under the reference policy (the base model: adapters disabled)."""
+    with um.adapters_disabled():
+        return sequence_logprobs(um, pairs, cfg_scale)
+
+
+def with_reference(um: UnifiedModel, pairs: Sequence[Pair], cfg_scale: float | None = None) -> list[Pair]:
+    """The pairs with reference log-probs (and answer token counts) replaced by freshly computed ones."""
+    ref_chosen, ref_rejected, n_chosen, n_rejected = reference_logprobs(um, pairs, cfg_scale)
+    rows = zip(
+        pairs, ref_chosen.tolist(), ref_rejected.tolist(), n_chosen.tolist(), n_rejected.tolist(), strict=True
+    )
+    out: list[Pair] = []
+    for pair, chosen, rejected, chosen_tokens, rejected_tokens in rows:
+        fields = {"ref_chosen": chosen, "ref_rejected": rejected}
+        if isinstance(pair, UnderstandingPair):  # a generation pair's counts are its token tuples' lengths
+            fields |= {"chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens}
+        out.append(replace(pair, **fields))
+    return out
+
+
+def task_dpo_loss(um: UnifiedModel, pairs: Sequence[Pair], options: DPOOptions = DPOOptions()) -> TaskLoss:
+    """One task's DPO loss on a batch of its pairs under the model's current (adapted) policy."""
+    chosen, rejected, n_chosen, n_rejected = sequence_logprobs(um, pairs, options.cfg_scale)
+    out = dpo_loss(
+        chosen,
+        rejected,
+        torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32),
+        torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32),
+        options.beta,
+        options.loss_type,
+        chosen_tokens=n_chosen,
+        rejected_tokens=n_rejected,
+        length_normalize=options.length_normalize,
+        nll_weight=options.nll_weight,
+    )
+    metrics = {
+        "dpo_loss": float(out.losses.mean()),
+        "reward_margin": float(out.margins.mean()),
+        "accuracy": float(out.accuracies.mean()),
+        "kl": float(out.kl.mean()),
+    }
+    return TaskLoss(out.loss, metrics)

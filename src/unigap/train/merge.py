@@ -1,0 +1,96 @@
+"""Rewarded soups of two adapters, exact on the weight deltas (SPEC §1 post-hoc method a).
+
+Why not peft's `add_weighted_adapter(..., "linear")`: it mixes A and B separately, so the merged
+ΔW = (λB_U + (1−λ)B_G)(λA_U + (1−λ)A_G) has cross terms and is not λΔW_U + (1−λ)ΔW_G. Here the soup is
+written directly as a LoRA of rank r_U + r_G (the `cat` construction):
+
+    A = [A_U; A_G],   B = [λ·s_U·B_U, (1−λ)·s_G·B_G],   scaling 1 (lora_alpha = rank)
+
+so B·A = λ·s_U·B_U·A_U + (1−λ)·s_G·B_G·A_G = λΔW_U + (1−λ)ΔW_G exactly (s = lora_alpha / r). Fully
+trained modules (`modules_to_save`: the generation head) are interpolated λ·W_U + (1−λ)·W_G. The result is
+an ordinary PEFT adapter directory, loadable with `UnifiedModel.load_adapter`. Works on the saved files
+only: no model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from unigap.errors import UserError
+from unigap.train.checkpoint import atomic_write_bytes
+from unigap.train.names import SOUP_LAMBDAS
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+# settings that must agree for two adapters to be souped (rank and alpha may differ)
+_MUST_MATCH = ("peft_type", "target_modules", "modules_to_save", "base_model_name_or_path", "bias")
+
+
+def _read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    directory = Path(directory)
+    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
+        raise UserError(f"{directory} holds no PEFT adapter ({CONFIG} + {WEIGHTS})")
+    config = json.loads((directory / CONFIG).read_text())
+    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("peft_type") != "LORA":
+        raise UserError(f"{directory}: only plain LoRA adapters (no rank/alpha patterns) can be souped")
+    return config, load_file(str(directory / WEIGHTS))
+
+
+def lora_scaling(config: dict) -> float:
+    """peft's scaling: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA."""
+    rank = config["r"]
+    return config["lora_alpha"] / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def delta_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """ΔW = B·A·scaling per LoRA module of a saved adapter (fp32), keyed by module path."""
+    config, tensors = _read_adapter(directory)
+    scale = lora_scaling(config)
+    return {
+        key[: -len(A_SUFFIX)]: tensors[key[: -len(A_SUFFIX)] + B_SUFFIX].float() @ tensors[key].float() * scale
+        for key in tensors
+        if key.endswith(A_SUFFIX)
+    }
+
+
+def soup(und_dir: str | Path, gen_dir: str | Path, lam: float, out_dir: str | Path) -> Path:
+    """Write the adapter λ·θ_U + (1−λ)·θ_G (exact on ΔW; generation head interpolated) to `out_dir`."""
+    if not 0 <= lam <= 1:
+        raise UserError(f"λ must lie in [0, 1], got {lam}")
+    (config_u, tensors_u), (config_g, tensors_g) = _read_adapter(und_dir), _read_adapter(gen_dir)
+    differ = [key for key in _MUST_MATCH if config_u.get(key) != config_g.get(key)]
+    if differ or set(tensors_u) != set(tensors_g):
+        raise UserError(
+            f"{und_dir} and {gen_dir} are adapters of different shapes ({', '.join(differ) or 'tensors'})"
+        )
+    scale_u, scale_g = lam * lora_scaling(config_u), (1 - lam) * lora_scaling(config_g)
+    merged: dict[str, torch.Tensor] = {}
+    for key, u in tensors_u.items():
+        g = tensors_g[key]
+        if key.endswith(A_SUFFIX):
+            merged[key] = torch.cat([u, g], dim=0)
+        elif key.endswith(B_SUFFIX):
+            merged[key] = torch.cat([u.float() * scale_u, g.float() * scale_g], dim=1).to(u.dtype)
+        else:
+            merged[key] = (lam * u.float() + (1 - lam) * g.float()).to(u.dtype)
+    rank = config_u["r"] + config_g["r"]
+    config = config_u | {"r": rank, "lora_alpha": rank, "use_rslora": False}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = save({key: t.contiguous() for key, t in merged.items()}, metadata={"format": "pt"})
+    atomic_write_bytes(out / WEIGHTS, lambda handle: handle.write(weights))
+    atomic_write_bytes(out / CONFIG, lambda handle: handle.write(json.dumps(config, indent=2).encode()))
+    return out
+
+
+def soups(
+    und_dir: str | Path, gen_dir: str | Path, out_dir: str | Path, lambdas: tuple[float, ...] = SOUP_LAMBDAS
+) -> list[Path]:
+    """One soup per λ, in OUT/soup-{λ}."""
+    return [soup(und_dir, gen_dir, lam, Path(out_dir) / f"soup-{lam:g}") for lam in lambdas]

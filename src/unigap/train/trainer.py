@@ -1,0 +1,243 @@
+"""`DPOTrainer`: multi-task DPO on the shared LoRA, one pair per task per step, with a strategy.
+
+Each step: one understanding and one generation pair (a fixed permutation per epoch, from the seed), each
+task's DPO loss (`task_dpo_loss`) and gradient on every trainable parameter, the strategy's combination on
+the shared LoRA (the generation head gets the strategy's task-specific weights), clip, AdamW, cosine LR.
+Single-task strategies still compute the other task's loss and gradient when its data is given, so the
+log always shows both tasks, their gradient norms and cosine (the interference the study measures).
+
+Files in the output directory: `log.jsonl` (one JSON object per step), `checkpoint/checkpoint.pt` every
+`checkpoint_every` steps (atomic), `train_config.json`, and at the end the adapter in PEFT format
+(`adapter_config.json`, `adapter_model.safetensors`), loadable with `UnifiedModel.load_adapter`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from unigap.errors import UserError
+from unigap.model.unified import UnifiedModel
+from unigap.train.checkpoint import (
+    atomic_write_lines,
+    config_differences,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from unigap.train.config import TrainConfig
+from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, task_dpo_loss
+from unigap.train.strategies import SINGLE_TASK, Strategy, build_strategy, length_norm_weight
+
+LOG_FILE = "log.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+CONFIG_FILE = "train_config.json"
+TASKS = ("und", "gen")
+
+StepCallback = Callable[[int, dict[str, Any]], None]
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss or gradient: the run stops and the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    out_dir: Path
+    log_file: Path
+
+
+def data_order(seed: int, task: str, step: int, n: int) -> int:
+    """Index of the pair a task uses at `step`: a fresh permutation of its n pairs every epoch."""
+    epoch, offset = divmod(step, n)
+    return int(np.random.default_rng([seed, TASKS.index(task), epoch]).permutation(n)[offset])
+
+
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().float().reshape(-1) for t in tensors])
+
+
+class DPOTrainer:
+    """Trains a fresh LoRA on `um` with one strategy; `train()` runs (or resumes) to `config.steps`."""
+
+    def __init__(
+        self,
+        um: UnifiedModel,
+        config: TrainConfig,
+        und_pairs: Sequence[UnderstandingPair],
+        gen_pairs: Sequence[GenerationPair],
+        out_dir: str | Path,
+    ) -> None:
+        needed = (SINGLE_TASK[config.strategy],) if config.strategy in SINGLE_TASK else TASKS
+        given = {"und": und_pairs, "gen": gen_pairs}
+        missing = [task for task in needed if not given[task]]
+        if missing:
+            raise UserError(f"strategy {config.strategy!r} needs {' and '.join(missing)} preference pairs")
+        lengths = {len(ids) for pair in gen_pairs for ids in (pair.chosen, pair.rejected)}
+        if lengths - {um.num_image_tokens}:
+            raise UserError(
+                f"generation pairs hold images of {sorted(lengths)} tokens, but this model uses {um.num_image_tokens}"
+            )
+        self.um, self.config, self.out_dir = um, config, Path(out_dir)
+        self.pairs: dict[str, Sequence[Pair]] = {task: pairs for task, pairs in given.items() if pairs}
+        self.strategy: Strategy = build_strategy(
+            config.strategy,
+            joint_alpha=config.joint_alpha,
+            fixed_w_und=config.fixed_w_und,
+            reweight_every=config.reweight_every,
+            length_w_und=self._length_w_und,
+        )
+        torch.manual_seed(config.seed)  # the LoRA A init and the dropout stream
+        um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout)
+        self.named = [(name, p) for name, p in um.model.named_parameters() if p.requires_grad]
+        shared = {id(p) for p in um.shared_lora_parameters().parameters}
+        self.is_shared = [id(p) in shared for _, p in self.named]
+        params = [p for _, p in self.named]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, 0, config.steps)
+        self.step = 0
+
+    def _length_w_und(self) -> float:
+        und, gen = self.pairs["und"], self.pairs["gen"]
+        answer_tokens = sum(p.chosen_tokens + p.rejected_tokens for p in und) / (2 * len(und))
+        image_tokens = sum(p.chosen_tokens for p in gen) / len(gen)
+        return length_norm_weight(image_tokens, answer_tokens)
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / CHECKPOINT_DIR
+
+    def _save(self) -> None:
+        save_checkpoint(
+            self.checkpoint_dir,
+            {
+                "step": self.step,
+                "trainable": {name: p.detach().clone() for name, p in self.named},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "strategy": self.strategy.state_dict(),
+                "rng": rng_state(),
+                "config": self.config.to_dict(),
+            },
+        )
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.checkpoint_dir)
+        changed = config_differences(state["config"], self.config.to_dict())
+        if changed:
+            raise UserError(f"cannot resume {self.out_dir} under different settings: {'; '.join(changed)}")
+        with torch.no_grad():
+            for name, p in self.named:
+                p.copy_(state["trainable"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.strategy.load_state_dict(state["strategy"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        log = self.out_dir / LOG_FILE
+        lines = log.read_text().splitlines() if log.is_file() else []
+        atomic_write_lines(log, [line for line in lines if json.loads(line)["step"] < self.step])
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train(self, resume: bool = False, on_step: StepCallback | None = None) -> TrainResult:
+        """Run to `config.steps`; with `resume`, continue from the checkpoint in the output directory."""
+        if resume:
+            self._resume()
+        elif (self.checkpoint_dir / "checkpoint.pt").exists():
+            raise UserError(
+                f"{self.out_dir} already holds a run; pass --resume to continue it, or use a new --out"
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_lines(self.out_dir / CONFIG_FILE, [json.dumps(self.config.to_dict(), indent=2)])
+        log = self.out_dir / LOG_FILE
+        if not resume:
+            log.write_text("")
+        self.um.model.train()  # LoRA dropout on
+        try:
+            while self.step < self.config.steps:
+                record = self._train_step()
+                with log.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                self.step += 1
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                    self._save()
+                if on_step is not None:
+                    on_step(self.step, record)
+        finally:
+            self.um.model.eval()
+        self.um.save_adapter(self.out_dir)
+        return TrainResult(self.step, self.out_dir, log)
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        done = (self.step // self.config.checkpoint_every) * self.config.checkpoint_every
+        kept = (
+            f"the last good checkpoint (step {done}) is kept in {self.checkpoint_dir} (--resume continues from it; "
+            f"{LOG_FILE} shows the steps before)"
+            if (self.checkpoint_dir / "checkpoint.pt").exists()
+            else "no checkpoint had been written yet"
+        )
+        return TrainingDiverged(f"non-finite {what} at step {self.step}: training stopped; {kept}")
+
+    def _task_gradients(self, task: str) -> tuple[list[torch.Tensor], dict[str, float]]:
+        """One pair of `task`: its DPO loss metrics and its gradient on every trainable tensor."""
+        pairs = self.pairs[task]
+        pair = pairs[data_order(self.config.seed, task, self.step, len(pairs))]
+        result = task_dpo_loss(self.um, [pair], self.config.dpo)
+        if not torch.isfinite(result.loss):
+            raise self._diverged(f"{task} DPO loss ({float(result.loss.detach())})")
+        params = [p for _, p in self.named]
+        grads = torch.autograd.grad(result.loss, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+        return grads, result.metrics
+
+    def _train_step(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"step": self.step, "lr": self.scheduler.get_last_lr()[0]}
+        grads: dict[str, list[torch.Tensor]] = {}
+        for task in self.pairs:
+            grads[task], metrics = self._task_gradients(task)
+            record |= {f"{task}_{key}": value for key, value in metrics.items()}
+        zeros = [torch.zeros_like(p) for _, p in self.named]
+        g = {task: grads.get(task, zeros) for task in TASKS}
+        flat = {task: _flat([t for t, s in zip(g[task], self.is_shared, strict=True) if s]) for task in TASKS}
+        combo = self.strategy.combine(flat["und"], flat["gen"], self.step)
+        norms = {task: float(flat[task].norm()) for task in TASKS}
+        cos = (
+            float(torch.dot(flat["und"], flat["gen"]) / (norms["und"] * norms["gen"]))
+            if all(norms.values())
+            else None
+        )
+        record |= {
+            "w_und": combo.w_und,
+            "w_gen": combo.w_gen,
+            "und_grad_norm": norms["und"],
+            "gen_grad_norm": norms["gen"],
+            "cos": cos,
+        }
+        offset = 0
+        for i, (_, p) in enumerate(self.named):
+            if self.is_shared[i]:
+                p.grad = combo.shared[offset : offset + p.numel()].view_as(p).to(p.dtype)
+                offset += p.numel()
+            else:
+                p.grad = combo.specific_und * g["und"][i] + combo.specific_gen * g["gen"][i]
+        total = torch.nn.utils.clip_grad_norm_([p for _, p in self.named], self.config.max_grad_norm)
+        if not math.isfinite(float(total)):
+            raise self._diverged(f"gradient norm ({float(total)})")
+        record["grad_norm"] = float(total)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return record

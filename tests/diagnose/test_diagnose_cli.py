@@ -1,0 +1,105 @@
+"""`unigap diagnose` end to end on preference files built by `unigap prefs build`, and its user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unigap.cli import main
+from unigap.model import load_model
+
+
+@pytest.fixture(scope="module")
+def prefs(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("prefs")
+    files = {"und": out / "und.jsonl", "gen": out / "gen.jsonl"}
+    for kind, path, extra in (
+        ("und", files["und"], ["--fallback-gt"]),
+        ("gen-real", files["gen"], ["--cfg-scale", "1"]),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["prefs", "build", "--model", str(tiny_dir), "--kind", kind, "--n", "3", "--out", str(path), *extra])
+        assert exc.value.code in (0, None)
+    return files
+
+
+def _run(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(["diagnose", *argv])
+    captured = capsys.readouterr()
+    return exc.value.code or 0, captured.out, captured.err
+
+
+def test_diagnose_writes_report_and_figures(tiny_dir: Path, prefs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    argv = ["--model", str(tiny_dir), "--und", str(prefs["und"]), "--gen", str(prefs["gen"]), "--pairs", "4"]
+    code, out, err = _run(capsys, [*argv, "--out", str(tmp_path / "d"), "--seed", "3", "--sweep-probes", "1"])
+    assert code == 0, err
+    assert "wrote" in out and "cos(g_U, g_G)" in out
+    report = json.loads((tmp_path / "d" / "diagnostics.json").read_text())
+    assert report["n"] == 4 and report["seed"] == 3 and report["model"] == str(tiny_dir)
+    assert all((tmp_path / "d" / name).is_file() for name in report["figures"])
+    # seeded: a second run gives the same numbers
+    _run(capsys, [*argv, "--out", str(tmp_path / "e"), "--seed", "3", "--sweep-probes", "1"])
+    again = json.loads((tmp_path / "e" / "diagnostics.json").read_text())
+    assert again["samples"] == report["samples"] and again["inter"] == report["inter"]
+
+
+def test_diagnose_a_trained_adapter_reaches_lora_a(
+    tiny_dir: Path, prefs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """With B != 0 (a trained adapter, loaded frozen for inference) lora_A gets gradients too."""
+    um = load_model(tiny_dir)
+    um.add_lora(rank=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for param in um.shared_lora_parameters().by_factor["lora_B"]:
+            param.normal_(0.0, 0.02)
+    um.save_adapter(tmp_path / "adapter")
+    files = ["--und", str(prefs["und"]), "--gen", str(prefs["gen"])]
+    argv = ["--model", str(tiny_dir), "--adapter", str(tmp_path / "adapter"), *files, "--pairs", "4"]
+    code, _, err = _run(capsys, [*argv, "--out", str(tmp_path / "d"), "--sweep-probes", "0"])
+    assert code == 0, err
+    report = json.loads((tmp_path / "d" / "diagnostics.json").read_text())
+    assert report["per_module"]["factors"]["lora_A"]["zero_gradient"] is False
+    assert report["adapter"] == str(tmp_path / "adapter") and "sweep" not in report
+    assert report["figures"] == ["cosines.png", "ratio.png", "per_layer.png"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--pairs", "3"], "--pairs must be at least 4"),
+        (["--full-params", "--adapter", "."], "cannot be combined with --adapter"),
+        (["--sweep-probes", "-1"], "--sweep-probes must be >= 0"),
+        (["--beta", "0"], "--beta must be positive"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(
+    tiny_dir: Path, prefs: dict[str, Path], tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    argv = ["--model", str(tiny_dir), "--und", str(prefs["und"]), "--gen", str(prefs["gen"]), "--out", str(tmp_path)]
+    code, _, err = _run(capsys, [*argv, *extra])
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("unigap: error:") and message in err
+
+
+def test_bad_inputs_exit_2_with_one_line(tiny_dir: Path, prefs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    (tmp_path / "file").write_text("")
+    cases = [
+        (["--und", str(tmp_path / "missing.jsonl"), "--gen", str(prefs["gen"])], "not found"),
+        (["--und", str(bad), "--gen", str(prefs["gen"])], "bad.jsonl:1"),
+        (["--und", str(prefs["gen"]), "--gen", str(prefs["gen"])], "given as und data"),
+        (["--und", str(prefs["und"]), "--gen", str(prefs["gen"]), "--out", str(tmp_path / "file")], "is a file"),
+    ]
+    for args, message in cases:
+        out = [] if "--out" in args else ["--out", str(tmp_path / "o")]
+        code, _, err = _run(capsys, ["--model", str(tiny_dir), *args, *out])
+        assert code == 2, err
+        assert err.count("\n") == 1 and message in err, err
+    files = ["--und", str(prefs["und"]), "--gen", str(prefs["gen"]), "--out", str(tmp_path / "o")]
+    code, _, err = _run(capsys, ["--model", str(tmp_path / "nope"), *files])
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err

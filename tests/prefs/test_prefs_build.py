@@ -1,0 +1,115 @@
+"""`unigap prefs build`: rows loadable with HF datasets, reference log-probs right, filters honoured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+import unigap.prefs.build as build_module
+from unigap.cli import main
+from unigap.errors import UserError
+from unigap.model import load_model
+from unigap.prefs.build import BuildOptions, build_preferences
+from unigap.prefs.rows import load_pairs, read_rows
+from unigap.train.dpo import reference_logprobs
+from unigap.world import render, sample_records
+
+
+def run_main(capsys, args: list[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def build(capsys, tiny_dir: Path, out: Path, kind: str, *extra: str) -> tuple[int, str, str]:
+    args = [
+        "prefs",
+        "build",
+        "--model",
+        str(tiny_dir),
+        "--kind",
+        kind,
+        "--n",
+        "3",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+    ]
+    return run_main(capsys, [*args, "--batch-size", "4", *extra])
+
+
+def test_und_rows_load_with_datasets_and_store_the_reference(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "und.jsonl"
+    code, stdout, _ = build(capsys, tiny_dir, out, "und", "--fallback-gt")
+    assert code == 0 and "wrote 3 pairs" in stdout
+    table = datasets.load_dataset("json", data_files=str(out), split="train")
+    assert table.num_rows == 3 and table[0]["kind"] == "und" and table[0]["model"] == str(tiny_dir)
+    rows = read_rows(out)
+    for row in rows:
+        assert row["chosen_score"] - row["rejected_score"] >= 0.5 and row["seed"] == 5
+        if row["fallback"]:
+            assert row["chosen"] == row["answer"] and row["chosen_score"] == 1.0
+    pairs = load_pairs(out, "und")
+    chosen, rejected, n_chosen, _ = reference_logprobs(load_model(tiny_dir), pairs)
+    torch.testing.assert_close(chosen, torch.tensor([r["chosen_ref_logprob"] for r in rows]))
+    torch.testing.assert_close(rejected, torch.tensor([r["rejected_ref_logprob"] for r in rows]))
+    assert n_chosen.tolist() == [r["chosen_tokens"] for r in rows] == [len(r["chosen_ids"]) for r in rows]
+    first = out.read_bytes()
+    build(capsys, tiny_dir, out, "und", "--fallback-gt")
+    assert out.read_bytes() == first  # same seed, same file
+
+
+def test_gen_real_rows_are_real_vs_generated(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "gen.parquet"
+    code, _, _ = build(capsys, tiny_dir, out, "gen-real")
+    assert code == 0
+    table = datasets.load_dataset("parquet", data_files=str(out), split="train")
+    assert table.num_rows == 3 and set(table["kind"]) == {"gen-real"}
+    um = load_model(tiny_dir)
+    records = sample_records(12, 5, "train")  # the candidate stream (max candidates 4n)
+    for row in read_rows(out):
+        spec, scene = records[row["candidate"]]
+        assert row["prompt"] == spec.text and row["chosen_score"] > row["rejected_score"]
+        assert row["chosen_ids"] == um.encode_images([render(scene)])[0].tolist()
+        assert row["chosen_tokens"] == row["rejected_tokens"] == um.num_image_tokens
+
+
+def test_gen_model_keeps_the_better_sample_by_margin(tiny_dir: Path, monkeypatch) -> None:
+    """A random model's images all score 0, so a stand-in score (from the pixels) exercises the filter."""
+
+    def fake(image, spec, canvas) -> float:
+        return float(int(np.asarray(image).sum()) % 3) / 2
+
+    monkeypatch.setattr(build_module, "image_score", fake)
+    um = load_model(tiny_dir)
+    rows = build_preferences(
+        um, BuildOptions("gen-model", n=4, seed=1, model_name="m", max_candidates=8, batch_size=8)
+    )
+    assert rows
+    for row in rows:
+        tokens = torch.tensor([row["chosen_ids"], row["rejected_ids"]])
+        scores = [fake(image, None, 64) for image in um.decode_tokens(tokens)]
+        assert scores == [row["chosen_score"], row["rejected_score"]]
+        assert row["chosen_score"] - row["rejected_score"] >= 0.5
+
+
+def test_nothing_kept_is_a_user_error(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    """Without the ground-truth fallback a random model's two answers are both wrong: no pair survives."""
+    code, _, err = build(capsys, tiny_dir, tmp_path / "und.jsonl", "und", "--max-candidates", "4")
+    assert code == 2 and "unigap: error: no und pair passed the filters" in err
+    assert not (tmp_path / "und.jsonl").exists()
+
+
+def test_bad_options(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = build(capsys, tiny_dir, tmp_path / "x.csv", "und")
+    assert code == 2 and "must end in .jsonl or .parquet" in err
+    with pytest.raises(UserError, match="temperature must be > 0"):
+        BuildOptions("und", 1, 0, "m", temperature=0.0)
+    with pytest.raises(UserError, match="unknown kind"):
+        BuildOptions("gen", 1, 0, "m")

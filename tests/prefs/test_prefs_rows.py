@@ -1,0 +1,116 @@
+"""The row format: round trips through JSONL and Parquet, and malformed rows name their file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unigap.errors import UserError
+from unigap.prefs.rows import load_pairs, read_rows, write_rows
+from unigap.train.dpo import GenerationPair, UnderstandingPair
+from unigap.world import render, sample_records
+from unigap.world.dataset import scene_json
+
+COMMON = {
+    "model": "m",
+    "seed": 0,
+    "fallback": False,
+    "chosen_score": 1.0,
+    "rejected_score": 0.0,
+    "chosen_ref_logprob": -1.5,
+    "rejected_ref_logprob": -3.0,
+}
+
+
+def und_row(i: int) -> dict:
+    _, scene = sample_records(i + 1, 0, "train")[i]
+    return COMMON | {
+        "kind": "und",
+        "candidate": i,
+        "question": "Describe the image.",
+        "question_kind": "describe",
+        "answer": "x",
+        "scene": scene_json(scene),
+        "chosen": "red",
+        "rejected": "blue",
+        "chosen_ids": [9, 2],
+        "rejected_ids": [10, 2],
+        "chosen_tokens": 2,
+        "rejected_tokens": 2,
+    }
+
+
+def gen_row(i: int) -> dict:
+    return COMMON | {
+        "kind": "gen-real",
+        "candidate": i,
+        "prompt": "a circle",
+        "category": "single_object",
+        "chosen_ids": [1, 2, 3],
+        "rejected_ids": [3, 2, 1],
+        "chosen_tokens": 3,
+        "rejected_tokens": 3,
+    }
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_round_trip_to_pairs(tmp_path: Path, suffix: str) -> None:
+    und = write_rows(tmp_path / f"und{suffix}", [und_row(0), und_row(1)])
+    gen = write_rows(tmp_path / f"gen{suffix}", [gen_row(0)])
+    assert read_rows(und) == [und_row(0), und_row(1)]
+    pair = load_pairs(und, "und")[1]
+    assert isinstance(pair, UnderstandingPair) and (pair.chosen, pair.ref_rejected, pair.chosen_tokens) == (
+        "red",
+        -3.0,
+        2,
+    )
+    np.testing.assert_array_equal(pair.image, render(sample_records(2, 0, "train")[1][1]))  # re-rendered scene
+    assert load_pairs(gen, "gen") == [GenerationPair("a circle", (1, 2, 3), (3, 2, 1), -1.5, -3.0)]
+
+
+def _jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_malformed_jsonl_row_names_file_and_line(tmp_path: Path) -> None:
+    bad = und_row(1)
+    del bad["chosen_ids"]
+    path = _jsonl(tmp_path / "p.jsonl", [json.dumps(und_row(0)), json.dumps(bad)])
+    with pytest.raises(UserError, match=rf"^{path}:2: malformed preference row: missing 'chosen_ids'$"):
+        read_rows(path)
+    path = _jsonl(tmp_path / "q.jsonl", [json.dumps(gen_row(0)), "", "{not json"])
+    with pytest.raises(UserError, match=rf"^{path}:3: malformed preference row: invalid JSON"):
+        load_pairs(path, "gen")
+    cases = {"chosen_ref_logprob": float("nan"), "rejected_ids": [], "seed": "0", "fallback": 1, "kind": "rl"}
+    for key, value in cases.items():
+        path = _jsonl(tmp_path / f"{key}.jsonl", [json.dumps(gen_row(0) | {key: value})])
+        with pytest.raises(UserError, match=rf"^{path}:1: malformed preference row: .*"):
+            read_rows(path)
+
+
+def test_malformed_parquet_row_names_the_row(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "p.parquet", [gen_row(0), gen_row(1) | {"chosen_ids": None}])
+    with pytest.raises(UserError, match=rf"^{path}:row 2: malformed preference row: missing 'chosen_ids'$"):
+        read_rows(path)
+
+
+def test_scene_errors_and_task_mismatch_name_the_line(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "u.jsonl", [json.dumps(und_row(0)), json.dumps(und_row(1) | {"scene": "[]"})])
+    with pytest.raises(UserError, match=rf"^{path}:2: malformed preference row: malformed scene"):
+        load_pairs(path, "und")
+    path = _jsonl(tmp_path / "g.jsonl", [json.dumps(gen_row(0))])
+    with pytest.raises(UserError, match=rf"^{path}:1: a 'gen-real' pair, but this file was given as und data"):
+        load_pairs(path, "und")
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="must end in .jsonl or .parquet"):
+        write_rows(tmp_path / "p.csv", [gen_row(0)])
+    with pytest.raises(UserError, match="not found"):
+        read_rows(tmp_path / "missing.jsonl")
+    with pytest.raises(UserError, match="no preference rows"):
+        read_rows(_jsonl(tmp_path / "empty.jsonl", []))

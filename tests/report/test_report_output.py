@@ -1,0 +1,131 @@
+"""Figures, the self-contained HTML report, build_report's files, the terminal table, a browser render."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from unigap.report import BASE, MethodRun, Study, build_report, summary_table
+from unigap.report.build import REPORT_HTML, RESULTS_CSV, RESULTS_JSON, BuiltReport
+from unigap.report.figures import gradients_plot
+from unigap.report.html import fmt, fmt_p
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def built(study: Study, tmp_path_factory: pytest.TempPathFactory) -> BuiltReport:
+    return build_report(study, tmp_path_factory.mktemp("report"))
+
+
+@pytest.fixture(scope="module")
+def html(built: BuiltReport) -> str:
+    return next(p for p in built.files if p.name == REPORT_HTML).read_text(encoding="utf-8")
+
+
+def test_build_report_writes_every_file(built):
+    names = {p.name for p in built.files}
+    assert {
+        RESULTS_JSON,
+        RESULTS_CSV,
+        REPORT_HTML,
+        "tradeoff.png",
+        "losses.png",
+        "weights.png",
+        "gradients-base.png",
+    } <= names
+    assert all(p.is_file() and p.stat().st_size > 0 for p in built.files)
+    assert not [p for p in built.files[0].parent.iterdir() if p.name.endswith(".tmp")]  # atomic writes left nothing
+
+
+def test_figures_are_valid_pngs(built):
+    for path in (p for p in built.files if p.suffix == ".png"):
+        data = path.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+        assert min(Image.open(io.BytesIO(data)).size) > 100
+
+
+def test_html_is_self_contained(html):
+    assert "<script" not in html.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html, re.IGNORECASE)
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(uris) == 4
+    assert all(base64.b64decode(uri).startswith(PNG_SIGNATURE) for uri in uris)
+
+
+def test_html_holds_the_tables(built, html):
+    results = built.results
+    for method in results["methods"]:
+        assert f"<td>{method}</td>" in html
+    und = results["results"]["und-only"]["understanding.accuracy"]
+    assert f'<td class="sig">{fmt(und["delta"], signed=True)}*' in html  # significant after Bonferroni: bold + *
+    assert fmt_p(und["p"]) in html
+    joint = results["results"]["joint"]["generation.accuracy"]
+    assert f"<td>{fmt(joint['delta'], signed=True)}<br>" in html and fmt_p(joint["p"]) in html
+    assert "paper: Janus-Pro-7B" in html and "-0.0001" in html and "0.073" in html and "+0.0405" in html
+    assert '<span class="flag">no signal</span>' in html  # gen-only's generation loss ends at ln 2
+    assert f"{results['bonferroni']['alpha_corrected']:.2g}" in html
+    assert "Study configuration" in html and "tiny" in html
+
+
+def test_html_escapes_text(tmp_path):
+    report = {"records": {"understanding": [{"correct": True}, {"correct": False}], "generation": []}}
+    evil = "<img src=x onerror=alert(1)>"
+    study = Study([MethodRun(BASE, 0, report), MethodRun(evil, 0, report)], {"note": "<b>&"})
+    html = tmp_path / "out" / REPORT_HTML
+    build_report(study, tmp_path / "out")
+    text = html.read_text(encoding="utf-8")
+    assert evil not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "<b>&" not in text
+
+
+def test_summary_table_lists_methods_and_flags(built):
+    console = Console(record=True, width=220)
+    console.print(summary_table(built.results))
+    text = console.export_text()
+    for method in built.results["methods"][1:]:
+        assert method in text
+    assert "no signal" in text and fmt_p(built.results["results"]["und-only"]["understanding.accuracy"]["p"]) in text
+
+
+def _chromium() -> str | None:
+    return next(
+        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+    )
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(built, tmp_path):
+    """The report renders in a real browser to a non-blank page (a layout check a human can look at)."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium / chromium-browser / google-chrome binary on PATH (apt-get install chromium)")
+    report = next(p for p in built.files if p.name == REPORT_HTML)
+    shot = tmp_path / "shot.png"
+    command = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,3000",
+        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", report.resolve().as_uri(),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    image = Image.open(shot).convert("L")
+    assert image.size == (1280, 3000)
+    low, high = image.getextrema()
+    assert high - low > 100  # text and figures, not a blank page
+    histogram = image.histogram()
+    assert sum(histogram[:128]) > 0.002 * sum(histogram)  # a visible share of dark (ink) pixels
+
+
+def test_gradient_figure_without_raw_samples(tmp_path):
+    """A diagnostics.json with only summary statistics still gives a valid figure."""
+    run = MethodRun(
+        BASE, 0, {}, diagnostics={"inter": {"cos_mean": 0.0}, "per_layer": [{"layer": 0, "zero_gradient": True}]}
+    )
+    path = gradients_plot([run], tmp_path / "g.png")
+    assert path.read_bytes().startswith(PNG_SIGNATURE)

@@ -1,0 +1,213 @@
+"""Statistics against direct scipy / hand computations on constructed studies."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from synthetic_study import SEEDS, STEPS
+
+from unigap.errors import UserError
+from unigap.report import BASE, METRICS, MethodRun, StatsOptions, Study, compute_stats, csv_rows, load_study, write_csv
+from unigap.report.runs import as_study
+from unigap.report.stats import Sample, pool, seed_interval, welch
+
+
+@pytest.fixture(scope="module")
+def results(study: Study) -> dict:
+    return compute_stats(study)
+
+
+def _items(study: Study, method: str, records: str, outcome: str) -> np.ndarray:
+    return np.array(
+        [
+            float(r[outcome])
+            for run in study.of(method)
+            for r in run.eval_report["records"][records]
+            if r[outcome] is not None
+        ]
+    )
+
+
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.name)
+def test_welch_equals_scipy_on_items_pooled_over_seeds(study, results, metric):
+    method, base = (
+        _items(study, "und-only", metric.records, metric.outcome),
+        _items(study, BASE, metric.records, metric.outcome),
+    )
+    expected = stats.ttest_ind(method, base, equal_var=False)
+    got = results["results"]["und-only"][metric.name]
+    assert got["n"] == len(method)
+    assert math.isclose(got["t"], expected.statistic, rel_tol=1e-9)
+    assert math.isclose(got["p"], expected.pvalue, rel_tol=1e-9, abs_tol=1e-300)
+    assert math.isclose(got["df"], expected.df, rel_tol=1e-9)
+    assert math.isclose(got["delta"], method.mean() - base.mean(), abs_tol=1e-12)
+    np.testing.assert_allclose(got["delta_ci95"], expected.confidence_interval(0.95), rtol=1e-9)
+
+
+def test_weak_generation_counts_only_self_rejected_images(study, results):
+    rejected = sum(r["self_rejected"] for run in study.of("joint") for r in run.eval_report["records"]["generation"])
+    assert results["results"]["joint"]["weak_generation.rate"]["n"] == rejected
+
+
+def test_summaries_without_records_give_the_same_test(study, results):
+    """Reports lacking per-item records are tested exactly from each seed's mean, n and stderr."""
+
+    def summarised(run: MethodRun) -> MethodRun:
+        report = {}
+        for metric in METRICS:
+            x = np.array(
+                [
+                    float(r[metric.outcome])
+                    for r in run.eval_report["records"][metric.records]
+                    if r[metric.outcome] is not None
+                ]
+            )
+            section, key = metric.name.split(".")
+            report[section] = {key: x.mean(), "n": len(x), "stderr": math.sqrt(x.var() / len(x))}
+        return MethodRun(run.method, run.seed, report)
+
+    got = compute_stats(Study([summarised(run) for run in study.runs]))
+    for metric in METRICS:
+        a, b = got["results"]["gen-only"][metric.name], results["results"]["gen-only"][metric.name]
+        assert math.isclose(a["p"], b["p"], rel_tol=1e-9) and math.isclose(a["t"], b["t"], rel_tol=1e-9)
+        assert a["ci95_bootstrap"] is None and b["ci95_bootstrap"] is not None
+
+
+def test_pool_is_the_concatenation():
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(i, 1 + i, 10 + 5 * i) for i in range(3)]
+    pooled = pool([Sample(len(p), float(p.mean()), float(p.var()), p) for p in parts])
+    allx = np.concatenate(parts)
+    assert pooled.n == len(allx)
+    assert math.isclose(pooled.mean, allx.mean()) and math.isclose(pooled.var, allx.var())
+
+
+def test_seed_interval_is_the_t_interval_over_seed_means(results):
+    m = results["results"]["und-only"]["understanding.accuracy"]
+    means = [s["value"] for s in m["per_seed"]]
+    expected = stats.t.interval(0.95, len(means) - 1, loc=np.mean(means), scale=stats.sem(means))
+    assert m["seeds"] == len(SEEDS) and math.isclose(m["mean_over_seeds"], np.mean(means))
+    np.testing.assert_allclose(m["ci95_seeds"], expected, rtol=1e-12)
+    assert seed_interval([0.5]) is None
+
+
+def test_bootstrap_interval_brackets_the_pooled_mean_and_is_reproducible(study, results):
+    m = results["results"][BASE]["understanding.accuracy"]
+    low, high = m["ci95_bootstrap"]
+    assert low < m["pooled"] < high
+    se = math.sqrt(m["pooled"] * (1 - m["pooled"]) / m["n"])
+    assert math.isclose(high - low, 2 * 1.96 * se, rel_tol=0.15)  # ≈ the normal interval for a proportion
+    assert compute_stats(study)["results"][BASE]["understanding.accuracy"]["ci95_bootstrap"] == [low, high]
+
+
+def test_bonferroni_family_threshold_and_flags(results):
+    family = 3 * len(METRICS)
+    assert results["bonferroni"] == {"alpha": 0.05, "tests": family, "alpha_corrected": 0.05 / family}
+    flags = {}
+    for method in ("und-only", "gen-only", "joint"):
+        for metric, m in results["results"][method].items():
+            assert m["significant"] == (m["p"] < 0.05 / family)
+            assert math.isclose(m["p_bonferroni"], min(1.0, m["p"] * family))
+            flags[method, metric] = m["significant"]
+    assert flags["und-only", "understanding.accuracy"]  # +0.25 on 600 items
+    assert not flags["joint", "generation.accuracy"]  # no effect built in
+    assert results["results"][BASE]["understanding.accuracy"].get("p") is None
+
+
+def test_undefined_tests_are_null_not_nan():
+    constant = {"records": {"understanding": [{"correct": True}] * 5, "generation": []}}
+    study = Study([MethodRun(BASE, 0, constant), MethodRun("joint", 0, constant)])
+    results = compute_stats(study)
+    m = results["results"]["joint"]["understanding.accuracy"]
+    assert m["p"] is None and m["t"] is None and not m["significant"] and m["delta"] == 0.0
+    assert m["ci95_seeds"] is None  # one seed
+    assert results["results"]["joint"]["generation.accuracy"]["n"] == 0
+    json.dumps(results, allow_nan=False)
+    assert welch(Sample(1, 1.0, 0.0, None), Sample(5, 0.5, 0.25, None))["p"] is None
+
+
+def test_final_losses_against_ln2(results):
+    training = results["training"]
+    assert set(training) == {"und-only", "gen-only", "joint"}
+    assert training["gen-only"]["gen_no_signal"] is True  # ends at ln 2
+    assert training["joint"]["gen_no_signal"] is False
+    assert training["und-only"]["gen_no_signal"] is None  # und-only does not train generation
+    assert training["und-only"]["und_no_signal"] is False
+    assert training["gen-only"]["trained"] == ["gen"] and training["joint"]["trained"] == ["und", "gen"]
+
+
+def test_final_loss_is_the_tail_mean(study):
+    rows = study.of("joint")[0].log_rows
+    got = compute_stats(study, StatsOptions(loss_tail=10))["training"]["joint"]["per_seed"][0]
+    assert got["steps"] == STEPS
+    assert math.isclose(got["gen_loss"], np.mean([r["gen_dpo_loss"] for r in rows[-10:]]))
+    assert math.isclose(got["und_kl"], np.mean([r["und_kl"] for r in rows[-10:]]))
+
+
+@pytest.mark.parametrize("final, tolerance, flagged", [(0.70, 0.01, True), (0.71, 0.01, False), (0.71, 0.02, True)])
+def test_no_signal_tolerance(final, tolerance, flagged):
+    rows = [{"step": 0, "gen_loss": final}]  # the plain `gen_loss` key is read too
+    empty = {"records": {"understanding": [], "generation": []}}
+    study = Study([MethodRun(BASE, 0, empty), MethodRun("gen-only", 0, empty, rows)])
+    training = compute_stats(study, StatsOptions(ln2_tolerance=tolerance))["training"]["gen-only"]
+    assert training["gen_no_signal"] is flagged
+    assert math.isclose(training["gen_ln2_gap"], final - math.log(2))
+
+
+def test_diagnostics_are_averaged_over_seeds(study, results):
+    d = results["diagnostics"]
+    assert list(d) == [BASE]
+    cos = [run.diagnostics["inter"]["cos_mean"] for run in study.of(BASE)]
+    assert math.isclose(d[BASE]["cos"], np.mean(cos)) and math.isclose(d[BASE]["und_cos"], 0.04)
+    assert [s["batches"] for s in d[BASE]["per_seed"]] == [50, 50, 50]
+
+
+def test_csv_has_one_row_per_method_and_metric(results, tmp_path):
+    rows = csv_rows(results)
+    assert len(rows) == 4 * len(METRICS)
+    assert {(r["method"], r["metric"]) for r in rows} == {(m, x.name) for m in results["methods"] for x in METRICS}
+    path = write_csv(results, tmp_path / "results.csv")
+    with path.open(newline="") as handle:
+        read = list(csv.DictReader(handle))
+    und = next(r for r in read if r["method"] == "und-only" and r["metric"] == "understanding.accuracy")
+    m = results["results"]["und-only"]["understanding.accuracy"]
+    assert math.isclose(float(und["p"]), m["p"]) and und["significant"] == "True"
+    assert math.isclose(float(und["delta_ci95_low"]), m["delta_ci95"][0])
+    assert math.isclose(float(und["alpha_corrected"]), results["bonferroni"]["alpha_corrected"])
+    base = next(r for r in read if r["method"] == BASE)
+    assert base["p"] == "" and base["significant"] == "" and base["per_seed"].count(":") == len(SEEDS)
+
+
+def test_results_are_json(results):
+    assert json.loads(json.dumps(results, allow_nan=False))["methods"] == [BASE, "und-only", "gen-only", "joint"]
+
+
+def test_study_round_trips_through_a_results_directory(study, tmp_path):
+    (tmp_path / "study.json").write_text(json.dumps(study.config))
+    for run in study.runs:
+        d = tmp_path / run.method / f"seed{run.seed}"
+        d.mkdir(parents=True)
+        (d / "eval.json").write_text(json.dumps(run.eval_report))
+        if run.log_rows:
+            (d / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.log_rows))
+        if run.diagnostics:
+            (d / "diagnostics.json").write_text(json.dumps(run.diagnostics))
+    loaded = load_study(tmp_path)
+    assert loaded.config == study.config
+    assert sorted(loaded.runs, key=lambda r: (r.method, r.seed)) == sorted(study.runs, key=lambda r: (r.method, r.seed))
+
+
+def test_a_study_needs_a_base_and_unique_runs(study, tmp_path):
+    with pytest.raises(UserError, match="no 'base' runs"):
+        as_study([run for run in study.runs if run.method != BASE])
+    with pytest.raises(UserError, match="more than once"):
+        as_study([*study.runs, study.runs[0]])
+    with pytest.raises(UserError, match="eval.json"):
+        load_study(tmp_path)
+    with pytest.raises(UserError, match="base seed 0 has neither understanding records"):
+        compute_stats(Study([MethodRun(BASE, 0, {"config": {}})]))

@@ -1,0 +1,89 @@
+"""`unigap train` end to end on built preference files; user mistakes exit 2 with one message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unigap.cli import main
+from unigap.model import load_model
+from unigap.prefs.build import BuildOptions, build_preferences
+from unigap.prefs.rows import write_rows
+
+
+def run_main(capsys, args: list[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def files(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("prefs")
+    um = load_model(tiny_dir)
+    und = build_preferences(um, BuildOptions("und", 3, 0, str(tiny_dir), fallback_gt=True))
+    gen = build_preferences(um, BuildOptions("gen-real", 3, 0, str(tiny_dir)))
+    config = root / "small.toml"
+    config.write_text("lora_rank = 4\nlora_alpha = 8\ncheckpoint_every = 2\nsteps = 10\n")
+    return write_rows(root / "und.jsonl", und), write_rows(root / "gen.parquet", gen), config
+
+
+def test_train_from_files(tiny_dir: Path, files, tmp_path: Path, capsys) -> None:
+    und, gen, config = files
+    args = [
+        "train",
+        "--model",
+        str(tiny_dir),
+        "--strategy",
+        "pcgrad",
+        "--und",
+        str(und),
+        "--gen",
+        str(gen),
+        "--out",
+        str(tmp_path),
+        "--steps",
+        "3",
+        "--lr",
+        "1e-3",
+        "--config",
+        str(config),
+    ]
+    code, out, _ = run_main(capsys, args)
+    assert code == 0 and "trained 3 steps (pcgrad)" in out
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(r["w_und"] == 1.0 for r in log)
+    settings = json.loads((tmp_path / "train_config.json").read_text())
+    assert (settings["steps"], settings["lora_rank"], settings["lr"]) == (3, 4, 1e-3)
+    assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "adapter_model.safetensors").is_file()
+    code, _, err = run_main(capsys, args)
+    assert code == 2 and "already holds a run; pass --resume" in err
+    code, out, _ = run_main(capsys, [*args, "--resume"])  # a finished run resumes to the same end
+    assert code == 0 and "trained 3 steps" in out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--strategy": "best"}, "unknown strategy 'best'"),
+        ({"--und": "GEN"}, "a 'gen-real' pair, but this file was given as und data"),
+        ({"--gen": None}, "strategy 'joint' needs gen preference pairs"),
+        ({"--und": "MISSING"}, "preference file not found"),
+    ],
+)
+def test_user_errors(tiny_dir: Path, files, tmp_path: Path, capsys, change: dict, message: str) -> None:
+    und, gen, _ = files
+    flags = {
+        "--model": str(tiny_dir),
+        "--strategy": "joint",
+        "--und": str(und),
+        "--gen": str(gen),
+        "--out": str(tmp_path),
+    }
+    flags |= {k: {"GEN": str(gen), "MISSING": str(tmp_path / "none.jsonl")}.get(v, v) for k, v in change.items()}
+    args = ["train", *[item for k, v in flags.items() if v is not None for item in (k, v)]]
+    code, _, err = run_main(capsys, args)
+    assert code == 2 and message in err

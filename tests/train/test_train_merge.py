@@ -1,0 +1,110 @@
+"""Rewarded soups are exact on ΔW (λ = 1 is θ_U, λ = 0 is θ_G); the oracle routes calls by task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_world_fixtures import lora_model, random_pairs
+
+from unigap.cli import main
+from unigap.errors import UserError
+from unigap.model import load_model
+from unigap.train.merge import delta_weights, soup
+from unigap.train.oracle import SeparateLoraOracle
+
+HEAD = "generation_head"
+
+
+def _adapter(tiny_dir: Path, out: Path, seed: int, rank: int) -> Path:
+    um = load_model(tiny_dir)
+    um.add_lora(rank=rank, alpha=2 * rank + seed, dropout=0.0)  # different ranks and scalings
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in um.trainable_parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return um.save_adapter(out)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return _adapter(tiny_dir, root / "und", 1, 4), _adapter(tiny_dir, root / "gen", 2, 2)
+
+
+def _head(directory: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(str(directory / "adapter_model.safetensors")).items() if HEAD in k}
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+def test_soup_is_exact_on_delta_w(adapters: tuple[Path, Path], tmp_path: Path, lam: float) -> None:
+    und, gen = adapters
+    merged = soup(und, gen, lam, tmp_path)
+    d_u, d_g, d_s = delta_weights(und), delta_weights(gen), delta_weights(merged)
+    assert d_s.keys() == d_u.keys() and d_u
+    for key in d_u:
+        torch.testing.assert_close(d_s[key], lam * d_u[key] + (1 - lam) * d_g[key], rtol=1e-5, atol=1e-7)
+    h_u, h_g, h_s = _head(und), _head(gen), _head(merged)
+    assert h_s.keys() == h_u.keys() and h_u
+    for key in h_u:
+        torch.testing.assert_close(h_s[key], lam * h_u[key] + (1 - lam) * h_g[key])
+    assert json.loads((merged / "adapter_config.json").read_text())["r"] == 6
+
+
+def test_delta_weights_is_what_peft_applies(tiny_dir: Path, adapters: tuple[Path, Path], tmp_path: Path) -> None:
+    """The soup loads as an ordinary adapter, and each LoRA layer adds exactly x·ΔWᵀ to its base layer."""
+    merged = soup(*adapters, 0.5, tmp_path)
+    um = load_model(tiny_dir)
+    um.load_adapter(merged)
+    deltas = delta_weights(merged)
+    modules = dict(um.peft.named_modules())
+    key = next(iter(deltas))
+    layer = modules[key]
+    x = torch.randn(3, layer.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x) - layer.base_layer(x), x @ deltas[key].T, rtol=1e-4, atol=1e-5)
+
+
+def test_soup_refuses_mismatched_adapters(adapters: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no PEFT adapter"):
+        soup(adapters[0], tmp_path, 0.5, tmp_path / "out")
+    with pytest.raises(UserError, match="λ must lie"):
+        soup(*adapters, 1.5, tmp_path / "out")
+
+
+def test_merge_cli_writes_one_soup_per_lambda(adapters: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["merge", "--und", str(adapters[0]), "--gen", str(adapters[1]), "--out", str(tmp_path)])
+    assert exc.value.code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["soup-0.3", "soup-0.5", "soup-0.7"]
+    assert capsys.readouterr().out.split() == [str(tmp_path / f"soup-{lam}") for lam in ("0.3", "0.5", "0.7")]
+
+
+def test_oracle_routes_understanding_and_generation(tiny_dir: Path, adapters: tuple[Path, Path]) -> None:
+    und, gen = adapters
+    u_pairs, g_pairs = random_pairs(lora_model(tiny_dir), 2)
+    images, questions, answers = (
+        [p.image for p in u_pairs],
+        [p.question for p in u_pairs],
+        [p.chosen for p in u_pairs],
+    )
+    prompts, tokens = [p.prompt for p in g_pairs], torch.tensor([p.chosen for p in g_pairs])
+
+    def scores(um) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return um.answer_logprobs(images, questions, answers)[0], um.image_logprobs(prompts, tokens)[0]
+
+    single = {}
+    for name, directory in (("und", und), ("gen", gen)):
+        um = load_model(tiny_dir)
+        um.load_adapter(directory)
+        single[name] = scores(um)
+    oracle = SeparateLoraOracle(load_model(tiny_dir), und, gen)
+    answer_lp, image_lp = scores(oracle)
+    torch.testing.assert_close(answer_lp, single["und"][0])
+    torch.testing.assert_close(image_lp, single["gen"][1])
+    assert not torch.allclose(single["und"][1], single["gen"][1])  # the routing is visible
+    assert oracle.num_image_tokens == 64

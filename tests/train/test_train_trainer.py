@@ -1,0 +1,153 @@
+"""The trainer: logging, grad-weighted refreshes, resume == uninterrupted, NaN stop, config handling."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_world_fixtures import random_pairs
+
+import unigap.train.trainer as trainer_module
+from unigap.errors import UserError
+from unigap.model import load_model
+from unigap.train.checkpoint import load_checkpoint
+from unigap.train.config import TrainConfig
+from unigap.train.dpo import TaskLoss
+from unigap.train.trainer import DPOTrainer, TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_dir: Path):
+    return random_pairs(load_model(tiny_dir), 3)
+
+
+def config(**changes) -> TrainConfig:
+    base = {"strategy": "joint", "steps": 6, "lr": 1e-3, "lora_rank": 4, "lora_alpha": 8.0, "checkpoint_every": 2}
+    return TrainConfig(**(base | changes))
+
+
+def run(tiny_dir: Path, pairs, out: Path, cfg: TrainConfig, **train_kwargs) -> list[dict]:
+    und, gen = pairs
+    DPOTrainer(load_model(tiny_dir), cfg, und, gen, out).train(**train_kwargs)
+    return read_log(out)
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_logs_every_step_and_saves_a_peft_adapter(tiny_dir: Path, pairs, tmp_path: Path) -> None:
+    log = run(tiny_dir, pairs, tmp_path, config(steps=3))
+    assert [r["step"] for r in log] == [0, 1, 2]
+    for key in (
+        "und_dpo_loss",
+        "gen_dpo_loss",
+        "und_reward_margin",
+        "gen_accuracy",
+        "und_kl",
+        "gen_kl",
+        "w_und",
+        "w_gen",
+        "und_grad_norm",
+        "gen_grad_norm",
+        "cos",
+        "lr",
+        "grad_norm",
+    ):
+        assert all(key in r for r in log), key
+    assert log[0]["und_dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)  # B = 0: policy == reference
+    assert log[0]["lr"] == pytest.approx(1e-3) and log[2]["lr"] < log[1]["lr"] < 1e-3  # cosine
+    um = load_model(tiny_dir)
+    um.load_adapter(tmp_path, trainable=True)  # the PEFT-format adapter loads back, trained
+    assert any(float(p.detach().abs().max()) > 0 for p in um.shared_lora_parameters().by_factor["lora_B"])
+
+
+def test_grad_weighted_logs_inverse_norm_weights(tiny_dir: Path, pairs, tmp_path: Path) -> None:
+    log = run(
+        tiny_dir, pairs, tmp_path, config(strategy="grad-weighted", steps=7, reweight_every=3, checkpoint_every=7)
+    )
+    w = [r["w_und"] for r in log]
+    assert w[:3] == [0.5] * 3
+    for refresh in (3, 6):
+        r = log[refresh]
+        assert w[refresh] == pytest.approx(
+            r["gen_grad_norm"] / (r["und_grad_norm"] + r["gen_grad_norm"]), rel=1e-6
+        )
+        assert log[refresh]["w_gen"] == pytest.approx(1 - w[refresh])
+    assert w[3] == w[4] == w[5] and w[6] != w[5]
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_dir: Path, pairs, tmp_path: Path) -> None:
+    cfg = config(strategy="grad-weighted", reweight_every=2, lora_dropout=0.3)  # dropout: RNG state matters
+    full = run(tiny_dir, pairs, tmp_path / "full", cfg)
+
+    def kill(step: int, record: dict) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_dir, pairs, tmp_path / "killed", cfg, on_step=kill)
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint")["step"] == 4
+    with pytest.raises(UserError, match="--resume"):
+        run(tiny_dir, pairs, tmp_path / "killed", cfg)
+    resumed = run(tiny_dir, pairs, tmp_path / "killed", cfg, resume=True)
+
+    assert resumed == full  # the log too: steps 0-3 kept, 4-5 redone identically
+    expected = load_file(str(tmp_path / "full" / "adapter_model.safetensors"))
+    got = load_file(str(tmp_path / "killed" / "adapter_model.safetensors"))
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_resume_refuses_changed_settings(tiny_dir: Path, pairs, tmp_path: Path) -> None:
+    run(tiny_dir, pairs, tmp_path, config(steps=2))
+    with pytest.raises(UserError, match="lr: 0.001 -> 0.01"):
+        run(tiny_dir, pairs, tmp_path, config(steps=2, lr=1e-2), resume=True)
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_dir: Path, pairs, tmp_path: Path, monkeypatch) -> None:
+    real = trainer_module.task_dpo_loss
+    calls = []
+
+    def poisoned(um, batch, options):
+        result = real(um, batch, options)
+        calls.append(1)
+        if len(calls) == 7:  # step 3, und task (two tasks per step)
+            return TaskLoss(result.loss * float("nan"), result.metrics)
+        return result
+
+    monkeypatch.setattr(trainer_module, "task_dpo_loss", poisoned)
+    with pytest.raises(
+        TrainingDiverged, match=r"non-finite und DPO loss \(nan\) at step 3.*last good checkpoint \(step 2\)"
+    ):
+        run(tiny_dir, pairs, tmp_path, config())
+    assert load_checkpoint(tmp_path / "checkpoint")["step"] == 2
+    assert [r["step"] for r in read_log(tmp_path)] == [0, 1, 2]
+    assert not (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_strategy_needs_its_data(tiny_dir: Path, pairs, tmp_path: Path) -> None:
+    und, _ = pairs
+    with pytest.raises(UserError, match="needs gen preference pairs"):
+        DPOTrainer(load_model(tiny_dir), config(), und, [], tmp_path)
+    log = run(tiny_dir, (und, []), tmp_path, config(strategy="und-only", steps=1))
+    assert log[0]["w_und"] == 1.0 and "gen_dpo_loss" not in log[0] and log[0]["cos"] is None
+
+
+def test_config_precedence_and_errors(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('strategy = "fixed"\nlr = 1\nsteps = 20\nfixed_w_und = 0.9\n')
+    cfg = TrainConfig.load(toml, steps=5, lr=None)
+    assert (cfg.strategy, cfg.lr, cfg.steps, cfg.fixed_w_und, cfg.beta) == ("fixed", 1.0, 5, 0.9, 0.1)
+    assert isinstance(cfg.lr, float)
+    toml.write_text("lrr = 1\n")
+    with pytest.raises(UserError, match="unknown config key"):
+        TrainConfig.load(toml)
+    with pytest.raises(UserError, match="unknown strategy"):
+        TrainConfig.load(None, strategy="best")
+    with pytest.raises(UserError, match="steps must be a int"):
+        TrainConfig.load(None, steps=1.5)
