@@ -26,12 +26,11 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformers import JanusForConditionalGeneration
 
 import unigap.world
 from unigap.diagnose import GradientCollector, dpo_loss_fn, shared_parameters
 from unigap.diagnose.sweep import SHORT, length_probes, probe_pairs
-from unigap.model import UnifiedModel, build_word_tokenizer, load_model, save_tiny, tiny_janus_config
+from unigap.model import UnifiedModel, load_model, save_random_tiny
 from unigap.train.checkpoint import atomic_write_lines
 from unigap.train.config import TrainConfig
 from unigap.train.dpo import GenerationPair, UnderstandingPair, with_reference
@@ -42,9 +41,7 @@ N_PAIRS = 8
 
 
 def _tiny_model(directory: Path) -> Path:
-    tokenizer = build_word_tokenizer(unigap.world.vocabulary())
-    torch.manual_seed(0)
-    return save_tiny(JanusForConditionalGeneration(tiny_janus_config(len(tokenizer), tokenizer)), tokenizer, directory)
+    return save_random_tiny(directory, unigap.world.vocabulary())
 
 
 def _pairs(um: UnifiedModel, seed: int) -> tuple[list[UnderstandingPair], list[GenerationPair]]:

@@ -26,20 +26,16 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformers import JanusForConditionalGeneration
 
 import unigap.world
-from unigap.model import UnifiedModel, build_word_tokenizer, load_model, save_tiny, tiny_janus_config
+from unigap.model import UnifiedModel, load_model, save_random_tiny
 from unigap.model.images import vq_image_size
 from unigap.train.checkpoint import atomic_write_lines
 from unigap.train.dpo import DPOOptions, GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
 
 
 def _tiny_model(directory: Path) -> UnifiedModel:
-    tokenizer = build_word_tokenizer(unigap.world.vocabulary())
-    torch.manual_seed(0)
-    save_tiny(JanusForConditionalGeneration(tiny_janus_config(len(tokenizer), tokenizer)), tokenizer, directory)
-    return load_model(directory)
+    return load_model(save_random_tiny(directory, unigap.world.vocabulary()))
 
 
 def _pairs(um: UnifiedModel, n: int) -> tuple[list[Pair], list[Pair]]:

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformers import GenerationConfig, JanusForConditionalGeneration
+from transformers import GenerationConfig
 
-from unigap.model import UnifiedModel, build_word_tokenizer, load_model, save_tiny, tiny_janus_config
+from unigap.model import UnifiedModel, load_model, save_random_tiny
 from unigap.model.decoding import left_pad
 
 PROMPTS = [
@@ -44,10 +44,7 @@ PROMPTS = [
 
 def _tiny_model(directory: Path) -> UnifiedModel:
     words = sorted({word for prompt in PROMPTS for word in prompt.split()})
-    tokenizer = build_word_tokenizer(words)
-    torch.manual_seed(0)
-    save_tiny(JanusForConditionalGeneration(tiny_janus_config(len(tokenizer), tokenizer)), tokenizer, directory)
-    return load_model(directory)
+    return load_model(save_random_tiny(directory, words))
 
 
 def _transformers_sampler(um: UnifiedModel, prompts: list[str], cfg_scale: float, do_sample: bool) -> Callable:

@@ -7,22 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from transformers import JanusForConditionalGeneration
 
 import unigap.world
 from unigap.diagnose.sweep import understanding_pairs
-from unigap.model import UnifiedModel, build_word_tokenizer, load_model, save_tiny, tiny_janus_config
+from unigap.model import UnifiedModel, load_model, save_random_tiny
 from unigap.train.dpo import GenerationPair, UnderstandingPair, with_reference
 from unigap.world import render, sample_question, sample_scene, sample_scene_for, sample_spec
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = build_word_tokenizer(unigap.world.vocabulary())
-    torch.manual_seed(0)
-    model = JanusForConditionalGeneration(tiny_janus_config(len(tokenizer), tokenizer))
-    return save_tiny(model, tokenizer, tmp_path_factory.mktemp("tiny"))
+    return save_random_tiny(tmp_path_factory.mktemp("tiny"), unigap.world.vocabulary())
 
 
 @pytest.fixture

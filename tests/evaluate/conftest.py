@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import JanusForConditionalGeneration
 
 import unigap.world as world
 from unigap.evaluate import UnderstandingItem
-from unigap.model import UnifiedModel, build_word_tokenizer, load_model, save_tiny, tiny_janus_config
+from unigap.model import UnifiedModel, load_model, save_random_tiny
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = build_word_tokenizer(world.vocabulary())
-    torch.manual_seed(0)
-    model = JanusForConditionalGeneration(tiny_janus_config(len(tokenizer), tokenizer))
-    return save_tiny(model, tokenizer, tmp_path_factory.mktemp("tiny"))
+    return save_random_tiny(tmp_path_factory.mktemp("tiny"), world.vocabulary())
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from transformers import JanusForConditionalGeneration
 
-from unigap.model import UnifiedModel, build_word_tokenizer, load_model, save_tiny, tiny_janus_config
+from unigap.model import UnifiedModel, load_model, save_random_tiny
 
 WORDS = (
     "a red blue green yellow circle square triangle star big small left right top bottom of the on in "
@@ -19,10 +17,7 @@ WORDS = (
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = build_word_tokenizer(WORDS)
-    torch.manual_seed(0)
-    model = JanusForConditionalGeneration(tiny_janus_config(len(tokenizer), tokenizer))
-    return save_tiny(model, tokenizer, tmp_path_factory.mktemp("tiny"))
+    return save_random_tiny(tmp_path_factory.mktemp("tiny"), WORDS)
 
 
 @pytest.fixture(scope="session")

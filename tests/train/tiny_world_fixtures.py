@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import JanusForConditionalGeneration
 
 import unigap.world
-from unigap.model import UnifiedModel, build_word_tokenizer, load_model, save_tiny, tiny_janus_config
+from unigap.model import UnifiedModel, load_model, save_random_tiny
 from unigap.train.dpo import GenerationPair, UnderstandingPair, with_reference
 
 LORA_RANK = 4
@@ -21,10 +20,7 @@ LORA_RANK = 4
 
 def build_tiny_world_model(directory: Path, seed: int = 0) -> Path:
     """Save a random tiny Janus (2 layers, 64 wide: fast on CPU) whose tokenizer knows every ShapeWorld word."""
-    tokenizer = build_word_tokenizer(unigap.world.vocabulary())
-    torch.manual_seed(seed)
-    config = tiny_janus_config(len(tokenizer), tokenizer, hidden_size=64, num_layers=2, num_heads=2)
-    return save_tiny(JanusForConditionalGeneration(config), tokenizer, directory)
+    return save_random_tiny(directory, unigap.world.vocabulary(), seed, hidden_size=64, num_layers=2, num_heads=2)
 
 
 def lora_model(directory: Path, seed: int = 0) -> UnifiedModel:

@@ -9,7 +9,10 @@ into the LLM must have the LLM's width.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from transformers import (
     GenerationConfig,
@@ -23,7 +26,7 @@ from transformers import (
 
 from unigap.model.checkpoint import save_checkpoint
 from unigap.model.prompts import TINY_TEMPLATE
-from unigap.model.tokenizer import BOI, BOS, EOS, IMAGE, PAD, special_token_id
+from unigap.model.tokenizer import BOI, BOS, EOS, IMAGE, PAD, build_word_tokenizer, special_token_id
 
 
 def tiny_janus_config(
@@ -125,3 +128,12 @@ def save_tiny(model: JanusForConditionalGeneration, tokenizer: PreTrainedTokeniz
     """Write a tiny model as a `load_model`-able checkpoint (tiny prompt template, mean/std 0.5)."""
     model.generation_config = tiny_generation_config(tokenizer)
     return save_checkpoint(model, tokenizer, directory, template=TINY_TEMPLATE, image_mean=0.5, image_std=0.5)
+
+
+def save_random_tiny(directory: str | Path, words: Sequence[str], seed: int = 0, **sizes: int) -> Path:
+    """A randomly initialised tiny Janus over `words` (sizes as in `tiny_janus_config`), saved as a checkpoint:
+    the model tests and benchmarks run on, since no trained weights can be downloaded."""
+    tokenizer = build_word_tokenizer(list(words))
+    torch.manual_seed(seed)
+    model = JanusForConditionalGeneration(tiny_janus_config(len(tokenizer), tokenizer, **sizes))
+    return save_tiny(model, tokenizer, directory)
