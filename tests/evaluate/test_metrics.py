@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from PIL import Image
 
 from unigap.evaluate import (
     answer_items,
@@ -13,6 +15,7 @@ from unigap.evaluate import (
     held_out_pairs,
     understanding_items,
     understanding_metrics,
+    vq_fidelity,
 )
 from unigap.world import CATEGORIES, QUESTION_KINDS
 
@@ -102,3 +105,29 @@ def test_evaluate_composes_both_sides(stub_factory):
     assert len(stub.generate_calls) == 5 and all(call["cfg_scale"] == 3.0 for call in stub.generate_calls)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate(stub, n, seed, batch_size=0, progress=False)
+
+
+class _PerfectTokenizer:
+    """Encodes an image as itself (kept aside) and decodes it back unchanged: a lossless VQ."""
+
+    def __init__(self) -> None:
+        self.kept: list = []
+
+    def encode_images(self, images):
+        self.kept = list(images)
+        return torch.arange(len(images)).unsqueeze(-1)
+
+    def decode_tokens(self, ids):
+        return [Image.fromarray(self.kept[int(i)]) for i in ids[:, 0]]
+
+
+class _BlankTokenizer(_PerfectTokenizer):
+    def decode_tokens(self, ids):
+        return [Image.new("RGB", (64, 64), (255, 255, 255)) for _ in ids]
+
+
+def test_vq_fidelity_is_verifier_acceptance_of_reconstructions() -> None:
+    perfect = vq_fidelity(_PerfectTokenizer(), n=40, seed=1, progress=False)
+    assert perfect["n"] == 40 and perfect["accuracy"] >= 0.99
+    blank = vq_fidelity(_BlankTokenizer(), n=40, seed=1, progress=False)
+    assert blank == {"accuracy": 0.0, "n": 40, "stderr": 0.0}

@@ -5,8 +5,17 @@
 """
 
 from unigap.evaluate.data import held_out_pairs
-from unigap.evaluate.generation import batch_seed, generate_and_judge, generation_metrics
-from unigap.evaluate.report import check_output_file, save_report, summary_table, write_atomically
+from unigap.evaluate.generation import (
+    batch_seed,
+    generate_and_judge,
+    generation_metrics,
+)
+from unigap.evaluate.report import (
+    check_output_file,
+    save_report,
+    summary_table,
+    write_atomically,
+)
 from unigap.evaluate.run import evaluate
 from unigap.evaluate.stats import summarize, summarize_by, summarize_grouped
 from unigap.evaluate.understanding import (
@@ -16,8 +25,10 @@ from unigap.evaluate.understanding import (
     understanding_items,
     understanding_metrics,
 )
+from unigap.evaluate.vq import vq_fidelity
 
 __all__ = [
+    "vq_fidelity",
     "UnderstandingItem",
     "answer_items",
     "batch_seed",

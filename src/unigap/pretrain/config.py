@@ -22,8 +22,8 @@ class PretrainConfig:
     questions_per_scene: int = 4
     reconstructed_fraction: float = 0.5  # understanding images that are VQ reconstructions, not renders
     # stage 1: VQ tokenizer
-    vq_steps: int = 250
-    vq_batch: int = 16
+    vq_steps: int = 4000
+    vq_batch: int = 32
     vq_lr: float = 3e-3
     vq_crop: int = 32  # train on grid-aligned crops of this side (the VQ is convolutional)
     # stage 2: everything but the VQ, on understanding + generation

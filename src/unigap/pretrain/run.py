@@ -17,13 +17,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from safetensors.torch import load_file, save_file
 from transformers import JanusForConditionalGeneration
 
 from unigap.atomic import write_atomically, write_text_atomically
 from unigap.errors import UserError
-from unigap.model import UnifiedModel, build_word_tokenizer, save_tiny, tiny_janus_config
+from unigap.evaluate import vq_fidelity
+from unigap.model import (
+    UnifiedModel,
+    build_word_tokenizer,
+    save_tiny,
+    tiny_janus_config,
+)
 from unigap.model.images import vq_decode, vq_encode
 from unigap.model.prompts import TINY_TEMPLATE
 from unigap.model.tiny import tiny_generation_config
@@ -38,6 +51,7 @@ JOINT_FILE = "joint.pt"
 LOG_FILE = "pretrain_log.jsonl"
 SUMMARY_FILE = "pretrain.json"
 ENCODE_BATCH = 64
+VQ_CHECK = 200  # held-out scenes the VQ's reconstructions are verified on
 
 
 @contextmanager
@@ -156,11 +170,13 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
         corpus = build_corpus(config.scenes, config.seed, config.questions_per_scene, update)
     vq_seconds = _stage_vq(um, corpus, config, out, show_progress)
     tokenize_corpus(um, corpus)
+    fidelity = vq_fidelity(um, n=VQ_CHECK, seed=config.seed, data_seed=config.seed, progress=show_progress)
     joint = _stage_joint(um, corpus, config, out, show_progress)
     save_tiny(um.model, um.tokenizer, out)
     summary = {
         "config": asdict(config),
         "vq_seconds": vq_seconds,
+        "vq_reconstruction_accuracy": fidelity,  # verifier acceptance of held-out VQ reconstructions
         "joint_seconds": joint["seconds"],
         "final_losses": joint["final"],
         "wall_seconds_this_run": time.perf_counter() - started,
