@@ -91,15 +91,23 @@ def scene_split(scene: Scene, seed: int) -> str:
 
 
 def sample_records(
-    n: int, seed: int, split: str = "train", category: str | None = None, canvas: int = DEFAULT_CANVAS
+    n: int,
+    seed: int,
+    split: str = "train",
+    category: str | None = None,
+    canvas: int = DEFAULT_CANVAS,
+    draw_seed: int | None = None,
 ) -> list[tuple[PromptSpec, Scene]]:
-    """n (spec, scene) pairs of one split, deterministic in the arguments."""
+    """n (spec, scene) pairs of one split, deterministic in the arguments.
+
+    `seed` fixes the partition into splits; `draw_seed` (default: `seed`) only which pairs are drawn from it,
+    so evaluations with different draw seeds sample the same held-out split."""
     _check_split(split)
     if n <= 0:
         raise UserError(f"n must be positive, got {n}")
     categories = CATEGORIES if category is None else (category,)
     pools = {c: split_prompts(split, seed, c) for c in categories}
-    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    rng = np.random.default_rng([seed if draw_seed is None else draw_seed, SPLITS.index(split)])
     out = []
     for _ in range(n):
         pool = pools[categories[rng.integers(len(categories))]]
