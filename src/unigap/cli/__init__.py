@@ -43,6 +43,9 @@ def _register() -> None:
     from unigap.cli.diagnose import app as diagnose_app
 
     app.add_typer(diagnose_app)  # `diagnose`
+    from unigap.cli.study import study_command
+
+    app.command("study")(study_command)
 
 
 _register()

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from unigap.cli.common import MODEL_OPTION
-from unigap.errors import UserError
 from unigap.prefs.kinds import KINDS, check_suffix
 
 app = typer.Typer(help="Preference pairs for multi-task DPO.", no_args_is_help=True)
@@ -50,10 +49,5 @@ def build(
             bar.update(task, completed=kept, description=f"{kind} pairs ({tried} tried)")
 
         rows = build_preferences(um, options, progress)
-    if not rows:
-        raise UserError(
-            f"no {kind} pair passed the filters in {options.max_candidates or 4 * n} candidates; "
-            "try more candidates, a higher --temperature, or --fallback-gt (und)"
-        )
     path = write_rows(out, rows)
     typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")

@@ -171,7 +171,8 @@ def _gen_batch(
 def build_preferences(
     um: UnifiedModel, options: BuildOptions, progress: Progress | None = None
 ) -> list[dict[str, Any]]:
-    """Up to `options.n` preference rows (fewer if `max_candidates` run out), reference log-probs included."""
+    """Up to `options.n` preference rows (fewer if `max_candidates` run out), reference log-probs included;
+    `UserError` when no candidate passes the filters (an empty file would only fail later, in training)."""
     if um.peft is not None:
         raise UserError(
             "build preference pairs with the base model (reference log-probs come from it), not an adapter"
@@ -190,6 +191,11 @@ def build_preferences(
             progress(len(kept), start + len(chunk))
         if len(kept) >= options.n:
             break
+    if not kept:
+        raise UserError(
+            f"no {options.kind} pair passed the filters in {limit} candidates; "
+            "try more candidates, a higher --temperature, or --fallback-gt (und)"
+        )
     rows = []
     for start in range(0, len(kept), options.batch_size):
         chunk = kept[start : start + options.batch_size]

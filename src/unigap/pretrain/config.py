@@ -27,7 +27,7 @@ class PretrainConfig:
     vq_lr: float = 3e-3
     vq_crop: int = 32  # train on grid-aligned crops of this side (the VQ is convolutional)
     # stage 2: everything but the VQ, on understanding + generation
-    steps: int = 900
+    steps: int = 1200
     und_batch: int = 24
     gen_batch: int = 24
     lr: float = 2e-3

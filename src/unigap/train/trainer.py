@@ -27,6 +27,7 @@ from transformers import get_cosine_schedule_with_warmup
 from unigap.errors import UserError
 from unigap.model.unified import UnifiedModel
 from unigap.train.checkpoint import (
+    CHECKPOINT_FILE,
     atomic_write_lines,
     config_differences,
     load_checkpoint,
@@ -119,6 +120,11 @@ class DPOTrainer:
     def checkpoint_dir(self) -> Path:
         return self.out_dir / CHECKPOINT_DIR
 
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether `out_dir` holds a run that `train(resume=True)` can continue."""
+        return (self.checkpoint_dir / CHECKPOINT_FILE).exists()
+
     def _save(self) -> None:
         save_checkpoint(
             self.checkpoint_dir,
@@ -156,7 +162,7 @@ class DPOTrainer:
         """Run to `config.steps`; with `resume`, continue from the checkpoint in the output directory."""
         if resume:
             self._resume()
-        elif (self.checkpoint_dir / "checkpoint.pt").exists():
+        elif self.has_checkpoint:
             raise UserError(
                 f"{self.out_dir} already holds a run; pass --resume to continue it, or use a new --out"
             )
@@ -186,7 +192,7 @@ class DPOTrainer:
         kept = (
             f"the last good checkpoint (step {done}) is kept in {self.checkpoint_dir} (--resume continues from it; "
             f"{LOG_FILE} shows the steps before)"
-            if (self.checkpoint_dir / "checkpoint.pt").exists()
+            if self.has_checkpoint
             else "no checkpoint had been written yet"
         )
         return TrainingDiverged(f"non-finite {what} at step {self.step}: training stopped; {kept}")

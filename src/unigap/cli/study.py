@@ -1,0 +1,39 @@
+"""`unigap study`: the main command — the whole diagnostic study on one model, resumable, with a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from unigap.train.names import STRATEGIES
+
+
+def study_command(
+    model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
+    seeds: int | None = typer.Option(None, "--seeds", help="Training and evaluation seeds (default 3; quick 2)."),
+    n: int | None = typer.Option(None, "--n", help="Evaluation items per model and seed (default 200; quick 24)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Study directory (default runs/study, or runs/study-quick); rerun to resume."
+    ),
+    quick: bool = typer.Option(False, "--quick", help="CI-sized: few pairs, steps and items (minutes on a CPU)."),
+    steps: int | None = typer.Option(None, "--steps", help="DPO steps per run (default 150; quick 6)."),
+    lr: float | None = typer.Option(None, "--lr", help="DPO learning rate (default 1e-4, tuned for tiny)."),
+    strategy: list[str] = typer.Option(
+        [], "--strategy", help=f"Strategies to train (repeatable; default the seven of SPEC §1): {' | '.join(STRATEGIES)}."
+    ),
+) -> None:
+    """Evaluate the base model, build preference pairs, diagnose gradients, train every strategy and post-hoc
+    method per seed, evaluate each, and write results.json/.csv, figures and report.html into OUT."""
+    from unigap.report import summary_table
+    from unigap.study import FULL, QUICK, run_study
+
+    preset = QUICK if quick else FULL
+    config = preset.scaled(
+        model=model, seeds=seeds, n=n, steps=steps, lr=lr, strategies=tuple(strategy) if strategy else None
+    )
+    out = out or Path("runs/study-quick" if quick else "runs/study")
+    built = run_study(config, out)
+    Console().print(summary_table(built.results))
+    typer.echo(f"wrote {out / 'report.html'} (and results.json, results.csv, figures) in {out}")

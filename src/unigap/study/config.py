@@ -1,0 +1,82 @@
+"""What `unigap study` runs: one dataclass, two presets (full and `--quick`).
+
+Why a saved config: a study is resumed by running the same command again, and finished runs are only
+reusable under the settings that produced them, so the study directory keeps its `study.json` and a rerun
+under different settings is refused instead of silently mixing results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from unigap.errors import UserError
+from unigap.train.names import SOUP_LAMBDAS, STRATEGIES
+
+SEVEN: tuple[str, ...] = STRATEGIES[:7]  # SPEC §1's strategies; the torchjd aggregators are opt-in extras
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study: the model, the seeds, the data and training budgets, the evaluation size."""
+
+    model: str = "tiny"
+    seeds: int = 3
+    n: int = 200  # evaluation items (questions and prompts) per model and seed
+    data_seed: int = 0  # train/test partition: the model's pretraining seed
+    und_pairs: int = 256
+    gen_pairs: int = 128
+    gen_kind: str = "gen-real"
+    und_fallback_gt: bool = False  # und pairs: the ground truth as chosen when both samples tie (weak models)
+    diagnose_pairs: int = 200
+    sweep_probes: int = 16
+    strategies: tuple[str, ...] = SEVEN
+    steps: int = 150
+    lr: float = 1e-4
+    beta: float = 0.1
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.seeds < 2:
+            raise UserError(f"--seeds must be at least 2 (a Welch test needs two values per method), got {self.seeds}")
+        for name in ("n", "und_pairs", "gen_pairs", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.diagnose_pairs < 4:
+            raise UserError(f"diagnose_pairs must be at least 4, got {self.diagnose_pairs}")
+        if not (self.lr > 0 and self.beta > 0):
+            raise UserError("lr and beta must be positive")
+        if self.gen_kind not in ("gen-real", "gen-model"):
+            raise UserError(f"gen_kind must be gen-real or gen-model, got {self.gen_kind!r}")
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise UserError(f"unknown strategy {', '.join(unknown) or '(none)'}; expected some of {', '.join(STRATEGIES)}")
+
+    @property
+    def post_hoc(self) -> bool:
+        """Soups and the oracle combine the und-only and gen-only adapters, so they need both runs."""
+        return {"und-only", "gen-only"} <= set(self.strategies)
+
+    def methods(self) -> list[str]:
+        """Every method of the study besides the base, in report order."""
+        soups = [f"soup-{lam:g}" for lam in SOUP_LAMBDAS] if self.post_hoc else []
+        return [*self.strategies, *soups, *(["oracle"] if self.post_hoc else [])]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"strategies": list(self.strategies)}
+
+    def scaled(self, **changes: Any) -> StudyConfig:
+        """A copy with the given fields changed (None values are left alone: unset flags)."""
+        return replace(self, **{key: value for key, value in changes.items() if value is not None})
+
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        """`field: saved → now` for every setting that differs from a saved study.json."""
+        now = self.to_dict()
+        names = [f.name for f in fields(self)]
+        return [f"{name}: {saved.get(name)!r} → {now[name]!r}" for name in names if saved.get(name) != now[name]]
+
+
+FULL = StudyConfig()
+QUICK = FULL.scaled(
+    seeds=2, n=24, und_pairs=16, gen_pairs=8, diagnose_pairs=8, sweep_probes=2, steps=6, batch_size=24
+)

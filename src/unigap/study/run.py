@@ -1,0 +1,226 @@
+"""`run_study`: the study as a list of jobs, each finished exactly when its output file exists; then the report.
+
+Why jobs keyed by output files: a killed study is resumed by running the same command again. Finished
+jobs are skipped, a training run killed midway continues from its checkpoint (`DPOTrainer`), and every
+output is written atomically, so a file that exists is complete. Each job is a plain call into the
+library (prefs, train, merge, diagnose, evaluate), so the study has no second implementation of anything.
+
+Layout of OUT (what `unigap.report.load_study` reads)::
+
+    study.json                          the settings; a rerun under other settings is refused
+    jobs.jsonl                          seconds each job took, appended as it finishes
+    prefs/und.jsonl, prefs/gen.jsonl    preference pairs from the base model (data_seed)
+    base/seed<k>/eval.json              the base model evaluated with seed k
+    base/seed0/diagnostics.json (+PNG)  gradient diagnostics of the base model
+    <method>/seed<k>/                   adapter, log.jsonl and eval.json of each strategy, soup and the oracle
+    results.json, results.csv, *.png, report.html
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from unigap.atomic import write_text_atomically
+from unigap.errors import UserError
+from unigap.report import BASE, BuiltReport, build_report
+from unigap.report.runs import DIAGNOSTICS_FILE, EVAL_FILE, STUDY_FILE
+from unigap.study.config import StudyConfig
+from unigap.train.names import SOUP_LAMBDAS
+
+JOBS_FILE = "jobs.jsonl"
+PREFS_DIR = "prefs"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One step of the study; done when `output` exists."""
+
+    name: str
+    output: Path
+    run: Callable[[], None]
+
+
+class StudyRunner:
+    """The jobs of one study in OUT, and how to run each one."""
+
+    def __init__(self, config: StudyConfig, out: Path, progress: Progress) -> None:
+        self.config, self.out, self.progress = config, out, progress
+        self._pairs: dict[str, list[Any]] = {}
+
+    def run_dir(self, method: str, seed: int) -> Path:
+        return self.out / method / f"seed{seed}"
+
+    def prefs_file(self, task: str) -> Path:
+        return self.out / PREFS_DIR / f"{task}.jsonl"
+
+    def jobs(self) -> list[Job]:
+        """In the order of the study: base evaluation, data, diagnostics, then per seed every method."""
+        c = self.config
+        jobs = [Job(f"base, seed {k}", self._eval_file(BASE, k), partial(self.evaluate_base, k)) for k in range(c.seeds)]
+        jobs += [Job(f"{task} pairs", self.prefs_file(task), partial(self.build_pairs, task)) for task in ("und", "gen")]
+        jobs.append(Job("gradient diagnostics", self.run_dir(BASE, 0) / DIAGNOSTICS_FILE, self.diagnose))
+        for k in range(c.seeds):
+            jobs += [Job(f"{s}, seed {k}", self._eval_file(s, k), partial(self.train, s, k)) for s in c.strategies]
+            if c.post_hoc:
+                jobs += [
+                    Job(f"soup-{lam:g}, seed {k}", self._eval_file(f"soup-{lam:g}", k), partial(self.soup, lam, k))
+                    for lam in SOUP_LAMBDAS
+                ]
+                jobs.append(Job(f"oracle, seed {k}", self._eval_file("oracle", k), partial(self.oracle, k)))
+        return jobs
+
+    # -- the jobs ----------------------------------------------------------------------------
+
+    def evaluate_base(self, seed: int) -> None:
+        self._evaluate(self._model(), BASE, seed)
+
+    def build_pairs(self, task: str) -> None:
+        from unigap.prefs.build import BuildOptions, build_preferences
+        from unigap.prefs.rows import write_rows
+
+        c = self.config
+        kind, n = ("und", c.und_pairs) if task == "und" else (c.gen_kind, c.gen_pairs)
+        options = BuildOptions(kind, n, c.data_seed, c.model, fallback_gt=c.und_fallback_gt, batch_size=8)
+        with self._bar(f"{kind} pairs", n) as update:
+            rows = build_preferences(self._model(), options, lambda kept, tried: update(kept))
+        write_rows(self.prefs_file(task), rows)
+
+    def diagnose(self) -> None:
+        from unigap.diagnose import run_diagnostics, shared_parameters, write_report
+        from unigap.train.dpo import DPOOptions
+
+        c = self.config
+        um = self._model()
+        params = shared_parameters(um, full_params=False, seed=0)
+        with self._bar("gradients", c.diagnose_pairs + 2 * c.sweep_probes) as update:
+            report = run_diagnostics(
+                um, params, self.pairs("und"), self.pairs("gen"), c.diagnose_pairs, 0,
+                sweep_probes=c.sweep_probes, options=DPOOptions(beta=c.beta), progress=update,
+            )  # fmt: skip
+        report |= {"model": c.model, "adapter": None, "und": str(self.prefs_file("und")), "gen": str(self.prefs_file("gen"))}
+        write_report(report, self.run_dir(BASE, 0))
+
+    def train(self, strategy: str, seed: int) -> None:
+        """Train one strategy (continuing a killed run), evaluate it, then drop its resume checkpoint."""
+        from unigap.train.config import TrainConfig
+        from unigap.train.trainer import DPOTrainer
+
+        c = self.config
+        settings = TrainConfig(
+            strategy=strategy, steps=c.steps, lr=c.lr, beta=c.beta, seed=seed, checkpoint_every=min(50, c.steps)
+        )
+        um = self._model()
+        trainer = DPOTrainer(um, settings, self.pairs("und"), self.pairs("gen"), self.run_dir(strategy, seed))
+        with self._bar(f"{strategy} DPO", c.steps) as update:
+            trainer.train(trainer.has_checkpoint, lambda step, record: update(step))
+        self._evaluate(um, strategy, seed)
+        shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)  # the adapter and log stay
+
+    def soup(self, lam: float, seed: int) -> None:
+        from unigap.train.merge import soup
+
+        method = f"soup-{lam:g}"
+        adapter = soup(self.run_dir("und-only", seed), self.run_dir("gen-only", seed), lam, self.run_dir(method, seed))
+        um = self._model()
+        um.load_adapter(adapter)
+        self._evaluate(um, method, seed)
+
+    def oracle(self, seed: int) -> None:
+        from unigap.train.oracle import SeparateLoraOracle
+
+        routed = SeparateLoraOracle(self._model(), self.run_dir("und-only", seed), self.run_dir("gen-only", seed))
+        self._evaluate(routed, "oracle", seed)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def pairs(self, task: str) -> list[Any]:
+        """The study's preference pairs of one task, read once."""
+        if task not in self._pairs:
+            from unigap.prefs.rows import load_pairs
+
+            self._pairs[task] = load_pairs(self.prefs_file(task), task)
+        return self._pairs[task]
+
+    def _model(self) -> Any:
+        """A fresh copy of the base model: training and adapters change the one they are given."""
+        from unigap.model import load_model
+
+        return load_model(self.config.model)
+
+    def _eval_file(self, method: str, seed: int) -> Path:
+        return self.run_dir(method, seed) / EVAL_FILE
+
+    def _evaluate(self, um: Any, method: str, seed: int) -> None:
+        from unigap.evaluate import evaluate, save_report
+
+        c = self.config
+        report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size)
+        report["config"].update(model=c.model, method=method)
+        save_report(report, self._eval_file(method, seed))
+
+    @contextmanager
+    def _bar(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """A bar for one job's inner loop, removed when the job ends: `update(done)`, or `update()` for one more."""
+        task = self.progress.add_task(description, total=total)
+
+        def update(done: int | None = None) -> None:
+            self.progress.update(task, completed=done) if done is not None else self.progress.advance(task)
+
+        try:
+            yield update
+        finally:
+            self.progress.remove_task(task)
+
+
+def claim(config: StudyConfig, out: Path) -> None:
+    """Write OUT/study.json, or check that the study already in OUT ran under the same settings."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    saved_file = out / STUDY_FILE
+    if saved_file.is_file():
+        try:
+            saved = json.loads(saved_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read {saved_file}: {exc}") from None
+        changed = config.differences(saved)
+        if changed:
+            raise UserError(
+                f"{out} holds a study run under other settings ({'; '.join(changed)}); "
+                "rerun with the same settings to resume it, or choose a new --out"
+            )
+        return
+    write_text_atomically(saved_file, json.dumps(config.to_dict(), indent=2))
+
+
+def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> BuiltReport:
+    """Run (or resume) every job of the study in `out`, then build the statistics, figures and report."""
+    out = Path(out)
+    claim(config, out)
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+    )  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True), disable=not show_progress) as progress:
+        runner = StudyRunner(config, out, progress)
+        jobs = runner.jobs()
+        overall = progress.add_task("study", total=len(jobs))
+        for job in jobs:
+            if not job.output.is_file():
+                progress.update(overall, description=f"study: {job.name}")
+                started = time.perf_counter()
+                job.run()
+                with (out / JOBS_FILE).open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps({"job": job.name, "seconds": time.perf_counter() - started}) + "\n")
+            progress.advance(overall)
+        progress.update(overall, description="study: report")
+    return build_report(out, out, title=f"unigap study: {config.model}")

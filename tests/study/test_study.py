@@ -1,0 +1,111 @@
+"""`unigap study`: every stage runs into the documented layout, reruns skip finished jobs, a killed study
+resumes to the same numbers, and other settings on the same directory are refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from unigap.cli import main
+from unigap.errors import UserError
+from unigap.study import StudyConfig, run_study
+from unigap.study.run import JOBS_FILE, StudyRunner
+
+METHODS = ["base", "und-only", "gen-only", "pcgrad", "soup-0.3", "soup-0.5", "soup-0.7", "oracle"]
+
+
+def _jobs(out: Path) -> list[str]:
+    return [json.loads(line)["job"] for line in (out / JOBS_FILE).read_text().splitlines()]
+
+
+def test_study_writes_every_run_and_the_report(finished: Path) -> None:
+    for method in METHODS:
+        for seed in (0, 1):
+            report = json.loads((finished / method / f"seed{seed}" / "eval.json").read_text())
+            assert report["config"]["method"] == method and report["config"]["seed"] == seed
+            assert report["understanding"]["n"] == 3
+    for strategy in ("und-only", "gen-only", "pcgrad"):
+        run = finished / strategy / "seed1"
+        assert (run / "adapter_model.safetensors").is_file()
+        assert len((run / "log.jsonl").read_text().splitlines()) == 2
+        assert not (run / "checkpoint").exists()  # dropped once the run is evaluated
+    assert (finished / "soup-0.5" / "seed0" / "adapter_config.json").is_file()
+    diagnostics = json.loads((finished / "base" / "seed0" / "diagnostics.json").read_text())
+    assert diagnostics["n"] == 4
+    results = json.loads((finished / "results.json").read_text())
+    assert results["methods"] == METHODS
+    assert (finished / "report.html").read_text().count("<img") >= 2
+    assert (finished / "results.csv").read_text().startswith("method")
+    assert len(_jobs(finished)) == 2 + 2 + 1 + 2 * (3 + 4)  # base evals, pairs, diagnostics, per seed 3 + 4
+
+
+def test_rerun_skips_finished_jobs(tmp_path: Path, finished: Path, small_config: StudyConfig) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    before = (out / "results.json").read_text()
+    run_study(small_config, out, show_progress=False)
+    assert _jobs(out) == _jobs(finished)  # nothing ran again
+    assert (out / "results.json").read_text() == before
+
+
+def test_killed_study_resumes_to_the_same_numbers(
+    tmp_path: Path, finished: Path, small_config: StudyConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kill the study after PCGrad seed 1 has trained but before it is evaluated, then rerun it."""
+    out = tmp_path / "killed"
+    shutil.copytree(finished, out)
+    for method in ("pcgrad", "soup-0.3", "soup-0.5", "soup-0.7", "oracle"):
+        shutil.rmtree(out / method / "seed1")
+    evaluate = StudyRunner._evaluate
+
+    def killed(self: StudyRunner, um: object, method: str, seed: int) -> None:
+        if method == "pcgrad":
+            raise KeyboardInterrupt
+        evaluate(self, um, method, seed)
+
+    monkeypatch.setattr(StudyRunner, "_evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(small_config, out, show_progress=False)
+    assert (out / "pcgrad" / "seed1" / "checkpoint" / "checkpoint.pt").is_file()
+    monkeypatch.setattr(StudyRunner, "_evaluate", evaluate)
+    run_study(small_config, out, show_progress=False)
+    for method in ("pcgrad", "soup-0.5", "oracle"):
+        again = json.loads((out / method / "seed1" / "eval.json").read_text())
+        first = json.loads((finished / method / "seed1" / "eval.json").read_text())
+        assert again["records"] == first["records"]
+    assert json.loads((out / "results.json").read_text())["results"] == json.loads(
+        (finished / "results.json").read_text()
+    )["results"]
+
+
+def test_other_settings_on_the_same_directory_are_refused(finished: Path, small_config: StudyConfig) -> None:
+    with pytest.raises(UserError, match="steps: 2 → 3"):
+        run_study(small_config.scaled(steps=3), finished, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seeds": 1}, "at least 2"),
+        ({"strategies": ("und-only", "sideways")}, "unknown strategy sideways"),
+        ({"n": 0}, "n must be positive"),
+    ],
+)
+def test_bad_settings_are_user_errors(changes: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        StudyConfig(**changes)
+
+
+def test_post_hoc_methods_need_both_single_task_runs() -> None:
+    assert StudyConfig(strategies=("joint", "und-only")).methods() == ["joint", "und-only"]
+    assert "oracle" in StudyConfig().methods()
+
+
+def test_cli_reports_bad_flags_without_traceback(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--seeds", "1", "--out", str(tmp_path / "s")])
+    assert exit_info.value.code == 2
+    assert "unigap: error: --seeds must be at least 2" in capsys.readouterr().err
