@@ -53,6 +53,9 @@ _register()
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes become `unigap: error: ...` on stderr with exit code 2."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
     try:
         app(args=argv, standalone_mode=True)
     except UserError as exc:

@@ -18,7 +18,7 @@ def study_command(
         None, "--out", help="Study directory (default runs/study, or runs/study-quick); rerun to resume."
     ),
     quick: bool = typer.Option(False, "--quick", help="CI-sized: few pairs, steps and items (minutes on a CPU)."),
-    steps: int | None = typer.Option(None, "--steps", help="DPO steps per run (default 150; quick 6)."),
+    steps: int | None = typer.Option(None, "--steps", help="DPO steps per run (default 300; quick 6)."),
     lr: float | None = typer.Option(None, "--lr", help="DPO learning rate (default 1e-4, tuned for tiny)."),
     strategy: list[str] = typer.Option(
         [], "--strategy", help=f"Strategies to train (repeatable; default the seven of SPEC §1): {' | '.join(STRATEGIES)}."

@@ -31,7 +31,7 @@ class StudyConfig:
     diagnose_pairs: int = 200
     sweep_probes: int = 16
     strategies: tuple[str, ...] = SEVEN
-    steps: int = 150
+    steps: int = 300
     lr: float = 1e-4
     beta: float = 0.1
     batch_size: int = 32
