@@ -94,6 +94,7 @@ def test_seed_interval_is_the_t_interval_over_seed_means(results):
     assert m["seeds"] == len(SEEDS) and math.isclose(m["mean_over_seeds"], np.mean(means))
     np.testing.assert_allclose(m["ci95_seeds"], expected, rtol=1e-12)
     assert seed_interval([0.5]) is None
+    assert seed_interval([1.0, 1.0, 0.968]) == [pytest.approx(0.9434, abs=1e-4), 1.0]  # a share stays <= 1
 
 
 def test_bootstrap_interval_brackets_the_pooled_mean_and_is_reproducible(study, results):

@@ -158,13 +158,15 @@ def welch(a: Sample, b: Sample) -> dict[str, Any]:
 
 
 def seed_interval(means: Sequence[float]) -> list[float] | None:
-    """t-interval of the mean over seed means (k − 1 df); None below two seeds."""
+    """t-interval of the mean over seed means (k − 1 df), cut to [0, 1] since every metric is a share (with
+    3 seeds the t quantile is 4.3, so a rate near 1 would otherwise get an upper bound above 1); None below
+    two seeds."""
     k = len(means)
     if k < 2:
         return None
     mean, sd = float(np.mean(means)), float(np.std(means, ddof=1))
     half = float(stats.t.ppf((1 + CONFIDENCE) / 2, k - 1)) * sd / math.sqrt(k)
-    return [mean - half, mean + half]
+    return [max(0.0, mean - half), min(1.0, mean + half)]
 
 
 def bootstrap_interval(samples: Sequence[Sample], resamples: int, rng: np.random.Generator) -> list[float] | None:
