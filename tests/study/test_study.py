@@ -109,3 +109,11 @@ def test_cli_reports_bad_flags_without_traceback(capsys: pytest.CaptureFixture[s
         main(["study", "--seeds", "1", "--out", str(tmp_path / "s")])
     assert exit_info.value.code == 2
     assert "unigap: error: --seeds must be at least 2" in capsys.readouterr().err
+
+
+def test_a_missing_model_fails_before_the_directory_is_claimed(tmp_path: Path, small_config: StudyConfig) -> None:
+    """Otherwise the typo would be pinned in study.json and the corrected rerun refused."""
+    out = tmp_path / "s"
+    with pytest.raises(UserError, match="does not exist"):
+        run_study(small_config.scaled(model=str(tmp_path / "nope")), out, show_progress=False)
+    assert not (out / "study.json").exists()

@@ -205,7 +205,10 @@ def claim(config: StudyConfig, out: Path) -> None:
 
 def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> BuiltReport:
     """Run (or resume) every job of the study in `out`, then build the statistics, figures and report."""
+    from unigap.model.loading import resolve_checkpoint
+
     out = Path(out)
+    resolve_checkpoint(config.model)  # a mistyped --model fails here, before study.json pins it to OUT
     claim(config, out)
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
