@@ -15,8 +15,6 @@ seconds of each and their ratio (target ≤ 2.5×).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -27,11 +25,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from _common import machine, write_result
+
 import unigap.world
 from unigap.diagnose import GradientCollector, dpo_loss_fn, shared_parameters
 from unigap.diagnose.sweep import SHORT, length_probes, probe_pairs
 from unigap.model import UnifiedModel, load_model, save_random_tiny
-from unigap.train.checkpoint import atomic_write_lines
 from unigap.train.config import TrainConfig
 from unigap.train.dpo import GenerationPair, UnderstandingPair, with_reference
 from unigap.train.trainer import DPOTrainer
@@ -107,10 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"diagnostic / training = {ratio:.2f}× ({verdict} the {TARGET_RATIO}× target)")
     payload = {
         "model": args.model or "random tiny (unigap.model.tiny_janus_config, ShapeWorld vocabulary)",
-        "device": str(diagnosed.device),
-        "dtype": str(diagnosed.dtype),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
+        **machine(diagnosed),
         "lora": {"rank": 64, "alpha": 128, "shared_tensors": len(params.names), "shared_numel": params.numel},
         "timed_steps": len(train_s) - 2,
         "train_step_s": train_median,
@@ -120,9 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_step_samples_s": train_s,
         "diagnostic_batch_samples_s": diag_s,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_lines(args.out, [json.dumps(payload, indent=2)])
-    print(f"wrote {args.out}")
+    write_result(args.out, payload)
     return payload
 
 

@@ -13,16 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from unigap.atomic import write_text_atomically
+from _common import machine, write_result
+
 from unigap.report import BASE
 from unigap.study import FULL, StudyRunner
 
@@ -89,11 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": args.steps,
         "n": args.n,
         "ln2": math.log(2),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
+        **machine(),
         "rows": rows,
     }
-    write_text_atomically(args.out, json.dumps(result, indent=2))
+    write_result(args.out, result)
     return result
 
 

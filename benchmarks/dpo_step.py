@@ -14,8 +14,6 @@ both give the same loss (the stored numbers are the base model's).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -27,10 +25,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from _common import machine, write_result
+
 import unigap.world
 from unigap.model import UnifiedModel, load_model, save_random_tiny
 from unigap.model.images import vq_image_size
-from unigap.train.checkpoint import atomic_write_lines
 from unigap.train.dpo import DPOOptions, GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
 
 
@@ -141,10 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     Console().print(table)
     payload = {
         "model": args.model or "random tiny (unigap.model.tiny_janus_config, ShapeWorld vocabulary)",
-        "device": str(um.device),
-        "dtype": str(um.dtype),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
+        **machine(um),
         "image_tokens": um.num_image_tokens,
         "mean_answer_tokens": statistics.mean(p.chosen_tokens for p in und),
         "lora_rank": args.lora_rank,
@@ -154,9 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": rows,
         "speedup_stored_vs_recomputed": recompute_s / stored_s,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_lines(args.out, [json.dumps(payload, indent=2)])
-    print(f"wrote {args.out}")
+    write_result(args.out, payload)
     return payload
 
 

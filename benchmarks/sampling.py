@@ -13,9 +13,6 @@ tokens agree.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +22,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from _common import machine, write_result
 from transformers import GenerationConfig
 
 from unigap.model import UnifiedModel, load_model, save_random_tiny
@@ -85,13 +84,6 @@ def _paired_medians(
     return statistics.median(seconds[0]), statistics.median(seconds[1])
 
 
-def _write_atomically(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(handle.name, path)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: a random tiny model)")
@@ -146,16 +138,12 @@ def main(argv: list[str] | None = None) -> dict:
     Console().print(table)
     payload = {
         "model": args.model or "random tiny (unigap.model.tiny_janus_config)",
-        "device": str(um.device),
-        "dtype": str(um.dtype),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
+        **machine(um),
         "cfg_scale": args.cfg_scale,
         "repeats": args.repeats,
         "results": rows,
     }
-    _write_atomically(args.out, payload)
-    print(f"wrote {args.out}")
+    write_result(args.out, payload)
     return payload
 
 
