@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unigap.model import UnifiedModel
+from unigap.model import UnifiedModel, load_model
 from unigap.model.understanding import parse_verdict
 
 QUESTIONS = ["what color is the circle ?", "is there a big red square on the left of the star ?", "shape ?"]
@@ -97,3 +97,31 @@ def test_bad_understanding_input_raises(um: UnifiedModel, images) -> None:
     with pytest.raises(ValueError, match="max_new_tokens"):
         um.answer(images[:1], ["shape ?"], max_new_tokens=0)
     assert um.answer([], []) == []
+
+
+@pytest.mark.parametrize("template", ["tiny", "janus-pro"])
+def test_grouped_answer_logprobs_equal_one_sequence_per_question(
+    um: UnifiedModel, fresh: UnifiedModel, images, template: str, tiny_dir, tmp_path
+) -> None:
+    model = um
+    if template == "janus-pro":  # same weights without the sidecar: the chat template with a system prompt
+        for file in tiny_dir.iterdir():
+            if file.name != "unigap.json":
+                (tmp_path / file.name).write_bytes(file.read_bytes())
+        model = load_model(tmp_path)
+        assert model.prompts.template == "janus-pro"
+    questions = [QUESTIONS, [], ["what is there ?"]]  # ragged, one image with none
+    answers = [ANSWERS, [], [LONG_ANSWER]]
+    total, count = model.grouped_answer_logprobs(images[:3], questions, answers)
+    flat_images = [images[0]] * 3 + [images[2]]
+    single, single_count = model.answer_logprobs(flat_images, [*QUESTIONS, "what is there ?"], [*ANSWERS, LONG_ANSWER])
+    assert count.tolist() == single_count.tolist()
+    assert torch.allclose(total, single, atol=1e-4, rtol=0)
+
+
+def test_grouped_answer_logprobs_train_the_vision_tower(fresh: UnifiedModel, images) -> None:
+    total, _ = fresh.grouped_answer_logprobs(images[:2], [["shape ?", "color ?"], ["shape ?"]], [["a", "b"], ["c"]])
+    total.sum().backward()
+    assert fresh.model.model.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="2 questions but 1 answers"):
+        fresh.grouped_answer_logprobs(images[:1], [["a ?", "b ?"]], [["x"]])

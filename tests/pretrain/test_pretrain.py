@@ -73,11 +73,15 @@ def test_losses_are_the_model_scorers(model_and_corpus) -> None:
     total, count = um.image_logprobs([corpus.specs[r].text for r in rows], torch.from_numpy(corpus.tokens[rows]))
     assert torch.allclose(gen, -total.sum() / count.sum(), atol=1e-5)
 
+    # two of each scene's three questions, every answer token scored as `answer_logprobs` scores it alone
     rng = np.random.default_rng(3)
-    und = understanding_loss(um, corpus, rows, rng, reconstructed=0.0)
+    und = understanding_loss(um, corpus, rows, rng, reconstructed=0.0, per_image=2)
     rng = np.random.default_rng(3)
-    questions = [corpus.questions[r][rng.integers(len(corpus.questions[r]))] for r in rows]
-    total, count = um.answer_logprobs(list(corpus.renders[rows]), [q.text for q in questions], [q.answer for q in questions])
+    picked = [(r, corpus.questions[r][i]) for r in rows for i in rng.permutation(3)[:2]]
+    assert len(picked) == 2 * len(rows)
+    total, count = um.answer_logprobs(
+        [corpus.renders[r] for r, _ in picked], [q.text for _, q in picked], [q.answer for _, q in picked]
+    )
     assert torch.allclose(und, -total.sum() / count.sum(), atol=1e-5)
 
 

@@ -76,15 +76,68 @@ def answer_logprobs(
     targets = [fmt.answer_ids(answer) for answer in answers]
     sequences = [fmt.understanding_ids(q) + t for q, t in zip(questions, targets, strict=True)]
     batch = _batch(model, fmt, vision, images, sequences)
+    hidden, _ = _hidden(model, batch)
+    return _score_endings(model, hidden, batch.ids, targets)
+
+
+def _score_endings(
+    model: JanusForConditionalGeneration, hidden: torch.Tensor, ids: torch.LongTensor, targets: Sequence[list[int]]
+) -> tuple[torch.Tensor, torch.LongTensor]:
+    """(sum, count) of the log-probs of each row's last len(target) tokens (left-padded rows end with them)."""
     width = max(len(t) for t in targets)
-    target_mask = torch.zeros((batch_size, width), dtype=torch.bool, device=model.device)
+    target_mask = torch.zeros((len(targets), width), dtype=torch.bool, device=model.device)
     for row, target in enumerate(targets):
         target_mask[row, width - len(target) :] = True
-    hidden, _ = _hidden(model, batch)
     logits = model.lm_head(hidden[:, -width - 1 : -1])
-    logprobs = token_logprobs(logits, batch.ids[:, -width:])
+    logprobs = token_logprobs(logits, ids[:, -width:])
     # `where`, not a product: a padded column's value is never read, even if it is not finite
     return torch.where(target_mask, logprobs, 0.0).sum(dim=-1), target_mask.sum(dim=-1)
+
+
+def grouped_answer_logprobs(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    vision: VisionPreprocessing,
+    images: Sequence[ImageInput],
+    questions: Sequence[Sequence[str]],
+    answers: Sequence[Sequence[str]],
+) -> tuple[torch.Tensor, torch.LongTensor]:
+    """`answer_logprobs` for several questions per image, flattened in order; the image is run once.
+
+    Why: the image block comes before the question, so in a causal LLM its keys and values do not depend
+    on the question. They are computed once per image and shared by its questions, giving the same
+    numbers as one sequence per question for a fraction of the cost (the image is most of the sequence).
+    Pretraining uses this to learn from several questions per image view.
+    """
+    check_counts(images=images, questions=questions, answers=answers)
+    owner, flat_questions, flat_answers = [], [], []
+    for index, (qs, ans) in enumerate(zip(questions, answers, strict=True)):
+        if len(qs) != len(ans):
+            raise ValueError(f"image {index} has {len(qs)} questions but {len(ans)} answers")
+        owner += [index] * len(qs)
+        flat_questions += list(qs)
+        flat_answers += list(ans)
+    if not flat_questions:
+        return torch.zeros(0, device=model.device), torch.zeros(0, dtype=torch.long, device=model.device)
+    prompts = [fmt.understanding_ids(q) for q in flat_questions]
+    split = prompts[0].index(fmt.ids.eoi) + 1
+    prefix = prompts[0][:split]
+    if any(p[:split] != prefix for p in prompts):
+        raise ValueError("the prompt template puts question-dependent text before the image; cannot share it")
+    pixels = vision(images).to(model.device, model.dtype)
+    prefix_ids = torch.tensor([prefix] * len(images), dtype=torch.long, device=model.device)
+    cache = model.model(input_ids=prefix_ids, pixel_values=pixels, use_cache=True).past_key_values
+    cache.batch_select_indices(torch.tensor(owner, device=model.device))
+    targets = [fmt.answer_ids(answer) for answer in flat_answers]
+    ids, mask = left_pad([p[split:] + t for p, t in zip(prompts, targets, strict=True)], fmt.ids.pad)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    hidden = model.model(
+        input_ids=ids,
+        attention_mask=torch.cat([mask.new_ones((len(ids), split)), mask], dim=1),
+        position_ids=split + positions(mask),
+        past_key_values=cache,
+    ).last_hidden_state
+    return _score_endings(model, hidden, ids, targets)
 
 
 @torch.no_grad()

@@ -132,6 +132,12 @@ class UnifiedModel:
         """Summed log-prob of each answer (EOS included) and its token count; differentiable."""
         return understanding.answer_logprobs(self.model, self.prompts, self.vision, images, questions, answers)
 
+    def grouped_answer_logprobs(
+        self, images: Sequence[ImageInput], questions: Sequence[Sequence[str]], answers: Sequence[Sequence[str]]
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """`answer_logprobs` for several questions per image (flattened in order), the image run once."""
+        return understanding.grouped_answer_logprobs(self.model, self.prompts, self.vision, images, questions, answers)
+
     def judge(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> torch.Tensor:
         """P(yes) for "Does this image show {prompt}?", normalised over yes/no, one per image."""
         return understanding.judge_yes_probability(self.model, self.prompts, self.vision, images, prompts)

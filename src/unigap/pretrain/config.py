@@ -18,17 +18,18 @@ class PretrainConfig:
     vision_hidden_size: int = 128
     vision_layers: int = 2
     # corpus: train-split scenes rendered once; questions drawn per scene
-    scenes: int = 4000
+    scenes: int = 6000
     questions_per_scene: int = 4
     reconstructed_fraction: float = 0.5  # understanding images that are VQ reconstructions, not renders
     # stage 1: VQ tokenizer
-    vq_steps: int = 4000
+    vq_steps: int = 5600
     vq_batch: int = 32
     vq_lr: float = 3e-3
     vq_crop: int = 32  # train on grid-aligned crops of this side (the VQ is convolutional)
     # stage 2: everything but the VQ, on understanding + generation
-    steps: int = 1200
-    und_batch: int = 24
+    steps: int = 2000
+    und_batch: int = 24  # images per step
+    questions_per_image: int = 4  # questions scored per understanding image (sharing its forward pass)
     gen_batch: int = 24
     lr: float = 2e-3
     weight_decay: float = 0.01

@@ -1,7 +1,7 @@
 """Stage 2: train the LLM, vision tower, aligners and generation head on both tasks at once.
 
-Each step takes a batch of understanding examples (image, question → exact answer; images are renders
-or their VQ reconstructions, so the model also understands the kind of image it generates) and a
+Each step takes a batch of understanding examples (image, several questions → exact answers; images are
+renders or their VQ reconstructions, so the model also understands the kind of image it generates) and a
 batch of text-to-image examples (prompt → VQ ids of a scene satisfying it). Some prompts are replaced
 by the unconditional prompt, built exactly as CFG builds it at inference. Each task's loss is its
 mean token cross-entropy; the step minimises their sum. The VQ stays frozen.
@@ -51,13 +51,22 @@ def make_optimizer(params: list[torch.nn.Parameter], config: PretrainConfig) -> 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def understanding_loss(um: UnifiedModel, corpus: Corpus, rows: np.ndarray, rng: np.random.Generator, reconstructed: float) -> torch.Tensor:
-    """Mean answer-token cross-entropy (EOS included) on one question per chosen scene."""
+def understanding_loss(
+    um: UnifiedModel, corpus: Corpus, rows: np.ndarray, rng: np.random.Generator, reconstructed: float, per_image: int
+) -> torch.Tensor:
+    """Mean answer-token cross-entropy (EOS included) on up to `per_image` questions per chosen scene.
+
+    The questions of one image share its forward pass (`grouped_answer_logprobs`), so each answer is
+    scored exactly as at inference while the image, most of the sequence, is paid for once.
+    """
     assert corpus.reconstructions is not None
-    questions = [corpus.questions[r][rng.integers(len(corpus.questions[r]))] for r in rows]
+    chosen = [rng.permutation(len(corpus.questions[r]))[:per_image] for r in rows]
+    questions = [[corpus.questions[r][i] for i in picks] for r, picks in zip(rows, chosen, strict=True)]
     use_recon = rng.random(len(rows)) < reconstructed
     images = [corpus.reconstructions[r] if rec else corpus.renders[r] for r, rec in zip(rows, use_recon, strict=True)]
-    total, count = um.answer_logprobs(images, [q.text for q in questions], [q.answer for q in questions])
+    total, count = um.grouped_answer_logprobs(
+        images, [[q.text for q in qs] for qs in questions], [[q.answer for q in qs] for qs in questions]
+    )
     return -total.sum() / count.sum()
 
 
@@ -85,7 +94,7 @@ def joint_step(
     """One optimiser step on one understanding and one generation batch."""
     und_rows = rng.integers(len(corpus), size=config.und_batch)
     gen_rows = rng.integers(len(corpus), size=config.gen_batch)
-    und = understanding_loss(um, corpus, und_rows, rng, config.reconstructed_fraction)
+    und = understanding_loss(um, corpus, und_rows, rng, config.reconstructed_fraction, config.questions_per_image)
     gen = generation_loss(um, corpus, gen_rows, rng, config.prompt_dropout)
     loss = und + gen
     if not torch.isfinite(loss):

@@ -25,6 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import JanusForConditionalGeneration
 
@@ -100,11 +101,12 @@ def _log(out: Path, row: dict) -> None:
 
 
 def _stage_vq(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Path, show: bool) -> float:
-    """Train (or, on resume, load) the VQ; returns the seconds spent training it now."""
+    """Train (or, on resume, load) the VQ; returns the seconds its training took (recorded in the file on resume)."""
     vq = um.model.model.vqmodel
     if (out / VQ_FILE).is_file():
         vq.load_state_dict(load_file(out / VQ_FILE))
-        return 0.0
+        with safe_open(out / VQ_FILE, framework="pt") as handle:  # the seconds it took, kept across resumes
+            return float((handle.metadata() or {}).get("seconds", 0.0))
     start = time.perf_counter()
     with _bar("VQ tokenizer", config.vq_steps, show) as update:
 
@@ -114,8 +116,10 @@ def _stage_vq(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Pat
                 _log(out, {"stage": "vq", "step": step + 1, **asdict(numbers)})
 
         train_vq(vq, corpus.renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step, config.vq_crop)
-    write_atomically(out / VQ_FILE, lambda tmp: save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, tmp))
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    state = {k: v.contiguous() for k, v in vq.state_dict().items()}
+    write_atomically(out / VQ_FILE, lambda tmp: save_file(state, tmp, metadata={"seconds": repr(seconds)}))
+    return seconds
 
 
 def _stage_joint(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Path, show: bool) -> dict:
