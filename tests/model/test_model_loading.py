@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerFas
 
 from unigap.errors import UserError
 from unigap.model import build_word_tokenizer, load_model, loading, tiny_janus_config
+from unigap.model.checkpoint import weights_fingerprint
 from unigap.model.prompts import JANUS_PRO_TEMPLATE, PromptFormat, SpecialIds, janus_pro_system_prompt
 from unigap.model.tokenizer import BOI, BOS, EOI, EOS, IMAGE, PAD, UNK
 
@@ -124,3 +126,17 @@ def test_janus_pro_prompts_follow_the_chat_template() -> None:
     assert fmt.judge_question("a red circle.") == "Does this image show a red circle?"
     with pytest.raises(ValueError, match="image placeholder"):
         fmt.understanding_ids(f"sneaky {IMAGE}")
+
+
+def test_weights_fingerprint_tells_two_trainings_apart(tiny_dir: Path, tmp_path: Path) -> None:
+    first = weights_fingerprint(tiny_dir)
+    assert first == weights_fingerprint(tiny_dir) and len(first) == 16
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    assert weights_fingerprint(copy) == first  # a copy (new mtimes) is the same model
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    data[header + 100] ^= 0xFF  # one byte of the first tensor
+    weights.write_bytes(bytes(data))
+    assert weights_fingerprint(copy) != first

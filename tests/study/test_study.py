@@ -11,6 +11,7 @@ import pytest
 
 from unigap.cli import main
 from unigap.errors import UserError
+from unigap.model.checkpoint import weights_fingerprint
 from unigap.study import StudyConfig, run_study
 from unigap.study.run import JOBS_FILE, StudyRunner
 
@@ -84,6 +85,19 @@ def test_killed_study_resumes_to_the_same_numbers(
 def test_other_settings_on_the_same_directory_are_refused(finished: Path, small_config: StudyConfig) -> None:
     with pytest.raises(UserError, match="steps: 2 → 3"):
         run_study(small_config.scaled(steps=3), finished, show_progress=False)
+
+
+def test_other_weights_under_the_same_model_name_are_refused(
+    tmp_path: Path, finished: Path, small_config: StudyConfig
+) -> None:
+    """A retrained model saved where the old one was must not resume the old model's study."""
+    saved = json.loads((finished / "study.json").read_text())
+    assert saved["model_weights"] == weights_fingerprint(small_config.model)
+    study = tmp_path / "study"
+    shutil.copytree(finished, study)
+    (study / "study.json").write_text(json.dumps(saved | {"model_weights": "0123456789abcdef"}))
+    with pytest.raises(UserError, match="the weights of model .* \\(0123456789abcdef → "):
+        run_study(small_config, study, show_progress=False)
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,8 @@ from unigap.report.runs import DIAGNOSTICS_FILE, EVAL_FILE, STUDY_FILE
 from unigap.study.config import StudyConfig
 from unigap.train.names import SOUP_LAMBDAS
 
+WEIGHTS_KEY = "model_weights"  # in study.json: the weights_fingerprint of the model the study ran on
+
 JOBS_FILE = "jobs.jsonl"
 PREFS_DIR = "prefs"
 
@@ -183,8 +185,9 @@ class StudyRunner:
             self.progress.remove_task(task)
 
 
-def claim(config: StudyConfig, out: Path) -> None:
-    """Write OUT/study.json, or check that the study already in OUT ran under the same settings."""
+def claim(config: StudyConfig, out: Path, weights: str) -> None:
+    """Write OUT/study.json, or check that the study already in OUT ran under the same settings and
+    on the same weights (`weights`: the model's `weights_fingerprint`)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     saved_file = out / STUDY_FILE
@@ -194,22 +197,25 @@ def claim(config: StudyConfig, out: Path) -> None:
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read {saved_file}: {exc}") from None
         changed = config.differences(saved)
+        if saved.get(WEIGHTS_KEY, weights) != weights:
+            changed.append(f"the weights of model {config.model!r} ({saved[WEIGHTS_KEY]} → {weights})")
         if changed:
             raise UserError(
                 f"{out} holds a study run under other settings ({'; '.join(changed)}); "
                 "rerun with the same settings to resume it, or choose a new --out"
             )
         return
-    write_text_atomically(saved_file, json.dumps(config.to_dict(), indent=2))
+    write_text_atomically(saved_file, json.dumps(config.to_dict() | {WEIGHTS_KEY: weights}, indent=2))
 
 
 def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> BuiltReport:
     """Run (or resume) every job of the study in `out`, then build the statistics, figures and report."""
+    from unigap.model.checkpoint import weights_fingerprint
     from unigap.model.loading import resolve_checkpoint
 
     out = Path(out)
-    resolve_checkpoint(config.model)  # a mistyped --model fails here, before study.json pins it to OUT
-    claim(config, out)
+    directory = resolve_checkpoint(config.model)  # a mistyped --model fails here, before study.json pins it
+    claim(config, out, weights_fingerprint(directory))
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
     )  # fmt: skip
