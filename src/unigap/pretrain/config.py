@@ -27,7 +27,7 @@ class PretrainConfig:
     vq_lr: float = 3e-3
     vq_crop: int = 32  # train on grid-aligned crops of this side (the VQ is convolutional)
     # stage 2: everything but the VQ, on understanding + generation
-    steps: int = 2000
+    steps: int = 1700
     und_batch: int = 24  # images per step
     questions_per_image: int = 4  # questions scored per understanding image (sharing its forward pass)
     gen_batch: int = 24
