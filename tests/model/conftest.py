@@ -31,6 +31,15 @@ def fresh(tiny_dir: Path) -> UnifiedModel:
     return load_model(tiny_dir)
 
 
+@pytest.fixture
+def janus_pro_dir(tiny_dir: Path, tmp_path: Path) -> Path:
+    """The tiny checkpoint without its `unigap.json` sidecar, which makes it a Janus-Pro checkpoint."""
+    for file in tiny_dir.iterdir():
+        if file.name != "unigap.json":
+            (tmp_path / file.name).write_bytes(file.read_bytes())
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def images() -> list[np.ndarray]:
     rng = np.random.default_rng(0)

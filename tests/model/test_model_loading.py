@@ -76,12 +76,11 @@ def test_load_model_rejects_bad_paths(tmp_path: Path, monkeypatch: pytest.Monkey
         load_model("tiny")
 
 
-def test_directory_without_sidecar_is_janus_pro(tiny_dir: Path, tmp_path: Path) -> None:
-    for file in tiny_dir.iterdir():
-        if file.name != "unigap.json":
-            (tmp_path / file.name).write_bytes(file.read_bytes())
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": 0.25}))
-    model = load_model(tmp_path)
+def test_directory_without_sidecar_is_janus_pro(janus_pro_dir: Path) -> None:
+    (janus_pro_dir / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": 0.25})
+    )
+    model = load_model(janus_pro_dir)
     assert model.prompts.template == JANUS_PRO_TEMPLATE
     assert model.vision.mean == (0.1, 0.2, 0.3) and model.vision.std == (0.25, 0.25, 0.25)
 

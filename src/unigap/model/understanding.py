@@ -124,9 +124,7 @@ def grouped_answer_logprobs(
     prefix = prompts[0][:split]
     if any(p[:split] != prefix for p in prompts):
         raise ValueError("the prompt template puts question-dependent text before the image; cannot share it")
-    pixels = vision(images).to(model.device, model.dtype)
-    prefix_ids = torch.tensor([prefix] * len(images), dtype=torch.long, device=model.device)
-    cache = model.model(input_ids=prefix_ids, pixel_values=pixels, use_cache=True).past_key_values
+    _, cache = _hidden(model, _batch(model, fmt, vision, images, [prefix] * len(images)), use_cache=True)
     cache.batch_select_indices(torch.tensor(owner, device=model.device))
     targets = [fmt.answer_ids(answer) for answer in flat_answers]
     ids, mask = left_pad([p[split:] + t for p, t in zip(prompts, targets, strict=True)], fmt.ids.pad)
