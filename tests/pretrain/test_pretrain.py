@@ -19,7 +19,7 @@ from unigap.pretrain import run as run_module
 from unigap.pretrain.corpus import build_corpus
 from unigap.pretrain.joint import generation_loss, understanding_loss
 from unigap.pretrain.run import build_model, tokenize_corpus
-from unigap.pretrain.vq import to_pixels, train_vq, vq_reconstruct
+from unigap.pretrain.vq import CROP_FOREGROUND, grid_crops, to_pixels, train_vq, vq_reconstruct
 from unigap.world import satisfies, split_prompts
 
 TINY = QUICK.scaled(scenes=24, questions_per_scene=2, vq_steps=2, vq_batch=4, steps=4, und_batch=4, gen_batch=4,
@@ -64,6 +64,26 @@ def test_vq_training_path_agrees_with_transformers_decode(corpus) -> None:
         recon, _, ids = vq_reconstruct(vq, pixels)
         assert torch.equal(ids, vq_encode(vq, pixels))  # training picks the codes encode picks
         assert torch.allclose(recon, vq.decode(ids), atol=1e-5)  # and decodes them as transformers does
+
+
+def _has_object(crop: np.ndarray) -> bool:
+    return bool((np.abs(crop.astype(np.int16) - crop[:1, :1].astype(np.int16)).max(-1) > CROP_FOREGROUND).any())
+
+
+def test_object_biased_crops_are_grid_aligned_and_favour_objects() -> None:
+    canvas = np.full((64, 64, 3), 255, np.uint8)
+    canvas[40:44, 8:12] = (200, 0, 0)  # one small object, inside 6 of the 25 grid-aligned 32×32 windows
+    images = np.repeat(canvas[None], 600, axis=0)
+    uniform = grid_crops(images, 32, 8, torch.Generator().manual_seed(0))
+    biased = grid_crops(images, 32, 8, torch.Generator().manual_seed(0), empty_weight=0.1)
+    assert uniform.shape == biased.shape == (600, 32, 32, 3)
+    corners = {(r, c) for r in range(0, 33, 8) for c in range(0, 33, 8)}
+    for crops in (uniform, biased):  # every crop is one of the grid-aligned windows of the canvas
+        assert all(any(np.array_equal(crop, canvas[r : r + 32, c : c + 32]) for r, c in corners) for crop in crops[:40])
+    share_uniform = np.mean([_has_object(crop) for crop in uniform])
+    share_biased = np.mean([_has_object(crop) for crop in biased])
+    # 6 of the 25 corners hold the object: uniform ≈ 0.24, weight 0.1 for the rest ≈ 6 / (6 + 1.9) ≈ 0.76
+    assert 0.15 < share_uniform < 0.33 and 0.68 < share_biased < 0.84
 
 
 def test_losses_are_the_model_scorers(model_and_corpus) -> None:

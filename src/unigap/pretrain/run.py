@@ -115,7 +115,8 @@ def _stage_vq(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Pat
             if (step + 1) % 10 == 0 or step + 1 == config.vq_steps:
                 _log(out, {"stage": "vq", "step": step + 1, **asdict(numbers)})
 
-        train_vq(vq, corpus.renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step, config.vq_crop)
+        train_vq(vq, corpus.renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step,
+                 config.vq_crop, config.vq_empty_crop_weight)
     seconds = time.perf_counter() - start
     state = {k: v.contiguous() for k, v in vq.state_dict().items()}
     write_atomically(out / VQ_FILE, lambda tmp: save_file(state, tmp, metadata={"seconds": repr(seconds)}))
@@ -175,6 +176,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     vq_seconds = _stage_vq(um, corpus, config, out, show_progress)
     tokenize_corpus(um, corpus)
     fidelity = vq_fidelity(um, n=VQ_CHECK, seed=config.seed, data_seed=config.seed, progress=show_progress)
+    _log(out, {"stage": "vq_fidelity", **fidelity})
     joint = _stage_joint(um, corpus, config, out, show_progress)
     save_tiny(um.model, um.tokenizer, out)
     summary = {

@@ -27,6 +27,7 @@ from unigap.model.images import normalized_codebook, vq_latents
 
 COMMITMENT = 0.25
 OBJECT_WEIGHT = 10.0
+CROP_FOREGROUND = 12  # uint8 distance from the background that makes a pixel part of an object, for crops
 RESTART_EVERY = 100  # steps between restarts of codes unused since the last restart
 
 
@@ -59,13 +60,29 @@ def reconstruction_loss(recon: torch.Tensor, pixels: torch.Tensor) -> torch.Tens
     return ((error.abs() + error.square()) * weight).mean() / weight.mean()
 
 
-def grid_crops(images: np.ndarray, size: int, cell: int, generator: torch.Generator) -> np.ndarray:
-    """One random `size`×`size` crop per image, its corner on the `cell`-pixel token grid."""
+def grid_crops(
+    images: np.ndarray, size: int, cell: int, generator: torch.Generator, empty_weight: float = 1.0
+) -> np.ndarray:
+    """One random `size`×`size` crop per image, its corner on the `cell`-pixel token grid.
+
+    Small objects are what the VQ loses, and many crops of a ShapeWorld canvas are plain background, so a
+    crop with no object pixel is drawn with weight `empty_weight` against 1 for one with some (1.0: uniform).
+    """
     height, width = images.shape[1:3]
     if size >= min(height, width):
         return images
-    rows = torch.randint((height - size) // cell + 1, (len(images),), generator=generator).numpy() * cell
-    cols = torch.randint((width - size) // cell + 1, (len(images),), generator=generator).numpy() * cell
+    n_rows, n_cols = (height - size) // cell + 1, (width - size) // cell + 1
+    if empty_weight == 1.0:
+        rows = torch.randint(n_rows, (len(images),), generator=generator).numpy() * cell
+        cols = torch.randint(n_cols, (len(images),), generator=generator).numpy() * cell
+    else:
+        foreground = np.abs(images.astype(np.int16) - images[:, :1, :1].astype(np.int16)).max(-1) > CROP_FOREGROUND
+        table = np.pad(foreground.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))  # summed-area table
+        r, c = np.arange(n_rows)[:, None] * cell, np.arange(n_cols)[None] * cell
+        counts = table[:, r + size, c + size] - table[:, r, c + size] - table[:, r + size, c] + table[:, r, c]
+        weights = torch.from_numpy(np.where(counts > 0, 1.0, empty_weight).reshape(len(images), -1).astype(np.float32))
+        pick = torch.multinomial(weights, 1, generator=generator).squeeze(1).numpy()
+        rows, cols = (pick // n_cols) * cell, (pick % n_cols) * cell
     return np.stack([image[r : r + size, c : c + size] for image, r, c in zip(images, rows, cols, strict=True)])
 
 
@@ -83,6 +100,7 @@ def train_vq(
     seed: int,
     on_step: Callable[[int, VQStep], None] | None = None,
     crop: int | None = None,
+    empty_crop_weight: float = 1.0,
 ) -> None:
     """Train `vq` in place on uint8 renders [S, H, W, 3] (or grid-aligned crops of them); leaves it in eval mode."""
     generator = torch.Generator().manual_seed(seed)
@@ -93,7 +111,7 @@ def train_vq(
     vq.train()
     for step in range(steps):
         rows = torch.randint(len(images), (batch,), generator=generator).numpy()
-        pixels = to_pixels(grid_crops(images[rows], crop or images.shape[1], cell, generator))
+        pixels = to_pixels(grid_crops(images[rows], crop or images.shape[1], cell, generator, empty_crop_weight))
         recon, quant_loss, ids = vq_reconstruct(vq, pixels)
         reconstruction = reconstruction_loss(recon, pixels)
         loss = reconstruction + quant_loss
