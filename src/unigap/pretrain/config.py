@@ -22,11 +22,11 @@ class PretrainConfig:
     questions_per_scene: int = 4
     reconstructed_fraction: float = 0.5  # understanding images that are VQ reconstructions, not renders
     # stage 1: VQ tokenizer
-    vq_steps: int = 4000
+    vq_steps: int = 5600
     vq_batch: int = 32
     vq_lr: float = 3e-3
     vq_crop: int = 32  # train on grid-aligned crops of this side (the VQ is convolutional)
-    vq_empty_crop_weight: float = 0.1  # draw weight of a crop with no object, against 1 (benchmarks/vq_crops.py)
+    vq_empty_crop_weight: float = 1.0  # draw weight of a crop with no object, against 1; 1 = uniform (see README)
     # stage 2: everything but the VQ, on understanding + generation
     steps: int = 2300
     und_batch: int = 24  # images per step
