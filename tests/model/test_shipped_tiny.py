@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from unigap.evaluate import answer_items, held_out_pairs, understanding_items
 from unigap.evaluate.generation import generate_and_judge
 from unigap.model import load_model, loading
+from unigap.world import verify
 
 SIZE_LIMIT = 25 * 2**20  # issue 4: the shipped weights stay <= 25 MB
 
@@ -35,3 +37,13 @@ def test_the_shipped_model_generates_what_the_verifier_accepts(tiny) -> None:
     specs = [spec for spec, _ in held_out_pairs(32, seed=7)]
     _, records = generate_and_judge(tiny, specs, 7, 32, 5.0, 1.0, False)
     assert sum(r["verified"] for r in records) >= 2
+
+
+def test_random_image_tokens_are_clutter_the_verifier_rejects(tiny) -> None:
+    """A model that learned nothing must score ~0: random tokens decode to ~11 colour blobs, which met
+    existence prompts ("a circle") as often as the trained model's images before the world's object limit."""
+    specs = [spec for spec, _ in held_out_pairs(64, seed=3)]
+    codebook = tiny.model.config.vq_config.num_embeddings
+    ids = torch.randint(codebook, (len(specs), 64), generator=torch.Generator().manual_seed(0))
+    accepted = [verify(image, spec).satisfied for image, spec in zip(tiny.decode_tokens(ids), specs, strict=True)]
+    assert sum(accepted) <= 1

@@ -154,3 +154,16 @@ def test_blank_and_noise_images_contain_no_objects():
     speck = np.full((64, 64, 3), 255, np.uint8)
     speck[30:34, 30:34] = (200, 20, 20)  # 16 px: far below a small object's area
     assert detect(speck) == []
+
+
+def test_clutter_beyond_the_worlds_object_limit_satisfies_nothing():
+    """Random blobs must not pass existence prompts: more objects than any scene holds is no scene."""
+    image = np.full((64, 64, 3), 255, np.uint8)
+    for k in range(5):  # five small red squares, 3 px apart: every one is a clean detection
+        image[4 : 4 + 9, 4 + 12 * k : 13 + 12 * k] = (200, 20, 20)
+    assert [o.shape for o in detect(image)] == ["square"] * 5
+    verdict = verify(image, parse_prompt("a red square"))
+    assert not verdict.satisfied and verdict.reason == "5 objects found; a ShapeWorld scene holds at most 4"
+    image[4:13, 52:61] = 255  # four are a scene again
+    assert verify(image, parse_prompt("a red square")).satisfied
+    assert verify(image, parse_prompt("four red squares")).satisfied
