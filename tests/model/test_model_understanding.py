@@ -122,3 +122,16 @@ def test_grouped_answer_logprobs_train_the_vision_tower(fresh: UnifiedModel, ima
     assert fresh.model.model.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="2 questions but 1 answers"):
         fresh.grouped_answer_logprobs(images[:1], [["a ?", "b ?"]], [["x"]])
+
+
+def test_length_buckets_cover_every_row_once_and_cut_padding() -> None:
+    from unigap.model.understanding import length_buckets
+
+    lengths = [10, 30, 9, 11, 29, 10, 8, 12]
+    buckets = length_buckets(lengths, max_buckets=2)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    assert [sorted(lengths[i] for i in b) for b in buckets] == [[8, 9, 10, 10, 11, 12], [29, 30]]
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in buckets)
+    assert padded == 6 * 12 + 2 * 30 < len(lengths) * 30
+    assert length_buckets([5, 5, 5]) == [[0, 1, 2]]  # equal lengths need one run
+    assert length_buckets([]) == []

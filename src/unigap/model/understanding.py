@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import JanusForConditionalGeneration
+from transformers import DynamicCache, JanusForConditionalGeneration
 
 from unigap.model.decoding import (
     check_counts,
@@ -94,6 +94,34 @@ def _score_endings(
     return torch.where(target_mask, logprobs, 0.0).sum(dim=-1), target_mask.sum(dim=-1)
 
 
+def length_buckets(lengths: Sequence[int], max_buckets: int = 3) -> list[list[int]]:
+    """Indices grouped into at most `max_buckets` runs of similar length, minimising the padded size.
+
+    Why: left padding costs every row the longest row's length. A few long answers (full-sentence
+    descriptions) among many one-word ones would otherwise make most of a batch padding. Rows are sorted
+    by length and cut where the total `rows × longest` is smallest (exact, by dynamic programming).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    n = len(sizes)
+    # cost[k][j]: least padded size of the first j sorted rows in k runs; cut[k][j]: where the last run starts
+    cost = [[0.0] + [float("inf")] * n for _ in range(max_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    for k in range(1, max_buckets + 1):
+        for j in range(1, n + 1):
+            for i in range(j):
+                value = cost[k - 1][i] + (j - i) * sizes[j - 1]
+                if value < cost[k][j]:
+                    cost[k][j], cut[k][j] = value, i
+    k = min(range(1, max_buckets + 1), key=lambda b: cost[b][n]) if n else 0
+    buckets, j = [], n
+    while j > 0:
+        i = cut[k][j]
+        buckets.append(order[i:j])
+        j, k = i, k - 1
+    return buckets[::-1]
+
+
 def grouped_answer_logprobs(
     model: JanusForConditionalGeneration,
     fmt: PromptFormat,
@@ -107,7 +135,9 @@ def grouped_answer_logprobs(
     Why: the image block comes before the question, so in a causal LLM its keys and values do not depend
     on the question. They are computed once per image and shared by its questions, giving the same
     numbers as one sequence per question for a fraction of the cost (the image is most of the sequence).
-    Pretraining uses this to learn from several questions per image view.
+    The question + answer rows run in a few length buckets (`length_buckets`), so a long description
+    does not pad every one-word answer to its length. Pretraining uses this to learn from several
+    questions per image view.
     """
     check_counts(images=images, questions=questions, answers=answers)
     owner, flat_questions, flat_answers = [], [], []
@@ -125,17 +155,28 @@ def grouped_answer_logprobs(
     if any(p[:split] != prefix for p in prompts):
         raise ValueError("the prompt template puts question-dependent text before the image; cannot share it")
     _, cache = _hidden(model, _batch(model, fmt, vision, images, [prefix] * len(images)), use_cache=True)
-    cache.batch_select_indices(torch.tensor(owner, device=model.device))
     targets = [fmt.answer_ids(answer) for answer in flat_answers]
-    ids, mask = left_pad([p[split:] + t for p, t in zip(prompts, targets, strict=True)], fmt.ids.pad)
-    ids, mask = ids.to(model.device), mask.to(model.device)
-    hidden = model.model(
-        input_ids=ids,
-        attention_mask=torch.cat([mask.new_ones((len(ids), split)), mask], dim=1),
-        position_ids=split + positions(mask),
-        past_key_values=cache,
-    ).last_hidden_state
-    return _score_endings(model, hidden, ids, targets)
+    rows = [p[split:] + t for p, t in zip(prompts, targets, strict=True)]
+    buckets = length_buckets([len(row) for row in rows])
+    totals, counts = [], []
+    for bucket in buckets:
+        select = torch.tensor([owner[i] for i in bucket], device=model.device)
+        shared = DynamicCache([(layer.keys[select], layer.values[select]) for layer in cache.layers])
+        ids, mask = left_pad([rows[i] for i in bucket], fmt.ids.pad)
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        hidden = model.model(
+            input_ids=ids,
+            attention_mask=torch.cat([mask.new_ones((len(ids), split)), mask], dim=1),
+            position_ids=split + positions(mask),
+            past_key_values=shared,
+        ).last_hidden_state
+        total, count = _score_endings(model, hidden, ids, [targets[i] for i in bucket])
+        totals.append(total)
+        counts.append(count)
+    order = torch.tensor([i for bucket in buckets for i in bucket], device=model.device)
+    restore = torch.empty_like(order)
+    restore[order] = torch.arange(len(order), device=model.device)
+    return torch.cat(totals)[restore], torch.cat(counts)[restore]
 
 
 @torch.no_grad()
