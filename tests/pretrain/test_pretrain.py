@@ -160,3 +160,18 @@ def test_cli_rejects_bad_input_with_one_line(tmp_path: Path, capsys, args: list[
     err = capsys.readouterr().err
     assert exc.value.code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_reconstruction_loss_weighs_colour_spilt_beside_an_object_as_much_as_lost_object_pixels() -> None:
+    from unigap.pretrain.vq import OBJECT_MARGIN, reconstruction_loss
+
+    canvas = np.full((1, 32, 32, 3), 255, np.uint8)
+    canvas[0, 10:20, 10:20] = (200, 20, 20)
+    pixels = to_pixels(canvas)
+    lost, spilt, far = pixels.clone(), pixels.clone(), pixels.clone()
+    lost[..., 10, 10:20] = 1.0  # an object row turned background
+    spilt[..., 20 + OBJECT_MARGIN - 1, 10:20] = pixels[..., 10, 10:20]  # the same colour painted just outside
+    far[..., 28, 10:20] = pixels[..., 10, 10:20]  # and far from the object
+    loss = {name: reconstruction_loss(image, pixels).item() for name, image in [("lost", lost), ("spilt", spilt), ("far", far)]}
+    assert loss["spilt"] == pytest.approx(loss["lost"], rel=1e-6)
+    assert loss["far"] < loss["spilt"] / 5

@@ -19,18 +19,18 @@ class PretrainConfig:
     vision_layers: int = 2
     # corpus: train-split scenes rendered once; questions drawn per scene
     scenes: int = 6000
-    questions_per_scene: int = 4
+    questions_per_scene: int = 8
     reconstructed_fraction: float = 0.5  # understanding images that are VQ reconstructions, not renders
     # stage 1: VQ tokenizer
     vq_steps: int = 5600
     vq_batch: int = 32
     vq_lr: float = 3e-3
     vq_crop: int = 32  # train on grid-aligned crops of this side (the VQ is convolutional)
-    vq_empty_crop_weight: float = 1.0  # draw weight of a crop with no object, against 1; 1 = uniform (see README)
+    vq_empty_crop_weight: float = 0.1  # draw weight of a crop with no object, against 1; 1 = uniform (see README)
     # stage 2: everything but the VQ, on understanding + generation
-    steps: int = 2300
-    und_batch: int = 24  # images per step
-    questions_per_image: int = 4  # questions scored per understanding image (sharing its forward pass)
+    steps: int = 1800
+    und_batch: int = 16  # images per step
+    questions_per_image: int = 8  # questions scored per understanding image (sharing its forward pass)
     gen_batch: int = 24
     lr: float = 2e-3
     weight_decay: float = 0.01
