@@ -121,26 +121,40 @@ def test_prompt_dropout_uses_the_cfg_unconditional_prompt(model_and_corpus) -> N
     assert not torch.allclose(dropped, kept)
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    whole = pretrain(tmp_path / "whole", TINY, show_progress=False)
-    real_step, calls = run_module.joint_step, {"n": 0}
+@pytest.mark.parametrize(("stage", "checkpoint_file"), [("vq", "VQ_PARTIAL"), ("joint", "JOINT_FILE")])
+def test_killed_run_resumes_to_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str, checkpoint_file: str
+) -> None:
+    config = TINY.scaled(vq_steps=4)  # both stages: checkpoint at step 2, killed in step 3
+    whole = pretrain(tmp_path / "whole", config, show_progress=False)
+    calls = {"n": 0}
 
-    def dies_on_third_step(*args, **kwargs):
+    def dies_on_third_step() -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "joint_step", dies_on_third_step)
+    if stage == "vq":
+        real_train_vq = run_module.train_vq
+
+        def train_vq_dying(*args, **kwargs):
+            on_step = args[6]
+            return real_train_vq(*args[:6], lambda *a: (dies_on_third_step(), on_step(*a)), *args[7:], **kwargs)
+
+        monkeypatch.setattr(run_module, "train_vq", train_vq_dying)
+    else:
+        real_step = run_module.joint_step
+        monkeypatch.setattr(run_module, "joint_step", lambda *a, **k: (dies_on_third_step(), real_step(*a, **k))[1])
     with pytest.raises(KeyboardInterrupt):
-        pretrain(tmp_path / "resumed", TINY, show_progress=False)
-    monkeypatch.setattr(run_module, "joint_step", real_step)
-    assert (tmp_path / "resumed" / run_module.JOINT_FILE).is_file()
-    pretrain(tmp_path / "resumed", TINY, show_progress=False)
+        pretrain(tmp_path / "resumed", config, show_progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "resumed" / getattr(run_module, checkpoint_file)).is_file()
+    pretrain(tmp_path / "resumed", config, show_progress=False)
     a, b = load_file(whole / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not (whole / run_module.JOINT_FILE).exists() and not (whole / run_module.VQ_FILE).exists()
+    leftovers = (run_module.VQ_PARTIAL, run_module.VQ_FILE, run_module.JOINT_FILE)
+    assert not any((run / name).exists() for run in (whole, tmp_path / "resumed") for name in leftovers)
     um = load_model(whole)
     assert um.num_image_tokens == 64 and um.codebook_size == TINY.codebook_size
 

@@ -129,6 +129,7 @@ def grouped_answer_logprobs(
     images: Sequence[ImageInput],
     questions: Sequence[Sequence[str]],
     answers: Sequence[Sequence[str]],
+    max_buckets: int = 3,
 ) -> tuple[torch.Tensor, torch.LongTensor]:
     """`answer_logprobs` for several questions per image, flattened in order; the image is run once.
 
@@ -157,7 +158,7 @@ def grouped_answer_logprobs(
     _, cache = _hidden(model, _batch(model, fmt, vision, images, [prefix] * len(images)), use_cache=True)
     targets = [fmt.answer_ids(answer) for answer in flat_answers]
     rows = [p[split:] + t for p, t in zip(prompts, targets, strict=True)]
-    buckets = length_buckets([len(row) for row in rows])
+    buckets = length_buckets([len(row) for row in rows], max_buckets)
     totals, counts = [], []
     for bucket in buckets:
         select = torch.tensor([owner[i] for i in bucket], device=model.device)

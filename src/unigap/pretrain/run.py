@@ -1,8 +1,8 @@
 """`pretrain`: build the tokenizer and tiny Janus, train the VQ, then the rest; save a `load_model` checkpoint.
 
-Long work checkpoints into the output directory (`vq.safetensors` after stage 1, `joint.pt` every
-`checkpoint_every` steps of stage 2, both written atomically) and a rerun with the same arguments
-resumes from them; a finished run removes them, leaving just the checkpoint that ships. The corpus is rebuilt from the seed (deterministic), so it is never stored.
+Long work checkpoints into the output directory (`vq.pt` every `checkpoint_every` steps of stage 1,
+`vq.safetensors` at its end, `joint.pt` every `checkpoint_every` steps of stage 2, all written atomically)
+and a rerun with the same arguments resumes from them; a finished run removes them, leaving just the checkpoint that ships. The corpus is rebuilt from the seed (deterministic), so it is never stored.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from unigap.pretrain.vq import to_pixels, train_vq
 from unigap.world import vocabulary
 
 VQ_FILE = "vq.safetensors"
+VQ_PARTIAL = "vq.pt"  # stage 1 in progress
 JOINT_FILE = "joint.pt"
 LOG_FILE = "pretrain_log.jsonl"
 SUMMARY_FILE = "pretrain.json"
@@ -107,8 +108,16 @@ def _stage_vq(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Pat
         vq.load_state_dict(load_file(out / VQ_FILE))
         with safe_open(out / VQ_FILE, framework="pt") as handle:  # the seconds it took, kept across resumes
             return float((handle.metadata() or {}).get("seconds", 0.0))
-    start = time.perf_counter()
+    partial = out / VQ_PARTIAL
+    resume = torch.load(partial, weights_only=False) if partial.is_file() else None
+    start = time.perf_counter() - (resume["seconds"] if resume else 0.0)
+
+    def checkpoint(state: dict) -> None:
+        state["seconds"] = time.perf_counter() - start
+        write_atomically(partial, lambda tmp: torch.save(state, tmp))
+
     with _bar("VQ tokenizer", config.vq_steps, show) as update:
+        update(resume["step"] if resume else 0)
 
         def on_step(step: int, numbers: object) -> None:
             update(step + 1, f"loss {numbers.loss:.4f} codes {numbers.codes_used}")
@@ -116,10 +125,11 @@ def _stage_vq(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Pat
                 _log(out, {"stage": "vq", "step": step + 1, **asdict(numbers)})
 
         train_vq(vq, corpus.renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step,
-                 config.vq_crop, config.vq_empty_crop_weight)
+                 config.vq_crop, config.vq_empty_crop_weight, checkpoint, config.checkpoint_every, resume)
     seconds = time.perf_counter() - start
     state = {k: v.contiguous() for k, v in vq.state_dict().items()}
     write_atomically(out / VQ_FILE, lambda tmp: save_file(state, tmp, metadata={"seconds": repr(seconds)}))
+    partial.unlink(missing_ok=True)
     return seconds
 
 
@@ -189,6 +199,6 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
         "torch_threads": torch.get_num_threads(),
     }
     write_text_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2))
-    for stage_checkpoint in (VQ_FILE, JOINT_FILE):  # only a killed run needs them
+    for stage_checkpoint in (VQ_PARTIAL, VQ_FILE, JOINT_FILE):  # only a killed run needs them
         (out / stage_checkpoint).unlink(missing_ok=True)
     return out

@@ -107,15 +107,29 @@ def train_vq(
     on_step: Callable[[int, VQStep], None] | None = None,
     crop: int | None = None,
     empty_crop_weight: float = 1.0,
+    checkpoint: Callable[[dict], None] | None = None,
+    checkpoint_every: int = 100,
+    resume: dict | None = None,
 ) -> None:
-    """Train `vq` in place on uint8 renders [S, H, W, 3] (or grid-aligned crops of them); leaves it in eval mode."""
+    """Train `vq` in place on uint8 renders [S, H, W, 3] (or grid-aligned crops of them); leaves it in eval mode.
+
+    Every `checkpoint_every` steps `checkpoint` gets the whole training state (weights, optimiser, schedule,
+    sampler, code usage); passing that dict back as `resume` continues to the same weights as an unbroken run.
+    """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vq.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.05)
     used = torch.zeros(vq.config.num_embeddings, dtype=torch.bool)
+    first = 0
+    if resume is not None:
+        vq.load_state_dict(resume["vq"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        generator.set_state(resume["generator"])
+        used, first = resume["used"].clone(), resume["step"]
     cell = 2 ** (len(vq.config.channel_multiplier) - 1)  # pixels per token side
     vq.train()
-    for step in range(steps):
+    for step in range(first, steps):
         rows = torch.randint(len(images), (batch,), generator=generator).numpy()
         pixels = to_pixels(grid_crops(images[rows], crop or images.shape[1], cell, generator, empty_crop_weight))
         recon, quant_loss, ids = vq_reconstruct(vq, pixels)
@@ -131,6 +145,9 @@ def train_vq(
             used.zero_()
         if on_step is not None:
             on_step(step, VQStep(loss.item(), reconstruction.item(), int(used.sum())))
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            checkpoint({"vq": vq.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                        "generator": generator.get_state(), "used": used.clone(), "step": step + 1})
     vq.eval()
 
 
