@@ -36,6 +36,8 @@ def test_eval_writes_the_report(tiny_dir, tmp_path, capsys):
         assert {key, "n", "stderr", breakdown} <= set(report[name]), name
     assert report["understanding"]["n"] == 4 and report["config"]["model"] == str(tiny_dir)
     assert len(report["records"]["generation"]) == 4
+    assert report["vq_reconstruction"]["n"] == 4 and 0 <= report["vq_reconstruction"]["accuracy"] <= 1
+    assert "vq_reconstruction.accuracy" in stdout
     assert sorted(p.name for p in out.parent.iterdir()) == ["eval.json"]  # no temporary file left
 
 

@@ -27,7 +27,7 @@ def eval_command(
     temperature: float = typer.Option(1.0, "--temperature", help="Image sampling temperature (0 = greedy)."),
 ) -> None:
     """Write the metrics report to OUT and print a summary table."""
-    from unigap.evaluate import check_output_file, evaluate, save_report, summary_table
+    from unigap.evaluate import check_output_file, evaluate, save_report, summary_table, vq_fidelity
 
     require_positive("--n", n)
     require_positive("--batch-size", batch_size)
@@ -38,6 +38,8 @@ def eval_command(
     report = evaluate(
         um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature
     )
+    # the VQ is never trained after pretraining (adapters leave it alone), so this reads the base model's tokenizer
+    report["vq_reconstruction"] = vq_fidelity(um, n, seed, data_seed, batch_size)
     report["config"].update(model=model, adapter=None if adapter is None else str(adapter))
     save_report(report, out)
     Console().print(summary_table(report))

@@ -59,11 +59,15 @@ def summary_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"unigap eval (n={report['config']['n']}, seed={report['config']['seed']})")
     for column in ("metric", "value", "n", "stderr"):
         table.add_column(column, justify="left" if column == "metric" else "right")
+
+    def row(label: str, metric: dict[str, Any], key: str) -> None:
+        table.add_row(label, _fmt(metric[key]), str(metric["n"]), _fmt(metric["stderr"]))
+
     for name, key, breakdown in HEADLINES:
-        metric = report[name]
-        table.add_row(f"[bold]{name}.{key}[/bold]", _fmt(metric[key]), str(metric["n"]), _fmt(metric["stderr"]))
-        for group, sub in metric[breakdown].items():
-            table.add_row(f"  {group}", _fmt(sub[key]), str(sub["n"]), _fmt(sub["stderr"]))
-    mean = report["nonunification"]["mean_p_yes"]
-    table.add_row("[bold]mean P(yes)[/bold]", _fmt(mean["mean"]), str(mean["n"]), _fmt(mean["stderr"]))
+        row(f"[bold]{name}.{key}[/bold]", report[name], key)
+        for group, sub in report[name][breakdown].items():
+            row(f"  {group}", sub, key)
+    row("[bold]mean P(yes)[/bold]", report["nonunification"]["mean_p_yes"], "mean")
+    if "vq_reconstruction" in report:  # added by `unigap eval`, which holds a real VQ
+        row("[bold]vq_reconstruction.accuracy[/bold]", report["vq_reconstruction"], "accuracy")
     return table

@@ -29,8 +29,8 @@ class PretrainConfig:
     vq_empty_crop_weight: float = 0.1  # draw weight of a crop with no object, against 1; 1 = uniform (see README)
     # stage 2: everything but the VQ, on understanding + generation
     steps: int = 1500
-    und_batch: int = 16  # images per step
-    questions_per_image: int = 8  # questions scored per understanding image (sharing its forward pass)
+    und_batch: int = 24  # images per step
+    questions_per_image: int = 4  # questions scored per understanding image (sharing its forward pass)
     gen_batch: int = 24
     lr: float = 2e-3
     weight_decay: float = 0.01
