@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 
 from unigap.evaluate import answer_items, held_out_pairs, understanding_items
 from unigap.evaluate.generation import generate_and_judge
 from unigap.model import load_model, loading
+from unigap.pretrain import FULL
 from unigap.world import verify
 
 SIZE_LIMIT = 25 * 2**20  # issue 4: the shipped weights stay <= 25 MB
@@ -23,6 +27,12 @@ def test_the_shipped_model_is_small_and_self_contained() -> None:
     weights = directory / "model.safetensors"
     assert weights.is_file() and weights.stat().st_size <= SIZE_LIMIT
     assert (directory / "tokenizer.json").is_file() and (directory / "pretrain.json").is_file()
+
+
+def test_the_shipped_model_is_what_the_full_preset_trains() -> None:
+    """`unigap pretrain --seed 0` reproduces the shipped weights only if the preset is the one they were trained with."""
+    recorded = json.loads((loading.EMBEDDED["tiny"] / "pretrain.json").read_text())["config"]
+    assert recorded == asdict(FULL)
 
 
 def test_the_shipped_model_understands_held_out_scenes(tiny) -> None:
