@@ -137,9 +137,8 @@ def test_killed_run_resumes_to_the_same_weights(
     if stage == "vq":
         real_train_vq = run_module.train_vq
 
-        def train_vq_dying(*args, **kwargs):
-            on_step = args[6]
-            return real_train_vq(*args[:6], lambda *a: (dies_on_third_step(), on_step(*a)), *args[7:], **kwargs)
+        def train_vq_dying(*args, on_step, **kwargs):
+            return real_train_vq(*args, on_step=lambda *a: (dies_on_third_step(), on_step(*a)), **kwargs)
 
         monkeypatch.setattr(run_module, "train_vq", train_vq_dying)
     else:

@@ -124,8 +124,9 @@ def _stage_vq(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Pat
             if (step + 1) % 10 == 0 or step + 1 == config.vq_steps:
                 _log(out, {"stage": "vq", "step": step + 1, **asdict(numbers)})
 
-        train_vq(vq, corpus.renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step,
-                 config.vq_crop, config.vq_empty_crop_weight, checkpoint, config.checkpoint_every, resume)
+        train_vq(vq, corpus.renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step=on_step,
+                 crop=config.vq_crop, empty_crop_weight=config.vq_empty_crop_weight, checkpoint=checkpoint,
+                 checkpoint_every=config.checkpoint_every, resume=resume)
     seconds = time.perf_counter() - start
     state = {k: v.contiguous() for k, v in vq.state_dict().items()}
     write_atomically(out / VQ_FILE, lambda tmp: save_file(state, tmp, metadata={"seconds": repr(seconds)}))
