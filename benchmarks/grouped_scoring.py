@@ -25,7 +25,7 @@ from _common import machine, write_result
 from unigap.model import load_model
 from unigap.model.understanding import grouped_answer_logprobs
 from unigap.pretrain import FULL
-from unigap.pretrain.corpus import build_corpus
+from unigap.pretrain.corpus import understanding_corpus
 
 RESULT = Path(__file__).parent / "results" / "grouped_scoring.json"
 
@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     um = load_model("tiny")
     um.model.train()
-    corpus = build_corpus(400, seed=0, questions_per_scene=FULL.questions_per_scene)
+    corpus = understanding_corpus(400, seed=0, questions_per_scene=FULL.questions_per_scene)
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(args.repeats + 1):  # the first is a warm-up

@@ -16,38 +16,58 @@ from unigap.model.generation import prompt_batch
 from unigap.model.images import vq_encode
 from unigap.pretrain import QUICK, pretrain
 from unigap.pretrain import run as run_module
-from unigap.pretrain.corpus import build_corpus
-from unigap.pretrain.joint import generation_loss, understanding_loss
-from unigap.pretrain.run import build_model, tokenize_corpus
+from unigap.pretrain.corpus import generation_corpus, understanding_corpus
+from unigap.pretrain.joint import generation_loss, trainable_parameters, understanding_loss
+from unigap.pretrain.run import build_model, tokenize_corpora
 from unigap.pretrain.vq import CROP_FOREGROUND, grid_crops, to_pixels, train_vq, vq_reconstruct
-from unigap.world import satisfies, split_prompts
+from unigap.pretrain.vision import patch_labels, train_vision
+from unigap.world import COLORS, SHAPES, SIZES, Scene, SceneObject, satisfies, scene_split, split_prompts
 
-TINY = QUICK.scaled(scenes=24, questions_per_scene=2, vq_steps=2, vq_batch=4, steps=4, und_batch=4, gen_batch=4,
+TINY = QUICK.scaled(scenes=24, understanding_scenes=24, questions_per_scene=2, vq_steps=2, vq_batch=4, steps=4, und_batch=4, gen_batch=4,
                     checkpoint_every=2, warmup=2)
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    return build_corpus(24, seed=0, questions_per_scene=3)
+    return understanding_corpus(24, seed=0, questions_per_scene=3)
 
 
 @pytest.fixture(scope="module")
-def model_and_corpus(corpus):
+def gen_corpus():
+    return generation_corpus(24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_and_corpus(corpus, gen_corpus):
     um = build_model(TINY)
-    tokenize_corpus(um, corpus)
-    return um, corpus
+    tokenize_corpora(um, corpus, gen_corpus)
+    return um, corpus, gen_corpus
 
 
-def test_corpus_is_train_split_and_its_judge_answers_are_exact(corpus) -> None:
+def test_generation_corpus_is_drawn_for_train_prompts(gen_corpus) -> None:
     train = {spec.text for spec in split_prompts("train", 0)}
-    assert all(spec.text in train for spec in corpus.specs)
+    assert all(spec.text in train for spec in gen_corpus.specs)
+    assert np.array_equal(generation_corpus(24, seed=0).renders, gen_corpus.renders)
+
+
+def test_understanding_corpus_is_random_train_scenes_with_exact_judge_answers() -> None:
+    corpus = understanding_corpus(300, seed=0, questions_per_scene=3)
+    assert all(scene_split(scene, 0) == "train" for scene in corpus.scenes)
+    # uniformly random scenes: object counts 1-4 and every shape alone on the canvas, in even shares
+    counts = np.bincount([len(scene.objects) for scene in corpus.scenes], minlength=5)[1:]
+    assert counts.min() > 50
+    lone = {scene.objects[0].shape for scene in corpus.scenes if len(scene.objects) == 1}
+    assert lone == {"circle", "square", "triangle"}
+    train = {spec.text: spec for spec in split_prompts("train", 0)}
     judged = [(scene, q) for scene, qs in zip(corpus.scenes, corpus.questions, strict=True) for q in qs if q.kind == "judge"]
+    answers = []
     for scene, q in judged:
         prompt = q.text.removeprefix("Does this image show ").removesuffix("?")
         assert prompt in train  # held-out prompt texts never appear in training questions
-        spec = next(s for s in split_prompts("train", 0) if s.text == prompt)
-        assert q.answer == ("yes" if satisfies(scene, spec) else "no")
-    again = build_corpus(24, seed=0, questions_per_scene=3)
+        assert q.answer == ("yes" if satisfies(scene, train[prompt]) else "no")
+        answers.append(q.answer)
+    assert 0.3 < answers.count("yes") / len(answers) < 0.7  # a satisfied prompt is in every pool it can be
+    again = understanding_corpus(300, seed=0, questions_per_scene=3)
     assert [q.text for qs in again.questions for q in qs] == [q.text for qs in corpus.questions for q in qs]
     assert np.array_equal(again.renders, corpus.renders)
 
@@ -87,10 +107,10 @@ def test_object_biased_crops_are_grid_aligned_and_favour_objects() -> None:
 
 
 def test_losses_are_the_model_scorers(model_and_corpus) -> None:
-    um, corpus = model_and_corpus
+    um, corpus, gen_corpus = model_and_corpus
     rows = np.arange(4)
-    gen = generation_loss(um, corpus, rows, np.random.default_rng(0), dropout=0.0)
-    total, count = um.image_logprobs([corpus.specs[r].text for r in rows], torch.from_numpy(corpus.tokens[rows]))
+    gen = generation_loss(um, gen_corpus, rows, np.random.default_rng(0), dropout=0.0)
+    total, count = um.image_logprobs([gen_corpus.specs[r].text for r in rows], torch.from_numpy(gen_corpus.tokens[rows]))
     assert torch.allclose(gen, -total.sum() / count.sum(), atol=1e-5)
 
     # two of each scene's three questions, every answer token scored as `answer_logprobs` scores it alone
@@ -106,7 +126,7 @@ def test_losses_are_the_model_scorers(model_and_corpus) -> None:
 
 
 def test_prompt_dropout_uses_the_cfg_unconditional_prompt(model_and_corpus) -> None:
-    um, corpus = model_and_corpus
+    um, _, corpus = model_and_corpus
     rows = np.arange(3)
     prompts = [corpus.specs[r].text for r in rows]
     dropped = generation_loss(um, corpus, rows, np.random.default_rng(0), dropout=1.0)
@@ -188,3 +208,40 @@ def test_reconstruction_loss_weighs_colour_spilt_beside_an_object_as_much_as_los
     loss = {name: reconstruction_loss(image, pixels).item() for name, image in [("lost", lost), ("spilt", spilt), ("far", far)]}
     assert loss["spilt"] == pytest.approx(loss["lost"], rel=1e-6)
     assert loss["far"] < loss["spilt"] / 5
+
+
+def test_patch_labels_mark_the_patches_inside_each_object_box() -> None:
+    obj = SceneObject("triangle", "blue", "small", x=24, y=40)  # box x 18..30, y 34..46 (radius 6)
+    labels = patch_labels(Scene(64, (obj,)), grid=8)
+    assert labels.shape == (3, 64)
+    inside = {(row, col) for row in range(8) for col in range(8) if labels[0, row * 8 + col]}
+    centres = [8 * k + 3.5 for k in range(8)]  # patch centres, in pixels
+    expected = {(r, c) for r in range(8) for c in range(8) if abs(centres[r] - 40) <= 6.5 and abs(centres[c] - 24) <= 6.5}
+    assert inside == expected and len(expected) == 4
+    row, col = next(iter(expected))
+    assert tuple(labels[:, row * 8 + col]) == (SHAPES.index("triangle") + 1, COLORS.index("blue") + 1, SIZES.index("small") + 1)
+    assert labels[:, [r * 8 + c for r in range(8) for c in range(8) if (r, c) not in expected]].sum() == 0
+
+
+def test_vision_stage_learns_and_is_seeded(model_and_corpus) -> None:
+    _, corpus, _ = model_and_corpus
+    towers, logs = [], []
+    for _ in range(2):
+        tower = build_model(TINY).model.model.vision_model
+        log = []
+        train_vision(tower, corpus, steps=30, batch=8, lr=3e-3, seed=0, reconstructed=0.5,
+                     on_step=lambda step, numbers, log=log: log.append(numbers.loss))
+        towers.append(tower.state_dict())
+        logs.append(log)
+    assert np.mean(logs[0][-5:]) < 0.8 * np.mean(logs[0][:5])  # it learns the labels
+    assert logs[0] == logs[1] and all(torch.equal(towers[0][k], towers[1][k]) for k in towers[0])
+
+
+@pytest.mark.parametrize("trains_vision", [False, True])
+def test_joint_stage_leaves_the_vq_and_by_default_the_vision_tower_alone(trains_vision: bool) -> None:
+    um = build_model(TINY)
+    params = {id(p) for p in trainable_parameters(um, TINY.scaled(joint_trains_vision=trains_vision))}
+    tower, vq = um.model.model.vision_model, um.model.model.vqmodel
+    assert not any(id(p) in params for p in vq.parameters())
+    assert all((id(p) in params) == trains_vision for p in tower.parameters())
+    assert all(id(p) in params for p in um.model.model.language_model.parameters())

@@ -16,7 +16,7 @@ def pretrain_command(
     seed: int = typer.Option(0, "--seed", help="Seed for the corpus, the initialisation and the data order."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized run (minutes, not a useful model)."),
 ) -> None:
-    """Train the VQ tokenizer, then LLM + vision + generation head; rerunning resumes from checkpoints."""
+    """Train the VQ tokenizer, the vision tower, then LLM + aligners + generation head; rerunning resumes."""
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     from unigap.pretrain import FULL, QUICK, pretrain  # torch: imported only when the command runs

@@ -17,8 +17,9 @@ class PretrainConfig:
     codebook_size: int = 512
     vision_hidden_size: int = 128
     vision_layers: int = 2
-    # corpus: train-split scenes rendered once; questions drawn per scene
-    scenes: int = 6000
+    # corpora (see unigap.pretrain.corpus): train-split scenes rendered once
+    scenes: int = 6000  # drawn for train prompts: generation targets and VQ training images
+    understanding_scenes: int = 6000  # uniformly random, with questions
     questions_per_scene: int = 8
     reconstructed_fraction: float = 0.5  # understanding images that are VQ reconstructions, not renders
     # stage 1: VQ tokenizer
@@ -27,7 +28,12 @@ class PretrainConfig:
     vq_lr: float = 3e-3
     vq_crop: int = 32  # train on grid-aligned crops of this side (the VQ is convolutional)
     vq_empty_crop_weight: float = 0.1  # draw weight of a crop with no object, against 1; 1 = uniform (see README)
-    # stage 2: everything but the VQ, on understanding + generation
+    # stage 2: the vision tower alone, on per-patch object labels (see unigap.pretrain.vision)
+    vision_steps: int = 600
+    vision_batch: int = 64
+    vision_lr: float = 2e-3
+    # stage 3: LLM, aligners and generation head (and the vision tower if joint_trains_vision) on both tasks
+    joint_trains_vision: bool = False
     steps: int = 1500
     und_batch: int = 24  # images per step
     questions_per_image: int = 4  # questions scored per understanding image (sharing its forward pass)
@@ -43,4 +49,4 @@ class PretrainConfig:
 
 
 FULL = PretrainConfig()
-QUICK = FULL.scaled(scenes=400, questions_per_scene=2, vq_steps=40, steps=40, checkpoint_every=20)
+QUICK = FULL.scaled(scenes=400, understanding_scenes=400, questions_per_scene=2, vq_steps=40, vision_steps=20, steps=40, checkpoint_every=20)

@@ -1,8 +1,11 @@
-"""`pretrain`: build the tokenizer and tiny Janus, train the VQ, then the rest; save a `load_model` checkpoint.
+"""`pretrain`: build the tokenizer and tiny Janus; train the VQ, the vision tower, then the rest; save a
+`load_model` checkpoint.
 
 Long work checkpoints into the output directory (`vq.pt` every `checkpoint_every` steps of stage 1,
-`vq.safetensors` at its end, `joint.pt` every `checkpoint_every` steps of stage 2, all written atomically)
-and a rerun with the same arguments resumes from them; a finished run removes them, leaving just the checkpoint that ships. The corpus is rebuilt from the seed (deterministic), so it is never stored.
+`vq.safetensors` at its end, `vision.safetensors` at the end of stage 2, `joint.pt` every `checkpoint_every`
+steps of stage 3, all written atomically) and a rerun with the same arguments resumes from them; a finished
+run removes them, leaving just the checkpoint that ships. The corpora are rebuilt from the seed
+(deterministic), so they are never stored.
 """
 
 from __future__ import annotations
@@ -42,13 +45,15 @@ from unigap.model.images import vq_decode, vq_encode
 from unigap.model.prompts import TINY_TEMPLATE
 from unigap.model.tiny import tiny_generation_config
 from unigap.pretrain.config import PretrainConfig
-from unigap.pretrain.corpus import Corpus, build_corpus
+from unigap.pretrain.corpus import GenerationCorpus, UnderstandingCorpus, generation_corpus, understanding_corpus
 from unigap.pretrain.joint import joint_step, make_optimizer, trainable_parameters
+from unigap.pretrain.vision import VisionStep, train_vision
 from unigap.pretrain.vq import to_pixels, train_vq
 from unigap.world import vocabulary
 
 VQ_FILE = "vq.safetensors"
 VQ_PARTIAL = "vq.pt"  # stage 1 in progress
+VISION_FILE = "vision.safetensors"
 JOINT_FILE = "joint.pt"
 LOG_FILE = "pretrain_log.jsonl"
 SUMMARY_FILE = "pretrain.json"
@@ -85,15 +90,27 @@ def build_model(config: PretrainConfig) -> UnifiedModel:
 
 
 @torch.no_grad()
-def tokenize_corpus(um: UnifiedModel, corpus: Corpus) -> None:
-    """VQ ids of every render, and the VQ's reconstruction of them (understanding sees both)."""
+def vq_tokens(um: UnifiedModel, renders: np.ndarray) -> np.ndarray:
+    """VQ ids [S, N] of uint8 renders [S, H, W, 3]."""
     vq = um.model.model.vqmodel
-    tokens, recons = [], []
-    for start in range(0, len(corpus), ENCODE_BATCH):
-        ids = vq_encode(vq, to_pixels(corpus.renders[start : start + ENCODE_BATCH]))
-        tokens.append(ids.numpy())
-        recons.append(np.stack([np.asarray(image) for image in vq_decode(vq, ids)]))
-    corpus.tokens, corpus.reconstructions = np.concatenate(tokens), np.concatenate(recons)
+    chunks = [vq_encode(vq, to_pixels(renders[i : i + ENCODE_BATCH])).numpy()
+              for i in range(0, len(renders), ENCODE_BATCH)]
+    return np.concatenate(chunks)
+
+
+@torch.no_grad()
+def vq_reconstructions(um: UnifiedModel, tokens: np.ndarray) -> np.ndarray:
+    """The VQ's decoding [S, H, W, 3] uint8 of ids [S, N]."""
+    vq = um.model.model.vqmodel
+    images = [image for i in range(0, len(tokens), ENCODE_BATCH)
+              for image in vq_decode(vq, torch.from_numpy(tokens[i : i + ENCODE_BATCH]))]
+    return np.stack([np.asarray(image) for image in images])
+
+
+def tokenize_corpora(um: UnifiedModel, und: UnderstandingCorpus, gen: GenerationCorpus) -> None:
+    """Generation targets are the VQ ids of its renders; understanding also sees VQ reconstructions."""
+    gen.tokens = vq_tokens(um, gen.renders)
+    und.reconstructions = vq_reconstructions(um, vq_tokens(um, und.renders))
 
 
 def _log(out: Path, row: dict) -> None:
@@ -101,13 +118,24 @@ def _log(out: Path, row: dict) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
-def _stage_vq(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Path, show: bool) -> float:
+def _save_stage(module: torch.nn.Module, path: Path, seconds: float) -> None:
+    """A finished stage's weights, with the seconds it took (kept across resumes), written atomically."""
+    state = {k: v.contiguous() for k, v in module.state_dict().items()}
+    write_atomically(path, lambda tmp: save_file(state, tmp, metadata={"seconds": repr(seconds)}))
+
+
+def _load_stage(module: torch.nn.Module, path: Path) -> float:
+    """Load a finished stage saved by `_save_stage`; returns the seconds its training took."""
+    module.load_state_dict(load_file(path))
+    with safe_open(path, framework="pt") as handle:
+        return float((handle.metadata() or {}).get("seconds", 0.0))
+
+
+def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out: Path, show: bool) -> float:
     """Train (or, on resume, load) the VQ; returns the seconds its training took (recorded in the file on resume)."""
     vq = um.model.model.vqmodel
     if (out / VQ_FILE).is_file():
-        vq.load_state_dict(load_file(out / VQ_FILE))
-        with safe_open(out / VQ_FILE, framework="pt") as handle:  # the seconds it took, kept across resumes
-            return float((handle.metadata() or {}).get("seconds", 0.0))
+        return _load_stage(vq, out / VQ_FILE)
     partial = out / VQ_PARTIAL
     resume = torch.load(partial, weights_only=False) if partial.is_file() else None
     start = time.perf_counter() - (resume["seconds"] if resume else 0.0)
@@ -124,19 +152,40 @@ def _stage_vq(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Pat
             if (step + 1) % 10 == 0 or step + 1 == config.vq_steps:
                 _log(out, {"stage": "vq", "step": step + 1, **asdict(numbers)})
 
-        train_vq(vq, corpus.renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step=on_step,
+        train_vq(vq, renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step=on_step,
                  crop=config.vq_crop, empty_crop_weight=config.vq_empty_crop_weight, checkpoint=checkpoint,
                  checkpoint_every=config.checkpoint_every, resume=resume)
     seconds = time.perf_counter() - start
-    state = {k: v.contiguous() for k, v in vq.state_dict().items()}
-    write_atomically(out / VQ_FILE, lambda tmp: save_file(state, tmp, metadata={"seconds": repr(seconds)}))
+    _save_stage(vq, out / VQ_FILE, seconds)
     partial.unlink(missing_ok=True)
     return seconds
 
 
-def _stage_joint(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: Path, show: bool) -> dict:
+def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainConfig, out: Path, show: bool) -> float:
+    """Pretrain (or, on resume, load) the vision tower on per-patch labels; returns the seconds it took."""
+    tower = um.model.model.vision_model
+    if (out / VISION_FILE).is_file():
+        return _load_stage(tower, out / VISION_FILE)
+    start = time.perf_counter()
+    with _bar("vision tower", config.vision_steps, show) as update:
+
+        def on_step(step: int, numbers: VisionStep) -> None:
+            update(step + 1, f"loss {numbers.loss:.3f} shape {numbers.shape_accuracy:.2f}")
+            if (step + 1) % 10 == 0 or step + 1 == config.vision_steps:
+                _log(out, {"stage": "vision", "step": step + 1, **asdict(numbers)})
+
+        train_vision(tower, und, config.vision_steps, config.vision_batch, config.vision_lr, config.seed,
+                     config.reconstructed_fraction, on_step=on_step)
+    seconds = time.perf_counter() - start
+    _save_stage(tower, out / VISION_FILE, seconds)
+    return seconds
+
+
+def _stage_joint(
+    um: UnifiedModel, und: UnderstandingCorpus, gen: GenerationCorpus, config: PretrainConfig, out: Path, show: bool
+) -> dict:
     """Train everything but the VQ, checkpointing every `checkpoint_every` steps; resumes from `joint.pt`."""
-    params = trainable_parameters(um)
+    params = trainable_parameters(um, config)
     optimizer, schedule = make_optimizer(params, config)
     rng = np.random.default_rng([config.seed, 2])
     step, seconds = 0, 0.0
@@ -155,7 +204,7 @@ def _stage_joint(um: UnifiedModel, corpus: Corpus, config: PretrainConfig, out: 
         update(step)
         started = time.perf_counter() - seconds
         while step < config.steps:
-            last = joint_step(um, corpus, optimizer, schedule, params, rng, config)
+            last = joint_step(um, und, gen, optimizer, schedule, params, rng, config)
             step += 1
             update(step, f"und {last.und_loss:.3f} gen {last.gen_loss:.3f}")
             if step % 10 == 0 or step == config.steps:
@@ -182,24 +231,28 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     um = build_model(config)
-    with _bar("corpus", config.scenes, show_progress) as update:
-        corpus = build_corpus(config.scenes, config.seed, config.questions_per_scene, update)
-    vq_seconds = _stage_vq(um, corpus, config, out, show_progress)
-    tokenize_corpus(um, corpus)
+    with _bar("generation corpus", config.scenes, show_progress) as update:
+        gen = generation_corpus(config.scenes, config.seed, update)
+    with _bar("understanding corpus", config.understanding_scenes, show_progress) as update:
+        und = understanding_corpus(config.understanding_scenes, config.seed, config.questions_per_scene, update)
+    vq_seconds = _stage_vq(um, gen.renders, config, out, show_progress)
+    tokenize_corpora(um, und, gen)
     fidelity = vq_fidelity(um, n=VQ_CHECK, seed=config.seed, data_seed=config.seed, progress=show_progress)
     _log(out, {"stage": "vq_fidelity", **fidelity})
-    joint = _stage_joint(um, corpus, config, out, show_progress)
+    vision_seconds = _stage_vision(um, und, config, out, show_progress)
+    joint = _stage_joint(um, und, gen, config, out, show_progress)
     save_tiny(um.model, um.tokenizer, out)
     summary = {
         "config": asdict(config),
         "vq_seconds": vq_seconds,
         "vq_reconstruction_accuracy": fidelity,  # verifier acceptance of held-out VQ reconstructions
+        "vision_seconds": vision_seconds,
         "joint_seconds": joint["seconds"],
         "final_losses": joint["final"],
         "wall_seconds_this_run": time.perf_counter() - started,
         "torch_threads": torch.get_num_threads(),
     }
     write_text_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2))
-    for stage_checkpoint in (VQ_PARTIAL, VQ_FILE, JOINT_FILE):  # only a killed run needs them
+    for stage_checkpoint in (VQ_PARTIAL, VQ_FILE, VISION_FILE, JOINT_FILE):  # only a killed run needs them
         (out / stage_checkpoint).unlink(missing_ok=True)
     return out
