@@ -1,10 +1,11 @@
-"""Stage 3: train the LLM, vision tower, aligners and generation head on both tasks at once.
+"""Stage 3: train the LLM, aligners and generation head (the vision tower too if `joint_trains_vision`) on
+both tasks at once.
 
-Each step takes a batch of understanding examples (random scene's image, several questions → exact
+Each step takes a batch of understanding examples (a random scene's image, several questions → exact
 answers; images are renders or their VQ reconstructions, so the model also understands the kind of image
-it generates) and a batch of text-to-image examples (prompt → VQ ids of a scene satisfying it). Some prompts are replaced
-by the unconditional prompt, built exactly as CFG builds it at inference. Each task's loss is its
-mean token cross-entropy; the step minimises their sum. The VQ stays frozen.
+it generates) and a batch of text-to-image examples (prompt → VQ ids of a scene satisfying it). Some
+prompts are replaced by the unconditional prompt, built exactly as CFG builds it at inference. Each task's
+loss is its mean token cross-entropy; the step minimises their sum. The VQ stays frozen.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def trainable_parameters(um: UnifiedModel, config: PretrainConfig) -> list[torch
     """Every parameter except the VQ tokenizer's (stage 1) and, unless `joint_trains_vision`, the vision
     tower's (stage 2). Why freeze the tower: trained on through the LLM's answers it forgets what stage 2
     taught it (`benchmarks/vision_probe.py`: a linear probe for the shape under each patch scores 0.92 on
-    the frozen tower, 0.40 on one trained on for 400 joint steps),
-    and Janus likewise keeps its pretrained SigLIP encoder frozen in unified pretraining (its stage II)."""
+    the frozen tower, 0.40 on one trained on for 400 joint steps), and Janus likewise keeps its pretrained SigLIP encoder frozen in unified pretraining (its stage II)."""
     um.model.model.vqmodel.requires_grad_(False)
     um.model.model.vision_model.requires_grad_(config.joint_trains_vision)
     return [p for p in um.model.parameters() if p.requires_grad]
