@@ -5,8 +5,8 @@ only through the LLM's answers, seeing is slow to come: after 1500 joint steps t
 shape of a lone object correctly 12% of the time. A per-patch label (shape, colour and size of the object
 whose bounding box holds the patch centre, or background) gives every patch of every image a target, so
 the tower learns shapes in about a minute. The three linear heads are dropped afterwards; the joint stage
-keeps the tower frozen unless `joint_trains_vision`. Images are renders or VQ reconstructions, as in the joint
-stage.
+keeps the tower frozen unless `joint_trains_vision`. Images are renders or VQ reconstructions, as in the
+joint stage.
 """
 
 from __future__ import annotations
