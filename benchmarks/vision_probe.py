@@ -23,7 +23,7 @@ from rich.table import Table
 from _common import machine, write_result
 from unigap.model import load_model
 from unigap.pretrain.corpus import understanding_corpus
-from unigap.pretrain.vision import patch_labels
+from unigap.pretrain.labels import patch_labels
 from unigap.pretrain.vq import to_pixels
 
 RESULT = Path(__file__).parent / "results" / "vision_probe.json"

@@ -17,10 +17,11 @@ from unigap.model.images import vq_encode
 from unigap.pretrain import QUICK, pretrain
 from unigap.pretrain import run as run_module
 from unigap.pretrain.corpus import generation_corpus, understanding_corpus
-from unigap.pretrain.joint import generation_loss, trainable_parameters, understanding_loss
+from unigap.pretrain.joint import PatchHead, generation_loss, trainable_parameters, understanding_loss
 from unigap.pretrain.run import build_model, tokenize_corpora
 from unigap.pretrain.vq import CROP_FOREGROUND, grid_crops, to_pixels, train_vq, vq_reconstruct
-from unigap.pretrain.vision import patch_labels, train_vision
+from unigap.pretrain.labels import patch_labels
+from unigap.pretrain.vision import train_vision
 from unigap.world import COLORS, SHAPES, SIZES, Scene, SceneObject, satisfies, scene_split, split_prompts
 
 TINY = QUICK.scaled(scenes=24, understanding_scenes=24, questions_per_scene=2, vq_steps=2, vq_batch=4, steps=4, und_batch=4, gen_batch=4,
@@ -34,7 +35,7 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def gen_corpus():
-    return generation_corpus(24, seed=0)
+    return generation_corpus(24, seed=0, grid=8)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,9 @@ def model_and_corpus(corpus, gen_corpus):
 def test_generation_corpus_is_drawn_for_train_prompts(gen_corpus) -> None:
     train = {spec.text for spec in split_prompts("train", 0)}
     assert all(spec.text in train for spec in gen_corpus.specs)
-    assert np.array_equal(generation_corpus(24, seed=0).renders, gen_corpus.renders)
+    again = generation_corpus(24, seed=0, grid=8)
+    assert np.array_equal(again.renders, gen_corpus.renders) and np.array_equal(again.labels, gen_corpus.labels)
+    assert gen_corpus.labels.shape == (24, 3, 64)
 
 
 def test_understanding_corpus_is_random_train_scenes_with_exact_judge_answers() -> None:
@@ -109,7 +112,7 @@ def test_object_biased_crops_are_grid_aligned_and_favour_objects() -> None:
 def test_losses_are_the_model_scorers(model_and_corpus) -> None:
     um, corpus, gen_corpus = model_and_corpus
     rows = np.arange(4)
-    gen = generation_loss(um, gen_corpus, rows, np.random.default_rng(0), dropout=0.0)
+    gen, _ = generation_loss(um, PatchHead(um.model.config.text_config.hidden_size), gen_corpus, rows, np.random.default_rng(0), dropout=0.0)
     total, count = um.image_logprobs([gen_corpus.specs[r].text for r in rows], torch.from_numpy(gen_corpus.tokens[rows]))
     assert torch.allclose(gen, -total.sum() / count.sum(), atol=1e-5)
 
@@ -129,7 +132,8 @@ def test_prompt_dropout_uses_the_cfg_unconditional_prompt(model_and_corpus) -> N
     um, _, corpus = model_and_corpus
     rows = np.arange(3)
     prompts = [corpus.specs[r].text for r in rows]
-    dropped = generation_loss(um, corpus, rows, np.random.default_rng(0), dropout=1.0)
+    head = PatchHead(um.model.config.text_config.hidden_size)
+    dropped, _ = generation_loss(um, head, corpus, rows, np.random.default_rng(0), dropout=1.0)
     ids, mask = prompt_batch(um.prompts, prompts, cfg=True, device=um.device)
     from unigap.model.generation import image_token_logits
 
@@ -137,8 +141,30 @@ def test_prompt_dropout_uses_the_cfg_unconditional_prompt(model_and_corpus) -> N
     logits = image_token_logits(um.model, ids[3:], mask[3:], tokens)  # the CFG unconditional half
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
     assert torch.allclose(dropped, expected, atol=1e-5)
-    kept = generation_loss(um, corpus, rows, np.random.default_rng(0), dropout=0.0)
+    kept, _ = generation_loss(um, head, corpus, rows, np.random.default_rng(0), dropout=0.0)
     assert not torch.allclose(dropped, kept)
+
+
+def test_patch_head_reads_the_states_that_predict_each_image_token(model_and_corpus) -> None:
+    um, _, corpus = model_and_corpus
+    rows = np.arange(3)
+    torch.manual_seed(0)
+    head = PatchHead(um.model.config.text_config.hidden_size)
+    gen, patch = generation_loss(um, head, corpus, rows, np.random.default_rng(0), dropout=0.0)
+    ids, mask = prompt_batch(um.prompts, [corpus.specs[r].text for r in rows], cfg=False, device=um.device)
+    from unigap.model.generation import image_token_states
+
+    states = image_token_states(um.model, ids, mask, torch.from_numpy(corpus.tokens[rows]))
+    assert states.shape == (3, 64, um.model.config.text_config.hidden_size)
+    labels = torch.from_numpy(corpus.labels[rows])
+    shape = torch.nn.functional.cross_entropy(head.shape(states).flatten(0, 1), labels[:, 0].flatten())
+    color = torch.nn.functional.cross_entropy(head.color(states).flatten(0, 1), labels[:, 1].flatten())
+    assert torch.allclose(patch, shape + color, atol=1e-5)
+    # the loss reaches the LLM: its gradient on the last layer is not zero
+    um.model.zero_grad()
+    patch.backward()
+    assert um.model.model.language_model.layers[-1].mlp.down_proj.weight.grad.abs().sum() > 0
+    um.model.zero_grad()
 
 
 @pytest.mark.parametrize(("stage", "checkpoint_file"), [("vq", "VQ_PARTIAL"), ("joint", "JOINT_FILE")])

@@ -183,10 +183,18 @@ def image_token_logits(
     <begin_of_image> predicts token 0 and the one at token i predicts token i+1, so the LLM sees the
     prompt plus all image tokens but the last.
     """
+    return model.model.generation_head(image_token_states(model, ids, mask, image_tokens))
+
+
+def image_token_states(
+    model: JanusForConditionalGeneration, ids: torch.LongTensor, mask: torch.LongTensor, image_tokens: torch.LongTensor
+) -> torch.Tensor:
+    """The LLM's last hidden states [B, N, hidden] that predict each image token (see `image_token_logits`),
+    for objectives that read them besides the generation head."""
     num_tokens = image_tokens.shape[1]
     embeds = torch.cat(
         [model.get_input_embeddings()(ids), model.prepare_embeddings_for_image_generation(image_tokens[:, :-1])], dim=1
     )
     mask = torch.cat([mask, mask.new_ones((mask.shape[0], num_tokens - 1))], dim=1)
-    logits, _ = _generation_logits(model, embeds, mask, positions(mask), None, use_cache=False, last=num_tokens)
-    return logits
+    out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False)
+    return out.last_hidden_state[:, -num_tokens:]

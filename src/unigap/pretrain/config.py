@@ -42,6 +42,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
     warmup: int = 100
     prompt_dropout: float = 0.1  # generation prompts replaced by the unconditional prompt (CFG)
+    patch_label_weight: float = 1.0  # weight of the image-position shape/colour loss (see unigap.pretrain.joint.PatchHead)
     checkpoint_every: int = 100
 
     def scaled(self, **changes: object) -> PretrainConfig:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unigap.pretrain.labels import patch_labels
 from unigap.world import (
     PromptSpec,
     Question,
@@ -41,10 +42,12 @@ SCENE_STREAM = 3  # rng stream of the understanding scenes, apart from the quest
 
 @dataclass
 class GenerationCorpus:
-    """Train prompts, a scene drawn for each, its render, and the render's VQ ids once a VQ exists."""
+    """Train prompts, a scene drawn for each, its render and per-patch labels (`labels.patch_labels`),
+    and the render's VQ ids once a VQ exists."""
 
     specs: list[PromptSpec]
     renders: np.ndarray  # [S, H, W, 3] uint8
+    labels: np.ndarray  # [S, 3, N] int64: shape, colour, size of the object under each image token
     tokens: np.ndarray | None = None  # [S, N] int64
 
     def __len__(self) -> int:
@@ -75,15 +78,16 @@ def judge_prompts(scene: Scene, train: Sequence[PromptSpec], rng: np.random.Gene
     return ([fitting] if fitting is not None else []) + others
 
 
-def generation_corpus(n: int, seed: int, progress: Callable[[int], None] | None = None) -> GenerationCorpus:
-    """n train-split (prompt, scene) pairs and the scenes' renders."""
+def generation_corpus(n: int, seed: int, grid: int, progress: Callable[[int], None] | None = None) -> GenerationCorpus:
+    """n train-split (prompt, scene) pairs, the scenes' renders and their labels on a grid × grid token grid."""
     pairs = sample_records(n, seed, "train")
     renders = []
     for i, (_, scene) in enumerate(pairs):
         renders.append(render(scene))
         if progress is not None:
             progress(i + 1)
-    return GenerationCorpus(specs=[spec for spec, _ in pairs], renders=np.stack(renders))
+    labels = np.stack([patch_labels(scene, grid) for _, scene in pairs])
+    return GenerationCorpus(specs=[spec for spec, _ in pairs], renders=np.stack(renders), labels=labels)
 
 
 def random_train_scenes(n: int, seed: int) -> list[Scene]:

@@ -46,7 +46,7 @@ from unigap.model.prompts import TINY_TEMPLATE
 from unigap.model.tiny import tiny_generation_config
 from unigap.pretrain.config import PretrainConfig
 from unigap.pretrain.corpus import GenerationCorpus, UnderstandingCorpus, generation_corpus, understanding_corpus
-from unigap.pretrain.joint import joint_step, make_optimizer, trainable_parameters
+from unigap.pretrain.joint import PatchHead, joint_step, make_optimizer, trainable_parameters
 from unigap.pretrain.vision import VisionStep, train_vision
 from unigap.pretrain.vq import to_pixels, train_vq
 from unigap.world import vocabulary
@@ -184,8 +184,11 @@ def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainCo
 def _stage_joint(
     um: UnifiedModel, und: UnderstandingCorpus, gen: GenerationCorpus, config: PretrainConfig, out: Path, show: bool
 ) -> dict:
-    """Train everything but the VQ, checkpointing every `checkpoint_every` steps; resumes from `joint.pt`."""
-    params = trainable_parameters(um, config)
+    """Train everything but the VQ, checkpointing every `checkpoint_every` steps; resumes from `joint.pt`.
+    The patch-label head is trained alongside and not saved with the model."""
+    torch.manual_seed(config.seed)
+    head = PatchHead(config.hidden_size).to(um.device)
+    params = trainable_parameters(um, config) + list(head.parameters())
     optimizer, schedule = make_optimizer(params, config)
     rng = np.random.default_rng([config.seed, 2])
     step, seconds = 0, 0.0
@@ -193,6 +196,7 @@ def _stage_joint(
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         um.model.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         rng.bit_generator.state = state["rng"]
@@ -204,7 +208,7 @@ def _stage_joint(
         update(step)
         started = time.perf_counter() - seconds
         while step < config.steps:
-            last = joint_step(um, und, gen, optimizer, schedule, params, rng, config)
+            last = joint_step(um, head, und, gen, optimizer, schedule, params, rng, config)
             step += 1
             update(step, f"und {last.und_loss:.3f} gen {last.gen_loss:.3f}")
             if step % 10 == 0 or step == config.steps:
@@ -212,6 +216,7 @@ def _stage_joint(
             if step % config.checkpoint_every == 0 or step == config.steps:
                 state = {
                     "model": um.model.state_dict(),
+                    "head": head.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),
                     "rng": rng.bit_generator.state,
@@ -232,7 +237,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     started = time.perf_counter()
     um = build_model(config)
     with _bar("generation corpus", config.scenes, show_progress) as update:
-        gen = generation_corpus(config.scenes, config.seed, update)
+        gen = generation_corpus(config.scenes, config.seed, int(round(um.num_image_tokens**0.5)), update)
     with _bar("understanding corpus", config.understanding_scenes, show_progress) as update:
         und = understanding_corpus(config.understanding_scenes, config.seed, config.questions_per_scene, update)
     vq_seconds = _stage_vq(um, gen.renders, config, out, show_progress)
