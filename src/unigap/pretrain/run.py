@@ -210,7 +210,7 @@ def _stage_joint(
         while step < config.steps:
             last = joint_step(um, head, und, gen, optimizer, schedule, params, rng, config)
             step += 1
-            update(step, f"und {last.und_loss:.3f} gen {last.gen_loss:.3f}")
+            update(step, f"und {last.und_loss:.3f} gen {last.gen_loss:.3f} patch {last.patch_loss:.3f}")
             if step % 10 == 0 or step == config.steps:
                 _log(out, {"stage": "joint", "step": step, **asdict(last)})
             if step % config.checkpoint_every == 0 or step == config.steps:
