@@ -20,7 +20,7 @@ from unigap.pretrain.corpus import generation_corpus, understanding_corpus
 from unigap.pretrain.joint import PatchHead, generation_loss, trainable_parameters, understanding_loss
 from unigap.pretrain.run import build_model, tokenize_corpora
 from unigap.pretrain.vq import CROP_FOREGROUND, grid_crops, to_pixels, train_vq, vq_reconstruct
-from unigap.pretrain.labels import patch_labels
+from unigap.pretrain.labels import grid_side, patch_labels
 from unigap.pretrain.vision import train_vision
 from unigap.world import COLORS, SHAPES, SIZES, Scene, SceneObject, satisfies, scene_split, split_prompts
 
@@ -234,6 +234,12 @@ def test_reconstruction_loss_weighs_colour_spilt_beside_an_object_as_much_as_los
     loss = {name: reconstruction_loss(image, pixels).item() for name, image in [("lost", lost), ("spilt", spilt), ("far", far)]}
     assert loss["spilt"] == pytest.approx(loss["lost"], rel=1e-6)
     assert loss["far"] < loss["spilt"] / 5
+
+
+def test_grid_side_is_the_side_of_a_square_token_grid() -> None:
+    assert grid_side(64) == 8 and grid_side(576) == 24  # tiny and Janus-Pro
+    with pytest.raises(ValueError, match="square grid"):
+        grid_side(60)
 
 
 def test_patch_labels_mark_the_patches_inside_each_object_box() -> None:

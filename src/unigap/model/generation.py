@@ -69,7 +69,7 @@ def guided(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
     return uncond + (cond - uncond) * cfg_scale
 
 
-def _generation_logits(
+def _generation_states(
     model: JanusForConditionalGeneration,
     embeds: torch.Tensor,
     mask: torch.Tensor,
@@ -78,7 +78,7 @@ def _generation_logits(
     use_cache: bool,
     last: int,
 ) -> tuple[torch.Tensor, object]:
-    """Run the LLM on embeddings; generation-head logits for the last `last` positions, and the cache."""
+    """Run the LLM on embeddings; its last hidden states at the last `last` positions, and the cache."""
     out = model.model.language_model(
         inputs_embeds=embeds,
         attention_mask=mask,
@@ -86,7 +86,7 @@ def _generation_logits(
         past_key_values=cache,
         use_cache=use_cache,
     )
-    return model.model.generation_head(out.last_hidden_state[:, -last:]), out.past_key_values
+    return out.last_hidden_state[:, -last:], out.past_key_values
 
 
 @torch.no_grad()
@@ -120,8 +120,8 @@ def sample_image_tokens(
     embeds = model.get_input_embeddings()(ids)
     cache = None
     for step in range(num_tokens):
-        logits, cache = _generation_logits(model, embeds, mask, position_ids, cache, use_cache=True, last=1)
-        logits = guided(logits[:, -1].float(), cfg_scale)
+        states, cache = _generation_states(model, embeds, mask, position_ids, cache, use_cache=True, last=1)
+        logits = guided(model.model.generation_head(states[:, -1]).float(), cfg_scale)
         token = choose(logits, temperature, generator)
         tokens[:, step] = token
         logprobs[:, step] = token_logprobs(logits, token)
@@ -196,5 +196,5 @@ def image_token_states(
         [model.get_input_embeddings()(ids), model.prepare_embeddings_for_image_generation(image_tokens[:, :-1])], dim=1
     )
     mask = torch.cat([mask, mask.new_ones((mask.shape[0], num_tokens - 1))], dim=1)
-    out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False)
-    return out.last_hidden_state[:, -num_tokens:]
+    states, _ = _generation_states(model, embeds, mask, positions(mask), None, use_cache=False, last=num_tokens)
+    return states

@@ -10,6 +10,14 @@ from unigap.world import COLORS, SHAPES, SIZES, Scene
 ATTRIBUTES = (SHAPES, COLORS, SIZES)  # label rows, in this order; class 0 is background
 
 
+def grid_side(num_image_tokens: int) -> int:
+    """Side of the square grid of `num_image_tokens` patches (8 for Janus's 64 tiny-model tokens)."""
+    side = int(round(num_image_tokens**0.5))
+    if side * side != num_image_tokens:
+        raise ValueError(f"{num_image_tokens} image tokens do not form a square grid")
+    return side
+
+
 def patch_labels(scene: Scene, grid: int) -> np.ndarray:
     """[3, grid·grid] int64: per patch (row-major, as the tower orders them) the shape, colour and size
     index + 1 of the object whose bounding box holds the patch centre; 0 where none does."""

@@ -47,6 +47,7 @@ from unigap.model.tiny import tiny_generation_config
 from unigap.pretrain.config import PretrainConfig
 from unigap.pretrain.corpus import GenerationCorpus, UnderstandingCorpus, generation_corpus, understanding_corpus
 from unigap.pretrain.joint import PatchHead, joint_step, make_optimizer, trainable_parameters
+from unigap.pretrain.labels import grid_side
 from unigap.pretrain.vision import VisionStep, train_vision
 from unigap.pretrain.vq import to_pixels, train_vq
 from unigap.world import vocabulary
@@ -237,7 +238,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     started = time.perf_counter()
     um = build_model(config)
     with _bar("generation corpus", config.scenes, show_progress) as update:
-        gen = generation_corpus(config.scenes, config.seed, int(round(um.num_image_tokens**0.5)), update)
+        gen = generation_corpus(config.scenes, config.seed, grid_side(um.num_image_tokens), update)
     with _bar("understanding corpus", config.understanding_scenes, show_progress) as update:
         und = understanding_corpus(config.understanding_scenes, config.seed, config.questions_per_scene, update)
     vq_seconds = _stage_vq(um, gen.renders, config, out, show_progress)

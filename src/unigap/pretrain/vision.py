@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from transformers.models.janus.modeling_janus import JanusVisionModel
 
 from unigap.pretrain.corpus import UnderstandingCorpus
-from unigap.pretrain.labels import ATTRIBUTES, patch_labels
+from unigap.pretrain.labels import ATTRIBUTES, grid_side, patch_labels
 from unigap.pretrain.vq import to_pixels
+
 
 @dataclass
 class VisionStep:
@@ -44,7 +45,7 @@ def train_vision(
     """Train `tower` in place on per-patch labels of `corpus` (renders, or reconstructions with probability
     `reconstructed`), with one-cycle AdamW; deterministic in `seed`."""
     assert corpus.reconstructions is not None
-    grid = int(round(tower.config.num_image_tokens**0.5))
+    grid = grid_side(tower.config.num_image_tokens)
     labels = torch.from_numpy(np.stack([patch_labels(scene, grid) for scene in corpus.scenes]))
     torch.manual_seed(seed)
     heads = torch.nn.ModuleList(torch.nn.Linear(tower.config.hidden_size, len(v) + 1) for v in ATTRIBUTES)
