@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from unigap.world.edits import NO_EDIT, REFLECT_QUESTION, candidate_edits
 from unigap.world import (
     QUESTION_KINDS,
     Scene,
@@ -163,8 +164,13 @@ def test_vocabulary_covers_every_generated_text_and_nothing_else():
     for _ in range(200):
         scene = sample_scene(rng)
         questions = [q for kind in QUESTION_KINDS[:-1] for q in candidate_questions(scene, kind)]
+        questions += [q for kind in QUESTION_KINDS[:-1] for q in candidate_questions(scene, kind, form="sentence")]
         questions += [judge(scene, all_specs()[i]) for i in rng.integers(len(all_specs()), size=5)]
         for q in questions:
             used.update(tokenize_words(q.text) + tokenize_words(q.answer))
+        spec = all_specs()[rng.integers(len(all_specs()))]
+        used.update(tokenize_words(REFLECT_QUESTION.format(prompt=spec.text)))
+        used.update(w for edit in candidate_edits(scene.objects) for w in tokenize_words(edit.text))
+    used.update(tokenize_words(NO_EDIT))
     assert used <= set(vocab), sorted(used - set(vocab))
     assert set(vocab) <= used, sorted(set(vocab) - used)  # no word the generators never produce

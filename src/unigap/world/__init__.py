@@ -1,7 +1,8 @@
 """ShapeWorld: a procedural world of coloured shapes with exact ground truth.
 
 It is the toolkit's judge: scenes and their renders (`scene`, `render`), GenEval-like prompts with exact
-semantics (`prompts`), questions with exact answers and the closed vocabulary (`questions`), a verifier
+semantics (`prompts`), edit instructions with exact semantics (`edits`), damaged pictures and the rule that
+labels them (`damage`), questions with exact answers and the closed vocabulary (`questions`), a verifier
 that parses imperfect images (`verify`), and deterministic datasets (`dataset`).
 """
 
@@ -14,18 +15,37 @@ from unigap.world.dataset import (
     split_prompts,
     write_dataset,
 )
+from unigap.world.damage import DAMAGE_KINDS, Damaged, damage_scene, render_damaged, rule_objects, rule_satisfies
+from unigap.world.edits import (
+    EDIT_KINDS,
+    NO_EDIT,
+    REFLECT_QUESTION,
+    Edit,
+    Reflection,
+    Ref,
+    apply_edit,
+    break_scene,
+    diff,
+    distance,
+    is_valid_fix,
+    parse_instruction,
+    parse_reflection,
+    reflection_answer,
+)
 from unigap.world.prompts import (
     CATEGORIES,
     Item,
     PromptSpec,
     all_specs,
     check,
+    near_misses,
     parse_prompt,
     sample_scene_for,
     sample_spec,
     satisfies,
 )
 from unigap.world.questions import (
+    ANSWER_FORMS,
     QUESTION_KINDS,
     Question,
     candidate_questions,
@@ -54,7 +74,29 @@ from unigap.world.scene import (
 from unigap.world.verify import Detected, Verdict, detect, load_image, verify
 
 __all__ = [
+    "ANSWER_FORMS",
     "BACKGROUND",
+    "DAMAGE_KINDS",
+    "EDIT_KINDS",
+    "NO_EDIT",
+    "REFLECT_QUESTION",
+    "Damaged",
+    "Edit",
+    "Reflection",
+    "Ref",
+    "apply_edit",
+    "break_scene",
+    "damage_scene",
+    "diff",
+    "distance",
+    "is_valid_fix",
+    "near_misses",
+    "parse_instruction",
+    "parse_reflection",
+    "reflection_answer",
+    "render_damaged",
+    "rule_objects",
+    "rule_satisfies",
     "CATEGORIES",
     "COLORS",
     "DEFAULT_CANVAS",

@@ -53,6 +53,7 @@ from unigap.world.scene import (
     Placed,
     Scene,
     place_objects,
+    reads_clearly,
     relation_holds,
 )
 
@@ -223,6 +224,30 @@ def _text_index() -> dict[str, PromptSpec]:
     return {spec.text: spec for spec in all_specs()}
 
 
+def _attributes(spec: PromptSpec) -> list[tuple]:
+    """The spec as attribute tuples, in every item order with the same meaning (a list of one or two)."""
+    items = [(i.shape, i.color, i.count) for i in spec.items]
+    if spec.category == "position":
+        return [(*items[0], *items[1], spec.relation)]
+    if len(items) == 2:  # "a circle and a square" means "a square and a circle"
+        return [(*items[0], *items[1]), (*items[1], *items[0])]
+    return [items[0]]
+
+
+@cache
+def near_misses(spec: PromptSpec) -> tuple[PromptSpec, ...]:
+    """Every prompt of the same category that differs from `spec` in exactly one thing: one item's colour,
+    shape or count, or the relation (the side). The judge's hard negatives: a picture of `spec` usually
+    fails them, and only careful looking tells which."""
+    mine = _attributes(spec)
+
+    def one_apart(other: PromptSpec) -> bool:
+        theirs = _attributes(other)[0]
+        return min(sum(a != b for a, b in zip(m, theirs, strict=True)) for m in mine) == 1
+
+    return tuple(other for other in all_specs(spec.category) if one_apart(other))
+
+
 def normalize_text(text: str) -> str:
     """Lower-case, trim, collapse whitespace, drop one trailing period: the forms `parse_prompt` accepts."""
     out = " ".join(text.lower().split())
@@ -300,8 +325,7 @@ def _reads_clearly(scene: Scene, spec: PromptSpec) -> bool:
         return True
     (a,) = [o for o in scene.objects if spec.items[0].matches(o)]
     (b,) = [o for o in scene.objects if spec.items[1].matches(o)]
-    dx, dy = abs(a.x - b.x), abs(a.y - b.y)
-    return dx >= dy if spec.relation in ("left of", "right of") else dy >= dx
+    return reads_clearly(a, b, spec.relation or "")
 
 
 def sample_scene_for(

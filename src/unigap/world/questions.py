@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from unigap.world.edits import EDIT_WORDS
 from unigap.world.prompts import (
     NUMBER_WORDS,
     RELATION_PHRASES,
@@ -68,19 +69,37 @@ TEMPLATES: dict[str, str] = {
     "description_one": "There is one object: {objects}.",
     "description_many": "There are {number} objects: {objects}.",
     "judge": "Does this image show {prompt}?",
+    "count_sentence": "There are {number} {nouns}.",
+    "count_one_sentence": "There is one {noun}.",
 }
+# Answer forms: the same question answered in one word, or (asked with SENTENCE_REQUEST) in a sentence that
+# repeats what it is about: "What color is the circle?" → "red"; "... Answer in a full sentence." → "The
+# circle is red." Existence and position sentences say "Yes, there is a red circle." / "No, the red circle
+# is not to the left of the blue square." The same facts at two answer lengths.
+ANSWER_FORMS: tuple[str, ...] = ("word", "sentence")
+SENTENCE_REQUEST = "Answer in a full sentence."
+SENTENCE_KINDS: frozenset[str] = frozenset({"color", "shape", "size", "count", "exists", "position"})
 
 
 @dataclass(frozen=True)
 class Question:
-    """One question about a scene and its exact answer."""
+    """One question about a scene and its exact answer; a sentence-form question also keeps its one-word
+    answer (`short`)."""
 
     kind: str
     text: str
     answer: str
+    form: str = "word"
+    short: str = ""
+
+    @property
+    def word(self) -> str:
+        """The one-word answer (the answer itself in the word form)."""
+        return self.short or self.answer
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "text": self.text, "answer": self.answer}
+        out = {"kind": self.kind, "text": self.text, "answer": self.answer}
+        return out if self.form == "word" else {**out, "form": self.form, "short": self.short}
 
 
 def question_kinds() -> list[str]:
@@ -128,30 +147,62 @@ def _unique(scene: Scene, shape: str | None = None, color: str | None = None) ->
     return found[0] if len(found) == 1 else None
 
 
+def _sentence_count(number: int, noun: str) -> str:
+    """'There are two red circles.', 'There is one red circle.', 'There are no red circles.'"""
+    if number == 1:
+        return TEMPLATES["count_one_sentence"].format(noun=noun)
+    return TEMPLATES["count_sentence"].format(number=NUMBER_WORDS[number] if number else "no", nouns=_plural_noun(noun))
+
+
+def _plural_noun(noun: str) -> str:
+    words = noun.split()
+    return " ".join([*words[:-1], plural(words[-1])])
+
+
 def candidate_questions(
-    scene: Scene, kind: str, judge_prompts: Sequence[PromptSpec] | None = None
+    scene: Scene, kind: str, judge_prompts: Sequence[PromptSpec] | None = None, form: str = "word"
 ) -> list[Question]:
     """Every well-defined question of one kind about the scene, in a fixed order.
 
     Judge questions range over `judge_prompts` (default: every prompt); a smaller pool makes them
-    cheap to sample and lets training keep held-out prompt texts out of its questions."""
+    cheap to sample and lets training keep held-out prompt texts out of its questions. `form` "sentence"
+    asks the same questions followed by `SENTENCE_REQUEST`, answered by a full sentence (see `ANSWER_FORMS`;
+    describe and judge questions have one form only)."""
     if kind not in QUESTION_KINDS:
         raise ValueError(f"unknown question kind {kind!r}; expected one of {', '.join(QUESTION_KINDS)}")
+    if form not in ANSWER_FORMS:
+        raise ValueError(f"unknown answer form {form!r}; expected one of {', '.join(ANSWER_FORMS)}")
+    if form == "sentence" and kind not in SENTENCE_KINDS:
+        return []
     t = TEMPLATES
+
+    def ask(text: str, answer: str, sentence: str) -> Question:
+        if form == "word":
+            return Question(kind, text, answer)
+        return Question(kind, f"{text} {SENTENCE_REQUEST}", sentence, form, answer)
+
     if kind == "color":
         unique_shapes = [(s, _unique(scene, shape=s)) for s in SHAPES]
-        return [Question(kind, t["color"].format(shape=s), o.color) for s, o in unique_shapes if o]
+        return [
+            ask(t["color"].format(shape=s), o.color, f"The {s} is {o.color}.") for s, o in unique_shapes if o
+        ]
     if kind == "shape":
         unique_colors = [(c, _unique(scene, color=c)) for c in COLORS]
-        return [Question(kind, t["shape"].format(color=c), o.shape) for c, o in unique_colors if o]
+        return [
+            ask(t["shape"].format(color=c), o.shape, f"The {c} object is {article(o.shape)} {o.shape}.")
+            for c, o in unique_colors
+            if o
+        ]
     unique = [(c, s, o) for c in COLORS for s in SHAPES if (o := _unique(scene, s, c)) is not None]
     if kind == "size":
-        return [Question(kind, t["size"].format(color=c, shape=s), o.size) for c, s, o in unique]
+        return [ask(t["size"].format(color=c, shape=s), o.size, f"The {c} {s} is {o.size}.") for c, s, o in unique]
     if kind == "count":
 
         def count(template: str, shape: str | None = None, color: str | None = None) -> Question:
             text = t[template].format(shapes=plural(shape or ""), color=color)
-            return Question(kind, text, NUMBER_WORDS[_count(scene, shape, color)])
+            number = _count(scene, shape, color)
+            noun = " ".join(w for w in (color, shape or "object") if w)
+            return ask(text, NUMBER_WORDS[number], _sentence_count(number, noun))
 
         return (
             [count("count_all")]
@@ -160,31 +211,28 @@ def candidate_questions(
             + [count("count_both", s, c) for c in COLORS for s in SHAPES]
         )
     if kind == "exists":
-        return [
-            Question(kind, t["exists_shape"].format(a=article(s), shape=s), _yes_no(_count(scene, s) > 0))
-            for s in SHAPES
-        ] + [
-            Question(
-                kind,
-                t["exists_both"].format(a=article(c), color=c, shape=s),
-                _yes_no(_count(scene, s, c) > 0),
-            )
-            for c in COLORS
-            for s in SHAPES
-        ]
+
+        def exists(template: str, shape: str, color: str | None = None) -> Question:
+            noun = f"{color} {shape}" if color else shape
+            there = _count(scene, shape, color) > 0
+            sentence = f"Yes, there is {article(noun)} {noun}." if there else f"No, there is no {noun}."
+            return ask(t[template].format(a=article(noun), color=color, shape=shape), _yes_no(there), sentence)
+
+        return [exists("exists_shape", s) for s in SHAPES] + [exists("exists_both", s, c) for c in COLORS for s in SHAPES]
     if kind == "position":
         margin = scene.geometry.margin
-        return [
-            Question(
-                kind,
-                t["position"].format(color=c1, shape=s1, relation=RELATION_PHRASES[r], color2=c2, shape2=s2),
-                _yes_no(relation_holds(a, b, r, margin)),
-            )
-            for c1, s1, a in unique
-            for c2, s2, b in unique
-            if a is not b
-            for r in RELATIONS
-        ]
+        out = []
+        for c1, s1, a in unique:
+            for c2, s2, b in unique:
+                if a is b:
+                    continue
+                for r in RELATIONS:
+                    holds = relation_holds(a, b, r, margin)
+                    phrase = f"the {c1} {s1} is{'' if holds else ' not'} {RELATION_PHRASES[r]} the {c2} {s2}"
+                    sentence = f"{'Yes' if holds else 'No'}, {phrase}."
+                    text = t["position"].format(color=c1, shape=s1, relation=RELATION_PHRASES[r], color2=c2, shape2=s2)
+                    out.append(ask(text, _yes_no(holds), sentence))
+        return out
     if kind == "describe":
         return [Question(kind, t["describe"], describe(scene))]
     return [judge(scene, spec) for spec in (all_specs() if judge_prompts is None else judge_prompts)]
@@ -195,18 +243,23 @@ def sample_question(
     rng: np.random.Generator,
     kind: str | None = None,
     judge_prompts: Sequence[PromptSpec] | None = None,
+    form: str = "word",
 ) -> Question:
     """One well-defined question, answer-balanced (see module docstring); kind uniform unless given.
-    Judge questions draw from `judge_prompts` (see `candidate_questions`)."""
+    Judge questions draw from `judge_prompts` (see `candidate_questions`). With `form` "sentence" the kinds
+    are those that have a sentence form, balanced by their one-word answer."""
     if kind is None:
-        kinds = [k for k in QUESTION_KINDS if k in ALWAYS_DEFINED or candidate_questions(scene, k)]
+        kinds = [
+            k for k in QUESTION_KINDS
+            if (form == "word" or k in SENTENCE_KINDS) and (k in ALWAYS_DEFINED or candidate_questions(scene, k))
+        ]
         kind = kinds[rng.integers(len(kinds))]
-    pool = candidate_questions(scene, kind, judge_prompts)
+    pool = candidate_questions(scene, kind, judge_prompts, form)
     if not pool:
         raise ValueError(f"no well-defined {kind!r} question exists for this scene")
-    answers = sorted({q.answer for q in pool})
+    answers = sorted({q.word for q in pool})
     answer = answers[rng.integers(len(answers))]
-    with_answer = [q for q in pool if q.answer == answer]
+    with_answer = [q for q in pool if q.word == answer]
     return with_answer[rng.integers(len(with_answer))]
 
 
@@ -227,8 +280,8 @@ def tokenize_words(text: str) -> list[str]:
 def _vocabulary() -> tuple[str, ...]:
     template_words = re.sub(r"\{\w+\}", " ", " ".join(TEMPLATES.values()))
     fillers = [*COLORS, *SHAPES, *map(plural, SHAPES), *SIZES, *NUMBER_WORDS, *RELATION_PHRASES.values()]
-    fillers += ["a", "an", "and", ",", "yes", "no"]
-    texts = [template_words, *fillers, *(spec.text for spec in all_specs())]
+    fillers += ["a", "an", "and", ",", "yes", "no", "is", "not", "there", "the", "this", "image", "object", "objects"]
+    texts = [template_words, *fillers, *(spec.text for spec in all_specs()), SENTENCE_REQUEST, *EDIT_WORDS]
     return tuple(sorted({w for text in texts for w in tokenize_words(text)}))
 
 

@@ -21,6 +21,7 @@ Geometry (all lengths scale with the canvas side, `canvas`; numbers below are fo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -171,6 +172,33 @@ def _compatible(geo: Geometry, a: SceneObject, b: SceneObject) -> bool:
     return not (lo < dx < hi or lo < dy < hi)
 
 
+def reads_clearly(a: Placed, b: Placed, relation: str) -> bool:
+    """A is displaced from B at least as much along the relation's axis as along the other one, so a
+    picture of "A left of B" is not mostly "A above B"."""
+    dx, dy = abs(a.x - b.x), abs(a.y - b.y)
+    return dx >= dy if relation in ("left of", "right of") else dy >= dx
+
+
+def place_object(
+    kind: tuple[str, str, str],
+    placed: Sequence[SceneObject],
+    rng: np.random.Generator,
+    canvas: int = DEFAULT_CANVAS,
+    accept: Callable[[SceneObject], bool] | None = None,
+    tries: int = 200,
+) -> SceneObject | None:
+    """A (shape, color, size) object at a random position compatible with `placed` (and `accept`ed);
+    None when `tries` random positions all fail. Rejection sampling from one draw of positions."""
+    geo = Geometry.for_canvas(canvas)
+    shape, color, size = kind
+    r = geo.radius(size)
+    for x, y in rng.integers(1 + r, canvas - 1 - r, size=(tries, 2)).tolist():  # one draw: fast
+        obj = SceneObject(shape, color, size, x, y)
+        if all(_compatible(geo, obj, other) for other in placed) and (accept is None or accept(obj)):
+            return obj
+    return None
+
+
 def place_objects(
     kinds: list[tuple[str, str, str]],
     rng: np.random.Generator,
@@ -181,17 +209,12 @@ def place_objects(
 
     Rejection sampling one object at a time; the caller retries (with fresh randomness) on None.
     """
-    geo = Geometry.for_canvas(canvas)
     placed: list[SceneObject] = []
-    for shape, color, size in kinds:
-        r = geo.radius(size)
-        for x, y in rng.integers(1 + r, canvas - 1 - r, size=(tries, 2)).tolist():  # one draw: fast
-            obj = SceneObject(shape, color, size, x, y)
-            if all(_compatible(geo, obj, other) for other in placed):
-                placed.append(obj)
-                break
-        else:
+    for kind in kinds:
+        obj = place_object(kind, placed, rng, canvas, tries=tries)
+        if obj is None:
             return None
+        placed.append(obj)
     return Scene(canvas, tuple(placed))
 
 

@@ -1,0 +1,435 @@
+"""Edit instructions: a small grammar with exact semantics, the edits a picture needs, and applying them.
+
+Why: reflection ("what should change in this image?") and editing ("change it") need an exact answer,
+as questions and prompts have one, so a model's instruction can be checked and a scene can be edited.
+
+Grammar (lower case; a trailing period is ignored). A reference names an existing object:
+``the [COLOR] SHAPE`` or ``the [COLOR] object`` ("object" matches any shape, also a malformed one), and
+points at the *first* object it matches in left-to-right order (the order of `Scene.objects` and of the
+verifier's detections).
+
+=========== ============================================= =============================================
+kind        text                                          effect
+=========== ============================================= =============================================
+recolour    ``make REF COLOR``                            the referent takes the new colour
+add         ``add a [COLOR] SHAPE [RELATION REF]``        a new object (relation to the reference)
+remove      ``remove REF``                                the referent disappears
+move        ``move REF RELATION REF``                     the referent moves into the relation
+=========== ============================================= =============================================
+
+RELATION is one of "to the left of", "to the right of", "above", "below" (their one definition is in
+`unigap.world.scene`). The stop answer is exactly `NO_EDIT`.
+
+**Distance** `distance(objects, spec)`: the fewest edits after which the objects satisfy the prompt,
+as if every object could be named (a reference names only the first object it matches, so in rare
+pictures, such as two purple squares where only the second would do, the true count is higher and no
+single edit lowers the distance: the diff is then empty). It is computed in closed form per category (the module's
+`_distance_*` functions say how): each missing item costs a recolour (when an object of its shape has
+another colour) or an add; a relation costs a move unless an add can carry it; a counting surplus costs
+removals; and a picture with more than four objects (`MAX_OBJECTS`) needs removals.
+**Diff** `diff(objects, spec)`: every single edit that removes one difference, i.e. lowers the distance
+by one; empty when the prompt is satisfied. An instruction is a *valid* fix iff it parses and lowers the
+distance (`is_valid_fix`), whatever words it uses to name its objects.
+
+`apply_to_objects` applies an edit abstractly (positions only as far as relations need them; an added
+object without a relation is in no relation); `apply_edit` applies it to a `Scene`, placing added and
+moved objects at random valid positions, so the result renders.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from unigap.errors import UserError
+from unigap.world.prompts import RELATION_PHRASES, Item, PromptSpec, article, check
+from unigap.world.scene import (
+    COLORS,
+    MAX_OBJECTS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Placed,
+    Scene,
+    SceneObject,
+    place_object,
+    reads_clearly,
+    relation_holds,
+)
+
+NO_EDIT = "no further edit needed"
+# R3's reflection question (sen-ye/R3), asked in a fresh context with the image and the target prompt.
+REFLECT_QUESTION = (
+    "The description of the target image is: {prompt}. How to further edit the provided image to make it "
+    "consistent with the target description? Please provide concrete editing instructions in a single "
+    "sentence. If no editing operation is needed, answer: no further edit needed."
+)
+EDIT_WORDS: tuple[str, ...] = (REFLECT_QUESTION.format(prompt=""), NO_EDIT, "make add remove move the object")  # for vocabularies
+EDIT_KINDS: tuple[str, ...] = ("recolour", "add", "remove", "move")
+ANY_SHAPE = "object"
+UNKNOWN = "unknown"  # the shape of a malformed object: it matches no prompt item and no SHAPE reference
+
+
+@dataclass(frozen=True)
+class Thing:
+    """An object as edits see it: shape (or "unknown"), colour, size, centre. Built from scene objects,
+    detections or damaged objects alike (`things`). An object an edit added or moved into a relation has
+    no centre (NaN) but a `pin`: (key of its anchor, relation), and is in no other relation."""
+
+    shape: str
+    color: str
+    size: str
+    x: float
+    y: float
+    key: int = 0
+    pin: tuple[int, str] | None = None
+
+
+def things(objects: Sequence[Placed]) -> list[Thing]:
+    """Objects (scene objects, detections, ...) as `Thing`s, in their given (left-to-right) order;
+    `Thing`s are kept as they are."""
+    if all(isinstance(o, Thing) for o in objects):
+        return list(objects)
+    return [Thing(o.shape, o.color, o.size, float(o.x), float(o.y), key=i) for i, o in enumerate(objects)]
+
+
+INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def related(a: Thing, b: Thing, relation: str, margin: float) -> bool:
+    """`relation_holds` for things, where a pinned object is in exactly its pinned relation."""
+    if a.pin == (b.key, relation) or b.pin == (a.key, INVERSE[relation]):
+        return True
+    return relation_holds(a, b, relation, margin)  # False for a NaN centre
+
+
+@dataclass(frozen=True)
+class Ref:
+    """``the [color] shape``; shape None means "object" (any shape)."""
+
+    shape: str | None = None
+    color: str | None = None
+
+    def matches(self, obj: Placed) -> bool:
+        return (self.shape is None or obj.shape == self.shape) and (self.color is None or obj.color == self.color)
+
+    @property
+    def text(self) -> str:
+        return " ".join(["the", *([self.color] if self.color else []), self.shape or ANY_SHAPE])
+
+    def find(self, objects: Sequence[Placed]) -> int | None:
+        """Index of the first object the reference matches, or None."""
+        return next((i for i, o in enumerate(objects) if self.matches(o)), None)
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One instruction of the grammar (see the module docstring); build with the class methods."""
+
+    kind: str
+    target: Ref | None = None  # recolour / remove / move
+    color: str | None = None  # recolour: the new colour; add: the new object's colour (None: any)
+    shape: str | None = None  # add: the new object's shape
+    relation: str | None = None  # move (required), add (optional)
+    anchor: Ref | None = None
+
+    @property
+    def text(self) -> str:
+        relation = f" {RELATION_PHRASES[self.relation]} {self.anchor.text}" if self.relation and self.anchor else ""
+        if self.kind == "recolour":
+            return f"make {self.target.text} {self.color}"
+        if self.kind == "remove":
+            return f"remove {self.target.text}"
+        if self.kind == "move":
+            return f"move {self.target.text}{relation}"
+        noun = f"{self.color} {self.shape}" if self.color else str(self.shape)
+        return f"add {article(noun)} {noun}{relation}"
+
+
+_COLOR = "|".join(COLORS)
+_SHAPE = "|".join(SHAPES)
+_RELATION = "|".join(re.escape(p) for p in RELATION_PHRASES.values())
+_REF = rf"the (?:(?:{_COLOR}) )?(?:{_SHAPE}|{ANY_SHAPE})"
+_PATTERNS = {
+    "recolour": re.compile(rf"make (?P<target>{_REF}) (?P<color>{_COLOR})"),
+    "add": re.compile(rf"add an? (?:(?P<color>{_COLOR}) )?(?P<shape>{_SHAPE})(?: (?P<relation>{_RELATION}) (?P<anchor>{_REF}))?"),
+    "remove": re.compile(rf"remove (?P<target>{_REF})"),
+    "move": re.compile(rf"move (?P<target>{_REF}) (?P<relation>{_RELATION}) (?P<anchor>{_REF})"),
+}
+_PHRASE_RELATION = {phrase: relation for relation, phrase in RELATION_PHRASES.items()}
+GRAMMAR_HELP = (
+    "expected one of: 'make the red circle blue', 'add a green square [to the left of the red circle]', "
+    "'remove the blue triangle', 'move the circle to the left of the square', or 'no further edit needed'"
+)
+
+
+def _normalize(text: str) -> str:
+    out = " ".join(text.lower().replace(" .", ".").split())
+    return out[:-1].rstrip() if out.endswith(".") else out
+
+
+def _parse_ref(text: str) -> Ref:
+    words = text.split()[1:]  # drop "the"
+    shape = None if words[-1] == ANY_SHAPE else words[-1]
+    return Ref(shape, words[0] if len(words) == 2 else None)
+
+
+def parse_instruction(text: str) -> Edit:
+    """The edit an instruction names; `UserError` for text outside the grammar (including `NO_EDIT`)."""
+    normal = _normalize(text)
+    for kind, pattern in _PATTERNS.items():
+        match = pattern.fullmatch(normal)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        relation = _PHRASE_RELATION.get(groups.get("relation") or "")
+        anchor = _parse_ref(groups["anchor"]) if groups.get("anchor") else None
+        target = _parse_ref(groups["target"]) if groups.get("target") else None
+        return Edit(kind, target, groups.get("color"), groups.get("shape"), relation, anchor)
+    raise UserError(f"not an edit instruction: {text!r}; {GRAMMAR_HELP}")
+
+
+@dataclass(frozen=True)
+class Reflection:
+    """A reflection answer read against the grammar: stop, one edit, or a format failure."""
+
+    text: str
+    stop: bool
+    edit: Edit | None
+
+    @property
+    def format_ok(self) -> bool:
+        return self.stop or self.edit is not None
+
+
+def parse_reflection(text: str) -> Reflection:
+    """`NO_EDIT` → stop; an instruction of the grammar → its edit; anything else a format failure."""
+    if _normalize(text) == NO_EDIT:
+        return Reflection(text, True, None)
+    try:
+        return Reflection(text, False, parse_instruction(text))
+    except UserError:
+        return Reflection(text, False, None)
+
+
+# -- abstract semantics: distance and diff ----------------------------------------------------------
+
+
+def _placed_in(thing: Thing, anchor: Thing, relation: str) -> Thing:
+    """`thing` put into the relation with `anchor` and no other (see `Thing`)."""
+    return replace(thing, x=math.nan, y=math.nan, pin=(anchor.key, relation))
+
+
+def apply_to_objects(objects: Sequence[Placed], edit: Edit) -> list[Thing] | None:
+    """The objects after the edit (abstract positions, see the module docstring); None if a reference
+    matches nothing, or a move's anchor is its target."""
+    out = things(objects)
+    target = edit.target.find(out) if edit.target else None
+    anchor = edit.anchor.find(out) if edit.anchor else None
+    if (edit.target and target is None) or (edit.anchor and anchor is None):
+        return None
+    if edit.kind == "recolour":
+        out[target] = replace(out[target], color=edit.color)
+    elif edit.kind == "remove":
+        del out[target]
+    elif edit.kind == "move":
+        if target == anchor:
+            return None
+        out[target] = _placed_in(out[target], out[anchor], edit.relation)
+    else:
+        key = max((o.key for o in out), default=-1) + 1  # no colour: matches no coloured item
+        new = Thing(edit.shape, edit.color or "", "small", math.nan, math.nan, key=key)
+        out.append(_placed_in(new, out[anchor], edit.relation) if anchor is not None else new)
+    return out
+
+
+def _excess(count: int) -> int:
+    return max(0, count - MAX_OBJECTS)
+
+
+def _convertible(obj: Placed, item: Item) -> bool:
+    """One recolour makes the object match the item."""
+    return item.color is not None and obj.shape == item.shape and obj.color != item.color
+
+
+def _distance_single(objects: Sequence[Placed], item: Item) -> int:
+    if any(item.matches(o) for o in objects):
+        return _excess(len(objects))
+    recolour = any(_convertible(o, item) for o in objects)
+    return 1 + _excess(len(objects) + (0 if recolour else 1))
+
+
+def _distance_pair(objects: Sequence[Placed], items: Sequence[Item]) -> int:
+    """two_objects / color_attribution: the items have different shapes, so no object serves both."""
+    missing = [item for item in items if not any(item.matches(o) for o in objects)]
+    adds = sum(1 for item in missing if not any(_convertible(o, item) for o in objects))
+    return len(missing) + _excess(len(objects) + adds)
+
+
+def _distance_count(objects: Sequence[Placed], item: Item) -> int:
+    matches = sum(item.matches(o) for o in objects)
+    if matches > item.count:  # removing surplus matches also lowers the object count
+        surplus = matches - item.count
+        return surplus + _excess(len(objects) - surplus)
+    missing = item.count - matches
+    adds = missing - min(missing, sum(_convertible(o, item) for o in objects))
+    return missing + _excess(len(objects) + adds)
+
+
+def _distance_position(objects: Sequence[Thing], spec: PromptSpec, margin: float) -> int:
+    """Least cost over witness choices: each witness an existing match (0), a recoloured object (1) or
+    an added one (1, one more object); a relation between two existing witnesses that fails costs a move."""
+    a_item, b_item = spec.items
+    relation = spec.relation or ""
+
+    def options(item: Item) -> list[tuple[int | None, int]]:
+        own = [(i, 0 if item.matches(o) else 1) for i, o in enumerate(objects)
+               if item.matches(o) or _convertible(o, item)]
+        return [*own, (None, 1)]  # None: a new object
+
+    best = math.inf
+    for a, cost_a in options(a_item):
+        for b, cost_b in options(b_item):
+            if a is not None and a == b:
+                continue
+            move = int(a is not None and b is not None and not related(objects[a], objects[b], relation, margin))
+            adds = (a is None) + (b is None)
+            best = min(best, cost_a + cost_b + move + _excess(len(objects) + adds))
+    return int(best)
+
+
+def distance(objects: Sequence[Placed], spec: PromptSpec, margin: float) -> int:
+    """The fewest edits after which `objects` satisfy `spec` (0 iff `check` holds); see the module docstring."""
+    objects = things(objects)
+    if spec.category in ("single_object", "colors"):
+        return _distance_single(objects, spec.items[0])
+    if spec.category in ("two_objects", "color_attribution"):
+        return _distance_pair(objects, spec.items)
+    if spec.category == "counting":
+        return _distance_count(objects, spec.items[0])
+    return _distance_position(objects, spec, margin)
+
+
+def _references(objects: Sequence[Placed]) -> list[Ref]:
+    """For each object that some reference picks, its most specific reference (colour + shape first)."""
+    refs: dict[int, Ref] = {}
+    for shape in (*SHAPES, None):
+        for color in (*COLORS, None):
+            ref = Ref(shape, color)
+            index = ref.find(objects)
+            if index is not None:
+                refs.setdefault(index, ref)
+    return [refs[i] for i in sorted(refs)]
+
+
+def candidate_edits(objects: Sequence[Placed]) -> list[Edit]:
+    """Every edit worth trying on these objects, each object named by its most specific reference."""
+    refs = _references(objects)
+    edits = [Edit("recolour", ref, color=c) for ref in refs for c in COLORS if c != ref.color]
+    edits += [Edit("remove", ref) for ref in refs]
+    edits += [Edit("move", ref, relation=r, anchor=other) for ref in refs for other in refs if other != ref
+              for r in RELATIONS]
+    for shape in SHAPES:
+        for color in (*COLORS, None):
+            edits.append(Edit("add", color=color, shape=shape))
+            edits += [Edit("add", color=color, shape=shape, relation=r, anchor=ref) for ref in refs for r in RELATIONS]
+    return edits
+
+
+def is_valid_fix(objects: Sequence[Placed], spec: PromptSpec, edit: Edit, margin: float) -> bool:
+    """Whether the edit applies and removes a difference (lowers the distance)."""
+    after = apply_to_objects(objects, edit)
+    return after is not None and distance(after, spec, margin) < distance(objects, spec, margin)
+
+
+KIND_PREFERENCE = ("recolour", "move", "remove", "add")  # least disruptive first
+
+
+def diff(objects: Sequence[Placed], spec: PromptSpec, margin: float) -> list[Edit]:
+    """Every single edit that removes one difference (see the module docstring), least disruptive kind
+    first (recolour, move, remove, add), then left to right; empty when the prompt is satisfied."""
+    if distance(objects, spec, margin) == 0:
+        return []
+    fixes = [e for e in candidate_edits(objects) if is_valid_fix(objects, spec, e, margin)]
+    return sorted(fixes, key=lambda e: KIND_PREFERENCE.index(e.kind))  # stable: keeps left-to-right order
+
+
+def reflection_answer(objects: Sequence[Placed], spec: PromptSpec, margin: float) -> str | None:
+    """The canonical reflection: `NO_EDIT` when the prompt is satisfied, else the first edit of the diff;
+    None when no single edit helps (clutter that no reference can name), where no answer is right."""
+    if distance(objects, spec, margin) == 0:
+        return NO_EDIT
+    fixes = diff(objects, spec, margin)
+    return fixes[0].text if fixes else None
+
+
+# -- concrete semantics: editing a scene ------------------------------------------------------------
+
+
+def apply_edit(scene: Scene, edit: Edit, rng: np.random.Generator) -> Scene:
+    """The scene after the edit; added and moved objects go to random valid positions (added ones get a
+    random size, the other size if it does not fit, and a random colour when the edit names none). `UserError` when the edit does not apply
+    (a reference matches nothing, a fifth object, or no free position)."""
+    objects = list(scene.objects)
+    target = edit.target.find(objects) if edit.target else None
+    anchor = edit.anchor.find(objects) if edit.anchor else None
+    if (edit.target and target is None) or (edit.anchor and anchor is None):
+        raise UserError(f"{edit.text!r} names no object of this scene")
+    if edit.kind == "recolour":
+        objects[target] = replace(objects[target], color=edit.color)
+        return Scene(scene.canvas, tuple(objects))
+    if edit.kind == "remove":
+        del objects[target]
+        return Scene(scene.canvas, tuple(objects))
+    if edit.kind == "move":
+        if target == anchor:
+            raise UserError(f"{edit.text!r} moves an object relative to itself")
+        moving = objects.pop(target)
+        kinds = [(moving.shape, moving.color, moving.size)]
+        anchor_obj = scene.objects[anchor]
+    else:
+        if len(objects) >= MAX_OBJECTS:
+            raise UserError(f"{edit.text!r}: a scene holds at most {MAX_OBJECTS} objects")
+        color = edit.color or COLORS[rng.integers(len(COLORS))]
+        first = int(rng.integers(len(SIZES)))
+        kinds = [(edit.shape, color, SIZES[(first + i) % len(SIZES)]) for i in range(len(SIZES))]
+        anchor_obj = objects[anchor] if anchor is not None else None
+    margin = scene.geometry.margin
+
+    def accept(obj: SceneObject) -> bool:
+        if anchor_obj is None:
+            return True
+        return relation_holds(obj, anchor_obj, edit.relation, margin) and reads_clearly(obj, anchor_obj, edit.relation)
+
+    placed = next((p for kind in kinds if (p := place_object(kind, objects, rng, scene.canvas, accept, tries=1000))), None)
+    if placed is None:
+        raise UserError(f"{edit.text!r}: no free position in this scene")
+    return Scene(scene.canvas, (*objects, placed))
+
+
+def break_scene(scene: Scene, spec: PromptSpec, rng: np.random.Generator) -> tuple[Scene, Edit]:
+    """A scene one edit away from satisfying `spec` (distance 1, with a fix the grammar can name), made by
+    one random edit of `scene`, and that edit. The edit's kind is drawn uniformly among the kinds that can
+    break this scene, then edits of that kind are tried in random order. `UserError` if none breaks it."""
+    margin = scene.geometry.margin
+    by_kind: dict[str, list[Edit]] = {}
+    for edit in candidate_edits(scene.objects):
+        by_kind.setdefault(edit.kind, []).append(edit)
+    kinds = [k for k in EDIT_KINDS if k in by_kind]
+    for k in rng.permutation(len(kinds)):
+        options = by_kind[kinds[k]]
+        for i in rng.permutation(len(options)):
+            after = apply_to_objects(scene.objects, options[i])  # cheap abstract test before placing objects
+            if after is None or distance(after, spec, margin) != 1:
+                continue
+            try:
+                broken = apply_edit(scene, options[i], rng)
+            except UserError:
+                continue
+            if distance(broken.objects, spec, margin) == 1 and diff(broken.objects, spec, margin):
+                return broken, options[i]
+    raise UserError(f"no single edit breaks this scene for {spec.text!r}")

@@ -1,0 +1,163 @@
+"""Edit instructions: the grammar's parser, its exact semantics on scenes, and the diff a reflection is judged by."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unigap.errors import UserError
+from unigap.world import (
+    CATEGORIES,
+    NO_EDIT,
+    Edit,
+    Item,
+    PromptSpec,
+    Ref,
+    Scene,
+    SceneObject,
+    apply_edit,
+    break_scene,
+    diff,
+    distance,
+    is_valid_fix,
+    parse_instruction,
+    parse_reflection,
+    reflection_answer,
+    sample_scene_for,
+    sample_spec,
+    satisfies,
+)
+from unigap.world.edits import apply_to_objects, candidate_edits
+
+MARGIN = 6
+
+
+def obj(shape: str, color: str, x: int, y: int, size: str = "small") -> SceneObject:
+    return SceneObject(shape, color, size, x, y)
+
+
+@pytest.mark.parametrize(
+    ("text", "edit"),
+    [
+        ("make the red circle blue", Edit("recolour", Ref("circle", "red"), color="blue")),
+        ("Make the circle blue.", Edit("recolour", Ref("circle"), color="blue")),
+        ("make the red object green", Edit("recolour", Ref(None, "red"), color="green")),
+        ("add a green square", Edit("add", color="green", shape="square")),
+        ("add a triangle", Edit("add", shape="triangle")),
+        ("add an orange circle to the left of the blue square",
+         Edit("add", color="orange", shape="circle", relation="left of", anchor=Ref("square", "blue"))),
+        ("remove the blue triangle", Edit("remove", Ref("triangle", "blue"))),
+        ("move the circle to the left of the square", Edit("move", Ref("circle"), relation="left of", anchor=Ref("square"))),
+        ("move the red circle below the object", Edit("move", Ref("circle", "red"), relation="below", anchor=Ref())),
+    ],
+)
+def test_parse_reads_every_form_and_text_inverts_it(text: str, edit: Edit) -> None:
+    assert parse_instruction(text) == edit
+    assert parse_instruction(edit.text) == edit
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "no further edit needed", "make the red circle", "paint the circle blue", "add the red circle",
+     "add a red object", "remove a blue triangle", "move the circle left of the square", "make the pink circle red",
+     "remove the blue triangle and the red square", "add a red circle to the left of a blue square"],
+)
+def test_text_outside_the_grammar_is_one_clear_error(text: str) -> None:
+    with pytest.raises(UserError, match="not an edit instruction") as caught:
+        parse_instruction(text)
+    assert "\n" not in str(caught.value) and "no further edit needed" in str(caught.value)
+
+
+def test_reflections_are_a_stop_an_edit_or_a_format_failure() -> None:
+    assert parse_reflection("No further edit needed.").stop
+    made = parse_reflection("make the red circle blue")
+    assert not made.stop and made.format_ok and made.edit == Edit("recolour", Ref("circle", "red"), color="blue")
+    broken = parse_reflection("the circle should be blue")
+    assert not broken.stop and not broken.format_ok and broken.edit is None
+
+
+def test_references_name_the_first_match_left_to_right() -> None:
+    scene = Scene(64, (obj("circle", "red", 40, 10), obj("circle", "red", 10, 40), obj("square", "blue", 50, 50)))
+    recoloured = apply_edit(scene, parse_instruction("make the red circle green"), np.random.default_rng(0))
+    assert [o.color for o in recoloured.objects] == ["green", "red", "blue"]  # the one at x = 10
+    removed = apply_edit(scene, parse_instruction("remove the object"), np.random.default_rng(0))
+    assert [o.x for o in removed.objects] == [40, 50]
+    with pytest.raises(UserError, match="names no object"):
+        apply_edit(scene, parse_instruction("remove the triangle"), np.random.default_rng(0))
+
+
+def test_applying_adds_and_moves_keeps_a_valid_scene_with_the_relation() -> None:
+    rng = np.random.default_rng(1)
+    scene = Scene(64, (obj("square", "blue", 32, 32),))
+    for relation in ("left of", "right of", "above", "below"):
+        added = apply_edit(scene, Edit("add", color="red", shape="circle", relation=relation, anchor=Ref("square")), rng)
+        assert satisfies(added, PromptSpec("position", (Item("circle", "red"), Item("square", "blue")), relation))
+        moved = apply_edit(added, Edit("move", Ref("circle"), relation="above" if relation != "above" else "below",
+                                       anchor=Ref("square")), rng)
+        assert len(moved.objects) == 2
+    full = Scene(64, tuple(obj("circle", "red", x, y) for x, y in ((10, 10), (50, 10), (10, 50), (50, 50))))
+    with pytest.raises(UserError, match="at most 4"):
+        apply_edit(full, Edit("add", shape="square"), rng)
+
+
+def test_distance_is_zero_exactly_when_the_prompt_holds() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        spec = sample_spec(rng)
+        scene = sample_scene_for(spec, rng)
+        other = sample_spec(rng, spec.category)
+        assert distance(scene.objects, spec, MARGIN) == 0
+        assert (distance(scene.objects, other, MARGIN) == 0) == satisfies(scene, other)
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_break_then_every_fix_of_the_diff_round_trips(category: str) -> None:
+    """In every category: a scene broken by one edit is one edit away; each edit of its diff parses back from
+    its text, is a valid fix, and applied to the scene makes the prompt hold."""
+    rng = np.random.default_rng(CATEGORIES.index(category))
+    applied = 0
+    for _ in range(40):
+        spec = sample_spec(rng, category)
+        broken, _ = break_scene(sample_scene_for(spec, rng), spec, rng)
+        assert distance(broken.objects, spec, MARGIN) == 1 and not satisfies(broken, spec)
+        fixes = diff(broken.objects, spec, MARGIN)
+        assert fixes and reflection_answer(broken.objects, spec, MARGIN) == fixes[0].text
+        for fix in fixes:
+            assert parse_instruction(fix.text) == fix and is_valid_fix(broken.objects, spec, fix, MARGIN)
+            try:
+                fixed = apply_edit(broken, fix, rng)
+            except UserError:  # an add that finds no free position in this scene
+                continue
+            applied += 1
+            assert satisfies(fixed, spec), (spec.text, fix.text, broken)
+    assert applied >= 40
+
+
+def test_the_diff_holds_every_edit_that_lowers_the_distance_and_only_those() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        spec = sample_spec(rng)
+        broken, _ = break_scene(sample_scene_for(spec, rng), spec, rng)
+        before = distance(broken.objects, spec, MARGIN)
+        lowering = {e for e in candidate_edits(broken.objects)
+                    if (after := apply_to_objects(broken.objects, e)) is not None and distance(after, spec, MARGIN) < before}
+        assert set(diff(broken.objects, spec, MARGIN)) == lowering
+
+
+def test_worked_examples() -> None:
+    red_circle = PromptSpec("colors", (Item("circle", "red"),))
+    objects = [obj("circle", "blue", 10, 10), obj("square", "red", 40, 40)]
+    assert diff(objects, red_circle, MARGIN)[0].text == "make the blue circle red"
+    assert "add a red circle" in {e.text for e in diff(objects, red_circle, MARGIN)}
+    assert reflection_answer([obj("circle", "red", 10, 10)], red_circle, MARGIN) == NO_EDIT
+    two = PromptSpec("counting", (Item("square", "green", 2),))
+    three = [obj("square", "green", 10, 10), obj("square", "green", 40, 10), obj("square", "green", 10, 40)]
+    assert {e.kind for e in diff(three, two, MARGIN)} == {"recolour", "remove"}
+    left = PromptSpec("position", (Item("circle", "red"), Item("square", "blue")), "left of")
+    wrong_side = [obj("square", "blue", 10, 30), obj("circle", "red", 50, 30)]
+    assert {"move the blue square to the right of the red circle", "move the red circle to the left of the blue square",
+            "add a red circle to the left of the blue square"} <= {e.text for e in diff(wrong_side, left, MARGIN)}
+    # five objects are clutter: one removal fixes it when the witness survives it
+    clutter = [obj("circle", "red", 5 + 12 * i, 30) for i in range(5)]
+    assert distance(clutter, red_circle, MARGIN) == 1
+    assert {e.kind for e in diff(clutter, red_circle, MARGIN)} == {"remove"}
