@@ -26,6 +26,12 @@ def um(tiny_dir: Path) -> UnifiedModel:
     return load_model(tiny_dir)
 
 
+@pytest.fixture(scope="session")
+def editor(tmp_path_factory: pytest.TempPathFactory) -> UnifiedModel:
+    """A tiny random checkpoint whose sidecar says it can edit."""
+    return load_model(save_random_tiny(tmp_path_factory.mktemp("editor"), WORDS, seed=1, editing=True))
+
+
 @pytest.fixture
 def fresh(tiny_dir: Path) -> UnifiedModel:
     return load_model(tiny_dir)

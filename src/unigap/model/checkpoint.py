@@ -2,8 +2,9 @@
 
 A checkpoint is a transformers-format directory (config + safetensors + tokenizer files, optionally a
 preprocessor config and generation config). unigap adds one small sidecar, `unigap.json`, saying which
-prompt convention the model was trained with and, for models without a preprocessor config, the pixel
-mean/std. A directory without the sidecar is a Janus-Pro checkpoint converted by transformers.
+prompt convention the model was trained with, whether it was trained to edit images (`editing`), and,
+for models without a preprocessor config, the pixel mean/std. A directory without the sidecar is a
+Janus-Pro checkpoint converted by transformers (no editing).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def save_checkpoint(
     template: str,
     image_mean: float | tuple[float, float, float],
     image_std: float | tuple[float, float, float],
+    editing: bool = False,
 ) -> Path:
     """Write weights, configs, tokenizer and the `unigap.json` sidecar so `load_model` can read them back."""
     if template not in TEMPLATES:
@@ -57,6 +59,7 @@ def save_checkpoint(
         "template": template,
         "image_mean": list(image_mean) if isinstance(image_mean, tuple | list) else [image_mean] * 3,
         "image_std": list(image_std) if isinstance(image_std, tuple | list) else [image_std] * 3,
+        "editing": editing,
     }
     write_text_atomically(directory / SIDECAR, json.dumps(settings, indent=2))
     return directory

@@ -105,19 +105,36 @@ def sample_image_tokens(
     """
     if n_per_prompt < 1:
         raise ValueError(f"n_per_prompt must be >= 1, got {n_per_prompt}")
-    check_temperature(temperature)
-    cfg = uses_cfg(cfg_scale)
-    device = model.device
     expanded = [prompt for prompt in prompts for _ in range(n_per_prompt)]
-    batch, num_tokens = len(expanded), fmt.num_image_tokens
+    if not expanded:
+        return sample_from_prefix(model, fmt, None, None, 0, cfg_scale, temperature, seed)
+    ids, mask = prompt_batch(fmt, expanded, uses_cfg(cfg_scale), model.device)
+    return sample_from_prefix(model, fmt, model.get_input_embeddings()(ids), mask, len(expanded), cfg_scale, temperature, seed)
+
+
+@torch.no_grad()
+def sample_from_prefix(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    embeds: torch.Tensor | None,
+    mask: torch.LongTensor | None,
+    batch: int,
+    cfg_scale: float | None,
+    temperature: float,
+    seed: int | None,
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """The one image-token sampler: N tokens after left-padded prefix embeddings [R, L, D] that end in
+    <begin_of_image> → (ids [batch, N], per-step log-probs [batch, N]). With CFG, R = 2·batch: the
+    conditional rows, then their unconditional twins. Text-to-image and editing build their own prefixes."""
+    check_temperature(temperature)
+    device, num_tokens = model.device, fmt.num_image_tokens
     tokens = torch.zeros((batch, num_tokens), dtype=torch.long, device=device)
     logprobs = torch.zeros((batch, num_tokens), dtype=torch.float32, device=device)
     if batch == 0:
         return tokens, logprobs
+    cfg = uses_cfg(cfg_scale)
     generator = make_generator(seed, device)
-    ids, mask = prompt_batch(fmt, expanded, cfg, device)
     position_ids = positions(mask)
-    embeds = model.get_input_embeddings()(ids)
     cache = None
     for step in range(num_tokens):
         states, cache = _generation_states(model, embeds, mask, position_ids, cache, use_cache=True, last=1)
@@ -191,10 +208,16 @@ def image_token_states(
 ) -> torch.Tensor:
     """The LLM's last hidden states [B, N, hidden] that predict each image token (see `image_token_logits`),
     for objectives that read them besides the generation head."""
+    return prefixed_image_token_states(model, model.get_input_embeddings()(ids), mask, image_tokens)
+
+
+def prefixed_image_token_states(
+    model: JanusForConditionalGeneration, prefix: torch.Tensor, mask: torch.LongTensor, image_tokens: torch.LongTensor
+) -> torch.Tensor:
+    """`image_token_states` after any prefix embeddings [B, L, D] ending in <begin_of_image> (editing
+    puts the source image's features in its prefix)."""
     num_tokens = image_tokens.shape[1]
-    embeds = torch.cat(
-        [model.get_input_embeddings()(ids), model.prepare_embeddings_for_image_generation(image_tokens[:, :-1])], dim=1
-    )
+    embeds = torch.cat([prefix, model.prepare_embeddings_for_image_generation(image_tokens[:, :-1])], dim=1)
     mask = torch.cat([mask, mask.new_ones((mask.shape[0], num_tokens - 1))], dim=1)
     states, _ = _generation_states(model, embeds, mask, positions(mask), None, use_cache=False, last=num_tokens)
     return states

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
 
 from unigap.errors import UserError
+from unigap.world.edits import REFLECT_QUESTION
 
 JANUS_PRO_TEMPLATE = "janus-pro"
 TINY_TEMPLATE = "tiny"
@@ -104,9 +105,34 @@ class PromptFormat:
             raise ValueError(f"generation prompts must not contain image tokens, got {prompt!r}")
         return [self.ids.bos] + ids + [self.ids.boi]
 
+    def edit_ids(self, instruction: str) -> list[int]:
+        """BOS + an editing prompt (the source image's N placeholders and the instruction) ending in
+        <begin_of_image>; the edited image's tokens follow it.
+
+        The tiny convention puts the instruction *before* the image, so every output token sits at the
+        same distance from the source patch it mostly copies, whatever the instruction's length; Janus-Pro's
+        chat convention has the image first, as its understanding prompts do.
+        """
+        instruction = instruction.strip()
+        boi, image, eoi = self.tokenizer.convert_ids_to_tokens([self.ids.boi, self.ids.image, self.ids.eoi])
+        block = boi + image * self.num_image_tokens + eoi
+        if self.template == TINY_TEMPLATE:
+            text = f"{instruction} {block}"
+        else:
+            text = f"<|User|>: {block}\n{instruction}\n\n<|Assistant|>:"
+        ids = [self.ids.bos] + self._encode(text)
+        if ids.count(self.ids.image) != self.num_image_tokens:
+            raise ValueError(f"the editing prompt must hold {self.num_image_tokens} image placeholders; "
+                             "does the instruction contain image tokens?")
+        return ids + [self.ids.boi]
+
     def judge_question(self, prompt: str) -> str:
         """The self-judging question for a generation prompt."""
-        return JUDGE_QUESTION.format(prompt=prompt.strip().rstrip(".!?").strip())
+        return JUDGE_QUESTION.format(prompt=_bare(prompt))
+
+    def reflect_question(self, prompt: str) -> str:
+        """R3's reflection question for a generation prompt (asked in a fresh context with the image)."""
+        return REFLECT_QUESTION.format(prompt=_bare(prompt))
 
     def first_answer_token_ids(self, words: tuple[str, ...]) -> list[int]:
         """Distinct first tokens of the given answer words (e.g. " yes"/" Yes"), for yes/no scoring."""
@@ -116,6 +142,11 @@ class PromptFormat:
         if not ids:
             raise UserError(f"the tokenizer cannot express any of {words}; it cannot be used as a judge")
         return sorted(ids)
+
+
+def _bare(prompt: str) -> str:
+    """A prompt without surrounding space or end punctuation, to embed in a question."""
+    return prompt.strip().rstrip(".!?").strip()
 
 
 def janus_pro_system_prompt(use_default_system_prompt: bool) -> str:

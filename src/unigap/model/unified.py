@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
 
 from unigap.errors import UserError
-from unigap.model import generation, lora, understanding
+from unigap.model import editing, generation, lora, understanding
 from unigap.model.checkpoint import save_checkpoint
 from unigap.model.images import (
     VQ_MEAN,
@@ -65,6 +65,7 @@ class UnifiedModel:
         image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         image_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
         use_default_system_prompt: bool = True,
+        supports_editing: bool = False,
     ) -> None:
         self.peft: PeftModel | None = model if isinstance(model, PeftModel) else None
         self.model: JanusForConditionalGeneration = model.get_base_model() if self.peft is not None else model
@@ -78,6 +79,7 @@ class UnifiedModel:
             system_prompt=janus_pro_system_prompt(use_default_system_prompt) if template == JANUS_PRO_TEMPLATE else "",
         )
         self.vision = VisionPreprocessing(vision_config.image_size, tuple(image_mean), tuple(image_std))
+        self._supports_editing = supports_editing
 
     # -- basic facts -------------------------------------------------------------------------
 
@@ -98,6 +100,11 @@ class UnifiedModel:
     def codebook_size(self) -> int:
         return self.model.config.vq_config.num_embeddings
 
+    @property
+    def supports_editing(self) -> bool:
+        """Whether the checkpoint was trained to edit images (its sidecar says so; Janus-Pro was not)."""
+        return self._supports_editing
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write this model as a checkpoint directory that `load_model` reads back (sidecar included)."""
         if self.peft is not None:
@@ -109,6 +116,7 @@ class UnifiedModel:
             template=self.prompts.template,
             image_mean=self.vision.mean,
             image_std=self.vision.std,
+            editing=self.supports_editing,
         )
 
     # -- understanding -----------------------------------------------------------------------
@@ -150,6 +158,13 @@ class UnifiedModel:
         texts = self.answer(images, questions, max_new_tokens=max_new_tokens, temperature=0.0)
         return [understanding.parse_verdict(text) for text in texts]
 
+    def reflect(self, images: Sequence[ImageInput], prompts: Sequence[str], max_new_tokens: int = 24) -> list[str]:
+        """R3's reflection, greedy, each in a fresh context holding only the image and the target prompt:
+        `unigap.world.NO_EDIT` or one edit instruction. Any checkpoint answers (it is text); read answers
+        with `unigap.world.parse_reflection`, which reports text outside the grammar as a format failure."""
+        questions = [self.prompts.reflect_question(prompt) for prompt in prompts]
+        return self.answer(images, questions, max_new_tokens=max_new_tokens, temperature=0.0)
+
     # -- generation --------------------------------------------------------------------------
 
     def generate_images(
@@ -167,6 +182,26 @@ class UnifiedModel:
             self.model, self.prompts, prompts, n_per_prompt, cfg_scale, temperature, seed
         )
         return (tokens, logprobs) if return_logprobs else tokens
+
+    def edit(
+        self,
+        images: Sequence[ImageInput],
+        instructions: Sequence[str],
+        cfg_scale: float | None = 5.0,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> torch.LongTensor:
+        """Edited images' token ids [B, N]: each source image (through the understanding encoder) and its
+        instruction (text) → image tokens from the generation head, CFG as in `generate_images`.
+        `UserError` on a checkpoint that cannot edit (`supports_editing` False, e.g. Janus-Pro)."""
+        if not self.supports_editing:
+            raise UserError(
+                "this checkpoint cannot edit images (it was not trained to; Janus-Pro cannot): "
+                "regenerate from a refined prompt instead"
+            )
+        return editing.sample_edits(
+            self.model, self.prompts, self.vision, images, instructions, cfg_scale, temperature, seed
+        )
 
     def image_logprobs(
         self, prompts: Sequence[str], image_tokens: torch.Tensor, cfg_scale: float | None = None

@@ -1,0 +1,70 @@
+"""Image + instruction → image: the editing prefix, sampled by the one image-token sampler.
+
+The source image enters as understanding does (vision tower + aligner features scattered into the
+prompt's image placeholders, `JanusModel.forward`'s rule), the instruction as text (`PromptFormat.edit_ids`),
+and the edited image is sampled as image tokens with the generation head. Classifier-free guidance pairs
+each row with its unconditional twin built exactly as for text-to-image (`generation.unconditional`: every
+token but BOS and <begin_of_image> becomes PAD, so the twin sees neither the image nor the instruction);
+pretraining drops prompts the same way, so guidance at inference sees what training saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import JanusForConditionalGeneration
+
+from unigap.model.decoding import check_counts, left_pad
+from unigap.model.generation import sample_from_prefix, unconditional, uses_cfg
+from unigap.model.images import ImageInput, VisionPreprocessing
+from unigap.model.prompts import PromptFormat
+
+
+def edit_prefix(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    vision: VisionPreprocessing,
+    images: Sequence[ImageInput],
+    instructions: Sequence[str],
+    dropped: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.LongTensor]:
+    """Left-padded editing prefixes → (embeddings [B, L, D], mask [B, L]); rows where `dropped` [B] is
+    True are unconditional (no image features, every token but BOS/BOI padded)."""
+    ids, mask = left_pad([fmt.edit_ids(text) for text in instructions], fmt.ids.pad)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    if dropped is not None:
+        dropped = dropped.to(model.device)
+        ids = torch.where(dropped.unsqueeze(-1), unconditional(fmt, ids), ids)
+    embeds = model.get_input_embeddings()(ids)
+    keep = torch.ones(len(ids), dtype=torch.bool, device=model.device) if dropped is None else ~dropped
+    if bool(keep.any()):
+        chosen = [image for image, k in zip(images, keep.tolist(), strict=True) if k]
+        pixels = vision(chosen).to(model.device, model.dtype)
+        features = model.model.get_image_features(pixels).pooler_output.to(embeds.dtype)  # [B', N, D]
+        slots = (ids == model.config.image_token_id) & keep.unsqueeze(-1)
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), features)
+    return embeds, mask
+
+
+@torch.no_grad()
+def sample_edits(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    vision: VisionPreprocessing,
+    images: Sequence[ImageInput],
+    instructions: Sequence[str],
+    cfg_scale: float | None,
+    temperature: float,
+    seed: int | None,
+) -> torch.LongTensor:
+    """Edited images' token ids [B, N], one per (image, instruction)."""
+    batch = check_counts(images=images, instructions=instructions)
+    if batch == 0:
+        return sample_from_prefix(model, fmt, None, None, 0, cfg_scale, temperature, seed)[0]
+    if uses_cfg(cfg_scale):
+        dropped = torch.tensor([False] * batch + [True] * batch)
+        embeds, mask = edit_prefix(model, fmt, vision, [*images, *images], [*instructions, *instructions], dropped)
+    else:
+        embeds, mask = edit_prefix(model, fmt, vision, images, instructions)
+    return sample_from_prefix(model, fmt, embeds, mask, batch, cfg_scale, temperature, seed)[0]

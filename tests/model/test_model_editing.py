@@ -1,0 +1,87 @@
+"""Editing (image + instruction → image tokens) and reflection on tiny random Janus checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unigap.errors import UserError
+from unigap.model import UnifiedModel, load_model
+from unigap.model.decoding import token_logprobs
+from unigap.model.editing import edit_prefix
+from unigap.model.generation import guided, prefixed_image_token_states, sample_from_prefix
+
+INSTRUCTIONS = ["make the red circle blue", "add a square", "remove the triangle to the left of the star"]
+
+
+def test_a_checkpoint_that_cannot_edit_says_so(um: UnifiedModel, janus_pro_dir: Path, images) -> None:
+    assert not um.supports_editing and not load_model(janus_pro_dir).supports_editing
+    with pytest.raises(UserError, match="cannot edit"):
+        um.edit(images[:1], ["add a square"])
+
+
+def test_editing_survives_save_and_load(editor: UnifiedModel, tmp_path: Path) -> None:
+    assert editor.supports_editing and load_model(editor.save(tmp_path / "copy")).supports_editing
+
+
+def test_edits_are_image_tokens_batched_like_single_calls(editor: UnifiedModel, images) -> None:
+    batched = editor.edit(images[:3], INSTRUCTIONS, cfg_scale=3.0, temperature=0.0)
+    assert batched.shape == (3, editor.num_image_tokens) and batched.dtype == torch.long
+    assert int(batched.min()) >= 0 and int(batched.max()) < editor.codebook_size
+    for row in range(3):  # instructions of different lengths: left padding changes nothing
+        single = editor.edit(images[row : row + 1], INSTRUCTIONS[row : row + 1], cfg_scale=3.0, temperature=0.0)
+        assert torch.equal(single[0], batched[row])
+    assert len(editor.decode_tokens(batched)) == 3
+
+
+def test_the_source_image_and_the_seed_decide_the_edit(editor: UnifiedModel, images) -> None:
+    same = ["add a square"] * 2
+    greedy = editor.edit(images[:2], same, temperature=0.0)
+    assert not torch.equal(greedy[0], greedy[1])  # the image reaches the LLM through the vision tower
+    first = editor.edit(images[:2], same, seed=5)
+    assert torch.equal(first, editor.edit(images[:2], same, seed=5))
+    assert not torch.equal(first, editor.edit(images[:2], same, seed=6))
+
+
+@pytest.mark.parametrize("cfg_scale", [None, 2.5])
+def test_teacher_forced_edit_scores_equal_the_sampled_steps(editor: UnifiedModel, images, cfg_scale) -> None:
+    """The prefix the trainer scores is the prefix the sampler extends: same log-probs for the same tokens."""
+    fmt, model = editor.prompts, editor.model
+    batch = 2
+    if cfg_scale is None:
+        embeds, mask = edit_prefix(model, fmt, editor.vision, images[:batch], INSTRUCTIONS[:batch])
+    else:
+        dropped = torch.tensor([False] * batch + [True] * batch)
+        embeds, mask = edit_prefix(model, fmt, editor.vision, images[:batch] * 2, INSTRUCTIONS[:batch] * 2, dropped)
+    tokens, sampled = sample_from_prefix(model, fmt, embeds, mask, batch, cfg_scale, 1.0, seed=3)
+    with torch.no_grad():
+        fed = tokens.repeat(2, 1) if cfg_scale is not None else tokens
+        states = prefixed_image_token_states(model, embeds, mask, fed)
+        scored = token_logprobs(guided(model.model.generation_head(states).float(), cfg_scale), tokens)
+    assert torch.allclose(scored, sampled, atol=1e-4)
+
+
+def test_reflection_is_text_on_any_checkpoint(um: UnifiedModel, janus_pro_dir: Path, images) -> None:
+    for model in (um, load_model(janus_pro_dir)):
+        answers = model.reflect(images[:2], ["a red circle", "two blue squares."], max_new_tokens=4)
+        assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    question = um.prompts.reflect_question("a red circle.")
+    assert question.startswith("The description of the target image is: a red circle. How to further edit")
+    assert question.endswith("answer: no further edit needed.")
+
+
+def test_editing_prompts_hold_the_image_and_end_in_begin_of_image(um: UnifiedModel, janus_pro_dir: Path) -> None:
+    for model in (um, load_model(janus_pro_dir)):
+        ids = model.prompts.edit_ids("add a square")
+        assert ids[0] == model.prompts.ids.bos and ids[-1] == model.prompts.ids.boi
+        assert ids.count(model.prompts.ids.image) == model.num_image_tokens
+    with pytest.raises(ValueError, match="image placeholders"):
+        um.prompts.edit_ids("add <image_placeholder>")
+
+
+def test_one_instruction_per_image(editor: UnifiedModel) -> None:
+    with pytest.raises(ValueError, match="mismatched batch"):
+        editor.edit([np.zeros((64, 64, 3), dtype=np.uint8)], ["add a square", "add a circle"])
