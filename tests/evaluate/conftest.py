@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import unigap.errors as world_errors
 import unigap.world as world
 from unigap.evaluate import UnderstandingItem
 from unigap.model import UnifiedModel, load_model, save_random_tiny
@@ -87,6 +88,44 @@ class StubModel:
         )
 
 
+    def reflect(self, images, prompts, max_new_tokens=24) -> list[str]:
+        """The exact reflection on the verifier's parse (an oracle), "looks fine" (a format failure) for
+        prompts of `doubted_categories`."""
+        out = []
+        for image, prompt in zip(images, prompts, strict=True):
+            spec = world.parse_prompt(prompt)
+            if spec.category in self.doubted:
+                out.append("looks fine")
+                continue
+            objects = world.verify(image, spec).objects
+            out.append(world.reflection_answer(objects, spec, world.Geometry.for_canvas(64).margin) or "remove the object")
+        return out
+
+
+class EditingStub(StubModel):
+    """A stub that edits exactly: it reads the picture's objects, applies the instruction, renders the result."""
+
+    supports_editing = True
+
+    def edit(self, images, instructions, cfg_scale=5.0, temperature=1.0, seed=None) -> torch.Tensor:
+        ids = []
+        for image, instruction in zip(images, instructions, strict=True):
+            objects = tuple(world.SceneObject(o.shape, o.color, o.size, int(o.x), int(o.y)) for o in world.detect(image))
+            scene = world.Scene(64, objects)
+            try:
+                edited = world.apply_edit(scene, world.parse_instruction(instruction), self.rng)
+            except world_errors.UserError:
+                edited = scene
+            self.images.append(world.render_pil(edited))
+            ids.append([len(self.images) - 1])
+        return torch.tensor(ids)
+
+
 @pytest.fixture
 def stub_factory():
     return StubModel
+
+
+@pytest.fixture
+def editing_stub():
+    return EditingStub()

@@ -103,6 +103,11 @@ def test_evaluate_composes_both_sides(stub_factory):
     assert colors["n"] > 0 and colors["accuracy"] == 0.0
     assert report["understanding"]["accuracy"] == pytest.approx(1 - describe["n"] / n)
     assert len(stub.generate_calls) == 5 and all(call["cfg_scale"] == 3.0 for call in stub.generate_calls)
+    assert report["edit"] is None and "cannot edit" in report["edit_skipped"]
+    assert len(report["records"]["reflection"]) == n
+    assert report["reflect"]["stop_when_correct"]["rate"] == 1.0  # the stub reflects like an oracle
+    assert report["reflect"]["valid_edit_rate"]["rate"] == 1.0
+    assert report["self_judge"]["precision"]["n"] == sum(r["self_accepted"] for r in report["records"]["generation"])
     with pytest.raises(ValueError, match="batch_size"):
         evaluate(stub, n, seed, batch_size=0, progress=False)
 

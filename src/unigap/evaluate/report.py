@@ -68,6 +68,19 @@ def summary_table(report: dict[str, Any]) -> Table:
         for group, sub in report[name][breakdown].items():
             row(f"  {group}", sub, key)
     row("[bold]mean P(yes)[/bold]", report["nonunification"]["mean_p_yes"], "mean")
+    judge = report["self_judge"]
+    within = judge["auc_within"]
+    table.add_row("[bold]self_judge.auc_within[/bold]", _fmt(within["auc"]), f"{within['pairs']} pairs", "—")
+    for category, sub in judge["auc_by_category"].items():
+        table.add_row(f"  {category}", _fmt(sub["auc"]), f"{sub['n_correct']}+{sub['n_wrong']}", _fmt(sub["stderr"]))
+    row("[bold]self_judge.precision[/bold]", judge["precision"], "precision")
+    for name in ("stop_when_correct", "valid_edit_rate", "format_failures"):
+        if "reflect" in report:
+            row(f"[bold]reflect.{name}[/bold]", report["reflect"][name], "rate")
+    if report.get("edit") is not None:
+        row("[bold]edit.accuracy[/bold]", report["edit"], "accuracy")
+    elif "edit_skipped" in report:
+        table.add_row("[bold]edit.accuracy[/bold]", "—", "0", "—")
     if "vq_reconstruction" in report:  # added by `unigap eval`, which holds a real VQ
         row("[bold]vq_reconstruction.accuracy[/bold]", report["vq_reconstruction"], "accuracy")
     return table

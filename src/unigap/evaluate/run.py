@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from unigap.evaluate.critique import reflect_on, reflection_metrics, self_judge_metrics
 from unigap.evaluate.data import held_out_pairs
+from unigap.evaluate.editing import edit_accuracy
 from unigap.evaluate.generation import generate_and_judge, generation_metrics
 from unigap.evaluate.progress import check_batch_size
 from unigap.evaluate.understanding import (
@@ -25,20 +27,24 @@ def evaluate(
     cfg_scale: float | None = 5.0,
     temperature: float = 1.0,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    critique: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Understanding and generation metrics on n held-out items (n questions, n prompts → n images).
 
     `um` is a `UnifiedModel` (or anything with its `answer`, `judge`, `generate_images` and
     `decode_tokens`). The result holds `config`, the metric objects `understanding`, `generation`,
-    `nonunification`, `weak_generation`, `judge`, and `records` (`understanding` and `generation`:
-    one dict per item) for per-item statistics. Same arguments on the same device ⇒ the same numbers.
+    `nonunification`, `weak_generation`, `judge`, `self_judge`, and `records` (`understanding` and
+    `generation`: one dict per item) for per-item statistics. With `critique` (it needs `reflect`, and
+    `edit` where `supports_editing`) it adds `reflect` (the model's reflections on its own n images) and
+    `edit` (n edits of broken held-out scenes; null, with `edit_skipped` saying why, on a model that
+    cannot edit). Same arguments on the same device ⇒ the same numbers.
     """
     check_batch_size(batch_size)
     pairs = held_out_pairs(n, seed, data_seed)
     items = understanding_items(n, seed, data_seed, pairs)
     understanding_records = answer_items(um, items, batch_size, max_new_tokens, progress)
-    _, generation_records = generate_and_judge(
+    images, generation_records = generate_and_judge(
         um, [spec for spec, _ in pairs], seed, batch_size, cfg_scale, temperature, progress
     )
     config = {
@@ -50,9 +56,22 @@ def evaluate(
         "temperature": temperature,
         "max_new_tokens": max_new_tokens,
     }
-    return {
+    report = {
         "config": config,
         "understanding": understanding_metrics(understanding_records),
         **generation_metrics(generation_records),
+        "self_judge": self_judge_metrics(generation_records),
         "records": {"understanding": understanding_records, "generation": generation_records},
     }
+    if critique:
+        reflections = reflect_on(um, images, generation_records, batch_size, progress)
+        report["reflect"] = reflection_metrics(reflections)
+        report["records"]["reflection"] = reflections
+        if getattr(um, "supports_editing", False):
+            edits = edit_accuracy(um, n, seed, data_seed, batch_size, cfg_scale, temperature, progress)
+            report["records"]["edit"] = edits.pop("records")
+            report["edit"] = edits
+        else:
+            report["edit"] = None
+            report["edit_skipped"] = "the checkpoint cannot edit images (supports_editing is false)"
+    return report

@@ -167,7 +167,7 @@ class StudyRunner:
         from unigap.evaluate import evaluate, save_report
 
         c = self.config
-        report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size)
+        report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False)
         report["config"].update(model=c.model, method=method)
         save_report(report, self._eval_file(method, seed))
 

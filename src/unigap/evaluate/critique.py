@@ -1,0 +1,117 @@
+"""How well the model critiques its own images: its self-judge against the verifier, and its reflections.
+
+Why within categories: easy categories (one object) are generated well and hard ones (two objects in a
+relation) badly, so a judge that only tells categories apart reaches a high pooled AUC while ranking the
+images *of one prompt kind* no better than chance. `auc_within` averages each category's AUC weighted by its
+(correct × wrong) pair count, over the categories that have both: the share of same-category pairs the
+judge orders correctly.
+
+Reflection (R3's question, `UnifiedModel.reflect`) is read against the grammar of `unigap.world.edits` and
+the verifier's parse of the same image: on images the verifier passes, the right answer is to stop
+(`stop_when_correct`); on images it fails, an instruction is *valid* when it is one of the single edits
+that remove a difference (`unigap.world.is_valid_fix`). Failed images whose parse no single edit improves
+(unnameable clutter: the diff is empty) have no valid instruction and are counted apart (`unfixable`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from PIL import Image
+from scipy.stats import rankdata
+
+from unigap.evaluate.progress import batches
+from unigap.evaluate.stats import summarize, summarize_grouped
+from unigap.world import CATEGORIES, Geometry, diff, is_valid_fix, parse_prompt, parse_reflection, verify
+
+MIN_PER_CLASS = 10  # a category's AUC counts as meeting a bar only with this many correct and wrong images
+
+
+class Reflector(Protocol):
+    def reflect(self, images: Sequence[Image.Image], prompts: Sequence[str], max_new_tokens: int = 24) -> list[str]: ...
+
+
+def auc(positives: Sequence[float], negatives: Sequence[float]) -> dict[str, Any]:
+    """P(a positive scores above a negative), ties half, with the Hanley-McNeil standard error."""
+    n_pos, n_neg = len(positives), len(negatives)
+    out: dict[str, Any] = {"auc": None, "n_correct": n_pos, "n_wrong": n_neg, "stderr": None}
+    if not n_pos or not n_neg:
+        return out
+    ranks = rankdata([*positives, *negatives])
+    value = (ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    q1, q2 = value / (2 - value), 2 * value**2 / (1 + value)
+    variance = (value * (1 - value) + (n_pos - 1) * (q1 - value**2) + (n_neg - 1) * (q2 - value**2)) / (n_pos * n_neg)
+    return {**out, "auc": float(value), "stderr": math.sqrt(max(variance, 0.0))}
+
+
+def self_judge_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The self-judge's P(yes) against the verifier on generation records (`generate_and_judge`)."""
+    by_category = {}
+    for category in CATEGORIES:
+        rows = [r for r in records if r["category"] == category]
+        by_category[category] = auc([r["p_yes"] for r in rows if r["verified"]], [r["p_yes"] for r in rows if not r["verified"]])
+    weights = {c: m["n_correct"] * m["n_wrong"] for c, m in by_category.items() if m["auc"] is not None}
+    total = sum(weights.values())
+    within = sum(by_category[c]["auc"] * w for c, w in weights.items()) / total if total else None
+    pooled = auc([r["p_yes"] for r in records if r["verified"]], [r["p_yes"] for r in records if not r["verified"]])
+    accepted = [r for r in records if r["self_accepted"]]
+    return {
+        "auc_within": {"auc": within, "pairs": total, "categories": sorted(weights)},
+        "auc_pooled": pooled,
+        "auc_by_category": by_category,
+        "precision": summarize_grouped(accepted, "verified", "precision", "category", CATEGORIES, "by_category"),
+        "min_per_class": MIN_PER_CLASS,
+    }
+
+
+def reflect_on(
+    um: Reflector, images: Sequence[Image.Image], records: Sequence[dict[str, Any]], batch_size: int, progress: bool
+) -> list[dict[str, Any]]:
+    """One reflection record per generated image (same order as `records`)."""
+    out: list[dict[str, Any]] = []
+    items = list(zip(images, records, strict=True))
+    for chunk in batches(items, batch_size, "reflection", progress):
+        answers = um.reflect([image for image, _ in chunk], [record["prompt"] for _, record in chunk])
+        for (image, record), text in zip(chunk, answers, strict=True):
+            out.append(_read_reflection(image, record, text))
+    return out
+
+
+def _read_reflection(image: Image.Image, record: dict[str, Any], text: str) -> dict[str, Any]:
+    spec = parse_prompt(record["prompt"])
+    canvas = image.size[0]
+    objects = verify(image, spec, canvas=canvas).objects
+    margin = Geometry.for_canvas(canvas).margin
+    reading = parse_reflection(text)
+    correct = record["verified"]
+    fixable = not correct and bool(diff(objects, spec, margin))
+    valid = None if correct or not fixable else bool(reading.edit is not None and is_valid_fix(objects, spec, reading.edit, margin))
+    return {
+        "index": record["index"],
+        "category": record["category"],
+        "reflection": text,
+        "stopped": reading.stop,
+        "format_ok": reading.format_ok,
+        "format_failure": not reading.format_ok,
+        "stop_when_correct": reading.stop if correct else None,
+        "fixable": None if correct else fixable,
+        "valid_edit": valid,
+    }
+
+
+def reflection_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """stop_when_correct (on verified images), valid_edit_rate (on fixable failed ones), format failures."""
+
+    def metric(outcome: str, key: str) -> dict[str, Any]:
+        rows = [r for r in records if r[outcome] is not None]
+        return summarize_grouped(rows, outcome, key, "category", CATEGORIES, "by_category")
+
+    failed = [r for r in records if r["fixable"] is not None]
+    return {
+        "stop_when_correct": metric("stop_when_correct", "rate"),
+        "valid_edit_rate": metric("valid_edit", "rate"),
+        "format_failures": metric("format_failure", "rate"),
+        "unfixable": summarize([not r["fixable"] for r in failed], "rate"),
+    }

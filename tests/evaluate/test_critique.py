@@ -1,0 +1,67 @@
+"""Self-judge AUCs within categories, reflection against the verifier's parse, and edit accuracy."""
+
+from __future__ import annotations
+
+import pytest
+
+from unigap.evaluate.critique import auc, self_judge_metrics
+from unigap.evaluate.editing import edit_accuracy, edit_items
+from unigap.evaluate.run import evaluate
+from unigap.evaluate.understanding import understanding_items
+from unigap.world import parse_instruction
+
+
+def test_auc_counts_ordered_pairs_with_ties_as_half() -> None:
+    assert auc([0.9, 0.8], [0.1, 0.2])["auc"] == 1.0
+    assert auc([0.1], [0.9])["auc"] == 0.0
+    assert auc([0.5, 0.9], [0.5, 0.1])["auc"] == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    empty = auc([0.3], [])
+    assert empty["auc"] is None and empty["n_wrong"] == 0
+
+
+def record(category: str, p_yes: float, verified: bool) -> dict:
+    return {"category": category, "p_yes": p_yes, "verified": verified, "self_accepted": p_yes >= 0.5}
+
+
+def test_auc_within_ignores_how_categories_differ() -> None:
+    """A judge that only knows easy categories from hard ones: pooled AUC high, within-category AUC 0.5."""
+    rows = [record("single_object", 0.9, v) for v in (True, True, True, False)]
+    rows += [record("position", 0.1, v) for v in (True, False, False, False)]
+    metrics = self_judge_metrics(rows)
+    assert metrics["auc_pooled"]["auc"] == pytest.approx(0.75)
+    assert metrics["auc_within"]["auc"] == pytest.approx(0.5)
+    assert metrics["auc_within"]["pairs"] == 3 * 1 + 1 * 3
+    assert metrics["auc_by_category"]["counting"]["auc"] is None
+    assert metrics["precision"]["precision"] == pytest.approx(3 / 4) and metrics["precision"]["n"] == 4
+
+
+def test_auc_within_weights_categories_by_their_pairs() -> None:
+    rows = [record("colors", p, v) for p, v in ((0.9, True), (0.1, False))]  # 1 pair, AUC 1
+    rows += [record("position", p, v) for p, v in ((0.1, True), (0.2, True), (0.9, False))]  # 2 pairs, AUC 0
+    assert self_judge_metrics(rows)["auc_within"]["auc"] == pytest.approx(1 / 3)
+
+
+def test_reflections_outside_the_grammar_are_format_failures(stub_factory) -> None:
+    n, seed = 24, 3
+    stub = stub_factory(understanding_items(n, seed), doubted_categories=("colors", "counting"))
+    report = evaluate(stub, n, seed, batch_size=8, progress=False)
+    failures = [r for r in report["records"]["reflection"] if r["format_failure"]]
+    categories = {r["category"] for r in report["records"]["generation"]}
+    assert failures and {r["category"] for r in failures} <= {"colors", "counting"} & categories
+    assert report["reflect"]["format_failures"]["rate"] == pytest.approx(len(failures) / n)
+
+
+def test_edit_items_are_broken_held_out_scenes_with_the_exact_fix() -> None:
+    items = edit_items(12, seed=4)
+    assert len(items) == 12
+    for item in items:
+        parse_instruction(item["instruction"])  # in the grammar
+    again = edit_items(12, seed=4)
+    assert [i["instruction"] for i in items] == [i["instruction"] for i in again]
+
+
+def test_an_exact_editor_scores_near_one(editing_stub) -> None:
+    result = edit_accuracy(editing_stub, 40, seed=5, batch_size=16, progress=False)
+    assert result["n"] == 40 and result["accuracy"] >= 0.9  # an add may find no free position
+    assert set(result["by_kind"]) == {"recolour", "add", "remove", "move"}
+    assert all(r["kind"] == parse_instruction(r["instruction"]).kind for r in result["records"])
