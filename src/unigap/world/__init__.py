@@ -15,7 +15,15 @@ from unigap.world.dataset import (
     split_prompts,
     write_dataset,
 )
-from unigap.world.damage import DAMAGE_KINDS, Damaged, damage_scene, render_damaged, rule_objects, rule_satisfies
+from unigap.world.damage import (
+    DAMAGE_KINDS,
+    Damaged,
+    damage_scene,
+    render_damaged,
+    rule_objects,
+    rule_satisfies,
+    warp_scene,
+)
 from unigap.world.edits import (
     EDIT_KINDS,
     NO_EDIT,
@@ -97,6 +105,7 @@ __all__ = [
     "render_damaged",
     "rule_objects",
     "rule_satisfies",
+    "warp_scene",
     "CATEGORIES",
     "COLORS",
     "DEFAULT_CANVAS",

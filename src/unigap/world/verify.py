@@ -158,6 +158,11 @@ def _classify_shape(crop: np.ndarray) -> tuple[str, float, float]:
     return shape, fill, heaviness
 
 
+def shape_of(crop: np.ndarray) -> str:
+    """The shape name (or "unknown") of a boolean object mask cropped to its bounding box, by the rules above."""
+    return _classify_shape(crop)[0]
+
+
 def detect(image: np.ndarray | Image.Image, canvas: int = DEFAULT_CANVAS) -> list[Detected]:
     """All palette-coloured objects in the image, sorted left-to-right like scene objects."""
     geo = Geometry.for_canvas(canvas)
