@@ -16,15 +16,16 @@ from unigap.model.generation import prompt_batch
 from unigap.model.images import vq_encode
 from unigap.pretrain import QUICK, pretrain
 from unigap.pretrain import run as run_module
-from unigap.pretrain.corpus import generation_corpus, understanding_corpus
-from unigap.pretrain.joint import PatchHead, generation_loss, trainable_parameters, understanding_loss
+from unigap.pretrain.corpus import Corpora, critique_corpus, edit_corpus, generation_corpus, understanding_corpus
+from unigap.pretrain.joint import PatchHead, edit_loss, generation_loss, trainable_parameters, understanding_loss
 from unigap.pretrain.run import build_model, tokenize_corpora
 from unigap.pretrain.vq import CROP_FOREGROUND, grid_crops, to_pixels, train_vq, vq_reconstruct
 from unigap.pretrain.labels import grid_side, patch_labels
 from unigap.pretrain.vision import train_vision
 from unigap.world import COLORS, SHAPES, SIZES, Scene, SceneObject, satisfies, scene_split, split_prompts
 
-TINY = QUICK.scaled(scenes=24, understanding_scenes=24, questions_per_scene=2, vq_steps=2, vq_batch=4, steps=4, und_batch=4, gen_batch=4,
+TINY = QUICK.scaled(scenes=24, understanding_scenes=24, questions_per_scene=2, critique_scenes=24, edit_pairs=24,
+                    vq_steps=2, vq_batch=4, steps=4, und_batch=4, gen_batch=4, critique_batch=2, edit_batch=2,
                     checkpoint_every=2, warmup=2)
 
 
@@ -39,10 +40,15 @@ def gen_corpus():
 
 
 @pytest.fixture(scope="module")
-def model_and_corpus(corpus, gen_corpus):
+def corpora(corpus, gen_corpus) -> Corpora:
+    return Corpora(und=corpus, gen=gen_corpus, critique=critique_corpus(24, seed=0), edit=edit_corpus(24, seed=0))
+
+
+@pytest.fixture(scope="module")
+def model_and_corpus(corpora):
     um = build_model(TINY)
-    tokenize_corpora(um, corpus, gen_corpus)
-    return um, corpus, gen_corpus
+    tokenize_corpora(um, corpora)
+    return um, corpora.und, corpora.gen
 
 
 def test_generation_corpus_is_drawn_for_train_prompts(gen_corpus) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from unigap.errors import UserError
 from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, require_non_negative, require_positive
 
 app = typer.Typer()
@@ -25,21 +26,25 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", help="Items per model call."),
     cfg: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale for generation (1 = none)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Image sampling temperature (0 = greedy)."),
+    split: str = typer.Option("test", "--split", help="Held-out split: test, or val to choose settings."),
 ) -> None:
     """Write the metrics report to OUT and print a summary table."""
     from unigap.evaluate import check_output_file, evaluate, save_report, summary_table, vq_fidelity
+    from unigap.evaluate.data import HELD_OUT_SPLITS
 
     require_positive("--n", n)
     require_positive("--batch-size", batch_size)
     require_non_negative("--cfg", cfg)
     require_non_negative("--temperature", temperature)
     check_output_file(out)
+    if split not in HELD_OUT_SPLITS:
+        raise UserError(f"--split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
     um = load(model, adapter)
     report = evaluate(
-        um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature
+        um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature, split=split
     )
     # the VQ is never trained after pretraining (adapters leave it alone), so this reads the base model's tokenizer
-    report["vq_reconstruction"] = vq_fidelity(um, n, seed, data_seed, batch_size)
+    report["vq_reconstruction"] = vq_fidelity(um, n, seed, data_seed, batch_size, split=split)
     report["config"].update(model=model, adapter=None if adapter is None else str(adapter))
     save_report(report, out)
     Console().print(summary_table(report))

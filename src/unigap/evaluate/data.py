@@ -9,13 +9,18 @@ exactly `sample_records(n, data_seed, "test")`.
 
 from __future__ import annotations
 
+from unigap.errors import UserError
 from unigap.world import DEFAULT_CANVAS, PromptSpec, Scene, sample_records
 
 HELD_OUT = "test"
+HELD_OUT_SPLITS = ("test", "val")
 
 
 def held_out_pairs(
-    n: int, seed: int, data_seed: int = 0, canvas: int = DEFAULT_CANVAS
+    n: int, seed: int, data_seed: int = 0, canvas: int = DEFAULT_CANVAS, split: str = HELD_OUT
 ) -> list[tuple[PromptSpec, Scene]]:
-    """n (test prompt, test scene satisfying it) pairs: category uniform, then prompt uniform in it."""
-    return sample_records(n, data_seed, HELD_OUT, canvas=canvas, draw_seed=seed)
+    """n (held-out prompt, held-out scene satisfying it) pairs of `split` (test by default; val for choosing
+    settings): category uniform, then prompt uniform in it."""
+    if split not in HELD_OUT_SPLITS:
+        raise UserError(f"evaluation split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
+    return sample_records(n, data_seed, split, canvas=canvas, draw_seed=seed)

@@ -34,11 +34,11 @@ class Editor(Protocol):
     def decode_tokens(self, ids: torch.Tensor) -> list[Image.Image]: ...
 
 
-def edit_items(n: int, seed: int, data_seed: int = 0) -> list[dict[str, Any]]:
+def edit_items(n: int, seed: int, data_seed: int = 0, split: str = "test") -> list[dict[str, Any]]:
     """n (prompt, broken scene render, exact instruction) items on held-out prompts and scenes, seeded."""
     rng = np.random.default_rng([seed, EDIT_STREAM])
     items = []
-    for spec, scene in held_out_pairs(n, seed, data_seed):
+    for spec, scene in held_out_pairs(n, seed, data_seed, split=split):
         broken, _ = break_scene(scene, spec, rng)
         instruction = reflection_answer(broken.objects, spec, broken.geometry.margin)
         items.append({"spec": spec, "image": render(broken), "instruction": instruction})
@@ -54,10 +54,11 @@ def edit_accuracy(
     cfg_scale: float | None = 5.0,
     temperature: float = 1.0,
     progress: bool = True,
+    split: str = "test",
 ) -> dict[str, Any]:
     """`{"accuracy", "n", "stderr", "by_category", "by_kind", "records"}` of edits the verifier accepts."""
     records = []
-    items = edit_items(n, seed, data_seed)
+    items = edit_items(n, seed, data_seed, split)
     for index, chunk in enumerate(batches(items, batch_size, "editing", progress)):
         tokens = um.edit([it["image"] for it in chunk], [it["instruction"] for it in chunk], cfg_scale=cfg_scale,
                          temperature=temperature, seed=batch_seed(seed, index))

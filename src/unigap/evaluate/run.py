@@ -28,6 +28,7 @@ def evaluate(
     temperature: float = 1.0,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     critique: bool = True,
+    split: str = "test",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Understanding and generation metrics on n held-out items (n questions, n prompts → n images).
@@ -38,10 +39,11 @@ def evaluate(
     `generation`: one dict per item) for per-item statistics. With `critique` (it needs `reflect`, and
     `edit` where `supports_editing`) it adds `reflect` (the model's reflections on its own n images) and
     `edit` (n edits of broken held-out scenes; null, with `edit_skipped` saying why, on a model that
-    cannot edit). Same arguments on the same device ⇒ the same numbers.
+    cannot edit). `split` "val" measures on the validation split instead, for choosing settings without
+    touching the test split. Same arguments on the same device ⇒ the same numbers.
     """
     check_batch_size(batch_size)
-    pairs = held_out_pairs(n, seed, data_seed)
+    pairs = held_out_pairs(n, seed, data_seed, split=split)
     items = understanding_items(n, seed, data_seed, pairs)
     understanding_records = answer_items(um, items, batch_size, max_new_tokens, progress)
     images, generation_records = generate_and_judge(
@@ -55,6 +57,7 @@ def evaluate(
         "cfg_scale": cfg_scale,
         "temperature": temperature,
         "max_new_tokens": max_new_tokens,
+        "split": split,
     }
     report = {
         "config": config,
@@ -68,7 +71,7 @@ def evaluate(
         report["reflect"] = reflection_metrics(reflections)
         report["records"]["reflection"] = reflections
         if getattr(um, "supports_editing", False):
-            edits = edit_accuracy(um, n, seed, data_seed, batch_size, cfg_scale, temperature, progress)
+            edits = edit_accuracy(um, n, seed, data_seed, batch_size, cfg_scale, temperature, progress, split)
             report["records"]["edit"] = edits.pop("records")
             report["edit"] = edits
         else:

@@ -41,14 +41,14 @@ class UnderstandingItem:
 
 
 def understanding_items(
-    n: int, seed: int, data_seed: int = 0, pairs: Sequence[tuple[Any, Scene]] | None = None
+    n: int, seed: int, data_seed: int = 0, pairs: Sequence[tuple[Any, Scene]] | None = None, split: str = "test"
 ) -> list[UnderstandingItem]:
     """n questions (kind uniform, answers balanced: `sample_question`) about held-out scenes, seeded.
 
     `pairs` (from `held_out_pairs(n, seed, data_seed)`) may be passed to reuse already sampled scenes.
     """
     if pairs is None:
-        pairs = held_out_pairs(n, seed, data_seed)
+        pairs = held_out_pairs(n, seed, data_seed, split=split)
     rng = np.random.default_rng([seed, QUESTION_STREAM])
     return [
         UnderstandingItem(i, scene, render(scene), sample_question(scene, rng)) for i, (_, scene) in enumerate(pairs)

@@ -24,11 +24,12 @@ class Tokenizer(Protocol):
 
 
 def vq_fidelity(
-    um: Tokenizer, n: int = 200, seed: int = 0, data_seed: int = 0, batch_size: int = 64, progress: bool = True
+    um: Tokenizer, n: int = 200, seed: int = 0, data_seed: int = 0, batch_size: int = 64, progress: bool = True,
+    split: str = "test",
 ) -> dict[str, Any]:
     """`{"accuracy", "n", "stderr"}`: verifier acceptance of decode(encode(render)) on n held-out scenes."""
     accepted = []
-    for chunk in batches(held_out_pairs(n, seed, data_seed), batch_size, "VQ reconstructions", progress):
+    for chunk in batches(held_out_pairs(n, seed, data_seed, split=split), batch_size, "VQ reconstructions", progress):
         decoded = um.decode_tokens(um.encode_images([render(scene) for _, scene in chunk]))
         accepted += [verify(image, spec).satisfied for (spec, _), image in zip(chunk, decoded, strict=True)]
     return summarize(accepted, "accuracy")

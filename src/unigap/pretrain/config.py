@@ -19,9 +19,12 @@ class PretrainConfig:
     vision_layers: int = 2
     # corpora (see unigap.pretrain.corpus): train-split scenes rendered once
     scenes: int = 6000  # drawn for train prompts: generation targets and VQ training images
-    understanding_scenes: int = 6000  # uniformly random, with questions
+    understanding_scenes: int = 12000  # uniformly random, with questions
     questions_per_scene: int = 8
-    reconstructed_fraction: float = 0.5  # understanding images that are VQ reconstructions, not renders
+    sentence_fraction: float = 0.25  # understanding questions asked for a full-sentence answer
+    critique_scenes: int = 10000  # pictures of train prompts, intact, broken or damaged, with judge + reflection questions
+    edit_pairs: int = 8000  # (source scene, instruction, edited scene) triples
+    reconstructed_fraction: float = 0.5  # understanding, critique and edit-source images that are VQ reconstructions
     # stage 1: VQ tokenizer
     vq_steps: int = 5600
     vq_batch: int = 32
@@ -34,10 +37,12 @@ class PretrainConfig:
     vision_lr: float = 2e-3
     # stage 3: LLM, aligners and generation head (and the vision tower if joint_trains_vision) on both tasks
     joint_trains_vision: bool = False
-    steps: int = 1500
+    steps: int = 3000
     und_batch: int = 24  # images per step
     questions_per_image: int = 4  # questions scored per understanding image (sharing its forward pass)
     gen_batch: int = 24
+    critique_batch: int = 16  # critique pictures per step, all their questions scored
+    edit_batch: int = 16  # edit pairs per step (0: the model does not learn to edit)
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup: int = 100
@@ -50,4 +55,5 @@ class PretrainConfig:
 
 
 FULL = PretrainConfig()
-QUICK = FULL.scaled(scenes=400, understanding_scenes=400, questions_per_scene=2, vq_steps=40, vision_steps=20, steps=40, checkpoint_every=20)
+QUICK = FULL.scaled(scenes=400, understanding_scenes=400, questions_per_scene=2, critique_scenes=200, edit_pairs=200,
+                    vq_steps=40, vision_steps=20, steps=40, checkpoint_every=20)

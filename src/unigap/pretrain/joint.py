@@ -1,12 +1,14 @@
 """Stage 3: train the LLM, aligners and generation head (the vision tower too if `joint_trains_vision`) on
-both tasks at once.
+every task at once.
 
 Each step takes a batch of understanding examples (a random scene's image, several questions → exact
 answers; images are renders or their VQ reconstructions, so the model also understands the kind of image
-it generates) and a batch of text-to-image examples (prompt → VQ ids of a scene satisfying it). Some
-prompts are replaced by the unconditional prompt, built exactly as CFG builds it at inference. Each task's
-loss is its mean token cross-entropy; the step minimises their sum plus `patch_label_weight` times the
-patch-label loss of `PatchHead`. The VQ stays frozen.
+it generates), a batch of text-to-image examples (prompt → VQ ids of a scene satisfying it), a batch of
+critique pictures (judge and reflection questions about intact, broken and damaged pictures of train
+prompts) and a batch of edits (source image + instruction → VQ ids of the edited scene). Some generation
+prompts and edit prefixes are replaced by the unconditional prompt, built exactly as CFG builds it at
+inference. Each task's loss is its mean token cross-entropy; the step minimises their sum plus
+`patch_label_weight` times the patch-label loss of `PatchHead`. The VQ stays frozen.
 """
 
 from __future__ import annotations
@@ -20,9 +22,19 @@ import torch.nn.functional as F
 
 from unigap.model import UnifiedModel
 from unigap.model.decoding import left_pad
-from unigap.model.generation import image_token_states, unconditional
+from unigap.model.editing import edit_prefix
+from unigap.model.generation import image_token_states, prefixed_image_token_states, unconditional
 from unigap.pretrain.config import PretrainConfig
-from unigap.pretrain.corpus import GenerationCorpus, UnderstandingCorpus
+from unigap.pretrain.corpus import (
+    JUDGED_NEAR_MISSES,
+    Corpora,
+    CritiqueCorpus,
+    EditCorpus,
+    GenerationCorpus,
+    UnderstandingCorpus,
+)
+
+CRITIQUE_QUESTIONS = JUDGED_NEAR_MISSES + 3  # every question of a critique picture (judge x2, reflect x2)
 from unigap.world import COLORS, SHAPES
 
 
@@ -33,6 +45,8 @@ class JointStep:
     und_loss: float
     gen_loss: float
     patch_loss: float
+    critique_loss: float
+    edit_loss: float
     lr: float
 
 
@@ -83,7 +97,12 @@ def make_optimizer(params: list[torch.nn.Parameter], config: PretrainConfig) -> 
 
 
 def understanding_loss(
-    um: UnifiedModel, corpus: UnderstandingCorpus, rows: np.ndarray, rng: np.random.Generator, reconstructed: float, per_image: int
+    um: UnifiedModel,
+    corpus: UnderstandingCorpus | CritiqueCorpus,
+    rows: np.ndarray,
+    rng: np.random.Generator,
+    reconstructed: float,
+    per_image: int,
 ) -> torch.Tensor:
     """Mean answer-token cross-entropy (EOS included) on up to `per_image` questions per chosen scene.
 
@@ -118,30 +137,53 @@ def generation_loss(
     return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten()), patch
 
 
+def edit_loss(
+    um: UnifiedModel, corpus: EditCorpus, rows: np.ndarray, rng: np.random.Generator, reconstructed: float, dropout: float
+) -> torch.Tensor:
+    """Mean image-token cross-entropy of the edited scenes given source image + instruction
+    (`unigap.model.editing.edit_prefix`); a `dropout` share of prefixes made unconditional, as CFG needs."""
+    assert corpus.tokens is not None and corpus.reconstructions is not None
+    use_recon = rng.random(len(rows)) < reconstructed
+    images = [corpus.reconstructions[r] if rec else corpus.sources[r] for r, rec in zip(rows, use_recon, strict=True)]
+    dropped = torch.from_numpy(rng.random(len(rows)) < dropout)
+    prefix, mask = edit_prefix(um.model, um.prompts, um.vision, images, [corpus.instructions[r] for r in rows], dropped)
+    tokens = torch.from_numpy(corpus.tokens[rows]).to(um.device)
+    logits = um.model.model.generation_head(prefixed_image_token_states(um.model, prefix, mask, tokens))
+    return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+
+
 def joint_step(
     um: UnifiedModel,
     head: PatchHead,
-    und_corpus: UnderstandingCorpus,
-    gen_corpus: GenerationCorpus,
+    corpora: Corpora,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     params: list[torch.nn.Parameter],
     rng: np.random.Generator,
     config: PretrainConfig,
 ) -> JointStep:
-    """One optimiser step on one understanding and one generation batch (`params` include the head's)."""
-    und_rows = rng.integers(len(und_corpus), size=config.und_batch)
-    gen_rows = rng.integers(len(gen_corpus), size=config.gen_batch)
-    und = understanding_loss(um, und_corpus, und_rows, rng, config.reconstructed_fraction, config.questions_per_image)
-    gen, patch = generation_loss(um, head, gen_corpus, gen_rows, rng, config.prompt_dropout)
-    loss = und + gen + config.patch_label_weight * patch
+    """One optimiser step on one batch of each task (`params` include the head's); the loss is their sum."""
+    und_rows = rng.integers(len(corpora.und), size=config.und_batch)
+    gen_rows = rng.integers(len(corpora.gen), size=config.gen_batch)
+    und = understanding_loss(um, corpora.und, und_rows, rng, config.reconstructed_fraction, config.questions_per_image)
+    gen, patch = generation_loss(um, head, corpora.gen, gen_rows, rng, config.prompt_dropout)
+    zero = und.new_zeros(())
+    critique, edit = zero, zero
+    if config.critique_batch:
+        rows = rng.integers(len(corpora.critique), size=config.critique_batch)
+        critique = understanding_loss(um, corpora.critique, rows, rng, config.reconstructed_fraction, CRITIQUE_QUESTIONS)
+    if config.edit_batch:
+        rows = rng.integers(len(corpora.edit), size=config.edit_batch)
+        edit = edit_loss(um, corpora.edit, rows, rng, config.reconstructed_fraction, config.prompt_dropout)
+    loss = und + gen + config.patch_label_weight * patch + critique + edit
     if not torch.isfinite(loss):
         raise FloatingPointError(
-            f"pretraining loss is not finite (understanding {float(und)}, generation {float(gen)}, patch labels {float(patch)})"
+            f"pretraining loss is not finite (understanding {float(und)}, generation {float(gen)}, patch labels "
+            f"{float(patch)}, critique {float(critique)}, editing {float(edit)})"
         )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     schedule.step()
-    return JointStep(und.item(), gen.item(), patch.item(), schedule.get_last_lr()[0])
+    return JointStep(und.item(), gen.item(), patch.item(), critique.item(), edit.item(), schedule.get_last_lr()[0])

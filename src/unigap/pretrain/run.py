@@ -45,7 +45,14 @@ from unigap.model.images import vq_decode, vq_encode
 from unigap.model.prompts import TINY_TEMPLATE
 from unigap.model.tiny import tiny_generation_config
 from unigap.pretrain.config import PretrainConfig
-from unigap.pretrain.corpus import GenerationCorpus, UnderstandingCorpus, generation_corpus, understanding_corpus
+from unigap.pretrain.corpus import (
+    Corpora,
+    UnderstandingCorpus,
+    critique_corpus,
+    edit_corpus,
+    generation_corpus,
+    understanding_corpus,
+)
 from unigap.pretrain.joint import PatchHead, joint_step, make_optimizer, trainable_parameters
 from unigap.pretrain.labels import grid_side
 from unigap.pretrain.vision import VisionStep, train_vision
@@ -108,10 +115,28 @@ def vq_reconstructions(um: UnifiedModel, tokens: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(image) for image in images])
 
 
-def tokenize_corpora(um: UnifiedModel, und: UnderstandingCorpus, gen: GenerationCorpus) -> None:
-    """Generation targets are the VQ ids of its renders; understanding also sees VQ reconstructions."""
-    gen.tokens = vq_tokens(um, gen.renders)
-    und.reconstructions = vq_reconstructions(um, vq_tokens(um, und.renders))
+def tokenize_corpora(um: UnifiedModel, corpora: Corpora) -> None:
+    """Generation and edit targets are the VQ ids of their renders; understanding, critique and edit
+    sources also come as VQ reconstructions (the kind of picture the model generates)."""
+    corpora.gen.tokens = vq_tokens(um, corpora.gen.renders)
+    corpora.edit.tokens = vq_tokens(um, corpora.edit.results)
+    for corpus, pictures in ((corpora.und, corpora.und.renders), (corpora.critique, corpora.critique.renders),
+                             (corpora.edit, corpora.edit.sources)):
+        corpus.reconstructions = vq_reconstructions(um, vq_tokens(um, pictures))
+
+
+def build_corpora(config: PretrainConfig, grid: int, show: bool) -> Corpora:
+    """Every corpus of the recipe, rebuilt from the seed (deterministic, so never stored)."""
+    with _bar("generation corpus", config.scenes, show) as update:
+        gen = generation_corpus(config.scenes, config.seed, grid, update)
+    with _bar("understanding corpus", config.understanding_scenes, show) as update:
+        und = understanding_corpus(config.understanding_scenes, config.seed, config.questions_per_scene,
+                                   config.sentence_fraction, update)
+    with _bar("critique corpus", config.critique_scenes, show) as update:
+        critique = critique_corpus(config.critique_scenes, config.seed, update)
+    with _bar("edit corpus", config.edit_pairs, show) as update:
+        edit = edit_corpus(config.edit_pairs, config.seed, update)
+    return Corpora(und=und, gen=gen, critique=critique, edit=edit)
 
 
 def _log(out: Path, row: dict) -> None:
@@ -182,9 +207,7 @@ def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainCo
     return seconds
 
 
-def _stage_joint(
-    um: UnifiedModel, und: UnderstandingCorpus, gen: GenerationCorpus, config: PretrainConfig, out: Path, show: bool
-) -> dict:
+def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out: Path, show: bool) -> dict:
     """Train everything but the VQ, checkpointing every `checkpoint_every` steps; resumes from `joint.pt`.
     The patch-label head is trained alongside and not saved with the model."""
     torch.manual_seed(config.seed)
@@ -209,9 +232,10 @@ def _stage_joint(
         update(step)
         started = time.perf_counter() - seconds
         while step < config.steps:
-            last = joint_step(um, head, und, gen, optimizer, schedule, params, rng, config)
+            last = joint_step(um, head, corpora, optimizer, schedule, params, rng, config)
             step += 1
-            update(step, f"und {last.und_loss:.3f} gen {last.gen_loss:.3f} patch {last.patch_loss:.3f}")
+            update(step, f"und {last.und_loss:.3f} gen {last.gen_loss:.3f} critique {last.critique_loss:.3f} "
+                         f"edit {last.edit_loss:.3f}")
             if step % 10 == 0 or step == config.steps:
                 _log(out, {"stage": "joint", "step": step, **asdict(last)})
             if step % config.checkpoint_every == 0 or step == config.steps:
@@ -237,19 +261,18 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     um = build_model(config)
-    with _bar("generation corpus", config.scenes, show_progress) as update:
-        gen = generation_corpus(config.scenes, config.seed, grid_side(um.num_image_tokens), update)
-    with _bar("understanding corpus", config.understanding_scenes, show_progress) as update:
-        und = understanding_corpus(config.understanding_scenes, config.seed, config.questions_per_scene, update)
-    vq_seconds = _stage_vq(um, gen.renders, config, out, show_progress)
-    tokenize_corpora(um, und, gen)
+    corpora = build_corpora(config, grid_side(um.num_image_tokens), show_progress)
+    corpus_seconds = time.perf_counter() - started
+    vq_seconds = _stage_vq(um, corpora.gen.renders, config, out, show_progress)
+    tokenize_corpora(um, corpora)
     fidelity = vq_fidelity(um, n=VQ_CHECK, seed=config.seed, data_seed=config.seed, progress=show_progress)
     _log(out, {"stage": "vq_fidelity", **fidelity})
-    vision_seconds = _stage_vision(um, und, config, out, show_progress)
-    joint = _stage_joint(um, und, gen, config, out, show_progress)
-    save_tiny(um.model, um.tokenizer, out)
+    vision_seconds = _stage_vision(um, corpora.und, config, out, show_progress)
+    joint = _stage_joint(um, corpora, config, out, show_progress)
+    save_tiny(um.model, um.tokenizer, out, editing=config.edit_batch > 0)
     summary = {
         "config": asdict(config),
+        "corpus_seconds": corpus_seconds,
         "vq_seconds": vq_seconds,
         "vq_reconstruction_accuracy": fidelity,  # verifier acceptance of held-out VQ reconstructions
         "vision_seconds": vision_seconds,

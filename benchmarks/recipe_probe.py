@@ -1,0 +1,61 @@
+"""Recipe probe: a short pretraining run of the full preset with changes, then its metrics on the val split.
+
+Why: the full recipe takes about two hours on a 2-core CPU, so its settings are chosen on shorter runs that share
+the expensive first stage. `--reuse DIR` copies a finished VQ (and, unless `--new-vision`, the vision tower) out
+of a checkpoint directory (e.g. the shipped model's, `src/unigap/assets/tiny`), exactly as a resumed run would
+find them, so only the stages that differ are trained. The evaluation uses the val split, never the test split.
+
+    python benchmarks/recipe_probe.py --out runs/probe-a --steps 500 [--set num_layers=6] [--reuse DIR] [--new-vision]
+
+Writes the checkpoint to OUT and `OUT/eval_val.json` (`unigap eval --split val --n 300 --seed 11`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from unigap.evaluate import evaluate, save_report
+from unigap.model import load_model
+from unigap.pretrain import FULL, pretrain
+from unigap.pretrain.run import VISION_FILE, VQ_FILE
+
+
+def reuse_stages(source: Path, out: Path, vision: bool) -> None:
+    """Write the VQ (and vision tower) of a trained checkpoint as finished stage files in `out`."""
+    um = load_model(source)
+    recorded = json.loads((source / "pretrain.json").read_text()) if (source / "pretrain.json").is_file() else {}
+    stages = [(um.model.model.vqmodel, VQ_FILE, recorded.get("vq_seconds", 0.0))]
+    if vision:
+        stages.append((um.model.model.vision_model, VISION_FILE, recorded.get("vision_seconds", 0.0)))
+    out.mkdir(parents=True, exist_ok=True)
+    for module, name, seconds in stages:
+        if not (out / name).is_file():
+            state = {k: v.contiguous() for k, v in module.state_dict().items()}
+            save_file(state, out / name, metadata={"seconds": repr(seconds)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=500, help="joint-stage steps")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a PretrainConfig change")
+    parser.add_argument("--reuse", type=Path, help="checkpoint directory whose VQ (and vision tower) to reuse")
+    parser.add_argument("--new-vision", action="store_true", help="train the vision stage instead of reusing it")
+    parser.add_argument("--n", type=int, default=300)
+    args = parser.parse_args()
+    changes = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    if args.reuse is not None:
+        reuse_stages(args.reuse, args.out, vision=not args.new_vision)
+    pretrain(args.out, FULL.scaled(steps=args.steps, **changes), show_progress=False)
+    report = evaluate(load_model(args.out), args.n, seed=11, split="val", progress=False)
+    report["config"].update(model=str(args.out), probe={"steps": args.steps, **changes})
+    save_report(report, args.out / "eval_val.json")
+    print(f"wrote {args.out / 'eval_val.json'}")
+
+
+if __name__ == "__main__":
+    main()
