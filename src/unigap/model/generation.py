@@ -25,13 +25,13 @@ from unigap.model.decoding import (
     check_counts,
     check_temperature,
     choose,
-    extend,
     left_pad,
     make_generator,
     positions,
     token_logprobs,
 )
 from unigap.model.prompts import PromptFormat
+from unigap.model.sampler import StaticCache, decode_step
 
 
 def uses_cfg(cfg_scale: float | None) -> bool:
@@ -135,16 +135,20 @@ def sample_from_prefix(
     cfg = uses_cfg(cfg_scale)
     generator = make_generator(seed, device)
     position_ids = positions(mask)
-    cache = None
+    states, prefilled = _generation_states(model, embeds, mask, position_ids, None, use_cache=True, last=1)
+    hidden, position = states[:, -1], position_ids[:, -1]
+    cache = StaticCache.from_prefill(prefilled, mask, num_tokens - 1)
     for step in range(num_tokens):
-        states, cache = _generation_states(model, embeds, mask, position_ids, cache, use_cache=True, last=1)
-        logits = guided(model.model.generation_head(states[:, -1]).float(), cfg_scale)
+        logits = guided(model.model.generation_head(hidden).float(), cfg_scale)
         token = choose(logits, temperature, generator)
         tokens[:, step] = token
         logprobs[:, step] = token_logprobs(logits, token)
+        if step + 1 == num_tokens:
+            break
         fed = torch.cat([token, token]) if cfg else token
-        embeds = model.prepare_embeddings_for_image_generation(fed.unsqueeze(-1))
-        mask, position_ids = extend(mask, position_ids)
+        position = position + 1
+        hidden = decode_step(model, model.prepare_embeddings_for_image_generation(fed.unsqueeze(-1)), position,
+                             cache, mask.shape[1] + step)
     return tokens, logprobs
 
 

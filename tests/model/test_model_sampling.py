@@ -1,0 +1,67 @@
+"""The image-token sampler draws from the same distribution as transformers' image generate, reproducibly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chi2_contingency, chisquare
+from transformers import GenerationConfig
+
+from unigap.model import UnifiedModel
+from unigap.model.decoding import left_pad
+from unigap.model.generation import guided, prompt_batch
+
+ROWS = 512
+PROMPT = "a red circle"
+
+
+def _theirs(um: UnifiedModel, rows: int, cfg_scale: float) -> torch.Tensor:
+    ids, mask = left_pad([um.prompts.generation_ids(PROMPT)] * rows, um.prompts.ids.pad)
+    config = GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=0, guidance_scale=cfg_scale, bos_token_id=um.prompts.ids.bos,
+        pad_token_id=um.prompts.ids.pad, eos_token_id=um.prompts.ids.eos,
+        generation_kwargs={"boi_token_id": um.prompts.ids.boi}, max_length=ids.shape[1] + um.num_image_tokens,
+    )
+    torch.manual_seed(0)
+    return um.model.generate(ids, attention_mask=mask, generation_mode="image", generation_config=config)
+
+
+@pytest.fixture(scope="module")
+def samples(um: UnifiedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    ours = um.generate_images([PROMPT], n_per_prompt=ROWS, cfg_scale=3.0, temperature=1.0, seed=1)
+    return ours, _theirs(um, ROWS, 3.0)
+
+
+def test_first_tokens_follow_the_model_s_guided_distribution(um: UnifiedModel, samples) -> None:
+    """Goodness of fit of the first token against softmax of the CFG-mixed logits, in 8 equal-mass classes."""
+    ids, mask = prompt_batch(um.prompts, [PROMPT], cfg=True, device=um.device)
+    with torch.no_grad():
+        hidden = um.model.model.language_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
+        probs = torch.softmax(guided(um.model.model.generation_head(hidden).float(), 3.0), -1)[0].numpy()
+    order = np.argsort(probs)
+    classes = np.zeros(len(probs), dtype=int)
+    classes[order] = np.minimum((np.cumsum(probs[order]) * 8).astype(int), 7)
+    for tokens in samples:
+        observed = np.bincount(classes[tokens[:, 0].numpy()], minlength=8)
+        expected = np.bincount(classes, weights=probs, minlength=8) * len(tokens)
+        keep = expected > 5
+        assert chisquare(observed[keep], expected[keep] * observed[keep].sum() / expected[keep].sum()).pvalue > 1e-3
+
+
+def test_token_frequencies_match_transformers_generate(samples) -> None:
+    """All 64 positions pooled, tokens in 16 classes of equal frequency: the two samplers are indistinguishable."""
+    ours, theirs = (s.flatten().numpy() for s in samples)
+    counts = np.bincount(np.concatenate([ours, theirs]))
+    order = np.argsort(counts)
+    classes = np.zeros(len(counts), dtype=int)
+    classes[order] = np.minimum((np.cumsum(counts[order]) / counts.sum() * 16).astype(int), 15)
+    table = np.stack([np.bincount(classes[ours], minlength=16), np.bincount(classes[theirs], minlength=16)])
+    table = table[:, table.sum(axis=0) > 0]
+    assert chi2_contingency(table).pvalue > 1e-3
+
+
+def test_the_same_seed_gives_the_same_images(um: UnifiedModel) -> None:
+    first = um.generate_images(["a red circle", "a big blue square"], n_per_prompt=3, seed=7)
+    assert torch.equal(first, um.generate_images(["a red circle", "a big blue square"], n_per_prompt=3, seed=7))
+    assert not torch.equal(first, um.generate_images(["a red circle", "a big blue square"], n_per_prompt=3, seed=8))
