@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: setup test test-all bench
+.PHONY: setup test test-all bench readme-tables
 
 # One-time set-up: the pinned CPU torch first (an unpinned torch pulls CUDA wheels), then unigap + dev extras.
 setup:
@@ -17,3 +17,7 @@ test-all:
 
 bench:
 	$(PY) benchmarks/sampling.py
+
+# The README's result tables, regenerated from the results JSON (docs/readme_tables.py).
+readme-tables:
+	$(PY) docs/readme_tables.py

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-import unigap.errors as world_errors
 import unigap.world as world
 from unigap.evaluate import UnderstandingItem
 from unigap.model import UnifiedModel, load_model, save_random_tiny
@@ -110,13 +109,7 @@ class EditingStub(StubModel):
     def edit(self, images, instructions, cfg_scale=5.0, temperature=1.0, seed=None) -> torch.Tensor:
         ids = []
         for image, instruction in zip(images, instructions, strict=True):
-            objects = tuple(world.SceneObject(o.shape, o.color, o.size, int(o.x), int(o.y)) for o in world.detect(image))
-            scene = world.Scene(64, objects)
-            try:
-                edited = world.apply_edit(scene, world.parse_instruction(instruction), self.rng)
-            except world_errors.UserError:
-                edited = scene
-            self.images.append(world.render_pil(edited))
+            self.images.append(Image.fromarray(world.edit_picture(image, instruction, self.rng)))
             ids.append([len(self.images) - 1])
         return torch.tensor(ids)
 

@@ -78,7 +78,7 @@ def test_editing_prompts_hold_the_image_and_end_in_begin_of_image(um: UnifiedMod
         ids = model.prompts.edit_ids("add a square")
         assert ids[0] == model.prompts.ids.bos and ids[-1] == model.prompts.ids.boi
         assert ids.count(model.prompts.ids.image) == model.num_image_tokens
-    with pytest.raises(ValueError, match="image placeholders"):
+    with pytest.raises(ValueError, match="image placeholder tokens"):
         um.prompts.edit_ids("add <image_placeholder>")
 
 

@@ -11,6 +11,7 @@ import sys
 import typer
 
 from unigap.errors import UserError
+from unigap.threads import configure_threads
 
 app = typer.Typer(
     name="unigap",
@@ -46,6 +47,12 @@ def _register() -> None:
     from unigap.cli.study import study_command
 
     app.command("study")(study_command)
+    from unigap.cli.refine import app as refine_app
+
+    app.add_typer(refine_app)  # `refine`
+    from unigap.cli.selfimprove import app as selfimprove_app
+
+    app.add_typer(selfimprove_app)  # `selfimprove`
 
 
 _register()
@@ -57,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
     try:
+        configure_threads()  # before torch is imported
         app(args=argv, standalone_mode=True)
     except UserError as exc:
         print(f"unigap: error: {exc}", file=sys.stderr)

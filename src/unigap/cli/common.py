@@ -36,8 +36,11 @@ def load(model: str, adapter: Path | None) -> UnifiedModel:
         raise UserError(f"adapter directory {adapter} does not exist")
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter} holds no PEFT adapter (no adapter_config.json)")  # before a slow load
+    from transformers.utils import logging as hf_logging
+
     from unigap.model import load_model
 
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar, even where transformers was imported earlier
     um = load_model(model)
     if adapter is not None:
         try:

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, require_non_negative, require_positive
 from unigap.errors import UserError
+from unigap.progress import progress
 
 if TYPE_CHECKING:
     from unigap.model import UnifiedModel
@@ -41,7 +41,7 @@ def summary_table(report: dict) -> Table:
     inter, intra, weights = report["inter"], report["intra"], report["weighting"]
     table = Table(title=f"Gradient diagnostics, {report['n']} single-pair batches")
     for column in ("quantity", "mean", "95% CI", "Janus-Pro-7B (paper)"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", overflow="fold")
 
     def ci(key: str, section: dict) -> str:
         bounds = section.get(key)
@@ -100,6 +100,7 @@ def diagnose_command(
         raise UserError(f"--out {out} is a file, not a directory")
 
     from unigap.diagnose import run_diagnostics, shared_parameters, write_report
+    from unigap.manifest import manifest, write_manifest
     from unigap.prefs.rows import load_pairs
     from unigap.train.dpo import DPOOptions
 
@@ -113,9 +114,16 @@ def diagnose_command(
         params = shared_parameters(um, full_params, seed)
     except ValueError as exc:  # e.g. an adapter with no LoRA on the LLM's decoder layers
         raise UserError(f"cannot diagnose this model: {exc}") from None
-    columns = (TextColumn("gradients"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("gradients", total=pairs + 2 * sweep_probes)
+    total, done = pairs + 2 * sweep_probes, [0]
+
+    def advance() -> None:
+        done[0] += 1
+        update(done[0])
+
+    settings = {"model": model, "adapter": None if adapter is None else str(adapter), "und": str(und), "gen": str(gen),
+                "pairs": pairs, "seed": seed, "sweep_probes": sweep_probes, "beta": beta, "full_params": full_params}
+    with manifest("diagnose", settings, seeds=[seed]) as record, progress("gradients", total) as update:
+        record["device"] = str(um.device)
         report = run_diagnostics(
             um,
             params,
@@ -125,9 +133,10 @@ def diagnose_command(
             seed,
             sweep_probes=sweep_probes,
             options=DPOOptions(beta=beta),
-            progress=lambda: bar.advance(task),
+            progress=advance,
         )
     report |= {"model": model, "adapter": None if adapter is None else str(adapter), "und": str(und), "gen": str(gen)}
     path = write_report(report, out)
+    write_manifest(out, record)
     Console().print(summary_table(report))
     typer.echo(f"wrote {path} and its PNG figures")

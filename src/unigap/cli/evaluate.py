@@ -31,6 +31,7 @@ def eval_command(
     """Write the metrics report to OUT and print a summary table."""
     from unigap.evaluate import check_output_file, evaluate, save_report, summary_table, vq_fidelity
     from unigap.evaluate.data import HELD_OUT_SPLITS
+    from unigap.manifest import manifest
 
     require_positive("--n", n)
     require_positive("--batch-size", batch_size)
@@ -39,13 +40,18 @@ def eval_command(
     check_output_file(out)
     if split not in HELD_OUT_SPLITS:
         raise UserError(f"--split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
-    um = load(model, adapter)
-    report = evaluate(
-        um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature, split=split
-    )
-    # the VQ is never trained after pretraining (adapters leave it alone), so this reads the base model's tokenizer
-    report["vq_reconstruction"] = vq_fidelity(um, n, seed, data_seed, batch_size, split=split)
+    settings = {"model": model, "adapter": None if adapter is None else str(adapter), "n": n, "seed": seed,
+                "data_seed": data_seed, "batch_size": batch_size, "cfg": cfg, "temperature": temperature, "split": split}
+    with manifest("eval", settings, seeds=[seed], judge={"name": "verifier"}) as record:
+        um = load(model, adapter)
+        record["device"] = str(um.device)
+        report = evaluate(
+            um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature, split=split
+        )
+        # the VQ is never trained after pretraining (adapters leave it alone), so this reads the base model's tokenizer
+        report["vq_reconstruction"] = vq_fidelity(um, n, seed, data_seed, batch_size, split=split)
     report["config"].update(model=model, adapter=None if adapter is None else str(adapter))
+    report["manifest"] = record
     save_report(report, out)
     Console().print(summary_table(report))
     typer.echo(f"wrote {out}")

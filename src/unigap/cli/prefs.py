@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from unigap.cli.common import MODEL_OPTION
+from unigap.progress import progress
 from unigap.prefs.kinds import KINDS, check_suffix
 
 app = typer.Typer(help="Preference pairs for multi-task DPO.", no_args_is_help=True)
@@ -41,13 +40,7 @@ def build(
         kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size
     )
     um = load_model(model)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"{kind} pairs", total=n)
-
-        def progress(kept: int, tried: int) -> None:
-            bar.update(task, completed=kept, description=f"{kind} pairs ({tried} tried)")
-
-        rows = build_preferences(um, options, progress)
+    with progress(f"{kind} pairs", n) as update:
+        rows = build_preferences(um, options, lambda kept, tried: update(kept, f"{tried} tried"))
     path = write_rows(out, rows)
     typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")

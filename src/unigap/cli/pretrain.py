@@ -21,7 +21,14 @@ def pretrain_command(
         raise UserError(f"--seed must be >= 0, got {seed}")
     from unigap.pretrain import FULL, QUICK, pretrain  # torch: imported only when the command runs
 
+    from dataclasses import asdict
+
+    from unigap.manifest import manifest, write_manifest
+
     config = (QUICK if quick else FULL).scaled(seed=seed)
     started = time.perf_counter()
-    directory = pretrain(out, config)
+    with manifest("pretrain", asdict(config), seeds=[seed]) as record:
+        record["device"] = "cpu"
+        directory = pretrain(out, config)
+    write_manifest(directory, record)
     Console().print(f"saved {directory} in {time.perf_counter() - started:.0f} s; load it with --model {directory}")

@@ -33,7 +33,13 @@ def study_command(
     config = preset.scaled(
         model=model, seeds=seeds, n=n, steps=steps, lr=lr, strategies=tuple(strategy) if strategy else None
     )
+    from dataclasses import asdict
+
+    from unigap.manifest import manifest, write_manifest
+
     out = out or Path("runs/study-quick" if quick else "runs/study")
-    built = run_study(config, out)
+    with manifest("study", asdict(config), seeds=list(range(config.seeds)), judge={"name": "verifier"}) as record:
+        built = run_study(config, out)
+    write_manifest(out, record)
     Console().print(summary_table(built.results))
     typer.echo(f"wrote {out / 'report.html'} (and results.json, results.csv, figures) in {out}")

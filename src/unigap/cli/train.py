@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from unigap.cli.common import MODEL_OPTION
+from unigap.progress import progress
 from unigap.train.names import STRATEGIES
 
 
@@ -44,11 +43,15 @@ def train(
     settings = TrainConfig.load(config, strategy=strategy, steps=steps, lr=lr, beta=beta, seed=seed)
     und_pairs = load_pairs(und, "und") if und is not None else []
     gen_pairs = load_pairs(gen, "gen") if gen is not None else []
-    trainer = DPOTrainer(load_model(model), settings, und_pairs, gen_pairs, out)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(settings.strategy, total=settings.steps)
-        result = trainer.train(
-            resume, lambda step, record: bar.update(task, completed=step, description=_losses(record))
-        )
+    from unigap.manifest import manifest, write_manifest
+
+    settings_record = {"model": model, "und": None if und is None else str(und), "gen": None if gen is None else str(gen),
+                       **settings.to_dict()}
+    with manifest("train", settings_record, seeds=[settings.seed]) as record:
+        um = load_model(model)
+        record["device"] = str(um.device)
+        trainer = DPOTrainer(um, settings, und_pairs, gen_pairs, out)
+        with progress(settings.strategy, settings.steps) as update:
+            result = trainer.train(resume, lambda step, row: update(step, _losses(row)))
+    write_manifest(result.out_dir, record)
     typer.echo(f"trained {result.steps} steps ({settings.strategy}); adapter and log in {result.out_dir}")

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from unigap.errors import UserError
+from unigap.manifest import manifest, write_manifest
+from unigap.progress import progress
 from unigap.world.dataset import SPLITS, write_dataset
 from unigap.world.prompts import CATEGORIES, parse_prompt
 from unigap.world.scene import DEFAULT_CANVAS
@@ -42,12 +42,10 @@ def sample(
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if category is not None and category not in CATEGORIES:
         raise UserError(f"--category must be one of {', '.join(CATEGORIES)}, got {category!r}")
-    columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=n < PROGRESS_MIN_N, transient=True) as bar:
-        task = bar.add_task("sampling", total=n)
-        path = write_dataset(
-            out, n, seed, split, category, size, progress=lambda k: bar.update(task, completed=k)
-        )
+    settings = {"n": n, "seed": seed, "split": split, "category": category, "size": size}
+    with manifest("world sample", settings, seeds=[seed]) as record, progress("sampling", n, show=n >= PROGRESS_MIN_N) as update:
+        path = write_dataset(out, n, seed, split, category, size, progress=update)
+    write_manifest(out, record)
     typer.echo(f"wrote {n} samples to {path}")
 
 

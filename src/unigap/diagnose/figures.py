@@ -10,20 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from unigap.train.checkpoint import atomic_write_bytes
+from unigap.plotting import save_figure
 
 BINS = 30
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    FigureCanvasAgg(figure)
-    figure.tight_layout()
-    atomic_write_bytes(path, lambda handle: figure.savefig(handle, format="png", dpi=120))
-    return path
+    return save_figure(figure, path, dpi=120)
 
 
 def cosine_histogram(report: dict[str, Any], path: Path) -> Path:

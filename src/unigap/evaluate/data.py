@@ -9,8 +9,22 @@ exactly `sample_records(n, data_seed, "test")`.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+
 from unigap.errors import UserError
-from unigap.world import DEFAULT_CANVAS, PromptSpec, Scene, sample_records
+from unigap.world import (
+    CATEGORIES,
+    DEFAULT_CANVAS,
+    SPLITS,
+    PromptSpec,
+    Scene,
+    parse_prompt,
+    sample_records,
+    split_prompts,
+)
 
 HELD_OUT = "test"
 HELD_OUT_SPLITS = ("test", "val")
@@ -24,3 +38,56 @@ def held_out_pairs(
     if split not in HELD_OUT_SPLITS:
         raise UserError(f"evaluation split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
     return sample_records(n, data_seed, split, canvas=canvas, draw_seed=seed)
+
+
+def distinct_prompts(n: int, seed: int, data_seed: int = 0, split: str = "train") -> list[PromptSpec]:
+    """n distinct prompts of a split (all of them when it has fewer), categories taking turns so every category
+    is represented: what a training method samples many images of, where a repeated prompt would be waste."""
+    rng = np.random.default_rng([seed, data_seed, SPLITS.index(split)])
+    pools = [list(split_prompts(split, data_seed, category)) for category in CATEGORIES]
+    for pool in pools:
+        rng.shuffle(pool)
+    out: list[PromptSpec] = []
+    while len(out) < n and any(pools):
+        for pool in pools:
+            if pool and len(out) < n:
+                out.append(pool.pop())
+    return out
+
+
+def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0) -> list[PromptSpec]:
+    """At most n ShapeWorld prompts from a split (train: distinct prompts; test/val: `held_out_pairs`'s draw) or
+    from a file: plain text (one prompt per line) or JSONL with a `prompt` field (GenEval's metadata shape).
+    A bad line is a `UserError` naming `FILE:LINE`."""
+    if n < 1:
+        raise UserError(f"--n must be positive, got {n}")
+    if source in HELD_OUT_SPLITS:
+        return [spec for spec, _ in held_out_pairs(n, seed, data_seed, split=source)]
+    if source == "train":
+        return distinct_prompts(n, seed, data_seed)
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"--prompts must be a split ({', '.join(SPLITS)}) or a prompt file; {path} is neither")
+    specs = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            specs.append(parse_prompt(_prompt_text(line)))
+        except UserError as exc:
+            raise UserError(f"{path}:{line_no}: {exc}") from None
+    if not specs:
+        raise UserError(f"{path} holds no prompts")
+    return specs[:n]
+
+
+def _prompt_text(line: str) -> str:
+    if not line.strip():
+        raise UserError("empty line")
+    if not line.lstrip().startswith("{"):
+        return line
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+        raise UserError('a JSON line needs a string "prompt" field')
+    return row["prompt"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from unigap.progress import progress
 
 T = TypeVar("T")
 
@@ -17,12 +16,10 @@ def check_batch_size(batch_size: int) -> None:
 
 
 def batches(items: Sequence[T], batch_size: int, description: str, show: bool = True) -> Iterator[list[T]]:
-    """Consecutive slices of at most `batch_size` items; a transient bar on stderr counts items done."""
+    """Consecutive slices of at most `batch_size` items, with progress (`unigap.progress`) counting items done."""
     check_batch_size(batch_size)
-    columns = (TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not show, transient=True) as bar:
-        task = bar.add_task(description, total=len(items))
+    with progress(description, len(items), show) as update:
         for start in range(0, len(items), batch_size):
             chunk = list(items[start : start + batch_size])
             yield chunk
-            bar.advance(task, len(chunk))
+            update(start + len(chunk))

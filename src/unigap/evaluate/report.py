@@ -58,7 +58,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     """Headline metrics with n and stderr, each followed by its per-kind / per-category rows."""
     table = Table(title=f"unigap eval (n={report['config']['n']}, seed={report['config']['seed']})")
     for column in ("metric", "value", "n", "stderr"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
+        table.add_column(column, justify="left" if column == "metric" else "right", overflow="fold")
 
     def row(label: str, metric: dict[str, Any], key: str) -> None:
         table.add_row(label, _fmt(metric[key]), str(metric["n"]), _fmt(metric["stderr"]))

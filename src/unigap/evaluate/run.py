@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from PIL import Image
 
 from unigap.evaluate.critique import reflect_on, reflection_metrics, self_judge_metrics
 from unigap.evaluate.data import held_out_pairs
@@ -30,6 +33,7 @@ def evaluate(
     critique: bool = True,
     split: str = "test",
     progress: bool = True,
+    on_images: Callable[[list[Image.Image]], None] | None = None,
 ) -> dict[str, Any]:
     """Understanding and generation metrics on n held-out items (n questions, n prompts → n images).
 
@@ -40,7 +44,8 @@ def evaluate(
     `edit` where `supports_editing`) it adds `reflect` (the model's reflections on its own n images) and
     `edit` (n edits of broken held-out scenes; null, with `edit_skipped` saying why, on a model that
     cannot edit). `split` "val" measures on the validation split instead, for choosing settings without
-    touching the test split. Same arguments on the same device ⇒ the same numbers.
+    touching the test split. `on_images`, if given, receives the n generated images (in record order), for a
+    caller that saves them or judges them again. Same arguments on the same device ⇒ the same numbers.
     """
     check_batch_size(batch_size)
     pairs = held_out_pairs(n, seed, data_seed, split=split)
@@ -49,6 +54,8 @@ def evaluate(
     images, generation_records = generate_and_judge(
         um, [spec for spec, _ in pairs], seed, batch_size, cfg_scale, temperature, progress
     )
+    if on_images is not None:
+        on_images(images)
     config = {
         "n": n,
         "seed": seed,

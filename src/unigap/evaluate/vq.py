@@ -31,5 +31,5 @@ def vq_fidelity(
     accepted = []
     for chunk in batches(held_out_pairs(n, seed, data_seed, split=split), batch_size, "VQ reconstructions", progress):
         decoded = um.decode_tokens(um.encode_images([render(scene) for _, scene in chunk]))
-        accepted += [verify(image, spec).satisfied for (spec, _), image in zip(chunk, decoded, strict=True)]
+        accepted += [verify(image, spec, canvas=image.size[0]).satisfied for (spec, _), image in zip(chunk, decoded, strict=True)]
     return summarize(accepted, "accuracy")

@@ -9,6 +9,8 @@ every UnifiedModel method runs the adapted model; `disable_adapter()` gives the 
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,10 @@ from transformers import JanusForConditionalGeneration
 
 LM_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 GENERATION_HEAD = "generation_head"
+
+# peft 0.21 asks transformers 5.x for `is_gradient_checkpointing`, which transformers deprecates with a
+# FutureWarning on every adapter: a known, harmless warning that would land between progress bars.
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
 
 _LORA_PARAM = re.compile(r"language_model\.layers\.(\d+)\..*\.(lora_A|lora_B)\.")
 
@@ -29,8 +35,10 @@ def attach_lora(
     dropout: float,
     target_modules: str | list[str],
     train_generation_head: bool,
+    trained_modules: Sequence[str] = (),
 ) -> PeftModel:
-    """Wrap `model` with a fresh LoRA adapter named "default" (B = 0, so outputs start unchanged)."""
+    """Wrap `model` with a fresh LoRA adapter named "default" (B = 0, so outputs start unchanged); the generation
+    head and `trained_modules` (names of `model.model`'s children) train in full as peft `modules_to_save`."""
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     if not 0 <= dropout < 1:
@@ -40,7 +48,7 @@ def attach_lora(
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_modules,
-        modules_to_save=[GENERATION_HEAD] if train_generation_head else None,
+        modules_to_save=[*([GENERATION_HEAD] if train_generation_head else []), *trained_modules] or None,
         bias="none",
     )
     return get_peft_model(model, config)

@@ -67,27 +67,27 @@ class PromptFormat:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def understanding_ids(self, question: str) -> list[int]:
-        """BOS + prompt with one image (N placeholders) and the question, ready for the answer.
-
-        The image block is written as token strings and tokenised with the rest, exactly as
-        JanusProcessor expands `<image_placeholder>`; the placeholder count is then checked.
-        """
-        question = question.strip()
+    def _with_image(self, tiny_text: str, chat_text: str, what: str) -> list[int]:
+        """BOS + one of the two texts (by template), whose `{block}` is the image block written as token strings
+        and tokenised with the rest, exactly as JanusProcessor expands `<image_placeholder>`; the placeholder
+        count is then checked."""
         boi, image, eoi = self.tokenizer.convert_ids_to_tokens([self.ids.boi, self.ids.image, self.ids.eoi])
         block = boi + image * self.num_image_tokens + eoi
-        if self.template == TINY_TEMPLATE:
-            text = f"{block} {question}"
-        else:
-            text = f"{self.system_prompt}<|User|>: {block}\n{question}\n\n<|Assistant|>:"
+        text = (tiny_text if self.template == TINY_TEMPLATE else chat_text).format(block=block)
         ids = [self.ids.bos] + self._encode(text)
         found = ids.count(self.ids.image)
         if found != self.num_image_tokens:
             raise ValueError(
-                f"the understanding prompt holds {found} image placeholder tokens, expected {self.num_image_tokens} "
-                "(does the question contain image tokens, or does the tokenizer split the placeholder?)"
+                f"the {what} prompt holds {found} image placeholder tokens, expected {self.num_image_tokens} "
+                "(does the text contain image tokens, or does the tokenizer split the placeholder?)"
             )
         return ids
+
+    def understanding_ids(self, question: str) -> list[int]:
+        """BOS + prompt with one image (N placeholders) and the question, ready for the answer."""
+        question = _braces(question.strip())
+        chat = f"{_braces(self.system_prompt)}<|User|>: {{block}}\n{question}\n\n<|Assistant|>:"
+        return self._with_image(f"{{block}} {question}", chat, "understanding")
 
     def answer_ids(self, answer: str) -> list[int]:
         """The answer as the model should produce it after the understanding prompt, EOS included."""
@@ -113,18 +113,9 @@ class PromptFormat:
         same distance from the source patch it mostly copies, whatever the instruction's length; Janus-Pro's
         chat convention has the image first, as its understanding prompts do.
         """
-        instruction = instruction.strip()
-        boi, image, eoi = self.tokenizer.convert_ids_to_tokens([self.ids.boi, self.ids.image, self.ids.eoi])
-        block = boi + image * self.num_image_tokens + eoi
-        if self.template == TINY_TEMPLATE:
-            text = f"{instruction} {block}"
-        else:
-            text = f"<|User|>: {block}\n{instruction}\n\n<|Assistant|>:"
-        ids = [self.ids.bos] + self._encode(text)
-        if ids.count(self.ids.image) != self.num_image_tokens:
-            raise ValueError(f"the editing prompt must hold {self.num_image_tokens} image placeholders; "
-                             "does the instruction contain image tokens?")
-        return ids + [self.ids.boi]
+        instruction = _braces(instruction.strip())
+        chat = f"<|User|>: {{block}}\n{instruction}\n\n<|Assistant|>:"
+        return self._with_image(f"{instruction} {{block}}", chat, "editing") + [self.ids.boi]
 
     def judge_question(self, prompt: str) -> str:
         """The self-judging question for a generation prompt."""
@@ -142,6 +133,11 @@ class PromptFormat:
         if not ids:
             raise UserError(f"the tokenizer cannot express any of {words}; it cannot be used as a judge")
         return sorted(ids)
+
+
+def _braces(text: str) -> str:
+    """Text to embed in a `str.format` template as it is."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _bare(prompt: str) -> str:

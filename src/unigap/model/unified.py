@@ -238,12 +238,16 @@ class UnifiedModel:
         dropout: float = 0.05,
         target_modules: str | list[str] = lora.LM_LORA_TARGETS,
         train_generation_head: bool = True,
+        trained_modules: Sequence[str] = (),
     ) -> PeftModel:
-        """Attach a fresh LoRA adapter to the LLM (and make the generation head trainable)."""
+        """Attach a fresh LoRA adapter to the LLM (and make the generation head trainable); `trained_modules`
+        names further parts trained in full (`aligner`, `generation_aligner`, `vision_model`)."""
         if self.peft is not None:
             raise ValueError("this model already has a LoRA adapter")
         was_training = self.model.training
-        self.peft = lora.attach_lora(self.model, rank, alpha, dropout, target_modules, train_generation_head)
+        self.peft = lora.attach_lora(
+            self.model, rank, alpha, dropout, target_modules, train_generation_head, trained_modules
+        )
         self.model.train(was_training)  # peft builds LoRA layers in train mode: dropout would act at inference
         return self.peft
 

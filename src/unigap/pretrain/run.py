@@ -13,27 +13,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import JanusForConditionalGeneration
 
 from unigap.atomic import write_atomically, write_text_atomically
 from unigap.errors import UserError
+from unigap.progress import progress
 from unigap.evaluate import vq_fidelity
 from unigap.model import (
     UnifiedModel,
@@ -69,13 +60,8 @@ ENCODE_BATCH = 64
 VQ_CHECK = 200  # held-out scenes the VQ's reconstructions are verified on
 
 
-@contextmanager
-def _bar(description: str, total: int, show: bool) -> Iterator[Callable[..., None]]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not show, transient=False) as progress:
-        task = progress.add_task(description, total=total, info="")
-        yield lambda done, info="": progress.update(task, completed=done, info=info)
+def _bar(description: str, total: int, show: bool):  # noqa: ANN202 - `unigap.progress.progress`, kept visible
+    return progress(description, total, show, transient=False)
 
 
 def build_model(config: PretrainConfig) -> UnifiedModel:

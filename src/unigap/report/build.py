@@ -62,10 +62,10 @@ def summary_table(results: dict[str, Any]) -> Table:
     """Δ vs base with p per metric (bold * = significant after Bonferroni) and the final generation loss."""
     b = results["bonferroni"]
     table = Table(title=f"unigap study (seeds {results['seeds']}; Bonferroni p < {b['alpha_corrected']:.2g})")
-    table.add_column("method")
+    table.add_column("method", overflow="fold")
     for metric in METRICS:
-        table.add_column(f"Δ {metric.label} (p)", justify="right")
-    table.add_column("gen loss − ln 2", justify="right")
+        table.add_column(f"Δ {metric.label} (p)", justify="right", overflow="fold")
+    table.add_column("gen loss − ln 2", justify="right", overflow="fold")
     for method in results["methods"][1:]:
         cells = []
         for metric in METRICS:

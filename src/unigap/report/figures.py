@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from unigap.atomic import write_atomically
+from unigap.plotting import save_figure
 from unigap.report.reference import LN2
 from unigap.report.runs import BASE, MethodRun, Study
 from unigap.report.stats import series
@@ -39,9 +38,7 @@ class Plot:
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    FigureCanvasAgg(figure)
-    figure.tight_layout()
-    return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI))
+    return save_figure(figure, path, dpi=DPI)
 
 
 def method_colours(methods: Sequence[str]) -> dict[str, Any]:
@@ -79,7 +76,6 @@ def tradeoff_plot(results: dict[str, Any], path: Path) -> Path:
             und["delta"], gen["delta"], xerr=errors[0], yerr=errors[1], marker="o", capsize=3, linestyle="none",
             color=colours[method], markerfacecolor=colours[method] if filled else "white", label=method,
         )  # fmt: skip
-        ax.annotate(method, (und["delta"], gen["delta"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set(
         xlabel="Δ understanding accuracy vs base",
         ylabel="Δ generation accuracy vs base",
@@ -100,8 +96,8 @@ def _seed_mean(runs: Sequence[MethodRun], name: str) -> tuple[np.ndarray, np.nda
 
 
 def _smooth(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Trailing moving average over SMOOTH steps (fewer for short logs), plotted at each window's end."""
-    window = max(1, min(SMOOTH, len(values)))
+    """Trailing moving average over SMOOTH steps (a quarter of a short log), plotted at each window's end."""
+    window = max(1, min(SMOOTH, len(values) // 4))  # a short log keeps three quarters of its points
     kernel = np.ones(window) / window
     return steps[window - 1 :], np.convolve(values, kernel, mode="valid")
 
@@ -222,7 +218,7 @@ def write_figures(study: Study, results: dict[str, Any], directory: str | Path) 
             Plot(
                 losses_plot(study, directory / "losses.png"),
                 "Training dynamics: per-task DPO loss",
-                f"Mean over seeds, {SMOOTH}-step moving average. The dashed line is ln 2 ≈ {LN2:.3f}: "
+                f"Mean over seeds, moving average over up to {SMOOTH} steps. The dashed line is ln 2 ≈ {LN2:.3f}: "
                 "a loss that stays there carries no preference signal.",
             )
         )

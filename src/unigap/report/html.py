@@ -39,6 +39,7 @@ td { vertical-align: top; }
 .flag { background: #fde8e8; color: #9b1c1c; border-radius: 3px; padding: 0 5px; font-weight: 600; }
 .ok { color: #0b6b2f; }
 p.note { font-size: 0.85em; color: #566074; margin: 2px 0 12px; }
+p.banner { background: #fff4d6; border: 1px solid #e0b84a; border-radius: 4px; padding: 8px 12px; font-weight: 600; }
 figure { margin: 16px 0 24px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e3e6ec; }
 figcaption { font-size: 0.88em; color: #566074; margin-top: 4px; }
@@ -47,6 +48,7 @@ dt { font-weight: 600; }
 dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-word; }
 """
 DASH = "—"
+SMALL_RUN = 100  # items per seed below which the report says the run is too small for conclusions
 
 
 class Safe(str):
@@ -191,7 +193,8 @@ def gradients_table(results: dict[str, Any]) -> Safe:
 
     for method, d in results["diagnostics"].items():
         batches = " + ".join(str(s["batches"]) for s in d["per_seed"])
-        rows.append(row(f"ours: {method} ({len(d['per_seed'])} seeds)", d, batches))
+        count = len(d["per_seed"])
+        rows.append(row(f"ours: {method} ({count} seed{'s' if count != 1 else ''})", d, batches))
         classes.append("")
     for model, d in PAPER_GRADIENTS.items():
         rows.append(row(f"paper: {model}", d, "200"))
@@ -252,8 +255,15 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
         f"n = {'/'.join(sorted({str(s['n']) for s in per_seed}))} items per seed; "
         f"bold* = significant after Bonferroni (p < {b['alpha_corrected']:.2g}, {b['tests']} tests)."
     )
+    smallest = min(s["n"] for s in per_seed)
+    banner = (
+        f'<p class="banner">Small run ({smallest} items per seed, {len(results["seeds"])} '
+        f'seed{"s" if len(results["seeds"]) != 1 else ""}): it checks that the pipeline works and is too small '
+        "for conclusions (a quick run). The full study uses 200 items per seed and 3 seeds.</p>"
+        if smallest < SMALL_RUN else ""
+    )
     sections = [
-        f'<h1>{escape(title)}</h1><p class="lead">{escape(lead)}</p>',
+        f'<h1>{escape(title)}</h1>{banner}<p class="lead">{escape(lead)}</p>',
         "<h2>Headline: Δ vs base</h2>",
         headline_table(results),
         '<p class="note">Δ of pooled per-item means over all seeds, Welch 95% CI in brackets; base row: its '
@@ -269,6 +279,12 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
     ]
     if results["training"]:
         sections += ["<h2>Final DPO losses vs ln 2</h2>", losses_table(results)]
+        sections.append(
+            '<p class="note">KL und / KL gen: the mean over a batch\'s chosen and rejected sequences of '
+            "log π_θ − log π_ref, in nats per sequence — a plug-in estimate on the fixed preference pairs, not on "
+            "fresh samples of the policy, so it is negative when training made those sequences less likely than "
+            "the reference finds them (as DPO does to rejected ones).</p>"
+        )
         sections += [_figure(p) for p in plots if p.path.name in ("losses.png", "weights.png")]
     if results["diagnostics"]:
         sections += ["<h2>Gradient diagnostics</h2>", gradients_table(results)]

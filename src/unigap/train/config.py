@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomllib
 
 from unigap.errors import UserError
 from unigap.train.dpo import LOSS_TYPES, DPOOptions
 from unigap.train.names import STRATEGIES
+
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -79,21 +81,27 @@ class TrainConfig:
     @classmethod
     def load(cls, toml_file: Path | None = None, **overrides: Any) -> TrainConfig:
         """Defaults, then the TOML file's keys, then the overrides that are not None."""
-        values: dict[str, Any] = {}
-        if toml_file is not None:
-            try:
-                values = tomllib.loads(Path(toml_file).read_text())
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise UserError(f"cannot read config {toml_file}: {exc}") from None
-        values |= {key: value for key, value in overrides.items() if value is not None}
-        types = {f.name: type(f.default) for f in fields(cls)}
-        unknown = sorted(set(values) - set(types))
-        if unknown:
-            raise UserError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(types)}")
-        for name, value in values.items():
-            if not _type_ok(value, types[name]):
-                raise UserError(f"config key {name} must be a {types[name].__name__}, got {value!r}")
-        return cls(**{name: types[name](value) for name, value in values.items()})
+        return load_config(cls, toml_file, overrides)
+
+
+def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any]) -> C:
+    """A config dataclass from its defaults, then a TOML file's flat keys (named like the fields), then the
+    overrides that are not None; unknown keys and wrongly typed values are `UserError`s."""
+    values: dict[str, Any] = {}
+    if toml_file is not None:
+        try:
+            values = tomllib.loads(Path(toml_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UserError(f"cannot read config {toml_file}: {exc}") from None
+    values |= {key: value for key, value in overrides.items() if value is not None}
+    types = {f.name: type(f.default) for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise UserError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(types)}")
+    for name, value in values.items():
+        if not _type_ok(value, types[name]):
+            raise UserError(f"config key {name} must be a {types[name].__name__}, got {value!r}")
+    return cls(**{name: types[name](value) for name, value in values.items()})
 
 
 def _type_ok(value: Any, expected: type) -> bool:

@@ -44,9 +44,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from PIL import Image
 
 from unigap.errors import UserError
-from unigap.world.prompts import RELATION_PHRASES, Item, PromptSpec, article, check
+from unigap.world.prompts import RELATION_PHRASES, Item, PromptSpec, article
+from unigap.world.render import render
+from unigap.world.verify import detect
 from unigap.world.scene import (
     COLORS,
     MAX_OBJECTS,
@@ -418,6 +421,20 @@ def apply_edit(scene: Scene, edit: Edit, rng: np.random.Generator) -> Scene:
     if placed is None:
         raise UserError(f"{edit.text!r}: no free position in this scene")
     return Scene(scene.canvas, (*objects, placed))
+
+
+def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.random.Generator) -> np.ndarray:
+    """The exact edit of a clean picture: its objects as the verifier reads them, the instruction applied
+    (`apply_edit`), the result rendered. The picture is kept when the instruction does not apply; `UserError`
+    for text outside the grammar. An editor to compare a model's edits with."""
+    array = np.asarray(image)
+    objects = tuple(SceneObject(o.shape, o.color, o.size, int(o.x), int(o.y)) for o in detect(array, array.shape[0]))
+    scene = Scene(array.shape[0], objects)
+    edit = parse_instruction(instruction)
+    try:
+        return render(apply_edit(scene, edit, rng))
+    except UserError:
+        return array
 
 
 def break_scene(

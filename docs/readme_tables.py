@@ -1,0 +1,137 @@
+"""The README's result tables, generated from the results JSON so they cannot go stale.
+
+Each table sits in the README between `<!-- table:NAME -->` and `<!-- /table -->`; this script rewrites what is
+between the markers from its source file, and `--check` exits 1 (printing the table names) when the README differs
+from what the files say. `make readme-tables` runs it.
+
+    python docs/readme_tables.py [--check]
+
+Sources: the shipped model's `pretrain.json` and its evaluation (`docs/results/tiny_eval.json`, written by
+`unigap eval --model tiny --n 500 --seed 7 --out docs/results/tiny_eval.json`), and the benchmarks' JSON in
+`benchmarks/results/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+TINY = ROOT / "src" / "unigap" / "assets" / "tiny"
+EVAL = ROOT / "docs" / "results" / "tiny_eval.json"
+BENCH = ROOT / "benchmarks" / "results"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _value(metric: dict[str, Any], key: str) -> str:
+    if metric is None or metric.get(key) is None:
+        return "—"
+    stderr = metric.get("stderr")
+    spread = f" ± {1.96 * stderr:.3f}" if stderr is not None else ""
+    return f"{metric[key]:.3f}{spread} (n = {metric['n']})"
+
+
+def model_card() -> str:
+    """Size, data, training time and the held-out metrics of the shipped model."""
+    recorded = _load(TINY / "pretrain.json")
+    config = recorded["config"]
+    minutes = {name: recorded[f"{name}_seconds"] / 60 for name in ("corpus", "vq", "vision", "joint")}
+    report = _load(EVAL)
+    judge = report["self_judge"]
+    rows = [
+        ("model", f"Janus classes, {config['num_layers']}-layer {config['hidden_size']}-wide Llama, "
+                  f"{config['vision_layers']}-layer {config['vision_hidden_size']}-wide vision tower, "
+                  f"64×64 images, 64 image tokens, codebook {config['codebook_size']}"),
+        ("training data", f"{config['scenes']} prompted + {config['understanding_scenes']} random scenes, "
+                          f"{config['critique_scenes']} critique pictures, {config['edit_pairs']} edit pairs "
+                          "(train split only; no generated image)"),
+        ("training time (this CPU, 2 threads)", f"{sum(minutes.values()):.0f} min: VQ {minutes['vq']:.1f}, "
+                                               f"vision {minutes['vision']:.1f}, corpora {minutes['corpus']:.1f}, "
+                                               f"joint {minutes['joint']:.1f} ({config['steps']} steps)"),
+        ("understanding accuracy", _value(report["understanding"], "accuracy")),
+        ("generation accuracy (verifier)", _value(report["generation"], "accuracy")),
+        ("non-unification", _value(report["nonunification"], "score")),
+        ("self-judge AUC within categories", f"{judge['auc_within']['auc']:.3f} ({judge['auc_within']['pairs']} pairs)"),
+        ("self-judge precision (P(yes) ≥ 0.5)", _value(judge["precision"], "precision")),
+        ("reflection: stops on correct images", _value(report["reflect"]["stop_when_correct"], "rate")),
+        ("reflection: valid edit on failed images", _value(report["reflect"]["valid_edit_rate"], "rate")),
+        ("edit accuracy (exact instructions)", _value(report["edit"], "accuracy")),
+        ("VQ reconstructions the verifier accepts", _value(report["vq_reconstruction"], "accuracy")),
+    ]
+    table = ["| | shipped `tiny` |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
+    command = f"`unigap eval --model tiny --n {report['config']['n']} --seed {report['config']['seed']}`"
+    return "\n".join(table) + f"\n\nMetrics: {command} on held-out test prompts (± is a 95% interval)."
+
+
+def damage_agreement() -> str:
+    result = _load(BENCH / "damage_agreement.json")
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for row in result["by_damage"]:
+        kinds.setdefault(row["damage"].split(":")[0], []).append(row)
+    lines = ["| damage | pictures | verdicts agree |", "|---|---|---|"]
+    for kind, rows in kinds.items():
+        prompts = sum(r["prompts"] for r in rows)
+        agree = sum(r["verdicts_agree"] * r["prompts"] for r in rows) / prompts
+        lines.append(f"| {kind} | {sum(r['pictures'] for r in rows)} | {agree:.3f} |")
+    overall = result["overall"]
+    lines.append(f"| all | {overall['pictures']} | {overall['verdicts_agree']:.3f} |")
+    return "\n".join(lines)
+
+
+def sampling() -> str:
+    result = _load(BENCH / "sampling.json")
+    lines = ["| batch | unigap tokens/s | transformers tokens/s | ratio | ms per step (floor) | greedy tokens equal |",
+             "|---|---|---|---|---|---|"]
+    for row in result["results"]:
+        lines.append(f"| {row['batch_size']} | {row['unigap_tokens_per_s']:.0f} | {row['transformers_tokens_per_s']:.0f} "
+                     f"| {row['speed_ratio']:.2f}× | {row['unigap_ms_per_step']:.1f} ({row['floor_ms_per_step']:.1f}) "
+                     f"| {'yes' if row['greedy_tokens_equal'] else 'no'} |")
+    return "\n".join(lines) + f"\n\n`{result['model']}` model, {result['device']} {result['dtype']}, {result['torch_threads']} threads."
+
+
+TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling}
+# a table's body never holds "<!-- ", so an empty table cannot swallow the text up to the next table's end
+PATTERN = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>(?:(?!<!-- ).)*?)\n?<!-- /table -->", re.DOTALL)
+
+
+def render(text: str) -> tuple[str, list[str]]:
+    """The README with every table regenerated, and the names of the tables that changed."""
+    changed: list[str] = []
+
+    def replace(match: re.Match) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise SystemExit(f"README.md names an unknown table {name!r}; known: {', '.join(TABLES)}")
+        body = TABLES[name]()
+        if body != match["body"]:
+            changed.append(name)
+        return match.group(1) + body + "\n<!-- /table -->"
+
+    return PATTERN.sub(replace, text), changed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README's tables are stale")
+    args = parser.parse_args()
+    text, changed = render(README.read_text())
+    if args.check:
+        if changed:
+            print("stale README tables: " + ", ".join(changed))
+            sys.exit(1)
+        return
+    README.write_text(text)
+    print("README tables: " + (", ".join(changed) + " regenerated" if changed else "up to date"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""`unigap selfimprove`: the model judges its own images and learns from its verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from unigap.errors import UserError
+
+app = typer.Typer()
+GUARD_EXIT = 3
+
+
+def _fmt(metric: dict | None, key: str = "value", scale: float = 1.0) -> str:
+    if not metric or metric.get(key) is None:
+        return "—"
+    return f"{scale * metric[key]:.3f}"
+
+
+def _table(result: dict) -> Table:
+    table = Table(title=f"selfimprove ({result['config']['method']}, labels {result['config']['labels']})")
+    for column in ("metric", "before", "after", "paired Δ [95% CI]", "p"):
+        table.add_column(column, justify="right", overflow="fold")
+    keys = {"generation_accuracy": "accuracy", "understanding_accuracy": "accuracy", "nonunification": "score",
+            "weak_generation": "rate"}
+    for name, key in keys.items():
+        paired = result.get("paired", {}).get(name)
+        delta = "—" if not paired or paired["ci95"] is None else (
+            f"{paired['delta']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]")
+        table.add_row(name.replace("_", " "), _fmt(result["before"][name], key),
+                      _fmt((result["after"] or {}).get(name), key), delta, _fmt(paired, "p"))
+    win = result.get("win_rate") or {}
+    table.add_row("understanding win rate", "50", _fmt(win), f"n = {win.get('n', 0)}", "")
+    return table
+
+
+@app.command("selfimprove")
+def selfimprove_command(
+    model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
+    prompts: str = typer.Option("train", "--prompts", help="train (training prompts) or a prompt file."),
+    n_prompts: int = typer.Option(None, "--n-prompts", help="Training prompts (default 300)."),
+    samples: int = typer.Option(None, "--samples", help="Images sampled per prompt (default 10)."),
+    method: str = typer.Option(None, "--method", help="sft | dpo | curriculum-sft | curriculum-dpo (default)."),
+    labels: str = typer.Option(None, "--labels", help="self (default) | verifier (upper bound) | poor."),
+    epochs: int = typer.Option(None, "--epochs", help="Training epochs (default 4)."),
+    curriculum_at: int = typer.Option(None, "--curriculum-at", help="Replay epoch (default: half-way)."),
+    trainable: str = typer.Option(None, "--trainable", help="llm (default) | llm+aligners | llm+aligners+vision."),
+    audit: str = typer.Option(None, "--audit", help="The independent judge that audits labels: verifier | none."),
+    no_guard: bool = typer.Option(False, "--no-guard", help="Audit and log, but never stop the run."),
+    eval_n: int = typer.Option(None, "--eval-n", help="Held-out prompts for before/after (default 300)."),
+    config_file: Path | None = typer.Option(None, "--config", help="A TOML file of settings (flags win)."),
+    seed: int = typer.Option(None, "--seed", help="Draws the prompts and every sample (default 0)."),
+    out: Path = typer.Option(Path("runs/selfimprove"), "--out", help="Output directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+) -> None:
+    """Sample, self-judge, train on the verdicts; write OUT/selfimprove.json (exit 3 when the guard stops it)."""
+    from unigap.selfimprove import GuardStopped, SelfImproveConfig, run
+
+    config = SelfImproveConfig.load(
+        config_file, prompts=prompts, n_prompts=n_prompts, samples=samples, method=method, labels=labels,
+        epochs=epochs, curriculum_at=curriculum_at, trainable=trainable, audit=audit,
+        guard=False if no_guard else None, eval_n=eval_n, seed=seed,
+    )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    if (out / "settings.json").exists() and not resume:
+        raise UserError(f"{out} already holds a selfimprove run: pass --resume to continue it, or choose another --out")
+    from unigap.cli.common import load
+    from unigap.evaluate.data import prompt_specs
+    from unigap.manifest import manifest, write_manifest
+
+    prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)  # a bad file fails before the load
+    stopped: GuardStopped | None = None
+    with manifest("selfimprove", {"model": model, **config.to_dict()}, seeds=[config.seed],
+                  judge={"name": config.audit}) as record:
+        um = load(model, None)
+        record["device"] = str(um.device)
+        try:
+            result = run(um, config, out)
+        except GuardStopped as exc:
+            stopped = exc
+    write_manifest(out, record)
+    if stopped is not None:
+        typer.echo(f"unigap: {stopped}", err=True)
+        raise typer.Exit(GUARD_EXIT)
+    Console().print(_table(result))
+    typer.echo(f"wrote {out / 'selfimprove.json'}")

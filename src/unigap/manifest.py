@@ -1,0 +1,72 @@
+"""Run manifests: what produced an output, so a result can be traced and reproduced.
+
+Every command that writes an output directory also writes `manifest.json` there (`unigap eval`, which writes a
+file, puts the same object under the report's `manifest` key): the unigap version, the git commit when unigap
+runs from a checkout, the versions of the packages that decide the numbers, the full resolved settings, the
+seeds, the judge, the device, and start and end times (UTC, ISO 8601). Kept free of torch: the device is passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from unigap.atomic import write_text_atomically
+
+MANIFEST_FILE = "manifest.json"
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "numpy", "scipy", "torchjd")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout unigap runs from, or None (an installed wheel, no git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextmanager
+def manifest(command: str, config: dict[str, Any], *, seeds: list[int] | None = None,
+             judge: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """A manifest dict, filled with the end time when the block finishes; callers may add `device` to it."""
+    record: dict[str, Any] = {
+        "command": command,
+        "unigap_version": _version("unigap"),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "platform": platform.platform(),
+        "config": config,
+        "seeds": seeds,
+        "judge": judge,
+        "device": None,
+        "started_at": _now(),
+        "ended_at": None,
+    }
+    yield record
+    record["ended_at"] = _now()
+
+
+def write_manifest(directory: str | Path, record: dict[str, Any]) -> Path:
+    """`directory/manifest.json`, written atomically."""
+    return write_text_atomically(Path(directory) / MANIFEST_FILE, json.dumps(record, indent=2, default=str) + "\n")

@@ -1,0 +1,17 @@
+"""One way to write a matplotlib figure: the Agg canvas (no pyplot state, no display), tight layout, PNG written
+atomically. Used by every module that draws (diagnose, self-improvement, the report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from unigap.atomic import write_atomically
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))

@@ -1,0 +1,161 @@
+"""Reason → reflect → refine at inference (R3, arXiv 2602.15772), on image tokens.
+
+Round 0 generates one image per prompt. Each later round asks the reflector about every prompt still running,
+in a fresh context holding only the current image and the target prompt: `no further edit needed` stops that
+prompt (its last image carries forward), anything else is an instruction and the refiner makes the next image
+from it: `edit` (the current image + the instruction, on models that can edit) or `regenerate` (a new sample
+from the prompt refined by the instruction, R3's fallback for models that cannot; the instruction is free text
+there). With `edit`, an instruction outside the grammar is a *format failure*: the image is kept, the prompt
+stops, and the failure is counted. Nothing else happens inside the loop — no self-judge gating, no retries, no
+best-so-far selection — so any gain is the loop's own.
+
+The `oracle` reflector answers with the exact first edit of the diff between the verifier's parse of the
+image and the prompt (`unigap.world.reflection_answer`), which splits a shortfall into reflection errors and
+refinement errors. Every image is judged by the verifier (the independent judge) as it is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from unigap.evaluate.generation import batch_seed
+from unigap.evaluate.progress import batches
+from unigap.world import Geometry, PromptSpec, parse_reflection, reflection_answer, verify
+
+REFLECTORS: tuple[str, ...] = ("self", "oracle")
+REFINERS: tuple[str, ...] = ("auto", "edit", "regenerate")
+ROUND_STREAM = 9  # sampling seeds of round r come from batch_seed(seed, ROUND_STREAM * 1000 + r * 100 + batch)
+
+
+class Refinable(Protocol):
+    supports_editing: bool
+
+    def generate_images(self, prompts: Sequence[str], n_per_prompt: int, cfg_scale: float | None,
+                        temperature: float, seed: int | None) -> torch.Tensor: ...
+
+    def edit(self, images: Sequence[Image.Image], instructions: Sequence[str], cfg_scale: float | None,
+             temperature: float, seed: int | None) -> torch.Tensor: ...
+
+    def reflect(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[str]: ...
+
+    def judge(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor: ...
+
+    def decode_tokens(self, ids: torch.Tensor) -> list[Image.Image]: ...
+
+
+@dataclass
+class Trajectory:
+    """One prompt through the loop: the image, verdict and reflection of every round it ran."""
+
+    spec: PromptSpec
+    images: list[Image.Image] = field(default_factory=list)
+    verified: list[bool] = field(default_factory=list)
+    reflections: list[str] = field(default_factory=list)  # reflections[r - 1] was asked in round r
+    stop_round: int | None = None  # the round whose reflection said stop
+    format_failure_round: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.stop_round is None and self.format_failure_round is None
+
+    def verdict_after(self, round_: int) -> bool:
+        """The verifier's verdict on the prompt's image after `round_` (stopped prompts carry theirs forward)."""
+        return self.verified[min(round_, len(self.verified) - 1)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.spec.text, "category": self.spec.category, "verified": self.verified,
+                "reflections": self.reflections, "stop_round": self.stop_round,
+                "format_failure_round": self.format_failure_round}
+
+
+def refiner_for(um: Refinable, refiner: str) -> str:
+    """`auto` picks `edit` on models that can edit, else `regenerate`."""
+    return ("edit" if um.supports_editing else "regenerate") if refiner == "auto" else refiner
+
+
+def oracle_reflection(image: Image.Image, spec: PromptSpec) -> str:
+    """The exact instruction for the verifier's parse of the image (stop when it passes)."""
+    canvas = image.size[0]
+    answer = reflection_answer(verify(image, spec, canvas=canvas).objects, spec, Geometry.for_canvas(canvas).margin)
+    return answer or "no further edit needed"  # no single edit helps: the oracle cannot instruct either
+
+
+def refined_prompt(prompt: str, instruction: str) -> str:
+    """R3's regenerate fallback: the target prompt refined by the instruction, as free text."""
+    return f"{prompt.strip().rstrip('.')}. {instruction.strip()}"
+
+
+def run_loop(
+    um: Refinable,
+    specs: Sequence[PromptSpec],
+    rounds: int,
+    reflector: str,
+    refiner: str,
+    seed: int,
+    cfg_scale: float | None = 5.0,
+    temperature: float = 1.0,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[Trajectory]:
+    """Every prompt through round 0 and up to `rounds` reflect/refine rounds (module docstring)."""
+    mode = refiner_for(um, refiner)
+    trajectories = [Trajectory(spec) for spec in specs]
+    _generate(um, trajectories, seed, 0, cfg_scale, temperature, batch_size, progress)
+    for round_ in range(1, rounds + 1):
+        active = [t for t in trajectories if t.running]
+        if not active:
+            break
+        notes = _reflect(um, active, reflector, batch_size, progress)
+        refining: list[tuple[Trajectory, str]] = []
+        for trajectory, note in zip(active, notes, strict=True):
+            trajectory.reflections.append(note)
+            reading = parse_reflection(note)
+            if reading.stop:
+                trajectory.stop_round = round_
+            elif mode == "edit" and not reading.format_ok:
+                trajectory.format_failure_round = round_
+            else:
+                refining.append((trajectory, note))
+        _refine(um, refining, mode, seed, round_, cfg_scale, temperature, batch_size, progress)
+    return trajectories
+
+
+def _generate(um: Refinable, trajectories: Sequence[Trajectory], seed: int, round_: int, cfg_scale: float | None,
+              temperature: float, batch_size: int, progress: bool) -> None:
+    for index, chunk in enumerate(batches(list(trajectories), batch_size, "round 0: generate", progress)):
+        tokens = um.generate_images([t.spec.text for t in chunk], 1, cfg_scale, temperature,
+                                    batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index))
+        _record(chunk, um.decode_tokens(tokens))
+
+
+def _reflect(um: Refinable, active: Sequence[Trajectory], reflector: str, batch_size: int, progress: bool) -> list[str]:
+    if reflector == "oracle":
+        return [oracle_reflection(t.images[-1], t.spec) for t in active]
+    notes: list[str] = []
+    for chunk in batches(list(active), batch_size, "reflect", progress):
+        notes += um.reflect([t.images[-1] for t in chunk], [t.spec.text for t in chunk])
+    return notes
+
+
+def _refine(um: Refinable, refining: Sequence[tuple[Trajectory, str]], mode: str, seed: int, round_: int,
+            cfg_scale: float | None, temperature: float, batch_size: int, progress: bool) -> None:
+    for index, chunk in enumerate(batches(list(refining), batch_size, f"round {round_}: {mode}", progress)):
+        sample_seed = batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index)
+        if mode == "edit":
+            tokens = um.edit([t.images[-1] for t, _ in chunk], [note for _, note in chunk], cfg_scale, temperature,
+                             sample_seed)
+        else:
+            tokens = um.generate_images([refined_prompt(t.spec.text, note) for t, note in chunk], 1, cfg_scale,
+                                        temperature, sample_seed)
+        _record([t for t, _ in chunk], um.decode_tokens(tokens))
+
+
+def _record(trajectories: Sequence[Trajectory], images: Sequence[Image.Image]) -> None:
+    for trajectory, image in zip(trajectories, images, strict=True):
+        trajectory.images.append(image)
+        trajectory.verified.append(verify(image, trajectory.spec, canvas=image.size[0]).satisfied)

@@ -1,0 +1,102 @@
+"""Per-round metrics of the refine loop, as R3 logs them, with n and 95% intervals; and the best-of-N baseline.
+
+* `rounds[r].accuracy`: the verifier's accuracy over all n prompts after round r (round 0 = one-shot; stopped
+  prompts carry their last image forward).
+* `rounds[r].improved / worse / unchanged` (r >= 1): among the prompts refined in round r, the share whose image
+  went from rejected to accepted, from accepted to rejected, or kept its verdict.
+* `rounds[r].stopped`: prompts whose reflection said stop in round r; `format_failures` likewise.
+* `stop`: the share of prompts that stopped at all and the mean round they stopped in; the stop decisions
+  (every reflection) split into stopped on an accepted image (right), stopped on a rejected one, and went on past
+  an accepted one.
+* `gain`: the final accuracy minus round 0, paired per prompt (`delta`, its 95% t-interval and paired-test p).
+
+Intervals are Wald intervals, value ± 1.96 · stderr (`unigap.evaluate.stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from unigap.evaluate.generation import batch_seed
+from unigap.evaluate.progress import batches
+from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped
+from unigap.refine.loop import Refinable, Trajectory
+from unigap.world import CATEGORIES, PromptSpec, verify
+
+Z95 = 1.96
+BEST_OF_N_STREAM = 8
+
+
+def with_ci(metric: dict[str, Any], key: str) -> dict[str, Any]:
+    """The metric with `ci95` = value ± 1.96 stderr (null when the value is)."""
+    value, stderr = metric[key], metric["stderr"]
+    metric["ci95"] = None if value is None else [value - Z95 * stderr, value + Z95 * stderr]
+    return metric
+
+
+def round_metrics(trajectories: Sequence[Trajectory], rounds: int) -> list[dict[str, Any]]:
+    """One entry per round 0..rounds (see the module docstring)."""
+    out = []
+    for round_ in range(rounds + 1):
+        rows = [{"category": t.spec.category, "verified": t.verdict_after(round_)} for t in trajectories]
+        entry = {"round": round_, **with_ci(summarize_grouped(rows, "verified", "accuracy", "category", CATEGORIES,
+                                                              "by_category"), "accuracy")}
+        if round_:
+            refined = [t for t in trajectories if len(t.verified) > round_]
+            changes = [(t.verified[round_ - 1], t.verified[round_]) for t in refined]
+            entry.update(
+                refined=len(refined),
+                improved=with_ci(summarize([not a and b for a, b in changes], "rate"), "rate"),
+                worse=with_ci(summarize([a and not b for a, b in changes], "rate"), "rate"),
+                unchanged=with_ci(summarize([a == b for a, b in changes], "rate"), "rate"),
+                stopped=sum(t.stop_round == round_ for t in trajectories),
+                format_failures=sum(t.format_failure_round == round_ for t in trajectories),
+            )
+        out.append(entry)
+    return out
+
+
+def stop_metrics(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
+    """How often and when prompts stop, and whether each stop decision was right."""
+    decisions = []  # (stopped, image accepted) for every reflection asked
+    for t in trajectories:
+        for note_round in range(1, len(t.reflections) + 1):
+            decisions.append((t.stop_round == note_round, t.verified[note_round - 1]))
+    stopped = [t.stop_round for t in trajectories if t.stop_round is not None]
+    return {
+        "rate": with_ci(summarize([t.stop_round is not None for t in trajectories], "rate"), "rate"),
+        "mean_round": summarize(stopped, "mean"),
+        "decisions": len(decisions),
+        "stopped_on_correct": summarize([s and ok for s, ok in decisions], "rate"),
+        "stopped_on_wrong": summarize([s and not ok for s, ok in decisions], "rate"),
+        "went_on_past_correct": summarize([not s and ok for s, ok in decisions], "rate"),
+    }
+
+
+def gain(trajectories: Sequence[Trajectory], rounds: int) -> dict[str, Any]:
+    """Final minus one-shot accuracy, paired per prompt."""
+    return paired_difference([t.verdict_after(0) for t in trajectories],
+                             [t.verdict_after(rounds) for t in trajectories])
+
+
+def best_of_n(
+    um: Refinable, specs: Sequence[PromptSpec], n: int, seed: int, cfg_scale: float | None, temperature: float,
+    batch_size: int, progress: bool,
+) -> dict[str, Any]:
+    """The honest baseline at the loop's budget: n samples per prompt, the self-judge keeps the one it rates
+    highest (P(yes)), the verifier judges that one."""
+    rows = []
+    per_batch = max(1, batch_size // n)
+    for index, chunk in enumerate(batches(list(specs), per_batch, f"best of {n}", progress)):
+        tokens = um.generate_images([s.text for s in chunk], n, cfg_scale, temperature,
+                                    batch_seed(seed, BEST_OF_N_STREAM * 1000 + index))
+        images = um.decode_tokens(tokens)
+        p_yes = torch.as_tensor(um.judge(images, [s.text for s in chunk for _ in range(n)])).view(len(chunk), n)
+        for row, spec in enumerate(chunk):
+            choice = images[row * n + int(p_yes[row].argmax())]
+            rows.append({"category": spec.category, "verified": verify(choice, spec, canvas=choice.size[0]).satisfied})
+    metric = summarize_grouped(rows, "verified", "accuracy", "category", CATEGORIES, "by_category")
+    return {"n_samples": n, **with_ci(metric, "accuracy")}

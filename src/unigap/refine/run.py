@@ -1,0 +1,133 @@
+"""`unigap refine`: the refine loop on held-out prompts, the oracle reflector and the best-of-N baseline.
+
+Each part is a job done when its file exists, so a rerun with `resume` skips finished parts (a different
+configuration in the same directory is refused):
+
+    OUT/refine.json           the loop's per-round metrics, stop metrics, gain, best_of_n, oracle, records
+    OUT/parts/{self,oracle,best_of_n}.json
+    OUT/strips/NNN.png        for the first prompts: the image of every round, the instruction under it
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from unigap.atomic import write_atomically, write_text_atomically
+from unigap.errors import UserError
+from unigap.evaluate.data import prompt_specs
+from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
+from unigap.refine.metrics import best_of_n, gain, round_metrics, stop_metrics
+from unigap.world import PromptSpec
+
+STRIPS = 8  # prompts drawn as strips
+SCALE = 3
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """One refine run (defaults: R3's evaluation budget of 4 images = 1 generation + 3 rounds)."""
+
+    n: int = 300  # held-out prompts (at most n of a prompt file)
+    rounds: int = 3  # reflect/refine rounds after the first generation; 0 = one-shot generation
+    reflector: str = "self"
+    refiner: str = "auto"
+    prompts: str = "test"  # a split (test, val) or a prompt file (text lines or JSONL with a "prompt" field)
+    seed: int = 0
+    data_seed: int = 0
+    cfg_scale: float = 5.0
+    temperature: float = 1.0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise UserError(f"--rounds must be >= 0, got {self.rounds}")
+        if self.n < 1:
+            raise UserError(f"--n must be positive, got {self.n}")
+        if self.reflector not in REFLECTORS:
+            raise UserError(f"--reflector must be one of {', '.join(REFLECTORS)}, got {self.reflector!r}")
+        if self.refiner not in REFINERS:
+            raise UserError(f"--refiner must be one of {', '.join(REFINERS)}, got {self.refiner!r}")
+        if self.batch_size < 1 or self.cfg_scale < 0 or self.temperature < 0:
+            raise UserError("--batch-size must be positive; --cfg and --temperature must be >= 0")
+
+
+def check_refiner(um: Refinable, config: RefineConfig) -> str:
+    """The refiner this model runs; `UserError` for `edit` on a model that cannot edit."""
+    if config.refiner == "edit" and not um.supports_editing:
+        raise UserError("--refiner edit needs a model that can edit images; this one cannot (use regenerate or auto)")
+    return refiner_for(um, config.refiner)
+
+
+def _loop_part(um: Refinable, specs: list[PromptSpec], config: RefineConfig, reflector: str,
+               progress: bool) -> tuple[dict[str, Any], list[Trajectory]]:
+    trajectories = run_loop(um, specs, config.rounds, reflector, config.refiner, config.seed, config.cfg_scale,
+                            config.temperature, config.batch_size, progress)
+    rounds = round_metrics(trajectories, config.rounds)
+    part = {"accuracy": rounds[-1]["accuracy"], "rounds": rounds, "stop": stop_metrics(trajectories),
+            "gain": gain(trajectories, config.rounds), "records": [t.to_dict() for t in trajectories]}
+    return part, trajectories
+
+
+def _strip(trajectory: Trajectory) -> Image.Image:
+    side = trajectory.images[0].width * SCALE
+    sheet = Image.new("RGB", (side * len(trajectory.images), side + 44), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, side + 2), trajectory.spec.text, fill="black")
+    for round_, image in enumerate(trajectory.images):
+        x = round_ * side
+        sheet.paste(image.resize((side, side), Image.NEAREST), (x, 0))
+        colour = (40, 170, 40) if trajectory.verified[round_] else (200, 20, 20)
+        draw.rectangle((x, 0, x + side - 1, side - 1), outline=colour, width=3)
+        note = trajectory.reflections[round_] if round_ < len(trajectory.reflections) else ""
+        draw.text((x + 4, side + 16), f"r{round_}: {note}"[:48], fill=(60, 60, 160))
+    return sheet
+
+
+def _part(out: Path, name: str, make: Any) -> dict[str, Any]:
+    path = out / "parts" / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False))
+    return value
+
+
+def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """The loop (with the configured reflector), the oracle reflector and best-of-N; `refine.json` in OUT."""
+    out = Path(out)
+    mode = check_refiner(um, config)
+    specs = prompt_specs(config.prompts, config.n, config.seed, config.data_seed)
+    settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
+    saved = out / "settings.json"
+    if saved.is_file() and json.loads(saved.read_text()) != settings:
+        raise UserError(f"{out} holds a refine run with other settings; use a new --out")
+    write_text_atomically(saved, json.dumps(settings, indent=2))
+
+    def loop(reflector: str) -> dict[str, Any]:
+        part, trajectories = _loop_part(um, specs, config, reflector, progress)
+        if reflector == config.reflector:
+            for index, trajectory in enumerate(trajectories[:STRIPS]):
+                strip = _strip(trajectory)
+                write_atomically(out / "strips" / f"{index:03d}.png", lambda tmp, s=strip: s.save(tmp, format="PNG"))
+        return part
+
+    main = _part(out, config.reflector, lambda: loop(config.reflector))
+    oracle = main if config.reflector == "oracle" else _part(out, "oracle", lambda: loop("oracle"))
+    baseline = _part(out, "best_of_n", lambda: best_of_n(um, specs, 1 + config.rounds, config.seed, config.cfg_scale,
+                                                         config.temperature, config.batch_size, progress))
+    report = {
+        "config": settings,
+        "rounds": main["rounds"],
+        "stop": main["stop"],
+        "gain": main["gain"],
+        "best_of_n": baseline,
+        "oracle": {"accuracy": oracle["accuracy"], "rounds": oracle["rounds"], "gain": oracle["gain"]},
+        "records": main["records"],
+    }
+    write_text_atomically(out / "refine.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return report

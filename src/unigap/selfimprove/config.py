@@ -1,0 +1,105 @@
+"""`SelfImproveConfig`: every knob of a self-improvement run (SPEC §2, arXiv 2507.16663), loadable from TOML.
+
+Kept apart from the recipe (as `TrainConfig` is from `DPOTrainer`) so a bad value fails before a slow model
+load, the settings can be saved next to the run, and a resumed run can refuse different settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from unigap.errors import UserError
+from unigap.train.config import load_config
+
+METHODS = ("sft", "dpo", "curriculum-sft", "curriculum-dpo")
+LABELS = ("self", "verifier", "poor")
+AUDITS = ("verifier", "none")
+# What trains: LoRA on the shared LLM always; the paper's ablation adds the aligners (both projectors), then the
+# vision tower, as fully trained copies (peft `modules_to_save`). The paper found the LLM alone best.
+TRAINABLE: dict[str, tuple[str, ...]] = {
+    "llm": (),
+    "llm+aligners": ("aligner", "generation_aligner"),
+    "llm+aligners+vision": ("aligner", "generation_aligner", "vision_model"),
+}
+ACCEPT_THRESHOLD = 0.5  # the self-judge accepts an image when P(yes) >= this (as in `unigap eval`)
+GUARD_PRECISION = 0.5  # the guard stops a run whose audited label precision falls below this
+
+
+@dataclass(frozen=True)
+class SelfImproveConfig:
+    """One self-improvement run. Defaults: the paper's N = 10 and LLM-only LoRA; curriculum replay half-way."""
+
+    method: str = "curriculum-sft"
+    labels: str = "self"  # self = the method; verifier = the independent judge labels (upper bound); poor = bad
+    prompts: str = "train"  # train (distinct training prompts) or a prompt file
+    n_prompts: int = 300
+    samples: int = 10  # N images per prompt
+    epochs: int = 4
+    curriculum_at: int = 0  # epoch after which the discard pool is replayed; 0 = half-way (epochs // 2)
+    trainable: str = "llm"
+    lr: float = 2e-4
+    batch_size: int = 16  # SFT images (DPO: pairs) per optimiser step
+    beta: float = 0.1  # DPO
+    nll_weight: float = 1.0  # DPO: NLL on the chosen image (SPEC §2)
+    lora_rank: int = 32
+    lora_alpha: float = 64.0
+    lora_dropout: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    audit: str = "verifier"
+    audit_size: int = 200  # labels checked by the independent judge per labelling round
+    guard: bool = True  # stop (exit 3) when audited precision < GUARD_PRECISION
+    eval_n: int = 300  # held-out (test) prompts for the before/after comparison
+    epoch_eval_n: int = 100  # validation prompts measured after each epoch (the per-epoch figure)
+    seed: int = 0
+    data_seed: int = 0
+    cfg_scale: float = 5.0
+    temperature: float = 1.0
+    sample_batch: int = 64  # images per sampling call
+
+    def __post_init__(self) -> None:
+        choices = {"method": METHODS, "labels": LABELS, "audit": AUDITS, "trainable": tuple(TRAINABLE)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"unknown {name} {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
+        positive = ("n_prompts", "samples", "epochs", "lr", "batch_size", "beta", "lora_rank", "lora_alpha",
+                    "max_grad_norm", "eval_n", "sample_batch")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("nll_weight", "weight_decay", "audit_size", "epoch_eval_n", "seed", "data_seed", "cfg_scale",
+                     "temperature"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.objective == "dpo" and self.samples < 2:
+            raise UserError("DPO needs --samples >= 2: a pair is an accepted and a rejected image of one prompt")
+        if self.curriculum and not 0 <= self.curriculum_at < self.epochs:
+            raise UserError(f"curriculum-at must lie in [1, epochs - 1] (or 0 = half-way), got {self.curriculum_at}")
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"lora-dropout must lie in [0, 1), got {self.lora_dropout}")
+
+    @property
+    def curriculum(self) -> bool:
+        return self.method.startswith("curriculum")
+
+    @property
+    def objective(self) -> str:
+        """sft or dpo."""
+        return self.method.removeprefix("curriculum-")
+
+    @property
+    def replay_epoch(self) -> int | None:
+        """The epoch after which the discard pool is regenerated and re-judged (None without curriculum)."""
+        if not self.curriculum:
+            return None
+        return self.curriculum_at or max(1, self.epochs // 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, toml_file: Path | None = None, **overrides: Any) -> SelfImproveConfig:
+        """Defaults, then the TOML file's keys (named like the fields), then the overrides that are not None."""
+        return load_config(cls, toml_file, overrides)

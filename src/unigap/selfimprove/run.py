@@ -1,0 +1,260 @@
+"""`unigap selfimprove`: the model judges its own images and learns from its verdicts (SPEC §2, arXiv 2507.16663).
+
+`run(um, config, out)` reads as the algorithm:
+  0. measure the base model on held-out prompts (the "before", its images kept for the win rate);
+  1-3. sample N images per training prompt, judge them, split into accepted, rejected and a discard pool;
+  7. audit a sample of the labels against the independent judge (the guard: stop when precision is too low);
+  4-5. train a LoRA: SFT on the accepted images, or DPO on accepted vs rejected with an NLL term;
+  6. with a curriculum, after the replay epoch regenerate and re-judge the discard pool with the improved model;
+     newly accepted prompts join the training set;
+  8. measure the trained model on the same held-out prompts and sampling seeds (the "after").
+
+Files in OUT: `settings.json`, `before.json` / `after.json` (`unigap eval` reports), `pool/` (see
+`unigap.selfimprove.pool`), `epochs.jsonl` (one row per epoch: loss, training-set size, discard pool, the
+validation probe), `checkpoint/` (per epoch), `adapter/` (PEFT; the last finished epoch), `figures/epochs.png`,
+and `selfimprove.json` last. Each stage is skipped when its file exists, so `resume` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from unigap.atomic import write_text_atomically
+from unigap.errors import UserError
+from unigap.evaluate import evaluate
+from unigap.evaluate.data import prompt_specs
+from unigap.evaluate.generation import generate_and_judge
+from unigap.evaluate.judges import get_judge
+from unigap.evaluate.stats import paired_difference, summarize
+from unigap.progress import progress as progress_bar
+from unigap.selfimprove.config import ACCEPT_THRESHOLD, GUARD_PRECISION, TRAINABLE, SelfImproveConfig
+from unigap.selfimprove.figures import epochs_plot
+from unigap.selfimprove.pool import Sample, audit_metrics, label_round, split_pool
+from unigap.selfimprove.train import dpo_pairs, train_epoch
+from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from unigap.world import parse_prompt
+
+RESULT_FILE = "selfimprove.json"
+METRICS = ("generation_accuracy", "understanding_accuracy", "nonunification", "weak_generation")
+
+
+class GuardStopped(Exception):
+    """The audit found the self-labels too imprecise: the run stopped (the CLI exits with code 3)."""
+
+
+@dataclass
+class Data:
+    """The training data so far: every labelling round's samples, and what they make."""
+
+    rounds: list[list[Sample]] = field(default_factory=list)
+    pairs: list[Any] = field(default_factory=list)
+
+    @property
+    def sft(self) -> list[Sample]:
+        return [s for samples in self.rounds for s in samples if s.accepted]
+
+    @property
+    def discard(self) -> list[int]:
+        accepted = {s.prompt_index for s in self.sft}
+        return sorted({s.prompt_index for s in self.rounds[0]} - accepted)
+
+
+def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Self-improve `um` in place (it gains a LoRA adapter) and write the run to OUT; returns `selfimprove.json`'s
+    content. Raises `GuardStopped` after writing it when the audit stops the run."""
+    out = Path(out)
+    specs = prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)
+    _check_settings(out, config, len(specs))
+
+    before = _stage(out / "before.json", lambda: _evaluate(um, config, out, "before", progress))
+    data = Data([label_round(um, specs, range(len(specs)), config, 0, out, progress)])
+    audits = [{"round": 0, "epoch": 0, **audit_metrics(data.rounds[0])}]
+    _guard(out, config, audits, before, last_epoch=0)
+
+    torch.manual_seed(config.seed)  # the LoRA init and the dropout stream
+    um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout, train_generation_head=False,
+                trained_modules=TRAINABLE[config.trainable])
+    params = [p for p in um.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.objective == "dpo":
+        data.pairs = dpo_pairs(um, data.rounds[0], config.seed)
+    epochs = _read_epochs(out)
+    start = _resume(um, optimizer, out)
+    if not epochs:
+        epochs = [_epoch_row(um, config, 0, data, {"steps": 0, "loss": None}, joined=0)]
+    for epoch in range(1, config.epochs + 1):
+        joined = 0
+        if epoch - 1 == config.replay_epoch:  # replay after the replay epoch, before the next one trains
+            discard = data.discard
+            data.rounds.append(label_round(um, specs, discard, config, 1, out, progress))
+            joined = len(discard) - len(data.discard)
+            audits.append({"round": 1, "epoch": epoch - 1, **audit_metrics(data.rounds[1])})
+            _guard(out, config, audits, before, last_epoch=epoch - 1)
+            if config.objective == "dpo":
+                data.pairs += dpo_pairs(um, data.rounds[1], config.seed)
+        if epoch <= start:
+            continue
+        size = len(data.sft) if config.objective == "sft" else len(data.pairs)
+        with progress_bar(f"epoch {epoch}/{config.epochs}", size, progress) as update:
+            record = train_epoch(um, optimizer, config, epoch, data.sft, data.pairs, update)
+        epochs.append(_epoch_row(um, config, epoch, data, record, joined))
+        _save_epoch(um, optimizer, out, epoch, epochs)
+
+    after = _stage(out / "after.json", lambda: _evaluate(um, config, out, "after", progress))
+    result = _result(config, len(specs), before, after, epochs, audits, guard=None)
+    result["win_rate"] = win_rate(um, before, out)
+    write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    return result
+
+
+# -- stages --------------------------------------------------------------------------------------
+
+
+def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int) -> None:
+    settings = {**config.to_dict(), "n_prompts_used": n_prompts}
+    saved = out / "settings.json"
+    if saved.is_file() and json.loads(saved.read_text()) != settings:
+        raise UserError(f"{out} holds a selfimprove run with other settings; use a new --out")
+    write_text_atomically(saved, json.dumps(settings, indent=2) + "\n")
+
+
+def _stage(path: Path, make: Any) -> dict[str, Any]:
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
+    return value
+
+
+def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress: bool) -> dict[str, Any]:
+    """`unigap eval` (no critique) on held-out test prompts; the images go to OUT/images/<name>/."""
+
+    def save(images: list[Image.Image]) -> None:
+        for index, image in enumerate(images):
+            path = out / "images" / name / f"{index:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+
+    return evaluate(um, config.eval_n, config.seed, data_seed=config.data_seed, cfg_scale=config.cfg_scale,
+                    temperature=config.temperature, critique=False, progress=progress, on_images=save)
+
+
+def _epoch_row(um: Any, config: SelfImproveConfig, epoch: int, data: Data, record: dict[str, Any],
+               joined: int) -> dict[str, Any]:
+    """An epoch's log row, with the validation probe (generation accuracy and non-unification)."""
+    row = {"epoch": epoch, **record, "sft_examples": len(data.sft), "pairs": len(data.pairs),
+           "discard_pool": len(data.discard), "joined": joined}
+    if config.epoch_eval_n:
+        specs = prompt_specs("val", config.epoch_eval_n, config.seed, config.data_seed)
+        _, records = generate_and_judge(um, specs, config.seed, 64, config.cfg_scale, config.temperature, False)
+        row["val_generation_accuracy"] = summarize([r["verified"] for r in records], "value")["value"]
+        row["val_nonunification"] = summarize([r["self_rejected"] for r in records], "value")["value"]
+    return row
+
+
+def _read_epochs(out: Path) -> list[dict[str, Any]]:
+    path = out / "epochs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _resume(um: Any, optimizer: torch.optim.Optimizer, out: Path) -> int:
+    """The last finished epoch (0 for a fresh run), its weights and optimiser state restored."""
+    if not (out / "checkpoint" / "checkpoint.pt").is_file():
+        return 0
+    state = load_checkpoint(out / "checkpoint")
+    named = dict(um.model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            named[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"])
+
+
+def _save_epoch(um: Any, optimizer: torch.optim.Optimizer, out: Path, epoch: int, epochs: list[dict]) -> None:
+    """The adapter (replacing the previous epoch's), the checkpoint, then the log row that marks the epoch done."""
+    staging = out / "adapter.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    um.save_adapter(staging)
+    shutil.rmtree(out / "adapter", ignore_errors=True)
+    staging.rename(out / "adapter")
+    trainable = {name: p.detach().clone() for name, p in um.model.named_parameters() if p.requires_grad}
+    save_checkpoint(out / "checkpoint", {"epoch": epoch, "trainable": trainable,
+                                         "optimizer": optimizer.state_dict(), "rng": rng_state()})
+    write_text_atomically(out / "epochs.jsonl", "".join(json.dumps(row) + "\n" for row in epochs))
+    epochs_plot(epochs, out / "figures" / "epochs.png")
+
+
+def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], before: dict[str, Any],
+           last_epoch: int) -> None:
+    """Stop the run (`GuardStopped`, after writing `selfimprove.json`) when the latest audit's precision is low."""
+    precision = audits[-1]["precision"]
+    if not config.guard or config.audit == "none" or precision["value"] is None:
+        return
+    if precision["value"] >= GUARD_PRECISION:
+        return
+    guard = {"stopped": True, "precision": precision["value"], "n": precision["n"], "threshold": GUARD_PRECISION,
+             "epoch": last_epoch}
+    result = _result(config, None, before, None, _read_epochs(out), audits, guard)
+    write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    kept = f"the adapter of epoch {last_epoch} is kept in {out / 'adapter'}" if last_epoch else "no adapter was trained"
+    raise GuardStopped(
+        f"guard: label precision {precision['value']:.2f} (n = {precision['n']}) against the {config.audit} is below "
+        f"{GUARD_PRECISION} after labelling round {audits[-1]['round']}: stopped; {kept} (--no-guard runs on)"
+    )
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The four numbers of an eval report that self-improvement moves, as metric objects."""
+    return {
+        "generation_accuracy": report["generation"],
+        "understanding_accuracy": report["understanding"],
+        "nonunification": report["nonunification"],
+        "weak_generation": report["weak_generation"],
+    }
+
+
+def win_rate(um: Any, before: dict[str, Any], out: Path) -> dict[str, Any]:
+    """SPEC §2's understanding win rate on the base model's held-out images: among those where the trained judge's
+    verdict differs from the base judge's, the share where the trained one agrees with the verifier, × 100
+    (50 = no change); n = the number of such images."""
+    records = before["records"]["generation"]
+    images = [Image.open(out / "images" / "before" / f"{i:04d}.png").convert("RGB") for i in range(len(records))]
+    post = get_judge("self-pyes").fn(um, images, [parse_prompt(r["prompt"]) for r in records])
+    wins = [(p >= ACCEPT_THRESHOLD) == r["verified"] for r, p in zip(records, post, strict=True)
+            if (p >= ACCEPT_THRESHOLD) != r["self_accepted"]]
+    metric = summarize(wins, "value")
+    if metric["value"] is not None:
+        metric = {**metric, "value": 100 * metric["value"], "stderr": 100 * metric["stderr"]}
+    return metric
+
+
+def _result(config: SelfImproveConfig, n_prompts: int | None, before: dict[str, Any], after: dict[str, Any] | None,
+            epochs: list[dict[str, Any]], audits: list[dict[str, Any]], guard: dict[str, Any] | None) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "config": config.to_dict(),
+        "trained_parameters": f"LoRA on the LLM{''.join(' + ' + m for m in TRAINABLE[config.trainable])}",
+        "before": headline(before),
+        "after": None if after is None else headline(after),
+        "epochs": epochs,
+        "audits": audits,
+        "guard": guard or {"stopped": False, "threshold": GUARD_PRECISION},
+    }
+    if after is not None:
+        pairs = {"generation_accuracy": ("generation", "verified"), "nonunification": ("generation", "self_rejected"),
+                 "understanding_accuracy": ("understanding", "correct")}
+        result["paired"] = {
+            name: paired_difference([r[key] for r in before["records"][kind]], [r[key] for r in after["records"][kind]])
+            for name, (kind, key) in pairs.items()
+        }
+    return result

@@ -1,0 +1,88 @@
+"""The training half of self-improvement: SFT on accepted images, or DPO on accepted vs rejected ones.
+
+* SFT loss: the mean per-token NLL of each accepted image given its prompt (conditional, no CFG), batch mean.
+* DPO: pairs of one prompt's accepted and rejected images (a seeded shuffle of each, zipped: min(|A|, |R|) pairs
+  per prompt), `task_dpo_loss` with the NLL term on the chosen image (SPEC §2); the reference log-probs are the
+  base model's (adapters disabled), computed once per pair.
+AdamW at a constant learning rate, gradients clipped. One epoch = one pass over the examples in a seeded order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from unigap.selfimprove.config import SelfImproveConfig
+from unigap.selfimprove.pool import Sample
+from unigap.train.dpo import DPOOptions, GenerationPair, task_dpo_loss, with_reference
+from unigap.train.trainer import TrainingDiverged
+
+ORDER_STREAM = 7
+
+
+def dpo_pairs(um: Any, samples: Sequence[Sample], seed: int) -> list[GenerationPair]:
+    """Accepted-vs-rejected pairs of the same prompt, with the base model's reference log-probs."""
+    by_prompt: dict[int, tuple[list[Sample], list[Sample]]] = {}
+    for s in samples:
+        by_prompt.setdefault(s.prompt_index, ([], []))[0 if s.accepted else 1].append(s)
+    pairs = []
+    for index in sorted(by_prompt):
+        accepted, rejected = by_prompt[index]
+        rng = np.random.default_rng([seed, ORDER_STREAM, index])
+        accepted = [accepted[i] for i in rng.permutation(len(accepted))]
+        rejected = [rejected[i] for i in rng.permutation(len(rejected))]
+        pairs += [GenerationPair(a.spec.text, a.tokens, r.tokens, 0.0, 0.0) for a, r in zip(accepted, rejected)]
+    return with_reference(um, pairs) if pairs else []  # type: ignore[return-value]
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    return np.random.default_rng([seed, ORDER_STREAM, 10_000 + epoch]).permutation(n).tolist()
+
+
+def sft_loss(um: Any, batch: Sequence[Sample]) -> torch.Tensor:
+    tokens = torch.tensor([s.tokens for s in batch], dtype=torch.long, device=um.device)
+    sums, counts = um.image_logprobs([s.spec.text for s in batch], tokens)
+    return -(sums / counts).mean()
+
+
+def train_epoch(
+    um: Any, optimizer: torch.optim.Optimizer, config: SelfImproveConfig, epoch: int,
+    sft: Sequence[Sample], pairs: Sequence[GenerationPair], update: Any,
+) -> dict[str, Any]:
+    """One pass over the SFT examples (sft) or the pairs (dpo); the epoch's mean loss and metrics."""
+    examples: Sequence[Any] = sft if config.objective == "sft" else pairs
+    if not examples:
+        return {"steps": 0, "loss": None}
+    options = DPOOptions(beta=config.beta, nll_weight=config.nll_weight)
+    order = epoch_order(config.seed, epoch, len(examples))
+    params = [p for p in um.model.parameters() if p.requires_grad]
+    losses, margins, accuracies = [], [], []
+    um.model.train()
+    try:
+        for start in range(0, len(order), config.batch_size):
+            batch = [examples[i] for i in order[start : start + config.batch_size]]
+            if config.objective == "sft":
+                loss = sft_loss(um, batch)
+            else:
+                result = task_dpo_loss(um, batch, options)
+                loss = result.loss
+                margins.append(result.metrics["reward_margin"])
+                accuracies.append(result.metrics["accuracy"])
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"non-finite loss in epoch {epoch}: training stopped")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            update(start + len(batch), f"loss {losses[-1]:.3f}")
+    finally:
+        um.model.eval()
+    record: dict[str, Any] = {"steps": len(losses), "loss": math.fsum(losses) / len(losses)}
+    if margins:
+        record |= {"rewards/margins": float(np.mean(margins)), "rewards/accuracies": float(np.mean(accuracies))}
+    return record

@@ -1,0 +1,44 @@
+"""How many threads torch uses: one per CPU this process may run on, unless the user says otherwise.
+
+Why: inside containers torch counts the host's cores, not the ones the process may use, and more threads
+than cores made evaluation 3x slower on a 2-core machine. The command line sets `OMP_NUM_THREADS` (which torch
+reads when it starts) before torch is imported: to `UNIGAP_NUM_THREADS` when that is set and not empty, else
+to an `OMP_NUM_THREADS` the user already set, else to the CPUs available to the process (its CPU affinity,
+capped by a cgroup CPU quota).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from unigap.errors import UserError
+
+VARIABLE = "UNIGAP_NUM_THREADS"
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by the cgroup quota when there is one."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def configure_threads(environ: dict[str, str] | None = None) -> int:
+    """Set OMP_NUM_THREADS as the module docstring says; returns the number chosen."""
+    env = os.environ if environ is None else environ
+    wanted = env.get(VARIABLE, "").strip()
+    if wanted:
+        if not wanted.isdigit() or int(wanted) < 1:
+            raise UserError(f"{VARIABLE} must be a positive integer (or empty for the default), got {wanted!r}")
+        env["OMP_NUM_THREADS"] = wanted
+    elif not env.get("OMP_NUM_THREADS", "").strip():
+        env["OMP_NUM_THREADS"] = str(available_cpus())
+    return int(env["OMP_NUM_THREADS"])

@@ -1,0 +1,55 @@
+"""Prompt sources shared by generate-side commands: splits and users' prompt files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unigap.errors import UserError
+from unigap.evaluate.data import prompt_specs
+from unigap.world import CATEGORIES, split_prompts
+
+
+def test_training_prompts_are_distinct_train_split_prompts_of_every_category() -> None:
+    specs = prompt_specs("train", 60, seed=0)
+    assert len({s.text for s in specs}) == 60
+    assert {s.text for s in specs} <= {s.text for s in split_prompts("train", 0)}
+    assert {s.category for s in specs} == set(CATEGORIES)
+    assert prompt_specs("train", 60, seed=0) == specs and prompt_specs("train", 60, seed=1) != specs
+    assert len(prompt_specs("train", 10**6, seed=0)) == len(split_prompts("train", 0))
+
+
+def test_prompt_files_in_text_jsonl_and_geneval_shape(tmp_path: Path) -> None:
+    text = tmp_path / "prompts.txt"
+    text.write_text("a red circle\na blue square\n")
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text("\n".join(json.dumps(row) for row in (
+        {"prompt": "a red circle"}, {"tag": "colors", "include": [{"class": "square", "count": 1}],
+                                     "prompt": "a blue square"})) + "\n")
+    assert [s.text for s in prompt_specs(str(text), 5, 0)] == ["a red circle", "a blue square"]
+    assert [s.text for s in prompt_specs(str(jsonl), 1, 0)] == ["a red circle"]  # at most n
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("a red circle\n\n", "prompts.txt:2: empty line"),
+        ("a red circle\n{not json\n", "prompts.txt:2: not valid JSON"),
+        ('{"text": "a red circle"}\n', 'prompts.txt:1: a JSON line needs a string "prompt" field'),
+        ("a purple dragon\n", "prompts.txt:1:"),
+    ],
+)
+def test_a_bad_line_names_file_and_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "prompts.txt"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        prompt_specs(str(path), 10, 0)
+
+
+def test_unknown_source_and_bad_n() -> None:
+    with pytest.raises(UserError, match="neither"):
+        prompt_specs("no/such/file.txt", 10, 0)
+    with pytest.raises(UserError, match="--n must be positive"):
+        prompt_specs("test", 0, 0)

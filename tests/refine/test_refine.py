@@ -1,0 +1,74 @@
+"""The refine loop: per-round metrics, stopping, format failures, oracle and best-of-N, outputs and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unigap.cli import main
+from unigap.errors import UserError
+from unigap.refine import RefineConfig, run_loop, run_refine
+from unigap.refine.metrics import round_metrics, stop_metrics
+from unigap.world import parse_prompt
+
+SPECS = [parse_prompt(t) for t in ("a red circle", "two blue squares", "a circle and a square", "a green triangle")]
+
+
+def test_an_exact_reflector_and_editor_fix_round_zero_and_then_stop(stub) -> None:
+    trajectories = run_loop(stub, SPECS * 3, rounds=3, reflector="self", refiner="auto", seed=0, progress=False)
+    rounds = round_metrics(trajectories, 3)
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert rounds[0]["accuracy"] == 0.0  # the stub's first pictures are all broken by one edit
+    assert rounds[1]["accuracy"] >= 0.75 and rounds[1]["improved"]["rate"] >= 0.75
+    assert rounds[1]["worse"]["rate"] == 0.0 and rounds[1]["n"] == len(trajectories)
+    stop = stop_metrics(trajectories)
+    assert stop["rate"]["rate"] >= 0.75 and stop["stopped_on_wrong"]["rate"] == 0.0
+    assert all(t.verdict_after(3) == t.verified[-1] for t in trajectories)  # stopped prompts carry their image
+
+
+def test_zero_rounds_is_one_shot_generation(stub) -> None:
+    trajectories = run_loop(stub, SPECS, rounds=0, reflector="self", refiner="auto", seed=0, progress=False)
+    assert all(len(t.images) == 1 and not t.reflections for t in trajectories)
+
+
+def test_an_instruction_outside_the_grammar_stops_the_prompt_when_editing(stub, monkeypatch) -> None:
+    monkeypatch.setattr(stub, "reflect", lambda images, prompts: ["please make it nicer"] * len(images))
+    trajectories = run_loop(stub, SPECS, rounds=2, reflector="self", refiner="edit", seed=0, progress=False)
+    assert all(t.format_failure_round == 1 and len(t.images) == 1 for t in trajectories)
+    assert round_metrics(trajectories, 2)[1]["format_failures"] == len(SPECS)
+
+
+def test_refine_json_holds_rounds_oracle_and_best_of_n_and_resumes(stub, tmp_path: Path) -> None:
+    config = RefineConfig(n=8, rounds=2, seed=1)
+    report = run_refine(stub, config, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "refine.json").read_text())
+    assert saved["rounds"][0]["round"] == 0 and {"accuracy", "n"} <= set(saved["rounds"][0])
+    assert {"improved", "worse", "unchanged", "stopped"} <= set(saved["rounds"][1])
+    assert saved["oracle"]["accuracy"] >= 0.75 and saved["best_of_n"]["n_samples"] == 3
+    assert (tmp_path / "run" / "strips" / "000.png").is_file()
+    again = run_refine(stub, config, tmp_path / "run", progress=False)  # every part is read back, not rerun
+    assert again["rounds"] == report["rounds"]
+    with pytest.raises(UserError, match="other settings"):
+        run_refine(stub, RefineConfig(n=8, rounds=1, seed=1), tmp_path / "run", progress=False)
+
+
+def test_a_model_that_cannot_edit_regenerates_and_refuses_edit(stub_factory, tmp_path: Path) -> None:
+    stub = stub_factory(can_edit=False)
+    report = run_refine(stub, RefineConfig(n=4, rounds=1), tmp_path / "regen", progress=False)
+    assert report["config"]["refiner_used"] == "regenerate"
+    with pytest.raises(UserError, match="cannot"):
+        run_refine(stub, RefineConfig(n=4, rounds=1, refiner="edit"), tmp_path / "edit", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--rounds", "-1"], "--rounds must be >= 0"), (["--reflector", "judge"], "--reflector must be one of"),
+     (["--prompts", "nowhere.txt"], "neither")],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["refine", "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1

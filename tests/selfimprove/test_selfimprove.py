@@ -1,0 +1,142 @@
+"""Self-improvement on the shipped tiny model, at toy sizes: the recipe, the guard, resume, the files, bad input."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unigap.cli import main
+from unigap.errors import UserError
+from unigap.evaluate.stats import paired_difference
+from unigap.model import load_model
+from unigap.selfimprove import GuardStopped, SelfImproveConfig, run
+from unigap.selfimprove.pool import Sample, audit_metrics, split_pool
+from unigap.world import parse_prompt
+
+run_module = importlib.import_module("unigap.selfimprove.run")  # the module; the package exports the function
+TOY = dict(n_prompts=6, samples=3, epochs=2, eval_n=6, epoch_eval_n=6, audit_size=12, batch_size=4)
+
+
+def _cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["selfimprove", *args])
+    return int(exit_info.value.code or 0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"samples": 0}, "samples must be positive"),
+        ({"method": "ppo"}, "unknown method"),
+        ({"labels": "oracle"}, "unknown labels"),
+        ({"method": "dpo", "samples": 1}, "DPO needs --samples >= 2"),
+        ({"method": "curriculum-sft", "epochs": 4, "curriculum_at": 4}, "curriculum-at"),
+        ({"trainable": "everything"}, "unknown trainable"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(overrides: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        SelfImproveConfig(**overrides)
+
+
+def test_replay_epoch_defaults_to_half_way() -> None:
+    assert SelfImproveConfig(method="curriculum-sft", epochs=6).replay_epoch == 3
+    assert SelfImproveConfig(method="curriculum-sft", epochs=6, curriculum_at=2).replay_epoch == 2
+    assert SelfImproveConfig(method="sft").replay_epoch is None
+
+
+def _sample(index: int, accepted: bool, audit: bool | None) -> Sample:
+    return Sample(index, parse_prompt("a red circle"), (0,), 0.9 if accepted else 0.1, accepted, audit)
+
+
+def test_pool_split_and_audit_metrics() -> None:
+    samples = [_sample(0, True, True), _sample(0, False, False), _sample(1, False, True), _sample(2, True, False),
+               _sample(2, True, None)]
+    accepted, rejected, discard = split_pool(samples)
+    assert len(accepted) == 3 and len(rejected) == 2 and discard == [1]
+    metrics = audit_metrics(samples)
+    assert metrics["audited"] == 4
+    assert metrics["precision"]["value"] == 0.5 and metrics["precision"]["n"] == 2  # accepted and audited: T, F
+    assert metrics["recall"]["value"] == 0.5 and metrics["recall"]["n"] == 2  # audited true: accepted, rejected
+    assert metrics["agreement"]["value"] == 0.5
+
+
+def test_paired_difference_matches_scipy() -> None:
+    from scipy import stats
+
+    before, after = [0, 1, 0, 0, 1, 0, 1, 0], [1, 1, 0, 1, 1, 0, 1, 1]
+    out = paired_difference(before, after)
+    assert out["delta"] == pytest.approx(0.375) and out["n"] == 8
+    assert out["p"] == pytest.approx(stats.ttest_rel(after, before).pvalue)
+    assert out["ci95"][0] < 0.375 < out["ci95"][1]
+    assert paired_difference([1, 0], [1, 0])["p"] is None  # no change anywhere: no test
+
+
+def test_poor_labels_with_the_guard_stop_with_exit_3(tmp_path: Path) -> None:
+    out = tmp_path / "poor"
+    code = _cli("--labels", "poor", "--n-prompts", "6", "--samples", "3", "--epochs", "2", "--eval-n", "4",
+                "--out", str(out))
+    assert code == 3
+    result = json.loads((out / "selfimprove.json").read_text())
+    guard = result["guard"]
+    assert guard["stopped"] is True and guard["precision"] < guard["threshold"] and guard["epoch"] == 0
+    assert result["after"] is None and not (out / "adapter").exists()
+
+
+def test_bad_prompt_file_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\nnot a shapeworld prompt at all\n")
+    out = tmp_path / "run"
+    assert _cli("--prompts", str(prompts), "--out", str(out)) == 2
+    assert not out.exists()
+
+
+def _toy_run(out: Path, **overrides) -> dict:
+    um = load_model("tiny")
+    return run(um, SelfImproveConfig(**{**TOY, **overrides}), out, progress=False)
+
+
+def test_a_run_writes_its_files_and_resumes_to_the_same_result(tmp_path: Path, monkeypatch) -> None:
+    config = dict(method="curriculum-sft", labels="verifier", seed=3)
+    full = _toy_run(tmp_path / "full", **config)
+    for key in ("generation_accuracy", "understanding_accuracy", "nonunification", "weak_generation"):
+        assert full["before"][key]["n"] and full["after"][key]["n"]
+    assert full["paired"]["generation_accuracy"]["n"] == TOY["eval_n"]
+    assert [row["epoch"] for row in full["epochs"]] == [0, 1, 2]
+    assert full["guard"]["stopped"] is False and full["audits"][0]["precision"]["value"] == 1.0  # verifier labels
+    assert "win_rate" in full and full["trained_parameters"] == "LoRA on the LLM"
+    out = tmp_path / "full"
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "figures" / "epochs.png").is_file()
+    rows = [json.loads(line) for line in (out / "pool" / "round0.jsonl").read_text().splitlines()]
+    assert len(rows) == TOY["n_prompts"] * TOY["samples"]
+    assert all((out / "pool" / row["image"]).is_file() for row in rows)
+    assert {"prompt", "image", "p_yes", "accepted", "audit"} <= set(rows[0])
+
+    original = run_module.train_epoch
+    calls = {"n": 0}
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(tmp_path / "killed", **config)
+    monkeypatch.setattr(run_module, "train_epoch", original)
+    resumed = _toy_run(tmp_path / "killed", **config)
+    assert resumed == full
+
+
+def test_the_trained_adapter_loads_and_changes_the_model(tmp_path: Path) -> None:
+    _toy_run(tmp_path / "run", method="sft", labels="verifier", epochs=1)
+    um = load_model("tiny")
+    prompts, tokens = ["a red circle"], torch.zeros((1, um.num_image_tokens), dtype=torch.long)
+    base = um.image_logprobs(prompts, tokens)[0]
+    um.load_adapter(tmp_path / "run" / "adapter")
+    assert not torch.allclose(um.image_logprobs(prompts, tokens)[0], base)

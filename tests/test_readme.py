@@ -1,0 +1,42 @@
+"""The README is a user guide whose result tables come from the results JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tables_module():
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "docs" / "readme_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_tables_are_what_the_results_json_says() -> None:
+    text = (ROOT / "README.md").read_text()
+    regenerated, changed = _tables_module().render(text)
+    assert not changed, f"stale README tables (run `make readme-tables`): {changed}"
+    assert regenerated == text
+
+
+def test_the_readme_is_a_short_user_guide() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 260
+    for word in ("SPEC", "../shared", "/tmp/", "session"):
+        assert word not in text
+    assert not re.search(r"\bissue\s*#?\d", text, re.IGNORECASE)
+    for arxiv in ("2603.17044", "2507.16663", "2602.15772", "2601.21406"):
+        assert arxiv in text
+
+
+def test_an_empty_table_is_filled_without_touching_the_text_around_it() -> None:
+    module = _tables_module()
+    text = "intro\n<!-- table:sampling -->\n<!-- /table -->\nmiddle ## section\n<!-- table:damage-agreement -->\nold\n<!-- /table -->\nend\n"
+    regenerated, changed = module.render(text)
+    assert changed == ["sampling", "damage-agreement"]
+    assert "middle ## section" in regenerated and regenerated.endswith("<!-- /table -->\nend\n")
+    assert module.render(regenerated) == (regenerated, [])
