@@ -23,7 +23,7 @@ def small_config(tiny_dir: Path) -> StudyConfig:
     """Every stage at its smallest: 2 seeds, the two single-task strategies (so soups and oracle run) + PCGrad."""
     return StudyConfig(
         model=str(tiny_dir), seeds=2, n=3, und_pairs=4, gen_pairs=4, und_fallback_gt=True, diagnose_pairs=4,
-        sweep_probes=0, strategies=("und-only", "gen-only", "pcgrad"), steps=2, batch_size=8,
+        sweep_probes=0, methods=("und-only", "gen-only", "pcgrad"), steps=2, batch_size=8,
     )  # fmt: skip
 
 

@@ -60,18 +60,18 @@ def test_killed_study_resumes_to_the_same_numbers(
     shutil.copytree(finished, out)
     for method in ("pcgrad", "soup-0.3", "soup-0.5", "soup-0.7", "oracle"):
         shutil.rmtree(out / method / "seed1")
-    evaluate = StudyRunner._evaluate
+    evaluate = StudyRunner.evaluate
 
     def killed(self: StudyRunner, um: object, method: str, seed: int) -> None:
         if method == "pcgrad":
             raise KeyboardInterrupt
         evaluate(self, um, method, seed)
 
-    monkeypatch.setattr(StudyRunner, "_evaluate", killed)
+    monkeypatch.setattr(StudyRunner, "evaluate", killed)
     with pytest.raises(KeyboardInterrupt):
         run_study(small_config, out, show_progress=False)
     assert (out / "pcgrad" / "seed1" / "checkpoint" / "checkpoint.pt").is_file()
-    monkeypatch.setattr(StudyRunner, "_evaluate", evaluate)
+    monkeypatch.setattr(StudyRunner, "evaluate", evaluate)
     run_study(small_config, out, show_progress=False)
     for method in ("pcgrad", "soup-0.5", "oracle"):
         again = json.loads((out / method / "seed1" / "eval.json").read_text())
@@ -104,7 +104,7 @@ def test_other_weights_under_the_same_model_name_are_refused(
     ("changes", "message"),
     [
         ({"seeds": 1}, "at least 2"),
-        ({"strategies": ("und-only", "sideways")}, "unknown strategy sideways"),
+        ({"methods": ("und-only", "sideways")}, "unknown arm sideways"),
         ({"n": 0}, "n must be positive"),
     ],
 )
@@ -114,8 +114,8 @@ def test_bad_settings_are_user_errors(changes: dict, message: str) -> None:
 
 
 def test_post_hoc_methods_need_both_single_task_runs() -> None:
-    assert StudyConfig(strategies=("joint", "und-only")).methods() == ["joint", "und-only"]
-    assert "oracle" in StudyConfig().methods()
+    assert StudyConfig(methods=("joint", "und-only")).methods_in_order() == ["und-only", "joint"]
+    assert "oracle" in StudyConfig().methods_in_order()
 
 
 def test_cli_reports_bad_flags_without_traceback(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def _table(result: dict) -> Table:
         paired = result.get("paired", {}).get(name)
         delta = "—" if not paired or paired["ci95"] is None else (
             f"{paired['delta']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]")
-        table.add_row(name.replace("_", " "), _fmt(result["before"][name], key),
+        table.add_row(name.replace("_", " "), _fmt((result["before"] or {}).get(name), key),
                       _fmt((result["after"] or {}).get(name), key), delta, _fmt(paired, "p"))
     win = result.get("win_rate") or {}
     table.add_row("understanding win rate", "50", _fmt(win), f"n = {win.get('n', 0)}", "")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from unigap.train.names import STRATEGIES
+from unigap.arms import ARMS, FAMILIES
 
 
 def study_command(
@@ -20,18 +20,24 @@ def study_command(
     quick: bool = typer.Option(False, "--quick", help="CI-sized: few pairs, steps and items (minutes on a CPU)."),
     steps: int | None = typer.Option(None, "--steps", help="DPO steps per run (default 300; quick 6)."),
     lr: float | None = typer.Option(None, "--lr", help="DPO learning rate (default 1e-4, tuned for tiny)."),
-    strategy: list[str] = typer.Option(
-        [], "--strategy", help=f"Strategies to train (repeatable; default the seven of SPEC §1): {' | '.join(STRATEGIES)}."
+    methods: str | None = typer.Option(
+        None, "--methods", help=f"Arms, comma-separated, by name or family ({', '.join(FAMILIES)}); default: the "
+        f"default arms (P1). Arms: {', '.join(ARMS)}."
     ),
+    strategy: list[str] = typer.Option([], "--strategy", help="Deprecated: use --methods.", hidden=True),
 ) -> None:
     """Evaluate the base model, build preference pairs, diagnose gradients, train every strategy and post-hoc
     method per seed, evaluate each, and write results.json/.csv, figures and report.html into OUT."""
     from unigap.report import summary_table
     from unigap.study import FULL, QUICK, run_study
+    from unigap.arms import select
 
+    if strategy:
+        typer.echo("unigap: --strategy is deprecated; use --methods NAME,NAME,...", err=True)
+        methods = ",".join([*([methods] if methods else []), *strategy])
     preset = QUICK if quick else FULL
     config = preset.scaled(
-        model=model, seeds=seeds, n=n, steps=steps, lr=lr, strategies=tuple(strategy) if strategy else None
+        model=model, seeds=seeds, n=n, steps=steps, lr=lr, methods=select(methods) if methods else None
     )
     from dataclasses import asdict
 

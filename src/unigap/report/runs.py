@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from unigap.errors import UserError
-from unigap.train.names import SOUP_LAMBDAS, STRATEGIES
+from unigap.arms import arm_order
 
 BASE = "base"
 EVAL_FILE, LOG_FILE, DIAGNOSTICS_FILE, STUDY_FILE = "eval.json", "log.jsonl", "diagnostics.json", "study.json"
-# report order: the base, the trained strategies, the post-hoc soups and the oracle; anything else after
-METHOD_ORDER = (BASE, *STRATEGIES, *(f"soup-{lam:g}" for lam in SOUP_LAMBDAS), "oracle")
+# report order: the base, then the study's arms in registry order; anything else after
+METHOD_ORDER = (BASE, *arm_order())
 _SEED_DIR = re.compile(r"seed(\d+)")
 
 

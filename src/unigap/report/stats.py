@@ -35,6 +35,7 @@ from scipy import stats
 from unigap.errors import UserError
 from unigap.report.reference import LN2
 from unigap.report.runs import BASE, MethodRun, Study
+from unigap.arms import ARMS
 from unigap.train.names import SINGLE_TASK
 
 CONFIDENCE = 0.95
@@ -291,6 +292,8 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions()) -> dict[
         "config": study.config,
         "base": BASE,
         "methods": methods,
+        "arms": [{"name": m, "family": ARMS[m].family, "kind": ARMS[m].kind} if m in ARMS else {"name": m}
+                 for m in compared],
         "seeds": sorted({run.seed for run in study.runs}),
         "metrics": [asdict(metric) for metric in METRICS],
         "bonferroni": {"alpha": options.alpha, "tests": family, "alpha_corrected": alpha_corrected},

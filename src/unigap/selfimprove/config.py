@@ -24,7 +24,9 @@ TRAINABLE: dict[str, tuple[str, ...]] = {
     "llm+aligners+vision": ("aligner", "generation_aligner", "vision_model"),
 }
 ACCEPT_THRESHOLD = 0.5  # the self-judge accepts an image when P(yes) >= this (as in `unigap eval`)
-GUARD_PRECISION = 0.5  # the guard stops a run whose audited label precision falls below this
+# The guard stops a run when the audited precision of its accepted images falls below the audited base rate (the
+# share of all its images the independent judge accepts): SFT on the accepted images then teaches the model
+# images that are correct *less* often than its own samples already are, which can only degrade it.
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class SelfImproveConfig:
     batch_size: int = 16  # SFT images (DPO: pairs) per optimiser step
     beta: float = 0.1  # DPO
     nll_weight: float = 1.0  # DPO: NLL on the chosen image (SPEC §2)
+    # the CFG scale the losses are computed under (the sampling policy's); 0 = the conditional logits alone. Images
+    # are sampled with CFG, and a conditional-only loss moves logits that guidance then multiplies by cfg_scale:
+    # on the shipped model that halved generation accuracy even with the verifier's labels (docs/experiments.md)
+    loss_cfg_scale: float = 5.0
     lora_rank: int = 32
     lora_alpha: float = 64.0
     lora_dropout: float = 0.05
@@ -50,8 +56,8 @@ class SelfImproveConfig:
     max_grad_norm: float = 1.0
     audit: str = "verifier"
     audit_size: int = 200  # labels checked by the independent judge per labelling round
-    guard: bool = True  # stop (exit 3) when audited precision < GUARD_PRECISION
-    eval_n: int = 300  # held-out (test) prompts for the before/after comparison
+    guard: bool = True  # stop (exit 3) when the audited precision < the audited base rate
+    eval_n: int = 300  # held-out (test) prompts for the before/after comparison; 0 = none (the study evaluates)
     epoch_eval_n: int = 100  # validation prompts measured after each epoch (the per-epoch figure)
     seed: int = 0
     data_seed: int = 0
@@ -65,11 +71,11 @@ class SelfImproveConfig:
             if getattr(self, name) not in allowed:
                 raise UserError(f"unknown {name} {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
         positive = ("n_prompts", "samples", "epochs", "lr", "batch_size", "beta", "lora_rank", "lora_alpha",
-                    "max_grad_norm", "eval_n", "sample_batch")
+                    "max_grad_norm", "sample_batch")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("nll_weight", "weight_decay", "audit_size", "epoch_eval_n", "seed", "data_seed", "cfg_scale",
+        for name in ("nll_weight", "loss_cfg_scale", "weight_decay", "audit_size", "eval_n", "epoch_eval_n", "seed", "data_seed", "cfg_scale",
                      "temperature"):
             if not getattr(self, name) >= 0:
                 raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")

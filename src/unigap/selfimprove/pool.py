@@ -98,11 +98,13 @@ def audit(samples: list[Sample], images: list, config: SelfImproveConfig, round_
 
 
 def audit_metrics(samples: Sequence[Sample]) -> dict[str, Any]:
-    """Label precision (the independent judge agrees with an accept), recall (an image it accepts was accepted)
-    and agreement, over the audited samples; each a metric object with n and stderr."""
+    """Label precision (the independent judge agrees with an accept), recall (an image it accepts was accepted),
+    agreement, and the base rate (the share of all audited images it accepts), over the audited samples; each a
+    metric object with n and stderr."""
     audited = [s for s in samples if s.audit is not None]
     return {
         "audited": len(audited),
+        "base_rate": summarize([s.audit for s in audited], "value"),
         "precision": summarize([s.audit for s in audited if s.accepted], "value"),
         "recall": summarize([s.accepted for s in audited if s.audit], "value"),
         "agreement": summarize([s.accepted == s.audit for s in audited], "value"),

@@ -34,7 +34,7 @@ from unigap.evaluate.generation import generate_and_judge
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.stats import paired_difference, summarize
 from unigap.progress import progress as progress_bar
-from unigap.selfimprove.config import ACCEPT_THRESHOLD, GUARD_PRECISION, TRAINABLE, SelfImproveConfig
+from unigap.selfimprove.config import ACCEPT_THRESHOLD, TRAINABLE, SelfImproveConfig
 from unigap.selfimprove.figures import epochs_plot
 from unigap.selfimprove.pool import Sample, audit_metrics, label_round, split_pool
 from unigap.selfimprove.train import dpo_pairs, train_epoch
@@ -73,7 +73,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     specs = prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)
     _check_settings(out, config, len(specs))
 
-    before = _stage(out / "before.json", lambda: _evaluate(um, config, out, "before", progress))
+    before = _stage(out / "before.json", lambda: _evaluate(um, config, out, "before", progress)) if config.eval_n else None
     data = Data([label_round(um, specs, range(len(specs)), config, 0, out, progress)])
     audits = [{"round": 0, "epoch": 0, **audit_metrics(data.rounds[0])}]
     _guard(out, config, audits, before, last_epoch=0)
@@ -84,7 +84,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     params = [p for p in um.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.objective == "dpo":
-        data.pairs = dpo_pairs(um, data.rounds[0], config.seed)
+        data.pairs = dpo_pairs(um, data.rounds[0], config.seed, config.loss_cfg_scale or None)
     epochs = _read_epochs(out)
     start = _resume(um, optimizer, out)
     if not epochs:
@@ -98,7 +98,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
             audits.append({"round": 1, "epoch": epoch - 1, **audit_metrics(data.rounds[1])})
             _guard(out, config, audits, before, last_epoch=epoch - 1)
             if config.objective == "dpo":
-                data.pairs += dpo_pairs(um, data.rounds[1], config.seed)
+                data.pairs += dpo_pairs(um, data.rounds[1], config.seed, config.loss_cfg_scale or None)
         if epoch <= start:
             continue
         size = len(data.sft) if config.objective == "sft" else len(data.pairs)
@@ -107,9 +107,9 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
         epochs.append(_epoch_row(um, config, epoch, data, record, joined))
         _save_epoch(um, optimizer, out, epoch, epochs)
 
-    after = _stage(out / "after.json", lambda: _evaluate(um, config, out, "after", progress))
-    result = _result(config, len(specs), before, after, epochs, audits, guard=None)
-    result["win_rate"] = win_rate(um, before, out)
+    after = _stage(out / "after.json", lambda: _evaluate(um, config, out, "after", progress)) if before else None
+    result = _result(config, before, after, epochs, audits, guard=None)
+    result["win_rate"] = win_rate(um, before, out) if before else None
     write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
@@ -118,7 +118,10 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
 
 
 def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int) -> None:
+    """Refuse to continue a run made under other settings; the guard switch is free (it changes no number, only
+    whether the run stops), so a stopped run can be continued with `--no-guard --resume`."""
     settings = {**config.to_dict(), "n_prompts_used": n_prompts}
+    settings.pop("guard")
     saved = out / "settings.json"
     if saved.is_file() and json.loads(saved.read_text()) != settings:
         raise UserError(f"{out} holds a selfimprove run with other settings; use a new --out")
@@ -192,30 +195,34 @@ def _save_epoch(um: Any, optimizer: torch.optim.Optimizer, out: Path, epoch: int
     epochs_plot(epochs, out / "figures" / "epochs.png")
 
 
-def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], before: dict[str, Any],
+def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], before: dict[str, Any] | None,
            last_epoch: int) -> None:
-    """Stop the run (`GuardStopped`, after writing `selfimprove.json`) when the latest audit's precision is low."""
-    precision = audits[-1]["precision"]
-    if not config.guard or config.audit == "none" or precision["value"] is None:
+    """Stop the run (`GuardStopped`, after writing `selfimprove.json`) when the latest audit's precision is below
+    its base rate: the accepted images are correct less often than the model's images overall."""
+    precision, threshold = audits[-1]["precision"], audits[-1]["base_rate"]["value"]
+    if not config.guard or config.audit == "none" or precision["value"] is None or threshold is None:
         return
-    if precision["value"] >= GUARD_PRECISION:
+    if precision["value"] >= threshold:
         return
-    guard = {"stopped": True, "precision": precision["value"], "n": precision["n"], "threshold": GUARD_PRECISION,
+    guard = {"stopped": True, "precision": precision["value"], "n": precision["n"], "threshold": threshold,
              "epoch": last_epoch}
-    result = _result(config, None, before, None, _read_epochs(out), audits, guard)
+    result = _result(config, before, None, _read_epochs(out), audits, guard)
     write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     kept = f"the adapter of epoch {last_epoch} is kept in {out / 'adapter'}" if last_epoch else "no adapter was trained"
     raise GuardStopped(
         f"guard: label precision {precision['value']:.2f} (n = {precision['n']}) against the {config.audit} is below "
-        f"{GUARD_PRECISION} after labelling round {audits[-1]['round']}: stopped; {kept} (--no-guard runs on)"
+        f"the base rate {threshold:.2f} of the model's own images after labelling round {audits[-1]['round']}: "
+        f"stopped; {kept} (--no-guard runs on)"
     )
 
 
 # -- results -------------------------------------------------------------------------------------
 
 
-def headline(report: dict[str, Any]) -> dict[str, Any]:
-    """The four numbers of an eval report that self-improvement moves, as metric objects."""
+def headline(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The four numbers of an eval report that self-improvement moves, as metric objects (None: not measured)."""
+    if report is None:
+        return None
     return {
         "generation_accuracy": report["generation"],
         "understanding_accuracy": report["understanding"],
@@ -239,16 +246,16 @@ def win_rate(um: Any, before: dict[str, Any], out: Path) -> dict[str, Any]:
     return metric
 
 
-def _result(config: SelfImproveConfig, n_prompts: int | None, before: dict[str, Any], after: dict[str, Any] | None,
+def _result(config: SelfImproveConfig, before: dict[str, Any] | None, after: dict[str, Any] | None,
             epochs: list[dict[str, Any]], audits: list[dict[str, Any]], guard: dict[str, Any] | None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "config": config.to_dict(),
         "trained_parameters": f"LoRA on the LLM{''.join(' + ' + m for m in TRAINABLE[config.trainable])}",
         "before": headline(before),
-        "after": None if after is None else headline(after),
+        "after": headline(after),
         "epochs": epochs,
         "audits": audits,
-        "guard": guard or {"stopped": False, "threshold": GUARD_PRECISION},
+        "guard": guard or {"stopped": False, "rule": "stop when audited precision < audited base rate"},
     }
     if after is not None:
         pairs = {"generation_accuracy": ("generation", "verified"), "nonunification": ("generation", "self_rejected"),

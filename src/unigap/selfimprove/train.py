@@ -24,8 +24,9 @@ from unigap.train.trainer import TrainingDiverged
 ORDER_STREAM = 7
 
 
-def dpo_pairs(um: Any, samples: Sequence[Sample], seed: int) -> list[GenerationPair]:
-    """Accepted-vs-rejected pairs of the same prompt, with the base model's reference log-probs."""
+def dpo_pairs(um: Any, samples: Sequence[Sample], seed: int, cfg_scale: float | None = None) -> list[GenerationPair]:
+    """Accepted-vs-rejected pairs of the same prompt, with the base model's reference log-probs (under the loss's
+    CFG scale)."""
     by_prompt: dict[int, tuple[list[Sample], list[Sample]]] = {}
     for s in samples:
         by_prompt.setdefault(s.prompt_index, ([], []))[0 if s.accepted else 1].append(s)
@@ -36,16 +37,16 @@ def dpo_pairs(um: Any, samples: Sequence[Sample], seed: int) -> list[GenerationP
         accepted = [accepted[i] for i in rng.permutation(len(accepted))]
         rejected = [rejected[i] for i in rng.permutation(len(rejected))]
         pairs += [GenerationPair(a.spec.text, a.tokens, r.tokens, 0.0, 0.0) for a, r in zip(accepted, rejected)]
-    return with_reference(um, pairs) if pairs else []  # type: ignore[return-value]
+    return with_reference(um, pairs, cfg_scale) if pairs else []  # type: ignore[return-value]
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     return np.random.default_rng([seed, ORDER_STREAM, 10_000 + epoch]).permutation(n).tolist()
 
 
-def sft_loss(um: Any, batch: Sequence[Sample]) -> torch.Tensor:
+def sft_loss(um: Any, batch: Sequence[Sample], cfg_scale: float | None = None) -> torch.Tensor:
     tokens = torch.tensor([s.tokens for s in batch], dtype=torch.long, device=um.device)
-    sums, counts = um.image_logprobs([s.spec.text for s in batch], tokens)
+    sums, counts = um.image_logprobs([s.spec.text for s in batch], tokens, cfg_scale=cfg_scale)
     return -(sums / counts).mean()
 
 
@@ -57,7 +58,8 @@ def train_epoch(
     examples: Sequence[Any] = sft if config.objective == "sft" else pairs
     if not examples:
         return {"steps": 0, "loss": None}
-    options = DPOOptions(beta=config.beta, nll_weight=config.nll_weight)
+    cfg = config.loss_cfg_scale or None
+    options = DPOOptions(beta=config.beta, nll_weight=config.nll_weight, cfg_scale=cfg)
     order = epoch_order(config.seed, epoch, len(examples))
     params = [p for p in um.model.parameters() if p.requires_grad]
     losses, margins, accuracies = [], [], []
@@ -66,7 +68,7 @@ def train_epoch(
         for start in range(0, len(order), config.batch_size):
             batch = [examples[i] for i in order[start : start + config.batch_size]]
             if config.objective == "sft":
-                loss = sft_loss(um, batch)
+                loss = sft_loss(um, batch, cfg)
             else:
                 result = task_dpo_loss(um, batch, options)
                 loss = result.loss

@@ -11,9 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from unigap.errors import UserError
-from unigap.train.names import SOUP_LAMBDAS, STRATEGIES
-
-SEVEN: tuple[str, ...] = STRATEGIES[:7]  # SPEC §1's strategies; the torchjd aggregators are opt-in extras
+from unigap.arms import ARMS, select
 
 
 @dataclass(frozen=True)
@@ -30,11 +28,13 @@ class StudyConfig:
     und_fallback_gt: bool = False  # und pairs: the ground truth as chosen when both samples tie (weak models)
     diagnose_pairs: int = 200
     sweep_probes: int = 16
-    strategies: tuple[str, ...] = SEVEN
+    methods: tuple[str, ...] = select(None)  # the arms (`unigap.arms`); default: the default arms
     steps: int = 300
     lr: float = 1e-4
     beta: float = 0.1
     batch_size: int = 32
+    self_prompts: int = 150  # self-improvement arms: training prompts (10 images each) and epochs
+    self_epochs: int = 2
 
     def __post_init__(self) -> None:
         if self.seeds < 2:
@@ -48,22 +48,22 @@ class StudyConfig:
             raise UserError("lr and beta must be positive")
         if self.gen_kind not in ("gen-real", "gen-model"):
             raise UserError(f"gen_kind must be gen-real or gen-model, got {self.gen_kind!r}")
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown or not self.strategies:
-            raise UserError(f"unknown strategy {', '.join(unknown) or '(none)'}; expected some of {', '.join(STRATEGIES)}")
+        unknown = [m for m in self.methods if m not in ARMS]
+        if unknown or not self.methods:
+            raise UserError(f"unknown arm {', '.join(unknown) or '(none)'}; expected some of {', '.join(ARMS)}")
+        missing = sorted({r for m in self.methods for r in ARMS[m].requires} - set(self.methods))
+        if missing:
+            raise UserError(f"the selected arms need {', '.join(missing)} too")
 
-    @property
-    def post_hoc(self) -> bool:
-        """Soups and the oracle combine the und-only and gen-only adapters, so they need both runs."""
-        return {"und-only", "gen-only"} <= set(self.strategies)
-
-    def methods(self) -> list[str]:
-        """Every method of the study besides the base, in report order."""
-        soups = [f"soup-{lam:g}" for lam in SOUP_LAMBDAS] if self.post_hoc else []
-        return [*self.strategies, *soups, *(["oracle"] if self.post_hoc else [])]
+    def methods_in_order(self) -> list[str]:
+        """Every arm of the study besides the base, in report order: the chosen arms, and every post-hoc arm whose
+        requirements they meet (soups and the oracle run whenever und-only and gen-only do)."""
+        chosen = set(self.methods)
+        return [name for name, arm in ARMS.items()
+                if name in chosen or (arm.kind == "post-hoc" and set(arm.requires) <= chosen)]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"strategies": list(self.strategies)}
+        return asdict(self) | {"methods": list(self.methods)}
 
     def scaled(self, **changes: Any) -> StudyConfig:
         """A copy with the given fields changed (None values are left alone: unset flags)."""

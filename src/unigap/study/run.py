@@ -3,7 +3,8 @@
 Why jobs keyed by output files: a killed study is resumed by running the same command again. Finished
 jobs are skipped, a training run killed midway continues from its checkpoint (`DPOTrainer`), and every
 output is written atomically, so a file that exists is complete. Each job is a plain call into the
-library (prefs, train, merge, diagnose, evaluate), so the study has no second implementation of anything.
+library (prefs, train, merge, diagnose, evaluate, selfimprove; the arms' builders are in `unigap.study.builders`),
+so the study has no second implementation of anything.
 
 Layout of OUT (what `unigap.report.load_study` reads)::
 
@@ -12,14 +13,14 @@ Layout of OUT (what `unigap.report.load_study` reads)::
     prefs/und.jsonl, prefs/gen.jsonl    preference pairs from the base model (data_seed)
     base/seed<k>/eval.json              the base model evaluated with seed k
     base/seed0/diagnostics.json (+PNG)  gradient diagnostics of the base model
-    <method>/seed<k>/                   adapter, log.jsonl and eval.json of each strategy, soup and the oracle
+    <arm>/seed<k>/                      eval.json of each arm (`unigap.arms`), with what its builder keeps
+                                        (adapter and log.jsonl of a DPO strategy, selfimprove/ of a P2 arm)
     results.json, results.csv, *.png, report.html
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from unigap.errors import UserError
 from unigap.report import BASE, BuiltReport, build_report
 from unigap.report.runs import DIAGNOSTICS_FILE, EVAL_FILE, STUDY_FILE
 from unigap.study.config import StudyConfig
-from unigap.train.names import SOUP_LAMBDAS
+from unigap.arms import ARMS
 
 WEIGHTS_KEY = "model_weights"  # in study.json: the weights_fingerprint of the model the study ran on
 
@@ -67,25 +68,20 @@ class StudyRunner:
         return self.out / PREFS_DIR / f"{task}.jsonl"
 
     def jobs(self) -> list[Job]:
-        """In the order of the study: base evaluation, data, diagnostics, then per seed every method."""
+        """In the order of the study: base evaluation, data, diagnostics, then per seed every arm in registry order."""
         c = self.config
         jobs = [Job(f"base, seed {k}", self._eval_file(BASE, k), partial(self.evaluate_base, k)) for k in range(c.seeds)]
         jobs += [Job(f"{task} pairs", self.prefs_file(task), partial(self.build_pairs, task)) for task in ("und", "gen")]
         jobs.append(Job("gradient diagnostics", self.run_dir(BASE, 0) / DIAGNOSTICS_FILE, self.diagnose))
         for k in range(c.seeds):
-            jobs += [Job(f"{s}, seed {k}", self._eval_file(s, k), partial(self.train, s, k)) for s in c.strategies]
-            if c.post_hoc:
-                jobs += [
-                    Job(f"soup-{lam:g}, seed {k}", self._eval_file(f"soup-{lam:g}", k), partial(self.soup, lam, k))
-                    for lam in SOUP_LAMBDAS
-                ]
-                jobs.append(Job(f"oracle, seed {k}", self._eval_file("oracle", k), partial(self.oracle, k)))
+            jobs += [Job(f"{name}, seed {k}", self._eval_file(name, k), partial(ARMS[name].build(), self, name, k))
+                     for name in c.methods_in_order()]
         return jobs
 
-    # -- the jobs ----------------------------------------------------------------------------
+    # -- the study's own jobs (the arms' are in `unigap.study.builders`) ------------------------
 
     def evaluate_base(self, seed: int) -> None:
-        self._evaluate(self._model(), BASE, seed)
+        self.evaluate(self.model(), BASE, seed)
 
     def build_pairs(self, task: str) -> None:
         from unigap.prefs.build import BuildOptions, build_preferences
@@ -94,8 +90,8 @@ class StudyRunner:
         c = self.config
         kind, n = ("und", c.und_pairs) if task == "und" else (c.gen_kind, c.gen_pairs)
         options = BuildOptions(kind, n, c.data_seed, c.model, fallback_gt=c.und_fallback_gt, batch_size=8)
-        with self._bar(f"{kind} pairs", n) as update:
-            rows = build_preferences(self._model(), options, lambda kept, tried: update(kept))
+        with self.bar(f"{kind} pairs", n) as update:
+            rows = build_preferences(self.model(), options, lambda kept, tried: update(kept))
         write_rows(self.prefs_file(task), rows)
 
     def diagnose(self) -> None:
@@ -103,46 +99,15 @@ class StudyRunner:
         from unigap.train.dpo import DPOOptions
 
         c = self.config
-        um = self._model()
+        um = self.model()
         params = shared_parameters(um, full_params=False, seed=0)
-        with self._bar("gradients", c.diagnose_pairs + 2 * c.sweep_probes) as update:
+        with self.bar("gradients", c.diagnose_pairs + 2 * c.sweep_probes) as update:
             report = run_diagnostics(
                 um, params, self.pairs("und"), self.pairs("gen"), c.diagnose_pairs, 0,
                 sweep_probes=c.sweep_probes, options=DPOOptions(beta=c.beta), progress=update,
             )  # fmt: skip
         report |= {"model": c.model, "adapter": None, "und": str(self.prefs_file("und")), "gen": str(self.prefs_file("gen"))}
         write_report(report, self.run_dir(BASE, 0))
-
-    def train(self, strategy: str, seed: int) -> None:
-        """Train one strategy (continuing a killed run), evaluate it, then drop its resume checkpoint."""
-        from unigap.train.config import TrainConfig
-        from unigap.train.trainer import DPOTrainer
-
-        c = self.config
-        settings = TrainConfig(
-            strategy=strategy, steps=c.steps, lr=c.lr, beta=c.beta, seed=seed, checkpoint_every=min(50, c.steps)
-        )
-        um = self._model()
-        trainer = DPOTrainer(um, settings, self.pairs("und"), self.pairs("gen"), self.run_dir(strategy, seed))
-        with self._bar(f"{strategy} DPO", c.steps) as update:
-            trainer.train(trainer.has_checkpoint, lambda step, record: update(step))
-        self._evaluate(um, strategy, seed)
-        shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)  # the adapter and log stay
-
-    def soup(self, lam: float, seed: int) -> None:
-        from unigap.train.merge import soup
-
-        method = f"soup-{lam:g}"
-        adapter = soup(self.run_dir("und-only", seed), self.run_dir("gen-only", seed), lam, self.run_dir(method, seed))
-        um = self._model()
-        um.load_adapter(adapter)
-        self._evaluate(um, method, seed)
-
-    def oracle(self, seed: int) -> None:
-        from unigap.train.oracle import SeparateLoraOracle
-
-        routed = SeparateLoraOracle(self._model(), self.run_dir("und-only", seed), self.run_dir("gen-only", seed))
-        self._evaluate(routed, "oracle", seed)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -154,7 +119,7 @@ class StudyRunner:
             self._pairs[task] = load_pairs(self.prefs_file(task), task)
         return self._pairs[task]
 
-    def _model(self) -> Any:
+    def model(self) -> Any:
         """A fresh copy of the base model: training and adapters change the one they are given."""
         from unigap.model import load_model
 
@@ -163,7 +128,7 @@ class StudyRunner:
     def _eval_file(self, method: str, seed: int) -> Path:
         return self.run_dir(method, seed) / EVAL_FILE
 
-    def _evaluate(self, um: Any, method: str, seed: int) -> None:
+    def evaluate(self, um: Any, method: str, seed: int) -> None:
         from unigap.evaluate import evaluate, save_report
 
         c = self.config
@@ -172,7 +137,7 @@ class StudyRunner:
         save_report(report, self._eval_file(method, seed))
 
     @contextmanager
-    def _bar(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+    def bar(self, description: str, total: int) -> Iterator[Callable[..., None]]:
         """A bar for one job's inner loop, removed when the job ends: `update(done)`, or `update()` for one more."""
         task = self.progress.add_task(description, total=total)
 

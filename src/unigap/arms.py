@@ -1,0 +1,97 @@
+"""The study's arms, one registry: every method the study can run, by family, in report order.
+
+An arm declares its family (p1 multi-task DPO, p2 self-improvement, p3 reason-reflect-refine), its kind (trained,
+post-hoc, inference-time), the arms it needs first (soups need `und-only` and `gen-only`), whether the default
+study runs it, and its builder: `"module:function"`, called as `builder(runner, name, seed)`, which must write
+`<name>/seed<k>/eval.json` last (that file marks the job done). Adding an arm is one entry here. Kept free of
+torch so `unigap study --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from unigap.errors import UserError
+from unigap.train.names import SOUP_LAMBDAS, STRATEGIES
+
+FAMILIES: dict[str, str] = {
+    "p1": "multi-task DPO (arXiv 2603.17044)",
+    "p2": "self-improvement (arXiv 2507.16663)",
+    "p3": "reason-reflect-refine (arXiv 2602.15772)",
+}
+KINDS = ("trained", "post-hoc", "inference-time")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    family: str
+    kind: str
+    builder: str  # "module:function"
+    requires: tuple[str, ...] = ()
+    default: bool = True
+
+    def build(self) -> Callable[..., None]:
+        module, function = self.builder.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+ARMS: dict[str, Arm] = {}
+
+
+def register(arm: Arm) -> Arm:
+    if arm.name in ARMS:
+        raise ValueError(f"arm {arm.name!r} is registered twice")
+    if arm.family not in FAMILIES or arm.kind not in KINDS:
+        raise ValueError(f"arm {arm.name!r}: unknown family {arm.family!r} or kind {arm.kind!r}")
+    ARMS[arm.name] = arm
+    return arm
+
+
+_P1, _P2 = "unigap.study.builders:train_strategy", "unigap.study.builders:self_improve"
+for _index, _strategy in enumerate(STRATEGIES):
+    register(Arm(_strategy, "p1", "trained", _P1, default=_index < 7))  # SPEC §1's seven; torchjd's opt-in
+for _lam in SOUP_LAMBDAS:
+    register(Arm(f"soup-{_lam:g}", "p1", "post-hoc", "unigap.study.builders:soup", ("und-only", "gen-only")))
+register(Arm("oracle", "p1", "post-hoc", "unigap.study.builders:oracle", ("und-only", "gen-only")))
+# self-improvement: method and labels per arm (`self_improve` reads them from SELF_ARMS); off by default: each
+# samples ten images per training prompt, several times the cost of a DPO arm
+SELF_ARMS: dict[str, dict[str, Any]] = {
+    "self-sft": {"method": "sft"},
+    "self-dpo": {"method": "dpo"},
+    "self-curriculum-sft": {"method": "curriculum-sft"},
+    "self-curriculum-dpo": {"method": "curriculum-dpo"},
+    "self-verifier": {"method": "curriculum-sft", "labels": "verifier"},
+    "self-poor": {"method": "curriculum-sft", "labels": "poor", "guard": False},
+}
+for _name in SELF_ARMS:
+    register(Arm(_name, "p2", "trained", _P2, default=False))
+
+
+def arm_order() -> tuple[str, ...]:
+    """Every registered arm, in report order."""
+    return tuple(ARMS)
+
+
+def select(names: str | None) -> tuple[str, ...]:
+    """The arms a comma-separated list of names and families (`p1`, `p2`, ...) selects, in registry order, with
+    the arms they require; None = the default arms."""
+    if names is None:
+        chosen = {name for name, arm in ARMS.items() if arm.default}
+    else:
+        chosen = set()
+        for item in (part.strip() for part in names.split(",")):
+            if item in FAMILIES:
+                chosen |= {name for name, arm in ARMS.items() if arm.family == item}
+            elif item in ARMS:
+                chosen.add(item)
+            else:
+                raise UserError(f"unknown arm or family {item!r}; expected some of {', '.join([*FAMILIES, *ARMS])}")
+    for name in list(chosen):
+        chosen |= set(ARMS[name].requires)
+    if not chosen:
+        raise UserError("--methods selects no arm")
+    return tuple(name for name in ARMS if name in chosen)

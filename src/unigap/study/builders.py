@@ -1,0 +1,61 @@
+"""How each kind of study arm is built: `builder(runner, name, seed)` trains or assembles the arm's model, then
+evaluates it into `<name>/seed<k>/eval.json` (last: that file marks the job done). See `unigap.arms`."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from unigap.arms import SELF_ARMS
+
+
+def train_strategy(runner: Any, name: str, seed: int) -> None:
+    """Multi-task DPO with strategy `name` (continuing a killed run), evaluated; its resume checkpoint dropped."""
+    from unigap.train.config import TrainConfig
+    from unigap.train.trainer import DPOTrainer
+
+    c = runner.config
+    settings = TrainConfig(strategy=name, steps=c.steps, lr=c.lr, beta=c.beta, seed=seed,
+                           checkpoint_every=min(50, c.steps))
+    um = runner.model()
+    trainer = DPOTrainer(um, settings, runner.pairs("und"), runner.pairs("gen"), runner.run_dir(name, seed))
+    with runner.bar(f"{name} DPO", c.steps) as update:
+        trainer.train(trainer.has_checkpoint, lambda step, record: update(step))
+    runner.evaluate(um, name, seed)
+    shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)  # the adapter and log stay
+
+
+def soup(runner: Any, name: str, seed: int) -> None:
+    """The rewarded soup `soup-<λ>` of the seed's und-only and gen-only adapters."""
+    from unigap.train.merge import soup as merge_soup
+
+    lam = float(name.removeprefix("soup-"))
+    adapter = merge_soup(runner.run_dir("und-only", seed), runner.run_dir("gen-only", seed), lam,
+                         runner.run_dir(name, seed))
+    um = runner.model()
+    um.load_adapter(adapter)
+    runner.evaluate(um, name, seed)
+
+
+def oracle(runner: Any, name: str, seed: int) -> None:
+    """Each task routed to its single-task adapter (the post-hoc upper bound)."""
+    from unigap.train.oracle import SeparateLoraOracle
+
+    routed = SeparateLoraOracle(runner.model(), runner.run_dir("und-only", seed), runner.run_dir("gen-only", seed))
+    runner.evaluate(routed, name, seed)
+
+
+def self_improve(runner: Any, name: str, seed: int) -> None:
+    """`unigap selfimprove` with the arm's method and labels at the study's budget (its own before/after
+    evaluation skipped: the study evaluates every arm the same way)."""
+    from unigap.selfimprove import GuardStopped, SelfImproveConfig, run
+
+    c = runner.config
+    config = SelfImproveConfig(**SELF_ARMS[name], n_prompts=c.self_prompts, epochs=c.self_epochs, eval_n=0,
+                               epoch_eval_n=0, seed=seed, data_seed=c.data_seed)
+    um = runner.model()
+    try:
+        run(um, config, runner.run_dir(name, seed) / "selfimprove", progress=False)
+    except GuardStopped:
+        pass  # `um` holds the last epoch the guard let through (the base model if it stopped before training)
+    runner.evaluate(um, name, seed)

@@ -1,0 +1,51 @@
+"""The arm registry: every arm resolves, selections by name and family, requirements, and report order."""
+
+from __future__ import annotations
+
+import pytest
+
+from unigap.arms import ARMS, FAMILIES, Arm, register, select
+from unigap.errors import UserError
+from unigap.report.runs import METHOD_ORDER
+from unigap.study import StudyConfig
+
+
+@pytest.mark.parametrize("name", list(ARMS))
+def test_every_arm_has_a_builder_family_and_known_requirements(name: str) -> None:
+    arm = ARMS[name]
+    assert callable(arm.build()) and arm.family in FAMILIES
+    assert set(arm.requires) <= set(ARMS)
+    assert name in METHOD_ORDER  # the report orders it
+    assert name in StudyConfig(methods=select(name)).methods_in_order()  # the CLI's selection accepts it
+
+
+def test_selection_by_family_and_name_adds_requirements() -> None:
+    assert select("p2") == tuple(name for name in ARMS if name.startswith("self-"))
+    assert set(select("soup-0.5")) == {"soup-0.5", "und-only", "gen-only"}
+    assert select(None) == tuple(name for name, arm in ARMS.items() if arm.default)
+    assert "upgrad" in select("p1") and "upgrad" not in select(None)
+    with pytest.raises(UserError, match="unknown arm or family 'p9'"):
+        select("joint,p9")
+
+
+def test_post_hoc_arms_join_when_their_requirements_run() -> None:
+    assert StudyConfig(methods=("und-only", "gen-only")).methods_in_order()[-1] == "oracle"
+    assert StudyConfig(methods=("joint",)).methods_in_order() == ["joint"]
+    with pytest.raises(UserError, match="need gen-only, und-only too"):
+        StudyConfig(methods=("soup-0.5",))
+
+
+def test_a_name_registers_once() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        register(Arm("joint", "p1", "trained", "unigap.study.builders:train_strategy"))
+
+
+def test_the_cli_rejects_an_unknown_arm_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    from unigap.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--methods", "joint,sideways", "--out", str(tmp_path / "s")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["unigap: error: unknown arm or family 'sideways'; expected some of " + ", ".join([*FAMILIES, *ARMS])]
+    assert not (tmp_path / "s").exists()
