@@ -69,6 +69,9 @@ SELF_ARMS: dict[str, dict[str, Any]] = {
 }
 for _name in SELF_ARMS:
     register(Arm(_name, "p2", "trained", _P2, default=False))
+# reason-reflect-refine at inference: the base model's final images after the loop replace its one-shot ones
+for _name in ("refine", "refine-oracle", "best-of-n"):
+    register(Arm(_name, "p3", "inference-time", "unigap.study.builders:refine", default=False))
 
 
 def arm_order() -> tuple[str, ...]:

@@ -49,3 +49,17 @@ def test_the_cli_rejects_an_unknown_arm_in_one_line(capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["unigap: error: unknown arm or family 'sideways'; expected some of " + ", ".join([*FAMILIES, *ARMS])]
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_p2_and_p3_arms_build_on_a_tiny_model_and_reach_the_report(small_config: StudyConfig, tmp_path) -> None:
+    from unigap.study import run_study
+
+    config = small_config.scaled(methods=("self-sft", "refine", "best-of-n"), self_prompts=2, self_epochs=1,
+                                 refine_rounds=1)
+    built = run_study(config, tmp_path / "study", show_progress=False)
+    assert built.results["methods"] == ["base", "self-sft", "refine", "best-of-n"]
+    assert [arm["family"] for arm in built.results["arms"]] == ["p2", "p3", "p3"]
+    for name in ("self-sft", "refine", "best-of-n"):
+        assert (tmp_path / "study" / name / "seed1" / "eval.json").is_file()
+    assert (tmp_path / "study" / "self-sft" / "seed0" / "selfimprove" / "pool" / "round0.jsonl").is_file()

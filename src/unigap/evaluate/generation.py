@@ -63,26 +63,35 @@ def generate_and_judge(
             prompts, n_per_prompt=1, cfg_scale=cfg_scale, temperature=temperature, seed=batch_seed(seed, index)
         )
         decoded = um.decode_tokens(tokens)
-        p_yes = torch.as_tensor(um.judge(decoded, prompts)).float().cpu().tolist()
-        for spec, image, prob in zip(chunk, decoded, p_yes, strict=True):
-            verdict = verify(image, spec, canvas=image.size[0])
-            accepted = prob >= ACCEPT_THRESHOLD
-            records.append(
-                {
-                    "index": len(records),
-                    "prompt": spec.text,
-                    "category": spec.category,
-                    "verified": verdict.satisfied,
-                    "reason": verdict.reason,
-                    "p_yes": prob,
-                    "self_accepted": accepted,
-                    "self_rejected": not accepted,
-                    "judge_correct": accepted == verdict.satisfied,
-                    "weak_generation": None if accepted else not verdict.satisfied,
-                }
-            )
+        records += judge_images(um, chunk, decoded, start=len(records))
         images.extend(decoded)
     return images, records
+
+
+def judge_images(um: ImageModel, specs: Sequence[PromptSpec], images: Sequence[Image.Image],
+                 start: int = 0) -> list[dict[str, Any]]:
+    """One record per image: the verifier's verdict and the model's own judgement (the fields every generation
+    metric reads); `index` counts from `start`."""
+    p_yes = torch.as_tensor(um.judge(list(images), [spec.text for spec in specs])).float().cpu().tolist()
+    records = []
+    for spec, image, prob in zip(specs, images, p_yes, strict=True):
+        verdict = verify(image, spec, canvas=image.size[0])
+        accepted = prob >= ACCEPT_THRESHOLD
+        records.append(
+            {
+                "index": start + len(records),
+                "prompt": spec.text,
+                "category": spec.category,
+                "verified": verdict.satisfied,
+                "reason": verdict.reason,
+                "p_yes": prob,
+                "self_accepted": accepted,
+                "self_rejected": not accepted,
+                "judge_correct": accepted == verdict.satisfied,
+                "weak_generation": None if accepted else not verdict.satisfied,
+            }
+        )
+    return records
 
 
 def generation_metrics(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

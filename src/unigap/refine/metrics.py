@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 
 from unigap.evaluate.generation import batch_seed
 from unigap.evaluate.progress import batches
@@ -82,21 +83,30 @@ def gain(trajectories: Sequence[Trajectory], rounds: int) -> dict[str, Any]:
                              [t.verdict_after(rounds) for t in trajectories])
 
 
-def best_of_n(
+def best_of_n_images(
     um: Refinable, specs: Sequence[PromptSpec], n: int, seed: int, cfg_scale: float | None, temperature: float,
     batch_size: int, progress: bool,
-) -> dict[str, Any]:
+) -> list[Image.Image]:
     """The honest baseline at the loop's budget: n samples per prompt, the self-judge keeps the one it rates
-    highest (P(yes)), the verifier judges that one."""
-    rows = []
+    highest (P(yes)); one image per prompt."""
+    chosen = []
     per_batch = max(1, batch_size // n)
     for index, chunk in enumerate(batches(list(specs), per_batch, f"best of {n}", progress)):
         tokens = um.generate_images([s.text for s in chunk], n, cfg_scale, temperature,
                                     batch_seed(seed, BEST_OF_N_STREAM * 1000 + index))
         images = um.decode_tokens(tokens)
         p_yes = torch.as_tensor(um.judge(images, [s.text for s in chunk for _ in range(n)])).view(len(chunk), n)
-        for row, spec in enumerate(chunk):
-            choice = images[row * n + int(p_yes[row].argmax())]
-            rows.append({"category": spec.category, "verified": verify(choice, spec, canvas=choice.size[0]).satisfied})
+        chosen += [images[row * n + int(p_yes[row].argmax())] for row in range(len(chunk))]
+    return chosen
+
+
+def best_of_n(
+    um: Refinable, specs: Sequence[PromptSpec], n: int, seed: int, cfg_scale: float | None, temperature: float,
+    batch_size: int, progress: bool,
+) -> dict[str, Any]:
+    """The verifier's accuracy on `best_of_n_images`."""
+    images = best_of_n_images(um, specs, n, seed, cfg_scale, temperature, batch_size, progress)
+    rows = [{"category": spec.category, "verified": verify(image, spec, canvas=image.size[0]).satisfied}
+            for spec, image in zip(specs, images, strict=True)]
     metric = summarize_grouped(rows, "verified", "accuracy", "category", CATEGORIES, "by_category")
     return {"n_samples": n, **with_ci(metric, "accuracy")}

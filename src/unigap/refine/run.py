@@ -74,8 +74,11 @@ def _loop_part(um: Refinable, specs: list[PromptSpec], config: RefineConfig, ref
 
 
 def _strip(trajectory: Trajectory) -> Image.Image:
+    """Every round's image (green frame: the verifier accepts it), the prompt, and under it one line per
+    reflection: what the reflector said about image r."""
     side = trajectory.images[0].width * SCALE
-    sheet = Image.new("RGB", (side * len(trajectory.images), side + 44), "white")
+    notes = trajectory.reflections
+    sheet = Image.new("RGB", (side * len(trajectory.images), side + 18 + 14 * len(notes)), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((4, side + 2), trajectory.spec.text, fill="black")
     for round_, image in enumerate(trajectory.images):
@@ -83,8 +86,8 @@ def _strip(trajectory: Trajectory) -> Image.Image:
         sheet.paste(image.resize((side, side), Image.NEAREST), (x, 0))
         colour = (40, 170, 40) if trajectory.verified[round_] else (200, 20, 20)
         draw.rectangle((x, 0, x + side - 1, side - 1), outline=colour, width=3)
-        note = trajectory.reflections[round_] if round_ < len(trajectory.reflections) else ""
-        draw.text((x + 4, side + 16), f"r{round_}: {note}"[:48], fill=(60, 60, 160))
+    for round_, note in enumerate(notes):
+        draw.text((4, side + 16 + 14 * round_), f"on image {round_}: {note}", fill=(60, 60, 160))
     return sheet
 
 

@@ -21,7 +21,8 @@ def epochs_plot(epochs: Sequence[dict[str, Any]], path: Path) -> Path:
         if points:
             left.plot(*zip(*points, strict=True), marker="o", label=label)
     left.set(xlabel="epoch", ylabel="share (validation prompts)", ylim=(0, 1), title="probe")
-    left.legend(fontsize=8)
+    if left.lines:
+        left.legend(fontsize=8)
     right.plot(x, [row["discard_pool"] for row in epochs], marker="o", color="grey")
     right.set(xlabel="epoch", ylabel="prompts with no accepted image", title="discard pool")
     return save_figure(figure, path)

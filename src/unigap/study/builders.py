@@ -59,3 +59,33 @@ def self_improve(runner: Any, name: str, seed: int) -> None:
     except GuardStopped:
         pass  # `um` holds the last epoch the guard let through (the base model if it stopped before training)
     runner.evaluate(um, name, seed)
+
+
+def refine(runner: Any, name: str, seed: int) -> None:
+    """An inference-time arm on the base model: `refine` (self reflection), `refine-oracle` (the exact
+    instruction) or `best-of-n` (1 + rounds samples, the self-judge picks). Its evaluation is the base model's,
+    with the arm's final images in place of the one-shot ones (verified and self-judged the same way)."""
+    from unigap.evaluate import evaluate, save_report
+    from unigap.evaluate.critique import self_judge_metrics
+    from unigap.evaluate.data import held_out_pairs
+    from unigap.evaluate.generation import generation_metrics, judge_images
+    from unigap.refine.loop import run_loop
+    from unigap.refine.metrics import best_of_n_images, round_metrics
+
+    c = runner.config
+    um = runner.model()
+    report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False, progress=False)
+    specs = [spec for spec, _ in held_out_pairs(c.n, seed, c.data_seed)]
+    if name == "best-of-n":
+        images = best_of_n_images(um, specs, 1 + c.refine_rounds, seed, 5.0, 1.0, c.batch_size, False)
+    else:
+        reflector = "oracle" if name == "refine-oracle" else "self"
+        trajectories = run_loop(um, specs, c.refine_rounds, reflector, "auto", seed, 5.0, 1.0, c.batch_size, False)
+        images = [t.images[-1] for t in trajectories]
+        report["refine"] = {"rounds": round_metrics(trajectories, c.refine_rounds)}
+    records = judge_images(um, specs, images)
+    report.update(generation_metrics(records))
+    report["self_judge"] = self_judge_metrics(records)
+    report["records"]["generation"] = records
+    report["config"].update(model=c.model, method=name, refine_rounds=c.refine_rounds)
+    save_report(report, runner.eval_file(name, seed))

@@ -35,6 +35,7 @@ class StudyConfig:
     batch_size: int = 32
     self_prompts: int = 150  # self-improvement arms: training prompts (10 images each) and epochs
     self_epochs: int = 2
+    refine_rounds: int = 3  # reason-reflect-refine arms: rounds after the first image (best-of-n: 1 + rounds samples)
 
     def __post_init__(self) -> None:
         if self.seeds < 2:

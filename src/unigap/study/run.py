@@ -70,11 +70,11 @@ class StudyRunner:
     def jobs(self) -> list[Job]:
         """In the order of the study: base evaluation, data, diagnostics, then per seed every arm in registry order."""
         c = self.config
-        jobs = [Job(f"base, seed {k}", self._eval_file(BASE, k), partial(self.evaluate_base, k)) for k in range(c.seeds)]
+        jobs = [Job(f"base, seed {k}", self.eval_file(BASE, k), partial(self.evaluate_base, k)) for k in range(c.seeds)]
         jobs += [Job(f"{task} pairs", self.prefs_file(task), partial(self.build_pairs, task)) for task in ("und", "gen")]
         jobs.append(Job("gradient diagnostics", self.run_dir(BASE, 0) / DIAGNOSTICS_FILE, self.diagnose))
         for k in range(c.seeds):
-            jobs += [Job(f"{name}, seed {k}", self._eval_file(name, k), partial(ARMS[name].build(), self, name, k))
+            jobs += [Job(f"{name}, seed {k}", self.eval_file(name, k), partial(ARMS[name].build(), self, name, k))
                      for name in c.methods_in_order()]
         return jobs
 
@@ -125,7 +125,7 @@ class StudyRunner:
 
         return load_model(self.config.model)
 
-    def _eval_file(self, method: str, seed: int) -> Path:
+    def eval_file(self, method: str, seed: int) -> Path:
         return self.run_dir(method, seed) / EVAL_FILE
 
     def evaluate(self, um: Any, method: str, seed: int) -> None:
@@ -134,7 +134,7 @@ class StudyRunner:
         c = self.config
         report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False)
         report["config"].update(model=c.model, method=method)
-        save_report(report, self._eval_file(method, seed))
+        save_report(report, self.eval_file(method, seed))
 
     @contextmanager
     def bar(self, description: str, total: int) -> Iterator[Callable[..., None]]:

@@ -1,0 +1,71 @@
+"""The real path: every generate-side command on a Janus-Pro-shaped checkpoint (384 px, 576 tokens, codebook 16384,
+byte-level BPE, chat template, processor files, no sidecar), as a user would run them. Slow: 576-token images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from janus_pro_fixture import build_janus_pro_like
+from unigap.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def janus_pro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_janus_pro_like(tmp_path_factory.mktemp("janus-pro"))
+
+
+def _run(*args: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code in (0, None)
+
+
+def test_eval_writes_a_report_on_janus_pro_geometry(janus_pro: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    _run("eval", "--model", str(janus_pro), "--n", "2", "--batch-size", "2", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["generation"]["n"] == 2 and report["understanding"]["n"] == 2
+    assert report["vq_reconstruction"]["n"] == 2  # the verifier reads 384 px reconstructions (was: a crash)
+    assert report["edit"] is None and "cannot edit" in report["edit_skipped"]
+
+
+def test_generate_and_ask(janus_pro: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    image = tmp_path / "image.png"
+    _run("generate", "--model", str(janus_pro), "--prompt", "a red circle", "--out", str(image))
+    assert Image.open(image).size == (384, 384)
+    _run("ask", "--model", str(janus_pro), "--image", str(image), "--question", "What color is it?",
+         "--max-new-tokens", "3")
+
+
+def test_refine_falls_back_to_regenerating(janus_pro: Path, tmp_path: Path) -> None:
+    out = tmp_path / "refine"
+    _run("refine", "--model", str(janus_pro), "--n", "2", "--rounds", "1", "--out", str(out))
+    report = json.loads((out / "refine.json").read_text())
+    assert report["config"]["refiner_used"] == "regenerate"
+    assert [row["round"] for row in report["rounds"]] == [0, 1]
+    assert report["best_of_n"]["n_samples"] == 2 and "accuracy" in report["oracle"]
+    assert (out / "strips" / "000.png").is_file()
+
+
+def test_refine_edit_on_a_model_that_cannot_edit_is_one_line(janus_pro: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["refine", "--model", str(janus_pro), "--refiner", "edit", "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("unigap: error: --refiner edit needs")
+
+
+def test_selfimprove_runs_on_janus_pro(janus_pro: Path, tmp_path: Path) -> None:
+    out = tmp_path / "si"
+    _run("selfimprove", "--model", str(janus_pro), "--n-prompts", "2", "--samples", "2", "--epochs", "1",
+         "--eval-n", "2", "--no-guard", "--out", str(out))
+    result = json.loads((out / "selfimprove.json").read_text())
+    assert result["after"]["generation_accuracy"]["n"] == 2
+    assert (out / "adapter" / "adapter_config.json").is_file()
