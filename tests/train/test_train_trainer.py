@@ -151,3 +151,19 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
         TrainConfig.load(None, strategy="best")
     with pytest.raises(UserError, match="steps must be a int"):
         TrainConfig.load(None, steps=1.5)
+
+
+def test_generation_pairs_under_cfg_are_rescored_against_the_base_model(tiny_dir: Path, pairs) -> None:
+    """With gen_cfg_scale the policy is scored on CFG-mixed logits, so the stored (conditional) reference log-probs
+    are replaced by the base model's under the same mixture: at step 0 policy == reference, the margin is 0."""
+    from unigap.train.dpo import task_dpo_loss
+
+    und, gen = pairs
+    cfg = config(strategy="gen-only", gen_cfg_scale=5.0)
+    assert cfg.dpo.cfg_scale == 5.0 and config().dpo.cfg_scale is None
+    trainer = DPOTrainer(load_model(tiny_dir), cfg, und, gen, Path("unused"))
+    rescored = trainer.pairs["gen"]
+    assert [p.ref_chosen for p in rescored] != [p.ref_chosen for p in gen]
+    result = task_dpo_loss(trainer.um, rescored[:1], cfg.dpo)
+    assert result.metrics["reward_margin"] == pytest.approx(0.0, abs=1e-4)
+    assert result.metrics["dpo_loss"] == pytest.approx(math.log(2), abs=1e-4)

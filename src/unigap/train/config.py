@@ -34,6 +34,9 @@ class TrainConfig:
     loss_type: str = "sigmoid"
     length_normalize: bool = False
     nll_weight: float = 0.0
+    # generation pairs scored under CFG-mixed logits at this scale (policy and reference alike), the mixture images
+    # are sampled from; 0 = conditional logits only
+    gen_cfg_scale: float = 0.0
     lora_rank: int = 64
     lora_alpha: float = 128.0
     lora_dropout: float = 0.05
@@ -67,13 +70,14 @@ class TrainConfig:
             raise UserError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
         if self.loss_type not in LOSS_TYPES:
             raise UserError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
-        if self.weight_decay < 0 or self.nll_weight < 0 or self.seed < 0:
-            raise UserError("weight_decay, nll_weight and seed must be >= 0")
+        if self.weight_decay < 0 or self.nll_weight < 0 or self.seed < 0 or self.gen_cfg_scale < 0:
+            raise UserError("weight_decay, nll_weight, gen_cfg_scale and seed must be >= 0")
 
     @property
     def dpo(self) -> DPOOptions:
         """The loss options every task shares."""
-        return DPOOptions(self.beta, self.loss_type, self.length_normalize, self.nll_weight)  # type: ignore[arg-type]
+        return DPOOptions(self.beta, self.loss_type, self.length_normalize, self.nll_weight,  # type: ignore[arg-type]
+                          cfg_scale=self.gen_cfg_scale or None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,7 +36,7 @@ from unigap.train.checkpoint import (
     set_rng_state,
 )
 from unigap.train.config import TrainConfig
-from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, task_dpo_loss
+from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
 from unigap.train.strategies import SINGLE_TASK, Strategy, build_strategy, length_norm_weight
 
 LOG_FILE = "log.jsonl"
@@ -89,6 +89,8 @@ class DPOTrainer:
             raise UserError(
                 f"generation pairs hold images of {sorted(lengths)} tokens, but this model uses {um.num_image_tokens}"
             )
+        if config.gen_cfg_scale and gen_pairs:  # the stored reference log-probs are conditional-only: rescore
+            given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale)
         self.um, self.config, self.out_dir = um, config, Path(out_dir)
         self.pairs: dict[str, Sequence[Pair]] = {task: pairs for task, pairs in given.items() if pairs}
         self.strategy: Strategy = build_strategy(
