@@ -132,7 +132,8 @@ class StudyRunner:
         from unigap.evaluate import evaluate, save_report
 
         c = self.config
-        report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False)
+        report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False,
+                          progress=False)  # the study shows its own bars
         report["config"].update(model=c.model, method=method)
         save_report(report, self.eval_file(method, seed))
 
