@@ -55,9 +55,13 @@ def selfimprove_command(
     seed: int = typer.Option(None, "--seed", help="Draws the prompts and every sample (default 0)."),
     out: Path = typer.Option(Path("runs/selfimprove"), "--out", help="Output directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    report_to: str = typer.Option("none", "--report-to", help="Also log epochs to: none | tensorboard | wandb."),
 ) -> None:
     """Sample, self-judge, train on the verdicts; write OUT/selfimprove.json (exit 3 when the guard stops it)."""
+    from unigap.metrics_log import parse_report_to
     from unigap.selfimprove import GuardStopped, SelfImproveConfig, run
+
+    backends = parse_report_to(report_to)
 
     config = SelfImproveConfig.load(
         config_file, prompts=prompts, n_prompts=n_prompts, samples=samples, method=method, labels=labels,
@@ -79,7 +83,7 @@ def selfimprove_command(
         um = load(model, None)
         record["device"] = str(um.device)
         try:
-            result = run(um, config, out)
+            result = run(um, config, out, report_to=backends)
         except GuardStopped as exc:
             stopped = exc
     write_manifest(out, record)

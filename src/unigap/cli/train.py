@@ -33,6 +33,7 @@ def train(
     seed: int | None = typer.Option(None, "--seed", help="Seed: LoRA init, data order, dropout (default 0)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of TrainConfig keys (flags win)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
     """Multi-task DPO on a LoRA; logs every step to OUT/log.jsonl and saves the PEFT adapter in OUT."""
     from unigap.model import load_model
@@ -40,7 +41,10 @@ def train(
     from unigap.train.config import TrainConfig
     from unigap.train.trainer import DPOTrainer
 
+    from unigap.metrics_log import parse_report_to
+
     settings = TrainConfig.load(config, strategy=strategy, steps=steps, lr=lr, beta=beta, seed=seed)
+    backends = parse_report_to(report_to)
     und_pairs = load_pairs(und, "und") if und is not None else []
     gen_pairs = load_pairs(gen, "gen") if gen is not None else []
     from unigap.manifest import manifest, write_manifest
@@ -50,7 +54,7 @@ def train(
     with manifest("train", settings_record, seeds=[settings.seed]) as record:
         um = load_model(model)
         record["device"] = str(um.device)
-        trainer = DPOTrainer(um, settings, und_pairs, gen_pairs, out)
+        trainer = DPOTrainer(um, settings, und_pairs, gen_pairs, out, report_to=backends)
         with progress(settings.strategy, settings.steps) as update:
             result = trainer.train(resume, lambda step, row: update(step, _losses(row)))
     write_manifest(result.out_dir, record)

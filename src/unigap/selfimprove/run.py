@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from unigap.evaluate.data import prompt_specs
 from unigap.evaluate.generation import generate_and_judge
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.stats import paired_difference, summarize
+from unigap.metrics_log import MetricLogger
 from unigap.progress import progress as progress_bar
 from unigap.selfimprove.config import ACCEPT_THRESHOLD, TRAINABLE, SelfImproveConfig
 from unigap.selfimprove.figures import epochs_plot
@@ -42,6 +44,7 @@ from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint,
 from unigap.world import parse_prompt
 
 RESULT_FILE = "selfimprove.json"
+EPOCHS_FILE = "epochs.jsonl"
 METRICS = ("generation_accuracy", "understanding_accuracy", "nonunification", "weak_generation")
 
 
@@ -66,9 +69,11 @@ class Data:
         return sorted({s.prompt_index for s in self.rounds[0]} - accepted)
 
 
-def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = True,
+        report_to: Sequence[str] = ()) -> dict[str, Any]:
     """Self-improve `um` in place (it gains a LoRA adapter) and write the run to OUT; returns `selfimprove.json`'s
-    content. Raises `GuardStopped` after writing it when the audit stops the run."""
+    content. Raises `GuardStopped` after writing it when the audit stops the run. `report_to`: per-epoch rows also
+    to TensorBoard / W&B (`unigap.metrics_log`)."""
     out = Path(out)
     specs = prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)
     _check_settings(out, config, len(specs))
@@ -87,8 +92,12 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
         data.pairs = dpo_pairs(um, data.rounds[0], config.seed, config.loss_cfg_scale or None)
     epochs = _read_epochs(out)
     start = _resume(um, optimizer, out)
+    epochs = epochs[: start + 1]
+    logger = MetricLogger(out / EPOCHS_FILE, report_to, resume_step=start + 1 if epochs else None,
+                          run_name=f"{out.name}-selfimprove")
     if not epochs:
         epochs = [_epoch_row(um, config, 0, data, {"steps": 0, "loss": None}, joined=0)]
+        logger.log(0, epochs[0])
     for epoch in range(1, config.epochs + 1):
         joined = 0
         if epoch - 1 == config.replay_epoch:  # replay after the replay epoch, before the next one trains
@@ -106,6 +115,8 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
             record = train_epoch(um, optimizer, config, epoch, data.sft, data.pairs, update)
         epochs.append(_epoch_row(um, config, epoch, data, record, joined))
         _save_epoch(um, optimizer, out, epoch, epochs)
+        logger.log(epoch, epochs[-1])  # last: the row marks the epoch done
+    logger.close()
 
     after = _stage(out / "after.json", lambda: _evaluate(um, config, out, "after", progress)) if before else None
     result = _result(config, before, after, epochs, audits, guard=None)
@@ -152,7 +163,7 @@ def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress
 def _epoch_row(um: Any, config: SelfImproveConfig, epoch: int, data: Data, record: dict[str, Any],
                joined: int) -> dict[str, Any]:
     """An epoch's log row, with the validation probe (generation accuracy and non-unification)."""
-    row = {"epoch": epoch, **record, "sft_examples": len(data.sft), "pairs": len(data.pairs),
+    row = {"step": epoch, "epoch": epoch, **record, "sft_examples": len(data.sft), "pairs": len(data.pairs),
            "discard_pool": len(data.discard), "joined": joined}
     if config.epoch_eval_n:
         specs = prompt_specs("val", config.epoch_eval_n, config.seed, config.data_seed)
@@ -163,7 +174,7 @@ def _epoch_row(um: Any, config: SelfImproveConfig, epoch: int, data: Data, recor
 
 
 def _read_epochs(out: Path) -> list[dict[str, Any]]:
-    path = out / "epochs.jsonl"
+    path = out / EPOCHS_FILE
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
@@ -182,7 +193,7 @@ def _resume(um: Any, optimizer: torch.optim.Optimizer, out: Path) -> int:
 
 
 def _save_epoch(um: Any, optimizer: torch.optim.Optimizer, out: Path, epoch: int, epochs: list[dict]) -> None:
-    """The adapter (replacing the previous epoch's), the checkpoint, then the log row that marks the epoch done."""
+    """The adapter (replacing the previous epoch's), the checkpoint and the figure; the caller then logs the row."""
     staging = out / "adapter.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     um.save_adapter(staging)
@@ -191,7 +202,6 @@ def _save_epoch(um: Any, optimizer: torch.optim.Optimizer, out: Path, epoch: int
     trainable = {name: p.detach().clone() for name, p in um.model.named_parameters() if p.requires_grad}
     save_checkpoint(out / "checkpoint", {"epoch": epoch, "trainable": trainable,
                                          "optimizer": optimizer.state_dict(), "rng": rng_state()})
-    write_text_atomically(out / "epochs.jsonl", "".join(json.dumps(row) + "\n" for row in epochs))
     epochs_plot(epochs, out / "figures" / "epochs.png")
 
 

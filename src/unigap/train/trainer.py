@@ -25,6 +25,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from unigap.errors import UserError
+from unigap.metrics_log import MetricLogger, parse_report_to
 from unigap.model.unified import UnifiedModel
 from unigap.train.checkpoint import (
     CHECKPOINT_FILE,
@@ -78,6 +79,7 @@ class DPOTrainer:
         und_pairs: Sequence[UnderstandingPair],
         gen_pairs: Sequence[GenerationPair],
         out_dir: str | Path,
+        report_to: Sequence[str] = (),
     ) -> None:
         needed = (SINGLE_TASK[config.strategy],) if config.strategy in SINGLE_TASK else TASKS
         given = {"und": und_pairs, "gen": gen_pairs}
@@ -92,6 +94,7 @@ class DPOTrainer:
         if config.gen_cfg_scale and gen_pairs:  # the stored reference log-probs are conditional-only: rescore
             given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale)
         self.um, self.config, self.out_dir = um, config, Path(out_dir)
+        self.report_to = parse_report_to(report_to)
         self.pairs: dict[str, Sequence[Pair]] = {task: pairs for task, pairs in given.items() if pairs}
         self.strategy: Strategy = build_strategy(
             config.strategy,
@@ -154,9 +157,6 @@ class DPOTrainer:
         self.strategy.load_state_dict(state["strategy"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
-        log = self.out_dir / LOG_FILE
-        lines = log.read_text().splitlines() if log.is_file() else []
-        atomic_write_lines(log, [line for line in lines if json.loads(line)["step"] < self.step])
 
     # -- training ----------------------------------------------------------------------------
 
@@ -171,14 +171,13 @@ class DPOTrainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_lines(self.out_dir / CONFIG_FILE, [json.dumps(self.config.to_dict(), indent=2)])
         log = self.out_dir / LOG_FILE
-        if not resume:
-            log.write_text("")
+        logger = MetricLogger(log, self.report_to, resume_step=self.step if resume else None,
+                              run_name=f"{self.out_dir.name}-{self.config.strategy}")
         self.um.model.train()  # LoRA dropout on
         try:
             while self.step < self.config.steps:
                 record = self._train_step()
-                with log.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                logger.log(self.step, record)
                 self.step += 1
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                     self._save()
@@ -186,6 +185,7 @@ class DPOTrainer:
                     on_step(self.step, record)
         finally:
             self.um.model.eval()
+            logger.close()
         self.um.save_adapter(self.out_dir)
         return TrainResult(self.step, self.out_dir, log)
 

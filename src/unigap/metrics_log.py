@@ -1,0 +1,74 @@
+"""One metric logger for the training loops: a JSONL file on disk, and TensorBoard or Weights & Biases when asked.
+
+`--report-to` takes TRL's names: `none` (the default), `tensorboard`, `wandb`, comma-separated. Neither backend is
+a dependency: asking for one that is not installed is a one-line `UserError` naming the pip package. The JSONL file
+is the record unigap itself reads; a resumed run drops the rows from the step it resumes at, so no step appears
+twice. Kept free of torch: the backends are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unigap.atomic import write_text_atomically
+from unigap.errors import UserError
+
+BACKENDS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # name -> the package it needs
+
+
+def parse_report_to(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """`none` / `tensorboard,wandb` / a list → the backends, checked to be known and installed."""
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value or ()) if v.strip()]
+    names = [n for n in names if n != "none"]
+    for name in names:
+        if name not in BACKENDS:
+            raise UserError(f"--report-to must be none or some of {', '.join(BACKENDS)}, got {name!r}")
+        if importlib.util.find_spec(BACKENDS[name]) is None:
+            raise UserError(f"--report-to {name} needs the {BACKENDS[name]} package: pip install {BACKENDS[name]}")
+    return tuple(dict.fromkeys(names))
+
+
+class MetricLogger:
+    """`log(step, record)` appends a JSON line to `path` and sends the record's numbers to the backends."""
+
+    def __init__(self, path: str | Path, report_to: Sequence[str] = (), resume_step: int | None = None,
+                 run_name: str | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.is_file():  # a resumed run: keep only the steps before the one it resumes at
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < resume_step]
+            write_text_atomically(self.path, "".join(line + "\n" for line in kept))
+        self._writers: list[Any] = []
+        for name in parse_report_to(report_to):
+            if name == "tensorboard":
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writers.append(("tensorboard", SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))))
+            else:
+                import wandb
+
+                run = wandb.init(project="unigap", name=run_name, dir=str(self.path.parent), resume="allow")
+                self._writers.append(("wandb", run))
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **{k: v for k, v in record.items() if k != "step"}}) + "\n")
+        numbers = {k: float(v) for k, v in record.items()
+                   if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
+        for name, writer in self._writers:
+            if name == "tensorboard":
+                for key, value in numbers.items():
+                    writer.add_scalar(key, value, step)
+            else:
+                writer.log(numbers, step=step)
+
+    def close(self) -> None:
+        for name, writer in self._writers:
+            writer.close() if name == "tensorboard" else writer.finish()
+        self._writers = []

@@ -1,0 +1,53 @@
+"""The metric logger: JSONL rows, truncation on resume, the optional backends and their errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unigap.errors import UserError
+from unigap.metrics_log import MetricLogger, parse_report_to
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_rows_and_resume_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    logger = MetricLogger(path)
+    for step in range(4):
+        logger.log(step, {"loss": 1.0 / (step + 1), "note": "x"})
+    logger.close()
+    assert [r["step"] for r in _rows(path)] == [0, 1, 2, 3] and _rows(path)[1] == {"step": 1, "loss": 0.5, "note": "x"}
+    MetricLogger(path, resume_step=2).log(2, {"loss": 9.0})  # resumed at step 2: rows 2-3 of the killed run go
+    assert [(r["step"], r["loss"]) for r in _rows(path)] == [(0, 1.0), (1, 0.5), (2, 9.0)]
+    MetricLogger(path)  # a fresh run starts an empty log
+    assert path.read_text() == ""
+
+
+def test_report_to_names_and_missing_packages(monkeypatch) -> None:
+    assert parse_report_to("none") == () and parse_report_to(None) == ()
+    with pytest.raises(UserError, match="--report-to must be none or some of tensorboard, wandb, got 'mlflow'"):
+        parse_report_to("mlflow")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    with pytest.raises(UserError, match="pip install wandb"):
+        parse_report_to("tensorboard,wandb")
+
+
+def test_tensorboard_receives_the_numbers(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = MetricLogger(tmp_path / "log.jsonl", report_to=("tensorboard",))
+    logger.log(0, {"loss": 0.7, "accuracy": 0.5, "flag": True, "name": "x"})
+    logger.log(1, {"loss": 0.6, "accuracy": 0.75})
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"loss", "accuracy"}
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([0.7, 0.6])
