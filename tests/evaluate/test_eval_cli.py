@@ -41,6 +41,20 @@ def test_eval_writes_the_report(tiny_dir, tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["eval.json"]  # no temporary file left
 
 
+def test_eval_generates_a_users_prompt_file(tiny_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a red circle"}\n{"prompt": "two blue squares"}\n{"prompt": "a green triangle"}\n')
+    out = tmp_path / "eval.json"
+    code, _, _ = run_main(capsys, ["eval", "--model", tiny_dir, "--n", 2, "--prompts", prompts, "--out", out])
+    report = json.loads(out.read_text())
+    assert code == 0 and [r["prompt"] for r in report["records"]["generation"]] == ["a red circle", "two blue squares"]
+    assert report["understanding"]["n"] == 2 and report["config"]["prompts"] == "2 given"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a red circle\n\n")
+    code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--prompts", bad, "--out", tmp_path / "b.json"])
+    assert code == 2 and err.strip() == f"unigap: error: {bad}:2: empty line" and not (tmp_path / "b.json").exists()
+
+
 @pytest.mark.parametrize("n, size", [(1, (64, 64)), (3, (128, 128))])
 def test_generate_writes_one_png_or_a_grid(tiny_dir, tmp_path, capsys, n, size):
     out = tmp_path / "img.png"

@@ -52,6 +52,7 @@ def test_dpo_loss_matches_formula(kind: str, per_token: bool, nll: float, beta: 
         length_normalize=per_token,
         nll_weight=nll,
     )
+    per_token = per_token or kind == "ipo"  # IPO is always per token, as in TRL
     expected = reference_loss(beta, kind, per_token, nll)
     assert out.losses.tolist() == pytest.approx(expected, rel=1e-12)
     assert float(out.loss) == pytest.approx(sum(expected) / len(expected), rel=1e-12)

@@ -27,6 +27,8 @@ def eval_command(
     cfg: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale for generation (1 = none)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Image sampling temperature (0 = greedy)."),
     split: str = typer.Option("test", "--split", help="Held-out split: test, or val to choose settings."),
+    prompts: str | None = typer.Option(None, "--prompts", help="A prompt file (text lines, or JSONL with a "
+                                       '"prompt" field) for generation, instead of held-out prompts (at most n).'),
 ) -> None:
     """Write the metrics report to OUT and print a summary table."""
     from unigap.evaluate import check_output_file, evaluate, save_report, summary_table, vq_fidelity
@@ -40,13 +42,17 @@ def eval_command(
     check_output_file(out)
     if split not in HELD_OUT_SPLITS:
         raise UserError(f"--split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
-    settings = {"model": model, "adapter": None if adapter is None else str(adapter), "n": n, "seed": seed,
+    from unigap.evaluate.data import prompt_specs
+
+    specs = None if prompts is None else prompt_specs(prompts, n, seed, data_seed)  # a bad file fails before the load
+    settings = {"model": model, "prompts": prompts, "adapter": None if adapter is None else str(adapter), "n": n, "seed": seed,
                 "data_seed": data_seed, "batch_size": batch_size, "cfg": cfg, "temperature": temperature, "split": split}
     with manifest("eval", settings, seeds=[seed], judge={"name": "verifier"}) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
         report = evaluate(
-            um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature, split=split
+            um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature, split=split,
+            prompts=specs,
         )
         # the VQ is never trained after pretraining (adapters leave it alone), so this reads the base model's tokenizer
         report["vq_reconstruction"] = vq_fidelity(um, n, seed, data_seed, batch_size, split=split)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
@@ -18,6 +18,7 @@ from unigap.evaluate.understanding import (
     understanding_items,
     understanding_metrics,
 )
+from unigap.world import PromptSpec
 
 
 def evaluate(
@@ -34,6 +35,7 @@ def evaluate(
     split: str = "test",
     progress: bool = True,
     on_images: Callable[[list[Image.Image]], None] | None = None,
+    prompts: Sequence[PromptSpec] | None = None,
 ) -> dict[str, Any]:
     """Understanding and generation metrics on n held-out items (n questions, n prompts → n images).
 
@@ -45,14 +47,16 @@ def evaluate(
     `edit` (n edits of broken held-out scenes; null, with `edit_skipped` saying why, on a model that
     cannot edit). `split` "val" measures on the validation split instead, for choosing settings without
     touching the test split. `on_images`, if given, receives the n generated images (in record order), for a
-    caller that saves them or judges them again. Same arguments on the same device ⇒ the same numbers.
+    caller that saves them or judges them again. `prompts` (e.g. a user's prompt file) replaces the held-out
+    generation prompts. Same arguments on the same device ⇒ the same numbers.
     """
     check_batch_size(batch_size)
     pairs = held_out_pairs(n, seed, data_seed, split=split)
     items = understanding_items(n, seed, data_seed, pairs)
     understanding_records = answer_items(um, items, batch_size, max_new_tokens, progress)
     images, generation_records = generate_and_judge(
-        um, [spec for spec, _ in pairs], seed, batch_size, cfg_scale, temperature, progress
+        um, list(prompts) if prompts is not None else [spec for spec, _ in pairs], seed, batch_size, cfg_scale,
+        temperature, progress,
     )
     if on_images is not None:
         on_images(images)
@@ -65,6 +69,7 @@ def evaluate(
         "temperature": temperature,
         "max_new_tokens": max_new_tokens,
         "split": split,
+        "prompts": "held-out" if prompts is None else f"{len(prompts)} given",
     }
     report = {
         "config": config,

@@ -18,7 +18,8 @@ need exactly the same per-task loss, so there is one definition. Stable public A
   what the preference builder stores and what the benchmark's "recompute" variant calls every step.
 
 Formulas, with r = log π_θ(y|x) − log π_ref(y|x) (per pair; divided by the token count when
-`length_normalize`) and h = r_w − r_l:
+`length_normalize`, and always for IPO, as TRL's `loss_type="ipo"` does: its margin 1/(2β) is a per-token target,
+meaningless for a sum over 576 image tokens) and h = r_w − r_l:
 * sigmoid (Rafailov et al.): L = −log σ(β·h)
 * ipo (Azar et al.): L = (h − 1/(2β))²
 * NLL on the chosen (RPO-style, as in self-improvement DPO, SPEC §2): + nll_weight · (−log π_θ(y_w|x) / |y_w|),
@@ -134,6 +135,7 @@ def dpo_loss(
 ) -> DPOOutput:
     """DPO (sigmoid) or IPO loss on per-pair summed log-probs [B]; see the module docstring for formulas."""
     DPOOptions(beta=beta, loss_type=loss_type, nll_weight=nll_weight)  # validates
+    length_normalize = length_normalize or loss_type == "ipo"  # as TRL: IPO's 1/(2β) target is per token
     needs_counts = length_normalize or nll_weight > 0
     if needs_counts and (chosen_tokens is None or rejected_tokens is None):
         raise ValueError("length_normalize and nll_weight need chosen_tokens and rejected_tokens")
