@@ -36,10 +36,14 @@ class MetricLogger:
     """`log(step, record)` appends a JSON line to `path` and sends the record's numbers to the backends."""
 
     def __init__(self, path: str | Path, report_to: Sequence[str] = (), resume_step: int | None = None,
-                 run_name: str | None = None) -> None:
+                 run_name: str | None = None, append: bool = False) -> None:
+        """A fresh log (`resume_step` None), a resumed one (rows from `resume_step` on dropped), or with `append`
+        the file as it is (a job whose stages resume themselves)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
+        if append:
+            pass
+        elif resume_step is None:
             self.path.write_text("")
         elif self.path.is_file():  # a resumed run: keep only the steps before the one it resumes at
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < resume_step]
@@ -56,10 +60,11 @@ class MetricLogger:
                 run = wandb.init(project="unigap", name=run_name, dir=str(self.path.parent), resume="allow")
                 self._writers.append(("wandb", run))
 
-    def log(self, step: int, record: dict[str, Any]) -> None:
+    def log(self, step: int, record: dict[str, Any], prefix: str = "") -> None:
+        """One row; the backends see its numbers under `prefix` + key (e.g. a pretraining stage's name)."""
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, **{k: v for k, v in record.items() if k != "step"}}) + "\n")
-        numbers = {k: float(v) for k, v in record.items()
+        numbers = {prefix + k: float(v) for k, v in record.items()
                    if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
         for name, writer in self._writers:
             if name == "tensorboard":

@@ -15,11 +15,15 @@ def pretrain_command(
     out: Path = typer.Option(..., "--out", help="Output directory: a checkpoint that `--model DIR` loads."),
     seed: int = typer.Option(0, "--seed", help="Seed for the corpus, the initialisation and the data order."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized run (minutes, not a useful model)."),
+    report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
     """Train the VQ tokenizer, the vision tower, then LLM + aligners + generation head; rerunning resumes."""
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
+    from unigap.metrics_log import parse_report_to
     from unigap.pretrain import FULL, QUICK, pretrain  # torch: imported only when the command runs
+
+    backends = parse_report_to(report_to)
 
     from dataclasses import asdict
 
@@ -29,6 +33,6 @@ def pretrain_command(
     started = time.perf_counter()
     with manifest("pretrain", asdict(config), seeds=[seed]) as record:
         record["device"] = "cpu"
-        directory = pretrain(out, config)
+        directory = pretrain(out, config, report_to=backends)
     write_manifest(directory, record)
     Console().print(f"saved {directory} in {time.perf_counter() - started:.0f} s; load it with --model {directory}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from transformers import JanusForConditionalGeneration
 
 from unigap.atomic import write_atomically, write_text_atomically
 from unigap.errors import UserError
-from unigap.progress import progress
 from unigap.evaluate import vq_fidelity
+from unigap.metrics_log import MetricLogger
 from unigap.model import (
     UnifiedModel,
     build_word_tokenizer,
@@ -48,6 +49,7 @@ from unigap.pretrain.joint import PatchHead, joint_step, make_optimizer, trainab
 from unigap.pretrain.labels import grid_side
 from unigap.pretrain.vision import VisionStep, train_vision
 from unigap.pretrain.vq import to_pixels, train_vq
+from unigap.progress import progress
 from unigap.world import vocabulary
 
 VQ_FILE = "vq.safetensors"
@@ -125,9 +127,9 @@ def build_corpora(config: PretrainConfig, grid: int, show: bool) -> Corpora:
     return Corpora(und=und, gen=gen, critique=critique, edit=edit)
 
 
-def _log(out: Path, row: dict) -> None:
-    with (out / LOG_FILE).open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+def _log(logger: MetricLogger, row: dict) -> None:
+    """A row of `pretrain_log.jsonl` (`stage` first, as always), its numbers to the backends as `<stage>/<key>`."""
+    logger.log(row.get("step", 0), row, prefix=f"{row['stage']}/")
 
 
 def _save_stage(module: torch.nn.Module, path: Path, seconds: float) -> None:
@@ -143,7 +145,8 @@ def _load_stage(module: torch.nn.Module, path: Path) -> float:
         return float((handle.metadata() or {}).get("seconds", 0.0))
 
 
-def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out: Path, show: bool) -> float:
+def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out: Path, show: bool,
+              logger: MetricLogger) -> float:
     """Train (or, on resume, load) the VQ; returns the seconds its training took (recorded in the file on resume)."""
     vq = um.model.model.vqmodel
     if (out / VQ_FILE).is_file():
@@ -162,7 +165,7 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
         def on_step(step: int, numbers: object) -> None:
             update(step + 1, f"loss {numbers.loss:.4f} codes {numbers.codes_used}")
             if (step + 1) % 10 == 0 or step + 1 == config.vq_steps:
-                _log(out, {"stage": "vq", "step": step + 1, **asdict(numbers)})
+                _log(logger, {"stage": "vq", "step": step + 1, **asdict(numbers)})
 
         train_vq(vq, renders, config.vq_steps, config.vq_batch, config.vq_lr, config.seed, on_step=on_step,
                  crop=config.vq_crop, empty_crop_weight=config.vq_empty_crop_weight, checkpoint=checkpoint,
@@ -173,7 +176,8 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
     return seconds
 
 
-def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainConfig, out: Path, show: bool) -> float:
+def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainConfig, out: Path, show: bool,
+                  logger: MetricLogger) -> float:
     """Pretrain (or, on resume, load) the vision tower on per-patch labels; returns the seconds it took."""
     tower = um.model.model.vision_model
     if (out / VISION_FILE).is_file():
@@ -184,7 +188,7 @@ def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainCo
         def on_step(step: int, numbers: VisionStep) -> None:
             update(step + 1, f"loss {numbers.loss:.3f} shape {numbers.shape_accuracy:.2f}")
             if (step + 1) % 10 == 0 or step + 1 == config.vision_steps:
-                _log(out, {"stage": "vision", "step": step + 1, **asdict(numbers)})
+                _log(logger, {"stage": "vision", "step": step + 1, **asdict(numbers)})
 
         train_vision(tower, und, config.vision_steps, config.vision_batch, config.vision_lr, config.seed,
                      config.reconstructed_fraction, on_step=on_step)
@@ -193,7 +197,8 @@ def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainCo
     return seconds
 
 
-def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out: Path, show: bool) -> dict:
+def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out: Path, show: bool,
+                 logger: MetricLogger) -> dict:
     """Train everything but the VQ, checkpointing every `checkpoint_every` steps; resumes from `joint.pt`.
     The patch-label head is trained alongside and not saved with the model."""
     torch.manual_seed(config.seed)
@@ -223,7 +228,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
             update(step, f"und {last.und_loss:.3f} gen {last.gen_loss:.3f} critique {last.critique_loss:.3f} "
                          f"edit {last.edit_loss:.3f}")
             if step % 10 == 0 or step == config.steps:
-                _log(out, {"stage": "joint", "step": step, **asdict(last)})
+                _log(logger, {"stage": "joint", "step": step, **asdict(last)})
             if step % config.checkpoint_every == 0 or step == config.steps:
                 state = {
                     "model": um.model.state_dict(),
@@ -239,22 +244,24 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
     return {"seconds": time.perf_counter() - started, "final": asdict(last) if last else None}
 
 
-def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool = True) -> Path:
+def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool = True,
+             report_to: Sequence[str] = ()) -> Path:
     """Train a tiny Janus on ShapeWorld into `out` (a `load_model`-able checkpoint) and return it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    logger = MetricLogger(out / LOG_FILE, report_to, append=True, run_name=f"{out.name}-pretrain")  # stages resume
     um = build_model(config)
     corpora = build_corpora(config, grid_side(um.num_image_tokens), show_progress)
     corpus_seconds = time.perf_counter() - started
-    vq_seconds = _stage_vq(um, corpora.gen.renders, config, out, show_progress)
+    vq_seconds = _stage_vq(um, corpora.gen.renders, config, out, show_progress, logger)
     tokenize_corpora(um, corpora)
     fidelity = vq_fidelity(um, n=VQ_CHECK, seed=config.seed, data_seed=config.seed, progress=show_progress)
-    _log(out, {"stage": "vq_fidelity", **fidelity})
-    vision_seconds = _stage_vision(um, corpora.und, config, out, show_progress)
-    joint = _stage_joint(um, corpora, config, out, show_progress)
+    _log(logger, {"stage": "vq_fidelity", **fidelity})
+    vision_seconds = _stage_vision(um, corpora.und, config, out, show_progress, logger)
+    joint = _stage_joint(um, corpora, config, out, show_progress, logger)
     save_tiny(um.model, um.tokenizer, out, editing=config.edit_batch > 0)
     summary = {
         "config": asdict(config),
@@ -268,6 +275,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
         "torch_threads": torch.get_num_threads(),
     }
     write_text_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2))
+    logger.close()
     for stage_checkpoint in (VQ_PARTIAL, VQ_FILE, VISION_FILE, JOINT_FILE):  # only a killed run needs them
         (out / stage_checkpoint).unlink(missing_ok=True)
     return out
