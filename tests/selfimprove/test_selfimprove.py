@@ -115,6 +115,10 @@ def test_a_run_writes_its_files_and_resumes_to_the_same_result(tmp_path: Path, m
     assert len(rows) == TOY["n_prompts"] * TOY["samples"]
     assert all((out / "pool" / row["image"]).is_file() for row in rows)
     assert {"prompt", "image", "p_yes", "accepted", "audit"} <= set(rows[0])
+    from datasets import load_dataset
+
+    pool = load_dataset("json", data_files=str(out / "pool" / "round0.jsonl"), split="train")
+    assert pool.num_rows == len(rows) and pool[0]["prompt"] == rows[0]["prompt"]
 
     original = run_module.train_epoch
     calls = {"n": 0}
