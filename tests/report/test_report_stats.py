@@ -212,3 +212,22 @@ def test_a_study_needs_a_base_and_unique_runs(study, tmp_path):
         load_study(tmp_path)
     with pytest.raises(UserError, match="base seed 0 has neither understanding records"):
         compute_stats(Study([MethodRun(BASE, 0, {"config": {}})]))
+
+
+def test_over_optimisation_is_flagged_from_trl_diagnostics() -> None:
+    """A generation loss far below ln 2 while the chosen images became less likely than under the reference is
+    flagged; the same loss with the chosen images raised is not; old logs without the keys give None."""
+    from unigap.report.stats import training_summary
+
+    def rows(chosen_shift: float, loss: float = 0.01) -> list[dict]:
+        return [{"step": s, "gen_dpo_loss": loss, "und_dpo_loss": math.log(2), "gen/logps/chosen": -100 + chosen_shift,
+                 "gen/ref_logps/chosen": -100.0} for s in range(60)]
+
+    def summary(log: list[dict]) -> dict:
+        return training_summary("gen-only", [MethodRun("gen-only", 0, {}, log_rows=log)], StatsOptions())
+
+    pushed_down, pulled_up = summary(rows(-20.0)), summary(rows(+5.0))
+    assert pushed_down["gen_overoptimised"] is True and pushed_down["gen_chosen_shift"] == pytest.approx(-20.0)
+    assert pulled_up["gen_overoptimised"] is False
+    assert summary([{"step": 0, "gen_dpo_loss": 0.01}])["gen_overoptimised"] is None
+    assert pushed_down["und_overoptimised"] is None  # gen-only does not train understanding

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_world_fixtures import lora_model, random_pairs
 
-from unigap.train.dpo import DPOOptions, dpo_loss, reference_logprobs, task_dpo_loss
+from unigap.train.dpo import TRL_KEYS, DPOOptions, dpo_loss, reference_logprobs, task_dpo_loss
 
 PC = [-10.0, -3.5, -40.0, -7.25]
 PR = [-12.0, -2.0, -39.0, -7.25]
@@ -104,7 +104,7 @@ def test_task_loss_is_differentiable_on_shared_lora(tiny_dir: Path) -> None:
         result.loss.backward()
         grads = [p.grad for p in um.shared_lora_parameters().parameters]
         assert all(g is not None for g in grads) and sum(float(g.norm()) for g in grads) > 0
-        assert set(result.metrics) == {"dpo_loss", "reward_margin", "accuracy", "kl"}
+        assert set(result.metrics) == {"dpo_loss", "reward_margin", "accuracy", "kl", *TRL_KEYS}
     chosen, _, count, _ = reference_logprobs(um, gen)
     assert chosen.shape == (2,) and count.tolist() == [um.num_image_tokens] * 2
 

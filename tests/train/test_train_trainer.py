@@ -16,7 +16,7 @@ from unigap.errors import UserError
 from unigap.model import load_model
 from unigap.train.checkpoint import load_checkpoint
 from unigap.train.config import TrainConfig
-from unigap.train.dpo import TaskLoss
+from unigap.train.dpo import TRL_KEYS, TaskLoss
 from unigap.train.trainer import DPOTrainer, TrainingDiverged
 
 
@@ -57,8 +57,13 @@ def test_logs_every_step_and_saves_a_peft_adapter(tiny_dir: Path, pairs, tmp_pat
         "cos",
         "lr",
         "grad_norm",
+        *(f"{task}/{name}" for task in ("und", "gen") for name in TRL_KEYS),
     ):
         assert all(key in r for r in log), key
+    first = log[0]
+    assert first["gen/logps/chosen"] == pytest.approx(first["gen/ref_logps/chosen"], abs=1e-3)  # B = 0 at step 0
+    assert first["gen/rewards/margins"] == pytest.approx(
+        first["gen/rewards/chosen"] - first["gen/rewards/rejected"], abs=1e-5)
     assert log[0]["und_dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)  # B = 0: policy == reference
     assert log[0]["lr"] == pytest.approx(1e-3) and log[2]["lr"] < log[1]["lr"] < 1e-3  # cosine
     um = load_model(tiny_dir)

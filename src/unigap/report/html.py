@@ -169,14 +169,21 @@ def losses_table(results: dict[str, Any]) -> Safe:
             [
                 method, "+".join(t["trained"]), fmt(t["und_loss"]), _signal(t["und_no_signal"]), fmt(t["gen_loss"]),
                 fmt(t["gen_ln2_gap"], 4, True), _signal(t["gen_no_signal"]), fmt(t["und_kl"]), fmt(t["gen_kl"]),
-                fmt(t["w_und"]), published,
+                fmt(t.get("gen_chosen_shift"), 2, True), _overoptimised(t.get("gen_overoptimised")), fmt(t["w_und"]),
+                published,
             ]
         )  # fmt: skip
     headers = [
         "method", "trained", "und loss", "und signal", "gen loss", "gen − ln\u00a02", "gen signal", "KL und", "KL gen",
-        "final w_U", "paper",
+        "gen chosen log p − ref", "gen fit", "final w_U", "paper",
     ]  # fmt: skip
     return _table(headers, rows)
+
+
+def _overoptimised(flag: bool | None) -> Safe:
+    if flag is None:
+        return Safe(DASH)
+    return Safe('<span class="flag">over-optimised</span>' if flag else '<span class="ok">ok</span>')
 
 
 def gradients_table(results: dict[str, Any]) -> Safe:
@@ -228,7 +235,7 @@ def methods_section(results: dict[str, Any]) -> str:
     notes = [
         f"Seeds: {', '.join(map(str, results['seeds']))}; every method and the base are evaluated per seed.",
         "Test: Welch's two-sided t-test of each method against the base over the per-item outcomes pooled "
-        "across seeds (SPEC §1: n = 200 per seed, 3 seeds). Δ = pooled mean − base pooled mean; its CI is "
+        "across seeds (the paper's design: n = 200 per seed, 3 seeds). Δ = pooled mean − base pooled mean; its CI is "
         "the Welch interval.",
         f"Bonferroni over {b['tests']} tests (methods × metrics): α = {b['alpha']} → significant when "
         f"p < {b['alpha_corrected']:.2g} (the paper: {PAPER_BONFERRONI['methods']} × "
@@ -237,7 +244,9 @@ def methods_section(results: dict[str, Any]) -> str:
         f"percentile bootstrap ({o['bootstrap_resamples']} resamples, items resampled within each seed).",
         f"Final losses: mean of the last {o['loss_tail']} logged steps; a trained task ending within "
         f"{o['ln2_tolerance']} of ln 2 = {LN2:.4f} is flagged 'no signal'. KL: the trainer's per-sequence "
-        "log-ratio to the reference, averaged the same way.",
+        "log-ratio to the reference, averaged the same way. 'Over-optimised': a trained generation loss below "
+        "ln 2 / 4 while the chosen images' log-probability fell below the reference's (TRL's logps/chosen vs "
+        "ref_logps/chosen): DPO separated the pair by pushing the rejected images down, not the chosen up.",
     ]
     items = "".join(f"<li>{escape(n)}</li>" for n in notes)
     config = "".join(

@@ -48,7 +48,14 @@ LOG_SERIES: dict[str, tuple[str, ...]] = {
     "gen_kl": ("gen_kl",),
     "w_und": ("w_und",),
     "w_gen": ("w_gen",),
+    # TRL's DPO diagnostics (runs logged before they existed lack them: the report shows a dash)
+    "und_chosen_logp": ("und/logps/chosen",),
+    "und_chosen_ref_logp": ("und/ref_logps/chosen",),
+    "gen_chosen_logp": ("gen/logps/chosen",),
+    "gen_chosen_ref_logp": ("gen/ref_logps/chosen",),
 }
+OVEROPTIMISED_LOSS = LN2 / 4  # a trained task's final loss this far below ln 2 ...
+# ... while its chosen sequences became *less* likely than under the reference: over-optimisation
 # gradient diagnostics read from diagnostics.json: name -> path of keys
 DIAGNOSTIC_FIELDS: dict[str, tuple[str, ...]] = {
     "cos": ("inter", "cos_mean"),
@@ -238,6 +245,10 @@ def training_summary(method: str, runs: Sequence[MethodRun], options: StatsOptio
         out[f"{task}_ln2_gap"] = None if loss is None else loss - LN2
         trained = task in out["trained"] and loss is not None
         out[f"{task}_no_signal"] = abs(loss - LN2) <= options.ln2_tolerance if trained else None
+        logp, ref = out[f"{task}_chosen_logp"], out[f"{task}_chosen_ref_logp"]
+        shift = None if logp is None or ref is None else logp - ref
+        out[f"{task}_chosen_shift"] = shift
+        out[f"{task}_overoptimised"] = (loss < OVEROPTIMISED_LOSS and shift < 0) if trained and shift is not None else None
     return out
 
 

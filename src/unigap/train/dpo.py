@@ -13,7 +13,7 @@ need exactly the same per-task loss, so there is one definition. Stable public A
   of one task (understanding: summed answer-token log-probs via `answer_logprobs`; generation: summed
   image-token log-probs via `image_logprobs`, conditional-only unless `options.cfg_scale` is set), then
   `dpo_loss`. `TaskLoss.loss` is the differentiable scalar; `TaskLoss.metrics` holds floats
-  `dpo_loss`, `reward_margin`, `accuracy`, `kl` (batch means).
+  `dpo_loss`, `reward_margin`, `accuracy`, `kl` and TRL's diagnostics (`TRL_KEYS`), batch means.
 * `reference_logprobs(um, pairs, cfg_scale=None)` — (sum, count) under the base model (adapters disabled),
   what the preference builder stores and what the benchmark's "recompute" variant calls every step.
 
@@ -224,10 +224,36 @@ def task_dpo_loss(um: UnifiedModel, pairs: Sequence[Pair], options: DPOOptions =
         length_normalize=options.length_normalize,
         nll_weight=options.nll_weight,
     )
+    ref_chosen = torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32)
+    ref_rejected = torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)
     metrics = {
         "dpo_loss": float(out.losses.mean()),
         "reward_margin": float(out.margins.mean()),
         "accuracy": float(out.accuracies.mean()),
         "kl": float(out.kl.mean()),
+        **trl_metrics(chosen.detach().float().cpu(), rejected.detach().float().cpu(), ref_chosen, ref_rejected,
+                      options.beta, out),
     }
     return TaskLoss(out.loss, metrics)
+
+
+TRL_KEYS = ("logps/chosen", "logps/rejected", "ref_logps/chosen", "ref_logps/rejected", "rewards/chosen",
+            "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+def trl_metrics(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+                beta: float, out: DPOOutput) -> dict[str, float]:
+    """TRL's DPO diagnostics under its names (`TRL_KEYS`, batch means): the policy's and the reference's summed
+    log-probs of the chosen and rejected sequences, the implicit rewards β·(log π − log π_ref) of each, their
+    margin and how often it is positive. Over-optimisation shows as `logps/chosen` falling below
+    `ref_logps/chosen` while the loss goes to 0 (the rejected ones are pushed down, the chosen not raised)."""
+    return {
+        "logps/chosen": float(chosen.mean()),
+        "logps/rejected": float(rejected.mean()),
+        "ref_logps/chosen": float(ref_chosen.mean()),
+        "ref_logps/rejected": float(ref_rejected.mean()),
+        "rewards/chosen": float(beta * (chosen - ref_chosen).mean()),
+        "rewards/rejected": float(beta * (rejected - ref_rejected).mean()),
+        "rewards/margins": float(out.margins.mean()),
+        "rewards/accuracies": float(out.accuracies.mean()),
+    }

@@ -216,7 +216,7 @@ class DPOTrainer:
         grads: dict[str, list[torch.Tensor]] = {}
         for task in self.pairs:
             grads[task], metrics = self._task_gradients(task)
-            record |= {f"{task}_{key}": value for key, value in metrics.items()}
+            record |= {f"{task}/{key}" if "/" in key else f"{task}_{key}": value for key, value in metrics.items()}
         zeros = [torch.zeros_like(p) for _, p in self.named]
         g = {task: grads.get(task, zeros) for task in TASKS}
         flat = {task: _flat([t for t, s in zip(g[task], self.is_shared, strict=True) if s]) for task in TASKS}
