@@ -55,6 +55,16 @@ def test_eval_generates_a_users_prompt_file(tiny_dir, tmp_path, capsys):
     assert code == 2 and err.strip() == f"unigap: error: {bad}:2: empty line" and not (tmp_path / "b.json").exists()
 
 
+def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('a red circle\n{"prompt": "free text is fine here"}\n')
+    out = tmp_path / "images"
+    code, stdout, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png"]
+    code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--out", tmp_path / "x.png"])
+    assert code == 2 and err.strip() == "unigap: error: give exactly one of --prompt and --prompts"
+
+
 @pytest.mark.parametrize("n, size", [(1, (64, 64)), (3, (128, 128))])
 def test_generate_writes_one_png_or_a_grid(tiny_dir, tmp_path, capsys, n, size):
     out = tmp_path / "img.png"

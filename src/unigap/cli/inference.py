@@ -30,27 +30,39 @@ def grid(images: list[Image.Image]) -> Image.Image:
 def generate(
     model: str = MODEL_OPTION,
     adapter: Path | None = ADAPTER_OPTION,
-    prompt: str = typer.Option(..., "--prompt", help='Text prompt, e.g. "a red circle".'),
+    prompt: str | None = typer.Option(None, "--prompt", help='Text prompt, e.g. "a red circle".'),
+    prompts: Path | None = typer.Option(None, "--prompts", help="A prompt file (text lines, or JSONL with a "
+                                        '"prompt" field) instead of --prompt: one PNG per prompt in --out (a directory).'),
     n: int = typer.Option(1, "--n", help="Number of images; more than one are tiled into a grid."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     cfg: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale (1 = none)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (0 = greedy)."),
-    out: Path = typer.Option(..., "--out", help="Output PNG (a grid of the n images when n > 1)."),
+    out: Path = typer.Option(..., "--out", help="Output PNG (a grid of the n images when n > 1); with --prompts a "
+                             "directory."),
 ) -> None:
-    """Generate images for a prompt and save them as one PNG."""
+    """Generate images for a prompt (or each prompt of a file) and save them as PNG."""
     from unigap.evaluate import check_output_file, write_atomically
+    from unigap.evaluate.data import read_prompt_file
 
     require_positive("--n", n)
     require_non_negative("--cfg", cfg)
     require_non_negative("--temperature", temperature)
-    if not prompt.strip():
+    if (prompt is None) == (prompts is None):
+        raise UserError("give exactly one of --prompt and --prompts")
+    if prompt is not None and not prompt.strip():
         raise UserError("--prompt must not be empty")
-    check_output_file(out)
+    texts = [prompt] if prompt is not None else [text for _, text in read_prompt_file(prompts)]
+    if prompts is None:
+        check_output_file(out)
+    elif out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; with --prompts it must be a directory")
     um = load(model, adapter)
-    tokens = um.generate_images([prompt], n_per_prompt=n, cfg_scale=cfg, temperature=temperature, seed=seed)
-    sheet = grid(um.decode_tokens(tokens))
-    write_atomically(out, lambda tmp: sheet.save(tmp, format="PNG"))
-    typer.echo(f"wrote {n} image(s) to {out}")
+    for index, text in enumerate(texts):
+        tokens = um.generate_images([text], n_per_prompt=n, cfg_scale=cfg, temperature=temperature, seed=seed + index)
+        sheet = grid(um.decode_tokens(tokens))
+        target = out if prompts is None else out / f"{index:04d}.png"
+        write_atomically(target, lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
+    typer.echo(f"wrote {n * len(texts)} image(s) to {out}")
 
 
 @app.command()

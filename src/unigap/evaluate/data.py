@@ -69,14 +69,32 @@ def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0) -> list[Pro
     if not path.is_file():
         raise UserError(f"--prompts must be a split ({', '.join(SPLITS)}) or a prompt file; {path} is neither")
     specs = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, text in read_prompt_file(path):
         try:
-            specs.append(parse_prompt(_prompt_text(line)))
+            specs.append(parse_prompt(text))
         except UserError as exc:
             raise UserError(f"{path}:{line_no}: {exc}") from None
-    if not specs:
-        raise UserError(f"{path} holds no prompts")
     return specs[:n]
+
+
+def read_prompt_file(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, prompt text) of every line of a prompt file: plain text, or JSONL with a `prompt` field
+    (GenEval's metadata shape). Free text: what a real checkpoint generates from. A bad line is a `UserError`
+    naming `FILE:LINE`; an empty file is one too."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read prompt file {path}: {exc}") from None
+    out = []
+    for line_no, line in enumerate(lines, start=1):
+        try:
+            out.append((line_no, _prompt_text(line)))
+        except UserError as exc:
+            raise UserError(f"{path}:{line_no}: {exc}") from None
+    if not out:
+        raise UserError(f"{path} holds no prompts")
+    return out
 
 
 def _prompt_text(line: str) -> str:
