@@ -98,7 +98,38 @@ def sampling() -> str:
     return "\n".join(lines) + f"\n\n`{result['model']}` model, {result['device']} {result['dtype']}, {result['torch_threads']} threads."
 
 
-TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling}
+STUDY_P2 = ROOT / "docs" / "results" / "study_p2.json"
+# Janus-Pro-7B in the paper (arXiv 2507.16663): T2I-CompBench++ overall and non-unification, by method
+PAPER_P2 = {"base": ("35.21", "26.22"), "self-sft": ("43.29", "16.98"), "self-curriculum-sft": ("44.18", "—"),
+            "self-dpo": ("35.44", "—"), "self-verifier": ("44.78", "—")}
+
+
+def self_improvement() -> str:
+    """The P2 arms of `unigap study --methods p2` beside the paper's Janus-Pro-7B numbers."""
+    result = _load(STUDY_P2)
+    lines = ["| arm | generation | Δ (p, Bonferroni) | non-unification | Δ (p) | understanding | paper: gen / non-unif. |",
+             "|---|---|---|---|---|---|---|"]
+
+    def cell(metric: dict[str, Any], delta: bool) -> str:
+        if not delta:
+            return f"{metric['pooled']:.3f}"
+        mark = "**" if metric.get("significant") else ""
+        return f"{mark}{metric['delta']:+.3f}{mark} ({metric['p_bonferroni']:.2g})"
+
+    for method in result["methods"]:
+        m = result["results"][method]
+        gen, non, und = m["generation.accuracy"], m["nonunification.score"], m["understanding.accuracy"]
+        base = method == result["base"]
+        paper = " / ".join(PAPER_P2.get(method, ("—", "—")))
+        lines.append(f"| {method} | {cell(gen, False)} | {'' if base else cell(gen, True)} | {cell(non, False)} "
+                     f"| {'' if base else cell(non, True)} | {cell(und, False)} | {paper} |")
+    seeds, n = len(result["seeds"]), result["config"].get("n")
+    return "\n".join(lines) + (f"\n\n{seeds} seeds × {n} held-out items; Welch against the base, Bonferroni over "
+                               f"{result['bonferroni']['tests']} tests (bold: significant).")
+
+
+TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
+                                        "self-improvement": self_improvement}
 # a table's body never holds "<!-- ", so an empty table cannot swallow the text up to the next table's end
 PATTERN = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>(?:(?!<!-- ).)*?)\n?<!-- /table -->", re.DOTALL)
 
