@@ -63,3 +63,13 @@ def test_p2_and_p3_arms_build_on_a_tiny_model_and_reach_the_report(small_config:
     for name in ("self-sft", "refine", "best-of-n"):
         assert (tmp_path / "study" / name / "seed1" / "eval.json").is_file()
     assert (tmp_path / "study" / "self-sft" / "seed0" / "selfimprove" / "pool" / "round0.jsonl").is_file()
+
+
+def test_the_deprecated_strategy_flag_still_selects_arms(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    from unigap.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--strategy", "joint", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[0] == "unigap: --strategy is deprecated; use --methods NAME,NAME,..."
+    assert err[1].startswith("unigap: error: model path") and err[1].endswith("does not exist")
