@@ -68,11 +68,18 @@ def generate_and_judge(
     return images, records
 
 
+def self_p_yes(um: ImageModel, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
+    """The model's own P(yes) for "does this image show <prompt>?", one float per image (its judge's score)."""
+    if not images:
+        return []
+    return torch.as_tensor(um.judge(list(images), list(prompts))).float().cpu().tolist()
+
+
 def judge_images(um: ImageModel, specs: Sequence[PromptSpec], images: Sequence[Image.Image],
                  start: int = 0) -> list[dict[str, Any]]:
     """One record per image: the verifier's verdict and the model's own judgement (the fields every generation
     metric reads); `index` counts from `start`."""
-    p_yes = torch.as_tensor(um.judge(list(images), [spec.text for spec in specs])).float().cpu().tolist()
+    p_yes = self_p_yes(um, images, [spec.text for spec in specs])
     records = []
     for spec, image, prob in zip(specs, images, p_yes, strict=True):
         verdict = verify(image, spec, canvas=image.size[0])

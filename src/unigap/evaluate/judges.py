@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from PIL import Image
 
 from unigap.errors import UserError
+from unigap.evaluate.generation import ACCEPT_THRESHOLD, self_p_yes
 from unigap.world import PromptSpec, verify
 
 JudgeFn = Callable[[Any, Sequence[Image.Image], Sequence[PromptSpec]], list[float | None]]
@@ -35,16 +35,14 @@ def _verifier(um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpec
 
 
 def _self_pyes(um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpec]) -> list[float | None]:
-    if not images:
-        return []
-    return torch.as_tensor(um.judge(list(images), [s.text for s in specs])).float().cpu().tolist()
+    return list(self_p_yes(um, images, [s.text for s in specs]))
 
 
 JUDGES: dict[str, Judge] = {
     judge.name: judge
     for judge in (
         Judge("verifier", _verifier, independent=True, graded=False, threshold=0.5),
-        Judge("self-pyes", _self_pyes, independent=False, graded=True, threshold=0.5),
+        Judge("self-pyes", _self_pyes, independent=False, graded=True, threshold=ACCEPT_THRESHOLD),
     )
 }
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from unigap.evaluate.generation import batch_seed
+from unigap.evaluate.generation import batch_seed, self_p_yes
 from unigap.evaluate.progress import batches
 from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped
 from unigap.refine.loop import Refinable, Trajectory
@@ -95,7 +95,7 @@ def best_of_n_images(
         tokens = um.generate_images([s.text for s in chunk], n, cfg_scale, temperature,
                                     batch_seed(seed, BEST_OF_N_STREAM * 1000 + index))
         images = um.decode_tokens(tokens)
-        p_yes = torch.as_tensor(um.judge(images, [s.text for s in chunk for _ in range(n)])).view(len(chunk), n)
+        p_yes = torch.tensor(self_p_yes(um, images, [s.text for s in chunk for _ in range(n)])).view(len(chunk), n)
         chosen += [images[row * n + int(p_yes[row].argmax())] for row in range(len(chunk))]
     return chosen
 

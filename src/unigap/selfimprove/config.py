@@ -23,7 +23,6 @@ TRAINABLE: dict[str, tuple[str, ...]] = {
     "llm+aligners": ("aligner", "generation_aligner"),
     "llm+aligners+vision": ("aligner", "generation_aligner", "vision_model"),
 }
-ACCEPT_THRESHOLD = 0.5  # the self-judge accepts an image when P(yes) >= this (as in `unigap eval`)
 # The guard stops a run when the audited precision of its accepted images falls below the audited base rate (the
 # share of all its images the independent judge accepts): SFT on the accepted images then teaches the model
 # images that are correct *less* often than its own samples already are, which can only degrade it.

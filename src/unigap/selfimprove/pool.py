@@ -25,11 +25,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unigap.atomic import write_atomically, write_text_atomically
-from unigap.evaluate.generation import batch_seed
+from unigap.evaluate.generation import ACCEPT_THRESHOLD, batch_seed
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.progress import batches
 from unigap.evaluate.stats import summarize
-from unigap.selfimprove.config import ACCEPT_THRESHOLD, SelfImproveConfig
+from unigap.selfimprove.config import SelfImproveConfig
 from unigap.world import PromptSpec
 
 POOL_STREAM = 5  # sampling seeds of round r come from stream POOL_STREAM * 1000 + r of the run's seed

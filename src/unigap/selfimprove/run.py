@@ -31,12 +31,12 @@ from unigap.atomic import write_text_atomically
 from unigap.errors import UserError
 from unigap.evaluate import evaluate
 from unigap.evaluate.data import prompt_specs
-from unigap.evaluate.generation import generate_and_judge
+from unigap.evaluate.generation import ACCEPT_THRESHOLD, generate_and_judge
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.stats import paired_difference, summarize
 from unigap.metrics_log import MetricLogger
 from unigap.progress import progress as progress_bar
-from unigap.selfimprove.config import ACCEPT_THRESHOLD, TRAINABLE, SelfImproveConfig
+from unigap.selfimprove.config import TRAINABLE, SelfImproveConfig
 from unigap.selfimprove.figures import epochs_plot
 from unigap.selfimprove.pool import Sample, audit_metrics, label_round, split_pool
 from unigap.selfimprove.train import dpo_pairs, train_epoch
