@@ -6,10 +6,14 @@ directory, then `os.replace` it over the target. Kept free of torch so light mod
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from unigap.errors import UserError
 
 FILE_MODE = 0o644  # mkstemp creates private (0600) files; results are meant to be shared
 
@@ -34,3 +38,21 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     """`text` (UTF-8) into `path`, atomically."""
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def cached_json(path: str | os.PathLike, make: Callable[[], Any]) -> Any:
+    """A resumable job's stage: the JSON in `path` when it exists, else `make()`, written there atomically."""
+    path = Path(path)
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
+    return value
+
+
+def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str) -> None:
+    """Write a run's settings to `path`, or refuse (`UserError`) to continue a `what` run made under others."""
+    path = Path(path)
+    if path.is_file() and json.loads(path.read_text()) != settings:
+        raise UserError(f"{path.parent} holds a {what} run with other settings; use a new --out")
+    write_text_atomically(path, json.dumps(settings, indent=2) + "\n")

@@ -17,7 +17,7 @@ from unigap.model.images import vq_encode
 from unigap.pretrain import QUICK, pretrain
 from unigap.pretrain import run as run_module
 from unigap.pretrain.corpus import Corpora, critique_corpus, edit_corpus, generation_corpus, understanding_corpus
-from unigap.pretrain.joint import PatchHead, edit_loss, generation_loss, trainable_parameters, understanding_loss
+from unigap.pretrain.joint import PatchHead, generation_loss, trainable_parameters, understanding_loss
 from unigap.pretrain.run import build_model, tokenize_corpora
 from unigap.pretrain.vq import CROP_FOREGROUND, grid_crops, to_pixels, train_vq, vq_reconstruct
 from unigap.pretrain.labels import grid_side, patch_labels

@@ -13,7 +13,7 @@ from unigap.cli import main
 from unigap.errors import UserError
 from unigap.evaluate.stats import paired_difference
 from unigap.model import load_model
-from unigap.selfimprove import GuardStopped, SelfImproveConfig, run
+from unigap.selfimprove import SelfImproveConfig, run
 from unigap.selfimprove.pool import Sample, audit_metrics, split_pool
 from unigap.world import parse_prompt
 

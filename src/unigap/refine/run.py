@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from unigap.atomic import write_atomically, write_text_atomically
+from unigap.atomic import cached_json, claim_settings, write_atomically, write_text_atomically
 from unigap.errors import UserError
 from unigap.evaluate.data import prompt_specs
 from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
@@ -92,12 +92,7 @@ def _strip(trajectory: Trajectory) -> Image.Image:
 
 
 def _part(out: Path, name: str, make: Any) -> dict[str, Any]:
-    path = out / "parts" / f"{name}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    value = make()
-    write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False))
-    return value
+    return cached_json(out / "parts" / f"{name}.json", make)
 
 
 def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -106,10 +101,7 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     mode = check_refiner(um, config)
     specs = prompt_specs(config.prompts, config.n, config.seed, config.data_seed)
     settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
-    saved = out / "settings.json"
-    if saved.is_file() and json.loads(saved.read_text()) != settings:
-        raise UserError(f"{out} holds a refine run with other settings; use a new --out")
-    write_text_atomically(saved, json.dumps(settings, indent=2))
+    claim_settings(out / "settings.json", settings, "refine")
 
     def loop(reflector: str) -> dict[str, Any]:
         part, trajectories = _loop_part(um, specs, config, reflector, progress)

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from unigap.atomic import write_text_atomically
-from unigap.errors import UserError
+from unigap.atomic import cached_json, claim_settings, write_atomically, write_text_atomically
 from unigap.evaluate import evaluate
 from unigap.evaluate.data import prompt_specs
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, generate_and_judge
@@ -38,7 +37,7 @@ from unigap.metrics_log import MetricLogger
 from unigap.progress import progress as progress_bar
 from unigap.selfimprove.config import TRAINABLE, SelfImproveConfig
 from unigap.selfimprove.figures import epochs_plot
-from unigap.selfimprove.pool import Sample, audit_metrics, label_round, split_pool
+from unigap.selfimprove.pool import Sample, audit_metrics, label_round
 from unigap.selfimprove.train import dpo_pairs, train_epoch
 from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unigap.world import parse_prompt
@@ -78,7 +77,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     specs = prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)
     _check_settings(out, config, len(specs))
 
-    before = _stage(out / "before.json", lambda: _evaluate(um, config, out, "before", progress)) if config.eval_n else None
+    before = cached_json(out / "before.json", lambda: _evaluate(um, config, out, "before", progress)) if config.eval_n else None
     data = Data([label_round(um, specs, range(len(specs)), config, 0, out, progress)])
     audits = [{"round": 0, "epoch": 0, **audit_metrics(data.rounds[0])}]
     _guard(out, config, audits, before, last_epoch=0)
@@ -118,7 +117,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
         logger.log(epoch, epochs[-1])  # last: the row marks the epoch done
     logger.close()
 
-    after = _stage(out / "after.json", lambda: _evaluate(um, config, out, "after", progress)) if before else None
+    after = cached_json(out / "after.json", lambda: _evaluate(um, config, out, "after", progress)) if before else None
     result = _result(config, before, after, epochs, audits, guard=None)
     result["win_rate"] = win_rate(um, before, out) if before else None
     write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
@@ -133,18 +132,7 @@ def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int) -> Non
     whether the run stops), so a stopped run can be continued with `--no-guard --resume`."""
     settings = {**config.to_dict(), "n_prompts_used": n_prompts}
     settings.pop("guard")
-    saved = out / "settings.json"
-    if saved.is_file() and json.loads(saved.read_text()) != settings:
-        raise UserError(f"{out} holds a selfimprove run with other settings; use a new --out")
-    write_text_atomically(saved, json.dumps(settings, indent=2) + "\n")
-
-
-def _stage(path: Path, make: Any) -> dict[str, Any]:
-    if path.is_file():
-        return json.loads(path.read_text())
-    value = make()
-    write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
-    return value
+    claim_settings(out / "settings.json", settings, "selfimprove")
 
 
 def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress: bool) -> dict[str, Any]:
@@ -152,9 +140,7 @@ def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress
 
     def save(images: list[Image.Image]) -> None:
         for index, image in enumerate(images):
-            path = out / "images" / name / f"{index:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(path)
+            write_atomically(out / "images" / name / f"{index:04d}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
 
     return evaluate(um, config.eval_n, config.seed, data_seed=config.data_seed, cfg_scale=config.cfg_scale,
                     temperature=config.temperature, critique=False, progress=progress, on_images=save)
