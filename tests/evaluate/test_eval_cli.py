@@ -63,6 +63,10 @@ def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png"]
     code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--out", tmp_path / "x.png"])
     assert code == 2 and err.strip() == "unigap: error: give exactly one of --prompt and --prompts"
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", blocker / "sub"])
+    assert code == 2 and err.strip() == f"unigap: error: cannot create {blocker / 'sub' / '0000.png'}: {blocker} is a file"
 
 
 @pytest.mark.parametrize("n, size", [(1, (64, 64)), (3, (128, 128))])

@@ -56,6 +56,8 @@ def generate(
         check_output_file(out)
     elif out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --prompts it must be a directory")
+    else:
+        check_output_file(out / "0000.png")  # a parent that is a file fails here, before the model loads
     um = load(model, adapter)
     for index, text in enumerate(texts):
         tokens = um.generate_images([text], n_per_prompt=n, cfg_scale=cfg, temperature=temperature, seed=seed + index)
