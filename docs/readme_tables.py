@@ -98,6 +98,7 @@ def sampling() -> str:
     return "\n".join(lines) + f"\n\n`{result['model']}` model, {result['device']} {result['dtype']}, {result['torch_threads']} threads."
 
 
+STUDY_P4 = ROOT / "docs" / "results" / "study_p4.json"
 STUDY_P2 = ROOT / "docs" / "results" / "study_p2.json"
 # Janus-Pro-7B in the paper (arXiv 2507.16663): T2I-CompBench++ overall and non-unification, by method
 PAPER_P2 = {"base": ("35.21", "26.22"), "self-sft": ("43.29", "16.98"), "self-curriculum-sft": ("44.18", "—"),
@@ -128,8 +129,39 @@ def self_improvement() -> str:
                                f"{result['bonferroni']['tests']} tests (bold: significant).")
 
 
+def unimrg() -> str:
+    """`unimrg` against `und-sft` and the base from `unigap study --methods p4`: understanding overall and per question
+    kind, and generation; the last row is the paired test of unimrg − und-sft (Δ and p)."""
+    result = _load(STUDY_P4)
+    [c] = [c for c in result["comparisons"] if c["arm"] == "unimrg"]
+    names = [n for n in c["metrics"] if not n.startswith("weak_generation")]
+    labels = [c["metrics"][n]["label"].replace(" questions", "").replace(" accuracy", "").replace(" score", "")
+              for n in names]
+    lines = ["| arm | " + " | ".join(labels) + " |", "|---" * (len(names) + 1) + "|"]
+
+    def level(method: str, name: str) -> str:
+        if name.count(".") == 2:
+            value = result["understanding_by_kind"][method][name.split(".")[2]]["accuracy"]
+        else:
+            value = result["results"][method][name]["pooled"]
+        return "—" if value is None else f"{value:.3f}"
+
+    for method in ("base", "und-sft", "unimrg"):
+        lines.append(f"| {method} | " + " | ".join(level(method, n) for n in names) + " |")
+    cells = []
+    for name in names:
+        row = c["metrics"][name]
+        mark = "**" if row["significant"] else ""
+        p = "—" if row["p"] is None else f"{row['p']:.2g}"
+        cells.append("—" if row["delta"] is None else f"{mark}{row['delta']:+.3f}{mark} ({p})")
+    lines.append("| unimrg − und-sft (p) | " + " | ".join(cells) + " |")
+    seeds, n = len(result["seeds"]), result["config"].get("n")
+    return "\n".join(lines) + (f"\n\n{seeds} seeds × {n} held-out items per arm; paired test on the same items, bold: "
+                               f"significant after Bonferroni over {c['tests']} tests (p < {c['alpha_corrected']:.2g}).")
+
+
 TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
-                                        "self-improvement": self_improvement}
+                                        "self-improvement": self_improvement, "unimrg": unimrg}
 # a table's body never holds "<!-- ", so an empty table cannot swallow the text up to the next table's end
 PATTERN = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>(?:(?!<!-- ).)*?)\n?<!-- /table -->", re.DOTALL)
 

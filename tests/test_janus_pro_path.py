@@ -69,3 +69,14 @@ def test_selfimprove_runs_on_janus_pro(janus_pro: Path, tmp_path: Path) -> None:
     result = json.loads((out / "selfimprove.json").read_text())
     assert result["after"]["generation_accuracy"]["n"] == 2
     assert (out / "adapter" / "adapter_config.json").is_file()
+
+
+def test_unimrg_trains_on_janus_pro_geometry(janus_pro: Path, tmp_path: Path) -> None:
+    """The maps' targets are 576-token images of the BPE model's own VQ; the instructions tokenize apart."""
+    config = tmp_path / "unimrg.toml"
+    config.write_text("n_scenes = 4\nbatch_size = 1\nquestions_per_image = 1\nsteps = 1\nlora_rank = 4\n")
+    out = tmp_path / "unimrg"
+    _run("train", "--model", str(janus_pro), "--objective", "unimrg", "--config", str(config), "--out", str(out))
+    [row] = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"und/loss", "reconstruction/loss", "segmentation/loss", "depth/loss"} <= set(row)
+    assert (out / "adapter_model.safetensors").is_file()

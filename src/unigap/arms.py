@@ -1,6 +1,7 @@
 """The study's arms, one registry: every method the study can run, by family, in report order.
 
-An arm declares its family (p1 multi-task DPO, p2 self-improvement, p3 reason-reflect-refine), its kind (trained,
+An arm declares its family (p1 multi-task DPO, p2 self-improvement, p3 reason-reflect-refine, p4
+multi-representation generation), its kind (trained,
 post-hoc, inference-time), the arms it needs first (soups need `und-only` and `gen-only`), whether the default
 study runs it, and its builder: `"module:function"`, called as `builder(runner, name, seed)`, which must write
 `<name>/seed<k>/eval.json` last (that file marks the job done). Adding an arm is one entry here. Kept free of
@@ -21,6 +22,7 @@ FAMILIES: dict[str, str] = {
     "p1": "multi-task DPO (arXiv 2603.17044)",
     "p2": "self-improvement (arXiv 2507.16663)",
     "p3": "reason-reflect-refine (arXiv 2602.15772)",
+    "p4": "multi-representation generation (arXiv 2601.21406)",
 }
 KINDS = ("trained", "post-hoc", "inference-time")
 
@@ -33,6 +35,7 @@ class Arm:
     builder: str  # "module:function"
     requires: tuple[str, ...] = ()
     default: bool = True
+    baseline: str | None = None  # an arm this one must beat, compared directly when both ran (report: comparisons)
 
     def build(self) -> Callable[..., None]:
         module, function = self.builder.split(":")
@@ -70,8 +73,15 @@ SELF_ARMS: dict[str, dict[str, Any]] = {
 for _name in SELF_ARMS:
     register(Arm(_name, "p2", "trained", _P2, default=False))
 # reason-reflect-refine at inference: the base model's final images after the loop replace its one-shot ones
-for _name in ("refine", "refine-oracle", "best-of-n"):
-    register(Arm(_name, "p3", "inference-time", "unigap.study.builders:refine", default=False))
+for _name in ("refine", "refine-oracle", "best-of-n"):  # the loop must beat best-of-N at the same sampling budget
+    register(Arm(_name, "p3", "inference-time", "unigap.study.builders:refine", default=False,
+                 baseline="best-of-n" if _name == "refine" else None))
+# the loop after R3's GRPO training, against the loop before it
+register(Arm("refine-grpo", "p3", "trained", "unigap.study.builders:refine", default=False, baseline="refine"))
+# UniMRG: understanding SFT with the auxiliary maps, and its baseline without them (the arm name is the objective)
+for _name in ("unimrg", "und-sft"):  # UniMRG's claim: the maps help beyond the same understanding SFT alone
+    register(Arm(_name, "p4", "trained", "unigap.study.builders:unimrg", default=False,
+                 baseline="und-sft" if _name == "unimrg" else None))
 
 
 def arm_order() -> tuple[str, ...]:

@@ -55,11 +55,16 @@ def test_the_cli_rejects_an_unknown_arm_in_one_line(capsys: pytest.CaptureFixtur
 def test_p2_and_p3_arms_build_on_a_tiny_model_and_reach_the_report(small_config: StudyConfig, tmp_path) -> None:
     from unigap.study import run_study
 
-    config = small_config.scaled(methods=("self-sft", "refine", "best-of-n"), self_prompts=2, self_epochs=1,
-                                 refine_rounds=1)
+    config = small_config.scaled(methods=("self-sft", "refine", "best-of-n", "refine-grpo"), self_prompts=2,
+                                 self_epochs=1, refine_rounds=1, grpo_steps=2)
     built = run_study(config, tmp_path / "study", show_progress=False)
-    assert built.results["methods"] == ["base", "self-sft", "refine", "best-of-n"]
-    assert [arm["family"] for arm in built.results["arms"]] == ["p2", "p3", "p3"]
+    assert built.results["methods"] == ["base", "self-sft", "refine", "best-of-n", "refine-grpo"]
+    assert [arm["family"] for arm in built.results["arms"]] == ["p2", "p3", "p3", "p3"]
+    assert [(c["arm"], c["baseline"]) for c in built.results["comparisons"]] == [("refine", "best-of-n"),
+                                                                                 ("refine-grpo", "refine")]
+    assert [e["round"] for e in built.results["refine_rounds"]["refine-grpo"]] == [0, 1]
+    assert (tmp_path / "study" / "refine-grpo" / "seed0" / "grpo" / "adapter_model.safetensors").is_file()
+    assert "accuracy per round" in (tmp_path / "study" / "report.html").read_text()
     for name in ("self-sft", "refine", "best-of-n"):
         assert (tmp_path / "study" / name / "seed1" / "eval.json").is_file()
     assert (tmp_path / "study" / "self-sft" / "seed0" / "selfimprove" / "pool" / "round0.jsonl").is_file()
@@ -73,3 +78,20 @@ def test_the_deprecated_strategy_flag_still_selects_arms(capsys: pytest.CaptureF
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[0] == "unigap: --strategy is deprecated; use --methods NAME,NAME,..."
     assert err[1].startswith("unigap: error: model path") and err[1].endswith("does not exist")
+
+
+def test_p4_runs_only_its_arms_and_the_base_and_compares_unimrg_with_und_sft(small_config: StudyConfig,
+                                                                             tmp_path) -> None:
+    from unigap.study import run_study
+
+    config = small_config.scaled(methods=select("p4"), unimrg_steps=2, unimrg_scenes=4)
+    built = run_study(config, tmp_path / "study", show_progress=False)
+    assert built.results["methods"] == ["base", "unimrg", "und-sft"]
+    assert [arm["family"] for arm in built.results["arms"]] == ["p4", "p4"]
+    assert not (tmp_path / "study" / "prefs").exists()  # preference pairs and diagnostics are P1's
+    [comparison] = built.results["comparisons"]
+    assert (comparison["arm"], comparison["baseline"]) == ("unimrg", "und-sft")
+    assert comparison["metrics"]["understanding.accuracy"]["test"] == "paired"  # same items, same seeds
+    assert built.results["training"] == {}  # no DPO losses table for SFT runs
+    assert (tmp_path / "study" / "unimrg" / "seed1" / "adapter_config.json").is_file()
+    assert not (tmp_path / "study" / "unimrg" / "seed1" / "checkpoint").exists()

@@ -1,4 +1,5 @@
-"""`unigap refine`: generate → reflect → refine on held-out prompts, per-round metrics, oracle and best-of-N."""
+"""`unigap refine`: generate → reflect → refine on held-out prompts, per-round metrics, oracle and best-of-N; and
+`unigap refine train`: R3's GRPO of the loop."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from unigap.cli.common import ADAPTER_OPTION, load
 from unigap.errors import UserError
 
 app = typer.Typer()
+refine_app = typer.Typer(help="Reason → reflect → refine (R3): run the loop, or train it with GRPO (`train`).")
+app.add_typer(refine_app, name="refine")
 
 
 def _table(report: dict) -> Table:
@@ -27,8 +30,9 @@ def _table(report: dict) -> Table:
     return table
 
 
-@app.command("refine")
+@refine_app.callback(invoke_without_command=True)
 def refine_command(
+    ctx: typer.Context,
     model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
     adapter: Path | None = ADAPTER_OPTION,
     prompts: str = typer.Option("test", "--prompts", help="A held-out split (test, val) or a file of prompts."),
@@ -41,6 +45,8 @@ def refine_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
 ) -> None:
     """Run the refine loop, the oracle reflector and best-of-N at the same budget; write OUT/refine.json."""
+    if ctx.invoked_subcommand is not None:
+        return
     from unigap.manifest import manifest, write_manifest
     from unigap.refine import RefineConfig, run_refine
 
@@ -60,3 +66,50 @@ def refine_command(
     write_manifest(out, record)
     Console().print(_table(report))
     typer.echo(f"wrote {out / 'refine.json'}")
+
+
+@refine_app.command("train")
+def train_command(
+    model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
+    out: Path = typer.Option(Path("runs/refine-grpo"), "--out", help="Output directory: log, checkpoint, adapter, "
+                             "grpo.json (the loop before and after training)."),
+    steps: int | None = typer.Option(None, "--steps", help="Rollout (= optimiser) steps; even steps train generation, "
+                                     "odd steps reflection + refinement (default 200)."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 1e-4; R3 trains the full model at "
+                                    "5e-6, a LoRA needs more)."),
+    num_generations: int | None = typer.Option(None, "--num-generations", help="Samples per group (R3: 16)."),
+    beta: float | None = typer.Option(None, "--beta", help="KL weight, k3 estimator (default 0.001, R3's; TRL's "
+                                      "default is 0)."),
+    scale_rewards: str | None = typer.Option(None, "--scale-rewards", help="none (R3: reward − group mean, the "
+                                             "default; TRL divides by the std: group) | group."),
+    eval_n: int | None = typer.Option(None, "--eval-n", help="Held-out prompts for the loop before and after (default "
+                                      "300; 0 = none)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed: LoRA init, prompts, every sample (default 0)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file of GRPOConfig keys (flags win)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
+) -> None:
+    """Train reflection and refinement with GRPO and R3's stage-wise rewards (LoRA on the LLM, KL to the reference);
+    the verifier scores every image; training prompts are train-split prompts only."""
+    from unigap.manifest import manifest, write_manifest
+    from unigap.metrics_log import parse_report_to
+    from unigap.refine.grpo import train_grpo
+    from unigap.refine.grpo_config import GRPOConfig
+
+    settings = GRPOConfig.load(config, steps=steps, lr=lr, num_generations=num_generations, beta=beta,
+                               scale_rewards=scale_rewards, eval_n=eval_n, seed=seed)
+    backends = parse_report_to(report_to)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    with manifest("refine-train", {"model": model, **settings.to_dict()}, seeds=[settings.seed],
+                  judge={"name": "verifier"}) as record:
+        um = load(model, None)
+        record["device"] = str(um.device)
+        report = train_grpo(um, settings, out, resume, backends)
+    write_manifest(out, record)
+    if report.get("change"):
+        before, after = report["before"]["rounds"][-1]["accuracy"], report["after"]["rounds"][-1]["accuracy"]
+        change = report["change"]
+        typer.echo(f"accuracy after {settings.eval_rounds} rounds: {before:.3f} → {after:.3f} "
+                   f"(paired Δ {change['delta']:+.3f}, p {change['p']})")
+    typer.echo(f"wrote {out / 'grpo.json'}")

@@ -16,7 +16,8 @@ import torch
 from transformers import JanusForConditionalGeneration
 
 from unigap.model.decoding import check_counts, left_pad
-from unigap.model.generation import sample_from_prefix, unconditional, uses_cfg
+from unigap.model.decoding import token_logprobs
+from unigap.model.generation import guided, prefixed_image_token_states, sample_from_prefix, unconditional, uses_cfg
 from unigap.model.images import ImageInput, VisionPreprocessing
 from unigap.model.prompts import PromptFormat
 
@@ -45,6 +46,31 @@ def edit_prefix(
         slots = (ids == model.config.image_token_id) & keep.unsqueeze(-1)
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), features)
     return embeds, mask
+
+
+def edit_token_logprobs(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    vision: VisionPreprocessing,
+    images: Sequence[ImageInput],
+    instructions: Sequence[str],
+    tokens: torch.Tensor,
+    cfg_scale: float | None,
+    dropped: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-token log-probs [B, N] of edited images' tokens given image + instruction; differentiable (minus their
+    mean is what editing trains on, and UniMRG's auxiliary loss, whose target is a map of the input image). With
+    `cfg_scale`, under the CFG mixture edits are sampled from (each row's unconditional twin as `sample_edits`
+    builds it); otherwise conditional, the `dropped` [B] rows made unconditional (prompt dropout in training)."""
+    batch = check_counts(images=images, instructions=instructions, **{"image token rows": tokens})
+    tokens = tokens.to(model.device)
+    fed = tokens
+    if uses_cfg(cfg_scale):
+        dropped = torch.tensor([False] * batch + [True] * batch)
+        images, instructions, fed = [*images, *images], [*instructions, *instructions], tokens.repeat(2, 1)
+    prefix, mask = edit_prefix(model, fmt, vision, images, instructions, dropped)
+    logits = model.model.generation_head(prefixed_image_token_states(model, prefix, mask, fed))
+    return token_logprobs(guided(logits.float(), cfg_scale), tokens)
 
 
 @torch.no_grad()

@@ -179,20 +179,33 @@ def score_image_tokens(
 ) -> tuple[torch.Tensor, torch.LongTensor]:
     """Teacher-forced log p(image tokens | prompt) through the generation head → (sum [B], count [B]).
 
-    Differentiable (DPO trains through it). See `image_token_logprobs` for the layout.
+    Differentiable (DPO trains through it). See `image_token_logits` for the layout.
     """
+    logprobs = image_token_logprobs(model, fmt, prompts, image_tokens, cfg_scale)
+    return logprobs.sum(dim=-1), torch.full((len(logprobs),), fmt.num_image_tokens, dtype=torch.long,
+                                            device=logprobs.device)
+
+
+def image_token_logprobs(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    prompts: Sequence[str],
+    image_tokens: torch.Tensor,
+    cfg_scale: float | None,
+) -> torch.Tensor:
+    """Per-token teacher-forced log-probs [B, N] of image tokens given each prompt, under CFG-mixed logits when
+    `cfg_scale` is given (the distribution images are sampled from); differentiable."""
     num_tokens = fmt.num_image_tokens
     image_tokens = check_image_tokens(image_tokens, num_tokens, model.config.vq_config.num_embeddings)
     batch = check_counts(prompts=prompts, **{"image token rows": image_tokens})
     device = model.device
     if batch == 0:
-        return torch.zeros(0, device=device), torch.zeros(0, dtype=torch.long, device=device)
+        return torch.zeros((0, num_tokens), device=device)
     cfg = uses_cfg(cfg_scale)
     ids, mask = prompt_batch(fmt, prompts, cfg, device)
     fed = image_tokens.to(device)
     logits = image_token_logits(model, ids, mask, fed.repeat(2, 1) if cfg else fed)
-    logprobs = token_logprobs(guided(logits.float(), cfg_scale), fed)
-    return logprobs.sum(dim=-1), torch.full((batch,), num_tokens, dtype=torch.long, device=device)
+    return token_logprobs(guided(logits.float(), cfg_scale), fed)
 
 
 def image_token_logits(

@@ -70,9 +70,24 @@ def answer_logprobs(
     answers: Sequence[str],
 ) -> tuple[torch.Tensor, torch.LongTensor]:
     """Teacher-forced log p(answer + EOS | image, question) → (sum [B], token count [B]); differentiable."""
+    logprobs, mask = answer_token_logprobs(model, fmt, vision, images, questions, answers)
+    return logprobs.sum(dim=-1), mask.sum(dim=-1)
+
+
+def answer_token_logprobs(
+    model: JanusForConditionalGeneration,
+    fmt: PromptFormat,
+    vision: VisionPreprocessing,
+    images: Sequence[ImageInput],
+    questions: Sequence[str],
+    answers: Sequence[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token teacher-forced log-probs of each answer + EOS → (log-probs [B, W], mask [B, W]), right-aligned
+    (row b's answer is its last mask[b].sum() columns; padded columns hold 0); differentiable."""
     batch_size = check_counts(images=images, questions=questions, answers=answers)
     if batch_size == 0:
-        return torch.zeros(0, device=model.device), torch.zeros(0, dtype=torch.long, device=model.device)
+        empty = torch.zeros((0, 0), device=model.device)
+        return empty, empty.bool()
     targets = [fmt.answer_ids(answer) for answer in answers]
     sequences = [fmt.understanding_ids(q) + t for q, t in zip(questions, targets, strict=True)]
     batch = _batch(model, fmt, vision, images, sequences)
@@ -82,8 +97,9 @@ def answer_logprobs(
 
 def _score_endings(
     model: JanusForConditionalGeneration, hidden: torch.Tensor, ids: torch.LongTensor, targets: Sequence[list[int]]
-) -> tuple[torch.Tensor, torch.LongTensor]:
-    """(sum, count) of the log-probs of each row's last len(target) tokens (left-padded rows end with them)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [B, W] of each row's last len(target) tokens (left-padded rows end with them), and the
+    mask [B, W] of those tokens; padded columns hold 0."""
     width = max(len(t) for t in targets)
     target_mask = torch.zeros((len(targets), width), dtype=torch.bool, device=model.device)
     for row, target in enumerate(targets):
@@ -91,7 +107,7 @@ def _score_endings(
     logits = model.lm_head(hidden[:, -width - 1 : -1])
     logprobs = token_logprobs(logits, ids[:, -width:])
     # `where`, not a product: a padded column's value is never read, even if it is not finite
-    return torch.where(target_mask, logprobs, 0.0).sum(dim=-1), target_mask.sum(dim=-1)
+    return torch.where(target_mask, logprobs, 0.0), target_mask
 
 
 def length_buckets(lengths: Sequence[int], max_buckets: int = 3) -> list[list[int]]:
@@ -171,9 +187,9 @@ def grouped_answer_logprobs(
             position_ids=split + positions(mask),
             past_key_values=shared,
         ).last_hidden_state
-        total, count = _score_endings(model, hidden, ids, [targets[i] for i in bucket])
-        totals.append(total)
-        counts.append(count)
+        logprobs, mask = _score_endings(model, hidden, ids, [targets[i] for i in bucket])
+        totals.append(logprobs.sum(dim=-1))
+        counts.append(mask.sum(dim=-1))
     order = torch.tensor([i for bucket in buckets for i in bucket], device=model.device)
     restore = torch.empty_like(order)
     restore[order] = torch.arange(len(order), device=model.device)

@@ -140,6 +140,13 @@ class UnifiedModel:
         """Summed log-prob of each answer (EOS included) and its token count; differentiable."""
         return understanding.answer_logprobs(self.model, self.prompts, self.vision, images, questions, answers)
 
+    def answer_token_logprobs(
+        self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs [B, W] of each answer + EOS and their mask [B, W] (right-aligned); differentiable:
+        what token-level policy-gradient losses need."""
+        return understanding.answer_token_logprobs(self.model, self.prompts, self.vision, images, questions, answers)
+
     def grouped_answer_logprobs(
         self, images: Sequence[ImageInput], questions: Sequence[Sequence[str]], answers: Sequence[Sequence[str]]
     ) -> tuple[torch.Tensor, torch.LongTensor]:
@@ -158,12 +165,14 @@ class UnifiedModel:
         texts = self.answer(images, questions, max_new_tokens=max_new_tokens, temperature=0.0)
         return [understanding.parse_verdict(text) for text in texts]
 
-    def reflect(self, images: Sequence[ImageInput], prompts: Sequence[str], max_new_tokens: int = 24) -> list[str]:
-        """R3's reflection, greedy, each in a fresh context holding only the image and the target prompt:
-        `unigap.world.NO_EDIT` or one edit instruction. Any checkpoint answers (it is text); read answers
-        with `unigap.world.parse_reflection`, which reports text outside the grammar as a format failure."""
+    def reflect(self, images: Sequence[ImageInput], prompts: Sequence[str], max_new_tokens: int = 24,
+                temperature: float = 0.0, seed: int | None = None) -> list[str]:
+        """R3's reflection, each in a fresh context holding only the image and the target prompt (greedy by default;
+        sampled at `temperature` > 0, as RL rollouts need): `unigap.world.NO_EDIT` or one edit instruction. Any
+        checkpoint answers (it is text); read answers with `unigap.world.parse_reflection`, which reports text
+        outside the grammar as a format failure."""
         questions = [self.prompts.reflect_question(prompt) for prompt in prompts]
-        return self.answer(images, questions, max_new_tokens=max_new_tokens, temperature=0.0)
+        return self.answer(images, questions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -209,6 +218,21 @@ class UnifiedModel:
         """Teacher-forced summed log-prob of each image's tokens and the token count; differentiable.
         Conditional-only by default; CFG-mixed logits when `cfg_scale` is given."""
         return generation.score_image_tokens(self.model, self.prompts, prompts, image_tokens, cfg_scale)
+
+    def image_token_logprobs(
+        self, prompts: Sequence[str], image_tokens: torch.Tensor, cfg_scale: float | None = None
+    ) -> torch.Tensor:
+        """Per-token teacher-forced log-probs [B, N] of each image's tokens (CFG-mixed when `cfg_scale` is given)."""
+        return generation.image_token_logprobs(self.model, self.prompts, prompts, image_tokens, cfg_scale)
+
+    def edit_token_logprobs(
+        self, images: Sequence[ImageInput], instructions: Sequence[str], image_tokens: torch.Tensor,
+        cfg_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Per-token log-probs [B, N] of edited images' tokens given source image + instruction (CFG-mixed when
+        `cfg_scale` is given, as `edit` samples); differentiable."""
+        return editing.edit_token_logprobs(self.model, self.prompts, self.vision, images, instructions, image_tokens,
+                                           cfg_scale)
 
     # -- VQ ----------------------------------------------------------------------------------
 

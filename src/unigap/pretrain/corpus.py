@@ -29,7 +29,7 @@ forms of `unigap.world.questions`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,18 +57,16 @@ from unigap.world import (
     render,
     render_damaged,
     rule_objects,
-    sample_question,
     sample_records,
     sample_scene,
     sample_scene_for,
-    satisfies,
     scene_split,
     split_prompts,
+    random_train_scenes,
+    train_questions,
 )
 from unigap.world.edits import Thing, candidate_edits, things
 
-JUDGE_POOL = 16  # prompts a judge question about one scene is drawn from: one it satisfies, its near misses, random
-SCENE_STREAM = 3  # rng stream of the understanding scenes, apart from the question stream (1)
 CRITIQUE_STREAM = 5
 EDIT_STREAM = 6
 PICTURES = ("intact", "broken", "damaged")  # what a critique picture shows, drawn uniformly
@@ -103,22 +101,6 @@ class UnderstandingCorpus:
         return len(self.scenes)
 
 
-def judge_prompts(scene: Scene, train: Sequence[PromptSpec], rng: np.random.Generator) -> list[PromptSpec]:
-    """A train prompt the scene satisfies (if any; a yes), up to half the pool of its train near misses
-    (mostly no, and hard), then random train prompts (mostly no, and easy).
-
-    Without a yes in the pool, answer balancing (`sample_question`) could only ever ask for a no.
-    """
-    order = rng.permutation(len(train))
-    fitting = next((train[i] for i in order if satisfies(scene, train[i])), None)
-    if fitting is None:
-        return [train[i] for i in order[-(JUDGE_POOL - 1) :]]
-    allowed = {spec.text for spec in train}
-    near = [spec for spec in near_misses(fitting) if spec.text in allowed]
-    near = [near[i] for i in rng.permutation(len(near))[: JUDGE_POOL // 2]]
-    return [fitting, *near, *(train[i] for i in order[-(JUDGE_POOL - 1 - len(near)) :])]
-
-
 def generation_corpus(n: int, seed: int, grid: int, progress: Callable[[int], None] | None = None) -> GenerationCorpus:
     """n train-split (prompt, scene) pairs, the scenes' renders and their labels on a grid × grid token grid."""
     pairs = sample_records(n, seed, "train")
@@ -131,17 +113,6 @@ def generation_corpus(n: int, seed: int, grid: int, progress: Callable[[int], No
     return GenerationCorpus(specs=[spec for spec, _ in pairs], renders=np.stack(renders), labels=labels)
 
 
-def random_train_scenes(n: int, seed: int) -> list[Scene]:
-    """n uniformly random scenes (`sample_scene`) of the train split, seeded."""
-    rng = np.random.default_rng([seed, SCENE_STREAM])
-    scenes: list[Scene] = []
-    while len(scenes) < n:
-        scene = sample_scene(rng)
-        if scene_split(scene, seed) == "train":
-            scenes.append(scene)
-    return scenes
-
-
 def understanding_corpus(
     n: int,
     seed: int,
@@ -150,17 +121,9 @@ def understanding_corpus(
     progress: Callable[[int], None] | None = None,
 ) -> UnderstandingCorpus:
     """n random train-split scenes, their renders and `questions_per_scene` questions each, a
-    `sentence_fraction` share of them in the full-sentence form."""
+    `sentence_fraction` share of them in the full-sentence form (`unigap.world.train_questions`)."""
     scenes = random_train_scenes(n, seed)
-    train = split_prompts("train", seed)
-    rng = np.random.default_rng([seed, 1])
-    questions = []
-    for i, scene in enumerate(scenes):
-        pool = judge_prompts(scene, train, rng)
-        forms = np.where(rng.random(questions_per_scene) < sentence_fraction, "sentence", "word")
-        questions.append([sample_question(scene, rng, judge_prompts=pool, form=str(form)) for form in forms])
-        if progress is not None:
-            progress(i + 1)
+    questions = train_questions(scenes, seed, questions_per_scene, sentence_fraction, progress)
     return UnderstandingCorpus(scenes=scenes, renders=np.stack([render(s) for s in scenes]), questions=questions)
 
 

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from unigap.model import UnifiedModel
 from unigap.model.decoding import left_pad
-from unigap.model.editing import edit_prefix
-from unigap.model.generation import image_token_states, prefixed_image_token_states, unconditional
+from unigap.model.editing import edit_token_logprobs
+from unigap.model.generation import image_token_states, unconditional
 from unigap.pretrain.config import PretrainConfig
 from unigap.pretrain.corpus import (
     JUDGED_NEAR_MISSES,
@@ -146,10 +146,9 @@ def edit_loss(
     use_recon = rng.random(len(rows)) < reconstructed
     images = [corpus.reconstructions[r] if rec else corpus.sources[r] for r, rec in zip(rows, use_recon, strict=True)]
     dropped = torch.from_numpy(rng.random(len(rows)) < dropout)
-    prefix, mask = edit_prefix(um.model, um.prompts, um.vision, images, [corpus.instructions[r] for r in rows], dropped)
-    tokens = torch.from_numpy(corpus.tokens[rows]).to(um.device)
-    logits = um.model.model.generation_head(prefixed_image_token_states(um.model, prefix, mask, tokens))
-    return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+    tokens = torch.from_numpy(corpus.tokens[rows])
+    instructions = [corpus.instructions[r] for r in rows]
+    return -edit_token_logprobs(um.model, um.prompts, um.vision, images, instructions, tokens, None, dropped).mean()
 
 
 def joint_step(

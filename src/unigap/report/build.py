@@ -12,6 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from unigap.evaluate.report import save_report, write_atomically
+from unigap.report.compare import comparisons, kind_levels, refine_curves
 from unigap.report.figures import Plot, write_figures
 from unigap.report.html import fmt, fmt_p, write_html
 from unigap.report.runs import MethodRun, Study, as_study
@@ -48,6 +49,9 @@ def build_report(
     study = as_study(source)
     out_dir = Path(out_dir)
     results = compute_stats(study, options)
+    results["comparisons"] = comparisons(study, options)
+    results["understanding_by_kind"] = kind_levels(study)
+    results["refine_rounds"] = refine_curves(study)
     plots: list[Plot] = write_figures(study, results, out_dir)
     files = [
         save_report(results, out_dir / RESULTS_JSON),

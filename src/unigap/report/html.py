@@ -153,6 +153,42 @@ def levels_table(results: dict[str, Any]) -> Safe:
     return _table(["method", *(m.label for m in METRICS)], rows, classes)
 
 
+def comparison_section(c: dict[str, Any]) -> list[Any]:
+    """One arm against its baseline arm: a verdict line, then per metric and question kind both levels, Δ [CI], p."""
+    rows, better, worse = [], [], []
+    for m in c["metrics"].values():
+        kind = Significant if m["significant"] else Safe
+        mark = "*" if m["significant"] else ""
+        delta = escape(fmt(m["delta"], signed=True) + mark) + _ci(m["delta_ci95"], signed=True, below=True)
+        rows.append([m["label"], fmt(m["arm"]), fmt(m["baseline"]), kind(delta), kind(escape(fmt_p(m["p"]))),
+                     m["test"], m["n"]])
+        if m["significant"]:
+            (better if (m["delta"] > 0) == m["higher_is_better"] else worse).append(m["label"])
+    found = (f"significantly better than {c['baseline']} on {', '.join(better)}" if better
+             else f"not significantly better than {c['baseline']} on any metric")
+    verdict = (f"{c['arm']} is {found}{'; worse on ' + ', '.join(worse) if worse else ''} (Bonferroni over its "
+               f"{c['tests']} tests, p < {c['alpha_corrected']:.2g}).")
+    headers = ["metric", c["arm"], c["baseline"], "Δ", "p", "test", "n"]
+    return [f"<h2>{escape(c['arm'])} vs {escape(c['baseline'])}</h2>", f'<p class="lead">{escape(verdict)}</p>',
+            _table(headers, rows)]
+
+
+def refine_table(results: dict[str, Any]) -> Safe:
+    """Generation accuracy after each reflect/refine round per refine arm (pooled over seeds), improved / worse
+    counts per round, and best-of-N at the same budget."""
+    curves = results["refine_rounds"]
+    rounds = max(len(curve) for curve in curves.values())
+    rows = []
+    for method, curve in curves.items():
+        cells = [Safe(escape(fmt(e["accuracy"])) + (f'<br><span class="ci">+{e["improved"]} / −{e["worse"]}</span>'
+                                                    if "improved" in e else "")) for e in curve]
+        rows.append([method, *cells, *[DASH] * (rounds - len(curve))])
+    if "best-of-n" in results["results"]:
+        rows.append(["best-of-n (same budget)", *[DASH] * (rounds - 1),
+                     fmt(results["results"]["best-of-n"]["generation.accuracy"]["pooled"])])
+    return _table(["arm", *(f"round {r}" for r in range(rounds))], rows)
+
+
 def _signal(flag: bool | None) -> Safe:
     if flag is None:
         return Safe(DASH)
@@ -286,6 +322,15 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
         levels_table(results),
         '<p class="note">Mean over seed means [t-interval over seeds]; per-seed values underneath.</p>',
     ]
+    if results.get("refine_rounds"):
+        sections += ["<h2>Reason → reflect → refine: accuracy per round</h2>", refine_table(results),
+                     '<p class="note">Verifier accuracy over all prompts after each round (stopped prompts carry their '
+                     "image forward), pooled over seeds; under it, prompts improved / made worse in that round.</p>"]
+    for comparison in results.get("comparisons", []):
+        sections += comparison_section(comparison)
+    if results.get("comparisons"):
+        sections.append('<p class="note">Arm against arm on the same items and sampling seeds: a paired t-test '
+                        "on per-item differences pooled over seeds (Welch where the items do not line up).</p>")
     if results["training"]:
         sections += ["<h2>Final DPO losses vs ln 2</h2>", losses_table(results)]
         sections.append(

@@ -70,19 +70,23 @@ DIAGNOSTIC_FIELDS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Metric:
-    """A headline metric: its name in the evaluation report and the per-item outcome behind it."""
+    """A metric: its name in the evaluation report and the per-item outcome behind it; `where` (field, value)
+    keeps the items of one group (understanding questions of one kind), read from the report's `by_<field>`
+    summary when it has no records."""
 
     name: str
     label: str
     records: str
     outcome: str
+    where: tuple[str, str] | None = None
+    higher_is_better: bool = True
 
 
 METRICS = (
     Metric("understanding.accuracy", "understanding accuracy", "understanding", "correct"),
     Metric("generation.accuracy", "generation accuracy", "generation", "verified"),
-    Metric("nonunification.score", "non-unification score", "generation", "self_rejected"),
-    Metric("weak_generation.rate", "weak-generation rate", "generation", "weak_generation"),
+    Metric("nonunification.score", "non-unification score", "generation", "self_rejected", higher_is_better=False),
+    Metric("weak_generation.rate", "weak-generation rate", "generation", "weak_generation", higher_is_better=False),
 )
 
 
@@ -122,12 +126,16 @@ def sample(run: MethodRun, metric: Metric) -> Sample:
     report = run.eval_report
     records = report.get("records", {}).get(metric.records)
     if records is not None:
+        if metric.where is not None:
+            records = [r for r in records if r.get(metric.where[0]) == metric.where[1]]
         items = np.array([float(r[metric.outcome]) for r in records if r[metric.outcome] is not None])
         if not len(items):
             return Sample(0, None, 0.0, items)
         return Sample(len(items), float(items.mean()), float(items.var()), items)
-    section, key = metric.name.split(".")
+    section, key = metric.name.split(".")[:2]
     summary = report.get(section)
+    if summary is not None and metric.where is not None:
+        summary = summary.get(f"by_{metric.where[0]}", {}).get(metric.where[1])
     if summary is None:
         raise UserError(
             f"the evaluation report of {run.method} seed {run.seed} has neither {section} records nor {metric.name}"
@@ -227,9 +235,9 @@ def trained_tasks(method: str) -> tuple[str, ...]:
 
 def training_summary(method: str, runs: Sequence[MethodRun], options: StatsOptions) -> dict[str, Any] | None:
     """Final (tail-mean) losses, KL and weights per seed and over seeds, with the ln 2 flags; None
-    for methods without training logs (base, soups, oracle)."""
+    for methods without DPO training logs (base, soups, oracle, arms of the other families)."""
     logged = [run for run in runs if run.log_rows]
-    if not logged:
+    if not logged or (method in ARMS and ARMS[method].family != "p1"):
         return None
     per_seed = []
     for run in logged:

@@ -62,9 +62,10 @@ def self_improve(runner: Any, name: str, seed: int) -> None:
 
 
 def refine(runner: Any, name: str, seed: int) -> None:
-    """An inference-time arm on the base model: `refine` (self reflection), `refine-oracle` (the exact
-    instruction) or `best-of-n` (1 + rounds samples, the self-judge picks). Its evaluation is the base model's,
-    with the arm's final images in place of the one-shot ones (verified and self-judged the same way)."""
+    """An inference-time arm: `refine` (self reflection), `refine-oracle` (the exact instruction) or `best-of-n`
+    (1 + rounds samples, the self-judge picks) on the base model, or `refine-grpo` (the loop after `unigap refine
+    train` at the study's step budget). Its evaluation is the model's own, with the arm's final images in place of
+    the one-shot ones (verified and self-judged the same way)."""
     from unigap.evaluate import evaluate, save_report
     from unigap.evaluate.critique import self_judge_metrics
     from unigap.evaluate.data import held_out_pairs
@@ -74,6 +75,14 @@ def refine(runner: Any, name: str, seed: int) -> None:
 
     c = runner.config
     um = runner.model()
+    if name == "refine-grpo":
+        from unigap.refine.grpo import train_grpo
+        from unigap.refine.grpo_config import GRPOConfig
+
+        config = GRPOConfig(steps=c.grpo_steps, seed=seed, data_seed=c.data_seed, eval_n=0,
+                            checkpoint_every=min(25, c.grpo_steps))
+        out = runner.run_dir(name, seed) / "grpo"
+        train_grpo(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False)
     report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False, progress=False)
     specs = [spec for spec, _ in held_out_pairs(c.n, seed, c.data_seed)]
     if name == "best-of-n":
@@ -89,3 +98,22 @@ def refine(runner: Any, name: str, seed: int) -> None:
     report["records"]["generation"] = records
     report["config"].update(model=c.model, method=name, refine_rounds=c.refine_rounds)
     save_report(report, runner.eval_file(name, seed))
+
+
+def unimrg(runner: Any, name: str, seed: int) -> None:
+    """`unigap train --objective <name>` (unimrg or und-sft) with its own defaults at the study's step budget
+    (continuing a killed run), evaluated; its resume checkpoint dropped."""
+    from unigap.unimrg import UniMRGConfig, build_data
+    from unigap.unimrg.trainer import train_unimrg
+
+    c = runner.config
+    config = UniMRGConfig(objective=name, steps=c.unimrg_steps, n_scenes=c.unimrg_scenes, seed=seed,
+                          data_seed=c.data_seed, checkpoint_every=min(50, c.unimrg_steps))
+    um = runner.model()
+    maps = list(config.auxiliary)  # the same data for every seed: built once per study process
+    data = runner.memo(("unimrg", *maps), lambda: build_data(um, config.n_scenes, config.data_seed,
+                       config.questions_per_image, config.sentence_fraction, maps))
+    out = runner.run_dir(name, seed)
+    result = train_unimrg(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False, data=data)
+    runner.evaluate(um, name, seed)
+    shutil.rmtree(result.out_dir / "checkpoint", ignore_errors=True)  # the adapter and log stay

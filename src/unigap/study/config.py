@@ -36,11 +36,14 @@ class StudyConfig:
     self_prompts: int = 150  # self-improvement arms: training prompts (10 images each) and epochs
     self_epochs: int = 2
     refine_rounds: int = 3  # reason-reflect-refine arms: rounds after the first image (best-of-n: 1 + rounds samples)
+    grpo_steps: int = 200  # refine-grpo arm: GRPO steps (the rest: GRPOConfig's defaults)
+    unimrg_steps: int = 300  # unimrg and und-sft arms: optimiser steps, and the train scenes their data is drawn from
+    unimrg_scenes: int = 2000  # (both UniMRGConfig's defaults; its other settings are used as they are)
 
     def __post_init__(self) -> None:
         if self.seeds < 2:
             raise UserError(f"--seeds must be at least 2 (a Welch test needs two values per method), got {self.seeds}")
-        for name in ("n", "und_pairs", "gen_pairs", "steps", "batch_size"):
+        for name in ("n", "und_pairs", "gen_pairs", "steps", "batch_size", "grpo_steps", "unimrg_steps", "unimrg_scenes"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.diagnose_pairs < 4:
@@ -74,10 +77,13 @@ class StudyConfig:
         """`field: saved → now` for every setting that differs from a saved study.json."""
         now = self.to_dict()
         names = [f.name for f in fields(self)]
-        return [f"{name}: {saved.get(name)!r} → {now[name]!r}" for name in names if saved.get(name) != now[name]]
+        # a setting newer than the saved study is absent from it: the older study ran it at its default
+        old = {name: saved.get(name, FULL.to_dict()[name]) for name in names}
+        return [f"{name}: {old[name]!r} → {now[name]!r}" for name in names if old[name] != now[name]]
 
 
 FULL = StudyConfig()
 QUICK = FULL.scaled(
-    seeds=2, n=24, und_pairs=16, gen_pairs=8, diagnose_pairs=8, sweep_probes=2, steps=6, batch_size=24
+    seeds=2, n=24, und_pairs=16, gen_pairs=8, diagnose_pairs=8, sweep_probes=2, steps=6, batch_size=24,
+    grpo_steps=2, unimrg_steps=6, unimrg_scenes=16,
 )

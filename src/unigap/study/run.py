@@ -60,6 +60,7 @@ class StudyRunner:
     def __init__(self, config: StudyConfig, out: Path, progress: Progress) -> None:
         self.config, self.out, self.progress = config, out, progress
         self._pairs: dict[str, list[Any]] = {}
+        self._memo: dict[Any, Any] = {}
 
     def run_dir(self, method: str, seed: int) -> Path:
         return self.out / method / f"seed{seed}"
@@ -68,11 +69,13 @@ class StudyRunner:
         return self.out / PREFS_DIR / f"{task}.jsonl"
 
     def jobs(self) -> list[Job]:
-        """In the order of the study: base evaluation, data, diagnostics, then per seed every arm in registry order."""
+        """In the order of the study: base evaluation, data and diagnostics (when a P1 arm runs), then per seed every arm
+        in registry order."""
         c = self.config
         jobs = [Job(f"base, seed {k}", self.eval_file(BASE, k), partial(self.evaluate_base, k)) for k in range(c.seeds)]
-        jobs += [Job(f"{task} pairs", self.prefs_file(task), partial(self.build_pairs, task)) for task in ("und", "gen")]
-        jobs.append(Job("gradient diagnostics", self.run_dir(BASE, 0) / DIAGNOSTICS_FILE, self.diagnose))
+        if any(ARMS[name].family == "p1" for name in c.methods):  # preference pairs and their gradients: P1's
+            jobs += [Job(f"{task} pairs", self.prefs_file(task), partial(self.build_pairs, task)) for task in ("und", "gen")]
+            jobs.append(Job("gradient diagnostics", self.run_dir(BASE, 0) / DIAGNOSTICS_FILE, self.diagnose))
         for k in range(c.seeds):
             jobs += [Job(f"{name}, seed {k}", self.eval_file(name, k), partial(ARMS[name].build(), self, name, k))
                      for name in c.methods_in_order()]
@@ -118,6 +121,12 @@ class StudyRunner:
 
             self._pairs[task] = load_pairs(self.prefs_file(task), task)
         return self._pairs[task]
+
+    def memo(self, key: Any, make: Callable[[], Any]) -> Any:
+        """`make()` once per study process under `key`: data several jobs share (it depends on settings only)."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     def model(self) -> Any:
         """A fresh copy of the base model: training and adapters change the one they are given."""

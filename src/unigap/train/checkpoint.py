@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,41 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError) as exc:
         raise UserError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def training_state(
+    step: int, named: Sequence[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, scheduler: Any,
+    config: dict[str, Any], **extra: Any,
+) -> dict[str, Any]:
+    """Everything a trainer's next step depends on: the step, trainable tensors, optimizer and scheduler state,
+    the RNG, the settings (checked on resume) and any `extra` state (a strategy's)."""
+    return {
+        "step": step,
+        "trainable": {name: p.detach().clone() for name, p in named},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+        "config": config,
+        **extra,
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any], named: Sequence[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer,
+    scheduler: Any, config: dict[str, Any], where: Path,
+) -> int:
+    """Load `training_state` back into the trainer's tensors, optimizer, scheduler and RNG; the step to continue
+    at. A run saved under other settings is refused (`UserError` naming each difference)."""
+    changed = config_differences(state["config"], config)
+    if changed:
+        raise UserError(f"cannot resume {where} under different settings: {'; '.join(changed)}")
+    with torch.no_grad():
+        for name, p in named:
+            p.copy_(state["trainable"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -13,7 +13,6 @@ Files in the output directory: `log.jsonl` (one JSON object per step), `checkpoi
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,31 +24,16 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from unigap.errors import UserError
-from unigap.metrics_log import MetricLogger, parse_report_to
+from unigap.metrics_log import parse_report_to
 from unigap.model.unified import UnifiedModel
-from unigap.train.checkpoint import (
-    CHECKPOINT_FILE,
-    atomic_write_lines,
-    config_differences,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from unigap.train.loop import CHECKPOINT_DIR, LOG_FILE, TrainingDiverged, holds_run, run_steps
 from unigap.train.config import TrainConfig
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
 from unigap.train.strategies import SINGLE_TASK, Strategy, build_strategy, length_norm_weight
 
-LOG_FILE = "log.jsonl"
-CHECKPOINT_DIR = "checkpoint"
-CONFIG_FILE = "train_config.json"
 TASKS = ("und", "gen")
 
 StepCallback = Callable[[int, dict[str, Any]], None]
-
-
-class TrainingDiverged(UserError):
-    """A non-finite loss or gradient: the run stops and the last good checkpoint is kept."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +103,7 @@ class DPOTrainer:
         image_tokens = sum(p.chosen_tokens for p in gen) / len(gen)
         return length_norm_weight(image_tokens, answer_tokens)
 
-    # -- state -------------------------------------------------------------------------------
+    # -- training ----------------------------------------------------------------------------
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -128,66 +112,27 @@ class DPOTrainer:
     @property
     def has_checkpoint(self) -> bool:
         """Whether `out_dir` holds a run that `train(resume=True)` can continue."""
-        return (self.checkpoint_dir / CHECKPOINT_FILE).exists()
-
-    def _save(self) -> None:
-        save_checkpoint(
-            self.checkpoint_dir,
-            {
-                "step": self.step,
-                "trainable": {name: p.detach().clone() for name, p in self.named},
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "strategy": self.strategy.state_dict(),
-                "rng": rng_state(),
-                "config": self.config.to_dict(),
-            },
-        )
-
-    def _resume(self) -> None:
-        state = load_checkpoint(self.checkpoint_dir)
-        changed = config_differences(state["config"], self.config.to_dict())
-        if changed:
-            raise UserError(f"cannot resume {self.out_dir} under different settings: {'; '.join(changed)}")
-        with torch.no_grad():
-            for name, p in self.named:
-                p.copy_(state["trainable"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.strategy.load_state_dict(state["strategy"])
-        set_rng_state(state["rng"])
-        self.step = int(state["step"])
-
-    # -- training ----------------------------------------------------------------------------
+        return holds_run(self.out_dir)
 
     def train(self, resume: bool = False, on_step: StepCallback | None = None) -> TrainResult:
         """Run to `config.steps`; with `resume`, continue from the checkpoint in the output directory."""
-        if resume:
-            self._resume()
-        elif self.has_checkpoint:
-            raise UserError(
-                f"{self.out_dir} already holds a run; pass --resume to continue it, or use a new --out"
-            )
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_lines(self.out_dir / CONFIG_FILE, [json.dumps(self.config.to_dict(), indent=2)])
-        log = self.out_dir / LOG_FILE
-        logger = MetricLogger(log, self.report_to, resume_step=self.step if resume else None,
-                              run_name=f"{self.out_dir.name}-{self.config.strategy}")
+
+        def step(index: int) -> dict[str, Any]:
+            self.step = index
+            return self._train_step()
+
         self.um.model.train()  # LoRA dropout on
         try:
-            while self.step < self.config.steps:
-                record = self._train_step()
-                logger.log(self.step, record)
-                self.step += 1
-                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
-                    self._save()
-                if on_step is not None:
-                    on_step(self.step, record)
+            self.step = run_steps(
+                self.out_dir, self.config.to_dict(), self.named, self.optimizer, self.scheduler, self.config.steps,
+                self.config.checkpoint_every, step, resume, self.report_to, f"{self.out_dir.name}-{self.config.strategy}",
+                extra_state=lambda: {"strategy": self.strategy.state_dict()},
+                restore_extra=lambda state: self.strategy.load_state_dict(state["strategy"]), on_step=on_step,
+            )  # fmt: skip
         finally:
             self.um.model.eval()
-            logger.close()
         self.um.save_adapter(self.out_dir)
-        return TrainResult(self.step, self.out_dir, log)
+        return TrainResult(self.step, self.out_dir, self.out_dir / LOG_FILE)
 
     def _diverged(self, what: str) -> TrainingDiverged:
         done = (self.step // self.config.checkpoint_every) * self.config.checkpoint_every

@@ -10,9 +10,11 @@ from unigap.world.dataset import (
     SPLITS,
     Record,
     load_dataset,
+    random_train_scenes,
     sample_records,
     scene_split,
     split_prompts,
+    train_questions,
     write_dataset,
 )
 from unigap.world.damage import (
@@ -67,7 +69,17 @@ from unigap.world.questions import (
     tokenize_words,
     vocabulary,
 )
-from unigap.world.render import BACKGROUND, PALETTE, render, render_pil
+from unigap.world.render import (
+    BACKGROUND,
+    PALETTE,
+    DEPTH_COLORS,
+    SEGMENT_COLORS,
+    depth_band,
+    render,
+    render_depth,
+    render_pil,
+    render_segmentation,
+)
 from unigap.world.scene import (
     COLORS,
     DEFAULT_CANVAS,
@@ -140,6 +152,11 @@ __all__ = [
     "relation_holds",
     "render",
     "render_pil",
+    "render_depth",
+    "render_segmentation",
+    "depth_band",
+    "DEPTH_COLORS",
+    "SEGMENT_COLORS",
     "sample_question",
     "sample_questions",
     "sample_records",
@@ -149,6 +166,8 @@ __all__ = [
     "satisfies",
     "scene_split",
     "split_prompts",
+    "random_train_scenes",
+    "train_questions",
     "tokenize_words",
     "verify",
     "vocabulary",

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,13 +30,17 @@ from typing import Any
 import numpy as np
 
 from unigap.errors import UserError
-from unigap.world.prompts import CATEGORIES, PromptSpec, all_specs, sample_scene_for
+from unigap.world.prompts import CATEGORIES, PromptSpec, all_specs, near_misses, sample_scene_for, satisfies
+from unigap.world.questions import Question, sample_question
 from unigap.world.render import render_pil
-from unigap.world.scene import DEFAULT_CANVAS, Scene
+from unigap.world.scene import DEFAULT_CANVAS, Scene, sample_scene
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 HELD_OUT_FRACTION = 0.1  # of each category's prompts, for val and for test each
 SAMPLES_FILE = "samples.jsonl"
+JUDGE_POOL = 16  # prompts a judge question about one scene is drawn from: one it satisfies, its near misses, random
+SCENE_STREAM = 3  # rng stream of random train scenes, apart from the question stream (1)
+QUESTION_STREAM = 1
 IMAGES_DIR = "images"
 
 
@@ -117,6 +121,55 @@ def sample_records(
             scene = sample_scene_for(spec, rng, canvas)
         out.append((spec, scene))
     return out
+
+
+def random_train_scenes(n: int, seed: int, draw: int | None = None) -> list[Scene]:
+    """n uniformly random scenes (`sample_scene`, 1-4 random objects) of the train split of partition `seed`;
+    `draw` picks another sample of them (None: pretraining's)."""
+    rng = np.random.default_rng([seed, SCENE_STREAM, *([] if draw is None else [draw])])
+    scenes: list[Scene] = []
+    while len(scenes) < n:
+        scene = sample_scene(rng)
+        if scene_split(scene, seed) == "train":
+            scenes.append(scene)
+    return scenes
+
+
+def judge_prompts(scene: Scene, train: Sequence[PromptSpec], rng: np.random.Generator) -> list[PromptSpec]:
+    """A train prompt the scene satisfies (if any; a yes), up to half the pool of its train near misses
+    (mostly no, and hard), then random train prompts (mostly no, and easy).
+
+    Without a yes in the pool, answer balancing (`sample_question`) could only ever ask for a no.
+    """
+    order = rng.permutation(len(train))
+    fitting = next((train[i] for i in order if satisfies(scene, train[i])), None)
+    if fitting is None:
+        return [train[i] for i in order[-(JUDGE_POOL - 1) :]]
+    allowed = {spec.text for spec in train}
+    near = [spec for spec in near_misses(fitting) if spec.text in allowed]
+    near = [near[i] for i in rng.permutation(len(near))[: JUDGE_POOL // 2]]
+    return [fitting, *near, *(train[i] for i in order[-(JUDGE_POOL - 1 - len(near)) :])]
+
+
+def train_questions(
+    scenes: Sequence[Scene],
+    seed: int,
+    per_scene: int,
+    sentence_fraction: float = 0.0,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[Question]]:
+    """`per_scene` answer-balanced questions about each scene (every kind; judge questions name train prompts of
+    partition `seed` only), a `sentence_fraction` share in the full-sentence form; seeded."""
+    train = split_prompts("train", seed)
+    rng = np.random.default_rng([seed, QUESTION_STREAM])
+    questions = []
+    for i, scene in enumerate(scenes):
+        pool = judge_prompts(scene, train, rng)
+        forms = np.where(rng.random(per_scene) < sentence_fraction, "sentence", "word")
+        questions.append([sample_question(scene, rng, judge_prompts=pool, form=str(form)) for form in forms])
+        if progress is not None:
+            progress(i + 1)
+    return questions
 
 
 def _record_json(index: int, split: str, seed: int, spec: PromptSpec, scene: Scene, image: str) -> str:

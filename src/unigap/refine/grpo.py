@@ -1,0 +1,142 @@
+"""`unigap refine train`: R3's GRPO of generation, reflection and refinement, on a LoRA, resumable.
+
+The "tree" schedule (SPEC §3): even steps train the generation stage (G images of each of P train prompts, a group
+each); every image goes to a rollout buffer split into perfect (score 1) and imperfect; odd steps draw one buffered
+image per group (`perfect_fraction` of them perfect) and roll out G reflect + refine branches from it, so each stage
+has its own group baseline (`unigap.refine.rollout`). One AdamW step per rollout step (R3: betas (0.9, 0.95), no
+weight decay, linear warm-up then a constant rate), gradients clipped at 1. Training prompts are train-split prompts
+only; the reward is the verifier's score of each image.
+
+Before training and after, the refine loop runs on `eval_n` held-out prompts with the same seeds (`run_loop`), so
+`grpo.json` holds the per-round accuracy of both and the paired change of the final accuracy.
+
+Files in OUT: log.jsonl (one row per step: `LOGGED_KEYS`), checkpoint/checkpoint.pt (tensors, optimizer,
+scheduler, RNG, the rollout buffer; atomic), train_config.json, the PEFT adapter, grpo.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import get_constant_schedule_with_warmup
+
+from unigap.atomic import cached_json, write_text_atomically
+from unigap.evaluate.data import distinct_prompts, held_out_pairs
+from unigap.evaluate.generation import batch_seed
+from unigap.evaluate.stats import paired_difference
+from unigap.progress import progress
+from unigap.refine.grpo_config import GRPOConfig
+from unigap.refine.loop import run_loop
+from unigap.refine.metrics import round_metrics
+from unigap.refine.rollout import Buffered, GroupResult, generation_group, refine_group
+from unigap.train.loop import TrainingDiverged, optimizer_step, refuse_unless_resuming, run_steps
+
+LOGGED_KEYS = (
+    "step", "stage", "lr", "loss", "grad_norm", "kl", "generate/reward", "generate/reward_std",
+    "generate/frac_reward_zero_std", "generate/rewards/image_score/mean", "refine/reward", "refine/reward_std",
+    "refine/frac_reward_zero_std", "refine/rewards/format/mean", "refine/rewards/delta/mean",
+    "refine/rewards/image_score/mean", "refine/stop_rate", "completions/mean_length",
+)  # fmt: skip
+RESULT_FILE = "grpo.json"
+TRAIN_PROMPTS = 1000  # distinct train-split prompts groups are drawn from (all of them where there are fewer)
+STEP_STREAM = 11
+
+
+class GRPOTrainer:
+    """R3's GRPO on a fresh LoRA of `um`; `train()` runs (or resumes) to `config.steps`."""
+
+    def __init__(self, um: Any, config: GRPOConfig, out_dir: str | Path, report_to: tuple[str, ...] = ()) -> None:
+        self.um, self.config, self.out_dir, self.report_to = um, config, Path(out_dir), report_to
+        self.prompts = distinct_prompts(TRAIN_PROMPTS, config.seed, config.data_seed, split="train")
+        torch.manual_seed(config.seed)
+        um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout)
+        self.named = [(name, p) for name, p in um.model.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW([p for _, p in self.named], lr=config.lr, weight_decay=0.0,
+                                           betas=(config.adam_beta1, config.adam_beta2))
+        self.scheduler = get_constant_schedule_with_warmup(self.optimizer, config.warmup_steps)
+        self.buffer: list[Buffered] = []
+        self.step = 0
+
+    def train(self, resume: bool = False, show_progress: bool = True) -> None:
+        """Run to `config.steps`; with `resume`, continue from the checkpoint (the rollout buffer included)."""
+        c = self.config
+
+        def step(index: int) -> dict[str, Any]:
+            self.step = index
+            return self._train_step()
+
+        def restore(state: dict[str, Any]) -> None:
+            self.buffer = [Buffered(prompt, tuple(tokens), score) for prompt, tokens, score in state["buffer"]]
+
+        with progress("GRPO", c.steps, show_progress) as update:
+            self.step = run_steps(
+                self.out_dir, c.to_dict(), self.named, self.optimizer, self.scheduler, c.steps, c.checkpoint_every,
+                step, resume, self.report_to, f"{self.out_dir.name}-grpo",
+                extra_state=lambda: {"buffer": [(b.prompt, list(b.tokens), b.score) for b in self.buffer]},
+                restore_extra=restore,
+                on_step=lambda done, record: update(done, f"{record['stage']} reward "
+                                                          f"{record.get(record['stage'] + '/reward', 0.0):.3f}"),
+            )  # fmt: skip
+        self.um.save_adapter(self.out_dir)
+
+    def _start(self, rng: np.random.Generator) -> Buffered:
+        """A buffered image for a refine group: perfect with probability `perfect_fraction` (when there is one)."""
+        perfect = [b for b in self.buffer if b.score == 1.0]
+        imperfect = [b for b in self.buffer if b.score < 1.0]
+        pool = perfect if (rng.random() < self.config.perfect_fraction and perfect) or not imperfect else imperfect
+        return pool[rng.integers(len(pool))]
+
+    def _train_step(self) -> dict[str, Any]:
+        c = self.config
+        rng = np.random.default_rng([c.seed, STEP_STREAM, self.step])
+        stage = "generate" if self.step % 2 == 0 or not self.buffer else "refine"
+        record: dict[str, Any] = {"step": self.step, "stage": stage, "lr": self.scheduler.get_last_lr()[0]}
+        results: list[GroupResult] = []
+        for group in range(c.prompts_per_step):
+            seed = batch_seed(c.seed, self.step * 1000 + group * 2)
+            if stage == "generate":
+                index = int(rng.integers(len(self.prompts)))
+                result = generation_group(self.um, index, self.prompts[index], c, seed)
+            else:
+                start = self._start(rng)
+                result = refine_group(self.um, start, self.prompts[start.prompt], c, seed)
+            if not torch.isfinite(result.loss):
+                raise TrainingDiverged(f"non-finite GRPO loss at step {self.step}: training stopped")
+            (result.loss / c.prompts_per_step).backward()
+            results.append(result)
+        self.buffer += [b for r in results for b in r.buffered]
+        keys = sorted({k for r in results for k in r.metrics})
+        record |= {k: float(np.mean([r.metrics[k] for r in results if k in r.metrics])) for k in keys}
+        record["loss"] = float(np.mean([float(r.loss.detach()) for r in results]))
+        record["grad_norm"] = optimizer_step(self.named, self.optimizer, self.scheduler, self.config.max_grad_norm,
+                                             self.step)
+        return record
+
+
+def _loop_eval(um: Any, config: GRPOConfig, show_progress: bool) -> dict[str, Any]:
+    """The refine loop on `eval_n` held-out prompts (fixed seeds): per-round metrics and per-prompt final verdicts."""
+    specs = [spec for spec, _ in held_out_pairs(config.eval_n, config.seed, config.data_seed)]
+    trajectories = run_loop(um, specs, config.eval_rounds, "self", "auto", config.seed, config.cfg_scale or None,
+                            config.temperature, progress=show_progress)
+    return {"rounds": round_metrics(trajectories, config.eval_rounds),
+            "final": [t.verdict_after(config.eval_rounds) for t in trajectories]}
+
+
+def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = False,
+               report_to: tuple[str, ...] = (), show_progress: bool = True) -> dict[str, Any]:
+    """The refine loop before training, GRPO, the loop after it; `grpo.json` (written last) in OUT."""
+    out = Path(out_dir)
+    refuse_unless_resuming(out, resume)
+    before = cached_json(out / "parts" / "before.json", lambda: _loop_eval(um, config, show_progress)) \
+        if config.eval_n else None
+    GRPOTrainer(um, config, out, report_to).train(resume, show_progress)  # a finished run: restored, not rerun
+    after = _loop_eval(um, config, show_progress) if config.eval_n else None
+    report: dict[str, Any] = {"config": config.to_dict(), "before": before, "after": after}
+    if before and after:
+        report["change"] = paired_difference(before["final"], after["final"])
+    write_text_atomically(out / RESULT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return report

@@ -1,0 +1,77 @@
+"""`GRPOConfig`: every knob of `unigap refine train`, R3's GRPO of generation, reflection and refinement (SPEC §3).
+
+Names follow TRL's `GRPOConfig` where TRL has the knob (`num_generations`, `temperature`, `beta`, `epsilon`,
+`scale_rewards`, `max_completion_length`) and unigap's trainers elsewhere (`lr`, `steps`, `seed`, `lora_*`,
+`max_grad_norm`, `checkpoint_every`). Defaults are R3's where they differ from TRL's, said per field:
+`beta` 0.001 (TRL 0.0: R3 keeps a KL to the frozen reference), `scale_rewards` "none" (TRL "group": R3 does not
+divide advantages by the group's reward std), groups of 16. One optimiser step per rollout step, so the PPO ratio
+is 1 at the update and `epsilon` only matters if that changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from unigap.errors import UserError
+from unigap.train.config import load_config
+
+SCALE_REWARDS = ("none", "group")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """One GRPO run of the refine loop on the shipped model's scale."""
+
+    steps: int = 200  # rollout steps = optimiser steps; even steps train generation, odd steps reflect + refine
+    lr: float = 1e-4  # R3: 5e-6 for the full model; a LoRA needs more (the rate unigap's other LoRA trainers use)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95  # R3's betas; no weight decay
+    warmup_steps: int = 10
+    max_grad_norm: float = 1.0
+    num_generations: int = 16  # G: samples per group (TRL's name); R3: 16
+    prompts_per_step: int = 4  # groups per step (TRL counts completions instead: per_device_train_batch_size = P·G)
+    temperature: float = 1.0
+    cfg_scale: float = 5.0  # images are sampled, and scored, under this guidance
+    beta: float = 0.001  # KL weight, k3 estimator against the frozen reference (TRL default 0.0; R3 0.001)
+    epsilon: float = 0.2  # PPO clip range
+    scale_rewards: str = "none"  # R3: advantages are reward − group mean, not divided by the std (TRL: "group")
+    perfect_fraction: float = 0.15  # refine steps draw this share of their images from the perfect buffer (R3)
+    max_completion_length: int = 24  # reflection tokens
+    lora_rank: int = 32
+    lora_alpha: float = 64.0
+    lora_dropout: float = 0.0  # rollouts and the update must see the same policy
+    seed: int = 0
+    data_seed: int = 0  # the train split's partition; training prompts are train-split prompts only
+    eval_n: int = 300  # held-out (test) prompts for the before/after refine loop; 0 = none (the study evaluates)
+    eval_rounds: int = 3
+    checkpoint_every: int = 25
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "lr", "max_grad_norm", "prompts_per_step", "epsilon", "max_completion_length",
+                     "lora_rank", "lora_alpha", "checkpoint_every"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.num_generations < 2:
+            raise UserError(f"num-generations must be >= 2: an advantage is a reward minus its group's mean, "
+                            f"got {self.num_generations}")
+        for name in ("beta", "temperature", "cfg_scale", "warmup_steps", "seed", "data_seed", "eval_n",
+                     "eval_rounds"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.temperature == 0:
+            raise UserError("temperature must be > 0: a group of greedy samples is one sample")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise UserError(f"scale-rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
+        for name in ("perfect_fraction", "lora_dropout", "adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, toml_file: Path | None = None, **overrides: Any) -> GRPOConfig:
+        """Defaults, then the TOML file's keys (named like the fields), then the overrides that are not None."""
+        return load_config(cls, toml_file, overrides)

@@ -1,0 +1,79 @@
+"""The maths of R3's GRPO, free of models: stage rewards, group advantages, the clipped token loss with its k3 KL.
+
+Rewards (SPEC §3, with r ∈ [0, 1] the verifier's graded score of an image and f ∈ {0, 1} the format check):
+* generation stage: image reward r (the tiny model writes no plan, so there is no text reward);
+* reflect/refine stage: Δ = r_new − r_prev, except Δ = 1 when r_prev = 1 and the model said stop (a correct stop);
+  text reward f + Δ·f; image reward r_new, its advantage zeroed where no image was made (stopped, or a format
+  failure).
+Advantage = reward − group mean (`scale_rewards` "group" also divides by the group's std, as TRL does). Loss per
+sequence: the PPO-clipped ratio times the advantage, minus β times the k3 estimate of KL(π‖π_ref), per token;
+text is averaged over all trained tokens of the batch (R3's token-level sum / count), an image over its own tokens
+(R3: an image's log-prob is its mean per-token log-prob), then images over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def refine_rewards(r_prev: Sequence[float], r_new: Sequence[float | None], stopped: Sequence[bool],
+                   format_ok: Sequence[bool]) -> tuple[list[float], list[float], list[float | None]]:
+    """Per branch: (Δ, text reward, image reward or None where no image was made)."""
+    deltas, text, image = [], [], []
+    for prev, new, stop, ok in zip(r_prev, r_new, stopped, format_ok, strict=True):
+        if stop:
+            delta = 1.0 if prev == 1.0 else 0.0
+        elif new is None:
+            delta = 0.0
+        else:
+            delta = new - prev
+        f = float(ok)
+        deltas.append(delta)
+        text.append(f + delta * f)
+        image.append(None if stop or new is None else new)
+    return deltas, text, image
+
+
+def advantages(rewards: Sequence[float | None], scale: str = "none") -> torch.Tensor:
+    """reward − mean over the group's defined rewards (÷ their std with `scale` "group"); 0 where undefined."""
+    defined = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
+    out = torch.zeros(len(rewards))
+    if len(defined) == 0:
+        return out
+    mean, std = defined.mean(), defined.std() if len(defined) > 1 else torch.tensor(0.0)
+    for i, r in enumerate(rewards):
+        if r is not None:
+            out[i] = (r - mean) / (std + 1e-4) if scale == "group" else r - mean
+    return out
+
+
+def token_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, mask: torch.Tensor,
+               advantage: torch.Tensor, epsilon: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO-clip loss with the k3 KL, for sequences sampled by the current policy (old = detached).
+
+    logprobs, ref_logprobs, mask: [B, T]; advantage: [B]. Returns (per-token loss [B, T], per-token KL [B, T]),
+    zero outside `mask`; the caller aggregates (`text_loss`, `image_loss`)."""
+    ratio = torch.exp(logprobs - logprobs.detach())
+    adv = advantage.to(logprobs.device).unsqueeze(-1)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon)
+    loss = -torch.min(ratio * adv, clipped * adv)
+    kl = torch.zeros_like(logprobs)
+    if ref_logprobs is not None and beta > 0:
+        diff = ref_logprobs - logprobs
+        kl = torch.exp(diff) - diff - 1
+        loss = loss + beta * kl
+    return torch.where(mask, loss, 0.0), torch.where(mask, kl, 0.0)
+
+
+def text_loss(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """R3's token-level aggregation: the sum over every trained token of the batch / their count."""
+    return per_token.sum() / mask.sum().clamp(min=1)
+
+
+def image_loss(per_token: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Each trained image's mean per-token loss, averaged over the `rows` [B] (bool) that are trained."""
+    if not bool(rows.any()):
+        return per_token.sum() * 0.0
+    return per_token[rows].mean(dim=-1).mean()

@@ -1,0 +1,141 @@
+"""Rollouts of R3's two stages for one group, scored by the verifier, and the group's GRPO loss.
+
+* `generation_group`: G images of one train prompt (CFG, temperature), each scored r = `image_score` (the
+  verifier's graded score, 1 exactly when it is satisfied); image advantage r − group mean.
+* `refine_group`: G branches from one buffered image: a sampled reflection in a fresh context, then, unless it
+  stops or fails the format check, the next image (an edit of the image; a model that cannot edit regenerates from
+  the refined prompt). Rewards and advantages as `grpo_loss` states them.
+Each returns the loss to backpropagate (policy log-probs with gradients, the reference's under
+`adapters_disabled` when β > 0), the new images for the rollout buffer, and its metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from unigap.prefs.scoring import image_score
+from unigap.refine.grpo_config import GRPOConfig
+from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
+from unigap.refine.loop import refined_prompt
+from unigap.world import PromptSpec, parse_reflection
+
+
+@dataclass(frozen=True)
+class Buffered:
+    """A rollout image kept for refine steps: its prompt (index into the training prompts), VQ ids and score."""
+
+    prompt: int
+    tokens: tuple[int, ...]
+    score: float
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    loss: torch.Tensor
+    buffered: list[Buffered]
+    metrics: dict[str, float]
+
+
+def _reference(um: Any, score: Callable[[], torch.Tensor], beta: float) -> torch.Tensor | None:
+    if beta <= 0:
+        return None
+    with torch.no_grad(), um.adapters_disabled():
+        return score()
+
+
+def _group_stats(rewards: list[float]) -> dict[str, float]:
+    values = np.array(rewards, dtype=float)
+    return {"reward": float(values.mean()), "reward_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "frac_reward_zero_std": float(values.std() == 0)}
+
+
+def _scores(um: Any, tokens: torch.Tensor, spec: PromptSpec) -> list[float]:
+    images = um.decode_tokens(tokens)
+    return [image_score(image, spec, image.size[0]) for image in images]
+
+
+def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, seed: int) -> GroupResult:
+    """Generate G images of one prompt and return their GRPO loss (image reward only)."""
+    g, cfg = config.num_generations, config.cfg_scale or None
+    with torch.no_grad():
+        tokens = um.generate_images([spec.text], g, cfg, config.temperature, seed).cpu()
+    scores = _scores(um, tokens, spec)
+    adv = advantages(scores, config.scale_rewards)
+    prompts = [spec.text] * g
+    logprobs = um.image_token_logprobs(prompts, tokens, cfg)  # [G, N]
+    ref = _reference(um, lambda: um.image_token_logprobs(prompts, tokens, cfg), config.beta)
+    mask = torch.ones_like(logprobs, dtype=torch.bool)
+    per_token, kl = token_loss(logprobs, ref, mask, adv, config.epsilon, config.beta)
+    loss = image_loss(per_token, torch.ones(g, dtype=torch.bool))
+    metrics = {f"generate/{k}": v for k, v in _group_stats(scores).items()}
+    metrics |= {"generate/rewards/image_score/mean": float(np.mean(scores)), "kl": float(kl.detach().mean())}
+    return GroupResult(loss, [Buffered(index, tuple(row), s) for row, s in zip(tokens.tolist(), scores, strict=True)],
+                       metrics)
+
+
+def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig, seed: int) -> GroupResult:
+    """G reflect (+ refine) branches from one buffered image and their GRPO loss (text and image rewards)."""
+    g, cfg = config.num_generations, config.cfg_scale or None
+    edit = um.supports_editing
+    with torch.no_grad():
+        image = um.decode_tokens(torch.tensor([start.tokens]))[0]
+        notes = um.reflect([image] * g, [spec.text] * g, config.max_completion_length, config.temperature, seed)
+    readings = [parse_reflection(note) for note in notes]
+    stopped = [r.stop for r in readings]
+    format_ok = [r.format_ok if edit else bool(note.strip()) for r, note in zip(readings, notes, strict=True)]
+    making = [i for i in range(g) if not stopped[i] and format_ok[i]]
+    new_scores: list[float | None] = [None] * g
+    tokens = torch.zeros((0, um.num_image_tokens), dtype=torch.long)
+    if making:
+        with torch.no_grad():
+            if edit:
+                tokens = um.edit([image] * len(making), [notes[i] for i in making], cfg, config.temperature, seed + 1)
+            else:
+                tokens = um.generate_images([refined_prompt(spec.text, notes[i]) for i in making], 1, cfg,
+                                            config.temperature, seed + 1)
+        tokens = tokens.cpu()
+        for i, score in zip(making, _scores(um, tokens, spec), strict=True):
+            new_scores[i] = score
+    deltas, text_rewards, image_rewards = refine_rewards([start.score] * g, new_scores, stopped, format_ok)
+    # text: every branch's reflection
+    question = um.prompts.reflect_question(spec.text)
+    text = lambda: um.answer_token_logprobs([image] * g, [question] * g, notes)  # noqa: E731
+    logprobs, mask = text()
+    ref = _reference(um, lambda: text()[0], config.beta)
+    per_token, kl_text = token_loss(logprobs, ref, mask, advantages(text_rewards, config.scale_rewards),
+                                    config.epsilon, config.beta)
+    loss = text_loss(per_token, mask)
+    kl_values = [float(kl_text.detach().sum() / mask.sum().clamp(min=1))]
+    if making:  # images: the branches that made one; zero advantage elsewhere
+        made = [image_rewards[i] for i in making]
+        adv = advantages(made, config.scale_rewards)
+        if edit:
+            sources, instructions = [image] * len(making), [notes[i] for i in making]
+            score_images = lambda: um.edit_token_logprobs(sources, instructions, tokens, cfg)  # noqa: E731
+        else:
+            refined = [refined_prompt(spec.text, notes[i]) for i in making]
+            score_images = lambda: um.image_token_logprobs(refined, tokens, cfg)  # noqa: E731
+        logprobs = score_images()
+        ref = _reference(um, score_images, config.beta)
+        per_image, kl_image = token_loss(logprobs, ref, torch.ones_like(logprobs, dtype=torch.bool), adv,
+                                         config.epsilon, config.beta)
+        loss = loss + image_loss(per_image, torch.ones(len(making), dtype=torch.bool))
+        kl_values.append(float(kl_image.detach().mean()))
+    metrics = {f"refine/{k}": v for k, v in _group_stats(text_rewards).items()}
+    metrics |= {
+        "refine/rewards/format/mean": float(np.mean(format_ok)),
+        "refine/rewards/delta/mean": float(np.mean(deltas)),
+        "refine/stop_rate": float(np.mean(stopped)),
+        "completions/mean_length": float(mask.sum(dim=-1).float().mean()),
+        "kl": float(np.mean(kl_values)),
+    }
+    made_scores = [s for s in new_scores if s is not None]
+    if made_scores:
+        metrics["refine/rewards/image_score/mean"] = float(np.mean(made_scores))
+    buffered = [Buffered(start.prompt, tuple(row), s) for row, s in zip(tokens.tolist(), made_scores, strict=True)]
+    return GroupResult(loss, buffered, metrics)

@@ -1,0 +1,121 @@
+"""Arm against arm: each arm that names a baseline arm (`unigap.arms.Arm.baseline`) compared with it directly.
+
+Why: some claims are about two arms, not an arm and the base. UniMRG's is that generating the maps helps beyond
+the same understanding SFT without them (`unimrg` vs `und-sft`); R3's loop has to beat best-of-N at the same
+sampling budget (`refine` vs `best-of-n`). Each comparison covers the headline metrics and understanding accuracy
+per question kind (what "helps spatial understanding" is checked on).
+
+Test: both arms are evaluated on the same items with the same sampling seeds, so where the two sides' per-item
+records line up (same seed, item index and question or prompt), the test is **paired**: a t-test on the per-item
+differences pooled over seeds, with its 95% CI. Otherwise Welch on the pooled items (`stats.welch`). Bonferroni
+over the comparison's own tests (its metrics × kinds). Undefined values are null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from unigap.arms import ARMS
+from unigap.report.runs import MethodRun, Study
+from unigap.evaluate.stats import paired_difference
+from unigap.report.stats import METRICS, Metric, StatsOptions, pool, sample, welch
+from unigap.world import QUESTION_KINDS
+
+KIND_METRICS = tuple(
+    Metric(f"understanding.accuracy.{kind}", f"{kind} questions", "understanding", "correct", ("kind", kind))
+    for kind in QUESTION_KINDS
+)
+ITEM_KEYS = ("index", "question", "prompt")  # what identifies an evaluation item in its records
+
+
+def _keyed(runs: Sequence[MethodRun], metric: Metric) -> dict[tuple[Any, ...], float] | None:
+    """Per-item outcomes keyed by (seed, index, question/prompt); None without records."""
+    out: dict[tuple[Any, ...], float] = {}
+    for run in runs:
+        records = run.eval_report.get("records", {}).get(metric.records)
+        if records is None:
+            return None
+        for r in records:
+            if metric.where is not None and r.get(metric.where[0]) != metric.where[1]:
+                continue
+            if r.get(metric.outcome) is not None:
+                out[(run.seed, *(r.get(k) for k in ITEM_KEYS))] = float(r[metric.outcome])
+    return out
+
+
+def paired(arm: dict[tuple[Any, ...], float], baseline: dict[tuple[Any, ...], float]) -> dict[str, Any] | None:
+    """The paired test of arm − baseline over the shared items (`paired_difference`), when both sides hold exactly
+    the same items; None otherwise."""
+    if set(arm) != set(baseline) or len(arm) < 2:
+        return None
+    keys = sorted(arm, key=repr)
+    d = paired_difference([baseline[k] for k in keys], [arm[k] for k in keys])
+    t = d["delta"] / d["stderr"] if d["p"] is not None and d["stderr"] else None
+    return {"test": "paired", "t": t, "df": d["n"] - 1, "p": d["p"], "delta_ci95": d["ci95"] if d["p"] is not None
+            else None}
+
+
+def compare(study: Study, arm: str, baseline: str, options: StatsOptions) -> dict[str, Any]:
+    """One arm against its baseline on every headline metric and every question kind."""
+    metrics = (*METRICS, *KIND_METRICS)
+    alpha_corrected = options.alpha / len(metrics)
+    rows = {}
+    for metric in metrics:
+        a = pool([sample(run, metric) for run in study.of(arm)])
+        b = pool([sample(run, metric) for run in study.of(baseline)])
+        keyed_a, keyed_b = _keyed(study.of(arm), metric), _keyed(study.of(baseline), metric)
+        test = (paired(keyed_a, keyed_b) if keyed_a is not None and keyed_b is not None else None) or {
+            "test": "welch", **welch(a, b)
+        }
+        p = test["p"]
+        rows[metric.name] = {
+            "label": metric.label, "higher_is_better": metric.higher_is_better, "arm": a.mean, "baseline": b.mean, "n": a.n, "n_baseline": b.n,
+            "delta": None if a.mean is None or b.mean is None else a.mean - b.mean, **test,
+            "p_bonferroni": None if p is None else min(1.0, p * len(metrics)),
+            "significant": p is not None and p < alpha_corrected,
+        }  # fmt: skip
+    return {"arm": arm, "baseline": baseline, "family": ARMS[arm].family, "tests": len(metrics),
+            "alpha_corrected": alpha_corrected, "metrics": rows}
+
+
+def comparisons(study: Study, options: StatsOptions = StatsOptions()) -> list[dict[str, Any]]:
+    """Every arm of the study that names a baseline arm the study also ran, against it, in report order."""
+    ran = set(study.methods())
+    return [compare(study, name, ARMS[name].baseline, options)  # type: ignore[arg-type]
+            for name in study.methods() if name in ARMS and ARMS[name].baseline in ran]
+
+
+def kind_levels(study: Study) -> dict[str, dict[str, dict[str, Any]]]:
+    """Understanding accuracy per question kind of every method, pooled over seeds: `{method: {kind: {accuracy,
+    n}}}` (levels only; the tests are the comparisons')."""
+    out = {}
+    for method in study.methods():
+        pooled = {metric.where[1]: pool([sample(run, metric) for run in study.of(method)])  # type: ignore[index]
+                  for metric in KIND_METRICS}
+        out[method] = {kind: {"accuracy": s.mean, "n": s.n} for kind, s in pooled.items()}
+    return out
+
+
+def refine_curves(study: Study) -> dict[str, list[dict[str, Any]]]:
+    """Per refine arm (its evaluation has `refine.rounds`): accuracy after each round pooled over seeds, with the
+    improved and worse counts; what the report draws next to best-of-N and the oracle."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for method in study.methods():
+        runs = [run for run in study.of(method) if run.eval_report.get("refine")]
+        if not runs:
+            continue
+        rounds = [run.eval_report["refine"]["rounds"] for run in runs]
+        curve = []
+        for index in range(min(len(r) for r in rounds)):
+            rows = [r[index] for r in rounds]
+            n = sum(row["n"] for row in rows)
+            entry: dict[str, Any] = {"round": index, "n": n,
+                                     "accuracy": sum(row["accuracy"] * row["n"] for row in rows) / n}
+            for key in ("improved", "worse"):
+                if key in rows[0]:
+                    entry[key] = sum(round(row[key]["rate"] * row["refined"]) for row in rows if row[key]["rate"]
+                                     is not None)
+            curve.append(entry)
+        curves[method] = curve
+    return curves

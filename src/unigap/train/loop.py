@@ -1,0 +1,103 @@
+"""The step loop every unigap trainer shares: start or resume, log each step, checkpoint atomically.
+
+Why one loop: DPO, UniMRG and GRPO differ in what a step does, not in how a run is kept. Each trainer passes its
+step function and the state it checkpoints; this loop owns the rules: a directory holding a run is only continued
+with `resume`, a resumed run must have the same settings (`restore_training_state`), the log drops the rows from
+the resumed step on (`MetricLogger`), and a checkpoint is written every `checkpoint_every` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unigap.errors import UserError
+from unigap.metrics_log import MetricLogger
+from unigap.train.checkpoint import (
+    CHECKPOINT_FILE,
+    atomic_write_lines,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
+
+LOG_FILE = "log.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+CONFIG_FILE = "train_config.json"
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss or gradient: the run stops and the last good checkpoint is kept."""
+
+
+def optimizer_step(named: Sequence[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, scheduler: Any,
+                   max_grad_norm: float, step: int) -> float:
+    """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients; the gradient norm
+    before clipping. A non-finite norm stops the run (`TrainingDiverged`) before any parameter moves."""
+    norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in named], max_grad_norm))
+    if not math.isfinite(norm):
+        raise TrainingDiverged(f"non-finite gradient norm at step {step}: training stopped")
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def holds_run(out_dir: str | Path) -> bool:
+    """Whether `out_dir` holds a checkpoint a run can resume from."""
+    return (Path(out_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE).exists()
+
+
+def refuse_unless_resuming(out_dir: str | Path, resume: bool) -> None:
+    if holds_run(out_dir) and not resume:
+        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, or use a new --out")
+
+
+def run_steps(
+    out_dir: Path,
+    config: dict[str, Any],
+    named: Sequence[tuple[str, torch.nn.Parameter]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    steps: int,
+    checkpoint_every: int,
+    step_fn: Callable[[int], dict[str, Any]],
+    resume: bool = False,
+    report_to: Sequence[str] = (),
+    run_name: str | None = None,
+    extra_state: Callable[[], dict[str, Any]] = dict,
+    restore_extra: Callable[[dict[str, Any]], None] = lambda state: None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> int:
+    """Run `step_fn(step)` (it updates the parameters and returns the step's log record) from the first step, or
+    from the checkpoint with `resume`, to `steps`; returns the step reached. `extra_state()` adds trainer state to
+    each checkpoint and `restore_extra(state)` reads it back."""
+    step = 0
+    if resume and holds_run(out_dir):
+        state = load_checkpoint(out_dir / CHECKPOINT_DIR)
+        step = restore_training_state(state, named, optimizer, scheduler, config, out_dir)
+        restore_extra(state)
+    else:
+        refuse_unless_resuming(out_dir, resume)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_lines(out_dir / CONFIG_FILE, [json.dumps(config, indent=2)])
+    logger = MetricLogger(out_dir / LOG_FILE, report_to, resume_step=step if resume else None, run_name=run_name)
+    try:
+        while step < steps:
+            record = step_fn(step)
+            logger.log(step, record)
+            step += 1
+            if step % checkpoint_every == 0 or step == steps:
+                save_checkpoint(out_dir / CHECKPOINT_DIR,
+                                training_state(step, named, optimizer, scheduler, config, **extra_state()))
+            if on_step is not None:
+                on_step(step, record)
+    finally:
+        logger.close()
+    return step

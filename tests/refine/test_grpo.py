@@ -1,0 +1,115 @@
+"""R3's GRPO: the stage rewards and advantages, the clipped loss and its KL, the trainer (stages, buffer, resume) and
+`unigap refine train`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unigap.cli import main
+from unigap.errors import UserError
+from unigap.model import load_model
+from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer
+from unigap.refine.grpo_config import GRPOConfig
+from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
+
+TINY_RUN = {"steps": 4, "prompts_per_step": 1, "num_generations": 3, "eval_n": 0, "checkpoint_every": 2}
+
+
+def test_r3_stage_rewards() -> None:
+    prev = [1.0, 0.5, 0.5, 0.5, 1.0]
+    new = [None, 1.0, 0.25, None, 0.5]
+    stopped = [True, False, False, False, False]
+    format_ok = [True, True, True, False, True]
+    deltas, text, image = refine_rewards(prev, new, stopped, format_ok)
+    assert deltas == [1.0, 0.5, -0.25, 0.0, -0.5]  # a correct stop earns 1; a format failure makes nothing
+    assert text == [2.0, 1.5, 0.75, 0.0, 0.5]  # f + Δ·f
+    assert image == [None, 1.0, 0.25, None, 0.5]  # no image advantage where the branch stopped
+    assert refine_rewards([0.5], [None], [True], [True])[0] == [0.0]  # stopping on an imperfect image earns 0
+
+
+def test_advantages_are_centred_per_group_and_unscaled_by_default() -> None:
+    adv = advantages([1.0, 0.0, None, 0.5])
+    assert adv.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0])
+    scaled = advantages([1.0, 0.0, 0.5], "group")
+    assert scaled.tolist() == pytest.approx([0.5 / (0.5 + 1e-4), -0.5 / (0.5 + 1e-4), 0.0], rel=1e-5)  # std 0.5
+    assert advantages([None, None]).tolist() == [0.0, 0.0]
+
+
+def test_on_policy_loss_is_the_policy_gradient_and_k3_vanishes_at_the_reference() -> None:
+    logits = torch.randn(2, 5, requires_grad=True)
+    logprobs = torch.log_softmax(logits, dim=-1)[:, :3]
+    mask = torch.tensor([[True, True, True], [False, True, True]])
+    adv = torch.tensor([1.0, -2.0])
+    per_token, kl = token_loss(logprobs, logprobs.detach(), mask, adv, epsilon=0.2, beta=0.5)
+    assert torch.equal(kl, torch.zeros_like(kl))  # KL to itself
+    loss = text_loss(per_token, mask)
+    loss.backward()
+    expected_logits = logits.detach().clone().requires_grad_(True)
+    expected = -(torch.where(mask, torch.log_softmax(expected_logits, -1)[:, :3] * adv[:, None], 0.0)).sum() / 5
+    expected.backward()
+    assert torch.allclose(logits.grad, expected_logits.grad, atol=1e-6)
+    ref = logprobs.detach() - 0.3
+    _, kl = token_loss(logprobs, ref, mask, adv, 0.2, 0.5)
+    assert torch.allclose(kl[mask], torch.full_like(kl[mask], torch.exp(torch.tensor(-0.3)) + 0.3 - 1))
+    assert image_loss(per_token, torch.tensor([False, False])).item() == 0.0
+
+
+def test_config_errors_name_the_fix() -> None:
+    with pytest.raises(UserError, match="advantage is a reward minus its group's mean"):
+        GRPOConfig(num_generations=1)
+    with pytest.raises(UserError, match="scale-rewards"):
+        GRPOConfig(scale_rewards="batch")
+    with pytest.raises(UserError, match="greedy"):
+        GRPOConfig(temperature=0)
+
+
+def _adapter(out: Path) -> dict:
+    return load_file(out / "adapter_model.safetensors")
+
+
+def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_exactly(tmp_path) -> None:
+    config = GRPOConfig(**TINY_RUN)
+    GRPOTrainer(load_model("tiny"), config, tmp_path / "whole").train(show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["generate", "refine", "generate", "refine"]
+    assert all(set(r) <= set(LOGGED_KEYS) for r in rows) and "generate/reward" in rows[0]
+    assert "refine/stop_rate" in rows[1]
+    state = torch.load(tmp_path / "whole" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    assert len(state["buffer"]) >= 2 * config.num_generations  # every generated image is buffered
+
+    trainer = GRPOTrainer(load_model("tiny"), config, tmp_path / "cut")
+    step = trainer._train_step
+
+    def killed_at_step_3() -> dict:
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+        return step()
+
+    trainer._train_step = killed_at_step_3  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(show_progress=False)
+    with pytest.raises(UserError, match="different settings"):
+        GRPOTrainer(load_model("tiny"), GRPOConfig(**(TINY_RUN | {"beta": 0.1})), tmp_path / "cut").train(
+            resume=True, show_progress=False)
+    GRPOTrainer(load_model("tiny"), config, tmp_path / "cut").train(resume=True, show_progress=False)
+    whole, resumed = _adapter(tmp_path / "whole"), _adapter(tmp_path / "cut")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys) -> None:
+    config = tmp_path / "g.toml"
+    config.write_text("steps = 2\nprompts_per_step = 1\nnum_generations = 2\neval_n = 3\neval_rounds = 1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["refine", "train", "--config", str(config), "--out", str(tmp_path / "g")])
+    assert exit_info.value.code in (0, None)
+    report = json.loads((tmp_path / "g" / "grpo.json").read_text())
+    assert [r["round"] for r in report["before"]["rounds"]] == [0, 1] == [r["round"] for r in report["after"]["rounds"]]
+    assert report["change"]["n"] == 3 and (tmp_path / "g" / "adapter_model.safetensors").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["refine", "train", "--num-generations", "1", "--out", str(tmp_path / "h")])
+    assert exit_info.value.code == 2 and "num-generations must be >= 2" in capsys.readouterr().err

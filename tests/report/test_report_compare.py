@@ -1,0 +1,71 @@
+"""Arm against arm (`unigap.report.compare`): paired t-tests on lined-up items, Welch otherwise, per question kind."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from unigap.report import MethodRun, Study, build_report
+from unigap.report.compare import comparisons
+
+KINDS = ("count", "position")
+
+
+def _report(rng: np.random.Generator, p_und: dict[str, float], p_gen: float, n: int = 120, shift: int = 0) -> dict:
+    und = [{"index": i, "question": f"q{i + shift}", "kind": KINDS[i % 2],
+            "correct": bool(rng.random() < p_und[KINDS[i % 2]])} for i in range(n)]
+    gen = [{"index": i, "prompt": f"p{i}", "verified": bool(rng.random() < p_gen), "self_rejected": False,
+            "weak_generation": None} for i in range(n)]
+    return {"records": {"understanding": und, "generation": gen}}
+
+
+def _study(shift: int = 0) -> Study:
+    runs = []
+    levels = {"base": ({"count": 0.5, "position": 0.5}, 0.4), "und-sft": ({"count": 0.5, "position": 0.5}, 0.4),
+              "unimrg": ({"count": 0.5, "position": 0.8}, 0.4)}
+    for seed in (0, 1, 2):
+        for index, (method, (und, gen)) in enumerate(levels.items()):
+            rng = np.random.default_rng([seed, index])
+            runs.append(MethodRun(method, seed, _report(rng, und, gen, shift=shift if method == "unimrg" else 0)))
+    return Study(runs)
+
+
+def _items(study: Study, method: str, kind: str) -> np.ndarray:
+    return np.array([float(r["correct"]) for run in study.of(method) for r in run.eval_report["records"]["understanding"]
+                     if r["kind"] == kind])
+
+
+def test_a_paired_test_per_kind_finds_the_kind_that_moved() -> None:
+    study = _study()
+    [c] = comparisons(study)
+    assert (c["arm"], c["baseline"], c["family"]) == ("unimrg", "und-sft", "p4")
+    position = c["metrics"]["understanding.accuracy.position"]
+    a, b = _items(study, "unimrg", "position"), _items(study, "und-sft", "position")
+    expected = stats.ttest_rel(a, b)
+    assert position["test"] == "paired" and position["n"] == len(a) == 180
+    assert math.isclose(position["p"], expected.pvalue, rel_tol=1e-9)
+    assert math.isclose(position["delta"], a.mean() - b.mean(), abs_tol=1e-12)
+    assert position["significant"] and position["p_bonferroni"] == pytest.approx(min(1, expected.pvalue * c["tests"]))
+    assert not c["metrics"]["understanding.accuracy.count"]["significant"]
+    assert c["metrics"]["understanding.accuracy.color"]["n"] == 0  # a kind the study never asked: no test
+    assert c["metrics"]["understanding.accuracy.color"]["p"] is None
+
+
+def test_items_that_do_not_line_up_get_welch() -> None:
+    study = _study(shift=1)  # unimrg's questions differ from und-sft's: nothing to pair
+    position = comparisons(study)[0]["metrics"]["understanding.accuracy.position"]
+    expected = stats.ttest_ind(_items(study, "unimrg", "position"), _items(study, "und-sft", "position"),
+                               equal_var=False)
+    assert position["test"] == "welch" and math.isclose(position["p"], expected.pvalue, rel_tol=1e-9)
+
+
+def test_no_comparison_without_the_baseline_arm_and_the_report_shows_one(tmp_path) -> None:
+    study = _study()
+    assert comparisons(Study([r for r in study.runs if r.method != "und-sft"])) == []
+    built = build_report(study, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert built.results["comparisons"][0]["arm"] == "unimrg"
+    assert "unimrg vs und-sft" in html and "significantly better than und-sft on understanding accuracy, position questions" in html
