@@ -68,6 +68,9 @@ def test_load_model_rejects_bad_paths(tmp_path: Path, monkeypatch: pytest.Monkey
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(UserError, match="not a Janus checkpoint"):
         load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "multi_modality"}))  # DeepSeek's release
+    with pytest.raises(UserError, match="DeepSeek-format .*convert_janus_weights_to_hf.py"):
+        load_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "janus"}))
     with pytest.raises(UserError, match="safetensors"):
         load_model(tmp_path)

@@ -40,6 +40,12 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (json.JSONDecodeError, AttributeError) as exc:
         raise UserError(f"{config_file} is not a valid JSON config: {exc}") from exc
+    if model_type == "multi_modality":  # DeepSeek's own Janus / Janus-Pro release, before conversion
+        raise UserError(
+            f"{directory} is a DeepSeek-format Janus checkpoint (model_type 'multi_modality'); convert it to the "
+            "transformers format first with transformers' src/transformers/models/janus/convert_janus_weights_to_hf.py "
+            "(in the transformers repository; not installed with the package)"
+        )
     if model_type != "janus":
         raise UserError(f"{directory} is not a Janus checkpoint (config model_type is {model_type!r}, not 'janus')")
     if not any(directory.glob("*.safetensors")):

@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from unigap.plotting import save_figure
 from unigap.report.reference import LN2
+from unigap.arms import ARMS
 from unigap.report.runs import BASE, MethodRun, Study
 from unigap.report.stats import series
 
@@ -53,7 +54,8 @@ def _legend_outside(ax: Axes) -> None:
 
 
 def tradeoff_plot(results: dict[str, Any], path: Path) -> Path:
-    """Δ understanding vs Δ generation accuracy per method with Welch 95% CIs; the base is the origin."""
+    """Each method as an arrow from the base (the origin) to its Δ understanding, Δ generation accuracy, with Welch
+    95% CIs: which arm closes the gap, and in which direction."""
     figure = Figure(figsize=(8.5, 5.5))
     ax = figure.add_subplot()
     colours = method_colours(results["methods"])
@@ -72,6 +74,8 @@ def tradeoff_plot(results: dict[str, Any], path: Path) -> Path:
             for m in (und, gen)
         ]
         filled = und["significant"] or gen["significant"]
+        ax.annotate("", xy=(und["delta"], gen["delta"]), xytext=(0.0, 0.0),
+                    arrowprops={"arrowstyle": "->", "color": colours[method], "alpha": 0.6, "shrinkA": 0, "shrinkB": 4})
         ax.errorbar(
             und["delta"], gen["delta"], xerr=errors[0], yerr=errors[1], marker="o", capsize=3, linestyle="none",
             color=colours[method], markerfacecolor=colours[method] if filled else "white", label=method,
@@ -103,7 +107,9 @@ def _smooth(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _trained(study: Study) -> list[str]:
-    return [m for m in study.methods() if any(run.log_rows for run in study.of(m))]
+    """The DPO-trained methods: those with a training log that is not another family's (SFT, GRPO)."""
+    return [m for m in study.methods() if any(run.log_rows for run in study.of(m))
+            and (m not in ARMS or ARMS[m].family == "p1")]
 
 
 def losses_plot(study: Study, path: Path) -> Path:
