@@ -113,3 +113,19 @@ def test_bad_options(tiny_dir: Path, tmp_path: Path, capsys) -> None:
         BuildOptions("und", 1, 0, "m", temperature=0.0)
     with pytest.raises(UserError, match="unknown kind"):
         BuildOptions("gen", 1, 0, "m")
+
+
+def test_word_and_sentence_forms_ask_the_same_questions() -> None:
+    """The answer-length comparison needs the same scenes and questions in both forms (equal seeds)."""
+    from unigap.prefs.build import _question
+    from unigap.world import random_train_scenes
+    from unigap.world.questions import SENTENCE_REQUEST
+
+    scenes = random_train_scenes(30, 0)
+    word = [_question(s, np.random.default_rng(5), "word") for s in scenes]
+    sentence = [_question(s, np.random.default_rng(5), "sentence") for s in scenes]
+    for w, q in zip(word, sentence, strict=True):
+        assert q.text == f"{w.text} {SENTENCE_REQUEST}" and q.word == w.answer and len(q.answer.split()) > 2
+        assert w.kind == q.kind and w.kind not in ("describe", "judge")
+    with pytest.raises(UserError, match="answer form"):
+        BuildOptions("und", 4, 0, "tiny", answer_form="short")

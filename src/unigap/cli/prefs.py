@@ -29,6 +29,8 @@ def build(
     cfg_scale: float = typer.Option(5.0, "--cfg-scale", help="CFG scale for image sampling (1 = none)."),
     max_candidates: int | None = typer.Option(None, "--max-candidates", help="Candidates to try (default 4n)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Candidates per model call."),
+    answer_form: str = typer.Option("any", "--answer-form", help="und: any (every question kind) | word | sentence "
+                                    "(the same questions, answered in one word or in a full sentence)."),
 ) -> None:
     """Sample, score and filter pairs; write them with reference log-probs under the base model."""
     check_suffix(out)
@@ -37,7 +39,7 @@ def build(
     from unigap.prefs.rows import write_rows
 
     options = BuildOptions(
-        kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size
+        kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size, answer_form
     )
     um = load_model(model)
     with progress(f"{kind} pairs", n) as update:

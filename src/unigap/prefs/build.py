@@ -34,10 +34,11 @@ from unigap.prefs.scoring import answer_score, image_score
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
 from unigap.world.dataset import sample_records, scene_json
 from unigap.world.prompts import PromptSpec
-from unigap.world.questions import sample_question
+from unigap.world.questions import SENTENCE_REQUEST, Question, sample_question
 from unigap.world.render import render
 from unigap.world.scene import Scene
 
+ANSWER_FORMS = ("any", "word", "sentence")
 MODEL_TEMPERATURES = (0.6, 1.2)  # gen-model: the two sampling temperatures
 MAX_ANSWER_TOKENS = 64  # a four-object description is ~40 word tokens
 
@@ -59,6 +60,9 @@ class BuildOptions:
     cfg_scale: float | None = 5.0
     max_candidates: int | None = None
     batch_size: int = 8
+    # und: "any" (every question kind, one-word form), or the same questions of the kinds that have a sentence form,
+    # answered in one "word" or in a full "sentence" (equal seeds give equal scenes and questions in both forms)
+    answer_form: str = "any"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -67,6 +71,8 @@ class BuildOptions:
             raise UserError("n, batch size and max candidates must be positive")
         if self.seed < 0:
             raise UserError(f"seed must be >= 0, got {self.seed}")
+        if self.answer_form not in ANSWER_FORMS:
+            raise UserError(f"answer form must be one of {', '.join(ANSWER_FORMS)}, got {self.answer_form!r}")
         if self.kind == "und" and not self.temperature > 0:
             raise UserError(
                 f"und pairs need two *different* samples: temperature must be > 0, got {self.temperature}"
@@ -82,11 +88,22 @@ def _ranked(a: Any, score_a: float, b: Any, score_b: float) -> tuple[Any, float,
     return (a, score_a, b, score_b) if score_a >= score_b else (b, score_b, a, score_a)
 
 
+def _question(scene: Scene, rng: np.random.Generator, form: str) -> Question:
+    """A question of the answer form (see `BuildOptions.answer_form`); "word" strips a sentence-form question back
+    to its one-word form, so "word" and "sentence" ask the same questions."""
+    if form == "any":
+        return sample_question(scene, rng)
+    question = sample_question(scene, rng, form="sentence")
+    if form == "sentence":
+        return question
+    return Question(question.kind, question.text.removesuffix(SENTENCE_REQUEST).strip(), question.word)
+
+
 def _und_batch(
     um: UnifiedModel, records: Sequence[tuple[PromptSpec, Scene]], options: BuildOptions, batch: int
 ) -> list[Candidate | None]:
     rng = np.random.default_rng([options.seed, batch, 2])
-    questions = [sample_question(scene, rng) for _, scene in records]
+    questions = [_question(scene, rng, options.answer_form) for _, scene in records]
     images = [render(scene) for _, scene in records]
     texts = [q.text for q in questions]
     samples = [
