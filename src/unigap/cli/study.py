@@ -17,12 +17,13 @@ def study_command(
     out: Path | None = typer.Option(
         None, "--out", help="Study directory (default runs/study, or runs/study-quick); rerun to resume."
     ),
-    quick: bool = typer.Option(False, "--quick", help="CI-sized: few pairs, steps and items (minutes on a CPU)."),
+    quick: bool = typer.Option(False, "--quick", help="Every arm of every family at CI size: few pairs, steps and "
+                               "items (minutes on a CPU; not for conclusions)."),
     steps: int | None = typer.Option(None, "--steps", help="DPO steps per run (default 300; quick 6)."),
     lr: float | None = typer.Option(None, "--lr", help="DPO learning rate (default 1e-4, tuned for tiny)."),
     methods: str | None = typer.Option(
         None, "--methods", help=f"Arms, comma-separated, by name or family ({', '.join(FAMILIES)}); default: the "
-        f"default arms (P1). Arms: {', '.join(ARMS)}."
+        f"default arms (P1; with --quick every arm). Arms: {', '.join(ARMS)}."
     ),
     strategy: list[str] = typer.Option([], "--strategy", help="Deprecated: use --methods.", hidden=True),
 ) -> None:

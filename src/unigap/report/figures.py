@@ -50,7 +50,10 @@ def method_colours(methods: Sequence[str]) -> dict[str, Any]:
 
 def _legend_outside(ax: Axes) -> None:
     """Legend right of the axes: with a dozen methods it would hide the data inside them."""
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    rows = 16  # legend entries per column that fit beside the axes
+    count = len(ax.get_legend_handles_labels()[0])
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              ncol=max(1, -(-count // rows)))
 
 
 def tradeoff_plot(results: dict[str, Any], path: Path) -> Path:
