@@ -78,7 +78,8 @@ class StudyConfig:
         now = self.to_dict()
         names = [f.name for f in fields(self)]
         # a setting newer than the saved study is absent from it: the older study ran it at its default
-        old = {name: saved.get(name, FULL.to_dict()[name]) for name in names}
+        defaults = FULL.to_dict()
+        old = {name: saved.get(name, defaults[name]) for name in names}
         return [f"{name}: {old[name]!r} → {now[name]!r}" for name in names if old[name] != now[name]]
 
 

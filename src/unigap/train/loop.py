@@ -33,7 +33,7 @@ CONFIG_FILE = "train_config.json"
 
 
 class TrainingDiverged(UserError):
-    """A non-finite loss or gradient: the run stops and the last good checkpoint is kept."""
+    """A non-finite loss or gradient: the run stops and the last good checkpoint is kept (`run_steps` says where)."""
 
 
 def optimizer_step(named: Sequence[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -42,7 +42,7 @@ def optimizer_step(named: Sequence[tuple[str, torch.nn.Parameter]], optimizer: t
     before clipping. A non-finite norm stops the run (`TrainingDiverged`) before any parameter moves."""
     norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in named], max_grad_norm))
     if not math.isfinite(norm):
-        raise TrainingDiverged(f"non-finite gradient norm at step {step}: training stopped")
+        raise TrainingDiverged(f"non-finite gradient norm ({norm}) at step {step}: training stopped")
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -57,6 +57,14 @@ def holds_run(out_dir: str | Path) -> bool:
 def refuse_unless_resuming(out_dir: str | Path, resume: bool) -> None:
     if holds_run(out_dir) and not resume:
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, or use a new --out")
+
+
+def _kept(out_dir: Path, step: int, checkpoint_every: int) -> str:
+    """Where a diverged run can be resumed from."""
+    if not holds_run(out_dir):
+        return "no checkpoint had been written yet"
+    return (f"the last good checkpoint (step {step // checkpoint_every * checkpoint_every}) is kept in "
+            f"{out_dir / CHECKPOINT_DIR} (--resume continues from it; {LOG_FILE} shows the steps before)")
 
 
 def run_steps(
@@ -77,7 +85,8 @@ def run_steps(
 ) -> int:
     """Run `step_fn(step)` (it updates the parameters and returns the step's log record) from the first step, or
     from the checkpoint with `resume`, to `steps`; returns the step reached. `extra_state()` adds trainer state to
-    each checkpoint and `restore_extra(state)` reads it back."""
+    each checkpoint and `restore_extra(state)` reads it back. A `TrainingDiverged` from a step is re-raised saying
+    which checkpoint survives."""
     step = 0
     if resume and holds_run(out_dir):
         state = load_checkpoint(out_dir / CHECKPOINT_DIR)
@@ -90,7 +99,10 @@ def run_steps(
     logger = MetricLogger(out_dir / LOG_FILE, report_to, resume_step=step if resume else None, run_name=run_name)
     try:
         while step < steps:
-            record = step_fn(step)
+            try:
+                record = step_fn(step)
+            except TrainingDiverged as exc:
+                raise TrainingDiverged(f"{exc}; {_kept(out_dir, step, checkpoint_every)}") from None
             logger.log(step, record)
             step += 1
             if step % checkpoint_every == 0 or step == steps:

@@ -13,7 +13,6 @@ Files in the output directory: `log.jsonl` (one JSON object per step), `checkpoi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 from unigap.errors import UserError
 from unigap.metrics_log import parse_report_to
 from unigap.model.unified import UnifiedModel
-from unigap.train.loop import CHECKPOINT_DIR, LOG_FILE, TrainingDiverged, holds_run, run_steps
+from unigap.train.loop import CHECKPOINT_DIR, LOG_FILE, TrainingDiverged, holds_run, optimizer_step, run_steps
 from unigap.train.config import TrainConfig
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
 from unigap.train.strategies import SINGLE_TASK, Strategy, build_strategy, length_norm_weight
@@ -134,23 +133,15 @@ class DPOTrainer:
         self.um.save_adapter(self.out_dir)
         return TrainResult(self.step, self.out_dir, self.out_dir / LOG_FILE)
 
-    def _diverged(self, what: str) -> TrainingDiverged:
-        done = (self.step // self.config.checkpoint_every) * self.config.checkpoint_every
-        kept = (
-            f"the last good checkpoint (step {done}) is kept in {self.checkpoint_dir} (--resume continues from it; "
-            f"{LOG_FILE} shows the steps before)"
-            if self.has_checkpoint
-            else "no checkpoint had been written yet"
-        )
-        return TrainingDiverged(f"non-finite {what} at step {self.step}: training stopped; {kept}")
-
     def _task_gradients(self, task: str) -> tuple[list[torch.Tensor], dict[str, float]]:
         """One pair of `task`: its DPO loss metrics and its gradient on every trainable tensor."""
         pairs = self.pairs[task]
         pair = pairs[data_order(self.config.seed, task, self.step, len(pairs))]
         result = task_dpo_loss(self.um, [pair], self.config.dpo)
         if not torch.isfinite(result.loss):
-            raise self._diverged(f"{task} DPO loss ({float(result.loss.detach())})")
+            raise TrainingDiverged(
+                f"non-finite {task} DPO loss ({float(result.loss.detach())}) at step {self.step}: training stopped"
+            )
         params = [p for _, p in self.named]
         grads = torch.autograd.grad(result.loss, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
@@ -186,11 +177,6 @@ class DPOTrainer:
                 offset += p.numel()
             else:
                 p.grad = combo.specific_und * g["und"][i] + combo.specific_gen * g["gen"][i]
-        total = torch.nn.utils.clip_grad_norm_([p for _, p in self.named], self.config.max_grad_norm)
-        if not math.isfinite(float(total)):
-            raise self._diverged(f"gradient norm ({float(total)})")
-        record["grad_norm"] = float(total)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        record["grad_norm"] = optimizer_step(self.named, self.optimizer, self.scheduler, self.config.max_grad_norm,
+                                             self.step)
         return record
