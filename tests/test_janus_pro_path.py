@@ -93,3 +93,12 @@ def test_refine_train_regenerates_on_janus_pro(janus_pro: Path, tmp_path: Path) 
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["stage"] for row in rows] == ["generate", "refine"]
     assert (out / "adapter_model.safetensors").is_file() and (out / "grpo.json").is_file()
+
+
+def test_prefs_build_sentence_answers_on_janus_pro(janus_pro: Path, tmp_path: Path) -> None:
+    """Understanding pairs in the full-sentence form, with the BPE tokenizer's answer ids and reference log-probs."""
+    out = tmp_path / "und.jsonl"
+    _run("prefs", "build", "--model", str(janus_pro), "--kind", "und", "--answer-form", "sentence", "--n", "1",
+         "--fallback-gt", "--max-candidates", "4", "--batch-size", "2", "--out", str(out))
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["question"].endswith("Answer in a full sentence.") and row["chosen_ids"]
