@@ -2,9 +2,13 @@ PY ?= python3
 
 .PHONY: setup test test-all bench readme-tables
 
-# One-time set-up: the pinned CPU torch first (an unpinned torch pulls CUDA wheels), then unigap + dev extras.
+# Linux without an NVIDIA GPU gets torch's CPU build (PyPI's Linux torch brings gigabytes of CUDA wheels); macOS
+# and GPU machines get PyPI's. Override with `make setup TORCH_INDEX=URL` (or TORCH_INDEX= for PyPI).
+TORCH_INDEX ?= $(shell [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1 && echo https://download.pytorch.org/whl/cpu)
+
+# One-time set-up: the pinned torch first, then unigap + dev extras.
 setup:
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[dev]"
 
 # Fast default suite (slow tests excluded via pyproject addopts).

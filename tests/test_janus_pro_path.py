@@ -102,3 +102,37 @@ def test_prefs_build_sentence_answers_on_janus_pro(janus_pro: Path, tmp_path: Pa
          "--fallback-gt", "--max-candidates", "4", "--batch-size", "2", "--out", str(out))
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["question"].endswith("Answer in a full sentence.") and row["chosen_ids"]
+    trl = tmp_path / "und-trl.parquet"
+    _run("prefs", "export", str(out), "--out", str(trl))  # TRL's columns, and back into training
+    _run("train", "--model", str(janus_pro), "--strategy", "und-only", "--und", str(trl), "--steps", "1",
+         "--out", str(tmp_path / "dpo"))
+    assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
+
+
+def test_eval_scores_your_questions_and_generate_writes_geneval_folders(janus_pro: Path, tmp_path: Path) -> None:
+    from unigap.world.dataset import write_dataset
+
+    write_dataset(tmp_path / "data", 2, 0, "test", questions=1)
+    out = tmp_path / "eval.json"
+    _run("eval", "--model", str(janus_pro), "--questions", str(tmp_path / "data" / "questions.jsonl"), "--n", "2",
+         "--batch-size", "2", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["understanding"]["vqa_score"]["n"] == 2 and report["config"]["questions"] == "2 given"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a red circle", "tag": "single_object"}\n')
+    _run("generate", "--model", str(janus_pro), "--prompts", str(prompts), "--layout", "geneval", "--n", "2",
+         "--out", str(tmp_path / "geneval"))
+    assert sorted(p.name for p in (tmp_path / "geneval" / "00000" / "samples").iterdir()) == ["00000.png", "00001.png"]
+
+
+def test_sft_with_both_tasks(janus_pro: Path, tmp_path: Path) -> None:
+    from unigap.world.dataset import write_dataset
+
+    data = tmp_path / "data"
+    write_dataset(data, 4, 0, "train", questions=1)
+    out = tmp_path / "sft"
+    _run("train", "--model", str(janus_pro), "--objective", "sft", "--und-data", str(data / "questions.jsonl"),
+         "--gen-data", str(data / "samples.jsonl"), "--steps", "2", "--out", str(out))
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1] and {"und/loss", "gen/loss"} <= set(rows[0])
+    assert (out / "adapter_model.safetensors").is_file()

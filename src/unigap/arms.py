@@ -72,6 +72,8 @@ SELF_ARMS: dict[str, dict[str, Any]] = {
 }
 for _name in SELF_ARMS:
     register(Arm(_name, "p2", "trained", _P2, default=False))
+# the supervised reference for self-improvement: SFT on rendered train scenes (ground-truth images, not the model's)
+register(Arm("sft", "p2", "trained", "unigap.study.builders:sft", default=False))
 # reason-reflect-refine at inference: the base model's final images after the loop replace its one-shot ones
 for _name in ("refine", "refine-oracle", "best-of-n"):  # the loop must beat best-of-N at the same sampling budget
     register(Arm(_name, "p3", "inference-time", "unigap.study.builders:refine", default=False,

@@ -1,15 +1,19 @@
-"""Atomic file writes: a reader (or a resumed job) sees the old file or the new one, never half of one.
+"""Atomic writes: a reader (or a resumed job) sees the old file or the new one, never half of one.
 
 Every result, checkpoint and figure goes through `write_atomically`: write a temporary file in the target's
-directory, then `os.replace` it over the target. Kept free of torch so light modules can use it.
+directory, then `os.replace` it over the target. A folder of many files (a merged checkpoint, a GenEval prompt
+folder) goes through `directory_atomically`: written into a temporary directory next to the target, then renamed onto
+it, so a folder that exists is complete. Kept free of torch so light modules can use it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +60,34 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str)
     if path.is_file() and json.loads(path.read_text()) != settings:
         raise UserError(f"{path.parent} holds a {what} run with other settings; use a new --out")
     write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
+
+
+DIR_MODE = 0o755  # mkdtemp (and some writers' temporary files) are private; outputs are meant to be shared
+TMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def directory_atomically(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory next to `path` (its parent created if missing); when the block ends
+    without an error it becomes `path`, else it is removed. `UserError` when `path` is a non-empty directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
+    try:
+        yield tmp
+        for entry in [tmp, *tmp.rglob("*")]:
+            os.chmod(entry, DIR_MODE if entry.is_dir() else FILE_MODE)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # a file, or a directory that filled up meanwhile
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> None:
+    """Delete the temporary directories a killed writer left in `directory` (for a resumed job)."""
+    for stale in Path(directory).glob(f".*{TMP_SUFFIX}"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)

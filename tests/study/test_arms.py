@@ -20,7 +20,7 @@ def test_every_arm_has_a_builder_family_and_known_requirements(name: str) -> Non
 
 
 def test_selection_by_family_and_name_adds_requirements() -> None:
-    assert select("p2") == tuple(name for name in ARMS if name.startswith("self-"))
+    assert select("p2") == (*(name for name in ARMS if name.startswith("self-")), "sft")
     assert set(select("soup-0.5")) == {"soup-0.5", "und-only", "gen-only"}
     assert select(None) == tuple(name for name, arm in ARMS.items() if arm.default)
     assert "upgrad" in select("p1") and "upgrad" not in select(None)
@@ -55,18 +55,19 @@ def test_the_cli_rejects_an_unknown_arm_in_one_line(capsys: pytest.CaptureFixtur
 def test_p2_and_p3_arms_build_on_a_tiny_model_and_reach_the_report(small_config: StudyConfig, tmp_path) -> None:
     from unigap.study import run_study
 
-    config = small_config.scaled(methods=("self-sft", "refine", "best-of-n", "refine-grpo"), self_prompts=2,
-                                 self_epochs=1, refine_rounds=1, grpo_steps=2)
+    config = small_config.scaled(methods=("self-sft", "sft", "refine", "best-of-n", "refine-grpo"), self_prompts=2,
+                                 self_epochs=1, refine_rounds=1, grpo_steps=2, unimrg_steps=2, unimrg_scenes=8)
     built = run_study(config, tmp_path / "study", show_progress=False)
-    assert built.results["methods"] == ["base", "self-sft", "refine", "best-of-n", "refine-grpo"]
-    assert [arm["family"] for arm in built.results["arms"]] == ["p2", "p3", "p3", "p3"]
+    assert built.results["methods"] == ["base", "self-sft", "sft", "refine", "best-of-n", "refine-grpo"]
+    assert [arm["family"] for arm in built.results["arms"]] == ["p2", "p2", "p3", "p3", "p3"]
     assert [(c["arm"], c["baseline"]) for c in built.results["comparisons"]] == [("refine", "best-of-n"),
                                                                                  ("refine-grpo", "refine")]
     assert [e["round"] for e in built.results["refine_rounds"]["refine-grpo"]] == [0, 1]
     assert (tmp_path / "study" / "refine-grpo" / "seed0" / "grpo" / "adapter_model.safetensors").is_file()
     assert "accuracy per round" in (tmp_path / "study" / "report.html").read_text()
-    for name in ("self-sft", "refine", "best-of-n"):
+    for name in ("self-sft", "sft", "refine", "best-of-n"):
         assert (tmp_path / "study" / name / "seed1" / "eval.json").is_file()
+    assert (tmp_path / "study" / "sft" / "seed0" / "gen_tokens.safetensors").is_file()  # its data tokenized once
     assert (tmp_path / "study" / "self-sft" / "seed0" / "selfimprove" / "pool" / "round0.jsonl").is_file()
 
 

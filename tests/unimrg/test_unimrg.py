@@ -108,7 +108,7 @@ def test_a_killed_run_resumes_to_the_same_adapter(data, tmp_path) -> None:
     [
         (["--objective", "und-sft", "--strategy", "joint"], "--strategy: for --objective dpo only"),
         (["--objective", "unimrg", "--beta", "0.2"], "--beta: for --objective dpo only"),
-        (["--objective", "sft"], "unknown --objective 'sft'"),
+        (["--objective", "rl"], "unknown --objective 'rl'"),
         ([], "--objective dpo needs --strategy"),
     ],
 )

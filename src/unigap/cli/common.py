@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 MODEL_OPTION = typer.Option(..., "--model", help='A checkpoint directory, or "tiny" (the shipped model).')
 ADAPTER_OPTION = typer.Option(None, "--adapter", help="A LoRA adapter directory (PEFT format) to apply.")
+JUDGE_OPTION = typer.Option(
+    "verifier", "--judge", help="The independent judge of generated images: verifier (exact, ShapeWorld prompts), "
+    "clip:DIR (CLIPScore of a local CLIP/SigLIP, threshold calibrated on ShapeWorld) or vlm:DIR (P(yes) of a local "
+    "image-text-to-text model).")
 
 
 def require_positive(flag: str, value: float) -> None:

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from unigap.errors import UserError
-from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, require_non_negative, require_positive
+from unigap.cli.common import ADAPTER_OPTION, JUDGE_OPTION, MODEL_OPTION, load, require_non_negative, require_positive
 
 app = typer.Typer()
 
@@ -29,6 +29,10 @@ def eval_command(
     split: str = typer.Option("test", "--split", help="Held-out split: test, or val to choose settings."),
     prompts: str | None = typer.Option(None, "--prompts", help="A prompt file (text lines, or JSONL with a "
                                        '"prompt" field) for generation, instead of held-out prompts (at most n).'),
+    questions: Path | None = typer.Option(None, "--questions", help="Your understanding data (JSONL/CSV/Parquet "
+                                          "or a save_to_disk folder: image, question, answer or answers) instead "
+                                          "of held-out questions (at most n); adds the VQA soft score."),
+    judge: str = JUDGE_OPTION,
 ) -> None:
     """Write the metrics report to OUT and print a summary table."""
     from unigap.evaluate import check_output_file, evaluate, save_report, summary_table, vq_fidelity
@@ -43,16 +47,24 @@ def eval_command(
     if split not in HELD_OUT_SPLITS:
         raise UserError(f"--split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
     from unigap.evaluate.data import prompt_specs
+    from unigap.data.understanding import read_understanding_data
 
-    specs = None if prompts is None else prompt_specs(prompts, n, seed, data_seed)  # a bad file fails before the load
-    settings = {"model": model, "prompts": prompts, "adapter": None if adapter is None else str(adapter), "n": n, "seed": seed,
-                "data_seed": data_seed, "batch_size": batch_size, "cfg": cfg, "temperature": temperature, "split": split}
-    with manifest("eval", settings, seeds=[seed], judge={"name": "verifier"}) as record:
+    # a bad file fails before the load
+    from unigap.evaluate.judges import check_judge_name, get_judge
+
+    check_judge_name(judge, independent=True)
+    specs = None if prompts is None else prompt_specs(prompts, n, seed, data_seed, free_text=judge != "verifier")
+    items = None if questions is None else read_understanding_data(questions, n)
+    chosen = get_judge(judge, independent=True)  # loaded (a local judge calibrated) before anything is written
+    settings = {"model": model, "prompts": prompts, "questions": None if questions is None else str(questions),
+                "adapter": None if adapter is None else str(adapter), "n": n, "seed": seed, "data_seed": data_seed,
+                "batch_size": batch_size, "cfg": cfg, "temperature": temperature, "split": split, "judge": judge}
+    with manifest("eval", settings, seeds=[seed], judge=chosen.describe()) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
         report = evaluate(
             um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature, split=split,
-            prompts=specs,
+            prompts=specs, questions=items, judge=chosen,
         )
         # the VQ is never trained after pretraining (adapters leave it alone), so this reads the base model's tokenizer
         report["vq_reconstruction"] = vq_fidelity(um, n, seed, data_seed, batch_size, split=split)
@@ -60,4 +72,10 @@ def eval_command(
     report["manifest"] = record
     save_report(report, out)
     Console().print(summary_table(report))
+    if "judged_generation" in report:
+        judged = report["judged_generation"]
+        extra = "".join(f", mean {key[5:]} {value['mean']:.3f}" for key, value in judged.items()
+                        if key.startswith("mean_") and value["mean"] is not None)
+        typer.echo(f"generation accuracy by {judged['judge']}: {judged['accuracy']:.3f} (n = {judged['n']}{extra})"
+                   if judged["accuracy"] is not None else f"{judged['judge']} decided no image")
     typer.echo(f"wrote {out}")

@@ -1,12 +1,12 @@
-"""`unigap generate` and `unigap ask`: one model call from the command line, to look at a model by hand."""
+"""`unigap generate` and `unigap ask`: the model from the command line, to look at it by hand or to write a prompt
+file's samples in the folder layout of an external benchmark's scorer (GenEval)."""
 
 from __future__ import annotations
 
-import math
+import hashlib
 from pathlib import Path
 
 import typer
-from PIL import Image
 
 from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, require_non_negative, require_positive
 from unigap.errors import UserError
@@ -14,16 +14,8 @@ from unigap.world import load_image
 
 app = typer.Typer()
 
-
-def grid(images: list[Image.Image]) -> Image.Image:
-    """Tiles in row-major order, ceil(sqrt(K)) columns, no gaps (tile i at column i % cols, row i // cols)."""
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    width, height = images[0].size
-    sheet = Image.new("RGB", (cols * width, rows * height), (0, 0, 0))
-    for i, image in enumerate(images):
-        sheet.paste(image, ((i % cols) * width, (i // cols) * height))
-    return sheet
+LAYOUTS = ("grid", "geneval")
+SETTINGS_FILE = "settings.json"  # a geneval-layout run's settings, checked on --resume (GenEval's scorer skips files)
 
 
 @app.command()
@@ -31,26 +23,50 @@ def generate(
     model: str = MODEL_OPTION,
     adapter: Path | None = ADAPTER_OPTION,
     prompt: str | None = typer.Option(None, "--prompt", help='Text prompt, e.g. "a red circle".'),
-    prompts: Path | None = typer.Option(None, "--prompts", help="A prompt file (text lines, or JSONL with a "
-                                        '"prompt" field) instead of --prompt: one PNG per prompt in --out (a directory).'),
-    n: int = typer.Option(1, "--n", help="Number of images; more than one are tiled into a grid."),
+    prompts: Path | None = typer.Option(None, "--prompts", help='A prompt file (text lines, or JSONL with a '
+                                        "\"prompt\" field, e.g. GenEval's evaluation_metadata.jsonl) instead of "
+                                        "--prompt: with the grid layout one PNG per prompt in --out (a directory)."),
+    n: int = typer.Option(1, "--n", help="Images per prompt; in the grid layout more than one are tiled."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     cfg: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale (1 = none)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (0 = greedy)."),
     out: Path = typer.Option(..., "--out", help="Output PNG (a grid of the n images when n > 1); with --prompts a "
                              "directory."),
+    layout: str = typer.Option("grid", "--layout", help="grid: one PNG per prompt; geneval: GenEval's folders OUT/"
+                               "00000/{metadata.jsonl,samples/00000.png,grid.png} for its scorer (needs --prompts)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Prompts per model call (geneval layout; "
+                                          "default 8). The images depend on it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a geneval-layout run in --out, skipping the "
+                                "finished prompt folders."),
 ) -> None:
     """Generate images for a prompt (or each prompt of a file) and save them as PNG."""
-    from unigap.evaluate import check_output_file, write_atomically
-    from unigap.evaluate.data import read_prompt_file
-
     require_positive("--n", n)
     require_non_negative("--cfg", cfg)
     require_non_negative("--temperature", temperature)
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if (prompt is None) == (prompts is None):
         raise UserError("give exactly one of --prompt and --prompts")
     if prompt is not None and not prompt.strip():
         raise UserError("--prompt must not be empty")
+    if layout == "geneval":
+        if prompts is None:
+            raise UserError("--layout geneval needs --prompts FILE (one folder per line)")
+        _generate_geneval(model, adapter, prompts, out, n=n, seed=seed, cfg=cfg, temperature=temperature,
+                          batch_size=8 if batch_size is None else batch_size, resume=resume)
+        return
+    if batch_size is not None or resume:
+        raise UserError("--batch-size and --resume apply to --layout geneval only")
+    _generate_grids(model, adapter, prompt, prompts, out, n=n, seed=seed, cfg=cfg, temperature=temperature)
+
+
+def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompts: Path | None, out: Path, *,
+                    n: int, seed: int, cfg: float, temperature: float) -> None:
+    """One PNG (a grid of the n samples) for --prompt, or one per line of --prompts, sampled with seed + its index."""
+    from unigap.evaluate import check_output_file, write_atomically
+    from unigap.evaluate.data import read_prompt_file
+    from unigap.evaluate.layouts import grid
+
     texts = [prompt] if prompt is not None else [text for _, text in read_prompt_file(prompts)]
     if prompts is None:
         check_output_file(out)
@@ -65,6 +81,39 @@ def generate(
         target = out if prompts is None else out / f"{index:04d}.png"
         write_atomically(target, lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
     typer.echo(f"wrote {n * len(texts)} image(s) to {out}")
+
+
+def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path, *, n: int, seed: int, cfg: float,
+                      temperature: float, batch_size: int, resume: bool) -> None:
+    """GenEval's folder layout (`unigap.evaluate.layouts`), one folder per prompt line; --resume skips finished ones."""
+    from unigap.atomic import claim_settings
+    from unigap.evaluate import check_output_file
+    from unigap.evaluate.data import read_prompt_rows
+    from unigap.evaluate.layouts import write_geneval_layout
+    from unigap.manifest import manifest, write_manifest
+
+    require_positive("--batch-size", batch_size)
+    rows = [row for _, row in read_prompt_rows(prompts)]
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; with --layout geneval it must be a directory")
+    check_output_file(out / SETTINGS_FILE)  # a parent that is a file fails here, before the model loads
+    started = out.is_dir() and any(out.iterdir())
+    if started and not resume:
+        raise UserError(f"{out} is not empty: pass --resume to continue a generate run there, or choose another --out")
+    if started and not (out / SETTINGS_FILE).is_file():
+        raise UserError(f"--resume: {out} holds no generate run (no {SETTINGS_FILE}); choose another --out")
+    # the prompts by content, not path: a resumed run must write the folders of the same lines
+    settings = {"layout": "geneval", "model": model, "adapter": None if adapter is None else str(adapter),
+                "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(), "n": n, "seed": seed, "cfg": cfg,
+                "temperature": temperature, "batch_size": batch_size}
+    with manifest("generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
+        um = load(model, adapter)
+        record["device"] = str(um.device)
+        claim_settings(out / SETTINGS_FILE, settings, "generate")
+        written = write_geneval_layout(um, rows, out, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
+                                       batch_size=batch_size)
+    write_manifest(out, record)
+    typer.echo(f"wrote {written} of {len(rows)} prompt folder(s), {n} image(s) each, to {out}")
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""`unigap merge`: rewarded soups of an und-only and a gen-only adapter, exact on ΔW."""
+"""`unigap merge`: rewarded soups of an und-only and a gen-only adapter (exact on ΔW), or one adapter folded into
+its base as a standalone transformers checkpoint."""
 
 from __future__ import annotations
 
@@ -6,17 +7,56 @@ from pathlib import Path
 
 import typer
 
+from unigap.errors import UserError
 from unigap.train.names import SOUP_LAMBDAS
+
+MODES = "give --und and --gen (adapter soups) or --model and --adapter (a standalone checkpoint)"
 
 
 def merge(
-    und: Path = typer.Option(..., "--und", help="Adapter directory of the und-only run (θ_U)."),
-    gen: Path = typer.Option(..., "--gen", help="Adapter directory of the gen-only run (θ_G)."),
-    out: Path = typer.Option(..., "--out", help="Output directory; one OUT/soup-λ adapter per λ."),
-    lambdas: list[float] = typer.Option(list(SOUP_LAMBDAS), "--lambda", help="λ (weight of θ_U); repeatable."),
+    und: Path | None = typer.Option(None, "--und", help="Adapter directory of the und-only run (θ_U); soups."),
+    gen: Path | None = typer.Option(None, "--gen", help="Adapter directory of the gen-only run (θ_G); soups."),
+    model: str | None = typer.Option(None, "--model", help='Base checkpoint directory, or "tiny", that --adapter '
+                                     "is folded into."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="A LoRA adapter directory (PEFT format) to fold "
+                                        "into --model."),
+    out: Path = typer.Option(..., "--out", help="Soups: one OUT/soup-λ adapter per λ. --model/--adapter: a new "
+                             "checkpoint directory (absent or empty)."),
+    lambdas: list[float] | None = typer.Option(None, "--lambda", help="λ (weight of θ_U) of a soup; repeatable "
+                                               f"(default {', '.join(f'{lam:g}' for lam in SOUP_LAMBDAS)})."),
 ) -> None:
-    """Write θ = λ·θ_U + (1−λ)·θ_G for each λ as a PEFT adapter, loadable like a trained one (--adapter)."""
-    from unigap.train.merge import soups
+    """Write θ = λ·θ_U + (1−λ)·θ_G for each λ as a PEFT adapter (loadable with --adapter), or --model with
+    --adapter merged in as a checkpoint that `JanusForConditionalGeneration.from_pretrained` and --model load."""
+    soups_given = und is not None or gen is not None
+    fold_given = model is not None or adapter is not None
+    if soups_given == fold_given:
+        raise UserError(f"{MODES}, {'not both' if soups_given else 'none was given'}")
+    if soups_given:
+        if und is None or gen is None:
+            raise UserError("adapter soups need both --und and --gen")
+        from unigap.train.merge import soups
 
-    for path in soups(und, gen, out, tuple(lambdas)):
-        typer.echo(str(path))
+        for path in soups(und, gen, out, tuple(lambdas or SOUP_LAMBDAS)):
+            typer.echo(str(path))
+        return
+    if model is None or adapter is None:
+        raise UserError("a standalone checkpoint needs both --model and --adapter")
+    if lambdas:
+        raise UserError("--lambda applies to adapter soups (--und/--gen) only")
+    _fold(model, adapter, out)
+
+
+def _fold(model: str, adapter: Path, out: Path) -> None:
+    """Load --model with --adapter, merge, write OUT atomically (with its manifest)."""
+    from unigap.cli.common import load
+    from unigap.manifest import manifest, write_manifest
+    from unigap.model.loading import resolve_checkpoint
+    from unigap.model.standalone import check_new_directory, save_merged
+
+    check_new_directory(out)  # before the slow load
+    with manifest("merge", {"model": model, "adapter": str(adapter), "out": str(out)}) as record:
+        um = load(model, adapter)
+        record["device"] = str(um.device)
+        save_merged(um, resolve_checkpoint(model), out)
+    write_manifest(out, record)
+    typer.echo(str(out))

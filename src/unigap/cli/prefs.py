@@ -31,6 +31,9 @@ def build(
     batch_size: int = typer.Option(8, "--batch-size", help="Candidates per model call."),
     answer_form: str = typer.Option("any", "--answer-form", help="und: any (every question kind) | word | sentence "
                                     "(the same questions, answered in one word or in a full sentence)."),
+    questions: Path | None = typer.Option(None, "--questions", help="und: your own questions (JSONL/CSV/Parquet or a "
+                                          "save_to_disk folder: image, question, answer or answers) as candidates; "
+                                          "answers scored by the VQA soft score."),
 ) -> None:
     """Sample, score and filter pairs; write them with reference log-probs under the base model."""
     check_suffix(out)
@@ -39,10 +42,51 @@ def build(
     from unigap.prefs.rows import write_rows
 
     options = BuildOptions(
-        kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size, answer_form
+        kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size, answer_form,
+        None if questions is None else str(questions),
     )
+    if options.questions is not None:  # a malformed row fails before the model loads
+        from unigap.data.understanding import read_understanding_data
+
+        read_understanding_data(options.questions, options.max_candidates or 4 * n)
     um = load_model(model)
     with progress(f"{kind} pairs", n) as update:
         rows = build_preferences(um, options, lambda kept, tried: update(kept, f"{tried} tried"))
     path = write_rows(out, rows)
     typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")
+
+
+@app.command()
+def export(
+    source: Path = typer.Argument(..., help="A preference file written by `prefs build` (.jsonl/.parquet)."),
+    out: Path = typer.Option(..., "--out", help="Output file, .jsonl (images in <stem>_images/) or .parquet."),
+    model: str | None = typer.Option(None, "--model", help="Generation pairs only: the model that built them "
+                                     "(its VQ decodes their images)."),
+) -> None:
+    """Write the pairs in TRL's column convention (prompt, chosen, rejected, images; generation pairs as prompt,
+    chosen_image, rejected_image), loadable with `datasets` and TRL's DPOTrainer, and by `unigap train`."""
+    from unigap.errors import UserError
+    from unigap.prefs.rows import read_rows, row_image, write_rows
+    from unigap.prefs.trl import check_trl_export, is_trl_row, to_trl
+
+    check_suffix(out)
+    if out.resolve() == source.resolve():
+        raise UserError("--out must differ from the source file")
+    rows = read_rows(source)
+    if is_trl_row(rows[0]):
+        raise UserError(f"{source} is already in TRL's convention")
+    check_trl_export(rows, model)
+    decoded: list = [(None, None)] * len(rows)
+    if model is not None and any(row["kind"] != "und" for row in rows):
+        import torch
+
+        from unigap.model import load_model
+
+        um = load_model(model)
+        for i, row in enumerate(rows):
+            if row["kind"] != "und":
+                decoded[i] = tuple(um.decode_tokens(torch.tensor([row["chosen_ids"], row["rejected_ids"]])))
+    trl = [to_trl(row, row_image(row, source.parent) if row["kind"] == "und" else None, *images)
+           for row, images in zip(rows, decoded, strict=True)]
+    path = write_rows(out, trl)
+    typer.echo(f"wrote {len(trl)} pairs in TRL's convention to {path}")

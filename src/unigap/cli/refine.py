@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unigap.cli.common import ADAPTER_OPTION, load
+from unigap.cli.common import ADAPTER_OPTION, JUDGE_OPTION, load
 from unigap.errors import UserError
 
 app = typer.Typer()
@@ -27,6 +27,10 @@ def _table(report: dict) -> Table:
         table.add_row(str(row["round"]), f"{row['accuracy']:.3f}", *rates, str(row.get("stopped", "—")))
     table.add_row("best of N", f"{report['best_of_n']['accuracy']:.3f}", "", "", "", "")
     table.add_row("oracle", f"{report['oracle']['accuracy']:.3f}", "", "", "", "")
+    judged = report.get("judged")
+    if judged:  # the same images, accepted by --judge instead of the verifier
+        final = judged["rounds"][-1]["accuracy"]
+        table.add_row(f"by {judged['judge']}", "—" if final is None else f"{final:.3f}", "", "", "", "")
     return table
 
 
@@ -43,6 +47,7 @@ def refine_command(
     seed: int = typer.Option(0, "--seed", help="Draws the prompts and every sample."),
     out: Path = typer.Option(Path("runs/refine"), "--out", help="Output directory (refine.json, strips/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    judge: str = JUDGE_OPTION,
 ) -> None:
     """Run the refine loop, the oracle reflector and best-of-N at the same budget; write OUT/refine.json."""
     if ctx.invoked_subcommand is not None:
@@ -50,7 +55,8 @@ def refine_command(
     from unigap.manifest import manifest, write_manifest
     from unigap.refine import RefineConfig, run_refine
 
-    config = RefineConfig(n=n, rounds=rounds, reflector=reflector, refiner=refiner, prompts=prompts, seed=seed)
+    config = RefineConfig(n=n, rounds=rounds, reflector=reflector, refiner=refiner, prompts=prompts, seed=seed,
+                          judge=judge)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     if (out / "settings.json").exists() and not resume:
@@ -58,8 +64,11 @@ def refine_command(
     from unigap.evaluate.data import prompt_specs
 
     prompt_specs(config.prompts, config.n, config.seed, config.data_seed)  # a bad prompt file fails before the load
+    from unigap.evaluate.judges import get_judge
+
+    chosen = get_judge(config.judge, independent=True)  # a bad judge directory fails before anything is written
     with manifest("refine", {"model": model, "adapter": None if adapter is None else str(adapter),
-                             **config.__dict__}, seeds=[seed], judge={"name": "verifier"}) as record:
+                             **config.__dict__}, seeds=[seed], judge=chosen.describe()) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
         report = run_refine(um, config, out)

@@ -48,7 +48,9 @@ def selfimprove_command(
     epochs: int = typer.Option(None, "--epochs", help="Training epochs (default 4)."),
     curriculum_at: int = typer.Option(None, "--curriculum-at", help="Replay epoch (default: half-way)."),
     trainable: str = typer.Option(None, "--trainable", help="llm (default) | llm+aligners | llm+aligners+vision."),
-    audit: str = typer.Option(None, "--audit", help="The independent judge that audits labels: verifier | none."),
+    audit: str = typer.Option(None, "--audit", help="The independent judge that audits labels: verifier | clip:DIR "
+                              "| vlm:DIR (a local CLIP/SigLIP or image-text-to-text model, see `unigap eval --judge`) "
+                              "| none."),
     no_guard: bool = typer.Option(False, "--no-guard", help="Audit and log, but never stop the run."),
     eval_n: int = typer.Option(None, "--eval-n", help="Held-out prompts for before/after (default 300)."),
     config_file: Path | None = typer.Option(None, "--config", help="A TOML file of settings (flags win)."),
@@ -77,9 +79,13 @@ def selfimprove_command(
     from unigap.manifest import manifest, write_manifest
 
     prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)  # a bad file fails before the load
+    from unigap.evaluate.judges import get_judge
+
+    # a bad judge directory fails before anything is written; the audit reuses this loaded (calibrated) judge
+    judge = {"name": "none"} if config.audit == "none" else get_judge(config.audit, independent=True).describe()
     stopped: GuardStopped | None = None
     with manifest("selfimprove", {"model": model, **config.to_dict()}, seeds=[config.seed],
-                  judge={"name": config.audit}) as record:
+                  judge=judge) as record:
         um = load(model, None)
         record["device"] = str(um.device)
         try:

@@ -1,11 +1,13 @@
-"""`unigap train`: multi-task DPO with one of the strategies (see `unigap.train.strategies`), or understanding SFT
-with (`--objective unimrg`) or without (`--objective und-sft`) UniMRG's auxiliary representation generation.
+"""`unigap train`: multi-task DPO with one of the strategies (see `unigap.train.strategies`), supervised fine-tuning
+on your own understanding and generation data in one run (`--objective sft`), or understanding SFT with
+(`--objective unimrg`) or without (`--objective und-sft`) UniMRG's auxiliary representation generation.
 
 torch/transformers are imported inside the command, so `unigap --help` stays fast.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,17 @@ from unigap.progress import progress
 from unigap.train.names import STRATEGIES
 
 
+DTYPES = ("float32", "bfloat16")
+
+
 def _losses(record: dict[str, Any]) -> str:
     return "  ".join(f"{t} {record[f'{t}_dpo_loss']:.4f}" for t in ("und", "gen") if f"{t}_dpo_loss" in record)
 
 
 def train(
     model: str = MODEL_OPTION,
-    objective: str = typer.Option("dpo", "--objective", help="dpo (multi-task DPO on --und/--gen pairs) | unimrg "
+    objective: str = typer.Option("dpo", "--objective", help="dpo (multi-task DPO on --und/--gen pairs) | sft "
+                                  "(supervised fine-tuning on --und-data and/or --gen-data, both in one run) | unimrg "
                                   "(understanding SFT + generating each input image's reconstruction, segmentation "
                                   "and depth maps, on ShapeWorld train scenes) | und-sft (the same without the maps)."),
     strategy: str | None = typer.Option(None, "--strategy", help="DPO: " + " | ".join(STRATEGIES)),
@@ -30,14 +36,22 @@ def train(
         None, "--und", help="Understanding pairs (.jsonl/.parquet from `prefs build`)."
     ),
     gen: Path | None = typer.Option(None, "--gen", help="Generation pairs (gen-real or gen-model)."),
+    und_data: Path | None = typer.Option(None, "--und-data", help="sft: understanding data (JSONL/CSV/Parquet or a "
+                                         "save_to_disk folder with image, question, answer)."),
+    gen_data: Path | None = typer.Option(None, "--gen-data", help="sft: generation data (image, prompt), e.g. the "
+                                         "samples.jsonl of `unigap world sample`."),
     out: Path = typer.Option(..., "--out", help="Output directory: log, checkpoints, final adapter."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: dpo 1000, unimrg 300)."),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: dpo 1e-6, unimrg 1e-4)."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: dpo 1000, sft/unimrg 300)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: dpo 1e-6, sft 3e-4, unimrg 1e-4)."),
     beta: float | None = typer.Option(None, "--beta", help="DPO beta (default 0.1)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed: LoRA init, data order, dropout (default 0)."),
-    config: Path | None = typer.Option(None, "--config", help="TOML file of TrainConfig (dpo) or UniMRGConfig "
-                                       "(unimrg, und-sft) keys; flags win."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file of TrainConfig (dpo), SFTConfig (sft) or "
+                                       "UniMRGConfig (unimrg, und-sft) keys; flags win."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Weights' dtype: float32 | bfloat16 (default: bfloat16 "
+                                     "on a GPU, float32 on a CPU); LoRA weights stay float32."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in "
+                                                "the backward pass: less memory, more compute, the same gradients."),
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
     """Train a LoRA; logs every step to OUT/log.jsonl and saves the PEFT adapter in OUT."""
@@ -47,50 +61,98 @@ def train(
     from unigap.unimrg.config import OBJECTIVES
 
     backends = parse_report_to(report_to)
-    if objective in OBJECTIVES:
-        given = [flag for flag, value in (("--strategy", strategy), ("--und", und), ("--gen", gen), ("--beta", beta))
+    if dtype not in (None, *DTYPES):
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if objective not in ("dpo", "sft", *OBJECTIVES):
+        raise UserError(f"unknown --objective {objective!r}; expected one of dpo, sft, {', '.join(OBJECTIVES)}")
+    dpo_flags = [flag for flag, value in (("--strategy", strategy), ("--und", und), ("--gen", gen), ("--beta", beta))
                  if value is not None]
-        if given:
-            raise UserError(f"{', '.join(given)}: for --objective dpo only ({objective} trains on ShapeWorld scenes)")
-        _train_unimrg(model, objective, out, steps, lr, seed, config, resume, backends)
+    if objective != "dpo" and dpo_flags:
+        raise UserError(f"{', '.join(dpo_flags)}: for --objective dpo only")
+    sft_flags = [flag for flag, value in (("--und-data", und_data), ("--gen-data", gen_data)) if value is not None]
+    if objective != "sft" and sft_flags:
+        raise UserError(f"{', '.join(sft_flags)}: for --objective sft only (dpo trains on preference pairs: --und/--gen)")
+    common = {"steps": steps, "lr": lr, "seed": seed, "gradient_checkpointing": gradient_checkpointing or None}
+    run = Run(model, dtype, out, config, resume, backends)
+    if objective == "sft":
+        _train_sft(run, und_data, gen_data, common)
         return
-    if objective != "dpo":
-        raise UserError(f"unknown --objective {objective!r}; expected one of dpo, {', '.join(OBJECTIVES)}")
+    if objective in OBJECTIVES:
+        _train_unimrg(run, objective, common)
+        return
     if strategy is None:
         raise UserError("--objective dpo needs --strategy (one of " + ", ".join(STRATEGIES) + ")")
-    from unigap.model import load_model
-    from unigap.prefs.rows import load_pairs
+    from unigap.prefs.rows import check_pair_file, load_pairs
     from unigap.train.config import TrainConfig
     from unigap.train.trainer import DPOTrainer
 
-    settings = TrainConfig.load(config, strategy=strategy, steps=steps, lr=lr, beta=beta, seed=seed)
-    und_pairs = load_pairs(und, "und") if und is not None else []
-    gen_pairs = load_pairs(gen, "gen") if gen is not None else []
-    from unigap.manifest import manifest, write_manifest
+    settings = TrainConfig.load(config, strategy=strategy, beta=beta, **common)
+    files = {task: path for task, path in (("und", und), ("gen", gen)) if path is not None}
+    for task, path in files.items():
+        check_pair_file(path, task)  # a malformed row fails before the model loads
+    from unigap.manifest import manifest
+    from unigap.train import distributed
 
     settings_record = {"model": model, "und": None if und is None else str(und), "gen": None if gen is None else str(gen),
                        **settings.to_dict()}
     with manifest("train", settings_record, seeds=[settings.seed]) as record:
-        um = load_model(model)
-        record["device"] = str(um.device)
+        um = run.load(record)
+        und_pairs, gen_pairs = (load_pairs(files[task], task, um) if task in files else [] for task in ("und", "gen"))
         trainer = DPOTrainer(um, settings, und_pairs, gen_pairs, out, report_to=backends)
-        with progress(settings.strategy, settings.steps) as update:
+        with progress(settings.strategy, settings.steps, distributed.is_main()) as update:
             result = trainer.train(resume, lambda step, row: update(step, _losses(row)))
-    write_manifest(result.out_dir, record)
-    typer.echo(f"trained {result.steps} steps ({settings.strategy}); adapter and log in {result.out_dir}")
+    run.finish(result, record, settings.strategy)
 
 
-def _train_unimrg(model: str, objective: str, out: Path, steps: int | None, lr: float | None, seed: int | None,
-                  config: Path | None, resume: bool, backends: tuple[str, ...]) -> None:
-    from unigap.manifest import manifest, write_manifest
-    from unigap.model import load_model
+@dataclass(frozen=True)
+class Run:
+    """What every objective's run shares: the model to load (and its dtype), where, and how."""
+
+    model: str
+    dtype: str | None
+    out: Path
+    config: Path | None
+    resume: bool
+    backends: tuple[str, ...]
+
+    def load(self, record: dict[str, Any]) -> Any:
+        """The base model, its device and dtype noted in the run's manifest record."""
+        from unigap.model import load_model
+
+        um = load_model(self.model, dtype=self.dtype)
+        record |= {"device": str(um.device), "dtype": str(um.dtype).removeprefix("torch.")}
+        return um
+
+    def finish(self, result: Any, record: dict[str, Any], what: str) -> None:
+        """The manifest next to the adapter and one line, from the main process of a data-parallel run."""
+        from unigap.manifest import write_manifest
+        from unigap.train import distributed
+
+        if distributed.is_main():
+            write_manifest(result.out_dir, {**record, "processes": distributed.world_size()})
+            typer.echo(f"trained {result.steps} steps ({what}); adapter and log in {result.out_dir}")
+
+
+def _train_sft(run: Run, und_data: Path | None, gen_data: Path | None, common: dict[str, Any]) -> None:
+    from unigap.manifest import manifest
+    from unigap.train.sft_data import SFTConfig, read_sft_data, train_sft
+
+    paths = {"und_data": None if und_data is None else str(und_data),
+             "gen_data": None if gen_data is None else str(gen_data)}
+    settings = SFTConfig.load(run.config, **common, **paths)
+    data = read_sft_data(settings)  # a bad row fails before the model loads
+    with manifest("train", {"model": run.model, "objective": "sft", **settings.to_dict()}, seeds=[settings.seed]) as record:
+        result = train_sft(run.load(record), settings, run.out, run.resume, run.backends, data=data)
+    sizes = f"{len(data.understanding)} understanding, {len(data.captions)} generation examples"
+    run.finish(result, record, f"sft on {sizes}")
+
+
+def _train_unimrg(run: Run, objective: str, common: dict[str, Any]) -> None:
+    from unigap.manifest import manifest
     from unigap.unimrg import UniMRGConfig
     from unigap.unimrg.trainer import train_unimrg
 
-    settings = UniMRGConfig.load(config, objective=objective, steps=steps, lr=lr, seed=seed)
-    with manifest("train", {"model": model, **settings.to_dict()}, seeds=[settings.seed]) as record:
-        um = load_model(model)
-        record["device"] = str(um.device)
-        result = train_unimrg(um, settings, out, resume, backends)
-    write_manifest(result.out_dir, record)
-    typer.echo(f"trained {result.steps} steps ({objective}); adapter and log in {result.out_dir}")
+    settings = UniMRGConfig.load(run.config, objective=objective, **common)
+    with manifest("train", {"model": run.model, **settings.to_dict()}, seeds=[settings.seed]) as record:
+        result = train_unimrg(run.load(record), settings, run.out, run.resume, run.backends)
+    run.finish(result, record, objective)

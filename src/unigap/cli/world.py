@@ -32,19 +32,24 @@ def sample(
         None, "--category", help=f"One of {', '.join(CATEGORIES)} (default: all)."
     ),
     size: int = typer.Option(DEFAULT_CANVAS, "--size", help="Canvas side in pixels."),
+    questions: int = typer.Option(0, "--questions", help="Also write DIR/questions.jsonl: this many questions per "
+                                  "image with their exact answers (understanding data for train --objective sft)."),
 ) -> None:
-    """Write DIR/samples.jsonl and DIR/images/*.png for one split."""
+    """Write DIR/samples.jsonl and DIR/images/*.png for one split (rendered scenes with the prompt each satisfies:
+    generation data for `unigap train --objective sft --gen-data`)."""
     if n <= 0:
         raise UserError(f"--n must be positive, got {n}")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
+    if questions < 0:
+        raise UserError(f"--questions must be >= 0, got {questions}")
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if category is not None and category not in CATEGORIES:
         raise UserError(f"--category must be one of {', '.join(CATEGORIES)}, got {category!r}")
-    settings = {"n": n, "seed": seed, "split": split, "category": category, "size": size}
+    settings = {"n": n, "seed": seed, "split": split, "category": category, "size": size, "questions": questions}
     with manifest("world sample", settings, seeds=[seed]) as record, progress("sampling", n, show=n >= PROGRESS_MIN_N) as update:
-        path = write_dataset(out, n, seed, split, category, size, progress=update)
+        path = write_dataset(out, n, seed, split, category, size, progress=update, questions=questions)
     write_manifest(out, record)
     typer.echo(f"wrote {n} samples to {path}")
 

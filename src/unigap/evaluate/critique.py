@@ -47,7 +47,9 @@ def auc(positives: Sequence[float], negatives: Sequence[float]) -> dict[str, Any
 
 
 def self_judge_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The self-judge's P(yes) against the verifier on generation records (`generate_and_judge`)."""
+    """The self-judge's P(yes) against the verifier on generation records (`generate_and_judge`); free-text prompts,
+    which the verifier cannot read, are left out."""
+    records = [r for r in records if r["verified"] is not None]
     by_category = {}
     for category in CATEGORIES:
         rows = [r for r in records if r["category"] == category]
@@ -69,9 +71,10 @@ def self_judge_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def reflect_on(
     um: Reflector, images: Sequence[Image.Image], records: Sequence[dict[str, Any]], batch_size: int, progress: bool
 ) -> list[dict[str, Any]]:
-    """One reflection record per generated image (same order as `records`)."""
+    """One reflection record per generated image of a ShapeWorld prompt (same order as `records`; the verifier grades
+    reflections, so free-text prompts are left out)."""
     out: list[dict[str, Any]] = []
-    items = list(zip(images, records, strict=True))
+    items = [(image, record) for image, record in zip(images, records, strict=True) if record["verified"] is not None]
     for chunk in batches(items, batch_size, "reflection", progress):
         answers = um.reflect([image for image, _ in chunk], [record["prompt"] for _, record in chunk])
         for (image, record), text in zip(chunk, answers, strict=True):

@@ -10,6 +10,7 @@ exactly `sample_records(n, data_seed, "test")`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from unigap.world import (
 )
 
 HELD_OUT = "test"
+FREE_CATEGORY = "free"  # the category of free-text prompts in generation records
 HELD_OUT_SPLITS = ("test", "val")
 
 
@@ -55,10 +57,20 @@ def distinct_prompts(n: int, seed: int, data_seed: int = 0, split: str = "train"
     return out
 
 
-def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0) -> list[PromptSpec]:
+@dataclass(frozen=True)
+class FreePrompt:
+    """A prompt outside ShapeWorld's grammar (a real benchmark's): only a judge that reads text can grade its image."""
+
+    text: str
+    category: str = FREE_CATEGORY
+
+
+def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0, free_text: bool = False
+                 ) -> list[PromptSpec | FreePrompt]:
     """At most n ShapeWorld prompts from a split (train: distinct prompts; test/val: `held_out_pairs`'s draw) or
     from a file: plain text (one prompt per line) or JSONL with a `prompt` field (GenEval's metadata shape).
-    A bad line is a `UserError` naming `FILE:LINE`."""
+    With `free_text`, a line outside ShapeWorld's grammar becomes a `FreePrompt` (for a judge that reads text);
+    otherwise it is, like any bad line, a `UserError` naming `FILE:LINE`."""
     if n < 1:
         raise UserError(f"--n must be positive, got {n}")
     if source in HELD_OUT_SPLITS:
@@ -68,12 +80,14 @@ def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0) -> list[Pro
     path = Path(source)
     if not path.is_file():
         raise UserError(f"--prompts must be a split ({', '.join(SPLITS)}) or a prompt file; {path} is neither")
-    specs = []
+    specs: list[PromptSpec | FreePrompt] = []
     for line_no, text in read_prompt_file(path):
         try:
             specs.append(parse_prompt(text))
         except UserError as exc:
-            raise UserError(f"{path}:{line_no}: {exc}") from None
+            if not free_text:
+                raise UserError(f"{path}:{line_no}: {exc} (free text needs --judge clip:DIR or vlm:DIR)") from None
+            specs.append(FreePrompt(text))
     return specs[:n]
 
 
@@ -81,6 +95,12 @@ def read_prompt_file(path: str | Path) -> list[tuple[int, str]]:
     """(line number, prompt text) of every line of a prompt file: plain text, or JSONL with a `prompt` field
     (GenEval's metadata shape). Free text: what a real checkpoint generates from. A bad line is a `UserError`
     naming `FILE:LINE`; an empty file is one too."""
+    return [(line_no, row["prompt"]) for line_no, row in read_prompt_rows(path)]
+
+
+def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, metadata object) of every line of a prompt file, checked as `read_prompt_file` does: a JSON
+    line's object as written (GenEval's scorer reads its other fields), `{"prompt": text}` for a plain line."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -89,7 +109,7 @@ def read_prompt_file(path: str | Path) -> list[tuple[int, str]]:
     out = []
     for line_no, line in enumerate(lines, start=1):
         try:
-            out.append((line_no, _prompt_text(line)))
+            out.append((line_no, _prompt_row(line)))
         except UserError as exc:
             raise UserError(f"{path}:{line_no}: {exc}") from None
     if not out:
@@ -97,15 +117,15 @@ def read_prompt_file(path: str | Path) -> list[tuple[int, str]]:
     return out
 
 
-def _prompt_text(line: str) -> str:
+def _prompt_row(line: str) -> dict:
     if not line.strip():
         raise UserError("empty line")
     if not line.lstrip().startswith("{"):
-        return line
+        return {"prompt": line}
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise UserError(f"not valid JSON ({exc.msg})") from None
     if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
         raise UserError('a JSON line needs a string "prompt" field')
-    return row["prompt"]
+    return row

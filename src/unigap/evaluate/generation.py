@@ -8,12 +8,15 @@ verified and self-judged exactly once and every metric reads the same per-image 
 * non-unification score = share of images the model's own judge rejects (P(yes) < 0.5)
 * weak-generation rate  = among self-rejected images, share the verifier rejects too
 * judge accuracy        = share of images where the self-judge verdict equals the verifier's
+
+With another independent judge (`unigap eval --judge clip:DIR`), `judged_generation` adds generation accuracy by
+that judge, read from the same images, next to the verifier's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -22,6 +25,9 @@ from PIL import Image
 from unigap.evaluate.progress import batches
 from unigap.evaluate.stats import summarize, summarize_grouped
 from unigap.world import CATEGORIES, PromptSpec, verify
+
+if TYPE_CHECKING:
+    from unigap.evaluate.judges import Judge
 
 GENERATION_STREAM = 2  # per-batch sampling seeds are drawn from this stream of the run's seed
 ACCEPT_THRESHOLD = 0.5  # the self-judge accepts an image when P(yes) >= this
@@ -82,20 +88,21 @@ def judge_images(um: ImageModel, specs: Sequence[PromptSpec], images: Sequence[I
     p_yes = self_p_yes(um, images, [spec.text for spec in specs])
     records = []
     for spec, image, prob in zip(specs, images, p_yes, strict=True):
-        verdict = verify(image, spec, canvas=image.size[0])
+        verdict = verify(image, spec, canvas=image.size[0]) if isinstance(spec, PromptSpec) else None
+        satisfied = None if verdict is None else verdict.satisfied  # None: free text, the verifier cannot read it
         accepted = prob >= ACCEPT_THRESHOLD
         records.append(
             {
                 "index": start + len(records),
                 "prompt": spec.text,
                 "category": spec.category,
-                "verified": verdict.satisfied,
-                "reason": verdict.reason,
+                "verified": satisfied,
+                "reason": "free text" if verdict is None else verdict.reason,
                 "p_yes": prob,
                 "self_accepted": accepted,
                 "self_rejected": not accepted,
-                "judge_correct": accepted == verdict.satisfied,
-                "weak_generation": None if accepted else not verdict.satisfied,
+                "judge_correct": None if satisfied is None else accepted == satisfied,
+                "weak_generation": None if accepted or satisfied is None else not satisfied,
             }
         )
     return records
@@ -105,9 +112,11 @@ def generation_metrics(records: Sequence[dict[str, Any]]) -> dict[str, dict[str,
     """The four generation-side metric objects, each overall and per prompt category."""
 
     def metric(outcome: str, key: str, rows: Sequence[dict[str, Any]] = records) -> dict[str, Any]:
-        return summarize_grouped(rows, outcome, key, "category", CATEGORIES, "by_category")
+        """Over the rows with an outcome (the verifier's metrics leave free-text prompts out)."""
+        decided = [r for r in rows if r[outcome] is not None]
+        return summarize_grouped(decided, outcome, key, "category", CATEGORIES, "by_category")
 
-    rejected = [r for r in records if r["self_rejected"]]
+    rejected = [r for r in records if r["self_rejected"] and r["verified"] is not None]
     return {
         "generation": metric("verified", "accuracy"),
         "nonunification": {
@@ -117,3 +126,25 @@ def generation_metrics(records: Sequence[dict[str, Any]]) -> dict[str, dict[str,
         "weak_generation": metric("weak_generation", "rate", rejected),
         "judge": metric("judge_correct", "accuracy"),
     }
+
+
+def judged_generation(judge: Judge, um: ImageModel, specs: Sequence[PromptSpec], images: Sequence[Image.Image],
+                      records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Generation accuracy by `judge` (not the verifier) on the evaluated images: each record gains `judge_score`
+    and `judge_accepted` (None where the judge cannot decide); the metric holds the mean score too, and the
+    judge's native score where it has one (CLIPScore)."""
+    scores = judge.fn(um, images, specs)
+    for record, score in zip(records, scores, strict=True):
+        record["judge_score"] = score
+        record["judge_accepted"] = None if score is None else score >= judge.threshold
+    decided = [r for r in records if r["judge_accepted"] is not None]
+    metric = {
+        "judge": judge.name,
+        **summarize_grouped(decided, "judge_accepted", "accuracy", "category", CATEGORIES, "by_category"),
+        "undecided": len(records) - len(decided),
+        "mean_score": summarize([r["judge_score"] for r in decided], "mean"),
+    }
+    if judge.scaled_score is not None:
+        name, factor = judge.scaled_score
+        metric[f"mean_{name}"] = summarize([factor * r["judge_score"] for r in decided], "mean")
+    return metric

@@ -3,12 +3,18 @@
 Contract of a judge: `judge(um, images, specs) -> list[float | None]`, one score in [0, 1] per image in the same
 order, higher = better match; `None` = cannot decide (left out and counted). `independent` says whether the judge
 is separate from the model under study: only an independent judge can check a self-judge (co-degradation).
+
+Names: the fixed judges of `JUDGES` (`verifier`, `self-pyes`), or `KIND:DIR` for a parametric kind of
+`LOCAL_JUDGES` (`clip:DIR`, `vlm:DIR`: a checkpoint in a local directory, see `unigap.evaluate.local_judges`).
+A new kind is one entry there. `Judge.describe()` is what reports record about the judge that decided.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -28,6 +34,16 @@ class Judge:
     graded: bool
     threshold: float  # accept when score >= threshold
     version: int = 1
+    directory: str | None = None  # a local judge's checkpoint
+    calibration: dict[str, Any] | None = None  # how its threshold was chosen, and how well it separates
+    scaled_score: tuple[str, float] | None = None  # (name, factor) of the judge's native score = factor · score
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON-able record a report keeps: which judge decided, from where, and where it accepts."""
+        out: dict[str, Any] = {"name": self.name, "directory": self.directory, "threshold": self.threshold}
+        if self.calibration is not None:
+            out["calibration"] = self.calibration
+        return out
 
 
 def _verifier(um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpec]) -> list[float | None]:
@@ -47,10 +63,56 @@ JUDGES: dict[str, Judge] = {
 }
 
 
+def _clip_judge(name: str, path: Path) -> Judge:
+    """CLIPScore / 2.5 of a local CLIP or SigLIP, its threshold calibrated on ShapeWorld near misses."""
+    from unigap.evaluate.local_judges import CLIPSCORE_WEIGHT, ClipScorer, calibrate, prompt_texts
+
+    scorer = ClipScorer(path)
+    calibration = calibrate(scorer)
+    return Judge(name, lambda um, images, specs: scorer.scores(images, prompt_texts(specs)), independent=True,
+                 graded=True, threshold=calibration.pop("threshold"), directory=str(path.resolve()),
+                 calibration=calibration, scaled_score=("clipscore", CLIPSCORE_WEIGHT))
+
+
+def _vlm_judge(name: str, path: Path) -> Judge:
+    """P(yes) of the judge question under a local image-text-to-text model."""
+    from unigap.evaluate.local_judges import VlmJudge, prompt_texts
+
+    vlm = VlmJudge(path)
+    return Judge(name, lambda um, images, specs: vlm.p_yes(images, prompt_texts(specs)), independent=True,
+                 graded=True, threshold=0.5, directory=str(path.resolve()))
+
+
+# kind -> factory(name, checked directory); every local judge is independent of the model under study
+LOCAL_JUDGES: dict[str, Callable[[str, Path], Judge]] = {"clip": _clip_judge, "vlm": _vlm_judge}
+
+
+def _choices(independent: bool) -> str:
+    fixed = [j.name for j in JUDGES.values() if j.independent or not independent]
+    return ", ".join([*fixed, *(f"{kind}:DIR" for kind in LOCAL_JUDGES)])
+
+
+def check_judge_name(name: str, independent: bool = False) -> None:
+    """`UserError` unless `name` can name a judge; cheap (a local judge's directory is checked when it loads)."""
+    kind, sep, _ = name.partition(":")
+    if sep and kind in LOCAL_JUDGES:
+        return
+    if name in JUDGES and (JUDGES[name].independent or not independent):
+        return
+    raise UserError(f"unknown judge {name!r}; expected one of {_choices(independent)}")
+
+
+@lru_cache(maxsize=4)
+def _local_judge(kind: str, directory: str) -> Judge:
+    """Loaded (and calibrated) once per process: the self-improvement audit asks for its judge every round."""
+    from unigap.evaluate.local_judges import model_directory
+
+    return LOCAL_JUDGES[kind](f"{kind}:{directory}", model_directory(kind, directory))
+
+
 def get_judge(name: str, independent: bool = False) -> Judge:
-    """The registered judge `name`; with `independent`, only judges separate from the model qualify."""
-    allowed = [j for j in JUDGES.values() if j.independent or not independent]
-    for judge in allowed:
-        if judge.name == name:
-            return judge
-    raise UserError(f"unknown judge {name!r}; expected one of {', '.join(j.name for j in allowed)}")
+    """The judge `name`; with `independent`, only judges separate from the model qualify. A `KIND:DIR` judge is
+    loaded here, so a missing or wrong directory is a `UserError` before any work."""
+    check_judge_name(name, independent)
+    kind, sep, directory = name.partition(":")
+    return _local_judge(kind, directory) if sep else JUDGES[name]

@@ -67,6 +67,8 @@ def summary_table(report: dict[str, Any]) -> Table:
         row(f"[bold]{name}.{key}[/bold]", report[name], key)
         for group, sub in report[name][breakdown].items():
             row(f"  {group}", sub, key)
+    if "vqa_score" in report["understanding"]:  # users' understanding data
+        row("[bold]understanding.vqa_score[/bold]", report["understanding"]["vqa_score"], "vqa_score")
     row("[bold]mean P(yes)[/bold]", report["nonunification"]["mean_p_yes"], "mean")
     judge = report["self_judge"]
     within = judge["auc_within"]

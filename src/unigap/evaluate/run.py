@@ -10,7 +10,8 @@ from PIL import Image
 from unigap.evaluate.critique import reflect_on, reflection_metrics, self_judge_metrics
 from unigap.evaluate.data import held_out_pairs
 from unigap.evaluate.editing import edit_accuracy
-from unigap.evaluate.generation import generate_and_judge, generation_metrics
+from unigap.evaluate.generation import generate_and_judge, generation_metrics, judged_generation
+from unigap.evaluate.judges import Judge, get_judge
 from unigap.evaluate.progress import check_batch_size
 from unigap.evaluate.understanding import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -18,7 +19,8 @@ from unigap.evaluate.understanding import (
     understanding_items,
     understanding_metrics,
 )
-from unigap.world import PromptSpec
+from unigap.data.understanding import UserItem, kinds_of
+from unigap.world import QUESTION_KINDS, PromptSpec
 
 
 def evaluate(
@@ -36,6 +38,8 @@ def evaluate(
     progress: bool = True,
     on_images: Callable[[list[Image.Image]], None] | None = None,
     prompts: Sequence[PromptSpec] | None = None,
+    questions: Sequence[UserItem] | None = None,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
     """Understanding and generation metrics on n held-out items (n questions, n prompts → n images).
 
@@ -48,16 +52,20 @@ def evaluate(
     cannot edit). `split` "val" measures on the validation split instead, for choosing settings without
     touching the test split. `on_images`, if given, receives the n generated images (in record order), for a
     caller that saves them or judges them again. `prompts` (e.g. a user's prompt file) replaces the held-out
-    generation prompts. Same arguments on the same device ⇒ the same numbers.
+    generation prompts; `questions` (a user's understanding data, `read_understanding_data`) replaces the held-out
+    questions and adds the VQA soft score. `judge` (an independent judge other than the verifier, e.g. `clip:DIR`)
+    adds `judged_generation`, generation accuracy by that judge; `config.judge` records the judge that decided
+    (the verifier by default). Same arguments on the same device ⇒ the same numbers.
     """
     check_batch_size(batch_size)
     pairs = held_out_pairs(n, seed, data_seed, split=split)
-    items = understanding_items(n, seed, data_seed, pairs)
+    items = understanding_items(n, seed, data_seed, pairs) if questions is None else list(questions)
     understanding_records = answer_items(um, items, batch_size, max_new_tokens, progress)
-    images, generation_records = generate_and_judge(
-        um, list(prompts) if prompts is not None else [spec for spec, _ in pairs], seed, batch_size, cfg_scale,
-        temperature, progress,
-    )
+    kinds = QUESTION_KINDS if questions is None else kinds_of(list(questions))
+    specs = list(prompts) if prompts is not None else [spec for spec, _ in pairs]
+    images, generation_records = generate_and_judge(um, specs, seed, batch_size, cfg_scale, temperature, progress)
+    judge = judge or get_judge("verifier")
+    judged = None if judge.name == "verifier" else judged_generation(judge, um, specs, images, generation_records)
     if on_images is not None:
         on_images(images)
     config = {
@@ -70,12 +78,15 @@ def evaluate(
         "max_new_tokens": max_new_tokens,
         "split": split,
         "prompts": "held-out" if prompts is None else f"{len(prompts)} given",
+        "questions": "held-out" if questions is None else f"{len(questions)} given",
+        "judge": judge.describe(),
     }
     report = {
         "config": config,
-        "understanding": understanding_metrics(understanding_records),
+        "understanding": understanding_metrics(understanding_records, kinds),
         **generation_metrics(generation_records),
         "self_judge": self_judge_metrics(generation_records),
+        **({} if judged is None else {"judged_generation": judged}),
         "records": {"understanding": understanding_records, "generation": generation_records},
     }
     if critique:

@@ -18,6 +18,8 @@ import numpy as np
 from unigap.evaluate.data import held_out_pairs
 from unigap.evaluate.progress import batches
 from unigap.evaluate.stats import summarize_grouped
+from unigap.data.understanding import UserItem
+from unigap.evaluate.vqa import vqa_score
 from unigap.world import QUESTION_KINDS, Question, Scene, render, sample_question, tokenize_words
 
 QUESTION_STREAM = 1  # rng stream for questions, apart from the scene sampler's
@@ -65,12 +67,13 @@ def normalize_answer(text: str) -> str:
 
 def answer_items(
     um: Answerer,
-    items: Sequence[UnderstandingItem],
+    items: Sequence[UnderstandingItem | UserItem],
     batch_size: int = 32,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Per-item records: kind, question, expected and given answer, and whether they match."""
+    """Per-item records: kind, question, expected and given answer, and whether they match; for users' items
+    (`unigap.data.understanding`, several reference answers) also the VQA soft score `vqa_score`."""
     records = []
     for chunk in batches(items, batch_size, "understanding", progress):
         images, questions = [it.image for it in chunk], [it.question.text for it in chunk]
@@ -86,9 +89,16 @@ def answer_items(
                     "correct": normalize_answer(given) == normalize_answer(item.question.answer),
                 }
             )
+            references = getattr(item.question, "answers", None)
+            if references is not None:
+                records[-1] |= {"answers": list(references), "vqa_score": vqa_score(given, references)}
     return records
 
 
-def understanding_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall and per question kind (every kind listed; an absent kind has n = 0)."""
-    return summarize_grouped(records, "correct", "accuracy", "kind", QUESTION_KINDS, "by_kind")
+def understanding_metrics(records: Sequence[dict[str, Any]], kinds: Sequence[str] = QUESTION_KINDS) -> dict[str, Any]:
+    """Accuracy overall and per question kind (every kind of `kinds` listed; an absent kind has n = 0); with
+    users' items also the VQA soft score, overall and per kind."""
+    out = summarize_grouped(records, "correct", "accuracy", "kind", kinds, "by_kind")
+    if records and "vqa_score" in records[0]:
+        out["vqa_score"] = summarize_grouped(records, "vqa_score", "vqa_score", "kind", kinds, "by_kind")
+    return out

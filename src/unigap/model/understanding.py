@@ -154,7 +154,8 @@ def grouped_answer_logprobs(
     numbers as one sequence per question for a fraction of the cost (the image is most of the sequence).
     The question + answer rows run in a few length buckets (`length_buckets`), so a long description
     does not pad every one-word answer to its length. Pretraining uses this to learn from several
-    questions per image view.
+    questions per image view. Under activation checkpointing in training, whose layers keep no cache, each question
+    runs with its own copy of the image instead (the same numbers, more compute).
     """
     check_counts(images=images, questions=questions, answers=answers)
     owner, flat_questions, flat_answers = [], [], []
@@ -166,6 +167,8 @@ def grouped_answer_logprobs(
         flat_answers += list(ans)
     if not flat_questions:
         return torch.zeros(0, device=model.device), torch.zeros(0, dtype=torch.long, device=model.device)
+    if model.training and model.is_activation_checkpointing:  # checkpointed layers drop caches: one row per question
+        return answer_logprobs(model, fmt, vision, [images[i] for i in owner], flat_questions, flat_answers)
     prompts = [fmt.understanding_ids(q) for q in flat_questions]
     split = prompts[0].index(fmt.ids.eoi) + 1
     prefix = prompts[0][:split]

@@ -263,9 +263,13 @@ class UnifiedModel:
         target_modules: str | list[str] = lora.LM_LORA_TARGETS,
         train_generation_head: bool = True,
         trained_modules: Sequence[str] = (),
+        gradient_checkpointing: bool = False,
     ) -> PeftModel:
         """Attach a fresh LoRA adapter to the LLM (and make the generation head trainable); `trained_modules`
-        names further parts trained in full (`aligner`, `generation_aligner`, `vision_model`)."""
+        names further parts trained in full (`aligner`, `generation_aligner`, `vision_model`). With
+        `gradient_checkpointing`, training recomputes each layer's activations in the backward pass instead of
+        keeping them (transformers' activation checkpointing, non-reentrant): less memory for a large model, one
+        more forward pass of compute; the same gradients."""
         if self.peft is not None:
             raise ValueError("this model already has a LoRA adapter")
         was_training = self.model.training
@@ -273,6 +277,8 @@ class UnifiedModel:
             self.model, rank, alpha, dropout, target_modules, train_generation_head, trained_modules
         )
         self.model.train(was_training)  # peft builds LoRA layers in train mode: dropout would act at inference
+        if gradient_checkpointing:  # active in train mode only: sampling and evaluation keep their KV caches
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         return self.peft
 
     def load_adapter(self, directory: str | os.PathLike, trainable: bool = False) -> PeftModel:

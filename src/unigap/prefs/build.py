@@ -12,6 +12,9 @@ Kinds (SPEC §1 "Preference data", with ShapeWorld's exact scores standing in fo
 * `gen-model`: two generations at temperatures 0.6 and 1.2; kept when their graded scores differ by
   >= `margin`, the better one chosen.
 
+With `questions` (a file of your own understanding data: `unigap.data.understanding`), the `und` candidates are its
+first rows instead, and answers are scored by the VQA soft score against the row's reference answers.
+
 Candidates are (prompt spec, scene) records from `sample_records(·, seed, "train")` at the model's VQ
 image size, drawn in order until `n` pairs are kept or `max_candidates` (default 4n) were tried, so the
 same arguments give the same file. Reference log-probs (base model, conditional-only for images) are
@@ -26,11 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from unigap.data.understanding import UserItem, read_understanding_data
 from unigap.errors import UserError
+from unigap.evaluate.vqa import vqa_score
 from unigap.model.images import vq_image_size
 from unigap.model.unified import UnifiedModel
 from unigap.prefs.kinds import KINDS
 from unigap.prefs.scoring import answer_score, image_score
+from unigap.prefs.trl import png_bytes
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
 from unigap.world.dataset import sample_records, scene_json
 from unigap.world.prompts import PromptSpec
@@ -63,6 +69,7 @@ class BuildOptions:
     # und: "any" (every question kind, one-word form), or the same questions of the kinds that have a sentence form,
     # answered in one "word" or in a full "sentence" (equal seeds give equal scenes and questions in both forms)
     answer_form: str = "any"
+    questions: str | None = None  # und: a file of your own questions (image, question, answer(s)) as candidates
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -73,6 +80,8 @@ class BuildOptions:
             raise UserError(f"seed must be >= 0, got {self.seed}")
         if self.answer_form not in ANSWER_FORMS:
             raise UserError(f"answer form must be one of {', '.join(ANSWER_FORMS)}, got {self.answer_form!r}")
+        if self.questions is not None and self.kind != "und":
+            raise UserError(f"--questions gives understanding candidates; it cannot build {self.kind} pairs")
         if self.kind == "und" and not self.temperature > 0:
             raise UserError(
                 f"und pairs need two *different* samples: temperature must be > 0, got {self.temperature}"
@@ -104,15 +113,33 @@ def _und_batch(
 ) -> list[Candidate | None]:
     rng = np.random.default_rng([options.seed, batch, 2])
     questions = [_question(scene, rng, options.answer_form) for _, scene in records]
-    images = [render(scene) for _, scene in records]
+    extras = [{"scene": scene_json(scene)} for _, scene in records]
+    return _answer_pairs(um, [render(scene) for _, scene in records], questions, extras, options, batch,
+                         lambda text, q: answer_score(text, q.answer, q.kind))
+
+
+def _user_und_batch(um: UnifiedModel, items: Sequence[UserItem], options: BuildOptions, batch: int
+                    ) -> list[Candidate | None]:
+    """Users' questions (`--questions FILE`): answers scored by the VQA soft score against the references; the
+    image is stored in the row (`images`), as there is no scene to render it from."""
+    extras = [{"images": [png_bytes(item.image)]} for item in items]
+    return _answer_pairs(um, [item.image for item in items], [item.question for item in items], extras, options,
+                         batch, lambda text, q: vqa_score(text, q.answers))
+
+
+def _answer_pairs(um: UnifiedModel, images: Sequence[np.ndarray], questions: Sequence[Any],
+                  extras: Sequence[dict[str, Any]], options: BuildOptions, batch: int,
+                  score: Callable[[str, Any], float]) -> list[Candidate | None]:
+    """Two sampled answers per question, scored; kept when they differ by the margin (or, with `fallback_gt`, the
+    reference answer against the worse sample), the better one chosen."""
     texts = [q.text for q in questions]
     samples = [
         um.answer(images, texts, MAX_ANSWER_TOKENS, options.temperature, _seed(options, batch, draw))
         for draw in (0, 1)
     ]
     out: list[Candidate | None] = []
-    for (_, scene), question, image, a, b in zip(records, questions, images, *samples, strict=True):
-        score_a, score_b = (answer_score(text, question.answer, question.kind) for text in (a, b))
+    for extra, question, image, a, b in zip(extras, questions, images, *samples, strict=True):
+        score_a, score_b = (score(text, question) for text in (a, b))
         chosen, chosen_score, rejected, rejected_score = _ranked(a, score_a, b, score_b)
         fallback = chosen_score - rejected_score < options.margin
         if fallback and (not options.fallback_gt or 1.0 - rejected_score < options.margin):
@@ -124,7 +151,7 @@ def _und_batch(
             "question": question.text,
             "question_kind": question.kind,
             "answer": question.answer,
-            "scene": scene_json(scene),
+            **extra,
             "chosen": chosen,
             "rejected": rejected,
             "chosen_ids": um.prompts.answer_ids(chosen),
@@ -196,8 +223,13 @@ def build_preferences(
         )
     canvas = vq_image_size(um.model.model.vqmodel)
     limit = options.max_candidates or 4 * options.n
-    records = sample_records(limit, options.seed, "train", canvas=canvas)
-    score_batch = _und_batch if options.kind == "und" else _gen_batch
+    if options.questions is not None:
+        records: Sequence[Any] = read_understanding_data(options.questions, limit)
+        limit = len(records)
+        score_batch: Callable[..., list[Candidate | None]] = _user_und_batch
+    else:
+        records = sample_records(limit, options.seed, "train", canvas=canvas)
+        score_batch = _und_batch if options.kind == "und" else _gen_batch
     kept: list[tuple[int, dict[str, Any], Pair]] = []
     for batch, start in enumerate(range(0, limit, options.batch_size)):
         chunk = records[start : start + options.batch_size]

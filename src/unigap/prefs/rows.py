@@ -18,8 +18,12 @@ Columns (every kind):
 und only: question, question_kind, answer (ground truth), chosen, rejected (answer texts), and
   scene — the ShapeWorld scene as canonical JSON. The image is *not* stored: the renderer is
   deterministic, so `render(Scene.from_dict(json.loads(scene)))` gives it back exactly, and a file stays a
-  single self-contained file.
+  single self-contained file. Pairs built from your own questions (`prefs build --questions FILE`) have no scene
+  and store the image instead, in `images` (TRL's name; how images are stored: `write_rows`).
 gen only: prompt, category.
+
+Rows in TRL's column convention (prompt / chosen / rejected + images: `unigap.prefs.trl`) are read too, and
+`unigap prefs export` writes them.
 
 A malformed row raises `UserError` naming the file and line (JSONL) or row (Parquet, 1-based).
 """
@@ -32,8 +36,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from unigap.errors import UserError
 from unigap.prefs.kinds import KINDS, check_suffix, task_of
+from unigap.prefs.trl import is_trl_row, trl_pairs, trl_problem, trl_task
+from unigap.data.tables import image_cell, read_table
 from unigap.train.checkpoint import atomic_write_bytes
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair
 from unigap.world.render import render
@@ -54,8 +62,9 @@ _COMMON: dict[str, type | tuple[type, ...]] = {
     "chosen_tokens": int,
     "rejected_tokens": int,
 }
+IMAGE_COLUMNS = ("images", "chosen_image", "rejected_image")  # cells holding PNG bytes when written
 _BY_KIND: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "und": {"question": str, "question_kind": str, "answer": str, "chosen": str, "rejected": str, "scene": str},
+    "und": {"question": str, "question_kind": str, "answer": str, "chosen": str, "rejected": str},
     "gen": {"prompt": str, "category": str},
 }
 
@@ -64,6 +73,8 @@ def _problem(row: Any) -> str:
     """Why a row is malformed ('' when it is fine)."""
     if not isinstance(row, dict):
         return "not a JSON object"
+    if is_trl_row(row):
+        return trl_problem(row)
     if row.get("kind") not in KINDS:
         return f"kind must be one of {', '.join(KINDS)}, got {row.get('kind')!r}"
     for name, kind in (_COMMON | _BY_KIND[task_of(row["kind"])]).items():
@@ -72,6 +83,8 @@ def _problem(row: Any) -> str:
         value = row[name]
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             return f"{name!r} has the wrong type ({type(value).__name__})"
+    if row["kind"] == "und" and not isinstance(row.get("scene"), str) and not isinstance(row.get("images"), list):
+        return "an und row needs its 'scene' (ShapeWorld) or its 'images' (one image)"
     for name in ("chosen_ref_logprob", "rejected_ref_logprob"):
         if not math.isfinite(row[name]):
             return f"{name!r} is not finite"
@@ -81,11 +94,38 @@ def _problem(row: Any) -> str:
     return ""
 
 
+def _store_images(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with their PNG-bytes image cells (`IMAGE_COLUMNS`) made storable: Parquet `{"bytes", "path"}` structs,
+    or, for JSONL, PNG files in `<stem>_images/` named by row and column, referenced by relative path."""
+    folder = path.parent / f"{path.stem}_images"
+
+    def stored(value: bytes, name: str) -> Any:
+        if path.suffix == ".parquet":
+            return {"bytes": value, "path": None}
+        folder.mkdir(exist_ok=True)
+        atomic_write_bytes(folder / name, lambda handle: handle.write(value))
+        return f"{folder.name}/{name}"
+
+    out = []
+    for i, row in enumerate(rows):
+        row = dict(row)
+        for column in IMAGE_COLUMNS:
+            value = row.get(column)
+            if isinstance(value, list):
+                row[column] = [stored(v, f"{i:06d}_{column}_{k}.png") for k, v in enumerate(value)]
+            elif isinstance(value, bytes):
+                row[column] = stored(value, f"{i:06d}_{column}.png")
+        out.append(row)
+    return out
+
+
 def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write rows as JSONL (sorted keys) or Parquet, chosen by the suffix; atomically."""
+    """Write rows as JSONL (sorted keys) or Parquet, chosen by the suffix; atomically (images first, see
+    `_store_images`, so a complete file never points at a missing image)."""
     path = Path(path)
     check_suffix(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    rows = _store_images(path, rows)
     if path.suffix == ".jsonl":
         text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
         atomic_write_bytes(path, lambda handle: handle.write(text.encode()))
@@ -97,41 +137,16 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def _raw_rows(path: Path) -> list[tuple[str, Any]]:
-    """(location, row) for every row: location is 'FILE:LINE' (JSONL) or 'FILE:row N' (Parquet)."""
-    if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise UserError(f"{path}: cannot read Parquet: {exc}") from None
-        return [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
-    out = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{path}:{line_no}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{line_no}: malformed preference row: invalid JSON ({exc.msg})") from None
-    return out
-
-
 def _validated(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(location, row) for every row, each checked; `UserError` naming file:line on the first bad one."""
     check_suffix(path)
     if not path.is_file():
         raise UserError(f"preference file not found: {path}")
-    rows = _raw_rows(path)
+    rows = read_table(path, "preference row")
     for where, row in rows:
         problem = _problem(row)
         if problem:
             raise UserError(f"{where}: malformed preference row: {problem}")
-    if not rows:
-        raise UserError(f"{path}: no preference rows")
     return rows
 
 
@@ -140,24 +155,48 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return [row for _, row in _validated(Path(path))]
 
 
-def row_to_pair(row: dict[str, Any]) -> Pair:
-    """The DPO pair of a validated row (und rows re-render their scene)."""
+def row_image(row: dict[str, Any], base: Path, where: str = "row") -> np.ndarray:
+    """An und row's image: its ShapeWorld scene rendered, or its stored image (paths relative to `base`)."""
+    if isinstance(row.get("scene"), str):
+        return render(Scene.from_dict(json.loads(row["scene"])))
+    return image_cell({"image": row["images"][0]}, base, where)
+
+
+def row_to_pair(row: dict[str, Any], base: Path = Path(".")) -> Pair:
+    """The DPO pair of a validated row (und rows re-render their scene, or read their image from `base`)."""
     refs = {"ref_chosen": float(row["chosen_ref_logprob"]), "ref_rejected": float(row["rejected_ref_logprob"])}
     if row["kind"] == "und":
-        image = render(Scene.from_dict(json.loads(row["scene"])))
+        image = row_image(row, base)
         counts = {"chosen_tokens": row["chosen_tokens"], "rejected_tokens": row["rejected_tokens"]}
         return UnderstandingPair(image, row["question"], row["chosen"], row["rejected"], **refs, **counts)
     return GenerationPair(row["prompt"], tuple(row["chosen_ids"]), tuple(row["rejected_ids"]), **refs)
 
 
-def load_pairs(path: str | Path, task: str) -> list[Pair]:
-    """All pairs of a preference file for one task ('und' or 'gen'); a row of the other task is an error."""
+def check_pair_file(path: str | Path, task: str) -> list[tuple[str, dict[str, Any]]]:
+    """The validated rows of a preference file given as `task` data ('und' or 'gen'): a row of the other task, or
+    a file mixing unigap and TRL rows, is a `UserError`. Cheap: what a command checks before loading a model."""
+    rows = _validated(Path(path))
+    for where, row in rows:
+        row_task = trl_task(row) if is_trl_row(row) else task_of(row["kind"])
+        if row_task != task:
+            raise UserError(f"{where}: a {row.get('kind', row_task)!r} pair, but this file was given as {task} data")
+    if len({is_trl_row(row) for _, row in rows}) > 1:
+        raise UserError(f"{path} mixes unigap and TRL rows")
+    return rows
+
+
+def load_pairs(path: str | Path, task: str, um: Any = None) -> list[Pair]:
+    """All pairs of a preference file for one task (see `check_pair_file`). A file in TRL's convention needs `um`,
+    the base model: its images are encoded and its reference log-probs computed."""
+    rows = check_pair_file(path, task)
+    if is_trl_row(rows[0][1]):
+        if um is None:
+            raise ValueError("pairs in TRL's convention need the base model to be read")
+        return trl_pairs(um, rows, Path(path).parent)
     pairs = []
-    for where, row in _validated(Path(path)):
-        if task_of(row["kind"]) != task:
-            raise UserError(f"{where}: a {row['kind']!r} pair, but this file was given as {task} data")
+    for where, row in rows:
         try:
-            pairs.append(row_to_pair(row))
+            pairs.append(row_to_pair(row, Path(path).parent))
         except (json.JSONDecodeError, UserError) as exc:
             raise UserError(f"{where}: malformed preference row: {exc}") from None
     return pairs

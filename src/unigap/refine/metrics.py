@@ -9,6 +9,8 @@
   (every reflection) split into stopped on an accepted image (right), stopped on a rejected one, and went on past
   an accepted one.
 * `gain`: the final accuracy minus round 0, paired per prompt (`delta`, its 95% t-interval and paired-test p).
+* with another independent judge (`--judge clip:DIR`): `judged_rounds` and `best_of_n.judged`, the accuracy by
+  that judge of the same images (the loop itself, and the oracle, still read the verifier).
 
 Intervals are Wald intervals, value ± 1.96 · stderr (`unigap.evaluate.stats`).
 """
@@ -16,7 +18,7 @@ Intervals are Wald intervals, value ± 1.96 · stderr (`unigap.evaluate.stats`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -26,6 +28,9 @@ from unigap.evaluate.progress import batches
 from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped
 from unigap.refine.loop import Refinable, Trajectory
 from unigap.world import CATEGORIES, PromptSpec, verify
+
+if TYPE_CHECKING:
+    from unigap.evaluate.judges import Judge
 
 Z95 = 1.96
 BEST_OF_N_STREAM = 8
@@ -102,11 +107,38 @@ def best_of_n_images(
 
 def best_of_n(
     um: Refinable, specs: Sequence[PromptSpec], n: int, seed: int, cfg_scale: float | None, temperature: float,
-    batch_size: int, progress: bool,
+    batch_size: int, progress: bool, judge: Judge | None = None,
 ) -> dict[str, Any]:
-    """The verifier's accuracy on `best_of_n_images`."""
+    """The verifier's accuracy on `best_of_n_images`; with `judge`, that judge's accuracy too (`judged`)."""
     images = best_of_n_images(um, specs, n, seed, cfg_scale, temperature, batch_size, progress)
     rows = [{"category": spec.category, "verified": verify(image, spec, canvas=image.size[0]).satisfied}
             for spec, image in zip(specs, images, strict=True)]
     metric = summarize_grouped(rows, "verified", "accuracy", "category", CATEGORIES, "by_category")
-    return {"n_samples": n, **with_ci(metric, "accuracy")}
+    out = {"n_samples": n, **with_ci(metric, "accuracy")}
+    if judge is not None:
+        out["judged"] = judged_accuracy(specs, judge_verdicts(judge, um, specs, images))
+    return out
+
+
+def judge_verdicts(judge: Judge, um: Any, specs: Sequence[PromptSpec],
+                   images: Sequence[Image.Image]) -> list[bool | None]:
+    """The judge's accept (score >= its threshold) per image; None where it cannot decide."""
+    return [None if score is None else score >= judge.threshold for score in judge.fn(um, images, specs)]
+
+
+def judged_accuracy(specs: Sequence[PromptSpec], verdicts: Sequence[bool | None]) -> dict[str, Any]:
+    """Accuracy by a judge's verdicts, overall and per category, over the images it decided."""
+    rows = [{"category": spec.category, "accepted": verdict}
+            for spec, verdict in zip(specs, verdicts, strict=True) if verdict is not None]
+    return with_ci(summarize_grouped(rows, "accepted", "accuracy", "category", CATEGORIES, "by_category"), "accuracy")
+
+
+def judged_rounds(judge: Judge, um: Any, trajectories: Sequence[Trajectory], rounds: int) -> list[dict[str, Any]]:
+    """The judge's accuracy after each round 0..rounds (stopped prompts carry their last image forward); every
+    image is judged once."""
+    flat = [(t.spec, image) for t in trajectories for image in t.images]
+    verdicts = iter(judge_verdicts(judge, um, [spec for spec, _ in flat], [image for _, image in flat]))
+    per_prompt = [[next(verdicts) for _ in t.images] for t in trajectories]
+    specs = [t.spec for t in trajectories]
+    return [{"round": round_, **judged_accuracy(specs, [v[min(round_, len(v) - 1)] for v in per_prompt])}
+            for round_ in range(rounds + 1)]

@@ -3,7 +3,8 @@
 Each part is a job done when its file exists, so a rerun with `resume` skips finished parts (a different
 configuration in the same directory is refused):
 
-    OUT/refine.json           the loop's per-round metrics, stop metrics, gain, best_of_n, oracle, records
+    OUT/refine.json           the loop's per-round metrics, stop metrics, gain, best_of_n, oracle, records (and
+                              `judged`: accuracy by `--judge` when it is not the verifier)
     OUT/parts/{self,oracle,best_of_n}.json
     OUT/strips/NNN.png        for the first prompts: the image of every round, the instruction under it
 """
@@ -20,8 +21,9 @@ from PIL import Image, ImageDraw
 from unigap.atomic import cached_json, claim_settings, write_atomically, write_text_atomically
 from unigap.errors import UserError
 from unigap.evaluate.data import prompt_specs
+from unigap.evaluate.judges import Judge, check_judge_name, get_judge
 from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
-from unigap.refine.metrics import best_of_n, gain, round_metrics, stop_metrics
+from unigap.refine.metrics import best_of_n, gain, judged_rounds, round_metrics, stop_metrics
 from unigap.world import PromptSpec
 
 STRIPS = 8  # prompts drawn as strips
@@ -42,6 +44,7 @@ class RefineConfig:
     cfg_scale: float = 5.0
     temperature: float = 1.0
     batch_size: int = 32
+    judge: str = "verifier"  # the independent judge of the reported accuracy (the loop always reads the verifier)
 
     def __post_init__(self) -> None:
         if self.rounds < 0:
@@ -54,6 +57,7 @@ class RefineConfig:
             raise UserError(f"--refiner must be one of {', '.join(REFINERS)}, got {self.refiner!r}")
         if self.batch_size < 1 or self.cfg_scale < 0 or self.temperature < 0:
             raise UserError("--batch-size must be positive; --cfg and --temperature must be >= 0")
+        check_judge_name(self.judge, independent=True)
 
 
 def check_refiner(um: Refinable, config: RefineConfig) -> str:
@@ -64,12 +68,14 @@ def check_refiner(um: Refinable, config: RefineConfig) -> str:
 
 
 def _loop_part(um: Refinable, specs: list[PromptSpec], config: RefineConfig, reflector: str,
-               progress: bool) -> tuple[dict[str, Any], list[Trajectory]]:
+               progress: bool, judge: Judge | None) -> tuple[dict[str, Any], list[Trajectory]]:
     trajectories = run_loop(um, specs, config.rounds, reflector, config.refiner, config.seed, config.cfg_scale,
                             config.temperature, config.batch_size, progress)
     rounds = round_metrics(trajectories, config.rounds)
     part = {"accuracy": rounds[-1]["accuracy"], "rounds": rounds, "stop": stop_metrics(trajectories),
             "gain": gain(trajectories, config.rounds), "records": [t.to_dict() for t in trajectories]}
+    if judge is not None:
+        part["judged_rounds"] = judged_rounds(judge, um, trajectories, config.rounds)
     return part, trajectories
 
 
@@ -100,11 +106,13 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     out = Path(out)
     mode = check_refiner(um, config)
     specs = prompt_specs(config.prompts, config.n, config.seed, config.data_seed)
+    judge = get_judge(config.judge, independent=True)
+    extra = None if judge.name == "verifier" else judge  # the verifier's accuracy is always reported
     settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
     claim_settings(out / "settings.json", settings, "refine")
 
     def loop(reflector: str) -> dict[str, Any]:
-        part, trajectories = _loop_part(um, specs, config, reflector, progress)
+        part, trajectories = _loop_part(um, specs, config, reflector, progress, extra)
         if reflector == config.reflector:
             for index, trajectory in enumerate(trajectories[:STRIPS]):
                 strip = _strip(trajectory)
@@ -114,9 +122,9 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     main = _part(out, config.reflector, lambda: loop(config.reflector))
     oracle = main if config.reflector == "oracle" else _part(out, "oracle", lambda: loop("oracle"))
     baseline = _part(out, "best_of_n", lambda: best_of_n(um, specs, 1 + config.rounds, config.seed, config.cfg_scale,
-                                                         config.temperature, config.batch_size, progress))
+                                                         config.temperature, config.batch_size, progress, extra))
     report = {
-        "config": settings,
+        "config": {**settings, "judge": judge.describe()},
         "rounds": main["rounds"],
         "stop": main["stop"],
         "gain": main["gain"],
@@ -124,5 +132,8 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
         "oracle": {"accuracy": oracle["accuracy"], "rounds": oracle["rounds"], "gain": oracle["gain"]},
         "records": main["records"],
     }
+    if extra is not None:
+        report["judged"] = {"judge": judge.name, "rounds": main["judged_rounds"], "best_of_n": baseline["judged"],
+                            "oracle": oracle["judged_rounds"][-1]}
     write_text_atomically(out / "refine.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from unigap.errors import UserError
+from unigap.evaluate.judges import check_judge_name
 from unigap.train.config import load_config
 
 METHODS = ("sft", "dpo", "curriculum-sft", "curriculum-dpo")
 LABELS = ("self", "verifier", "poor")
-AUDITS = ("verifier", "none")
 # What trains: LoRA on the shared LLM always; the paper's ablation adds the aligners (both projectors), then the
 # vision tower, as fully trained copies (peft `modules_to_save`). The paper found the LLM alone best.
 TRAINABLE: dict[str, tuple[str, ...]] = {
@@ -53,7 +53,7 @@ class SelfImproveConfig:
     lora_dropout: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    audit: str = "verifier"
+    audit: str = "verifier"  # an independent judge (verifier, clip:DIR, vlm:DIR), or none
     audit_size: int = 200  # labels checked by the independent judge per labelling round
     guard: bool = True  # stop (exit 3) when the audited precision < the audited base rate
     eval_n: int = 300  # held-out (test) prompts for the before/after comparison; 0 = none (the study evaluates)
@@ -65,10 +65,15 @@ class SelfImproveConfig:
     sample_batch: int = 64  # images per sampling call
 
     def __post_init__(self) -> None:
-        choices = {"method": METHODS, "labels": LABELS, "audit": AUDITS, "trainable": tuple(TRAINABLE)}
+        choices = {"method": METHODS, "labels": LABELS, "trainable": tuple(TRAINABLE)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"unknown {name} {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
+        if self.audit != "none":
+            try:
+                check_judge_name(self.audit, independent=True)
+            except UserError as exc:
+                raise UserError(f"audit: {exc}, or none") from None
         positive = ("n_prompts", "samples", "epochs", "lr", "batch_size", "beta", "lora_rank", "lora_alpha",
                     "max_grad_norm", "sample_batch")
         for name in positive:

@@ -84,16 +84,17 @@ def label_round(
 
 
 def audit(samples: list[Sample], images: list, config: SelfImproveConfig, round_: int) -> list[Sample]:
-    """The samples with the independent judge's verdict on a seeded random `audit_size` of them."""
+    """The samples with the independent judge's verdict (score >= its threshold) on a seeded random `audit_size`
+    of them."""
     if config.audit == "none" or not samples:
         return samples
     rng = np.random.default_rng([config.seed, AUDIT_STREAM, round_])
     chosen = sorted(rng.choice(len(samples), size=min(config.audit_size, len(samples)), replace=False).tolist())
-    verdicts = get_judge(config.audit, independent=True).fn(None, [images[i] for i in chosen],
-                                                            [samples[i].spec for i in chosen])
+    judge = get_judge(config.audit, independent=True)
+    verdicts = judge.fn(None, [images[i] for i in chosen], [samples[i].spec for i in chosen])
     out = list(samples)
     for i, verdict in zip(chosen, verdicts, strict=True):
-        out[i] = Sample(**{**samples[i].__dict__, "audit": None if verdict is None else verdict >= 0.5})
+        out[i] = Sample(**{**samples[i].__dict__, "audit": None if verdict is None else verdict >= judge.threshold})
     return out
 
 

@@ -244,8 +244,9 @@ def win_rate(um: Any, before: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def _result(config: SelfImproveConfig, before: dict[str, Any] | None, after: dict[str, Any] | None,
             epochs: list[dict[str, Any]], audits: list[dict[str, Any]], guard: dict[str, Any] | None) -> dict[str, Any]:
+    judge = None if config.audit == "none" else get_judge(config.audit, independent=True).describe()
     result: dict[str, Any] = {
-        "config": config.to_dict(),
+        "config": {**config.to_dict(), "judge": judge},  # the audit's judge: name, directory, threshold
         "trained_parameters": f"LoRA on the LLM{''.join(' + ' + m for m in TRAINABLE[config.trainable])}",
         "before": headline(before),
         "after": headline(after),

@@ -117,3 +117,23 @@ def unimrg(runner: Any, name: str, seed: int) -> None:
     result = train_unimrg(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False, data=data)
     runner.evaluate(um, name, seed)
     shutil.rmtree(result.out_dir / "checkpoint", ignore_errors=True)  # the adapter and log stay
+
+
+def sft(runner: Any, name: str, seed: int) -> None:
+    """`unigap train --objective sft` on rendered train scenes: `unigap world sample`'s files (images with the
+    prompt each satisfies, and two questions per image), written once per study, at the SFT arms' step and scene
+    budget; evaluated; its resume checkpoint dropped."""
+    from unigap.train.sft_data import SFTConfig, train_sft
+    from unigap.world.dataset import QUESTIONS_FILE, SAMPLES_FILE, write_dataset
+
+    c = runner.config
+    data = runner.out / "data" / "sft"
+    if not (data / SAMPLES_FILE).is_file():  # written last: a present file means complete data
+        write_dataset(data, c.unimrg_scenes, c.data_seed, "train", questions=2)
+    config = SFTConfig(steps=c.unimrg_steps, seed=seed, checkpoint_every=min(50, c.unimrg_steps),
+                       und_data=str(data / QUESTIONS_FILE), gen_data=str(data / SAMPLES_FILE))
+    um = runner.model()
+    out = runner.run_dir(name, seed)
+    result = train_sft(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False)
+    runner.evaluate(um, name, seed)
+    shutil.rmtree(result.out_dir / "checkpoint", ignore_errors=True)  # the adapter, log and token cache stay

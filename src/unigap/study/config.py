@@ -37,8 +37,8 @@ class StudyConfig:
     self_epochs: int = 2
     refine_rounds: int = 3  # reason-reflect-refine arms: rounds after the first image (best-of-n: 1 + rounds samples)
     grpo_steps: int = 200  # refine-grpo arm: GRPO steps (the rest: GRPOConfig's defaults)
-    unimrg_steps: int = 300  # unimrg and und-sft arms: optimiser steps, and the train scenes their data is drawn from
-    unimrg_scenes: int = 2000  # (both UniMRGConfig's defaults; its other settings are used as they are)
+    unimrg_steps: int = 300  # SFT arms (unimrg, und-sft, sft): optimiser steps, and the train scenes their data is
+    unimrg_scenes: int = 2000  # drawn from (UniMRGConfig's and SFTConfig's defaults; their other settings as they are)
 
     def __post_init__(self) -> None:
         if self.seeds < 2:

@@ -46,6 +46,8 @@ class TrainConfig:
     fixed_w_und: float = 0.93  # fixed-weight strategy: w_U
     reweight_every: int = 50  # grad-weighted: K
     checkpoint_every: int = 50
+    batch_size: int = 1  # pairs per task per step (SPEC §1: one); data-parallel processes share them
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -59,6 +61,7 @@ class TrainConfig:
             "max_grad_norm": self.max_grad_norm,
             "reweight_every": self.reweight_every,
             "checkpoint_every": self.checkpoint_every,
+            "batch_size": self.batch_size,
         }
         for name, value in positive.items():
             if not value > 0:

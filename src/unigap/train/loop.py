@@ -18,6 +18,7 @@ import torch
 
 from unigap.errors import UserError
 from unigap.metrics_log import MetricLogger
+from unigap.train import distributed
 from unigap.train.checkpoint import (
     CHECKPOINT_FILE,
     atomic_write_lines,
@@ -94,22 +95,26 @@ def run_steps(
         restore_extra(state)
     else:
         refuse_unless_resuming(out_dir, resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_lines(out_dir / CONFIG_FILE, [json.dumps(config, indent=2)])
-    logger = MetricLogger(out_dir / LOG_FILE, report_to, resume_step=step if resume else None, run_name=run_name)
+    main = distributed.is_main()  # data-parallel processes hold the same state: one of them writes it
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_lines(out_dir / CONFIG_FILE, [json.dumps(config, indent=2)])
+        logger = MetricLogger(out_dir / LOG_FILE, report_to, resume_step=step if resume else None, run_name=run_name)
     try:
         while step < steps:
             try:
                 record = step_fn(step)
             except TrainingDiverged as exc:
                 raise TrainingDiverged(f"{exc}; {_kept(out_dir, step, checkpoint_every)}") from None
-            logger.log(step, record)
             step += 1
-            if step % checkpoint_every == 0 or step == steps:
-                save_checkpoint(out_dir / CHECKPOINT_DIR,
-                                training_state(step, named, optimizer, scheduler, config, **extra_state()))
+            if main:
+                logger.log(step - 1, record)
+                if step % checkpoint_every == 0 or step == steps:
+                    save_checkpoint(out_dir / CHECKPOINT_DIR,
+                                    training_state(step, named, optimizer, scheduler, config, **extra_state()))
             if on_step is not None:
                 on_step(step, record)
     finally:
-        logger.close()
+        if main:
+            logger.close()
     return step

@@ -13,6 +13,7 @@ Files in the output directory: `log.jsonl` (one JSON object per step), `checkpoi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from transformers import get_cosine_schedule_with_warmup
 from unigap.errors import UserError
 from unigap.metrics_log import parse_report_to
 from unigap.model.unified import UnifiedModel
+from unigap.train import distributed
 from unigap.train.loop import CHECKPOINT_DIR, LOG_FILE, TrainingDiverged, holds_run, optimizer_step, run_steps
 from unigap.train.config import TrainConfig
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
@@ -64,6 +66,9 @@ class DPOTrainer:
         out_dir: str | Path,
         report_to: Sequence[str] = (),
     ) -> None:
+        if config.batch_size < distributed.world_size():
+            raise UserError(f"batch-size {config.batch_size} gives a process no pairs: use at least one per process "
+                            f"({distributed.world_size()})")
         needed = (SINGLE_TASK[config.strategy],) if config.strategy in SINGLE_TASK else TASKS
         given = {"und": und_pairs, "gen": gen_pairs}
         missing = [task for task in needed if not given[task]]
@@ -87,7 +92,8 @@ class DPOTrainer:
             length_w_und=self._length_w_und,
         )
         torch.manual_seed(config.seed)  # the LoRA A init and the dropout stream
-        um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout)
+        um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout,
+                    gradient_checkpointing=config.gradient_checkpointing)
         self.named = [(name, p) for name, p in um.model.named_parameters() if p.requires_grad]
         shared = {id(p) for p in um.shared_lora_parameters().parameters}
         self.is_shared = [id(p) in shared for _, p in self.named]
@@ -130,22 +136,32 @@ class DPOTrainer:
             )  # fmt: skip
         finally:
             self.um.model.eval()
-        self.um.save_adapter(self.out_dir)
+        if distributed.is_main():
+            self.um.save_adapter(self.out_dir)
         return TrainResult(self.step, self.out_dir, self.out_dir / LOG_FILE)
 
     def _task_gradients(self, task: str) -> tuple[list[torch.Tensor], dict[str, float]]:
-        """One pair of `task`: its DPO loss metrics and its gradient on every trainable tensor."""
-        pairs = self.pairs[task]
-        pair = pairs[data_order(self.config.seed, task, self.step, len(pairs))]
-        result = task_dpo_loss(self.um, [pair], self.config.dpo)
-        if not torch.isfinite(result.loss):
-            raise TrainingDiverged(
-                f"non-finite {task} DPO loss ({float(result.loss.detach())}) at step {self.step}: training stopped"
-            )
+        """`batch_size` pairs of `task` (this process's share of them, in data-parallel runs: `distributed`): their
+        mean DPO loss's metrics and gradient on every trainable tensor, summed over processes."""
+        pairs, size = self.pairs[task], self.config.batch_size
+        order = np.array([data_order(self.config.seed, task, self.step * size + k, len(pairs)) for k in range(size)])
+        mine = [pairs[i] for i in distributed.shard(order)]
+        result = task_dpo_loss(self.um, mine, self.config.dpo)
+        share = len(mine) / size  # this process's part of the global batch mean
+        loss = float(distributed.all_sum(result.loss.detach() * share))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"non-finite {task} DPO loss ({loss}) at step {self.step}: training stopped")
         params = [p for _, p in self.named]
-        grads = torch.autograd.grad(result.loss, params, allow_unused=True)
+        grads = torch.autograd.grad(result.loss * share, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-        return grads, result.metrics
+        if distributed.world_size() > 1:
+            flat = distributed.all_sum(torch.cat([g.reshape(-1) for g in grads]))
+            grads = [chunk.view_as(g) for chunk, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]
+        metrics = result.metrics
+        if distributed.world_size() > 1:  # the global batch's means
+            metrics = {key: float(distributed.all_sum(torch.tensor(value * share, dtype=torch.float64)))
+                       for key, value in metrics.items()}
+        return grads, metrics
 
     def _train_step(self) -> dict[str, Any]:
         record: dict[str, Any] = {"step": self.step, "lr": self.scheduler.get_last_lr()[0]}

@@ -38,6 +38,7 @@ from unigap.world.scene import DEFAULT_CANVAS, Scene, sample_scene
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 HELD_OUT_FRACTION = 0.1  # of each category's prompts, for val and for test each
 SAMPLES_FILE = "samples.jsonl"
+QUESTIONS_FILE = "questions.jsonl"
 JUDGE_POOL = 16  # prompts a judge question about one scene is drawn from: one it satisfies, its near misses, random
 SCENE_STREAM = 3  # rng stream of random train scenes, apart from the question stream (1)
 QUESTION_STREAM = 1
@@ -194,10 +195,14 @@ def write_dataset(
     category: str | None = None,
     canvas: int = DEFAULT_CANVAS,
     progress: Callable[[int], None] | None = None,
+    questions: int = 0,
 ) -> Path:
     """Write n samples of one split to out_dir (PNGs, then samples.jsonl atomically); returns the JSONL path.
 
-    `progress(k)` is called after each image with the number written so far (for a progress bar).
+    `progress(k)` is called after each image with the number written so far (for a progress bar). With
+    `questions` > 0, also questions.jsonl: that many one-word questions per image (`train_questions`), one row each
+    with image, question, answer and kind: understanding data in the format `unigap train --objective sft` and
+    `unigap eval --questions` read.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -211,8 +216,17 @@ def write_dataset(
         lines.append(_record_json(i, split, seed, spec, scene, rel))
         if progress is not None:
             progress(i + 1)
-    target = out / SAMPLES_FILE
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".samples.", suffix=".tmp")
+    if questions > 0:
+        asked = train_questions([scene for _, scene in pairs], seed, questions, sentence_fraction=0.0)
+        rows = [{"image": f"{IMAGES_DIR}/{i:06d}.png", "question": q.text, "answer": q.answer, "kind": q.kind}
+                for i, qs in enumerate(asked) for q in qs]
+        _write_lines(out / QUESTIONS_FILE, [json.dumps(row, sort_keys=True) for row in rows])
+    return _write_lines(out / SAMPLES_FILE, lines)
+
+
+def _write_lines(target: Path, lines: Sequence[str]) -> Path:
+    """`lines` as a text file replacing `target` atomically."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write("".join(line + "\n" for line in lines))

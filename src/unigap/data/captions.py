@@ -1,0 +1,37 @@
+"""Users' own generation data: images with their captions, from any table `unigap.data.tables` reads.
+
+Columns: `image` (a path relative to the file's folder, bytes, or an image) and `prompt` (or `caption`). The file
+`unigap world sample` writes (`samples.jsonl`) is one: rendered ShapeWorld scenes with the prompt they satisfy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from unigap.data.tables import base_folder, image_cell, read_table, text_cell
+from unigap.errors import UserError
+
+CAPTION_COLUMNS = ("prompt", "caption")
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    image: np.ndarray
+    prompt: str
+    where: str
+
+
+def read_caption_data(path: str | Path, n: int | None = None) -> list[CaptionedImage]:
+    """The first n (image, caption) rows (all when n is None), images decoded; a bad row is a `UserError` naming
+    `FILE:LINE`, raised before a model is loaded or anything is written."""
+    base = base_folder(path)
+    out = []
+    for where, row in read_table(path)[:n]:
+        column = next((name for name in CAPTION_COLUMNS if name in row), None)
+        if column is None:
+            raise UserError(f"{where}: needs a 'prompt' (or 'caption') column")
+        out.append(CaptionedImage(image_cell(row, base, where), text_cell(row, column, where), where))
+    return out

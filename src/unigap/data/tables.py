@@ -1,0 +1,144 @@
+"""Users' data files as rows: JSONL, CSV, Parquet, or a dataset saved by `datasets.save_to_disk`, each row with
+the place it came from, so that one malformed row is one error naming `FILE:LINE` (or `FILE:row N`).
+
+Why one reader: prompt lists, understanding data and preference pairs all arrive in these formats, and every
+command must fail the same way, before anything is written. Image cells are read by `image_cell`: a path
+(relative to the data file's folder), raw bytes, a `{"bytes", "path"}` struct (how `datasets` stores an `Image`
+column in Parquet) or an already decoded image.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from unigap.errors import UserError
+
+TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
+Row = tuple[str, dict[str, Any]]  # (location, row)
+
+
+def read_table(path: str | Path, what: str = "row") -> list[Row]:
+    """Every row of a data file (or `save_to_disk` folder) with its location; blank JSONL lines are skipped.
+    `UserError` for a missing or unreadable file, an unknown format, a row that is not an object ("FILE:LINE:
+    malformed {what}: ..."), or no rows."""
+    path = Path(path)
+    if path.is_dir():
+        rows = _dataset_rows(path)
+    elif not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    elif path.suffix == ".jsonl":
+        rows = _jsonl_rows(path, what)
+    elif path.suffix == ".csv":
+        rows = _csv_rows(path)
+    elif path.suffix == ".parquet":
+        rows = _parquet_rows(path)
+    else:
+        raise UserError(f"{path}: unknown data format; expected {', '.join(TABLE_SUFFIXES)} or a save_to_disk folder")
+    if not rows:
+        raise UserError(f"{path}: no {what}s")
+    return rows
+
+
+def _jsonl_rows(path: Path, what: str) -> list[Row]:
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{line_no}: malformed {what}: invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{line_no}: malformed {what}: not a JSON object")
+        out.append((f"{path}:{line_no}", row))
+    return out
+
+
+def _csv_rows(path: Path) -> list[Row]:
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            out = []
+            for row in reader:  # the header is line 1; `line_num` counts quoted newlines too
+                if None in row or None in row.values():
+                    raise UserError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames or [])} columns")
+                out.append((f"{path}:{reader.line_num}", dict(row)))
+            return out
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def _parquet_rows(path: Path) -> list[Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"{path}: cannot read Parquet: {exc}") from None
+    return [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
+
+
+def _dataset_rows(path: Path) -> list[Row]:
+    if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
+        raise UserError(f"{path} is a folder but not a dataset saved by datasets.save_to_disk")
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{path}: reading a save_to_disk folder needs the datasets package (pip install datasets)") from None
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, FileNotFoundError) as exc:
+        raise UserError(f"{path}: cannot load the dataset: {exc}") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        raise UserError(f"{path} holds several splits ({', '.join(dataset)}); pass one split's folder")
+    return [(f"{path}:row {i}", row) for i, row in enumerate(dataset, start=1)]
+
+
+def text_cell(row: dict[str, Any], name: str, where: str) -> str:
+    """A non-empty string column; `UserError` naming the row otherwise."""
+    value = row.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{where}: {name!r} must be a non-empty string")
+    return value
+
+
+def image_cell(row: dict[str, Any], base: Path, where: str, name: str = "image") -> np.ndarray:
+    """An image column as an RGB uint8 array: a path (relative paths from `base`, the data file's folder), bytes,
+    a `{"bytes", "path"}` struct, or a PIL image. `UserError` naming the row when it is missing or unreadable."""
+    if name not in row or row[name] is None:
+        raise UserError(f"{where}: missing {name!r} column")
+    value = row[name]
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    try:
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, bytes):
+            image = Image.open(io.BytesIO(value))
+        elif isinstance(value, str) and value:
+            file = Path(value) if Path(value).is_absolute() else base / value
+            image = Image.open(file)
+        else:
+            raise UserError(f"{where}: {name!r} must be a path, bytes or an image, got {type(value).__name__}")
+        return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        name = value if isinstance(value, str) else "bytes"
+        raise UserError(f"{where}: cannot read image {name}: {exc}") from None
+
+
+def base_folder(path: str | Path) -> Path:
+    """Where relative image paths of a data file start: its folder (a dataset folder itself)."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent

@@ -1,0 +1,78 @@
+"""Users' own understanding data: image + question + answer(s), from any table `unigap.data.tables` reads.
+
+Columns: `image` (a path relative to the file's folder, bytes, or an image), `question`, and either `answer` (one
+string) or `answers` (several reference answers, VQA-style; in CSV a JSON list), optionally `kind` (a question
+type, for the per-kind breakdown; "all" when absent). The items look like ShapeWorld's `UnderstandingItem`s to
+`answer_items`, so one scorer serves both: normalised exact match against the first reference, plus the VQA soft
+score against all of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unigap.errors import UserError
+from unigap.data.tables import base_folder, image_cell, read_table, text_cell
+
+DEFAULT_KIND = "all"
+
+
+@dataclass(frozen=True)
+class UserQuestion:
+    kind: str
+    text: str
+    answers: tuple[str, ...]
+
+    @property
+    def answer(self) -> str:
+        """The reference exact match compares against: the first one."""
+        return self.answers[0]
+
+
+@dataclass(frozen=True)
+class UserItem:
+    index: int
+    image: np.ndarray
+    question: UserQuestion
+    where: str
+
+
+def _answers(row: dict[str, Any], where: str) -> tuple[str, ...]:
+    if "answers" in row and row["answers"] is not None:
+        value = row["answers"]
+        if isinstance(value, str):  # CSV: a JSON list in one cell
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise UserError(f"{where}: 'answers' must be a list of strings (in CSV, a JSON list)") from None
+        if not isinstance(value, list | tuple) or not value or not all(isinstance(a, str) and a.strip() for a in value):
+            raise UserError(f"{where}: 'answers' must be a non-empty list of non-empty strings")
+        return tuple(value)
+    if "answer" not in row:
+        raise UserError(f"{where}: needs an 'answer' or an 'answers' column")
+    return (text_cell(row, "answer", where),)
+
+
+def read_understanding_data(path: str | Path, n: int | None = None) -> list[UserItem]:
+    """The first n items (all when n is None or the file has fewer); every row up to them checked, images
+    decoded, so a bad row fails here, naming `FILE:LINE`, before a model is loaded or anything is written."""
+    if n is not None and n < 1:
+        raise UserError(f"--n must be positive, got {n}")
+    base = base_folder(path)
+    items = []
+    for index, (where, row) in enumerate(read_table(path)[:n]):
+        question = UserQuestion(
+            str(row.get("kind") or DEFAULT_KIND), text_cell(row, "question", where), _answers(row, where)
+        )
+        items.append(UserItem(index, image_cell(row, base, where), question, where))
+    return items
+
+
+def kinds_of(items: list[UserItem]) -> list[str]:
+    """The question kinds present, in first-seen order (the per-kind breakdown's groups)."""
+    return list(dict.fromkeys(item.question.kind for item in items))

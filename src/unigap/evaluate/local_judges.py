@@ -1,0 +1,258 @@
+"""Independent judges from local checkpoints: `clip:DIR` (CLIPScore) and `vlm:DIR` (a VLM's P(yes)).
+
+Why: the exact verifier only reads ShapeWorld prompts. A CLIP/SigLIP model or an image-text-to-text model judges
+any prompt, and being separate from the model under study it can audit a self-judge. Both load from a local
+directory only (`local_files_only`: nothing is downloaded), and every failure to load is one `UserError` line.
+
+* `clip`: CLIPScore (Hessel et al. 2021) = 2.5 · max(cos(image, text), 0); the judge's score in [0, 1] is
+  CLIPScore / 2.5 = max(cos, 0). Its accept threshold is calibrated on ShapeWorld renders: the threshold that best
+  separates each render's true prompt from one near-miss prompt (balanced accuracy), with the calibration's
+  balanced accuracy and AUC recorded, so a useless judge (a random CLIP: both near 0.5) is visible in every report.
+* `vlm`: P(yes) of the judge question unigap asks its own models, from the next-token logits of the first tokens
+  of yes/Yes against no/No (normalised over those); accept at 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from unigap.errors import UserError
+from unigap.evaluate.critique import auc
+from unigap.evaluate.data import held_out_pairs
+from unigap.world import PromptSpec, near_misses, render_pil, satisfies
+
+CLIPSCORE_WEIGHT = 2.5  # Hessel et al.'s w
+CALIBRATION_N = 200  # val-split renders the CLIP threshold is fitted on
+CALIBRATION_SEED = 0
+CALIBRATION_STREAM = 11  # the near miss of each render is drawn from this stream of the calibration seed
+BATCH_SIZE = 16
+YES_WORDS = ("yes", "Yes", " yes", " Yes")
+NO_WORDS = ("no", "No", " no", " No")
+PROBE_IMAGE = Image.new("RGB", (64, 64), "white")
+
+
+def prompt_texts(specs: Sequence[PromptSpec | str]) -> list[str]:
+    """The prompt texts: these judges read text only, so free-text prompts work as well as ShapeWorld specs."""
+    return [spec if isinstance(spec, str) else spec.text for spec in specs]
+
+
+def model_directory(kind: str, directory: str) -> Path:
+    """The judge's checkpoint directory, checked before any slow load."""
+    if not directory:
+        raise UserError(f"--judge {kind}:DIR needs a directory after '{kind}:'")
+    path = Path(directory).expanduser()
+    if not path.exists():
+        raise UserError(f"{kind} judge directory {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"{kind} judge directory {path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{kind} judge directory {path} holds no model (no config.json)")
+    return path
+
+
+@contextmanager
+def _loading(kind: str, path: Path) -> Iterator[None]:
+    """Any failure to load a checkpoint becomes one line naming the directory; transformers' load reports and
+    progress bars stay quiet (a user's mistake is one line; `_load_model` checks for missing weights itself)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, ImportError) as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise UserError(f"cannot load a {kind} judge from {path}: {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(kind: str, path: Path, auto_class: Any) -> Any:
+    """The checkpoint under `auto_class`, in eval mode; a checkpoint missing weights would judge at random."""
+    model, info = auto_class.from_pretrained(path, local_files_only=True, output_loading_info=True)
+    if info["missing_keys"]:
+        raise UserError(f"{kind} judge directory {path} lacks weights of its {type(model).__name__} "
+                        f"(e.g. {sorted(info['missing_keys'])[0]})")
+    return model.to(_device()).eval()
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _batched(items: Sequence[Any], size: int = BATCH_SIZE) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- CLIP / SigLIP ------------------------------------------------------------------------------------
+
+
+class ClipScorer:
+    """Cosine similarity of (image, text) pairs under a local CLIP or SigLIP checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer
+
+        with _loading("clip", path):
+            self.model = _load_model("clip", path, AutoModel)
+            try:
+                processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+                self.tokenizer, self.image_processor = processor.tokenizer, processor.image_processor
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+                self.image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        if not (hasattr(self.model, "get_text_features") and hasattr(self.model, "get_image_features")):
+            name = type(self.model).__name__
+            raise UserError(f"clip judge directory {path} holds a {name}, not a CLIP or SigLIP model")
+        text_config = getattr(self.model.config, "text_config", None)
+        self.max_length = getattr(text_config, "max_position_embeddings", None)
+        # SigLIP was trained on texts padded to the full length; CLIP pools at EOS, so padding does not matter
+        self.padding = "max_length" if self.model.config.model_type.startswith("siglip") else True
+        with _loading("clip", path):
+            self.cosine([PROBE_IMAGE], ["a circle"])  # a checkpoint that cannot score fails here, before any work
+
+    @staticmethod
+    def _features(output: Any) -> torch.Tensor:
+        """Projected embeddings: newer transformers return a model output whose pooler_output holds them."""
+        return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+    @torch.inference_mode()
+    def cosine(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
+        """cos(image_i, text_i), one float per pair (NaN from a degenerate model reads as 0)."""
+        out: list[float] = []
+        device = next(self.model.parameters()).device
+        for chunk in _batched(list(zip(images, texts, strict=True))):
+            pixels = self.image_processor(images=[image.convert("RGB") for image, _ in chunk], return_tensors="pt")
+            pixels = pixels.to(device=device, dtype=self.model.dtype)
+            tokens = self.tokenizer([text for _, text in chunk], padding=self.padding, truncation=True,
+                                    max_length=self.max_length, return_tensors="pt")
+            image_emb = self._features(self.model.get_image_features(**pixels))
+            text_emb = self._features(self.model.get_text_features(
+                **{k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}))
+            cos = (F.normalize(image_emb.float(), dim=-1) * F.normalize(text_emb.float(), dim=-1)).sum(-1)
+            out += torch.nan_to_num(cos, nan=0.0).cpu().tolist()
+        return out
+
+    def scores(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
+        """CLIPScore / 2.5 = max(cos, 0), in [0, 1]."""
+        return [min(max(c, 0.0), 1.0) for c in self.cosine(images, texts)]
+
+
+def calibration_set(n: int = CALIBRATION_N,
+                    seed: int = CALIBRATION_SEED) -> tuple[list[Image.Image], list[str], list[str]]:
+    """n val-split renders with their true prompt and one near-miss prompt the scene does not satisfy (renders
+    whose every near miss it satisfies are skipped)."""
+    rng = np.random.default_rng([seed, CALIBRATION_STREAM])
+    images, true, miss = [], [], []
+    for spec, scene in held_out_pairs(n, seed, seed, split="val"):
+        wrong = [other for other in near_misses(spec) if not satisfies(scene, other)]
+        if wrong:
+            images.append(render_pil(scene))
+            true.append(spec.text)
+            miss.append(wrong[int(rng.integers(len(wrong)))].text)
+    return images, true, miss
+
+
+def balanced_threshold(positives: Sequence[float], negatives: Sequence[float]) -> tuple[float, float]:
+    """(t, balanced accuracy) of the threshold t (accept when score >= t) that best separates positives from
+    negatives. Candidates are the lowest score (accept all: 0.5) and midpoints between distinct scores, so equal
+    or degenerate scores still give a finite threshold inside the scores' range; ties go to the lowest t."""
+    pos = np.nan_to_num(np.asarray(positives, dtype=float))
+    neg = np.nan_to_num(np.asarray(negatives, dtype=float))
+    values = np.unique(np.concatenate([pos, neg]))
+    candidates = np.concatenate([values[:1], (values[1:] + values[:-1]) / 2])
+    tpr = (pos[None, :] >= candidates[:, None]).mean(axis=1)
+    tnr = (neg[None, :] < candidates[:, None]).mean(axis=1)
+    balanced = (tpr + tnr) / 2
+    best = int(np.argmax(balanced))
+    return float(candidates[best]), float(balanced[best])
+
+
+def calibrate(scorer: ClipScorer, n: int = CALIBRATION_N, seed: int = CALIBRATION_SEED) -> dict[str, Any]:
+    """The accept threshold (on the judge's [0, 1] scale) and how well it separates true from near-miss prompts."""
+    images, true, miss = calibration_set(n, seed)
+    pos, neg = scorer.scores(images, true), scorer.scores(images, miss)
+    threshold, balanced = balanced_threshold(pos, neg)
+    return {
+        "threshold": threshold,
+        "clipscore_threshold": CLIPSCORE_WEIGHT * threshold,
+        "pairs": len(images),
+        "split": "val",
+        "seed": seed,
+        "balanced_accuracy": balanced,
+        "auc": auc(pos, neg)["auc"],
+        "mean_score_true": float(np.mean(pos)),
+        "mean_score_near_miss": float(np.mean(neg)),
+    }
+
+
+# -- image-text-to-text VLM -----------------------------------------------------------------------------
+
+
+def answer_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """First tokens of the yes and the no words; a token both start with (e.g. a lone space) tells nothing apart
+    and is dropped."""
+
+    def first(words: tuple[str, ...]) -> set[int]:
+        ids = (tokenizer(word, add_special_tokens=False)["input_ids"] for word in words)
+        return {seq[0] for seq in ids if seq} - {tokenizer.unk_token_id}
+
+    yes, no = first(YES_WORDS), first(NO_WORDS)
+    shared = yes & no
+    yes, no = yes - shared, no - shared
+    if not yes or not no:
+        raise UserError("the vlm judge's tokenizer cannot tell 'yes' from 'no' by their first token")
+    return sorted(yes), sorted(no)
+
+
+class VlmJudge:
+    """P(yes) of "Does this image show <prompt>?" under a local image-text-to-text model."""
+
+    def __init__(self, path: Path) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        with _loading("vlm", path):
+            self.model = _load_model("vlm", path, AutoModelForImageTextToText)
+            self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+            tokenizer = self.processor.tokenizer
+        tokenizer.padding_side = "left"  # the next-token logits of every row sit at the last position
+        self.yes, self.no = answer_token_ids(tokenizer)
+        with _loading("vlm", path):
+            self.p_yes([PROBE_IMAGE], ["a circle"])  # e.g. a chat template that cannot take an image fails here
+
+    def prompt(self, text: str) -> str:
+        """The judge question, in the processor's chat template when it has one."""
+        from unigap.model.prompts import JUDGE_QUESTION
+
+        question = JUDGE_QUESTION.format(prompt=text.strip().rstrip(".!?").strip())
+        if getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return f"{getattr(self.processor, 'image_token', '<image>')}\n{question}"
+
+    @torch.inference_mode()
+    def p_yes(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
+        """P(yes | yes or no) for each (image, prompt) pair."""
+        out: list[float] = []
+        device = next(self.model.parameters()).device
+        for chunk in _batched(list(zip(images, texts, strict=True))):
+            inputs = self.processor(images=[image.convert("RGB") for image, _ in chunk],
+                                    text=[self.prompt(text) for _, text in chunk], padding=True, return_tensors="pt")
+            inputs = inputs.to(device=device, dtype=self.model.dtype)
+            logits = self.model(**inputs).logits[:, -1].float().log_softmax(-1)
+            margin = logits[:, self.yes].logsumexp(-1) - logits[:, self.no].logsumexp(-1)
+            out += torch.sigmoid(margin).cpu().tolist()
+        return out

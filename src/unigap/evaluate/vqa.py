@@ -1,0 +1,44 @@
+"""The VQA soft score (Antol et al. 2015; the official VQA v2 evaluation), for users' own understanding data.
+
+Why it and not exact match alone: VQA-style data has several human answers per question (ten in VQA v2), and
+"two" against annotators who said "2" or "two" is right. The official rule: an answer is scored against each
+subset of all-but-one reference answers as min(1, matches / 3), and those scores are averaged; with a single
+reference answer it is exact match. Answers are normalised as the official script does: lower case, punctuation
+removed (a full stop between digits kept), number words to digits, articles dropped, common contractions given
+their apostrophe.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_ARTICLES = {"a", "an", "the"}
+_CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent": "aren't", "cant": "can't",
+                 "wont": "won't", "wasnt": "wasn't", "werent": "weren't", "didnt": "didn't", "hasnt": "hasn't",
+                 "havent": "haven't", "shouldnt": "shouldn't", "couldnt": "couldn't", "wouldnt": "wouldn't",
+                 "im": "i'm", "ive": "i've", "youre": "you're", "thats": "that's", "whats": "what's"}
+_PUNCTUATION = re.compile(r"(?!<=\d)(\.)(?!\d)|[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$|~:']")
+
+
+def normalize_vqa(text: str) -> str:
+    """The official VQA answer normalisation (see module docstring)."""
+    text = " ".join(text.replace("\n", " ").replace("\t", " ").strip().lower().split())
+    text = re.sub(r"(\d),(\d)", r"\1\2", text)  # 1,000 -> 1000
+    text = _PUNCTUATION.sub(" ", text)
+    words = [_NUMBERS.get(word, word) for word in text.split() if word not in _ARTICLES]
+    return " ".join(_CONTRACTIONS.get(word, word) for word in words)
+
+
+def vqa_score(answer: str, references: Sequence[str]) -> float:
+    """min(1, matches / 3) averaged over the leave-one-out subsets of `references` (exact match for one)."""
+    if not references:
+        raise ValueError("vqa_score needs at least one reference answer")
+    given = normalize_vqa(answer)
+    hits = [normalize_vqa(ref) == given for ref in references]
+    if len(hits) == 1:
+        return float(hits[0])
+    total = sum(hits)
+    return sum(min(1.0, (total - hit) / 3) for hit in hits) / len(hits)

@@ -1,0 +1,118 @@
+"""Preference pairs in TRL's column convention, in and out, so pairs move between unigap and TRL's `DPOTrainer`.
+
+TRL's vision preference rows (conversational): `prompt` = [{"role": "user", "content": [{"type": "image"},
+{"type": "text", "text": question}]}], `chosen` / `rejected` = [{"role": "assistant", "content": [{"type":
+"text", "text": answer}]}], `images` = [image]; plain strings are accepted for all three on reading, and `image`
+for `images`. TRL has no image-generation preference trainer; generation rows here are `prompt` (the caption),
+`chosen_image` / `rejected_image`, plus unigap's `chosen_ids` / `rejected_ids` (VQ tokens) when known. Reference
+log-probs go out under TRL's precomputed names `ref_chosen_logps` / `ref_rejected_logps`; on reading they are
+recomputed with the base model being trained, as every unigap pair's are.
+
+Images: in Parquet a `{"bytes": PNG, "path": None}` struct (what `datasets` writes for an Image column); in JSONL
+a path relative to the file's folder, the PNGs written to `<file stem>_images/` beside it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from unigap.data.tables import image_cell
+from unigap.errors import UserError
+from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
+
+TRL_COLUMNS = ("prompt", "chosen", "rejected")
+REFERENCE_BATCH = 8
+
+
+def is_trl_row(row: dict[str, Any]) -> bool:
+    """A row in TRL's convention (no unigap `kind`; prompt and chosen, rejected or their images)."""
+    return "kind" not in row and "prompt" in row
+
+
+def trl_task(row: dict[str, Any]) -> str:
+    return "gen" if "chosen_image" in row or "chosen_ids" in row else "und"
+
+
+def _text(value: Any, role: str) -> str:
+    """A plain string, or the text parts of a conversational message list's `role` messages."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = [part.get("text", "") for message in value if isinstance(message, dict) and message.get("role") == role
+                 for part in (message.get("content") if isinstance(message.get("content"), list)
+                              else [{"text": message.get("content")}])
+                 if isinstance(part, dict) and isinstance(part.get("text"), str)]
+        return " ".join(p.strip() for p in parts if p.strip())
+    return ""
+
+
+def trl_problem(row: dict[str, Any]) -> str:
+    """Why a TRL-convention row is malformed ('' when it is fine)."""
+    if not _text(row["prompt"], "user"):
+        return "'prompt' holds no text (a string, or a conversation with a user message)"
+    if trl_task(row) == "gen":
+        have_ids = all(isinstance(row.get(f"{s}_ids"), list) and row[f"{s}_ids"] for s in ("chosen", "rejected"))
+        if not have_ids and not all(row.get(f"{s}_image") is not None for s in ("chosen", "rejected")):
+            return "a generation row needs chosen_image and rejected_image (or chosen_ids and rejected_ids)"
+        return ""
+    for side in ("chosen", "rejected"):
+        if not _text(row.get(side), "assistant"):
+            return f"{side!r} holds no text (a string, or a conversation with an assistant message)"
+    images = row.get("images", [row["image"]] if row.get("image") is not None else None)
+    if not isinstance(images, list) or len(images) != 1:
+        return "an understanding row needs one image ('images': [image] or 'image')"
+    return ""
+
+
+def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -> list[Pair]:
+    """Validated TRL rows (with their locations) as DPO pairs: images decoded (generation images VQ-encoded by
+    `um`), reference log-probs and token counts computed with `um`'s base model."""
+    pairs: list[Pair] = []
+    for where, row in rows:
+        prompt = _text(row["prompt"], "user")
+        if trl_task(row) == "und":
+            image = image_cell({"image": (row.get("images") or [row.get("image")])[0]}, base, where)
+            pairs.append(UnderstandingPair(image, prompt, _text(row["chosen"], "assistant"),
+                                           _text(row["rejected"], "assistant"), math.nan, math.nan, 0, 0))
+            continue
+        if row.get("chosen_ids") and row.get("rejected_ids"):
+            chosen, rejected = tuple(row["chosen_ids"]), tuple(row["rejected_ids"])
+        else:
+            images = [image_cell(row, base, where, f"{side}_image") for side in ("chosen", "rejected")]
+            chosen, rejected = (tuple(ids) for ids in um.encode_images(images).tolist())
+        pairs.append(GenerationPair(prompt, chosen, rejected, math.nan, math.nan))
+    return [pair for start in range(0, len(pairs), REFERENCE_BATCH)
+            for pair in with_reference(um, pairs[start : start + REFERENCE_BATCH])]
+
+
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def to_trl(row: dict[str, Any], image: np.ndarray | None, chosen_image: Image.Image | None,
+           rejected_image: Image.Image | None) -> dict[str, Any]:
+    """A unigap row in TRL's columns (images as PNG bytes; the writer stores them), its provenance and scores kept."""
+    keep = {key: row[key] for key in ("model", "seed", "candidate", "chosen_score", "rejected_score")}
+    refs = {"ref_chosen_logps": row["chosen_ref_logprob"], "ref_rejected_logps": row["rejected_ref_logprob"]}
+    if row["kind"] == "und":
+        return {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["question"]}]}],
+                **{side: [{"role": "assistant", "content": [{"type": "text", "text": row[side]}]}]
+                   for side in ("chosen", "rejected")},
+                "images": [png_bytes(image)], **refs, **keep}
+    return {"prompt": row["prompt"], "chosen_image": png_bytes(chosen_image), "rejected_image":
+            png_bytes(rejected_image), "chosen_ids": row["chosen_ids"], "rejected_ids": row["rejected_ids"],
+            **refs, **keep}
+
+
+def check_trl_export(rows: Sequence[dict[str, Any]], model: str | None) -> None:
+    if any(row["kind"] != "und" for row in rows) and model is None:
+        raise UserError("exporting generation pairs decodes their images: pass --model (the model that built them)")

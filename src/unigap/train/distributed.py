@@ -1,0 +1,63 @@
+"""Data parallelism across processes started by `accelerate launch` (or `torchrun`), for the SFT trainer.
+
+Why by hand and not `Accelerator.prepare(model)`: unigap calls the model's parts (vision encoder, LLM, generation
+head) separately, which a DDP wrapper does not see. Each process instead takes every `world`-th example of the
+step's global batch (`shard`); a task's loss is its summed token loss over the *global* token (or row) count, so
+the gradients summed over processes (`sum_gradients`) are exactly the one-process gradients of the same global
+batch, up to float summation order. Every process holds the same parameters (same seed, same summed gradients,
+same optimizer step); only the main one writes logs, checkpoints and the adapter. On CPU the processes talk
+over gloo; a single process needs no launcher and no process group.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def world_size() -> int:
+    """Processes in this run (the launcher's WORLD_SIZE; 1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's index; the process group is joined on first use (gloo on CPU, NCCL on GPUs)."""
+    if world_size() == 1:
+        return 0
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).process_index
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def shard(rows: np.ndarray) -> np.ndarray:
+    """This process's share of a global batch: every `world_size()`-th row from its rank."""
+    return rows[rank() :: world_size()]
+
+
+def all_sum(value: torch.Tensor) -> torch.Tensor:
+    """`value` summed over every process (a detached copy; the value itself with one process)."""
+    if world_size() == 1:
+        return value
+    rank()  # joins the group
+    total = value.detach().clone()
+    torch.distributed.all_reduce(total)
+    return total
+
+
+def sum_gradients(params: Sequence[torch.nn.Parameter]) -> None:
+    """Each gradient replaced by its sum over processes, in one flat all-reduce."""
+    if world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = all_sum(torch.cat([g.reshape(-1) for g in grads]))
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).to(p.dtype)
+        offset += g.numel()

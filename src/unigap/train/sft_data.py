@@ -1,0 +1,140 @@
+"""`unigap train --objective sft`: supervised fine-tuning on users' own data, both tasks in one LoRA run.
+
+Understanding data (image + question + answer: `unigap.data.understanding`) trains the answers; generation data
+(image + caption: `unigap.data.captions`) trains the image tokens from the caption. The generation images are
+VQ-tokenized once, at the model's image size, into `OUT/gen_tokens.safetensors` (keyed by the data file's sha256 and
+the model's VQ geometry), so a resumed run or a second run in the same folder does not encode them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from unigap.data.captions import CaptionedImage, read_caption_data
+from unigap.data.understanding import UserItem, read_understanding_data
+from unigap.errors import UserError
+from unigap.train import distributed
+from unigap.train.checkpoint import atomic_write_bytes
+from unigap.train.config import load_config
+from unigap.train.loop import refuse_unless_resuming
+from unigap.train.sft import AnswerTask, SFTOptions, SFTTrainer, Task, TextToImageTask, check_field
+from unigap.train.trainer import TrainResult
+
+TOKEN_CACHE = "gen_tokens.safetensors"
+ENCODE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class SFTConfig(SFTOptions):
+    """`SFTOptions` plus the data files and each task's loss weight; a file left empty trains no such task."""
+
+    lr: float = 3e-4  # chosen on the validation split of the shipped model (docs/experiments.md)
+    und_data: str = ""  # image + question + answer(s): JSONL/CSV/Parquet or a save_to_disk folder
+    gen_data: str = ""  # image + prompt (or caption), same formats
+    und_weight: float = 1.0
+    gen_weight: float = 1.0
+    max_rows: int = 0  # use at most this many rows of each file (0: all)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.und_data and not self.gen_data:
+            raise UserError("--objective sft needs --und-data, --gen-data or both")
+        for name in ("und_weight", "gen_weight", "max_rows"):
+            check_field(self, name, getattr(self, name) >= 0, "be >= 0")
+        if not (self.und_data and self.und_weight > 0 or self.gen_data and self.gen_weight > 0):
+            raise UserError("nothing to train: every task with data has weight 0")
+
+    @classmethod
+    def load(cls, toml_file: Path | None = None, **overrides: Any) -> SFTConfig:
+        """Defaults, then the TOML file's keys (named like the fields), then the overrides that are not None."""
+        return load_config(cls, toml_file, overrides)
+
+
+@dataclass(frozen=True)
+class SFTData:
+    understanding: list[UserItem]
+    captions: list[CaptionedImage]
+
+
+def read_sft_data(config: SFTConfig) -> SFTData:
+    """Both files read and checked (a bad row names its file and line) before any model is loaded."""
+    limit = config.max_rows or None
+    return SFTData(
+        read_understanding_data(config.und_data, limit) if config.und_data else [],
+        read_caption_data(config.gen_data, limit) if config.gen_data else [],
+    )
+
+
+def _fingerprint(path: str) -> str:
+    """sha256 of a data file (of every file of a save_to_disk folder, in name order)."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(root.rglob("*")) if root.is_dir() else [root]:
+        if file.is_file():
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def caption_tokens(um: Any, captions: list[CaptionedImage], source: str, out_dir: Path,
+                   progress: Any = None) -> torch.Tensor:
+    """VQ ids [n, N] of the captioned images, read from the token cache when it matches, else encoded and cached."""
+    key = {"sha256": _fingerprint(source), "rows": str(len(captions)), "tokens": str(um.num_image_tokens),
+           "codebook": str(um.model.config.vq_config.num_embeddings)}
+    cache = out_dir / TOKEN_CACHE
+    if cache.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(cache), "pt") as handle:
+            if handle.metadata() == key:
+                return load_file(str(cache))["ids"]
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(captions), ENCODE_BATCH):
+            chunks.append(um.encode_images([c.image for c in captions[start : start + ENCODE_BATCH]]).cpu())
+            if progress is not None:
+                progress(min(start + ENCODE_BATCH, len(captions)))
+    ids = torch.cat(chunks)
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        blob = save({"ids": ids.contiguous()}, metadata=key)
+        atomic_write_bytes(cache, lambda handle: handle.write(blob))
+    return ids
+
+
+def sft_tasks(um: Any, config: SFTConfig, data: SFTData, out_dir: Path, progress: Any = None
+              ) -> dict[str, tuple[Task, float]]:
+    """The run's tasks: `und` (answers) and `gen` (caption → image tokens), those with data and a weight > 0."""
+    tasks: dict[str, tuple[Task, float]] = {}
+    if data.understanding and config.und_weight > 0:
+        items = data.understanding
+        tasks["und"] = (AnswerTask([i.image for i in items], [[i.question.text] for i in items],
+                                   [[i.question.answer] for i in items]), config.und_weight)
+    if data.captions and config.gen_weight > 0:
+        ids = caption_tokens(um, data.captions, config.gen_data, out_dir, progress)
+        tasks["gen"] = (TextToImageTask([c.prompt for c in data.captions], ids), config.gen_weight)
+    return tasks
+
+
+def train_sft(um: Any, config: SFTConfig, out_dir: str | Path, resume: bool = False,
+              report_to: tuple[str, ...] = (), show_progress: bool = True, data: SFTData | None = None
+              ) -> TrainResult:
+    """Read the data (unless given), tokenize the generation images once, then train (or resume) a LoRA in
+    `out_dir` with progress bars: what `unigap train --objective sft` runs."""
+    from unigap.progress import progress
+
+    out_dir = Path(out_dir)
+    refuse_unless_resuming(out_dir, resume)
+    data = read_sft_data(config) if data is None else data
+    show_progress = show_progress and distributed.is_main()
+    with progress("tokenize", max(len(data.captions), 1), show_progress and bool(data.captions)) as update:
+        tasks = sft_tasks(um, config, data, out_dir, update)
+    trainer = SFTTrainer(um, config, tasks, out_dir, f"{out_dir.name}-sft", report_to)
+    with progress("sft", config.steps, show_progress) as update:
+        return trainer.train(resume, lambda step, record: update(step, f"loss {record['loss']:.3f}"))

@@ -1,0 +1,267 @@
+"""Local judges (`clip:DIR`, `vlm:DIR`) on tiny random checkpoints built here, and `--judge` in eval, the
+self-improvement audit and refine: scores in [0, 1], a finite calibrated threshold, reports that name the judge, and
+a bad directory as one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers.models import BPE
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+import unigap.world as world
+from unigap.cli import main
+from unigap.errors import UserError
+from unigap.evaluate.judges import get_judge
+from unigap.evaluate.local_judges import balanced_threshold, calibration_set
+from unigap.refine import RefineConfig, run_refine
+from unigap.selfimprove import SelfImproveConfig
+from unigap.selfimprove.pool import Sample, audit
+
+IMAGE = "<image>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] + ': ' }}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\n' }}{% else %}{{ part['text'] }}{% endif %}{% endfor %}{{ '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
+)
+
+
+def byte_tokenizer(append_eos: bool, extra: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """Byte-level BPE without merges (every byte a token): any text, offline, in milliseconds."""
+    specials = ["<bos>", "<eos>", "<pad>", *extra]
+    vocab = {token: i for i, token in enumerate([*specials, *sorted(pre_tokenizers.ByteLevel.alphabet())])}
+    backend = Tokenizer(BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    single = "<bos> $A <eos>" if append_eos else "<bos> $A"  # CLIP pools at EOS; a causal LM continues the prompt
+    backend.post_processor = processors.TemplateProcessing(single=single, special_tokens=[("<bos>", 0), ("<eos>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<pad>", model_max_length=128)
+    if extra:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra)})
+    return tokenizer
+
+
+def _image_processor() -> CLIPImageProcessorPil:
+    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def _vision() -> dict:
+    return dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                patch_size=8)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("clip")
+    tokenizer = byte_tokenizer(append_eos=True)
+    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=_vision(), projection_dim=8)).save_pretrained(directory)
+    CLIPProcessor(image_processor=_image_processor(), tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("llava")
+    tokenizer = byte_tokenizer(append_eos=False, extra=(IMAGE,))
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=0,
+                       eos_token_id=1, pad_token_id=2)
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**_vision()), text_config=text, vision_feature_layer=-1,
+                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE))
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(directory)
+    LlavaProcessor(image_processor=_image_processor(), tokenizer=tokenizer, patch_size=8, chat_template=CHAT_TEMPLATE,
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pairs() -> tuple[list[Image.Image], list[world.PromptSpec]]:
+    specs_scenes = world.sample_records(6, 0, "val")
+    return [world.render_pil(scene) for _, scene in specs_scenes], [spec for spec, _ in specs_scenes]
+
+
+def run_main(capsys, args):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_balanced_threshold_separates_and_survives_degenerate_scores() -> None:
+    threshold, balanced = balanced_threshold([0.8, 0.9, 0.7], [0.1, 0.2, 0.75])
+    assert 0.2 < threshold <= 0.7 and balanced == pytest.approx(5 / 6)
+    threshold, balanced = balanced_threshold([0.9, 0.8], [0.1, 0.2])
+    assert 0.2 < threshold < 0.8 and balanced == 1.0
+    for degenerate in ([0.0] * 4, [float("nan")] * 4):  # a random CLIP: every score equal, or NaN
+        threshold, balanced = balanced_threshold(degenerate, degenerate)
+        assert math.isfinite(threshold) and balanced == 0.5
+
+
+def test_calibration_pairs_are_true_prompts_against_near_misses() -> None:
+    images, true, miss = calibration_set(20, seed=3)
+    assert len(images) == len(true) == len(miss) > 10 and all(t != m for t, m in zip(true, miss, strict=True))
+    assert calibration_set(20, seed=3)[2] == miss  # seeded
+
+
+def test_clip_judge_scores_are_in_unit_range_deterministic_and_calibrated(clip_dir, pairs) -> None:
+    images, specs = pairs
+    judge = get_judge(f"clip:{clip_dir}", independent=True)
+    scores = judge.fn(None, images, specs)
+    assert len(scores) == len(images) and all(0.0 <= s <= 1.0 for s in scores)
+    assert judge.fn(None, images, specs) == scores
+    assert judge.fn(None, images, [s.text for s in specs]) == scores  # free text works as well as specs
+    description = json.loads(json.dumps(judge.describe()))
+    assert description["name"] == f"clip:{clip_dir}" and description["directory"] == str(clip_dir.resolve())
+    assert math.isfinite(description["threshold"]) and 0.0 <= description["threshold"] <= 1.0
+    calibration = description["calibration"]
+    assert calibration["pairs"] > 100 and calibration["split"] == "val"
+    assert 0.5 <= calibration["balanced_accuracy"] <= 1.0 and 0.0 <= calibration["auc"] <= 1.0
+    assert get_judge(f"clip:{clip_dir}") is judge  # loaded and calibrated once per process
+
+
+def test_vlm_judge_gives_p_yes(vlm_dir, pairs) -> None:
+    images, specs = pairs
+    judge = get_judge(f"vlm:{vlm_dir}", independent=True)
+    scores = judge.fn(None, images, specs)
+    assert len(scores) == len(images) and all(0.0 < s < 1.0 for s in scores)
+    assert judge.fn(None, images, specs) == pytest.approx(scores)
+    assert judge.fn(None, images[:1], specs[:1]) == pytest.approx(scores[:1], abs=1e-5)  # padding changes nothing
+    assert judge.describe() == {"name": f"vlm:{vlm_dir}", "directory": str(vlm_dir.resolve()), "threshold": 0.5}
+
+
+@pytest.mark.parametrize("name, message", [
+    ("clip:/nonexistent", "does not exist"),
+    ("clip:", "needs a directory"),
+    ("vlm:CLIP", "cannot load a vlm judge"),
+    ("clip:VLM", "not a CLIP or SigLIP model"),
+    ("vlm:TEXT_ONLY", "cannot load a vlm judge"),
+    ("sam:/x", "unknown judge"),
+])
+def test_a_bad_judge_is_one_user_error(clip_dir, vlm_dir, tmp_path, name, message) -> None:
+    text_only = tmp_path / "text-only"  # a chat template that cannot take an image part fails at load, not mid-run
+    shutil.copytree(vlm_dir, text_only)
+    (text_only / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}")
+    name = name.replace("CLIP", str(clip_dir)).replace("VLM", str(vlm_dir)).replace("TEXT_ONLY", str(text_only))
+    with pytest.raises(UserError, match=message) as info:
+        get_judge(name)
+    assert "\n" not in str(info.value)
+
+
+def test_eval_with_a_clip_judge_records_it(tiny_dir, clip_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "eval.json"
+    code, stdout, _ = run_main(capsys, ["eval", "--model", tiny_dir, "--judge", f"clip:{clip_dir}", "--n", 4,
+                                        "--batch-size", 4, "--out", out])
+    assert code == 0 and f"generation accuracy by clip:{clip_dir}" in stdout
+    report = json.loads(out.read_text())
+    judge = report["config"]["judge"]
+    assert judge["directory"] == str(clip_dir.resolve()) and math.isfinite(judge["threshold"])
+    assert "balanced_accuracy" in judge["calibration"] and report["manifest"]["judge"] == judge
+    judged = report["judged_generation"]
+    assert judged["n"] == 4 and 0 <= judged["accuracy"] <= 1 and judged["mean_clipscore"]["n"] == 4
+    assert report["generation"]["n"] == 4  # the verifier still reports on ShapeWorld prompts
+    assert all(0 <= r["judge_score"] <= 1 for r in report["records"]["generation"])
+
+
+def test_free_text_prompts_need_a_text_judge(tiny_dir, clip_dir, tmp_path, capsys) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a red circle", "tag": "single_object"}\n{"prompt": "a photo of a cat"}\n')
+    out = tmp_path / "eval.json"
+    code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--prompts", prompts, "--n", 2, "--out", out])
+    assert code == 2 and f"{prompts}:2:" in err and "--judge clip:DIR or vlm:DIR" in err and not out.exists()
+    code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--prompts", prompts, "--judge", f"clip:{clip_dir}",
+                                     "--n", 2, "--batch-size", 2, "--out", out])
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    records = report["records"]["generation"]
+    assert [r["category"] for r in records] == ["colors", "free"] and records[1]["verified"] is None
+    assert report["generation"]["n"] == 1 and report["judged_generation"]["n"] == 2  # the verifier reads one
+    assert report["judged_generation"]["by_category"]["free"]["n"] == 1
+
+
+def test_eval_defaults_to_the_verifier(stub_factory) -> None:
+    from unigap.evaluate import evaluate
+
+    stub = stub_factory()
+    stub.answer = lambda images, questions, **_: ["yes"] * len(questions)
+    report = evaluate(stub, 4, 0, batch_size=4, critique=False, progress=False)
+    assert report["config"]["judge"] == {"name": "verifier", "directory": None, "threshold": 0.5}
+    assert "judged_generation" not in report
+
+
+@pytest.mark.parametrize("judge, message", [("clip:/nonexistent", "does not exist"), ("self-pyes", "unknown judge")])
+def test_eval_with_a_bad_judge_exits_2_and_writes_nothing(tiny_dir, tmp_path, capsys, judge, message) -> None:
+    out = tmp_path / "sub" / "eval.json"
+    code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--judge", judge, "--n", 2, "--out", out])
+    assert code == 2 and err.startswith("unigap: error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "sub").exists()
+
+
+def test_the_selfimprove_audit_uses_a_clip_judge_and_its_threshold(clip_dir, pairs) -> None:
+    images, specs = pairs
+    config = SelfImproveConfig(audit=f"clip:{clip_dir}", audit_size=4)
+    samples = [Sample(i, spec, (0,), 0.9, True, None) for i, spec in enumerate(specs)]
+    audited = audit(samples, images, config, round_=0)
+    judge = get_judge(config.audit)
+    scores = judge.fn(None, images, specs)
+    marked = [(s.audit, score) for s, score in zip(audited, scores, strict=True) if s.audit is not None]
+    assert len(marked) == 4 and all(verdict == (score >= judge.threshold) for verdict, score in marked)
+    with pytest.raises(UserError, match="or none"):
+        SelfImproveConfig(audit="self-pyes")
+
+
+def test_selfimprove_with_a_bad_audit_directory_exits_2_and_writes_nothing(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["selfimprove", "--audit", "vlm:/nonexistent", "--out", out])
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err and not out.exists()
+
+
+class Repeating:
+    """The evaluation stub with `n_per_prompt` (best-of-N draws several images per prompt)."""
+
+    supports_editing = True
+
+    def __init__(self, stub) -> None:
+        self.stub = stub
+
+    def generate_images(self, prompts, n_per_prompt=1, cfg_scale=5.0, temperature=1.0, seed=None):
+        return self.stub.generate_images([p for p in prompts for _ in range(n_per_prompt)], 1, cfg_scale, temperature,
+                                         seed)
+
+    def __getattr__(self, name):
+        return getattr(self.stub, name)
+
+
+def test_refine_reports_accuracy_by_a_clip_judge(editing_stub, clip_dir, tmp_path, capsys) -> None:
+    config = RefineConfig(n=4, rounds=1, judge=f"clip:{clip_dir}")
+    report = run_refine(Repeating(editing_stub), config, tmp_path / "run", progress=False)
+    assert report["config"]["judge"]["directory"] == str(clip_dir.resolve())
+    judged = report["judged"]
+    assert [r["round"] for r in judged["rounds"]] == [0, 1] and judged["rounds"][0]["n"] == 4
+    assert judged["best_of_n"]["n"] == 4 and 0 <= judged["oracle"]["accuracy"] <= 1
+    assert "judged" not in run_refine(Repeating(editing_stub), RefineConfig(n=4, rounds=1), tmp_path / "plain",
+                                      progress=False)
+    code, _, err = run_main(capsys, ["refine", "--judge", "clip:/nonexistent", "--n", 2, "--out", tmp_path / "bad"])
+    assert code == 2 and "does not exist" in err and not (tmp_path / "bad").exists()

@@ -1,0 +1,147 @@
+"""Users' understanding data in every format, one error per malformed row, the VQA soft score, and `eval --questions`."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from unigap.errors import UserError
+from unigap.data.understanding import kinds_of, read_understanding_data
+from unigap.evaluate.vqa import normalize_vqa, vqa_score
+from unigap.data.tables import read_table
+from test_eval_cli import run_main
+
+RED = (255, 0, 0)
+
+
+def _png(color=RED) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(_png())
+    return "imgs/a.png"
+
+
+def _check(items, n=2):
+    assert len(items) == n
+    assert items[0].image.shape == (8, 8, 3) and tuple(items[0].image[0, 0]) == RED
+    assert items[0].question.text == "What color?" and items[0].question.answer == "red"
+
+
+def test_jsonl_with_relative_paths_and_answer_lists(tmp_path, image_file):
+    path = tmp_path / "und.jsonl"
+    rows = [{"image": image_file, "question": "What color?", "answers": ["red", "red", "crimson"], "kind": "color"},
+            {"image": image_file, "question": "How many?", "answer": "one"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    items = read_understanding_data(path)
+    _check(items)
+    assert items[0].question.answers == ("red", "red", "crimson") and items[1].question.answers == ("one",)
+    assert kinds_of(items) == ["color", "all"]
+    assert len(read_understanding_data(path, n=1)) == 1 and len(read_understanding_data(path, n=9)) == 2
+
+
+def test_csv_with_json_answer_lists(tmp_path, image_file):
+    path = tmp_path / "und.csv"
+    path.write_text(f'image,question,answers\n{image_file},What color?,"[""red"", ""dark red""]"\n'
+                    f'{image_file},How many?,"[""1""]"\n')
+    items = read_understanding_data(path)
+    _check(items)
+    assert items[0].question.answers == ("red", "dark red")
+
+
+def test_parquet_with_embedded_image_bytes(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "und.parquet"
+    image = {"bytes": _png(), "path": None}  # how `datasets` stores an Image column
+    pq.write_table(pa.Table.from_pylist([{"image": image, "question": "What color?", "answer": "red"}] * 2), path)
+    _check(read_understanding_data(path))
+
+
+def test_a_dataset_saved_to_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")  # a dev dependency: installed by `make setup`
+    rows = {"image": [Image.new("RGB", (8, 8), RED)] * 2, "question": ["What color?"] * 2, "answer": ["red"] * 2}
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "answer": datasets.Value("string")})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    _check(read_understanding_data(tmp_path / "ds"))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"image": "imgs/a.png", "question": "Q?", "answer": "red"}\n{"image": "imgs/a.png", "answer": "x"}\n',
+         ":2: 'question' must be a non-empty string"),
+        ('{"image": "imgs/a.png", "question": "Q?"}\n', ":1: needs an 'answer' or an 'answers' column"),
+        ('{"image": "imgs/missing.png", "question": "Q?", "answer": "x"}\n', ":1: cannot read image imgs/missing.png"),
+        ('{"question": "Q?", "answer": "x"}\n', ":1: missing 'image' column"),
+        ('{"image": "imgs/a.png", "question": "Q?", "answers": []}\n', ":1: 'answers' must be a non-empty list"),
+        ("\n{not json\n", ":2: malformed row: invalid JSON"),
+        ("[1, 2]\n", ":1: malformed row: not a JSON object"),
+    ],
+)
+def test_a_malformed_row_names_file_and_line(tmp_path, image_file, text, message):
+    path = tmp_path / "und.jsonl"
+    path.write_text(text)
+    with pytest.raises(UserError) as exc:
+        read_understanding_data(path)
+    assert str(exc.value).startswith(f"{path}:") and message in str(exc.value), str(exc.value)
+
+
+def test_table_errors(tmp_path):
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text("image,question,answer\na.png,Q?,x\na.png,Q?\n")
+    with pytest.raises(UserError, match=rf"^{csv_path}:3: expected 3 columns"):
+        read_table(csv_path)
+    for name, message in (("x.txt", "unknown data format"), ("none.jsonl", "data file not found")):
+        (tmp_path / "x.txt").write_text("hi")
+        with pytest.raises(UserError, match=message):
+            read_table(tmp_path / name)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match="not a dataset saved by datasets.save_to_disk"):
+        read_table(tmp_path / "folder")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(UserError, match="no rows"):
+        read_table(tmp_path / "empty.jsonl")
+
+
+def test_vqa_normalisation_and_soft_score():
+    assert normalize_vqa("Two dogs.") == "2 dogs" and normalize_vqa("the  Red") == "red"
+    assert normalize_vqa("dont") == "don't" and normalize_vqa("3.5") == "3.5"
+    assert vqa_score("2", ["two"] * 3 + ["three"] * 7) == pytest.approx(0.9)  # (3 · 2/3 + 7 · 1) / 10
+    assert vqa_score("three", ["two"] * 3 + ["three"] * 7) == 1.0
+    assert vqa_score("four", ["two"] * 10) == 0.0
+    assert vqa_score("red", ["red"]) == 1.0 and vqa_score("blue", ["red"]) == 0.0
+    with pytest.raises(ValueError):
+        vqa_score("x", [])
+
+
+def test_eval_scores_a_users_questions(tiny_dir, tmp_path, capsys, image_file):
+    path = tmp_path / "und.jsonl"
+    rows = [{"image": image_file, "question": "What color is the circle?", "answers": ["red"] * 3, "kind": "color"},
+            {"image": image_file, "question": "How many objects are there?", "answer": "one", "kind": "count"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval.json"
+    code, stdout, _ = run_main(capsys, ["eval", "--model", tiny_dir, "--n", 2, "--questions", path, "--out", out])
+    assert code == 0 and "understanding.vqa_score" in stdout
+    report = json.loads(out.read_text())
+    records = report["records"]["understanding"]
+    assert [r["question"] for r in records] == [r["question"] for r in rows]
+    for record in records:
+        assert record["vqa_score"] == vqa_score(record["answer"], record["answers"])
+    assert set(report["understanding"]["by_kind"]) == {"color", "count"}
+    assert report["understanding"]["vqa_score"]["n"] == 2 and report["config"]["questions"] == "2 given"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"image": image_file}) + "\n")
+    code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--questions", bad, "--out", tmp_path / "b.json"])
+    assert code == 2 and err.strip() == f"unigap: error: {bad}:2: 'question' must be a non-empty string"
+    assert not (tmp_path / "b.json").exists()

@@ -1,0 +1,118 @@
+"""Preference pairs in TRL's column convention: `prefs export` out, `train`/`load_pairs` in, the same pairs back."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_prefs_build import run_main
+from unigap.errors import UserError
+from unigap.model import load_model
+from unigap.prefs.build import BuildOptions, build_preferences
+from unigap.prefs.rows import check_pair_file, load_pairs, read_rows, write_rows
+
+
+@pytest.fixture(scope="module")
+def built(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("trl")
+    um = load_model(tiny_dir)
+    und = build_preferences(um, BuildOptions("und", 2, 0, str(tiny_dir), fallback_gt=True))
+    gen = build_preferences(um, BuildOptions("gen-real", 2, 0, str(tiny_dir)))
+    return {"und": write_rows(root / "und.jsonl", und), "gen": write_rows(root / "gen.jsonl", gen)}
+
+
+def _same(a, b) -> None:
+    assert type(a) is type(b)
+    for name in a.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray):
+            assert np.array_equal(x, np.asarray(y)), name
+        elif isinstance(x, float):
+            assert x == pytest.approx(y, abs=1e-4), name
+        else:
+            assert x == y, name
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_export_then_load_gives_the_same_pairs(tiny_dir: Path, built, tmp_path: Path, capsys, suffix: str) -> None:
+    um = load_model(tiny_dir)
+    for task, source in built.items():
+        out = tmp_path / f"{task}-trl{suffix}"
+        code, stdout, err = run_main(capsys, ["prefs", "export", str(source), "--out", str(out), "--model", str(tiny_dir)])
+        assert code == 0 and "TRL's convention" in stdout, err
+        rows = read_rows(out)
+        if task == "und":
+            assert {"prompt", "chosen", "rejected", "images", "ref_chosen_logps"} <= set(rows[0])
+            assert rows[0]["prompt"][0]["role"] == "user" and rows[0]["chosen"][0]["role"] == "assistant"
+        else:
+            assert {"prompt", "chosen_image", "rejected_image", "chosen_ids"} <= set(rows[0])
+        for original, back in zip(load_pairs(source, task), load_pairs(out, task, um), strict=True):
+            _same(original, back)
+    if suffix == ".jsonl":
+        assert len(list((tmp_path / "und-trl_images").glob("*.png"))) == 2
+
+
+def test_a_handwritten_trl_file_trains(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
+    rows = [{"prompt": "What color is the background?", "chosen": "white", "rejected": "black", "image": "white.png"},
+            {"prompt": [{"role": "user", "content": "How many objects are there?"}], "chosen": "zero",
+             "rejected": "two", "images": ["white.png"]}]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = load_pairs(path, "und", load_model(tiny_dir))
+    assert [p.question for p in pairs] == ["What color is the background?", "How many objects are there?"]
+    assert all(math.isfinite(p.ref_chosen) and p.chosen_tokens > 0 for p in pairs)
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", "--model", str(tiny_dir), "--strategy", "und-only", "--und", str(path),
+                                     "--steps", "2", "--out", str(out)])
+    assert code == 0 and (out / "adapter_model.safetensors").is_file(), err
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt": "", "chosen": "a", "rejected": "b", "image": "x.png"}, "'prompt' holds no text"),
+        ({"prompt": "Q?", "chosen": "a", "rejected": [], "image": "x.png"}, "'rejected' holds no text"),
+        ({"prompt": "Q?", "chosen": "a", "rejected": "b"}, "an understanding row needs one image"),
+        ({"prompt": "a red circle", "chosen_image": "x.png"}, "a generation row needs chosen_image and rejected_image"),
+    ],
+)
+def test_a_malformed_trl_row_names_file_and_line(tmp_path: Path, row: dict, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    good = {"prompt": "Q?", "chosen": "a", "rejected": "b", "image": "x.png"}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(UserError, match=rf"^{path}:2: malformed preference row: {message}"):
+        read_rows(path)
+
+
+def test_wrong_task_and_export_without_model(built, tmp_path: Path, capsys) -> None:
+    with pytest.raises(UserError, match="given as gen data"):
+        check_pair_file(built["und"], "gen")
+    code, _, err = run_main(capsys, ["prefs", "export", str(built["gen"]), "--out", str(tmp_path / "g.jsonl")])
+    assert code == 2 and "pass --model" in err and not (tmp_path / "g.jsonl").exists()
+
+
+def test_pairs_from_your_own_questions_store_their_images(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
+    rows = [{"image": "white.png", "question": "How many objects are there?", "answers": ["zero", "0", "none"]}] * 6
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "pairs" / "und.jsonl"
+    code, stdout, err = run_main(capsys, ["prefs", "build", "--model", str(tiny_dir), "--kind", "und", "--n", "2",
+                                          "--questions", str(questions), "--fallback-gt", "--out", str(out)])
+    assert code == 0, err
+    built = read_rows(out)
+    assert built and all("scene" not in r and r["images"][0].startswith("und_images/") for r in built)
+    pairs = load_pairs(out, "und")
+    assert np.array_equal(pairs[0].image, np.asarray(Image.open(tmp_path / "white.png")))
+    assert all(p.question == "How many objects are there?" for p in pairs)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"image": "white.png", "question": "Q?"}) + "\n")
+    code, _, err = run_main(capsys, ["prefs", "build", "--model", "MISSING", "--kind", "und", "--n", "2",
+                                     "--questions", str(bad), "--out", str(tmp_path / "b.jsonl")])
+    assert code == 2 and f"{bad}:2: needs an 'answer'" in err and not (tmp_path / "b.jsonl").exists()

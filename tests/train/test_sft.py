@@ -1,0 +1,132 @@
+"""`unigap train --objective sft`: both tasks from users' files in one LoRA run, the token cache, resume, and user
+mistakes (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_train_cli import run_main
+from unigap.model import load_model
+from unigap.train import sft_data
+from unigap.train.sft_data import TOKEN_CACHE, SFTConfig, read_sft_data, train_sft
+from unigap.world.dataset import write_dataset
+
+SMALL = "lora_rank = 4\nlora_alpha = 8\ncheckpoint_every = 2\nbatch_size = 4\n"
+HEAD = "base_model.model.model.generation_head."
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    write_dataset(root, 12, 0, "train", questions=2)
+    (root / "small.toml").write_text(SMALL)
+    return root
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_both_tasks_in_one_run(tiny_dir: Path, world: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    code, stdout, _ = run_main(capsys, ["train", "--model", str(tiny_dir), "--objective", "sft", "--und-data",
+                                        str(world / "questions.jsonl"), "--gen-data", str(world / "samples.jsonl"),
+                                        "--steps", "3", "--config", str(world / "small.toml"), "--out", str(out)])
+    assert code == 0 and "24 understanding, 12 generation examples" in stdout
+    rows = _log(out)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[0]["loss"] == pytest.approx(rows[0]["und/loss"] + rows[0]["gen/loss"])
+    assert (out / "adapter_model.safetensors").is_file() and (out / TOKEN_CACHE).is_file()
+    ids = load_file(out / TOKEN_CACHE)["ids"]
+    um = load_model(tiny_dir)
+    assert ids.shape == (12, um.num_image_tokens)
+    config = json.loads((out / "train_config.json").read_text())
+    assert config["und_data"].endswith("questions.jsonl") and config["lora_rank"] == 4
+
+
+def test_generation_data_trains_the_head_understanding_data_does_not(tiny_dir: Path, world: Path,
+                                                                       tmp_path: Path) -> None:
+    base = load_model(tiny_dir).model.model.generation_head.state_dict()
+    moved = {}
+    for name, files in (("gen", {"gen_data": str(world / "samples.jsonl")}),
+                        ("und", {"und_data": str(world / "questions.jsonl")})):
+        config = SFTConfig(steps=2, lora_rank=4, lora_alpha=8, batch_size=2, **files)
+        train_sft(load_model(tiny_dir), config, tmp_path / name, show_progress=False)
+        adapter = load_file(tmp_path / name / "adapter_model.safetensors")
+        moved[name] = any(not torch.equal(adapter[HEAD + key], value) for key, value in base.items())
+        assert set(_log(tmp_path / name)[0]) == {"step", "lr", "loss", f"{name}/loss", "grad_norm"}
+    assert moved == {"gen": True, "und": False}
+
+
+def test_resume_reuses_the_token_cache_and_ends_where_a_whole_run_does(tiny_dir: Path, world: Path,
+                                                                       tmp_path: Path) -> None:
+    config = SFTConfig(steps=4, lora_rank=4, lora_alpha=8, batch_size=2, checkpoint_every=2,
+                       gen_data=str(world / "samples.jsonl"), und_data=str(world / "questions.jsonl"))
+    train_sft(load_model(tiny_dir), config, tmp_path / "whole", show_progress=False)
+
+    def stop_at_3(step: int, record: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    um = load_model(tiny_dir)
+    tasks = sft_data.sft_tasks(um, config, read_sft_data(config), tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        sft_data.SFTTrainer(um, config, tasks, tmp_path / "cut", "cut").train(on_step=stop_at_3)
+    um = load_model(tiny_dir)
+    encoded = []
+    um.encode_images = lambda images: encoded.append(len(images))  # would break the run if it were called
+    train_sft(um, config, tmp_path / "cut", resume=True, show_progress=False)
+    assert encoded == []  # the images were not tokenized again
+    whole, cut = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("whole", "cut"))
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--objective", "sft"], "--objective sft needs --und-data, --gen-data or both"),
+        (["--objective", "sft", "--und-data", "W/questions.jsonl", "--strategy", "joint"],
+         "--strategy: for --objective dpo only"),
+        (["--strategy", "joint", "--und-data", "W/questions.jsonl"], "--und-data: for --objective sft only"),
+        (["--objective", "sft", "--gen-data", "W/missing.jsonl"], "data file not found"),
+        (["--objective", "sft", "--gen-data", "W/bad.jsonl"], "bad.jsonl:2: needs a 'prompt' (or 'caption') column"),
+        (["--objective", "sft", "--gen-data", "W/samples.jsonl", "--config", "W/weights.toml"],
+         "nothing to train: every task with data has weight 0"),
+    ],
+)
+def test_user_mistakes_exit_2_and_write_nothing(tiny_dir: Path, world: Path, tmp_path: Path, capsys, args,
+                                                message) -> None:
+    (world / "bad.jsonl").write_text('{"image": "images/000000.png", "prompt": "a red circle"}\n'
+                                     '{"image": "images/000000.png"}\n')
+    (world / "weights.toml").write_text("gen_weight = 0.0\n")
+    out = tmp_path / "run"
+    args = [a.replace("W/", f"{world}/") for a in args]
+    code, _, err = run_main(capsys, ["train", "--model", str(tiny_dir), *args, "--out", str(out)])
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_gradient_checkpointing_gives_the_same_adapter_and_bfloat16_trains(tiny_dir: Path, world: Path,
+                                                                           tmp_path: Path) -> None:
+    files = {"gen_data": str(world / "samples.jsonl"), "und_data": str(world / "questions.jsonl")}
+    adapters = {}
+    for checkpointing in (False, True):
+        config = SFTConfig(steps=2, lora_rank=4, lora_alpha=8, lora_dropout=0.0, batch_size=2,
+                           gradient_checkpointing=checkpointing, **files)
+        out = tmp_path / f"gc-{checkpointing}"
+        train_sft(load_model(tiny_dir), config, out, show_progress=False)
+        adapters[checkpointing] = load_file(out / "adapter_model.safetensors")
+    assert all(torch.allclose(adapters[False][k], adapters[True][k], atol=1e-5) for k in adapters[False])
+    um = load_model(tiny_dir, dtype="bfloat16")
+    config = SFTConfig(steps=2, lora_rank=4, lora_alpha=8, batch_size=2, **files)
+    train_sft(um, config, tmp_path / "bf16", show_progress=False)
+    rows = _log(tmp_path / "bf16")
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    lora = {k: v for k, v in load_file(tmp_path / "bf16" / "adapter_model.safetensors").items() if "lora_" in k}
+    assert lora and all(v.dtype == torch.float32 for v in lora.values())  # peft keeps adapter weights in float32
