@@ -19,18 +19,23 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-4  # float summation order differs between one process and two
 
 
-def _train(data: Path, out: Path, processes: int, objective: tuple[str, ...] | None = None) -> list[dict]:
-    objective = objective or ("--objective", "sft", "--und-data", str(data / "questions.jsonl"), "--gen-data",
-                              str(data / "samples.jsonl"))
-    args = ["-m", "unigap.cli", "train", "--model", "tiny", *objective, "--steps", "3",
-            "--config", str(data / "run.toml"), "--out", str(out)]
+def _launch(args: list[str], processes: int) -> str:
+    """`python -m unigap.cli ARGS` in one process, or under `accelerate launch` in several (CPU, gloo); its stdout."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command = [*launcher, *args] if processes > 1 else [sys.executable, *args]
+    command = [*(launcher if processes > 1 else [sys.executable]), "-m", "unigap.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("trained 3 steps") == 1  # one process reports
+    return done.stdout
+
+
+def _train(data: Path, out: Path, processes: int, objective: tuple[str, ...] | None = None) -> list[dict]:
+    objective = objective or ("--objective", "sft", "--und-data", str(data / "questions.jsonl"), "--gen-data",
+                              str(data / "samples.jsonl"))
+    stdout = _launch(["train", "--model", "tiny", *objective, "--steps", "3", "--config", str(data / "run.toml"),
+                      "--out", str(out)], processes)
+    assert stdout.count("trained 3 steps") == 1  # one process reports
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
@@ -62,3 +67,17 @@ def test_dpo_two_processes_match_one(tmp_path: Path) -> None:
     for a, b in zip(one, two, strict=True):
         for key in ("und_dpo_loss", "gen_dpo_loss", "gen/rewards/margins", "und_grad_norm", "gen_grad_norm", "cos"):
             assert b[key] == pytest.approx(a[key], rel=TOLERANCE, abs=1e-4), (a["step"], key)
+
+
+def test_prefs_build_on_two_processes_writes_the_one_process_file(tmp_path: Path) -> None:
+    files = {}
+    for processes in (1, 2):
+        out = tmp_path / f"gen-{processes}.jsonl"
+        stdout = _launch(["prefs", "build", "--model", "tiny", "--kind", "gen-model", "--n", "5", "--batch-size", "2",
+                          "--max-candidates", "12", "--out", str(out)], processes)
+        assert stdout.count("wrote") == 1
+        files[processes] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["candidate"] for r in files[2]] == [r["candidate"] for r in files[1]]
+    for a, b in zip(files[1], files[2], strict=True):
+        assert a["chosen_ids"] == b["chosen_ids"] and a["rejected_ids"] == b["rejected_ids"]
+        assert b["chosen_ref_logprob"] == pytest.approx(a["chosen_ref_logprob"], abs=1e-4)

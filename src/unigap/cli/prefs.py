@@ -40,6 +40,7 @@ def build(
     from unigap.model import load_model
     from unigap.prefs.build import BuildOptions, build_preferences, summary
     from unigap.prefs.rows import write_rows
+    from unigap.train import distributed
 
     options = BuildOptions(
         kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size, answer_form,
@@ -50,10 +51,12 @@ def build(
 
         read_understanding_data(options.questions, options.max_candidates or 4 * n)
     um = load_model(model)
-    with progress(f"{kind} pairs", n) as update:
+    main = distributed.is_main()  # under `accelerate launch` the processes share the batches; one writes
+    with progress(f"{kind} pairs", n, main) as update:
         rows = build_preferences(um, options, lambda kept, tried: update(kept, f"{tried} tried"))
-    path = write_rows(out, rows)
-    typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")
+    if main:
+        path = write_rows(out, rows)
+        typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")
 
 
 @app.command()

@@ -37,6 +37,7 @@ from unigap.model.unified import UnifiedModel
 from unigap.prefs.kinds import KINDS
 from unigap.prefs.scoring import answer_score, image_score
 from unigap.prefs.trl import png_bytes
+from unigap.train import distributed
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
 from unigap.world.dataset import sample_records, scene_json
 from unigap.world.prompts import PromptSpec
@@ -231,13 +232,16 @@ def build_preferences(
         records = sample_records(limit, options.seed, "train", canvas=canvas)
         score_batch = _und_batch if options.kind == "und" else _gen_batch
     kept: list[tuple[int, dict[str, Any], Pair]] = []
-    for batch, start in enumerate(range(0, limit, options.batch_size)):
-        chunk = records[start : start + options.batch_size]
-        for offset, candidate in enumerate(score_batch(um, chunk, options, batch)):
-            if candidate is not None and len(kept) < options.n:
-                kept.append((start + offset, *candidate))
-        if progress is not None:
-            progress(len(kept), start + len(chunk))
+    starts = list(range(0, limit, options.batch_size))
+    scored = distributed.ordered_rounds(  # data-parallel under `accelerate launch`: batches shared, results in order
+        list(enumerate(starts)),
+        lambda item: score_batch(um, records[item[1] : item[1] + options.batch_size], options, item[0]))
+    for round_start, results in zip(range(0, len(starts), distributed.world_size()), scored):
+        for start, candidates in zip(starts[round_start:], results):
+            kept += [(start + offset, *c) for offset, c in enumerate(candidates) if c is not None][
+                : options.n - len(kept)]
+            if progress is not None:
+                progress(len(kept), min(start + options.batch_size, limit))
         if len(kept) >= options.n:
             break
     if not kept:
@@ -246,11 +250,11 @@ def build_preferences(
             "try more candidates, a higher --temperature, or --fallback-gt (und)"
         )
     rows = []
-    for start in range(0, len(kept), options.batch_size):
-        chunk = kept[start : start + options.batch_size]
-        for (candidate, row, _), pair in zip(
-            chunk, with_reference(um, [pair for _, _, pair in chunk]), strict=True
-        ):
+    chunks = [kept[start : start + options.batch_size] for start in range(0, len(kept), options.batch_size)]
+    referenced = [pairs for results in distributed.ordered_rounds(
+        chunks, lambda chunk: with_reference(um, [pair for _, _, pair in chunk])) for pairs in results]
+    for chunk, pairs in zip(chunks, referenced, strict=True):
+        for (candidate, row, _), pair in zip(chunk, pairs, strict=True):
             rows.append(
                 {
                     "kind": options.kind,

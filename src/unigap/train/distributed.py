@@ -1,4 +1,4 @@
-"""Data parallelism across processes started by `accelerate launch` (or `torchrun`), for the SFT trainer.
+"""Data parallelism across processes started by `accelerate launch` (or `torchrun`): training and sampling.
 
 Why by hand and not `Accelerator.prepare(model)`: unigap calls the model's parts (vision encoder, LLM, generation
 head) separately, which a DDP wrapper does not see. Each process instead takes every `world`-th example of the
@@ -7,15 +7,22 @@ the gradients summed over processes (`sum_gradients`) are exactly the one-proces
 batch, up to float summation order. Every process holds the same parameters (same seed, same summed gradients,
 same optimizer step); only the main one writes logs, checkpoints and the adapter. On CPU the processes talk
 over gloo; a single process needs no launcher and no process group.
+
+Sampling commands split their batches instead (`ordered_rounds`): each process takes one batch per round, and every
+process receives the round's results in batch order, so the output is the one-process output (every batch's seed
+is a function of its index, not of the process) and all processes agree on when to stop.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -61,3 +68,22 @@ def sum_gradients(params: Sequence[torch.nn.Parameter]) -> None:
     for p, g in zip(params, grads, strict=True):
         p.grad = flat[offset : offset + g.numel()].view_as(g).to(p.dtype)
         offset += g.numel()
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """`value` of every process, in rank order (picklable objects; `[value]` with one process)."""
+    if world_size() == 1:
+        return [value]
+    rank()  # joins the group
+    out: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def ordered_rounds(items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[list[Any]]:
+    """`fn` over `items`, `world_size()` at a time (item i on process i mod world); yields each round's results in
+    item order, the same on every process, so a caller may stop after any round."""
+    world, me = world_size(), rank()
+    for start in range(0, len(items), world):
+        mine = fn(items[start + me]) if start + me < len(items) else None
+        yield gather_objects(mine)[: len(items) - start]
