@@ -3,6 +3,7 @@ mistakes (one line, exit 2, nothing written)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_train_cli import run_main
+from unigap.errors import UserError
 from unigap.model import load_model
 from unigap.train import sft_data
 from unigap.train.sft_data import TOKEN_CACHE, SFTConfig, read_sft_data, train_sft
@@ -130,3 +132,24 @@ def test_gradient_checkpointing_gives_the_same_adapter_and_bfloat16_trains(tiny_
     assert all(math.isfinite(r["loss"]) for r in rows)
     lora = {k: v for k, v in load_file(tmp_path / "bf16" / "adapter_model.safetensors").items() if "lora_" in k}
     assert lora and all(v.dtype == torch.float32 for v in lora.values())  # peft keeps adapter weights in float32
+
+
+def test_a_checkpoint_from_before_a_new_setting_still_resumes(tiny_dir: Path, world: Path, tmp_path: Path) -> None:
+    """A setting added since a checkpoint was written (absent from it) is accepted at its default, refused otherwise."""
+    from unigap.train.checkpoint import load_checkpoint, save_checkpoint
+
+    config = SFTConfig(steps=4, lora_rank=4, lora_alpha=8, batch_size=2, checkpoint_every=2,
+                       gen_data=str(world / "samples.jsonl"))
+    um = load_model(tiny_dir)
+    tasks = sft_data.sft_tasks(um, config, read_sft_data(config), tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        sft_data.SFTTrainer(um, config, tasks, tmp_path / "run", "run").train(
+            on_step=lambda step, record: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint")
+    del state["config"]["gradient_checkpointing"]  # as written before the setting existed
+    save_checkpoint(tmp_path / "run" / "checkpoint", state)
+    changed = dataclasses.replace(config, gradient_checkpointing=True)
+    with pytest.raises(UserError, match="different settings: gradient_checkpointing: null -> true"):
+        train_sft(load_model(tiny_dir), changed, tmp_path / "run", resume=True, show_progress=False)
+    train_sft(load_model(tiny_dir), config, tmp_path / "run", resume=True, show_progress=False)
+    assert [r["step"] for r in _log(tmp_path / "run")] == [0, 1, 2, 3]

@@ -74,7 +74,7 @@ class GRPOTrainer:
 
         with progress("GRPO", c.steps, show_progress) as update:
             self.step = run_steps(
-                self.out_dir, c.to_dict(), self.named, self.optimizer, self.scheduler, c.steps, c.checkpoint_every,
+                self.out_dir, c, self.named, self.optimizer, self.scheduler, c.steps, c.checkpoint_every,
                 step, resume, self.report_to, f"{self.out_dir.name}-grpo",
                 extra_state=lambda: {"buffer": [(b.prompt, list(b.tokens), b.score) for b in self.buffer]},
                 restore_extra=restore,

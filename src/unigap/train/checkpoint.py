@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +92,13 @@ def training_state(
 
 def restore_training_state(
     state: dict[str, Any], named: Sequence[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer,
-    scheduler: Any, config: dict[str, Any], where: Path,
+    scheduler: Any, config: dict[str, Any], where: Path, ignore: Collection[str] = (),
 ) -> int:
     """Load `training_state` back into the trainer's tensors, optimizer, scheduler and RNG; the step to continue
-    at. A run saved under other settings is refused (`UserError` naming each difference)."""
-    changed = config_differences(state["config"], config)
+    at. A run saved under other settings is refused (`UserError` naming each difference); `ignore` names settings
+    not compared (added since the checkpoint was written, at their defaults)."""
+    changed = config_differences({k: v for k, v in state["config"].items() if k not in ignore},
+                                 {k: v for k, v in config.items() if k not in ignore})
     if changed:
         raise UserError(f"cannot resume {where} under different settings: {'; '.join(changed)}")
     with torch.no_grad():

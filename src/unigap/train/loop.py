@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, fields
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def _kept(out_dir: Path, step: int, checkpoint_every: int) -> str:
 
 def run_steps(
     out_dir: Path,
-    config: dict[str, Any],
+    settings: Any,
     named: Sequence[tuple[str, torch.nn.Parameter]],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -87,11 +88,14 @@ def run_steps(
     """Run `step_fn(step)` (it updates the parameters and returns the step's log record) from the first step, or
     from the checkpoint with `resume`, to `steps`; returns the step reached. `extra_state()` adds trainer state to
     each checkpoint and `restore_extra(state)` reads it back. A `TrainingDiverged` from a step is re-raised saying
-    which checkpoint survives."""
+    which checkpoint survives. `settings` is the run's config dataclass: saved with every checkpoint, and a resumed
+    run must match it, except for settings added since the checkpoint was written that keep their defaults."""
+    config = asdict(settings)
     step = 0
     if resume and holds_run(out_dir):
         state = load_checkpoint(out_dir / CHECKPOINT_DIR)
-        step = restore_training_state(state, named, optimizer, scheduler, config, out_dir)
+        added = {f.name for f in fields(settings) if f.name not in state["config"] and config[f.name] == f.default}
+        step = restore_training_state(state, named, optimizer, scheduler, config, out_dir, ignore=added)
         restore_extra(state)
     else:
         refuse_unless_resuming(out_dir, resume)

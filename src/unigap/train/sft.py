@@ -169,7 +169,7 @@ class SFTTrainer:
 
         self.um.model.train()  # LoRA dropout on
         try:
-            self.step = run_steps(self.out_dir, o.to_dict(), self.named, self.optimizer, self.scheduler, o.steps,
+            self.step = run_steps(self.out_dir, o, self.named, self.optimizer, self.scheduler, o.steps,
                                   o.checkpoint_every, step, resume, self.report_to, self.run_name, on_step=on_step)
         finally:
             self.um.model.eval()

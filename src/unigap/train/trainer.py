@@ -129,7 +129,7 @@ class DPOTrainer:
         self.um.model.train()  # LoRA dropout on
         try:
             self.step = run_steps(
-                self.out_dir, self.config.to_dict(), self.named, self.optimizer, self.scheduler, self.config.steps,
+                self.out_dir, self.config, self.named, self.optimizer, self.scheduler, self.config.steps,
                 self.config.checkpoint_every, step, resume, self.report_to, f"{self.out_dir.name}-{self.config.strategy}",
                 extra_state=lambda: {"strategy": self.strategy.state_dict()},
                 restore_extra=lambda state: self.strategy.load_state_dict(state["strategy"]), on_step=on_step,
