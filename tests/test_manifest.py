@@ -25,3 +25,4 @@ def test_world_sample_writes_its_manifest(tmp_path: Path) -> None:
         assert exc.code == 0
     saved = json.loads((tmp_path / "shapes" / MANIFEST_FILE).read_text())
     assert saved["command"] == "world sample" and saved["config"]["n"] == 3
+

@@ -54,11 +54,16 @@ def cached_json(path: str | os.PathLike, make: Callable[[], Any]) -> Any:
     return value
 
 
-def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str) -> None:
-    """Write a run's settings to `path`, or refuse (`UserError`) to continue a `what` run made under others."""
+def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
+                   defaults: dict[str, Any] | None = None) -> None:
+    """Write a run's settings to `path`, or refuse (`UserError`) to continue a `what` run made under others. A setting
+    absent from the saved ones (added since) counts as equal when it has its value in `defaults`."""
     path = Path(path)
-    if path.is_file() and json.loads(path.read_text()) != settings:
-        raise UserError(f"{path.parent} holds a {what} run with other settings; use a new --out")
+    if path.is_file():
+        saved, defaults = json.loads(path.read_text()), defaults or {}
+        added = {k for k, v in settings.items() if k not in saved and k in defaults and defaults[k] == v}
+        if saved != {k: v for k, v in settings.items() if k not in added}:
+            raise UserError(f"{path.parent} holds a {what} run with other settings; use a new --out")
     write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
 
 

@@ -12,7 +12,7 @@ configuration in the same directory is refused):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     judge = get_judge(config.judge, independent=True)
     extra = None if judge.name == "verifier" else judge  # the verifier's accuracy is always reported
     settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
-    claim_settings(out / "settings.json", settings, "refine")
+    claim_settings(out / "settings.json", settings, "refine", {f.name: f.default for f in fields(RefineConfig)})
 
     def loop(reflector: str) -> dict[str, Any]:
         part, trajectories = _loop_part(um, specs, config, reflector, progress, extra)

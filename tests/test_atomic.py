@@ -1,0 +1,22 @@
+"""Run settings claimed for resuming: what an older run directory may continue under."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unigap.atomic import claim_settings
+from unigap.errors import UserError
+
+
+def test_claim_settings_accepts_a_setting_added_since_at_its_default(tmp_path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"n": 3}))
+    claim_settings(path, {"n": 3, "judge": "verifier"}, "refine", {"judge": "verifier"})  # an older run resumes
+    assert json.loads(path.read_text()) == {"n": 3, "judge": "verifier"}
+    path.write_text(json.dumps({"n": 3}))
+    with pytest.raises(UserError, match="other settings"):
+        claim_settings(path, {"n": 3, "judge": "clip:/x"}, "refine", {"judge": "verifier"})
+    with pytest.raises(UserError, match="other settings"):
+        claim_settings(path, {"n": 4}, "refine", {"n": 4})  # a setting the run had is always compared
