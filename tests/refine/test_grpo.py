@@ -101,13 +101,19 @@ def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_ex
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
-def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys) -> None:
+def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys, monkeypatch) -> None:
+    import unigap.refine.grpo as grpo
+
+    splits = []
+    draw = grpo.held_out_pairs
+    monkeypatch.setattr(grpo, "held_out_pairs", lambda *args, **kw: splits.append(kw.get("split")) or draw(*args, **kw))
     config = tmp_path / "g.toml"
     config.write_text("steps = 2\nprompts_per_step = 1\nnum_generations = 2\neval_n = 3\neval_rounds = 1\n")
     with pytest.raises(SystemExit) as exit_info:
-        main(["refine", "train", "--config", str(config), "--out", str(tmp_path / "g")])
+        main(["refine", "train", "--config", str(config), "--split", "val", "--out", str(tmp_path / "g")])
     assert exit_info.value.code in (0, None)
     report = json.loads((tmp_path / "g" / "grpo.json").read_text())
+    assert report["config"]["eval_split"] == "val" and splits == ["val", "val"]  # the loop before and after
     assert [r["round"] for r in report["before"]["rounds"]] == [0, 1] == [r["round"] for r in report["after"]["rounds"]]
     assert report["change"]["n"] == 3 and (tmp_path / "g" / "adapter_model.safetensors").is_file()
     with pytest.raises(SystemExit) as exit_info:

@@ -93,6 +93,8 @@ def train_command(
                                              "default; TRL divides by the std: group) | group."),
     eval_n: int | None = typer.Option(None, "--eval-n", help="Held-out prompts for the loop before and after (default "
                                       "300; 0 = none)."),
+    split: str | None = typer.Option(None, "--split", help="Held-out split of those prompts: test (default), or val "
+                                     "to choose settings."),
     seed: int | None = typer.Option(None, "--seed", help="Seed: LoRA init, prompts, every sample (default 0)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of GRPOConfig keys (flags win)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -106,7 +108,7 @@ def train_command(
     from unigap.refine.grpo_config import GRPOConfig
 
     settings = GRPOConfig.load(config, steps=steps, lr=lr, num_generations=num_generations, beta=beta,
-                               scale_rewards=scale_rewards, eval_n=eval_n, seed=seed)
+                               scale_rewards=scale_rewards, eval_n=eval_n, eval_split=split, seed=seed)
     backends = parse_report_to(report_to)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")

@@ -44,8 +44,9 @@ class GRPOConfig:
     lora_dropout: float = 0.0  # rollouts and the update must see the same policy
     seed: int = 0
     data_seed: int = 0  # the train split's partition; training prompts are train-split prompts only
-    eval_n: int = 300  # held-out (test) prompts for the before/after refine loop; 0 = none (the study evaluates)
+    eval_n: int = 300  # held-out prompts for the before/after refine loop; 0 = none (the study evaluates)
     eval_rounds: int = 3
+    eval_split: str = "test"  # where those prompts come from: test, or val to choose settings
     checkpoint_every: int = 25
 
     def __post_init__(self) -> None:
@@ -60,6 +61,8 @@ class GRPOConfig:
                      "eval_rounds"):
             if not getattr(self, name) >= 0:
                 raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.eval_split not in ("test", "val"):
+            raise UserError(f"eval-split must be test or val, got {self.eval_split!r}")
         if self.temperature == 0:
             raise UserError("temperature must be > 0: a group of greedy samples is one sample")
         if self.scale_rewards not in SCALE_REWARDS:
