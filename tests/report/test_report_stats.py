@@ -108,7 +108,8 @@ def test_bootstrap_interval_brackets_the_pooled_mean_and_is_reproducible(study, 
 
 def test_bonferroni_family_threshold_and_flags(results):
     family = 3 * len(METRICS)
-    assert results["bonferroni"] == {"alpha": 0.05, "tests": family, "alpha_corrected": 0.05 / family}
+    assert results["bonferroni"] == {"alpha": 0.05, "tests": family, "alpha_corrected": 0.05 / family,
+                                     "families": {"p1": {"tests": family, "alpha_corrected": 0.05 / family}}}
     flags = {}
     for method in ("und-only", "gen-only", "joint"):
         for metric, m in results["results"][method].items():
@@ -118,6 +119,24 @@ def test_bonferroni_family_threshold_and_flags(results):
     assert flags["und-only", "understanding.accuracy"]  # +0.25 on 600 items
     assert not flags["joint", "generation.accuracy"]  # no effect built in
     assert results["results"][BASE]["understanding.accuracy"].get("p") is None
+
+
+def test_each_family_is_also_corrected_over_its_own_arms(study):
+    """`joint` renamed to `sft` (a p2 arm): p1 keeps 2 arms' tests, p2 has 1 arm's; the overall family all 3."""
+    from dataclasses import replace
+
+    from unigap.report.html import render_html
+
+    renamed = Study([replace(run, method="sft") if run.method == "joint" else run for run in study.runs], study.config)
+    results = compute_stats(renamed)
+    tests = {f: t["tests"] for f, t in results["bonferroni"]["families"].items()}
+    assert tests == {"p1": 2 * len(METRICS), "p2": len(METRICS)} and results["bonferroni"]["tests"] == 3 * len(METRICS)
+    for method, own in (("und-only", 2 * len(METRICS)), ("sft", len(METRICS))):
+        for m in results["results"][method].values():
+            assert m["significant_in_family"] == (m["p"] < 0.05 / own)
+            assert math.isclose(m["p_bonferroni_family"], min(1.0, m["p"] * own))
+    html = render_html(results, [])
+    assert "Per family" in html and "p2: self-improvement" in html and f"{len(METRICS)} tests" in html
 
 
 def test_undefined_tests_are_null_not_nan():

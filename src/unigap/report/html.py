@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from unigap.arms import FAMILIES
 from unigap.atomic import write_atomically
 from unigap.report.figures import Plot
 from unigap.report.reference import LN2, PAPER_BASE, PAPER_BONFERRONI, PAPER_FINAL, PAPER_GRADIENTS, PAPER_HEADLINE
@@ -100,8 +101,10 @@ def _ci(interval: Sequence[float] | None, signed: bool = False, below: bool = Fa
     return f'{"<br>" if below else " "}<span class="ci">[{low}, {high}]</span>'
 
 
-def headline_table(results: dict[str, Any]) -> Safe:
-    """Per method and metric: Δ vs base with its Welch CI, and p; bold where significant (Bonferroni)."""
+def headline_table(results: dict[str, Any], methods: Sequence[str] | None = None,
+                   significance: str = "significant") -> Safe:
+    """Per method and metric: Δ vs base with its Welch CI, and p; bold where `significance` says so (Bonferroni over
+    every arm, or over the method's family with "significant_in_family"); all methods unless `methods`."""
     headers = ["method"]
     for metric in METRICS:
         headers += [f"Δ {metric.label}", "p"]
@@ -111,17 +114,36 @@ def headline_table(results: dict[str, Any]) -> Safe:
         m = base[metric.name]
         base_row += [Safe(escape(fmt(m["pooled"])) + _ci(m["ci95_bootstrap"], below=True)), ""]
     rows, classes = [base_row], ["base"]
-    for method in results["methods"][1:]:
+    for method in results["methods"][1:] if methods is None else methods:
         row: list[Any] = [method]
         for metric in METRICS:
             m = results["results"][method][metric.name]
-            kind = Significant if m["significant"] else Safe
-            mark = "*" if m["significant"] else ""
+            significant = bool(m.get(significance))
+            kind = Significant if significant else Safe
+            mark = "*" if significant else ""
             delta = escape(fmt(m["delta"], signed=True) + mark) + _ci(m["delta_ci95"], signed=True, below=True)
             row += [kind(delta), kind(escape(fmt_p(m["p"])))]
         rows.append(row)
         classes.append("")
     return _table(headers, rows, classes)
+
+
+def family_sections(results: dict[str, Any]) -> list[Any]:
+    """One headline table per family of arms (when more than one family ran), corrected over its own arms."""
+    families: dict[str, list[str]] = {}
+    for arm in results["arms"]:
+        families.setdefault(arm.get("family", "other"), []).append(arm["name"])
+    tests = results["bonferroni"].get("families", {})
+    if len(families) < 2 or not tests:
+        return []
+    out: list[Any] = ["<h2>Per family: Δ vs base, corrected within the family</h2>"]
+    for family, arms in families.items():
+        t = tests[family]
+        out += [f"<h3>{escape(family)}: {escape(FAMILIES.get(family, 'arms outside the registry'))}</h3>",
+                headline_table(results, arms, "significant_in_family"),
+                f'<p class="note">bold* = significant after Bonferroni over this family\'s {t["tests"]} tests '
+                f"(p < {t['alpha_corrected']:.2g}).</p>"]
+    return out
 
 
 def paper_headline_table() -> Safe:
@@ -318,6 +340,7 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
         f'<p class="note">Published Janus-Pro-7B deltas vs base VQA {PAPER_BASE["vqa"]} / CLIPScore '
         f"{PAPER_BASE['clip']}; different scales from ours — compare direction and significance only.</p>",
         *(_figure(p) for p in plots if p.path.name == "tradeoff.png"),
+        *family_sections(results),
         "<h2>Metric levels per method</h2>",
         levels_table(results),
         '<p class="note">Mean over seed means [t-interval over seeds]; per-seed values underneath.</p>',

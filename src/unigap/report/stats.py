@@ -13,7 +13,9 @@ methods × metrics"):
   seed) around `mean_over_seeds`; `ci95_bootstrap` is a percentile bootstrap of the pooled per-item mean,
   resampling items within each seed (null without records).
 - **Bonferroni**: the family is every method (base excluded) × every metric; `alpha_corrected` = α / family
-  size, `significant` = p < alpha_corrected, `p_bonferroni` = min(1, p · family size).
+  size, `significant` = p < alpha_corrected, `p_bonferroni` = min(1, p · family size). Each arm's family of
+  methods (p1–p4) is also corrected on its own: `p_bonferroni_family`, `significant_in_family` (over that family's
+  arms × metrics; `bonferroni.families`), for the report's per-family sections.
 - **Final losses**: a DPO run at batch 1 is noisy per step, so "final" means the mean over the last
   `loss_tail` logged steps; a trained task whose final loss is within `ln2_tolerance` of ln 2 is flagged
   `no_signal` (SPEC: "a generation DPO loss stuck at ln 2 is a stop signal").
@@ -37,6 +39,8 @@ from unigap.report.reference import LN2
 from unigap.report.runs import BASE, MethodRun, Study
 from unigap.arms import ARMS
 from unigap.train.names import SINGLE_TASK
+
+OTHER_FAMILY = "other"  # the family of a method outside the arm registry
 
 CONFIDENCE = 0.95
 TASKS = ("und", "gen")
@@ -292,8 +296,11 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions()) -> dict[
     base_samples = {}
     for metric in METRICS:
         metrics[BASE][metric.name], base_samples[metric.name] = metric_summary(study.of(BASE), metric, options)
+    families = {m: ARMS[m].family if m in ARMS else OTHER_FAMILY for m in compared}
+    family_tests = {f: list(families.values()).count(f) * len(METRICS) for f in dict.fromkeys(families.values())}
     for method in compared:
         metrics[method] = {}
+        own = family_tests[families[method]]
         for metric in METRICS:
             summary, pooled = metric_summary(study.of(method), metric, options)
             base = base_samples[metric.name]
@@ -305,6 +312,8 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions()) -> dict[
                 **test,
                 "p_bonferroni": None if p is None else min(1.0, p * family),
                 "significant": p is not None and p < alpha_corrected,
+                "p_bonferroni_family": None if p is None else min(1.0, p * own),
+                "significant_in_family": p is not None and p < options.alpha / own,
             }
     return {
         "options": asdict(options) | {"confidence": CONFIDENCE},
@@ -315,7 +324,9 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions()) -> dict[
                  for m in compared],
         "seeds": sorted({run.seed for run in study.runs}),
         "metrics": [asdict(metric) for metric in METRICS],
-        "bonferroni": {"alpha": options.alpha, "tests": family, "alpha_corrected": alpha_corrected},
+        "bonferroni": {"alpha": options.alpha, "tests": family, "alpha_corrected": alpha_corrected,
+                       "families": {f: {"tests": n, "alpha_corrected": options.alpha / n}
+                                    for f, n in family_tests.items()}},
         "results": metrics,
         "training": {m: s for m in methods if (s := training_summary(m, study.of(m), options)) is not None},
         "diagnostics": {m: s for m in methods if (s := diagnostics_summary(study.of(m))) is not None},
