@@ -84,7 +84,7 @@ def train_command(
                              "grpo.json (the loop before and after training)."),
     steps: int | None = typer.Option(None, "--steps", help="Rollout (= optimiser) steps; even steps train generation, "
                                      "odd steps reflection + refinement (default 200)."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 1e-4; R3 trains the full model at "
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 3e-4; R3 trains the full model at "
                                     "5e-6, a LoRA needs more)."),
     num_generations: int | None = typer.Option(None, "--num-generations", help="Samples per group (R3: 16)."),
     beta: float | None = typer.Option(None, "--beta", help="KL weight, k3 estimator (default 0.001, R3's; TRL's "
