@@ -14,7 +14,8 @@ from unigap.cli import main
 from unigap.errors import UserError
 from unigap.model import load_model
 from unigap.unimrg import LOGGED_KEYS, UniMRGConfig, UniMRGTrainer, build_data
-from unigap.unimrg.data import check_instructions, encode
+from unigap.train.sft import vq_tokens
+from unigap.unimrg.data import ENCODE_BATCH, check_instructions
 from unigap.world import random_train_scenes, render, render_depth
 
 SMALL = {"n_scenes": 24, "steps": 4, "batch_size": 2, "checkpoint_every": 2}
@@ -43,8 +44,8 @@ def test_targets_are_the_vq_ids_of_the_exact_maps(data) -> None:
     scenes = random_train_scenes(24, 0, draw=4)
     assert len(data) == 24 and all(len(qs) == 2 for qs in data.questions)
     assert (data.images == np.stack([render(s) for s in scenes])).all()
-    assert torch.equal(data.targets["reconstruction"], encode(um, list(data.images)))
-    assert torch.equal(data.targets["depth"], encode(um, [render_depth(s) for s in scenes]))
+    assert torch.equal(data.targets["reconstruction"], vq_tokens(um, list(data.images), ENCODE_BATCH))
+    assert torch.equal(data.targets["depth"], vq_tokens(um, [render_depth(s) for s in scenes], ENCODE_BATCH))
     assert not torch.equal(data.targets["segmentation"], data.targets["depth"])
     again = build_data(um, 24, 0, 2, 0.5, ["segmentation"])
     assert [q.text for qs in again.questions for q in qs] == [q.text for qs in data.questions for q in qs]

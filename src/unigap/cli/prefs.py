@@ -38,7 +38,7 @@ def build(
     """Sample, score and filter pairs; write them with reference log-probs under the base model."""
     check_suffix(out)
     from unigap.model import load_model
-    from unigap.prefs.build import BuildOptions, build_preferences, summary
+    from unigap.prefs.build import BuildOptions, build_preferences, candidate_questions, summary
     from unigap.prefs.rows import write_rows
     from unigap.train import distributed
 
@@ -46,14 +46,11 @@ def build(
         kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size, answer_form,
         None if questions is None else str(questions),
     )
-    if options.questions is not None:  # a malformed row fails before the model loads
-        from unigap.data.understanding import read_understanding_data
-
-        read_understanding_data(options.questions, options.max_candidates or 4 * n)
+    items = None if options.questions is None else candidate_questions(options)  # a bad row fails before the load
     um = load_model(model)
     main = distributed.is_main()  # under `accelerate launch` the processes share the batches; one writes
     with progress(f"{kind} pairs", n, main) as update:
-        rows = build_preferences(um, options, lambda kept, tried: update(kept, f"{tried} tried"))
+        rows = build_preferences(um, options, lambda kept, tried: update(kept, f"{tried} tried"), items)
     if main:
         path = write_rows(out, rows)
         typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")

@@ -136,7 +136,7 @@ def judged_generation(judge: Judge, um: ImageModel, specs: Sequence[PromptSpec],
     scores = judge.fn(um, images, specs)
     for record, score in zip(records, scores, strict=True):
         record["judge_score"] = score
-        record["judge_accepted"] = None if score is None else score >= judge.threshold
+        record["judge_accepted"] = judge.accepts(score)
     decided = [r for r in records if r["judge_accepted"] is not None]
     metric = {
         "judge": judge.name,

@@ -38,6 +38,10 @@ class Judge:
     calibration: dict[str, Any] | None = None  # how its threshold was chosen, and how well it separates
     scaled_score: tuple[str, float] | None = None  # (name, factor) of the judge's native score = factor · score
 
+    def accepts(self, score: float | None) -> bool | None:
+        """The judge's verdict on one score: accept at or above its threshold; None where it could not decide."""
+        return None if score is None else score >= self.threshold
+
     def describe(self) -> dict[str, Any]:
         """The JSON-able record a report keeps: which judge decided, from where, and where it accepts."""
         out: dict[str, Any] = {"name": self.name, "directory": self.directory, "threshold": self.threshold}

@@ -213,11 +213,18 @@ def _gen_batch(
     return out
 
 
+def candidate_questions(options: BuildOptions) -> list[UserItem]:
+    """The rows of `options.questions` that may become candidates (a bad row fails here, naming its line)."""
+    return read_understanding_data(options.questions, options.max_candidates or 4 * options.n)
+
+
 def build_preferences(
-    um: UnifiedModel, options: BuildOptions, progress: Progress | None = None
+    um: UnifiedModel, options: BuildOptions, progress: Progress | None = None,
+    questions: Sequence[UserItem] | None = None,
 ) -> list[dict[str, Any]]:
     """Up to `options.n` preference rows (fewer if `max_candidates` run out), reference log-probs included;
-    `UserError` when no candidate passes the filters (an empty file would only fail later, in training)."""
+    `UserError` when no candidate passes the filters (an empty file would only fail later, in training).
+    `questions`: the rows of `options.questions` when the caller has read them already (`candidate_questions`)."""
     if um.peft is not None:
         raise UserError(
             "build preference pairs with the base model (reference log-probs come from it), not an adapter"
@@ -225,7 +232,7 @@ def build_preferences(
     canvas = vq_image_size(um.model.model.vqmodel)
     limit = options.max_candidates or 4 * options.n
     if options.questions is not None:
-        records: Sequence[Any] = read_understanding_data(options.questions, limit)
+        records: Sequence[Any] = candidate_questions(options) if questions is None else questions
         limit = len(records)
         score_batch: Callable[..., list[Candidate | None]] = _user_und_batch
     else:

@@ -53,6 +53,11 @@ def _text(value: Any, role: str) -> str:
     return ""
 
 
+def _und_images(row: dict[str, Any]) -> Any:
+    """An understanding row's image list: `images`, or its single `image` as a list (None when it has neither)."""
+    return row.get("images", [row["image"]] if row.get("image") is not None else None)
+
+
 def trl_problem(row: dict[str, Any]) -> str:
     """Why a TRL-convention row is malformed ('' when it is fine)."""
     if not _text(row["prompt"], "user"):
@@ -65,7 +70,7 @@ def trl_problem(row: dict[str, Any]) -> str:
     for side in ("chosen", "rejected"):
         if not _text(row.get(side), "assistant"):
             return f"{side!r} holds no text (a string, or a conversation with an assistant message)"
-    images = row.get("images", [row["image"]] if row.get("image") is not None else None)
+    images = _und_images(row)
     if not isinstance(images, list) or len(images) != 1:
         return "an understanding row needs one image ('images': [image] or 'image')"
     return ""
@@ -78,7 +83,7 @@ def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -
     for where, row in rows:
         prompt = _text(row["prompt"], "user")
         if trl_task(row) == "und":
-            image = image_cell({"image": (row.get("images") or [row.get("image")])[0]}, base, where)
+            image = image_cell({"image": _und_images(row)[0]}, base, where)
             pairs.append(UnderstandingPair(image, prompt, _text(row["chosen"], "assistant"),
                                            _text(row["rejected"], "assistant"), math.nan, math.nan, 0, 0))
             continue

@@ -123,7 +123,7 @@ def best_of_n(
 def judge_verdicts(judge: Judge, um: Any, specs: Sequence[PromptSpec],
                    images: Sequence[Image.Image]) -> list[bool | None]:
     """The judge's accept (score >= its threshold) per image; None where it cannot decide."""
-    return [None if score is None else score >= judge.threshold for score in judge.fn(um, images, specs)]
+    return [judge.accepts(score) for score in judge.fn(um, images, specs)]
 
 
 def judged_accuracy(specs: Sequence[PromptSpec], verdicts: Sequence[bool | None]) -> dict[str, Any]:

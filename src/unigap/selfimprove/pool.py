@@ -94,7 +94,7 @@ def audit(samples: list[Sample], images: list, config: SelfImproveConfig, round_
     verdicts = judge.fn(None, [images[i] for i in chosen], [samples[i].spec for i in chosen])
     out = list(samples)
     for i, verdict in zip(chosen, verdicts, strict=True):
-        out[i] = Sample(**{**samples[i].__dict__, "audit": None if verdict is None else verdict >= judge.threshold})
+        out[i] = Sample(**{**samples[i].__dict__, "audit": judge.accepts(verdict)})
     return out
 
 

@@ -58,16 +58,21 @@ def all_sum(value: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def sum_tensors(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor summed over processes, in one flat all-reduce (the tensors themselves with one process)."""
+    if world_size() == 1:
+        return list(tensors)
+    flat = all_sum(torch.cat([t.reshape(-1) for t in tensors]))
+    return [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)]
+
+
 def sum_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    """Each gradient replaced by its sum over processes, in one flat all-reduce."""
+    """Each gradient replaced by its sum over processes."""
     if world_size() == 1:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = all_sum(torch.cat([g.reshape(-1) for g in grads]))
-    offset = 0
+    grads = sum_tensors([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
     for p, g in zip(params, grads, strict=True):
-        p.grad = flat[offset : offset + g.numel()].view_as(g).to(p.dtype)
-        offset += g.numel()
+        p.grad = g.to(p.dtype)
 
 
 def gather_objects(value: Any) -> list[Any]:

@@ -39,6 +39,19 @@ class Task(Protocol):
     def loss(self, um: Any, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+def vq_tokens(um: Any, images: Sequence[ImageInput], batch_size: int,
+              progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """VQ ids [len(images), N] (on the CPU) of images, `batch_size` per call: the targets of the image tasks;
+    `progress(done)` after each call."""
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            chunks.append(um.encode_images(list(images[start : start + batch_size])).cpu())
+            if progress is not None:
+                progress(min(start + batch_size, len(images)))
+    return torch.cat(chunks)
+
+
 @dataclass(frozen=True)
 class AnswerTask:
     """Understanding: each image with its questions and their answers (EOS included, scored as at inference)."""

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors import safe_open
+from safetensors.torch import save
 
 from unigap.data.captions import CaptionedImage, read_caption_data
 from unigap.data.understanding import UserItem, read_understanding_data
@@ -23,7 +24,7 @@ from unigap.train import distributed
 from unigap.train.checkpoint import atomic_write_bytes
 from unigap.train.config import load_config
 from unigap.train.loop import refuse_unless_resuming
-from unigap.train.sft import AnswerTask, SFTOptions, SFTTrainer, Task, TextToImageTask, check_field
+from unigap.train.sft import AnswerTask, SFTOptions, SFTTrainer, Task, TextToImageTask, check_field, vq_tokens
 from unigap.train.trainer import TrainResult
 
 TOKEN_CACHE = "gen_tokens.safetensors"
@@ -89,18 +90,10 @@ def caption_tokens(um: Any, captions: list[CaptionedImage], source: str, out_dir
            "codebook": str(um.model.config.vq_config.num_embeddings)}
     cache = out_dir / TOKEN_CACHE
     if cache.is_file():
-        from safetensors import safe_open
-
         with safe_open(str(cache), "pt") as handle:
             if handle.metadata() == key:
-                return load_file(str(cache))["ids"]
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(captions), ENCODE_BATCH):
-            chunks.append(um.encode_images([c.image for c in captions[start : start + ENCODE_BATCH]]).cpu())
-            if progress is not None:
-                progress(min(start + ENCODE_BATCH, len(captions)))
-    ids = torch.cat(chunks)
+                return handle.get_tensor("ids")
+    ids = vq_tokens(um, [c.image for c in captions], ENCODE_BATCH, progress)
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         blob = save({"ids": ids.contiguous()}, metadata=key)

@@ -153,14 +153,12 @@ class DPOTrainer:
             raise TrainingDiverged(f"non-finite {task} DPO loss ({loss}) at step {self.step}: training stopped")
         params = [p for _, p in self.named]
         grads = torch.autograd.grad(result.loss * share, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-        if distributed.world_size() > 1:
-            flat = distributed.all_sum(torch.cat([g.reshape(-1) for g in grads]))
-            grads = [chunk.view_as(g) for chunk, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]
+        grads = distributed.sum_tensors([torch.zeros_like(p) if g is None else g
+                                         for p, g in zip(params, grads, strict=True)])
         metrics = result.metrics
         if distributed.world_size() > 1:  # the global batch's means
-            metrics = {key: float(distributed.all_sum(torch.tensor(value * share, dtype=torch.float64)))
-                       for key, value in metrics.items()}
+            summed = distributed.all_sum(torch.tensor([v * share for v in metrics.values()], dtype=torch.float64))
+            metrics = dict(zip(metrics, summed.tolist(), strict=True))
         return grads, metrics
 
     def _train_step(self) -> dict[str, Any]:

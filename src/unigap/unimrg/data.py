@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from unigap.errors import UserError
+from unigap.train.sft import vq_tokens
 from unigap.world import Question, Scene, random_train_scenes, render, render_depth, render_segmentation, train_questions
 
 DRAW = 4  # which sample of random train scenes (`random_train_scenes`): not the pretraining one
@@ -60,14 +61,6 @@ def check_instructions(um: object, representations: Sequence[str]) -> None:
         seen[ids] = name
 
 
-def encode(um: object, images: Sequence[np.ndarray]) -> torch.LongTensor:
-    """VQ ids [len(images), N] of uint8 images, in batches."""
-    with torch.no_grad():
-        chunks = [um.encode_images(list(images[i : i + ENCODE_BATCH])).cpu()  # type: ignore[attr-defined]
-                  for i in range(0, len(images), ENCODE_BATCH)]
-    return torch.cat(chunks)  # type: ignore[return-value]
-
-
 def build_data(
     um: object, n_scenes: int, data_seed: int, questions_per_image: int, sentence_fraction: float,
     representations: Sequence[str], progress: Callable[[int], None] | None = None,
@@ -80,7 +73,7 @@ def build_data(
     targets = {}
     for i, name in enumerate(representations):
         maps = images if name == "reconstruction" else [RENDERERS[name](scene) for scene in scenes]
-        targets[name] = encode(um, maps)
+        targets[name] = vq_tokens(um, maps, ENCODE_BATCH)
         if progress is not None:
             progress(n_scenes * (i + 2))
     return UniMRGData(images, questions, targets)  # type: ignore[arg-type]
