@@ -44,13 +44,15 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def cached_json(path: str | os.PathLike, make: Callable[[], Any]) -> Any:
-    """A resumable job's stage: the JSON in `path` when it exists, else `make()`, written there atomically."""
+def cached_json(path: str | os.PathLike, make: Callable[[], Any], write: bool = True) -> Any:
+    """A resumable job's stage: the JSON in `path` when it exists, else `make()`, written there atomically (unless
+    `write` is False: a data-parallel process other than the one that writes)."""
     path = Path(path)
     if path.is_file():
         return json.loads(path.read_text())
     value = make()
-    write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
+    if write:
+        write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
     return value
 
 

@@ -134,6 +134,20 @@ def test_gradient_checkpointing_gives_the_same_adapter_and_bfloat16_trains(tiny_
     assert lora and all(v.dtype == torch.float32 for v in lora.values())  # peft keeps adapter weights in float32
 
 
+def test_bf16_autocast_trains_near_the_float32_losses(tiny_dir: Path, world: Path, tmp_path: Path) -> None:
+    """`bf16`: float32 weights, forward matmuls in bfloat16; the losses move (autocast is on) but stay close."""
+    files = {"gen_data": str(world / "samples.jsonl"), "und_data": str(world / "questions.jsonl")}
+    losses = {}
+    for bf16 in (False, True):
+        config = SFTConfig(steps=2, lora_rank=4, lora_alpha=8, lora_dropout=0.0, batch_size=2, bf16=bf16, **files)
+        train_sft(load_model(tiny_dir), config, tmp_path / f"bf16-{bf16}", show_progress=False)
+        losses[bf16] = [r["loss"] for r in _log(tmp_path / f"bf16-{bf16}")]
+        lora = load_file(tmp_path / f"bf16-{bf16}" / "adapter_model.safetensors")
+        assert all(v.dtype == torch.float32 for v in lora.values())
+    assert losses[True] != losses[False]
+    assert losses[True] == pytest.approx(losses[False], rel=0.02)
+
+
 def test_a_checkpoint_from_before_a_new_setting_still_resumes(tiny_dir: Path, world: Path, tmp_path: Path) -> None:
     """A setting added since a checkpoint was written (absent from it) is accepted at its default, refused otherwise."""
     from unigap.train.checkpoint import load_checkpoint, save_checkpoint

@@ -35,6 +35,7 @@ def eval_command(
     judge: str = JUDGE_OPTION,
 ) -> None:
     """Write the metrics report to OUT and print a summary table."""
+    from unigap import distributed
     from unigap.evaluate import check_output_file, evaluate, save_report, summary_table, vq_fidelity
     from unigap.evaluate.data import HELD_OUT_SPLITS
     from unigap.manifest import manifest
@@ -68,6 +69,8 @@ def eval_command(
         )
         # the VQ is never trained after pretraining (adapters leave it alone), so this reads the base model's tokenizer
         report["vq_reconstruction"] = vq_fidelity(um, n, seed, data_seed, batch_size, split=split)
+    if not distributed.is_main():  # under `accelerate launch` the processes share the batches; one writes
+        return
     report["config"].update(model=model, adapter=None if adapter is None else str(adapter))
     report["manifest"] = record
     save_report(report, out)

@@ -40,7 +40,7 @@ def build(
     from unigap.model import load_model
     from unigap.prefs.build import BuildOptions, build_preferences, candidate_questions, summary
     from unigap.prefs.rows import write_rows
-    from unigap.train import distributed
+    from unigap import distributed
 
     options = BuildOptions(
         kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size, answer_form,

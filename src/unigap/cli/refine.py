@@ -45,6 +45,7 @@ def refine_command(
     reflector: str = typer.Option("self", "--reflector", help="self (the model) | oracle (the exact diff)."),
     refiner: str = typer.Option("auto", "--refiner", help="auto | edit | regenerate (auto: edit when the model can)."),
     seed: int = typer.Option(0, "--seed", help="Draws the prompts and every sample."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Prompts per sampling call (the samples depend on it)."),
     out: Path = typer.Option(Path("runs/refine"), "--out", help="Output directory (refine.json, strips/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     judge: str = JUDGE_OPTION,
@@ -56,22 +57,26 @@ def refine_command(
     from unigap.refine import RefineConfig, run_refine
 
     config = RefineConfig(n=n, rounds=rounds, reflector=reflector, refiner=refiner, prompts=prompts, seed=seed,
-                          judge=judge)
+                          batch_size=batch_size, judge=judge)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     if (out / "settings.json").exists() and not resume:
         raise UserError(f"{out} already holds a refine run: pass --resume to continue it, or choose another --out")
+    from unigap import distributed
     from unigap.evaluate.data import prompt_specs
 
     prompt_specs(config.prompts, config.n, config.seed, config.data_seed)  # a bad prompt file fails before the load
     from unigap.evaluate.judges import get_judge
 
     chosen = get_judge(config.judge, independent=True)  # a bad judge directory fails before anything is written
+    distributed.wait_for_everyone()  # under `accelerate launch`: every process has checked OUT before one writes
     with manifest("refine", {"model": model, "adapter": None if adapter is None else str(adapter),
                              **config.__dict__}, seeds=[seed], judge=chosen.describe()) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
         report = run_refine(um, config, out)
+    if not distributed.is_main():
+        return
     write_manifest(out, record)
     Console().print(_table(report))
     typer.echo(f"wrote {out / 'refine.json'}")
@@ -98,17 +103,20 @@ def train_command(
     seed: int | None = typer.Option(None, "--seed", help="Seed: LoRA init, prompts, every sample (default 0)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of GRPOConfig keys (flags win)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast of the training steps (TRL's bf16=True)."),
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
     """Train reflection and refinement with GRPO and R3's stage-wise rewards (LoRA on the LLM, KL to the reference);
     the verifier scores every image; training prompts are train-split prompts only."""
+    from unigap import distributed
     from unigap.manifest import manifest, write_manifest
     from unigap.metrics_log import parse_report_to
     from unigap.refine.grpo import train_grpo
     from unigap.refine.grpo_config import GRPOConfig
 
     settings = GRPOConfig.load(config, steps=steps, lr=lr, num_generations=num_generations, beta=beta,
-                               scale_rewards=scale_rewards, eval_n=eval_n, eval_split=split, seed=seed)
+                               scale_rewards=scale_rewards, eval_n=eval_n, eval_split=split, seed=seed,
+                               bf16=bf16 or None)
     backends = parse_report_to(report_to)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
@@ -117,6 +125,8 @@ def train_command(
         um = load(model, None)
         record["device"] = str(um.device)
         report = train_grpo(um, settings, out, resume, backends)
+    if not distributed.is_main():
+        return
     write_manifest(out, record)
     if report.get("change"):
         before, after = report["before"]["rounds"][-1]["accuracy"], report["after"]["rounds"][-1]["accuracy"]

@@ -74,6 +74,9 @@ def selfimprove_command(
         raise UserError(f"--out {out} is a file, not a directory")
     if (out / "settings.json").exists() and not resume:
         raise UserError(f"{out} already holds a selfimprove run: pass --resume to continue it, or choose another --out")
+    from unigap import distributed
+
+    distributed.wait_for_everyone()  # under `accelerate launch`: every process has checked OUT before one writes
     from unigap.cli.common import load
     from unigap.evaluate.data import prompt_specs
     from unigap.manifest import manifest, write_manifest
@@ -92,9 +95,13 @@ def selfimprove_command(
             result = run(um, config, out, report_to=backends)
         except GuardStopped as exc:
             stopped = exc
-    write_manifest(out, record)
     if stopped is not None:
-        typer.echo(f"unigap: {stopped}", err=True)
+        if distributed.is_main():
+            write_manifest(out, record)
+            typer.echo(f"unigap: {stopped}", err=True)
         raise typer.Exit(GUARD_EXIT)
+    if not distributed.is_main():
+        return
+    write_manifest(out, record)
     Console().print(_table(result))
     typer.echo(f"wrote {out / 'selfimprove.json'}")

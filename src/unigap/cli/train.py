@@ -52,6 +52,8 @@ def train(
                                      "on a GPU, float32 on a CPU); LoRA weights stay float32."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in "
                                                 "the backward pass: less memory, more compute, the same gradients."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (TRL's bf16=True): float32 weights, matmuls in "
+                              "bfloat16; with --dtype float32 on a GPU."),
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
     """Train a LoRA; logs every step to OUT/log.jsonl and saves the PEFT adapter in OUT."""
@@ -72,7 +74,8 @@ def train(
     sft_flags = [flag for flag, value in (("--und-data", und_data), ("--gen-data", gen_data)) if value is not None]
     if objective != "sft" and sft_flags:
         raise UserError(f"{', '.join(sft_flags)}: for --objective sft only (dpo trains on preference pairs: --und/--gen)")
-    common = {"steps": steps, "lr": lr, "seed": seed, "gradient_checkpointing": gradient_checkpointing or None}
+    common = {"steps": steps, "lr": lr, "seed": seed, "gradient_checkpointing": gradient_checkpointing or None,
+              "bf16": bf16 or None}
     run = Run(model, dtype, out, config, resume, backends)
     if objective == "sft":
         _train_sft(run, und_data, gen_data, common)
@@ -91,7 +94,7 @@ def train(
     for task, path in files.items():
         check_pair_file(path, task)  # a malformed row fails before the model loads
     from unigap.manifest import manifest
-    from unigap.train import distributed
+    from unigap import distributed
 
     settings_record = {"model": model, "und": None if und is None else str(und), "gen": None if gen is None else str(gen),
                        **settings.to_dict()}
@@ -126,7 +129,7 @@ class Run:
     def finish(self, result: Any, record: dict[str, Any], what: str) -> None:
         """The manifest next to the adapter and one line, from the main process of a data-parallel run."""
         from unigap.manifest import write_manifest
-        from unigap.train import distributed
+        from unigap import distributed
 
         if distributed.is_main():
             write_manifest(result.out_dir, {**record, "processes": distributed.world_size()})

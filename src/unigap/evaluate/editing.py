@@ -18,7 +18,7 @@ from PIL import Image
 
 from unigap.evaluate.data import held_out_pairs
 from unigap.evaluate.generation import batch_seed
-from unigap.evaluate.progress import batches
+from unigap.evaluate.progress import map_batches
 from unigap.evaluate.stats import summarize_grouped
 from unigap.world import CATEGORIES, EDIT_KINDS, break_scene, parse_instruction, reflection_answer, render, verify
 
@@ -57,22 +57,25 @@ def edit_accuracy(
     split: str = "test",
 ) -> dict[str, Any]:
     """`{"accuracy", "n", "stderr", "by_category", "by_kind", "records"}` of edits the verifier accepts."""
-    records = []
     items = edit_items(n, seed, data_seed, split)
-    for index, chunk in enumerate(batches(items, batch_size, "editing", progress)):
-        tokens = um.edit([it["image"] for it in chunk], [it["instruction"] for it in chunk], cfg_scale=cfg_scale,
-                         temperature=temperature, seed=batch_seed(seed, index))
-        for item, image in zip(chunk, um.decode_tokens(tokens), strict=True):
-            verdict = verify(image, item["spec"], canvas=image.size[0])
-            records.append({
-                "index": len(records),
-                "prompt": item["spec"].text,
-                "category": item["spec"].category,
-                "instruction": item["instruction"],
-                "kind": parse_instruction(item["instruction"]).kind,
-                "verified": verdict.satisfied,
-                "reason": verdict.reason,
-            })
+
+    def batch(index: int, chunk: list[dict[str, Any]]) -> list[Image.Image]:
+        return um.decode_tokens(um.edit([it["image"] for it in chunk], [it["instruction"] for it in chunk],
+                                        cfg_scale=cfg_scale, temperature=temperature, seed=batch_seed(seed, index)))
+
+    edited = [image for images in map_batches(items, batch_size, batch, "editing", progress) for image in images]
+    records = []
+    for item, image in zip(items, edited, strict=True):
+        verdict = verify(image, item["spec"], canvas=image.size[0])
+        records.append({
+            "index": len(records),
+            "prompt": item["spec"].text,
+            "category": item["spec"].category,
+            "instruction": item["instruction"],
+            "kind": parse_instruction(item["instruction"]).kind,
+            "verified": verdict.satisfied,
+            "reason": verdict.reason,
+        })
     metric = summarize_grouped(records, "verified", "accuracy", "category", CATEGORIES, "by_category")
     metric["by_kind"] = summarize_grouped(records, "verified", "accuracy", "kind", EDIT_KINDS, "by_kind")["by_kind"]
     return {**metric, "records": records}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unigap.evaluate.progress import batches
+from unigap.evaluate.progress import map_batches
 from unigap.evaluate.stats import summarize, summarize_grouped
 from unigap.world import CATEGORIES, PromptSpec, verify
 
@@ -59,19 +59,18 @@ def generate_and_judge(
 ) -> tuple[list[Image.Image], list[dict[str, Any]]]:
     """One image per prompt, verified and self-judged → (images, per-image records).
 
-    Batch b is sampled with `batch_seed(seed, b)`, so the images depend on (seed, batch_size) only.
+    Batch b is sampled with `batch_seed(seed, b)`, so the images depend on (seed, batch_size) only (and not on the
+    number of processes: `map_batches`).
     """
-    images: list[Image.Image] = []
-    records: list[dict[str, Any]] = []
-    for index, chunk in enumerate(batches(specs, batch_size, "generation", progress)):
-        prompts = [spec.text for spec in chunk]
-        tokens = um.generate_images(
-            prompts, n_per_prompt=1, cfg_scale=cfg_scale, temperature=temperature, seed=batch_seed(seed, index)
-        )
+
+    def batch(index: int, chunk: list[PromptSpec]) -> tuple[list[Image.Image], list[dict[str, Any]]]:
+        tokens = um.generate_images([spec.text for spec in chunk], n_per_prompt=1, cfg_scale=cfg_scale,
+                                    temperature=temperature, seed=batch_seed(seed, index))
         decoded = um.decode_tokens(tokens)
-        records += judge_images(um, chunk, decoded, start=len(records))
-        images.extend(decoded)
-    return images, records
+        return decoded, judge_images(um, chunk, decoded, start=index * batch_size)
+
+    done = map_batches(specs, batch_size, batch, "generation", progress)
+    return [im for images, _ in done for im in images], [r for _, records in done for r in records]
 
 
 def self_p_yes(um: ImageModel, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:

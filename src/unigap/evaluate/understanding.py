@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from unigap.evaluate.data import held_out_pairs
-from unigap.evaluate.progress import batches
+from unigap.evaluate.progress import map_batches
 from unigap.evaluate.stats import summarize_grouped
 from unigap.data.understanding import UserItem
 from unigap.evaluate.vqa import vqa_score
@@ -74,24 +74,27 @@ def answer_items(
 ) -> list[dict[str, Any]]:
     """Per-item records: kind, question, expected and given answer, and whether they match; for users' items
     (`unigap.data.understanding`, several reference answers) also the VQA soft score `vqa_score`."""
+
+    def batch(_: int, chunk: list[UnderstandingItem | UserItem]) -> list[str]:
+        return um.answer([it.image for it in chunk], [it.question.text for it in chunk],
+                         max_new_tokens=max_new_tokens, temperature=0.0)
+
+    answers = [given for chunk in map_batches(items, batch_size, batch, "understanding", progress) for given in chunk]
     records = []
-    for chunk in batches(items, batch_size, "understanding", progress):
-        images, questions = [it.image for it in chunk], [it.question.text for it in chunk]
-        answers = um.answer(images, questions, max_new_tokens=max_new_tokens, temperature=0.0)
-        for item, given in zip(chunk, answers, strict=True):
-            records.append(
-                {
-                    "index": item.index,
-                    "kind": item.question.kind,
-                    "question": item.question.text,
-                    "expected": item.question.answer,
-                    "answer": given,
-                    "correct": normalize_answer(given) == normalize_answer(item.question.answer),
-                }
-            )
-            references = getattr(item.question, "answers", None)
-            if references is not None:
-                records[-1] |= {"answers": list(references), "vqa_score": vqa_score(given, references)}
+    for item, given in zip(items, answers, strict=True):
+        records.append(
+            {
+                "index": item.index,
+                "kind": item.question.kind,
+                "question": item.question.text,
+                "expected": item.question.answer,
+                "answer": given,
+                "correct": normalize_answer(given) == normalize_answer(item.question.answer),
+            }
+        )
+        references = getattr(item.question, "answers", None)
+        if references is not None:
+            records[-1] |= {"answers": list(references), "vqa_score": vqa_score(given, references)}
     return records
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from unigap.evaluate.data import held_out_pairs
-from unigap.evaluate.progress import batches
+from unigap.evaluate.progress import map_batches
 from unigap.evaluate.stats import summarize
 from unigap.world import render, verify
 
@@ -28,8 +28,11 @@ def vq_fidelity(
     split: str = "test",
 ) -> dict[str, Any]:
     """`{"accuracy", "n", "stderr"}`: verifier acceptance of decode(encode(render)) on n held-out scenes."""
-    accepted = []
-    for chunk in batches(held_out_pairs(n, seed, data_seed, split=split), batch_size, "VQ reconstructions", progress):
+    def batch(_: int, chunk: list) -> list[bool]:
         decoded = um.decode_tokens(um.encode_images([render(scene) for _, scene in chunk]))
-        accepted += [verify(image, spec, canvas=image.size[0]).satisfied for (spec, _), image in zip(chunk, decoded, strict=True)]
-    return summarize(accepted, "accuracy")
+        return [verify(image, spec, canvas=image.size[0]).satisfied
+                for (spec, _), image in zip(chunk, decoded, strict=True)]
+
+    pairs = held_out_pairs(n, seed, data_seed, split=split)
+    accepted = map_batches(pairs, batch_size, batch, "VQ reconstructions", progress)
+    return summarize([verdict for chunk in accepted for verdict in chunk], "accuracy")

@@ -37,7 +37,7 @@ from unigap.model.unified import UnifiedModel
 from unigap.prefs.kinds import KINDS
 from unigap.prefs.scoring import answer_score, image_score
 from unigap.prefs.trl import png_bytes
-from unigap.train import distributed
+from unigap import distributed
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
 from unigap.world.dataset import sample_records, scene_json
 from unigap.world.prompts import PromptSpec

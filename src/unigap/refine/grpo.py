@@ -10,6 +10,10 @@ only; the reward is the verifier's score of each image.
 Before training and after, the refine loop runs on `eval_n` held-out prompts with the same seeds (`run_loop`), so
 `grpo.json` holds the per-round accuracy of both and the paired change of the final accuracy.
 
+Under `accelerate launch` each process rolls out every `world`-th group of a step and the gradients are summed
+(`unigap.distributed`); the groups' results are gathered in group order, so the log, the rollout buffer and the
+weights are those of one process (with `lora_dropout` 0: dropout draws its masks per process).
+
 Files in OUT: log.jsonl (one row per step: `LOGGED_KEYS`), checkpoint/checkpoint.pt (tensors, optimizer,
 scheduler, RNG, the rollout buffer; atomic), train_config.json, the PEFT adapter, grpo.json.
 """
@@ -17,6 +21,7 @@ scheduler, RNG, the rollout buffer; atomic), train_config.json, the PEFT adapter
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 from transformers import get_constant_schedule_with_warmup
 
+from unigap import distributed
 from unigap.atomic import cached_json, write_text_atomically
 from unigap.evaluate.data import distinct_prompts, held_out_pairs
 from unigap.evaluate.generation import batch_seed
@@ -80,8 +86,10 @@ class GRPOTrainer:
                 restore_extra=restore,
                 on_step=lambda done, record: update(done, f"{record['stage']} reward "
                                                           f"{record.get(record['stage'] + '/reward', 0.0):.3f}"),
+                bf16=c.bf16,
             )  # fmt: skip
-        self.um.save_adapter(self.out_dir)
+        if distributed.is_main():
+            self.um.save_adapter(self.out_dir)
 
     def _start(self, rng: np.random.Generator) -> Buffered:
         """A buffered image for a refine group: perfect with probability `perfect_fraction` (when there is one)."""
@@ -95,23 +103,29 @@ class GRPOTrainer:
         rng = np.random.default_rng([c.seed, STEP_STREAM, self.step])
         stage = "generate" if self.step % 2 == 0 or not self.buffer else "refine"
         record: dict[str, Any] = {"step": self.step, "stage": stage, "lr": self.scheduler.get_last_lr()[0]}
-        results: list[GroupResult] = []
-        for group in range(c.prompts_per_step):
-            seed = batch_seed(c.seed, self.step * 1000 + group * 2)
+        # every process draws every group's prompt or start image (the one-process draws) and rolls out its share
+        if stage == "generate":
+            starts: list[Any] = [int(rng.integers(len(self.prompts))) for _ in range(c.prompts_per_step)]
+        else:
+            starts = [self._start(rng) for _ in range(c.prompts_per_step)]
+        mine: list[tuple[int, float, GroupResult]] = []
+        for group in distributed.shard(np.arange(c.prompts_per_step)).tolist():
+            seed, start = batch_seed(c.seed, self.step * 1000 + group * 2), starts[group]
             if stage == "generate":
-                index = int(rng.integers(len(self.prompts)))
-                result = generation_group(self.um, index, self.prompts[index], c, seed)
+                result = generation_group(self.um, start, self.prompts[start], c, seed)
             else:
-                start = self._start(rng)
                 result = refine_group(self.um, start, self.prompts[start.prompt], c, seed)
-            if not torch.isfinite(result.loss):
-                raise TrainingDiverged(f"non-finite GRPO loss at step {self.step}: training stopped")
             (result.loss / c.prompts_per_step).backward()
-            results.append(result)
+            mine.append((group, float(result.loss.detach()), replace(result, loss=torch.empty(0))))
+        groups = sorted((row for rows in distributed.gather_objects(mine) for row in rows), key=lambda row: row[0])
+        if not all(np.isfinite([loss for _, loss, _ in groups])):
+            raise TrainingDiverged(f"non-finite GRPO loss at step {self.step}: training stopped")
+        distributed.sum_gradients([p for _, p in self.named])
+        results = [result for _, _, result in groups]
         self.buffer += [b for r in results for b in r.buffered]
         keys = sorted({k for r in results for k in r.metrics})
         record |= {k: float(np.mean([r.metrics[k] for r in results if k in r.metrics])) for k in keys}
-        record["loss"] = float(np.mean([float(r.loss.detach()) for r in results]))
+        record["loss"] = float(np.mean([loss for _, loss, _ in groups]))
         record["grad_norm"] = optimizer_step(self.named, self.optimizer, self.scheduler, self.config.max_grad_norm,
                                              self.step)
         return record
@@ -131,12 +145,15 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     """The refine loop before training, GRPO, the loop after it; `grpo.json` (written last) in OUT."""
     out = Path(out_dir)
     refuse_unless_resuming(out, resume)
-    before = cached_json(out / "parts" / "before.json", lambda: _loop_eval(um, config, show_progress)) \
-        if config.eval_n else None
+    main = distributed.is_main()
+    show_progress = show_progress and main
+    before = cached_json(out / "parts" / "before.json", lambda: _loop_eval(um, config, show_progress),
+                         write=main) if config.eval_n else None
     GRPOTrainer(um, config, out, report_to).train(resume, show_progress)  # a finished run: restored, not rerun
     after = _loop_eval(um, config, show_progress) if config.eval_n else None
     report: dict[str, Any] = {"config": config.to_dict(), "before": before, "after": after}
     if before and after:
         report["change"] = paired_difference(before["final"], after["final"])
-    write_text_atomically(out / RESULT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    if main:
+        write_text_atomically(out / RESULT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report

@@ -48,6 +48,7 @@ class GRPOConfig:
     eval_rounds: int = 3
     eval_split: str = "test"  # where those prompts come from: test, or val to choose settings
     checkpoint_every: int = 25
+    bf16: bool = False  # bf16 autocast (TRL's bf16=True): float32 weights and optimiser, matmuls in bfloat16
 
     def __post_init__(self) -> None:
         for name in ("steps", "lr", "max_grad_norm", "prompts_per_step", "epsilon", "max_completion_length",

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from unigap.evaluate.generation import batch_seed
-from unigap.evaluate.progress import batches
+from unigap.evaluate.progress import map_batches
 from unigap.world import Geometry, PromptSpec, parse_reflection, reflection_answer, verify
 
 REFLECTORS: tuple[str, ...] = ("self", "oracle")
@@ -127,24 +127,24 @@ def run_loop(
 
 def _generate(um: Refinable, trajectories: Sequence[Trajectory], seed: int, round_: int, cfg_scale: float | None,
               temperature: float, batch_size: int, progress: bool) -> None:
-    for index, chunk in enumerate(batches(list(trajectories), batch_size, "round 0: generate", progress)):
-        tokens = um.generate_images([t.spec.text for t in chunk], 1, cfg_scale, temperature,
-                                    batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index))
-        _record(chunk, um.decode_tokens(tokens))
+    def batch(index: int, chunk: list[Trajectory]) -> list[Image.Image]:
+        return um.decode_tokens(um.generate_images([t.spec.text for t in chunk], 1, cfg_scale, temperature,
+                                                   batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index)))
+
+    _record(trajectories, _flat(map_batches(trajectories, batch_size, batch, "round 0: generate", progress)))
 
 
 def _reflect(um: Refinable, active: Sequence[Trajectory], reflector: str, batch_size: int, progress: bool) -> list[str]:
     if reflector == "oracle":
         return [oracle_reflection(t.images[-1], t.spec) for t in active]
-    notes: list[str] = []
-    for chunk in batches(list(active), batch_size, "reflect", progress):
-        notes += um.reflect([t.images[-1] for t in chunk], [t.spec.text for t in chunk])
-    return notes
+    return _flat(map_batches(active, batch_size, lambda _, chunk: um.reflect([t.images[-1] for t in chunk],
+                                                                            [t.spec.text for t in chunk]),
+                             "reflect", progress))
 
 
 def _refine(um: Refinable, refining: Sequence[tuple[Trajectory, str]], mode: str, seed: int, round_: int,
             cfg_scale: float | None, temperature: float, batch_size: int, progress: bool) -> None:
-    for index, chunk in enumerate(batches(list(refining), batch_size, f"round {round_}: {mode}", progress)):
+    def batch(index: int, chunk: list[tuple[Trajectory, str]]) -> list[Image.Image]:
         sample_seed = batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index)
         if mode == "edit":
             tokens = um.edit([t.images[-1] for t, _ in chunk], [note for _, note in chunk], cfg_scale, temperature,
@@ -152,7 +152,14 @@ def _refine(um: Refinable, refining: Sequence[tuple[Trajectory, str]], mode: str
         else:
             tokens = um.generate_images([refined_prompt(t.spec.text, note) for t, note in chunk], 1, cfg_scale,
                                         temperature, sample_seed)
-        _record([t for t, _ in chunk], um.decode_tokens(tokens))
+        return um.decode_tokens(tokens)
+
+    images = _flat(map_batches(refining, batch_size, batch, f"round {round_}: {mode}", progress))
+    _record([t for t, _ in refining], images)
+
+
+def _flat(chunks: Sequence[Sequence[Any]]) -> list[Any]:
+    return [item for chunk in chunks for item in chunk]
 
 
 def _record(trajectories: Sequence[Trajectory], images: Sequence[Image.Image]) -> None:

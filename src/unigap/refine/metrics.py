@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from unigap.evaluate.generation import batch_seed, self_p_yes
-from unigap.evaluate.progress import batches
+from unigap.evaluate.progress import map_batches
 from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped
 from unigap.refine.loop import Refinable, Trajectory
 from unigap.world import CATEGORIES, PromptSpec, verify
@@ -94,15 +94,15 @@ def best_of_n_images(
 ) -> list[Image.Image]:
     """The honest baseline at the loop's budget: n samples per prompt, the self-judge keeps the one it rates
     highest (P(yes)); one image per prompt."""
-    chosen = []
-    per_batch = max(1, batch_size // n)
-    for index, chunk in enumerate(batches(list(specs), per_batch, f"best of {n}", progress)):
+    def batch(index: int, chunk: list[PromptSpec]) -> list[Image.Image]:
         tokens = um.generate_images([s.text for s in chunk], n, cfg_scale, temperature,
                                     batch_seed(seed, BEST_OF_N_STREAM * 1000 + index))
         images = um.decode_tokens(tokens)
         p_yes = torch.tensor(self_p_yes(um, images, [s.text for s in chunk for _ in range(n)])).view(len(chunk), n)
-        chosen += [images[row * n + int(p_yes[row].argmax())] for row in range(len(chunk))]
-    return chosen
+        return [images[row * n + int(p_yes[row].argmax())] for row in range(len(chunk))]
+
+    chosen = map_batches(specs, max(1, batch_size // n), batch, f"best of {n}", progress)
+    return [image for images in chosen for image in images]
 
 
 def best_of_n(

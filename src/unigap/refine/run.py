@@ -18,6 +18,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from unigap import distributed
 from unigap.atomic import cached_json, claim_settings, write_atomically, write_text_atomically
 from unigap.errors import UserError
 from unigap.evaluate.data import prompt_specs
@@ -98,7 +99,7 @@ def _strip(trajectory: Trajectory) -> Image.Image:
 
 
 def _part(out: Path, name: str, make: Any) -> dict[str, Any]:
-    return cached_json(out / "parts" / f"{name}.json", make)
+    return cached_json(out / "parts" / f"{name}.json", make, write=distributed.is_main())
 
 
 def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -111,9 +112,12 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
     claim_settings(out / "settings.json", settings, "refine", {f.name: f.default for f in fields(RefineConfig)})
 
+    main = distributed.is_main()  # under `accelerate launch` every process holds the results; the main one writes
+    progress = progress and main
+
     def loop(reflector: str) -> dict[str, Any]:
         part, trajectories = _loop_part(um, specs, config, reflector, progress, extra)
-        if reflector == config.reflector:
+        if reflector == config.reflector and main:
             for index, trajectory in enumerate(trajectories[:STRIPS]):
                 strip = _strip(trajectory)
                 write_atomically(out / "strips" / f"{index:03d}.png", lambda tmp, s=strip: s.save(tmp, format="PNG"))
@@ -135,5 +139,6 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     if extra is not None:
         report["judged"] = {"judge": judge.name, "rounds": main["judged_rounds"], "best_of_n": baseline["judged"],
                             "oracle": oracle["judged_rounds"][-1]}
-    write_text_atomically(out / "refine.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    if main:
+        write_text_atomically(out / "refine.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report

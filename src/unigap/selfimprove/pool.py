@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from unigap import distributed
 from unigap.atomic import write_atomically, write_text_atomically
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, batch_seed
 from unigap.evaluate.judges import get_judge
-from unigap.evaluate.progress import batches
+from unigap.evaluate.progress import map_batches
 from unigap.evaluate.stats import summarize
 from unigap.selfimprove.config import SelfImproveConfig
 from unigap.world import PromptSpec
@@ -65,21 +66,23 @@ def label_round(
     if rows_file.is_file():
         return load_round(specs, out, round_)
     n = config.samples
-    per_call = max(1, config.sample_batch // n)
-    samples: list[Sample] = []
-    images_all = []
-    for index, chunk in enumerate(batches(list(indices), per_call, f"sampling round {round_}", progress)):
+
+    def batch(index: int, chunk: list[int]) -> tuple[list[Sample], list[Any]]:
         chunk_specs = [specs[i] for i in chunk for _ in range(n)]
         tokens = um.generate_images([specs[i].text for i in chunk], n, config.cfg_scale, config.temperature,
                                     batch_seed(config.seed, POOL_STREAM * 1000 + round_ * 100 + index))
         images = um.decode_tokens(tokens)
         p_yes = get_judge("self-pyes").fn(um, images, chunk_specs)
         labels = _labels(config, um, images, chunk_specs, p_yes)
-        for row, (image_tokens, p, label) in enumerate(zip(tokens.tolist(), p_yes, labels, strict=True)):
-            samples.append(Sample(chunk[row // n], chunk_specs[row], tuple(image_tokens), float(p), label, None))
-        images_all.extend(images)
-    samples = audit(samples, images_all, config, round_)
-    _save_round(samples, images_all, out, round_)
+        rows = zip(tokens.tolist(), p_yes, labels, strict=True)
+        return [Sample(chunk[row // n], chunk_specs[row], tuple(ids), float(p), label, None)
+                for row, (ids, p, label) in enumerate(rows)], images
+
+    done = map_batches(list(indices), max(1, config.sample_batch // n), batch, f"sampling round {round_}", progress)
+    images = [image for _, chunk in done for image in chunk]
+    samples = audit([s for chunk, _ in done for s in chunk], images, config, round_)
+    if distributed.is_main():
+        _save_round(samples, images, out, round_)
     return samples
 
 

@@ -13,6 +13,9 @@ Files in OUT: `settings.json`, `before.json` / `after.json` (`unigap eval` repor
 `unigap.selfimprove.pool`), `epochs.jsonl` (one row per epoch: loss, training-set size, discard pool, the
 validation probe), `checkpoint/` (per epoch), `adapter/` (PEFT; the last finished epoch), `figures/epochs.png`,
 and `selfimprove.json` last. Each stage is skipped when its file exists, so `resume` continues a killed run.
+
+Under `accelerate launch` the processes share the sampling batches and each training batch (`unigap.distributed`);
+they hold the same results and weights, and the main process writes them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from unigap import distributed
 from unigap.atomic import cached_json, claim_settings, write_atomically, write_text_atomically
 from unigap.evaluate import evaluate
 from unigap.evaluate.data import prompt_specs
@@ -74,10 +78,13 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     content. Raises `GuardStopped` after writing it when the audit stops the run. `report_to`: per-epoch rows also
     to TensorBoard / W&B (`unigap.metrics_log`)."""
     out = Path(out)
+    main = distributed.is_main()
+    progress = progress and main
     specs = prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)
     _check_settings(out, config, len(specs))
 
-    before = cached_json(out / "before.json", lambda: _evaluate(um, config, out, "before", progress)) if config.eval_n else None
+    before = cached_json(out / "before.json", lambda: _evaluate(um, config, out, "before", progress),
+                         write=main) if config.eval_n else None
     data = Data([label_round(um, specs, range(len(specs)), config, 0, out, progress)])
     audits = [{"round": 0, "epoch": 0, **audit_metrics(data.rounds[0])}]
     _guard(out, config, audits, before, last_epoch=0)
@@ -93,10 +100,11 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     start = _resume(um, optimizer, out)
     epochs = epochs[: start + 1]
     logger = MetricLogger(out / EPOCHS_FILE, report_to, resume_step=start + 1 if epochs else None,
-                          run_name=f"{out.name}-selfimprove")
+                          run_name=f"{out.name}-selfimprove") if main else None
     if not epochs:
         epochs = [_epoch_row(um, config, 0, data, {"steps": 0, "loss": None}, joined=0)]
-        logger.log(0, epochs[0])
+        if logger:
+            logger.log(0, epochs[0])
     for epoch in range(1, config.epochs + 1):
         joined = 0
         if epoch - 1 == config.replay_epoch:  # replay after the replay epoch, before the next one trains
@@ -113,14 +121,18 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
         with progress_bar(f"epoch {epoch}/{config.epochs}", size, progress) as update:
             record = train_epoch(um, optimizer, config, epoch, data.sft, data.pairs, update)
         epochs.append(_epoch_row(um, config, epoch, data, record, joined))
-        _save_epoch(um, optimizer, out, epoch, epochs)
-        logger.log(epoch, epochs[-1])  # last: the row marks the epoch done
-    logger.close()
+        if logger:
+            _save_epoch(um, optimizer, out, epoch, epochs)
+            logger.log(epoch, epochs[-1])  # last: the row marks the epoch done
+    if logger:
+        logger.close()
 
-    after = cached_json(out / "after.json", lambda: _evaluate(um, config, out, "after", progress)) if before else None
+    after = cached_json(out / "after.json", lambda: _evaluate(um, config, out, "after", progress),
+                        write=main) if before else None
     result = _result(config, before, after, epochs, audits, guard=None)
     result["win_rate"] = win_rate(um, before, out) if before else None
-    write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    if main:
+        write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
 
@@ -139,6 +151,8 @@ def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress
     """`unigap eval` (no critique) on held-out test prompts; the images go to OUT/images/<name>/."""
 
     def save(images: list[Image.Image]) -> None:
+        if not distributed.is_main():
+            return
         for index, image in enumerate(images):
             write_atomically(out / "images" / name / f"{index:04d}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
 
@@ -203,7 +217,8 @@ def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], b
     guard = {"stopped": True, "precision": precision["value"], "n": precision["n"], "threshold": threshold,
              "epoch": last_epoch}
     result = _result(config, before, None, _read_epochs(out), audits, guard)
-    write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    if distributed.is_main():
+        write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     kept = f"the adapter of epoch {last_epoch} is kept in {out / 'adapter'}" if last_epoch else "no adapter was trained"
     raise GuardStopped(
         f"guard: label precision {precision['value']:.2f} (n = {precision['n']}) against the {config.audit} is below "

@@ -5,6 +5,8 @@
   per prompt), `task_dpo_loss` with the NLL term on the chosen image (SPEC §2); the reference log-probs are the
   base model's (adapters disabled), computed once per pair.
 AdamW at a constant learning rate, gradients clipped. One epoch = one pass over the examples in a seeded order.
+Under `accelerate launch` each process takes its share of every batch and the gradients are summed
+(`unigap.distributed`): the same steps as one process, up to float summation order.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from unigap import distributed
+from unigap.evaluate.progress import map_batches
 from unigap.selfimprove.config import SelfImproveConfig
 from unigap.selfimprove.pool import Sample
 from unigap.train.dpo import DPOOptions, GenerationPair, task_dpo_loss, with_reference
 from unigap.train.trainer import TrainingDiverged
 
 ORDER_STREAM = 7
+REFERENCE_BATCH = 16  # pairs per reference forward pass
 
 
 def dpo_pairs(um: Any, samples: Sequence[Sample], seed: int, cfg_scale: float | None = None) -> list[GenerationPair]:
@@ -37,7 +42,9 @@ def dpo_pairs(um: Any, samples: Sequence[Sample], seed: int, cfg_scale: float | 
         accepted = [accepted[i] for i in rng.permutation(len(accepted))]
         rejected = [rejected[i] for i in rng.permutation(len(rejected))]
         pairs += [GenerationPair(a.spec.text, a.tokens, r.tokens, 0.0, 0.0) for a, r in zip(accepted, rejected)]
-    return with_reference(um, pairs, cfg_scale) if pairs else []  # type: ignore[return-value]
+    referenced = map_batches(pairs, REFERENCE_BATCH, lambda _, chunk: with_reference(um, chunk, cfg_scale),
+                             "reference log-probs", show=False)
+    return [pair for chunk in referenced for pair in chunk]  # type: ignore[misc]
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
@@ -62,29 +69,35 @@ def train_epoch(
     options = DPOOptions(beta=config.beta, nll_weight=config.nll_weight, cfg_scale=cfg)
     order = epoch_order(config.seed, epoch, len(examples))
     params = [p for p in um.model.parameters() if p.requires_grad]
-    losses, margins, accuracies = [], [], []
+    rows: list[list[float]] = []  # per step: loss, and for DPO the reward margin and accuracy
     um.model.train()
     try:
         for start in range(0, len(order), config.batch_size):
             batch = [examples[i] for i in order[start : start + config.batch_size]]
-            if config.objective == "sft":
-                loss = sft_loss(um, batch, cfg)
-            else:
-                result = task_dpo_loss(um, batch, options)
-                loss = result.loss
-                margins.append(result.metrics["reward_margin"])
-                accuracies.append(result.metrics["accuracy"])
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"non-finite loss in epoch {epoch}: training stopped")
+            mine = [batch[i] for i in distributed.shard(np.arange(len(batch)))]
+            share = len(mine) / len(batch)  # this process's part of the batch mean
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            values = [0.0] * (1 if config.objective == "sft" else 3)
+            if mine:
+                if config.objective == "sft":
+                    loss = sft_loss(um, mine, cfg)
+                else:
+                    result = task_dpo_loss(um, mine, options)
+                    loss = result.loss
+                    values[1:] = [result.metrics["reward_margin"] * share, result.metrics["accuracy"] * share]
+                (loss * share).backward()
+                values[0] = float(loss.detach()) * share
+            rows.append(distributed.all_sum(torch.tensor(values, dtype=torch.float64)).tolist())
+            if not math.isfinite(rows[-1][0]):
+                raise TrainingDiverged(f"non-finite loss in epoch {epoch}: training stopped")
+            distributed.sum_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
-            losses.append(float(loss.detach()))
-            update(start + len(batch), f"loss {losses[-1]:.3f}")
+            update(start + len(batch), f"loss {rows[-1][0]:.3f}")
     finally:
         um.model.eval()
-    record: dict[str, Any] = {"steps": len(losses), "loss": math.fsum(losses) / len(losses)}
-    if margins:
-        record |= {"rewards/margins": float(np.mean(margins)), "rewards/accuracies": float(np.mean(accuracies))}
+    record: dict[str, Any] = {"steps": len(rows), "loss": math.fsum(r[0] for r in rows) / len(rows)}
+    if config.objective == "dpo":
+        record |= {"rewards/margins": float(np.mean([r[1] for r in rows])),
+                   "rewards/accuracies": float(np.mean([r[2] for r in rows]))}
     return record

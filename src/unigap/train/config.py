@@ -48,6 +48,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     batch_size: int = 1  # pairs per task per step (SPEC §1: one); data-parallel processes share them
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
+    bf16: bool = False  # bf16 autocast (TRL's bf16=True): float32 weights and optimiser, matmuls in bfloat16
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

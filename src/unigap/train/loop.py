@@ -19,7 +19,7 @@ import torch
 
 from unigap.errors import UserError
 from unigap.metrics_log import MetricLogger
-from unigap.train import distributed
+from unigap import distributed
 from unigap.train.checkpoint import (
     CHECKPOINT_FILE,
     atomic_write_lines,
@@ -84,12 +84,15 @@ def run_steps(
     extra_state: Callable[[], dict[str, Any]] = dict,
     restore_extra: Callable[[dict[str, Any]], None] = lambda state: None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    bf16: bool = False,
 ) -> int:
     """Run `step_fn(step)` (it updates the parameters and returns the step's log record) from the first step, or
     from the checkpoint with `resume`, to `steps`; returns the step reached. `extra_state()` adds trainer state to
     each checkpoint and `restore_extra(state)` reads it back. A `TrainingDiverged` from a step is re-raised saying
     which checkpoint survives. `settings` is the run's config dataclass: saved with every checkpoint, and a resumed
-    run must match it, except for settings added since the checkpoint was written that keep their defaults."""
+    run must match it, except for settings added since the checkpoint was written that keep their defaults. With
+    `bf16`, each step runs under bf16 autocast (the backward pass in the forward ops' dtypes, as autocast makes it
+    anyway; the optimiser's float32 arithmetic is not on autocast's list)."""
     config = asdict(settings)
     step = 0
     if resume and holds_run(out_dir):
@@ -107,7 +110,8 @@ def run_steps(
     try:
         while step < steps:
             try:
-                record = step_fn(step)
+                with torch.autocast(named[0][1].device.type, dtype=torch.bfloat16, enabled=bf16):
+                    record = step_fn(step)
             except TrainingDiverged as exc:
                 raise TrainingDiverged(f"{exc}; {_kept(out_dir, step, checkpoint_every)}") from None
             step += 1

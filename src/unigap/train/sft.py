@@ -25,7 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from unigap.errors import UserError
 from unigap.model.images import ImageInput
-from unigap.train import distributed
+from unigap import distributed
 from unigap.train.loop import LOG_FILE, TrainingDiverged, optimizer_step, run_steps
 from unigap.train.trainer import TrainResult
 
@@ -124,6 +124,7 @@ class SFTOptions:
     seed: int = 0  # LoRA init, batch order, dropout
     checkpoint_every: int = 50
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
+    bf16: bool = False  # bf16 autocast (TRL's bf16=True): float32 weights and optimiser, matmuls in bfloat16
 
     def __post_init__(self) -> None:
         for name in ("steps", "lr", "batch_size", "lora_rank", "lora_alpha", "max_grad_norm", "checkpoint_every"):
@@ -183,7 +184,8 @@ class SFTTrainer:
         self.um.model.train()  # LoRA dropout on
         try:
             self.step = run_steps(self.out_dir, o, self.named, self.optimizer, self.scheduler, o.steps,
-                                  o.checkpoint_every, step, resume, self.report_to, self.run_name, on_step=on_step)
+                                  o.checkpoint_every, step, resume, self.report_to, self.run_name, on_step=on_step,
+                                  bf16=o.bf16)
         finally:
             self.um.model.eval()
         if distributed.is_main():

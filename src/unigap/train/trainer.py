@@ -26,7 +26,7 @@ from transformers import get_cosine_schedule_with_warmup
 from unigap.errors import UserError
 from unigap.metrics_log import parse_report_to
 from unigap.model.unified import UnifiedModel
-from unigap.train import distributed
+from unigap import distributed
 from unigap.train.loop import CHECKPOINT_DIR, LOG_FILE, TrainingDiverged, holds_run, optimizer_step, run_steps
 from unigap.train.config import TrainConfig
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
@@ -133,6 +133,7 @@ class DPOTrainer:
                 self.config.checkpoint_every, step, resume, self.report_to, f"{self.out_dir.name}-{self.config.strategy}",
                 extra_state=lambda: {"strategy": self.strategy.state_dict()},
                 restore_extra=lambda state: self.strategy.load_state_dict(state["strategy"]), on_step=on_step,
+                bf16=self.config.bf16,
             )  # fmt: skip
         finally:
             self.um.model.eval()

@@ -8,9 +8,10 @@ batch, up to float summation order. Every process holds the same parameters (sam
 same optimizer step); only the main one writes logs, checkpoints and the adapter. On CPU the processes talk
 over gloo; a single process needs no launcher and no process group.
 
-Sampling commands split their batches instead (`ordered_rounds`): each process takes one batch per round, and every
-process receives the round's results in batch order, so the output is the one-process output (every batch's seed
-is a function of its index, not of the process) and all processes agree on when to stop.
+Sampling commands split their batches instead (`ordered_rounds`, and `unigap.evaluate.progress.map_batches` on it):
+each process takes one batch per round, and every process receives the round's results in batch order, so the
+output is the one-process output (every batch's seed is a function of its index, not of the process) and all
+processes agree on when to stop. Every process then holds the same results; the main one writes them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def wait_for_everyone() -> None:
+    """Block until every process gets here (at once with one process). Commands call it after checking their output
+    folder, so no process reads a file another has already written in this run."""
+    if world_size() > 1:
+        rank()  # joins the group
+        torch.distributed.barrier()
 
 
 def shard(rows: np.ndarray) -> np.ndarray:
