@@ -160,8 +160,55 @@ def unimrg() -> str:
                                f"significant after Bonferroni over {c['tests']} tests (p < {c['alpha_corrected']:.2g}).")
 
 
+STUDY_FULL = ROOT / "docs" / "results" / "study_full.json"
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.2g}"
+
+
+def full_study() -> str:
+    """Every arm of `unigap study --methods p1,p2,p3,p4`: Δ vs the base per headline metric (bold: significant after
+    Bonferroni over all arms × metrics), KL for DPO arms, and wall time."""
+    result = _load(STUDY_FULL)
+    families = {arm["name"]: arm["family"] for arm in result["arms"]}
+    lines = ["| arm | family | Δ understanding (p) | Δ generation (p) | Δ non-unification (p) | wall (min) |",
+             "|---|---|---|---|---|---|"]
+    base = result["results"][result["base"]]
+    lines.append(f"| base (level) | | {base['understanding.accuracy']['pooled']:.3f} | "
+                 f"{base['generation.accuracy']['pooled']:.3f} | {base['nonunification.score']['pooled']:.3f} | "
+                 f"{result['wall_seconds'].get('base', 0) / 60:.1f} |")
+
+    def cell(metric: dict[str, Any]) -> str:
+        mark = "**" if metric["significant"] else ""
+        return f"{mark}{metric['delta']:+.3f}{mark} ({_p(metric['p'])})"
+
+    for method in result["methods"][1:]:
+        m = result["results"][method]
+        lines.append(f"| {method} | {families[method]} | {cell(m['understanding.accuracy'])} | "
+                     f"{cell(m['generation.accuracy'])} | {cell(m['nonunification.score'])} | "
+                     f"{result['wall_seconds'].get(method, 0) / 60:.1f} |")
+    seeds, n = len(result["seeds"]), result["config"].get("n")
+    total = sum(result["wall_seconds"].values()) / 3600
+    return "\n".join(lines) + (f"\n\n{seeds} seeds × {n} held-out items; Welch against the base, Bonferroni over "
+                               f"{result['bonferroni']['tests']} tests (bold: significant); {total:.1f} h of jobs on "
+                               "the 2-core CPU.")
+
+
+def claims() -> str:
+    """Each paper's claim, its published numbers and our deciding test, from the full study."""
+    result = _load(STUDY_FULL)
+    lines = ["| paper | claim | published | here: Δ (p) | verdict |", "|---|---|---|---|---|"]
+    for c in result["claims"]:
+        published = "; ".join(f"{what}: {value}" for what, value in c["published"])
+        ours = "—" if c.get("delta") is None else f"{c['arm']} − {c['against']}: {c['delta']:+.3f} ({_p(c['p'])})"
+        lines.append(f"| {c['paper']} | {c['claim']} | {published} | {ours} | **{c['verdict']}** |")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
-                                        "self-improvement": self_improvement, "unimrg": unimrg}
+                                        "self-improvement": self_improvement, "unimrg": unimrg, "full-study": full_study,
+                                        "claims": claims}
 # a table's body never holds "<!-- ", so an empty table cannot swallow the text up to the next table's end
 PATTERN = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>(?:(?!<!-- ).)*?)\n?<!-- /table -->", re.DOTALL)
 

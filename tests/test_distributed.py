@@ -20,6 +20,14 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-4  # float summation order differs between one process and two
 
 
+@pytest.mark.parametrize("name", ["data_parallel.yaml", "janus_pro_7b.yaml"])
+def test_the_documented_accelerate_configs_load(name: str) -> None:
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(Path(__file__).parents[1] / "configs" / "accelerate" / name)
+    assert config.distributed_type == "MULTI_GPU" and config.num_machines == 1 and config.mixed_precision == "no"
+
+
 def _launch(args: list[str], processes: int) -> str:
     """`python -m unigap.cli ARGS` in one process, or under `accelerate launch` in several (CPU, gloo); its stdout."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
@@ -145,3 +153,51 @@ def test_selfimprove_two_processes_match_one(tmp_path: Path) -> None:
         assert b["after"][metric][key] == a["after"][metric][key]
     assert b["after"]["nonunification"]["mean_p_yes"]["mean"] == pytest.approx(
         a["after"]["nonunification"]["mean_p_yes"]["mean"], abs=1e-4)
+
+
+def _collectives(rank: int, world: int, port: int, failures: Path) -> None:
+    """One process of `test_a_failing_process_stops_every_process`: the env `accelerate launch` would set."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+    from unigap import distributed
+
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    if rank == 0:
+        a.grad = torch.ones(2)
+    distributed.sum_gradients([a, b])  # a: summed over processes; b: no process gave one, so it keeps none
+    assert torch.equal(a.grad, torch.ones(2)) and b.grad is None
+    assert list(distributed.ordered_rounds([1, 2, 3], lambda x: 10 * x)) == [[10, 20], [30]]
+
+    def fail_on_one(x: int) -> int:
+        if x == 2:
+            raise ValueError("bad item")
+        return x
+
+    try:
+        list(distributed.ordered_rounds([1, 2], fail_on_one))
+    except (ValueError, RuntimeError) as exc:
+        (failures / str(rank)).write_text(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_failing_process_stops_every_process(tmp_path: Path) -> None:
+    """An error on one process reaches the others as an error, not as a wait in the next collective."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_collectives, args=(2, port, tmp_path), nprocs=2, join=True)
+    assert (tmp_path / "1").read_text() == "ValueError: bad item"
+    assert (tmp_path / "0").read_text() == "RuntimeError: process 1 failed: ValueError: bad item"
+
+
+def test_a_one_process_command_refuses_a_launcher(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from unigap.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--prompt", "a red circle", "--out", "x"])
+    assert exit_.value.code == 2
+    assert "`unigap generate` runs in one process" in capsys.readouterr().err

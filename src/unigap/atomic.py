@@ -57,16 +57,18 @@ def cached_json(path: str | os.PathLike, make: Callable[[], Any], write: bool = 
 
 
 def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
-                   defaults: dict[str, Any] | None = None) -> None:
-    """Write a run's settings to `path`, or refuse (`UserError`) to continue a `what` run made under others. A setting
-    absent from the saved ones (added since) counts as equal when it has its value in `defaults`."""
+                   defaults: dict[str, Any] | None = None, write: bool = True) -> None:
+    """Write a run's settings to `path` (unless `write` is False: a data-parallel process other than the one that
+    writes), or refuse (`UserError`) to continue a `what` run made under others. A setting absent from the saved ones
+    (added since) counts as equal when it has its value in `defaults`."""
     path = Path(path)
     if path.is_file():
         saved, defaults = json.loads(path.read_text()), defaults or {}
         added = {k for k, v in settings.items() if k not in saved and k in defaults and defaults[k] == v}
         if saved != {k: v for k, v in settings.items() if k not in added}:
             raise UserError(f"{path.parent} holds a {what} run with other settings; use a new --out")
-    write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
+    if write:
+        write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
 
 
 DIR_MODE = 0o755  # mkdtemp (and some writers' temporary files) are private; outputs are meant to be shared

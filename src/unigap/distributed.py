@@ -58,13 +58,15 @@ def shard(rows: np.ndarray) -> np.ndarray:
 
 
 def all_sum(value: torch.Tensor) -> torch.Tensor:
-    """`value` summed over every process (a detached copy; the value itself with one process)."""
+    """`value` summed over every process (a detached copy, on `value`'s device; the value itself with one process).
+    NCCL reduces GPU tensors only, so a CPU value travels through this process's GPU there."""
     if world_size() == 1:
         return value
     rank()  # joins the group
-    total = value.detach().clone()
+    nccl = torch.distributed.get_backend() == "nccl"
+    total = value.detach().to(torch.device("cuda", torch.cuda.current_device()) if nccl else value.device, copy=True)
     torch.distributed.all_reduce(total)
-    return total
+    return total.to(value.device)
 
 
 def sum_tensors(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -76,11 +78,14 @@ def sum_tensors(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def sum_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    """Each gradient replaced by its sum over processes."""
-    if world_size() == 1:
+    """Each gradient replaced by its sum over processes; a parameter no process gave a gradient keeps none (as with
+    one process, so the optimiser skips it)."""
+    if world_size() == 1 or not params:
         return
-    grads = sum_tensors([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
-    for p, g in zip(params, grads, strict=True):
+    given = all_sum(torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device))
+    live = [p for p, count in zip(params, given.tolist(), strict=True) if count > 0]
+    grads = sum_tensors([p.grad if p.grad is not None else torch.zeros_like(p) for p in live])
+    for p, g in zip(live, grads, strict=True):
         p.grad = g.to(p.dtype)
 
 
@@ -94,10 +99,27 @@ def gather_objects(value: Any) -> list[Any]:
     return out
 
 
+def gather_results(fn: Callable[[], Any]) -> list[Any]:
+    """`fn()` on every process, gathered in rank order; when it raises on any process, every process raises (the
+    failing one its own error), instead of the others waiting for it in the next collective."""
+    try:
+        mine: tuple[bool, Any] = (True, fn())
+    except Exception as exc:
+        if world_size() == 1:
+            raise
+        gather_objects((False, f"{type(exc).__name__}: {exc}"))
+        raise
+    results = gather_objects(mine)
+    failed = [(index, message) for index, (ok, message) in enumerate(results) if not ok]
+    if failed:
+        raise RuntimeError(f"process {failed[0][0]} failed: {failed[0][1]}")
+    return [value for _, value in results]
+
+
 def ordered_rounds(items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[list[Any]]:
     """`fn` over `items`, `world_size()` at a time (item i on process i mod world); yields each round's results in
     item order, the same on every process, so a caller may stop after any round."""
     world, me = world_size(), rank()
     for start in range(0, len(items), world):
-        mine = fn(items[start + me]) if start + me < len(items) else None
-        yield gather_objects(mine)[: len(items) - start]
+        mine = gather_results(lambda: fn(items[start + me]) if start + me < len(items) else None)
+        yield mine[: len(items) - start]

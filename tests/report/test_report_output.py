@@ -15,7 +15,7 @@ from rich.console import Console
 from unigap.report import BASE, MethodRun, Study, build_report, summary_table
 from unigap.report.build import REPORT_HTML, RESULTS_CSV, RESULTS_JSON, BuiltReport
 from unigap.report.figures import gradients_plot
-from unigap.report.html import fmt, fmt_p
+from unigap.report.cells import fmt, fmt_p
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

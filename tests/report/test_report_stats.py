@@ -49,6 +49,19 @@ def test_welch_equals_scipy_on_items_pooled_over_seeds(study, results, metric):
     np.testing.assert_allclose(got["delta_ci95"], expected.confidence_interval(0.95), rtol=1e-9)
 
 
+def test_the_paired_test_uses_the_same_items_of_both_sides(study, results):
+    """Base and arm share items and sampling seeds, so each row also holds scipy's paired t-test on them; an arm
+    whose items do not line up with the base's gets none."""
+    metric = METRICS[1]  # generation accuracy: one outcome per prompt, present on both sides
+    arm, base = (_items(study, m, metric.records, metric.outcome) for m in ("und-only", BASE))
+    expected = stats.ttest_rel(arm, base)
+    got = results["results"]["und-only"][metric.name]["paired"]
+    assert math.isclose(got["p"], expected.pvalue, rel_tol=1e-9) and got["df"] == len(arm) - 1
+    shifted = Study([MethodRun(r.method, r.seed + (10 if r.method == "und-only" else 0), r.eval_report, r.log_rows)
+                     for r in study.runs], study.config)
+    assert compute_stats(shifted)["results"]["und-only"][metric.name]["paired"] is None
+
+
 def test_weak_generation_counts_only_self_rejected_images(study, results):
     rejected = sum(r["self_rejected"] for run in study.of("joint") for r in run.eval_report["records"]["generation"])
     assert results["results"]["joint"]["weak_generation.rate"]["n"] == rejected

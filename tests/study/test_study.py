@@ -40,7 +40,25 @@ def test_study_writes_every_run_and_the_report(finished: Path) -> None:
     assert results["methods"] == METHODS
     assert (finished / "report.html").read_text().count("<img") >= 2
     assert (finished / "results.csv").read_text().startswith("method")
-    assert len(_jobs(finished)) == 2 + 2 + 1 + 2 * (3 + 4)  # base evals, pairs, diagnostics, per seed 3 + 4
+    # base evals, pairs, diagnostics, per seed 3 + 4 arms, the answer-length probe
+    assert len(_jobs(finished)) == 2 + 2 + 1 + 2 * (3 + 4) + 1
+
+
+def test_the_answer_length_probe_and_the_claims_reach_the_report(finished: Path) -> None:
+    probe = json.loads((finished / "answer-length" / "answer_length.json").read_text())
+    for form in ("word", "sentence"):
+        row = probe["forms"][form]
+        assert row["ratio"] > 0 and len(row["ratios"]) == 4 and row["understanding"]["n"] == 3
+    assert probe["forms"]["sentence"]["answer_tokens"] > probe["forms"]["word"]["answer_tokens"]
+    assert "Answering in a full sentence" in probe["finding"]
+    results = json.loads((finished / "results.json").read_text())
+    assert results["answer_length"]["finding"] == probe["finding"] and "ratios" not in results["answer_length"]["forms"]["word"]
+    [claim] = results["claims"]  # one family ran: P1's claim, decided by und-only against the base
+    assert claim["family"] == "p1" and claim["arm"] == "und-only"
+    assert claim["verdict"] in ("reproduced", "not reproduced", "contradicted")
+    assert set(results["wall_seconds"]) == set(METHODS) and all(v > 0 for v in results["wall_seconds"].values())
+    html = (finished / "report.html").read_text()
+    assert "wall (min)" in html and "answer length" in html and "The papers' claims" in html
 
 
 def test_rerun_skips_finished_jobs(tmp_path: Path, finished: Path, small_config: StudyConfig) -> None:

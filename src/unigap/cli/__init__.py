@@ -56,6 +56,22 @@ def _register() -> None:
 
 
 _register()
+# the commands that run data-parallel under `accelerate launch` (`unigap.distributed`); the others would each run
+# whole in every process, racing to write the same files, so they refuse
+DATA_PARALLEL = ("train", "eval", "prefs", "refine", "selfimprove")
+
+
+def _check_processes(argv: list[str]) -> None:
+    import os
+
+    if "WORLD_SIZE" not in os.environ:  # no launcher: one process (and no torch import for `--help`)
+        return
+    from unigap import distributed
+
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if distributed.world_size() > 1 and command not in (None, *DATA_PARALLEL):
+        raise UserError(f"`unigap {command}` runs in one process; launch it without accelerate (data-parallel "
+                        f"commands: {', '.join(DATA_PARALLEL)})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
     try:
         configure_threads()  # before torch is imported
+        _check_processes(sys.argv[1:] if argv is None else argv)
         app(args=argv, standalone_mode=True)
     except UserError as exc:
         print(f"unigap: error: {exc}", file=sys.stderr)

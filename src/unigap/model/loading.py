@@ -82,9 +82,10 @@ def uses_default_system_prompt(directory: Path) -> bool:
 def default_device_and_dtype(
     device: str | torch.device | None, dtype: torch.dtype | str | None
 ) -> tuple[torch.device, torch.dtype]:
-    """CUDA in bf16 when available, else CPU in fp32, unless told otherwise."""
+    """CUDA in bf16 when available (the process's own GPU under `accelerate launch`: LOCAL_RANK), else CPU in fp32,
+    unless told otherwise."""
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):

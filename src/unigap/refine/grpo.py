@@ -108,16 +108,20 @@ class GRPOTrainer:
             starts: list[Any] = [int(rng.integers(len(self.prompts))) for _ in range(c.prompts_per_step)]
         else:
             starts = [self._start(rng) for _ in range(c.prompts_per_step)]
-        mine: list[tuple[int, float, GroupResult]] = []
-        for group in distributed.shard(np.arange(c.prompts_per_step)).tolist():
-            seed, start = batch_seed(c.seed, self.step * 1000 + group * 2), starts[group]
-            if stage == "generate":
-                result = generation_group(self.um, start, self.prompts[start], c, seed)
-            else:
-                result = refine_group(self.um, start, self.prompts[start.prompt], c, seed)
-            (result.loss / c.prompts_per_step).backward()
-            mine.append((group, float(result.loss.detach()), replace(result, loss=torch.empty(0))))
-        groups = sorted((row for rows in distributed.gather_objects(mine) for row in rows), key=lambda row: row[0])
+
+        def rollouts() -> list[tuple[int, float, GroupResult]]:
+            mine = []
+            for group in distributed.shard(np.arange(c.prompts_per_step)).tolist():
+                seed, start = batch_seed(c.seed, self.step * 1000 + group * 2), starts[group]
+                if stage == "generate":
+                    result = generation_group(self.um, start, self.prompts[start], c, seed)
+                else:
+                    result = refine_group(self.um, start, self.prompts[start.prompt], c, seed)
+                (result.loss / c.prompts_per_step).backward()
+                mine.append((group, float(result.loss.detach()), replace(result, loss=torch.empty(0))))
+            return mine
+
+        groups = sorted((row for rows in distributed.gather_results(rollouts) for row in rows), key=lambda row: row[0])
         if not all(np.isfinite([loss for _, loss, _ in groups])):
             raise TrainingDiverged(f"non-finite GRPO loss at step {self.step}: training stopped")
         distributed.sum_gradients([p for _, p in self.named])

@@ -110,14 +110,14 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     judge = get_judge(config.judge, independent=True)
     extra = None if judge.name == "verifier" else judge  # the verifier's accuracy is always reported
     settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
-    claim_settings(out / "settings.json", settings, "refine", {f.name: f.default for f in fields(RefineConfig)})
-
-    main = distributed.is_main()  # under `accelerate launch` every process holds the results; the main one writes
-    progress = progress and main
+    writer = distributed.is_main()  # under `accelerate launch` every process holds the results; the main one writes
+    claim_settings(out / "settings.json", settings, "refine", {f.name: f.default for f in fields(RefineConfig)},
+                   write=writer)
+    progress = progress and writer
 
     def loop(reflector: str) -> dict[str, Any]:
         part, trajectories = _loop_part(um, specs, config, reflector, progress, extra)
-        if reflector == config.reflector and main:
+        if reflector == config.reflector and writer:
             for index, trajectory in enumerate(trajectories[:STRIPS]):
                 strip = _strip(trajectory)
                 write_atomically(out / "strips" / f"{index:03d}.png", lambda tmp, s=strip: s.save(tmp, format="PNG"))
@@ -139,6 +139,6 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     if extra is not None:
         report["judged"] = {"judge": judge.name, "rounds": main["judged_rounds"], "best_of_n": baseline["judged"],
                             "oracle": oracle["judged_rounds"][-1]}
-    if main:
+    if writer:
         write_text_atomically(out / "refine.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report

@@ -12,9 +12,11 @@ from typing import Any
 from rich.table import Table
 
 from unigap.evaluate.report import save_report, write_atomically
+from unigap.report.claims import verdicts
 from unigap.report.compare import comparisons, kind_levels, refine_curves
 from unigap.report.figures import Plot, write_figures
-from unigap.report.html import fmt, fmt_p, write_html
+from unigap.report.cells import fmt, fmt_p
+from unigap.report.html import write_html
 from unigap.report.runs import MethodRun, Study, as_study
 from unigap.report.stats import CSV_COLUMNS, METRICS, StatsOptions, compute_stats, csv_rows
 
@@ -52,6 +54,11 @@ def build_report(
     results["comparisons"] = comparisons(study, options)
     results["understanding_by_kind"] = kind_levels(study)
     results["refine_rounds"] = refine_curves(study)
+    results["claims"] = verdicts(results)
+    results["wall_seconds"] = study.wall_seconds
+    if study.answer_length is not None:  # the per-batch ratios stay in the probe's own file
+        results["answer_length"] = study.answer_length | {
+            "forms": {f: {k: v for k, v in row.items() if k != "ratios"} for f, row in study.answer_length["forms"].items()}}
     plots: list[Plot] = write_figures(study, results, out_dir)
     files = [
         save_report(results, out_dir / RESULTS_JSON),

@@ -13,47 +13,17 @@ over the comparison's own tests (its metrics × kinds). Undefined values are nul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from unigap.arms import ARMS
-from unigap.report.runs import MethodRun, Study
-from unigap.evaluate.stats import paired_difference
-from unigap.report.stats import METRICS, Metric, StatsOptions, pool, sample, welch
+from unigap.report.runs import Study
+from unigap.report.stats import METRICS, Metric, StatsOptions, keyed, paired, pool, sample, welch
 from unigap.world import QUESTION_KINDS
 
 KIND_METRICS = tuple(
     Metric(f"understanding.accuracy.{kind}", f"{kind} questions", "understanding", "correct", ("kind", kind))
     for kind in QUESTION_KINDS
 )
-ITEM_KEYS = ("index", "question", "prompt")  # what identifies an evaluation item in its records
-
-
-def _keyed(runs: Sequence[MethodRun], metric: Metric) -> dict[tuple[Any, ...], float] | None:
-    """Per-item outcomes keyed by (seed, index, question/prompt); None without records."""
-    out: dict[tuple[Any, ...], float] = {}
-    for run in runs:
-        records = run.eval_report.get("records", {}).get(metric.records)
-        if records is None:
-            return None
-        for r in records:
-            if metric.where is not None and r.get(metric.where[0]) != metric.where[1]:
-                continue
-            if r.get(metric.outcome) is not None:
-                out[(run.seed, *(r.get(k) for k in ITEM_KEYS))] = float(r[metric.outcome])
-    return out
-
-
-def paired(arm: dict[tuple[Any, ...], float], baseline: dict[tuple[Any, ...], float]) -> dict[str, Any] | None:
-    """The paired test of arm − baseline over the shared items (`paired_difference`), when both sides hold exactly
-    the same items; None otherwise."""
-    if set(arm) != set(baseline) or len(arm) < 2:
-        return None
-    keys = sorted(arm, key=repr)
-    d = paired_difference([baseline[k] for k in keys], [arm[k] for k in keys])
-    t = d["delta"] / d["stderr"] if d["p"] is not None and d["stderr"] else None
-    return {"test": "paired", "t": t, "df": d["n"] - 1, "p": d["p"], "delta_ci95": d["ci95"] if d["p"] is not None
-            else None}
 
 
 def compare(study: Study, arm: str, baseline: str, options: StatsOptions) -> dict[str, Any]:
@@ -64,7 +34,7 @@ def compare(study: Study, arm: str, baseline: str, options: StatsOptions) -> dic
     for metric in metrics:
         a = pool([sample(run, metric) for run in study.of(arm)])
         b = pool([sample(run, metric) for run in study.of(baseline)])
-        keyed_a, keyed_b = _keyed(study.of(arm), metric), _keyed(study.of(baseline), metric)
+        keyed_a, keyed_b = keyed(study.of(arm), metric), keyed(study.of(baseline), metric)
         test = (paired(keyed_a, keyed_b) if keyed_a is not None and keyed_b is not None else None) or {
             "test": "welch", **welch(a, b)
         }

@@ -16,7 +16,9 @@ from typing import Any
 
 from unigap.arms import FAMILIES
 from unigap.atomic import write_atomically
+from unigap.report.cells import DASH, Safe, Significant, ci, fmt, fmt_p, table
 from unigap.report.figures import Plot
+from unigap.report.findings import answer_length_section, claims_section
 from unigap.report.reference import LN2, PAPER_BASE, PAPER_BONFERRONI, PAPER_FINAL, PAPER_GRADIENTS, PAPER_HEADLINE
 from unigap.report.stats import METRICS
 
@@ -48,72 +50,24 @@ dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; font-
 dt { font-weight: 600; }
 dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-word; }
 """
-DASH = "—"
 SMALL_RUN = 100  # items per seed below which the report says the run is too small for conclusions
-
-
-class Safe(str):
-    """HTML built here from escaped parts: a table cell that must not be escaped again."""
-
-
-class Significant(Safe):
-    """A cell shown in bold: significant after Bonferroni."""
-
-
-def _cell(value: Any) -> str:
-    return value if isinstance(value, Safe) else escape(str(value))
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] = ()) -> Safe:
-    """A table; row i gets CSS class classes[i] (when given)."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = []
-    for i, row in enumerate(rows):
-        css = f' class="{escape(classes[i])}"' if i < len(classes) and classes[i] else ""
-        cells = "".join(
-            f'<td class="sig">{_cell(v)}</td>' if isinstance(v, Significant) else f"<td>{_cell(v)}</td>" for v in row
-        )
-        body.append(f"<tr{css}>{cells}</tr>")
-    return Safe(
-        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
-    )
-
-
-def fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
-    """A number for a table, or a dash where it is undefined."""
-    if value is None:
-        return DASH
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def fmt_p(p: float | None) -> str:
-    """p-values as the paper prints them: three decimals, scientific below 0.001."""
-    if p is None:
-        return DASH
-    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
-
-
-def _ci(interval: Sequence[float] | None, signed: bool = False, below: bool = False) -> str:
-    """An interval in small grey type, after the value or (`below`) on its own line."""
-    if not interval:
-        return ""
-    low, high = (escape(fmt(v, signed=signed)) for v in interval)
-    return f'{"<br>" if below else " "}<span class="ci">[{low}, {high}]</span>'
 
 
 def headline_table(results: dict[str, Any], methods: Sequence[str] | None = None,
                    significance: str = "significant") -> Safe:
     """Per method and metric: Δ vs base with its Welch CI, and p; bold where `significance` says so (Bonferroni over
-    every arm, or over the method's family with "significant_in_family"); all methods unless `methods`."""
+    every arm, or over the method's family with "significant_in_family"); all methods unless `methods`. Then the
+    DPO arms' KL to the reference (und / gen, nats per sequence) and each arm's wall time over its seeds."""
     headers = ["method"]
     for metric in METRICS:
         headers += [f"Δ {metric.label}", "p"]
+    headers += ["KL und / gen", "wall (min)"]
     base = results["results"][results["base"]]
     base_row: list[Any] = [f"{results['base']} (level)"]
     for metric in METRICS:
         m = base[metric.name]
-        base_row += [Safe(escape(fmt(m["pooled"])) + _ci(m["ci95_bootstrap"], below=True)), ""]
-    rows, classes = [base_row], ["base"]
+        base_row += [Safe(escape(fmt(m["pooled"])) + ci(m["ci95_bootstrap"], below=True)), ""]
+    rows, classes = [base_row + [DASH, _minutes(results, results["base"])]], ["base"]
     for method in results["methods"][1:] if methods is None else methods:
         row: list[Any] = [method]
         for metric in METRICS:
@@ -121,11 +75,18 @@ def headline_table(results: dict[str, Any], methods: Sequence[str] | None = None
             significant = bool(m.get(significance))
             kind = Significant if significant else Safe
             mark = "*" if significant else ""
-            delta = escape(fmt(m["delta"], signed=True) + mark) + _ci(m["delta_ci95"], signed=True, below=True)
+            delta = escape(fmt(m["delta"], signed=True) + mark) + ci(m["delta_ci95"], signed=True, below=True)
             row += [kind(delta), kind(escape(fmt_p(m["p"])))]
-        rows.append(row)
+        training = results["training"].get(method)
+        kl = f"{fmt(training['und_kl'], 2)} / {fmt(training['gen_kl'], 2)}" if training else DASH
+        rows.append(row + [kl, _minutes(results, method)])
         classes.append("")
-    return _table(headers, rows, classes)
+    return table(headers, rows, classes)
+
+
+def _minutes(results: dict[str, Any], method: str) -> str:
+    seconds = results.get("wall_seconds", {}).get(method)
+    return DASH if seconds is None else f"{seconds / 60:.1f}"
 
 
 def family_sections(results: dict[str, Any]) -> list[Any]:
@@ -152,7 +113,7 @@ def paper_headline_table() -> Safe:
         [method, fmt(v["vqa"], 2, True), fmt_p(v["vqa_p"]), fmt(v["clip"], 2, True), fmt_p(v["clip_p"])]
         for method, v in PAPER_HEADLINE.items()
     ]
-    return _table(["method (paper, Janus-Pro-7B)", "Δ VQA", "p", "Δ CLIPScore", "p"], rows, ["paper"] * len(rows))
+    return table(["method (paper, Janus-Pro-7B)", "Δ VQA", "p", "Δ CLIPScore", "p"], rows, ["paper"] * len(rows))
 
 
 def levels_table(results: dict[str, Any]) -> Safe:
@@ -166,13 +127,13 @@ def levels_table(results: dict[str, Any]) -> Safe:
             row.append(
                 Safe(
                     escape(fmt(m["mean_over_seeds"]))
-                    + _ci(m["ci95_seeds"])
+                    + ci(m["ci95_seeds"])
                     + f'<br><span class="ci">{escape(seeds)}</span>'
                 )
             )
         rows.append(row)
         classes.append("base" if method == results["base"] else "")
-    return _table(["method", *(m.label for m in METRICS)], rows, classes)
+    return table(["method", *(m.label for m in METRICS)], rows, classes)
 
 
 def comparison_section(c: dict[str, Any]) -> list[Any]:
@@ -181,7 +142,7 @@ def comparison_section(c: dict[str, Any]) -> list[Any]:
     for m in c["metrics"].values():
         kind = Significant if m["significant"] else Safe
         mark = "*" if m["significant"] else ""
-        delta = escape(fmt(m["delta"], signed=True) + mark) + _ci(m["delta_ci95"], signed=True, below=True)
+        delta = escape(fmt(m["delta"], signed=True) + mark) + ci(m["delta_ci95"], signed=True, below=True)
         rows.append([m["label"], fmt(m["arm"]), fmt(m["baseline"]), kind(delta), kind(escape(fmt_p(m["p"]))),
                      m["test"], m["n"]])
         if m["significant"]:
@@ -192,7 +153,7 @@ def comparison_section(c: dict[str, Any]) -> list[Any]:
                f"{c['tests']} tests, p < {c['alpha_corrected']:.2g}).")
     headers = ["metric", c["arm"], c["baseline"], "Δ", "p", "test", "n"]
     return [f"<h2>{escape(c['arm'])} vs {escape(c['baseline'])}</h2>", f'<p class="lead">{escape(verdict)}</p>',
-            _table(headers, rows)]
+            table(headers, rows)]
 
 
 def refine_table(results: dict[str, Any]) -> Safe:
@@ -208,7 +169,7 @@ def refine_table(results: dict[str, Any]) -> Safe:
     if "best-of-n" in results["results"]:
         rows.append(["best-of-n (same budget)", *[DASH] * (rounds - 1),
                      fmt(results["results"]["best-of-n"]["generation.accuracy"]["pooled"])])
-    return _table(["arm", *(f"round {r}" for r in range(rounds))], rows)
+    return table(["arm", *(f"round {r}" for r in range(rounds))], rows)
 
 
 def _signal(flag: bool | None) -> Safe:
@@ -235,7 +196,7 @@ def losses_table(results: dict[str, Any]) -> Safe:
         "method", "trained", "und loss", "und signal", "gen loss", "gen − ln\u00a02", "gen signal", "KL und", "KL gen",
         "gen chosen log p − ref", "gen fit", "final w_U", "paper",
     ]  # fmt: skip
-    return _table(headers, rows)
+    return table(headers, rows)
 
 
 def _overoptimised(flag: bool | None) -> Safe:
@@ -276,7 +237,7 @@ def gradients_table(results: dict[str, Any]) -> Safe:
         "p und",
         "p gen",
     ]
-    return _table(headers, rows, classes)
+    return table(headers, rows, classes)
 
 
 def _figure(plot: Plot) -> str:
@@ -341,6 +302,8 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
         f"{PAPER_BASE['clip']}; different scales from ours — compare direction and significance only.</p>",
         *(_figure(p) for p in plots if p.path.name == "tradeoff.png"),
         *family_sections(results),
+        *claims_section(results),
+        *answer_length_section(results),
         "<h2>Metric levels per method</h2>",
         levels_table(results),
         '<p class="note">Mean over seed means [t-interval over seeds]; per-seed values underneath.</p>',

@@ -9,6 +9,8 @@ Directory layout read by `load_study` (what `unigap study` writes)::
     RESULTS/<method>/seed<k>/eval.json       required: the evaluation report of that model
     RESULTS/<method>/seed<k>/log.jsonl       optional: training log (trained strategies only)
     RESULTS/<method>/seed<k>/diagnostics.json  optional: gradient diagnostics (usually base only)
+    RESULTS/answer-length/answer_length.json   optional: the answer-length probe (`unigap.study.answer_length`)
+    RESULTS/jobs.jsonl                       optional: seconds per study job ("<method>, seed <k>"), summed per method
 
 The base model is the method named `base`.
 """
@@ -27,6 +29,7 @@ from unigap.arms import arm_order
 
 BASE = "base"
 EVAL_FILE, LOG_FILE, DIAGNOSTICS_FILE, STUDY_FILE = "eval.json", "log.jsonl", "diagnostics.json", "study.json"
+ANSWER_LENGTH_FILE, JOBS_FILE = "answer-length/answer_length.json", "jobs.jsonl"
 # report order: the base, then the study's arms in registry order; anything else after
 METHOD_ORDER = (BASE, *arm_order())
 _SEED_DIR = re.compile(r"seed(\d+)")
@@ -49,6 +52,8 @@ class Study:
 
     runs: list[MethodRun]
     config: dict[str, Any] = field(default_factory=dict)
+    answer_length: dict[str, Any] | None = None  # the answer-length probe, when the study ran it
+    wall_seconds: dict[str, float] = field(default_factory=dict)  # per method, over its seeds' finishing jobs
 
     def methods(self) -> list[str]:
         """Methods present, in report order (base first)."""
@@ -114,5 +119,11 @@ def load_study(directory: str | Path) -> Study:
         )
     if not runs:
         raise UserError(f"no {directory}/<method>/seed<k>/{EVAL_FILE} found")
-    config_path = directory / STUDY_FILE
-    return Study(runs, _read_json(config_path) if config_path.is_file() else {})
+    config_path, probe, jobs = directory / STUDY_FILE, directory / ANSWER_LENGTH_FILE, directory / JOBS_FILE
+    wall: dict[str, float] = {}
+    for job in _read_jsonl(jobs) if jobs.is_file() else []:
+        method, seed = job["job"].rpartition(", seed ")[::2]
+        if method and seed.isdigit():
+            wall[method] = wall.get(method, 0.0) + job["seconds"]
+    return Study(runs, _read_json(config_path) if config_path.is_file() else {},
+                 _read_json(probe) if probe.is_file() else None, wall)

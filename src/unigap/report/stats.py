@@ -12,6 +12,9 @@ methods × metrics"):
 - **CIs of a method's level**: `ci95_seeds` is the t-interval over the seed means (k − 1 df; null for one
   seed) around `mean_over_seeds`; `ci95_bootstrap` is a percentile bootstrap of the pooled per-item mean,
   resampling items within each seed (null without records).
+- **Paired**: base and arm are evaluated on the same items with the same sampling seeds, so where their per-item
+  records line up (seed, item index, prompt or question) each row also holds `paired`: the paired t-test on the
+  per-item differences with its CI. The paper's Welch test stays the one significance is decided on.
 - **Bonferroni**: the family is every method (base excluded) × every metric; `alpha_corrected` = α / family
   size, `significant` = p < alpha_corrected, `p_bonferroni` = min(1, p · family size). Each arm's family of
   methods (p1–p4) is also corrected on its own: `p_bonferroni_family`, `significant_in_family` (over that family's
@@ -35,6 +38,7 @@ import numpy as np
 from scipy import stats
 
 from unigap.errors import UserError
+from unigap.evaluate.stats import paired_difference
 from unigap.report.reference import LN2
 from unigap.report.runs import BASE, MethodRun, Study
 from unigap.arms import ARMS
@@ -177,6 +181,36 @@ def welch(a: Sample, b: Sample) -> dict[str, Any]:
     return {"t": t, "df": df, "p": float(2 * stats.t.sf(abs(t), df)), "delta_ci95": [delta - half, delta + half]}
 
 
+ITEM_KEYS = ("index", "question", "prompt")  # what identifies an evaluation item in its records
+
+
+def keyed(runs: Sequence[MethodRun], metric: Metric) -> dict[tuple[Any, ...], float] | None:
+    """Per-item outcomes keyed by (seed, index, question/prompt); None without records."""
+    out: dict[tuple[Any, ...], float] = {}
+    for run in runs:
+        records = run.eval_report.get("records", {}).get(metric.records)
+        if records is None:
+            return None
+        for r in records:
+            if metric.where is not None and r.get(metric.where[0]) != metric.where[1]:
+                continue
+            if r.get(metric.outcome) is not None:
+                out[(run.seed, *(r.get(k) for k in ITEM_KEYS))] = float(r[metric.outcome])
+    return out
+
+
+def paired(arm: dict[tuple[Any, ...], float], baseline: dict[tuple[Any, ...], float]) -> dict[str, Any] | None:
+    """The paired test of arm − baseline over the shared items (`paired_difference`), when both sides hold exactly
+    the same items; None otherwise."""
+    if set(arm) != set(baseline) or len(arm) < 2:
+        return None
+    keys = sorted(arm, key=repr)
+    d = paired_difference([baseline[k] for k in keys], [arm[k] for k in keys])
+    t = d["delta"] / d["stderr"] if d["p"] is not None and d["stderr"] else None
+    return {"test": "paired", "t": t, "df": d["n"] - 1, "p": d["p"], "delta_ci95": d["ci95"] if d["p"] is not None
+            else None}
+
+
 def seed_interval(means: Sequence[float]) -> list[float] | None:
     """t-interval of the mean over seed means (k − 1 df), cut to [0, 1] since every metric is a share (with
     3 seeds the t quantile is 4.3, so a rate near 1 would otherwise get an upper bound above 1); None below
@@ -305,6 +339,8 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions()) -> dict[
             summary, pooled = metric_summary(study.of(method), metric, options)
             base = base_samples[metric.name]
             test = welch(pooled, base)
+            keyed_method, keyed_base = keyed(study.of(method), metric), keyed(study.of(BASE), metric)
+            same_items = paired(keyed_method, keyed_base) if keyed_method and keyed_base else None
             delta = None if pooled.mean is None or base.mean is None else pooled.mean - base.mean
             p = test["p"]
             metrics[method][metric.name] = summary | {
@@ -314,6 +350,8 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions()) -> dict[
                 "significant": p is not None and p < alpha_corrected,
                 "p_bonferroni_family": None if p is None else min(1.0, p * own),
                 "significant_in_family": p is not None and p < options.alpha / own,
+                # the same items and sampling seeds on both sides: the paired test too (more power than Welch)
+                "paired": None if same_items is None else {k: same_items[k] for k in ("t", "df", "p", "delta_ci95")},
             }
     return {
         "options": asdict(options) | {"confidence": CONFIDENCE},
@@ -336,7 +374,7 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions()) -> dict[
 CSV_COLUMNS = (
     "method", "metric", "seeds", "per_seed", "mean_over_seeds", "ci95_seeds_low", "ci95_seeds_high",
     "n", "pooled", "ci95_bootstrap_low", "ci95_bootstrap_high", "delta", "delta_ci95_low", "delta_ci95_high",
-    "t", "df", "p", "p_bonferroni", "alpha_corrected", "significant",
+    "t", "df", "p", "p_bonferroni", "alpha_corrected", "significant", "p_paired",
 )  # fmt: skip
 
 
@@ -354,5 +392,6 @@ def csv_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 row.setdefault(key, summary.get(key))
             if method != results["base"]:
                 row["alpha_corrected"] = results["bonferroni"]["alpha_corrected"]
+                row["p_paired"] = (summary.get("paired") or {}).get("p")
             rows.append({key: "" if row[key] is None else row[key] for key in CSV_COLUMNS})
     return rows

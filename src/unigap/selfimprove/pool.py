@@ -95,6 +95,7 @@ def audit(samples: list[Sample], images: list, config: SelfImproveConfig, round_
     chosen = sorted(rng.choice(len(samples), size=min(config.audit_size, len(samples)), replace=False).tolist())
     judge = get_judge(config.audit, independent=True)
     verdicts = judge.fn(None, [images[i] for i in chosen], [samples[i].spec for i in chosen])
+    verdicts = distributed.gather_objects(verdicts)[0]  # the main process's: the guard must decide alike everywhere
     out = list(samples)
     for i, verdict in zip(chosen, verdicts, strict=True):
         out[i] = Sample(**{**samples[i].__dict__, "audit": judge.accepts(verdict)})

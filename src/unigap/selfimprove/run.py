@@ -98,6 +98,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
         data.pairs = dpo_pairs(um, data.rounds[0], config.seed, config.loss_cfg_scale or None)
     epochs = _read_epochs(out)
     start = _resume(um, optimizer, out)
+    distributed.wait_for_everyone()  # every process has read the run's state before the main one writes more
     epochs = epochs[: start + 1]
     logger = MetricLogger(out / EPOCHS_FILE, report_to, resume_step=start + 1 if epochs else None,
                           run_name=f"{out.name}-selfimprove") if main else None
@@ -144,7 +145,7 @@ def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int) -> Non
     whether the run stops), so a stopped run can be continued with `--no-guard --resume`."""
     settings = {**config.to_dict(), "n_prompts_used": n_prompts}
     settings.pop("guard")
-    claim_settings(out / "settings.json", settings, "selfimprove")
+    claim_settings(out / "settings.json", settings, "selfimprove", write=distributed.is_main())
 
 
 def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress: bool) -> dict[str, Any]:

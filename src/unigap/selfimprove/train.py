@@ -6,7 +6,8 @@
   base model's (adapters disabled), computed once per pair.
 AdamW at a constant learning rate, gradients clipped. One epoch = one pass over the examples in a seeded order.
 Under `accelerate launch` each process takes its share of every batch and the gradients are summed
-(`unigap.distributed`): the same steps as one process, up to float summation order.
+(`unigap.distributed`): the same steps as one process, up to float summation order (with `lora_dropout` 0: dropout
+draws its masks per process).
 """
 
 from __future__ import annotations

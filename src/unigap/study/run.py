@@ -13,6 +13,7 @@ Layout of OUT (what `unigap.report.load_study` reads)::
     prefs/und.jsonl, prefs/gen.jsonl    preference pairs from the base model (data_seed)
     base/seed<k>/eval.json              the base model evaluated with seed k
     base/seed0/diagnostics.json (+PNG)  gradient diagnostics of the base model
+    answer-length/                      the answer-length probe (`unigap.study.answer_length`; with P1's und-only)
     <arm>/seed<k>/                      eval.json of each arm (`unigap.arms`), with what its builder keeps
                                         (adapter and log.jsonl of a DPO strategy, selfimprove/ of a P2 arm)
     results.json, results.csv, *.png, report.html
@@ -35,13 +36,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from unigap.atomic import write_text_atomically
 from unigap.errors import UserError
 from unigap.report import BASE, BuiltReport, build_report
-from unigap.report.runs import DIAGNOSTICS_FILE, EVAL_FILE, STUDY_FILE
+from unigap.report.runs import ANSWER_LENGTH_FILE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
 from unigap.study.config import StudyConfig
 from unigap.arms import ARMS
 
 WEIGHTS_KEY = "model_weights"  # in study.json: the weights_fingerprint of the model the study ran on
 
-JOBS_FILE = "jobs.jsonl"
 PREFS_DIR = "prefs"
 
 
@@ -79,6 +79,10 @@ class StudyRunner:
         for k in range(c.seeds):
             jobs += [Job(f"{name}, seed {k}", self.eval_file(name, k), partial(ARMS[name].build(), self, name, k))
                      for name in c.methods_in_order()]
+        if "und-only" in c.methods:  # the question P1 leaves open: does answer length decide understanding DPO?
+            from unigap.study.answer_length import answer_length
+
+            jobs.append(Job("answer length", self.out / ANSWER_LENGTH_FILE, partial(answer_length, self)))
         return jobs
 
     # -- the study's own jobs (the arms' are in `unigap.study.builders`) ------------------------

@@ -81,6 +81,10 @@ class DPOTrainer:
             )
         if config.gen_cfg_scale and gen_pairs:  # the stored reference log-probs are conditional-only: rescore
             given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale)
+        if config.bf16:  # rescore the references under the policy's autocast, so training starts at the reference
+            with torch.autocast(um.device.type, dtype=torch.bfloat16):
+                given = {task: with_reference(um, pairs, (config.gen_cfg_scale or None) if task == "gen" else None)
+                         if pairs else pairs for task, pairs in given.items()}
         self.um, self.config, self.out_dir = um, config, Path(out_dir)
         self.report_to = parse_report_to(report_to)
         self.pairs: dict[str, Sequence[Pair]] = {task: pairs for task, pairs in given.items() if pairs}

@@ -1,0 +1,58 @@
+"""The report's table cells: numbers and p-values as the report prints them, and HTML tables built from escaped parts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+DASH = "—"
+
+
+class Safe(str):
+    """HTML built here from escaped parts: a table cell that must not be escaped again."""
+
+
+class Significant(Safe):
+    """A cell shown in bold: significant after Bonferroni."""
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, Safe) else escape(str(value))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] = ()) -> Safe:
+    """A table; row i gets CSS class classes[i] (when given)."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        css = f' class="{escape(classes[i])}"' if i < len(classes) and classes[i] else ""
+        cells = "".join(
+            f'<td class="sig">{_cell(v)}</td>' if isinstance(v, Significant) else f"<td>{_cell(v)}</td>" for v in row
+        )
+        body.append(f"<tr{css}>{cells}</tr>")
+    return Safe(
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    )
+
+
+def fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
+    """A number for a table, or a dash where it is undefined."""
+    if value is None:
+        return DASH
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def fmt_p(p: float | None) -> str:
+    """p-values as the paper prints them: three decimals, scientific below 0.001."""
+    if p is None:
+        return DASH
+    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def ci(interval: Sequence[float] | None, signed: bool = False, below: bool = False) -> str:
+    """An interval in small grey type, after the value or (`below`) on its own line."""
+    if not interval:
+        return ""
+    low, high = (escape(fmt(v, signed=signed)) for v in interval)
+    return f'{"<br>" if below else " "}<span class="ci">[{low}, {high}]</span>'

@@ -1,0 +1,104 @@
+"""Each paper's headline claim, its published numbers, and the test on the study that decides whether it reproduces.
+
+Why a registry and not prose: the verdict sentence the report prints is computed from `results.json`, so it cannot
+disagree with the numbers beside it. One claim per family; adding one is one entry in `CLAIMS`. A claim is decided by
+one test: an arm against the base (Welch, Bonferroni within the arm's family, as the per-family tables) or against
+its baseline arm (the paired comparison of `unigap.report.compare`). Reproduced = significant in the claimed
+direction; contradicted = significant the other way; otherwise not reproduced. The published numbers come from
+models and benchmarks we do not have (Janus-Pro-7B, BAGEL-7B; VQA score, CLIPScore, T2I-CompBench++, GenEval++),
+so they are shown beside ours for direction, never subtracted from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class Claim:
+    family: str
+    paper: str
+    claim: str
+    published: tuple[tuple[str, str], ...]  # (what the paper measured, its value) as published
+    arm: str  # the arm whose test decides the claim
+    metric: str  # a `results` metric (`unigap.report.stats.METRICS`) or a comparison metric
+    against: str = BASE  # the base, or the baseline arm the claim is about
+    higher: bool = True  # the claimed direction
+
+
+CLAIMS: dict[str, Claim] = {c.family: c for c in (
+    Claim("p1", "arXiv 2603.17044", "understanding-only DPO raises understanding",
+          (("Janus-Pro-7B, und-only: Δ VQA score", "+0.26 (p 0.005)"),
+           ("best Δ CLIPScore of the seven strategies (grad-weighted)", "+0.15 (p 0.61)")),
+          "und-only", "understanding.accuracy"),
+    Claim("p2", "arXiv 2507.16663", "SFT on the model's self-accepted images raises generation",
+          (("Janus-Pro-7B, T2I-CompBench++ overall: base → self-SFT → curriculum", "35.21 → 43.29 → 44.18"),
+           ("non-unification: base → self-SFT", "26.22 → 16.98")),
+          "self-sft", "generation.accuracy"),
+    Claim("p3", "arXiv 2602.15772", "the reflect → refine loop raises generation accuracy",
+          (("BAGEL-7B, GenEval++: one-shot → R3", "0.371 → 0.689"),
+           ("image–text alignment", "60.6% → 73.4%")),
+          "refine", "generation.accuracy"),
+    Claim("p4", "arXiv 2601.21406", "generating the input's maps improves understanding beyond understanding SFT",
+          (("headline numbers", "not available to us"),),
+          "unimrg", "understanding.accuracy", against="und-sft"),
+)}
+
+
+def _test(results: dict[str, Any], claim: Claim) -> dict[str, Any] | None:
+    """The deciding row (delta, ci, p, significance, test name), or None when the arms did not run."""
+    if claim.against == BASE:
+        row = results["results"].get(claim.arm, {}).get(claim.metric)
+        if row is None or row.get("delta") is None:
+            return None
+        family = results["bonferroni"].get("families", {}).get(claim.family)  # absent from older results
+        tests = f"the family's {family['tests']}" if family else f"all {results['bonferroni']['tests']}"
+        paired = row.get("paired") or {}
+        return {"delta": row["delta"], "ci95": row.get("delta_ci95"), "p": row["p"], "p_paired": paired.get("p"),
+                "significant": row.get("significant_in_family", row["significant"]),
+                "test": f"Welch against the base, Bonferroni over {tests} tests"}
+    for comparison in results.get("comparisons", []):
+        if comparison["arm"] == claim.arm and comparison["baseline"] == claim.against:
+            row = comparison["metrics"].get(claim.metric)
+            if row is None or row.get("delta") is None:
+                return None
+            return {"delta": row["delta"], "ci95": row.get("delta_ci95"), "p": row["p"], "significant": row["significant"],
+                    "test": f"{row['test']} against {claim.against}, Bonferroni over {comparison['tests']} tests"}
+    return None
+
+
+def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per family that ran: the claim, the published numbers, the deciding test and the verdict."""
+    ran = {arm["family"] for arm in results["arms"] if "family" in arm}
+    out = []
+    for family, claim in CLAIMS.items():
+        if family not in ran:
+            continue
+        test = _test(results, claim)
+        if test is None:
+            verdict = "not tested"
+        elif not test["significant"]:
+            verdict = "not reproduced"
+        else:
+            verdict = "reproduced" if (test["delta"] > 0) == claim.higher else "contradicted"
+        out.append({"family": family, "paper": claim.paper, "claim": claim.claim,
+                    "published": [list(row) for row in claim.published], "arm": claim.arm, "metric": claim.metric,
+                    "against": claim.against, "verdict": verdict, **(test or {})})
+    return out
+
+
+def sentence(entry: dict[str, Any]) -> str:
+    """'The claim that …: reproduced / not reproduced here (arm Δ …, p …; the test).'"""
+    head = f"{entry['paper']}'s claim that {entry['claim']}: {entry['verdict']} here"
+    if entry["verdict"] == "not tested":
+        return f"{head} ({entry['arm']} or {entry['against']} did not run)."
+    ci = entry.get("ci95")
+    interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+    p = "n/a" if entry["p"] is None else f"{entry['p']:.2g}"
+    if entry.get("p_paired") is not None:
+        p += f", paired on the same items {entry['p_paired']:.2g}"
+    return (f"{head} ({entry['arm']} − {entry['against']}, {entry['metric']}: {entry['delta']:+.3f}{interval}, "
+            f"p {p}; {entry['test']}).")
