@@ -197,7 +197,9 @@ def test_a_one_process_command_refuses_a_launcher(monkeypatch: pytest.MonkeyPatc
     from unigap.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit) as exit_:
-        main(["generate", "--prompt", "a red circle", "--out", "x"])
-    assert exit_.value.code == 2
-    assert "`unigap generate` runs in one process" in capsys.readouterr().err
+    for argv, name in ((["generate", "--prompt", "a red circle", "--out", "x"], "generate"),
+                       (["prefs", "export", "a.jsonl", "--out", "b.jsonl"], "prefs export")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert f"`unigap {name}` runs in one process" in capsys.readouterr().err

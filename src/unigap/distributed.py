@@ -84,6 +84,8 @@ def sum_gradients(params: Sequence[torch.nn.Parameter]) -> None:
         return
     given = all_sum(torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device))
     live = [p for p, count in zip(params, given.tolist(), strict=True) if count > 0]
+    if not live:
+        return
     grads = sum_tensors([p.grad if p.grad is not None else torch.zeros_like(p) for p in live])
     for p, g in zip(live, grads, strict=True):
         p.grad = g.to(p.dtype)

@@ -48,7 +48,9 @@ def test_the_answer_length_probe_and_the_claims_reach_the_report(finished: Path)
     probe = json.loads((finished / "answer-length" / "answer_length.json").read_text())
     for form in ("word", "sentence"):
         row = probe["forms"][form]
-        assert row["ratio"] > 0 and len(row["ratios"]) == 4 and row["understanding"]["n"] == 3
+        assert row["ratio"] > 0 and len(row["ratios"]) == 4 and set(row["understanding"]) == {"delta", "delta_ci95", "p"}
+        assert json.loads((finished / "answer-length" / f"{form}.json").read_text())["ratio"] == row["ratio"]
+        assert not (finished / "answer-length" / form / "checkpoint").exists()
     assert probe["forms"]["sentence"]["answer_tokens"] > probe["forms"]["word"]["answer_tokens"]
     assert "Answering in a full sentence" in probe["finding"]
     results = json.loads((finished / "results.json").read_text())

@@ -58,7 +58,7 @@ def _register() -> None:
 _register()
 # the commands that run data-parallel under `accelerate launch` (`unigap.distributed`); the others would each run
 # whole in every process, racing to write the same files, so they refuse
-DATA_PARALLEL = ("train", "eval", "prefs", "refine", "selfimprove")
+DATA_PARALLEL: dict[str, tuple[str, ...] | None] = {"train": None, "eval": None, "refine": None, "selfimprove": None, "prefs": ("build",)}  # subcommands
 
 
 def _check_processes(argv: list[str]) -> None:
@@ -68,10 +68,16 @@ def _check_processes(argv: list[str]) -> None:
         return
     from unigap import distributed
 
-    command = next((arg for arg in argv if not arg.startswith("-")), None)
-    if distributed.world_size() > 1 and command not in (None, *DATA_PARALLEL):
-        raise UserError(f"`unigap {command}` runs in one process; launch it without accelerate (data-parallel "
-                        f"commands: {', '.join(DATA_PARALLEL)})")
+    words = [arg for arg in argv if not arg.startswith("-")][:2]
+    if distributed.world_size() == 1 or not words:
+        return
+    command, subcommands = words[0], DATA_PARALLEL.get(words[0], ())
+    if command in DATA_PARALLEL and (subcommands is None or words[1:2] and words[1] in subcommands):
+        return
+    name = " ".join(words) if subcommands else command  # words[1] may be an option's value
+    parallel = ", ".join(k if v is None else f"{k} {' '.join(v)}" for k, v in DATA_PARALLEL.items())
+    raise UserError(f"`unigap {name}` runs in one process; launch it without accelerate (data-parallel commands: "
+                    f"{parallel})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,7 +55,7 @@ def build_report(
     results["understanding_by_kind"] = kind_levels(study)
     results["refine_rounds"] = refine_curves(study)
     results["claims"] = verdicts(results)
-    results["wall_seconds"] = study.wall_seconds
+    results["wall_seconds"], results["jobs_seconds"] = study.wall_seconds, study.jobs_seconds
     if study.answer_length is not None:  # the per-batch ratios stay in the probe's own file
         results["answer_length"] = study.answer_length | {
             "forms": {f: {k: v for k, v in row.items() if k != "ratios"} for f, row in study.answer_length["forms"].items()}}

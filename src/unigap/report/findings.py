@@ -44,6 +44,6 @@ def answer_length_section(results: dict[str, Any]) -> list[Any]:
     return ["<h2>Why understanding DPO moves (or not): answer length</h2>",
             table(["answers", "answer tokens", "ρ = ‖g_U‖/‖g_G‖", "‖g_U‖", f"und DPO loss (last steps; ln 2 = {LN2:.3f})",
                     "Δ understanding (paired)", "Δ generation (paired)"], rows),
-            f'<p class="note">{escape(probe["finding"])} The same questions in both forms; ρ over {s["batches"]} '
-            f"single-pair batches of the base model; und-only DPO for {s['steps']} steps at lr {s['lr']:g}, β "
+            f'<p class="note">{escape(probe["finding"])} The same candidate questions in both forms; ρ over '
+            f"{s['batches']} single-pair batches of the base model; und-only DPO for {s['steps']} steps at lr {s['lr']:g}, β "
             f"{s['beta']:g}, seed {s['seed']}, evaluated on the base's {s['n']} seed-{s['seed']} items.</p>"]

@@ -11,6 +11,7 @@ Directory layout read by `load_study` (what `unigap study` writes)::
     RESULTS/<method>/seed<k>/diagnostics.json  optional: gradient diagnostics (usually base only)
     RESULTS/answer-length/answer_length.json   optional: the answer-length probe (`unigap.study.answer_length`)
     RESULTS/jobs.jsonl                       optional: seconds per study job ("<method>, seed <k>"), summed per method
+                                             (a job killed and resumed counts its finishing attempt only)
 
 The base model is the method named `base`.
 """
@@ -54,6 +55,7 @@ class Study:
     config: dict[str, Any] = field(default_factory=dict)
     answer_length: dict[str, Any] | None = None  # the answer-length probe, when the study ran it
     wall_seconds: dict[str, float] = field(default_factory=dict)  # per method, over its seeds' finishing jobs
+    jobs_seconds: float | None = None  # every job of the study (pairs, diagnostics and probes included)
 
     def methods(self) -> list[str]:
         """Methods present, in report order (base first)."""
@@ -121,9 +123,11 @@ def load_study(directory: str | Path) -> Study:
         raise UserError(f"no {directory}/<method>/seed<k>/{EVAL_FILE} found")
     config_path, probe, jobs = directory / STUDY_FILE, directory / ANSWER_LENGTH_FILE, directory / JOBS_FILE
     wall: dict[str, float] = {}
-    for job in _read_jsonl(jobs) if jobs.is_file() else []:
+    finished = _read_jsonl(jobs) if jobs.is_file() else []
+    for job in finished:
         method, seed = job["job"].rpartition(", seed ")[::2]
         if method and seed.isdigit():
             wall[method] = wall.get(method, 0.0) + job["seconds"]
     return Study(runs, _read_json(config_path) if config_path.is_file() else {},
-                 _read_json(probe) if probe.is_file() else None, wall)
+                 _read_json(probe) if probe.is_file() else None, wall,
+                 sum(job["seconds"] for job in finished) if finished else None)

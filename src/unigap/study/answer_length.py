@@ -2,43 +2,53 @@
 
 On Janus-Pro-7B understanding DPO moves understanding and generation DPO does not; on a small model the reverse can
 hold. One candidate cause is answer length: a one-word answer gives DPO one token to move, an image gives it hundreds.
-The job asks the same questions in both forms (`prefs build --answer-form word|sentence`: the same scenes and
-questions, answered in one word or in a full sentence) and, for each form, measures the base model's gradient ratio
-ρ = ‖g_U‖/‖g_G‖ against the study's generation pairs (`run_diagnostics`, the study's number of single-pair batches),
-trains understanding-only DPO at the study's steps, rate and β (seed 0), and evaluates it on the base's seed-0 items.
+The job draws the same candidate questions in both forms (`prefs build --answer-form word|sentence --fallback-gt`:
+the same scenes and questions, answered in one word or in a full sentence; the margin filter may keep different
+subsets of them) and, for each form, measures the base model's gradient ratio ρ = ‖g_U‖/‖g_G‖ against the study's
+generation pairs (`run_diagnostics`, the study's number of single-pair batches), trains understanding-only DPO at the
+study's steps, rate and β (seed 0), and evaluates it as the study evaluates every arm, on the base's seed-0 items.
 
-Written to OUT/answer-length/answer_length.json (`ANSWER_LENGTH_FILE`; last: it marks the job done), with the pairs
-and adapters beside it; the report shows it as a section of its own.
-The verdict compares ρ between the forms (Welch on the per-batch ratios) and reports Δ understanding of each form
-against the base, paired on the same items; it is stated whichever way it falls.
+Both forms' batches draw the same generation pair (same seed and pair count), so ‖g_G‖ cancels in ρ_sentence/ρ_word
+batch by batch: the forms are compared by a paired t-test on the per-batch log ratios. Δ understanding and Δ
+generation of each form are paired against the base on the same items (`unigap.report.stats.paired`). Each form is
+written to OUT/answer-length/<form>.json when done (a rerun skips it); OUT/answer-length/answer_length.json
+(`ANSWER_LENGTH_FILE`) last, with the finding in one sentence, stated whichever way it falls.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unigap.atomic import write_text_atomically
+from unigap.atomic import cached_json, write_text_atomically
 from unigap.evaluate.stats import paired_difference
-from unigap.report.runs import ANSWER_LENGTH_FILE
-from unigap.report.stats import Sample, welch
+from unigap.report.runs import ANSWER_LENGTH_FILE, MethodRun
+from unigap.report.stats import METRICS, keyed, paired, sample
 
 FORMS = ("word", "sentence")
 LOSS_TAIL = 50  # final DPO loss: mean over the last logged steps
+ALPHA = 0.05
 
 
-def _sample(values: list[float]) -> Sample:
-    items = np.asarray(values, dtype=float)
-    return Sample(len(items), float(items.mean()), float(items.var()), items)
+def _against_base(base: dict[str, Any], after: dict[str, Any], name: str) -> dict[str, Any]:
+    """Δ of one headline metric against the base, paired on the same items (`delta`, `delta_ci95`, `p`)."""
+    [metric] = [m for m in METRICS if m.name == name]
+    before, trained = MethodRun("base", 0, base), MethodRun("trained", 0, after)
+    test = paired(keyed([trained], metric), keyed([before], metric))
+    if test is None:
+        raise RuntimeError(f"the answer-length evaluation does not hold the base's {name} items")
+    return {"delta": sample(trained, metric).mean - sample(before, metric).mean, "delta_ci95": test["delta_ci95"],
+            "p": test["p"]}
 
 
 def _form(runner: Any, form: str, out: Path) -> dict[str, Any]:
-    """One answer form: its pairs (built once), ρ on the base model, und-only DPO and its evaluation."""
+    """One answer form: its pairs, ρ on the base model, und-only DPO and its evaluation."""
     from unigap.diagnose import run_diagnostics, shared_parameters
-    from unigap.evaluate import evaluate
     from unigap.prefs.build import BuildOptions, build_preferences
     from unigap.prefs.rows import load_pairs, write_rows
     from unigap.train.config import TrainConfig
@@ -64,31 +74,34 @@ def _form(runner: Any, form: str, out: Path) -> dict[str, Any]:
     with runner.bar(f"answer length: {form} DPO", c.steps) as update:
         result = trainer.train(trainer.has_checkpoint, lambda step, record: update(step))
     rows = [json.loads(line) for line in result.log_file.read_text().splitlines()]
-    after = evaluate(um, c.n, 0, data_seed=c.data_seed, batch_size=c.batch_size, critique=False, progress=False)
+    after = runner.evaluation(um, 0)
     base = json.loads(runner.eval_file("base", 0).read_text())
     inter = report["inter"]
+    shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)  # the adapter and log stay
     return {
         "pairs": len(und),
         "answer_tokens": float(np.mean([(p.chosen_tokens + p.rejected_tokens) / 2 for p in und])),
         "ratio": inter["ratio_mean"], "ratio_ci95": inter["ratio_ci95"], "und_norm": inter["und_norm_mean"],
         "gen_norm": inter["gen_norm_mean"], "ratios": report["samples"]["ratio"],
         "und_dpo_loss": float(np.mean([r["und_dpo_loss"] for r in rows[-LOSS_TAIL:]])),
-        "understanding": paired_difference([r["correct"] for r in base["records"]["understanding"]],
-                                           [r["correct"] for r in after["records"]["understanding"]]),
-        "generation": paired_difference([r["verified"] for r in base["records"]["generation"]],
-                                        [r["verified"] for r in after["records"]["generation"]]),
+        "understanding": _against_base(base, after, "understanding.accuracy"),
+        "generation": _against_base(base, after, "generation.accuracy"),
     }
 
 
 def answer_length(runner: Any) -> None:
-    """The study job: both forms, then the comparison of ρ between them; OUT/answer-length/answer_length.json."""
+    """The study job: both forms (each resumable), then the comparison of ρ between them."""
     path = runner.out / ANSWER_LENGTH_FILE
-    forms = {form: _form(runner, form, path.parent) for form in FORMS}
-    word, sentence = (_sample(forms[f]["ratios"]) for f in FORMS)
-    result = {"forms": forms, "ratio_sentence_minus_word": {"delta": sentence.mean - word.mean,
-                                                            **welch(sentence, word)},
-              "settings": {"steps": runner.config.steps, "lr": runner.config.lr, "beta": runner.config.beta,
-                           "batches": runner.config.diagnose_pairs, "n": runner.config.n, "seed": 0}}
+    forms = {form: cached_json(path.parent / f"{form}.json", lambda form=form: _form(runner, form, path.parent))
+             for form in FORMS}
+    logs = [np.log(forms[f]["ratios"]) for f in FORMS]
+    change = paired_difference(*logs)  # log ρ_sentence − log ρ_word, batch by batch
+    c = runner.config
+    result = {"forms": forms,
+              "ratio_sentence_over_word": {"geometric_mean": math.exp(change["delta"]), "batches": change["n"],
+                                           "p": change["p"],
+                                           "ci95": None if change["ci95"] is None else [math.exp(v) for v in change["ci95"]]},
+              "settings": {"steps": c.steps, "lr": c.lr, "beta": c.beta, "batches": c.diagnose_pairs, "n": c.n, "seed": 0}}
     result["finding"] = finding(result)
     write_text_atomically(path, json.dumps(result, indent=2, allow_nan=False) + "\n")
 
@@ -96,11 +109,13 @@ def answer_length(runner: Any) -> None:
 def finding(result: dict[str, Any]) -> str:
     """The result in one sentence, whichever way it falls."""
     word, sentence = (result["forms"][f] for f in FORMS)
-    test = result["ratio_sentence_minus_word"]
-    p = test["p"]
-    longer = "does not change" if p is None or p >= 0.05 else ("raises" if test["delta"] > 0 else "lowers")
-    moved = [f for f in FORMS if (result["forms"][f]["understanding"]["p"] or 1) < 0.05]
+    ratio = result["ratio_sentence_over_word"]
+    p = ratio["p"]
+    effect = ("does not change" if p is None or p >= ALPHA else
+              "raises" if ratio["geometric_mean"] > 1 else "lowers")
+    moved = [f"{f} ({result['forms'][f]['understanding']['delta']:+.3f})" for f in FORMS
+             if result["forms"][f]["understanding"]["p"] is not None and result["forms"][f]["understanding"]["p"] < ALPHA]
     return (f"Answering in a full sentence ({sentence['answer_tokens']:.1f} answer tokens against "
-            f"{word['answer_tokens']:.1f}) {longer} ρ = ‖g_U‖/‖g_G‖ ({sentence['ratio']:.3f} vs {word['ratio']:.3f}, "
-            f"Welch p {'n/a' if p is None else f'{p:.2g}'}); understanding DPO moved understanding significantly in "
-            f"{' and '.join(moved) if moved else 'neither'} form.")
+            f"{word['answer_tokens']:.1f}) {effect} ρ = ‖g_U‖/‖g_G‖ ({sentence['ratio']:.3f} vs {word['ratio']:.3f}; "
+            f"ratio {ratio['geometric_mean']:.2f}, paired p {'n/a' if p is None else f'{p:.2g}'}); understanding DPO "
+            f"moved understanding significantly in {' and '.join(moved) if moved else 'neither'} form.")

@@ -141,13 +141,19 @@ class StudyRunner:
     def eval_file(self, method: str, seed: int) -> Path:
         return self.run_dir(method, seed) / EVAL_FILE
 
-    def evaluate(self, um: Any, method: str, seed: int) -> None:
-        from unigap.evaluate import evaluate, save_report
+    def evaluation(self, um: Any, seed: int) -> dict[str, Any]:
+        """`um` evaluated as every arm is: the study's n items of seed `seed`, no critique."""
+        from unigap.evaluate import evaluate
 
         c = self.config
-        report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False,
-                          progress=False)  # the study shows its own bars
-        report["config"].update(model=c.model, method=method)
+        return evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False,
+                        progress=False)  # the study shows its own bars
+
+    def evaluate(self, um: Any, method: str, seed: int) -> None:
+        from unigap.evaluate import save_report
+
+        report = self.evaluation(um, seed)
+        report["config"].update(model=self.config.model, method=method)
         save_report(report, self.eval_file(method, seed))
 
     @contextmanager

@@ -79,7 +79,7 @@ class DPOTrainer:
             raise UserError(
                 f"generation pairs hold images of {sorted(lengths)} tokens, but this model uses {um.num_image_tokens}"
             )
-        if config.gen_cfg_scale and gen_pairs:  # the stored reference log-probs are conditional-only: rescore
+        if config.gen_cfg_scale and gen_pairs and not config.bf16:  # the stored references are conditional-only
             given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale)
         if config.bf16:  # rescore the references under the policy's autocast, so training starts at the reference
             with torch.autocast(um.device.type, dtype=torch.bfloat16):
