@@ -1,8 +1,8 @@
-"""The README's result tables, generated from the results JSON so they cannot go stale.
+"""The result tables of the README and of docs/experiments.md, generated from the results JSON so they cannot go stale.
 
-Each table sits in the README between `<!-- table:NAME -->` and `<!-- /table -->`; this script rewrites what is
-between the markers from its source file, and `--check` exits 1 (printing the table names) when the README differs
-from what the files say. `make readme-tables` runs it.
+Each table sits in one of `DOCUMENTS` between `<!-- table:NAME -->` and `<!-- /table -->`; this script rewrites what
+is between the markers from its source file, and `--check` exits 1 (printing the table names) when a document
+differs from what the files say. `make readme-tables` runs it.
 
     python docs/readme_tables.py [--check]
 
@@ -23,6 +23,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCUMENTS = (README, ROOT / "docs" / "experiments.md")
 TINY = ROOT / "src" / "unigap" / "assets" / "tiny"
 EVAL = ROOT / "docs" / "results" / "tiny_eval.json"
 BENCH = ROOT / "benchmarks" / "results"
@@ -222,7 +223,7 @@ def render(text: str) -> tuple[str, list[str]]:
     def replace(match: re.Match) -> str:
         name = match["name"]
         if name not in TABLES:
-            raise SystemExit(f"README.md names an unknown table {name!r}; known: {', '.join(TABLES)}")
+            raise SystemExit(f"a document names an unknown table {name!r}; known: {', '.join(TABLES)}")
         body = TABLES[name]()
         if body != match["body"]:
             changed.append(name)
@@ -233,16 +234,19 @@ def render(text: str) -> tuple[str, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the README's tables are stale")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a document's tables are stale")
     args = parser.parse_args()
-    text, changed = render(README.read_text())
-    if args.check:
-        if changed:
-            print("stale README tables: " + ", ".join(changed))
-            sys.exit(1)
-        return
-    README.write_text(text)
-    print("README tables: " + (", ".join(changed) + " regenerated" if changed else "up to date"))
+    stale = []
+    for document in DOCUMENTS:
+        text, changed = render(document.read_text())
+        stale += [f"{document.name}: {name}" for name in changed]
+        if not args.check:
+            document.write_text(text)
+    if args.check and stale:
+        print("stale tables: " + ", ".join(stale))
+        sys.exit(1)
+    if not args.check:
+        print("tables: " + (", ".join(stale) + " regenerated" if stale else "up to date"))
 
 
 if __name__ == "__main__":
