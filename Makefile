@@ -6,9 +6,10 @@ PY ?= python3
 # and GPU machines get PyPI's. Override with `make setup TORCH_INDEX=URL` (or TORCH_INDEX= for PyPI).
 TORCH_INDEX ?= $(shell [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1 && echo https://download.pytorch.org/whl/cpu)
 
-# One-time set-up: the pinned torch first, then unigap + dev extras.
+# One-time set-up: the pinned torch first, then unigap + dev extras. Where the CPU index cannot be reached, PyPI's
+# torch is installed instead (it works, with CUDA wheels on Linux).
 setup:
-	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) || $(PY) -m pip install --quiet torch==2.13.0)
 	$(PY) -m pip install --quiet -e ".[dev]"
 
 # Fast default suite (slow tests excluded via pyproject addopts).
