@@ -27,6 +27,7 @@ DOCUMENTS = (README, ROOT / "docs" / "experiments.md")
 TINY = ROOT / "src" / "unigap" / "assets" / "tiny"
 EVAL = ROOT / "docs" / "results" / "tiny_eval.json"
 BENCH = ROOT / "benchmarks" / "results"
+DPO_TUNE = ROOT / "docs" / "results" / "dpo_tune.json"
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -209,9 +210,24 @@ def claims() -> str:
     return "\n".join(lines)
 
 
+def dpo_tune() -> str:
+    """`unigap tune`'s grid on the validation split: each run at its best checkpoint, and the chosen setting."""
+    from unigap.study.tune import TABLE_HEADER, table
+
+    result = _load(DPO_TUNE)
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in table(result)]
+    c, chosen = result["config"], result["chosen"]
+    pick = ("no checkpoint within the KL budget" if chosen is None else
+            f"chosen: `{chosen['name']}` at step {chosen['step']} ({chosen['accuracy']:.3f}, {chosen['delta']:+.3f} vs "
+            f"the base, paired p {_p(chosen['p'])})")
+    return "\n".join(lines) + (f"\n\nn = {c['n']} validation prompts, seed {c['seed']}, {c['gen_pairs']} pairs per kind, "
+                               f"evaluated every {c['eval_every']} of {c['steps']} steps; {pick}.")
+
+
 TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
                                         "self-improvement": self_improvement, "unimrg": unimrg, "full-study": full_study,
-                                        "claims": claims}
+                                        "claims": claims, "dpo-tune": dpo_tune}
 # a table's body never holds "<!-- ", so an empty table cannot swallow the text up to the next table's end
 PATTERN = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>(?:(?!<!-- ).)*?)\n?<!-- /table -->", re.DOTALL)
 

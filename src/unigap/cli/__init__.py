@@ -44,9 +44,10 @@ def _register() -> None:
     from unigap.cli.diagnose import app as diagnose_app
 
     app.add_typer(diagnose_app)  # `diagnose`
-    from unigap.cli.study import study_command
+    from unigap.cli.study import study_command, tune_command
 
     app.command("study")(study_command)
+    app.command("tune")(tune_command)
     from unigap.cli.refine import app as refine_app
 
     app.add_typer(refine_app)  # `refine`

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 
 from unigap.arms import ARMS, FAMILIES
+from unigap.train.defaults import DPO_DEFAULTS as DPO
+from unigap.train.defaults import TUNE_GRID
 
 
 def study_command(
@@ -19,8 +21,9 @@ def study_command(
     ),
     quick: bool = typer.Option(False, "--quick", help="Every arm of every family at CI size: few pairs, steps and "
                                "items (minutes on a CPU; not for conclusions)."),
-    steps: int | None = typer.Option(None, "--steps", help="DPO steps per run (default 300; quick 6)."),
-    lr: float | None = typer.Option(None, "--lr", help="DPO learning rate (default 1e-4, tuned for tiny)."),
+    steps: int | None = typer.Option(None, "--steps", help=f"DPO steps per run (default {DPO.steps}; quick 6)."),
+    lr: float | None = typer.Option(None, "--lr", help=f"DPO learning rate (default {DPO.lr:g}: "
+                                      "`unigap tune`'s choice for the shipped model)."),
     methods: str | None = typer.Option(
         None, "--methods", help=f"Arms, comma-separated, by name or family ({', '.join(FAMILIES)}); default: the "
         f"default arms (P1; with --quick every arm). Arms: {', '.join(ARMS)}."
@@ -50,3 +53,58 @@ def study_command(
     write_manifest(out, record)
     Console().print(summary_table(built.results))
     typer.echo(f"wrote {out / 'report.html'} (and results.json, results.csv, figures) in {out}")
+
+
+def _listed(values: tuple) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _numbers(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=flag) from None
+
+
+def tune_command(
+    model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
+    kinds: str = typer.Option(_listed(TUNE_GRID["kinds"]), "--kinds", help="Generation pair kinds to compare."),
+    lrs: str = typer.Option(_listed(TUNE_GRID["lrs"]), "--lrs", help="Learning rates, comma-separated."),
+    nll_weights: str = typer.Option(_listed(TUNE_GRID["nll_weights"]), "--nll-weights",
+                                    help="RPO NLL weights on the chosen, comma-separated."),
+    betas: str = typer.Option(_listed(TUNE_GRID["betas"]), "--betas", help="DPO betas, comma-separated."),
+    steps: int = typer.Option(300, "--steps", help="DPO steps per run."),
+    eval_every: int = typer.Option(50, "--eval-every", help="Validation evaluation (checkpoint selection) every K steps."),
+    n: int = typer.Option(300, "--n", help="Validation prompts per evaluation."),
+    pairs: int = typer.Option(128, "--pairs", help="Generation pairs per kind (train prompts)."),
+    kl_budget: float | None = typer.Option(None, "--kl-budget", help="Checkpoints whose |sample KL| to the reference "
+                                           "(nats per image) exceeds this are not eligible."),
+    seed: int = typer.Option(0, "--seed", help="Training and validation sampling seed."),
+    out: Path = typer.Option(Path("runs/tune"), "--out", help="Output directory; rerun the same command to resume."),
+) -> None:
+    """Choose the DPO defaults on the validation split: a grid of gen-only DPO runs (pair kind × lr × β × NLL
+    weight), each evaluated every K steps against the base on the same validation prompts; prints the table and
+    the chosen setting, and writes OUT/results.json."""
+    from rich.table import Table
+
+    from unigap.study.tune import TABLE_HEADER, TuneConfig, table, tune
+
+    config = TuneConfig(
+        model=model, kinds=tuple(k.strip() for k in kinds.split(",")), lrs=_numbers(lrs, "--lrs"),
+        nll_weights=_numbers(nll_weights, "--nll-weights"), betas=_numbers(betas, "--betas"), steps=steps,
+        eval_every=eval_every, n=n, gen_pairs=pairs, kl_budget=kl_budget, seed=seed,
+    )  # fmt: skip
+    console = Console(stderr=True)
+    results = tune(config, out, progress=lambda what: console.log(f"tune: {what}"))
+    rendered = Table(*TABLE_HEADER, title=f"gen-only DPO on the validation split (n = {config.n}, seed {seed})")
+    for row in table(results):
+        rendered.add_row(*row)
+    Console().print(rendered)
+    chosen = results["chosen"]
+    if chosen is None:
+        typer.echo("no checkpoint is within the KL budget")
+    else:
+        typer.echo(f"chosen: {chosen['gen_kind']} pairs, lr {chosen['lr']:g}, beta {chosen['beta']:g}, nll_weight "
+                   f"{chosen['nll_weight']:g}, {chosen['step']} steps: validation generation {chosen['accuracy']:.3f} "
+                   f"({chosen['delta']:+.3f} vs base, paired p {'–' if chosen['p'] is None else format(chosen['p'], '.2g')})")
+    typer.echo(f"wrote {out / 'results.json'}")

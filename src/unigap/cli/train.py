@@ -15,6 +15,7 @@ import typer
 
 from unigap.cli.common import MODEL_OPTION
 from unigap.progress import progress
+from unigap.train.defaults import DPO_DEFAULTS as DPO
 from unigap.train.names import STRATEGIES
 
 
@@ -41,9 +42,13 @@ def train(
     gen_data: Path | None = typer.Option(None, "--gen-data", help="sft: generation data (image, prompt), e.g. the "
                                          "samples.jsonl of `unigap world sample`."),
     out: Path = typer.Option(..., "--out", help="Output directory: log, checkpoints, final adapter."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: dpo 1000, sft/unimrg 300)."),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: dpo 1e-6, sft 3e-4, unimrg 1e-4)."),
-    beta: float | None = typer.Option(None, "--beta", help="DPO beta (default 0.1)."),
+    steps: int | None = typer.Option(None, "--steps", help=f"Optimizer steps (default: dpo {DPO.steps}, "
+                                       "sft/unimrg 300)."),
+    lr: float | None = typer.Option(None, "--lr", help=f"Peak learning rate (default: dpo {DPO.lr:g}, "
+                                      "sft 3e-4, unimrg 1e-4)."),
+    beta: float | None = typer.Option(None, "--beta", help=f"DPO beta (default {DPO.beta:g})."),
+    nll_weight: float | None = typer.Option(None, "--nll-weight", help="DPO: weight of the NLL term on the chosen "
+                                            f"sequence (RPO; default {DPO.nll_weight:g})."),
     seed: int | None = typer.Option(None, "--seed", help="Seed: LoRA init, data order, dropout (default 0)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of TrainConfig (dpo), SFTConfig (sft) or "
                                        "UniMRGConfig (unimrg, und-sft) keys; flags win."),
@@ -67,8 +72,8 @@ def train(
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if objective not in ("dpo", "sft", *OBJECTIVES):
         raise UserError(f"unknown --objective {objective!r}; expected one of dpo, sft, {', '.join(OBJECTIVES)}")
-    dpo_flags = [flag for flag, value in (("--strategy", strategy), ("--und", und), ("--gen", gen), ("--beta", beta))
-                 if value is not None]
+    dpo_flags = [flag for flag, value in (("--strategy", strategy), ("--und", und), ("--gen", gen), ("--beta", beta),
+                                                     ("--nll-weight", nll_weight)) if value is not None]
     if objective != "dpo" and dpo_flags:
         raise UserError(f"{', '.join(dpo_flags)}: for --objective dpo only")
     sft_flags = [flag for flag, value in (("--und-data", und_data), ("--gen-data", gen_data)) if value is not None]
@@ -89,7 +94,7 @@ def train(
     from unigap.train.config import TrainConfig
     from unigap.train.trainer import DPOTrainer
 
-    settings = TrainConfig.load(config, strategy=strategy, beta=beta, **common)
+    settings = TrainConfig.load(config, strategy=strategy, beta=beta, nll_weight=nll_weight, **common)
     files = {task: path for task, path in (("und", und), ("gen", gen)) if path is not None}
     for task, path in files.items():
         check_pair_file(path, task)  # a malformed row fails before the model loads

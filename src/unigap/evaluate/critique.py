@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from PIL import Image
 from scipy.stats import rankdata
 
-from unigap.evaluate.progress import map_batches
+from unigap.evaluate.progress import map_items
 from unigap.evaluate.stats import summarize, summarize_grouped
 from unigap.world import CATEGORIES, Geometry, diff, is_valid_fix, parse_prompt, parse_reflection, verify
 
@@ -74,11 +74,10 @@ def reflect_on(
     """One reflection record per generated image of a ShapeWorld prompt (same order as `records`; the verifier grades
     reflections, so free-text prompts are left out)."""
     items = [(image, record) for image, record in zip(images, records, strict=True) if record["verified"] is not None]
-    texts = map_batches(items, batch_size, lambda _, chunk: um.reflect([image for image, _ in chunk],
-                                                                       [record["prompt"] for _, record in chunk]),
-                        "reflection", progress)
-    return [_read_reflection(image, record, text)
-            for (image, record), text in zip(items, [t for chunk in texts for t in chunk], strict=True)]
+    texts = map_items(items, batch_size, lambda _, chunk: um.reflect([image for image, _ in chunk],
+                                                                     [record["prompt"] for _, record in chunk]),
+                      "reflection", progress)
+    return [_read_reflection(image, record, text) for (image, record), text in zip(items, texts, strict=True)]
 
 
 def _read_reflection(image: Image.Image, record: dict[str, Any], text: str) -> dict[str, Any]:

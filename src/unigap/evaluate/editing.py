@@ -18,7 +18,7 @@ from PIL import Image
 
 from unigap.evaluate.data import held_out_pairs
 from unigap.evaluate.generation import batch_seed
-from unigap.evaluate.progress import map_batches
+from unigap.evaluate.progress import map_items
 from unigap.evaluate.stats import summarize_grouped
 from unigap.world import CATEGORIES, EDIT_KINDS, break_scene, parse_instruction, reflection_answer, render, verify
 
@@ -63,7 +63,7 @@ def edit_accuracy(
         return um.decode_tokens(um.edit([it["image"] for it in chunk], [it["instruction"] for it in chunk],
                                         cfg_scale=cfg_scale, temperature=temperature, seed=batch_seed(seed, index)))
 
-    edited = [image for images in map_batches(items, batch_size, batch, "editing", progress) for image in images]
+    edited = map_items(items, batch_size, batch, "editing", progress)
     records = []
     for item, image in zip(items, edited, strict=True):
         verdict = verify(image, item["spec"], canvas=image.size[0])

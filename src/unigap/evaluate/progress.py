@@ -46,3 +46,9 @@ def map_batches(items: Sequence[T], batch_size: int, fn: Callable[[int, list[T]]
             results += done
             update(sum(len(chunk) for chunk in chunks[: len(results)]))
     return results
+
+
+def map_items(items: Sequence[T], batch_size: int, fn: Callable[[int, list[T]], Sequence[R]], description: str,
+              show: bool = True) -> list[R]:
+    """`map_batches` for a batch function that returns one result per item: the results, one per item, in order."""
+    return [result for chunk in map_batches(items, batch_size, fn, description, show) for result in chunk]

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from unigap.evaluate.data import held_out_pairs
-from unigap.evaluate.progress import map_batches
+from unigap.evaluate.progress import map_items
 from unigap.evaluate.stats import summarize_grouped
 from unigap.data.understanding import UserItem
 from unigap.evaluate.vqa import vqa_score
@@ -79,7 +79,7 @@ def answer_items(
         return um.answer([it.image for it in chunk], [it.question.text for it in chunk],
                          max_new_tokens=max_new_tokens, temperature=0.0)
 
-    answers = [given for chunk in map_batches(items, batch_size, batch, "understanding", progress) for given in chunk]
+    answers = map_items(items, batch_size, batch, "understanding", progress)
     records = []
     for item, given in zip(items, answers, strict=True):
         records.append(

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from unigap.evaluate.data import held_out_pairs
-from unigap.evaluate.progress import map_batches
+from unigap.evaluate.progress import map_items
 from unigap.evaluate.stats import summarize
 from unigap.world import render, verify
 
@@ -34,5 +34,4 @@ def vq_fidelity(
                 for (spec, _), image in zip(chunk, decoded, strict=True)]
 
     pairs = held_out_pairs(n, seed, data_seed, split=split)
-    accepted = map_batches(pairs, batch_size, batch, "VQ reconstructions", progress)
-    return summarize([verdict for chunk in accepted for verdict in chunk], "accuracy")
+    return summarize(map_items(pairs, batch_size, batch, "VQ reconstructions", progress), "accuracy")

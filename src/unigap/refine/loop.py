@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from unigap.evaluate.generation import batch_seed
-from unigap.evaluate.progress import map_batches
+from unigap.evaluate.progress import map_items
 from unigap.world import Geometry, PromptSpec, parse_reflection, reflection_answer, verify
 
 REFLECTORS: tuple[str, ...] = ("self", "oracle")
@@ -131,15 +131,15 @@ def _generate(um: Refinable, trajectories: Sequence[Trajectory], seed: int, roun
         return um.decode_tokens(um.generate_images([t.spec.text for t in chunk], 1, cfg_scale, temperature,
                                                    batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index)))
 
-    _record(trajectories, _flat(map_batches(trajectories, batch_size, batch, "round 0: generate", progress)))
+    _record(trajectories, map_items(trajectories, batch_size, batch, "round 0: generate", progress))
 
 
 def _reflect(um: Refinable, active: Sequence[Trajectory], reflector: str, batch_size: int, progress: bool) -> list[str]:
     if reflector == "oracle":
         return [oracle_reflection(t.images[-1], t.spec) for t in active]
-    return _flat(map_batches(active, batch_size, lambda _, chunk: um.reflect([t.images[-1] for t in chunk],
-                                                                            [t.spec.text for t in chunk]),
-                             "reflect", progress))
+    return map_items(active, batch_size, lambda _, chunk: um.reflect([t.images[-1] for t in chunk],
+                                                                    [t.spec.text for t in chunk]),
+                     "reflect", progress)
 
 
 def _refine(um: Refinable, refining: Sequence[tuple[Trajectory, str]], mode: str, seed: int, round_: int,
@@ -154,12 +154,8 @@ def _refine(um: Refinable, refining: Sequence[tuple[Trajectory, str]], mode: str
                                         temperature, sample_seed)
         return um.decode_tokens(tokens)
 
-    images = _flat(map_batches(refining, batch_size, batch, f"round {round_}: {mode}", progress))
+    images = map_items(refining, batch_size, batch, f"round {round_}: {mode}", progress)
     _record([t for t, _ in refining], images)
-
-
-def _flat(chunks: Sequence[Sequence[Any]]) -> list[Any]:
-    return [item for chunk in chunks for item in chunk]
 
 
 def _record(trajectories: Sequence[Trajectory], images: Sequence[Image.Image]) -> None:

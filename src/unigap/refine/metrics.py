@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from unigap.evaluate.generation import batch_seed, self_p_yes
-from unigap.evaluate.progress import map_batches
+from unigap.evaluate.progress import map_items
 from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped
 from unigap.refine.loop import Refinable, Trajectory
 from unigap.world import CATEGORIES, PromptSpec, verify
@@ -101,8 +101,7 @@ def best_of_n_images(
         p_yes = torch.tensor(self_p_yes(um, images, [s.text for s in chunk for _ in range(n)])).view(len(chunk), n)
         return [images[row * n + int(p_yes[row].argmax())] for row in range(len(chunk))]
 
-    chosen = map_batches(specs, max(1, batch_size // n), batch, f"best of {n}", progress)
-    return [image for images in chosen for image in images]
+    return map_items(specs, max(1, batch_size // n), batch, f"best of {n}", progress)
 
 
 def best_of_n(

@@ -139,6 +139,42 @@ def losses_plot(study: Study, path: Path) -> Path:
     return _save(figure, path)
 
 
+def _shift(runs: Sequence[MethodRun], task: str, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """log π − log π_ref of a task's chosen or rejected sequences per step, averaged over seeds."""
+    steps, policy = _seed_mean(runs, f"{task}_{side}_logp")
+    ref_steps, ref = _seed_mean(runs, f"{task}_{side}_ref_logp")
+    if len(steps) == 0 or not np.array_equal(steps, ref_steps):
+        return np.array([]), np.array([])
+    return steps, policy - ref
+
+
+def logps_plot(study: Study, path: Path) -> Path:
+    """Chosen (solid) and rejected (dashed) log-prob against the reference's, per task, one panel per arm: where
+    DPO's loss falls because the chosen rise (healthy) or only because the rejected fall (over-optimisation)."""
+    methods = [m for m in _trained(study) if any(len(_shift(study.of(m), t, "chosen")[0]) for t in ("und", "gen"))]
+    cols = min(3, max(1, len(methods)))
+    rows = max(1, -(-len(methods) // cols))
+    figure = Figure(figsize=(3.6 * cols, 2.8 * rows))
+    axes = figure.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    for ax, method in zip(axes, methods, strict=False):
+        for task, colour in (("und", "tab:blue"), ("gen", "tab:red")):
+            for side, style in (("chosen", "-"), ("rejected", "--")):
+                steps, values = _shift(study.of(method), task, side)
+                if len(steps):
+                    ax.plot(*_smooth(steps, values), color=colour, linestyle=style, label=f"{task} {side}")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(method, fontsize="medium")
+    for ax in axes[len(methods) :]:
+        ax.set_visible(False)
+    for ax in axes[::cols]:
+        ax.set_ylabel("log π − log π_ref (nats)")
+    for ax in axes[-cols:]:
+        ax.set_xlabel("step")
+    if methods:
+        axes[0].legend(fontsize="small")
+    return _save(figure, path)
+
+
 def weights_plot(study: Study, path: Path) -> Path:
     """w_U (solid) and w_G (dashed) vs step per strategy, averaged over seeds."""
     figure = Figure(figsize=(8.5, 4.5))
@@ -229,6 +265,16 @@ def write_figures(study: Study, results: dict[str, Any], directory: str | Path) 
                 "Training dynamics: per-task DPO loss",
                 f"Mean over seeds, moving average over up to {SMOOTH} steps. The dashed line is ln 2 ≈ {LN2:.3f}: "
                 "a loss that stays there carries no preference signal.",
+            )
+        )
+        plots.append(
+            Plot(
+                logps_plot(study, directory / "logps.png"),
+                "Training dynamics: chosen and rejected log-probability against the reference",
+                "log π − log π_ref per sequence (TRL's logps/chosen − ref_logps/chosen, and the same for the rejected), "
+                "mean over seeds, moving average. Healthy DPO raises the chosen (solid) above 0; a chosen line that "
+                "falls below 0 while the loss goes to 0 is over-optimisation: only the rejected (dashed) were pushed "
+                "down.",
             )
         )
         plots.append(

@@ -61,6 +61,10 @@ LOG_SERIES: dict[str, tuple[str, ...]] = {
     "und_chosen_ref_logp": ("und/ref_logps/chosen",),
     "gen_chosen_logp": ("gen/logps/chosen",),
     "gen_chosen_ref_logp": ("gen/ref_logps/chosen",),
+    "und_rejected_logp": ("und/logps/rejected",),
+    "und_rejected_ref_logp": ("und/ref_logps/rejected",),
+    "gen_rejected_logp": ("gen/logps/rejected",),
+    "gen_rejected_ref_logp": ("gen/ref_logps/rejected",),
 }
 OVEROPTIMISED_LOSS = LN2 / 4  # a trained task's final loss this far below ln 2 ...
 # ... while its chosen sequences became *less* likely than under the reference: over-optimisation

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from unigap import distributed
-from unigap.evaluate.progress import map_batches
+from unigap.evaluate.progress import map_items
 from unigap.selfimprove.config import SelfImproveConfig
 from unigap.selfimprove.pool import Sample
 from unigap.train.dpo import DPOOptions, GenerationPair, task_dpo_loss, with_reference
@@ -43,9 +43,8 @@ def dpo_pairs(um: Any, samples: Sequence[Sample], seed: int, cfg_scale: float | 
         accepted = [accepted[i] for i in rng.permutation(len(accepted))]
         rejected = [rejected[i] for i in rng.permutation(len(rejected))]
         pairs += [GenerationPair(a.spec.text, a.tokens, r.tokens, 0.0, 0.0) for a, r in zip(accepted, rejected)]
-    referenced = map_batches(pairs, REFERENCE_BATCH, lambda _, chunk: with_reference(um, chunk, cfg_scale),
-                             "reference log-probs", show=False)
-    return [pair for chunk in referenced for pair in chunk]  # type: ignore[misc]
+    return map_items(pairs, REFERENCE_BATCH, lambda _, chunk: with_reference(um, chunk, cfg_scale),  # type: ignore[return-value]
+                     "reference log-probs", show=False)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:

@@ -15,7 +15,7 @@ def train_strategy(runner: Any, name: str, seed: int) -> None:
     from unigap.train.trainer import DPOTrainer
 
     c = runner.config
-    settings = TrainConfig(strategy=name, steps=c.steps, lr=c.lr, beta=c.beta, seed=seed,
+    settings = TrainConfig(strategy=name, steps=c.steps, lr=c.lr, beta=c.beta, nll_weight=c.nll_weight, seed=seed,
                            checkpoint_every=min(50, c.steps))
     um = runner.model()
     trainer = DPOTrainer(um, settings, runner.pairs("und"), runner.pairs("gen"), runner.run_dir(name, seed))

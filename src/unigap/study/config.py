@@ -12,6 +12,7 @@ from typing import Any
 
 from unigap.errors import UserError
 from unigap.arms import ARMS, select
+from unigap.train.defaults import DPO_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,15 @@ class StudyConfig:
     data_seed: int = 0  # train/test partition: the model's pretraining seed
     und_pairs: int = 256
     gen_pairs: int = 128
-    gen_kind: str = "gen-real"
+    gen_kind: str = DPO_DEFAULTS.gen_kind
     und_fallback_gt: bool = False  # und pairs: the ground truth as chosen when both samples tie (weak models)
     diagnose_pairs: int = 200
     sweep_probes: int = 16
     methods: tuple[str, ...] = select(None)  # the arms (`unigap.arms`); default: the default arms
-    steps: int = 300
-    lr: float = 1e-4
-    beta: float = 0.1
+    steps: int = DPO_DEFAULTS.steps  # the DPO arms' settings: `unigap train`'s defaults unless changed here
+    lr: float = DPO_DEFAULTS.lr
+    beta: float = DPO_DEFAULTS.beta
+    nll_weight: float = DPO_DEFAULTS.nll_weight
     batch_size: int = 32
     self_prompts: int = 150  # self-improvement arms: training prompts (10 images each) and epochs
     self_epochs: int = 2
@@ -48,8 +50,8 @@ class StudyConfig:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.diagnose_pairs < 4:
             raise UserError(f"diagnose_pairs must be at least 4, got {self.diagnose_pairs}")
-        if not (self.lr > 0 and self.beta > 0):
-            raise UserError("lr and beta must be positive")
+        if not (self.lr > 0 and self.beta > 0 and self.nll_weight >= 0):
+            raise UserError("lr and beta must be positive, nll_weight >= 0")
         if self.gen_kind not in ("gen-real", "gen-model"):
             raise UserError(f"gen_kind must be gen-real or gen-model, got {self.gen_kind!r}")
         unknown = [m for m in self.methods if m not in ARMS]

@@ -1,4 +1,4 @@
-"""`TrainConfig`: every knob of a multi-task DPO run, with the SPEC §1 defaults, loadable from TOML.
+"""`TrainConfig`: every knob of a multi-task DPO run, loadable from TOML.
 
 Why a dataclass apart from the trainer (as TRL separates `DPOConfig` from `DPOTrainer`): the config is
 saved next to the adapter and into checkpoints, so a run can be reproduced or resumed, and a resumed run
@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import tomllib
 
 from unigap.errors import UserError
+from unigap.train.defaults import DPO_DEFAULTS
 from unigap.train.dpo import LOSS_TYPES, DPOOptions
 from unigap.train.names import STRATEGIES
 
@@ -24,16 +25,17 @@ C = TypeVar("C")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A multi-task DPO run (defaults: SPEC §1)."""
+    """A multi-task DPO run (steps, lr, β and the NLL weight: `unigap.train.defaults`, shared with the study; the
+    rest: SPEC §1)."""
 
     strategy: str = "joint"
-    steps: int = 1000
-    lr: float = 1e-6
-    beta: float = 0.1
+    steps: int = DPO_DEFAULTS.steps
+    lr: float = DPO_DEFAULTS.lr
+    beta: float = DPO_DEFAULTS.beta
     seed: int = 0
     loss_type: str = "sigmoid"
     length_normalize: bool = False
-    nll_weight: float = 0.0
+    nll_weight: float = DPO_DEFAULTS.nll_weight
     # generation pairs scored under CFG-mixed logits at this scale (policy and reference alike), the mixture images
     # are sampled from; 0 = conditional logits only
     gen_cfg_scale: float = 0.0

@@ -1,0 +1,241 @@
+"""`unigap tune`: choose the DPO defaults (`unigap.train.defaults`) on the validation split, as one command that
+can be rerun whenever the shipped model changes.
+
+Why: generation DPO on rendered-scene pairs over-optimises the shipped model (its loss goes to 0 while the chosen
+images become *less* likely: the rejected ones are pushed down, not the chosen pulled up), and lowers generation
+accuracy. The procedure compares what the field uses against that, side by side, on validation prompts only:
+
+* the pairs: `gen-real` (a rendered scene chosen, the model's own sample rejected) against the on-policy
+  `gen-model` (two of the model's own samples, the verifier's better one chosen);
+* RPO's NLL term on the chosen (`nll_weight`), the learning rate and β: a grid of `gen-only` DPO runs;
+* checkpoint selection (early stopping): each run's generation accuracy on the validation prompts every
+  `eval_every` steps, paired with the base model's on the same prompts and sampling seeds;
+* a KL budget: a checkpoint whose |log π − log π_ref| on the pair sequences (the trainer's `gen_kl`, a sample
+  estimate, in nats per image) exceeds `kl_budget` is not eligible.
+
+The chosen setting is the eligible (run, checkpoint) with the highest validation generation accuracy. Only
+generation DPO is tuned: understanding DPO does not move on the shipped model (docs/experiments.md), so the same
+learning rate, β and steps serve both tasks.
+
+Layout of OUT (resumable: a finished part is skipped on a rerun of the same command)::
+
+    tune.json               the settings; a rerun under other settings is refused
+    pairs/<kind>.jsonl      the generation pairs of each kind (train prompts, the base model)
+    base.json               the base model's validation records
+    runs/<run>/curve.json   one grid point: its validation curve and training diagnostics (its DPO log.jsonl beside)
+    results.json            every curve, and the chosen setting
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unigap.atomic import write_text_atomically
+from unigap.errors import UserError
+from unigap.train.defaults import TUNE_GRID
+
+GEN_KINDS = ("gen-real", "gen-model")
+LN2 = float(np.log(2))
+OVEROPTIMISED_LOSS = LN2 / 4  # as the study's report flags it: the loss this far below ln 2 while the chosen fall
+SETTINGS_FILE, BASE_FILE, RESULTS_FILE, CURVE_FILE = "tune.json", "base.json", "results.json", "curve.json"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The grid, the budget of each run, and the validation evaluation."""
+
+    model: str = "tiny"
+    kinds: tuple[str, ...] = TUNE_GRID["kinds"]
+    lrs: tuple[float, ...] = TUNE_GRID["lrs"]
+    nll_weights: tuple[float, ...] = TUNE_GRID["nll_weights"]
+    betas: tuple[float, ...] = TUNE_GRID["betas"]
+    steps: int = 300
+    eval_every: int = 50
+    n: int = 300  # validation prompts per evaluation
+    gen_pairs: int = 128
+    kl_budget: float | None = None
+    seed: int = 0  # the training seed (data order, LoRA init) and the validation sampling seed
+    data_seed: int = 0  # the train/validation partition: the model's pretraining seed
+    batch_size: int = 32  # images per sampling batch
+
+    def __post_init__(self) -> None:
+        unknown = [kind for kind in self.kinds if kind not in GEN_KINDS]
+        if unknown or not self.kinds:
+            raise UserError(f"unknown pair kind {', '.join(unknown) or '(none)'}; expected some of {', '.join(GEN_KINDS)}")
+        if not (self.lrs and self.nll_weights and self.betas):
+            raise UserError("the grid needs at least one learning rate, NLL weight and beta")
+        if min(self.lrs) <= 0 or min(self.betas) <= 0 or min(self.nll_weights) < 0:
+            raise UserError("learning rates and betas must be > 0, NLL weights >= 0")
+        for name in ("steps", "eval_every", "n", "gen_pairs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.eval_every > self.steps:
+            raise UserError(f"eval_every ({self.eval_every}) must not exceed steps ({self.steps})")
+        if self.kl_budget is not None and self.kl_budget <= 0:
+            raise UserError(f"kl_budget must be > 0, got {self.kl_budget}")
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every grid point, named for its settings."""
+        return [{"name": f"{kind}_lr{lr:g}_beta{beta:g}_nll{nll:g}", "gen_kind": kind, "lr": lr, "beta": beta,
+                 "nll_weight": nll}
+                for kind, lr, beta, nll in itertools.product(self.kinds, self.lrs, self.betas, self.nll_weights)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON reads it back (tuples as lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+def _claim(config: TuneConfig, out: Path) -> None:
+    """Write OUT/tune.json, or refuse a directory tuned under other settings (finished runs are only reusable under
+    the settings that produced them)."""
+    saved = out / SETTINGS_FILE
+    settings = config.to_dict()
+    if saved.is_file():
+        try:
+            old = json.loads(saved.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read {saved}: {exc}") from None
+        changed = [f"{key}: {old.get(key)!r} → {value!r}" for key, value in settings.items() if old.get(key) != value]
+        if changed:
+            raise UserError(f"{out} holds a tuning run under other settings ({'; '.join(changed)}); rerun with the "
+                            "same settings to resume it, or choose a new --out")
+        return
+    write_text_atomically(saved, json.dumps(settings, indent=2))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    write_text_atomically(path, json.dumps(value, indent=2))
+
+
+def _window(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [row[key] for row in rows if row.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def diagnostics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The generation DPO diagnostics of a window of log records (means): loss, the policy's shift against the
+    reference on the chosen and the rejected images, |sample KL|, and whether it over-optimises."""
+    loss = _window(rows, "gen_dpo_loss")
+    shift = {side: None if (a := _window(rows, f"gen/logps/{side}")) is None
+             or (b := _window(rows, f"gen/ref_logps/{side}")) is None else a - b for side in ("chosen", "rejected")}
+    kl = _window(rows, "gen_kl")
+    overoptimised = None if loss is None or shift["chosen"] is None else loss < OVEROPTIMISED_LOSS and shift["chosen"] < 0
+    return {"loss": loss, "chosen_shift": shift["chosen"], "rejected_shift": shift["rejected"],
+            "kl": None if kl is None else abs(kl), "overoptimised": overoptimised}
+
+
+def choose(curves: Sequence[dict[str, Any]], kl_budget: float | None) -> dict[str, Any] | None:
+    """The eligible (run, checkpoint) with the highest validation accuracy (ties: the earlier step, then the grid
+    order): within the KL budget; None when no checkpoint is."""
+    best = None
+    for curve in curves:
+        for point in curve["points"]:
+            if kl_budget is not None and (point["kl"] is None or point["kl"] > kl_budget):
+                continue
+            if best is None or point["accuracy"] > best["accuracy"]:
+                best = {**{k: curve[k] for k in ("name", "gen_kind", "lr", "beta", "nll_weight")}, **point}
+    return best
+
+
+def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Run (or resume) the procedure in `out`; returns (and writes) results.json's content."""
+    from unigap.evaluate.data import held_out_pairs
+    from unigap.evaluate.generation import generate_and_judge
+    from unigap.evaluate.stats import paired_difference
+    from unigap.model import load_model
+    from unigap.prefs.build import BuildOptions, build_preferences
+    from unigap.prefs.rows import load_pairs, write_rows
+    from unigap.train.config import TrainConfig
+    from unigap.train.trainer import DPOTrainer
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    _claim(config, out)
+    specs = [spec for spec, _ in held_out_pairs(config.n, config.seed, config.data_seed, split="val")]
+
+    def verified(um: Any) -> list[bool]:
+        um.model.eval()
+        _, records = generate_and_judge(um, specs, config.seed, config.batch_size, progress=False)
+        return [bool(r["verified"]) for r in records]
+
+    base_file = out / BASE_FILE
+    if not base_file.is_file():
+        progress("base model on the validation prompts")
+        _write_json(base_file, {"verified": verified(load_model(config.model))})
+    base = json.loads(base_file.read_text(encoding="utf-8"))["verified"]
+
+    pairs: dict[str, list[Any]] = {}
+    for kind in config.kinds:
+        path = out / "pairs" / f"{kind}.jsonl"
+        if not path.is_file():
+            progress(f"{kind} pairs")
+            options = BuildOptions(kind, config.gen_pairs, config.data_seed, config.model, batch_size=8)
+            write_rows(path, build_preferences(load_model(config.model), options))
+        pairs[kind] = load_pairs(path, "gen")
+
+    curves = []
+    for point in config.grid():
+        run_dir = out / "runs" / point["name"]
+        curve_file = run_dir / CURVE_FILE
+        if not curve_file.is_file():
+            progress(point["name"])
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run killed midway starts again: minutes, not worth resuming
+            um = load_model(config.model)
+            settings = TrainConfig(strategy="gen-only", steps=config.steps, lr=point["lr"], beta=point["beta"],
+                                   nll_weight=point["nll_weight"], seed=config.seed, checkpoint_every=config.steps)
+            trainer = DPOTrainer(um, settings, [], pairs[point["gen_kind"]], run_dir)
+            rows: list[dict[str, Any]] = []
+            points: list[dict[str, Any]] = []
+
+            def on_step(step: int, record: dict[str, Any]) -> None:
+                rows.append(record)
+                if step % config.eval_every == 0 or step == config.steps:
+                    after = verified(um)
+                    change = paired_difference(base, after)
+                    points.append({"step": step, "accuracy": float(np.mean(after)), "delta": change["delta"],
+                                   "ci95": change["ci95"], "p": change["p"],
+                                   **diagnostics(rows[-config.eval_every:])})
+                    um.model.train()
+
+            trainer.train(on_step=on_step)
+            shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)  # the log stays
+            _write_json(curve_file, {**point, "points": points})
+        curves.append(json.loads(curve_file.read_text(encoding="utf-8")))
+
+    results = {"config": config.to_dict(), "base": {"n": len(base), "accuracy": float(np.mean(base))},
+               "runs": curves, "chosen": choose(curves, config.kl_budget)}
+    _write_json(out / RESULTS_FILE, results)
+    return results
+
+
+def table(results: dict[str, Any]) -> list[list[str]]:
+    """One row per grid point at its best eligible checkpoint, and the base: for a printed or Markdown table."""
+    def fmt(value: float | None, digits: int = 3, sign: bool = False) -> str:
+        return "–" if value is None else f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+    rows = [["base", "–", fmt(results["base"]["accuracy"]), "–", "–", "–", "–", "–", "–"]]
+    budget = results["config"]["kl_budget"]
+    for curve in results["runs"]:
+        best = choose([curve], budget)
+        final = curve["points"][-1]
+        rows.append([
+            curve["name"], "–" if best is None else str(best["step"]), "–" if best is None else fmt(best["accuracy"]),
+            "–" if best is None else fmt(best["delta"], sign=True),
+            "–" if best is None or best["p"] is None else f"{best['p']:.2g}", fmt(final["accuracy"]),
+            fmt(final["chosen_shift"], 1, True), fmt(final["rejected_shift"], 1, True),
+            "yes" if final["overoptimised"] else "no",
+        ])
+    return rows
+
+
+TABLE_HEADER = ["run", "best step", "val gen acc", "Δ vs base (paired)", "p", "final acc", "chosen Δlogp",
+                "rejected Δlogp", "over-optimised"]

@@ -1,0 +1,31 @@
+"""The DPO defaults that `unigap train` (`TrainConfig`) and `unigap study` (`StudyConfig`) share, in one place.
+
+Why a module of its own: both configs read these values, and the study's config must stay free of torch (so that
+`unigap study --help` is fast), which `TrainConfig`'s module is not. The values are `unigap tune`'s choice on the
+shipped model's validation split (the procedure and its table: docs/experiments.md); rerun it when the shipped
+model changes and copy its `chosen` settings here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DPODefaults:
+    steps: int
+    lr: float
+    beta: float
+    nll_weight: float  # RPO's NLL term on the chosen sequence (0 = plain DPO)
+    gen_kind: str  # the generation pairs the study builds: gen-real (rendered scene chosen) or gen-model (both sampled)
+
+
+DPO_DEFAULTS = DPODefaults(steps=300, lr=1e-4, beta=0.1, nll_weight=0.0, gen_kind="gen-real")
+
+# the grid `unigap tune` searches by default (pair kinds, learning rates, NLL weights, betas)
+TUNE_GRID: dict[str, tuple] = {
+    "kinds": ("gen-real", "gen-model"),
+    "lrs": (1e-5, 3e-5, 1e-4),
+    "nll_weights": (0.0, 1.0),
+    "betas": (DPO_DEFAULTS.beta,),
+}

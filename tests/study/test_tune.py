@@ -1,0 +1,110 @@
+"""`unigap tune` (choosing the DPO defaults on the validation split) and the study's over-optimisation flag on a run
+built to over-optimise."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from unigap.cli import main
+from unigap.errors import UserError
+from unigap.study import StudyConfig, run_study
+from unigap.study.config import FULL
+from unigap.study.tune import LN2, TuneConfig, choose, diagnostics, table, tune
+from unigap.train.config import TrainConfig
+from unigap.train.defaults import DPO_DEFAULTS
+
+
+@pytest.fixture(scope="module")
+def small_tune() -> TuneConfig:
+    """On the shipped model: the random test model's two samples of a prompt score alike, so no gen-model pair."""
+    return TuneConfig(model="tiny", kinds=("gen-real", "gen-model"), lrs=(3e-2,), nll_weights=(0.0,),
+                      steps=2, eval_every=1, n=4, gen_pairs=2, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory, small_tune: TuneConfig) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("tune") / "run"
+    return out, tune(small_tune, out)
+
+
+def test_every_grid_point_is_evaluated_at_each_checkpoint_against_the_base(tuned: tuple[Path, dict]) -> None:
+    out, results = tuned
+    assert json.loads((out / "results.json").read_text()) == results
+    assert [run["name"] for run in results["runs"]] == ["gen-real_lr0.03_beta0.1_nll0", "gen-model_lr0.03_beta0.1_nll0"]
+    base = results["base"]["accuracy"]
+    for run in results["runs"]:
+        assert [p["step"] for p in run["points"]] == [1, 2]
+        for point in run["points"]:
+            assert point["delta"] == pytest.approx(point["accuracy"] - base)
+            assert point["loss"] is not None and point["kl"] >= 0
+    chosen = results["chosen"]
+    assert chosen["accuracy"] == max(p["accuracy"] for run in results["runs"] for p in run["points"])
+    assert (out / "pairs" / "gen-model.jsonl").is_file() and (out / "base.json").is_file()
+    assert len(table(results)) == 1 + len(results["runs"])
+
+
+def test_a_rerun_reuses_finished_runs_and_other_settings_are_refused(tuned: tuple[Path, dict],
+                                                                    small_tune: TuneConfig) -> None:
+    out, results = tuned
+    curve = out / "runs" / results["runs"][0]["name"] / "curve.json"
+    stamp = curve.stat().st_mtime_ns
+    assert tune(small_tune, out) == results
+    assert curve.stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match="other settings.*lrs"):
+        tune(replace(small_tune, lrs=(1e-3,)), out)
+    assert json.loads((out / "tune.json").read_text())["lrs"] == [3e-2]
+
+
+def test_the_kl_budget_excludes_drifting_checkpoints() -> None:
+    curves = [{"name": "a", "gen_kind": "gen-real", "lr": 1.0, "beta": 0.1, "nll_weight": 0.0,
+               "points": [{"step": 1, "accuracy": 0.4, "kl": 1.0}, {"step": 2, "accuracy": 0.6, "kl": 30.0}]}]
+    assert choose(curves, None)["step"] == 2
+    assert choose(curves, 5.0)["step"] == 1
+    assert choose(curves, 0.5) is None
+
+
+def test_diagnostics_flag_a_loss_near_zero_with_falling_chosen() -> None:
+    rows = [{"gen_dpo_loss": 0.01, "gen_kl": -30.0, "gen/logps/chosen": -110.0, "gen/ref_logps/chosen": -100.0,
+             "gen/logps/rejected": -160.0, "gen/ref_logps/rejected": -100.0}]
+    d = diagnostics(rows)
+    assert d["overoptimised"] is True and d["chosen_shift"] == -10.0 and d["rejected_shift"] == -60.0 and d["kl"] == 30.0
+    assert diagnostics([{**rows[0], "gen_dpo_loss": LN2}])["overoptimised"] is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--lrs", "1e-4,fast"], "expected comma-separated numbers"), (["--kinds", "gen-bad"], "unknown pair kind gen-bad"),
+     (["--eval-every", "500"], "eval_every (500) must not exceed steps (300)")],
+)
+def test_the_cli_rejects_bad_settings_in_one_line(flags: list[str], message: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", *flags, "--out", str(tmp_path / "t")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_train_and_study_share_one_set_of_dpo_defaults() -> None:
+    train = TrainConfig()
+    assert (train.steps, train.lr, train.beta, train.nll_weight) == (DPO_DEFAULTS.steps, DPO_DEFAULTS.lr,
+                                                                    DPO_DEFAULTS.beta, DPO_DEFAULTS.nll_weight)
+    assert (FULL.steps, FULL.lr, FULL.beta, FULL.nll_weight, FULL.gen_kind) == (
+        DPO_DEFAULTS.steps, DPO_DEFAULTS.lr, DPO_DEFAULTS.beta, DPO_DEFAULTS.nll_weight, DPO_DEFAULTS.gen_kind)
+
+
+def test_a_run_built_to_over_optimise_is_flagged_in_the_report(small_config: StudyConfig, tmp_path: Path) -> None:
+    """gen-only DPO at a learning rate far too high: its loss reaches ~0 while the chosen images fall below the
+    reference; the report says so in words and draws the log-prob curves."""
+    config = replace(small_config, methods=("gen-only",), steps=20, lr=3e-2)
+    built = run_study(config, tmp_path / "s", show_progress=False)
+    training = built.results["training"]["gen-only"]
+    assert training["gen_overoptimised"] is True and training["gen_chosen_shift"] < 0
+    html = (tmp_path / "s" / "report.html").read_text()
+    assert "Generation DPO over-optimised in gen-only" in html
+    assert (tmp_path / "s" / "logps.png").stat().st_size > 0
