@@ -12,10 +12,8 @@ import pytest
 from unigap.cli import main
 from unigap.errors import UserError
 from unigap.study import StudyConfig, run_study
-from unigap.study.config import FULL
-from unigap.study.tune import LN2, TuneConfig, choose, diagnostics, table, tune
-from unigap.train.config import TrainConfig
-from unigap.train.defaults import DPO_DEFAULTS
+from unigap.report.reference import LN2
+from unigap.study.tune import TuneConfig, choose, diagnostics, table, tune
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +36,11 @@ def test_every_grid_point_is_evaluated_at_each_checkpoint_against_the_base(tuned
     base = results["base"]["accuracy"]
     for run in results["runs"]:
         assert [p["step"] for p in run["points"]] == [1, 2]
-        for point in run["points"]:
+        log = [json.loads(line) for line in (out / "runs" / run["name"] / "log.jsonl").read_text().splitlines()]
+        for point, row in zip(run["points"], log, strict=True):  # one step per evaluation: its own log record
             assert point["delta"] == pytest.approx(point["accuracy"] - base)
-            assert point["loss"] is not None and point["kl"] >= 0
+            assert point["loss"] == pytest.approx(row["gen_dpo_loss"])
+            assert point["chosen_shift"] == pytest.approx(row["gen/logps/chosen"] - row["gen/ref_logps/chosen"])
     chosen = results["chosen"]
     assert chosen["accuracy"] == max(p["accuracy"] for run in results["runs"] for p in run["points"])
     assert (out / "pairs" / "gen-model.jsonl").is_file() and (out / "base.json").is_file()
@@ -57,6 +57,24 @@ def test_a_rerun_reuses_finished_runs_and_other_settings_are_refused(tuned: tupl
     with pytest.raises(UserError, match="other settings.*lrs"):
         tune(replace(small_tune, lrs=(1e-3,)), out)
     assert json.loads((out / "tune.json").read_text())["lrs"] == [3e-2]
+    assert tune(replace(small_tune, kl_budget=1e-9), out)["chosen"] is None  # selection only: no run is redone
+    assert curve.stat().st_mtime_ns == stamp
+
+
+def test_evaluating_checkpoints_leaves_training_untouched(tuned: tuple[Path, dict], small_tune: TuneConfig,
+                                                          tmp_path: Path) -> None:
+    out, results = tuned
+    once = tune(replace(small_tune, kinds=("gen-real",), eval_every=2), tmp_path / "once")
+    assert [p["step"] for p in once["runs"][0]["points"]] == [2]
+    name = results["runs"][0]["name"]
+    logs = [(d / "runs" / name / "log.jsonl").read_text() for d in (out, tmp_path / "once")]
+    assert logs[0] == logs[1]
+
+
+def test_a_missing_model_fails_before_the_directory_is_claimed(small_tune: TuneConfig, tmp_path: Path) -> None:
+    with pytest.raises(UserError):
+        tune(replace(small_tune, model=str(tmp_path / "nowhere")), tmp_path / "t")
+    assert not (tmp_path / "t" / "tune.json").exists()
 
 
 def test_the_kl_budget_excludes_drifting_checkpoints() -> None:
@@ -71,7 +89,7 @@ def test_diagnostics_flag_a_loss_near_zero_with_falling_chosen() -> None:
     rows = [{"gen_dpo_loss": 0.01, "gen_kl": -30.0, "gen/logps/chosen": -110.0, "gen/ref_logps/chosen": -100.0,
              "gen/logps/rejected": -160.0, "gen/ref_logps/rejected": -100.0}]
     d = diagnostics(rows)
-    assert d["overoptimised"] is True and d["chosen_shift"] == -10.0 and d["rejected_shift"] == -60.0 and d["kl"] == 30.0
+    assert d["overoptimised"] is True and d["chosen_shift"] == -10.0 and d["rejected_shift"] == -60.0 and d["kl"] == 35.0
     assert diagnostics([{**rows[0], "gen_dpo_loss": LN2}])["overoptimised"] is False
 
 
@@ -88,14 +106,6 @@ def test_the_cli_rejects_bad_settings_in_one_line(flags: list[str], message: str
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "t").exists()
-
-
-def test_train_and_study_share_one_set_of_dpo_defaults() -> None:
-    train = TrainConfig()
-    assert (train.steps, train.lr, train.beta, train.nll_weight) == (DPO_DEFAULTS.steps, DPO_DEFAULTS.lr,
-                                                                    DPO_DEFAULTS.beta, DPO_DEFAULTS.nll_weight)
-    assert (FULL.steps, FULL.lr, FULL.beta, FULL.nll_weight, FULL.gen_kind) == (
-        DPO_DEFAULTS.steps, DPO_DEFAULTS.lr, DPO_DEFAULTS.beta, DPO_DEFAULTS.nll_weight, DPO_DEFAULTS.gen_kind)
 
 
 def test_a_run_built_to_over_optimise_is_flagged_in_the_report(small_config: StudyConfig, tmp_path: Path) -> None:

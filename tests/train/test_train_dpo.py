@@ -55,6 +55,7 @@ def test_dpo_loss_matches_formula(kind: str, per_token: bool, nll: float, beta: 
     per_token = per_token or kind == "ipo"  # IPO is always per token, as in TRL
     expected = reference_loss(beta, kind, per_token, nll)
     assert out.losses.tolist() == pytest.approx(expected, rel=1e-12)
+    assert out.preference.tolist() == pytest.approx(reference_loss(beta, kind, per_token, 0.0), rel=1e-12)
     assert float(out.loss) == pytest.approx(sum(expected) / len(expected), rel=1e-12)
     margins = [
         beta * ((pc - rc) / (nc if per_token else 1) - (pr - rr) / (nr if per_token else 1))

@@ -104,6 +104,8 @@ def tune_command(
     if chosen is None:
         typer.echo("no checkpoint is within the KL budget")
     else:
+        if chosen["delta"] <= 0:
+            typer.echo("no setting beats the base on the validation split; the best of them:")
         typer.echo(f"chosen: {chosen['gen_kind']} pairs, lr {chosen['lr']:g}, beta {chosen['beta']:g}, nll_weight "
                    f"{chosen['nll_weight']:g}, {chosen['step']} steps: validation generation {chosen['accuracy']:.3f} "
                    f"({chosen['delta']:+.3f} vs base, paired p {'–' if chosen['p'] is None else format(chosen['p'], '.2g')})")

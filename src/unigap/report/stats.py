@@ -39,7 +39,7 @@ from scipy import stats
 
 from unigap.errors import UserError
 from unigap.evaluate.stats import paired_difference
-from unigap.report.reference import LN2
+from unigap.report.reference import LN2, OVEROPTIMISED_LOSS
 from unigap.report.runs import BASE, MethodRun, Study
 from unigap.arms import ARMS
 from unigap.train.names import SINGLE_TASK
@@ -66,8 +66,6 @@ LOG_SERIES: dict[str, tuple[str, ...]] = {
     "gen_rejected_logp": ("gen/logps/rejected",),
     "gen_rejected_ref_logp": ("gen/ref_logps/rejected",),
 }
-OVEROPTIMISED_LOSS = LN2 / 4  # a trained task's final loss this far below ln 2 ...
-# ... while its chosen sequences became *less* likely than under the reference: over-optimisation
 # gradient diagnostics read from diagnostics.json: name -> path of keys
 DIAGNOSTIC_FIELDS: dict[str, tuple[str, ...]] = {
     "cos": ("inter", "cos_mean"),

@@ -10,16 +10,18 @@ accuracy. The procedure compares what the field uses against that, side by side,
 * RPO's NLL term on the chosen (`nll_weight`), the learning rate and β: a grid of `gen-only` DPO runs;
 * checkpoint selection (early stopping): each run's generation accuracy on the validation prompts every
   `eval_every` steps, paired with the base model's on the same prompts and sampling seeds;
-* a KL budget: a checkpoint whose |log π − log π_ref| on the pair sequences (the trainer's `gen_kl`, a sample
-  estimate, in nats per image) exceeds `kl_budget` is not eligible.
+* a KL budget: a checkpoint whose drift from the reference on the pair images (the mean of |log π − log π_ref| over
+  the chosen and the rejected, in nats per image, over the steps since the last evaluation) exceeds `kl_budget` is
+  not eligible.
 
-The chosen setting is the eligible (run, checkpoint) with the highest validation generation accuracy. Only
+The chosen setting is the eligible (run, checkpoint) with the highest validation generation accuracy; the report
+says plainly when even that one does not beat the base. Only
 generation DPO is tuned: understanding DPO does not move on the shipped model (docs/experiments.md), so the same
 learning rate, β and steps serve both tasks.
 
 Layout of OUT (resumable: a finished part is skipped on a rerun of the same command)::
 
-    tune.json               the settings; a rerun under other settings is refused
+    tune.json               the settings and the model's weights; a rerun under other ones is refused
     pairs/<kind>.jsonl      the generation pairs of each kind (train prompts, the base model)
     base.json               the base model's validation records
     runs/<run>/curve.json   one grid point: its validation curve and training diagnostics (its DPO log.jsonl beside)
@@ -28,6 +30,7 @@ Layout of OUT (resumable: a finished part is skipped on a rerun of the same comm
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import shutil
@@ -40,11 +43,11 @@ import numpy as np
 
 from unigap.atomic import write_text_atomically
 from unigap.errors import UserError
+from unigap.report.reference import OVEROPTIMISED_LOSS
 from unigap.train.defaults import TUNE_GRID
 
 GEN_KINDS = ("gen-real", "gen-model")
-LN2 = float(np.log(2))
-OVEROPTIMISED_LOSS = LN2 / 4  # as the study's report flags it: the loss this far below ln 2 while the chosen fall
+SELECTION_ONLY = ("kl_budget",)  # settings that only change the choice, not any run: free to change on a rerun
 SETTINGS_FILE, BASE_FILE, RESULTS_FILE, CURVE_FILE = "tune.json", "base.json", "results.json", "curve.json"
 
 
@@ -72,14 +75,14 @@ class TuneConfig:
             raise UserError(f"unknown pair kind {', '.join(unknown) or '(none)'}; expected some of {', '.join(GEN_KINDS)}")
         if not (self.lrs and self.nll_weights and self.betas):
             raise UserError("the grid needs at least one learning rate, NLL weight and beta")
-        if min(self.lrs) <= 0 or min(self.betas) <= 0 or min(self.nll_weights) < 0:
-            raise UserError("learning rates and betas must be > 0, NLL weights >= 0")
+        if not (all(v > 0 for v in (*self.lrs, *self.betas)) and all(v >= 0 for v in self.nll_weights)):
+            raise UserError("learning rates and betas must be > 0, NLL weights >= 0")  # (NaN fails both)
         for name in ("steps", "eval_every", "n", "gen_pairs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.eval_every > self.steps:
             raise UserError(f"eval_every ({self.eval_every}) must not exceed steps ({self.steps})")
-        if self.kl_budget is not None and self.kl_budget <= 0:
+        if self.kl_budget is not None and not self.kl_budget > 0:
             raise UserError(f"kl_budget must be > 0, got {self.kl_budget}")
 
     def grid(self) -> list[dict[str, Any]]:
@@ -93,11 +96,11 @@ class TuneConfig:
         return json.loads(json.dumps(asdict(self)))
 
 
-def _claim(config: TuneConfig, out: Path) -> None:
-    """Write OUT/tune.json, or refuse a directory tuned under other settings (finished runs are only reusable under
-    the settings that produced them)."""
+def _claim(config: TuneConfig, out: Path, weights: str) -> None:
+    """Write OUT/tune.json, or refuse a directory tuned under other settings or other weights (finished runs are only
+    reusable under what produced them)."""
     saved = out / SETTINGS_FILE
-    settings = config.to_dict()
+    settings = {k: v for k, v in config.to_dict().items() if k not in SELECTION_ONLY} | {"model_weights": weights}
     if saved.is_file():
         try:
             old = json.loads(saved.read_text(encoding="utf-8"))
@@ -121,20 +124,23 @@ def _window(rows: Sequence[dict[str, Any]], key: str) -> float | None:
 
 
 def diagnostics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The generation DPO diagnostics of a window of log records (means): loss, the policy's shift against the
-    reference on the chosen and the rejected images, |sample KL|, and whether it over-optimises."""
+    """The generation DPO diagnostics of a window of log records (means): the DPO loss (without the NLL term), the
+    policy's shift against the reference on the chosen and the rejected images, their mean absolute shift (the drift
+    the KL budget bounds), and whether it over-optimises."""
     loss = _window(rows, "gen_dpo_loss")
-    shift = {side: None if (a := _window(rows, f"gen/logps/{side}")) is None
-             or (b := _window(rows, f"gen/ref_logps/{side}")) is None else a - b for side in ("chosen", "rejected")}
-    kl = _window(rows, "gen_kl")
+    shifts = {side: [r[f"gen/logps/{side}"] - r[f"gen/ref_logps/{side}"] for r in rows
+                     if r.get(f"gen/logps/{side}") is not None and r.get(f"gen/ref_logps/{side}") is not None]
+              for side in ("chosen", "rejected")}
+    shift = {side: float(np.mean(values)) if values else None for side, values in shifts.items()}
+    drift = [abs(v) for values in shifts.values() for v in values]
     overoptimised = None if loss is None or shift["chosen"] is None else loss < OVEROPTIMISED_LOSS and shift["chosen"] < 0
     return {"loss": loss, "chosen_shift": shift["chosen"], "rejected_shift": shift["rejected"],
-            "kl": None if kl is None else abs(kl), "overoptimised": overoptimised}
+            "kl": float(np.mean(drift)) if drift else None, "overoptimised": overoptimised}
 
 
 def choose(curves: Sequence[dict[str, Any]], kl_budget: float | None) -> dict[str, Any] | None:
-    """The eligible (run, checkpoint) with the highest validation accuracy (ties: the earlier step, then the grid
-    order): within the KL budget; None when no checkpoint is."""
+    """The eligible (run, checkpoint) with the highest validation accuracy (ties: the first in grid order, then the
+    earlier step): within the KL budget; None when no checkpoint is. It may not beat the base: see `delta`."""
     best = None
     for curve in curves:
         for point in curve["points"]:
@@ -148,31 +154,22 @@ def choose(curves: Sequence[dict[str, Any]], kl_budget: float | None) -> dict[st
 def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Run (or resume) the procedure in `out`; returns (and writes) results.json's content."""
     from unigap.evaluate.data import held_out_pairs
-    from unigap.evaluate.generation import generate_and_judge
-    from unigap.evaluate.stats import paired_difference
     from unigap.model import load_model
+    from unigap.model.checkpoint import weights_fingerprint
+    from unigap.model.loading import resolve_checkpoint
     from unigap.prefs.build import BuildOptions, build_preferences
     from unigap.prefs.rows import load_pairs, write_rows
-    from unigap.train.config import TrainConfig
-    from unigap.train.trainer import DPOTrainer
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
-    _claim(config, out)
+    _claim(config, out, weights_fingerprint(resolve_checkpoint(config.model)))  # a mistyped --model fails first
     specs = [spec for spec, _ in held_out_pairs(config.n, config.seed, config.data_seed, split="val")]
-
-    def verified(um: Any) -> list[bool]:
-        um.model.eval()
-        _, records = generate_and_judge(um, specs, config.seed, config.batch_size, progress=False)
-        return [bool(r["verified"]) for r in records]
-
     base_file = out / BASE_FILE
     if not base_file.is_file():
         progress("base model on the validation prompts")
-        _write_json(base_file, {"verified": verified(load_model(config.model))})
+        _write_json(base_file, {"verified": _verified(load_model(config.model), specs, config)})
     base = json.loads(base_file.read_text(encoding="utf-8"))["verified"]
-
     pairs: dict[str, list[Any]] = {}
     for kind in config.kinds:
         path = out / "pairs" / f"{kind}.jsonl"
@@ -181,40 +178,60 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
             options = BuildOptions(kind, config.gen_pairs, config.data_seed, config.model, batch_size=8)
             write_rows(path, build_preferences(load_model(config.model), options))
         pairs[kind] = load_pairs(path, "gen")
-
     curves = []
     for point in config.grid():
-        run_dir = out / "runs" / point["name"]
-        curve_file = run_dir / CURVE_FILE
+        curve_file = out / "runs" / point["name"] / CURVE_FILE
         if not curve_file.is_file():
             progress(point["name"])
-            shutil.rmtree(run_dir, ignore_errors=True)  # a run killed midway starts again: minutes, not worth resuming
-            um = load_model(config.model)
-            settings = TrainConfig(strategy="gen-only", steps=config.steps, lr=point["lr"], beta=point["beta"],
-                                   nll_weight=point["nll_weight"], seed=config.seed, checkpoint_every=config.steps)
-            trainer = DPOTrainer(um, settings, [], pairs[point["gen_kind"]], run_dir)
-            rows: list[dict[str, Any]] = []
-            points: list[dict[str, Any]] = []
-
-            def on_step(step: int, record: dict[str, Any]) -> None:
-                rows.append(record)
-                if step % config.eval_every == 0 or step == config.steps:
-                    after = verified(um)
-                    change = paired_difference(base, after)
-                    points.append({"step": step, "accuracy": float(np.mean(after)), "delta": change["delta"],
-                                   "ci95": change["ci95"], "p": change["p"],
-                                   **diagnostics(rows[-config.eval_every:])})
-                    um.model.train()
-
-            trainer.train(on_step=on_step)
-            shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)  # the log stays
-            _write_json(curve_file, {**point, "points": points})
+            _write_json(curve_file, {**point, "points": _run(config, point, pairs[point["gen_kind"]], specs, base,
+                                                              curve_file.parent)})
+            gc.collect()  # the run's model and optimiser go before the next one loads
         curves.append(json.loads(curve_file.read_text(encoding="utf-8")))
-
     results = {"config": config.to_dict(), "base": {"n": len(base), "accuracy": float(np.mean(base))},
                "runs": curves, "chosen": choose(curves, config.kl_budget)}
     _write_json(out / RESULTS_FILE, results)
     return results
+
+
+def _verified(um: Any, specs: Sequence[Any], config: TuneConfig) -> list[bool]:
+    """The verifier's verdict on one image per validation prompt (the same sampling seeds for every model)."""
+    from unigap.evaluate.generation import generate_and_judge
+
+    um.model.eval()
+    _, records = generate_and_judge(um, specs, config.seed, config.batch_size, progress=False)
+    return [bool(r["verified"]) for r in records]
+
+
+def _run(config: TuneConfig, point: dict[str, Any], pairs: list[Any], specs: Sequence[Any], base: list[bool],
+         run_dir: Path) -> list[dict[str, Any]]:
+    """One grid point: gen-only DPO from scratch (a run killed midway starts again: minutes, not worth resuming),
+    evaluated every `eval_every` steps and at the end; its log.jsonl stays in `run_dir`."""
+    from unigap.evaluate.stats import paired_difference
+    from unigap.model import load_model
+    from unigap.train.config import TrainConfig
+    from unigap.train.trainer import DPOTrainer
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    um = load_model(config.model)
+    settings = TrainConfig(strategy="gen-only", steps=config.steps, lr=point["lr"], beta=point["beta"],
+                           nll_weight=point["nll_weight"], seed=config.seed, checkpoint_every=config.steps)
+    trainer = DPOTrainer(um, settings, [], pairs, run_dir)
+    window: list[dict[str, Any]] = []  # the log records since the last evaluation
+    points: list[dict[str, Any]] = []
+
+    def on_step(step: int, record: dict[str, Any]) -> None:
+        window.append(record)
+        if step % config.eval_every == 0 or step == config.steps:
+            after = _verified(um, specs, config)
+            change = paired_difference(base, after)
+            points.append({"step": step, "accuracy": float(np.mean(after)), "delta": change["delta"],
+                           "ci95": change["ci95"], "p": change["p"], **diagnostics(window)})
+            window.clear()
+            um.model.train()  # LoRA dropout back on
+
+    trainer.train(on_step=on_step)
+    shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)
+    return points
 
 
 def table(results: dict[str, Any]) -> list[list[str]]:

@@ -82,13 +82,15 @@ Pair = UnderstandingPair | GenerationPair
 
 @dataclass(frozen=True)
 class DPOOutput:
-    """Per-pair results of `dpo_loss`; `loss` is the batch mean (what is backpropagated)."""
+    """Per-pair results of `dpo_loss`; `loss` is the batch mean (what is backpropagated). `preference` is the DPO/IPO
+    term alone (without the NLL term): what 'no signal' (≈ ln 2) and over-optimisation (≈ 0) are read from."""
 
     loss: torch.Tensor
     losses: torch.Tensor
     margins: torch.Tensor
     accuracies: torch.Tensor
     kl: torch.Tensor
+    preference: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -148,11 +150,12 @@ def dpo_loss(
         chosen_ratio = chosen_ratio / chosen_tokens.to(chosen_ratio)
         rejected_ratio = rejected_ratio / rejected_tokens.to(rejected_ratio)
     h = chosen_ratio - rejected_ratio
-    losses = -F.logsigmoid(beta * h) if loss_type == "sigmoid" else (h - 1 / (2 * beta)) ** 2
+    preference = -F.logsigmoid(beta * h) if loss_type == "sigmoid" else (h - 1 / (2 * beta)) ** 2
+    losses = preference
     if nll_weight > 0:
-        losses = losses + nll_weight * (-policy_chosen / chosen_tokens.to(policy_chosen))
+        losses = preference + nll_weight * (-policy_chosen / chosen_tokens.to(policy_chosen))
     margins = (beta * h).detach()
-    return DPOOutput(losses.mean(), losses.detach(), margins, (margins > 0).float(), kl)
+    return DPOOutput(losses.mean(), losses.detach(), margins, (margins > 0).float(), kl, preference.detach())
 
 
 def _check_one_task(pairs: Sequence[Pair]) -> type:
@@ -227,7 +230,7 @@ def task_dpo_loss(um: UnifiedModel, pairs: Sequence[Pair], options: DPOOptions =
     ref_chosen = torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32)
     ref_rejected = torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)
     metrics = {
-        "dpo_loss": float(out.losses.mean()),
+        "dpo_loss": float(out.preference.mean()),  # the NLL term apart: ln 2 = no signal, 0 = separated
         "reward_margin": float(out.margins.mean()),
         "accuracy": float(out.accuracies.mean()),
         "kl": float(out.kl.mean()),
