@@ -169,9 +169,18 @@ def _p(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.2g}"
 
 
-def full_study() -> str:
-    """Every arm of `unigap study --methods p1,p2,p3,p4`: Δ vs the base per headline metric (bold: significant after
-    Bonferroni over all arms × metrics) and wall time."""
+# the README's shorter table: each family's main arms (docs/experiments.md has every arm)
+HEADLINE_ARMS = ("und-only", "gen-only", "joint", "grad-weighted", "soup-0.5", "self-curriculum-sft", "sft", "refine",
+                 "refine-oracle", "best-of-n", "refine-grpo", "und-sft", "unimrg")
+
+
+def study_headline() -> str:
+    return full_study(HEADLINE_ARMS)
+
+
+def full_study(arms: tuple[str, ...] | None = None) -> str:
+    """The arms (default: every arm) of `unigap study --methods p1,p2,p3,p4`: Δ vs the base per headline metric
+    (bold: significant after Bonferroni over all arms × metrics) and wall time."""
     result = _load(STUDY_FULL)
     families = {arm["name"]: arm.get("family", "other") for arm in result["arms"]}
     lines = ["| arm | family | Δ understanding (p) | Δ generation (p) | Δ non-unification (p) | wall (min) |",
@@ -188,6 +197,8 @@ def full_study() -> str:
         return f"{mark}{metric['delta']:+.3f}{mark} ({_p(metric['p'])})"
 
     for method in result["methods"][1:]:
+        if arms is not None and method not in arms:
+            continue
         m = result["results"][method]
         lines.append(f"| {method} | {families[method]} | {cell(m['understanding.accuracy'])} | "
                      f"{cell(m['generation.accuracy'])} | {cell(m['nonunification.score'])} | "
@@ -227,6 +238,7 @@ def dpo_tune() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
                                         "self-improvement": self_improvement, "unimrg": unimrg, "full-study": full_study,
+                                        "study-headline": study_headline,
                                         "claims": claims, "dpo-tune": dpo_tune}
 # a table's body never holds "<!-- ", so an empty table cannot swallow the text up to the next table's end
 PATTERN = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>(?:(?!<!-- ).)*?)\n?<!-- /table -->", re.DOTALL)

@@ -24,6 +24,11 @@ def study_command(
     steps: int | None = typer.Option(None, "--steps", help=f"DPO steps per run (default {DPO.steps}; quick 6)."),
     lr: float | None = typer.Option(None, "--lr", help=f"DPO learning rate (default {DPO.lr:g}: "
                                       "`unigap tune`'s choice for the shipped model)."),
+    beta: float | None = typer.Option(None, "--beta", help=f"DPO beta (default {DPO.beta:g})."),
+    nll_weight: float | None = typer.Option(None, "--nll-weight", help="DPO: NLL term on the chosen (RPO; default "
+                                            f"{DPO.nll_weight:g})."),
+    gen_kind: str | None = typer.Option(None, "--gen-kind", help=f"Generation pairs: gen-real | gen-model (default "
+                                        f"{DPO.gen_kind})."),
     methods: str | None = typer.Option(
         None, "--methods", help=f"Arms, comma-separated, by name or family ({', '.join(FAMILIES)}); default: the "
         f"default arms (P1; with --quick every arm). Arms: {', '.join(ARMS)}."
@@ -41,7 +46,8 @@ def study_command(
         methods = ",".join([*([methods] if methods else []), *strategy])
     preset = QUICK if quick else FULL
     config = preset.scaled(
-        model=model, seeds=seeds, n=n, steps=steps, lr=lr, methods=select(methods) if methods else None
+        model=model, seeds=seeds, n=n, steps=steps, lr=lr, beta=beta, nll_weight=nll_weight, gen_kind=gen_kind,
+        methods=select(methods) if methods else None,
     )
     from dataclasses import asdict
 

@@ -25,7 +25,7 @@ from unigap.report.stats import METRICS
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d2330;
        background: #fff; line-height: 1.45; }
-main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; }
+main { max-width: 1360px; margin: 0 auto; padding: 24px 28px 48px; }
 h1 { font-size: 1.7em; margin: 0 0 4px; }
 h2 { font-size: 1.25em; margin: 32px 0 8px; border-bottom: 2px solid #e3e6ec; padding-bottom: 4px; }
 p.lead { color: #566074; margin: 0 0 12px; }

@@ -20,7 +20,7 @@ class DPODefaults:
     gen_kind: str  # the generation pairs the study builds: gen-real (rendered scene chosen) or gen-model (both sampled)
 
 
-DPO_DEFAULTS = DPODefaults(steps=300, lr=1e-4, beta=0.1, nll_weight=0.0, gen_kind="gen-real")
+DPO_DEFAULTS = DPODefaults(steps=150, lr=3e-5, beta=0.1, nll_weight=0.0, gen_kind="gen-model")
 
 # the grid `unigap tune` searches by default (pair kinds, learning rates, NLL weights, betas)
 TUNE_GRID: dict[str, tuple] = {
