@@ -38,6 +38,7 @@ def test_build_report_writes_every_file(built):
         REPORT_HTML,
         "tradeoff.png",
         "losses.png",
+        "logps.png",
         "weights.png",
         "gradients-base.png",
     } <= names
@@ -56,7 +57,7 @@ def test_html_is_self_contained(html):
     assert "<script" not in html.lower()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html, re.IGNORECASE)
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(uris) == 4
+    assert len(uris) == 5  # trade-off, losses, log-probs, weights, gradients
     assert all(base64.b64decode(uri).startswith(PNG_SIGNATURE) for uri in uris)
 
 

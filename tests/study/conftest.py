@@ -20,9 +20,11 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_config(tiny_dir: Path) -> StudyConfig:
-    """Every stage at its smallest: 2 seeds, the two single-task strategies (so soups and oracle run) + PCGrad."""
+    """Every stage at its smallest: 2 seeds, the two single-task strategies (so soups and oracle run) + PCGrad.
+    Rendered-scene generation pairs: the random test model's two samples of a prompt score alike (no gen-model pair)."""
     return StudyConfig(
-        model=str(tiny_dir), seeds=2, n=3, und_pairs=4, gen_pairs=4, und_fallback_gt=True, diagnose_pairs=4,
+        model=str(tiny_dir), seeds=2, n=3, und_pairs=4, gen_pairs=4, gen_kind="gen-real", und_fallback_gt=True,
+        diagnose_pairs=4,
         sweep_probes=0, methods=("und-only", "gen-only", "pcgrad"), steps=2, batch_size=8,
     )  # fmt: skip
 
