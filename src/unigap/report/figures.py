@@ -7,7 +7,7 @@ report builds on a headless machine; each file is written atomically (temporary 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,28 +115,37 @@ def _trained(study: Study) -> list[str]:
             and (m not in ARMS or ARMS[m].family == "p1")]
 
 
+def _panels(methods: Sequence[str], path: Path, ylabel: str, draw: Callable[[Axes, str], None], sharey: bool) -> Path:
+    """One panel per method (three to a row, sharing the step axis), each drawn by `draw(ax, method)`."""
+    cols = min(3, max(1, len(methods)))
+    rows = max(1, -(-len(methods) // cols))
+    figure = Figure(figsize=(3.6 * cols, 2.8 * rows))
+    axes = figure.subplots(rows, cols, sharex=True, sharey=sharey, squeeze=False).ravel()
+    for ax, method in zip(axes, methods, strict=False):
+        draw(ax, method)
+        ax.set_title(method, fontsize="medium")
+    for ax in axes[len(methods) :]:
+        ax.set_visible(False)
+    for ax in axes[::cols]:
+        ax.set_ylabel(ylabel)
+    for ax in axes[-cols:]:
+        ax.set_xlabel("step")
+    if methods:
+        axes[0].legend(fontsize="small")
+    return _save(figure, path)
+
+
 def losses_plot(study: Study, path: Path) -> Path:
     """Per-task DPO loss vs step, one panel per strategy, with the ln 2 'no signal' line."""
-    methods = _trained(study)
-    cols = min(3, len(methods))
-    rows = -(-len(methods) // cols)
-    figure = Figure(figsize=(3.6 * cols, 2.8 * rows))
-    axes = figure.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
-    for ax, method in zip(axes, methods, strict=False):
+
+    def draw(ax: Axes, method: str) -> None:
         for task, colour in (("und", "tab:blue"), ("gen", "tab:red")):
             steps, values = _seed_mean(study.of(method), f"{task}_loss")
             if len(steps):
                 ax.plot(*_smooth(steps, values), color=colour, label=f"{task} loss")
         ax.axhline(LN2, color="black", linestyle="--", linewidth=0.8, label="ln 2")
-        ax.set_title(method, fontsize="medium")
-    for ax in axes[len(methods) :]:
-        ax.set_visible(False)
-    for ax in axes[::cols]:
-        ax.set_ylabel("DPO loss")
-    for ax in axes[-cols:]:
-        ax.set_xlabel("step")
-    axes[0].legend(fontsize="small")
-    return _save(figure, path)
+
+    return _panels(_trained(study), path, "DPO loss", draw, sharey=True)
 
 
 def _shift(runs: Sequence[MethodRun], task: str, side: str) -> tuple[np.ndarray, np.ndarray]:
@@ -151,28 +160,17 @@ def _shift(runs: Sequence[MethodRun], task: str, side: str) -> tuple[np.ndarray,
 def logps_plot(study: Study, path: Path) -> Path:
     """Chosen (solid) and rejected (dashed) log-prob against the reference's, per task, one panel per arm: where
     DPO's loss falls because the chosen rise (healthy) or only because the rejected fall (over-optimisation)."""
-    methods = [m for m in _trained(study) if any(len(_shift(study.of(m), t, "chosen")[0]) for t in ("und", "gen"))]
-    cols = min(3, max(1, len(methods)))
-    rows = max(1, -(-len(methods) // cols))
-    figure = Figure(figsize=(3.6 * cols, 2.8 * rows))
-    axes = figure.subplots(rows, cols, sharex=True, squeeze=False).ravel()
-    for ax, method in zip(axes, methods, strict=False):
+
+    def draw(ax: Axes, method: str) -> None:
         for task, colour in (("und", "tab:blue"), ("gen", "tab:red")):
             for side, style in (("chosen", "-"), ("rejected", "--")):
                 steps, values = _shift(study.of(method), task, side)
                 if len(steps):
                     ax.plot(*_smooth(steps, values), color=colour, linestyle=style, label=f"{task} {side}")
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_title(method, fontsize="medium")
-    for ax in axes[len(methods) :]:
-        ax.set_visible(False)
-    for ax in axes[::cols]:
-        ax.set_ylabel("log π − log π_ref (nats)")
-    for ax in axes[-cols:]:
-        ax.set_xlabel("step")
-    if methods:
-        axes[0].legend(fontsize="small")
-    return _save(figure, path)
+
+    methods = [m for m in _trained(study) if any(len(_shift(study.of(m), t, "chosen")[0]) for t in ("und", "gen"))]
+    return _panels(methods, path, "log π − log π_ref (nats)", draw, sharey=False)
 
 
 def weights_plot(study: Study, path: Path) -> Path:
