@@ -206,7 +206,8 @@ def full_study(arms: tuple[str, ...] | None = None) -> str:
     seeds, n = len(result["seeds"]), result["config"].get("n")
     return "\n".join(lines) + (f"\n\n{seeds} seeds × {n} held-out items; Welch against the base, bold: significant "
                                f"after Bonferroni over all {result['bonferroni']['tests']} tests (arms × metrics); "
-                               f"every job of the study took {result['jobs_seconds'] / 3600:.1f} h.")
+                               f"wall: an arm's minutes summed over its seeds; all jobs together "
+                               f"{result['jobs_seconds'] / 3600:.1f} h.")
 
 
 def claims() -> str:

@@ -26,7 +26,7 @@ C = TypeVar("C")
 @dataclass(frozen=True)
 class TrainConfig:
     """A multi-task DPO run (steps, lr, β and the NLL weight: `unigap.train.defaults`, shared with the study; the
-    rest: SPEC §1)."""
+    rest: the multi-task DPO paper's settings, arXiv 2603.17044)."""
 
     strategy: str = "joint"
     steps: int = DPO_DEFAULTS.steps

@@ -3,7 +3,8 @@
 Why a module of its own: both configs read these values, and the study's config must stay free of torch (so that
 `unigap study --help` is fast), which `TrainConfig`'s module is not. The values are `unigap tune`'s choice on the
 shipped model's validation split (the procedure and its table: docs/experiments.md); rerun it when the shipped
-model changes and copy its `chosen` settings here.
+model changes and copy its `chosen` settings here (the chosen step is a checkpoint of a longer cosine schedule:
+confirm it with a run of exactly that many steps, `unigap tune --steps N`, as was done for these).
 """
 
 from __future__ import annotations
