@@ -136,3 +136,14 @@ def test_sft_with_both_tasks(janus_pro: Path, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1] and {"und/loss", "gen/loss"} <= set(rows[0])
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_tune_runs_on_janus_pro_geometry(janus_pro: Path, tmp_path: Path) -> None:
+    """`unigap tune` on 576-token images: rendered-scene pairs (a random model's two samples score alike, so no
+    gen-model pair), checkpoints judged at 384 px against the base."""
+    out = tmp_path / "tune"
+    _run("tune", "--model", str(janus_pro), "--kinds", "gen-real", "--lrs", "1e-3", "--nll-weights", "0", "--steps",
+         "2", "--eval-every", "1", "--n", "2", "--pairs", "1", "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    assert results["base"]["n"] == 2 and [p["step"] for p in results["runs"][0]["points"]] == [1, 2]
+    assert results["chosen"] is not None and results["chosen"]["step"] in (1, 2)
