@@ -18,6 +18,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ TINY = ROOT / "src" / "unigap" / "assets" / "tiny"
 EVAL = ROOT / "docs" / "results" / "tiny_eval.json"
 BENCH = ROOT / "benchmarks" / "results"
 DPO_TUNE = ROOT / "docs" / "results" / "dpo_tune.json"
+DPO_TUNE_N1000 = [ROOT / "docs" / "results" / f"dpo_tune_n1000{part}.json" for part in ("", "_cfg", "_bs8")]
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -222,16 +224,23 @@ def claims() -> str:
     return "\n".join(lines)
 
 
-def dpo_tune() -> str:
-    """`unigap tune`'s grid on the validation split: each run at its best checkpoint, and the chosen setting."""
-    from unigap.study.tune import TABLE_HEADER, table
+def dpo_tune(*paths: Path) -> str:
+    """`unigap tune`'s grids on the validation split (several runs of it on the same prompts: one table, each grid
+    point once): each run at its best checkpoint, and the best of them all."""
+    from unigap.study.tune import TABLE_HEADER, choose, table
 
-    result = _load(DPO_TUNE)
+    results = [_load(path) for path in paths]
+    c, curves, seen = results[0]["config"], [], set()
+    for result in results:
+        if (result["config"]["n"], result["config"]["seed"], result["base"]) != (c["n"], c["seed"], results[0]["base"]):
+            raise SystemExit(f"{', '.join(map(str, paths))} were not tuned on the same validation prompts")
+        curves += [curve for curve in result["runs"] if not (curve["name"] in seen or seen.add(curve["name"]))]
+    merged = {**results[0], "runs": curves, "chosen": choose(curves, c["kl_budget"])}
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in table(result)]
-    c, chosen = result["config"], result["chosen"]
+    lines += ["| " + " | ".join(row) + " |" for row in table(merged)]
+    chosen = merged["chosen"]
     pick = ("no checkpoint within the KL budget" if chosen is None else
-            f"chosen: `{chosen['name']}` at step {chosen['step']} ({chosen['accuracy']:.3f}, {chosen['delta']:+.3f} vs "
+            f"{'chosen' if len(paths) == 1 else 'best of them all'}: `{chosen['name']}` at step {chosen['step']} ({chosen['accuracy']:.3f}, {chosen['delta']:+.3f} vs "
             f"the base, paired p {_p(chosen['p'])})")
     return "\n".join(lines) + (f"\n\nn = {c['n']} validation prompts, seed {c['seed']}, {c['gen_pairs']} pairs per kind, "
                                f"evaluated every {c['eval_every']} of {c['steps']} steps; {pick}.")
@@ -240,7 +249,8 @@ def dpo_tune() -> str:
 TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
                                         "self-improvement": self_improvement, "unimrg": unimrg, "full-study": full_study,
                                         "study-headline": study_headline,
-                                        "claims": claims, "dpo-tune": dpo_tune}
+                                        "claims": claims, "dpo-tune": partial(dpo_tune, DPO_TUNE),
+                                        "dpo-tune-n1000": partial(dpo_tune, *DPO_TUNE_N1000)}
 # a table's body never holds "<!-- ", so an empty table cannot swallow the text up to the next table's end
 PATTERN = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>(?:(?!<!-- ).)*?)\n?<!-- /table -->", re.DOTALL)
 

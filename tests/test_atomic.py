@@ -20,3 +20,16 @@ def test_claim_settings_accepts_a_setting_added_since_at_its_default(tmp_path) -
         claim_settings(path, {"n": 3, "judge": "clip:/x"}, "refine", {"judge": "verifier"})
     with pytest.raises(UserError, match="other settings"):
         claim_settings(path, {"n": 4}, "refine", {"n": 4})  # a setting the run had is always compared
+
+
+def test_claim_settings_names_each_difference_and_refuses_what_it_cannot_use(tmp_path) -> None:
+    path = tmp_path / "run" / "settings.json"
+    claim_settings(path, {"n": 3, "lr": 1e-4}, "study")
+    with pytest.raises(UserError, match=r"holds a study run under other settings \(lr: 0.0001 → 0.001; n: 3 → 4\)"):
+        claim_settings(path, {"n": 4, "lr": 1e-3}, "study")
+    path.write_text("{half")
+    with pytest.raises(UserError, match="cannot read"):
+        claim_settings(path, {"n": 3}, "study")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        claim_settings(tmp_path / "file" / "settings.json", {"n": 3}, "study")

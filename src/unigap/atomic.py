@@ -56,18 +56,34 @@ def cached_json(path: str | os.PathLike, make: Callable[[], Any], write: bool = 
     return value
 
 
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable `key: saved → current` for every setting that differs."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {json.dumps(saved.get(k))} → {json.dumps(current.get(k))}" for k in keys
+            if saved.get(k) != current.get(k)]
+
+
 def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
                    defaults: dict[str, Any] | None = None, write: bool = True) -> None:
     """Write a run's settings to `path` (unless `write` is False: a data-parallel process other than the one that
-    writes), or refuse (`UserError`) to continue a `what` run made under others. A setting absent from the saved ones
-    (added since) counts as equal when it has its value in `defaults`."""
+    writes), or refuse (`UserError` naming each difference) to continue a `what` run made under others, since its
+    finished parts are only reusable under what produced them. A setting absent from the saved ones (added since)
+    counts as equal when it has its value in `defaults`."""
     path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"--out {path.parent} is a file, not a directory")
     if path.is_file():
-        saved, defaults = json.loads(path.read_text()), defaults or {}
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+        defaults = defaults or {}
         added = {k for k, v in settings.items() if k not in saved and k in defaults and defaults[k] == v}
-        if saved != {k: v for k, v in settings.items() if k not in added}:
-            raise UserError(f"{path.parent} holds a {what} run with other settings; use a new --out")
-    if write:
+        changed = config_differences(saved, {k: v for k, v in settings.items() if k not in added})
+        if changed:
+            raise UserError(f"{path.parent} holds a {what} run under other settings ({'; '.join(changed)}); rerun "
+                            "with the same settings to resume it, or choose a new --out")
+    if write:  # (again on a resume: a setting added since is recorded)
         write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
 
 

@@ -72,6 +72,19 @@ def test_evaluating_checkpoints_leaves_training_untouched(tuned: tuple[Path, dic
     assert logs[0] == logs[1]
 
 
+def test_a_cfg_grid_point_scores_its_references_under_cfg(tuned: tuple[Path, dict], small_tune: TuneConfig,
+                                                          tmp_path: Path) -> None:
+    """`--cfg-scales 5` reaches the trainer, which rescores the stored (conditional-only) references under CFG."""
+    out, results = tuned
+    cfg = tune(replace(small_tune, kinds=("gen-real",), cfg_scales=(5.0,), eval_every=2), tmp_path / "cfg")
+    name = cfg["runs"][0]["name"]
+    assert name == "gen-real_lr0.03_beta0.1_nll0_cfg5" and cfg["chosen"]["gen_cfg_scale"] == 5.0
+    assert json.loads((tmp_path / "cfg" / "runs" / name / "train_config.json").read_text())["gen_cfg_scale"] == 5.0
+    first = [json.loads((d / "runs" / n / "log.jsonl").read_text().splitlines()[0])
+             for d, n in ((out, results["runs"][0]["name"]), (tmp_path / "cfg", name))]
+    assert first[0]["gen/ref_logps/chosen"] != pytest.approx(first[1]["gen/ref_logps/chosen"])
+
+
 def test_a_missing_model_fails_before_the_directory_is_claimed(small_tune: TuneConfig, tmp_path: Path) -> None:
     with pytest.raises(UserError):
         tune(replace(small_tune, model=str(tmp_path / "nowhere")), tmp_path / "t")
@@ -97,7 +110,9 @@ def test_diagnostics_flag_a_loss_near_zero_with_falling_chosen() -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [(["--lrs", "1e-4,fast"], "expected comma-separated numbers"), (["--kinds", "gen-bad"], "unknown pair kind gen-bad"),
-     (["--eval-every", "500"], "eval_every (500) must not exceed steps (300)")],
+     (["--eval-every", "500"], "eval_every (500) must not exceed steps (300)"),
+     (["--pairs-per-step", "2.5"], "expected comma-separated whole numbers"),
+     (["--pairs-per-step", "0"], "pairs per step must be positive integers, got 0")],
 )
 def test_the_cli_rejects_bad_settings_in_one_line(flags: list[str], message: str, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -110,7 +110,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_dir: Path, pairs, 
 
 def test_resume_refuses_changed_settings(tiny_dir: Path, pairs, tmp_path: Path) -> None:
     run(tiny_dir, pairs, tmp_path, config(steps=2))
-    with pytest.raises(UserError, match="lr: 0.001 -> 0.01"):
+    with pytest.raises(UserError, match="lr: 0.001 → 0.01"):
         run(tiny_dir, pairs, tmp_path, config(steps=2, lr=1e-2), resume=True)
 
 

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from unigap.arms import ARMS, FAMILIES
 from unigap.train.defaults import DPO_DEFAULTS as DPO
-from unigap.train.defaults import TUNE_GRID
+from unigap.train.defaults import TUNE_GRID, TUNE_RUN
 
 
 def study_command(
@@ -65,11 +65,12 @@ def _listed(values: tuple) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
-def _numbers(text: str, flag: str) -> tuple[float, ...]:
+def _numbers(text: str, flag: str, cast: type = float) -> tuple:
     try:
-        return tuple(float(part) for part in text.split(","))
+        return tuple(cast(part) for part in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=flag) from None
+        what = "whole numbers" if cast is int else "numbers"
+        raise typer.BadParameter(f"expected comma-separated {what}, got {text!r}", param_hint=flag) from None
 
 
 def tune_command(
@@ -79,25 +80,32 @@ def tune_command(
     nll_weights: str = typer.Option(_listed(TUNE_GRID["nll_weights"]), "--nll-weights",
                                     help="RPO NLL weights on the chosen, comma-separated."),
     betas: str = typer.Option(_listed(TUNE_GRID["betas"]), "--betas", help="DPO betas, comma-separated."),
-    steps: int = typer.Option(300, "--steps", help="DPO steps per run."),
-    eval_every: int = typer.Option(50, "--eval-every", help="Validation evaluation (checkpoint selection) every K steps."),
-    n: int = typer.Option(300, "--n", help="Validation prompts per evaluation."),
-    pairs: int = typer.Option(128, "--pairs", help="Generation pairs per kind (train prompts)."),
+    cfg_scales: str = typer.Option(_listed(TUNE_GRID["cfg_scales"]), "--cfg-scales",
+                                   help="CFG scales the generation log-probs are scored under (0: conditional only)."),
+    pair_batches: str = typer.Option(_listed(TUNE_GRID["pair_batches"]), "--pairs-per-step",
+                                     help="Pairs per optimiser step, comma-separated."),
+    steps: int = typer.Option(TUNE_RUN["steps"], "--steps", help="DPO steps per run."),
+    eval_every: int = typer.Option(TUNE_RUN["eval_every"], "--eval-every",
+                                   help="Validation evaluation (checkpoint selection) every K steps."),
+    n: int = typer.Option(TUNE_RUN["n"], "--n", help="Validation prompts per evaluation."),
+    pairs: int = typer.Option(TUNE_RUN["gen_pairs"], "--pairs", help="Generation pairs per kind (train prompts)."),
     kl_budget: float | None = typer.Option(None, "--kl-budget", help="Checkpoints whose |sample KL| to the reference "
                                            "(nats per image) exceeds this are not eligible."),
     seed: int = typer.Option(0, "--seed", help="Training and validation sampling seed."),
     out: Path = typer.Option(Path("runs/tune"), "--out", help="Output directory; rerun the same command to resume."),
 ) -> None:
     """Choose the DPO defaults on the validation split: a grid of gen-only DPO runs (pair kind × lr × β × NLL
-    weight), each evaluated every K steps against the base on the same validation prompts; prints the table and
-    the chosen setting, and writes OUT/results.json."""
+    weight × CFG scale of the loss × pairs per step), each evaluated every K steps against the base on the same validation prompts;
+    prints the table and the chosen setting, and writes OUT/results.json."""
     from rich.table import Table
 
     from unigap.study.tune import TABLE_HEADER, TuneConfig, table, tune
 
     config = TuneConfig(
         model=model, kinds=tuple(k.strip() for k in kinds.split(",")), lrs=_numbers(lrs, "--lrs"),
-        nll_weights=_numbers(nll_weights, "--nll-weights"), betas=_numbers(betas, "--betas"), steps=steps,
+        nll_weights=_numbers(nll_weights, "--nll-weights"), betas=_numbers(betas, "--betas"),
+        cfg_scales=_numbers(cfg_scales, "--cfg-scales"), pair_batches=_numbers(pair_batches, "--pairs-per-step", int),
+        steps=steps,
         eval_every=eval_every, n=n, gen_pairs=pairs, kl_budget=kl_budget, seed=seed,
     )  # fmt: skip
     console = Console(stderr=True)
@@ -112,7 +120,9 @@ def tune_command(
     else:
         if chosen["delta"] <= 0:
             typer.echo("no setting beats the base on the validation split; the best of them:")
+        p = "–" if chosen["p"] is None else format(chosen["p"], ".2g")
         typer.echo(f"chosen: {chosen['gen_kind']} pairs, lr {chosen['lr']:g}, beta {chosen['beta']:g}, nll_weight "
-                   f"{chosen['nll_weight']:g}, {chosen['step']} steps: validation generation {chosen['accuracy']:.3f} "
-                   f"({chosen['delta']:+.3f} vs base, paired p {'–' if chosen['p'] is None else format(chosen['p'], '.2g')})")
+                   f"{chosen['nll_weight']:g}, gen_cfg_scale {chosen['gen_cfg_scale']:g}, pairs per step "
+                   f"{chosen['batch_size']}, {chosen['step']} steps: validation generation {chosen['accuracy']:.3f} "
+                   f"({chosen['delta']:+.3f} vs base, paired p {p})")
     typer.echo(f"wrote {out / 'results.json'}")

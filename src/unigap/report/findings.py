@@ -1,5 +1,6 @@
-"""The report's findings sections: whether each paper's claim holds here (`unigap.report.claims`), and the
-answer-length probe (`unigap.study.answer_length`)."""
+"""The report's findings in plain words: whether each paper's claim holds here (`unigap.report.claims`), the
+answer-length probe (`unigap.study.answer_length`), and what generation DPO did (over-optimised, or fitted its pairs
+without raising generation)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,48 @@ def answer_length_section(results: dict[str, Any]) -> list[Any]:
             f'<p class="note">{escape(probe["finding"])} The same candidate questions in both forms; ρ over '
             f"{s['batches']} single-pair batches of the base model; und-only DPO for {s['steps']} steps at lr {s['lr']:g}, β "
             f"{s['beta']:g}, seed {s['seed']}, evaluated on the base's {s['n']} seed-{s['seed']} items.</p>"]
+
+
+def overoptimisation_note(results: dict[str, Any]) -> list[str]:
+    """The over-optimised arms in plain words (empty when none is)."""
+    flagged = {m: t for m, t in results["training"].items() if t.get("gen_overoptimised")}
+    if not flagged:
+        return []
+    worst = min(flagged.values(), key=lambda t: t["gen_chosen_shift"])
+    return [f'<p class="banner">Generation DPO over-optimised in {escape(", ".join(flagged))}: the loss fell far '
+            f"below ln 2 (to {fmt(min(t['gen_loss'] for t in flagged.values()))} at the lowest) while the chosen images "
+            f"became less likely than under the reference (by up to {fmt(-worst['gen_chosen_shift'], 1)} nats). DPO "
+            "separated the pairs by pushing the model's own samples down, not by pulling the correct images up; "
+            "expect generation to get worse, not better (lower the learning rate or steps, add the NLL term on "
+            "the chosen, or use on-policy pairs: <code>unigap tune</code>).</p>"]
+
+
+def no_gain_note(results: dict[str, Any]) -> list[str]:
+    """When no arm's generation DPO (over-optimised ones aside: see above) raised generation accuracy significantly:
+    the best of them, and whether its loss shows the pairs were fitted, so a reader sees *why* it did not help."""
+    arms = [m for m, t in results["training"].items()
+            if "gen" in t["trained"] and not t.get("gen_overoptimised") and m in results["results"]]
+    rows = {m: results["results"][m]["generation.accuracy"] for m in arms}
+    if not rows or any(r["significant"] and r["delta"] > 0 for r in rows.values()):
+        return []
+    best = max(rows, key=lambda m: rows[m]["delta"])
+    r, t = rows[best], results["training"][best]
+    paired = r.get("paired") or {}
+    test = f"paired p {fmt_p(paired['p'])}" if paired.get("p") is not None else f"p {fmt_p(r['p'])}"
+    if t.get("gen_no_signal"):
+        why = (f"its generation DPO loss stayed at ln 2 ({fmt(t['gen_loss'])}): the pairs were not separated, so "
+               "there was nothing to carry over (raise the learning rate or steps).")
+    else:
+        why = (f"it fitted its training pairs (generation DPO loss {fmt(t['gen_loss'])}, below ln 2 = {LN2:.3f}; "
+               f"chosen {fmt(t['gen_chosen_shift'], 1, True)} nats against the reference), but held-out generation "
+               "did not follow: what separates the pairs did not carry over to new prompts (compare settings on the "
+               "validation split with <code>unigap tune</code>).")
+    which = "of the arms that did not over-optimise" if len(arms) < len(
+        [m for m, t in results["training"].items() if "gen" in t["trained"]]) else "of them"
+    return [f'<p class="banner">No arm\'s generation DPO raised generation accuracy significantly. The best '
+            f"{which}, {escape(best)}: {fmt(r['delta'], signed=True)} ({test}); {why}</p>"]
+
+
+def dpo_notes(results: dict[str, Any]) -> list[str]:
+    """The plain-words notes under the DPO losses table."""
+    return overoptimisation_note(results) + no_gain_note(results)

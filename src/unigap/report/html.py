@@ -18,7 +18,7 @@ from unigap.arms import FAMILIES
 from unigap.atomic import write_atomically
 from unigap.report.cells import DASH, Safe, Significant, ci, fmt, fmt_p, table
 from unigap.report.figures import Plot
-from unigap.report.findings import answer_length_section, claims_section
+from unigap.report.findings import answer_length_section, claims_section, dpo_notes
 from unigap.report.reference import LN2, PAPER_BASE, PAPER_BONFERRONI, PAPER_FINAL, PAPER_GRADIENTS, PAPER_HEADLINE
 from unigap.report.stats import METRICS
 
@@ -199,20 +199,6 @@ def losses_table(results: dict[str, Any]) -> Safe:
     return table(headers, rows)
 
 
-def overoptimisation_note(results: dict[str, Any]) -> list[str]:
-    """The over-optimised arms in plain words (empty when none is)."""
-    flagged = {m: t for m, t in results["training"].items() if t.get("gen_overoptimised")}
-    if not flagged:
-        return []
-    worst = min(flagged.values(), key=lambda t: t["gen_chosen_shift"])
-    return [f'<p class="banner">Generation DPO over-optimised in {escape(", ".join(flagged))}: the loss fell far '
-            f"below ln 2 (to {fmt(min(t['gen_loss'] for t in flagged.values()))} at the lowest) while the chosen images "
-            f"became less likely than under the reference (by up to {fmt(-worst['gen_chosen_shift'], 1)} nats). DPO "
-            "separated the pairs by pushing the model's own samples down, not by pulling the correct images up; "
-            "expect generation to get worse, not better (lower the learning rate or steps, add the NLL term on "
-            "the chosen, or use on-policy pairs: <code>unigap tune</code>).</p>"]
-
-
 def _overoptimised(flag: bool | None) -> Safe:
     if flag is None:
         return Safe(DASH)
@@ -339,7 +325,7 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
             "fresh samples of the policy, so it is negative when training made those sequences less likely than "
             "the reference finds them (as DPO does to rejected ones).</p>"
         )
-        sections += overoptimisation_note(results)
+        sections += dpo_notes(results)
         sections += [_figure(p) for p in plots if p.path.name in ("losses.png", "logps.png", "weights.png")]
     if results["diagnostics"]:
         sections += ["<h2>Gradient diagnostics</h2>", gradients_table(results)]

@@ -7,7 +7,7 @@ under different settings is refused instead of silently mixing results.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from unigap.errors import UserError
@@ -74,15 +74,6 @@ class StudyConfig:
     def scaled(self, **changes: Any) -> StudyConfig:
         """A copy with the given fields changed (None values are left alone: unset flags)."""
         return replace(self, **{key: value for key, value in changes.items() if value is not None})
-
-    def differences(self, saved: dict[str, Any]) -> list[str]:
-        """`field: saved → now` for every setting that differs from a saved study.json."""
-        now = self.to_dict()
-        names = [f.name for f in fields(self)]
-        # a setting newer than the saved study is absent from it: the older study ran it at its default
-        defaults = FULL.to_dict()
-        old = {name: saved.get(name, defaults[name]) for name in names}
-        return [f"{name}: {old[name]!r} → {now[name]!r}" for name in names if old[name] != now[name]]
 
 
 FULL = StudyConfig()

@@ -33,11 +33,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from unigap.atomic import write_text_atomically
-from unigap.errors import UserError
+from unigap.atomic import claim_settings
 from unigap.report import BASE, BuiltReport, build_report
 from unigap.report.runs import ANSWER_LENGTH_FILE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
-from unigap.study.config import StudyConfig
+from unigap.study.config import FULL, StudyConfig
 from unigap.arms import ARMS
 
 WEIGHTS_KEY = "model_weights"  # in study.json: the weights_fingerprint of the model the study ran on
@@ -173,24 +172,8 @@ class StudyRunner:
 def claim(config: StudyConfig, out: Path, weights: str) -> None:
     """Write OUT/study.json, or check that the study already in OUT ran under the same settings and
     on the same weights (`weights`: the model's `weights_fingerprint`)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
-    saved_file = out / STUDY_FILE
-    if saved_file.is_file():
-        try:
-            saved = json.loads(saved_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read {saved_file}: {exc}") from None
-        changed = config.differences(saved)
-        if saved.get(WEIGHTS_KEY, weights) != weights:
-            changed.append(f"the weights of model {config.model!r} ({saved[WEIGHTS_KEY]} → {weights})")
-        if changed:
-            raise UserError(
-                f"{out} holds a study run under other settings ({'; '.join(changed)}); "
-                "rerun with the same settings to resume it, or choose a new --out"
-            )
-        return
-    write_text_atomically(saved_file, json.dumps(config.to_dict() | {WEIGHTS_KEY: weights}, indent=2))
+    claim_settings(out / STUDY_FILE, config.to_dict() | {WEIGHTS_KEY: weights}, "study",
+                   FULL.to_dict() | {WEIGHTS_KEY: weights})  # a study from before a setting existed ran at its default
 
 
 def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> BuiltReport:

@@ -8,6 +8,8 @@ accuracy. The procedure compares what the field uses against that, side by side,
 * the pairs: `gen-real` (a rendered scene chosen, the model's own sample rejected) against the on-policy
   `gen-model` (two of the model's own samples, the verifier's better one chosen);
 * RPO's NLL term on the chosen (`nll_weight`), the learning rate and β: a grid of `gen-only` DPO runs;
+* the log-probs the loss compares: conditional-only (`gen_cfg_scale` 0) or under the CFG mixture the images are
+  sampled from (`gen_cfg_scale` 5: guidance multiplies a move of the conditional logits by its scale);
 * checkpoint selection (early stopping): each run's generation accuracy on the validation prompts every
   `eval_every` steps, paired with the base model's on the same prompts and sampling seeds;
 * a KL budget: a checkpoint whose drift from the reference on the pair images (the mean of |log π − log π_ref| over
@@ -41,12 +43,19 @@ from typing import Any
 
 import numpy as np
 
-from unigap.atomic import write_text_atomically
+from unigap.atomic import claim_settings, write_text_atomically
 from unigap.errors import UserError
 from unigap.report.reference import OVEROPTIMISED_LOSS
-from unigap.train.defaults import TUNE_GRID
+from unigap.train.defaults import TUNE_GRID, TUNE_RUN
 
 GEN_KINDS = ("gen-real", "gen-model")
+# the grid's axes: TuneConfig field, the TrainConfig setting of a grid point, its tag in the run's name, and the value
+# that is left out of the name (and assumed by a run tuned before that axis existed)
+AXES: tuple[tuple[str, str, str, Any], ...] = (
+    ("kinds", "gen_kind", "", None), ("lrs", "lr", "lr", None), ("betas", "beta", "beta", None),
+    ("nll_weights", "nll_weight", "nll", None), ("cfg_scales", "gen_cfg_scale", "cfg", 0.0),
+    ("pair_batches", "batch_size", "bs", 1),
+)
 SELECTION_ONLY = ("kl_budget",)  # settings that only change the choice, not any run: free to change on a rerun
 SETTINGS_FILE, BASE_FILE, RESULTS_FILE, CURVE_FILE = "tune.json", "base.json", "results.json", "curve.json"
 
@@ -60,10 +69,12 @@ class TuneConfig:
     lrs: tuple[float, ...] = TUNE_GRID["lrs"]
     nll_weights: tuple[float, ...] = TUNE_GRID["nll_weights"]
     betas: tuple[float, ...] = TUNE_GRID["betas"]
-    steps: int = 300
-    eval_every: int = 50
-    n: int = 300  # validation prompts per evaluation
-    gen_pairs: int = 128
+    cfg_scales: tuple[float, ...] = TUNE_GRID["cfg_scales"]  # gen_cfg_scale: 0 scores conditional-only log-probs
+    pair_batches: tuple[int, ...] = TUNE_GRID["pair_batches"]  # pairs per optimiser step (TrainConfig.batch_size)
+    steps: int = TUNE_RUN["steps"]
+    eval_every: int = TUNE_RUN["eval_every"]
+    n: int = TUNE_RUN["n"]  # validation prompts per evaluation
+    gen_pairs: int = TUNE_RUN["gen_pairs"]
     kl_budget: float | None = None
     seed: int = 0  # the training seed (data order, LoRA init) and the validation sampling seed
     data_seed: int = 0  # the train/validation partition: the model's pretraining seed
@@ -73,10 +84,13 @@ class TuneConfig:
         unknown = [kind for kind in self.kinds if kind not in GEN_KINDS]
         if unknown or not self.kinds:
             raise UserError(f"unknown pair kind {', '.join(unknown) or '(none)'}; expected some of {', '.join(GEN_KINDS)}")
-        if not (self.lrs and self.nll_weights and self.betas):
-            raise UserError("the grid needs at least one learning rate, NLL weight and beta")
-        if not (all(v > 0 for v in (*self.lrs, *self.betas)) and all(v >= 0 for v in self.nll_weights)):
-            raise UserError("learning rates and betas must be > 0, NLL weights >= 0")  # (NaN fails both)
+        if not all(getattr(self, axis) for axis, *_ in AXES):
+            raise UserError("the grid needs at least one value on each axis")
+        if not (all(v > 0 for v in (*self.lrs, *self.betas)) and all(v >= 0 for v in (*self.nll_weights,
+                                                                                    *self.cfg_scales))):
+            raise UserError("learning rates and betas must be > 0, NLL weights and CFG scales >= 0")  # (NaN fails)
+        if not all(isinstance(b, int) and b >= 1 for b in self.pair_batches):
+            raise UserError(f"pairs per step must be positive integers, got {', '.join(map(str, self.pair_batches))}")
         for name in ("steps", "eval_every", "n", "gen_pairs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
@@ -86,32 +100,18 @@ class TuneConfig:
             raise UserError(f"kl_budget must be > 0, got {self.kl_budget}")
 
     def grid(self) -> list[dict[str, Any]]:
-        """Every grid point, named for its settings."""
-        return [{"name": f"{kind}_lr{lr:g}_beta{beta:g}_nll{nll:g}", "gen_kind": kind, "lr": lr, "beta": beta,
-                 "nll_weight": nll}
-                for kind, lr, beta, nll in itertools.product(self.kinds, self.lrs, self.betas, self.nll_weights)]
+        """Every grid point: its TrainConfig settings, and a name that tags each one (but an axis at its usual
+        value, so names stay those of runs tuned before that axis existed)."""
+        points = []
+        for values in itertools.product(*(getattr(self, axis) for axis, *_ in AXES)):
+            tags = [value if isinstance(value, str) else f"{tag}{value:g}"
+                    for (_, _, tag, usual), value in zip(AXES, values) if value != usual]
+            points.append({"name": "_".join(tags), **{key: value for (_, key, _, _), value in zip(AXES, values)}})
+        return points
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON reads it back (tuples as lists)."""
         return json.loads(json.dumps(asdict(self)))
-
-
-def _claim(config: TuneConfig, out: Path, weights: str) -> None:
-    """Write OUT/tune.json, or refuse a directory tuned under other settings or other weights (finished runs are only
-    reusable under what produced them)."""
-    saved = out / SETTINGS_FILE
-    settings = {k: v for k, v in config.to_dict().items() if k not in SELECTION_ONLY} | {"model_weights": weights}
-    if saved.is_file():
-        try:
-            old = json.loads(saved.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read {saved}: {exc}") from None
-        changed = [f"{key}: {old.get(key)!r} → {value!r}" for key, value in settings.items() if old.get(key) != value]
-        if changed:
-            raise UserError(f"{out} holds a tuning run under other settings ({'; '.join(changed)}); rerun with the "
-                            "same settings to resume it, or choose a new --out")
-        return
-    write_text_atomically(saved, json.dumps(settings, indent=2))
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -147,7 +147,7 @@ def choose(curves: Sequence[dict[str, Any]], kl_budget: float | None) -> dict[st
             if kl_budget is not None and (point["kl"] is None or point["kl"] > kl_budget):
                 continue
             if best is None or point["accuracy"] > best["accuracy"]:
-                best = {**{k: curve[k] for k in ("name", "gen_kind", "lr", "beta", "nll_weight")}, **point}
+                best = {"name": curve["name"], **{key: curve.get(key, usual) for _, key, _, usual in AXES}, **point}
     return best
 
 
@@ -161,9 +161,10 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
     from unigap.prefs.rows import load_pairs, write_rows
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
-    _claim(config, out, weights_fingerprint(resolve_checkpoint(config.model)))  # a mistyped --model fails first
+    weights = weights_fingerprint(resolve_checkpoint(config.model))  # a mistyped --model fails before OUT is claimed
+    settings = {k: v for k, v in config.to_dict().items() if k not in SELECTION_ONLY}
+    claim_settings(out / SETTINGS_FILE, settings | {"model_weights": weights}, "tuning",
+                   {axis: [usual] for axis, _, _, usual in AXES if usual is not None})  # (tuned before that axis)
     specs = [spec for spec, _ in held_out_pairs(config.n, config.seed, config.data_seed, split="val")]
     base_file = out / BASE_FILE
     if not base_file.is_file():
@@ -213,8 +214,8 @@ def _run(config: TuneConfig, point: dict[str, Any], pairs: list[Any], specs: Seq
 
     shutil.rmtree(run_dir, ignore_errors=True)
     um = load_model(config.model)
-    settings = TrainConfig(strategy="gen-only", steps=config.steps, lr=point["lr"], beta=point["beta"],
-                           nll_weight=point["nll_weight"], seed=config.seed, checkpoint_every=config.steps)
+    settings = TrainConfig(strategy="gen-only", steps=config.steps, seed=config.seed, checkpoint_every=config.steps,
+                           **{key: point[key] for _, key, _, _ in AXES if key != "gen_kind"})
     trainer = DPOTrainer(um, settings, [], pairs, run_dir)
     window: list[dict[str, Any]] = []  # the log records since the last evaluation
     points: list[dict[str, Any]] = []
@@ -239,7 +240,7 @@ def table(results: dict[str, Any]) -> list[list[str]]:
     def fmt(value: float | None, digits: int = 3, sign: bool = False) -> str:
         return "–" if value is None else f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
-    rows = [["base", "–", fmt(results["base"]["accuracy"]), "–", "–", "–", "–", "–", "–"]]
+    rows = [["base", "–", fmt(results["base"]["accuracy"]), "–", "–", "–", "–", "–", "–", "–"]]
     budget = results["config"]["kl_budget"]
     for curve in results["runs"]:
         best = choose([curve], budget)
@@ -247,12 +248,12 @@ def table(results: dict[str, Any]) -> list[list[str]]:
         rows.append([
             curve["name"], "–" if best is None else str(best["step"]), "–" if best is None else fmt(best["accuracy"]),
             "–" if best is None else fmt(best["delta"], sign=True),
-            "–" if best is None or best["p"] is None else f"{best['p']:.2g}", fmt(final["accuracy"]),
+            "–" if best is None or best["p"] is None else f"{best['p']:.2g}", fmt(final["accuracy"]), fmt(final["loss"]),
             fmt(final["chosen_shift"], 1, True), fmt(final["rejected_shift"], 1, True),
             "yes" if final["overoptimised"] else "no",
         ])
     return rows
 
 
-TABLE_HEADER = ["run", "best step", "val gen acc", "Δ vs base (paired)", "p", "final acc", "chosen Δlogp",
-                "rejected Δlogp", "over-optimised"]
+TABLE_HEADER = ["run", "best step", "val gen acc", "Δ vs base (paired)", "p", "final acc", "final DPO loss",
+                "chosen Δlogp", "rejected Δlogp", "over-optimised"]

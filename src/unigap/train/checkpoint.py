@@ -9,7 +9,6 @@ The data order needs no state: it is a function of (seed, task, step).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from unigap.atomic import write_atomically
+from unigap.atomic import config_differences, write_atomically
 from unigap.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -108,13 +107,3 @@ def restore_training_state(
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return int(state["step"])
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Human-readable `key: saved -> current` for every setting that differs."""
-    keys = sorted(set(saved) | set(current))
-    return [
-        f"{k}: {json.dumps(saved.get(k))} -> {json.dumps(current.get(k))}"
-        for k in keys
-        if saved.get(k) != current.get(k)
-    ]

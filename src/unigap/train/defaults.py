@@ -23,10 +23,16 @@ class DPODefaults:
 
 DPO_DEFAULTS = DPODefaults(steps=150, lr=3e-5, beta=0.1, nll_weight=0.0, gen_kind="gen-model")
 
-# the grid `unigap tune` searches by default (pair kinds, learning rates, NLL weights, betas)
+# the grid `unigap tune` searches by default (pair kinds, learning rates, NLL weights, betas, CFG scales of the loss,
+# pairs per step)
 TUNE_GRID: dict[str, tuple] = {
     "kinds": ("gen-real", "gen-model"),
     "lrs": (1e-5, 3e-5, 1e-4),
     "nll_weights": (0.0, 1.0),
     "betas": (DPO_DEFAULTS.beta,),
+    "cfg_scales": (0.0,),
+    "pair_batches": (1,),
 }
+
+# the budget of each `unigap tune` run: DPO steps, validation evaluation every K steps on n prompts, pairs per kind
+TUNE_RUN: dict[str, int] = {"steps": 300, "eval_every": 50, "n": 300, "gen_pairs": 128}

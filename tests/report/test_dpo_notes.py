@@ -1,0 +1,36 @@
+"""The report's plain-words notes on generation DPO: fitted pairs that did not raise generation, or a loss stuck at
+ln 2, and silence when an arm did raise it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unigap.report.findings import dpo_notes
+
+
+def _results(delta: float, significant: bool, loss: float, no_signal: bool, overoptimised: bool = False) -> dict[str, Any]:
+    training = {"und-only": {"trained": ["und"], "gen_overoptimised": None},
+                "gen-only": {"trained": ["gen"], "gen_loss": loss, "gen_no_signal": no_signal, "gen_chosen_shift": 1.0,
+                             "gen_overoptimised": overoptimised}}
+    gen = {"delta": delta, "significant": significant, "p": 0.5, "paired": {"p": 0.4}}
+    return {"training": training, "results": {m: {"generation.accuracy": gen} for m in training}}
+
+
+def test_fitted_pairs_without_a_gain_are_explained() -> None:
+    [note] = dpo_notes(_results(0.003, False, 0.55, False))
+    assert "No arm's generation DPO raised generation accuracy significantly" in note
+    assert "gen-only: +0.003 (paired p 0.400)" in note and "fitted its training pairs" in note and "0.550" in note
+
+
+def test_a_loss_stuck_at_ln2_is_named_as_the_reason() -> None:
+    [note] = dpo_notes(_results(-0.01, False, 0.692, True))
+    assert "stayed at ln 2 (0.692)" in note
+
+
+def test_a_significant_gain_needs_no_note() -> None:
+    assert dpo_notes(_results(0.08, True, 0.55, False)) == []
+
+
+def test_an_over_optimised_arm_gets_its_own_banner_only() -> None:
+    notes = dpo_notes(_results(-0.2, True, 0.01, False, overoptimised=True))
+    assert len(notes) == 1 and "over-optimised in gen-only" in notes[0]
