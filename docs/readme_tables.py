@@ -102,6 +102,20 @@ def sampling() -> str:
     return "\n".join(lines) + f"\n\n`{result['model']}` model, {result['device']} {result['dtype']}, {result['torch_threads']} threads."
 
 
+def sampling_compile() -> str:
+    """`benchmarks/sampling_compile.py`: the decoding step eager against `torch.compile`d, with the compile cost."""
+    result = _load(BENCH / "sampling_compile.json")
+    lines = ["| batch | eager ms/step | compiled ms/step | speed-up | first call (compiles), s | greedy tokens equal "
+             "| pays back after images |", "|---|---|---|---|---|---|---|"]
+    for row in result["results"]:
+        pays = "never" if row["break_even_images"] is None else f"{row['break_even_images']:.0f}"
+        lines.append(f"| {row['batch_size']} | {row['eager_ms_per_step']:.2f} | {row['compiled_ms_per_step']:.2f} | "
+                     f"{row['speedup']:.2f}× | {row['first_call_s']:.1f} | {'yes' if row['greedy_tokens_equal'] else 'no'} "
+                     f"| {pays} |")
+    return "\n".join(lines) + (f"\n\n`{result['model']}` model, {result['device']} {result['dtype']}, "
+                               f"{result['torch_threads']} threads, torch {result['torch']}.")
+
+
 STUDY_P4 = ROOT / "docs" / "results" / "study_p4.json"
 STUDY_P2 = ROOT / "docs" / "results" / "study_p2.json"
 # Janus-Pro-7B in the paper (arXiv 2507.16663): T2I-CompBench++ overall and non-unification, by method
@@ -246,7 +260,7 @@ def dpo_tune(*paths: Path) -> str:
                                f"evaluated every {c['eval_every']} of {c['steps']} steps; {pick}.")
 
 
-TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
+TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling, "sampling-compile": sampling_compile,
                                         "self-improvement": self_improvement, "unimrg": unimrg, "full-study": full_study,
                                         "study-headline": study_headline,
                                         "claims": claims, "dpo-tune": partial(dpo_tune, DPO_TUNE),

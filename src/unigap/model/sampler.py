@@ -53,8 +53,9 @@ def decode_step(
     """Run one new token per row (`embeds` [R, 1, D], position ids [R]) into cache slot `slot`; the final
     hidden state [R, D]."""
     lm = model.model.language_model
-    cache.valid[:, slot] = True
-    attend = cache.valid[:, None, None, :]  # [R, 1, 1, L]
+    cache.valid.narrow(1, slot, 1).fill_(True)  # (narrow, not [:, slot]: a compiled step keeps the slot symbolic)
+    seen = slot + 1  # attend to the filled positions only: the empty tail would cost attention time and add nothing
+    attend = cache.valid[:, None, None, :seen]  # [R, 1, 1, seen]
     hidden = embeds
     cos, sin = lm.rotary_emb(hidden, position[:, None])
     for index, layer in enumerate(lm.layers):
@@ -65,10 +66,11 @@ def decode_step(
         key = attention.k_proj(normed).view(shape).transpose(1, 2)
         value = attention.v_proj(normed).view(shape).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        cache.keys[index][:, :, slot] = key[:, :, 0]
-        cache.values[index][:, :, slot] = value[:, :, 0]
+        cache.keys[index].narrow(2, slot, 1).copy_(key)
+        cache.values[index].narrow(2, slot, 1).copy_(value)
         out = F.scaled_dot_product_attention(
-            query, cache.keys[index], cache.values[index], attn_mask=attend, scale=attention.scaling,
+            query, cache.keys[index][:, :, :seen], cache.values[index][:, :, :seen], attn_mask=attend,
+            scale=attention.scaling,
             enable_gqa=query.shape[1] != key.shape[1],
         )
         hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(hidden.shape[0], 1, -1))

@@ -1,0 +1,82 @@
+"""Does `torch.compile` of the sampler's decoding step pay on this machine? Eager against compiled, side by side.
+
+The sampler's step (`unigap.model.sampler.decode_step`) is compiled as it is, with dynamic shapes (the attended
+length grows by one each step and batches differ), and swapped in for the eager one; the first compiled call is
+timed separately as the compile cost. Reported per batch size: eager and compiled ms per sampling step (median of
+`--repeats`, taking turns), the speed-up, whether greedy tokens agree, and how many images a job must sample before
+the compile cost is paid back. unigap does not compile by default: on the 2-core CPU it does not pay
+(docs/experiments.md).
+
+    python benchmarks/sampling_compile.py        # the shipped model, batch sizes 10 and 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from _common import machine, write_result
+from sampling import _paired_medians, prompts_for
+
+import unigap.model.generation as generation
+from unigap.model import load_model
+from unigap.model.sampler import decode_step
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help='checkpoint directory or "tiny" (default)')
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 80])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cfg-scale", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling_compile.json"))
+    args = parser.parse_args(argv)
+
+    um = load_model(args.model)
+    compiled = torch.compile(decode_step, dynamic=True)
+    steps, rows = um.num_image_tokens, []
+
+    def sample(prompts: list[str], step: object, temperature: float = 1.0) -> torch.Tensor:
+        generation.decode_step = step
+        try:
+            return um.generate_images(prompts, cfg_scale=args.cfg_scale, temperature=temperature, seed=0)
+        finally:
+            generation.decode_step = decode_step
+
+    for batch in args.batch_sizes:
+        prompts = prompts_for(batch)
+        start = time.perf_counter()
+        greedy = sample(prompts, compiled, 0.0)  # the first call at this shape compiles
+        first_call = time.perf_counter() - start
+        eager, fast = _paired_medians((lambda p=prompts: sample(p, decode_step), lambda p=prompts: sample(p, compiled)),
+                                      args.repeats, um.device)
+        saved_per_image = (eager - fast) / batch
+        rows.append({
+            "batch_size": batch, "eager_ms_per_step": 1000 * eager / steps, "compiled_ms_per_step": 1000 * fast / steps,
+            "speedup": eager / fast, "first_call_s": first_call,
+            "greedy_tokens_equal": torch.equal(greedy, sample(prompts, decode_step, 0.0)),
+            "break_even_images": first_call / saved_per_image if saved_per_image > 0 else None,
+        })
+
+    table = Table(title=f"torch.compile of the decoding step, CFG {args.cfg_scale}, median of {args.repeats}")
+    for column in ("batch", "eager ms/step", "compiled ms/step", "speed-up", "first call s", "greedy equal",
+                   "pays after images"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(str(row["batch_size"]), f"{row['eager_ms_per_step']:.2f}", f"{row['compiled_ms_per_step']:.2f}",
+                      f"{row['speedup']:.2f}×", f"{row['first_call_s']:.1f}", "yes" if row["greedy_tokens_equal"] else "NO",
+                      "never" if row["break_even_images"] is None else f"{row['break_even_images']:.0f}")
+    Console().print(table)
+    payload = {"model": args.model, **machine(um), "torch": torch.__version__, "cfg_scale": args.cfg_scale,
+               "repeats": args.repeats, "results": rows}
+    write_result(args.out, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
