@@ -105,8 +105,8 @@ def sampling() -> str:
 def sampling_compile() -> str:
     """`benchmarks/sampling_compile.py`: the decoding step eager against `torch.compile`d, with the compile cost."""
     result = _load(BENCH / "sampling_compile.json")
-    lines = ["| batch | eager ms/step | compiled ms/step | speed-up | first call (compiles), s | greedy tokens equal "
-             "| pays back after images |", "|---|---|---|---|---|---|---|"]
+    lines = ["| batch | eager ms/step | compiled ms/step | speed-up | compile (first call), s "
+             "| greedy tokens equal | pays back after images |", "|---|---|---|---|---|---|---|"]
     for row in result["results"]:
         pays = "never" if row["break_even_images"] is None else f"{row['break_even_images']:.0f}"
         lines.append(f"| {row['batch_size']} | {row['eager_ms_per_step']:.2f} | {row['compiled_ms_per_step']:.2f} | "
@@ -241,26 +241,31 @@ def claims() -> str:
 def dpo_tune(*paths: Path) -> str:
     """`unigap tune`'s grids on the validation split (several runs of it on the same prompts: one table, each grid
     point once): each run at its best checkpoint, and the best of them all."""
-    from unigap.study.tune import TABLE_HEADER, choose, table
+    from unigap.study.tune import AXES, TABLE_HEADER, choose, table
 
     results = [_load(path) for path in paths]
-    c, curves, seen = results[0]["config"], [], set()
-    for result in results:
-        if (result["config"]["n"], result["config"]["seed"], result["base"]) != (c["n"], c["seed"], results[0]["base"]):
-            raise SystemExit(f"{', '.join(map(str, paths))} were not tuned on the same validation prompts")
-        curves += [curve for curve in result["runs"] if not (curve["name"] in seen or seen.add(curve["name"]))]
-    merged = {**results[0], "runs": curves, "chosen": choose(curves, c["kl_budget"])}
+    c, axes = results[0]["config"], {axis for axis, *_ in AXES}
+    curves: dict[str, dict] = {}
+    for path, result in zip(paths, results):
+        shared = {k: v for k, v in result["config"].items() if k not in axes}
+        if shared != {k: v for k, v in c.items() if k not in axes} or result["base"] != results[0]["base"]:
+            raise SystemExit(f"{path} was not tuned under the same settings as {paths[0]}: one table cannot hold both")
+        for curve in result["runs"]:
+            if curves.setdefault(curve["name"], curve) != curve:
+                raise SystemExit(f"{path}: run {curve['name']} differs from the same run in another file")
+    merged = {**results[0], "runs": list(curves.values()), "chosen": choose(list(curves.values()), c["kl_budget"])}
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table(merged)]
-    chosen = merged["chosen"]
+    chosen, label = merged["chosen"], "chosen" if len(paths) == 1 else "best of them all"
     pick = ("no checkpoint within the KL budget" if chosen is None else
-            f"{'chosen' if len(paths) == 1 else 'best of them all'}: `{chosen['name']}` at step {chosen['step']} ({chosen['accuracy']:.3f}, {chosen['delta']:+.3f} vs "
-            f"the base, paired p {_p(chosen['p'])})")
-    return "\n".join(lines) + (f"\n\nn = {c['n']} validation prompts, seed {c['seed']}, {c['gen_pairs']} pairs per kind, "
-                               f"evaluated every {c['eval_every']} of {c['steps']} steps; {pick}.")
+            f"{label}: `{chosen['name']}` at step {chosen['step']} ({chosen['accuracy']:.3f}, {chosen['delta']:+.3f} "
+            f"vs the base, paired p {_p(chosen['p'])})")
+    return "\n".join(lines) + (f"\n\nn = {c['n']} validation prompts, seed {c['seed']}, {c['gen_pairs']} pairs per "
+                               f"kind, evaluated every {c['eval_every']} of {c['steps']} steps; {pick}.")
 
 
-TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling, "sampling-compile": sampling_compile,
+TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
+                                        "sampling-compile": sampling_compile,
                                         "self-improvement": self_improvement, "unimrg": unimrg, "full-study": full_study,
                                         "study-headline": study_headline,
                                         "claims": claims, "dpo-tune": partial(dpo_tune, DPO_TUNE),

@@ -33,3 +33,11 @@ def test_claim_settings_names_each_difference_and_refuses_what_it_cannot_use(tmp
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file, not a directory"):
         claim_settings(tmp_path / "file" / "settings.json", {"n": 3}, "study")
+
+
+def test_a_setting_removed_since_is_not_compared_and_an_absent_one_is_not_a_null(tmp_path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"n": 3, "strategies": ["a"]}))
+    claim_settings(path, {"n": 3}, "study")  # "strategies" is no longer a setting
+    with pytest.raises(UserError, match=r"judge: \(absent\) → null"):
+        claim_settings(path, {"n": 3, "judge": None}, "study")

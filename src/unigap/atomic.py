@@ -57,10 +57,13 @@ def cached_json(path: str | os.PathLike, make: Callable[[], Any], write: bool = 
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Human-readable `key: saved → current` for every setting that differs."""
-    keys = sorted(set(saved) | set(current))
-    return [f"{k}: {json.dumps(saved.get(k))} → {json.dumps(current.get(k))}" for k in keys
-            if saved.get(k) != current.get(k)]
+    """Human-readable `key: saved → current` for every setting that differs (a missing one shown as absent, so that
+    it is not mistaken for a saved null)."""
+    def shown(settings: dict[str, Any], key: str) -> str:
+        return json.dumps(settings[key]) if key in settings else "(absent)"
+
+    return [f"{k}: {shown(saved, k)} → {shown(current, k)}" for k in sorted(set(saved) | set(current))
+            if k not in saved or k not in current or saved[k] != current[k]]
 
 
 def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
@@ -68,7 +71,8 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
     """Write a run's settings to `path` (unless `write` is False: a data-parallel process other than the one that
     writes), or refuse (`UserError` naming each difference) to continue a `what` run made under others, since its
     finished parts are only reusable under what produced them. A setting absent from the saved ones (added since)
-    counts as equal when it has its value in `defaults`."""
+    counts as equal when it has its value in `defaults`; a saved one that `settings` no longer has (removed since, or
+    one the caller leaves free to change) is not compared."""
     path = Path(path)
     if path.parent.exists() and not path.parent.is_dir():
         raise UserError(f"--out {path.parent} is a file, not a directory")
@@ -79,7 +83,8 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
             raise UserError(f"cannot read {path}: {exc}") from None
         defaults = defaults or {}
         added = {k for k, v in settings.items() if k not in saved and k in defaults and defaults[k] == v}
-        changed = config_differences(saved, {k: v for k, v in settings.items() if k not in added})
+        changed = config_differences({k: v for k, v in saved.items() if k in settings},
+                                     {k: v for k, v in settings.items() if k not in added})
         if changed:
             raise UserError(f"{path.parent} holds a {what} run under other settings ({'; '.join(changed)}); rerun "
                             "with the same settings to resume it, or choose a new --out")

@@ -27,6 +27,17 @@ def test_a_loss_stuck_at_ln2_is_named_as_the_reason() -> None:
     assert "stayed at ln 2 (0.692)" in note
 
 
+def test_a_loss_above_ln2_is_not_called_fitted() -> None:
+    [note] = dpo_notes(_results(-0.01, False, 0.725, False))
+    assert "ended above ln 2 (0.725)" in note and "fitted" not in note
+
+
+def test_without_a_paired_test_the_welch_p_is_quoted() -> None:
+    results = _results(0.003, False, 0.55, False)
+    results["results"]["gen-only"]["generation.accuracy"]["paired"] = None
+    assert "gen-only: +0.003 (p 0.500)" in dpo_notes(results)[0]
+
+
 def test_a_significant_gain_needs_no_note() -> None:
     assert dpo_notes(_results(0.08, True, 0.55, False)) == []
 
@@ -34,3 +45,14 @@ def test_a_significant_gain_needs_no_note() -> None:
 def test_an_over_optimised_arm_gets_its_own_banner_only() -> None:
     notes = dpo_notes(_results(-0.2, True, 0.01, False, overoptimised=True))
     assert len(notes) == 1 and "over-optimised in gen-only" in notes[0]
+
+
+def test_the_best_is_named_among_the_arms_that_did_not_over_optimise() -> None:
+    results = _results(0.003, False, 0.55, False)
+    results["training"]["joint"] = {**results["training"]["gen-only"], "trained": ["und", "gen"], "gen_loss": 0.01,
+                                    "gen_chosen_shift": -9.0, "gen_overoptimised": True}
+    results["results"]["joint"] = {"generation.accuracy": {"delta": -0.2, "significant": True, "p": 1e-5,
+                                                           "paired": {"p": 1e-6}}}
+    over, no_gain = dpo_notes(results)
+    assert "over-optimised in joint" in over
+    assert "The best of the arms that did not over-optimise, gen-only: +0.003" in no_gain

@@ -4,6 +4,7 @@ built to over-optimise."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from unigap.study.tune import TuneConfig, choose, diagnostics, table, tune
 def small_tune() -> TuneConfig:
     """On the shipped model: the random test model's two samples of a prompt score alike, so no gen-model pair."""
     return TuneConfig(model="tiny", kinds=("gen-real", "gen-model"), lrs=(3e-2,), nll_weights=(0.0,),
-                      steps=2, eval_every=1, n=4, gen_pairs=2, batch_size=4)
+                      steps=2, eval_every=1, n=4, gen_pairs=2, sample_batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,33 @@ def test_a_rerun_reuses_finished_runs_and_other_settings_are_refused(tuned: tupl
     stamp = curve.stat().st_mtime_ns
     assert tune(small_tune, out) == results
     assert curve.stat().st_mtime_ns == stamp
-    with pytest.raises(UserError, match="other settings.*lrs"):
-        tune(replace(small_tune, lrs=(1e-3,)), out)
-    assert json.loads((out / "tune.json").read_text())["lrs"] == [3e-2]
+    with pytest.raises(UserError, match="other settings.*steps: 2 → 3"):
+        tune(replace(small_tune, steps=3), out)
+    assert json.loads((out / "tune.json").read_text())["steps"] == 2
     strict = tune(replace(small_tune, kl_budget=1e-9), out)["chosen"]  # selection only: no run is redone
     assert strict is None or strict["kl"] <= 1e-9
     assert curve.stat().st_mtime_ns == stamp
+
+
+def test_a_grid_grown_on_a_rerun_reuses_the_finished_points(tuned: tuple[Path, dict], small_tune: TuneConfig,
+                                                             tmp_path: Path) -> None:
+    """Grid values are free to change on a rerun, and a directory tuned before an axis existed (no such key in its
+    tune.json or curves) resumes as the axis's usual value: each run folder is named for its own settings."""
+    out, results = tuned
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    settings = json.loads((old / "tune.json").read_text())
+    (old / "tune.json").write_text(json.dumps({k: v for k, v in settings.items()
+                                               if k not in ("cfg_scales", "pair_batches")}))
+    for curve_file in old.glob("runs/*/curve.json"):
+        curve = json.loads(curve_file.read_text())
+        curve_file.write_text(json.dumps({k: v for k, v in curve.items() if k not in ("gen_cfg_scale", "batch_size")}))
+    stamps = {f: f.stat().st_mtime_ns for f in old.glob("runs/*/curve.json")}
+    grown = tune(replace(small_tune, kinds=("gen-real",), pair_batches=(1, 2)), old)
+    assert [run["name"] for run in grown["runs"]] == ["gen-real_lr0.03_beta0.1_nll0", "gen-real_lr0.03_beta0.1_nll0_bs2"]
+    assert all(f.stat().st_mtime_ns == stamp for f, stamp in stamps.items())
+    assert grown["runs"][0]["points"] == results["runs"][0]["points"]
+    assert json.loads((old / "runs" / grown["runs"][1]["name"] / "train_config.json").read_text())["batch_size"] == 2
 
 
 def test_evaluating_checkpoints_leaves_training_untouched(tuned: tuple[Path, dict], small_tune: TuneConfig,
@@ -77,6 +99,7 @@ def test_a_cfg_grid_point_scores_its_references_under_cfg(tuned: tuple[Path, dic
     """`--cfg-scales 5` reaches the trainer, which rescores the stored (conditional-only) references under CFG."""
     out, results = tuned
     cfg = tune(replace(small_tune, kinds=("gen-real",), cfg_scales=(5.0,), eval_every=2), tmp_path / "cfg")
+    assert (tmp_path / "cfg" / "pairs" / "gen-real.jsonl").read_text() == (out / "pairs" / "gen-real.jsonl").read_text()
     name = cfg["runs"][0]["name"]
     assert name == "gen-real_lr0.03_beta0.1_nll0_cfg5" and cfg["chosen"]["gen_cfg_scale"] == 5.0
     assert json.loads((tmp_path / "cfg" / "runs" / name / "train_config.json").read_text())["gen_cfg_scale"] == 5.0

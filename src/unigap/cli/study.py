@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -65,7 +66,7 @@ def _listed(values: tuple) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
-def _numbers(text: str, flag: str, cast: type = float) -> tuple:
+def _numbers(text: str, flag: str, cast: Callable[[str], float] = float) -> tuple[float, ...]:
     try:
         return tuple(cast(part) for part in text.split(","))
     except ValueError:
@@ -81,7 +82,8 @@ def tune_command(
                                     help="RPO NLL weights on the chosen, comma-separated."),
     betas: str = typer.Option(_listed(TUNE_GRID["betas"]), "--betas", help="DPO betas, comma-separated."),
     cfg_scales: str = typer.Option(_listed(TUNE_GRID["cfg_scales"]), "--cfg-scales",
-                                   help="CFG scales the generation log-probs are scored under (0: conditional only)."),
+                                   help="CFG scales the generation log-probs are scored under, comma-separated (0: "
+                                        "conditional only)."),
     pair_batches: str = typer.Option(_listed(TUNE_GRID["pair_batches"]), "--pairs-per-step",
                                      help="Pairs per optimiser step, comma-separated."),
     steps: int = typer.Option(TUNE_RUN["steps"], "--steps", help="DPO steps per run."),
@@ -95,8 +97,9 @@ def tune_command(
     out: Path = typer.Option(Path("runs/tune"), "--out", help="Output directory; rerun the same command to resume."),
 ) -> None:
     """Choose the DPO defaults on the validation split: a grid of gen-only DPO runs (pair kind × lr × β × NLL
-    weight × CFG scale of the loss × pairs per step), each evaluated every K steps against the base on the same validation prompts;
-    prints the table and the chosen setting, and writes OUT/results.json."""
+    weight × CFG scale of the loss × pairs per step), each evaluated every K steps against the base on the same
+    validation prompts; prints the table and the chosen setting, and writes OUT/results.json. Rerun with more grid
+    values in the same OUT to add runs: finished ones are reused."""
     from rich.table import Table
 
     from unigap.study.tune import TABLE_HEADER, TuneConfig, table, tune

@@ -66,9 +66,9 @@ def overoptimisation_note(results: dict[str, Any]) -> list[str]:
 
 def no_gain_note(results: dict[str, Any]) -> list[str]:
     """When no arm's generation DPO (over-optimised ones aside: see above) raised generation accuracy significantly:
-    the best of them, and whether its loss shows the pairs were fitted, so a reader sees *why* it did not help."""
-    arms = [m for m, t in results["training"].items()
-            if "gen" in t["trained"] and not t.get("gen_overoptimised") and m in results["results"]]
+    the best of them, and what its loss says about why (pairs not separated, or separated without carrying over)."""
+    gen_arms = [m for m, t in results["training"].items() if "gen" in t["trained"] and m in results["results"]]
+    arms = [m for m in gen_arms if not results["training"][m].get("gen_overoptimised")]
     rows = {m: results["results"][m]["generation.accuracy"] for m in arms}
     if not rows or any(r["significant"] and r["delta"] > 0 for r in rows.values()):
         return []
@@ -76,16 +76,21 @@ def no_gain_note(results: dict[str, Any]) -> list[str]:
     r, t = rows[best], results["training"][best]
     paired = r.get("paired") or {}
     test = f"paired p {fmt_p(paired['p'])}" if paired.get("p") is not None else f"p {fmt_p(r['p'])}"
-    if t.get("gen_no_signal"):
-        why = (f"its generation DPO loss stayed at ln 2 ({fmt(t['gen_loss'])}): the pairs were not separated, so "
-               "there was nothing to carry over (raise the learning rate or steps).")
+    loss, tolerance = t.get("gen_loss"), results.get("options", {}).get("ln2_tolerance", 0.01)
+    if loss is None:
+        why = "its training log holds no generation DPO loss."
+    elif loss > LN2 + tolerance:
+        why = (f"its generation DPO loss ended above ln 2 ({fmt(loss)}): training did not separate the pairs "
+               "(lower the learning rate).")
+    elif loss >= LN2 - tolerance:
+        why = (f"its generation DPO loss stayed at ln 2 ({fmt(loss)}): the pairs were not separated, so there was "
+               "nothing to carry over (raise the learning rate or steps).")
     else:
-        why = (f"it fitted its training pairs (generation DPO loss {fmt(t['gen_loss'])}, below ln 2 = {LN2:.3f}; "
-               f"chosen {fmt(t['gen_chosen_shift'], 1, True)} nats against the reference), but held-out generation "
-               "did not follow: what separates the pairs did not carry over to new prompts (compare settings on the "
+        why = (f"it fitted its training pairs (generation DPO loss {fmt(loss)}, below ln 2 = {LN2:.3f}; chosen "
+               f"{fmt(t.get('gen_chosen_shift'), 1, True)} nats against the reference), but held-out generation did "
+               "not follow: what separates the pairs did not carry over to new prompts (compare settings on the "
                "validation split with <code>unigap tune</code>).")
-    which = "of the arms that did not over-optimise" if len(arms) < len(
-        [m for m, t in results["training"].items() if "gen" in t["trained"]]) else "of them"
+    which = "of the arms that did not over-optimise" if len(arms) < len(gen_arms) else "of them"
     return [f'<p class="banner">No arm\'s generation DPO raised generation accuracy significantly. The best '
             f"{which}, {escape(best)}: {fmt(r['delta'], signed=True)} ({test}); {why}</p>"]
 

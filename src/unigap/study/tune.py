@@ -10,6 +10,7 @@ accuracy. The procedure compares what the field uses against that, side by side,
 * RPO's NLL term on the chosen (`nll_weight`), the learning rate and β: a grid of `gen-only` DPO runs;
 * the log-probs the loss compares: conditional-only (`gen_cfg_scale` 0) or under the CFG mixture the images are
   sampled from (`gen_cfg_scale` 5: guidance multiplies a move of the conditional logits by its scale);
+* pairs per optimiser step (`batch_size`; the paper's 1 makes each step one noisy pair);
 * checkpoint selection (early stopping): each run's generation accuracy on the validation prompts every
   `eval_every` steps, paired with the base model's on the same prompts and sampling seeds;
 * a KL budget: a checkpoint whose drift from the reference on the pair images (the mean of |log π − log π_ref| over
@@ -23,7 +24,8 @@ learning rate, β and steps serve both tasks.
 
 Layout of OUT (resumable: a finished part is skipped on a rerun of the same command)::
 
-    tune.json               the settings and the model's weights; a rerun under other ones is refused
+    tune.json               the settings and the model's weights; a rerun under other ones is refused, except that
+                            the grid's values and the KL budget may change (finished grid points are reused)
     pairs/<kind>.jsonl      the generation pairs of each kind (train prompts, the base model)
     base.json               the base model's validation records
     runs/<run>/curve.json   one grid point: its validation curve and training diagnostics (its DPO log.jsonl beside)
@@ -37,7 +39,7 @@ import itertools
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,10 @@ AXES: tuple[tuple[str, str, str, Any], ...] = (
     ("nll_weights", "nll_weight", "nll", None), ("cfg_scales", "gen_cfg_scale", "cfg", 0.0),
     ("pair_batches", "batch_size", "bs", 1),
 )
-SELECTION_ONLY = ("kl_budget",)  # settings that only change the choice, not any run: free to change on a rerun
+# settings that choose which runs there are, or which of them is chosen, but change no run's numbers: free to change
+# on a rerun of the same directory (a grid point's folder is named for its settings; a new one is trained, a known
+# one reused)
+SELECTION_ONLY = ("kl_budget", *(axis for axis, *_ in AXES))
 SETTINGS_FILE, BASE_FILE, RESULTS_FILE, CURVE_FILE = "tune.json", "base.json", "results.json", "curve.json"
 
 
@@ -78,7 +83,7 @@ class TuneConfig:
     kl_budget: float | None = None
     seed: int = 0  # the training seed (data order, LoRA init) and the validation sampling seed
     data_seed: int = 0  # the train/validation partition: the model's pretraining seed
-    batch_size: int = 32  # images per sampling batch
+    sample_batch_size: int = 32  # images per sampling batch (validation evaluation); not a training setting
 
     def __post_init__(self) -> None:
         unknown = [kind for kind in self.kinds if kind not in GEN_KINDS]
@@ -91,7 +96,7 @@ class TuneConfig:
             raise UserError("learning rates and betas must be > 0, NLL weights and CFG scales >= 0")  # (NaN fails)
         if not all(isinstance(b, int) and b >= 1 for b in self.pair_batches):
             raise UserError(f"pairs per step must be positive integers, got {', '.join(map(str, self.pair_batches))}")
-        for name in ("steps", "eval_every", "n", "gen_pairs", "batch_size"):
+        for name in ("steps", "eval_every", "n", "gen_pairs", "sample_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.eval_every > self.steps:
@@ -164,7 +169,7 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
     weights = weights_fingerprint(resolve_checkpoint(config.model))  # a mistyped --model fails before OUT is claimed
     settings = {k: v for k, v in config.to_dict().items() if k not in SELECTION_ONLY}
     claim_settings(out / SETTINGS_FILE, settings | {"model_weights": weights}, "tuning",
-                   {axis: [usual] for axis, _, _, usual in AXES if usual is not None})  # (tuned before that axis)
+                   {f.name: f.default for f in fields(TuneConfig)})  # a setting added since ran at its default
     specs = [spec for spec, _ in held_out_pairs(config.n, config.seed, config.data_seed, split="val")]
     base_file = out / BASE_FILE
     if not base_file.is_file():
@@ -199,7 +204,7 @@ def _verified(um: Any, specs: Sequence[Any], config: TuneConfig) -> list[bool]:
     from unigap.evaluate.generation import generate_and_judge
 
     um.model.eval()
-    _, records = generate_and_judge(um, specs, config.seed, config.batch_size, progress=False)
+    _, records = generate_and_judge(um, specs, config.seed, config.sample_batch_size, progress=False)
     return [bool(r["verified"]) for r in records]
 
 
