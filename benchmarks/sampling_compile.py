@@ -4,8 +4,8 @@ The sampler's step (`unigap.model.sampler.decode_step`) is compiled as it is, wi
 length grows by one each step), and swapped in for the eager one. Each batch size starts from a cold compiler (no
 compiled code in memory, an empty inductor cache directory), so its first call is the full compile cost a job pays.
 Reported per batch size: eager and compiled ms per sampling step (median of `--repeats`, taking turns), the
-speed-up, whether greedy tokens agree, and how many images a job must sample before the compile cost is paid back. unigap does not compile by default: on the 2-core CPU it does not pay
-(docs/experiments.md).
+speed-up, whether greedy tokens agree, and how many images a job must sample before the compile cost is paid back.
+unigap does not compile by default: on the 2-core CPU it does not pay (docs/experiments.md).
 
     python benchmarks/sampling_compile.py        # the shipped model, batch sizes 10 and 80
 """

@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from unigap.report.findings import dpo_notes
+from unigap.report.reference import LN2
 
 
 def _results(delta: float, significant: bool, loss: float, no_signal: bool, overoptimised: bool = False) -> dict[str, Any]:
     training = {"und-only": {"trained": ["und"], "gen_overoptimised": None},
-                "gen-only": {"trained": ["gen"], "gen_loss": loss, "gen_no_signal": no_signal, "gen_chosen_shift": 1.0,
+                "gen-only": {"trained": ["gen"], "gen_loss": loss, "gen_no_signal": no_signal, "gen_ln2_gap": loss - LN2,
+                             "gen_chosen_shift": 1.0,
                              "gen_overoptimised": overoptimised}}
     gen = {"delta": delta, "significant": significant, "p": 0.5, "paired": {"p": 0.4}}
     return {"training": training, "results": {m: {"generation.accuracy": gen} for m in training}}

@@ -76,15 +76,15 @@ def no_gain_note(results: dict[str, Any]) -> list[str]:
     r, t = rows[best], results["training"][best]
     paired = r.get("paired") or {}
     test = f"paired p {fmt_p(paired['p'])}" if paired.get("p") is not None else f"p {fmt_p(r['p'])}"
-    loss, tolerance = t.get("gen_loss"), results.get("options", {}).get("ln2_tolerance", 0.01)
+    loss = t.get("gen_loss")  # read with the training summary's own ln 2 verdicts (`gen_no_signal`, `gen_ln2_gap`)
     if loss is None:
         why = "its training log holds no generation DPO loss."
-    elif loss > LN2 + tolerance:
-        why = (f"its generation DPO loss ended above ln 2 ({fmt(loss)}): training did not separate the pairs "
-               "(lower the learning rate).")
-    elif loss >= LN2 - tolerance:
+    elif t["gen_no_signal"]:
         why = (f"its generation DPO loss stayed at ln 2 ({fmt(loss)}): the pairs were not separated, so there was "
                "nothing to carry over (raise the learning rate or steps).")
+    elif t["gen_ln2_gap"] > 0:
+        why = (f"its generation DPO loss ended above ln 2 ({fmt(loss)}): training did not separate the pairs "
+               "(lower the learning rate).")
     else:
         why = (f"it fitted its training pairs (generation DPO loss {fmt(loss)}, below ln 2 = {LN2:.3f}; chosen "
                f"{fmt(t.get('gen_chosen_shift'), 1, True)} nats against the reference), but held-out generation did "
