@@ -140,10 +140,14 @@ def test_sft_with_both_tasks(janus_pro: Path, tmp_path: Path) -> None:
 
 def test_tune_runs_on_janus_pro_geometry(janus_pro: Path, tmp_path: Path) -> None:
     """`unigap tune` on 576-token images: rendered-scene pairs (a random model's two samples score alike, so no
-    gen-model pair), checkpoints judged at 384 px against the base."""
+    gen-model pair), checkpoints judged at 384 px against the base; the loss also scored under CFG."""
     out = tmp_path / "tune"
     _run("tune", "--model", str(janus_pro), "--kinds", "gen-real", "--lrs", "1e-3", "--nll-weights", "0", "--steps",
-         "2", "--eval-every", "1", "--n", "2", "--pairs", "1", "--out", str(out))
+         "2", "--eval-every", "1", "--n", "2", "--pairs", "1", "--cfg-scales", "0,5", "--out", str(out))
     results = json.loads((out / "results.json").read_text())
     assert results["base"]["n"] == 2 and [p["step"] for p in results["runs"][0]["points"]] == [1, 2]
     assert results["chosen"] is not None and results["chosen"]["step"] in (1, 2)
+    assert [run["name"] for run in results["runs"]] == ["gen-real_lr0.001_beta0.1_nll0", "gen-real_lr0.001_beta0.1_nll0_cfg5"]
+    cfg_run = out / "runs" / results["runs"][1]["name"]
+    assert json.loads((cfg_run / "train_config.json").read_text())["gen_cfg_scale"] == 5.0
+    assert [p["step"] for p in results["runs"][1]["points"]] == [1, 2]
