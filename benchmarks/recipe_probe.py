@@ -3,9 +3,13 @@
 Why: the full recipe takes about two hours on a 2-core CPU, so its settings are chosen on shorter runs that share
 the expensive first stage. `--reuse DIR` copies a finished VQ (and, unless `--new-vision`, the vision tower) out
 of a checkpoint directory (e.g. the shipped model's, `src/unigap/assets/tiny`), exactly as a resumed run would
-find them, so only the stages that differ are trained. The evaluation uses the val split, never the test split.
+find them, so only the stages that differ are trained; `--reuse-joint` also takes its weights as a finished
+stage 3 (the checkpoint's recorded `steps`), so only stage 4 (polish) trains. The evaluation uses the val split,
+never the test split.
 
     python benchmarks/recipe_probe.py --out runs/probe-a --steps 500 [--set num_layers=6] [--reuse DIR] [--new-vision]
+    python benchmarks/recipe_probe.py --out runs/probe-p --reuse src/unigap/assets/tiny --reuse-joint \
+        --set polish_steps=600
 
 Writes the checkpoint to OUT and `OUT/eval_val.json` (`unigap eval --split val --n 300 --seed 11`).
 """
@@ -16,12 +20,15 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors.torch import save_file
 
 from unigap.evaluate import evaluate, save_report
 from unigap.model import load_model
-from unigap.pretrain import FULL, pretrain
-from unigap.pretrain.run import VISION_FILE, VQ_FILE
+from unigap.pretrain import FULL, PretrainConfig, pretrain
+from unigap.pretrain.joint import PatchHead, make_optimizer, trainable_parameters
+from unigap.pretrain.run import JOINT_FILE, STAGE_STREAMS, VISION_FILE, VQ_FILE
 
 
 def reuse_stages(source: Path, out: Path, vision: bool) -> None:
@@ -38,6 +45,22 @@ def reuse_stages(source: Path, out: Path, vision: bool) -> None:
             save_file(state, out / name, metadata={"seconds": repr(seconds)})
 
 
+def reuse_joint(source: Path, out: Path, config: PretrainConfig) -> None:
+    """Write the checkpoint's weights as a finished stage 3 of `config` (fresh optimiser state: stage 4 starts
+    its own), so a resumed run goes straight to polishing."""
+    if (out / JOINT_FILE).is_file():
+        return
+    um = load_model(source)
+    recorded = json.loads((source / "pretrain.json").read_text())
+    head = PatchHead(config.hidden_size)
+    optimizer, schedule = make_optimizer(trainable_parameters(um, config) + list(head.parameters()), config)
+    rng = np.random.default_rng([config.seed, STAGE_STREAMS["joint"]])
+    state = {"model": um.model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "step": config.steps,
+             "seconds": recorded["joint_seconds"]}
+    torch.save(state, out / JOINT_FILE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -45,12 +68,16 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a PretrainConfig change")
     parser.add_argument("--reuse", type=Path, help="checkpoint directory whose VQ (and vision tower) to reuse")
     parser.add_argument("--new-vision", action="store_true", help="train the vision stage instead of reusing it")
+    parser.add_argument("--reuse-joint", action="store_true", help="also reuse --reuse's weights as stage 3")
     parser.add_argument("--n", type=int, default=300)
     args = parser.parse_args()
     changes = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    config = FULL.scaled(steps=args.steps, **changes)
     if args.reuse is not None:
         reuse_stages(args.reuse, args.out, vision=not args.new_vision)
-    pretrain(args.out, FULL.scaled(steps=args.steps, **changes), show_progress=False)
+        if args.reuse_joint:
+            reuse_joint(args.reuse, args.out, config)
+    pretrain(args.out, config, show_progress=False)
     report = evaluate(load_model(args.out), args.n, seed=11, split="val", progress=False)
     report["config"].update(model=str(args.out), probe={"steps": args.steps, **changes})
     save_report(report, args.out / "eval_val.json")

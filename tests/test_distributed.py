@@ -50,7 +50,8 @@ def _train(data: Path, out: Path, processes: int, objective: tuple[str, ...] | N
 
 def test_two_processes_match_one(tmp_path: Path) -> None:
     write_dataset(tmp_path, 16, 0, "train", questions=2)
-    (tmp_path / "run.toml").write_text("batch_size = 6\nlora_rank = 4\nlora_alpha = 8\nlora_dropout = 0.0\n")
+    (tmp_path / "run.toml").write_text("batch_size = 6\nlora_rank = 4\nlora_alpha = 8\nlora_dropout = 0.0\n"
+                                       "prompt_dropout = 0.5\n")  # dropped rows must shard with their rows
     one, two = _train(tmp_path, tmp_path / "one", 1), _train(tmp_path, tmp_path / "two", 2)
     assert [r["step"] for r in two] == [0, 1, 2]
     for a, b in zip(one, two, strict=True):

@@ -79,6 +79,19 @@ def test_cfg_changes_scores_and_scale_one_is_conditional(um: UnifiedModel) -> No
     assert not torch.allclose(cond, mixed, atol=1e-3)
 
 
+def test_dropped_rows_are_scored_from_the_unconditional_prompt(um: UnifiedModel) -> None:
+    """Prompt dropout in training: a dropped row's log-probs are the unconditional branch's, which CFG at scale 0
+    samples from; the other rows stay conditional."""
+    tokens = um.generate_images(SAME_LENGTH, cfg_scale=None, temperature=1.0, seed=0)
+    dropped = torch.tensor([True, False] * (len(SAME_LENGTH) // 2) + [True] * (len(SAME_LENGTH) % 2))
+    got = um.image_token_logprobs(SAME_LENGTH, tokens, dropped=dropped)
+    cond = um.image_token_logprobs(SAME_LENGTH, tokens)
+    uncond = um.image_token_logprobs(SAME_LENGTH, tokens, cfg_scale=0.0)
+    assert not torch.allclose(cond, uncond, atol=1e-3)
+    torch.testing.assert_close(got[dropped], uncond[dropped], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[~dropped], cond[~dropped], atol=1e-4, rtol=1e-4)
+
+
 def test_image_logprobs_is_differentiable(fresh: UnifiedModel) -> None:
     tokens = fresh.generate_images(SAME_LENGTH[:2], cfg_scale=None, temperature=1.0, seed=1)
     total, _ = fresh.image_logprobs(SAME_LENGTH[:2], tokens, cfg_scale=2.0)

@@ -17,7 +17,13 @@ from unigap.model.images import vq_encode
 from unigap.pretrain import QUICK, pretrain
 from unigap.pretrain import run as run_module
 from unigap.pretrain.corpus import Corpora, critique_corpus, edit_corpus, generation_corpus, understanding_corpus
-from unigap.pretrain.joint import PatchHead, generation_loss, trainable_parameters, understanding_loss
+from unigap.pretrain.joint import (
+    PatchHead,
+    critique_rows,
+    generation_loss,
+    trainable_parameters,
+    understanding_loss,
+)
 from unigap.pretrain.run import build_model, tokenize_corpora
 from unigap.pretrain.vq import CROP_FOREGROUND, grid_crops, to_pixels, train_vq, vq_reconstruct
 from unigap.pretrain.labels import grid_side, patch_labels
@@ -173,41 +179,78 @@ def test_patch_head_reads_the_states_that_predict_each_image_token(model_and_cor
     um.model.zero_grad()
 
 
-@pytest.mark.parametrize(("stage", "checkpoint_file"), [("vq", "VQ_PARTIAL"), ("joint", "JOINT_FILE")])
-def test_killed_run_resumes_to_the_same_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str, checkpoint_file: str
-) -> None:
-    config = TINY.scaled(vq_steps=4)  # both stages: checkpoint at step 2, killed in step 3
-    whole = pretrain(tmp_path / "whole", config, show_progress=False)
+RESUMED = TINY.scaled(vq_steps=4, polish_steps=4, polish_critique_batch=3, polish_edit_batch=2)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of `RESUMED`, which every killed-and-resumed run must reproduce."""
+    return pretrain(tmp_path_factory.mktemp("whole"), RESUMED, show_progress=False)
+
+
+@pytest.mark.parametrize("stage", ["vq", "joint"])
+def test_killed_run_resumes_to_the_same_weights(whole: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                stage: str) -> None:
+    """Killed in the VQ stage, or in the joint stage and, once resumed, again in the polish stage: each time in its
+    third step, after the checkpoint at step 2; the finished run equals the uninterrupted one."""
+    config, out = RESUMED, tmp_path / "resumed"
     calls = {"n": 0}
 
-    def dies_on_third_step() -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
+    def killed_at(call: int):
+        def count() -> None:
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise KeyboardInterrupt
+        return count
+
+    def run_killed(dies: object, checkpoint_file: str) -> None:
+        calls["n"] = 0
+        if stage == "vq":
+            real_train_vq = run_module.train_vq
+
+            def train_vq_dying(*args, on_step, **kwargs):
+                return real_train_vq(*args, on_step=lambda *a: (dies(), on_step(*a)), **kwargs)
+
+            monkeypatch.setattr(run_module, "train_vq", train_vq_dying)
+        else:
+            real_step = run_module.joint_step
+            monkeypatch.setattr(run_module, "joint_step", lambda *a, **k: (dies(), real_step(*a, **k))[1])
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(out, config, show_progress=False)
+        monkeypatch.undo()
+        assert (out / getattr(run_module, checkpoint_file)).is_file()
 
     if stage == "vq":
-        real_train_vq = run_module.train_vq
-
-        def train_vq_dying(*args, on_step, **kwargs):
-            return real_train_vq(*args, on_step=lambda *a: (dies_on_third_step(), on_step(*a)), **kwargs)
-
-        monkeypatch.setattr(run_module, "train_vq", train_vq_dying)
+        run_killed(killed_at(3), "VQ_PARTIAL")
     else:
-        real_step = run_module.joint_step
-        monkeypatch.setattr(run_module, "joint_step", lambda *a, **k: (dies_on_third_step(), real_step(*a, **k))[1])
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(tmp_path / "resumed", config, show_progress=False)
-    monkeypatch.undo()
-    assert (tmp_path / "resumed" / getattr(run_module, checkpoint_file)).is_file()
-    pretrain(tmp_path / "resumed", config, show_progress=False)
-    a, b = load_file(whole / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+        run_killed(killed_at(3), "JOINT_FILE")
+        run_killed(killed_at(config.steps - 2 + 3), "POLISH_FILE")  # the rest of stage 3, then polish's third step
+    pretrain(out, config, show_progress=False)
+    a, b = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    leftovers = (run_module.VQ_PARTIAL, run_module.VQ_FILE, run_module.JOINT_FILE)
-    assert not any((run / name).exists() for run in (whole, tmp_path / "resumed") for name in leftovers)
+    leftovers = (run_module.VQ_PARTIAL, run_module.VQ_FILE, run_module.JOINT_FILE, run_module.POLISH_FILE)
+    assert not any((run / name).exists() for run in (whole, out) for name in leftovers)
     um = load_model(whole)
     assert um.num_image_tokens == 64 and um.codebook_size == TINY.codebook_size
+
+
+def test_critique_rows_draw_intact_pictures_at_the_share_asked(corpora) -> None:
+    critique = corpora.critique
+    intact = np.array([p == "intact" for p in critique.pictures])
+    assert 0 < intact.sum() < len(critique)
+    rows = critique_rows(critique, 4000, np.random.default_rng(0), 0.8)
+    assert abs(intact[rows].mean() - 0.8) < 0.03
+    assert len(set(rows[intact[rows]])) == intact.sum()  # every intact picture is drawn
+    # unset, the draw is stage 3's uniform one, so a recipe without a share trains exactly as before
+    assert np.array_equal(critique_rows(critique, 50, np.random.default_rng(1), None),
+                          np.random.default_rng(1).integers(len(critique), size=50))
+
+
+def test_polish_is_the_joint_step_at_its_own_batches_and_rate() -> None:
+    polish = TINY.scaled(polish_steps=7, polish_lr=1e-4, polish_critique_batch=5, polish_intact=0.6).polish()
+    assert (polish.steps, polish.lr, polish.critique_batch, polish.critique_intact) == (7, 1e-4, 5, 0.6)
+    assert polish.patch_label_weight == 0.0 and polish.vq_steps == TINY.vq_steps
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from test_train_cli import run_main
 from unigap.errors import UserError
 from unigap.model import load_model
-from unigap.train import sft_data
+from unigap.train import sft, sft_data
 from unigap.train.sft_data import TOKEN_CACHE, SFTConfig, read_sft_data, train_sft
 from unigap.world.dataset import write_dataset
 
@@ -87,6 +88,24 @@ def test_resume_reuses_the_token_cache_and_ends_where_a_whole_run_does(tiny_dir:
     assert encoded == []  # the images were not tokenized again
     whole, cut = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("whole", "cut"))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_prompt_dropout_trains_a_share_of_image_rows_unconditionally(tiny_dir: Path, world: Path,
+                                                                      tmp_path: Path) -> None:
+    """The batch's rows do not depend on the dropout; the dropped share does; image losses change with it, answer
+    losses do not."""
+    rows = [sft.batch_rows(0, 1, step, 1000, 8, 0.25) for step in range(200)]
+    assert all(np.array_equal(r, sft.batch_rows(0, 1, step, 1000, 8)[0]) for step, (r, _) in enumerate(rows))
+    assert np.mean([d.mean() for _, d in rows]) == pytest.approx(0.25, abs=0.04)
+    assert not any(sft.batch_rows(0, 1, step, 1000, 8)[1].any() for step in range(50))
+    first = {}
+    for dropout in (0.0, 0.99):
+        config = SFTConfig(steps=1, lora_rank=4, lora_alpha=8, lora_dropout=0.0, batch_size=4, prompt_dropout=dropout,
+                           gen_data=str(world / "samples.jsonl"), und_data=str(world / "questions.jsonl"))
+        train_sft(load_model(tiny_dir), config, tmp_path / f"pd-{dropout}", show_progress=False)
+        first[dropout] = _log(tmp_path / f"pd-{dropout}")[0]
+    assert first[0.99]["und/loss"] == pytest.approx(first[0.0]["und/loss"], rel=1e-6)
+    assert first[0.99]["gen/loss"] != pytest.approx(first[0.0]["gen/loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -192,9 +192,12 @@ def image_token_logprobs(
     prompts: Sequence[str],
     image_tokens: torch.Tensor,
     cfg_scale: float | None,
+    dropped: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token teacher-forced log-probs [B, N] of image tokens given each prompt, under CFG-mixed logits when
-    `cfg_scale` is given (the distribution images are sampled from); differentiable."""
+    `cfg_scale` is given (the distribution images are sampled from); otherwise conditional, the `dropped` [B] rows
+    given the unconditional prompt (prompt dropout in training, which keeps CFG's unconditional branch on the data).
+    Differentiable."""
     num_tokens = fmt.num_image_tokens
     image_tokens = check_image_tokens(image_tokens, num_tokens, model.config.vq_config.num_embeddings)
     batch = check_counts(prompts=prompts, **{"image token rows": image_tokens})
@@ -203,6 +206,8 @@ def image_token_logprobs(
         return torch.zeros((0, num_tokens), device=device)
     cfg = uses_cfg(cfg_scale)
     ids, mask = prompt_batch(fmt, prompts, cfg, device)
+    if dropped is not None and not cfg:
+        ids = torch.where(dropped.to(device).unsqueeze(-1), unconditional(fmt, ids), ids)
     fed = image_tokens.to(device)
     logits = image_token_logits(model, ids, mask, fed.repeat(2, 1) if cfg else fed)
     return token_logprobs(guided(logits.float(), cfg_scale), fed)

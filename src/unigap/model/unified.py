@@ -220,19 +220,21 @@ class UnifiedModel:
         return generation.score_image_tokens(self.model, self.prompts, prompts, image_tokens, cfg_scale)
 
     def image_token_logprobs(
-        self, prompts: Sequence[str], image_tokens: torch.Tensor, cfg_scale: float | None = None
+        self, prompts: Sequence[str], image_tokens: torch.Tensor, cfg_scale: float | None = None,
+        dropped: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-token teacher-forced log-probs [B, N] of each image's tokens (CFG-mixed when `cfg_scale` is given)."""
-        return generation.image_token_logprobs(self.model, self.prompts, prompts, image_tokens, cfg_scale)
+        """Per-token teacher-forced log-probs [B, N] of each image's tokens (CFG-mixed when `cfg_scale` is given;
+        otherwise the rows where `dropped` [B] is True get the unconditional prompt: prompt dropout)."""
+        return generation.image_token_logprobs(self.model, self.prompts, prompts, image_tokens, cfg_scale, dropped)
 
     def edit_token_logprobs(
         self, images: Sequence[ImageInput], instructions: Sequence[str], image_tokens: torch.Tensor,
-        cfg_scale: float | None = None,
+        cfg_scale: float | None = None, dropped: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-token log-probs [B, N] of edited images' tokens given source image + instruction (CFG-mixed when
-        `cfg_scale` is given, as `edit` samples); differentiable."""
+        `cfg_scale` is given, as `edit` samples; otherwise `dropped` [B] rows unconditional); differentiable."""
         return editing.edit_token_logprobs(self.model, self.prompts, self.vision, images, instructions, image_tokens,
-                                           cfg_scale)
+                                           cfg_scale, dropped)
 
     # -- VQ ----------------------------------------------------------------------------------
 

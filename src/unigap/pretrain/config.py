@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Model sizes and the two training stages' budgets. The full preset is what ships as `tiny`."""
+    """Model sizes, corpora and each training stage's budget. The full preset is what ships as `tiny`."""
 
     seed: int = 0
     # model (see unigap.model.tiny_janus_config)
@@ -42,6 +42,7 @@ class PretrainConfig:
     questions_per_image: int = 4  # questions scored per understanding image (sharing its forward pass)
     gen_batch: int = 24
     critique_batch: int = 16  # critique pictures per step, all their questions scored
+    critique_intact: float | None = None  # share of critique pictures drawn intact; None: as the corpus holds them
     edit_batch: int = 16  # edit pairs per step (0: the model does not learn to edit)
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -49,9 +50,27 @@ class PretrainConfig:
     prompt_dropout: float = 0.1  # generation prompts replaced by the unconditional prompt (CFG)
     patch_label_weight: float = 1.0  # weight of the image-position shape/colour loss (see unigap.pretrain.joint.PatchHead)
     checkpoint_every: int = 100
+    # stage 4, polish: the joint step again from stage 3's weights with a fresh optimiser and schedule, fewer
+    # understanding and generation examples, more critique and edit ones, and critique pictures drawn intact
+    # `polish_intact` of the time (stage 3 draws intact, broken and damaged alike; see unigap.pretrain.joint)
+    polish_steps: int = 0
+    polish_lr: float = 5e-4
+    polish_warmup: int = 30
+    polish_und_batch: int = 12
+    polish_gen_batch: int = 12
+    polish_critique_batch: int = 32
+    polish_edit_batch: int = 24
+    polish_intact: float = 0.5
 
     def scaled(self, **changes: object) -> PretrainConfig:
         return replace(self, **changes)
+
+    def polish(self) -> PretrainConfig:
+        """Stage 4 as a joint-stage config (`joint_step` and `make_optimizer` read it like stage 3's)."""
+        return replace(self, steps=self.polish_steps, lr=self.polish_lr, warmup=self.polish_warmup,
+                       und_batch=self.polish_und_batch, gen_batch=self.polish_gen_batch,
+                       critique_batch=self.polish_critique_batch, edit_batch=self.polish_edit_batch,
+                       critique_intact=self.polish_intact, patch_label_weight=0.0)
 
 
 FULL = PretrainConfig()

@@ -1,9 +1,9 @@
-"""`pretrain`: build the tokenizer and tiny Janus; train the VQ, the vision tower, then the rest; save a
-`load_model` checkpoint.
+"""`pretrain`: build the tokenizer and tiny Janus; train the VQ, the vision tower, then the rest (and, if asked,
+polish it); save a `load_model` checkpoint.
 
 Long work checkpoints into the output directory (`vq.pt` every `checkpoint_every` steps of stage 1,
-`vq.safetensors` at its end, `vision.safetensors` at the end of stage 2, `joint.pt` every `checkpoint_every`
-steps of stage 3, all written atomically) and a rerun with the same arguments resumes from them; a finished
+`vq.safetensors` at its end, `vision.safetensors` at the end of stage 2, `joint.pt` and `polish.pt` every
+`checkpoint_every` steps of stages 3 and 4, all written atomically) and a rerun with the same arguments resumes from them; a finished
 run removes them, leaving just the checkpoint that ships. The corpora are rebuilt from the seed
 (deterministic), so they are never stored.
 """
@@ -56,6 +56,10 @@ VQ_FILE = "vq.safetensors"
 VQ_PARTIAL = "vq.pt"  # stage 1 in progress
 VISION_FILE = "vision.safetensors"
 JOINT_FILE = "joint.pt"
+POLISH_FILE = "polish.pt"
+STAGE_FILES = {"joint": JOINT_FILE, "polish": POLISH_FILE}  # each stepped stage's checkpoint,
+STAGE_STREAMS = {"joint": 2, "polish": 4}  # random stream
+STAGE_BARS = {"joint": "understanding + generation", "polish": "polish: critique + editing"}  # and progress bar
 LOG_FILE = "pretrain_log.jsonl"
 SUMMARY_FILE = "pretrain.json"
 ENCODE_BATCH = 64
@@ -198,16 +202,18 @@ def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainCo
 
 
 def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out: Path, show: bool,
-                 logger: MetricLogger) -> dict:
-    """Train everything but the VQ, checkpointing every `checkpoint_every` steps; resumes from `joint.pt`.
-    The patch-label head is trained alongside and not saved with the model."""
+                 logger: MetricLogger, stage: str = "joint") -> dict:
+    """Train everything but the VQ for `config.steps` joint steps, checkpointing every `checkpoint_every`
+    steps into its `STAGE_FILES` entry and resuming from it. Stage 3 (`joint`) and stage 4 (`polish`, run with
+    `config.polish()`) are this loop, each with its own optimiser, schedule and random stream. The
+    patch-label head is trained alongside and not saved with the model."""
     torch.manual_seed(config.seed)
     head = PatchHead(config.hidden_size).to(um.device)
     params = trainable_parameters(um, config) + list(head.parameters())
     optimizer, schedule = make_optimizer(params, config)
-    rng = np.random.default_rng([config.seed, 2])
+    rng = np.random.default_rng([config.seed, STAGE_STREAMS[stage]])
     step, seconds = 0, 0.0
-    checkpoint = out / JOINT_FILE
+    checkpoint = out / STAGE_FILES[stage]
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         um.model.load_state_dict(state["model"])
@@ -219,7 +225,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
     um.model.train()
     um.model.model.vqmodel.eval()
     last = None
-    with _bar("understanding + generation", config.steps, show) as update:
+    with _bar(STAGE_BARS[stage], config.steps, show) as update:
         update(step)
         started = time.perf_counter() - seconds
         while step < config.steps:
@@ -228,7 +234,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
             update(step, f"und {last.und_loss:.3f} gen {last.gen_loss:.3f} critique {last.critique_loss:.3f} "
                          f"edit {last.edit_loss:.3f}")
             if step % 10 == 0 or step == config.steps:
-                _log(logger, {"stage": "joint", "step": step, **asdict(last)})
+                _log(logger, {"stage": stage, "step": step, **asdict(last)})
             if step % config.checkpoint_every == 0 or step == config.steps:
                 state = {
                     "model": um.model.state_dict(),
@@ -257,25 +263,31 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     corpora = build_corpora(config, grid_side(um.num_image_tokens), show_progress)
     corpus_seconds = time.perf_counter() - started
     vq_seconds = _stage_vq(um, corpora.gen.renders, config, out, show_progress, logger)
+    coded = time.perf_counter()
     tokenize_corpora(um, corpora)
     fidelity = vq_fidelity(um, n=VQ_CHECK, seed=config.seed, data_seed=config.seed, progress=show_progress)
     _log(logger, {"stage": "vq_fidelity", **fidelity})
+    tokenize_seconds = time.perf_counter() - coded  # paid again by every resumed run: the corpora are not stored
     vision_seconds = _stage_vision(um, corpora.und, config, out, show_progress, logger)
     joint = _stage_joint(um, corpora, config, out, show_progress, logger)
+    polish = _stage_joint(um, corpora, config.polish(), out, show_progress, logger, stage="polish")
     save_tiny(um.model, um.tokenizer, out, editing=config.edit_batch > 0)
     summary = {
         "config": asdict(config),
         "corpus_seconds": corpus_seconds,
         "vq_seconds": vq_seconds,
+        "tokenize_seconds": tokenize_seconds,
         "vq_reconstruction_accuracy": fidelity,  # verifier acceptance of held-out VQ reconstructions
         "vision_seconds": vision_seconds,
         "joint_seconds": joint["seconds"],
         "final_losses": joint["final"],
+        "polish_seconds": polish["seconds"],
+        "polish_final_losses": polish["final"],
         "wall_seconds_this_run": time.perf_counter() - started,
         "torch_threads": torch.get_num_threads(),
     }
     write_text_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2))
     logger.close()
-    for stage_checkpoint in (VQ_PARTIAL, VQ_FILE, VISION_FILE, JOINT_FILE):  # only a killed run needs them
+    for stage_checkpoint in (VQ_PARTIAL, VQ_FILE, VISION_FILE, JOINT_FILE, POLISH_FILE):  # only a killed run needs them
         (out / stage_checkpoint).unlink(missing_ok=True)
     return out

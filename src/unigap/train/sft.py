@@ -32,11 +32,12 @@ from unigap.train.trainer import TrainResult
 
 class Task(Protocol):
     """A set of examples with a differentiable token cross-entropy on any subset of them, returned as (summed loss,
-    the count it is a mean over) so that data-parallel processes can divide by the global count."""
+    the count it is a mean over) so that data-parallel processes can divide by the global count. `dropped` [rows]
+    marks the rows an image task trains unconditionally (prompt dropout); text tasks ignore it."""
 
     def __len__(self) -> int: ...
 
-    def loss(self, um: Any, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def vq_tokens(um: Any, images: Sequence[ImageInput], batch_size: int,
@@ -63,7 +64,7 @@ class AnswerTask:
     def __len__(self) -> int:
         return len(self.images)
 
-    def loss(self, um: Any, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed over answer tokens: a mean over every token of the batch."""
         total, count = um.grouped_answer_logprobs(
             [self.images[r] for r in rows], [self.questions[r] for r in rows], [self.answers[r] for r in rows]
@@ -73,7 +74,8 @@ class AnswerTask:
 
 @dataclass(frozen=True)
 class TextToImageTask:
-    """Generation: an image's VQ tokens from its caption (conditional only, no CFG mixing)."""
+    """Generation: an image's VQ tokens from its caption (no CFG mixing; `dropped` rows from the unconditional
+    prompt)."""
 
     prompts: Sequence[str]
     targets: torch.Tensor  # [n, N] VQ ids
@@ -81,9 +83,9 @@ class TextToImageTask:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def loss(self, um: Any, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's mean token loss, summed over images: a mean over images (every image has N tokens)."""
-        logprobs = um.image_token_logprobs([self.prompts[r] for r in rows], self.targets[rows])
+        logprobs = um.image_token_logprobs([self.prompts[r] for r in rows], self.targets[rows], dropped=dropped)
         return -logprobs.mean(dim=-1).sum(), torch.tensor(float(len(rows)))
 
 
@@ -98,9 +100,10 @@ class ImageToImageTask:
     def __len__(self) -> int:
         return len(self.images)
 
-    def loss(self, um: Any, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = [self.images[r] for r in rows]
-        logprobs = um.edit_token_logprobs(images, [self.instruction] * len(rows), self.targets[rows])
+        logprobs = um.edit_token_logprobs(images, [self.instruction] * len(rows), self.targets[rows],
+                                          dropped=dropped)
         return -logprobs.mean(dim=-1).sum(), torch.tensor(float(len(rows)))
 
 
@@ -121,6 +124,7 @@ class SFTOptions:
     lora_rank: int = 32
     lora_alpha: float = 64.0
     lora_dropout: float = 0.05
+    prompt_dropout: float = 0.0  # share of image-task rows trained from the unconditional prompt (CFG's branch)
     seed: int = 0  # LoRA init, batch order, dropout
     checkpoint_every: int = 50
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
@@ -131,7 +135,7 @@ class SFTOptions:
             check_field(self, name, getattr(self, name) > 0, "be positive")
         for name in ("weight_decay", "seed"):
             check_field(self, name, getattr(self, name) >= 0, "be >= 0")
-        for name in ("warmup_ratio", "adam_beta1", "adam_beta2", "lora_dropout"):
+        for name in ("warmup_ratio", "adam_beta1", "adam_beta2", "lora_dropout", "prompt_dropout"):
             check_field(self, name, 0 <= getattr(self, name) < 1, "lie in [0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,9 +148,13 @@ def check_field(config: object, name: str, ok: bool, what: str) -> None:
         raise UserError(f"{name.replace('_', '-')} must {what}, got {getattr(config, name)}")
 
 
-def batch_rows(seed: int, stream: int, step: int, n: int, size: int) -> np.ndarray:
-    """The rows task number `stream` trains on at `step`: `size` distinct rows, a function of (seed, stream, step)."""
-    return np.random.default_rng([seed, stream, step]).choice(n, size=min(size, n), replace=False)
+def batch_rows(seed: int, stream: int, step: int, n: int, size: int, dropout: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows task number `stream` trains on at `step` (`size` distinct rows) and which of them are trained
+    unconditionally (a `dropout` share): a function of (seed, stream, step), drawn for the global batch."""
+    rng = np.random.default_rng([seed, stream, step])
+    rows = rng.choice(n, size=min(size, n), replace=False)
+    return rows, rng.random(len(rows)) < dropout
 
 
 class SFTTrainer:
@@ -196,8 +204,9 @@ class SFTTrainer:
         record: dict[str, Any] = {"step": self.step, "lr": self.scheduler.get_last_lr()[0]}
         total = 0.0
         for stream, (name, (task, weight)) in enumerate(self.tasks.items()):
-            rows = batch_rows(self.options.seed, stream, self.step, len(task), self.options.batch_size)
-            summed, count = task.loss(self.um, distributed.shard(rows))
+            rows, dropped = batch_rows(self.options.seed, stream, self.step, len(task), self.options.batch_size,
+                                       self.options.prompt_dropout)
+            summed, count = task.loss(self.um, distributed.shard(rows), torch.from_numpy(distributed.shard(dropped)))
             loss = summed / distributed.all_sum(count)  # this process's share of the global batch's mean
             (weight * loss).backward()
             record[f"{name}/loss"] = float(distributed.all_sum(loss.detach()))

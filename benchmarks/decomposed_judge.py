@@ -1,0 +1,119 @@
+"""The self-judge asked in parts: is the one yes/no question the weak link, or the model's reading of its images?
+
+Why: the judge question ("Does this image show {prompt}?") is one answer token about the whole prompt. The same
+model answers single questions about held-out scenes correctly ~70% of the time, so a judge built from its answers
+to the prompt's parts (TIFA-style: "Is there a red circle?" per item, "How many red circles are there?" for
+counting prompts, "Is the red circle to the left of the blue square?" for positions) might rank its own images
+better. Score = the smallest log-probability of an expected answer; accept when that answer is more likely than
+not. Measured on the same generations `unigap eval` judges (same prompts, seed and batch size).
+
+    python benchmarks/decomposed_judge.py --model tiny [--split test --n 500 --seed 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from _common import write_result
+from unigap.evaluate.critique import auc
+from unigap.evaluate.data import held_out_pairs
+from unigap.evaluate.generation import generate_and_judge
+from unigap.model import load_model
+from unigap.world import CATEGORIES, PromptSpec
+from unigap.world.prompts import NUMBER_WORDS, RELATION_PHRASES, article, plural
+from unigap.world.questions import TEMPLATES
+
+RESULT = Path(__file__).parent / "results" / "decomposed_judge.json"
+BATCH = 32  # `unigap eval`'s default, so the generations are eval's
+
+
+def parts(spec: PromptSpec) -> list[tuple[str, str]]:
+    """(question, the answer the prompt implies) for each part of a ShapeWorld prompt."""
+    asked = []
+    for item in spec.items:
+        if spec.category == "counting":
+            template = "count_both" if item.color else "count_shape"
+            asked.append((TEMPLATES[template].format(color=item.color, shapes=plural(item.shape)),
+                          NUMBER_WORDS[item.count]))
+        else:
+            template = "exists_both" if item.color else "exists_shape"
+            asked.append((TEMPLATES[template].format(a=article(item.noun), color=item.color, shape=item.shape), "yes"))
+    if spec.category == "position" and all(item.color for item in spec.items):
+        a, b = spec.items
+        asked.append((TEMPLATES["position"].format(color=a.color, shape=a.shape, relation=RELATION_PHRASES[spec.relation],
+                                                   color2=b.color, shape2=b.shape), "yes"))
+    return asked
+
+
+@torch.no_grad()
+def parts_scores(um, specs: list[PromptSpec], images: list) -> list[float]:  # noqa: ANN001 - a UnifiedModel
+    """The smallest log-probability of an expected part answer, per image."""
+    scores = []
+    for start in range(0, len(specs), BATCH):
+        asked = [parts(spec) for spec in specs[start : start + BATCH]]
+        logps, _ = um.grouped_answer_logprobs(images[start : start + BATCH], [[q for q, _ in a] for a in asked],
+                                              [[ans for _, ans in a] for a in asked])
+        flat = iter(logps.float().tolist())
+        scores += [min(next(flat) for _ in a) for a in asked]
+    return scores
+
+
+def within(scores: list[float], records: list[dict]) -> dict:
+    """`unigap eval`'s `self_judge.auc_within` for any score, and its per-category AUCs."""
+    by_category, weighted, pairs = {}, 0.0, 0
+    for category in CATEGORIES:
+        rows = [(s, r["verified"]) for s, r in zip(scores, records, strict=True) if r["category"] == category]
+        result = auc([s for s, ok in rows if ok], [s for s, ok in rows if not ok])
+        by_category[category] = result["auc"]
+        if result["auc"] is not None:
+            weighted += result["auc"] * result["n_correct"] * result["n_wrong"]
+            pairs += result["n_correct"] * result["n_wrong"]
+    return {"auc_within": weighted / pairs, "pairs": pairs, "auc_by_category": by_category}
+
+
+def precision(accepted: list[bool], records: list[dict]) -> dict:
+    kept = [r["verified"] for a, r in zip(accepted, records, strict=True) if a]
+    return {"precision": sum(kept) / len(kept) if kept else None, "n": len(kept), "accept_rate": len(kept) / len(records)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args()
+    um = load_model(args.model)
+    specs = [spec for spec, _ in held_out_pairs(args.n, args.seed, 0, split=args.split)]
+    with torch.no_grad():
+        images, records = generate_and_judge(um, specs, args.seed, BATCH, 5.0, 1.0, True)
+    judge = [r["p_yes"] for r in records]
+    split_up = parts_scores(um, specs, images)
+    combined = [math.log(max(p, 1e-9)) + s for p, s in zip(judge, split_up, strict=True)]
+    results = {
+        "judge question": {**within(judge, records), **precision([p >= 0.5 for p in judge], records)},
+        "parts (smallest answer log-prob)": {**within(split_up, records),
+                                             **precision([s >= math.log(0.5) for s in split_up], records)},
+        "judge question + parts": {**within(combined, records), **precision([c >= math.log(0.25) for c in combined], records)},
+    }
+    table = Table(title=f"self-judge on its own {args.split} generations (n = {args.n}, seed {args.seed})")
+    for column in ("score", "AUC within categories", "precision", "accepted", *CATEGORIES):
+        table.add_column(column)
+    for name, row in results.items():
+        cells = [f"{v:.3f}" if v is not None else "—" for v in (row["auc_within"], row["precision"], row["accept_rate"])]
+        table.add_row(name, *cells, *(f"{row['auc_by_category'][c]:.2f}" if row["auc_by_category"][c] is not None
+                                      else "—" for c in CATEGORIES))
+    Console(width=200).print(table)
+    write_result(args.out, {"model": args.model, "split": args.split, "n": args.n, "seed": args.seed,
+                            "generation_accuracy": sum(r["verified"] for r in records) / len(records), "results": results})
+
+
+if __name__ == "__main__":
+    main()
