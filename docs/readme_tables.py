@@ -128,6 +128,19 @@ def sampling_compile() -> str:
                                f"{result['torch_threads']} threads, torch {result['torch']}.")
 
 
+def sampling_profile() -> str:
+    """`benchmarks/sampling_profile.py`: each operator group's share of a profiled sampling step."""
+    result = _load(BENCH / "sampling_profile.json")
+    groups = ("matmul", "attention", "sampling", "other")
+    lines = ["| batch | ms/step (profiled) | " + " | ".join(groups) + " | matmul GFLOP/s |", "|---|---|---|---|---|---|---|"]
+    for row in result["results"]:
+        shares = " | ".join(f"{row[f'{g}_share']:.0%}" for g in groups)
+        lines.append(f"| {row['batch_size']} | {row['profiled_ms_per_step']:.1f} | {shares} | {row['matmul_gflops']:.0f} |")
+    return "\n".join(lines) + (f"\n\n`{result['model']}` model, {result['device']} {result['dtype']}, "
+                               f"{result['torch_threads']} threads; a 2048 × 2048 matmul ran at "
+                               f"{result['matmul_gflops_2048']:.0f} GFLOP/s in the same run.")
+
+
 STUDY_P4 = ROOT / "docs" / "results" / "study_p4.json"
 STUDY_P2 = ROOT / "docs" / "results" / "study_p2.json"
 # Janus-Pro-7B in the paper (arXiv 2507.16663): T2I-CompBench++ overall and non-unification, by method
@@ -277,7 +290,7 @@ def dpo_tune(*paths: Path) -> str:
 
 
 TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
-                                        "sampling-compile": sampling_compile,
+                                        "sampling-compile": sampling_compile, "sampling-profile": sampling_profile,
                                         "self-improvement": self_improvement, "unimrg": unimrg, "full-study": full_study,
                                         "study-headline": study_headline,
                                         "claims": claims, "dpo-tune": partial(dpo_tune, DPO_TUNE),
