@@ -21,10 +21,10 @@ from rich.console import Console
 from rich.table import Table
 
 from _common import write_result
-from unigap.evaluate.critique import auc
+from unigap.evaluate.critique import self_judge_metrics
 from unigap.evaluate.data import held_out_pairs
 from unigap.evaluate.generation import generate_and_judge
-from unigap.model import load_model
+from unigap.model import UnifiedModel, load_model
 from unigap.world import CATEGORIES, PromptSpec
 from unigap.world.prompts import NUMBER_WORDS, RELATION_PHRASES, article, plural
 from unigap.world.questions import TEMPLATES
@@ -52,7 +52,7 @@ def parts(spec: PromptSpec) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
-def parts_scores(um, specs: list[PromptSpec], images: list) -> list[float]:  # noqa: ANN001 - a UnifiedModel
+def parts_scores(um: UnifiedModel, specs: list[PromptSpec], images: list) -> list[float]:
     """The smallest log-probability of an expected part answer, per image."""
     scores = []
     for start in range(0, len(specs), BATCH):
@@ -65,16 +65,10 @@ def parts_scores(um, specs: list[PromptSpec], images: list) -> list[float]:  # n
 
 
 def within(scores: list[float], records: list[dict]) -> dict:
-    """`unigap eval`'s `self_judge.auc_within` for any score, and its per-category AUCs."""
-    by_category, weighted, pairs = {}, 0.0, 0
-    for category in CATEGORIES:
-        rows = [(s, r["verified"]) for s, r in zip(scores, records, strict=True) if r["category"] == category]
-        result = auc([s for s, ok in rows if ok], [s for s, ok in rows if not ok])
-        by_category[category] = result["auc"]
-        if result["auc"] is not None:
-            weighted += result["auc"] * result["n_correct"] * result["n_wrong"]
-            pairs += result["n_correct"] * result["n_wrong"]
-    return {"auc_within": weighted / pairs, "pairs": pairs, "auc_by_category": by_category}
+    """`unigap eval`'s `self_judge.auc_within` and per-category AUCs, for any score in place of P(yes)."""
+    metrics = self_judge_metrics([{**r, "p_yes": s} for s, r in zip(scores, records, strict=True)])
+    return {"auc_within": metrics["auc_within"]["auc"], "pairs": metrics["auc_within"]["pairs"],
+            "auc_by_category": {c: m["auc"] for c, m in metrics["auc_by_category"].items()}}
 
 
 def precision(accepted: list[bool], records: list[dict]) -> dict:

@@ -4,11 +4,12 @@ Why: the full recipe takes about two hours on a 2-core CPU, so its settings are 
 the expensive first stage. `--reuse DIR` copies a finished VQ (and, unless `--new-vision`, the vision tower) out
 of a checkpoint directory (e.g. the shipped model's, `src/unigap/assets/tiny`), exactly as a resumed run would
 find them, so only the stages that differ are trained; `--reuse-joint` also takes its weights as a finished
-stage 3 (the checkpoint's recorded `steps`), so only stage 4 (polish) trains. The evaluation uses the val split,
+stage 3 of `--steps` steps (give the checkpoint's own: 3000 for the shipped model), so only stage 4 (polish)
+trains. The evaluation uses the val split,
 never the test split.
 
     python benchmarks/recipe_probe.py --out runs/probe-a --steps 500 [--set num_layers=6] [--reuse DIR] [--new-vision]
-    python benchmarks/recipe_probe.py --out runs/probe-p --reuse src/unigap/assets/tiny --reuse-joint \
+    python benchmarks/recipe_probe.py --out runs/probe-p --steps 3000 --reuse src/unigap/assets/tiny --reuse-joint \
         --set polish_steps=600
 
 Writes the checkpoint to OUT and `OUT/eval_val.json` (`unigap eval --split val --n 300 --seed 11`).
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from unigap.atomic import write_atomically
 from unigap.evaluate import evaluate, save_report
 from unigap.model import load_model
 from unigap.pretrain import FULL, PretrainConfig, pretrain
@@ -57,8 +59,8 @@ def reuse_joint(source: Path, out: Path, config: PretrainConfig) -> None:
     rng = np.random.default_rng([config.seed, STAGE_STREAMS["joint"]])
     state = {"model": um.model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
              "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "step": config.steps,
-             "seconds": recorded["joint_seconds"]}
-    torch.save(state, out / JOINT_FILE)
+             "seconds": recorded["joint_seconds"], "final": recorded.get("final_losses")}
+    write_atomically(out / JOINT_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def main() -> None:
@@ -71,6 +73,8 @@ def main() -> None:
     parser.add_argument("--reuse-joint", action="store_true", help="also reuse --reuse's weights as stage 3")
     parser.add_argument("--n", type=int, default=300)
     args = parser.parse_args()
+    if args.reuse_joint and args.reuse is None:
+        parser.error("--reuse-joint needs --reuse DIR (the checkpoint whose weights are the finished stage 3)")
     changes = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
     config = FULL.scaled(steps=args.steps, **changes)
     if args.reuse is not None:

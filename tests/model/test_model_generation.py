@@ -92,6 +92,14 @@ def test_dropped_rows_are_scored_from_the_unconditional_prompt(um: UnifiedModel)
     torch.testing.assert_close(got[~dropped], cond[~dropped], atol=1e-4, rtol=1e-4)
 
 
+def test_a_dropout_mask_is_refused_under_cfg_or_at_the_wrong_length(um: UnifiedModel) -> None:
+    tokens = um.generate_images(SAME_LENGTH[:2], cfg_scale=None, temperature=1.0, seed=0)
+    with pytest.raises(ValueError, match="with cfg_scale every row has its unconditional twin"):
+        um.image_token_logprobs(SAME_LENGTH[:2], tokens, cfg_scale=5.0, dropped=torch.tensor([True, False]))
+    with pytest.raises(ValueError, match=r"one flag per row \(2\), got shape \(1,\)"):
+        um.image_token_logprobs(SAME_LENGTH[:2], tokens, dropped=torch.tensor([True]))
+
+
 def test_image_logprobs_is_differentiable(fresh: UnifiedModel) -> None:
     tokens = fresh.generate_images(SAME_LENGTH[:2], cfg_scale=None, temperature=1.0, seed=1)
     total, _ = fresh.image_logprobs(SAME_LENGTH[:2], tokens, cfg_scale=2.0)

@@ -40,6 +40,9 @@ def test_the_shipped_model_is_what_the_full_preset_trains() -> None:
     A setting added to the recipe since is compared at its default, which is what the shipped run trained with."""
     recorded = json.loads((loading.EMBEDDED["tiny"] / "pretrain.json").read_text())["config"]
     assert asdict(PretrainConfig(**recorded)) == asdict(FULL)
+    # what the shipped run did not record must be off in the preset, not merely equal to it
+    assert recorded.get("polish_steps", 0) == 0 and FULL.polish_steps == 0
+    assert recorded.get("critique_intact") is None and FULL.critique_intact is None
 
 
 def test_the_shipped_model_understands_held_out_scenes(tiny) -> None:

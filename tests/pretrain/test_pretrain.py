@@ -3,6 +3,8 @@ the corpus keeps held-out prompts out, and a killed run resumes to the same weig
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from unigap.cli import main
+from unigap.errors import UserError
 from unigap.model import load_model
 from unigap.model.generation import prompt_batch
 from unigap.model.images import vq_encode
@@ -225,7 +228,14 @@ def test_killed_run_resumes_to_the_same_weights(whole: Path, tmp_path: Path, mon
     else:
         run_killed(killed_at(3), "JOINT_FILE")
         run_killed(killed_at(config.steps - 2 + 3), "POLISH_FILE")  # the rest of stage 3, then polish's third step
+        with pytest.raises(UserError, match=r"polish.pt was written under other polish settings \(lr: "):
+            pretrain(out, config.scaled(polish_lr=config.polish_lr / 2), show_progress=False)
     pretrain(out, config, show_progress=False)
+    if stage == "joint":  # stage 3 finished in an earlier run; its last losses still reach the summary
+        summaries = [json.loads((run / run_module.SUMMARY_FILE).read_text()) for run in (whole, out)]
+        assert summaries[1]["final_losses"] is not None
+        assert summaries[1]["final_losses"] == pytest.approx(summaries[0]["final_losses"])
+        assert summaries[1]["polish_final_losses"] == pytest.approx(summaries[0]["polish_final_losses"])
     a, b = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -247,10 +257,32 @@ def test_critique_rows_draw_intact_pictures_at_the_share_asked(corpora) -> None:
                           np.random.default_rng(1).integers(len(critique), size=50))
 
 
+def test_critique_rows_refuse_a_share_the_corpus_cannot_draw(corpora) -> None:
+    critique = corpora.critique
+    only_broken = replace(critique, pictures=["broken"] * len(critique))
+    with pytest.raises(ValueError, match="draws intact pictures, but the critique corpus holds none"):
+        critique_rows(only_broken, 20, np.random.default_rng(0), 0.5)
+    assert len(critique_rows(only_broken, 20, np.random.default_rng(0), 0.0)) == 20  # no intact one asked for
+
+
 def test_polish_is_the_joint_step_at_its_own_batches_and_rate() -> None:
-    polish = TINY.scaled(polish_steps=7, polish_lr=1e-4, polish_critique_batch=5, polish_intact=0.6).polish()
-    assert (polish.steps, polish.lr, polish.critique_batch, polish.critique_intact) == (7, 1e-4, 5, 0.6)
-    assert polish.patch_label_weight == 0.0 and polish.vq_steps == TINY.vq_steps
+    base = TINY.scaled(polish_steps=7, polish_lr=1e-4, polish_warmup=3, polish_und_batch=2, polish_gen_batch=3,
+                       polish_critique_batch=5, polish_edit_batch=6, polish_intact=0.6)
+    polish = base.polish()
+    assert (polish.steps, polish.lr, polish.warmup, polish.und_batch, polish.gen_batch, polish.critique_batch,
+            polish.edit_batch, polish.critique_intact) == (7, 1e-4, 3, 2, 3, 5, 6, 0.6)
+    assert polish.patch_label_weight == 0.0
+    unchanged = {"steps", "lr", "warmup", "und_batch", "gen_batch", "critique_batch", "edit_batch", "critique_intact",
+                 "patch_label_weight"}
+    assert all(getattr(polish, f) == getattr(base, f) for f in asdict(base) if f not in unchanged)
+
+
+@pytest.mark.parametrize(("change", "message"), [({"polish_intact": 1.5}, "polish_intact must lie in"),
+                                                 ({"critique_intact": -0.1}, "critique_intact must lie in"),
+                                                 ({"polish_steps": -1}, "polish_steps must be >= 0")])
+def test_pretrain_config_refuses_impossible_polish_settings(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TINY.scaled(**change)
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,8 @@ def test_config_checks_and_auxiliary_tasks() -> None:
         UniMRGConfig(reconstruction_weight=0, segmentation_weight=0, depth_weight=0)
     with pytest.raises(UserError, match="lr"):
         UniMRGConfig(lr=0)
+    with pytest.raises(UserError, match="prompt-dropout must be 0 for UniMRG"):
+        UniMRGConfig(prompt_dropout=0.1)
 
 
 def test_targets_are_the_vq_ids_of_the_exact_maps(data) -> None:

@@ -17,7 +17,14 @@ from transformers import JanusForConditionalGeneration
 
 from unigap.model.decoding import check_counts, left_pad
 from unigap.model.decoding import token_logprobs
-from unigap.model.generation import guided, prefixed_image_token_states, sample_from_prefix, unconditional, uses_cfg
+from unigap.model.generation import (
+    check_dropped,
+    guided,
+    prefixed_image_token_states,
+    sample_from_prefix,
+    unconditional,
+    uses_cfg,
+)
 from unigap.model.images import ImageInput, VisionPreprocessing
 from unigap.model.prompts import PromptFormat
 
@@ -63,6 +70,7 @@ def edit_token_logprobs(
     `cfg_scale`, under the CFG mixture edits are sampled from (each row's unconditional twin as `sample_edits`
     builds it); otherwise conditional, the `dropped` [B] rows made unconditional (prompt dropout in training)."""
     batch = check_counts(images=images, instructions=instructions, **{"image token rows": tokens})
+    dropped = check_dropped(dropped, batch, uses_cfg(cfg_scale))
     tokens = tokens.to(model.device)
     fed = tokens
     if uses_cfg(cfg_scale):

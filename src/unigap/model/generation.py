@@ -205,12 +205,26 @@ def image_token_logprobs(
     if batch == 0:
         return torch.zeros((0, num_tokens), device=device)
     cfg = uses_cfg(cfg_scale)
+    dropped = check_dropped(dropped, batch, cfg)
     ids, mask = prompt_batch(fmt, prompts, cfg, device)
-    if dropped is not None and not cfg:
+    if dropped is not None:
         ids = torch.where(dropped.to(device).unsqueeze(-1), unconditional(fmt, ids), ids)
     fed = image_tokens.to(device)
     logits = image_token_logits(model, ids, mask, fed.repeat(2, 1) if cfg else fed)
     return token_logprobs(guided(logits.float(), cfg_scale), fed)
+
+
+def check_dropped(dropped: torch.Tensor | None, batch: int, cfg: bool) -> torch.Tensor | None:
+    """A prompt-dropout mask as bool [batch], refused under CFG (whose unconditional rows are its own) or at another
+    length (a short mask would broadcast over every row)."""
+    if dropped is None:
+        return None
+    if cfg:
+        raise ValueError("dropped rows are for conditional scoring; with cfg_scale every row has its unconditional twin")
+    dropped = torch.as_tensor(dropped, dtype=torch.bool)
+    if dropped.shape != (batch,):
+        raise ValueError(f"dropped must hold one flag per row ({batch}), got shape {tuple(dropped.shape)}")
+    return dropped
 
 
 def image_token_logits(

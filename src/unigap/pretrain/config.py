@@ -62,6 +62,14 @@ class PretrainConfig:
     polish_edit_batch: int = 24
     polish_intact: float = 0.5
 
+    def __post_init__(self) -> None:
+        shares = {"polish_intact": self.polish_intact, "critique_intact": self.critique_intact}
+        for name, share in shares.items():
+            if share is not None and not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {share}")
+        if self.polish_steps < 0:
+            raise ValueError(f"polish_steps must be >= 0, got {self.polish_steps}")
+
     def scaled(self, **changes: object) -> PretrainConfig:
         return replace(self, **changes)
 

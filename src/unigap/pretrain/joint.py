@@ -160,6 +160,9 @@ def critique_rows(corpus: CritiqueCorpus, n: int, rng: np.random.Generator, inta
     is_intact = np.array([p == "intact" for p in corpus.pictures])
     pools = np.flatnonzero(is_intact), np.flatnonzero(~is_intact)
     pick = rng.random(n) < intact
+    for kind, pool, needed in (("intact", pools[0], pick.any()), ("broken or damaged", pools[1], (~pick).any())):
+        if needed and not len(pool):
+            raise ValueError(f"critique_intact {intact} draws {kind} pictures, but the critique corpus holds none")
     return np.array([pool[rng.integers(len(pool))] for pool in (pools[0] if i else pools[1] for i in pick)])
 
 

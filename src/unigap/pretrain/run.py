@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import JanusForConditionalGeneration
 
-from unigap.atomic import write_atomically, write_text_atomically
+from unigap.atomic import config_differences, write_atomically, write_text_atomically
 from unigap.errors import UserError
 from unigap.evaluate import vq_fidelity
 from unigap.metrics_log import MetricLogger
@@ -58,7 +58,8 @@ VISION_FILE = "vision.safetensors"
 JOINT_FILE = "joint.pt"
 POLISH_FILE = "polish.pt"
 STAGE_FILES = {"joint": JOINT_FILE, "polish": POLISH_FILE}  # each stepped stage's checkpoint,
-STAGE_STREAMS = {"joint": 2, "polish": 4}  # random stream
+STAGE_STREAMS = {"joint": 2, "polish": 4}  # random stream (polish shares vision's number, which draws from another
+# corpus for another purpose; kept so that the documented polish probes reproduce)
 STAGE_BARS = {"joint": "understanding + generation", "polish": "polish: critique + editing"}  # and progress bar
 LOG_FILE = "pretrain_log.jsonl"
 SUMMARY_FILE = "pretrain.json"
@@ -206,30 +207,39 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
     """Train everything but the VQ for `config.steps` joint steps, checkpointing every `checkpoint_every`
     steps into its `STAGE_FILES` entry and resuming from it. Stage 3 (`joint`) and stage 4 (`polish`, run with
     `config.polish()`) are this loop, each with its own optimiser, schedule and random stream. The
-    patch-label head is trained alongside and not saved with the model."""
+    patch-label head is trained alongside and not saved with the model. A checkpoint written under other
+    settings is refused, not resumed (its weights would not be what the settings say)."""
+    if config.steps == 0:  # (polish is off by default: no optimiser, no bar, and any stale checkpoint ignored)
+        return {"seconds": 0.0, "final": None}
     torch.manual_seed(config.seed)
     head = PatchHead(config.hidden_size).to(um.device)
     params = trainable_parameters(um, config) + list(head.parameters())
     optimizer, schedule = make_optimizer(params, config)
     rng = np.random.default_rng([config.seed, STAGE_STREAMS[stage]])
-    step, seconds = 0, 0.0
+    step, seconds, final = 0, 0.0, None
+    # what this stage's weights depend on (stage 3 not on stage 4's settings, which may change after it finished)
+    settings = {k: v for k, v in asdict(config).items() if stage == "polish" or not k.startswith("polish_")}
     checkpoint = out / STAGE_FILES[stage]
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
+        differences = config_differences(state.get("config", settings), settings)
+        if differences:
+            raise UserError(f"{checkpoint} was written under other {stage} settings ({'; '.join(differences)}); "
+                            f"rerun with those settings or use a new --out")
         um.model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         rng.bit_generator.state = state["rng"]
-        step, seconds = state["step"], state["seconds"]
+        step, seconds, final = state["step"], state["seconds"], state.get("final")
     um.model.train()
     um.model.model.vqmodel.eval()
-    last = None
     with _bar(STAGE_BARS[stage], config.steps, show) as update:
         update(step)
         started = time.perf_counter() - seconds
         while step < config.steps:
             last = joint_step(um, head, corpora, optimizer, schedule, params, rng, config)
+            final = asdict(last)
             step += 1
             update(step, f"und {last.und_loss:.3f} gen {last.gen_loss:.3f} critique {last.critique_loss:.3f} "
                          f"edit {last.edit_loss:.3f}")
@@ -244,10 +254,12 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
                     "rng": rng.bit_generator.state,
                     "step": step,
                     "seconds": time.perf_counter() - started,
+                    "final": final,  # a run resumed after this stage finished still reports its last losses
+                    "config": settings,
                 }
                 write_atomically(checkpoint, lambda tmp: torch.save(state, tmp))
     um.model.eval()
-    return {"seconds": time.perf_counter() - started, "final": asdict(last) if last else None}
+    return {"seconds": time.perf_counter() - started, "final": final}
 
 
 def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool = True,
@@ -271,7 +283,8 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     vision_seconds = _stage_vision(um, corpora.und, config, out, show_progress, logger)
     joint = _stage_joint(um, corpora, config, out, show_progress, logger)
     polish = _stage_joint(um, corpora, config.polish(), out, show_progress, logger, stage="polish")
-    save_tiny(um.model, um.tokenizer, out, editing=config.edit_batch > 0)
+    save_tiny(um.model, um.tokenizer, out, editing=config.edit_batch > 0 or (config.polish_steps > 0
+                                                                           and config.polish_edit_batch > 0))
     summary = {
         "config": asdict(config),
         "corpus_seconds": corpus_seconds,

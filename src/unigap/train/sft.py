@@ -37,7 +37,9 @@ class Task(Protocol):
 
     def __len__(self) -> int: ...
 
-    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def loss(
+        self, um: Any, rows: np.ndarray, dropped: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def vq_tokens(um: Any, images: Sequence[ImageInput], batch_size: int,
@@ -64,7 +66,7 @@ class AnswerTask:
     def __len__(self) -> int:
         return len(self.images)
 
-    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed over answer tokens: a mean over every token of the batch."""
         total, count = um.grouped_answer_logprobs(
             [self.images[r] for r in rows], [self.questions[r] for r in rows], [self.answers[r] for r in rows]
@@ -83,7 +85,7 @@ class TextToImageTask:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's mean token loss, summed over images: a mean over images (every image has N tokens)."""
         logprobs = um.image_token_logprobs([self.prompts[r] for r in rows], self.targets[rows], dropped=dropped)
         return -logprobs.mean(dim=-1).sum(), torch.tensor(float(len(rows)))
@@ -100,7 +102,7 @@ class ImageToImageTask:
     def __len__(self) -> int:
         return len(self.images)
 
-    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         images = [self.images[r] for r in rows]
         logprobs = um.edit_token_logprobs(images, [self.instruction] * len(rows), self.targets[rows],
                                           dropped=dropped)

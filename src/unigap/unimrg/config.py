@@ -41,6 +41,8 @@ class UniMRGConfig(SFTOptions):
         for name in (*(f"{r}_weight" for r in REPRESENTATIONS), "data_seed"):
             check_field(self, name, getattr(self, name) >= 0, "be >= 0")
         check_field(self, "sentence_fraction", 0 <= self.sentence_fraction <= 1, "lie in [0, 1]")
+        # an auxiliary map is a function of its input image: trained without it, it would teach nothing
+        check_field(self, "prompt_dropout", self.prompt_dropout == 0, "be 0 for UniMRG (each map depends on its image)")
         if self.objective == "unimrg" and not self.auxiliary:
             raise UserError("objective unimrg needs at least one auxiliary weight > 0 (und-sft trains none)")
 
