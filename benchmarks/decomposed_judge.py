@@ -64,16 +64,15 @@ def parts_scores(um: UnifiedModel, specs: list[PromptSpec], images: list) -> lis
     return scores
 
 
-def within(scores: list[float], records: list[dict]) -> dict:
-    """`unigap eval`'s `self_judge.auc_within` and per-category AUCs, for any score in place of P(yes)."""
-    metrics = self_judge_metrics([{**r, "p_yes": s} for s, r in zip(scores, records, strict=True)])
+def judged(scores: list[float], threshold: float, records: list[dict]) -> dict:
+    """`unigap eval`'s self-judge metrics (`self_judge_metrics`) for any score in place of P(yes), accepting at
+    `threshold`: the AUC within categories, per-category AUCs, and the precision of the accepted images."""
+    metrics = self_judge_metrics([{**r, "p_yes": s, "self_accepted": s >= threshold}
+                                  for s, r in zip(scores, records, strict=True)])
+    accepted = metrics["precision"]
     return {"auc_within": metrics["auc_within"]["auc"], "pairs": metrics["auc_within"]["pairs"],
-            "auc_by_category": {c: m["auc"] for c, m in metrics["auc_by_category"].items()}}
-
-
-def precision(accepted: list[bool], records: list[dict]) -> dict:
-    kept = [r["verified"] for a, r in zip(accepted, records, strict=True) if a]
-    return {"precision": sum(kept) / len(kept) if kept else None, "n": len(kept), "accept_rate": len(kept) / len(records)}
+            "auc_by_category": {c: m["auc"] for c, m in metrics["auc_by_category"].items()},
+            "precision": accepted["precision"], "n": accepted["n"], "accept_rate": accepted["n"] / len(records)}
 
 
 def main() -> None:
@@ -92,10 +91,9 @@ def main() -> None:
     split_up = parts_scores(um, specs, images)
     combined = [math.log(max(p, 1e-9)) + s for p, s in zip(judge, split_up, strict=True)]
     results = {
-        "judge question": {**within(judge, records), **precision([p >= 0.5 for p in judge], records)},
-        "parts (smallest answer log-prob)": {**within(split_up, records),
-                                             **precision([s >= math.log(0.5) for s in split_up], records)},
-        "judge question + parts": {**within(combined, records), **precision([c >= math.log(0.25) for c in combined], records)},
+        "judge question": judged(judge, 0.5, records),
+        "parts (smallest answer log-prob)": judged(split_up, math.log(0.5), records),
+        "judge question + parts": judged(combined, math.log(0.25), records),
     }
     table = Table(title=f"self-judge on its own {args.split} generations (n = {args.n}, seed {args.seed})")
     for column in ("score", "AUC within categories", "precision", "accepted", *CATEGORIES):

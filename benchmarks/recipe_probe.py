@@ -5,8 +5,7 @@ the expensive first stage. `--reuse DIR` copies a finished VQ (and, unless `--ne
 of a checkpoint directory (e.g. the shipped model's, `src/unigap/assets/tiny`), exactly as a resumed run would
 find them, so only the stages that differ are trained; `--reuse-joint` also takes its weights as a finished
 stage 3 of `--steps` steps (give the checkpoint's own: 3000 for the shipped model), so only stage 4 (polish)
-trains. The evaluation uses the val split,
-never the test split.
+trains. The evaluation uses the val split, never the test split.
 
     python benchmarks/recipe_probe.py --out runs/probe-a --steps 500 [--set num_layers=6] [--reuse DIR] [--new-vision]
     python benchmarks/recipe_probe.py --out runs/probe-p --steps 3000 --reuse src/unigap/assets/tiny --reuse-joint \

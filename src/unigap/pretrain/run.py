@@ -244,7 +244,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
             update(step, f"und {last.und_loss:.3f} gen {last.gen_loss:.3f} critique {last.critique_loss:.3f} "
                          f"edit {last.edit_loss:.3f}")
             if step % 10 == 0 or step == config.steps:
-                _log(logger, {"stage": stage, "step": step, **asdict(last)})
+                _log(logger, {"stage": stage, "step": step, **final})
             if step % config.checkpoint_every == 0 or step == config.steps:
                 state = {
                     "model": um.model.state_dict(),
