@@ -1,14 +1,21 @@
-"""Multi-task DPO step speed: reference log-probs stored in the pairs vs recomputed every step.
+"""Multi-task DPO step speed and model FLOP utilisation (MFU): reference log-probs stored in the pairs vs
+recomputed every step, at one or more batch sizes.
 
-Both variants run the same joint step on the same LoRA model — one understanding and one generation
-pair, each task's DPO loss (`task_dpo_loss`), backward, clip, AdamW — and differ only in where π_ref comes
-from: the pair's stored numbers (what `unigap prefs build` writes), or a no-grad pass of the base model
-(adapters disabled) for chosen and rejected before every step (`with_reference`). One warm-up run each,
-then the median of `--repeats` timed runs of `--steps` steps, the variants taking turns. Also checks that
-both give the same loss (the stored numbers are the base model's).
+Both variants run the same joint step on the same LoRA model — `--batch-sizes` understanding pairs and as many
+generation pairs, each task's DPO loss (`task_dpo_loss`), backward, clip, AdamW — and differ only in where π_ref
+comes from: the pair's stored numbers (what `unigap prefs build` writes), or a no-grad pass of the base model
+(adapters disabled) for chosen and rejected before every step (`with_reference`). One warm-up run each, then
+the median of `--repeats` timed runs of `--steps` steps, the variants taking turns. Also checks that both give
+the same loss (the stored numbers are the base model's).
+
+MFU = the FLOPs a step executes (counted by torch's `FlopCounterMode` over one step: matmuls and attention,
+forward and backward; a frozen base computes input gradients but no weight gradients) / seconds per step / the
+device's peak: the datasheet's dense bf16 rate for known GPUs (`--peak-tflops` to override), else the measured
+rate of a square matmul in the model's dtype. The measured matmul rate is recorded beside it. A batch size
+that runs out of memory ends the sweep and is recorded as such.
 
     python benchmarks/dpo_step.py                          # random tiny model (ShapeWorld vocabulary)
-    python benchmarks/dpo_step.py --model DIR --device cuda --lora-rank 64
+    python benchmarks/dpo_step.py --model DIR --device cuda --batch-sizes 1 4 16 32
 """
 
 from __future__ import annotations
@@ -25,12 +32,30 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, write_result
+from torch.utils.flop_counter import FlopCounterMode
+
+from _common import machine, matmul_flops, write_result
 
 import unigap.world
 from unigap.model import UnifiedModel, load_model, save_random_tiny
 from unigap.model.images import vq_image_size
 from unigap.train.dpo import DPOOptions, GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
+
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s (first matching name wins).
+DATASHEET_BF16_TFLOPS = {"H100 PCIe": 756.0, "H200": 989.4, "H100": 989.4, "A100": 312.0}
+
+
+def datasheet_peak(um: UnifiedModel, override_tflops: float | None) -> tuple[float, str] | None:
+    """The peak MFU divides by when one is known (the override, else a GPU's datasheet), and where it comes from."""
+    if override_tflops:
+        return override_tflops * 1e12, "--peak-tflops"
+    if um.device.type == "cuda":
+        name = torch.cuda.get_device_name(um.device)
+        for key, tflops in DATASHEET_BF16_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12, f"datasheet dense bf16 ({key})"
+    return None
 
 
 def _tiny_model(directory: Path) -> UnifiedModel:
@@ -55,14 +80,14 @@ def _pairs(um: UnifiedModel, n: int) -> tuple[list[Pair], list[Pair]]:
 
 
 def _stepper(
-    um: UnifiedModel, und: Sequence[Pair], gen: Sequence[Pair], recompute: bool
+    um: UnifiedModel, und: Sequence[Pair], gen: Sequence[Pair], recompute: bool, batch: int
 ) -> Callable[[int], float]:
-    """A function doing one joint DPO step on pair `i`; returns the summed loss."""
+    """A function doing joint DPO step `i` on `batch` pairs of each task; returns the summed loss."""
     params = um.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.01)
 
     def step(i: int) -> float:
-        batches = [[pairs[i % len(pairs)]] for pairs in (und, gen)]
+        batches = [[pairs[(i * batch + k) % len(pairs)] for k in range(batch)] for pairs in (und, gen)]
         if recompute:
             batches = [with_reference(um, batch) for batch in batches]
         total = sum(task_dpo_loss(um, batch, DPOOptions()).loss for batch in batches)
@@ -73,6 +98,13 @@ def _stepper(
         return float(total.detach())
 
     return step
+
+
+def step_flops(step: Callable[[int], float]) -> int:
+    """FLOPs one call of `step` executes (matmuls and attention, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        step(0)
+    return counter.get_total_flops()
 
 
 def _paired_medians(
@@ -103,41 +135,61 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--lora-rank", type=int, default=64)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="pairs per task per step")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed run")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the peak MFU divides by (default: see above)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dpo_step.json"))
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch:
         um = load_model(args.model, args.device, args.dtype) if args.model else _tiny_model(Path(scratch))
-    und, gen = _pairs(um, 4)
+    und, gen = _pairs(um, max(4, *args.batch_sizes))
     um.add_lora(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.0)  # dropout off: equal losses below
     um.model.train()
     losses = [task_dpo_loss(um, [p], DPOOptions()).metrics["dpo_loss"] for p in (und[0], gen[0])]
     recomputed = [
         task_dpo_loss(um, with_reference(um, [p]), DPOOptions()).metrics["dpo_loss"] for p in (und[0], gen[0])
     ]
-    stored_s, recompute_s = _paired_medians(
-        [_stepper(um, und, gen, recompute=False), _stepper(um, und, gen, recompute=True)],
-        args.steps,
-        args.repeats,
-        um.device,
-    )
-    rows = [
-        {"reference": "stored", "seconds_per_step": stored_s, "steps_per_s": 1 / stored_s},
-        {"reference": "recomputed", "seconds_per_step": recompute_s, "steps_per_s": 1 / recompute_s},
-    ]
-    table = Table(title=f"Joint DPO step (1 und + 1 gen pair), LoRA r {args.lora_rank}, median of {args.repeats}")
-    for column in ("π_ref", "steps/s", "ms/step", "speed-up of stored"):
+    side = 8192 if um.device.type == "cuda" else 2048
+    measured = matmul_flops(um.device, um.dtype, side)
+    peak, peak_source = datasheet_peak(um, args.peak_tflops) or (measured, f"measured {side}² matmul, {um.dtype}")
+    rows: list[dict] = []
+    for batch in args.batch_sizes:
+        if um.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(um.device)
+        try:
+            steppers = [_stepper(um, und, gen, recompute, batch) for recompute in (False, True)]
+            flops = [step_flops(step) for step in steppers]
+            seconds = _paired_medians(steppers, args.steps, args.repeats, um.device)
+        except torch.OutOfMemoryError:
+            rows.append({"batch_size": batch, "out_of_memory": True})
+            break
+        finally:
+            if um.device.type == "cuda":
+                torch.cuda.empty_cache()
+        for reference, count, second in zip(("stored", "recomputed"), flops, seconds, strict=True):
+            rows.append({
+                "batch_size": batch, "reference": reference, "seconds_per_step": second, "steps_per_s": 1 / second,
+                "flops_per_step": count, "achieved_tflops": count / second / 1e12, "mfu": count / second / peak,
+                "fraction_of_measured_matmul": count / second / measured,
+            } | ({"peak_memory_gib": torch.cuda.max_memory_allocated(um.device) / 2**30} if um.device.type == "cuda"
+                 else {}))
+    timed = [row for row in rows if not row.get("out_of_memory")]
+    table = Table(title=f"Joint DPO step (n und + n gen pairs), LoRA r {args.lora_rank}, median of {args.repeats}")
+    for column in ("n", "π_ref", "ms/step", "TFLOP/step", "TFLOP/s", "MFU"):
         table.add_column(column, justify="right")
     for row in rows:
+        if row.get("out_of_memory"):
+            table.add_row(str(row["batch_size"]), "out of memory", "", "", "", "")
+            continue
         table.add_row(
-            row["reference"],
-            f"{row['steps_per_s']:.2f}",
-            f"{1000 * row['seconds_per_step']:.1f}",
-            f"{recompute_s / row['seconds_per_step']:.2f}×",
+            str(row["batch_size"]), row["reference"], f"{1000 * row['seconds_per_step']:.1f}",
+            f"{row['flops_per_step'] / 1e12:.3f}", f"{row['achieved_tflops']:.2f}", f"{row['mfu']:.1%}",
         )
     Console().print(table)
+    best = max(timed, key=lambda row: row["mfu"])
+    stored = {row["batch_size"]: row["seconds_per_step"] for row in timed if row["reference"] == "stored"}
     payload = {
         "model": args.model or "random tiny (unigap.model.tiny_janus_config, ShapeWorld vocabulary)",
         **machine(um),
@@ -147,8 +199,16 @@ def main(argv: list[str] | None = None) -> dict:
         "steps_per_run": args.steps,
         "repeats": args.repeats,
         "losses_equal": bool(np.allclose(losses, recomputed, rtol=1e-5, atol=1e-6)),
+        "attention": um.model.config._attn_implementation,
+        "peak_tflops": peak / 1e12,
+        "peak_source": peak_source,
+        "measured_matmul_tflops": measured / 1e12,
         "results": rows,
-        "speedup_stored_vs_recomputed": recompute_s / stored_s,
+        "best_mfu": {"batch_size": best["batch_size"], "reference": best["reference"], "mfu": best["mfu"]},
+        "speedup_stored_vs_recomputed": {
+            str(row["batch_size"]): row["seconds_per_step"] / stored[row["batch_size"]]
+            for row in timed if row["reference"] == "recomputed"
+        },
     }
     write_result(args.out, payload)
     return payload

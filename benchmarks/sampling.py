@@ -7,7 +7,12 @@ category, so their lengths differ and rows are left-padded, as real prompt sets 
 image tokens per second (batch × tokens / seconds), our speed relative to transformers', milliseconds per
 sampling step, whether greedy tokens agree, and the compute floor of a step: 2 FLOPs × (LLM parameters without
 the token embeddings + generation head + generation embeddings and aligner) × rows per step (2 × batch with
-CFG), attention ignored, at the rate of a 2048 × 2048 fp32 matmul measured on the same threads.
+CFG), attention ignored, at the rate of a 2048 × 2048 matmul in the model's dtype measured on the same threads;
+and the memory floor: reading those parameters once per step at the measured copy bandwidth (what bounds a step on
+a GPU at small batches). On CUDA, unigap replays each step as a CUDA graph (`UNIGAP_CUDA_GRAPHS=0` turns it off);
+there its eager sampler is timed once too, and its greedy tokens compared with the graphed ones.
+Greedy agreement is also given as the fraction of equal tokens and the mean first step that differs: in bf16,
+a random model's near-tied logits can flip an argmax between two correct implementations.
 
     python benchmarks/sampling.py                           # the shipped model, batch sizes 10 and 80
     python benchmarks/sampling.py --model DIR --device cuda --batch-sizes 16 128
@@ -16,6 +21,7 @@ CFG), attention ignored, at the rate of a 2048 × 2048 fp32 matmul measured on t
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -25,35 +31,19 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, write_result
+from _common import copy_bytes_per_s, machine, matmul_flops, write_result
 from transformers import GenerationConfig
 
 from unigap.model import UnifiedModel, load_model
 from unigap.model.decoding import left_pad
+from unigap.model.sampler import cuda_graphs_enabled
 from unigap.world import CATEGORIES, sample_records
-
-MATMUL = 2048
-
 
 def prompts_for(batch: int) -> list[str]:
     """`batch` held-out prompts, categories in turn (so lengths differ within every batch)."""
     pool = [spec.text for c in CATEGORIES for spec, _ in sample_records(batch, 0, "test", category=c, draw_seed=1)]
     by_category = [pool[i * batch : (i + 1) * batch] for i in range(len(CATEGORIES))]
     return [by_category[i % len(CATEGORIES)][i // len(CATEGORIES)] for i in range(batch)]
-
-
-def matmul_flops(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
-    """FLOP/s of a square matmul of side MATMUL on this device, dtype and thread count (median of repeats)."""
-    a = torch.randn(MATMUL, MATMUL, device=device, dtype=dtype)
-    b = torch.randn(MATMUL, MATMUL, device=device, dtype=dtype)
-    seconds = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return 2 * MATMUL**3 / statistics.median(seconds[1:])
 
 
 def step_parameters(um: UnifiedModel) -> int:
@@ -104,6 +94,34 @@ def _paired_medians(
     return statistics.median(seconds[0]), statistics.median(seconds[1])
 
 
+def first_difference(equal: torch.Tensor) -> float:
+    """Mean over images of the first step whose token differs (N when none does): a late first difference is
+    rounding deciding a near-tie, after which an image goes its own way; a difference at step 0 is a bug."""
+    steps = equal.shape[1]
+    first = torch.where(equal.all(1), steps, (~equal).float().argmax(1))
+    return first.float().mean().item()
+
+
+def eager_on_cuda(um: UnifiedModel, prompts: list[str], cfg_scale: float, greedy: torch.Tensor) -> dict[str, float]:
+    """On CUDA, the sampler without CUDA graphs: ms per step (one timed run after the graphed ones warmed the
+    kernels) and the fraction of greedy tokens equal to the graphed sampler's."""
+    previous = os.environ.get("UNIGAP_CUDA_GRAPHS")
+    os.environ["UNIGAP_CUDA_GRAPHS"] = "0"
+    try:
+        start = time.perf_counter()
+        um.generate_images(prompts, cfg_scale=cfg_scale, temperature=1.0, seed=0)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        eager = um.generate_images(prompts, cfg_scale=cfg_scale, temperature=0.0)
+    finally:
+        os.environ.pop("UNIGAP_CUDA_GRAPHS")
+        if previous is not None:
+            os.environ["UNIGAP_CUDA_GRAPHS"] = previous
+    return {"unigap_eager_ms_per_step": 1000 * seconds / um.num_image_tokens,
+            "eager_vs_graphs_greedy_agreement": (eager == greedy).float().mean().item(),
+            "eager_vs_graphs_first_difference": first_difference(eager == greedy)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help='checkpoint directory or "tiny" (default)')
@@ -116,8 +134,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     um = load_model(args.model, args.device, args.dtype)
-    rate = matmul_flops(um.device, um.dtype)
+    rate, bandwidth = matmul_flops(um.device, um.dtype), copy_bytes_per_s(um.device)
     parameters = step_parameters(um)
+    weight_bytes = parameters * torch.finfo(um.dtype).bits // 8
+    payload = {
+        "model": args.model,
+        **machine(um),
+        "cfg_scale": args.cfg_scale,
+        "repeats": args.repeats,
+        "step_parameters": parameters,
+        "matmul_gflops": rate / 1e9,
+        "copy_gbytes_per_s": bandwidth / 1e9,
+        "cuda_graphs": cuda_graphs_enabled(um.device),
+            }
     rows = []
     for batch in args.batch_sizes:
         prompts = prompts_for(batch)
@@ -129,10 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
             args.repeats,
             um.device,
         )
-        greedy_equal = torch.equal(
-            um.generate_images(prompts, cfg_scale=args.cfg_scale, temperature=0.0),
-            _transformers_sampler(um, prompts, args.cfg_scale, False)(),
-        )
+        greedy = um.generate_images(prompts, cfg_scale=args.cfg_scale, temperature=0.0)
+        equal = greedy == _transformers_sampler(um, prompts, args.cfg_scale, False)()
         tokens, steps = batch * um.num_image_tokens, um.num_image_tokens
         rows_per_step = 2 * batch if args.cfg_scale != 1.0 else batch
         rows.append(
@@ -142,12 +169,17 @@ def main(argv: list[str] | None = None) -> dict:
                 "unigap_tokens_per_s": tokens / ours,
                 "transformers_tokens_per_s": tokens / theirs,
                 "speed_ratio": theirs / ours,
-                "greedy_tokens_equal": greedy_equal,
+                "greedy_tokens_equal": bool(equal.all()),
+                "greedy_token_agreement": equal.float().mean().item(),
+                "greedy_first_difference": first_difference(equal),
                 "unigap_ms_per_step": 1000 * ours / steps,
                 "transformers_ms_per_step": 1000 * theirs / steps,
                 "floor_ms_per_step": 1000 * 2 * parameters * rows_per_step / rate,
+                "memory_floor_ms_per_step": 1000 * weight_bytes / bandwidth,
             }
+            | (eager_on_cuda(um, prompts, args.cfg_scale, greedy) if um.device.type == "cuda" else {})
         )
+        write_result(args.out, payload | {"results": rows})  # after every batch size: a cut-off run keeps its rows
 
     table = Table(title=f"Image-token sampling, CFG {args.cfg_scale}, median of {args.repeats}")
     for column in ("batch", "unigap tok/s", "transformers tok/s", "ratio", "greedy equal", "ms/step", "floor ms/step"):
@@ -158,22 +190,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"{row['unigap_tokens_per_s']:.0f}",
             f"{row['transformers_tokens_per_s']:.0f}",
             f"{row['speed_ratio']:.2f}×",
-            "yes" if row["greedy_tokens_equal"] else "NO",
+            "yes" if row["greedy_tokens_equal"] else f"{row['greedy_token_agreement']:.1%}",
             f"{row['unigap_ms_per_step']:.2f}",
             f"{row['floor_ms_per_step']:.2f}",
         )
     Console().print(table)
-    payload = {
-        "model": args.model,
-        **machine(um),
-        "cfg_scale": args.cfg_scale,
-        "repeats": args.repeats,
-        "step_parameters": parameters,
-        "matmul_gflops": rate / 1e9,
-        "results": rows,
-    }
-    write_result(args.out, payload)
-    return payload
+    return payload | {"results": rows}
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from rich.table import Table
 from _common import machine, write_result
 from sampling import _paired_medians, prompts_for
 
-import unigap.model.generation as generation
+import unigap.model.sampler as sampler
 from unigap.model import load_model
 from unigap.model.sampler import decode_step
 
@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
     steps, rows = um.num_image_tokens, []
 
     def sample(prompts: list[str], step: object, temperature: float = 1.0) -> torch.Tensor:
-        generation.decode_step = step
+        sampler.decode_step = step
         try:
             return um.generate_images(prompts, cfg_scale=args.cfg_scale, temperature=temperature, seed=0)
         finally:
-            generation.decode_step = decode_step
+            sampler.decode_step = decode_step
 
     for batch in args.batch_sizes:
         prompts = prompts_for(batch)

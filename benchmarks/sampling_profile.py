@@ -24,8 +24,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, write_result
-from sampling import matmul_flops, prompts_for
+from _common import machine, matmul_flops, write_result
+from sampling import prompts_for
 
 from unigap.model import load_model
 

@@ -114,6 +114,56 @@ def sampling() -> str:
     return "\n".join(lines) + f"\n\n`{result['model']}` model, {result['device']} {result['dtype']}, {result['torch_threads']} threads."
 
 
+def benchmarks() -> str:
+    """The README's digest: sampling against transformers on the CPU and the GPU, and the DPO step's best MFU."""
+    cpu, gpu = _load(BENCH / "sampling.json"), _load(BENCH / "sampling_janus_pro_1b.json")
+    dpo = _load(BENCH / "dpo_step_janus_pro_1b.json")
+
+    def ratios(result: dict[str, Any]) -> str:
+        rows = result["results"]
+        return (" / ".join(f"{row['speed_ratio']:.2f}×" for row in rows) + " at batch "
+                + " / ".join(str(row["batch_size"]) for row in rows))
+
+    best = dpo["best_mfu"]
+    return "\n".join([
+        "| benchmark | model, device | result |", "|---|---|---|",
+        f"| sampling vs transformers' `generate` | `{cpu['model']}`, {cpu['device']} {cpu['dtype']} | {ratios(cpu)} |",
+        f"| sampling vs transformers' `generate` | Janus-Pro-1B shape, {gpu['device_name']} {gpu['dtype']} | {ratios(gpu)} |",
+        f"| DPO step MFU | Janus-Pro-1B shape, {dpo['device_name']} {dpo['dtype']} | {best['mfu']:.1%} at "
+        f"{best['batch_size']} pairs per task (π_ref {best['reference']}) |",
+    ])
+
+
+def sampling_gpu() -> str:
+    """`benchmarks/janus_pro_gpu.sh`: sampling on a random Janus-Pro-1B-shaped model on a GPU, graphs and eager."""
+    result = _load(BENCH / "sampling_janus_pro_1b.json")
+    lines = ["| batch | unigap ms/step (CUDA graphs) | unigap eager | transformers | ratio | floor: compute, memory "
+             "| greedy: first differing step |", "|---|---|---|---|---|---|---|"]
+    for row in result["results"]:
+        first = row["greedy_first_difference"]
+        first = "—" if first is None else f"{first:.1f} of {row['image_tokens']}"
+        lines.append(f"| {row['batch_size']} | {row['unigap_ms_per_step']:.1f} | {row['unigap_eager_ms_per_step']:.1f} "
+                     f"| {row['transformers_ms_per_step']:.1f} | {row['speed_ratio']:.2f}× | "
+                     f"{row['floor_ms_per_step']:.2f}, {row['memory_floor_ms_per_step']:.2f} | "
+                     f"{first} |")
+    return "\n".join(lines) + f"\n\n{result['device_name']}, {result['dtype']}, 576 image tokens, CFG {result['cfg_scale']}."
+
+
+def dpo_mfu() -> str:
+    """`benchmarks/janus_pro_gpu.sh`: the joint DPO step's MFU on a random Janus-Pro-1B-shaped model."""
+    result = _load(BENCH / "dpo_step_janus_pro_1b.json")
+    lines = ["| pairs per task | π_ref | s/step | TFLOP/step | MFU | peak memory, GiB |", "|---|---|---|---|---|---|"]
+    for row in result["results"]:
+        if row.get("out_of_memory"):
+            lines.append(f"| {row['batch_size']} | out of memory | | | | |")
+            continue
+        lines.append(f"| {row['batch_size']} | {row['reference']} | {row['seconds_per_step']:.2f} | "
+                     f"{row['flops_per_step'] / 1e12:.1f} | {row['mfu']:.1%} | {row['peak_memory_gib']:.0f} |")
+    return "\n".join(lines) + (f"\n\n{result['device_name']}, {result['dtype']}, LoRA rank {result['lora_rank']}, "
+                               f"peak {result['peak_tflops']:.0f} TFLOP/s ({result['peak_source']}); an 8192² matmul "
+                               f"ran at {result['measured_matmul_tflops']:.0f}.")
+
+
 def sampling_compile() -> str:
     """`benchmarks/sampling_compile.py`: the decoding step eager against `torch.compile`d, with the compile cost."""
     result = _load(BENCH / "sampling_compile.json")
@@ -291,6 +341,7 @@ def dpo_tune(*paths: Path) -> str:
 
 TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
                                         "sampling-compile": sampling_compile, "sampling-profile": sampling_profile,
+                                        "sampling-gpu": sampling_gpu, "dpo-mfu": dpo_mfu, "benchmarks": benchmarks,
                                         "self-improvement": self_improvement, "unimrg": unimrg, "full-study": full_study,
                                         "study-headline": study_headline,
                                         "claims": claims, "dpo-tune": partial(dpo_tune, DPO_TUNE),

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from janus_pro_fixture import build_janus_pro_like
 from unigap.cli import main
+from unigap.model import save_random_janus_pro
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def janus_pro(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_janus_pro_like(tmp_path_factory.mktemp("janus-pro"))
+    return save_random_janus_pro(tmp_path_factory.mktemp("janus-pro"))
 
 
 def _run(*args: str) -> None:

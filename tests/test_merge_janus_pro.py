@@ -10,13 +10,12 @@ import pytest
 import torch
 from transformers import JanusForConditionalGeneration
 
-from janus_pro_fixture import build_janus_pro_like
 from unigap.cli import main
-from unigap.model import load_model
+from unigap.model import load_model, save_random_janus_pro
 
 
 def test_merge_on_janus_pro_geometry(tmp_path: Path) -> None:
-    base = build_janus_pro_like(tmp_path / "janus-pro")
+    base = save_random_janus_pro(tmp_path / "janus-pro")
     um = load_model(base)
     um.add_lora(rank=2, alpha=4, dropout=0.0)
     generator = torch.Generator().manual_seed(0)

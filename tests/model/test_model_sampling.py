@@ -1,4 +1,5 @@
-"""The image-token sampler draws from the same distribution as transformers' image generate, reproducibly."""
+"""The image-token sampler draws from the same distribution as transformers' image generate, reproducibly; the
+fixed-shape step that CUDA graphs replay computes what the eager step computes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from transformers import GenerationConfig
 
 from unigap.model import UnifiedModel
 from unigap.model.decoding import left_pad
-from unigap.model.generation import guided, prompt_batch
+from unigap.model.generation import guided, prompt_batch, sample_from_prefix
+from unigap.model.sampler import GraphedStep, StaticCache
 
 ROWS = 512
 PROMPT = "a red circle"
@@ -65,3 +67,28 @@ def test_the_same_seed_gives_the_same_images(um: UnifiedModel) -> None:
     first = um.generate_images(["a red circle", "a big blue square"], n_per_prompt=3, seed=7)
     assert torch.equal(first, um.generate_images(["a red circle", "a big blue square"], n_per_prompt=3, seed=7))
     assert not torch.equal(first, um.generate_images(["a red circle", "a big blue square"], n_per_prompt=3, seed=8))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_cuda_graph_step_samples_what_the_eager_step_samples(um: UnifiedModel, temperature: float) -> None:
+    """Run without CUDA, the graph's fixed-shape step (tensor slot, attention over the whole buffer under the key
+    mask) gives the eager step's tokens and log-probs: mixed prompt lengths (left padding), CFG."""
+    prompts = ["a red circle", "is there a big blue square on the left of a small green triangle ?"]
+    ids, mask = prompt_batch(um.prompts, prompts, cfg=True, device=um.device)
+    embeds = um.model.get_input_embeddings()(ids)
+    runs = [sample_from_prefix(um.model, um.prompts, embeds, mask, 2, 3.0, temperature, seed=5, cuda_graphs=graphs)
+            for graphs in (False, True)]
+    assert torch.equal(runs[0][0], runs[1][0])
+    torch.testing.assert_close(runs[0][1], runs[1][1])
+
+
+def test_a_failed_capture_falls_back_to_the_eager_step(um: UnifiedModel) -> None:
+    ids, mask = prompt_batch(um.prompts, [PROMPT], cfg=False, device=um.device)
+    with torch.no_grad():
+        out = um.model.model.language_model(input_ids=ids, attention_mask=mask, use_cache=True)
+        cache = StaticCache.from_prefill(out.past_key_values, mask, 3)
+        step = GraphedStep(um.model, cache, capture=True)  # as on CUDA; here the capture raises (no CUDA)
+        with pytest.warns(RuntimeWarning, match="CUDA graph capture failed, sampling eagerly"):
+            logits = step(torch.tensor([5]), torch.tensor([ids.shape[1]]), slot=ids.shape[1])
+    assert logits.shape == (1, um.codebook_size) and step.graph is None
+    assert cache.valid[0].tolist() == [True] * (ids.shape[1] + 1) + [False] * 2

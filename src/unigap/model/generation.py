@@ -17,6 +17,7 @@ the quantity DPO needs. Sampling temperature only changes which tokens are drawn
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from transformers import JanusForConditionalGeneration
@@ -31,7 +32,7 @@ from unigap.model.decoding import (
     token_logprobs,
 )
 from unigap.model.prompts import PromptFormat
-from unigap.model.sampler import StaticCache, decode_step
+from unigap.model.sampler import GraphedStep, StaticCache, cuda_graphs_enabled, image_step
 
 
 def uses_cfg(cfg_scale: float | None) -> bool:
@@ -122,10 +123,14 @@ def sample_from_prefix(
     cfg_scale: float | None,
     temperature: float,
     seed: int | None,
+    cuda_graphs: bool | None = None,
 ) -> tuple[torch.LongTensor, torch.Tensor]:
     """The one image-token sampler: N tokens after left-padded prefix embeddings [R, L, D] that end in
     <begin_of_image> → (ids [batch, N], per-step log-probs [batch, N]). With CFG, R = 2·batch: the
-    conditional rows, then their unconditional twins. Text-to-image and editing build their own prefixes."""
+    conditional rows, then their unconditional twins. Text-to-image and editing build their own prefixes.
+    `cuda_graphs` (default: on CUDA unless `UNIGAP_CUDA_GRAPHS=0`) replays each step as a CUDA graph
+    (`unigap.model.sampler`); on CUDA without graphs, and with True off CUDA, the graph's fixed-shape step runs
+    eagerly."""
     check_temperature(temperature)
     device, num_tokens = model.device, fmt.num_image_tokens
     tokens = torch.zeros((batch, num_tokens), dtype=torch.long, device=device)
@@ -136,19 +141,21 @@ def sample_from_prefix(
     generator = make_generator(seed, device)
     position_ids = positions(mask)
     states, prefilled = _generation_states(model, embeds, mask, position_ids, None, use_cache=True, last=1)
-    hidden, position = states[:, -1], position_ids[:, -1]
+    head, position = model.model.generation_head(states[:, -1]).float(), position_ids[:, -1]
     cache = StaticCache.from_prefill(prefilled, mask, num_tokens - 1)
+    graphs = cuda_graphs_enabled(device) if cuda_graphs is None else cuda_graphs
+    fixed = (graphs or device.type == "cuda") and num_tokens > 1
+    step_fn = GraphedStep(model, cache, capture=graphs and device.type == "cuda") if fixed else partial(
+        image_step, model, cache=cache)
     for step in range(num_tokens):
-        logits = guided(model.model.generation_head(hidden).float(), cfg_scale)
+        logits = guided(head, cfg_scale)
         token = choose(logits, temperature, generator)
         tokens[:, step] = token
         logprobs[:, step] = token_logprobs(logits, token)
         if step + 1 == num_tokens:
             break
-        fed = torch.cat([token, token]) if cfg else token
         position = position + 1
-        hidden = decode_step(model, model.prepare_embeddings_for_image_generation(fed.unsqueeze(-1)), position,
-                             cache, mask.shape[1] + step)
+        head = step_fn(torch.cat([token, token]) if cfg else token, position, slot=mask.shape[1] + step)
     return tokens, logprobs
 
 

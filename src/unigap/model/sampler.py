@@ -11,10 +11,19 @@ transformers' own image `generate`.
 
 Rows: with classifier-free guidance the batch holds the conditional rows, then their unconditional twins, and
 one forward pass serves both.
+
+On CUDA the step (image-token embedding, the layers, the generation head) is captured once per sampling call as a
+CUDA graph and replayed for every token: at the batch sizes sampling runs at, a step of a 1B model is hundreds of
+small kernels whose launches cost more than their arithmetic, and a replay is one launch. A graph needs fixed
+shapes, so the captured step writes its slot at a tensor index and attends over the whole buffer (the key mask
+hides the empty tail), which is the same arithmetic; on CUDA the eager step does the same. Set
+`UNIGAP_CUDA_GRAPHS=0` to sample eagerly.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,13 +57,29 @@ class StaticCache:
 
 
 def decode_step(
-    model: JanusForConditionalGeneration, embeds: torch.Tensor, position: torch.Tensor, cache: StaticCache, slot: int
+    model: JanusForConditionalGeneration,
+    embeds: torch.Tensor,
+    position: torch.Tensor,
+    cache: StaticCache,
+    slot: int | torch.Tensor,
 ) -> torch.Tensor:
     """Run one new token per row (`embeds` [R, 1, D], position ids [R]) into cache slot `slot`; the final
-    hidden state [R, D]."""
+    hidden state [R, D]. An int slot attends to the filled positions only (the empty tail would cost attention
+    time and add nothing); a one-element tensor slot is the fixed-shape step a CUDA graph replays."""
     lm = model.model.language_model
-    cache.valid.narrow(1, slot, 1).fill_(True)  # (narrow, not [:, slot]: a compiled step keeps the slot symbolic)
-    seen = slot + 1  # attend to the filled positions only: the empty tail would cost attention time and add nothing
+    if isinstance(slot, torch.Tensor):
+        cache.valid.index_fill_(1, slot, True)
+        seen = cache.valid.shape[1]
+
+        def store(buffer: torch.Tensor, new: torch.Tensor) -> None:
+            buffer.index_copy_(2, slot, new)
+    else:
+        cache.valid.narrow(1, slot, 1).fill_(True)  # (narrow, not [:, slot]: a compiled step keeps the slot symbolic)
+        seen = slot + 1
+
+        def store(buffer: torch.Tensor, new: torch.Tensor) -> None:
+            buffer.narrow(2, slot, 1).copy_(new)
+
     attend = cache.valid[:, None, None, :seen]  # [R, 1, 1, seen]
     hidden = embeds
     cos, sin = lm.rotary_emb(hidden, position[:, None])
@@ -66,8 +91,8 @@ def decode_step(
         key = attention.k_proj(normed).view(shape).transpose(1, 2)
         value = attention.v_proj(normed).view(shape).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        cache.keys[index].narrow(2, slot, 1).copy_(key)
-        cache.values[index].narrow(2, slot, 1).copy_(value)
+        store(cache.keys[index], key)
+        store(cache.values[index], value)
         out = F.scaled_dot_product_attention(
             query, cache.keys[index][:, :, :seen], cache.values[index][:, :, :seen], attn_mask=attend,
             scale=attention.scaling,
@@ -76,3 +101,63 @@ def decode_step(
         hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(hidden.shape[0], 1, -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return lm.norm(hidden)[:, -1]
+
+
+def image_step(
+    model: JanusForConditionalGeneration,
+    tokens: torch.LongTensor,
+    position: torch.Tensor,
+    cache: StaticCache,
+    slot: int | torch.Tensor,
+) -> torch.Tensor:
+    """Feed image tokens [R] at cache slot `slot`: the next generation-head logits [R, V], in fp32."""
+    embeds = model.prepare_embeddings_for_image_generation(tokens.unsqueeze(-1))
+    return model.model.generation_head(decode_step(model, embeds, position, cache, slot)).float()
+
+
+def cuda_graphs_enabled(device: torch.device) -> bool:
+    """Whether sampling on `device` replays CUDA graphs by default (CUDA, unless `UNIGAP_CUDA_GRAPHS=0`)."""
+    return device.type == "cuda" and os.environ.get("UNIGAP_CUDA_GRAPHS", "1") != "0"
+
+
+class GraphedStep:
+    """`image_step` with a tensor slot (fixed shapes), captured as a CUDA graph at the first call and replayed
+    after when `capture`; otherwise run eagerly: on CUDA without graphs (on an H200 the growing-length eager step
+    took 100 ms a step at batch 16, 4× transformers' `generate`, and this one 28 ms at batch 128, 1.2×), and on a
+    CPU in the tests that check it against the growing-length step. A capture that fails warns and falls back to
+    the eager fixed-shape step."""
+
+    def __init__(self, model: JanusForConditionalGeneration, cache: StaticCache, capture: bool) -> None:
+        self.model, self.cache, self.capture = model, cache, capture
+        self.graph: torch.cuda.CUDAGraph | None = None
+        # The last slot: captured and warm-up writes land where the final step writes anyway.
+        self.slot = torch.full((1,), cache.valid.shape[1] - 1, dtype=torch.long, device=cache.valid.device)
+
+    def __call__(self, tokens: torch.LongTensor, position: torch.Tensor, slot: int) -> torch.Tensor:
+        if self.capture and self.graph is None:
+            self._capture(tokens, position)
+        if self.graph is None:
+            self.slot.fill_(slot)
+            return image_step(self.model, tokens, position, self.cache, self.slot)
+        self.tokens.copy_(tokens)
+        self.position.copy_(position)
+        self.slot.fill_(slot)
+        self.graph.replay()
+        return self.logits
+
+    def _capture(self, tokens: torch.LongTensor, position: torch.Tensor) -> None:
+        self.capture = False
+        self.tokens, self.position = tokens.clone(), position.clone()
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the capture: lazy initialisation, kernel selection
+                image_step(self.model, self.tokens, self.position, self.cache, self.slot)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.logits = image_step(self.model, self.tokens, self.position, self.cache, self.slot)
+            self.graph = graph
+        except RuntimeError as error:  # an op that cannot be captured: sample eagerly rather than fail
+            warnings.warn(f"CUDA graph capture failed, sampling eagerly: {error}", RuntimeWarning, stacklevel=3)
+        self.cache.valid.narrow(1, self.cache.valid.shape[1] - 1, 1).fill_(False)  # the warm-up's write is not a token
