@@ -42,8 +42,9 @@ from unigap.model.images import vq_image_size
 from unigap.train.dpo import DPOOptions, GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
 
 
-# Dense bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s (first matching name wins).
-DATASHEET_BF16_TFLOPS = {"H100 PCIe": 756.0, "H200": 989.4, "H100": 989.4, "A100": 312.0}
+# Dense bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s, by the exact name torch reports (SXM parts;
+# NVL and PCIe parts run lower clocks: pass --peak-tflops for those).
+DATASHEET_BF16_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 80GB HBM3": 989.4, "NVIDIA A100-SXM4-80GB": 312.0}
 
 
 def datasheet_peak(um: UnifiedModel, override_tflops: float | None) -> tuple[float, str] | None:
@@ -52,9 +53,8 @@ def datasheet_peak(um: UnifiedModel, override_tflops: float | None) -> tuple[flo
         return override_tflops * 1e12, "--peak-tflops"
     if um.device.type == "cuda":
         name = torch.cuda.get_device_name(um.device)
-        for key, tflops in DATASHEET_BF16_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12, f"datasheet dense bf16 ({key})"
+        if name in DATASHEET_BF16_TFLOPS:
+            return DATASHEET_BF16_TFLOPS[name] * 1e12, f"datasheet dense bf16 ({name})"
     return None
 
 
@@ -82,12 +82,13 @@ def _pairs(um: UnifiedModel, n: int) -> tuple[list[Pair], list[Pair]]:
 def _stepper(
     um: UnifiedModel, und: Sequence[Pair], gen: Sequence[Pair], recompute: bool, batch: int
 ) -> Callable[[int], float]:
-    """A function doing joint DPO step `i` on `batch` pairs of each task; returns the summed loss."""
+    """A function doing a joint DPO step on the first `batch` pairs of each task (the same every step, so one
+    step's FLOP count holds for all); returns the summed loss."""
     params = um.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.01)
 
     def step(i: int) -> float:
-        batches = [[pairs[(i * batch + k) % len(pairs)] for k in range(batch)] for pairs in (und, gen)]
+        batches = [list(pairs[:batch]) for pairs in (und, gen)]
         if recompute:
             batches = [with_reference(um, batch) for batch in batches]
         total = sum(task_dpo_loss(um, batch, DPOOptions()).loss for batch in batches)
@@ -105,6 +106,24 @@ def step_flops(step: Callable[[int], float]) -> int:
     with FlopCounterMode(display=False) as counter:
         step(0)
     return counter.get_total_flops()
+
+
+def summary(rows: list[dict]) -> dict:
+    """The rows, the best MFU of each π_ref variant (peak memory is per batch size, both variants), and the
+    stored variant's speed-up."""
+    timed = [row for row in rows if not row.get("out_of_memory")]
+    best = {reference: max((row for row in timed if row["reference"] == reference), key=lambda row: row["mfu"],
+                           default=None) for reference in ("stored", "recomputed")}
+    stored = {row["batch_size"]: row["seconds_per_step"] for row in timed if row["reference"] == "stored"}
+    return {
+        "results": rows,
+        "best_mfu": {reference: {"batch_size": row["batch_size"], "mfu": row["mfu"]}
+                     for reference, row in best.items() if row is not None},
+        "speedup_stored_vs_recomputed": {
+            str(row["batch_size"]): row["seconds_per_step"] / stored[row["batch_size"]]
+            for row in timed if row["reference"] == "recomputed"
+        },
+    }
 
 
 def _paired_medians(
@@ -154,42 +173,6 @@ def main(argv: list[str] | None = None) -> dict:
     side = 8192 if um.device.type == "cuda" else 2048
     measured = matmul_flops(um.device, um.dtype, side)
     peak, peak_source = datasheet_peak(um, args.peak_tflops) or (measured, f"measured {side}² matmul, {um.dtype}")
-    rows: list[dict] = []
-    for batch in args.batch_sizes:
-        if um.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(um.device)
-        try:
-            steppers = [_stepper(um, und, gen, recompute, batch) for recompute in (False, True)]
-            flops = [step_flops(step) for step in steppers]
-            seconds = _paired_medians(steppers, args.steps, args.repeats, um.device)
-        except torch.OutOfMemoryError:
-            rows.append({"batch_size": batch, "out_of_memory": True})
-            break
-        finally:
-            if um.device.type == "cuda":
-                torch.cuda.empty_cache()
-        for reference, count, second in zip(("stored", "recomputed"), flops, seconds, strict=True):
-            rows.append({
-                "batch_size": batch, "reference": reference, "seconds_per_step": second, "steps_per_s": 1 / second,
-                "flops_per_step": count, "achieved_tflops": count / second / 1e12, "mfu": count / second / peak,
-                "fraction_of_measured_matmul": count / second / measured,
-            } | ({"peak_memory_gib": torch.cuda.max_memory_allocated(um.device) / 2**30} if um.device.type == "cuda"
-                 else {}))
-    timed = [row for row in rows if not row.get("out_of_memory")]
-    table = Table(title=f"Joint DPO step (n und + n gen pairs), LoRA r {args.lora_rank}, median of {args.repeats}")
-    for column in ("n", "π_ref", "ms/step", "TFLOP/step", "TFLOP/s", "MFU"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        if row.get("out_of_memory"):
-            table.add_row(str(row["batch_size"]), "out of memory", "", "", "", "")
-            continue
-        table.add_row(
-            str(row["batch_size"]), row["reference"], f"{1000 * row['seconds_per_step']:.1f}",
-            f"{row['flops_per_step'] / 1e12:.3f}", f"{row['achieved_tflops']:.2f}", f"{row['mfu']:.1%}",
-        )
-    Console().print(table)
-    best = max(timed, key=lambda row: row["mfu"])
-    stored = {row["batch_size"]: row["seconds_per_step"] for row in timed if row["reference"] == "stored"}
     payload = {
         "model": args.model or "random tiny (unigap.model.tiny_janus_config, ShapeWorld vocabulary)",
         **machine(um),
@@ -203,14 +186,45 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_tflops": peak / 1e12,
         "peak_source": peak_source,
         "measured_matmul_tflops": measured / 1e12,
-        "results": rows,
-        "best_mfu": {"batch_size": best["batch_size"], "reference": best["reference"], "mfu": best["mfu"]},
-        "speedup_stored_vs_recomputed": {
-            str(row["batch_size"]): row["seconds_per_step"] / stored[row["batch_size"]]
-            for row in timed if row["reference"] == "recomputed"
-        },
     }
-    write_result(args.out, payload)
+    rows: list[dict] = []
+    for batch in args.batch_sizes:
+        if um.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(um.device)
+        try:
+            steppers = [_stepper(um, und, gen, recompute, batch) for recompute in (False, True)]
+            flops = [step_flops(step) for step in steppers]
+            seconds = _paired_medians(steppers, args.steps, args.repeats, um.device)
+        except torch.OutOfMemoryError:
+            rows.append({"batch_size": batch, "out_of_memory": True})
+        else:
+            cuda = um.device.type == "cuda"
+            memory = {"peak_memory_gib": torch.cuda.max_memory_allocated(um.device) / 2**30} if cuda else {}
+            for reference, count, second in zip(("stored", "recomputed"), flops, seconds, strict=True):
+                rows.append({
+                    "batch_size": batch, "reference": reference, "seconds_per_step": second, "steps_per_s": 1 / second,
+                    "flops_per_step": count, "achieved_tflops": count / second / 1e12, "mfu": count / second / peak,
+                    "fraction_of_measured_matmul": count / second / measured,
+                } | memory)
+        finally:
+            if um.device.type == "cuda":
+                torch.cuda.empty_cache()
+        payload = payload | summary(rows)
+        write_result(args.out, payload)  # after every batch size: a run cut off later keeps its rows
+        if rows[-1].get("out_of_memory"):
+            break
+    table = Table(title=f"Joint DPO step (n und + n gen pairs), LoRA r {args.lora_rank}, median of {args.repeats}")
+    for column in ("n", "π_ref", "ms/step", "TFLOP/step", "TFLOP/s", "MFU"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        if row.get("out_of_memory"):
+            table.add_row(str(row["batch_size"]), "out of memory", "", "", "", "")
+            continue
+        table.add_row(
+            str(row["batch_size"]), row["reference"], f"{1000 * row['seconds_per_step']:.1f}",
+            f"{row['flops_per_step'] / 1e12:.3f}", f"{row['achieved_tflops']:.2f}", f"{row['mfu']:.1%}",
+        )
+    Console().print(table)
     return payload
 
 

@@ -8,8 +8,8 @@ image tokens per second (batch × tokens / seconds), our speed relative to trans
 sampling step, whether greedy tokens agree, and the compute floor of a step: 2 FLOPs × (LLM parameters without
 the token embeddings + generation head + generation embeddings and aligner) × rows per step (2 × batch with
 CFG), attention ignored, at the rate of a 2048 × 2048 matmul in the model's dtype measured on the same threads;
-and the memory floor: reading those parameters once per step at the measured copy bandwidth (what bounds a step on
-a GPU at small batches). On CUDA, unigap replays each step as a CUDA graph (`UNIGAP_CUDA_GRAPHS=0` turns it off);
+and the weights' memory floor: reading those parameters once per step at the measured copy bandwidth (the KV
+cache's reads come on top; attention is left out of both floors). On CUDA, unigap replays each step as a CUDA graph (`UNIGAP_CUDA_GRAPHS=0` turns it off);
 there its eager sampler is timed once too, and its greedy tokens compared with the graphed ones.
 Greedy agreement is also given as the fraction of equal tokens and the mean first step that differs: in bf16,
 a random model's near-tied logits can flip an argmax between two correct implementations.
@@ -38,6 +38,7 @@ from unigap.model import UnifiedModel, load_model
 from unigap.model.decoding import left_pad
 from unigap.model.sampler import cuda_graphs_enabled
 from unigap.world import CATEGORIES, sample_records
+
 
 def prompts_for(batch: int) -> list[str]:
     """`batch` held-out prompts, categories in turn (so lengths differ within every batch)."""
@@ -162,23 +163,21 @@ def main(argv: list[str] | None = None) -> dict:
         equal = greedy == _transformers_sampler(um, prompts, args.cfg_scale, False)()
         tokens, steps = batch * um.num_image_tokens, um.num_image_tokens
         rows_per_step = 2 * batch if args.cfg_scale != 1.0 else batch
-        rows.append(
-            {
-                "batch_size": batch,
-                "image_tokens": um.num_image_tokens,
-                "unigap_tokens_per_s": tokens / ours,
-                "transformers_tokens_per_s": tokens / theirs,
-                "speed_ratio": theirs / ours,
-                "greedy_tokens_equal": bool(equal.all()),
-                "greedy_token_agreement": equal.float().mean().item(),
-                "greedy_first_difference": first_difference(equal),
-                "unigap_ms_per_step": 1000 * ours / steps,
-                "transformers_ms_per_step": 1000 * theirs / steps,
-                "floor_ms_per_step": 1000 * 2 * parameters * rows_per_step / rate,
-                "memory_floor_ms_per_step": 1000 * weight_bytes / bandwidth,
-            }
-            | (eager_on_cuda(um, prompts, args.cfg_scale, greedy) if um.device.type == "cuda" else {})
-        )
+        row = {
+            "batch_size": batch,
+            "image_tokens": um.num_image_tokens,
+            "unigap_tokens_per_s": tokens / ours,
+            "transformers_tokens_per_s": tokens / theirs,
+            "speed_ratio": theirs / ours,
+            "greedy_tokens_equal": bool(equal.all()),
+            "greedy_token_agreement": equal.float().mean().item(),
+            "greedy_first_difference": first_difference(equal),
+            "unigap_ms_per_step": 1000 * ours / steps,
+            "transformers_ms_per_step": 1000 * theirs / steps,
+            "floor_ms_per_step": 1000 * 2 * parameters * rows_per_step / rate,
+            "memory_floor_ms_per_step": 1000 * weight_bytes / bandwidth,
+        }
+        rows.append(row | (eager_on_cuda(um, prompts, args.cfg_scale, greedy) if um.device.type == "cuda" else {}))
         write_result(args.out, payload | {"results": rows})  # after every batch size: a cut-off run keeps its rows
 
     table = Table(title=f"Image-token sampling, CFG {args.cfg_scale}, median of {args.repeats}")

@@ -124,13 +124,13 @@ def benchmarks() -> str:
         return (" / ".join(f"{row['speed_ratio']:.2f}×" for row in rows) + " at batch "
                 + " / ".join(str(row["batch_size"]) for row in rows))
 
-    best = dpo["best_mfu"]
+    best = ", ".join(f"{row['mfu']:.1%} at {row['batch_size']} pairs per task (π_ref {reference})"
+                     for reference, row in dpo["best_mfu"].items())
     return "\n".join([
         "| benchmark | model, device | result |", "|---|---|---|",
         f"| sampling vs transformers' `generate` | `{cpu['model']}`, {cpu['device']} {cpu['dtype']} | {ratios(cpu)} |",
         f"| sampling vs transformers' `generate` | Janus-Pro-1B shape, {gpu['device_name']} {gpu['dtype']} | {ratios(gpu)} |",
-        f"| DPO step MFU | Janus-Pro-1B shape, {dpo['device_name']} {dpo['dtype']} | {best['mfu']:.1%} at "
-        f"{best['batch_size']} pairs per task (π_ref {best['reference']}) |",
+        f"| DPO step MFU | Janus-Pro-1B shape, {dpo['device_name']} {dpo['dtype']} | {best} |",
     ])
 
 
@@ -146,13 +146,15 @@ def sampling_gpu() -> str:
                      f"| {row['transformers_ms_per_step']:.1f} | {row['speed_ratio']:.2f}× | "
                      f"{row['floor_ms_per_step']:.2f}, {row['memory_floor_ms_per_step']:.2f} | "
                      f"{first} |")
-    return "\n".join(lines) + f"\n\n{result['device_name']}, {result['dtype']}, 576 image tokens, CFG {result['cfg_scale']}."
+    tokens = result["results"][0]["image_tokens"]
+    return "\n".join(lines) + f"\n\n{result['device_name']}, {result['dtype']}, {tokens} image tokens, CFG {result['cfg_scale']}."
 
 
 def dpo_mfu() -> str:
     """`benchmarks/janus_pro_gpu.sh`: the joint DPO step's MFU on a random Janus-Pro-1B-shaped model."""
     result = _load(BENCH / "dpo_step_janus_pro_1b.json")
-    lines = ["| pairs per task | π_ref | s/step | TFLOP/step | MFU | peak memory, GiB |", "|---|---|---|---|---|---|"]
+    lines = ["| pairs per task | π_ref | s/step | TFLOP/step | MFU | peak memory of the batch size, GiB |",
+             "|---|---|---|---|---|---|"]
     for row in result["results"]:
         if row.get("out_of_memory"):
             lines.append(f"| {row['batch_size']} | out of memory | | | | |")

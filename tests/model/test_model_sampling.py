@@ -3,13 +3,16 @@ fixed-shape step that CUDA graphs replay computes what the eager step computes."
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 from transformers import GenerationConfig
 
-from unigap.model import UnifiedModel
+from unigap.model import UnifiedModel, load_model
 from unigap.model.decoding import left_pad
 from unigap.model.generation import guided, prompt_batch, sample_from_prefix
 from unigap.model.sampler import GraphedStep, StaticCache
@@ -70,9 +73,10 @@ def test_the_same_seed_gives_the_same_images(um: UnifiedModel) -> None:
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_the_cuda_graph_step_samples_what_the_eager_step_samples(um: UnifiedModel, temperature: float) -> None:
+def test_the_cuda_graph_step_samples_what_the_eager_step_samples(tiny_dir: Path, temperature: float) -> None:
     """Run without CUDA, the graph's fixed-shape step (tensor slot, attention over the whole buffer under the key
-    mask) gives the eager step's tokens and log-probs: mixed prompt lengths (left padding), CFG."""
+    mask) gives the eager step's tokens and log-probs: mixed prompt lengths (left padding), CFG, fp32 on a CPU."""
+    um = load_model(tiny_dir, "cpu", torch.float32)
     prompts = ["a red circle", "is there a big blue square on the left of a small green triangle ?"]
     ids, mask = prompt_batch(um.prompts, prompts, cfg=True, device=um.device)
     embeds = um.model.get_input_embeddings()(ids)
@@ -82,13 +86,37 @@ def test_the_cuda_graph_step_samples_what_the_eager_step_samples(um: UnifiedMode
     torch.testing.assert_close(runs[0][1], runs[1][1])
 
 
-def test_a_failed_capture_falls_back_to_the_eager_step(um: UnifiedModel) -> None:
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_replayed_cuda_graphs_sample_what_the_eager_step_samples(tiny_dir: Path) -> None:
+    """On a GPU, in fp32 without TF32: greedy tokens and log-probs of captured and replayed steps against eager."""
+    um = load_model(tiny_dir, "cuda", torch.float32)
+    prompts = ["a red circle", "is there a big blue square on the left of a small green triangle ?"]
+    ids, mask = prompt_batch(um.prompts, prompts, cfg=True, device=um.device)
+    embeds = um.model.get_input_embeddings()(ids)
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        runs = [sample_from_prefix(um.model, um.prompts, embeds, mask, 2, 3.0, 0.0, seed=5, cuda_graphs=graphs)
+                for graphs in (False, True)]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    assert torch.equal(runs[0][0], runs[1][0])
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-4, atol=1e-4)
+
+
+def test_a_failed_capture_falls_back_to_the_eager_step(um: UnifiedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_graphs(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "graph", no_graphs)  # on a GPU the capture itself fails
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())  # on a CPU: Stream() fails
     ids, mask = prompt_batch(um.prompts, [PROMPT], cfg=False, device=um.device)
     with torch.no_grad():
         out = um.model.model.language_model(input_ids=ids, attention_mask=mask, use_cache=True)
         cache = StaticCache.from_prefill(out.past_key_values, mask, 3)
-        step = GraphedStep(um.model, cache, capture=True)  # as on CUDA; here the capture raises (no CUDA)
+        step = GraphedStep(um.model, cache, capture=True)
         with pytest.warns(RuntimeWarning, match="CUDA graph capture failed, sampling eagerly"):
-            logits = step(torch.tensor([5]), torch.tensor([ids.shape[1]]), slot=ids.shape[1])
+            logits = step(torch.tensor([5], device=um.device), torch.tensor([ids.shape[1]], device=um.device),
+                          slot=ids.shape[1])
     assert logits.shape == (1, um.codebook_size) and step.graph is None
     assert cache.valid[0].tolist() == [True] * (ids.shape[1] + 1) + [False] * 2

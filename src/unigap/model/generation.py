@@ -129,8 +129,7 @@ def sample_from_prefix(
     <begin_of_image> → (ids [batch, N], per-step log-probs [batch, N]). With CFG, R = 2·batch: the
     conditional rows, then their unconditional twins. Text-to-image and editing build their own prefixes.
     `cuda_graphs` (default: on CUDA unless `UNIGAP_CUDA_GRAPHS=0`) replays each step as a CUDA graph
-    (`unigap.model.sampler`); on CUDA without graphs, and with True off CUDA, the graph's fixed-shape step runs
-    eagerly."""
+    (`unigap.model.sampler`); True off CUDA runs the graph's fixed-shape step eagerly."""
     check_temperature(temperature)
     device, num_tokens = model.device, fmt.num_image_tokens
     tokens = torch.zeros((batch, num_tokens), dtype=torch.long, device=device)
@@ -143,9 +142,8 @@ def sample_from_prefix(
     states, prefilled = _generation_states(model, embeds, mask, position_ids, None, use_cache=True, last=1)
     head, position = model.model.generation_head(states[:, -1]).float(), position_ids[:, -1]
     cache = StaticCache.from_prefill(prefilled, mask, num_tokens - 1)
-    graphs = cuda_graphs_enabled(device) if cuda_graphs is None else cuda_graphs
-    fixed = (graphs or device.type == "cuda") and num_tokens > 1
-    step_fn = GraphedStep(model, cache, capture=graphs and device.type == "cuda") if fixed else partial(
+    graphs = (cuda_graphs_enabled(device) if cuda_graphs is None else cuda_graphs) and num_tokens > 1
+    step_fn = GraphedStep(model, cache, capture=device.type == "cuda") if graphs else partial(
         image_step, model, cache=cache)
     for step in range(num_tokens):
         logits = guided(head, cfg_scale)

@@ -16,8 +16,9 @@ On CUDA the step (image-token embedding, the layers, the generation head) is cap
 CUDA graph and replayed for every token: at the batch sizes sampling runs at, a step of a 1B model is hundreds of
 small kernels whose launches cost more than their arithmetic, and a replay is one launch. A graph needs fixed
 shapes, so the captured step writes its slot at a tensor index and attends over the whole buffer (the key mask
-hides the empty tail), which is the same arithmetic; on CUDA the eager step does the same. Set
-`UNIGAP_CUDA_GRAPHS=0` to sample eagerly.
+hides the empty tail): the same arithmetic up to float rounding, so in bf16 a near-tie can go the other way and
+the same seed can give other tokens than the eager step. `UNIGAP_CUDA_GRAPHS=0` samples eagerly, as unigap did
+before graphs.
 """
 
 from __future__ import annotations
@@ -122,16 +123,20 @@ def cuda_graphs_enabled(device: torch.device) -> bool:
 
 class GraphedStep:
     """`image_step` with a tensor slot (fixed shapes), captured as a CUDA graph at the first call and replayed
-    after when `capture`; otherwise run eagerly: on CUDA without graphs (on an H200 the growing-length eager step
-    took 100 ms a step at batch 16, 4× transformers' `generate`, and this one 28 ms at batch 128, 1.2×), and on a
-    CPU in the tests that check it against the growing-length step. A capture that fails warns and falls back to
-    the eager fixed-shape step."""
+    after when `capture`; otherwise run eagerly (on a CPU, where the tests check it against the growing-length
+    step). A capture that fails warns and falls back to the eager fixed-shape step. The logits a call returns are
+    the graph's output buffer: the next call overwrites them. Capturing costs a warm-up step and a synchronisation
+    per sampling call."""
 
     def __init__(self, model: JanusForConditionalGeneration, cache: StaticCache, capture: bool) -> None:
         self.model, self.cache, self.capture = model, cache, capture
+        self.device = cache.valid.device
         self.graph: torch.cuda.CUDAGraph | None = None
-        # The last slot: captured and warm-up writes land where the final step writes anyway.
-        self.slot = torch.full((1,), cache.valid.shape[1] - 1, dtype=torch.long, device=cache.valid.device)
+        self.tokens: torch.Tensor | None = None  # the graph's input and output buffers, set by the capture
+        self.position: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+        # The last slot: the warm-up's write lands where only the final step writes.
+        self.slot = torch.full((1,), cache.valid.shape[1] - 1, dtype=torch.long, device=self.device)
 
     def __call__(self, tokens: torch.LongTensor, position: torch.Tensor, slot: int) -> torch.Tensor:
         if self.capture and self.graph is None:
@@ -142,21 +147,24 @@ class GraphedStep:
         self.tokens.copy_(tokens)
         self.position.copy_(position)
         self.slot.fill_(slot)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return self.logits
 
     def _capture(self, tokens: torch.LongTensor, position: torch.Tensor) -> None:
         self.capture = False
         self.tokens, self.position = tokens.clone(), position.clone()
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside the capture: lazy initialisation, kernel selection
-                image_step(self.model, self.tokens, self.position, self.cache, self.slot)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.logits = image_step(self.model, self.tokens, self.position, self.cache, self.slot)
+            # On the model's device, with a stream made there: the current device may be another GPU.
+            with torch.cuda.device(self.device):
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # warm-up outside the capture: lazy initialisation, kernel choice
+                    image_step(self.model, self.tokens, self.position, self.cache, self.slot)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=side):
+                    self.logits = image_step(self.model, self.tokens, self.position, self.cache, self.slot)
             self.graph = graph
         except RuntimeError as error:  # an op that cannot be captured: sample eagerly rather than fail
             warnings.warn(f"CUDA graph capture failed, sampling eagerly: {error}", RuntimeWarning, stacklevel=3)
