@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +24,46 @@ def machine(um: Any = None) -> dict[str, Any]:
     return where | {"torch_threads": torch.get_num_threads(), "platform": platform.platform()}
 
 
-def copy_bytes_per_s(device: torch.device, megabytes: int = 512, repeats: int = 10) -> float:
-    """Memory bandwidth: bytes read plus written per second by a device-to-device copy (median of repeats)."""
-    source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
-    target = torch.empty_like(source)
-    seconds = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        target.copy_(source)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return 2 * source.numel() / statistics.median(seconds[1:])
+def positive_int(text: str) -> int:
+    """An argparse type: a count of at least 1 (argparse turns the error into one line and exit code 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of `run`, waiting for the device's queued work."""
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def paired_medians(runs: Sequence[Callable[[], object]], repeats: int, device: torch.device) -> list[float]:
+    """Median seconds of each run after one warm-up each, timed in alternation so a noisy machine slows all alike."""
+    for run in runs:
+        seconds(run, device)
+    samples: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, timed in zip(runs, samples, strict=True):
+            timed.append(seconds(run, device))
+    return [statistics.median(timed) for timed in samples]
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, side: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of a square matmul of `side` on this device, dtype and thread count (median of repeats)."""
     a = torch.randn(side, side, device=device, dtype=dtype)
     b = torch.randn(side, side, device=device, dtype=dtype)
-    seconds = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return 2 * side**3 / statistics.median(seconds[1:])
+    return 2 * side**3 / paired_medians([lambda: torch.mm(a, b)], repeats, device)[0]
+
+
+def copy_bytes_per_s(device: torch.device, megabytes: int = 512, repeats: int = 10) -> float:
+    """Memory bandwidth: bytes read plus written per second by a device-to-device copy (median of repeats)."""
+    source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    return 2 * source.numel() / paired_medians([lambda: target.copy_(source)], repeats, device)[0]
 
 
 def write_result(path: Path, payload: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ rate of a square matmul in the model's dtype. The measured matmul rate is record
 that runs out of memory ends the sweep and is recorded as such.
 
     python benchmarks/dpo_step.py                          # random tiny model (ShapeWorld vocabulary)
-    python benchmarks/dpo_step.py --model DIR --device cuda --batch-sizes 1 4 16 32
+    python benchmarks/dpo_step.py --model DIR --device cuda --batch-sizes 1 4 8
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from rich.table import Table
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import machine, matmul_flops, write_result
+from _common import machine, matmul_flops, paired_medians, positive_int, write_result
 
 import unigap.world
 from unigap.model import UnifiedModel, load_model, save_random_tiny
@@ -126,35 +125,13 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def _paired_medians(
-    steppers: Sequence[Callable[[int], float]], steps: int, repeats: int, device: torch.device
-) -> list[float]:
-    """Median seconds per step of each stepper, timed in alternation so a noisy machine slows both alike."""
-
-    def timed(step: Callable[[int], float]) -> float:
-        start = time.perf_counter()
-        for i in range(steps):
-            step(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / steps
-
-    for step in steppers:  # warm-up
-        timed(step)
-    seconds: list[list[float]] = [[] for _ in steppers]
-    for _ in range(repeats):
-        for step, samples in zip(steppers, seconds, strict=True):
-            samples.append(timed(step))
-    return [statistics.median(samples) for samples in seconds]
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: a random tiny model)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--lora-rank", type=int, default=64)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="pairs per task per step")
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1], help="pairs per task per step")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the peak MFU divides by (default: see above)")
@@ -170,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     recomputed = [
         task_dpo_loss(um, with_reference(um, [p]), DPOOptions()).metrics["dpo_loss"] for p in (und[0], gen[0])
     ]
-    side = 8192 if um.device.type == "cuda" else 2048
+    cuda = um.device.type == "cuda"
+    side = 8192 if cuda else 2048
     measured = matmul_flops(um.device, um.dtype, side)
     peak, peak_source = datasheet_peak(um, args.peak_tflops) or (measured, f"measured {side}² matmul, {um.dtype}")
     payload = {
@@ -189,16 +167,16 @@ def main(argv: list[str] | None = None) -> dict:
     }
     rows: list[dict] = []
     for batch in args.batch_sizes:
-        if um.device.type == "cuda":
+        if cuda:
             torch.cuda.reset_peak_memory_stats(um.device)
         try:
             steppers = [_stepper(um, und, gen, recompute, batch) for recompute in (False, True)]
             flops = [step_flops(step) for step in steppers]
-            seconds = _paired_medians(steppers, args.steps, args.repeats, um.device)
+            runs = [lambda step=step: [step(i) for i in range(args.steps)] for step in steppers]
+            seconds = [run / args.steps for run in paired_medians(runs, args.repeats, um.device)]
         except torch.OutOfMemoryError:
             rows.append({"batch_size": batch, "out_of_memory": True})
         else:
-            cuda = um.device.type == "cuda"
             memory = {"peak_memory_gib": torch.cuda.max_memory_allocated(um.device) / 2**30} if cuda else {}
             for reference, count, second in zip(("stored", "recomputed"), flops, seconds, strict=True):
                 rows.append({
@@ -207,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "fraction_of_measured_matmul": count / second / measured,
                 } | memory)
         finally:
-            if um.device.type == "cuda":
+            if cuda:
                 torch.cuda.empty_cache()
         payload = payload | summary(rows)
         write_result(args.out, payload)  # after every batch size: a run cut off later keeps its rows

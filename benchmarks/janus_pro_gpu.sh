@@ -14,6 +14,7 @@ size=${SIZE:-1b}
 device=${DEVICE:-cuda}
 dtype=${DTYPE:-bfloat16}
 checkpoint=${CHECKPOINT:-/tmp/janus-pro-$size}
+case $size in tiny|1b|7b) ;; *) echo "SIZE must be tiny, 1b or 7b, got '$size'" >&2; exit 2 ;; esac
 mkdir -p "$out"
 status=0
 $py -c "import sys, torch; from unigap.model import save_random_janus_pro

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from unigap.atomic import write_atomically
 from unigap.evaluate import evaluate, save_report
 from unigap.model import load_model
 from unigap.pretrain import FULL, PretrainConfig, pretrain
 from unigap.pretrain.joint import PatchHead, make_optimizer, trainable_parameters
-from unigap.pretrain.run import JOINT_FILE, STAGE_STREAMS, VISION_FILE, VQ_FILE
+from unigap.pretrain.run import (
+    JOINT_FILE, STAGE_STREAMS, VISION_FILE, VQ_FILE, save_stage, stage_settings, stage_state,
+)
 
 
 def reuse_stages(source: Path, out: Path, vision: bool) -> None:
@@ -42,8 +43,7 @@ def reuse_stages(source: Path, out: Path, vision: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for module, name, seconds in stages:
         if not (out / name).is_file():
-            state = {k: v.contiguous() for k, v in module.state_dict().items()}
-            save_file(state, out / name, metadata={"seconds": repr(seconds)})
+            save_stage(module, out / name, seconds)
 
 
 def reuse_joint(source: Path, out: Path, config: PretrainConfig) -> None:
@@ -56,9 +56,8 @@ def reuse_joint(source: Path, out: Path, config: PretrainConfig) -> None:
     head = PatchHead(config.hidden_size)
     optimizer, schedule = make_optimizer(trainable_parameters(um, config) + list(head.parameters()), config)
     rng = np.random.default_rng([config.seed, STAGE_STREAMS["joint"]])
-    state = {"model": um.model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-             "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "step": config.steps,
-             "seconds": recorded["joint_seconds"], "final": recorded.get("final_losses")}
+    state = stage_state(um, head, optimizer, schedule, rng, config.steps, recorded["joint_seconds"],
+                        recorded.get("final_losses"), stage_settings(config, "joint"))
     write_atomically(out / JOINT_FILE, lambda tmp: torch.save(state, tmp))
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import copy_bytes_per_s, machine, matmul_flops, write_result
+from _common import copy_bytes_per_s, machine, matmul_flops, paired_medians, positive_int, seconds, write_result
 from transformers import GenerationConfig
 
 from unigap.model import UnifiedModel, load_model
@@ -74,27 +72,6 @@ def _transformers_sampler(um: UnifiedModel, prompts: list[str], cfg_scale: float
     return lambda: um.model.generate(ids, attention_mask=mask, generation_mode="image", generation_config=config)
 
 
-def _paired_medians(
-    runs: tuple[Callable[[], object], Callable[[], object]], repeats: int, device: torch.device
-) -> tuple[float, float]:
-    """Median seconds of each run, timed in alternation so a noisy machine slows both alike."""
-
-    def timed(run: Callable[[], object]) -> float:
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    for run in runs:  # warm-up
-        timed(run)
-    seconds: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for run, samples in zip(runs, seconds, strict=True):
-            samples.append(timed(run))
-    return statistics.median(seconds[0]), statistics.median(seconds[1])
-
-
 def first_difference(equal: torch.Tensor) -> float:
     """Mean over images of the first step whose token differs (N when none does): a late first difference is
     rounding deciding a near-tie, after which an image goes its own way; a difference at step 0 is a bug."""
@@ -109,16 +86,13 @@ def eager_on_cuda(um: UnifiedModel, prompts: list[str], cfg_scale: float, greedy
     previous = os.environ.get("UNIGAP_CUDA_GRAPHS")
     os.environ["UNIGAP_CUDA_GRAPHS"] = "0"
     try:
-        start = time.perf_counter()
-        um.generate_images(prompts, cfg_scale=cfg_scale, temperature=1.0, seed=0)
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        took = seconds(lambda: um.generate_images(prompts, cfg_scale=cfg_scale, temperature=1.0, seed=0), um.device)
         eager = um.generate_images(prompts, cfg_scale=cfg_scale, temperature=0.0)
     finally:
         os.environ.pop("UNIGAP_CUDA_GRAPHS")
         if previous is not None:
             os.environ["UNIGAP_CUDA_GRAPHS"] = previous
-    return {"unigap_eager_ms_per_step": 1000 * seconds / um.num_image_tokens,
+    return {"unigap_eager_ms_per_step": 1000 * took / um.num_image_tokens,
             "eager_vs_graphs_greedy_agreement": (eager == greedy).float().mean().item(),
             "eager_vs_graphs_first_difference": first_difference(eager == greedy)}
 
@@ -128,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="tiny", help='checkpoint directory or "tiny" (default)')
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 80])
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[10, 80])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling.json"))
@@ -151,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for batch in args.batch_sizes:
         prompts = prompts_for(batch)
-        ours, theirs = _paired_medians(
+        ours, theirs = paired_medians(
             (
                 lambda prompts=prompts: um.generate_images(prompts, cfg_scale=args.cfg_scale, temperature=1.0, seed=0),
                 _transformers_sampler(um, prompts, args.cfg_scale, True),

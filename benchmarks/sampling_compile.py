@@ -22,8 +22,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, write_result
-from sampling import _paired_medians, prompts_for
+from _common import machine, paired_medians, write_result
+from sampling import prompts_for
 
 import unigap.model.sampler as sampler
 from unigap.model import load_model
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             greedy = sample(prompts, compiled, 0.0)  # the first call at this shape compiles
             first_call = time.perf_counter() - start
-            eager, fast = _paired_medians(
+            eager, fast = paired_medians(
                 (lambda p=prompts: sample(p, decode_step), lambda p=prompts, c=compiled: sample(p, c)),
                 args.repeats, um.device,
             )

@@ -43,7 +43,7 @@ def edit_prefix(
     ids, mask = ids.to(model.device), mask.to(model.device)
     if dropped is not None:
         dropped = dropped.to(model.device)
-        ids = torch.where(dropped.unsqueeze(-1), unconditional(fmt, ids), ids)
+        ids = unconditional(fmt, ids, dropped)
     embeds = model.get_input_embeddings()(ids)
     keep = torch.ones(len(ids), dtype=torch.bool, device=model.device) if dropped is None else ~dropped
     if bool(keep.any()):

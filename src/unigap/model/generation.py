@@ -42,12 +42,16 @@ def uses_cfg(cfg_scale: float | None) -> bool:
     return cfg_scale is not None and cfg_scale != 1.0
 
 
-def unconditional(fmt: PromptFormat, ids: torch.LongTensor) -> torch.LongTensor:
+def unconditional(fmt: PromptFormat, ids: torch.LongTensor, rows: torch.Tensor | None = None) -> torch.LongTensor:
     """The unconditional version of prompt rows: every token but BOS and <begin_of_image> becomes PAD
     (the attention mask is kept), as transformers' image generate builds it — and as prompt dropout
-    must build it in training, so that CFG at inference sees what the model was trained on."""
+    must build it in training, so that CFG at inference sees what the model was trained on. With `rows` [B]
+    (bool), only those rows: prompt dropout."""
+    blank = (ids != fmt.ids.bos) & (ids != fmt.ids.boi)
+    if rows is not None:
+        blank &= rows.to(ids.device).unsqueeze(-1)
     uncond = ids.clone()
-    uncond[(ids != fmt.ids.bos) & (ids != fmt.ids.boi)] = fmt.ids.pad
+    uncond[blank] = fmt.ids.pad
     return uncond
 
 
@@ -213,7 +217,7 @@ def image_token_logprobs(
     dropped = check_dropped(dropped, batch, cfg)
     ids, mask = prompt_batch(fmt, prompts, cfg, device)
     if dropped is not None:
-        ids = torch.where(dropped.to(device).unsqueeze(-1), unconditional(fmt, ids), ids)
+        ids = unconditional(fmt, ids, dropped)
     fed = image_tokens.to(device)
     logits = image_token_logits(model, ids, mask, fed.repeat(2, 1) if cfg else fed)
     return token_logprobs(guided(logits.float(), cfg_scale), fed)

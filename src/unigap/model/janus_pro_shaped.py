@@ -17,7 +17,6 @@ import torch
 from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 from transformers import (
-    GenerationConfig,
     JanusConfig,
     JanusForConditionalGeneration,
     JanusVisionConfig,
@@ -26,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from unigap.model.tiny import tiny_janus_config
+from unigap.model.tiny import image_generation_config, tiny_janus_config
 from unigap.model.tokenizer import BOI, EOI, IMAGE
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
@@ -91,10 +90,7 @@ def save_random_janus_pro(
     torch.manual_seed(seed)
     with torch.device(device):
         model = JanusForConditionalGeneration._from_config(config, dtype=dtype)
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"], boi_token_id=ids["boi"],
-        generation_kwargs={"boi_token_id": ids["boi"]}, guidance_scale=5.0,
-    )
+    model.generation_config = image_generation_config(ids["bos"], ids["eos"], ids["pad"], ids["boi"])
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)

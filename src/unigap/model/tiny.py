@@ -111,17 +111,15 @@ def tiny_janus_config(
     )
 
 
-def tiny_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+def image_generation_config(bos: int, eos: int, pad: int, boi: int) -> GenerationConfig:
     """What transformers' image `generate` reads: bos/pad (unconditional prompt), boi (kept in it), eos."""
-    boi = special_token_id(tokenizer, BOI)
-    return GenerationConfig(
-        bos_token_id=special_token_id(tokenizer, BOS),
-        eos_token_id=special_token_id(tokenizer, EOS),
-        pad_token_id=special_token_id(tokenizer, PAD),
-        boi_token_id=boi,
-        generation_kwargs={"boi_token_id": boi},
-        guidance_scale=5.0,
-    )
+    return GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, boi_token_id=boi,
+                            generation_kwargs={"boi_token_id": boi}, guidance_scale=5.0)
+
+
+def tiny_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """`image_generation_config` with the ids of a `build_word_tokenizer` tokenizer."""
+    return image_generation_config(*(special_token_id(tokenizer, token) for token in (BOS, EOS, PAD, BOI)))
 
 
 def save_tiny(

@@ -129,7 +129,7 @@ def generation_loss(
     fmt = um.prompts
     ids, mask = left_pad([fmt.generation_ids(corpus.specs[r].text) for r in rows], fmt.ids.pad)
     dropped = torch.from_numpy(rng.random(len(rows)) < dropout)
-    ids = torch.where(dropped.unsqueeze(-1), unconditional(fmt, ids), ids)
+    ids = unconditional(fmt, ids, dropped)
     tokens = torch.from_numpy(corpus.tokens[rows]).to(um.device)
     states = image_token_states(um.model, ids.to(um.device), mask.to(um.device), tokens)
     logits = um.model.model.generation_head(states)

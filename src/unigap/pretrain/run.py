@@ -137,14 +137,14 @@ def _log(logger: MetricLogger, row: dict) -> None:
     logger.log(row.get("step", 0), row, prefix=f"{row['stage']}/")
 
 
-def _save_stage(module: torch.nn.Module, path: Path, seconds: float) -> None:
+def save_stage(module: torch.nn.Module, path: Path, seconds: float) -> None:
     """A finished stage's weights, with the seconds it took (kept across resumes), written atomically."""
     state = {k: v.contiguous() for k, v in module.state_dict().items()}
     write_atomically(path, lambda tmp: save_file(state, tmp, metadata={"seconds": repr(seconds)}))
 
 
 def _load_stage(module: torch.nn.Module, path: Path) -> float:
-    """Load a finished stage saved by `_save_stage`; returns the seconds its training took."""
+    """Load a finished stage saved by `save_stage`; returns the seconds its training took."""
     module.load_state_dict(load_file(path))
     with safe_open(path, framework="pt") as handle:
         return float((handle.metadata() or {}).get("seconds", 0.0))
@@ -176,7 +176,7 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
                  crop=config.vq_crop, empty_crop_weight=config.vq_empty_crop_weight, checkpoint=checkpoint,
                  checkpoint_every=config.checkpoint_every, resume=resume)
     seconds = time.perf_counter() - start
-    _save_stage(vq, out / VQ_FILE, seconds)
+    save_stage(vq, out / VQ_FILE, seconds)
     partial.unlink(missing_ok=True)
     return seconds
 
@@ -198,8 +198,23 @@ def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainCo
         train_vision(tower, und, config.vision_steps, config.vision_batch, config.vision_lr, config.seed,
                      config.reconstructed_fraction, on_step=on_step)
     seconds = time.perf_counter() - start
-    _save_stage(tower, out / VISION_FILE, seconds)
+    save_stage(tower, out / VISION_FILE, seconds)
     return seconds
+
+
+def stage_settings(config: PretrainConfig, stage: str) -> dict:
+    """What a stepped stage's weights depend on (stage 3 not on stage 4's settings, which may change after it
+    finished): stored in its checkpoint, which a resume under other settings refuses."""
+    return {k: v for k, v in asdict(config).items() if stage == "polish" or not k.startswith("polish_")}
+
+
+def stage_state(um: UnifiedModel, head: PatchHead, optimizer: torch.optim.Optimizer, schedule: object,
+                rng: np.random.Generator, step: int, seconds: float, final: dict | None, settings: dict) -> dict:
+    """A stepped stage's checkpoint: everything a resume needs, its last losses (a run resumed after the stage
+    finished still reports them) and the settings it was written under."""
+    return {"model": um.model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "step": step, "seconds": seconds,
+            "final": final, "config": settings}
 
 
 def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out: Path, show: bool,
@@ -217,8 +232,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
     optimizer, schedule = make_optimizer(params, config)
     rng = np.random.default_rng([config.seed, STAGE_STREAMS[stage]])
     step, seconds, final = 0, 0.0, None
-    # what this stage's weights depend on (stage 3 not on stage 4's settings, which may change after it finished)
-    settings = {k: v for k, v in asdict(config).items() if stage == "polish" or not k.startswith("polish_")}
+    settings = stage_settings(config, stage)
     checkpoint = out / STAGE_FILES[stage]
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
@@ -246,17 +260,8 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
             if step % 10 == 0 or step == config.steps:
                 _log(logger, {"stage": stage, "step": step, **final})
             if step % config.checkpoint_every == 0 or step == config.steps:
-                state = {
-                    "model": um.model.state_dict(),
-                    "head": head.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "rng": rng.bit_generator.state,
-                    "step": step,
-                    "seconds": time.perf_counter() - started,
-                    "final": final,  # a run resumed after this stage finished still reports its last losses
-                    "config": settings,
-                }
+                state = stage_state(um, head, optimizer, schedule, rng, step, time.perf_counter() - started, final,
+                                    settings)
                 write_atomically(checkpoint, lambda tmp: torch.save(state, tmp))
     um.model.eval()
     return {"seconds": time.perf_counter() - started, "final": final}
