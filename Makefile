@@ -12,13 +12,17 @@ setup:
 	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) || $(PY) -m pip install --quiet torch==2.13.0)
 	$(PY) -m pip install --quiet -e ".[dev]"
 
-# Fast default suite (slow tests excluded via pyproject addopts).
+# Test workers (pytest-xdist; tests/conftest.py gives each its share of the CPUs). Two suit a 2-core machine;
+# `make test TEST_WORKERS=8` on a larger one, TEST_WORKERS=0 for one process.
+TEST_WORKERS ?= 2
+
+# Fast default suite (slow tests excluded via pyproject addopts); a test file stays on one worker.
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Everything, including tests marked slow.
 test-all:
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -m "" -n $(TEST_WORKERS) --dist loadfile
 
 bench:
 	$(PY) benchmarks/sampling.py

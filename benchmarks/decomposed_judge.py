@@ -7,6 +7,10 @@ counting prompts, "Is the red circle to the left of the blue square?" for positi
 better. Score = the smallest log-probability of an expected answer; accept when that answer is more likely than
 not. Measured on the same generations `unigap eval` judges (same prompts, seed and batch size).
 
+A third score asks the generation side instead of the understanding side: by Bayes' rule with a uniform prior,
+the posterior of the prompt among itself and up to 8 of its near misses, from the generation head's conditional
+likelihood of the image's (VQ-encoded) tokens under each; accept when the prompt is more likely than the rest.
+
     python benchmarks/decomposed_judge.py --model tiny [--split test --n 500 --seed 7]
 """
 
@@ -16,6 +20,7 @@ import argparse
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -25,7 +30,7 @@ from unigap.evaluate.critique import self_judge_metrics
 from unigap.evaluate.data import held_out_pairs
 from unigap.evaluate.generation import generate_and_judge
 from unigap.model import UnifiedModel, load_model
-from unigap.world import CATEGORIES, PromptSpec
+from unigap.world import CATEGORIES, PromptSpec, near_misses
 from unigap.world.prompts import NUMBER_WORDS, RELATION_PHRASES, article, plural
 from unigap.world.questions import TEMPLATES
 
@@ -64,6 +69,23 @@ def parts_scores(um: UnifiedModel, specs: list[PromptSpec], images: list) -> lis
     return scores
 
 
+@torch.no_grad()
+def likelihood_scores(um: UnifiedModel, specs: list[PromptSpec], images: list, most: int = 8) -> list[float]:
+    """log P(prompt | image) among the prompt and up to `most` of its near misses (seeded choice), uniform prior,
+    from log p(image tokens | text) under the generation head."""
+    rng = np.random.default_rng(0)
+    tokens = torch.cat([um.encode_images(images[start : start + BATCH]) for start in range(0, len(images), BATCH)])
+    scores = []
+    for spec, row in zip(specs, tokens, strict=True):
+        rivals = near_misses(spec)
+        if len(rivals) > most:
+            rivals = [rivals[i] for i in rng.choice(len(rivals), most, replace=False)]
+        texts = [spec.text, *(rival.text for rival in rivals)]
+        logp = um.image_token_logprobs(texts, row.expand(len(texts), -1)).sum(dim=-1).double()
+        scores.append(float(logp[0] - torch.logsumexp(logp, dim=0)))
+    return scores
+
+
 def judged(scores: list[float], threshold: float, records: list[dict]) -> dict:
     """`unigap eval`'s self-judge metrics (`self_judge_metrics`) for any score in place of P(yes), accepting at
     `threshold`: the AUC within categories, per-category AUCs, and the precision of the accepted images."""
@@ -94,6 +116,7 @@ def main() -> None:
         "judge question": judged(judge, 0.5, records),
         "parts (smallest answer log-prob)": judged(split_up, math.log(0.5), records),
         "judge question + parts": judged(combined, math.log(0.25), records),
+        "generation likelihood among near misses": judged(likelihood_scores(um, specs, images), math.log(0.5), records),
     }
     table = Table(title=f"self-judge on its own {args.split} generations (n = {args.n}, seed {args.seed})")
     for column in ("score", "AUC within categories", "precision", "accepted", *CATEGORIES):

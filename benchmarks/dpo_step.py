@@ -12,10 +12,14 @@ MFU = the FLOPs a step executes (counted by torch's `FlopCounterMode` over one s
 forward and backward; a frozen base computes input gradients but no weight gradients) / seconds per step / the
 device's peak: the datasheet's dense bf16 rate for known GPUs (`--peak-tflops` to override), else the measured
 rate of a square matmul in the model's dtype. The measured matmul rate is recorded beside it. A batch size
-that runs out of memory ends the sweep and is recorded as such.
+that runs out of memory ends the sweep and is recorded as such. With `--gradient-checkpointing` (activations
+recomputed in the backward pass: less memory, so larger batches fit) the model FLOPs are counted on a step
+without it, as MFU's convention is; the FLOPs the step executes, recomputation included, give the hardware FLOP
+utilisation (`hfu`) beside it.
 
     python benchmarks/dpo_step.py                          # random tiny model (ShapeWorld vocabulary)
     python benchmarks/dpo_step.py --model DIR --device cuda --batch-sizes 1 4 8
+    python benchmarks/dpo_step.py --model DIR --device cuda --batch-sizes 8 16 32 --gradient-checkpointing
 """
 
 from __future__ import annotations
@@ -107,6 +111,19 @@ def step_flops(step: Callable[[int], float]) -> int:
     return counter.get_total_flops()
 
 
+def model_and_executed_flops(um: UnifiedModel, step: Callable[[int], float]) -> tuple[int, int]:
+    """(model FLOPs, executed FLOPs) of one step: equal unless activation checkpointing recomputes the forward
+    pass, whose extra work MFU leaves out and HFU counts."""
+    executed = step_flops(step)
+    if not um.model.is_activation_checkpointing:
+        return executed, executed
+    um.model.activation_checkpointing_disable()
+    try:
+        return step_flops(step), executed
+    finally:
+        um.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def summary(rows: list[dict]) -> dict:
     """The rows, the best MFU of each π_ref variant (peak memory is per batch size, both variants), and the
     stored variant's speed-up."""
@@ -134,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1], help="pairs per task per step")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed run")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (less memory, larger batches)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the peak MFU divides by (default: see above)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dpo_step.json"))
     args = parser.parse_args(argv)
@@ -141,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         um = load_model(args.model, args.device, args.dtype) if args.model else _tiny_model(Path(scratch))
     und, gen = _pairs(um, max(4, *args.batch_sizes))
-    um.add_lora(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.0)  # dropout off: equal losses below
+    um.add_lora(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.0,  # dropout off: equal losses below
+                gradient_checkpointing=args.gradient_checkpointing)
     um.model.train()
     losses = [task_dpo_loss(um, [p], DPOOptions()).metrics["dpo_loss"] for p in (und[0], gen[0])]
     recomputed = [
@@ -157,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         "image_tokens": um.num_image_tokens,
         "mean_answer_tokens": statistics.mean(p.chosen_tokens for p in und),
         "lora_rank": args.lora_rank,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "steps_per_run": args.steps,
         "repeats": args.repeats,
         "losses_equal": bool(np.allclose(losses, recomputed, rtol=1e-5, atol=1e-6)),
@@ -171,17 +192,18 @@ def main(argv: list[str] | None = None) -> dict:
             torch.cuda.reset_peak_memory_stats(um.device)
         try:
             steppers = [_stepper(um, und, gen, recompute, batch) for recompute in (False, True)]
-            flops = [step_flops(step) for step in steppers]
+            flops = [model_and_executed_flops(um, step) for step in steppers]
             runs = [lambda step=step: [step(i) for i in range(args.steps)] for step in steppers]
             seconds = [run / args.steps for run in paired_medians(runs, args.repeats, um.device)]
         except torch.OutOfMemoryError:
             rows.append({"batch_size": batch, "out_of_memory": True})
         else:
             memory = {"peak_memory_gib": torch.cuda.max_memory_allocated(um.device) / 2**30} if cuda else {}
-            for reference, count, second in zip(("stored", "recomputed"), flops, seconds, strict=True):
+            for reference, (count, executed), second in zip(("stored", "recomputed"), flops, seconds, strict=True):
                 rows.append({
                     "batch_size": batch, "reference": reference, "seconds_per_step": second, "steps_per_s": 1 / second,
                     "flops_per_step": count, "achieved_tflops": count / second / 1e12, "mfu": count / second / peak,
+                    "executed_flops_per_step": executed, "hfu": executed / second / peak,
                     "fraction_of_measured_matmul": count / second / measured,
                 } | memory)
         finally:
@@ -191,16 +213,20 @@ def main(argv: list[str] | None = None) -> dict:
         write_result(args.out, payload)  # after every batch size: a run cut off later keeps its rows
         if rows[-1].get("out_of_memory"):
             break
-    table = Table(title=f"Joint DPO step (n und + n gen pairs), LoRA r {args.lora_rank}, median of {args.repeats}")
-    for column in ("n", "π_ref", "ms/step", "TFLOP/step", "TFLOP/s", "MFU"):
+    checkpointed = ", activation checkpointing" if args.gradient_checkpointing else ""
+    table = Table(title=f"Joint DPO step (n und + n gen pairs), LoRA r {args.lora_rank}{checkpointed}, "
+                        f"median of {args.repeats}")
+    columns = ("n", "π_ref", "ms/step", "TFLOP/step", "TFLOP/s", "MFU", *(("HFU",) if checkpointed else ()))
+    for column in columns:
         table.add_column(column, justify="right")
     for row in rows:
         if row.get("out_of_memory"):
-            table.add_row(str(row["batch_size"]), "out of memory", "", "", "", "")
+            table.add_row(str(row["batch_size"]), "out of memory", *[""] * (len(columns) - 2))
             continue
         table.add_row(
             str(row["batch_size"]), row["reference"], f"{1000 * row['seconds_per_step']:.1f}",
             f"{row['flops_per_step'] / 1e12:.3f}", f"{row['achieved_tflops']:.2f}", f"{row['mfu']:.1%}",
+            *((f"{row['hfu']:.1%}",) if checkpointed else ()),
         )
     Console().print(table)
     return payload

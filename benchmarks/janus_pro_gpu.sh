@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU benchmarks at full size: a random Janus-Pro-1B-shaped checkpoint (unigap.model.save_random_janus_pro) in
 # bf16, image-token sampling at batch 16 and 128 (benchmarks/sampling.py) and the DPO step's MFU over batch sizes
-# (benchmarks/dpo_step.py; 16 pairs per task ran out of an H200's memory). One part failing does not stop the
-# other; each writes its JSON after every batch size.
+# (benchmarks/dpo_step.py; 16 pairs per task ran out of an H200's memory), then the DPO step again with activation
+# checkpointing at larger batches (CHECKPOINTED_BATCHES; empty skips it). One part failing does not stop the
+# others; each writes its JSON after every batch size.
 #
 #   bash benchmarks/janus_pro_gpu.sh [OUT_DIR]          # default benchmarks/results
 #   SIZE=tiny DEVICE=cpu DTYPE=float32 SAMPLING_BATCHES="2" DPO_BATCHES="1 2" bash benchmarks/janus_pro_gpu.sh /tmp/x
@@ -24,4 +25,10 @@ timeout "${SAMPLING_TIMEOUT:-0}" $py benchmarks/sampling.py --model "$checkpoint
     --batch-sizes ${SAMPLING_BATCHES:-16 128} --repeats ${REPEATS:-2} --out "$out/sampling_janus_pro_$size.json" || status=1
 timeout "${DPO_TIMEOUT:-0}" $py benchmarks/dpo_step.py --model "$checkpoint" --device "$device" --dtype "$dtype" \
     --batch-sizes ${DPO_BATCHES:-1 4 8} --steps 2 --repeats ${REPEATS:-2} --out "$out/dpo_step_janus_pro_$size.json" || status=1
+checkpointed=${CHECKPOINTED_BATCHES-16 32}
+if [ -n "$checkpointed" ]; then
+    timeout "${DPO_TIMEOUT:-0}" $py benchmarks/dpo_step.py --model "$checkpoint" --device "$device" --dtype "$dtype" \
+        --batch-sizes $checkpointed --gradient-checkpointing --steps 2 --repeats ${REPEATS:-2} \
+        --out "$out/dpo_step_checkpointed_janus_pro_$size.json" || status=1
+fi
 exit $status

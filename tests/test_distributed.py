@@ -178,6 +178,9 @@ def _collectives(rank: int, world: int, port: int, failures: Path) -> None:
         list(distributed.ordered_rounds([1, 2], fail_on_one))
     except (ValueError, RuntimeError) as exc:
         (failures / str(rank)).write_text(f"{type(exc).__name__}: {exc}")
+    distributed.close()  # as the CLI does: without it a process can abort at exit
+    assert not torch.distributed.is_initialized()
+    distributed.close()  # a no-op once closed
 
 
 def test_a_failing_process_stops_every_process(tmp_path: Path) -> None:

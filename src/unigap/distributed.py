@@ -52,6 +52,14 @@ def wait_for_everyone() -> None:
         torch.distributed.barrier()
 
 
+def close() -> None:
+    """Leave the process group, if this process joined one. A process that exits with the group open can abort
+    at interpreter exit (gloo's worker threads still hold tensors: SIGABRT, "terminate called without an active
+    exception"), turning a finished run into a failed one; torch asks for `destroy_process_group` before exit."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def shard(rows: np.ndarray) -> np.ndarray:
     """This process's share of a global batch: every `world_size()`-th row from its rank."""
     return rows[rank() :: world_size()]

@@ -93,3 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"unigap: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if "WORLD_SIZE" in os.environ:  # under a launcher: leave the process group before exit
+            from unigap import distributed
+
+            distributed.close()
