@@ -111,6 +111,26 @@ def test_prompt_dropout_trains_a_share_of_image_rows_unconditionally(tiny_dir: P
         assert torch.equal(task.loss(um, rows, torch.ones(3, dtype=torch.bool))[0], task.loss(um, rows)[0])
 
 
+def test_loss_cfg_scale_scores_images_under_the_samplers_mixture(tiny_dir: Path, world: Path) -> None:
+    """`loss_cfg_scale` > 0: the generation loss is the image tokens' log-prob under CFG-mixed logits (what
+    `generate_images` samples from), not the conditional one; refused below 0 and with prompt dropout."""
+    files = {"gen_data": str(world / "samples.jsonl")}
+    config = SFTConfig(loss_cfg_scale=5.0, **files)
+    um, data, rows = load_model(tiny_dir), read_sft_data(config), np.arange(3)
+    targets = sft.vq_tokens(um, [c.image for c in data.captions[:3]], 3)
+    prompts = [c.prompt for c in data.captions[:3]]
+    guided = sft.TextToImageTask(prompts, targets, config.loss_cfg_scale)
+    plain = sft.TextToImageTask(prompts, targets)
+    with torch.no_grad():
+        want = -um.image_token_logprobs(prompts, targets, cfg_scale=5.0).mean(dim=-1).sum()
+        assert torch.allclose(guided.loss(um, rows)[0], want)
+        assert not torch.allclose(plain.loss(um, rows)[0], want)
+    with pytest.raises(UserError, match="loss-cfg-scale must be >= 0"):
+        SFTConfig(loss_cfg_scale=-1.0, **files)
+    with pytest.raises(UserError, match="prompt-dropout must be 0 with loss-cfg-scale"):
+        SFTConfig(loss_cfg_scale=5.0, prompt_dropout=0.1, **files)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -76,18 +76,21 @@ class AnswerTask:
 
 @dataclass(frozen=True)
 class TextToImageTask:
-    """Generation: an image's VQ tokens from its caption (no CFG mixing; `dropped` rows from the unconditional
-    prompt)."""
+    """Generation: an image's VQ tokens from its caption: conditional (`dropped` rows from the unconditional
+    prompt), or under the CFG mixture the sampler draws from when `cfg_scale` is given."""
 
     prompts: Sequence[str]
     targets: torch.Tensor  # [n, N] VQ ids
+    cfg_scale: float | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's mean token loss, summed over images: a mean over images (every image has N tokens)."""
-        logprobs = um.image_token_logprobs([self.prompts[r] for r in rows], self.targets[rows], dropped=dropped)
+        prompts, targets = [self.prompts[r] for r in rows], self.targets[rows]
+        logprobs = (um.image_token_logprobs(prompts, targets, cfg_scale=self.cfg_scale) if self.cfg_scale
+                    else um.image_token_logprobs(prompts, targets, dropped=dropped))
         return -logprobs.mean(dim=-1).sum(), torch.tensor(float(len(rows)))
 
 
