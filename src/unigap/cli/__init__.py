@@ -81,6 +81,19 @@ def _check_processes(argv: list[str]) -> None:
                     f"{parallel})")
 
 
+def _check_out(argv: list[str]) -> None:
+    """Every command writes under `--out`: a path below an existing file fails here, before any work, instead of
+    as a traceback after it."""
+    from pathlib import Path
+
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--out" and i + 1 < len(argv) else arg[len("--out="):] if arg.startswith(
+            "--out=") else ""
+        blocking = next((p for p in Path(value).parents if p.exists()), None) if value else None
+        if blocking is not None and not blocking.is_dir():
+            raise UserError(f"cannot create {value}: {blocking} is a file")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes become `unigap: error: ...` on stderr with exit code 2."""
     import os
@@ -89,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         configure_threads()  # before torch is imported
         _check_processes(sys.argv[1:] if argv is None else argv)
+        _check_out(sys.argv[1:] if argv is None else argv)
         app(args=argv, standalone_mode=True)
     except UserError as exc:
         print(f"unigap: error: {exc}", file=sys.stderr)

@@ -44,6 +44,8 @@ def eval_command(
     require_positive("--batch-size", batch_size)
     require_non_negative("--cfg", cfg)
     require_non_negative("--temperature", temperature)
+    require_non_negative("--seed", seed)
+    require_non_negative("--data-seed", data_seed)
     check_output_file(out)
     if split not in HELD_OUT_SPLITS:
         raise UserError(f"--split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")

@@ -11,7 +11,7 @@ import typer
 
 from unigap.cli.common import MODEL_OPTION
 from unigap.progress import progress
-from unigap.prefs.kinds import KINDS, check_suffix
+from unigap.prefs.kinds import KINDS, check_output
 
 app = typer.Typer(help="Preference pairs for multi-task DPO.", no_args_is_help=True)
 
@@ -36,7 +36,7 @@ def build(
                                           "answers scored by the VQA soft score."),
 ) -> None:
     """Sample, score and filter pairs; write them with reference log-probs under the base model."""
-    check_suffix(out)
+    check_output(out)
     from unigap.model import load_model
     from unigap.prefs.build import BuildOptions, build_preferences, candidate_questions, summary
     from unigap.prefs.rows import write_rows
@@ -69,7 +69,7 @@ def export(
     from unigap.prefs.rows import read_rows, row_image, write_rows
     from unigap.prefs.trl import check_trl_export, is_trl_row, to_trl
 
-    check_suffix(out)
+    check_output(out)
     if out.resolve() == source.resolve():
         raise UserError("--out must differ from the source file")
     rows = read_rows(source)

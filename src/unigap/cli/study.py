@@ -48,7 +48,7 @@ def study_command(
     preset = QUICK if quick else FULL
     config = preset.scaled(
         model=model, seeds=seeds, n=n, steps=steps, lr=lr, beta=beta, nll_weight=nll_weight, gen_kind=gen_kind,
-        methods=select(methods) if methods else None,
+        methods=None if methods is None else select(methods),
     )
     from dataclasses import asdict
 

@@ -83,6 +83,8 @@ class BuildOptions:
             raise UserError(f"answer form must be one of {', '.join(ANSWER_FORMS)}, got {self.answer_form!r}")
         if self.questions is not None and self.kind != "und":
             raise UserError(f"--questions gives understanding candidates; it cannot build {self.kind} pairs")
+        if not self.temperature >= 0 or self.cfg_scale is not None and not self.cfg_scale >= 0:
+            raise UserError(f"temperature and cfg scale must be >= 0, got {self.temperature} and {self.cfg_scale}")
         if self.kind == "und" and not self.temperature > 0:
             raise UserError(
                 f"und pairs need two *different* samples: temperature must be > 0, got {self.temperature}"

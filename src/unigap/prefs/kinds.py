@@ -19,3 +19,14 @@ def check_suffix(path: Path) -> None:
     """Preference files are JSONL or Parquet, told apart by the suffix."""
     if path.suffix not in SUFFIXES:
         raise UserError(f"{path}: preference files must end in {' or '.join(SUFFIXES)}")
+
+
+def check_output(path: Path) -> None:
+    """A preference file to write: its suffix, and not a path that cannot be written (a directory, or a JSONL whose
+    `<stem>_images` folder is a file), checked before any work."""
+    check_suffix(path)
+    if path.is_dir():
+        raise UserError(f"output path {path} is a directory; give a file name")
+    images = path.parent / f"{path.stem}_images"
+    if path.suffix == ".jsonl" and images.exists() and not images.is_dir():
+        raise UserError(f"cannot write {path}'s images: {images} is a file")

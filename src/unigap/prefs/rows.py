@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from unigap.errors import UserError
-from unigap.prefs.kinds import KINDS, check_suffix, task_of
+from unigap.prefs.kinds import KINDS, check_output, check_suffix, task_of
 from unigap.prefs.trl import is_trl_row, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import image_cell, read_table
 from unigap.train.checkpoint import atomic_write_bytes
@@ -123,7 +123,7 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write rows as JSONL (sorted keys) or Parquet, chosen by the suffix; atomically (images first, see
     `_store_images`, so a complete file never points at a missing image)."""
     path = Path(path)
-    check_suffix(path)
+    check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = _store_images(path, rows)
     if path.suffix == ".jsonl":

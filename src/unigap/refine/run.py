@@ -58,6 +58,8 @@ class RefineConfig:
             raise UserError(f"--refiner must be one of {', '.join(REFINERS)}, got {self.refiner!r}")
         if self.batch_size < 1 or self.cfg_scale < 0 or self.temperature < 0:
             raise UserError("--batch-size must be positive; --cfg and --temperature must be >= 0")
+        if self.seed < 0 or self.data_seed < 0:
+            raise UserError(f"--seed and --data-seed must be >= 0, got {self.seed} and {self.data_seed}")
         check_judge_name(self.judge, independent=True)
 
 

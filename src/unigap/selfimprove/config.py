@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from unigap.errors import UserError
+from unigap.evaluate.data import HELD_OUT_SPLITS
 from unigap.evaluate.judges import check_judge_name
 from unigap.train.config import load_config
 
@@ -69,6 +70,9 @@ class SelfImproveConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"unknown {name} {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
+        if self.prompts in HELD_OUT_SPLITS:
+            raise UserError(f"--prompts {self.prompts}: the {self.prompts} split is held out (the before/after "
+                            "evaluation draws from it); train on train or a prompt file")
         if self.audit != "none":
             try:
                 check_judge_name(self.audit, independent=True)

@@ -99,6 +99,8 @@ class TuneConfig:
         for name in ("steps", "eval_every", "n", "gen_pairs", "sample_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.seed < 0 or self.data_seed < 0:
+            raise UserError(f"seed and data seed must be >= 0, got {self.seed} and {self.data_seed}")
         if self.eval_every > self.steps:
             raise UserError(f"eval_every ({self.eval_every}) must not exceed steps ({self.steps})")
         if self.kl_budget is not None and not self.kl_budget > 0:

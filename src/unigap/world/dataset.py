@@ -209,6 +209,7 @@ def write_dataset(
         raise UserError(f"output directory {out} is a file")
     pairs = sample_records(n, seed, split, category, canvas)
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    (out / QUESTIONS_FILE).unlink(missing_ok=True)  # an earlier run's questions would ask about replaced images
     lines = []
     for i, (spec, scene) in enumerate(pairs):
         rel = f"{IMAGES_DIR}/{i:06d}.png"

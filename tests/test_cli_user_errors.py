@@ -1,0 +1,79 @@
+"""User mistakes found by trying every command as a careless user would: each is one `unigap: error:` line, exit 2,
+before any work, with nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unigap.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [
+    ["world", "sample", "--n", "2", "--seed", "0"],
+    ["selfimprove"], ["refine"], ["refine", "train"], ["pretrain", "--quick"], ["study", "--quick"], ["tune"],
+    ["train", "--model", "tiny", "--objective", "sft", "--gen-data", "x.jsonl"],
+    ["diagnose", "--model", "tiny", "--und", "u.jsonl", "--gen", "g.jsonl"],
+    ["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2"],
+])
+def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, command: list[str]) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("x\n")
+    out = blocker / ("x.jsonl" if command[0] == "prefs" else "x")
+    code, err = _run(capsys, [*command, "--out", str(out)])
+    assert code == 2 and err == f"unigap: error: cannot create {out}: {blocker} is a file\n"
+    assert blocker.read_text() == "x\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["eval", "--model", "tiny", "--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["eval", "--model", "tiny", "--data-seed", "-1"], "--data-seed must be >= 0, got -1"),
+    (["refine", "--seed", "-1"], "--seed and --data-seed must be >= 0, got -1 and 0"),
+    (["tune", "--seed", "-1"], "seed and data seed must be >= 0, got -1 and 0"),
+    (["prefs", "build", "--model", "tiny", "--kind", "gen-model", "--n", "2", "--cfg-scale", "-1"],
+     "temperature and cfg scale must be >= 0, got 1.0 and -1.0"),
+    (["prefs", "build", "--model", "tiny", "--kind", "gen-real", "--n", "2", "--temperature", "-1"],
+     "temperature and cfg scale must be >= 0, got -1.0 and 5.0"),
+    (["selfimprove", "--prompts", "test"], "--prompts test: the test split is held out"),
+    (["study", "--methods", ""], "unknown arm or family ''"),
+])
+def test_bad_values_are_one_line_and_write_nothing(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    out = tmp_path / ("out.jsonl" if args[0] == "prefs" else "out")
+    code, err = _run(capsys, [*args, "--out", str(out)])
+    assert code == 2 and err.startswith("unigap: error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bin.toml"
+    config.write_bytes(b"\xff\xfe")
+    code, err = _run(capsys, ["selfimprove", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert code == 2 and err.startswith(f"unigap: error: cannot read config {config}") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_preference_outputs_that_cannot_be_written_fail_first(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "dd.jsonl"
+    folder.mkdir()
+    code, err = _run(capsys, ["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--out", str(folder)])
+    assert code == 2 and f"output path {folder} is a directory" in err and not any(folder.iterdir())
+    (tmp_path / "xx_images").write_text("x\n")
+    code, err = _run(capsys, ["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2",
+                              "--out", str(tmp_path / "xx.jsonl")])
+    assert code == 2 and f"{tmp_path / 'xx_images'} is a file" in err and not (tmp_path / "xx.jsonl").exists()
+
+
+def test_world_sample_without_questions_drops_an_earlier_runs_questions(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "w"
+    for extra in (["--questions", "1"], []):
+        with pytest.raises(SystemExit) as exit_:
+            main(["world", "sample", "--n", "2", "--seed", "0", "--out", str(out), *extra])
+        assert exit_.value.code in (0, None)
+    assert (out / "samples.jsonl").is_file() and not (out / "questions.jsonl").exists()
