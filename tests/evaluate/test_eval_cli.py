@@ -66,7 +66,7 @@ def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", blocker / "sub"])
-    assert code == 2 and err.strip() == f"unigap: error: cannot create {blocker / 'sub' / '0000.png'}: {blocker} is a file"
+    assert code == 2 and err.strip() == f"unigap: error: cannot create {blocker / 'sub'}: {blocker} is a file"
 
 
 @pytest.mark.parametrize("n, size", [(1, (64, 64)), (3, (128, 128))])
