@@ -22,6 +22,15 @@ from unigap.errors import UserError
 FILE_MODE = 0o644  # mkstemp creates private (0600) files; results are meant to be shared
 
 
+def check_creatable(path: str | os.PathLike) -> Path:
+    """`UserError` unless `path` can be created: its nearest existing ancestor must be a directory."""
+    path = Path(path)
+    blocking = next((p for p in path.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise UserError(f"cannot create {path}: {blocking} is a file")
+    return path
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call `write(temporary path)` next to `path` (its directory created if missing), then rename the
     result over `path`."""

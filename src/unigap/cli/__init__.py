@@ -84,14 +84,13 @@ def _check_processes(argv: list[str]) -> None:
 def _check_out(argv: list[str]) -> None:
     """Every command writes under `--out`: a path below an existing file fails here, before any work, instead of
     as a traceback after it."""
-    from pathlib import Path
+    from unigap.atomic import check_creatable
 
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == "--out" and i + 1 < len(argv) else arg[len("--out="):] if arg.startswith(
             "--out=") else ""
-        blocking = next((p for p in Path(value).parents if p.exists()), None) if value else None
-        if blocking is not None and not blocking.is_dir():
-            raise UserError(f"cannot create {value}: {blocking} is a file")
+        if value:
+            check_creatable(value)
 
 
 def main(argv: list[str] | None = None) -> None:

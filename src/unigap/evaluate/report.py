@@ -28,10 +28,7 @@ def check_output_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"output path {path} is a directory; give a file name")
-    parent = next((p for p in path.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise UserError(f"cannot create {path}: {parent} is a file")
-    return path
+    return atomic.check_creatable(path)
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
