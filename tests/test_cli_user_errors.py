@@ -43,6 +43,16 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
      "temperature and cfg scale must be >= 0, got -1.0 and 5.0"),
     (["selfimprove", "--prompts", "test"], "--prompts test: the test split is held out"),
     (["study", "--methods", ""], "unknown arm or family ''"),
+    (["refine", "--prompts", "train"], "--prompts train: refine measures the loop on held-out prompts"),
+    (["refine", "--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "-1"],
+     "margin must be within [0, 1] (scores lie in [0, 1]), got -1.0"),
+    (["prefs", "build", "--model", "tiny", "--kind", "gen-model", "--n", "2", "--answer-form", "word"],
+     "--answer-form applies to und pairs; gen-model pairs have no answers"),
+    (["world", "sample", "--n", "2", "--seed", "0", "--size", "99999"],
+     "canvas size must be an integer from 32 to 2048, got 99999"),
+    (["train", "--model", "tiny", "--strategy", "joint", "--und", "missing.jsonl"],
+     "strategy 'joint' needs gen preference pairs"),
 ])
 def test_bad_values_are_one_line_and_write_nothing(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     out = tmp_path / ("out.jsonl" if args[0] == "prefs" else "out")
@@ -77,3 +87,39 @@ def test_world_sample_without_questions_drops_an_earlier_runs_questions(tmp_path
             main(["world", "sample", "--n", "2", "--seed", "0", "--out", str(out), *extra])
         assert exit_.value.code in (0, None)
     assert (out / "samples.jsonl").is_file() and not (out / "questions.jsonl").exists()
+
+
+@pytest.mark.parametrize(("command", "hint"), [
+    (["eval", "--model", "tiny"], True), (["refine"], False), (["selfimprove"], False),
+])
+def test_a_free_text_prompt_names_the_fix_only_where_there_is_one(tmp_path: Path, capsys, command: list[str],
+                                                                  hint: bool) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na photo of a dog\n")
+    code, err = _run(capsys, [*command, "--prompts", str(prompts), "--out", str(tmp_path / "out")])
+    assert code == 2 and err.startswith(f"unigap: error: {prompts}:2: ") and err.count("\n") == 1, err
+    assert ("--judge clip:DIR or vlm:DIR" in err) == hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_with_fewer_samples_leaves_no_earlier_images(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "w"
+    for n in ("3", "2"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["world", "sample", "--n", n, "--seed", "0", "--out", str(out)])
+        assert exit_.value.code in (0, None)
+    (out / "images" / "notes.png").write_text("a user's own file\n")
+    with pytest.raises(SystemExit):
+        main(["world", "sample", "--n", "1", "--seed", "0", "--out", str(out)])
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "notes.png"]
+
+
+def test_a_directory_given_as_a_file_says_so(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "picture.png"
+    folder.mkdir()
+    code, err = _run(capsys, ["world", "verify", str(folder), "--prompt", "a red circle"])
+    assert code == 2 and err == f"unigap: error: {folder} is a directory, not an image file\n"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.mkdir()
+    code, err = _run(capsys, ["prefs", "export", str(pairs), "--out", str(tmp_path / "trl.jsonl")])
+    assert code == 2 and err == f"unigap: error: {pairs} is a directory, not a preference file\n"

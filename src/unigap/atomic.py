@@ -12,10 +12,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from unigap.errors import UserError
 
@@ -46,6 +46,23 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call `write(handle)` on a binary file that replaces `path` atomically (fsynced first)."""
+
+    def write_file(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    write_atomically(path, write_file)
+
+
+def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
+    """Replace a text file by `lines` (each without its newline), atomically."""
+    atomic_write_bytes(path, lambda handle: handle.write("".join(line + "\n" for line in lines).encode()))
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
@@ -130,3 +147,12 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> None:
     for stale in Path(directory).glob(f".*{TMP_SUFFIX}"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def remove_leftovers(directory: str | os.PathLike, pattern: str, written: Collection[str]) -> None:
+    """Delete the files in `directory` named like this command's output (`pattern`, a glob) that this run did not
+    write: an earlier, larger run's files would otherwise pass for this run's. Call it after the run's index file
+    is in place."""
+    for path in Path(directory).glob(pattern):
+        if path.name not in written and path.is_file():
+            path.unlink()

@@ -61,6 +61,9 @@ def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys
     out = tmp_path / "images"
     code, stdout, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png"]
+    prompts.write_text("a blue square\n")  # a rerun with fewer prompts leaves no earlier image behind
+    code, _, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png"]
     code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--out", tmp_path / "x.png"])
     assert code == 2 and err.strip() == "unigap: error: give exactly one of --prompt and --prompts"
     blocker = tmp_path / "blocker"

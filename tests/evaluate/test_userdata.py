@@ -145,3 +145,17 @@ def test_eval_scores_a_users_questions(tiny_dir, tmp_path, capsys, image_file):
     code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--questions", bad, "--out", tmp_path / "b.json"])
     assert code == 2 and err.strip() == f"unigap: error: {bad}:2: 'question' must be a non-empty string"
     assert not (tmp_path / "b.json").exists()
+
+
+def test_a_damaged_or_split_dataset_folder_is_one_clear_error(tmp_path):
+    import datasets
+
+    one = datasets.Dataset.from_dict({"image": ["a.png"], "question": ["Q?"], "answer": ["red"]})
+    datasets.DatasetDict({"train": one, "test": one}).save_to_disk(str(tmp_path / "splits"))
+    with pytest.raises(UserError, match=r"holds several splits \(train, test\); pass one split's folder"):
+        read_table(tmp_path / "splits")
+    one.save_to_disk(str(tmp_path / "damaged"))
+    state = tmp_path / "damaged" / "state.json"
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "_data_files"}))
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'damaged'}: cannot load the dataset: KeyError"):
+        read_table(tmp_path / "damaged")

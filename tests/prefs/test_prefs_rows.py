@@ -114,3 +114,14 @@ def test_file_level_errors(tmp_path: Path) -> None:
         read_rows(tmp_path / "missing.jsonl")
     with pytest.raises(UserError, match="no preference rows"):
         read_rows(_jsonl(tmp_path / "empty.jsonl", []))
+
+
+def test_rewriting_a_jsonl_with_fewer_rows_removes_the_images_it_no_longer_names(tmp_path: Path) -> None:
+    png = b"\x89PNG stand-in"  # stored as given; only the file names matter here
+    path = tmp_path / "und.jsonl"
+    write_rows(path, [und_row(i) | {"images": [png]} for i in range(3)])
+    folder = tmp_path / "und_images"
+    (folder / "mine.png").write_bytes(b"a user's own file")
+    write_rows(path, [und_row(0) | {"images": [png]}])
+    assert sorted(p.name for p in folder.iterdir()) == ["000000_images_0.png", "mine.png"]
+    assert read_rows(path)[0]["images"] == ["und_images/000000_images_0.png"]

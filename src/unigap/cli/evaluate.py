@@ -56,7 +56,9 @@ def eval_command(
     from unigap.evaluate.judges import check_judge_name, get_judge
 
     check_judge_name(judge, independent=True)
-    specs = None if prompts is None else prompt_specs(prompts, n, seed, data_seed, free_text=judge != "verifier")
+    hint = " (free text needs --judge clip:DIR or vlm:DIR)"
+    specs = None if prompts is None else prompt_specs(prompts, n, seed, data_seed, free_text=judge != "verifier",
+                                                      free_text_hint=hint)
     items = None if questions is None else read_understanding_data(questions, n)
     chosen = get_judge(judge, independent=True)  # loaded (a local judge calibrated) before anything is written
     settings = {"model": model, "prompts": prompts, "questions": None if questions is None else str(questions),

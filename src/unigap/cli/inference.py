@@ -63,6 +63,7 @@ def generate(
 def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompts: Path | None, out: Path, *,
                     n: int, seed: int, cfg: float, temperature: float) -> None:
     """One PNG (a grid of the n samples) for --prompt, or one per line of --prompts, sampled with seed + its index."""
+    from unigap.atomic import remove_leftovers
     from unigap.evaluate import check_output_file, write_atomically
     from unigap.evaluate.data import read_prompt_file
     from unigap.evaluate.layouts import grid
@@ -80,6 +81,8 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
         sheet = grid(um.decode_tokens(tokens))
         target = out if prompts is None else out / f"{index:04d}.png"
         write_atomically(target, lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
+    if prompts is not None:
+        remove_leftovers(out, "[0-9]" * 4 + ".png", {f"{index:04d}.png" for index in range(len(texts))})
     typer.echo(f"wrote {n * len(texts)} image(s) to {out}")
 
 

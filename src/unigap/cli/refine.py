@@ -102,7 +102,8 @@ def train_command(
                                      "to choose settings."),
     seed: int | None = typer.Option(None, "--seed", help="Seed: LoRA init, prompts, every sample (default 0)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of GRPOConfig keys (flags win)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last "
+                                "checkpoint (a fresh start when there is none, so a preemptible job can always pass it)."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast of the training steps (TRL's bf16=True)."),
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:

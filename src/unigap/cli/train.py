@@ -16,7 +16,7 @@ import typer
 from unigap.cli.common import MODEL_OPTION
 from unigap.progress import progress
 from unigap.train.defaults import DPO_DEFAULTS as DPO
-from unigap.train.names import STRATEGIES
+from unigap.train.names import STRATEGIES, check_pair_tasks
 
 
 DTYPES = ("float32", "bfloat16")
@@ -52,7 +52,8 @@ def train(
     seed: int | None = typer.Option(None, "--seed", help="Seed: LoRA init, data order, dropout (default 0)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of TrainConfig (dpo), SFTConfig (sft) or "
                                        "UniMRGConfig (unimrg, und-sft) keys; flags win."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last "
+                                "checkpoint (a fresh start when there is none, so a preemptible job can always pass it)."),
     dtype: str | None = typer.Option(None, "--dtype", help="Weights' dtype: float32 | bfloat16 (default: bfloat16 "
                                      "on a GPU, float32 on a CPU); LoRA weights stay float32."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in "
@@ -96,6 +97,7 @@ def train(
 
     settings = TrainConfig.load(config, strategy=strategy, beta=beta, nll_weight=nll_weight, **common)
     files = {task: path for task, path in (("und", und), ("gen", gen)) if path is not None}
+    check_pair_tasks(settings.strategy, files)  # before the model loads
     for task, path in files.items():
         check_pair_file(path, task)  # a malformed row fails before the model loads
     from unigap.manifest import manifest

@@ -91,7 +91,8 @@ def _parquet_rows(path: Path) -> list[Row]:
 
 
 def _dataset_rows(path: Path) -> list[Row]:
-    if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
+    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if not any((path / name).is_file() for name in markers):
         raise UserError(f"{path} is a folder but not a dataset saved by datasets.save_to_disk")
     try:
         import datasets
@@ -99,11 +100,13 @@ def _dataset_rows(path: Path) -> list[Row]:
         raise UserError(f"{path}: reading a save_to_disk folder needs the datasets package (pip install datasets)") from None
     try:
         dataset = datasets.load_from_disk(str(path))
-    except (OSError, ValueError, FileNotFoundError) as exc:
-        raise UserError(f"{path}: cannot load the dataset: {exc}") from None
-    if isinstance(dataset, datasets.DatasetDict):
-        raise UserError(f"{path} holds several splits ({', '.join(dataset)}); pass one split's folder")
-    return [(f"{path}:row {i}", row) for i, row in enumerate(dataset, start=1)]
+        if isinstance(dataset, datasets.DatasetDict):
+            raise UserError(f"{path} holds several splits ({', '.join(dataset)}); pass one split's folder")
+        return [(f"{path}:row {i}", row) for i, row in enumerate(dataset, start=1)]
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged folder fails inside datasets in many ways (KeyError, IndexError, ...)
+        raise UserError(f"{path}: cannot load the dataset: {type(exc).__name__}: {exc}") from None
 
 
 def text_cell(row: dict[str, Any], name: str, where: str) -> str:

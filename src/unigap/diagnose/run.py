@@ -18,7 +18,7 @@ from unigap.diagnose import stats, sweep
 from unigap.diagnose.figures import write_figures
 from unigap.diagnose.gradients import FULL, LossFn, ParameterSet, collect, full_parameter_set, lora_parameter_set
 from unigap.model import UnifiedModel
-from unigap.train.checkpoint import atomic_write_lines
+from unigap.atomic import atomic_write_lines
 from unigap.train.dpo import DPOOptions, GenerationPair, UnderstandingPair, task_dpo_loss
 
 REPORT = "diagnostics.json"

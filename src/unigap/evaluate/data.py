@@ -65,12 +65,13 @@ class FreePrompt:
     category: str = FREE_CATEGORY
 
 
-def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0, free_text: bool = False
-                 ) -> list[PromptSpec | FreePrompt]:
+def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0, free_text: bool = False,
+                 free_text_hint: str = "") -> list[PromptSpec | FreePrompt]:
     """At most n ShapeWorld prompts from a split (train: distinct prompts; test/val: `held_out_pairs`'s draw) or
     from a file: plain text (one prompt per line) or JSONL with a `prompt` field (GenEval's metadata shape).
     With `free_text`, a line outside ShapeWorld's grammar becomes a `FreePrompt` (for a judge that reads text);
-    otherwise it is, like any bad line, a `UserError` naming `FILE:LINE`."""
+    otherwise it is, like any bad line, a `UserError` naming `FILE:LINE` (and ending with `free_text_hint`, where
+    the command could read free text with other options)."""
     if n < 1:
         raise UserError(f"--n must be positive, got {n}")
     if source in HELD_OUT_SPLITS:
@@ -86,7 +87,7 @@ def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0, free_text: 
             specs.append(parse_prompt(text))
         except UserError as exc:
             if not free_text:
-                raise UserError(f"{path}:{line_no}: {exc} (free text needs --judge clip:DIR or vlm:DIR)") from None
+                raise UserError(f"{path}:{line_no}: {exc}{free_text_hint}") from None
             specs.append(FreePrompt(text))
     return specs[:n]
 

@@ -21,12 +21,17 @@ def check_suffix(path: Path) -> None:
         raise UserError(f"{path}: preference files must end in {' or '.join(SUFFIXES)}")
 
 
+def images_folder(path: Path) -> Path:
+    """Where a JSONL preference file keeps its images: `<stem>_images/` next to it."""
+    return path.parent / f"{path.stem}_images"
+
+
 def check_output(path: Path) -> None:
     """A preference file to write: its suffix, and not a path that cannot be written (a directory, or a JSONL whose
     `<stem>_images` folder is a file), checked before any work."""
     check_suffix(path)
     if path.is_dir():
         raise UserError(f"output path {path} is a directory; give a file name")
-    images = path.parent / f"{path.stem}_images"
+    images = images_folder(path)
     if path.suffix == ".jsonl" and images.exists() and not images.is_dir():
         raise UserError(f"cannot write {path}'s images: {images} is a file")

@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 
 from unigap.errors import UserError
-from unigap.prefs.kinds import KINDS, check_output, check_suffix, task_of
+from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
 from unigap.prefs.trl import is_trl_row, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import image_cell, read_table
-from unigap.train.checkpoint import atomic_write_bytes
+from unigap.atomic import atomic_write_bytes, atomic_write_lines, remove_leftovers
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair
 from unigap.world.render import render
 from unigap.world.scene import Scene
@@ -94,16 +94,19 @@ def _problem(row: Any) -> str:
     return ""
 
 
-def _store_images(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _store_images(path: Path, rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[str]]:
     """Rows with their PNG-bytes image cells (`IMAGE_COLUMNS`) made storable: Parquet `{"bytes", "path"}` structs,
-    or, for JSONL, PNG files in `<stem>_images/` named by row and column, referenced by relative path."""
-    folder = path.parent / f"{path.stem}_images"
+    or, for JSONL, PNG files in `<stem>_images/` named by row and column, referenced by relative path; and the
+    names of the files written."""
+    folder = images_folder(path)
+    written: set[str] = set()
 
     def stored(value: bytes, name: str) -> Any:
         if path.suffix == ".parquet":
             return {"bytes": value, "path": None}
         folder.mkdir(exist_ok=True)
         atomic_write_bytes(folder / name, lambda handle: handle.write(value))
+        written.add(name)
         return f"{folder.name}/{name}"
 
     out = []
@@ -116,7 +119,7 @@ def _store_images(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, 
             elif isinstance(value, bytes):
                 row[column] = stored(value, f"{i:06d}_{column}.png")
         out.append(row)
-    return out
+    return out, written
 
 
 def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
@@ -125,10 +128,10 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     path = Path(path)
     check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = _store_images(path, rows)
+    rows, images = _store_images(path, rows)
     if path.suffix == ".jsonl":
-        text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-        atomic_write_bytes(path, lambda handle: handle.write(text.encode()))
+        atomic_write_lines(path, [json.dumps(row, sort_keys=True) for row in rows])
+        remove_leftovers(images_folder(path), "[0-9]" * 6 + "_*.png", images)
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -141,7 +144,8 @@ def _validated(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(location, row) for every row, each checked; `UserError` naming file:line on the first bad one."""
     check_suffix(path)
     if not path.is_file():
-        raise UserError(f"preference file not found: {path}")
+        raise UserError(f"{path} is a directory, not a preference file" if path.is_dir()
+                        else f"preference file not found: {path}")
     rows = read_table(path, "preference row")
     for where, row in rows:
         problem = _problem(row)

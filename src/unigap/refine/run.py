@@ -56,8 +56,13 @@ class RefineConfig:
             raise UserError(f"--reflector must be one of {', '.join(REFLECTORS)}, got {self.reflector!r}")
         if self.refiner not in REFINERS:
             raise UserError(f"--refiner must be one of {', '.join(REFINERS)}, got {self.refiner!r}")
-        if self.batch_size < 1 or self.cfg_scale < 0 or self.temperature < 0:
-            raise UserError("--batch-size must be positive; --cfg and --temperature must be >= 0")
+        if self.prompts == "train":
+            raise UserError("--prompts train: refine measures the loop on held-out prompts; use test, val or a "
+                            "prompt file (refine train trains on the train split)")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.cfg_scale < 0 or self.temperature < 0:
+            raise UserError(f"cfg_scale and temperature must be >= 0, got {self.cfg_scale} and {self.temperature}")
         if self.seed < 0 or self.data_seed < 0:
             raise UserError(f"--seed and --data-seed must be >= 0, got {self.seed} and {self.data_seed}")
         check_judge_name(self.judge, independent=True)

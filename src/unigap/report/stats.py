@@ -42,12 +42,11 @@ from unigap.evaluate.stats import paired_difference
 from unigap.report.reference import LN2, OVEROPTIMISED_LOSS
 from unigap.report.runs import BASE, MethodRun, Study
 from unigap.arms import ARMS
-from unigap.train.names import SINGLE_TASK
+from unigap.train.names import TASKS, trained_tasks
 
 OTHER_FAMILY = "other"  # the family of a method outside the arm registry
 
 CONFIDENCE = 0.95
-TASKS = ("und", "gen")
 # the training-log series the report reads, each with the log keys that may hold it (first present wins)
 LOG_SERIES: dict[str, tuple[str, ...]] = {
     "und_loss": ("und_dpo_loss", "und_loss"),
@@ -266,11 +265,6 @@ def series(rows: Sequence[dict[str, Any]], name: str) -> tuple[list[int], list[f
     pairs = [(int(row.get("step", i)), finite(row.get(key))) for i, row in enumerate(rows)] if key else []
     kept = [(step, value) for step, value in pairs if value is not None]
     return [s for s, _ in kept], [v for _, v in kept]
-
-
-def trained_tasks(method: str) -> tuple[str, ...]:
-    """The tasks a strategy optimises (single-task runs still log the other task's loss)."""
-    return (SINGLE_TASK[method],) if method in SINGLE_TASK else TASKS
 
 
 def training_summary(method: str, runs: Sequence[MethodRun], options: StatsOptions) -> dict[str, Any] | None:

@@ -9,34 +9,16 @@ The data order needs no state: it is a function of (seed, task, step).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unigap.atomic import config_differences, write_atomically
+from unigap.atomic import atomic_write_bytes, config_differences
 from unigap.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call `write(handle)` on a binary file that replaces `path` atomically (fsynced first)."""
-
-    def write_file(tmp: Path) -> None:
-        with tmp.open("wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    write_atomically(path, write_file)
-
-
-def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
-    """Replace a text file by `lines` (each without its newline), atomically."""
-    atomic_write_bytes(path, lambda handle: handle.write("".join(line + "\n" for line in lines).encode()))
 
 
 def rng_state() -> dict[str, Any]:

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
+from unigap.atomic import atomic_write_lines
 from unigap.errors import UserError
 from unigap.metrics_log import MetricLogger
 from unigap import distributed
 from unigap.train.checkpoint import (
     CHECKPOINT_FILE,
-    atomic_write_lines,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from unigap.errors import UserError
-from unigap.train.checkpoint import atomic_write_bytes
+from unigap.atomic import atomic_write_bytes
 from unigap.train.names import SOUP_LAMBDAS
 
 CONFIG = "adapter_config.json"

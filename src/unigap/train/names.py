@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from unigap.errors import UserError
+
+TASKS: tuple[str, ...] = ("und", "gen")
 SINGLE_TASK: dict[str, str] = {"und-only": "und", "gen-only": "gen"}
 # strategy name -> torchjd.aggregation class
 TORCHJD: dict[str, str] = {
@@ -22,3 +27,15 @@ STRATEGIES: tuple[str, ...] = (
     *TORCHJD,
 )
 SOUP_LAMBDAS: tuple[float, ...] = (0.3, 0.5, 0.7)
+
+
+def trained_tasks(strategy: str) -> tuple[str, ...]:
+    """The tasks a strategy optimises (a single-task run still logs the other task's loss when given its pairs)."""
+    return (SINGLE_TASK[strategy],) if strategy in SINGLE_TASK else TASKS
+
+
+def check_pair_tasks(strategy: str, given: Iterable[str]) -> None:
+    """`UserError` unless preference pairs are given for every task the strategy trains."""
+    missing = [task for task in trained_tasks(strategy) if task not in set(given)]
+    if missing:
+        raise UserError(f"strategy {strategy!r} needs {' and '.join(missing)} preference pairs")

@@ -21,7 +21,7 @@ from unigap.data.captions import CaptionedImage, read_caption_data
 from unigap.data.understanding import UserItem, read_understanding_data
 from unigap.errors import UserError
 from unigap import distributed
-from unigap.train.checkpoint import atomic_write_bytes
+from unigap.atomic import atomic_write_bytes
 from unigap.train.config import load_config
 from unigap.train.loop import refuse_unless_resuming
 from unigap.train.sft import AnswerTask, SFTOptions, SFTTrainer, Task, TextToImageTask, check_field, vq_tokens

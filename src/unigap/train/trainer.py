@@ -30,9 +30,9 @@ from unigap import distributed
 from unigap.train.loop import CHECKPOINT_DIR, LOG_FILE, TrainingDiverged, holds_run, optimizer_step, run_steps
 from unigap.train.config import TrainConfig
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
-from unigap.train.strategies import SINGLE_TASK, Strategy, build_strategy, length_norm_weight
+from unigap.train.names import TASKS, check_pair_tasks
+from unigap.train.strategies import Strategy, build_strategy, length_norm_weight
 
-TASKS = ("und", "gen")
 
 StepCallback = Callable[[int, dict[str, Any]], None]
 
@@ -69,11 +69,8 @@ class DPOTrainer:
         if config.batch_size < distributed.world_size():
             raise UserError(f"batch-size {config.batch_size} gives a process no pairs: use at least one per process "
                             f"({distributed.world_size()})")
-        needed = (SINGLE_TASK[config.strategy],) if config.strategy in SINGLE_TASK else TASKS
         given = {"und": und_pairs, "gen": gen_pairs}
-        missing = [task for task in needed if not given[task]]
-        if missing:
-            raise UserError(f"strategy {config.strategy!r} needs {' and '.join(missing)} preference pairs")
+        check_pair_tasks(config.strategy, [task for task, pairs in given.items() if pairs])
         lengths = {len(ids) for pair in gen_pairs for ids in (pair.chosen, pair.rejected)}
         if lengths - {um.num_image_tokens}:
             raise UserError(

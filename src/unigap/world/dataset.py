@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from unigap.atomic import atomic_write_lines, remove_leftovers
 from unigap.errors import UserError
 from unigap.world.prompts import CATEGORIES, PromptSpec, all_specs, near_misses, sample_scene_for, satisfies
 from unigap.world.questions import Question, sample_question
@@ -221,21 +220,10 @@ def write_dataset(
         asked = train_questions([scene for _, scene in pairs], seed, questions, sentence_fraction=0.0)
         rows = [{"image": f"{IMAGES_DIR}/{i:06d}.png", "question": q.text, "answer": q.answer, "kind": q.kind}
                 for i, qs in enumerate(asked) for q in qs]
-        _write_lines(out / QUESTIONS_FILE, [json.dumps(row, sort_keys=True) for row in rows])
-    return _write_lines(out / SAMPLES_FILE, lines)
-
-
-def _write_lines(target: Path, lines: Sequence[str]) -> Path:
-    """`lines` as a text file replacing `target` atomically."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+        atomic_write_lines(out / QUESTIONS_FILE, [json.dumps(row, sort_keys=True) for row in rows])
+    atomic_write_lines(out / SAMPLES_FILE, lines)
+    remove_leftovers(out / IMAGES_DIR, "[0-9]" * 6 + ".png", {f"{i:06d}.png" for i in range(len(pairs))})
+    return out / SAMPLES_FILE
 
 
 def load_dataset(directory: str | Path) -> list[Record]:

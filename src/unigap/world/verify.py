@@ -207,7 +207,7 @@ def load_image(path: str | Path) -> np.ndarray:
     """An image file as a uint8 RGB array; `UserError` if it is missing or not an image."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"image file not found: {p}")
+        raise UserError(f"{p} is a directory, not an image file" if p.is_dir() else f"image file not found: {p}")
     try:
         with Image.open(p) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
