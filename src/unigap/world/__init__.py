@@ -1,9 +1,10 @@
 """ShapeWorld: a procedural world of coloured shapes with exact ground truth.
 
 It is the toolkit's judge: scenes and their renders (`scene`, `render`), GenEval-like prompts with exact
-semantics (`prompts`), edit instructions with exact semantics (`edits`), damaged pictures and the rule that
-labels them (`damage`), questions with exact answers and the closed vocabulary (`questions`), a verifier
-that parses imperfect images (`verify`), and deterministic datasets (`dataset`).
+semantics (`prompts`), edit instructions with exact semantics (`edits`) applied to scenes (`scene_edits`),
+damaged pictures and the rule that labels them (`damage`), questions with exact answers and the closed
+vocabulary (`questions`), a verifier that parses imperfect images (`verify`), and deterministic datasets
+(`dataset`).
 """
 
 from unigap.world.dataset import (
@@ -33,11 +34,8 @@ from unigap.world.edits import (
     Edit,
     Reflection,
     Ref,
-    apply_edit,
-    break_scene,
     diff,
     distance,
-    edit_picture,
     is_valid_fix,
     parse_instruction,
     parse_reflection,
@@ -55,6 +53,7 @@ from unigap.world.prompts import (
     sample_spec,
     satisfies,
 )
+from unigap.world.scene_edits import apply_edit, break_scene, edit_picture
 from unigap.world.questions import (
     ANSWER_FORMS,
     QUESTION_KINDS,

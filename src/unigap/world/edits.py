@@ -32,37 +32,20 @@ by one; empty when the prompt is satisfied. An instruction is a *valid* fix iff 
 distance (`is_valid_fix`), whatever words it uses to name its objects.
 
 `apply_to_objects` applies an edit abstractly (positions only as far as relations need them; an added
-object without a relation is in no relation); `apply_edit` applies it to a `Scene`, placing added and
-moved objects at random valid positions, so the result renders.
+object without a relation is in no relation); `unigap.world.scene_edits` applies one to a `Scene`, so the
+result renders.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-
-import numpy as np
-from PIL import Image
 
 from unigap.errors import UserError
 from unigap.world.prompts import RELATION_PHRASES, Item, PromptSpec, article
-from unigap.world.render import render
-from unigap.world.verify import detect
-from unigap.world.scene import (
-    COLORS,
-    MAX_OBJECTS,
-    RELATIONS,
-    SHAPES,
-    SIZES,
-    Placed,
-    Scene,
-    SceneObject,
-    place_object,
-    reads_clearly,
-    relation_holds,
-)
+from unigap.world.scene import COLORS, MAX_OBJECTS, RELATIONS, SHAPES, Placed, relation_holds
 
 NO_EDIT = "no further edit needed"
 # R3's reflection question (sen-ye/R3), asked in a fresh context with the image and the target prompt.
@@ -377,90 +360,3 @@ def reflection_answer(objects: Sequence[Placed], spec: PromptSpec, margin: float
         return NO_EDIT
     fixes = diff(objects, spec, margin)
     return fixes[0].text if fixes else None
-
-
-# -- concrete semantics: editing a scene ------------------------------------------------------------
-
-
-def apply_edit(scene: Scene, edit: Edit, rng: np.random.Generator) -> Scene:
-    """The scene after the edit; added and moved objects go to random valid positions (added ones get a
-    random size, the other size if it does not fit, and a random colour when the edit names none). `UserError` when the edit does not apply
-    (a reference matches nothing, a fifth object, or no free position)."""
-    objects = list(scene.objects)
-    target = edit.target.find(objects) if edit.target else None
-    anchor = edit.anchor.find(objects) if edit.anchor else None
-    if (edit.target and target is None) or (edit.anchor and anchor is None):
-        raise UserError(f"{edit.text!r} names no object of this scene")
-    if edit.kind == "recolour":
-        objects[target] = replace(objects[target], color=edit.color)
-        return Scene(scene.canvas, tuple(objects))
-    if edit.kind == "remove":
-        del objects[target]
-        return Scene(scene.canvas, tuple(objects))
-    if edit.kind == "move":
-        if target == anchor:
-            raise UserError(f"{edit.text!r} moves an object relative to itself")
-        moving = objects.pop(target)
-        kinds = [(moving.shape, moving.color, moving.size)]
-        anchor_obj = scene.objects[anchor]
-    else:
-        if len(objects) >= MAX_OBJECTS:
-            raise UserError(f"{edit.text!r}: a scene holds at most {MAX_OBJECTS} objects")
-        color = edit.color or COLORS[rng.integers(len(COLORS))]
-        first = int(rng.integers(len(SIZES)))
-        kinds = [(edit.shape, color, SIZES[(first + i) % len(SIZES)]) for i in range(len(SIZES))]
-        anchor_obj = objects[anchor] if anchor is not None else None
-    margin = scene.geometry.margin
-
-    def accept(obj: SceneObject) -> bool:
-        if anchor_obj is None:
-            return True
-        return relation_holds(obj, anchor_obj, edit.relation, margin) and reads_clearly(obj, anchor_obj, edit.relation)
-
-    placed = next((p for kind in kinds if (p := place_object(kind, objects, rng, scene.canvas, accept, tries=300))), None)
-    if placed is None:
-        raise UserError(f"{edit.text!r}: no free position in this scene")
-    return Scene(scene.canvas, (*objects, placed))
-
-
-def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.random.Generator) -> np.ndarray:
-    """The exact edit of a clean picture: its objects as the verifier reads them, the instruction applied
-    (`apply_edit`), the result rendered. The picture is kept when the instruction does not apply; `UserError`
-    for text outside the grammar. An editor to compare a model's edits with."""
-    array = np.asarray(image)
-    objects = tuple(SceneObject(o.shape, o.color, o.size, int(o.x), int(o.y)) for o in detect(array, array.shape[0]))
-    scene = Scene(array.shape[0], objects)
-    edit = parse_instruction(instruction)
-    try:
-        return render(apply_edit(scene, edit, rng))
-    except UserError:
-        return array
-
-
-def break_scene(
-    scene: Scene, spec: PromptSpec, rng: np.random.Generator, accept: Callable[[Scene], bool] | None = None
-) -> tuple[Scene, Edit]:
-    """A scene one edit away from satisfying `spec` (distance 1, with a fix the grammar can name, and
-    `accept`ed), made by one random edit of `scene`, and that edit. The edit's kind is drawn uniformly
-    among the kinds that can break this scene, then edits of that kind are tried in random order.
-    `UserError` if none breaks it."""
-    margin = scene.geometry.margin
-    by_kind: dict[str, list[Edit]] = {}
-    for edit in candidate_edits(scene.objects):
-        by_kind.setdefault(edit.kind, []).append(edit)
-    kinds = [k for k in EDIT_KINDS if k in by_kind]
-    for k in rng.permutation(len(kinds)):
-        options = by_kind[kinds[k]]
-        for i in rng.permutation(len(options)):
-            after = apply_to_objects(scene.objects, options[i])  # cheap abstract test before placing objects
-            if after is None or distance(after, spec, margin) != 1:
-                continue
-            try:
-                broken = apply_edit(scene, options[i], rng)
-            except UserError:
-                continue
-            if accept is not None and not accept(broken):
-                continue
-            if distance(broken.objects, spec, margin) == 1 and diff(broken.objects, spec, margin):
-                return broken, options[i]
-    raise UserError(f"no single edit breaks this scene for {spec.text!r}")
