@@ -1,4 +1,5 @@
-"""Run settings claimed for resuming: what an older run directory may continue under."""
+"""Run settings claimed for resuming (what an older run directory may continue under), and the cleanup of an
+earlier run's files."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from unigap.atomic import claim_settings
+from unigap.atomic import claim_settings, listed_files, remove_replaced
 from unigap.errors import UserError
 
 
@@ -41,3 +42,20 @@ def test_a_setting_removed_since_is_not_compared_and_an_absent_one_is_not_a_null
     claim_settings(path, {"n": 3}, "study")  # "strategies" is no longer a setting
     with pytest.raises(UserError, match=r"judge: \(absent\) → null"):
         claim_settings(path, {"n": 3, "judge": None}, "study")
+
+
+def test_remove_replaced_deletes_only_what_the_earlier_index_listed_inside_the_owned_folder(tmp_path) -> None:
+    owned = tmp_path / "images"
+    owned.mkdir()
+    for name in ("0000.png", "0001.png", "0002.png", "2024.png"):
+        (owned / name).write_text(name)
+    (tmp_path / "photo.png").write_text("a user's own file")
+    index = tmp_path / "index.jsonl"
+    rows = [{"file": f"images/{i:04d}.png"} for i in range(3)] + [{"file": "photo.png"}, {"file": "../outside"}]
+    index.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n[1]\n")
+    before = listed_files(index, ["file"])
+    assert before == {"images/0000.png", "images/0001.png", "images/0002.png", "photo.png", "../outside"}
+    assert listed_files(tmp_path / "missing.jsonl", ["file"]) == set()
+    remove_replaced(tmp_path, before, {"images/0000.png"}, inside=owned)
+    assert sorted(p.name for p in owned.iterdir()) == ["0000.png", "2024.png"]  # 2024.png was never listed
+    assert (tmp_path / "photo.png").is_file()  # listed, but outside the folder the command owns

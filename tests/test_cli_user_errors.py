@@ -46,13 +46,16 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["refine", "--prompts", "train"], "--prompts train: refine measures the loop on held-out prompts"),
     (["refine", "--batch-size", "0"], "--batch-size must be positive, got 0"),
     (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "-1"],
-     "margin must be within [0, 1] (scores lie in [0, 1]), got -1.0"),
+     "margin must be in (0, 1] (scores lie in [0, 1]; 0 would keep ties), got -1.0"),
+    (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "0"], "got 0.0"),
+    (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--answer-form", "word", "--questions",
+      "q.jsonl"], "--answer-form picks ShapeWorld's questions; with --questions your own are asked as written"),
     (["prefs", "build", "--model", "tiny", "--kind", "gen-model", "--n", "2", "--answer-form", "word"],
      "--answer-form applies to und pairs; gen-model pairs have no answers"),
     (["world", "sample", "--n", "2", "--seed", "0", "--size", "99999"],
-     "canvas size must be an integer from 32 to 2048, got 99999"),
+     "--size must be from 32 to 2048 pixels, got 99999"),
     (["train", "--model", "tiny", "--strategy", "joint", "--und", "missing.jsonl"],
-     "strategy 'joint' needs gen preference pairs"),
+     "strategy 'joint' needs gen preference pairs (--gen FILE)"),
 ])
 def test_bad_values_are_one_line_and_write_nothing(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     out = tmp_path / ("out.jsonl" if args[0] == "prefs" else "out")
@@ -104,14 +107,13 @@ def test_a_free_text_prompt_names_the_fix_only_where_there_is_one(tmp_path: Path
 
 def test_a_rerun_with_fewer_samples_leaves_no_earlier_images(tmp_path: Path, capsys) -> None:
     out = tmp_path / "w"
-    for n in ("3", "2"):
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "000007.png").write_text("a user's own file, named like a sample\n")
+    for n in ("3", "2", "1"):
         with pytest.raises(SystemExit) as exit_:
             main(["world", "sample", "--n", n, "--seed", "0", "--out", str(out)])
         assert exit_.value.code in (0, None)
-    (out / "images" / "notes.png").write_text("a user's own file\n")
-    with pytest.raises(SystemExit):
-        main(["world", "sample", "--n", "1", "--seed", "0", "--out", str(out)])
-    assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "notes.png"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000007.png"]
 
 
 def test_a_directory_given_as_a_file_says_so(tmp_path: Path, capsys) -> None:

@@ -149,10 +149,34 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def remove_leftovers(directory: str | os.PathLike, pattern: str, written: Collection[str]) -> None:
-    """Delete the files in `directory` named like this command's output (`pattern`, a glob) that this run did not
-    write: an earlier, larger run's files would otherwise pass for this run's. Call it after the run's index file
-    is in place."""
-    for path in Path(directory).glob(pattern):
-        if path.name not in written and path.is_file():
+def listed_files(index: str | os.PathLike, columns: Collection[str]) -> set[str]:
+    """The file names an index file (JSONL) lists in `columns` (a string or a list of strings per cell), relative
+    to its folder; an unreadable index or line lists nothing. What an earlier run wrote, for `remove_replaced`."""
+    try:
+        lines = Path(index).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return set()
+    names: set[str] = set()
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        for column in columns if isinstance(row, dict) else ():
+            cell = row.get(column)
+            names.update(v for v in (cell if isinstance(cell, list) else [cell]) if isinstance(v, str))
+    return names
+
+
+def remove_replaced(directory: str | os.PathLike, before: Collection[str], after: Collection[str],
+                    inside: str | os.PathLike | None = None) -> None:
+    """Delete the files an earlier run's index listed (`before`, relative to `directory`) that this run's index
+    no longer lists (`after`): a rerun with fewer items would otherwise leave the earlier run's files passing for
+    this run's. Only files within `inside` (default `directory`), the folder the command owns, are touched, so an
+    index that was a user's own file costs no file of theirs. Call it once the new index is in place."""
+    root = Path(directory).resolve()
+    owned = Path(inside).resolve() if inside is not None else root
+    for name in set(before) - set(after):
+        path = (root / name).resolve()
+        if path.is_relative_to(owned) and path != owned and path.is_file():
             path.unlink()

@@ -60,10 +60,13 @@ def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys
     prompts.write_text('a red circle\n{"prompt": "free text is fine here"}\n')
     out = tmp_path / "images"
     code, stdout, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
-    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png"]
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "metadata.jsonl"]
+    assert [json.loads(line)["prompt"] for line in (out / "metadata.jsonl").read_text().splitlines()] == [
+        "a red circle", "free text is fine here"]
+    (out / "2024.png").write_text("a user's own file, named like an image")
     prompts.write_text("a blue square\n")  # a rerun with fewer prompts leaves no earlier image behind
     code, _, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
-    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png"]
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "2024.png", "metadata.jsonl"]
     code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--out", tmp_path / "x.png"])
     assert code == 2 and err.strip() == "unigap: error: give exactly one of --prompt and --prompts"
     blocker = tmp_path / "blocker"

@@ -121,7 +121,12 @@ def test_rewriting_a_jsonl_with_fewer_rows_removes_the_images_it_no_longer_names
     path = tmp_path / "und.jsonl"
     write_rows(path, [und_row(i) | {"images": [png]} for i in range(3)])
     folder = tmp_path / "und_images"
-    (folder / "mine.png").write_bytes(b"a user's own file")
+    (folder / "000009_images_0.png").write_bytes(b"a user's own file, named like a pair's image")
     write_rows(path, [und_row(0) | {"images": [png]}])
-    assert sorted(p.name for p in folder.iterdir()) == ["000000_images_0.png", "mine.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["000000_images_0.png", "000009_images_0.png"]
     assert read_rows(path)[0]["images"] == ["und_images/000000_images_0.png"]
+    own = tmp_path / "mine.jsonl"  # a user's own file, overwritten by mistake: the images it named are theirs
+    (tmp_path / "photo.png").write_bytes(png)
+    own.write_text(json.dumps({"images": ["photo.png"]}) + "\n")
+    write_rows(own, [und_row(0)])
+    assert (tmp_path / "photo.png").is_file()

@@ -4,6 +4,7 @@ file's samples in the folder layout of an external benchmark's scorer (GenEval).
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import typer
@@ -15,6 +16,7 @@ from unigap.world import load_image
 app = typer.Typer()
 
 LAYOUTS = ("grid", "geneval")
+GRID_INDEX = "metadata.jsonl"  # grid layout with --prompts: which PNG shows which prompt (imagefolder's name)
 SETTINGS_FILE = "settings.json"  # a geneval-layout run's settings, checked on --resume (GenEval's scorer skips files)
 
 
@@ -25,7 +27,8 @@ def generate(
     prompt: str | None = typer.Option(None, "--prompt", help='Text prompt, e.g. "a red circle".'),
     prompts: Path | None = typer.Option(None, "--prompts", help='A prompt file (text lines, or JSONL with a '
                                         "\"prompt\" field, e.g. GenEval's evaluation_metadata.jsonl) instead of "
-                                        "--prompt: with the grid layout one PNG per prompt in --out (a directory)."),
+                                        "--prompt: with the grid layout one PNG per prompt in --out (a directory), listed in its "
+                                        "metadata.jsonl."),
     n: int = typer.Option(1, "--n", help="Images per prompt; in the grid layout more than one are tiled."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     cfg: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale (1 = none)."),
@@ -62,8 +65,9 @@ def generate(
 
 def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompts: Path | None, out: Path, *,
                     n: int, seed: int, cfg: float, temperature: float) -> None:
-    """One PNG (a grid of the n samples) for --prompt, or one per line of --prompts, sampled with seed + its index."""
-    from unigap.atomic import remove_leftovers
+    """One PNG (a grid of the n samples) for --prompt, or one per line of --prompts, sampled with seed + its index;
+    with --prompts also OUT/metadata.jsonl (file_name, prompt, seed: `datasets`' imagefolder reads it)."""
+    from unigap.atomic import atomic_write_lines, listed_files, remove_replaced
     from unigap.evaluate import check_output_file, write_atomically
     from unigap.evaluate.data import read_prompt_file
     from unigap.evaluate.layouts import grid
@@ -74,15 +78,19 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
     elif out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --prompts it must be a directory")
     else:
-        check_output_file(out / "0000.png")  # a parent that is a file fails here, before the model loads
+        check_output_file(out / GRID_INDEX)  # a parent that is a file fails here, before the model loads
+    earlier = listed_files(out / GRID_INDEX, ["file_name"]) if prompts is not None else set()
     um = load(model, adapter)
+    rows = []
     for index, text in enumerate(texts):
         tokens = um.generate_images([text], n_per_prompt=n, cfg_scale=cfg, temperature=temperature, seed=seed + index)
         sheet = grid(um.decode_tokens(tokens))
         target = out if prompts is None else out / f"{index:04d}.png"
         write_atomically(target, lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
-    if prompts is not None:
-        remove_leftovers(out, "[0-9]" * 4 + ".png", {f"{index:04d}.png" for index in range(len(texts))})
+        rows.append({"file_name": target.name, "prompt": text, "seed": seed + index, "n": n})
+    if prompts is not None:  # the index, then the earlier run's images it no longer lists go
+        atomic_write_lines(out / GRID_INDEX, [json.dumps(row) for row in rows])
+        remove_replaced(out, earlier, {row["file_name"] for row in rows})
     typer.echo(f"wrote {n * len(texts)} image(s) to {out}")
 
 

@@ -12,13 +12,14 @@ from unigap.manifest import manifest, write_manifest
 from unigap.progress import progress
 from unigap.world.dataset import SPLITS, write_dataset
 from unigap.world.prompts import CATEGORIES, parse_prompt
-from unigap.world.scene import DEFAULT_CANVAS
+from unigap.world.scene import DEFAULT_CANVAS, MIN_CANVAS
 from unigap.world.verify import load_image, verify
 
 app = typer.Typer(
     help="ShapeWorld: a synthetic world of coloured shapes with exact ground truth.", no_args_is_help=True
 )
 
+MAX_SIZE = 2048  # a sampled canvas larger than this only costs memory and disk
 PROGRESS_MIN_N = 200  # below this a bar flickers more than it informs
 
 
@@ -31,7 +32,7 @@ def sample(
     category: str | None = typer.Option(
         None, "--category", help=f"One of {', '.join(CATEGORIES)} (default: all)."
     ),
-    size: int = typer.Option(DEFAULT_CANVAS, "--size", help="Canvas side in pixels."),
+    size: int = typer.Option(DEFAULT_CANVAS, "--size", help=f"Canvas side in pixels ({MIN_CANVAS} to {MAX_SIZE})."),
     questions: int = typer.Option(0, "--questions", help="Also write DIR/questions.jsonl: this many questions per "
                                   "image with their exact answers (understanding data for train --objective sft)."),
 ) -> None:
@@ -43,6 +44,8 @@ def sample(
         raise UserError(f"--seed must be >= 0, got {seed}")
     if questions < 0:
         raise UserError(f"--questions must be >= 0, got {questions}")
+    if not MIN_CANVAS <= size <= MAX_SIZE:
+        raise UserError(f"--size must be from {MIN_CANVAS} to {MAX_SIZE} pixels, got {size}")
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if category is not None and category not in CATEGORIES:

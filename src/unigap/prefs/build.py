@@ -83,8 +83,10 @@ class BuildOptions:
             raise UserError(f"answer form must be one of {', '.join(ANSWER_FORMS)}, got {self.answer_form!r}")
         if self.answer_form != "any" and self.kind != "und":
             raise UserError(f"--answer-form applies to und pairs; {self.kind} pairs have no answers")
-        if not 0 <= self.margin <= 1:
-            raise UserError(f"margin must be within [0, 1] (scores lie in [0, 1]), got {self.margin}")
+        if self.answer_form != "any" and self.questions is not None:
+            raise UserError("--answer-form picks ShapeWorld's questions; with --questions your own are asked as written")
+        if not 0 < self.margin <= 1:
+            raise UserError(f"margin must be in (0, 1] (scores lie in [0, 1]; 0 would keep ties), got {self.margin}")
         if self.questions is not None and self.kind != "und":
             raise UserError(f"--questions gives understanding candidates; it cannot build {self.kind} pairs")
         if not self.temperature >= 0 or self.cfg_scale is not None and not self.cfg_scale >= 0:

@@ -42,7 +42,7 @@ from unigap.errors import UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
 from unigap.prefs.trl import is_trl_row, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import image_cell, read_table
-from unigap.atomic import atomic_write_bytes, atomic_write_lines, remove_leftovers
+from unigap.atomic import atomic_write_bytes, atomic_write_lines, listed_files, remove_replaced
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair
 from unigap.world.render import render
 from unigap.world.scene import Scene
@@ -94,19 +94,17 @@ def _problem(row: Any) -> str:
     return ""
 
 
-def _store_images(path: Path, rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[str]]:
+def _store_images(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with their PNG-bytes image cells (`IMAGE_COLUMNS`) made storable: Parquet `{"bytes", "path"}` structs,
-    or, for JSONL, PNG files in `<stem>_images/` named by row and column, referenced by relative path; and the
-    names of the files written."""
+    or, for JSONL, PNG files in `<stem>_images/` named by row and column, referenced by relative path. (Rows
+    whose cells already name files there cannot be rewritten in place: the rewrite removes what it does not list.)"""
     folder = images_folder(path)
-    written: set[str] = set()
 
     def stored(value: bytes, name: str) -> Any:
         if path.suffix == ".parquet":
             return {"bytes": value, "path": None}
         folder.mkdir(exist_ok=True)
         atomic_write_bytes(folder / name, lambda handle: handle.write(value))
-        written.add(name)
         return f"{folder.name}/{name}"
 
     out = []
@@ -119,7 +117,7 @@ def _store_images(path: Path, rows: Sequence[dict[str, Any]]) -> tuple[list[dict
             elif isinstance(value, bytes):
                 row[column] = stored(value, f"{i:06d}_{column}.png")
         out.append(row)
-    return out, written
+    return out
 
 
 def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
@@ -128,10 +126,11 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     path = Path(path)
     check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows, images = _store_images(path, rows)
+    earlier = listed_files(path, IMAGE_COLUMNS) if path.suffix == ".jsonl" else set()
+    rows = _store_images(path, rows)
     if path.suffix == ".jsonl":
         atomic_write_lines(path, [json.dumps(row, sort_keys=True) for row in rows])
-        remove_leftovers(images_folder(path), "[0-9]" * 6 + "_*.png", images)
+        remove_replaced(path.parent, earlier, listed_files(path, IMAGE_COLUMNS), inside=images_folder(path))
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq

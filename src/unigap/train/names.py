@@ -36,6 +36,8 @@ def trained_tasks(strategy: str) -> tuple[str, ...]:
 
 def check_pair_tasks(strategy: str, given: Iterable[str]) -> None:
     """`UserError` unless preference pairs are given for every task the strategy trains."""
-    missing = [task for task in trained_tasks(strategy) if task not in set(given)]
+    given = set(given)
+    missing = [task for task in trained_tasks(strategy) if task not in given]
     if missing:
-        raise UserError(f"strategy {strategy!r} needs {' and '.join(missing)} preference pairs")
+        flags = " and ".join(f"--{task} FILE" for task in missing)
+        raise UserError(f"strategy {strategy!r} needs {' and '.join(missing)} preference pairs ({flags})")

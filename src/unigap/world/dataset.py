@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from unigap.atomic import atomic_write_lines, remove_leftovers
+from unigap.atomic import atomic_write_lines, listed_files, remove_replaced
 from unigap.errors import UserError
 from unigap.world.prompts import CATEGORIES, PromptSpec, all_specs, near_misses, sample_scene_for, satisfies
 from unigap.world.questions import Question, sample_question
@@ -207,6 +207,7 @@ def write_dataset(
     if out.exists() and not out.is_dir():
         raise UserError(f"output directory {out} is a file")
     pairs = sample_records(n, seed, split, category, canvas)
+    earlier = listed_files(out / SAMPLES_FILE, ["image"])
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     (out / QUESTIONS_FILE).unlink(missing_ok=True)  # an earlier run's questions would ask about replaced images
     lines = []
@@ -222,7 +223,8 @@ def write_dataset(
                 for i, qs in enumerate(asked) for q in qs]
         atomic_write_lines(out / QUESTIONS_FILE, [json.dumps(row, sort_keys=True) for row in rows])
     atomic_write_lines(out / SAMPLES_FILE, lines)
-    remove_leftovers(out / IMAGES_DIR, "[0-9]" * 6 + ".png", {f"{i:06d}.png" for i in range(len(pairs))})
+    written = {f"{IMAGES_DIR}/{i:06d}.png" for i in range(len(pairs))}
+    remove_replaced(out, earlier, written, inside=out / IMAGES_DIR)
     return out / SAMPLES_FILE
 
 
