@@ -14,7 +14,8 @@ from unigap.errors import UserError
 from unigap.evaluate.stats import paired_difference
 from unigap.model import load_model
 from unigap.selfimprove import SelfImproveConfig, run
-from unigap.selfimprove.pool import Sample, audit_metrics, split_pool
+from unigap.selfimprove.run import Data
+from unigap.selfimprove.pool import Sample, audit_metrics
 from unigap.world import parse_prompt
 
 run_module = importlib.import_module("unigap.selfimprove.run")  # the module; the package exports the function
@@ -56,8 +57,10 @@ def _sample(index: int, accepted: bool, audit: bool | None) -> Sample:
 def test_pool_split_and_audit_metrics() -> None:
     samples = [_sample(0, True, True), _sample(0, False, False), _sample(1, False, True), _sample(2, True, False),
                _sample(2, True, None)]
-    accepted, rejected, discard = split_pool(samples)
-    assert len(accepted) == 3 and len(rejected) == 2 and discard == [1]
+    data = Data(rounds=[samples])
+    assert len(data.sft) == 3 and data.discard == [1]  # prompt 1 has no accepted image
+    data.rounds.append([_sample(1, True, True)])  # the curriculum's replay accepts one of its images
+    assert len(data.sft) == 4 and data.discard == []
     metrics = audit_metrics(samples)
     assert metrics["audited"] == 4
     assert metrics["precision"]["value"] == 0.5 and metrics["precision"]["n"] == 2  # accepted and audited: T, F

@@ -31,9 +31,7 @@ class Judge:
     name: str
     fn: JudgeFn
     independent: bool
-    graded: bool
     threshold: float  # accept when score >= threshold
-    version: int = 1
     directory: str | None = None  # a local judge's checkpoint
     calibration: dict[str, Any] | None = None  # how its threshold was chosen, and how well it separates
     scaled_score: tuple[str, float] | None = None  # (name, factor) of the judge's native score = factor · score
@@ -61,8 +59,8 @@ def _self_pyes(um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpe
 JUDGES: dict[str, Judge] = {
     judge.name: judge
     for judge in (
-        Judge("verifier", _verifier, independent=True, graded=False, threshold=0.5),
-        Judge("self-pyes", _self_pyes, independent=False, graded=True, threshold=ACCEPT_THRESHOLD),
+        Judge("verifier", _verifier, independent=True, threshold=0.5),
+        Judge("self-pyes", _self_pyes, independent=False, threshold=ACCEPT_THRESHOLD),
     )
 }
 
@@ -74,7 +72,7 @@ def _clip_judge(name: str, path: Path) -> Judge:
     scorer = ClipScorer(path)
     calibration = calibrate(scorer)
     return Judge(name, lambda um, images, specs: scorer.scores(images, prompt_texts(specs)), independent=True,
-                 graded=True, threshold=calibration.pop("threshold"), directory=str(path.resolve()),
+                 threshold=calibration.pop("threshold"), directory=str(path.resolve()),
                  calibration=calibration, scaled_score=("clipscore", CLIPSCORE_WEIGHT))
 
 
@@ -84,7 +82,7 @@ def _vlm_judge(name: str, path: Path) -> Judge:
 
     vlm = VlmJudge(path)
     return Judge(name, lambda um, images, specs: vlm.p_yes(images, prompt_texts(specs)), independent=True,
-                 graded=True, threshold=0.5, directory=str(path.resolve()))
+                 threshold=0.5, directory=str(path.resolve()))
 
 
 # kind -> factory(name, checked directory); every local judge is independent of the model under study

@@ -27,7 +27,6 @@ from unigap.data.tables import image_cell
 from unigap.errors import UserError
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
 
-TRL_COLUMNS = ("prompt", "chosen", "rejected")
 REFERENCE_BATCH = 8
 
 

@@ -145,12 +145,3 @@ def load_round(specs: Sequence[PromptSpec], out: Path, round_: int) -> list[Samp
                row["audit"])
         for row, ids in zip(rows, tokens, strict=True)
     ]
-
-
-def split_pool(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample], list[int]]:
-    """(accepted, rejected, discard pool: prompt indices with no accepted image)."""
-    accepted = [s for s in samples if s.accepted]
-    rejected = [s for s in samples if not s.accepted]
-    with_accept = {s.prompt_index for s in accepted}
-    discard = sorted({s.prompt_index for s in samples} - with_accept)
-    return accepted, rejected, discard

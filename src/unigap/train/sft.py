@@ -183,9 +183,6 @@ class SFTTrainer:
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup, options.steps)
         self.step = 0
 
-    def logged_keys(self) -> tuple[str, ...]:
-        return ("step", "lr", "loss", *(f"{name}/loss" for name in self.tasks), "grad_norm")
-
     def train(self, resume: bool = False, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
         """Run to `options.steps`; with `resume`, continue from the checkpoint in the output directory."""
         o = self.options
