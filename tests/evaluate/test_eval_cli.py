@@ -61,8 +61,10 @@ def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys
     out = tmp_path / "images"
     code, stdout, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "metadata.jsonl"]
-    assert [json.loads(line)["prompt"] for line in (out / "metadata.jsonl").read_text().splitlines()] == [
-        "a red circle", "free text is fine here"]
+    import datasets
+
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    assert loaded["prompt"] == ["a red circle", "free text is fine here"] and loaded[0]["image"].size == (64, 64)
     (out / "2024.png").write_text("a user's own file, named like an image")
     prompts.write_text("a blue square\n")  # a rerun with fewer prompts leaves no earlier image behind
     code, _, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
