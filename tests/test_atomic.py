@@ -59,3 +59,6 @@ def test_remove_replaced_deletes_only_what_the_earlier_index_listed_inside_the_o
     remove_replaced(tmp_path, before, {"images/0000.png"}, inside=owned)
     assert sorted(p.name for p in owned.iterdir()) == ["0000.png", "2024.png"]  # 2024.png was never listed
     assert (tmp_path / "photo.png").is_file()  # listed, but outside the folder the command owns
+    (owned / "cat.png").write_text("listed by a user's own index")
+    remove_replaced(tmp_path, {"images/cat.png", "images/2024.png"}, set(), inside=owned, named=r"\d{4,}\.png")
+    assert sorted(p.name for p in owned.iterdir()) == ["0000.png", "cat.png"]  # not named as the command names

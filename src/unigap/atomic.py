@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -169,14 +170,17 @@ def listed_files(index: str | os.PathLike, columns: Collection[str]) -> set[str]
 
 
 def remove_replaced(directory: str | os.PathLike, before: Collection[str], after: Collection[str],
-                    inside: str | os.PathLike | None = None) -> None:
+                    inside: str | os.PathLike | None = None, named: str | None = None) -> None:
     """Delete the files an earlier run's index listed (`before`, relative to `directory`) that this run's index
     no longer lists (`after`): a rerun with fewer items would otherwise leave the earlier run's files passing for
-    this run's. Only files within `inside` (default `directory`), the folder the command owns, are touched, so an
-    index that was a user's own file costs no file of theirs. Call it once the new index is in place."""
+    this run's. Only files within `inside` (default `directory`), the folder the command owns, and named as the
+    command names its files (`named`, a regular expression), are touched, so an index that was a user's own file
+    costs no file of theirs. Call it once the new index is in place."""
     root = Path(directory).resolve()
     owned = Path(inside).resolve() if inside is not None else root
     for name in set(before) - set(after):
         path = (root / name).resolve()
+        if named is not None and not re.fullmatch(named, path.name):
+            continue
         if path.is_relative_to(owned) and path != owned and path.is_file():
             path.unlink()

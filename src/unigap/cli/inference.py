@@ -90,7 +90,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
         rows.append({"file_name": target.name, "prompt": text, "seed": seed + index, "n": n})
     if prompts is not None:  # the index, then the earlier run's images it no longer lists go
         atomic_write_lines(out / GRID_INDEX, [json.dumps(row) for row in rows])
-        remove_replaced(out, earlier, {row["file_name"] for row in rows})
+        remove_replaced(out, earlier, {row["file_name"] for row in rows}, named=r"\d{4,}\.png")
     typer.echo(f"wrote {n * len(texts)} image(s) to {out}")
 
 

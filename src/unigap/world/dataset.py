@@ -224,7 +224,7 @@ def write_dataset(
         atomic_write_lines(out / QUESTIONS_FILE, [json.dumps(row, sort_keys=True) for row in rows])
     atomic_write_lines(out / SAMPLES_FILE, lines)
     written = {f"{IMAGES_DIR}/{i:06d}.png" for i in range(len(pairs))}
-    remove_replaced(out, earlier, written, inside=out / IMAGES_DIR)
+    remove_replaced(out, earlier, written, inside=out / IMAGES_DIR, named=r"\d{6,}\.png")
     return out / SAMPLES_FILE
 
 
