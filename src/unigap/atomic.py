@@ -63,12 +63,13 @@ def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
     """Replace a text file by `lines` (each without its newline), atomically."""
-    atomic_write_bytes(path, lambda handle: handle.write("".join(line + "\n" for line in lines).encode()))
+    write_text_atomically(path, "".join(line + "\n" for line in lines))
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
-    """`text` (UTF-8) into `path`, atomically."""
-    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """`text` (UTF-8, newlines as given) into `path`, atomically."""
+    atomic_write_bytes(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    return Path(path)
 
 
 def cached_json(path: str | os.PathLike, make: Callable[[], Any], write: bool = True) -> Any:
@@ -157,12 +158,20 @@ def listed_files(index: str | os.PathLike, columns: Collection[str]) -> set[str]
         lines = Path(index).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return set()
-    names: set[str] = set()
+    rows = []
     for line in lines:
         try:
-            row = json.loads(line)
+            rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue
+    return files_in(rows, columns)
+
+
+def files_in(rows: Iterable[Any], columns: Collection[str]) -> set[str]:
+    """The file names rows list in `columns` (a string or a list of strings per cell): `listed_files` of rows
+    still in memory."""
+    names: set[str] = set()
+    for row in rows:
         for column in columns if isinstance(row, dict) else ():
             cell = row.get(column)
             names.update(v for v in (cell if isinstance(cell, list) else [cell]) if isinstance(v, str))

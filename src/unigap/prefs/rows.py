@@ -42,7 +42,7 @@ from unigap.errors import UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
 from unigap.prefs.trl import is_trl_row, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import image_cell, read_table
-from unigap.atomic import atomic_write_bytes, atomic_write_lines, listed_files, remove_replaced
+from unigap.atomic import atomic_write_bytes, atomic_write_lines, files_in, listed_files, remove_replaced
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair
 from unigap.world.render import render
 from unigap.world.scene import Scene
@@ -130,7 +130,7 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     rows = _store_images(path, rows)
     if path.suffix == ".jsonl":
         atomic_write_lines(path, [json.dumps(row, sort_keys=True) for row in rows])
-        remove_replaced(path.parent, earlier, listed_files(path, IMAGE_COLUMNS), inside=images_folder(path))
+        remove_replaced(path.parent, earlier, files_in(rows, IMAGE_COLUMNS), inside=images_folder(path))
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
