@@ -44,6 +44,20 @@ def test_generate_and_ask(janus_pro: Path, tmp_path: Path, capsys: pytest.Captur
          "--max-new-tokens", "3")
 
 
+def test_generate_a_prompt_file_writes_384_px_pngs_and_their_index(janus_pro: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na photo of a cat on a sofa\n")  # free text: a real checkpoint's prompts
+    out = tmp_path / "images"
+    _run("generate", "--model", str(janus_pro), "--prompts", str(prompts), "--out", str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "metadata.jsonl"]
+    assert {Image.open(out / name).size for name in ("0000.png", "0001.png")} == {(384, 384)}
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [(r["file_name"], r["prompt"]) for r in rows] == [("0000.png", "a red circle"),
+                                                              ("0001.png", "a photo of a cat on a sofa")]
+
+
 def test_refine_falls_back_to_regenerating(janus_pro: Path, tmp_path: Path) -> None:
     out = tmp_path / "refine"
     _run("refine", "--model", str(janus_pro), "--n", "2", "--rounds", "1", "--out", str(out))

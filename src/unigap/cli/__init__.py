@@ -36,10 +36,12 @@ def _register() -> None:
     from unigap.cli.pretrain import pretrain_command
 
     app.command("pretrain")(pretrain_command)
+    from unigap.cli.compare import app as compare_app
     from unigap.cli.evaluate import app as eval_app
     from unigap.cli.inference import app as inference_app
 
     app.add_typer(eval_app)  # unnamed: `eval` becomes a top-level command
+    app.add_typer(compare_app)  # `compare`
     app.add_typer(inference_app)  # `generate`, `ask`
     from unigap.cli.diagnose import app as diagnose_app
 
