@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, s
 def _write(path: Path, p_gen: float, seed: int = 0, draw: int = 0) -> Path:
     report = eval_report(np.random.default_rng([seed, draw]), 0.6, p_gen, n=300)
     report["config"]["seed"] = seed
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report))
     return path
 
@@ -34,51 +36,85 @@ def _verified(path: Path) -> np.ndarray:
 
 def test_a_model_against_its_baseline_welch_paired_and_json(tmp_path: Path, capsys) -> None:
     before, after = _write(tmp_path / "before.json", 0.40), _write(tmp_path / "after.json", 0.55, draw=1)
-    code, out, _ = _run(capsys, before, f"trained={after}", "--out", tmp_path / "cmp.json")
+    other = _write(tmp_path / "a=b.json", 0.40, draw=2)  # a file name with "=" in it is still a file
+    code, out, _ = _run(capsys, before, f"trained={after}", other, "--out", tmp_path / "cmp.json")
     assert code in (0, None) and "trained" in out and "generation" in out
     results = json.loads((tmp_path / "cmp.json").read_text())
+    assert results["methods"] == ["before", "trained", "a=b"] and results["base"] == "before"  # as given
     generation = results["results"]["trained"]["generation.accuracy"]
     a, b = _verified(after), _verified(before)
     assert math.isclose(generation["delta"], a.mean() - b.mean(), abs_tol=1e-12)
-    assert math.isclose(generation["p"], stats.ttest_ind(a, b, equal_var=False).pvalue, rel_tol=1e-9)
-    assert math.isclose(generation["paired"]["p"], stats.ttest_rel(a, b).pvalue, rel_tol=1e-9)  # same items
-    assert results["bonferroni"]["tests"] == 4 and results["baseline"] == "before"
+    welch, paired = stats.ttest_ind(a, b, equal_var=False), stats.ttest_rel(a, b)
+    assert math.isclose(generation["p"], welch.pvalue, rel_tol=1e-9)
+    assert math.isclose(generation["paired"]["p"], paired.pvalue, rel_tol=1e-9)  # same items: paired too
+    assert math.isclose(generation["paired"]["t"], paired.statistic, rel_tol=1e-9)
+    assert results["bonferroni"]["tests"] == 8 and "training" not in results
+    assert "p_bonferroni_family" not in generation
 
 
 def test_reports_sharing_a_name_are_one_models_seeds(tmp_path: Path, capsys) -> None:
-    base = [_write(tmp_path / f"base{s}.json", 0.4, seed=s) for s in (0, 1)]
+    base = [_write(tmp_path / f"s{s}" / "eval.json", 0.4, seed=s) for s in (0, 1)]
     arm = [_write(tmp_path / f"arm{s}.json", 0.5, seed=s, draw=1) for s in (0, 1)]
     code, _, _ = _run(capsys, *(f"base={p}" for p in base), *(f"arm={p}" for p in arm), "--out", tmp_path / "c.json")
     results = json.loads((tmp_path / "c.json").read_text())
     assert code in (0, None) and results["seeds"] == [0, 1]
     assert results["results"]["arm"]["generation.accuracy"]["n"] == 600  # both seeds' items, pooled
-    code, _, _ = _run(capsys, f"base={tmp_path}/base*.json", f"arm={tmp_path}/arm?.json", "--out", tmp_path / "g.json")
+    code, _, _ = _run(capsys, f"base={tmp_path}/s*/eval.json", f"arm={tmp_path}/arm?.json", "--out", tmp_path / "g.json")
     assert code in (0, None) and json.loads((tmp_path / "g.json").read_text())["results"] == results["results"]
 
 
 @pytest.mark.parametrize("case, message", [
     ("one", "give at least two models to compare"),
     ("missing", "report {tmp}/nothing.json not found"),
-    ("directory", "{tmp} is a directory; give the report file `unigap eval --out` wrote"),
-    ("not a report", "{tmp}/other.json is not a `unigap eval` report"),
+    ("directory", "{tmp}/d is a directory; give the report file `unigap eval --out` wrote"),
+    ("not a report", "{tmp}/other.json is not a `unigap eval` report (no per-item generation or understanding"),
+    ("records a list", "{tmp}/refine.json is not a `unigap eval` report (no per-item"),
+    ("outcome missing", "{tmp}/partial.json is not a `unigap eval` report (a generation record lacks 'verified')"),
+    ("seed a string", "{tmp}/seed.json is not a `unigap eval` report (its config has no integer seed)"),
     ("same seed", "are both 'a' seed 0; name them apart with NAME=FILE"),
+    ("same file", "{tmp}/good.json is given twice (as 'good' and as 'again')"),
+    ("same file unnamed", "{tmp}/good.json is given twice (as 'good' and as 'good')"),
+    ("same file name", "{tmp}/s0/eval.json and {tmp}/s1/eval.json are both named 'eval' (their file name)"),
     ("base named", "the name 'base' is kept for the baseline"),
     ("bad name", "'=x.json': expected NAME=FILE or FILE"),
     ("no match", "{tmp}/seed*/eval.json matches no file"),
+    ("unnamed glob", "{tmp}/s*/eval.json: a glob needs a name"),
+    ("out is an input", "--out {tmp}/good.json is one of the reports it reads"),
+    ("out is a pipe", "output path {tmp}/fifo exists and is not a regular file"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case: str, message: str) -> None:
     good = _write(tmp_path / "good.json", 0.4)
-    (tmp_path / "other.json").write_text('{"loss": 1}')
+    other = _write(tmp_path / "other.json", 0.4)
+    s0, s1 = _write(tmp_path / "s0" / "eval.json", 0.4, seed=0), _write(tmp_path / "s1" / "eval.json", 0.4, seed=1)
+    (tmp_path / "d").mkdir()
+    other.write_text('{"loss": 1}')
+    (tmp_path / "refine.json").write_text('{"records": [{"round": 0}]}')  # `unigap refine`'s report
+    partial = json.loads(good.read_text())
+    del partial["records"]["generation"][3]["verified"]
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    (tmp_path / "seed.json").write_text(json.dumps(json.loads(good.read_text()) | {"config": {"seed": "0"}}))
+    os.mkfifo(tmp_path / "fifo")
     args = {
         "one": [good],
         "missing": [good, tmp_path / "nothing.json"],
-        "directory": [good, tmp_path],
-        "not a report": [good, tmp_path / "other.json"],
-        "same seed": [good, f"a={good}", f"a={good}"],
-        "base named": [good, f"base={good}"],
+        "directory": [good, tmp_path / "d"],
+        "not a report": [good, other],
+        "records a list": [good, tmp_path / "refine.json"],
+        "outcome missing": [good, tmp_path / "partial.json"],
+        "seed a string": [good, tmp_path / "seed.json"],
+        "same seed": [good, f"a={s0}", f"a={_write(tmp_path / 'twin.json', 0.5)}"],
+        "same file": [good, f"again={good}"],
+        "same file unnamed": [good, good],
+        "same file name": [good, s0, s1],
+        "base named": [good, f"base={s0}"],
         "bad name": [good, "=x.json"],
         "no match": [good, f"x={tmp_path}/seed*/eval.json"],
+        "unnamed glob": [good, f"{tmp_path}/s*/eval.json"],
+        "out is an input": [s0, good],
+        "out is a pipe": [good, s0],
     }[case]
-    code, out, err = _run(capsys, *args, "--out", tmp_path / "out.json")
-    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
-    assert message.format(tmp=tmp_path) in err and not (tmp_path / "out.json").exists()
+    out = {"out is an input": good, "out is a pipe": tmp_path / "fifo"}.get(case, tmp_path / "out.json")
+    before = good.read_text()
+    code, stdout, err = _run(capsys, *args, "--out", out)
+    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1
+    assert message.format(tmp=tmp_path) in err and not (tmp_path / "out.json").exists() and good.read_text() == before

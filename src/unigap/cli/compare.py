@@ -13,27 +13,46 @@ from unigap.errors import UserError
 app = typer.Typer()
 
 
-def _named(argument: str) -> list[tuple[str, Path]]:
-    """`NAME=FILE`, or `FILE` named by its file name without `.json`; a FILE with glob characters (quoted, e.g.
-    `sft='runs/study/sft/seed*/eval.json'`) is every file it matches: one model's seeds."""
+def _named(argument: str) -> tuple[list[tuple[str, Path]], bool]:
+    """The (name, file) pairs of one argument, and whether the user named them: an existing FILE (named by its file
+    name without .json), or NAME=FILE, where FILE may be a quoted glob (every file it matches: one model's seeds)."""
+    if Path(argument).is_file():
+        return [(Path(argument).stem, Path(argument))], False
     name, sep, file = argument.partition("=")
     if not sep:
-        name, file = Path(argument).stem, argument
+        if glob.has_magic(argument):
+            raise UserError(f"{argument}: a glob needs a name, NAME='{argument}' (its files are one model's seeds)")
+        return [(Path(argument).stem, Path(argument))], False
     if not name or not file:
         raise UserError(f"{argument!r}: expected NAME=FILE or FILE")
     if not glob.has_magic(file):
-        return [(name, Path(file))]
+        return [(name, Path(file))], True
     matches = sorted(glob.glob(file))
     if not matches:
         raise UserError(f"{file} matches no file")
-    return [(name, Path(match)) for match in matches]
+    return [(name, Path(match)) for match in matches], True
+
+
+def _parse(arguments: list[str]) -> list[tuple[str, Path]]:
+    """Every argument's pairs; a name taken from a file name must be unique (the same file name in two folders is
+    two models unless the user names them as one)."""
+    parsed = [_named(argument) for argument in arguments]
+    pairs = [pair for group, _ in parsed for pair in group]
+    for group, named in parsed:
+        if not named:
+            (name, path), = group
+            same = list(dict.fromkeys(p.resolve() for n, p in pairs if n == name))
+            if len(same) > 1:
+                raise UserError(f"{same[0]} and {same[1]} are both named {name!r} (their file name); name them with "
+                                "NAME=FILE (a shared NAME makes reports one model's seeds)")
+    return pairs
 
 
 @app.command("compare")
 def compare_command(
     reports: list[str] = typer.Argument(..., metavar="REPORT", help=(
         "`unigap eval` reports, each FILE or NAME=FILE: the first is the baseline; reports sharing a NAME are one "
-        "model's seeds (NAME defaults to the file's name without .json; a quoted glob names several files)."
+        "model's seeds (NAME defaults to the file's name without .json; NAME='GLOB' names several files)."
     )),
     out: Path | None = typer.Option(None, "--out", help="Also write the statistics as JSON (atomically)."),
 ) -> None:
@@ -41,12 +60,14 @@ def compare_command(
     metrics, and the paired test where both were evaluated on the same items and sampling seeds (same --split,
     --n, --seed)."""
     from unigap.evaluate import check_output_file, save_report
-    from unigap.report import compute_stats, comparison_table, reports_study
+    from unigap.report import compare_reports, comparison_table
 
-    named = [pair for argument in reports for pair in _named(argument)]
+    pairs = _parse(reports)
     if out is not None:
         check_output_file(out)
-    results = compute_stats(reports_study(named))
-    Console().print(comparison_table(results, baseline=named[0][0]))
+        if any(out.resolve() == path.resolve() for _, path in pairs):
+            raise UserError(f"--out {out} is one of the reports it reads; give another file")
+    results = compare_reports(pairs)
+    Console().print(comparison_table(results))
     if out is not None:
-        save_report(results | {"baseline": named[0][0], "reports": [[n, str(p)] for n, p in named]}, out)
+        save_report(results, out)

@@ -5,7 +5,8 @@ model nor torch. Entry point: `build_report(results_dir_or_runs, out_dir)`.
 """
 
 from unigap.report.build import BuiltReport, build_report, comparison_table, summary_table, write_csv
-from unigap.report.runs import BASE, MethodRun, Study, load_study, reports_study
+from unigap.report.eval_reports import compare_reports
+from unigap.report.runs import BASE, MethodRun, Study, load_study
 from unigap.report.stats import METRICS, StatsOptions, compute_stats, csv_rows
 
 __all__ = [
@@ -16,11 +17,11 @@ __all__ = [
     "StatsOptions",
     "Study",
     "build_report",
+    "compare_reports",
     "comparison_table",
     "compute_stats",
     "csv_rows",
     "load_study",
-    "reports_study",
     "summary_table",
     "write_csv",
 ]

@@ -84,34 +84,7 @@ def as_study(source: Study | Sequence[MethodRun] | str | Path) -> Study:
     return study
 
 
-def reports_study(reports: Sequence[tuple[str, Path]]) -> Study:
-    """A study from `unigap eval` report files, as (name, file) pairs: the first name is the baseline (the study's
-    base), and files sharing a name are that model's seeds (the seed each report's config records). Why: a user
-    who evaluated a model before and after their own training gets the study's tests without running a study."""
-    if len({name for name, _ in reports}) < 2:
-        raise UserError("give at least two models to compare: the baseline's report, then one or more others")
-    baseline = reports[0][0]
-    if any(name == BASE for name, _ in reports) and baseline != BASE:
-        raise UserError(f"the name {BASE!r} is kept for the baseline, the first report; name the others differently")
-    runs, seen = [], {}
-    for name, path in reports:
-        if path.is_dir():
-            raise UserError(f"{path} is a directory; give the report file `unigap eval --out` wrote")
-        if not path.is_file():
-            raise UserError(f"report {path} not found")
-        report = _read_json(path)
-        if not isinstance(report, dict) or not {"generation", "understanding", "records"} & set(report):
-            raise UserError(f"{path} is not a `unigap eval` report (it has no generation or understanding results)")
-        seed = report.get("config", {}).get("seed", 0)
-        if (name, seed) in seen:
-            raise UserError(f"{seen[name, seed]} and {path} are both {name!r} seed {seed}; name them apart with "
-                            "NAME=FILE")
-        seen[name, seed] = path
-        runs.append(MethodRun(BASE if name == baseline else name, seed, report))
-    return Study(runs)
-
-
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -141,9 +114,9 @@ def load_study(directory: str | Path) -> Study:
             MethodRun(
                 method=run_dir.parent.name,
                 seed=int(match.group(1)),
-                eval_report=_read_json(eval_path),
+                eval_report=read_json(eval_path),
                 log_rows=_read_jsonl(log) if log.is_file() else [],
-                diagnostics=_read_json(diagnostics) if diagnostics.is_file() else None,
+                diagnostics=read_json(diagnostics) if diagnostics.is_file() else None,
             )
         )
     if not runs:
@@ -155,6 +128,6 @@ def load_study(directory: str | Path) -> Study:
         method, seed = job["job"].rpartition(", seed ")[::2]
         if method and seed.isdigit():
             wall[method] = wall.get(method, 0.0) + job["seconds"]
-    return Study(runs, _read_json(config_path) if config_path.is_file() else {},
-                 _read_json(probe) if probe.is_file() else None, wall,
+    return Study(runs, read_json(config_path) if config_path.is_file() else {},
+                 read_json(probe) if probe.is_file() else None, wall,
                  sum(job["seconds"] for job in finished) if finished else None)

@@ -207,7 +207,8 @@ def paired(arm: dict[tuple[Any, ...], float], baseline: dict[tuple[Any, ...], fl
         return None
     keys = sorted(arm, key=repr)
     d = paired_difference([baseline[k] for k in keys], [arm[k] for k in keys])
-    t = d["delta"] / d["stderr"] if d["p"] is not None and d["stderr"] else None
+    n = d["n"]  # `stderr` is sqrt(var / n) with ddof 0; the t statistic's uses ddof 1
+    t = d["delta"] / (d["stderr"] * math.sqrt(n / (n - 1))) if d["p"] is not None and d["stderr"] else None
     return {"test": "paired", "t": t, "df": d["n"] - 1, "p": d["p"], "delta_ci95": d["ci95"] if d["p"] is not None
             else None}
 
