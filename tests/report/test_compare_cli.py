@@ -59,8 +59,28 @@ def test_reports_sharing_a_name_are_one_models_seeds(tmp_path: Path, capsys) -> 
     results = json.loads((tmp_path / "c.json").read_text())
     assert code in (0, None) and results["seeds"] == [0, 1]
     assert results["results"]["arm"]["generation.accuracy"]["n"] == 600  # both seeds' items, pooled
-    code, _, _ = _run(capsys, f"base={tmp_path}/s*/eval.json", f"arm={tmp_path}/arm?.json", "--out", tmp_path / "g.json")
+    globs = f"base={tmp_path}/s*/eval.json", f"arm={tmp_path}/arm?.json"
+    code, _, _ = _run(capsys, *globs, "--out", tmp_path / "g.json")
     assert code in (0, None) and json.loads((tmp_path / "g.json").read_text())["results"] == results["results"]
+
+
+def test_another_judges_verdicts_are_compared_where_there_is_no_verifier(tmp_path: Path, capsys) -> None:
+    """`eval --judge clip:DIR --prompts FILE`: no verifier verdicts, the judge's instead (`judge_accepted`)."""
+    paths = []
+    for name, rate in (("before", 0.3), ("after", 0.6)):
+        report = json.loads(_write(tmp_path / f"{name}.json", 0.5).read_text())
+        rng = np.random.default_rng(len(paths))
+        for r in report["records"]["generation"]:
+            r |= {"verified": None, "weak_generation": None, "judge_accepted": bool(rng.random() < rate)}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    code, out, _ = _run(capsys, *paths, "--out", tmp_path / "c.json")
+    results = json.loads((tmp_path / "c.json").read_text())
+    assert code in (0, None) and "judged-generation" in out
+    assert [m["name"] for m in results["metrics"]] == ["understanding.accuracy", "nonunification.score",
+                                                        "judged_generation.accuracy"]
+    judged = results["results"]["after"]["judged_generation.accuracy"]
+    assert judged["n"] == 300 and judged["significant"] and results["bonferroni"]["tests"] == 3
 
 
 @pytest.mark.parametrize("case, message", [
@@ -71,16 +91,17 @@ def test_reports_sharing_a_name_are_one_models_seeds(tmp_path: Path, capsys) -> 
     ("records a list", "{tmp}/refine.json is not a `unigap eval` report (no per-item"),
     ("outcome missing", "{tmp}/partial.json is not a `unigap eval` report (a generation record lacks 'verified')"),
     ("seed a string", "{tmp}/seed.json is not a `unigap eval` report (its config has no integer seed)"),
+    ("no seed", "{tmp}/noseed.json is not a `unigap eval` report (its config has no integer seed)"),
     ("same seed", "are both 'a' seed 0; name them apart with NAME=FILE"),
     ("same file", "{tmp}/good.json is given twice (as 'good' and as 'again')"),
-    ("same file unnamed", "{tmp}/good.json is given twice (as 'good' and as 'good')"),
-    ("same file name", "{tmp}/s0/eval.json and {tmp}/s1/eval.json are both named 'eval' (their file name)"),
+    ("same file unnamed", "{tmp}/good.json is given twice"),
+    ("same file name", "{tmp}/s0/eval.json and {tmp}/s1/eval.json would both be 'eval' ({tmp}/s0/eval.json is"),
     ("base named", "the name 'base' is kept for the baseline"),
     ("bad name", "'=x.json': expected NAME=FILE or FILE"),
     ("no match", "{tmp}/seed*/eval.json matches no file"),
     ("unnamed glob", "{tmp}/s*/eval.json: a glob needs a name"),
     ("out is an input", "--out {tmp}/good.json is one of the reports it reads"),
-    ("out is a pipe", "output path {tmp}/fifo exists and is not a regular file"),
+    ("out is a pipe", "output path {tmp}/fifo exists and is neither a file nor a directory"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case: str, message: str) -> None:
     good = _write(tmp_path / "good.json", 0.4)
@@ -93,6 +114,7 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
     del partial["records"]["generation"][3]["verified"]
     (tmp_path / "partial.json").write_text(json.dumps(partial))
     (tmp_path / "seed.json").write_text(json.dumps(json.loads(good.read_text()) | {"config": {"seed": "0"}}))
+    (tmp_path / "noseed.json").write_text(json.dumps(json.loads(good.read_text()) | {"config": {}}))
     os.mkfifo(tmp_path / "fifo")
     args = {
         "one": [good],
@@ -102,6 +124,7 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
         "records a list": [good, tmp_path / "refine.json"],
         "outcome missing": [good, tmp_path / "partial.json"],
         "seed a string": [good, tmp_path / "seed.json"],
+        "no seed": [good, tmp_path / "noseed.json"],
         "same seed": [good, f"a={s0}", f"a={_write(tmp_path / 'twin.json', 0.5)}"],
         "same file": [good, f"again={good}"],
         "same file unnamed": [good, good],

@@ -75,6 +75,7 @@ def test_paired_difference_matches_scipy() -> None:
     out = paired_difference(before, after)
     assert out["delta"] == pytest.approx(0.375) and out["n"] == 8
     assert out["p"] == pytest.approx(stats.ttest_rel(after, before).pvalue)
+    assert out["t"] == pytest.approx(stats.ttest_rel(after, before).statistic)
     assert out["ci95"][0] < 0.375 < out["ci95"][1]
     assert paired_difference([1, 0], [1, 0])["p"] is None  # no change anywhere: no test
 

@@ -39,12 +39,11 @@ def _parse(arguments: list[str]) -> list[tuple[str, Path]]:
     parsed = [_named(argument) for argument in arguments]
     pairs = [pair for group, _ in parsed for pair in group]
     for group, named in parsed:
-        if not named:
-            (name, path), = group
-            same = list(dict.fromkeys(p.resolve() for n, p in pairs if n == name))
-            if len(same) > 1:
-                raise UserError(f"{same[0]} and {same[1]} are both named {name!r} (their file name); name them with "
-                                "NAME=FILE (a shared NAME makes reports one model's seeds)")
+        name = group[0][0]
+        same = list(dict.fromkeys(path.resolve() for n, path in pairs if n == name))
+        if not named and len(same) > 1:
+            raise UserError(f"{same[0]} and {same[1]} would both be {name!r} ({group[0][1]} is named by its file "
+                            "name); give NAME=FILE (a shared NAME makes reports one model's seeds)")
     return pairs
 
 

@@ -43,7 +43,7 @@ def selfimprove_command(
     prompts: str = typer.Option("train", "--prompts", help="train (training prompts) or a prompt file."),
     n_prompts: int = typer.Option(None, "--n-prompts", help="Training prompts (default 300)."),
     samples: int = typer.Option(None, "--samples", help="Images sampled per prompt (default 10)."),
-    method: str = typer.Option(None, "--method", help="sft | dpo | curriculum-sft | curriculum-dpo (default)."),
+    method: str = typer.Option(None, "--method", help="sft | dpo | curriculum-sft (default) | curriculum-dpo."),
     labels: str = typer.Option(None, "--labels", help="self (default) | verifier (upper bound) | poor."),
     epochs: int = typer.Option(None, "--epochs", help="Training epochs (default 4)."),
     curriculum_at: int = typer.Option(None, "--curriculum-at", help="Replay epoch (default: half-way)."),

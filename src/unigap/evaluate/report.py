@@ -24,13 +24,10 @@ HEADLINES = (
 
 
 def check_output_file(path: str | os.PathLike) -> Path:
-    """Fail before any work if `path` cannot be a file: it is a directory, something else that is not a regular file
-    (a device, a pipe: the atomic rename would replace it), or its parent is a file."""
+    """Fail before any work if `path` cannot be a file: it is a directory, or `atomic.check_creatable` refuses it."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"output path {path} is a directory; give a file name")
-    if path.exists() and not path.is_file():
-        raise UserError(f"output path {path} exists and is not a regular file")
     return atomic.check_creatable(path)
 
 

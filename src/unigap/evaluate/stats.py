@@ -49,8 +49,8 @@ def summarize_grouped(
 
 def paired_difference(before: Sequence[float | bool], after: Sequence[float | bool]) -> dict[str, Any]:
     """after − before on the same items (same prompts and sampling seeds): the mean change with n, stderr, a 95%
-    t-interval and the two-sided paired t-test's p (`scipy.stats.ttest_rel`); p is null when every change is
-    equal (no variance), the interval then being the point."""
+    t-interval and the two-sided paired t-test's t and p (`scipy.stats.ttest_rel`); t and p are null when every
+    change is equal (no variance), the interval then being the point."""
     from scipy import stats
 
     if len(before) != len(after):
@@ -59,12 +59,13 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     changes = [b - a for a, b in zip(before, after, strict=True)]
     out = summarize(changes, "delta")
     n, delta = out["n"], out["delta"]
-    out |= {"ci95": None, "p": None}
+    out |= {"ci95": None, "t": None, "p": None}
     if n < 2:
         return out
     sd = math.sqrt(math.fsum((c - delta) ** 2 for c in changes) / (n - 1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     out["ci95"] = [delta - half, delta + half]
     if sd > 0:
-        out["p"] = float(stats.ttest_rel(after, before).pvalue)
+        test = stats.ttest_rel(after, before)
+        out["t"], out["p"] = float(test.statistic), float(test.pvalue)
     return out

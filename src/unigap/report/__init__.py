@@ -4,8 +4,8 @@ Reads evaluation reports, training logs and gradient diagnostics as plain JSON d
 model nor torch. Entry point: `build_report(results_dir_or_runs, out_dir)`.
 """
 
-from unigap.report.build import BuiltReport, build_report, comparison_table, summary_table, write_csv
-from unigap.report.eval_reports import compare_reports
+from unigap.report.build import BuiltReport, build_report, summary_table, write_csv
+from unigap.report.eval_reports import compare_reports, comparison_table
 from unigap.report.runs import BASE, MethodRun, Study, load_study
 from unigap.report.stats import METRICS, StatsOptions, compute_stats, csv_rows
 

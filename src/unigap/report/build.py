@@ -89,33 +89,3 @@ def summary_table(results: dict[str, Any]) -> Table:
         table.add_row(method, *cells)
     return table
 
-
-def _interval(interval: Sequence[float] | None) -> str:
-    return "" if not interval else f" [{fmt(interval[0], signed=True)}, {fmt(interval[1], signed=True)}]"
-
-
-def comparison_table(results: dict[str, Any]) -> Table:
-    """`unigap compare`'s summary (`compare_reports`' results): per model and metric both levels, Δ with Welch's 95%
-    CI and p (bold * = significant after Bonferroni over models × metrics), and the paired test, uncorrected, where
-    both sides hold the same items."""
-    b, baseline = results["bonferroni"], results["base"]
-    table = Table(title=f"against {baseline}, seeds {results['seeds']}: level {baseline} → model; Δ and p by Welch, "
-                        f"* significant after Bonferroni over {b['tests']} tests (p < {b['alpha_corrected']:.2g}); "
-                        "paired: the same items on both sides (same --split, --n, --seed), uncorrected")
-    for header in ("model", "metric", "n", "level", "Δ [95% CI]", "p", "paired: CI, p"):
-        table.add_column(header, justify="left" if header in ("model", "metric") else "right", overflow="fold",
-                         no_wrap=header in ("metric", "n", "p"))
-    for method in results["methods"][1:]:
-        for metric in METRICS:
-            m, base = results["results"][method][metric.name], results["results"][baseline][metric.name]
-            if not m["n"]:
-                continue
-            test = f"{fmt(m['delta'], signed=True)}{_interval(m['delta_ci95'])}"
-            paired = m["paired"]
-            table.add_row(
-                method, metric.label.split()[0], str(m["n"]), f"{fmt(base['pooled'])} → {fmt(m['pooled'])}",
-                f"[bold green]{test}*[/bold green]" if m["significant"] else test, fmt_p(m["p"]),
-                "—" if paired is None else f"{_interval(paired['delta_ci95']).strip()} {fmt_p(paired['p'])}",
-            )
-        table.add_section()
-    return table

@@ -3,8 +3,9 @@
 Why: a user who evaluated a model before and after their own training wants the study's tests (Welch against
 the baseline, the paired test where both sides hold the same items and sampling seeds, Bonferroni over models ×
 metrics) without running a study. The reports become a `Study` whose base is the first model, and
-`compute_stats` does the rest; what only a study has (training logs, gradient diagnostics, arm families) is left
-out of the result.
+`compute_stats` does the rest, over the metrics the reports hold: the study's, plus generation accuracy by another
+independent judge (`eval --judge clip:DIR|vlm:DIR`) where there is one. What only a study has (training logs,
+gradient diagnostics, arm families) is left out of the result.
 """
 
 from __future__ import annotations
@@ -13,31 +14,34 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unigap.errors import UserError
-from unigap.report.runs import BASE, MethodRun, Study, read_json
-from unigap.report.stats import METRICS, compute_stats
+from rich.table import Table
 
+from unigap.errors import UserError
+from unigap.report.cells import fmt, fmt_p
+from unigap.report.runs import BASE, MethodRun, Study, read_json
+from unigap.report.stats import METRICS, Metric, compute_stats
+
+JUDGED = Metric("judged_generation.accuracy", "judged-generation accuracy", "generation", "judge_accepted")
 STUDY_ONLY = ("config", "training", "diagnostics", "arms")
 FAMILY_KEYS = ("p_bonferroni_family", "significant_in_family")
 STUDY_OPTIONS = ("loss_tail", "ln2_tolerance")  # settings of the training-log summary
 
 
-def _check_report(path: Path, report: Any) -> int:
-    """The report's seed, after checking it has what the tests read: per-item records with every metric's outcome."""
+def _seed(path: Path, report: Any) -> int:
+    """The report's seed, after checking it has per-item records (what every test reads)."""
     def refuse(why: str) -> UserError:
         return UserError(f"{path} is not a `unigap eval` report ({why})")
 
     if not isinstance(report, dict):
         raise refuse("not a JSON object")
     records = report.get("records")
-    if not isinstance(records, dict) or not any(isinstance(records.get(m.records), list) for m in METRICS):
+    kinds = {m.records for m in METRICS}
+    if not isinstance(records, dict) or not any(isinstance(records.get(kind), list) for kind in kinds):
         raise refuse("no per-item generation or understanding records")
-    for metric in METRICS:
-        rows = records.get(metric.records, [])
-        if not isinstance(rows, list) or not all(isinstance(r, dict) and metric.outcome in r for r in rows):
-            raise refuse(f"a {metric.records} record lacks {metric.outcome!r}")
-    config = report.get("config", {})
-    seed = config.get("seed", 0) if isinstance(config, dict) else None
+    if not all(isinstance(r, dict) for kind in kinds for r in records.get(kind) or []):
+        raise refuse("a record is not a JSON object")
+    config = report.get("config")
+    seed = config.get("seed") if isinstance(config, dict) else None
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise refuse("its config has no integer seed")
     return seed
@@ -49,7 +53,8 @@ def reports_study(reports: Sequence[tuple[str, Path]]) -> Study:
     files: dict[Path, str] = {}
     for name, path in reports:
         if path.resolve() in files:
-            raise UserError(f"{path} is given twice (as {files[path.resolve()]!r} and as {name!r})")
+            raise UserError(f"{path} is given twice" + ("" if files[path.resolve()] == name else
+                                                       f" (as {files[path.resolve()]!r} and as {name!r})"))
         files[path.resolve()] = name
     if len({name for name, _ in reports}) < 2:
         raise UserError("give at least two models to compare: the baseline's report, then one or more others")
@@ -63,7 +68,7 @@ def reports_study(reports: Sequence[tuple[str, Path]]) -> Study:
         if not path.is_file():
             raise UserError(f"report {path} not found")
         report = read_json(path)
-        seed = _check_report(path, report)
+        seed = _seed(path, report)
         if (name, seed) in seen:
             raise UserError(f"{seen[name, seed]} and {path} are both {name!r} seed {seed}; name them apart with "
                             "NAME=FILE")
@@ -72,15 +77,32 @@ def reports_study(reports: Sequence[tuple[str, Path]]) -> Study:
     return Study(runs)
 
 
+def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
+    """The metrics some report holds outcomes of (generation needs the verifier's verdicts; judged generation
+    another judge's); every record of a tested metric must carry its outcome, None where undecided."""
+    tested = []
+    for metric in (*METRICS, JUDGED):
+        rows = [(path, r) for path, report in reports for r in report["records"].get(metric.records) or []]
+        if not any(r.get(metric.outcome) is not None for _, r in rows):
+            continue
+        lacking = next((path for path, r in rows if metric.outcome not in r), None)
+        if lacking is not None:
+            raise UserError(f"{lacking} is not a `unigap eval` report (a {metric.records} record lacks "
+                            f"{metric.outcome!r})")
+        tested.append(metric)
+    return tested
+
+
 def compare_reports(reports: Sequence[tuple[str, Path]]) -> dict[str, Any]:
-    """`compute_stats` of the reports (see `reports_study`), models in the order given, the baseline under its own
-    name, and without what only a study has."""
-    results = compute_stats(reports_study(reports))
-    baseline = reports[0][0]
-    order = list(dict.fromkeys(name for name, _ in reports))
+    """`compute_stats` of the reports (see `reports_study`) over the metrics they hold, models in the order given,
+    the baseline under its own name, and without what only a study has."""
+    study = reports_study(reports)  # its runs in the order of `reports`
+    tested = _tested([(path, run.eval_report) for (_, path), run in zip(reports, study.runs, strict=True)])
+    results = compute_stats(study, metrics_tested=tested)
+    baseline, order = reports[0][0], list(dict.fromkeys(name for name, _ in reports))
     results["results"] = {name: results["results"][BASE if name == baseline else name] for name in order}
-    for metrics in list(results["results"].values())[1:]:
-        for summary in metrics.values():
+    for name in order[1:]:
+        for summary in results["results"][name].values():
             for key in FAMILY_KEYS:
                 summary.pop(key)
     results["bonferroni"].pop("families")
@@ -89,3 +111,34 @@ def compare_reports(reports: Sequence[tuple[str, Path]]) -> dict[str, Any]:
     for key in STUDY_OPTIONS:
         results["options"].pop(key)
     return results | {"base": baseline, "methods": order, "reports": [[name, str(path)] for name, path in reports]}
+
+
+def _interval(interval: Sequence[float] | None) -> str:
+    return "" if not interval else f"[{fmt(interval[0], signed=True)}, {fmt(interval[1], signed=True)}]"
+
+
+def comparison_table(results: dict[str, Any]) -> Table:
+    """`compare_reports`' results for the terminal: per model and metric both levels, Δ with Welch's 95% CI and p
+    (bold * = significant after Bonferroni over models × metrics), and the paired test, uncorrected, where both
+    sides hold the same items."""
+    b, baseline = results["bonferroni"], results["base"]
+    table = Table(title=f"against {baseline}, seeds {results['seeds']}: level {baseline} → model; Δ and p by Welch, "
+                        f"* significant after Bonferroni over {b['tests']} tests (p < {b['alpha_corrected']:.2g}); "
+                        "paired: the same items on both sides (same --split, --n, --seed, --data-seed), uncorrected")
+    for header in ("model", "metric", "n", "level", "Δ [95% CI]", "p", "paired: CI, p"):
+        table.add_column(header, justify="left" if header in ("model", "metric") else "right", overflow="fold",
+                         no_wrap=header in ("metric", "n", "p"))
+    for method in results["methods"][1:]:
+        for metric in results["metrics"]:
+            m, base = results["results"][method][metric["name"]], results["results"][baseline][metric["name"]]
+            if not m["n"]:
+                continue
+            test = f"{fmt(m['delta'], signed=True)} {_interval(m['delta_ci95'])}"
+            paired = m["paired"]
+            table.add_row(
+                method, metric["label"].rsplit(" ", 1)[0], str(m["n"]), f"{fmt(base['pooled'])} → {fmt(m['pooled'])}",
+                f"[bold green]{test}*[/bold green]" if m["significant"] else test, fmt_p(m["p"]),
+                "—" if paired is None else f"{_interval(paired['delta_ci95'])} {fmt_p(paired['p'])}",
+            )
+        table.add_section()
+    return table

@@ -207,9 +207,7 @@ def paired(arm: dict[tuple[Any, ...], float], baseline: dict[tuple[Any, ...], fl
         return None
     keys = sorted(arm, key=repr)
     d = paired_difference([baseline[k] for k in keys], [arm[k] for k in keys])
-    n = d["n"]  # `stderr` is sqrt(var / n) with ddof 0; the t statistic's uses ddof 1
-    t = d["delta"] / (d["stderr"] * math.sqrt(n / (n - 1))) if d["p"] is not None and d["stderr"] else None
-    return {"test": "paired", "t": t, "df": d["n"] - 1, "p": d["p"], "delta_ci95": d["ci95"] if d["p"] is not None
+    return {"test": "paired", "t": d["t"], "df": d["n"] - 1, "p": d["p"], "delta_ci95": d["ci95"] if d["p"] is not None
             else None}
 
 
@@ -317,22 +315,24 @@ def diagnostics_summary(runs: Sequence[MethodRun]) -> dict[str, Any] | None:
     return {"per_seed": per_seed, **means}
 
 
-def compute_stats(study: Study, options: StatsOptions = StatsOptions()) -> dict[str, Any]:
-    """Everything the report shows, as one JSON-serialisable dict (see the module docstring)."""
+def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
+                  metrics_tested: Sequence[Metric] = METRICS) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-serialisable dict (see the module docstring); `metrics_tested`:
+    the study's METRICS, or what `unigap compare` finds in its reports."""
     methods = study.methods()
     compared = [m for m in methods if m != BASE]
-    family = len(compared) * len(METRICS)
+    family = len(compared) * len(metrics_tested)
     alpha_corrected = options.alpha / family if family else options.alpha
     metrics: dict[str, dict[str, Any]] = {BASE: {}}
     base_samples = {}
-    for metric in METRICS:
+    for metric in metrics_tested:
         metrics[BASE][metric.name], base_samples[metric.name] = metric_summary(study.of(BASE), metric, options)
     families = {m: ARMS[m].family if m in ARMS else OTHER_FAMILY for m in compared}
-    family_tests = {f: list(families.values()).count(f) * len(METRICS) for f in dict.fromkeys(families.values())}
+    family_tests = {f: list(families.values()).count(f) * len(metrics_tested) for f in dict.fromkeys(families.values())}
     for method in compared:
         metrics[method] = {}
         own = family_tests[families[method]]
-        for metric in METRICS:
+        for metric in metrics_tested:
             summary, pooled = metric_summary(study.of(method), metric, options)
             base = base_samples[metric.name]
             test = welch(pooled, base)
@@ -358,7 +358,7 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions()) -> dict[
         "arms": [{"name": m, "family": ARMS[m].family, "kind": ARMS[m].kind} if m in ARMS else {"name": m}
                  for m in compared],
         "seeds": sorted({run.seed for run in study.runs}),
-        "metrics": [asdict(metric) for metric in METRICS],
+        "metrics": [asdict(metric) for metric in metrics_tested],
         "bonferroni": {"alpha": options.alpha, "tests": family, "alpha_corrected": alpha_corrected,
                        "families": {f: {"tests": n, "alpha_corrected": options.alpha / n}
                                     for f, n in family_tests.items()}},
