@@ -52,6 +52,23 @@ def test_a_model_against_its_baseline_welch_paired_and_json(tmp_path: Path, caps
     assert "p_bonferroni_family" not in generation
 
 
+def test_by_category_adds_each_category_and_question_kind(tmp_path: Path, capsys) -> None:
+    before, after = _write(tmp_path / "before.json", 0.40), _write(tmp_path / "after.json", 0.55, draw=1)
+    report = json.loads(after.read_text())
+    for i, r in enumerate(report["records"]["generation"]):
+        r["category"] = ("colors", "position")[i % 2]
+    after.write_text(json.dumps(report))
+    code, out, _ = _run(capsys, before, after, "--by-category", "--out", tmp_path / "c.json")
+    results = json.loads((tmp_path / "c.json").read_text())
+    names = [m["name"] for m in results["metrics"]]
+    assert code in (0, None) and "generation: position" in out and results["bonferroni"]["tests"] == len(names) == 7
+    assert names[4:] == ["understanding.accuracy.color", "generation.accuracy.colors", "generation.accuracy.position"]
+    position = results["results"]["after"]["generation.accuracy.position"]
+    a = _verified(after)[1::2]
+    assert position["n"] == 150 and math.isclose(position["pooled"], a.mean(), abs_tol=1e-12)
+    assert results["results"]["before"]["generation.accuracy.position"]["n"] == 0  # before has no such category
+
+
 def test_reports_sharing_a_name_are_one_models_seeds(tmp_path: Path, capsys) -> None:
     base = [_write(tmp_path / f"s{s}" / "eval.json", 0.4, seed=s) for s in (0, 1)]
     arm = [_write(tmp_path / f"arm{s}.json", 0.5, seed=s, draw=1) for s in (0, 1)]

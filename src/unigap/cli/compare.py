@@ -54,6 +54,8 @@ def compare_command(
         "model's seeds (NAME defaults to the file's name without .json; NAME='GLOB' names several files)."
     )),
     out: Path | None = typer.Option(None, "--out", help="Also write the statistics as JSON (atomically)."),
+    by_category: bool = typer.Option(False, "--by-category", help="Also each generation category and understanding "
+                                     "question kind (each a test: Bonferroni counts them)."),
 ) -> None:
     """Each model against the first: per metric both levels, Δ with Welch's 95% CI and p, Bonferroni over models ×
     metrics, and the paired test where both were evaluated on the same items and sampling seeds (same --split,
@@ -66,7 +68,7 @@ def compare_command(
         check_output_file(out)
         if any(out.resolve() == path.resolve() for _, path in pairs):
             raise UserError(f"--out {out} is one of the reports it reads; give another file")
-    results = compare_reports(pairs)
+    results = compare_reports(pairs, by_group=by_category)
     Console().print(comparison_table(results))
     if out is not None:
         save_report(results, out)

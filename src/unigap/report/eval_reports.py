@@ -25,6 +25,7 @@ JUDGED = Metric("judged_generation.accuracy", "judged-generation accuracy", "gen
 STUDY_ONLY = ("config", "training", "diagnostics", "arms")
 FAMILY_KEYS = ("p_bonferroni_family", "significant_in_family")
 STUDY_OPTIONS = ("loss_tail", "ln2_tolerance")  # settings of the training-log summary
+GROUPS = {"generation": "category", "understanding": "kind"}  # what `--by-category` splits each record kind by
 
 
 def _seed(path: Path, report: Any) -> int:
@@ -93,11 +94,29 @@ def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
     return tested
 
 
-def compare_reports(reports: Sequence[tuple[str, Path]]) -> dict[str, Any]:
-    """`compute_stats` of the reports (see `reports_study`) over the metrics they hold, models in the order given,
-    the baseline under its own name, and without what only a study has."""
+def _by_group(reports: Sequence[dict[str, Any]], metrics: Sequence[Metric]) -> list[Metric]:
+    """Each accuracy metric again within each generation category / understanding question kind the reports hold."""
+    out = []
+    for metric in metrics:
+        field = GROUPS.get(metric.records)
+        if field is None or not metric.higher_is_better:  # accuracies only
+            continue
+        values = sorted({str(r[field]) for report in reports for r in report["records"].get(metric.records) or []
+                         if r.get(field) is not None and r.get(metric.outcome) is not None})
+        short = metric.label.rsplit(" ", 1)[0]
+        out += [Metric(f"{metric.name}.{v}", f"{short}: {v} {metric.label.rsplit(' ', 1)[1]}", metric.records,
+                       metric.outcome, (field, v)) for v in values]
+    return out
+
+
+def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False) -> dict[str, Any]:
+    """`compute_stats` of the reports (see `reports_study`) over the metrics they hold (with `by_group`, also per
+    generation category and question kind), models in the order given, the baseline under its own name, and
+    without what only a study has."""
     study = reports_study(reports)  # its runs in the order of `reports`
     tested = _tested([(path, run.eval_report) for (_, path), run in zip(reports, study.runs, strict=True)])
+    if by_group:
+        tested += _by_group([run.eval_report for run in study.runs], tested)
     results = compute_stats(study, metrics_tested=tested)
     baseline, order = reports[0][0], list(dict.fromkeys(name for name, _ in reports))
     results["results"] = {name: results["results"][BASE if name == baseline else name] for name in order}
