@@ -101,8 +101,8 @@ def _by_group(reports: Sequence[dict[str, Any]], metrics: Sequence[Metric]) -> l
         field = GROUPS.get(metric.records)
         if field is None or not metric.higher_is_better:  # accuracies only
             continue
-        values = sorted({str(r[field]) for report in reports for r in report["records"].get(metric.records) or []
-                         if r.get(field) is not None and r.get(metric.outcome) is not None})
+        values = sorted({r[field] for report in reports for r in report["records"].get(metric.records) or []
+                         if r.get(field) is not None and r.get(metric.outcome) is not None}, key=str)
         short = metric.label.rsplit(" ", 1)[0]
         out += [Metric(f"{metric.name}.{v}", f"{short}: {v} {metric.label.rsplit(' ', 1)[1]}", metric.records,
                        metric.outcome, (field, v)) for v in values]
