@@ -32,6 +32,11 @@ def test_eval_writes_a_report_on_janus_pro_geometry(janus_pro: Path, tmp_path: P
     assert report["generation"]["n"] == 2 and report["understanding"]["n"] == 2
     assert report["vq_reconstruction"]["n"] == 2  # the verifier reads 384 px reconstructions (was: a crash)
     assert report["edit"] is None and "cannot edit" in report["edit_skipped"]
+    (tmp_path / "again.json").write_text(out.read_text())  # a second model evaluated on the same items
+    _run("compare", str(out), str(tmp_path / "again.json"), "--by-category", "--out", str(tmp_path / "cmp.json"))
+    compared = json.loads((tmp_path / "cmp.json").read_text())
+    generation = compared["results"]["again"]["generation.accuracy"]
+    assert generation["n"] == 2 and generation["delta"] == 0 and compared["methods"] == ["eval", "again"]
 
 
 def test_generate_and_ask(janus_pro: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
