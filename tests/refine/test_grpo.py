@@ -12,10 +12,14 @@ from safetensors.torch import load_file
 
 from unigap.cli import main
 from unigap.errors import UserError
+from unigap.evaluate.data import distinct_prompts
+from unigap.evaluate.generation import self_p_yes
 from unigap.model import load_model
+from unigap.prefs.scoring import image_score
 from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
+from unigap.refine.rollout import reward_for
 
 TINY_RUN = {"steps": 4, "prompts_per_step": 1, "num_generations": 3, "eval_n": 0, "checkpoint_every": 2}
 
@@ -25,11 +29,34 @@ def test_r3_stage_rewards() -> None:
     new = [None, 1.0, 0.25, None, 0.5]
     stopped = [True, False, False, False, False]
     format_ok = [True, True, True, False, True]
-    deltas, text, image = refine_rewards(prev, new, stopped, format_ok)
+    deltas, text, image = refine_rewards(prev, new, stopped, format_ok, [p == 1.0 for p in prev])
     assert deltas == [1.0, 0.5, -0.25, 0.0, -0.5]  # a correct stop earns 1; a format failure makes nothing
     assert text == [2.0, 1.5, 0.75, 0.0, 0.5]  # f + Δ·f
     assert image == [None, 1.0, 0.25, None, 0.5]  # no image advantage where the branch stopped
-    assert refine_rewards([0.5], [None], [True], [True])[0] == [0.0]  # stopping on an imperfect image earns 0
+    assert refine_rewards([0.5], [None], [True], [True], [False])[0] == [0.0]  # stopping on an imperfect image: 0
+    assert refine_rewards([0.7], [None], [True], [True], [True])[0] == [1.0]  # perfect is the reward's verdict
+
+
+def test_rewards_by_name_score_and_judge_perfection_as_their_judge_does() -> None:
+    um = load_model("tiny")
+    spec = distinct_prompts(2, 0, 0, split="train")[1]
+    tokens = um.generate_images([spec.text], 3, 5.0, 1.0, 0)
+    images = um.decode_tokens(tokens)
+    verifier, own = reward_for("verifier"), reward_for("self-pyes")
+    assert verifier.score(um, images, spec) == [image_score(im, spec, im.size[0]) for im in images]
+    assert verifier.perfect(1.0) and not verifier.perfect(0.99)  # graded: perfect only when satisfied
+    assert own.score(um, images, spec) == pytest.approx(self_p_yes(um, images, [spec.text] * 3))
+    assert own.perfect(0.5) and not own.perfect(0.49)  # a judge's score is perfect where the judge accepts
+    with pytest.raises(UserError, match="unknown judge 'nope'"):
+        reward_for("nope")
+    before = own.score(um, images, spec)
+    um.add_lora(4, 8.0, 0.0)
+    with torch.no_grad():
+        for name, param in um.model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05)
+    assert own.score(um, images, spec) != pytest.approx(before)  # the adapter changed the model's own judge
+    assert reward_for("base-pyes").score(um, images, spec) == pytest.approx(before)  # the frozen judge did not move
 
 
 def test_advantages_are_centred_per_group_and_unscaled_by_default() -> None:
@@ -66,6 +93,21 @@ def test_config_errors_name_the_fix() -> None:
         GRPOConfig(scale_rewards="batch")
     with pytest.raises(UserError, match="greedy"):
         GRPOConfig(temperature=0)
+    with pytest.raises(UserError, match="stages must be one of tree, generate"):
+        GRPOConfig(stages="refine")
+    with pytest.raises(UserError, match="reward: unknown judge 'clipscore'"):
+        GRPOConfig(reward="clipscore")
+
+
+def test_generation_stage_alone_self_rewarded_logs_the_verifier_as_its_audit(tmp_path) -> None:
+    config = GRPOConfig(**(TINY_RUN | {"steps": 2}), stages="generate", reward="self-pyes")
+    GRPOTrainer(load_model("tiny"), config, tmp_path / "g").train(show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "g" / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["generate", "generate"] and all(set(r) <= set(LOGGED_KEYS) for r in rows)
+    assert all(0 <= r["generate/audit/verifier_accuracy"] <= 1 for r in rows)
+    assert all(r["generate/reward"] not in (0.0, 1.0) for r in rows)  # P(yes), not a verdict
+    state = torch.load(tmp_path / "g" / "checkpoint" / "checkpoint.pt", weights_only=False)
+    assert state["buffer"] == []  # nothing draws from it
 
 
 def _adapter(out: Path) -> dict:
@@ -78,7 +120,7 @@ def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_ex
     rows = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["generate", "refine", "generate", "refine"]
     assert all(set(r) <= set(LOGGED_KEYS) for r in rows) and "generate/reward" in rows[0]
-    assert "refine/stop_rate" in rows[1]
+    assert "refine/stop_rate" in rows[1] and "generate/audit/verifier_accuracy" not in rows[0]  # the reward is it
     state = torch.load(tmp_path / "whole" / "checkpoint" / "checkpoint.pt", weights_only=False)
     assert len(state["buffer"]) >= 2 * config.num_generations  # every generated image is buffered
 
@@ -119,3 +161,7 @@ def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys, mon
     with pytest.raises(SystemExit) as exit_info:
         main(["refine", "train", "--num-generations", "1", "--out", str(tmp_path / "h")])
     assert exit_info.value.code == 2 and "num-generations must be >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["refine", "train", "--reward", "clip", "--out", str(tmp_path / "i")])
+    assert exit_info.value.code == 2 and "reward: unknown judge 'clip'" in capsys.readouterr().err
+    assert not (tmp_path / "i").exists()

@@ -89,6 +89,12 @@ def train_command(
                              "grpo.json (the loop before and after training)."),
     steps: int | None = typer.Option(None, "--steps", help="Rollout (= optimiser) steps; even steps train generation, "
                                      "odd steps reflection + refinement (default 200)."),
+    stages: str | None = typer.Option(None, "--stages", help="tree (R3's schedule, the default) | generate (every "
+                                      "step trains the generation stage alone)."),
+    reward: str | None = typer.Option(None, "--reward", help="What scores each image: verifier (its graded score, "
+                                      "the default) | self-pyes (the model's own judge: self-rewarded; the verifier "
+                                      "is logged beside it as an audit) | base-pyes (its judge before training, "
+                                      "frozen) | clip:DIR | vlm:DIR (see `unigap eval --judge`)."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 3e-4; R3 trains the full model at "
                                     "5e-6, a LoRA needs more)."),
     num_generations: int | None = typer.Option(None, "--num-generations", help="Samples per group (R3: 16)."),
@@ -108,16 +114,16 @@ def train_command(
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
     """Train reflection and refinement with GRPO and R3's stage-wise rewards (LoRA on the LLM, KL to the reference);
-    the verifier scores every image; training prompts are train-split prompts only."""
+    the verifier scores every image unless --reward names a judge; training prompts are train-split prompts only."""
     from unigap import distributed
     from unigap.manifest import manifest, write_manifest
     from unigap.metrics_log import parse_report_to
     from unigap.refine.grpo import train_grpo
     from unigap.refine.grpo_config import GRPOConfig
 
-    settings = GRPOConfig.load(config, steps=steps, lr=lr, num_generations=num_generations, beta=beta,
-                               scale_rewards=scale_rewards, eval_n=eval_n, eval_split=split, seed=seed,
-                               bf16=bf16 or None)
+    settings = GRPOConfig.load(config, steps=steps, stages=stages, reward=reward, lr=lr,
+                               num_generations=num_generations, beta=beta, scale_rewards=scale_rewards,
+                               eval_n=eval_n, eval_split=split, seed=seed, bf16=bf16 or None)
     backends = parse_report_to(report_to)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")

@@ -4,7 +4,7 @@ Contract of a judge: `judge(um, images, specs) -> list[float | None]`, one score
 order, higher = better match; `None` = cannot decide (left out and counted). `independent` says whether the judge
 is separate from the model under study: only an independent judge can check a self-judge (co-degradation).
 
-Names: the fixed judges of `JUDGES` (`verifier`, `self-pyes`), or `KIND:DIR` for a parametric kind of
+Names: the fixed judges of `JUDGES` (`verifier`, `self-pyes`, `base-pyes`), or `KIND:DIR` for a parametric kind of
 `LOCAL_JUDGES` (`clip:DIR`, `vlm:DIR`: a checkpoint in a local directory, see `unigap.evaluate.local_judges`).
 A new kind is one entry there. `Judge.describe()` is what reports record about the judge that decided.
 """
@@ -56,11 +56,18 @@ def _self_pyes(um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpe
     return list(self_p_yes(um, images, [s.text for s in specs]))
 
 
+def _base_pyes(um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpec]) -> list[float | None]:
+    """The judge of the model before its adapter (frozen while the adapter trains; the same as self-pyes without)."""
+    with um.adapters_disabled():
+        return _self_pyes(um, images, specs)
+
+
 JUDGES: dict[str, Judge] = {
     judge.name: judge
     for judge in (
         Judge("verifier", _verifier, independent=True, threshold=0.5),
         Judge("self-pyes", _self_pyes, independent=False, threshold=ACCEPT_THRESHOLD),
+        Judge("base-pyes", _base_pyes, independent=False, threshold=ACCEPT_THRESHOLD),
     )
 }
 

@@ -1,11 +1,13 @@
 """`unigap refine train`: R3's GRPO of generation, reflection and refinement, on a LoRA, resumable.
 
 The "tree" schedule (SPEC §3): even steps train the generation stage (G images of each of P train prompts, a group
-each); every image goes to a rollout buffer split into perfect (score 1) and imperfect; odd steps draw one buffered
-image per group (`perfect_fraction` of them perfect) and roll out G reflect + refine branches from it, so each stage
-has its own group baseline (`unigap.refine.rollout`). One AdamW step per rollout step (R3: betas (0.9, 0.95), no
-weight decay, linear warm-up then a constant rate), gradients clipped at 1. Training prompts are train-split prompts
-only; the reward is the verifier's score of each image.
+each); every image goes to a rollout buffer split into perfect (the verifier's score 1, or the reward judge accepts)
+and imperfect; odd steps draw one buffered image per group (`perfect_fraction` of them perfect) and roll out G
+reflect + refine branches from it, so each stage has its own group baseline (`unigap.refine.rollout`).
+`stages="generate"` trains the generation stage alone (every step a generation step, no buffer). One AdamW step per
+rollout step (R3: betas (0.9, 0.95), no weight decay, linear warm-up then a constant rate), gradients clipped at 1.
+Training prompts are train-split prompts only; the reward is the verifier's graded score of each image, or a judge's
+score (`GRPOConfig.reward`).
 
 Before training and after, the refine loop runs on `eval_n` held-out prompts with the same seeds (`run_loop`), so
 `grpo.json` holds the per-round accuracy of both and the paired change of the final accuracy.
@@ -38,13 +40,14 @@ from unigap.progress import progress
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.loop import run_loop
 from unigap.refine.metrics import round_metrics
-from unigap.refine.rollout import Buffered, GroupResult, generation_group, refine_group
+from unigap.refine.rollout import Buffered, GroupResult, generation_group, refine_group, reward_for
 from unigap.train.loop import TrainingDiverged, optimizer_step, refuse_unless_resuming, run_steps
 
 LOGGED_KEYS = (
     "step", "stage", "lr", "loss", "grad_norm", "kl", "generate/reward", "generate/reward_std",
-    "generate/frac_reward_zero_std", "generate/rewards/image_score/mean", "refine/reward", "refine/reward_std",
-    "refine/frac_reward_zero_std", "refine/rewards/format/mean", "refine/rewards/delta/mean",
+    "generate/frac_reward_zero_std", "generate/rewards/image_score/mean", "generate/audit/verifier_accuracy",
+    "generate/audit/precision", "refine/reward", "refine/reward_std", "refine/frac_reward_zero_std",
+    "refine/rewards/format/mean", "refine/rewards/delta/mean",
     "refine/rewards/image_score/mean", "refine/stop_rate", "completions/mean_length",
 )  # fmt: skip
 RESULT_FILE = "grpo.json"
@@ -59,6 +62,7 @@ class GRPOTrainer:
         self.um, self.config, self.out_dir, self.report_to = um, config, Path(out_dir), report_to
         self.prompts = distinct_prompts(TRAIN_PROMPTS, config.seed, config.data_seed, split="train")
         torch.manual_seed(config.seed)
+        self.reward = reward_for(config.reward)  # a local judge loads (and calibrates) here, before any rollout
         um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout)
         self.named = [(name, p) for name, p in um.model.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW([p for _, p in self.named], lr=config.lr, weight_decay=0.0,
@@ -84,8 +88,7 @@ class GRPOTrainer:
                 step, resume, self.report_to, f"{self.out_dir.name}-grpo",
                 extra_state=lambda: {"buffer": [(b.prompt, list(b.tokens), b.score) for b in self.buffer]},
                 restore_extra=restore,
-                on_step=lambda done, record: update(done, f"{record['stage']} reward "
-                                                          f"{record.get(record['stage'] + '/reward', 0.0):.3f}"),
+                on_step=lambda done, record: update(done, _postfix(record)),
                 bf16=c.bf16,
             )  # fmt: skip
         if distributed.is_main():
@@ -93,15 +96,15 @@ class GRPOTrainer:
 
     def _start(self, rng: np.random.Generator) -> Buffered:
         """A buffered image for a refine group: perfect with probability `perfect_fraction` (when there is one)."""
-        perfect = [b for b in self.buffer if b.score == 1.0]
-        imperfect = [b for b in self.buffer if b.score < 1.0]
+        perfect = [b for b in self.buffer if self.reward.perfect(b.score)]
+        imperfect = [b for b in self.buffer if not self.reward.perfect(b.score)]
         pool = perfect if (rng.random() < self.config.perfect_fraction and perfect) or not imperfect else imperfect
         return pool[rng.integers(len(pool))]
 
     def _train_step(self) -> dict[str, Any]:
         c = self.config
         rng = np.random.default_rng([c.seed, STEP_STREAM, self.step])
-        stage = "generate" if self.step % 2 == 0 or not self.buffer else "refine"
+        stage = "generate" if c.stages == "generate" or self.step % 2 == 0 or not self.buffer else "refine"
         record: dict[str, Any] = {"step": self.step, "stage": stage, "lr": self.scheduler.get_last_lr()[0]}
         # every process draws every group's prompt or start image (the one-process draws) and rolls out its share
         if stage == "generate":
@@ -114,9 +117,9 @@ class GRPOTrainer:
             for group in distributed.shard(np.arange(c.prompts_per_step)).tolist():
                 seed, start = batch_seed(c.seed, self.step * 1000 + group * 2), starts[group]
                 if stage == "generate":
-                    result = generation_group(self.um, start, self.prompts[start], c, seed)
+                    result = generation_group(self.um, start, self.prompts[start], c, seed, self.reward)
                 else:
-                    result = refine_group(self.um, start, self.prompts[start.prompt], c, seed)
+                    result = refine_group(self.um, start, self.prompts[start.prompt], c, seed, self.reward)
                 (result.loss / c.prompts_per_step).backward()
                 mine.append((group, float(result.loss.detach()), replace(result, loss=torch.empty(0))))
             return mine
@@ -126,13 +129,21 @@ class GRPOTrainer:
             raise TrainingDiverged(f"non-finite GRPO loss at step {self.step}: training stopped")
         distributed.sum_gradients([p for _, p in self.named])
         results = [result for _, _, result in groups]
-        self.buffer += [b for r in results for b in r.buffered]
+        if c.stages == "tree":  # only refine steps draw from the buffer
+            self.buffer += [b for r in results for b in r.buffered]
         keys = sorted({k for r in results for k in r.metrics})
         record |= {k: float(np.mean([r.metrics[k] for r in results if k in r.metrics])) for k in keys}
         record["loss"] = float(np.mean([loss for _, loss, _ in groups]))
         record["grad_norm"] = optimizer_step(self.named, self.optimizer, self.scheduler, self.config.max_grad_norm,
                                              self.step)
         return record
+
+
+def _postfix(record: dict[str, Any]) -> str:
+    """The progress bar's summary of a step: its stage's reward, and the verifier's audit where there is one."""
+    text = f"{record['stage']} reward {record.get(record['stage'] + '/reward', 0.0):.3f}"
+    audit = record.get("generate/audit/verifier_accuracy")
+    return text if audit is None else f"{text}, verifier {audit:.3f}"
 
 
 def _loop_eval(um: Any, config: GRPOConfig, show_progress: bool) -> dict[str, Any]:

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from unigap.errors import UserError
+from unigap.evaluate.judges import check_judge_name
 from unigap.train.config import load_config
 
 SCALE_REWARDS = ("none", "group")
+STAGES = ("tree", "generate")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class GRPOConfig:
     """One GRPO run of the refine loop on the shipped model's scale."""
 
     steps: int = 200  # rollout steps = optimiser steps; even steps train generation, odd steps reflect + refine
+    stages: str = "tree"  # R3's schedule (above); "generate": every step trains the generation stage alone
+    # what scores each image: "verifier" (its graded score; perfect = satisfied), or a judge by name (its score;
+    # perfect = it accepts): self-pyes (the model's own judge: self-rewarded), base-pyes (its judge before the
+    # adapter: a frozen reward model), clip:DIR, vlm:DIR
+    reward: str = "verifier"
     lr: float = 3e-4  # R3: 5e-6 for the full model; a LoRA needs more: chosen on the validation split (experiments)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95  # R3's betas; no weight decay
@@ -66,6 +73,12 @@ class GRPOConfig:
             raise UserError(f"eval-split must be test or val, got {self.eval_split!r}")
         if self.temperature == 0:
             raise UserError("temperature must be > 0: a group of greedy samples is one sample")
+        if self.stages not in STAGES:
+            raise UserError(f"stages must be one of {', '.join(STAGES)}, got {self.stages!r}")
+        try:
+            check_judge_name(self.reward)
+        except UserError as exc:
+            raise UserError(f"reward: {exc}") from None
         if self.scale_rewards not in SCALE_REWARDS:
             raise UserError(f"scale-rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
         for name in ("perfect_fraction", "lora_dropout", "adam_beta1", "adam_beta2"):

@@ -1,8 +1,10 @@
 """The maths of R3's GRPO, free of models: stage rewards, group advantages, the clipped token loss with its k3 KL.
 
-Rewards (SPEC §3, with r ∈ [0, 1] the verifier's graded score of an image and f ∈ {0, 1} the format check):
+Rewards (SPEC §3, with r ∈ [0, 1] an image's score — by default the verifier's graded score, perfect when 1 — and
+f ∈ {0, 1} the format check):
 * generation stage: image reward r (the tiny model writes no plan, so there is no text reward);
-* reflect/refine stage: Δ = r_new − r_prev, except Δ = 1 when r_prev = 1 and the model said stop (a correct stop);
+* reflect/refine stage: Δ = r_new − r_prev, except Δ = 1 when the previous image was perfect and the model said
+  stop (a correct stop);
   text reward f + Δ·f; image reward r_new, its advantage zeroed where no image was made (stopped, or a format
   failure).
 Advantage = reward − group mean (`scale_rewards` "group" also divides by the group's std, as TRL does). Loss per
@@ -19,12 +21,13 @@ import torch
 
 
 def refine_rewards(r_prev: Sequence[float], r_new: Sequence[float | None], stopped: Sequence[bool],
-                   format_ok: Sequence[bool]) -> tuple[list[float], list[float], list[float | None]]:
+                   format_ok: Sequence[bool], prev_perfect: Sequence[bool],
+                   ) -> tuple[list[float], list[float], list[float | None]]:
     """Per branch: (Δ, text reward, image reward or None where no image was made)."""
     deltas, text, image = [], [], []
-    for prev, new, stop, ok in zip(r_prev, r_new, stopped, format_ok, strict=True):
+    for prev, new, stop, ok, perfect in zip(r_prev, r_new, stopped, format_ok, prev_perfect, strict=True):
         if stop:
-            delta = 1.0 if prev == 1.0 else 0.0
+            delta = 1.0 if perfect else 0.0
         elif new is None:
             delta = 0.0
         else:

@@ -1,7 +1,13 @@
-"""Rollouts of R3's two stages for one group, scored by the verifier, and the group's GRPO loss.
+"""Rollouts of R3's two stages for one group, each image scored by a `Reward`, and the group's GRPO loss.
 
-* `generation_group`: G images of one train prompt (CFG, temperature), each scored r = `image_score` (the
-  verifier's graded score, 1 exactly when it is satisfied); image advantage r − group mean.
+* `Reward`: by default the verifier's graded score (`image_score`, perfect exactly when the verifier is satisfied);
+  any judge of `unigap.evaluate.judges` by name instead (its score, perfect where it accepts): `self-pyes` makes
+  the run self-rewarded, `clip:DIR` / `vlm:DIR` reward by a local model. When the reward is not the verifier, the
+  generation stage also logs the verifier's accuracy on the same images (`generate/audit/verifier_accuracy`) and
+  on those the reward counts perfect (`generate/audit/precision`): the independent check of what a self-reward
+  teaches (SPEC §2's co-degradation).
+* `generation_group`: G images of one train prompt (CFG, temperature), each scored r; image advantage
+  r − group mean.
 * `refine_group`: G branches from one buffered image: a sampled reflection in a fresh context, then, unless it
   stops or fails the format check, the next image (an edit of the image; a model that cannot edit regenerates from
   the refined prompt). Rewards and advantages as `grpo_loss` states them.
@@ -18,11 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from unigap.evaluate.judges import get_judge
 from unigap.prefs.scoring import image_score
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
 from unigap.refine.loop import refined_prompt
-from unigap.world import PromptSpec, parse_reflection
+from unigap.world import PromptSpec, parse_reflection, verify
+
+VERIFIER_REWARD = "verifier"
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,29 @@ class Buffered:
     prompt: int
     tokens: tuple[int, ...]
     score: float
+
+
+@dataclass(frozen=True)
+class Reward:
+    """What an image earns: `score(um, images, spec)` in [0, 1] per image, and whether a score is `perfect` (the
+    images a correct stop is rewarded on, and the buffer's perfect share)."""
+
+    name: str
+    score: Callable[[Any, list[Any], PromptSpec], list[float]]
+    perfect: Callable[[float], bool]
+
+
+def reward_for(name: str) -> Reward:
+    """The reward `name`: `verifier` (graded), or a judge's name (its score; an undecided image scores 0)."""
+    if name == VERIFIER_REWARD:
+        return Reward(name, lambda um, images, spec: [image_score(im, spec, im.size[0]) for im in images],
+                      lambda score: score == 1.0)
+    judge = get_judge(name)
+
+    def score(um: Any, images: list[Any], spec: PromptSpec) -> list[float]:
+        return [0.0 if s is None else float(s) for s in judge.fn(um, images, [spec] * len(images))]
+
+    return Reward(name, score, lambda value: bool(judge.accepts(value)))
 
 
 @dataclass(frozen=True)
@@ -54,17 +86,14 @@ def _group_stats(rewards: list[float]) -> dict[str, float]:
             "frac_reward_zero_std": float(values.std() == 0)}
 
 
-def _scores(um: Any, tokens: torch.Tensor, spec: PromptSpec) -> list[float]:
-    images = um.decode_tokens(tokens)
-    return [image_score(image, spec, image.size[0]) for image in images]
-
-
-def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, seed: int) -> GroupResult:
+def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, seed: int,
+                     reward: Reward) -> GroupResult:
     """Generate G images of one prompt and return their GRPO loss (image reward only)."""
     g, cfg = config.num_generations, config.cfg_scale or None
     with torch.no_grad():
         tokens = um.generate_images([spec.text], g, cfg, config.temperature, seed).cpu()
-    scores = _scores(um, tokens, spec)
+        images = um.decode_tokens(tokens)
+        scores = reward.score(um, images, spec)
     adv = advantages(scores, config.scale_rewards)
     prompts = [spec.text] * g
     logprobs = um.image_token_logprobs(prompts, tokens, cfg)  # [G, N]
@@ -74,11 +103,18 @@ def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, 
     loss = image_loss(per_token, torch.ones(g, dtype=torch.bool))
     metrics = {f"generate/{k}": v for k, v in _group_stats(scores).items()}
     metrics |= {"generate/rewards/image_score/mean": float(np.mean(scores)), "kl": float(kl.detach().mean())}
+    if reward.name != VERIFIER_REWARD:  # the independent check: how often the verifier passes what the reward pays
+        audit = [verify(image, spec, canvas=image.size[0]).satisfied for image in images]
+        metrics["generate/audit/verifier_accuracy"] = float(np.mean(audit))
+        accepted = [ok for ok, score in zip(audit, scores, strict=True) if reward.perfect(score)]
+        if accepted:
+            metrics["generate/audit/precision"] = float(np.mean(accepted))
     return GroupResult(loss, [Buffered(index, tuple(row), s) for row, s in zip(tokens.tolist(), scores, strict=True)],
                        metrics)
 
 
-def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig, seed: int) -> GroupResult:
+def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig, seed: int,
+                 reward: Reward) -> GroupResult:
     """G reflect (+ refine) branches from one buffered image and their GRPO loss (text and image rewards)."""
     g, cfg = config.num_generations, config.cfg_scale or None
     edit = um.supports_editing
@@ -99,9 +135,12 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
                 tokens = um.generate_images([refined_prompt(spec.text, notes[i]) for i in making], 1, cfg,
                                             config.temperature, seed + 1)
         tokens = tokens.cpu()
-        for i, score in zip(making, _scores(um, tokens, spec), strict=True):
+        with torch.no_grad():
+            scored = reward.score(um, um.decode_tokens(tokens), spec)
+        for i, score in zip(making, scored, strict=True):
             new_scores[i] = score
-    deltas, text_rewards, image_rewards = refine_rewards([start.score] * g, new_scores, stopped, format_ok)
+    deltas, text_rewards, image_rewards = refine_rewards([start.score] * g, new_scores, stopped, format_ok,
+                                                         [reward.perfect(start.score)] * g)
     # text: every branch's reflection
     question = um.prompts.reflect_question(spec.text)
     text = lambda: um.answer_token_logprobs([image] * g, [question] * g, notes)  # noqa: E731
