@@ -1,5 +1,9 @@
-"""The one exception type that the CLI turns into a clear one-line message and exit code 2."""
+"""The exceptions the CLI turns into one clear line: `UserError` (exit 2) and `GuardStopped` (exit 3)."""
 
 
 class UserError(Exception):
     """A mistake in the user's input (bad file, bad prompt, bad flag value): not a bug in unigap."""
+
+
+class GuardStopped(Exception):
+    """An audit against an independent judge stopped a self-supervised run (the CLI exits with code 3)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from unigap.evaluate.data import distinct_prompts
 from unigap.evaluate.generation import self_p_yes
 from unigap.model import load_model
 from unigap.prefs.scoring import image_score
-from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer
+from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
 from unigap.refine.rollout import reward_for
@@ -165,3 +166,46 @@ def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys, mon
         main(["refine", "train", "--reward", "clip", "--out", str(tmp_path / "i")])
     assert exit_info.value.code == 2 and "reward: unknown judge 'clip'" in capsys.readouterr().err
     assert not (tmp_path / "i").exists()
+
+
+def test_audit_guard_stops_only_on_a_significant_fall_at_a_window_boundary() -> None:
+    steady = [(0.3, 0.4), (0.2, 0.4), (0.25, 0.4)]
+    falling = [(0.05, 0.6), (0.0, 0.6), (0.02, 0.7)]
+    assert audit_guard(steady, 3) is None  # one window: nothing to compare
+    assert audit_guard(steady + falling[:2], 3) is None  # checked when a window completes
+    verdict = audit_guard(steady + falling, 3)
+    assert verdict["stopped"] and verdict["p"] < 0.01 and verdict["generation_steps"] == 6
+    assert verdict["verifier_accuracy"] == pytest.approx([0.25, 0.07 / 3]) and verdict["reward"][1] > 0.6
+    assert audit_guard(steady + steady[::-1], 3) is None  # no fall
+    assert audit_guard(falling + steady, 3) is None  # a rise never stops
+    assert audit_guard([(0.2, 0.4)] * 6, 3) is None  # no spread: the test is undefined, the run goes on
+
+
+def test_a_self_rewarded_run_whose_audit_falls_is_stopped_and_resumes_without_the_guard(tmp_path, capsys,
+                                                                                        monkeypatch) -> None:
+    import unigap.refine.rollout as rollout
+
+    # the verifier's verdicts, 3 images a step: passed in the first window of 3 generation steps, failed after
+    verdicts = iter([1, 1, 1, 1, 1, 0, 1, 1, 1] + [0, 0, 0, 0, 0, 1, 0, 0, 0] * 3)
+    monkeypatch.setattr(rollout, "verify", lambda *args, **kw: SimpleNamespace(satisfied=bool(next(verdicts))))
+    config = tmp_path / "g.toml"
+    config.write_text("steps = 8\nprompts_per_step = 1\nnum_generations = 3\neval_n = 0\ncheckpoint_every = 2\n"
+                      "stages = 'generate'\nreward = 'self-pyes'\naudit_window = 3\n")
+    args = ["refine", "train", "--config", str(config), "--out", str(tmp_path / "g")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert exit_info.value.code == 3 and err.startswith("unigap: guard: the verifier passed 0.889 of the training")
+    assert "stopped after step 6; the last checkpoint (step 6) is kept" in err
+    assert "(--resume --no-guard continues from it" in err
+    report = json.loads((tmp_path / "g" / "grpo.json").read_text())
+    assert report["guard"]["stopped"] and report["guard"]["step"] == 6 and report["after"] is None
+    assert not (tmp_path / "g" / "adapter_model.safetensors").exists()  # no adapter from a stopped run
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--resume", "--no-guard"])  # the guard is a switch: the run resumes under it
+    assert exit_info.value.code in (0, None)
+    rows = [json.loads(line) for line in (tmp_path / "g" / "log.jsonl").read_text().splitlines()]
+    report = json.loads((tmp_path / "g" / "grpo.json").read_text())
+    assert [r["step"] for r in rows] == list(range(8)) and report["guard"] == {
+        "stopped": False, "active": False, "rule": report["guard"]["rule"]}
+    assert (tmp_path / "g" / "adapter_model.safetensors").is_file()

@@ -7,21 +7,33 @@ the flag checks stay fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from unigap.errors import UserError
+from unigap.errors import GuardStopped, UserError
 
 if TYPE_CHECKING:
     from unigap.model import UnifiedModel
 
+GUARD_EXIT = 3  # an audit against an independent judge stopped the run (`GuardStopped`)
 MODEL_OPTION = typer.Option(..., "--model", help='A checkpoint directory, or "tiny" (the shipped model).')
 ADAPTER_OPTION = typer.Option(None, "--adapter", help="A LoRA adapter directory (PEFT format) to apply.")
 JUDGE_OPTION = typer.Option(
     "verifier", "--judge", help="The independent judge of generated images: verifier (exact, ShapeWorld prompts), "
     "clip:DIR (CLIPScore of a local CLIP/SigLIP, threshold calibrated on ShapeWorld) or vlm:DIR (P(yes) of a local "
     "image-text-to-text model).")
+
+
+def exit_for_guard(stopped: GuardStopped, out: Path, record: dict[str, Any]) -> NoReturn:
+    """A run its audit guard stopped: the manifest written, the guard's one line on stderr, exit `GUARD_EXIT`."""
+    from unigap import distributed
+    from unigap.manifest import write_manifest
+
+    if distributed.is_main():
+        write_manifest(out, record)
+        typer.echo(f"unigap: {stopped}", err=True)
+    raise typer.Exit(GUARD_EXIT)
 
 
 def require_positive(flag: str, value: float) -> None:

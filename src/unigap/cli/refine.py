@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unigap.cli.common import ADAPTER_OPTION, JUDGE_OPTION, load
-from unigap.errors import UserError
+from unigap.cli.common import ADAPTER_OPTION, JUDGE_OPTION, exit_for_guard, load
+from unigap.errors import GuardStopped, UserError
 
 app = typer.Typer()
 refine_app = typer.Typer(help="Reason → reflect → refine (R3): run the loop, or train it with GRPO (`train`).")
@@ -95,6 +95,8 @@ def train_command(
                                       "the default) | self-pyes (the model's own judge: self-rewarded; the verifier "
                                       "is logged beside it as an audit) | base-pyes (its judge before training, "
                                       "frozen) | clip:DIR | vlm:DIR (see `unigap eval --judge`)."),
+    no_guard: bool = typer.Option(False, "--no-guard", help="With a judge as the reward: keep the verifier's audit "
+                                  "but never stop (the guard stops, exit 3, when the audited accuracy falls)."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 3e-4; R3 trains the full model at "
                                     "5e-6, a LoRA needs more)."),
     num_generations: int | None = typer.Option(None, "--num-generations", help="Samples per group (R3: 16)."),
@@ -121,17 +123,23 @@ def train_command(
     from unigap.refine.grpo import train_grpo
     from unigap.refine.grpo_config import GRPOConfig
 
-    settings = GRPOConfig.load(config, steps=steps, stages=stages, reward=reward, lr=lr,
-                               num_generations=num_generations, beta=beta, scale_rewards=scale_rewards,
+    settings = GRPOConfig.load(config, steps=steps, stages=stages, reward=reward, guard=False if no_guard else None,
+                               lr=lr, num_generations=num_generations, beta=beta, scale_rewards=scale_rewards,
                                eval_n=eval_n, eval_split=split, seed=seed, bf16=bf16 or None)
     backends = parse_report_to(report_to)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
+    stopped: GuardStopped | None = None
     with manifest("refine-train", {"model": model, **settings.to_dict()}, seeds=[settings.seed],
                   judge={"name": "verifier"}) as record:
         um = load(model, None)
         record["device"] = str(um.device)
-        report = train_grpo(um, settings, out, resume, backends)
+        try:
+            report = train_grpo(um, settings, out, resume, backends)
+        except GuardStopped as exc:
+            stopped = exc
+    if stopped is not None:
+        exit_for_guard(stopped, out, record)
     if not distributed.is_main():
         return
     write_manifest(out, record)

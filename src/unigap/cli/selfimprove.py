@@ -11,7 +11,6 @@ from rich.table import Table
 from unigap.errors import UserError
 
 app = typer.Typer()
-GUARD_EXIT = 3
 
 
 def _fmt(metric: dict | None, key: str = "value", scale: float = 1.0) -> str:
@@ -77,7 +76,7 @@ def selfimprove_command(
     from unigap import distributed
 
     distributed.wait_for_everyone()  # under `accelerate launch`: every process has checked OUT before one writes
-    from unigap.cli.common import load
+    from unigap.cli.common import exit_for_guard, load
     from unigap.evaluate.data import prompt_specs
     from unigap.manifest import manifest, write_manifest
 
@@ -96,10 +95,7 @@ def selfimprove_command(
         except GuardStopped as exc:
             stopped = exc
     if stopped is not None:
-        if distributed.is_main():
-            write_manifest(out, record)
-            typer.echo(f"unigap: {stopped}", err=True)
-        raise typer.Exit(GUARD_EXIT)
+        exit_for_guard(stopped, out, record)
     if not distributed.is_main():
         return
     write_manifest(out, record)

@@ -16,6 +16,10 @@ Under `accelerate launch` each process rolls out every `world`-th group of a ste
 (`unigap.distributed`); the groups' results are gathered in group order, so the log, the rollout buffer and the
 weights are those of one process (with `lora_dropout` 0: dropout draws its masks per process).
 
+With a judge as the reward, the verifier audits the generation steps' images, and the guard stops the run (exit 3)
+when the audited accuracy of the latest `audit_window` generation steps is below the first window's (`audit_guard`):
+a reward that rises while the independent judge passes fewer images is being fooled (docs/experiments.md).
+
 Files in OUT: log.jsonl (one row per step: `LOGGED_KEYS`), checkpoint/checkpoint.pt (tensors, optimizer,
 scheduler, RNG, the rollout buffer; atomic), train_config.json, the PEFT adapter, grpo.json.
 """
@@ -29,10 +33,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import ttest_ind
 from transformers import get_constant_schedule_with_warmup
 
 from unigap import distributed
 from unigap.atomic import cached_json, write_text_atomically
+from unigap.errors import GuardStopped
 from unigap.evaluate.data import distinct_prompts, held_out_pairs
 from unigap.evaluate.generation import batch_seed
 from unigap.evaluate.stats import paired_difference
@@ -40,8 +46,8 @@ from unigap.progress import progress
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.loop import run_loop
 from unigap.refine.metrics import round_metrics
-from unigap.refine.rollout import Buffered, GroupResult, generation_group, refine_group, reward_for
-from unigap.train.loop import TrainingDiverged, optimizer_step, refuse_unless_resuming, run_steps
+from unigap.refine.rollout import VERIFIER_REWARD, Buffered, GroupResult, generation_group, refine_group, reward_for
+from unigap.train.loop import TrainingDiverged, kept_checkpoint, optimizer_step, refuse_unless_resuming, run_steps
 
 LOGGED_KEYS = (
     "step", "stage", "lr", "loss", "grad_norm", "kl", "generate/reward", "generate/reward_std",
@@ -53,6 +59,23 @@ LOGGED_KEYS = (
 RESULT_FILE = "grpo.json"
 TRAIN_PROMPTS = 1000  # distinct train-split prompts groups are drawn from (all of them where there are fewer)
 STEP_STREAM = 11
+GUARD_P = 0.01  # one-sided Welch p below which a falling audit stops the run
+AUDIT_KEY = "generate/audit/verifier_accuracy"
+
+
+def audit_guard(audits: list[tuple[float, float]], window: int) -> dict[str, Any] | None:
+    """The guard's verdict on the (audited accuracy, reward) of each generation step so far, checked as each window
+    of `window` steps completes: None to go on, or the record of the stop when the latest window's accuracy is below
+    the first window's (one-sided Welch test over the steps, p < `GUARD_P`)."""
+    if len(audits) < 2 * window or len(audits) % window:
+        return None
+    first, latest = np.array(audits[:window]), np.array(audits[-window:])
+    p = float(ttest_ind(latest[:, 0], first[:, 0], equal_var=False, alternative="less").pvalue)
+    if not p < GUARD_P:  # NaN (no spread in either window) goes on
+        return None
+    return {"stopped": True, "generation_steps": len(audits), "window": window, "p": p, "threshold": GUARD_P,
+            "verifier_accuracy": [float(first[:, 0].mean()), float(latest[:, 0].mean())],
+            "reward": [float(first[:, 1].mean()), float(latest[:, 1].mean())]}
 
 
 class GRPOTrainer:
@@ -69,6 +92,8 @@ class GRPOTrainer:
                                            betas=(config.adam_beta1, config.adam_beta2))
         self.scheduler = get_constant_schedule_with_warmup(self.optimizer, config.warmup_steps)
         self.buffer: list[Buffered] = []
+        self.audits: list[tuple[float, float]] = []  # (verifier accuracy, reward) per generation step, with a judge
+        self.guard: dict[str, Any] | None = None  # the guard's record once it stops the run
         self.step = 0
 
     def train(self, resume: bool = False, show_progress: bool = True) -> None:
@@ -81,15 +106,29 @@ class GRPOTrainer:
 
         def restore(state: dict[str, Any]) -> None:
             self.buffer = [Buffered(prompt, tuple(tokens), score) for prompt, tokens, score in state["buffer"]]
+            self.audits = [tuple(a) for a in state.get("audits", [])]
+
+        def after(done: int, record: dict[str, Any]) -> None:
+            update(done, _postfix(record))
+            verdict = audit_guard(self.audits, c.audit_window) if c.guard and AUDIT_KEY in record else None
+            if verdict is not None:
+                self.guard = {**verdict, "step": done}
+                (a0, a1), (r0, r1) = verdict["verifier_accuracy"], verdict["reward"]
+                kept = kept_checkpoint(self.out_dir, done, c.checkpoint_every, "the last checkpoint",
+                                       "--resume --no-guard")
+                raise GuardStopped(
+                    f"guard: the verifier passed {a0:.3f} of the training images in the first {c.audit_window} "
+                    f"generation steps and {a1:.3f} in the latest {c.audit_window} (one-sided Welch p "
+                    f"{verdict['p']:.2g} < {GUARD_P}) while the {c.reward} reward went {r0:.3f} → {r1:.3f}: stopped "
+                    f"after step {done}; {kept}")
 
         with progress("GRPO", c.steps, show_progress) as update:
             self.step = run_steps(
                 self.out_dir, c, self.named, self.optimizer, self.scheduler, c.steps, c.checkpoint_every,
                 step, resume, self.report_to, f"{self.out_dir.name}-grpo",
-                extra_state=lambda: {"buffer": [(b.prompt, list(b.tokens), b.score) for b in self.buffer]},
-                restore_extra=restore,
-                on_step=lambda done, record: update(done, _postfix(record)),
-                bf16=c.bf16,
+                extra_state=lambda: {"buffer": [(b.prompt, list(b.tokens), b.score) for b in self.buffer],
+                                     "audits": [list(a) for a in self.audits]},
+                restore_extra=restore, on_step=after, bf16=c.bf16, free_settings=("guard",),
             )  # fmt: skip
         if distributed.is_main():
             self.um.save_adapter(self.out_dir)
@@ -136,13 +175,15 @@ class GRPOTrainer:
         record["loss"] = float(np.mean([loss for _, loss, _ in groups]))
         record["grad_norm"] = optimizer_step(self.named, self.optimizer, self.scheduler, self.config.max_grad_norm,
                                              self.step)
+        if AUDIT_KEY in record:
+            self.audits.append((record[AUDIT_KEY], record["generate/reward"]))
         return record
 
 
 def _postfix(record: dict[str, Any]) -> str:
     """The progress bar's summary of a step: its stage's reward, and the verifier's audit where there is one."""
     text = f"{record['stage']} reward {record.get(record['stage'] + '/reward', 0.0):.3f}"
-    audit = record.get("generate/audit/verifier_accuracy")
+    audit = record.get(AUDIT_KEY)
     return text if audit is None else f"{text}, verifier {audit:.3f}"
 
 
@@ -164,9 +205,19 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     show_progress = show_progress and main
     before = cached_json(out / "parts" / "before.json", lambda: _loop_eval(um, config, show_progress),
                          write=main) if config.eval_n else None
-    GRPOTrainer(um, config, out, report_to).train(resume, show_progress)  # a finished run: restored, not rerun
-    after = _loop_eval(um, config, show_progress) if config.eval_n else None
-    report: dict[str, Any] = {"config": config.to_dict(), "before": before, "after": after}
+    trainer = GRPOTrainer(um, config, out, report_to)
+    report: dict[str, Any] = {"config": config.to_dict(), "before": before, "after": None, "guard": None}
+    if config.reward != VERIFIER_REWARD:
+        report["guard"] = {"stopped": False, "active": config.guard, "rule": f"stop when the verifier's accuracy of "
+                           f"the latest {config.audit_window} generation steps < the first's (Welch p < {GUARD_P})"}
+    try:
+        trainer.train(resume, show_progress)  # a finished run: restored, not rerun
+    except GuardStopped:
+        report["guard"] = trainer.guard
+        if main:
+            write_text_atomically(out / RESULT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
+        raise
+    report["after"] = after = _loop_eval(um, config, show_progress) if config.eval_n else None
     if before and after:
         report["change"] = paired_difference(before["final"], after["final"])
     if main:

@@ -32,6 +32,10 @@ class GRPOConfig:
     # perfect = it accepts): self-pyes (the model's own judge: self-rewarded), base-pyes (its judge before the
     # adapter: a frozen reward model), clip:DIR, vlm:DIR
     reward: str = "verifier"
+    # with a judge as the reward: stop (exit 3) when the verifier's accuracy on the training images of the latest
+    # `audit_window` generation steps is below that of the first window (one-sided Welch on the steps, p < 0.01)
+    guard: bool = True
+    audit_window: int = 10
     lr: float = 3e-4  # R3: 5e-6 for the full model; a LoRA needs more: chosen on the validation split (experiments)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95  # R3's betas; no weight decay
@@ -73,6 +77,8 @@ class GRPOConfig:
             raise UserError(f"eval-split must be test or val, got {self.eval_split!r}")
         if self.temperature == 0:
             raise UserError("temperature must be > 0: a group of greedy samples is one sample")
+        if self.audit_window < 2:
+            raise UserError(f"audit-window must be >= 2 steps (a window's spread is tested), got {self.audit_window}")
         if self.stages not in STAGES:
             raise UserError(f"stages must be one of {', '.join(STAGES)}, got {self.stages!r}")
         try:

@@ -32,6 +32,7 @@ from PIL import Image
 
 from unigap import distributed
 from unigap.atomic import cached_json, claim_settings, write_atomically, write_text_atomically
+from unigap.errors import GuardStopped
 from unigap.evaluate import evaluate
 from unigap.evaluate.data import prompt_specs
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, generate_and_judge
@@ -49,10 +50,6 @@ from unigap.world import parse_prompt
 RESULT_FILE = "selfimprove.json"
 EPOCHS_FILE = "epochs.jsonl"
 METRICS = ("generation_accuracy", "understanding_accuracy", "nonunification", "weak_generation")
-
-
-class GuardStopped(Exception):
-    """The audit found the self-labels too imprecise: the run stopped (the CLI exits with code 3)."""
 
 
 @dataclass

@@ -61,12 +61,13 @@ def refuse_unless_resuming(out_dir: str | Path, resume: bool) -> None:
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, or use a new --out")
 
 
-def _kept(out_dir: Path, step: int, checkpoint_every: int) -> str:
-    """Where a diverged run can be resumed from."""
+def kept_checkpoint(out_dir: Path, step: int, checkpoint_every: int, kept: str = "the last good checkpoint",
+                    resume: str = "--resume") -> str:
+    """Where a run stopped after `step` steps can be resumed from, and with which flags."""
     if not holds_run(out_dir):
         return "no checkpoint had been written yet"
-    return (f"the last good checkpoint (step {step // checkpoint_every * checkpoint_every}) is kept in "
-            f"{out_dir / CHECKPOINT_DIR} (--resume continues from it; {LOG_FILE} shows the steps before)")
+    return (f"{kept} (step {step // checkpoint_every * checkpoint_every}) is kept in "
+            f"{out_dir / CHECKPOINT_DIR} ({resume} continues from it; {LOG_FILE} shows the steps before)")
 
 
 def run_steps(
@@ -85,12 +86,14 @@ def run_steps(
     restore_extra: Callable[[dict[str, Any]], None] = lambda state: None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
     bf16: bool = False,
+    free_settings: Sequence[str] = (),
 ) -> int:
     """Run `step_fn(step)` (it updates the parameters and returns the step's log record) from the first step, or
     from the checkpoint with `resume`, to `steps`; returns the step reached. `extra_state()` adds trainer state to
     each checkpoint and `restore_extra(state)` reads it back. A `TrainingDiverged` from a step is re-raised saying
     which checkpoint survives. `settings` is the run's config dataclass: saved with every checkpoint, and a resumed
-    run must match it, except for settings added since the checkpoint was written that keep their defaults. With
+    run must match it, except for `free_settings` (switches that change no number, only whether the run goes on)
+    and settings added since the checkpoint was written that keep their defaults. With
     `bf16`, each step runs under bf16 autocast (the backward pass in the forward ops' dtypes, as autocast makes it
     anyway; the optimiser's float32 arithmetic is not on autocast's list)."""
     config = asdict(settings)
@@ -98,7 +101,8 @@ def run_steps(
     if resume and holds_run(out_dir):
         state = load_checkpoint(out_dir / CHECKPOINT_DIR)
         added = {f.name for f in fields(settings) if f.name not in state["config"] and config[f.name] == f.default}
-        step = restore_training_state(state, named, optimizer, scheduler, config, out_dir, ignore=added)
+        step = restore_training_state(state, named, optimizer, scheduler, config, out_dir,
+                                      ignore=added | set(free_settings))
         restore_extra(state)
     else:
         refuse_unless_resuming(out_dir, resume)
@@ -113,7 +117,7 @@ def run_steps(
                 with torch.autocast(named[0][1].device.type, dtype=torch.bfloat16, enabled=bf16):
                     record = step_fn(step)
             except TrainingDiverged as exc:
-                raise TrainingDiverged(f"{exc}; {_kept(out_dir, step, checkpoint_every)}") from None
+                raise TrainingDiverged(f"{exc}; {kept_checkpoint(out_dir, step, checkpoint_every)}") from None
             step += 1
             if main:
                 logger.log(step - 1, record)
