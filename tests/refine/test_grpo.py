@@ -165,6 +165,9 @@ def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys, mon
     with pytest.raises(SystemExit) as exit_info:
         main(["refine", "train", "--reward", "clip", "--out", str(tmp_path / "i")])
     assert exit_info.value.code == 2 and "reward: unknown judge 'clip'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["refine", "train", "--reward", f"clip:{tmp_path / 'none'}", "--out", str(tmp_path / "i")])
+    assert exit_info.value.code == 2 and "clip judge directory" in capsys.readouterr().err
     assert not (tmp_path / "i").exists()
 
 
@@ -196,11 +199,16 @@ def test_a_self_rewarded_run_whose_audit_falls_is_stopped_and_resumes_without_th
         main(args)
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
     assert exit_info.value.code == 3 and err.startswith("unigap: guard: the verifier passed 0.889 of the training")
-    assert "stopped after step 6; the last checkpoint (step 6) is kept" in err
+    assert "stopped after 6 steps; the last checkpoint (step 6) is kept" in err
     assert "(--resume --no-guard continues from it" in err
     report = json.loads((tmp_path / "g" / "grpo.json").read_text())
     assert report["guard"]["stopped"] and report["guard"]["step"] == 6 and report["after"] is None
+    assert report["guard"]["active"] and "Welch" in report["guard"]["rule"]
     assert not (tmp_path / "g" / "adapter_model.safetensors").exists()  # no adapter from a stopped run
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--resume"])  # the checkpoint holds the failing window: the guard stops it again at once
+    assert exit_info.value.code == 3 and "stopped after 6 steps" in capsys.readouterr().err
+    assert not (tmp_path / "g" / "adapter_model.safetensors").exists()
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--resume", "--no-guard"])  # the guard is a switch: the run resumes under it
     assert exit_info.value.code in (0, None)

@@ -88,7 +88,7 @@ def train_command(
     out: Path = typer.Option(Path("runs/refine-grpo"), "--out", help="Output directory: log, checkpoint, adapter, "
                              "grpo.json (the loop before and after training)."),
     steps: int | None = typer.Option(None, "--steps", help="Rollout (= optimiser) steps; even steps train generation, "
-                                     "odd steps reflection + refinement (default 200)."),
+                                     "odd steps reflection + refinement unless --stages generate (default 200)."),
     stages: str | None = typer.Option(None, "--stages", help="tree (R3's schedule, the default) | generate (every "
                                       "step trains the generation stage alone)."),
     reward: str | None = typer.Option(None, "--reward", help="What scores each image: verifier (its graded score, "
@@ -118,10 +118,12 @@ def train_command(
     """Train reflection and refinement with GRPO and R3's stage-wise rewards (LoRA on the LLM, KL to the reference);
     the verifier scores every image unless --reward names a judge; training prompts are train-split prompts only."""
     from unigap import distributed
+    from unigap.evaluate.judges import get_judge
     from unigap.manifest import manifest, write_manifest
     from unigap.metrics_log import parse_report_to
     from unigap.refine.grpo import train_grpo
     from unigap.refine.grpo_config import GRPOConfig
+    from unigap.refine.rollout import VERIFIER_REWARD
 
     settings = GRPOConfig.load(config, steps=steps, stages=stages, reward=reward, guard=False if no_guard else None,
                                lr=lr, num_generations=num_generations, beta=beta, scale_rewards=scale_rewards,
@@ -129,9 +131,12 @@ def train_command(
     backends = parse_report_to(report_to)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
+    judge: dict = {"name": "verifier"}  # the loop's accuracy before and after, and the audit of a judge reward
+    if settings.reward != VERIFIER_REWARD:  # a bad judge directory fails here, before anything is written
+        judge["reward"] = get_judge(settings.reward).describe()
     stopped: GuardStopped | None = None
     with manifest("refine-train", {"model": model, **settings.to_dict()}, seeds=[settings.seed],
-                  judge={"name": "verifier"}) as record:
+                  judge=judge) as record:
         um = load(model, None)
         record["device"] = str(um.device)
         try:

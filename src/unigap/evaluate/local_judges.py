@@ -47,7 +47,7 @@ def prompt_texts(specs: Sequence[PromptSpec | str]) -> list[str]:
 def model_directory(kind: str, directory: str) -> Path:
     """The judge's checkpoint directory, checked before any slow load."""
     if not directory:
-        raise UserError(f"--judge {kind}:DIR needs a directory after '{kind}:'")
+        raise UserError(f"a {kind} judge needs a directory: {kind}:DIR")
     path = Path(directory).expanduser()
     if not path.exists():
         raise UserError(f"{kind} judge directory {path} does not exist")

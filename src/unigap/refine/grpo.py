@@ -21,12 +21,14 @@ when the audited accuracy of the latest `audit_window` generation steps is below
 a reward that rises while the independent judge passes fewer images is being fooled (docs/experiments.md).
 
 Files in OUT: log.jsonl (one row per step: `LOGGED_KEYS`), checkpoint/checkpoint.pt (tensors, optimizer,
-scheduler, RNG, the rollout buffer; atomic), train_config.json, the PEFT adapter, grpo.json.
+scheduler, RNG, the rollout buffer, the audits; atomic), train_config.json, the PEFT adapter, grpo.json (with
+`guard`: its rule, or the record of the stop, `after` then null and no adapter written).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -70,8 +72,10 @@ def audit_guard(audits: list[tuple[float, float]], window: int) -> dict[str, Any
     if len(audits) < 2 * window or len(audits) % window:
         return None
     first, latest = np.array(audits[:window]), np.array(audits[-window:])
-    p = float(ttest_ind(latest[:, 0], first[:, 0], equal_var=False, alternative="less").pvalue)
-    if not p < GUARD_P:  # NaN (no spread in either window) goes on
+    with warnings.catch_warnings():  # near-constant windows: scipy warns of precision loss, the p stays usable
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_ind(latest[:, 0], first[:, 0], equal_var=False, alternative="less").pvalue)
+    if not p < GUARD_P:  # NaN (both windows constant and equal) goes on
         return None
     return {"stopped": True, "generation_steps": len(audits), "window": window, "p": p, "threshold": GUARD_P,
             "verifier_accuracy": [float(first[:, 0].mean()), float(latest[:, 0].mean())],
@@ -84,8 +88,8 @@ class GRPOTrainer:
     def __init__(self, um: Any, config: GRPOConfig, out_dir: str | Path, report_to: tuple[str, ...] = ()) -> None:
         self.um, self.config, self.out_dir, self.report_to = um, config, Path(out_dir), report_to
         self.prompts = distinct_prompts(TRAIN_PROMPTS, config.seed, config.data_seed, split="train")
+        self.reward = reward_for(config.reward)  # a local judge loads (and calibrates) here, before the seeded init
         torch.manual_seed(config.seed)
-        self.reward = reward_for(config.reward)  # a local judge loads (and calibrates) here, before any rollout
         um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout)
         self.named = [(name, p) for name, p in um.model.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW([p for _, p in self.named], lr=config.lr, weight_decay=0.0,
@@ -107,20 +111,12 @@ class GRPOTrainer:
         def restore(state: dict[str, Any]) -> None:
             self.buffer = [Buffered(prompt, tuple(tokens), score) for prompt, tokens, score in state["buffer"]]
             self.audits = [tuple(a) for a in state.get("audits", [])]
+            self._check_guard(int(state["step"]))  # a checkpoint written at the step the guard stopped stops again
 
         def after(done: int, record: dict[str, Any]) -> None:
             update(done, _postfix(record))
-            verdict = audit_guard(self.audits, c.audit_window) if c.guard and AUDIT_KEY in record else None
-            if verdict is not None:
-                self.guard = {**verdict, "step": done}
-                (a0, a1), (r0, r1) = verdict["verifier_accuracy"], verdict["reward"]
-                kept = kept_checkpoint(self.out_dir, done, c.checkpoint_every, "the last checkpoint",
-                                       "--resume --no-guard")
-                raise GuardStopped(
-                    f"guard: the verifier passed {a0:.3f} of the training images in the first {c.audit_window} "
-                    f"generation steps and {a1:.3f} in the latest {c.audit_window} (one-sided Welch p "
-                    f"{verdict['p']:.2g} < {GUARD_P}) while the {c.reward} reward went {r0:.3f} → {r1:.3f}: stopped "
-                    f"after step {done}; {kept}")
+            if AUDIT_KEY in record:
+                self._check_guard(done)
 
         with progress("GRPO", c.steps, show_progress) as update:
             self.step = run_steps(
@@ -132,6 +128,21 @@ class GRPOTrainer:
             )  # fmt: skip
         if distributed.is_main():
             self.um.save_adapter(self.out_dir)
+
+    def _check_guard(self, done: int) -> None:
+        """Raise `GuardStopped` (its record in `self.guard`) when the audit guard stops the run after `done` steps."""
+        c = self.config
+        verdict = audit_guard(self.audits, c.audit_window) if c.guard else None
+        if verdict is None:
+            return
+        self.guard = {**verdict, "step": done}
+        (a0, a1), (r0, r1) = verdict["verifier_accuracy"], verdict["reward"]
+        saved = done if done == c.steps else done // c.checkpoint_every * c.checkpoint_every
+        kept = kept_checkpoint(self.out_dir, saved, "the last checkpoint", "--resume --no-guard")
+        raise GuardStopped(
+            f"guard: the verifier passed {a0:.3f} of the training images in the first {c.audit_window} generation "
+            f"steps and {a1:.3f} in the latest {c.audit_window} (one-sided Welch p {verdict['p']:.2g} < {GUARD_P}) "
+            f"while the {c.reward} reward went {r0:.3f} → {r1:.3f}: stopped after {done} steps; {kept}")
 
     def _start(self, rng: np.random.Generator) -> Buffered:
         """A buffered image for a refine group: perfect with probability `perfect_fraction` (when there is one)."""
@@ -213,7 +224,7 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     try:
         trainer.train(resume, show_progress)  # a finished run: restored, not rerun
     except GuardStopped:
-        report["guard"] = trainer.guard
+        report["guard"] = {**(report["guard"] or {}), **(trainer.guard or {})}
         if main:
             write_text_atomically(out / RESULT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
         raise

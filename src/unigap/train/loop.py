@@ -61,13 +61,13 @@ def refuse_unless_resuming(out_dir: str | Path, resume: bool) -> None:
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, or use a new --out")
 
 
-def kept_checkpoint(out_dir: Path, step: int, checkpoint_every: int, kept: str = "the last good checkpoint",
+def kept_checkpoint(out_dir: Path, checkpoint_step: int, kept: str = "the last good checkpoint",
                     resume: str = "--resume") -> str:
-    """Where a run stopped after `step` steps can be resumed from, and with which flags."""
+    """Where a stopped run can be resumed from (its checkpoint of `checkpoint_step`), and with which flags."""
     if not holds_run(out_dir):
         return "no checkpoint had been written yet"
-    return (f"{kept} (step {step // checkpoint_every * checkpoint_every}) is kept in "
-            f"{out_dir / CHECKPOINT_DIR} ({resume} continues from it; {LOG_FILE} shows the steps before)")
+    return (f"{kept} (step {checkpoint_step}) is kept in {out_dir / CHECKPOINT_DIR} ({resume} continues from it; "
+            f"{LOG_FILE} shows the steps before)")
 
 
 def run_steps(
@@ -117,7 +117,7 @@ def run_steps(
                 with torch.autocast(named[0][1].device.type, dtype=torch.bfloat16, enabled=bf16):
                     record = step_fn(step)
             except TrainingDiverged as exc:
-                raise TrainingDiverged(f"{exc}; {kept_checkpoint(out_dir, step, checkpoint_every)}") from None
+                raise TrainingDiverged(f"{exc}; {kept_checkpoint(out_dir, step // checkpoint_every * checkpoint_every)}") from None
             step += 1
             if main:
                 logger.log(step - 1, record)
