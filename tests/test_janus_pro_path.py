@@ -114,6 +114,21 @@ def test_refine_train_regenerates_on_janus_pro(janus_pro: Path, tmp_path: Path) 
     assert (out / "adapter_model.safetensors").is_file() and (out / "grpo.json").is_file()
 
 
+def test_refine_train_self_rewarded_generation_on_janus_pro(janus_pro: Path, tmp_path: Path) -> None:
+    """The generation stage alone, rewarded by the frozen base judge at 384 px, the verifier's audit beside it."""
+    config = tmp_path / "grpo.toml"
+    config.write_text("steps = 2\nprompts_per_step = 1\nnum_generations = 2\neval_n = 0\nlora_rank = 4\n")
+    out = tmp_path / "grpo"
+    _run("refine", "train", "--model", str(janus_pro), "--config", str(config), "--stages", "generate",
+         "--reward", "base-pyes", "--out", str(out))
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["stage"] for row in rows] == ["generate", "generate"]
+    assert all(0 <= row["generate/audit/verifier_accuracy"] <= 1 for row in rows)
+    report = json.loads((out / "grpo.json").read_text())
+    assert report["config"]["reward"] == "base-pyes" and report["guard"]["stopped"] is False
+    assert (out / "adapter_model.safetensors").is_file()
+
+
 def test_prefs_build_sentence_answers_on_janus_pro(janus_pro: Path, tmp_path: Path) -> None:
     """Understanding pairs in the full-sentence form, with the BPE tokenizer's answer ids and reference log-probs."""
     out = tmp_path / "und.jsonl"
