@@ -186,11 +186,11 @@ def test_audit_guard_stops_only_on_a_significant_fall_at_a_window_boundary() -> 
 
 def test_a_self_rewarded_run_whose_audit_falls_is_stopped_and_resumes_without_the_guard(tmp_path, capsys,
                                                                                         monkeypatch) -> None:
-    import unigap.refine.rollout as rollout
+    import unigap.evaluate.judges as judges
 
     # the verifier's verdicts, 3 images a step: passed in the first window of 3 generation steps, failed after
     verdicts = iter([1, 1, 1, 1, 1, 0, 1, 1, 1] + [0, 0, 0, 0, 0, 1, 0, 0, 0] * 3)
-    monkeypatch.setattr(rollout, "verify", lambda *args, **kw: SimpleNamespace(satisfied=bool(next(verdicts))))
+    monkeypatch.setattr(judges, "verify", lambda *args, **kw: SimpleNamespace(satisfied=bool(next(verdicts))))
     config = tmp_path / "g.toml"
     config.write_text("steps = 8\nprompts_per_step = 1\nnum_generations = 3\neval_n = 0\ncheckpoint_every = 2\n"
                       "stages = 'generate'\nreward = 'self-pyes'\naudit_window = 3\n")

@@ -29,7 +29,7 @@ from unigap.prefs.scoring import image_score
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
 from unigap.refine.loop import refined_prompt
-from unigap.world import PromptSpec, parse_reflection, verify
+from unigap.world import PromptSpec, parse_reflection
 
 VERIFIER_REWARD = "verifier"
 
@@ -104,7 +104,7 @@ def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, 
     metrics = {f"generate/{k}": v for k, v in _group_stats(scores).items()}
     metrics |= {"generate/rewards/image_score/mean": float(np.mean(scores)), "kl": float(kl.detach().mean())}
     if reward.name != VERIFIER_REWARD:  # the independent check: how often the verifier passes what the reward pays
-        audit = [verify(image, spec, canvas=image.size[0]).satisfied for image in images]
+        audit = get_judge(VERIFIER_REWARD).fn(um, images, [spec] * len(images))  # 1.0 where it is satisfied
         metrics["generate/audit/verifier_accuracy"] = float(np.mean(audit))
         accepted = [ok for ok, score in zip(audit, scores, strict=True) if reward.perfect(score)]
         if accepted:
