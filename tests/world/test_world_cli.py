@@ -53,6 +53,7 @@ def test_sample_then_verify(tmp_path, capsys):
             ["world", "sample", "--n", "2", "--seed", "1", "--out", "OUT", "--category", "x"],
             "--category must be one of",
         ),
+        (["world", "sample", "--n", "2", "--seed", "1", "--out", "OUT", "--draw-seed", "-1"], "--draw-seed must be >= 0"),
         (["world", "verify", "MISSING", "--prompt", "a circle"], "image file not found"),
         (["world", "verify", "FILE", "--prompt", "a circle"], "cannot read"),
         (["world", "verify", "SMALL", "--prompt", "a circle"], "expected a 64x64 image, got 32x32"),

@@ -38,6 +38,21 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     assert files["samples.jsonl"] != tree_bytes(c)["samples.jsonl"]
 
 
+def test_draw_seed_draws_other_scenes_of_the_same_partition(tmp_path):
+    # fine-tuning data new to a model pretrained on draw seed = seed: same split, same prompts, other scenes
+    base = sample_records(200, seed=0, split="train")
+    assert sample_records(200, seed=0, split="train", draw_seed=0) == base
+    fresh = sample_records(200, seed=0, split="train", draw_seed=1)
+    allowed = {s.text for s in split_prompts("train", 0)}
+    assert all(spec.text in allowed and scene_split(scene, 0) == "train" and satisfies(scene, spec)
+               for spec, scene in fresh)
+    assert not {scene for _, scene in base} & {scene for _, scene in fresh}
+    write_dataset(tmp_path, 3, seed=0, draw_seed=1)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [r["scene"] for r in rows] == [scene.to_dict() for _, scene in fresh[:3]]
+    assert {(r["seed"], r["draw_seed"]) for r in rows} == {(0, 1)}
+
+
 def test_prompt_splits_partition_every_category():
     for category in CATEGORIES:
         shares = [{s.text for s in split_prompts(split, 9, category)} for split in SPLITS]

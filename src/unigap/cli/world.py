@@ -35,6 +35,9 @@ def sample(
     size: int = typer.Option(DEFAULT_CANVAS, "--size", help=f"Canvas side in pixels ({MIN_CANVAS} to {MAX_SIZE})."),
     questions: int = typer.Option(0, "--questions", help="Also write DIR/questions.jsonl: this many questions per "
                                   "image with their exact answers (understanding data for train --objective sft)."),
+    draw_seed: int | None = typer.Option(None, "--draw-seed", help="Which scenes of the split are drawn (default: "
+                                         "--seed). The partition stays --seed's; the shipped model was pretrained "
+                                         "on --seed 0's first 6000 train scenes, so new data for it needs another."),
 ) -> None:
     """Write DIR/samples.jsonl and DIR/images/*.png for one split (rendered scenes with the prompt each satisfies:
     generation data for `unigap train --objective sft --gen-data`)."""
@@ -44,15 +47,20 @@ def sample(
         raise UserError(f"--seed must be >= 0, got {seed}")
     if questions < 0:
         raise UserError(f"--questions must be >= 0, got {questions}")
+    if draw_seed is not None and draw_seed < 0:
+        raise UserError(f"--draw-seed must be >= 0, got {draw_seed}")
     if not MIN_CANVAS <= size <= MAX_SIZE:
         raise UserError(f"--size must be from {MIN_CANVAS} to {MAX_SIZE} pixels, got {size}")
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if category is not None and category not in CATEGORIES:
         raise UserError(f"--category must be one of {', '.join(CATEGORIES)}, got {category!r}")
-    settings = {"n": n, "seed": seed, "split": split, "category": category, "size": size, "questions": questions}
-    with manifest("world sample", settings, seeds=[seed]) as record, progress("sampling", n, show=n >= PROGRESS_MIN_N) as update:
-        path = write_dataset(out, n, seed, split, category, size, progress=update, questions=questions)
+    settings = {"n": n, "seed": seed, "split": split, "category": category, "size": size, "questions": questions,
+                "draw_seed": draw_seed}
+    seeds = [seed] if draw_seed is None else [seed, draw_seed]
+    with manifest("world sample", settings, seeds=seeds) as record, progress("sampling", n, show=n >= PROGRESS_MIN_N) as update:
+        path = write_dataset(out, n, seed, split, category, size, progress=update, questions=questions,
+                             draw_seed=draw_seed)
     write_manifest(out, record)
     typer.echo(f"wrote {n} samples to {path}")
 

@@ -122,7 +122,8 @@ def unimrg(runner: Any, name: str, seed: int) -> None:
 def sft(runner: Any, name: str, seed: int) -> None:
     """`unigap train --objective sft` on rendered train scenes: `unigap world sample`'s files (images with the
     prompt each satisfies, and two questions per image), written once per study, at the SFT arms' step and scene
-    budget; evaluated; its resume checkpoint dropped."""
+    budget; evaluated; its resume checkpoint dropped. The scenes are the first of the shipped model's pretraining
+    corpus (draw seed = `data_seed`); fresh ones (`--draw-seed`) did no better (docs/experiments.md)."""
     from unigap.train.sft_data import SFTConfig, train_sft
     from unigap.world.dataset import QUESTIONS_FILE, SAMPLES_FILE, write_dataset
 

@@ -9,8 +9,9 @@ Why: results must be reproducible byte for byte, and held-out splits must be gen
   a sampled scene from another split's share is rejected and redrawn. So no scene is in two splits
   (even under different prompts), whatever n.
 * Sampling: record i draws a category (uniform, unless fixed), a prompt of that category uniformly from
-  the split's share, then a scene for it (`sample_scene_for`), from rng = default_rng([seed, split index]).
-  Use one seed for all splits of one dataset: the partition depends on the seed.
+  the split's share, then a scene for it (`sample_scene_for`), from rng = default_rng([draw seed, split index]),
+  the draw seed being `seed` unless given. Use one seed for all splits of one dataset: the partition depends on
+  the seed; another draw seed gives other scenes of the same split (the pretraining corpus is draw seed = seed).
 * Files: DIR/samples.jsonl (one JSON object per line, sorted keys) and DIR/images/{i:06d}.png (PIL PNG,
   compress_level 6, no metadata); the same arguments give byte-identical files.
 """
@@ -172,11 +173,13 @@ def train_questions(
     return questions
 
 
-def _record_json(index: int, split: str, seed: int, spec: PromptSpec, scene: Scene, image: str) -> str:
+def _record_json(index: int, split: str, seed: int, spec: PromptSpec, scene: Scene, image: str,
+                 draw_seed: int | None) -> str:
     row: dict[str, Any] = {
         "index": index,
         "split": split,
         "seed": seed,
+        **({} if draw_seed is None else {"draw_seed": draw_seed}),
         "image": image,
         "prompt": spec.text,
         "category": spec.category,
@@ -195,8 +198,13 @@ def write_dataset(
     canvas: int = DEFAULT_CANVAS,
     progress: Callable[[int], None] | None = None,
     questions: int = 0,
+    draw_seed: int | None = None,
 ) -> Path:
     """Write n samples of one split to out_dir (PNGs, then samples.jsonl atomically); returns the JSONL path.
+
+    `draw_seed` (default: `seed`) picks which scenes of the split are drawn; the partition stays `seed`'s. The
+    shipped model was pretrained on `sample_records(6000, 0, "train")`, so fine-tuning data that should be new
+    to it takes another draw seed.
 
     `progress(k)` is called after each image with the number written so far (for a progress bar). With
     `questions` > 0, also questions.jsonl: that many one-word questions per image (`train_questions`), one row each
@@ -206,7 +214,7 @@ def write_dataset(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output directory {out} is a file")
-    pairs = sample_records(n, seed, split, category, canvas)
+    pairs = sample_records(n, seed, split, category, canvas, draw_seed)
     earlier = listed_files(out / SAMPLES_FILE, ["image"])
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     (out / QUESTIONS_FILE).unlink(missing_ok=True)  # an earlier run's questions would ask about replaced images
@@ -214,7 +222,7 @@ def write_dataset(
     for i, (spec, scene) in enumerate(pairs):
         rel = f"{IMAGES_DIR}/{i:06d}.png"
         render_pil(scene).save(out / rel, format="PNG", optimize=False, compress_level=6)
-        lines.append(_record_json(i, split, seed, spec, scene, rel))
+        lines.append(_record_json(i, split, seed, spec, scene, rel, draw_seed))
         if progress is not None:
             progress(i + 1)
     if questions > 0:
