@@ -17,7 +17,7 @@ from unigap.evaluate.data import distinct_prompts
 from unigap.evaluate.generation import self_p_yes
 from unigap.model import load_model
 from unigap.prefs.scoring import image_score
-from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard
+from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard, first_alarm
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
 from unigap.refine.rollout import reward_for
@@ -177,11 +177,15 @@ def test_audit_guard_stops_only_on_a_significant_fall_at_a_window_boundary() -> 
     assert audit_guard(steady, 3) is None  # one window: nothing to compare
     assert audit_guard(steady + falling[:2], 3) is None  # checked when a window completes
     verdict = audit_guard(steady + falling, 3)
-    assert verdict["stopped"] and verdict["p"] < 0.01 and verdict["generation_steps"] == 6
+    assert verdict["p"] < 0.01 and verdict["generation_steps"] == 6
     assert verdict["verifier_accuracy"] == pytest.approx([0.25, 0.07 / 3]) and verdict["reward"][1] > 0.6
     assert audit_guard(steady + steady[::-1], 3) is None  # no fall
     assert audit_guard(falling + steady, 3) is None  # a rise never stops
     assert audit_guard([(0.2, 0.4)] * 6, 3) is None  # no spread: the test is undefined, the run goes on
+    # the first window at which it would have stopped, even when a later window no longer would
+    assert audit_guard(steady + falling + steady, 3) is None
+    assert first_alarm(steady + falling + steady, 3) == verdict
+    assert first_alarm(steady + steady + falling[:2], 3) is None
 
 
 def test_a_self_rewarded_run_whose_audit_falls_is_stopped_and_resumes_without_the_guard(tmp_path, capsys,
@@ -204,7 +208,9 @@ def test_a_self_rewarded_run_whose_audit_falls_is_stopped_and_resumes_without_th
     report = json.loads((tmp_path / "g" / "grpo.json").read_text())
     assert report["guard"]["stopped"] and report["guard"]["step"] == 6 and report["after"] is None
     assert report["guard"]["active"] and "Welch" in report["guard"]["rule"]
+    assert report["guard"]["alarm"]["generation_steps"] == 6 and report["guard"]["alarm"]["p"] == report["guard"]["p"]
     assert not (tmp_path / "g" / "adapter_model.safetensors").exists()  # no adapter from a stopped run
+    stop = report["guard"]
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--resume"])  # the checkpoint holds the failing window: the guard stops it again at once
     assert exit_info.value.code == 3 and "stopped after 6 steps" in capsys.readouterr().err
@@ -215,5 +221,5 @@ def test_a_self_rewarded_run_whose_audit_falls_is_stopped_and_resumes_without_th
     rows = [json.loads(line) for line in (tmp_path / "g" / "log.jsonl").read_text().splitlines()]
     report = json.loads((tmp_path / "g" / "grpo.json").read_text())
     assert [r["step"] for r in rows] == list(range(8)) and report["guard"] == {
-        "stopped": False, "active": False, "rule": report["guard"]["rule"]}
+        "stopped": False, "active": False, "rule": report["guard"]["rule"], "alarm": stop["alarm"]}
     assert (tmp_path / "g" / "adapter_model.safetensors").is_file()

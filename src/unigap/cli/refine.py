@@ -96,7 +96,8 @@ def train_command(
                                       "is logged beside it as an audit) | base-pyes (its judge before training, "
                                       "frozen) | clip:DIR | vlm:DIR (see `unigap eval --judge`)."),
     no_guard: bool = typer.Option(False, "--no-guard", help="With a judge as the reward: keep the verifier's audit "
-                                  "but never stop (the guard stops, exit 3, when the audited accuracy falls)."),
+                                  "but never stop (the guard stops, exit 3, when the audited accuracy falls; "
+                                  "grpo.json's guard.alarm records when it would have)."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 3e-4; R3 trains the full model at "
                                     "5e-6, a LoRA needs more)."),
     num_generations: int | None = typer.Option(None, "--num-generations", help="Samples per group (R3: 16)."),

@@ -22,7 +22,8 @@ a reward that rises while the independent judge passes fewer images is being foo
 
 Files in OUT: log.jsonl (one row per step: `LOGGED_KEYS`), checkpoint/checkpoint.pt (tensors, optimizer,
 scheduler, RNG, the rollout buffer, the audits; atomic), train_config.json, the PEFT adapter, grpo.json (with
-`guard`: its rule, or the record of the stop, `after` then null and no adapter written).
+`guard`: its rule, or the record of the stop, `after` then null and no adapter written; and `alarm`, the first
+stop the rule would have made, null if none, kept when a stopped run is continued with `--no-guard`).
 """
 
 from __future__ import annotations
@@ -77,9 +78,18 @@ def audit_guard(audits: list[tuple[float, float]], window: int) -> dict[str, Any
         p = float(ttest_ind(latest[:, 0], first[:, 0], equal_var=False, alternative="less").pvalue)
     if not p < GUARD_P:  # NaN (both windows constant and equal) goes on
         return None
-    return {"stopped": True, "generation_steps": len(audits), "window": window, "p": p, "threshold": GUARD_P,
+    return {"generation_steps": len(audits), "window": window, "p": p, "threshold": GUARD_P,
             "verifier_accuracy": [float(first[:, 0].mean()), float(latest[:, 0].mean())],
             "reward": [float(first[:, 1].mean()), float(latest[:, 1].mean())]}
+
+
+def first_alarm(audits: list[tuple[float, float]], window: int) -> dict[str, Any] | None:
+    """The first stop `audit_guard` would have made on these audits, window by window: recorded whether the guard
+    was on or not, so a run continued with `--no-guard` (or run without it) still says when it would have stopped."""
+    for end in range(2 * window, len(audits) + 1, window):
+        if (verdict := audit_guard(audits[:end], window)) is not None:
+            return verdict
+    return None
 
 
 class GRPOTrainer:
@@ -135,7 +145,7 @@ class GRPOTrainer:
         verdict = audit_guard(self.audits, c.audit_window) if c.guard else None
         if verdict is None:
             return
-        self.guard = {**verdict, "step": done}
+        self.guard = {"stopped": True, **verdict, "step": done}
         (a0, a1), (r0, r1) = verdict["verifier_accuracy"], verdict["reward"]
         saved = done if done == c.steps else done // c.checkpoint_every * c.checkpoint_every
         kept = kept_checkpoint(self.out_dir, saved, "the last checkpoint", "--resume --no-guard")
@@ -224,10 +234,13 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     try:
         trainer.train(resume, show_progress)  # a finished run: restored, not rerun
     except GuardStopped:
-        report["guard"] = {**(report["guard"] or {}), **(trainer.guard or {})}
+        report["guard"] = {**report["guard"], **(trainer.guard or {})}
+        report["guard"]["alarm"] = first_alarm(trainer.audits, config.audit_window)
         if main:
             write_text_atomically(out / RESULT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
         raise
+    if report["guard"] is not None:
+        report["guard"]["alarm"] = first_alarm(trainer.audits, config.audit_window)
     report["after"] = after = _loop_eval(um, config, show_progress) if config.eval_n else None
     if before and after:
         report["change"] = paired_difference(before["final"], after["final"])
