@@ -40,6 +40,16 @@ def test_sample_then_verify(tmp_path, capsys):
     assert code == 0 and verdict["satisfied"] is False and "expected 4 purple square(s)" in verdict["reason"]
 
 
+def test_sample_with_a_draw_seed_records_it(tmp_path, capsys):
+    out_dir = tmp_path / "fresh"
+    code, _, _ = run_main(capsys, ["world", "sample", "--n", "3", "--seed", "1", "--draw-seed", "2",
+                                   "--out", str(out_dir)])
+    rows = [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert code == 0 and {(r["seed"], r["draw_seed"], r["split"]) for r in rows} == {(1, 2, "train")}
+    assert manifest["seeds"] == [1, 2] and manifest["config"]["draw_seed"] == 2
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
