@@ -50,7 +50,9 @@ from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.loop import run_loop
 from unigap.refine.metrics import round_metrics
 from unigap.refine.rollout import VERIFIER_REWARD, Buffered, GroupResult, generation_group, refine_group, reward_for
-from unigap.train.loop import TrainingDiverged, kept_checkpoint, optimizer_step, refuse_unless_resuming, run_steps
+from unigap.train.loop import (
+    TrainingDiverged, checkpoint_step, kept_checkpoint, optimizer_step, refuse_unless_resuming, run_steps,
+)
 
 LOGGED_KEYS = (
     "step", "stage", "lr", "loss", "grad_norm", "kl", "generate/reward", "generate/reward_std",
@@ -147,8 +149,8 @@ class GRPOTrainer:
             return
         self.guard = {"stopped": True, **verdict, "step": done}
         (a0, a1), (r0, r1) = verdict["verifier_accuracy"], verdict["reward"]
-        saved = done if done == c.steps else done // c.checkpoint_every * c.checkpoint_every
-        kept = kept_checkpoint(self.out_dir, saved, "the last checkpoint", "--resume --no-guard")
+        kept = kept_checkpoint(self.out_dir, checkpoint_step(done, c.checkpoint_every, c.steps), "the last checkpoint",
+                               "--resume --no-guard")
         raise GuardStopped(
             f"guard: the verifier passed {a0:.3f} of the training images in the first {c.audit_window} generation "
             f"steps and {a1:.3f} in the latest {c.audit_window} (one-sided Welch p {verdict['p']:.2g} < {GUARD_P}) "
@@ -231,19 +233,23 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     if config.reward != VERIFIER_REWARD:
         report["guard"] = {"stopped": False, "active": config.guard, "rule": f"stop when the verifier's accuracy of "
                            f"the latest {config.audit_window} generation steps < the first's (Welch p < {GUARD_P})"}
-    try:
-        trainer.train(resume, show_progress)  # a finished run: restored, not rerun
-    except GuardStopped:
-        report["guard"] = {**report["guard"], **(trainer.guard or {})}
-        report["guard"]["alarm"] = first_alarm(trainer.audits, config.audit_window)
+
+    def write() -> None:
         if main:
             write_text_atomically(out / RESULT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
-        raise
-    if report["guard"] is not None:
-        report["guard"]["alarm"] = first_alarm(trainer.audits, config.audit_window)
+
+    stopped: GuardStopped | None = None
+    try:
+        trainer.train(resume, show_progress)  # a finished run: restored, not rerun
+    except GuardStopped as exc:
+        stopped = exc
+    if report["guard"] is not None:  # a judge reward: the stop's record, if any, and the rule's first alarm
+        report["guard"] |= {**(trainer.guard or {}), "alarm": first_alarm(trainer.audits, config.audit_window)}
+    if stopped is not None:
+        write()
+        raise stopped
     report["after"] = after = _loop_eval(um, config, show_progress) if config.eval_n else None
     if before and after:
         report["change"] = paired_difference(before["final"], after["final"])
-    if main:
-        write_text_atomically(out / RESULT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write()
     return report

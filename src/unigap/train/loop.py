@@ -61,12 +61,18 @@ def refuse_unless_resuming(out_dir: str | Path, resume: bool) -> None:
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, or use a new --out")
 
 
-def kept_checkpoint(out_dir: Path, checkpoint_step: int, kept: str = "the last good checkpoint",
+def checkpoint_step(done: int, checkpoint_every: int, steps: int) -> int:
+    """The step of the latest checkpoint `run_steps` has written once `done` steps are done: every
+    `checkpoint_every` steps and at the last step."""
+    return done if done == steps else done // checkpoint_every * checkpoint_every
+
+
+def kept_checkpoint(out_dir: Path, step: int, kept: str = "the last good checkpoint",
                     resume: str = "--resume") -> str:
-    """Where a stopped run can be resumed from (its checkpoint of `checkpoint_step`), and with which flags."""
+    """Where a stopped run can be resumed from (its checkpoint of `step`), and with which flags."""
     if not holds_run(out_dir):
         return "no checkpoint had been written yet"
-    return (f"{kept} (step {checkpoint_step}) is kept in {out_dir / CHECKPOINT_DIR} ({resume} continues from it; "
+    return (f"{kept} (step {step}) is kept in {out_dir / CHECKPOINT_DIR} ({resume} continues from it; "
             f"{LOG_FILE} shows the steps before)")
 
 
@@ -117,11 +123,12 @@ def run_steps(
                 with torch.autocast(named[0][1].device.type, dtype=torch.bfloat16, enabled=bf16):
                     record = step_fn(step)
             except TrainingDiverged as exc:
-                raise TrainingDiverged(f"{exc}; {kept_checkpoint(out_dir, step // checkpoint_every * checkpoint_every)}") from None
+                kept = kept_checkpoint(out_dir, checkpoint_step(step, checkpoint_every, steps))
+                raise TrainingDiverged(f"{exc}; {kept}") from None
             step += 1
             if main:
                 logger.log(step - 1, record)
-                if step % checkpoint_every == 0 or step == steps:
+                if checkpoint_step(step, checkpoint_every, steps) == step:
                     save_checkpoint(out_dir / CHECKPOINT_DIR,
                                     training_state(step, named, optimizer, scheduler, config, **extra_state()))
             if on_step is not None:
