@@ -126,6 +126,7 @@ def test_refine_train_self_rewarded_generation_on_janus_pro(janus_pro: Path, tmp
     assert all(0 <= row["generate/audit/verifier_accuracy"] <= 1 for row in rows)
     report = json.loads((out / "grpo.json").read_text())
     assert report["config"]["reward"] == "base-pyes" and report["guard"]["stopped"] is False
+    assert report["guard"]["alarm"] is None  # two generation steps: fewer than two audit windows
     assert (out / "adapter_model.safetensors").is_file()
 
 
