@@ -32,6 +32,13 @@ def editor(tmp_path_factory: pytest.TempPathFactory) -> UnifiedModel:
     return load_model(save_random_tiny(tmp_path_factory.mktemp("editor"), WORDS, seed=1, editing=True))
 
 
+@pytest.fixture(scope="session")
+def token_editor(tmp_path_factory: pytest.TempPathFactory) -> UnifiedModel:
+    """As `editor`, reading the source image as its VQ ids (`edit_source` "tokens")."""
+    directory = tmp_path_factory.mktemp("token_editor")
+    return load_model(save_random_tiny(directory, WORDS, seed=1, editing=True, edit_source="tokens"))
+
+
 @pytest.fixture
 def fresh(tiny_dir: Path) -> UnifiedModel:
     return load_model(tiny_dir)

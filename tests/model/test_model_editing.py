@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ import torch
 from unigap.errors import UserError
 from unigap.model import UnifiedModel, load_model
 from unigap.model.decoding import token_logprobs
-from unigap.model.editing import edit_prefix
+from unigap.model.editing import EDIT_SOURCES, edit_prefix
 from unigap.model.generation import guided, prefixed_image_token_states, sample_from_prefix
+from unigap.pretrain import PretrainConfig
 
 INSTRUCTIONS = ["make the red circle blue", "add a square", "remove the triangle to the left of the star"]
 
@@ -46,22 +48,52 @@ def test_the_source_image_and_the_seed_decide_the_edit(editor: UnifiedModel, ima
     assert not torch.equal(first, editor.edit(images[:2], same, seed=6))
 
 
+@pytest.mark.parametrize("source", EDIT_SOURCES)
 @pytest.mark.parametrize("cfg_scale", [None, 2.5])
-def test_teacher_forced_edit_scores_equal_the_sampled_steps(editor: UnifiedModel, images, cfg_scale) -> None:
+def test_teacher_forced_edit_scores_equal_the_sampled_steps(request, source, images, cfg_scale) -> None:
     """The prefix the trainer scores is the prefix the sampler extends: same log-probs for the same tokens."""
+    editor = request.getfixturevalue("editor" if source == "vision" else "token_editor")
     fmt, model = editor.prompts, editor.model
     batch = 2
     if cfg_scale is None:
-        embeds, mask = edit_prefix(model, fmt, editor.vision, images[:batch], INSTRUCTIONS[:batch])
+        embeds, mask = edit_prefix(model, fmt, editor.vision, images[:batch], INSTRUCTIONS[:batch], source=source)
     else:
         dropped = torch.tensor([False] * batch + [True] * batch)
-        embeds, mask = edit_prefix(model, fmt, editor.vision, images[:batch] * 2, INSTRUCTIONS[:batch] * 2, dropped)
+        embeds, mask = edit_prefix(model, fmt, editor.vision, images[:batch] * 2, INSTRUCTIONS[:batch] * 2, dropped,
+                                   source)
     tokens, sampled = sample_from_prefix(model, fmt, embeds, mask, batch, cfg_scale, 1.0, seed=3)
     with torch.no_grad():
         fed = tokens.repeat(2, 1) if cfg_scale is not None else tokens
         states = prefixed_image_token_states(model, embeds, mask, fed)
         scored = token_logprobs(guided(model.model.generation_head(states).float(), cfg_scale), tokens)
-    assert torch.allclose(scored, sampled, atol=1e-4)
+        assert torch.allclose(scored, sampled, atol=1e-4)
+        assert torch.allclose(editor.edit_token_logprobs(images[:batch], INSTRUCTIONS[:batch], tokens, cfg_scale),
+                              sampled, atol=1e-4)  # the public method reads the checkpoint's source
+
+
+def test_a_token_editor_reads_the_source_as_its_vq_ids(token_editor: UnifiedModel, editor: UnifiedModel, images,
+                                                      tmp_path: Path) -> None:
+    model, fmt = token_editor.model, token_editor.prompts
+    ids = fmt.edit_ids(INSTRUCTIONS[0])
+    embeds, _ = edit_prefix(model, fmt, token_editor.vision, images[:1], INSTRUCTIONS[:1], source="tokens")
+    slots = torch.tensor(ids) == fmt.ids.image
+    with torch.no_grad():
+        expected = model.prepare_embeddings_for_image_generation(token_editor.encode_images(images[:1]))
+        assert torch.allclose(embeds[0, slots], expected[0], atol=1e-6)
+        vision, _ = edit_prefix(model, fmt, token_editor.vision, images[:1], INSTRUCTIONS[:1])
+    assert not torch.allclose(vision[0, slots], expected[0])  # the default reads the vision tower
+    assert token_editor.edit_source == "tokens" and editor.edit_source == "vision"
+    assert load_model(token_editor.save(tmp_path / "copy")).edit_source == "tokens"
+    sidecar = tmp_path / "copy" / "unigap.json"  # a checkpoint written before `edit_source` existed
+    settings = json.loads(sidecar.read_text())
+    del settings["edit_source"]
+    sidecar.write_text(json.dumps(settings))
+    assert load_model(tmp_path / "copy").edit_source == "vision"
+    sidecar.write_text(json.dumps({**settings, "edit_source": "pixels"}))
+    with pytest.raises(UserError, match="unknown edit_source 'pixels'"):
+        load_model(tmp_path / "copy")
+    with pytest.raises(ValueError, match="unknown edit source 'pixels'"):
+        PretrainConfig(edit_source="pixels")
 
 
 def test_reflection_is_text_on_any_checkpoint(um: UnifiedModel, janus_pro_dir: Path, images) -> None:

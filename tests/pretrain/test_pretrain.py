@@ -16,7 +16,7 @@ from unigap.cli import main
 from unigap.errors import UserError
 from unigap.model import load_model
 from unigap.model.generation import prompt_batch
-from unigap.model.images import vq_encode
+from unigap.model.images import normalized_codebook, vq_encode
 from unigap.pretrain import QUICK, pretrain
 from unigap.pretrain import run as run_module
 from unigap.pretrain.corpus import Corpora, critique_corpus, edit_corpus, generation_corpus, understanding_corpus
@@ -28,7 +28,7 @@ from unigap.pretrain.joint import (
     understanding_loss,
 )
 from unigap.pretrain.run import build_model, tokenize_corpora
-from unigap.pretrain.vq import CROP_FOREGROUND, grid_crops, to_pixels, train_vq, vq_reconstruct
+from unigap.pretrain.vq import CROP_FOREGROUND, grid_crops, merge_similar_codes, to_pixels, train_vq, vq_reconstruct
 from unigap.pretrain.labels import grid_side, patch_labels
 from unigap.pretrain.vision import train_vision
 from unigap.world import COLORS, SHAPES, SIZES, Scene, SceneObject, satisfies, scene_split, split_prompts
@@ -88,6 +88,30 @@ def test_understanding_corpus_is_random_train_scenes_with_exact_judge_answers() 
     again = understanding_corpus(300, seed=0, questions_per_scene=3)
     assert [q.text for qs in again.questions for q in qs] == [q.text for qs in corpus.questions for q in qs]
     assert np.array_equal(again.renders, corpus.renders)
+
+
+def test_merging_similar_codes_makes_each_group_one_token(corpus) -> None:
+    um = build_model(TINY)
+    vq = um.model.model.vqmodel
+    train_vq(vq, corpus.renders[:8], steps=4, batch=4, lr=2e-3, seed=0)
+    pixels = to_pixels(corpus.renders[:8])
+    before = normalized_codebook(vq)
+    assert merge_similar_codes(vq, pixels, 1.5) == len(before)  # nothing is that similar: nothing changes
+    assert torch.equal(normalized_codebook(vq), before)
+    kept = merge_similar_codes(vq, pixels, 0.6)
+    after = normalized_codebook(vq)
+    owners = torch.unique(after, dim=0)
+    assert kept == len(owners) < len(before)
+    similarity = owners @ owners.T
+    assert bool((similarity[~torch.eye(kept, dtype=torch.bool)] < 0.6).all())  # survivors are apart
+    assert bool(((before * after).sum(-1) >= 0.6 - 1e-6).all())  # each code took a vector within reach
+    ids = vq_encode(vq, pixels).unique()
+    first = {tuple(after[i].tolist()): i for i in reversed(range(len(after)))}  # lowest id of each vector
+    assert set(ids.tolist()) <= set(first.values())  # a group encodes to one id
+    twin = [i for i in range(len(after)) if i != first[tuple(after[i].tolist())]][0]
+    with torch.no_grad():
+        assert torch.allclose(vq.decode(torch.full((1, 64), twin)), vq.decode(torch.full((1, 64), first[tuple(
+            after[twin].tolist())])))  # and any of its ids decodes alike
 
 
 def test_vq_training_path_agrees_with_transformers_decode(corpus) -> None:
@@ -182,7 +206,8 @@ def test_patch_head_reads_the_states_that_predict_each_image_token(model_and_cor
     um.model.zero_grad()
 
 
-RESUMED = TINY.scaled(vq_steps=4, polish_steps=4, polish_critique_batch=3, polish_edit_batch=2)
+RESUMED = TINY.scaled(vq_steps=4, polish_steps=4, polish_critique_batch=3, polish_edit_batch=2,
+                      vq_merge_similarity=0.5, edit_source="tokens")  # the merge must resume alike too
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +267,11 @@ def test_killed_run_resumes_to_the_same_weights(whole: Path, tmp_path: Path, mon
     leftovers = (run_module.VQ_PARTIAL, run_module.VQ_FILE, run_module.JOINT_FILE, run_module.POLISH_FILE)
     assert not any((run / name).exists() for run in (whole, out) for name in leftovers)
     um = load_model(whole)
-    assert um.num_image_tokens == 64 and um.codebook_size == TINY.codebook_size
+    assert um.num_image_tokens == 64 and um.codebook_size == TINY.codebook_size and um.edit_source == "tokens"
+    log = [json.loads(line) for line in (whole / run_module.LOG_FILE).read_text().splitlines()]
+    merged = [row for row in log if row.get("stage") == "vq_merge"]
+    codebook = um.model.model.vqmodel.quantize.embedding.weight
+    assert merged[-1]["codes"] == len(torch.unique(codebook, dim=0)) < TINY.codebook_size
 
 
 def test_critique_rows_draw_intact_pictures_at_the_share_asked(corpora) -> None:

@@ -18,6 +18,7 @@ from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
 
 from unigap.atomic import write_text_atomically
 from unigap.errors import UserError
+from unigap.model.editing import EDIT_SOURCES
 from unigap.model.prompts import JANUS_PRO_TEMPLATE, TEMPLATES
 
 SIDECAR = "unigap.json"
@@ -35,6 +36,9 @@ def read_sidecar(directory: Path) -> dict:
     template = settings.setdefault("template", JANUS_PRO_TEMPLATE)
     if template not in TEMPLATES:
         raise UserError(f"{sidecar_file}: unknown template {template!r}; expected one of {', '.join(TEMPLATES)}")
+    source = settings.setdefault("edit_source", "vision")  # sidecars written before it existed: the vision tower
+    if source not in EDIT_SOURCES:
+        raise UserError(f"{sidecar_file}: unknown edit_source {source!r}; expected one of {', '.join(EDIT_SOURCES)}")
     return settings
 
 
@@ -47,6 +51,7 @@ def save_checkpoint(
     image_mean: float | tuple[float, float, float],
     image_std: float | tuple[float, float, float],
     editing: bool = False,
+    edit_source: str = "vision",
 ) -> Path:
     """Write weights, configs, tokenizer and the `unigap.json` sidecar so `load_model` can read them back."""
     if template not in TEMPLATES:
@@ -60,6 +65,7 @@ def save_checkpoint(
         "image_mean": list(image_mean) if isinstance(image_mean, tuple | list) else [image_mean] * 3,
         "image_std": list(image_std) if isinstance(image_std, tuple | list) else [image_std] * 3,
         "editing": editing,
+        "edit_source": edit_source,
     }
     write_text_atomically(directory / SIDECAR, json.dumps(settings, indent=2))
     return directory

@@ -1,8 +1,12 @@
 """Image + instruction → image: the editing prefix, sampled by the one image-token sampler.
 
-The source image enters as understanding does (vision tower + aligner features scattered into the
-prompt's image placeholders, `JanusModel.forward`'s rule), the instruction as text (`PromptFormat.edit_ids`),
-and the edited image is sampled as image tokens with the generation head. Classifier-free guidance pairs
+The source image fills the prompt's image placeholders in one of two ways, the checkpoint's `edit_source`:
+`vision`, as understanding sees it (vision tower + aligner features, `JanusModel.forward`'s rule), or `tokens`,
+as generation writes it (its VQ ids through the generation embedding and aligner). Why `tokens`: an edit keeps
+most of the picture, and with the source's own VQ ids in the prefix, each output token sits at a fixed distance
+from the id it would copy; through the vision tower the model must redraw every unchanged patch from features.
+The instruction enters as text (`PromptFormat.edit_ids`), and the edited image is sampled as image tokens with
+the generation head. Classifier-free guidance pairs
 each row with its unconditional twin built exactly as for text-to-image (`generation.unconditional`: every
 token but BOS and <begin_of_image> becomes PAD, so the twin sees neither the image nor the instruction);
 pretraining drops prompts the same way, so guidance at inference sees what training saw.
@@ -11,6 +15,7 @@ pretraining drops prompts the same way, so guidance at inference sees what train
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from transformers import JanusForConditionalGeneration
@@ -25,8 +30,29 @@ from unigap.model.generation import (
     unconditional,
     uses_cfg,
 )
-from unigap.model.images import ImageInput, VisionPreprocessing
+from unigap.model.images import VQ_MEAN, VQ_STD, ImageInput, VisionPreprocessing, pixel_tensor, vq_encode, vq_image_size
 from unigap.model.prompts import PromptFormat
+
+EditSource = Literal["vision", "tokens"]
+EDIT_SOURCES: tuple[EditSource, ...] = ("vision", "tokens")
+
+
+def check_edit_source(source: str) -> EditSource:
+    if source not in EDIT_SOURCES:
+        raise ValueError(f"unknown edit source {source!r}; expected one of {', '.join(EDIT_SOURCES)}")
+    return source  # type: ignore[return-value]
+
+
+def source_features(model: JanusForConditionalGeneration, vision: VisionPreprocessing, images: Sequence[ImageInput],
+                    source: EditSource) -> torch.Tensor:
+    """The source images' prefix embeddings [B, N, D]: vision features, or generation embeddings of their VQ ids."""
+    if source == "tokens":
+        vq = model.model.vqmodel
+        with torch.no_grad():
+            ids = vq_encode(vq, pixel_tensor(images, vq_image_size(vq), VQ_MEAN, VQ_STD).to(model.device, model.dtype))
+        return model.prepare_embeddings_for_image_generation(ids.to(model.device))
+    pixels = vision(images).to(model.device, model.dtype)
+    return model.model.get_image_features(pixels).pooler_output
 
 
 def edit_prefix(
@@ -36,6 +62,7 @@ def edit_prefix(
     images: Sequence[ImageInput],
     instructions: Sequence[str],
     dropped: torch.Tensor | None = None,
+    source: EditSource = "vision",
 ) -> tuple[torch.Tensor, torch.LongTensor]:
     """Left-padded editing prefixes → (embeddings [B, L, D], mask [B, L]); rows where `dropped` [B] is
     True are unconditional (no image features, every token but BOS/BOI padded)."""
@@ -48,8 +75,7 @@ def edit_prefix(
     keep = torch.ones(len(ids), dtype=torch.bool, device=model.device) if dropped is None else ~dropped
     if bool(keep.any()):
         chosen = [image for image, k in zip(images, keep.tolist(), strict=True) if k]
-        pixels = vision(chosen).to(model.device, model.dtype)
-        features = model.model.get_image_features(pixels).pooler_output.to(embeds.dtype)  # [B', N, D]
+        features = source_features(model, vision, chosen, source).to(embeds.dtype)  # [B', N, D]
         slots = (ids == model.config.image_token_id) & keep.unsqueeze(-1)
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), features)
     return embeds, mask
@@ -64,6 +90,7 @@ def edit_token_logprobs(
     tokens: torch.Tensor,
     cfg_scale: float | None,
     dropped: torch.Tensor | None = None,
+    source: EditSource = "vision",
 ) -> torch.Tensor:
     """Per-token log-probs [B, N] of edited images' tokens given image + instruction; differentiable (minus their
     mean is what editing trains on, and UniMRG's auxiliary loss, whose target is a map of the input image). With
@@ -76,7 +103,7 @@ def edit_token_logprobs(
     if uses_cfg(cfg_scale):
         dropped = torch.tensor([False] * batch + [True] * batch)
         images, instructions, fed = [*images, *images], [*instructions, *instructions], tokens.repeat(2, 1)
-    prefix, mask = edit_prefix(model, fmt, vision, images, instructions, dropped)
+    prefix, mask = edit_prefix(model, fmt, vision, images, instructions, dropped, source)
     logits = model.model.generation_head(prefixed_image_token_states(model, prefix, mask, fed))
     return token_logprobs(guided(logits.float(), cfg_scale), tokens)
 
@@ -91,6 +118,7 @@ def sample_edits(
     cfg_scale: float | None,
     temperature: float,
     seed: int | None,
+    source: EditSource = "vision",
 ) -> torch.LongTensor:
     """Edited images' token ids [B, N], one per (image, instruction)."""
     batch = check_counts(images=images, instructions=instructions)
@@ -98,7 +126,8 @@ def sample_edits(
         return sample_from_prefix(model, fmt, None, None, 0, cfg_scale, temperature, seed)[0]
     if uses_cfg(cfg_scale):
         dropped = torch.tensor([False] * batch + [True] * batch)
-        embeds, mask = edit_prefix(model, fmt, vision, [*images, *images], [*instructions, *instructions], dropped)
+        embeds, mask = edit_prefix(model, fmt, vision, [*images, *images], [*instructions, *instructions], dropped,
+                                   source)
     else:
-        embeds, mask = edit_prefix(model, fmt, vision, images, instructions)
+        embeds, mask = edit_prefix(model, fmt, vision, images, instructions, source=source)
     return sample_from_prefix(model, fmt, embeds, mask, batch, cfg_scale, temperature, seed)[0]

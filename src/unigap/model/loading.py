@@ -130,4 +130,5 @@ def load_model(
         image_std=std,
         use_default_system_prompt=uses_default_system_prompt(directory),
         supports_editing=bool(settings.get("editing", False)),
+        edit_source=settings["edit_source"],
     )

@@ -123,21 +123,24 @@ def tiny_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConf
 
 
 def save_tiny(
-    model: JanusForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, directory: str | Path, editing: bool = False
+    model: JanusForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, directory: str | Path, editing: bool = False,
+    edit_source: str = "vision",
 ) -> Path:
     """Write a tiny model as a `load_model`-able checkpoint (tiny prompt template, mean/std 0.5)."""
     model.generation_config = tiny_generation_config(tokenizer)
     return save_checkpoint(
-        model, tokenizer, directory, template=TINY_TEMPLATE, image_mean=0.5, image_std=0.5, editing=editing
+        model, tokenizer, directory, template=TINY_TEMPLATE, image_mean=0.5, image_std=0.5, editing=editing,
+        edit_source=edit_source,
     )
 
 
 def save_random_tiny(
-    directory: str | Path, words: Sequence[str], seed: int = 0, editing: bool = False, **sizes: int
+    directory: str | Path, words: Sequence[str], seed: int = 0, editing: bool = False, edit_source: str = "vision",
+    **sizes: int,
 ) -> Path:
     """A randomly initialised tiny Janus over `words` (sizes as in `tiny_janus_config`), saved as a checkpoint:
     the model tests and benchmarks run on, since no trained weights can be downloaded."""
     tokenizer = build_word_tokenizer(list(words))
     torch.manual_seed(seed)
     model = JanusForConditionalGeneration(tiny_janus_config(len(tokenizer), tokenizer, **sizes))
-    return save_tiny(model, tokenizer, directory, editing=editing)
+    return save_tiny(model, tokenizer, directory, editing=editing, edit_source=edit_source)

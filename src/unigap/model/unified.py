@@ -66,6 +66,7 @@ class UnifiedModel:
         image_std: tuple[float, float, float] = (0.5, 0.5, 0.5),
         use_default_system_prompt: bool = True,
         supports_editing: bool = False,
+        edit_source: str = "vision",
     ) -> None:
         self.peft: PeftModel | None = model if isinstance(model, PeftModel) else None
         self.model: JanusForConditionalGeneration = model.get_base_model() if self.peft is not None else model
@@ -80,6 +81,7 @@ class UnifiedModel:
         )
         self.vision = VisionPreprocessing(vision_config.image_size, tuple(image_mean), tuple(image_std))
         self._supports_editing = supports_editing
+        self.edit_source = editing.check_edit_source(edit_source)  # how `edit` reads the source image (see editing)
 
     # -- basic facts -------------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class UnifiedModel:
             image_mean=self.vision.mean,
             image_std=self.vision.std,
             editing=self.supports_editing,
+            edit_source=self.edit_source,
         )
 
     # -- understanding -----------------------------------------------------------------------
@@ -209,7 +212,7 @@ class UnifiedModel:
                 "regenerate from a refined prompt instead"
             )
         return editing.sample_edits(
-            self.model, self.prompts, self.vision, images, instructions, cfg_scale, temperature, seed
+            self.model, self.prompts, self.vision, images, instructions, cfg_scale, temperature, seed, self.edit_source
         )
 
     def image_logprobs(
@@ -234,7 +237,7 @@ class UnifiedModel:
         """Per-token log-probs [B, N] of edited images' tokens given source image + instruction (CFG-mixed when
         `cfg_scale` is given, as `edit` samples; otherwise `dropped` [B] rows unconditional); differentiable."""
         return editing.edit_token_logprobs(self.model, self.prompts, self.vision, images, instructions, image_tokens,
-                                           cfg_scale, dropped)
+                                           cfg_scale, dropped, self.edit_source)
 
     # -- VQ ----------------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from unigap.model.editing import check_edit_source
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -24,6 +26,7 @@ class PretrainConfig:
     sentence_fraction: float = 0.25  # understanding questions asked for a full-sentence answer
     critique_scenes: int = 10000  # pictures of train prompts, intact, broken or damaged, with judge + reflection questions
     edit_pairs: int = 8000  # (source scene, instruction, edited scene) triples
+    edit_source: str = "vision"  # how an edit reads its source image: "vision" tower or its VQ "tokens" (model.editing)
     reconstructed_fraction: float = 0.5  # understanding, critique and edit-source images that are VQ reconstructions
     # stage 1: VQ tokenizer
     vq_steps: int = 5600
@@ -31,6 +34,7 @@ class PretrainConfig:
     vq_lr: float = 3e-3
     vq_crop: int = 32  # train on grid-aligned crops of this side (the VQ is convolutional)
     vq_empty_crop_weight: float = 0.1  # draw weight of a crop with no object, against 1; 1 = uniform (see README)
+    vq_merge_similarity: float | None = None  # after stage 1, merge codes this similar (pretrain.vq.merge_similar_codes)
     # stage 2: the vision tower alone, on per-patch object labels (see unigap.pretrain.vision)
     vision_steps: int = 600
     vision_batch: int = 64
@@ -67,6 +71,9 @@ class PretrainConfig:
         for name, share in shares.items():
             if share is not None and not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {share}")
+        check_edit_source(self.edit_source)
+        if self.vq_merge_similarity is not None and not -1.0 < self.vq_merge_similarity <= 1.0:
+            raise ValueError(f"vq_merge_similarity is a cosine similarity in (-1, 1], got {self.vq_merge_similarity}")
         if self.polish_steps < 0:
             raise ValueError(f"polish_steps must be >= 0, got {self.polish_steps}")
 

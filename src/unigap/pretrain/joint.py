@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from unigap.model import UnifiedModel
 from unigap.model.decoding import left_pad
-from unigap.model.editing import edit_token_logprobs
 from unigap.model.generation import image_token_states, unconditional
 from unigap.pretrain.config import PretrainConfig
 from unigap.pretrain.corpus import (
@@ -148,7 +147,7 @@ def edit_loss(
     dropped = torch.from_numpy(rng.random(len(rows)) < dropout)
     tokens = torch.from_numpy(corpus.tokens[rows])
     instructions = [corpus.instructions[r] for r in rows]
-    return -edit_token_logprobs(um.model, um.prompts, um.vision, images, instructions, tokens, None, dropped).mean()
+    return -um.edit_token_logprobs(images, instructions, tokens, None, dropped).mean()
 
 
 def critique_rows(corpus: CritiqueCorpus, n: int, rng: np.random.Generator, intact: float | None) -> np.ndarray:

@@ -48,7 +48,7 @@ from unigap.pretrain.corpus import (
 from unigap.pretrain.joint import PatchHead, joint_step, make_optimizer, trainable_parameters
 from unigap.pretrain.labels import grid_side
 from unigap.pretrain.vision import VisionStep, train_vision
-from unigap.pretrain.vq import to_pixels, train_vq
+from unigap.pretrain.vq import merge_similar_codes, to_pixels, train_vq
 from unigap.progress import progress
 from unigap.world import vocabulary
 
@@ -64,6 +64,7 @@ STAGE_BARS = {"joint": "understanding + generation", "polish": "polish: critique
 LOG_FILE = "pretrain_log.jsonl"
 SUMMARY_FILE = "pretrain.json"
 ENCODE_BATCH = 64
+MERGE_IMAGES = 500  # generation renders whose code usage picks which of similar codes survives
 VQ_CHECK = 200  # held-out scenes the VQ's reconstructions are verified on
 
 
@@ -87,7 +88,7 @@ def build_model(config: PretrainConfig) -> UnifiedModel:
     )
     model = JanusForConditionalGeneration(janus_config)
     model.generation_config = tiny_generation_config(tokenizer)  # the special ids UnifiedModel reads
-    return UnifiedModel(model, tokenizer, template=TINY_TEMPLATE)
+    return UnifiedModel(model, tokenizer, template=TINY_TEMPLATE, edit_source=config.edit_source)
 
 
 @torch.no_grad()
@@ -281,6 +282,10 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     corpus_seconds = time.perf_counter() - started
     vq_seconds = _stage_vq(um, corpora.gen.renders, config, out, show_progress, logger)
     coded = time.perf_counter()
+    if config.vq_merge_similarity is not None:
+        codes = merge_similar_codes(um.model.model.vqmodel, to_pixels(corpora.gen.renders[:MERGE_IMAGES]),
+                                    config.vq_merge_similarity)
+        _log(logger, {"stage": "vq_merge", "similarity": config.vq_merge_similarity, "codes": codes})
     tokenize_corpora(um, corpora)
     fidelity = vq_fidelity(um, n=VQ_CHECK, seed=config.seed, data_seed=config.seed, progress=show_progress)
     _log(logger, {"stage": "vq_fidelity", **fidelity})
@@ -289,7 +294,8 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     joint = _stage_joint(um, corpora, config, out, show_progress, logger)
     polish = _stage_joint(um, corpora, config.polish(), out, show_progress, logger, stage="polish")
     save_tiny(um.model, um.tokenizer, out, editing=config.edit_batch > 0 or (config.polish_steps > 0
-                                                                           and config.polish_edit_batch > 0))
+                                                                           and config.polish_edit_batch > 0),
+              edit_source=config.edit_source)
     summary = {
         "config": asdict(config),
         "corpus_seconds": corpus_seconds,
