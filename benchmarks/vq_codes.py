@@ -3,8 +3,9 @@
 Why: an edit keeps most of its picture, so an editor could copy most of its output tokens from the source, if a
 patch that the edit leaves pixel-identical kept its code. This measures, on edit pairs of train scenes (source
 render, result render), how many distinct codes encode blank patches and how often a pixel-identical patch keeps
-its code; then the same after `unigap.pretrain.vq.merge_similar_codes` at each similarity, with the verifier's
-acceptance of the VQ's reconstructions of held-out val scenes (what merging costs in fidelity).
+its code; then the same after `unigap.pretrain.vq.merge_similar_codes` at each similarity (code usage counted on
+the first generation renders, as `unigap pretrain` counts it), with the verifier's acceptance of the VQ's
+reconstructions of held-out val scenes (what merging costs in fidelity).
 
     python benchmarks/vq_codes.py [--model tiny] [--pairs 300] [--similarity 0.95 0.9 0.85 0.8]
 """
@@ -23,7 +24,7 @@ from rich.table import Table
 from _common import positive_int, write_result
 from unigap.evaluate.vq import vq_fidelity
 from unigap.model import UnifiedModel, load_model
-from unigap.pretrain.corpus import edit_corpus
+from unigap.pretrain.corpus import edit_corpus, generation_corpus
 from unigap.pretrain.run import MERGE_IMAGES
 from unigap.pretrain.vq import merge_similar_codes, to_pixels
 
@@ -32,7 +33,7 @@ FIDELITY_N = 200  # held-out val scenes whose reconstructions the verifier check
 
 
 def patches(images: np.ndarray, grid: int) -> np.ndarray:
-    """Per image, the largest channel value of each token's patch [S, grid²], for pixel comparisons."""
+    """Per image, each token's patch as a row of its pixel values [S, grid², side²·3], for pixel comparisons."""
     side = images.shape[1] // grid
     return images.reshape(len(images), grid, side, grid, side, 3).transpose(0, 1, 3, 2, 4, 5).reshape(
         len(images), grid * grid, -1)
@@ -62,13 +63,14 @@ def main() -> None:
     parser.add_argument("--similarity", type=float, nargs="*", default=[0.95, 0.9, 0.85, 0.8])
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
-    base = load_model(args.model)
-    corpus = edit_corpus(max(args.pairs, MERGE_IMAGES), 0)
-    sources, results = np.stack(corpus.sources[: args.pairs]), np.stack(corpus.results[: args.pairs])
+    base = load_model(args.model, device="cpu")
+    corpus = edit_corpus(args.pairs, 0)
+    sources, results = np.stack(corpus.sources), np.stack(corpus.results)
+    usage = to_pixels(generation_corpus(MERGE_IMAGES, 0, int(base.num_image_tokens ** 0.5)).renders)  # as pretrain
     rows = {"as trained": measure(base, sources, results)}
     for similarity in args.similarity:
         um = copy.deepcopy(base)
-        merge_similar_codes(um.model.model.vqmodel, to_pixels(np.stack(corpus.sources[:MERGE_IMAGES])), similarity)
+        merge_similar_codes(um.model.model.vqmodel, usage, similarity)
         rows[f"merged at {similarity}"] = measure(um, sources, results)
     table = Table(title=f"{args.model}'s VQ on {args.pairs} edit pairs of train scenes")
     columns = ("distinct_codes", "codes_on_blank_patches", "same_code_if_identical", "same_code_if_changed",

@@ -15,6 +15,7 @@ from unigap.model.decoding import token_logprobs
 from unigap.model.editing import EDIT_SOURCES, edit_prefix
 from unigap.model.generation import guided, prefixed_image_token_states, sample_from_prefix
 from unigap.pretrain import PretrainConfig
+from unigap.train.sft import ImageToImageTask
 
 INSTRUCTIONS = ["make the red circle blue", "add a square", "remove the triangle to the left of the star"]
 
@@ -68,7 +69,8 @@ def test_teacher_forced_edit_scores_equal_the_sampled_steps(request, source, ima
         scored = token_logprobs(guided(model.model.generation_head(states).float(), cfg_scale), tokens)
         assert torch.allclose(scored, sampled, atol=1e-4)
         assert torch.allclose(editor.edit_token_logprobs(images[:batch], INSTRUCTIONS[:batch], tokens, cfg_scale),
-                              sampled, atol=1e-4)  # the public method reads the checkpoint's source
+                              sampled, atol=1e-4)  # the public methods read the checkpoint's source
+    assert torch.equal(editor.edit(images[:batch], INSTRUCTIONS[:batch], cfg_scale, 1.0, seed=3), tokens)
 
 
 def test_a_token_editor_reads_the_source_as_its_vq_ids(token_editor: UnifiedModel, editor: UnifiedModel, images,
@@ -117,3 +119,12 @@ def test_editing_prompts_hold_the_image_and_end_in_begin_of_image(um: UnifiedMod
 def test_one_instruction_per_image(editor: UnifiedModel) -> None:
     with pytest.raises(ValueError, match="mismatched batch"):
         editor.edit([np.zeros((64, 64, 3), dtype=np.uint8)], ["add a square", "add a circle"])
+
+
+def test_unimrg_maps_come_through_the_vision_tower_on_any_checkpoint(token_editor: UnifiedModel, images) -> None:
+    targets = token_editor.encode_images(images[:2])
+    loss, _ = ImageToImageTask(images[:2], INSTRUCTIONS[1], targets).loss(token_editor, np.arange(2))
+    with torch.no_grad():
+        through = {source: -token_editor.edit_token_logprobs(images[:2], INSTRUCTIONS[1:2] * 2, targets,
+                                                             source=source).mean(-1).sum() for source in EDIT_SOURCES}
+    assert torch.allclose(loss.detach(), through["vision"]) and not torch.allclose(loss.detach(), through["tokens"])

@@ -96,6 +96,7 @@ def test_merging_similar_codes_makes_each_group_one_token(corpus) -> None:
     train_vq(vq, corpus.renders[:8], steps=4, batch=4, lr=2e-3, seed=0)
     pixels = to_pixels(corpus.renders[:8])
     before = normalized_codebook(vq)
+    usage = torch.bincount(vq_encode(vq, pixels).flatten(), minlength=len(before))
     assert merge_similar_codes(vq, pixels, 1.5) == len(before)  # nothing is that similar: nothing changes
     assert torch.equal(normalized_codebook(vq), before)
     kept = merge_similar_codes(vq, pixels, 0.6)
@@ -105,6 +106,9 @@ def test_merging_similar_codes_makes_each_group_one_token(corpus) -> None:
     similarity = owners @ owners.T
     assert bool((similarity[~torch.eye(kept, dtype=torch.bool)] < 0.6).all())  # survivors are apart
     assert bool(((before * after).sum(-1) >= 0.6 - 1e-6).all())  # each code took a vector within reach
+    for row in owners:  # the group keeps its most-used member's vector
+        members = (after == row).all(-1)
+        assert torch.allclose(before[members][usage[members].argmax()], row)
     ids = vq_encode(vq, pixels).unique()
     first = {tuple(after[i].tolist()): i for i in reversed(range(len(after)))}  # lowest id of each vector
     assert set(ids.tolist()) <= set(first.values())  # a group encodes to one id

@@ -2,7 +2,8 @@
 
 A checkpoint is a transformers-format directory (config + safetensors + tokenizer files, optionally a
 preprocessor config and generation config). unigap adds one small sidecar, `unigap.json`, saying which
-prompt convention the model was trained with, whether it was trained to edit images (`editing`), and,
+prompt convention the model was trained with, whether it was trained to edit images (`editing`) and how an edit
+reads its source image (`edit_source`: the vision tower, or the source's VQ ids; `unigap.model.editing`), and,
 for models without a preprocessor config, the pixel mean/std. A directory without the sidecar is a
 Janus-Pro checkpoint converted by transformers (no editing).
 """
@@ -18,7 +19,7 @@ from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
 
 from unigap.atomic import write_text_atomically
 from unigap.errors import UserError
-from unigap.model.editing import EDIT_SOURCES
+from unigap.model.editing import EDIT_SOURCES, check_edit_source
 from unigap.model.prompts import JANUS_PRO_TEMPLATE, TEMPLATES
 
 SIDECAR = "unigap.json"
@@ -56,6 +57,7 @@ def save_checkpoint(
     """Write weights, configs, tokenizer and the `unigap.json` sidecar so `load_model` can read them back."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; expected one of {', '.join(TEMPLATES)}")
+    check_edit_source(edit_source)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)

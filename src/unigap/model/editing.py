@@ -3,8 +3,9 @@
 The source image fills the prompt's image placeholders in one of two ways, the checkpoint's `edit_source`:
 `vision`, as understanding sees it (vision tower + aligner features, `JanusModel.forward`'s rule), or `tokens`,
 as generation writes it (its VQ ids through the generation embedding and aligner). Why `tokens`: an edit keeps
-most of the picture, and with the source's own VQ ids in the prefix, each output token sits at a fixed distance
-from the id it would copy; through the vision tower the model must redraw every unchanged patch from features.
+most of the picture, and with the source's own VQ ids in the prefix (on the tiny template, which puts the
+instruction first) each output token sits at a fixed distance from the id it would copy; through the vision tower
+the model must redraw every unchanged patch from features.
 The instruction enters as text (`PromptFormat.edit_ids`), and the edited image is sampled as image tokens with
 the generation head. Classifier-free guidance pairs
 each row with its unconditional twin built exactly as for text-to-image (`generation.unconditional`: every
@@ -50,9 +51,14 @@ def source_features(model: JanusForConditionalGeneration, vision: VisionPreproce
         vq = model.model.vqmodel
         with torch.no_grad():
             ids = vq_encode(vq, pixel_tensor(images, vq_image_size(vq), VQ_MEAN, VQ_STD).to(model.device, model.dtype))
-        return model.prepare_embeddings_for_image_generation(ids.to(model.device))
-    pixels = vision(images).to(model.device, model.dtype)
-    return model.model.get_image_features(pixels).pooler_output
+        features = model.prepare_embeddings_for_image_generation(ids.to(model.device))
+    else:
+        features = model.model.get_image_features(vision(images).to(model.device, model.dtype)).pooler_output
+    placeholders = model.config.vision_config.num_image_tokens
+    if features.shape[1] != placeholders:  # masked_scatter would silently misplace them
+        raise ValueError(f"the {source} source gives {features.shape[1]} vectors per image for {placeholders} "
+                         f"image placeholders")
+    return features
 
 
 def edit_prefix(

@@ -103,6 +103,11 @@ def vq_encode(vqmodel: JanusVQVAE, pixels: torch.Tensor) -> torch.LongTensor:
     codebook = normalized_codebook(vqmodel).float()
     # For unit vectors, the smallest L2 distance is the largest dot product.
     ids = torch.einsum("bhwd,nd->bhwn", latents, codebook).argmax(dim=-1)
+    rows, inverse = torch.unique(codebook, dim=0, return_inverse=True)
+    if len(rows) < len(codebook):  # merged codes (`unigap.pretrain.vq.merge_similar_codes`): one id per vector
+        every = torch.arange(len(codebook), device=ids.device)
+        lowest = torch.full((len(rows),), len(codebook), device=ids.device).scatter_reduce(0, inverse, every, "amin")
+        ids = lowest[inverse[ids]]
     return ids.flatten(1)
 
 

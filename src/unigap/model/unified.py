@@ -203,8 +203,9 @@ class UnifiedModel:
         temperature: float = 1.0,
         seed: int | None = None,
     ) -> torch.LongTensor:
-        """Edited images' token ids [B, N]: each source image (through the understanding encoder) and its
-        instruction (text) → image tokens from the generation head, CFG as in `generate_images`.
+        """Edited images' token ids [B, N]: each source image (read as the checkpoint's `edit_source` says: through
+        the understanding encoder, or as its VQ ids) and its instruction (text) → image tokens from the generation
+        head, CFG as in `generate_images`.
         `UserError` on a checkpoint that cannot edit (`supports_editing` False, e.g. Janus-Pro)."""
         if not self.supports_editing:
             raise UserError(
@@ -232,12 +233,14 @@ class UnifiedModel:
 
     def edit_token_logprobs(
         self, images: Sequence[ImageInput], instructions: Sequence[str], image_tokens: torch.Tensor,
-        cfg_scale: float | None = None, dropped: torch.Tensor | None = None,
+        cfg_scale: float | None = None, dropped: torch.Tensor | None = None, source: str | None = None,
     ) -> torch.Tensor:
         """Per-token log-probs [B, N] of edited images' tokens given source image + instruction (CFG-mixed when
-        `cfg_scale` is given, as `edit` samples; otherwise `dropped` [B] rows unconditional); differentiable."""
+        `cfg_scale` is given, as `edit` samples; otherwise `dropped` [B] rows unconditional); differentiable.
+        `source` overrides the checkpoint's `edit_source` (UniMRG's maps must come through the vision tower)."""
+        source = self.edit_source if source is None else editing.check_edit_source(source)
         return editing.edit_token_logprobs(self.model, self.prompts, self.vision, images, instructions, image_tokens,
-                                           cfg_scale, dropped, self.edit_source)
+                                           cfg_scale, dropped, source)
 
     # -- VQ ----------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
-from unigap.model.images import normalized_codebook, vq_latents
+from unigap.model.images import normalized_codebook, vq_encode, vq_latents
 
 COMMITMENT = 0.25
 OBJECT_WEIGHT = 10.0
@@ -165,22 +165,23 @@ def _restart_unused(vq: JanusVQVAE, pixels: torch.Tensor, used: torch.Tensor, ge
 
 @torch.no_grad()
 def merge_similar_codes(vq: JanusVQVAE, pixels: torch.Tensor, similarity: float) -> int:
-    """Give every code within cosine `similarity` of a more-used code that code's vector; returns how many
-    distinct vectors remain. Equal vectors encode to the lowest of their ids (`vq_encode`'s argmax) and decode
-    alike, so each group becomes one token.
+    """Merge codes greedily: from the most used (on `pixels`) down, each code not yet merged claims every unclaimed
+    code within cosine `similarity` of it, which takes its vector; returns how many distinct vectors remain. Equal
+    vectors encode to the lowest of their ids (`vq_encode`) and decode alike, so each group becomes one token.
 
     Why: `_restart_unused` moves dead codes onto random latents, which are mostly background, so the shipped
     VQ spends about half its codebook on plain white: 245 of 512 codes encode blank patches, and a patch that an
     edit leaves pixel-identical keeps its code only 53% of the time (`benchmarks/vq_codes.py`). The LLM must
     then spread its probability over equivalent codes, and an edit cannot copy what it keeps."""
-    codebook = normalized_codebook(vq)
-    ids = torch.einsum("bhwd,nd->bhwn", F.normalize(vq_latents(vq, pixels), p=2, dim=-1), codebook).argmax(-1)
-    usage = torch.bincount(ids.flatten(), minlength=len(codebook))
-    owner = torch.full((len(codebook),), -1)
+    weight = vq.quantize.embedding.weight
+    codebook = normalized_codebook(vq).float()
+    usage = torch.bincount(vq_encode(vq, pixels.to(weight.device, weight.dtype)).flatten().cpu(),
+                           minlength=len(codebook))
+    owner = torch.full((len(codebook),), -1, device=codebook.device)
     for code in torch.argsort(usage, descending=True, stable=True).tolist():
         if owner[code] < 0:
             group = ((codebook @ codebook[code]) >= similarity) & (owner < 0)
             group[code] = True  # (a code is its own group whatever the threshold)
             owner[group] = code
-    vq.quantize.embedding.weight.copy_(vq.quantize.embedding.weight[owner])
+    weight.copy_(weight[owner])
     return int(owner.unique().numel())

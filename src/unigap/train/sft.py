@@ -96,7 +96,9 @@ class TextToImageTask:
 
 @dataclass(frozen=True)
 class ImageToImageTask:
-    """An image + one instruction → a target image's VQ tokens (UniMRG: the input's reconstruction or maps)."""
+    """An image + one instruction → a target image's VQ tokens (UniMRG: the input's reconstruction or maps).
+    The image always comes through the vision tower, whatever the checkpoint's `edit_source`: these tasks exist
+    to train what understanding reads (and a reconstruction from the input's own VQ ids would be a copy)."""
 
     images: Sequence[ImageInput]
     instruction: str
@@ -108,7 +110,7 @@ class ImageToImageTask:
     def loss(self, um: Any, rows: np.ndarray, dropped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         images = [self.images[r] for r in rows]
         logprobs = um.edit_token_logprobs(images, [self.instruction] * len(rows), self.targets[rows],
-                                          dropped=dropped)
+                                          dropped=dropped, source="vision")
         return -logprobs.mean(dim=-1).sum(), torch.tensor(float(len(rows)))
 
 
