@@ -25,6 +25,7 @@ from _common import positive_int, write_result
 from unigap.evaluate.vq import vq_fidelity
 from unigap.model import UnifiedModel, load_model
 from unigap.pretrain.corpus import edit_corpus, generation_corpus
+from unigap.pretrain.labels import grid_side
 from unigap.pretrain.run import MERGE_IMAGES
 from unigap.pretrain.vq import merge_similar_codes, to_pixels
 
@@ -40,7 +41,7 @@ def patches(images: np.ndarray, grid: int) -> np.ndarray:
 
 
 def measure(um: UnifiedModel, sources: np.ndarray, results: np.ndarray) -> dict[str, float | int]:
-    grid = int(um.num_image_tokens ** 0.5)
+    grid = grid_side(um.num_image_tokens)
     src, res = patches(sources.astype(int), grid), patches(results.astype(int), grid)
     identical = torch.from_numpy((src == res).all(-1))
     blank = torch.from_numpy((src == 255).all(-1))
@@ -66,7 +67,7 @@ def main() -> None:
     base = load_model(args.model, device="cpu")
     corpus = edit_corpus(args.pairs, 0)
     sources, results = np.stack(corpus.sources), np.stack(corpus.results)
-    usage = to_pixels(generation_corpus(MERGE_IMAGES, 0, int(base.num_image_tokens ** 0.5)).renders)  # as pretrain
+    usage = to_pixels(generation_corpus(MERGE_IMAGES, 0, grid_side(base.num_image_tokens)).renders)  # as pretrain
     rows = {"as trained": measure(base, sources, results)}
     for similarity in args.similarity:
         um = copy.deepcopy(base)
