@@ -106,7 +106,7 @@ class EditingStub(StubModel):
 
     supports_editing = True
 
-    def edit(self, images, instructions, cfg_scale=5.0, temperature=1.0, seed=None) -> torch.Tensor:
+    def edit(self, images, instructions, cfg_scale=2.0, temperature=1.0, seed=None, image_cfg_scale=1.5) -> torch.Tensor:
         ids = []
         for image, instruction in zip(images, instructions, strict=True):
             self.images.append(Image.fromarray(world.edit_picture(image, instruction, self.rng)))
@@ -122,3 +122,8 @@ def stub_factory():
 @pytest.fixture
 def editing_stub():
     return EditingStub()
+
+
+@pytest.fixture
+def editing_stub_factory():
+    return EditingStub

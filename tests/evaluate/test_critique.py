@@ -8,6 +8,7 @@ from unigap.evaluate.critique import auc, self_judge_metrics
 from unigap.evaluate.editing import edit_accuracy, edit_items
 from unigap.evaluate.run import evaluate
 from unigap.evaluate.understanding import understanding_items
+from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE
 from unigap.world import parse_instruction
 
 
@@ -65,3 +66,25 @@ def test_an_exact_editor_scores_near_one(editing_stub) -> None:
     assert result["n"] == 40 and result["accuracy"] >= 0.9  # an add may find no free position
     assert set(result["by_kind"]) == {"recolour", "add", "remove", "move"}
     assert all(r["kind"] == parse_instruction(r["instruction"]).kind for r in result["records"])
+
+
+def test_edits_are_guided_by_the_edit_scales_and_the_report_says_which(editing_stub_factory, monkeypatch) -> None:
+    editing_stub, scales = editing_stub_factory(understanding_items(8, 0)), set()
+    edit = editing_stub.edit
+    monkeypatch.setattr(editing_stub, "edit", lambda images, notes, cfg_scale, temperature, seed, image_cfg_scale:
+                        scales.add((cfg_scale, image_cfg_scale)) or edit(images, notes))
+    report = evaluate(editing_stub, 8, 0, batch_size=8, cfg_scale=4.0, progress=False, edit_cfg_scale=3.0,
+                      edit_image_cfg_scale=1.25)
+    assert scales == {(3.0, 1.25)} and report["edit"]["n"] == 8  # not generation's cfg_scale
+    assert (report["config"]["edit_cfg_scale"], report["config"]["edit_image_cfg_scale"]) == (3.0, 1.25)
+    scales.clear()
+    report = evaluate(editing_stub, 8, 0, batch_size=8, progress=False)
+    assert scales == {(EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE)} == {(report["config"]["edit_cfg_scale"],
+                                                                    report["config"]["edit_image_cfg_scale"])}
+
+
+def test_the_edit_guidance_flags_state_the_defaults_they_leave_in_place() -> None:
+    from unigap.cli.common import EDIT_CFG_OPTION, EDIT_IMAGE_CFG_OPTION  # their help cannot import torch's constants
+
+    assert f"default {EDIT_CFG_SCALE:g})" in EDIT_CFG_OPTION.help
+    assert f"default {EDIT_IMAGE_CFG_SCALE:g};" in EDIT_IMAGE_CFG_OPTION.help

@@ -12,8 +12,8 @@ import torch
 from unigap.errors import UserError
 from unigap.model import UnifiedModel, load_model
 from unigap.model.decoding import token_logprobs
-from unigap.model.editing import EDIT_SOURCES, edit_prefix
-from unigap.model.generation import guided, prefixed_image_token_states, sample_from_prefix
+from unigap.model.editing import EDIT_SOURCES, EditGuidance, edit_prefix, guidance_prefix
+from unigap.model.generation import prefixed_image_token_states, sample_from_prefix
 from unigap.pretrain import PretrainConfig
 from unigap.train.sft import ImageToImageTask
 
@@ -50,27 +50,50 @@ def test_the_source_image_and_the_seed_decide_the_edit(editor: UnifiedModel, ima
 
 
 @pytest.mark.parametrize("source", EDIT_SOURCES)
-@pytest.mark.parametrize("cfg_scale", [None, 2.5])
-def test_teacher_forced_edit_scores_equal_the_sampled_steps(request, source, images, cfg_scale) -> None:
-    """The prefix the trainer scores is the prefix the sampler extends: same log-probs for the same tokens."""
+@pytest.mark.parametrize("scales", [(None, None), (2.5, 1.0), (2.5, 2.5), (2.0, 1.5)])
+def test_teacher_forced_edit_scores_equal_the_sampled_steps(request, source, images, scales) -> None:
+    """The prefix the trainer scores is the prefix the sampler extends: same log-probs for the same tokens, under
+    no guidance, a source-only twin, a blank twin, and both (three row groups)."""
     editor = request.getfixturevalue("editor" if source == "vision" else "token_editor")
-    fmt, model = editor.prompts, editor.model
-    batch = 2
-    if cfg_scale is None:
-        embeds, mask = edit_prefix(model, fmt, editor.vision, images[:batch], INSTRUCTIONS[:batch], source=source)
-    else:
-        dropped = torch.tensor([False] * batch + [True] * batch)
-        embeds, mask = edit_prefix(model, fmt, editor.vision, images[:batch] * 2, INSTRUCTIONS[:batch] * 2, dropped,
-                                   source)
-    tokens, sampled = sample_from_prefix(model, fmt, embeds, mask, batch, cfg_scale, 1.0, seed=3)
+    fmt, model, batch = editor.prompts, editor.model, 2
+    guidance = EditGuidance(*scales)
+    assert len(guidance.groups) == {(None, None): 1, (2.5, 1.0): 2, (2.5, 2.5): 2, (2.0, 1.5): 3}[scales]
+    embeds, mask = guidance_prefix(model, fmt, editor.vision, images[:batch], INSTRUCTIONS[:batch], guidance, source)
+    tokens, sampled = sample_from_prefix(model, fmt, embeds, mask, batch, None, 1.0, seed=3, mix=guidance.mix)
     with torch.no_grad():
-        fed = tokens.repeat(2, 1) if cfg_scale is not None else tokens
-        states = prefixed_image_token_states(model, embeds, mask, fed)
-        scored = token_logprobs(guided(model.model.generation_head(states).float(), cfg_scale), tokens)
+        states = prefixed_image_token_states(model, embeds, mask, tokens.repeat(len(guidance.groups), 1))
+        scored = token_logprobs(guidance.mix(model.model.generation_head(states).float()), tokens)
         assert torch.allclose(scored, sampled, atol=1e-4)
-        assert torch.allclose(editor.edit_token_logprobs(images[:batch], INSTRUCTIONS[:batch], tokens, cfg_scale),
+        assert torch.allclose(editor.edit_token_logprobs(images[:batch], INSTRUCTIONS[:batch], tokens, *scales[:1],
+                                                         image_cfg_scale=scales[1]),
                               sampled, atol=1e-4)  # the public methods read the checkpoint's source
-    assert torch.equal(editor.edit(images[:batch], INSTRUCTIONS[:batch], cfg_scale, 1.0, seed=3), tokens)
+    assert torch.equal(editor.edit(images[:batch], INSTRUCTIONS[:batch], scales[0], 1.0, seed=3,
+                                   image_cfg_scale=scales[1]), tokens)
+
+
+def test_edit_guidance_is_instruct_pix2pix(editor: UnifiedModel, images) -> None:
+    """u + t·(c − s) + i·(s − u) over the three twins; i = 1 needs no blank twin, i = t no source-only twin."""
+    c, s, u = torch.randn(3, 2, 7).unbind(0)
+    assert torch.allclose(EditGuidance(2.0, 1.5).mix(torch.cat([c, s, u])), u + 2.0 * (c - s) + 1.5 * (s - u))
+    assert torch.allclose(EditGuidance(2.0, 1.0).mix(torch.cat([c, s])), u + 2.0 * (c - s) + (s - u))
+    assert torch.allclose(EditGuidance(3.0, 3.0).mix(torch.cat([c, u])), u + 3.0 * (c - u))
+    assert torch.equal(EditGuidance(None, 1.0).mix(c), c)
+    assert EditGuidance(0.0, 1.0).groups == ("full", "source")  # a scale of 0 is not "no guidance"
+    with pytest.raises(ValueError, match="cfg_scale must be None or >= 0"):
+        EditGuidance(-1.0, 1.0)
+    # the twins: "source" keeps the image and pads the instruction; "blank" pads both
+    dropped, instruction_dropped = EditGuidance(2.0, 1.5).rows(1)
+    assert dropped.tolist() == [False, False, True] and instruction_dropped.tolist() == [False, True, True]
+    fmt, model = editor.prompts, editor.model
+    full, _ = edit_prefix(model, fmt, editor.vision, images[:1], INSTRUCTIONS[:1])
+    twin, _ = edit_prefix(model, fmt, editor.vision, images[:1], INSTRUCTIONS[:1],
+                          instruction_dropped=torch.tensor([True]))
+    ids = torch.tensor(fmt.edit_ids(INSTRUCTIONS[0]))
+    words = (ids != fmt.ids.image) & (ids != fmt.ids.bos) & (ids != fmt.ids.boi)
+    pad = model.get_input_embeddings()(torch.tensor([fmt.ids.pad]))[0]
+    assert torch.allclose(twin[0, ids == fmt.ids.image], full[0, ids == fmt.ids.image])
+    assert torch.allclose(twin[0, words], pad.expand(int(words.sum()), -1))
+    assert not torch.allclose(full[0, words], twin[0, words])
 
 
 def test_a_token_editor_reads_the_source_as_its_vq_ids(token_editor: UnifiedModel, editor: UnifiedModel, images,

@@ -23,6 +23,7 @@ from unigap.pretrain.corpus import Corpora, critique_corpus, edit_corpus, genera
 from unigap.pretrain.joint import (
     PatchHead,
     critique_rows,
+    edit_loss,
     generation_loss,
     trainable_parameters,
     understanding_loss,
@@ -186,6 +187,27 @@ def test_prompt_dropout_uses_the_cfg_unconditional_prompt(model_and_corpus) -> N
     assert torch.allclose(dropped, expected, atol=1e-5)
     kept, _ = generation_loss(um, head, corpus, rows, np.random.default_rng(0), dropout=0.0)
     assert not torch.allclose(dropped, kept)
+
+
+def test_edit_instruction_dropout_trains_the_source_only_twin(model_and_corpus, corpora) -> None:
+    um, rows = model_and_corpus[0], np.arange(3)
+    edits = corpora.edit
+    sources, tokens = [edits.sources[r] for r in rows], torch.from_numpy(edits.tokens[rows])
+    instructions = [edits.instructions[r] for r in rows]
+
+    def loss(dropout: float, instruction_dropout: float) -> torch.Tensor:
+        with torch.no_grad():
+            return edit_loss(um, edits, rows, np.random.default_rng(0), 0.0, dropout, instruction_dropout)
+
+    with torch.no_grad():
+        source_only = -um.edit_token_logprobs(sources, instructions, tokens,
+                                              instruction_dropped=torch.ones(3, dtype=torch.bool)).mean()
+        full = -um.edit_token_logprobs(sources, instructions, tokens).mean()
+    assert torch.allclose(loss(0.0, 1.0), source_only, atol=1e-5) and torch.allclose(loss(0.0, 0.0), full, atol=1e-5)
+    assert not torch.allclose(source_only, full)
+    assert torch.allclose(loss(1.0, 1.0), loss(1.0, 0.0), atol=1e-5)  # an unconditional row stays unconditional
+    with pytest.raises(ValueError, match="edit_instruction_dropout must lie in"):
+        TINY.scaled(edit_instruction_dropout=1.5)
 
 
 def test_patch_head_reads_the_states_that_predict_each_image_token(model_and_corpus) -> None:

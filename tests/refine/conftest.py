@@ -41,7 +41,7 @@ class ExactStub:
 
         return [oracle_reflection(image, world.parse_prompt(p)) for image, p in zip(images, prompts, strict=True)]
 
-    def edit(self, images, instructions, cfg_scale=5.0, temperature=1.0, seed=None) -> torch.Tensor:
+    def edit(self, images, instructions, cfg_scale=2.0, temperature=1.0, seed=None, image_cfg_scale=1.5) -> torch.Tensor:
         return torch.tensor([self._keep(Image.fromarray(world.edit_picture(image, instruction, self.rng)))
                              for image, instruction in zip(images, instructions, strict=True)])
 

@@ -28,6 +28,18 @@ def test_an_exact_reflector_and_editor_fix_round_zero_and_then_stop(stub) -> Non
     assert all(t.verdict_after(3) == t.verified[-1] for t in trajectories)  # stopped prompts carry their image
 
 
+def test_edits_take_the_edit_guidance_and_generation_keeps_its_cfg(stub, monkeypatch, tmp_path: Path) -> None:
+    calls: list[tuple] = []
+    edit, generate = stub.edit, stub.generate_images
+    monkeypatch.setattr(stub, "edit", lambda images, notes, cfg, temperature, seed, image_cfg: calls.append(
+        ("edit", cfg, image_cfg)) or edit(images, notes))
+    monkeypatch.setattr(stub, "generate_images", lambda prompts, n, cfg, temperature, seed: calls.append(
+        ("generate", cfg)) or generate(prompts, n))
+    config = RefineConfig(n=4, rounds=1, cfg_scale=4.0, edit_cfg_scale=3.0, edit_image_cfg_scale=1.25)
+    run_refine(stub, config, tmp_path / "run", progress=False)
+    assert set(calls) == {("generate", 4.0), ("edit", 3.0, 1.25)}  # the loop, the oracle's loop and best-of-N
+
+
 def test_zero_rounds_is_one_shot_generation(stub) -> None:
     trajectories = run_loop(stub, SPECS, rounds=0, reflector="self", refiner="auto", seed=0, progress=False)
     assert all(len(t.images) == 1 and not t.reflections for t in trajectories)

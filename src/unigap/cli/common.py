@@ -23,6 +23,21 @@ JUDGE_OPTION = typer.Option(
     "verifier", "--judge", help="The independent judge of generated images: verifier (exact, ShapeWorld prompts), "
     "clip:DIR (CLIPScore of a local CLIP/SigLIP, threshold calibrated on ShapeWorld) or vlm:DIR (P(yes) of a local "
     "image-text-to-text model).")
+# None = `UnifiedModel.edit`'s defaults (`unigap.model.editing`, which imports torch: `--help` stays fast without it)
+EDIT_CFG_OPTION = typer.Option(None, "--edit-cfg", help="Edits' guidance scale of the instruction against the source "
+                               "alone (InstructPix2Pix's guidance_scale; default 2).")
+EDIT_IMAGE_CFG_OPTION = typer.Option(None, "--edit-image-cfg", help="Edits' guidance scale of the source against "
+                                     "neither (InstructPix2Pix's image_guidance_scale; default 1.5; equal to "
+                                     "--edit-cfg: plain CFG on a blank twin).")
+
+
+def edit_guidance_kwargs(edit_cfg: float | None, edit_image_cfg: float | None) -> dict[str, float]:
+    """The edit-guidance flags a user gave, as config keywords (the rest keep their defaults)."""
+    given = {"edit_cfg_scale": (edit_cfg, "--edit-cfg"), "edit_image_cfg_scale": (edit_image_cfg, "--edit-image-cfg")}
+    for value, flag in given.values():
+        if value is not None:
+            require_non_negative(flag, value)
+    return {key: value for key, (value, _) in given.items() if value is not None}
 
 
 def exit_for_guard(stopped: GuardStopped, out: Path, record: dict[str, Any]) -> NoReturn:

@@ -8,7 +8,17 @@ import typer
 from rich.console import Console
 
 from unigap.errors import UserError
-from unigap.cli.common import ADAPTER_OPTION, JUDGE_OPTION, MODEL_OPTION, load, require_non_negative, require_positive
+from unigap.cli.common import (
+    ADAPTER_OPTION,
+    EDIT_CFG_OPTION,
+    EDIT_IMAGE_CFG_OPTION,
+    JUDGE_OPTION,
+    MODEL_OPTION,
+    edit_guidance_kwargs,
+    load,
+    require_non_negative,
+    require_positive,
+)
 
 app = typer.Typer()
 
@@ -33,6 +43,8 @@ def eval_command(
                                           "or a save_to_disk folder: image, question, answer or answers) instead "
                                           "of held-out questions (at most n); adds the VQA soft score."),
     judge: str = JUDGE_OPTION,
+    edit_cfg: float | None = EDIT_CFG_OPTION,
+    edit_image_cfg: float | None = EDIT_IMAGE_CFG_OPTION,
 ) -> None:
     """Write the metrics report to OUT and print a summary table."""
     from unigap import distributed
@@ -46,6 +58,7 @@ def eval_command(
     require_non_negative("--temperature", temperature)
     require_non_negative("--seed", seed)
     require_non_negative("--data-seed", data_seed)
+    edit_guidance = edit_guidance_kwargs(edit_cfg, edit_image_cfg)
     check_output_file(out)
     if split not in HELD_OUT_SPLITS:
         raise UserError(f"--split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
@@ -63,13 +76,14 @@ def eval_command(
     chosen = get_judge(judge, independent=True)  # loaded (a local judge calibrated) before anything is written
     settings = {"model": model, "prompts": prompts, "questions": None if questions is None else str(questions),
                 "adapter": None if adapter is None else str(adapter), "n": n, "seed": seed, "data_seed": data_seed,
-                "batch_size": batch_size, "cfg": cfg, "temperature": temperature, "split": split, "judge": judge}
+                "batch_size": batch_size, "cfg": cfg, "temperature": temperature, "split": split, "judge": judge,
+                **edit_guidance}
     with manifest("eval", settings, seeds=[seed], judge=chosen.describe()) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
         report = evaluate(
             um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature, split=split,
-            prompts=specs, questions=items, judge=chosen,
+            prompts=specs, questions=items, judge=chosen, **edit_guidance,
         )
         # the VQ is never trained after pretraining (adapters leave it alone), so this reads the base model's tokenizer
         report["vq_reconstruction"] = vq_fidelity(um, n, seed, data_seed, batch_size, split=split)

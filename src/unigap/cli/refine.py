@@ -9,7 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unigap.cli.common import ADAPTER_OPTION, JUDGE_OPTION, exit_for_guard, load
+from unigap.cli.common import (
+    ADAPTER_OPTION,
+    EDIT_CFG_OPTION,
+    EDIT_IMAGE_CFG_OPTION,
+    JUDGE_OPTION,
+    edit_guidance_kwargs,
+    exit_for_guard,
+    load,
+)
 from unigap.errors import GuardStopped, UserError
 
 app = typer.Typer()
@@ -49,6 +57,8 @@ def refine_command(
     out: Path = typer.Option(Path("runs/refine"), "--out", help="Output directory (refine.json, strips/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     judge: str = JUDGE_OPTION,
+    edit_cfg: float | None = EDIT_CFG_OPTION,
+    edit_image_cfg: float | None = EDIT_IMAGE_CFG_OPTION,
 ) -> None:
     """Run the refine loop, the oracle reflector and best-of-N at the same budget; write OUT/refine.json."""
     if ctx.invoked_subcommand is not None:
@@ -57,7 +67,7 @@ def refine_command(
     from unigap.refine import RefineConfig, run_refine
 
     config = RefineConfig(n=n, rounds=rounds, reflector=reflector, refiner=refiner, prompts=prompts, seed=seed,
-                          batch_size=batch_size, judge=judge)
+                          batch_size=batch_size, judge=judge, **edit_guidance_kwargs(edit_cfg, edit_image_cfg))
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     if (out / "settings.json").exists() and not resume:

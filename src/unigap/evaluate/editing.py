@@ -3,8 +3,8 @@
 Each item is a held-out prompt and a held-out scene satisfying it, broken by one random edit
 (`unigap.world.break_scene`); the instruction is the first edit of the exact diff between the broken scene
 and the prompt (`unigap.world.reflection_answer`, the oracle's instruction), the source image the broken
-scene's render. The edit is sampled as in generation (CFG, temperature, a seed per batch) and the
-verifier judges it against the prompt.
+scene's render. The edit is sampled with editing's guidance (`unigap.model.editing.EditGuidance`), a temperature
+and a seed per batch, and the verifier judges it against the prompt.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from unigap.evaluate.data import held_out_pairs
 from unigap.evaluate.generation import batch_seed
 from unigap.evaluate.progress import map_items
 from unigap.evaluate.stats import summarize_grouped
+from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE
 from unigap.world import CATEGORIES, EDIT_KINDS, break_scene, parse_instruction, reflection_answer, render, verify
 
 EDIT_STREAM = 5  # rng stream that breaks the scenes, apart from the scene and question streams
@@ -29,7 +30,7 @@ class Editor(Protocol):
     supports_editing: bool
 
     def edit(self, images: Sequence[np.ndarray], instructions: Sequence[str], cfg_scale: float | None,
-             temperature: float, seed: int | None) -> torch.Tensor: ...
+             temperature: float, seed: int | None, image_cfg_scale: float | None) -> torch.Tensor: ...
 
     def decode_tokens(self, ids: torch.Tensor) -> list[Image.Image]: ...
 
@@ -51,17 +52,19 @@ def edit_accuracy(
     seed: int,
     data_seed: int = 0,
     batch_size: int = 32,
-    cfg_scale: float | None = 5.0,
+    cfg_scale: float | None = EDIT_CFG_SCALE,
     temperature: float = 1.0,
     progress: bool = True,
     split: str = "test",
+    image_cfg_scale: float | None = EDIT_IMAGE_CFG_SCALE,
 ) -> dict[str, Any]:
     """`{"accuracy", "n", "stderr", "by_category", "by_kind", "records"}` of edits the verifier accepts."""
     items = edit_items(n, seed, data_seed, split)
 
     def batch(index: int, chunk: list[dict[str, Any]]) -> list[Image.Image]:
         return um.decode_tokens(um.edit([it["image"] for it in chunk], [it["instruction"] for it in chunk],
-                                        cfg_scale=cfg_scale, temperature=temperature, seed=batch_seed(seed, index)))
+                                        cfg_scale=cfg_scale, temperature=temperature, seed=batch_seed(seed, index),
+                                        image_cfg_scale=image_cfg_scale))
 
     edited = map_items(items, batch_size, batch, "editing", progress)
     records = []

@@ -20,6 +20,7 @@ from unigap.evaluate.understanding import (
     understanding_metrics,
 )
 from unigap.data.understanding import UserItem, kinds_of
+from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE
 from unigap.world import QUESTION_KINDS, PromptSpec
 
 
@@ -40,6 +41,8 @@ def evaluate(
     prompts: Sequence[PromptSpec] | None = None,
     questions: Sequence[UserItem] | None = None,
     judge: Judge | None = None,
+    edit_cfg_scale: float | None = EDIT_CFG_SCALE,
+    edit_image_cfg_scale: float | None = EDIT_IMAGE_CFG_SCALE,
 ) -> dict[str, Any]:
     """Understanding and generation metrics on n held-out items (n questions, n prompts → n images).
 
@@ -48,8 +51,8 @@ def evaluate(
     `nonunification`, `weak_generation`, `judge`, `self_judge`, and `records` (`understanding` and
     `generation`: one dict per item) for per-item statistics. With `critique` (it needs `reflect`, and
     `edit` where `supports_editing`) it adds `reflect` (the model's reflections on its own n images) and
-    `edit` (n edits of broken held-out scenes; null, with `edit_skipped` saying why, on a model that
-    cannot edit). `split` "val" measures on the validation split instead, for choosing settings without
+    `edit` (n edits of broken held-out scenes, guided by `edit_cfg_scale` and `edit_image_cfg_scale`, as
+    `UnifiedModel.edit` takes them; null, with `edit_skipped` saying why, on a model that cannot edit). `split` "val" measures on the validation split instead, for choosing settings without
     touching the test split. `on_images`, if given, receives the n generated images (in record order), for a
     caller that saves them or judges them again. `prompts` (e.g. a user's prompt file) replaces the held-out
     generation prompts; `questions` (a user's understanding data, `read_understanding_data`) replaces the held-out
@@ -75,6 +78,8 @@ def evaluate(
         "batch_size": batch_size,
         "cfg_scale": cfg_scale,
         "temperature": temperature,
+        "edit_cfg_scale": edit_cfg_scale,
+        "edit_image_cfg_scale": edit_image_cfg_scale,
         "max_new_tokens": max_new_tokens,
         "split": split,
         "prompts": "held-out" if prompts is None else f"{len(prompts)} given",
@@ -94,7 +99,8 @@ def evaluate(
         report["reflect"] = reflection_metrics(reflections)
         report["records"]["reflection"] = reflections
         if getattr(um, "supports_editing", False):
-            edits = edit_accuracy(um, n, seed, data_seed, batch_size, cfg_scale, temperature, progress, split)
+            edits = edit_accuracy(um, n, seed, data_seed, batch_size, edit_cfg_scale, temperature, progress, split,
+                                  edit_image_cfg_scale)
             report["records"]["edit"] = edits.pop("records")
             report["edit"] = edits
         else:

@@ -16,7 +16,7 @@ the quantity DPO needs. Sampling temperature only changes which tokens are drawn
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -128,10 +128,13 @@ def sample_from_prefix(
     temperature: float,
     seed: int | None,
     cuda_graphs: bool | None = None,
+    mix: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.LongTensor, torch.Tensor]:
     """The one image-token sampler: N tokens after left-padded prefix embeddings [R, L, D] that end in
     <begin_of_image> → (ids [batch, N], per-step log-probs [batch, N]). With CFG, R = 2·batch: the
-    conditional rows, then their unconditional twins. Text-to-image and editing build their own prefixes.
+    conditional rows, then their unconditional twins. Text-to-image and editing build their own prefixes;
+    `mix` replaces CFG's two-group mix for prefixes of R = k·batch rows in k groups (editing's guidance,
+    `editing.EditGuidance`), `cfg_scale` then unused.
     `cuda_graphs` (default: on CUDA unless `UNIGAP_CUDA_GRAPHS=0`) replays each step as a CUDA graph
     (`unigap.model.sampler`); True off CUDA runs the graph's fixed-shape step eagerly."""
     check_temperature(temperature)
@@ -140,7 +143,10 @@ def sample_from_prefix(
     logprobs = torch.zeros((batch, num_tokens), dtype=torch.float32, device=device)
     if batch == 0:
         return tokens, logprobs
-    cfg = uses_cfg(cfg_scale)
+    mix = partial(guided, cfg_scale=cfg_scale) if mix is None else mix
+    groups = embeds.shape[0] // batch
+    if groups * batch != embeds.shape[0]:
+        raise ValueError(f"{embeds.shape[0]} prefix rows do not make whole groups of {batch}")
     generator = make_generator(seed, device)
     position_ids = positions(mask)
     states, prefilled = _generation_states(model, embeds, mask, position_ids, None, use_cache=True, last=1)
@@ -150,14 +156,14 @@ def sample_from_prefix(
     step_fn = GraphedStep(model, cache, capture=device.type == "cuda") if graphs else partial(
         image_step, model, cache=cache)
     for step in range(num_tokens):
-        logits = guided(head, cfg_scale)
+        logits = mix(head)
         token = choose(logits, temperature, generator)
         tokens[:, step] = token
         logprobs[:, step] = token_logprobs(logits, token)
         if step + 1 == num_tokens:
             break
         position = position + 1
-        head = step_fn(torch.cat([token, token]) if cfg else token, position, slot=mask.shape[1] + step)
+        head = step_fn(token.repeat(groups), position, slot=mask.shape[1] + step)
     return tokens, logprobs
 
 

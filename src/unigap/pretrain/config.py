@@ -51,7 +51,10 @@ class PretrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup: int = 100
-    prompt_dropout: float = 0.1  # generation prompts replaced by the unconditional prompt (CFG)
+    prompt_dropout: float = 0.1  # generation prompts and edit prefixes replaced by the unconditional prompt (CFG)
+    # edit prefixes that keep the source and drop the instruction: the twin editing's guidance compares the full prefix
+    # with at the default image scale (unigap.model.editing.EditGuidance); 0 leaves that twin untrained
+    edit_instruction_dropout: float = 0.0
     patch_label_weight: float = 1.0  # weight of the image-position shape/colour loss (see unigap.pretrain.joint.PatchHead)
     checkpoint_every: int = 100
     # stage 4, polish: the joint step again from stage 3's weights with a fresh optimiser and schedule, fewer
@@ -67,7 +70,8 @@ class PretrainConfig:
     polish_intact: float = 0.5
 
     def __post_init__(self) -> None:
-        shares = {"polish_intact": self.polish_intact, "critique_intact": self.critique_intact}
+        shares = {"polish_intact": self.polish_intact, "critique_intact": self.critique_intact,
+                  "edit_instruction_dropout": self.edit_instruction_dropout}
         for name, share in shares.items():
             if share is not None and not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {share}")

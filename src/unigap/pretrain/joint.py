@@ -137,17 +137,23 @@ def generation_loss(
 
 
 def edit_loss(
-    um: UnifiedModel, corpus: EditCorpus, rows: np.ndarray, rng: np.random.Generator, reconstructed: float, dropout: float
+    um: UnifiedModel, corpus: EditCorpus, rows: np.ndarray, rng: np.random.Generator, reconstructed: float, dropout: float,
+    instruction_dropout: float = 0.0,
 ) -> torch.Tensor:
     """Mean image-token cross-entropy of the edited scenes given source image + instruction
-    (`unigap.model.editing.edit_prefix`); a `dropout` share of prefixes made unconditional, as CFG needs."""
+    (`unigap.model.editing.edit_prefix`); a `dropout` share of prefixes made unconditional and an
+    `instruction_dropout` share of the others source-only, the two twins of editing's guidance."""
     assert corpus.tokens is not None and corpus.reconstructions is not None
     use_recon = rng.random(len(rows)) < reconstructed
     images = [corpus.reconstructions[r] if rec else corpus.sources[r] for r, rec in zip(rows, use_recon, strict=True)]
     dropped = torch.from_numpy(rng.random(len(rows)) < dropout)
     tokens = torch.from_numpy(corpus.tokens[rows])
     instructions = [corpus.instructions[r] for r in rows]
-    return -um.edit_token_logprobs(images, instructions, tokens, None, dropped).mean()
+    source_only = None  # drawn only when asked, so a run without it keeps its random stream
+    if instruction_dropout:
+        source_only = torch.from_numpy(rng.random(len(rows)) < instruction_dropout) & ~dropped
+    return -um.edit_token_logprobs(images, instructions, tokens, None, dropped,
+                                   instruction_dropped=source_only).mean()
 
 
 def critique_rows(corpus: CritiqueCorpus, n: int, rng: np.random.Generator, intact: float | None) -> np.ndarray:
@@ -187,7 +193,8 @@ def joint_step(
         critique = understanding_loss(um, corpora.critique, rows, rng, config.reconstructed_fraction, CRITIQUE_QUESTIONS)
     if config.edit_batch:
         rows = rng.integers(len(corpora.edit), size=config.edit_batch)
-        edit = edit_loss(um, corpora.edit, rows, rng, config.reconstructed_fraction, config.prompt_dropout)
+        edit = edit_loss(um, corpora.edit, rows, rng, config.reconstructed_fraction, config.prompt_dropout,
+                         config.edit_instruction_dropout)
     loss = und + gen + config.patch_label_weight * patch + critique + edit
     if not torch.isfinite(loss):
         raise FloatingPointError(

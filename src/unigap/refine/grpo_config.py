@@ -16,6 +16,7 @@ from typing import Any
 
 from unigap.errors import UserError
 from unigap.evaluate.judges import check_judge_name
+from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuidance
 from unigap.train.config import load_config
 
 SCALE_REWARDS = ("none", "group")
@@ -45,6 +46,8 @@ class GRPOConfig:
     prompts_per_step: int = 4  # groups per step (TRL counts completions instead: per_device_train_batch_size = P·G)
     temperature: float = 1.0
     cfg_scale: float = 5.0  # images are sampled, and scored, under this guidance
+    edit_cfg_scale: float = EDIT_CFG_SCALE  # and edits under this one (`unigap.model.editing.EditGuidance`)
+    edit_image_cfg_scale: float = EDIT_IMAGE_CFG_SCALE
     beta: float = 0.001  # KL weight, k3 estimator against the frozen reference (TRL default 0.0; R3 0.001)
     epsilon: float = 0.2  # PPO clip range
     scale_rewards: str = "none"  # R3: advantages are reward − group mean, not divided by the std (TRL: "group")
@@ -69,7 +72,7 @@ class GRPOConfig:
         if self.num_generations < 2:
             raise UserError(f"num-generations must be >= 2: an advantage is a reward minus its group's mean, "
                             f"got {self.num_generations}")
-        for name in ("beta", "temperature", "cfg_scale", "warmup_steps", "seed", "data_seed", "eval_n",
+        for name in ("beta", "temperature", "cfg_scale", "edit_cfg_scale", "edit_image_cfg_scale", "warmup_steps", "seed", "data_seed", "eval_n",
                      "eval_rounds"):
             if not getattr(self, name) >= 0:
                 raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -93,6 +96,10 @@ class GRPOConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def edit_guidance(self) -> EditGuidance:
+        return EditGuidance(self.edit_cfg_scale, self.edit_image_cfg_scale)
 
     @classmethod
     def load(cls, toml_file: Path | None = None, **overrides: Any) -> GRPOConfig:

@@ -25,6 +25,7 @@ from PIL import Image
 
 from unigap.evaluate.generation import batch_seed
 from unigap.evaluate.progress import map_items
+from unigap.model.editing import EditGuidance
 from unigap.world import Geometry, PromptSpec, parse_reflection, reflection_answer, verify
 
 REFLECTORS: tuple[str, ...] = ("self", "oracle")
@@ -39,7 +40,7 @@ class Refinable(Protocol):
                         temperature: float, seed: int | None) -> torch.Tensor: ...
 
     def edit(self, images: Sequence[Image.Image], instructions: Sequence[str], cfg_scale: float | None,
-             temperature: float, seed: int | None) -> torch.Tensor: ...
+             temperature: float, seed: int | None, image_cfg_scale: float | None) -> torch.Tensor: ...
 
     def reflect(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[str]: ...
 
@@ -101,8 +102,10 @@ def run_loop(
     temperature: float = 1.0,
     batch_size: int = 32,
     progress: bool = True,
+    edit_guidance: EditGuidance = EditGuidance(),
 ) -> list[Trajectory]:
-    """Every prompt through round 0 and up to `rounds` reflect/refine rounds (module docstring)."""
+    """Every prompt through round 0 and up to `rounds` reflect/refine rounds (module docstring). `cfg_scale` guides
+    generation and regeneration, `edit_guidance` the edits."""
     mode = refiner_for(um, refiner)
     trajectories = [Trajectory(spec) for spec in specs]
     _generate(um, trajectories, seed, 0, cfg_scale, temperature, batch_size, progress)
@@ -121,7 +124,7 @@ def run_loop(
                 trajectory.format_failure_round = round_
             else:
                 refining.append((trajectory, note))
-        _refine(um, refining, mode, seed, round_, cfg_scale, temperature, batch_size, progress)
+        _refine(um, refining, mode, seed, round_, cfg_scale, temperature, batch_size, progress, edit_guidance)
     return trajectories
 
 
@@ -143,12 +146,13 @@ def _reflect(um: Refinable, active: Sequence[Trajectory], reflector: str, batch_
 
 
 def _refine(um: Refinable, refining: Sequence[tuple[Trajectory, str]], mode: str, seed: int, round_: int,
-            cfg_scale: float | None, temperature: float, batch_size: int, progress: bool) -> None:
+            cfg_scale: float | None, temperature: float, batch_size: int, progress: bool,
+            edit_guidance: EditGuidance) -> None:
     def batch(index: int, chunk: list[tuple[Trajectory, str]]) -> list[Image.Image]:
         sample_seed = batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index)
         if mode == "edit":
-            tokens = um.edit([t.images[-1] for t, _ in chunk], [note for _, note in chunk], cfg_scale, temperature,
-                             sample_seed)
+            tokens = um.edit([t.images[-1] for t, _ in chunk], [note for _, note in chunk], edit_guidance.text,
+                             temperature, sample_seed, edit_guidance.image)
         else:
             tokens = um.generate_images([refined_prompt(t.spec.text, note) for t, note in chunk], 1, cfg_scale,
                                         temperature, sample_seed)

@@ -116,7 +116,7 @@ def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, 
 def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig, seed: int,
                  reward: Reward) -> GroupResult:
     """G reflect (+ refine) branches from one buffered image and their GRPO loss (text and image rewards)."""
-    g, cfg = config.num_generations, config.cfg_scale or None
+    g, cfg, guidance = config.num_generations, config.cfg_scale or None, config.edit_guidance
     edit = um.supports_editing
     with torch.no_grad():
         image = um.decode_tokens(torch.tensor([start.tokens]))[0]
@@ -130,7 +130,8 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
     if making:
         with torch.no_grad():
             if edit:
-                tokens = um.edit([image] * len(making), [notes[i] for i in making], cfg, config.temperature, seed + 1)
+                tokens = um.edit([image] * len(making), [notes[i] for i in making], guidance.text, config.temperature,
+                                 seed + 1, guidance.image)
             else:
                 tokens = um.generate_images([refined_prompt(spec.text, notes[i]) for i in making], 1, cfg,
                                             config.temperature, seed + 1)
@@ -155,7 +156,8 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
         adv = advantages(made, config.scale_rewards)
         if edit:
             sources, instructions = [image] * len(making), [notes[i] for i in making]
-            score_images = lambda: um.edit_token_logprobs(sources, instructions, tokens, cfg)  # noqa: E731
+            score_images = lambda: um.edit_token_logprobs(sources, instructions, tokens, guidance.text,  # noqa: E731
+                                                          image_cfg_scale=guidance.image)
         else:
             refined = [refined_prompt(spec.text, notes[i]) for i in making]
             score_images = lambda: um.image_token_logprobs(refined, tokens, cfg)  # noqa: E731

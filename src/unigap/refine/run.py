@@ -23,6 +23,7 @@ from unigap.atomic import cached_json, claim_settings, write_atomically, write_t
 from unigap.errors import UserError
 from unigap.evaluate.data import prompt_specs
 from unigap.evaluate.judges import Judge, check_judge_name, get_judge
+from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuidance
 from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
 from unigap.refine.metrics import best_of_n, gain, judged_rounds, round_metrics, stop_metrics
 from unigap.world import PromptSpec
@@ -42,10 +43,12 @@ class RefineConfig:
     prompts: str = "test"  # a split (test, val) or a prompt file (text lines or JSONL with a "prompt" field)
     seed: int = 0
     data_seed: int = 0
-    cfg_scale: float = 5.0
+    cfg_scale: float = 5.0  # generation's (and regeneration's) guidance
     temperature: float = 1.0
     batch_size: int = 32
     judge: str = "verifier"  # the independent judge of the reported accuracy (the loop always reads the verifier)
+    edit_cfg_scale: float = EDIT_CFG_SCALE  # an edit's guidance: `unigap.model.editing.EditGuidance`
+    edit_image_cfg_scale: float = EDIT_IMAGE_CFG_SCALE
 
     def __post_init__(self) -> None:
         if self.rounds < 0:
@@ -61,8 +64,10 @@ class RefineConfig:
                             "prompt file (refine train trains on the train split)")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.cfg_scale < 0 or self.temperature < 0:
-            raise UserError(f"cfg_scale and temperature must be >= 0, got {self.cfg_scale} and {self.temperature}")
+        for name in ("cfg_scale", "temperature", "edit_cfg_scale", "edit_image_cfg_scale"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"--{name.replace('_scale', '').replace('_', '-')} must be >= 0, got "
+                                f"{getattr(self, name)}")
         if self.seed < 0 or self.data_seed < 0:
             raise UserError(f"--seed and --data-seed must be >= 0, got {self.seed} and {self.data_seed}")
         check_judge_name(self.judge, independent=True)
@@ -78,7 +83,8 @@ def check_refiner(um: Refinable, config: RefineConfig) -> str:
 def _loop_part(um: Refinable, specs: list[PromptSpec], config: RefineConfig, reflector: str,
                progress: bool, judge: Judge | None) -> tuple[dict[str, Any], list[Trajectory]]:
     trajectories = run_loop(um, specs, config.rounds, reflector, config.refiner, config.seed, config.cfg_scale,
-                            config.temperature, config.batch_size, progress)
+                            config.temperature, config.batch_size, progress,
+                            EditGuidance(config.edit_cfg_scale, config.edit_image_cfg_scale))
     rounds = round_metrics(trajectories, config.rounds)
     part = {"accuracy": rounds[-1]["accuracy"], "rounds": rounds, "stop": stop_metrics(trajectories),
             "gain": gain(trajectories, config.rounds), "records": [t.to_dict() for t in trajectories]}
