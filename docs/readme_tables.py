@@ -265,12 +265,15 @@ def full_study_result() -> dict[str, Any]:
     """`study_full.json` with its p3 arms and their claims replaced by `study_p3.json`'s; the p3 arms'
     significance recomputed over all of the full study's tests."""
     result, p3 = _load(STUDY_FULL), _load(STUDY_P3)
-    if p3["results"][p3["base"]] != result["results"][result["base"]]:
-        raise SystemExit(f"{STUDY_P3} and {STUDY_FULL} disagree on the base model: they cannot be merged")
-    alpha = result["bonferroni"]["alpha_corrected"]
+    shared = ("model_weights", "seeds", "n", "data_seed", "refine_rounds", "grpo_steps")
+    if p3["results"][p3["base"]] != result["results"][result["base"]] or any(
+            p3["config"][k] != result["config"][k] for k in shared):
+        raise SystemExit(f"{STUDY_P3} and {STUDY_FULL} disagree on the base model or the settings: they cannot be merged")
+    alpha, tests = result["bonferroni"]["alpha_corrected"], result["bonferroni"]["tests"]
     arms = [arm["name"] for arm in p3["arms"] if arm.get("family") == "p3"]
     for arm in arms:
-        metrics = {name: {**m, "significant": m["p"] is not None and m["p"] < alpha}
+        metrics = {name: {**m, "significant": m["p"] is not None and m["p"] < alpha,
+                          "p_bonferroni": None if m["p"] is None else min(1.0, m["p"] * tests)}
                    for name, m in p3["results"][arm].items()}
         result["results"][arm] = metrics
         result["jobs_seconds"] += p3["wall_seconds"][arm] - result["wall_seconds"][arm]

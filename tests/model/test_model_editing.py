@@ -50,14 +50,14 @@ def test_the_source_image_and_the_seed_decide_the_edit(editor: UnifiedModel, ima
 
 
 @pytest.mark.parametrize("source", EDIT_SOURCES)
-@pytest.mark.parametrize("scales", [(None, None), (2.5, 1.0), (2.5, 2.5), (2.0, 1.5)])
+@pytest.mark.parametrize("scales", [(None, None), (None, 1.5), (2.5, 1.0), (2.5, 2.5), (2.0, 1.5)])
 def test_teacher_forced_edit_scores_equal_the_sampled_steps(request, source, images, scales) -> None:
     """The prefix the trainer scores is the prefix the sampler extends: same log-probs for the same tokens, under
     no guidance, a source-only twin, a blank twin, and both (three row groups)."""
     editor = request.getfixturevalue("editor" if source == "vision" else "token_editor")
     fmt, model, batch = editor.prompts, editor.model, 2
     guidance = EditGuidance(*scales)
-    assert len(guidance.groups) == {(None, None): 1, (2.5, 1.0): 2, (2.5, 2.5): 2, (2.0, 1.5): 3}[scales]
+    assert len(guidance.groups) == {(None, None): 1, (None, 1.5): 1, (2.5, 1.0): 2, (2.5, 2.5): 2, (2.0, 1.5): 3}[scales]
     embeds, mask = guidance_prefix(model, fmt, editor.vision, images[:batch], INSTRUCTIONS[:batch], guidance, source)
     tokens, sampled = sample_from_prefix(model, fmt, embeds, mask, batch, None, 1.0, seed=3, mix=guidance.mix)
     with torch.no_grad():
@@ -79,8 +79,15 @@ def test_edit_guidance_is_instruct_pix2pix(editor: UnifiedModel, images) -> None
     assert torch.allclose(EditGuidance(3.0, 3.0).mix(torch.cat([c, u])), u + 3.0 * (c - u))
     assert torch.equal(EditGuidance(None, 1.0).mix(c), c)
     assert EditGuidance(0.0, 1.0).groups == ("full", "source")  # a scale of 0 is not "no guidance"
-    with pytest.raises(ValueError, match="cfg_scale must be None or >= 0"):
-        EditGuidance(-1.0, 1.0)
+    assert EditGuidance(None, 1.5).groups == ("full",) and torch.equal(EditGuidance(None, 1.5).mix(c), c)
+    with pytest.raises(ValueError, match="image_cfg_scale must be None or >= 0"):
+        EditGuidance(2.0, -1.0)
+    # scoring under a cfg_scale defaults its image scale as `edit` does, so the two agree unless told otherwise
+    tokens, sampled = sample_from_prefix(editor.model, editor.prompts, *guidance_prefix(
+        editor.model, editor.prompts, editor.vision, images[:1], INSTRUCTIONS[:1], EditGuidance(2.0), "vision"),
+        1, None, 1.0, seed=0, mix=EditGuidance(2.0).mix)
+    with torch.no_grad():
+        assert torch.allclose(editor.edit_token_logprobs(images[:1], INSTRUCTIONS[:1], tokens, 2.0), sampled, atol=1e-4)
     # the twins: "source" keeps the image and pads the instruction; "blank" pads both
     dropped, instruction_dropped = EditGuidance(2.0, 1.5).rows(1)
     assert dropped.tolist() == [False, False, True] and instruction_dropped.tolist() == [False, True, True]

@@ -94,7 +94,7 @@ def test_dropped_rows_are_scored_from_the_unconditional_prompt(um: UnifiedModel)
 
 def test_a_dropout_mask_is_refused_under_cfg_or_at_the_wrong_length(um: UnifiedModel) -> None:
     tokens = um.generate_images(SAME_LENGTH[:2], cfg_scale=None, temperature=1.0, seed=0)
-    with pytest.raises(ValueError, match="with cfg_scale every row has its unconditional twin"):
+    with pytest.raises(ValueError, match="under guidance every row has its own twins"):
         um.image_token_logprobs(SAME_LENGTH[:2], tokens, cfg_scale=5.0, dropped=torch.tensor([True, False]))
     with pytest.raises(ValueError, match=r"one flag per row \(2\), got shape \(1,\)"):
         um.image_token_logprobs(SAME_LENGTH[:2], tokens, dropped=torch.tensor([True]))

@@ -189,7 +189,7 @@ def test_prompt_dropout_uses_the_cfg_unconditional_prompt(model_and_corpus) -> N
     assert not torch.allclose(dropped, kept)
 
 
-def test_edit_instruction_dropout_trains_the_source_only_twin(model_and_corpus, corpora) -> None:
+def test_edit_instruction_dropout_trains_the_source_only_twin(model_and_corpus, corpora, monkeypatch) -> None:
     um, rows = model_and_corpus[0], np.arange(3)
     edits = corpora.edit
     sources, tokens = [edits.sources[r] for r in rows], torch.from_numpy(edits.tokens[rows])
@@ -205,7 +205,12 @@ def test_edit_instruction_dropout_trains_the_source_only_twin(model_and_corpus, 
         full = -um.edit_token_logprobs(sources, instructions, tokens).mean()
     assert torch.allclose(loss(0.0, 1.0), source_only, atol=1e-5) and torch.allclose(loss(0.0, 0.0), full, atol=1e-5)
     assert not torch.allclose(source_only, full)
-    assert torch.allclose(loss(1.0, 1.0), loss(1.0, 0.0), atol=1e-5)  # an unconditional row stays unconditional
+    seen = []  # an unconditional row stays unconditional: never also source-only
+    monkeypatch.setattr(um, "edit_token_logprobs", lambda images, texts, tokens, cfg, dropped, instruction_dropped:
+                        seen.append((dropped, instruction_dropped)) or torch.zeros(len(images), 1))
+    edit_loss(um, edits, np.arange(24), np.random.default_rng(1), 0.0, 0.5, 0.5)
+    (dropped, source_only), = seen
+    assert dropped.any() and source_only.any() and not (dropped & source_only).any()
     with pytest.raises(ValueError, match="edit_instruction_dropout must lie in"):
         TINY.scaled(edit_instruction_dropout=1.5)
 

@@ -34,7 +34,6 @@ from unigap.model.generation import (
     prefixed_image_token_states,
     sample_from_prefix,
     unconditional,
-    uses_cfg,
 )
 from unigap.model.images import VQ_MEAN, VQ_STD, ImageInput, VisionPreprocessing, pixel_tensor, vq_encode, vq_image_size
 from unigap.model.prompts import PromptFormat
@@ -47,31 +46,42 @@ EDIT_IMAGE_CFG_SCALE = 1.5  # the source's, as diffusers' InstructPix2Pix pipeli
 
 @dataclass(frozen=True)
 class EditGuidance:
-    """InstructPix2Pix's guidance: `text` (the instruction's scale t) and `image` (the source's scale i); None
-    means 1. The row groups each item needs, in order: "full" (source + instruction), "source" (instruction
-    dropped), "blank" (both dropped)."""
+    """InstructPix2Pix's guidance: `text` (the instruction's scale t) and `image` (the source's scale i). `text`
+    None means no guidance at all (as `cfg_scale=None` always has; `image` is then unused); `image` None means 1.
+    The row groups each item needs, in order: "full" (source + instruction), "source" (instruction dropped),
+    "blank" (both dropped)."""
 
     text: float | None = EDIT_CFG_SCALE
     image: float | None = EDIT_IMAGE_CFG_SCALE
 
     def __post_init__(self) -> None:
-        for name in ("text", "image"):
-            uses_cfg(getattr(self, name))  # None or >= 0
+        for name, scale in (("cfg_scale", self.text), ("image_cfg_scale", self.image)):
+            if scale is not None and not scale >= 0:
+                raise ValueError(f"{name} must be None or >= 0, got {scale}")
+
+    @property
+    def scales(self) -> tuple[float, float]:
+        """(t, i) as numbers: (1, 1) without guidance."""
+        if self.text is None:
+            return 1.0, 1.0
+        return self.text, 1.0 if self.image is None else self.image
 
     @property
     def groups(self) -> tuple[str, ...]:
-        t, i = (1.0 if scale is None else scale for scale in (self.text, self.image))
+        t, i = self.scales
         if i == 1.0:
             return ("full",) if t == 1.0 else ("full", "source")
         return ("full", "blank") if i == t else ("full", "source", "blank")  # i == t: plain CFG on a blank twin
 
     def mix(self, logits: torch.Tensor) -> torch.Tensor:
         """[k·B, V] logits in `groups` order → the guided [B, V]."""
-        groups = self.groups
-        if len(groups) < 3:
-            return guided(logits, self.text if groups[-1] == "source" else self.image)
+        (t, i), groups = self.scales, self.groups
+        if len(groups) == 1:
+            return logits
+        if len(groups) == 2:
+            return guided(logits, t)  # the second group is the twin: "source" (i = 1), or "blank" (i = t)
         full, source, blank = logits.chunk(3, dim=0)
-        return blank + (full - source) * self.text + (source - blank) * self.image
+        return blank + (full - source) * t + (source - blank) * i
 
     def rows(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(dropped, instruction_dropped) [k·B] bool for `edit_prefix`, one group of `batch` rows after another."""
@@ -161,7 +171,7 @@ def edit_token_logprobs(
     cfg_scale: float | None,
     dropped: torch.Tensor | None = None,
     source: EditSource = "vision",
-    image_cfg_scale: float | None = 1.0,
+    image_cfg_scale: float | None = EDIT_IMAGE_CFG_SCALE,
     instruction_dropped: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token log-probs [B, N] of edited images' tokens given image + instruction; differentiable (minus their

@@ -235,7 +235,7 @@ def check_dropped(dropped: torch.Tensor | None, batch: int, cfg: bool) -> torch.
     if dropped is None:
         return None
     if cfg:
-        raise ValueError("dropped rows are for conditional scoring; with cfg_scale every row has its unconditional twin")
+        raise ValueError("dropout masks are for conditional scoring; under guidance every row has its own twins")
     dropped = torch.as_tensor(dropped, dtype=torch.bool)
     if dropped.shape != (batch,):
         raise ValueError(f"dropped must hold one flag per row ({batch}), got shape {tuple(dropped.shape)}")

@@ -9,8 +9,8 @@ layers included, since the modules are called) against the buffers, with a key m
 positions. A Llama decoder layer computes exactly this; a test checks the greedy tokens against
 transformers' own image `generate`.
 
-Rows: with classifier-free guidance the batch holds the conditional rows, then their unconditional twins, and
-one forward pass serves both.
+Rows: with classifier-free guidance the batch holds the conditional rows, then their unconditional twins (editing's
+guidance adds a third group), and one forward pass serves them all.
 
 On CUDA the step (image-token embedding, the layers, the generation head) is captured once per sampling call as a
 CUDA graph and replayed for every token: at the batch sizes sampling runs at, a step of a 1B model is hundreds of

@@ -208,7 +208,8 @@ class UnifiedModel:
         the understanding encoder, or as its VQ ids) and its instruction (text) → image tokens from the generation
         head. Guidance is InstructPix2Pix's (`editing.EditGuidance`): `cfg_scale` scales the instruction against the
         source alone, `image_cfg_scale` the source against neither; `image_cfg_scale=cfg_scale` is plain CFG on a
-        twin without source or instruction, as `generate_images` guides (and `edit` did before `image_cfg_scale`).
+        twin without source or instruction, as `generate_images` guides (and `edit` did before `image_cfg_scale`);
+        `cfg_scale=None`: no guidance.
         `UserError` on a checkpoint that cannot edit (`supports_editing` False, e.g. Janus-Pro)."""
         if not self.supports_editing:
             raise UserError(
@@ -236,12 +237,11 @@ class UnifiedModel:
     def edit_token_logprobs(
         self, images: Sequence[ImageInput], instructions: Sequence[str], image_tokens: torch.Tensor,
         cfg_scale: float | None = None, dropped: torch.Tensor | None = None, source: str | None = None,
-        image_cfg_scale: float | None = 1.0, instruction_dropped: torch.Tensor | None = None,
+        image_cfg_scale: float | None = editing.EDIT_IMAGE_CFG_SCALE, instruction_dropped: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-token log-probs [B, N] of edited images' tokens given source image + instruction (guided as `edit`
-        samples when `cfg_scale`/`image_cfg_scale` ask for it: pass the scales the edits were sampled with, since
-        here they default to none; otherwise `dropped` [B] rows unconditional and
-        `instruction_dropped` [B] rows source-only); differentiable.
+        """Per-token log-probs [B, N] of edited images' tokens given source image + instruction: with `cfg_scale`,
+        under the guidance `edit` samples with (`image_cfg_scale` defaults as there); without (the default), conditional,
+        `dropped` [B] rows unconditional and `instruction_dropped` [B] rows source-only; differentiable.
         `source` overrides the checkpoint's `edit_source` (UniMRG's maps must come through the vision tower)."""
         source = self.edit_source if source is None else editing.check_edit_source(source)
         return editing.edit_token_logprobs(self.model, self.prompts, self.vision, images, instructions, image_tokens,

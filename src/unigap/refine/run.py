@@ -66,8 +66,8 @@ class RefineConfig:
             raise UserError(f"--batch-size must be positive, got {self.batch_size}")
         for name in ("cfg_scale", "temperature", "edit_cfg_scale", "edit_image_cfg_scale"):
             if not getattr(self, name) >= 0:
-                raise UserError(f"--{name.replace('_scale', '').replace('_', '-')} must be >= 0, got "
-                                f"{getattr(self, name)}")
+                flag = f"--{name.replace('_scale', '').replace('_', '-')}" if name.startswith("edit") else name
+                raise UserError(f"{flag} must be >= 0, got {getattr(self, name)}")
         if self.seed < 0 or self.data_seed < 0:
             raise UserError(f"--seed and --data-seed must be >= 0, got {self.seed} and {self.data_seed}")
         check_judge_name(self.judge, independent=True)
@@ -124,8 +124,9 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     extra = None if judge.name == "verifier" else judge  # the verifier's accuracy is always reported
     settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
     writer = distributed.is_main()  # under `accelerate launch` every process holds the results; the main one writes
-    claim_settings(out / "settings.json", settings, "refine", {f.name: f.default for f in fields(RefineConfig)},
-                   write=writer)
+    # a run saved before the edit scales existed edited under plain CFG at cfg_scale: not their defaults, so refused
+    defaults = {f.name: f.default for f in fields(RefineConfig) if not f.name.startswith("edit_")}
+    claim_settings(out / "settings.json", settings, "refine", defaults, write=writer)
     progress = progress and writer
 
     def loop(reflector: str) -> dict[str, Any]:
