@@ -85,9 +85,8 @@ class EditGuidance:
 
     def rows(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(dropped, instruction_dropped) [k·B] bool for `edit_prefix`, one group of `batch` rows after another."""
-        flags = {"full": (False, False), "source": (False, True), "blank": (True, True)}
-        return tuple(torch.tensor([flags[g][j] for g in self.groups for _ in range(batch)], dtype=torch.bool)
-                     for j in (0, 1))  # type: ignore[return-value]
+        groups = [group for group in self.groups for _ in range(batch)]
+        return torch.tensor([g == "blank" for g in groups]), torch.tensor([g != "full" for g in groups])
 
 
 def check_edit_source(source: str) -> EditSource:
@@ -122,10 +121,12 @@ def edit_prefix(
     dropped: torch.Tensor | None = None,
     source: EditSource = "vision",
     instruction_dropped: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.LongTensor]:
     """Left-padded editing prefixes → (embeddings [B, L, D], mask [B, L]); rows where `dropped` [B] is
     True are unconditional (no image features, every token but BOS/BOI padded); rows where
-    `instruction_dropped` [B] is True keep the source and pad the instruction (guidance's "source" twin)."""
+    `instruction_dropped` [B] is True keep the source and pad the instruction (guidance's "source" twin).
+    `features` [B', N, D]: the kept rows' `source_features`, when the caller already has them."""
     ids, mask = left_pad([fmt.edit_ids(text) for text in instructions], fmt.ids.pad)
     ids, mask = ids.to(model.device), mask.to(model.device)
     placeholder = model.config.image_token_id
@@ -138,8 +139,10 @@ def edit_prefix(
     embeds = model.get_input_embeddings()(ids)
     keep = torch.ones(len(ids), dtype=torch.bool, device=model.device) if dropped is None else ~dropped
     if bool(keep.any()):
-        chosen = [image for image, k in zip(images, keep.tolist(), strict=True) if k]
-        features = source_features(model, vision, chosen, source).to(embeds.dtype)  # [B', N, D]
+        if features is None:
+            chosen = [image for image, k in zip(images, keep.tolist(), strict=True) if k]
+            features = source_features(model, vision, chosen, source)  # [B', N, D]
+        features = features.to(embeds.dtype)
         slots = (ids == placeholder) & keep.unsqueeze(-1)
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), features)
     return embeds, mask
@@ -154,11 +157,13 @@ def guidance_prefix(
     guidance: EditGuidance,
     source: EditSource,
 ) -> tuple[torch.Tensor, torch.LongTensor]:
-    """`edit_prefix` for every row group `guidance` needs: [k·B, L, D] embeddings and their mask."""
-    k = len(guidance.groups)
+    """`edit_prefix` for every row group `guidance` needs: [k·B, L, D] embeddings and their mask. The source's
+    features are computed once and shared by the groups that see it."""
+    k, seen = len(guidance.groups), sum(group != "blank" for group in guidance.groups)
     dropped, instruction_dropped = guidance.rows(len(images))
+    features = source_features(model, vision, images, source).repeat(seen, 1, 1) if len(images) else None
     return edit_prefix(model, fmt, vision, list(images) * k, list(instructions) * k, dropped, source,
-                       instruction_dropped)
+                       instruction_dropped, features)
 
 
 def edit_token_logprobs(
