@@ -33,17 +33,17 @@ from unigap.pretrain.run import (
 )
 
 
-def reuse_stages(source: Path, out: Path, vision: bool) -> None:
-    """Write the VQ (and vision tower) of a trained checkpoint as finished stage files in `out`."""
+def reuse_stages(source: Path, out: Path, vision: bool, config: PretrainConfig) -> None:
+    """Write the VQ (and vision tower) of a trained checkpoint as finished stage files of `config` in `out`."""
     um = load_model(source)
     recorded = json.loads((source / "pretrain.json").read_text()) if (source / "pretrain.json").is_file() else {}
-    stages = [(um.model.model.vqmodel, VQ_FILE, recorded.get("vq_seconds", 0.0))]
+    stages = [(um.model.model.vqmodel, VQ_FILE, recorded.get("vq_seconds", 0.0), "vq")]
     if vision:
-        stages.append((um.model.model.vision_model, VISION_FILE, recorded.get("vision_seconds", 0.0)))
+        stages.append((um.model.model.vision_model, VISION_FILE, recorded.get("vision_seconds", 0.0), "vision"))
     out.mkdir(parents=True, exist_ok=True)
-    for module, name, seconds in stages:
+    for module, name, seconds, stage in stages:
         if not (out / name).is_file():
-            save_stage(module, out / name, seconds)
+            save_stage(module, out / name, seconds, stage_settings(config, stage))
 
 
 def reuse_joint(source: Path, out: Path, config: PretrainConfig) -> None:
@@ -76,7 +76,7 @@ def main() -> None:
     changes = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
     config = FULL.scaled(steps=args.steps, **changes)
     if args.reuse is not None:
-        reuse_stages(args.reuse, args.out, vision=not args.new_vision)
+        reuse_stages(args.reuse, args.out, vision=not args.new_vision, config=config)
         if args.reuse_joint:
             reuse_joint(args.reuse, args.out, config)
     pretrain(args.out, config, show_progress=False)

@@ -86,5 +86,5 @@ def test_edits_are_guided_by_the_edit_scales_and_the_report_says_which(editing_s
 def test_the_edit_guidance_flags_state_the_defaults_they_leave_in_place() -> None:
     from unigap.cli.common import EDIT_CFG_OPTION, EDIT_IMAGE_CFG_OPTION  # their help cannot import torch's constants
 
-    assert f"default {EDIT_CFG_SCALE:g})" in EDIT_CFG_OPTION.help
+    assert f"default {EDIT_CFG_SCALE:g};" in EDIT_CFG_OPTION.help
     assert f"default {EDIT_IMAGE_CFG_SCALE:g};" in EDIT_IMAGE_CFG_OPTION.help

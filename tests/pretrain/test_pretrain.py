@@ -281,6 +281,8 @@ def test_killed_run_resumes_to_the_same_weights(whole: Path, tmp_path: Path, mon
 
     if stage == "vq":
         run_killed(killed_at(3), "VQ_PARTIAL")
+        with pytest.raises(UserError, match=r"vq.pt was written under other vq settings \(vq_lr: "):
+            pretrain(out, config.scaled(vq_lr=config.vq_lr / 2), show_progress=False)
     else:
         run_killed(killed_at(3), "JOINT_FILE")
         run_killed(killed_at(config.steps - 2 + 3), "POLISH_FILE")  # the rest of stage 3, then polish's third step
@@ -303,6 +305,23 @@ def test_killed_run_resumes_to_the_same_weights(whole: Path, tmp_path: Path, mon
     merged = [row for row in log if row.get("stage") == "vq_merge"]
     codebook = um.model.model.vqmodel.quantize.embedding.weight
     assert merged[-1]["codes"] == len(torch.unique(codebook, dim=0)) < TINY.codebook_size
+
+
+def test_a_finished_stage_file_is_refused_under_its_own_settings_changed_not_under_later_stages(tmp_path) -> None:
+    tower = run_module.build_model(TINY).model.model.vision_model
+    path = tmp_path / run_module.VISION_FILE
+    run_module.save_stage(tower, path, 1.5, run_module.stage_settings(TINY, "vision"))
+    later = run_module.stage_settings(TINY.scaled(steps=7, lr=1e-3, polish_steps=3), "vision")
+    assert run_module._load_stage(tower, path, later, "vision") == 1.5  # joint and polish settings may change
+    for change, key in ((dict(vision_lr=1.0), "vision_lr"), (dict(vq_steps=9), "vq_steps"), (dict(seed=5), "seed")):
+        with pytest.raises(UserError, match=rf"vision.safetensors was written under other vision settings \({key}: "):
+            run_module._load_stage(tower, path, run_module.stage_settings(TINY.scaled(**change), "vision"), "vision")
+    older = {k: v for k, v in run_module.stage_settings(TINY, "vision").items() if k != "sentence_fraction"}
+    run_module.save_stage(tower, path, 2.0, older)  # written before a setting existed: taken at its default
+    assert run_module._load_stage(tower, path, run_module.stage_settings(TINY, "vision"), "vision") == 2.0
+    with pytest.raises(UserError, match=r"sentence_fraction: \(absent\) → 0.5"):
+        run_module._load_stage(tower, path, run_module.stage_settings(TINY.scaled(sentence_fraction=0.5), "vision"),
+                               "vision")
 
 
 def test_critique_rows_draw_intact_pictures_at_the_share_asked(corpora) -> None:

@@ -16,11 +16,12 @@ from unigap.errors import UserError
 from unigap.evaluate.data import distinct_prompts
 from unigap.evaluate.generation import self_p_yes
 from unigap.model import load_model
-from unigap.prefs.scoring import image_score
+from unigap.world.scoring import image_score
 from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard, first_alarm
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
 from unigap.refine.rollout import reward_for
+from unigap.train.checkpoint import load_checkpoint, save_checkpoint
 
 TINY_RUN = {"steps": 4, "prompts_per_step": 1, "num_generations": 3, "eval_n": 0, "checkpoint_every": 2}
 
@@ -139,6 +140,12 @@ def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_ex
     with pytest.raises(UserError, match="different settings"):
         GRPOTrainer(load_model("tiny"), GRPOConfig(**(TINY_RUN | {"beta": 0.1})), tmp_path / "cut").train(
             resume=True, show_progress=False)
+    saved = load_checkpoint(tmp_path / "cut" / "checkpoint")
+    old = {**saved, "config": {k: v for k, v in saved["config"].items() if not k.startswith("edit_")}}
+    save_checkpoint(tmp_path / "cut" / "checkpoint", old)  # as written before the edit scales existed
+    with pytest.raises(UserError, match=r"edit_cfg_scale: \(absent\) → 2.0"):  # its edits were guided otherwise
+        GRPOTrainer(load_model("tiny"), config, tmp_path / "cut").train(resume=True, show_progress=False)
+    save_checkpoint(tmp_path / "cut" / "checkpoint", saved)
     GRPOTrainer(load_model("tiny"), config, tmp_path / "cut").train(resume=True, show_progress=False)
     whole, resumed = _adapter(tmp_path / "whole"), _adapter(tmp_path / "cut")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
@@ -159,6 +166,14 @@ def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys, mon
     assert report["config"]["eval_split"] == "val" and splits == ["val", "val"]  # the loop before and after
     assert [r["round"] for r in report["before"]["rounds"]] == [0, 1] == [r["round"] for r in report["after"]["rounds"]]
     assert report["change"]["n"] == 3 and (tmp_path / "g" / "adapter_model.safetensors").is_file()
+    (tmp_path / "g" / "checkpoint" / "checkpoint.pt").unlink()  # as if killed after the loop before training
+    config.write_text(config.read_text().replace("eval_n = 3", "eval_n = 4"))
+    with pytest.raises(SystemExit) as exit_info:  # the loop before training ran on 3 prompts: not reused for 4
+        main(["refine", "train", "--config", str(config), "--split", "val", "--out", str(tmp_path / "g"), "--resume"])
+    assert exit_info.value.code == 2 and "eval_n: 3 → 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # without --resume: a new run, not this one's parts
+        main(["refine", "train", "--config", str(config), "--split", "val", "--out", str(tmp_path / "g")])
+    assert exit_info.value.code == 2 and "already holds a refine train run" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["refine", "train", "--num-generations", "1", "--out", str(tmp_path / "h")])
     assert exit_info.value.code == 2 and "num-generations must be >= 2" in capsys.readouterr().err

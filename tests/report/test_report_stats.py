@@ -13,8 +13,8 @@ from synthetic_study import SEEDS, STEPS
 
 from unigap.errors import UserError
 from unigap.report import BASE, METRICS, MethodRun, StatsOptions, Study, compute_stats, csv_rows, load_study, write_csv
-from unigap.report.runs import as_study
-from unigap.report.stats import Sample, pool, seed_interval, welch
+from unigap.report.stats import pool, seed_interval, welch
+from unigap.study.results import Sample, as_study
 
 
 @pytest.fixture(scope="module")

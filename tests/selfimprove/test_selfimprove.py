@@ -77,6 +77,9 @@ def test_paired_difference_matches_scipy() -> None:
     assert out["p"] == pytest.approx(stats.ttest_rel(after, before).pvalue)
     assert out["t"] == pytest.approx(stats.ttest_rel(after, before).statistic)
     assert out["ci95"][0] < 0.375 < out["ci95"][1]
+    assert out["stderr"] == pytest.approx(stats.sem([b - a for a, b in zip(before, after)]))  # ddof 1, as the test
+    half = stats.t.ppf(0.975, 7) * out["stderr"]
+    assert out["ci95"] == pytest.approx([0.375 - half, 0.375 + half])
     assert paired_difference([1, 0], [1, 0])["p"] is None  # no change anywhere: no test
 
 
@@ -139,6 +142,21 @@ def test_a_run_writes_its_files_and_resumes_to_the_same_result(tmp_path: Path, m
     monkeypatch.setattr(run_module, "train_epoch", original)
     resumed = _toy_run(tmp_path / "killed", **config)
     assert resumed == full
+
+    save = run_module._save_epoch
+
+    def killed_after_saving_epoch_1(*args, **kwargs):  # the checkpoint written, its row not yet logged
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "_save_epoch", killed_after_saving_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(tmp_path / "cut", **config)
+    monkeypatch.setattr(run_module, "_save_epoch", save)
+    assert len((tmp_path / "cut" / "epochs.jsonl").read_text().splitlines()) == 1
+    assert _toy_run(tmp_path / "cut", **config) == full
+    logged = [json.loads(line) for line in (tmp_path / "cut" / "epochs.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in logged] == [0, 1, 2] and logged == full["epochs"]
 
 
 def test_the_trained_adapter_loads_and_changes_the_model(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
 from tiny_world_fixtures import build_tiny_world_model
 
+from unigap.report import build_report
 from unigap.study import StudyConfig, run_study
 
 
@@ -32,5 +33,5 @@ def small_config(tiny_dir: Path) -> StudyConfig:
 @pytest.fixture(scope="session")
 def finished(tmp_path_factory: pytest.TempPathFactory, small_config: StudyConfig) -> Path:
     out = tmp_path_factory.mktemp("study") / "run"
-    run_study(small_config, out, show_progress=False)
+    build_report(run_study(small_config, out, show_progress=False), out)
     return out

@@ -6,7 +6,8 @@ import pytest
 
 from unigap.arms import ARMS, FAMILIES, Arm, register, select
 from unigap.errors import UserError
-from unigap.report.runs import METHOD_ORDER
+from unigap.study.results import METHOD_ORDER
+from unigap.report import build_report
 from unigap.study import StudyConfig
 
 
@@ -57,7 +58,7 @@ def test_p2_and_p3_arms_build_on_a_tiny_model_and_reach_the_report(small_config:
 
     config = small_config.scaled(methods=("self-sft", "sft", "refine", "best-of-n", "refine-grpo"), self_prompts=2,
                                  self_epochs=1, refine_rounds=1, grpo_steps=2, unimrg_steps=2, unimrg_scenes=8)
-    built = run_study(config, tmp_path / "study", show_progress=False)
+    built = build_report(run_study(config, tmp_path / "study", show_progress=False), tmp_path / "study")
     assert built.results["methods"] == ["base", "self-sft", "sft", "refine", "best-of-n", "refine-grpo"]
     assert [arm["family"] for arm in built.results["arms"]] == ["p2", "p2", "p3", "p3", "p3"]
     assert [(c["arm"], c["baseline"]) for c in built.results["comparisons"]] == [("refine", "best-of-n"),
@@ -86,7 +87,7 @@ def test_p4_runs_only_its_arms_and_the_base_and_compares_unimrg_with_und_sft(sma
     from unigap.study import run_study
 
     config = small_config.scaled(methods=select("p4"), unimrg_steps=2, unimrg_scenes=4)
-    built = run_study(config, tmp_path / "study", show_progress=False)
+    built = build_report(run_study(config, tmp_path / "study", show_progress=False), tmp_path / "study")
     assert built.results["methods"] == ["base", "unimrg", "und-sft"]
     assert [arm["family"] for arm in built.results["arms"]] == ["p4", "p4"]
     assert not (tmp_path / "study" / "prefs").exists()  # preference pairs and diagnostics are P1's

@@ -12,6 +12,7 @@ import pytest
 from unigap.cli import main
 from unigap.errors import UserError
 from unigap.model.checkpoint import weights_fingerprint
+from unigap.report import build_report
 from unigap.study import StudyConfig, run_study
 from unigap.study.run import JOBS_FILE, StudyRunner
 
@@ -92,7 +93,7 @@ def test_killed_study_resumes_to_the_same_numbers(
         run_study(small_config, out, show_progress=False)
     assert (out / "pcgrad" / "seed1" / "checkpoint" / "checkpoint.pt").is_file()
     monkeypatch.setattr(StudyRunner, "evaluate", evaluate)
-    run_study(small_config, out, show_progress=False)
+    build_report(run_study(small_config, out, show_progress=False), out)
     for method in ("pcgrad", "soup-0.5", "oracle"):
         again = json.loads((out / method / "seed1" / "eval.json").read_text())
         first = json.loads((finished / method / "seed1" / "eval.json").read_text())
@@ -151,3 +152,21 @@ def test_a_missing_model_fails_before_the_directory_is_claimed(tmp_path: Path, s
     with pytest.raises(UserError, match="does not exist"):
         run_study(small_config.scaled(model=str(tmp_path / "nope")), out, show_progress=False)
     assert not (out / "study.json").exists()
+
+
+def test_a_study_from_before_the_edit_scales_resumes_unless_its_arms_edit(tmp_path: Path,
+                                                                          small_config: StudyConfig) -> None:
+    """Its refine arms edited under plain CFG at 5: such a study is not resumed under the current scales."""
+    from unigap.study import claim
+
+    guidance = {"edit_cfg_scale": 2.0, "edit_image_cfg_scale": 1.5}
+    for config, edits in ((small_config, False), (small_config.scaled(methods=("refine",)), True)):
+        out = tmp_path / f"edits-{edits}"
+        out.mkdir()
+        (out / "study.json").write_text(json.dumps(config.to_dict() | {"model_weights": "w"}))  # as written before
+        if edits:
+            with pytest.raises(UserError, match=r"edit_cfg_scale: \(absent\) → 2.0"):
+                claim(config, out, "w", guidance)
+        else:
+            claim(config, out, "w", guidance)
+            assert json.loads((out / "study.json").read_text())["edit_image_cfg_scale"] == 1.5  # recorded from now on

@@ -12,8 +12,9 @@ import pytest
 
 from unigap.cli import main
 from unigap.errors import UserError
+from unigap.report import build_report
 from unigap.study import StudyConfig, run_study
-from unigap.report.reference import LN2
+from unigap.train.dpo import LN2
 from unigap.study.tune import TuneConfig, choose, diagnostics, table, tune
 
 
@@ -151,7 +152,7 @@ def test_a_run_built_to_over_optimise_is_flagged_in_the_report(small_config: Stu
     """gen-only DPO at a learning rate far too high: its loss reaches ~0 while the chosen images fall below the
     reference; the report says so in words and draws the log-prob curves."""
     config = replace(small_config, methods=("gen-only",), steps=20, lr=3e-2)
-    built = run_study(config, tmp_path / "s", show_progress=False)
+    built = build_report(run_study(config, tmp_path / "s", show_progress=False), tmp_path / "s")
     training = built.results["training"]["gen-only"]
     assert training["gen_overoptimised"] is True and training["gen_chosen_shift"] < 0
     html = (tmp_path / "s" / "report.html").read_text()

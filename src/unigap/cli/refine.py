@@ -96,7 +96,7 @@ def refine_command(
 def train_command(
     model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
     out: Path = typer.Option(Path("runs/refine-grpo"), "--out", help="Output directory: log, checkpoint, adapter, "
-                             "grpo.json (the loop before and after training)."),
+                             "settings.json, grpo.json (the loop before and after training)."),
     steps: int | None = typer.Option(None, "--steps", help="Rollout (= optimiser) steps; even steps train generation, "
                                      "odd steps reflection + refinement unless --stages generate (default 200)."),
     stages: str | None = typer.Option(None, "--stages", help="tree (R3's schedule, the default) | generate (every "

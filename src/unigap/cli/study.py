@@ -38,7 +38,7 @@ def study_command(
 ) -> None:
     """Evaluate the base model, build preference pairs, diagnose gradients, train every strategy and post-hoc
     method per seed, evaluate each, and write results.json/.csv, figures and report.html into OUT."""
-    from unigap.report import summary_table
+    from unigap.report import build_report, summary_table
     from unigap.study import FULL, QUICK, run_study
     from unigap.arms import select
 
@@ -56,7 +56,7 @@ def study_command(
 
     out = out or Path("runs/study-quick" if quick else "runs/study")
     with manifest("study", asdict(config), seeds=list(range(config.seeds)), judge={"name": "verifier"}) as record:
-        built = run_study(config, out)
+        built = build_report(run_study(config, out), out, title=f"unigap study: {config.model}")
     write_manifest(out, record)
     Console().print(summary_table(built.results))
     typer.echo(f"wrote {out / 'report.html'} (and results.json, results.csv, figures) in {out}")

@@ -63,7 +63,8 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     if n < 2:
         return out
     sd = math.sqrt(math.fsum((c - delta) ** 2 for c in changes) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    out["stderr"] = sd / math.sqrt(n)  # the sample sd, as the interval and the test use (summarize's is ddof 0)
+    half = float(stats.t.ppf(0.975, n - 1)) * out["stderr"]
     out["ci95"] = [delta - half, delta + half]
     if sd > 0:
         test = stats.ttest_rel(after, before)

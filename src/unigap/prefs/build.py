@@ -35,7 +35,7 @@ from unigap.evaluate.vqa import vqa_score
 from unigap.model.images import vq_image_size
 from unigap.model.unified import UnifiedModel
 from unigap.prefs.kinds import KINDS
-from unigap.prefs.scoring import answer_score, image_score
+from unigap.world.scoring import answer_score, image_score
 from unigap.prefs.trl import png_bytes
 from unigap import distributed
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference

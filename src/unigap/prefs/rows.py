@@ -11,7 +11,7 @@ Columns (every kind):
                             seed's deterministic candidate stream
   fallback                  und: the chosen answer is the ground truth, not a sample (`--fallback-gt`)
   chosen_ids, rejected_ids  token ids: answer tokens (EOS included) for und, VQ image tokens for gen
-  chosen_score, rejected_score      exact scores (`unigap.prefs.scoring`)
+  chosen_score, rejected_score      exact scores (`unigap.world.scoring`)
   chosen_ref_logprob, rejected_ref_logprob, chosen_tokens, rejected_tokens
                             summed log-prob and token count under the base model (conditional-only
                             scoring for images)

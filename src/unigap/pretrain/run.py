@@ -138,31 +138,51 @@ def _log(logger: MetricLogger, row: dict) -> None:
     logger.log(row.get("step", 0), row, prefix=f"{row['stage']}/")
 
 
-def save_stage(module: torch.nn.Module, path: Path, seconds: float) -> None:
-    """A finished stage's weights, with the seconds it took (kept across resumes), written atomically."""
+def save_stage(module: torch.nn.Module, path: Path, seconds: float, settings: dict) -> None:
+    """A finished stage's weights, with the seconds it took (kept across resumes) and the settings it was trained
+    under (`stage_settings`), written atomically."""
     state = {k: v.contiguous() for k, v in module.state_dict().items()}
-    write_atomically(path, lambda tmp: save_file(state, tmp, metadata={"seconds": repr(seconds)}))
+    metadata = {"seconds": repr(seconds), "settings": json.dumps(settings)}
+    write_atomically(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
-def _load_stage(module: torch.nn.Module, path: Path) -> float:
-    """Load a finished stage saved by `save_stage`; returns the seconds its training took."""
-    module.load_state_dict(load_file(path))
+def _load_stage(module: torch.nn.Module, path: Path, settings: dict, stage: str) -> float:
+    """Load a finished stage saved by `save_stage` (refused when trained under other settings); returns the seconds
+    its training took."""
     with safe_open(path, framework="pt") as handle:
-        return float((handle.metadata() or {}).get("seconds", 0.0))
+        metadata = handle.metadata() or {}
+    refuse_other_settings(path, json.loads(metadata.get("settings", "null")), settings, stage)
+    module.load_state_dict(load_file(path))
+    return float(metadata.get("seconds", 0.0))
+
+
+def refuse_other_settings(path: Path, saved: dict | None, settings: dict, stage: str) -> None:
+    """`UserError` when a stage's file was written under other settings than `settings`. A file from before stage
+    files recorded them (`saved` None) is taken as written under these, and a setting added since it was written as
+    at its default."""
+    defaults = asdict(PretrainConfig())
+    saved = settings if saved is None else {
+        **{k: v for k, v in settings.items() if k not in saved and k in defaults and defaults[k] == v}, **saved}
+    differences = config_differences(saved, settings)
+    if differences:
+        raise UserError(f"{path} was written under other {stage} settings ({'; '.join(differences)}); "
+                        f"rerun with those settings or use a new --out")
 
 
 def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out: Path, show: bool,
               logger: MetricLogger) -> float:
     """Train (or, on resume, load) the VQ; returns the seconds its training took (recorded in the file on resume)."""
-    vq = um.model.model.vqmodel
+    vq, settings = um.model.model.vqmodel, stage_settings(config, "vq")
     if (out / VQ_FILE).is_file():
-        return _load_stage(vq, out / VQ_FILE)
+        return _load_stage(vq, out / VQ_FILE, settings, "vq")
     partial = out / VQ_PARTIAL
     resume = torch.load(partial, weights_only=False) if partial.is_file() else None
+    if resume is not None:
+        refuse_other_settings(partial, resume.get("config"), settings, "vq")
     start = time.perf_counter() - (resume["seconds"] if resume else 0.0)
 
     def checkpoint(state: dict) -> None:
-        state["seconds"] = time.perf_counter() - start
+        state |= {"seconds": time.perf_counter() - start, "config": settings}
         write_atomically(partial, lambda tmp: torch.save(state, tmp))
 
     with _bar("VQ tokenizer", config.vq_steps, show) as update:
@@ -177,7 +197,7 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
                  crop=config.vq_crop, empty_crop_weight=config.vq_empty_crop_weight, checkpoint=checkpoint,
                  checkpoint_every=config.checkpoint_every, resume=resume)
     seconds = time.perf_counter() - start
-    save_stage(vq, out / VQ_FILE, seconds)
+    save_stage(vq, out / VQ_FILE, seconds, settings)
     partial.unlink(missing_ok=True)
     return seconds
 
@@ -185,9 +205,9 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
 def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainConfig, out: Path, show: bool,
                   logger: MetricLogger) -> float:
     """Pretrain (or, on resume, load) the vision tower on per-patch labels; returns the seconds it took."""
-    tower = um.model.model.vision_model
+    tower, settings = um.model.model.vision_model, stage_settings(config, "vision")
     if (out / VISION_FILE).is_file():
-        return _load_stage(tower, out / VISION_FILE)
+        return _load_stage(tower, out / VISION_FILE, settings, "vision")
     start = time.perf_counter()
     with _bar("vision tower", config.vision_steps, show) as update:
 
@@ -199,14 +219,29 @@ def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainCo
         train_vision(tower, und, config.vision_steps, config.vision_batch, config.vision_lr, config.seed,
                      config.reconstructed_fraction, on_step=on_step)
     seconds = time.perf_counter() - start
-    save_stage(tower, out / VISION_FILE, seconds)
+    save_stage(tower, out / VISION_FILE, seconds, settings)
     return seconds
 
 
+VQ_SETTINGS = ("seed", "scenes", "codebook_size")  # with every vq_* setting but the merge, which follows stage 1
+VISION_SETTINGS = ("understanding_scenes", "questions_per_scene", "sentence_fraction", "reconstructed_fraction",
+                   "vq_merge_similarity")  # with the VQ's and every vision_* setting
+
+
 def stage_settings(config: PretrainConfig, stage: str) -> dict:
-    """What a stepped stage's weights depend on (stage 3 not on stage 4's settings, which may change after it
-    finished): stored in its checkpoint, which a resume under other settings refuses."""
-    return {k: v for k, v in asdict(config).items() if stage == "polish" or not k.startswith("polish_")}
+    """What a stage's weights depend on: stored in its files, which a resume under other settings refuses. The VQ
+    (stage 1) and the vision tower (stage 2, trained on the VQ's reconstructions) on their own settings only, so that
+    later stages' may change after them; stage 3 on all but stage 4's, stage 4 on all."""
+    settings = asdict(config)
+
+    def vq(key: str) -> bool:
+        return key in VQ_SETTINGS or (key.startswith("vq_") and key != "vq_merge_similarity")
+
+    if stage == "vq":
+        return {k: v for k, v in settings.items() if vq(k)}
+    if stage == "vision":
+        return {k: v for k, v in settings.items() if vq(k) or k in VISION_SETTINGS or k.startswith("vision_")}
+    return {k: v for k, v in settings.items() if stage == "polish" or not k.startswith("polish_")}
 
 
 def stage_state(um: UnifiedModel, head: PatchHead, optimizer: torch.optim.Optimizer, schedule: object,
@@ -237,10 +272,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
     checkpoint = out / STAGE_FILES[stage]
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
-        differences = config_differences(state.get("config", settings), settings)
-        if differences:
-            raise UserError(f"{checkpoint} was written under other {stage} settings ({'; '.join(differences)}); "
-                            f"rerun with those settings or use a new --out")
+        refuse_other_settings(checkpoint, state.get("config"), settings, stage)
         um.model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])

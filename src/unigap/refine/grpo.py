@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,8 @@ from scipy.stats import ttest_ind
 from transformers import get_constant_schedule_with_warmup
 
 from unigap import distributed
-from unigap.atomic import cached_json, write_text_atomically
-from unigap.errors import GuardStopped
+from unigap.atomic import cached_json, claim_settings, write_text_atomically
+from unigap.errors import GuardStopped, UserError
 from unigap.evaluate.data import distinct_prompts, held_out_pairs
 from unigap.evaluate.generation import batch_seed
 from unigap.evaluate.stats import paired_difference
@@ -51,7 +51,7 @@ from unigap.refine.loop import run_loop
 from unigap.refine.metrics import round_metrics
 from unigap.refine.rollout import VERIFIER_REWARD, Buffered, GroupResult, generation_group, refine_group, reward_for
 from unigap.train.loop import (
-    TrainingDiverged, checkpoint_step, kept_checkpoint, optimizer_step, refuse_unless_resuming, run_steps,
+    TrainingDiverged, checkpoint_step, holds_run, kept_checkpoint, optimizer_step, refuse_unless_resuming, run_steps,
 )
 
 LOGGED_KEYS = (
@@ -62,6 +62,8 @@ LOGGED_KEYS = (
     "refine/rewards/image_score/mean", "refine/stop_rate", "completions/mean_length",
 )  # fmt: skip
 RESULT_FILE = "grpo.json"
+SETTINGS_FILE = "settings.json"  # the run's settings, checked on --resume before the loop's "before" part is reused
+FREE_SETTINGS = ("guard",)  # switches that change no number, only whether the run goes on
 TRAIN_PROMPTS = 1000  # distinct train-split prompts groups are drawn from (all of them where there are fewer)
 STEP_STREAM = 11
 GUARD_P = 0.01  # one-sided Welch p below which a falling audit stops the run
@@ -136,7 +138,9 @@ class GRPOTrainer:
                 step, resume, self.report_to, f"{self.out_dir.name}-grpo",
                 extra_state=lambda: {"buffer": [(b.prompt, list(b.tokens), b.score) for b in self.buffer],
                                      "audits": [list(a) for a in self.audits]},
-                restore_extra=restore, on_step=after, bf16=c.bf16, free_settings=("guard",),
+                restore_extra=restore, on_step=after, bf16=c.bf16, free_settings=FREE_SETTINGS,
+                # a run saved before the edit scales edited under plain CFG at cfg_scale, not at their defaults
+                required_settings=("edit_cfg_scale", "edit_image_cfg_scale"),
             )  # fmt: skip
         if distributed.is_main():
             self.um.save_adapter(self.out_dir)
@@ -224,8 +228,16 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     """The refine loop before training, GRPO, the loop after it; `grpo.json` (written last) in OUT."""
     out = Path(out_dir)
     refuse_unless_resuming(out, resume)
+    if (out / SETTINGS_FILE).exists() and not resume:
+        raise UserError(f"{out} already holds a refine train run: pass --resume to continue it, or use a new --out")
     main = distributed.is_main()
     show_progress = show_progress and main
+    # the loop before training is reused on --resume only under the settings that produced it; a run saved before
+    # the edit scales existed edited under plain CFG at cfg_scale, not at their defaults. Written once, at the start:
+    # a checkpoint from before this file existed is checked against its own settings when training resumes
+    defaults = {f.name: f.default for f in fields(GRPOConfig) if not f.name.startswith("edit_")}
+    claim_settings(out / SETTINGS_FILE, {k: v for k, v in config.to_dict().items() if k not in FREE_SETTINGS},
+                   "refine train", defaults, write=main and not holds_run(out))
     before = cached_json(out / "parts" / "before.json", lambda: _loop_eval(um, config, show_progress),
                          write=main) if config.eval_n else None
     trainer = GRPOTrainer(um, config, out, report_to)

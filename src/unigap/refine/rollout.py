@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from unigap.evaluate.judges import get_judge
-from unigap.prefs.scoring import image_score
+from unigap.world.scoring import image_score
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
 from unigap.refine.loop import refined_prompt

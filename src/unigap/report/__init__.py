@@ -6,8 +6,8 @@ model nor torch. Entry point: `build_report(results_dir_or_runs, out_dir)`.
 
 from unigap.report.build import BuiltReport, build_report, summary_table, write_csv
 from unigap.report.eval_reports import compare_reports, comparison_table
-from unigap.report.runs import BASE, MethodRun, Study, load_study
-from unigap.report.stats import METRICS, StatsOptions, compute_stats, csv_rows
+from unigap.report.stats import StatsOptions, compute_stats, csv_rows
+from unigap.study.results import BASE, METRICS, MethodRun, Study, load_study
 
 __all__ = [
     "BASE",

@@ -17,8 +17,8 @@ from unigap.report.compare import comparisons, kind_levels, refine_curves
 from unigap.report.figures import Plot, write_figures
 from unigap.report.cells import fmt, fmt_p
 from unigap.report.html import write_html
-from unigap.report.runs import MethodRun, Study, as_study
-from unigap.report.stats import CSV_COLUMNS, METRICS, StatsOptions, compute_stats, csv_rows
+from unigap.report.stats import CSV_COLUMNS, StatsOptions, compute_stats, csv_rows
+from unigap.study.results import METRICS, MethodRun, Study, as_study
 
 RESULTS_JSON, RESULTS_CSV, REPORT_HTML = "results.json", "results.csv", "report.html"
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from unigap.arms import ARMS
-from unigap.report.runs import Study
-from unigap.report.stats import METRICS, Metric, StatsOptions, keyed, paired, pool, sample, welch
+from unigap.report.stats import StatsOptions, pool, welch
+from unigap.study.results import METRICS, Metric, Study, keyed, paired, sample
 from unigap.world import QUESTION_KINDS
 
 KIND_METRICS = tuple(

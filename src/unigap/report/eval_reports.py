@@ -18,8 +18,8 @@ from rich.table import Table
 
 from unigap.errors import UserError
 from unigap.report.cells import fmt, fmt_p
-from unigap.report.runs import BASE, MethodRun, Study, read_json
-from unigap.report.stats import METRICS, Metric, compute_stats
+from unigap.report.stats import compute_stats
+from unigap.study.results import BASE, METRICS, Metric, MethodRun, Study, read_json
 
 JUDGED = Metric("judged_generation.accuracy", "judged-generation accuracy", "generation", "judge_accepted")
 STUDY_ONLY = ("config", "training", "diagnostics", "arms")

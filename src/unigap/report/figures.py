@@ -19,10 +19,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from unigap.plotting import save_figure
-from unigap.report.reference import LN2
+from unigap.train.dpo import LN2
 from unigap.arms import ARMS
-from unigap.report.runs import BASE, MethodRun, Study
 from unigap.report.stats import series
+from unigap.study.results import BASE, MethodRun, Study
 
 DPI = 110
 SMOOTH = 25  # steps in the moving average of per-step (batch-1, noisy) training curves

@@ -19,8 +19,9 @@ from unigap.atomic import write_atomically
 from unigap.report.cells import DASH, Safe, Significant, ci, fmt, fmt_p, table
 from unigap.report.figures import Plot
 from unigap.report.findings import answer_length_section, claims_section, dpo_notes
-from unigap.report.reference import LN2, PAPER_BASE, PAPER_BONFERRONI, PAPER_FINAL, PAPER_GRADIENTS, PAPER_HEADLINE
-from unigap.report.stats import METRICS
+from unigap.report.reference import PAPER_BASE, PAPER_BONFERRONI, PAPER_FINAL, PAPER_GRADIENTS, PAPER_HEADLINE
+from unigap.train.dpo import LN2
+from unigap.study.results import METRICS
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d2330;

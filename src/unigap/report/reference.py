@@ -6,13 +6,6 @@ the report shows them side by side for direction and significance, never subtrac
 
 from __future__ import annotations
 
-import math
-
-LN2 = math.log(2)
-# a trained task's DPO loss (without the NLL term) this far below ln 2 while its chosen sequences became *less* likely
-# than under the reference: over-optimisation (the rejected pushed down, the chosen not raised)
-OVEROPTIMISED_LOSS = LN2 / 4
-
 # Janus-Pro-7B headline: Δ vs base (VQA 2.49 / CLIPScore 26.87), with the p-values SPEC quotes
 PAPER_BASE = {"vqa": 2.49, "clip": 26.87}
 PAPER_HEADLINE: dict[str, dict[str, float | None]] = {

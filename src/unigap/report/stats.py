@@ -37,11 +37,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from unigap.errors import UserError
-from unigap.evaluate.stats import paired_difference
-from unigap.report.reference import LN2, OVEROPTIMISED_LOSS
-from unigap.report.runs import BASE, MethodRun, Study
+from unigap.train.dpo import LN2, OVEROPTIMISED_LOSS
 from unigap.arms import ARMS
+from unigap.study.results import BASE, METRICS, Metric, MethodRun, Sample, Study, keyed, paired, sample
 from unigap.train.names import TASKS, trained_tasks
 
 OTHER_FAMILY = "other"  # the family of a method outside the arm registry
@@ -78,28 +76,6 @@ DIAGNOSTIC_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class Metric:
-    """A metric: its name in the evaluation report and the per-item outcome behind it; `where` (field, value)
-    keeps the items of one group (understanding questions of one kind), read from the report's `by_<field>`
-    summary when it has no records."""
-
-    name: str
-    label: str
-    records: str
-    outcome: str
-    where: tuple[str, str] | None = None
-    higher_is_better: bool = True
-
-
-METRICS = (
-    Metric("understanding.accuracy", "understanding accuracy", "understanding", "correct"),
-    Metric("generation.accuracy", "generation accuracy", "generation", "verified"),
-    Metric("nonunification.score", "non-unification score", "generation", "self_rejected", higher_is_better=False),
-    Metric("weak_generation.rate", "weak-generation rate", "generation", "weak_generation", higher_is_better=False),
-)
-
-
-@dataclass(frozen=True)
 class StatsOptions:
     """The study's statistical settings, recorded in results.json so a reader can redo the numbers."""
 
@@ -110,16 +86,6 @@ class StatsOptions:
     ln2_tolerance: float = 0.01
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One metric's outcomes: n, mean, population variance (ddof 0) and the items when they were recorded."""
-
-    n: int
-    mean: float | None
-    var: float
-    items: np.ndarray | None
-
-
 def finite(value: Any) -> float | None:
     """A float for JSON, or None for missing / NaN / ±inf."""
     return None if value is None or not math.isfinite(float(value)) else float(value)
@@ -127,30 +93,6 @@ def finite(value: Any) -> float | None:
 
 def _mean(values: Sequence[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
-
-
-def sample(run: MethodRun, metric: Metric) -> Sample:
-    """The metric's outcomes in a run's evaluation report: from per-item records (null outcomes, e.g. the
-    weak-generation outcome of self-accepted images, are outside the sample), else from its summary."""
-    report = run.eval_report
-    records = report.get("records", {}).get(metric.records)
-    if records is not None:
-        if metric.where is not None:
-            records = [r for r in records if r.get(metric.where[0]) == metric.where[1]]
-        items = np.array([float(r[metric.outcome]) for r in records if r[metric.outcome] is not None])
-        if not len(items):
-            return Sample(0, None, 0.0, items)
-        return Sample(len(items), float(items.mean()), float(items.var()), items)
-    section, key = metric.name.split(".")[:2]
-    summary = report.get(section)
-    if summary is not None and metric.where is not None:
-        summary = summary.get(f"by_{metric.where[0]}", {}).get(metric.where[1])
-    if summary is None:
-        raise UserError(
-            f"the evaluation report of {run.method} seed {run.seed} has neither {section} records nor {metric.name}"
-        )
-    n, stderr = int(summary["n"]), summary["stderr"]
-    return Sample(n, summary[key], stderr**2 * n if n else 0.0, None)
 
 
 def pool(samples: Sequence[Sample]) -> Sample:
@@ -180,35 +122,6 @@ def welch(a: Sample, b: Sample) -> dict[str, Any]:
     df = (sq_a + sq_b) ** 2 / (sq_a**2 / (a.n - 1) + sq_b**2 / (b.n - 1))
     half = float(stats.t.ppf((1 + CONFIDENCE) / 2, df)) * se
     return {"t": t, "df": df, "p": float(2 * stats.t.sf(abs(t), df)), "delta_ci95": [delta - half, delta + half]}
-
-
-ITEM_KEYS = ("index", "question", "prompt")  # what identifies an evaluation item in its records
-
-
-def keyed(runs: Sequence[MethodRun], metric: Metric) -> dict[tuple[Any, ...], float] | None:
-    """Per-item outcomes keyed by (seed, index, question/prompt); None without records."""
-    out: dict[tuple[Any, ...], float] = {}
-    for run in runs:
-        records = run.eval_report.get("records", {}).get(metric.records)
-        if records is None:
-            return None
-        for r in records:
-            if metric.where is not None and r.get(metric.where[0]) != metric.where[1]:
-                continue
-            if r.get(metric.outcome) is not None:
-                out[(run.seed, *(r.get(k) for k in ITEM_KEYS))] = float(r[metric.outcome])
-    return out
-
-
-def paired(arm: dict[tuple[Any, ...], float], baseline: dict[tuple[Any, ...], float]) -> dict[str, Any] | None:
-    """The paired test of arm − baseline over the shared items (`paired_difference`), when both sides hold exactly
-    the same items; None otherwise."""
-    if set(arm) != set(baseline) or len(arm) < 2:
-        return None
-    keys = sorted(arm, key=repr)
-    d = paired_difference([baseline[k] for k in keys], [arm[k] for k in keys])
-    return {"test": "paired", "t": d["t"], "df": d["n"] - 1, "p": d["p"], "delta_ci95": d["ci95"] if d["p"] is not None
-            else None}
 
 
 def seed_interval(means: Sequence[float]) -> list[float] | None:

@@ -93,16 +93,18 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.objective == "dpo":
         data.pairs = dpo_pairs(um, data.rounds[0], config.seed, config.loss_cfg_scale or None)
-    epochs = _read_epochs(out)
-    start = _resume(um, optimizer, out)
+    logged = _read_epochs(out)
+    start, saved = _resume(um, optimizer, out)
     distributed.wait_for_everyone()  # every process has read the run's state before the main one writes more
-    epochs = epochs[: start + 1]
-    logger = MetricLogger(out / EPOCHS_FILE, report_to, resume_step=start + 1 if epochs else None,
+    # the checkpoint holds its epochs' rows: one it saved just before a kill could not log is logged now
+    epochs = saved if saved is not None else logged[: start + 1]
+    kept = min(len(logged), len(epochs))
+    logger = MetricLogger(out / EPOCHS_FILE, report_to, resume_step=kept if epochs else None,
                           run_name=f"{out.name}-selfimprove") if main else None
     if not epochs:
         epochs = [_epoch_row(um, config, 0, data, {"steps": 0, "loss": None}, joined=0)]
-        if logger:
-            logger.log(0, epochs[0])
+    for row in epochs[kept:] if logger else ():
+        logger.log(row["step"], row)
     for epoch in range(1, config.epochs + 1):
         joined = 0
         if epoch - 1 == config.replay_epoch:  # replay after the replay epoch, before the next one trains
@@ -176,10 +178,11 @@ def _read_epochs(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def _resume(um: Any, optimizer: torch.optim.Optimizer, out: Path) -> int:
-    """The last finished epoch (0 for a fresh run), its weights and optimiser state restored."""
+def _resume(um: Any, optimizer: torch.optim.Optimizer, out: Path) -> tuple[int, list[dict[str, Any]] | None]:
+    """The last finished epoch (0 for a fresh run), its weights and optimiser state restored, and the log rows of the
+    epochs up to it (None for a fresh run, or a checkpoint from before checkpoints held them)."""
     if not (out / "checkpoint" / "checkpoint.pt").is_file():
-        return 0
+        return 0, None
     state = load_checkpoint(out / "checkpoint")
     named = dict(um.model.named_parameters())
     with torch.no_grad():
@@ -187,18 +190,22 @@ def _resume(um: Any, optimizer: torch.optim.Optimizer, out: Path) -> int:
             named[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
-    return int(state["epoch"])
+    return int(state["epoch"]), state.get("epochs")
 
 
 def _save_epoch(um: Any, optimizer: torch.optim.Optimizer, out: Path, epoch: int, epochs: list[dict]) -> None:
-    """The adapter (replacing the previous epoch's), the checkpoint and the figure; the caller then logs the row."""
-    staging = out / "adapter.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
+    """The adapter (replacing the previous epoch's), the checkpoint (with the epochs' log rows) and the figure; the
+    caller then logs the row."""
+    staging, previous = out / "adapter.tmp", out / "adapter.old"
+    for stale in (staging, previous):
+        shutil.rmtree(stale, ignore_errors=True)
     um.save_adapter(staging)
-    shutil.rmtree(out / "adapter", ignore_errors=True)
+    if (out / "adapter").exists():
+        (out / "adapter").rename(previous)  # adapter/ is missing only between two renames
     staging.rename(out / "adapter")
+    shutil.rmtree(previous, ignore_errors=True)
     trainable = {name: p.detach().clone() for name, p in um.model.named_parameters() if p.requires_grad}
-    save_checkpoint(out / "checkpoint", {"epoch": epoch, "trainable": trainable,
+    save_checkpoint(out / "checkpoint", {"epoch": epoch, "trainable": trainable, "epochs": epochs,
                                          "optimizer": optimizer.state_dict(), "rng": rng_state()})
     epochs_plot(epochs, out / "figures" / "epochs.png")
 

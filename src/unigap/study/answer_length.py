@@ -10,7 +10,7 @@ study's steps, rate and β (seed 0), and evaluates it as the study evaluates eve
 
 Both forms' batches draw the same generation pair (same seed and pair count), so ‖g_G‖ cancels in ρ_sentence/ρ_word
 batch by batch: the forms are compared by a paired t-test on the per-batch log ratios. Δ understanding and Δ
-generation of each form are paired against the base on the same items (`unigap.report.stats.paired`). Each form is
+generation of each form are paired against the base on the same items (`unigap.study.results.paired`). Each form is
 written to OUT/answer-length/<form>.json when done (a rerun skips it); OUT/answer-length/answer_length.json
 (`ANSWER_LENGTH_FILE`) last, with the finding in one sentence, stated whichever way it falls.
 """
@@ -27,8 +27,7 @@ import numpy as np
 
 from unigap.atomic import cached_json, write_text_atomically
 from unigap.evaluate.stats import paired_difference
-from unigap.report.runs import ANSWER_LENGTH_FILE, MethodRun
-from unigap.report.stats import METRICS, keyed, paired, sample
+from unigap.study.results import ANSWER_LENGTH_FILE, METRICS, MethodRun, keyed, paired, sample
 
 FORMS = ("word", "sentence")
 LOSS_TAIL = 50  # final DPO loss: mean over the last logged steps

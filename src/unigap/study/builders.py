@@ -82,7 +82,7 @@ def refine(runner: Any, name: str, seed: int) -> None:
         config = GRPOConfig(steps=c.grpo_steps, seed=seed, data_seed=c.data_seed, eval_n=0,
                             checkpoint_every=min(25, c.grpo_steps))
         out = runner.run_dir(name, seed) / "grpo"
-        train_grpo(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False)
+        train_grpo(um, config, out, resume=True, show_progress=False)  # a fresh start where nothing is there
     report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False, progress=False)
     specs = [spec for spec, _ in held_out_pairs(c.n, seed, c.data_seed)]
     if name == "best-of-n":

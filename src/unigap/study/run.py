@@ -1,4 +1,5 @@
-"""`run_study`: the study as a list of jobs, each finished exactly when its output file exists; then the report.
+"""`run_study`: the study as a list of jobs, each finished exactly when its output file exists (`unigap.report`
+builds the report from them).
 
 Why jobs keyed by output files: a killed study is resumed by running the same command again. Finished
 jobs are skipped, a training run killed midway continues from its checkpoint (`DPOTrainer`), and every
@@ -16,7 +17,7 @@ Layout of OUT (what `unigap.report.load_study` reads)::
     answer-length/                      the answer-length probe (`unigap.study.answer_length`; with P1's und-only)
     <arm>/seed<k>/                      eval.json of each arm (`unigap.arms`), with what its builder keeps
                                         (adapter and log.jsonl of a DPO strategy, selfimprove/ of a P2 arm)
-    results.json, results.csv, *.png, report.html
+    results.json, results.csv, *.png, report.html   written by `unigap.report.build_report` (`unigap study` calls it)
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from unigap.atomic import claim_settings
-from unigap.report import BASE, BuiltReport, build_report
-from unigap.report.runs import ANSWER_LENGTH_FILE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
+from unigap.study.results import ANSWER_LENGTH_FILE, BASE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
 from unigap.study.config import FULL, StudyConfig
 from unigap.arms import ARMS
 
@@ -169,21 +169,28 @@ class StudyRunner:
             self.progress.remove_task(task)
 
 
-def claim(config: StudyConfig, out: Path, weights: str) -> None:
+def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str, float] | None = None) -> None:
     """Write OUT/study.json, or check that the study already in OUT ran under the same settings and
-    on the same weights (`weights`: the model's `weights_fingerprint`)."""
-    claim_settings(out / STUDY_FILE, config.to_dict() | {WEIGHTS_KEY: weights}, "study",
-                   FULL.to_dict() | {WEIGHTS_KEY: weights})  # a study from before a setting existed ran at its default
+    on the same weights (`weights`: the model's `weights_fingerprint`). `edit_guidance`: the edit scales the
+    reason-reflect-refine arms use (the library's), recorded so that a study from before they existed, whose arms
+    edited under plain CFG at 5, is not resumed under them."""
+    recorded = {WEIGHTS_KEY: weights, **(edit_guidance or {})}
+    defaults = FULL.to_dict() | {WEIGHTS_KEY: weights}  # a study from before a setting existed ran at its default
+    if edit_guidance and not any(ARMS[m].family == "p3" for m in config.methods):
+        defaults |= edit_guidance  # arms that never edit: the scales change none of their numbers
+    claim_settings(out / STUDY_FILE, config.to_dict() | recorded, "study", defaults)
 
 
-def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> BuiltReport:
-    """Run (or resume) every job of the study in `out`, then build the statistics, figures and report."""
+def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> Path:
+    """Run (or resume) every job of the study in `out` (returned): what `unigap.report.build_report` reads."""
     from unigap.model.checkpoint import weights_fingerprint
+    from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE
     from unigap.model.loading import resolve_checkpoint
 
     out = Path(out)
     directory = resolve_checkpoint(config.model)  # a mistyped --model fails here, before study.json pins it
-    claim(config, out, weights_fingerprint(directory))
+    claim(config, out, weights_fingerprint(directory),
+          {"edit_cfg_scale": EDIT_CFG_SCALE, "edit_image_cfg_scale": EDIT_IMAGE_CFG_SCALE})
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
     )  # fmt: skip
@@ -199,5 +206,4 @@ def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) 
                 with (out / JOBS_FILE).open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps({"job": job.name, "seconds": time.perf_counter() - started}) + "\n")
             progress.advance(overall)
-        progress.update(overall, description="study: report")
-    return build_report(out, out, title=f"unigap study: {config.model}")
+    return out

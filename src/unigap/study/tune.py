@@ -47,7 +47,7 @@ import numpy as np
 
 from unigap.atomic import claim_settings, write_text_atomically
 from unigap.errors import UserError
-from unigap.report.reference import OVEROPTIMISED_LOSS
+from unigap.train.dpo import OVEROPTIMISED_LOSS
 from unigap.train.defaults import TUNE_GRID, TUNE_RUN
 
 GEN_KINDS = ("gen-real", "gen-model")

@@ -93,20 +93,23 @@ def run_steps(
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
     bf16: bool = False,
     free_settings: Sequence[str] = (),
+    required_settings: Sequence[str] = (),
 ) -> int:
     """Run `step_fn(step)` (it updates the parameters and returns the step's log record) from the first step, or
     from the checkpoint with `resume`, to `steps`; returns the step reached. `extra_state()` adds trainer state to
     each checkpoint and `restore_extra(state)` reads it back. A `TrainingDiverged` from a step is re-raised saying
     which checkpoint survives. `settings` is the run's config dataclass: saved with every checkpoint, and a resumed
     run must match it, except for `free_settings` (switches that change no number, only whether the run goes on)
-    and settings added since the checkpoint was written that keep their defaults. With
+    and settings added since the checkpoint was written that keep their defaults, unless named in
+    `required_settings` (added with a default that differs from what runs before them did). With
     `bf16`, each step runs under bf16 autocast (the backward pass in the forward ops' dtypes, as autocast makes it
     anyway; the optimiser's float32 arithmetic is not on autocast's list)."""
     config = asdict(settings)
     step = 0
     if resume and holds_run(out_dir):
         state = load_checkpoint(out_dir / CHECKPOINT_DIR)
-        added = {f.name for f in fields(settings) if f.name not in state["config"] and config[f.name] == f.default}
+        added = {f.name for f in fields(settings) if f.name not in state["config"] and config[f.name] == f.default
+                 and f.name not in required_settings}
         step = restore_training_state(state, named, optimizer, scheduler, config, out_dir,
                                       ignore=added | set(free_settings))
         restore_extra(state)

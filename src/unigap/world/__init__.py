@@ -3,8 +3,8 @@
 It is the toolkit's judge: scenes and their renders (`scene`, `render`), GenEval-like prompts with exact
 semantics (`prompts`), edit instructions with exact semantics (`edits`) applied to scenes (`scene_edits`),
 damaged pictures and the rule that labels them (`damage`), questions with exact answers and the closed
-vocabulary (`questions`), a verifier that parses imperfect images (`verify`), and deterministic datasets
-(`dataset`).
+vocabulary (`questions`), a verifier that parses imperfect images (`verify`), graded exact scores of answers and
+images (`scoring`), and deterministic datasets (`dataset`).
 """
 
 from unigap.world.dataset import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unigap.prefs.scoring import answer_score, image_score
+from unigap.world.scoring import answer_score, image_score
 from unigap.world import BACKGROUND, Scene, SceneObject, render, sample_records, verify
 from unigap.world.prompts import parse_prompt
 
