@@ -149,6 +149,9 @@ def test_editing_prompts_hold_the_image_and_end_in_begin_of_image(um: UnifiedMod
 def test_one_instruction_per_image(editor: UnifiedModel) -> None:
     with pytest.raises(ValueError, match="mismatched batch"):
         editor.edit([np.zeros((64, 64, 3), dtype=np.uint8)], ["add a square", "add a circle"])
+    empty = editor.edit_token_logprobs([], [], torch.zeros((0, editor.num_image_tokens), dtype=torch.long), 2.0)
+    assert empty.shape == (0, editor.num_image_tokens)  # nothing to score is no error
+    assert all(rows.dtype == torch.bool and not len(rows) for rows in EditGuidance(2.0, 1.5).rows(0))
 
 
 def test_unimrg_maps_come_through_the_vision_tower_on_any_checkpoint(token_editor: UnifiedModel, images) -> None:

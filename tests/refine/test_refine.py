@@ -64,12 +64,21 @@ def test_refine_json_holds_rounds_oracle_and_best_of_n_and_resumes(stub, tmp_pat
     assert again["rounds"] == report["rounds"]
     with pytest.raises(UserError, match="other settings"):
         run_refine(stub, RefineConfig(n=8, rounds=1, seed=1), tmp_path / "run", progress=False)
+    settings = tmp_path / "run" / "settings.json"
+    before = {k: v for k, v in json.loads(settings.read_text()).items() if not k.startswith("edit_")}
+    settings.write_text(json.dumps(before))  # as saved before the edit scales existed: it edited under plain CFG
+    with pytest.raises(UserError, match=r"edit_cfg_scale: \(absent\) → 2.0"):
+        run_refine(stub, config, tmp_path / "run", progress=False)
 
 
 def test_a_model_that_cannot_edit_regenerates_and_refuses_edit(stub_factory, tmp_path: Path) -> None:
     stub = stub_factory(can_edit=False)
     report = run_refine(stub, RefineConfig(n=4, rounds=1), tmp_path / "regen", progress=False)
     assert report["config"]["refiner_used"] == "regenerate"
+    settings = tmp_path / "regen" / "settings.json"
+    settings.write_text(json.dumps({k: v for k, v in json.loads(settings.read_text()).items()
+                                    if not k.startswith("edit_")}))  # from before the edit scales: it never edited
+    assert run_refine(stub, RefineConfig(n=4, rounds=1), tmp_path / "regen", progress=False)["rounds"] == report["rounds"]
     with pytest.raises(UserError, match="cannot"):
         run_refine(stub, RefineConfig(n=4, rounds=1, refiner="edit"), tmp_path / "edit", progress=False)
 

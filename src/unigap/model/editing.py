@@ -86,7 +86,8 @@ class EditGuidance:
     def rows(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(dropped, instruction_dropped) [k·B] bool for `edit_prefix`, one group of `batch` rows after another."""
         groups = [group for group in self.groups for _ in range(batch)]
-        return torch.tensor([g == "blank" for g in groups]), torch.tensor([g != "full" for g in groups])
+        return (torch.tensor([g == "blank" for g in groups], dtype=torch.bool),
+                torch.tensor([g != "full" for g in groups], dtype=torch.bool))
 
 
 def check_edit_source(source: str) -> EditSource:
@@ -185,6 +186,8 @@ def edit_token_logprobs(
     conditional, the `dropped` [B] rows made unconditional and the `instruction_dropped` [B] rows source-only (the
     prompt dropouts of training)."""
     batch = check_counts(images=images, instructions=instructions, **{"image token rows": tokens})
+    if batch == 0:
+        return torch.zeros(tokens.shape, device=model.device)
     guidance = EditGuidance(cfg_scale, image_cfg_scale)
     k = len(guidance.groups)
     dropped = check_dropped(dropped, batch, k > 1)

@@ -125,7 +125,8 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
     writer = distributed.is_main()  # under `accelerate launch` every process holds the results; the main one writes
     # a run saved before the edit scales existed edited under plain CFG at cfg_scale: not their defaults, so refused
-    defaults = {f.name: f.default for f in fields(RefineConfig) if not f.name.startswith("edit_")}
+    # (one that regenerated never edited: the scales change none of its numbers)
+    defaults = {f.name: f.default for f in fields(RefineConfig) if mode != "edit" or not f.name.startswith("edit_")}
     claim_settings(out / "settings.json", settings, "refine", defaults, write=writer)
     progress = progress and writer
 
