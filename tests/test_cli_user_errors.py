@@ -127,3 +127,53 @@ def test_a_directory_given_as_a_file_says_so(tmp_path: Path, capsys) -> None:
     pairs.mkdir()
     code, err = _run(capsys, ["prefs", "export", str(pairs), "--out", str(tmp_path / "trl.jsonl")])
     assert code == 2 and err == f"unigap: error: {pairs} is a directory, not a preference file\n"
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--model", "tiny", "--strategy", "joint", "--und", "u.jsonl", "--gen", "g.jsonl"],
+    ["merge", "--und", "u", "--gen", "g"], ["refine"], ["diagnose", "--model", "tiny", "--und", "u", "--gen", "g"],
+])
+def test_a_file_where_a_command_writes_a_directory_fails_first(tmp_path: Path, capsys, command: list[str]) -> None:
+    existing = tmp_path / "g.png"
+    existing.write_bytes(b"png")
+    code, err = _run(capsys, [*command, "--out", str(existing)])
+    assert code == 2 and err == f"unigap: error: --out {existing} is a file, not a directory\n"
+    assert existing.read_bytes() == b"png"
+
+
+def test_an_out_that_cannot_be_written_fails_first(tmp_path: Path, capsys, monkeypatch) -> None:
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    # root ignores permissions, so no chmod locks a directory for the test: os.access stands in
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and access(path, mode))
+    code, err = _run(capsys, ["eval", "--model", "tiny", "--out", str(locked / "r.json")])
+    assert code == 2 and err == f"unigap: error: cannot write {locked / 'r.json'}: {locked} is not writable\n"
+    assert not any(locked.iterdir())
+
+
+def test_files_saved_with_a_byte_order_mark_read_as_without(tmp_path: Path) -> None:
+    """Windows and Excel's "UTF-8" exports start with a BOM; it is not part of the first prompt or column name."""
+    from unigap.data.tables import read_table
+    from unigap.evaluate.data import read_prompt_file
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\ufeffa red circle\na blue square\n", encoding="utf-8")
+    assert read_prompt_file(prompts) == [(1, "a red circle"), (2, "a blue square")]
+    for name, text in (("q.csv", "image,question,answer\nx.png,What?,red\n"),
+                       ("q.jsonl", '{"image": "x.png", "question": "What?", "answer": "red"}\n')):
+        table = tmp_path / name
+        table.write_text("\ufeff" + text, encoding="utf-8")
+        [(where, row)] = read_table(table)
+        assert where == f"{table}:2" if name.endswith("csv") else f"{table}:1"
+        assert row["image"] == "x.png"
+
+
+def test_compare_given_a_binary_file_is_one_line(tmp_path: Path, capsys) -> None:
+    picture, other = tmp_path / "g.png", tmp_path / "h.png"
+    for path in (picture, other):
+        path.write_bytes(b"\x89PNG\r\n\x1a\n")
+    code, err = _run(capsys, ["compare", str(picture), str(other)])
+    assert code == 2 and err.startswith(f"unigap: error: cannot read {picture}: 'utf-8' codec") and err.count("\n") == 1

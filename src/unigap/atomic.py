@@ -24,14 +24,18 @@ FILE_MODE = 0o644  # mkstemp creates private (0600) files; results are meant to 
 
 
 def check_creatable(path: str | os.PathLike) -> Path:
-    """`UserError` unless `path` can be created: its nearest existing ancestor must be a directory, and the path
-    itself, where it exists, a file or a directory (an atomic rename would replace a device or a pipe)."""
+    """`UserError` unless `path` can be created: its nearest existing ancestor must be a writable directory, and the
+    path itself, where it exists, a file or a (writable) directory (an atomic rename would replace a device or a
+    pipe)."""
     path = Path(path)
     if path.exists() and not (path.is_file() or path.is_dir()):
         raise UserError(f"output path {path} exists and is neither a file nor a directory")
     blocking = next((p for p in path.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise UserError(f"cannot create {path}: {blocking} is a file")
+    for directory in (blocking, path if path.is_dir() else None):
+        if directory is not None and not os.access(directory, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write {path}: {directory} is not writable")
     return path
 
 

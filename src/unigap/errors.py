@@ -7,3 +7,9 @@ class UserError(Exception):
 
 class GuardStopped(Exception):
     """An audit against an independent judge stopped a self-supervised run (the CLI exits with code 3)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (libraries' messages can run to many), or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

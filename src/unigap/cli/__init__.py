@@ -7,6 +7,7 @@ reports itself) into one line on stderr and exit code 2, so a user's mistake nev
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -83,16 +84,22 @@ def _check_processes(argv: list[str]) -> None:
                     f"{parallel})")
 
 
+FILE_OUTPUTS = ("eval", "compare", "prefs", "generate")  # the commands whose --out may be a file; the rest write a directory
+
+
 def _check_out(argv: list[str]) -> None:
-    """Every command writes under `--out`: a path below an existing file fails here, before any work, instead of
-    as a traceback after it."""
+    """Every command writes under `--out`: a path below an existing file, one that cannot be written, or a file where a
+    command writes a directory fails here, before any work, instead of as a traceback after it."""
     from unigap.atomic import check_creatable
 
+    command = next((arg for arg in argv if not arg.startswith("-")), "")
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == "--out" and i + 1 < len(argv) else arg[len("--out="):] if arg.startswith(
             "--out=") else ""
         if value:
             check_creatable(value)
+            if command not in FILE_OUTPUTS and Path(value).is_file():
+                raise UserError(f"--out {value} is a file, not a directory")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from unigap.errors import GuardStopped, UserError
+from unigap.errors import GuardStopped, UserError, first_line
 
 if TYPE_CHECKING:
     from unigap.model import UnifiedModel
@@ -66,9 +66,12 @@ def load(model: str, adapter: Path | None) -> UnifiedModel:
     """The model (plus adapter); missing or broken directories are user errors, not tracebacks."""
     if adapter is not None and not adapter.is_dir():
         raise UserError(f"adapter directory {adapter} does not exist")
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise UserError(f"{adapter} holds no PEFT adapter (no adapter_config.json)")  # before a slow load
     from transformers.utils import logging as hf_logging
+
+    from unigap.model.lora import check_adapter_files
+
+    if adapter is not None:
+        check_adapter_files(adapter)  # before a slow load
 
     from unigap.model import load_model
 
@@ -78,6 +81,5 @@ def load(model: str, adapter: Path | None) -> UnifiedModel:
         try:
             um.load_adapter(adapter)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot apply adapter {adapter} to this model: {first}") from None
+            raise UserError(f"cannot apply adapter {adapter} to this model: {first_line(exc)}") from None
     return um

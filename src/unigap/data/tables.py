@@ -49,7 +49,7 @@ def read_table(path: str | Path, what: str = "row") -> list[Row]:
 def _jsonl_rows(path: Path, what: str) -> list[Row]:
     out = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
     for line_no, line in enumerate(lines, start=1):
@@ -67,7 +67,7 @@ def _jsonl_rows(path: Path, what: str) -> list[Row]:
 
 def _csv_rows(path: Path) -> list[Row]:
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             out = []
             for row in reader:  # the header is line 1; `line_num` counts quoted newlines too

@@ -104,7 +104,7 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
     line's object as written (GenEval's scorer reads its other fields), `{"prompt": text}` for a plain line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read prompt file {path}: {exc}") from None
     out = []

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from unigap.errors import UserError
+from unigap.errors import UserError, first_line
 from unigap.evaluate.critique import auc
 from unigap.evaluate.data import held_out_pairs
 from unigap.world import PromptSpec, near_misses, render_pil, satisfies
@@ -70,9 +70,7 @@ def _loading(kind: str, path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, ImportError) as exc:
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise UserError(f"cannot load a {kind} judge from {path}: {first}") from None
+        raise UserError(f"cannot load a {kind} judge from {path}: {first_line(exc)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

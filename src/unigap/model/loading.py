@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoTokenizer, JanusForConditionalGeneration, PreTrainedTokenizerBase
 
-from unigap.errors import UserError
+from unigap.errors import UserError, first_line
 from unigap.model.checkpoint import read_sidecar
 from unigap.model.unified import UnifiedModel
 
@@ -103,9 +104,11 @@ def load_weights(
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the tokenizer of {directory}: {exc}") from exc
-    # device_map puts the weights straight onto the device (no full CPU copy of a 7B model first)
-    model = JanusForConditionalGeneration.from_pretrained(directory, dtype=dtype, device_map=device)
+        raise UserError(f"cannot load the tokenizer of {directory}: {first_line(exc)}") from None
+    try:  # device_map puts the weights straight onto the device (no full CPU copy of a 7B model first)
+        model = JanusForConditionalGeneration.from_pretrained(directory, dtype=dtype, device_map=device)
+    except SafetensorError as exc:
+        raise UserError(f"cannot read the weights in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
     return model.eval(), tokenizer
 
 

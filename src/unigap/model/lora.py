@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError
 from torch import nn
 from transformers import JanusForConditionalGeneration
+
+from unigap.errors import UserError, first_line
 
 LM_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 GENERATION_HEAD = "generation_head"
@@ -54,9 +57,23 @@ def attach_lora(
     return get_peft_model(model, config)
 
 
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # a saved PEFT adapter's files
+
+
+def check_adapter_files(directory: str | Path) -> None:
+    """`UserError` unless `directory` holds both files of a saved adapter: PEFT looks for a missing one on the hub."""
+    if not all((Path(directory) / name).is_file() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)):
+        raise UserError(f"{directory} holds no PEFT adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS})")
+
+
 def load_lora(model: JanusForConditionalGeneration, directory: str | Path, trainable: bool) -> PeftModel:
-    """Wrap `model` with an adapter saved by `PeftModel.save_pretrained` (standard PEFT format)."""
-    return PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
+    """Wrap `model` with an adapter saved by `PeftModel.save_pretrained` (standard PEFT format); `UserError` for a
+    directory without one, or with an unreadable one."""
+    check_adapter_files(directory)
+    try:
+        return PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
+    except SafetensorError as exc:
+        raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
 
 
 @dataclass

@@ -298,8 +298,6 @@ class UnifiedModel:
         """Attach an adapter saved with `save_adapter` (standard PEFT format)."""
         if self.peft is not None:
             raise ValueError("this model already has a LoRA adapter")
-        if not (Path(directory) / "adapter_config.json").is_file():
-            raise UserError(f"{directory} holds no PEFT adapter (no adapter_config.json)")
         self.peft = lora.load_lora(self.model, directory, trainable)
         return self.peft
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from unigap.errors import UserError
+from unigap.errors import UserError, first_line
 from unigap.evaluate.stats import paired_difference
 from unigap.arms import arm_order
 
@@ -90,15 +90,15 @@ def as_study(source: Study | Sequence[MethodRun] | str | Path) -> Study:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as exc:  # (JSON and UTF-8 decoding errors are ValueErrors)
+        raise UserError(f"cannot read {path}: {first_line(exc)}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
 
 

@@ -19,14 +19,14 @@ import math
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from unigap.errors import UserError
+from unigap.errors import UserError, first_line
 from unigap.atomic import atomic_write_bytes
+from unigap.model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_files
 from unigap.train.names import SOUP_LAMBDAS
 
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 # settings that must agree for two adapters to be souped (rank and alpha may differ)
 _MUST_MATCH = ("peft_type", "target_modules", "modules_to_save", "base_model_name_or_path", "bias")
@@ -34,12 +34,14 @@ _MUST_MATCH = ("peft_type", "target_modules", "modules_to_save", "base_model_nam
 
 def _read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     directory = Path(directory)
-    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
-        raise UserError(f"{directory} holds no PEFT adapter ({CONFIG} + {WEIGHTS})")
-    config = json.loads((directory / CONFIG).read_text())
+    check_adapter_files(directory)
+    config = json.loads((directory / ADAPTER_CONFIG).read_text())
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("peft_type") != "LORA":
         raise UserError(f"{directory}: only plain LoRA adapters (no rank/alpha patterns) can be souped")
-    return config, load_file(str(directory / WEIGHTS))
+    try:
+        return config, load_file(str(directory / ADAPTER_WEIGHTS))
+    except SafetensorError as exc:
+        raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
 
 
 def lora_scaling(config: dict) -> float:
@@ -84,8 +86,8 @@ def soup(und_dir: str | Path, gen_dir: str | Path, lam: float, out_dir: str | Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = save({key: t.contiguous() for key, t in merged.items()}, metadata={"format": "pt"})
-    atomic_write_bytes(out / WEIGHTS, lambda handle: handle.write(weights))
-    atomic_write_bytes(out / CONFIG, lambda handle: handle.write(json.dumps(config, indent=2).encode()))
+    atomic_write_bytes(out / ADAPTER_WEIGHTS, lambda handle: handle.write(weights))
+    atomic_write_bytes(out / ADAPTER_CONFIG, lambda handle: handle.write(json.dumps(config, indent=2).encode()))
     return out
 
 
