@@ -77,6 +77,8 @@ def run_diagnostics(
         "numel": params.numel,
     }
     report["seed"] = seed
+    # batches > pairs reuse some (each once before any twice): their samples are then not independent
+    report["distinct_pairs"] = {"und": len(set(log.und_index)), "gen": len(set(log.gen_index)), "batches": n_batches}
     report["eval_mode"] = not um.model.training  # LoRA dropout off: gradients depend on the data only
     report["dpo"] = {"beta": options.beta, "loss_type": options.loss_type, "cfg_scale": options.cfg_scale}
     if sweep_probes > 0:
