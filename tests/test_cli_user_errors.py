@@ -177,3 +177,39 @@ def test_compare_given_a_binary_file_is_one_line(tmp_path: Path, capsys) -> None
         path.write_bytes(b"\x89PNG\r\n\x1a\n")
     code, err = _run(capsys, ["compare", str(picture), str(other)])
     assert code == 2 and err.startswith(f"unigap: error: cannot read {picture}: 'utf-8' codec") and err.count("\n") == 1
+
+
+def test_a_resumed_run_must_read_the_same_model_and_data_by_content(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from unigap.cli.common import claim_inputs
+    from unigap.errors import UserError
+    from unigap.model.loading import resolve_checkpoint
+
+    data, run = tmp_path / "pairs.jsonl", tmp_path / "run"
+    data.write_text("a\n")
+    claim_inputs(run, "train", "tiny", und=data, gen=None)
+    claim_inputs(run, "train", "tiny", und=tmp_path / "pairs.jsonl", gen=None)  # the same: it resumes
+    data.write_text("b\n")
+    with pytest.raises(UserError, match=r"holds a train run under other inputs \(compared by content\) \(und: "):
+        claim_inputs(run, "train", "tiny", und=data, gen=None)
+    data.write_text("a\n")
+    with pytest.raises(UserError, match=r"gen: null → "):  # a file it did not read then
+        claim_inputs(run, "train", "tiny", und=data, gen=data)
+    retrained = tmp_path / "tiny-copy"
+    shutil.copytree(resolve_checkpoint("tiny"), retrained)
+    with (retrained / "model.safetensors").open("r+b") as weights:  # other weights under the same files
+        weights.seek(-1, 2)
+        last = weights.read(1)
+        weights.seek(-1, 2)
+        weights.write(bytes([last[0] ^ 1]))
+    with pytest.raises(UserError, match=r"model_weights: "):
+        claim_inputs(run, "train", str(retrained), und=data, gen=None)
+    # the commands claim them: refine resumed on an edited prompt file is refused, not mixed
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    args = ["refine", "--n", "2", "--rounds", "0", "--prompts", str(prompts), "--out", str(tmp_path / "r")]
+    assert _run(capsys, args)[0] in (0, None)
+    prompts.write_text("a red circle\na green square\n")
+    code, err = _run(capsys, [*args, "--resume"])
+    assert code == 2 and "holds a refine run under other inputs (compared by content) (prompts: " in err

@@ -8,6 +8,7 @@ it, so a folder that exists is complete. Kept free of torch so light modules can
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,18 @@ from typing import Any, BinaryIO
 from unigap.errors import UserError
 
 FILE_MODE = 0o644  # mkstemp creates private (0600) files; results are meant to be shared
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (of every file of a folder, such as a `datasets` save_to_disk one, in name order):
+    what a run read, by content, so that a resumed run can tell it is still the same."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(root.rglob("*")) if root.is_dir() else [root]:
+        if file.is_file():
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def check_creatable(path: str | os.PathLike) -> Path:
@@ -102,7 +115,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
-                   defaults: dict[str, Any] | None = None, write: bool = True) -> None:
+                   defaults: dict[str, Any] | None = None, write: bool = True, kind: str = "settings") -> None:
     """Write a run's settings to `path` (unless `write` is False: a data-parallel process other than the one that
     writes), or refuse (`UserError` naming each difference) to continue a `what` run made under others, since its
     finished parts are only reusable under what produced them. A setting absent from the saved ones (added since)
@@ -121,8 +134,8 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
         changed = config_differences({k: v for k, v in saved.items() if k in settings},
                                      {k: v for k, v in settings.items() if k not in added})
         if changed:
-            raise UserError(f"{path.parent} holds a {what} run under other settings ({'; '.join(changed)}); rerun "
-                            "with the same settings to resume it, or choose a new --out")
+            raise UserError(f"{path.parent} holds a {what} run under other {kind} ({'; '.join(changed)}); rerun "
+                            f"with the same {kind} to resume it, or choose a new --out")
     if write:  # (again on a resume: a setting added since is recorded)
         write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
 

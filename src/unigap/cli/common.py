@@ -41,6 +41,25 @@ def edit_guidance_kwargs(edit_cfg: float | None, edit_image_cfg: float | None) -
     return {key: value for key, (value, _) in given.items() if value is not None}
 
 
+INPUTS_FILE = "inputs.json"
+
+
+def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, **data: Path | str | None) -> None:
+    """Record what a resumable run reads, by content, in OUT/inputs.json: the model's weights (`weights_fingerprint`),
+    the adapter's and each data file's sha256 (a split name as itself); or refuse (`UserError`) to continue a run
+    made from other inputs, which `--resume` would mix with this one's. Called once the inputs are checked, before
+    the model loads."""
+    from unigap import distributed
+    from unigap.atomic import claim_settings, file_fingerprint
+    from unigap.model.checkpoint import weights_fingerprint
+    from unigap.model.loading import resolve_checkpoint
+
+    inputs: dict[str, str | None] = {"model_weights": weights_fingerprint(resolve_checkpoint(model))}
+    for name, source in {"adapter": adapter, **data}.items():  # (an absent one as null: compared too)
+        inputs[name] = None if source is None else file_fingerprint(source) if Path(source).exists() else str(source)
+    claim_settings(out / INPUTS_FILE, inputs, what, write=distributed.is_main(), kind="inputs (compared by content)")
+
+
 def exit_for_guard(stopped: GuardStopped, out: Path, record: dict[str, Any]) -> NoReturn:
     """A run its audit guard stopped: the manifest written, the guard's one line on stderr, exit `GUARD_EXIT`."""
     from unigap import distributed

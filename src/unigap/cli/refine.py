@@ -14,6 +14,7 @@ from unigap.cli.common import (
     EDIT_CFG_OPTION,
     EDIT_IMAGE_CFG_OPTION,
     JUDGE_OPTION,
+    claim_inputs,
     edit_guidance_kwargs,
     exit_for_guard,
     load,
@@ -79,6 +80,7 @@ def refine_command(
     from unigap.evaluate.judges import get_judge
 
     chosen = get_judge(config.judge, independent=True)  # a bad judge directory fails before anything is written
+    claim_inputs(out, "refine", model, adapter, prompts=config.prompts)
     distributed.wait_for_everyone()  # under `accelerate launch`: every process has checked OUT before one writes
     with manifest("refine", {"model": model, "adapter": None if adapter is None else str(adapter),
                              **config.__dict__}, seeds=[seed], judge=chosen.describe()) as record:
@@ -145,6 +147,7 @@ def train_command(
     judge: dict = {"name": "verifier"}  # the loop's accuracy before and after, and the audit of a judge reward
     if settings.reward != VERIFIER_REWARD:  # a bad judge directory fails here, before anything is written
         judge["reward"] = get_judge(settings.reward).describe()
+    claim_inputs(out, "refine train", model)
     stopped: GuardStopped | None = None
     with manifest("refine-train", {"model": model, **settings.to_dict()}, seeds=[settings.seed],
                   judge=judge) as record:

@@ -76,7 +76,7 @@ def selfimprove_command(
     from unigap import distributed
 
     distributed.wait_for_everyone()  # under `accelerate launch`: every process has checked OUT before one writes
-    from unigap.cli.common import exit_for_guard, load
+    from unigap.cli.common import claim_inputs, exit_for_guard, load
     from unigap.evaluate.data import prompt_specs
     from unigap.manifest import manifest, write_manifest
 
@@ -85,6 +85,7 @@ def selfimprove_command(
 
     # a bad judge directory fails before anything is written; the audit reuses this loaded (calibrated) judge
     judge = {"name": "none"} if config.audit == "none" else get_judge(config.audit, independent=True).describe()
+    claim_inputs(out, "selfimprove", model, prompts=config.prompts)
     stopped: GuardStopped | None = None
     with manifest("selfimprove", {"model": model, **config.to_dict()}, seeds=[config.seed],
                   judge=judge) as record:

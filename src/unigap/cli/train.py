@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from unigap.cli.common import MODEL_OPTION
+from unigap.cli.common import MODEL_OPTION, claim_inputs
 from unigap.progress import progress
 from unigap.train.defaults import DPO_DEFAULTS as DPO
 from unigap.train.names import STRATEGIES, check_pair_tasks
@@ -100,6 +100,7 @@ def train(
     check_pair_tasks(settings.strategy, files)  # before the model loads
     for task, path in files.items():
         check_pair_file(path, task)  # a malformed row fails before the model loads
+    claim_inputs(out, "train", model, und=und, gen=gen)
     from unigap.manifest import manifest
     from unigap import distributed
 
@@ -151,6 +152,7 @@ def _train_sft(run: Run, und_data: Path | None, gen_data: Path | None, common: d
              "gen_data": None if gen_data is None else str(gen_data)}
     settings = SFTConfig.load(run.config, **common, **paths)
     data = read_sft_data(settings)  # a bad row fails before the model loads
+    claim_inputs(run.out, "train", run.model, und_data=und_data, gen_data=gen_data)
     with manifest("train", {"model": run.model, "objective": "sft", **settings.to_dict()}, seeds=[settings.seed]) as record:
         result = train_sft(run.load(record), settings, run.out, run.resume, run.backends, data=data)
     sizes = f"{len(data.understanding)} understanding, {len(data.captions)} generation examples"
@@ -163,6 +165,7 @@ def _train_unimrg(run: Run, objective: str, common: dict[str, Any]) -> None:
     from unigap.unimrg.trainer import train_unimrg
 
     settings = UniMRGConfig.load(run.config, objective=objective, **common)
+    claim_inputs(run.out, "train", run.model)
     with manifest("train", {"model": run.model, **settings.to_dict()}, seeds=[settings.seed]) as record:
         result = train_unimrg(run.load(record), settings, run.out, run.resume, run.backends)
     run.finish(result, record, objective)

@@ -8,7 +8,6 @@ the model's VQ geometry), so a resumed run or a second run in the same folder do
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from unigap.data.captions import CaptionedImage, read_caption_data
 from unigap.data.understanding import UserItem, read_understanding_data
 from unigap.errors import UserError
 from unigap import distributed
-from unigap.atomic import atomic_write_bytes
+from unigap.atomic import atomic_write_bytes, file_fingerprint
 from unigap.train.config import load_config
 from unigap.train.loop import refuse_unless_resuming
 from unigap.train.sft import AnswerTask, SFTOptions, SFTTrainer, Task, TextToImageTask, check_field, vq_tokens
@@ -77,21 +76,10 @@ def read_sft_data(config: SFTConfig) -> SFTData:
     )
 
 
-def _fingerprint(path: str) -> str:
-    """sha256 of a data file (of every file of a save_to_disk folder, in name order)."""
-    digest = hashlib.sha256()
-    root = Path(path)
-    for file in sorted(root.rglob("*")) if root.is_dir() else [root]:
-        if file.is_file():
-            digest.update(file.name.encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
 def caption_tokens(um: Any, captions: list[CaptionedImage], source: str, out_dir: Path,
                    progress: Any = None) -> torch.Tensor:
     """VQ ids [n, N] of the captioned images, read from the token cache when it matches, else encoded and cached."""
-    key = {"sha256": _fingerprint(source), "rows": str(len(captions)), "tokens": str(um.num_image_tokens),
+    key = {"sha256": file_fingerprint(source), "rows": str(len(captions)), "tokens": str(um.num_image_tokens),
            "codebook": str(um.model.config.vq_config.num_embeddings)}
     cache = out_dir / TOKEN_CACHE
     if cache.is_file():
