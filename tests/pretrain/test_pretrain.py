@@ -281,14 +281,20 @@ def test_killed_run_resumes_to_the_same_weights(whole: Path, tmp_path: Path, mon
 
     if stage == "vq":
         run_killed(killed_at(3), "VQ_PARTIAL")
+        built = []
+        monkeypatch.setattr(run_module, "build_corpora", lambda *a, **k: built.append(1))
         with pytest.raises(UserError, match=r"vq.pt was written under other vq settings \(vq_lr: "):
             pretrain(out, config.scaled(vq_lr=config.vq_lr / 2), show_progress=False)
+        assert not built  # refused before any work
+        monkeypatch.undo()
     else:
         run_killed(killed_at(3), "JOINT_FILE")
         run_killed(killed_at(config.steps - 2 + 3), "POLISH_FILE")  # the rest of stage 3, then polish's third step
         with pytest.raises(UserError, match=r"polish.pt was written under other polish settings \(lr: "):
             pretrain(out, config.scaled(polish_lr=config.polish_lr / 2), show_progress=False)
     pretrain(out, config, show_progress=False)
+    with pytest.raises(UserError, match="holds a finished pretraining run"):  # not trained again from scratch
+        pretrain(out, config, show_progress=False)
     if stage == "joint":  # stage 3 finished in an earlier run; its last losses still reach the summary
         summaries = [json.loads((run / run_module.SUMMARY_FILE).read_text()) for run in (whole, out)]
         assert summaries[1]["final_losses"] is not None

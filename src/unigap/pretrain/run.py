@@ -149,11 +149,31 @@ def save_stage(module: torch.nn.Module, path: Path, seconds: float, settings: di
 def _load_stage(module: torch.nn.Module, path: Path, settings: dict, stage: str) -> float:
     """Load a finished stage saved by `save_stage` (refused when trained under other settings); returns the seconds
     its training took."""
-    with safe_open(path, framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    refuse_other_settings(path, json.loads(metadata.get("settings", "null")), settings, stage)
+    refuse_other_settings(path, saved_settings(path), settings, stage)
     module.load_state_dict(load_file(path))
-    return float(metadata.get("seconds", 0.0))
+    with safe_open(path, framework="pt") as handle:
+        return float((handle.metadata() or {}).get("seconds", 0.0))
+
+
+def saved_settings(path: Path) -> dict | None:
+    """The settings a stage file was written under: a finished stage's metadata, a stepped stage's checkpoint."""
+    if path.suffix == ".safetensors":
+        with safe_open(path, framework="pt") as handle:
+            return json.loads((handle.metadata() or {}).get("settings", "null"))
+    return torch.load(path, weights_only=False).get("config")
+
+
+def check_stage_files(out: Path, config: PretrainConfig) -> None:
+    """Refuse a rerun in `out` before any work: a finished run (it would train again from scratch), or stage files
+    written under other settings than the stages they would resume (each stage checks again as it loads)."""
+    if (out / SUMMARY_FILE).is_file():
+        raise UserError(f"{out} holds a finished pretraining run ({SUMMARY_FILE}); choose a new --out")
+    stages = [(VQ_FILE, "vq", config), (VQ_PARTIAL, "vq", config), (VISION_FILE, "vision", config)]
+    stages += [(JOINT_FILE, "joint", config)] if config.steps else []
+    stages += [(POLISH_FILE, "polish", config.polish())] if config.polish_steps else []
+    for name, stage, stage_config in stages:
+        if (out / name).is_file():
+            refuse_other_settings(out / name, saved_settings(out / name), stage_settings(stage_config, stage), stage)
 
 
 def refuse_other_settings(path: Path, saved: dict | None, settings: dict, stage: str) -> None:
@@ -307,6 +327,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    check_stage_files(out, config)
     started = time.perf_counter()
     logger = MetricLogger(out / LOG_FILE, report_to, append=True, run_name=f"{out.name}-pretrain")  # stages resume
     um = build_model(config)
