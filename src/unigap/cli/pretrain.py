@@ -17,7 +17,8 @@ def pretrain_command(
     quick: bool = typer.Option(False, "--quick", help="CI-sized run (minutes, not a useful model)."),
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
-    """Train the VQ tokenizer, the vision tower, then LLM + aligners + generation head; rerunning an interrupted run resumes it (a finished one is refused)."""
+    """Train the VQ tokenizer, the vision tower, then LLM + aligners + generation head; rerunning an interrupted run
+    resumes it (a finished one is refused)."""
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     from unigap.metrics_log import parse_report_to
