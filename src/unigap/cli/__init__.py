@@ -84,7 +84,8 @@ def _check_processes(argv: list[str]) -> None:
                     f"{parallel})")
 
 
-FILE_OUTPUTS = ("eval", "compare", "prefs", "generate")  # the commands whose --out may be a file; the rest write a directory
+# the commands whose --out may be a file; the others write a directory
+FILE_OUTPUTS = ("eval", "compare", "prefs", "generate")
 
 
 def _check_out(argv: list[str]) -> None:

@@ -25,8 +25,8 @@ JUDGE_OPTION = typer.Option(
     "image-text-to-text model).")
 # None = `UnifiedModel.edit`'s defaults (`unigap.model.editing`, which imports torch: `--help` stays fast without it)
 EDIT_CFG_OPTION = typer.Option(None, "--edit-cfg", help="Edits' guidance scale of the instruction against the source "
-                               "alone (InstructPix2Pix's guidance_scale; default 2; 1 = none of the instruction's, and with "
-                               "--edit-image-cfg 1 no guidance at all).")
+                               "alone (InstructPix2Pix's guidance_scale; default 2; 1 = none of the instruction's, "
+                               "and with --edit-image-cfg 1 no guidance at all).")
 EDIT_IMAGE_CFG_OPTION = typer.Option(None, "--edit-image-cfg", help="Edits' guidance scale of the source against "
                                      "neither (InstructPix2Pix's image_guidance_scale; default 1.5; equal to "
                                      "--edit-cfg: plain CFG on a blank twin).")
