@@ -37,6 +37,7 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["eval", "--model", "tiny", "--data-seed", "-1"], "--data-seed must be >= 0, got -1"),
     (["refine", "--seed", "-1"], "--seed and --data-seed must be >= 0, got -1 and 0"),
     (["eval", "--model", "tiny", "--edit-cfg", "-1"], "--edit-cfg must be >= 0, got -1.0"),
+    (["eval", "--model", "tiny", "--prompts", "train"], "--prompts train: eval's held-out prompts are chosen by --split"),
     (["refine", "--edit-image-cfg", "-2"], "--edit-image-cfg must be >= 0, got -2.0"),
     (["tune", "--seed", "-1"], "seed and data seed must be >= 0, got -1 and 0"),
     (["prefs", "build", "--model", "tiny", "--kind", "gen-model", "--n", "2", "--cfg-scale", "-1"],

@@ -129,3 +129,11 @@ def test_word_and_sentence_forms_ask_the_same_questions() -> None:
         assert w.kind == q.kind and w.kind not in ("describe", "judge")
     with pytest.raises(UserError, match="answer form"):
         BuildOptions("und", 4, 0, "tiny", answer_form="short")
+
+
+def test_fewer_pairs_than_asked_is_said(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    """Three pairs asked for, one candidate to try: the file holds what passed, and stderr says it is short."""
+    code, out, err = build(capsys, tiny_dir, tmp_path / "und.jsonl", "und", "--fallback-gt", "--max-candidates", "1")
+    kept = len((tmp_path / "und.jsonl").read_text().splitlines())
+    assert code in (0, None) and kept < 3 and f"wrote {kept} pairs" in out
+    assert f"unigap: warning: {kept} of the 3 pairs asked for" in err

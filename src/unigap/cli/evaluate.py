@@ -49,7 +49,7 @@ def eval_command(
     """Write the metrics report to OUT and print a summary table."""
     from unigap import distributed
     from unigap.evaluate import check_output_file, evaluate, save_report, summary_table, vq_fidelity
-    from unigap.evaluate.data import HELD_OUT_SPLITS
+    from unigap.evaluate.data import HELD_OUT_SPLITS, SPLITS
     from unigap.manifest import manifest
 
     require_positive("--n", n)
@@ -62,6 +62,8 @@ def eval_command(
     check_output_file(out)
     if split not in HELD_OUT_SPLITS:
         raise UserError(f"--split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
+    if prompts in SPLITS:  # (the report would record --split's prompts, not these)
+        raise UserError(f"--prompts {prompts}: eval's held-out prompts are chosen by --split; --prompts takes a file")
     from unigap.evaluate.data import prompt_specs
     from unigap.data.understanding import read_understanding_data
 

@@ -54,6 +54,9 @@ def build(
     if main:
         path = write_rows(out, rows)
         typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")
+        if len(rows) < n:
+            typer.echo(f"unigap: warning: {len(rows)} of the {n} pairs asked for: the candidates tried gave no more "
+                       f"(raise --max-candidates, default {4 * n}; or lower --margin)", err=True)
 
 
 @app.command()
