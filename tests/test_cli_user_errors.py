@@ -35,7 +35,9 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
 @pytest.mark.parametrize(("args", "message"), [
     (["eval", "--model", "tiny", "--seed", "-1"], "--seed must be >= 0, got -1"),
     (["eval", "--model", "tiny", "--data-seed", "-1"], "--data-seed must be >= 0, got -1"),
-    (["refine", "--seed", "-1"], "--seed and --data-seed must be >= 0, got -1 and 0"),
+    (["refine", "--seed", "-1"], "seed must be >= 0, got -1"),
+    (["generate", "--model", "tiny", "--prompt", "a red circle", "--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["refine", "train", "--split", "train"], "--split (eval_split) must be test or val, got 'train'"),
     (["eval", "--model", "tiny", "--edit-cfg", "-1"], "--edit-cfg must be >= 0, got -1.0"),
     (["eval", "--model", "tiny", "--prompts", "train"], "--prompts train: eval's held-out prompts are chosen by --split"),
     (["refine", "--edit-image-cfg", "-2"], "--edit-image-cfg must be >= 0, got -2.0"),

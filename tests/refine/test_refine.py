@@ -40,6 +40,17 @@ def test_edits_take_the_edit_guidance_and_generation_keeps_its_cfg(stub, monkeyp
     assert set(calls) == {("generate", 4.0), ("edit", 3.0, 1.25)}  # the loop, the oracle's loop and best-of-N
 
 
+def test_shares_carry_wilson_intervals_inside_zero_and_one() -> None:
+    from scipy.stats import binomtest
+
+    from unigap.refine.metrics import with_ci
+
+    assert with_ci({"rate": 0.5, "n": 2, "stderr": 0.35}, "rate")["ci95"] == pytest.approx([0.0945, 0.9055], abs=1e-4)
+    low, high = with_ci({"rate": 0.0, "n": 10, "stderr": 0.0}, "rate")["ci95"]  # ± 1.96 stderr would be [0, 0]
+    assert low == 0.0 and high == pytest.approx(binomtest(0, 10).proportion_ci(method="wilson").high) and high > 0.2
+    assert with_ci({"rate": None, "n": 0, "stderr": None}, "rate")["ci95"] is None
+
+
 def test_zero_rounds_is_one_shot_generation(stub) -> None:
     trajectories = run_loop(stub, SPECS, rounds=0, reflector="self", refiner="auto", seed=0, progress=False)
     assert all(len(t.images) == 1 and not t.reflections for t in trajectories)

@@ -44,6 +44,7 @@ def generate(
 ) -> None:
     """Generate images for a prompt (or each prompt of a file) and save them as PNG."""
     require_positive("--n", n)
+    require_non_negative("--seed", seed)
     require_non_negative("--cfg", cfg)
     require_non_negative("--temperature", temperature)
     if layout not in LAYOUTS:

@@ -77,7 +77,7 @@ class GRPOConfig:
             if not getattr(self, name) >= 0:
                 raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.eval_split not in ("test", "val"):
-            raise UserError(f"eval-split must be test or val, got {self.eval_split!r}")
+            raise UserError(f"--split (eval_split) must be test or val, got {self.eval_split!r}")
         if self.temperature == 0:
             raise UserError("temperature must be > 0: a group of greedy samples is one sample")
         if self.audit_window < 2:

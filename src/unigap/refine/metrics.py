@@ -32,14 +32,17 @@ from unigap.world import CATEGORIES, PromptSpec, verify
 if TYPE_CHECKING:
     from unigap.evaluate.judges import Judge
 
-Z95 = 1.96
 BEST_OF_N_STREAM = 8
 
 
 def with_ci(metric: dict[str, Any], key: str) -> dict[str, Any]:
-    """The metric with `ci95` = value ± 1.96 stderr (null when the value is)."""
-    value, stderr = metric[key], metric["stderr"]
-    metric["ci95"] = None if value is None else [value - Z95 * stderr, value + Z95 * stderr]
+    """The metric (a share of n outcomes) with `ci95`, Wilson's score interval: within [0, 1] at small n and at
+    shares of 0 or 1, where value ± 1.96 stderr is not (null when the value is)."""
+    from scipy.stats import binomtest
+
+    value, n = metric[key], metric["n"]
+    interval = None if value is None else binomtest(round(value * n), n).proportion_ci(0.95, method="wilson")
+    metric["ci95"] = None if interval is None else [float(interval.low), float(interval.high)]
     return metric
 
 

@@ -68,8 +68,9 @@ class RefineConfig:
             if not getattr(self, name) >= 0:
                 flag = f"--{name.replace('_scale', '').replace('_', '-')}" if name.startswith("edit") else name
                 raise UserError(f"{flag} must be >= 0, got {getattr(self, name)}")
-        if self.seed < 0 or self.data_seed < 0:
-            raise UserError(f"--seed and --data-seed must be >= 0, got {self.seed} and {self.data_seed}")
+        for name in ("seed", "data_seed"):  # (data_seed: the Python API's, and a TOML config's)
+            if getattr(self, name) < 0:
+                raise UserError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
         check_judge_name(self.judge, independent=True)
 
 
