@@ -216,3 +216,15 @@ def test_a_resumed_run_must_read_the_same_model_and_data_by_content(tmp_path: Pa
     prompts.write_text("a red circle\na green square\n")
     code, err = _run(capsys, [*args, "--resume"])
     assert code == 2 and "holds a refine run under other inputs (compared by content) (prompts: " in err
+
+
+def test_another_commands_output_is_not_written_into(tmp_path: Path, capsys) -> None:
+    dataset = tmp_path / "world"
+    assert _run(capsys, ["world", "sample", "--n", "2", "--seed", "0", "--out", str(dataset)])[0] in (0, None)
+    manifest = (dataset / "manifest.json").read_text()
+    for command in (["train", "--model", "tiny", "--objective", "unimrg"], ["refine", "train"], ["selfimprove"]):
+        code, err = _run(capsys, [*command, "--out", str(dataset)])
+        assert code == 2 and err == f"unigap: error: --out {dataset} holds the output of `unigap world sample`; " \
+                                    "choose another --out\n"
+    assert (dataset / "manifest.json").read_text() == manifest
+    assert _run(capsys, ["world", "sample", "--n", "2", "--seed", "0", "--out", str(dataset)])[0] in (0, None)

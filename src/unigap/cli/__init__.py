@@ -93,7 +93,9 @@ def _check_out(argv: list[str]) -> None:
     command writes a directory fails here, before any work, instead of as a traceback after it."""
     from unigap.atomic import check_creatable
 
-    command = next((arg for arg in argv if not arg.startswith("-")), "")
+    words = [arg for arg in argv if not arg.startswith("-")][:2]
+    command = words[0] if words else ""
+    subcommand = words[1] if len(words) > 1 and words[1] in ("train", "sample") else None
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == "--out" and i + 1 < len(argv) else arg[len("--out="):] if arg.startswith(
             "--out=") else ""
@@ -101,6 +103,22 @@ def _check_out(argv: list[str]) -> None:
             check_creatable(value)
             if command not in FILE_OUTPUTS and Path(value).is_file():
                 raise UserError(f"--out {value} is a file, not a directory")
+            made_by = _made_by(Path(value))
+            if made_by is not None and made_by != " ".join(filter(None, (command, subcommand))):
+                raise UserError(f"--out {value} holds the output of `unigap {made_by}`; choose another --out")
+
+
+def _made_by(directory: Path) -> str | None:
+    """The command whose manifest a directory holds (`refine train` as typed), or None."""
+    import json
+
+    from unigap.manifest import MANIFEST_FILE
+
+    try:
+        command = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8")).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return command.replace("-", " ") if isinstance(command, str) else None
 
 
 def main(argv: list[str] | None = None) -> None:
