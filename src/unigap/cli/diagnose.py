@@ -108,16 +108,17 @@ def diagnose_command(
     for task, path in (("und", und), ("gen", gen)):
         if len(data[task]) < 2:
             raise UserError(f"{path}: intra-task cosines need at least 2 pairs, found {len(data[task])}")
-        if len(data[task]) < pairs:  # each pair is used once before any twice: the batches repeat some
-            typer.echo(f"unigap: warning: {pairs} batches from {len(data[task])} {task} pairs reuse "
-                       f"{pairs - len(data[task])} of them, so the {task} samples are not independent and the tests "
-                       f"overstate their evidence; pass --pairs {len(data[task])} or more pairs", err=True)
     um = load(model, adapter)
     _check_gen_pairs(um, data["gen"], gen)
     try:
         params = shared_parameters(um, full_params, seed)
     except ValueError as exc:  # e.g. an adapter with no LoRA on the LLM's decoder layers
         raise UserError(f"cannot diagnose this model: {exc}") from None
+    for task in ("und", "gen"):  # (once the inputs are known good)
+        if len(data[task]) < pairs:  # each pair is used once before any twice: the batches repeat some
+            typer.echo(f"unigap: warning: {pairs} batches from {len(data[task])} {task} pairs reuse "
+                       f"{pairs - len(data[task])} of them, so the {task} samples are not independent and the tests "
+                       f"overstate their evidence; pass --pairs {len(data[task])} or more pairs", err=True)
     total, done = pairs + 2 * sweep_probes, [0]
 
     def advance() -> None:
