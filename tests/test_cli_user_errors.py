@@ -208,6 +208,11 @@ def test_a_resumed_run_must_read_the_same_model_and_data_by_content(tmp_path: Pa
         weights.write(bytes([last[0] ^ 1]))
     with pytest.raises(UserError, match=r"model_weights: "):
         claim_inputs(run, "train", str(retrained), und=data, gen=None)
+    legacy = tmp_path / "legacy"  # a run from before inputs were recorded: nothing vouches for them now
+    legacy.mkdir()
+    (legacy / "log.jsonl").write_text("")
+    claim_inputs(legacy, "train", "tiny", und=data, gen=None)
+    assert not (legacy / "inputs.json").exists()
     # the commands claim them: refine resumed on an edited prompt file is refused, not mixed
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\n")
