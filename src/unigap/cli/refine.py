@@ -67,8 +67,11 @@ def refine_command(
     from unigap.manifest import manifest, write_manifest
     from unigap.refine import RefineConfig, run_refine
 
+    edit_guidance = edit_guidance_kwargs(edit_cfg, edit_image_cfg)
+    if refiner == "regenerate" and edit_guidance:
+        raise UserError("--edit-cfg and --edit-image-cfg guide edits; --refiner regenerate never edits")
     config = RefineConfig(n=n, rounds=rounds, reflector=reflector, refiner=refiner, prompts=prompts, seed=seed,
-                          batch_size=batch_size, judge=judge, **edit_guidance_kwargs(edit_cfg, edit_image_cfg))
+                          batch_size=batch_size, judge=judge, **edit_guidance)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     if (out / "settings.json").exists() and not resume:
@@ -144,6 +147,9 @@ def train_command(
     backends = parse_report_to(report_to)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
+    if no_guard and settings.reward == VERIFIER_REWARD:
+        raise UserError("--no-guard applies to a judge's reward (--reward self-pyes, base-pyes, clip:DIR, vlm:DIR); "
+                        "the verifier's needs no guard")
     judge: dict = {"name": "verifier"}  # the loop's accuracy before and after, and the audit of a judge reward
     if settings.reward != VERIFIER_REWARD:  # a bad judge directory fails here, before anything is written
         judge["reward"] = get_judge(settings.reward).describe()

@@ -91,6 +91,9 @@ class SelfImproveConfig:
             raise UserError("DPO needs --samples >= 2: a pair is an accepted and a rejected image of one prompt")
         if self.curriculum and not 0 <= self.curriculum_at < self.epochs:
             raise UserError(f"curriculum-at must lie in [1, epochs - 1] (or 0 = half-way), got {self.curriculum_at}")
+        if not self.curriculum and self.curriculum_at:
+            raise UserError(f"curriculum-at applies to the curriculum methods (curriculum-sft, curriculum-dpo), "
+                            f"not {self.method}")
         if not 0 <= self.lora_dropout < 1:
             raise UserError(f"lora-dropout must lie in [0, 1), got {self.lora_dropout}")
 
