@@ -56,6 +56,8 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "-1"],
      "margin must be in (0, 1] (scores lie in [0, 1]; 0 would keep ties), got -1.0"),
     (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "0"], "got 0.0"),
+    (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--batch-size", "0"],
+     "--batch-size must be positive, got 0"),
     (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--answer-form", "word", "--questions",
       "q.jsonl"], "--answer-form picks ShapeWorld's questions; with --questions your own are asked as written"),
     (["prefs", "build", "--model", "tiny", "--kind", "gen-model", "--n", "2", "--answer-form", "word"],

@@ -32,7 +32,7 @@ def _table(result: dict) -> Table:
         table.add_row(name.replace("_", " "), _fmt((result["before"] or {}).get(name), key),
                       _fmt((result["after"] or {}).get(name), key), delta, _fmt(paired, "p"))
     win = result.get("win_rate") or {}
-    table.add_row("understanding win rate", "50", _fmt(win), f"n = {win.get('n', 0)}", "")
+    table.add_row("understanding win rate (0–100)", "50", _fmt(win), f"n = {win.get('n', 0)}", "")
     return table
 
 

@@ -75,8 +75,10 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"unknown kind {self.kind!r}; expected one of {', '.join(KINDS)}")
-        if self.n <= 0 or self.batch_size <= 0 or (self.max_candidates is not None and self.max_candidates <= 0):
-            raise UserError("n, batch size and max candidates must be positive")
+        sizes = (("--n", self.n), ("--batch-size", self.batch_size), ("--max-candidates", self.max_candidates))
+        for flag, value in sizes:
+            if value is not None and value <= 0:
+                raise UserError(f"{flag} must be positive, got {value}")
         if self.seed < 0:
             raise UserError(f"seed must be >= 0, got {self.seed}")
         if self.answer_form not in ANSWER_FORMS:

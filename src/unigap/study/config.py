@@ -51,7 +51,8 @@ class StudyConfig:
         if self.diagnose_pairs < 4:
             raise UserError(f"diagnose_pairs must be at least 4, got {self.diagnose_pairs}")
         if not (self.lr > 0 and self.beta > 0 and self.nll_weight >= 0):
-            raise UserError("lr and beta must be positive, nll_weight >= 0")
+            raise UserError(f"lr and beta must be positive and nll_weight >= 0, got {self.lr}, {self.beta} and "
+                            f"{self.nll_weight}")
         if self.gen_kind not in ("gen-real", "gen-model"):
             raise UserError(f"gen_kind must be gen-real or gen-model, got {self.gen_kind!r}")
         unknown = [m for m in self.methods if m not in ARMS]
