@@ -238,3 +238,37 @@ def test_another_commands_output_is_not_written_into(tmp_path: Path, capsys) -> 
                                     "choose another --out\n"
     assert (dataset / "manifest.json").read_text() == manifest
     assert _run(capsys, ["world", "sample", "--n", "2", "--seed", "0", "--out", str(dataset)])[0] in (0, None)
+
+
+def test_broken_adapters_and_weights_are_one_line_and_never_reach_for_the_hub(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from unigap.model import load_model
+    from unigap.model.loading import resolve_checkpoint
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(image)
+    um = load_model("tiny")
+    um.add_lora(4, 8.0, 0.0)
+    um.save_adapter(tmp_path / "adapter")
+    capsys.readouterr()  # (the load's progress bar)
+    ask = ["ask", "--model", "tiny", "--image", str(image), "--question", "What color is the circle?", "--adapter"]
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    shutil.copy(tmp_path / "adapter" / "adapter_config.json", config_only)  # PEFT would look for the weights online
+    code, err = _run(capsys, [*ask, str(config_only)])
+    assert code == 2 and err == (f"unigap: error: {config_only} holds no PEFT adapter (adapter_config.json + "
+                                 "adapter_model.safetensors or adapter_model.bin)\n")
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # an interrupted copy
+    code, err = _run(capsys, [*ask, str(tmp_path / "adapter")])
+    assert code == 2 and err.startswith(f"unigap: error: cannot read the adapter in {tmp_path / 'adapter'}")
+    assert err.count("\n") == 1
+    model = tmp_path / "model"
+    shutil.copytree(resolve_checkpoint("tiny"), model)
+    (model / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes()[:1000])
+    code, err = _run(capsys, ["ask", "--model", str(model), "--image", str(image), "--question", "What?"])
+    assert code == 2 and err.startswith(f"unigap: error: cannot read the weights in {model}") and err.count("\n") == 1

@@ -58,12 +58,15 @@ def attach_lora(
 
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # a saved PEFT adapter's files
+LEGACY_WEIGHTS = "adapter_model.bin"  # PEFT's pickle format (save_pretrained(safe_serialization=False))
 
 
-def check_adapter_files(directory: str | Path) -> None:
-    """`UserError` unless `directory` holds both files of a saved adapter: PEFT looks for a missing one on the hub."""
-    if not all((Path(directory) / name).is_file() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)):
-        raise UserError(f"{directory} holds no PEFT adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS})")
+def check_adapter_files(directory: str | Path, weights: tuple[str, ...] = (ADAPTER_WEIGHTS, LEGACY_WEIGHTS)) -> None:
+    """`UserError` unless `directory` holds a saved adapter's config and one of its `weights` files: PEFT looks for a
+    missing one on the hub."""
+    directory = Path(directory)
+    if not (directory / ADAPTER_CONFIG).is_file() or not any((directory / name).is_file() for name in weights):
+        raise UserError(f"{directory} holds no PEFT adapter ({ADAPTER_CONFIG} + {' or '.join(weights)})")
 
 
 def load_lora(model: JanusForConditionalGeneration, directory: str | Path, trainable: bool) -> PeftModel:

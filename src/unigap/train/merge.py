@@ -34,7 +34,7 @@ _MUST_MATCH = ("peft_type", "target_modules", "modules_to_save", "base_model_nam
 
 def _read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     directory = Path(directory)
-    check_adapter_files(directory)
+    check_adapter_files(directory, weights=(ADAPTER_WEIGHTS,))  # (souping reads the safetensors format)
     config = json.loads((directory / ADAPTER_CONFIG).read_text())
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("peft_type") != "LORA":
         raise UserError(f"{directory}: only plain LoRA adapters (no rank/alpha patterns) can be souped")
