@@ -47,9 +47,20 @@ def check_creatable(path: str | os.PathLike) -> Path:
     if blocking is not None and not blocking.is_dir():
         raise UserError(f"cannot create {path}: {blocking} is a file")
     for directory in (blocking, path if path.is_dir() else None):
-        if directory is not None and not os.access(directory, os.W_OK | os.X_OK):
+        if directory is not None and not _writable(directory):
             raise UserError(f"cannot write {path}: {directory} is not writable")
     return path
+
+
+def _writable(directory: Path) -> bool:
+    """Whether an entry can be made in `directory`, tried (and undone): permissions alone miss a read-only mount,
+    /proc, or root, whom they do not stop."""
+    try:
+        probe = tempfile.mkdtemp(dir=directory, prefix=".unigap-probe-")
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
