@@ -29,7 +29,7 @@ class Claim:
     claim: str
     published: tuple[tuple[str, str], ...]  # (what the paper measured, its value) as published
     arm: str  # the arm whose test decides the claim
-    metric: str  # a `results` metric (`unigap.report.stats.METRICS`) or a comparison metric
+    metric: str  # a `results` metric (`unigap.study.results.METRICS`) or a comparison metric
     against: str = BASE  # the base, or the baseline arm the claim is about
     higher: bool = True  # the claimed direction
 
