@@ -137,6 +137,9 @@ def load_study(directory: str | Path) -> Study:
                  sum(job["seconds"] for job in finished) if finished else None)
 
 
+# -- the headline metrics' per-item outcomes in a run's evaluation report --------------------------------------
+
+
 @dataclass(frozen=True)
 class Metric:
     """A metric: its name in the evaluation report and the per-item outcome behind it; `where` (field, value)
