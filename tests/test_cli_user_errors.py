@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from unigap.cli import main
+from unigap.errors import UserError
 
 
 def _run(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str]:
@@ -187,7 +188,6 @@ def test_a_resumed_run_must_read_the_same_model_and_data_by_content(tmp_path: Pa
     import shutil
 
     from unigap.cli.common import claim_inputs
-    from unigap.errors import UserError
     from unigap.model.loading import resolve_checkpoint
 
     data, run = tmp_path / "pairs.jsonl", tmp_path / "run"
@@ -234,6 +234,12 @@ def test_another_commands_output_is_not_written_into(tmp_path: Path, capsys) -> 
                                     "choose another --out\n"
     assert (dataset / "manifest.json").read_text() == manifest
     assert _run(capsys, ["world", "sample", "--n", "2", "--seed", "0", "--out", str(dataset)])[0] in (0, None)
+    from unigap.cli import _check_out
+
+    (dataset / "manifest.json").write_text('{"command": "selfimprove"}')
+    _check_out(["selfimprove", "--prompts", "train", "--out", str(dataset)])  # "train" is a value, not a subcommand
+    with pytest.raises(UserError, match="holds the output of `unigap selfimprove`"):
+        _check_out(["refine", "train", "--out", str(dataset)])
 
 
 def test_broken_adapters_and_weights_are_one_line_and_never_reach_for_the_hub(tmp_path: Path, capsys) -> None:

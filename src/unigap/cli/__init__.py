@@ -93,9 +93,10 @@ def _check_out(argv: list[str]) -> None:
     command writes a directory fails here, before any work, instead of as a traceback after it."""
     from unigap.atomic import check_creatable
 
-    words = [arg for arg in argv if not arg.startswith("-")][:2]
-    command = words[0] if words else ""
-    subcommand = words[1] if len(words) > 1 and words[1] in ("train", "sample") else None
+    first = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    command = "" if first is None else argv[first]
+    following = argv[first + 1] if first is not None and first + 1 < len(argv) else None  # (not an option's value)
+    subcommand = following if (command, following) in (("refine", "train"), ("world", "sample")) else None
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == "--out" and i + 1 < len(argv) else arg[len("--out="):] if arg.startswith(
             "--out=") else ""
