@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from unigap.cli import main
 from unigap.errors import UserError
 from unigap.evaluate.data import distinct_prompts
 from unigap.evaluate.generation import self_p_yes
-from unigap.model import load_model
+from unigap.model import UnifiedModel, load_model
 from unigap.world.scoring import image_score
 from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard, first_alarm
 from unigap.refine.grpo_config import GRPOConfig
@@ -116,7 +117,7 @@ def _adapter(out: Path) -> dict:
     return load_file(out / "adapter_model.safetensors")
 
 
-def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_exactly(tmp_path) -> None:
+def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_exactly(tmp_path, monkeypatch) -> None:
     config = GRPOConfig(**TINY_RUN)
     GRPOTrainer(load_model("tiny"), config, tmp_path / "whole").train(show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
@@ -145,6 +146,10 @@ def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_ex
     save_checkpoint(tmp_path / "cut" / "checkpoint", old)  # as written before the edit scales existed
     with pytest.raises(UserError, match=r"edit_cfg_scale: \(absent\) → 2.0"):  # its edits were guided otherwise
         GRPOTrainer(load_model("tiny"), config, tmp_path / "cut").train(resume=True, show_progress=False)
+    shutil.copytree(tmp_path / "cut", tmp_path / "regenerates")
+    monkeypatch.setattr(UnifiedModel, "supports_editing", property(lambda self: False))
+    GRPOTrainer(load_model("tiny"), config, tmp_path / "regenerates").train(resume=True, show_progress=False)
+    monkeypatch.undo()  # a model that only regenerates never edited: the scales changed none of its numbers
     save_checkpoint(tmp_path / "cut" / "checkpoint", saved)
     GRPOTrainer(load_model("tiny"), config, tmp_path / "cut").train(resume=True, show_progress=False)
     whole, resumed = _adapter(tmp_path / "whole"), _adapter(tmp_path / "cut")
