@@ -125,6 +125,13 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             if k not in saved or k not in current or saved[k] != current[k]]
 
 
+def differences_since(saved: dict[str, Any], settings: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """`config_differences`, where a setting absent from the saved ones (added since they were written) counts as
+    equal when it is at its value in `defaults`."""
+    added = {k for k, v in settings.items() if k not in saved and k in defaults and defaults[k] == v}
+    return config_differences(saved, {k: v for k, v in settings.items() if k not in added})
+
+
 def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
                    defaults: dict[str, Any] | None = None, write: bool = True, kind: str = "settings") -> None:
     """Write a run's settings to `path` (unless `write` is False: a data-parallel process other than the one that
@@ -140,10 +147,7 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read {path}: {exc}") from None
-        defaults = defaults or {}
-        added = {k for k, v in settings.items() if k not in saved and k in defaults and defaults[k] == v}
-        changed = config_differences({k: v for k, v in saved.items() if k in settings},
-                                     {k: v for k, v in settings.items() if k not in added})
+        changed = differences_since({k: v for k, v in saved.items() if k in settings}, settings, defaults or {})
         if changed:
             raise UserError(f"{path.parent} holds a {what} run under other {kind} ({'; '.join(changed)}); rerun "
                             f"with the same {kind} to resume it, or choose a new --out")

@@ -52,8 +52,8 @@ def evaluate(
     `generation`: one dict per item) for per-item statistics. With `critique` (it needs `reflect`, and
     `edit` where `supports_editing`) it adds `reflect` (the model's reflections on its own n images) and
     `edit` (n edits of broken held-out scenes, guided by `edit_cfg_scale` and `edit_image_cfg_scale`, as
-    `UnifiedModel.edit` takes them; null, with `edit_skipped` saying why, on a model that cannot edit). `split` "val" measures on the validation split instead, for choosing settings without
-    touching the test split. `on_images`, if given, receives the n generated images (in record order), for a
+    `UnifiedModel.edit` takes them; null, with `edit_skipped` saying why, on a model that cannot edit). `split`
+    "val" measures on the validation split instead, for choosing settings without touching the test split. `on_images`, if given, receives the n generated images (in record order), for a
     caller that saves them or judges them again. `prompts` (e.g. a user's prompt file) replaces the held-out
     generation prompts; `questions` (a user's understanding data, `read_understanding_data`) replaces the held-out
     questions and adds the VQA soft score. `judge` (an independent judge other than the verifier, e.g. `clip:DIR`)

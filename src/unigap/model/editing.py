@@ -42,6 +42,9 @@ EditSource = Literal["vision", "tokens"]
 EDIT_SOURCES: tuple[EditSource, ...] = ("vision", "tokens")
 EDIT_CFG_SCALE = 2.0  # the instruction's guidance scale by default; tuned on val scenes (docs/experiments.md)
 EDIT_IMAGE_CFG_SCALE = 1.5  # the source's, as diffusers' InstructPix2Pix pipeline defaults it
+# the configs' names for the two scales; a run saved before they existed edited under plain CFG at its cfg_scale, so
+# where such a run edited, their absence is not their defaults and a resume under them is refused
+EDIT_SETTINGS = ("edit_cfg_scale", "edit_image_cfg_scale")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import JanusForConditionalGeneration
 
-from unigap.atomic import config_differences, write_atomically, write_text_atomically
+from unigap.atomic import differences_since, write_atomically, write_text_atomically
 from unigap.errors import UserError
 from unigap.evaluate import vq_fidelity
 from unigap.metrics_log import MetricLogger
@@ -160,7 +160,7 @@ def saved_settings(path: Path) -> dict | None:
     if path.suffix == ".safetensors":
         with safe_open(path, framework="pt") as handle:
             return json.loads((handle.metadata() or {}).get("settings", "null"))
-    return torch.load(path, weights_only=False).get("config")
+    return torch.load(path, weights_only=False, mmap=True).get("config")  # (mapped: the tensors are not read)
 
 
 def check_stage_files(out: Path, config: PretrainConfig) -> None:
@@ -180,10 +180,7 @@ def refuse_other_settings(path: Path, saved: dict | None, settings: dict, stage:
     """`UserError` when a stage's file was written under other settings than `settings`. A file from before stage
     files recorded them (`saved` None) is taken as written under these, and a setting added since it was written as
     at its default."""
-    defaults = asdict(PretrainConfig())
-    saved = settings if saved is None else {
-        **{k: v for k, v in settings.items() if k not in saved and k in defaults and defaults[k] == v}, **saved}
-    differences = config_differences(saved, settings)
+    differences = differences_since(settings if saved is None else saved, settings, asdict(PretrainConfig()))
     if differences:
         raise UserError(f"{path} was written under other {stage} settings ({'; '.join(differences)}); "
                         f"rerun with those settings or use a new --out")

@@ -46,6 +46,7 @@ from unigap.evaluate.data import distinct_prompts, held_out_pairs
 from unigap.evaluate.generation import batch_seed
 from unigap.evaluate.stats import paired_difference
 from unigap.progress import progress
+from unigap.model.editing import EDIT_SETTINGS
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.loop import run_loop
 from unigap.refine.metrics import round_metrics
@@ -139,9 +140,7 @@ class GRPOTrainer:
                 extra_state=lambda: {"buffer": [(b.prompt, list(b.tokens), b.score) for b in self.buffer],
                                      "audits": [list(a) for a in self.audits]},
                 restore_extra=restore, on_step=after, bf16=c.bf16, free_settings=FREE_SETTINGS,
-                # a run saved before the edit scales edited under plain CFG at cfg_scale, not at their defaults (one
-                # that regenerates never edited: the scales change none of its numbers)
-                required_settings=("edit_cfg_scale", "edit_image_cfg_scale") if self.um.supports_editing else (),
+                required_settings=EDIT_SETTINGS if self.um.supports_editing else (),  # (regenerating never edits)
             )  # fmt: skip
         if distributed.is_main():
             self.um.save_adapter(self.out_dir)
@@ -233,11 +232,11 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
         raise UserError(f"{out} already holds a refine train run: pass --resume to continue it, or use a new --out")
     main = distributed.is_main()
     show_progress = show_progress and main
-    # the loop before training is reused on --resume only under the settings that produced it; a run saved before
-    # the edit scales existed edited under plain CFG at cfg_scale, not at their defaults. Written once, at the start:
-    # a checkpoint from before this file existed is checked against its own settings when training resumes
-    defaults = {f.name: f.default for f in fields(GRPOConfig)
-                if not (um.supports_editing and f.name.startswith("edit_"))}
+    # the loop before training is reused on --resume only under the settings that produced it (`EDIT_SETTINGS` for
+    # why they are no defaults where the model edits). Written once, at the start: a checkpoint from before this file
+    # existed is checked against its own settings when training resumes
+    required = EDIT_SETTINGS if um.supports_editing else ()
+    defaults = {f.name: f.default for f in fields(GRPOConfig) if f.name not in required}
     claim_settings(out / SETTINGS_FILE, {k: v for k, v in config.to_dict().items() if k not in FREE_SETTINGS},
                    "refine train", defaults, write=main and not holds_run(out))
     before = cached_json(out / "parts" / "before.json", lambda: _loop_eval(um, config, show_progress),

@@ -23,7 +23,7 @@ from unigap.atomic import cached_json, claim_settings, write_atomically, write_t
 from unigap.errors import UserError
 from unigap.evaluate.data import prompt_specs
 from unigap.evaluate.judges import Judge, check_judge_name, get_judge
-from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuidance
+from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS, EditGuidance
 from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
 from unigap.refine.metrics import best_of_n, gain, judged_rounds, round_metrics, stop_metrics
 from unigap.world import PromptSpec
@@ -125,9 +125,8 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     extra = None if judge.name == "verifier" else judge  # the verifier's accuracy is always reported
     settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
     writer = distributed.is_main()  # under `accelerate launch` every process holds the results; the main one writes
-    # a run saved before the edit scales existed edited under plain CFG at cfg_scale: not their defaults, so refused
-    # (one that regenerated never edited: the scales change none of its numbers)
-    defaults = {f.name: f.default for f in fields(RefineConfig) if mode != "edit" or not f.name.startswith("edit_")}
+    required = EDIT_SETTINGS if mode == "edit" else ()  # (one that regenerated never edited)
+    defaults = {f.name: f.default for f in fields(RefineConfig) if f.name not in required}
     claim_settings(out / "settings.json", settings, "refine", defaults, write=writer)
     progress = progress and writer
 

@@ -184,13 +184,12 @@ def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str,
 def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> Path:
     """Run (or resume) every job of the study in `out` (returned): what `unigap.report.build_report` reads."""
     from unigap.model.checkpoint import weights_fingerprint
-    from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE
+    from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS
     from unigap.model.loading import resolve_checkpoint
 
     out = Path(out)
     directory = resolve_checkpoint(config.model)  # a mistyped --model fails here, before study.json pins it
-    claim(config, out, weights_fingerprint(directory),
-          {"edit_cfg_scale": EDIT_CFG_SCALE, "edit_image_cfg_scale": EDIT_IMAGE_CFG_SCALE})
+    claim(config, out, weights_fingerprint(directory), dict(zip(EDIT_SETTINGS, (EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE))))
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
     )  # fmt: skip
