@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from unigap.atomic import claim_settings, listed_files, remove_replaced
+from unigap.atomic import claim_settings, files_atomically, listed_files, remove_replaced
 from unigap.errors import UserError
 
 
@@ -62,3 +62,19 @@ def test_remove_replaced_deletes_only_what_the_earlier_index_listed_inside_the_o
     (owned / "cat.png").write_text("listed by a user's own index")
     remove_replaced(tmp_path, {"images/cat.png", "images/2024.png"}, set(), inside=owned, named=r"\d{4,}\.png")
     assert sorted(p.name for p in owned.iterdir()) == ["0000.png", "cat.png"]  # not named as the command names
+
+
+def test_files_atomically_replaces_each_file_whole_or_none(tmp_path) -> None:
+    (tmp_path / "weights.bin").write_text("old")
+    (tmp_path / "log.jsonl").write_text("kept")
+    with pytest.raises(KeyboardInterrupt):  # killed while writing: the old files stay, no temporary is left
+        with files_atomically(tmp_path) as staging:
+            (staging / "weights.bin").write_text("half")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl", "weights.bin"]
+    assert (tmp_path / "weights.bin").read_text() == "old"
+    with files_atomically(tmp_path) as staging:
+        (staging / "weights.bin").write_text("new")
+        (staging / "config.json").write_text("{}")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"weights.bin": "new", "config.json": "{}",
+                                                                  "log.jsonl": "kept"}

@@ -179,6 +179,23 @@ def directory_atomically(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def files_atomically(directory: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory inside `directory` (created if missing); when the block ends without an
+    error, each file written there replaces its namesake in `directory` by a rename, else none does. So a reader
+    (or a killed run's user) never meets a half-written file, and the other files of `directory` stay."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".files.", suffix=TMP_SUFFIX))
+    try:
+        yield tmp
+        for entry in sorted(tmp.iterdir()):
+            os.chmod(entry, FILE_MODE)
+            os.replace(entry, directory / entry.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def remove_stale_temporaries(directory: str | os.PathLike) -> None:
     """Delete the temporary directories a killed writer left in `directory` (for a resumed job)."""
     for stale in Path(directory).glob(f".*{TMP_SUFFIX}"):

@@ -81,6 +81,13 @@ def test_merge_cli_writes_one_soup_per_lambda(adapters: tuple[Path, Path], tmp_p
     assert exc.value.code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["soup-0.3", "soup-0.5", "soup-0.7"]
     assert capsys.readouterr().out.split() == [str(tmp_path / f"soup-{lam}") for lam in ("0.3", "0.5", "0.7")]
+    written = (tmp_path / "soup-0.7" / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as exc:  # a second run into the same --out never writes over a soup
+        main(["merge", "--und", str(adapters[1]), "--gen", str(adapters[0]), "--out", str(tmp_path), "--lambda", "0.1",
+              "--lambda", "0.7"])
+    assert exc.value.code == 2 and "soup-0.7 exists and is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["soup-0.3", "soup-0.5", "soup-0.7"]
+    assert (tmp_path / "soup-0.7" / "adapter_model.safetensors").read_bytes() == written
 
 
 def test_oracle_routes_understanding_and_generation(tiny_dir: Path, adapters: tuple[Path, Path]) -> None:

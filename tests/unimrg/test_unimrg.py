@@ -16,6 +16,7 @@ from unigap.model import load_model
 from unigap.unimrg import LOGGED_KEYS, UniMRGConfig, UniMRGTrainer, build_data
 from unigap.train.sft import vq_tokens
 from unigap.unimrg.data import ENCODE_BATCH, check_instructions
+from unigap.unimrg.trainer import train_unimrg
 from unigap.world import random_train_scenes, render, render_depth
 
 SMALL = {"n_scenes": 24, "steps": 4, "batch_size": 2, "checkpoint_every": 2}
@@ -104,6 +105,18 @@ def test_a_killed_run_resumes_to_the_same_adapter(data, tmp_path) -> None:
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
     with pytest.raises(UserError, match="different settings"):
         UniMRGTrainer(load_model("tiny"), UniMRGConfig(**(SMALL | {"lr": 5e-4})), data, tmp_path / "cut").train(True)
+
+
+def test_a_resume_under_other_settings_fails_before_the_data_is_built(data, tmp_path, monkeypatch) -> None:
+    _train(data, tmp_path / "run")
+
+    def build_data(*args, **kwargs):
+        raise AssertionError("the data was built before the settings were checked")
+
+    monkeypatch.setattr("unigap.unimrg.data.build_data", build_data)
+    with pytest.raises(UserError, match="different settings: lr: "):
+        train_unimrg(load_model("tiny"), UniMRGConfig(**(SMALL | {"lr": 5e-4})), tmp_path / "run", resume=True,
+                     show_progress=False)
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,19 @@ _register()
 DATA_PARALLEL: dict[str, tuple[str, ...] | None] = {"train": None, "eval": None, "refine": None, "selfimprove": None, "prefs": ("build",)}  # subcommands
 
 
+def _command(argv: list[str]) -> tuple[str, str | None]:
+    """The command typed (the first word that is not an option) and its subcommand (`refine train`) where the next
+    word names one of that command's; a word that follows an option may be its value, hence the check."""
+    import typer.main
+
+    first = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if first is None:
+        return "", None
+    group = typer.main.get_command(app).commands.get(argv[first])  # type: ignore[attr-defined]
+    following = argv[first + 1] if first + 1 < len(argv) else None
+    return argv[first], following if following in (getattr(group, "commands", None) or {}) else None
+
+
 def _check_processes(argv: list[str]) -> None:
     import os
 
@@ -72,16 +85,15 @@ def _check_processes(argv: list[str]) -> None:
         return
     from unigap import distributed
 
-    words = [arg for arg in argv if not arg.startswith("-")][:2]
-    if distributed.world_size() == 1 or not words:
+    command, subcommand = _command(argv)
+    if distributed.world_size() == 1 or not command:
         return
-    command, subcommands = words[0], DATA_PARALLEL.get(words[0], ())
-    if command in DATA_PARALLEL and (subcommands is None or words[1:2] and words[1] in subcommands):
+    subcommands = DATA_PARALLEL.get(command, ())
+    if command in DATA_PARALLEL and (subcommands is None or subcommand in subcommands):
         return
-    name = " ".join(words) if subcommands else command  # words[1] may be an option's value
     parallel = ", ".join(k if v is None else f"{k} {' '.join(v)}" for k, v in DATA_PARALLEL.items())
-    raise UserError(f"`unigap {name}` runs in one process; launch it without accelerate (data-parallel commands: "
-                    f"{parallel})")
+    raise UserError(f"`unigap {' '.join(filter(None, (command, subcommand)))}` runs in one process; launch it "
+                    f"without accelerate (data-parallel commands: {parallel})")
 
 
 # the commands whose --out may be a file; the others write a directory
@@ -93,10 +105,7 @@ def _check_out(argv: list[str]) -> None:
     command writes a directory fails here, before any work, instead of as a traceback after it."""
     from unigap.atomic import check_creatable
 
-    first = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
-    command = "" if first is None else argv[first]
-    following = argv[first + 1] if first is not None and first + 1 < len(argv) else None  # (not an option's value)
-    subcommand = following if (command, following) in (("refine", "train"), ("world", "sample")) else None
+    command, subcommand = _command(argv)
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == "--out" and i + 1 < len(argv) else arg[len("--out="):] if arg.startswith(
             "--out=") else ""

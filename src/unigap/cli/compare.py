@@ -65,7 +65,7 @@ def compare_command(
 
     pairs = _parse(reports)
     if out is not None:
-        check_output_file(out)
+        check_output_file(out, ".json")
         if any(out.resolve() == path.resolve() for _, path in pairs):
             raise UserError(f"--out {out} is one of the reports it reads; give another file")
     results = compare_reports(pairs, by_group=by_category)

@@ -59,7 +59,7 @@ def eval_command(
     require_non_negative("--seed", seed)
     require_non_negative("--data-seed", data_seed)
     edit_guidance = edit_guidance_kwargs(edit_cfg, edit_image_cfg)
-    check_output_file(out)
+    check_output_file(out, ".json")
     if split not in HELD_OUT_SPLITS:
         raise UserError(f"--split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
     if prompts in SPLITS:  # (the report would record --split's prompts, not these)

@@ -34,9 +34,13 @@ def merge(
     if soups_given:
         if und is None or gen is None:
             raise UserError("adapter soups need both --und and --gen")
-        from unigap.train.merge import soups
+        from unigap.model.standalone import check_new_directory
+        from unigap.train.merge import soup_directory, soups
 
-        for path in soups(und, gen, out, tuple(lambdas or SOUP_LAMBDAS)):
+        chosen = tuple(lambdas or SOUP_LAMBDAS)
+        for lam in chosen:  # a soup is never written over another
+            check_new_directory(soup_directory(out, lam))
+        for path in soups(und, gen, out, chosen):
             typer.echo(str(path))
         return
     if model is None or adapter is None:

@@ -17,6 +17,7 @@ from peft import PeftModel
 from PIL import Image
 from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
 
+from unigap.atomic import files_atomically
 from unigap.errors import UserError
 from unigap.model import editing, generation, lora, understanding
 from unigap.model.checkpoint import save_checkpoint
@@ -302,10 +303,12 @@ class UnifiedModel:
         return self.peft
 
     def save_adapter(self, directory: str | os.PathLike) -> Path:
-        """Save the adapter (LoRA weights + trained generation head) in standard PEFT format."""
+        """Save the adapter (LoRA weights + trained generation head) in standard PEFT format, each file replaced
+        whole (a run killed while saving leaves whole files, never a torn one)."""
         if self.peft is None:
             raise ValueError("no LoRA adapter to save; call add_lora or load_adapter first")
-        self.peft.save_pretrained(str(directory))
+        with files_atomically(directory) as staging:
+            self.peft.save_pretrained(str(staging))
         return Path(directory)
 
     @contextlib.contextmanager

@@ -73,6 +73,10 @@ class RefineConfig:
                 raise UserError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
         check_judge_name(self.judge, independent=True)
 
+    @property
+    def edit_guidance(self) -> EditGuidance:
+        return EditGuidance(self.edit_cfg_scale, self.edit_image_cfg_scale)
+
 
 def check_refiner(um: Refinable, config: RefineConfig) -> str:
     """The refiner this model runs; `UserError` for `edit` on a model that cannot edit."""
@@ -85,7 +89,7 @@ def _loop_part(um: Refinable, specs: list[PromptSpec], config: RefineConfig, ref
                progress: bool, judge: Judge | None) -> tuple[dict[str, Any], list[Trajectory]]:
     trajectories = run_loop(um, specs, config.rounds, reflector, config.refiner, config.seed, config.cfg_scale,
                             config.temperature, config.batch_size, progress,
-                            EditGuidance(config.edit_cfg_scale, config.edit_image_cfg_scale))
+                            config.edit_guidance)
     rounds = round_metrics(trajectories, config.rounds)
     part = {"accuracy": rounds[-1]["accuracy"], "rounds": rounds, "stop": stop_metrics(trajectories),
             "gain": gain(trajectories, config.rounds), "records": [t.to_dict() for t in trajectories]}

@@ -21,7 +21,6 @@ they hold the same results and weights, and the main process writes them.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,14 +195,7 @@ def _resume(um: Any, optimizer: torch.optim.Optimizer, out: Path) -> tuple[int, 
 def _save_epoch(um: Any, optimizer: torch.optim.Optimizer, out: Path, epoch: int, epochs: list[dict]) -> None:
     """The adapter (replacing the previous epoch's), the checkpoint (with the epochs' log rows) and the figure; the
     caller then logs the row."""
-    staging, previous = out / "adapter.tmp", out / "adapter.old"
-    for stale in (staging, previous):
-        shutil.rmtree(stale, ignore_errors=True)
-    um.save_adapter(staging)
-    if (out / "adapter").exists():
-        (out / "adapter").rename(previous)  # adapter/ is missing only between two renames
-    staging.rename(out / "adapter")
-    shutil.rmtree(previous, ignore_errors=True)
+    um.save_adapter(out / "adapter")  # each file replaced whole
     trainable = {name: p.detach().clone() for name, p in um.model.named_parameters() if p.requires_grad}
     save_checkpoint(out / "checkpoint", {"epoch": epoch, "trainable": trainable, "epochs": epochs,
                                          "optimizer": optimizer.state_dict(), "rng": rng_state()})

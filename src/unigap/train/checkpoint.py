@@ -9,13 +9,13 @@ The data order needs no state: it is a function of (seed, task, step).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unigap.atomic import atomic_write_bytes, config_differences
+from unigap.atomic import atomic_write_bytes
 from unigap.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -71,17 +71,10 @@ def training_state(
     }
 
 
-def restore_training_state(
-    state: dict[str, Any], named: Sequence[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer,
-    scheduler: Any, config: dict[str, Any], where: Path, ignore: Collection[str] = (),
-) -> int:
-    """Load `training_state` back into the trainer's tensors, optimizer, scheduler and RNG; the step to continue
-    at. A run saved under other settings is refused (`UserError` naming each difference); `ignore` names settings
-    not compared (added since the checkpoint was written, at their defaults)."""
-    changed = config_differences({k: v for k, v in state["config"].items() if k not in ignore},
-                                 {k: v for k, v in config.items() if k not in ignore})
-    if changed:
-        raise UserError(f"cannot resume {where} under different settings: {'; '.join(changed)}")
+def restore_training_state(state: dict[str, Any], named: Sequence[tuple[str, torch.nn.Parameter]],
+                           optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+    """Load `training_state` back into the trainer's tensors, optimizer, scheduler and RNG (its settings checked
+    by `loop.resumed_state`); the step to continue at."""
     with torch.no_grad():
         for name, p in named:
             p.copy_(state["trainable"][name])

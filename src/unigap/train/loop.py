@@ -2,7 +2,7 @@
 
 Why one loop: DPO, UniMRG and GRPO differ in what a step does, not in how a run is kept. Each trainer passes its
 step function and the state it checkpoints; this loop owns the rules: a directory holding a run is only continued
-with `resume`, a resumed run must have the same settings (`restore_training_state`), the log drops the rows from
+with `resume`, a resumed run must have the same settings (`resumed_state`), the log drops the rows from
 the resumed step on (`MetricLogger`), and a checkpoint is written every `checkpoint_every` steps and at the end.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from unigap.atomic import atomic_write_lines
+from unigap.atomic import atomic_write_lines, config_differences
 from unigap.errors import UserError
 from unigap.metrics_log import MetricLogger
 from unigap import distributed
@@ -59,6 +59,27 @@ def holds_run(out_dir: str | Path) -> bool:
 def refuse_unless_resuming(out_dir: str | Path, resume: bool) -> None:
     if holds_run(out_dir) and not resume:
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, or use a new --out")
+
+
+def resumed_state(out_dir: str | Path, settings: Any, resume: bool, free_settings: Sequence[str] = (),
+                  required_settings: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The checkpoint a run continues from (None for a fresh start), refused (`UserError`) where `out_dir` holds a
+    run and `resume` is off, or where it was saved under other settings than the dataclass `settings` (see
+    `run_steps` for `free_settings` and `required_settings`). Trainers that build data first call it before that
+    work too, so a mistaken resume fails in seconds."""
+    if not (resume and holds_run(out_dir)):
+        refuse_unless_resuming(out_dir, resume)
+        return None
+    state = load_checkpoint(Path(out_dir) / CHECKPOINT_DIR)
+    config = asdict(settings)
+    added = {f.name for f in fields(settings) if f.name not in state["config"] and config[f.name] == f.default
+             and f.name not in required_settings}
+    ignore = added | set(free_settings)
+    changed = config_differences({k: v for k, v in state["config"].items() if k not in ignore},
+                                 {k: v for k, v in config.items() if k not in ignore})
+    if changed:
+        raise UserError(f"cannot resume {out_dir} under different settings: {'; '.join(changed)}")
+    return state
 
 
 def checkpoint_step(done: int, checkpoint_every: int, steps: int) -> int:
@@ -106,15 +127,10 @@ def run_steps(
     anyway; the optimiser's float32 arithmetic is not on autocast's list)."""
     config = asdict(settings)
     step = 0
-    if resume and holds_run(out_dir):
-        state = load_checkpoint(out_dir / CHECKPOINT_DIR)
-        added = {f.name for f in fields(settings) if f.name not in state["config"] and config[f.name] == f.default
-                 and f.name not in required_settings}
-        step = restore_training_state(state, named, optimizer, scheduler, config, out_dir,
-                                      ignore=added | set(free_settings))
+    state = resumed_state(out_dir, settings, resume, free_settings, required_settings)
+    if state is not None:
+        step = restore_training_state(state, named, optimizer, scheduler)
         restore_extra(state)
-    else:
-        refuse_unless_resuming(out_dir, resume)
     main = distributed.is_main()  # data-parallel processes hold the same state: one of them writes it
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)

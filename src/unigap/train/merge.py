@@ -95,4 +95,9 @@ def soups(
     und_dir: str | Path, gen_dir: str | Path, out_dir: str | Path, lambdas: tuple[float, ...] = SOUP_LAMBDAS
 ) -> list[Path]:
     """One soup per λ, in OUT/soup-{λ}."""
-    return [soup(und_dir, gen_dir, lam, Path(out_dir) / f"soup-{lam:g}") for lam in lambdas]
+    return [soup(und_dir, gen_dir, lam, soup_directory(out_dir, lam)) for lam in lambdas]
+
+
+def soup_directory(out_dir: str | Path, lam: float) -> Path:
+    """Where `soups` writes the soup of weight λ."""
+    return Path(out_dir) / f"soup-{lam:g}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unigap.train.loop import refuse_unless_resuming
+from unigap.train.loop import resumed_state
 from unigap.train.sft import AnswerTask, ImageToImageTask, SFTTrainer, Task
 from unigap.train.trainer import TrainResult
 from unigap.unimrg.config import REPRESENTATIONS, UniMRGConfig
@@ -48,7 +48,7 @@ def train_unimrg(um: Any, config: UniMRGConfig, out_dir: str | Path, resume: boo
     from unigap.progress import progress
     from unigap.unimrg.data import build_data
 
-    refuse_unless_resuming(out_dir, resume)
+    resumed_state(out_dir, config, resume)  # a mistaken resume fails before the data is built
     if data is None:
         representations = list(config.auxiliary)
         with progress("data", config.n_scenes * (1 + len(representations)), show_progress) as update:
