@@ -50,9 +50,9 @@ def test_eval_generates_a_users_prompt_file(tiny_dir, tmp_path, capsys):
     assert code == 0 and [r["prompt"] for r in report["records"]["generation"]] == ["a red circle", "two blue squares"]
     assert report["understanding"]["n"] == 2 and report["config"]["prompts"] == "2 given"
     bad = tmp_path / "bad.txt"
-    bad.write_text("a red circle\n\n{not json\n")
+    bad.write_text("a red circle\n\n")
     code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--prompts", bad, "--out", tmp_path / "b.json"])
-    assert code == 2 and err.strip() == f"unigap: error: {bad}:3: not valid JSON (Expecting property name enclosed in double quotes)" and not (tmp_path / "b.json").exists()
+    assert code == 2 and err.strip() == f"unigap: error: {bad}:2: empty line" and not (tmp_path / "b.json").exists()
 
 
 def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys):

@@ -133,7 +133,7 @@ def test_an_interrupted_run_leaves_only_complete_folders(um, tmp_path, monkeypat
     [
         ([], ["a red circle", "{not json"], "evaluation_metadata.jsonl:2: not valid JSON"),
         ([], ["a red circle", '{"tag": "colors"}'], 'evaluation_metadata.jsonl:2: a JSON line needs a string "prompt"'),
-        ([], ["", " "], "evaluation_metadata.jsonl holds no prompts"),
+        ([], ["a red circle", ""], "evaluation_metadata.jsonl:2: empty line"),
         ([], None, "cannot read prompt file"),
         (["--batch-size", 0], ["a red circle"], "--batch-size must be positive"),
         (["--layout", "mosaic"], ["a red circle"], "--layout must be one of grid, geneval"),

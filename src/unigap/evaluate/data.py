@@ -93,9 +93,9 @@ def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0, free_text: 
 
 
 def read_prompt_file(path: str | Path) -> list[tuple[int, str]]:
-    """(line number, prompt text) of every non-blank line of a prompt file: plain text, or JSONL with a `prompt`
-    field (GenEval's metadata shape). Free text: what a real checkpoint generates from. A bad line is a `UserError`
-    naming `FILE:LINE`; a file without a prompt is one too."""
+    """(line number, prompt text) of every line of a prompt file: plain text, or JSONL with a `prompt` field
+    (GenEval's metadata shape). Free text: what a real checkpoint generates from. A bad line is a `UserError`
+    naming `FILE:LINE`; an empty file is one too."""
     return [(line_no, row["prompt"]) for line_no, row in read_prompt_rows(path)]
 
 
@@ -109,8 +109,6 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
         raise UserError(f"cannot read prompt file {path}: {exc}") from None
     out = []
     for line_no, line in enumerate(lines, start=1):
-        if not line.strip():  # blank lines (a trailing one, paragraph breaks) separate, as in JSONL readers
-            continue
         try:
             out.append((line_no, _prompt_row(line)))
         except UserError as exc:
@@ -121,6 +119,8 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
 
 
 def _prompt_row(line: str) -> dict:
+    if not line.strip():
+        raise UserError("empty line")
     if not line.lstrip().startswith("{"):
         return {"prompt": line}
     try:
