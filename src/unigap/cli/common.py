@@ -14,7 +14,24 @@ import typer
 from unigap.errors import GuardStopped, UserError, first_line
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from unigap.model import UnifiedModel
+
+def print_table(table: Table) -> None:
+    """Print a results table on stdout without cutting a number short: into a file or a pipe (where rich assumes
+    80 columns) at the table's full width, and on a narrower terminal with long cells wrapped, not cut to "+0.0…"."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console()
+    if not console.is_terminal:
+        natural = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
+        console = Console(width=max(console.width, natural))
+    for column in table.columns:
+        column.overflow = "fold"
+    console.print(table)
+
 
 GUARD_EXIT = 3  # an audit against an independent judge stopped the run (`GuardStopped`)
 MODEL_OPTION = typer.Option(..., "--model", help='A checkpoint directory, or "tiny" (the shipped model).')

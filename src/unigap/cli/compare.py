@@ -6,8 +6,8 @@ import glob
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from unigap.cli.common import print_table
 from unigap.errors import UserError
 
 app = typer.Typer()
@@ -69,6 +69,6 @@ def compare_command(
         if any(out.resolve() == path.resolve() for _, path in pairs):
             raise UserError(f"--out {out} is one of the reports it reads; give another file")
     results = compare_reports(pairs, by_group=by_category)
-    Console().print(comparison_table(results))
+    print_table(comparison_table(results))
     if out is not None:
         save_report(results, out)

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, require_non_negative, require_positive
+from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, print_table, require_non_negative, require_positive
 from unigap.errors import UserError
 from unigap.progress import progress
 
@@ -143,5 +142,5 @@ def diagnose_command(
     report |= {"model": model, "adapter": None if adapter is None else str(adapter), "und": str(und), "gen": str(gen)}
     path = write_report(report, out)
     write_manifest(out, record)
-    Console().print(summary_table(report))
+    print_table(summary_table(report))
     typer.echo(f"wrote {path} and its PNG figures")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from unigap.errors import UserError
 from unigap.cli.common import (
@@ -16,6 +15,7 @@ from unigap.cli.common import (
     MODEL_OPTION,
     edit_guidance_kwargs,
     load,
+    print_table,
     require_non_negative,
     require_positive,
 )
@@ -94,7 +94,7 @@ def eval_command(
     report["config"].update(model=model, adapter=None if adapter is None else str(adapter))
     report["manifest"] = record
     save_report(report, out)
-    Console().print(summary_table(report))
+    print_table(summary_table(report))
     if "judged_generation" in report:
         judged = report["judged_generation"]
         extra = "".join(f", mean {key[5:]} {value['mean']:.3f}" for key, value in judged.items()

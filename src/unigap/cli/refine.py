@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from unigap.cli.common import (
@@ -18,6 +17,7 @@ from unigap.cli.common import (
     edit_guidance_kwargs,
     exit_for_guard,
     load,
+    print_table,
 )
 from unigap.errors import GuardStopped, UserError
 
@@ -93,7 +93,7 @@ def refine_command(
     if not distributed.is_main():
         return
     write_manifest(out, record)
-    Console().print(_table(report))
+    print_table(_table(report))
     typer.echo(f"wrote {out / 'refine.json'}")
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from unigap.cli.common import print_table
 from unigap.errors import UserError
 
 app = typer.Typer()
@@ -100,5 +100,5 @@ def selfimprove_command(
     if not distributed.is_main():
         return
     write_manifest(out, record)
-    Console().print(_table(result))
+    print_table(_table(result))
     typer.echo(f"wrote {out / 'selfimprove.json'}")

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from unigap.arms import ARMS, FAMILIES
+from unigap.cli.common import print_table
 from unigap.train.defaults import DPO_DEFAULTS as DPO
 from unigap.train.defaults import TUNE_GRID, TUNE_RUN
 
@@ -58,7 +59,7 @@ def study_command(
     with manifest("study", asdict(config), seeds=list(range(config.seeds)), judge={"name": "verifier"}) as record:
         built = build_report(run_study(config, out), out, title=f"unigap study: {config.model}")
     write_manifest(out, record)
-    Console().print(summary_table(built.results))
+    print_table(summary_table(built.results))
     typer.echo(f"wrote {out / 'report.html'} (and results.json, results.csv, figures) in {out}")
 
 
@@ -116,7 +117,7 @@ def tune_command(
     rendered = Table(*TABLE_HEADER, title=f"gen-only DPO on the validation split (n = {config.n}, seed {seed})")
     for row in table(results):
         rendered.add_row(*row)
-    Console().print(rendered)
+    print_table(rendered)
     chosen = results["chosen"]
     if chosen is None:
         typer.echo("no checkpoint is within the KL budget")
