@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from unigap.model import UnifiedModel
 
+
 def print_table(table: Table) -> None:
     """Print a results table on stdout without cutting a number short: into a file or a pipe (where rich assumes
     80 columns) at the table's full width, and on a narrower terminal with long cells wrapped, not cut to "+0.0…"."""

@@ -88,8 +88,7 @@ def check_refiner(um: Refinable, config: RefineConfig) -> str:
 def _loop_part(um: Refinable, specs: list[PromptSpec], config: RefineConfig, reflector: str,
                progress: bool, judge: Judge | None) -> tuple[dict[str, Any], list[Trajectory]]:
     trajectories = run_loop(um, specs, config.rounds, reflector, config.refiner, config.seed, config.cfg_scale,
-                            config.temperature, config.batch_size, progress,
-                            config.edit_guidance)
+                            config.temperature, config.batch_size, progress, config.edit_guidance)
     rounds = round_metrics(trajectories, config.rounds)
     part = {"accuracy": rounds[-1]["accuracy"], "rounds": rounds, "stop": stop_metrics(trajectories),
             "gain": gain(trajectories, config.rounds), "records": [t.to_dict() for t in trajectories]}
