@@ -18,7 +18,8 @@ from unigap.evaluate.data import distinct_prompts
 from unigap.evaluate.generation import self_p_yes
 from unigap.model import UnifiedModel, load_model
 from unigap.world.scoring import image_score
-from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard, first_alarm
+from unigap import distributed
+from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard, first_alarm, train_grpo
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
 from unigap.refine.rollout import reward_for
@@ -154,6 +155,24 @@ def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_ex
     GRPOTrainer(load_model("tiny"), config, tmp_path / "cut").train(resume=True, show_progress=False)
     whole, resumed = _adapter(tmp_path / "whole"), _adapter(tmp_path / "cut")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_every_process_looks_at_out_before_the_main_one_writes(tmp_path, monkeypatch) -> None:
+    """Under `accelerate launch` a slower process that checked OUT after the main one wrote settings.json took the
+    fresh run for an old one and stopped ("already holds a refine train run")."""
+    written_at_barrier = []
+
+    class Barrier(Exception):
+        pass
+
+    def barrier() -> None:
+        written_at_barrier.append(sorted(p.name for p in tmp_path.iterdir()))
+        raise Barrier
+
+    monkeypatch.setattr(distributed, "wait_for_everyone", barrier)
+    with pytest.raises(Barrier):
+        train_grpo(load_model("tiny"), GRPOConfig(**TINY_RUN), tmp_path / "run", show_progress=False)
+    assert written_at_barrier == [[]]  # every check before the barrier, every write after it
 
 
 def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys, monkeypatch) -> None:

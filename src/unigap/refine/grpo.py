@@ -230,6 +230,7 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     refuse_unless_resuming(out, resume)
     if (out / SETTINGS_FILE).exists() and not resume:
         raise UserError(f"{out} already holds a refine train run: pass --resume to continue it, or use a new --out")
+    distributed.wait_for_everyone()  # every process has looked at OUT before the main one writes settings.json
     main = distributed.is_main()
     show_progress = show_progress and main
     # the loop before training is reused on --resume only under the settings that produced it (`EDIT_SETTINGS` for
