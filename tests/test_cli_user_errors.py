@@ -214,6 +214,10 @@ def test_a_resumed_run_must_read_the_same_model_and_data_by_content(tmp_path: Pa
     (legacy / "log.jsonl").write_text("")
     claim_inputs(legacy, "train", "tiny", und=data, gen=None)
     assert not (legacy / "inputs.json").exists()
+    probed = tmp_path / "probed"  # empty but for another process's instant write test: a new run, recorded
+    (probed / ".unigap-probe-x1").mkdir(parents=True)
+    claim_inputs(probed, "train", "tiny", und=data, gen=None)
+    assert (probed / "inputs.json").is_file()
     # the commands claim them: refine resumed on an edited prompt file is refused, not mixed
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\n")

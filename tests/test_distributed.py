@@ -62,6 +62,20 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
 
 
+def test_a_process_whose_share_of_a_task_is_empty_waits_for_the_others(tmp_path: Path) -> None:
+    """One generation row on two processes: the second has no row of that task at any step (it used to raise in
+    backward while the first waited in the loss's all-reduce)."""
+    write_dataset(tmp_path, 4, 0, "train", questions=2)
+    (tmp_path / "one_row.jsonl").write_text((tmp_path / "samples.jsonl").read_text().splitlines()[0] + "\n")
+    (tmp_path / "run.toml").write_text("batch_size = 4\nlora_rank = 4\nlora_alpha = 8\nlora_dropout = 0.0\n")
+    sft = ("--objective", "sft", "--und-data", str(tmp_path / "questions.jsonl"), "--gen-data",
+           str(tmp_path / "one_row.jsonl"))
+    one, two = _train(tmp_path, tmp_path / "one", 1, sft), _train(tmp_path, tmp_path / "two", 2, sft)
+    for a, b in zip(one, two, strict=True):
+        for key in ("loss", "und/loss", "gen/loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=TOLERANCE), (a["step"], key)
+
+
 def test_dpo_two_processes_match_one(tmp_path: Path) -> None:
     from unigap.model import load_model
     from unigap.prefs.build import BuildOptions, build_preferences

@@ -24,6 +24,10 @@ def test_rows_and_resume_truncation(tmp_path: Path) -> None:
     assert [r["step"] for r in _rows(path)] == [0, 1, 2, 3] and _rows(path)[1] == {"step": 1, "loss": 0.5, "note": "x"}
     MetricLogger(path, resume_step=2).log(2, {"loss": 9.0})  # resumed at step 2: rows 2-3 of the killed run go
     assert [(r["step"], r["loss"]) for r in _rows(path)] == [(0, 1.0), (1, 0.5), (2, 9.0)]
+    with path.open("a") as handle:
+        handle.write('{"step": 3, "lo')  # a run killed while writing a row
+    MetricLogger(path, resume_step=3).log(3, {"loss": 7.0})  # the torn row goes with the steps it resumes
+    assert [(r["step"], r["loss"]) for r in _rows(path)] == [(0, 1.0), (1, 0.5), (2, 9.0), (3, 7.0)]
     MetricLogger(path)  # a fresh run starts an empty log
     assert path.read_text() == ""
 

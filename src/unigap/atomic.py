@@ -52,11 +52,14 @@ def check_creatable(path: str | os.PathLike) -> Path:
     return path
 
 
+PROBE_PREFIX = ".unigap-probe-"  # `_writable`'s trial entry, there for an instant (another process may see it)
+
+
 def _writable(directory: Path) -> bool:
     """Whether an entry can be made in `directory`, tried (and undone): permissions alone miss a read-only mount,
     /proc, or root, whom they do not stop."""
     try:
-        probe = tempfile.mkdtemp(dir=directory, prefix=".unigap-probe-")
+        probe = tempfile.mkdtemp(dir=directory, prefix=PROBE_PREFIX)
     except OSError:
         return False
     os.rmdir(probe)

@@ -69,14 +69,15 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     the model loads. A directory that already holds files but no record (a run from before records) is left as it
     is: its inputs are unknown, and a record written now would vouch for them."""
     from unigap import distributed
-    from unigap.atomic import claim_settings, file_fingerprint
+    from unigap.atomic import PROBE_PREFIX, claim_settings, file_fingerprint
     from unigap.model.checkpoint import weights_fingerprint
     from unigap.model.loading import resolve_checkpoint
 
     inputs: dict[str, str | None] = {"model_weights": weights_fingerprint(resolve_checkpoint(model))}
     for name, source in {"adapter": adapter, **data}.items():  # (an absent one as null: compared too)
         inputs[name] = None if source is None else file_fingerprint(source) if Path(source).exists() else str(source)
-    recorded = (out / INPUTS_FILE).is_file() or not out.is_dir() or not any(out.iterdir())
+    recorded = (out / INPUTS_FILE).is_file() or not out.is_dir() or not any(
+        not entry.name.startswith(PROBE_PREFIX) for entry in out.iterdir())  # (another process's write test)
     claim_settings(out / INPUTS_FILE, inputs, what, write=distributed.is_main() and recorded,
                    kind="inputs (compared by content)")
 

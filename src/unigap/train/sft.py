@@ -212,7 +212,8 @@ class SFTTrainer:
                                        self.options.prompt_dropout)
             summed, count = task.loss(self.um, distributed.shard(rows), torch.from_numpy(distributed.shard(dropped)))
             loss = summed / distributed.all_sum(count)  # this process's share of the global batch's mean
-            (weight * loss).backward()
+            if loss.requires_grad:  # (a process whose shard of a small task is empty has nothing to add)
+                (weight * loss).backward()
             record[f"{name}/loss"] = float(distributed.all_sum(loss.detach()))
             if not math.isfinite(record[f"{name}/loss"]):
                 raise TrainingDiverged(f"non-finite {name} loss at step {self.step}: training stopped")
