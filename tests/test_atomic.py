@@ -78,3 +78,13 @@ def test_files_atomically_replaces_each_file_whole_or_none(tmp_path) -> None:
         (staging / "config.json").write_text("{}")
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"weights.bin": "new", "config.json": "{}",
                                                                   "log.jsonl": "kept"}
+    (tmp_path / "gen").mkdir()  # PEFT saves a second adapter in a subfolder: its files join the old ones there
+    (tmp_path / "gen" / "old.bin").write_text("old")
+    with files_atomically(tmp_path) as staging:
+        (staging / "gen").mkdir()
+        (staging / "gen" / "weights.bin").write_text("gen")
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["old.bin", "weights.bin"]
+    assert oct((tmp_path / "gen" / "weights.bin").stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(UserError, match="cannot write"):
+        with files_atomically(tmp_path / "log.jsonl"):
+            pass

@@ -238,12 +238,17 @@ def test_another_commands_output_is_not_written_into(tmp_path: Path, capsys) -> 
                                     "choose another --out\n"
     assert (dataset / "manifest.json").read_text() == manifest
     assert _run(capsys, ["world", "sample", "--n", "2", "--seed", "0", "--out", str(dataset)])[0] in (0, None)
-    from unigap.cli import _check_out
+    from unigap.cli import _check_out, _command
+
+    def check(argv: list[str]) -> None:
+        _check_out(argv, *_command(argv))
 
     (dataset / "manifest.json").write_text('{"command": "selfimprove"}')
-    _check_out(["selfimprove", "--prompts", "train", "--out", str(dataset)])  # "train" is a value, not a subcommand
+    check(["selfimprove", "--prompts", "train", "--out", str(dataset)])  # "train" is a value, not a subcommand
     with pytest.raises(UserError, match="holds the output of `unigap selfimprove`"):
-        _check_out(["refine", "train", "--out", str(dataset)])
+        check(["refine", "train", "--out", str(dataset)])
+    assert _command(["refine", "--prompts", "val"]) == ("refine", None)
+    assert _command(["prefs", "export", "a.jsonl"]) == ("prefs", "export") and _command(["--help"]) == ("", None)
 
 
 def test_broken_adapters_and_weights_are_one_line_and_never_reach_for_the_hub(tmp_path: Path, capsys) -> None:

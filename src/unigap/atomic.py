@@ -3,7 +3,8 @@
 Every result, checkpoint and figure goes through `write_atomically`: write a temporary file in the target's
 directory, then `os.replace` it over the target. A folder of many files (a merged checkpoint, a GenEval prompt
 folder) goes through `directory_atomically`: written into a temporary directory next to the target, then renamed onto
-it, so a folder that exists is complete. Kept free of torch so light modules can use it.
+it, so a folder that exists is complete. Files that join a folder holding others (an adapter beside its run's log and
+checkpoint) go through `files_atomically`, each renamed into place. Kept free of torch so light modules can use it.
 """
 
 from __future__ import annotations
@@ -182,19 +183,34 @@ def directory_atomically(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+FILES_PREFIX = ".files."  # `files_atomically`'s staging folder
+
+
 @contextmanager
 def files_atomically(directory: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory inside `directory` (created if missing); when the block ends without an
-    error, each file written there replaces its namesake in `directory` by a rename, else none does. So a reader
-    (or a killed run's user) never meets a half-written file, and the other files of `directory` stay."""
+    error, each file written there (subfolders kept) is fsynced and renamed over its namesake in `directory`. Each
+    file is atomic, the set is not: a reader never meets a half-written file, and a kill between two renames leaves
+    some new files beside old ones. Files of `directory` not written in the block stay."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".files.", suffix=TMP_SUFFIX))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob(f"{FILES_PREFIX}*{TMP_SUFFIX}"):  # left by a writer killed outright
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory, prefix=FILES_PREFIX, suffix=TMP_SUFFIX))
+    except OSError as exc:  # a file where the directory should be, or no permission
+        raise UserError(f"cannot write {directory}: {exc.strerror or exc}") from None
     try:
         yield tmp
-        for entry in sorted(tmp.iterdir()):
-            os.chmod(entry, FILE_MODE)
-            os.replace(entry, directory / entry.name)
+        written = sorted(p for p in tmp.rglob("*") if p.is_file())
+        for path in written:
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(path, FILE_MODE)
+        for path in written:
+            target = directory / path.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,14 +32,6 @@ def parse_report_to(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _step(line: str) -> float:
-    """A log row's step; infinite (so it is dropped on resume) for a row a killed run left half-written."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
-
-
 class MetricLogger:
     """`log(step, record)` appends a JSON line to `path` and sends the record's numbers to the backends."""
 
@@ -55,7 +46,11 @@ class MetricLogger:
         elif resume_step is None:
             self.path.write_text("")
         elif self.path.is_file():  # a resumed run: keep only the steps before the one it resumes at
-            kept = [line for line in self.path.read_text().splitlines() if _step(line) < resume_step]
+            text = self.path.read_text()
+            lines = text.splitlines()
+            if text and not text.endswith("\n"):  # a row a killed run left half-written
+                lines.pop()
+            kept = [line for line in lines if json.loads(line)["step"] < resume_step]
             write_text_atomically(self.path, "".join(line + "\n" for line in kept))
         self._writers: list[Any] = []
         for name in parse_report_to(report_to):

@@ -115,6 +115,7 @@ def paths(tmp_path, tiny_dir):
         (["eval", "--model", "MODEL", "--n", 2, "--out", "TMP"], "is a directory"),
         (["eval", "--model", "MODEL", "--n", 2, "--out", "TMP/FILE/o.json"], "is a file"),
         (["eval", "--model", "MODEL", "--n", 2, "--out", "TMP/o.png"], "this writes JSON; give a file name ending"),
+        (["eval", "--model", "MODEL", "--split", "x", "--out", "TMP/eval_lam0.5"], "--split must be"),  # (a name)
         (["eval", "--model", "MODEL", "--adapter", "TMP/none", "--n", 2, "--out", "TMP/o.json"], "does not exist"),
         (["eval", "--model", "MODEL", "--adapter", "TMP/empty", "--n", 2, "--out", "TMP/o.json"], "no PEFT adapter"),
         (["generate", "--model", "MODEL", "--prompt", "a circle", "--n", -1, "--out", "TMP/i.png"], "--n must be"),

@@ -78,14 +78,13 @@ def _command(argv: list[str]) -> tuple[str, str | None]:
     return argv[first], following if following in (getattr(group, "commands", None) or {}) else None
 
 
-def _check_processes(argv: list[str]) -> None:
+def _check_processes(command: str, subcommand: str | None) -> None:
     import os
 
     if "WORLD_SIZE" not in os.environ:  # no launcher: one process (and no torch import for `--help`)
         return
     from unigap import distributed
 
-    command, subcommand = _command(argv)
     if distributed.world_size() == 1 or not command:
         return
     subcommands = DATA_PARALLEL.get(command, ())
@@ -100,12 +99,11 @@ def _check_processes(argv: list[str]) -> None:
 FILE_OUTPUTS = ("eval", "compare", "prefs", "generate")
 
 
-def _check_out(argv: list[str]) -> None:
+def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
     """Every command writes under `--out`: a path below an existing file, one that cannot be written, or a file where a
     command writes a directory fails here, before any work, instead of as a traceback after it."""
     from unigap.atomic import check_creatable
 
-    command, subcommand = _command(argv)
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == "--out" and i + 1 < len(argv) else arg[len("--out="):] if arg.startswith(
             "--out=") else ""
@@ -138,8 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
     try:
         configure_threads()  # before torch is imported
-        _check_processes(sys.argv[1:] if argv is None else argv)
-        _check_out(sys.argv[1:] if argv is None else argv)
+        typed = sys.argv[1:] if argv is None else argv
+        command, subcommand = _command(typed)
+        _check_processes(command, subcommand)
+        _check_out(typed, command, subcommand)
         app(args=argv, standalone_mode=True)
     except UserError as exc:
         print(f"unigap: error: {exc}", file=sys.stderr)

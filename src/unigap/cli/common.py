@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 
 def print_table(table: Table) -> None:
-    """Print a results table on stdout without cutting a number short: into a file or a pipe (where rich assumes
-    80 columns) at the table's full width, and on a narrower terminal with long cells wrapped, not cut to "+0.0…"."""
+    """Print a results table on stdout; into a file or a pipe, where rich assumes 80 columns and would cut numbers to
+    "+0.0…", at the table's full width (a terminal keeps rich's fit to its width)."""
     from rich.console import Console
     from rich.measure import Measurement
 
@@ -29,8 +29,6 @@ def print_table(table: Table) -> None:
     if not console.is_terminal:
         natural = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
         console = Console(width=max(console.width, natural))
-    for column in table.columns:
-        column.overflow = "fold"
     console.print(table)
 
 

@@ -38,8 +38,14 @@ def merge(
         from unigap.train.merge import soup_directory, soups
 
         chosen = tuple(lambdas or SOUP_LAMBDAS)
-        for lam in chosen:  # a soup is never written over another
-            check_new_directory(soup_directory(out, lam))
+        outside = [f"{lam:g}" for lam in chosen if not 0 <= lam <= 1]
+        if outside:
+            raise UserError(f"--lambda must lie in [0, 1], got {', '.join(outside)}")
+        directories = [soup_directory(out, lam) for lam in chosen]
+        if len(set(directories)) < len(directories):
+            raise UserError(f"--lambda values {', '.join(map(str, chosen))} name the same soup twice; give distinct values")
+        for directory in directories:  # a soup is never written over another
+            check_new_directory(directory)
         for path in soups(und, gen, out, chosen):
             typer.echo(str(path))
         return

@@ -25,12 +25,12 @@ HEADLINES = (
 
 def check_output_file(path: str | os.PathLike, suffix: str | None = None) -> Path:
     """Fail before any work if `path` cannot be a file: it is a directory, `atomic.check_creatable` refuses it, or
-    its name ends in another suffix than `suffix` (JSON written to `report.png` or `report.html` would mislead; a
-    name without one is taken as given)."""
+    its name ends in another format's suffix than `suffix` (JSON written to `report.png` or `report.html` would
+    mislead; `eval`, `eval_lam0.5` or `eval.seed1` are taken as given)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"output path {path} is a directory; give a file name")
-    if suffix is not None and path.suffix and path.suffix.lower() != suffix:
+    if suffix is not None and path.suffix[1:].isalpha() and path.suffix.lower() != suffix:
         raise UserError(f"output path {path}: this writes {suffix[1:].upper()}; give a file name ending in {suffix}")
     return atomic.check_creatable(path)
 

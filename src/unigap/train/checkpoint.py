@@ -43,13 +43,14 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(directory: Path) -> dict[str, Any]:
-    """The state saved by `save_checkpoint`; `UserError` when there is none or it is unreadable."""
+def load_checkpoint(directory: Path, mmap: bool = False) -> dict[str, Any]:
+    """The state saved by `save_checkpoint` (with `mmap`, its tensors mapped, not read: for a look at its settings);
+    `UserError` when there is none or it is unreadable."""
     path = directory / CHECKPOINT_FILE
     if not path.is_file():
         raise UserError(f"nothing to resume: no {CHECKPOINT_FILE} in {directory}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except (OSError, RuntimeError, EOFError) as exc:
         raise UserError(f"cannot read checkpoint {path}: {exc}") from None
 

@@ -62,15 +62,15 @@ def refuse_unless_resuming(out_dir: str | Path, resume: bool) -> None:
 
 
 def resumed_state(out_dir: str | Path, settings: Any, resume: bool, free_settings: Sequence[str] = (),
-                  required_settings: Sequence[str] = ()) -> dict[str, Any] | None:
+                  required_settings: Sequence[str] = (), mmap: bool = False) -> dict[str, Any] | None:
     """The checkpoint a run continues from (None for a fresh start), refused (`UserError`) where `out_dir` holds a
     run and `resume` is off, or where it was saved under other settings than the dataclass `settings` (see
     `run_steps` for `free_settings` and `required_settings`). Trainers that build data first call it before that
-    work too, so a mistaken resume fails in seconds."""
+    work too, with `mmap` (the tensors are not read), so a mistaken resume fails in seconds."""
     if not (resume and holds_run(out_dir)):
         refuse_unless_resuming(out_dir, resume)
         return None
-    state = load_checkpoint(Path(out_dir) / CHECKPOINT_DIR)
+    state = load_checkpoint(Path(out_dir) / CHECKPOINT_DIR, mmap=mmap)
     config = asdict(settings)
     added = {f.name for f in fields(settings) if f.name not in state["config"] and config[f.name] == f.default
              and f.name not in required_settings}

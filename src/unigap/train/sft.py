@@ -210,9 +210,10 @@ class SFTTrainer:
         for stream, (name, (task, weight)) in enumerate(self.tasks.items()):
             rows, dropped = batch_rows(self.options.seed, stream, self.step, len(task), self.options.batch_size,
                                        self.options.prompt_dropout)
-            summed, count = task.loss(self.um, distributed.shard(rows), torch.from_numpy(distributed.shard(dropped)))
+            mine = distributed.shard(rows)
+            summed, count = task.loss(self.um, mine, torch.from_numpy(distributed.shard(dropped)))
             loss = summed / distributed.all_sum(count)  # this process's share of the global batch's mean
-            if loss.requires_grad:  # (a process whose shard of a small task is empty has nothing to add)
+            if len(mine):  # (a process whose shard of a small task is empty has nothing to add)
                 (weight * loss).backward()
             record[f"{name}/loss"] = float(distributed.all_sum(loss.detach()))
             if not math.isfinite(record[f"{name}/loss"]):

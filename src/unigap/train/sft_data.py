@@ -117,7 +117,7 @@ def train_sft(um: Any, config: SFTConfig, out_dir: str | Path, resume: bool = Fa
     from unigap.progress import progress
 
     out_dir = Path(out_dir)
-    resumed_state(out_dir, config, resume)  # a mistaken resume fails before the data is built
+    resumed_state(out_dir, config, resume, mmap=True)  # a mistaken resume fails before the data is built
     data = read_sft_data(config) if data is None else data
     show_progress = show_progress and distributed.is_main()
     with progress("tokenize", max(len(data.captions), 1), show_progress and bool(data.captions)) as update:

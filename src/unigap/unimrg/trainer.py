@@ -48,7 +48,7 @@ def train_unimrg(um: Any, config: UniMRGConfig, out_dir: str | Path, resume: boo
     from unigap.progress import progress
     from unigap.unimrg.data import build_data
 
-    resumed_state(out_dir, config, resume)  # a mistaken resume fails before the data is built
+    resumed_state(out_dir, config, resume, mmap=True)  # a mistaken resume fails before the data is built
     if data is None:
         representations = list(config.auxiliary)
         with progress("data", config.n_scenes * (1 + len(representations)), show_progress) as update:
