@@ -86,7 +86,7 @@ def test_merge_cli_writes_one_soup_per_lambda(adapters: tuple[Path, Path], tmp_p
     with pytest.raises(SystemExit) as exc:  # a second run into the same --out never writes over a soup
         main(["merge", "--und", str(adapters[1]), "--gen", str(adapters[0]), "--out", str(tmp_path), "--lambda", "0.1",
               "--lambda", "0.7"])
-    assert exc.value.code == 2 and "soup-0.7 exists and is not empty" in capsys.readouterr().err
+    assert exc.value.code == 2 and f"--out {tmp_path} already holds soup-0.7;" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["soup-0.3", "soup-0.5", "soup-0.7"]
     assert (tmp_path / "soup-0.7" / "adapter_model.safetensors").read_bytes() == written
     for lambdas, message in ((["0.2", "0.2"], "name the same soup twice"), (["0.2", "1.5"], "must lie in \\[0, 1\\]")):

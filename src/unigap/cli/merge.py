@@ -34,7 +34,6 @@ def merge(
     if soups_given:
         if und is None or gen is None:
             raise UserError("adapter soups need both --und and --gen")
-        from unigap.model.standalone import check_new_directory
         from unigap.train.merge import soup_directory, soups
 
         chosen = tuple(lambdas or SOUP_LAMBDAS)
@@ -43,9 +42,12 @@ def merge(
             raise UserError(f"--lambda must lie in [0, 1], got {', '.join(outside)}")
         directories = [soup_directory(out, lam) for lam in chosen]
         if len(set(directories)) < len(directories):
-            raise UserError(f"--lambda values {', '.join(map(str, chosen))} name the same soup twice; give distinct values")
-        for directory in directories:  # a soup is never written over another
-            check_new_directory(directory)
+            raise UserError(f"--lambda values {', '.join(map(str, chosen))} name the same soup twice; give distinct "
+                            "values")
+        taken = [d.name for d in directories if d.exists() and (not d.is_dir() or any(d.iterdir()))]
+        if taken:  # a soup is never written over another
+            raise UserError(f"--out {out} already holds {', '.join(taken)}; choose a new --out or other --lambda "
+                            "values")
         for path in soups(und, gen, out, chosen):
             typer.echo(str(path))
         return
