@@ -34,21 +34,9 @@ def merge(
     if soups_given:
         if und is None or gen is None:
             raise UserError("adapter soups need both --und and --gen")
-        from unigap.train.merge import soup_directory, soups
+        from unigap.train.merge import soups
 
-        chosen = tuple(lambdas or SOUP_LAMBDAS)
-        outside = [f"{lam:g}" for lam in chosen if not 0 <= lam <= 1]
-        if outside:
-            raise UserError(f"--lambda must lie in [0, 1], got {', '.join(outside)}")
-        directories = [soup_directory(out, lam) for lam in chosen]
-        if len(set(directories)) < len(directories):
-            raise UserError(f"--lambda values {', '.join(map(str, chosen))} name the same soup twice; give distinct "
-                            "values")
-        taken = [d.name for d in directories if d.exists() and (not d.is_dir() or any(d.iterdir()))]
-        if taken:  # a soup is never written over another
-            raise UserError(f"--out {out} already holds {', '.join(taken)}; choose a new --out or other --lambda "
-                            "values")
-        for path in soups(und, gen, out, chosen):
+        for path in soups(und, gen, out, tuple(lambdas or SOUP_LAMBDAS)):
             typer.echo(str(path))
         return
     if model is None or adapter is None:

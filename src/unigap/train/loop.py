@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from unigap.atomic import atomic_write_lines, config_differences
+from unigap.atomic import atomic_write_lines, differences_since
 from unigap.errors import UserError
 from unigap.metrics_log import MetricLogger
 from unigap import distributed
@@ -71,12 +71,9 @@ def resumed_state(out_dir: str | Path, settings: Any, resume: bool, free_setting
         refuse_unless_resuming(out_dir, resume)
         return None
     state = load_checkpoint(Path(out_dir) / CHECKPOINT_DIR, mmap=mmap)
-    config = asdict(settings)
-    added = {f.name for f in fields(settings) if f.name not in state["config"] and config[f.name] == f.default
-             and f.name not in required_settings}
-    ignore = added | set(free_settings)
-    changed = config_differences({k: v for k, v in state["config"].items() if k not in ignore},
-                                 {k: v for k, v in config.items() if k not in ignore})
+    defaults = {f.name: f.default for f in fields(settings) if f.name not in required_settings}
+    changed = differences_since({k: v for k, v in state["config"].items() if k not in free_settings},
+                                {k: v for k, v in asdict(settings).items() if k not in free_settings}, defaults)
     if changed:
         raise UserError(f"cannot resume {out_dir} under different settings: {'; '.join(changed)}")
     return state

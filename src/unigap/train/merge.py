@@ -63,8 +63,7 @@ def delta_weights(directory: str | Path) -> dict[str, torch.Tensor]:
 
 def soup(und_dir: str | Path, gen_dir: str | Path, lam: float, out_dir: str | Path) -> Path:
     """Write the adapter λ·θ_U + (1−λ)·θ_G (exact on ΔW; generation head interpolated) to `out_dir`."""
-    if not 0 <= lam <= 1:
-        raise UserError(f"λ must lie in [0, 1], got {lam}")
+    _check_lambda(lam)
     (config_u, tensors_u), (config_g, tensors_g) = _read_adapter(und_dir), _read_adapter(gen_dir)
     differ = [key for key in _MUST_MATCH if config_u.get(key) != config_g.get(key)]
     if differ or set(tensors_u) != set(tensors_g):
@@ -94,8 +93,24 @@ def soup(und_dir: str | Path, gen_dir: str | Path, lam: float, out_dir: str | Pa
 def soups(
     und_dir: str | Path, gen_dir: str | Path, out_dir: str | Path, lambdas: tuple[float, ...] = SOUP_LAMBDAS
 ) -> list[Path]:
-    """One soup per λ, in OUT/soup-{λ}."""
-    return [soup(und_dir, gen_dir, lam, soup_directory(out_dir, lam)) for lam in lambdas]
+    """One soup per λ, in OUT/soup-{λ}; every λ is checked before any soup is written, and a soup is never written
+    over another."""
+    for lam in lambdas:
+        _check_lambda(lam)
+    directories = [soup_directory(out_dir, lam) for lam in lambdas]
+    if len(set(directories)) < len(directories):
+        raise UserError(f"--lambda values {', '.join(map(str, lambdas))} name the same soup twice; give distinct "
+                        "values")
+    taken = [d.name for d in directories if d.exists() and (not d.is_dir() or any(d.iterdir()))]
+    if taken:
+        raise UserError(f"--out {out_dir} already holds {', '.join(taken)}; choose a new --out or other --lambda "
+                        "values")
+    return [soup(und_dir, gen_dir, lam, directory) for lam, directory in zip(lambdas, directories, strict=True)]
+
+
+def _check_lambda(lam: float) -> None:
+    if not 0 <= lam <= 1:
+        raise UserError(f"λ must lie in [0, 1], got {lam}")
 
 
 def soup_directory(out_dir: str | Path, lam: float) -> Path:
