@@ -54,6 +54,8 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["study", "--methods", ""], "unknown arm or family ''"),
     (["refine", "--prompts", "train"], "--prompts train: refine measures the loop on held-out prompts"),
     (["refine", "--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["refine", "--seed", "1", "--n", "3", "train"], "--seed, --n before `train` would be ignored: put `train`'s options "
+                                                    "after it (`unigap refine train --help`)"),
     (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "-1"],
      "margin must be in (0, 1] (scores lie in [0, 1]; 0 would keep ties), got -1.0"),
     (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "0"], "got 0.0"),

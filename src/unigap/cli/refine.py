@@ -43,6 +43,16 @@ def _table(report: dict) -> Table:
     return table
 
 
+def _refuse_loop_options(ctx: typer.Context) -> None:
+    """`unigap refine --seed 1 train` would run `train` at its own default seed: options typed before a subcommand
+    belong to the loop, so they are refused rather than silently dropped."""
+    typed = [f"--{name.replace('_', '-')}" for name in ctx.params
+             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]  # (typer ships its own click)
+    if typed:
+        raise UserError(f"{', '.join(typed)} before `{ctx.invoked_subcommand}` would be ignored: put "
+                        f"`{ctx.invoked_subcommand}`'s options after it (`unigap refine {ctx.invoked_subcommand} --help`)")
+
+
 @refine_app.callback(invoke_without_command=True)
 def refine_command(
     ctx: typer.Context,
@@ -63,6 +73,7 @@ def refine_command(
 ) -> None:
     """Run the refine loop, the oracle reflector and best-of-N at the same budget; write OUT/refine.json."""
     if ctx.invoked_subcommand is not None:
+        _refuse_loop_options(ctx)
         return
     from unigap.manifest import manifest, write_manifest
     from unigap.refine import RefineConfig, run_refine
