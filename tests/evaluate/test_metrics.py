@@ -107,6 +107,9 @@ def test_evaluate_composes_both_sides(stub_factory):
     assert len(report["records"]["reflection"]) == n
     assert report["reflect"]["stop_when_correct"]["rate"] == 1.0  # the stub reflects like an oracle
     assert report["reflect"]["valid_edit_rate"]["rate"] == 1.0
+    failed = sum(r["verified"] is False for r in report["records"]["generation"])
+    assert failed > 0 and report["reflect"]["stop_when_wrong"] == {**report["reflect"]["stop_when_wrong"], "rate": 0.0,
+                                                                   "n": failed}
     assert report["self_judge"]["precision"]["n"] == sum(r["self_accepted"] for r in report["records"]["generation"])
     with pytest.raises(ValueError, match="batch_size"):
         evaluate(stub, n, seed, batch_size=0, progress=False)

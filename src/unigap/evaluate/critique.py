@@ -8,9 +8,10 @@ judge orders correctly.
 
 Reflection (R3's question, `UnifiedModel.reflect`) is read against the grammar of `unigap.world.edits` and
 the verifier's parse of the same image: on images the verifier passes, the right answer is to stop
-(`stop_when_correct`); on images it fails, an instruction is *valid* when it is one of the single edits
-that remove a difference (`unigap.world.is_valid_fix`). Failed images whose parse no single edit improves
-(unnameable clutter: the diff is empty) have no valid instruction and are counted apart (`unfixable`).
+(`stop_when_correct`), and stopping on an image it fails is the critic's other error (`stop_when_wrong`); there an
+instruction is *valid* when it is one of the single edits that remove a difference (`unigap.world.is_valid_fix`).
+Failed images whose parse no single edit improves (unnameable clutter: the diff is empty) have no valid
+instruction and are counted apart (`unfixable`).
 """
 
 from __future__ import annotations
@@ -97,13 +98,15 @@ def _read_reflection(image: Image.Image, record: dict[str, Any], text: str) -> d
         "format_ok": reading.format_ok,
         "format_failure": not reading.format_ok,
         "stop_when_correct": reading.stop if correct else None,
+        "stop_when_wrong": None if correct else reading.stop,
         "fixable": None if correct else fixable,
         "valid_edit": valid,
     }
 
 
 def reflection_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """stop_when_correct (on verified images), valid_edit_rate (on fixable failed ones), format failures."""
+    """stop_when_correct (on verified images), stop_when_wrong (on failed ones: the critic's other error, which
+    `valid_edit_rate` folds in with wrong instructions), valid_edit_rate (on fixable failed ones), format failures."""
 
     def metric(outcome: str, key: str) -> dict[str, Any]:
         rows = [r for r in records if r[outcome] is not None]
@@ -112,6 +115,7 @@ def reflection_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     failed = [r for r in records if r["fixable"] is not None]
     return {
         "stop_when_correct": metric("stop_when_correct", "rate"),
+        "stop_when_wrong": metric("stop_when_wrong", "rate"),
         "valid_edit_rate": metric("valid_edit", "rate"),
         "format_failures": metric("format_failure", "rate"),
         "unfixable": summarize([not r["fixable"] for r in failed], "rate"),

@@ -77,7 +77,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     for category, sub in judge["auc_by_category"].items():
         table.add_row(f"  {category}", _fmt(sub["auc"]), f"{sub['n_correct']}+{sub['n_wrong']}", _fmt(sub["stderr"]))
     row("[bold]self_judge.precision[/bold]", judge["precision"], "precision")
-    for name in ("stop_when_correct", "valid_edit_rate", "format_failures"):
+    for name in ("stop_when_correct", "stop_when_wrong", "valid_edit_rate", "format_failures"):
         if "reflect" in report:
             row(f"[bold]reflect.{name}[/bold]", report["reflect"][name], "rate")
     if report.get("edit") is not None:
