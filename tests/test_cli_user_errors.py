@@ -54,6 +54,14 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["study", "--methods", ""], "unknown arm or family ''"),
     (["refine", "--prompts", "train"], "--prompts train: refine measures the loop on held-out prompts"),
     (["refine", "--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["eval", "--model", "tiny", "--temperature", "inf"],
+     "Invalid value for '--temperature': inf is not a finite number (see `unigap eval --help`)"),
+    (["refine", "train", "--lr", "nan"], "Invalid value for '--lr': nan is not a finite number"),
+    (["merge", "--und", "u", "--gen", "g", "--lambda", "-inf"], "Invalid value for '--lambda': -inf is not a finite"),
+    (["generate", "--model", "tiny", "--prompt", "a red circle", "--seed", str(2**64)],
+     f"Invalid value for '--seed': {2**64} does not fit in 64 bits (see `unigap generate --help`)"),
+    (["eval", "--model", "tiny", "--n", "abc"], "Invalid value for '--n'"),
+    (["tune", "--lrs", "1e-4,inf"], "expected comma-separated finite numbers, got '1e-4,inf' (see `unigap tune --help`)"),
     (["refine", "--seed", "1", "--n", "3", "train"], "--seed, --n before `train` would be ignored: put `train`'s options "
                                                     "after it (`unigap refine train --help`)"),
     (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "-1"],
@@ -75,6 +83,24 @@ def test_bad_values_are_one_line_and_write_nothing(tmp_path: Path, capsys, args:
     code, err = _run(capsys, [*args, "--out", str(out)])
     assert code == 2 and err.startswith("unigap: error: ") and err.count("\n") == 1 and message in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_help_still_works_after_a_group_and_with_no_arguments(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["refine", "train", "--help"])
+    assert exit_.value.code == 0 and "Usage: unigap refine train" in capsys.readouterr().out
+    code, err = _run(capsys, [])
+    assert code == 2 and err == ""  # the help, on stdout
+    code, err = _run(capsys, ["nosuch"])
+    assert code == 2 and err == "unigap: error: No such command 'nosuch'. (see `unigap --help`)\n"
+
+
+def test_a_config_with_inf_is_one_line(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "inf.toml"
+    config.write_text("lr = inf\n")
+    code, err = _run(capsys, ["selfimprove", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert code == 2 and err == "unigap: error: config key lr must be a finite number, got inf\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path, capsys) -> None:

@@ -7,6 +7,7 @@ reports itself) into one line on stderr and exit code 2, so a user's mistake nev
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -129,9 +130,40 @@ def _made_by(directory: Path) -> str | None:
     return command.replace("-", " ") if isinstance(command, str) else None
 
 
+INT64 = 2**63  # seeds and counts reach torch and numpy as 64-bit integers
+
+
+def _checked_numbers(command: object) -> None:
+    """Make every option refuse an infinite or NaN float and an int outside 64 bits as it parses: both pass the
+    commands' own range checks (`not lr >= 0` is False for inf) and would fail only later, after work (NaN weights,
+    JSON that cannot hold inf, torch's "Overflow when unpacking long long")."""
+    for param in getattr(command, "params", ()):
+        param.process_value = _refusing_odd_numbers(param, param.process_value)
+    for sub in (getattr(command, "commands", None) or {}).values():
+        _checked_numbers(sub)
+
+
+def _refusing_odd_numbers(param: object, process_value: Callable[[object, object], object]) -> Callable:
+    import math
+
+    def checked(ctx: object, value: object) -> object:
+        value = process_value(ctx, value)
+        for number in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(number, float) and not math.isfinite(number):
+                raise typer.BadParameter(f"{number} is not a finite number", ctx=ctx, param=param)
+            if isinstance(number, int) and not isinstance(number, bool) and not -INT64 <= number < INT64:
+                raise typer.BadParameter(f"{number} does not fit in 64 bits", ctx=ctx, param=param)
+        return value
+
+    return checked
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user mistakes become `unigap: error: ...` on stderr with exit code 2."""
+    """Run the CLI; user mistakes (a `UserError`, or a flag click cannot parse) become one `unigap: error: ...` line
+    on stderr with exit code 2."""
     import os
+
+    import typer.main
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
     try:
@@ -140,7 +172,19 @@ def main(argv: list[str] | None = None) -> None:
         command, subcommand = _command(typed)
         _check_processes(command, subcommand)
         _check_out(typed, command, subcommand)
-        app(args=argv, standalone_mode=True)
+        cli = typer.main.get_command(app)
+        _checked_numbers(cli)
+        code = cli.main(args=typed, prog_name="unigap", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)  # an int: `typer.Exit(code)` (a guard's exit 3), or 130 on ^C
+    except typer.TyperException as exc:  # click's usage errors: a bad flag or value (no arguments: help was shown)
+        context = getattr(exc, "ctx", None)  # (none for a value a command refuses itself: the command typed)
+        usage = context.command_path if context else " ".join(filter(None, ("unigap", command, subcommand)))
+        if exc.format_message():
+            print(f"unigap: error: {exc.format_message()} (see `{usage} --help`)", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # end of input where a prompt waited
+        print("unigap: aborted", file=sys.stderr)
+        sys.exit(1)
     except UserError as exc:
         print(f"unigap: error: {exc}", file=sys.stderr)
         sys.exit(2)

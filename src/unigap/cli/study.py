@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,10 +70,13 @@ def _listed(values: tuple) -> str:
 
 def _numbers(text: str, flag: str, cast: Callable[[str], float] = float) -> tuple[float, ...]:
     try:
-        return tuple(cast(part) for part in text.split(","))
+        numbers = tuple(cast(part) for part in text.split(","))
     except ValueError:
-        what = "whole numbers" if cast is int else "numbers"
-        raise typer.BadParameter(f"expected comma-separated {what}, got {text!r}", param_hint=flag) from None
+        numbers = ()
+    if not numbers or not all(math.isfinite(number) for number in numbers):
+        what = "whole numbers" if cast is int else "finite numbers"
+        raise typer.BadParameter(f"expected comma-separated {what}, got {text!r}", param_hint=flag)
+    return numbers
 
 
 def tune_command(

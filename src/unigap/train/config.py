@@ -9,11 +9,11 @@ Precedence: dataclass defaults < TOML file (flat keys named like the fields) < c
 
 from __future__ import annotations
 
+import math
+import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 from unigap.errors import UserError
 from unigap.train.defaults import DPO_DEFAULTS
@@ -111,6 +111,8 @@ def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any])
     for name, value in values.items():
         if not _type_ok(value, types[name]):
             raise UserError(f"config key {name} must be a {types[name].__name__}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # TOML writes inf and nan
+            raise UserError(f"config key {name} must be a finite number, got {value!r}")
     return cls(**{name: types[name](value) for name, value in values.items()})
 
 
