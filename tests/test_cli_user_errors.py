@@ -95,6 +95,28 @@ def test_help_still_works_after_a_group_and_with_no_arguments(capsys) -> None:
     assert code == 2 and err == "unigap: error: No such command 'nosuch'. (see `unigap --help`)\n"
 
 
+def test_file_outputs_refuse_a_folder_name_or_another_format(tmp_path: Path, capsys) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x\n")
+    cases = [
+        (["eval", "--model", "tiny", "--out", f"{tmp_path}/new/"], "names a directory, and `unigap eval` writes a file"),
+        (["compare", "a.json", "--out", f"{tmp_path}/new/"], "names a directory, and `unigap compare` writes a file"),
+        (["generate", "--model", "tiny", "--prompt", "a red circle", "--out", f"{tmp_path}/new/"], "names a directory"),
+        (["generate", "--model", "tiny", "--prompt", "a red circle", "--out", str(tmp_path / "a.jpg")], "writes PNG"),
+        (["generate", "--model", "tiny", "--prompts", str(prompts), "--out", str(tmp_path / "g.png")],
+         "with --prompts --out is a directory"),
+        (["generate", "--model", "tiny", "--prompts", str(prompts), "--out", str(tmp_path / "other")],
+         "holds files of something else than an earlier grid run"),
+    ]
+    for args, message in cases:
+        code, err = _run(capsys, args)
+        assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "prompts.txt"]
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["x.txt"]
+
+
 def test_a_config_with_inf_is_one_line(tmp_path: Path, capsys) -> None:
     config = tmp_path / "inf.toml"
     config.write_text("lr = inf\n")

@@ -103,18 +103,29 @@ FILE_OUTPUTS = ("eval", "compare", "prefs", "generate")
 def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
     """Every command writes under `--out`: a path below an existing file, one that cannot be written, or a file where a
     command writes a directory fails here, before any work, instead of as a traceback after it."""
+    import os
+
     from unigap.atomic import check_creatable
 
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == "--out" and i + 1 < len(argv) else arg[len("--out="):] if arg.startswith(
             "--out=") else ""
         if value:
+            if value.endswith(("/", os.sep)) and _writes_a_file(argv, command):
+                raise UserError(f"--out {value} names a directory, and `unigap {command}` writes a file there: give "
+                                f"a file name")
             check_creatable(value)
             if command not in FILE_OUTPUTS and Path(value).is_file():
                 raise UserError(f"--out {value} is a file, not a directory")
             made_by = _made_by(Path(value))
             if made_by is not None and made_by != " ".join(filter(None, (command, subcommand))):
                 raise UserError(f"--out {value} holds the output of `unigap {made_by}`; choose another --out")
+
+
+def _writes_a_file(argv: list[str], command: str) -> bool:
+    """Whether --out names a file (`Path` drops the trailing slash that says a user meant a directory)."""
+    many = any(arg == "--prompts" or arg.startswith("--prompts=") for arg in argv)  # generate: a PNG per line
+    return command in FILE_OUTPUTS and not (command == "generate" and many)
 
 
 def _made_by(directory: Path) -> str | None:

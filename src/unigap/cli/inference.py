@@ -75,9 +75,14 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
 
     texts = [prompt] if prompt is not None else [text for _, text in read_prompt_file(prompts)]
     if prompts is None:
-        check_output_file(out)
+        check_output_file(out, ".png")
     elif out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --prompts it must be a directory")
+    elif out.suffix.lower() == ".png":
+        raise UserError(f"--out {out}: with --prompts --out is a directory (a PNG per line); give a folder name")
+    elif out.is_dir() and any(out.iterdir()) and not (out / GRID_INDEX).is_file():
+        raise UserError(f"--out {out} holds files of something else than an earlier grid run (no {GRID_INDEX}); "
+                        f"choose an empty or new folder")
     else:
         check_output_file(out / GRID_INDEX)  # a parent that is a file fails here, before the model loads
     earlier = listed_files(out / GRID_INDEX, ["file_name"]) if prompts is not None else set()
