@@ -62,6 +62,9 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
      f"Invalid value for '--seed': {2**64} does not fit in 64 bits (see `unigap generate --help`)"),
     (["eval", "--model", "tiny", "--n", "abc"], "Invalid value for '--n'"),
     (["tune", "--lrs", "1e-4,inf"], "expected comma-separated finite numbers, got '1e-4,inf' (see `unigap tune --help`)"),
+    (["selfimprove", "--audit", "none", "--no-guard"], "with --audit none there is no audit to keep"),
+    (["prefs", "build", "--model", "tiny", "--kind", "gen-real", "--n", "2", "--fallback-gt"],
+     "--fallback-gt applies to und pairs"),
     (["refine", "--seed", "1", "--n", "3", "train"], "--seed, --n before `train` would be ignored: put `train`'s options "
                                                     "after it (`unigap refine train --help`)"),
     (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "-1"],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from transformers import JanusForConditionalGeneration
 
 from unigap.cli import main
@@ -92,6 +93,10 @@ def test_merged_checkpoint_equals_base_plus_adapter(editing_base, adapter, image
         torch.testing.assert_close(plain.state_dict()[name], tensor)
     assert json.loads((out / "manifest.json").read_text())["config"]["adapter"] == str(adapter)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
+    code, _, err = run_main(capsys, "ask", "--model", out, "--adapter", adapter, "--image", tmp_path / "white.png",
+                            "--question", "How many objects are there?")  # the adapter again would apply it twice
+    assert code == 2 and f"already has the adapter {adapter} merged into its weights" in err
 
 
 def test_merged_checkpoint_keeps_the_base_dtype_and_files(tiny_dir, tmp_path) -> None:

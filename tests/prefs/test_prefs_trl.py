@@ -43,7 +43,8 @@ def test_export_then_load_gives_the_same_pairs(tiny_dir: Path, built, tmp_path: 
     um = load_model(tiny_dir)
     for task, source in built.items():
         out = tmp_path / f"{task}-trl{suffix}"
-        code, stdout, err = run_main(capsys, ["prefs", "export", str(source), "--out", str(out), "--model", str(tiny_dir)])
+        model = ["--model", str(tiny_dir)] if task == "gen" else []
+        code, stdout, err = run_main(capsys, ["prefs", "export", str(source), "--out", str(out), *model])
         assert code == 0 and "TRL's convention" in stdout, err
         rows = read_rows(out)
         if task == "und":
@@ -95,6 +96,9 @@ def test_wrong_task_and_export_without_model(built, tmp_path: Path, capsys) -> N
         check_pair_file(built["und"], "gen")
     code, _, err = run_main(capsys, ["prefs", "export", str(built["gen"]), "--out", str(tmp_path / "g.jsonl")])
     assert code == 2 and "pass --model" in err and not (tmp_path / "g.jsonl").exists()
+    code, _, err = run_main(capsys, ["prefs", "export", str(built["und"]), "--out", str(tmp_path / "u.jsonl"),
+                                     "--model", "tiny"])
+    assert code == 2 and "these are understanding pairs" in err and not (tmp_path / "u.jsonl").exists()
 
 
 def test_pairs_from_your_own_questions_store_their_images(tiny_dir: Path, tmp_path: Path, capsys) -> None:

@@ -89,9 +89,11 @@ def test_merge_cli_writes_one_soup_per_lambda(adapters: tuple[Path, Path], tmp_p
     assert exc.value.code == 2 and f"--out {tmp_path} already holds soup-0.7;" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["soup-0.3", "soup-0.5", "soup-0.7"]
     assert (tmp_path / "soup-0.7" / "adapter_model.safetensors").read_bytes() == written
-    for lambdas, message in ((["0.2", "0.2"], "name the same soup twice"), (["0.2", "1.5"], "must lie in \\[0, 1\\]")):
+    for lambdas, message, gen in ((["0.2", "0.2"], "name the same soup twice", adapters[1]),
+                                  (["0.2", "1.5"], "must lie in \\[0, 1\\]", adapters[1]),
+                                  (["0.2"], "--und and --gen are the same adapter", adapters[0])):
         with pytest.raises(SystemExit) as exc:
-            main(["merge", "--und", str(adapters[0]), "--gen", str(adapters[1]), "--out", str(tmp_path / "new"),
+            main(["merge", "--und", str(adapters[0]), "--gen", str(gen), "--out", str(tmp_path / "new"),
                   *(arg for lam in lambdas for arg in ("--lambda", lam))])
         assert exc.value.code == 2
         assert re.search(message, capsys.readouterr().err) and not (tmp_path / "new").exists()

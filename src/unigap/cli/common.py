@@ -101,16 +101,37 @@ def require_non_negative(flag: str, value: float) -> None:
         raise UserError(f"{flag} must be >= 0, got {value}")
 
 
+MERGED_ADAPTER_KEY = "adapter_sha256"  # in a `merge --model --adapter` checkpoint's manifest config
+
+
+def _refuse_merged_twice(model: str, adapter: Path) -> None:
+    """A checkpoint written by `unigap merge --model --adapter A` has A in its weights: A again would apply it twice."""
+    import json
+
+    from unigap.atomic import file_fingerprint
+    from unigap.manifest import MANIFEST_FILE
+
+    try:
+        record = json.loads((Path(model) / MANIFEST_FILE).read_text(encoding="utf-8"))
+        merged = record["config"][MERGED_ADAPTER_KEY] if record["command"] == "merge" else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if merged == file_fingerprint(adapter):
+        raise UserError(f"{model} already has the adapter {adapter} merged into its weights (its {MANIFEST_FILE}); "
+                        "load it without --adapter")
+
+
 def load(model: str, adapter: Path | None) -> UnifiedModel:
     """The model (plus adapter); missing or broken directories are user errors, not tracebacks."""
     if adapter is not None and not adapter.is_dir():
-        raise UserError(f"adapter directory {adapter} does not exist")
+        raise UserError(f"adapter directory {adapter} {'is a file' if adapter.exists() else 'does not exist'}")
     from transformers.utils import logging as hf_logging
 
     from unigap.model.lora import check_adapter_files
 
     if adapter is not None:
         check_adapter_files(adapter)  # before a slow load
+        _refuse_merged_twice(model, adapter)
 
     from unigap.model import load_model
 

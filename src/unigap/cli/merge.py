@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from unigap.cli.common import MERGED_ADAPTER_KEY
 from unigap.errors import UserError
 from unigap.train.names import SOUP_LAMBDAS
 
@@ -53,8 +54,12 @@ def _fold(model: str, adapter: Path, out: Path) -> None:
     from unigap.model.loading import resolve_checkpoint
     from unigap.model.standalone import check_new_directory, save_merged
 
+    from unigap.atomic import file_fingerprint
+
     check_new_directory(out)  # before the slow load
-    with manifest("merge", {"model": model, "adapter": str(adapter), "out": str(out)}) as record:
+    # the adapter's content is recorded, so that loading OUT with it again is refused (`common.load`)
+    with manifest("merge", {"model": model, "adapter": str(adapter), "out": str(out),
+                            MERGED_ADAPTER_KEY: file_fingerprint(adapter)}) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
         save_merged(um, resolve_checkpoint(model), out)

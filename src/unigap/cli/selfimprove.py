@@ -69,6 +69,8 @@ def selfimprove_command(
         epochs=epochs, curriculum_at=curriculum_at, trainable=trainable, audit=audit,
         guard=False if no_guard else None, eval_n=eval_n, seed=seed,
     )
+    if no_guard and config.audit == "none":
+        raise UserError("--no-guard keeps the audit but not its stop; with --audit none there is no audit to keep")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     if (out / "settings.json").exists() and not resume:

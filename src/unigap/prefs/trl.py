@@ -118,5 +118,8 @@ def to_trl(row: dict[str, Any], image: np.ndarray | None, chosen_image: Image.Im
 
 
 def check_trl_export(rows: Sequence[dict[str, Any]], model: str | None) -> None:
-    if any(row["kind"] != "und" for row in rows) and model is None:
+    generation = any(row["kind"] != "und" for row in rows)
+    if generation and model is None:
         raise UserError("exporting generation pairs decodes their images: pass --model (the model that built them)")
+    if rows and not generation and model is not None:
+        raise UserError("--model decodes generation pairs' images; these are understanding pairs, which need none")

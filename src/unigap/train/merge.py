@@ -97,6 +97,9 @@ def soups(
     over another."""
     for lam in lambdas:
         _check_lambda(lam)
+    if Path(und_dir).resolve() == Path(gen_dir).resolve():
+        raise UserError(f"--und and --gen are the same adapter ({und_dir}): every soup of it with itself is that "
+                        "adapter")
     directories = [soup_directory(out_dir, lam) for lam in lambdas]
     if len(set(directories)) < len(directories):
         raise UserError(f"--lambda values {', '.join(map(str, lambdas))} name the same soup twice; give distinct "
