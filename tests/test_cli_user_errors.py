@@ -300,6 +300,13 @@ def test_another_commands_output_is_not_written_into(tmp_path: Path, capsys) -> 
     check(["selfimprove", "--prompts", "train", "--out", str(dataset)])  # "train" is a value, not a subcommand
     with pytest.raises(UserError, match="holds the output of `unigap selfimprove`"):
         check(["refine", "train", "--out", str(dataset)])
+    from unigap.cli.common import claim_inputs
+
+    unfinished = tmp_path / "unfinished"  # no manifest yet: the inputs record names the command
+    claim_inputs(unfinished, "refine", "tiny", prompts="test")
+    with pytest.raises(UserError, match="holds the output of `unigap refine`"):
+        check(["refine", "train", "--out", str(unfinished)])
+    check(["refine", "--out", str(unfinished)])
     assert _command(["refine", "--prompts", "val"]) == ("refine", None)
     assert _command(["prefs", "export", "a.jsonl"]) == ("prefs", "export") and _command(["--help"]) == ("", None)
 

@@ -129,16 +129,21 @@ def _writes_a_file(argv: list[str], command: str) -> bool:
 
 
 def _made_by(directory: Path) -> str | None:
-    """The command whose manifest a directory holds (`refine train` as typed), or None."""
+    """The command that wrote a directory (`refine train` as typed): its manifest's, or for a run not finished yet
+    its inputs record's; None when neither says."""
     import json
 
+    from unigap.cli.common import INPUTS_FILE
     from unigap.manifest import MANIFEST_FILE
 
-    try:
-        command = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8")).get("command")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return command.replace("-", " ") if isinstance(command, str) else None
+    for record in (MANIFEST_FILE, INPUTS_FILE):
+        try:
+            command = json.loads((directory / record).read_text(encoding="utf-8")).get("command")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(command, str):
+            return command.replace("-", " ")
+    return None
 
 
 INT64 = 2**63  # seeds and counts reach torch and numpy as 64-bit integers
