@@ -79,7 +79,8 @@ def train(
         raise UserError(f"{', '.join(dpo_flags)}: for --objective dpo only")
     sft_flags = [flag for flag, value in (("--und-data", und_data), ("--gen-data", gen_data)) if value is not None]
     if objective != "sft" and sft_flags:
-        raise UserError(f"{', '.join(sft_flags)}: for --objective sft only (dpo trains on preference pairs: --und/--gen)")
+        trains_on = "preference pairs: --und/--gen" if objective == "dpo" else "ShapeWorld scenes it renders itself"
+        raise UserError(f"{', '.join(sft_flags)}: for --objective sft only ({objective} trains on {trains_on})")
     common = {"steps": steps, "lr": lr, "seed": seed, "gradient_checkpointing": gradient_checkpointing or None,
               "bf16": bf16 or None}
     run = Run(model, dtype, out, config, resume, backends)
