@@ -37,11 +37,15 @@ def build(
 ) -> None:
     """Sample, score and filter pairs; write them with reference log-probs under the base model."""
     check_output(out)
+    from unigap import distributed
+    from unigap.errors import UserError
     from unigap.model import load_model
     from unigap.prefs.build import BuildOptions, build_preferences, candidate_questions, summary
     from unigap.prefs.rows import write_rows
-    from unigap import distributed
 
+    if fallback_gt and kind != "und":  # (the study passes it for every kind; a user means und pairs by it)
+        raise UserError(f"--fallback-gt applies to und pairs (ground truth as the chosen answer); {kind} pairs have no "
+                        "answers")
     options = BuildOptions(
         kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size, answer_form,
         None if questions is None else str(questions),

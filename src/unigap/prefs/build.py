@@ -89,9 +89,6 @@ class BuildOptions:
             raise UserError("--answer-form picks ShapeWorld's questions; with --questions your own are asked as written")
         if not 0 < self.margin <= 1:
             raise UserError(f"margin must be in (0, 1] (scores lie in [0, 1]; 0 would keep ties), got {self.margin}")
-        if self.fallback_gt and self.kind != "und":
-            raise UserError(f"--fallback-gt applies to und pairs (ground truth as the chosen answer); {self.kind} "
-                            f"pairs have no answers")
         if self.questions is not None and self.kind != "und":
             raise UserError(f"--questions gives understanding candidates; it cannot build {self.kind} pairs")
         if not self.temperature >= 0 or self.cfg_scale is not None and not self.cfg_scale >= 0:
