@@ -1,7 +1,8 @@
 """The `unigap` command line: one typer app, one sub-app per pipeline stage.
 
-`main` is the console-script entry point. It turns a `UserError` (or a bad flag, which typer/click
-reports itself) into one line on stderr and exit code 2, so a user's mistake never shows a traceback.
+`main` is the console-script entry point. It turns a `UserError`, or a flag or value click cannot parse (an
+infinite float and an int beyond 64 bits included), into one line on stderr and exit code 2, so a user's mistake
+never shows a traceback or a usage box.
 """
 
 from __future__ import annotations
