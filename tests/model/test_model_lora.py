@@ -122,3 +122,13 @@ def test_add_lora_keeps_an_eval_model_deterministic(fresh: UnifiedModel, images)
         first, _ = fresh.answer_logprobs(images[:2], QUESTIONS, ANSWERS)
         second, _ = fresh.answer_logprobs(images[:2], QUESTIONS, ANSWERS)
     assert torch.equal(first, second)
+
+
+def test_disabling_the_adapter_keeps_which_parameters_train(fresh: UnifiedModel) -> None:
+    fresh.add_lora(rank=4, alpha=8, dropout=0.0)
+    frozen = next(param for param in fresh.trainable_parameters())
+    frozen.requires_grad_(False)  # e.g. a user freezing part of the adapter (peft re-enabling would thaw it)
+    before = len(fresh.trainable_parameters())
+    with fresh.adapters_disabled():
+        pass
+    assert len(fresh.trainable_parameters()) == before and not frozen.requires_grad

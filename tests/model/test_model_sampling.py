@@ -120,3 +120,23 @@ def test_a_failed_capture_falls_back_to_the_eager_step(um: UnifiedModel, monkeyp
                           slot=ids.shape[1])
     assert logits.shape == (1, um.codebook_size) and step.graph is None
     assert cache.valid[0].tolist() == [True] * (ids.shape[1] + 1) + [False] * 2
+
+
+def test_unseeded_calls_follow_torch_manual_seed_and_numpy_seeds_work(um: UnifiedModel) -> None:
+    torch.manual_seed(0)
+    first = um.generate_images(["a red circle"], n_per_prompt=2)
+    torch.manual_seed(0)
+    assert torch.equal(first, um.generate_images(["a red circle"], n_per_prompt=2))
+    assert torch.equal(um.generate_images(["a red circle"], seed=np.int64(3)), um.generate_images(["a red circle"], seed=3))
+    with pytest.raises(ValueError, match="seed must be an integer or None, got 1.5"):
+        um.generate_images(["a red circle"], seed=1.5)
+
+
+def test_a_single_string_is_not_read_as_one_prompt_per_character(um: UnifiedModel) -> None:
+    with pytest.raises(ValueError, match="prompts must be a list with one item per example, got a single str"):
+        um.generate_images("a red circle", seed=0)
+    image = um.decode_tokens(um.generate_images(["a red circle"], seed=0))[0]
+    with pytest.raises(ValueError, match="questions must be a list"):
+        um.answer([image], "?")
+    with pytest.raises(ValueError, match="images must be a list with one item per example, got a single Image"):
+        um.judge(image, ["a red circle"])

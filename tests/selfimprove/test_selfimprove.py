@@ -36,6 +36,7 @@ def _cli(*args: str) -> int:
         ({"labels": "oracle"}, "unknown labels"),
         ({"method": "dpo", "samples": 1}, "DPO needs --samples >= 2"),
         ({"method": "curriculum-sft", "epochs": 4, "curriculum_at": 4}, "curriculum-at"),
+        ({"epochs": 1}, "curriculum-sft replays the discard pool between epochs: it needs --epochs >= 2, got 1"),
         ({"trainable": "everything"}, "unknown trainable"),
     ],
 )

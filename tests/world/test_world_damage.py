@@ -18,6 +18,7 @@ from unigap.world import (
     verify,
     warp_scene,
 )
+from unigap.errors import UserError
 from unigap.world import detect
 from unigap.world.edits import UNKNOWN
 
@@ -90,3 +91,10 @@ def test_a_warped_scene_is_what_the_world_s_shape_definition_makes_of_it() -> No
         shapes_changed += any(a.shape != b.shape for a, b in zip(sorted(warped.scene.objects, key=lambda o: o.color),
                                                                   sorted(rule_objects(warped), key=lambda o: o.color)))
     assert 0 < shapes_changed < checked  # some objects stay what they were, some do not
+
+
+def test_an_unknown_damage_kind_is_an_error_not_an_occlusion() -> None:
+    rng = np.random.default_rng(0)
+    scene = sample_scene_for(sample_spec(rng), rng)
+    with pytest.raises(UserError, match="unknown damage kind 'warp'; expected one of warped, malformed"):
+        damage_scene(scene, rng, "warp")

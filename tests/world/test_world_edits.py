@@ -161,3 +161,15 @@ def test_worked_examples() -> None:
     clutter = [obj("circle", "red", 5 + 12 * i, 30) for i in range(5)]
     assert distance(clutter, red_circle, MARGIN) == 1
     assert {e.kind for e in diff(clutter, red_circle, MARGIN)} == {"remove"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("recolor", Ref("circle", "red"), "blue"), "unknown edit kind 'recolor'"),
+    (("recolour", Ref("circle", "red"), "magenta"), "invalid recolour edit: unknown color 'magenta'"),
+    (("add",), "invalid add edit: needs its shape"),
+    (("move", Ref("circle")), "invalid move edit: needs its relation; needs its anchor"),
+    (("add", None, None, "circle", "left of"), "a relation and its anchor go together"),
+])
+def test_an_edit_the_grammar_cannot_say_is_refused(args: tuple, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        Edit(*args)

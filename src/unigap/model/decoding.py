@@ -6,6 +6,8 @@ sequence's numbers do not depend on what else is in its batch (batched == unbatc
 
 from __future__ import annotations
 
+import numbers
+
 from collections.abc import Sequence
 
 import torch
@@ -35,12 +37,13 @@ def extend(mask: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """A private RNG for sampling, so results depend on `seed` and never on the global RNG state."""
+    """A private RNG for sampling, so that a seeded call depends on `seed` alone, never on the global RNG state or on
+    other calls. `seed=None` seeds it from the global torch RNG, so that `torch.manual_seed` makes unseeded calls
+    reproducible too, as it does transformers' `generate`."""
+    if seed is not None and not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
     generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    generator.manual_seed(int(torch.randint(2**63 - 1, (1,)).item()) if seed is None else int(seed))
     return generator
 
 
@@ -63,7 +66,12 @@ def check_temperature(temperature: float) -> None:
 
 
 def check_counts(**named: Sequence[object]) -> int:
-    """The common length of several per-example lists; a mismatch is an error, never a broadcast."""
+    """The common length of several per-example lists; a mismatch is an error, never a broadcast, and so is a single
+    string or image where a list is meant (a string would be read as one example per character)."""
+    for name, values in named.items():
+        if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
+            raise ValueError(f"{name} must be a list with one item per example, got a single {type(values).__name__}: "
+                             f"{values!r:.60}")
     lengths = {name: len(values) for name, values in named.items()}
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{count} {name}" for name, count in lengths.items())

@@ -16,6 +16,8 @@ the quantity DPO needs. Sampling temperature only changes which tokens are drawn
 
 from __future__ import annotations
 
+import numbers
+
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -108,8 +110,9 @@ def sample_image_tokens(
 
     Rows are prompt-major (all samples of prompt 0, then prompt 1, ...), like `num_return_sequences`.
     """
-    if n_per_prompt < 1:
-        raise ValueError(f"n_per_prompt must be >= 1, got {n_per_prompt}")
+    check_counts(prompts=prompts)
+    if not isinstance(n_per_prompt, numbers.Integral) or n_per_prompt < 1:
+        raise ValueError(f"n_per_prompt must be an integer >= 1, got {n_per_prompt!r}")
     expanded = [prompt for prompt in prompts for _ in range(n_per_prompt)]
     if not expanded:
         return sample_from_prefix(model, fmt, None, None, 0, cfg_scale, temperature, seed)

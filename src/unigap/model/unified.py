@@ -190,7 +190,9 @@ class UnifiedModel:
         return_logprobs: bool = False,
     ) -> torch.LongTensor | tuple[torch.LongTensor, torch.Tensor]:
         """Sample image tokens [len(prompts)·n_per_prompt, N], prompt-major; optionally with the
-        per-step log-probs [.., N] of the (CFG-mixed, untempered) policy. cfg_scale None/1 = no CFG."""
+        per-step log-probs [.., N] of the (CFG-mixed, untempered) policy. cfg_scale None/1 = no CFG. A row depends on
+        `seed` and on the rest of the batch (one generator per call); `seed=None` draws from torch's global RNG, so
+        `torch.manual_seed` reproduces it (as every sampling method here)."""
         tokens, logprobs = generation.sample_image_tokens(
             self.model, self.prompts, prompts, n_per_prompt, cfg_scale, temperature, seed
         )
@@ -313,12 +315,18 @@ class UnifiedModel:
 
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[UnifiedModel]:
-        """Run the base model inside the block (the DPO reference policy); a no-op without LoRA."""
+        """Run the base model inside the block (the DPO reference policy); a no-op without LoRA. Which parameters
+        train is as before the block (peft's re-enabling would make a frozen adapter trainable again)."""
         if self.peft is None:
             yield self
             return
-        with self.peft.disable_adapter():
-            yield self
+        trainable = {name: param.requires_grad for name, param in self.model.named_parameters()}
+        try:
+            with self.peft.disable_adapter():
+                yield self
+        finally:
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(trainable.get(name, param.requires_grad))
 
     def shared_lora_parameters(self) -> lora.LoraParameterGroups:
         """Trainable LoRA tensors of the shared LLM, grouped by layer and by lora_A/lora_B."""

@@ -89,6 +89,9 @@ class SelfImproveConfig:
                 raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.objective == "dpo" and self.samples < 2:
             raise UserError("DPO needs --samples >= 2: a pair is an accepted and a rejected image of one prompt")
+        if self.curriculum and self.epochs < 2:  # (the replay comes after an epoch and before another)
+            raise UserError(f"{self.method} replays the discard pool between epochs: it needs --epochs >= 2, got "
+                            f"{self.epochs} (or --method {self.objective})")
         if self.curriculum and not 0 <= self.curriculum_at < self.epochs:
             raise UserError(f"curriculum-at must lie in [1, epochs - 1] (or 0 = half-way), got {self.curriculum_at}")
         if not self.curriculum and self.curriculum_at:

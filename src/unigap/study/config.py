@@ -80,5 +80,5 @@ class StudyConfig:
 FULL = StudyConfig()
 QUICK = FULL.scaled(  # every arm of every family, each at its smallest
     methods=tuple(ARMS), seeds=2, n=24, und_pairs=16, gen_pairs=8, diagnose_pairs=8, sweep_probes=2, steps=6, batch_size=24,
-    self_prompts=8, self_epochs=1, refine_rounds=1, grpo_steps=2, unimrg_steps=6, unimrg_scenes=16,
+    self_prompts=8, self_epochs=2, refine_rounds=1, grpo_steps=2, unimrg_steps=6, unimrg_scenes=16,
 )

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
+from unigap.errors import UserError
 from unigap.world.edits import UNKNOWN, Thing, things
 from unigap.world.prompts import PromptSpec, check
 from unigap.world.render import BACKGROUND, PALETTE, render_pil, shape_outline
@@ -221,6 +222,8 @@ def damage_scene(
 ) -> Damaged | None:
     """One random damage of the given kind (default: uniform) to object `index` (default: random);
     None when it cannot be drawn clear of the other objects (callers draw again)."""
+    if kind is not None and kind not in DAMAGE_KINDS:  # (the last branch below draws any other name as an occlusion)
+        raise UserError(f"unknown damage kind {kind!r}; expected one of {', '.join(DAMAGE_KINDS)}")
     kind = kind or DAMAGE_KINDS[rng.integers(len(DAMAGE_KINDS))]
     geo, canvas = scene.geometry, scene.canvas
     objects = things(scene.objects)

@@ -114,7 +114,8 @@ class Ref:
 
 @dataclass(frozen=True)
 class Edit:
-    """One instruction of the grammar (see the module docstring); build with the class methods."""
+    """One instruction of the grammar (see the module docstring), e.g. `Edit("recolour", Ref("circle", "red"),
+    color="blue")`, or `parse_instruction(text)`; an edit the grammar cannot say is a `UserError`."""
 
     kind: str
     target: Ref | None = None  # recolour / remove / move
@@ -122,6 +123,18 @@ class Edit:
     shape: str | None = None  # add: the new object's shape
     relation: str | None = None  # move (required), add (optional)
     anchor: Ref | None = None
+
+    def __post_init__(self) -> None:
+        needs = _EDIT_FIELDS.get(self.kind)
+        if needs is None:
+            raise UserError(f"unknown edit kind {self.kind!r}; expected one of {', '.join(EDIT_KINDS)}")
+        missing = [name for name in needs if getattr(self, name) is None]
+        odd = [f"{name} {value!r}" for name, value, allowed in (("color", self.color, COLORS), ("shape", self.shape,
+               SHAPES), ("relation", self.relation, RELATIONS)) if value is not None and value not in allowed]
+        if missing or odd or (self.relation is None) != (self.anchor is None):
+            problem = "; ".join([*(f"needs its {name}" for name in missing), *(f"unknown {o}" for o in odd)]) or (
+                "a relation and its anchor go together")
+            raise UserError(f"invalid {self.kind} edit: {problem}")
 
     @property
     def text(self) -> str:
@@ -136,6 +149,8 @@ class Edit:
         return f"add {article(noun)} {noun}{relation}"
 
 
+_EDIT_FIELDS = {"recolour": ("target", "color"), "add": ("shape",), "remove": ("target",),
+                "move": ("target", "relation", "anchor")}
 _COLOR = "|".join(COLORS)
 _SHAPE = "|".join(SHAPES)
 _RELATION = "|".join(re.escape(p) for p in RELATION_PHRASES.values())
