@@ -135,3 +135,8 @@ def test_length_buckets_cover_every_row_once_and_cut_padding() -> None:
     assert padded == 6 * 12 + 2 * 30 < len(lengths) * 30
     assert length_buckets([5, 5, 5]) == [[0, 1, 2]]  # equal lengths need one run
     assert length_buckets([]) == []
+
+
+def test_a_word_the_tokenizer_does_not_know_is_a_warning(um: UnifiedModel, images) -> None:
+    with pytest.warns(UserWarning, match="the tokenizer does not know 'magenta': each reads as <unk>"):
+        um.judge(images[:1], ["a magenta circle"])

@@ -173,3 +173,16 @@ def test_worked_examples() -> None:
 def test_an_edit_the_grammar_cannot_say_is_refused(args: tuple, message: str) -> None:
     with pytest.raises(UserError, match=message):
         Edit(*args)
+
+
+def test_edit_picture_returns_a_new_array_and_reads_pil_images() -> None:
+    from PIL import Image
+
+    from unigap.world import edit_picture, parse_prompt, render, verify
+
+    rng = np.random.default_rng(0)
+    picture = render(sample_scene_for(parse_prompt("a red circle"), rng))
+    kept = edit_picture(picture, "remove the green triangle", rng)  # refers to nothing: the picture is kept
+    assert kept is not picture and np.array_equal(kept, picture)
+    recoloured = edit_picture(Image.fromarray(picture).convert("RGBA"), "make the red circle blue", rng)
+    assert verify(recoloured, "a blue circle").satisfied and not verify(recoloured, "a red circle").satisfied

@@ -21,6 +21,8 @@ and ``<bos>{prompt}<begin_of_image>``.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -65,7 +67,13 @@ class PromptFormat:
             raise UserError(f"unknown prompt template {self.template!r}; expected one of {', '.join(TEMPLATES)}")
 
     def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if self.tokenizer.unk_token_id in ids:  # a word-level vocabulary (the shipped model's) reads them as nothing
+            unknown = [word for word in text.split() if self.tokenizer.unk_token_id in self.tokenizer(
+                word, add_special_tokens=False)["input_ids"]]
+            warnings.warn(f"the tokenizer does not know {', '.join(map(repr, unknown))}: each reads as "
+                          f"{self.tokenizer.unk_token}", UserWarning, stacklevel=3)
+        return ids
 
     def _with_image(self, tiny_text: str, chat_text: str, what: str) -> list[int]:
         """BOS + one of the two texts (by template), whose `{block}` is the image block written as token strings

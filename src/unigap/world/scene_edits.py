@@ -20,6 +20,7 @@ from unigap.world.render import render
 from unigap.world.scene import (
     COLORS,
     MAX_OBJECTS,
+    SHAPES,
     SIZES,
     Scene,
     SceneObject,
@@ -27,7 +28,7 @@ from unigap.world.scene import (
     reads_clearly,
     relation_holds,
 )
-from unigap.world.verify import detect
+from unigap.world.verify import as_rgb_array, detect
 
 
 def apply_edit(scene: Scene, edit: Edit, rng: np.random.Generator) -> Scene:
@@ -74,15 +75,20 @@ def apply_edit(scene: Scene, edit: Edit, rng: np.random.Generator) -> Scene:
 def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.random.Generator) -> np.ndarray:
     """The exact edit of a clean picture: its objects as the verifier reads them, the instruction applied
     (`apply_edit`), the result rendered. The picture is kept when the instruction does not apply; `UserError`
-    for text outside the grammar. An editor to compare a model's edits with."""
-    array = np.asarray(image)
-    objects = tuple(SceneObject(o.shape, o.color, o.size, int(o.x), int(o.y)) for o in detect(array, array.shape[0]))
-    scene = Scene(array.shape[0], objects)
+    for text outside the grammar or a picture holding an object of no shape (it cannot be redrawn). An editor to
+    compare a model's edits with. The result is always a new array."""
+    canvas = image.size[0] if isinstance(image, Image.Image) else np.asarray(image).shape[0]
+    array = as_rgb_array(image, canvas)
+    detected = detect(array, canvas)
+    unknown = [f"a {o.color} blob" for o in detected if o.shape not in SHAPES]
+    if unknown:
+        raise UserError(f"edit_picture redraws clean pictures; this one holds {', '.join(unknown)} of no known shape")
+    scene = Scene(canvas, tuple(SceneObject(o.shape, o.color, o.size, int(o.x), int(o.y)) for o in detected))
     edit = parse_instruction(instruction)
     try:
         return render(apply_edit(scene, edit, rng))
     except UserError:
-        return array
+        return array.copy()
 
 
 def break_scene(

@@ -30,7 +30,7 @@ from PIL import Image
 from scipy import ndimage
 
 from unigap.errors import UserError
-from unigap.world.prompts import PromptSpec, check
+from unigap.world.prompts import PromptSpec, check, parse_prompt
 from unigap.world.render import BACKGROUND, PALETTE
 from unigap.world.scene import DEFAULT_CANVAS, Geometry
 
@@ -196,8 +196,10 @@ def _describe(color: int, mask: np.ndarray, geo: Geometry) -> Detected:
     )
 
 
-def verify(image: np.ndarray | Image.Image, spec: PromptSpec, canvas: int = DEFAULT_CANVAS) -> Verdict:
-    """Judge an image against a prompt spec with exactly the ground-truth semantics."""
+def verify(image: np.ndarray | Image.Image, spec: PromptSpec | str, canvas: int = DEFAULT_CANVAS) -> Verdict:
+    """Judge an image against a prompt spec (or a ShapeWorld prompt's text) with exactly the ground-truth semantics."""
+    if isinstance(spec, str):
+        spec = parse_prompt(spec)
     objects = detect(image, canvas)
     satisfied, reason = check(objects, spec, Geometry.for_canvas(canvas).margin)
     return Verdict(satisfied, reason, objects)
