@@ -156,6 +156,8 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
         TrainConfig.load(None, strategy="best")
     with pytest.raises(UserError, match="steps must be a int"):
         TrainConfig.load(None, steps=1.5)
+    with pytest.raises(UserError, match="nll_weight must be >= 0, got nan"):
+        TrainConfig(strategy="joint", nll_weight=float("nan"))
 
 
 def test_generation_pairs_under_cfg_are_rescored_against_the_base_model(tiny_dir: Path, pairs) -> None:

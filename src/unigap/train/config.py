@@ -76,8 +76,9 @@ class TrainConfig:
             raise UserError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
         if self.loss_type not in LOSS_TYPES:
             raise UserError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
-        if self.weight_decay < 0 or self.nll_weight < 0 or self.seed < 0 or self.gen_cfg_scale < 0:
-            raise UserError("weight_decay, nll_weight, gen_cfg_scale and seed must be >= 0")
+        for name in ("weight_decay", "nll_weight", "gen_cfg_scale", "seed"):
+            if not getattr(self, name) >= 0:  # (NaN fails this too)
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def dpo(self) -> DPOOptions:
