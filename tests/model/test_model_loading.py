@@ -142,3 +142,12 @@ def test_weights_fingerprint_tells_two_trainings_apart(tiny_dir: Path, tmp_path:
     data[header + 100] ^= 0xFF  # one byte of the first tensor
     weights.write_bytes(bytes(data))
     assert weights_fingerprint(copy) != first
+
+
+def test_a_local_folder_named_like_the_shipped_model_is_pointed_out(tmp_path: Path, monkeypatch) -> None:
+    from unigap.model.loading import resolve_checkpoint
+
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="'tiny' names the shipped model, not the directory tiny/ here"):
+        assert resolve_checkpoint("tiny") != tmp_path / "tiny"

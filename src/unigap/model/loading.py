@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,6 +23,9 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
     """An embedded model's name or a directory → a directory that holds a Janus checkpoint."""
     name = str(path_or_name)
     if name in EMBEDDED:
+        if Path(name).is_dir():
+            warnings.warn(f"{name!r} names the shipped model, not the directory {name}/ here (pass ./{name} to load "
+                          "that)", UserWarning, stacklevel=2)
         directory = EMBEDDED[name]
         if not (directory / "config.json").is_file():
             raise UserError(
