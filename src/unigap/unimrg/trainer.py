@@ -10,6 +10,8 @@ Logged keys (`LOGGED_KEYS`): step, lr, loss, und/loss, <representation>/loss, gr
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +51,15 @@ def train_unimrg(um: Any, config: UniMRGConfig, out_dir: str | Path, resume: boo
     from unigap.unimrg.data import build_data
 
     resumed_state(out_dir, config, resume, mmap=True)  # a mistaken resume fails before the data is built
-    if data is None:
-        representations = list(config.auxiliary)
-        with progress("data", config.n_scenes * (1 + len(representations)), show_progress) as update:
-            data = build_data(um, config.n_scenes, config.data_seed, config.questions_per_image,
-                              config.sentence_fraction, representations, update)
-    trainer = UniMRGTrainer(um, config, data, out_dir, report_to)
-    with progress(config.objective, config.steps, show_progress) as update:
-        return trainer.train(resume, lambda step, record: update(step, f"loss {record['loss']:.3f}"))
+    with warnings.catch_warnings():
+        # the instructions are fixed texts; some of their words are outside the shipped model's vocabulary and read as
+        # <unk>, which is no user's mistake (`check_instructions` makes sure they still tell the maps apart)
+        warnings.filterwarnings("ignore", message="the tokenizer does not know", category=UserWarning)
+        if data is None:
+            representations = list(config.auxiliary)
+            with progress("data", config.n_scenes * (1 + len(representations)), show_progress) as update:
+                data = build_data(um, config.n_scenes, config.data_seed, config.questions_per_image,
+                                  config.sentence_fraction, representations, update)
+        trainer = UniMRGTrainer(um, config, data, out_dir, report_to)
+        with progress(config.objective, config.steps, show_progress) as update:
+            return trainer.train(resume, lambda step, record: update(step, f"loss {record['loss']:.3f}"))
