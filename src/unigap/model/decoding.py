@@ -40,7 +40,7 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     """A private RNG for sampling, so that a seeded call depends on `seed` alone, never on the global RNG state or on
     other calls. `seed=None` seeds it from the global torch RNG, so that `torch.manual_seed` makes unseeded calls
     reproducible too, as it does transformers' `generate`."""
-    if seed is not None and not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+    if isinstance(seed, bool) or (seed is not None and not isinstance(seed, numbers.Integral)):
         raise ValueError(f"seed must be an integer or None, got {seed!r}")
     generator = torch.Generator(device=device)
     generator.manual_seed(int(torch.randint(2**63 - 1, (1,)).item()) if seed is None else int(seed))
