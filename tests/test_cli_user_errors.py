@@ -61,12 +61,13 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["generate", "--model", "tiny", "--prompt", "a red circle", "--seed", str(2**64)],
      f"Invalid value for '--seed': {2**64} does not fit in 64 bits (see `unigap generate --help`)"),
     (["eval", "--model", "tiny", "--n", "abc"], "Invalid value for '--n'"),
-    (["tune", "--lrs", "1e-4,inf"], "expected comma-separated finite numbers, got '1e-4,inf' (see `unigap tune --help`)"),
+    (["tune", "--lrs", "1e-4,inf"],
+     "expected comma-separated finite numbers, got '1e-4,inf' (see `unigap tune --help`)"),
     (["selfimprove", "--audit", "none", "--no-guard"], "with --audit none there is no audit to keep"),
     (["prefs", "build", "--model", "tiny", "--kind", "gen-real", "--n", "2", "--fallback-gt"],
      "--fallback-gt applies to und pairs"),
-    (["refine", "--seed", "1", "--n", "3", "train"], "--seed, --n before `train` would be ignored: put `train`'s options "
-                                                    "after it (`unigap refine train --help`)"),
+    (["refine", "--seed", "1", "--n", "3", "train"],
+     "--seed, --n before `train` would be ignored: put `train`'s options after it (`unigap refine train --help`)"),
     (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "-1"],
      "margin must be in (0, 1] (scores lie in [0, 1]; 0 would keep ties), got -1.0"),
     (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--margin", "0"], "got 0.0"),
@@ -104,7 +105,8 @@ def test_file_outputs_refuse_a_folder_name_or_another_format(tmp_path: Path, cap
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x\n")
     cases = [
-        (["eval", "--model", "tiny", "--out", f"{tmp_path}/new/"], "names a directory, and `unigap eval` writes a file"),
+        (["eval", "--model", "tiny", "--out", f"{tmp_path}/new/"],
+         "names a directory, and `unigap eval` writes a file"),
         (["compare", "a.json", "--out", f"{tmp_path}/new/"], "names a directory, and `unigap compare` writes a file"),
         (["generate", "--model", "tiny", "--prompt", "a red circle", "--out", f"{tmp_path}/new/"], "names a directory"),
         (["generate", "--model", "tiny", "--prompt", "a red circle", "--out", str(tmp_path / "a.jpg")], "writes PNG"),

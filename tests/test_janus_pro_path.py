@@ -83,8 +83,8 @@ def test_refine_edit_on_a_model_that_cannot_edit_is_one_line(janus_pro: Path, tm
 
 def test_selfimprove_runs_on_janus_pro(janus_pro: Path, tmp_path: Path) -> None:
     out = tmp_path / "si"
-    _run("selfimprove", "--model", str(janus_pro), "--method", "sft", "--n-prompts", "2", "--samples", "2", "--epochs", "1",
-         "--eval-n", "2", "--no-guard", "--out", str(out))
+    _run("selfimprove", "--model", str(janus_pro), "--method", "sft", "--n-prompts", "2", "--samples", "2",
+         "--epochs", "1", "--eval-n", "2", "--no-guard", "--out", str(out))
     result = json.loads((out / "selfimprove.json").read_text())
     assert result["after"]["generation_accuracy"]["n"] == 2
     assert (out / "adapter" / "adapter_config.json").is_file()

@@ -133,7 +133,8 @@ def test_diagnostics_flag_a_loss_near_zero_with_falling_chosen() -> None:
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--lrs", "1e-4,fast"], "expected comma-separated finite numbers"), (["--kinds", "gen-bad"], "unknown pair kind gen-bad"),
+    [(["--lrs", "1e-4,fast"], "expected comma-separated finite numbers"),
+     (["--kinds", "gen-bad"], "unknown pair kind gen-bad"),
      (["--eval-every", "500"], "eval_every (500) must not exceed steps (300)"),
      (["--pairs-per-step", "2.5"], "expected comma-separated whole numbers"),
      (["--pairs-per-step", "0"], "pairs per step must be positive integers, got 0")],

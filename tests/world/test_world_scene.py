@@ -75,3 +75,13 @@ def test_invalid_objects_raise_user_error():
         Scene(64, (SceneObject("circle", "red", "large", 60, 30),))
     with pytest.raises(UserError, match="malformed"):
         Scene.from_dict({"canvas": 64, "objects": [{"shape": "circle"}]})
+
+
+def test_drawing_functions_take_a_generator_or_an_int_seed() -> None:
+    from unigap.world import sample_scene_for, sample_spec
+
+    spec = sample_spec(3)
+    assert spec == sample_spec(np.random.default_rng(3))
+    assert sample_scene_for(spec, 4) == sample_scene_for(spec, np.random.default_rng(4))
+    with pytest.raises(UserError, match="rng must be a numpy Generator .* or an int seed, got NoneType"):
+        sample_spec(None)

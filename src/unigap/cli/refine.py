@@ -49,8 +49,9 @@ def _refuse_loop_options(ctx: typer.Context) -> None:
     typed = [f"--{name.replace('_', '-')}" for name in ctx.params
              if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]  # (typer ships its own click)
     if typed:
-        raise UserError(f"{', '.join(typed)} before `{ctx.invoked_subcommand}` would be ignored: put "
-                        f"`{ctx.invoked_subcommand}`'s options after it (`unigap refine {ctx.invoked_subcommand} --help`)")
+        sub = ctx.invoked_subcommand
+        raise UserError(f"{', '.join(typed)} before `{sub}` would be ignored: put `{sub}`'s options after it "
+                        f"(`unigap refine {sub} --help`)")
 
 
 @refine_app.callback(invoke_without_command=True)

@@ -48,7 +48,7 @@ from unigap.errors import UserError
 from unigap.world.edits import UNKNOWN, Thing, things
 from unigap.world.prompts import PromptSpec, check
 from unigap.world.render import BACKGROUND, PALETTE, render_pil, shape_outline
-from unigap.world.scene import COLORS, Geometry, Scene, SceneObject, place_object, random_kind
+from unigap.world.scene import COLORS, Geometry, Scene, SceneObject, as_generator, place_object, random_kind
 from unigap.world.verify import shape_of
 
 DAMAGE_KINDS: tuple[str, ...] = ("warped", "malformed", "cut", "edge", "merged", "occluded", "speck", "extra")
@@ -206,6 +206,7 @@ def _warp_one(
 def warp_scene(scene: Scene, rng: np.random.Generator) -> Damaged | None:
     """Every object of the scene warped (kind ``warped``, detail "all"), as a generated picture's objects
     all are a little; None when one comes too close to another."""
+    rng = as_generator(rng)
     image = Image.new("RGB", (scene.canvas, scene.canvas), BACKGROUND)
     draw = ImageDraw.Draw(image)
     objects = things(scene.objects)
@@ -222,6 +223,7 @@ def damage_scene(
 ) -> Damaged | None:
     """One random damage of the given kind (default: uniform) to object `index` (default: random);
     None when it cannot be drawn clear of the other objects (callers draw again)."""
+    rng = as_generator(rng)
     if kind is not None and kind not in DAMAGE_KINDS:  # (the last branch below draws any other name as an occlusion)
         raise UserError(f"unknown damage kind {kind!r}; expected one of {', '.join(DAMAGE_KINDS)}")
     kind = kind or DAMAGE_KINDS[rng.integers(len(DAMAGE_KINDS))]

@@ -52,6 +52,7 @@ from unigap.world.scene import (
     SIZES,
     Placed,
     Scene,
+    as_generator,
     place_objects,
     reads_clearly,
     relation_holds,
@@ -268,6 +269,7 @@ def parse_prompt(text: str) -> PromptSpec:
 
 def sample_spec(rng: np.random.Generator, category: str | None = None) -> PromptSpec:
     """A spec uniformly from one category (default: a uniformly random category)."""
+    rng = as_generator(rng)
     if category is None:
         category = CATEGORIES[rng.integers(len(CATEGORIES))]
     pool = all_specs(category)
@@ -332,6 +334,7 @@ def sample_scene_for(
     spec: PromptSpec, rng: np.random.Generator, canvas: int = DEFAULT_CANVAS, distractors: bool = True
 ) -> Scene:
     """A random scene that satisfies the spec (see the module docstring for the distractor policy)."""
+    rng = as_generator(rng)
     for _ in range(RESTARTS):
         kinds = _required_kinds(spec, rng)
         n_extra = int(rng.integers(0, MAX_OBJECTS - len(kinds) + 1)) if distractors else 0

@@ -39,7 +39,7 @@ from unigap.world.prompts import (
     plural,
     satisfies,
 )
-from unigap.world.scene import COLORS, RELATIONS, SHAPES, SIZES, Scene, SceneObject, relation_holds
+from unigap.world.scene import COLORS, RELATIONS, SHAPES, SIZES, Scene, SceneObject, as_generator, relation_holds
 
 QUESTION_KINDS: tuple[str, ...] = (
     "color",
@@ -248,6 +248,7 @@ def sample_question(
     """One well-defined question, answer-balanced (see module docstring); kind uniform unless given.
     Judge questions draw from `judge_prompts` (see `candidate_questions`). With `form` "sentence" the kinds
     are those that have a sentence form, balanced by their one-word answer."""
+    rng = as_generator(rng)
     if kind is None:
         kinds = [
             k for k in QUESTION_KINDS
@@ -265,6 +266,7 @@ def sample_question(
 
 def sample_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[Question]:
     """n independently sampled questions (duplicates possible)."""
+    rng = as_generator(rng)
     return [sample_question(scene, rng) for _ in range(n)]
 
 

@@ -21,6 +21,7 @@ Geometry (all lengths scale with the canvas side, `canvas`; numbers below are fo
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -218,6 +219,17 @@ def place_objects(
     return Scene(canvas, tuple(placed))
 
 
+
+def as_generator(rng: np.random.Generator | int) -> np.random.Generator:
+    """What the world's drawing functions take: a numpy Generator (used as it is, so a caller's stream goes on) or an
+    int seed (a fresh Generator); anything else is one clear error rather than an AttributeError deep inside."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
+    raise UserError(f"rng must be a numpy Generator (np.random.default_rng(seed)) or an int seed, got "
+                    f"{type(rng).__name__}")
+
 def random_kind(rng: np.random.Generator) -> tuple[str, str, str]:
     """A uniformly random (shape, color, size)."""
     return (
@@ -231,6 +243,7 @@ def sample_scene(
     rng: np.random.Generator, canvas: int = DEFAULT_CANVAS, n_objects: int | None = None
 ) -> Scene:
     """A random scene with `n_objects` (default: uniform 1-4) uniformly random objects."""
+    rng = as_generator(rng)
     n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else n_objects
     if not 1 <= n <= MAX_OBJECTS:
         raise UserError(f"a scene holds 1-{MAX_OBJECTS} objects, got {n}")

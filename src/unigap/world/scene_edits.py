@@ -24,6 +24,7 @@ from unigap.world.scene import (
     SIZES,
     Scene,
     SceneObject,
+    as_generator,
     place_object,
     reads_clearly,
     relation_holds,
@@ -35,6 +36,7 @@ def apply_edit(scene: Scene, edit: Edit, rng: np.random.Generator) -> Scene:
     """The scene after the edit; added and moved objects go to random valid positions (added ones get a
     random size, the other size if it does not fit, and a random colour when the edit names none). `UserError` when the edit does not apply
     (a reference matches nothing, a fifth object, or no free position)."""
+    rng = as_generator(rng)
     objects = list(scene.objects)
     target = edit.target.find(objects) if edit.target else None
     anchor = edit.anchor.find(objects) if edit.anchor else None
@@ -77,6 +79,7 @@ def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.rand
     (`apply_edit`), the result rendered. The picture is kept when the instruction does not apply; `UserError`
     for text outside the grammar or a picture holding an object of no shape (it cannot be redrawn). An editor to
     compare a model's edits with. The result is always a new array."""
+    rng = as_generator(rng)
     canvas = image.size[0] if isinstance(image, Image.Image) else np.asarray(image).shape[0]
     array = as_rgb_array(image, canvas)
     detected = detect(array, canvas)
@@ -98,6 +101,7 @@ def break_scene(
     `accept`ed), made by one random edit of `scene`, and that edit. The edit's kind is drawn uniformly
     among the kinds that can break this scene, then edits of that kind are tried in random order.
     `UserError` if none breaks it."""
+    rng = as_generator(rng)
     margin = scene.geometry.margin
     by_kind: dict[str, list[Edit]] = {}
     for edit in candidate_edits(scene.objects):
