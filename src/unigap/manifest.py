@@ -70,3 +70,13 @@ def manifest(command: str, config: dict[str, Any], *, seeds: list[int] | None = 
 def write_manifest(directory: str | Path, record: dict[str, Any]) -> Path:
     """`directory/manifest.json`, written atomically."""
     return write_text_atomically(Path(directory) / MANIFEST_FILE, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object a run wrote (its manifest, its inputs record), or None where there is none readable: for looking
+    at what made a directory, never for failing on it."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

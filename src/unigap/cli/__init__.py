@@ -7,6 +7,7 @@ never shows a traceback or a usage box.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,12 +71,10 @@ DATA_PARALLEL: dict[str, tuple[str, ...] | None] = {"train": None, "eval": None,
 def _command(argv: list[str]) -> tuple[str, str | None]:
     """The command typed (the first word that is not an option) and its subcommand (`refine train`) where the next
     word names one of that command's; a word that follows an option may be its value, hence the check."""
-    import typer.main
-
     first = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
     if first is None:
         return "", None
-    group = typer.main.get_command(app).commands.get(argv[first])  # type: ignore[attr-defined]
+    group = _click_command().commands.get(argv[first])  # type: ignore[attr-defined]
     following = argv[first + 1] if first + 1 < len(argv) else None
     return argv[first], following if following in (getattr(group, "commands", None) or {}) else None
 
@@ -132,22 +131,28 @@ def _writes_a_file(argv: list[str], command: str) -> bool:
 def _made_by(directory: Path) -> str | None:
     """The command that wrote a directory (`refine train` as typed): its manifest's, or for a run not finished yet
     its inputs record's; None when neither says."""
-    import json
-
     from unigap.cli.common import INPUTS_FILE
-    from unigap.manifest import MANIFEST_FILE
+    from unigap.manifest import MANIFEST_FILE, read_record
 
-    for record in (MANIFEST_FILE, INPUTS_FILE):
-        try:
-            command = json.loads((directory / record).read_text(encoding="utf-8")).get("command")
-        except (OSError, ValueError, AttributeError):
-            continue
+    for name in (MANIFEST_FILE, INPUTS_FILE):
+        command = (read_record(directory / name) or {}).get("command")
         if isinstance(command, str):
             return command.replace("-", " ")
     return None
 
 
 INT64 = 2**63  # seeds and counts reach torch and numpy as 64-bit integers
+
+
+@functools.cache
+def _click_command() -> object:
+    """The click command typer builds from `app`, once per process (`_command` reads it, `main` runs it), with every
+    option's numbers checked as it parses."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    _checked_numbers(command)
+    return command
 
 
 def _checked_numbers(command: object) -> None:
@@ -180,8 +185,6 @@ def main(argv: list[str] | None = None) -> None:
     on stderr with exit code 2."""
     import os
 
-    import typer.main
-
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
     try:
         configure_threads()  # before torch is imported
@@ -189,9 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         command, subcommand = _command(typed)
         _check_processes(command, subcommand)
         _check_out(typed, command, subcommand)
-        cli = typer.main.get_command(app)
-        _checked_numbers(cli)
-        code = cli.main(args=typed, prog_name="unigap", standalone_mode=False)
+        code = _click_command().main(args=typed, prog_name="unigap", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)  # an int: `typer.Exit(code)` (a guard's exit 3), or 130 on ^C
     except typer.TyperException as exc:  # click's usage errors: a bad flag or value (no arguments: help was shown)
         context = getattr(exc, "ctx", None)  # (none for a value a command refuses itself: the command typed)

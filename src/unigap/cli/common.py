@@ -108,17 +108,13 @@ MERGED_ADAPTER_KEY = "adapter_sha256"  # in a `merge --model --adapter` checkpoi
 
 def _refuse_merged_twice(model: str, adapter: Path) -> None:
     """A checkpoint written by `unigap merge --model --adapter A` has A in its weights: A again would apply it twice."""
-    import json
-
     from unigap.atomic import file_fingerprint
-    from unigap.manifest import MANIFEST_FILE
+    from unigap.manifest import MANIFEST_FILE, read_record
 
-    try:
-        record = json.loads((Path(model) / MANIFEST_FILE).read_text(encoding="utf-8"))
-        merged = record["config"][MERGED_ADAPTER_KEY] if record["command"] == "merge" else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if merged == file_fingerprint(adapter):
+    record = read_record(Path(model) / MANIFEST_FILE) or {}
+    config = record.get("config") if record.get("command") == "merge" else None
+    merged = config.get(MERGED_ADAPTER_KEY) if isinstance(config, dict) else None
+    if merged is not None and merged == file_fingerprint(adapter):
         raise UserError(f"{model} already has the adapter {adapter} merged into its weights (its {MANIFEST_FILE}); "
                         "load it without --adapter")
 

@@ -49,12 +49,11 @@ def merge(
 
 def _fold(model: str, adapter: Path, out: Path) -> None:
     """Load --model with --adapter, merge, write OUT atomically (with its manifest)."""
+    from unigap.atomic import file_fingerprint
     from unigap.cli.common import load
     from unigap.manifest import manifest, write_manifest
     from unigap.model.loading import resolve_checkpoint
     from unigap.model.standalone import check_new_directory, save_merged
-
-    from unigap.atomic import file_fingerprint
 
     check_new_directory(out)  # before the slow load
     # the adapter's content is recorded, so that loading OUT with it again is refused (`common.load`)

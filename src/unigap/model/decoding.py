@@ -7,7 +7,6 @@ sequence's numbers do not depend on what else is in its batch (batched == unbatc
 from __future__ import annotations
 
 import numbers
-
 from collections.abc import Sequence
 
 import torch

@@ -17,7 +17,6 @@ the quantity DPO needs. Sampling temperature only changes which tokens are drawn
 from __future__ import annotations
 
 import numbers
-
 from collections.abc import Callable, Sequence
 from functools import partial
 

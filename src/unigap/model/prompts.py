@@ -22,7 +22,6 @@ and ``<bos>{prompt}<begin_of_image>``.
 from __future__ import annotations
 
 import warnings
-
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase

@@ -11,7 +11,6 @@ Logged keys (`LOGGED_KEYS`): step, lr, loss, und/loss, <representation>/loss, gr
 from __future__ import annotations
 
 import warnings
-
 from pathlib import Path
 from typing import Any
 

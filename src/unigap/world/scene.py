@@ -219,7 +219,6 @@ def place_objects(
     return Scene(canvas, tuple(placed))
 
 
-
 def as_generator(rng: np.random.Generator | int) -> np.random.Generator:
     """What the world's drawing functions take: a numpy Generator (used as it is, so a caller's stream goes on) or an
     int seed (a fresh Generator); anything else is one clear error rather than an AttributeError deep inside."""
@@ -229,6 +228,7 @@ def as_generator(rng: np.random.Generator | int) -> np.random.Generator:
         return np.random.default_rng(int(rng))
     raise UserError(f"rng must be a numpy Generator (np.random.default_rng(seed)) or an int seed, got "
                     f"{type(rng).__name__}")
+
 
 def random_kind(rng: np.random.Generator) -> tuple[str, str, str]:
     """A uniformly random (shape, color, size)."""
