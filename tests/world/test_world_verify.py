@@ -16,8 +16,10 @@ from unigap.world import (
     Scene,
     SceneObject,
     detect,
+    load_image,
     parse_prompt,
     render,
+    rgb_pixels,
     satisfies,
     verify,
 )
@@ -128,6 +130,27 @@ def test_accepts_pil_images_and_checks_size():
     assert verify(big, parse_prompt("a triangle"), canvas=128).satisfied
     with pytest.raises(UserError, match="expected a 64x64 image, got 128x128"):
         verify(big, parse_prompt("a triangle"))
+
+
+def test_a_transparent_background_reads_as_white_as_in_transformers(tmp_path):
+    """A cut-out PNG (shape opaque, background transparent, its hidden colour black) must not read as a shape on a
+    black canvas: transparency is composited onto white, as transformers' `convert_to_rgb` does."""
+    from transformers.image_transforms import convert_to_rgb
+
+    from unigap.model.images import to_rgb_array
+
+    image = render(_scene(("triangle", "purple", "large", 30, 30)))
+    opaque = (image != 255).any(axis=2)
+    rgba = np.dstack([np.where(opaque[..., None], image, 0), np.where(opaque, 255, 0)]).astype(np.uint8)
+    cut_out = Image.fromarray(rgba, "RGBA")
+    assert (np.asarray(cut_out.convert("RGB"))[~opaque] == 0).all()  # what a plain convert would show
+    assert np.array_equal(rgb_pixels(cut_out), image)
+    assert np.array_equal(rgb_pixels(cut_out), convert_to_rgb(cut_out, return_numpy=True))
+    assert np.array_equal(to_rgb_array(cut_out), image)
+    cut_out.save(tmp_path / "cut_out.png")
+    assert np.array_equal(load_image(tmp_path / "cut_out.png"), image)
+    assert verify(cut_out, parse_prompt("a purple triangle")).satisfied
+    assert np.array_equal(rgb_pixels(Image.fromarray(image)), image)  # opaque images are unchanged
 
 
 def test_off_palette_blobs_and_odd_shapes_match_nothing():

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from unigap.errors import UserError
+from unigap.world import rgb_pixels
 
 TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 Row = tuple[str, dict[str, Any]]  # (location, row)
@@ -135,7 +136,7 @@ def image_cell(row: dict[str, Any], base: Path, where: str, name: str = "image")
             image = Image.open(file)
         else:
             raise UserError(f"{where}: {name!r} must be a path, bytes or an image, got {type(value).__name__}")
-        return np.asarray(image.convert("RGB"))
+        return rgb_pixels(image)
     except (OSError, UnidentifiedImageError) as exc:
         name = value if isinstance(value, str) else "bytes"
         raise UserError(f"{where}: cannot read image {name}: {exc}") from None

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
+from unigap.world import rgb_pixels
+
 ImageInput = Image.Image | np.ndarray
 
 VQ_MEAN = (0.5, 0.5, 0.5)
@@ -26,9 +28,9 @@ VQ_STD = (0.5, 0.5, 0.5)
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
-    """A PIL image (any mode) or a uint8 HxWx3 array, as a uint8 HxWx3 array."""
+    """A PIL image (any mode; transparency on white) or a uint8 HxWx3 array, as a uint8 HxWx3 array."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return rgb_pixels(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image arrays must be uint8 of shape HxWx3, got {image.dtype} {image.shape}")

@@ -91,9 +91,18 @@ class Verdict:
         }
 
 
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """A PIL image of any mode as a uint8 HxWx3 array, transparency composited onto white as transformers'
+    `convert_to_rgb` does (a plain `convert("RGB")` turns a transparent background black)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
 def as_rgb_array(image: np.ndarray | Image.Image, canvas: int = DEFAULT_CANVAS) -> np.ndarray:
     """uint8 HxWx3 array of a PIL image or array; `UserError` unless it is canvas x canvas RGB."""
-    array = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
+    array = rgb_pixels(image) if isinstance(image, Image.Image) else np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3:
         raise UserError(
             f"expected an RGB image of shape ({canvas}, {canvas}, 3), got array shape {array.shape}"
@@ -212,6 +221,6 @@ def load_image(path: str | Path) -> np.ndarray:
         raise UserError(f"{p} is a directory, not an image file" if p.is_dir() else f"image file not found: {p}")
     try:
         with Image.open(p) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+            return rgb_pixels(image)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {p} as an image: {exc}") from None
