@@ -97,10 +97,13 @@ def test_a_model_that_cannot_edit_regenerates_and_refuses_edit(stub_factory, tmp
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--rounds", "-1"], "--rounds must be >= 0"), (["--reflector", "judge"], "--reflector must be one of"),
-     (["--prompts", "nowhere.txt"], "neither")],
+     (["--prompts", "nowhere.txt"], "neither"),
+     (["--rounds", "0", "--reflector", "oracle", "--edit-cfg", "2"],
+      "--reflector, --edit-cfg act on the rounds after the first image, and --rounds 0 runs none")],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["refine", "--out", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -43,11 +43,16 @@ def _table(report: dict) -> Table:
     return table
 
 
+def _typed(ctx: typer.Context) -> list[str]:
+    """The options the user gave, as typed (`--edit-cfg`), defaults left out."""
+    return [f"--{name.replace('_', '-')}" for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]  # (typer ships its own click)
+
+
 def _refuse_loop_options(ctx: typer.Context) -> None:
     """`unigap refine --seed 1 train` would run `train` at its own default seed: options typed before a subcommand
     belong to the loop, so they are refused rather than silently dropped."""
-    typed = [f"--{name.replace('_', '-')}" for name in ctx.params
-             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]  # (typer ships its own click)
+    typed = _typed(ctx)
     if typed:
         sub = ctx.invoked_subcommand
         raise UserError(f"{', '.join(typed)} before `{sub}` would be ignored: put `{sub}`'s options after it "
@@ -80,6 +85,10 @@ def refine_command(
     from unigap.refine import RefineConfig, run_refine
 
     edit_guidance = edit_guidance_kwargs(edit_cfg, edit_image_cfg)
+    after_first = [option for option in _typed(ctx) if option in ("--reflector", "--refiner", "--edit-cfg",
+                                                                  "--edit-image-cfg")]
+    if rounds == 0 and after_first:
+        raise UserError(f"{', '.join(after_first)} act on the rounds after the first image, and --rounds 0 runs none")
     if refiner == "regenerate" and edit_guidance:
         raise UserError("--edit-cfg and --edit-image-cfg guide edits; --refiner regenerate never edits")
     config = RefineConfig(n=n, rounds=rounds, reflector=reflector, refiner=refiner, prompts=prompts, seed=seed,
