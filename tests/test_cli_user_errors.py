@@ -81,12 +81,22 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
      "--size must be from 32 to 2048 pixels, got 99999"),
     (["train", "--model", "tiny", "--strategy", "joint", "--und", "missing.jsonl"],
      "strategy 'joint' needs gen preference pairs (--gen FILE)"),
+    (["train", "--model", "tiny", "--objective", "unimrg", "--dtype", "bfloat16", "--bf16"],
+     "--bf16 is bf16 autocast over float32 weights"),
 ])
 def test_bad_values_are_one_line_and_write_nothing(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     out = tmp_path / ("out.jsonl" if args[0] == "prefs" else "out")
     code, err = _run(capsys, [*args, "--out", str(out)])
     assert code == 2 and err.startswith("unigap: error: ") and err.count("\n") == 1 and message in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_bf16_autocast_loads_float32_weights_as_trl_does() -> None:
+    """On a GPU the default weights are bfloat16, under which --bf16's autocast would change nothing."""
+    from unigap.cli.common import weights_dtype
+
+    assert weights_dtype(None, bf16=True) == weights_dtype("float32", bf16=True) == "float32"
+    assert weights_dtype(None, bf16=False) is None and weights_dtype("bfloat16", bf16=False) == "bfloat16"
 
 
 def test_help_still_works_after_a_group_and_with_no_arguments(capsys) -> None:

@@ -103,6 +103,17 @@ def require_non_negative(flag: str, value: float) -> None:
         raise UserError(f"{flag} must be >= 0, got {value}")
 
 
+def weights_dtype(dtype: str | None, bf16: bool) -> str | None:
+    """The dtype to load weights in. TRL's bf16=True is autocast over float32 weights, so --bf16 loads float32 (a
+    GPU's default is bfloat16, under which autocast changes nothing) and refuses --dtype bfloat16."""
+    if not bf16:
+        return dtype
+    if dtype == "bfloat16":
+        raise UserError("--bf16 is bf16 autocast over float32 weights (TRL's bf16=True), and --dtype bfloat16 makes "
+                        "the weights bfloat16 already: give one of them")
+    return "float32"
+
+
 MERGED_ADAPTER_KEY = "adapter_sha256"  # in a `merge --model --adapter` checkpoint's manifest config
 
 
@@ -119,7 +130,7 @@ def _refuse_merged_twice(model: str, adapter: Path) -> None:
                         "load it without --adapter")
 
 
-def load(model: str, adapter: Path | None) -> UnifiedModel:
+def load(model: str, adapter: Path | None, dtype: str | None = None) -> UnifiedModel:
     """The model (plus adapter); missing or broken directories are user errors, not tracebacks."""
     if adapter is not None and not adapter.is_dir():
         raise UserError(f"adapter directory {adapter} {'is a file' if adapter.exists() else 'does not exist'}")
@@ -134,7 +145,7 @@ def load(model: str, adapter: Path | None) -> UnifiedModel:
     from unigap.model import load_model
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar, even where transformers was imported earlier
-    um = load_model(model)
+    um = load_model(model, dtype=dtype)
     if adapter is not None:
         try:
             um.load_adapter(adapter)

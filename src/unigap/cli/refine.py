@@ -18,6 +18,7 @@ from unigap.cli.common import (
     exit_for_guard,
     load,
     print_table,
+    weights_dtype,
 )
 from unigap.errors import GuardStopped, UserError
 
@@ -149,7 +150,8 @@ def train_command(
     config: Path | None = typer.Option(None, "--config", help="TOML file of GRPOConfig keys (flags win)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last "
                                 "checkpoint (a fresh start when there is none, so a preemptible job can always pass it)."),
-    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast of the training steps (TRL's bf16=True)."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast of the training steps (TRL's bf16=True): float32 "
+                              "weights (loaded so on a GPU too), matmuls in bfloat16."),
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
     """Train reflection and refinement with GRPO and R3's stage-wise rewards (LoRA on the LLM, KL to the reference);
@@ -178,7 +180,7 @@ def train_command(
     stopped: GuardStopped | None = None
     with manifest("refine-train", {"model": model, **settings.to_dict()}, seeds=[settings.seed],
                   judge=judge) as record:
-        um = load(model, None)
+        um = load(model, None, weights_dtype(None, settings.bf16))
         record["device"] = str(um.device)
         try:
             report = train_grpo(um, settings, out, resume, backends)

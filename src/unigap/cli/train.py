@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from unigap.cli.common import MODEL_OPTION, claim_inputs
+from unigap.cli.common import MODEL_OPTION, claim_inputs, weights_dtype
 from unigap.progress import progress
 from unigap.train.defaults import DPO_DEFAULTS as DPO
 from unigap.train.names import STRATEGIES, check_pair_tasks
@@ -58,8 +58,8 @@ def train(
                                      "on a GPU, float32 on a CPU); LoRA weights stay float32."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in "
                                                 "the backward pass: less memory, more compute, the same gradients."),
-    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (TRL's bf16=True): float32 weights, matmuls in "
-                              "bfloat16; with --dtype float32 on a GPU."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (TRL's bf16=True): float32 weights (loaded so "
+                              "on a GPU too), matmuls in bfloat16."),
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
     """Train a LoRA; logs every step to OUT/log.jsonl and saves the PEFT adapter in OUT."""
@@ -83,7 +83,7 @@ def train(
         raise UserError(f"{', '.join(sft_flags)}: for --objective sft only ({objective} trains on {trains_on})")
     common = {"steps": steps, "lr": lr, "seed": seed, "gradient_checkpointing": gradient_checkpointing or None,
               "bf16": bf16 or None}
-    run = Run(model, dtype, out, config, resume, backends)
+    run = Run(model, weights_dtype(dtype, bf16), out, config, resume, backends)
     if objective == "sft":
         _train_sft(run, und_data, gen_data, common)
         return
@@ -108,7 +108,7 @@ def train(
     settings_record = {"model": model, "und": None if und is None else str(und), "gen": None if gen is None else str(gen),
                        **settings.to_dict()}
     with manifest("train", settings_record, seeds=[settings.seed]) as record:
-        um = run.load(record)
+        um = run.load(record, settings.bf16)
         und_pairs, gen_pairs = (load_pairs(files[task], task, um) if task in files else [] for task in ("und", "gen"))
         trainer = DPOTrainer(um, settings, und_pairs, gen_pairs, out, report_to=backends)
         with progress(settings.strategy, settings.steps, distributed.is_main()) as update:
@@ -127,11 +127,12 @@ class Run:
     resume: bool
     backends: tuple[str, ...]
 
-    def load(self, record: dict[str, Any]) -> Any:
-        """The base model, its device and dtype noted in the run's manifest record."""
+    def load(self, record: dict[str, Any], bf16: bool) -> Any:
+        """The base model (float32 weights under bf16 autocast), its device and dtype noted in the run's manifest
+        record."""
         from unigap.model import load_model
 
-        um = load_model(self.model, dtype=self.dtype)
+        um = load_model(self.model, dtype=weights_dtype(self.dtype, bf16))
         record |= {"device": str(um.device), "dtype": str(um.dtype).removeprefix("torch.")}
         return um
 
@@ -155,7 +156,7 @@ def _train_sft(run: Run, und_data: Path | None, gen_data: Path | None, common: d
     data = read_sft_data(settings)  # a bad row fails before the model loads
     claim_inputs(run.out, "train", run.model, und_data=und_data, gen_data=gen_data)
     with manifest("train", {"model": run.model, "objective": "sft", **settings.to_dict()}, seeds=[settings.seed]) as record:
-        result = train_sft(run.load(record), settings, run.out, run.resume, run.backends, data=data)
+        result = train_sft(run.load(record, settings.bf16), settings, run.out, run.resume, run.backends, data=data)
     sizes = f"{len(data.understanding)} understanding, {len(data.captions)} generation examples"
     run.finish(result, record, f"sft on {sizes}")
 
@@ -168,5 +169,5 @@ def _train_unimrg(run: Run, objective: str, common: dict[str, Any]) -> None:
     settings = UniMRGConfig.load(run.config, objective=objective, **common)
     claim_inputs(run.out, "train", run.model)
     with manifest("train", {"model": run.model, **settings.to_dict()}, seeds=[settings.seed]) as record:
-        result = train_unimrg(run.load(record), settings, run.out, run.resume, run.backends)
+        result = train_unimrg(run.load(record, settings.bf16), settings, run.out, run.resume, run.backends)
     run.finish(result, record, objective)
