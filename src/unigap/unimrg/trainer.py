@@ -11,6 +11,8 @@ Logged keys (`LOGGED_KEYS`): step, lr, loss, und/loss, <representation>/loss, gr
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,16 @@ from unigap.unimrg.data import INSTRUCTIONS, UniMRGData, check_instructions
 LOGGED_KEYS = ("step", "lr", "loss", "und/loss", *(f"{r}/loss" for r in REPRESENTATIONS), "grad_norm")
 
 
+@contextmanager
+def _fixed_instructions() -> Iterator[None]:
+    """No warning for UniMRG's own instructions: they are fixed texts, some of whose words are outside the shipped
+    model's vocabulary and read as <unk>, which is no user's mistake (`check_instructions` makes sure they still
+    tell the maps apart)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="the tokenizer does not know", category=UserWarning)
+        yield
+
+
 class UniMRGTrainer(SFTTrainer):
     """Trains a fresh LoRA on `um` with UniMRG's tasks built from `data`; `train()` runs (or resumes)."""
 
@@ -31,13 +43,18 @@ class UniMRGTrainer(SFTTrainer):
         missing = [r for r in config.auxiliary if r not in data.targets]
         if missing:
             raise ValueError(f"the data holds no targets for {', '.join(missing)}")
-        check_instructions(um, list(config.auxiliary))
+        with _fixed_instructions():
+            check_instructions(um, list(config.auxiliary))
         questions = [[q.text for q in qs] for qs in data.questions]
         answers = [[q.answer for q in qs] for qs in data.questions]
         tasks: dict[str, tuple[Task, float]] = {"und": (AnswerTask(data.images, questions, answers), 1.0)}
         for name, weight in config.auxiliary.items():
             tasks[name] = (ImageToImageTask(data.images, INSTRUCTIONS[name], data.targets[name]), weight)
         super().__init__(um, config, tasks, out_dir, f"{Path(out_dir).name}-{config.objective}", report_to)
+
+    def train(self, resume: bool = False, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+        with _fixed_instructions():  # each step encodes the instructions
+            return super().train(resume, on_step)
 
 
 def train_unimrg(um: Any, config: UniMRGConfig, out_dir: str | Path, resume: bool = False,
@@ -50,15 +67,11 @@ def train_unimrg(um: Any, config: UniMRGConfig, out_dir: str | Path, resume: boo
     from unigap.unimrg.data import build_data
 
     resumed_state(out_dir, config, resume, mmap=True)  # a mistaken resume fails before the data is built
-    with warnings.catch_warnings():
-        # the instructions are fixed texts; some of their words are outside the shipped model's vocabulary and read as
-        # <unk>, which is no user's mistake (`check_instructions` makes sure they still tell the maps apart)
-        warnings.filterwarnings("ignore", message="the tokenizer does not know", category=UserWarning)
-        if data is None:
-            representations = list(config.auxiliary)
-            with progress("data", config.n_scenes * (1 + len(representations)), show_progress) as update:
-                data = build_data(um, config.n_scenes, config.data_seed, config.questions_per_image,
-                                  config.sentence_fraction, representations, update)
-        trainer = UniMRGTrainer(um, config, data, out_dir, report_to)
-        with progress(config.objective, config.steps, show_progress) as update:
-            return trainer.train(resume, lambda step, record: update(step, f"loss {record['loss']:.3f}"))
+    if data is None:
+        representations = list(config.auxiliary)
+        with progress("data", config.n_scenes * (1 + len(representations)), show_progress) as update:
+            data = build_data(um, config.n_scenes, config.data_seed, config.questions_per_image,
+                              config.sentence_fraction, representations, update)
+    trainer = UniMRGTrainer(um, config, data, out_dir, report_to)
+    with progress(config.objective, config.steps, show_progress) as update:
+        return trainer.train(resume, lambda step, record: update(step, f"loss {record['loss']:.3f}"))
