@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from unigap.model.editing import check_edit_source
+from unigap.train.config import check_field_types
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class PretrainConfig:
     polish_intact: float = 0.5
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         shares = {"polish_intact": self.polish_intact, "critique_intact": self.critique_intact,
                   "edit_instruction_dropout": self.edit_instruction_dropout}
         for name, share in shares.items():

@@ -17,7 +17,7 @@ from typing import Any
 from unigap.errors import UserError
 from unigap.evaluate.judges import check_judge_name
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuidance
-from unigap.train.config import load_config
+from unigap.train.config import check_field_types, load_config
 
 SCALE_REWARDS = ("none", "group")
 STAGES = ("tree", "generate")
@@ -65,6 +65,7 @@ class GRPOConfig:
     bf16: bool = False  # bf16 autocast (TRL's bf16=True): float32 weights and optimiser, matmuls in bfloat16
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("steps", "lr", "max_grad_norm", "prompts_per_step", "epsilon", "max_completion_length",
                      "lora_rank", "lora_alpha", "checkpoint_every"):
             if not getattr(self, name) > 0:

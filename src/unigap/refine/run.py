@@ -26,6 +26,7 @@ from unigap.evaluate.judges import Judge, check_judge_name, get_judge
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS, EditGuidance
 from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
 from unigap.refine.metrics import best_of_n, gain, judged_rounds, round_metrics, stop_metrics
+from unigap.train.config import check_field_types
 from unigap.world import PromptSpec
 
 STRIPS = 8  # prompts drawn as strips
@@ -51,6 +52,7 @@ class RefineConfig:
     edit_image_cfg_scale: float = EDIT_IMAGE_CFG_SCALE
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.rounds < 0:
             raise UserError(f"--rounds must be >= 0, got {self.rounds}")
         if self.n < 1:

@@ -13,7 +13,7 @@ from typing import Any
 from unigap.errors import UserError
 from unigap.evaluate.data import HELD_OUT_SPLITS
 from unigap.evaluate.judges import check_judge_name
-from unigap.train.config import load_config
+from unigap.train.config import check_field_types, load_config
 
 METHODS = ("sft", "dpo", "curriculum-sft", "curriculum-dpo")
 LABELS = ("self", "verifier", "poor")
@@ -66,6 +66,7 @@ class SelfImproveConfig:
     sample_batch: int = 64  # images per sampling call
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         choices = {"method": METHODS, "labels": LABELS, "trainable": tuple(TRAINABLE)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

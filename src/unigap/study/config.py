@@ -12,6 +12,7 @@ from typing import Any
 
 from unigap.errors import UserError
 from unigap.arms import ARMS, select
+from unigap.train.config import check_field_types
 from unigap.train.defaults import DPO_DEFAULTS
 
 
@@ -43,6 +44,7 @@ class StudyConfig:
     unimrg_scenes: int = 2000  # drawn from (UniMRGConfig's and SFTConfig's defaults; their other settings as they are)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.seeds < 2:
             raise UserError(f"--seeds must be at least 2 (a Welch test needs two values per method), got {self.seeds}")
         for name in ("n", "und_pairs", "gen_pairs", "steps", "batch_size", "grpo_steps", "unimrg_steps", "unimrg_scenes"):

@@ -47,6 +47,7 @@ import numpy as np
 
 from unigap.atomic import claim_settings, write_text_atomically
 from unigap.errors import UserError
+from unigap.train.config import check_field_types
 from unigap.train.dpo import OVEROPTIMISED_LOSS
 from unigap.train.defaults import TUNE_GRID, TUNE_RUN
 
@@ -86,6 +87,7 @@ class TuneConfig:
     sample_batch_size: int = 32  # images per sampling batch (validation evaluation); not a training setting
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         unknown = [kind for kind in self.kinds if kind not in GEN_KINDS]
         if unknown or not self.kinds:
             raise UserError(f"unknown pair kind {', '.join(unknown) or '(none)'}; expected some of {', '.join(GEN_KINDS)}")

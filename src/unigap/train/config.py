@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +55,7 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast (TRL's bf16=True): float32 weights and optimiser, matmuls in bfloat16
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.strategy not in STRATEGIES:
             raise UserError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
         positive = {
@@ -105,22 +108,50 @@ def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any])
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise UserError(f"cannot read config {toml_file}: {exc}") from None
     values |= {key: value for key, value in overrides.items() if value is not None}
-    types = {f.name: type(f.default) for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - set(types))
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise UserError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(types)}")
+        raise UserError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(known)}")
     for name, value in values.items():
-        if not _type_ok(value, types[name]):
-            raise UserError(f"config key {name} must be a {types[name].__name__}, got {value!r}")
+        if not _type_ok(value, hints[name]):
+            raise UserError(f"config key {name} must be {_type_name(hints[name])}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):  # TOML writes inf and nan
             raise UserError(f"config key {name} must be a finite number, got {value!r}")
-    return cls(**{name: types[name](value) for name, value in values.items()})
+    return cls(**{name: _coerced(value, hints[name]) for name, value in values.items()})
 
 
-def _type_ok(value: Any, expected: type) -> bool:
-    """TOML gives ints where floats are meant (lr = 1); bools are not numbers here."""
+def _type_ok(value: Any, expected: Any) -> bool:
+    """TOML gives ints where floats are meant (lr = 1); bools are not numbers here. `expected` may also be a union
+    (`float | None`) or a tuple of one type (`tuple[int, ...]`), the forms config fields take."""
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return any(_type_ok(value, option) for option in typing.get_args(expected))
+    if typing.get_origin(expected) is tuple:
+        element = typing.get_args(expected)[0]
+        return isinstance(value, tuple | list) and all(_type_ok(item, element) for item in value)
     if expected is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, expected)
+
+
+def _coerced(value: Any, expected: Any) -> Any:
+    """A checked value in its field's type: an int where a float is meant, an array (TOML's, a list) as a tuple."""
+    if expected is float:
+        return float(value)
+    return tuple(value) if typing.get_origin(expected) is tuple else value
+
+
+def _type_name(expected: Any) -> str:
+    return expected.__name__ if isinstance(expected, type) else str(expected)
+
+
+def check_field_types(config: Any) -> None:
+    """A config built in Python gets the check a TOML file's values get: `TrainConfig(lr="1e-4")` fails here, in
+    one line naming the field, not as a TypeError deep inside a run (or as a seed JSON cannot record)."""
+    hints = typing.get_type_hints(type(config))
+    for field in fields(config):
+        value, expected = getattr(config, field.name), hints[field.name]
+        if not _type_ok(value, expected):
+            raise UserError(f"{type(config).__name__}.{field.name} must be {_type_name(expected)}, got {value!r}")

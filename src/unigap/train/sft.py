@@ -25,6 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from unigap.errors import UserError
 from unigap.model.images import ImageInput
+from unigap.train.config import check_field_types
 from unigap import distributed
 from unigap.train.loop import LOG_FILE, TrainingDiverged, optimizer_step, run_steps
 from unigap.train.trainer import TrainResult
@@ -138,6 +139,7 @@ class SFTOptions:
     bf16: bool = False  # bf16 autocast (TRL's bf16=True): float32 weights and optimiser, matmuls in bfloat16
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("steps", "lr", "batch_size", "lora_rank", "lora_alpha", "max_grad_norm", "checkpoint_every"):
             check_field(self, name, getattr(self, name) > 0, "be positive")
         for name in ("weight_decay", "seed"):
