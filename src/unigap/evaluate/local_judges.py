@@ -133,7 +133,8 @@ class ClipScorer:
         out: list[float] = []
         device = next(self.model.parameters()).device
         for chunk in _batched(list(zip(images, texts, strict=True))):
-            pixels = self.image_processor(images=[Image.fromarray(rgb_pixels(image)) for image, _ in chunk], return_tensors="pt")
+            pixels = self.image_processor(images=[Image.fromarray(rgb_pixels(image)) for image, _ in chunk],
+                                          return_tensors="pt")
             pixels = pixels.to(device=device, dtype=self.model.dtype)
             tokens = self.tokenizer([text for _, text in chunk], padding=self.padding, truncation=True,
                                     max_length=self.max_length, return_tensors="pt")
