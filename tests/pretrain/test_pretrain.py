@@ -443,3 +443,14 @@ def test_joint_stage_leaves_the_vq_and_by_default_the_vision_tower_alone(trains_
     assert not any(id(p) in params for p in vq.parameters())
     assert all((id(p) in params) == trains_vision for p in tower.parameters())
     assert all(id(p) in params for p in um.model.model.language_model.parameters())
+
+
+def test_the_closing_line_names_a_folder_called_tiny_as_a_path(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`--model tiny` loads the shipped model, so a run saved in ./tiny must be named ./tiny."""
+    import unigap.pretrain
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(unigap.pretrain, "pretrain", lambda out, config, report_to=(): Path(out).mkdir() or Path(out))
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--quick", "--out", "tiny"])
+    assert exc.value.code == 0 and "load it with --model ./tiny" in capsys.readouterr().out

@@ -167,3 +167,15 @@ def test_the_trained_adapter_loads_and_changes_the_model(tmp_path: Path) -> None
     base = um.image_logprobs(prompts, tokens)[0]
     um.load_adapter(tmp_path / "run" / "adapter")
     assert not torch.allclose(um.image_logprobs(prompts, tokens)[0], base)
+
+
+def test_the_table_shows_no_win_rate_where_no_answer_changed() -> None:
+    """With no disagreement there is no rate: the row reads "—", not a 50 that looks measured."""
+    from unigap.cli.selfimprove import _table
+
+    result = {"config": {"method": "sft", "labels": "self"}, "before": None, "after": None,
+              "win_rate": {"value": None, "n": 0}}
+    row = [column._cells[-1] for column in _table(result).columns]
+    assert row == ["understanding win rate (0–100)", "—", "—", "n = 0", ""]
+    result["win_rate"] = {"value": 60.0, "n": 5}
+    assert [column._cells[-1] for column in _table(result).columns][1:4] == ["50", "60.0", "n = 5"]

@@ -36,4 +36,7 @@ def pretrain_command(
         record["device"] = "cpu"
         directory = pretrain(out, config, report_to=backends)
     write_manifest(directory, record)
-    Console().print(f"saved {directory} in {time.perf_counter() - started:.0f} s; load it with --model {directory}")
+    from unigap.model.loading import EMBEDDED
+
+    shown = f"./{directory}" if str(directory) in EMBEDDED else str(directory)  # `--model tiny` is the shipped model
+    Console().print(f"saved {directory} in {time.perf_counter() - started:.0f} s; load it with --model {shown}")

@@ -32,7 +32,9 @@ def _table(result: dict) -> Table:
         table.add_row(name.replace("_", " "), _fmt((result["before"] or {}).get(name), key),
                       _fmt((result["after"] or {}).get(name), key), delta, _fmt(paired, "p"))
     win = result.get("win_rate") or {}
-    table.add_row("understanding win rate (0–100)", "50", _fmt(win), f"n = {win.get('n', 0)}", "")
+    no_change = "50" if win.get("value") is not None else "—"  # (no disagreement between the models: no rate)
+    rate = "—" if win.get("value") is None else f"{win['value']:.1f}"
+    table.add_row("understanding win rate (0–100)", no_change, rate, f"n = {win.get('n', 0)}", "")
     return table
 
 
