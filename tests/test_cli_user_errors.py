@@ -355,3 +355,20 @@ def test_broken_adapters_and_weights_are_one_line_and_never_reach_for_the_hub(tm
     (model / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes()[:1000])
     code, err = _run(capsys, ["ask", "--model", str(model), "--image", str(image), "--question", "What?"])
     assert code == 2 and err.startswith(f"unigap: error: cannot read the weights in {model}") and err.count("\n") == 1
+
+
+def test_unigaps_warnings_are_one_line_like_its_errors(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "tiny").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(tmp_path / "blank.png")
+    done = subprocess.run([sys.executable, "-m", "unigap.cli", "ask", "--model", "tiny", "--image", "blank.png",
+                           "--question", "How many photo objects are there?"], cwd=tmp_path, capture_output=True,
+                          text=True, check=True)
+    assert done.stderr.splitlines() == [
+        "unigap: warning: 'tiny' names the shipped model, not the directory tiny/ here (pass ./tiny to load that)",
+        "unigap: warning: the tokenizer does not know 'photo': each reads as <unk>"]

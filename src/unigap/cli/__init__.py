@@ -180,6 +180,24 @@ def _refusing_odd_numbers(param: object, process_value: Callable[[object, object
     return checked
 
 
+@functools.cache  # once per process (tests call `main` many times)
+def _one_line_warnings() -> None:
+    """unigap's own warnings as one `unigap: warning: ...` line, like its errors (Python's format adds the file, line
+    and source text of the warning call, which tell a user nothing); other libraries' keep their format."""
+    import warnings
+
+    package = Path(__file__).resolve().parent.parent
+    standard = warnings.formatwarning
+
+    def formatted(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+        if Path(filename).resolve().is_relative_to(package):
+            return f"unigap: warning: {message}\n"
+        return standard(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatted
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes (a `UserError`, or a flag click cannot parse) become one `unigap: error: ...` line
     on stderr with exit code 2."""
@@ -188,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
     try:
         configure_threads()  # before torch is imported
+        _one_line_warnings()
         typed = sys.argv[1:] if argv is None else argv
         command, subcommand = _command(typed)
         _check_processes(command, subcommand)
