@@ -138,3 +138,13 @@ def test_a_documented_script_call_parses(where: str, script: Path, words: list[s
             module.main()
         except SystemExit as exc:
             pytest.fail(f"{where}: the script refuses these words (exit {exc.code})")
+
+
+def test_the_readme_python_example_runs() -> None:
+    """The README's Python example, run as written: its calls exist, take those arguments and return images."""
+    blocks = (ROOT / "README.md").read_text().split("```python\n")[1:]
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(blocks[0].split("```")[0], namespace)  # noqa: S102 - the project's own README
+    assert len(namespace["images"]) == len(namespace["edited"]) == 4
+    assert {image.size for image in namespace["edited"]} == {image.size for image in namespace["images"]}
