@@ -28,6 +28,23 @@ def test_an_exact_reflector_and_editor_fix_round_zero_and_then_stop(stub) -> Non
     assert all(t.verdict_after(3) == t.verified[-1] for t in trajectories)  # stopped prompts carry their image
 
 
+def test_progress_lines_name_each_round_and_the_oracles_as_its_own(stub, monkeypatch) -> None:
+    import unigap.refine.loop as loop_module
+
+    names: list[str] = []
+    real = loop_module.map_items
+
+    def recording(items, batch_size, fn, name, progress):
+        names.append(name)
+        return real(items, batch_size, fn, name, False)
+
+    monkeypatch.setattr(loop_module, "map_items", recording)
+    run_loop(stub, SPECS, rounds=1, reflector="self", refiner="edit", seed=0)
+    run_loop(stub, SPECS, rounds=1, reflector="oracle", refiner="edit", seed=0)
+    assert names == ["round 0: generate", "round 1: reflect", "round 1: edit", "oracle round 0: generate",
+                     "oracle round 1: edit"]  # (the oracle reflects without the model)
+
+
 def test_edits_take_the_edit_guidance_and_generation_keeps_its_cfg(stub, monkeypatch, tmp_path: Path) -> None:
     calls: list[tuple] = []
     edit, generate = stub.edit, stub.generate_images

@@ -105,15 +105,16 @@ def run_loop(
     edit_guidance: EditGuidance = EditGuidance(),
 ) -> list[Trajectory]:
     """Every prompt through round 0 and up to `rounds` reflect/refine rounds (module docstring). `cfg_scale` guides
-    generation and regeneration, `edit_guidance` the edits."""
+    generation and regeneration, `edit_guidance` the edits. Progress lines name the oracle's rounds as its own."""
     mode = refiner_for(um, refiner)
     trajectories = [Trajectory(spec) for spec in specs]
-    _generate(um, trajectories, seed, 0, cfg_scale, temperature, batch_size, progress)
+    stage = "oracle round" if reflector == "oracle" else "round"
+    _generate(um, trajectories, seed, 0, cfg_scale, temperature, batch_size, progress, f"{stage} 0: generate")
     for round_ in range(1, rounds + 1):
         active = [t for t in trajectories if t.running]
         if not active:
             break
-        notes = _reflect(um, active, reflector, batch_size, progress)
+        notes = _reflect(um, active, reflector, batch_size, progress, f"{stage} {round_}: reflect")
         refining: list[tuple[Trajectory, str]] = []
         for trajectory, note in zip(active, notes, strict=True):
             trajectory.reflections.append(note)
@@ -124,30 +125,32 @@ def run_loop(
                 trajectory.format_failure_round = round_
             else:
                 refining.append((trajectory, note))
-        _refine(um, refining, mode, seed, round_, cfg_scale, temperature, batch_size, progress, edit_guidance)
+        _refine(um, refining, mode, seed, round_, cfg_scale, temperature, batch_size, progress, edit_guidance,
+                f"{stage} {round_}: {mode}")
     return trajectories
 
 
 def _generate(um: Refinable, trajectories: Sequence[Trajectory], seed: int, round_: int, cfg_scale: float | None,
-              temperature: float, batch_size: int, progress: bool) -> None:
+              temperature: float, batch_size: int, progress: bool, name: str) -> None:
     def batch(index: int, chunk: list[Trajectory]) -> list[Image.Image]:
         return um.decode_tokens(um.generate_images([t.spec.text for t in chunk], 1, cfg_scale, temperature,
                                                    batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index)))
 
-    _record(trajectories, map_items(trajectories, batch_size, batch, "round 0: generate", progress))
+    _record(trajectories, map_items(trajectories, batch_size, batch, name, progress))
 
 
-def _reflect(um: Refinable, active: Sequence[Trajectory], reflector: str, batch_size: int, progress: bool) -> list[str]:
+def _reflect(um: Refinable, active: Sequence[Trajectory], reflector: str, batch_size: int, progress: bool,
+             name: str) -> list[str]:
     if reflector == "oracle":
         return [oracle_reflection(t.images[-1], t.spec) for t in active]
     return map_items(active, batch_size, lambda _, chunk: um.reflect([t.images[-1] for t in chunk],
                                                                     [t.spec.text for t in chunk]),
-                     "reflect", progress)
+                     name, progress)
 
 
 def _refine(um: Refinable, refining: Sequence[tuple[Trajectory, str]], mode: str, seed: int, round_: int,
             cfg_scale: float | None, temperature: float, batch_size: int, progress: bool,
-            edit_guidance: EditGuidance) -> None:
+            edit_guidance: EditGuidance, name: str) -> None:
     def batch(index: int, chunk: list[tuple[Trajectory, str]]) -> list[Image.Image]:
         sample_seed = batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index)
         if mode == "edit":
@@ -158,7 +161,7 @@ def _refine(um: Refinable, refining: Sequence[tuple[Trajectory, str]], mode: str
                                         temperature, sample_seed)
         return um.decode_tokens(tokens)
 
-    images = map_items(refining, batch_size, batch, f"round {round_}: {mode}", progress)
+    images = map_items(refining, batch_size, batch, name, progress)
     _record([t for t, _ in refining], images)
 
 
