@@ -61,6 +61,7 @@ def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys
     out = tmp_path / "images"
     code, stdout, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "metadata.jsonl"]
+    assert stdout.strip() == f"wrote 2 images, one per prompt, to {out}"
     import datasets
 
     loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
@@ -82,7 +83,7 @@ def test_generate_writes_one_png_or_a_grid(tiny_dir, tmp_path, capsys, n, size):
     out = tmp_path / "img.png"
     args = ["generate", "--model", tiny_dir, "--prompt", "a red circle", "--n", n, "--seed", 1, "--out", out]
     code, stdout, _ = run_main(capsys, args)
-    assert code == 0 and f"wrote {n} image(s)" in stdout
+    assert code == 0 and stdout.strip() == f"wrote {'an image' if n == 1 else f'a grid of {n} images'} to {out}"
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size == size
     first = out.read_bytes()

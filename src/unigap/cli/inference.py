@@ -97,7 +97,8 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
     if prompts is not None:  # the index, then the earlier run's images it no longer lists go
         atomic_write_lines(out / GRID_INDEX, [json.dumps(row) for row in rows])
         remove_replaced(out, earlier, {row["file_name"] for row in rows}, named=r"\d{4,}\.png")
-    typer.echo(f"wrote {n * len(texts)} image(s) to {out}")
+    one, many = ("an image", "images") if n == 1 else (f"a grid of {n} images", f"grids of {n} images")
+    typer.echo(f"wrote {one if len(texts) == 1 else f'{len(texts)} {many}, one per prompt,'} to {out}")
 
 
 def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path, *, n: int, seed: int, cfg: float,
