@@ -372,3 +372,19 @@ def test_unigaps_warnings_are_one_line_like_its_errors(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         "unigap: warning: 'tiny' names the shipped model, not the directory tiny/ here (pass ./tiny to load that)",
         "unigap: warning: the tokenizer does not know 'photo': each reads as <unk>"]
+
+
+@pytest.mark.parametrize(("args", "patched", "hint"), [
+    (["train", "--model", "tiny", "--objective", "und-sft"], "unigap.cli.train.claim_inputs",
+     "unigap: interrupted; rerun it with --resume to continue\n"),
+    (["pretrain", "--quick"], "unigap.pretrain.pretrain", "unigap: interrupted; rerun the same command to continue\n"),
+    (["world", "sample", "--n", "2", "--seed", "0"], "unigap.cli.world.write_dataset", "unigap: interrupted\n"),
+])
+def test_ctrl_c_says_how_to_continue(tmp_path: Path, capsys, monkeypatch, args: list[str], patched: str,
+                                     hint: str) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(patched, interrupted)
+    code, err = _run(capsys, [*args, "--out", str(tmp_path / "out")])
+    assert code == 130 and err == hint

@@ -180,6 +180,21 @@ def _refusing_odd_numbers(param: object, process_value: Callable[[object, object
     return checked
 
 
+INTERRUPTED = 130  # typer's exit code on ^C
+RERUN_CONTINUES = ("study", "tune", "pretrain")  # the long jobs a plain rerun resumes (no --resume flag)
+
+
+def _how_to_continue(argv: list[str], command: str, subcommand: str | None) -> str:
+    """After ^C: how the same command picks up where it stopped, where it can."""
+    if command in RERUN_CONTINUES:
+        return "; rerun the same command to continue"
+    group = _click_command().commands.get(command)  # type: ignore[attr-defined]
+    chosen = (getattr(group, "commands", None) or {}).get(subcommand, group) if subcommand else group
+    options = {opt for param in getattr(chosen, "params", ()) for opt in getattr(param, "opts", ())}
+    geneval = command != "generate" or any(arg.startswith("--layout") for arg in argv)  # (its only resumable layout)
+    return "; rerun it with --resume to continue" if "--resume" in options and geneval else ""
+
+
 @functools.cache  # once per process (tests call `main` many times)
 def _one_line_warnings() -> None:
     """unigap's own warnings as one `unigap: warning: ...` line, like its errors (Python's format adds the file, line
@@ -212,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
         _check_processes(command, subcommand)
         _check_out(typed, command, subcommand)
         code = _click_command().main(args=typed, prog_name="unigap", standalone_mode=False)
+        if code == INTERRUPTED:
+            print(f"unigap: interrupted{_how_to_continue(typed, command, subcommand)}", file=sys.stderr)
         sys.exit(code if isinstance(code, int) else 0)  # an int: `typer.Exit(code)` (a guard's exit 3), or 130 on ^C
     except typer.TyperException as exc:  # click's usage errors: a bad flag or value (no arguments: help was shown)
         context = getattr(exc, "ctx", None)  # (none for a value a command refuses itself: the command typed)
