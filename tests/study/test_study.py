@@ -4,6 +4,7 @@ resumes to the same numbers, and other settings on the same directory are refuse
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def test_rerun_skips_finished_jobs(tmp_path: Path, finished: Path, small_config:
 
 
 def test_killed_study_resumes_to_the_same_numbers(
-    tmp_path: Path, finished: Path, small_config: StudyConfig, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, finished: Path, small_config: StudyConfig, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """Kill the study after PCGrad seed 1 has trained but before it is evaluated, then rerun it."""
     out = tmp_path / "killed"
@@ -93,7 +94,12 @@ def test_killed_study_resumes_to_the_same_numbers(
         run_study(small_config, out, show_progress=False)
     assert (out / "pcgrad" / "seed1" / "checkpoint" / "checkpoint.pt").is_file()
     monkeypatch.setattr(StudyRunner, "evaluate", evaluate)
-    build_report(run_study(small_config, out, show_progress=False), out)
+    capsys.readouterr()
+    build_report(run_study(small_config, out), out)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("study")]  # (not transformers')
+    total = len(_jobs(finished))
+    assert lines and len(lines) < total and all(re.fullmatch(rf"study: job \d+/{total}: .+", line) for line in lines)
+    assert any("pcgrad" in line for line in lines)  # not a terminal: a line per job that runs, none for finished ones
     for method in ("pcgrad", "soup-0.5", "oracle"):
         again = json.loads((out / method / "seed1" / "eval.json").read_text())
         first = json.loads((finished / method / "seed1" / "eval.json").read_text())

@@ -23,6 +23,7 @@ Layout of OUT (what `unigap.report.load_study` reads)::
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -193,13 +194,16 @@ def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) 
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
     )  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True), disable=not show_progress) as progress:
+    lines = show_progress and not sys.stderr.isatty()  # to a file: a line per job (rich would draw only at the end)
+    with Progress(*columns, console=Console(stderr=True), disable=not show_progress or lines) as progress:
         runner = StudyRunner(config, out, progress)
         jobs = runner.jobs()
         overall = progress.add_task("study", total=len(jobs))
-        for job in jobs:
+        for index, job in enumerate(jobs):
             if not job.output.is_file():
                 progress.update(overall, description=f"study: {job.name}")
+                if lines:
+                    print(f"study: job {index + 1}/{len(jobs)}: {job.name}", file=sys.stderr, flush=True)
                 started = time.perf_counter()
                 job.run()
                 with (out / JOBS_FILE).open("a", encoding="utf-8") as handle:
