@@ -137,12 +137,13 @@ def differences_since(saved: dict[str, Any], settings: dict[str, Any], defaults:
 
 
 def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
-                   defaults: dict[str, Any] | None = None, write: bool = True, kind: str = "settings") -> None:
+                   defaults: dict[str, Any] | None = None, write: bool = True, kind: str = "settings",
+                   free: tuple[str, ...] = ()) -> None:
     """Write a run's settings to `path` (unless `write` is False: a data-parallel process other than the one that
     writes), or refuse (`UserError` naming each difference) to continue a `what` run made under others, since its
     finished parts are only reusable under what produced them. A setting absent from the saved ones (added since)
     counts as equal when it has its value in `defaults`; a saved one that `settings` no longer has (removed since, or
-    one the caller leaves free to change) is not compared."""
+    one the caller leaves free to change) is not compared, nor are the `free` ones, which are written all the same."""
     path = Path(path)
     if path.parent.exists() and not path.parent.is_dir():
         raise UserError(f"--out {path.parent} is a file, not a directory")
@@ -151,7 +152,8 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read {path}: {exc}") from None
-        changed = differences_since({k: v for k, v in saved.items() if k in settings}, settings, defaults or {})
+        compared = {k: v for k, v in settings.items() if k not in free}
+        changed = differences_since({k: v for k, v in saved.items() if k in compared}, compared, defaults or {})
         if changed:
             raise UserError(f"{path.parent} holds a {what} run under other {kind} ({'; '.join(changed)}); rerun "
                             f"with the same {kind} to resume it, or choose a new --out")

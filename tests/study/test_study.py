@@ -109,6 +109,22 @@ def test_killed_study_resumes_to_the_same_numbers(
     )["results"]
 
 
+def test_a_rerun_with_more_arms_adds_them_and_one_with_fewer_runs_nothing(
+    tmp_path: Path, finished: Path, small_config: StudyConfig
+) -> None:
+    out = tmp_path / "more"
+    shutil.copytree(finished, out)
+    run_study(small_config.scaled(methods=("joint",)), out, show_progress=False)
+    assert _jobs(out)[len(_jobs(finished)):] == ["joint, seed 0", "joint, seed 1"]  # the rest was there already
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["methods"] == [*small_config.methods, "joint"]  # every arm the folder holds
+    results = build_report(out, out).results
+    assert results["methods"] == [*METHODS[:3], "joint", *METHODS[3:]]
+    run_study(small_config.scaled(methods=("und-only",)), out, show_progress=False)
+    assert len(_jobs(out)) == len(_jobs(finished)) + 2
+    assert json.loads((out / "study.json").read_text())["methods"] == saved["methods"]
+
+
 def test_other_settings_on_the_same_directory_are_refused(finished: Path, small_config: StudyConfig) -> None:
     with pytest.raises(UserError, match="steps: 2 → 3"):
         run_study(small_config.scaled(steps=3), finished, show_progress=False)

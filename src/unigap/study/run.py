@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from unigap.atomic import claim_settings
+from unigap.manifest import read_record
 from unigap.study.results import ANSWER_LENGTH_FILE, BASE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
 from unigap.study.config import FULL, StudyConfig
 from unigap.arms import ARMS
@@ -179,7 +180,12 @@ def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str,
     defaults = FULL.to_dict() | {WEIGHTS_KEY: weights}  # a study from before a setting existed ran at its default
     if edit_guidance and not any(ARMS[m].family == "p3" for m in config.methods):
         defaults |= edit_guidance  # arms that never edit: the scales change none of their numbers
-    claim_settings(out / STUDY_FILE, config.to_dict() | recorded, "study", defaults)
+    # the arms only choose which jobs run (each arm's runs are its own folders; the report reads every arm there), so a
+    # rerun with other --methods adds arms to the study, and study.json lists every arm the folder has run
+    earlier = (read_record(out / STUDY_FILE) or {}).get("methods") or []
+    methods = [*earlier, *(m for m in config.methods if m not in earlier)]
+    claim_settings(out / STUDY_FILE, config.to_dict() | recorded | {"methods": methods}, "study", defaults,
+                   free=("methods",))
 
 
 def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> Path:
