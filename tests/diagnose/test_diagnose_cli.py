@@ -48,6 +48,10 @@ def test_diagnose_writes_report_and_figures(tiny_dir: Path, prefs: dict[str, Pat
     _run(capsys, [*argv, "--out", str(tmp_path / "e"), "--seed", "3", "--sweep-probes", "1"])
     again = json.loads((tmp_path / "e" / "diagnostics.json").read_text())
     assert again["samples"] == report["samples"] and again["inter"] == report["inter"]
+    assert (tmp_path / "e" / "sweep.png").is_file()  # a rerun without the sweep leaves no stale figure
+    _run(capsys, [*argv, "--out", str(tmp_path / "e"), "--seed", "3", "--sweep-probes", "0"])
+    figures = json.loads((tmp_path / "e" / "diagnostics.json").read_text())["figures"]
+    assert sorted(p.name for p in (tmp_path / "e").glob("*.png")) == sorted(figures) and "sweep.png" not in figures
 
 
 def test_diagnose_a_trained_adapter_reaches_lora_a(

@@ -113,4 +113,6 @@ def write_figures(report: dict[str, Any], directory: Path) -> list[str]:
     ]
     if report.get("sweep"):
         paths.append(sweep_plot(report["sweep"], directory / "sweep.png"))
+    else:  # a rerun without the sweep leaves no earlier run's figure beside this report
+        (directory / "sweep.png").unlink(missing_ok=True)
     return [p.name for p in paths]
