@@ -79,7 +79,7 @@ def model_card() -> str:
         ("self-judge AUC within categories", f"{judge['auc_within']['auc']:.3f} ({judge['auc_within']['pairs']} pairs)"),
         ("self-judge precision (P(yes) ≥ 0.5)", _value(judge["precision"], "precision")),
         ("reflection: stops on correct images", _value(report["reflect"]["stop_when_correct"], "rate")),
-        ("reflection: valid edit on failed images", _value(report["reflect"]["valid_edit_rate"], "rate")),
+        ("reflection: valid edit on fixable failed images", _value(report["reflect"]["valid_edit_rate"], "rate")),
         ("edit accuracy (exact instructions)", _value(report["edit"], "accuracy")),
         ("VQ reconstructions the verifier accepts", _value(report["vq_reconstruction"], "accuracy")),
     ]
