@@ -81,6 +81,7 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
      "--size must be from 32 to 2048 pixels, got 99999"),
     (["train", "--model", "tiny", "--strategy", "joint", "--und", "missing.jsonl"],
      "strategy 'joint' needs gen preference pairs (--gen FILE)"),
+    (["eval", "--model", "tiny", "--prompts", "nofile.txt"], "--prompts nofile.txt: no such prompt file"),
     (["train", "--model", "tiny", "--objective", "unimrg", "--dtype", "bfloat16", "--bf16"],
      "--bf16 is bf16 autocast over float32 weights"),
 ])

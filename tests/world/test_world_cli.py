@@ -26,7 +26,11 @@ def test_sample_then_verify(tmp_path, capsys):
     code, out, _ = run_main(
         capsys, ["world", "sample", "--n", "5", "--seed", "1", "--out", str(out_dir), "--split", "test"]
     )
-    assert code == 0 and "wrote 5 samples" in out
+    assert code == 0 and out.strip() == f"wrote 5 samples to {out_dir / 'samples.jsonl'}"
+    code, out, _ = run_main(capsys, ["world", "sample", "--n", "2", "--seed", "1", "--questions", "2", "--out",
+                                     str(tmp_path / "asked")])
+    assert code == 0 and out.strip() == (f"wrote 2 samples to {tmp_path / 'asked' / 'samples.jsonl'}, and 2 "
+                                         f"question(s) per image to {tmp_path / 'asked' / 'questions.jsonl'}")
     rows = [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and all((out_dir / r["image"]).is_file() for r in rows)
     assert len(load_dataset(out_dir)) == 5

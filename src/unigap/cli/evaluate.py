@@ -64,6 +64,8 @@ def eval_command(
         raise UserError(f"--split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
     if prompts in SPLITS:  # (the report would record --split's prompts, not these)
         raise UserError(f"--prompts {prompts}: eval's held-out prompts are chosen by --split; --prompts takes a file")
+    if prompts is not None and not Path(prompts).is_file():  # (prompt_specs' message offers splits, which eval refuses)
+        raise UserError(f"--prompts {prompts}: no such prompt file")
     from unigap.evaluate.data import prompt_specs
     from unigap.data.understanding import read_understanding_data
 

@@ -10,7 +10,7 @@ import typer
 from unigap.errors import UserError
 from unigap.manifest import manifest, write_manifest
 from unigap.progress import progress
-from unigap.world.dataset import SPLITS, write_dataset
+from unigap.world.dataset import QUESTIONS_FILE, SPLITS, write_dataset
 from unigap.world.prompts import CATEGORIES, parse_prompt
 from unigap.world.scene import DEFAULT_CANVAS, MIN_CANVAS
 from unigap.world.verify import load_image, verify
@@ -62,7 +62,8 @@ def sample(
         path = write_dataset(out, n, seed, split, category, size, progress=update, questions=questions,
                              draw_seed=draw_seed)
     write_manifest(out, record)
-    typer.echo(f"wrote {n} samples to {path}")
+    asked = f", and {questions} question(s) per image to {out / QUESTIONS_FILE}" if questions else ""
+    typer.echo(f"wrote {n} samples to {path}{asked}")
 
 
 @app.command("verify")
