@@ -22,8 +22,8 @@ def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, s
     return exc.value.code, out, err
 
 
-def _write(path: Path, p_gen: float, seed: int = 0, draw: int = 0) -> Path:
-    report = eval_report(np.random.default_rng([seed, draw]), 0.6, p_gen, n=300)
+def _write(path: Path, p_gen: float, seed: int = 0, draw: int = 0, n: int = 300) -> Path:
+    report = eval_report(np.random.default_rng([seed, draw]), 0.6, p_gen, n=n)
     report["config"]["seed"] = seed
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report))
@@ -50,6 +50,12 @@ def test_a_model_against_its_baseline_welch_paired_and_json(tmp_path: Path, caps
     assert math.isclose(generation["paired"]["t"], paired.statistic, rel_tol=1e-9)
     assert results["bonferroni"]["tests"] == 8 and "training" not in results
     assert "p_bonferroni_family" not in generation
+
+
+def test_the_table_shows_both_sides_n_where_they_differ(tmp_path: Path, capsys) -> None:
+    before, after = _write(tmp_path / "before.json", 0.40), _write(tmp_path / "after.json", 0.55, draw=1, n=200)
+    code, out, _ = _run(capsys, before, after)
+    assert code in (0, None) and "300 → 200" in out
 
 
 def test_by_category_adds_each_category_and_question_kind(tmp_path: Path, capsys) -> None:
