@@ -116,7 +116,7 @@ def tune_command(
         steps=steps,
         eval_every=eval_every, n=n, gen_pairs=pairs, kl_budget=kl_budget, seed=seed,
     )  # fmt: skip
-    console = Console(stderr=True)
+    console = Console(stderr=True, log_path=False)  # a timed line per stage, without the source line it was logged at
     results = tune(config, out, progress=lambda what: console.log(f"tune: {what}"))
     rendered = Table(*TABLE_HEADER, title=f"gen-only DPO on the validation split (n = {config.n}, seed {seed})")
     for row in table(results):
