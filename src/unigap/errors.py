@@ -1,8 +1,9 @@
 """The exceptions the CLI turns into one clear line: `UserError` (exit 2) and `GuardStopped` (exit 3)."""
 
 
-class UserError(Exception):
-    """A mistake in the user's input (bad file, bad prompt, bad flag value): not a bug in unigap."""
+class UserError(ValueError):
+    """A mistake in the user's input (bad file, bad prompt, bad flag value): not a bug in unigap. A `ValueError`, so
+    that scripts calling the Python API catch it where Python's own bad-value errors are caught."""
 
 
 class GuardStopped(Exception):

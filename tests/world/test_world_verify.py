@@ -132,6 +132,14 @@ def test_accepts_pil_images_and_checks_size():
         verify(big, parse_prompt("a triangle"))
 
 
+def test_a_users_mistake_is_a_value_error_to_scripts():
+    """Scripts catch bad values as ValueError; the CLI turns the same UserError into one line."""
+    with pytest.raises(ValueError, match="expected a 64x64 image, got 32x48"):
+        verify(np.zeros((48, 32, 3), np.uint8), "a triangle")
+    with pytest.raises(ValueError, match="cannot parse prompt"):
+        parse_prompt("a triangle!")
+
+
 def test_a_transparent_background_reads_as_white_as_in_transformers(tmp_path):
     """A cut-out PNG (shape opaque, background transparent, its hidden colour black) must not read as a shape on a
     black canvas: transparency is composited onto white, as transformers' `convert_to_rgb` does."""

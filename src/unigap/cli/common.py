@@ -149,6 +149,8 @@ def load(model: str, adapter: Path | None, dtype: str | None = None) -> UnifiedM
     if adapter is not None:
         try:
             um.load_adapter(adapter)
+        except UserError:  # (a ValueError too) already says what is wrong
+            raise
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             raise UserError(f"cannot apply adapter {adapter} to this model: {first_line(exc)}") from None
     return um

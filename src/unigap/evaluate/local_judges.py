@@ -69,6 +69,8 @@ def _loading(kind: str, path: Path) -> Iterator[None]:
     hf_logging.disable_progress_bar()
     try:
         yield
+    except UserError:  # (a ValueError too) already says what is wrong
+        raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, ImportError) as exc:
         raise UserError(f"cannot load a {kind} judge from {path}: {first_line(exc)}") from None
     finally:
