@@ -110,11 +110,13 @@ def test_killed_study_resumes_to_the_same_numbers(
 
 
 def test_a_rerun_with_more_arms_adds_them_and_one_with_fewer_runs_nothing(
-    tmp_path: Path, finished: Path, small_config: StudyConfig
+    tmp_path: Path, finished: Path, small_config: StudyConfig, capsys
 ) -> None:
     out = tmp_path / "more"
     shutil.copytree(finished, out)
-    run_study(small_config.scaled(methods=("joint",)), out, show_progress=False)
+    capsys.readouterr()
+    run_study(small_config.scaled(methods=("joint",)), out)
+    assert f"study: adding joint to the study in {out}" in capsys.readouterr().err.splitlines()
     assert _jobs(out)[len(_jobs(finished)):] == ["joint, seed 0", "joint, seed 1"]  # the rest was there already
     saved = json.loads((out / "study.json").read_text())
     assert saved["methods"] == [*small_config.methods, "joint"]  # every arm the folder holds
@@ -189,6 +191,8 @@ def test_a_study_from_before_the_edit_scales_resumes_unless_its_arms_edit(tmp_pa
         if edits:
             with pytest.raises(UserError, match=r"edit_cfg_scale: \(absent\) → 2.0"):
                 claim(config, out, "w", guidance)
+            with pytest.raises(UserError, match=r"edit_cfg_scale: \(absent\) → 2.0"):  # nor by adding another arm
+                claim(small_config.scaled(methods=("joint",)), out, "w", guidance)
         else:
             claim(config, out, "w", guidance)
             assert json.loads((out / "study.json").read_text())["edit_image_cfg_scale"] == 1.5  # recorded from now on

@@ -171,21 +171,22 @@ class StudyRunner:
             self.progress.remove_task(task)
 
 
-def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str, float] | None = None) -> None:
+def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str, float] | None = None) -> list[str]:
     """Write OUT/study.json, or check that the study already in OUT ran under the same settings and
-    on the same weights (`weights`: the model's `weights_fingerprint`). `edit_guidance`: the edit scales the
-    reason-reflect-refine arms use (the library's), recorded so that a study from before they existed, whose arms
-    edited under plain CFG at 5, is not resumed under them."""
-    recorded = {WEIGHTS_KEY: weights, **(edit_guidance or {})}
-    defaults = FULL.to_dict() | {WEIGHTS_KEY: weights}  # a study from before a setting existed ran at its default
-    if edit_guidance and not any(ARMS[m].family == "p3" for m in config.methods):
-        defaults |= edit_guidance  # arms that never edit: the scales change none of their numbers
-    # the arms only choose which jobs run (each arm's runs are its own folders; the report reads every arm there), so a
-    # rerun with other --methods adds arms to the study, and study.json lists every arm the folder has run
+    on the same weights (`weights`: the model's `weights_fingerprint`); returns the arms this run adds to it.
+    `edit_guidance`: the edit scales the reason-reflect-refine arms use (the library's), recorded so that a study from
+    before they existed, whose arms edited under plain CFG at 5, is not resumed under them. The arms only choose which
+    jobs run (each arm's runs are its own folders, and the report reads every arm there), so a rerun with other
+    --methods adds arms, and study.json lists every arm asked of the folder."""
     earlier = (read_record(out / STUDY_FILE) or {}).get("methods") or []
     methods = [*earlier, *(m for m in config.methods if m not in earlier)]
+    recorded = {WEIGHTS_KEY: weights, **(edit_guidance or {})}
+    defaults = FULL.to_dict() | {WEIGHTS_KEY: weights}  # a study from before a setting existed ran at its default
+    if edit_guidance and not any(ARMS[m].family == "p3" for m in methods if m in ARMS):  # (the folder's arms too)
+        defaults |= edit_guidance  # arms that never edit: the scales change none of their numbers
     claim_settings(out / STUDY_FILE, config.to_dict() | recorded | {"methods": methods}, "study", defaults,
                    free=("methods",))
+    return methods[len(earlier):] if earlier else []
 
 
 def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> Path:
@@ -196,7 +197,10 @@ def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) 
 
     out = Path(out)
     directory = resolve_checkpoint(config.model)  # a mistyped --model fails here, before study.json pins it
-    claim(config, out, weights_fingerprint(directory), dict(zip(EDIT_SETTINGS, (EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE))))
+    added = claim(config, out, weights_fingerprint(directory),
+                  dict(zip(EDIT_SETTINGS, (EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE))))
+    if added and show_progress:  # (a rerun that left out --methods adds the default arms: say so before hours of jobs)
+        print(f"study: adding {', '.join(added)} to the study in {out}", file=sys.stderr, flush=True)
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
     )  # fmt: skip
