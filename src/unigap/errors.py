@@ -1,9 +1,15 @@
-"""The exceptions the CLI turns into one clear line: `UserError` (exit 2) and `GuardStopped` (exit 3)."""
+"""The exceptions the CLI turns into one clear line: `UserError` (exit 2) and `GuardStopped` (exit 3); and
+`UnigapWarning`, a warning it prints as one line."""
 
 
 class UserError(ValueError):
     """A mistake in the user's input (bad file, bad prompt, bad flag value): not a bug in unigap. A `ValueError`, so
     that scripts calling the Python API catch it where Python's own bad-value errors are caught."""
+
+
+class UnigapWarning(UserWarning):
+    """Something the user may have got wrong but that need not stop the work (an unknown word, a name that shadows a
+    folder): the CLI prints it as one `unigap: warning:` line."""
 
 
 class GuardStopped(Exception):

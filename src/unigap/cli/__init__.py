@@ -191,22 +191,25 @@ def _how_to_continue(argv: list[str], command: str, subcommand: str | None) -> s
     group = _click_command().commands.get(command)  # type: ignore[attr-defined]
     chosen = (getattr(group, "commands", None) or {}).get(subcommand, group) if subcommand else group
     options = {opt for param in getattr(chosen, "params", ()) for opt in getattr(param, "opts", ())}
-    geneval = command != "generate" or any(arg.startswith("--layout") for arg in argv)  # (its only resumable layout)
+    layout = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--layout"), None)
+    layout = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--layout=")), layout)
+    geneval = command != "generate" or layout == "geneval"  # (its only resumable layout)
     return "; rerun it with --resume to continue" if "--resume" in options and geneval else ""
 
 
 @functools.cache  # once per process (tests call `main` many times)
 def _one_line_warnings() -> None:
-    """unigap's own warnings as one `unigap: warning: ...` line, like its errors (Python's format adds the file, line
-    and source text of the warning call, which tell a user nothing); other libraries' keep their format."""
+    """unigap's own warnings (`UnigapWarning`) as one `unigap: warning: ...` line, like its errors (Python's format
+    adds the file, line and source text of the warning call, which tell a user nothing); others keep their format."""
     import warnings
 
-    package = Path(__file__).resolve().parent.parent
+    from unigap.errors import UnigapWarning
+
     standard = warnings.formatwarning
 
     def formatted(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   line: str | None = None) -> str:
-        if Path(filename).resolve().is_relative_to(package):
+        if issubclass(category, UnigapWarning):
             return f"unigap: warning: {message}\n"
         return standard(message, category, filename, lineno, line)
 

@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoTokenizer, JanusForConditionalGeneration, PreTrainedTokenizerBase
 
-from unigap.errors import UserError, first_line
+from unigap.errors import UnigapWarning, UserError, first_line
 from unigap.model.checkpoint import read_sidecar
 from unigap.model.unified import UnifiedModel
 
@@ -25,7 +25,7 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
     if name in EMBEDDED:
         if Path(name).is_dir():
             warnings.warn(f"{name!r} names the shipped model, not the directory {name}/ here (pass ./{name} to load "
-                          "that)", UserWarning, stacklevel=2)
+                          "that)", UnigapWarning, stacklevel=2)
         directory = EMBEDDED[name]
         if not (directory / "config.json").is_file():
             raise UserError(

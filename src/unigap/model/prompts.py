@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
 
-from unigap.errors import UserError
+from unigap.errors import UnigapWarning, UserError
 from unigap.world.edits import REFLECT_QUESTION
 
 JANUS_PRO_TEMPLATE = "janus-pro"
@@ -71,7 +71,7 @@ class PromptFormat:
             unknown = [word for word in text.split() if self.tokenizer.unk_token_id in self.tokenizer(
                 word, add_special_tokens=False)["input_ids"]]
             warnings.warn(f"the tokenizer does not know {', '.join(map(repr, unknown))}: each reads as "
-                          f"{self.tokenizer.unk_token}", UserWarning, stacklevel=3)
+                          f"{self.tokenizer.unk_token}", UnigapWarning, stacklevel=3)
         return ids
 
     def _with_image(self, tiny_text: str, chat_text: str, what: str) -> list[int]:

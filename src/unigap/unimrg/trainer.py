@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from unigap.errors import UnigapWarning
 from unigap.train.loop import resumed_state
 from unigap.train.sft import AnswerTask, ImageToImageTask, SFTTrainer, Task
 from unigap.train.trainer import TrainResult
@@ -31,7 +32,7 @@ def _fixed_instructions() -> Iterator[None]:
     model's vocabulary and read as <unk>, which is no user's mistake (`check_instructions` makes sure they still
     tell the maps apart)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="the tokenizer does not know", category=UserWarning)
+        warnings.filterwarnings("ignore", message="the tokenizer does not know", category=UnigapWarning)
         yield
 
 
