@@ -380,8 +380,8 @@ def test_unigaps_warnings_are_one_line_like_its_errors(tmp_path: Path) -> None:
      "unigap: interrupted; rerun it with --resume to continue\n"),
     (["pretrain", "--quick"], "unigap.pretrain.pretrain", "unigap: interrupted; rerun the same command to continue\n"),
     (["world", "sample", "--n", "2", "--seed", "0"], "unigap.cli.world.write_dataset", "unigap: interrupted\n"),
-    (["generate", "--prompt", "a red circle", "--layout", "grid"], "unigap.cli.inference._generate_grids",
-     "unigap: interrupted\n"),  # (only the geneval layout resumes)
+    (["generate", "--model", "tiny", "--prompt", "a red circle", "--layout", "grid"],
+     "unigap.cli.inference._generate_grids", "unigap: interrupted\n"),  # (only the geneval layout resumes)
 ])
 def test_ctrl_c_says_how_to_continue(tmp_path: Path, capsys, monkeypatch, args: list[str], patched: str,
                                      hint: str) -> None:
