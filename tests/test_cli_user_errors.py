@@ -83,7 +83,7 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
      "strategy 'joint' needs gen preference pairs (--gen FILE)"),
     (["eval", "--model", "tiny", "--prompts", "nofile.txt"], "--prompts nofile.txt: no such prompt file"),
     (["train", "--model", "tiny", "--objective", "unimrg", "--dtype", "bfloat16", "--bf16"],
-     "--bf16 is bf16 autocast over float32 weights"),
+     "bf16 autocast (--bf16, or bf16 = true in --config) runs over float32 weights"),
 ])
 def test_bad_values_are_one_line_and_write_nothing(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     out = tmp_path / ("out.jsonl" if args[0] == "prefs" else "out")
@@ -391,3 +391,12 @@ def test_ctrl_c_says_how_to_continue(tmp_path: Path, capsys, monkeypatch, args: 
     monkeypatch.setattr(patched, interrupted)
     code, err = _run(capsys, [*args, "--out", str(tmp_path / ("out.png" if args[0] == "generate" else "out"))])
     assert code == 130 and err == hint
+
+
+def test_bf16_from_a_config_with_bfloat16_weights_is_refused_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bf16.toml"
+    config.write_text("bf16 = true\n")
+    out = tmp_path / "out"
+    code, err = _run(capsys, ["train", "--model", "tiny", "--objective", "und-sft", "--dtype", "bfloat16", "--config",
+                              str(config), "--out", str(out)])
+    assert code == 2 and "bf16 = true in --config" in err and err.count("\n") == 1 and not out.exists()

@@ -109,8 +109,8 @@ def weights_dtype(dtype: str | None, bf16: bool) -> str | None:
     if not bf16:
         return dtype
     if dtype == "bfloat16":
-        raise UserError("--bf16 is bf16 autocast over float32 weights (TRL's bf16=True), and --dtype bfloat16 makes "
-                        "the weights bfloat16 already: give one of them")
+        raise UserError("bf16 autocast (--bf16, or bf16 = true in --config) runs over float32 weights (TRL's "
+                        "bf16=True), and --dtype bfloat16 makes them bfloat16 already: give one of the two")
     return "float32"
 
 

@@ -7,7 +7,7 @@ torch/transformers are imported inside the command, so `unigap --help` stays fas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def train(
         raise UserError(f"{', '.join(sft_flags)}: for --objective sft only ({objective} trains on {trains_on})")
     common = {"steps": steps, "lr": lr, "seed": seed, "gradient_checkpointing": gradient_checkpointing or None,
               "bf16": bf16 or None}
-    run = Run(model, weights_dtype(dtype, bf16), out, config, resume, backends)
+    run = Run(model, dtype, out, config, resume, backends)
     if objective == "sft":
         _train_sft(run, und_data, gen_data, common)
         return
@@ -97,6 +97,7 @@ def train(
     from unigap.train.trainer import DPOTrainer
 
     settings = TrainConfig.load(config, strategy=strategy, beta=beta, nll_weight=nll_weight, **common)
+    run = run.under(settings.bf16)
     files = {task: path for task, path in (("und", und), ("gen", gen)) if path is not None}
     check_pair_tasks(settings.strategy, files)  # before the model loads
     for task, path in files.items():
@@ -108,7 +109,7 @@ def train(
     settings_record = {"model": model, "und": None if und is None else str(und), "gen": None if gen is None else str(gen),
                        **settings.to_dict()}
     with manifest("train", settings_record, seeds=[settings.seed]) as record:
-        um = run.load(record, settings.bf16)
+        um = run.load(record)
         und_pairs, gen_pairs = (load_pairs(files[task], task, um) if task in files else [] for task in ("und", "gen"))
         trainer = DPOTrainer(um, settings, und_pairs, gen_pairs, out, report_to=backends)
         with progress(settings.strategy, settings.steps, distributed.is_main()) as update:
@@ -127,12 +128,16 @@ class Run:
     resume: bool
     backends: tuple[str, ...]
 
-    def load(self, record: dict[str, Any], bf16: bool) -> Any:
-        """The base model (float32 weights under bf16 autocast), its device and dtype noted in the run's manifest
-        record."""
+    def under(self, bf16: bool) -> Run:
+        """The run with the weights' dtype that bf16 autocast needs (the flag or the TOML's `bf16`), checked before
+        anything is written."""
+        return replace(self, dtype=weights_dtype(self.dtype, bf16))
+
+    def load(self, record: dict[str, Any]) -> Any:
+        """The base model, its device and dtype noted in the run's manifest record."""
         from unigap.model import load_model
 
-        um = load_model(self.model, dtype=weights_dtype(self.dtype, bf16))
+        um = load_model(self.model, dtype=self.dtype)
         record |= {"device": str(um.device), "dtype": str(um.dtype).removeprefix("torch.")}
         return um
 
@@ -153,10 +158,11 @@ def _train_sft(run: Run, und_data: Path | None, gen_data: Path | None, common: d
     paths = {"und_data": None if und_data is None else str(und_data),
              "gen_data": None if gen_data is None else str(gen_data)}
     settings = SFTConfig.load(run.config, **common, **paths)
+    run = run.under(settings.bf16)
     data = read_sft_data(settings)  # a bad row fails before the model loads
     claim_inputs(run.out, "train", run.model, und_data=und_data, gen_data=gen_data)
     with manifest("train", {"model": run.model, "objective": "sft", **settings.to_dict()}, seeds=[settings.seed]) as record:
-        result = train_sft(run.load(record, settings.bf16), settings, run.out, run.resume, run.backends, data=data)
+        result = train_sft(run.load(record), settings, run.out, run.resume, run.backends, data=data)
     sizes = f"{len(data.understanding)} understanding, {len(data.captions)} generation examples"
     run.finish(result, record, f"sft on {sizes}")
 
@@ -167,7 +173,8 @@ def _train_unimrg(run: Run, objective: str, common: dict[str, Any]) -> None:
     from unigap.unimrg.trainer import train_unimrg
 
     settings = UniMRGConfig.load(run.config, objective=objective, **common)
+    run = run.under(settings.bf16)
     claim_inputs(run.out, "train", run.model)
     with manifest("train", {"model": run.model, **settings.to_dict()}, seeds=[settings.seed]) as record:
-        result = train_unimrg(run.load(record, settings.bf16), settings, run.out, run.resume, run.backends)
+        result = train_unimrg(run.load(record), settings, run.out, run.resume, run.backends)
     run.finish(result, record, objective)
