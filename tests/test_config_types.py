@@ -4,8 +4,8 @@ fails at construction in one line naming the field, not deep inside a run."""
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +17,14 @@ from unigap.refine.run import RefineConfig
 from unigap.selfimprove.config import SelfImproveConfig
 from unigap.study.config import StudyConfig
 from unigap.study.tune import TuneConfig
-from unigap.train.config import TrainConfig
+from unigap.train.config import TrainConfig, check_field_types, load_config
 from unigap.train.sft_data import SFTConfig
 from unigap.unimrg.config import UniMRGConfig
 
 CONFIGS = [(TrainConfig, {"strategy": "joint"}), (SFTConfig, {"gen_data": "captions.jsonl"}), (UniMRGConfig, {}),
            (SelfImproveConfig, {}), (GRPOConfig, {}), (RefineConfig, {}), (PretrainConfig, {}), (TuneConfig, {}),
            (StudyConfig, {})]
+NAMES = {int: "an integer", float: "a number", tuple[float, ...]: "an array of numbers"}
 
 
 def _first(cls: type, *kinds: object) -> tuple[str, str]:
@@ -32,7 +33,7 @@ def _first(cls: type, *kinds: object) -> tuple[str, str]:
     for kind in kinds:
         for field in dataclasses.fields(cls):
             if hints[field.name] == kind:
-                return field.name, re.escape(kind.__name__ if isinstance(kind, type) else str(kind))
+                return field.name, NAMES[kind]
     raise AssertionError(f"{cls.__name__} has no field of {kinds}")
 
 
@@ -40,11 +41,11 @@ def _first(cls: type, *kinds: object) -> tuple[str, str]:
 def test_a_config_refuses_a_wrong_type(cls: type, required: dict) -> None:
     (count, _), (rate, rate_type) = _first(cls, int), _first(cls, float, tuple[float, ...])
     default = cls(**required)
-    with pytest.raises(UserError, match=rf"^{cls.__name__}\.{count} must be int, got '3'$"):
+    with pytest.raises(UserError, match=rf"^{cls.__name__}\.{count} must be an integer, got '3'$"):
         cls(**required, **{count: "3"})
-    with pytest.raises(UserError, match=rf"{cls.__name__}\.{count} must be int, got True"):
+    with pytest.raises(UserError, match=rf"{cls.__name__}\.{count} must be an integer, got True"):
         cls(**required, **{count: True})
-    with pytest.raises(UserError, match=rf"{cls.__name__}\.{count} must be int"):
+    with pytest.raises(UserError, match=rf"{cls.__name__}\.{count} must be an integer"):
         cls(**required, **{count: np.int64(getattr(default, count))})  # JSON could not record it
     with pytest.raises(UserError, match=rf"{cls.__name__}\.{rate} must be {rate_type}, got '0.1'"):
         cls(**required, **{rate: "0.1"})
@@ -53,8 +54,29 @@ def test_a_config_refuses_a_wrong_type(cls: type, required: dict) -> None:
 def test_ints_for_floats_and_optional_and_tuple_fields() -> None:
     assert TrainConfig(strategy="joint", beta=1).beta == 1  # TOML and Python alike write lr = 1
     assert PretrainConfig(vq_merge_similarity=None).vq_merge_similarity is None
-    with pytest.raises(UserError, match=r"PretrainConfig\.vq_merge_similarity must be float \| None, got '0.9'"):
+    with pytest.raises(UserError, match=r"PretrainConfig\.vq_merge_similarity must be a number or nothing, got '0.9'"):
         PretrainConfig(vq_merge_similarity="0.9")
-    assert TuneConfig(lrs=[1e-5, 3e-5]).lrs == [1e-5, 3e-5]  # a list where a tuple is declared reads the same
-    with pytest.raises(UserError, match=r"TuneConfig\.lrs must be tuple\[float, \.\.\.\], got \('fast',\)"):
+    with pytest.raises(UserError, match=r"TuneConfig\.lrs must be an array of numbers, got \[1e-05\]"):
+        TuneConfig(lrs=[1e-5])  # a list would make the frozen config unhashable
+    with pytest.raises(UserError, match=r"TuneConfig\.lrs must be an array of numbers, got \('fast',\)"):
         TuneConfig(lrs=("fast",))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shapes:
+    budget: float | None = None
+    rates: tuple[float, ...] = (0.1,)
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+
+
+def test_a_toml_file_fills_optional_and_array_fields_in_their_types(tmp_path: Path) -> None:
+    toml = tmp_path / "shapes.toml"
+    toml.write_text("budget = 1\nrates = [1, 0.5]\n")
+    loaded = load_config(_Shapes, toml, {})
+    assert loaded == _Shapes(budget=1.0, rates=(1.0, 0.5)) and isinstance(loaded.budget, float)
+    assert isinstance(loaded.rates[0], float) and hash(loaded)
+    toml.write_text('rates = ["fast"]\n')
+    with pytest.raises(UserError, match=r"config key rates must be an array of numbers, got \['fast'\]"):
+        load_config(_Shapes, toml, {})

@@ -113,22 +113,34 @@ def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any])
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UserError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    for name, value in values.items():
+    coerced = {name: _coerced(value, hints[name]) for name, value in values.items()}
+    for name, value in coerced.items():
         if not _type_ok(value, hints[name]):
-            raise UserError(f"config key {name} must be {_type_name(hints[name])}, got {value!r}")
+            raise UserError(f"config key {name} must be {_type_name(hints[name])}, got {values[name]!r}")
         if isinstance(value, float) and not math.isfinite(value):  # TOML writes inf and nan
             raise UserError(f"config key {name} must be a finite number, got {value!r}")
-    return cls(**{name: _coerced(value, hints[name]) for name, value in values.items()})
+    return cls(**coerced)
+
+
+def _options(expected: Any) -> tuple[Any, ...] | None:
+    """The types a union annotation (`float | None`) allows, or None for any other annotation."""
+    return typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else None
+
+
+def _element(expected: Any) -> Any:
+    """The element type of a `tuple[X, ...]` annotation (the only tuple form config fields take)."""
+    args = typing.get_args(expected)
+    if len(args) != 2 or args[1] is not Ellipsis:
+        raise TypeError(f"config fields are tuple[X, ...], not {expected}")
+    return args[0]
 
 
 def _type_ok(value: Any, expected: Any) -> bool:
-    """TOML gives ints where floats are meant (lr = 1); bools are not numbers here. `expected` may also be a union
-    (`float | None`) or a tuple of one type (`tuple[int, ...]`), the forms config fields take."""
-    if typing.get_origin(expected) in (typing.Union, types.UnionType):
-        return any(_type_ok(value, option) for option in typing.get_args(expected))
+    """Whether a value has its field's type; an int is a float here (lr = 1), a bool is not a number."""
+    if (options := _options(expected)) is not None:
+        return any(_type_ok(value, option) for option in options)
     if typing.get_origin(expected) is tuple:
-        element = typing.get_args(expected)[0]
-        return isinstance(value, tuple | list) and all(_type_ok(item, element) for item in value)
+        return isinstance(value, tuple) and all(_type_ok(item, _element(expected)) for item in value)
     if expected is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if expected is int:
@@ -137,14 +149,30 @@ def _type_ok(value: Any, expected: Any) -> bool:
 
 
 def _coerced(value: Any, expected: Any) -> Any:
-    """A checked value in its field's type: an int where a float is meant, an array (TOML's, a list) as a tuple."""
-    if expected is float:
+    """A TOML value in its field's form: an int where a float is meant (inside a union or an array too), an array
+    (a list) as a tuple; anything else as it is, for `_type_ok` to judge."""
+    if (options := _options(expected)) is not None:
+        return next((_coerced(value, o) for o in options if _type_ok(_coerced(value, o), o)), value)
+    if typing.get_origin(expected) is tuple and isinstance(value, list | tuple):
+        return tuple(_coerced(item, _element(expected)) for item in value)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    return tuple(value) if typing.get_origin(expected) is tuple else value
+    return value
 
 
-def _type_name(expected: Any) -> str:
-    return expected.__name__ if isinstance(expected, type) else str(expected)
+NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+         bool: ("true or false", "booleans"), type(None): ("nothing", "nothings")}
+
+
+def _type_name(expected: Any, plural: bool = False) -> str:
+    """An annotation as a user reads it: `float | None` is "a number or nothing", `tuple[float, ...]` "an array of
+    numbers"."""
+    if (options := _options(expected)) is not None:
+        return " or ".join(_type_name(option, plural) for option in options)
+    if typing.get_origin(expected) is tuple:
+        return f"an array of {_type_name(_element(expected), plural=True)}"
+    name = getattr(expected, "__name__", str(expected))
+    return NAMES.get(expected, (name, f"{name}s"))[plural]
 
 
 def check_field_types(config: Any) -> None:
