@@ -1,6 +1,7 @@
 """Every command the README and docs/experiments.md show still parses: a renamed option or subcommand breaks a test
-here, not the command a user copies. Only the words are checked (names of commands and options, the count of
-positional arguments); values are placeholders in the docs (`--lr LR`) and nothing runs."""
+here, not the command a user copies. Only the words are checked (the names of commands and options, and that no
+extra argument is left over); values are placeholders in the docs (`--lr LR`), and the commands do not run (the
+README's Python example does: it is short)."""
 
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ def _joined(block: list[str]) -> list[str]:
 
 
 def _invocations(program: str, inline: bool) -> list[tuple[str, list[str]]]:
-    """(where, words after `program`) for every documented call. Doc brackets mark optional words and `a|b`
-    alternatives (the first is kept); a `${...}` word stands for words only the shell knows (dropped); a shell
-    separator or a substitution ends the call."""
+    """(where, words after `program`) for every documented call (`unigap` also as accelerate's `-m unigap.cli`). Doc
+    brackets mark optional words and `a|b` alternatives (the first is kept); a `${...}` word stands for words only
+    the shell knows, and `...` for more (both dropped); a shell separator or a substitution ends the call."""
     found = []
     for document in DOCUMENTS:
         for line in _code(document.read_text(), inline):
@@ -57,14 +58,15 @@ def _invocations(program: str, inline: bool) -> list[tuple[str, list[str]]]:
                 words = shlex.split(line, comments=True)
             except ValueError:  # an unbalanced quote in prose
                 continue
-            starts = [i for i, word in enumerate(words) if word == program and (i == 0 or words[i - 1] in SEPARATORS)]
+            starts = [i for i, word in enumerate(words) if word == program and (i == 0 or words[i - 1] in SEPARATORS)
+                      or program == "unigap" and word == "unigap.cli" and words[i - 1] == "-m"]  # (accelerate's)
             for start in starts:
                 call = []
                 for word in words[start + 1:]:
                     if word in SEPARATORS or word.startswith(("$(", "<(")):
                         break
                     word = word.strip("[]").split("|")[0]
-                    if word and not word.startswith("${"):
+                    if word and not word.startswith("${") and word not in ("...", "…"):  # (the docs' "and so on")
                         call.append(word)
                 found.append((f"{document.name}: {line.strip()[:80]}", call))
     return found
@@ -88,6 +90,7 @@ def _check_words(command: object, words: list[str], parent: typer.Context | None
 def test_the_documents_show_commands_to_check() -> None:
     assert len(UNIGAP_CALLS) >= 50  # the extraction would otherwise pass by finding nothing
     assert any(call[:1] == ["study"] for _, call in UNIGAP_CALLS)
+    assert any("accelerate launch" in where for where, _ in UNIGAP_CALLS)
 
 
 @pytest.mark.parametrize(("where", "words"), UNIGAP_CALLS, ids=[where for where, _ in UNIGAP_CALLS])
