@@ -171,11 +171,16 @@ def test_the_trained_adapter_loads_and_changes_the_model(tmp_path: Path) -> None
 
 def test_the_table_shows_no_win_rate_where_no_answer_changed() -> None:
     """With no disagreement there is no rate: the row reads "—", not a 50 that looks measured."""
+    from rich.console import Console
+
     from unigap.cli.selfimprove import _table
 
-    result = {"config": {"method": "sft", "labels": "self"}, "before": None, "after": None,
-              "win_rate": {"value": None, "n": 0}}
-    row = [column._cells[-1] for column in _table(result).columns]
-    assert row == ["understanding win rate (0–100)", "—", "—", "n = 0", ""]
-    result["win_rate"] = {"value": 60.0, "n": 5}
-    assert [column._cells[-1] for column in _table(result).columns][1:4] == ["50", "60.0", "n = 5"]
+    def row(win_rate: dict) -> list[str]:
+        result = {"config": {"method": "sft", "labels": "self"}, "before": None, "after": None, "win_rate": win_rate}
+        console = Console(record=True, width=200)
+        console.print(_table(result))
+        line = next(line for line in console.export_text().splitlines() if "win rate" in line)
+        return [cell.strip() for cell in line.strip("│ ").split("│")]
+
+    assert row({"value": None, "n": 0})[:4] == ["understanding win rate (0–100)", "—", "—", "n = 0"]
+    assert row({"value": 60.0, "n": 5})[1:4] == ["50", "60.0", "n = 5"]

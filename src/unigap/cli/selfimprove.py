@@ -32,9 +32,8 @@ def _table(result: dict) -> Table:
         table.add_row(name.replace("_", " "), _fmt((result["before"] or {}).get(name), key),
                       _fmt((result["after"] or {}).get(name), key), delta, _fmt(paired, "p"))
     win = result.get("win_rate") or {}
-    no_change = "50" if win.get("value") is not None else "—"  # (no disagreement between the models: no rate)
-    rate = "—" if win.get("value") is None else f"{win['value']:.1f}"
-    table.add_row("understanding win rate (0–100)", no_change, rate, f"n = {win.get('n', 0)}", "")
+    before, after = ("—", "—") if win.get("value") is None else ("50", f"{win['value']:.1f}")  # (50: no change; no
+    table.add_row("understanding win rate (0–100)", before, after, f"n = {win.get('n', 0)}", "")  # answer changed: —)
     return table
 
 
