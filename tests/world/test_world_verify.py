@@ -10,6 +10,7 @@ from PIL import Image
 from shapeworld_degrade import DEGRADATIONS
 
 from unigap.errors import UserError
+from unigap.pixels import rgb_pixels
 from unigap.world import (
     Item,
     PromptSpec,
@@ -19,7 +20,6 @@ from unigap.world import (
     load_image,
     parse_prompt,
     render,
-    rgb_pixels,
     satisfies,
     verify,
 )
@@ -159,6 +159,8 @@ def test_a_transparent_background_reads_as_white_as_in_transformers(tmp_path):
     assert np.array_equal(load_image(tmp_path / "cut_out.png"), image)
     assert verify(cut_out, parse_prompt("a purple triangle")).satisfied
     assert np.array_equal(rgb_pixels(Image.fromarray(image)), image)  # opaque images are unchanged
+    premultiplied = Image.fromarray(rgba, "RGBA").convert("RGBa")
+    assert np.array_equal(rgb_pixels(premultiplied), image)
 
 
 def test_off_palette_blobs_and_odd_shapes_match_nothing():

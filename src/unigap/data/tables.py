@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from unigap.errors import UserError
-from unigap.world import rgb_pixels
+from unigap.pixels import rgb_pixels
 
 TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 Row = tuple[str, dict[str, Any]]  # (location, row)

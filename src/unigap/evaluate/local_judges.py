@@ -27,7 +27,8 @@ from PIL import Image
 from unigap.errors import UserError, first_line
 from unigap.evaluate.critique import auc
 from unigap.evaluate.data import held_out_pairs
-from unigap.world import PromptSpec, near_misses, render_pil, rgb_pixels, satisfies
+from unigap.pixels import opaque_rgb
+from unigap.world import PromptSpec, near_misses, render_pil, satisfies
 
 CLIPSCORE_WEIGHT = 2.5  # Hessel et al.'s w
 CALIBRATION_N = 200  # val-split renders the CLIP threshold is fitted on
@@ -135,8 +136,7 @@ class ClipScorer:
         out: list[float] = []
         device = next(self.model.parameters()).device
         for chunk in _batched(list(zip(images, texts, strict=True))):
-            pixels = self.image_processor(images=[Image.fromarray(rgb_pixels(image)) for image, _ in chunk],
-                                          return_tensors="pt")
+            pixels = self.image_processor(images=[opaque_rgb(image) for image, _ in chunk], return_tensors="pt")
             pixels = pixels.to(device=device, dtype=self.model.dtype)
             tokens = self.tokenizer([text for _, text in chunk], padding=self.padding, truncation=True,
                                     max_length=self.max_length, return_tensors="pt")
@@ -250,7 +250,7 @@ class VlmJudge:
         out: list[float] = []
         device = next(self.model.parameters()).device
         for chunk in _batched(list(zip(images, texts, strict=True))):
-            inputs = self.processor(images=[Image.fromarray(rgb_pixels(image)) for image, _ in chunk],
+            inputs = self.processor(images=[opaque_rgb(image) for image, _ in chunk],
                                     text=[self.prompt(text) for _, text in chunk], padding=True, return_tensors="pt")
             inputs = inputs.to(device=device, dtype=self.model.dtype)
             logits = self.model(**inputs).logits[:, -1].float().log_softmax(-1)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
-from unigap.world import rgb_pixels
+from unigap.pixels import rgb_pixels
 
 ImageInput = Image.Image | np.ndarray
 

@@ -91,7 +91,7 @@ from unigap.world.scene import (
     relation_holds,
     sample_scene,
 )
-from unigap.world.verify import Detected, Verdict, detect, load_image, rgb_pixels, verify
+from unigap.world.verify import Detected, Verdict, detect, load_image, verify
 
 __all__ = [
     "ANSWER_FORMS",
@@ -153,7 +153,6 @@ __all__ = [
     "render_pil",
     "render_depth",
     "render_segmentation",
-    "rgb_pixels",
     "depth_band",
     "DEPTH_COLORS",
     "SEGMENT_COLORS",

@@ -30,6 +30,7 @@ from PIL import Image
 from scipy import ndimage
 
 from unigap.errors import UserError
+from unigap.pixels import rgb_pixels
 from unigap.world.prompts import PromptSpec, check, parse_prompt
 from unigap.world.render import BACKGROUND, PALETTE
 from unigap.world.scene import DEFAULT_CANVAS, Geometry
@@ -89,15 +90,6 @@ class Verdict:
             "reason": self.reason,
             "objects": [o.to_dict() for o in self.objects],
         }
-
-
-def rgb_pixels(image: Image.Image) -> np.ndarray:
-    """A PIL image of any mode as a uint8 HxWx3 array, transparency composited onto white as transformers'
-    `convert_to_rgb` does (a plain `convert("RGB")` turns a transparent background black)."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, image.convert("RGBA"))
-    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def as_rgb_array(image: np.ndarray | Image.Image, canvas: int = DEFAULT_CANVAS) -> np.ndarray:

@@ -1,0 +1,26 @@
+"""Images of any mode as opaque RGB: one rule for every place unigap opens a user's image.
+
+Why one module: a plain `convert("RGB")` drops transparency, so a cut-out PNG's transparent background turns black;
+transformers' `convert_to_rgb` composites it onto white instead, and so does unigap, wherever a user's image is
+read (the verifier, the model's pixel path, users' data tables, the local judges). Free of torch, so the world
+package can use it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def opaque_rgb(image: Image.Image) -> Image.Image:
+    """A PIL image of any mode as RGB, transparency (straight or premultiplied alpha, or a palette's transparent
+    colour) composited onto white."""
+    if {"A", "a"} & set(image.getbands()) or image.info.get("transparency") is not None:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """`opaque_rgb` as a uint8 HxWx3 array."""
+    return np.array(opaque_rgb(image), dtype=np.uint8)
