@@ -29,6 +29,7 @@ def pretrain_command(
     from dataclasses import asdict
 
     from unigap.manifest import manifest, write_manifest
+    from unigap.model.loading import EMBEDDED
 
     config = (QUICK if quick else FULL).scaled(seed=seed)
     started = time.perf_counter()
@@ -36,7 +37,5 @@ def pretrain_command(
         record["device"] = "cpu"
         directory = pretrain(out, config, report_to=backends)
     write_manifest(directory, record)
-    from unigap.model.loading import EMBEDDED
-
     shown = f"./{directory}" if str(directory) in EMBEDDED else str(directory)  # `--model tiny` is the shipped model
     Console().print(f"saved {directory} in {time.perf_counter() - started:.0f} s; load it with --model {shown}")

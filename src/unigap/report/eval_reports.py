@@ -154,7 +154,7 @@ def comparison_table(results: dict[str, Any]) -> Table:
                 continue
             test = f"{fmt(m['delta'], signed=True)} {_interval(m['delta_ci95'])}"
             paired = m["paired"]
-            n = str(m["n"]) if m["n"] == base.get("n") else f"{base.get('n')} → {m['n']}"  # (both, where they differ)
+            n = str(m["n"]) if m["n"] == base["n"] else f"{base['n']} → {m['n']}"  # (both, where they differ)
             table.add_row(
                 method, metric["label"].rsplit(" ", 1)[0], n, f"{fmt(base['pooled'])} → {fmt(m['pooled'])}",
                 f"[bold green]{test}*[/bold green]" if m["significant"] else test, fmt_p(m["p"]),
