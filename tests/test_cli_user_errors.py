@@ -82,6 +82,7 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["train", "--model", "tiny", "--strategy", "joint", "--und", "missing.jsonl"],
      "strategy 'joint' needs gen preference pairs (--gen FILE)"),
     (["eval", "--model", "tiny", "--prompts", "nofile.txt"], "--prompts nofile.txt: no such prompt file"),
+    (["eval", "--model", "tiny", "--prompts", "."], "--prompts .: a directory, not a prompt file"),
     (["train", "--model", "tiny", "--objective", "unimrg", "--dtype", "bfloat16", "--bf16"],
      "bf16 autocast (--bf16, or bf16 = true in --config) runs over float32 weights"),
 ])

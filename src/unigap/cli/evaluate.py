@@ -65,7 +65,8 @@ def eval_command(
     if prompts in SPLITS:  # (the report would record --split's prompts, not these)
         raise UserError(f"--prompts {prompts}: eval's held-out prompts are chosen by --split; --prompts takes a file")
     if prompts is not None and not Path(prompts).is_file():  # (prompt_specs' message offers splits, which eval refuses)
-        raise UserError(f"--prompts {prompts}: {'a directory, not' if Path(prompts).is_dir() else 'no such'} prompt file")
+        what = "a directory, not a" if Path(prompts).is_dir() else "no such"
+        raise UserError(f"--prompts {prompts}: {what} prompt file")
     from unigap.evaluate.data import prompt_specs
     from unigap.data.understanding import read_understanding_data
 

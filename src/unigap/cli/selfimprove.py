@@ -32,8 +32,9 @@ def _table(result: dict) -> Table:
         table.add_row(name.replace("_", " "), _fmt((result["before"] or {}).get(name), key),
                       _fmt((result["after"] or {}).get(name), key), delta, _fmt(paired, "p"))
     win = result.get("win_rate") or {}
-    before, after = ("—", "—") if win.get("value") is None else ("50", f"{win['value']:.1f}")  # (50: no change; no
-    table.add_row("understanding win rate (0–100)", before, after, f"n = {win.get('n', 0)}", "")  # answer changed: —)
+    # 50 is no change; where no answer changed there is no rate at all
+    before, after = ("—", "—") if win.get("value") is None else ("50", f"{win['value']:.1f}")
+    table.add_row("understanding win rate (0–100)", before, after, f"n = {win.get('n', 0)}", "")
     return table
 
 
