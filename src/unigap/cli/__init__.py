@@ -107,9 +107,7 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
 
     from unigap.atomic import check_creatable
 
-    for i, arg in enumerate(argv):
-        value = argv[i + 1] if arg == "--out" and i + 1 < len(argv) else arg[len("--out="):] if arg.startswith(
-            "--out=") else ""
+    for value in _values(argv, "--out"):
         if value:
             if value.endswith(("/", os.sep)) and _writes_a_file(argv, command):
                 raise UserError(f"--out {value} names a directory, and `unigap {command}` writes a file there: give "
@@ -122,9 +120,15 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
                 raise UserError(f"--out {value} holds the output of `unigap {made_by}`; choose another --out")
 
 
+def _values(argv: list[str], flag: str) -> list[str]:
+    """Every value given to `flag` (`--out X` or `--out=X`), read before click parses the command line."""
+    return [argv[i + 1] if arg == flag else arg.split("=", 1)[1] for i, arg in enumerate(argv)
+            if arg == flag and i + 1 < len(argv) or arg.startswith(f"{flag}=")]
+
+
 def _writes_a_file(argv: list[str], command: str) -> bool:
     """Whether --out names a file (`Path` drops the trailing slash that says a user meant a directory)."""
-    many = any(arg == "--prompts" or arg.startswith("--prompts=") for arg in argv)  # generate: a PNG per line
+    many = bool(_values(argv, "--prompts"))  # generate: a PNG per line
     return command in FILE_OUTPUTS and not (command == "generate" and many)
 
 
@@ -191,9 +195,7 @@ def _how_to_continue(argv: list[str], command: str, subcommand: str | None) -> s
     group = _click_command().commands.get(command)  # type: ignore[attr-defined]
     chosen = (getattr(group, "commands", None) or {}).get(subcommand, group) if subcommand else group
     options = {opt for param in getattr(chosen, "params", ()) for opt in getattr(param, "opts", ())}
-    layout = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--layout"), None)
-    layout = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--layout=")), layout)
-    geneval = command != "generate" or layout == "geneval"  # (its only resumable layout)
+    geneval = command != "generate" or _values(argv, "--layout")[-1:] == ["geneval"]  # (its only resumable layout)
     return "; rerun it with --resume to continue" if "--resume" in options and geneval else ""
 
 
