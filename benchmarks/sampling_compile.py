@@ -5,9 +5,13 @@ length grows by one each step), and swapped in for the eager one. Each batch siz
 compiled code in memory, an empty inductor cache directory), so its first call is the full compile cost a job pays.
 Reported per batch size: eager and compiled ms per sampling step (median of `--repeats`, taking turns), the
 speed-up, whether greedy tokens agree, and how many images a job must sample before the compile cost is paid back.
-unigap does not compile by default: on the 2-core CPU it does not pay (docs/experiments.md).
+unigap does not compile by default: on the 2-core CPU it does not pay (docs/experiments.md). `--freezing` folds
+the weights into the compiled code as constants (on a CPU, inductor then prepacks them for oneDNN's matmuls) and
+`--cpp-wrapper` calls the compiled kernels from C++ instead of Python: the two inductor options that remove the most
+per-step overhead on a CPU.
 
     python benchmarks/sampling_compile.py        # the shipped model, batch sizes 10 and 80
+    python benchmarks/sampling_compile.py --freezing --cpp-wrapper --out benchmarks/results/sampling_compile_frozen.json
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 from rich.console import Console
 from rich.table import Table
 
@@ -36,8 +41,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 80])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
+    parser.add_argument("--freezing", action="store_true", help="inductor's freezing (weights as constants)")
+    parser.add_argument("--cpp-wrapper", action="store_true", help="inductor's C++ wrapper (no Python per call)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling_compile.json"))
     args = parser.parse_args(argv)
+    inductor = {"freezing": args.freezing, "cpp_wrapper": args.cpp_wrapper}
+    torch._inductor.config.freezing, torch._inductor.config.cpp_wrapper = args.freezing, args.cpp_wrapper
 
     um = load_model(args.model)
     steps, rows = um.num_image_tokens, []
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "never" if row["break_even_images"] is None else f"{row['break_even_images']:.0f}")
     Console().print(table)
     payload = {"model": args.model, **machine(um), "torch": torch.__version__, "cfg_scale": args.cfg_scale,
-               "repeats": args.repeats, "results": rows}
+               "repeats": args.repeats, "inductor": inductor, "results": rows}
     write_result(args.out, payload)
     return payload
 

@@ -64,6 +64,7 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["tune", "--lrs", "1e-4,inf"],
      "expected comma-separated finite numbers, got '1e-4,inf' (see `unigap tune --help`)"),
     (["selfimprove", "--audit", "none", "--no-guard"], "with --audit none there is no audit to keep"),
+    (["selfimprove", "--judge", "clip:/nonexistent"], "clip judge directory /nonexistent does not exist"),  # (alias)
     (["prefs", "build", "--model", "tiny", "--kind", "gen-real", "--n", "2", "--fallback-gt"],
      "--fallback-gt applies to und pairs"),
     (["refine", "--seed", "1", "--n", "3", "train"],

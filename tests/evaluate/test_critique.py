@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from unigap.evaluate.critique import auc, self_judge_metrics
+from unigap.evaluate.critique import auc, self_judge_metrics, win_rate
 from unigap.evaluate.editing import edit_accuracy, edit_items
 from unigap.evaluate.run import evaluate
 from unigap.evaluate.understanding import understanding_items
@@ -88,3 +88,29 @@ def test_the_edit_guidance_flags_state_the_defaults_they_leave_in_place() -> Non
 
     assert f"default {EDIT_CFG_SCALE:g};" in EDIT_CFG_OPTION.help
     assert f"default {EDIT_IMAGE_CFG_SCALE:g};" in EDIT_IMAGE_CFG_OPTION.help
+
+
+def test_the_win_rate_counts_only_the_verdicts_that_changed() -> None:
+    """SPEC §2: among the base images whose verdict the trained judge changed, the share it now gets right."""
+
+    class Judge:  # the trained model's P(yes), one per image
+        def __init__(self, p_yes: list[float]) -> None:
+            self.p_yes = p_yes
+
+        def judge(self, images, prompts):
+            return self.p_yes
+
+    base = [  # (base judge accepted, verifier passed)
+        (False, True),   # changed to accept, right: a win
+        (False, False),  # changed to accept, wrong
+        (True, False),   # changed to reject, right: a win
+        (True, True),    # changed to reject, wrong
+        (True, True),    # unchanged
+        (False, None),   # changed, but the verifier could not read it: left out
+    ]
+    records = [{"prompt": "a red circle", "self_accepted": a, "verified": v} for a, v in base]
+    metric = win_rate(Judge([0.9, 0.9, 0.1, 0.1, 0.9, 0.2]), [None] * len(records), records)
+    assert metric["n"] == 4 and metric["wins"] == 2 and metric["value"] == 50.0
+    assert metric["ci95"][0] < 50 < metric["ci95"][1] <= 100
+    assert win_rate(Judge([0.9]), [None], records[4:5]) | {"stderr": None} == {
+        "value": None, "n": 0, "stderr": None, "ci95": None, "wins": 0}

@@ -142,6 +142,16 @@ def test_clip_judge_scores_are_in_unit_range_deterministic_and_calibrated(clip_d
     assert get_judge(f"clip:{clip_dir}") is judge  # loaded and calibrated once per process
 
 
+def test_a_clip_judge_at_chance_on_the_calibration_pairs_is_warned_about(clip_dir) -> None:
+    """A random CLIP scores every render alike: its threshold accepts everything, so its accuracy would read 1.0."""
+    from unigap.errors import UnigapWarning
+    from unigap.evaluate.judges import _clip_judge
+
+    with pytest.warns(UnigapWarning, match=r"no better than chance \(AUC 0\.50 over \d+ pairs\)"):
+        judge = _clip_judge("clip:random", clip_dir)
+    assert judge.calibration["auc"] == 0.5
+
+
 def test_vlm_judge_gives_p_yes(vlm_dir, pairs) -> None:
     images, specs = pairs
     judge = get_judge(f"vlm:{vlm_dir}", independent=True)

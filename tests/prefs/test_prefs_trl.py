@@ -74,6 +74,54 @@ def test_a_handwritten_trl_file_trains(tiny_dir: Path, tmp_path: Path, capsys) -
     assert code == 0 and (out / "adapter_model.safetensors").is_file(), err
 
 
+def test_a_missing_image_fails_before_anything_is_written_and_the_fixed_file_then_trains(
+    tiny_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """The image is only read with the model; the run must not have claimed OUT by then, or the fixed file is
+    refused as "other inputs"."""
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
+    row = {"prompt": "What color is the background?", "chosen": "white", "rejected": "black", "image": "white.png"}
+    path, out = tmp_path / "mine.jsonl", tmp_path / "run"
+    path.write_text(json.dumps(row) + "\n" + json.dumps(row | {"image": "gone.png"}) + "\n")
+    args = ["train", "--model", str(tiny_dir), "--strategy", "und-only", "--und", str(path), "--steps", "1",
+            "--out", str(out)]
+    code, _, err = run_main(capsys, args)
+    [line] = [line for line in err.splitlines() if line.startswith("unigap:")]  # (the rest: transformers' load bar)
+    assert code == 2 and line.startswith(f"unigap: error: {path}:2:") and "gone.png" in line, err
+    assert not out.exists()
+    path.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    code, _, err = run_main(capsys, args)
+    assert code == 0 and (out / "adapter_model.safetensors").is_file(), err
+
+
+@pytest.mark.parametrize("ids", [[1, 2, 3], [99999] * 64])
+def test_image_ids_that_do_not_fit_the_model_name_their_row(built, tiny_dir: Path, tmp_path: Path, capsys,
+                                                            ids: list[int]) -> None:
+    for trl in (False, True):
+        rows = read_rows(built["gen"])
+        if trl:
+            rows = [{"prompt": r["prompt"], "chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"]}
+                    for r in rows]
+        rows[1]["rejected_ids"] = ids
+        path, out = tmp_path / f"gen-{trl}.jsonl", tmp_path / f"run-{trl}"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        code, _, err = run_main(capsys, ["train", "--model", str(tiny_dir), "--strategy", "gen-only", "--gen",
+                                         str(path), "--steps", "1", "--out", str(out)])
+        assert code == 2 and f"{path}:2: rejected_ids does not fit this model" in err and not out.exists(), err
+
+
+def test_diagnose_reads_pairs_in_trls_convention(built, tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    files = []
+    for task, source in built.items():
+        files.append(tmp_path / f"{task}-trl.jsonl")
+        code, _, err = run_main(capsys, ["prefs", "export", str(source), "--out", str(files[-1]),
+                                         *(["--model", str(tiny_dir)] if task == "gen" else [])])
+        assert code == 0, err
+    code, _, err = run_main(capsys, ["diagnose", "--model", str(tiny_dir), "--und", str(files[0]), "--gen",
+                                     str(files[1]), "--pairs", "4", "--out", str(tmp_path / "d")])
+    assert code == 0 and (tmp_path / "d" / "diagnostics.json").is_file(), err
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [

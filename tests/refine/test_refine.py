@@ -60,7 +60,7 @@ def test_edits_take_the_edit_guidance_and_generation_keeps_its_cfg(stub, monkeyp
 def test_shares_carry_wilson_intervals_inside_zero_and_one() -> None:
     from scipy.stats import binomtest
 
-    from unigap.refine.metrics import with_ci
+    from unigap.evaluate.stats import with_ci
 
     assert with_ci({"rate": 0.5, "n": 2, "stderr": 0.35}, "rate")["ci95"] == pytest.approx([0.0945, 0.9055], abs=1e-4)
     low, high = with_ci({"rate": 0.0, "n": 10, "stderr": 0.0}, "rate")["ci95"]  # ± 1.96 stderr would be [0, 0]

@@ -80,11 +80,19 @@ def test_reports_sharing_a_name_are_one_models_seeds(tmp_path: Path, capsys) -> 
     arm = [_write(tmp_path / f"arm{s}.json", 0.5, seed=s, draw=1) for s in (0, 1)]
     code, _, _ = _run(capsys, *(f"base={p}" for p in base), *(f"arm={p}" for p in arm), "--out", tmp_path / "c.json")
     results = json.loads((tmp_path / "c.json").read_text())
-    assert code in (0, None) and results["seeds"] == [0, 1]
+    assert code in (0, None) and results["seeds"] == [0, 1] and results["model_seeds"] == {"base": [0, 1], "arm": [0, 1]}
     assert results["results"]["arm"]["generation.accuracy"]["n"] == 600  # both seeds' items, pooled
     globs = f"base={tmp_path}/s*/eval.json", f"arm={tmp_path}/arm?.json"
     code, _, _ = _run(capsys, *globs, "--out", tmp_path / "g.json")
     assert code in (0, None) and json.loads((tmp_path / "g.json").read_text())["results"] == results["results"]
+
+
+def test_the_title_names_each_models_seeds_where_they_differ(tmp_path: Path, capsys) -> None:
+    base = [_write(tmp_path / f"s{s}.json", 0.4, seed=s) for s in (0, 1)]
+    code, out, _ = _run(capsys, *(f"base={p}" for p in base), f"arm={_write(tmp_path / 'a.json', 0.5, seed=7)}",
+                        "--out", tmp_path / "c.json")
+    assert code in (0, None) and "seeds base [0, 1], arm [7]" in " ".join(out.split())  # not "seeds [0, 1, 7]"
+    assert json.loads((tmp_path / "c.json").read_text())["model_seeds"] == {"base": [0, 1], "arm": [7]}
 
 
 def test_another_judges_verdicts_are_compared_where_there_is_no_verifier(tmp_path: Path, capsys) -> None:

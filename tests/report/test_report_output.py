@@ -130,3 +130,55 @@ def test_gradient_figure_without_raw_samples(tmp_path):
     )
     path = gradients_plot([run], tmp_path / "g.png")
     assert path.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_win_rates_guard_stops_and_co_degradation_reach_results_and_html(study: Study, tmp_path) -> None:
+    """SPEC §2 in the study: each trained arm's understanding win rate pooled over seeds, the guard's stops, and
+    whether poor labels co-degrade, stated whichever way it falls."""
+    from dataclasses import replace
+
+    runs = []
+    for run in study.runs:
+        report = dict(run.eval_report)
+        if run.method == "joint":  # renamed self-poor: its rates are the synthetic study's own
+            run = replace(run, method="self-poor")
+            report["win_rate"] = {"value": 100 * (6 + run.seed) / 10, "n": 10, "wins": 6 + run.seed}
+        if run.method == "und-only" and run.seed == 0:
+            report["guard"] = {"stopped": True, "precision": 0.2, "n": 30, "threshold": 0.4, "epoch": 1}
+        runs.append(replace(run, eval_report=report))
+    built = build_report(Study(runs, study.config), tmp_path)
+    results = built.results
+    wins = results["win_rates"]["self-poor"]
+    seeds = len({run.seed for run in runs})
+    assert wins["n"] == 10 * seeds and wins["wins"] == sum(6 + s for s in range(seeds))
+    assert wins["value"] == pytest.approx(100 * wins["wins"] / wins["n"]) and wins["ci95"][0] < wins["value"] < wins["ci95"][1]
+    assert list(results["win_rates"]) == ["self-poor"]  # only arms that measured one
+    assert results["guard_stops"] == {"und-only": [{"seed": 0, "stopped": True, "precision": 0.2, "n": 30,
+                                                    "threshold": 0.4, "epoch": 1}]}
+    co, rows = results["co_degradation"], results["results"]["self-poor"]
+    falls = [rows[m]["delta"] < 0 for m in ("nonunification.score", "generation.accuracy", "understanding.accuracy")]
+    assert co["verdict"] != "appears" or (falls[0] and (falls[1] or falls[2]))
+    assert (co["verdict"] == "does not appear") == (not falls[0] or not (falls[1] or falls[2]))
+    html = (tmp_path / REPORT_HTML).read_text(encoding="utf-8")
+    assert "understanding win rate" in html and "The audit guard stopped und-only" in html
+    assert co["sentence"].split(":")[0] in html
+
+
+@pytest.mark.parametrize(("nonunification", "generation", "significant", "verdict"), [
+    (-0.05, -0.04, True, "appears"),
+    (-0.05, -0.04, False, "suggested, not significant"),
+    (-0.05, +0.04, True, "does not appear"),  # generation rose: the gap closed for the right reason
+    (+0.02, -0.04, True, "does not appear"),  # the gap did not close
+])
+def test_co_degradation_is_stated_whichever_way_it_falls(nonunification, generation, significant, verdict) -> None:
+    from unigap.report.claims import co_degradation
+
+    def row(delta: float) -> dict:
+        return {"delta": delta, "p": 0.001 if significant else 0.3, "significant": significant,
+                "significant_in_family": significant}
+
+    results = {"results": {"self-poor": {"nonunification.score": row(nonunification),
+                                         "generation.accuracy": row(generation), "understanding.accuracy": row(0.0)}}}
+    found = co_degradation(results)
+    assert found["verdict"] == verdict and found["sentence"].startswith("Co-degradation (") and verdict in found["sentence"]
+    assert co_degradation({"results": {}}) is None

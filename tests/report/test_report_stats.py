@@ -150,6 +150,7 @@ def test_each_family_is_also_corrected_over_its_own_arms(study):
             assert math.isclose(m["p_bonferroni_family"], min(1.0, m["p"] * own))
     html = render_html(results, [])
     assert "Per family" in html and "p2: self-improvement" in html and f"{len(METRICS)} tests" in html
+    assert f"(p1 {2 * len(METRICS)}, p2 {len(METRICS)} tests)" in html  # the methods say why the counts differ
 
 
 def test_undefined_tests_are_null_not_nan():

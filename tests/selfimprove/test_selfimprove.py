@@ -92,7 +92,7 @@ def test_poor_labels_with_the_guard_stop_with_exit_3(tmp_path: Path) -> None:
     result = json.loads((out / "selfimprove.json").read_text())
     guard = result["guard"]
     assert guard["stopped"] is True and guard["precision"] < guard["threshold"] and guard["epoch"] == 0
-    assert result["after"] is None and not (out / "adapter").exists()
+    assert result["after"] is None and not (out / "adapter").exists() and result["win_rate"] is None
 
 
 def test_bad_prompt_file_exits_2_and_writes_nothing(tmp_path: Path) -> None:
@@ -113,10 +113,16 @@ def test_a_run_writes_its_files_and_resumes_to_the_same_result(tmp_path: Path, m
     full = _toy_run(tmp_path / "full", **config)
     for key in ("generation_accuracy", "understanding_accuracy", "nonunification", "weak_generation"):
         assert full["before"][key]["n"] and full["after"][key]["n"]
+        for side in ("before", "after"):  # each with its 95% CI, around its value
+            metric = full[side][key]
+            value = next(metric[k] for k in ("accuracy", "score", "rate") if k in metric)
+            assert metric["ci95"][0] <= value <= metric["ci95"][1]
     assert full["paired"]["generation_accuracy"]["n"] == TOY["eval_n"]
     assert [row["epoch"] for row in full["epochs"]] == [0, 1, 2]
     assert full["guard"]["stopped"] is False and full["audits"][0]["precision"]["value"] == 1.0  # verifier labels
-    assert "win_rate" in full and full["trained_parameters"] == "LoRA on the LLM"
+    assert full["trained_parameters"] == "LoRA on the LLM"
+    win = full["win_rate"]
+    assert set(win) >= {"value", "n", "ci95", "wins"} and (win["n"] == 0 or win["wins"] == round(win["value"] * win["n"] / 100))
     out = tmp_path / "full"
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "figures" / "epochs.png").is_file()
     rows = [json.loads(line) for line in (out / "pool" / "round0.jsonl").read_text().splitlines()]

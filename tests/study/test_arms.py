@@ -70,6 +70,7 @@ def test_p2_and_p3_arms_build_on_a_tiny_model_and_reach_the_report(small_config:
         assert (tmp_path / "study" / name / "seed1" / "eval.json").is_file()
     assert (tmp_path / "study" / "sft" / "seed0" / "gen_tokens.safetensors").is_file()  # its data tokenized once
     assert (tmp_path / "study" / "self-sft" / "seed0" / "selfimprove" / "pool" / "round0.jsonl").is_file()
+    assert list(built.results["win_rates"]) == ["self-sft", "sft", "refine-grpo"]  # the trained arms, not the loop
 
 
 def test_the_deprecated_strategy_flag_still_selects_arms(capsys: pytest.CaptureFixture[str], tmp_path) -> None:

@@ -36,6 +36,12 @@ def test_study_writes_every_run_and_the_report(finished: Path) -> None:
         assert len((run / "log.jsonl").read_text().splitlines()) == 2
         assert not (run / "checkpoint").exists()  # dropped once the run is evaluated
     assert (finished / "soup-0.5" / "seed0" / "adapter_config.json").is_file()
+    base = json.loads((finished / "base" / "seed1" / "eval.json").read_text())
+    assert len(list((finished / "base" / "seed1" / "images").glob("*.png"))) == len(base["records"]["generation"])
+    for method in METHODS[1:]:  # the understanding win rate on the base's images: trained arms only
+        win = json.loads((finished / method / "seed1" / "eval.json").read_text()).get("win_rate")
+        assert (win is not None) == (method in ("und-only", "gen-only", "pcgrad")), method
+        assert win is None or (0 <= win["n"] <= 3 and win["wins"] <= win["n"])
     diagnostics = json.loads((finished / "base" / "seed0" / "diagnostics.json").read_text())
     assert diagnostics["n"] == 4
     results = json.loads((finished / "results.json").read_text())
@@ -125,6 +131,24 @@ def test_a_rerun_with_more_arms_adds_them_and_one_with_fewer_runs_nothing(
     run_study(small_config.scaled(methods=("und-only",)), out, show_progress=False)
     assert len(_jobs(out)) == len(_jobs(finished)) + 2
     assert json.loads((out / "study.json").read_text())["methods"] == saved["methods"]
+
+
+def test_the_manifest_of_a_rerun_lists_every_arm_of_the_folder(
+    tmp_path: Path, finished: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rerun with one arm adds it to the folder; its manifest must not say the folder holds only that arm."""
+    import unigap.study
+
+    out = tmp_path / "more"
+    shutil.copytree(finished, out)
+    study = json.loads((out / "study.json").read_text())
+    (out / "study.json").write_text(json.dumps(study | {"methods": [*study["methods"], "joint"]}))
+    monkeypatch.setattr(unigap.study, "run_study", lambda config, folder: folder)  # as if the joint runs were done
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--model", study["model"], "--methods", "joint", "--out", str(out)])
+    assert exit_info.value.code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "study" and manifest["config"]["methods"] == [*study["methods"], "joint"]
 
 
 def test_other_settings_on_the_same_directory_are_refused(finished: Path, small_config: StudyConfig) -> None:

@@ -64,7 +64,7 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     """Record what a resumable run reads, by content, in OUT/inputs.json: the model's weights (`weights_fingerprint`),
     the adapter's and each data file's sha256 (a split name as itself), and the command; or refuse (`UserError`) to
     continue a run made from other inputs, which `--resume` would mix with this one's. Called once the inputs are
-    checked, before the model loads. A directory that already holds files but no record (a run from before records)
+    checked (before the model loads where that can be done without it), before anything is written. A directory that already holds files but no record (a run from before records)
     is left as it is: its inputs are unknown, and a record written now would vouch for them."""
     from unigap import distributed
     from unigap.atomic import PROBE_PREFIX, claim_settings, file_fingerprint

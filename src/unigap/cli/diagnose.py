@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import typer
 from rich.table import Table
 
@@ -12,23 +10,9 @@ from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, print_table, r
 from unigap.errors import UserError
 from unigap.progress import progress
 
-if TYPE_CHECKING:
-    from unigap.model import UnifiedModel
-
 app = typer.Typer()
 
 MIN_PAIRS = 4  # two intra-task couples per task: the fewest a Welch test can use
-
-
-def _check_gen_pairs(um: UnifiedModel, pairs: list, path: Path) -> None:
-    """Image pairs built for another model (token count or codebook) fail here, before any gradient."""
-    for i, pair in enumerate(pairs, start=1):
-        for ids in (pair.chosen, pair.rejected):
-            if len(ids) != um.num_image_tokens or not all(0 <= t < um.codebook_size for t in ids):
-                raise UserError(
-                    f"{path}: pair {i} does not fit this model (it needs {um.num_image_tokens} image tokens "
-                    f"with ids below {um.codebook_size}); build the preference file with this model"
-                )
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -100,15 +84,14 @@ def diagnose_command(
 
     from unigap.diagnose import run_diagnostics, shared_parameters, write_report
     from unigap.manifest import manifest, write_manifest
-    from unigap.prefs.rows import load_pairs
+    from unigap.prefs.rows import check_pair_file, load_pairs
     from unigap.train.dpo import DPOOptions
 
-    data = {"und": load_pairs(und, "und"), "gen": load_pairs(gen, "gen")}
-    for task, path in (("und", und), ("gen", gen)):
-        if len(data[task]) < 2:
-            raise UserError(f"{path}: intra-task cosines need at least 2 pairs, found {len(data[task])}")
+    for task, path in (("und", und), ("gen", gen)):  # a malformed row, or too few, fails before the model loads
+        if len(found := check_pair_file(path, task)) < 2:
+            raise UserError(f"{path}: intra-task cosines need at least 2 pairs, found {len(found)}")
     um = load(model, adapter)
-    _check_gen_pairs(um, data["gen"], gen)
+    data = {"und": load_pairs(und, "und", um), "gen": load_pairs(gen, "gen", um)}  # (TRL rows need the model)
     try:
         params = shared_parameters(um, full_params, seed)
     except ValueError as exc:  # e.g. an adapter with no LoRA on the LLM's decoder layers

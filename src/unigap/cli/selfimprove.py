@@ -49,9 +49,9 @@ def selfimprove_command(
     epochs: int = typer.Option(None, "--epochs", help="Training epochs (default 4)."),
     curriculum_at: int = typer.Option(None, "--curriculum-at", help="Replay epoch (default: half-way)."),
     trainable: str = typer.Option(None, "--trainable", help="llm (default) | llm+aligners | llm+aligners+vision."),
-    audit: str = typer.Option(None, "--audit", help="The independent judge that audits labels: verifier | clip:DIR "
-                              "| vlm:DIR (a local CLIP/SigLIP or image-text-to-text model, see `unigap eval --judge`) "
-                              "| none."),
+    audit: str = typer.Option(None, "--audit", "--judge", help="The independent judge that audits labels: verifier "
+                              "(default) | clip:DIR | vlm:DIR (a local CLIP/SigLIP or image-text-to-text model, as "
+                              "`unigap eval --judge`) | none. `--judge` is the same option, named as elsewhere."),
     no_guard: bool = typer.Option(False, "--no-guard", help="Audit and log, but never stop the run."),
     eval_n: int = typer.Option(None, "--eval-n", help="Held-out prompts for before/after (default 300)."),
     config_file: Path | None = typer.Option(None, "--config", help="A TOML file of settings (flags win)."),

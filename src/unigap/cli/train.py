@@ -102,7 +102,6 @@ def train(
     check_pair_tasks(settings.strategy, files)  # before the model loads
     for task, path in files.items():
         check_pair_file(path, task)  # a malformed row fails before the model loads
-    claim_inputs(out, "train", model, und=und, gen=gen)
     from unigap.manifest import manifest
     from unigap import distributed
 
@@ -111,6 +110,7 @@ def train(
     with manifest("train", settings_record, seeds=[settings.seed]) as record:
         um = run.load(record)
         und_pairs, gen_pairs = (load_pairs(files[task], task, um) if task in files else [] for task in ("und", "gen"))
+        claim_inputs(out, "train", model, und=und, gen=gen)  # once every row is read (images, ids): nothing before
         trainer = DPOTrainer(um, settings, und_pairs, gen_pairs, out, report_to=backends)
         with progress(settings.strategy, settings.steps, distributed.is_main()) as update:
             result = trainer.train(resume, lambda step, row: update(step, _losses(row)))

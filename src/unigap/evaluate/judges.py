@@ -11,6 +11,7 @@ A new kind is one entry there. `Judge.describe()` is what reports record about t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from unigap.errors import UserError
+from unigap.errors import UnigapWarning, UserError
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, self_p_yes
 from unigap.world import PromptSpec, verify
 
@@ -72,12 +73,20 @@ JUDGES: dict[str, Judge] = {
 }
 
 
+CHANCE_AUC = 0.55  # a calibrated CLIP judge below this on the near-miss pairs is warned about
+
+
 def _clip_judge(name: str, path: Path) -> Judge:
     """CLIPScore / 2.5 of a local CLIP or SigLIP, its threshold calibrated on ShapeWorld near misses."""
     from unigap.evaluate.local_judges import CLIPSCORE_WEIGHT, ClipScorer, calibrate, prompt_texts
 
     scorer = ClipScorer(path)
     calibration = calibrate(scorer)
+    if calibration["auc"] is None or calibration["auc"] < CHANCE_AUC:  # (e.g. random weights: every score alike)
+        auc = "undefined" if calibration["auc"] is None else f"{calibration['auc']:.2f}"
+        warnings.warn(UnigapWarning(
+            f"{name} tells ShapeWorld renders' prompts from their near misses no better than chance (AUC {auc} over "
+            f"{calibration['pairs']} pairs): its verdicts, and any accuracy it reports, mean little"), stacklevel=2)
     return Judge(name, lambda um, images, specs: scorer.scores(images, prompt_texts(specs)), independent=True,
                  threshold=calibration.pop("threshold"), directory=str(path.resolve()),
                  calibration=calibration, scaled_score=("clipscore", CLIPSCORE_WEIGHT))

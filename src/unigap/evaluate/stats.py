@@ -29,6 +29,18 @@ def summarize(values: Sequence[float | bool], key: str) -> dict[str, Any]:
     return {key: mean, "n": n, "stderr": math.sqrt(variance / n)}
 
 
+def with_ci(metric: dict[str, Any], key: str) -> dict[str, Any]:
+    """The metric (a share of n outcomes) with `ci95`, Wilson's score interval: within [0, 1] at small n and at
+    shares of 0 or 1, where value ± 1.96 stderr is not (null when the value is). A graded mean (the VQA soft score)
+    is read as the share of round(value · n) outcomes."""
+    from scipy.stats import binomtest
+
+    value, n = metric[key], metric["n"]
+    interval = None if value is None else binomtest(round(value * n), n).proportion_ci(0.95, method="wilson")
+    metric["ci95"] = None if interval is None else [float(interval.low), float(interval.high)]
+    return metric
+
+
 def summarize_by(
     records: Iterable[dict[str, Any]], group: str, groups: Sequence[str], outcome: str, key: str
 ) -> dict[str, dict[str, Any]]:

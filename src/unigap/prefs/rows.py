@@ -40,7 +40,7 @@ import numpy as np
 
 from unigap.errors import UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
-from unigap.prefs.trl import is_trl_row, trl_pairs, trl_problem, trl_task
+from unigap.prefs.trl import check_ids, is_trl_row, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import image_cell, read_table
 from unigap.atomic import atomic_write_bytes, atomic_write_lines, files_in, listed_files, remove_replaced
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair
@@ -190,7 +190,8 @@ def check_pair_file(path: str | Path, task: str) -> list[tuple[str, dict[str, An
 
 def load_pairs(path: str | Path, task: str, um: Any = None) -> list[Pair]:
     """All pairs of a preference file for one task (see `check_pair_file`). A file in TRL's convention needs `um`,
-    the base model: its images are encoded and its reference log-probs computed."""
+    the base model: its images are encoded and its reference log-probs computed. Given `um`, image-token ids must
+    fit it (`check_ids`)."""
     rows = check_pair_file(path, task)
     if is_trl_row(rows[0][1]):
         if um is None:
@@ -198,6 +199,8 @@ def load_pairs(path: str | Path, task: str, um: Any = None) -> list[Pair]:
         return trl_pairs(um, rows, Path(path).parent)
     pairs = []
     for where, row in rows:
+        if um is not None and task == "gen":
+            check_ids(um, where, row)
         try:
             pairs.append(row_to_pair(row, Path(path).parent))
         except (json.JSONDecodeError, UserError) as exc:

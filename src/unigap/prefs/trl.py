@@ -75,6 +75,17 @@ def trl_problem(row: dict[str, Any]) -> str:
     return ""
 
 
+def check_ids(um: Any, where: str, row: dict[str, Any]) -> None:
+    """A generation row's image-token ids (`chosen_ids`, `rejected_ids`) fit `um`: its image length, ids inside its
+    codebook, integers. `UserError` naming the row: ids of another model's tokenizer would fail deep in training."""
+    for side in ("chosen_ids", "rejected_ids"):
+        ids = row[side]
+        if (len(ids) != um.num_image_tokens or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
+                or not all(0 <= t < um.codebook_size for t in ids)):
+            raise UserError(f"{where}: {side} does not fit this model (it needs {um.num_image_tokens} integer image "
+                            f"token ids below {um.codebook_size}, got {len(ids)}); build the pairs with this model")
+
+
 def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -> list[Pair]:
     """Validated TRL rows (with their locations) as DPO pairs: images decoded (generation images VQ-encoded by
     `um`), reference log-probs and token counts computed with `um`'s base model."""
@@ -87,6 +98,7 @@ def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -
                                            _text(row["rejected"], "assistant"), math.nan, math.nan, 0, 0))
             continue
         if row.get("chosen_ids") and row.get("rejected_ids"):
+            check_ids(um, where, row)
             chosen, rejected = tuple(row["chosen_ids"]), tuple(row["rejected_ids"])
         else:
             images = [image_cell(row, base, where, f"{side}_image") for side in ("chosen", "rejected")]

@@ -25,7 +25,7 @@ from PIL import Image
 
 from unigap.evaluate.generation import batch_seed, self_p_yes
 from unigap.evaluate.progress import map_items
-from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped
+from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped, with_ci
 from unigap.refine.loop import Refinable, Trajectory
 from unigap.world import CATEGORIES, PromptSpec, verify
 
@@ -33,17 +33,6 @@ if TYPE_CHECKING:
     from unigap.evaluate.judges import Judge
 
 BEST_OF_N_STREAM = 8
-
-
-def with_ci(metric: dict[str, Any], key: str) -> dict[str, Any]:
-    """The metric (a share of n outcomes) with `ci95`, Wilson's score interval: within [0, 1] at small n and at
-    shares of 0 or 1, where value ± 1.96 stderr is not (null when the value is)."""
-    from scipy.stats import binomtest
-
-    value, n = metric[key], metric["n"]
-    interval = None if value is None else binomtest(round(value * n), n).proportion_ci(0.95, method="wilson")
-    metric["ci95"] = None if interval is None else [float(interval.low), float(interval.high)]
-    return metric
 
 
 def round_metrics(trajectories: Sequence[Trajectory], rounds: int) -> list[dict[str, Any]]:

@@ -12,8 +12,8 @@ from typing import Any
 from rich.table import Table
 
 from unigap.evaluate.report import save_report, write_atomically
-from unigap.report.claims import verdicts
-from unigap.report.compare import comparisons, kind_levels, refine_curves
+from unigap.report.claims import co_degradation, verdicts
+from unigap.report.compare import comparisons, guard_stops, kind_levels, refine_curves, win_rates
 from unigap.report.figures import Plot, write_figures
 from unigap.report.cells import fmt, fmt_p
 from unigap.report.html import write_html
@@ -54,7 +54,9 @@ def build_report(
     results["comparisons"] = comparisons(study, options)
     results["understanding_by_kind"] = kind_levels(study)
     results["refine_rounds"] = refine_curves(study)
+    results["win_rates"], results["guard_stops"] = win_rates(study), guard_stops(study)
     results["claims"] = verdicts(results)
+    results["co_degradation"] = co_degradation(results)
     results["wall_seconds"], results["jobs_seconds"] = study.wall_seconds, study.jobs_seconds
     if study.answer_length is not None:  # the per-batch ratios stay in the probe's own file
         results["answer_length"] = study.answer_length | {

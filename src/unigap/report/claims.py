@@ -95,6 +95,10 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.2g}"
+
+
 def sentence(entry: dict[str, Any]) -> str:
     """'The claim that …: reproduced / not reproduced here (arm Δ …, p …; the test).'"""
     head = f"{entry['paper']}'s claim that {entry['claim']}: {entry['verdict']} here"
@@ -102,8 +106,37 @@ def sentence(entry: dict[str, Any]) -> str:
         return f"{head} (no test result for {entry['arm']} against {entry['against']})."
     ci = entry.get("ci95")
     interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
-    p = "n/a" if entry["p"] is None else f"{entry['p']:.2g}"
+    p = _p(entry["p"])
     if entry.get("p_paired") is not None:
         p += f", paired on the same items {entry['p_paired']:.2g}"
     return (f"{head} ({entry['arm']} − {entry['against']}, {entry['metric']}: {entry['delta']:+.3f}{interval}, "
             f"p {p}; {entry['test']}).")
+
+
+POOR_ARM = "self-poor"  # self-improvement from deliberately poor labels, guard off (`unigap.arms.SELF_ARMS`)
+_CO_METRICS = ("nonunification.score", "generation.accuracy", "understanding.accuracy")  # the gap first
+
+
+def co_degradation(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The paper's co-degradation warning tested on `self-poor`: non-unification falls (the gap "closes") while
+    generation or understanding accuracy falls too. It *appears* when the fall of non-unification and a fall of an
+    accuracy are each significant (Bonferroni within the family); it is *suggested* when the point estimates fall that
+    way without significance; otherwise it does not appear. None when the arm did not run."""
+    rows = results["results"].get(POOR_ARM)
+    if not rows or any(rows.get(m, {}).get("delta") is None for m in _CO_METRICS):
+        return None
+    falls = {m: rows[m]["delta"] < 0 for m in _CO_METRICS}
+    significant = {m: falls[m] and rows[m].get("significant_in_family", rows[m]["significant"]) for m in _CO_METRICS}
+    accuracies = _CO_METRICS[1:]
+    if significant[_CO_METRICS[0]] and any(significant[m] for m in accuracies):
+        verdict = "appears"
+    elif falls[_CO_METRICS[0]] and any(falls[m] for m in accuracies):
+        verdict = "suggested, not significant"
+    else:
+        verdict = "does not appear"
+    parts = ", ".join(f"{m.split('.')[0]} {rows[m]['delta']:+.3f} (p {_p(rows[m]['p'])})" for m in _CO_METRICS)
+    return {"arm": POOR_ARM, "verdict": verdict, "deltas": {m: rows[m]["delta"] for m in _CO_METRICS},
+            "p": {m: rows[m]["p"] for m in _CO_METRICS},
+            "sentence": f"Co-degradation (non-unification falling while generation or understanding accuracy falls) "
+                        f"{verdict} with poor self-labels and the guard off: {POOR_ARM} against the base, {parts}."}
+

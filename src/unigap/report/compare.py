@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from unigap.arms import ARMS
+from unigap.evaluate.stats import with_ci
 from unigap.report.stats import StatsOptions, pool, welch
 from unigap.study.results import METRICS, Metric, Study, keyed, paired, sample
 from unigap.world import QUESTION_KINDS
@@ -89,3 +90,31 @@ def refine_curves(study: Study) -> dict[str, list[dict[str, Any]]]:
             curve.append(entry)
         curves[method] = curve
     return curves
+
+
+def win_rates(study: Study) -> dict[str, dict[str, Any]]:
+    """Per trained arm whose evaluations hold one: the understanding win rate (SPEC §2, on the base's images) pooled
+    over seeds, wins over the images whose verdict changed, × 100 with Wilson's 95% CI; and each seed's."""
+    out = {}
+    for method in study.methods():
+        per_seed = [{"seed": run.seed, **run.eval_report["win_rate"]} for run in study.of(method)
+                    if run.eval_report.get("win_rate")]
+        if not per_seed:
+            continue
+        wins, n = sum(row["wins"] for row in per_seed), sum(row["n"] for row in per_seed)
+        pooled = with_ci({"value": wins / n if n else None, "n": n}, "value")
+        out[method] = {"value": None if not n else 100 * pooled["value"], "n": n, "wins": wins,
+                       "ci95": pooled["ci95"] and [100 * bound for bound in pooled["ci95"]],
+                       "per_seed": [{k: row[k] for k in ("seed", "value", "n")} for row in per_seed]}
+    return out
+
+
+def guard_stops(study: Study) -> dict[str, list[dict[str, Any]]]:
+    """Per arm, the seeds whose self-improvement run its audit guard stopped (the arm was evaluated at the last epoch
+    the guard let through): the report must not show them as finished runs without saying so."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run in study.runs:
+        guard = run.eval_report.get("guard")
+        if guard and guard.get("stopped"):
+            out.setdefault(run.method, []).append({"seed": run.seed, **guard})
+    return out

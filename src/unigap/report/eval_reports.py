@@ -129,7 +129,10 @@ def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False)
         results.pop(key)
     for key in STUDY_OPTIONS:
         results["options"].pop(key)
-    return results | {"base": baseline, "methods": order, "reports": [[name, str(path)] for name, path in reports]}
+    seeds = {name: sorted({run.seed for run in study.runs if run.method == (BASE if name == baseline else name)})
+             for name in order}
+    return results | {"base": baseline, "methods": order, "model_seeds": seeds,
+                      "reports": [[name, str(path)] for name, path in reports]}
 
 
 def _interval(interval: Sequence[float] | None) -> str:
@@ -141,7 +144,12 @@ def comparison_table(results: dict[str, Any]) -> Table:
     (bold * = significant after Bonferroni over models × metrics), and the paired test, uncorrected, where both
     sides hold the same items."""
     b, baseline = results["bonferroni"], results["base"]
-    table = Table(title=f"against {baseline}, seeds {results['seeds']}: level {baseline} → model; Δ and p by Welch, "
+    seeds = results["model_seeds"]
+    if all(each == seeds[baseline] for each in seeds.values()):
+        seeds = f"seeds {seeds[baseline]}"
+    else:  # (the union would claim seeds some model was never evaluated at)
+        seeds = "seeds " + ", ".join(f"{name} {each}" for name, each in seeds.items())
+    table = Table(title=f"against {baseline}, {seeds}: level {baseline} → model; Δ and p by Welch, "
                         f"* significant after Bonferroni over {b['tests']} tests (p < {b['alpha_corrected']:.2g}); "
                         "paired: the same items on both sides (same --split, --n, --seed, --data-seed), uncorrected")
     for header in ("model", "metric", "n", "level", "Δ [95% CI]", "p", "paired: CI, p"):

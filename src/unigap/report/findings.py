@@ -98,3 +98,28 @@ def no_gain_note(results: dict[str, Any]) -> list[str]:
 def dpo_notes(results: dict[str, Any]) -> list[str]:
     """The plain-words notes under the DPO losses table."""
     return overoptimisation_note(results) + no_gain_note(results)
+
+
+def self_improvement_section(results: dict[str, Any]) -> list[Any]:
+    """The understanding win rate of every trained arm (SPEC §2), the runs the audit guard stopped, and whether
+    co-degradation appeared with poor self-labels (`unigap.report.claims.co_degradation`)."""
+    wins, stops, co = results.get("win_rates") or {}, results.get("guard_stops") or {}, results.get("co_degradation")
+    if not (wins or stops or co):
+        return []
+    out: list[Any] = ["<h2>Self-improvement: understanding win rate, guard, co-degradation</h2>"]
+    if wins:
+        rows = [[arm, fmt(w["value"], 1), DASH if not w["ci95"] else f"[{w['ci95'][0]:.1f}, {w['ci95'][1]:.1f}]", str(w["n"]),
+                 ", ".join(f"{s['seed']}: {fmt(s['value'], 1)} (n {s['n']})" for s in w["per_seed"])]
+                for arm, w in wins.items()]
+        out += [table(["arm", "win rate", "95% CI", "n (verdicts changed)", "per seed"], rows),
+                '<p class="note">Among the base model\'s held-out images whose self-judge verdict the trained model '
+                "changed, the share where it now agrees with the verifier, × 100: 50 = no change in understanding. "
+                "Pooled over seeds, Wilson interval.</p>"]
+    for arm, seeds in stops.items():
+        listed = "; ".join(f"seed {s['seed']}: precision {fmt(s['precision'])} (n {s['n']}) below "
+                           f"{fmt(s['threshold'])} after epoch {s['epoch']}" for s in seeds)
+        out.append(f'<p class="banner">The audit guard stopped {escape(arm)} ({escape(listed)}); those seeds were '
+                   "evaluated at the last epoch it let through.</p>")
+    if co is not None:
+        out.append(f'<p class="note">{escape(co["sentence"])}</p>')
+    return out

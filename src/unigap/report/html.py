@@ -18,7 +18,7 @@ from unigap.arms import FAMILIES
 from unigap.atomic import write_atomically
 from unigap.report.cells import DASH, Safe, Significant, ci, fmt, fmt_p, table
 from unigap.report.figures import Plot
-from unigap.report.findings import answer_length_section, claims_section, dpo_notes
+from unigap.report.findings import answer_length_section, claims_section, dpo_notes, self_improvement_section
 from unigap.report.reference import PAPER_BASE, PAPER_BONFERRONI, PAPER_FINAL, PAPER_GRADIENTS, PAPER_HEADLINE
 from unigap.train.dpo import LN2
 from unigap.study.results import METRICS
@@ -259,7 +259,7 @@ def methods_section(results: dict[str, Any]) -> str:
         "the Welch interval.",
         f"Bonferroni over {b['tests']} tests (methods × metrics): α = {b['alpha']} → significant when "
         f"p < {b['alpha_corrected']:.2g} (the paper: {PAPER_BONFERRONI['methods']} × "
-        f"{PAPER_BONFERRONI['metrics']}, p < {PAPER_BONFERRONI['alpha_corrected']}).",
+        f"{PAPER_BONFERRONI['metrics']}, p < {PAPER_BONFERRONI['alpha_corrected']}).{_family_note(b)}",
         "Levels: mean over seed means with a t-interval over seeds (k − 1 df); pooled per-item mean with a "
         f"percentile bootstrap ({o['bootstrap_resamples']} resamples, items resampled within each seed).",
         f"Final losses: mean of the last {o['loss_tail']} logged steps; a trained task ending within "
@@ -273,6 +273,16 @@ def methods_section(results: dict[str, Any]) -> str:
         f"<dt>{escape(str(k))}</dt><dd>{escape(json.dumps(v, default=str))}</dd>" for k, v in results["config"].items()
     )
     return f"<ul>{items}</ul>" + (f"<h3>Study configuration</h3><dl>{config}</dl>" if config else "")
+
+
+def _family_note(bonferroni: dict[str, Any]) -> str:
+    """Why the report states other test counts too: each family's table and claim correct within the family."""
+    families = bonferroni.get("families") or {}
+    if len(families) < 2:
+        return ""
+    counts = ", ".join(f"{name} {t['tests']}" for name, t in families.items())
+    return (f" The headline corrects over every arm; each family's own table, and each claim, over that family's "
+            f"arms × metrics ({counts} tests), as a reader of one paper's arms would.")
 
 
 def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "unigap study") -> str:
@@ -304,6 +314,7 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
         *(_figure(p) for p in plots if p.path.name == "tradeoff.png"),
         *family_sections(results),
         *claims_section(results),
+        *self_improvement_section(results),
         *answer_length_section(results),
         "<h2>Metric levels per method</h2>",
         levels_table(results),

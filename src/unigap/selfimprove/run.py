@@ -33,10 +33,11 @@ from unigap import distributed
 from unigap.atomic import cached_json, claim_settings, write_atomically, write_text_atomically
 from unigap.errors import GuardStopped
 from unigap.evaluate import evaluate
+from unigap.evaluate.critique import win_rate as understanding_win_rate
 from unigap.evaluate.data import prompt_specs
-from unigap.evaluate.generation import ACCEPT_THRESHOLD, generate_and_judge
+from unigap.evaluate.generation import generate_and_judge
 from unigap.evaluate.judges import get_judge
-from unigap.evaluate.stats import paired_difference, summarize
+from unigap.evaluate.stats import paired_difference, summarize, with_ci
 from unigap.metrics_log import MetricLogger
 from unigap.progress import progress as progress_bar
 from unigap.selfimprove.config import TRAINABLE, SelfImproveConfig
@@ -44,7 +45,6 @@ from unigap.selfimprove.figures import epochs_plot
 from unigap.selfimprove.pool import Sample, audit_metrics, label_round
 from unigap.selfimprove.train import dpo_pairs, train_epoch
 from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from unigap.world import parse_prompt
 
 RESULT_FILE = "selfimprove.json"
 EPOCHS_FILE = "epochs.jsonl"
@@ -227,31 +227,25 @@ def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], b
 # -- results -------------------------------------------------------------------------------------
 
 
+_VALUE_KEY = {"generation": "accuracy", "understanding": "accuracy", "nonunification": "score", "weak_generation": "rate"}
+
+
 def headline(report: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The four numbers of an eval report that self-improvement moves, as metric objects (None: not measured)."""
+    """The four numbers of an eval report that self-improvement moves, as metric objects with their 95% CI (None:
+    not measured)."""
     if report is None:
         return None
-    return {
-        "generation_accuracy": report["generation"],
-        "understanding_accuracy": report["understanding"],
-        "nonunification": report["nonunification"],
-        "weak_generation": report["weak_generation"],
-    }
+    metrics = {"generation_accuracy": "generation", "understanding_accuracy": "understanding",
+               "nonunification": "nonunification", "weak_generation": "weak_generation"}
+    return {name: with_ci(dict(report[section]), _VALUE_KEY[section]) for name, section in metrics.items()}
 
 
 def win_rate(um: Any, before: dict[str, Any], out: Path) -> dict[str, Any]:
-    """SPEC §2's understanding win rate on the base model's held-out images: among those where the trained judge's
-    verdict differs from the base judge's, the share where the trained one agrees with the verifier, × 100
-    (50 = no change); n = the number of such images."""
+    """The understanding win rate (`unigap.evaluate.critique.win_rate`) on the base model's held-out images, saved
+    by the before-evaluation."""
     records = before["records"]["generation"]
     images = [Image.open(out / "images" / "before" / f"{i:04d}.png").convert("RGB") for i in range(len(records))]
-    post = get_judge("self-pyes").fn(um, images, [parse_prompt(r["prompt"]) for r in records])
-    wins = [(p >= ACCEPT_THRESHOLD) == r["verified"] for r, p in zip(records, post, strict=True)
-            if (p >= ACCEPT_THRESHOLD) != r["self_accepted"]]
-    metric = summarize(wins, "value")
-    if metric["value"] is not None:
-        metric = {**metric, "value": 100 * metric["value"], "stderr": 100 * metric["stderr"]}
-    return metric
+    return understanding_win_rate(um, images, records)
 
 
 def _result(config: SelfImproveConfig, before: dict[str, Any] | None, after: dict[str, Any] | None,
@@ -265,6 +259,7 @@ def _result(config: SelfImproveConfig, before: dict[str, Any] | None, after: dic
         "epochs": epochs,
         "audits": audits,
         "guard": guard or {"stopped": False, "rule": "stop when audited precision < audited base rate"},
+        "win_rate": None,  # measured after training (`win_rate`); none for a run the guard stopped
     }
     if after is not None:
         pairs = {"generation_accuracy": ("generation", "verified"), "nonunification": ("generation", "self_rejected"),

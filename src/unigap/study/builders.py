@@ -48,17 +48,19 @@ def oracle(runner: Any, name: str, seed: int) -> None:
 def self_improve(runner: Any, name: str, seed: int) -> None:
     """`unigap selfimprove` with the arm's method and labels at the study's budget (its own before/after
     evaluation skipped: the study evaluates every arm the same way)."""
+    from unigap.manifest import read_record
     from unigap.selfimprove import GuardStopped, SelfImproveConfig, run
+    from unigap.selfimprove.run import RESULT_FILE
 
     c = runner.config
     config = SelfImproveConfig(**SELF_ARMS[name], n_prompts=c.self_prompts, epochs=c.self_epochs, eval_n=0,
                                epoch_eval_n=0, seed=seed, data_seed=c.data_seed)
-    um = runner.model()
+    um, out, notes = runner.model(), runner.run_dir(name, seed) / "selfimprove", None
     try:
-        run(um, config, runner.run_dir(name, seed) / "selfimprove", progress=False)
-    except GuardStopped:
-        pass  # `um` holds the last epoch the guard let through (the base model if it stopped before training)
-    runner.evaluate(um, name, seed)
+        run(um, config, out, progress=False)
+    except GuardStopped:  # `um` holds the last epoch the guard let through (the base model if before training)
+        notes = {"guard": read_record(out / RESULT_FILE)["guard"]}  # the report flags the arm
+    runner.evaluate(um, name, seed, notes=notes)
 
 
 def refine(runner: Any, name: str, seed: int) -> None:
@@ -97,6 +99,8 @@ def refine(runner: Any, name: str, seed: int) -> None:
     report["self_judge"] = self_judge_metrics(records)
     report["records"]["generation"] = records
     report["config"].update(model=c.model, method=name, refine_rounds=c.refine_rounds)
+    if name == "refine-grpo":  # (the other refine arms are the base model)
+        report["win_rate"] = runner.win_rate(um, seed)
     save_report(report, runner.eval_file(name, seed))
 
 

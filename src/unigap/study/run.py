@@ -35,7 +35,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from unigap.atomic import claim_settings
+from unigap.atomic import claim_settings, write_atomically
 from unigap.manifest import read_record
 from unigap.study.results import ANSWER_LENGTH_FILE, BASE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
 from unigap.study.config import FULL, StudyConfig
@@ -89,7 +89,12 @@ class StudyRunner:
     # -- the study's own jobs (the arms' are in `unigap.study.builders`) ------------------------
 
     def evaluate_base(self, seed: int) -> None:
-        self.evaluate(self.model(), BASE, seed)
+        """The base model evaluated, its images kept: trained arms judge them for the understanding win rate."""
+        def keep(images: list[Any]) -> None:
+            for index, image in enumerate(images):
+                write_atomically(self.base_image(seed, index), lambda tmp, im=image: im.save(tmp, format="PNG"))
+
+        self.evaluate(self.model(), BASE, seed, on_images=keep)
 
     def build_pairs(self, task: str) -> None:
         from unigap.prefs.build import BuildOptions, build_preferences
@@ -142,20 +147,41 @@ class StudyRunner:
     def eval_file(self, method: str, seed: int) -> Path:
         return self.run_dir(method, seed) / EVAL_FILE
 
-    def evaluation(self, um: Any, seed: int) -> dict[str, Any]:
+    def base_image(self, seed: int, index: int) -> Path:
+        return self.run_dir(BASE, seed) / "images" / f"{index:04d}.png"
+
+    def evaluation(self, um: Any, seed: int, on_images: Callable[[list[Any]], None] | None = None) -> dict[str, Any]:
         """`um` evaluated as every arm is: the study's n items of seed `seed`, no critique."""
         from unigap.evaluate import evaluate
 
         c = self.config
         return evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False,
-                        progress=False)  # the study shows its own bars
+                        progress=False, on_images=on_images)  # the study shows its own bars
 
-    def evaluate(self, um: Any, method: str, seed: int) -> None:
+    def win_rate(self, um: Any, seed: int) -> dict[str, Any] | None:
+        """A trained arm's understanding win rate on the base model's images of this seed
+        (`unigap.evaluate.critique.win_rate`); None where the base's images were not kept (a study begun before)."""
+        from PIL import Image
+
+        from unigap.evaluate.critique import win_rate
+
+        records = read_record(self.eval_file(BASE, seed))["records"]["generation"]
+        paths = [self.base_image(seed, index) for index in range(len(records))]
+        if not all(path.is_file() for path in paths):
+            return None
+        return win_rate(um, [Image.open(path).convert("RGB") for path in paths], records)
+
+    def evaluate(self, um: Any, method: str, seed: int, on_images: Callable[[list[Any]], None] | None = None,
+                 notes: dict[str, Any] | None = None) -> None:
+        """`evaluation` into the arm's eval.json (last: it marks the job done), with the win rate of a trained arm
+        and the builder's `notes` (what the report must know about how the arm came to be)."""
         from unigap.evaluate import save_report
 
-        report = self.evaluation(um, seed)
+        report = self.evaluation(um, seed, on_images)
         report["config"].update(model=self.config.model, method=method)
-        save_report(report, self.eval_file(method, seed))
+        if method in ARMS and ARMS[method].kind == "trained":
+            report["win_rate"] = self.win_rate(um, seed)
+        save_report(report | (notes or {}), self.eval_file(method, seed))
 
     @contextmanager
     def bar(self, description: str, total: int) -> Iterator[Callable[..., None]]:
