@@ -201,10 +201,15 @@ PAPER_P2 = {"base": ("35.21", "26.22"), "self-sft": ("43.29", "16.98"), "self-cu
 
 
 def self_improvement() -> str:
-    """The P2 arms of `unigap study --methods p2` beside the paper's Janus-Pro-7B numbers."""
+    """The P2 arms of `unigap study --methods p2` beside the paper's Janus-Pro-7B numbers: generation with Welch's
+    test (the study's, Bonferroni over arms × 4 metrics) and the paired test the paper's claim is judged by
+    (Bonferroni over arms × {generation, understanding, non-unification}), the understanding win rate, and whether
+    poor labels co-degraded."""
     result = _load(STUDY_P2)
-    lines = ["| arm | generation | Δ (p, Bonferroni) | non-unification | Δ (p) | understanding | paper: gen / non-unif. |",
-             "|---|---|---|---|---|---|---|"]
+    arms = [m for m in result["methods"] if m != result["base"]]
+    paired_tests = 3 * len(arms)
+    lines = ["| arm | generation | Δ (Welch p, Bonferroni) | paired p (Bonferroni) | non-unification | Δ (p) "
+             "| understanding | win rate (n) | paper: gen / non-unif. |", "|---" * 9 + "|"]
 
     def cell(metric: dict[str, Any], delta: bool) -> str:
         if not delta:
@@ -212,16 +217,28 @@ def self_improvement() -> str:
         mark = "**" if metric.get("significant") else ""
         return f"{mark}{metric['delta']:+.3f}{mark} ({metric['p_bonferroni']:.2g})"
 
+    def paired(metric: dict[str, Any]) -> str:
+        p = (metric.get("paired") or {}).get("p")
+        return "—" if p is None else f"{min(1.0, p * paired_tests):.2g}"
+
+    wins = result.get("win_rates") or {}
     for method in result["methods"]:
         m = result["results"][method]
         gen, non, und = m["generation.accuracy"], m["nonunification.score"], m["understanding.accuracy"]
         base = method == result["base"]
         paper = " / ".join(PAPER_P2.get(method, ("—", "—")))
-        lines.append(f"| {method} | {cell(gen, False)} | {'' if base else cell(gen, True)} | {cell(non, False)} "
-                     f"| {'' if base else cell(non, True)} | {cell(und, False)} | {paper} |")
+        win = wins.get(method)
+        won = "—" if not win or win["value"] is None else f"{win['value']:.1f} ({win['n']})"
+        lines.append(f"| {method} | {cell(gen, False)} | {'' if base else cell(gen, True)} "
+                     f"| {'' if base else paired(gen)} | {cell(non, False)} | {'' if base else cell(non, True)} "
+                     f"| {cell(und, False)} | {'' if base else won} | {paper} |")
     seeds, n = len(result["seeds"]), result["config"].get("n")
-    return "\n".join(lines) + (f"\n\n{seeds} seeds × {n} held-out items; Welch against the base, Bonferroni over "
-                               f"{result['bonferroni']['tests']} tests (bold: significant).")
+    notes = (f"\n\n{seeds} seeds × {n} held-out items; Welch against the base, Bonferroni over "
+             f"{result['bonferroni']['tests']} tests (bold: significant); the paired test on the same items, "
+             f"Bonferroni over {paired_tests}. Win rate: among the base's images whose self-judge verdict the arm "
+             "changed, the share it now gets right, × 100 (50 = no change), pooled over seeds.")
+    co = result.get("co_degradation")
+    return "\n".join(lines) + notes + (f" {co['sentence']}" if co else "")
 
 
 def unimrg() -> str:

@@ -186,3 +186,23 @@ def test_tune_runs_on_janus_pro_geometry(janus_pro: Path, tmp_path: Path) -> Non
     cfg_run = out / "runs" / results["runs"][1]["name"]
     assert json.loads((cfg_run / "train_config.json").read_text())["gen_cfg_scale"] == 5.0
     assert [p["step"] for p in results["runs"][1]["points"]] == [1, 2]
+
+
+def test_diagnose_on_janus_pro_geometry(janus_pro: Path, tmp_path: Path) -> None:
+    for kind, extra in (("und", ["--fallback-gt"]), ("gen-real", [])):
+        _run("prefs", "build", "--model", str(janus_pro), "--kind", kind, "--n", "4", "--batch-size", "4", *extra,
+             "--out", str(tmp_path / f"{kind}.jsonl"))
+    _run("diagnose", "--model", str(janus_pro), "--und", str(tmp_path / "und.jsonl"), "--gen",
+         str(tmp_path / "gen-real.jsonl"), "--pairs", "4", "--out", str(tmp_path / "diag"))
+    report = json.loads((tmp_path / "diag" / "diagnostics.json").read_text())
+    assert report["n"] == 4 and (tmp_path / "diag" / "manifest.json").is_file()
+
+
+def test_the_study_runs_on_janus_pro_geometry(janus_pro: Path, tmp_path: Path) -> None:
+    """The main command on a converted checkpoint: an inference-time arm (no pairs to build at 576 tokens)."""
+    out = tmp_path / "study"
+    _run("study", "--model", str(janus_pro), "--quick", "--methods", "refine", "--seeds", "1", "--n", "2",
+         "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    assert results["methods"] == ["base", "refine"] and (out / "report.html").is_file()
+    assert len(list((out / "base" / "seed0" / "images").glob("*.png"))) == 2  # kept for the trained arms' win rate

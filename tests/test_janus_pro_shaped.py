@@ -33,3 +33,40 @@ def test_tiny_checkpoint_loads_as_janus_pro(tmp_path: Path) -> None:
     assert not (directory / "unigap.json").exists()
     um = load_model(directory)
     assert um.num_image_tokens == 576 and um.codebook_size == 16384
+
+
+def test_the_processor_loads_and_unigaps_prompt_ids_are_janusprocessors(tmp_path: Path) -> None:
+    """The fixture's files are read by transformers as a converted checkpoint's are (named image tokens, a chat
+    template over content lists, the image processor's own file), and unigap's prompts are token for token what
+    `JanusProcessor` builds from them: understanding with its system prompt, generation in image mode."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    directory = save_random_janus_pro(tmp_path / "ckpt")
+    processor, um = AutoProcessor.from_pretrained(directory), load_model(directory)
+    question = "What color is the circle?"
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                                          "text": question}]}],
+                                         add_generation_prompt=True)
+    assert text == "<|User|>: <image_placeholder>\nWhat color is the circle?\n\n<|Assistant|>:"
+    ids = processor(text=text, images=[Image.new("RGB", (64, 64), "white")])["input_ids"][0]
+    assert um.prompts.understanding_ids(question) == list(ids)
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "a red circle"}]}],
+                                         add_generation_prompt=True)
+    ids = processor(text=text, generation_mode="image")["input_ids"][0]
+    assert um.prompts.generation_ids("a red circle") == list(ids)
+    saved = json.loads((directory / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"height": 384, "width": 384} and saved["image_processor_type"] == "JanusImageProcessor"
+
+
+def test_pixel_statistics_are_read_from_either_processor_layout(tmp_path: Path) -> None:
+    """Converted checkpoints keep the image processor in `preprocessor_config.json`; transformers 5 saves it inside
+    `processor_config.json`."""
+    from unigap.model.loading import pixel_stats
+
+    stats = {"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": stats}))
+    assert pixel_stats(tmp_path, {}) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": 0.25, "image_std": 0.75}))
+    assert pixel_stats(tmp_path, {}) == ((0.25,) * 3, (0.75,) * 3)
+    assert pixel_stats(tmp_path, {"image_mean": 0.5})[0] == (0.5,) * 3  # a unigap sidecar's own, first

@@ -190,6 +190,8 @@ def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys, mon
     assert report["config"]["eval_split"] == "val" and splits == ["val", "val"]  # the loop before and after
     assert [r["round"] for r in report["before"]["rounds"]] == [0, 1] == [r["round"] for r in report["after"]["rounds"]]
     assert report["change"]["n"] == 3 and (tmp_path / "g" / "adapter_model.safetensors").is_file()
+    adapter = json.loads((tmp_path / "g" / "adapter_config.json").read_text())  # what grpo.json says trained did
+    assert "generation head" in report["trained_parameters"] and adapter["modules_to_save"] == ["generation_head"]
     (tmp_path / "g" / "checkpoint" / "checkpoint.pt").unlink()  # as if killed after the loop before training
     config.write_text(config.read_text().replace("eval_n = 3", "eval_n = 4"))
     with pytest.raises(SystemExit) as exit_info:  # the loop before training ran on 3 prompts: not reused for 4

@@ -154,8 +154,9 @@ def train_command(
                               "weights (loaded so on a GPU too), matmuls in bfloat16."),
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
-    """Train reflection and refinement with GRPO and R3's stage-wise rewards (LoRA on the LLM, KL to the reference);
-    the verifier scores every image unless --reward names a judge; training prompts are train-split prompts only."""
+    """Train reflection and refinement with GRPO and R3's stage-wise rewards (LoRA on the LLM, the generation head in
+    full; KL to the reference); the verifier scores every image unless --reward names a judge; training prompts are
+    train-split prompts only."""
     from unigap import distributed
     from unigap.evaluate.judges import get_judge
     from unigap.manifest import manifest, write_manifest

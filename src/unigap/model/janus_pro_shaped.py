@@ -14,24 +14,39 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import BPE
 from transformers import (
     JanusConfig,
     JanusForConditionalGeneration,
+    JanusProcessor,
     JanusVisionConfig,
     JanusVQVAEConfig,
     LlamaConfig,
     PreTrainedTokenizerFast,
 )
+from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil  # (no torchvision needed)
 
 from unigap.model.tiny import image_generation_config, tiny_janus_config
 from unigap.model.tokenizer import BOI, EOI, IMAGE
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
+# The chat template of transformers' Janus conversion script, in its semantics (written here, not copied): messages
+# with content lists; an image part is `<image_placeholder>` on its own line; a user turn ends in a blank line, an
+# assistant turn in EOS; the generation prompt is `<|Assistant|>:`.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|' + message['role'].capitalize() + '|>: ' + message['content'] + '\n\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|Assistant|>:' }}{% endif %}"
+    "{% for message in messages %}{% set role = message['role'] | lower %}"
+    "{% if role == 'user' %}<|User|>: {% elif role == 'assistant' %}<|Assistant|>:"
+    "{% if not (loop.last and not add_generation_prompt and message['content'][0]['type'] == 'text'"
+    " and message['content'][0]['text'] == '') %} {% endif %}{% else %}{{ message['role'].capitalize() }}: {% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "{% if not loop.first %}{{ '\\n' }}{% endif %}<image_placeholder>{% if not loop.last %}{{ '\\n' }}{% endif %}"
+    "{% elif part['type'] == 'text' %}{% set text = part['text'] %}"
+    "{% if loop.first %}{% set text = text.lstrip() %}{% endif %}{% if loop.last %}{% set text = text.rstrip() %}{% endif %}"
+    "{% if not loop.first and message['content'][loop.index0 - 1]['type'] == 'text' %} {% endif %}{{ text }}"
+    "{% endif %}{% endfor %}{% if not loop.last or add_generation_prompt %}"
+    "{% if role == 'user' %}{{ '\\n\\n' }}{% else %}" + EOS + "{% endif %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
 )
 # The language models of the published checkpoints (DeepSeek-LLM 1.5B and 7B); their vision encoder (SigLIP-L,
 # 384 px) and VQ tokenizer are transformers' Janus defaults.
@@ -49,8 +64,12 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(BPE(vocab={ch: i for i, ch in enumerate(sorted(alphabet))}, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD)
-    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE, BOI, EOI, "<|User|>", "<|Assistant|>"]})
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                        extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|User|>", "<|Assistant|>"]})
+    bos = tokenizer.convert_tokens_to_ids(BOS)  # BOS first, as DeepSeek's Llama tokenizer adds it
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos)])
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -94,10 +113,13 @@ def save_random_janus_pro(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps(
-        {"image_processor_type": "JanusImageProcessor", "image_size": 384, "image_mean": [0.5] * 3,
-         "image_std": [0.5] * 3, "do_normalize": True, "do_resize": True}))
-    (directory / "processor_config.json").write_text(json.dumps(
-        {"processor_class": "JanusProcessor", "num_image_tokens": 576, "use_default_system_prompt": True}))
+    pixels = JanusImageProcessorPil(size={"height": 384, "width": 384}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    JanusProcessor(image_processor=pixels, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+                   use_default_system_prompt=True).save_pretrained(directory)
+    # as the converted checkpoints lay it out: the image processor in its own file, beside the processor's settings
+    processor = json.loads((directory / "processor_config.json").read_text())
+    image_processor = processor.pop("image_processor") | {"image_processor_type": "JanusImageProcessor",
+                                                          "processor_class": "JanusProcessor"}
+    (directory / "preprocessor_config.json").write_text(json.dumps(image_processor, indent=2))
+    (directory / "processor_config.json").write_text(json.dumps(processor, indent=2))
     return directory

@@ -66,8 +66,10 @@ def _read_json(file: Path) -> dict:
 
 
 def pixel_stats(directory: Path, settings: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Pixel mean/std: the sidecar's, else the checkpoint's preprocessor config's, else Janus-Pro's 0.5."""
-    preprocessor = _read_json(directory / "preprocessor_config.json")
+    """Pixel mean/std: the sidecar's, else the checkpoint's image processor's (`preprocessor_config.json`, or inside
+    `processor_config.json` as transformers 5 saves a processor), else Janus-Pro's 0.5."""
+    preprocessor = (_read_json(directory / "preprocessor_config.json")
+                    or _read_json(directory / "processor_config.json").get("image_processor", {}))
 
     def stat(key: str) -> tuple[float, ...]:
         value = settings.get(key, preprocessor.get(key, DEFAULT_PIXEL_STAT))

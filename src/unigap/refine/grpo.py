@@ -63,6 +63,9 @@ LOGGED_KEYS = (
     "refine/rewards/image_score/mean", "refine/stop_rate", "completions/mean_length",
 )  # fmt: skip
 RESULT_FILE = "grpo.json"
+# what trains (as `unigap.model.UnifiedModel.add_lora` sets it up): the refine stage's image tokens come from the
+# generation head, which every recorded run trained in full beside the LoRA
+TRAINED = "LoRA on the LLM + the generation head (in full)"
 SETTINGS_FILE = "settings.json"  # the run's settings, checked on --resume before the loop's "before" part is reused
 FREE_SETTINGS = ("guard",)  # switches that change no number, only whether the run goes on
 TRAIN_PROMPTS = 1000  # distinct train-split prompts groups are drawn from (all of them where there are fewer)
@@ -105,7 +108,7 @@ class GRPOTrainer:
         self.prompts = distinct_prompts(TRAIN_PROMPTS, config.seed, config.data_seed, split="train")
         self.reward = reward_for(config.reward)  # a local judge loads (and calibrates) here, before the seeded init
         torch.manual_seed(config.seed)
-        um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout)
+        um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout)  # and the generation head: TRAINED
         self.named = [(name, p) for name, p in um.model.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW([p for _, p in self.named], lr=config.lr, weight_decay=0.0,
                                            betas=(config.adam_beta1, config.adam_beta2))
@@ -243,7 +246,8 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     before = cached_json(out / "parts" / "before.json", lambda: _loop_eval(um, config, show_progress),
                          write=main) if config.eval_n else None
     trainer = GRPOTrainer(um, config, out, report_to)
-    report: dict[str, Any] = {"config": config.to_dict(), "before": before, "after": None, "guard": None}
+    report: dict[str, Any] = {"config": config.to_dict(), "trained_parameters": TRAINED, "before": before,
+                              "after": None, "guard": None}
     if config.reward != VERIFIER_REWARD:
         report["guard"] = {"stopped": False, "active": config.guard, "rule": f"stop when the verifier's accuracy of "
                            f"the latest {config.audit_window} generation steps < the first's (Welch p < {GUARD_P})"}
