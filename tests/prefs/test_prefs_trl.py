@@ -56,6 +56,12 @@ def test_export_then_load_gives_the_same_pairs(tiny_dir: Path, built, tmp_path: 
             _same(original, back)
     if suffix == ".jsonl":
         assert len(list((tmp_path / "und-trl_images").glob("*.png"))) == 2
+    else:  # `datasets` reads the image columns as images, as TRL's trainers take them
+        from datasets import load_dataset
+
+        und = load_dataset("parquet", data_files=str(tmp_path / "und-trl.parquet"), split="train")
+        gen = load_dataset("parquet", data_files=str(tmp_path / "gen-trl.parquet"), split="train")
+        assert isinstance(und[0]["images"][0], Image.Image) and isinstance(gen[0]["chosen_image"], Image.Image)
 
 
 def test_a_handwritten_trl_file_trains(tiny_dir: Path, tmp_path: Path, capsys) -> None:

@@ -135,8 +135,32 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        atomic_write_bytes(path, lambda handle: pq.write_table(pa.Table.from_pylist(list(rows)), handle))
+        table = _image_features(pa.Table.from_pylist(list(rows)))
+        atomic_write_bytes(path, lambda handle: pq.write_table(table, handle))
     return path
+
+
+def _image_features(table: Any) -> Any:
+    """The table with its image columns typed and declared as `datasets` does (`{bytes, path}` structs, the
+    `Image` feature in the schema's metadata), so `load_dataset("parquet", ...)` gives PIL images, as TRL's trainers
+    expect, not dicts."""
+    import datasets
+    import pyarrow as pa
+
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    declared = {}
+    for column in IMAGE_COLUMNS:
+        if column not in table.column_names:
+            continue
+        listed = pa.types.is_list(table.schema.field(column).type)
+        table = table.set_column(table.column_names.index(column), column,
+                                 table[column].cast(pa.list_(struct) if listed else struct))
+        declared[column] = [datasets.Image()] if listed else datasets.Image()
+    if not declared:
+        return table
+    features = datasets.Features.from_arrow_schema(table.schema)
+    features.update(declared)
+    return table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})})
 
 
 def _validated(path: Path) -> list[tuple[str, dict[str, Any]]]:
