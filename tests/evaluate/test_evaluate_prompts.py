@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from unigap.errors import UserError
-from unigap.evaluate.data import prompt_specs
+from unigap.evaluate.data import prompt_specs, read_prompt_file
 from unigap.world import CATEGORIES, split_prompts
 
 
@@ -30,6 +30,18 @@ def test_prompt_files_in_text_jsonl_and_geneval_shape(tmp_path: Path) -> None:
                                      "prompt": "a blue square"})) + "\n")
     assert [s.text for s in prompt_specs(str(text), 5, 0)] == ["a red circle", "a blue square"]
     assert [s.text for s in prompt_specs(str(jsonl), 1, 0)] == ["a red circle"]  # at most n
+
+
+def test_every_line_of_a_jsonl_prompt_file_is_json(tmp_path: Path) -> None:
+    """A quoted string in a .jsonl file is not a prompt with quotes in it; in a .txt file it is text."""
+    for name, expected in (("prompts.jsonl", None), ("prompts.txt", '"a red circle"')):
+        path = tmp_path / name
+        path.write_text('"a red circle"\n')
+        if expected is None:
+            with pytest.raises(UserError, match=f'{name}:1: a JSON line needs a string "prompt" field'):
+                read_prompt_file(path)
+        else:
+            assert read_prompt_file(path) == [(1, expected)]
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,10 @@ def test_a_dataset_saved_to_disk(tmp_path):
     "text, message",
     [
         ('{"image": "imgs/a.png", "question": "Q?", "answer": "red"}\n{"image": "imgs/a.png", "answer": "x"}\n',
-         ":2: 'question' must be a non-empty string"),
+         ":2: no 'question' column (it has 'image', 'answer')"),
+        ('{"image": "imgs/a.png", "question": "", "answer": "x"}\n', ":1: 'question' must be a non-empty string"),
+        ('{"image": "imgs/a.png", "question": "Q?", "answers": [{"answer_id": 1}]}\n', ":1: 'answers' must be a"),
+        ('{"image": "imgs/a.png", "question": "Q?", "answer": true}\n', ":1: 'answer' must be a non-empty string"),
         ('{"image": "imgs/a.png", "question": "Q?"}\n', ":1: needs an 'answer' or an 'answers' column"),
         ('{"image": "imgs/missing.png", "question": "Q?", "answer": "x"}\n', ":1: cannot read image imgs/missing.png"),
         ('{"question": "Q?", "answer": "x"}\n', ":1: missing 'image' column"),
@@ -95,6 +98,24 @@ def test_a_malformed_row_names_file_and_line(tmp_path, image_file, text, message
     with pytest.raises(UserError) as exc:
         read_understanding_data(path)
     assert str(exc.value).startswith(f"{path}:") and message in str(exc.value), str(exc.value)
+
+
+def test_whole_number_answers_and_vqav2_answer_records_are_read(tmp_path, image_file):
+    """VQA sets store counts as integers, and VQAv2 keeps each annotator's answer in a record."""
+    path = tmp_path / "und.jsonl"
+    rows = [{"image": "imgs/a.png", "question": "How many?", "answer": 2},
+            {"image": "imgs/a.png", "question": "What color?",
+             "answers": [{"answer": "red", "answer_confidence": "yes", "answer_id": 1}, {"answer": "pink"}, 3]}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    first, second = read_understanding_data(path)
+    assert first.question.answers == ("2",) and second.question.answers == ("red", "pink", "3")
+
+
+def test_a_csv_header_without_a_column_says_so(tmp_path, image_file):
+    path = tmp_path / "und.csv"
+    path.write_text("image,query,answer\nimgs/a.png,Q?,x\n")
+    with pytest.raises(UserError, match=r":2: no 'question' column \(it has 'image', 'query', 'answer'\)"):
+        read_understanding_data(path)
 
 
 def test_table_errors(tmp_path):
@@ -143,7 +164,7 @@ def test_eval_scores_a_users_questions(tiny_dir, tmp_path, capsys, image_file):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"image": image_file}) + "\n")
     code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--questions", bad, "--out", tmp_path / "b.json"])
-    assert code == 2 and err.strip() == f"unigap: error: {bad}:2: 'question' must be a non-empty string"
+    assert code == 2 and err.strip() == f"unigap: error: {bad}:2: no 'question' column (it has 'image')"
     assert not (tmp_path / "b.json").exists()
 
 

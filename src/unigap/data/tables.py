@@ -112,7 +112,9 @@ def _dataset_rows(path: Path) -> list[Row]:
 
 def text_cell(row: dict[str, Any], name: str, where: str) -> str:
     """A non-empty string column; `UserError` naming the row otherwise."""
-    value = row.get(name)
+    if name not in row:  # (a CSV header without the column, a JSONL row without the key)
+        raise UserError(f"{where}: no {name!r} column (it has {', '.join(map(repr, row)) or 'none'})")
+    value = row[name]
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{where}: {name!r} must be a non-empty string")
     return value

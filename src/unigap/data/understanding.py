@@ -42,6 +42,16 @@ class UserItem:
     where: str
 
 
+def _answer_text(value: Any) -> str | None:
+    """An answer as text: a string, a whole number (VQA's counts, often stored as integers), or VQAv2's
+    `{"answer": ...}` record; None for anything else."""
+    if isinstance(value, dict):
+        value = value.get("answer")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def _answers(row: dict[str, Any], where: str) -> tuple[str, ...]:
     if "answers" in row and row["answers"] is not None:
         value = row["answers"]
@@ -50,12 +60,17 @@ def _answers(row: dict[str, Any], where: str) -> tuple[str, ...]:
                 value = json.loads(value)
             except json.JSONDecodeError:
                 raise UserError(f"{where}: 'answers' must be a list of strings (in CSV, a JSON list)") from None
-        if not isinstance(value, list | tuple) or not value or not all(isinstance(a, str) and a.strip() for a in value):
-            raise UserError(f"{where}: 'answers' must be a non-empty list of non-empty strings")
-        return tuple(value)
+        answers = [_answer_text(a) for a in value] if isinstance(value, list | tuple) else []
+        if not answers or None in answers:
+            raise UserError(f"{where}: 'answers' must be a non-empty list of answers (non-empty strings, whole "
+                            "numbers, or VQAv2's {\"answer\": ...} records)")
+        return tuple(answers)
     if "answer" not in row:
-        raise UserError(f"{where}: needs an 'answer' or an 'answers' column")
-    return (text_cell(row, "answer", where),)
+        raise UserError(f"{where}: needs an 'answer' or an 'answers' column (it has {', '.join(map(repr, row))})")
+    answer = _answer_text(row["answer"])
+    if answer is None:
+        raise UserError(f"{where}: 'answer' must be a non-empty string or a whole number")
+    return (answer,)
 
 
 def read_understanding_data(path: str | Path, n: int | None = None) -> list[UserItem]:

@@ -110,7 +110,7 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
     out = []
     for line_no, line in enumerate(lines, start=1):
         try:
-            out.append((line_no, _prompt_row(line)))
+            out.append((line_no, _prompt_row(line, jsonl=path.suffix == ".jsonl")))
         except UserError as exc:
             raise UserError(f"{path}:{line_no}: {exc}") from None
     if not out:
@@ -118,10 +118,22 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
     return out
 
 
-def _prompt_row(line: str) -> dict:
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _prompt_row(line: str, jsonl: bool = False) -> dict:
+    """A line as a metadata object. Plain lines are prompts; in a .jsonl file, a line that is JSON other than an
+    object (a quoted string) is refused, not read as a prompt with quotes in it."""
     if not line.strip():
         raise UserError("empty line")
     if not line.lstrip().startswith("{"):
+        if jsonl and _is_json(line):
+            raise UserError('a JSON line needs a string "prompt" field')
         return {"prompt": line}
     try:
         row = json.loads(line)
