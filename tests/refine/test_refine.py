@@ -84,8 +84,12 @@ def test_refine_json_holds_rounds_oracle_and_best_of_n_and_resumes(stub, tmp_pat
     config = RefineConfig(n=8, rounds=2, seed=1)
     report = run_refine(stub, config, tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "refine.json").read_text())
-    assert saved["rounds"][0]["round"] == 0 and {"accuracy", "n"} <= set(saved["rounds"][0])
-    assert {"improved", "worse", "unchanged", "stopped"} <= set(saved["rounds"][1])
+    keys = {"round", "accuracy", "improved", "worse", "unchanged", "stopped", "n"}  # every round, round 0 too
+    assert all(keys <= set(entry) for entry in saved["rounds"]) and saved["rounds"][0]["round"] == 0
+    assert saved["rounds"][0]["improved"] is None and saved["rounds"][0]["stopped"] == 0
+    assert saved["rounds"][1]["improved"]["ci95"] is not None
+    for key in ("stopped_on_correct", "stopped_on_wrong", "went_on_past_correct"):
+        assert saved["stop"][key]["ci95"][0] <= saved["stop"][key]["rate"] <= saved["stop"][key]["ci95"][1]
     assert saved["oracle"]["accuracy"] >= 0.75 and saved["best_of_n"]["n_samples"] == 3
     assert (tmp_path / "run" / "strips" / "000.png").is_file()
     again = run_refine(stub, config, tmp_path / "run", progress=False)  # every part is read back, not rerun

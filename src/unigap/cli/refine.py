@@ -32,7 +32,7 @@ def _table(report: dict) -> Table:
     for column in ("round", "accuracy", "improved", "worse", "unchanged", "stopped"):
         table.add_column(column, justify="right", overflow="fold")
     for row in report["rounds"]:
-        rates = [f"{row[k]['rate']:.3f}" if k in row and row[k]["rate"] is not None else "—"
+        rates = [f"{row[k]['rate']:.3f}" if row.get(k) and row[k]["rate"] is not None else "—"
                  for k in ("improved", "worse", "unchanged")]
         table.add_row(str(row["round"]), f"{row['accuracy']:.3f}", *rates, str(row.get("stopped", "—")))
     table.add_row("best of N", f"{report['best_of_n']['accuracy']:.3f}", "", "", "", "")

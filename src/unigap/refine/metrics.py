@@ -42,17 +42,16 @@ def round_metrics(trajectories: Sequence[Trajectory], rounds: int) -> list[dict[
         rows = [{"category": t.spec.category, "verified": t.verdict_after(round_)} for t in trajectories]
         entry = {"round": round_, **with_ci(summarize_grouped(rows, "verified", "accuracy", "category", CATEGORIES,
                                                               "by_category"), "accuracy")}
-        if round_:
-            refined = [t for t in trajectories if len(t.verified) > round_]
-            changes = [(t.verified[round_ - 1], t.verified[round_]) for t in refined]
-            entry.update(
-                refined=len(refined),
-                improved=with_ci(summarize([not a and b for a, b in changes], "rate"), "rate"),
-                worse=with_ci(summarize([a and not b for a, b in changes], "rate"), "rate"),
-                unchanged=with_ci(summarize([a == b for a, b in changes], "rate"), "rate"),
-                stopped=sum(t.stop_round == round_ for t in trajectories),
-                format_failures=sum(t.format_failure_round == round_ for t in trajectories),
-            )
+        refined = [t for t in trajectories if len(t.verified) > round_] if round_ else []
+        changes = [(t.verified[round_ - 1], t.verified[round_]) for t in refined]
+        entry.update(  # (round 0 generates: nothing refined or stopped yet, the changes undefined)
+            refined=len(refined),
+            improved=with_ci(summarize([not a and b for a, b in changes], "rate"), "rate") if round_ else None,
+            worse=with_ci(summarize([a and not b for a, b in changes], "rate"), "rate") if round_ else None,
+            unchanged=with_ci(summarize([a == b for a, b in changes], "rate"), "rate") if round_ else None,
+            stopped=sum(t.stop_round == round_ for t in trajectories),
+            format_failures=sum(t.format_failure_round == round_ for t in trajectories),
+        )
         out.append(entry)
     return out
 
@@ -68,9 +67,9 @@ def stop_metrics(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
         "rate": with_ci(summarize([t.stop_round is not None for t in trajectories], "rate"), "rate"),
         "mean_round": summarize(stopped, "mean"),
         "decisions": len(decisions),
-        "stopped_on_correct": summarize([s and ok for s, ok in decisions], "rate"),
-        "stopped_on_wrong": summarize([s and not ok for s, ok in decisions], "rate"),
-        "went_on_past_correct": summarize([not s and ok for s, ok in decisions], "rate"),
+        "stopped_on_correct": with_ci(summarize([s and ok for s, ok in decisions], "rate"), "rate"),
+        "stopped_on_wrong": with_ci(summarize([s and not ok for s, ok in decisions], "rate"), "rate"),
+        "went_on_past_correct": with_ci(summarize([not s and ok for s, ok in decisions], "rate"), "rate"),
     }
 
 

@@ -84,7 +84,7 @@ def refine_curves(study: Study) -> dict[str, list[dict[str, Any]]]:
             entry: dict[str, Any] = {"round": index, "n": n,
                                      "accuracy": sum(row["accuracy"] * row["n"] for row in rows) / n}
             for key in ("improved", "worse"):
-                if key in rows[0]:
+                if rows[0].get(key):  # (absent or null at round 0)
                     entry[key] = sum(round(row[key]["rate"] * row["refined"]) for row in rows if row[key]["rate"]
                                      is not None)
             curve.append(entry)
