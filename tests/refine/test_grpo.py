@@ -19,7 +19,7 @@ from unigap.evaluate.generation import self_p_yes
 from unigap.model import UnifiedModel, load_model
 from unigap.world.scoring import image_score
 from unigap import distributed
-from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard, first_alarm, train_grpo
+from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard, first_alarm, logged_keys, train_grpo
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
 from unigap.refine.rollout import reward_for
@@ -104,10 +104,12 @@ def test_config_errors_name_the_fix() -> None:
 
 
 def test_generation_stage_alone_self_rewarded_logs_the_verifier_as_its_audit(tmp_path) -> None:
-    config = GRPOConfig(**(TINY_RUN | {"steps": 2}), stages="generate", reward="self-pyes")
+    config = GRPOConfig(**(TINY_RUN | {"steps": 2}), stages="generate", reward="self-pyes", beta=0.0)
     GRPOTrainer(load_model("tiny"), config, tmp_path / "g").train(show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "g" / "log.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in rows] == ["generate", "generate"] and all(set(r) <= set(LOGGED_KEYS) for r in rows)
+    keys = set(logged_keys("self-pyes"))  # the reward's column is named after it, as TRL names reward functions
+    assert [r["stage"] for r in rows] == ["generate", "generate"] and all(set(r) <= keys for r in rows)
+    assert all("generate/rewards/self-pyes/std" in r and "kl" not in r for r in rows)  # no KL term: no kl column
     assert all(0 <= r["generate/audit/verifier_accuracy"] <= 1 for r in rows)
     assert all(r["generate/reward"] not in (0.0, 1.0) for r in rows)  # P(yes), not a verdict
     state = torch.load(tmp_path / "g" / "checkpoint" / "checkpoint.pt", weights_only=False)
@@ -124,6 +126,7 @@ def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_ex
     rows = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["generate", "refine", "generate", "refine"]
     assert all(set(r) <= set(LOGGED_KEYS) for r in rows) and "generate/reward" in rows[0]
+    assert all("kl" in r for r in rows) and "generate/rewards/image_score/mean" in rows[0]  # β > 0; the verifier
     assert "refine/stop_rate" in rows[1] and "generate/audit/verifier_accuracy" not in rows[0]  # the reward is it
     state = torch.load(tmp_path / "whole" / "checkpoint" / "checkpoint.pt", weights_only=False)
     assert len(state["buffer"]) >= 2 * config.num_generations  # every generated image is buffered

@@ -20,7 +20,7 @@ With a judge as the reward, the verifier audits the generation steps' images, an
 when the audited accuracy of the latest `audit_window` generation steps is below the first window's (`audit_guard`):
 a reward that rises while the independent judge passes fewer images is being fooled (docs/experiments.md).
 
-Files in OUT: log.jsonl (one row per step: `LOGGED_KEYS`), checkpoint/checkpoint.pt (tensors, optimizer,
+Files in OUT: log.jsonl (one row per step: `logged_keys`), checkpoint/checkpoint.pt (tensors, optimizer,
 scheduler, RNG, the rollout buffer, the audits; atomic), train_config.json, the PEFT adapter, grpo.json (with
 `guard`: its rule, or the record of the stop, `after` then null and no adapter written; and `alarm`, the first
 stop the rule would have made, null if none, kept when a stopped run is continued with `--no-guard`).
@@ -50,18 +50,28 @@ from unigap.model.editing import EDIT_SETTINGS
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.loop import run_loop
 from unigap.refine.metrics import round_metrics
-from unigap.refine.rollout import VERIFIER_REWARD, Buffered, GroupResult, generation_group, refine_group, reward_for
+from unigap.refine.rollout import (
+    VERIFIER_REWARD, Buffered, GroupResult, generation_group, refine_group, reward_for, reward_key,
+)
 from unigap.train.loop import (
     TrainingDiverged, checkpoint_step, holds_run, kept_checkpoint, optimizer_step, refuse_unless_resuming, run_steps,
 )
 
-LOGGED_KEYS = (
-    "step", "stage", "lr", "loss", "grad_norm", "kl", "generate/reward", "generate/reward_std",
-    "generate/frac_reward_zero_std", "generate/rewards/image_score/mean", "generate/audit/verifier_accuracy",
-    "generate/audit/precision", "refine/reward", "refine/reward_std", "refine/frac_reward_zero_std",
-    "refine/rewards/format/mean", "refine/rewards/delta/mean",
-    "refine/rewards/image_score/mean", "refine/stop_rate", "completions/mean_length",
-)  # fmt: skip
+def logged_keys(reward: str = VERIFIER_REWARD) -> tuple[str, ...]:
+    """Every key a log row may hold, with the image reward named as `reward_key` names it (TRL's GRPO names:
+    `reward`, `reward_std`, `frac_reward_zero_std`, `rewards/<reward>/mean|std`, `kl` only when β > 0, per stage)."""
+    image = reward_key(reward)
+    return (
+        "step", "stage", "lr", "loss", "grad_norm", "kl", "generate/reward", "generate/reward_std",
+        "generate/frac_reward_zero_std", f"generate/rewards/{image}/mean", f"generate/rewards/{image}/std",
+        "generate/audit/verifier_accuracy", "generate/audit/precision", "refine/reward", "refine/reward_std",
+        "refine/frac_reward_zero_std", "refine/rewards/format/mean", "refine/rewards/format/std",
+        "refine/rewards/delta/mean", "refine/rewards/delta/std", f"refine/rewards/{image}/mean",
+        f"refine/rewards/{image}/std", "refine/stop_rate", "completions/mean_length",
+    )  # fmt: skip
+
+
+LOGGED_KEYS = logged_keys()  # with the default reward, the verifier's
 RESULT_FILE = "grpo.json"
 # what trains (as `unigap.model.UnifiedModel.add_lora` sets it up): the refine stage's image tokens come from the
 # generation head, which every recorded run trained in full beside the LoRA

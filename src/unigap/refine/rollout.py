@@ -80,6 +80,17 @@ def _reference(um: Any, score: Callable[[], torch.Tensor], beta: float) -> torch
         return score()
 
 
+def reward_key(name: str) -> str:
+    """A reward's name in the logged `rewards/<name>/mean|std` (TRL names the column after the reward function):
+    the verifier's graded `image_score`, or the judge's kind (`self-pyes`, `clip`, `vlm`; a directory is no key)."""
+    return "image_score" if name == VERIFIER_REWARD else name.split(":")[0]
+
+
+def _reward_stats(prefix: str, values: list[float]) -> dict[str, float]:
+    values = np.asarray(values, dtype=float)
+    return {f"{prefix}/mean": float(values.mean()), f"{prefix}/std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
 def _group_stats(rewards: list[float]) -> dict[str, float]:
     values = np.array(rewards, dtype=float)
     return {"reward": float(values.mean()), "reward_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
@@ -102,7 +113,9 @@ def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, 
     per_token, kl = token_loss(logprobs, ref, mask, adv, config.epsilon, config.beta)
     loss = image_loss(per_token, torch.ones(g, dtype=torch.bool))
     metrics = {f"generate/{k}": v for k, v in _group_stats(scores).items()}
-    metrics |= {"generate/rewards/image_score/mean": float(np.mean(scores)), "kl": float(kl.detach().mean())}
+    metrics |= _reward_stats(f"generate/rewards/{reward_key(reward.name)}", scores)
+    if config.beta > 0:  # (TRL logs `kl` only when it is in the loss)
+        metrics["kl"] = float(kl.detach().mean())
     if reward.name != VERIFIER_REWARD:  # the independent check: how often the verifier passes what the reward pays
         audit = get_judge(VERIFIER_REWARD).fn(um, images, [spec] * len(images))  # 1.0 where it is satisfied
         metrics["generate/audit/verifier_accuracy"] = float(np.mean(audit))
@@ -168,15 +181,13 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
         loss = loss + image_loss(per_image, torch.ones(len(making), dtype=torch.bool))
         kl_values.append(float(kl_image.detach().mean()))
     metrics = {f"refine/{k}": v for k, v in _group_stats(text_rewards).items()}
-    metrics |= {
-        "refine/rewards/format/mean": float(np.mean(format_ok)),
-        "refine/rewards/delta/mean": float(np.mean(deltas)),
-        "refine/stop_rate": float(np.mean(stopped)),
-        "completions/mean_length": float(mask.sum(dim=-1).float().mean()),
-        "kl": float(np.mean(kl_values)),
-    }
+    metrics |= _reward_stats("refine/rewards/format", format_ok) | _reward_stats("refine/rewards/delta", deltas)
+    metrics |= {"refine/stop_rate": float(np.mean(stopped)),
+                "completions/mean_length": float(mask.sum(dim=-1).float().mean())}
+    if config.beta > 0:
+        metrics["kl"] = float(np.mean(kl_values))  # the text's and the images' estimates, averaged
     made_scores = [s for s in new_scores if s is not None]
     if made_scores:
-        metrics["refine/rewards/image_score/mean"] = float(np.mean(made_scores))
+        metrics |= _reward_stats(f"refine/rewards/{reward_key(reward.name)}", made_scores)
     buffered = [Buffered(start.prompt, tuple(row), s) for row, s in zip(tokens.tolist(), made_scores, strict=True)]
     return GroupResult(loss, buffered, metrics)
