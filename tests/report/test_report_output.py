@@ -160,7 +160,8 @@ def test_win_rates_guard_stops_and_co_degradation_reach_results_and_html(study: 
     assert co["verdict"] != "appears" or (falls[0] and (falls[1] or falls[2]))
     assert (co["verdict"] == "does not appear") == (not falls[0] or not (falls[1] or falls[2]))
     html = (tmp_path / REPORT_HTML).read_text(encoding="utf-8")
-    assert "understanding win rate" in html and "The audit guard stopped und-only" in html
+    assert "Understanding win rate" in html and "The audit guard stopped und-only" in html
+    assert "No win rate for und-only, gen-only" in html  # trained arms evaluated before the base images were kept
     assert co["sentence"].split(":")[0] in html
 
 

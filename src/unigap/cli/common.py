@@ -60,11 +60,13 @@ def edit_guidance_kwargs(edit_cfg: float | None, edit_image_cfg: float | None) -
 INPUTS_FILE = "inputs.json"
 
 
-def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, **data: Path | str | None) -> None:
+def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, write: bool = True,
+                 **data: Path | str | None) -> None:
     """Record what a resumable run reads, by content, in OUT/inputs.json: the model's weights (`weights_fingerprint`),
     the adapter's and each data file's sha256 (a split name as itself), and the command; or refuse (`UserError`) to
     continue a run made from other inputs, which `--resume` would mix with this one's. Called once the inputs are
-    checked (before the model loads where that can be done without it), before anything is written. A directory that already holds files but no record (a run from before records)
+    checked, before anything is written; `write=False` only checks (before the model loads, where the inputs can only
+    be read in full with it). A directory that already holds files but no record (a run from before records)
     is left as it is: its inputs are unknown, and a record written now would vouch for them."""
     from unigap import distributed
     from unigap.atomic import PROBE_PREFIX, claim_settings, file_fingerprint
@@ -79,7 +81,7 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     recorded = (out / INPUTS_FILE).is_file() or not out.is_dir() or not any(
         not entry.name.startswith(PROBE_PREFIX) for entry in out.iterdir())  # (another process's write test)
     claim_settings(out / INPUTS_FILE, inputs, what, defaults={"command": what},  # (a record from before it had one)
-                   write=distributed.is_main() and recorded, kind="inputs (compared by content)")
+                   write=write and distributed.is_main() and recorded, kind="inputs (compared by content)")
 
 
 def exit_for_guard(stopped: GuardStopped, out: Path, record: dict[str, Any]) -> NoReturn:

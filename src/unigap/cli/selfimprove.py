@@ -20,12 +20,13 @@ def _fmt(metric: dict | None, key: str = "value", scale: float = 1.0) -> str:
 
 
 def _table(result: dict) -> Table:
+    from unigap.selfimprove.run import HEADLINE, VALUE_KEY
+
     table = Table(title=f"selfimprove ({result['config']['method']}, labels {result['config']['labels']})")
     for column in ("metric", "before", "after", "paired Δ [95% CI]", "p"):
         table.add_column(column, justify="right", overflow="fold")
-    keys = {"generation_accuracy": "accuracy", "understanding_accuracy": "accuracy", "nonunification": "score",
-            "weak_generation": "rate"}
-    for name, key in keys.items():
+    for name, section in HEADLINE.items():
+        key = VALUE_KEY[section]
         paired = result.get("paired", {}).get(name)
         delta = "—" if not paired or paired["ci95"] is None else (
             f"{paired['delta']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]")

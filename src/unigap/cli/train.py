@@ -102,6 +102,7 @@ def train(
     check_pair_tasks(settings.strategy, files)  # before the model loads
     for task, path in files.items():
         check_pair_file(path, task)  # a malformed row fails before the model loads
+    claim_inputs(out, "train", model, und=und, gen=gen, write=False)  # another run's OUT, too
     from unigap.manifest import manifest
     from unigap import distributed
 
@@ -110,7 +111,7 @@ def train(
     with manifest("train", settings_record, seeds=[settings.seed]) as record:
         um = run.load(record)
         und_pairs, gen_pairs = (load_pairs(files[task], task, um) if task in files else [] for task in ("und", "gen"))
-        claim_inputs(out, "train", model, und=und, gen=gen)  # once every row is read (images, ids): nothing before
+        claim_inputs(out, "train", model, und=und, gen=gen)  # recorded once every row is read (images, token ids)
         trainer = DPOTrainer(um, settings, und_pairs, gen_pairs, out, report_to=backends)
         with progress(settings.strategy, settings.steps, distributed.is_main()) as update:
             result = trainer.train(resume, lambda step, row: update(step, _losses(row)))

@@ -25,7 +25,7 @@ from scipy.stats import rankdata
 
 from unigap.evaluate.progress import map_items
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, self_p_yes
-from unigap.evaluate.stats import summarize, summarize_grouped, with_ci
+from unigap.evaluate.stats import as_percent, summarize, summarize_grouped, with_ci
 from unigap.world import CATEGORIES, Geometry, diff, is_valid_fix, parse_prompt, parse_reflection, verify
 
 MIN_PER_CLASS = 10  # a category's AUC counts as meeting a bar only with this many correct and wrong images
@@ -70,19 +70,19 @@ def self_judge_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def win_rate(um: Any, images: Sequence[Image.Image], records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def win_rate(um: Any, images: Sequence[Image.Image], records: Sequence[dict[str, Any]],
+             batch_size: int = 32) -> dict[str, Any]:
     """SPEC §2's understanding win rate of a trained model on the *base* model's images (`records`: the base's
     generation records of `images`, with its self-judge verdict `self_accepted` and the verifier's `verified`): among
     the images where the trained judge's verdict differs from the base judge's, the share where the trained one agrees
     with the verifier, × 100 (50 = no change; null when no verdict changed). n = the images whose verdict changed
-    (among those the verifier could read)."""
-    post = self_p_yes(um, images, [r["prompt"] for r in records])
+    (among those the verifier could read). Judged in batches of `batch_size`, as the base's verdicts were."""
+    post = [p for start in range(0, len(images), batch_size)
+            for p in self_p_yes(um, images[start : start + batch_size],
+                                [r["prompt"] for r in records[start : start + batch_size]])]
     wins = [(p >= ACCEPT_THRESHOLD) == r["verified"] for r, p in zip(records, post, strict=True)
             if (p >= ACCEPT_THRESHOLD) != r["self_accepted"] and r["verified"] is not None]
-    metric = with_ci(summarize(wins, "value"), "value")
-    scaled = {key: None if metric[key] is None else 100 * metric[key] for key in ("value", "stderr")}
-    return {**metric, **scaled, "ci95": metric["ci95"] and [100 * bound for bound in metric["ci95"]],
-            "wins": sum(wins)}
+    return as_percent(with_ci(summarize(wins, "value"), "value")) | {"wins": sum(wins)}
 
 
 def reflect_on(

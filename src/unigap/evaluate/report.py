@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from rich.table import Table
 
 from unigap import atomic
@@ -49,6 +50,20 @@ def save_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """The report as indented JSON (null for values of empty samples), written atomically."""
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def save_images(images: Sequence[Image.Image], folder: str | os.PathLike) -> None:
+    """Images as `folder/0000.png`, ... in order, each written atomically (a run's images, kept to be judged again)."""
+    for index, image in enumerate(images):
+        write_atomically(Path(folder) / f"{index:04d}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
+
+
+def load_images(folder: str | os.PathLike, n: int) -> list[Image.Image] | None:
+    """The n images `save_images` wrote to `folder`, as RGB; None when any is missing (none were kept)."""
+    paths = [Path(folder) / f"{index:04d}.png" for index in range(n)]
+    if not all(path.is_file() for path in paths):
+        return None
+    return [Image.open(path).convert("RGB") for path in paths]
 
 
 def _fmt(value: float | None) -> str:

@@ -41,6 +41,14 @@ def with_ci(metric: dict[str, Any], key: str) -> dict[str, Any]:
     return metric
 
 
+def as_percent(metric: dict[str, Any], key: str = "value") -> dict[str, Any]:
+    """A share's metric (its value, stderr and ci95) × 100, for rates the papers give in percent (win rates)."""
+    scaled = {name: None if metric.get(name) is None else 100 * metric[name] for name in (key, "stderr")}
+    interval = metric.get("ci95")
+    return {**metric, **{k: v for k, v in scaled.items() if k in metric},
+            "ci95": None if interval is None else [100 * bound for bound in interval]}
+
+
 def summarize_by(
     records: Iterable[dict[str, Any]], group: str, groups: Sequence[str], outcome: str, key: str
 ) -> dict[str, dict[str, Any]]:

@@ -144,22 +144,23 @@ def _image_features(table: Any) -> Any:
     """The table with its image columns typed and declared as `datasets` does (`{bytes, path}` structs, the
     `Image` feature in the schema's metadata), so `load_dataset("parquet", ...)` gives PIL images, as TRL's trainers
     expect, not dicts."""
-    import datasets
     import pyarrow as pa
 
     struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    declared = {}
+    listed = {}
     for column in IMAGE_COLUMNS:
-        if column not in table.column_names:
-            continue
-        listed = pa.types.is_list(table.schema.field(column).type)
-        table = table.set_column(table.column_names.index(column), column,
-                                 table[column].cast(pa.list_(struct) if listed else struct))
-        declared[column] = [datasets.Image()] if listed else datasets.Image()
-    if not declared:
+        if column in table.column_names:
+            listed[column] = pa.types.is_list(table.schema.field(column).type)
+            table = table.set_column(table.column_names.index(column), column,
+                                     table[column].cast(pa.list_(struct) if listed[column] else struct))
+    try:
+        import datasets  # (a dev dependency: without it the file is the same, only undeclared)
+    except ImportError:
+        return table
+    if not listed:
         return table
     features = datasets.Features.from_arrow_schema(table.schema)
-    features.update(declared)
+    features.update({column: [datasets.Image()] if many else datasets.Image() for column, many in listed.items()})
     return table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})})
 
 

@@ -80,10 +80,15 @@ def check_ids(um: Any, where: str, row: dict[str, Any]) -> None:
     codebook, integers. `UserError` naming the row: ids of another model's tokenizer would fail deep in training."""
     for side in ("chosen_ids", "rejected_ids"):
         ids = row[side]
-        if (len(ids) != um.num_image_tokens or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
-                or not all(0 <= t < um.codebook_size for t in ids)):
-            raise UserError(f"{where}: {side} does not fit this model (it needs {um.num_image_tokens} integer image "
-                            f"token ids below {um.codebook_size}, got {len(ids)}); build the pairs with this model")
+        if len(ids) != um.num_image_tokens:
+            problem = f"{len(ids)} ids, it needs {um.num_image_tokens}"
+        elif not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            problem = "ids that are not integers"
+        elif not all(0 <= t < um.codebook_size for t in ids):
+            problem = f"ids from {min(ids)} to {max(ids)}, its codebook holds 0 to {um.codebook_size - 1}"
+        else:
+            continue
+        raise UserError(f"{where}: {side} does not fit this model ({problem}); build the pairs with this model")
 
 
 def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -> list[Pair]:

@@ -59,7 +59,8 @@ from unigap.train.loop import (
 
 def logged_keys(reward: str = VERIFIER_REWARD) -> tuple[str, ...]:
     """Every key a log row may hold, with the image reward named as `reward_key` names it (TRL's GRPO names:
-    `reward`, `reward_std`, `frac_reward_zero_std`, `rewards/<reward>/mean|std`, `kl` only when β > 0, per stage)."""
+    `reward`, `reward_std`, `frac_reward_zero_std`, `rewards/<reward>/mean|std`, `kl` only when β > 0, per stage).
+    Unlike TRL's, a row's stds are within each group of G samples, averaged over the step's groups."""
     image = reward_key(reward)
     return (
         "step", "stage", "lr", "loss", "grad_norm", "kl", "generate/reward", "generate/reward_std",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from unigap.arms import ARMS
-from unigap.evaluate.stats import with_ci
+from unigap.evaluate.stats import as_percent, with_ci
 from unigap.report.stats import StatsOptions, pool, welch
 from unigap.study.results import METRICS, Metric, Study, keyed, paired, sample
 from unigap.world import QUESTION_KINDS
@@ -102,10 +102,9 @@ def win_rates(study: Study) -> dict[str, dict[str, Any]]:
         if not per_seed:
             continue
         wins, n = sum(row["wins"] for row in per_seed), sum(row["n"] for row in per_seed)
-        pooled = with_ci({"value": wins / n if n else None, "n": n}, "value")
-        out[method] = {"value": None if not n else 100 * pooled["value"], "n": n, "wins": wins,
-                       "ci95": pooled["ci95"] and [100 * bound for bound in pooled["ci95"]],
-                       "per_seed": [{k: row[k] for k in ("seed", "value", "n")} for row in per_seed]}
+        pooled = as_percent(with_ci({"value": wins / n if n else None, "n": n}, "value"))
+        out[method] = pooled | {"wins": wins, "per_seed": [{k: row[k] for k in ("seed", "value", "n")}
+                                                          for row in per_seed]}
     return out
 
 

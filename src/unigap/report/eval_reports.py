@@ -144,7 +144,7 @@ def comparison_table(results: dict[str, Any]) -> Table:
     (bold * = significant after Bonferroni over models × metrics), and the paired test, uncorrected, where both
     sides hold the same items."""
     b, baseline = results["bonferroni"], results["base"]
-    seeds = results["model_seeds"]
+    seeds = results.get("model_seeds") or {name: results["seeds"] for name in results["methods"]}  # (older results)
     if all(each == seeds[baseline] for each in seeds.values()):
         seeds = f"seeds {seeds[baseline]}"
     else:  # (the union would claim seeds some model was never evaluated at)

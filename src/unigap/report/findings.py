@@ -106,7 +106,11 @@ def self_improvement_section(results: dict[str, Any]) -> list[Any]:
     wins, stops, co = results.get("win_rates") or {}, results.get("guard_stops") or {}, results.get("co_degradation")
     if not (wins or stops or co):
         return []
-    out: list[Any] = ["<h2>Self-improvement: understanding win rate, guard, co-degradation</h2>"]
+    out: list[Any] = ["<h2>Understanding win rate of the trained arms, the audit guard, co-degradation</h2>"]
+    lacking = [arm["name"] for arm in results["arms"] if arm.get("kind") == "trained" and arm["name"] not in wins]
+    if wins and lacking:
+        out.append(f'<p class="note">No win rate for {escape(", ".join(lacking))}: their evaluations come from before '
+                   "the study kept the base model's images (a study folder begun with an older unigap).</p>")
     if wins:
         rows = [[arm, fmt(w["value"], 1), DASH if not w["ci95"] else f"[{w['ci95'][0]:.1f}, {w['ci95'][1]:.1f}]", str(w["n"]),
                  ", ".join(f"{s['seed']}: {fmt(s['value'], 1)} (n {s['n']})" for s in w["per_seed"])]

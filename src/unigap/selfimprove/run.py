@@ -30,11 +30,12 @@ import torch
 from PIL import Image
 
 from unigap import distributed
-from unigap.atomic import cached_json, claim_settings, write_atomically, write_text_atomically
+from unigap.atomic import cached_json, claim_settings, write_text_atomically
 from unigap.errors import GuardStopped
 from unigap.evaluate import evaluate
 from unigap.evaluate.critique import win_rate as understanding_win_rate
 from unigap.evaluate.data import prompt_specs
+from unigap.evaluate.report import HEADLINES, load_images, save_images
 from unigap.evaluate.generation import generate_and_judge
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.stats import paired_difference, summarize, with_ci
@@ -150,10 +151,8 @@ def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress
     """`unigap eval` (no critique) on held-out test prompts; the images go to OUT/images/<name>/."""
 
     def save(images: list[Image.Image]) -> None:
-        if not distributed.is_main():
-            return
-        for index, image in enumerate(images):
-            write_atomically(out / "images" / name / f"{index:04d}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
+        if distributed.is_main():
+            save_images(images, out / "images" / name)
 
     return evaluate(um, config.eval_n, config.seed, data_seed=config.data_seed, cfg_scale=config.cfg_scale,
                     temperature=config.temperature, critique=False, progress=progress, on_images=save)
@@ -227,7 +226,9 @@ def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], b
 # -- results -------------------------------------------------------------------------------------
 
 
-_VALUE_KEY = {"generation": "accuracy", "understanding": "accuracy", "nonunification": "score", "weak_generation": "rate"}
+HEADLINE = {"generation_accuracy": "generation", "understanding_accuracy": "understanding",
+            "nonunification": "nonunification", "weak_generation": "weak_generation"}  # selfimprove.json's → eval's
+VALUE_KEY = {section: key for section, key, _ in HEADLINES}  # each eval metric's value key
 
 
 def headline(report: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -235,17 +236,15 @@ def headline(report: dict[str, Any] | None) -> dict[str, Any] | None:
     not measured)."""
     if report is None:
         return None
-    metrics = {"generation_accuracy": "generation", "understanding_accuracy": "understanding",
-               "nonunification": "nonunification", "weak_generation": "weak_generation"}
-    return {name: with_ci(dict(report[section]), _VALUE_KEY[section]) for name, section in metrics.items()}
+    return {name: with_ci(dict(report[section]), VALUE_KEY[section]) for name, section in HEADLINE.items()}
 
 
-def win_rate(um: Any, before: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The understanding win rate (`unigap.evaluate.critique.win_rate`) on the base model's held-out images, saved
-    by the before-evaluation."""
+def win_rate(um: Any, before: dict[str, Any], out: Path) -> dict[str, Any] | None:
+    """The understanding win rate (`unigap.evaluate.critique.win_rate`) on the base model's held-out images, which
+    the before-evaluation kept (None where they are gone)."""
     records = before["records"]["generation"]
-    images = [Image.open(out / "images" / "before" / f"{i:04d}.png").convert("RGB") for i in range(len(records))]
-    return understanding_win_rate(um, images, records)
+    images = load_images(out / "images" / "before", len(records))
+    return None if images is None else understanding_win_rate(um, images, records)  # (eval's batches: 32)
 
 
 def _result(config: SelfImproveConfig, before: dict[str, Any] | None, after: dict[str, Any] | None,

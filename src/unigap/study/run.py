@@ -35,7 +35,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from unigap.atomic import claim_settings, write_atomically
+from unigap.atomic import claim_settings
 from unigap.manifest import read_record
 from unigap.study.results import ANSWER_LENGTH_FILE, BASE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
 from unigap.study.config import FULL, StudyConfig
@@ -90,11 +90,9 @@ class StudyRunner:
 
     def evaluate_base(self, seed: int) -> None:
         """The base model evaluated, its images kept: trained arms judge them for the understanding win rate."""
-        def keep(images: list[Any]) -> None:
-            for index, image in enumerate(images):
-                write_atomically(self.base_image(seed, index), lambda tmp, im=image: im.save(tmp, format="PNG"))
+        from unigap.evaluate.report import save_images
 
-        self.evaluate(self.model(), BASE, seed, on_images=keep)
+        self.evaluate(self.model(), BASE, seed, on_images=lambda images: save_images(images, self.base_images(seed)))
 
     def build_pairs(self, task: str) -> None:
         from unigap.prefs.build import BuildOptions, build_preferences
@@ -147,8 +145,8 @@ class StudyRunner:
     def eval_file(self, method: str, seed: int) -> Path:
         return self.run_dir(method, seed) / EVAL_FILE
 
-    def base_image(self, seed: int, index: int) -> Path:
-        return self.run_dir(BASE, seed) / "images" / f"{index:04d}.png"
+    def base_images(self, seed: int) -> Path:
+        return self.run_dir(BASE, seed) / "images"
 
     def evaluation(self, um: Any, seed: int, on_images: Callable[[list[Any]], None] | None = None) -> dict[str, Any]:
         """`um` evaluated as every arm is: the study's n items of seed `seed`, no critique."""
@@ -161,15 +159,12 @@ class StudyRunner:
     def win_rate(self, um: Any, seed: int) -> dict[str, Any] | None:
         """A trained arm's understanding win rate on the base model's images of this seed
         (`unigap.evaluate.critique.win_rate`); None where the base's images were not kept (a study begun before)."""
-        from PIL import Image
-
         from unigap.evaluate.critique import win_rate
+        from unigap.evaluate.report import load_images
 
         records = read_record(self.eval_file(BASE, seed))["records"]["generation"]
-        paths = [self.base_image(seed, index) for index in range(len(records))]
-        if not all(path.is_file() for path in paths):
-            return None
-        return win_rate(um, [Image.open(path).convert("RGB") for path in paths], records)
+        images = load_images(self.base_images(seed), len(records))
+        return None if images is None else win_rate(um, images, records, self.config.batch_size)
 
     def evaluate(self, um: Any, method: str, seed: int, on_images: Callable[[list[Any]], None] | None = None,
                  notes: dict[str, Any] | None = None) -> None:
