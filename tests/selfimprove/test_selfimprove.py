@@ -103,6 +103,18 @@ def test_bad_prompt_file_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_a_prompt_file_with_a_held_out_prompt_is_refused(tmp_path: Path, capsys) -> None:
+    """Training on a test prompt would leak into the before/after evaluation."""
+    from unigap.world import split_prompts
+
+    held_out = split_prompts("test", 0)[0].text
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{split_prompts('train', 0)[0].text}\n{held_out}\n")
+    out = tmp_path / "run"
+    assert _cli("--prompts", str(prompts), "--out", str(out)) == 2 and not out.exists()
+    assert f"{held_out!r} is a test-split prompt" in capsys.readouterr().err
+
+
 def _toy_run(out: Path, **overrides) -> dict:
     um = load_model("tiny")
     return run(um, SelfImproveConfig(**{**TOY, **overrides}), out, progress=False)

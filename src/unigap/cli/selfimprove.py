@@ -82,10 +82,10 @@ def selfimprove_command(
 
     distributed.wait_for_everyone()  # under `accelerate launch`: every process has checked OUT before one writes
     from unigap.cli.common import claim_inputs, exit_for_guard, load
-    from unigap.evaluate.data import prompt_specs
+    from unigap.selfimprove.run import training_prompts
     from unigap.manifest import manifest, write_manifest
 
-    prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)  # a bad file fails before the load
+    training_prompts(config)  # a bad file, or a held-out prompt in it, fails before the model loads
     from unigap.evaluate.judges import get_judge
 
     # a bad judge directory fails before anything is written; the audit reuses this loaded (calibrated) judge

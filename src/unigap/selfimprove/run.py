@@ -31,13 +31,13 @@ from PIL import Image
 
 from unigap import distributed
 from unigap.atomic import cached_json, claim_settings, write_text_atomically
-from unigap.errors import GuardStopped
+from unigap.errors import GuardStopped, UserError
 from unigap.evaluate import evaluate
 from unigap.evaluate.critique import win_rate as understanding_win_rate
-from unigap.evaluate.data import prompt_specs
-from unigap.evaluate.report import HEADLINES, load_images, save_images
+from unigap.evaluate.data import HELD_OUT_SPLITS, prompt_specs
 from unigap.evaluate.generation import generate_and_judge
 from unigap.evaluate.judges import get_judge
+from unigap.evaluate.report import HEADLINES, load_images, save_images
 from unigap.evaluate.stats import paired_difference, summarize, with_ci
 from unigap.metrics_log import MetricLogger
 from unigap.progress import progress as progress_bar
@@ -46,6 +46,7 @@ from unigap.selfimprove.figures import epochs_plot
 from unigap.selfimprove.pool import Sample, audit_metrics, label_round
 from unigap.selfimprove.train import dpo_pairs, train_epoch
 from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from unigap.world import split_prompts
 
 RESULT_FILE = "selfimprove.json"
 EPOCHS_FILE = "epochs.jsonl"
@@ -77,7 +78,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     out = Path(out)
     main = distributed.is_main()
     progress = progress and main
-    specs = prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)
+    specs = training_prompts(config)
     _check_settings(out, config, len(specs))
 
     before = cached_json(out / "before.json", lambda: _evaluate(um, config, out, "before", progress),
@@ -134,6 +135,19 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     if main:
         write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
+
+
+def training_prompts(config: SelfImproveConfig) -> list[Any]:
+    """The prompts self-improvement trains on (`--prompts`); a prompt file holding a held-out ShapeWorld prompt is
+    refused: training on it would leak into the before/after evaluation, which draws from the test split."""
+    specs = prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)
+    if config.prompts != "train":
+        held_out = {s.text: split for split in HELD_OUT_SPLITS for s in split_prompts(split, config.data_seed)}
+        leaked = next((spec.text for spec in specs if spec.text in held_out), None)
+        if leaked is not None:
+            raise UserError(f"{config.prompts}: {leaked!r} is a {held_out[leaked]}-split prompt; self-improvement "
+                            "trains on train-split prompts only (the evaluation is held out)")
+    return specs
 
 
 # -- stages --------------------------------------------------------------------------------------
