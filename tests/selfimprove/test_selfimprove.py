@@ -92,7 +92,30 @@ def test_poor_labels_with_the_guard_stop_with_exit_3(tmp_path: Path) -> None:
     result = json.loads((out / "selfimprove.json").read_text())
     guard = result["guard"]
     assert guard["stopped"] is True and guard["precision"] < guard["threshold"] and guard["epoch"] == 0
+    assert guard["p"] < guard["alpha"] == 0.05  # on evidence: a one-sided binomial test
     assert result["after"] is None and not (out / "adapter").exists() and result["win_rate"] is None
+
+
+@pytest.mark.parametrize(("correct", "n", "base_rate", "stops"), [
+    (0, 5, 0.04, False),  # a replay round's hardest prompts: 0 of 5 correct is what chance gives (the study's case)
+    (0, 1, 0.0375, False),
+    (1, 30, 0.4, True),  # far below the base rate, on 30 images
+    (10, 30, 0.4, False),  # below it, but within chance
+])
+def test_the_guard_stops_on_evidence_not_on_a_handful_of_images(tmp_path: Path, correct: int, n: int,
+                                                                 base_rate: float, stops: bool) -> None:
+    from unigap.errors import GuardStopped
+
+    audit = {"round": 1, "epoch": 1, "precision": {"value": correct / n, "n": n},
+             "base_rate": {"value": base_rate, "n": 100}}
+    config = SelfImproveConfig(**TOY)
+    if stops:
+        with pytest.raises(GuardStopped, match="one-sided binomial"):
+            run_module._guard(tmp_path, config, [audit], None, last_epoch=1)
+        assert json.loads((tmp_path / "selfimprove.json").read_text())["guard"]["stopped"] is True
+    else:
+        run_module._guard(tmp_path, config, [audit], None, last_epoch=1)
+        assert not (tmp_path / "selfimprove.json").exists()
 
 
 def test_bad_prompt_file_exits_2_and_writes_nothing(tmp_path: Path) -> None:

@@ -215,25 +215,34 @@ def _save_epoch(um: Any, optimizer: torch.optim.Optimizer, out: Path, epoch: int
     epochs_plot(epochs, out / "figures" / "epochs.png")
 
 
+GUARD_ALPHA = 0.05  # the guard stops on evidence, not on a handful of audited images
+
+
 def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], before: dict[str, Any] | None,
            last_epoch: int) -> None:
-    """Stop the run (`GuardStopped`, after writing `selfimprove.json`) when the latest audit's precision is below
-    its base rate: the accepted images are correct less often than the model's images overall."""
+    """Stop the run (`GuardStopped`, after writing `selfimprove.json`) when the latest audit shows the accepted images
+    correct less often than the model's images overall: precision below the base rate, by a one-sided binomial test
+    at `GUARD_ALPHA` (a replay round re-judges only the hardest prompts, where 0 of 1-5 accepted images may be
+    correct by chance)."""
+    from scipy.stats import binomtest
+
     precision, threshold = audits[-1]["precision"], audits[-1]["base_rate"]["value"]
     if not config.guard or config.audit == "none" or precision["value"] is None or threshold is None:
         return
-    if precision["value"] >= threshold:
+    correct, n = round(precision["value"] * precision["n"]), precision["n"]
+    p = binomtest(correct, n, threshold, alternative="less").pvalue if threshold > 0 else 1.0
+    if precision["value"] >= threshold or p >= GUARD_ALPHA:
         return
-    guard = {"stopped": True, "precision": precision["value"], "n": precision["n"], "threshold": threshold,
-             "epoch": last_epoch}
+    guard = {"stopped": True, "precision": precision["value"], "n": n, "threshold": threshold, "p": p,
+             "alpha": GUARD_ALPHA, "epoch": last_epoch}
     result = _result(config, before, None, _read_epochs(out), audits, guard)
     if distributed.is_main():
         write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     kept = f"the adapter of epoch {last_epoch} is kept in {out / 'adapter'}" if last_epoch else "no adapter was trained"
     raise GuardStopped(
-        f"guard: label precision {precision['value']:.2f} (n = {precision['n']}) against the {config.audit} is below "
-        f"the base rate {threshold:.2f} of the model's own images after labelling round {audits[-1]['round']}: "
-        f"stopped; {kept} (--no-guard runs on)"
+        f"guard: label precision {precision['value']:.2f} (n = {n}) against the {config.audit} is below the base rate "
+        f"{threshold:.2f} of the model's own images after labelling round {audits[-1]['round']} (one-sided binomial "
+        f"p = {p:.2g}): stopped; {kept} (--no-guard runs on)"
     )
 
 
@@ -271,7 +280,8 @@ def _result(config: SelfImproveConfig, before: dict[str, Any] | None, after: dic
         "after": headline(after),
         "epochs": epochs,
         "audits": audits,
-        "guard": guard or {"stopped": False, "rule": "stop when audited precision < audited base rate"},
+        "guard": guard or {"stopped": False, "rule": "stop when audited precision < audited base rate (one-sided "
+                                                     f"binomial p < {GUARD_ALPHA})"},
         "win_rate": None,  # measured after training (`win_rate`); none for a run the guard stopped
     }
     if after is not None:
