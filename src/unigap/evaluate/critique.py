@@ -77,9 +77,8 @@ def win_rate(um: Any, images: Sequence[Image.Image], records: Sequence[dict[str,
     the images where the trained judge's verdict differs from the base judge's, the share where the trained one agrees
     with the verifier, × 100 (50 = no change; null when no verdict changed). n = the images whose verdict changed
     (among those the verifier could read). Judged in batches of `batch_size`, as the base's verdicts were."""
-    post = [p for start in range(0, len(images), batch_size)
-            for p in self_p_yes(um, images[start : start + batch_size],
-                                [r["prompt"] for r in records[start : start + batch_size]])]
+    post = map_items(list(zip(images, records, strict=True)), batch_size, lambda _, chunk: self_p_yes(
+        um, [image for image, _ in chunk], [r["prompt"] for _, r in chunk]), "win rate", show=False)
     wins = [(p >= ACCEPT_THRESHOLD) == r["verified"] for r, p in zip(records, post, strict=True)
             if (p >= ACCEPT_THRESHOLD) != r["self_accepted"] and r["verified"] is not None]
     return as_percent(with_ci(summarize(wins, "value"), "value")) | {"wins": sum(wins)}

@@ -86,15 +86,20 @@ def reward_key(name: str) -> str:
     return "image_score" if name == VERIFIER_REWARD else name.split(":")[0]
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for a single value) of a group's rewards."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
 def _reward_stats(prefix: str, values: list[float]) -> dict[str, float]:
-    values = np.asarray(values, dtype=float)
-    return {f"{prefix}/mean": float(values.mean()), f"{prefix}/std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    mean, std = _mean_std(values)
+    return {f"{prefix}/mean": mean, f"{prefix}/std": std}
 
 
 def _group_stats(rewards: list[float]) -> dict[str, float]:
-    values = np.array(rewards, dtype=float)
-    return {"reward": float(values.mean()), "reward_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "frac_reward_zero_std": float(values.std() == 0)}
+    mean, std = _mean_std(rewards)
+    return {"reward": mean, "reward_std": std, "frac_reward_zero_std": float(np.std(rewards) == 0)}
 
 
 def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, seed: int,

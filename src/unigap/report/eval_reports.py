@@ -144,11 +144,11 @@ def comparison_table(results: dict[str, Any]) -> Table:
     (bold * = significant after Bonferroni over models × metrics), and the paired test, uncorrected, where both
     sides hold the same items."""
     b, baseline = results["bonferroni"], results["base"]
-    seeds = results.get("model_seeds") or {name: results["seeds"] for name in results["methods"]}  # (older results)
-    if all(each == seeds[baseline] for each in seeds.values()):
-        seeds = f"seeds {seeds[baseline]}"
+    by_model = results.get("model_seeds") or {name: results["seeds"] for name in results["methods"]}  # (older ones)
+    if all(each == by_model[baseline] for each in by_model.values()):
+        seeds = f"seeds {by_model[baseline]}"
     else:  # (the union would claim seeds some model was never evaluated at)
-        seeds = "seeds " + ", ".join(f"{name} {each}" for name, each in seeds.items())
+        seeds = "seeds " + ", ".join(f"{name} {each}" for name, each in by_model.items())
     table = Table(title=f"against {baseline}, {seeds}: level {baseline} → model; Δ and p by Welch, "
                         f"* significant after Bonferroni over {b['tests']} tests (p < {b['alpha_corrected']:.2g}); "
                         "paired: the same items on both sides (same --split, --n, --seed, --data-seed), uncorrected")

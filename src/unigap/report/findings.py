@@ -112,8 +112,8 @@ def self_improvement_section(results: dict[str, Any]) -> list[Any]:
         out.append(f'<p class="note">No win rate for {escape(", ".join(lacking))}: their evaluations come from before '
                    "the study kept the base model's images (a study folder begun with an older unigap).</p>")
     if wins:
-        rows = [[arm, fmt(w["value"], 1), DASH if not w["ci95"] else f"[{w['ci95'][0]:.1f}, {w['ci95'][1]:.1f}]", str(w["n"]),
-                 ", ".join(f"{s['seed']}: {fmt(s['value'], 1)} (n {s['n']})" for s in w["per_seed"])]
+        rows = [[arm, fmt(w["value"], 1), DASH if not w["ci95"] else f"[{w['ci95'][0]:.1f}, {w['ci95'][1]:.1f}]",
+                 str(w["n"]), ", ".join(f"{s['seed']}: {fmt(s['value'], 1)} (n {s['n']})" for s in w["per_seed"])]
                 for arm, w in wins.items()]
         out += [table(["arm", "win rate", "95% CI", "n (verdicts changed)", "per seed"], rows),
                 '<p class="note">Among the base model\'s held-out images whose self-judge verdict the trained model '

@@ -229,9 +229,9 @@ def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], b
     precision, threshold = audits[-1]["precision"], audits[-1]["base_rate"]["value"]
     if not config.guard or config.audit == "none" or precision["value"] is None or threshold is None:
         return
-    correct, n = round(precision["value"] * precision["n"]), precision["n"]
-    p = binomtest(correct, n, threshold, alternative="less").pvalue if threshold > 0 else 1.0
-    if precision["value"] >= threshold or p >= GUARD_ALPHA:
+    n = precision["n"]
+    p = binomtest(round(precision["value"] * n), n, threshold, alternative="less").pvalue  # (≥ 0.5 when not below)
+    if p >= GUARD_ALPHA:
         return
     guard = {"stopped": True, "precision": precision["value"], "n": n, "threshold": threshold, "p": p,
              "alpha": GUARD_ALPHA, "epoch": last_epoch}

@@ -7,6 +7,7 @@ vocabulary (`questions`), a verifier that parses imperfect images (`verify`), gr
 images (`scoring`), and deterministic datasets (`dataset`).
 """
 
+from unigap.pixels import rgb_pixels  # (exported here first: kept for scripts that import it from the world)
 from unigap.world.dataset import (
     SPLITS,
     Record,
@@ -153,6 +154,7 @@ __all__ = [
     "render_pil",
     "render_depth",
     "render_segmentation",
+    "rgb_pixels",
     "depth_band",
     "DEPTH_COLORS",
     "SEGMENT_COLORS",
