@@ -275,3 +275,38 @@ def test_refine_reports_accuracy_by_a_clip_judge(editing_stub, clip_dir, tmp_pat
                                       progress=False)
     code, _, err = run_main(capsys, ["refine", "--judge", "clip:/nonexistent", "--n", 2, "--out", tmp_path / "bad"])
     assert code == 2 and "does not exist" in err and not (tmp_path / "bad").exists()
+
+
+def test_refine_reads_free_text_with_a_clip_judge(tiny_dir, clip_dir, tmp_path, capsys, monkeypatch) -> None:
+    """The verifier reads the ShapeWorld prompt and leaves the free text to the judge; the oracle runs on the prompt it
+    can instruct on; a file of free text alone is reported by the judge."""
+    monkeypatch.setenv("COLUMNS", "400")  # rich's table on one line per row
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na photo of a cat\n")
+    args = ["refine", "--model", tiny_dir, "--prompts", prompts, "--n", 2, "--rounds", 1, "--batch-size", 2]
+    code, _, err = run_main(capsys, [*args, "--out", tmp_path / "refused"])
+    assert code == 2 and f"{prompts}:2:" in err and "--judge clip:DIR or vlm:DIR" in err
+    assert not (tmp_path / "refused").exists()
+    judge = ["--judge", f"clip:{clip_dir}"]
+    code, _, err = run_main(capsys, [*args, *judge, "--reflector", "oracle", "--out", tmp_path / "oracle"])
+    assert code == 2 and "ShapeWorld prompts only" in err and not (tmp_path / "oracle").exists()
+
+    code, out, err = run_main(capsys, [*args, *judge, "--out", tmp_path / "mixed"])
+    assert code == 0, err
+    report = json.loads((tmp_path / "mixed" / "refine.json").read_text())
+    judged = report["judged"]
+    assert report["rounds"][0]["n"] == 1 and judged["rounds"][0]["n"] == 2  # the verifier reads one prompt
+    assert judged["rounds"][0]["by_category"]["free"]["n"] == 1 and judged["gain"]["n"] == 2
+    assert report["best_of_n"]["n"] == 1 and judged["best_of_n"]["n"] == 2
+    assert report["oracle"]["n_prompts"] == 1 and judged["oracle"]["n"] == 1
+    assert [r["verified"][0] is None for r in report["records"]] == [False, True]
+    assert all(len(r["judged"]) == len(r["verified"]) for r in report["records"])
+    assert f"by clip:{clip_dir}" in out and "judged by verifier" in out  # the judge's column beside the verifier's
+
+    prompts.write_text("a photo of a cat\n")
+    code, out, err = run_main(capsys, [*args, *judge, "--out", tmp_path / "free"])
+    assert code == 0, err
+    report = json.loads((tmp_path / "free" / "refine.json").read_text())
+    assert report["oracle"] is None and "no ShapeWorld prompt" in report["oracle_skipped"]
+    assert report["rounds"][0]["accuracy"] is None and report["judged"]["rounds"][0]["n"] == 1
+    assert "judged by clip:" in " ".join(out.split())  # the table reports the judge's numbers (its title wraps)

@@ -120,10 +120,23 @@ def test_the_guard_stops_on_evidence_not_on_a_handful_of_images(tmp_path: Path, 
 
 def test_bad_prompt_file_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red circle\nnot a shapeworld prompt at all\n")
+    prompts.write_text("a red circle\nnot a shapeworld prompt at all\n")  # free text, and the verifier audits
     out = tmp_path / "run"
     assert _cli("--prompts", str(prompts), "--out", str(out)) == 2
+    assert _cli("--prompts", str(prompts), "--labels", "verifier", "--judge", "none", "--out", str(out)) == 2
     assert not out.exists()
+
+
+def test_free_text_prompts_train_with_self_labels(tmp_path: Path) -> None:
+    """A real checkpoint's prompts: the model labels its own images of them; no verifier is asked."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a photo of a red apple"}\n{"prompt": "a blue circle"}\n')
+    result = _toy_run(tmp_path / "run", prompts=str(prompts), method="sft", epochs=1, eval_n=0, epoch_eval_n=0,
+                      audit="none", samples=2)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "pool" / "round0.jsonl").read_text().splitlines()]
+    assert [row["category"] for row in rows] == ["free", "free", "colors", "colors"]
+    assert all(row["audit"] is None for row in rows) and result["audits"][0]["audited"] == 0
+    assert [row["epoch"] for row in result["epochs"]] == [0, 1] and result["before"] is None
 
 
 def test_a_prompt_file_with_a_held_out_prompt_is_refused(tmp_path: Path, capsys) -> None:

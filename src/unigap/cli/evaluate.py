@@ -67,16 +67,15 @@ def eval_command(
     if prompts is not None and not Path(prompts).is_file():  # (prompt_specs' message offers splits, which eval refuses)
         what = "a directory, not a" if Path(prompts).is_dir() else "no such"
         raise UserError(f"--prompts {prompts}: {what} prompt file")
-    from unigap.evaluate.data import prompt_specs
+    from unigap.evaluate.data import FREE_TEXT_HINT, prompt_specs
     from unigap.data.understanding import read_understanding_data
 
     # a bad file fails before the load
     from unigap.evaluate.judges import check_judge_name, get_judge
 
     check_judge_name(judge, independent=True)
-    hint = " (free text needs --judge clip:DIR or vlm:DIR)"
     specs = None if prompts is None else prompt_specs(prompts, n, seed, data_seed, free_text=judge != "verifier",
-                                                      free_text_hint=hint)
+                                                      free_text_hint=FREE_TEXT_HINT)
     items = None if questions is None else read_understanding_data(questions, n)
     chosen = get_judge(judge, independent=True)  # loaded (a local judge calibrated) before anything is written
     settings = {"model": model, "prompts": prompts, "questions": None if questions is None else str(questions),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -28,19 +29,31 @@ app.add_typer(refine_app, name="refine")
 
 
 def _table(report: dict) -> Table:
-    table = Table(title=f"refine ({report['config']['refiner_used']}, n = {report['config']['n_prompts']})")
-    for column in ("round", "accuracy", "improved", "worse", "unchanged", "stopped"):
-        table.add_column(column, justify="right", overflow="fold")
-    for row in report["rounds"]:
-        rates = [f"{row[k]['rate']:.3f}" if row.get(k) and row[k]["rate"] is not None else "—"
-                 for k in ("improved", "worse", "unchanged")]
-        table.add_row(str(row["round"]), f"{row['accuracy']:.3f}", *rates, str(row.get("stopped", "—")))
-    table.add_row("best of N", f"{report['best_of_n']['accuracy']:.3f}", "", "", "", "")
-    table.add_row("oracle", f"{report['oracle']['accuracy']:.3f}", "", "", "", "")
+    """The rounds by the verifier, with a column of --judge's accuracy on the same images; by --judge alone where
+    the verifier read no prompt (free text)."""
     judged = report.get("judged")
-    if judged:  # the same images, accepted by --judge instead of the verifier
-        final = judged["rounds"][-1]["accuracy"]
-        table.add_row(f"by {judged['judge']}", "—" if final is None else f"{final:.3f}", "", "", "", "")
+    by_verifier = report["rounds"][0]["n"] > 0
+    section = report if by_verifier else judged
+    judge = "verifier" if by_verifier else judged["judge"]
+    table = Table(title=f"refine ({report['config']['refiner_used']}, n = {report['config']['n_prompts']}, "
+                        f"judged by {judge})")
+    extra = [f"by {judged['judge']}"] if judged and by_verifier else []
+    for column in ("round", "accuracy", *extra, "improved", "worse", "unchanged", "stopped"):
+        table.add_column(column, justify="right", overflow="fold")
+
+    def share(metric: dict | None, key: str) -> str:
+        return "—" if metric is None or metric[key] is None else f"{metric[key]:.3f}"
+
+    parts = [section, *([judged] if extra else [])]
+
+    def accuracy(get: Callable[[dict], dict | None]) -> list[str]:  # the section's, and --judge's in its column
+        return [share(get(part), "accuracy") for part in parts]
+
+    for index, row in enumerate(section["rounds"]):
+        table.add_row(str(row["round"]), *accuracy(lambda part: part["rounds"][index]),
+                      *(share(row[k], "rate") for k in ("improved", "worse", "unchanged")), str(row["stopped"]))
+    table.add_row("best of N", *accuracy(lambda part: part["best_of_n"]), "", "", "", "")
+    table.add_row("oracle", *accuracy(lambda part: part["oracle"]), "", "", "", "")
     return table
 
 
@@ -65,7 +78,8 @@ def refine_command(
     ctx: typer.Context,
     model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
     adapter: Path | None = ADAPTER_OPTION,
-    prompts: str = typer.Option("test", "--prompts", help="A held-out split (test, val) or a file of prompts."),
+    prompts: str = typer.Option("test", "--prompts", help="A held-out split (test, val) or a file of prompts "
+                                "(free text too, with --judge clip:DIR or vlm:DIR)."),
     n: int = typer.Option(300, "--n", help="Prompts (at most n of a prompt file)."),
     rounds: int = typer.Option(3, "--rounds", help="Reflect/refine rounds after the first image (0 = one-shot)."),
     reflector: str = typer.Option("self", "--reflector", help="self (the model) | oracle (the exact diff)."),
@@ -99,9 +113,9 @@ def refine_command(
     if (out / "settings.json").exists() and not resume:
         raise UserError(f"{out} already holds a refine run: pass --resume to continue it, or choose another --out")
     from unigap import distributed
-    from unigap.evaluate.data import prompt_specs
+    from unigap.refine.run import refine_prompts
 
-    prompt_specs(config.prompts, config.n, config.seed, config.data_seed)  # a bad prompt file fails before the load
+    refine_prompts(config)  # a bad prompt file fails before the load
     from unigap.evaluate.judges import get_judge
 
     chosen = get_judge(config.judge, independent=True)  # a bad judge directory fails before anything is written

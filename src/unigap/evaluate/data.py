@@ -29,6 +29,7 @@ from unigap.world import (
 
 HELD_OUT = "test"
 FREE_CATEGORY = "free"  # the category of free-text prompts in generation records
+FREE_TEXT_HINT = " (free text needs --judge clip:DIR or vlm:DIR)"  # where a judge that reads text would grade it
 HELD_OUT_SPLITS = ("test", "val")
 
 

@@ -41,6 +41,10 @@ class Judge:
         """The judge's verdict on one score: accept at or above its threshold; None where it could not decide."""
         return None if score is None else score >= self.threshold
 
+    def verdicts(self, um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpec]) -> list[bool | None]:
+        """The judge's verdict on each image (None where it cannot decide)."""
+        return [self.accepts(score) for score in self.fn(um, images, specs)]
+
     def describe(self) -> dict[str, Any]:
         """The JSON-able record a report keeps: which judge decided, from where, and where it accepts."""
         out: dict[str, Any] = {"name": self.name, "directory": self.directory, "threshold": self.threshold}
@@ -50,7 +54,9 @@ class Judge:
 
 
 def _verifier(um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpec]) -> list[float | None]:
-    return [float(verify(image, spec, canvas=image.size[0]).satisfied) for image, spec in zip(images, specs, strict=True)]
+    """1 or 0 by the exact verifier; None for a free-text prompt, which it cannot read."""
+    return [float(verify(image, spec, canvas=image.size[0]).satisfied) if isinstance(spec, PromptSpec) else None
+            for image, spec in zip(images, specs, strict=True)]
 
 
 def _self_pyes(um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpec]) -> list[float | None]:

@@ -11,7 +11,9 @@ best-so-far selection — so any gain is the loop's own.
 
 The `oracle` reflector answers with the exact first edit of the diff between the verifier's parse of the
 image and the prompt (`unigap.world.reflection_answer`), which splits a shortfall into reflection errors and
-refinement errors. Every image is judged by the verifier (the independent judge) as it is made.
+refinement errors. Every image is judged by the verifier (the independent judge) as it is made; a free-text
+prompt (a real checkpoint's), which the verifier cannot read, gets None, and another judge reads its images
+afterwards (`unigap.refine.metrics.judged_part`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from unigap.errors import UserError
+from unigap.evaluate.data import FreePrompt
 from unigap.evaluate.generation import batch_seed
+from unigap.evaluate.judges import JUDGES
 from unigap.evaluate.progress import map_items
 from unigap.model.editing import EditGuidance
 from unigap.world import Geometry, PromptSpec, parse_reflection, reflection_answer, verify
@@ -53,9 +58,9 @@ class Refinable(Protocol):
 class Trajectory:
     """One prompt through the loop: the image, verdict and reflection of every round it ran."""
 
-    spec: PromptSpec
+    spec: PromptSpec | FreePrompt
     images: list[Image.Image] = field(default_factory=list)
-    verified: list[bool] = field(default_factory=list)
+    verified: list[bool | None] = field(default_factory=list)  # None: free text, which the verifier cannot read
     reflections: list[str] = field(default_factory=list)  # reflections[r - 1] was asked in round r
     stop_round: int | None = None  # the round whose reflection said stop
     format_failure_round: int | None = None
@@ -64,14 +69,19 @@ class Trajectory:
     def running(self) -> bool:
         return self.stop_round is None and self.format_failure_round is None
 
-    def verdict_after(self, round_: int) -> bool:
+    def verdict_after(self, round_: int) -> bool | None:
         """The verifier's verdict on the prompt's image after `round_` (stopped prompts carry theirs forward)."""
-        return self.verified[min(round_, len(self.verified) - 1)]
+        return verdict_after(self.verified, round_)
 
     def to_dict(self) -> dict[str, Any]:
         return {"prompt": self.spec.text, "category": self.spec.category, "verified": self.verified,
                 "reflections": self.reflections, "stop_round": self.stop_round,
                 "format_failure_round": self.format_failure_round}
+
+
+def verdict_after(verdicts: Sequence[bool | None], round_: int) -> bool | None:
+    """A prompt's verdict after `round_`, from one verdict per image it has (a stopped prompt's last carries on)."""
+    return verdicts[min(round_, len(verdicts) - 1)]
 
 
 def refiner_for(um: Refinable, refiner: str) -> str:
@@ -93,7 +103,7 @@ def refined_prompt(prompt: str, instruction: str) -> str:
 
 def run_loop(
     um: Refinable,
-    specs: Sequence[PromptSpec],
+    specs: Sequence[PromptSpec | FreePrompt],
     rounds: int,
     reflector: str,
     refiner: str,
@@ -107,6 +117,8 @@ def run_loop(
     """Every prompt through round 0 and up to `rounds` reflect/refine rounds (module docstring). `cfg_scale` guides
     generation and regeneration, `edit_guidance` the edits. Progress lines name the oracle's rounds as its own."""
     mode = refiner_for(um, refiner)
+    if reflector == "oracle" and any(isinstance(spec, FreePrompt) for spec in specs):
+        raise UserError("the oracle reflector reads the verifier's parse of each image: ShapeWorld prompts only")
     trajectories = [Trajectory(spec) for spec in specs]
     stage = "oracle round" if reflector == "oracle" else "round"
     _generate(um, trajectories, seed, 0, cfg_scale, temperature, batch_size, progress, f"{stage} 0: generate")
@@ -166,6 +178,7 @@ def _refine(um: Refinable, refining: Sequence[tuple[Trajectory, str]], mode: str
 
 
 def _record(trajectories: Sequence[Trajectory], images: Sequence[Image.Image]) -> None:
-    for trajectory, image in zip(trajectories, images, strict=True):
+    verdicts = JUDGES["verifier"].verdicts(None, images, [t.spec for t in trajectories])
+    for trajectory, image, verdict in zip(trajectories, images, verdicts, strict=True):
         trajectory.images.append(image)
-        trajectory.verified.append(verify(image, trajectory.spec, canvas=image.size[0]).satisfied)
+        trajectory.verified.append(verdict)

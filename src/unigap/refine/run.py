@@ -4,7 +4,7 @@ Each part is a job done when its file exists, so a rerun with `resume` skips fin
 configuration in the same directory is refused):
 
     OUT/refine.json           the loop's per-round metrics, stop metrics, gain, best_of_n, oracle, records (and
-                              `judged`: accuracy by `--judge` when it is not the verifier)
+                              `judged`: the same metrics by `--judge` when it is not the verifier)
     OUT/parts/{self,oracle,best_of_n}.json
     OUT/strips/NNN.png        for the first prompts: the image of every round, the instruction under it
 """
@@ -21,11 +21,11 @@ from PIL import Image, ImageDraw
 from unigap import distributed
 from unigap.atomic import cached_json, claim_settings, write_atomically, write_text_atomically
 from unigap.errors import UserError
-from unigap.evaluate.data import prompt_specs
+from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, prompt_specs
 from unigap.evaluate.judges import Judge, check_judge_name, get_judge
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS, EditGuidance
 from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
-from unigap.refine.metrics import best_of_n, gain, judged_rounds, round_metrics, stop_metrics
+from unigap.refine.metrics import best_of_n, gain, judged_part, round_metrics, stop_metrics
 from unigap.train.config import check_field_types
 from unigap.world import PromptSpec
 
@@ -41,7 +41,8 @@ class RefineConfig:
     rounds: int = 3  # reflect/refine rounds after the first generation; 0 = one-shot generation
     reflector: str = "self"
     refiner: str = "auto"
-    prompts: str = "test"  # a split (test, val) or a prompt file (text lines or JSONL with a "prompt" field)
+    prompts: str = "test"  # a split (test, val) or a prompt file (text lines or JSONL with a "prompt" field; free
+    # text only with a judge that reads text)
     seed: int = 0
     data_seed: int = 0
     cfg_scale: float = 5.0  # generation's (and regeneration's) guidance
@@ -87,7 +88,19 @@ def check_refiner(um: Refinable, config: RefineConfig) -> str:
     return refiner_for(um, config.refiner)
 
 
-def _loop_part(um: Refinable, specs: list[PromptSpec], config: RefineConfig, reflector: str,
+def refine_prompts(config: RefineConfig) -> list[PromptSpec | FreePrompt]:
+    """The loop's prompts: free text (a real checkpoint's) only where a judge that reads text grades the images, and
+    not for the oracle reflector, which reads the verifier's parse. A `UserError` names the line otherwise."""
+    specs = prompt_specs(config.prompts, config.n, config.seed, config.data_seed, free_text=config.judge != "verifier",
+                         free_text_hint=FREE_TEXT_HINT)
+    free = next((spec for spec in specs if isinstance(spec, FreePrompt)), None)
+    if free is not None and config.reflector == "oracle":
+        raise UserError(f"--reflector oracle reads the verifier's parse of each image, so ShapeWorld prompts only; "
+                        f"{config.prompts} holds free text ({free.text!r})")
+    return specs
+
+
+def _loop_part(um: Refinable, specs: list[PromptSpec | FreePrompt], config: RefineConfig, reflector: str,
                progress: bool, judge: Judge | None) -> tuple[dict[str, Any], list[Trajectory]]:
     trajectories = run_loop(um, specs, config.rounds, reflector, config.refiner, config.seed, config.cfg_scale,
                             config.temperature, config.batch_size, progress, config.edit_guidance)
@@ -95,13 +108,15 @@ def _loop_part(um: Refinable, specs: list[PromptSpec], config: RefineConfig, ref
     part = {"accuracy": rounds[-1]["accuracy"], "rounds": rounds, "stop": stop_metrics(trajectories),
             "gain": gain(trajectories, config.rounds), "records": [t.to_dict() for t in trajectories]}
     if judge is not None:
-        part["judged_rounds"] = judged_rounds(judge, um, trajectories, config.rounds)
+        part["judged"] = judged_part(judge, um, trajectories, config.rounds)
+        for record, verdicts in zip(part["records"], part["judged"].pop("verdicts"), strict=True):
+            record["judged"] = verdicts
     return part, trajectories
 
 
 def _strip(trajectory: Trajectory) -> Image.Image:
-    """Every round's image (green frame: the verifier accepts it), the prompt, and under it one line per
-    reflection: what the reflector said about image r."""
+    """Every round's image (green frame: the verifier accepts it; red: it rejects it; grey: free text, which it
+    cannot read), the prompt, and under it one line per reflection: what the reflector said about image r."""
     side = trajectory.images[0].width * SCALE
     notes = trajectory.reflections
     sheet = Image.new("RGB", (side * len(trajectory.images), side + 18 + 14 * len(notes)), "white")
@@ -110,7 +125,7 @@ def _strip(trajectory: Trajectory) -> Image.Image:
     for round_, image in enumerate(trajectory.images):
         x = round_ * side
         sheet.paste(image.resize((side, side), Image.NEAREST), (x, 0))
-        colour = (40, 170, 40) if trajectory.verified[round_] else (200, 20, 20)
+        colour = {True: (40, 170, 40), False: (200, 20, 20), None: (150, 150, 150)}[trajectory.verified[round_]]
         draw.rectangle((x, 0, x + side - 1, side - 1), outline=colour, width=3)
     for round_, note in enumerate(notes):
         draw.text((4, side + 16 + 14 * round_), f"on image {round_}: {note}", fill=(60, 60, 160))
@@ -125,7 +140,8 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     """The loop (with the configured reflector), the oracle reflector and best-of-N; `refine.json` in OUT."""
     out = Path(out)
     mode = check_refiner(um, config)
-    specs = prompt_specs(config.prompts, config.n, config.seed, config.data_seed)
+    specs = refine_prompts(config)
+    shapeworld = [spec for spec in specs if isinstance(spec, PromptSpec)]  # what the oracle can instruct on
     judge = get_judge(config.judge, independent=True)
     extra = None if judge.name == "verifier" else judge  # the verifier's accuracy is always reported
     settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
@@ -135,7 +151,7 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     claim_settings(out / "settings.json", settings, "refine", defaults, write=writer)
     progress = progress and writer
 
-    def loop(reflector: str) -> dict[str, Any]:
+    def loop(reflector: str, specs: list[PromptSpec | FreePrompt]) -> dict[str, Any]:
         part, trajectories = _loop_part(um, specs, config, reflector, progress, extra)
         if reflector == config.reflector and writer:
             for index, trajectory in enumerate(trajectories[:STRIPS]):
@@ -143,8 +159,9 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
                 write_atomically(out / "strips" / f"{index:03d}.png", lambda tmp, s=strip: s.save(tmp, format="PNG"))
         return part
 
-    main = _part(out, config.reflector, lambda: loop(config.reflector))
-    oracle = main if config.reflector == "oracle" else _part(out, "oracle", lambda: loop("oracle"))
+    main = _part(out, config.reflector, lambda: loop(config.reflector, specs))
+    oracle = main if config.reflector == "oracle" else (
+        _part(out, "oracle", lambda: loop("oracle", shapeworld)) if shapeworld else None)
     baseline = _part(out, "best_of_n", lambda: best_of_n(um, specs, 1 + config.rounds, config.seed, config.cfg_scale,
                                                          config.temperature, config.batch_size, progress, extra))
     report = {
@@ -153,12 +170,17 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
         "stop": main["stop"],
         "gain": main["gain"],
         "best_of_n": baseline,
-        "oracle": {"accuracy": oracle["accuracy"], "rounds": oracle["rounds"], "gain": oracle["gain"]},
+        "oracle": None if oracle is None else {"accuracy": oracle["accuracy"], "rounds": oracle["rounds"],
+                                               "gain": oracle["gain"], "n_prompts": len(oracle["records"])},
         "records": main["records"],
     }
+    if oracle is None:
+        report["oracle_skipped"] = "no ShapeWorld prompt: the oracle reads the verifier's parse of each image"
     if extra is not None:
-        report["judged"] = {"judge": judge.name, "rounds": main["judged_rounds"], "best_of_n": baseline["judged"],
-                            "oracle": oracle["judged_rounds"][-1]}
+        judged = main["judged"]
+        report["judged"] = {"judge": judge.name, "rounds": judged["rounds"], "stop": judged["stop"],
+                            "gain": judged["gain"], "best_of_n": baseline["judged"],
+                            "oracle": None if oracle is None else oracle["judged"]["rounds"][-1]}
     if writer:
         write_text_atomically(out / "refine.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from unigap import distributed
 from unigap.atomic import write_atomically, write_text_atomically
+from unigap.evaluate.data import FreePrompt
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, batch_seed
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.progress import map_batches
@@ -42,7 +43,7 @@ class Sample:
     """One sampled image with its label."""
 
     prompt_index: int  # index into the run's prompt list
-    spec: PromptSpec
+    spec: PromptSpec | FreePrompt
     tokens: tuple[int, ...]
     p_yes: float
     accepted: bool

@@ -48,6 +48,8 @@ from unigap.selfimprove.train import dpo_pairs, train_epoch
 from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unigap.world import split_prompts
 
+FREE_TEXT_HINT = " (free text needs --labels self or poor, and --judge clip:DIR, vlm:DIR or none)"
+
 RESULT_FILE = "selfimprove.json"
 EPOCHS_FILE = "epochs.jsonl"
 METRICS = ("generation_accuracy", "understanding_accuracy", "nonunification", "weak_generation")
@@ -139,8 +141,11 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
 
 def training_prompts(config: SelfImproveConfig) -> list[Any]:
     """The prompts self-improvement trains on (`--prompts`); a prompt file holding a held-out ShapeWorld prompt is
-    refused: training on it would leak into the before/after evaluation, which draws from the test split."""
-    specs = prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed)
+    refused: training on it would leak into the before/after evaluation, which draws from the test split. Free text
+    (a real checkpoint's prompts) is read where no label or audit needs the verifier."""
+    free_text = config.labels != "verifier" and config.audit != "verifier"
+    specs = prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed, free_text=free_text,
+                         free_text_hint=FREE_TEXT_HINT)
     if config.prompts != "train":
         held_out = {s.text: split for split in HELD_OUT_SPLITS for s in split_prompts(split, config.data_seed)}
         leaked = next((spec.text for spec in specs if spec.text in held_out), None)
