@@ -11,7 +11,7 @@ from PIL import Image
 from unigap.errors import UserError
 from unigap.data.understanding import kinds_of, read_understanding_data
 from unigap.evaluate.vqa import normalize_vqa, vqa_score
-from unigap.data.tables import read_table
+from unigap.data.tables import StoredImages, read_table
 from test_eval_cli import run_main
 
 RED = (255, 0, 0)
@@ -73,7 +73,23 @@ def test_a_dataset_saved_to_disk(tmp_path):
     features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
                                   "answer": datasets.Value("string")})
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
-    _check(read_understanding_data(tmp_path / "ds"))
+    items = read_understanding_data(tmp_path / "ds")
+    _check(items)
+    assert isinstance(items[0].stored.value["bytes"], bytes)  # kept encoded, not as a decoded PIL image
+
+
+def test_images_are_kept_as_stored_and_decoded_when_used(tmp_path, image_file):
+    """A user's file of many photos is checked once, then held as paths or bytes, not as pixel arrays."""
+    path = tmp_path / "und.jsonl"
+    path.write_text("".join(json.dumps({"image": image_file, "question": "What color?", "answer": "red"}) + "\n"
+                            for _ in range(3)))
+    items = read_understanding_data(path)
+    assert all(item.stored.value == image_file for item in items)
+    images = StoredImages([item.stored for item in items])
+    assert len(images) == 3 and tuple(images[1][0, 0]) == RED and [a.shape for a in images[:2]] == [(8, 8, 3)] * 2
+    (tmp_path / image_file).unlink()  # gone between the check and the use: the error still names the row
+    with pytest.raises(UserError, match=rf"{path}:2: cannot read image {image_file}"):
+        items[1].image
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unigap.data.tables import base_folder, image_cell, read_table, text_cell
+from unigap.data.tables import StoredImage, base_folder, read_table, stored_image, text_cell
 from unigap.errors import UserError
 
 CAPTION_COLUMNS = ("prompt", "caption")
@@ -19,19 +19,23 @@ CAPTION_COLUMNS = ("prompt", "caption")
 
 @dataclass(frozen=True)
 class CaptionedImage:
-    image: np.ndarray
+    stored: StoredImage  # checked when read, decoded when used
     prompt: str
     where: str
 
+    @property
+    def image(self) -> np.ndarray:
+        return self.stored.pixels
+
 
 def read_caption_data(path: str | Path, n: int | None = None) -> list[CaptionedImage]:
-    """The first n (image, caption) rows (all when n is None), images decoded; a bad row is a `UserError` naming
-    `FILE:LINE`, raised before a model is loaded or anything is written."""
+    """The first n (image, caption) rows (all when n is None), each image decoded once to check it (kept as stored);
+    a bad row is a `UserError` naming `FILE:LINE`, raised before a model is loaded or anything is written."""
     base = base_folder(path)
     out = []
     for where, row in read_table(path)[:n]:
         column = next((name for name in CAPTION_COLUMNS if name in row), None)
         if column is None:
             raise UserError(f"{where}: needs a 'prompt' (or 'caption') column")
-        out.append(CaptionedImage(image_cell(row, base, where), text_cell(row, column, where), where))
+        out.append(CaptionedImage(stored_image(row, base, where), text_cell(row, column, where), where))
     return out

@@ -4,7 +4,9 @@ the place it came from, so that one malformed row is one error naming `FILE:LINE
 Why one reader: prompt lists, understanding data and preference pairs all arrive in these formats, and every
 command must fail the same way, before anything is written. Image cells are read by `image_cell`: a path
 (relative to the data file's folder), raw bytes, a `{"bytes", "path"}` struct (how `datasets` stores an `Image`
-column in Parquet) or an already decoded image.
+column in Parquet) or an already decoded image. Where many rows are kept (understanding and caption data),
+`stored_image` checks a cell by decoding it once and keeps it as stored (a path, or encoded bytes): a user's file
+of 100,000 photos decoded at once would need about 100 GB, so `StoredImages` decodes them as they are used.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -103,6 +107,9 @@ def _dataset_rows(path: Path) -> list[Row]:
         dataset = datasets.load_from_disk(str(path))
         if isinstance(dataset, datasets.DatasetDict):
             raise UserError(f"{path} holds several splits ({', '.join(dataset)}); pass one split's folder")
+        for name, feature in dataset.features.items():  # rows keep images encoded: decoded as they are used
+            if isinstance(feature, datasets.Image):
+                dataset = dataset.cast_column(name, datasets.Image(decode=False))
         return [(f"{path}:row {i}", row) for i, row in enumerate(dataset, start=1)]
     except UserError:
         raise
@@ -142,6 +149,48 @@ def image_cell(row: dict[str, Any], base: Path, where: str, name: str = "image")
     except (OSError, UnidentifiedImageError) as exc:
         name = value if isinstance(value, str) else "bytes"
         raise UserError(f"{where}: cannot read image {name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image cell as it is stored, decoded on use (`pixels`): the row's value (a path, bytes or a
+    `{"bytes", "path"}` struct), the folder relative paths start from, and where the row is."""
+
+    value: Any
+    base: Path
+    where: str
+    name: str = "image"
+
+    @property
+    def pixels(self) -> np.ndarray:
+        return image_cell({self.name: self.value}, self.base, self.where, self.name)
+
+
+def stored_image(row: dict[str, Any], base: Path, where: str, name: str = "image") -> StoredImage:
+    """`image_cell`'s check (the cell decodes; `UserError` naming the row otherwise), the pixels then dropped."""
+    image_cell(row, base, where, name)
+    return StoredImage(row[name], base, where, name)
+
+
+class StoredImages(Sequence[np.ndarray]):
+    """Stored images as a sequence of pixel arrays, each decoded when indexed (a slice decodes its own)."""
+
+    def __init__(self, stored: Sequence[StoredImage]) -> None:
+        self.stored = stored
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [image.pixels for image in self.stored[index]]
+        return self.stored[index].pixels
 
 
 def base_folder(path: str | Path) -> Path:

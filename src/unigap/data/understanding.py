@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from unigap.errors import UserError
-from unigap.data.tables import base_folder, image_cell, read_table, text_cell
+from unigap.data.tables import StoredImage, base_folder, read_table, stored_image, text_cell
 
 DEFAULT_KIND = "all"
 
@@ -37,9 +37,13 @@ class UserQuestion:
 @dataclass(frozen=True)
 class UserItem:
     index: int
-    image: np.ndarray
+    stored: StoredImage  # checked when read, decoded when used
     question: UserQuestion
     where: str
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.stored.pixels
 
 
 def _answer_text(value: Any) -> str | None:
@@ -74,8 +78,9 @@ def _answers(row: dict[str, Any], where: str) -> tuple[str, ...]:
 
 
 def read_understanding_data(path: str | Path, n: int | None = None) -> list[UserItem]:
-    """The first n items (all when n is None or the file has fewer); every row up to them checked, images
-    decoded, so a bad row fails here, naming `FILE:LINE`, before a model is loaded or anything is written."""
+    """The first n items (all when n is None or the file has fewer); every row up to them checked, each image
+    decoded once, so a bad row fails here, naming `FILE:LINE`, before a model is loaded or anything is written (the
+    images are kept as stored and decoded again when used)."""
     if n is not None and n < 1:
         raise UserError(f"--n must be positive, got {n}")
     base = base_folder(path)
@@ -84,7 +89,7 @@ def read_understanding_data(path: str | Path, n: int | None = None) -> list[User
         question = UserQuestion(
             str(row.get("kind") or DEFAULT_KIND), text_cell(row, "question", where), _answers(row, where)
         )
-        items.append(UserItem(index, image_cell(row, base, where), question, where))
+        items.append(UserItem(index, stored_image(row, base, where), question, where))
     return items
 
 
