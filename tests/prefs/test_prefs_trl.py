@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from unigap.data.tables import StoredImage
+
 from test_prefs_build import run_main
 from unigap.errors import UserError
 from unigap.model import load_model
@@ -54,6 +56,8 @@ def test_export_then_load_gives_the_same_pairs(tiny_dir: Path, built, tmp_path: 
             assert {"prompt", "chosen_image", "rejected_image", "chosen_ids"} <= set(rows[0])
         for original, back in zip(load_pairs(source, task), load_pairs(out, task, um), strict=True):
             _same(original, back)
+            if task == "und":  # kept encoded until scored: a large file is not held as pixels
+                assert isinstance(back.image, StoredImage)
     if suffix == ".jsonl":
         assert len(list((tmp_path / "und-trl_images").glob("*.png"))) == 2
     else:  # `datasets` reads the image columns as images, as TRL's trainers take them

@@ -165,6 +165,10 @@ class StoredImage:
     def pixels(self) -> np.ndarray:
         return image_cell({self.name: self.value}, self.base, self.where, self.name)
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """`np.asarray(stored)` gives the pixels, as it did when rows held arrays."""
+        return self.pixels if dtype is None else self.pixels.astype(dtype)
+
 
 def stored_image(row: dict[str, Any], base: Path, where: str, name: str = "image") -> StoredImage:
     """`image_cell`'s check (the cell decodes; `UserError` naming the row otherwise), the pixels then dropped."""

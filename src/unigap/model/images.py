@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,21 +22,35 @@ from transformers.models.janus.modeling_janus import JanusVQVAE
 
 from unigap.pixels import rgb_pixels
 
-ImageInput = Image.Image | np.ndarray
+
+
+@runtime_checkable
+class StoredPixels(Protocol):
+    """An image decoded when used (`unigap.data.tables.StoredImage`): how a user's large data file's images are held."""
+
+    @property
+    def pixels(self) -> np.ndarray: ...
+
+
+ImageInput = Image.Image | np.ndarray | StoredPixels
 
 VQ_MEAN = (0.5, 0.5, 0.5)
 VQ_STD = (0.5, 0.5, 0.5)
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
-    """A PIL image (any mode; transparency on white) or a uint8 HxWx3 array, as a uint8 HxWx3 array."""
+    """A PIL image (any mode; transparency on white), a uint8 HxWx3 array or a stored image, as a uint8 HxWx3
+    array."""
+    if isinstance(image, StoredPixels):
+        image = image.pixels
     if isinstance(image, Image.Image):
         return rgb_pixels(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image arrays must be uint8 of shape HxWx3, got {image.dtype} {image.shape}")
         return image
-    raise ValueError(f"images must be PIL images or uint8 HxWx3 numpy arrays, got {type(image).__name__}")
+    raise ValueError(f"images must be PIL images or uint8 HxWx3 numpy arrays (or stored images), got "
+                     f"{type(image).__name__}")
 
 
 def _fit_square(image: np.ndarray, size: int, background: tuple[int, int, int]) -> np.ndarray:

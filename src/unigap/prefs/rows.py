@@ -41,7 +41,7 @@ import numpy as np
 from unigap.errors import UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
 from unigap.prefs.trl import check_ids, is_trl_row, trl_pairs, trl_problem, trl_task
-from unigap.data.tables import image_cell, read_table
+from unigap.data.tables import StoredImage, read_table, stored_image
 from unigap.atomic import atomic_write_bytes, atomic_write_lines, files_in, listed_files, remove_replaced
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair
 from unigap.world.render import render
@@ -183,11 +183,12 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return [row for _, row in _validated(Path(path))]
 
 
-def row_image(row: dict[str, Any], base: Path, where: str = "row") -> np.ndarray:
-    """An und row's image: its ShapeWorld scene rendered, or its stored image (paths relative to `base`)."""
+def row_image(row: dict[str, Any], base: Path, where: str = "row") -> np.ndarray | StoredImage:
+    """An und row's image: its ShapeWorld scene rendered, or its stored image (paths relative to `base`; checked,
+    decoded when used)."""
     if isinstance(row.get("scene"), str):
         return render(Scene.from_dict(json.loads(row["scene"])))
-    return image_cell({"image": row["images"][0]}, base, where)
+    return stored_image({"image": row["images"][0]}, base, where)
 
 
 def row_to_pair(row: dict[str, Any], base: Path = Path(".")) -> Pair:

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from unigap.data.tables import image_cell
+from unigap.data.tables import image_cell, stored_image
 from unigap.errors import UserError
+from unigap.model.images import ImageInput, to_rgb_array
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
 
 REFERENCE_BATCH = 8
@@ -98,7 +98,7 @@ def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -
     for where, row in rows:
         prompt = _text(row["prompt"], "user")
         if trl_task(row) == "und":
-            image = image_cell({"image": _und_images(row)[0]}, base, where)
+            image = stored_image({"image": _und_images(row)[0]}, base, where)  # decoded when scored
             pairs.append(UnderstandingPair(image, prompt, _text(row["chosen"], "assistant"),
                                            _text(row["rejected"], "assistant"), math.nan, math.nan, 0, 0))
             continue
@@ -113,13 +113,13 @@ def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -
             for pair in with_reference(um, pairs[start : start + REFERENCE_BATCH])]
 
 
-def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+def png_bytes(image: ImageInput) -> bytes:
     buffer = io.BytesIO()
-    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format="PNG")
+    (image if isinstance(image, Image.Image) else Image.fromarray(to_rgb_array(image))).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def to_trl(row: dict[str, Any], image: np.ndarray | None, chosen_image: Image.Image | None,
+def to_trl(row: dict[str, Any], image: ImageInput | None, chosen_image: Image.Image | None,
            rejected_image: Image.Image | None) -> dict[str, Any]:
     """A unigap row in TRL's columns (images as PNG bytes; the writer stores them), its provenance and scores kept."""
     keep = {key: row[key] for key in ("model", "seed", "candidate", "chosen_score", "rejected_score")}
