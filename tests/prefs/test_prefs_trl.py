@@ -130,6 +130,12 @@ def test_diagnose_reads_pairs_in_trls_convention(built, tiny_dir: Path, tmp_path
     code, _, err = run_main(capsys, ["diagnose", "--model", str(tiny_dir), "--und", str(files[0]), "--gen",
                                      str(files[1]), "--pairs", "4", "--out", str(tmp_path / "d")])
     assert code == 0 and (tmp_path / "d" / "diagnostics.json").is_file(), err
+    um = load_model(tiny_dir)
+    for task, path in zip(("und", "gen"), files, strict=True):  # diagnose converts each drawn row when drawn
+        on_use, eager = load_pairs(path, task, um, on_use=True), load_pairs(path, task, um)
+        assert len(on_use) == len(eager) == 2 and not on_use.converted
+        _same(eager[1], on_use[1])
+        assert list(on_use.converted) == [1] and on_use[1] is on_use[1]  # converted once
 
 
 @pytest.mark.parametrize(

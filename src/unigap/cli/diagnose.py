@@ -91,7 +91,8 @@ def diagnose_command(
         if len(found := check_pair_file(path, task)) < 2:
             raise UserError(f"{path}: intra-task cosines need at least 2 pairs, found {len(found)}")
     um = load(model, adapter)
-    data = {"und": load_pairs(und, "und", um), "gen": load_pairs(gen, "gen", um)}  # (TRL rows need the model)
+    # TRL rows need the model, and are converted as the batches draw them (a large file is mostly never drawn)
+    data = {"und": load_pairs(und, "und", um, on_use=True), "gen": load_pairs(gen, "gen", um, on_use=True)}
     try:
         params = shared_parameters(um, full_params, seed)
     except ValueError as exc:  # e.g. an adapter with no LoRA on the LLM's decoder layers

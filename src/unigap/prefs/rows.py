@@ -214,14 +214,33 @@ def check_pair_file(path: str | Path, task: str) -> list[tuple[str, dict[str, An
     return rows
 
 
-def load_pairs(path: str | Path, task: str, um: Any = None) -> list[Pair]:
+class PairsOnUse(Sequence[Pair]):
+    """TRL rows as pairs, each converted when first indexed (integer indices only): converting runs the model, and a
+    diagnosis draws a few hundred pairs from a file that may hold many thousands."""
+
+    def __init__(self, um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -> None:
+        self.um, self.rows, self.base = um, rows, base
+        self.converted: dict[int, Pair] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Pair:  # type: ignore[override]
+        if index not in self.converted:
+            self.converted[index] = trl_pairs(self.um, [self.rows[index]], self.base)[0]
+        return self.converted[index]
+
+
+def load_pairs(path: str | Path, task: str, um: Any = None, on_use: bool = False) -> Sequence[Pair]:
     """All pairs of a preference file for one task (see `check_pair_file`). A file in TRL's convention needs `um`,
-    the base model: its images are encoded and its reference log-probs computed. Given `um`, image-token ids must
-    fit it (`check_ids`)."""
+    the base model: its images are encoded and its reference log-probs computed, for every row (a list), or with
+    `on_use` for each row when first indexed (`PairsOnUse`). Given `um`, image-token ids must fit it (`check_ids`)."""
     rows = check_pair_file(path, task)
     if is_trl_row(rows[0][1]):
         if um is None:
             raise ValueError("pairs in TRL's convention need the base model to be read")
+        if on_use:
+            return PairsOnUse(um, rows, Path(path).parent)
         return trl_pairs(um, rows, Path(path).parent)
     pairs = []
     for where, row in rows:
