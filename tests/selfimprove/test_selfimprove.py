@@ -238,3 +238,16 @@ def test_the_table_shows_no_win_rate_where_no_answer_changed() -> None:
 
     assert row({"value": None, "n": 0})[:4] == ["understanding win rate (0–100)", "—", "—", "n = 0"]
     assert row({"value": 60.0, "n": 5})[1:4] == ["50", "60.0", "n = 5"]
+
+
+def test_gradient_checkpointing_trains_the_same_and_bf16_autocasts(tmp_path: Path) -> None:
+    """The memory options of a 7B run: checkpointing recomputes the same activations (the same losses, dropout
+    included); bf16 autocast computes them in bfloat16 (other losses, still finite)."""
+    toy = dict(method="sft", labels="verifier", epochs=1, eval_n=0, epoch_eval_n=0, audit="none")
+    plain = _toy_run(tmp_path / "plain", **toy)
+    checkpointed = _toy_run(tmp_path / "checkpointed", **toy, gradient_checkpointing=True)
+    bf16 = _toy_run(tmp_path / "bf16", **toy, bf16=True)
+    loss = plain["epochs"][1]["loss"]
+    assert plain["epochs"][1]["steps"] > 0 and checkpointed["epochs"][1]["loss"] == pytest.approx(loss, abs=1e-6)
+    assert bf16["epochs"][1]["loss"] != loss and abs(bf16["epochs"][1]["loss"] - loss) < 0.1 * abs(loss)
+    assert bf16["config"]["bf16"] is True

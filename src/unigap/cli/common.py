@@ -39,6 +39,10 @@ JUDGE_OPTION = typer.Option(
     "verifier", "--judge", help="The independent judge of generated images: verifier (exact, ShapeWorld prompts), "
     "clip:DIR (CLIPScore of a local CLIP/SigLIP, threshold calibrated on ShapeWorld) or vlm:DIR (P(yes) of a local "
     "image-text-to-text model).")
+BF16_OPTION = typer.Option(False, "--bf16", help="bf16 autocast of training (TRL's bf16=True): float32 weights "
+                           "(loaded so on a GPU too), matmuls in bfloat16.")
+GRADIENT_CHECKPOINTING_OPTION = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in the "
+                                             "backward pass: less memory, more compute, the same gradients.")
 # None = `UnifiedModel.edit`'s defaults (`unigap.model.editing`, which imports torch: `--help` stays fast without it)
 EDIT_CFG_OPTION = typer.Option(None, "--edit-cfg", help="Edits' guidance scale of the instruction against the source "
                                "alone (InstructPix2Pix's guidance_scale; default 2; 1 = none of the instruction's, "

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from unigap.cli.common import (
     ADAPTER_OPTION,
+    BF16_OPTION,
     EDIT_CFG_OPTION,
     EDIT_IMAGE_CFG_OPTION,
     JUDGE_OPTION,
@@ -164,8 +165,7 @@ def train_command(
     config: Path | None = typer.Option(None, "--config", help="TOML file of GRPOConfig keys (flags win)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last "
                                 "checkpoint (a fresh start when there is none, so a preemptible job can always pass it)."),
-    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast of the training steps (TRL's bf16=True): float32 "
-                              "weights (loaded so on a GPU too), matmuls in bfloat16."),
+    bf16: bool = BF16_OPTION,
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
     """Train reflection and refinement with GRPO and R3's stage-wise rewards (LoRA on the LLM, the generation head in

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from unigap.cli.common import print_table
+from unigap.cli.common import BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, print_table, weights_dtype
 from unigap.errors import UserError
 
 app = typer.Typer()
@@ -61,6 +61,8 @@ def selfimprove_command(
     out: Path = typer.Option(Path("runs/selfimprove"), "--out", help="Output directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     report_to: str = typer.Option("none", "--report-to", help="Also log epochs to: none | tensorboard | wandb."),
+    bf16: bool = BF16_OPTION,
+    gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
 ) -> None:
     """Sample, self-judge, train on the verdicts; write OUT/selfimprove.json (exit 3 when the guard stops it)."""
     from unigap.metrics_log import parse_report_to
@@ -71,8 +73,10 @@ def selfimprove_command(
     config = SelfImproveConfig.load(
         config_file, prompts=prompts, n_prompts=n_prompts, samples=samples, method=method, labels=labels,
         epochs=epochs, curriculum_at=curriculum_at, trainable=trainable, audit=audit,
-        guard=False if no_guard else None, eval_n=eval_n, seed=seed,
+        guard=False if no_guard else None, eval_n=eval_n, seed=seed, bf16=bf16 or None,
+        gradient_checkpointing=gradient_checkpointing or None,
     )
+    dtype = weights_dtype(None, config.bf16)
     if no_guard and config.audit == "none":
         raise UserError("--no-guard keeps the audit but not its stop; with --audit none there is no audit to keep")
     if out.exists() and not out.is_dir():
@@ -95,7 +99,7 @@ def selfimprove_command(
     stopped: GuardStopped | None = None
     with manifest("selfimprove", {"model": model, **config.to_dict()}, seeds=[config.seed],
                   judge=judge) as record:
-        um = load(model, None)
+        um = load(model, None, dtype)
         record["device"] = str(um.device)
         try:
             result = run(um, config, out, report_to=backends)

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from unigap.cli.common import MODEL_OPTION, claim_inputs, weights_dtype
+from unigap.cli.common import BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MODEL_OPTION, claim_inputs, weights_dtype
 from unigap.progress import progress
 from unigap.train.defaults import DPO_DEFAULTS as DPO
 from unigap.train.names import STRATEGIES, check_pair_tasks
@@ -56,10 +56,8 @@ def train(
                                 "checkpoint (a fresh start when there is none, so a preemptible job can always pass it)."),
     dtype: str | None = typer.Option(None, "--dtype", help="Weights' dtype: float32 | bfloat16 (default: bfloat16 "
                                      "on a GPU, float32 on a CPU); LoRA weights stay float32."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in "
-                                                "the backward pass: less memory, more compute, the same gradients."),
-    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (TRL's bf16=True): float32 weights (loaded so "
-                              "on a GPU too), matmuls in bfloat16."),
+    gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
+    bf16: bool = BF16_OPTION,
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
     """Train a LoRA; logs every step to OUT/log.jsonl and saves the PEFT adapter in OUT."""

@@ -64,6 +64,8 @@ class SelfImproveConfig:
     cfg_scale: float = 5.0
     temperature: float = 1.0
     sample_batch: int = 64  # images per sampling call
+    bf16: bool = False  # bf16 autocast of training (TRL's bf16=True): float32 weights and optimiser
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, same gradients
 
     def __post_init__(self) -> None:
         check_field_types(self)

@@ -91,11 +91,11 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
 
     torch.manual_seed(config.seed)  # the LoRA init and the dropout stream
     um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout, train_generation_head=False,
-                trained_modules=TRAINABLE[config.trainable])
+                trained_modules=TRAINABLE[config.trainable], gradient_checkpointing=config.gradient_checkpointing)
     params = [p for p in um.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.objective == "dpo":
-        data.pairs = dpo_pairs(um, data.rounds[0], config.seed, config.loss_cfg_scale or None)
+        data.pairs = dpo_pairs(um, data.rounds[0], config)
     logged = _read_epochs(out)
     start, saved = _resume(um, optimizer, out)
     distributed.wait_for_everyone()  # every process has read the run's state before the main one writes more
@@ -117,7 +117,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
             audits.append({"round": 1, "epoch": epoch - 1, **audit_metrics(data.rounds[1])})
             _guard(out, config, audits, before, last_epoch=epoch - 1)
             if config.objective == "dpo":
-                data.pairs += dpo_pairs(um, data.rounds[1], config.seed, config.loss_cfg_scale or None)
+                data.pairs += dpo_pairs(um, data.rounds[1], config)
         if epoch <= start:
             continue
         size = len(data.sft) if config.objective == "sft" else len(data.pairs)
@@ -159,11 +159,13 @@ def training_prompts(config: SelfImproveConfig) -> list[Any]:
 
 
 def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int) -> None:
-    """Refuse to continue a run made under other settings; the guard switch is free (it changes no number, only
-    whether the run stops), so a stopped run can be continued with `--no-guard --resume`."""
+    """Refuse to continue a run made under other settings; the guard and gradient checkpointing are free (they change
+    no number), so a stopped run can be continued with `--no-guard --resume`."""
     settings = {**config.to_dict(), "n_prompts_used": n_prompts}
-    settings.pop("guard")
-    claim_settings(out / "settings.json", settings, "selfimprove", write=distributed.is_main())
+    for free in ("guard", "gradient_checkpointing"):
+        settings.pop(free)
+    claim_settings(out / "settings.json", settings, "selfimprove", defaults={"bf16": False},
+                   write=distributed.is_main())
 
 
 def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress: bool) -> dict[str, Any]:

@@ -5,6 +5,8 @@
   per prompt), `task_dpo_loss` with the NLL term on the chosen image (SPEC §2); the reference log-probs are the
   base model's (adapters disabled), computed once per pair.
 AdamW at a constant learning rate, gradients clipped. One epoch = one pass over the examples in a seeded order.
+With `bf16` the losses (and the reference log-probs) run under bf16 autocast over float32 weights, as TRL's
+`bf16=True`; with `gradient_checkpointing` the LoRA model recomputes activations in the backward pass.
 Under `accelerate launch` each process takes its share of every batch and the gradients are summed
 (`unigap.distributed`): the same steps as one process, up to float summation order (with `lora_dropout` 0: dropout
 draws its masks per process).
@@ -30,21 +32,29 @@ ORDER_STREAM = 7
 REFERENCE_BATCH = 16  # pairs per reference forward pass
 
 
-def dpo_pairs(um: Any, samples: Sequence[Sample], seed: int, cfg_scale: float | None = None) -> list[GenerationPair]:
+def autocast(um: Any, config: SelfImproveConfig) -> torch.autocast:
+    """bf16 autocast where `config.bf16` (TRL's bf16=True), else a no-op."""
+    return torch.autocast(um.device.type, dtype=torch.bfloat16, enabled=config.bf16)
+
+
+def dpo_pairs(um: Any, samples: Sequence[Sample], config: SelfImproveConfig) -> list[GenerationPair]:
     """Accepted-vs-rejected pairs of the same prompt, with the base model's reference log-probs (under the loss's
-    CFG scale)."""
+    CFG scale, and its autocast: training starts at the reference)."""
     by_prompt: dict[int, tuple[list[Sample], list[Sample]]] = {}
     for s in samples:
         by_prompt.setdefault(s.prompt_index, ([], []))[0 if s.accepted else 1].append(s)
     pairs = []
     for index in sorted(by_prompt):
         accepted, rejected = by_prompt[index]
-        rng = np.random.default_rng([seed, ORDER_STREAM, index])
+        rng = np.random.default_rng([config.seed, ORDER_STREAM, index])
         accepted = [accepted[i] for i in rng.permutation(len(accepted))]
         rejected = [rejected[i] for i in rng.permutation(len(rejected))]
         pairs += [GenerationPair(a.spec.text, a.tokens, r.tokens, 0.0, 0.0) for a, r in zip(accepted, rejected)]
-    return map_items(pairs, REFERENCE_BATCH, lambda _, chunk: with_reference(um, chunk, cfg_scale),  # type: ignore[return-value]
-                     "reference log-probs", show=False)
+    with autocast(um, config):
+        return map_items(pairs, REFERENCE_BATCH,  # type: ignore[return-value]
+                         lambda _, chunk: with_reference(um, chunk, config.loss_cfg_scale or None),
+                         "reference log-probs", show=False)
+
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
@@ -79,13 +89,14 @@ def train_epoch(
             optimizer.zero_grad(set_to_none=True)
             values = [0.0] * (1 if config.objective == "sft" else 3)
             if mine:
-                if config.objective == "sft":
-                    loss = sft_loss(um, mine, cfg)
-                else:
-                    result = task_dpo_loss(um, mine, options)
-                    loss = result.loss
-                    values[1:] = [result.metrics["reward_margin"] * share, result.metrics["accuracy"] * share]
-                (loss * share).backward()
+                with autocast(um, config):
+                    if config.objective == "sft":
+                        loss = sft_loss(um, mine, cfg)
+                    else:
+                        result = task_dpo_loss(um, mine, options)
+                        loss = result.loss
+                        values[1:] = [result.metrics["reward_margin"] * share, result.metrics["accuracy"] * share]
+                    (loss * share).backward()
                 values[0] = float(loss.detach()) * share
             rows.append(distributed.all_sum(torch.tensor(values, dtype=torch.float64)).tolist())
             if not math.isfinite(rows[-1][0]):
