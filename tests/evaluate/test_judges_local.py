@@ -242,6 +242,21 @@ def test_the_selfimprove_audit_uses_a_clip_judge_and_its_threshold(clip_dir, pai
         SelfImproveConfig(audit="self-pyes")
 
 
+def test_selfimprove_trains_on_free_text_audited_by_a_clip_judge(tiny_dir, clip_dir, tmp_path) -> None:
+    from unigap.model import load_model
+    from unigap.selfimprove import run
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\na red circle\n")
+    config = SelfImproveConfig(prompts=str(prompts), audit=f"clip:{clip_dir}", method="sft", n_prompts=2, samples=2,
+                               epochs=1, eval_n=0, epoch_eval_n=0, audit_size=4, batch_size=2, guard=False)
+    result = run(load_model(tiny_dir), config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "pool" / "round0.jsonl").read_text().splitlines()]
+    assert result["audits"][0]["audited"] == 4 and all(row["audit"] is not None for row in rows)
+    assert [row["category"] for row in rows] == ["free", "free", "colors", "colors"]
+    assert result["config"]["judge"]["directory"] == str(clip_dir.resolve())
+
+
 def test_selfimprove_with_a_bad_audit_directory_exits_2_and_writes_nothing(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     code, _, err = run_main(capsys, ["selfimprove", "--audit", "vlm:/nonexistent", "--out", out])
@@ -278,8 +293,9 @@ def test_refine_reports_accuracy_by_a_clip_judge(editing_stub, clip_dir, tmp_pat
 
 
 def test_refine_reads_free_text_with_a_clip_judge(tiny_dir, clip_dir, tmp_path, capsys, monkeypatch) -> None:
-    """The verifier reads the ShapeWorld prompt and leaves the free text to the judge; the oracle runs on the prompt it
-    can instruct on; a file of free text alone is reported by the judge."""
+    """The verifier reads the ShapeWorld prompt and leaves the free text to the judge; the oracle instructs on the
+    ShapeWorld prompt and stops the free text; a file of free text alone is reported by the judge; a resumed run from
+    an earlier version's parts is refused in one line."""
     monkeypatch.setenv("COLUMNS", "400")  # rich's table on one line per row
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na photo of a cat\n")
@@ -288,8 +304,6 @@ def test_refine_reads_free_text_with_a_clip_judge(tiny_dir, clip_dir, tmp_path, 
     assert code == 2 and f"{prompts}:2:" in err and "--judge clip:DIR or vlm:DIR" in err
     assert not (tmp_path / "refused").exists()
     judge = ["--judge", f"clip:{clip_dir}"]
-    code, _, err = run_main(capsys, [*args, *judge, "--reflector", "oracle", "--out", tmp_path / "oracle"])
-    assert code == 2 and "ShapeWorld prompts only" in err and not (tmp_path / "oracle").exists()
 
     code, out, err = run_main(capsys, [*args, *judge, "--out", tmp_path / "mixed"])
     assert code == 0, err
@@ -298,7 +312,11 @@ def test_refine_reads_free_text_with_a_clip_judge(tiny_dir, clip_dir, tmp_path, 
     assert report["rounds"][0]["n"] == 1 and judged["rounds"][0]["n"] == 2  # the verifier reads one prompt
     assert judged["rounds"][0]["by_category"]["free"]["n"] == 1 and judged["gain"]["n"] == 2
     assert report["best_of_n"]["n"] == 1 and judged["best_of_n"]["n"] == 2
-    assert report["oracle"]["n_prompts"] == 1 and judged["oracle"]["n"] == 1
+    assert report["oracle"]["rounds"][0]["n"] == 1 and judged["oracle"]["n"] == 2  # it stops the free text at once
+    oracle = json.loads((tmp_path / "mixed" / "parts" / "oracle.json").read_text())["records"]
+    assert oracle[1]["stop_round"] == 1 and oracle[1]["reflections"] == ["no further edit needed"]
+    for key in ("verified", "judged"):  # the same round-0 images as the loop's: the same batches and seeds
+        assert [r[key][0] for r in oracle] == [r[key][0] for r in report["records"]]
     assert [r["verified"][0] is None for r in report["records"]] == [False, True]
     assert all(len(r["judged"]) == len(r["verified"]) for r in report["records"])
     assert f"by clip:{clip_dir}" in out and "judged by verifier" in out  # the judge's column beside the verifier's
@@ -310,3 +328,8 @@ def test_refine_reads_free_text_with_a_clip_judge(tiny_dir, clip_dir, tmp_path, 
     assert report["oracle"] is None and "no ShapeWorld prompt" in report["oracle_skipped"]
     assert report["rounds"][0]["accuracy"] is None and report["judged"]["rounds"][0]["n"] == 1
     assert "judged by clip:" in " ".join(out.split())  # the table reports the judge's numbers (its title wraps)
+
+    part = tmp_path / "free" / "parts" / "self.json"
+    part.write_text(json.dumps({k: v for k, v in json.loads(part.read_text()).items() if k != "judged"}))
+    code, _, err = run_main(capsys, [*args, *judge, "--out", tmp_path / "free", "--resume"])
+    assert code == 2 and "earlier unigap" in err

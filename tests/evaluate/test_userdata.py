@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from unigap.errors import UserError
 from unigap.data.understanding import kinds_of, read_understanding_data
 from unigap.evaluate.vqa import normalize_vqa, vqa_score
-from unigap.data.tables import StoredImages, read_table
+from unigap.data.tables import read_table
 from test_eval_cli import run_main
 
 RED = (255, 0, 0)
@@ -78,6 +79,16 @@ def test_a_dataset_saved_to_disk(tmp_path):
     assert isinstance(items[0].stored.value["bytes"], bytes)  # kept encoded, not as a decoded PIL image
 
 
+def test_a_dataset_keeps_lists_of_images_encoded(tmp_path):
+    """TRL's `images` column (a list of images) is read undecoded as well."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"images": datasets.Sequence(datasets.Image()), "prompt": datasets.Value("string")})
+    rows = {"images": [[Image.new("RGB", (8, 8), RED)]] * 2, "prompt": ["What color?"] * 2}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    [(_, row), _] = read_table(tmp_path / "ds")
+    assert isinstance(row["images"][0]["bytes"], bytes) and row["prompt"] == "What color?"
+
+
 def test_images_are_kept_as_stored_and_decoded_when_used(tmp_path, image_file):
     """A user's file of many photos is checked once, then held as paths or bytes, not as pixel arrays."""
     path = tmp_path / "und.jsonl"
@@ -85,8 +96,7 @@ def test_images_are_kept_as_stored_and_decoded_when_used(tmp_path, image_file):
                             for _ in range(3)))
     items = read_understanding_data(path)
     assert all(item.stored.value == image_file for item in items)
-    images = StoredImages([item.stored for item in items])
-    assert len(images) == 3 and tuple(images[1][0, 0]) == RED and [a.shape for a in images[:2]] == [(8, 8, 3)] * 2
+    assert tuple(items[1].image[0, 0]) == RED and tuple(np.asarray(items[1].stored)[0, 0]) == RED
     (tmp_path / image_file).unlink()  # gone between the check and the use: the error still names the row
     with pytest.raises(UserError, match=rf"{path}:2: cannot read image {image_file}"):
         items[1].image
@@ -196,3 +206,17 @@ def test_a_damaged_or_split_dataset_folder_is_one_clear_error(tmp_path):
     state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "_data_files"}))
     with pytest.raises(UserError, match=rf"^{tmp_path / 'damaged'}: cannot load the dataset: KeyError"):
         read_table(tmp_path / "damaged")
+
+
+def test_the_model_decodes_a_stored_image_once() -> None:
+    """`to_rgb_array` (every image the model takes) reads a stored image with one decode."""
+    from unigap.model.images import to_rgb_array
+
+    class Counting:
+        calls = 0
+
+        def to_pixels(self):
+            Counting.calls += 1
+            return np.zeros((4, 4, 3), dtype=np.uint8)
+
+    assert to_rgb_array(Counting()).shape == (4, 4, 3) and Counting.calls == 1

@@ -25,7 +25,7 @@ class CaptionedImage:
 
     @property
     def image(self) -> np.ndarray:
-        return self.stored.pixels
+        return self.stored.to_pixels()
 
 
 def read_caption_data(path: str | Path, n: int | None = None) -> list[CaptionedImage]:

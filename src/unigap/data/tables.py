@@ -6,7 +6,7 @@ command must fail the same way, before anything is written. Image cells are read
 (relative to the data file's folder), raw bytes, a `{"bytes", "path"}` struct (how `datasets` stores an `Image`
 column in Parquet) or an already decoded image. Where many rows are kept (understanding and caption data),
 `stored_image` checks a cell by decoding it once and keeps it as stored (a path, or encoded bytes): a user's file
-of 100,000 photos decoded at once would need about 100 GB, so `StoredImages` decodes them as they are used.
+of 100,000 photos decoded at once would need about 100 GB, so they are decoded as they are used.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -108,13 +107,24 @@ def _dataset_rows(path: Path) -> list[Row]:
         if isinstance(dataset, datasets.DatasetDict):
             raise UserError(f"{path} holds several splits ({', '.join(dataset)}); pass one split's folder")
         for name, feature in dataset.features.items():  # rows keep images encoded: decoded as they are used
-            if isinstance(feature, datasets.Image):
-                dataset = dataset.cast_column(name, datasets.Image(decode=False))
+            if (undecoded := _undecoded(feature, datasets)) != feature:
+                dataset = dataset.cast_column(name, undecoded)
         return [(f"{path}:row {i}", row) for i, row in enumerate(dataset, start=1)]
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged folder fails inside datasets in many ways (KeyError, IndexError, ...)
         raise UserError(f"{path}: cannot load the dataset: {type(exc).__name__}: {exc}") from None
+
+
+def _undecoded(feature: Any, datasets: Any) -> Any:
+    """The feature with every `Image` in it undecoded (TRL's `images` column is a list of them)."""
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, datasets.Sequence | getattr(datasets, "List", datasets.Sequence)):
+        return type(feature)(_undecoded(feature.feature, datasets), length=feature.length)
+    if isinstance(feature, list) and len(feature) == 1:
+        return [_undecoded(feature[0], datasets)]
+    return feature
 
 
 def text_cell(row: dict[str, Any], name: str, where: str) -> str:
@@ -153,48 +163,26 @@ def image_cell(row: dict[str, Any], base: Path, where: str, name: str = "image")
 
 @dataclass(frozen=True)
 class StoredImage:
-    """An image cell as it is stored, decoded on use (`pixels`): the row's value (a path, bytes or a
-    `{"bytes", "path"}` struct), the folder relative paths start from, and where the row is."""
+    """An image cell as it is stored, decoded on use (`to_pixels`; the model takes it as an image): the row's value (a
+    path, bytes or a `{"bytes", "path"}` struct), the folder relative paths start from, and where the row is."""
 
     value: Any
     base: Path
     where: str
     name: str = "image"
 
-    @property
-    def pixels(self) -> np.ndarray:
+    def to_pixels(self) -> np.ndarray:
         return image_cell({self.name: self.value}, self.base, self.where, self.name)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        """`np.asarray(stored)` gives the pixels, as it did when rows held arrays."""
-        return self.pixels if dtype is None else self.pixels.astype(dtype)
+        """`np.asarray(stored)` gives the pixels, as it did when rows held arrays (always a fresh array)."""
+        return self.to_pixels() if dtype is None else self.to_pixels().astype(dtype)
 
 
 def stored_image(row: dict[str, Any], base: Path, where: str, name: str = "image") -> StoredImage:
     """`image_cell`'s check (the cell decodes; `UserError` naming the row otherwise), the pixels then dropped."""
     image_cell(row, base, where, name)
     return StoredImage(row[name], base, where, name)
-
-
-class StoredImages(Sequence[np.ndarray]):
-    """Stored images as a sequence of pixel arrays, each decoded when indexed (a slice decodes its own)."""
-
-    def __init__(self, stored: Sequence[StoredImage]) -> None:
-        self.stored = stored
-
-    def __len__(self) -> int:
-        return len(self.stored)
-
-    @overload
-    def __getitem__(self, index: int) -> np.ndarray: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
-
-    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
-        if isinstance(index, slice):
-            return [image.pixels for image in self.stored[index]]
-        return self.stored[index].pixels
 
 
 def base_folder(path: str | Path) -> Path:

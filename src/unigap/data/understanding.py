@@ -43,7 +43,7 @@ class UserItem:
 
     @property
     def image(self) -> np.ndarray:
-        return self.stored.pixels
+        return self.stored.to_pixels()
 
 
 def _answer_text(value: Any) -> str | None:

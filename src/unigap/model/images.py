@@ -23,13 +23,12 @@ from transformers.models.janus.modeling_janus import JanusVQVAE
 from unigap.pixels import rgb_pixels
 
 
-
 @runtime_checkable
 class StoredPixels(Protocol):
-    """An image decoded when used (`unigap.data.tables.StoredImage`): how a user's large data file's images are held."""
+    """An image decoded when used (`unigap.data.tables.StoredImage`): how a user's large data file's images are held.
+    (A method, not a property: `isinstance` on a protocol reads its attributes, which would decode.)"""
 
-    @property
-    def pixels(self) -> np.ndarray: ...
+    def to_pixels(self) -> np.ndarray: ...
 
 
 ImageInput = Image.Image | np.ndarray | StoredPixels
@@ -42,7 +41,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     """A PIL image (any mode; transparency on white), a uint8 HxWx3 array or a stored image, as a uint8 HxWx3
     array."""
     if isinstance(image, StoredPixels):
-        image = image.pixels
+        image = image.to_pixels()
     if isinstance(image, Image.Image):
         return rgb_pixels(image)
     if isinstance(image, np.ndarray):

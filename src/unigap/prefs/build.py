@@ -133,9 +133,10 @@ def _user_und_batch(um: UnifiedModel, items: Sequence[UserItem], options: BuildO
                     ) -> list[Candidate | None]:
     """Users' questions (`--questions FILE`): answers scored by the VQA soft score against the references; the
     image is stored in the row (`images`), as there is no scene to render it from."""
-    extras = [{"images": [png_bytes(item.image)]} for item in items]
-    return _answer_pairs(um, [item.image for item in items], [item.question for item in items], extras, options,
-                         batch, lambda text, q: vqa_score(text, q.answers))
+    images = [item.image for item in items]  # this batch's, decoded once
+    extras = [{"images": [png_bytes(image)]} for image in images]
+    return _answer_pairs(um, images, [item.question for item in items], extras, options, batch,
+                         lambda text, q: vqa_score(text, q.answers))
 
 
 def _answer_pairs(um: UnifiedModel, images: Sequence[np.ndarray], questions: Sequence[Any],

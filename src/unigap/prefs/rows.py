@@ -216,7 +216,8 @@ def check_pair_file(path: str | Path, task: str) -> list[tuple[str, dict[str, An
 
 class PairsOnUse(Sequence[Pair]):
     """TRL rows as pairs, each converted when first indexed (integer indices only): converting runs the model, and a
-    diagnosis draws a few hundred pairs from a file that may hold many thousands."""
+    diagnosis draws a few hundred pairs from a file that may hold many thousands. Each pair's reference log-probs
+    are computed alone, not in `trl_pairs`' batches: equal up to float rounding."""
 
     def __init__(self, um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -> None:
         self.um, self.rows, self.base = um, rows, base

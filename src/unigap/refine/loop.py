@@ -11,7 +11,7 @@ best-so-far selection — so any gain is the loop's own.
 
 The `oracle` reflector answers with the exact first edit of the diff between the verifier's parse of the
 image and the prompt (`unigap.world.reflection_answer`), which splits a shortfall into reflection errors and
-refinement errors. Every image is judged by the verifier (the independent judge) as it is made; a free-text
+refinement errors; it stops free-text prompts at once. Every image is judged by the verifier (the independent judge) as it is made; a free-text
 prompt (a real checkpoint's), which the verifier cannot read, gets None, and another judge reads its images
 afterwards (`unigap.refine.metrics.judged_part`).
 """
@@ -25,7 +25,6 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from unigap.errors import UserError
 from unigap.evaluate.data import FreePrompt
 from unigap.evaluate.generation import batch_seed
 from unigap.evaluate.judges import JUDGES
@@ -89,8 +88,11 @@ def refiner_for(um: Refinable, refiner: str) -> str:
     return ("edit" if um.supports_editing else "regenerate") if refiner == "auto" else refiner
 
 
-def oracle_reflection(image: Image.Image, spec: PromptSpec) -> str:
-    """The exact instruction for the verifier's parse of the image (stop when it passes)."""
+def oracle_reflection(image: Image.Image, spec: PromptSpec | FreePrompt) -> str:
+    """The exact instruction for the verifier's parse of the image (stop when it passes, and at once on free text,
+    which the verifier cannot parse)."""
+    if isinstance(spec, FreePrompt):
+        return "no further edit needed"
     canvas = image.size[0]
     answer = reflection_answer(verify(image, spec, canvas=canvas).objects, spec, Geometry.for_canvas(canvas).margin)
     return answer or "no further edit needed"  # no single edit helps: the oracle cannot instruct either
@@ -117,8 +119,6 @@ def run_loop(
     """Every prompt through round 0 and up to `rounds` reflect/refine rounds (module docstring). `cfg_scale` guides
     generation and regeneration, `edit_guidance` the edits. Progress lines name the oracle's rounds as its own."""
     mode = refiner_for(um, refiner)
-    if reflector == "oracle" and any(isinstance(spec, FreePrompt) for spec in specs):
-        raise UserError("the oracle reflector reads the verifier's parse of each image: ShapeWorld prompts only")
     trajectories = [Trajectory(spec) for spec in specs]
     stage = "oracle round" if reflector == "oracle" else "round"
     _generate(um, trajectories, seed, 0, cfg_scale, temperature, batch_size, progress, f"{stage} 0: generate")

@@ -89,15 +89,10 @@ def check_refiner(um: Refinable, config: RefineConfig) -> str:
 
 
 def refine_prompts(config: RefineConfig) -> list[PromptSpec | FreePrompt]:
-    """The loop's prompts: free text (a real checkpoint's) only where a judge that reads text grades the images, and
-    not for the oracle reflector, which reads the verifier's parse. A `UserError` names the line otherwise."""
-    specs = prompt_specs(config.prompts, config.n, config.seed, config.data_seed, free_text=config.judge != "verifier",
-                         free_text_hint=FREE_TEXT_HINT)
-    free = next((spec for spec in specs if isinstance(spec, FreePrompt)), None)
-    if free is not None and config.reflector == "oracle":
-        raise UserError(f"--reflector oracle reads the verifier's parse of each image, so ShapeWorld prompts only; "
-                        f"{config.prompts} holds free text ({free.text!r})")
-    return specs
+    """The loop's prompts: free text (a real checkpoint's) only where a judge that reads text grades the images; a
+    `UserError` names the line otherwise."""
+    return prompt_specs(config.prompts, config.n, config.seed, config.data_seed, free_text=config.judge != "verifier",
+                        free_text_hint=FREE_TEXT_HINT)
 
 
 def _loop_part(um: Refinable, specs: list[PromptSpec | FreePrompt], config: RefineConfig, reflector: str,
@@ -132,8 +127,13 @@ def _strip(trajectory: Trajectory) -> Image.Image:
     return sheet
 
 
-def _part(out: Path, name: str, make: Any) -> dict[str, Any]:
-    return cached_json(out / "parts" / f"{name}.json", make, write=distributed.is_main())
+def _part(out: Path, name: str, make: Any, judged: bool = False) -> dict[str, Any]:
+    """A part of the run, made or read back; with `judged`, one that holds another judge's metrics."""
+    part = cached_json(out / "parts" / f"{name}.json", make, write=distributed.is_main())
+    if judged and "judged" not in part:  # (written before a loop part kept the judge's full metrics)
+        raise UserError(f"{out / 'parts' / f'{name}.json'} was written by an earlier unigap: resume it with that "
+                        "version, or rerun without --resume into a new --out")
+    return part
 
 
 def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     out = Path(out)
     mode = check_refiner(um, config)
     specs = refine_prompts(config)
-    shapeworld = [spec for spec in specs if isinstance(spec, PromptSpec)]  # what the oracle can instruct on
+    instructible = any(isinstance(spec, PromptSpec) for spec in specs)  # the oracle stops free text at once
     judge = get_judge(config.judge, independent=True)
     extra = None if judge.name == "verifier" else judge  # the verifier's accuracy is always reported
     settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
@@ -151,7 +151,7 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     claim_settings(out / "settings.json", settings, "refine", defaults, write=writer)
     progress = progress and writer
 
-    def loop(reflector: str, specs: list[PromptSpec | FreePrompt]) -> dict[str, Any]:
+    def loop(reflector: str) -> dict[str, Any]:
         part, trajectories = _loop_part(um, specs, config, reflector, progress, extra)
         if reflector == config.reflector and writer:
             for index, trajectory in enumerate(trajectories[:STRIPS]):
@@ -159,9 +159,9 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
                 write_atomically(out / "strips" / f"{index:03d}.png", lambda tmp, s=strip: s.save(tmp, format="PNG"))
         return part
 
-    main = _part(out, config.reflector, lambda: loop(config.reflector, specs))
+    main = _part(out, config.reflector, lambda: loop(config.reflector), judged=extra is not None)
     oracle = main if config.reflector == "oracle" else (
-        _part(out, "oracle", lambda: loop("oracle", shapeworld)) if shapeworld else None)
+        _part(out, "oracle", lambda: loop("oracle"), judged=extra is not None) if instructible else None)
     baseline = _part(out, "best_of_n", lambda: best_of_n(um, specs, 1 + config.rounds, config.seed, config.cfg_scale,
                                                          config.temperature, config.batch_size, progress, extra))
     report = {
@@ -171,7 +171,7 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
         "gain": main["gain"],
         "best_of_n": baseline,
         "oracle": None if oracle is None else {"accuracy": oracle["accuracy"], "rounds": oracle["rounds"],
-                                               "gain": oracle["gain"], "n_prompts": len(oracle["records"])},
+                                               "gain": oracle["gain"]},
         "records": main["records"],
     }
     if oracle is None:

@@ -50,7 +50,8 @@ class Sample:
     audit: bool | None  # the independent judge's verdict, where audited
 
 
-def _labels(config: SelfImproveConfig, um: Any, images: list, specs: list[PromptSpec], p_yes: list[float]) -> list[bool]:
+def _labels(config: SelfImproveConfig, um: Any, images: list, specs: list[PromptSpec | FreePrompt],
+            p_yes: list[float]) -> list[bool]:
     if config.labels == "verifier":
         return [bool(v) for v in get_judge("verifier").fn(um, images, specs)]
     accepted = [p >= ACCEPT_THRESHOLD for p in p_yes]
@@ -58,8 +59,8 @@ def _labels(config: SelfImproveConfig, um: Any, images: list, specs: list[Prompt
 
 
 def label_round(
-    um: Any, specs: Sequence[PromptSpec], indices: Sequence[int], config: SelfImproveConfig, round_: int, out: Path,
-    progress: bool = True,
+    um: Any, specs: Sequence[PromptSpec | FreePrompt], indices: Sequence[int], config: SelfImproveConfig, round_: int,
+    out: Path, progress: bool = True,
 ) -> list[Sample]:
     """Sample `config.samples` images for each prompt `specs[i]`, i in `indices`, label and audit them; the round's
     files under `out/pool` (reloaded when the round is already done)."""
@@ -136,7 +137,7 @@ def _save_round(samples: Sequence[Sample], images: Sequence[Any], out: Path, rou
     write_text_atomically(pool / f"round{round_}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def load_round(specs: Sequence[PromptSpec], out: Path, round_: int) -> list[Sample]:
+def load_round(specs: Sequence[PromptSpec | FreePrompt], out: Path, round_: int) -> list[Sample]:
     """A finished round's samples, as `label_round` returned them."""
     pool = out / "pool"
     rows = [json.loads(line) for line in (pool / f"round{round_}.jsonl").read_text().splitlines()]

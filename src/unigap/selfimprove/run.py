@@ -162,10 +162,8 @@ def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int) -> Non
     """Refuse to continue a run made under other settings; the guard and gradient checkpointing are free (they change
     no number), so a stopped run can be continued with `--no-guard --resume`."""
     settings = {**config.to_dict(), "n_prompts_used": n_prompts}
-    for free in ("guard", "gradient_checkpointing"):
-        settings.pop(free)
     claim_settings(out / "settings.json", settings, "selfimprove", defaults={"bf16": False},
-                   write=distributed.is_main())
+                   free=("guard", "gradient_checkpointing"), write=distributed.is_main())
 
 
 def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress: bool) -> dict[str, Any]:

@@ -56,7 +56,6 @@ def dpo_pairs(um: Any, samples: Sequence[Sample], config: SelfImproveConfig) -> 
                          "reference log-probs", show=False)
 
 
-
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     return np.random.default_rng([seed, ORDER_STREAM, 10_000 + epoch]).permutation(n).tolist()
 
@@ -89,14 +88,14 @@ def train_epoch(
             optimizer.zero_grad(set_to_none=True)
             values = [0.0] * (1 if config.objective == "sft" else 3)
             if mine:
-                with autocast(um, config):
+                with autocast(um, config):  # the forward pass; backward follows its ops' dtypes outside
                     if config.objective == "sft":
                         loss = sft_loss(um, mine, cfg)
                     else:
                         result = task_dpo_loss(um, mine, options)
                         loss = result.loss
                         values[1:] = [result.metrics["reward_margin"] * share, result.metrics["accuracy"] * share]
-                    (loss * share).backward()
+                (loss * share).backward()
                 values[0] = float(loss.detach()) * share
             rows.append(distributed.all_sum(torch.tensor(values, dtype=torch.float64)).tolist())
             if not math.isfinite(rows[-1][0]):

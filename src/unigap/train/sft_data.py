@@ -17,7 +17,6 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from unigap.data.captions import CaptionedImage, read_caption_data
-from unigap.data.tables import StoredImages
 from unigap.data.understanding import UserItem, read_understanding_data
 from unigap.errors import UserError
 from unigap import distributed
@@ -87,7 +86,7 @@ def caption_tokens(um: Any, captions: list[CaptionedImage], source: str, out_dir
         with safe_open(str(cache), "pt") as handle:
             if handle.metadata() == key:
                 return handle.get_tensor("ids")
-    ids = vq_tokens(um, StoredImages([c.stored for c in captions]), ENCODE_BATCH, progress)
+    ids = vq_tokens(um, [c.stored for c in captions], ENCODE_BATCH, progress)  # decoded batch by batch
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         blob = save({"ids": ids.contiguous()}, metadata=key)
@@ -101,7 +100,7 @@ def sft_tasks(um: Any, config: SFTConfig, data: SFTData, out_dir: Path, progress
     tasks: dict[str, tuple[Task, float]] = {}
     if data.understanding and config.und_weight > 0:
         items = data.understanding
-        images = StoredImages([i.stored for i in items])  # decoded batch by batch
+        images = [i.stored for i in items]  # decoded batch by batch
         tasks["und"] = (AnswerTask(images, [[i.question.text] for i in items], [[i.question.answer] for i in items]),
                         config.und_weight)
     if data.captions and config.gen_weight > 0:
