@@ -247,7 +247,7 @@ def test_selfimprove_trains_on_free_text_audited_by_a_clip_judge(tiny_dir, clip_
     from unigap.selfimprove import run
 
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a photo of a cat\na red circle\n")
+    prompts.write_text("a photo of a cat\na blue circle\n")
     config = SelfImproveConfig(prompts=str(prompts), audit=f"clip:{clip_dir}", method="sft", n_prompts=2, samples=2,
                                epochs=1, eval_n=0, epoch_eval_n=0, audit_size=4, batch_size=2, guard=False)
     result = run(load_model(tiny_dir), config, tmp_path / "run", progress=False)
