@@ -333,3 +333,34 @@ def test_refine_reads_free_text_with_a_clip_judge(tiny_dir, clip_dir, tmp_path, 
     part.write_text(json.dumps({k: v for k, v in json.loads(part.read_text()).items() if k != "judged"}))
     code, _, err = run_main(capsys, [*args, *judge, "--out", tmp_path / "free", "--resume"])
     assert code == 2 and "earlier unigap" in err
+
+
+@pytest.fixture(scope="module")
+def janus_pro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from unigap.model import save_random_janus_pro
+
+    return save_random_janus_pro(tmp_path_factory.mktemp("janus-pro"))
+
+
+@pytest.mark.slow
+def test_free_text_on_janus_pro_geometry(janus_pro_dir, clip_dir, tmp_path, capsys) -> None:
+    """A real checkpoint's shape (384 px, 576 tokens, regenerate refiner): refine and selfimprove (bf16 autocast,
+    gradient checkpointing) on a prompt file with free text, graded by a local CLIP."""
+    from unigap.model import load_model
+    from unigap.selfimprove import run
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\na blue circle\n")
+    code, _, err = run_main(capsys, ["refine", "--model", janus_pro_dir, "--prompts", prompts, "--n", 2, "--rounds", 1,
+                                     "--batch-size", 2, "--judge", f"clip:{clip_dir}", "--out", tmp_path / "refine"])
+    assert code == 0, err
+    report = json.loads((tmp_path / "refine" / "refine.json").read_text())
+    assert report["config"]["refiner_used"] == "regenerate" and report["judged"]["rounds"][1]["n"] == 2
+    assert report["rounds"][0]["n"] == 1 and report["oracle"]["rounds"][0]["n"] == 1
+
+    config = SelfImproveConfig(prompts=str(prompts), audit=f"clip:{clip_dir}", method="sft", n_prompts=2, samples=2,
+                               epochs=1, eval_n=0, epoch_eval_n=0, audit_size=4, batch_size=2, guard=False, bf16=True,
+                               gradient_checkpointing=True)
+    result = run(load_model(janus_pro_dir), config, tmp_path / "si", progress=False)
+    assert result["audits"][0]["audited"] == 4 and math.isfinite(result["epochs"][1]["loss"])
+    assert (tmp_path / "si" / "adapter" / "adapter_config.json").is_file()
