@@ -65,27 +65,31 @@ INPUTS_FILE = "inputs.json"
 
 
 def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, write: bool = True,
-                 **data: Path | str | None) -> None:
+                 fingerprints: dict[str, str | None] | None = None, **data: Path | str | None) -> dict[str, str | None]:
     """Record what a resumable run reads, by content, in OUT/inputs.json: the model's weights (`weights_fingerprint`),
     the adapter's and each data file's sha256 (a split name as itself), and the command; or refuse (`UserError`) to
     continue a run made from other inputs, which `--resume` would mix with this one's. Called once the inputs are
     checked, before anything is written; `write=False` only checks (before the model loads, where the inputs can only
     be read in full with it). A directory that already holds files but no record (a run from before records)
-    is left as it is: its inputs are unknown, and a record written now would vouch for them."""
+    is left as it is: its inputs are unknown, and a record written now would vouch for them. Returns the record;
+    `fingerprints`, a check's record, is written without reading the inputs again."""
     from unigap import distributed
     from unigap.atomic import PROBE_PREFIX, claim_settings, file_fingerprint
     from unigap.model.checkpoint import weights_fingerprint
     from unigap.model.loading import resolve_checkpoint
 
     # the command too: until a run finishes and writes its manifest, this names what made OUT (`cli._made_by`)
-    inputs: dict[str, str | None] = {"command": what,
-                                     "model_weights": weights_fingerprint(resolve_checkpoint(model))}
-    for name, source in {"adapter": adapter, **data}.items():  # (an absent one as null: compared too)
-        inputs[name] = None if source is None else file_fingerprint(source) if Path(source).exists() else str(source)
+    inputs = fingerprints
+    if inputs is None:
+        inputs = {"command": what, "model_weights": weights_fingerprint(resolve_checkpoint(model))}
+        for name, source in {"adapter": adapter, **data}.items():  # (an absent one as null: compared too)
+            exists = source is not None and Path(source).exists()
+            inputs[name] = file_fingerprint(source) if exists else None if source is None else str(source)
     recorded = (out / INPUTS_FILE).is_file() or not out.is_dir() or not any(
         not entry.name.startswith(PROBE_PREFIX) for entry in out.iterdir())  # (another process's write test)
     claim_settings(out / INPUTS_FILE, inputs, what, defaults={"command": what},  # (a record from before it had one)
                    write=write and distributed.is_main() and recorded, kind="inputs (compared by content)")
+    return inputs
 
 
 def exit_for_guard(stopped: GuardStopped, out: Path, record: dict[str, Any]) -> NoReturn:

@@ -84,15 +84,17 @@ def diagnose_command(
 
     from unigap.diagnose import run_diagnostics, shared_parameters, write_report
     from unigap.manifest import manifest, write_manifest
-    from unigap.prefs.rows import check_pair_file, load_pairs
+    from unigap.prefs.rows import check_pair_file, pairs_of
     from unigap.train.dpo import DPOOptions
 
-    for task, path in (("und", und), ("gen", gen)):  # a malformed row, or too few, fails before the model loads
-        if len(found := check_pair_file(path, task)) < 2:
-            raise UserError(f"{path}: intra-task cosines need at least 2 pairs, found {len(found)}")
+    files = {"und": und, "gen": gen}
+    rows = {task: check_pair_file(path, task) for task, path in files.items()}  # a malformed row fails before the load
+    for task, found in rows.items():  # as do too few
+        if len(found) < 2:
+            raise UserError(f"{files[task]}: intra-task cosines need at least 2 pairs, found {len(found)}")
     um = load(model, adapter)
     # TRL rows need the model, and are converted as the batches draw them (a large file is mostly never drawn)
-    data = {"und": load_pairs(und, "und", um, on_use=True), "gen": load_pairs(gen, "gen", um, on_use=True)}
+    data = {task: pairs_of(rows[task], path, task, um, on_use=True) for task, path in files.items()}
     try:
         params = shared_parameters(um, full_params, seed)
     except ValueError as exc:  # e.g. an adapter with no LoRA on the LLM's decoder layers

@@ -54,13 +54,12 @@ def study_command(
     )
     from dataclasses import asdict
 
-    from unigap.manifest import manifest, read_record, write_manifest
-    from unigap.study.results import STUDY_FILE
+    from unigap.manifest import manifest, write_manifest
 
     out = out or Path("runs/study-quick" if quick else "runs/study")
     with manifest("study", asdict(config), seeds=list(range(config.seeds)), judge={"name": "verifier"}) as record:
         built = build_report(run_study(config, out), out, title=f"unigap study: {config.model}")
-        record["config"]["methods"] = read_record(out / STUDY_FILE)["methods"]  # every arm of the folder, not only ours
+        record["config"]["methods"] = built.results["config"]["methods"]  # study.json's: every arm of the folder
     write_manifest(out, record)
     print_table(summary_table(built.results))
     typer.echo(f"wrote {out / 'report.html'} (and results.json, results.csv, figures) in {out}")

@@ -90,7 +90,7 @@ def train(
         return
     if strategy is None:
         raise UserError("--objective dpo needs --strategy (one of " + ", ".join(STRATEGIES) + ")")
-    from unigap.prefs.rows import check_pair_file, load_pairs
+    from unigap.prefs.rows import check_pair_file, pairs_of
     from unigap.train.config import TrainConfig
     from unigap.train.trainer import DPOTrainer
 
@@ -98,9 +98,8 @@ def train(
     run = run.under(settings.bf16)
     files = {task: path for task, path in (("und", und), ("gen", gen)) if path is not None}
     check_pair_tasks(settings.strategy, files)  # before the model loads
-    for task, path in files.items():
-        check_pair_file(path, task)  # a malformed row fails before the model loads
-    claim_inputs(out, "train", model, und=und, gen=gen, write=False)  # another run's OUT, too
+    rows = {task: check_pair_file(path, task) for task, path in files.items()}  # a bad row fails before the load
+    inputs = claim_inputs(out, "train", model, und=und, gen=gen, write=False)  # another run's OUT, too
     from unigap.manifest import manifest
     from unigap import distributed
 
@@ -108,8 +107,9 @@ def train(
                        **settings.to_dict()}
     with manifest("train", settings_record, seeds=[settings.seed]) as record:
         um = run.load(record)
-        und_pairs, gen_pairs = (load_pairs(files[task], task, um) if task in files else [] for task in ("und", "gen"))
-        claim_inputs(out, "train", model, und=und, gen=gen)  # recorded once every row is read (images, token ids)
+        und_pairs, gen_pairs = (pairs_of(rows[task], files[task], task, um) if task in files else []
+                                for task in ("und", "gen"))
+        claim_inputs(out, "train", model, fingerprints=inputs)  # recorded once every row is read (images, token ids)
         trainer = DPOTrainer(um, settings, und_pairs, gen_pairs, out, report_to=backends)
         with progress(settings.strategy, settings.steps, distributed.is_main()) as update:
             result = trainer.train(resume, lambda step, row: update(step, _losses(row)))

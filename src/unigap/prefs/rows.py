@@ -236,7 +236,13 @@ def load_pairs(path: str | Path, task: str, um: Any = None, on_use: bool = False
     """All pairs of a preference file for one task (see `check_pair_file`). A file in TRL's convention needs `um`,
     the base model: its images are encoded and its reference log-probs computed, for every row (a list), or with
     `on_use` for each row when first indexed (`PairsOnUse`). Given `um`, image-token ids must fit it (`check_ids`)."""
-    rows = check_pair_file(path, task)
+    return pairs_of(check_pair_file(path, task), path, task, um, on_use)
+
+
+def pairs_of(rows: Sequence[tuple[str, dict[str, Any]]], path: str | Path, task: str, um: Any = None,
+             on_use: bool = False) -> Sequence[Pair]:
+    """`load_pairs` of rows `check_pair_file(path, task)` already read (a command checks them before the model
+    loads, then converts them)."""
     if is_trl_row(rows[0][1]):
         if um is None:
             raise ValueError("pairs in TRL's convention need the base model to be read")

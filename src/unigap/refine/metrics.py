@@ -45,6 +45,11 @@ def _decided(trajectories: Sequence[Trajectory], verdicts: Verdicts | None) -> l
     return [(t, list(v)) for t, v in zip(trajectories, verdicts, strict=True) if None not in v]
 
 
+def _rate(outcomes: Sequence[bool]) -> dict[str, Any]:
+    """The share of true outcomes, with n, stderr and its Wilson interval."""
+    return with_ci(summarize(outcomes, "rate"), "rate")
+
+
 def round_metrics(trajectories: Sequence[Trajectory], rounds: int,
                   verdicts: Verdicts | None = None) -> list[dict[str, Any]]:
     """One entry per round 0..rounds (see the module docstring), by the verifier or by `verdicts` (another judge's,
@@ -55,15 +60,15 @@ def round_metrics(trajectories: Sequence[Trajectory], rounds: int,
         rows = [{"category": t.spec.category, "verified": verdict_after(v, round_)} for t, v in decided]
         entry = {"round": round_, **with_ci(summarize_grouped(rows, "verified", "accuracy", "category", CATEGORIES,
                                                               "by_category"), "accuracy")}
-        changes = [(v[round_ - 1], v[round_]) for _, v in decided if len(v) > round_] if round_ else []
-        entry.update(  # (round 0 generates: nothing refined or stopped yet, the changes undefined)
-            refined=sum(len(t.images) > round_ for t in trajectories) if round_ else 0,
-            improved=with_ci(summarize([not a and b for a, b in changes], "rate"), "rate") if round_ else None,
-            worse=with_ci(summarize([a and not b for a, b in changes], "rate"), "rate") if round_ else None,
-            unchanged=with_ci(summarize([a == b for a, b in changes], "rate"), "rate") if round_ else None,
-            stopped=sum(t.stop_round == round_ for t in trajectories),
-            format_failures=sum(t.format_failure_round == round_ for t in trajectories),
-        )
+        if round_:
+            changes = [(v[round_ - 1], v[round_]) for _, v in decided if len(v) > round_]
+            entry.update(refined=sum(len(t.images) > round_ for t in trajectories),
+                         improved=_rate([not a and b for a, b in changes]),
+                         worse=_rate([a and not b for a, b in changes]), unchanged=_rate([a == b for a, b in changes]))
+        else:  # round 0 generates: nothing refined yet, the changes undefined
+            entry.update(refined=0, improved=None, worse=None, unchanged=None)
+        entry.update(stopped=sum(t.stop_round == round_ for t in trajectories),
+                     format_failures=sum(t.format_failure_round == round_ for t in trajectories))
         out.append(entry)
     return out
 
@@ -77,12 +82,12 @@ def stop_metrics(trajectories: Sequence[Trajectory], verdicts: Verdicts | None =
             decisions.append((t.stop_round == note_round, v[note_round - 1]))
     stopped = [t.stop_round for t in trajectories if t.stop_round is not None]
     return {
-        "rate": with_ci(summarize([t.stop_round is not None for t in trajectories], "rate"), "rate"),
+        "rate": _rate([t.stop_round is not None for t in trajectories]),
         "mean_round": summarize(stopped, "mean"),
         "decisions": len(decisions),
-        "stopped_on_correct": with_ci(summarize([s and ok for s, ok in decisions], "rate"), "rate"),
-        "stopped_on_wrong": with_ci(summarize([s and not ok for s, ok in decisions], "rate"), "rate"),
-        "went_on_past_correct": with_ci(summarize([not s and ok for s, ok in decisions], "rate"), "rate"),
+        "stopped_on_correct": _rate([s and ok for s, ok in decisions]),
+        "stopped_on_wrong": _rate([s and not ok for s, ok in decisions]),
+        "went_on_past_correct": _rate([not s and ok for s, ok in decisions]),
     }
 
 

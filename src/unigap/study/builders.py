@@ -99,8 +99,7 @@ def refine(runner: Any, name: str, seed: int) -> None:
     report["self_judge"] = self_judge_metrics(records)
     report["records"]["generation"] = records
     report["config"].update(model=c.model, method=name, refine_rounds=c.refine_rounds)
-    if name == "refine-grpo":  # (the other refine arms are the base model)
-        report["win_rate"] = runner.win_rate(um, seed)
+    runner.add_win_rate(report, um, name, seed)  # (refine-grpo's; the other refine arms are the base model)
     save_report(report, runner.eval_file(name, seed))
 
 

@@ -174,9 +174,13 @@ class StudyRunner:
 
         report = self.evaluation(um, seed, on_images)
         report["config"].update(model=self.config.model, method=method)
+        self.add_win_rate(report, um, method, seed)
+        save_report(report | (notes or {}), self.eval_file(method, seed))
+
+    def add_win_rate(self, report: dict[str, Any], um: Any, method: str, seed: int) -> None:
+        """A trained arm's report gains its `win_rate` (an inference-time arm's model is the base's: none)."""
         if method in ARMS and ARMS[method].kind == "trained":
             report["win_rate"] = self.win_rate(um, seed)
-        save_report(report | (notes or {}), self.eval_file(method, seed))
 
     @contextmanager
     def bar(self, description: str, total: int) -> Iterator[Callable[..., None]]:
