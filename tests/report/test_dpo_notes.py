@@ -14,7 +14,7 @@ def _results(delta: float, significant: bool, loss: float, no_signal: bool, over
                 "gen-only": {"trained": ["gen"], "gen_loss": loss, "gen_no_signal": no_signal, "gen_ln2_gap": loss - LN2,
                              "gen_chosen_shift": 1.0,
                              "gen_overoptimised": overoptimised}}
-    gen = {"delta": delta, "significant": significant, "p": 0.5, "paired": {"p": 0.4}}
+    gen = {"delta": delta, "significant": significant, "test": "paired", "p": 0.4}
     return {"training": training, "results": {m: {"generation.accuracy": gen} for m in training}}
 
 
@@ -36,8 +36,8 @@ def test_a_loss_above_ln2_is_not_called_fitted() -> None:
 
 def test_without_a_paired_test_the_welch_p_is_quoted() -> None:
     results = _results(0.003, False, 0.55, False)
-    results["results"]["gen-only"]["generation.accuracy"]["paired"] = None
-    assert "gen-only: +0.003 (p 0.500)" in dpo_notes(results)[0]
+    results["results"]["gen-only"]["generation.accuracy"] |= {"test": "welch", "p": 0.5}
+    assert "gen-only: +0.003 (welch p 0.500)" in dpo_notes(results)[0]
 
 
 def test_a_significant_gain_needs_no_note() -> None:
@@ -53,8 +53,8 @@ def test_the_best_is_named_among_the_arms_that_did_not_over_optimise() -> None:
     results = _results(0.003, False, 0.55, False)
     results["training"]["joint"] = {**results["training"]["gen-only"], "trained": ["und", "gen"], "gen_loss": 0.01,
                                     "gen_chosen_shift": -9.0, "gen_overoptimised": True}
-    results["results"]["joint"] = {"generation.accuracy": {"delta": -0.2, "significant": True, "p": 1e-5,
-                                                           "paired": {"p": 1e-6}}}
+    results["results"]["joint"] = {"generation.accuracy": {"delta": -0.2, "significant": True, "test": "paired",
+                                                           "p": 1e-6}}
     over, no_gain = dpo_notes(results)
     assert "over-optimised in joint" in over
     assert "The best of the arms that did not over-optimise, gen-only: +0.003" in no_gain

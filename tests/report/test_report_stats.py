@@ -35,31 +35,36 @@ def _items(study: Study, method: str, records: str, outcome: str) -> np.ndarray:
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.name)
 def test_welch_equals_scipy_on_items_pooled_over_seeds(study, results, metric):
+    """The paper's test, kept beside the deciding one in every row."""
     method, base = (
         _items(study, "und-only", metric.records, metric.outcome),
         _items(study, BASE, metric.records, metric.outcome),
     )
     expected = stats.ttest_ind(method, base, equal_var=False)
-    got = results["results"]["und-only"][metric.name]
-    assert got["n"] == len(method)
+    row = results["results"]["und-only"][metric.name]
+    got = row["welch"]
+    assert row["n"] == len(method) and math.isclose(row["delta"], method.mean() - base.mean(), abs_tol=1e-12)
     assert math.isclose(got["t"], expected.statistic, rel_tol=1e-9)
     assert math.isclose(got["p"], expected.pvalue, rel_tol=1e-9, abs_tol=1e-300)
     assert math.isclose(got["df"], expected.df, rel_tol=1e-9)
-    assert math.isclose(got["delta"], method.mean() - base.mean(), abs_tol=1e-12)
     np.testing.assert_allclose(got["delta_ci95"], expected.confidence_interval(0.95), rtol=1e-9)
 
 
-def test_the_paired_test_uses_the_same_items_of_both_sides(study, results):
-    """Base and arm share items and sampling seeds, so each row also holds scipy's paired t-test on them; an arm
-    whose items do not line up with the base's gets none."""
+def test_the_paired_test_decides_where_the_items_line_up(study, results):
+    """Base and arm share items and sampling seeds, so scipy's paired t-test on them decides (p, interval,
+    Bonferroni); an arm whose items do not line up with the base's is decided by Welch's test."""
     metric = METRICS[1]  # generation accuracy: one outcome per prompt, present on both sides
     arm, base = (_items(study, m, metric.records, metric.outcome) for m in ("und-only", BASE))
     expected = stats.ttest_rel(arm, base)
-    got = results["results"]["und-only"][metric.name]["paired"]
-    assert math.isclose(got["p"], expected.pvalue, rel_tol=1e-9) and got["df"] == len(arm) - 1
+    got = results["results"]["und-only"][metric.name]
+    assert got["test"] == "paired" and got["df"] == len(arm) - 1
+    assert math.isclose(got["p"], expected.pvalue, rel_tol=1e-9) and math.isclose(got["t"], expected.statistic)
+    np.testing.assert_allclose(got["delta_ci95"], expected.confidence_interval(0.95), rtol=1e-9)
+    assert got["p_bonferroni"] == min(1.0, got["p"] * results["bonferroni"]["tests"])
     shifted = Study([MethodRun(r.method, r.seed + (10 if r.method == "und-only" else 0), r.eval_report, r.log_rows)
                      for r in study.runs], study.config)
-    assert compute_stats(shifted)["results"]["und-only"][metric.name]["paired"] is None
+    welch_row = compute_stats(shifted)["results"]["und-only"][metric.name]
+    assert welch_row["test"] == "welch" and welch_row["p"] == welch_row["welch"]["p"] != got["p"]
 
 
 def test_weak_generation_counts_only_self_rejected_images(study, results):
@@ -87,7 +92,9 @@ def test_summaries_without_records_give_the_same_test(study, results):
     got = compute_stats(Study([summarised(run) for run in study.runs]))
     for metric in METRICS:
         a, b = got["results"]["gen-only"][metric.name], results["results"]["gen-only"][metric.name]
-        assert math.isclose(a["p"], b["p"], rel_tol=1e-9) and math.isclose(a["t"], b["t"], rel_tol=1e-9)
+        assert a["test"] == "welch"  # no items to pair
+        assert math.isclose(a["p"], b["welch"]["p"], rel_tol=1e-9)
+        assert math.isclose(a["t"], b["welch"]["t"], rel_tol=1e-9)
         assert a["ci95_bootstrap"] is None and b["ci95_bootstrap"] is not None
 
 
@@ -154,11 +161,12 @@ def test_each_family_is_also_corrected_over_its_own_arms(study):
 
 
 def test_undefined_tests_are_null_not_nan():
-    constant = {"records": {"understanding": [{"correct": True}] * 5, "generation": []}}
+    constant = {"records": {"understanding": [{"index": i, "correct": True} for i in range(5)], "generation": []}}
     study = Study([MethodRun(BASE, 0, constant), MethodRun("joint", 0, constant)])
     results = compute_stats(study)
     m = results["results"]["joint"]["understanding.accuracy"]
-    assert m["p"] is None and m["t"] is None and not m["significant"] and m["delta"] == 0.0
+    assert m["welch"]["p"] is None and m["welch"]["t"] is None and not m["significant"] and m["delta"] == 0.0
+    assert m["test"] == "paired" and m["p"] == 1.0  # the same outcome on every item: no evidence of a change
     assert m["ci95_seeds"] is None  # one seed
     assert results["results"]["joint"]["generation.accuracy"]["n"] == 0
     json.dumps(results, allow_nan=False)
@@ -210,7 +218,8 @@ def test_csv_has_one_row_per_method_and_metric(results, tmp_path):
         read = list(csv.DictReader(handle))
     und = next(r for r in read if r["method"] == "und-only" and r["metric"] == "understanding.accuracy")
     m = results["results"]["und-only"]["understanding.accuracy"]
-    assert math.isclose(float(und["p"]), m["p"]) and und["significant"] == "True"
+    assert math.isclose(float(und["p"]), m["p"]) and und["significant"] == "True" and und["test"] == "paired"
+    assert math.isclose(float(und["p_welch"]), m["welch"]["p"])
     assert math.isclose(float(und["delta_ci95_low"]), m["delta_ci95"][0])
     assert math.isclose(float(und["alpha_corrected"]), results["bonferroni"]["alpha_corrected"])
     base = next(r for r in read if r["method"] == BASE)

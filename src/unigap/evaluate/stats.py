@@ -69,8 +69,9 @@ def summarize_grouped(
 
 def paired_difference(before: Sequence[float | bool], after: Sequence[float | bool]) -> dict[str, Any]:
     """after − before on the same items (same prompts and sampling seeds): the mean change with n, stderr, a 95%
-    t-interval and the two-sided paired t-test's t and p (`scipy.stats.ttest_rel`); t and p are null when every
-    change is equal (no variance), the interval then being the point."""
+    t-interval and the two-sided paired t-test's t and p (`scipy.stats.ttest_rel`). Without variance the t-test is
+    undefined (the interval is then the point): no change anywhere is no evidence of one (t 0, p 1, as a sign test
+    gives); the same non-zero change everywhere leaves t and p null."""
     from scipy import stats
 
     if len(before) != len(after):
@@ -89,4 +90,6 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     if sd > 0:
         test = stats.ttest_rel(after, before)
         out["t"], out["p"] = float(test.statistic), float(test.pvalue)
+    elif delta == 0:
+        out["t"], out["p"] = 0.0, 1.0
     return out

@@ -2,13 +2,13 @@
 
 Why a registry and not prose: the verdict sentence the report prints is computed from `results.json`, so it cannot
 disagree with the numbers beside it. One claim per family; adding one is one entry in `CLAIMS`. A claim is decided by
-one test: an arm against the base (Welch, Bonferroni within the arm's family, as the per-family tables) or against
-its baseline arm (the paired comparison of `unigap.report.compare`). Reproduced = significant in the claimed
-direction; contradicted = significant the other way; otherwise not reproduced. (R3's claim is the loop against
-one-shot generation, so `refine` is tested against the base; its comparison with best-of-N at the same sampling
-budget is the report's own section.) The published numbers come from
-models and benchmarks we do not have (Janus-Pro-7B, BAGEL-7B; VQA score, CLIPScore, T2I-CompBench++, GenEval++),
-so they are shown beside ours for direction, never subtracted from them.
+one test: an arm against the base (the report's test, paired on the same items, Bonferroni within the arm's family as
+the per-family tables; Welch's p, the papers' test, is quoted beside it) or against its baseline arm (the paired
+comparison of `unigap.report.compare`). Reproduced = significant in the claimed direction; contradicted = significant
+the other way; otherwise not reproduced. (R3's claim is the loop against one-shot generation, so `refine` is tested
+against the base; its comparison with best-of-N at the same sampling budget is the report's own section.) The
+published numbers come from models and benchmarks we do not have (Janus-Pro-7B, BAGEL-7B; VQA score, CLIPScore,
+T2I-CompBench++, GenEval++), so they are shown beside ours for direction, never subtracted from them.
 """
 
 from __future__ import annotations
@@ -61,10 +61,9 @@ def _test(results: dict[str, Any], claim: Claim) -> dict[str, Any] | None:
             return None
         family = results["bonferroni"].get("families", {}).get(claim.family)  # absent from older results
         tests = f"the family's {family['tests']}" if family else f"all {results['bonferroni']['tests']}"
-        paired = row.get("paired") or {}
-        return {"delta": row["delta"], "ci95": row.get("delta_ci95"), "p": row["p"], "p_paired": paired.get("p"),
-                "significant": row.get("significant_in_family", row["significant"]),
-                "test": f"Welch against the base, Bonferroni over {tests} tests"}
+        return {"delta": row["delta"], "ci95": row.get("delta_ci95"), "p": row["p"], "p_welch": row["welch"]["p"],
+                "significant": row["significant_in_family"],
+                "test": f"{row['test']} against the base, Bonferroni over {tests} tests"}
     for comparison in results.get("comparisons", []):
         if comparison["arm"] == claim.arm and comparison["baseline"] == claim.against:
             row = comparison["metrics"].get(claim.metric)
@@ -107,8 +106,8 @@ def sentence(entry: dict[str, Any]) -> str:
     ci = entry.get("ci95")
     interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
     p = _p(entry["p"])
-    if entry.get("p_paired") is not None:
-        p += f", paired on the same items {entry['p_paired']:.2g}"
+    if entry.get("p_welch") is not None:
+        p += f", Welch {entry['p_welch']:.2g}"
     return (f"{head} ({entry['arm']} − {entry['against']}, {entry['metric']}: {entry['delta']:+.3f}{interval}, "
             f"p {p}; {entry['test']}).")
 

@@ -1,11 +1,11 @@
 """Models' `unigap eval` reports against a baseline's, with the study's statistics (`unigap compare`).
 
-Why: a user who evaluated a model before and after their own training wants the study's tests (Welch against
-the baseline, the paired test where both sides hold the same items and sampling seeds, Bonferroni over models ×
-metrics) without running a study. The reports become a `Study` whose base is the first model, and
-`compute_stats` does the rest, over the metrics the reports hold: the study's, plus generation accuracy by another
-independent judge (`eval --judge clip:DIR|vlm:DIR`) where there is one. What only a study has (training logs,
-gradient diagnostics, arm families) is left out of the result.
+Why: a user who evaluated a model before and after their own training wants the study's tests (the paired test
+where both sides hold the same items and sampling seeds, Welch otherwise, Bonferroni over models × metrics) without
+running a study. The reports become a `Study` whose base is the first model, and `compute_stats` does the rest, over
+the metrics the reports hold: the study's, plus generation accuracy by another independent judge (`eval --judge
+clip:DIR|vlm:DIR`) where there is one. What only a study has (training logs, gradient diagnostics, arm families) is
+left out of the result.
 """
 
 from __future__ import annotations
@@ -140,19 +140,20 @@ def _interval(interval: Sequence[float] | None) -> str:
 
 
 def comparison_table(results: dict[str, Any]) -> Table:
-    """`compare_reports`' results for the terminal: per model and metric both levels, Δ with Welch's 95% CI and p
-    (bold * = significant after Bonferroni over models × metrics), and the paired test, uncorrected, where both
-    sides hold the same items."""
+    """`compare_reports`' results for the terminal: per model and metric both levels, Δ with the deciding test's 95%
+    CI and p (bold * = significant after Bonferroni over models × metrics), the test (paired where both sides hold
+    the same items, else Welch), and Welch's p, uncorrected, for reading beside papers that use it."""
     b, baseline = results["bonferroni"], results["base"]
     by_model = results.get("model_seeds") or {name: results["seeds"] for name in results["methods"]}  # (older ones)
     if all(each == by_model[baseline] for each in by_model.values()):
         seeds = f"seeds {by_model[baseline]}"
     else:  # (the union would claim seeds some model was never evaluated at)
         seeds = "seeds " + ", ".join(f"{name} {each}" for name, each in by_model.items())
-    table = Table(title=f"against {baseline}, {seeds}: level {baseline} → model; Δ and p by Welch, "
+    table = Table(title=f"against {baseline}, {seeds}: level {baseline} → model; Δ and p by the paired test where "
+                        "both sides hold the same items (same --split, --n, --seed, --data-seed), else Welch; "
                         f"* significant after Bonferroni over {b['tests']} tests (p < {b['alpha_corrected']:.2g}); "
-                        "paired: the same items on both sides (same --split, --n, --seed, --data-seed), uncorrected")
-    for header in ("model", "metric", "n", "level", "Δ [95% CI]", "p", "paired: CI, p"):
+                        "Welch p uncorrected")
+    for header in ("model", "metric", "n", "level", "Δ [95% CI]", "p", "test", "Welch p"):
         table.add_column(header, justify="left" if header in ("model", "metric") else "right", overflow="fold",
                          no_wrap=header in ("metric", "n", "p"))
     for method in results["methods"][1:]:
@@ -161,12 +162,11 @@ def comparison_table(results: dict[str, Any]) -> Table:
             if not m["n"]:
                 continue
             test = f"{fmt(m['delta'], signed=True)} {_interval(m['delta_ci95'])}"
-            paired = m["paired"]
             n = str(m["n"]) if m["n"] == base["n"] else f"{base['n']} → {m['n']}"  # (both, where they differ)
             table.add_row(
                 method, metric["label"].rsplit(" ", 1)[0], n, f"{fmt(base['pooled'])} → {fmt(m['pooled'])}",
-                f"[bold green]{test}*[/bold green]" if m["significant"] else test, fmt_p(m["p"]),
-                "—" if paired is None else f"{_interval(paired['delta_ci95'])} {fmt_p(paired['p'])}",
+                f"[bold green]{test}*[/bold green]" if m["significant"] else test, fmt_p(m["p"]), m["test"],
+                fmt_p(m["welch"]["p"]),
             )
         table.add_section()
     return table

@@ -57,8 +57,8 @@ def _legend_outside(ax: Axes) -> None:
 
 
 def tradeoff_plot(results: dict[str, Any], path: Path) -> Path:
-    """Each method as an arrow from the base (the origin) to its Δ understanding, Δ generation accuracy, with Welch
-    95% CIs: which arm closes the gap, and in which direction."""
+    """Each method as an arrow from the base (the origin) to its Δ understanding, Δ generation accuracy, with the
+    95% CIs of its tests: which arm closes the gap, and in which direction."""
     figure = Figure(figsize=(8.5, 5.5))
     ax = figure.add_subplot()
     colours = method_colours(results["methods"])
@@ -252,8 +252,8 @@ def write_figures(study: Study, results: dict[str, Any], directory: str | Path) 
         Plot(
             tradeoff_plot(results, directory / "tradeoff.png"),
             "Understanding–generation trade-off",
-            "Δ vs base of the pooled per-item accuracies (all seeds); error bars: Welch 95% CIs of the "
-            "difference. Filled markers: significant on either axis after Bonferroni.",
+            "Δ vs base of the pooled per-item accuracies (all seeds); error bars: 95% CIs of the "
+            "difference (paired test). Filled markers: significant on either axis after Bonferroni.",
         )
     ]
     if _trained(study):

@@ -74,8 +74,7 @@ def no_gain_note(results: dict[str, Any]) -> list[str]:
         return []
     best = max(rows, key=lambda m: rows[m]["delta"])
     r, t = rows[best], results["training"][best]
-    paired = r.get("paired") or {}
-    test = f"paired p {fmt_p(paired['p'])}" if paired.get("p") is not None else f"p {fmt_p(r['p'])}"
+    test = f"{r['test']} p {fmt_p(r['p'])}"
     loss = t.get("gen_loss")  # read with the training summary's own ln 2 verdicts (`gen_no_signal`, `gen_ln2_gap`)
     if loss is None:
         why = "its training log holds no generation DPO loss."

@@ -56,8 +56,9 @@ SMALL_RUN = 100  # items per seed below which the report says the run is too sma
 
 def headline_table(results: dict[str, Any], methods: Sequence[str] | None = None,
                    significance: str = "significant") -> Safe:
-    """Per method and metric: Δ vs base with its Welch CI, and p; bold where `significance` says so (Bonferroni over
-    every arm, or over the method's family with "significant_in_family"); all methods unless `methods`. Then the
+    """Per method and metric: Δ vs base with its CI, and p (the paired test, or Welch's: `unigap.report.stats`);
+    bold where `significance` says so (Bonferroni over every arm, or over the method's family with
+    "significant_in_family"); all methods unless `methods`. Then the
     DPO arms' KL to the reference (und / gen, nats per sequence) and each arm's wall time over its seeds."""
     headers = ["method"]
     for metric in METRICS:
@@ -254,9 +255,11 @@ def methods_section(results: dict[str, Any]) -> str:
     o, b = results["options"], results["bonferroni"]
     notes = [
         f"Seeds: {', '.join(map(str, results['seeds']))}; every method and the base are evaluated per seed.",
-        "Test: Welch's two-sided t-test of each method against the base over the per-item outcomes pooled "
-        "across seeds (the paper's design: n = 200 per seed, 3 seeds). Δ = pooled mean − base pooled mean; its CI is "
-        "the Welch interval.",
+        "Test: base and method are evaluated on the same items with the same sampling seeds, so each method is "
+        "tested against the base by the two-sided paired t-test on the per-item differences pooled across seeds "
+        "(Welch's t-test on the pooled outcomes where the items do not line up; results.json names the test of "
+        "each row). Δ = pooled mean − base pooled mean; its CI is the test's interval. The paper's test, Welch's "
+        "(n = 200 per seed, 3 seeds), is in results.json and results.csv beside it (p_welch).",
         f"Bonferroni over {b['tests']} tests (methods × metrics): α = {b['alpha']} → significant when "
         f"p < {b['alpha_corrected']:.2g} (the paper: {PAPER_BONFERRONI['methods']} × "
         f"{PAPER_BONFERRONI['metrics']}, p < {PAPER_BONFERRONI['alpha_corrected']}).{_family_note(b)}",
@@ -305,9 +308,9 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
         f'<h1>{escape(title)}</h1>{banner}<p class="lead">{escape(lead)}</p>',
         "<h2>Headline: Δ vs base</h2>",
         headline_table(results),
-        '<p class="note">Δ of pooled per-item means over all seeds, Welch 95% CI in brackets; base row: its '
-        "level with a bootstrap CI. Understanding accuracy is our VQA-like score, generation accuracy the exact "
-        "verifier's (the paper's CLIPScore).</p>",
+        '<p class="note">Δ of pooled per-item means over all seeds, 95% CI of the paired test in brackets (Welch\'s '
+        "where the items differ); base row: its level with a bootstrap CI. Understanding accuracy is our VQA-like "
+        "score, generation accuracy the exact verifier's (the paper's CLIPScore).</p>",
         paper_headline_table(),
         f'<p class="note">Published Janus-Pro-7B deltas vs base VQA {PAPER_BASE["vqa"]} / CLIPScore '
         f"{PAPER_BASE['clip']}; different scales from ours — compare direction and significance only.</p>",

@@ -1,20 +1,21 @@
-"""The study's statistics: per-seed and pooled metrics, Welch tests against the base, Bonferroni, final
+"""The study's statistics: per-seed and pooled metrics, tests against the base, Bonferroni, final
 DPO losses against ln 2, KL, and the gradient diagnostics — as one JSON-serialisable dict.
 
 Choices (SPEC §1: "n = 200 per seed, 3 seeds, Welch t-test per method vs base, Bonferroni over
 methods × metrics"):
 
-- **Test**: Welch's two-sided t-test of a method against the base over the *per-item outcomes pooled across
-  seeds* (3 × 200 = 600 items a side), as the paper's n = 200 per seed implies; a test over 3 seed means
-  could not reach its p = 0.005. When an evaluation report has no per-item `records`, the same test is
-  computed exactly from each seed's mean, n and standard error. `delta` is the pooled mean minus the base's,
-  `delta_ci95` the Welch interval of that difference (the error bars of the trade-off figure).
+- **Test** (`test`, `t`, `df`, `p`, `delta_ci95`): base and arm are evaluated on the same items with the same
+  sampling seeds, so where their per-item records line up (seed, item index, prompt or question) the deciding test
+  is the **paired** t-test on the per-item differences pooled across seeds (3 × 200 = 600 pairs), which removes
+  the items' own difficulty from the error. Otherwise (an arm evaluated on other items, or reports without
+  records) it is Welch's two-sided t-test on the pooled per-item outcomes, computed exactly from each seed's mean,
+  n and standard error when there are no records. `delta` is the pooled mean minus the base's, `delta_ci95` the
+  deciding test's interval of that difference (the error bars of the trade-off figure).
+- **Welch** (`welch`): the paper's test (SPEC §1: "Welch t-test per method vs base") is kept beside it in every
+  row, for reading our numbers next to the paper's; a test over 3 seed means could not reach its p = 0.005.
 - **CIs of a method's level**: `ci95_seeds` is the t-interval over the seed means (k − 1 df; null for one
   seed) around `mean_over_seeds`; `ci95_bootstrap` is a percentile bootstrap of the pooled per-item mean,
   resampling items within each seed (null without records).
-- **Paired**: base and arm are evaluated on the same items with the same sampling seeds, so where their per-item
-  records line up (seed, item index, prompt or question) each row also holds `paired`: the paired t-test on the
-  per-item differences with its CI. The paper's Welch test stays the one significance is decided on.
 - **Bonferroni**: the family is every method (base excluded) × every metric; `alpha_corrected` = α / family
   size, `significant` = p < alpha_corrected, `p_bonferroni` = min(1, p · family size). Each arm's family of
   methods (p1–p4) is also corrected on its own: `p_bonferroni_family`, `significant_in_family` (over that family's
@@ -43,6 +44,7 @@ from unigap.study.results import BASE, METRICS, Metric, MethodRun, Sample, Study
 from unigap.train.names import TASKS, trained_tasks
 
 OTHER_FAMILY = "other"  # the family of a method outside the arm registry
+TEST_KEYS = ("test", "t", "df", "p", "delta_ci95")  # the deciding test's fields in each row
 
 CONFIDENCE = 0.95
 # the training-log series the report reads, each with the log keys that may hold it (first present wins)
@@ -248,20 +250,20 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
         for metric in metrics_tested:
             summary, pooled = metric_summary(study.of(method), metric, options)
             base = base_samples[metric.name]
-            test = welch(pooled, base)
             keyed_method, keyed_base = keyed(study.of(method), metric), keyed(study.of(BASE), metric)
             same_items = paired(keyed_method, keyed_base) if keyed_method and keyed_base else None
+            paper = welch(pooled, base)
+            test = same_items or {"test": "welch", **paper}
             delta = None if pooled.mean is None or base.mean is None else pooled.mean - base.mean
             p = test["p"]
             metrics[method][metric.name] = summary | {
                 "delta": delta,
-                **test,
+                **{key: test[key] for key in TEST_KEYS},
                 "p_bonferroni": None if p is None else min(1.0, p * family),
                 "significant": p is not None and p < alpha_corrected,
                 "p_bonferroni_family": None if p is None else min(1.0, p * own),
                 "significant_in_family": p is not None and p < options.alpha / own,
-                # the same items and sampling seeds on both sides: the paired test too (more power than Welch)
-                "paired": None if same_items is None else {k: same_items[k] for k in ("t", "df", "p", "delta_ci95")},
+                "welch": paper,
             }
     return {
         "options": asdict(options) | {"confidence": CONFIDENCE},
@@ -284,7 +286,7 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
 CSV_COLUMNS = (
     "method", "metric", "seeds", "per_seed", "mean_over_seeds", "ci95_seeds_low", "ci95_seeds_high",
     "n", "pooled", "ci95_bootstrap_low", "ci95_bootstrap_high", "delta", "delta_ci95_low", "delta_ci95_high",
-    "t", "df", "p", "p_bonferroni", "alpha_corrected", "significant", "p_paired",
+    "test", "t", "df", "p", "p_bonferroni", "alpha_corrected", "significant", "p_welch",
 )  # fmt: skip
 
 
@@ -302,6 +304,6 @@ def csv_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 row.setdefault(key, summary.get(key))
             if method != results["base"]:
                 row["alpha_corrected"] = results["bonferroni"]["alpha_corrected"]
-                row["p_paired"] = (summary.get("paired") or {}).get("p")
+                row["p_welch"] = summary["welch"]["p"]
             rows.append({key: "" if row[key] is None else row[key] for key in CSV_COLUMNS})
     return rows
