@@ -44,7 +44,7 @@ from unigap.progress import progress as progress_bar
 from unigap.selfimprove.config import TRAINABLE, SelfImproveConfig
 from unigap.selfimprove.figures import epochs_plot
 from unigap.selfimprove.pool import Sample, audit_metrics, label_round
-from unigap.selfimprove.train import dpo_pairs, train_epoch
+from unigap.selfimprove.train import UNTRAINED, dpo_pairs, train_epoch
 from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unigap.world import split_prompts
 
@@ -105,7 +105,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     logger = MetricLogger(out / EPOCHS_FILE, report_to, resume_step=kept if epochs else None,
                           run_name=f"{out.name}-selfimprove") if main else None
     if not epochs:
-        epochs = [_epoch_row(um, config, 0, data, {"steps": 0, "loss": None}, joined=0)]
+        epochs = [_epoch_row(um, config, 0, data, UNTRAINED, joined=0)]
     for row in epochs[kept:] if logger else ():
         logger.log(row["step"], row)
     for epoch in range(1, config.epochs + 1):

@@ -4,7 +4,8 @@
 * DPO: pairs of one prompt's accepted and rejected images (a seeded shuffle of each, zipped: min(|A|, |R|) pairs
   per prompt), `task_dpo_loss` with the NLL term on the chosen image (SPEC §2); the reference log-probs are the
   base model's (adapters disabled), computed once per pair.
-AdamW at a constant learning rate, gradients clipped. One epoch = one pass over the examples in a seeded order.
+AdamW at a constant learning rate, gradients clipped (`optimizer_step`: a non-finite norm stops the run); an epoch logs
+its mean loss and gradient norm before clipping. One epoch = one pass over the examples in a seeded order.
 With `bf16` the losses (and the reference log-probs) run under bf16 autocast over float32 weights, as TRL's
 `bf16=True`; with `gradient_checkpointing` the LoRA model recomputes activations in the backward pass.
 Under `accelerate launch` each process takes its share of every batch and the gradients are summed
@@ -26,15 +27,11 @@ from unigap.evaluate.progress import map_items
 from unigap.selfimprove.config import SelfImproveConfig
 from unigap.selfimprove.pool import Sample
 from unigap.train.dpo import DPOOptions, GenerationPair, task_dpo_loss, with_reference
-from unigap.train.trainer import TrainingDiverged
+from unigap.train.loop import TrainingDiverged, bf16_autocast, optimizer_step
 
 ORDER_STREAM = 7
 REFERENCE_BATCH = 16  # pairs per reference forward pass
-
-
-def autocast(um: Any, config: SelfImproveConfig) -> torch.autocast:
-    """bf16 autocast where `config.bf16` (TRL's bf16=True), else a no-op."""
-    return torch.autocast(um.device.type, dtype=torch.bfloat16, enabled=config.bf16)
+UNTRAINED = {"steps": 0, "loss": None, "grad_norm": None}  # the record of an epoch with nothing to train on
 
 
 def dpo_pairs(um: Any, samples: Sequence[Sample], config: SelfImproveConfig) -> list[GenerationPair]:
@@ -50,7 +47,7 @@ def dpo_pairs(um: Any, samples: Sequence[Sample], config: SelfImproveConfig) -> 
         accepted = [accepted[i] for i in rng.permutation(len(accepted))]
         rejected = [rejected[i] for i in rng.permutation(len(rejected))]
         pairs += [GenerationPair(a.spec.text, a.tokens, r.tokens, 0.0, 0.0) for a, r in zip(accepted, rejected)]
-    with autocast(um, config):
+    with bf16_autocast(um.device, config.bf16):
         return map_items(pairs, REFERENCE_BATCH,  # type: ignore[return-value]
                          lambda _, chunk: with_reference(um, chunk, config.loss_cfg_scale or None),
                          "reference log-probs", show=False)
@@ -73,22 +70,23 @@ def train_epoch(
     """One pass over the SFT examples (sft) or the pairs (dpo); the epoch's mean loss and metrics."""
     examples: Sequence[Any] = sft if config.objective == "sft" else pairs
     if not examples:
-        return {"steps": 0, "loss": None}
+        return dict(UNTRAINED)
     cfg = config.loss_cfg_scale or None
     options = DPOOptions(beta=config.beta, nll_weight=config.nll_weight, cfg_scale=cfg)
     order = epoch_order(config.seed, epoch, len(examples))
-    params = [p for p in um.model.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in um.model.named_parameters() if p.requires_grad]
     rows: list[list[float]] = []  # per step: loss, and for DPO the reward margin and accuracy
+    norms: list[float] = []
+    optimizer.zero_grad(set_to_none=True)
     um.model.train()
     try:
         for start in range(0, len(order), config.batch_size):
             batch = [examples[i] for i in order[start : start + config.batch_size]]
             mine = [batch[i] for i in distributed.shard(np.arange(len(batch)))]
             share = len(mine) / len(batch)  # this process's part of the batch mean
-            optimizer.zero_grad(set_to_none=True)
             values = [0.0] * (1 if config.objective == "sft" else 3)
             if mine:
-                with autocast(um, config):  # the forward pass; backward follows its ops' dtypes outside
+                with bf16_autocast(um.device, config.bf16):  # the forward pass; backward follows its ops' dtypes
                     if config.objective == "sft":
                         loss = sft_loss(um, mine, cfg)
                     else:
@@ -100,13 +98,14 @@ def train_epoch(
             rows.append(distributed.all_sum(torch.tensor(values, dtype=torch.float64)).tolist())
             if not math.isfinite(rows[-1][0]):
                 raise TrainingDiverged(f"non-finite loss in epoch {epoch}: training stopped")
-            distributed.sum_gradients(params)
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+            distributed.sum_gradients([p for _, p in named])
+            norms.append(optimizer_step(named, optimizer, None, config.max_grad_norm,
+                                        f"{len(rows)} of epoch {epoch}"))
             update(start + len(batch), f"loss {rows[-1][0]:.3f}")
     finally:
         um.model.eval()
-    record: dict[str, Any] = {"steps": len(rows), "loss": math.fsum(r[0] for r in rows) / len(rows)}
+    record: dict[str, Any] = {"steps": len(rows), "loss": math.fsum(r[0] for r in rows) / len(rows),
+                              "grad_norm": float(np.mean(norms))}
     if config.objective == "dpo":
         record |= {"rewards/margins": float(np.mean([r[1] for r in rows])),
                    "rewards/accuracies": float(np.mean([r[2] for r in rows]))}

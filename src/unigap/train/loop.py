@@ -38,15 +38,23 @@ class TrainingDiverged(UserError):
     """A non-finite loss or gradient: the run stops and the last good checkpoint is kept (`run_steps` says where)."""
 
 
-def optimizer_step(named: Sequence[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, scheduler: Any,
-                   max_grad_norm: float, step: int) -> float:
-    """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients; the gradient norm
-    before clipping. A non-finite norm stops the run (`TrainingDiverged`) before any parameter moves."""
+def bf16_autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """bf16 autocast over float32 weights (TRL's `bf16=True`) where `enabled`, else a no-op: every trainer's forward
+    passes, and the reference log-probs they start from, run under the same one."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def optimizer_step(named: Sequence[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer,
+                   scheduler: Any | None, max_grad_norm: float, step: int | str) -> float:
+    """Clip the accumulated gradients, step the optimizer and the schedule (if any: None is a constant rate), clear
+    the gradients; the gradient norm before clipping. A non-finite norm stops the run (`TrainingDiverged`) before any
+    parameter moves; `step` names where ("at step {step}")."""
     norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in named], max_grad_norm))
     if not math.isfinite(norm):
         raise TrainingDiverged(f"non-finite gradient norm ({norm}) at step {step}: training stopped")
     optimizer.step()
-    scheduler.step()
+    if scheduler is not None:
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
 
@@ -136,7 +144,7 @@ def run_steps(
     try:
         while step < steps:
             try:
-                with torch.autocast(named[0][1].device.type, dtype=torch.bfloat16, enabled=bf16):
+                with bf16_autocast(named[0][1].device, bf16):
                     record = step_fn(step)
             except TrainingDiverged as exc:
                 kept = kept_checkpoint(out_dir, checkpoint_step(step, checkpoint_every, steps))

@@ -27,7 +27,15 @@ from unigap.errors import UserError
 from unigap.metrics_log import parse_report_to
 from unigap.model.unified import UnifiedModel
 from unigap import distributed
-from unigap.train.loop import CHECKPOINT_DIR, LOG_FILE, TrainingDiverged, holds_run, optimizer_step, run_steps
+from unigap.train.loop import (
+    CHECKPOINT_DIR,
+    LOG_FILE,
+    TrainingDiverged,
+    bf16_autocast,
+    holds_run,
+    optimizer_step,
+    run_steps,
+)
 from unigap.train.config import TrainConfig
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
 from unigap.train.names import TASKS, check_pair_tasks
@@ -79,7 +87,7 @@ class DPOTrainer:
         if config.gen_cfg_scale and gen_pairs and not config.bf16:  # the stored references are conditional-only
             given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale)
         if config.bf16:  # rescore the references under the policy's autocast, so training starts at the reference
-            with torch.autocast(um.device.type, dtype=torch.bfloat16):
+            with bf16_autocast(um.device):
                 given = {task: with_reference(um, pairs, (config.gen_cfg_scale or None) if task == "gen" else None)
                          if pairs else pairs for task, pairs in given.items()}
         self.um, self.config, self.out_dir = um, config, Path(out_dir)
