@@ -344,8 +344,8 @@ def janus_pro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_free_text_on_janus_pro_geometry(janus_pro_dir, clip_dir, tmp_path, capsys) -> None:
-    """A real checkpoint's shape (384 px, 576 tokens, regenerate refiner): refine and selfimprove (bf16 autocast,
-    gradient checkpointing) on a prompt file with free text, graded by a local CLIP."""
+    """A real checkpoint's shape (384 px, 576 tokens, regenerate refiner): refine, gen-model pairs and selfimprove
+    (bf16 autocast, gradient checkpointing) on a prompt file with free text, graded by a local CLIP."""
     from unigap.model import load_model
     from unigap.selfimprove import run
 
@@ -357,6 +357,12 @@ def test_free_text_on_janus_pro_geometry(janus_pro_dir, clip_dir, tmp_path, caps
     report = json.loads((tmp_path / "refine" / "refine.json").read_text())
     assert report["config"]["refiner_used"] == "regenerate" and report["judged"]["rounds"][1]["n"] == 2
     assert report["rounds"][0]["n"] == 1 and report["oracle"]["rounds"][0]["n"] == 1
+
+    pairs = tmp_path / "pairs.jsonl"
+    code, _, err = run_main(capsys, ["prefs", "build", "--model", janus_pro_dir, "--kind", "gen-model", "--prompts",
+                                     prompts, "--judge", f"clip:{clip_dir}", "--n", 2, "--out", pairs])
+    # a random CLIP may accept both images or neither: then nothing passes, said in one line
+    assert (code == 0 and "clip" in pairs.read_text()) or (code == 2 and "no gen-model pair passed" in err), err
 
     config = SelfImproveConfig(prompts=str(prompts), audit=f"clip:{clip_dir}", method="sft", n_prompts=2, samples=2,
                                epochs=1, eval_n=0, epoch_eval_n=0, audit_size=4, batch_size=2, guard=False, bf16=True,

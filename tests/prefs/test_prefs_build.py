@@ -80,13 +80,14 @@ def test_gen_real_rows_are_real_vs_generated(tiny_dir: Path, tmp_path: Path, cap
         assert row["chosen_tokens"] == row["rejected_tokens"] == um.num_image_tokens
 
 
+def _spread_score(image, spec, canvas) -> float:
+    """A stand-in for the graded score that spreads a random model's images over 0, 0.5 and 1."""
+    return float(int(np.asarray(image).sum()) % 3) / 2
+
+
 def test_gen_model_keeps_the_better_sample_by_margin(tiny_dir: Path, monkeypatch) -> None:
     """A random model's images all score 0, so a stand-in score (from the pixels) exercises the filter."""
-
-    def fake(image, spec, canvas) -> float:
-        return float(int(np.asarray(image).sum()) % 3) / 2
-
-    monkeypatch.setattr(build_module, "image_score", fake)
+    monkeypatch.setattr(build_module, "image_score", _spread_score)
     um = load_model(tiny_dir)
     rows = build_preferences(
         um, BuildOptions("gen-model", n=4, seed=1, model_name="m", max_candidates=8, batch_size=8)
@@ -94,7 +95,7 @@ def test_gen_model_keeps_the_better_sample_by_margin(tiny_dir: Path, monkeypatch
     assert rows
     for row in rows:
         tokens = torch.tensor([row["chosen_ids"], row["rejected_ids"]])
-        scores = [fake(image, None, 64) for image in um.decode_tokens(tokens)]
+        scores = [_spread_score(image, None, 64) for image in um.decode_tokens(tokens)]
         assert scores == [row["chosen_score"], row["rejected_score"]]
         assert row["chosen_score"] - row["rejected_score"] >= 0.5
 
@@ -137,3 +138,71 @@ def test_fewer_pairs_than_asked_is_said(tiny_dir: Path, tmp_path: Path, capsys) 
     kept = len((tmp_path / "und.jsonl").read_text().splitlines())
     assert code in (0, None) and kept < 3 and f"wrote {kept} pairs" in out
     assert f"unigap: warning: {kept} of the 3 pairs asked for" in err
+
+
+def test_gen_model_pairs_from_a_prompt_file_by_a_local_judge(tiny_dir: Path, tmp_path: Path) -> None:
+    """Free-text prompts (which the verifier cannot read) get pairs from a judge: kept where it accepts exactly one of
+    the two images, that one chosen; an undecided image or two accepted ones drop the candidate."""
+    from unigap.evaluate.judges import Judge
+    from unigap.prefs.build import candidate_prompts
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat on a sofa\na red bicycle\na bowl of soup\na lighthouse at dusk\n")
+    verdicts = iter([[0.9, 0.1, None, 0.8], [0.2, 0.7, 0.9, 0.6]])  # the first draw's images, then the second's
+    calls: list[list[str]] = []
+
+    def score(um, images, specs):
+        calls.append([s.text for s in specs])
+        return next(verdicts)
+
+    judge = Judge("clip:fake", score, independent=True, threshold=0.5, directory="/fake")
+    options = BuildOptions("gen-model", n=4, seed=0, model_name="m", batch_size=4, prompts=str(prompts),
+                           judge="clip:/fake")
+    specs = candidate_prompts(options)
+    assert [s.category for s in specs] == ["free"] * 4
+    rows = build_preferences(load_model(tiny_dir), options, prompts=specs, judge=judge)
+    assert calls == [[s.text for s in specs]] * 2  # both draws, every prompt, in file order
+    assert [row["candidate"] for row in rows] == [0, 1]
+    assert [(row["chosen_score"], row["rejected_score"]) for row in rows] == [(0.9, 0.2), (0.7, 0.1)]
+    assert all(row["prompt"] == specs[row["candidate"]].text and row["category"] == "free" for row in rows)
+    assert rows[0]["judge"] == judge.describe()
+    assert len(load_pairs(_written(tmp_path / "free.jsonl", rows), "gen")) == 2  # trainable as written
+
+
+def _written(path: Path, rows: list[dict]) -> Path:
+    from unigap.prefs.rows import write_rows
+
+    return write_rows(path, rows)
+
+
+def test_prompt_files_and_judges_are_checked_before_the_model_loads(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    from unigap.world import split_prompts
+
+    free = tmp_path / "free.txt"
+    free.write_text("a red circle\na cat on a sofa\n")
+    code, _, err = build(capsys, tiny_dir, tmp_path / "a.jsonl", "gen-model", "--prompts", str(free))
+    assert code == 2 and f"{free}:2:" in err and "free text needs --judge clip:DIR or vlm:DIR" in err
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text(f"{split_prompts('test', 5)[0].text}\n")  # --seed 5 fixes the partition
+    code, _, err = build(capsys, tiny_dir, tmp_path / "b.jsonl", "gen-model", "--prompts", str(held_out))
+    assert code == 2 and "is a test-split prompt; preference pairs are built from train-split prompts only" in err
+    code, _, err = build(capsys, tiny_dir, tmp_path / "c.jsonl", "gen-real", "--prompts", str(free))
+    assert code == 2 and "gen-real pairs need a rendered scene of each prompt" in err
+    code, _, err = build(capsys, tiny_dir, tmp_path / "d.jsonl", "gen-model", "--judge", f"clip:{tmp_path / 'none'}")
+    assert code == 2 and "unigap: error:" in err and "Traceback" not in err
+    assert not any(tmp_path.glob("*.jsonl"))
+
+
+def test_train_split_prompts_from_a_file_keep_the_graded_rule(tiny_dir: Path, tmp_path: Path, capsys,
+                                                             monkeypatch) -> None:
+    from unigap.world import split_prompts
+
+    monkeypatch.setattr(build_module, "image_score", _spread_score)
+    prompts = tmp_path / "train.txt"
+    prompts.write_text("".join(f"{spec.text}\n" for spec in split_prompts("train", 5)[:12]))
+    code, out, _ = build(capsys, tiny_dir, tmp_path / "gen.jsonl", "gen-model", "--prompts", str(prompts),
+                         "--margin", "0.25")
+    rows = read_rows(tmp_path / "gen.jsonl")
+    assert code in (0, None) and rows and "judge" not in rows[0]
+    assert all(row["chosen_score"] - row["rejected_score"] >= 0.25 for row in rows)
+    assert {row["prompt"] for row in rows} <= set(prompts.read_text().splitlines())

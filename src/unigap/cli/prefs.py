@@ -34,13 +34,19 @@ def build(
     questions: Path | None = typer.Option(None, "--questions", help="und: your own questions (JSONL/CSV/Parquet or a "
                                           "save_to_disk folder: image, question, answer or answers) as candidates; "
                                           "answers scored by the VQA soft score."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="gen-model: your prompts (plain lines, JSONL with a "
+                                        "`prompt` field, or GenEval's metadata) as candidates, in order."),
+    judge: str = typer.Option("verifier", "--judge", help="gen-model: who scores the two images: verifier (graded, "
+                              "kept by --margin) | clip:DIR | vlm:DIR (a local judge: kept when it accepts exactly "
+                              "one; free-text prompts too)."),
 ) -> None:
     """Sample, score and filter pairs; write them with reference log-probs under the base model."""
     check_output(out)
     from unigap import distributed
     from unigap.errors import UserError
     from unigap.model import load_model
-    from unigap.prefs.build import BuildOptions, build_preferences, candidate_questions, summary
+    from unigap.evaluate.judges import VERIFIER, get_judge
+    from unigap.prefs.build import BuildOptions, build_preferences, candidate_prompts, candidate_questions, summary
     from unigap.prefs.rows import write_rows
 
     if fallback_gt and kind != "und":  # (the study passes it for every kind; a user means und pairs by it)
@@ -48,13 +54,16 @@ def build(
                         "answers")
     options = BuildOptions(
         kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size, answer_form,
-        None if questions is None else str(questions),
+        None if questions is None else str(questions), None if prompts is None else str(prompts), judge,
     )
-    items = None if options.questions is None else candidate_questions(options)  # a bad row fails before the load
+    # a bad row, prompt line or judge directory fails before the model loads
+    items = None if options.questions is None else candidate_questions(options)
+    specs = None if options.prompts is None else candidate_prompts(options)
+    chosen = None if judge == VERIFIER else get_judge(judge, independent=True)
     um = load_model(model)
     main = distributed.is_main()  # under `accelerate launch` the processes share the batches; one writes
     with progress(f"{kind} pairs", n, main) as update:
-        rows = build_preferences(um, options, lambda kept, tried: update(kept, f"{tried} tried"), items)
+        rows = build_preferences(um, options, lambda kept, tried: update(kept, f"{tried} tried"), items, specs, chosen)
     if main:
         path = write_rows(out, rows)
         typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")

@@ -93,6 +93,20 @@ def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0, free_text: 
     return specs[:n]
 
 
+def training_prompt_specs(source: str, n: int, seed: int, data_seed: int, free_text: bool, free_text_hint: str,
+                          trains: str) -> list[PromptSpec | FreePrompt]:
+    """`prompt_specs` for a method that trains on them (`trains` names it): a prompt file holding a held-out
+    ShapeWorld prompt of partition `data_seed` is refused, since training on it would leak into the evaluation."""
+    specs = prompt_specs(source, n, seed, data_seed, free_text=free_text, free_text_hint=free_text_hint)
+    if source != "train":
+        held_out = {s.text: split for split in HELD_OUT_SPLITS for s in split_prompts(split, data_seed)}
+        leaked = next((spec.text for spec in specs if spec.text in held_out), None)
+        if leaked is not None:
+            raise UserError(f"{source}: {leaked!r} is a {held_out[leaked]}-split prompt; {trains} train-split "
+                            "prompts only (the evaluation is held out)")
+    return specs
+
+
 def read_prompt_file(path: str | Path) -> list[tuple[int, str]]:
     """(line number, prompt text) of every line of a prompt file: plain text, or JSONL with a `prompt` field
     (GenEval's metadata shape). Free text: what a real checkpoint generates from. A bad line is a `UserError`

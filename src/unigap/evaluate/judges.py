@@ -24,6 +24,7 @@ from unigap.errors import UnigapWarning, UserError
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, self_p_yes
 from unigap.world import PromptSpec, verify
 
+VERIFIER = "verifier"  # ShapeWorld's exact verifier: the default judge
 JudgeFn = Callable[[Any, Sequence[Image.Image], Sequence[PromptSpec]], list[float | None]]
 
 
@@ -72,7 +73,7 @@ def _base_pyes(um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpe
 JUDGES: dict[str, Judge] = {
     judge.name: judge
     for judge in (
-        Judge("verifier", _verifier, independent=True, threshold=0.5),
+        Judge(VERIFIER, _verifier, independent=True, threshold=0.5),
         Judge("self-pyes", _self_pyes, independent=False, threshold=ACCEPT_THRESHOLD),
         Judge("base-pyes", _base_pyes, independent=False, threshold=ACCEPT_THRESHOLD),
     )

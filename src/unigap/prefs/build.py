@@ -15,6 +15,12 @@ Kinds (SPEC §1 "Preference data", with ShapeWorld's exact scores standing in fo
 With `questions` (a file of your own understanding data: `unigap.data.understanding`), the `und` candidates are its
 first rows instead, and answers are scored by the VQA soft score against the row's reference answers.
 
+With `prompts` (a prompt file: `unigap.evaluate.data.prompt_specs`), the `gen-model` candidates are its first lines
+instead (a held-out ShapeWorld prompt is refused: it would leak into the evaluation). With `judge` naming a local
+judge (`clip:DIR`, `vlm:DIR`) the two images are scored by it and a pair is kept when it accepts exactly one of them
+(its calibrated threshold; `margin` does not apply, as its scores have their own scale), which is how free-text
+prompts, which the verifier cannot read, get pairs; each such row records the judge.
+
 Candidates are (prompt spec, scene) records from `sample_records(·, seed, "train")` at the model's VQ
 image size, drawn in order until `n` pairs are kept or `max_candidates` (default 4n) were tried, so the
 same arguments give the same file. Reference log-probs (base model, conditional-only for images) are
@@ -25,12 +31,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from unigap.data.understanding import UserItem, read_understanding_data
 from unigap.errors import UserError
+from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, training_prompt_specs
+from unigap.evaluate.judges import VERIFIER, Judge, check_judge_name, get_judge
 from unigap.evaluate.vqa import vqa_score
 from unigap.model.images import vq_image_size
 from unigap.model.unified import UnifiedModel
@@ -71,6 +80,8 @@ class BuildOptions:
     # answered in one "word" or in a full "sentence" (equal seeds give equal scenes and questions in both forms)
     answer_form: str = "any"
     questions: str | None = None  # und: a file of your own questions (image, question, answer(s)) as candidates
+    prompts: str | None = None  # gen-model: a prompt file as candidates
+    judge: str = VERIFIER  # gen-model: who scores the images (verifier: graded, with the margin; else accept/reject)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -91,6 +102,11 @@ class BuildOptions:
             raise UserError(f"margin must be in (0, 1] (scores lie in [0, 1]; 0 would keep ties), got {self.margin}")
         if self.questions is not None and self.kind != "und":
             raise UserError(f"--questions gives understanding candidates; it cannot build {self.kind} pairs")
+        if self.kind != "gen-model" and (self.prompts is not None or self.judge != VERIFIER):
+            raise UserError(f"--prompts and --judge choose gen-model pairs; {self.kind} pairs "
+                            + ("need a rendered scene of each prompt" if self.kind == "gen-real"
+                               else "take your questions with --questions"))
+        check_judge_name(self.judge, independent=True)
         if not self.temperature >= 0 or self.cfg_scale is not None and not self.cfg_scale >= 0:
             raise UserError(f"temperature and cfg scale must be >= 0, got {self.temperature} and {self.cfg_scale}")
         if self.kind == "und" and not self.temperature > 0:
@@ -176,15 +192,24 @@ def _answer_pairs(um: UnifiedModel, images: Sequence[np.ndarray], questions: Seq
     return out
 
 
-def _scored_images(um: UnifiedModel, specs: Sequence[PromptSpec], tokens: Any, canvas: int) -> list[float]:
-    return [
-        image_score(np.asarray(img), spec, canvas)
-        for img, spec in zip(um.decode_tokens(tokens), specs, strict=True)
-    ]
+def _scored_images(um: UnifiedModel, specs: Sequence[PromptSpec | FreePrompt], tokens: Any, canvas: int,
+                   judge: Judge | None) -> list[float | None]:
+    """The verifier's graded score of each image, or `judge`'s score (None where it cannot decide)."""
+    images = um.decode_tokens(tokens)
+    if judge is not None:
+        return judge.fn(um, images, specs)
+    return [image_score(np.asarray(img), spec, canvas) for img, spec in zip(images, specs, strict=True)]
+
+
+def _kept_by_judge(judge: Judge, score_a: float | None, score_b: float | None) -> bool:
+    """A judge's pair: it accepts exactly one of the two images (undecided ones are dropped)."""
+    verdicts = judge.accepts(score_a), judge.accepts(score_b)
+    return None not in verdicts and verdicts[0] != verdicts[1]
 
 
 def _gen_batch(
-    um: UnifiedModel, records: Sequence[tuple[PromptSpec, Scene]], options: BuildOptions, batch: int
+    um: UnifiedModel, records: Sequence[tuple[PromptSpec | FreePrompt, Scene | None]], options: BuildOptions,
+    batch: int, judge: Judge | None = None,
 ) -> list[Candidate | None]:
     specs = [spec for spec, _ in records]
     prompts = [spec.text for spec in specs]
@@ -194,7 +219,7 @@ def _gen_batch(
         um.generate_images(prompts, 1, options.cfg_scale, temperature, _seed(options, batch, draw))
         for draw, temperature in enumerate(temperatures)
     ]
-    scores = [_scored_images(um, specs, tokens, canvas) for tokens in draws]
+    scores = [_scored_images(um, specs, tokens, canvas, judge) for tokens in draws]
     if options.kind == "gen-real":
         real = [render(scene) for _, scene in records]
         draws.insert(0, um.encode_images(real))
@@ -205,6 +230,10 @@ def _gen_batch(
         if options.kind == "gen-real":  # the real image is chosen, or the pair is dropped
             chosen, chosen_score, rejected, rejected_score = a, score_a, b, score_b
             keep = chosen_score > rejected_score
+        elif judge is not None:
+            keep = _kept_by_judge(judge, score_a, score_b)
+            if keep:
+                chosen, chosen_score, rejected, rejected_score = _ranked(a, score_a, b, score_b)
         else:
             chosen, chosen_score, rejected, rejected_score = _ranked(a, score_a, b, score_b)
             keep = chosen_score - rejected_score >= options.margin
@@ -219,6 +248,7 @@ def _gen_batch(
             "chosen_score": chosen_score,
             "rejected_score": rejected_score,
             "fallback": False,
+            **({} if judge is None else {"judge": judge.describe()}),
         }
         out.append((row, GenerationPair(spec.text, tuple(chosen), tuple(rejected), 0.0, 0.0)))
     return out
@@ -229,26 +259,41 @@ def candidate_questions(options: BuildOptions) -> list[UserItem]:
     return read_understanding_data(options.questions, options.max_candidates or 4 * options.n)
 
 
+def candidate_prompts(options: BuildOptions) -> list[PromptSpec | FreePrompt]:
+    """The lines of `options.prompts` that may become candidates: free text only where a judge reads it; a bad line
+    or a held-out ShapeWorld prompt (of the partition `seed` fixes) fails here."""
+    return training_prompt_specs(options.prompts, options.max_candidates or 4 * options.n, options.seed, options.seed,
+                                 options.judge != VERIFIER, FREE_TEXT_HINT, "preference pairs are built from")
+
+
 def build_preferences(
     um: UnifiedModel, options: BuildOptions, progress: Progress | None = None,
-    questions: Sequence[UserItem] | None = None,
+    questions: Sequence[UserItem] | None = None, prompts: Sequence[PromptSpec | FreePrompt] | None = None,
+    judge: Judge | None = None,
 ) -> list[dict[str, Any]]:
     """Up to `options.n` preference rows (fewer if `max_candidates` run out), reference log-probs included;
     `UserError` when no candidate passes the filters (an empty file would only fail later, in training).
-    `questions`: the rows of `options.questions` when the caller has read them already (`candidate_questions`)."""
+    `questions`, `prompts`, `judge`: what `candidate_questions`, `candidate_prompts` and `get_judge` give for
+    `options`, when the caller has them already (so that a bad file or judge fails before the model loads)."""
     if um.peft is not None:
         raise UserError(
             "build preference pairs with the base model (reference log-probs come from it), not an adapter"
         )
     canvas = vq_image_size(um.model.model.vqmodel)
     limit = options.max_candidates or 4 * options.n
+    records: Sequence[Any]
     if options.questions is not None:
-        records: Sequence[Any] = candidate_questions(options) if questions is None else questions
-        limit = len(records)
-        score_batch: Callable[..., list[Candidate | None]] = _user_und_batch
+        records = candidate_questions(options) if questions is None else questions
+    elif options.prompts is not None:
+        records = [(spec, None) for spec in (candidate_prompts(options) if prompts is None else prompts)]
     else:
         records = sample_records(limit, options.seed, "train", canvas=canvas)
-        score_batch = _und_batch if options.kind == "und" else _gen_batch
+    limit = len(records)
+    score_batch: Callable[..., list[Candidate | None]] = _und_batch if options.kind == "und" else _gen_batch
+    if options.questions is not None:
+        score_batch = _user_und_batch
+    elif options.judge != VERIFIER:
+        score_batch = partial(_gen_batch, judge=judge or get_judge(options.judge, independent=True))
     kept: list[tuple[int, dict[str, Any], Pair]] = []
     starts = list(range(0, limit, options.batch_size))
     scored = distributed.ordered_rounds(  # data-parallel under `accelerate launch`: batches shared, results in order

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from unigap.evaluate.judges import get_judge
+from unigap.evaluate.judges import VERIFIER, get_judge
 from unigap.world.scoring import image_score
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
 from unigap.refine.loop import refined_prompt
 from unigap.world import PromptSpec, parse_reflection
 
-VERIFIER_REWARD = "verifier"
+VERIFIER_REWARD = VERIFIER
 
 
 @dataclass(frozen=True)

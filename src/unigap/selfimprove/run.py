@@ -31,10 +31,10 @@ from PIL import Image
 
 from unigap import distributed
 from unigap.atomic import cached_json, claim_settings, write_text_atomically
-from unigap.errors import GuardStopped, UserError
+from unigap.errors import GuardStopped
 from unigap.evaluate import evaluate
 from unigap.evaluate.critique import win_rate as understanding_win_rate
-from unigap.evaluate.data import HELD_OUT_SPLITS, prompt_specs
+from unigap.evaluate.data import prompt_specs, training_prompt_specs
 from unigap.evaluate.generation import generate_and_judge
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.report import HEADLINES, load_images, save_images
@@ -46,7 +46,6 @@ from unigap.selfimprove.figures import epochs_plot
 from unigap.selfimprove.pool import Sample, audit_metrics, label_round
 from unigap.selfimprove.train import UNTRAINED, dpo_pairs, train_epoch
 from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from unigap.world import split_prompts
 
 FREE_TEXT_HINT = " (free text needs --labels self or poor, and --judge clip:DIR, vlm:DIR or none)"
 
@@ -144,15 +143,8 @@ def training_prompts(config: SelfImproveConfig) -> list[Any]:
     refused: training on it would leak into the before/after evaluation, which draws from the test split. Free text
     (a real checkpoint's prompts) is read where no label or audit needs the verifier."""
     free_text = config.labels != "verifier" and config.audit != "verifier"
-    specs = prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed, free_text=free_text,
-                         free_text_hint=FREE_TEXT_HINT)
-    if config.prompts != "train":
-        held_out = {s.text: split for split in HELD_OUT_SPLITS for s in split_prompts(split, config.data_seed)}
-        leaked = next((spec.text for spec in specs if spec.text in held_out), None)
-        if leaked is not None:
-            raise UserError(f"{config.prompts}: {leaked!r} is a {held_out[leaked]}-split prompt; self-improvement "
-                            "trains on train-split prompts only (the evaluation is held out)")
-    return specs
+    return training_prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed, free_text,
+                                 FREE_TEXT_HINT, "self-improvement trains on")
 
 
 # -- stages --------------------------------------------------------------------------------------
