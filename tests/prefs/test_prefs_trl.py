@@ -145,6 +145,9 @@ def test_diagnose_reads_pairs_in_trls_convention(built, tiny_dir: Path, tmp_path
         ({"prompt": "Q?", "chosen": "a", "rejected": [], "image": "x.png"}, "'rejected' holds no text"),
         ({"prompt": "Q?", "chosen": "a", "rejected": "b"}, "an understanding row needs one image"),
         ({"prompt": "a red circle", "chosen_image": "x.png"}, "a generation row needs chosen_image and rejected_image"),
+        ({"prompt": "a red circle", "chosen_ids": [1, 2], "rejected_ids": [1, 2.5]},
+         "'rejected_ids' must be a non-empty list of integer token ids"),
+        ({"prompt": "a red circle", "chosen_ids": [True], "rejected_ids": [1]}, "'chosen_ids' must be a non-empty"),
     ],
 )
 def test_a_malformed_trl_row_names_file_and_line(tmp_path: Path, row: dict, message: str) -> None:

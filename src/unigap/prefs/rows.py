@@ -40,7 +40,7 @@ import numpy as np
 
 from unigap.errors import UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
-from unigap.prefs.trl import check_ids, is_trl_row, trl_pairs, trl_problem, trl_task
+from unigap.prefs.trl import check_ids, is_trl_row, token_ids, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import StoredImage, read_table, stored_image
 from unigap.atomic import atomic_write_bytes, atomic_write_lines, files_in, listed_files, remove_replaced
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair
@@ -89,7 +89,7 @@ def _problem(row: Any) -> str:
         if not math.isfinite(row[name]):
             return f"{name!r} is not finite"
     for name in ("chosen_ids", "rejected_ids"):
-        if not row[name] or not all(isinstance(i, int) and not isinstance(i, bool) for i in row[name]):
+        if not token_ids(row[name]):
             return f"{name!r} must be a non-empty list of integer token ids"
     return ""
 

@@ -57,6 +57,12 @@ def _und_images(row: dict[str, Any]) -> Any:
     return row.get("images", [row["image"]] if row.get("image") is not None else None)
 
 
+def token_ids(value: Any) -> bool:
+    """Whether `value` is a non-empty list of integer token ids (bools are not ids)."""
+    return isinstance(value, list) and bool(value) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                           for i in value)
+
+
 def trl_problem(row: dict[str, Any]) -> str:
     """Why a TRL-convention row is malformed ('' when it is fine)."""
     if not _text(row["prompt"], "user"):
@@ -65,7 +71,8 @@ def trl_problem(row: dict[str, Any]) -> str:
         have_ids = all(isinstance(row.get(f"{s}_ids"), list) and row[f"{s}_ids"] for s in ("chosen", "rejected"))
         if not have_ids and not all(row.get(f"{s}_image") is not None for s in ("chosen", "rejected")):
             return "a generation row needs chosen_image and rejected_image (or chosen_ids and rejected_ids)"
-        return ""
+        bad = next((side for side in ("chosen_ids", "rejected_ids") if have_ids and not token_ids(row[side])), None)
+        return "" if bad is None else f"{bad!r} must be a non-empty list of integer token ids"
     for side in ("chosen", "rejected"):
         if not _text(row.get(side), "assistant"):
             return f"{side!r} holds no text (a string, or a conversation with an assistant message)"
@@ -76,14 +83,13 @@ def trl_problem(row: dict[str, Any]) -> str:
 
 
 def check_ids(um: Any, where: str, row: dict[str, Any]) -> None:
-    """A generation row's image-token ids (`chosen_ids`, `rejected_ids`) fit `um`: its image length, ids inside its
-    codebook, integers. `UserError` naming the row: ids of another model's tokenizer would fail deep in training."""
+    """A generation row's image-token ids (`chosen_ids`, `rejected_ids`; integers, as reading the row checked) fit
+    `um`: its image length, ids inside its codebook. `UserError` naming the row: ids of another model's tokenizer
+    would fail deep in training."""
     for side in ("chosen_ids", "rejected_ids"):
         ids = row[side]
         if len(ids) != um.num_image_tokens:
             problem = f"{len(ids)} ids, it needs {um.num_image_tokens}"
-        elif not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-            problem = "ids that are not integers"
         elif not all(0 <= t < um.codebook_size for t in ids):
             problem = f"ids from {min(ids)} to {max(ids)}, its codebook holds 0 to {um.codebook_size - 1}"
         else:
