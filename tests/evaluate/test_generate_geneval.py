@@ -156,6 +156,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_dir, tmp_path, capsys, ex
         (["--prompt", "a red circle", "--layout", "geneval", "--out", "OUT"], "--layout geneval needs --prompts"),
         (["--prompt", "a red circle", "--resume", "--out", "OUT/x.png"], "apply to --layout geneval only"),
         (["--prompt", "a red circle", "--batch-size", 4, "--out", "OUT/x.png"], "apply to --layout geneval only"),
+        (["--prompt", "a red circle", "--max-prompts", 2, "--out", "OUT/x.png"], "--max-prompts limits a --prompts"),
     ],
 )
 def test_geneval_only_flags(tiny_dir, tmp_path, capsys, args, message) -> None:
@@ -170,3 +171,20 @@ def test_resume_refuses_a_directory_of_something_else(tiny_dir, prompts, tmp_pat
     code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--layout", "geneval",
                                      "--resume", "--out", tmp_path / "o"])
     assert code == 2 and "holds no generate run" in err
+
+
+@pytest.mark.parametrize("layout", ["geneval", "grid"])
+def test_max_prompts_takes_the_files_first_lines(tiny_dir, prompts, tmp_path, capsys, calls, layout) -> None:
+    out = tmp_path / layout
+    code, stdout, err = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--layout", layout,
+                                          "--max-prompts", 2, "--out", out])
+    assert code == 0, err
+    assert [p for call in calls for p in call] == ["a photo of a bench and a cat", "a red circle"]
+    if layout == "geneval":
+        assert "wrote 2 of 2 prompt folder(s)" in stdout and sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+            "00000", "00001"]
+        code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--layout", layout,
+                                         "--max-prompts", 3, "--out", out, "--resume"])
+        assert code == 2 and "max_prompts" in err  # a resumed run writes the same prompts' folders
+    else:
+        assert len((out / "metadata.jsonl").read_text().splitlines()) == 2

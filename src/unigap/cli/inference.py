@@ -30,6 +30,8 @@ def generate(
                                         "--prompt: with the grid layout one PNG per prompt in --out (a directory), listed in its "
                                         "metadata.jsonl."),
     n: int = typer.Option(1, "--n", help="Images per prompt; in the grid layout more than one are tiled."),
+    max_prompts: int | None = typer.Option(None, "--max-prompts", help="With --prompts: the file's first K prompts "
+                                           "only (all when it has fewer)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     cfg: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale (1 = none)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (0 = greedy)."),
@@ -44,6 +46,10 @@ def generate(
 ) -> None:
     """Generate images for a prompt (or each prompt of a file) and save them as PNG."""
     require_positive("--n", n)
+    if max_prompts is not None:
+        require_positive("--max-prompts", max_prompts)
+        if prompts is None:
+            raise UserError("--max-prompts limits a --prompts file; with --prompt there is one prompt")
     require_non_negative("--seed", seed)
     require_non_negative("--cfg", cfg)
     require_non_negative("--temperature", temperature)
@@ -57,15 +63,16 @@ def generate(
         if prompts is None:
             raise UserError("--layout geneval needs --prompts FILE (one folder per line)")
         _generate_geneval(model, adapter, prompts, out, n=n, seed=seed, cfg=cfg, temperature=temperature,
-                          batch_size=8 if batch_size is None else batch_size, resume=resume)
+                          batch_size=8 if batch_size is None else batch_size, resume=resume, max_prompts=max_prompts)
         return
     if batch_size is not None or resume:
         raise UserError("--batch-size and --resume apply to --layout geneval only")
-    _generate_grids(model, adapter, prompt, prompts, out, n=n, seed=seed, cfg=cfg, temperature=temperature)
+    _generate_grids(model, adapter, prompt, prompts, out, n=n, seed=seed, cfg=cfg, temperature=temperature,
+                    max_prompts=max_prompts)
 
 
 def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompts: Path | None, out: Path, *,
-                    n: int, seed: int, cfg: float, temperature: float) -> None:
+                    n: int, seed: int, cfg: float, temperature: float, max_prompts: int | None) -> None:
     """One PNG (a grid of the n samples) for --prompt, or one per line of --prompts, sampled with seed + its index;
     with --prompts also OUT/metadata.jsonl (file_name, prompt, seed: `datasets`' imagefolder reads it)."""
     from unigap.atomic import atomic_write_lines, listed_files, remove_replaced
@@ -73,7 +80,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
     from unigap.evaluate.data import read_prompt_file
     from unigap.evaluate.layouts import grid
 
-    texts = [prompt] if prompt is not None else [text for _, text in read_prompt_file(prompts)]
+    texts = [prompt] if prompt is not None else [text for _, text in read_prompt_file(prompts)][:max_prompts]
     if prompts is None:
         check_output_file(out, ".png")
     elif out.exists() and not out.is_dir():
@@ -102,7 +109,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
 
 
 def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path, *, n: int, seed: int, cfg: float,
-                      temperature: float, batch_size: int, resume: bool) -> None:
+                      temperature: float, batch_size: int, resume: bool, max_prompts: int | None) -> None:
     """GenEval's folder layout (`unigap.evaluate.layouts`), one folder per prompt line; --resume skips finished ones."""
     from unigap.atomic import claim_settings
     from unigap.evaluate import check_output_file
@@ -111,7 +118,7 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     from unigap.manifest import manifest, write_manifest
 
     require_positive("--batch-size", batch_size)
-    rows = [row for _, row in read_prompt_rows(prompts)]
+    rows = [row for _, row in read_prompt_rows(prompts)][:max_prompts]
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --layout geneval it must be a directory")
     check_output_file(out / SETTINGS_FILE)  # a parent that is a file fails here, before the model loads
@@ -123,11 +130,11 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     # the prompts by content, not path: a resumed run must write the folders of the same lines
     settings = {"layout": "geneval", "model": model, "adapter": None if adapter is None else str(adapter),
                 "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(), "n": n, "seed": seed, "cfg": cfg,
-                "temperature": temperature, "batch_size": batch_size}
+                "temperature": temperature, "batch_size": batch_size, "max_prompts": max_prompts}
     with manifest("generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
-        claim_settings(out / SETTINGS_FILE, settings, "generate")
+        claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None})
         written = write_geneval_layout(um, rows, out, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
                                        batch_size=batch_size)
     write_manifest(out, record)
