@@ -90,7 +90,22 @@ def test_on_policy_loss_is_the_policy_gradient_and_k3_vanishes_at_the_reference(
     assert image_loss(per_token, torch.tensor([False, False])).item() == 0.0
 
 
+def test_loss_types_aggregate_as_trl_does() -> None:
+    """TRL's GRPOTrainer formulas (trl/trainer/grpo_trainer.py): bnpo over the batch's trained tokens, grpo per
+    completion then over completions, dr_grpo over B × max_completion_length; zero outside the mask."""
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = per_token != 0
+    assert text_loss(per_token, mask).item() == pytest.approx(10 / 4)
+    assert text_loss(per_token, mask, "bnpo").item() == pytest.approx(10 / 4)
+    assert text_loss(per_token, mask, "grpo").item() == pytest.approx((6 / 3 + 4 / 1) / 2)
+    assert text_loss(per_token, mask, "dr_grpo", max_completion_length=8).item() == pytest.approx(10 / (2 * 8))
+    with pytest.raises(ValueError, match="loss_type must be one of bnpo, grpo, dr_grpo"):
+        text_loss(per_token, mask, "dapo")
+
+
 def test_config_errors_name_the_fix() -> None:
+    with pytest.raises(UserError, match="loss-type must be one of bnpo, grpo, dr_grpo, got 'dapo'"):
+        GRPOConfig(loss_type="dapo")
     with pytest.raises(UserError, match="advantage is a reward minus its group's mean"):
         GRPOConfig(num_generations=1)
     with pytest.raises(UserError, match="scale-rewards"):
@@ -206,6 +221,9 @@ def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys, mon
     with pytest.raises(SystemExit) as exit_info:
         main(["refine", "train", "--num-generations", "1", "--out", str(tmp_path / "h")])
     assert exit_info.value.code == 2 and "num-generations must be >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["refine", "train", "--loss-type", "dapo", "--out", str(tmp_path / "h")])
+    assert exit_info.value.code == 2 and "loss-type must be one of bnpo, grpo, dr_grpo" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["refine", "train", "--reward", "clip", "--out", str(tmp_path / "i")])
     assert exit_info.value.code == 2 and "reward: unknown judge 'clip'" in capsys.readouterr().err

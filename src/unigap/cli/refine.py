@@ -157,6 +157,9 @@ def train_command(
                                       "default is 0)."),
     scale_rewards: str | None = typer.Option(None, "--scale-rewards", help="none (R3: reward − group mean, the "
                                              "default; TRL divides by the std: group) | group."),
+    loss_type: str | None = typer.Option(None, "--loss-type", help="How a group's reflection tokens make one loss, "
+                                         "TRL's names: bnpo (R3's: sum / trained tokens, the default) | grpo (mean "
+                                         "per completion) | dr_grpo (sum / (G × max completion length))."),
     eval_n: int | None = typer.Option(None, "--eval-n", help="Held-out prompts for the loop before and after (default "
                                       "300; 0 = none)."),
     split: str | None = typer.Option(None, "--split", help="Held-out split of those prompts: test (default), or val "
@@ -181,6 +184,7 @@ def train_command(
 
     settings = GRPOConfig.load(config, steps=steps, stages=stages, reward=reward, guard=False if no_guard else None,
                                lr=lr, num_generations=num_generations, beta=beta, scale_rewards=scale_rewards,
+                               loss_type=loss_type,
                                eval_n=eval_n, eval_split=split, seed=seed, bf16=bf16 or None)
     backends = parse_report_to(report_to)
     if out.exists() and not out.is_dir():

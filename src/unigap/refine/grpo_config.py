@@ -1,11 +1,12 @@
 """`GRPOConfig`: every knob of `unigap refine train`, R3's GRPO of generation, reflection and refinement (SPEC §3).
 
 Names follow TRL's `GRPOConfig` where TRL has the knob (`num_generations`, `temperature`, `beta`, `epsilon`,
-`scale_rewards`, `max_completion_length`) and unigap's trainers elsewhere (`lr`, `steps`, `seed`, `lora_*`,
+`scale_rewards`, `loss_type`, `max_completion_length`) and unigap's trainers elsewhere (`lr`, `steps`, `seed`, `lora_*`,
 `max_grad_norm`, `checkpoint_every`). Defaults are R3's where they differ from TRL's, said per field:
 `beta` 0.001 (TRL 0.0: R3 keeps a KL to the frozen reference), `scale_rewards` "none" (TRL "group": R3 does not
-divide advantages by the group's reward std), groups of 16. One optimiser step per rollout step, so the PPO ratio
-is 1 at the update and `epsilon` only matters if that changes.
+divide advantages by the group's reward std), `loss_type` "bnpo" (TRL "dapo": both divide by the trained tokens, of
+the local batch and of the global one; here a group is a batch, as in R3), groups of 16. One optimiser step per
+rollout step, so the PPO ratio is 1 at the update and `epsilon` only matters if that changes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from unigap.errors import UserError
 from unigap.evaluate.judges import check_judge_name
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuidance
+from unigap.refine.grpo_loss import LOSS_TYPES
 from unigap.train.config import check_field_types, load_config
 
 SCALE_REWARDS = ("none", "group")
@@ -51,6 +53,7 @@ class GRPOConfig:
     beta: float = 0.001  # KL weight, k3 estimator against the frozen reference (TRL default 0.0; R3 0.001)
     epsilon: float = 0.2  # PPO clip range
     scale_rewards: str = "none"  # R3: advantages are reward − group mean, not divided by the std (TRL: "group")
+    loss_type: str = "bnpo"  # how a group's reflection tokens make one loss (`grpo_loss.text_loss`); R3: "bnpo"
     perfect_fraction: float = 0.15  # refine steps draw this share of their images from the perfect buffer (R3)
     max_completion_length: int = 24  # reflection tokens
     lora_rank: int = 32
@@ -89,6 +92,8 @@ class GRPOConfig:
             check_judge_name(self.reward)
         except UserError as exc:
             raise UserError(f"reward: {exc}") from None
+        if self.loss_type not in LOSS_TYPES:
+            raise UserError(f"loss-type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:
             raise UserError(f"scale-rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
         for name in ("perfect_fraction", "lora_dropout", "adam_beta1", "adam_beta2"):

@@ -9,8 +9,9 @@ f ∈ {0, 1} the format check):
   failure).
 Advantage = reward − group mean (`scale_rewards` "group" also divides by the group's std, as TRL does). Loss per
 sequence: the PPO-clipped ratio times the advantage, minus β times the k3 estimate of KL(π‖π_ref), per token;
-text is averaged over all trained tokens of the batch (R3's token-level sum / count), an image over its own tokens
-(R3: an image's log-prob is its mean per-token log-prob), then images over the batch.
+text is aggregated by TRL's `loss_type` (`text_loss`; by default R3's token-level sum / count over the group, TRL's
+"bnpo" with a group as the batch), an image over its own tokens (R3: an image's log-prob is its mean per-token
+log-prob), then images over the batch (every image has the same number of tokens, so each loss type gives this).
 """
 
 from __future__ import annotations
@@ -70,9 +71,24 @@ def token_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, mask: 
     return torch.where(mask, loss, 0.0), torch.where(mask, kl, 0.0)
 
 
-def text_loss(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """R3's token-level aggregation: the sum over every trained token of the batch / their count."""
-    return per_token.sum() / mask.sum().clamp(min=1)
+LOSS_TYPES = ("bnpo", "grpo", "dr_grpo")
+
+
+def text_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "bnpo",
+              max_completion_length: int | None = None) -> torch.Tensor:
+    """Completions' per-token losses [B, T] (zero outside `mask`) as one loss, TRL's way per `loss_type`: "bnpo" (R3's)
+    the sum over every trained token of the batch / their count; "grpo" each completion's mean over its tokens, then
+    the mean over completions (shorter completions weigh more per token: the length bias Dr. GRPO names); "dr_grpo"
+    the sum / (B × `max_completion_length`), a constant that removes that bias."""
+    if loss_type == "bnpo":
+        return per_token.sum() / mask.sum().clamp(min=1)
+    if loss_type == "grpo":
+        return (per_token.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)).mean()
+    if loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("dr_grpo divides by max_completion_length: give it")
+        return per_token.sum() / (per_token.size(0) * max_completion_length)
+    raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
 
 
 def image_loss(per_token: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -167,7 +167,7 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
     ref = _reference(um, lambda: text()[0], config.beta)
     per_token, kl_text = token_loss(logprobs, ref, mask, advantages(text_rewards, config.scale_rewards),
                                     config.epsilon, config.beta)
-    loss = text_loss(per_token, mask)
+    loss = text_loss(per_token, mask, config.loss_type, config.max_completion_length)
     kl_values = [float(kl_text.detach().sum() / mask.sum().clamp(min=1))]
     if making:  # images: the branches that made one; zero advantage elsewhere
         made = [image_rewards[i] for i in making]
