@@ -186,5 +186,10 @@ def test_max_prompts_takes_the_files_first_lines(tiny_dir, prompts, tmp_path, ca
         code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--layout", layout,
                                          "--max-prompts", 3, "--out", out, "--resume"])
         assert code == 2 and "max_prompts" in err  # a resumed run writes the same prompts' folders
+        assert run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--layout", layout,
+                                 "--max-prompts", 3, "--out", tmp_path / "all"])[0] == 0
+        code, stdout, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--layout", layout,
+                                            "--out", tmp_path / "all", "--resume"])  # all 3 either way: the same run
+        assert code == 0 and "wrote 0 of 3" in stdout
     else:
         assert len((out / "metadata.jsonl").read_text().splitlines()) == 2

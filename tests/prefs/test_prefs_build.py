@@ -169,6 +169,19 @@ def test_gen_model_pairs_from_a_prompt_file_by_a_local_judge(tiny_dir: Path, tmp
     assert len(load_pairs(_written(tmp_path / "free.jsonl", rows), "gen")) == 2  # trainable as written
 
 
+def test_a_judge_scores_shapeworld_train_prompts_too(tiny_dir: Path) -> None:
+    """--judge without --prompts: the usual train-split candidates, kept by the judge's verdicts."""
+    from unigap.evaluate.judges import Judge
+
+    draws = iter([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])  # the first draw's verdicts, then the second's
+    judge = Judge("vlm:fake", lambda um, images, specs: next(draws), independent=True, threshold=0.5)
+    options = BuildOptions("gen-model", n=3, seed=1, model_name="m", batch_size=4, max_candidates=4, judge="vlm:DIR")
+    rows = build_preferences(load_model(tiny_dir), options, judge=judge)
+    expected = sample_records(4, 1, "train", canvas=64)
+    assert [row["candidate"] for row in rows] == [0, 1, 2]  # every candidate: the two draws disagree on each
+    assert all(row["prompt"] == expected[row["candidate"]][0].text and row["chosen_score"] == 1.0 for row in rows)
+
+
 def _written(path: Path, rows: list[dict]) -> Path:
     from unigap.prefs.rows import write_rows
 
@@ -189,7 +202,9 @@ def test_prompt_files_and_judges_are_checked_before_the_model_loads(tiny_dir: Pa
     code, _, err = build(capsys, tiny_dir, tmp_path / "c.jsonl", "gen-real", "--prompts", str(free))
     assert code == 2 and "gen-real pairs need a rendered scene of each prompt" in err
     code, _, err = build(capsys, tiny_dir, tmp_path / "d.jsonl", "gen-model", "--judge", f"clip:{tmp_path / 'none'}")
-    assert code == 2 and "unigap: error:" in err and "Traceback" not in err
+    assert code == 2 and "clip judge directory" in err and "Traceback" not in err
+    code, _, err = build(capsys, tiny_dir, tmp_path / "e.jsonl", "gen-model", "--judge", "clip:DIR", "--margin", "0.3")
+    assert code == 2 and "--margin compares the verifier's graded scores" in err
     assert not any(tmp_path.glob("*.jsonl"))
 
 

@@ -21,7 +21,7 @@ def _results(delta: float, significant: bool, loss: float, no_signal: bool, over
 def test_fitted_pairs_without_a_gain_are_explained() -> None:
     [note] = dpo_notes(_results(0.003, False, 0.55, False))
     assert "No arm's generation DPO raised generation accuracy significantly" in note
-    assert "gen-only: +0.003 (paired p 0.400)" in note and "fitted its training pairs" in note and "0.550" in note
+    assert "gen-only: +0.003 (paired t-test p 0.400)" in note and "fitted its training pairs" in note and "0.550" in note
 
 
 def test_a_loss_stuck_at_ln2_is_named_as_the_reason() -> None:
@@ -37,7 +37,7 @@ def test_a_loss_above_ln2_is_not_called_fitted() -> None:
 def test_without_a_paired_test_the_welch_p_is_quoted() -> None:
     results = _results(0.003, False, 0.55, False)
     results["results"]["gen-only"]["generation.accuracy"] |= {"test": "welch", "p": 0.5}
-    assert "gen-only: +0.003 (welch p 0.500)" in dpo_notes(results)[0]
+    assert "gen-only: +0.003 (Welch's t-test p 0.500)" in dpo_notes(results)[0]
 
 
 def test_a_significant_gain_needs_no_note() -> None:

@@ -48,6 +48,7 @@ def test_a_paired_test_per_kind_finds_the_kind_that_moved() -> None:
     assert position["test"] == "paired" and position["n"] == len(a) == 180
     assert math.isclose(position["p"], expected.pvalue, rel_tol=1e-9)
     assert math.isclose(position["t"], expected.statistic, rel_tol=1e-9)
+    assert math.isclose(position["welch"]["p"], stats.ttest_ind(a, b, equal_var=False).pvalue, rel_tol=1e-9)
     assert math.isclose(position["delta"], a.mean() - b.mean(), abs_tol=1e-12)
     assert position["significant"] and position["p_bonferroni"] == pytest.approx(min(1, expected.pvalue * c["tests"]))
     assert not c["metrics"]["understanding.accuracy.count"]["significant"]

@@ -173,6 +173,19 @@ def test_undefined_tests_are_null_not_nan():
     assert welch(Sample(1, 1.0, 0.0, None), Sample(5, 0.5, 0.25, None))["p"] is None
 
 
+def test_the_same_change_on_every_item_is_decided_by_welch():
+    """Every item up by 0.25 (a soft score): the paired t-test is undefined (no variance of the differences), so
+    Welch's test on the two samples decides, as where the items do not line up."""
+    def run(method: str, shift: float) -> MethodRun:
+        scores = [0.0, 0.5, 0.25, 0.5, 0.0]
+        return MethodRun(method, 0, {"records": {"understanding": [{"index": i, "correct": v + shift}
+                                                                    for i, v in enumerate(scores)],
+                                                 "generation": []}})
+
+    row = compute_stats(Study([run(BASE, 0.0), run("joint", 0.25)]))["results"]["joint"]["understanding.accuracy"]
+    assert row["test"] == "welch" and row["p"] == row["welch"]["p"] is not None and row["delta"] == 0.25
+
+
 def test_final_losses_against_ln2(results):
     training = results["training"]
     assert set(training) == {"und-only", "gen-only", "joint"}

@@ -118,7 +118,10 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     from unigap.manifest import manifest, write_manifest
 
     require_positive("--batch-size", batch_size)
-    rows = [row for _, row in read_prompt_rows(prompts)][:max_prompts]
+    rows = [row for _, row in read_prompt_rows(prompts)]
+    if max_prompts is not None and max_prompts >= len(rows):
+        max_prompts = None  # nothing is cut: a resumed run may leave the flag out
+    rows = rows[:max_prompts]
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --layout geneval it must be a directory")
     check_output_file(out / SETTINGS_FILE)  # a parent that is a file fails here, before the model loads

@@ -11,7 +11,7 @@ import typer
 
 from unigap.cli.common import MODEL_OPTION
 from unigap.progress import progress
-from unigap.prefs.kinds import KINDS, check_output
+from unigap.prefs.kinds import KINDS, MARGIN, check_output
 
 app = typer.Typer(help="Preference pairs for multi-task DPO.", no_args_is_help=True)
 
@@ -24,7 +24,7 @@ def build(
     seed: int = typer.Option(0, "--seed", help="Seed: scenes, questions and samples all follow from it."),
     out: Path = typer.Option(..., "--out", help="Output file, .jsonl or .parquet."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (und answers; gen-real)."),
-    margin: float = typer.Option(0.5, "--margin", help="Minimum score margin (und, gen-model)."),
+    margin: float = typer.Option(MARGIN, "--margin", help="Minimum score margin (und, gen-model by the verifier)."),
     fallback_gt: bool = typer.Option(False, "--fallback-gt", help="und: ground truth as chosen when samples tie."),
     cfg_scale: float = typer.Option(5.0, "--cfg-scale", help="CFG scale for image sampling (1 = none)."),
     max_candidates: int | None = typer.Option(None, "--max-candidates", help="Candidates to try (default 4n)."),
@@ -49,6 +49,9 @@ def build(
     from unigap.prefs.build import BuildOptions, build_preferences, candidate_prompts, candidate_questions, summary
     from unigap.prefs.rows import write_rows
 
+    if margin != MARGIN and judge != VERIFIER:
+        raise UserError(f"--margin compares the verifier's graded scores; {judge} keeps a pair where it accepts exactly "
+                        "one image of two")
     if fallback_gt and kind != "und":  # (the study passes it for every kind; a user means und pairs by it)
         raise UserError(f"--fallback-gt applies to und pairs (ground truth as the chosen answer); {kind} pairs have no "
                         "answers")

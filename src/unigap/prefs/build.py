@@ -43,7 +43,7 @@ from unigap.evaluate.judges import VERIFIER, Judge, check_judge_name, get_judge
 from unigap.evaluate.vqa import vqa_score
 from unigap.model.images import vq_image_size
 from unigap.model.unified import UnifiedModel
-from unigap.prefs.kinds import KINDS
+from unigap.prefs.kinds import KINDS, MARGIN
 from unigap.world.scoring import answer_score, image_score
 from unigap.prefs.trl import png_bytes
 from unigap import distributed
@@ -71,7 +71,7 @@ class BuildOptions:
     seed: int
     model_name: str
     temperature: float = 1.0
-    margin: float = 0.5
+    margin: float = MARGIN
     fallback_gt: bool = False
     cfg_scale: float | None = 5.0
     max_candidates: int | None = None

@@ -7,6 +7,7 @@ from pathlib import Path
 from unigap.errors import UserError
 
 KINDS: tuple[str, ...] = ("und", "gen-real", "gen-model")
+MARGIN = 0.5  # the default least score margin of a kept pair (und; gen-model by the verifier)
 SUFFIXES: tuple[str, ...] = (".jsonl", ".parquet")
 
 

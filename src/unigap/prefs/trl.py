@@ -63,15 +63,22 @@ def token_ids(value: Any) -> bool:
                                                            for i in value)
 
 
+def has_ids(row: dict[str, Any]) -> bool:
+    """Whether a TRL generation row gives its images as token ids (`chosen_ids`, `rejected_ids`: non-empty lists)
+    rather than as images: how reading it checks it and how converting it reads it agree."""
+    return all(isinstance(row.get(f"{s}_ids"), list) and row[f"{s}_ids"] for s in ("chosen", "rejected"))
+
+
 def trl_problem(row: dict[str, Any]) -> str:
     """Why a TRL-convention row is malformed ('' when it is fine)."""
     if not _text(row["prompt"], "user"):
         return "'prompt' holds no text (a string, or a conversation with a user message)"
     if trl_task(row) == "gen":
-        have_ids = all(isinstance(row.get(f"{s}_ids"), list) and row[f"{s}_ids"] for s in ("chosen", "rejected"))
-        if not have_ids and not all(row.get(f"{s}_image") is not None for s in ("chosen", "rejected")):
-            return "a generation row needs chosen_image and rejected_image (or chosen_ids and rejected_ids)"
-        bad = next((side for side in ("chosen_ids", "rejected_ids") if have_ids and not token_ids(row[side])), None)
+        if not has_ids(row):
+            if not all(row.get(f"{s}_image") is not None for s in ("chosen", "rejected")):
+                return "a generation row needs chosen_image and rejected_image (or chosen_ids and rejected_ids)"
+            return ""
+        bad = next((side for side in ("chosen_ids", "rejected_ids") if not token_ids(row[side])), None)
         return "" if bad is None else f"{bad!r} must be a non-empty list of integer token ids"
     for side in ("chosen", "rejected"):
         if not _text(row.get(side), "assistant"):
@@ -108,7 +115,7 @@ def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -
             pairs.append(UnderstandingPair(image, prompt, _text(row["chosen"], "assistant"),
                                            _text(row["rejected"], "assistant"), math.nan, math.nan, 0, 0))
             continue
-        if row.get("chosen_ids") and row.get("rejected_ids"):
+        if has_ids(row):
             check_ids(um, where, row)
             chosen, rejected = tuple(row["chosen_ids"]), tuple(row["rejected_ids"])
         else:
@@ -128,7 +135,8 @@ def png_bytes(image: ImageInput) -> bytes:
 def to_trl(row: dict[str, Any], image: ImageInput | None, chosen_image: Image.Image | None,
            rejected_image: Image.Image | None) -> dict[str, Any]:
     """A unigap row in TRL's columns (images as PNG bytes; the writer stores them), its provenance and scores kept."""
-    keep = {key: row[key] for key in ("model", "seed", "candidate", "chosen_score", "rejected_score")}
+    keep = {key: row[key] for key in ("model", "seed", "candidate", "chosen_score", "rejected_score", "judge")
+            if key in row}  # (the scores are the judge's, where a row names one)
     refs = {"ref_chosen_logps": row["chosen_ref_logprob"], "ref_rejected_logps": row["rejected_ref_logprob"]}
     if row["kind"] == "und":
         return {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["question"]}]}],

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unigap.report.reference import PAPER_HEADLINE
+from unigap.report.stats import TEST_LABELS
 
 BASE = "base"
 _UND, _GW = PAPER_HEADLINE["und-only"], PAPER_HEADLINE["grad-weighted"]
@@ -59,18 +60,18 @@ def _test(results: dict[str, Any], claim: Claim) -> dict[str, Any] | None:
         row = results["results"].get(claim.arm, {}).get(claim.metric)
         if row is None or row.get("delta") is None:
             return None
-        family = results["bonferroni"].get("families", {}).get(claim.family)  # absent from older results
-        tests = f"the family's {family['tests']}" if family else f"all {results['bonferroni']['tests']}"
+        tests = results["bonferroni"]["families"][claim.family]["tests"]
         return {"delta": row["delta"], "ci95": row.get("delta_ci95"), "p": row["p"], "p_welch": row["welch"]["p"],
                 "significant": row["significant_in_family"],
-                "test": f"{row['test']} against the base, Bonferroni over {tests} tests"}
+                "test": f"{TEST_LABELS[row['test']]} against the base, Bonferroni over the family's {tests} tests"}
     for comparison in results.get("comparisons", []):
         if comparison["arm"] == claim.arm and comparison["baseline"] == claim.against:
             row = comparison["metrics"].get(claim.metric)
             if row is None or row.get("delta") is None:
                 return None
             return {"delta": row["delta"], "ci95": row.get("delta_ci95"), "p": row["p"], "significant": row["significant"],
-                    "test": f"{row['test']} against {claim.against}, Bonferroni over {comparison['tests']} tests"}
+                    "test": f"{TEST_LABELS[row['test']]} against {claim.against}, Bonferroni over "
+                            f"{comparison['tests']} tests"}
     return None
 
 
@@ -125,7 +126,7 @@ def co_degradation(results: dict[str, Any]) -> dict[str, Any] | None:
     if not rows or any(rows.get(m, {}).get("delta") is None for m in _CO_METRICS):
         return None
     falls = {m: rows[m]["delta"] < 0 for m in _CO_METRICS}
-    significant = {m: falls[m] and rows[m].get("significant_in_family", rows[m]["significant"]) for m in _CO_METRICS}
+    significant = {m: falls[m] and rows[m]["significant_in_family"] for m in _CO_METRICS}
     accuracies = _CO_METRICS[1:]
     if significant[_CO_METRICS[0]] and any(significant[m] for m in accuracies):
         verdict = "appears"

@@ -7,8 +7,9 @@ per question kind (what "helps spatial understanding" is checked on).
 
 Test: both arms are evaluated on the same items with the same sampling seeds, so where the two sides' per-item
 records line up (same seed, item index and question or prompt), the test is **paired**: a t-test on the per-item
-differences pooled over seeds, with its 95% CI. Otherwise Welch on the pooled items (`stats.welch`). Bonferroni
-over the comparison's own tests (its metrics × kinds). Undefined values are null.
+differences pooled over seeds, with its 95% CI. Otherwise Welch on the pooled items; Welch's test is kept beside it
+(`welch`) as for every arm against the base (`stats.decide`). Bonferroni over the comparison's own tests (its
+metrics × kinds). Undefined values are null.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 from unigap.arms import ARMS
 from unigap.evaluate.stats import as_percent, with_ci
-from unigap.report.stats import StatsOptions, pool, welch
-from unigap.study.results import METRICS, Metric, Study, keyed, paired, sample
+from unigap.report.stats import StatsOptions, decide, pool
+from unigap.study.results import METRICS, Metric, Study, sample
 from unigap.world import QUESTION_KINDS
 
 KIND_METRICS = tuple(
@@ -35,16 +36,13 @@ def compare(study: Study, arm: str, baseline: str, options: StatsOptions) -> dic
     for metric in metrics:
         a = pool([sample(run, metric) for run in study.of(arm)])
         b = pool([sample(run, metric) for run in study.of(baseline)])
-        keyed_a, keyed_b = keyed(study.of(arm), metric), keyed(study.of(baseline), metric)
-        test = (paired(keyed_a, keyed_b) if keyed_a is not None and keyed_b is not None else None) or {
-            "test": "welch", **welch(a, b)
-        }
+        test, paper = decide(study.of(arm), study.of(baseline), metric, a, b)
         p = test["p"]
         rows[metric.name] = {
             "label": metric.label, "higher_is_better": metric.higher_is_better, "arm": a.mean, "baseline": b.mean, "n": a.n, "n_baseline": b.n,
             "delta": None if a.mean is None or b.mean is None else a.mean - b.mean, **test,
             "p_bonferroni": None if p is None else min(1.0, p * len(metrics)),
-            "significant": p is not None and p < alpha_corrected,
+            "significant": p is not None and p < alpha_corrected, "welch": paper,
         }  # fmt: skip
     return {"arm": arm, "baseline": baseline, "family": ARMS[arm].family, "tests": len(metrics),
             "alpha_corrected": alpha_corrected, "metrics": rows}

@@ -252,8 +252,8 @@ def write_figures(study: Study, results: dict[str, Any], directory: str | Path) 
         Plot(
             tradeoff_plot(results, directory / "tradeoff.png"),
             "Understanding–generation trade-off",
-            "Δ vs base of the pooled per-item accuracies (all seeds); error bars: 95% CIs of the "
-            "difference (paired test). Filled markers: significant on either axis after Bonferroni.",
+            "Δ vs base of the pooled per-item accuracies (all seeds); error bars: 95% CIs of the difference (each "
+            "row's test: paired on the same items). Filled markers: significant on either axis after Bonferroni.",
         )
     ]
     if _trained(study):

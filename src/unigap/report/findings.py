@@ -9,6 +9,7 @@ from typing import Any
 
 from unigap.report.cells import DASH, Safe, ci, fmt, fmt_p, table
 from unigap.report.claims import sentence
+from unigap.report.stats import TEST_LABELS
 from unigap.train.dpo import LN2
 
 
@@ -74,7 +75,7 @@ def no_gain_note(results: dict[str, Any]) -> list[str]:
         return []
     best = max(rows, key=lambda m: rows[m]["delta"])
     r, t = rows[best], results["training"][best]
-    test = f"{r['test']} p {fmt_p(r['p'])}"
+    test = f"{TEST_LABELS[r['test']]} p {fmt_p(r['p'])}"
     loss = t.get("gen_loss")  # read with the training summary's own ln 2 verdicts (`gen_no_signal`, `gen_ln2_gap`)
     if loss is None:
         why = "its training log holds no generation DPO loss."

@@ -7,9 +7,10 @@ methods × metrics"):
 - **Test** (`test`, `t`, `df`, `p`, `delta_ci95`): base and arm are evaluated on the same items with the same
   sampling seeds, so where their per-item records line up (seed, item index, prompt or question) the deciding test
   is the **paired** t-test on the per-item differences pooled across seeds (3 × 200 = 600 pairs), which removes
-  the items' own difficulty from the error. Otherwise (an arm evaluated on other items, or reports without
-  records) it is Welch's two-sided t-test on the pooled per-item outcomes, computed exactly from each seed's mean,
-  n and standard error when there are no records. `delta` is the pooled mean minus the base's, `delta_ci95` the
+  the items' own difficulty from the error (`decide`). Otherwise (an arm evaluated on other items, reports without
+  records, or the same non-zero change on every item, where the t-test is undefined) it is Welch's two-sided t-test
+  on the pooled per-item outcomes, computed exactly from each seed's mean, n and standard error when there are no
+  records. `delta` is the pooled mean minus the base's, `delta_ci95` the
   deciding test's interval of that difference (the error bars of the trade-off figure).
 - **Welch** (`welch`): the paper's test (SPEC §1: "Welch t-test per method vs base") is kept beside it in every
   row, for reading our numbers next to the paper's; a test over 3 seed means could not reach its p = 0.005.
@@ -45,6 +46,7 @@ from unigap.train.names import TASKS, trained_tasks
 
 OTHER_FAMILY = "other"  # the family of a method outside the arm registry
 TEST_KEYS = ("test", "t", "df", "p", "delta_ci95")  # the deciding test's fields in each row
+TEST_LABELS = {"paired": "paired t-test", "welch": "Welch's t-test"}  # a row's `test` in words
 
 CONFIDENCE = 0.95
 # the training-log series the report reads, each with the log keys that may hold it (first present wins)
@@ -124,6 +126,18 @@ def welch(a: Sample, b: Sample) -> dict[str, Any]:
     df = (sq_a + sq_b) ** 2 / (sq_a**2 / (a.n - 1) + sq_b**2 / (b.n - 1))
     half = float(stats.t.ppf((1 + CONFIDENCE) / 2, df)) * se
     return {"t": t, "df": df, "p": float(2 * stats.t.sf(abs(t), df)), "delta_ci95": [delta - half, delta + half]}
+
+
+def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], metric: Metric, arm: Sample,
+           baseline: Sample) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The test that decides arm − baseline on `metric`, and Welch's beside it: the paired test where the two sides'
+    per-item records line up and it is defined, else Welch's on the pooled samples (`arm`, `baseline`). Returns
+    (the deciding test's `TEST_KEYS`, Welch's t, df, p and interval)."""
+    keyed_arm, keyed_baseline = keyed(arm_runs, metric), keyed(baseline_runs, metric)
+    same = paired(keyed_arm, keyed_baseline) if keyed_arm is not None and keyed_baseline is not None else None
+    paper = welch(arm, baseline)
+    test = same if same is not None and same["p"] is not None else {"test": "welch", **paper}
+    return {key: test[key] for key in TEST_KEYS}, paper
 
 
 def seed_interval(means: Sequence[float]) -> list[float] | None:
@@ -250,15 +264,12 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
         for metric in metrics_tested:
             summary, pooled = metric_summary(study.of(method), metric, options)
             base = base_samples[metric.name]
-            keyed_method, keyed_base = keyed(study.of(method), metric), keyed(study.of(BASE), metric)
-            same_items = paired(keyed_method, keyed_base) if keyed_method and keyed_base else None
-            paper = welch(pooled, base)
-            test = same_items or {"test": "welch", **paper}
+            test, paper = decide(study.of(method), study.of(BASE), metric, pooled, base)
             delta = None if pooled.mean is None or base.mean is None else pooled.mean - base.mean
             p = test["p"]
             metrics[method][metric.name] = summary | {
                 "delta": delta,
-                **{key: test[key] for key in TEST_KEYS},
+                **test,
                 "p_bonferroni": None if p is None else min(1.0, p * family),
                 "significant": p is not None and p < alpha_corrected,
                 "p_bonferroni_family": None if p is None else min(1.0, p * own),

@@ -46,7 +46,7 @@ class StudyConfig:
     def __post_init__(self) -> None:
         check_field_types(self)
         if self.seeds < 2:
-            raise UserError(f"--seeds must be at least 2 (a Welch test needs two values per method), got {self.seeds}")
+            raise UserError(f"--seeds must be at least 2 (the interval over seed means needs two), got {self.seeds}")
         for name in ("n", "und_pairs", "gen_pairs", "steps", "batch_size", "grpo_steps", "unimrg_steps", "unimrg_scenes"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
