@@ -76,8 +76,11 @@ def test_on_policy_loss_is_the_policy_gradient_and_k3_vanishes_at_the_reference(
     logprobs = torch.log_softmax(logits, dim=-1)[:, :3]
     mask = torch.tensor([[True, True, True], [False, True, True]])
     adv = torch.tensor([1.0, -2.0])
-    per_token, kl = token_loss(logprobs, logprobs.detach(), mask, adv, epsilon=0.2, beta=0.5)
-    assert torch.equal(kl, torch.zeros_like(kl))  # KL to itself
+    out = token_loss(logprobs, logprobs.detach(), logprobs.detach(), mask, adv, epsilon=0.2, epsilon_high=0.2,
+                     beta=0.5)
+    per_token = out.loss
+    assert torch.equal(out.kl, torch.zeros_like(out.kl))  # KL to itself
+    assert not out.low_clipped.any() and not out.high_clipped.any()  # the ratio is 1 at a rollout's first update
     loss = text_loss(per_token, mask)
     loss.backward()
     expected_logits = logits.detach().clone().requires_grad_(True)
@@ -85,9 +88,24 @@ def test_on_policy_loss_is_the_policy_gradient_and_k3_vanishes_at_the_reference(
     expected.backward()
     assert torch.allclose(logits.grad, expected_logits.grad, atol=1e-6)
     ref = logprobs.detach() - 0.3
-    _, kl = token_loss(logprobs, ref, mask, adv, 0.2, 0.5)
+    kl = token_loss(logprobs, logprobs.detach(), ref, mask, adv, 0.2, 0.2, 0.5).kl
     assert torch.allclose(kl[mask], torch.full_like(kl[mask], torch.exp(torch.tensor(-0.3)) + 0.3 - 1))
     assert image_loss(per_token, torch.tensor([False, False])).item() == 0.0
+
+
+def test_a_moved_policy_is_clipped_asymmetrically_and_counted() -> None:
+    """Later updates on one rollout (`num_iterations`): the ratio to the sampling policy is clipped to
+    [1 − ε, 1 + ε_high] in the advantage's direction only, where the gradient then stops, as TRL clips."""
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]))
+    ratios = torch.tensor([[1.25, 1.35, 0.7], [1.25, 0.7, 0.9]])  # row 0: advantage +1, row 1: advantage −1
+    logprobs = (old + torch.log(ratios)).requires_grad_(True)
+    mask = torch.ones_like(ratios, dtype=torch.bool)
+    out = token_loss(logprobs, old, None, mask, torch.tensor([1.0, -1.0]), epsilon=0.2, epsilon_high=0.28, beta=0.0)
+    assert out.high_clipped.tolist() == [[False, True, False], [False, False, False]]  # 1.35 > 1.28, A > 0
+    assert out.low_clipped.tolist() == [[False, False, False], [False, True, False]]  # 0.7 < 0.8, A < 0
+    out.loss.sum().backward()
+    assert logprobs.grad[0, 1] == 0 and logprobs.grad[1, 1] == 0  # clipped: no gradient
+    assert logprobs.grad[0, 0] != 0 and logprobs.grad[0, 2] != 0 and logprobs.grad[1, 0] != 0  # 1.25 < 1.28: kept
 
 
 def test_loss_types_aggregate_as_trl_does() -> None:
@@ -103,7 +121,44 @@ def test_loss_types_aggregate_as_trl_does() -> None:
         text_loss(per_token, mask, "dapo")
 
 
+def test_updates_reuse_a_rollout_for_num_iterations_steps_and_resume_exactly(tmp_path, monkeypatch) -> None:
+    """`num_iterations` 2: steps 0 and 1 update on one rollout (sampled once; the second update's ratio is to the
+    policy that sampled it), the stages alternate rollout by rollout, and a run killed after a checkpoint resumes to
+    the same weights."""
+    config = GRPOConfig(**(TINY_RUN | {"num_iterations": 2, "warmup_steps": 0}))
+    calls = []
+    original = UnifiedModel.generate_images
+    monkeypatch.setattr(UnifiedModel, "generate_images",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    GRPOTrainer(load_model("tiny"), config, tmp_path / "whole").train(show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["generate", "generate", "refine", "refine"]
+    assert len(calls) == config.prompts_per_step  # one generation rollout (refining edits its buffered images)
+    assert "generate/reward" in rows[0] and "generate/reward" not in rows[1]  # rewards where the rollout was made
+    assert all("clip_ratio/region_mean" in r for r in rows) and rows[1]["loss"] != rows[0]["loss"]  # the policy moved
+    monkeypatch.undo()
+
+    trainer = GRPOTrainer(load_model("tiny"), config, tmp_path / "cut")
+    step = trainer._train_step
+
+    def killed_at_step_3() -> dict:
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+        return step()
+
+    trainer._train_step = killed_at_step_3  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(show_progress=False)
+    GRPOTrainer(load_model("tiny"), config, tmp_path / "cut").train(resume=True, show_progress=False)
+    whole, resumed = _adapter(tmp_path / "whole"), _adapter(tmp_path / "cut")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_config_errors_name_the_fix() -> None:
+    with pytest.raises(UserError, match=r"checkpoint-every \(25\) must be a multiple of num-iterations \(2\)"):
+        GRPOConfig(num_iterations=2)
+    with pytest.raises(UserError, match="epsilon-high must be positive"):
+        GRPOConfig(epsilon_high=0.0)
     with pytest.raises(UserError, match="loss-type must be one of bnpo, grpo, dr_grpo, got 'dapo'"):
         GRPOConfig(loss_type="dapo")
     with pytest.raises(UserError, match="advantage is a reward minus its group's mean"):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.loop import run_loop
 from unigap.refine.metrics import round_metrics
 from unigap.refine.rollout import (
-    VERIFIER_REWARD, Buffered, GroupResult, generation_group, refine_group, reward_for, reward_key,
+    VERIFIER_REWARD, Buffered, Rollout, generation_group, refine_group, reward_for, reward_key, rollout_loss,
 )
 from unigap.train.loop import (
     TrainingDiverged, checkpoint_step, holds_run, kept_checkpoint, optimizer_step, refuse_unless_resuming, run_steps,
@@ -59,11 +59,13 @@ from unigap.train.loop import (
 
 def logged_keys(reward: str = VERIFIER_REWARD) -> tuple[str, ...]:
     """Every key a log row may hold, with the image reward named as `reward_key` names it (TRL's GRPO names:
-    `reward`, `reward_std`, `frac_reward_zero_std`, `rewards/<reward>/mean|std`, `kl` only when β > 0, per stage).
-    Unlike TRL's, a row's stds are within each group of G samples, averaged over the step's groups."""
+    `reward`, `reward_std`, `frac_reward_zero_std`, `rewards/<reward>/mean|std`, `kl` only when β > 0, `clip_ratio/*`,
+    per stage). Unlike TRL's, a row's stds are within each group of G samples, averaged over the step's groups; with
+    `num_iterations` > 1 the rewards are logged at the step that rolled out, the loss's keys at every step."""
     image = reward_key(reward)
     return (
-        "step", "stage", "lr", "loss", "grad_norm", "kl", "generate/reward", "generate/reward_std",
+        "step", "stage", "lr", "loss", "grad_norm", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean",
+        "clip_ratio/region_mean", "generate/reward", "generate/reward_std",
         "generate/frac_reward_zero_std", f"generate/rewards/{image}/mean", f"generate/rewards/{image}/std",
         "generate/audit/verifier_accuracy", "generate/audit/precision", "refine/reward", "refine/reward_std",
         "refine/frac_reward_zero_std", "refine/rewards/format/mean", "refine/rewards/format/std",
@@ -127,6 +129,10 @@ class GRPOTrainer:
         self.buffer: list[Buffered] = []
         self.audits: list[tuple[float, float]] = []  # (verifier accuracy, reward) per generation step, with a judge
         self.guard: dict[str, Any] | None = None  # the guard's record once it stops the run
+        # this process's groups of the latest rollout (group, rollout, the sampling policy's log-probs once known),
+        # and its stage: `num_iterations` steps update on one rollout
+        self.rollouts: list[tuple[int, Rollout, list[torch.Tensor] | None]] = []
+        self.stage = "generate"
         self.step = 0
 
     def train(self, resume: bool = False, show_progress: bool = True) -> None:
@@ -181,38 +187,56 @@ class GRPOTrainer:
         pool = perfect if (rng.random() < self.config.perfect_fraction and perfect) or not imperfect else imperfect
         return pool[rng.integers(len(pool))]
 
-    def _train_step(self) -> dict[str, Any]:
+    def _roll_out(self) -> list[dict[str, float]]:
+        """A new rollout of the step's groups (this process's share kept in `self.rollouts`); every group's rollout
+        metrics in group order. Every process draws every group's prompt or start image (the one-process draws)."""
         c = self.config
         rng = np.random.default_rng([c.seed, STEP_STREAM, self.step])
-        stage = "generate" if c.stages == "generate" or self.step % 2 == 0 or not self.buffer else "refine"
-        record: dict[str, Any] = {"step": self.step, "stage": stage, "lr": self.scheduler.get_last_lr()[0]}
-        # every process draws every group's prompt or start image (the one-process draws) and rolls out its share
-        if stage == "generate":
+        turn = self.step // c.num_iterations  # R3's tree alternates the stages rollout by rollout
+        self.stage = "generate" if c.stages == "generate" or turn % 2 == 0 or not self.buffer else "refine"
+        if self.stage == "generate":
             starts: list[Any] = [int(rng.integers(len(self.prompts))) for _ in range(c.prompts_per_step)]
         else:
             starts = [self._start(rng) for _ in range(c.prompts_per_step)]
 
-        def rollouts() -> list[tuple[int, float, GroupResult]]:
-            mine = []
+        def mine() -> list[tuple[int, dict[str, float], list[Buffered]]]:
+            self.rollouts = []
             for group in distributed.shard(np.arange(c.prompts_per_step)).tolist():
                 seed, start = batch_seed(c.seed, self.step * 1000 + group * 2), starts[group]
-                if stage == "generate":
-                    result = generation_group(self.um, start, self.prompts[start], c, seed, self.reward)
+                if self.stage == "generate":
+                    rollout = generation_group(self.um, start, self.prompts[start], c, seed, self.reward)
                 else:
-                    result = refine_group(self.um, start, self.prompts[start.prompt], c, seed, self.reward)
-                (result.loss / c.prompts_per_step).backward()
-                mine.append((group, float(result.loss.detach()), replace(result, loss=torch.empty(0))))
+                    rollout = refine_group(self.um, start, self.prompts[start.prompt], c, seed, self.reward)
+                self.rollouts.append((group, rollout, None))
+            return [(group, rollout.metrics, rollout.buffered) for group, rollout, _ in self.rollouts]
+
+        groups = sorted((row for rows in distributed.gather_results(mine) for row in rows), key=lambda row: row[0])
+        if c.stages == "tree":  # only refine steps draw from the buffer
+            self.buffer += [b for _, _, buffered in groups for b in buffered]
+        return [metrics for _, metrics, _ in groups]
+
+    def _train_step(self) -> dict[str, Any]:
+        c = self.config
+        metrics = self._roll_out() if self.step % c.num_iterations == 0 or not self.rollouts else []
+        record: dict[str, Any] = {"step": self.step, "stage": self.stage, "lr": self.scheduler.get_last_lr()[0]}
+
+        def update() -> list[tuple[int, float, dict[str, float]]]:
+            mine = []
+            for i, (group, rollout, old) in enumerate(self.rollouts):
+                loss, old, own = rollout_loss(rollout, c, old)
+                (loss / c.prompts_per_step).backward()
+                self.rollouts[i] = (group, rollout, old)
+                mine.append((group, float(loss.detach()), own))
             return mine
 
-        groups = sorted((row for rows in distributed.gather_results(rollouts) for row in rows), key=lambda row: row[0])
+        groups = sorted((row for rows in distributed.gather_results(update) for row in rows), key=lambda row: row[0])
         if not all(np.isfinite([loss for _, loss, _ in groups])):
             raise TrainingDiverged(f"non-finite GRPO loss at step {self.step}: training stopped")
         distributed.sum_gradients([p for _, p in self.named])
-        results = [result for _, _, result in groups]
-        if c.stages == "tree":  # only refine steps draw from the buffer
-            self.buffer += [b for r in results for b in r.buffered]
-        keys = sorted({k for r in results for k in r.metrics})
-        record |= {k: float(np.mean([r.metrics[k] for r in results if k in r.metrics])) for k in keys}
+        metrics = [m | own for m, (_, _, own) in zip(metrics, groups, strict=True)] if metrics else \
+            [own for _, _, own in groups]
+        keys = sorted({k for m in metrics for k in m})
+        record |= {k: float(np.mean([m[k] for m in metrics if k in m])) for k in keys}
         record["loss"] = float(np.mean([loss for _, loss, _ in groups]))
         record["grad_norm"] = optimizer_step(self.named, self.optimizer, self.scheduler, self.config.max_grad_norm,
                                              self.step)

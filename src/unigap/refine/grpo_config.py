@@ -1,12 +1,13 @@
 """`GRPOConfig`: every knob of `unigap refine train`, R3's GRPO of generation, reflection and refinement (SPEC §3).
 
 Names follow TRL's `GRPOConfig` where TRL has the knob (`num_generations`, `temperature`, `beta`, `epsilon`,
-`scale_rewards`, `loss_type`, `max_completion_length`) and unigap's trainers elsewhere (`lr`, `steps`, `seed`, `lora_*`,
-`max_grad_norm`, `checkpoint_every`). Defaults are R3's where they differ from TRL's, said per field:
-`beta` 0.001 (TRL 0.0: R3 keeps a KL to the frozen reference), `scale_rewards` "none" (TRL "group": R3 does not
-divide advantages by the group's reward std), `loss_type` "bnpo" (TRL "dapo": both divide by the trained tokens, of
-the local batch and of the global one; here a group is a batch, as in R3), groups of 16. One optimiser step per
-rollout step, so the PPO ratio is 1 at the update and `epsilon` only matters if that changes.
+`epsilon_high`, `num_iterations`, `scale_rewards`, `loss_type`, `max_completion_length`) and unigap's trainers
+elsewhere (`lr`, `steps`, `seed`, `lora_*`, `max_grad_norm`, `checkpoint_every`). Defaults are R3's where they differ
+from TRL's, said per field: `beta` 0.001 (TRL 0.0: R3 keeps a KL to the frozen reference), `scale_rewards` "none" (TRL
+"group": R3 does not divide advantages by the group's reward std), `loss_type` "bnpo" (TRL "dapo": both divide by the
+trained tokens, of the local batch and of the global one; here a group is a batch, as in R3), groups of 16. One
+optimiser step per rollout by default (TRL's `num_iterations` 1, R3's too), so the PPO ratio is 1 at the update and
+`epsilon` only clips once `num_iterations` > 1 reuses a rollout.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class GRPOConfig:
     edit_cfg_scale: float = EDIT_CFG_SCALE  # and edits under this one (`unigap.model.editing.EditGuidance`)
     edit_image_cfg_scale: float = EDIT_IMAGE_CFG_SCALE
     beta: float = 0.001  # KL weight, k3 estimator against the frozen reference (TRL default 0.0; R3 0.001)
-    epsilon: float = 0.2  # PPO clip range
+    epsilon: float = 0.2  # PPO clip range: the ratio is kept >= 1 − epsilon
+    epsilon_high: float | None = None  # and <= 1 + epsilon_high (DAPO's clip-higher); None: epsilon, as in TRL
+    num_iterations: int = 1  # optimiser steps on each rollout (TRL's μ); R3 and TRL: 1
     scale_rewards: str = "none"  # R3: advantages are reward − group mean, not divided by the std (TRL: "group")
     loss_type: str = "bnpo"  # how a group's reflection tokens make one loss (`grpo_loss.text_loss`); R3: "bnpo"
     perfect_fraction: float = 0.15  # refine steps draw this share of their images from the perfect buffer (R3)
@@ -70,9 +73,14 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         check_field_types(self)
         for name in ("steps", "lr", "max_grad_norm", "prompts_per_step", "epsilon", "max_completion_length",
-                     "lora_rank", "lora_alpha", "checkpoint_every"):
+                     "lora_rank", "lora_alpha", "checkpoint_every", "num_iterations"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.epsilon_high is not None and not self.epsilon_high > 0:
+            raise UserError(f"epsilon-high must be positive (or unset: epsilon), got {self.epsilon_high}")
+        if self.checkpoint_every % self.num_iterations:
+            raise UserError(f"checkpoint-every ({self.checkpoint_every}) must be a multiple of num-iterations "
+                            f"({self.num_iterations}): a checkpoint is written between rollouts")
         if self.num_generations < 2:
             raise UserError(f"num-generations must be >= 2: an advantage is a reward minus its group's mean, "
                             f"got {self.num_generations}")

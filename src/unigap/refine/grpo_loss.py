@@ -8,7 +8,9 @@ f ∈ {0, 1} the format check):
   text reward f + Δ·f; image reward r_new, its advantage zeroed where no image was made (stopped, or a format
   failure).
 Advantage = reward − group mean (`scale_rewards` "group" also divides by the group's std, as TRL does). Loss per
-sequence: the PPO-clipped ratio times the advantage, minus β times the k3 estimate of KL(π‖π_ref), per token;
+sequence: the PPO-clipped ratio π/π_old (clipped to [1 − ε, 1 + ε_high], TRL's `epsilon` and `epsilon_high`) times the
+advantage, plus β times the k3 estimate of KL(π‖π_ref), per token; π_old is the policy the samples were drawn
+from, so the ratio is 1 at a rollout's first update and moves only over TRL's `num_iterations` updates of it;
 text is aggregated by TRL's `loss_type` (`text_loss`; by default R3's token-level sum / count over the group, TRL's
 "bnpo" with a group as the batch), an image over its own tokens (R3: an image's log-prob is its mean per-token
 log-prob), then images over the batch (every image has the same number of tokens, so each loss type gives this).
@@ -17,6 +19,7 @@ log-prob), then images over the batch (every image has the same number of tokens
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -53,22 +56,34 @@ def advantages(rewards: Sequence[float | None], scale: str = "none") -> torch.Te
     return out
 
 
-def token_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, mask: torch.Tensor,
-               advantage: torch.Tensor, epsilon: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token PPO-clip loss with the k3 KL, for sequences sampled by the current policy (old = detached).
+class TokenLoss(NamedTuple):
+    """`token_loss`'s per-token tensors [B, T], each zero (False) outside the mask."""
 
-    logprobs, ref_logprobs, mask: [B, T]; advantage: [B]. Returns (per-token loss [B, T], per-token KL [B, T]),
-    zero outside `mask`; the caller aggregates (`text_loss`, `image_loss`)."""
-    ratio = torch.exp(logprobs - logprobs.detach())
+    loss: torch.Tensor
+    kl: torch.Tensor
+    low_clipped: torch.Tensor  # ratio below 1 − ε where the advantage is negative (TRL's `clip_ratio/low`)
+    high_clipped: torch.Tensor  # ratio above 1 + ε_high where it is positive (`clip_ratio/high`)
+
+
+def token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
+               mask: torch.Tensor, advantage: torch.Tensor, epsilon: float, epsilon_high: float,
+               beta: float) -> TokenLoss:
+    """Per-token PPO-clip loss with the k3 KL, as TRL's GRPOTrainer computes it.
+
+    logprobs (with gradients), old_logprobs (the sampling policy's, detached), ref_logprobs, mask: [B, T]; advantage:
+    [B]. The caller aggregates the loss (`text_loss`, `image_loss`)."""
+    ratio = torch.exp(logprobs - old_logprobs)
     adv = advantage.to(logprobs.device).unsqueeze(-1)
-    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
     loss = -torch.min(ratio * adv, clipped * adv)
     kl = torch.zeros_like(logprobs)
     if ref_logprobs is not None and beta > 0:
         diff = ref_logprobs - logprobs
         kl = torch.exp(diff) - diff - 1
         loss = loss + beta * kl
-    return torch.where(mask, loss, 0.0), torch.where(mask, kl, 0.0)
+    low = (ratio < 1 - epsilon) & (adv < 0) & mask
+    high = (ratio > 1 + epsilon_high) & (adv > 0) & mask
+    return TokenLoss(torch.where(mask, loss, 0.0), torch.where(mask, kl, 0.0), low, high)
 
 
 LOSS_TYPES = ("bnpo", "grpo", "dr_grpo")

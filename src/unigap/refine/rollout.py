@@ -11,13 +11,15 @@
 * `refine_group`: G branches from one buffered image: a sampled reflection in a fresh context, then, unless it
   stops or fails the format check, the next image (an edit of the image; a model that cannot edit regenerates from
   the refined prompt). Rewards and advantages as `grpo_loss` states them.
-Each returns the loss to backpropagate (policy log-probs with gradients, the reference's under
-`adapters_disabled` when β > 0), the new images for the rollout buffer, and its metrics.
+Each returns a `Rollout`: its trained parts (text and/or images: how to score them under the current policy, their
+advantages, and the reference's log-probs under `adapters_disabled` when β > 0), the new images for the rollout
+buffer, and its metrics. `rollout_loss` is the loss of one update on it: TRL's `num_iterations` updates reuse one
+rollout, its first update's log-probs standing for the policy that sampled it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,18 +68,72 @@ def reward_for(name: str) -> Reward:
     return Reward(name, score, lambda value: bool(judge.accepts(value)))
 
 
+Scores = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # (log-probs [B, T], mask [B, T]) under the policy
+
+
 @dataclass(frozen=True)
-class GroupResult:
-    loss: torch.Tensor
+class Part:
+    """One trained part of a group's rollout: the reflections ("text", aggregated by `loss_type`) or images ("image",
+    each its mean over its tokens), rescored under the current policy at every update."""
+
+    kind: str
+    score: Scores
+    advantage: torch.Tensor  # [B]
+    reference: torch.Tensor | None  # [B, T] log-probs under π_ref; None when β = 0
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One group's samples, scored: what each update on it needs (`rollout_loss`), the images for the rollout buffer,
+    and the rollout's metrics (rewards, the audit)."""
+
+    parts: tuple[Part, ...]
     buffered: list[Buffered]
     metrics: dict[str, float]
 
 
-def _reference(um: Any, score: Callable[[], torch.Tensor], beta: float) -> torch.Tensor | None:
+def _part(um: Any, kind: str, score: Scores, advantage: torch.Tensor, beta: float) -> Part:
+    """A part with its reference log-probs (none when β = 0: the KL term is off)."""
     if beta <= 0:
-        return None
+        return Part(kind, score, advantage, None)
     with torch.no_grad(), um.adapters_disabled():
-        return score()
+        return Part(kind, score, advantage, score()[0])
+
+
+def _every_token(logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image's log-probs with its mask: every one of its N tokens is trained."""
+    return logprobs, torch.ones_like(logprobs, dtype=torch.bool)
+
+
+def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, float]]:
+    """One update's GRPO loss on a group's rollout, the log-probs of the policy that sampled it (`old`, per part: None
+    at the first update, where they are the policy's own, returned for the next ones), and the update's metrics
+    (TRL's `kl` when β > 0, `clip_ratio/*`, `completions/mean_length` of the reflections)."""
+    loss: Any = 0.0
+    olds, kls = [], []
+    low = high = tokens = 0.0
+    metrics: dict[str, float] = {}
+    for i, part in enumerate(rollout.parts):
+        logprobs, mask = part.score()
+        before = logprobs.detach() if old is None else old[i]
+        out = token_loss(logprobs, before, part.reference, mask, part.advantage, config.epsilon,
+                         config.epsilon_high or config.epsilon, config.beta)
+        if part.kind == "text":
+            loss = loss + text_loss(out.loss, mask, config.loss_type, config.max_completion_length)
+            kls.append(float(out.kl.detach().sum() / mask.sum().clamp(min=1)))
+            metrics["completions/mean_length"] = float(mask.sum(dim=-1).float().mean())
+        else:
+            loss = loss + image_loss(out.loss, torch.ones(len(logprobs), dtype=torch.bool))
+            kls.append(float(out.kl.detach().mean()))
+        olds.append(before)
+        low, high = low + float(out.low_clipped.sum()), high + float(out.high_clipped.sum())
+        tokens += float(mask.sum())
+    if config.beta > 0:  # (TRL logs `kl` only when it is in the loss)
+        metrics["kl"] = float(np.mean(kls))  # the text's and the images' estimates, averaged
+    metrics |= {"clip_ratio/low_mean": low / max(tokens, 1.0), "clip_ratio/high_mean": high / max(tokens, 1.0),
+                "clip_ratio/region_mean": (low + high) / max(tokens, 1.0)}
+    return loss, olds, metrics
 
 
 def reward_key(name: str) -> str:
@@ -103,37 +159,32 @@ def _group_stats(rewards: list[float]) -> dict[str, float]:
 
 
 def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, seed: int,
-                     reward: Reward) -> GroupResult:
-    """Generate G images of one prompt and return their GRPO loss (image reward only)."""
+                     reward: Reward) -> Rollout:
+    """Generate G images of one prompt: one trained part, the images (image reward only)."""
     g, cfg = config.num_generations, config.cfg_scale or None
     with torch.no_grad():
         tokens = um.generate_images([spec.text], g, cfg, config.temperature, seed).cpu()
         images = um.decode_tokens(tokens)
         scores = reward.score(um, images, spec)
-    adv = advantages(scores, config.scale_rewards)
     prompts = [spec.text] * g
-    logprobs = um.image_token_logprobs(prompts, tokens, cfg)  # [G, N]
-    ref = _reference(um, lambda: um.image_token_logprobs(prompts, tokens, cfg), config.beta)
-    mask = torch.ones_like(logprobs, dtype=torch.bool)
-    per_token, kl = token_loss(logprobs, ref, mask, adv, config.epsilon, config.beta)
-    loss = image_loss(per_token, torch.ones(g, dtype=torch.bool))
+    part = _part(um, "image", lambda: _every_token(um.image_token_logprobs(prompts, tokens, cfg)),  # [G, N]
+                 advantages(scores, config.scale_rewards), config.beta)
     metrics = {f"generate/{k}": v for k, v in _group_stats(scores).items()}
     metrics |= _reward_stats(f"generate/rewards/{reward_key(reward.name)}", scores)
-    if config.beta > 0:  # (TRL logs `kl` only when it is in the loss)
-        metrics["kl"] = float(kl.detach().mean())
     if reward.name != VERIFIER_REWARD:  # the independent check: how often the verifier passes what the reward pays
         audit = get_judge(VERIFIER_REWARD).fn(um, images, [spec] * len(images))  # 1.0 where it is satisfied
         metrics["generate/audit/verifier_accuracy"] = float(np.mean(audit))
         accepted = [ok for ok, score in zip(audit, scores, strict=True) if reward.perfect(score)]
         if accepted:
             metrics["generate/audit/precision"] = float(np.mean(accepted))
-    return GroupResult(loss, [Buffered(index, tuple(row), s) for row, s in zip(tokens.tolist(), scores, strict=True)],
-                       metrics)
+    return Rollout((part,), [Buffered(index, tuple(row), s) for row, s in zip(tokens.tolist(), scores, strict=True)],
+                   metrics)
 
 
 def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig, seed: int,
-                 reward: Reward) -> GroupResult:
-    """G reflect (+ refine) branches from one buffered image and their GRPO loss (text and image rewards)."""
+                 reward: Reward) -> Rollout:
+    """G reflect (+ refine) branches from one buffered image: the reflections and the images made are the trained
+    parts (text and image rewards)."""
     g, cfg, guidance = config.num_generations, config.cfg_scale or None, config.edit_guidance
     edit = um.supports_editing
     with torch.no_grad():
@@ -162,37 +213,23 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
                                                          [reward.perfect(start.score)] * g)
     # text: every branch's reflection
     question = um.prompts.reflect_question(spec.text)
-    text = lambda: um.answer_token_logprobs([image] * g, [question] * g, notes)  # noqa: E731
-    logprobs, mask = text()
-    ref = _reference(um, lambda: text()[0], config.beta)
-    per_token, kl_text = token_loss(logprobs, ref, mask, advantages(text_rewards, config.scale_rewards),
-                                    config.epsilon, config.beta)
-    loss = text_loss(per_token, mask, config.loss_type, config.max_completion_length)
-    kl_values = [float(kl_text.detach().sum() / mask.sum().clamp(min=1))]
+    parts = [_part(um, "text", lambda: um.answer_token_logprobs([image] * g, [question] * g, notes),
+                   advantages(text_rewards, config.scale_rewards), config.beta)]
     if making:  # images: the branches that made one; zero advantage elsewhere
-        made = [image_rewards[i] for i in making]
-        adv = advantages(made, config.scale_rewards)
+        adv = advantages([image_rewards[i] for i in making], config.scale_rewards)
         if edit:
             sources, instructions = [image] * len(making), [notes[i] for i in making]
-            score_images = lambda: um.edit_token_logprobs(sources, instructions, tokens, guidance.text,  # noqa: E731
-                                                          image_cfg_scale=guidance.image)
+            score_images = lambda: _every_token(um.edit_token_logprobs(  # noqa: E731
+                sources, instructions, tokens, guidance.text, image_cfg_scale=guidance.image))
         else:
             refined = [refined_prompt(spec.text, notes[i]) for i in making]
-            score_images = lambda: um.image_token_logprobs(refined, tokens, cfg)  # noqa: E731
-        logprobs = score_images()
-        ref = _reference(um, score_images, config.beta)
-        per_image, kl_image = token_loss(logprobs, ref, torch.ones_like(logprobs, dtype=torch.bool), adv,
-                                         config.epsilon, config.beta)
-        loss = loss + image_loss(per_image, torch.ones(len(making), dtype=torch.bool))
-        kl_values.append(float(kl_image.detach().mean()))
+            score_images = lambda: _every_token(um.image_token_logprobs(refined, tokens, cfg))  # noqa: E731
+        parts.append(_part(um, "image", score_images, adv, config.beta))
     metrics = {f"refine/{k}": v for k, v in _group_stats(text_rewards).items()}
     metrics |= _reward_stats("refine/rewards/format", format_ok) | _reward_stats("refine/rewards/delta", deltas)
-    metrics |= {"refine/stop_rate": float(np.mean(stopped)),
-                "completions/mean_length": float(mask.sum(dim=-1).float().mean())}
-    if config.beta > 0:
-        metrics["kl"] = float(np.mean(kl_values))  # the text's and the images' estimates, averaged
+    metrics["refine/stop_rate"] = float(np.mean(stopped))
     made_scores = [s for s in new_scores if s is not None]
     if made_scores:
         metrics |= _reward_stats(f"refine/rewards/{reward_key(reward.name)}", made_scores)
     buffered = [Buffered(start.prompt, tuple(row), s) for row, s in zip(tokens.tolist(), made_scores, strict=True)]
-    return GroupResult(loss, buffered, metrics)
+    return Rollout(tuple(parts), buffered, metrics)
