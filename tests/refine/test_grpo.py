@@ -108,6 +108,35 @@ def test_a_moved_policy_is_clipped_asymmetrically_and_counted() -> None:
     assert logprobs.grad[0, 0] != 0 and logprobs.grad[0, 2] != 0 and logprobs.grad[1, 0] != 0  # 1.25 < 1.28: kept
 
 
+def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
+    """`rollout_loss` on a reflection part: the entropy is the mean over trained tokens of each scored distribution's
+    (recorded by the scorer's own `token_logprobs`), a reflection that reached `max_completion_length` tokens before
+    its EOS counts as clipped, and the scorer's log-probs are what the loss trains."""
+    from unigap.model.decoding import token_entropies, token_logprobs
+    from unigap.refine.rollout import Part, Rollout, rollout_loss
+
+    logits = torch.randn(2, 4, 6, requires_grad=True)
+    tokens = torch.tensor([[1, 2, 3, 4], [0, 0, 5, 1]])
+    mask = torch.tensor([[True, True, True, True], [False, False, True, True]])  # 3 tokens + EOS; 1 token + EOS
+    part = Part("text", lambda: (torch.where(mask, token_logprobs(logits, tokens), 0.0), mask),
+                torch.tensor([1.0, -1.0]), None)
+    config = GRPOConfig(max_completion_length=3, beta=0.0)
+    loss, old, metrics = rollout_loss(Rollout((part,), [], {}), config)
+    probs = torch.softmax(logits.detach(), -1)
+    entropy = -(probs * probs.log()).sum(-1)
+    assert metrics["entropy"] == pytest.approx(float(entropy[mask].mean()), rel=1e-5)
+    assert metrics["completions/clipped_ratio"] == 0.5 and metrics["completions/mean_length"] == 3.0
+    assert metrics["clip_ratio/region_mean"] == 0.0 and "kl" not in metrics  # the first update; β = 0
+    assert torch.equal(old[0], torch.where(mask, token_logprobs(logits, tokens), 0.0).detach())
+    loss.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    with token_entropies() as outer:  # outside a block nothing is recorded; inside, the innermost block records
+        with token_entropies() as inner:
+            token_logprobs(logits, tokens)
+    token_logprobs(logits, tokens)
+    assert len(inner) == 1 and not outer and torch.allclose(inner[0], entropy)
+
+
 def test_loss_types_aggregate_as_trl_does() -> None:
     """TRL's GRPOTrainer formulas (trl/trainer/grpo_trainer.py): bnpo over the batch's trained tokens, grpo per
     completion then over completions, dr_grpo over B × max_completion_length; zero outside the mask."""
@@ -196,7 +225,8 @@ def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_ex
     rows = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["generate", "refine", "generate", "refine"]
     assert all(set(r) <= set(LOGGED_KEYS) for r in rows) and "generate/reward" in rows[0]
-    assert all("kl" in r for r in rows) and "generate/rewards/image_score/mean" in rows[0]  # β > 0; the verifier
+    assert all("kl" in r and r["entropy"] > 0 for r in rows) and "generate/rewards/image_score/mean" in rows[0]
+    assert "completions/clipped_ratio" in rows[1] and "completions/clipped_ratio" not in rows[0]  # reflections only
     assert "refine/stop_rate" in rows[1] and "generate/audit/verifier_accuracy" not in rows[0]  # the reward is it
     state = torch.load(tmp_path / "whole" / "checkpoint" / "checkpoint.pt", weights_only=False)
     assert len(state["buffer"]) >= 2 * config.num_generations  # every generated image is buffered

@@ -7,9 +7,12 @@ sequence's numbers do not depend on what else is in its batch (batched == unbatc
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
+
+_ENTROPY_RECORDERS: list[list[torch.Tensor]] = []  # the open `token_entropies` blocks, innermost last
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.LongTensor, torch.LongTensor]:
@@ -54,9 +57,27 @@ def choose(logits: torch.Tensor, temperature: float, generator: torch.Generator)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+@contextmanager
+def token_entropies() -> Iterator[list[torch.Tensor]]:
+    """Inside the block, every `token_logprobs` call also appends the entropy (nats, detached) of each distribution
+    it scores to the yielded list, shaped as its log-probs: the policy entropy TRL's GRPO logs, from the log-softmax
+    the scorer computes anyway, with no second forward pass and no change to any scorer's signature."""
+    seen: list[torch.Tensor] = []
+    _ENTROPY_RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:
+        _ENTROPY_RECORDERS.remove(seen)
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.LongTensor) -> torch.Tensor:
-    """log p(token) under softmax(logits), computed in fp32 whatever the model dtype."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    """log p(token) under softmax(logits), computed in fp32 whatever the model dtype (and, inside
+    `token_entropies`, each distribution's entropy recorded)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    if _ENTROPY_RECORDERS:
+        with torch.no_grad():
+            _ENTROPY_RECORDERS[-1].append(-(logprobs.exp() * logprobs).sum(dim=-1))
+    return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def check_temperature(temperature: float) -> None:

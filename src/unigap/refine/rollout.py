@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from unigap.evaluate.judges import VERIFIER, get_judge
+from unigap.model.decoding import token_entropies
 from unigap.world.scoring import image_score
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
@@ -109,20 +110,25 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
                  ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, float]]:
     """One update's GRPO loss on a group's rollout, the log-probs of the policy that sampled it (`old`, per part: None
     at the first update, where they are the policy's own, returned for the next ones), and the update's metrics
-    (TRL's `kl` when β > 0, `clip_ratio/*`, `completions/mean_length` of the reflections)."""
+    (TRL's `kl` when β > 0, `entropy` and `clip_ratio/*` over every trained token, `completions/mean_length` and
+    `completions/clipped_ratio` of the reflections: the share that reached `max_completion_length` tokens)."""
     loss: Any = 0.0
     olds, kls = [], []
-    low = high = tokens = 0.0
+    low = high = tokens = entropy = 0.0
     metrics: dict[str, float] = {}
     for i, part in enumerate(rollout.parts):
-        logprobs, mask = part.score()
+        with token_entropies() as seen:
+            logprobs, mask = part.score()
+        entropy += float(torch.where(mask, seen[-1], 0.0).sum())
         before = logprobs.detach() if old is None else old[i]
         out = token_loss(logprobs, before, part.reference, mask, part.advantage, config.epsilon,
                          config.epsilon_high or config.epsilon, config.beta)
         if part.kind == "text":
             loss = loss + text_loss(out.loss, mask, config.loss_type, config.max_completion_length)
             kls.append(float(out.kl.detach().sum() / mask.sum().clamp(min=1)))
-            metrics["completions/mean_length"] = float(mask.sum(dim=-1).float().mean())
+            lengths = mask.sum(dim=-1)  # each reflection's tokens and its EOS
+            metrics["completions/mean_length"] = float(lengths.float().mean())
+            metrics["completions/clipped_ratio"] = float((lengths - 1 >= config.max_completion_length).float().mean())
         else:
             loss = loss + image_loss(out.loss, torch.ones(len(logprobs), dtype=torch.bool))
             kls.append(float(out.kl.detach().mean()))
@@ -131,8 +137,9 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
         tokens += float(mask.sum())
     if config.beta > 0:  # (TRL logs `kl` only when it is in the loss)
         metrics["kl"] = float(np.mean(kls))  # the text's and the images' estimates, averaged
-    metrics |= {"clip_ratio/low_mean": low / max(tokens, 1.0), "clip_ratio/high_mean": high / max(tokens, 1.0),
-                "clip_ratio/region_mean": (low + high) / max(tokens, 1.0)}
+    per_token = {"entropy": entropy, "clip_ratio/low_mean": low, "clip_ratio/high_mean": high,
+                 "clip_ratio/region_mean": low + high}
+    metrics |= {key: total / max(tokens, 1.0) for key, total in per_token.items()}
     return loss, olds, metrics
 
 
