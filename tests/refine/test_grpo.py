@@ -150,6 +150,20 @@ def test_loss_types_aggregate_as_trl_does() -> None:
         text_loss(per_token, mask, "dapo")
 
 
+def _kill_at_step_3(trainer: GRPOTrainer) -> None:
+    """Train until the third step, which dies (after the checkpoint at step 2)."""
+    step = trainer._train_step
+
+    def killed_at_step_3() -> dict:
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+        return step()
+
+    trainer._train_step = killed_at_step_3  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(show_progress=False)
+
+
 def test_updates_reuse_a_rollout_for_num_iterations_steps_and_resume_exactly(tmp_path, monkeypatch) -> None:
     """`num_iterations` 2: steps 0 and 1 update on one rollout (sampled once; the second update's ratio is to the
     policy that sampled it), the stages alternate rollout by rollout, and a run killed after a checkpoint resumes to
@@ -167,17 +181,7 @@ def test_updates_reuse_a_rollout_for_num_iterations_steps_and_resume_exactly(tmp
     assert all("clip_ratio/region_mean" in r for r in rows) and rows[1]["loss"] != rows[0]["loss"]  # the policy moved
     monkeypatch.undo()
 
-    trainer = GRPOTrainer(load_model("tiny"), config, tmp_path / "cut")
-    step = trainer._train_step
-
-    def killed_at_step_3() -> dict:
-        if trainer.step == 3:
-            raise KeyboardInterrupt
-        return step()
-
-    trainer._train_step = killed_at_step_3  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(show_progress=False)
+    _kill_at_step_3(GRPOTrainer(load_model("tiny"), config, tmp_path / "cut"))
     GRPOTrainer(load_model("tiny"), config, tmp_path / "cut").train(resume=True, show_progress=False)
     whole, resumed = _adapter(tmp_path / "whole"), _adapter(tmp_path / "cut")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
@@ -231,17 +235,7 @@ def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_ex
     state = torch.load(tmp_path / "whole" / "checkpoint" / "checkpoint.pt", weights_only=False)
     assert len(state["buffer"]) >= 2 * config.num_generations  # every generated image is buffered
 
-    trainer = GRPOTrainer(load_model("tiny"), config, tmp_path / "cut")
-    step = trainer._train_step
-
-    def killed_at_step_3() -> dict:
-        if trainer.step == 3:
-            raise KeyboardInterrupt
-        return step()
-
-    trainer._train_step = killed_at_step_3  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(show_progress=False)
+    _kill_at_step_3(GRPOTrainer(load_model("tiny"), config, tmp_path / "cut"))
     with pytest.raises(UserError, match="different settings"):
         GRPOTrainer(load_model("tiny"), GRPOConfig(**(TINY_RUN | {"beta": 0.1})), tmp_path / "cut").train(
             resume=True, show_progress=False)
