@@ -137,6 +137,20 @@ def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
     assert len(inner) == 1 and not outer and torch.allclose(inner[0], entropy)
 
 
+def test_batch_scaling_divides_by_the_std_of_every_group_of_the_step() -> None:
+    """TRL's `scale_rewards="batch"`: each group's advantages stay centred on its own mean, and all are divided by
+    the std of the step's rewards of their kind, over every group."""
+    trainer = GRPOTrainer(load_model("tiny"), GRPOConfig(**(TINY_RUN | {"prompts_per_step": 2,
+                                                                          "scale_rewards": "batch"})), "unused")
+    trainer._roll_out()
+    parts = [rollout.parts[0] for _, rollout, _ in trainer.rollouts]
+    every = torch.tensor([r for part in parts for r in part.rewards])
+    for part in parts:
+        own = torch.tensor(part.rewards)
+        assert torch.allclose(part.advantage, (own - own.mean()) / (every.std() + 1e-4))
+    assert advantages([1.0, 0.0, 0.5], "batch").tolist() == pytest.approx([0.5, -0.5, 0.0])  # centred only, here
+
+
 def test_loss_types_aggregate_as_trl_does() -> None:
     """TRL's GRPOTrainer formulas (trl/trainer/grpo_trainer.py): bnpo over the batch's trained tokens, grpo per
     completion then over completions, dr_grpo over B × max_completion_length; zero outside the mask."""
@@ -197,7 +211,7 @@ def test_config_errors_name_the_fix() -> None:
     with pytest.raises(UserError, match="advantage is a reward minus its group's mean"):
         GRPOConfig(num_generations=1)
     with pytest.raises(UserError, match="scale-rewards"):
-        GRPOConfig(scale_rewards="batch")
+        GRPOConfig(scale_rewards="global")
     with pytest.raises(UserError, match="greedy"):
         GRPOConfig(temperature=0)
     with pytest.raises(UserError, match="stages must be one of tree, generate"):

@@ -156,7 +156,8 @@ def train_command(
     beta: float | None = typer.Option(None, "--beta", help="KL weight, k3 estimator (default 0.001, R3's; TRL's "
                                       "default is 0)."),
     scale_rewards: str | None = typer.Option(None, "--scale-rewards", help="none (R3: reward − group mean, the "
-                                             "default; TRL divides by the std: group) | group."),
+                                             "default; TRL divides by the std: group) | group | batch (the std of "
+                                             "every reward of the step)."),
     loss_type: str | None = typer.Option(None, "--loss-type", help="How a group's reflection tokens make one loss, "
                                          "TRL's names: bnpo (R3's: sum / trained tokens, the default) | grpo (mean "
                                          "per completion) | dr_grpo (sum / (G × max completion length))."),

@@ -51,7 +51,8 @@ from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.loop import run_loop
 from unigap.refine.metrics import round_metrics
 from unigap.refine.rollout import (
-    VERIFIER_REWARD, Buffered, Rollout, generation_group, refine_group, reward_for, reward_key, rollout_loss,
+    VERIFIER_REWARD, Buffered, Rollout, batch_scale, generation_group, refine_group, reward_for, reward_key,
+    rollout_loss,
 )
 from unigap.train.loop import (
     TrainingDiverged, checkpoint_step, holds_run, kept_checkpoint, optimizer_step, refuse_unless_resuming, run_steps,
@@ -60,8 +61,9 @@ from unigap.train.loop import (
 def logged_keys(reward: str = VERIFIER_REWARD) -> tuple[str, ...]:
     """Every key a log row may hold, with the image reward named as `reward_key` names it (TRL's GRPO names:
     `reward`, `reward_std`, `frac_reward_zero_std`, `rewards/<reward>/mean|std`, `kl` only when β > 0, `entropy`,
-    `clip_ratio/*`, `completions/mean_length|clipped_ratio`, per stage). Unlike TRL's, a row's stds are within each group of G samples, averaged over the step's groups; with
-    `num_iterations` > 1 the rewards are logged at the step that rolled out, the loss's keys at every step."""
+    `clip_ratio/*`, `completions/mean_length|clipped_ratio`, per stage). Unlike TRL's, a row's stds are within each
+    group of G samples, averaged over the step's groups; with `num_iterations` > 1 the rewards are logged at the step
+    that rolled out, the loss's keys at every step."""
     image = reward_key(reward)
     return (
         "step", "stage", "lr", "loss", "grad_norm", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
@@ -199,7 +201,7 @@ class GRPOTrainer:
         else:
             starts = [self._start(rng) for _ in range(c.prompts_per_step)]
 
-        def mine() -> list[tuple[int, dict[str, float], list[Buffered]]]:
+        def mine() -> list[tuple[int, dict[str, float], list[Buffered], list[tuple[str, tuple]]]]:
             self.rollouts = []
             for group in distributed.shard(np.arange(c.prompts_per_step)).tolist():
                 seed, start = batch_seed(c.seed, self.step * 1000 + group * 2), starts[group]
@@ -208,12 +210,21 @@ class GRPOTrainer:
                 else:
                     rollout = refine_group(self.um, start, self.prompts[start.prompt], c, seed, self.reward)
                 self.rollouts.append((group, rollout, None))
-            return [(group, rollout.metrics, rollout.buffered) for group, rollout, _ in self.rollouts]
+            return [(group, rollout.metrics, rollout.buffered, [(part.kind, part.rewards) for part in rollout.parts])
+                    for group, rollout, _ in self.rollouts]
 
         groups = sorted((row for rows in distributed.gather_results(mine) for row in rows), key=lambda row: row[0])
+        if c.scale_rewards == "batch":  # each kind's rewards over every group of the step, every process's
+            rewards: dict[str, list[float | None]] = {}
+            for _, _, _, parts in groups:
+                for kind, values in parts:
+                    rewards.setdefault(kind, []).extend(values)
+            scaled = batch_scale([rollout for _, rollout, _ in self.rollouts], rewards)
+            self.rollouts = [(group, rollout, None)
+                             for (group, _, _), rollout in zip(self.rollouts, scaled, strict=True)]
         if c.stages == "tree":  # only refine steps draw from the buffer
-            self.buffer += [b for _, _, buffered in groups for b in buffered]
-        return [metrics for _, metrics, _ in groups]
+            self.buffer += [b for _, _, buffered, _ in groups for b in buffered]
+        return [metrics for _, metrics, _, _ in groups]
 
     def _train_step(self) -> dict[str, Any]:
         c = self.config

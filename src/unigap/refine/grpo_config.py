@@ -22,7 +22,7 @@ from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuida
 from unigap.refine.grpo_loss import LOSS_TYPES
 from unigap.train.config import check_field_types, load_config
 
-SCALE_REWARDS = ("none", "group")
+SCALE_REWARDS = ("none", "group", "batch")
 STAGES = ("tree", "generate")
 
 
@@ -55,7 +55,8 @@ class GRPOConfig:
     epsilon: float = 0.2  # PPO clip range: the ratio is kept >= 1 − epsilon
     epsilon_high: float | None = None  # and <= 1 + epsilon_high (DAPO's clip-higher); None: epsilon, as in TRL
     num_iterations: int = 1  # optimiser steps on each rollout (TRL's μ); R3 and TRL: 1
-    scale_rewards: str = "none"  # R3: advantages are reward − group mean, not divided by the std (TRL: "group")
+    # R3: advantages are reward − group mean, not divided by a std (TRL: "group", the group's; "batch", the step's)
+    scale_rewards: str = "none"
     loss_type: str = "bnpo"  # how a group's reflection tokens make one loss (`grpo_loss.text_loss`); R3: "bnpo"
     perfect_fraction: float = 0.15  # refine steps draw this share of their images from the perfect buffer (R3)
     max_completion_length: int = 24  # reflection tokens

@@ -7,13 +7,14 @@ f ∈ {0, 1} the format check):
   stop (a correct stop);
   text reward f + Δ·f; image reward r_new, its advantage zeroed where no image was made (stopped, or a format
   failure).
-Advantage = reward − group mean (`scale_rewards` "group" also divides by the group's std, as TRL does). Loss per
-sequence: the PPO-clipped ratio π/π_old (clipped to [1 − ε, 1 + ε_high], TRL's `epsilon` and `epsilon_high`) times the
-advantage, plus β times the k3 estimate of KL(π‖π_ref), per token; π_old is the policy the samples were drawn
-from, so the ratio is 1 at a rollout's first update and moves only over TRL's `num_iterations` updates of it;
-text is aggregated by TRL's `loss_type` (`text_loss`; by default R3's token-level sum / count over the group, TRL's
-"bnpo" with a group as the batch), an image over its own tokens (R3: an image's log-prob is its mean per-token
-log-prob), then images over the batch (every image has the same number of tokens, so each loss type gives this).
+Advantage = reward − group mean (`scale_rewards` "group" also divides by the group's std, "batch" by the std of every
+reward of the step's groups of the same kind, as TRL does: `batch_scaled`). Loss per sequence: the PPO-clipped ratio
+π/π_old (clipped to [1 − ε, 1 + ε_high], TRL's `epsilon` and `epsilon_high`) times the advantage, plus β times the k3
+estimate of KL(π‖π_ref), per token; π_old is the policy the samples were drawn from, so the ratio is 1 at a rollout's
+first update and moves only over TRL's `num_iterations` updates of it; text is aggregated by TRL's `loss_type`
+(`text_loss`; by default R3's token-level sum / count over the group, TRL's "bnpo" with a group as the batch), an
+image over its own tokens (R3: an image's log-prob is its mean per-token log-prob), then images over the batch (every
+image has the same number of tokens, so each loss type gives this).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def refine_rewards(r_prev: Sequence[float], r_new: Sequence[float | None], stopp
 
 
 def advantages(rewards: Sequence[float | None], scale: str = "none") -> torch.Tensor:
-    """reward − mean over the group's defined rewards (÷ their std with `scale` "group"); 0 where undefined."""
+    """reward − mean over the group's defined rewards (÷ their std with `scale` "group"; "batch" scales later, once
+    the step's every group is known: `batch_scaled`); 0 where undefined."""
     defined = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
     out = torch.zeros(len(rewards))
     if len(defined) == 0:
@@ -63,6 +65,14 @@ class TokenLoss(NamedTuple):
     kl: torch.Tensor
     low_clipped: torch.Tensor  # ratio below 1 − ε where the advantage is negative (TRL's `clip_ratio/low`)
     high_clipped: torch.Tensor  # ratio above 1 + ε_high where it is positive (`clip_ratio/high`)
+
+
+def batch_scaled(advantage: torch.Tensor, rewards: Sequence[float | None]) -> torch.Tensor:
+    """Advantages divided by the (sample) std of `rewards`, all the step's defined rewards of their kind: TRL's
+    `scale_rewards="batch"` (std 0 below two rewards)."""
+    defined = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
+    std = defined.std() if len(defined) > 1 else torch.tensor(0.0)
+    return advantage / (std + 1e-4)
 
 
 def token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,

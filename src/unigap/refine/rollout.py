@@ -20,7 +20,7 @@ rollout, its first update's log-probs standing for the policy that sampled it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from unigap.evaluate.judges import VERIFIER, get_judge
 from unigap.model.decoding import token_entropies
 from unigap.world.scoring import image_score
 from unigap.refine.grpo_config import GRPOConfig
-from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
+from unigap.refine.grpo_loss import advantages, batch_scaled, image_loss, refine_rewards, text_loss, token_loss
 from unigap.refine.loop import refined_prompt
 from unigap.world import PromptSpec, parse_reflection
 
@@ -81,6 +81,7 @@ class Part:
     score: Scores
     advantage: torch.Tensor  # [B]
     reference: torch.Tensor | None  # [B, T] log-probs under π_ref; None when β = 0
+    rewards: tuple[float | None, ...] = ()  # what the advantages come from (`scale_rewards="batch"` rescales them)
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,20 @@ class Rollout:
     metrics: dict[str, float]
 
 
-def _part(um: Any, kind: str, score: Scores, advantage: torch.Tensor, beta: float) -> Part:
-    """A part with its reference log-probs (none when β = 0: the KL term is off)."""
-    if beta <= 0:
-        return Part(kind, score, advantage, None)
+def _part(um: Any, kind: str, score: Scores, rewards: Sequence[float | None], config: GRPOConfig) -> Part:
+    """A part with its advantages and reference log-probs (none when β = 0: the KL term is off)."""
+    advantage = advantages(rewards, config.scale_rewards)
+    if config.beta <= 0:
+        return Part(kind, score, advantage, None, tuple(rewards))
     with torch.no_grad(), um.adapters_disabled():
-        return Part(kind, score, advantage, score()[0])
+        return Part(kind, score, advantage, score()[0], tuple(rewards))
+
+
+def batch_scale(rollouts: Sequence[Rollout], rewards: dict[str, list[float | None]]) -> list[Rollout]:
+    """The rollouts with every part's advantages divided by the std of `rewards[kind]`, the step's every reward of
+    its kind (every process's groups): TRL's `scale_rewards="batch"`."""
+    return [replace(rollout, parts=tuple(replace(part, advantage=batch_scaled(part.advantage, rewards[part.kind]))
+                                         for part in rollout.parts)) for rollout in rollouts]
 
 
 def _every_token(logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +184,7 @@ def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, 
         scores = reward.score(um, images, spec)
     prompts = [spec.text] * g
     part = _part(um, "image", lambda: _every_token(um.image_token_logprobs(prompts, tokens, cfg)),  # [G, N]
-                 advantages(scores, config.scale_rewards), config.beta)
+                 scores, config)
     metrics = {f"generate/{k}": v for k, v in _group_stats(scores).items()}
     metrics |= _reward_stats(f"generate/rewards/{reward_key(reward.name)}", scores)
     if reward.name != VERIFIER_REWARD:  # the independent check: how often the verifier passes what the reward pays
@@ -220,10 +229,9 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
                                                          [reward.perfect(start.score)] * g)
     # text: every branch's reflection
     question = um.prompts.reflect_question(spec.text)
-    parts = [_part(um, "text", lambda: um.answer_token_logprobs([image] * g, [question] * g, notes),
-                   advantages(text_rewards, config.scale_rewards), config.beta)]
+    parts = [_part(um, "text", lambda: um.answer_token_logprobs([image] * g, [question] * g, notes), text_rewards,
+                   config)]
     if making:  # images: the branches that made one; zero advantage elsewhere
-        adv = advantages([image_rewards[i] for i in making], config.scale_rewards)
         if edit:
             sources, instructions = [image] * len(making), [notes[i] for i in making]
             score_images = lambda: _every_token(um.edit_token_logprobs(  # noqa: E731
@@ -231,7 +239,7 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
         else:
             refined = [refined_prompt(spec.text, notes[i]) for i in making]
             score_images = lambda: _every_token(um.image_token_logprobs(refined, tokens, cfg))  # noqa: E731
-        parts.append(_part(um, "image", score_images, adv, config.beta))
+        parts.append(_part(um, "image", score_images, [image_rewards[i] for i in making], config))
     metrics = {f"refine/{k}": v for k, v in _group_stats(text_rewards).items()}
     metrics |= _reward_stats("refine/rewards/format", format_ok) | _reward_stats("refine/rewards/delta", deltas)
     metrics["refine/stop_rate"] = float(np.mean(stopped))
