@@ -131,10 +131,13 @@ def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
     loss.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     with token_entropies() as outer:  # outside a block nothing is recorded; inside, the innermost block records
+        token_logprobs(logits, tokens)
         with token_entropies() as inner:
             token_logprobs(logits, tokens)
+        token_logprobs(logits, tokens)
     token_logprobs(logits, tokens)
-    assert len(inner) == 1 and not outer and torch.allclose(inner[0], entropy)
+    assert len(inner) == 1 and len(outer) == 2 and torch.allclose(inner[0], entropy)
+    assert all(torch.allclose(e, entropy) for e in outer)
 
 
 def test_batch_scaling_divides_by_the_std_of_every_group_of_the_step() -> None:
@@ -182,7 +185,7 @@ def test_updates_reuse_a_rollout_for_num_iterations_steps_and_resume_exactly(tmp
     """`num_iterations` 2: steps 0 and 1 update on one rollout (sampled once; the second update's ratio is to the
     policy that sampled it), the stages alternate rollout by rollout, and a run killed after a checkpoint resumes to
     the same weights."""
-    config = GRPOConfig(**(TINY_RUN | {"num_iterations": 2, "warmup_steps": 0}))
+    config = GRPOConfig(**(TINY_RUN | {"num_iterations": 2, "warmup_steps": 0, "beta": 0.0}))
     calls = []
     original = UnifiedModel.generate_images
     monkeypatch.setattr(UnifiedModel, "generate_images",
@@ -192,7 +195,9 @@ def test_updates_reuse_a_rollout_for_num_iterations_steps_and_resume_exactly(tmp
     assert [r["stage"] for r in rows] == ["generate", "generate", "refine", "refine"]
     assert len(calls) == config.prompts_per_step  # one generation rollout (refining edits its buffered images)
     assert "generate/reward" in rows[0] and "generate/reward" not in rows[1]  # rewards where the rollout was made
-    assert all("clip_ratio/region_mean" in r for r in rows) and rows[1]["loss"] != rows[0]["loss"]  # the policy moved
+    # β = 0 and centred advantages: at a rollout's first update the ratio is 1 and the loss 0; at the second the ratio
+    # is to the policy that sampled it, which one step has moved (re-detaching every update would give 0 again)
+    assert abs(rows[0]["loss"]) < 1e-6 < abs(rows[1]["loss"])
     monkeypatch.undo()
 
     _kill_at_step_3(GRPOTrainer(load_model("tiny"), config, tmp_path / "cut"))

@@ -60,14 +60,26 @@ def choose(logits: torch.Tensor, temperature: float, generator: torch.Generator)
 @contextmanager
 def token_entropies() -> Iterator[list[torch.Tensor]]:
     """Inside the block, every `token_logprobs` call also appends the entropy (nats, detached) of each distribution
-    it scores to the yielded list, shaped as its log-probs: the policy entropy TRL's GRPO logs, from the log-softmax
-    the scorer computes anyway, with no second forward pass and no change to any scorer's signature."""
+    it scores to the yielded list, shaped as its log-probs: the policy entropy TRL's GRPO logs (of the untempered
+    distribution, which TRL's equals at temperature 1), from the log-softmax the scorer computes anyway, with no
+    second forward pass and no change to any scorer's signature."""
     seen: list[torch.Tensor] = []
     _ENTROPY_RECORDERS.append(seen)
     try:
         yield seen
     finally:
-        _ENTROPY_RECORDERS.remove(seen)
+        assert _ENTROPY_RECORDERS[-1] is seen, "token_entropies blocks must nest"
+        _ENTROPY_RECORDERS.pop()
+
+
+ENTROPY_CHUNK = 1024  # distributions per step of the entropy: its temporaries stay [1024, V], not [B, T, V]
+
+
+def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """−Σ p log p over the last axis, a chunk of distributions at a time (no gradient)."""
+    flat = logprobs.detach().reshape(-1, logprobs.shape[-1])
+    parts = [-(chunk.exp() * chunk).sum(dim=-1) for chunk in flat.split(ENTROPY_CHUNK)]
+    return torch.cat(parts).reshape(logprobs.shape[:-1]) if parts else flat.new_zeros(logprobs.shape[:-1])
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.LongTensor) -> torch.Tensor:
@@ -76,7 +88,7 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.LongTensor) -> torch.Tens
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     if _ENTROPY_RECORDERS:
         with torch.no_grad():
-            _ENTROPY_RECORDERS[-1].append(-(logprobs.exp() * logprobs).sum(dim=-1))
+            _ENTROPY_RECORDERS[-1].append(_entropy(logprobs))
     return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 

@@ -135,6 +135,7 @@ class GRPOTrainer:
         # and its stage: `num_iterations` steps update on one rollout
         self.rollouts: list[tuple[int, Rollout, list[torch.Tensor] | None]] = []
         self.stage = "generate"
+        self.rolled_out_at: int | None = None  # every process's step of the latest rollout (a share may be empty)
         self.step = 0
 
     def train(self, resume: bool = False, show_progress: bool = True) -> None:
@@ -194,6 +195,7 @@ class GRPOTrainer:
         metrics in group order. Every process draws every group's prompt or start image (the one-process draws)."""
         c = self.config
         rng = np.random.default_rng([c.seed, STEP_STREAM, self.step])
+        self.rolled_out_at = self.step
         turn = self.step // c.num_iterations  # R3's tree alternates the stages rollout by rollout
         self.stage = "generate" if c.stages == "generate" or turn % 2 == 0 or not self.buffer else "refine"
         if self.stage == "generate":
@@ -228,7 +230,8 @@ class GRPOTrainer:
 
     def _train_step(self) -> dict[str, Any]:
         c = self.config
-        metrics = self._roll_out() if self.step % c.num_iterations == 0 or not self.rollouts else []
+        fresh = self.rolled_out_at is None or self.step % c.num_iterations == 0
+        metrics = self._roll_out() if fresh else []
         record: dict[str, Any] = {"step": self.step, "stage": self.stage, "lr": self.scheduler.get_last_lr()[0]}
 
         def update() -> list[tuple[int, float, dict[str, float]]]:
@@ -258,7 +261,8 @@ class GRPOTrainer:
 
 def _postfix(record: dict[str, Any]) -> str:
     """The progress bar's summary of a step: its stage's reward, and the verifier's audit where there is one."""
-    text = f"{record['stage']} reward {record.get(record['stage'] + '/reward', 0.0):.3f}"
+    reward = record.get(record["stage"] + "/reward")  # (a step reusing a rollout has no reward of its own)
+    text = f"{record['stage']} " + (f"loss {record['loss']:.3f}" if reward is None else f"reward {reward:.3f}")
     audit = record.get(AUDIT_KEY)
     return text if audit is None else f"{text}, verifier {audit:.3f}"
 

@@ -54,7 +54,8 @@ class GRPOConfig:
     beta: float = 0.001  # KL weight, k3 estimator against the frozen reference (TRL default 0.0; R3 0.001)
     epsilon: float = 0.2  # PPO clip range: the ratio is kept >= 1 − epsilon
     epsilon_high: float | None = None  # and <= 1 + epsilon_high (DAPO's clip-higher); None: epsilon, as in TRL
-    num_iterations: int = 1  # optimiser steps on each rollout (TRL's μ); R3 and TRL: 1
+    num_iterations: int = 1  # optimiser steps on each rollout (TRL's μ); R3 and TRL: 1 (>1: the audit guard's
+    # window counts generation rollouts)
     # R3: advantages are reward − group mean, not divided by a std (TRL: "group", the group's; "batch", the step's)
     scale_rewards: str = "none"
     loss_type: str = "bnpo"  # how a group's reflection tokens make one loss (`grpo_loss.text_loss`); R3: "bnpo"

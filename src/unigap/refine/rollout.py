@@ -119,8 +119,10 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
                  ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, float]]:
     """One update's GRPO loss on a group's rollout, the log-probs of the policy that sampled it (`old`, per part: None
     at the first update, where they are the policy's own, returned for the next ones), and the update's metrics
-    (TRL's `kl` when β > 0, `entropy` and `clip_ratio/*` over every trained token, `completions/mean_length` and
-    `completions/clipped_ratio` of the reflections: the share that reached `max_completion_length` tokens)."""
+    (TRL's `kl` when β > 0; `entropy` and `clip_ratio/*` over the group's trained tokens, a refine group's reflection
+    and image tokens together; `completions/mean_length` and `completions/clipped_ratio` of the reflections, the
+    latter the share whose re-tokenised text reached `max_completion_length` tokens before its EOS: `reflect`
+    returns text, so truncation is read from its length)."""
     loss: Any = 0.0
     olds, kls = [], []
     low = high = tokens = entropy = 0.0
@@ -128,7 +130,7 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
     for i, part in enumerate(rollout.parts):
         with token_entropies() as seen:
             logprobs, mask = part.score()
-        entropy += float(torch.where(mask, seen[-1], 0.0).sum())
+        entropy += float(torch.where(mask, torch.cat(seen), 0.0).sum())  # (a scorer may score in row chunks)
         before = logprobs.detach() if old is None else old[i]
         out = token_loss(logprobs, before, part.reference, mask, part.advantage, config.epsilon,
                          config.epsilon_high or config.epsilon, config.beta)
