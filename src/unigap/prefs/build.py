@@ -230,13 +230,11 @@ def _gen_batch(
         if options.kind == "gen-real":  # the real image is chosen, or the pair is dropped
             chosen, chosen_score, rejected, rejected_score = a, score_a, b, score_b
             keep = chosen_score > rejected_score
-        elif judge is not None:
-            keep = _kept_by_judge(judge, score_a, score_b)
+        else:  # the better image chosen, if the judge's verdicts differ or the graded scores by the margin
+            keep = (_kept_by_judge(judge, score_a, score_b) if judge is not None
+                    else abs(score_a - score_b) >= options.margin)
             if keep:
                 chosen, chosen_score, rejected, rejected_score = _ranked(a, score_a, b, score_b)
-        else:
-            chosen, chosen_score, rejected, rejected_score = _ranked(a, score_a, b, score_b)
-            keep = chosen_score - rejected_score >= options.margin
         if not keep:
             out.append(None)
             continue

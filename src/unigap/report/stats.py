@@ -10,8 +10,8 @@ methods × metrics"):
   the items' own difficulty from the error (`decide`). Otherwise (an arm evaluated on other items, reports without
   records, or the same non-zero change on every item, where the t-test is undefined) it is Welch's two-sided t-test
   on the pooled per-item outcomes, computed exactly from each seed's mean, n and standard error when there are no
-  records. `delta` is the pooled mean minus the base's, `delta_ci95` the
-  deciding test's interval of that difference (the error bars of the trade-off figure).
+  records. `delta` is the pooled mean minus the base's, `delta_ci95` the deciding test's interval of that difference
+  (the error bars of the trade-off figure).
 - **Welch** (`welch`): the paper's test (SPEC §1: "Welch t-test per method vs base") is kept beside it in every
   row, for reading our numbers next to the paper's; a test over 3 seed means could not reach its p = 0.005.
 - **CIs of a method's level**: `ci95_seeds` is the t-interval over the seed means (k − 1 df; null for one
