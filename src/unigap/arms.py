@@ -4,18 +4,18 @@ An arm declares its family (p1 multi-task DPO, p2 self-improvement, p3 reason-re
 multi-representation generation), its kind (trained,
 post-hoc, inference-time), the arms it needs first (soups need `und-only` and `gen-only`), whether the default
 study runs it, and its builder: `"module:function"`, called as `builder(runner, name, seed)`, which must write
-`<name>/seed<k>/eval.json` last (that file marks the job done). Adding an arm is one entry here. Kept free of
-torch so `unigap study --help` stays fast.
+`<name>/seed<k>/eval.json` last (that file marks the job done). Adding an arm is one `register` call, here or in a
+user's script before the study runs. Kept free of torch so `unigap study --help` stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from unigap.errors import UserError
+from unigap.registry import Registry, load
 from unigap.train.names import SOUP_LAMBDAS, STRATEGIES
 
 FAMILIES: dict[str, str] = {
@@ -38,20 +38,18 @@ class Arm:
     baseline: str | None = None  # an arm this one must beat, compared directly when both ran (report: comparisons)
 
     def build(self) -> Callable[..., None]:
-        module, function = self.builder.split(":")
-        return getattr(importlib.import_module(module), function)
+        return load(self.builder)
 
 
-ARMS: dict[str, Arm] = {}
+ARMS: Registry[Arm] = Registry("arm")
 
 
 def register(arm: Arm) -> Arm:
-    if arm.name in ARMS:
-        raise ValueError(f"arm {arm.name!r} is registered twice")
     if arm.family not in FAMILIES or arm.kind not in KINDS:
         raise ValueError(f"arm {arm.name!r}: unknown family {arm.family!r} or kind {arm.kind!r}")
-    ARMS[arm.name] = arm
-    return arm
+    if not set(arm.requires) <= set(ARMS):
+        raise ValueError(f"arm {arm.name!r} requires arms registered before it, got {arm.requires}")
+    return ARMS.register(arm.name, arm)
 
 
 _P1, _P2 = "unigap.study.builders:train_strategy", "unigap.study.builders:self_improve"
@@ -104,7 +102,7 @@ def select(names: str | None) -> tuple[str, ...]:
             elif item in ARMS:
                 chosen.add(item)
             else:
-                raise UserError(f"unknown arm or family {item!r}; expected some of {', '.join([*FAMILIES, *ARMS])}")
+                raise ARMS.unknown(item, [*FAMILIES, *ARMS], label="arm or family")
     for name in list(chosen):
         chosen |= set(ARMS[name].requires)
     if not chosen:

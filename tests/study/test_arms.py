@@ -48,7 +48,7 @@ def test_the_cli_rejects_an_unknown_arm_in_one_line(capsys: pytest.CaptureFixtur
         main(["study", "--methods", "joint,sideways", "--out", str(tmp_path / "s")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["unigap: error: unknown arm or family 'sideways'; expected some of " + ", ".join([*FAMILIES, *ARMS])]
+    assert err == ["unigap: error: unknown arm or family 'sideways'; expected one of " + ", ".join([*FAMILIES, *ARMS])]
     assert not (tmp_path / "s").exists()
 
 

@@ -173,7 +173,7 @@ def test_other_weights_under_the_same_model_name_are_refused(
     ("changes", "message"),
     [
         ({"seeds": 1}, "at least 2"),
-        ({"methods": ("und-only", "sideways")}, "unknown arm sideways"),
+        ({"methods": ("und-only", "sideways")}, "unknown arm 'sideways'"),
         ({"n": 0}, "n must be positive"),
     ],
 )

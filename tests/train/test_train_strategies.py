@@ -6,6 +6,8 @@ import pytest
 import torch
 from torchjd.aggregation import MGDA, UPGrad
 
+from unigap.errors import UserError
+from unigap.train.names import STRATEGIES
 from unigap.train.strategies import GradWeighted, PCGrad, Strategy, build_strategy, length_norm_weight
 
 
@@ -69,6 +71,13 @@ def test_torchjd_strategies_match_the_aggregator(name: str, aggregator: type) ->
     assert torch.allclose(combo.w_und * G_UND + combo.w_gen * g_gen, combo.shared, atol=1e-6)
 
 
-def test_unknown_strategy() -> None:
-    with pytest.raises(ValueError, match="unknown strategy"):
-        make("nope")
+def test_unknown_strategy_is_a_user_error_naming_the_closest() -> None:
+    closest = "unknown strategy 'pcgard' \\(did you mean 'pcgrad'\\?\\); expected one of und-only, gen-only"
+    with pytest.raises(UserError, match=closest):
+        make("pcgard")
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_registered_strategy_builds_and_combines(name: str) -> None:
+    combo = make(name, length_w_und=0.8).combine(G_UND, G_GEN, step=0)
+    assert combo.shared.shape == G_UND.shape and torch.isfinite(combo.shared).all()

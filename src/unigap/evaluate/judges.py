@@ -4,9 +4,10 @@ Contract of a judge: `judge(um, images, specs) -> list[float | None]`, one score
 order, higher = better match; `None` = cannot decide (left out and counted). `independent` says whether the judge
 is separate from the model under study: only an independent judge can check a self-judge (co-degradation).
 
-Names: the fixed judges of `JUDGES` (`verifier`, `self-pyes`, `base-pyes`), or `KIND:DIR` for a parametric kind of
-`LOCAL_JUDGES` (`clip:DIR`, `vlm:DIR`: a checkpoint in a local directory, see `unigap.evaluate.local_judges`).
-A new kind is one entry there. `Judge.describe()` is what reports record about the judge that decided.
+Names: the fixed judges of the `JUDGES` registry (`verifier`, `self-pyes`, `base-pyes`), or `KIND:DIR` for a
+kind of the `LOCAL_JUDGES` registry (`clip:DIR`, `vlm:DIR`: a checkpoint in a local directory, see
+`unigap.evaluate.local_judges`). A new judge, or a new kind, is one registration. `Judge.describe()` is what
+reports record about the judge that decided.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 
 from PIL import Image
 
-from unigap.errors import UnigapWarning, UserError
+from unigap.errors import UnigapWarning
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, self_p_yes
+from unigap.registry import Registry
 from unigap.world import PromptSpec, verify
 
 VERIFIER = "verifier"  # ShapeWorld's exact verifier: the default judge
@@ -70,14 +72,13 @@ def _base_pyes(um: Any, images: Sequence[Image.Image], specs: Sequence[PromptSpe
         return _self_pyes(um, images, specs)
 
 
-JUDGES: dict[str, Judge] = {
-    judge.name: judge
-    for judge in (
-        Judge(VERIFIER, _verifier, independent=True, threshold=0.5),
-        Judge("self-pyes", _self_pyes, independent=False, threshold=ACCEPT_THRESHOLD),
-        Judge("base-pyes", _base_pyes, independent=False, threshold=ACCEPT_THRESHOLD),
-    )
-}
+JUDGES: Registry[Judge] = Registry("judge")
+for _judge in (
+    Judge(VERIFIER, _verifier, independent=True, threshold=0.5),
+    Judge("self-pyes", _self_pyes, independent=False, threshold=ACCEPT_THRESHOLD),
+    Judge("base-pyes", _base_pyes, independent=False, threshold=ACCEPT_THRESHOLD),
+):
+    JUDGES.register(_judge.name, _judge)
 
 
 CHANCE_AUC = 0.55  # a calibrated CLIP judge below this on the near-miss pairs is warned about
@@ -109,12 +110,9 @@ def _vlm_judge(name: str, path: Path) -> Judge:
 
 
 # kind -> factory(name, checked directory); every local judge is independent of the model under study
-LOCAL_JUDGES: dict[str, Callable[[str, Path], Judge]] = {"clip": _clip_judge, "vlm": _vlm_judge}
-
-
-def _choices(independent: bool) -> str:
-    fixed = [j.name for j in JUDGES.values() if j.independent or not independent]
-    return ", ".join([*fixed, *(f"{kind}:DIR" for kind in LOCAL_JUDGES)])
+LOCAL_JUDGES: Registry[Callable[[str, Path], Judge]] = Registry("judge kind")
+LOCAL_JUDGES.register("clip", _clip_judge)
+LOCAL_JUDGES.register("vlm", _vlm_judge)
 
 
 def check_judge_name(name: str, independent: bool = False) -> None:
@@ -122,9 +120,8 @@ def check_judge_name(name: str, independent: bool = False) -> None:
     kind, sep, _ = name.partition(":")
     if sep and kind in LOCAL_JUDGES:
         return
-    if name in JUDGES and (JUDGES[name].independent or not independent):
-        return
-    raise UserError(f"unknown judge {name!r}; expected one of {_choices(independent)}")
+    fixed = [j.name for j in JUDGES.values() if j.independent or not independent]
+    JUDGES.lookup(name, [*fixed, *(f"{kind}:DIR" for kind in LOCAL_JUDGES)])
 
 
 @lru_cache(maxsize=4)

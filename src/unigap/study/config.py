@@ -57,9 +57,10 @@ class StudyConfig:
                             f"{self.nll_weight}")
         if self.gen_kind not in ("gen-real", "gen-model"):
             raise UserError(f"gen_kind must be gen-real or gen-model, got {self.gen_kind!r}")
-        unknown = [m for m in self.methods if m not in ARMS]
-        if unknown or not self.methods:
-            raise UserError(f"unknown arm {', '.join(unknown) or '(none)'}; expected some of {', '.join(ARMS)}")
+        if not self.methods:
+            raise UserError("methods selects no arm")
+        for method in self.methods:
+            ARMS.lookup(method)
         missing = sorted({r for m in self.methods for r in ARMS[m].requires} - set(self.methods))
         if missing:
             raise UserError(f"the selected arms need {', '.join(missing)} too")

@@ -56,8 +56,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        STRATEGIES.lookup(self.strategy)
         positive = {
             "steps": self.steps,
             "lr": self.lr,

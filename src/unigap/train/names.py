@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from unigap.errors import UserError
+from unigap.registry import Registry
 
 TASKS: tuple[str, ...] = ("und", "gen")
 SINGLE_TASK: dict[str, str] = {"und-only": "und", "gen-only": "gen"}
@@ -16,16 +17,14 @@ TORCHJD: dict[str, str] = {
     "imtl-g": "IMTLG",
     "aligned-mtl": "AlignedMTL",
 }
-STRATEGIES: tuple[str, ...] = (
-    "und-only",
-    "gen-only",
-    "joint",
-    "pcgrad",
-    "grad-weighted",
-    "length-norm",
-    "fixed",
-    *TORCHJD,
-)
+# strategy name -> its factory, imported when a strategy is built: "module:function", called as
+# `factory(name, settings)` (`unigap.train.strategies.build_strategy`); SPEC §1's seven first, then torchjd's
+STRATEGIES: Registry[str] = Registry("strategy")
+for _name in (*SINGLE_TASK, "joint", "pcgrad", "grad-weighted", "length-norm", "fixed"):
+    STRATEGIES.register(_name, "unigap.train.strategies:" + ("single_task" if _name in SINGLE_TASK else
+                                                             _name.replace("-", "_")))
+for _name in TORCHJD:
+    STRATEGIES.register(_name, "unigap.train.strategies:torchjd")
 SOUP_LAMBDAS: tuple[float, ...] = (0.3, 0.5, 0.7)
 
 

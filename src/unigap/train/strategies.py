@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from unigap.registry import load
 from unigap.train.names import SINGLE_TASK, STRATEGIES, TORCHJD
 
 
@@ -110,21 +111,48 @@ def length_norm_weight(image_tokens: float, answer_tokens: float) -> float:
     return image_tokens / (image_tokens + answer_tokens)
 
 
+@dataclass(frozen=True)
+class StrategySettings:
+    """What a strategy's factory may read: `TrainConfig`'s strategy fields, and the length-norm weight, computed
+    only when that strategy asks (it needs both datasets)."""
+
+    joint_alpha: float
+    fixed_w_und: float
+    reweight_every: int
+    length_w_und: Callable[[], float]
+
+
+# the factories the `STRATEGIES` registry names, each `factory(name, settings) -> Strategy`
+def single_task(name: str, settings: StrategySettings) -> Strategy:
+    return Strategy(1.0 if SINGLE_TASK[name] == "und" else 0.0)
+
+
+def joint(name: str, settings: StrategySettings) -> Strategy:
+    return Strategy(settings.joint_alpha)
+
+
+def fixed(name: str, settings: StrategySettings) -> Strategy:
+    return Strategy(settings.fixed_w_und)
+
+
+def length_norm(name: str, settings: StrategySettings) -> Strategy:
+    return Strategy(settings.length_w_und())
+
+
+def grad_weighted(name: str, settings: StrategySettings) -> Strategy:
+    return GradWeighted(settings.reweight_every)
+
+
+def pcgrad(name: str, settings: StrategySettings) -> Strategy:
+    return PCGrad()
+
+
+def torchjd(name: str, settings: StrategySettings) -> Strategy:
+    return TorchJD(TORCHJD[name])
+
+
 def build_strategy(
     name: str, *, joint_alpha: float, fixed_w_und: float, reweight_every: int, length_w_und: Callable[[], float]
 ) -> Strategy:
-    """A fresh strategy by name; `length_w_und` is only called (it needs both datasets) for length-norm."""
-    if name in SINGLE_TASK:
-        return Strategy(1.0 if SINGLE_TASK[name] == "und" else 0.0)
-    if name in TORCHJD:
-        return TorchJD(TORCHJD[name])
-    factories: dict[str, Callable[[], Strategy]] = {
-        "joint": lambda: Strategy(joint_alpha),
-        "fixed": lambda: Strategy(fixed_w_und),
-        "length-norm": lambda: Strategy(length_w_und()),
-        "grad-weighted": lambda: GradWeighted(reweight_every),
-        "pcgrad": PCGrad,
-    }
-    if name not in factories:
-        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
-    return factories[name]()
+    """A fresh strategy by name (`UserError` for an unknown one); `length_w_und` is only called for length-norm."""
+    return load(STRATEGIES.lookup(name))(name, StrategySettings(joint_alpha, fixed_w_und, reweight_every, length_w_und))

@@ -1,0 +1,70 @@
+"""The generic registry every concept uses (arms, judges, strategies): one name once, one error for unknown names,
+lazy targets."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from unigap.arms import ARMS
+from unigap.errors import UserError
+from unigap.evaluate.judges import JUDGES, LOCAL_JUDGES
+from unigap.registry import Registry, load
+from unigap.train.names import STRATEGIES
+
+
+def test_a_registry_keeps_order_and_reads_like_a_mapping() -> None:
+    colours: Registry[int] = Registry("colour")
+    assert colours.register("deep-red", 1) == 1
+    colours.register("blue", 2)
+    assert list(colours) == ["deep-red", "blue"] and dict(colours.items()) == {"deep-red": 1, "blue": 2}
+    assert "blue" in colours and "green" not in colours and len(colours) == 2 and colours["blue"] == 2
+    assert colours.lookup("blue") == 2
+
+
+def test_a_name_registers_once_and_well_formed() -> None:
+    colours: Registry[int] = Registry("colour")
+    colours.register("red", 1)
+    with pytest.raises(ValueError, match="colour 'red' is registered twice"):
+        colours.register("red", 2)
+    for bad in ("Red", "red green", "red_green", "-red", ""):
+        with pytest.raises(ValueError, match="lowercase words"):
+            colours.register(bad, 3)
+    assert dict(colours.items()) == {"red": 1}
+
+
+def test_an_unknown_name_is_one_user_error_with_the_closest_name() -> None:
+    colours: Registry[int] = Registry("colour")
+    for name in ("red", "green", "blue"):
+        colours.register(name, 0)
+    with pytest.raises(UserError) as error:
+        colours.lookup("gren")
+    assert str(error.value) == "unknown colour 'gren' (did you mean 'green'?); expected one of red, green, blue"
+    with pytest.raises(UserError, match="^unknown colour 'purple'; expected one of red, green, blue$"):
+        colours.lookup("purple")
+    with pytest.raises(UserError, match="^unknown colour 'red'; expected one of green, blue$"):
+        colours.lookup("red", choices=["green", "blue"])  # registered, but not allowed here
+
+
+def test_lazy_targets_import_only_when_loaded() -> None:
+    assert load("unigap.registry:Registry") is Registry
+    for bad in ("unigap.registry", ":Registry", "unigap.registry:"):
+        with pytest.raises(ValueError, match="module:attr"):
+            load(bad)
+
+
+def test_the_command_line_lists_names_without_importing_torch() -> None:
+    """`unigap --help` and `unigap study --help` list arms and strategies from registries that import no torch."""
+    import subprocess
+
+    code = "import sys, unigap.arms, unigap.train.names; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("registry", [ARMS, JUDGES, LOCAL_JUDGES, STRATEGIES], ids=lambda r: r.concept)
+def test_every_builtin_registry_fails_unknown_names_the_same_way(registry: Registry) -> None:
+    assert len(registry) >= 2
+    with pytest.raises(UserError, match=f"^unknown {registry.concept} 'no-such-name'"):
+        registry.lookup("no-such-name")
