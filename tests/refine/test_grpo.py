@@ -140,6 +140,34 @@ def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
     assert all(torch.allclose(e, entropy) for e in outer)
 
 
+def test_masked_truncated_reflections_train_nothing_but_still_count_as_clipped() -> None:
+    """TRL's `mask_truncated_completions`: a reflection that reached `max_completion_length` before its EOS gets no
+    gradient and leaves the per-token metrics; the loss is the other reflections' alone; clipped_ratio still counts
+    it. Off (the default), it trains like any other."""
+    from unigap.model.decoding import token_logprobs
+    from unigap.refine.rollout import Part, Rollout, rollout_loss
+
+    tokens = torch.tensor([[1, 2, 3, 4], [0, 0, 5, 1]])
+    mask = torch.tensor([[True, True, True, True], [False, False, True, True]])  # row 0 cut off at 3 tokens
+
+    def run(rows: slice, **changes):
+        logits = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        part = Part("text", lambda: (torch.where(mask[rows], token_logprobs(logits[rows], tokens[rows]), 0.0),
+                                     mask[rows]), torch.tensor([1.0, -1.0])[rows], None)
+        loss, _, metrics = rollout_loss(Rollout((part,), [], {}), GRPOConfig(max_completion_length=3, beta=0.0,
+                                                                           **changes))
+        loss.backward()
+        return loss, logits.grad, metrics
+
+    loss, grad, metrics = run(slice(None), mask_truncated_completions=True)
+    alone, _, metrics_alone = run(slice(1, 2))
+    assert grad[0].abs().sum() == 0 and grad[1].abs().sum() > 0
+    assert float(loss) == pytest.approx(float(alone)) and metrics["entropy"] == pytest.approx(metrics_alone["entropy"])
+    assert metrics["completions/clipped_ratio"] == 0.5
+    _, grad, _ = run(slice(None))
+    assert grad[0].abs().sum() > 0
+
+
 def test_batch_scaling_divides_by_the_std_of_every_group_of_the_step() -> None:
     """TRL's `scale_rewards="batch"`: each group's advantages stay centred on its own mean, and all are divided by
     the std of the step's rewards of their kind, over every group."""

@@ -1,8 +1,9 @@
 """`GRPOConfig`: every knob of `unigap refine train`, R3's GRPO of generation, reflection and refinement (SPEC §3).
 
 Names follow TRL's `GRPOConfig` where TRL has the knob (`num_generations`, `temperature`, `beta`, `epsilon`,
-`epsilon_high`, `num_iterations`, `scale_rewards`, `loss_type`, `max_completion_length`) and unigap's trainers
-elsewhere (`lr`, `steps`, `seed`, `lora_*`, `max_grad_norm`, `checkpoint_every`). Defaults are R3's where they differ
+`epsilon_high`, `num_iterations`, `scale_rewards`, `loss_type`, `max_completion_length`,
+`mask_truncated_completions`) and unigap's trainers elsewhere (`lr`, `steps`, `seed`, `lora_*`, `max_grad_norm`,
+`checkpoint_every`). Defaults are R3's where they differ
 from TRL's, said per field: `beta` 0.001 (TRL 0.0: R3 keeps a KL to the frozen reference), `scale_rewards` "none" (TRL
 "group": R3 does not divide advantages by the group's reward std), `loss_type` "bnpo" (TRL "dapo": both divide by the
 trained tokens, of the local batch and of the global one; here a group is a batch, as in R3), groups of 16. One
@@ -61,6 +62,7 @@ class GRPOConfig:
     loss_type: str = "bnpo"  # how a group's reflection tokens make one loss (`grpo_loss.text_loss`); R3: "bnpo"
     perfect_fraction: float = 0.15  # refine steps draw this share of their images from the perfect buffer (R3)
     max_completion_length: int = 24  # reflection tokens
+    mask_truncated_completions: bool = False  # leave reflections cut off at that length out of the loss (TRL's)
     lora_rank: int = 32
     lora_alpha: float = 64.0
     lora_dropout: float = 0.0  # rollouts and the update must see the same policy

@@ -122,7 +122,8 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
     (TRL's `kl` when β > 0; `entropy` and `clip_ratio/*` over the group's trained tokens, a refine group's reflection
     and image tokens together; `completions/mean_length` and `completions/clipped_ratio` of the reflections, the
     latter the share whose re-tokenised text reached `max_completion_length` tokens before its EOS: `reflect`
-    returns text, so truncation is read from its length)."""
+    returns text, so truncation is read from its length; with `mask_truncated_completions` those reflections are
+    left out of the loss and of the per-token metrics, as in TRL, while the image made from one still trains)."""
     loss: Any = 0.0
     olds, kls = [], []
     low = high = tokens = entropy = 0.0
@@ -130,6 +131,13 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
     for i, part in enumerate(rollout.parts):
         with token_entropies() as seen:
             logprobs, mask = part.score()
+        if part.kind == "text":
+            lengths = mask.sum(dim=-1)  # each reflection's tokens and its EOS
+            clipped = lengths - 1 >= config.max_completion_length
+            metrics["completions/mean_length"] = float(lengths.float().mean())
+            metrics["completions/clipped_ratio"] = float(clipped.float().mean())
+            if config.mask_truncated_completions:  # TRL's: a cut-off reflection trains nothing
+                mask = mask & ~clipped.unsqueeze(-1)
         entropy += float(torch.where(mask, torch.cat(seen), 0.0).sum())  # (a scorer may score in row chunks)
         before = logprobs.detach() if old is None else old[i]
         out = token_loss(logprobs, before, part.reference, mask, part.advantage, config.epsilon,
@@ -137,9 +145,6 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
         if part.kind == "text":
             loss = loss + text_loss(out.loss, mask, config.loss_type, config.max_completion_length)
             kls.append(float(out.kl.detach().sum() / mask.sum().clamp(min=1)))
-            lengths = mask.sum(dim=-1)  # each reflection's tokens and its EOS
-            metrics["completions/mean_length"] = float(lengths.float().mean())
-            metrics["completions/clipped_ratio"] = float((lengths - 1 >= config.max_completion_length).float().mean())
         else:
             loss = loss + image_loss(out.loss, torch.ones(len(logprobs), dtype=torch.bool))
             kls.append(float(out.kl.detach().mean()))
