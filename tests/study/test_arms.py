@@ -98,3 +98,29 @@ def test_p4_runs_only_its_arms_and_the_base_and_compares_unimrg_with_und_sft(sma
     assert built.results["training"] == {}  # no DPO losses table for SFT runs
     assert (tmp_path / "study" / "unimrg" / "seed1" / "adapter_config.json").is_file()
     assert not (tmp_path / "study" / "unimrg" / "seed1" / "checkpoint").exists()
+
+
+def test_an_arm_registered_in_a_users_script_runs_and_reaches_the_report(small_config: StudyConfig, tmp_path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding an arm is one registration: its builder, named lazily, writes its eval.json through the runner, and the
+    study selects, runs, compares and reports it with no edit elsewhere."""
+    import sys
+    import types
+
+    from unigap.study import run_study
+
+    def greedy_base(runner, name: str, seed: int) -> None:  # the base model under another name
+        runner.evaluate(runner.model(), name, seed)
+
+    module = types.ModuleType("users_arms")
+    module.greedy_base = greedy_base  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "users_arms", module)
+    monkeypatch.setattr(ARMS, "_entries", dict(ARMS))  # (the registration ends with the test)
+    register(Arm("my-arm", "p3", "inference-time", "users_arms:greedy_base", default=False))
+    config = small_config.scaled(methods=select("my-arm"))
+    built = build_report(run_study(config, tmp_path / "study", show_progress=False), tmp_path / "study")
+    assert built.results["methods"] == ["base", "my-arm"]
+    assert built.results["arms"] == [{"name": "my-arm", "family": "p3", "kind": "inference-time"}]
+    assert "my-arm" in (tmp_path / "study" / "report.html").read_text()
+    generation = built.results["results"]["my-arm"]["generation.accuracy"]  # the base's own images, paired
+    assert (generation["delta"], generation["test"], generation["p"]) == (0.0, "paired", 1.0)
