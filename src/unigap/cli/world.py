@@ -34,7 +34,8 @@ def sample(
     ),
     size: int = typer.Option(DEFAULT_CANVAS, "--size", help=f"Canvas side in pixels ({MIN_CANVAS} to {MAX_SIZE})."),
     questions: int = typer.Option(0, "--questions", help="Also write DIR/questions.jsonl: this many questions per "
-                                  "image with their exact answers (understanding data for train --objective sft)."),
+                                  "image with their exact answers (understanding data for train --objective sft), "
+                                  "each drawn independently, so an image may get one question twice."),
     draw_seed: int | None = typer.Option(None, "--draw-seed", help="Which scenes of the split are drawn (default: "
                                          "--seed). The partition stays --seed's; the shipped model was pretrained "
                                          "on --seed 0's first 6000 train scenes, so new data for it needs another."),
