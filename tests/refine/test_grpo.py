@@ -168,6 +168,33 @@ def test_masked_truncated_reflections_train_nothing_but_still_count_as_clipped()
     assert grad[0].abs().sum() > 0
 
 
+def test_rollouts_are_scored_at_the_temperature_they_were_sampled_at(monkeypatch) -> None:
+    """TRL scores GRPO's samples under softmax(logits / temperature): every part of both stages (images, reflections,
+    edits; π and π_ref alike) is scored at the config's temperature, the one it was sampled at."""
+    from unigap.refine.rollout import generation_group, refine_group
+
+    um = load_model("tiny")
+    seen: list[tuple[str, float]] = []
+    for name in ("image_token_logprobs", "answer_token_logprobs", "edit_token_logprobs"):
+        scorer = getattr(um, name)
+
+        def recording(*args, _scorer=scorer, _name=name, **kwargs):
+            seen.append((_name, kwargs.get("temperature", args[3] if _name == "answer_token_logprobs" else 1.0)))
+            return _scorer(*args, **kwargs)
+
+        monkeypatch.setattr(um, name, recording)
+    monkeypatch.setattr(um, "reflect", lambda images, *args: ["make the red circle blue"] * len(images))  # (edits)
+    spec = distinct_prompts(1, 0, 0, split="train")[0]
+    config = GRPOConfig(num_generations=2, temperature=0.7, beta=0.01)
+    generated = generation_group(um, 0, spec, config, 0, reward_for("verifier"))
+    refined = refine_group(um, generated.buffered[0], spec, config, 1, reward_for("verifier"))
+    for rollout in (generated, refined):
+        for part in rollout.parts:
+            part.score()
+    assert {name for name, _ in seen} == {"image_token_logprobs", "answer_token_logprobs", "edit_token_logprobs"}
+    assert all(temperature == 0.7 for _, temperature in seen), seen
+
+
 def test_batch_scaling_divides_by_the_std_of_every_group_of_the_step() -> None:
     """TRL's `scale_rewards="batch"`: each group's advantages stay centred on its own mean, and all are divided by
     the std of the step's rewards of their kind, over every group."""

@@ -60,9 +60,9 @@ def choose(logits: torch.Tensor, temperature: float, generator: torch.Generator)
 @contextmanager
 def token_entropies() -> Iterator[list[torch.Tensor]]:
     """Inside the block, every `token_logprobs` call also appends the entropy (nats, detached) of each distribution
-    it scores to the yielded list, shaped as its log-probs: the policy entropy TRL's GRPO logs (of the untempered
-    distribution, which TRL's equals at temperature 1), from the log-softmax the scorer computes anyway, with no
-    second forward pass and no change to any scorer's signature."""
+    it scores to the yielded list, shaped as its log-probs: the policy entropy TRL's GRPO logs (of the distribution
+    at the scorer's temperature, as TRL's), from the log-softmax the scorer computes anyway, with no second forward
+    pass and no change to any scorer's signature."""
     seen: list[torch.Tensor] = []
     _ENTROPY_RECORDERS.append(seen)
     try:
@@ -82,10 +82,14 @@ def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).reshape(logprobs.shape[:-1]) if parts else flat.new_zeros(logprobs.shape[:-1])
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.LongTensor) -> torch.Tensor:
-    """log p(token) under softmax(logits), computed in fp32 whatever the model dtype (and, inside
-    `token_entropies`, each distribution's entropy recorded)."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
+def token_logprobs(logits: torch.Tensor, tokens: torch.LongTensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token) under softmax(logits / temperature), the distribution `choose` samples at that temperature,
+    computed in fp32 whatever the model dtype (and, inside `token_entropies`, each distribution's entropy recorded).
+    GRPO scores its samples at the temperature they were drawn at, as TRL does."""
+    if not temperature > 0:
+        raise ValueError(f"log-probs need a temperature > 0, got {temperature}")
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
     if _ENTROPY_RECORDERS:
         with torch.no_grad():
             _ENTROPY_RECORDERS[-1].append(_entropy(logprobs))

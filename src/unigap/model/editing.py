@@ -182,12 +182,13 @@ def edit_token_logprobs(
     source: EditSource = "vision",
     image_cfg_scale: float | None = EDIT_IMAGE_CFG_SCALE,
     instruction_dropped: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Per-token log-probs [B, N] of edited images' tokens given image + instruction; differentiable (minus their
-    mean is what editing trains on, and UniMRG's auxiliary loss, whose target is a map of the input image). Under
-    guidance (`cfg_scale`, `image_cfg_scale`: `EditGuidance`), the mixture edits are sampled from; without it,
-    conditional, the `dropped` [B] rows made unconditional and the `instruction_dropped` [B] rows source-only (the
-    prompt dropouts of training)."""
+    """Per-token log-probs [B, N] of edited images' tokens given image + instruction, at a sampling `temperature`;
+    differentiable (minus their mean is what editing trains on, and UniMRG's auxiliary loss, whose target is a map
+    of the input image). Under guidance (`cfg_scale`, `image_cfg_scale`: `EditGuidance`), the mixture edits are
+    sampled from; without it, conditional, the `dropped` [B] rows made unconditional and the `instruction_dropped`
+    [B] rows source-only (the prompt dropouts of training)."""
     batch = check_counts(images=images, instructions=instructions, **{"image token rows": tokens})
     if batch == 0:
         return torch.zeros(tokens.shape, device=model.device)
@@ -201,7 +202,7 @@ def edit_token_logprobs(
     else:
         prefix, mask = edit_prefix(model, fmt, vision, images, instructions, dropped, source, instruction_dropped)
     logits = model.model.generation_head(prefixed_image_token_states(model, prefix, mask, tokens.repeat(k, 1)))
-    return token_logprobs(guidance.mix(logits.float()), tokens)
+    return token_logprobs(guidance.mix(logits.float()), tokens, temperature)
 
 
 @torch.no_grad()

@@ -10,8 +10,9 @@ One difference, on purpose: position ids count real tokens only, so left padding
 prompt's positions (transformers' image generate numbers pads too, so its output for a prompt can
 change with the other prompts' lengths). For equal-length prompts the two are identical.
 
-Log-probs are those of the untempered policy (softmax of the — possibly CFG-mixed — logits):
-the quantity DPO needs. Sampling temperature only changes which tokens are drawn.
+The sampler's log-probs are those of the untempered policy (softmax of the — possibly CFG-mixed — logits): the
+quantity DPO needs; sampling temperature only changes which tokens are drawn. The scorer takes a temperature for
+those who need the sampling distribution itself (GRPO's ratio, as TRL computes it).
 """
 
 from __future__ import annotations
@@ -210,11 +211,12 @@ def image_token_logprobs(
     image_tokens: torch.Tensor,
     cfg_scale: float | None,
     dropped: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Per-token teacher-forced log-probs [B, N] of image tokens given each prompt, under CFG-mixed logits when
-    `cfg_scale` is given (the distribution images are sampled from); otherwise conditional, the `dropped` [B] rows
-    given the unconditional prompt (prompt dropout in training, which keeps CFG's unconditional branch on the data).
-    Differentiable."""
+    `cfg_scale` is given (with `temperature`, the distribution images are sampled from); otherwise conditional, the
+    `dropped` [B] rows given the unconditional prompt (prompt dropout in training, which keeps CFG's unconditional
+    branch on the data). Differentiable."""
     num_tokens = fmt.num_image_tokens
     image_tokens = check_image_tokens(image_tokens, num_tokens, model.config.vq_config.num_embeddings)
     batch = check_counts(prompts=prompts, **{"image token rows": image_tokens})
@@ -228,7 +230,7 @@ def image_token_logprobs(
         ids = unconditional(fmt, ids, dropped)
     fed = image_tokens.to(device)
     logits = image_token_logits(model, ids, mask, fed.repeat(2, 1) if cfg else fed)
-    return token_logprobs(guided(logits.float(), cfg_scale), fed)
+    return token_logprobs(guided(logits.float(), cfg_scale), fed, temperature)
 
 
 def check_dropped(dropped: torch.Tensor | None, batch: int, cfg: bool) -> torch.Tensor | None:

@@ -81,9 +81,11 @@ def answer_token_logprobs(
     images: Sequence[ImageInput],
     questions: Sequence[str],
     answers: Sequence[str],
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token teacher-forced log-probs of each answer + EOS → (log-probs [B, W], mask [B, W]), right-aligned
-    (row b's answer is its last mask[b].sum() columns; padded columns hold 0); differentiable."""
+    (row b's answer is its last mask[b].sum() columns; padded columns hold 0), at a sampling `temperature`;
+    differentiable."""
     batch_size = check_counts(images=images, questions=questions, answers=answers)
     if batch_size == 0:
         empty = torch.zeros((0, 0), device=model.device)
@@ -92,11 +94,12 @@ def answer_token_logprobs(
     sequences = [fmt.understanding_ids(q) + t for q, t in zip(questions, targets, strict=True)]
     batch = _batch(model, fmt, vision, images, sequences)
     hidden, _ = _hidden(model, batch)
-    return _score_endings(model, hidden, batch.ids, targets)
+    return _score_endings(model, hidden, batch.ids, targets, temperature)
 
 
 def _score_endings(
-    model: JanusForConditionalGeneration, hidden: torch.Tensor, ids: torch.LongTensor, targets: Sequence[list[int]]
+    model: JanusForConditionalGeneration, hidden: torch.Tensor, ids: torch.LongTensor, targets: Sequence[list[int]],
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs [B, W] of each row's last len(target) tokens (left-padded rows end with them), and the
     mask [B, W] of those tokens; padded columns hold 0."""
@@ -105,7 +108,7 @@ def _score_endings(
     for row, target in enumerate(targets):
         target_mask[row, width - len(target) :] = True
     logits = model.lm_head(hidden[:, -width - 1 : -1])
-    logprobs = token_logprobs(logits, ids[:, -width:])
+    logprobs = token_logprobs(logits, ids[:, -width:], temperature)
     # `where`, not a product: a padded column's value is never read, even if it is not finite
     return torch.where(target_mask, logprobs, 0.0), target_mask
 

@@ -145,11 +145,12 @@ class UnifiedModel:
         return understanding.answer_logprobs(self.model, self.prompts, self.vision, images, questions, answers)
 
     def answer_token_logprobs(
-        self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str]
+        self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str], temperature: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs [B, W] of each answer + EOS and their mask [B, W] (right-aligned); differentiable:
-        what token-level policy-gradient losses need."""
-        return understanding.answer_token_logprobs(self.model, self.prompts, self.vision, images, questions, answers)
+        """Per-token log-probs [B, W] of each answer + EOS and their mask [B, W] (right-aligned), under the
+        distribution `answer` samples at `temperature`; differentiable: what token-level policy-gradient losses need."""
+        return understanding.answer_token_logprobs(self.model, self.prompts, self.vision, images, questions, answers,
+                                                   temperature)
 
     def grouped_answer_logprobs(
         self, images: Sequence[ImageInput], questions: Sequence[Sequence[str]], answers: Sequence[Sequence[str]]
@@ -231,24 +232,29 @@ class UnifiedModel:
 
     def image_token_logprobs(
         self, prompts: Sequence[str], image_tokens: torch.Tensor, cfg_scale: float | None = None,
-        dropped: torch.Tensor | None = None,
+        dropped: torch.Tensor | None = None, temperature: float = 1.0,
     ) -> torch.Tensor:
         """Per-token teacher-forced log-probs [B, N] of each image's tokens (CFG-mixed when `cfg_scale` is given;
-        otherwise the rows where `dropped` [B] is True get the unconditional prompt: prompt dropout)."""
-        return generation.image_token_logprobs(self.model, self.prompts, prompts, image_tokens, cfg_scale, dropped)
+        otherwise the rows where `dropped` [B] is True get the unconditional prompt: prompt dropout), at a sampling
+        `temperature` (`generate_images`'s distribution at the same `cfg_scale` and `temperature`)."""
+        return generation.image_token_logprobs(self.model, self.prompts, prompts, image_tokens, cfg_scale, dropped,
+                                               temperature)
 
     def edit_token_logprobs(
         self, images: Sequence[ImageInput], instructions: Sequence[str], image_tokens: torch.Tensor,
         cfg_scale: float | None = None, dropped: torch.Tensor | None = None, source: str | None = None,
         image_cfg_scale: float | None = editing.EDIT_IMAGE_CFG_SCALE, instruction_dropped: torch.Tensor | None = None,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         """Per-token log-probs [B, N] of edited images' tokens given source image + instruction: with `cfg_scale`,
         under the guidance `edit` samples with (`image_cfg_scale` defaults as there); without (the default), conditional,
         `dropped` [B] rows unconditional and `instruction_dropped` [B] rows source-only; differentiable.
-        `source` overrides the checkpoint's `edit_source` (UniMRG's maps must come through the vision tower)."""
+        `source` overrides the checkpoint's `edit_source` (UniMRG's maps must come through the vision tower);
+        `temperature`: `edit`'s at the same guidance and temperature."""
         source = self.edit_source if source is None else editing.check_edit_source(source)
         return editing.edit_token_logprobs(self.model, self.prompts, self.vision, images, instructions, image_tokens,
-                                           cfg_scale, dropped, source, image_cfg_scale, instruction_dropped)
+                                           cfg_scale, dropped, source, image_cfg_scale, instruction_dropped,
+                                           temperature)
 
     # -- VQ ----------------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@
 * `refine_group`: G branches from one buffered image: a sampled reflection in a fresh context, then, unless it
   stops or fails the format check, the next image (an edit of the image; a model that cannot edit regenerates from
   the refined prompt). Rewards and advantages as `grpo_loss` states them.
-Each returns a `Rollout`: its trained parts (text and/or images: how to score them under the current policy, their
-advantages, and the reference's log-probs under `adapters_disabled` when β > 0), the new images for the rollout
+Each returns a `Rollout`: its trained parts (text and/or images: how to score them under the current policy, at the
+temperature they were sampled at, as TRL does; their advantages; and the reference's log-probs, the same way under
+`adapters_disabled`, when β > 0), the new images for the rollout
 buffer, and its metrics. `rollout_loss` is the loss of one update on it: TRL's `num_iterations` updates reuse one
 rollout, its first update's log-probs standing for the policy that sampled it.
 """
@@ -190,7 +191,8 @@ def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, 
         images = um.decode_tokens(tokens)
         scores = reward.score(um, images, spec)
     prompts = [spec.text] * g
-    part = _part(um, "image", lambda: _every_token(um.image_token_logprobs(prompts, tokens, cfg)),  # [G, N]
+    part = _part(um, "image", lambda: _every_token(um.image_token_logprobs(prompts, tokens, cfg,  # [G, N]
+                                                                            temperature=config.temperature)),
                  scores, config)
     metrics = {f"generate/{k}": v for k, v in _group_stats(scores).items()}
     metrics |= _reward_stats(f"generate/rewards/{reward_key(reward.name)}", scores)
@@ -236,16 +238,18 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
                                                          [reward.perfect(start.score)] * g)
     # text: every branch's reflection
     question = um.prompts.reflect_question(spec.text)
-    parts = [_part(um, "text", lambda: um.answer_token_logprobs([image] * g, [question] * g, notes), text_rewards,
-                   config)]
+    parts = [_part(um, "text", lambda: um.answer_token_logprobs([image] * g, [question] * g, notes,
+                                                                config.temperature), text_rewards, config)]
     if making:  # images: the branches that made one; zero advantage elsewhere
         if edit:
             sources, instructions = [image] * len(making), [notes[i] for i in making]
             score_images = lambda: _every_token(um.edit_token_logprobs(  # noqa: E731
-                sources, instructions, tokens, guidance.text, image_cfg_scale=guidance.image))
+                sources, instructions, tokens, guidance.text, image_cfg_scale=guidance.image,
+                temperature=config.temperature))
         else:
             refined = [refined_prompt(spec.text, notes[i]) for i in making]
-            score_images = lambda: _every_token(um.image_token_logprobs(refined, tokens, cfg))  # noqa: E731
+            score_images = lambda: _every_token(um.image_token_logprobs(  # noqa: E731
+                refined, tokens, cfg, temperature=config.temperature))
         parts.append(_part(um, "image", score_images, [image_rewards[i] for i in making], config))
     metrics = {f"refine/{k}": v for k, v in _group_stats(text_rewards).items()}
     metrics |= _reward_stats("refine/rewards/format", format_ok) | _reward_stats("refine/rewards/delta", deltas)
