@@ -159,7 +159,8 @@ def test_vlm_judge_gives_p_yes(vlm_dir, pairs) -> None:
     assert len(scores) == len(images) and all(0.0 < s < 1.0 for s in scores)
     assert judge.fn(None, images, specs) == pytest.approx(scores)
     assert judge.fn(None, images[:1], specs[:1]) == pytest.approx(scores[:1], abs=1e-5)  # padding changes nothing
-    assert judge.describe() == {"name": f"vlm:{vlm_dir}", "directory": str(vlm_dir.resolve()), "threshold": 0.5}
+    assert judge.describe() == {"name": f"vlm:{vlm_dir}", "directory": str(vlm_dir.resolve()), "threshold": 0.5,
+                                "version": 1}
 
 
 @pytest.mark.parametrize("name, message", [
@@ -217,7 +218,7 @@ def test_eval_defaults_to_the_verifier(stub_factory) -> None:
     stub = stub_factory()
     stub.answer = lambda images, questions, **_: ["yes"] * len(questions)
     report = evaluate(stub, 4, 0, batch_size=4, critique=False, progress=False)
-    assert report["config"]["judge"] == {"name": "verifier", "directory": None, "threshold": 0.5}
+    assert report["config"]["judge"] == {"name": "verifier", "directory": None, "threshold": 0.5, "version": 1}
     assert "judged_generation" not in report
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from scipy import stats
 from synthetic_study import eval_report
 
 from unigap.cli import main
+from unigap.errors import UnigapWarning
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
@@ -113,6 +115,36 @@ def test_another_judges_verdicts_are_compared_where_there_is_no_verifier(tmp_pat
                                                         "judged_generation.accuracy"]
     judged = results["results"]["after"]["judged_generation.accuracy"]
     assert judged["n"] == 300 and judged["significant"] and results["bonferroni"]["tests"] == 3
+
+
+def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys) -> None:
+    """A CLIP moved to another folder judges alike; one calibrated to another threshold, or a judge of another
+    version, does not: its judged-generation accuracy is left out with a one-line warning, the rest compared."""
+    def judged(name: str, judge: dict, rate: float) -> Path:
+        report = json.loads(_write(tmp_path / f"{name}.json", 0.5).read_text())
+        report["config"]["judge"] = judge
+        rng = np.random.default_rng(len(name))
+        for r in report["records"]["generation"]:
+            r["judge_accepted"] = bool(rng.random() < rate)
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+        return tmp_path / f"{name}.json"
+
+    clip = {"name": "clip:/models/clip", "directory": "/models/clip", "threshold": 0.27, "version": 1}
+    base = judged("base", clip, 0.3)
+    moved = judged("moved", clip | {"name": "clip:/elsewhere/clip", "directory": "/elsewhere/clip"}, 0.6)
+    recalibrated = judged("recalibrated", clip | {"threshold": 0.31}, 0.6)
+    older = judged("older", {key: value for key, value in clip.items() if key != "version"}, 0.6)  # (version 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnigapWarning)
+        code, _, _ = _run(capsys, base, moved, older, "--out", tmp_path / "alike.json")
+    assert code in (0, None)
+    assert "judged_generation.accuracy" in json.loads((tmp_path / "alike.json").read_text())["results"]["moved"]
+    left_out = r"judged-generation accuracy left out: the reports' judges differ \(clip:/models/clip \(threshold 0.27"
+    with pytest.warns(UnigapWarning, match=left_out + r".*threshold 0.31, version 1\)\)$"):
+        code, _, _ = _run(capsys, base, recalibrated, "--out", tmp_path / "apart.json")
+    results = json.loads((tmp_path / "apart.json").read_text())
+    assert code in (0, None) and "judged_generation.accuracy" not in results["results"]["recalibrated"]
+    assert "generation.accuracy" in results["results"]["recalibrated"]  # the verifier's verdicts still compared
 
 
 @pytest.mark.parametrize("case, message", [

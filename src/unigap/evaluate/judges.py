@@ -39,6 +39,9 @@ class Judge:
     directory: str | None = None  # a local judge's checkpoint
     calibration: dict[str, Any] | None = None  # how its threshold was chosen, and how well it separates
     scaled_score: tuple[str, float] | None = None  # (name, factor) of the judge's native score = factor · score
+    # bump when the judge's question, parsing or calibration changes: reports record it, and `unigap compare`
+    # compares only the verdicts of judges alike (kind, threshold, version)
+    version: int = 1
 
     def accepts(self, score: float | None) -> bool | None:
         """The judge's verdict on one score: accept at or above its threshold; None where it could not decide."""
@@ -50,7 +53,8 @@ class Judge:
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able record a report keeps: which judge decided, from where, and where it accepts."""
-        out: dict[str, Any] = {"name": self.name, "directory": self.directory, "threshold": self.threshold}
+        out: dict[str, Any] = {"name": self.name, "directory": self.directory, "threshold": self.threshold,
+                               "version": self.version}
         if self.calibration is not None:
             out["calibration"] = self.calibration
         return out

@@ -10,13 +10,14 @@ left out of the result.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from unigap.errors import UserError
+from unigap.errors import UnigapWarning, UserError
 from unigap.report.cells import fmt, fmt_p
 from unigap.report.stats import compute_stats
 from unigap.study.results import BASE, METRICS, Metric, MethodRun, Study, read_json
@@ -90,8 +91,28 @@ def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
         if lacking is not None:
             raise UserError(f"{lacking} is not a `unigap eval` report (a {metric.records} record lacks "
                             f"{metric.outcome!r})")
+        if metric is JUDGED and not _judged_alike([report for _, report in reports]):
+            continue
         tested.append(metric)
     return tested
+
+
+def _judged_alike(reports: Sequence[dict[str, Any]]) -> bool:
+    """Whether every report with another judge's verdicts had a judge alike (the same kind of judge, at the same
+    threshold and version: a CLIP moved to another folder is alike, a recalibrated one is not); warns otherwise."""
+    judges = {}
+    for report in reports:
+        if any(r.get(JUDGED.outcome) is not None for r in report["records"].get(JUDGED.records) or []):
+            judge = report["config"].get("judge")
+            judge = judge if isinstance(judge, dict) else {"name": judge}
+            key = (str(judge.get("name", "")).split(":")[0], judge.get("threshold"), judge.get("version", 1))
+            judges[key] = judge.get("name") or "an unnamed judge"
+    if len(judges) > 1:
+        named = "; ".join(f"{name} (threshold {threshold}, version {version})"
+                          for (_, threshold, version), name in judges.items())
+        warnings.warn(UnigapWarning(f"judged-generation accuracy left out: the reports' judges differ ({named})"),
+                      stacklevel=2)
+    return len(judges) <= 1
 
 
 def _by_group(reports: Sequence[dict[str, Any]], metrics: Sequence[Metric]) -> list[Metric]:
