@@ -16,7 +16,7 @@ from typing import Any
 
 from unigap.errors import UserError
 from unigap.registry import Registry, load
-from unigap.train.names import SOUP_LAMBDAS, STRATEGIES
+from unigap.train.names import SOUP_LAMBDAS, SPEC_STRATEGIES, STRATEGIES
 
 FAMILIES: dict[str, str] = {
     "p1": "multi-task DPO (arXiv 2603.17044)",
@@ -53,8 +53,8 @@ def register(arm: Arm) -> Arm:
 
 
 _P1, _P2 = "unigap.study.builders:train_strategy", "unigap.study.builders:self_improve"
-for _index, _strategy in enumerate(STRATEGIES):
-    register(Arm(_strategy, "p1", "trained", _P1, default=_index < 7))  # SPEC §1's seven; torchjd's opt-in
+for _strategy in STRATEGIES:
+    register(Arm(_strategy, "p1", "trained", _P1, default=_strategy in SPEC_STRATEGIES))  # torchjd's: opt-in
 for _lam in SOUP_LAMBDAS:
     register(Arm(f"soup-{_lam:g}", "p1", "post-hoc", "unigap.study.builders:soup", ("und-only", "gen-only")))
 register(Arm("oracle", "p1", "post-hoc", "unigap.study.builders:oracle", ("und-only", "gen-only")))

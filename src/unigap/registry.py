@@ -3,8 +3,8 @@
 After lm-evaluation-harness's `Registry`. A name registers once, in lowercase words joined by hyphens (dots for
 numbers: `soup-0.5`). An unknown name is one `UserError` that names the closest known name and lists them all, so
 every lookup of a concept fails the same way. An entry may be a lazy `"module:attr"` string (`load`) that is only
-imported when used, so listing names (the CLI's help) needs no torch. `freeze()` ends registration once a module has
-registered its built-in entries. Kept free of torch.
+imported when used, so listing names (the CLI's help) needs no torch. Registries stay open: a user's script may
+register its own arm or judge before it runs. Kept free of torch.
 
 A registry is a read-only `Mapping` in registration order: `name in R`, `R[name]`, `list(R)` and `R.items()` work as
 on a dict.
@@ -38,23 +38,16 @@ class Registry(Mapping[str, T], Generic[T]):
     def __init__(self, concept: str) -> None:
         self.concept = concept
         self._entries: dict[str, T] = {}
-        self._frozen = False
 
     def register(self, name: str, entry: T) -> T:
-        """Add `entry` under `name`; a name registered twice, a malformed name or a frozen registry is an error in
-        the code that registers (`ValueError`), not the user's."""
-        if self._frozen:
-            raise ValueError(f"the {self.concept} registry is frozen; {name!r} came too late")
+        """Add `entry` under `name`; a name registered twice or a malformed name is an error in the code that
+        registers (`ValueError`), not the user's."""
         if not NAME.fullmatch(name):
             raise ValueError(f"{self.concept} names are lowercase words joined by hyphens, got {name!r}")
         if name in self._entries:
             raise ValueError(f"{self.concept} {name!r} is registered twice")
         self._entries[name] = entry
         return entry
-
-    def freeze(self) -> None:
-        """No more registrations: the built-in entries are all in."""
-        self._frozen = True
 
     def lookup(self, name: str, choices: Iterable[str] | None = None) -> T:
         """The entry `name`, which must be one of `choices` (default: every name); any other is `unknown(name)`."""

@@ -32,6 +32,7 @@ from unigap.cli import main
 from unigap.errors import UserError
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.local_judges import balanced_threshold, calibration_set
+from unigap.model.checkpoint import weights_fingerprint
 from unigap.refine import RefineConfig, run_refine
 from unigap.selfimprove import SelfImproveConfig
 from unigap.selfimprove.pool import Sample, audit
@@ -160,7 +161,7 @@ def test_vlm_judge_gives_p_yes(vlm_dir, pairs) -> None:
     assert judge.fn(None, images, specs) == pytest.approx(scores)
     assert judge.fn(None, images[:1], specs[:1]) == pytest.approx(scores[:1], abs=1e-5)  # padding changes nothing
     assert judge.describe() == {"name": f"vlm:{vlm_dir}", "directory": str(vlm_dir.resolve()), "threshold": 0.5,
-                                "version": 1}
+                                "version": 1, "weights": weights_fingerprint(vlm_dir)}  # which VLM, wherever it is
 
 
 @pytest.mark.parametrize("name, message", [

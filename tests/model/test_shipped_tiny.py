@@ -77,6 +77,18 @@ def test_the_shipped_model_edits_broken_scenes_into_ones_that_satisfy_the_prompt
     assert result["n"] == 32 and result["accuracy"] >= EDIT_FLOOR
 
 
+def test_the_decoder_says_which_reflections_it_cut_off(tiny) -> None:
+    """`return_finished`: whether each answer ended in the model's own EOS. The shipped model's reflections (three
+    or more words) all end within 24 tokens and none within 2; the texts are those of the plain call."""
+    pairs = held_out_pairs(8, seed=3)
+    images, prompts = [render(scene) for _, scene in pairs], [spec.text for spec, _ in pairs]
+    texts, finished = tiny.reflect(images, prompts, return_finished=True)
+    assert texts == tiny.reflect(images, prompts) and finished == [True] * 8
+    cut, finished = tiny.reflect(images, prompts, max_new_tokens=2, return_finished=True)
+    assert finished == [False] * 8 and all(len(text.split()) == 2 for text in cut)
+    assert tiny.answer([], [], return_finished=True) == ([], [])
+
+
 def test_the_shipped_model_reflects_in_the_grammar_and_stops_on_intact_scenes(tiny) -> None:
     """On renders of held-out prompts it answers "no further edit needed"; on scenes broken by one edit it
     names some valid fixes; every answer is in the grammar."""

@@ -110,8 +110,8 @@ def test_a_moved_policy_is_clipped_asymmetrically_and_counted() -> None:
 
 def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
     """`rollout_loss` on a reflection part: the entropy is the mean over trained tokens of each scored distribution's
-    (recorded by the scorer's own `token_logprobs`), a reflection that reached `max_completion_length` tokens before
-    its EOS counts as clipped, and the scorer's log-probs are what the loss trains."""
+    (recorded by the scorer's own `token_logprobs`), a reflection the decoder cut off before its EOS counts as
+    clipped, and the scorer's log-probs are what the loss trains."""
     from unigap.model.decoding import token_entropies, token_logprobs
     from unigap.refine.rollout import Part, Rollout, rollout_loss
 
@@ -119,7 +119,7 @@ def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
     tokens = torch.tensor([[1, 2, 3, 4], [0, 0, 5, 1]])
     mask = torch.tensor([[True, True, True, True], [False, False, True, True]])  # 3 tokens + EOS; 1 token + EOS
     part = Part("text", lambda: (torch.where(mask, token_logprobs(logits, tokens), 0.0), mask),
-                torch.tensor([1.0, -1.0]), None)
+                torch.tensor([1.0, -1.0]), None, truncated=(True, False))
     config = GRPOConfig(max_completion_length=3, beta=0.0)
     loss, old, metrics = rollout_loss(Rollout((part,), [], {}), config)
     probs = torch.softmax(logits.detach(), -1)
@@ -140,31 +140,37 @@ def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
     assert all(torch.allclose(e, entropy) for e in outer)
 
 
-def test_masked_truncated_reflections_train_nothing_but_still_count_as_clipped() -> None:
-    """TRL's `mask_truncated_completions`: a reflection that reached `max_completion_length` before its EOS gets no
-    gradient and leaves the per-token metrics; the loss is the other reflections' alone; clipped_ratio still counts
-    it. Off (the default), it trains like any other."""
+@pytest.mark.parametrize("loss_type", ["bnpo", "grpo", "dr_grpo"])
+def test_masked_truncated_reflections_train_nothing_but_still_count_as_clipped(loss_type: str) -> None:
+    """TRL's `mask_truncated_completions`: a reflection the decoder cut off before its EOS gets no gradient under
+    every loss type and leaves the per-token metrics (bnpo: the loss is the other reflections' alone); clipped_ratio
+    still counts it, and the image made from it still trains. Off (the default), it trains like any other."""
     from unigap.model.decoding import token_logprobs
     from unigap.refine.rollout import Part, Rollout, rollout_loss
 
     tokens = torch.tensor([[1, 2, 3, 4], [0, 0, 5, 1]])
-    mask = torch.tensor([[True, True, True, True], [False, False, True, True]])  # row 0 cut off at 3 tokens
+    mask = torch.tensor([[True, True, True, True], [False, False, True, True]])  # row 0 was cut off
 
     def run(rows: slice, **changes):
         logits = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-        part = Part("text", lambda: (torch.where(mask[rows], token_logprobs(logits[rows], tokens[rows]), 0.0),
-                                     mask[rows]), torch.tensor([1.0, -1.0])[rows], None)
-        loss, _, metrics = rollout_loss(Rollout((part,), [], {}), GRPOConfig(max_completion_length=3, beta=0.0,
-                                                                           **changes))
+        image_logits = torch.randn(1, 3, 6, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        text = Part("text", lambda: (torch.where(mask[rows], token_logprobs(logits[rows], tokens[rows]), 0.0),
+                                     mask[rows]), torch.tensor([1.0, -1.0])[rows], None, truncated=(True, False)[rows])
+        image = Part("image", lambda: (token_logprobs(image_logits, tokens[:1, :3]),
+                                       torch.ones(1, 3, dtype=torch.bool)), torch.tensor([1.0]), None)
+        config = GRPOConfig(max_completion_length=3, beta=0.0, loss_type=loss_type, **changes)
+        loss, _, metrics = rollout_loss(Rollout((text, image), [], {}), config)
         loss.backward()
-        return loss, logits.grad, metrics
+        return loss, logits.grad, image_logits.grad, metrics
 
-    loss, grad, metrics = run(slice(None), mask_truncated_completions=True)
-    alone, _, metrics_alone = run(slice(1, 2))
-    assert grad[0].abs().sum() == 0 and grad[1].abs().sum() > 0
-    assert float(loss) == pytest.approx(float(alone)) and metrics["entropy"] == pytest.approx(metrics_alone["entropy"])
+    loss, grad, image_grad, metrics = run(slice(None), mask_truncated_completions=True)
+    assert grad[0].abs().sum() == 0 and grad[1].abs().sum() > 0 and image_grad.abs().sum() > 0
     assert metrics["completions/clipped_ratio"] == 0.5
-    _, grad, _ = run(slice(None))
+    alone, _, _, metrics_alone = run(slice(1, 2))
+    assert metrics["entropy"] == pytest.approx(metrics_alone["entropy"])
+    if loss_type == "bnpo":
+        assert float(loss) == pytest.approx(float(alone))
+    _, grad, _, _ = run(slice(None))
     assert grad[0].abs().sum() > 0
 
 
@@ -183,7 +189,8 @@ def test_rollouts_are_scored_at_the_temperature_they_were_sampled_at(monkeypatch
             return _scorer(*args, **kwargs)
 
         monkeypatch.setattr(um, name, recording)
-    monkeypatch.setattr(um, "reflect", lambda images, *args: ["make the red circle blue"] * len(images))  # (edits)
+    monkeypatch.setattr(um, "reflect", lambda images, *args, **kwargs: (["make the red circle blue"] * len(images),
+                                                                       [True] * len(images)))  # (so it edits)
     spec = distinct_prompts(1, 0, 0, split="train")[0]
     config = GRPOConfig(num_generations=2, temperature=0.7, beta=0.01)
     generated = generation_group(um, 0, spec, config, 0, reward_for("verifier"))

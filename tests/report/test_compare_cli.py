@@ -118,9 +118,10 @@ def test_another_judges_verdicts_are_compared_where_there_is_no_verifier(tmp_pat
 
 
 def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys) -> None:
-    """A CLIP moved to another folder judges alike; one calibrated to another threshold, or a judge of another
-    version, does not: its judged-generation accuracy is left out with a one-line warning, the rest compared."""
-    def judged(name: str, judge: dict, rate: float) -> Path:
+    """Judges alike: the same kind, weights (a CLIP moved to another folder), version, and threshold up to float
+    noise (calibrated again on another device). Judges that differ (recalibrated, another VLM at the same fixed
+    threshold, another kind): their judged-generation accuracy is left out with a one-line warning, the rest compared."""
+    def judged(name: str, judge: dict, rate: float = 0.6) -> Path:
         report = json.loads(_write(tmp_path / f"{name}.json", 0.5).read_text())
         report["config"]["judge"] = judge
         rng = np.random.default_rng(len(name))
@@ -129,22 +130,28 @@ def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys)
         (tmp_path / f"{name}.json").write_text(json.dumps(report))
         return tmp_path / f"{name}.json"
 
-    clip = {"name": "clip:/models/clip", "directory": "/models/clip", "threshold": 0.27, "version": 1}
-    base = judged("base", clip, 0.3)
-    moved = judged("moved", clip | {"name": "clip:/elsewhere/clip", "directory": "/elsewhere/clip"}, 0.6)
-    recalibrated = judged("recalibrated", clip | {"threshold": 0.31}, 0.6)
-    older = judged("older", {key: value for key, value in clip.items() if key != "version"}, 0.6)  # (version 1)
+    clip = {"name": "clip:/models/clip", "directory": "/models/clip", "threshold": 0.27, "version": 1,
+            "weights": "a1"}
+    vlm = {"name": "vlm:/models/vlm", "directory": "/models/vlm", "threshold": 0.5, "version": 1, "weights": "b2"}
+    base, vlm_base = judged("base", clip, 0.3), judged("vlm-base", vlm, 0.3)
+    alike = [judged("moved", clip | {"name": "clip:/elsewhere/clip", "directory": "/elsewhere/clip"}),
+             judged("recalibrated-on-gpu", clip | {"threshold": 0.27 * (1 + 1e-7)}),
+             judged("older", {key: value for key, value in clip.items() if key != "version"})]  # (version 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnigapWarning)
-        code, _, _ = _run(capsys, base, moved, older, "--out", tmp_path / "alike.json")
+        code, _, _ = _run(capsys, base, *alike, "--out", tmp_path / "alike.json")
     assert code in (0, None)
     assert "judged_generation.accuracy" in json.loads((tmp_path / "alike.json").read_text())["results"]["moved"]
-    left_out = r"judged-generation accuracy left out: the reports' judges differ \(clip:/models/clip \(threshold 0.27"
-    with pytest.warns(UnigapWarning, match=left_out + r".*threshold 0.31, version 1\)\)$"):
-        code, _, _ = _run(capsys, base, recalibrated, "--out", tmp_path / "apart.json")
-    results = json.loads((tmp_path / "apart.json").read_text())
-    assert code in (0, None) and "judged_generation.accuracy" not in results["results"]["recalibrated"]
-    assert "generation.accuracy" in results["results"]["recalibrated"]  # the verifier's verdicts still compared
+    apart = {"recalibrated": (base, clip | {"threshold": 0.31}, "clip:/models/clip (threshold 0.31, version 1)"),
+             "another-vlm": (vlm_base, vlm | {"name": "vlm:/models/other", "weights": "c3"}, "vlm:/models/other"),
+             "another-kind": (base, vlm, "vlm:/models/vlm (threshold 0.5")}
+    for name, (baseline, judge, named) in apart.items():
+        with pytest.warns(UnigapWarning, match="judged-generation accuracy left out: the reports' judges differ") as w:
+            code, _, _ = _run(capsys, baseline, judged(name, judge), "--out", tmp_path / f"{name}-c.json")
+        results = json.loads((tmp_path / f"{name}-c.json").read_text())
+        assert code in (0, None) and "judged_generation.accuracy" not in results["results"][name]
+        assert "generation.accuracy" in results["results"][name]  # the verifier's verdicts still compared
+        assert named in str(w[0].message)
 
 
 @pytest.mark.parametrize("case, message", [

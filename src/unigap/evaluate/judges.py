@@ -23,6 +23,7 @@ from PIL import Image
 
 from unigap.errors import UnigapWarning
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, self_p_yes
+from unigap.model.checkpoint import weights_fingerprint
 from unigap.registry import Registry
 from unigap.world import PromptSpec, verify
 
@@ -40,8 +41,9 @@ class Judge:
     calibration: dict[str, Any] | None = None  # how its threshold was chosen, and how well it separates
     scaled_score: tuple[str, float] | None = None  # (name, factor) of the judge's native score = factor · score
     # bump when the judge's question, parsing or calibration changes: reports record it, and `unigap compare`
-    # compares only the verdicts of judges alike (kind, threshold, version)
+    # compares only the verdicts of judges alike (kind, weights, threshold, version)
     version: int = 1
+    weights: str | None = None  # a local judge's weights fingerprint (`weights_fingerprint`): which model it is
 
     def accepts(self, score: float | None) -> bool | None:
         """The judge's verdict on one score: accept at or above its threshold; None where it could not decide."""
@@ -55,6 +57,8 @@ class Judge:
         """The JSON-able record a report keeps: which judge decided, from where, and where it accepts."""
         out: dict[str, Any] = {"name": self.name, "directory": self.directory, "threshold": self.threshold,
                                "version": self.version}
+        if self.weights is not None:
+            out["weights"] = self.weights
         if self.calibration is not None:
             out["calibration"] = self.calibration
         return out
@@ -101,7 +105,7 @@ def _clip_judge(name: str, path: Path) -> Judge:
             f"{calibration['pairs']} pairs): its verdicts, and any accuracy it reports, mean little"), stacklevel=2)
     return Judge(name, lambda um, images, specs: scorer.scores(images, prompt_texts(specs)), independent=True,
                  threshold=calibration.pop("threshold"), directory=str(path.resolve()),
-                 calibration=calibration, scaled_score=("clipscore", CLIPSCORE_WEIGHT))
+                 calibration=calibration, scaled_score=("clipscore", CLIPSCORE_WEIGHT), weights=_weights(path))
 
 
 def _vlm_judge(name: str, path: Path) -> Judge:
@@ -110,7 +114,12 @@ def _vlm_judge(name: str, path: Path) -> Judge:
 
     vlm = VlmJudge(path)
     return Judge(name, lambda um, images, specs: vlm.p_yes(images, prompt_texts(specs)), independent=True,
-                 threshold=0.5, directory=str(path.resolve()))
+                 threshold=0.5, directory=str(path.resolve()), weights=_weights(path))
+
+
+def _weights(path: Path) -> str | None:
+    """The fingerprint of a local judge's safetensors weights (None for other formats: its directory names it)."""
+    return weights_fingerprint(path) if any(path.glob("*.safetensors")) else None
 
 
 # kind -> factory(name, checked directory); every local judge is independent of the model under study

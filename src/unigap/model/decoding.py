@@ -62,7 +62,7 @@ def token_entropies() -> Iterator[list[torch.Tensor]]:
     """Inside the block, every `token_logprobs` call also appends the entropy (nats, detached) of each distribution
     it scores to the yielded list, shaped as its log-probs: the policy entropy TRL's GRPO logs (of the distribution
     at the scorer's temperature, as TRL's), from the log-softmax the scorer computes anyway, with no second forward
-    pass and no change to any scorer's signature."""
+    pass and no entropy argument threaded through every scorer."""
     seen: list[torch.Tensor] = []
     _ENTROPY_RECORDERS.append(seen)
     try:

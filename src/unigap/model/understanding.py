@@ -212,14 +212,15 @@ def generate_answers(
     max_new_tokens: int,
     temperature: float,
     seed: int | None,
-) -> list[str]:
-    """Decode answers with a KV cache until EOS or `max_new_tokens` (temperature 0 = greedy)."""
+) -> tuple[list[str], list[bool]]:
+    """Decode answers with a KV cache until EOS or `max_new_tokens` (temperature 0 = greedy) → (texts, whether each
+    ended in EOS: False where `max_new_tokens` cut it off)."""
     batch_size = check_counts(images=images, questions=questions)
     check_temperature(temperature)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size == 0:
-        return []
+        return [], []
     generator = make_generator(seed, model.device)
     batch = _batch(model, fmt, vision, images, [fmt.understanding_ids(q) for q in questions])
     hidden, cache = _hidden(model, batch, use_cache=True)
@@ -248,7 +249,7 @@ def generate_answers(
         if fmt.ids.eos in row:
             row = row[: row.index(fmt.ids.eos)]
         texts.append(fmt.tokenizer.decode(row, skip_special_tokens=True).strip())
-    return texts
+    return texts, done.tolist()
 
 
 @torch.no_grad()

@@ -132,11 +132,14 @@ class UnifiedModel:
         max_new_tokens: int = 32,
         temperature: float = 0.0,
         seed: int | None = None,
-    ) -> list[str]:
-        """Answer one question per image (temperature 0 = greedy)."""
-        return understanding.generate_answers(
+        return_finished: bool = False,
+    ) -> list[str] | tuple[list[str], list[bool]]:
+        """Answer one question per image (temperature 0 = greedy); with `return_finished`, also whether each answer
+        ended in EOS (False where `max_new_tokens` cut it off: TRL's truncated completions)."""
+        texts, finished = understanding.generate_answers(
             self.model, self.prompts, self.vision, images, questions, max_new_tokens, temperature, seed
         )
+        return (texts, finished) if return_finished else texts
 
     def answer_logprobs(
         self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str]
@@ -171,13 +174,15 @@ class UnifiedModel:
         return [understanding.parse_verdict(text) for text in texts]
 
     def reflect(self, images: Sequence[ImageInput], prompts: Sequence[str], max_new_tokens: int = 24,
-                temperature: float = 0.0, seed: int | None = None) -> list[str]:
+                temperature: float = 0.0, seed: int | None = None, return_finished: bool = False,
+                ) -> list[str] | tuple[list[str], list[bool]]:
         """R3's reflection, each in a fresh context holding only the image and the target prompt (greedy by default;
         sampled at `temperature` > 0, as RL rollouts need): `unigap.world.NO_EDIT` or one edit instruction. Any
         checkpoint answers (it is text); read answers with `unigap.world.parse_reflection`, which reports text
-        outside the grammar as a format failure."""
+        outside the grammar as a format failure. `return_finished` as in `answer`."""
         questions = [self.prompts.reflect_question(prompt) for prompt in prompts]
-        return self.answer(images, questions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return self.answer(images, questions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                           return_finished=return_finished)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -236,7 +241,7 @@ class UnifiedModel:
     ) -> torch.Tensor:
         """Per-token teacher-forced log-probs [B, N] of each image's tokens (CFG-mixed when `cfg_scale` is given;
         otherwise the rows where `dropped` [B] is True get the unconditional prompt: prompt dropout), at a sampling
-        `temperature` (`generate_images`'s distribution at the same `cfg_scale` and `temperature`)."""
+        `temperature` (with `cfg_scale`, `generate_images`'s distribution at the same scale and temperature)."""
         return generation.image_token_logprobs(self.model, self.prompts, prompts, image_tokens, cfg_scale, dropped,
                                                temperature)
 

@@ -83,6 +83,7 @@ class Part:
     advantage: torch.Tensor  # [B]
     reference: torch.Tensor | None  # [B, T] log-probs under π_ref; None when β = 0
     rewards: tuple[float | None, ...] = ()  # what the advantages come from (`scale_rewards="batch"` rescales them)
+    truncated: tuple[bool, ...] = ()  # text: each completion cut off at `max_completion_length` before its EOS
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,14 @@ class Rollout:
     metrics: dict[str, float]
 
 
-def _part(um: Any, kind: str, score: Scores, rewards: Sequence[float | None], config: GRPOConfig) -> Part:
+def _part(um: Any, kind: str, score: Scores, rewards: Sequence[float | None], config: GRPOConfig,
+          truncated: Sequence[bool] = ()) -> Part:
     """A part with its advantages and reference log-probs (none when β = 0: the KL term is off)."""
     advantage = advantages(rewards, config.scale_rewards)
     if config.beta <= 0:
-        return Part(kind, score, advantage, None, tuple(rewards))
+        return Part(kind, score, advantage, None, tuple(rewards), tuple(truncated))
     with torch.no_grad(), um.adapters_disabled():
-        return Part(kind, score, advantage, score()[0], tuple(rewards))
+        return Part(kind, score, advantage, score()[0], tuple(rewards), tuple(truncated))
 
 
 def batch_scale(rollouts: Sequence[Rollout], rewards: dict[str, list[float | None]]) -> list[Rollout]:
@@ -121,10 +123,10 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
     """One update's GRPO loss on a group's rollout, the log-probs of the policy that sampled it (`old`, per part: None
     at the first update, where they are the policy's own, returned for the next ones), and the update's metrics
     (TRL's `kl` when β > 0; `entropy` and `clip_ratio/*` over the group's trained tokens, a refine group's reflection
-    and image tokens together; `completions/mean_length` and `completions/clipped_ratio` of the reflections, the
-    latter the share whose re-tokenised text reached `max_completion_length` tokens before its EOS: `reflect`
-    returns text, so truncation is read from its length; with `mask_truncated_completions` those reflections are
-    left out of the loss and of the per-token metrics, as in TRL, while the image made from one still trains)."""
+    and image tokens together; `completions/mean_length` (tokens scored, EOS included) and `completions/clipped_ratio`
+    of the reflections, the latter the share the decoder cut off at `max_completion_length` before an EOS; with
+    `mask_truncated_completions` those reflections are left out of the loss and of the per-token metrics, as in TRL,
+    while the image made from one still trains)."""
     loss: Any = 0.0
     olds, kls = [], []
     low = high = tokens = entropy = 0.0
@@ -134,7 +136,7 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
             logprobs, mask = part.score()
         if part.kind == "text":
             lengths = mask.sum(dim=-1)  # each reflection's tokens and its EOS
-            clipped = lengths - 1 >= config.max_completion_length
+            clipped = torch.tensor(part.truncated, dtype=torch.bool, device=mask.device)
             metrics["completions/mean_length"] = float(lengths.float().mean())
             metrics["completions/clipped_ratio"] = float(clipped.float().mean())
             if config.mask_truncated_completions:  # TRL's: a cut-off reflection trains nothing
@@ -214,7 +216,8 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
     edit = um.supports_editing
     with torch.no_grad():
         image = um.decode_tokens(torch.tensor([start.tokens]))[0]
-        notes = um.reflect([image] * g, [spec.text] * g, config.max_completion_length, config.temperature, seed)
+        notes, finished = um.reflect([image] * g, [spec.text] * g, config.max_completion_length, config.temperature,
+                                     seed, return_finished=True)
     readings = [parse_reflection(note) for note in notes]
     stopped = [r.stop for r in readings]
     format_ok = [r.format_ok if edit else bool(note.strip()) for r, note in zip(readings, notes, strict=True)]
@@ -239,7 +242,8 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
     # text: every branch's reflection
     question = um.prompts.reflect_question(spec.text)
     parts = [_part(um, "text", lambda: um.answer_token_logprobs([image] * g, [question] * g, notes,
-                                                                config.temperature), text_rewards, config)]
+                                                                config.temperature), text_rewards, config,
+                   [not done for done in finished])]
     if making:  # images: the branches that made one; zero advantage elsewhere
         if edit:
             sources, instructions = [image] * len(making), [notes[i] for i in making]

@@ -10,6 +10,7 @@ left out of the result.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,21 +99,37 @@ def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
 
 
 def _judged_alike(reports: Sequence[dict[str, Any]]) -> bool:
-    """Whether every report with another judge's verdicts had a judge alike (the same kind of judge, at the same
-    threshold and version: a CLIP moved to another folder is alike, a recalibrated one is not); warns otherwise."""
-    judges = {}
-    for report in reports:
-        if any(r.get(JUDGED.outcome) is not None for r in report["records"].get(JUDGED.records) or []):
-            judge = report["config"].get("judge")
-            judge = judge if isinstance(judge, dict) else {"name": judge}
-            key = (str(judge.get("name", "")).split(":")[0], judge.get("threshold"), judge.get("version", 1))
-            judges[key] = judge.get("name") or "an unnamed judge"
-    if len(judges) > 1:
-        named = "; ".join(f"{name} (threshold {threshold}, version {version})"
-                          for (_, threshold, version), name in judges.items())
-        warnings.warn(UnigapWarning(f"judged-generation accuracy left out: the reports' judges differ ({named})"),
-                      stacklevel=2)
-    return len(judges) <= 1
+    """Whether every report with another judge's verdicts had a judge alike (`_alike`); warns otherwise."""
+    judges = [_judge(report) for report in reports
+              if any(r.get(JUDGED.outcome) is not None for r in report["records"].get(JUDGED.records) or [])]
+    if all(_alike(judges[0], judge) for judge in judges[1:]):
+        return True
+    named = "; ".join(dict.fromkeys(f"{j.get('name') or 'an unnamed judge'} (threshold {j.get('threshold')}, version "
+                                    f"{j.get('version', 1)})" for j in judges))
+    warnings.warn(UnigapWarning(f"judged-generation accuracy left out: the reports' judges differ ({named})"),
+                  stacklevel=2)
+    return False
+
+
+def _judge(report: dict[str, Any]) -> dict[str, Any]:
+    judge = report["config"].get("judge")
+    return judge if isinstance(judge, dict) else {"name": judge}
+
+
+def _alike(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same kind of judge, the same model (its weights' fingerprint, or its directory where a report has none:
+    a CLIP moved to another folder is alike), the same version, and thresholds equal up to float noise (a CLIP
+    calibrated again on another device; one calibrated differently is not alike)."""
+    def kind(judge: dict[str, Any]) -> str:
+        return str(judge.get("name") or "").split(":")[0]
+
+    def model(judge: dict[str, Any]) -> Any:
+        return judge.get("weights") or judge.get("directory")
+
+    low, high = a.get("threshold"), b.get("threshold")
+    thresholds = low == high or (isinstance(low, (int, float)) and isinstance(high, (int, float))
+                                 and math.isclose(low, high, rel_tol=1e-4))
+    return kind(a) == kind(b) and model(a) == model(b) and a.get("version", 1) == b.get("version", 1) and thresholds
 
 
 def _by_group(reports: Sequence[dict[str, Any]], metrics: Sequence[Metric]) -> list[Metric]:

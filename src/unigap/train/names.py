@@ -17,10 +17,11 @@ TORCHJD: dict[str, str] = {
     "imtl-g": "IMTLG",
     "aligned-mtl": "AlignedMTL",
 }
+SPEC_STRATEGIES: tuple[str, ...] = (*SINGLE_TASK, "joint", "pcgrad", "grad-weighted", "length-norm", "fixed")
 # strategy name -> its factory, imported when a strategy is built: "module:function", called as
 # `factory(name, settings)` (`unigap.train.strategies.build_strategy`); SPEC §1's seven first, then torchjd's
 STRATEGIES: Registry[str] = Registry("strategy")
-for _name in (*SINGLE_TASK, "joint", "pcgrad", "grad-weighted", "length-norm", "fixed"):
+for _name in SPEC_STRATEGIES:
     STRATEGIES.register(_name, "unigap.train.strategies:" + ("single_task" if _name in SINGLE_TASK else
                                                              _name.replace("-", "_")))
 for _name in TORCHJD:
