@@ -13,9 +13,9 @@
   the refined prompt). Rewards and advantages as `grpo_loss` states them.
 Each returns a `Rollout`: its trained parts (text and/or images: how to score them under the current policy, at the
 temperature they were sampled at, as TRL does; their advantages; and the reference's log-probs, the same way under
-`adapters_disabled`, when β > 0), the new images for the rollout
-buffer, and its metrics. `rollout_loss` is the loss of one update on it: TRL's `num_iterations` updates reuse one
-rollout, its first update's log-probs standing for the policy that sampled it.
+`adapters_disabled`, when β > 0), the new images for the rollout buffer, and its metrics. `rollout_loss` is the loss of
+one update on it: TRL's `num_iterations` updates reuse one rollout, its first update's log-probs standing for the
+policy that sampled it.
 """
 
 from __future__ import annotations
