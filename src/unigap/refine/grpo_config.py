@@ -1,14 +1,13 @@
 """`GRPOConfig`: every knob of `unigap refine train`, R3's GRPO of generation, reflection and refinement (SPEC §3).
 
 Names follow TRL's `GRPOConfig` where TRL has the knob (`num_generations`, `temperature`, `beta`, `epsilon`,
-`epsilon_high`, `num_iterations`, `scale_rewards`, `loss_type`, `max_completion_length`,
-`mask_truncated_completions`) and unigap's trainers elsewhere (`lr`, `steps`, `seed`, `lora_*`, `max_grad_norm`,
-`checkpoint_every`). Defaults are R3's where they differ
-from TRL's, said per field: `beta` 0.001 (TRL 0.0: R3 keeps a KL to the frozen reference), `scale_rewards` "none" (TRL
-"group": R3 does not divide advantages by the group's reward std), `loss_type` "bnpo" (TRL "dapo": both divide by the
-trained tokens, of the local batch and of the global one; here a group is a batch, as in R3), groups of 16. One
-optimiser step per rollout by default (TRL's `num_iterations` 1, R3's too), so the PPO ratio is 1 at the update and
-`epsilon` only clips once `num_iterations` > 1 reuses a rollout.
+`epsilon_high`, `num_iterations`, `scale_rewards`, `loss_type`, `max_completion_length`, `mask_truncated_completions`)
+and unigap's trainers elsewhere (`lr`, `steps`, `seed`, `lora_*`, `max_grad_norm`, `checkpoint_every`). Defaults are
+R3's where they differ from TRL's, said per field: `beta` 0.001 (TRL 0.0: R3 keeps a KL to the frozen reference),
+`scale_rewards` "none" (TRL "group": R3 does not divide advantages by the group's reward std), `loss_type` "bnpo" (TRL
+"dapo": both divide by the trained tokens, of the local batch and of the global one; here a group is a batch, as in
+R3), groups of 16. One optimiser step per rollout by default (TRL's `num_iterations` 1, R3's too), so the PPO ratio is
+1 at the update and `epsilon` only clips once `num_iterations` > 1 reuses a rollout.
 """
 
 from __future__ import annotations

@@ -44,14 +44,23 @@ def refine_rewards(r_prev: Sequence[float], r_new: Sequence[float | None], stopp
     return deltas, text, image
 
 
+def _defined(rewards: Sequence[float | None]) -> torch.Tensor:
+    return torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
+
+
+def _std(defined: torch.Tensor) -> torch.Tensor:
+    """The sample std of defined rewards (0 below two: one reward does not spread)."""
+    return defined.std() if len(defined) > 1 else torch.tensor(0.0)
+
+
 def advantages(rewards: Sequence[float | None], scale: str = "none") -> torch.Tensor:
     """reward − mean over the group's defined rewards (÷ their std with `scale` "group"; "batch" scales later, once
     the step's every group is known: `batch_scaled`); 0 where undefined."""
-    defined = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
+    defined = _defined(rewards)
     out = torch.zeros(len(rewards))
     if len(defined) == 0:
         return out
-    mean, std = defined.mean(), defined.std() if len(defined) > 1 else torch.tensor(0.0)
+    mean, std = defined.mean(), _std(defined)
     for i, r in enumerate(rewards):
         if r is not None:
             out[i] = (r - mean) / (std + 1e-4) if scale == "group" else r - mean
@@ -70,9 +79,7 @@ class TokenLoss(NamedTuple):
 def batch_scaled(advantage: torch.Tensor, rewards: Sequence[float | None]) -> torch.Tensor:
     """Advantages divided by the (sample) std of `rewards`, all the step's defined rewards of their kind: TRL's
     `scale_rewards="batch"` (std 0 below two rewards)."""
-    defined = torch.tensor([r for r in rewards if r is not None], dtype=torch.float32)
-    std = defined.std() if len(defined) > 1 else torch.tensor(0.0)
-    return advantage / (std + 1e-4)
+    return advantage / (_std(_defined(rewards)) + 1e-4)
 
 
 def token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
