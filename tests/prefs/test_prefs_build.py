@@ -130,6 +130,8 @@ def test_word_and_sentence_forms_ask_the_same_questions() -> None:
         assert w.kind == q.kind and w.kind not in ("describe", "judge")
     with pytest.raises(UserError, match="answer form"):
         BuildOptions("und", 4, 0, "tiny", answer_form="short")
+    with pytest.raises(UserError, match="--margin compares the verifier's graded scores; clip:/x keeps a pair"):
+        BuildOptions("gen-model", 4, 0, "tiny", margin=0.3, judge="clip:/x")  # (the Python API refuses it too)
 
 
 def test_fewer_pairs_than_asked_is_said(tiny_dir: Path, tmp_path: Path, capsys) -> None:

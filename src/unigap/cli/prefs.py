@@ -49,9 +49,6 @@ def build(
     from unigap.prefs.build import BuildOptions, build_preferences, candidate_prompts, candidate_questions, summary
     from unigap.prefs.rows import write_rows
 
-    if margin != MARGIN and judge != VERIFIER:
-        raise UserError(f"--margin compares the verifier's graded scores; {judge} keeps a pair where it accepts exactly "
-                        "one image of two")
     if fallback_gt and kind != "und":  # (the study passes it for every kind; a user means und pairs by it)
         raise UserError(f"--fallback-gt applies to und pairs (ground truth as the chosen answer); {kind} pairs have no "
                         "answers")

@@ -107,6 +107,9 @@ class BuildOptions:
                             + ("need a rendered scene of each prompt" if self.kind == "gen-real"
                                else "take your questions with --questions"))
         check_judge_name(self.judge, independent=True)
+        if self.margin != MARGIN and self.judge != VERIFIER:
+            raise UserError(f"--margin compares the verifier's graded scores; {self.judge} keeps a pair where it "
+                            "accepts exactly one image of two")
         if not self.temperature >= 0 or self.cfg_scale is not None and not self.cfg_scale >= 0:
             raise UserError(f"temperature and cfg scale must be >= 0, got {self.temperature} and {self.cfg_scale}")
         if self.kind == "und" and not self.temperature > 0:
