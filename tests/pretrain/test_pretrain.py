@@ -36,7 +36,8 @@ from unigap.world import COLORS, SHAPES, SIZES, Scene, SceneObject, satisfies, s
 
 TINY = QUICK.scaled(scenes=24, understanding_scenes=24, questions_per_scene=2, critique_scenes=24, edit_pairs=24,
                     vq_steps=2, vq_batch=4, steps=4, und_batch=4, gen_batch=4, critique_batch=2, edit_batch=2,
-                    checkpoint_every=2, warmup=2)
+                    checkpoint_every=2, warmup=2, vision_steps=4, vision_batch=8,
+                    hidden_size=64, num_layers=2, num_heads=2, vision_hidden_size=32, vision_layers=1)  # fast, same code
 
 
 @pytest.fixture(scope="module")

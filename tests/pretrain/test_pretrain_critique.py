@@ -100,7 +100,8 @@ def test_pretraining_never_generates_an_image(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(UnifiedModel, "generate_images", forbidden)
     monkeypatch.setattr(UnifiedModel, "edit", forbidden)
     config = QUICK.scaled(scenes=24, understanding_scenes=24, critique_scenes=24, edit_pairs=24, vq_steps=2, vq_batch=4,
-                          vision_steps=2, steps=2, und_batch=2, gen_batch=2, critique_batch=2, edit_batch=2, warmup=1)
+                          vision_steps=2, steps=2, und_batch=2, gen_batch=2, critique_batch=2, edit_batch=2, warmup=1,
+                          hidden_size=64, num_layers=2, num_heads=2, vision_hidden_size=32, vision_layers=1)
     out = pretrain(tmp_path / "model", config, show_progress=False)
     monkeypatch.undo()
     from unigap.model import load_model
