@@ -90,7 +90,8 @@ def test_on_policy_loss_is_the_policy_gradient_and_k3_vanishes_at_the_reference(
     ref = logprobs.detach() - 0.3
     kl = token_loss(logprobs, logprobs.detach(), ref, mask, adv, 0.2, 0.2, 0.5).kl
     assert torch.allclose(kl[mask], torch.full_like(kl[mask], torch.exp(torch.tensor(-0.3)) + 0.3 - 1))
-    assert image_loss(per_token, torch.tensor([False, False])).item() == 0.0
+    images = torch.tensor([[1.0, 2.0, 3.0], [4.0, 6.0, 8.0]])  # each image's mean (2, 6), then their mean
+    assert image_loss(images).item() == pytest.approx(4.0)
 
 
 def test_a_moved_policy_is_clipped_asymmetrically_and_counted() -> None:

@@ -123,8 +123,7 @@ def text_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "bnp
     raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
 
 
-def image_loss(per_token: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Each trained image's mean per-token loss, averaged over the `rows` [B] (bool) that are trained."""
-    if not bool(rows.any()):
-        return per_token.sum() * 0.0
-    return per_token[rows].mean(dim=-1).mean()
+def image_loss(per_token: torch.Tensor) -> torch.Tensor:
+    """Images' per-token losses [B, N] (every image has all N tokens, B >= 1) as one loss: each image's mean over its
+    tokens, then the mean over images."""
+    return per_token.mean(dim=-1).mean()

@@ -149,7 +149,7 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
             loss = loss + text_loss(out.loss, mask, config.loss_type, config.max_completion_length)
             kls.append(float(out.kl.detach().sum() / mask.sum().clamp(min=1)))
         else:
-            loss = loss + image_loss(out.loss, torch.ones(len(logprobs), dtype=torch.bool))
+            loss = loss + image_loss(out.loss)
             kls.append(float(out.kl.detach().mean()))
         olds.append(before)
         low, high = low + float(out.low_clipped.sum()), high + float(out.high_clipped.sum())
