@@ -7,7 +7,8 @@ the flag checks stay fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -32,6 +33,7 @@ def print_table(table: Table) -> None:
     console.print(table)
 
 
+T = TypeVar("T")
 GUARD_EXIT = 3  # an audit against an independent judge stopped the run (`GuardStopped`)
 MODEL_OPTION = typer.Option(..., "--model", help='A checkpoint directory, or "tiny" (the shipped model).')
 ADAPTER_OPTION = typer.Option(None, "--adapter", help="A LoRA adapter directory (PEFT format) to apply.")
@@ -92,15 +94,31 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     return inputs
 
 
-def exit_for_guard(stopped: GuardStopped, out: Path, record: dict[str, Any]) -> NoReturn:
-    """A run its audit guard stopped: the manifest written, the guard's one line on stderr, exit `GUARD_EXIT`."""
+def guarded_run(command: str, settings: dict[str, Any], seed: int, judge: dict[str, Any], out: Path, model: str,
+                dtype: Any, train: Callable[[UnifiedModel], T]) -> T | None:
+    """Load `model` and `train` it inside the run's manifest (`settings` as the manifest's config), for a command
+    whose audit guard may stop it: then the manifest is written, the guard's one line goes to stderr and the command
+    exits `GUARD_EXIT`. Returns `train`'s result on the main process (its manifest written), None on the others."""
     from unigap import distributed
-    from unigap.manifest import write_manifest
+    from unigap.manifest import manifest, write_manifest
 
-    if distributed.is_main():
-        write_manifest(out, record)
-        typer.echo(f"unigap: {stopped}", err=True)
-    raise typer.Exit(GUARD_EXIT)
+    stopped: GuardStopped | None = None
+    with manifest(command, {"model": model, **settings}, seeds=[seed], judge=judge) as record:
+        um = load(model, None, dtype)
+        record["device"] = str(um.device)
+        try:
+            result = train(um)
+        except GuardStopped as exc:
+            stopped = exc
+    if stopped is not None:
+        if distributed.is_main():
+            write_manifest(out, record)
+            typer.echo(f"unigap: {stopped}", err=True)
+        raise typer.Exit(GUARD_EXIT)
+    if not distributed.is_main():
+        return None
+    write_manifest(out, record)
+    return result
 
 
 def require_positive(flag: str, value: float) -> None:

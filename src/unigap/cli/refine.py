@@ -17,12 +17,12 @@ from unigap.cli.common import (
     JUDGE_OPTION,
     claim_inputs,
     edit_guidance_kwargs,
-    exit_for_guard,
+    guarded_run,
     load,
     print_table,
     weights_dtype,
 )
-from unigap.errors import GuardStopped, UserError
+from unigap.errors import UserError
 
 app = typer.Typer()
 refine_app = typer.Typer(help="Reason → reflect → refine (R3): run the loop, or train it with GRPO (`train`).")
@@ -175,9 +175,7 @@ def train_command(
     """Train reflection and refinement with GRPO and R3's stage-wise rewards (LoRA on the LLM, the generation head in
     full; KL to the reference); the verifier scores every image unless --reward names a judge; training prompts are
     train-split prompts only."""
-    from unigap import distributed
     from unigap.evaluate.judges import get_judge
-    from unigap.manifest import manifest, write_manifest
     from unigap.metrics_log import parse_report_to
     from unigap.refine.grpo import train_grpo
     from unigap.refine.grpo_config import GRPOConfig
@@ -197,20 +195,10 @@ def train_command(
     if settings.reward != VERIFIER_REWARD:  # a bad judge directory fails here, before anything is written
         judge["reward"] = get_judge(settings.reward).describe()
     claim_inputs(out, "refine train", model)
-    stopped: GuardStopped | None = None
-    with manifest("refine-train", {"model": model, **settings.to_dict()}, seeds=[settings.seed],
-                  judge=judge) as record:
-        um = load(model, None, weights_dtype(None, settings.bf16))
-        record["device"] = str(um.device)
-        try:
-            report = train_grpo(um, settings, out, resume, backends)
-        except GuardStopped as exc:
-            stopped = exc
-    if stopped is not None:
-        exit_for_guard(stopped, out, record)
-    if not distributed.is_main():
+    report = guarded_run("refine-train", settings.to_dict(), settings.seed, judge, out, model,
+                         weights_dtype(None, settings.bf16), lambda um: train_grpo(um, settings, out, resume, backends))
+    if report is None:
         return
-    write_manifest(out, record)
     if report.get("change"):
         before, after = report["before"]["rounds"][-1]["accuracy"], report["after"]["rounds"][-1]["accuracy"]
         change = report["change"]

@@ -66,7 +66,7 @@ def selfimprove_command(
 ) -> None:
     """Sample, self-judge, train on the verdicts; write OUT/selfimprove.json (exit 3 when the guard stops it)."""
     from unigap.metrics_log import parse_report_to
-    from unigap.selfimprove import GuardStopped, SelfImproveConfig, run
+    from unigap.selfimprove import SelfImproveConfig, run
 
     backends = parse_report_to(report_to)
 
@@ -86,9 +86,8 @@ def selfimprove_command(
     from unigap import distributed
 
     distributed.wait_for_everyone()  # under `accelerate launch`: every process has checked OUT before one writes
-    from unigap.cli.common import claim_inputs, exit_for_guard, load
+    from unigap.cli.common import claim_inputs, guarded_run
     from unigap.selfimprove.run import training_prompts
-    from unigap.manifest import manifest, write_manifest
 
     training_prompts(config)  # a bad file, or a held-out prompt in it, fails before the model loads
     from unigap.evaluate.judges import get_judge
@@ -96,19 +95,9 @@ def selfimprove_command(
     # a bad judge directory fails before anything is written; the audit reuses this loaded (calibrated) judge
     judge = {"name": "none"} if config.audit == "none" else get_judge(config.audit, independent=True).describe()
     claim_inputs(out, "selfimprove", model, prompts=config.prompts)
-    stopped: GuardStopped | None = None
-    with manifest("selfimprove", {"model": model, **config.to_dict()}, seeds=[config.seed],
-                  judge=judge) as record:
-        um = load(model, None, dtype)
-        record["device"] = str(um.device)
-        try:
-            result = run(um, config, out, report_to=backends)
-        except GuardStopped as exc:
-            stopped = exc
-    if stopped is not None:
-        exit_for_guard(stopped, out, record)
-    if not distributed.is_main():
+    result = guarded_run("selfimprove", config.to_dict(), config.seed, judge, out, model, dtype,
+                         lambda um: run(um, config, out, report_to=backends))
+    if result is None:
         return
-    write_manifest(out, record)
     print_table(_table(result))
     typer.echo(f"wrote {out / 'selfimprove.json'}")
