@@ -17,6 +17,9 @@ class GuardStopped(Exception):
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception's first line (libraries' messages can run to many), or its type's name when it has none."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """An exception's first line (libraries' messages can run to many), joined with the next where the first only
+    introduces it (torch's "Error(s) in loading state_dict for PeftModel:"), or its type's name when it has none."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]

@@ -139,3 +139,22 @@ def test_user_mistakes_exit_2_with_one_line(paths, capsys, args, message):
     assert code == 2
     assert err.startswith("unigap: error: ") and err.count("\n") == 1 and message in err, err
     assert not (paths["TMP"] / "o.json").exists()
+
+
+def test_an_adapter_of_another_base_model_names_the_first_mismatch(tiny_dir, tmp_path, capsys):
+    """torch's message opens with a line that only introduces the list ("Error(s) in loading state_dict for
+    PeftModel:"); the one line the user gets carries the first mismatch under it."""
+    from unigap.model import load_model
+    from unigap.model.tiny import save_random_tiny
+    from unigap.world import vocabulary
+
+    other = load_model(save_random_tiny(tmp_path / "other", vocabulary(), 0, hidden_size=32, num_layers=2,
+                                        num_heads=2))
+    other.add_lora(rank=4, alpha=8, dropout=0.0)
+    other.save_adapter(tmp_path / "adapter")
+    capsys.readouterr()
+    code, _, err = run_main(capsys, ["eval", "--model", str(tiny_dir), "--adapter", str(tmp_path / "adapter"),
+                                     "--n", "2", "--out", str(tmp_path / "o.json")])
+    assert code == 2 and err.count("\n") == 1, err
+    assert "(trained on another base model?): Error(s) in loading state_dict for PeftModel: size mismatch for" in err
+    assert not (tmp_path / "o.json").exists()

@@ -187,3 +187,34 @@ def test_pairs_from_your_own_questions_store_their_images(tiny_dir: Path, tmp_pa
     code, _, err = run_main(capsys, ["prefs", "build", "--model", "MISSING", "--kind", "und", "--n", "2",
                                      "--questions", str(bad), "--out", str(tmp_path / "b.jsonl")])
     assert code == 2 and f"{bad}:2: needs an 'answer'" in err and not (tmp_path / "b.jsonl").exists()
+
+
+def test_export_refuses_image_ids_another_model_made(built, tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    rows = read_rows(built["gen"])
+    rows[1]["chosen_ids"] = [99999] * 64
+    path, out = tmp_path / "gen.jsonl", tmp_path / "trl.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run_main(capsys, ["prefs", "export", str(path), "--model", str(tiny_dir), "--out", str(out)])
+    assert code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("unigap: error:"), err
+    assert f"{path}:2: chosen_ids does not fit this model" in err and not out.exists()
+
+
+def test_pairs_built_by_another_model_are_refused_before_training(built, tiny_dir: Path, tmp_path: Path,
+                                                                  capsys) -> None:
+    """A row keeps its builder's reference log-probs: DPO of another model against them started at a loss far from
+    ln 2 with no warning. The shipped model reads the random model's understanding pairs very differently."""
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", "--model", "tiny", "--strategy", "und-only", "--und", str(built["und"]),
+                                     "--steps", "1", "--out", str(out)])
+    assert code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("unigap: error:"), err
+    assert f"{built['und']}:1: chosen_ref_logprob" in err and f"built with another model ({tiny_dir})" in err
+    assert not (out / "log.jsonl").exists()
+    pairs = load_pairs(built["und"], "und")
+    fresh = load_pairs(built["und"], "und", load_model(tiny_dir))  # the builder itself: its own numbers back
+    assert [p.ref_chosen for p in fresh] == pytest.approx([p.ref_chosen for p in pairs], abs=1e-4)
+    with pytest.raises(UserError, match=r"rejected_ref_logprob .* is not this model's"):
+        rows = read_rows(built["und"])
+        rows[0]["rejected_ref_logprob"] -= 50.0  # a reference no model here computed
+        edited = tmp_path / "und.jsonl"
+        edited.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        load_pairs(edited, "und", load_model(tiny_dir))

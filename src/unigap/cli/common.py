@@ -180,5 +180,6 @@ def load(model: str, adapter: Path | None, dtype: str | None = None) -> UnifiedM
         except UserError:  # (a ValueError too) already says what is wrong
             raise
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
-            raise UserError(f"cannot apply adapter {adapter} to this model: {first_line(exc)}") from None
+            hint = " (trained on another base model?)" if "size mismatch" in str(exc) else ""
+            raise UserError(f"cannot apply adapter {adapter} to this model{hint}: {first_line(exc)}") from None
     return um

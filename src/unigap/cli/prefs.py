@@ -82,13 +82,14 @@ def export(
     """Write the pairs in TRL's column convention (prompt, chosen, rejected, images; generation pairs as prompt,
     chosen_image, rejected_image), loadable with `datasets` and TRL's DPOTrainer, and by `unigap train`."""
     from unigap.errors import UserError
-    from unigap.prefs.rows import read_rows, row_image, write_rows
-    from unigap.prefs.trl import check_trl_export, is_trl_row, to_trl
+    from unigap.prefs.rows import read_located_rows, row_image, write_rows
+    from unigap.prefs.trl import check_ids, check_trl_export, is_trl_row, to_trl
 
     check_output(out)
     if out.resolve() == source.resolve():
         raise UserError("--out must differ from the source file")
-    rows = read_rows(source)
+    located = read_located_rows(source)
+    rows = [row for _, row in located]
     if is_trl_row(rows[0]):
         raise UserError(f"{source} is already in TRL's convention")
     check_trl_export(rows, model)
@@ -99,6 +100,9 @@ def export(
         from unigap.model import load_model
 
         um = load_model(model)
+        for where, row in located:
+            if row["kind"] != "und":
+                check_ids(um, where, row)  # another model's tokens: one line, before anything is written
         for i, row in enumerate(rows):
             if row["kind"] != "und":
                 decoded[i] = tuple(um.decode_tokens(torch.tensor([row["chosen_ids"], row["rejected_ids"]])))

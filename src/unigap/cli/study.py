@@ -9,10 +9,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from unigap.arms import ARMS, FAMILIES
+from unigap.arms import ARMS, FAMILIES, select
 from unigap.cli.common import print_table
 from unigap.train.defaults import DPO_DEFAULTS as DPO
 from unigap.train.defaults import TUNE_GRID, TUNE_RUN
+
+OPT_IN = tuple(name for name, arm in ARMS.items() if arm.family == "p1" and not arm.default)  # by name or p1
 
 
 def study_command(
@@ -33,8 +35,9 @@ def study_command(
     gen_kind: str | None = typer.Option(None, "--gen-kind", help=f"Generation pairs: gen-real | gen-model (default "
                                         f"{DPO.gen_kind})."),
     methods: str | None = typer.Option(
-        None, "--methods", help=f"Arms, comma-separated, by name or family ({', '.join(FAMILIES)}); default: the "
-        f"default arms (P1; with --quick every arm). Arms: {', '.join(ARMS)}."
+        None, "--methods", help=f"Arms, comma-separated, by name or family ({', '.join(FAMILIES)}). Without it: "
+        f"{', '.join(select(None))} (p1 less its opt-in arms {', '.join(OPT_IN)}; with --quick every arm). "
+        f"Arms: {', '.join(ARMS)}."
     ),
     strategy: list[str] = typer.Option([], "--strategy", help="Deprecated: use --methods.", hidden=True),
 ) -> None:

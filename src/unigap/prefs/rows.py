@@ -43,7 +43,7 @@ from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder,
 from unigap.prefs.trl import check_ids, is_trl_row, token_ids, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import StoredImage, read_table, stored_image
 from unigap.atomic import atomic_write_bytes, atomic_write_lines, files_in, listed_files, remove_replaced
-from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair
+from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
 from unigap.world.render import render
 from unigap.world.scene import Scene
 
@@ -164,8 +164,9 @@ def _image_features(table: Any) -> Any:
     return table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})})
 
 
-def _validated(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def read_located_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """(location, row) for every row, each checked; `UserError` naming file:line on the first bad one."""
+    path = Path(path)
     check_suffix(path)
     if not path.is_file():
         raise UserError(f"{path} is a directory, not a preference file" if path.is_dir()
@@ -180,7 +181,7 @@ def _validated(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """The validated rows of a preference file."""
-    return [row for _, row in _validated(Path(path))]
+    return [row for _, row in read_located_rows(path)]
 
 
 def row_image(row: dict[str, Any], base: Path, where: str = "row") -> np.ndarray | StoredImage:
@@ -204,7 +205,7 @@ def row_to_pair(row: dict[str, Any], base: Path = Path(".")) -> Pair:
 def check_pair_file(path: str | Path, task: str) -> list[tuple[str, dict[str, Any]]]:
     """The validated rows of a preference file given as `task` data ('und' or 'gen'): a row of the other task, or
     a file mixing unigap and TRL rows, is a `UserError`. Cheap: what a command checks before loading a model."""
-    rows = _validated(Path(path))
+    rows = read_located_rows(path)
     for where, row in rows:
         row_task = trl_task(row) if is_trl_row(row) else task_of(row["kind"])
         if row_task != task:
@@ -257,4 +258,23 @@ def pairs_of(rows: Sequence[tuple[str, dict[str, Any]]], path: str | Path, task:
             pairs.append(row_to_pair(row, Path(path).parent))
         except (json.JSONDecodeError, UserError) as exc:
             raise UserError(f"{where}: malformed preference row: {exc}") from None
+    if um is not None:
+        check_references(um, pairs, rows)
     return pairs
+
+
+REFERENCE_CHECK = 4  # a file's first pairs, whose stored reference log-probs are recomputed before it is used
+REFERENCE_TOLERANCE = (0.5, 0.05)  # nats, and a share of the stored value: float and bf16 rounding, not a model
+
+
+def check_references(um: Any, pairs: Sequence[Pair], rows: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """`UserError` unless `um` gives the first pairs' stored reference log-probs: a row keeps the reference of the
+    model that built it, and DPO of another model against it trains silently against the wrong reference."""
+    head = list(pairs[:REFERENCE_CHECK])
+    absolute, share = REFERENCE_TOLERANCE
+    for (where, row), stored, fresh in zip(rows, head, with_reference(um, head), strict=False):
+        for side in ("chosen", "rejected"):
+            old, new = getattr(stored, f"ref_{side}"), getattr(fresh, f"ref_{side}")
+            if abs(old - new) > absolute + share * abs(old):
+                raise UserError(f"{where}: {side}_ref_logprob {old:.2f} is not this model's ({new:.2f}): the pairs "
+                                f"were built with another model ({row['model']}); build them with this one")
