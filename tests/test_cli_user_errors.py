@@ -403,3 +403,13 @@ def test_bf16_from_a_config_with_bfloat16_weights_is_refused_before_anything_is_
     code, err = _run(capsys, ["train", "--model", "tiny", "--objective", "und-sft", "--dtype", "bfloat16", "--config",
                               str(config), "--out", str(out)])
     assert code == 2 and "bf16 = true in --config" in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_a_librarys_long_message_is_cut_to_one_readable_line() -> None:
+    from unigap.errors import FIRST_LINE_CHARS, first_line
+
+    assert first_line(RuntimeError("Error(s) in loading:\n\tsize mismatch for w\n\tmore")) == \
+        "Error(s) in loading: size mismatch for w"
+    assert first_line(ValueError("one line\nand a second")) == "one line" and first_line(KeyError()) == "KeyError"
+    long = first_line(RuntimeError("Missing key(s): " + ", ".join(f"layer.{i}" for i in range(500))))
+    assert len(long) == FIRST_LINE_CHARS and long.endswith("…") and "\n" not in long

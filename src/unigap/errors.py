@@ -16,10 +16,14 @@ class GuardStopped(Exception):
     """An audit against an independent judge stopped a self-supervised run (the CLI exits with code 3)."""
 
 
+FIRST_LINE_CHARS = 400  # torch's "Missing key(s) in state_dict: ..." lists every key on one line
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first line (libraries' messages can run to many), joined with the next where the first only
     introduces it (torch's "Error(s) in loading state_dict for PeftModel:"), or its type's name when it has none."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
-    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    line = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return line if len(line) <= FIRST_LINE_CHARS else line[: FIRST_LINE_CHARS - 1] + "…"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 from unigap.data.tables import StoredImage
 
 from test_prefs_build import run_main
-from unigap.errors import UserError
+from unigap.errors import UnigapWarning, UserError
 from unigap.model import load_model
 from unigap.prefs.build import BuildOptions, build_preferences
 from unigap.prefs.rows import check_pair_file, load_pairs, read_rows, write_rows
@@ -199,22 +200,31 @@ def test_export_refuses_image_ids_another_model_made(built, tiny_dir: Path, tmp_
     assert f"{path}:2: chosen_ids does not fit this model" in err and not out.exists()
 
 
-def test_pairs_built_by_another_model_are_refused_before_training(built, tiny_dir: Path, tmp_path: Path,
-                                                                  capsys) -> None:
+def test_pairs_another_model_built_train_against_this_models_reference(built, tiny_dir: Path, tmp_path: Path,
+                                                                      capsys) -> None:
     """A row keeps its builder's reference log-probs: DPO of another model against them started at a loss far from
-    ln 2 with no warning. The shipped model reads the random model's understanding pairs very differently."""
+    ln 2 with no warning. Now a few rows are rescored, and a mismatch rescores every pair, with one warning line."""
     out = tmp_path / "run"
-    code, _, err = run_main(capsys, ["train", "--model", "tiny", "--strategy", "und-only", "--und", str(built["und"]),
-                                     "--steps", "1", "--out", str(out)])
-    assert code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("unigap: error:"), err
-    assert f"{built['und']}:1: chosen_ref_logprob" in err and f"built with another model ({tiny_dir})" in err
-    assert not (out / "log.jsonl").exists()
+    with pytest.warns(UnigapWarning) as caught:
+        code, _, err = run_main(capsys, ["train", "--model", "tiny", "--strategy", "und-only", "--und",
+                                         str(built["und"]), "--steps", "1", "--out", str(out)])
+    assert code == 0 and "Traceback" not in err, err
+    said = [str(w.message) for w in caught if issubclass(w.category, UnigapWarning)]
+    assert len(said) == 1 and said[0].startswith(f"{built['und']}:1: chosen_ref_logprob"), said
+    assert said[0].endswith(f"builder: {tiny_dir}): every pair's reference is recomputed with this model")
+    first = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and first["und_dpo_loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy = reference
+
     pairs = load_pairs(built["und"], "und")
-    fresh = load_pairs(built["und"], "und", load_model(tiny_dir))  # the builder itself: its own numbers back
-    assert [p.ref_chosen for p in fresh] == pytest.approx([p.ref_chosen for p in pairs], abs=1e-4)
-    with pytest.raises(UserError, match=r"rejected_ref_logprob .* is not this model's"):
-        rows = read_rows(built["und"])
-        rows[0]["rejected_ref_logprob"] -= 50.0  # a reference no model here computed
-        edited = tmp_path / "und.jsonl"
-        edited.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        load_pairs(edited, "und", load_model(tiny_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the builder itself: its stored numbers stand, no warning
+        for stored, checked in zip(pairs, load_pairs(built["und"], "und", load_model(tiny_dir)), strict=True):
+            assert stored.ref_chosen == checked.ref_chosen and stored.ref_rejected == checked.ref_rejected
+    rows = read_rows(built["und"])
+    rows[-1]["rejected_ref_logprob"] -= 50.0  # a reference no model here computed, on the last row
+    edited = tmp_path / "und.jsonl"
+    edited.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(UnigapWarning, match=rf"und.jsonl:{len(rows)}: rejected_ref_logprob .* is not this model's"):
+        fixed = load_pairs(edited, "und", load_model(tiny_dir))
+    for side in ("ref_chosen", "ref_rejected"):  # every pair rescored: the builder's own numbers come back
+        assert [getattr(p, side) for p in fixed] == pytest.approx([getattr(p, side) for p in pairs], abs=1e-4)

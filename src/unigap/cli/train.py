@@ -34,7 +34,8 @@ def train(
                                   "and depth maps, on ShapeWorld train scenes) | und-sft (the same without the maps)."),
     strategy: str | None = typer.Option(None, "--strategy", help="DPO: " + " | ".join(STRATEGIES)),
     und: Path | None = typer.Option(
-        None, "--und", help="Understanding pairs (.jsonl/.parquet from `prefs build`, or in TRL's columns)."
+        None, "--und", help="Understanding pairs (.jsonl/.parquet from `prefs build`, or in TRL's columns). A file "
+        "another model built is rescored by this one (a warning): DPO's reference is the model that trains."
     ),
     gen: Path | None = typer.Option(None, "--gen", help="Generation pairs (gen-real or gen-model)."),
     und_data: Path | None = typer.Option(None, "--und-data", help="sft: understanding data (JSONL/CSV/Parquet or a "

@@ -2,8 +2,8 @@
 
 Why this shape: a row is self-contained and loadable with HF `datasets`
 (`load_dataset("json" | "parquet", data_files=FILE)`), so pairs can be inspected, filtered or shared
-without unigap. Every row carries the reference log-probs computed once at build time, so training never
-runs the reference model.
+without unigap. Every row carries the reference log-probs computed once at build time, so training runs the
+reference model only to check a few rows (`fit_references`: pairs another model built get this model's).
 
 Columns (every kind):
   kind                      "und" | "gen-real" | "gen-model"
@@ -32,15 +32,16 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unigap.errors import UserError
+from unigap.errors import UnigapWarning, UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
-from unigap.prefs.trl import check_ids, is_trl_row, token_ids, trl_pairs, trl_problem, trl_task
+from unigap.prefs.trl import REFERENCE_BATCH, check_ids, is_trl_row, token_ids, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import StoredImage, read_table, stored_image
 from unigap.atomic import atomic_write_bytes, atomic_write_lines, files_in, listed_files, remove_replaced
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
@@ -258,23 +259,32 @@ def pairs_of(rows: Sequence[tuple[str, dict[str, Any]]], path: str | Path, task:
             pairs.append(row_to_pair(row, Path(path).parent))
         except (json.JSONDecodeError, UserError) as exc:
             raise UserError(f"{where}: malformed preference row: {exc}") from None
-    if um is not None:
-        check_references(um, pairs, rows)
-    return pairs
+    return pairs if um is None else fit_references(um, pairs, rows)
 
 
-REFERENCE_CHECK = 4  # a file's first pairs, whose stored reference log-probs are recomputed before it is used
-REFERENCE_TOLERANCE = (0.5, 0.05)  # nats, and a share of the stored value: float and bf16 rounding, not a model
+REFERENCE_CHECKS = 4  # rows, evenly spread from the first to the last, whose stored references are recomputed
+REFERENCE_TOLERANCE = (0.5, 0.02)  # nats, plus nats per token: float and bf16 rounding, not another model
 
 
-def check_references(um: Any, pairs: Sequence[Pair], rows: Sequence[tuple[str, dict[str, Any]]]) -> None:
-    """`UserError` unless `um` gives the first pairs' stored reference log-probs: a row keeps the reference of the
-    model that built it, and DPO of another model against it trains silently against the wrong reference."""
-    head = list(pairs[:REFERENCE_CHECK])
-    absolute, share = REFERENCE_TOLERANCE
-    for (where, row), stored, fresh in zip(rows, head, with_reference(um, head), strict=False):
+def fit_references(um: Any, pairs: Sequence[Pair], rows: Sequence[tuple[str, dict[str, Any]]]) -> list[Pair]:
+    """The pairs, with every reference log-prob recomputed by `um` (a one-line warning) where a few spread-out
+    rows show that `um` is not the model whose references the file stores: a row keeps its builder's reference,
+    and DPO of another model against it would train against the wrong reference without a word."""
+    spots = sorted({round(i * (len(pairs) - 1) / max(REFERENCE_CHECKS - 1, 1)) for i in range(REFERENCE_CHECKS)})
+    absolute, per_token = REFERENCE_TOLERANCE
+    fresh = with_reference(um, [pairs[i] for i in spots])
+    for i, new in zip(spots, fresh, strict=True):
+        stored, (where, row) = pairs[i], rows[i]
         for side in ("chosen", "rejected"):
-            old, new = getattr(stored, f"ref_{side}"), getattr(fresh, f"ref_{side}")
-            if abs(old - new) > absolute + share * abs(old):
-                raise UserError(f"{where}: {side}_ref_logprob {old:.2f} is not this model's ({new:.2f}): the pairs "
-                                f"were built with another model ({row['model']}); build them with this one")
+            old_value, new_value = getattr(stored, f"ref_{side}"), getattr(new, f"ref_{side}")
+            tokens = len(getattr(new, side)) if isinstance(new, GenerationPair) else getattr(new, f"{side}_tokens")
+            counted = tokens if isinstance(new, GenerationPair) else getattr(stored, f"{side}_tokens")
+            if tokens == counted and abs(old_value - new_value) <= absolute + per_token * tokens:
+                continue
+            counts = "" if tokens == counted else f", over {tokens} tokens, not {counted}"
+            warnings.warn(f"{where}: {side}_ref_logprob {old_value:.2f} is not this model's ({new_value:.2f}{counts}; "
+                          f"the pairs' builder: {row['model']}): every pair's reference is recomputed with this model",
+                          UnigapWarning, stacklevel=2)
+            return [pair for start in range(0, len(pairs), REFERENCE_BATCH)
+                    for pair in with_reference(um, pairs[start : start + REFERENCE_BATCH])]
+    return list(pairs)
