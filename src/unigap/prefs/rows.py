@@ -41,7 +41,7 @@ import numpy as np
 
 from unigap.errors import UnigapWarning, UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
-from unigap.prefs.trl import REFERENCE_BATCH, check_ids, is_trl_row, token_ids, trl_pairs, trl_problem, trl_task
+from unigap.prefs.trl import check_ids, is_trl_row, rescored, token_ids, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import StoredImage, read_table, stored_image
 from unigap.atomic import atomic_write_bytes, atomic_write_lines, files_in, listed_files, remove_replaced
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
@@ -270,21 +270,19 @@ def fit_references(um: Any, pairs: Sequence[Pair], rows: Sequence[tuple[str, dic
     """The pairs, with every reference log-prob recomputed by `um` (a one-line warning) where a few spread-out
     rows show that `um` is not the model whose references the file stores: a row keeps its builder's reference,
     and DPO of another model against it would train against the wrong reference without a word."""
-    spots = sorted({round(i * (len(pairs) - 1) / max(REFERENCE_CHECKS - 1, 1)) for i in range(REFERENCE_CHECKS)})
+    spots = sorted({round(i * (len(pairs) - 1) / (REFERENCE_CHECKS - 1)) for i in range(REFERENCE_CHECKS)})
     absolute, per_token = REFERENCE_TOLERANCE
     fresh = with_reference(um, [pairs[i] for i in spots])
     for i, new in zip(spots, fresh, strict=True):
         stored, (where, row) = pairs[i], rows[i]
         for side in ("chosen", "rejected"):
             old_value, new_value = getattr(stored, f"ref_{side}"), getattr(new, f"ref_{side}")
-            tokens = len(getattr(new, side)) if isinstance(new, GenerationPair) else getattr(new, f"{side}_tokens")
-            counted = tokens if isinstance(new, GenerationPair) else getattr(stored, f"{side}_tokens")
+            tokens, counted = getattr(new, f"{side}_tokens"), getattr(stored, f"{side}_tokens")
             if tokens == counted and abs(old_value - new_value) <= absolute + per_token * tokens:
                 continue
             counts = "" if tokens == counted else f", over {tokens} tokens, not {counted}"
             warnings.warn(f"{where}: {side}_ref_logprob {old_value:.2f} is not this model's ({new_value:.2f}{counts}; "
                           f"the pairs' builder: {row['model']}): every pair's reference is recomputed with this model",
                           UnigapWarning, stacklevel=2)
-            return [pair for start in range(0, len(pairs), REFERENCE_BATCH)
-                    for pair in with_reference(um, pairs[start : start + REFERENCE_BATCH])]
+            return rescored(um, pairs)
     return list(pairs)

@@ -122,6 +122,12 @@ def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -
             images = [image_cell(row, base, where, f"{side}_image") for side in ("chosen", "rejected")]
             chosen, rejected = (tuple(ids) for ids in um.encode_images(images).tolist())
         pairs.append(GenerationPair(prompt, chosen, rejected, math.nan, math.nan))
+    return rescored(um, pairs)
+
+
+def rescored(um: Any, pairs: Sequence[Pair]) -> list[Pair]:
+    """The pairs with reference log-probs (and token counts) computed by `um`'s base model, `REFERENCE_BATCH` at a
+    time: a file may hold many thousands."""
     return [pair for start in range(0, len(pairs), REFERENCE_BATCH)
             for pair in with_reference(um, pairs[start : start + REFERENCE_BATCH])]
 
