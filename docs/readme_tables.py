@@ -38,11 +38,13 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _value(metric: dict[str, Any], key: str) -> str:
+    """A share with its Wilson interval (within [0, 1], unlike value ± 1.96 stderr near 0 or 1) and n."""
+    from unigap.evaluate.stats import with_ci
+
     if metric is None or metric.get(key) is None:
         return "—"
-    stderr = metric.get("stderr")
-    spread = f" ± {1.96 * stderr:.3f}" if stderr is not None else ""
-    return f"{metric[key]:.3f}{spread} (n = {metric['n']})"
+    low, high = with_ci(dict(metric), key)["ci95"]
+    return f"{metric[key]:.3f} [{low:.3f}, {high:.3f}] (n = {metric['n']})"
 
 
 def model_card() -> str:
@@ -85,7 +87,7 @@ def model_card() -> str:
     ]
     table = ["| | shipped `tiny` |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
     command = f"`unigap eval --model tiny --n {report['config']['n']} --seed {report['config']['seed']}`"
-    return "\n".join(table) + f"\n\nMetrics: {command} on held-out test prompts (± is a 95% interval)."
+    return "\n".join(table) + f"\n\nMetrics: {command} on held-out test prompts (in brackets: a 95% Wilson interval)."
 
 
 def damage_agreement() -> str:
@@ -293,6 +295,31 @@ def full_study_result() -> dict[str, Any]:
         result["wall_seconds"][arm] = p3["wall_seconds"][arm]
     p3_claims = {c["arm"]: c for c in p3["claims"] if c["family"] == "p3"}
     result["claims"] = [p3_claims.get(c["arm"], c) if c["family"] == "p3" else c for c in result["claims"]]
+    return _with_seed_level(result)
+
+
+def _with_seed_level(result: dict[str, Any]) -> dict[str, Any]:
+    """The seed-level test on every row and claim of results written before the report computed it, from the
+    per-seed values the results keep (the function the report uses)."""
+    from unigap.report.claims import verdicts
+    from unigap.report.stats import seed_level
+
+    def means(method: str, metric: str) -> dict[int, float | None]:
+        return {s["seed"]: s["value"] for s in result["results"][method][metric]["per_seed"]}
+
+    for method in result["methods"][1:]:
+        for metric, row in result["results"][method].items():
+            row.setdefault("seed_level", seed_level(means(method, metric), means(result["base"], metric)))
+    for comparison in result.get("comparisons", []):
+        for metric, row in comparison["metrics"].items():
+            if metric in result["results"][comparison["arm"]]:
+                row.setdefault("seed_level", seed_level(means(comparison["arm"], metric),
+                                                        means(comparison["baseline"], metric)))
+    recomputed = verdicts(result)
+    decided = ("verdict", "delta", "p")
+    if [[c[k] for k in decided] for c in recomputed] != [[c[k] for k in decided] for c in result["claims"]]:
+        raise SystemExit("the claims recorded in the results differ from the claims recomputed from them")
+    result["claims"] = recomputed
     return result
 
 
@@ -300,6 +327,8 @@ def _p(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.2g}"
 
 
+METRIC_WORDS = {"understanding.accuracy": "understanding", "generation.accuracy": "generation",
+                "nonunification.score": "non-unification"}
 # the README's shorter table: each family's main arms (docs/experiments.md has every arm)
 HEADLINE_ARMS = ("und-only", "gen-only", "joint", "grad-weighted", "soup-0.5", "self-curriculum-sft", "sft", "refine",
                  "refine-oracle", "best-of-n", "refine-grpo", "und-sft", "unimrg")
@@ -335,21 +364,29 @@ def full_study(arms: tuple[str, ...] | None = None) -> str:
                      f"{cell(m['generation.accuracy'])} | {cell(m['nonunification.score'])} | "
                      f"{result['wall_seconds'].get(method, 0) / 60:.1f} |")
     seeds, n = len(result["seeds"]), result["config"].get("n")
+    weak = [f"{method} {METRIC_WORDS[name]} ({_p(m['seed_level']['p'])})"
+            for method in result["methods"][1:] if arms is None or method in arms
+            for name, m in result["results"][method].items()
+            if name in METRIC_WORDS and m["significant"] and not (m["seed_level"]["p"] or 1) < 0.05]
+    over_seeds = (f" Over the {seeds} seeds' Δ instead (the paired test on seed means, {seeds - 1} df, which also counts "
+                  f"the variation between training runs), these bold cells reach no p < 0.05: {', '.join(weak)}."
+                  if weak else "")
     return "\n".join(lines) + (f"\n\n{seeds} seeds × {n} held-out items; the paired test against the base on the "
                                f"same items, bold: significant after Bonferroni over all "
                                f"{result['bonferroni']['tests']} tests (arms × metrics); wall: an arm's minutes summed "
                                f"over its seeds; all jobs together "
-                               f"{result['jobs_seconds'] / 3600:.1f} h.")
+                               f"{result['jobs_seconds'] / 3600:.1f} h.{over_seeds}")
 
 
 def claims() -> str:
     """Each paper's claim, its published numbers and our deciding test, from the full study (the verdict: the test
     corrected within the claim's family, or the arm-against-baseline comparison)."""
     result = full_study_result()
-    lines = ["| paper | claim | published | here: Δ (p) | verdict |", "|---|---|---|---|---|"]
+    lines = ["| paper | claim | published | here: Δ (p; over seeds p) | verdict |", "|---|---|---|---|---|"]
     for c in result["claims"]:
         published = "; ".join(f"{what}: {value}" for what, value in c["published"])
-        ours = "—" if c.get("delta") is None else f"{c['arm']} − {c['against']}: {c['delta']:+.3f} ({_p(c['p'])})"
+        seeds = f"; seeds {_p(c['seed_level']['p'])}" if c.get("seed_level") else ""
+        ours = "—" if c.get("delta") is None else f"{c['arm']} − {c['against']}: {c['delta']:+.3f} ({_p(c['p'])}{seeds})"
         lines.append(f"| {c['paper']} | {c['claim']} | {published} | {ours} | **{c['verdict']}** |")
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from unigap.errors import UnigapWarning
 from unigap.report import MethodRun, Study, build_report
 from unigap.report.compare import comparisons
 
@@ -62,6 +63,19 @@ def test_items_that_do_not_line_up_get_welch() -> None:
     expected = stats.ttest_ind(_items(study, "unimrg", "position"), _items(study, "und-sft", "position"),
                                equal_var=False)
     assert position["test"] == "welch" and math.isclose(position["p"], expected.pvalue, rel_tol=1e-9)
+
+
+def test_arms_are_compared_on_the_seeds_both_have() -> None:
+    study = _study()
+    study = Study([r for r in study.runs if not (r.method == "unimrg" and r.seed == 2)])
+    with pytest.warns(UnigapWarning, match="unimrg has seeds"):
+        [c] = comparisons(study)
+    position = c["metrics"]["understanding.accuracy.position"]
+    kept = Study([r for r in study.runs if r.seed != 2])
+    a, b = _items(kept, "unimrg", "position"), _items(kept, "und-sft", "position")
+    assert position["n"] == position["n_baseline"] == len(b) == 120 and position["test"] == "paired"
+    assert math.isclose(position["p"], stats.ttest_rel(a, b).pvalue, rel_tol=1e-9)
+    assert [d["seed"] for d in position["seed_level"]["deltas"]] == [0, 1]
 
 
 def test_no_comparison_without_the_baseline_arm_and_the_report_shows_one(tmp_path) -> None:

@@ -68,6 +68,7 @@ def test_html_holds_the_tables(built, html):
     und = results["results"]["und-only"]["understanding.accuracy"]
     assert f'<td class="sig">{fmt(und["delta"], signed=True)}*' in html  # significant after Bonferroni: bold + *
     assert fmt_p(und["p"]) in html
+    assert f'{fmt_p(und["p"])}<br><span class="ci">seeds {fmt_p(und["seed_level"]["p"])}</span>' in html
     joint = results["results"]["joint"]["generation.accuracy"]
     assert f"<td>{fmt(joint['delta'], signed=True)}<br>" in html and fmt_p(joint["p"]) in html
     assert "paper: Janus-Pro-7B" in html and "-0.0001" in html and "0.073" in html and "+0.0405" in html
@@ -183,3 +184,13 @@ def test_co_degradation_is_stated_whichever_way_it_falls(nonunification, generat
     found = co_degradation(results)
     assert found["verdict"] == verdict and found["sentence"].startswith("Co-degradation (") and verdict in found["sentence"]
     assert co_degradation({"results": {}}) is None
+
+
+def test_a_claims_sentence_gives_each_seeds_difference_and_the_test_over_them(built) -> None:
+    from unigap.report.claims import sentence, verdicts
+
+    [claim] = verdicts(built.results)  # the synthetic study's arms are P1's: und-only decides
+    row = built.results["results"]["und-only"]["understanding.accuracy"]
+    assert claim["seed_level"] == row["seed_level"] and len(row["seed_level"]["deltas"]) == 3
+    deltas = ", ".join(f"{d['delta']:+.3f}" for d in row["seed_level"]["deltas"])
+    assert f"; per seed {deltas}, over them p {row['seed_level']['p']:.2g}; paired t-test" in sentence(claim)

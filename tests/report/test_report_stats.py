@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 from scipy import stats
 from synthetic_study import SEEDS, STEPS
 
-from unigap.errors import UserError
+from unigap.errors import UnigapWarning, UserError
 from unigap.report import BASE, METRICS, MethodRun, StatsOptions, Study, compute_stats, csv_rows, load_study, write_csv
 from unigap.report.stats import pool, seed_interval, welch
 from unigap.study.results import Sample, as_study
@@ -65,6 +66,41 @@ def test_the_paired_test_decides_where_the_items_line_up(study, results):
                      for r in study.runs], study.config)
     welch_row = compute_stats(shifted)["results"]["und-only"][metric.name]
     assert welch_row["test"] == "welch" and welch_row["p"] == welch_row["welch"]["p"] != got["p"]
+
+
+def test_the_seed_level_test_is_scipys_paired_test_over_seed_means(study, results):
+    """Beside the item-level test, the one over the seeds' differences, which counts the training runs' variation."""
+    row = results["results"]["und-only"]["generation.accuracy"]
+    arm, base = ([s["value"] for s in results["results"][m]["generation.accuracy"]["per_seed"]] for m in ("und-only", BASE))
+    expected = stats.ttest_rel(arm, base)
+    seeds = row["seed_level"]
+    assert [d["seed"] for d in seeds["deltas"]] == list(SEEDS) and seeds["df"] == len(SEEDS) - 1
+    assert [d["delta"] for d in seeds["deltas"]] == pytest.approx(np.subtract(arm, base).tolist(), abs=1e-12)
+    assert math.isclose(seeds["p"], expected.pvalue, rel_tol=1e-9) and math.isclose(seeds["t"], expected.statistic)
+    np.testing.assert_allclose(seeds["delta_ci95"], expected.confidence_interval(0.95), rtol=1e-9)
+    assert seeds["p"] != row["p"]
+    rows = {(r["method"], r["metric"]): r for r in csv_rows(results)}
+    assert rows[("und-only", "generation.accuracy")]["p_seeds"] == seeds["p"]
+
+
+def test_a_seed_the_arm_lacks_is_left_out_of_the_base_too(study):
+    """Each seed draws its own items: an arm equal to the base on seeds 0 and 1, without seed 2, is no change (the
+    base pooled over all three seeds would give a difference of seed 2's level, and a test of it)."""
+    runs = [r for r in study.runs if r.method == BASE]
+    runs += [MethodRun("und-only", r.seed, r.eval_report) for r in runs if r.seed != SEEDS[-1]]
+    with pytest.warns(UnigapWarning, match=r"und-only has seeds \[0, 1\] and base \[0, 1, 2\]: they are compared on "
+                                           r"the seeds both have, \[0, 1\]"):
+        results = compute_stats(Study(runs))
+    for metric in METRICS:
+        row = results["results"]["und-only"][metric.name]
+        assert row["delta"] == 0 and row["test"] == "paired" and row["p"] == 1.0, metric.name
+        assert row["seeds"] == 2 and [d["delta"] for d in row["seed_level"]["deltas"]] == [0, 0]
+    other_seeds = [r for r in study.runs if r.method == BASE] + [
+        MethodRun("und-only", r.seed + 10, r.eval_report) for r in study.of("und-only")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no seed in common: two independent samples, compared whole
+        row = compute_stats(Study(other_seeds))["results"]["und-only"]["generation.accuracy"]
+    assert row["test"] == "welch" and row["seed_level"]["deltas"] == [] and row["seed_level"]["p"] is None
 
 
 def test_weak_generation_counts_only_self_rejected_images(study, results):

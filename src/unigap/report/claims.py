@@ -5,10 +5,12 @@ disagree with the numbers beside it. One claim per family; adding one is one ent
 one test: an arm against the base (the report's test, paired on the same items, Bonferroni within the arm's family as
 the per-family tables; Welch's p, the papers' test, is quoted beside it) or against its baseline arm (the paired
 comparison of `unigap.report.compare`). Reproduced = significant in the claimed direction; contradicted = significant
-the other way; otherwise not reproduced. (R3's claim is the loop against one-shot generation, so `refine` is tested
-against the base; its comparison with best-of-N at the same sampling budget is the report's own section.) The
-published numbers come from models and benchmarks we do not have (Janus-Pro-7B, BAGEL-7B; VQA score, CLIPScore,
-T2I-CompBench++, GenEval++), so they are shown beside ours for direction, never subtracted from them.
+the other way; otherwise not reproduced. The sentence also gives each seed's Δ and the test over them (the item-level
+test does not count the variation between training runs; `unigap.report.stats.seed_level`). (R3's claim is the loop
+against one-shot generation, so `refine` is tested against the base; its comparison with best-of-N at the same sampling
+budget is the report's own section.) The published numbers come from models and benchmarks we do not have
+(Janus-Pro-7B, BAGEL-7B; VQA score, CLIPScore, T2I-CompBench++, GenEval++), so they are shown beside ours for
+direction, never subtracted from them.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def _test(results: dict[str, Any], claim: Claim) -> dict[str, Any] | None:
             return None
         tests = results["bonferroni"]["families"][claim.family]["tests"]
         return {"delta": row["delta"], "ci95": row.get("delta_ci95"), "p": row["p"], "p_welch": row["welch"]["p"],
-                "significant": row["significant_in_family"],
+                "seed_level": row.get("seed_level"), "significant": row["significant_in_family"],
                 "test": f"{TEST_LABELS[row['test']]} against the base, Bonferroni over the family's {tests} tests"}
     for comparison in results.get("comparisons", []):
         if comparison["arm"] == claim.arm and comparison["baseline"] == claim.against:
@@ -70,6 +72,7 @@ def _test(results: dict[str, Any], claim: Claim) -> dict[str, Any] | None:
             if row is None or row.get("delta") is None:
                 return None
             return {"delta": row["delta"], "ci95": row.get("delta_ci95"), "p": row["p"], "significant": row["significant"],
+                    "seed_level": row.get("seed_level"),
                     "test": f"{TEST_LABELS[row['test']]} against {claim.against}, Bonferroni over "
                             f"{comparison['tests']} tests"}
     return None
@@ -109,6 +112,10 @@ def sentence(entry: dict[str, Any]) -> str:
     p = _p(entry["p"])
     if entry.get("p_welch") is not None:
         p += f", Welch {entry['p_welch']:.2g}"
+    seeds = entry.get("seed_level")
+    if seeds and seeds["deltas"]:
+        deltas = ", ".join(f"{d['delta']:+.3f}" for d in seeds["deltas"])
+        p += f"; per seed {deltas}, over them p {_p(seeds['p'])}"
     return (f"{head} ({entry['arm']} − {entry['against']}, {entry['metric']}: {entry['delta']:+.3f}{interval}, "
             f"p {p}; {entry['test']}).")
 

@@ -7,7 +7,7 @@ per question kind (what "helps spatial understanding" is checked on).
 
 Test: both arms are evaluated on the same items with the same sampling seeds, so where the two sides' per-item
 records line up (same seed, item index and question or prompt), the test is **paired**: a t-test on the per-item
-differences pooled over seeds, with its 95% CI. Otherwise Welch on the pooled items; Welch's test is kept beside it
+differences pooled over seeds, with its 95% CI, on the seeds both arms have. Otherwise Welch on the pooled items; Welch's test is kept beside it
 (`welch`) as for every arm against the base (`stats.decide`). Bonferroni over the comparison's own tests (its
 metrics × kinds). Undefined values are null.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from unigap.arms import ARMS
 from unigap.evaluate.stats import as_percent, with_ci
-from unigap.report.stats import StatsOptions, decide, pool
+from unigap.report.stats import StatsOptions, decide, pool, shared_seeds
 from unigap.study.results import METRICS, Metric, Study, sample
 from unigap.world import QUESTION_KINDS
 
@@ -33,14 +33,14 @@ def compare(study: Study, arm: str, baseline: str, options: StatsOptions) -> dic
     metrics = (*METRICS, *KIND_METRICS)
     alpha_corrected = options.alpha / len(metrics)
     rows = {}
+    arm_runs, baseline_runs = shared_seeds(study.of(arm), study.of(baseline))
     for metric in metrics:
-        a = pool([sample(run, metric) for run in study.of(arm)])
-        b = pool([sample(run, metric) for run in study.of(baseline)])
-        test, paper = decide(study.of(arm), study.of(baseline), metric, a, b)
+        a, b = (pool([sample(run, metric) for run in runs]) for runs in (arm_runs, baseline_runs))
+        test, paper = decide(arm_runs, baseline_runs, metric)
         p = test["p"]
         rows[metric.name] = {
-            "label": metric.label, "higher_is_better": metric.higher_is_better, "arm": a.mean, "baseline": b.mean, "n": a.n, "n_baseline": b.n,
-            "delta": None if a.mean is None or b.mean is None else a.mean - b.mean, **test,
+            "label": metric.label, "higher_is_better": metric.higher_is_better, "arm": a.mean, "baseline": b.mean,
+            "n": a.n, "n_baseline": b.n, **test,
             "p_bonferroni": None if p is None else min(1.0, p * len(metrics)),
             "significant": p is not None and p < alpha_corrected, "welch": paper,
         }  # fmt: skip

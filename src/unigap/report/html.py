@@ -56,8 +56,8 @@ SMALL_RUN = 100  # items per seed below which the report says the run is too sma
 
 def headline_table(results: dict[str, Any], methods: Sequence[str] | None = None,
                    significance: str = "significant") -> Safe:
-    """Per method and metric: Δ vs base with its CI, and p (the paired test, or Welch's: `unigap.report.stats`);
-    bold where `significance` says so (Bonferroni over every arm, or over the method's family with
+    """Per method and metric: Δ vs base with its CI, and p (the paired test, or Welch's: `unigap.report.stats`)
+    with the seed-level test's p under it; bold where `significance` says so (Bonferroni over every arm, or over the method's family with
     "significant_in_family"); all methods unless `methods`. Then the
     DPO arms' KL to the reference (und / gen, nats per sequence) and each arm's wall time over its seeds."""
     headers = ["method"]
@@ -78,7 +78,9 @@ def headline_table(results: dict[str, Any], methods: Sequence[str] | None = None
             kind = Significant if significant else Safe
             mark = "*" if significant else ""
             delta = escape(fmt(m["delta"], signed=True) + mark) + ci(m["delta_ci95"], signed=True, below=True)
-            row += [kind(delta), kind(escape(fmt_p(m["p"])))]
+            seeds = m["seed_level"]
+            below = f'<br><span class="ci">seeds {escape(fmt_p(seeds["p"]))}</span>' if seeds["df"] else ""
+            row += [kind(delta), kind(escape(fmt_p(m["p"])) + below)]
         training = results["training"].get(method)
         kl = f"{fmt(training['und_kl'], 2)} / {fmt(training['gen_kl'], 2)}" if training else DASH
         rows.append(row + [kl, _minutes(results, method)])
@@ -309,7 +311,9 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
         "<h2>Headline: Δ vs base</h2>",
         headline_table(results),
         '<p class="note">Δ of pooled per-item means over all seeds, 95% CI of the paired test in brackets (Welch\'s '
-        "where the items differ); base row: its level with a bootstrap CI. Understanding accuracy is our VQA-like "
+        "where the items differ); base row: its level with a bootstrap CI. Under each p, the paired test over "
+        "the seeds' Δ (k − 1 df): the tests above count each seed's items as items, so they cover item sampling "
+        "only, this one the variation between training runs too. Understanding accuracy is our VQA-like "
         "score, generation accuracy the exact verifier's (the paper's CLIPScore).</p>",
         paper_headline_table(),
         f'<p class="note">Published Janus-Pro-7B deltas vs base VQA {PAPER_BASE["vqa"]} / CLIPScore '

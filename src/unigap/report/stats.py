@@ -12,6 +12,10 @@ methods × metrics"):
   on the pooled per-item outcomes, computed exactly from each seed's mean, n and standard error when there are no
   records. `delta` is the pooled mean minus the base's, `delta_ci95` the deciding test's interval of that difference
   (the error bars of the trade-off figure).
+- **Seeds**: both sides are compared on the seeds they share (`shared_seeds`; a warning when one lacks some). The
+  item-level tests count every seed's items as items, so they cover item sampling, not the variation between
+  training runs (in the study a seed also seeds the arm's training). `seed_level` is the paired t-test over the
+  per-seed differences of means (k − 1 df), which covers both, beside them; with 3 seeds it is weak.
 - **Welch** (`welch`): the paper's test (SPEC §1: "Welch t-test per method vs base") is kept beside it in every
   row, for reading our numbers next to the paper's; a test over 3 seed means could not reach its p = 0.005.
 - **CIs of a method's level**: `ci95_seeds` is the t-interval over the seed means (k − 1 df; null for one
@@ -31,6 +35,7 @@ Undefined values (no items, one seed, zero variance on both sides) are null, nev
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,8 +44,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from unigap.train.dpo import LN2, OVEROPTIMISED_LOSS
 from unigap.arms import ARMS
+from unigap.errors import UnigapWarning
+from unigap.evaluate.stats import paired_difference
+from unigap.train.dpo import LN2, OVEROPTIMISED_LOSS
 from unigap.study.results import BASE, METRICS, Metric, MethodRun, Sample, Study, keyed, paired, sample
 from unigap.train.names import TASKS, trained_tasks
 
@@ -128,16 +135,48 @@ def welch(a: Sample, b: Sample) -> dict[str, Any]:
     return {"t": t, "df": df, "p": float(2 * stats.t.sf(abs(t), df)), "delta_ci95": [delta - half, delta + half]}
 
 
-def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], metric: Metric, arm: Sample,
-           baseline: Sample) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The test that decides arm − baseline on `metric`, and Welch's beside it: the paired test where the two sides'
-    per-item records line up and it is defined, else Welch's on the pooled samples (`arm`, `baseline`). Returns
-    (the deciding test's `TEST_KEYS`, Welch's t, df, p and interval)."""
+def shared_seeds(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun]
+                 ) -> tuple[list[MethodRun], list[MethodRun]]:
+    """Both sides on the seeds they share, when they share some but not all (one warning). Each seed draws its own
+    items, so a seed one side lacks would compare other items and shift the pooled difference by that seed's level.
+    Sides with no seed in common are independent samples of the split and stay whole (Welch's test decides)."""
+    arm_seeds, baseline_seeds = {r.seed for r in arm_runs}, {r.seed for r in baseline_runs}
+    common = arm_seeds & baseline_seeds
+    if not common or arm_seeds == baseline_seeds:
+        return list(arm_runs), list(baseline_runs)
+    warnings.warn(
+        f"{arm_runs[0].method} has seeds {sorted(arm_seeds)} and {baseline_runs[0].method} {sorted(baseline_seeds)}: "
+        f"they are compared on the seeds both have, {sorted(common)}", UnigapWarning, stacklevel=2,
+    )
+    return [r for r in arm_runs if r.seed in common], [r for r in baseline_runs if r.seed in common]
+
+
+def seed_level(arm: dict[int, float | None], baseline: dict[int, float | None]) -> dict[str, Any]:
+    """arm − baseline over the seed means the two share (`{seed: mean}`): each seed's difference, and the paired
+    t-test over them (k − 1 df) with its interval. The item-level test counts each seed's items as items; with a
+    seed that also trains the arm, this one counts the runs' own variation too (null below two seeds)."""
+    seeds = sorted(s for s in arm.keys() & baseline.keys() if arm[s] is not None and baseline[s] is not None)
+    d = paired_difference([baseline[s] for s in seeds], [arm[s] for s in seeds])  # type: ignore[misc]
+    return {"deltas": [{"seed": s, "delta": arm[s] - baseline[s]} for s in seeds],  # type: ignore[operator]
+            "t": d["t"], "df": len(seeds) - 1 if d["t"] is not None else None, "p": d["p"], "delta_ci95": d["ci95"]}
+
+
+def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], metric: Metric
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The test that decides arm − baseline on `metric` (on their `shared_seeds`), with Welch's and the seed-level
+    test beside it: the paired test where the two sides' per-item records line up and it is defined, else Welch's
+    on the pooled samples. Returns ({`delta`, the deciding test's `TEST_KEYS`, `seed_level`}, Welch's t, df, p and
+    interval)."""
+    arm_samples, baseline_samples = ([sample(run, metric) for run in runs] for runs in (arm_runs, baseline_runs))
+    arm, baseline = pool(arm_samples), pool(baseline_samples)
     keyed_arm, keyed_baseline = keyed(arm_runs, metric), keyed(baseline_runs, metric)
     same = paired(keyed_arm, keyed_baseline) if keyed_arm is not None and keyed_baseline is not None else None
     paper = welch(arm, baseline)
     test = same if same is not None and same["p"] is not None else {"test": "welch", **paper}
-    return {key: test[key] for key in TEST_KEYS}, paper
+    seeds = seed_level(*({run.seed: s.mean for run, s in zip(runs, samples, strict=True)}
+                         for runs, samples in ((arm_runs, arm_samples), (baseline_runs, baseline_samples))))
+    delta = None if arm.mean is None or baseline.mean is None else arm.mean - baseline.mean
+    return {"delta": delta, **{key: test[key] for key in TEST_KEYS}, "seed_level": seeds}, paper
 
 
 def seed_interval(means: Sequence[float]) -> list[float] | None:
@@ -165,14 +204,14 @@ def bootstrap_interval(samples: Sequence[Sample], resamples: int, rng: np.random
     return [float(low), float(high)]
 
 
-def metric_summary(runs: Sequence[MethodRun], metric: Metric, options: StatsOptions) -> tuple[dict[str, Any], Sample]:
+def metric_summary(runs: Sequence[MethodRun], metric: Metric, options: StatsOptions) -> dict[str, Any]:
     """Per-seed values, the mean over seeds with its t-interval, the pooled mean with its bootstrap CI."""
     samples = [sample(run, metric) for run in runs]
     seed_means = [s.mean for s in samples if s.mean is not None]
     pooled = pool(samples)
     key = zlib.crc32(f"{runs[0].method}/{metric.name}".encode())  # same draws whatever else is in the study
     rng = np.random.default_rng([options.bootstrap_seed, key])
-    summary = {
+    return {
         "per_seed": [
             {"seed": run.seed, "value": s.mean, "n": s.n, "stderr": math.sqrt(s.var / s.n) if s.n else None}
             for run, s in zip(runs, samples, strict=True)
@@ -184,7 +223,6 @@ def metric_summary(runs: Sequence[MethodRun], metric: Metric, options: StatsOpti
         "n": pooled.n,
         "ci95_bootstrap": bootstrap_interval(samples, options.bootstrap_resamples, rng),
     }
-    return summary, pooled
 
 
 def series(rows: Sequence[dict[str, Any]], name: str) -> tuple[list[int], list[float]]:
@@ -253,22 +291,19 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
     family = len(compared) * len(metrics_tested)
     alpha_corrected = options.alpha / family if family else options.alpha
     metrics: dict[str, dict[str, Any]] = {BASE: {}}
-    base_samples = {}
     for metric in metrics_tested:
-        metrics[BASE][metric.name], base_samples[metric.name] = metric_summary(study.of(BASE), metric, options)
+        metrics[BASE][metric.name] = metric_summary(study.of(BASE), metric, options)
     families = {m: ARMS[m].family if m in ARMS else OTHER_FAMILY for m in compared}
     family_tests = {f: list(families.values()).count(f) * len(metrics_tested) for f in dict.fromkeys(families.values())}
     for method in compared:
         metrics[method] = {}
         own = family_tests[families[method]]
+        arm_runs, base_runs = shared_seeds(study.of(method), study.of(BASE))
         for metric in metrics_tested:
-            summary, pooled = metric_summary(study.of(method), metric, options)
-            base = base_samples[metric.name]
-            test, paper = decide(study.of(method), study.of(BASE), metric, pooled, base)
-            delta = None if pooled.mean is None or base.mean is None else pooled.mean - base.mean
+            summary = metric_summary(study.of(method), metric, options)
+            test, paper = decide(arm_runs, base_runs, metric)
             p = test["p"]
             metrics[method][metric.name] = summary | {
-                "delta": delta,
                 **test,
                 "p_bonferroni": None if p is None else min(1.0, p * family),
                 "significant": p is not None and p < alpha_corrected,
@@ -297,7 +332,7 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
 CSV_COLUMNS = (
     "method", "metric", "seeds", "per_seed", "mean_over_seeds", "ci95_seeds_low", "ci95_seeds_high",
     "n", "pooled", "ci95_bootstrap_low", "ci95_bootstrap_high", "delta", "delta_ci95_low", "delta_ci95_high",
-    "test", "t", "df", "p", "p_bonferroni", "alpha_corrected", "significant", "p_welch",
+    "test", "t", "df", "p", "p_bonferroni", "alpha_corrected", "significant", "p_welch", "seed_deltas", "p_seeds",
 )  # fmt: skip
 
 
@@ -316,5 +351,7 @@ def csv_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             if method != results["base"]:
                 row["alpha_corrected"] = results["bonferroni"]["alpha_corrected"]
                 row["p_welch"] = summary["welch"]["p"]
+                row["seed_deltas"] = ";".join(f"{d['seed']}:{d['delta']}" for d in summary["seed_level"]["deltas"])
+                row["p_seeds"] = summary["seed_level"]["p"]
             rows.append({key: "" if row[key] is None else row[key] for key in CSV_COLUMNS})
     return rows
