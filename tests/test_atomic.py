@@ -40,6 +40,7 @@ def test_a_setting_removed_since_is_not_compared_and_an_absent_one_is_not_a_null
     path = tmp_path / "settings.json"
     path.write_text(json.dumps({"n": 3, "strategies": ["a"]}))
     claim_settings(path, {"n": 3}, "study")  # "strategies" is no longer a setting
+    assert json.loads(path.read_text()) == {"n": 3, "strategies": ["a"]}  # kept: another command must not erase it
     with pytest.raises(UserError, match=r"judge: \(absent\) → null"):
         claim_settings(path, {"n": 3, "judge": None}, "study")
 

@@ -143,8 +143,10 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
     writes), or refuse (`UserError` naming each difference) to continue a `what` run made under others, since its
     finished parts are only reusable under what produced them. A setting absent from the saved ones (added since)
     counts as equal when it has its value in `defaults`; a saved one that `settings` no longer has (removed since, or
-    one the caller leaves free to change) is not compared, nor are the `free` ones, which are written all the same."""
+    one the caller leaves free to change) is not compared, and is kept: a refused or other command into the same
+    directory must not erase what its run recorded. The `free` ones are not compared and are written all the same."""
     path = Path(path)
+    saved: dict[str, Any] = {}
     if path.parent.exists() and not path.parent.is_dir():
         raise UserError(f"--out {path.parent} is a file, not a directory")
     if path.is_file():
@@ -158,7 +160,7 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
             raise UserError(f"{path.parent} holds a {what} run under other {kind} ({'; '.join(changed)}); rerun "
                             f"with the same {kind} to resume it, or choose a new --out")
     if write:  # (again on a resume: a setting added since is recorded)
-        write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
+        write_text_atomically(path, json.dumps(saved | settings, indent=2) + "\n")
 
 
 DIR_MODE = 0o755  # mkdtemp (and some writers' temporary files) are private; outputs are meant to be shared

@@ -80,7 +80,7 @@ def test_geneval_layout_is_what_genevals_scorer_reads(tiny_dir, prompts, tmp_pat
             assert image.format == "PNG" and image.size == (64, 64)
         with Image.open(out / folder / "grid.png") as sheet:
             assert sheet.size == (128, 64)
-    assert sorted(p.name for p in out.iterdir() if not p.is_dir()) == ["manifest.json", "settings.json"]
+    assert sorted(p.name for p in out.iterdir() if not p.is_dir()) == ["inputs.json", "manifest.json", "settings.json"]
 
     code, _, err = run_main(capsys, args)  # a second run must not mix into the first
     assert code == 2 and "pass --resume" in err
@@ -106,6 +106,32 @@ def test_resume_writes_only_the_missing_folders_and_the_same_images(tiny_dir, pr
     assert not list(out.glob(".*"))
     code, _, err = run_main(capsys, [*args, "--resume", "--seed", 1])
     assert code == 2 and "other settings" in err
+
+
+def test_resume_refuses_an_adapter_retrained_in_place(tiny_dir, prompts, tmp_path, capsys) -> None:
+    """The adapter is compared by content, not by its path: resuming would mix two models' images."""
+    import torch
+
+    from unigap.model import load_model
+
+    def make_adapter(seed: int) -> None:
+        um = load_model(tiny_dir)
+        um.add_lora(rank=4, alpha=8, dropout=0.0)
+        with torch.no_grad():
+            for param in um.trainable_parameters():
+                param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
+        um.save_adapter(adapter)
+
+    adapter, out = tmp_path / "adapter", tmp_path / "images"
+    make_adapter(0)
+    args = ["generate", "--model", tiny_dir, "--adapter", adapter, "--prompts", prompts, "--layout", "geneval",
+            "--max-prompts", 1, "--out", out]
+    assert run_main(capsys, args)[0] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    make_adapter(1)
+    code, _, err = run_main(capsys, [*args, "--resume"])
+    assert code == 2 and "under other inputs (compared by content) (adapter:" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_an_interrupted_run_leaves_only_complete_folders(um, tmp_path, monkeypatch) -> None:

@@ -61,6 +61,12 @@ def test_train_from_files(tiny_dir: Path, files, tmp_path: Path, capsys) -> None
     assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "adapter_model.safetensors").is_file()
     code, _, err = run_main(capsys, args)
     assert code == 2 and "already holds a run; pass --resume" in err
+    files_before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for objective in ("und-sft", "unimrg"):  # another objective into this run's --out: refused, nothing touched
+        code, _, err = run_main(capsys, ["train", "--model", str(tiny_dir), "--objective", objective, "--out",
+                                         str(tmp_path), "--steps", "3"])
+        assert code == 2 and "already holds a run" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files_before
     code, out, _ = run_main(capsys, [*args, "--resume"])  # a finished run resumes to the same end
     assert code == 0 and "trained 3 steps" in out
 

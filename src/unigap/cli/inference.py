@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, require_non_negative, require_positive
+from unigap.cli.common import (ADAPTER_OPTION, MODEL_OPTION, claim_inputs, load, require_non_negative,
+                               require_positive)
 from unigap.errors import UserError
 from unigap.world import load_image
 
@@ -137,6 +138,7 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     with manifest("generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
+        claim_inputs(out, "generate", model, adapter)  # the weights by content: an adapter retrained in place differs
         claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None})
         written = write_geneval_layout(um, rows, out, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
                                        batch_size=batch_size)
