@@ -56,8 +56,11 @@ def test_ints_for_floats_and_optional_and_tuple_fields() -> None:
     assert PretrainConfig(vq_merge_similarity=None).vq_merge_similarity is None
     with pytest.raises(UserError, match=r"PretrainConfig\.vq_merge_similarity must be a number or nothing, got '0.9'"):
         PretrainConfig(vq_merge_similarity="0.9")
-    with pytest.raises(UserError, match=r"TuneConfig\.lrs must be an array of numbers, got \[1e-05\]"):
-        TuneConfig(lrs=[1e-5])  # a list would make the frozen config unhashable
+    tuned = TuneConfig(lrs=[1e-5, 1])  # a list, as a TOML array reads: kept as a tuple, so the config hashes
+    assert tuned.lrs == (1e-5, 1.0) and isinstance(tuned.lrs[1], float) and hash(tuned)
+    from unigap.study import StudyConfig
+
+    assert StudyConfig(methods=["und-only"]).methods == ("und-only",)
     with pytest.raises(UserError, match=r"TuneConfig\.lrs must be an array of numbers, got \('fast',\)"):
         TuneConfig(lrs=("fast",))
 

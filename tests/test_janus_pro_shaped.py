@@ -28,7 +28,13 @@ def test_unknown_size_is_refused() -> None:
 
 
 def test_tiny_checkpoint_loads_as_janus_pro(tmp_path: Path) -> None:
-    directory = save_random_janus_pro(tmp_path / "ckpt")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    directory = save_random_janus_pro(tmp_path / "ckpt")  # seeded on its own: the caller's stream goes on as it was
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.equal(load_model(directory).model.lm_head.weight,
+                       load_model(save_random_janus_pro(tmp_path / "again")).model.lm_head.weight)
     assert json.loads((directory / "processor_config.json").read_text())["num_image_tokens"] == 576
     assert not (directory / "unigap.json").exists()
     um = load_model(directory)

@@ -151,3 +151,16 @@ def test_a_local_folder_named_like_the_shipped_model_is_pointed_out(tmp_path: Pa
     monkeypatch.chdir(tmp_path)
     with pytest.warns(UserWarning, match="'tiny' names the shipped model, not the directory tiny/ here"):
         assert resolve_checkpoint("tiny") != tmp_path / "tiny"
+
+
+def test_a_device_torch_cannot_use_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="device 'cuda' asked for, but this torch sees no CUDA device"):
+        loading.default_device_and_dtype("cuda", None)
+    with pytest.raises(UserError, match="unknown device 'gpu'"):
+        loading.default_device_and_dtype("gpu", None)
+    with pytest.raises(UserError, match="unknown dtype 'fp16'"):
+        loading.default_device_and_dtype("cpu", "fp16")
+    assert loading.default_device_and_dtype(None, None) == (torch.device("cpu"), torch.float32)

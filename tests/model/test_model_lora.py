@@ -93,6 +93,19 @@ def test_adapter_save_load_round_trip(tiny_dir: Path, fresh: UnifiedModel, image
         load_model(tiny_dir).load_adapter(tmp_path)
 
 
+def test_a_trainable_adapter_loads_for_inference_until_training_starts(tiny_dir: Path, fresh: UnifiedModel, images,
+                                                                       tmp_path: Path) -> None:
+    """peft builds LoRA layers in train mode: loaded trainable, dropout would make every score a random draw."""
+    fresh.add_lora(rank=4, alpha=8, dropout=0.5)
+    fresh.save_adapter(tmp_path / "adapter")
+    loaded = load_model(tiny_dir)
+    loaded.load_adapter(tmp_path / "adapter", trainable=True)
+    assert loaded.trainable_parameters() and not any(module.training for module in loaded.model.modules())
+    tokens = loaded.generate_images(PROMPTS, cfg_scale=None, temperature=1.0, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(loaded, images, tokens), _outputs(loaded, images, tokens),
+                                                 strict=True))
+
+
 def test_shared_parameters_grouped_by_layer_and_factor(fresh: UnifiedModel) -> None:
     fresh.add_lora(rank=4, alpha=8, dropout=0.0)
     groups = fresh.shared_lora_parameters()

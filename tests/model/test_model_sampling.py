@@ -136,8 +136,18 @@ def test_unseeded_calls_follow_torch_manual_seed_and_numpy_seeds_work(um: Unifie
 def test_a_single_string_is_not_read_as_one_prompt_per_character(um: UnifiedModel) -> None:
     with pytest.raises(ValueError, match="prompts must be a list with one item per example, got a single str"):
         um.generate_images("a red circle", seed=0)
+    with pytest.raises(ValueError, match="each prompt must be a string, got None"):
+        um.generate_images([None], seed=0)
+    with pytest.raises(ValueError, match="cfg_scale must be None or a finite number >= 0, got inf"):
+        um.generate_images(["a red circle"], cfg_scale=float("inf"), seed=0)
+    with pytest.raises(ValueError, match="seed must fit in 64 bits"):
+        um.generate_images(["a red circle"], seed=2**70)
     image = um.decode_tokens(um.generate_images(["a red circle"], seed=0))[0]
     with pytest.raises(ValueError, match="questions must be a list"):
         um.answer([image], "?")
     with pytest.raises(ValueError, match="images must be a list with one item per example, got a single Image"):
         um.judge(image, ["a red circle"])
+    with pytest.raises(ValueError, match="images must be a list with one item per example, got a single Image"):
+        um.encode_images(image)
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1, got 1.5"):
+        um.answer([image], ["what shape ?"], max_new_tokens=1.5)

@@ -122,6 +122,8 @@ def test_grouped_answer_logprobs_train_the_vision_tower(fresh: UnifiedModel, ima
     assert fresh.model.model.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="2 questions but 1 answers"):
         fresh.grouped_answer_logprobs(images[:1], [["a ?", "b ?"]], [["x"]])
+    with pytest.raises(ValueError, match=r"questions\[0\] must be a list with one item per example, got a single str"):
+        fresh.grouped_answer_logprobs(images[:1], ["Wha"], ["red"])  # one string per image: not 3 one-letter rows
 
 
 def test_length_buckets_cover_every_row_once_and_cut_padding() -> None:

@@ -119,6 +119,14 @@ def test_the_guard_stops_on_evidence_not_on_a_handful_of_images(tmp_path: Path, 
         assert not (tmp_path / "selfimprove.json").exists()
 
 
+def test_a_model_that_already_has_an_adapter_is_refused_before_any_work(tmp_path: Path) -> None:
+    um = load_model("tiny")
+    um.add_lora(rank=4, alpha=8)
+    with pytest.raises(UserError, match="already has one: merge it into a checkpoint first"):
+        run(um, SelfImproveConfig(**TOY), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_prompt_file_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\nnot a shapeworld prompt at all\n")  # free text, and the verifier audits
@@ -158,7 +166,7 @@ def _toy_run(out: Path, **overrides) -> dict:
 
 
 def test_a_run_writes_its_files_and_resumes_to_the_same_result(tmp_path: Path, monkeypatch) -> None:
-    config = dict(method="curriculum-sft", labels="verifier", seed=3)
+    config = dict(method="curriculum-sft", labels="verifier", seed=3, eval_n=4, epoch_eval_n=3)
     full = _toy_run(tmp_path / "full", **config)
     for key in ("generation_accuracy", "understanding_accuracy", "nonunification", "weak_generation"):
         assert full["before"][key]["n"] and full["after"][key]["n"]
@@ -166,7 +174,7 @@ def test_a_run_writes_its_files_and_resumes_to_the_same_result(tmp_path: Path, m
             metric = full[side][key]
             value = next(metric[k] for k in ("accuracy", "score", "rate") if k in metric)
             assert metric["ci95"][0] <= value <= metric["ci95"][1]
-    assert full["paired"]["generation_accuracy"]["n"] == TOY["eval_n"]
+    assert full["paired"]["generation_accuracy"]["n"] == config["eval_n"]
     assert [row["epoch"] for row in full["epochs"]] == [0, 1, 2]
     trained = [row for row in full["epochs"][1:] if row["steps"]]
     assert full["epochs"][0]["grad_norm"] is None and trained and all(row["grad_norm"] > 0 for row in trained)
@@ -246,7 +254,7 @@ def test_the_table_shows_no_win_rate_where_no_answer_changed() -> None:
 def test_gradient_checkpointing_trains_the_same_and_bf16_autocasts(tmp_path: Path) -> None:
     """The memory options of a 7B run: checkpointing recomputes the same activations (the same losses, dropout
     included); bf16 autocast computes them in bfloat16 (other losses, still finite)."""
-    toy = dict(method="sft", labels="verifier", epochs=1, eval_n=0, epoch_eval_n=0, audit="none")
+    toy = dict(method="sft", labels="verifier", epochs=1, eval_n=0, epoch_eval_n=0, audit="none", n_prompts=4, samples=2)
     plain = _toy_run(tmp_path / "plain", **toy)
     checkpointed = _toy_run(tmp_path / "checkpointed", **toy, gradient_checkpointing=True)
     bf16 = _toy_run(tmp_path / "bf16", **toy, bf16=True)

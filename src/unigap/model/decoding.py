@@ -6,6 +6,7 @@ sequence's numbers do not depend on what else is in its batch (batched == unbatc
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,8 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     reproducible too, as it does transformers' `generate`."""
     if isinstance(seed, bool) or (seed is not None and not isinstance(seed, numbers.Integral)):
         raise ValueError(f"seed must be an integer or None, got {seed!r}")
+    if seed is not None and not -(2**63) <= seed < 2**64:  # what torch.Generator takes
+        raise ValueError(f"seed must fit in 64 bits, got {seed}")
     generator = torch.Generator(device=device)
     generator.manual_seed(int(torch.randint(2**63 - 1, (1,)).item()) if seed is None else int(seed))
     return generator
@@ -97,8 +100,8 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.LongTensor, temperature: 
 
 
 def check_temperature(temperature: float) -> None:
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy) and finite, got {temperature}")
 
 
 def check_counts(**named: Sequence[object]) -> int:

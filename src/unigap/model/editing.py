@@ -30,6 +30,7 @@ from unigap.model.decoding import check_counts, left_pad
 from unigap.model.decoding import token_logprobs
 from unigap.model.generation import (
     check_dropped,
+    check_guidance_scale,
     guided,
     prefixed_image_token_states,
     sample_from_prefix,
@@ -59,8 +60,7 @@ class EditGuidance:
 
     def __post_init__(self) -> None:
         for name, scale in (("cfg_scale", self.text), ("image_cfg_scale", self.image)):
-            if scale is not None and not scale >= 0:
-                raise ValueError(f"{name} must be None or >= 0, got {scale}")
+            check_guidance_scale(name, scale)
 
     @property
     def scales(self) -> tuple[float, float]:

@@ -17,6 +17,7 @@ those who need the sampling distribution itself (GRPO's ratio, as TRL computes i
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -37,10 +38,15 @@ from unigap.model.prompts import PromptFormat
 from unigap.model.sampler import GraphedStep, StaticCache, cuda_graphs_enabled, image_step
 
 
+def check_guidance_scale(name: str, scale: float | None) -> None:
+    """A guidance scale is None (no guidance) or a finite number >= 0 (an infinite one makes every probability NaN)."""
+    if scale is not None and not 0 <= scale < math.inf:
+        raise ValueError(f"{name} must be None or a finite number >= 0, got {scale}")
+
+
 def uses_cfg(cfg_scale: float | None) -> bool:
     """CFG needs the unconditional pass unless the scale is None or 1 (where the mix equals cond)."""
-    if cfg_scale is not None and not cfg_scale >= 0:
-        raise ValueError(f"cfg_scale must be None or >= 0, got {cfg_scale}")
+    check_guidance_scale("cfg_scale", cfg_scale)
     return cfg_scale is not None and cfg_scale != 1.0
 
 

@@ -93,7 +93,13 @@ def default_device_and_dtype(
     unless told otherwise."""
     if device is None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UserError(f"unknown device {device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {str(device)!r} asked for, but this torch sees no CUDA device "
+                        f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None})")
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise UserError(f"unknown dtype {dtype!r}")

@@ -92,20 +92,20 @@ class PromptFormat:
 
     def understanding_ids(self, question: str) -> list[int]:
         """BOS + prompt with one image (N placeholders) and the question, ready for the answer."""
-        question = _braces(question.strip())
+        question = _braces(_text(question, "question").strip())
         chat = f"{_braces(self.system_prompt)}<|User|>: {{block}}\n{question}\n\n<|Assistant|>:"
         return self._with_image(f"{{block}} {question}", chat, "understanding")
 
     def answer_ids(self, answer: str) -> list[int]:
         """The answer as the model should produce it after the understanding prompt, EOS included."""
-        return self._answer_text_ids(answer.strip()) + [self.ids.eos]
+        return self._answer_text_ids(_text(answer, "answer").strip()) + [self.ids.eos]
 
     def _answer_text_ids(self, answer: str) -> list[int]:
         return self._encode(answer if self.template == TINY_TEMPLATE else f" {answer}")
 
     def generation_ids(self, prompt: str) -> list[int]:
         """BOS + generation prompt ending in <begin_of_image>; the image tokens follow it."""
-        prompt = prompt.strip()
+        prompt = _text(prompt, "prompt").strip()
         text = prompt if self.template == TINY_TEMPLATE else f"<|User|>: {prompt}\n\n<|Assistant|>:"
         ids = self._encode(text)
         if {self.ids.image, self.ids.boi, self.ids.eoi} & set(ids):
@@ -120,7 +120,7 @@ class PromptFormat:
         same distance from the source patch it mostly copies, whatever the instruction's length; Janus-Pro's
         chat convention has the image first, as its understanding prompts do.
         """
-        instruction = _braces(instruction.strip())
+        instruction = _braces(_text(instruction, "instruction").strip())
         chat = f"<|User|>: {{block}}\n{instruction}\n\n<|Assistant|>:"
         return self._with_image(f"{instruction} {{block}}", chat, "editing") + [self.ids.boi]
 
@@ -140,6 +140,13 @@ class PromptFormat:
         if not ids:
             raise UserError(f"the tokenizer cannot express any of {words}; it cannot be used as a judge")
         return sorted(ids)
+
+
+def _text(value: object, what: str) -> str:
+    """`value`, which must be a string: None or a number would fail deep in the tokenizer, naming nothing."""
+    if not isinstance(value, str):
+        raise ValueError(f"each {what} must be a string, got {value!r:.60}")
+    return value
 
 
 def _braces(text: str) -> str:

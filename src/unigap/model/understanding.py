@@ -7,6 +7,7 @@ answers end at the last column: the scorer only runs the LM head on the last T c
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -163,6 +164,8 @@ def grouped_answer_logprobs(
     check_counts(images=images, questions=questions, answers=answers)
     owner, flat_questions, flat_answers = [], [], []
     for index, (qs, ans) in enumerate(zip(questions, answers, strict=True)):
+        for name, values in ((f"questions[{index}]", qs), (f"answers[{index}]", ans)):
+            check_counts(**{name: values})  # a list per image: one string would be read per character
         if len(qs) != len(ans):
             raise ValueError(f"image {index} has {len(qs)} questions but {len(ans)} answers")
         owner += [index] * len(qs)
@@ -217,8 +220,8 @@ def generate_answers(
     ended in EOS: False where `max_new_tokens` cut it off)."""
     batch_size = check_counts(images=images, questions=questions)
     check_temperature(temperature)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if batch_size == 0:
         return [], []
     generator = make_generator(seed, model.device)

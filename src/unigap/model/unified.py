@@ -21,6 +21,7 @@ from unigap.atomic import files_atomically
 from unigap.errors import UserError
 from unigap.model import editing, generation, lora, understanding
 from unigap.model.checkpoint import save_checkpoint
+from unigap.model.decoding import check_counts
 from unigap.model.images import (
     VQ_MEAN,
     VQ_STD,
@@ -267,6 +268,7 @@ class UnifiedModel:
     def encode_images(self, images: Sequence[ImageInput]) -> torch.LongTensor:
         """Images → VQ token ids [B, N] (nearest normalised code; see `images.vq_encode`)."""
         vq = self.model.model.vqmodel
+        check_counts(images=images)  # a list: one image alone would be iterated row by row
         if not images:
             return torch.zeros((0, self.num_image_tokens), dtype=torch.long, device=self.device)
         pixels = pixel_tensor(images, vq_image_size(vq), VQ_MEAN, VQ_STD)
@@ -312,7 +314,9 @@ class UnifiedModel:
         """Attach an adapter saved with `save_adapter` (standard PEFT format)."""
         if self.peft is not None:
             raise ValueError("this model already has a LoRA adapter")
+        was_training = self.model.training
         self.peft = lora.load_lora(self.model, directory, trainable)
+        self.model.train(was_training)  # as in add_lora: a trainable adapter loads in train mode, dropout on
         return self.peft
 
     def save_adapter(self, directory: str | os.PathLike) -> Path:

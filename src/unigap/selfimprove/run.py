@@ -31,7 +31,7 @@ from PIL import Image
 
 from unigap import distributed
 from unigap.atomic import cached_json, claim_settings, write_text_atomically
-from unigap.errors import GuardStopped
+from unigap.errors import GuardStopped, UserError
 from unigap.evaluate import evaluate
 from unigap.evaluate.critique import win_rate as understanding_win_rate
 from unigap.evaluate.data import prompt_specs, training_prompt_specs
@@ -76,6 +76,9 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     """Self-improve `um` in place (it gains a LoRA adapter) and write the run to OUT; returns `selfimprove.json`'s
     content. Raises `GuardStopped` after writing it when the audit stops the run. `report_to`: per-epoch rows also
     to TensorBoard / W&B (`unigap.metrics_log`)."""
+    if um.peft is not None:  # before any image is sampled: add_lora would refuse only after the first round
+        raise UserError("self-improvement adds and trains its own LoRA adapter, and this model already has one: "
+                        "merge it into a checkpoint first (`unigap merge --model DIR --adapter ADAPTER`) or pass the model without it")
     out = Path(out)
     main = distributed.is_main()
     progress = progress and main

@@ -176,9 +176,13 @@ def _type_name(expected: Any, plural: bool = False) -> str:
 
 def check_field_types(config: Any) -> None:
     """A config built in Python gets the check a TOML file's values get: `TrainConfig(lr="1e-4")` fails here, in
-    one line naming the field, not as a TypeError deep inside a run (or as a seed JSON cannot record)."""
+    one line naming the field, not as a TypeError deep inside a run (or as a seed JSON cannot record); and the same
+    coercion: a list for an array field is kept as a tuple."""
     hints = typing.get_type_hints(type(config))
     for field in fields(config):
         value, expected = getattr(config, field.name), hints[field.name]
         if not _type_ok(value, expected):
-            raise UserError(f"{type(config).__name__}.{field.name} must be {_type_name(expected)}, got {value!r}")
+            coerced = _coerced(value, expected)  # a list where an array is meant (as from TOML), an int for a float
+            if not _type_ok(coerced, expected):
+                raise UserError(f"{type(config).__name__}.{field.name} must be {_type_name(expected)}, got {value!r}")
+            object.__setattr__(config, field.name, coerced)  # (the configs are frozen)
