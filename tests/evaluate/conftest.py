@@ -87,6 +87,9 @@ class StubModel:
         )
 
 
+    def fingerprint(self) -> str:
+        return type(self).__name__
+
     def reflect(self, images, prompts, max_new_tokens=24) -> list[str]:
         """The exact reflection on the verifier's parse (an oracle), "looks fine" (a format failure) for
         prompts of `doubted_categories`."""

@@ -49,6 +49,9 @@ class ExactStub:
         return torch.tensor([0.9 if world.verify(i, world.parse_prompt(p)).satisfied else 0.1
                              for i, p in zip(images, prompts, strict=True)])
 
+    def fingerprint(self) -> str:
+        return type(self).__name__
+
 
 @pytest.fixture
 def stub() -> ExactStub:

@@ -96,6 +96,10 @@ def test_refine_json_holds_rounds_oracle_and_best_of_n_and_resumes(stub, tmp_pat
     assert again["rounds"] == report["rounds"]
     with pytest.raises(UserError, match="other settings"):
         run_refine(stub, RefineConfig(n=8, rounds=1, seed=1), tmp_path / "run", progress=False)
+    stub.fingerprint = lambda: "another model"  # from Python no checkpoint path tells the models apart
+    with pytest.raises(UserError, match=r"other settings \(model: \"ExactStub\" → \"another model\"\)"):
+        run_refine(stub, config, tmp_path / "run", progress=False)
+    del stub.fingerprint
     settings = tmp_path / "run" / "settings.json"
     before = {k: v for k, v in json.loads(settings.read_text()).items() if not k.startswith("edit_")}
     settings.write_text(json.dumps(before))  # as saved before the edit scales existed: it edited under plain CFG

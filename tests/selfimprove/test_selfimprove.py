@@ -224,6 +224,12 @@ def test_a_run_writes_its_files_and_resumes_to_the_same_result(tmp_path: Path, m
     logged = [json.loads(line) for line in (tmp_path / "cut" / "epochs.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in logged] == [0, 1, 2] and logged == full["epochs"]
 
+    other = load_model("tiny")
+    with torch.no_grad():
+        other.model.get_input_embeddings().weight[0] += 1  # another model under the same settings: refused
+    with pytest.raises(UserError, match=r"holds a selfimprove run under other settings \(model: "):
+        run(other, SelfImproveConfig(**{**TOY, **config}), tmp_path / "full", progress=False)
+
 
 def test_the_trained_adapter_loads_and_changes_the_model(tmp_path: Path) -> None:
     _toy_run(tmp_path / "run", method="sft", labels="verifier", epochs=1)

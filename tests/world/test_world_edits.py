@@ -133,6 +133,20 @@ def test_break_then_every_fix_of_the_diff_round_trips(category: str) -> None:
     assert applied >= 40
 
 
+def test_an_add_to_a_full_picture_is_no_fix_since_no_scene_can_take_it() -> None:
+    """A fifth object: `apply_edit` refuses it, so the diff and the critique's validity must not count it."""
+    from unigap.world import parse_prompt
+
+    four = Scene(64, (SceneObject("square", "blue", "small", 10, 10), SceneObject("circle", "red", "small", 10, 50),
+                      SceneObject("circle", "green", "small", 50, 10), SceneObject("circle", "purple", "small", 50, 50)))
+    spec, add = parse_prompt("a triangle"), parse_instruction("add a triangle")
+    fixes = diff(four.objects, spec, four.geometry.margin)
+    assert fixes and not any(e.kind == "add" for e in fixes)  # removing or recolouring still help
+    assert not is_valid_fix(four.objects, spec, add, four.geometry.margin)
+    with pytest.raises(UserError, match="at most 4 objects"):
+        apply_edit(four, add, 0)
+
+
 def test_the_diff_holds_every_edit_that_lowers_the_distance_and_only_those() -> None:
     rng = np.random.default_rng(3)
     for _ in range(60):

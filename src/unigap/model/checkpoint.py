@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
 
 from unigap.atomic import write_text_atomically
@@ -71,6 +72,23 @@ def save_checkpoint(
     }
     write_text_atomically(directory / SIDECAR, json.dumps(settings, indent=2))
     return directory
+
+
+FINGERPRINT_VALUES = 256  # taken from each end of each parameter by `model_fingerprint`
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model as it is in memory (base weights, any adapter, their dtype): each parameter's name,
+    shape and dtype and its first and last values. Why: a run resumed from Python, where no checkpoint path says which
+    model made its finished parts, must tell another model (or the same one with another adapter) from its own."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            ends = torch.cat([flat[:FINGERPRINT_VALUES], flat[-FINGERPRINT_VALUES:]]).float().cpu()
+            digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}:".encode())
+            digest.update(ends.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 FINGERPRINT_BYTES = 1 << 20  # read from each end of each weights file

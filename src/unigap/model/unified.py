@@ -20,7 +20,7 @@ from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
 from unigap.atomic import files_atomically
 from unigap.errors import UserError
 from unigap.model import editing, generation, lora, understanding
-from unigap.model.checkpoint import save_checkpoint
+from unigap.model.checkpoint import model_fingerprint, save_checkpoint
 from unigap.model.decoding import check_counts
 from unigap.model.images import (
     VQ_MEAN,
@@ -318,6 +318,11 @@ class UnifiedModel:
         self.peft = lora.load_lora(self.model, directory, trainable)
         self.model.train(was_training)  # as in add_lora: a trainable adapter loads in train mode, dropout on
         return self.peft
+
+    def fingerprint(self) -> str:
+        """A short hash of the model as it is now (weights, adapter, dtype): what a resumed run compares, so that its
+        finished parts are never reused under another model."""
+        return model_fingerprint(self.model)
 
     def save_adapter(self, directory: str | os.PathLike) -> Path:
         """Save the adapter (LoRA weights + trained generation head) in standard PEFT format, each file replaced

@@ -144,10 +144,11 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     instructible = any(isinstance(spec, PromptSpec) for spec in specs)  # the oracle stops free text at once
     judge = get_judge(config.judge, independent=True)
     extra = None if judge.name == "verifier" else judge  # the verifier's accuracy is always reported
-    settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs)}
+    settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs), "model": um.fingerprint()}
     writer = distributed.is_main()  # under `accelerate launch` every process holds the results; the main one writes
     required = EDIT_SETTINGS if mode == "edit" else ()  # (one that regenerated never edited)
     defaults = {f.name: f.default for f in fields(RefineConfig) if f.name not in required}
+    defaults["model"] = settings["model"]  # a run from before it was recorded: its model is unknown, not refused
     claim_settings(out / "settings.json", settings, "refine", defaults, write=writer)
     progress = progress and writer
 

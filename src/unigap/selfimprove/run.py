@@ -83,7 +83,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     main = distributed.is_main()
     progress = progress and main
     specs = training_prompts(config)
-    _check_settings(out, config, len(specs))
+    _check_settings(out, config, len(specs), um.fingerprint())
 
     before = cached_json(out / "before.json", lambda: _evaluate(um, config, out, "before", progress),
                          write=main) if config.eval_n else None
@@ -153,11 +153,12 @@ def training_prompts(config: SelfImproveConfig) -> list[Any]:
 # -- stages --------------------------------------------------------------------------------------
 
 
-def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int) -> None:
-    """Refuse to continue a run made under other settings; the guard and gradient checkpointing are free (they change
-    no number), so a stopped run can be continued with `--no-guard --resume`."""
-    settings = {**config.to_dict(), "n_prompts_used": n_prompts}
-    claim_settings(out / "settings.json", settings, "selfimprove", defaults={"bf16": False},
+def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int, model: str) -> None:
+    """Refuse to continue a run made under other settings or by another model (`UnifiedModel.fingerprint`; a run
+    from before it was recorded is not refused); the guard and gradient checkpointing are free (they change no
+    number), so a stopped run can be continued with `--no-guard --resume`."""
+    settings = {**config.to_dict(), "n_prompts_used": n_prompts, "model": model}
+    claim_settings(out / "settings.json", settings, "selfimprove", defaults={"bf16": False, "model": model},
                    free=("guard", "gradient_checkpointing"), write=distributed.is_main())
 
 

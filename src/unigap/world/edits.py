@@ -226,8 +226,9 @@ def _placed_in(thing: Thing, anchor: Thing, relation: str) -> Thing:
 
 
 def apply_to_objects(objects: Sequence[Placed], edit: Edit) -> list[Thing] | None:
-    """The objects after the edit (abstract positions, see the module docstring); None if a reference
-    matches nothing, or a move's anchor is its target."""
+    """The objects after the edit (abstract positions, see the module docstring); None where the edit does not
+    apply, as `scene_edits.apply_edit` refuses it too: a reference matches nothing, a move's anchor is its target, or
+    an add to a picture that already holds `MAX_OBJECTS`."""
     out = things(objects)
     target = edit.target.find(out) if edit.target else None
     anchor = edit.anchor.find(out) if edit.anchor else None
@@ -242,6 +243,8 @@ def apply_to_objects(objects: Sequence[Placed], edit: Edit) -> list[Thing] | Non
             return None
         out[target] = _placed_in(out[target], out[anchor], edit.relation)
     else:
+        if len(out) >= MAX_OBJECTS:
+            return None
         key = max((o.key for o in out), default=-1) + 1  # no colour: matches no coloured item
         new = Thing(edit.shape, edit.color or "", "small", math.nan, math.nan, key=key)
         out.append(_placed_in(new, out[anchor], edit.relation) if anchor is not None else new)
