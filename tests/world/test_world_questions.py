@@ -174,3 +174,15 @@ def test_vocabulary_covers_every_generated_text_and_nothing_else():
     used.update(tokenize_words(NO_EDIT))
     assert used <= set(vocab), sorted(used - set(vocab))
     assert set(vocab) <= used, sorted(set(vocab) - used)  # no word the generators never produce
+
+
+def test_an_empty_scene_is_one_clear_error_not_an_index_error():
+    """`break_scene` empties a single-object scene (its fix adds the object back); nothing can be asked about it."""
+    from unigap.world import apply_edit, parse_instruction, sample_questions
+
+    one = Scene(64, (SceneObject("circle", "red", "small", 20, 20),))
+    empty = apply_edit(one, parse_instruction("remove the red circle"), 0)
+    with pytest.raises(ValueError, match="describe needs a scene with at least one object, got an empty one"):
+        describe(empty)
+    with pytest.raises(ValueError, match="sample_question needs a scene with at least one object"):
+        sample_questions(empty, np.random.default_rng(0), 2)

@@ -115,8 +115,15 @@ def _object_phrase(obj: SceneObject) -> str:
     return f"{article(obj.size)} {obj.size} {obj.color} {obj.shape}"
 
 
+def _check_not_empty(scene: Scene, function: str) -> None:
+    """An empty scene (what `break_scene` leaves of a single object) has no object to describe or ask about."""
+    if not scene.objects:
+        raise ValueError(f"{function} needs a scene with at least one object, got an empty one")
+
+
 def describe(scene: Scene) -> str:
     """The canonical one-sentence description: every object with size, colour, shape, left to right."""
+    _check_not_empty(scene, "describe")
     phrases = [_object_phrase(o) for o in scene.objects]
     listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     if len(phrases) == 1:
@@ -248,6 +255,7 @@ def sample_question(
     """One well-defined question, answer-balanced (see module docstring); kind uniform unless given.
     Judge questions draw from `judge_prompts` (see `candidate_questions`). With `form` "sentence" the kinds
     are those that have a sentence form, balanced by their one-word answer."""
+    _check_not_empty(scene, "sample_question")
     rng = as_generator(rng)
     if kind is None:
         kinds = [
