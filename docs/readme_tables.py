@@ -367,7 +367,8 @@ def full_study(arms: tuple[str, ...] | None = None) -> str:
     weak = [f"{method} {METRIC_WORDS[name]} ({_p(m['seed_level']['p'])})"
             for method in result["methods"][1:] if arms is None or method in arms
             for name, m in result["results"][method].items()
-            if name in METRIC_WORDS and m["significant"] and not (m["seed_level"]["p"] or 1) < 0.05]
+            if name in METRIC_WORDS and m["significant"] and m["seed_level"]["p"] is not None
+            and m["seed_level"]["p"] >= 0.05]  # (None: the same Δ on every seed, no test needed)
     over_seeds = (f" Over the {seeds} seeds' Δ instead (the paired test on seed means, {seeds - 1} df, which also counts "
                   f"the variation between training runs), these bold cells reach no p < 0.05: {', '.join(weak)}."
                   if weak else "")

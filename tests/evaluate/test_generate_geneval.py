@@ -122,15 +122,18 @@ def test_resume_refuses_an_adapter_retrained_in_place(tiny_dir, prompts, tmp_pat
                 param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
         um.save_adapter(adapter)
 
-    adapter, out = tmp_path / "adapter", tmp_path / "images"
+    adapter = tmp_path / "adapter"
+    out = adapter / "geneval"  # the run's outputs inside the adapter's folder: they are not the adapter
     make_adapter(0)
     args = ["generate", "--model", tiny_dir, "--adapter", adapter, "--prompts", prompts, "--layout", "geneval",
             "--max-prompts", 1, "--out", out]
     assert run_main(capsys, args)[0] == 0
+    code, stdout, _ = run_main(capsys, [*args, "--resume"])
+    assert code == 0 and "wrote 0 of 1" in stdout
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     make_adapter(1)
     code, _, err = run_main(capsys, [*args, "--resume"])
-    assert code == 2 and "under other inputs (compared by content) (adapter:" in err
+    assert code == 2 and "under other inputs (compared by content) (adapter_files:" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 

@@ -149,5 +149,7 @@ def test_a_single_string_is_not_read_as_one_prompt_per_character(um: UnifiedMode
         um.judge(image, ["a red circle"])
     with pytest.raises(ValueError, match="images must be a list with one item per example, got a single Image"):
         um.encode_images(image)
+    with pytest.raises(ValueError, match=r"images must be a list .*, got a single ndarray of shape \(64, 64, 3\)"):
+        um.encode_images(np.asarray(image))
     with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1, got 1.5"):
         um.answer([image], ["what shape ?"], max_new_tokens=1.5)

@@ -95,6 +95,9 @@ def test_a_seed_the_arm_lacks_is_left_out_of_the_base_too(study):
         row = results["results"]["und-only"][metric.name]
         assert row["delta"] == 0 and row["test"] == "paired" and row["p"] == 1.0, metric.name
         assert row["seeds"] == 2 and [d["delta"] for d in row["seed_level"]["deltas"]] == [0, 0]
+        compared = row["compared"]  # the levels Δ is the difference of: both on seeds 0 and 1
+        assert compared["seeds"] == [0, 1] and compared["arm"] == compared["baseline"] == row["pooled"]
+        assert compared["n"] == compared["n_baseline"] == row["n"]
     other_seeds = [r for r in study.runs if r.method == BASE] + [
         MethodRun("und-only", r.seed + 10, r.eval_report) for r in study.of("und-only")]
     with warnings.catch_warnings():

@@ -69,7 +69,8 @@ INPUTS_FILE = "inputs.json"
 def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, write: bool = True,
                  fingerprints: dict[str, str | None] | None = None, **data: Path | str | None) -> dict[str, str | None]:
     """Record what a resumable run reads, by content, in OUT/inputs.json: the model's weights (`weights_fingerprint`),
-    the adapter's and each data file's sha256 (a split name as itself), and the command; or refuse (`UserError`) to
+    the adapter's own files (`adapter_fingerprint`), each data file's sha256 (a split name as itself), and the command;
+    or refuse (`UserError`) to
     continue a run made from other inputs, which `--resume` would mix with this one's. Called once the inputs are
     checked, before anything is written; `write=False` only checks (before the model loads, where the inputs can only
     be read in full with it). A directory that already holds files but no record (a run from before records)
@@ -79,17 +80,22 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     from unigap.atomic import PROBE_PREFIX, claim_settings, file_fingerprint
     from unigap.model.checkpoint import weights_fingerprint
     from unigap.model.loading import resolve_checkpoint
+    from unigap.model.lora import adapter_fingerprint
 
     # the command too: until a run finishes and writes its manifest, this names what made OUT (`cli._made_by`)
     inputs = fingerprints
     if inputs is None:
-        inputs = {"command": what, "model_weights": weights_fingerprint(resolve_checkpoint(model))}
-        for name, source in {"adapter": adapter, **data}.items():  # (an absent one as null: compared too)
+        inputs = {"command": what, "model_weights": weights_fingerprint(resolve_checkpoint(model)),
+                  "adapter_files": None if adapter is None else adapter_fingerprint(adapter) if Path(adapter).exists()
+                  else str(adapter)}
+        for name, source in data.items():  # (an absent one as null: compared too)
             exists = source is not None and Path(source).exists()
             inputs[name] = file_fingerprint(source) if exists else None if source is None else str(source)
     recorded = (out / INPUTS_FILE).is_file() or not out.is_dir() or not any(
         not entry.name.startswith(PROBE_PREFIX) for entry in out.iterdir())  # (another process's write test)
-    claim_settings(out / INPUTS_FILE, inputs, what, defaults={"command": what},  # (a record from before it had one)
+    # a record from before it had them (its "adapter" hashed the whole folder, outputs written there too)
+    defaults = {"command": what, "adapter_files": inputs.get("adapter_files")}
+    claim_settings(out / INPUTS_FILE, inputs, what, defaults=defaults,
                    write=write and distributed.is_main() and recorded, kind="inputs (compared by content)")
     return inputs
 

@@ -135,11 +135,11 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     settings = {"layout": "geneval", "model": model, "adapter": None if adapter is None else str(adapter),
                 "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(), "n": n, "seed": seed, "cfg": cfg,
                 "temperature": temperature, "batch_size": batch_size, "max_prompts": max_prompts}
+    claim_inputs(out, "generate", model, adapter)  # the weights by content: an adapter retrained in place differs
+    claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None})
     with manifest("generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
-        claim_inputs(out, "generate", model, adapter)  # the weights by content: an adapter retrained in place differs
-        claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None})
         written = write_geneval_layout(um, rows, out, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
                                        batch_size=batch_size)
     write_manifest(out, record)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
@@ -79,8 +80,10 @@ FINGERPRINT_VALUES = 256  # taken from each end of each parameter by `model_fing
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of a model as it is in memory (base weights, any adapter, their dtype): each parameter's name,
-    shape and dtype and its first and last values. Why: a run resumed from Python, where no checkpoint path says which
-    model made its finished parts, must tell another model (or the same one with another adapter) from its own."""
+    shape and dtype and its first and last `FINGERPRINT_VALUES` values. Why: a run resumed from Python, where no
+    checkpoint path says which model made its finished parts, must tell another model (or the same one with another
+    adapter) from its own. Like `weights_fingerprint` it samples: two trainings differ at the ends of every tensor, a
+    hand edit confined to a tensor's middle would go unnoticed."""
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -89,6 +92,16 @@ def model_fingerprint(model: torch.nn.Module) -> str:
             digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}:".encode())
             digest.update(ends.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def model_identity(um: Any) -> dict[str, str | None]:
+    """What a resumed run records of its model: `model`, its `fingerprint()`, and `model_dtype`, which also tells
+    a refusal's reader why the fingerprints differ when only the dtype does (a GPU's bf16 default against a CPU's
+    fp32). None for a model-like object without them (a user's own `Refinable`): unknown, not refused."""
+    fingerprint = getattr(um, "fingerprint", None)
+    dtype = getattr(um, "dtype", None)
+    return {"model": fingerprint() if callable(fingerprint) else None,
+            "model_dtype": None if dtype is None else str(dtype).removeprefix("torch.")}
 
 
 FINGERPRINT_BYTES = 1 << 20  # read from each end of each weights file

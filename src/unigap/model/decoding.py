@@ -111,6 +111,9 @@ def check_counts(**named: Sequence[object]) -> int:
         if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
             raise ValueError(f"{name} must be a list with one item per example, got a single {type(values).__name__}: "
                              f"{values!r:.60}")
+        if getattr(values, "ndim", None) == 3:  # one H × W × C image (an array or a tensor), not a batch of them
+            raise ValueError(f"{name} must be a list with one item per example, got a single "
+                             f"{type(values).__name__} of shape {tuple(values.shape)}")
     lengths = {name: len(values) for name, values in named.items()}
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{count} {name}" for name, count in lengths.items())

@@ -106,8 +106,8 @@ def save_random_janus_pro(
            {"bos": BOS, "eos": EOS, "pad": PAD, "image": IMAGE, "boi": BOI}.items()}
     config.text_config.bos_token_id, config.text_config.eos_token_id = ids["bos"], ids["eos"]
     config.text_config.pad_token_id, config.image_token_id = ids["pad"], ids["image"]
-    devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.device(device):  # the caller's random stream is left as it was
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []  # manual_seed seeds them all
+    with torch.random.fork_rng(devices=devices), torch.device(device):  # the caller's random streams are left as they were
         torch.manual_seed(seed)
         model = JanusForConditionalGeneration._from_config(config, dtype=dtype)
     model.generation_config = image_generation_config(ids["bos"], ids["eos"], ids["pad"], ids["boi"])

@@ -69,6 +69,16 @@ def check_adapter_files(directory: str | Path, weights: tuple[str, ...] = (ADAPT
         raise UserError(f"{directory} holds no PEFT adapter ({ADAPTER_CONFIG} + {' or '.join(weights)})")
 
 
+def adapter_fingerprint(directory: str | Path) -> str:
+    """sha256 of a saved adapter's own files (config and weights), not of whatever else its folder holds: a run may
+    write its outputs there (`generate --adapter runs/a --out runs/a/geneval`), which must not change the adapter."""
+    from unigap.atomic import file_fingerprint
+
+    directory = Path(directory)
+    files = [directory / name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, LEGACY_WEIGHTS) if (directory / name).is_file()]
+    return file_fingerprint(directory) if not files else "".join(file_fingerprint(f) for f in files)
+
+
 def load_lora(model: JanusForConditionalGeneration, directory: str | Path, trainable: bool) -> PeftModel:
     """Wrap `model` with an adapter saved by `PeftModel.save_pretrained` (standard PEFT format); `UserError` for a
     directory without one, or with an unreadable one."""

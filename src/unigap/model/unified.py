@@ -311,7 +311,9 @@ class UnifiedModel:
         return self.peft
 
     def load_adapter(self, directory: str | os.PathLike, trainable: bool = False) -> PeftModel:
-        """Attach an adapter saved with `save_adapter` (standard PEFT format)."""
+        """Attach an adapter saved with `save_adapter` (standard PEFT format); `trainable` makes its LoRA weights
+        trainable. Either way the model stays in the mode it was in (eval after loading): a training loop calls
+        `um.model.train()` itself, as after `add_lora`."""
         if self.peft is not None:
             raise ValueError("this model already has a LoRA adapter")
         was_training = self.model.training

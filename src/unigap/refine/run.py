@@ -23,6 +23,7 @@ from unigap.atomic import cached_json, claim_settings, write_atomically, write_t
 from unigap.errors import UserError
 from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, prompt_specs
 from unigap.evaluate.judges import Judge, check_judge_name, get_judge
+from unigap.model.checkpoint import model_identity
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS, EditGuidance
 from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
 from unigap.refine.metrics import best_of_n, gain, judged_part, round_metrics, stop_metrics
@@ -144,11 +145,11 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     instructible = any(isinstance(spec, PromptSpec) for spec in specs)  # the oracle stops free text at once
     judge = get_judge(config.judge, independent=True)
     extra = None if judge.name == "verifier" else judge  # the verifier's accuracy is always reported
-    settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs), "model": um.fingerprint()}
+    settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs), **model_identity(um)}
     writer = distributed.is_main()  # under `accelerate launch` every process holds the results; the main one writes
     required = EDIT_SETTINGS if mode == "edit" else ()  # (one that regenerated never edited)
     defaults = {f.name: f.default for f in fields(RefineConfig) if f.name not in required}
-    defaults["model"] = settings["model"]  # a run from before it was recorded: its model is unknown, not refused
+    defaults |= model_identity(um)  # a run from before they were recorded: its model is unknown, not refused
     claim_settings(out / "settings.json", settings, "refine", defaults, write=writer)
     progress = progress and writer
 

@@ -196,13 +196,14 @@ def comparison_table(results: dict[str, Any]) -> Table:
                          no_wrap=header in ("metric", "n", "p"))
     for method in results["methods"][1:]:
         for metric in results["metrics"]:
-            m, base = results["results"][method][metric["name"]], results["results"][baseline][metric["name"]]
+            m = results["results"][method][metric["name"]]
             if not m["n"]:
                 continue
             test = f"{fmt(m['delta'], signed=True)} {_interval(m['delta_ci95'])}"
-            n = str(m["n"]) if m["n"] == base["n"] else f"{base['n']} → {m['n']}"  # (both, where they differ)
+            c = m["compared"]  # the seeds both have: what Δ compares
+            n = str(c["n"]) if c["n"] == c["n_baseline"] else f"{c['n_baseline']} → {c['n']}"  # (both, where they differ)
             table.add_row(
-                method, metric["label"].rsplit(" ", 1)[0], n, f"{fmt(base['pooled'])} → {fmt(m['pooled'])}",
+                method, metric["label"].rsplit(" ", 1)[0], n, f"{fmt(c['baseline'])} → {fmt(c['arm'])}",
                 f"[bold green]{test}*[/bold green]" if m["significant"] else test, fmt_p(m["p"]), m["test"],
                 fmt_p(m["welch"]["p"]),
             )

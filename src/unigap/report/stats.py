@@ -10,8 +10,9 @@ methods × metrics"):
   the items' own difficulty from the error (`decide`). Otherwise (an arm evaluated on other items, reports without
   records, or the same non-zero change on every item, where the t-test is undefined) it is Welch's two-sided t-test
   on the pooled per-item outcomes, computed exactly from each seed's mean, n and standard error when there are no
-  records. `delta` is the pooled mean minus the base's, `delta_ci95` the deciding test's interval of that difference
-  (the error bars of the trade-off figure).
+  records. `delta` is the pooled mean minus the base's over the seeds both have (`compared`: those seeds, both
+  levels and n; the level columns cover all of a method's seeds), `delta_ci95` the deciding test's interval of that
+  difference (the error bars of the trade-off figure).
 - **Seeds**: both sides are compared on the seeds they share (`shared_seeds`; a warning when one lacks some). The
   item-level tests count every seed's items as items, so they cover item sampling, not the variation between
   training runs (in the study a seed also seeds the arm's training). `seed_level` is the paired t-test over the
@@ -176,7 +177,9 @@ def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], me
     seeds = seed_level(*({run.seed: s.mean for run, s in zip(runs, samples, strict=True)}
                          for runs, samples in ((arm_runs, arm_samples), (baseline_runs, baseline_samples))))
     delta = None if arm.mean is None or baseline.mean is None else arm.mean - baseline.mean
-    return {"delta": delta, **{key: test[key] for key in TEST_KEYS}, "seed_level": seeds}, paper
+    compared = {"seeds": sorted({run.seed for run in arm_runs}), "arm": arm.mean, "baseline": baseline.mean,
+                "n": arm.n, "n_baseline": baseline.n}  # the levels Δ is the difference of (`shared_seeds`)
+    return {"delta": delta, **{key: test[key] for key in TEST_KEYS}, "seed_level": seeds, "compared": compared}, paper
 
 
 def seed_interval(means: Sequence[float]) -> list[float] | None:

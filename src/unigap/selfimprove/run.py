@@ -39,6 +39,7 @@ from unigap.evaluate.generation import generate_and_judge
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.report import HEADLINES, load_images, save_images
 from unigap.evaluate.stats import paired_difference, summarize, with_ci
+from unigap.model.checkpoint import model_identity
 from unigap.metrics_log import MetricLogger
 from unigap.progress import progress as progress_bar
 from unigap.selfimprove.config import TRAINABLE, SelfImproveConfig
@@ -83,7 +84,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     main = distributed.is_main()
     progress = progress and main
     specs = training_prompts(config)
-    _check_settings(out, config, len(specs), um.fingerprint())
+    _check_settings(out, config, len(specs), model_identity(um))
 
     before = cached_json(out / "before.json", lambda: _evaluate(um, config, out, "before", progress),
                          write=main) if config.eval_n else None
@@ -153,12 +154,12 @@ def training_prompts(config: SelfImproveConfig) -> list[Any]:
 # -- stages --------------------------------------------------------------------------------------
 
 
-def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int, model: str) -> None:
+def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int, model: dict[str, str | None]) -> None:
     """Refuse to continue a run made under other settings or by another model (`UnifiedModel.fingerprint`; a run
     from before it was recorded is not refused); the guard and gradient checkpointing are free (they change no
     number), so a stopped run can be continued with `--no-guard --resume`."""
-    settings = {**config.to_dict(), "n_prompts_used": n_prompts, "model": model}
-    claim_settings(out / "settings.json", settings, "selfimprove", defaults={"bf16": False, "model": model},
+    settings = {**config.to_dict(), "n_prompts_used": n_prompts, **model}
+    claim_settings(out / "settings.json", settings, "selfimprove", defaults={"bf16": False, **model},
                    free=("guard", "gradient_checkpointing"), write=distributed.is_main())
 
 
