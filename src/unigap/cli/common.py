@@ -70,12 +70,11 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
                  fingerprints: dict[str, str | None] | None = None, **data: Path | str | None) -> dict[str, str | None]:
     """Record what a resumable run reads, by content, in OUT/inputs.json: the model's weights (`weights_fingerprint`),
     the adapter's own files (`adapter_fingerprint`), each data file's sha256 (a split name as itself), and the command;
-    or refuse (`UserError`) to
-    continue a run made from other inputs, which `--resume` would mix with this one's. Called once the inputs are
-    checked, before anything is written; `write=False` only checks (before the model loads, where the inputs can only
-    be read in full with it). A directory that already holds files but no record (a run from before records)
-    is left as it is: its inputs are unknown, and a record written now would vouch for them. Returns the record;
-    `fingerprints`, a check's record, is written without reading the inputs again."""
+    or refuse (`UserError`) to continue a run made from other inputs, which `--resume` would mix with this one's.
+    Called once the inputs are checked, before anything is written; `write=False` only checks (before the model loads,
+    where the inputs can only be read in full with it). A directory that already holds files but no record (a run from
+    before records) is left as it is: its inputs are unknown, and a record written now would vouch for them. Returns
+    the record; `fingerprints`, a check's record, is written without reading the inputs again."""
     from unigap import distributed
     from unigap.atomic import PROBE_PREFIX, claim_settings, file_fingerprint
     from unigap.model.checkpoint import weights_fingerprint

@@ -145,11 +145,12 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     instructible = any(isinstance(spec, PromptSpec) for spec in specs)  # the oracle stops free text at once
     judge = get_judge(config.judge, independent=True)
     extra = None if judge.name == "verifier" else judge  # the verifier's accuracy is always reported
-    settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs), **model_identity(um)}
+    identity = model_identity(um)
+    settings = {**asdict(config), "refiner_used": mode, "n_prompts": len(specs), **identity}
     writer = distributed.is_main()  # under `accelerate launch` every process holds the results; the main one writes
     required = EDIT_SETTINGS if mode == "edit" else ()  # (one that regenerated never edited)
     defaults = {f.name: f.default for f in fields(RefineConfig) if f.name not in required}
-    defaults |= model_identity(um)  # a run from before they were recorded: its model is unknown, not refused
+    defaults |= identity  # a run from before they were recorded: its model is unknown, not refused
     claim_settings(out / "settings.json", settings, "refine", defaults, write=writer)
     progress = progress and writer
 
