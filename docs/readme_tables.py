@@ -369,8 +369,8 @@ def full_study(arms: tuple[str, ...] | None = None) -> str:
             for name, m in result["results"][method].items()
             if name in METRIC_WORDS and m["significant"] and m["seed_level"]["p"] is not None
             and m["seed_level"]["p"] >= 0.05]  # (None: the same Δ on every seed, no test needed)
-    over_seeds = (f" Over the {seeds} seeds' Δ instead (the paired test on seed means, {seeds - 1} df, which also counts "
-                  f"the variation between training runs), these bold cells reach no p < 0.05: {', '.join(weak)}."
+    over_seeds = (f" Over the {seeds} seeds' Δ instead (the paired test on seed means, {seeds - 1} df, which also "
+                  f"counts the variation between training runs), these bold cells reach no p < 0.05: {', '.join(weak)}."
                   if weak else "")
     return "\n".join(lines) + (f"\n\n{seeds} seeds × {n} held-out items; the paired test against the base on the "
                                f"same items, bold: significant after Bonferroni over all "
@@ -387,7 +387,8 @@ def claims() -> str:
     for c in result["claims"]:
         published = "; ".join(f"{what}: {value}" for what, value in c["published"])
         seeds = f"; seeds {_p(c['seed_level']['p'])}" if c.get("seed_level") else ""
-        ours = "—" if c.get("delta") is None else f"{c['arm']} − {c['against']}: {c['delta']:+.3f} ({_p(c['p'])}{seeds})"
+        ours = ("—" if c.get("delta") is None
+                else f"{c['arm']} − {c['against']}: {c['delta']:+.3f} ({_p(c['p'])}{seeds})")
         lines.append(f"| {c['paper']} | {c['claim']} | {published} | {ours} | **{c['verdict']}** |")
     return "\n".join(lines)
 

@@ -84,12 +84,12 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     # the command too: until a run finishes and writes its manifest, this names what made OUT (`cli._made_by`)
     inputs = fingerprints
     if inputs is None:
-        inputs = {"command": what, "model_weights": weights_fingerprint(resolve_checkpoint(model)),
-                  "adapter_files": None if adapter is None else adapter_fingerprint(adapter) if Path(adapter).exists()
-                  else str(adapter)}
-        for name, source in data.items():  # (an absent one as null: compared too)
+        inputs = {"command": what, "model_weights": weights_fingerprint(resolve_checkpoint(model))}
+        sources = {"adapter_files": (adapter, adapter_fingerprint)} | {name: (source, file_fingerprint)
+                                                                       for name, source in data.items()}
+        for name, (source, fingerprint) in sources.items():  # (an absent one as null: compared too)
             exists = source is not None and Path(source).exists()
-            inputs[name] = file_fingerprint(source) if exists else None if source is None else str(source)
+            inputs[name] = fingerprint(source) if exists else None if source is None else str(source)
     recorded = (out / INPUTS_FILE).is_file() or not out.is_dir() or not any(
         not entry.name.startswith(PROBE_PREFIX) for entry in out.iterdir())  # (another process's write test)
     # a record from before it had them (its "adapter" hashed the whole folder, outputs written there too)

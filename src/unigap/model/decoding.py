@@ -99,6 +99,12 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.LongTensor, temperature: 
     return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def check_positive_int(name: str, value: int) -> None:
+    """A count of samples or tokens: an integer >= 1 (not a bool, not 1.5, which would fail deep inside torch)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def check_temperature(temperature: float) -> None:
     if not 0 <= temperature < math.inf:
         raise ValueError(f"temperature must be >= 0 (0 = greedy) and finite, got {temperature}")

@@ -18,7 +18,6 @@ those who need the sampling distribution itself (GRPO's ratio, as TRL computes i
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -27,6 +26,7 @@ from transformers import JanusForConditionalGeneration
 
 from unigap.model.decoding import (
     check_counts,
+    check_positive_int,
     check_temperature,
     choose,
     left_pad,
@@ -117,8 +117,7 @@ def sample_image_tokens(
     Rows are prompt-major (all samples of prompt 0, then prompt 1, ...), like `num_return_sequences`.
     """
     check_counts(prompts=prompts)
-    if not isinstance(n_per_prompt, numbers.Integral) or n_per_prompt < 1:
-        raise ValueError(f"n_per_prompt must be an integer >= 1, got {n_per_prompt!r}")
+    check_positive_int("n_per_prompt", n_per_prompt)
     expanded = [prompt for prompt in prompts for _ in range(n_per_prompt)]
     if not expanded:
         return sample_from_prefix(model, fmt, None, None, 0, cfg_scale, temperature, seed)

@@ -107,7 +107,7 @@ def save_random_janus_pro(
     config.text_config.bos_token_id, config.text_config.eos_token_id = ids["bos"], ids["eos"]
     config.text_config.pad_token_id, config.image_token_id = ids["pad"], ids["image"]
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []  # manual_seed seeds them all
-    with torch.random.fork_rng(devices=devices), torch.device(device):  # the caller's random streams are left as they were
+    with torch.random.fork_rng(devices=devices), torch.device(device):  # the caller's random streams stay as they were
         torch.manual_seed(seed)
         model = JanusForConditionalGeneration._from_config(config, dtype=dtype)
     model.generation_config = image_generation_config(ids["bos"], ids["eos"], ids["pad"], ids["boi"])

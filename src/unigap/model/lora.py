@@ -74,9 +74,9 @@ def adapter_fingerprint(directory: str | Path) -> str:
     write its outputs there (`generate --adapter runs/a --out runs/a/geneval`), which must not change the adapter."""
     from unigap.atomic import file_fingerprint
 
-    directory = Path(directory)
-    files = [directory / name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, LEGACY_WEIGHTS) if (directory / name).is_file()]
-    return file_fingerprint(directory) if not files else "".join(file_fingerprint(f) for f in files)
+    files = [Path(directory) / name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, LEGACY_WEIGHTS)]
+    present = [file for file in files if file.is_file()]
+    return "".join(file_fingerprint(file) for file in present) if present else file_fingerprint(directory)
 
 
 def load_lora(model: JanusForConditionalGeneration, directory: str | Path, trainable: bool) -> PeftModel:

@@ -7,7 +7,6 @@ answers end at the last column: the scorer only runs the LM head on the last T c
 
 from __future__ import annotations
 
-import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from transformers import DynamicCache, JanusForConditionalGeneration
 
 from unigap.model.decoding import (
     check_counts,
+    check_positive_int,
     check_temperature,
     choose,
     extend,
@@ -220,8 +220,7 @@ def generate_answers(
     ended in EOS: False where `max_new_tokens` cut it off)."""
     batch_size = check_counts(images=images, questions=questions)
     check_temperature(temperature)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_positive_int("max_new_tokens", max_new_tokens)
     if batch_size == 0:
         return [], []
     generator = make_generator(seed, model.device)

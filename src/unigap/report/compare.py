@@ -7,9 +7,9 @@ per question kind (what "helps spatial understanding" is checked on).
 
 Test: both arms are evaluated on the same items with the same sampling seeds, so where the two sides' per-item
 records line up (same seed, item index and question or prompt), the test is **paired**: a t-test on the per-item
-differences pooled over seeds, with its 95% CI, on the seeds both arms have. Otherwise Welch on the pooled items; Welch's test is kept beside it
-(`welch`) as for every arm against the base (`stats.decide`). Bonferroni over the comparison's own tests (its
-metrics × kinds). Undefined values are null.
+differences pooled over seeds, with its 95% CI, on the seeds both arms have. Otherwise Welch on the pooled items;
+Welch's test is kept beside it (`welch`) as for every arm against the base (`stats.decide`). Bonferroni over the
+comparison's own tests (its metrics × kinds). Undefined values are null.
 """
 
 from __future__ import annotations
@@ -35,12 +35,11 @@ def compare(study: Study, arm: str, baseline: str, options: StatsOptions) -> dic
     rows = {}
     arm_runs, baseline_runs = shared_seeds(study.of(arm), study.of(baseline))
     for metric in metrics:
-        a, b = (pool([sample(run, metric) for run in runs]) for runs in (arm_runs, baseline_runs))
         test, paper = decide(arm_runs, baseline_runs, metric)
-        p = test["p"]
+        p, compared = test["p"], test["compared"]  # both arms' levels and n on the seeds they share
         rows[metric.name] = {
-            "label": metric.label, "higher_is_better": metric.higher_is_better, "arm": a.mean, "baseline": b.mean,
-            "n": a.n, "n_baseline": b.n, **test,
+            "label": metric.label, "higher_is_better": metric.higher_is_better, "arm": compared["arm"],
+            "baseline": compared["baseline"], "n": compared["n"], "n_baseline": compared["n_baseline"], **test,
             "p_bonferroni": None if p is None else min(1.0, p * len(metrics)),
             "significant": p is not None and p < alpha_corrected, "welch": paper,
         }  # fmt: skip

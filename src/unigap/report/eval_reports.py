@@ -201,7 +201,7 @@ def comparison_table(results: dict[str, Any]) -> Table:
                 continue
             test = f"{fmt(m['delta'], signed=True)} {_interval(m['delta_ci95'])}"
             c = m["compared"]  # the seeds both have: what Δ compares
-            n = str(c["n"]) if c["n"] == c["n_baseline"] else f"{c['n_baseline']} → {c['n']}"  # (both, where they differ)
+            n = str(c["n"]) if c["n"] == c["n_baseline"] else f"{c['n_baseline']} → {c['n']}"  # (both where they differ)
             table.add_row(
                 method, metric["label"].rsplit(" ", 1)[0], n, f"{fmt(c['baseline'])} → {fmt(c['arm'])}",
                 f"[bold green]{test}*[/bold green]" if m["significant"] else test, fmt_p(m["p"]), m["test"],

@@ -57,9 +57,9 @@ SMALL_RUN = 100  # items per seed below which the report says the run is too sma
 def headline_table(results: dict[str, Any], methods: Sequence[str] | None = None,
                    significance: str = "significant") -> Safe:
     """Per method and metric: Δ vs base with its CI, and p (the paired test, or Welch's: `unigap.report.stats`)
-    with the seed-level test's p under it; bold where `significance` says so (Bonferroni over every arm, or over the method's family with
-    "significant_in_family"); all methods unless `methods`. Then the
-    DPO arms' KL to the reference (und / gen, nats per sequence) and each arm's wall time over its seeds."""
+    with the seed-level test's p under it; bold where `significance` says so (Bonferroni over every arm, or over the
+    method's family with "significant_in_family"); all methods unless `methods`. Then the DPO arms' KL to the
+    reference (und / gen, nats per sequence) and each arm's wall time over its seeds."""
     headers = ["method"]
     for metric in METRICS:
         headers += [f"Δ {metric.label}", "p"]

@@ -79,7 +79,8 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     to TensorBoard / W&B (`unigap.metrics_log`)."""
     if um.peft is not None:  # before any image is sampled: add_lora would refuse only after the first round
         raise UserError("self-improvement adds and trains its own LoRA adapter, and this model already has one: "
-                        "merge it into a checkpoint first (`unigap merge --model DIR --adapter ADAPTER`) or pass the model without it")
+                        "merge it into a checkpoint first (`unigap merge --model DIR --adapter ADAPTER`) or pass the "
+                        "model without it")
     out = Path(out)
     main = distributed.is_main()
     progress = progress and main
