@@ -17,6 +17,7 @@ from unigap.evaluate import (
     understanding_metrics,
     vq_fidelity,
 )
+from unigap.evaluate.generation import stream_seed
 from unigap.world import CATEGORIES, QUESTION_KINDS
 
 N = 60
@@ -80,6 +81,16 @@ def test_generation_side_metrics_have_their_exact_values(specs, stub_factory):
     assert [p for call in stub.generate_calls for p in call["prompts"]] == [s.text for s in specs]
     assert [call["seed"] for call in stub.generate_calls] == [batch_seed(9, b) for b in range(len(stub.generate_calls))]
     assert len(stub.judged) == len(images) == N and all(a is b for a, b in zip(stub.judged, images, strict=True))
+
+
+def test_stream_seeds_keep_the_recorded_packing_and_never_repeat() -> None:
+    """Round r's batch 100 used to get round r+1's batch 0 seed (stream·1000 + r·100 + batch); best-of-N's batch
+    1000 the next stream's first. The packed keys are kept where they were injective, so recorded runs reproduce."""
+    assert stream_seed(3, 9, 7, 2) == batch_seed(3, 9207) and stream_seed(3, 8, 999) == batch_seed(3, 8999)
+    rounds = [stream_seed(3, 9, index, round_) for round_ in range(12) for index in range(150)]
+    best_of_n = [stream_seed(3, 8, index) for index in range(1200)]
+    pools = [stream_seed(3, 5, index, round_) for round_ in range(3) for index in range(300)]
+    assert len(set(rounds + best_of_n + pools)) == len(rounds) + len(best_of_n) + len(pools)
 
 
 def test_no_self_rejections_gives_a_null_weak_generation_rate(specs, stub_factory):

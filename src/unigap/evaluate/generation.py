@@ -48,6 +48,22 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return int(np.random.SeedSequence([seed, GENERATION_STREAM, batch_index]).generate_state(1)[0])
 
 
+def stream_seed(seed: int, stream: int, index: int, round_: int | None = None) -> int:
+    """The sampling seed of batch `index` (of round `round_`) in `stream` of a run: self-improvement's pool, refine's
+    rounds, best-of-N. Keys that fit the packing `stream·1000 + round·100 + index` (index < 100 and round < 10; index
+    < 1000 without rounds) keep the seeds that recorded results were sampled with; a larger key, which the packing
+    would land on another round's or stream's, is hashed apart (each entry ≥ 1: SeedSequence ignores trailing 0s)."""
+    if round_ is None:
+        if index < 1000:
+            return batch_seed(seed, stream * 1000 + index)
+        keys = [stream, index + 1]
+    else:
+        if index < 100 and round_ < 10:
+            return batch_seed(seed, stream * 1000 + round_ * 100 + index)
+        keys = [stream, round_ + 1, index + 1]
+    return int(np.random.SeedSequence([seed, GENERATION_STREAM, *keys]).generate_state(1)[0])
+
+
 def generate_and_judge(
     um: ImageModel,
     specs: Sequence[PromptSpec],

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from unigap.evaluate.data import FreePrompt
-from unigap.evaluate.generation import batch_seed
+from unigap.evaluate.generation import stream_seed
 from unigap.evaluate.judges import JUDGES
 from unigap.evaluate.progress import map_items
 from unigap.model.editing import EditGuidance
@@ -34,7 +34,7 @@ from unigap.world import Geometry, PromptSpec, parse_reflection, reflection_answ
 
 REFLECTORS: tuple[str, ...] = ("self", "oracle")
 REFINERS: tuple[str, ...] = ("auto", "edit", "regenerate")
-ROUND_STREAM = 9  # sampling seeds of round r come from batch_seed(seed, ROUND_STREAM * 1000 + r * 100 + batch)
+ROUND_STREAM = 9  # sampling seeds of round r come from stream_seed(seed, ROUND_STREAM, batch, r)
 
 
 class Refinable(Protocol):
@@ -148,7 +148,7 @@ def _generate(um: Refinable, trajectories: Sequence[Trajectory], seed: int, roun
               temperature: float, batch_size: int, progress: bool, name: str) -> None:
     def batch(index: int, chunk: list[Trajectory]) -> list[Image.Image]:
         return um.decode_tokens(um.generate_images([t.spec.text for t in chunk], 1, cfg_scale, temperature,
-                                                   batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index)))
+                                                   stream_seed(seed, ROUND_STREAM, index, round_)))
 
     _record(trajectories, map_items(trajectories, batch_size, batch, name, progress))
 
@@ -166,7 +166,7 @@ def _refine(um: Refinable, refining: Sequence[tuple[Trajectory, str]], mode: str
             cfg_scale: float | None, temperature: float, batch_size: int, progress: bool,
             edit_guidance: EditGuidance, name: str) -> None:
     def batch(index: int, chunk: list[tuple[Trajectory, str]]) -> list[Image.Image]:
-        sample_seed = batch_seed(seed, ROUND_STREAM * 1000 + round_ * 100 + index)
+        sample_seed = stream_seed(seed, ROUND_STREAM, index, round_)
         if mode == "edit":
             tokens = um.edit([t.images[-1] for t, _ in chunk], [note for _, note in chunk], edit_guidance.text,
                              temperature, sample_seed, edit_guidance.image)

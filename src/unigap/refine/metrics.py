@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from unigap.evaluate.data import FreePrompt
-from unigap.evaluate.generation import batch_seed, self_p_yes
+from unigap.evaluate.generation import self_p_yes, stream_seed
 from unigap.evaluate.judges import JUDGES, Judge
 from unigap.evaluate.progress import map_items
 from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped, with_ci
@@ -105,7 +105,7 @@ def best_of_n_images(
     highest (P(yes)); one image per prompt."""
     def batch(index: int, chunk: list[PromptSpec | FreePrompt]) -> list[Image.Image]:
         tokens = um.generate_images([s.text for s in chunk], n, cfg_scale, temperature,
-                                    batch_seed(seed, BEST_OF_N_STREAM * 1000 + index))
+                                    stream_seed(seed, BEST_OF_N_STREAM, index))
         images = um.decode_tokens(tokens)
         p_yes = torch.tensor(self_p_yes(um, images, [s.text for s in chunk for _ in range(n)])).view(len(chunk), n)
         return [images[row * n + int(p_yes[row].argmax())] for row in range(len(chunk))]

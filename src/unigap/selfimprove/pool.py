@@ -27,14 +27,14 @@ from safetensors.torch import load_file, save_file
 from unigap import distributed
 from unigap.atomic import write_atomically, write_text_atomically
 from unigap.evaluate.data import FreePrompt
-from unigap.evaluate.generation import ACCEPT_THRESHOLD, batch_seed
+from unigap.evaluate.generation import ACCEPT_THRESHOLD, stream_seed
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.progress import map_batches
 from unigap.evaluate.stats import summarize
 from unigap.selfimprove.config import SelfImproveConfig
 from unigap.world import PromptSpec
 
-POOL_STREAM = 5  # sampling seeds of round r come from stream POOL_STREAM * 1000 + r of the run's seed
+POOL_STREAM = 5  # sampling seeds of round r come from stream_seed(seed, POOL_STREAM, batch, r)
 AUDIT_STREAM = 6
 
 
@@ -72,7 +72,7 @@ def label_round(
     def batch(index: int, chunk: list[int]) -> tuple[list[Sample], list[Any]]:
         chunk_specs = [specs[i] for i in chunk for _ in range(n)]
         tokens = um.generate_images([specs[i].text for i in chunk], n, config.cfg_scale, config.temperature,
-                                    batch_seed(config.seed, POOL_STREAM * 1000 + round_ * 100 + index))
+                                    stream_seed(config.seed, POOL_STREAM, index, round_))
         images = um.decode_tokens(tokens)
         p_yes = get_judge("self-pyes").fn(um, images, chunk_specs)
         labels = _labels(config, um, images, chunk_specs, p_yes)
