@@ -24,6 +24,7 @@ from PIL import Image
 
 from unigap.evaluate.progress import map_batches
 from unigap.evaluate.stats import summarize, summarize_grouped
+from unigap.model.generation import CFG_SCALE
 from unigap.world import CATEGORIES, PromptSpec, verify
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def generate_and_judge(
     specs: Sequence[PromptSpec],
     seed: int,
     batch_size: int = 32,
-    cfg_scale: float | None = 5.0,
+    cfg_scale: float | None = CFG_SCALE,
     temperature: float = 1.0,
     progress: bool = True,
 ) -> tuple[list[Image.Image], list[dict[str, Any]]]:

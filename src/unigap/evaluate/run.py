@@ -21,6 +21,7 @@ from unigap.evaluate.understanding import (
 )
 from unigap.data.understanding import UserItem, kinds_of
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE
+from unigap.model.generation import CFG_SCALE
 from unigap.world import QUESTION_KINDS, PromptSpec
 
 
@@ -31,7 +32,7 @@ def evaluate(
     *,
     data_seed: int = 0,
     batch_size: int = 32,
-    cfg_scale: float | None = 5.0,
+    cfg_scale: float | None = CFG_SCALE,
     temperature: float = 1.0,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     critique: bool = True,

@@ -37,6 +37,8 @@ from unigap.model.decoding import (
 from unigap.model.prompts import PromptFormat
 from unigap.model.sampler import GraphedStep, StaticCache, cuda_graphs_enabled, image_step
 
+CFG_SCALE = 5.0  # text-to-image guidance everywhere by default: images are sampled, and scored, under this mix
+
 
 def check_guidance_scale(name: str, scale: float | None) -> None:
     """A guidance scale is None (no guidance) or a finite number >= 0 (an infinite one makes every probability NaN)."""

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from unigap.model.checkpoint import save_checkpoint
+from unigap.model.generation import CFG_SCALE
 from unigap.model.prompts import TINY_TEMPLATE
 from unigap.model.tokenizer import BOI, BOS, EOS, IMAGE, PAD, build_word_tokenizer, special_token_id
 
@@ -114,7 +115,7 @@ def tiny_janus_config(
 def image_generation_config(bos: int, eos: int, pad: int, boi: int) -> GenerationConfig:
     """What transformers' image `generate` reads: bos/pad (unconditional prompt), boi (kept in it), eos."""
     return GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, boi_token_id=boi,
-                            generation_kwargs={"boi_token_id": boi}, guidance_scale=5.0)
+                            generation_kwargs={"boi_token_id": boi}, guidance_scale=CFG_SCALE)
 
 
 def tiny_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:

@@ -191,7 +191,7 @@ class UnifiedModel:
         self,
         prompts: Sequence[str],
         n_per_prompt: int = 1,
-        cfg_scale: float | None = 5.0,
+        cfg_scale: float | None = generation.CFG_SCALE,
         temperature: float = 1.0,
         seed: int | None = None,
         return_logprobs: bool = False,

@@ -41,6 +41,7 @@ from unigap.errors import UserError
 from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, training_prompt_specs
 from unigap.evaluate.judges import VERIFIER, Judge, check_judge_name, get_judge
 from unigap.evaluate.vqa import vqa_score
+from unigap.model.generation import CFG_SCALE
 from unigap.model.images import vq_image_size
 from unigap.model.unified import UnifiedModel
 from unigap.prefs.kinds import KINDS, MARGIN
@@ -73,7 +74,7 @@ class BuildOptions:
     temperature: float = 1.0
     margin: float = MARGIN
     fallback_gt: bool = False
-    cfg_scale: float | None = 5.0
+    cfg_scale: float | None = CFG_SCALE
     max_candidates: int | None = None
     batch_size: int = 8
     # und: "any" (every question kind, one-word form), or the same questions of the kinds that have a sentence form,

@@ -19,6 +19,7 @@ from typing import Any
 from unigap.errors import UserError
 from unigap.evaluate.judges import check_judge_name
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuidance
+from unigap.model.generation import CFG_SCALE
 from unigap.refine.grpo_loss import LOSS_TYPES
 from unigap.train.config import check_field_types, load_config
 
@@ -48,7 +49,7 @@ class GRPOConfig:
     num_generations: int = 16  # G: samples per group (TRL's name); R3: 16
     prompts_per_step: int = 4  # groups per step (TRL counts completions instead: per_device_train_batch_size = P·G)
     temperature: float = 1.0
-    cfg_scale: float = 5.0  # images are sampled, and scored, under this guidance
+    cfg_scale: float = CFG_SCALE  # images are sampled, and scored, under this guidance
     edit_cfg_scale: float = EDIT_CFG_SCALE  # and edits under this one (`unigap.model.editing.EditGuidance`)
     edit_image_cfg_scale: float = EDIT_IMAGE_CFG_SCALE
     beta: float = 0.001  # KL weight, k3 estimator against the frozen reference (TRL default 0.0; R3 0.001)

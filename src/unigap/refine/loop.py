@@ -30,6 +30,7 @@ from unigap.evaluate.generation import stream_seed
 from unigap.evaluate.judges import JUDGES
 from unigap.evaluate.progress import map_items
 from unigap.model.editing import EditGuidance
+from unigap.model.generation import CFG_SCALE
 from unigap.world import Geometry, PromptSpec, parse_reflection, reflection_answer, verify
 
 REFLECTORS: tuple[str, ...] = ("self", "oracle")
@@ -112,7 +113,7 @@ def run_loop(
     reflector: str,
     refiner: str,
     seed: int,
-    cfg_scale: float | None = 5.0,
+    cfg_scale: float | None = CFG_SCALE,
     temperature: float = 1.0,
     batch_size: int = 32,
     progress: bool = True,

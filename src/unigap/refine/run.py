@@ -25,6 +25,7 @@ from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, prompt_specs
 from unigap.evaluate.judges import Judge, check_judge_name, get_judge
 from unigap.model.checkpoint import model_identity
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS, EditGuidance
+from unigap.model.generation import CFG_SCALE
 from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
 from unigap.refine.metrics import best_of_n, gain, judged_part, round_metrics, stop_metrics
 from unigap.train.config import check_field_types
@@ -46,7 +47,7 @@ class RefineConfig:
     # text only with a judge that reads text)
     seed: int = 0
     data_seed: int = 0
-    cfg_scale: float = 5.0  # generation's (and regeneration's) guidance
+    cfg_scale: float = CFG_SCALE  # generation's (and regeneration's) guidance
     temperature: float = 1.0
     batch_size: int = 32
     judge: str = "verifier"  # the independent judge of the reported accuracy (the loop always reads the verifier)

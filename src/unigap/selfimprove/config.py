@@ -13,6 +13,7 @@ from typing import Any
 from unigap.errors import UserError
 from unigap.evaluate.data import HELD_OUT_SPLITS
 from unigap.evaluate.judges import check_judge_name
+from unigap.model.generation import CFG_SCALE
 from unigap.train.config import check_field_types, load_config
 
 METHODS = ("sft", "dpo", "curriculum-sft", "curriculum-dpo")
@@ -48,7 +49,7 @@ class SelfImproveConfig:
     # the CFG scale the losses are computed under (the sampling policy's); 0 = the conditional logits alone. Images
     # are sampled with CFG, and a conditional-only loss moves logits that guidance then multiplies by cfg_scale:
     # on the shipped model that halved generation accuracy even with the verifier's labels (docs/experiments.md)
-    loss_cfg_scale: float = 5.0
+    loss_cfg_scale: float = CFG_SCALE
     lora_rank: int = 32
     lora_alpha: float = 64.0
     lora_dropout: float = 0.05
@@ -61,7 +62,7 @@ class SelfImproveConfig:
     epoch_eval_n: int = 100  # validation prompts measured after each epoch (the per-epoch figure)
     seed: int = 0
     data_seed: int = 0
-    cfg_scale: float = 5.0
+    cfg_scale: float = CFG_SCALE
     temperature: float = 1.0
     sample_batch: int = 64  # images per sampling call
     bf16: bool = False  # bf16 autocast of training (TRL's bf16=True): float32 weights and optimiser

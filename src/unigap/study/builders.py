@@ -72,6 +72,7 @@ def refine(runner: Any, name: str, seed: int) -> None:
     from unigap.evaluate.critique import self_judge_metrics
     from unigap.evaluate.data import held_out_pairs
     from unigap.evaluate.generation import generation_metrics, judge_images
+    from unigap.model.generation import CFG_SCALE
     from unigap.refine.loop import run_loop
     from unigap.refine.metrics import best_of_n_images, round_metrics
 
@@ -88,10 +89,10 @@ def refine(runner: Any, name: str, seed: int) -> None:
     report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False, progress=False)
     specs = [spec for spec, _ in held_out_pairs(c.n, seed, c.data_seed)]
     if name == "best-of-n":
-        images = best_of_n_images(um, specs, 1 + c.refine_rounds, seed, 5.0, 1.0, c.batch_size, False)
+        images = best_of_n_images(um, specs, 1 + c.refine_rounds, seed, CFG_SCALE, 1.0, c.batch_size, False)
     else:
         reflector = "oracle" if name == "refine-oracle" else "self"
-        trajectories = run_loop(um, specs, c.refine_rounds, reflector, "auto", seed, 5.0, 1.0, c.batch_size, False)
+        trajectories = run_loop(um, specs, c.refine_rounds, reflector, "auto", seed, CFG_SCALE, 1.0, c.batch_size, False)
         images = [t.images[-1] for t in trajectories]
         report["refine"] = {"rounds": round_metrics(trajectories, c.refine_rounds)}
     records = judge_images(um, specs, images)
