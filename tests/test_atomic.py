@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from unigap.atomic import claim_settings, files_atomically, listed_files, remove_replaced
+from unigap.atomic import claim_settings, files_atomically, listed_files, remove_replaced, write_json
 from unigap.errors import UserError
 
 
@@ -89,3 +89,11 @@ def test_files_atomically_replaces_each_file_whole_or_none(tmp_path) -> None:
     with pytest.raises(UserError, match="cannot write"):
         with files_atomically(tmp_path / "log.jsonl"):
             pass
+
+
+def test_write_json_refuses_nan_and_leaves_the_previous_file(tmp_path) -> None:
+    path = write_json(tmp_path / "r.json", {"accuracy": 0.5})
+    assert json.loads(path.read_text()) == {"accuracy": 0.5} and path.read_text().endswith("}\n")
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_json(path, {"accuracy": float("nan")})
+    assert json.loads(path.read_text()) == {"accuracy": 0.5} and [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -107,6 +107,12 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def write_json(path: str | os.PathLike, value: Any) -> Path:
+    """`value` as indented JSON into `path`, atomically; NaN or infinity is refused (it is not JSON, and other
+    readers than Python's reject the file)."""
+    return write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
+
+
 def cached_json(path: str | os.PathLike, make: Callable[[], Any], write: bool = True) -> Any:
     """A resumable job's stage: the JSON in `path` when it exists, else `make()`, written there atomically (unless
     `write` is False: a data-parallel process other than the one that writes)."""
@@ -115,7 +121,7 @@ def cached_json(path: str | os.PathLike, make: Callable[[], Any], write: bool = 
         return json.loads(path.read_text())
     value = make()
     if write:
-        write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
+        write_json(path, value)
     return value
 
 

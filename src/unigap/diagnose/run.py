@@ -6,7 +6,6 @@ so the diagnostics measure exactly the gradients training would follow.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from unigap.diagnose import stats, sweep
 from unigap.diagnose.figures import write_figures
 from unigap.diagnose.gradients import FULL, LossFn, ParameterSet, collect, full_parameter_set, lora_parameter_set
 from unigap.model import UnifiedModel
-from unigap.atomic import atomic_write_lines
+from unigap.atomic import write_json
 from unigap.train.dpo import DPOOptions, GenerationPair, UnderstandingPair, task_dpo_loss
 
 REPORT = "diagnostics.json"
@@ -93,5 +92,5 @@ def write_report(report: dict[str, Any], directory: str | os.PathLike) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     report = report | {"figures": write_figures(report, out)}
-    atomic_write_lines(out / REPORT, [json.dumps(report, indent=2, allow_nan=False)])
+    write_json(out / REPORT, report)
     return out / REPORT

@@ -11,7 +11,6 @@ configuration in the same directory is refused):
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from unigap import distributed
-from unigap.atomic import cached_json, claim_settings, write_atomically, write_text_atomically
+from unigap.atomic import cached_json, claim_settings, write_atomically, write_json
 from unigap.errors import UserError
 from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, prompt_specs
 from unigap.evaluate.judges import Judge, check_judge_name, get_judge
@@ -186,5 +185,5 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
                             "gain": judged["gain"], "best_of_n": baseline["judged"],
                             "oracle": None if oracle is None else oracle["judged"]["rounds"][-1]}
     if writer:
-        write_text_atomically(out / "refine.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+        write_json(out / "refine.json", report)
     return report

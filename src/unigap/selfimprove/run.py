@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from unigap import distributed
-from unigap.atomic import cached_json, claim_settings, write_text_atomically
+from unigap.atomic import cached_json, claim_settings, write_json
 from unigap.errors import GuardStopped, UserError
 from unigap.evaluate import evaluate
 from unigap.evaluate.critique import win_rate as understanding_win_rate
@@ -139,7 +139,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     result = _result(config, before, after, epochs, audits, guard=None)
     result["win_rate"] = win_rate(um, before, out) if before else None
     if main:
-        write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
+        write_json(out / RESULT_FILE, result)
     return result
 
 
@@ -240,7 +240,7 @@ def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], b
              "alpha": GUARD_ALPHA, "epoch": last_epoch}
     result = _result(config, before, None, _read_epochs(out), audits, guard)
     if distributed.is_main():
-        write_text_atomically(out / RESULT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
+        write_json(out / RESULT_FILE, result)
     kept = f"the adapter of epoch {last_epoch} is kept in {out / 'adapter'}" if last_epoch else "no adapter was trained"
     raise GuardStopped(
         f"guard: label precision {precision['value']:.2f} (n = {n}) against the {config.audit} is below the base rate "

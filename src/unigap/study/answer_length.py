@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from unigap.atomic import cached_json, write_text_atomically
+from unigap.atomic import cached_json, write_json
 from unigap.evaluate.stats import paired_difference
 from unigap.study.results import ANSWER_LENGTH_FILE, METRICS, MethodRun, keyed, paired, sample
 
@@ -102,7 +102,7 @@ def answer_length(runner: Any) -> None:
                                            "ci95": None if change["ci95"] is None else [math.exp(v) for v in change["ci95"]]},
               "settings": {"steps": c.steps, "lr": c.lr, "beta": c.beta, "batches": c.diagnose_pairs, "n": c.n, "seed": 0}}
     result["finding"] = finding(result)
-    write_text_atomically(path, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    write_json(path, result)
 
 
 def finding(result: dict[str, Any]) -> str:
