@@ -159,3 +159,11 @@ def test_a_run_built_to_over_optimise_is_flagged_in_the_report(small_config: Stu
     html = (tmp_path / "s" / "report.html").read_text()
     assert "Generation DPO over-optimised in gen-only" in html
     assert (tmp_path / "s" / "logps.png").stat().st_size > 0
+
+
+def test_the_default_grid_searches_every_generation_pair_kind() -> None:
+    """train.defaults sits below prefs, so it spells the kinds out; they must stay prefs' own."""
+    from unigap.prefs.kinds import GEN_KINDS
+    from unigap.train.defaults import TUNE_GRID
+
+    assert TUNE_GRID["kinds"] == GEN_KINDS

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from unigap.errors import UserError
 
-KINDS: tuple[str, ...] = ("und", "gen-real", "gen-model")
+GEN_KINDS: tuple[str, ...] = ("gen-real", "gen-model")  # rendered scene chosen / both sampled
+KINDS: tuple[str, ...] = ("und", *GEN_KINDS)
 MARGIN = 0.5  # the default least score margin of a kept pair (und; gen-model by the verifier)
 SUFFIXES: tuple[str, ...] = (".jsonl", ".parquet")
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from unigap.errors import UserError
 from unigap.arms import ARMS, select
+from unigap.prefs.kinds import GEN_KINDS
 from unigap.train.config import check_field_types
 from unigap.train.defaults import DPO_DEFAULTS
 
@@ -55,8 +56,8 @@ class StudyConfig:
         if not (self.lr > 0 and self.beta > 0 and self.nll_weight >= 0):
             raise UserError(f"lr and beta must be positive and nll_weight >= 0, got {self.lr}, {self.beta} and "
                             f"{self.nll_weight}")
-        if self.gen_kind not in ("gen-real", "gen-model"):
-            raise UserError(f"gen_kind must be gen-real or gen-model, got {self.gen_kind!r}")
+        if self.gen_kind not in GEN_KINDS:
+            raise UserError(f"gen_kind must be {' or '.join(GEN_KINDS)}, got {self.gen_kind!r}")
         if not self.methods:
             raise UserError("methods selects no arm")
         for method in self.methods:

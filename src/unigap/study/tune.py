@@ -47,11 +47,11 @@ import numpy as np
 
 from unigap.atomic import claim_settings, write_text_atomically
 from unigap.errors import UserError
+from unigap.prefs.kinds import GEN_KINDS
 from unigap.train.config import check_field_types
 from unigap.train.dpo import OVEROPTIMISED_LOSS
 from unigap.train.defaults import TUNE_GRID, TUNE_RUN
 
-GEN_KINDS = ("gen-real", "gen-model")
 # the grid's axes: TuneConfig field, the TrainConfig setting of a grid point, its tag in the run's name, and the value
 # that is left out of the name (and assumed by a run tuned before that axis existed)
 AXES: tuple[tuple[str, str, str, Any], ...] = (
