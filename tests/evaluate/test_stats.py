@@ -1,13 +1,17 @@
-"""Metric objects: the binomial standard error, empty samples, breakdowns, and answer normalisation."""
+"""Metric objects: the binomial standard error, empty samples, breakdowns, answer normalisation, and the shared tests
+and intervals (Welch, the t-interval) against scipy."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from unigap.evaluate import normalize_answer, summarize, summarize_by
+from unigap.evaluate.stats import t_interval, welch, welch_from_stats
 
 
 def test_binary_outcomes_give_binomial_stderr():
@@ -58,3 +62,29 @@ def test_normalisation_matches(given, expected):
 @pytest.mark.parametrize("given, expected", [("no", "yes"), ("red circle", "red"), ("", "yes"), ("tw o", "two")])
 def test_normalisation_keeps_real_differences(given, expected):
     assert normalize_answer(given) != normalize_answer(expected)
+
+
+A = [0.051, 0.032, 0.047, 0.029, 0.060, 0.038]
+B = [0.012, -0.020, 0.004, -0.011, 0.009, -0.003, 0.015, -0.008]
+
+
+@pytest.mark.parametrize("alternative", ["two-sided", "less", "greater"])
+def test_welch_from_stats_equals_scipy_on_the_items(alternative):
+    expected = stats.ttest_ind(A, B, equal_var=False, alternative=alternative)
+    got = welch_from_stats(np.mean(A), np.var(A), len(A), np.mean(B), np.var(B), len(B), alternative=alternative)
+    assert welch(A, B, alternative=alternative) == {"n_a": 6, "n_b": 8, **got}
+    assert got["t"] == pytest.approx(expected.statistic, rel=1e-12)
+    assert got["p"] == pytest.approx(expected.pvalue, rel=1e-12)
+    assert got["df"] == pytest.approx(expected.df, rel=1e-12)
+    two_sided = stats.ttest_ind(A, B, equal_var=False).confidence_interval(0.95)
+    assert got["delta_ci95"] == pytest.approx(list(two_sided), rel=1e-12)  # two-sided whatever the alternative
+
+
+@pytest.mark.parametrize(("a", "b"), [([0.1], B), ([0.2, 0.2], [0.1, 0.1]), ([], []), ([0.5, 0.5], [0.5, 0.5])])
+def test_welch_is_null_where_undefined(a, b):
+    assert welch(a, b) == {"n_a": len(a), "n_b": len(b), "t": None, "df": None, "p": None, "delta_ci95": None}
+
+
+def test_t_interval_is_scipys_and_the_point_without_spread():
+    assert t_interval(0.5, 0.1, 4) == pytest.approx(list(stats.t.interval(0.95, 4, loc=0.5, scale=0.1)), rel=1e-12)
+    assert t_interval(0.5, 0.0, 4) == [0.5, 0.5]

@@ -405,6 +405,8 @@ def test_audit_guard_stops_only_on_a_significant_fall_at_a_window_boundary() -> 
     assert audit_guard(steady + steady[::-1], 3) is None  # no fall
     assert audit_guard(falling + steady, 3) is None  # a rise never stops
     assert audit_guard([(0.2, 0.4)] * 6, 3) is None  # no spread: the test is undefined, the run goes on
+    assert audit_guard([(0.25, 0.4)] * 3 + [(0.5, 0.4)] * 3, 3) is None  # nor does a rise without spread
+    assert audit_guard([(0.5, 0.4)] * 3 + [(0.25, 0.6)] * 3, 3)["p"] == 0.0  # but a fall without spread is certain
     # the first window at which it would have stopped, even when a later window no longer would
     assert audit_guard(steady + falling + steady, 3) is None
     assert first_alarm(steady + falling + steady, 3) == verdict

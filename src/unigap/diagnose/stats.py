@@ -16,14 +16,7 @@ import numpy as np
 from scipy import stats
 
 from unigap.diagnose.gradients import GradientLog
-
-CONFIDENCE = 0.95
-
-
-def finite(value: float) -> float | None:
-    """A float for JSON, or None where it is NaN/±inf (undefined)."""
-    value = float(value)
-    return value if math.isfinite(value) else None
+from unigap.evaluate.stats import finite, t_interval, welch
 
 
 def summary(values: Sequence[float] | np.ndarray, prefix: str) -> dict[str, Any]:
@@ -36,8 +29,7 @@ def summary(values: Sequence[float] | np.ndarray, prefix: str) -> dict[str, Any]
         return out | {f"{prefix}_{k}": None for k in ("mean", "std", "ci95", "median", "min", "max")}
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if n > 1 else math.nan
-    half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
-    ci = [finite(mean - half), finite(mean + half)]
+    ci = [finite(bound) for bound in t_interval(mean, std / math.sqrt(n), n - 1)] if n > 1 else [None]
     return out | {
         f"{prefix}_mean": mean,
         f"{prefix}_std": finite(std),
@@ -46,17 +38,6 @@ def summary(values: Sequence[float] | np.ndarray, prefix: str) -> dict[str, Any]
         f"{prefix}_min": float(x.min()),
         f"{prefix}_max": float(x.max()),
     }
-
-
-def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """Welch's two-sided t-test of mean(a) vs mean(b); t/p/df null where it is undefined
-    (fewer than two values on a side, or no variance on either)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    out: dict[str, Any] = {"n_a": len(a), "n_b": len(b), "t": None, "p": None, "df": None}
-    if len(a) < 2 or len(b) < 2 or (a.var() == 0 and b.var() == 0):
-        return out
-    result = stats.ttest_ind(a, b, equal_var=False)
-    return out | {"t": finite(result.statistic), "p": finite(result.pvalue), "df": finite(result.df)}
 
 
 def cosines(triples: np.ndarray) -> tuple[np.ndarray, int]:

@@ -5,13 +5,68 @@ standard error next to every number, and a reader should never wonder which of s
 
 An empty sample (n = 0, e.g. no self-rejected generations) has no value: value and stderr are `None`
 (JSON null), never NaN, so the report stays valid JSON and nothing divides by zero.
+
+The tests and intervals every later stage reports (the paired t-test, Welch's t-test, the t-interval, `finite` for
+JSON) live here once, on the lowest floor that all of their users may import.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
+
+Alternative = Literal["two-sided", "less", "greater"]  # scipy's `alternative`: the hypothesis against mean_a = mean_b
+CONFIDENCE = 0.95  # the level of every interval the reports give
+
+
+def finite(value: Any) -> float | None:
+    """A float for JSON, or None for missing / NaN / ±inf: JSON has no NaN, and an undefined value is null."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def t_interval(mean: float, stderr: float, df: float, confidence: float = CONFIDENCE) -> list[float]:
+    """mean ± the two-sided t quantile (df degrees of freedom) × stderr, the one t-interval of every report; the point
+    itself when stderr is 0, where `scipy.stats.t.interval` gives NaN."""
+    from scipy import stats
+
+    half = float(stats.t.ppf((1 + confidence) / 2, df)) * stderr
+    return [mean - half, mean + half]
+
+
+def welch_from_stats(mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int,
+                     alternative: Alternative = "two-sided") -> dict[str, Any]:
+    """Welch's t-test of mean_a − mean_b from each side's mean, population variance (ddof 0, as `summarize` keeps it)
+    and n, for reports that keep no items; equals `scipy.stats.ttest_ind(a, b, equal_var=False, alternative=...)` on
+    the items. `t`, `df`, `p` and `delta_ci95`, the two-sided t-interval of the difference whatever `alternative`; all
+    null where the test is undefined (n < 2 on a side, or no variance on either)."""
+    from scipy import stats
+
+    out: dict[str, Any] = {"t": None, "df": None, "p": None, "delta_ci95": None}
+    if n_a < 2 or n_b < 2:
+        return out
+    sq_a, sq_b = var_a / (n_a - 1), var_b / (n_b - 1)  # squared standard errors s²/n with s² = var·n/(n−1)
+    se = math.sqrt(sq_a + sq_b)
+    if se == 0:
+        return out
+    # scipy computes the Welch–Satterthwaite df but returns it only from `ttest_ind` on items
+    df = (sq_a + sq_b) ** 2 / (sq_a**2 / (n_a - 1) + sq_b**2 / (n_b - 1))
+    test = stats.ttest_ind_from_stats(mean_a, math.sqrt(sq_a * n_a), n_a, mean_b, math.sqrt(sq_b * n_b), n_b,
+                                      equal_var=False, alternative=alternative)
+    interval = [finite(bound) for bound in t_interval(mean_a - mean_b, se, df)]
+    return {"t": finite(test.statistic), "df": finite(df), "p": finite(test.pvalue),
+            "delta_ci95": None if None in interval else interval}
+
+
+def welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, alternative: Alternative = "two-sided"
+          ) -> dict[str, Any]:
+    """`welch_from_stats` on two samples of items, with their sizes `n_a` and `n_b`: Welch's t-test of mean(a) −
+    mean(b), `scipy.stats.ttest_ind(a, b, equal_var=False)`, with the same null where it is undefined."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    moments = [(float(v.mean()), float(v.var()), len(v)) if len(v) else (math.nan, 0.0, 0) for v in (x, y)]
+    return {"n_a": len(x), "n_b": len(y), **welch_from_stats(*moments[0], *moments[1], alternative=alternative)}
 
 
 def summarize(values: Sequence[float | bool], key: str) -> dict[str, Any]:
@@ -85,8 +140,7 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
         return out
     sd = math.sqrt(math.fsum((c - delta) ** 2 for c in changes) / (n - 1))
     out["stderr"] = sd / math.sqrt(n)  # the sample sd, as the interval and the test use (summarize's is ddof 0)
-    half = float(stats.t.ppf(0.975, n - 1)) * out["stderr"]
-    out["ci95"] = [delta - half, delta + half]
+    out["ci95"] = t_interval(delta, out["stderr"], n - 1)
     if sd > 0:
         test = stats.ttest_rel(after, before)
         out["t"], out["p"] = float(test.statistic), float(test.pvalue)

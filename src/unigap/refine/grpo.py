@@ -29,14 +29,12 @@ stop the rule would have made, null if none, kept when a stopped run is continue
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import ttest_ind
 from transformers import get_constant_schedule_with_warmup
 
 from unigap import distributed
@@ -44,7 +42,7 @@ from unigap.atomic import cached_json, claim_settings, write_text_atomically
 from unigap.errors import GuardStopped, UserError
 from unigap.evaluate.data import distinct_prompts, held_out_pairs
 from unigap.evaluate.generation import batch_seed
-from unigap.evaluate.stats import paired_difference
+from unigap.evaluate.stats import paired_difference, welch
 from unigap.progress import progress
 from unigap.model.editing import EDIT_SETTINGS
 from unigap.refine.grpo_config import GRPOConfig
@@ -96,10 +94,10 @@ def audit_guard(audits: list[tuple[float, float]], window: int) -> dict[str, Any
     if len(audits) < 2 * window or len(audits) % window:
         return None
     first, latest = np.array(audits[:window]), np.array(audits[-window:])
-    with warnings.catch_warnings():  # near-constant windows: scipy warns of precision loss, the p stays usable
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(ttest_ind(latest[:, 0], first[:, 0], equal_var=False, alternative="less").pvalue)
-    if not p < GUARD_P:  # NaN (both windows constant and equal) goes on
+    p = welch(latest[:, 0], first[:, 0], alternative="less")["p"]
+    if p is None and window > 1 and latest[:, 0].max() < first[:, 0].min():
+        p = 0.0  # both windows constant (Welch's test undefined) and the latest lower: a certain fall
+    if p is None or not p < GUARD_P:  # undefined (both windows constant and not falling) goes on
         return None
     return {"generation_steps": len(audits), "window": window, "p": p, "threshold": GUARD_P,
             "verifier_accuracy": [float(first[:, 0].mean()), float(latest[:, 0].mean())],

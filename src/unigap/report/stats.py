@@ -43,11 +43,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from unigap.arms import ARMS
 from unigap.errors import UnigapWarning
-from unigap.evaluate.stats import paired_difference
+from unigap.evaluate.stats import CONFIDENCE, finite, paired_difference, t_interval, welch_from_stats
 from unigap.train.dpo import LN2, OVEROPTIMISED_LOSS
 from unigap.study.results import BASE, METRICS, Metric, MethodRun, Sample, Study, keyed, paired, sample
 from unigap.train.names import TASKS, trained_tasks
@@ -56,7 +55,6 @@ OTHER_FAMILY = "other"  # the family of a method outside the arm registry
 TEST_KEYS = ("test", "t", "df", "p", "delta_ci95")  # the deciding test's fields in each row
 TEST_LABELS = {"paired": "paired t-test", "welch": "Welch's t-test"}  # a row's `test` in words
 
-CONFIDENCE = 0.95
 # the training-log series the report reads, each with the log keys that may hold it (first present wins)
 LOG_SERIES: dict[str, tuple[str, ...]] = {
     "und_loss": ("und_dpo_loss", "und_loss"),
@@ -98,11 +96,6 @@ class StatsOptions:
     ln2_tolerance: float = 0.01
 
 
-def finite(value: Any) -> float | None:
-    """A float for JSON, or None for missing / NaN / ±inf."""
-    return None if value is None or not math.isfinite(float(value)) else float(value)
-
-
 def _mean(values: Sequence[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
@@ -117,23 +110,6 @@ def pool(samples: Sequence[Sample]) -> Sample:
     var = math.fsum(s.n * (s.var + (s.mean - mean) ** 2) for s in present) / n
     items = np.concatenate([s.items for s in present]) if all(s.items is not None for s in present) else None
     return Sample(n, mean, var, items)
-
-
-def welch(a: Sample, b: Sample) -> dict[str, Any]:
-    """Welch's two-sided test of mean(a) − mean(b) with its CI; equals `scipy.stats.ttest_ind(a, b,
-    equal_var=False)` on the items. Null where undefined (n < 2 on a side, or no variance on either)."""
-    out: dict[str, Any] = {"t": None, "df": None, "p": None, "delta_ci95": None}
-    if a.n < 2 or b.n < 2:
-        return out
-    sq_a, sq_b = a.var / (a.n - 1), b.var / (b.n - 1)  # squared standard errors s²/n with s² = var·n/(n−1)
-    se = math.sqrt(sq_a + sq_b)
-    if se == 0:
-        return out
-    delta = a.mean - b.mean
-    t = delta / se
-    df = (sq_a + sq_b) ** 2 / (sq_a**2 / (a.n - 1) + sq_b**2 / (b.n - 1))
-    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, df)) * se
-    return {"t": t, "df": df, "p": float(2 * stats.t.sf(abs(t), df)), "delta_ci95": [delta - half, delta + half]}
 
 
 def shared_seeds(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun]
@@ -172,7 +148,7 @@ def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], me
     arm, baseline = pool(arm_samples), pool(baseline_samples)
     keyed_arm, keyed_baseline = keyed(arm_runs, metric), keyed(baseline_runs, metric)
     same = paired(keyed_arm, keyed_baseline) if keyed_arm is not None and keyed_baseline is not None else None
-    paper = welch(arm, baseline)
+    paper = welch_from_stats(arm.mean, arm.var, arm.n, baseline.mean, baseline.var, baseline.n)
     test = same if same is not None and same["p"] is not None else {"test": "welch", **paper}
     seeds = seed_level(*({run.seed: s.mean for run, s in zip(runs, samples, strict=True)}
                          for runs, samples in ((arm_runs, arm_samples), (baseline_runs, baseline_samples))))
@@ -189,9 +165,8 @@ def seed_interval(means: Sequence[float]) -> list[float] | None:
     k = len(means)
     if k < 2:
         return None
-    mean, sd = float(np.mean(means)), float(np.std(means, ddof=1))
-    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, k - 1)) * sd / math.sqrt(k)
-    return [max(0.0, mean - half), min(1.0, mean + half)]
+    low, high = t_interval(float(np.mean(means)), float(np.std(means, ddof=1)) / math.sqrt(k), k - 1)
+    return [max(0.0, low), min(1.0, high)]
 
 
 def bootstrap_interval(samples: Sequence[Sample], resamples: int, rng: np.random.Generator) -> list[float] | None:
