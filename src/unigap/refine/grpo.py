@@ -28,7 +28,6 @@ stop the rule would have made, null if none, kept when a stopped run is continue
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import torch
 from transformers import get_constant_schedule_with_warmup
 
 from unigap import distributed
-from unigap.atomic import cached_json, claim_settings, write_text_atomically
+from unigap.atomic import cached_json, claim_settings, write_json
 from unigap.errors import GuardStopped, UserError
 from unigap.evaluate.data import distinct_prompts, held_out_pairs
 from unigap.evaluate.generation import batch_seed
@@ -302,7 +301,7 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
 
     def write() -> None:
         if main:
-            write_text_atomically(out / RESULT_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
+            write_json(out / RESULT_FILE, report)
 
     stopped: GuardStopped | None = None
     try:
