@@ -236,9 +236,9 @@ class VlmJudge:
 
     def prompt(self, text: str) -> str:
         """The judge question, in the processor's chat template when it has one."""
-        from unigap.model.prompts import JUDGE_QUESTION
+        from unigap.model.prompts import judge_question
 
-        question = JUDGE_QUESTION.format(prompt=text.strip().rstrip(".!?").strip())
+        question = judge_question(text)
         if getattr(self.processor, "chat_template", None):
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -29,12 +29,13 @@ from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
 
 from unigap.errors import UnigapWarning, UserError
 from unigap.world.edits import REFLECT_QUESTION
+from unigap.world.questions import TEMPLATES as QUESTION_TEMPLATES
 
 JANUS_PRO_TEMPLATE = "janus-pro"
 TINY_TEMPLATE = "tiny"
 TEMPLATES = (JANUS_PRO_TEMPLATE, TINY_TEMPLATE)
 
-JUDGE_QUESTION = "Does this image show {prompt}?"
+JUDGE_QUESTION = QUESTION_TEMPLATES["judge"]  # the world's own wording, which its question corpus trains
 YES_WORDS = ("yes", "Yes")
 NO_WORDS = ("no", "No")
 
@@ -126,7 +127,7 @@ class PromptFormat:
 
     def judge_question(self, prompt: str) -> str:
         """The self-judging question for a generation prompt."""
-        return JUDGE_QUESTION.format(prompt=_bare(prompt))
+        return judge_question(prompt)
 
     def reflect_question(self, prompt: str) -> str:
         """R3's reflection question for a generation prompt (asked in a fresh context with the image)."""
@@ -140,6 +141,11 @@ class PromptFormat:
         if not ids:
             raise UserError(f"the tokenizer cannot express any of {words}; it cannot be used as a judge")
         return sorted(ids)
+
+
+def judge_question(prompt: str) -> str:
+    """"Does this image show <prompt>?", asked of the model itself and of a local VLM judge alike."""
+    return JUDGE_QUESTION.format(prompt=_bare(prompt))
 
 
 def _text(value: object, what: str) -> str:
