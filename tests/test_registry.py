@@ -65,6 +65,21 @@ def test_the_command_lines_help_lists_names_without_importing_torch(command: lis
     assert "Usage" in done.stdout and done.stderr.strip().splitlines()[-1] == "False"
 
 
+def test_the_report_and_the_statistics_load_without_torch() -> None:
+    """They read results JSON; `unigap.evaluate` and `unigap.study` import their model-bound names on first use."""
+    import subprocess
+
+    code = ("import sys\nimport unigap.report, unigap.evaluate.stats, unigap.study.results\n"
+            "from unigap.evaluate import summarize\nprint('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    import unigap.evaluate
+
+    assert unigap.evaluate.evaluate.__module__ == "unigap.evaluate.run"
+    with pytest.raises(AttributeError, match="module 'unigap.evaluate' has no attribute 'no_such_name'"):
+        unigap.evaluate.no_such_name  # noqa: B018
+
+
 @pytest.mark.parametrize("registry", [ARMS, JUDGES, LOCAL_JUDGES, STRATEGIES], ids=lambda r: r.concept)
 def test_every_builtin_registry_fails_unknown_names_the_same_way(registry: Registry) -> None:
     assert len(registry) >= 2

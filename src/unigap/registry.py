@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from unigap.errors import UserError
@@ -30,6 +30,18 @@ def load(target: str) -> Any:
     if not sep or not module or not attr:
         raise ValueError(f"a lazy target is 'module:attr', got {target!r}")
     return getattr(importlib.import_module(module), attr)
+
+
+def lazy_attributes(package: str, targets: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's `__getattr__` (PEP 562) that imports each exported name from its `"module:attr"` target when first
+    used, so importing one light submodule (`unigap.evaluate.stats`) does not import the package's model-bound ones."""
+
+    def __getattr__(name: str) -> Any:
+        if name in targets:
+            return load(targets[name])
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
 
 
 class Registry(Mapping[str, T], Generic[T]):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from unigap.report.findings import dpo_notes
-from unigap.train.dpo import LN2
+from unigap.train.defaults import LN2
 
 
 def _results(delta: float, significant: bool, loss: float, no_signal: bool, overoptimised: bool = False) -> dict[str, Any]:

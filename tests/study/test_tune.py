@@ -14,7 +14,7 @@ from unigap.cli import main
 from unigap.errors import UserError
 from unigap.report import build_report
 from unigap.study import StudyConfig, run_study
-from unigap.train.dpo import LN2
+from unigap.train.defaults import LN2
 from unigap.study.tune import TuneConfig, choose, diagnostics, table, tune
 
 

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from unigap.plotting import save_figure
-from unigap.train.dpo import LN2
+from unigap.train.defaults import LN2
 from unigap.arms import ARMS
 from unigap.report.stats import series
 from unigap.study.results import BASE, MethodRun, Study

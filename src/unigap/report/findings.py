@@ -10,7 +10,7 @@ from typing import Any
 from unigap.report.cells import DASH, Safe, ci, fmt, fmt_p, table
 from unigap.report.claims import sentence
 from unigap.report.stats import TEST_LABELS
-from unigap.train.dpo import LN2
+from unigap.train.defaults import LN2
 
 
 def claims_section(results: dict[str, Any]) -> list[Any]:

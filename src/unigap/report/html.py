@@ -20,7 +20,7 @@ from unigap.report.cells import DASH, Safe, Significant, ci, fmt, fmt_p, table
 from unigap.report.figures import Plot
 from unigap.report.findings import answer_length_section, claims_section, dpo_notes, self_improvement_section
 from unigap.report.reference import PAPER_BASE, PAPER_BONFERRONI, PAPER_FINAL, PAPER_GRADIENTS, PAPER_HEADLINE
-from unigap.train.dpo import LN2
+from unigap.train.defaults import LN2
 from unigap.study.results import METRICS
 
 CSS = """

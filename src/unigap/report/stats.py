@@ -47,7 +47,7 @@ import numpy as np
 from unigap.arms import ARMS
 from unigap.errors import UnigapWarning
 from unigap.evaluate.stats import CONFIDENCE, finite, paired_difference, t_interval, welch_from_stats
-from unigap.train.dpo import LN2, OVEROPTIMISED_LOSS
+from unigap.train.defaults import LN2, OVEROPTIMISED_LOSS
 from unigap.study.results import BASE, METRICS, Metric, MethodRun, Sample, Study, keyed, paired, sample
 from unigap.train.names import TASKS, trained_tasks
 

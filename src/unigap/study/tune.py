@@ -49,8 +49,7 @@ from unigap.atomic import claim_settings, write_text_atomically
 from unigap.errors import UserError
 from unigap.prefs.kinds import GEN_KINDS
 from unigap.train.config import check_field_types
-from unigap.train.dpo import OVEROPTIMISED_LOSS
-from unigap.train.defaults import TUNE_GRID, TUNE_RUN
+from unigap.train.defaults import OVEROPTIMISED_LOSS, TUNE_GRID, TUNE_RUN
 
 # the grid's axes: TuneConfig field, the TrainConfig setting of a grid point, its tag in the run's name, and the value
 # that is left out of the name (and assumed by a run tuned before that axis existed)

@@ -9,6 +9,7 @@ confirm it with a run of exactly that many steps, `unigap tune --steps N`, as wa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -36,3 +37,8 @@ TUNE_GRID: dict[str, tuple] = {
 
 # the budget of each `unigap tune` run: DPO steps, validation evaluation every K steps on n prompts, pairs per kind
 TUNE_RUN: dict[str, int] = {"steps": 300, "eval_every": 50, "n": 300, "gen_pairs": 128}
+
+LN2 = math.log(2)  # a DPO loss at ln 2: the policy does not yet tell chosen from rejected
+# a trained task's DPO loss (without the NLL term) this far below ln 2 while its chosen sequences became *less* likely
+# than under the reference: over-optimisation (the rejected pushed down, the chosen not raised)
+OVEROPTIMISED_LOSS = LN2 / 4

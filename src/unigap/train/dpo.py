@@ -34,7 +34,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -242,10 +241,6 @@ def task_dpo_loss(um: UnifiedModel, pairs: Sequence[Pair], options: DPOOptions =
     return TaskLoss(out.loss, metrics)
 
 
-LN2 = math.log(2)  # a DPO loss at ln 2: the policy does not yet tell chosen from rejected
-# a trained task's DPO loss (without the NLL term) this far below ln 2 while its chosen sequences became *less* likely
-# than under the reference: over-optimisation (the rejected pushed down, the chosen not raised)
-OVEROPTIMISED_LOSS = LN2 / 4
 
 TRL_KEYS = ("logps/chosen", "logps/rejected", "ref_logps/chosen", "ref_logps/rejected", "rewards/chosen",
             "rewards/rejected", "rewards/margins", "rewards/accuracies")
