@@ -9,6 +9,7 @@ from rich.table import Table
 from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, print_table, require_non_negative, require_positive
 from unigap.errors import UserError
 from unigap.progress import progress
+from unigap.report.reference import PAPER_GRADIENTS
 
 app = typer.Typer()
 
@@ -31,11 +32,12 @@ def summary_table(report: dict) -> Table:
         return "—" if not bounds else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
 
     und_welch, gen_welch = intra["welch_und_vs_inter"], intra["welch_gen_vs_inter"]
-    table.add_row("cos(g_U, g_G)", _fmt(inter.get("cos_mean")), ci("cos_ci95", inter), "-0.0001")
-    table.add_row("ρ = ‖g_U‖/‖g_G‖", _fmt(inter.get("ratio_mean")), ci("ratio_ci95", inter), "0.073")
-    table.add_row("CV of ρ", _fmt(inter.get("ratio_cv"), ".2f"), "", "≈0.5")
-    table.add_row("intra cos und", _fmt(intra["und_cos_mean"]), ci("und_cos_ci95", intra), "+0.0405")
-    table.add_row("intra cos gen", _fmt(intra["gen_cos_mean"]), ci("gen_cos_ci95", intra), "+0.0063")
+    paper = PAPER_GRADIENTS["Janus-Pro-7B"]
+    table.add_row("cos(g_U, g_G)", _fmt(inter.get("cos_mean")), ci("cos_ci95", inter), f"{paper['cos']:g}")
+    table.add_row("ρ = ‖g_U‖/‖g_G‖", _fmt(inter.get("ratio_mean")), ci("ratio_ci95", inter), f"{paper['ratio']:g}")
+    table.add_row("CV of ρ", _fmt(inter.get("ratio_cv"), ".2f"), "", f"≈{paper['ratio_cv']:g}")
+    table.add_row("intra cos und", _fmt(intra["und_cos_mean"]), ci("und_cos_ci95", intra), f"{paper['und_cos']:+g}")
+    table.add_row("intra cos gen", _fmt(intra["gen_cos_mean"]), ci("gen_cos_ci95", intra), f"{paper['gen_cos']:+g}")
     table.add_row(
         "Welch und vs inter: t, p", f"{_fmt(und_welch['t'], '.2f')}, {_fmt(und_welch['p'], '.2g')}", "", "9.37, <1e-17"
     )

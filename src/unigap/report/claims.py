@@ -20,8 +20,8 @@ from typing import Any
 
 from unigap.report.reference import PAPER_HEADLINE
 from unigap.report.stats import TEST_LABELS
+from unigap.study.results import BASE
 
-BASE = "base"
 _UND, _GW = PAPER_HEADLINE["und-only"], PAPER_HEADLINE["grad-weighted"]
 
 
