@@ -156,7 +156,7 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
         TrainConfig.load(None, strategy="best")
     with pytest.raises(UserError, match="config key steps must be an integer, got 1.5"):
         TrainConfig.load(None, steps=1.5)
-    with pytest.raises(UserError, match="nll_weight must be >= 0, got nan"):
+    with pytest.raises(UserError, match="nll-weight must be >= 0, got nan"):
         TrainConfig(strategy="joint", nll_weight=float("nan"))
 
 

@@ -21,7 +21,7 @@ from unigap.evaluate.judges import check_judge_name
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuidance
 from unigap.model.generation import CFG_SCALE
 from unigap.refine.grpo_loss import LOSS_TYPES
-from unigap.train.config import check_field_types, load_config
+from unigap.train.config import check_field_types, check_ranges, load_config
 
 SCALE_REWARDS = ("none", "group", "batch")
 STAGES = ("tree", "generate")
@@ -76,10 +76,11 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        for name in ("steps", "lr", "max_grad_norm", "prompts_per_step", "epsilon", "max_completion_length",
-                     "lora_rank", "lora_alpha", "checkpoint_every", "num_iterations"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        check_ranges(self, positive=("steps", "lr", "max_grad_norm", "prompts_per_step", "epsilon",
+                                     "max_completion_length", "lora_rank", "lora_alpha", "checkpoint_every",
+                                     "num_iterations"),
+                     non_negative=("beta", "temperature", "cfg_scale", "edit_cfg_scale", "edit_image_cfg_scale",
+                                   "warmup_steps", "seed", "data_seed", "eval_n", "eval_rounds"))
         if self.epsilon_high is not None and not self.epsilon_high > 0:
             raise UserError(f"epsilon-high must be positive (or unset: epsilon), got {self.epsilon_high}")
         if self.checkpoint_every % self.num_iterations:
@@ -88,10 +89,6 @@ class GRPOConfig:
         if self.num_generations < 2:
             raise UserError(f"num-generations must be >= 2: an advantage is a reward minus its group's mean, "
                             f"got {self.num_generations}")
-        for name in ("beta", "temperature", "cfg_scale", "edit_cfg_scale", "edit_image_cfg_scale", "warmup_steps", "seed", "data_seed", "eval_n",
-                     "eval_rounds"):
-            if not getattr(self, name) >= 0:
-                raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.eval_split not in ("test", "val"):
             raise UserError(f"--split (eval_split) must be test or val, got {self.eval_split!r}")
         if self.temperature == 0:

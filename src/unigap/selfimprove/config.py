@@ -14,7 +14,7 @@ from unigap.errors import UserError
 from unigap.evaluate.data import HELD_OUT_SPLITS
 from unigap.evaluate.judges import check_judge_name
 from unigap.model.generation import CFG_SCALE
-from unigap.train.config import check_field_types, load_config
+from unigap.train.config import check_field_types, check_ranges, load_config
 
 METHODS = ("sft", "dpo", "curriculum-sft", "curriculum-dpo")
 LABELS = ("self", "verifier", "poor")
@@ -82,15 +82,10 @@ class SelfImproveConfig:
                 check_judge_name(self.audit, independent=True)
             except UserError as exc:
                 raise UserError(f"audit: {exc}, or none") from None
-        positive = ("n_prompts", "samples", "epochs", "lr", "batch_size", "beta", "lora_rank", "lora_alpha",
-                    "max_grad_norm", "sample_batch")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("nll_weight", "loss_cfg_scale", "weight_decay", "audit_size", "eval_n", "epoch_eval_n", "seed", "data_seed", "cfg_scale",
-                     "temperature"):
-            if not getattr(self, name) >= 0:
-                raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        check_ranges(self, positive=("n_prompts", "samples", "epochs", "lr", "batch_size", "beta", "lora_rank",
+                                     "lora_alpha", "max_grad_norm", "sample_batch"),
+                     non_negative=("nll_weight", "loss_cfg_scale", "weight_decay", "audit_size", "eval_n",
+                                   "epoch_eval_n", "seed", "data_seed", "cfg_scale", "temperature"))
         if self.objective == "dpo" and self.samples < 2:
             raise UserError("DPO needs --samples >= 2: a pair is an accepted and a rejected image of one prompt")
         if self.curriculum and self.epochs < 2:  # (the replay comes after an epoch and before another)

@@ -13,7 +13,7 @@ from typing import Any
 from unigap.errors import UserError
 from unigap.arms import ARMS, select
 from unigap.prefs.kinds import GEN_KINDS
-from unigap.train.config import check_field_types
+from unigap.train.config import check_field_types, check_ranges
 from unigap.train.defaults import DPO_DEFAULTS
 
 
@@ -48,9 +48,8 @@ class StudyConfig:
         check_field_types(self)
         if self.seeds < 2:
             raise UserError(f"--seeds must be at least 2 (the interval over seed means needs two), got {self.seeds}")
-        for name in ("n", "und_pairs", "gen_pairs", "steps", "batch_size", "grpo_steps", "unimrg_steps", "unimrg_scenes"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        check_ranges(self, positive=("n", "und_pairs", "gen_pairs", "steps", "batch_size", "grpo_steps", "unimrg_steps",
+                                     "unimrg_scenes"))
         if self.diagnose_pairs < 4:
             raise UserError(f"diagnose_pairs must be at least 4, got {self.diagnose_pairs}")
         if not (self.lr > 0 and self.beta > 0 and self.nll_weight >= 0):

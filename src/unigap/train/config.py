@@ -13,6 +13,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,20 +58,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_field_types(self)
         STRATEGIES.lookup(self.strategy)
-        positive = {
-            "steps": self.steps,
-            "lr": self.lr,
-            "beta": self.beta,
-            "lora_rank": self.lora_rank,
-            "lora_alpha": self.lora_alpha,
-            "max_grad_norm": self.max_grad_norm,
-            "reweight_every": self.reweight_every,
-            "checkpoint_every": self.checkpoint_every,
-            "batch_size": self.batch_size,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise UserError(f"{name} must be > 0, got {value}")
+        check_ranges(self, positive=("steps", "lr", "beta", "lora_rank", "lora_alpha", "max_grad_norm",
+                                     "reweight_every", "checkpoint_every", "batch_size"),
+                     non_negative=("weight_decay", "nll_weight", "gen_cfg_scale", "seed"))
         for name in ("joint_alpha", "fixed_w_und"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -78,9 +68,6 @@ class TrainConfig:
             raise UserError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
         if self.loss_type not in LOSS_TYPES:
             raise UserError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
-        for name in ("weight_decay", "nll_weight", "gen_cfg_scale", "seed"):
-            if not getattr(self, name) >= 0:  # (NaN fails this too)
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def dpo(self) -> DPOOptions:
@@ -172,6 +159,21 @@ def _type_name(expected: Any, plural: bool = False) -> str:
         return f"an array of {_type_name(_element(expected), plural=True)}"
     name = getattr(expected, "__name__", str(expected))
     return NAMES.get(expected, (name, f"{name}s"))[plural]
+
+
+def check_field(config: object, name: str, ok: bool, what: str) -> None:
+    """A `UserError` naming the setting as a flag would ("lora-rank must be positive, got 0") unless `ok`."""
+    if not ok:
+        raise UserError(f"{name.replace('_', '-')} must {what}, got {getattr(config, name)}")
+
+
+def check_ranges(config: object, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
+    """Every config's range check in one form: each `positive` field > 0 and each `non_negative` one >= 0 (NaN fails
+    both), else `check_field`'s one line."""
+    for name in positive:
+        check_field(config, name, getattr(config, name) > 0, "be positive")
+    for name in non_negative:
+        check_field(config, name, getattr(config, name) >= 0, "be >= 0")
 
 
 def check_field_types(config: Any) -> None:

@@ -25,7 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from unigap.errors import UserError
 from unigap.model.images import ImageInput
-from unigap.train.config import check_field_types
+from unigap.train.config import check_field, check_field_types, check_ranges
 from unigap import distributed
 from unigap.train.loop import LOG_FILE, TrainingDiverged, optimizer_step, run_steps
 from unigap.train.trainer import TrainResult
@@ -140,21 +140,13 @@ class SFTOptions:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        for name in ("steps", "lr", "batch_size", "lora_rank", "lora_alpha", "max_grad_norm", "checkpoint_every"):
-            check_field(self, name, getattr(self, name) > 0, "be positive")
-        for name in ("weight_decay", "seed"):
-            check_field(self, name, getattr(self, name) >= 0, "be >= 0")
+        check_ranges(self, positive=("steps", "lr", "batch_size", "lora_rank", "lora_alpha", "max_grad_norm",
+                                     "checkpoint_every"), non_negative=("weight_decay", "seed"))
         for name in ("warmup_ratio", "adam_beta1", "adam_beta2", "lora_dropout", "prompt_dropout"):
             check_field(self, name, 0 <= getattr(self, name) < 1, "lie in [0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_field(config: object, name: str, ok: bool, what: str) -> None:
-    """A `UserError` naming the setting as a flag would ("lora-rank must be positive, got 0") unless `ok`."""
-    if not ok:
-        raise UserError(f"{name.replace('_', '-')} must {what}, got {getattr(config, name)}")
 
 
 def batch_rows(seed: int, stream: int, step: int, n: int, size: int, dropout: float = 0.0

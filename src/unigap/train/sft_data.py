@@ -21,9 +21,9 @@ from unigap.data.understanding import UserItem, read_understanding_data
 from unigap.errors import UserError
 from unigap import distributed
 from unigap.atomic import atomic_write_bytes, file_fingerprint
-from unigap.train.config import load_config
+from unigap.train.config import check_field, check_ranges, load_config
 from unigap.train.loop import resumed_state
-from unigap.train.sft import AnswerTask, SFTOptions, SFTTrainer, Task, TextToImageTask, check_field, vq_tokens
+from unigap.train.sft import AnswerTask, SFTOptions, SFTTrainer, Task, TextToImageTask, vq_tokens
 from unigap.train.trainer import TrainResult
 
 TOKEN_CACHE = "gen_tokens.safetensors"
@@ -48,8 +48,7 @@ class SFTConfig(SFTOptions):
         super().__post_init__()
         if not self.und_data and not self.gen_data:
             raise UserError("--objective sft needs --und-data, --gen-data or both")
-        for name in ("und_weight", "gen_weight", "max_rows", "loss_cfg_scale"):
-            check_field(self, name, getattr(self, name) >= 0, "be >= 0")
+        check_ranges(self, non_negative=("und_weight", "gen_weight", "max_rows", "loss_cfg_scale"))
         check_field(self, "prompt_dropout", not (self.loss_cfg_scale and self.prompt_dropout),
                     "be 0 with loss-cfg-scale (the CFG mixture scores every row with its unconditional twin)")
         if not (self.und_data and self.und_weight > 0 or self.gen_data and self.gen_weight > 0):

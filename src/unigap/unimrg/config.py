@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from unigap.errors import UserError
-from unigap.train.config import load_config
-from unigap.train.sft import SFTOptions, check_field
+from unigap.train.config import check_field, check_ranges, load_config
+from unigap.train.sft import SFTOptions
 
 OBJECTIVES = ("unimrg", "und-sft")  # und-sft: the same understanding data and steps, no auxiliary task
 REPRESENTATIONS = ("reconstruction", "segmentation", "depth")  # what the auxiliary tasks generate, in this order
@@ -36,10 +36,8 @@ class UniMRGConfig(SFTOptions):
         super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise UserError(f"unknown objective {self.objective!r}; expected one of {', '.join(OBJECTIVES)}")
-        for name in ("questions_per_image", "n_scenes"):
-            check_field(self, name, getattr(self, name) > 0, "be positive")
-        for name in (*(f"{r}_weight" for r in REPRESENTATIONS), "data_seed"):
-            check_field(self, name, getattr(self, name) >= 0, "be >= 0")
+        check_ranges(self, positive=("questions_per_image", "n_scenes"),
+                     non_negative=(*(f"{r}_weight" for r in REPRESENTATIONS), "data_seed"))
         check_field(self, "sentence_fraction", 0 <= self.sentence_fraction <= 1, "lie in [0, 1]")
         # an auxiliary map is a function of its input image: trained without it, it would teach nothing
         check_field(self, "prompt_dropout", self.prompt_dropout == 0, "be 0 for UniMRG (each map depends on its image)")
