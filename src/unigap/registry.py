@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from unigap.errors import UserError
@@ -32,16 +32,18 @@ def load(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def lazy_attributes(package: str, targets: Mapping[str, str]) -> Callable[[str], Any]:
-    """A package's `__getattr__` (PEP 562) that imports each exported name from its `"module:attr"` target when first
-    used, so importing one light submodule (`unigap.evaluate.stats`) does not import the package's model-bound ones."""
+def lazy_attributes(package: str, exports: Mapping[str, Sequence[str]]) -> tuple[Callable[[str], Any], list[str]]:
+    """A package's `__getattr__` (PEP 562) and `__all__` for `exports` (module → the names it gives the package): each
+    name is imported when first used, so importing one light submodule (`unigap.evaluate.stats`) does not import the
+    package's model-bound ones."""
+    targets = {name: f"{module}:{name}" for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
         if name in targets:
             return load(targets[name])
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
-    return __getattr__
+    return __getattr__, list(targets)
 
 
 class Registry(Mapping[str, T], Generic[T]):

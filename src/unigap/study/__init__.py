@@ -4,14 +4,7 @@ Its names are imported on first use, so the torch-free parts (`results`, `config
 
 from unigap.registry import lazy_attributes
 
-_TARGETS = {
-    "FULL": "unigap.study.config:FULL",
-    "QUICK": "unigap.study.config:QUICK",
-    "StudyConfig": "unigap.study.config:StudyConfig",
-    "Job": "unigap.study.run:Job",
-    "StudyRunner": "unigap.study.run:StudyRunner",
-    "claim": "unigap.study.run:claim",
-    "run_study": "unigap.study.run:run_study",
-}
-__getattr__ = lazy_attributes(__name__, _TARGETS)
-__all__ = list(_TARGETS)
+__getattr__, __all__ = lazy_attributes(__name__, {
+    "unigap.study.config": ("FULL", "QUICK", "StudyConfig"),
+    "unigap.study.run": ("Job", "StudyRunner", "claim", "run_study"),
+})
