@@ -354,6 +354,26 @@ def test_every_process_looks_at_out_before_the_main_one_writes(tmp_path, monkeyp
     assert written_at_barrier == [[]]  # every check before the barrier, every write after it
 
 
+def test_a_run_is_not_resumed_on_another_model(tmp_path, monkeypatch) -> None:
+    """From Python no checkpoint path tells two models apart: the settings record the model's fingerprint."""
+    import unigap.refine.grpo as grpo
+
+    class Claimed(Exception):
+        pass
+
+    monkeypatch.setattr(grpo, "GRPOTrainer", lambda *args, **kwargs: (_ for _ in ()).throw(Claimed()))
+    um, config = load_model("tiny"), GRPOConfig(**TINY_RUN)
+    settings = {k: v for k, v in config.to_dict().items() if k not in grpo.FREE_SETTINGS}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / grpo.SETTINGS_FILE).write_text(json.dumps(settings | {"model": "another model",
+                                                                               "model_dtype": "float32"}))
+    with pytest.raises(UserError, match=rf'other settings \(model: "another model" → "{um.fingerprint()}"\)'):
+        train_grpo(um, config, tmp_path / "run", resume=True, show_progress=False)
+    (tmp_path / "run" / grpo.SETTINGS_FILE).write_text(json.dumps(settings))  # recorded before models were
+    with pytest.raises(Claimed):
+        train_grpo(um, config, tmp_path / "run", resume=True, show_progress=False)
+
+
 def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys, monkeypatch) -> None:
     import unigap.refine.grpo as grpo
 

@@ -43,6 +43,7 @@ from unigap.evaluate.data import distinct_prompts, held_out_pairs
 from unigap.evaluate.generation import batch_seed
 from unigap.evaluate.stats import paired_difference, welch
 from unigap.progress import progress
+from unigap.model.checkpoint import model_identity
 from unigap.model.editing import EDIT_SETTINGS
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.refine.loop import run_loop
@@ -287,9 +288,10 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     # why they are no defaults where the model edits). Written once, at the start: a checkpoint from before this file
     # existed is checked against its own settings when training resumes
     required = EDIT_SETTINGS if um.supports_editing else ()
-    defaults = {f.name: f.default for f in fields(GRPOConfig) if f.name not in required}
-    claim_settings(out / SETTINGS_FILE, {k: v for k, v in config.to_dict().items() if k not in FREE_SETTINGS},
-                   "refine train", defaults, write=main and not holds_run(out))
+    identity = model_identity(um)  # the base model, before any adapter of a resumed run is loaded
+    defaults = {f.name: f.default for f in fields(GRPOConfig) if f.name not in required} | identity
+    settings = {k: v for k, v in config.to_dict().items() if k not in FREE_SETTINGS} | identity
+    claim_settings(out / SETTINGS_FILE, settings, "refine train", defaults, write=main and not holds_run(out))
     before = cached_json(out / "parts" / "before.json", lambda: _loop_eval(um, config, show_progress),
                          write=main) if config.eval_n else None
     trainer = GRPOTrainer(um, config, out, report_to)
