@@ -379,7 +379,7 @@ def test_unigaps_warnings_are_one_line_like_its_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "patched", "hint"), [
-    (["train", "--model", "tiny", "--objective", "und-sft"], "unigap.cli.train.claim_inputs",
+    (["train", "--model", "tiny", "--objective", "und-sft"], "unigap.cli.train.inputs_claimed",
      "unigap: interrupted; rerun it with --resume to continue\n"),
     (["pretrain", "--quick"], "unigap.pretrain.pretrain", "unigap: interrupted; rerun the same command to continue\n"),
     (["world", "sample", "--n", "2", "--seed", "0"], "unigap.cli.world.write_dataset", "unigap: interrupted\n"),
@@ -413,3 +413,20 @@ def test_a_librarys_long_message_is_cut_to_one_readable_line() -> None:
     assert first_line(ValueError("one line\nand a second")) == "one line" and first_line(KeyError()) == "KeyError"
     long = first_line(RuntimeError("Missing key(s): " + ", ".join(f"layer.{i}" for i in range(500))))
     assert len(long) == FIRST_LINE_CHARS and long.endswith("…") and "\n" not in long
+
+
+def test_a_model_that_fails_to_load_leaves_no_record_that_refuses_the_corrected_command(tmp_path, capsys) -> None:
+    """The record of a run's inputs is taken back when nothing of the run was written: a fixed --model then starts."""
+    import shutil
+
+    from unigap.model.loading import resolve_checkpoint
+
+    broken = tmp_path / "broken"
+    shutil.copytree(resolve_checkpoint("tiny"), broken)
+    (broken / "tokenizer.json").unlink()
+    out = tmp_path / "run"
+    args = ["refine", "--n", "1", "--rounds", "0", "--out", str(out)]
+    code, err = _run(capsys, [*args, "--model", str(broken)])
+    assert code == 2 and "tokenizer" in err and not (out / "inputs.json").exists()
+    code, err = _run(capsys, [*args, "--model", "tiny"])
+    assert code == 0 and (out / "inputs.json").is_file() and (out / "refine.json").is_file(), err

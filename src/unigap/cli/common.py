@@ -7,7 +7,8 @@ the flag checks stay fast.
 from __future__ import annotations
 
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -97,6 +98,26 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     claim_settings(out / INPUTS_FILE, inputs, what, defaults=defaults,
                    write=write and distributed.is_main() and recorded, kind="inputs (compared by content)")
     return inputs
+
+
+@contextmanager
+def inputs_claimed(out: Path, what: str, model: str, adapter: Path | None = None,
+                   **data: Path | str | None) -> Iterator[dict[str, str | None]]:
+    """`claim_inputs` around the block that loads the model and runs: an error before the run writes anything of its
+    own (an adapter that does not fit the model, a model folder that does not load) takes the new record back, so the
+    corrected command is not refused as a run "under other inputs"."""
+    from unigap.atomic import PROBE_PREFIX
+
+    record_file = out / INPUTS_FILE
+    fresh = not record_file.exists()
+    record = claim_inputs(out, what, model, adapter, **data)
+    try:
+        yield record
+    except BaseException:
+        alone = out.is_dir() and all(e.name == INPUTS_FILE or e.name.startswith(PROBE_PREFIX) for e in out.iterdir())
+        if fresh and alone:
+            record_file.unlink(missing_ok=True)
+        raise
 
 
 def guarded_run(command: str, settings: dict[str, Any], seed: int, judge: dict[str, Any], out: Path, model: str,

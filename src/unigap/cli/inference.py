@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from unigap.cli.common import (ADAPTER_OPTION, MODEL_OPTION, claim_inputs, load, require_non_negative,
+from unigap.cli.common import (ADAPTER_OPTION, MODEL_OPTION, inputs_claimed, load, require_non_negative,
                                require_positive)
 from unigap.errors import UserError
 from unigap.world import load_image
@@ -135,10 +135,12 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     settings = {"layout": "geneval", "model": model, "adapter": None if adapter is None else str(adapter),
                 "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(), "n": n, "seed": seed, "cfg": cfg,
                 "temperature": temperature, "batch_size": batch_size, "max_prompts": max_prompts}
-    claim_inputs(out, "generate", model, adapter)  # the weights by content: an adapter retrained in place differs
-    claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None})
-    with manifest("generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
+    claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None}, write=False)
+    # the weights by content: an adapter retrained in place differs
+    with inputs_claimed(out, "generate", model, adapter), manifest(
+            "generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
         um = load(model, adapter)
+        claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None})
         record["device"] = str(um.device)
         written = write_geneval_layout(um, rows, out, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
                                        batch_size=batch_size)

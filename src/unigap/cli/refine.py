@@ -15,9 +15,9 @@ from unigap.cli.common import (
     EDIT_CFG_OPTION,
     EDIT_IMAGE_CFG_OPTION,
     JUDGE_OPTION,
-    claim_inputs,
     edit_guidance_kwargs,
     guarded_run,
+    inputs_claimed,
     load,
     print_table,
     weights_dtype,
@@ -120,10 +120,10 @@ def refine_command(
     from unigap.evaluate.judges import get_judge
 
     chosen = get_judge(config.judge, independent=True)  # a bad judge directory fails before anything is written
-    claim_inputs(out, "refine", model, adapter, prompts=config.prompts)
     distributed.wait_for_everyone()  # under `accelerate launch`: every process has checked OUT before one writes
-    with manifest("refine", {"model": model, "adapter": None if adapter is None else str(adapter),
-                             **config.__dict__}, seeds=[seed], judge=chosen.describe()) as record:
+    with inputs_claimed(out, "refine", model, adapter, prompts=config.prompts), manifest(
+            "refine", {"model": model, "adapter": None if adapter is None else str(adapter), **config.__dict__},
+            seeds=[seed], judge=chosen.describe()) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
         report = run_refine(um, config, out)
@@ -194,9 +194,10 @@ def train_command(
     judge: dict = {"name": "verifier"}  # the loop's accuracy before and after, and the audit of a judge reward
     if settings.reward != VERIFIER_REWARD:  # a bad judge directory fails here, before anything is written
         judge["reward"] = get_judge(settings.reward).describe()
-    claim_inputs(out, "refine train", model)
-    report = guarded_run("refine-train", settings.to_dict(), settings.seed, judge, out, model,
-                         weights_dtype(None, settings.bf16), lambda um: train_grpo(um, settings, out, resume, backends))
+    with inputs_claimed(out, "refine train", model):
+        report = guarded_run("refine-train", settings.to_dict(), settings.seed, judge, out, model,
+                             weights_dtype(None, settings.bf16),
+                             lambda um: train_grpo(um, settings, out, resume, backends))
     if report is None:
         return
     if report.get("change"):

@@ -13,7 +13,8 @@ from typing import Any
 
 import typer
 
-from unigap.cli.common import BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MODEL_OPTION, claim_inputs, weights_dtype
+from unigap.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MODEL_OPTION, claim_inputs, inputs_claimed,
+                               weights_dtype)
 from unigap.progress import progress
 from unigap.train.defaults import DPO_DEFAULTS as DPO
 from unigap.train.names import STRATEGIES, check_pair_tasks
@@ -160,8 +161,8 @@ def _train_sft(run: Run, und_data: Path | None, gen_data: Path | None, common: d
     settings = SFTConfig.load(run.config, **common, **paths)
     run = run.under(settings.bf16)
     data = read_sft_data(settings)  # a bad row fails before the model loads
-    claim_inputs(run.out, "train", run.model, und_data=und_data, gen_data=gen_data)
-    with manifest("train", {"model": run.model, "objective": "sft", **settings.to_dict()}, seeds=[settings.seed]) as record:
+    with inputs_claimed(run.out, "train", run.model, und_data=und_data, gen_data=gen_data), manifest(
+            "train", {"model": run.model, "objective": "sft", **settings.to_dict()}, seeds=[settings.seed]) as record:
         result = train_sft(run.load(record), settings, run.out, run.resume, run.backends, data=data)
     sizes = f"{len(data.understanding)} understanding, {len(data.captions)} generation examples"
     run.finish(result, record, f"sft on {sizes}")
@@ -174,7 +175,7 @@ def _train_unimrg(run: Run, objective: str, common: dict[str, Any]) -> None:
 
     settings = UniMRGConfig.load(run.config, objective=objective, **common)
     run = run.under(settings.bf16)
-    claim_inputs(run.out, "train", run.model)
-    with manifest("train", {"model": run.model, **settings.to_dict()}, seeds=[settings.seed]) as record:
+    with inputs_claimed(run.out, "train", run.model), manifest(
+            "train", {"model": run.model, **settings.to_dict()}, seeds=[settings.seed]) as record:
         result = train_unimrg(run.load(record), settings, run.out, run.resume, run.backends)
     run.finish(result, record, objective)

@@ -92,7 +92,8 @@ def refine(runner: Any, name: str, seed: int) -> None:
         images = best_of_n_images(um, specs, 1 + c.refine_rounds, seed, CFG_SCALE, 1.0, c.batch_size, False)
     else:
         reflector = "oracle" if name == "refine-oracle" else "self"
-        trajectories = run_loop(um, specs, c.refine_rounds, reflector, "auto", seed, CFG_SCALE, 1.0, c.batch_size, False)
+        trajectories = run_loop(um, specs, c.refine_rounds, reflector, "auto", seed, CFG_SCALE, 1.0, c.batch_size,
+                                False)
         images = [t.images[-1] for t in trajectories]
         report["refine"] = {"rounds": round_metrics(trajectories, c.refine_rounds)}
     records = judge_images(um, specs, images)
