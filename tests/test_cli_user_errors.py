@@ -54,6 +54,8 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["study", "--methods", ""], "unknown arm or family ''"),
     (["refine", "--prompts", "train"], "--prompts train: refine measures the loop on held-out prompts"),
     (["refine", "--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["train", "--model", "tiny", "--objective", "und-sft", "--out", ""], "--out is empty; give a path"),
+    (["world", "sample", "--n", "1", "--seed", "0", "--out="], "--out is empty; give a path"),
     (["eval", "--model", "tiny", "--temperature", "inf"],
      "Invalid value for '--temperature': inf is not a finite number (see `unigap eval --help`)"),
     (["refine", "train", "--lr", "nan"], "Invalid value for '--lr': nan is not a finite number"),

@@ -108,6 +108,8 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
     from unigap.atomic import check_creatable
 
     for value in _values(argv, "--out"):
+        if not value.strip():  # an unset shell variable: Path("") would be the current directory
+            raise UserError("--out is empty; give a path (. for the current directory)")
         if value:
             if value.endswith(("/", os.sep)) and _writes_a_file(argv, command):
                 raise UserError(f"--out {value} names a directory, and `unigap {command}` writes a file there: give "
