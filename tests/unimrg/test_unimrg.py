@@ -140,6 +140,16 @@ def test_cli_rejects_bad_combinations_in_one_line(args, message, tmp_path, capsy
     assert not (tmp_path / "o").exists()
 
 
+def test_a_strategy_from_the_config_file_is_used(tmp_path, capsys) -> None:
+    """`strategy` is a known config key: without --strategy the file's counts (the next error is und-only's)."""
+    config = tmp_path / "c.toml"
+    config.write_text('strategy = "und-only"\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "tiny", "--config", str(config), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "needs --strategy" not in err and "und-only" in err, err
+
+
 def test_cli_trains_und_sft_from_a_config_file(tmp_path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("n_scenes = 8\nbatch_size = 2\nsteps = 2\n")

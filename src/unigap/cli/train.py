@@ -90,13 +90,16 @@ def train(
     if objective in OBJECTIVES:
         _train_unimrg(run, objective, common)
         return
-    if strategy is None:
-        raise UserError("--objective dpo needs --strategy (one of " + ", ".join(STRATEGIES) + ")")
+    import tomllib
+
     from unigap.prefs.rows import check_pair_file, pairs_of
     from unigap.train.config import TrainConfig
     from unigap.train.trainer import DPOTrainer
 
     settings = TrainConfig.load(config, strategy=strategy, beta=beta, nll_weight=nll_weight, **common)
+    if strategy is None and (config is None or "strategy" not in tomllib.loads(config.read_text(encoding="utf-8"))):
+        raise UserError("--objective dpo needs --strategy (one of " + ", ".join(STRATEGIES) + "), or strategy in "
+                        "--config")
     run = run.under(settings.bf16)
     files = {task: path for task, path in (("und", und), ("gen", gen)) if path is not None}
     check_pair_tasks(settings.strategy, files)  # before the model loads
