@@ -220,3 +220,15 @@ def test_the_model_decodes_a_stored_image_once() -> None:
             return np.zeros((4, 4, 3), dtype=np.uint8)
 
     assert to_rgb_array(Counting()).shape == (4, 4, 3) and Counting.calls == 1
+
+
+def test_an_image_over_pils_bomb_limit_is_one_line_naming_its_row(tmp_path) -> None:
+    """PIL refuses an image over twice its pixel limit with an error that is not an OSError."""
+    from unigap.world import load_image
+
+    Image.new("1", (14000, 14000)).save(tmp_path / "big.png")  # 196 M pixels, 24 kB
+    (tmp_path / "data.jsonl").write_text(json.dumps({"image": "big.png", "question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(UserError, match=r"data.jsonl:1: cannot read image big.png: .*decompression bomb"):
+        read_understanding_data(tmp_path / "data.jsonl")
+    with pytest.raises(UserError, match=r"big.png as an image: .*decompression bomb"):
+        load_image(tmp_path / "big.png")

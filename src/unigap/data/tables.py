@@ -156,7 +156,7 @@ def image_cell(row: dict[str, Any], base: Path, where: str, name: str = "image")
         else:
             raise UserError(f"{where}: {name!r} must be a path, bytes or an image, got {type(value).__name__}")
         return rgb_pixels(image)
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:  # (a bomb: not an OSError)
         name = value if isinstance(value, str) else "bytes"
         raise UserError(f"{where}: cannot read image {name}: {exc}") from None
 

@@ -214,5 +214,5 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(p) as image:
             return rgb_pixels(image)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # (a bomb, > 2×PIL's pixel limit: neither)
         raise UserError(f"cannot read {p} as an image: {exc}") from None
