@@ -161,6 +161,8 @@ def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys)
     ("not a report", "{tmp}/other.json is not a `unigap eval` report (no per-item generation or understanding"),
     ("records a list", "{tmp}/refine.json is not a `unigap eval` report (no per-item"),
     ("outcome missing", "{tmp}/partial.json is not a `unigap eval` report (a generation record lacks 'verified')"),
+    ("outcome a word", "{tmp}/word.json is not a `unigap eval` report (a generation record's 'verified' is 'yes'"),
+    ("records a number", "{tmp}/number.json is not a `unigap eval` report (its records are not JSON arrays)"),
     ("seed a string", "{tmp}/seed.json is not a `unigap eval` report (its config has no integer seed)"),
     ("no seed", "{tmp}/noseed.json is not a `unigap eval` report (its config has no integer seed)"),
     ("same seed", "are both 'a' seed 0; name them apart with NAME=FILE"),
@@ -184,6 +186,11 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
     partial = json.loads(good.read_text())
     del partial["records"]["generation"][3]["verified"]
     (tmp_path / "partial.json").write_text(json.dumps(partial))
+    partial["records"]["generation"][3]["verified"] = "yes"
+    (tmp_path / "word.json").write_text(json.dumps(partial))
+    number = json.loads(good.read_text())
+    number["records"]["understanding"] = 5
+    (tmp_path / "number.json").write_text(json.dumps(number))
     (tmp_path / "seed.json").write_text(json.dumps(json.loads(good.read_text()) | {"config": {"seed": "0"}}))
     (tmp_path / "noseed.json").write_text(json.dumps(json.loads(good.read_text()) | {"config": {}}))
     os.mkfifo(tmp_path / "fifo")
@@ -194,6 +201,8 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
         "not a report": [good, other],
         "records a list": [good, tmp_path / "refine.json"],
         "outcome missing": [good, tmp_path / "partial.json"],
+        "outcome a word": [good, tmp_path / "word.json"],
+        "records a number": [good, tmp_path / "number.json"],
         "seed a string": [good, tmp_path / "seed.json"],
         "no seed": [good, tmp_path / "noseed.json"],
         "same seed": [good, f"a={s0}", f"a={_write(tmp_path / 'twin.json', 0.5)}"],

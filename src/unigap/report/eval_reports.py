@@ -41,6 +41,8 @@ def _seed(path: Path, report: Any) -> int:
     kinds = {m.records for m in METRICS}
     if not isinstance(records, dict) or not any(isinstance(records.get(kind), list) for kind in kinds):
         raise refuse("no per-item generation or understanding records")
+    if any(records.get(kind) is not None and not isinstance(records.get(kind), list) for kind in kinds):
+        raise refuse("its records are not JSON arrays")
     if not all(isinstance(r, dict) for kind in kinds for r in records.get(kind) or []):
         raise refuse("a record is not a JSON object")
     config = report.get("config")
@@ -92,6 +94,11 @@ def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
         if lacking is not None:
             raise UserError(f"{lacking} is not a `unigap eval` report (a {metric.records} record lacks "
                             f"{metric.outcome!r})")
+        wrong = next(((path, r[metric.outcome]) for path, r in rows if not isinstance(r[metric.outcome], (int, float))
+                      and r[metric.outcome] is not None), None)
+        if wrong is not None:
+            raise UserError(f"{wrong[0]} is not a `unigap eval` report (a {metric.records} record's "
+                            f"{metric.outcome!r} is {wrong[1]!r}, not a number)")
         if metric is JUDGED and not _judged_alike([report for _, report in reports]):
             continue
         tested.append(metric)
