@@ -74,6 +74,15 @@ def test_soup_refuses_mismatched_adapters(adapters: tuple[Path, Path], tmp_path:
         soup(adapters[0], tmp_path, 0.5, tmp_path / "out")
     with pytest.raises(UserError, match="λ must lie"):
         soup(*adapters, 1.5, tmp_path / "out")
+    wrong = tmp_path / "wrong-rank"  # a config that disagrees with its weights: the soup could not be loaded
+    wrong.mkdir()
+    (wrong / "adapter_model.safetensors").write_bytes((adapters[1] / "adapter_model.safetensors").read_bytes())
+    config = json.loads((adapters[1] / "adapter_config.json").read_text())
+    (wrong / "adapter_config.json").write_text(json.dumps(config | {"r": config["r"] * 8}))
+    with pytest.raises(UserError, match=rf"wrong-rank: its weights have rank {config['r']} but adapter_config.json "
+                                        rf"says r = {config['r'] * 8}"):
+        soup(adapters[0], wrong, 0.5, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_merge_cli_writes_one_soup_per_lambda(adapters: tuple[Path, Path], tmp_path: Path, capsys) -> None:

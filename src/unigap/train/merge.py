@@ -39,9 +39,14 @@ def _read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("peft_type") != "LORA":
         raise UserError(f"{directory}: only plain LoRA adapters (no rank/alpha patterns) can be souped")
     try:
-        return config, load_file(str(directory / ADAPTER_WEIGHTS))
+        tensors = load_file(str(directory / ADAPTER_WEIGHTS))
     except SafetensorError as exc:
         raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
+    ranks = {tensor.shape[0] for key, tensor in tensors.items() if key.endswith(A_SUFFIX)}
+    if ranks - {config.get("r")}:  # a soup of it would be written, and then fail to load
+        raise UserError(f"{directory}: its weights have rank {', '.join(map(str, sorted(ranks)))} but "
+                        f"{ADAPTER_CONFIG} says r = {config.get('r')}")
+    return config, tensors
 
 
 def lora_scaling(config: dict) -> float:
