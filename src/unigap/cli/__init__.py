@@ -110,16 +110,15 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
     for value in _values(argv, "--out"):
         if not value.strip():  # an unset shell variable: Path("") would be the current directory
             raise UserError("--out is empty; give a path (. for the current directory)")
-        if value:
-            if value.endswith(("/", os.sep)) and _writes_a_file(argv, command):
-                raise UserError(f"--out {value} names a directory, and `unigap {command}` writes a file there: give "
-                                f"a file name")
-            check_creatable(value)
-            if command not in FILE_OUTPUTS and Path(value).is_file():
-                raise UserError(f"--out {value} is a file, not a directory")
-            made_by = _made_by(Path(value))
-            if made_by is not None and made_by != " ".join(filter(None, (command, subcommand))):
-                raise UserError(f"--out {value} holds the output of `unigap {made_by}`; choose another --out")
+        if value.endswith(("/", os.sep)) and _writes_a_file(argv, command):
+            raise UserError(f"--out {value} names a directory, and `unigap {command}` writes a file there: give "
+                            f"a file name")
+        check_creatable(value)
+        if command not in FILE_OUTPUTS and Path(value).is_file():
+            raise UserError(f"--out {value} is a file, not a directory")
+        made_by = _made_by(Path(value))
+        if made_by is not None and made_by != " ".join(filter(None, (command, subcommand))):
+            raise UserError(f"--out {value} holds the output of `unigap {made_by}`; choose another --out")
 
 
 def _values(argv: list[str], flag: str) -> list[str]:
