@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from unigap.atomic import claim_settings, files_atomically, listed_files, remove_replaced, write_json
+from unigap.atomic import (claim_settings, entries, files_atomically, indexed_files_atomically, listed_files,
+                           remove_replaced, write_json)
 from unigap.errors import UserError
 
 
@@ -89,6 +90,36 @@ def test_files_atomically_replaces_each_file_whole_or_none(tmp_path) -> None:
     with pytest.raises(UserError, match="cannot write"):
         with files_atomically(tmp_path / "log.jsonl"):
             pass
+
+
+def _indexed_set(directory, names: list[str], extra: str | None = None) -> None:
+    """Write files `images/NAME` and their index (and an `extra` second index) through `indexed_files_atomically`."""
+    with indexed_files_atomically(directory, {"index.jsonl": ["file"], "more.jsonl": ["file"]},
+                                  inside=directory / "images", named=r"\d{4}\.png") as staging:
+        (staging / "images").mkdir()
+        for name in names:
+            (staging / "images" / name).write_text(f"{extra or 'new'} {name}")
+        (staging / "index.jsonl").write_text("".join(json.dumps({"file": f"images/{n}"}) + "\n" for n in names))
+        if extra is not None:
+            (staging / "more.jsonl").write_text(json.dumps({"file": "images/0000.png"}) + "\n")
+        if extra == "killed":
+            raise KeyboardInterrupt
+
+
+def test_indexed_files_atomically_never_leaves_an_index_over_another_runs_files(tmp_path) -> None:
+    _indexed_set(tmp_path, ["0000.png", "0001.png", "0002.png"], extra="first")
+    before = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
+    assert set(before) == {"index.jsonl", "more.jsonl", "images/0000.png", "images/0001.png", "images/0002.png"}
+    with pytest.raises(KeyboardInterrupt):  # a rerun interrupted while writing: the earlier set stays whole
+        _indexed_set(tmp_path, ["0000.png"], extra="killed")
+    after = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before and not any(p.name.startswith(".files.") for p in tmp_path.iterdir())
+    (tmp_path / ".files.abc.tmp").mkdir()  # what a writer killed outright leaves: not an entry of the folder's own
+    assert sorted(entries(tmp_path)) == ["images", "index.jsonl", "more.jsonl"]
+    _indexed_set(tmp_path, ["0000.png"])  # completed: the earlier files it no longer lists go, the stale index too
+    after = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == {"index.jsonl": '{"file": "images/0000.png"}\n', "images/0000.png": "new 0000.png"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "index.jsonl"]
 
 
 def test_write_json_refuses_nan_and_leaves_the_previous_file(tmp_path) -> None:

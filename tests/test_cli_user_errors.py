@@ -198,6 +198,30 @@ def test_a_rerun_with_fewer_samples_leaves_no_earlier_images(tmp_path: Path, cap
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000007.png"]
 
 
+def test_an_interrupted_rerun_leaves_the_earlier_dataset_whole(tmp_path: Path, capsys, monkeypatch) -> None:
+    from unigap.world import dataset
+
+    out = tmp_path / "w"
+    main_ok = ["world", "sample", "--n", "3", "--questions", "1", "--out", str(out)]
+    with pytest.raises(SystemExit):
+        main([*main_ok, "--seed", "0"])
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real = dataset.render_pil
+    calls = []
+
+    def render_then_stop(scene):  # ^C while the second image of the rerun is drawn
+        calls.append(scene)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(scene)
+
+    monkeypatch.setattr(dataset, "render_pil", render_then_stop)
+    code, err = _run(capsys, [*main_ok, "--seed", "1"])
+    assert code == 130 and err == "unigap: interrupted\n"
+    after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the earlier index still lists its own images: none was replaced, nothing was added
+
+
 def test_a_directory_given_as_a_file_says_so(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "picture.png"
     folder.mkdir()

@@ -225,6 +225,45 @@ def files_atomically(directory: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def indexed_files_atomically(directory: str | os.PathLike, indexes: dict[str, Collection[str]],
+                             inside: str | os.PathLike | None = None, named: str | None = None) -> Iterator[Path]:
+    """`files_atomically` for a set of files listed by index files (`indexes`: each index's name in `directory` and
+    the columns naming its files, relative to `directory`): write the files and the new indexes into the yielded
+    folder. When the block ends, the old indexes go first, the files are renamed into place, the new indexes last,
+    and the files an old index listed that no new one lists are removed (`remove_replaced`, within `inside` and
+    `named`). An interrupted rerun thus leaves the earlier set whole, and no index ever lists another run's files
+    under its own rows; a kill during the renames leaves no index at all (and those of the earlier files the new set
+    does not replace)."""
+    directory = Path(directory)
+
+    def listed() -> set[str]:
+        return set().union(*(listed_files(directory / name, columns) for name, columns in indexes.items()))
+
+    earlier = listed()
+    staged: dict[str, bytes] = {}
+    with files_atomically(directory) as tmp:
+        yield tmp
+        for name in indexes:
+            if (tmp / name).is_file():
+                staged[name] = (tmp / name).read_bytes()
+                (tmp / name).unlink()
+            (directory / name).unlink(missing_ok=True)
+    for name, content in staged.items():
+        atomic_write_bytes(directory / name, lambda handle, content=content: handle.write(content))
+    remove_replaced(directory, earlier, listed(), inside=inside, named=named)
+
+
+def entries(directory: str | os.PathLike) -> list[str]:
+    """The names in `directory` (none where it is not a directory), less unigap's own transient ones: a writer's
+    temporaries (`*.tmp`, left behind only by a kill) and another process's instant write test."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return [e.name for e in directory.iterdir()
+            if not e.name.startswith(PROBE_PREFIX) and not (e.name.startswith(".") and e.name.endswith(TMP_SUFFIX))]
+
+
 def remove_stale_temporaries(directory: str | os.PathLike) -> None:
     """Delete the temporary directories a killed writer left in `directory` (for a resumed job)."""
     for stale in Path(directory).glob(f".*{TMP_SUFFIX}"):

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from unigap.cli import main
+from unigap.evaluate import layouts
 
 REQUIRED = {
     "understanding": ("accuracy", "by_kind"),
@@ -55,7 +56,7 @@ def test_eval_generates_a_users_prompt_file(tiny_dir, tmp_path, capsys):
     assert code == 2 and err.strip() == f"unigap: error: {bad}:2: empty line" and not (tmp_path / "b.json").exists()
 
 
-def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys):
+def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys, monkeypatch):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text('a red circle\n{"prompt": "free text is fine here"}\n')
     out = tmp_path / "images"
@@ -70,6 +71,20 @@ def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys
     prompts.write_text("a blue square\n")  # a rerun with fewer prompts leaves no earlier image behind
     code, _, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "2024.png", "metadata.jsonl"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    prompts.write_text("a red circle\na green triangle\n")  # a rerun stopped at its second image changes nothing
+    sheets, real_grid = [], layouts.grid
+
+    def grid_then_stop(images):  # ^C as the second prompt's image is laid out
+        sheets.append(real_grid(images) if not sheets else None)
+        if len(sheets) == 2:
+            raise KeyboardInterrupt
+        return sheets[0]
+
+    with monkeypatch.context() as patched:
+        patched.setattr("unigap.evaluate.layouts.grid", grid_then_stop)
+        code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
+    assert code == 130 and {p.name: p.read_bytes() for p in out.iterdir()} == before, err
     code, _, err = run_main(capsys, ["generate", "--model", tiny_dir, "--out", tmp_path / "x.png"])
     assert code == 2 and err.strip() == "unigap: error: give exactly one of --prompt and --prompts"
     blocker = tmp_path / "blocker"

@@ -130,3 +130,14 @@ def test_rewriting_a_jsonl_with_fewer_rows_removes_the_images_it_no_longer_names
     own.write_text(json.dumps({"images": ["photo.png"]}) + "\n")
     write_rows(own, [und_row(0)])
     assert (tmp_path / "photo.png").is_file()
+
+
+def test_a_failed_rewrite_of_a_jsonl_leaves_the_earlier_file_and_its_images(tmp_path: Path) -> None:
+    path = tmp_path / "und.jsonl"
+    write_rows(path, [und_row(i) | {"images": [b"first %d" % i]} for i in range(2)])
+    before = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    broken = [und_row(0) | {"images": [b"second"]}, und_row(1) | {"images": [b"second"], "note": {1, 2}}]
+    with pytest.raises(TypeError, match="not JSON serializable"):  # its images were written before its index failed
+        write_rows(path, broken)
+    after = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["und.jsonl", "und_images"]

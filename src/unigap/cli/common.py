@@ -77,7 +77,7 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     before records) is left as it is: its inputs are unknown, and a record written now would vouch for them. Returns
     the record; `fingerprints`, a check's record, is written without reading the inputs again."""
     from unigap import distributed
-    from unigap.atomic import claim_settings, file_fingerprint
+    from unigap.atomic import claim_settings, entries, file_fingerprint
     from unigap.model.checkpoint import weights_fingerprint
     from unigap.model.loading import resolve_checkpoint
     from unigap.model.lora import adapter_fingerprint
@@ -91,7 +91,7 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
         for name, (source, fingerprint) in sources.items():  # (an absent one as null: compared too)
             exists = source is not None and Path(source).exists()
             inputs[name] = fingerprint(source) if exists else None if source is None else str(source)
-    recorded = (out / INPUTS_FILE).is_file() or not _entries(out)
+    recorded = (out / INPUTS_FILE).is_file() or not entries(out)
     # a record from before it had them (its "adapter" hashed the whole folder, outputs written there too)
     defaults = {"command": what, "adapter_files": inputs.get("adapter_files")}
     claim_settings(out / INPUTS_FILE, inputs, what, defaults=defaults,
@@ -105,22 +105,17 @@ def inputs_claimed(out: Path, what: str, model: str, adapter: Path | None = None
     """`claim_inputs` around the block that loads the model and runs: an error before the run writes anything of its
     own (an adapter that does not fit the model, a model folder that does not load) takes the new record back, so the
     corrected command is not refused as a run "under other inputs"."""
+    from unigap.atomic import entries
+
     record_file = out / INPUTS_FILE
     fresh = not record_file.exists()
     record = claim_inputs(out, what, model, adapter, **data)
     try:
         yield record
     except BaseException:
-        if fresh and _entries(out) == [INPUTS_FILE]:
+        if fresh and entries(out) == [INPUTS_FILE]:
             record_file.unlink()
         raise
-
-
-def _entries(out: Path) -> list[str]:
-    """The names in OUT (none where it is not a directory), less another process's instant write test."""
-    from unigap.atomic import PROBE_PREFIX
-
-    return [e.name for e in out.iterdir() if not e.name.startswith(PROBE_PREFIX)] if out.is_dir() else []
 
 
 def guarded_run(command: str, settings: dict[str, Any], seed: int, judge: dict[str, Any], out: Path, model: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -76,7 +77,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
                     n: int, seed: int, cfg: float, temperature: float, max_prompts: int | None) -> None:
     """One PNG (a grid of the n samples) for --prompt, or one per line of --prompts, sampled with seed + its index;
     with --prompts also OUT/metadata.jsonl (file_name, prompt, seed: `datasets`' imagefolder reads it)."""
-    from unigap.atomic import atomic_write_lines, listed_files, remove_replaced
+    from unigap.atomic import entries, indexed_files_atomically
     from unigap.evaluate import check_output_file, write_atomically
     from unigap.evaluate.data import read_prompt_file
     from unigap.evaluate.layouts import grid
@@ -88,23 +89,26 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
         raise UserError(f"--out {out} is a file; with --prompts it must be a directory")
     elif out.suffix.lower() == ".png":
         raise UserError(f"--out {out}: with --prompts --out is a directory (a PNG per line); give a folder name")
-    elif out.is_dir() and any(out.iterdir()) and not (out / GRID_INDEX).is_file():
+    elif entries(out) and not (out / GRID_INDEX).is_file():
         raise UserError(f"--out {out} holds files of something else than an earlier grid run (no {GRID_INDEX}); "
                         f"choose an empty or new folder")
     else:
         check_output_file(out / GRID_INDEX)  # a parent that is a file fails here, before the model loads
-    earlier = listed_files(out / GRID_INDEX, ["file_name"]) if prompts is not None else set()
     um = load(model, adapter)
     rows = []
-    for index, text in enumerate(texts):
-        tokens = um.generate_images([text], n_per_prompt=n, cfg_scale=cfg, temperature=temperature, seed=seed + index)
-        sheet = grid(um.decode_tokens(tokens))
-        target = out if prompts is None else out / f"{index:04d}.png"
-        write_atomically(target, lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
-        rows.append({"file_name": target.name, "prompt": text, "seed": seed + index, "n": n})
-    if prompts is not None:  # the index, then the earlier run's images it no longer lists go
-        atomic_write_lines(out / GRID_INDEX, [json.dumps(row) for row in rows])
-        remove_replaced(out, earlier, {row["file_name"] for row in rows}, named=r"\d{4,}\.png")
+    # a prompt file's PNGs and index are staged, then swapped in: an interrupted rerun never mixes two runs
+    staged = nullcontext() if prompts is None else indexed_files_atomically(out, {GRID_INDEX: ["file_name"]},
+                                                                              named=r"\d{4,}\.png")
+    with staged as staging:
+        for index, text in enumerate(texts):
+            tokens = um.generate_images([text], n_per_prompt=n, cfg_scale=cfg, temperature=temperature,
+                                        seed=seed + index)
+            sheet = grid(um.decode_tokens(tokens))
+            target = out if staging is None else staging / f"{index:04d}.png"
+            write_atomically(target, lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
+            rows.append({"file_name": target.name, "prompt": text, "seed": seed + index, "n": n})
+        if staging is not None:
+            (staging / GRID_INDEX).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     one, many = ("an image", "images") if n == 1 else (f"a grid of {n} images", f"grids of {n} images")
     typer.echo(f"wrote {one if len(texts) == 1 else f'{len(texts)} {many}, one per prompt,'} to {out}")
 

@@ -43,7 +43,7 @@ from unigap.errors import UnigapWarning, UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
 from unigap.prefs.trl import check_ids, is_trl_row, rescored, token_ids, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import StoredImage, read_table, stored_image
-from unigap.atomic import atomic_write_bytes, atomic_write_lines, files_in, listed_files, remove_replaced
+from unigap.atomic import atomic_write_bytes, indexed_files_atomically
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
 from unigap.world.render import render
 from unigap.world.scene import Scene
@@ -105,7 +105,7 @@ def _store_images(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, 
         if path.suffix == ".parquet":
             return {"bytes": value, "path": None}
         folder.mkdir(exist_ok=True)
-        atomic_write_bytes(folder / name, lambda handle: handle.write(value))
+        (folder / name).write_bytes(value)
         return f"{folder.name}/{name}"
 
     out = []
@@ -122,21 +122,21 @@ def _store_images(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, 
 
 
 def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write rows as JSONL (sorted keys) or Parquet, chosen by the suffix; atomically (images first, see
-    `_store_images`, so a complete file never points at a missing image)."""
+    """Write rows as JSONL (sorted keys) or Parquet, chosen by the suffix, atomically: a JSONL file and its images
+    (`_store_images`) are staged and swapped in together, so an interrupted rewrite leaves the earlier file with its
+    own images and a complete file never points at a missing or another run's image."""
     path = Path(path)
     check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    earlier = listed_files(path, IMAGE_COLUMNS) if path.suffix == ".jsonl" else set()
-    rows = _store_images(path, rows)
     if path.suffix == ".jsonl":
-        atomic_write_lines(path, [json.dumps(row, sort_keys=True) for row in rows])
-        remove_replaced(path.parent, earlier, files_in(rows, IMAGE_COLUMNS), inside=images_folder(path))
+        with indexed_files_atomically(path.parent, {path.name: IMAGE_COLUMNS}, inside=images_folder(path)) as staging:
+            lines = [json.dumps(row, sort_keys=True) + "\n" for row in _store_images(staging / path.name, rows)]
+            (staging / path.name).write_text("".join(lines), encoding="utf-8")
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = _image_features(pa.Table.from_pylist(list(rows)))
+        table = _image_features(pa.Table.from_pylist(_store_images(path, rows)))
         atomic_write_bytes(path, lambda handle: pq.write_table(table, handle))
     return path
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from unigap.atomic import atomic_write_lines, listed_files, remove_replaced
+from unigap.atomic import indexed_files_atomically
 from unigap.errors import UserError
 from unigap.world.prompts import CATEGORIES, PromptSpec, all_specs, near_misses, sample_scene_for, satisfies
 from unigap.world.questions import Question, sample_question
@@ -200,7 +200,8 @@ def write_dataset(
     questions: int = 0,
     draw_seed: int | None = None,
 ) -> Path:
-    """Write n samples of one split to out_dir (PNGs, then samples.jsonl atomically); returns the JSONL path.
+    """Write n samples of one split to out_dir (PNGs and samples.jsonl, staged and then swapped in, so an
+    interrupted rerun leaves the earlier dataset as it was); returns the JSONL path.
 
     `draw_seed` (default: `seed`) picks which scenes of the split are drawn; the partition stays `seed`'s. The
     shipped model was pretrained on `sample_records(6000, 0, "train")`, so fine-tuning data that should be new
@@ -215,24 +216,23 @@ def write_dataset(
     if out.exists() and not out.is_dir():
         raise UserError(f"output directory {out} is a file")
     pairs = sample_records(n, seed, split, category, canvas, draw_seed)
-    earlier = listed_files(out / SAMPLES_FILE, ["image"])
-    (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-    (out / QUESTIONS_FILE).unlink(missing_ok=True)  # an earlier run's questions would ask about replaced images
-    lines = []
-    for i, (spec, scene) in enumerate(pairs):
-        rel = f"{IMAGES_DIR}/{i:06d}.png"
-        render_pil(scene).save(out / rel, format="PNG", optimize=False, compress_level=6)
-        lines.append(_record_json(i, split, seed, spec, scene, rel, draw_seed))
-        if progress is not None:
-            progress(i + 1)
-    if questions > 0:
-        asked = train_questions([scene for _, scene in pairs], seed, questions, sentence_fraction=0.0)
-        rows = [{"image": f"{IMAGES_DIR}/{i:06d}.png", "question": q.text, "answer": q.answer, "kind": q.kind}
-                for i, qs in enumerate(asked) for q in qs]
-        atomic_write_lines(out / QUESTIONS_FILE, [json.dumps(row, sort_keys=True) for row in rows])
-    atomic_write_lines(out / SAMPLES_FILE, lines)
-    written = {f"{IMAGES_DIR}/{i:06d}.png" for i in range(len(pairs))}
-    remove_replaced(out, earlier, written, inside=out / IMAGES_DIR, named=r"\d{6,}\.png")
+    with indexed_files_atomically(out, {SAMPLES_FILE: ["image"], QUESTIONS_FILE: ["image"]}, inside=out / IMAGES_DIR,
+                                  named=r"\d{6,}\.png") as staging:
+        (staging / IMAGES_DIR).mkdir()
+        lines = []
+        for i, (spec, scene) in enumerate(pairs):
+            rel = f"{IMAGES_DIR}/{i:06d}.png"
+            render_pil(scene).save(staging / rel, format="PNG", optimize=False, compress_level=6)
+            lines.append(_record_json(i, split, seed, spec, scene, rel, draw_seed))
+            if progress is not None:
+                progress(i + 1)
+        if questions > 0:  # (an earlier run's questions go in any case: they ask about replaced images)
+            asked = train_questions([scene for _, scene in pairs], seed, questions, sentence_fraction=0.0)
+            rows = [{"image": f"{IMAGES_DIR}/{i:06d}.png", "question": q.text, "answer": q.answer, "kind": q.kind}
+                    for i, qs in enumerate(asked) for q in qs]
+            (staging / QUESTIONS_FILE).write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows),
+                                                encoding="utf-8")
+        (staging / SAMPLES_FILE).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return out / SAMPLES_FILE
 
 
