@@ -197,7 +197,12 @@ def load(model: str, adapter: Path | None, dtype: str | None = None) -> UnifiedM
     from unigap.model import load_model
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar, even where transformers was imported earlier
-    um = load_model(model, dtype=dtype)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its table of weights that misfit the config: `load_model` refuses in one line
+    try:
+        um = load_model(model, dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if adapter is not None:
         try:
             um.load_adapter(adapter)

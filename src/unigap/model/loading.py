@@ -6,6 +6,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -118,10 +119,35 @@ def load_weights(
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the tokenizer of {directory}: {first_line(exc)}") from None
     try:  # device_map puts the weights straight onto the device (no full CPU copy of a 7B model first)
-        model = JanusForConditionalGeneration.from_pretrained(directory, dtype=dtype, device_map=device)
+        model, info = JanusForConditionalGeneration.from_pretrained(
+            directory, dtype=dtype, device_map=device, output_loading_info=True, ignore_mismatched_sizes=True)
     except SafetensorError as exc:
         raise UserError(f"cannot read the weights in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
+    _refuse_misfits(directory, info)
     return model.eval(), tokenizer
+
+
+MISFITS = {  # transformers' loading report: it fills each such tensor at random, with a warning
+    "mismatched_keys": "hold {n} tensor(s) of another shape than its config.json gives",
+    "missing_keys": "lack {n} tensor(s) its config.json calls for",
+}
+
+
+def _refuse_misfits(directory: Path, info: dict[str, Any]) -> None:
+    """`UserError` where the weights do not fit the config: transformers would load the model all the same, the
+    misfits at random (a model that answers and draws noise). Tensors the config has no place for are dropped with a
+    warning only: a real checkpoint may carry extras (buffers, another head) that the model does not use."""
+    for kind, misfit in MISFITS.items():
+        found = sorted((key,) if isinstance(key, str) else tuple(key) for key in info.get(kind, ()))
+        if found:  # a mismatch comes as (name, shape in the weights, shape the config gives)
+            first = found[0][0] + "".join(f", {list(shape)} {where}" for shape, where
+                                          in zip(found[0][1:], ("in the weights", "by config.json")))
+            raise UserError(f"the weights in {directory} {misfit.format(n=len(found))} (first: {first}): an edited "
+                            "config.json, or weights of another model?")
+    unused = sorted(info.get("unexpected_keys", ()))
+    if unused:
+        warnings.warn(f"the weights in {directory} hold {len(unused)} tensor(s) its config.json has no place for "
+                      f"(first: {unused[0]}); loaded without them", UnigapWarning, stacklevel=3)
 
 
 def load_model(
