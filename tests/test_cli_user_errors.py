@@ -387,6 +387,50 @@ def test_broken_adapters_and_weights_are_one_line_and_never_reach_for_the_hub(tm
     assert code == 2 and err.startswith(f"unigap: error: cannot read the weights in {model}") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(("edit", "says"), [
+    ({"intermediate_size": 1024}, "hold 12 tensor(s) of another shape than its config.json gives (first: model."
+     "language_model.layers.0.mlp.down_proj.weight, [256, 512] in the weights, [256, 1024] by config.json)"),
+    ({"num_hidden_layers": 5}, "lack 9 tensor(s) its config.json calls for (first: model.language_model.layers.4."),
+])
+def test_weights_that_do_not_fit_their_config_are_refused_not_filled_at_random(tmp_path: Path, capsys, edit: dict,
+                                                                                says: str) -> None:
+    """(transformers would load them with a warning, the misfits initialised at random.)"""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from unigap.model.loading import resolve_checkpoint
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_checkpoint("tiny"), model)
+    config = json.loads((model / "config.json").read_text())
+    config["text_config"] |= edit
+    (model / "config.json").write_text(json.dumps(config))
+    Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
+    code, err = _run(capsys, ["ask", "--model", str(model), "--image", str(tmp_path / "x.png"), "--question", "What?"])
+    assert code == 2 and err.startswith(f"unigap: error: the weights in {model} {says}") and err.count("\n") == 1, err
+
+
+def test_weights_the_config_has_no_place_for_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from unigap.errors import UnigapWarning
+    from unigap.model import load_model
+    from unigap.model.loading import resolve_checkpoint
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_checkpoint("tiny"), model)
+    config = json.loads((model / "config.json").read_text())
+    config["text_config"]["num_hidden_layers"] = 3
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UnigapWarning, match=r"hold 9 tensor\(s\) its config.json has no place for \(first: model\."
+                      r"language_model\.layers\.3\.input_layernorm\.weight\); loaded without them"):
+        um = load_model(model)
+    assert len(um.model.model.language_model.layers) == 3
+
+
 def test_unigaps_warnings_are_one_line_like_its_errors(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -456,3 +500,36 @@ def test_a_model_that_fails_to_load_leaves_no_record_that_refuses_the_corrected_
     assert code == 2 and "tokenizer" in err and not (out / "inputs.json").exists()
     code, err = _run(capsys, [*args, "--model", "tiny"])
     assert code == 0 and (out / "inputs.json").is_file() and (out / "refine.json").is_file(), err
+
+
+def test_a_ctrl_c_before_the_command_runs_is_one_line_not_a_traceback(capsys, monkeypatch) -> None:
+    import builtins
+
+    import unigap.__main__ as entry
+    from unigap import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_check_out", interrupted)  # while the command line is checked
+    code, err = _run(capsys, ["world", "sample", "--n", "2", "--seed", "0", "--out", "x"])
+    assert code == 130 and err == "unigap: interrupted\n"
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *args, **kwargs: interrupted() if name == "unigap.cli"
+                        else real_import(name, *args, **kwargs))  # while the CLI is imported (the console script)
+    with pytest.raises(SystemExit) as exit_:
+        entry.main()
+    assert exit_.value.code == 130 and capsys.readouterr().err == "unigap: interrupted\n"
+
+
+@pytest.mark.parametrize(("entry", "says"), [
+    ("samples.jsonl/", "samples.jsonl is a directory, where unigap needs a file"),
+    ("images", "images is a file, where unigap needs a directory"),
+    ("manifest.json/", "manifest.json is a directory, where unigap needs a file"),
+])
+def test_an_entry_of_the_wrong_kind_inside_out_is_one_line(tmp_path: Path, capsys, entry: str, says: str) -> None:
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / entry).mkdir() if entry.endswith("/") else (out / entry).write_text("a user's own file")
+    code, err = _run(capsys, ["world", "sample", "--n", "2", "--seed", "0", "--out", str(out)])
+    assert code == 2 and err == f"unigap: error: {out}/{says}; move it away or choose another path\n"

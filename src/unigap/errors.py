@@ -16,6 +16,7 @@ class GuardStopped(Exception):
     """An audit against an independent judge stopped a self-supervised run (the CLI exits with code 3)."""
 
 
+INTERRUPTED = 130  # the exit code of a command stopped by ^C (the shell's, and typer's)
 FIRST_LINE_CHARS = 400  # torch's "Missing key(s) in state_dict: ..." lists every key on one line
 
 

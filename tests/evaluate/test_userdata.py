@@ -149,6 +149,9 @@ def test_table_errors(tmp_path):
     csv_path.write_text("image,question,answer\na.png,Q?,x\na.png,Q?\n")
     with pytest.raises(UserError, match=rf"^{csv_path}:3: expected 3 columns"):
         read_table(csv_path)
+    csv_path.write_text("image,question,answer,question\na.png,Q?,x,Another?\n")  # not the last one's, silently
+    with pytest.raises(UserError, match=rf"^{csv_path}:1: column 'question' appears twice in the header$"):
+        read_table(csv_path)
     for name, message in (("x.txt", "unknown data format"), ("none.jsonl", "data file not found")):
         (tmp_path / "x.txt").write_text("hi")
         with pytest.raises(UserError, match=message):

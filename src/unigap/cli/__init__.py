@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from unigap.errors import UserError
+from unigap.errors import INTERRUPTED, UserError
 from unigap.threads import configure_threads
 
 app = typer.Typer(
@@ -185,7 +185,6 @@ def _refusing_odd_numbers(param: object, process_value: Callable[[object, object
     return checked
 
 
-INTERRUPTED = 130  # typer's exit code on ^C
 RERUN_CONTINUES = ("study", "tune", "pretrain")  # the long jobs a plain rerun resumes (no --resume flag)
 
 
@@ -219,6 +218,19 @@ def _one_line_warnings() -> None:
     warnings.formatwarning = formatted
 
 
+def _in_the_way(exc: OSError) -> str:
+    """What stood where a command reads or writes (a folder where a file goes, or a file where a folder goes, say
+    inside --out), from the error it raised; the files written before stay whole (atomic writes)."""
+    target = Path(exc.filename2 or exc.filename or "?")  # (a rename's target is its second name)
+    if isinstance(exc, NotADirectoryError):
+        target = next((p for p in target.parents if p.exists() and not p.is_dir()), target)
+    kind = "a directory" if target.is_dir() else "a file"
+    goes = "a file" if isinstance(exc, IsADirectoryError) else "a directory"
+    if kind == goes:  # (a FileExistsError where the entry is of the kind needed: it had to be new)
+        return f"{target} already exists; move it away or choose another path"
+    return f"{target} is {kind}, where unigap needs {goes}; move it away or choose another path"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes (a `UserError`, or a flag click cannot parse) become one `unigap: error: ...` line
     on stderr with exit code 2."""
@@ -242,11 +254,17 @@ def main(argv: list[str] | None = None) -> None:
         if exc.format_message():
             print(f"unigap: error: {exc.format_message()} (see `{usage} --help`)", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # before click runs the command (which turns its own ^C into exit 130): nothing written
+        print("unigap: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     except typer.Abort:  # end of input where a prompt waited
         print("unigap: aborted", file=sys.stderr)
         sys.exit(1)
     except UserError as exc:
         print(f"unigap: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+        print(f"unigap: error: {_in_the_way(exc)}", file=sys.stderr)
         sys.exit(2)
     finally:
         if "WORLD_SIZE" in os.environ:  # under a launcher: leave the process group before exit
