@@ -349,6 +349,16 @@ def test_another_commands_output_is_not_written_into(tmp_path: Path, capsys) -> 
     with pytest.raises(UserError, match="holds the output of `unigap refine`"):
         check(["refine", "train", "--out", str(unfinished)])
     check(["refine", "--out", str(unfinished)])
+    inputs = unfinished / "inputs.json"  # a file command's --out onto a run's records
+    with pytest.raises(UserError, match=rf"^--out {inputs} is the output of `unigap refine`; choose another --out$"):
+        check(["eval", "--model", "tiny", "--out", str(inputs)])
+    with pytest.raises(UserError, match=rf"^--out {dataset / 'manifest.json'} is the output of `unigap selfimprove`"):
+        check(["compare", "--out", str(dataset / "manifest.json")])
+    report = tmp_path / "eval.json"  # a report with its manifest inside, as eval writes
+    report.write_text('{"understanding": {}, "manifest": {"command": "eval"}}')
+    check(["eval", "--model", "tiny", "--out", str(report)])  # eval's own: a rerun may replace it
+    with pytest.raises(UserError, match="is the output of `unigap eval`"):
+        check(["compare", "--out", str(report)])
     assert _command(["refine", "--prompts", "val"]) == ("refine", None)
     assert _command(["prefs", "export", "a.jsonl"]) == ("prefs", "export") and _command(["--help"]) == ("", None)
 

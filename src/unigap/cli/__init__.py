@@ -118,7 +118,8 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
             raise UserError(f"--out {value} is a file, not a directory")
         made_by = _made_by(Path(value))
         if made_by is not None and made_by != " ".join(filter(None, (command, subcommand))):
-            raise UserError(f"--out {value} holds the output of `unigap {made_by}`; choose another --out")
+            held = "holds" if Path(value).is_dir() else "is"
+            raise UserError(f"--out {value} {held} the output of `unigap {made_by}`; choose another --out")
 
 
 def _values(argv: list[str], flag: str) -> list[str]:
@@ -133,14 +134,20 @@ def _writes_a_file(argv: list[str], command: str) -> bool:
     return command in FILE_OUTPUTS and not (command == "generate" and many)
 
 
-def _made_by(directory: Path) -> str | None:
+def _made_by(path: Path) -> str | None:
     """The command that wrote a directory (`refine train` as typed): its manifest's, or for a run not finished yet
-    its inputs record's; None when neither says."""
+    its inputs record's; of a JSON file, the command its record names (a manifest, an inputs record, or a report
+    with its manifest inside, as `eval` writes); None when none says."""
     from unigap.cli.common import INPUTS_FILE
     from unigap.manifest import MANIFEST_FILE, read_record
 
-    for name in (MANIFEST_FILE, INPUTS_FILE):
-        command = (read_record(directory / name) or {}).get("command")
+    if path.is_file():
+        record = read_record(path) if path.suffix == ".json" else None
+        records = [record or {}, (record or {}).get("manifest") or {}]
+    else:
+        records = [read_record(path / name) or {} for name in (MANIFEST_FILE, INPUTS_FILE)]
+    for record in records:
+        command = record.get("command") if isinstance(record, dict) else None
         if isinstance(command, str):
             return command.replace("-", " ")
     return None
