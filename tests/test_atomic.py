@@ -4,11 +4,13 @@ earlier run's files."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
-from unigap.atomic import (claim_settings, entries, files_atomically, indexed_files_atomically, listed_files,
-                           remove_replaced, write_json)
+from unigap.atomic import (claim_settings, entries, files_atomically, has_index, indexed_files_atomically,
+                           listed_files, remove_replaced, write_json)
 from unigap.errors import UserError
 
 
@@ -106,20 +108,58 @@ def _indexed_set(directory, names: list[str], extra: str | None = None) -> None:
             raise KeyboardInterrupt
 
 
-def test_indexed_files_atomically_never_leaves_an_index_over_another_runs_files(tmp_path) -> None:
+def _tree(directory) -> dict[str, str]:
+    return {p.relative_to(directory).as_posix(): p.read_text() for p in directory.rglob("*") if p.is_file()}
+
+
+def test_indexed_files_atomically_never_leaves_an_index_over_another_runs_files(tmp_path, monkeypatch) -> None:
     _indexed_set(tmp_path, ["0000.png", "0001.png", "0002.png"], extra="first")
-    before = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
+    before = _tree(tmp_path)
     assert set(before) == {"index.jsonl", "more.jsonl", "images/0000.png", "images/0001.png", "images/0002.png"}
     with pytest.raises(KeyboardInterrupt):  # a rerun interrupted while writing: the earlier set stays whole
         _indexed_set(tmp_path, ["0000.png"], extra="killed")
-    after = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
-    assert after == before and not any(p.name.startswith(".files.") for p in tmp_path.iterdir())
-    (tmp_path / ".files.abc.tmp").mkdir()  # what a writer killed outright leaves: not an entry of the folder's own
+    assert _tree(tmp_path) == before and not any(p.name.startswith(".files.") for p in tmp_path.iterdir())
+    (tmp_path / ".files.index.jsonl.abc.tmp").mkdir()  # what a writer killed outright leaves: not an entry
+    (tmp_path / ".files.other.jsonl.abc.tmp").mkdir()  # another data file's writer, live: not touched
     assert sorted(entries(tmp_path)) == ["images", "index.jsonl", "more.jsonl"]
-    _indexed_set(tmp_path, ["0000.png"])  # completed: the earlier files it no longer lists go, the stale index too
-    after = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
-    assert after == {"index.jsonl": '{"file": "images/0000.png"}\n', "images/0000.png": "new 0000.png"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "index.jsonl"]
+    (tmp_path / "images" / "0001.png").unlink()
+    (tmp_path / "images" / "0001.png").mkdir()  # a rename that would fail halfway: refused before any change
+    with pytest.raises(IsADirectoryError):
+        _indexed_set(tmp_path, ["0000.png", "0001.png"])
+    assert _tree(tmp_path) == {k: v for k, v in before.items() if k != "images/0001.png"}
+    (tmp_path / "images" / "0001.png").rmdir()
+    renamed, real_replace = [], os.replace
+
+    def killed_at_the_second_image(source, target):  # ^C among the renames, after the fsyncs
+        renamed.append(Path(target).name)
+        if renamed.count("0001.png") and Path(target).suffix == ".png":
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_second_image)
+    with pytest.raises(KeyboardInterrupt):
+        _indexed_set(tmp_path, ["0000.png", "0001.png"])
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert renamed == [".index.jsonl.replaced.tmp", ".more.jsonl.replaced.tmp", "0000.png", "0001.png"]
+    assert not (tmp_path / "index.jsonl").exists() and has_index(tmp_path, "index.jsonl")  # set aside, not lost
+    _indexed_set(tmp_path, ["0000.png"])  # the next run removes what the set-aside indexes listed
+    assert _tree(tmp_path) == {"index.jsonl": '{"file": "images/0000.png"}\n', "images/0000.png": "new 0000.png"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".files.other.jsonl.abc.tmp", "images", "index.jsonl"]
+    (tmp_path / "more.jsonl").mkdir()  # an index's name taken by a folder: refused before the work
+    with pytest.raises(IsADirectoryError):
+        with indexed_files_atomically(tmp_path, {"index.jsonl": ["file"], "more.jsonl": ["file"]}):
+            raise AssertionError("the block ran")
+    assert _tree(tmp_path) == {"index.jsonl": '{"file": "images/0000.png"}\n', "images/0000.png": "new 0000.png"}
+
+
+def test_indexed_files_atomically_writes_the_indexes_last_in_the_order_given(tmp_path, monkeypatch) -> None:
+    renamed, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda source, target: (renamed.append(Path(target).name),
+                                                                real_replace(source, target)))
+    with indexed_files_atomically(tmp_path, {"questions.jsonl": ["image"], "samples.jsonl": ["image"]}) as staging:
+        for name in ("samples.jsonl", "questions.jsonl", "0.png"):
+            (staging / name).write_text("{}\n")
+    assert [name for name in renamed if not name.endswith(".tmp")] == ["0.png", "questions.jsonl", "samples.jsonl"]
 
 
 def test_write_json_refuses_nan_and_leaves_the_previous_file(tmp_path) -> None:

@@ -543,3 +543,15 @@ def test_an_entry_of_the_wrong_kind_inside_out_is_one_line(tmp_path: Path, capsy
     (out / entry).mkdir() if entry.endswith("/") else (out / entry).write_text("a user's own file")
     code, err = _run(capsys, ["world", "sample", "--n", "2", "--seed", "0", "--out", str(out)])
     assert code == 2 and err == f"unigap: error: {out}/{says}; move it away or choose another path\n"
+
+
+def test_an_entry_in_the_way_outside_the_paths_given_keeps_its_traceback(tmp_path: Path) -> None:
+    """(unigap's own folder of the wrong kind would be its bug, not the user's mistake.)"""
+    from unigap.cli import _in_the_way
+
+    inside = IsADirectoryError(21, "Is a directory", str(tmp_path / "out" / "samples.jsonl"))
+    (tmp_path / "out" / "samples.jsonl").mkdir(parents=True)
+    assert _in_the_way(inside, ["world", "sample", "--out", str(tmp_path / "out")]).startswith(
+        f"{tmp_path / 'out' / 'samples.jsonl'} is a directory, where unigap needs a file")
+    assert _in_the_way(inside, ["world", "sample", f"--out={tmp_path / 'other'}"]) is None
+    assert _in_the_way(FileExistsError(17, "File exists"), ["--out", str(tmp_path)]) is None

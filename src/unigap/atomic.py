@@ -9,6 +9,8 @@ checkpoint) go through `files_atomically`, each renamed into place. Kept free of
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import json
 import os
@@ -203,26 +205,67 @@ def files_atomically(directory: str | os.PathLike) -> Iterator[Path]:
     file is atomic, the set is not: a reader never meets a half-written file, and a kill between two renames leaves
     some new files beside old ones. Files of `directory` not written in the block stay."""
     directory = Path(directory)
+    with _staging(directory) as tmp:
+        yield tmp
+        _move_into(directory, tmp, _staged(tmp), fsync=True)
+
+
+@contextmanager
+def _staging(directory: Path, tag: str = "") -> Iterator[Path]:
+    """A temporary directory in `directory`, removed at the end; those an earlier writer of the same `tag` left when
+    killed outright go first (a tag keeps apart the writers that share a folder, such as two data files)."""
+    prefix = f"{FILES_PREFIX}{tag}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(f"{FILES_PREFIX}*{TMP_SUFFIX}"):  # left by a writer killed outright
+        for stale in directory.glob(f"{glob.escape(prefix)}*{TMP_SUFFIX}"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory, prefix=FILES_PREFIX, suffix=TMP_SUFFIX))
+        tmp = Path(tempfile.mkdtemp(dir=directory, prefix=prefix, suffix=TMP_SUFFIX))
     except OSError as exc:  # a file where the directory should be, or no permission
         raise UserError(f"cannot write {directory}: {exc.strerror or exc}") from None
     try:
         yield tmp
-        written = sorted(p for p in tmp.rglob("*") if p.is_file())
-        for path in written:
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-            os.chmod(path, FILE_MODE)
-        for path in written:
-            target = directory / path.relative_to(tmp)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _staged(tmp: Path) -> list[Path]:
+    return sorted(p for p in tmp.rglob("*") if p.is_file())
+
+
+def _check_targets(directory: Path, tmp: Path, files: Iterable[Path]) -> None:
+    """Raise before anything is replaced where a staged file could not be renamed into place: a directory at its
+    name, or a file where one of its folders goes (the OSError a rename would raise halfway through the set)."""
+    for path in files:
+        target = directory / path.relative_to(tmp)
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
+        if any(p.exists() and not p.is_dir() for p in target.parents if p.is_relative_to(directory)):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target))
+
+
+def _move_into(directory: Path, tmp: Path, files: list[Path], fsync: bool) -> None:
+    """Rename each staged file over its namesake in `directory` (fsynced first where `fsync`: on disk before it
+    replaces a file, as a checkpoint must be; a kill alone loses nothing written)."""
+    _check_targets(directory, tmp, files)
+    for path in files:
+        if fsync:
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+        os.chmod(path, FILE_MODE)
+    for path in files:
+        target = directory / path.relative_to(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+
+
+def _replaced(directory: Path, index: str) -> Path:
+    """Where `indexed_files_atomically` keeps an index while the files it listed are replaced."""
+    return directory / f".{index}.replaced{TMP_SUFFIX}"
+
+
+def has_index(directory: str | os.PathLike, index: str) -> bool:
+    """Whether `directory` holds a set `indexed_files_atomically` wrote under `index` (or was replacing when killed)."""
+    return (Path(directory) / index).is_file() or _replaced(Path(directory), index).is_file()
 
 
 @contextmanager
@@ -230,28 +273,32 @@ def indexed_files_atomically(directory: str | os.PathLike, indexes: dict[str, Co
                              inside: str | os.PathLike | None = None, named: str | None = None) -> Iterator[Path]:
     """`files_atomically` for a set of files listed by index files (`indexes`: each index's name in `directory` and
     the columns naming its files, relative to `directory`): write the files and the new indexes into the yielded
-    folder. When the block ends, the old indexes go first, the files are renamed into place, the new indexes last,
-    and the files an old index listed that no new one lists are removed (`remove_replaced`, within `inside` and
-    `named`). An interrupted rerun thus leaves the earlier set whole, and no index ever lists another run's files
-    under its own rows; a kill during the renames leaves no index at all (and those of the earlier files the new set
-    does not replace)."""
+    folder. When the block ends, every rename is checked first; then the old indexes are set aside, the files renamed
+    into place, the new indexes written in the order given (the last one marks the set complete), and the files an
+    old index listed that no new one lists removed (`remove_replaced`, within `inside` and `named`). An interrupted
+    rerun thus leaves the earlier set whole, and no index ever lists another run's files under its own rows; a kill
+    during the renames leaves no index, and the set-aside ones, which the next run reads to remove what they listed."""
     directory = Path(directory)
+    for name in indexes:  # before the work, where it can be seen
+        _check_targets(directory, directory, [directory / name])
 
-    def listed() -> set[str]:
-        return set().union(*(listed_files(directory / name, columns) for name, columns in indexes.items()))
+    def listed(*, set_aside: bool) -> set[str]:
+        return set().union(*(listed_files(path, columns) for name, columns in indexes.items()
+                             for path in (directory / name, _replaced(directory, name))[:1 + set_aside]))
 
-    earlier = listed()
-    staged: dict[str, bytes] = {}
-    with files_atomically(directory) as tmp:
+    earlier = listed(set_aside=True)
+    with _staging(directory, tag=f"{next(iter(indexes))}.") as tmp:
         yield tmp
+        files = _staged(tmp)
+        _check_targets(directory, tmp, files)
         for name in indexes:
-            if (tmp / name).is_file():
-                staged[name] = (tmp / name).read_bytes()
-                (tmp / name).unlink()
-            (directory / name).unlink(missing_ok=True)
-    for name, content in staged.items():
-        atomic_write_bytes(directory / name, lambda handle, content=content: handle.write(content))
-    remove_replaced(directory, earlier, listed(), inside=inside, named=named)
+            if (directory / name).is_file():
+                os.replace(directory / name, _replaced(directory, name))
+        _move_into(directory, tmp, [p for p in files if p.relative_to(tmp).as_posix() not in indexes], fsync=False)
+        _move_into(directory, tmp, [tmp / name for name in indexes if (tmp / name).is_file()], fsync=True)
+    remove_replaced(directory, earlier, listed(set_aside=False), inside=inside, named=named)
+    for name in indexes:
+        _replaced(directory, name).unlink(missing_ok=True)
 
 
 def entries(directory: str | os.PathLike) -> list[str]:

@@ -150,8 +150,10 @@ def test_table_errors(tmp_path):
     with pytest.raises(UserError, match=rf"^{csv_path}:3: expected 3 columns"):
         read_table(csv_path)
     csv_path.write_text("image,question,answer,question\na.png,Q?,x,Another?\n")  # not the last one's, silently
-    with pytest.raises(UserError, match=rf"^{csv_path}:1: column 'question' appears twice in the header$"):
+    with pytest.raises(UserError, match=rf"^{csv_path}: the header names 'question' more than once$"):
         read_table(csv_path)
+    csv_path.write_text("image,question,answer,,\na.png,Q?,x,,\n")  # a spreadsheet's trailing empty columns
+    assert read_table(csv_path)[0][1] | {"": None} == {"image": "a.png", "question": "Q?", "answer": "x", "": None}
     for name, message in (("x.txt", "unknown data format"), ("none.jsonl", "data file not found")):
         (tmp_path / "x.txt").write_text("hi")
         with pytest.raises(UserError, match=message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,17 @@ def test_user_errors(tmp_path):
     (tmp_path / "samples.jsonl").write_text('{"index": 0}\n')
     with pytest.raises(UserError, match="malformed record"):
         load_dataset(tmp_path)
+
+
+def test_samples_jsonl_is_written_last_as_the_mark_of_a_complete_dataset(tmp_path, monkeypatch) -> None:
+    """A study takes a present samples.jsonl for complete data (its questions too)."""
+    import os
+
+    from unigap.world.dataset import QUESTIONS_FILE, SAMPLES_FILE, write_dataset
+
+    renamed, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda source, target: (renamed.append(Path(target)),
+                                                                real_replace(source, target)))
+    write_dataset(tmp_path, 2, 0, questions=1)
+    placed = [path.name for path in renamed if path.parent in (tmp_path, tmp_path / "images")]  # (not staged ones)
+    assert placed == ["000000.png", "000001.png", QUESTIONS_FILE, SAMPLES_FILE]

@@ -225,10 +225,15 @@ def _one_line_warnings() -> None:
     warnings.formatwarning = formatted
 
 
-def _in_the_way(exc: OSError) -> str:
-    """What stood where a command reads or writes (a folder where a file goes, or a file where a folder goes, say
-    inside --out), from the error it raised; the files written before stay whole (atomic writes)."""
-    target = Path(exc.filename2 or exc.filename or "?")  # (a rename's target is its second name)
+def _in_the_way(exc: OSError, argv: list[str]) -> str | None:
+    """What stood where a command reads or writes at a path the user gave (a folder where a file goes, or a file where
+    a folder goes, say inside --out), from the error it raised; None for a path the command line does not lead to."""
+    if not exc.filename:
+        return None
+    target = Path(exc.filename2 or exc.filename)  # (a rename's target is its second name)
+    given = [Path(arg.split("=", 1)[-1]).resolve() for arg in argv if arg.split("=", 1)[-1].strip("-")]
+    if not any(target.resolve().is_relative_to(path) for path in given):
+        return None
     if isinstance(exc, NotADirectoryError):
         target = next((p for p in target.parents if p.exists() and not p.is_dir()), target)
     kind = "a directory" if target.is_dir() else "a file"
@@ -271,7 +276,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"unigap: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
-        print(f"unigap: error: {_in_the_way(exc)}", file=sys.stderr)
+        in_the_way = _in_the_way(exc, sys.argv[1:] if argv is None else argv)
+        if in_the_way is None:  # not at a path the user gave: unigap's own fault, with its traceback
+            raise
+        print(f"unigap: error: {in_the_way}", file=sys.stderr)
         sys.exit(2)
     finally:
         if "WORLD_SIZE" in os.environ:  # under a launcher: leave the process group before exit

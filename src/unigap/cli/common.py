@@ -186,8 +186,6 @@ def load(model: str, adapter: Path | None, dtype: str | None = None) -> UnifiedM
     """The model (plus adapter); missing or broken directories are user errors, not tracebacks."""
     if adapter is not None and not adapter.is_dir():
         raise UserError(f"adapter directory {adapter} {'is a file' if adapter.exists() else 'does not exist'}")
-    from transformers.utils import logging as hf_logging
-
     from unigap.model.lora import check_adapter_files
 
     if adapter is not None:
@@ -196,13 +194,7 @@ def load(model: str, adapter: Path | None, dtype: str | None = None) -> UnifiedM
 
     from unigap.model import load_model
 
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar, even where transformers was imported earlier
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its table of weights that misfit the config: `load_model` refuses in one line
-    try:
-        um = load_model(model, dtype=dtype)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    um = load_model(model, dtype=dtype)
     if adapter is not None:
         try:
             um.load_adapter(adapter)

@@ -77,7 +77,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
                     n: int, seed: int, cfg: float, temperature: float, max_prompts: int | None) -> None:
     """One PNG (a grid of the n samples) for --prompt, or one per line of --prompts, sampled with seed + its index;
     with --prompts also OUT/metadata.jsonl (file_name, prompt, seed: `datasets`' imagefolder reads it)."""
-    from unigap.atomic import entries, indexed_files_atomically
+    from unigap.atomic import atomic_write_lines, entries, has_index, indexed_files_atomically
     from unigap.evaluate import check_output_file, write_atomically
     from unigap.evaluate.data import read_prompt_file
     from unigap.evaluate.layouts import grid
@@ -89,7 +89,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
         raise UserError(f"--out {out} is a file; with --prompts it must be a directory")
     elif out.suffix.lower() == ".png":
         raise UserError(f"--out {out}: with --prompts --out is a directory (a PNG per line); give a folder name")
-    elif entries(out) and not (out / GRID_INDEX).is_file():
+    elif entries(out) and not has_index(out, GRID_INDEX):
         raise UserError(f"--out {out} holds files of something else than an earlier grid run (no {GRID_INDEX}); "
                         f"choose an empty or new folder")
     else:
@@ -108,7 +108,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
             write_atomically(target, lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
             rows.append({"file_name": target.name, "prompt": text, "seed": seed + index, "n": n})
         if staging is not None:
-            (staging / GRID_INDEX).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+            atomic_write_lines(staging / GRID_INDEX, [json.dumps(row) for row in rows])
     one, many = ("an image", "images") if n == 1 else (f"a grid of {n} images", f"grids of {n} images")
     typer.echo(f"wrote {one if len(texts) == 1 else f'{len(texts)} {many}, one per prompt,'} to {out}")
 
@@ -116,7 +116,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
 def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path, *, n: int, seed: int, cfg: float,
                       temperature: float, batch_size: int, resume: bool, max_prompts: int | None) -> None:
     """GenEval's folder layout (`unigap.evaluate.layouts`), one folder per prompt line; --resume skips finished ones."""
-    from unigap.atomic import claim_settings
+    from unigap.atomic import claim_settings, entries
     from unigap.evaluate import check_output_file
     from unigap.evaluate.data import read_prompt_rows
     from unigap.evaluate.layouts import write_geneval_layout
@@ -130,7 +130,7 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --layout geneval it must be a directory")
     check_output_file(out / SETTINGS_FILE)  # a parent that is a file fails here, before the model loads
-    started = out.is_dir() and any(out.iterdir())
+    started = bool(entries(out))
     if started and not resume:
         raise UserError(f"{out} is not empty: pass --resume to continue a generate run there, or choose another --out")
     if started and not (out / SETTINGS_FILE).is_file():

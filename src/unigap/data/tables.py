@@ -73,9 +73,10 @@ def _csv_rows(path: Path) -> list[Row]:
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
-            repeated = sorted({name for name in reader.fieldnames or () if reader.fieldnames.count(name) > 1})
+            names = [name for name in reader.fieldnames or () if name]  # (a spreadsheet's trailing empty columns)
+            repeated = sorted({name for name in names if names.count(name) > 1})
             if repeated:  # DictReader would keep the last such column's cells, silently
-                raise UserError(f"{path}:1: column {', '.join(map(repr, repeated))} appears twice in the header")
+                raise UserError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once")
             out = []
             for row in reader:  # the header is line 1; `line_num` counts quoted newlines too
                 if None in row or None in row.values():

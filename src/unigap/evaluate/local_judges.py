@@ -63,29 +63,24 @@ def model_directory(kind: str, directory: str) -> Path:
 def _loading(kind: str, path: Path) -> Iterator[None]:
     """Any failure to load a checkpoint becomes one line naming the directory; transformers' load reports and
     progress bars stay quiet (a user's mistake is one line; `_load_model` checks for missing weights itself)."""
-    from transformers.utils import logging as hf_logging
+    from unigap.model.loading import quiet_transformers
 
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        yield
+        with quiet_transformers():
+            yield
     except UserError:  # (a ValueError too) already says what is wrong
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, ImportError) as exc:
         raise UserError(f"cannot load a {kind} judge from {path}: {first_line(exc)}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _load_model(kind: str, path: Path, auto_class: Any) -> Any:
-    """The checkpoint under `auto_class`, in eval mode; a checkpoint missing weights would judge at random."""
-    model, info = auto_class.from_pretrained(path, local_files_only=True, output_loading_info=True)
-    if info["missing_keys"]:
-        raise UserError(f"{kind} judge directory {path} lacks weights of its {type(model).__name__} "
-                        f"(e.g. {sorted(info['missing_keys'])[0]})")
+    """The checkpoint under `auto_class`, in eval mode; one whose weights misfit its config would judge at random."""
+    from unigap.model.loading import refuse_misfits
+
+    model, info = auto_class.from_pretrained(path, local_files_only=True, output_loading_info=True,
+                                             ignore_mismatched_sizes=True)
+    refuse_misfits(path, info)
     return model.to(_device()).eval()
 
 

@@ -6,11 +6,14 @@ import json
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from transformers import AutoTokenizer, JanusForConditionalGeneration, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from unigap.errors import UnigapWarning, UserError, first_line
 from unigap.model.checkpoint import read_sidecar
@@ -119,11 +122,16 @@ def load_weights(
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the tokenizer of {directory}: {first_line(exc)}") from None
     try:  # device_map puts the weights straight onto the device (no full CPU copy of a 7B model first)
-        model, info = JanusForConditionalGeneration.from_pretrained(
-            directory, dtype=dtype, device_map=device, output_loading_info=True, ignore_mismatched_sizes=True)
+        with quiet_transformers():
+            model, info = JanusForConditionalGeneration.from_pretrained(
+                directory, dtype=dtype, device_map=device, output_loading_info=True, ignore_mismatched_sizes=True)
     except SafetensorError as exc:
         raise UserError(f"cannot read the weights in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
-    _refuse_misfits(directory, info)
+    refuse_misfits(directory, info)
+    unused = sorted(info.get("unexpected_keys", ()))  # a real checkpoint may carry extras (buffers, another head)
+    if unused:
+        warnings.warn(f"the weights in {directory} hold {len(unused)} tensor(s) its config.json has no place for "
+                      f"(first: {unused[0]}); loaded without them", UnigapWarning, stacklevel=3)
     return model.eval(), tokenizer
 
 
@@ -133,10 +141,10 @@ MISFITS = {  # transformers' loading report: it fills each such tensor at random
 }
 
 
-def _refuse_misfits(directory: Path, info: dict[str, Any]) -> None:
-    """`UserError` where the weights do not fit the config: transformers would load the model all the same, the
-    misfits at random (a model that answers and draws noise). Tensors the config has no place for are dropped with a
-    warning only: a real checkpoint may carry extras (buffers, another head) that the model does not use."""
+def refuse_misfits(directory: Path, info: dict[str, Any]) -> None:
+    """`UserError` where the weights do not fit the config (`info`: `from_pretrained`'s loading info, taken with
+    `ignore_mismatched_sizes=True`): transformers would load the model all the same, the misfits at random (a model
+    that answers, draws or judges noise)."""
     for kind, misfit in MISFITS.items():
         found = sorted((key,) if isinstance(key, str) else tuple(key) for key in info.get(kind, ()))
         if found:  # a mismatch comes as (name, shape in the weights, shape the config gives)
@@ -144,10 +152,21 @@ def _refuse_misfits(directory: Path, info: dict[str, Any]) -> None:
                                           in zip(found[0][1:], ("in the weights", "by config.json")))
             raise UserError(f"the weights in {directory} {misfit.format(n=len(found))} (first: {first}): an edited "
                             "config.json, or weights of another model?")
-    unused = sorted(info.get("unexpected_keys", ()))
-    if unused:
-        warnings.warn(f"the weights in {directory} hold {len(unused)} tensor(s) its config.json has no place for "
-                      f"(first: {unused[0]}); loaded without them", UnigapWarning, stacklevel=3)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' loading reports and progress bars off for the block: a misfit is refused in one line
+    (`refuse_misfits`), and a bar per load tells a user nothing."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(

@@ -43,7 +43,7 @@ from unigap.errors import UnigapWarning, UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
 from unigap.prefs.trl import check_ids, is_trl_row, rescored, token_ids, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import StoredImage, read_table, stored_image
-from unigap.atomic import atomic_write_bytes, indexed_files_atomically
+from unigap.atomic import atomic_write_bytes, atomic_write_lines, indexed_files_atomically
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
 from unigap.world.render import render
 from unigap.world.scene import Scene
@@ -130,8 +130,8 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
         with indexed_files_atomically(path.parent, {path.name: IMAGE_COLUMNS}, inside=images_folder(path)) as staging:
-            lines = [json.dumps(row, sort_keys=True) + "\n" for row in _store_images(staging / path.name, rows)]
-            (staging / path.name).write_text("".join(lines), encoding="utf-8")
+            stored = _store_images(staging / path.name, rows)
+            atomic_write_lines(staging / path.name, [json.dumps(row, sort_keys=True) for row in stored])
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq

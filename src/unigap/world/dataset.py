@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from unigap.atomic import indexed_files_atomically
+from unigap.atomic import atomic_write_lines, indexed_files_atomically
 from unigap.errors import UserError
 from unigap.world.prompts import CATEGORIES, PromptSpec, all_specs, near_misses, sample_scene_for, satisfies
 from unigap.world.questions import Question, sample_question
@@ -216,7 +216,8 @@ def write_dataset(
     if out.exists() and not out.is_dir():
         raise UserError(f"output directory {out} is a file")
     pairs = sample_records(n, seed, split, category, canvas, draw_seed)
-    with indexed_files_atomically(out, {SAMPLES_FILE: ["image"], QUESTIONS_FILE: ["image"]}, inside=out / IMAGES_DIR,
+    # samples.jsonl last: a study reads its presence as complete data
+    with indexed_files_atomically(out, {QUESTIONS_FILE: ["image"], SAMPLES_FILE: ["image"]}, inside=out / IMAGES_DIR,
                                   named=r"\d{6,}\.png") as staging:
         (staging / IMAGES_DIR).mkdir()
         lines = []
@@ -230,9 +231,8 @@ def write_dataset(
             asked = train_questions([scene for _, scene in pairs], seed, questions, sentence_fraction=0.0)
             rows = [{"image": f"{IMAGES_DIR}/{i:06d}.png", "question": q.text, "answer": q.answer, "kind": q.kind}
                     for i, qs in enumerate(asked) for q in qs]
-            (staging / QUESTIONS_FILE).write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows),
-                                                encoding="utf-8")
-        (staging / SAMPLES_FILE).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            atomic_write_lines(staging / QUESTIONS_FILE, [json.dumps(row, sort_keys=True) for row in rows])
+        atomic_write_lines(staging / SAMPLES_FILE, lines)
     return out / SAMPLES_FILE
 
 
