@@ -33,7 +33,7 @@ from unigap.model import (
     save_tiny,
     tiny_janus_config,
 )
-from unigap.model.images import vq_decode, vq_encode
+from unigap.model.images import vq_decode
 from unigap.model.prompts import TINY_TEMPLATE
 from unigap.model.tiny import tiny_generation_config
 from unigap.pretrain.config import PretrainConfig
@@ -48,6 +48,7 @@ from unigap.pretrain.corpus import (
 from unigap.pretrain.joint import PatchHead, joint_step, make_optimizer, trainable_parameters
 from unigap.pretrain.labels import grid_side
 from unigap.pretrain.vision import VisionStep, train_vision
+from unigap.train.sft import vq_tokens
 from unigap.pretrain.vq import merge_similar_codes, to_pixels, train_vq
 from unigap.progress import progress
 from unigap.world import vocabulary
@@ -92,15 +93,6 @@ def build_model(config: PretrainConfig) -> UnifiedModel:
 
 
 @torch.no_grad()
-def vq_tokens(um: UnifiedModel, renders: np.ndarray) -> np.ndarray:
-    """VQ ids [S, N] of uint8 renders [S, H, W, 3]."""
-    vq = um.model.model.vqmodel
-    chunks = [vq_encode(vq, to_pixels(renders[i : i + ENCODE_BATCH])).numpy()
-              for i in range(0, len(renders), ENCODE_BATCH)]
-    return np.concatenate(chunks)
-
-
-@torch.no_grad()
 def vq_reconstructions(um: UnifiedModel, tokens: np.ndarray) -> np.ndarray:
     """The VQ's decoding [S, H, W, 3] uint8 of ids [S, N]."""
     vq = um.model.model.vqmodel
@@ -112,11 +104,11 @@ def vq_reconstructions(um: UnifiedModel, tokens: np.ndarray) -> np.ndarray:
 def tokenize_corpora(um: UnifiedModel, corpora: Corpora) -> None:
     """Generation and edit targets are the VQ ids of their renders; understanding, critique and edit
     sources also come as VQ reconstructions (the kind of picture the model generates)."""
-    corpora.gen.tokens = vq_tokens(um, corpora.gen.renders)
-    corpora.edit.tokens = vq_tokens(um, corpora.edit.results)
+    corpora.gen.tokens = vq_tokens(um, corpora.gen.renders, ENCODE_BATCH).numpy()
+    corpora.edit.tokens = vq_tokens(um, corpora.edit.results, ENCODE_BATCH).numpy()
     for corpus, pictures in ((corpora.und, corpora.und.renders), (corpora.critique, corpora.critique.renders),
                              (corpora.edit, corpora.edit.sources)):
-        corpus.reconstructions = vq_reconstructions(um, vq_tokens(um, pictures))
+        corpus.reconstructions = vq_reconstructions(um, vq_tokens(um, pictures, ENCODE_BATCH).numpy())
 
 
 def build_corpora(config: PretrainConfig, grid: int, show: bool) -> Corpora:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
-from unigap.model.images import normalized_codebook, vq_encode, vq_latents
+from unigap.model.images import VQ_MEAN, VQ_STD, normalized_codebook, pixel_tensor, vq_encode, vq_latents
 
 COMMITMENT = 0.25
 OBJECT_WEIGHT = 10.0
@@ -93,8 +93,9 @@ def grid_crops(
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 [B, H, W, 3] → float [B, 3, H, W] in [-1, 1] (the VQ's range)."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    """uint8 [B, H, W, 3] → float [B, 3, H, W] in [-1, 1] (the VQ's range), as the model's `encode_images`
+    normalises them."""
+    return pixel_tensor(images, images.shape[1], VQ_MEAN, VQ_STD)
 
 
 def train_vq(
