@@ -73,11 +73,12 @@ for _name in SELF_ARMS:
 # the supervised reference for self-improvement: SFT on rendered train scenes (ground-truth images, not the model's)
 register(Arm("sft", "p2", "trained", "unigap.study.builders:sft", default=False))
 # reason-reflect-refine at inference: the base model's final images after the loop replace its one-shot ones
-for _name in ("refine", "refine-oracle", "best-of-n"):  # the loop must beat best-of-N at the same sampling budget
-    register(Arm(_name, "p3", "inference-time", "unigap.study.builders:refine", default=False,
-                 baseline="best-of-n" if _name == "refine" else None))
+register(Arm("refine", "p3", "inference-time", "unigap.study.builders:refine", default=False,
+             baseline="best-of-n"))  # the loop must beat best-of-N at the same sampling budget
+register(Arm("refine-oracle", "p3", "inference-time", "unigap.study.builders:refine", default=False))
+register(Arm("best-of-n", "p3", "inference-time", "unigap.study.builders:best_of_n", default=False))
 # the loop after R3's GRPO training, against the loop before it
-register(Arm("refine-grpo", "p3", "trained", "unigap.study.builders:refine", default=False, baseline="refine"))
+register(Arm("refine-grpo", "p3", "trained", "unigap.study.builders:refine_grpo", default=False, baseline="refine"))
 # UniMRG: understanding SFT with the auxiliary maps, and its baseline without them (the arm name is the objective)
 for _name in ("unimrg", "und-sft"):  # UniMRG's claim: the maps help beyond the same understanding SFT alone
     register(Arm(_name, "p4", "trained", "unigap.study.builders:unimrg", default=False,

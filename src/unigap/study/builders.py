@@ -4,6 +4,7 @@ evaluates it into `<name>/seed<k>/eval.json` (last: that file marks the job done
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from unigap.arms import SELF_ARMS
@@ -63,39 +64,70 @@ def self_improve(runner: Any, name: str, seed: int) -> None:
     runner.evaluate(um, name, seed, notes=notes)
 
 
+# an inference-time arm's final images for (model, held-out specs, seed), and the loop's per-round metrics (or None)
+FinalImages = Callable[[Any, list[Any], int], tuple[list[Any], Any]]
+
+
 def refine(runner: Any, name: str, seed: int) -> None:
-    """An inference-time arm: `refine` (self reflection), `refine-oracle` (the exact instruction) or `best-of-n`
-    (1 + rounds samples, the self-judge picks) on the base model, or `refine-grpo` (the loop after `unigap refine
-    train` at the study's step budget). Its evaluation is the model's own, with the arm's final images in place of
-    the one-shot ones (verified and self-judged the same way)."""
+    """`refine` (self reflection) or `refine-oracle` (the exact instruction): the loop on the base model."""
+    _with_final_images(runner, name, seed, runner.model(),
+                       _loop(runner.config, "oracle" if name == "refine-oracle" else "self"))
+
+
+def refine_grpo(runner: Any, name: str, seed: int) -> None:
+    """The self-reflection loop after `unigap refine train` at the study's step budget (continuing a killed run)."""
+    from unigap.refine.grpo import train_grpo
+    from unigap.refine.grpo_config import GRPOConfig
+
+    c = runner.config
+    um = runner.model()
+    config = GRPOConfig(steps=c.grpo_steps, seed=seed, data_seed=c.data_seed, eval_n=0,
+                        checkpoint_every=min(25, c.grpo_steps))
+    train_grpo(um, config, runner.run_dir(name, seed) / "grpo", resume=True, show_progress=False)  # (fresh if none)
+    _with_final_images(runner, name, seed, um, _loop(c, "self"))
+
+
+def best_of_n(runner: Any, name: str, seed: int) -> None:
+    """1 + rounds samples per prompt on the base model, the self-judge picks: the loop's sampling budget."""
+    from unigap.model.generation import CFG_SCALE
+    from unigap.refine.metrics import best_of_n_images
+
+    c = runner.config
+
+    def pick(um: Any, specs: list[Any], seed: int) -> tuple[list[Any], None]:
+        return best_of_n_images(um, specs, 1 + c.refine_rounds, seed, CFG_SCALE, 1.0, c.batch_size, False), None
+
+    _with_final_images(runner, name, seed, runner.model(), pick)
+
+
+def _loop(c: Any, reflector: str) -> FinalImages:
+    """The refine loop's final images, and its per-round metrics."""
+    def final(um: Any, specs: list[Any], seed: int) -> tuple[list[Any], Any]:
+        from unigap.model.generation import CFG_SCALE
+        from unigap.refine.loop import run_loop
+        from unigap.refine.metrics import round_metrics
+
+        trajectories = run_loop(um, specs, c.refine_rounds, reflector, "auto", seed, CFG_SCALE, 1.0, c.batch_size,
+                                False)
+        return [t.images[-1] for t in trajectories], round_metrics(trajectories, c.refine_rounds)
+
+    return final
+
+
+def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalImages) -> None:
+    """An inference-time arm's evaluation: the model's own, with `final`'s images in place of the one-shot ones
+    (verified and self-judged the same way) and the loop's per-round metrics where it gives them."""
     from unigap.evaluate import evaluate, save_report
     from unigap.evaluate.critique import self_judge_metrics
     from unigap.evaluate.data import held_out_pairs
     from unigap.evaluate.generation import generation_metrics, judge_images
-    from unigap.model.generation import CFG_SCALE
-    from unigap.refine.loop import run_loop
-    from unigap.refine.metrics import best_of_n_images, round_metrics
 
     c = runner.config
-    um = runner.model()
-    if name == "refine-grpo":
-        from unigap.refine.grpo import train_grpo
-        from unigap.refine.grpo_config import GRPOConfig
-
-        config = GRPOConfig(steps=c.grpo_steps, seed=seed, data_seed=c.data_seed, eval_n=0,
-                            checkpoint_every=min(25, c.grpo_steps))
-        out = runner.run_dir(name, seed) / "grpo"
-        train_grpo(um, config, out, resume=True, show_progress=False)  # a fresh start where nothing is there
     report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False, progress=False)
     specs = [spec for spec, _ in held_out_pairs(c.n, seed, c.data_seed)]
-    if name == "best-of-n":
-        images = best_of_n_images(um, specs, 1 + c.refine_rounds, seed, CFG_SCALE, 1.0, c.batch_size, False)
-    else:
-        reflector = "oracle" if name == "refine-oracle" else "self"
-        trajectories = run_loop(um, specs, c.refine_rounds, reflector, "auto", seed, CFG_SCALE, 1.0, c.batch_size,
-                                False)
-        images = [t.images[-1] for t in trajectories]
-        report["refine"] = {"rounds": round_metrics(trajectories, c.refine_rounds)}
+    images, rounds = final(um, specs, seed)
+    if rounds is not None:
+        report["refine"] = {"rounds": rounds}
     records = judge_images(um, specs, images)
     report.update(generation_metrics(records))
     report["self_judge"] = self_judge_metrics(records)
