@@ -200,3 +200,14 @@ def test_edit_picture_returns_a_new_array_and_reads_pil_images() -> None:
     assert kept is not picture and np.array_equal(kept, picture)
     recoloured = edit_picture(Image.fromarray(picture).convert("RGBA"), "make the red circle blue", rng)
     assert verify(recoloured, "a blue circle").satisfied and not verify(recoloured, "a red circle").satisfied
+
+
+def test_edit_picture_refuses_clutter_it_cannot_redraw_as_a_scene() -> None:
+    from unigap.world import Scene, SceneObject, edit_picture, render
+
+    four = render(Scene(64, tuple(SceneObject("circle", "red", "small", 8 + 16 * i, 16) for i in range(4))))
+    one = render(Scene(64, (SceneObject("square", "blue", "small", 32, 48),)))
+    background = render(Scene(64, ()))
+    five = np.where((one != background).any(axis=-1, keepdims=True), one, four)
+    with pytest.raises(UserError, match="this one holds 5 objects, more than a scene's 4"):
+        edit_picture(five, "make the blue square red", np.random.default_rng(0))

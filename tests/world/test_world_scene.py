@@ -75,6 +75,10 @@ def test_invalid_objects_raise_user_error():
         Scene(64, (SceneObject("circle", "red", "large", 60, 30),))
     with pytest.raises(UserError, match="malformed"):
         Scene.from_dict({"canvas": 64, "objects": [{"shape": "circle"}]})
+    five = tuple(SceneObject("circle", "red", "small", 8 + 12 * i, 32) for i in range(5))  # clutter, not a scene
+    with pytest.raises(UserError, match="^a scene holds at most 4 objects, got 5$"):
+        Scene(64, five)
+    assert len(Scene(64, five[:4]).objects) == 4 and Scene(64, ()).objects == ()
 
 
 def test_drawing_functions_take_a_generator_or_an_int_seed() -> None:

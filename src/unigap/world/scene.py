@@ -116,7 +116,8 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """A canvas side and 1-4 objects, kept sorted left-to-right (then top-to-bottom).
+    """A canvas side and up to `MAX_OBJECTS` objects (none: what removing a scene's only one leaves), kept sorted
+    left-to-right (then top-to-bottom).
 
     The canonical order makes two scenes equal exactly when they draw the same picture, which is what
     "splits share no scene" needs, and gives descriptions their left-to-right order.
@@ -126,6 +127,8 @@ class Scene:
     objects: tuple[SceneObject, ...]
 
     def __post_init__(self) -> None:
+        if len(self.objects) > MAX_OBJECTS:  # more is clutter, which no prompt describes
+            raise UserError(f"a scene holds at most {MAX_OBJECTS} objects, got {len(self.objects)}")
         geo = Geometry.for_canvas(self.canvas)
         for o in self.objects:
             r = geo.radius(o.size)

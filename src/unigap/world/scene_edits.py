@@ -77,7 +77,8 @@ def apply_edit(scene: Scene, edit: Edit, rng: np.random.Generator) -> Scene:
 def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.random.Generator) -> np.ndarray:
     """The exact edit of a clean picture: its objects as the verifier reads them, the instruction applied
     (`apply_edit`), the result rendered. The picture is kept when the instruction does not apply; `UserError`
-    for text outside the grammar or a picture holding an object of no shape (it cannot be redrawn). An editor to
+    for text outside the grammar or a picture holding an object of no shape or more than `MAX_OBJECTS` (it cannot be
+    redrawn). An editor to
     compare a model's edits with. The result is always a new array."""
     rng = as_generator(rng)
     canvas = image.size[0] if isinstance(image, Image.Image) else np.asarray(image).shape[0]
@@ -86,6 +87,9 @@ def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.rand
     unknown = [f"a {o.color} blob" for o in detected if o.shape not in SHAPES]
     if unknown:
         raise UserError(f"edit_picture redraws clean pictures; this one holds {', '.join(unknown)} of no known shape")
+    if len(detected) > MAX_OBJECTS:
+        raise UserError(f"edit_picture redraws clean pictures; this one holds {len(detected)} objects, more than a "
+                        f"scene's {MAX_OBJECTS}")
     scene = Scene(canvas, tuple(SceneObject(o.shape, o.color, o.size, int(o.x), int(o.y)) for o in detected))
     edit = parse_instruction(instruction)
     try:
