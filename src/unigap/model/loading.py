@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
