@@ -61,7 +61,7 @@ def model_card() -> str:
         coding = f", VQ-coding the corpora and the VQ check {minutes['tokenize']:.1f}"
     else:  # a run from before it was timed: the same corpora coded by the same VQ in a later probe run
         later = _load(LATER_CODING)["tokenize_seconds"] / 60
-        coding = f" + VQ-coding the corpora and the VQ check, {later:.1f} (timed in a later run)"
+        coding = f" + VQ-coding the corpora and the VQ check, {later:.1f} (timed separately)"
         minutes["tokenize"] = later
     report = _load(EVAL)
     judge = report["self_judge"]
@@ -72,7 +72,7 @@ def model_card() -> str:
         ("training data", f"{config['scenes']} prompted + {config['understanding_scenes']} random scenes, "
                           f"{config['critique_scenes']} critique pictures, {config['edit_pairs']} edit pairs "
                           "(train split only; no generated image)"),
-        ("training time (this CPU, 2 threads)", f"{sum(minutes.values()):.0f} min: VQ {minutes['vq']:.1f}, "
+        ("training time (2 CPU threads)", f"{sum(minutes.values()):.0f} min: VQ {minutes['vq']:.1f}, "
                                                f"vision {minutes['vision']:.1f}, corpora {minutes['corpus']:.1f}, "
                                                f"{steps}{coding}"),
         ("understanding accuracy", _value(report["understanding"], "accuracy")),
@@ -86,7 +86,7 @@ def model_card() -> str:
         ("VQ reconstructions the verifier accepts", _value(report["vq_reconstruction"], "accuracy")),
     ]
     table = ["| | shipped `tiny` |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
-    command = f"`unigap eval --model tiny --n {report['config']['n']} --seed {report['config']['seed']}`"
+    command = f"`unigap eval --model tiny --n {report['config']['n']} --seed {report['config']['seed']} --out card.json`"
     return "\n".join(table) + f"\n\nMetrics: {command} on held-out test prompts (in brackets: a 95% Wilson interval)."
 
 
