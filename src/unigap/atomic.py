@@ -208,7 +208,9 @@ def files_atomically(directory: str | os.PathLike) -> Iterator[Path]:
     directory = Path(directory)
     with _staging(directory) as tmp:
         yield tmp
-        _move_into(directory, tmp, _staged(tmp), fsync=True)
+        files = _staged(tmp)
+        _check_targets(directory, tmp, files)
+        _move_into(directory, tmp, files, fsync=True)
 
 
 @contextmanager
@@ -245,9 +247,8 @@ def _check_targets(directory: Path, tmp: Path, files: Iterable[Path]) -> None:
 
 
 def _move_into(directory: Path, tmp: Path, files: list[Path], fsync: bool) -> None:
-    """Rename each staged file over its namesake in `directory` (fsynced first where `fsync`: on disk before it
-    replaces a file, as a checkpoint must be; a kill alone loses nothing written)."""
-    _check_targets(directory, tmp, files)
+    """Rename each staged file (its target checked: `_check_targets`) over its namesake in `directory` (fsynced first
+    where `fsync`: on disk before it replaces a file, as a checkpoint must be; a kill alone loses nothing written)."""
     for path in files:
         if fsync:
             with path.open("rb") as handle:

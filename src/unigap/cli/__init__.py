@@ -231,7 +231,8 @@ def _in_the_way(exc: OSError, argv: list[str]) -> str | None:
     if not exc.filename:
         return None
     target = Path(exc.filename2 or exc.filename)  # (a rename's target is its second name)
-    given = [Path(arg.split("=", 1)[-1]).resolve() for arg in argv if arg.split("=", 1)[-1].strip("-")]
+    values = [arg.split("=", 1)[-1] for arg in argv]  # (`--out=X` gives X)
+    given = [Path(value).resolve() for value in values if value and not value.startswith("-")]
     if not any(target.resolve().is_relative_to(path) for path in given):
         return None
     if isinstance(exc, NotADirectoryError):
