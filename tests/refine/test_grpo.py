@@ -126,6 +126,7 @@ def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
     probs = torch.softmax(logits.detach(), -1)
     entropy = -(probs * probs.log()).sum(-1)
     assert metrics["entropy"] == pytest.approx(float(entropy[mask].mean()), rel=1e-5)
+    assert metrics["entropy/text"] == metrics["entropy"] and "entropy/image" not in metrics  # no image part
     assert metrics["completions/clipped_ratio"] == 0.5 and metrics["completions/mean_length"] == 3.0
     assert metrics["clip_ratio/region_mean"] == 0.0 and "kl" not in metrics  # the first update; β = 0
     assert torch.equal(old[0], torch.where(mask, token_logprobs(logits, tokens), 0.0).detach())
@@ -169,6 +170,11 @@ def test_masked_truncated_reflections_train_nothing_but_still_count_as_clipped(l
     assert metrics["completions/clipped_ratio"] == 0.5
     alone, _, _, metrics_alone = run(slice(1, 2))
     assert metrics["entropy"] == pytest.approx(metrics_alone["entropy"])
+    image_probs = torch.softmax(torch.randn(1, 3, 6, generator=torch.Generator().manual_seed(1)), -1)
+    image_entropy = float(-(image_probs * image_probs.log()).sum(-1).mean())
+    assert metrics["entropy/image"] == pytest.approx(image_entropy, rel=1e-5)  # each kind over its own tokens
+    assert metrics["entropy"] == pytest.approx((2 * metrics["entropy/text"] + 3 * image_entropy) / 5, rel=1e-5)
+    assert metrics["entropy/text"] != pytest.approx(metrics["entropy"])
     if loss_type == "bnpo":
         assert float(loss) == pytest.approx(float(alone))
     _, grad, _, _ = run(slice(None))

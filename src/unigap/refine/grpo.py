@@ -59,16 +59,17 @@ from unigap.train.loop import (
 def logged_keys(reward: str = VERIFIER_REWARD) -> tuple[str, ...]:
     """Every key a log row may hold, with the image reward named as `reward_key` names it (TRL's GRPO names:
     `reward`, `reward_std`, `frac_reward_zero_std`, `rewards/<reward>/mean|std`, `kl` only when β > 0, `entropy`,
-    `clip_ratio/*`, `completions/mean_length|clipped_ratio`, per stage). Unlike TRL's, a row's stds are within each
-    group of G samples, averaged over the step's groups; with `num_iterations` > 1 the rewards are logged at the step
-    that rolled out, the loss's keys at every step."""
+    `clip_ratio/*`, `completions/mean_length|clipped_ratio`, per stage; beyond TRL's, `entropy/text` of the
+    reflections and `entropy/image` of the images, each over its own tokens). Unlike TRL's, a row's stds are within
+    each group of G samples, averaged over the step's groups; with `num_iterations` > 1 the rewards are logged at the
+    step that rolled out, the loss's keys at every step."""
     image = reward_key(reward)
     return (
-        "step", "stage", "lr", "loss", "grad_norm", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
-        "clip_ratio/region_mean", "generate/reward", "generate/reward_std",
-        "generate/frac_reward_zero_std", f"generate/rewards/{image}/mean", f"generate/rewards/{image}/std",
-        "generate/audit/verifier_accuracy", "generate/audit/precision", "refine/reward", "refine/reward_std",
-        "refine/frac_reward_zero_std", "refine/rewards/format/mean", "refine/rewards/format/std",
+        "step", "stage", "lr", "loss", "grad_norm", "kl", "entropy", "entropy/text", "entropy/image",
+        "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "generate/reward",
+        "generate/reward_std", "generate/frac_reward_zero_std", f"generate/rewards/{image}/mean",
+        f"generate/rewards/{image}/std", "generate/audit/verifier_accuracy", "generate/audit/precision", "refine/reward",
+        "refine/reward_std", "refine/frac_reward_zero_std", "refine/rewards/format/mean", "refine/rewards/format/std",
         "refine/rewards/delta/mean", "refine/rewards/delta/std", f"refine/rewards/{image}/mean",
         f"refine/rewards/{image}/std", "refine/stop_rate", "completions/mean_length", "completions/clipped_ratio",
     )  # fmt: skip

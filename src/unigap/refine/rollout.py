@@ -123,13 +123,15 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
     """One update's GRPO loss on a group's rollout, the log-probs of the policy that sampled it (`old`, per part: None
     at the first update, where they are the policy's own, returned for the next ones), and the update's metrics
     (TRL's `kl` when β > 0; `entropy` and `clip_ratio/*` over the group's trained tokens, a refine group's reflection
-    and image tokens together; `completions/mean_length` (tokens scored, EOS included) and `completions/clipped_ratio`
-    of the reflections, the latter the share the decoder cut off at `max_completion_length` before an EOS; with
-    `mask_truncated_completions` those reflections are left out of the loss and of the per-token metrics, as in TRL,
-    while the image made from one still trains)."""
+    and image tokens together, and `entropy/text` and `entropy/image` over each kind's own, since a reflection's few
+    tokens are otherwise lost among its image's; `completions/mean_length` (tokens scored, EOS included) and
+    `completions/clipped_ratio` of the reflections, the latter the share the decoder cut off at
+    `max_completion_length` before an EOS; with `mask_truncated_completions` those reflections are left out of the
+    loss and of the per-token metrics, as in TRL, while the image made from one still trains)."""
     loss: Any = 0.0
     olds, kls = [], []
-    low = high = tokens = entropy = 0.0
+    low = high = 0.0
+    entropies: dict[str, list[float]] = {}  # per kind: summed entropy, tokens
     metrics: dict[str, float] = {}
     for i, part in enumerate(rollout.parts):
         with token_entropies() as seen:
@@ -141,7 +143,9 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
             metrics["completions/clipped_ratio"] = float(clipped.float().mean())
             if config.mask_truncated_completions:  # TRL's: a cut-off reflection trains nothing
                 mask = mask & ~clipped.unsqueeze(-1)
-        entropy += float(torch.where(mask, torch.cat(seen), 0.0).sum())  # (a scorer may score in row chunks)
+        kind_sums = entropies.setdefault(part.kind, [0.0, 0.0])
+        kind_sums[0] += float(torch.where(mask, torch.cat(seen), 0.0).sum())  # (a scorer may score in row chunks)
+        kind_sums[1] += float(mask.sum())
         before = logprobs.detach() if old is None else old[i]
         out = token_loss(logprobs, before, part.reference, mask, part.advantage, config.epsilon,
                          config.epsilon_high or config.epsilon, config.beta)
@@ -153,12 +157,13 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
             kls.append(float(out.kl.detach().mean()))
         olds.append(before)
         low, high = low + float(out.low_clipped.sum()), high + float(out.high_clipped.sum())
-        tokens += float(mask.sum())
     if config.beta > 0:  # (TRL logs `kl` only when it is in the loss)
         metrics["kl"] = float(np.mean(kls))  # the text's and the images' estimates, averaged
-    per_token = {"entropy": entropy, "clip_ratio/low_mean": low, "clip_ratio/high_mean": high,
-                 "clip_ratio/region_mean": low + high}
+    tokens = sum(count for _, count in entropies.values())
+    per_token = {"entropy": sum(total for total, _ in entropies.values()), "clip_ratio/low_mean": low,
+                 "clip_ratio/high_mean": high, "clip_ratio/region_mean": low + high}
     metrics |= {key: total / max(tokens, 1.0) for key, total in per_token.items()}
+    metrics |= {f"entropy/{kind}": total / count for kind, (total, count) in entropies.items() if count}
     return loss, olds, metrics
 
 
