@@ -96,7 +96,7 @@ def test_files_atomically_replaces_each_file_whole_or_none(tmp_path) -> None:
 
 def _indexed_set(directory, names: list[str], extra: str | None = None) -> None:
     """Write files `images/NAME` and their index (and an `extra` second index) through `indexed_files_atomically`."""
-    with indexed_files_atomically(directory, {"index.jsonl": ["file"], "more.jsonl": ["file"]},
+    with indexed_files_atomically(directory, {"more.jsonl": ["file"], "index.jsonl": ["file"]},
                                   inside=directory / "images", named=r"\d{4}\.png") as staging:
         (staging / "images").mkdir()
         for name in names:
@@ -119,8 +119,9 @@ def test_indexed_files_atomically_never_leaves_an_index_over_another_runs_files(
     with pytest.raises(KeyboardInterrupt):  # a rerun interrupted while writing: the earlier set stays whole
         _indexed_set(tmp_path, ["0000.png"], extra="killed")
     assert _tree(tmp_path) == before and not any(p.name.startswith(".files.") for p in tmp_path.iterdir())
-    (tmp_path / ".files.index.jsonl.abc.tmp").mkdir()  # what a writer killed outright leaves: not an entry
-    (tmp_path / ".files.other.jsonl.abc.tmp").mkdir()  # another data file's writer, live: not touched
+    (tmp_path / ".files.more.jsonl.abcdefgh.tmp").mkdir()  # what a writer killed outright leaves: not an entry
+    (tmp_path / ".files.other.jsonl.abcdefgh.tmp").mkdir()  # another data file's writer, live: not touched
+    (tmp_path / ".files.more.jsonl.b.jsonl.abcdefgh.tmp").mkdir()  # another, whose tag begins like this one's
     assert sorted(entries(tmp_path)) == ["images", "index.jsonl", "more.jsonl"]
     (tmp_path / "images" / "0001.png").unlink()
     (tmp_path / "images" / "0001.png").mkdir()  # a rename that would fail halfway: refused before any change
@@ -130,9 +131,37 @@ def test_indexed_files_atomically_never_leaves_an_index_over_another_runs_files(
     (tmp_path / "images" / "0001.png").rmdir()
     renamed, real_replace = [], os.replace
 
-    def killed_at_the_second_image(source, target):  # ^C among the renames, after the fsyncs
+    def killed_at_the_fourth_image(source, target):  # ^C among the renames
         renamed.append(Path(target).name)
-        if renamed.count("0001.png") and Path(target).suffix == ".png":
+        if Path(target).name == "0004.png":
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_fourth_image)
+    with pytest.raises(KeyboardInterrupt):  # 0003.png: a file of this run that no index lists yet
+        _indexed_set(tmp_path, ["0000.png", "0001.png", "0003.png", "0004.png"])
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert renamed == [".index.jsonl.pending.tmp", "0000.png", "0001.png", "0003.png", "0004.png"]
+    assert not (tmp_path / "index.jsonl").exists() and not (tmp_path / "more.jsonl").exists()
+    assert has_index(tmp_path, "index.jsonl")  # the swap's list: a rerun is one of the same command
+    _indexed_set(tmp_path, ["0000.png"])  # the next run removes what it does not list, the old run's and the killed one's
+    assert _tree(tmp_path) == {"index.jsonl": '{"file": "images/0000.png"}\n', "images/0000.png": "new 0000.png"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".files.more.jsonl.b.jsonl.abcdefgh.tmp",
+                                                           ".files.other.jsonl.abcdefgh.tmp", "images", "index.jsonl"]
+    (tmp_path / "more.jsonl").mkdir()  # an index's name taken by a folder: refused before the work
+    with pytest.raises(IsADirectoryError):
+        with indexed_files_atomically(tmp_path, {"more.jsonl": ["file"], "index.jsonl": ["file"]}):
+            raise AssertionError("the block ran")
+    assert _tree(tmp_path) == {"index.jsonl": '{"file": "images/0000.png"}\n', "images/0000.png": "new 0000.png"}
+
+
+def test_a_first_set_killed_among_its_renames_is_still_its_commands_folder(tmp_path, monkeypatch) -> None:
+    """A first run into an empty folder killed among the renames leaves images and no index: the hidden list says
+    whose they are (`generate --prompts` accepts the folder again) and the rerun removes those it does not list."""
+    real_replace = os.replace
+
+    def killed_at_the_second_image(source, target):
+        if Path(target).name == "0001.png":
             raise KeyboardInterrupt
         real_replace(source, target)
 
@@ -140,26 +169,29 @@ def test_indexed_files_atomically_never_leaves_an_index_over_another_runs_files(
     with pytest.raises(KeyboardInterrupt):
         _indexed_set(tmp_path, ["0000.png", "0001.png"])
     monkeypatch.setattr(os, "replace", real_replace)
-    assert renamed == [".index.jsonl.replaced.tmp", ".more.jsonl.replaced.tmp", "0000.png", "0001.png"]
-    assert not (tmp_path / "index.jsonl").exists() and has_index(tmp_path, "index.jsonl")  # set aside, not lost
-    _indexed_set(tmp_path, ["0000.png"])  # the next run removes what the set-aside indexes listed
-    assert _tree(tmp_path) == {"index.jsonl": '{"file": "images/0000.png"}\n', "images/0000.png": "new 0000.png"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".files.other.jsonl.abc.tmp", "images", "index.jsonl"]
-    (tmp_path / "more.jsonl").mkdir()  # an index's name taken by a folder: refused before the work
-    with pytest.raises(IsADirectoryError):
-        with indexed_files_atomically(tmp_path, {"index.jsonl": ["file"], "more.jsonl": ["file"]}):
-            raise AssertionError("the block ran")
-    assert _tree(tmp_path) == {"index.jsonl": '{"file": "images/0000.png"}\n', "images/0000.png": "new 0000.png"}
+    assert entries(tmp_path) == ["images"] and has_index(tmp_path, "index.jsonl")
+    _indexed_set(tmp_path, ["0001.png"])
+    assert _tree(tmp_path) == {"index.jsonl": '{"file": "images/0001.png"}\n', "images/0001.png": "new 0001.png"}
 
 
 def test_indexed_files_atomically_writes_the_indexes_last_in_the_order_given(tmp_path, monkeypatch) -> None:
-    renamed, real_replace = [], os.replace
-    monkeypatch.setattr(os, "replace", lambda source, target: (renamed.append(Path(target).name),
+    """The last index marks the set complete (a study reads samples.jsonl so): written last, removed first."""
+    indexes = {"questions.jsonl": ["image"], "samples.jsonl": ["image"]}
+    (tmp_path / "questions.jsonl").write_text("{}\n")
+    (tmp_path / "samples.jsonl").write_text("{}\n")
+    events, real_replace, real_unlink = [], os.replace, Path.unlink
+    monkeypatch.setattr(os, "replace", lambda source, target: (events.append(Path(target).name),
                                                                 real_replace(source, target)))
-    with indexed_files_atomically(tmp_path, {"questions.jsonl": ["image"], "samples.jsonl": ["image"]}) as staging:
+    monkeypatch.setattr(Path, "unlink", lambda self, *a, **k: (events.append(f"-{self.name}"), real_unlink(self, *a, **k)))
+    with indexed_files_atomically(tmp_path, indexes) as staging:
         for name in ("samples.jsonl", "questions.jsonl", "0.png"):
             (staging / name).write_text("{}\n")
-    assert [name for name in renamed if not name.endswith(".tmp")] == ["0.png", "questions.jsonl", "samples.jsonl"]
+    assert [e for e in events if not e.endswith(".tmp")] == ["-samples.jsonl", "-questions.jsonl", "0.png",
+                                                             "questions.jsonl", "samples.jsonl"]
+    with pytest.raises(RuntimeError, match="holds no samples.jsonl"):  # a set without its completeness mark
+        with indexed_files_atomically(tmp_path, indexes) as staging:
+            (staging / "questions.jsonl").write_text("{}\n")
+    assert (tmp_path / "samples.jsonl").is_file() and (tmp_path / "0.png").is_file()
 
 
 def test_write_json_refuses_nan_and_leaves_the_previous_file(tmp_path) -> None:
@@ -168,3 +200,15 @@ def test_write_json_refuses_nan_and_leaves_the_previous_file(tmp_path) -> None:
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         write_json(path, {"accuracy": float("nan")})
     assert json.loads(path.read_text()) == {"accuracy": 0.5} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_a_staging_folder_is_named_as_the_cleanup_of_killed_writers_matches(tmp_path) -> None:
+    """The cleanup matches mkdtemp's 8 random characters exactly (so no tag's pattern reaches a longer tag's
+    folders): should Python name them otherwise, killed writers' folders would pile up unseen."""
+    import fnmatch
+
+    with files_atomically(tmp_path) as staging:
+        assert fnmatch.fnmatchcase(staging.name, ".files.????????.tmp")
+    with indexed_files_atomically(tmp_path, {"a.jsonl": ["file"]}) as staging:
+        assert fnmatch.fnmatchcase(staging.name, ".files.a.jsonl.????????.tmp")
+        (staging / "a.jsonl").write_text("")

@@ -216,11 +216,12 @@ def files_atomically(directory: str | os.PathLike) -> Iterator[Path]:
 @contextmanager
 def _staging(directory: Path, tag: str = "") -> Iterator[Path]:
     """A temporary directory in `directory`, removed at the end; those an earlier writer of the same `tag` left when
-    killed outright go first (a tag keeps apart the writers that share a folder, such as two data files)."""
+    killed outright go first (a tag keeps apart the writers that share a folder, such as two data files: the stale
+    ones are matched by mkdtemp's 8 random characters exactly, so no tag's pattern reaches a longer tag's folders)."""
     prefix = f"{FILES_PREFIX}{tag}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(f"{glob.escape(prefix)}*{TMP_SUFFIX}"):
+        for stale in directory.glob(f"{glob.escape(prefix)}{'?' * 8}{TMP_SUFFIX}"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=directory, prefix=prefix, suffix=TMP_SUFFIX))
     except OSError as exc:  # a file where the directory should be, or no permission
@@ -260,14 +261,16 @@ def _move_into(directory: Path, tmp: Path, files: list[Path], fsync: bool) -> No
         os.replace(path, target)
 
 
-def _replaced(directory: Path, index: str) -> Path:
-    """Where `indexed_files_atomically` keeps an index while the files it listed are replaced."""
-    return directory / f".{index}.replaced{TMP_SUFFIX}"
+def _pending(directory: Path, index: str) -> Path:
+    """Where `indexed_files_atomically` lists, while it swaps a set, every file of the set it replaces and of the new
+    one: what a kill during the swap may leave that no index lists."""
+    return directory / f".{index}.pending{TMP_SUFFIX}"
 
 
 def has_index(directory: str | os.PathLike, index: str) -> bool:
-    """Whether `directory` holds a set `indexed_files_atomically` wrote under `index` (or was replacing when killed)."""
-    return (Path(directory) / index).is_file() or _replaced(Path(directory), index).is_file()
+    """Whether `directory` holds a set `indexed_files_atomically` wrote under `index` (its last index), or was
+    swapping when killed."""
+    return (Path(directory) / index).is_file() or _pending(Path(directory), index).is_file()
 
 
 @contextmanager
@@ -275,32 +278,36 @@ def indexed_files_atomically(directory: str | os.PathLike, indexes: dict[str, Co
                              inside: str | os.PathLike | None = None, named: str | None = None) -> Iterator[Path]:
     """`files_atomically` for a set of files listed by index files (`indexes`: each index's name in `directory` and
     the columns naming its files, relative to `directory`): write the files and the new indexes into the yielded
-    folder. When the block ends, every rename is checked first; then the old indexes are set aside, the files renamed
-    into place, the new indexes written in the order given (the last one marks the set complete), and the files an
-    old index listed that no new one lists removed (`remove_replaced`, within `inside` and `named`). An interrupted
+    folder (the last index always: it marks the set complete). When the block ends, every rename is checked first;
+    then every file the old set and the new one name is listed in a hidden file, the old indexes removed (the last
+    one first), the files renamed into place, the new indexes written in the order given, and the files an old
+    index listed that no new one lists removed (`remove_replaced`, within `inside` and `named`). An interrupted
     rerun thus leaves the earlier set whole, and no index ever lists another run's files under its own rows; a kill
-    during the renames leaves no index, and the set-aside ones, which the next run reads to remove what they listed."""
+    during the swap leaves no index but the hidden list, from which the next run removes what it does not list."""
     directory = Path(directory)
     for name in indexes:  # before the work, where it can be seen
         _check_targets(directory, directory, [directory / name])
+    *_, last = indexes
+    pending = _pending(directory, last)
 
-    def listed(*, set_aside: bool) -> set[str]:
-        return set().union(*(listed_files(path, columns) for name, columns in indexes.items()
-                             for path in (directory / name, _replaced(directory, name))[:1 + set_aside]))
+    def listed() -> set[str]:
+        return set().union(*(listed_files(directory / name, columns) for name, columns in indexes.items()))
 
-    earlier = listed(set_aside=True)
+    earlier = listed() | listed_files(pending, ["file"])
     with _staging(directory, tag=f"{next(iter(indexes))}.") as tmp:
         yield tmp
+        if not (tmp / last).is_file():  # (unigap's own bug, or another process emptied the staging folder)
+            raise RuntimeError(f"{tmp} holds no {last}: nothing was replaced")
         files = _staged(tmp)
         _check_targets(directory, tmp, files)
-        for name in indexes:
-            if (directory / name).is_file():
-                os.replace(directory / name, _replaced(directory, name))
+        new = [p.relative_to(tmp).as_posix() for p in files]
+        atomic_write_lines(pending, [json.dumps({"file": name}) for name in sorted(earlier | set(new))])
+        for name in reversed(indexes):  # the completeness mark goes first
+            (directory / name).unlink(missing_ok=True)
         _move_into(directory, tmp, [p for p in files if p.relative_to(tmp).as_posix() not in indexes], fsync=False)
         _move_into(directory, tmp, [tmp / name for name in indexes if (tmp / name).is_file()], fsync=True)
-    remove_replaced(directory, earlier, listed(set_aside=False), inside=inside, named=named)
-    for name in indexes:
-        _replaced(directory, name).unlink(missing_ok=True)
+    remove_replaced(directory, earlier, listed(), inside=inside, named=named)
+    pending.unlink()
 
 
 def entries(directory: str | os.PathLike) -> list[str]:

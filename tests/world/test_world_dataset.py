@@ -117,5 +117,6 @@ def test_samples_jsonl_is_written_last_as_the_mark_of_a_complete_dataset(tmp_pat
     monkeypatch.setattr(os, "replace", lambda source, target: (renamed.append(Path(target)),
                                                                 real_replace(source, target)))
     write_dataset(tmp_path, 2, 0, questions=1)
-    placed = [path.name for path in renamed if path.parent in (tmp_path, tmp_path / "images")]  # (not staged ones)
+    placed = [path.name for path in renamed if path.parent in (tmp_path, tmp_path / "images")
+              and not path.name.endswith(".tmp")]  # (not staged ones, nor the swap's own list)
     assert placed == ["000000.png", "000001.png", QUESTIONS_FILE, SAMPLES_FILE]
