@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from unigap.evaluate import normalize_answer, summarize, summarize_by
-from unigap.evaluate.stats import t_interval, welch, welch_from_stats
+from unigap.evaluate.stats import paired_difference, t_interval, welch, welch_from_stats
 
 
 def test_binary_outcomes_give_binomial_stderr():
@@ -88,3 +88,16 @@ def test_welch_is_null_where_undefined(a, b):
 def test_t_interval_is_scipys_and_the_point_without_spread():
     assert t_interval(0.5, 0.1, 4) == pytest.approx(list(stats.t.interval(0.95, 4, loc=0.5, scale=0.1)), rel=1e-12)
     assert t_interval(0.5, 0.0, 4) == [0.5, 0.5]
+
+
+def test_the_same_change_to_within_rounding_is_no_variance_and_one_pair_has_no_stderr():
+    """Seed means subtract to 0.050000000000000044 and 0.04999999999999993: the same change, where a t-test on the
+    rounding would report p ~ 1e-30."""
+    out = paired_difference([0.50, 0.55, 0.60], [0.55, 0.60, 0.65])
+    assert out["t"] is None and out["p"] is None and out["stderr"] == 0.0
+    assert out["ci95"] == [pytest.approx(0.05)] * 2
+    assert paired_difference([0.50, 0.55], [0.50, 0.55 + 1e-17])["p"] == 1.0  # no change, to within rounding
+    varied = paired_difference([0.50, 0.55, 0.60], [0.55, 0.61, 0.64])
+    assert varied["p"] == pytest.approx(stats.ttest_rel([0.55, 0.61, 0.64], [0.50, 0.55, 0.60]).pvalue)
+    single = paired_difference([0.0], [1.0])
+    assert single["delta"] == 1.0 and single["n"] == 1 and single["stderr"] is None and single["p"] is None

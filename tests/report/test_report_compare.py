@@ -85,3 +85,21 @@ def test_no_comparison_without_the_baseline_arm_and_the_report_shows_one(tmp_pat
     html = (tmp_path / "report.html").read_text()
     assert built.results["comparisons"][0]["arm"] == "unimrg"
     assert "unimrg vs und-sft" in html and "significantly better than und-sft on understanding accuracy, position questions" in html
+
+
+def test_refine_curves_count_the_improved_among_the_prompts_the_verifier_decided() -> None:
+    """Free-text prompts are refined but not decided: the improved count is the rate times its own n."""
+    from unigap.evaluate.data import FreePrompt
+    from unigap.refine.loop import Trajectory
+    from unigap.refine.metrics import round_metrics
+    from unigap.report.compare import refine_curves
+    from unigap.world import parse_prompt
+
+    decided = [Trajectory(parse_prompt(text), images=[0, 0], verified=verdicts, reflections=["x"])
+               for text, verdicts in (("a red circle", [False, True]), ("a blue square", [True, True]))]
+    free = [Trajectory(FreePrompt(f"free {i}"), images=[0, 0], verified=[None, None], reflections=["x"])
+            for i in range(2)]
+    rounds = round_metrics(decided + free, 1)
+    assert rounds[1]["refined"] == 4 and rounds[1]["improved"]["n"] == 2
+    [_, curve] = refine_curves(Study([MethodRun("refine", 0, {"refine": {"rounds": rounds}})]))["refine"]
+    assert curve["improved"] == 1 and curve["worse"] == 0

@@ -126,7 +126,9 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     """after − before on the same items (same prompts and sampling seeds): the mean change with n, stderr, a 95%
     t-interval and the two-sided paired t-test's t and p (`scipy.stats.ttest_rel`). Without variance the t-test is
     undefined (the interval is then the point): no change anywhere is no evidence of one (t 0, p 1, as a sign test
-    gives); the same non-zero change everywhere leaves t and p null."""
+    gives); the same non-zero change everywhere leaves t and p null. "The same" is to within float rounding: seed
+    means such as 0.55 − 0.50 and 0.60 − 0.55 differ in their last bits, which a t-test would read as certainty.
+    One pair has no standard error (null)."""
     from scipy import stats
 
     if len(before) != len(after):
@@ -137,13 +139,15 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     n, delta = out["n"], out["delta"]
     out |= {"ci95": None, "t": None, "p": None}
     if n < 2:
-        return out
-    sd = math.sqrt(math.fsum((c - delta) ** 2 for c in changes) / (n - 1))
+        return out | {"stderr": None}
+    rounding = 1e-12 * max(1.0, *(abs(c) for c in changes))
+    varies = max(changes) - min(changes) > rounding
+    sd = math.sqrt(math.fsum((c - delta) ** 2 for c in changes) / (n - 1)) if varies else 0.0
     out["stderr"] = sd / math.sqrt(n)  # the sample sd, as the interval and the test use (summarize's is ddof 0)
     out["ci95"] = t_interval(delta, out["stderr"], n - 1)
-    if sd > 0:
+    if varies:
         test = stats.ttest_rel(after, before)
         out["t"], out["p"] = float(test.statistic), float(test.pvalue)
-    elif delta == 0:
+    elif abs(delta) <= rounding:
         out["t"], out["p"] = 0.0, 1.0
     return out

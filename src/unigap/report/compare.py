@@ -82,8 +82,8 @@ def refine_curves(study: Study) -> dict[str, list[dict[str, Any]]]:
                                      "accuracy": sum(row["accuracy"] * row["n"] for row in rows) / n}
             for key in ("improved", "worse"):
                 if rows[0].get(key):  # (absent or null at round 0)
-                    entry[key] = sum(round(row[key]["rate"] * row["refined"]) for row in rows if row[key]["rate"]
-                                     is not None)
+                    entry[key] = sum(round(row[key]["rate"] * row[key]["n"]) for row in rows  # over its decided
+                                     if row[key]["rate"] is not None)
             curve.append(entry)
         curves[method] = curve
     return curves
