@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +45,8 @@ class MetricLogger:
             pass
         elif resume_step is None:
             self.path.write_text("")
-        elif self.path.is_file():  # a resumed run: keep only the steps before the one it resumes at
-            text = self.path.read_text()
-            lines = text.splitlines()
-            if text and not text.endswith("\n"):  # a row a killed run left half-written
-                lines.pop()
-            kept = [line for line in lines if json.loads(line)["step"] < resume_step]
-            write_text_atomically(self.path, "".join(line + "\n" for line in kept))
+        else:  # a resumed run: keep only the steps before the one it resumes at
+            self.keep_rows(lambda row: row["step"] < resume_step)
         self._writers: list[Any] = []
         for name in parse_report_to(report_to):
             if name == "tensorboard":
@@ -63,6 +58,17 @@ class MetricLogger:
 
                 run = wandb.init(project="unigap", name=run_name, dir=str(self.path.parent), resume="allow")
                 self._writers.append(("wandb", run))
+
+    def keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Rewrite the file with the rows `keep` accepts, less a last row a killed run left half-written: before a
+        resumed run logs again the steps it redoes."""
+        if not self.path.is_file():
+            return
+        text = self.path.read_text()
+        lines = text.splitlines()
+        if text and not text.endswith("\n"):
+            lines.pop()
+        write_text_atomically(self.path, "".join(line + "\n" for line in lines if keep(json.loads(line))))
 
     def log(self, step: int, record: dict[str, Any], prefix: str = "") -> None:
         """One row; the backends see its numbers under `prefix` + key (e.g. a pretraining stage's name)."""

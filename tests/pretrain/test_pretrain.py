@@ -301,6 +301,9 @@ def test_killed_run_resumes_to_the_same_weights(whole: Path, tmp_path: Path, mon
         assert summaries[1]["final_losses"] is not None
         assert summaries[1]["final_losses"] == pytest.approx(summaries[0]["final_losses"])
         assert summaries[1]["polish_final_losses"] == pytest.approx(summaries[0]["polish_final_losses"])
+    logs = [[json.loads(line) for line in (run / run_module.LOG_FILE).read_text().splitlines()] for run in (whole, out)]
+    rows = [[(r["stage"], r["step"]) for r in log] for log in logs]  # every row once (a rerun's one-off rows last)
+    assert sorted(rows[1]) == sorted(rows[0]) and len(set(rows[1])) == len(rows[1])
     a, b = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)

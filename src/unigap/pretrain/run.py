@@ -130,6 +130,12 @@ def _log(logger: MetricLogger, row: dict) -> None:
     logger.log(row.get("step", 0), row, prefix=f"{row['stage']}/")
 
 
+def _resume_log(logger: MetricLogger, stage: str, done: int = -1) -> None:
+    """Before a stage logs: drop its rows after step `done` (those a resumed stage logs again; -1: all of them, for
+    a stage that starts over or a one-off row) and a row a kill left half-written, so the log reads like one run's."""
+    logger.keep_rows(lambda row: row.get("stage") != stage or row["step"] <= done)
+
+
 def save_stage(module: torch.nn.Module, path: Path, seconds: float, settings: dict) -> None:
     """A finished stage's weights, with the seconds it took (kept across resumes) and the settings it was trained
     under (`stage_settings`), written atomically."""
@@ -194,6 +200,7 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
         state |= {"seconds": time.perf_counter() - start, "config": settings}
         write_atomically(partial, lambda tmp: torch.save(state, tmp))
 
+    _resume_log(logger, "vq", resume["step"] if resume else 0)
     with _bar("VQ tokenizer", config.vq_steps, show) as update:
         update(resume["step"] if resume else 0)
 
@@ -218,6 +225,7 @@ def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainCo
     if (out / VISION_FILE).is_file():
         return _load_stage(tower, out / VISION_FILE, settings, "vision")
     start = time.perf_counter()
+    _resume_log(logger, "vision")  # (no checkpoint within the stage: it starts over)
     with _bar("vision tower", config.vision_steps, show) as update:
 
         def on_step(step: int, numbers: VisionStep) -> None:
@@ -288,6 +296,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
         schedule.load_state_dict(state["schedule"])
         rng.bit_generator.state = state["rng"]
         step, seconds, final = state["step"], state["seconds"], state.get("final")
+    _resume_log(logger, stage, step)
     um.model.train()
     um.model.model.vqmodel.eval()
     with _bar(STAGE_BARS[stage], config.steps, show) as update:
@@ -327,9 +336,11 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     if config.vq_merge_similarity is not None:
         codes = merge_similar_codes(um.model.model.vqmodel, to_pixels(corpora.gen.renders[:MERGE_IMAGES]),
                                     config.vq_merge_similarity)
+        _resume_log(logger, "vq_merge")
         _log(logger, {"stage": "vq_merge", "similarity": config.vq_merge_similarity, "codes": codes})
     tokenize_corpora(um, corpora)
     fidelity = vq_fidelity(um, n=VQ_CHECK, seed=config.seed, data_seed=config.seed, progress=show_progress)
+    _resume_log(logger, "vq_fidelity")
     _log(logger, {"stage": "vq_fidelity", **fidelity})
     tokenize_seconds = time.perf_counter() - coded  # paid again by every resumed run: the corpora are not stored
     vision_seconds = _stage_vision(um, corpora.und, config, out, show_progress, logger)
