@@ -91,6 +91,8 @@ def test_dpo_two_processes_match_one(tmp_path: Path) -> None:
     for a, b in zip(one, two, strict=True):
         for key in ("und_dpo_loss", "gen_dpo_loss", "gen/rewards/margins", "und_grad_norm", "gen_grad_norm", "cos"):
             assert b[key] == pytest.approx(a[key], rel=TOLERANCE, abs=1e-4), (a["step"], key)
+    bf16 = _train(tmp_path, tmp_path / "bf16", 2, (*dpo, "--dtype", "bfloat16"))  # the LoRA float32, the head bf16
+    assert [row["step"] for row in bf16] == [0, 1, 2] and all(row["grad_norm"] > 0 for row in bf16)
 
 
 def test_prefs_build_on_two_processes_writes_the_one_process_file(tmp_path: Path) -> None:

@@ -78,11 +78,13 @@ def all_sum(value: torch.Tensor) -> torch.Tensor:
 
 
 def sum_tensors(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Each tensor summed over processes, in one flat all-reduce (the tensors themselves with one process)."""
+    """Each tensor summed over processes, in one flat all-reduce, and in its own dtype (the flat one takes the widest:
+    a bf16 model's float32 LoRA beside its bf16 generation head); the tensors themselves with one process."""
     if world_size() == 1:
         return list(tensors)
     flat = all_sum(torch.cat([t.reshape(-1) for t in tensors]))
-    return [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)]
+    return [chunk.view_as(t).to(t.dtype) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors,
+                                                             strict=True)]
 
 
 def sum_gradients(params: Sequence[torch.nn.Parameter]) -> None:

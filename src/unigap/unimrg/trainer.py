@@ -64,9 +64,11 @@ def train_unimrg(um: Any, config: UniMRGConfig, out_dir: str | Path, resume: boo
     """Build the data (unless given: it depends on the data settings only, not on the seed), then train (or resume)
     a run in `out_dir`, with progress bars: what `unigap train --objective unimrg|und-sft` and the study's `unimrg`
     and `und-sft` arms run."""
+    from unigap import distributed
     from unigap.progress import progress
     from unigap.unimrg.data import build_data
 
+    show_progress = show_progress and distributed.is_main()  # one bar under a launcher, not one per process
     resumed_state(out_dir, config, resume, mmap=True)  # a mistaken resume fails before the data is built
     if data is None:
         representations = list(config.auxiliary)
