@@ -220,3 +220,17 @@ def test_a_study_from_before_the_edit_scales_resumes_unless_its_arms_edit(tmp_pa
         else:
             claim(config, out, "w", guidance)
             assert json.loads((out / "study.json").read_text())["edit_image_cfg_scale"] == 1.5  # recorded from now on
+
+
+def test_a_study_is_resumed_in_the_dtype_it_ran_in(tmp_path: Path, small_config: StudyConfig) -> None:
+    """A study started on a GPU (bf16 by default) is not resumed on a CPU (float32); one from before the dtype was
+    recorded is, its dtype unknown."""
+    from unigap.study import claim
+
+    claim(small_config, tmp_path / "gpu", "w", dtype="bfloat16")
+    with pytest.raises(UserError, match=r'model_dtype: "bfloat16" → "float32"'):
+        claim(small_config, tmp_path / "gpu", "w", dtype="float32")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "study.json").write_text(json.dumps(small_config.to_dict() | {"model_weights": "w"}))
+    claim(small_config, tmp_path / "old", "w", dtype="float32")
+    assert json.loads((tmp_path / "old" / "study.json").read_text())["model_dtype"] == "float32"

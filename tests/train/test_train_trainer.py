@@ -112,6 +112,9 @@ def test_resume_refuses_changed_settings(tiny_dir: Path, pairs, tmp_path: Path) 
     run(tiny_dir, pairs, tmp_path, config(steps=2))
     with pytest.raises(UserError, match="lr: 0.001 → 0.01"):
         run(tiny_dir, pairs, tmp_path, config(steps=2, lr=1e-2), resume=True)
+    und, gen = pairs  # a GPU's bf16 run resumed on a CPU in float32 would go on with other numbers
+    with pytest.raises(UserError, match=r"another model than it was started on \(.*model_dtype: \"float32\" → \"bfloat16\""):
+        DPOTrainer(load_model(tiny_dir, dtype=torch.bfloat16), config(steps=2), und, gen, tmp_path).train(resume=True)
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_dir: Path, pairs, tmp_path: Path, monkeypatch) -> None:

@@ -121,6 +121,9 @@ def test_a_resume_under_other_settings_fails_before_the_data_is_built(data, tmp_
     with pytest.raises(UserError, match="different settings: lr: "):
         train_unimrg(load_model("tiny"), UniMRGConfig(**(SMALL | {"lr": 5e-4})), tmp_path / "run", resume=True,
                      show_progress=False)
+    with pytest.raises(UserError, match="another model than it was started on"):  # its dtype, here
+        train_unimrg(load_model("tiny", dtype=torch.bfloat16), UniMRGConfig(**SMALL), tmp_path / "run", resume=True,
+                     show_progress=False)
 
 
 @pytest.mark.parametrize(

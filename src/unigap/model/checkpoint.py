@@ -101,7 +101,12 @@ def model_identity(um: Any) -> dict[str, str | None]:
     fingerprint = getattr(um, "fingerprint", None)
     dtype = getattr(um, "dtype", None)
     return {"model": fingerprint() if callable(fingerprint) else None,
-            "model_dtype": None if dtype is None else str(dtype).removeprefix("torch.")}
+            "model_dtype": None if dtype is None else dtype_name(dtype)}
+
+
+def dtype_name(dtype: Any) -> str:
+    """`bfloat16` for torch.bfloat16: how run records name a dtype."""
+    return str(dtype).removeprefix("torch.")
 
 
 FINGERPRINT_BYTES = 1 << 20  # read from each end of each weights file

@@ -42,6 +42,7 @@ from unigap.study.config import FULL, StudyConfig
 from unigap.arms import ARMS
 
 WEIGHTS_KEY = "model_weights"  # in study.json: the weights_fingerprint of the model the study ran on
+DTYPE_KEY = "model_dtype"  # and the dtype it ran in
 
 PREFS_DIR = "prefs"
 
@@ -196,17 +197,19 @@ class StudyRunner:
             self.progress.remove_task(task)
 
 
-def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str, float] | None = None) -> list[str]:
+def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str, float] | None = None,
+          dtype: str | None = None) -> list[str]:
     """Write OUT/study.json, or check that the study already in OUT ran under the same settings and
-    on the same weights (`weights`: the model's `weights_fingerprint`); returns the arms this run adds to it.
+    on the same weights (`weights`: the model's `weights_fingerprint`) in the same `dtype` (a GPU's bf16 default, a
+    CPU's float32: a study from before it was recorded is not checked); returns the arms this run adds to it.
     `edit_guidance`: the edit scales the reason-reflect-refine arms use (the library's), recorded so that a study from
     before they existed, whose arms edited under plain CFG at 5, is not resumed under them. The arms only choose which
     jobs run (each arm's runs are its own folders, and the report reads every arm there), so a rerun with other
     --methods adds arms, and study.json lists every arm asked of the folder."""
     earlier = (read_record(out / STUDY_FILE) or {}).get("methods") or []
     methods = [*earlier, *(m for m in config.methods if m not in earlier)]
-    recorded = {WEIGHTS_KEY: weights, **(edit_guidance or {})}
-    defaults = FULL.to_dict() | {WEIGHTS_KEY: weights}  # a study from before a setting existed ran at its default
+    recorded = {WEIGHTS_KEY: weights, **(edit_guidance or {}), **({DTYPE_KEY: dtype} if dtype else {})}
+    defaults = FULL.to_dict() | {WEIGHTS_KEY: weights, DTYPE_KEY: dtype}  # a study from before a setting: its default
     if edit_guidance and not any(ARMS[m].family == "p3" for m in methods if m in ARMS):  # (the folder's arms too)
         defaults |= edit_guidance  # arms that never edit: the scales change none of their numbers
     claim_settings(out / STUDY_FILE, config.to_dict() | recorded | {"methods": methods}, "study", defaults,
@@ -216,14 +219,15 @@ def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str,
 
 def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> Path:
     """Run (or resume) every job of the study in `out` (returned): what `unigap.report.build_report` reads."""
-    from unigap.model.checkpoint import weights_fingerprint
+    from unigap.model.checkpoint import dtype_name, weights_fingerprint
     from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS
-    from unigap.model.loading import resolve_checkpoint
+    from unigap.model.loading import default_device_and_dtype, resolve_checkpoint
 
     out = Path(out)
     directory = resolve_checkpoint(config.model)  # a mistyped --model fails here, before study.json pins it
     added = claim(config, out, weights_fingerprint(directory),
-                  dict(zip(EDIT_SETTINGS, (EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE))))
+                  dict(zip(EDIT_SETTINGS, (EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE))),
+                  dtype_name(default_device_and_dtype(None, None)[1]))  # what `model()` loads in
     if added and show_progress:  # (a rerun that left out --methods adds the default arms: say so before hours of jobs)
         print(f"study: adding {', '.join(added)} to the study in {out}", file=sys.stderr, flush=True)
     columns = (

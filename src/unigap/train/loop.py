@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from unigap.atomic import atomic_write_lines, differences_since
+from unigap.atomic import atomic_write_lines, config_differences, differences_since
 from unigap.errors import UserError
 from unigap.metrics_log import MetricLogger
 from unigap import distributed
@@ -32,6 +32,7 @@ from unigap.train.checkpoint import (
 LOG_FILE = "log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_FILE = "train_config.json"
+IDENTITY_KEY = "model_identity"  # a checkpoint's record of the model it trains (`resumed_state`)
 
 
 class TrainingDiverged(UserError):
@@ -70,11 +71,14 @@ def refuse_unless_resuming(out_dir: str | Path, resume: bool) -> None:
 
 
 def resumed_state(out_dir: str | Path, settings: Any, resume: bool, free_settings: Sequence[str] = (),
-                  required_settings: Sequence[str] = (), mmap: bool = False) -> dict[str, Any] | None:
+                  required_settings: Sequence[str] = (), mmap: bool = False,
+                  identity: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The checkpoint a run continues from (None for a fresh start), refused (`UserError`) where `out_dir` holds a
     run and `resume` is off, or where it was saved under other settings than the dataclass `settings` (see
-    `run_steps` for `free_settings` and `required_settings`). Trainers that build data first call it before that
-    work too, with `mmap` (the tensors are not read), so a mistaken resume fails in seconds."""
+    `run_steps` for `free_settings` and `required_settings`) or on another model than `identity`
+    (`unigap.model.checkpoint.model_identity`: weights and dtype, so not a GPU's bf16 run resumed on a CPU in
+    float32; a checkpoint from before it was recorded is not checked). Trainers that build data first call it
+    before that work too, with `mmap` (the tensors are not read), so a mistaken resume fails in seconds."""
     if not (resume and holds_run(out_dir)):
         refuse_unless_resuming(out_dir, resume)
         return None
@@ -84,6 +88,10 @@ def resumed_state(out_dir: str | Path, settings: Any, resume: bool, free_setting
                                 {k: v for k, v in asdict(settings).items() if k not in free_settings}, defaults)
     if changed:
         raise UserError(f"cannot resume {out_dir} under different settings: {'; '.join(changed)}")
+    saved = state.get(IDENTITY_KEY)
+    if identity is not None and saved is not None and (changed := config_differences(saved, identity)):
+        raise UserError(f"cannot resume {out_dir} on another model than it was started on ({'; '.join(changed)}): "
+                        f"give the same model and --dtype")
     return state
 
 
@@ -120,6 +128,7 @@ def run_steps(
     bf16: bool = False,
     free_settings: Sequence[str] = (),
     required_settings: Sequence[str] = (),
+    identity: dict[str, Any] | None = None,
 ) -> int:
     """Run `step_fn(step)` (it updates the parameters and returns the step's log record) from the first step, or
     from the checkpoint with `resume`, to `steps`; returns the step reached. `extra_state()` adds trainer state to
@@ -127,12 +136,14 @@ def run_steps(
     which checkpoint survives. `settings` is the run's config dataclass: saved with every checkpoint, and a resumed
     run must match it, except for `free_settings` (switches that change no number, only whether the run goes on)
     and settings added since the checkpoint was written that keep their defaults, unless named in
-    `required_settings` (added with a default that differs from what runs before them did). With
+    `required_settings` (added with a default that differs from what runs before them did), and on the model
+    `identity` describes (saved with the checkpoint where given: see `resumed_state`). With
     `bf16`, each step runs under bf16 autocast (the backward pass in the forward ops' dtypes, as autocast makes it
     anyway; the optimiser's float32 arithmetic is not on autocast's list)."""
     config = asdict(settings)
     step = 0
-    state = resumed_state(out_dir, settings, resume, free_settings, required_settings)
+    state = resumed_state(out_dir, settings, resume, free_settings, required_settings, identity=identity)
+    recorded = {} if identity is None else {IDENTITY_KEY: identity}
     if state is not None:
         step = restore_training_state(state, named, optimizer, scheduler)
         restore_extra(state)
@@ -154,7 +165,8 @@ def run_steps(
                 logger.log(step - 1, record)
                 if checkpoint_step(step, checkpoint_every, steps) == step:
                     save_checkpoint(out_dir / CHECKPOINT_DIR,
-                                    training_state(step, named, optimizer, scheduler, config, **extra_state()))
+                                    training_state(step, named, optimizer, scheduler, config, **extra_state(),
+                                                   **recorded))
             if on_step is not None:
                 on_step(step, record)
     finally:

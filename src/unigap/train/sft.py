@@ -24,6 +24,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from unigap.errors import UserError
+from unigap.model.checkpoint import model_identity
 from unigap.model.images import ImageInput
 from unigap.train.config import check_field, check_field_types, check_ranges
 from unigap import distributed
@@ -168,6 +169,7 @@ class SFTTrainer:
             raise UserError("SFT needs at least one task, each with at least one example")
         self.um, self.options, self.tasks, self.out_dir = um, options, tasks, Path(out_dir)
         self.run_name, self.report_to = run_name, report_to
+        self.identity = model_identity(um)  # before the LoRA: the model a resumed run must continue on
         torch.manual_seed(options.seed)  # the LoRA A init and the dropout stream
         um.add_lora(options.lora_rank, options.lora_alpha, options.lora_dropout,
                     gradient_checkpointing=options.gradient_checkpointing)
@@ -191,7 +193,7 @@ class SFTTrainer:
         try:
             self.step = run_steps(self.out_dir, o, self.named, self.optimizer, self.scheduler, o.steps,
                                   o.checkpoint_every, step, resume, self.report_to, self.run_name, on_step=on_step,
-                                  bf16=o.bf16)
+                                  bf16=o.bf16, identity=self.identity)
         finally:
             self.um.model.eval()
         if distributed.is_main():

@@ -22,6 +22,7 @@ from unigap.errors import UserError
 from unigap import distributed
 from unigap.atomic import atomic_write_bytes, file_fingerprint
 from unigap.train.config import check_field, check_ranges, load_config
+from unigap.model.checkpoint import model_identity
 from unigap.train.loop import resumed_state
 from unigap.train.sft import AnswerTask, SFTOptions, SFTTrainer, Task, TextToImageTask, vq_tokens
 from unigap.train.trainer import TrainResult
@@ -117,7 +118,7 @@ def train_sft(um: Any, config: SFTConfig, out_dir: str | Path, resume: bool = Fa
     from unigap.progress import progress
 
     out_dir = Path(out_dir)
-    resumed_state(out_dir, config, resume, mmap=True)  # a mistaken resume fails before the data is built
+    resumed_state(out_dir, config, resume, mmap=True, identity=model_identity(um))  # fails before the data is built
     data = read_sft_data(config) if data is None else data
     show_progress = show_progress and distributed.is_main()
     with progress("tokenize", max(len(data.captions), 1), show_progress and bool(data.captions)) as update:

@@ -25,6 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from unigap.errors import UserError
 from unigap.metrics_log import parse_report_to
+from unigap.model.checkpoint import model_identity
 from unigap.model.unified import UnifiedModel
 from unigap import distributed
 from unigap.train.loop import (
@@ -100,6 +101,7 @@ class DPOTrainer:
             reweight_every=config.reweight_every,
             length_w_und=self._length_w_und,
         )
+        self.identity = model_identity(um)  # before the LoRA: the model a resumed run must continue on
         torch.manual_seed(config.seed)  # the LoRA A init and the dropout stream
         um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout,
                     gradient_checkpointing=config.gradient_checkpointing)
@@ -142,7 +144,7 @@ class DPOTrainer:
                 self.config.checkpoint_every, step, resume, self.report_to, f"{self.out_dir.name}-{self.config.strategy}",
                 extra_state=lambda: {"strategy": self.strategy.state_dict()},
                 restore_extra=lambda state: self.strategy.load_state_dict(state["strategy"]), on_step=on_step,
-                bf16=self.config.bf16,
+                bf16=self.config.bf16, identity=self.identity,
             )  # fmt: skip
         finally:
             self.um.model.eval()

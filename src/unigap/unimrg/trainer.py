@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from unigap.errors import UnigapWarning
+from unigap.model.checkpoint import model_identity
 from unigap.train.loop import resumed_state
 from unigap.train.sft import AnswerTask, ImageToImageTask, SFTTrainer, Task
 from unigap.train.trainer import TrainResult
@@ -69,7 +70,7 @@ def train_unimrg(um: Any, config: UniMRGConfig, out_dir: str | Path, resume: boo
     from unigap.unimrg.data import build_data
 
     show_progress = show_progress and distributed.is_main()  # one bar under a launcher, not one per process
-    resumed_state(out_dir, config, resume, mmap=True)  # a mistaken resume fails before the data is built
+    resumed_state(out_dir, config, resume, mmap=True, identity=model_identity(um))  # fails before the data is built
     if data is None:
         representations = list(config.auxiliary)
         with progress("data", config.n_scenes * (1 + len(representations)), show_progress) as update:
