@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from transformers import JanusForConditionalGeneration
 
-from unigap.atomic import differences_since, write_atomically, write_text_atomically
+from unigap.atomic import atomic_write_bytes, differences_since, write_text_atomically
 from unigap.errors import UserError
 from unigap.evaluate import vq_fidelity
 from unigap.metrics_log import MetricLogger
@@ -141,7 +141,7 @@ def save_stage(module: torch.nn.Module, path: Path, seconds: float, settings: di
     under (`stage_settings`), written atomically."""
     state = {k: v.contiguous() for k, v in module.state_dict().items()}
     metadata = {"seconds": repr(seconds), "settings": json.dumps(settings)}
-    write_atomically(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    atomic_write_bytes(path, lambda handle: handle.write(save(state, metadata=metadata)))
 
 
 def _load_stage(module: torch.nn.Module, path: Path, settings: dict, stage: str) -> float:
@@ -198,7 +198,7 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
 
     def checkpoint(state: dict) -> None:
         state |= {"seconds": time.perf_counter() - start, "config": settings}
-        write_atomically(partial, lambda tmp: torch.save(state, tmp))
+        atomic_write_bytes(partial, lambda handle: torch.save(state, handle))  # fsynced: a checkpoint
 
     _resume_log(logger, "vq", resume["step"] if resume else 0)
     with _bar("VQ tokenizer", config.vq_steps, show) as update:
@@ -313,7 +313,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
             if step % config.checkpoint_every == 0 or step == config.steps:
                 state = stage_state(um, head, optimizer, schedule, rng, step, time.perf_counter() - started, final,
                                     settings)
-                write_atomically(checkpoint, lambda tmp: torch.save(state, tmp))
+                atomic_write_bytes(checkpoint, lambda handle: torch.save(state, handle))
     um.model.eval()
     return {"seconds": time.perf_counter() - started, "final": final}
 
