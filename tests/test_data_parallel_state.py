@@ -1,5 +1,6 @@
-"""Gradients summed over processes (`unigap.distributed.sum_tensors`) keep each tensor's dtype: under bf16 weights the
-LoRA stays float32 beside the bf16 generation head, and one flat all-reduce promotes them all to float32."""
+"""Data-parallel state, checked without processes: gradients summed over processes (`unigap.distributed.sum_tensors`)
+keep each tensor's dtype (under bf16 weights the LoRA stays float32 beside the bf16 generation head, and one flat
+all-reduce promotes them all to float32), and each process draws its own dropout masks."""
 
 from __future__ import annotations
 
@@ -16,3 +17,30 @@ def test_summed_tensors_keep_their_dtypes(monkeypatch: pytest.MonkeyPatch) -> No
     summed = distributed.sum_tensors([lora, head])
     assert [t.dtype for t in summed] == [torch.float32, torch.bfloat16]
     assert summed[0].tolist() == [2.0] * 3 and summed[1].tolist() == [[1.0], [1.0]]
+
+
+def test_each_process_but_the_first_draws_its_own_dropout_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same-shaped shards would otherwise get, row for row, the first process's dropout masks; the first keeps its
+    stream, so a single process draws what it always drew; each checkpoint step gives the others a fresh one."""
+    def draws(process: int, step: int) -> torch.Tensor:
+        monkeypatch.setattr(distributed, "rank", lambda: process)
+        torch.manual_seed(0)
+        distributed.own_random_stream(seed=0, step=step)
+        return torch.rand(4)
+
+    torch.manual_seed(0)
+    alone = torch.rand(4)
+    assert torch.equal(draws(0, 0), alone) and torch.equal(draws(0, 6), alone)
+    assert not torch.equal(draws(1, 0), alone) and not torch.equal(draws(2, 0), draws(1, 0))
+    assert torch.equal(draws(1, 6), draws(1, 6)) and not torch.equal(draws(1, 6), draws(1, 0))
+
+
+def test_a_checkpoint_from_more_gpus_restores_the_states_of_the_gpus_there_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unigap.train.checkpoint import set_rng_state
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    set_rng_state({"cpu": torch.get_rng_state(), "cuda": ["gpu0", "gpu1"]})  # saved where 2 GPUs were visible
+    assert restored == [("gpu0", 0)]

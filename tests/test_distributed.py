@@ -213,6 +213,52 @@ def test_a_failing_process_stops_every_process(tmp_path: Path) -> None:
     assert (tmp_path / "0").read_text() == "RuntimeError: process 1 failed: ValueError: bad item"
 
 
+def _dropout_run(rank: int, world: int, port: int, out: Path, kill_at: int | None) -> None:
+    """One process of a 2-process DPO run with LoRA dropout, killed (every process) after `kill_at` steps or resumed."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from unigap import distributed
+    from unigap.model import load_model
+    from unigap.train.config import TrainConfig
+    from unigap.train.dpo import GenerationPair
+    from unigap.train.trainer import DPOTrainer
+
+    um = load_model("tiny")
+    n = um.num_image_tokens
+    pairs = [GenerationPair(f"a red circle {i}", (i,) * n, (i + 1,) * n, -100.0, -100.0) for i in range(4)]
+    config = TrainConfig(strategy="gen-only", steps=4, batch_size=4, lora_rank=2, lora_alpha=4.0, lora_dropout=0.3,
+                         checkpoint_every=2, lr=1e-3)
+
+    def killed(step: int, record: dict) -> None:
+        if step == kill_at:
+            raise KeyboardInterrupt
+
+    try:
+        DPOTrainer(um, config, [], pairs, out).train(resume=kill_at is None and out.exists(), on_step=killed)
+    except KeyboardInterrupt:
+        pass
+    distributed.close()
+
+
+def test_with_dropout_a_killed_two_process_run_resumes_to_the_unbroken_one(tmp_path: Path) -> None:
+    """Each process draws its own dropout masks, from a stream every checkpoint renews, so the checkpoint (which
+    holds the first process's stream) resumes every process as the unbroken run goes on."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    for out, kill_at in ((tmp_path / "whole", None), (tmp_path / "cut", 3), (tmp_path / "cut", None)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_dropout_run, args=(2, port, out, kill_at), nprocs=2, join=True)
+    logs = [[json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in ("whole", "cut")]
+    assert [r["step"] for r in logs[1]] == [0, 1, 2, 3] and logs[1] == logs[0]
+    x, y = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("whole", "cut"))
+    assert all(torch.equal(x[k], y[k]) for k in x)
+
+
 def test_a_one_process_command_refuses_a_launcher(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from unigap.cli import main
 

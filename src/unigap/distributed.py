@@ -5,7 +5,8 @@ head) separately, which a DDP wrapper does not see. Each process instead takes e
 step's global batch (`shard`); a task's loss is its summed token loss over the *global* token (or row) count, so
 the gradients summed over processes (`sum_gradients`) are exactly the one-process gradients of the same global
 batch, up to float summation order. Every process holds the same parameters (same seed, same summed gradients,
-same optimizer step); only the main one writes logs, checkpoints and the adapter. On CPU the processes talk
+same optimizer step), and each draws its own dropout masks (`own_random_stream`); only the main one writes logs,
+checkpoints and the adapter. On CPU the processes talk
 over gloo; a single process needs no launcher and no process group.
 
 Sampling commands split their batches instead (`ordered_rounds`, and `unigap.evaluate.progress.map_batches` on it):
@@ -58,6 +59,16 @@ def close() -> None:
     exception"), turning a finished run into a failed one; torch asks for `destroy_process_group` before exit."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def own_random_stream(seed: int, step: int) -> None:
+    """Give every process but the first its own stream of torch's global generator (the LoRA dropout masks) from
+    `step` on: called once the state every process must share is drawn (a LoRA's initialisation), and again at each
+    checkpoint, so a resumed run, whose checkpoint holds the first process's stream, continues every stream as the
+    unbroken run does. The first process keeps its stream (one process runs as it always has); without this the
+    others would draw, row for row, its masks."""
+    if rank() > 0:
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank(), step]).generate_state(1)[0]))
 
 
 def shard(rows: np.ndarray) -> np.ndarray:

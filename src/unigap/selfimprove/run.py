@@ -102,6 +102,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
         data.pairs = dpo_pairs(um, data.rounds[0], config)
     logged = _read_epochs(out)
     start, saved = _resume(um, optimizer, out)
+    distributed.own_random_stream(config.seed, start)
     distributed.wait_for_everyone()  # every process has read the run's state before the main one writes more
     # the checkpoint holds its epochs' rows: one it saved just before a kill could not log is logged now
     epochs = saved if saved is not None else logged[: start + 1]
@@ -131,6 +132,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
         if logger:
             _save_epoch(um, optimizer, out, epoch, epochs)
             logger.log(epoch, epochs[-1])  # last: the row marks the epoch done
+        distributed.own_random_stream(config.seed, epoch)  # as a resume from this epoch's checkpoint would
     if logger:
         logger.close()
 

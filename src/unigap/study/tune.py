@@ -171,7 +171,7 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
     out = Path(out)
     weights = weights_fingerprint(resolve_checkpoint(config.model))  # a mistyped --model fails before OUT is claimed
     settings = {k: v for k, v in config.to_dict().items() if k not in SELECTION_ONLY}
-    dtype = dtype_name(default_device_and_dtype(None, None)[1])  # what `load_model` loads in: a GPU's bf16, a CPU's fp32
+    dtype = dtype_name(default_device_and_dtype(None, None)[1])  # `load_model`'s: a GPU's bf16, a CPU's float32
     claim_settings(out / SETTINGS_FILE, settings | {"model_weights": weights, "model_dtype": dtype}, "tuning",
                    {f.name: f.default for f in fields(TuneConfig)} | {"model_dtype": dtype})  # (added since: unknown)
     specs = [spec for spec, _ in held_out_pairs(config.n, config.seed, config.data_seed, split="val")]

@@ -30,9 +30,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`'s states; of the CUDA devices', those this process sees (a run resumed on fewer GPUs:
+    `set_rng_state_all` would raise an IndexError)."""
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for device, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, device)
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:

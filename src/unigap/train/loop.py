@@ -147,6 +147,7 @@ def run_steps(
     if state is not None:
         step = restore_training_state(state, named, optimizer, scheduler)
         restore_extra(state)
+    distributed.own_random_stream(settings.seed, step)
     main = distributed.is_main()  # data-parallel processes hold the same state: one of them writes it
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +168,8 @@ def run_steps(
                     save_checkpoint(out_dir / CHECKPOINT_DIR,
                                     training_state(step, named, optimizer, scheduler, config, **extra_state(),
                                                    **recorded))
+            if checkpoint_step(step, checkpoint_every, steps) == step:
+                distributed.own_random_stream(settings.seed, step)  # as a resume from this checkpoint would
             if on_step is not None:
                 on_step(step, record)
     finally:
