@@ -115,3 +115,18 @@ def test_task_loss_refuses_mixed_batches(tiny_dir: Path) -> None:
     und, gen = random_pairs(um, 1)
     with pytest.raises(ValueError, match="one task"):
         task_dpo_loss(um, [und[0], gen[0]])
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "ipo"])
+def test_trls_reward_margin_is_of_the_summed_rewards_where_the_loss_compares_per_token(kind: str) -> None:
+    """TRL logs `rewards/margins` and `rewards/accuracies` of β·(log π − log π_ref) summed over each sequence, also
+    for IPO; the loss's own margin is per token there, and may even have the other sign (10 tokens against 2)."""
+    from unigap.train.dpo import trl_metrics
+
+    chosen, rejected, ref = torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([0.0])
+    out = dpo_loss(chosen, rejected, ref, ref, beta=0.1, loss_type=kind, chosen_tokens=torch.tensor([10.0]),
+                   rejected_tokens=torch.tensor([2.0]), length_normalize=True)
+    assert float(out.margins[0]) < 0  # per token: 0.2 against 0.5
+    metrics = trl_metrics(chosen, rejected, ref, ref, beta=0.1)
+    assert metrics["rewards/chosen"] == pytest.approx(0.2) and metrics["rewards/rejected"] == pytest.approx(0.1)
+    assert metrics["rewards/margins"] == pytest.approx(0.1) and metrics["rewards/accuracies"] == 1.0

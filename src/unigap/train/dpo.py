@@ -84,7 +84,8 @@ Pair = UnderstandingPair | GenerationPair
 @dataclass(frozen=True)
 class DPOOutput:
     """Per-pair results of `dpo_loss`; `loss` is the batch mean (what is backpropagated). `preference` is the DPO/IPO
-    term alone (without the NLL term): what 'no signal' (≈ ln 2) and over-optimisation (≈ 0) are read from."""
+    term alone (without the NLL term): under the sigmoid loss, what 'no signal' (≈ ln 2) and over-optimisation (≈ 0)
+    are read from (IPO's starts at 1/(4β²) and is 0 at its target margin)."""
 
     loss: torch.Tensor
     losses: torch.Tensor
@@ -236,7 +237,7 @@ def task_dpo_loss(um: UnifiedModel, pairs: Sequence[Pair], options: DPOOptions =
         "accuracy": float(out.accuracies.mean()),
         "kl": float(out.kl.mean()),
         **trl_metrics(chosen.detach().float().cpu(), rejected.detach().float().cpu(), ref_chosen, ref_rejected,
-                      options.beta, out),
+                      options.beta),
     }
     return TaskLoss(out.loss, metrics)
 
@@ -247,18 +248,20 @@ TRL_KEYS = ("logps/chosen", "logps/rejected", "ref_logps/chosen", "ref_logps/rej
 
 
 def trl_metrics(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-                beta: float, out: DPOOutput) -> dict[str, float]:
+                beta: float) -> dict[str, float]:
     """TRL's DPO diagnostics under its names (`TRL_KEYS`, batch means): the policy's and the reference's summed
     log-probs of the chosen and rejected sequences, the implicit rewards β·(log π − log π_ref) of each, their
-    margin and how often it is positive. Over-optimisation shows as `logps/chosen` falling below
+    margin and how often it is positive, all of summed log-probs as TRL logs them, also where the loss compares them
+    per token (IPO, `length_normalize`: `reward_margin` and `accuracy` are the loss's own). Over-optimisation shows as `logps/chosen` falling below
     `ref_logps/chosen` while the loss goes to 0 (the rejected ones are pushed down, the chosen not raised)."""
+    chosen_rewards, rejected_rewards = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
     return {
         "logps/chosen": float(chosen.mean()),
         "logps/rejected": float(rejected.mean()),
         "ref_logps/chosen": float(ref_chosen.mean()),
         "ref_logps/rejected": float(ref_rejected.mean()),
-        "rewards/chosen": float(beta * (chosen - ref_chosen).mean()),
-        "rewards/rejected": float(beta * (rejected - ref_rejected).mean()),
-        "rewards/margins": float(out.margins.mean()),
-        "rewards/accuracies": float(out.accuracies.mean()),
+        "rewards/chosen": float(chosen_rewards.mean()),
+        "rewards/rejected": float(rejected_rewards.mean()),
+        "rewards/margins": float((chosen_rewards - rejected_rewards).mean()),
+        "rewards/accuracies": float((chosen_rewards > rejected_rewards).float().mean()),
     }
