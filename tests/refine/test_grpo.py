@@ -474,3 +474,15 @@ def test_a_self_rewarded_run_whose_audit_falls_is_stopped_and_resumes_without_th
     assert [r["step"] for r in rows] == list(range(8)) and report["guard"] == {
         "stopped": False, "active": False, "rule": report["guard"]["rule"], "alarm": stop["alarm"]}
     assert (tmp_path / "g" / "adapter_model.safetensors").is_file()
+
+
+def test_a_group_whose_rewards_are_equal_to_within_rounding_counts_as_zero_std() -> None:
+    """Three text rewards of 1 − 2/3 each differ in their last bits; TRL's `frac_reward_zero_std` (isclose) counts
+    the group, as an exact comparison did not."""
+    from unigap.refine.grpo_loss import refine_rewards
+    from unigap.refine.rollout import _group_stats
+
+    _, text, _ = refine_rewards([2 / 3] * 3, [0.0] * 3, [False] * 3, [True] * 3, [False] * 3)
+    stats = _group_stats(text)
+    assert 0 < stats["reward_std"] < 1e-15 and stats["frac_reward_zero_std"] == 1.0
+    assert _group_stats([0.0, 1.0, 0.5])["frac_reward_zero_std"] == 0.0

@@ -186,7 +186,8 @@ def _reward_stats(prefix: str, values: list[float]) -> dict[str, float]:
 
 def _group_stats(rewards: list[float]) -> dict[str, float]:
     mean, std = _mean_std(rewards)
-    return {"reward": mean, "reward_std": std, "frac_reward_zero_std": float(std == 0)}
+    return {"reward": mean, "reward_std": std,  # (TRL's isclose: rewards in thirds spread by rounding alone)
+            "frac_reward_zero_std": float(np.isclose(std, 0.0, rtol=0.0, atol=1e-8))}
 
 
 def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, seed: int,
