@@ -119,6 +119,17 @@ def test_the_guard_stops_on_evidence_not_on_a_handful_of_images(tmp_path: Path, 
         assert not (tmp_path / "selfimprove.json").exists()
 
 
+def test_a_guard_turned_on_at_a_resume_says_which_adapter_the_folder_holds(tmp_path: Path) -> None:
+    """A --no-guard run that trained 3 epochs, resumed with the guard on: round 0's audit fails, and the adapter in
+    the folder is epoch 3's, trained past it, not "no adapter"."""
+    from unigap.errors import GuardStopped
+
+    (tmp_path / "epochs.jsonl").write_text("".join(json.dumps({"step": e, "epoch": e}) + "\n" for e in range(4)))
+    audit = {"round": 0, "epoch": 0, "precision": {"value": 1 / 30, "n": 30}, "base_rate": {"value": 0.4, "n": 100}}
+    with pytest.raises(GuardStopped, match="holds epoch 3's adapter, trained past this audit without the guard"):
+        run_module._guard(tmp_path, SelfImproveConfig(**TOY), [audit], None, last_epoch=0)
+
+
 def test_a_model_that_already_has_an_adapter_is_refused_before_any_work(tmp_path: Path) -> None:
     um = load_model("tiny")
     um.add_lora(rank=4, alpha=8)

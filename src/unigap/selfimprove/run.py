@@ -240,10 +240,14 @@ def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], b
         return
     guard = {"stopped": True, "precision": precision["value"], "n": n, "threshold": threshold, "p": p,
              "alpha": GUARD_ALPHA, "epoch": last_epoch}
-    result = _result(config, before, None, _read_epochs(out), audits, guard)
+    epochs = _read_epochs(out)
+    result = _result(config, before, None, epochs, audits, guard)
     if distributed.is_main():
         write_json(out / RESULT_FILE, result)
+    trained = max((row["epoch"] for row in epochs), default=0)  # beyond last_epoch: a --no-guard run resumed with it
     kept = f"the adapter of epoch {last_epoch} is kept in {out / 'adapter'}" if last_epoch else "no adapter was trained"
+    if trained > last_epoch:
+        kept = f"{out / 'adapter'} holds epoch {trained}'s adapter, trained past this audit without the guard"
     raise GuardStopped(
         f"guard: label precision {precision['value']:.2f} (n = {n}) against the {config.audit} is below the base rate "
         f"{threshold:.2f} of the model's own images after labelling round {audits[-1]['round']} (one-sided binomial "

@@ -1,6 +1,7 @@
 """The training half of self-improvement: SFT on accepted images, or DPO on accepted vs rejected ones.
 
-* SFT loss: the mean per-token NLL of each accepted image given its prompt (conditional, no CFG), batch mean.
+* SFT loss: the mean per-token NLL of each accepted image given its prompt, under `loss_cfg_scale` (the sampler's
+  CFG by default, 0: the conditional alone), batch mean.
 * DPO: pairs of one prompt's accepted and rejected images (a seeded shuffle of each, zipped: min(|A|, |R|) pairs
   per prompt), `task_dpo_loss` with the NLL term on the chosen image (SPEC §2); the reference log-probs are the
   base model's (adapters disabled), computed once per pair.
