@@ -6,8 +6,8 @@ step's global batch (`shard`); a task's loss is its summed token loss over the *
 the gradients summed over processes (`sum_gradients`) are exactly the one-process gradients of the same global
 batch, up to float summation order. Every process holds the same parameters (same seed, same summed gradients,
 same optimizer step), and each draws its own dropout masks (`own_random_stream`); only the main one writes logs,
-checkpoints and the adapter. On CPU the processes talk
-over gloo; a single process needs no launcher and no process group.
+checkpoints and the adapter. On CPU the processes talk over gloo; a single process needs no launcher and no process
+group.
 
 Sampling commands split their batches instead (`ordered_rounds`, and `unigap.evaluate.progress.map_batches` on it):
 each process takes one batch per round, and every process receives the round's results in batch order, so the
