@@ -300,11 +300,12 @@ def indexed_files_atomically(directory: str | os.PathLike, indexes: dict[str, Co
             raise RuntimeError(f"{tmp} holds no {last}: nothing was replaced")
         files = _staged(tmp)
         _check_targets(directory, tmp, files)
-        new = [p.relative_to(tmp).as_posix() for p in files]
-        atomic_write_lines(pending, [json.dumps({"file": name}) for name in sorted(earlier | set(new))])
+        new = {p.relative_to(tmp).as_posix(): p for p in files}
+        listing = sorted(earlier | (set(new) - set(indexes)))
+        atomic_write_lines(pending, [json.dumps({"file": name}) for name in listing])
         for name in reversed(indexes):  # the completeness mark goes first
             (directory / name).unlink(missing_ok=True)
-        _move_into(directory, tmp, [p for p in files if p.relative_to(tmp).as_posix() not in indexes], fsync=False)
+        _move_into(directory, tmp, [p for name, p in new.items() if name not in indexes], fsync=False)
         _move_into(directory, tmp, [tmp / name for name in indexes if (tmp / name).is_file()], fsync=True)
     remove_replaced(directory, earlier, listed(), inside=inside, named=named)
     pending.unlink()
