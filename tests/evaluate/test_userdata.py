@@ -169,6 +169,9 @@ def test_table_errors(tmp_path):
 def test_vqa_normalisation_and_soft_score():
     assert normalize_vqa("Two dogs.") == "2 dogs" and normalize_vqa("the  Red") == "red"
     assert normalize_vqa("dont") == "don't" and normalize_vqa("3.5") == "3.5"
+    assert vqa_score("dont", ["don't"] * 10) == vqa_score("don't", ["dont"] * 10) == 1.0  # the apostrophe is kept
+    assert [normalize_vqa(a) for a in ("U.S.", "10:30", "50%", "1,000", "red-ish", "yes !")] == [
+        "us", "10:30", "50%", "1000", "red ish", "yes"]  # as the official script gives them
     assert vqa_score("2", ["two"] * 3 + ["three"] * 7) == pytest.approx(0.9)  # (3 · 2/3 + 7 · 1) / 10
     assert vqa_score("three", ["two"] * 3 + ["three"] * 7) == 1.0
     assert vqa_score("four", ["two"] * 10) == 0.0
@@ -237,3 +240,26 @@ def test_an_image_over_pils_bomb_limit_is_one_line_naming_its_row(tmp_path) -> N
         read_understanding_data(tmp_path / "data.jsonl")
     with pytest.raises(UserError, match=r"big.png as an image: .*decompression bomb"):
         load_image(tmp_path / "big.png")
+
+
+def test_rows_are_lines_split_at_line_ends_only_and_mixed_answer_columns_are_read(tmp_path, image_file):
+    """JSON written with ensure_ascii=False keeps U+2028 and U+0085 unescaped in its strings: still one row each. A
+    CSV row that fills only `answer` beside an `answers` column, and datasets' column-wise answer records, are read."""
+    from unigap.evaluate.data import read_prompt_file
+
+    path = tmp_path / "und.jsonl"
+    rows = [{"image": image_file, "question": "What\u2028color?", "answer": "red"},
+            {"image": image_file, "question": "How\x85many?", "answer": "one"}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert [item.question.text for item in read_understanding_data(path)] == ["What\u2028color?", "How\x85many?"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\x0con a mat\na red circle\n", encoding="utf-8")
+    assert read_prompt_file(prompts) == [(1, "a cat\x0con a mat"), (2, "a red circle")]
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text(f'image,question,answer,answers\n{image_file},What color?,red,\n'
+                     f'{image_file},How many?,,"[""1"", ""one""]"\n')
+    assert [item.question.answers for item in read_understanding_data(mixed)] == [("red",), ("1", "one")]
+    from unigap.data.understanding import _answers
+
+    columnwise = {"answers": {"answer": ["red", "pink"], "answer_id": [1, 2]}}  # datasets.Sequence({"answer": ...})
+    assert _answers(columnwise, "ds:row 1") == ("red", "pink")

@@ -50,12 +50,21 @@ def read_table(path: str | Path, what: str = "row") -> list[Row]:
     return rows
 
 
+def text_lines(path: Path, what: str = "") -> list[str]:
+    """A text file's lines (a byte-order mark dropped), split at line ends only: `str.splitlines` also splits at
+    U+2028, U+0085 and form feeds, which JSON written with `ensure_ascii=False` holds unescaped inside a string.
+    `UserError` naming the file (and `what` it is) when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # (\r\n and \r read as \n)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {what}{' ' if what else ''}{path}: {exc}") from None
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def _jsonl_rows(path: Path, what: str) -> list[Row]:
     out = []
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+    lines = text_lines(path)
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue

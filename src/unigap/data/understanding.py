@@ -57,8 +57,10 @@ def _answer_text(value: Any) -> str | None:
 
 
 def _answers(row: dict[str, Any], where: str) -> tuple[str, ...]:
-    if "answers" in row and row["answers"] is not None:
+    if row.get("answers") not in (None, ""):  # (a CSV row that fills only `answer` leaves `answers` empty)
         value = row["answers"]
+        if isinstance(value, dict) and isinstance(value.get("answer"), list):  # datasets' Sequence of records
+            value = value["answer"]
         if isinstance(value, str):  # CSV: a JSON list in one cell
             try:
                 value = json.loads(value)

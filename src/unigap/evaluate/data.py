@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unigap.data.tables import text_lines
 from unigap.errors import UserError
 from unigap.world import (
     CATEGORIES,
@@ -118,10 +119,7 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, metadata object) of every line of a prompt file, checked as `read_prompt_file` does: a JSON
     line's object as written (GenEval's scorer reads its other fields), `{"prompt": text}` for a plain line."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read prompt file {path}: {exc}") from None
+    lines = text_lines(path, "prompt file")
     out = []
     for line_no, line in enumerate(lines, start=1):
         try:

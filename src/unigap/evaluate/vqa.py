@@ -3,9 +3,10 @@
 Why it and not exact match alone: VQA-style data has several human answers per question (ten in VQA v2), and
 "two" against annotators who said "2" or "two" is right. The official rule: an answer is scored against each
 subset of all-but-one reference answers as min(1, matches / 3), and those scores are averaged; with a single
-reference answer it is exact match. Answers are normalised as the official script does: lower case, punctuation
-removed (a full stop between digits kept), number words to digits, articles dropped, common contractions given
-their apostrophe.
+reference answer it is exact match. Answers are normalised as the official script does: its punctuation marks
+removed where one touches a space or the answer holds a thousands comma, else made a space (apostrophes, colons,
+per cent signs kept: "don't", "10:30", "50%"), a full stop removed unless a digit follows, lower case, number words
+to digits, articles dropped, common contractions given their apostrophe.
 """
 
 from __future__ import annotations
@@ -20,15 +21,20 @@ _CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent":
                  "wont": "won't", "wasnt": "wasn't", "werent": "weren't", "didnt": "didn't", "hasnt": "hasn't",
                  "havent": "haven't", "shouldnt": "shouldn't", "couldnt": "couldn't", "wouldnt": "wouldn't",
                  "im": "i'm", "ive": "i've", "youre": "you're", "thats": "that's", "whats": "what's"}
-_PUNCTUATION = re.compile(r"(?!<=\d)(\.)(?!\d)|[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$|~:']")
+_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
+                "!")
+_THOUSANDS = re.compile(r"(\d)(,)(\d)")
+_FULL_STOP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # (the official pattern: a full stop not followed by a digit)
 
 
 def normalize_vqa(text: str) -> str:
     """The official VQA answer normalisation (see module docstring)."""
-    text = " ".join(text.replace("\n", " ").replace("\t", " ").strip().lower().split())
-    text = re.sub(r"(\d),(\d)", r"\1\2", text)  # 1,000 -> 1000
-    text = _PUNCTUATION.sub(" ", text)
-    words = [_NUMBERS.get(word, word) for word in text.split() if word not in _ARTICLES]
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    out = text
+    for mark in _PUNCTUATION:
+        joined = f"{mark} " in text or f" {mark}" in text or _THOUSANDS.search(text) is not None
+        out = out.replace(mark, "" if joined else " ")
+    words = [_NUMBERS.get(word, word) for word in _FULL_STOP.sub("", out).lower().split() if word not in _ARTICLES]
     return " ".join(_CONTRACTIONS.get(word, word) for word in words)
 
 
