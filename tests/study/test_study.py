@@ -99,6 +99,8 @@ def test_killed_study_resumes_to_the_same_numbers(
     with pytest.raises(KeyboardInterrupt):
         run_study(small_config, out, show_progress=False)
     assert (out / "pcgrad" / "seed1" / "checkpoint" / "checkpoint.pt").is_file()
+    cut = json.loads((out / "jobs.jsonl").read_text().splitlines()[-1])  # the killed attempt's time is counted
+    assert cut["job"] == "pcgrad, seed 1" and cut["interrupted"] is True and cut["seconds"] > 0
     monkeypatch.setattr(StudyRunner, "evaluate", evaluate)
     capsys.readouterr()
     build_report(run_study(small_config, out), out)

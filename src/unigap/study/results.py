@@ -58,7 +58,7 @@ class Study:
     runs: list[MethodRun]
     config: dict[str, Any] = field(default_factory=dict)
     answer_length: dict[str, Any] | None = None  # the answer-length probe, when the study ran it
-    wall_seconds: dict[str, float] = field(default_factory=dict)  # per method, over its seeds' finishing jobs
+    wall_seconds: dict[str, float] = field(default_factory=dict)  # per method, over its seeds' jobs (and attempts)
     jobs_seconds: float | None = None  # every job of the study (pairs, diagnostics and probes included)
 
     def methods(self) -> list[str]:

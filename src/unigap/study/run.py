@@ -244,8 +244,11 @@ def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) 
                 if lines:
                     print(f"study: job {index + 1}/{len(jobs)}: {job.name}", file=sys.stderr, flush=True)
                 started = time.perf_counter()
-                job.run()
-                with (out / JOBS_FILE).open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps({"job": job.name, "seconds": time.perf_counter() - started}) + "\n")
+                try:
+                    job.run()
+                finally:  # an interrupted attempt's time too: the report's wall column is what the arm cost
+                    row = {"job": job.name, "seconds": time.perf_counter() - started}
+                    with (out / JOBS_FILE).open("a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(row | ({} if job.output.is_file() else {"interrupted": True})) + "\n")
             progress.advance(overall)
     return out
