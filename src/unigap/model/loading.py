@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, JanusForConditionalGeneration, PreTraine
 from transformers.utils import logging as hf_logging
 
 from unigap.errors import UnigapWarning, UserError, first_line
-from unigap.model.checkpoint import read_sidecar
+from unigap.model.checkpoint import dtype_name, read_sidecar
 from unigap.model.unified import UnifiedModel
 
 EMBEDDED = {"tiny": Path(__file__).resolve().parent.parent / "assets" / "tiny"}
@@ -111,6 +111,12 @@ def default_device_and_dtype(
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return device, dtype
+
+
+def default_dtype_name() -> str:
+    """The dtype `load_model` loads in when told none (a GPU's bf16, a CPU's float32), as run records name it: what
+    a study or a tuning run records of its models, which `model()` loads afresh for every arm."""
+    return dtype_name(default_device_and_dtype(None, None)[1])
 
 
 def load_weights(

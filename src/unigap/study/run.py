@@ -219,15 +219,15 @@ def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str,
 
 def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) -> Path:
     """Run (or resume) every job of the study in `out` (returned): what `unigap.report.build_report` reads."""
-    from unigap.model.checkpoint import dtype_name, weights_fingerprint
+    from unigap.model.checkpoint import weights_fingerprint
     from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS
-    from unigap.model.loading import default_device_and_dtype, resolve_checkpoint
+    from unigap.model.loading import default_dtype_name, resolve_checkpoint
 
     out = Path(out)
     directory = resolve_checkpoint(config.model)  # a mistyped --model fails here, before study.json pins it
     added = claim(config, out, weights_fingerprint(directory),
                   dict(zip(EDIT_SETTINGS, (EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE))),
-                  dtype_name(default_device_and_dtype(None, None)[1]))  # what `model()` loads in
+                  default_dtype_name())
     if added and show_progress:  # (a rerun that left out --methods adds the default arms: say so before hours of jobs)
         print(f"study: adding {', '.join(added)} to the study in {out}", file=sys.stderr, flush=True)
     columns = (

@@ -163,15 +163,15 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
     """Run (or resume) the procedure in `out`; returns (and writes) results.json's content."""
     from unigap.evaluate.data import held_out_pairs
     from unigap.model import load_model
-    from unigap.model.checkpoint import dtype_name, weights_fingerprint
-    from unigap.model.loading import default_device_and_dtype, resolve_checkpoint
+    from unigap.model.checkpoint import weights_fingerprint
+    from unigap.model.loading import default_dtype_name, resolve_checkpoint
     from unigap.prefs.build import BuildOptions, build_preferences
     from unigap.prefs.rows import load_pairs, write_rows
 
     out = Path(out)
     weights = weights_fingerprint(resolve_checkpoint(config.model))  # a mistyped --model fails before OUT is claimed
     settings = {k: v for k, v in config.to_dict().items() if k not in SELECTION_ONLY}
-    dtype = dtype_name(default_device_and_dtype(None, None)[1])  # `load_model`'s: a GPU's bf16, a CPU's float32
+    dtype = default_dtype_name()
     claim_settings(out / SETTINGS_FILE, settings | {"model_weights": weights, "model_dtype": dtype}, "tuning",
                    {f.name: f.default for f in fields(TuneConfig)} | {"model_dtype": dtype})  # (added since: unknown)
     specs = [spec for spec, _ in held_out_pairs(config.n, config.seed, config.data_seed, split="val")]

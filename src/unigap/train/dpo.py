@@ -252,8 +252,9 @@ def trl_metrics(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.
     """TRL's DPO diagnostics under its names (`TRL_KEYS`, batch means): the policy's and the reference's summed
     log-probs of the chosen and rejected sequences, the implicit rewards β·(log π − log π_ref) of each, their
     margin and how often it is positive, all of summed log-probs as TRL logs them, also where the loss compares them
-    per token (IPO, `length_normalize`: `reward_margin` and `accuracy` are the loss's own). Over-optimisation shows as `logps/chosen` falling below
-    `ref_logps/chosen` while the loss goes to 0 (the rejected ones are pushed down, the chosen not raised)."""
+    per token (IPO, `length_normalize`: `reward_margin` and `accuracy` are the loss's own). Over-optimisation shows
+    as `logps/chosen` falling below `ref_logps/chosen` while the loss goes to 0 (the rejected ones are pushed down,
+    the chosen not raised)."""
     chosen_rewards, rejected_rewards = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
     return {
         "logps/chosen": float(chosen.mean()),
