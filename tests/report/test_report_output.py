@@ -194,3 +194,21 @@ def test_a_claims_sentence_gives_each_seeds_difference_and_the_test_over_them(bu
     assert claim["seed_level"] == row["seed_level"] and len(row["seed_level"]["deltas"]) == 3
     deltas = ", ".join(f"{d['delta']:+.3f}" for d in row["seed_level"]["deltas"])
     assert f"; per seed {deltas}, over them p {row['seed_level']['p']:.2g}; paired t-test" in sentence(claim)
+
+
+@pytest.mark.parametrize("count", [1, 3, 5, 7])
+def test_every_column_of_panels_shows_its_step_axis(count, tmp_path, monkeypatch) -> None:
+    """With a part-empty last row the panels above the hidden ones end their columns: they carry the step axis
+    (the default p1 study's seven arms left two of three columns without one)."""
+    from unigap.report import figures
+
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: saved.append(figure) or path)
+    methods = [f"arm{i}" for i in range(count)]
+    figures._panels(methods, tmp_path / "p.png", "loss", lambda ax, method: ax.plot([0, 1], [0, 1], label="x"), True)
+    drawn = [ax for ax in saved[0].axes if ax.get_visible()]
+    assert len(drawn) == count
+    columns = {round(ax.get_position().x0, 3) for ax in drawn}
+    labelled = [ax for ax in drawn if ax.get_xlabel() == "step"]
+    assert {round(ax.get_position().x0, 3) for ax in labelled} == columns and len(labelled) == len(columns)
+    assert all(label.get_visible() for ax in labelled for label in ax.get_xticklabels())

@@ -128,8 +128,11 @@ def _panels(methods: Sequence[str], path: Path, ylabel: str, draw: Callable[[Axe
         ax.set_visible(False)
     for ax in axes[::cols]:
         ax.set_ylabel(ylabel)
-    for ax in axes[-cols:]:
-        ax.set_xlabel("step")
+    for column in range(cols):  # the lowest drawn panel of each column carries the step axis, hidden ones do not
+        bottom = axes[column + cols * ((len(methods) - 1 - column) // cols)] if column < len(methods) else None
+        if bottom is not None:
+            bottom.tick_params(labelbottom=True)
+            bottom.set_xlabel("step")
     if methods:
         axes[0].legend(fontsize="small")
     return _save(figure, path)
