@@ -221,3 +221,12 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
     code, stdout, err = _run(capsys, *args, "--out", out)
     assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1
     assert message.format(tmp=tmp_path) in err and not (tmp_path / "out.json").exists() and good.read_text() == before
+
+
+def test_names_with_brackets_print_as_given(tmp_path: Path, capsys) -> None:
+    """A model's name is the user's text: `lora[r8]` printed as `lora`, and `x[/b]` crashed rich's markup parser."""
+    before, after = _write(tmp_path / "before[v1].json", 0.40), _write(tmp_path / "after.json", 0.55, draw=1)
+    code, out, err = _run(capsys, before, f"lora[r8]={after}", f"x[/b]={_write(tmp_path / 'x.json', 0.5, draw=2)}")
+    assert code in (0, None) and not err
+    text = " ".join(out.split())
+    assert "lora[r8]" in text and "x[/b]" in text and "against before[v1]" in text

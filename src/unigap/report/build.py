@@ -1,5 +1,6 @@
 """`build_report`: a study's results → results.json, results.csv, PNG figures and report.html; and the
-terminal summary. Every file is written atomically, so an interrupted build never leaves half a report."""
+terminal summary. Each file is written atomically, so none is ever half-written; an interrupted build can leave
+a new results.json beside an older report.html, which the next build (a study's rerun) replaces."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from unigap.evaluate.report import save_report, write_atomically
@@ -88,6 +90,6 @@ def summary_table(results: dict[str, Any]) -> Table:
         training = results["training"].get(method, {})
         gap = fmt(training.get("gen_ln2_gap"), 4, signed=True)
         cells.append(f"[red]{gap} no signal[/red]" if training.get("gen_no_signal") else gap)
-        table.add_row(method, *cells)
+        table.add_row(escape(method), *cells)  # an arm's name is the user's text, not rich markup
     return table
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape  # names are the user's, not rich markup
 from rich.table import Table
 
 from unigap.errors import UnigapWarning, UserError
@@ -193,8 +194,9 @@ def comparison_table(results: dict[str, Any]) -> Table:
     if all(each == by_model[baseline] for each in by_model.values()):
         seeds = f"seeds {by_model[baseline]}"
     else:  # (the union would claim seeds some model was never evaluated at)
-        seeds = "seeds " + ", ".join(f"{name} {each}" for name, each in by_model.items())
-    table = Table(title=f"against {baseline}, {seeds}: level {baseline} → model; Δ and p by the paired test where "
+        seeds = "seeds " + ", ".join(f"{escape(name)} {each}" for name, each in by_model.items())
+    name = escape(baseline)
+    table = Table(title=f"against {name}, {seeds}: level {name} → model; Δ and p by the paired test where "
                         "both sides hold the same items (same --split, --n, --seed, --data-seed), else Welch; "
                         f"* significant after Bonferroni over {b['tests']} tests (p < {b['alpha_corrected']:.2g}); "
                         "Welch p uncorrected")
@@ -210,7 +212,7 @@ def comparison_table(results: dict[str, Any]) -> Table:
             c = m["compared"]  # the seeds both have: what Δ compares
             n = str(c["n"]) if c["n"] == c["n_baseline"] else f"{c['n_baseline']} → {c['n']}"  # (both where they differ)
             table.add_row(
-                method, metric["label"].rsplit(" ", 1)[0], n, f"{fmt(c['baseline'])} → {fmt(c['arm'])}",
+                escape(method), escape(metric["label"].rsplit(" ", 1)[0]), n, f"{fmt(c['baseline'])} → {fmt(c['arm'])}",
                 f"[bold green]{test}*[/bold green]" if m["significant"] else test, fmt_p(m["p"]), m["test"],
                 fmt_p(m["welch"]["p"]),
             )
