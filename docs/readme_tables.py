@@ -22,6 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from unigap.atomic import write_text_atomically
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCUMENTS = (README, ROOT / "docs" / "experiments.md")
@@ -327,6 +329,12 @@ def _p(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.2g}"
 
 
+def _minutes(wall_seconds: dict[str, float], method: str) -> str:
+    """An arm's wall time in minutes; — where none was recorded (as the study's report shows it), not 0.0."""
+    seconds = wall_seconds.get(method)
+    return "—" if seconds is None else f"{seconds / 60:.1f}"
+
+
 METRIC_WORDS = {"understanding.accuracy": "understanding", "generation.accuracy": "generation",
                 "nonunification.score": "non-unification"}
 # the README's shorter table: each family's main arms (docs/experiments.md has every arm)
@@ -348,7 +356,7 @@ def full_study(arms: tuple[str, ...] | None = None) -> str:
     base = result["results"][result["base"]]
     lines.append(f"| base (level) | | {base['understanding.accuracy']['pooled']:.3f} | "
                  f"{base['generation.accuracy']['pooled']:.3f} | {base['nonunification.score']['pooled']:.3f} | "
-                 f"{result['wall_seconds'].get('base', 0) / 60:.1f} |")
+                 f"{_minutes(result['wall_seconds'], 'base')} |")
 
     def cell(metric: dict[str, Any]) -> str:
         if metric["delta"] is None:
@@ -362,7 +370,7 @@ def full_study(arms: tuple[str, ...] | None = None) -> str:
         m = result["results"][method]
         lines.append(f"| {method} | {families[method]} | {cell(m['understanding.accuracy'])} | "
                      f"{cell(m['generation.accuracy'])} | {cell(m['nonunification.score'])} | "
-                     f"{result['wall_seconds'].get(method, 0) / 60:.1f} |")
+                     f"{_minutes(result['wall_seconds'], method)} |")
     seeds, n = len(result["seeds"]), result["config"].get("n")
     weak = [f"{method} {METRIC_WORDS[name]} ({_p(m['seed_level']['p'])})"
             for method in result["methods"][1:] if arms is None or method in arms
@@ -455,7 +463,7 @@ def main() -> None:
         text, changed = render(document.read_text())
         stale += [f"{document.name}: {name}" for name in changed]
         if not args.check:
-            document.write_text(text)
+            write_text_atomically(document, text)  # an interrupted run leaves the document as it was
     if args.check and stale:
         print("stale tables: " + ", ".join(stale))
         sys.exit(1)

@@ -42,3 +42,8 @@ def test_an_empty_table_is_filled_without_touching_the_text_around_it() -> None:
     assert changed == ["sampling", "damage-agreement"]
     assert "middle ## section" in regenerated and regenerated.endswith("<!-- /table -->\nend\n")
     assert module.render(regenerated) == (regenerated, [])
+
+
+def test_an_arm_without_a_recorded_wall_time_reads_as_a_dash_not_zero_minutes() -> None:
+    minutes = _tables_module()._minutes
+    assert minutes({"sft": 90.0}, "sft") == "1.5" and minutes({"sft": 90.0}, "unimrg") == "—"

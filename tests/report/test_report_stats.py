@@ -326,3 +326,16 @@ def test_over_optimisation_is_flagged_from_trl_diagnostics() -> None:
     assert pulled_up["gen_overoptimised"] is False
     assert summary([{"step": 0, "gen_dpo_loss": 0.01}])["gen_overoptimised"] is None
     assert pushed_down["und_overoptimised"] is None  # gen-only does not train understanding
+
+
+def test_a_seed_without_a_value_is_an_empty_csv_cell_not_none(results) -> None:
+    from copy import deepcopy
+
+    gapped = deepcopy(results)
+    metric = gapped["results"]["und-only"]["understanding.accuracy"]
+    metric["per_seed"][1]["value"] = None
+    metric["seed_level"]["deltas"][1]["delta"] = None
+    row = next(r for r in csv_rows(gapped) if r["method"] == "und-only" and r["metric"] == "understanding.accuracy")
+    seed = metric["per_seed"][1]["seed"]
+    assert f"{seed}:;" in row["per_seed"] + ";" and f"{seed}:;" in row["seed_deltas"] + ";"
+    assert "None" not in row["per_seed"] + row["seed_deltas"]

@@ -314,13 +314,18 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
+def _by_seed(rows: list[dict[str, Any]], key: str) -> str:
+    """`seed:value;…`, a missing value left empty like every other empty CSV cell (not `None`)."""
+    return ";".join(f"{row['seed']}:{'' if row[key] is None else row[key]}" for row in rows)
+
+
 def csv_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per method × metric (the base included, without test columns); intervals split in two."""
     rows = []
     for method in results["methods"]:
         for metric, summary in results["results"][method].items():
             row: dict[str, Any] = {"method": method, "metric": metric}
-            row["per_seed"] = ";".join(f"{s['seed']}:{s['value']}" for s in summary["per_seed"])
+            row["per_seed"] = _by_seed(summary["per_seed"], "value")
             for key in ("ci95_seeds", "ci95_bootstrap", "delta_ci95"):
                 low, high = summary.get(key) or (None, None)
                 row |= {f"{key}_low": low, f"{key}_high": high}
@@ -329,7 +334,7 @@ def csv_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             if method != results["base"]:
                 row["alpha_corrected"] = results["bonferroni"]["alpha_corrected"]
                 row["p_welch"] = summary["welch"]["p"]
-                row["seed_deltas"] = ";".join(f"{d['seed']}:{d['delta']}" for d in summary["seed_level"]["deltas"])
+                row["seed_deltas"] = _by_seed(summary["seed_level"]["deltas"], "delta")
                 row["p_seeds"] = summary["seed_level"]["p"]
             rows.append({key: "" if row[key] is None else row[key] for key in CSV_COLUMNS})
     return rows
