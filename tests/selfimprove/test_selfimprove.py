@@ -195,6 +195,11 @@ def test_a_run_writes_its_files_and_resumes_to_the_same_result(tmp_path: Path, m
     assert set(win) >= {"value", "n", "ci95", "wins"} and (win["n"] == 0 or win["wins"] == round(win["value"] * win["n"] / 100))
     out = tmp_path / "full"
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "figures" / "epochs.png").is_file()
+    um = load_model("tiny")  # the trained adapter loads and changes the model
+    prompts, tokens = ["a red circle"], torch.zeros((1, um.num_image_tokens), dtype=torch.long)
+    base = um.image_logprobs(prompts, tokens)[0]
+    um.load_adapter(out / "adapter")
+    assert not torch.allclose(um.image_logprobs(prompts, tokens)[0], base)
     rows = [json.loads(line) for line in (out / "pool" / "round0.jsonl").read_text().splitlines()]
     assert len(rows) == TOY["n_prompts"] * TOY["samples"]
     assert all((out / "pool" / row["image"]).is_file() for row in rows)
@@ -240,15 +245,6 @@ def test_a_run_writes_its_files_and_resumes_to_the_same_result(tmp_path: Path, m
         other.model.get_input_embeddings().weight[0] += 1  # another model under the same settings: refused
     with pytest.raises(UserError, match=r"holds a selfimprove run under other settings \(model: "):
         run(other, SelfImproveConfig(**{**TOY, **config}), tmp_path / "full", progress=False)
-
-
-def test_the_trained_adapter_loads_and_changes_the_model(tmp_path: Path) -> None:
-    _toy_run(tmp_path / "run", method="sft", labels="verifier", epochs=1)
-    um = load_model("tiny")
-    prompts, tokens = ["a red circle"], torch.zeros((1, um.num_image_tokens), dtype=torch.long)
-    base = um.image_logprobs(prompts, tokens)[0]
-    um.load_adapter(tmp_path / "run" / "adapter")
-    assert not torch.allclose(um.image_logprobs(prompts, tokens)[0], base)
 
 
 def test_the_table_shows_no_win_rate_where_no_answer_changed() -> None:
