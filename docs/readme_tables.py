@@ -382,7 +382,8 @@ def full_study(arms: tuple[str, ...] | None = None) -> str:
                   if weak else "")
     return "\n".join(lines) + (f"\n\n{seeds} seeds × {n} held-out items; the paired test against the base on the "
                                f"same items, bold: significant after Bonferroni over all "
-                               f"{result['bonferroni']['tests']} tests (arms × metrics); wall: an arm's minutes summed "
+                               f"{result['bonferroni']['tests']} tests (arms × metrics, the unchanged understanding of inference-time arms "
+                               f"included: strict); wall: an arm's minutes summed "
                                f"over its seeds; all jobs together "
                                f"{result['jobs_seconds'] / 3600:.1f} h.{over_seeds}")
 

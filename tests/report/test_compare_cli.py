@@ -70,7 +70,8 @@ def test_by_category_adds_each_category_and_question_kind(tmp_path: Path, capsys
     code, out, _ = _run(capsys, before, after, "--by-category", "--out", tmp_path / "c.json")
     results = json.loads((tmp_path / "c.json").read_text())
     names = [m["name"] for m in results["metrics"]]
-    assert code in (0, None) and "generation: position" in out and results["bonferroni"]["tests"] == len(names) == 7
+    assert code in (0, None) and "generation: position" in out and len(names) == 7
+    assert results["bonferroni"]["tests"] == 6  # before has no position prompt: that category is no test
     assert names[4:] == ["understanding.accuracy.color", "generation.accuracy.colors", "generation.accuracy.position"]
     position = results["results"]["after"]["generation.accuracy.position"]
     a = _verified(after)[1::2]
@@ -230,3 +231,24 @@ def test_names_with_brackets_print_as_given(tmp_path: Path, capsys) -> None:
     assert code in (0, None) and not err
     text = " ".join(out.split())
     assert "lora[r8]" in text and "x[/b]" in text and "against before[v1]" in text
+
+
+def test_a_metric_a_model_lacks_is_no_test_in_the_bonferroni_family(tmp_path: Path, capsys) -> None:
+    """The judged metric exists in two reports but not the third: that model's row has no items and no p, and a
+    test never performed must not make every other one stricter."""
+    paths = []
+    for name, rate, judged in (("before", 0.4, True), ("after", 0.6, True), ("other", 0.6, False)):
+        report = json.loads(_write(tmp_path / f"{name}.json", rate, draw=len(paths)).read_text())
+        if judged:
+            report["config"]["judge"] = {"name": "clip:/m", "threshold": 0.3, "version": 1, "weights": "abc"}
+        for r in report["records"]["generation"]:
+            r["judge_accepted"] = r["verified"] if judged else None
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    code, _, _ = _run(capsys, *paths, "--out", tmp_path / "c.json")
+    results = json.loads((tmp_path / "c.json").read_text())
+    rows = [row for model in ("after", "other") for row in results["results"][model].values()]
+    assert code in (0, None) and results["results"]["other"]["judged_generation.accuracy"]["p"] is None
+    performed = sum(row["p"] is not None for row in rows)
+    assert performed == len(rows) - 1 and results["bonferroni"]["tests"] == performed
+    assert all(row["significant"] == (row["p"] is not None and row["p"] < 0.05 / performed) for row in rows)

@@ -22,10 +22,12 @@ methods × metrics"):
 - **CIs of a method's level**: `ci95_seeds` is the t-interval over the seed means (k − 1 df; null for one
   seed) around `mean_over_seeds`; `ci95_bootstrap` is a percentile bootstrap of the pooled per-item mean,
   resampling items within each seed (null without records).
-- **Bonferroni**: the family is every method (base excluded) × every metric; `alpha_corrected` = α / family
-  size, `significant` = p < alpha_corrected, `p_bonferroni` = min(1, p · family size). Each arm's family of
-  methods (p1–p4) is also corrected on its own: `p_bonferroni_family`, `significant_in_family` (over that family's
-  arms × metrics; `bonferroni.families`), for the report's per-family sections.
+- **Bonferroni**: the family is every test performed, one per method (base excluded) × metric where both sides
+  have items (a metric a model was not evaluated on is no test); `alpha_corrected` = α / family size,
+  `significant` = p < alpha_corrected, `p_bonferroni` = min(1, p · family size). Each arm's family of methods
+  (p1–p4) is also corrected on its own: `p_bonferroni_family`, `significant_in_family` (over that family's tests;
+  `bonferroni.families`), for the report's per-family sections. An inference-time arm's understanding tests are
+  counted although its model is the base's (Δ = 0 on every item, p = 1): the correction errs on the strict side.
 - **Final losses**: a DPO run at batch 1 is noisy per step, so "final" means the mean over the last
   `loss_tail` logged steps; a trained task whose final loss is within `ln2_tolerance` of ln 2 is flagged
   `no_signal` (SPEC: "a generation DPO loss stuck at ln 2 is a stop signal").
@@ -266,28 +268,29 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
     the study's METRICS, or what `unigap compare` finds in its reports."""
     methods = study.methods()
     compared = [m for m in methods if m != BASE]
-    family = len(compared) * len(metrics_tested)
-    alpha_corrected = options.alpha / family if family else options.alpha
     metrics: dict[str, dict[str, Any]] = {BASE: {}}
     for metric in metrics_tested:
         metrics[BASE][metric.name] = metric_summary(study.of(BASE), metric, options)
-    families = {m: ARMS[m].family if m in ARMS else OTHER_FAMILY for m in compared}
-    family_tests = {f: list(families.values()).count(f) * len(metrics_tested) for f in dict.fromkeys(families.values())}
     for method in compared:
         metrics[method] = {}
-        own = family_tests[families[method]]
         arm_runs, base_runs = shared_seeds(study.of(method), study.of(BASE))
         for metric in metrics_tested:
-            summary = metric_summary(study.of(method), metric, options)
             test, paper = decide(arm_runs, base_runs, metric)
-            p = test["p"]
-            metrics[method][metric.name] = summary | {
-                **test,
+            metrics[method][metric.name] = metric_summary(study.of(method), metric, options) | test | {"welch": paper}
+    families = {m: ARMS[m].family if m in ARMS else OTHER_FAMILY for m in compared}
+    performed = {m: sum(row["p"] is not None for row in metrics[m].values()) for m in compared}  # no items: no test
+    family = sum(performed.values())
+    alpha_corrected = options.alpha / family if family else options.alpha
+    family_tests = {f: sum(performed[m] for m in compared if families[m] == f) for f in dict.fromkeys(families.values())}
+    for method in compared:
+        own = family_tests[families[method]]
+        for row in metrics[method].values():
+            p = row["p"]
+            row |= {
                 "p_bonferroni": None if p is None else min(1.0, p * family),
                 "significant": p is not None and p < alpha_corrected,
                 "p_bonferroni_family": None if p is None else min(1.0, p * own),
                 "significant_in_family": p is not None and p < options.alpha / own,
-                "welch": paper,
             }
     return {
         "options": asdict(options) | {"confidence": CONFIDENCE},
@@ -299,7 +302,7 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
         "seeds": sorted({run.seed for run in study.runs}),
         "metrics": [asdict(metric) for metric in metrics_tested],
         "bonferroni": {"alpha": options.alpha, "tests": family, "alpha_corrected": alpha_corrected,
-                       "families": {f: {"tests": n, "alpha_corrected": options.alpha / n}
+                       "families": {f: {"tests": n, "alpha_corrected": options.alpha / n if n else options.alpha}
                                     for f, n in family_tests.items()}},
         "results": metrics,
         "training": {m: s for m in methods if (s := training_summary(m, study.of(m), options)) is not None},
