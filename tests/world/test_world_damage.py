@@ -98,3 +98,39 @@ def test_an_unknown_damage_kind_is_an_error_not_an_occlusion() -> None:
     scene = sample_scene_for(sample_spec(rng), rng)
     with pytest.raises(UserError, match="unknown damage kind 'warp'; expected one of warped, malformed"):
         damage_scene(scene, rng, "warp")
+
+
+def _drawn_of(damaged, thing) -> np.ndarray:
+    """The pixels of `thing`'s colour that the damage drew: its colour in the picture, less any other object of
+    that colour as the undamaged scene renders it."""
+    from unigap.world import Scene
+    from unigap.world.render import PALETTE
+
+    scene = damaged.scene
+    index = next(i for i, o in enumerate(scene.objects)
+                 if o.color == thing.color and abs(o.x - thing.x) <= 12 and abs(o.y - thing.y) <= 12)
+    rest = render(Scene(scene.canvas, tuple(o for i, o in enumerate(scene.objects) if i != index)))
+    colour = PALETTE[thing.color]
+    return (render_damaged(damaged) == colour).all(-1) & ~(rest == colour).all(-1)
+
+
+def test_a_merged_pair_touches_and_an_occluded_object_shows_at_least_a_speck() -> None:
+    """The rule's one blob is one 8-connected piece (a triangle beside a circle could leave a gap: two objects
+    drawn, one labelled), and a hidden object shows at least SPECK_AREA pixels (a 9-px sliver, below the
+    verifier's floor, was labelled an object)."""
+    from scipy import ndimage
+
+    from unigap.world.damage import SPECK_AREA
+
+    for kind in ("merged", "occluded"):
+        rng, drawn = np.random.default_rng(9), 0
+        while drawn < 400:
+            damaged = damage_scene(sample_scene_for(sample_spec(rng), rng), rng, kind)
+            if damaged is None:
+                continue
+            drawn += 1
+            blob = _drawn_of(damaged, next(o for o in rule_objects(damaged) if o.shape == UNKNOWN))
+            if kind == "merged":
+                assert ndimage.label(blob, structure=np.ones((3, 3)))[1] == 1
+            else:
+                assert blob.sum() >= SPECK_AREA

@@ -22,9 +22,10 @@ kind           drawn                                                       the r
 ``edge``       moved so that 35-60 % of its box lies beyond the canvas    one object of unknown shape
                (a triangle never beyond the bottom)
 ``merged``     a same-colour, same-size twin overlapping it along one     one object of unknown shape (the
-               axis, the two one blob at least 1.4x longer than wide      two count as one)
+               axis, the two one blob (8-connected) at least 1.4x longer  two count as one)
+               than wide
 ``occluded``   an object of another colour drawn over so much of it that  the hidden one of unknown shape,
-               what shows is no shape                                      the one on top as it is
+               what shows is no shape, yet at least SPECK_AREA pixels      the one on top as it is
 ``speck``      one or two small irregular specks of palette colours       one object of unknown shape each
 ``extra``      one more intact object at a free position                  an object like any other
 =============  ==========================================================  ================================
@@ -43,13 +44,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from unigap.errors import UserError
 from unigap.world.edits import UNKNOWN, Thing, things
 from unigap.world.prompts import PromptSpec, check
 from unigap.world.render import BACKGROUND, PALETTE, render_pil, shape_outline
 from unigap.world.scene import COLORS, Geometry, Scene, SceneObject, as_generator, place_object, random_kind
-from unigap.world.verify import shape_of
+from unigap.world.verify import EIGHT, shape_of
 
 DAMAGE_KINDS: tuple[str, ...] = ("warped", "malformed", "cut", "edge", "merged", "occluded", "speck", "extra")
 MALFORMATIONS: tuple[str, ...] = ("stretch", "invert", "plus", "blob")
@@ -318,13 +320,15 @@ def damage_scene(
         return None
     _draw(draw, obj, geo)
     _draw(draw, twin, geo)  # on top
+    painted = (np.asarray(image) == PALETTE[obj.color]).all(axis=-1)
     if merged:
+        if ndimage.label(painted[union[1] : union[3] + 1, union[0] : union[2] + 1], structure=EIGHT)[1] != 1:
+            return None  # a gap between the two (a triangle beside a circle): two objects, not one blob
         objects[index] = _unknown_at(objects[index], union)
         return _result(scene, kind, "", image, objects)
     hidden = _painted_box(image, obj.color, box)
-    visible = (np.asarray(image) == PALETTE[obj.color]).all(axis=-1)
-    if hidden is None or not _no_shape(visible[hidden[1] : hidden[3] + 1, hidden[0] : hidden[2] + 1]):
-        return None  # too little covered to be no shape any more
+    if hidden is None or not _no_shape(painted[hidden[1] : hidden[3] + 1, hidden[0] : hidden[2] + 1], SPECK_AREA):
+        return None  # too little covered to be no shape any more, or a sliver below an object's size
     objects[index] = _unknown_at(objects[index], hidden)
     top = things([twin])[0]
     objects.append(replace(top, key=len(objects)))
