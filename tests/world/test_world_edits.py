@@ -60,7 +60,8 @@ def test_parse_reads_every_form_and_text_inverts_it(text: str, edit: Edit) -> No
     "text",
     ["", "no further edit needed", "make the red circle", "paint the circle blue", "add the red circle",
      "add a red object", "remove a blue triangle", "move the circle left of the square", "make the pink circle red",
-     "remove the blue triangle and the red square", "add a red circle to the left of a blue square"],
+     "remove the blue triangle and the red square", "add a red circle to the left of a blue square",
+     "add an red square", "add a orange circle", "add an triangle"],  # the article as the prompts write it
 )
 def test_text_outside_the_grammar_is_one_clear_error(text: str) -> None:
     with pytest.raises(UserError, match="not an edit instruction") as caught:

@@ -157,7 +157,7 @@ _RELATION = "|".join(re.escape(p) for p in RELATION_PHRASES.values())
 _REF = rf"the (?:(?:{_COLOR}) )?(?:{_SHAPE}|{ANY_SHAPE})"
 _PATTERNS = {
     "recolour": re.compile(rf"make (?P<target>{_REF}) (?P<color>{_COLOR})"),
-    "add": re.compile(rf"add an? (?:(?P<color>{_COLOR}) )?(?P<shape>{_SHAPE})(?: (?P<relation>{_RELATION}) (?P<anchor>{_REF}))?"),
+    "add": re.compile(rf"add (?P<article>an?) (?:(?P<color>{_COLOR}) )?(?P<shape>{_SHAPE})(?: (?P<relation>{_RELATION}) (?P<anchor>{_REF}))?"),
     "remove": re.compile(rf"remove (?P<target>{_REF})"),
     "move": re.compile(rf"move (?P<target>{_REF}) (?P<relation>{_RELATION}) (?P<anchor>{_REF})"),
 }
@@ -187,6 +187,8 @@ def parse_instruction(text: str) -> Edit:
         if match is None:
             continue
         groups = match.groupdict()
+        if groups.get("article") and groups["article"] != article(groups.get("color") or groups["shape"]):
+            break  # "add an red square": the prompts' article rule (`prompts.article`) holds in the grammar too
         relation = _PHRASE_RELATION.get(groups.get("relation") or "")
         anchor = _parse_ref(groups["anchor"]) if groups.get("anchor") else None
         target = _parse_ref(groups["target"]) if groups.get("target") else None
