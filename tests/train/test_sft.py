@@ -209,3 +209,29 @@ def test_a_checkpoint_from_before_a_new_setting_still_resumes(tiny_dir: Path, wo
         train_sft(load_model(tiny_dir), changed, tmp_path / "run", resume=True, show_progress=False)
     train_sft(load_model(tiny_dir), config, tmp_path / "run", resume=True, show_progress=False)
     assert [r["step"] for r in _log(tmp_path / "run")] == [0, 1, 2, 3]
+
+
+def test_the_token_cache_notices_an_image_edited_in_place_and_another_model(tiny_dir: Path, tmp_path: Path) -> None:
+    """The cache key held the data file's hash, not its images' nor the model's: an image fixed in place, or another
+    VQ, read the old tokens back."""
+    from shutil import copytree
+
+    from PIL import Image
+
+    from tiny_world_fixtures import build_tiny_world_model
+
+    world = tmp_path / "world"
+    write_dataset(world, 3, 0, "train")
+    config = SFTConfig(gen_data=str(world / "samples.jsonl"))
+    um, out = load_model(tiny_dir), tmp_path / "out"
+    first = sft_data.caption_tokens(um, read_sft_data(config).captions, config.gen_data, out)
+    image = world / json.loads((world / "samples.jsonl").read_text().splitlines()[0])["image"]
+    Image.new("RGB", Image.open(image).size).save(image)  # fixed in place: black
+    captions = read_sft_data(config).captions
+    again = sft_data.caption_tokens(um, captions, config.gen_data, out)
+    assert not torch.equal(again, first) and torch.equal(again[1:], first[1:])
+    assert torch.equal(again, sft_data.caption_tokens(um, captions, config.gen_data, tmp_path / "fresh"))
+    copytree(out, tmp_path / "other-out")
+    other = load_model(build_tiny_world_model(tmp_path / "other", seed=1))
+    assert torch.equal(sft_data.caption_tokens(other, captions, config.gen_data, tmp_path / "other-out"),
+                       sft_data.caption_tokens(other, captions, config.gen_data, tmp_path / "other-fresh"))

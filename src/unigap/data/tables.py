@@ -12,6 +12,7 @@ of 100,000 photos decoded at once would need about 100 GB, so they are decoded a
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -150,28 +151,34 @@ def text_cell(row: dict[str, Any], name: str, where: str) -> str:
     return value
 
 
+def _stored(value: Any, base: Path) -> tuple[Any, str]:
+    """An image cell's content as stored: bytes, a file (a relative path from `base`), or a PIL image as given; and
+    how an error names it (the path as written)."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, str) and value:
+        return (Path(value) if Path(value).is_absolute() else base / value), value
+    return value, "bytes"
+
+
 def image_cell(row: dict[str, Any], base: Path, where: str, name: str = "image") -> np.ndarray:
     """An image column as an RGB uint8 array: a path (relative paths from `base`, the data file's folder), bytes,
     a `{"bytes", "path"}` struct, or a PIL image. `UserError` naming the row when it is missing or unreadable."""
     if name not in row or row[name] is None:
         raise UserError(f"{where}: missing {name!r} column")
-    value = row[name]
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
+    value, shown = _stored(row[name], base)
     try:
         if isinstance(value, Image.Image):
             image = value
         elif isinstance(value, bytes):
             image = Image.open(io.BytesIO(value))
-        elif isinstance(value, str) and value:
-            file = Path(value) if Path(value).is_absolute() else base / value
-            image = Image.open(file)
+        elif isinstance(value, Path):
+            image = Image.open(value)
         else:
             raise UserError(f"{where}: {name!r} must be a path, bytes or an image, got {type(value).__name__}")
         return rgb_pixels(image)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:  # (a bomb: not an OSError)
-        name = value if isinstance(value, str) else "bytes"
-        raise UserError(f"{where}: cannot read image {name}: {exc}") from None
+        raise UserError(f"{where}: cannot read image {shown}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,16 @@ class StoredImage:
 
     def to_pixels(self) -> np.ndarray:
         return image_cell({self.name: self.value}, self.base, self.where, self.name)
+
+    def digest(self) -> str:
+        """sha256 of what is stored (the file's bytes for a path), so a cache keyed on it notices an image edited in
+        place; a PIL image is hashed by its pixels."""
+        value = _stored(self.value, self.base)[0]
+        if isinstance(value, Path):
+            value = value.read_bytes()
+        elif not isinstance(value, bytes):
+            value = self.to_pixels().tobytes()
+        return hashlib.sha256(value).hexdigest()
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         """`np.asarray(stored)` gives the pixels, as it did when rows held arrays (always a fresh array)."""

@@ -8,6 +8,7 @@ the model's VQ geometry), so a resumed run or a second run in the same folder do
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,13 @@ def read_sft_data(config: SFTConfig) -> SFTData:
 
 def caption_tokens(um: Any, captions: list[CaptionedImage], source: str, out_dir: Path,
                    progress: Any = None) -> torch.Tensor:
-    """VQ ids [n, N] of the captioned images, read from the token cache when it matches, else encoded and cached."""
+    """VQ ids [n, N] of the captioned images, read from the token cache when it matches, else encoded and cached.
+    The key holds every image's bytes and the model with its dtype: an image edited in place, or another VQ, is
+    encoded again, not read stale."""
+    images = hashlib.sha256("".join(c.stored.digest() for c in captions).encode()).hexdigest()
     key = {"sha256": file_fingerprint(source), "rows": str(len(captions)), "tokens": str(um.num_image_tokens),
-           "codebook": str(um.model.config.vq_config.num_embeddings)}
+           "codebook": str(um.model.config.vq_config.num_embeddings), "images": images,
+           **{name: str(value) for name, value in model_identity(um).items()}}
     cache = out_dir / TOKEN_CACHE
     if cache.is_file():
         with safe_open(str(cache), "pt") as handle:
