@@ -223,3 +223,28 @@ def test_train_split_prompts_from_a_file_keep_the_graded_rule(tiny_dir: Path, tm
     assert code in (0, None) and rows and "judge" not in rows[0]
     assert all(row["chosen_score"] - row["rejected_score"] >= 0.25 for row in rows)
     assert {row["prompt"] for row in rows} <= set(prompts.read_text().splitlines())
+
+
+@pytest.mark.parametrize(("references", "expected"), [
+    (("2",) + ("3",) * 9, ("3", 1.0)),  # the majority answer, not the first annotator's odd one out
+    (tuple("0123456789"), None),  # no reference beats the worse sample by the margin: dropped
+])
+def test_the_ground_truth_fallback_takes_the_best_reference_with_its_own_score(references, expected) -> None:
+    """The fallback stored the first reference with score 1.0, though under the VQA soft score it may score 0.3,
+    below the margin it was kept by."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from unigap.data.understanding import UserQuestion
+    from unigap.evaluate.vqa import vqa_score
+    from unigap.prefs.build import BuildOptions, _answer_pairs
+
+    samples = iter([["4"], ["5"]])  # two sampled answers, both wrong: no pair without the fallback
+    um = SimpleNamespace(answer=lambda *args: next(samples), prompts=SimpleNamespace(answer_ids=lambda text: [1, 2]))
+    options = BuildOptions("und", 1, 0, "m", fallback_gt=True, questions="q.jsonl")
+    (out,) = _answer_pairs(um, [np.zeros((8, 8, 3), np.uint8)], [UserQuestion("count", "how many?", references)],
+                           [{}], options, 0, lambda text, q: vqa_score(text, q.answers))
+    assert (out if out is None else (out[0]["chosen"], out[0]["chosen_score"])) == expected
+    if out is not None:
+        assert out[0]["fallback"] and out[0]["chosen_score"] == vqa_score(out[0]["chosen"], references)

@@ -141,3 +141,19 @@ def test_a_failed_rewrite_of_a_jsonl_leaves_the_earlier_file_and_its_images(tmp_
         write_rows(path, broken)
     after = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["und.jsonl", "und_images"]
+
+
+ONE_IMAGE = r"an und row needs its 'scene' \(ShapeWorld\) or its 'images' \(a list of one image\)"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"scene": "{bad"}, "malformed scene: invalid JSON"),
+    ({"scene": None, "images": []}, ONE_IMAGE),
+    ({"scene": None, "images": ["a.png", "b.png"]}, ONE_IMAGE),
+])
+def test_an_und_rows_image_is_checked_when_the_file_is_read(tmp_path: Path, change: dict, message: str) -> None:
+    """An empty image list passed the check and raised IndexError on use (a traceback after the model loaded); a
+    second image was dropped silently; a scene that is no JSON raised JSONDecodeError in `prefs export`."""
+    path = _jsonl(tmp_path / "u.jsonl", [json.dumps(und_row(0)), json.dumps({**und_row(1), **change})])
+    with pytest.raises(UserError, match=rf"^{path}:2: malformed preference row: {message}"):
+        read_rows(path)

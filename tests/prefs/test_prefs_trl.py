@@ -228,3 +228,20 @@ def test_pairs_another_model_built_train_against_this_models_reference(built, ti
         fixed = load_pairs(edited, "und", load_model(tiny_dir))
     for side in ("ref_chosen", "ref_rejected"):  # every pair rescored: the builder's own numbers come back
         assert [getattr(p, side) for p in fixed] == pytest.approx([getattr(p, side) for p in pairs], abs=1e-4)
+
+
+def test_export_names_the_line_of_a_bad_row_and_refuses_a_mixed_file(built, tmp_path: Path, capsys) -> None:
+    """Export checked only the first row's convention (a TRL row further down raised KeyError: 'kind') and read a
+    stored image without its row's place ("row: cannot read image …")."""
+    trl = tmp_path / "trl.jsonl"
+    assert run_main(capsys, ["prefs", "export", str(built["und"]), "--out", str(trl)])[0] == 0
+    rows = read_rows(built["und"])
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps(rows[0]) + "\n" + trl.read_text().splitlines()[0] + "\n")
+    code, _, err = run_main(capsys, ["prefs", "export", str(mixed), "--out", str(tmp_path / "m.jsonl")])
+    assert code == 2 and f"{mixed} mixes unigap and TRL rows" in err and not (tmp_path / "m.jsonl").exists()
+    missing = tmp_path / "missing.jsonl"
+    stored = {key: value for key, value in rows[1].items() if key != "scene"} | {"images": ["nope.png"]}
+    missing.write_text(json.dumps(rows[0]) + "\n" + json.dumps(stored) + "\n")
+    code, _, err = run_main(capsys, ["prefs", "export", str(missing), "--out", str(tmp_path / "n.jsonl")])
+    assert code == 2 and f"{missing}:2: cannot read image nope.png" in err and not (tmp_path / "n.jsonl").exists()

@@ -82,7 +82,7 @@ def export(
     """Write the pairs in TRL's column convention (prompt, chosen, rejected, images; generation pairs as prompt,
     chosen_image, rejected_image), loadable with `datasets` and TRL's DPOTrainer, and by `unigap train`."""
     from unigap.errors import UserError
-    from unigap.prefs.rows import read_located_rows, row_image, write_rows
+    from unigap.prefs.rows import check_one_convention, read_located_rows, row_image, write_rows
     from unigap.prefs.trl import check_ids, check_trl_export, is_trl_row, to_trl
 
     check_output(out)
@@ -90,6 +90,7 @@ def export(
         raise UserError("--out must differ from the source file")
     located = read_located_rows(source)
     rows = [row for _, row in located]
+    check_one_convention(source, located)
     if is_trl_row(rows[0]):
         raise UserError(f"{source} is already in TRL's convention")
     check_trl_export(rows, model)
@@ -106,7 +107,7 @@ def export(
         for i, row in enumerate(rows):
             if row["kind"] != "und":
                 decoded[i] = tuple(um.decode_tokens(torch.tensor([row["chosen_ids"], row["rejected_ids"]])))
-    trl = [to_trl(row, row_image(row, source.parent) if row["kind"] == "und" else None, *images)
-           for row, images in zip(rows, decoded, strict=True)]
+    trl = [to_trl(row, row_image(row, source.parent, where) if row["kind"] == "und" else None, *images)
+           for (where, row), images in zip(located, decoded, strict=True)]
     path = write_rows(out, trl)
     typer.echo(f"wrote {len(trl)} pairs in TRL's convention to {path}")

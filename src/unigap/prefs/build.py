@@ -5,7 +5,8 @@ Kinds (SPEC §1 "Preference data", with ShapeWorld's exact scores standing in fo
 * `und`: a train-split scene and a sampled question (`sample_question`); two answers sampled at
   `temperature` > 0; each scored against the exact answer (`answer_score`); kept when the scores differ
   by >= `margin` (0.5), the better one chosen. With `fallback_gt`, a dropped candidate whose ground-truth
-  answer beats the worse sample by >= `margin` becomes (ground truth, worse sample), flagged `fallback`.
+  answer (of a user's references, the one that scores best) beats the worse sample by >= `margin` becomes (ground
+  truth, worse sample), flagged `fallback`, with the ground truth's own score.
 * `gen-real`: chosen = the VQ tokens of the rendered scene (a scene satisfying the prompt); rejected = the
   model's own generation (CFG `cfg_scale`, `temperature`); kept only if the verifier prefers the real
   image (graded `image_score` of the rendered scene > that of the decoded generation).
@@ -174,11 +175,15 @@ def _answer_pairs(um: UnifiedModel, images: Sequence[np.ndarray], questions: Seq
         score_a, score_b = (score(text, question) for text in (a, b))
         chosen, chosen_score, rejected, rejected_score = _ranked(a, score_a, b, score_b)
         fallback = chosen_score - rejected_score < options.margin
-        if fallback and (not options.fallback_gt or 1.0 - rejected_score < options.margin):
+        # the best reference by the same score (a ShapeWorld answer scores 1; under the VQA soft score the first of a
+        # user's ten references may score 0.3 where the majority answer scores 1)
+        truth, truth_score = max(((r, score(r, question)) for r in getattr(question, "answers", (question.answer,))),
+                                 key=lambda pair: pair[1])
+        if fallback and (not options.fallback_gt or truth_score - rejected_score < options.margin):
             out.append(None)
             continue
         if fallback:
-            chosen, chosen_score = question.answer, 1.0
+            chosen, chosen_score = truth, truth_score
         row = {
             "question": question.text,
             "question_kind": question.kind,

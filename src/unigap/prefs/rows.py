@@ -84,8 +84,15 @@ def _problem(row: Any) -> str:
         value = row[name]
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             return f"{name!r} has the wrong type ({type(value).__name__})"
-    if row["kind"] == "und" and not isinstance(row.get("scene"), str) and not isinstance(row.get("images"), list):
-        return "an und row needs its 'scene' (ShapeWorld) or its 'images' (one image)"
+    if row["kind"] == "und" and isinstance(row.get("scene"), str):
+        try:
+            Scene.from_dict(json.loads(row["scene"]))
+        except json.JSONDecodeError as exc:
+            return f"malformed scene: invalid JSON ({exc})"
+        except UserError as exc:  # ("malformed scene …")
+            return str(exc)
+    elif row["kind"] == "und" and not (isinstance(row.get("images"), list) and len(row["images"]) == 1):
+        return "an und row needs its 'scene' (ShapeWorld) or its 'images' (a list of one image)"
     for name in ("chosen_ref_logprob", "rejected_ref_logprob"):
         if not math.isfinite(row[name]):
             return f"{name!r} is not finite"
@@ -211,9 +218,14 @@ def check_pair_file(path: str | Path, task: str) -> list[tuple[str, dict[str, An
         row_task = trl_task(row) if is_trl_row(row) else task_of(row["kind"])
         if row_task != task:
             raise UserError(f"{where}: a {row.get('kind', row_task)!r} pair, but this file was given as {task} data")
+    check_one_convention(path, rows)
+    return rows
+
+
+def check_one_convention(path: str | Path, rows: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """A file holds unigap rows or TRL rows, never both."""
     if len({is_trl_row(row) for _, row in rows}) > 1:
         raise UserError(f"{path} mixes unigap and TRL rows")
-    return rows
 
 
 class PairsOnUse(Sequence[Pair]):
