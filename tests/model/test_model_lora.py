@@ -145,3 +145,22 @@ def test_disabling_the_adapter_keeps_which_parameters_train(fresh: UnifiedModel)
     with fresh.adapters_disabled():
         pass
     assert len(fresh.trainable_parameters()) == before and not frozen.requires_grad
+
+
+def test_sampling_in_train_mode_keeps_its_caches_under_gradient_checkpointing() -> None:
+    """Checkpointed layers drop the KV cache in train mode: answers were decoded token by token without context
+    ('red red red …') and image sampling raised AttributeError. Without dropout, train mode samples as eval does."""
+    from unigap.world import render, sample_records
+
+    um = load_model("tiny")
+    um.add_lora(rank=4, alpha=8, dropout=0.0, gradient_checkpointing=True)
+    images = [render(scene) for _, scene in sample_records(2, 0, "train")]
+    questions = ["What color is the circle?", "How many objects are there?"]
+    um.model.eval()
+    answers, tokens = um.answer(images, questions), um.generate_images(["a red circle"], seed=3)
+    um.model.train()
+    assert um.answer(images, questions) == answers
+    assert torch.equal(um.generate_images(["a red circle"], seed=3), tokens)
+    assert um.model.is_activation_checkpointing  # restored: training still checkpoints
+    layers = [m for m in um.model.modules() if hasattr(m, "gradient_checkpointing")]
+    assert layers and any(m.gradient_checkpointing for m in layers)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import wraps
+from typing import Any, TypeVar
 
 import torch
 
+T = TypeVar("T")
 _ENTROPY_RECORDERS: list[list[torch.Tensor]] = []  # the open `token_entropies` blocks, innermost last
 
 
@@ -125,3 +128,24 @@ def check_counts(**named: Sequence[object]) -> int:
         detail = ", ".join(f"{count} {name}" for name, count in lengths.items())
         raise ValueError(f"mismatched batch: got {detail}; pass one of each per example")
     return next(iter(lengths.values()))
+
+
+
+def keeps_caches(sampler: Callable[..., T]) -> Callable[..., T]:
+    """A no-grad sampler `sampler(model, ...)` run with activation checkpointing off, restored after: transformers'
+    checkpointed layers drop the KV cache whenever the model is in train mode, so sampling from a model trained with
+    `add_lora(gradient_checkpointing=True)` decoded each answer token without its context, and image sampling
+    failed. Dropout stays as the mode sets it."""
+
+    @wraps(sampler)
+    def run(model: torch.nn.Module, *args: Any, **kwargs: Any) -> T:
+        layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+        for layer in layers:
+            layer.gradient_checkpointing = False
+        try:
+            return sampler(model, *args, **kwargs)
+        finally:
+            for layer in layers:
+                layer.gradient_checkpointing = True
+
+    return run

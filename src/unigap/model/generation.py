@@ -25,6 +25,7 @@ import torch
 from transformers import JanusForConditionalGeneration
 
 from unigap.model.decoding import (
+    keeps_caches,
     check_counts,
     check_positive_int,
     check_temperature,
@@ -128,6 +129,7 @@ def sample_image_tokens(
 
 
 @torch.no_grad()
+@keeps_caches
 def sample_from_prefix(
     model: JanusForConditionalGeneration,
     fmt: PromptFormat,

@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache, JanusForConditionalGeneration
 
 from unigap.model.decoding import (
+    keeps_caches,
     check_counts,
     check_positive_int,
     check_temperature,
@@ -206,6 +207,7 @@ def grouped_answer_logprobs(
 
 
 @torch.no_grad()
+@keeps_caches
 def generate_answers(
     model: JanusForConditionalGeneration,
     fmt: PromptFormat,
