@@ -164,3 +164,17 @@ def test_sampling_in_train_mode_keeps_its_caches_under_gradient_checkpointing() 
     assert um.model.is_activation_checkpointing  # restored: training still checkpoints
     layers = [m for m in um.model.modules() if hasattr(m, "gradient_checkpointing")]
     assert layers and any(m.gradient_checkpointing for m in layers)
+
+
+def test_another_base_models_adapter_is_refused_and_leaves_the_model_as_it_was(tiny_dir: Path, tmp_path: Path) -> None:
+    """PEFT wrapped the model and then raised a size-mismatch RuntimeError: LoRA layers left in, `um.peft` None,
+    and a later `um.save()` wrote a checkpoint `load_model` refused."""
+    other = load_model(tiny_dir)
+    other.add_lora(rank=4, alpha=8)
+    other.save_adapter(tmp_path / "other")
+    um = load_model("tiny")
+    before = um.fingerprint()
+    with pytest.raises(UserError, match=r"does not fit this model: .* \(an adapter of another base model\?\)"):
+        um.load_adapter(tmp_path / "other")
+    assert um.peft is None and um.fingerprint() == before
+    assert not any("lora_" in name for name, _ in um.model.named_parameters())

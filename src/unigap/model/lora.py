@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import JanusForConditionalGeneration
 
@@ -79,10 +79,40 @@ def adapter_fingerprint(directory: str | Path) -> str:
     return "".join(file_fingerprint(file) for file in present) if present else file_fingerprint(directory)
 
 
+def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
+    """`UserError` when a saved adapter's tensors do not fit `model` (another base model's adapter): a LoRA factor
+    whose inner side differs from its layer's, or a tensor trained in full of another shape or with no place here.
+    Reads the safetensors header only; a legacy `.bin` adapter is left to PEFT."""
+    weights = Path(directory) / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        return
+    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except SafetensorError:
+        return  # unreadable: load_lora's own error says so
+    for key, shape in shapes.items():
+        name = key.removeprefix("base_model.model.")
+        factor = next((f for f in ("lora_A", "lora_B") if f".{f}." in name), None)
+        if factor is not None:
+            layer = modules.get(name.split(f".{factor}.")[0])
+            side = None if layer is None else getattr(layer, "in_features" if factor == "lora_A" else "out_features",
+                                                      None)
+            expected = None if side is None else (shape[0], side) if factor == "lora_A" else (side, shape[1])
+        else:
+            expected = tuple(params[name].shape) if name in params else None
+        if expected != shape:
+            here = "has no place in this model" if expected is None else f"is {list(expected)} in this model"
+            raise UserError(f"the adapter in {directory} does not fit this model: {name} is {list(shape)} in the "
+                            f"adapter and {here} (an adapter of another base model?)")
+
+
 def load_lora(model: JanusForConditionalGeneration, directory: str | Path, trainable: bool) -> PeftModel:
     """Wrap `model` with an adapter saved by `PeftModel.save_pretrained` (standard PEFT format); `UserError` for a
     directory without one, or with an unreadable one."""
     check_adapter_files(directory)
+    check_adapter_fits(model, directory)  # before PEFT wraps the model: a failure there leaves it half-wrapped
     try:
         return PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
     except SafetensorError as exc:
