@@ -76,3 +76,25 @@ def test_pixel_statistics_are_read_from_either_processor_layout(tmp_path: Path) 
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": 0.25, "image_std": 0.75}))
     assert pixel_stats(tmp_path, {}) == ((0.25,) * 3, (0.75,) * 3)
     assert pixel_stats(tmp_path, {"image_mean": 0.5})[0] == (0.5,) * 3  # a unigap sidecar's own, first
+
+
+def test_the_judge_scores_whole_words_where_yes_and_no_begin_alike(tmp_path: Path) -> None:
+    """The fixture's byte-level tokenizer has no merge for " yes" or " no": both begin with " " alone, and P(yes)
+    over first tokens was exactly 0.5 for every image."""
+    import numpy as np
+
+    from unigap.model.prompts import NO_WORDS, YES_WORDS
+
+    um = load_model(save_random_janus_pro(tmp_path / "ckpt"))
+    assert set(um.prompts.first_answer_token_ids(YES_WORDS)) & set(um.prompts.first_answer_token_ids(NO_WORDS))
+    images = [np.zeros((384, 384, 3), np.uint8), np.full((384, 384, 3), 255, np.uint8)]
+    prompts = ["a red circle", "a blue square"]
+    questions = [um.prompts.judge_question(p) for p in prompts]
+
+    def words(group: tuple[str, ...]) -> torch.Tensor:  # each word's tokens, its EOS (the last column) left out
+        return torch.logsumexp(torch.stack([um.answer_token_logprobs(images, questions, [w] * 2)[0][:, :-1].sum(-1)
+                                            for w in group]), dim=0)
+
+    p_yes = um.judge(images, prompts)
+    assert not torch.allclose(p_yes, torch.full_like(p_yes, 0.5))
+    assert torch.allclose(p_yes, torch.sigmoid(words(YES_WORDS) - words(NO_WORDS)), atol=1e-5)

@@ -266,12 +266,23 @@ def judge_yes_probability(
 ) -> torch.Tensor:
     """P(yes) for "Does this image show {prompt}?", normalised over the yes and no first tokens.
 
-    Several spellings ("yes"/"Yes") may map to different first tokens; their probabilities are summed.
+    Several spellings ("yes"/"Yes") may map to different first tokens; their probabilities are summed. Where a
+    yes and a no word share their first token (a byte-level tokenizer without merges for them), the words' whole
+    token sequences are scored instead (the first token alone gave exactly 0.5).
     """
     batch_size = check_counts(images=images, prompts=prompts)
     if batch_size == 0:
         return torch.zeros(0, device=model.device)
     yes_ids, no_ids = fmt.first_answer_token_ids(YES_WORDS), fmt.first_answer_token_ids(NO_WORDS)
+    if set(yes_ids) & set(no_ids):  # " yes" and " no" begin alike (" " alone): each word's tokens decide, EOS left out
+        questions = [fmt.judge_question(p) for p in prompts]
+
+        def words(group: tuple[str, ...]) -> torch.Tensor:
+            scored = [answer_token_logprobs(model, fmt, vision, images, questions, [word] * batch_size)[0]
+                      for word in group]  # right-aligned, one length per word: its last column is the EOS
+            return torch.logsumexp(torch.stack([s[:, :-1].sum(dim=-1) for s in scored]), dim=0)
+
+        return torch.sigmoid(words(YES_WORDS) - words(NO_WORDS))
     batch = _batch(model, fmt, vision, images, [fmt.understanding_ids(fmt.judge_question(p)) for p in prompts])
     hidden, _ = _hidden(model, batch)
     logprobs = torch.log_softmax(model.lm_head(hidden[:, -1]).float(), dim=-1)
