@@ -163,3 +163,17 @@ def test_unimrg_maps_come_through_the_vision_tower_on_any_checkpoint(token_edito
         through = {source: -token_editor.edit_token_logprobs(images[:2], INSTRUCTIONS[1:2] * 2, targets,
                                                              source=source).mean(-1).sum() for source in EDIT_SOURCES}
     assert torch.allclose(loss.detach(), through["vision"]) and not torch.allclose(loss.detach(), through["tokens"])
+
+
+def test_bad_edit_tokens_raise_as_for_generation(editor: UnifiedModel) -> None:
+    """Scoring edits skipped the image-token check: 10 tokens were scored as if an image, ids past the codebook
+    raised IndexError from the embedding, a list raised AttributeError."""
+    n, image = editor.num_image_tokens, [np.zeros((64, 64, 3), dtype=np.uint8)]
+    for tokens, message in ((torch.zeros((1, 10), dtype=torch.long), rf"shape \[batch, {n}\]"),
+                            (torch.full((1, n), editor.codebook_size), "must lie in"),
+                            (torch.zeros((1, n)), "integer ids")):
+        with pytest.raises(ValueError, match=message):
+            editor.edit_token_logprobs(image, ["add a square"], tokens, 2.0)
+    zeros = torch.zeros((1, n), dtype=torch.long)
+    listed = editor.edit_token_logprobs(image, ["add a square"], [[0] * n], 2.0)  # a list of ids, as elsewhere
+    assert torch.equal(listed, editor.edit_token_logprobs(image, ["add a square"], zeros, 2.0))

@@ -30,6 +30,7 @@ from unigap.model.decoding import check_counts, left_pad
 from unigap.model.decoding import token_logprobs
 from unigap.model.generation import (
     check_dropped,
+    check_image_tokens,
     check_guidance_scale,
     guided,
     prefixed_image_token_states,
@@ -189,6 +190,7 @@ def edit_token_logprobs(
     of the input image). Under guidance (`cfg_scale`, `image_cfg_scale`: `EditGuidance`), the mixture edits are
     sampled from; without it, conditional, the `dropped` [B] rows made unconditional and the `instruction_dropped`
     [B] rows source-only (the prompt dropouts of training)."""
+    tokens = check_image_tokens(tokens, fmt.num_image_tokens, model.config.vq_config.num_embeddings)
     batch = check_counts(images=images, instructions=instructions, **{"image token rows": tokens})
     if batch == 0:
         return torch.zeros(tokens.shape, device=model.device)
