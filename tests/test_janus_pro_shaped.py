@@ -98,3 +98,16 @@ def test_the_judge_scores_whole_words_where_yes_and_no_begin_alike(tmp_path: Pat
     p_yes = um.judge(images, prompts)
     assert not torch.allclose(p_yes, torch.full_like(p_yes, 0.5))
     assert torch.allclose(p_yes, torch.sigmoid(words(YES_WORDS) - words(NO_WORDS)), atol=1e-5)
+
+
+@pytest.mark.parametrize("use_default", [True, False])
+def test_a_saved_model_keeps_its_system_prompt_setting(tmp_path: Path, use_default: bool) -> None:
+    """`save()` writes no processor_config.json, where the setting was read from: a checkpoint converted without the
+    default system prompt came back with it, and every understanding prompt changed."""
+    directory = save_random_janus_pro(tmp_path / "ckpt")
+    config = json.loads((directory / "processor_config.json").read_text())
+    (directory / "processor_config.json").write_text(json.dumps(config | {"use_default_system_prompt": use_default}))
+    um = load_model(directory)
+    saved = load_model(um.save(tmp_path / "saved"))
+    assert saved.prompts.system_prompt == um.prompts.system_prompt and bool(um.prompts.system_prompt) == use_default
+    assert saved.prompts.understanding_ids("What is it?") == um.prompts.understanding_ids("What is it?")

@@ -55,8 +55,10 @@ def save_checkpoint(
     image_std: float | tuple[float, float, float],
     editing: bool = False,
     edit_source: str = "vision",
+    use_default_system_prompt: bool = True,
 ) -> Path:
-    """Write weights, configs, tokenizer and the `unigap.json` sidecar so `load_model` can read them back."""
+    """Write weights, configs, tokenizer and the `unigap.json` sidecar so `load_model` can read them back
+    (`use_default_system_prompt`: a converted checkpoint's processor setting, which has no other file here)."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; expected one of {', '.join(TEMPLATES)}")
     check_edit_source(edit_source)
@@ -70,6 +72,7 @@ def save_checkpoint(
         "image_std": list(image_std) if isinstance(image_std, tuple | list) else [image_std] * 3,
         "editing": editing,
         "edit_source": edit_source,
+        "use_default_system_prompt": use_default_system_prompt,
     }
     write_text_atomically(directory / SIDECAR, json.dumps(settings, indent=2))
     return directory

@@ -85,9 +85,13 @@ def pixel_stats(directory: Path, settings: dict) -> tuple[tuple[float, ...], tup
     return stat("image_mean"), stat("image_std")
 
 
-def uses_default_system_prompt(directory: Path) -> bool:
-    """Whether the checkpoint's JanusProcessor prepends the default system prompt (converted ones do)."""
-    return bool(_read_json(directory / "processor_config.json").get("use_default_system_prompt", True))
+def uses_default_system_prompt(directory: Path, settings: dict | None = None) -> bool:
+    """Whether the checkpoint's JanusProcessor prepends the default system prompt (converted ones do): its
+    processor_config.json says, or, for a checkpoint `UnifiedModel.save` wrote, its sidecar `settings`."""
+    processor = _read_json(directory / "processor_config.json")
+    if "use_default_system_prompt" in processor:
+        return bool(processor["use_default_system_prompt"])
+    return bool((settings or {}).get("use_default_system_prompt", True))
 
 
 def default_device_and_dtype(
@@ -194,7 +198,7 @@ def load_model(
         template=settings["template"],
         image_mean=mean,
         image_std=std,
-        use_default_system_prompt=uses_default_system_prompt(directory),
+        use_default_system_prompt=uses_default_system_prompt(directory, settings),
         supports_editing=bool(settings.get("editing", False)),
         edit_source=settings["edit_source"],
     )

@@ -84,6 +84,7 @@ class UnifiedModel:
         self.vision = VisionPreprocessing(vision_config.image_size, tuple(image_mean), tuple(image_std))
         self._supports_editing = supports_editing
         self.edit_source = editing.check_edit_source(edit_source)  # how `edit` reads the source image (see editing)
+        self.use_default_system_prompt = use_default_system_prompt  # (kept for `save`)
 
     # -- basic facts -------------------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class UnifiedModel:
             image_std=self.vision.std,
             editing=self.supports_editing,
             edit_source=self.edit_source,
+            use_default_system_prompt=self.use_default_system_prompt,
         )
 
     # -- understanding -----------------------------------------------------------------------
