@@ -107,11 +107,12 @@ def test_grouped_answer_logprobs_equal_one_sequence_per_question(
     if template == "janus-pro":  # same weights without the sidecar: the chat template with a system prompt
         model = load_model(janus_pro_dir)
         assert model.prompts.template == "janus-pro"
-    questions = [QUESTIONS, [], ["what is there ?"]]  # ragged, one image with none
-    answers = [ANSWERS, [], [LONG_ANSWER]]
+    questions = [QUESTIONS, [], ["what is there ?", ""]]  # ragged, one image with none; an empty question
+    answers = [ANSWERS, [], [LONG_ANSWER, "red"]]  # (its answer's first token came from a state in the cache)
     total, count = model.grouped_answer_logprobs(images[:3], questions, answers)
-    flat_images = [images[0]] * 3 + [images[2]]
-    single, single_count = model.answer_logprobs(flat_images, [*QUESTIONS, "what is there ?"], [*ANSWERS, LONG_ANSWER])
+    flat_images = [images[0]] * 3 + [images[2]] * 2
+    single, single_count = model.answer_logprobs(flat_images, [*QUESTIONS, "what is there ?", ""],
+                                                 [*ANSWERS, LONG_ANSWER, "red"])
     assert count.tolist() == single_count.tolist()
     assert torch.allclose(total, single, atol=1e-4, rtol=0)
 

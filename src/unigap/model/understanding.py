@@ -178,6 +178,8 @@ def grouped_answer_logprobs(
         return answer_logprobs(model, fmt, vision, [images[i] for i in owner], flat_questions, flat_answers)
     prompts = [fmt.understanding_ids(q) for q in flat_questions]
     split = prompts[0].index(fmt.ids.eoi) + 1
+    if any(len(p) == split for p in prompts):  # an empty question: its rows start at <end_of_image>, whose state
+        split -= 1  # predicts the answer's first token (in the shared prefix it sat in the cache, unscored)
     prefix = prompts[0][:split]
     if any(p[:split] != prefix for p in prompts):
         raise ValueError("the prompt template puts question-dependent text before the image; cannot share it")
