@@ -143,3 +143,23 @@ def test_length_buckets_cover_every_row_once_and_cut_padding() -> None:
 def test_a_word_the_tokenizer_does_not_know_is_a_warning(um: UnifiedModel, images) -> None:
     with pytest.warns(UserWarning, match="the tokenizer does not know 'magenta': each reads as <unk>"):
         um.judge(images[:1], ["a magenta circle"])
+
+
+@pytest.mark.parametrize("shape", [(384, 384), (200, 300), (101, 37), (5, 500), (500, 3)])
+def test_pixels_equal_transformers_janus_image_processor(shape: tuple[int, int]) -> None:
+    """Including a very wide or tall image, whose short side the processor scales to no less than 14 px (`min_size`);
+    unigap made it 1 px."""
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    from unigap.model.images import pixel_tensor
+
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    processor = JanusImageProcessorPil(size={"height": 384, "width": 384}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    theirs = processor(images=[image], return_tensors="pt")["pixel_values"]
+    assert torch.allclose(pixel_tensor([image], 384, (0.5,) * 3, (0.5,) * 3), theirs, atol=1e-6)
+
+
+def test_an_image_without_pixels_is_refused(um: UnifiedModel) -> None:
+    for empty in (np.zeros((0, 5, 3), dtype=np.uint8), Image.new("RGB", (5, 0))):
+        with pytest.raises(ValueError, match="an image must have pixels"):
+            um.answer([empty], ["shape ?"])

@@ -43,20 +43,26 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, StoredPixels):
         image = image.to_pixels()
     if isinstance(image, Image.Image):
-        return rgb_pixels(image)
+        image = rgb_pixels(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image arrays must be uint8 of shape HxWx3, got {image.dtype} {image.shape}")
+        if not image.shape[0] or not image.shape[1]:
+            raise ValueError(f"an image must have pixels, got shape {image.shape}")
         return image
     raise ValueError(f"images must be PIL images or uint8 HxWx3 numpy arrays (or stored images), got "
                      f"{type(image).__name__}")
 
 
+MIN_SIDE = 14  # JanusImageProcessor's `min_size`: a very wide or tall image's short side is scaled to no less
+
+
 def _fit_square(image: np.ndarray, size: int, background: tuple[int, int, int]) -> np.ndarray:
-    """Resize the longest side to `size` (bicubic) and pad to a centred square, like JanusImageProcessor."""
+    """Resize the longest side to `size` (bicubic; the other side at least MIN_SIDE) and pad to a centred square,
+    like JanusImageProcessor."""
     height, width = image.shape[:2]
     scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    new_h, new_w = (max(MIN_SIDE, round(side * scale)) for side in (height, width))
     pil = Image.fromarray(image)
     if (new_h, new_w) != (height, width):
         pil = pil.resize((new_w, new_h), Image.Resampling.BICUBIC)
