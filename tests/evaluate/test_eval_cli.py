@@ -157,8 +157,7 @@ def test_user_mistakes_exit_2_with_one_line(paths, capsys, args, message):
 
 
 def test_an_adapter_of_another_base_model_names_the_first_mismatch(tiny_dir, tmp_path, capsys):
-    """torch's message opens with a line that only introduces the list ("Error(s) in loading state_dict for
-    PeftModel:"); the one line the user gets carries the first mismatch under it."""
+    """One line naming the first tensor that does not fit (the adapter is checked before PEFT wraps the model)."""
     from unigap.model import load_model
     from unigap.model.tiny import save_random_tiny
     from unigap.world import vocabulary
@@ -171,5 +170,6 @@ def test_an_adapter_of_another_base_model_names_the_first_mismatch(tiny_dir, tmp
     code, _, err = run_main(capsys, ["eval", "--model", str(tiny_dir), "--adapter", str(tmp_path / "adapter"),
                                      "--n", "2", "--out", str(tmp_path / "o.json")])
     assert code == 2 and err.count("\n") == 1, err
-    assert "(trained on another base model?): Error(s) in loading state_dict for PeftModel: size mismatch for" in err
+    assert f"the adapter in {tmp_path / 'adapter'} does not fit this model: " in err
+    assert "in the adapter and is [" in err and "(an adapter of another base model?)" in err
     assert not (tmp_path / "o.json").exists()

@@ -178,3 +178,14 @@ def test_another_base_models_adapter_is_refused_and_leaves_the_model_as_it_was(t
         um.load_adapter(tmp_path / "other")
     assert um.peft is None and um.fingerprint() == before
     assert not any("lora_" in name for name, _ in um.model.named_parameters())
+
+
+@pytest.mark.parametrize("target", ["model.vision_model.embeddings.patch_embedding",
+                                    "model.vision_model.embeddings.position_embedding"])
+def test_adapters_on_convolutions_and_embeddings_still_load(target: str, tmp_path: Path) -> None:
+    trained = load_model("tiny")
+    trained.add_lora(rank=4, alpha=8, target_modules=[target])
+    trained.save_adapter(tmp_path / "adapter")
+    um = load_model("tiny")
+    um.load_adapter(tmp_path / "adapter")
+    assert um.peft is not None

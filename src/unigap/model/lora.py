@@ -59,6 +59,7 @@ def attach_lora(
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # a saved PEFT adapter's files
 LEGACY_WEIGHTS = "adapter_model.bin"  # PEFT's pickle format (save_pretrained(safe_serialization=False))
+_LORA_TENSOR = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\b")  # PEFT's names of its tensors
 
 
 def check_adapter_files(directory: str | Path, weights: tuple[str, ...] = (ADAPTER_WEIGHTS, LEGACY_WEIGHTS)) -> None:
@@ -81,8 +82,9 @@ def adapter_fingerprint(directory: str | Path) -> str:
 
 def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
     """`UserError` when a saved adapter's tensors do not fit `model` (another base model's adapter): a LoRA factor
-    whose inner side differs from its layer's, or a tensor trained in full of another shape or with no place here.
-    Reads the safetensors header only; a legacy `.bin` adapter is left to PEFT."""
+    of a layer this model lacks, or whose inner side differs from its linear layer's, or a tensor trained in full of
+    another shape or with no place here. Reads the safetensors header only; factors of other layer types (embedding,
+    convolution) and a legacy `.bin` adapter are left to PEFT."""
     weights = Path(directory) / ADAPTER_WEIGHTS
     if not weights.is_file():
         return
@@ -94,14 +96,15 @@ def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
         return  # unreadable: load_lora's own error says so
     for key, shape in shapes.items():
         name = key.removeprefix("base_model.model.")
-        factor = next((f for f in ("lora_A", "lora_B") if f".{f}." in name), None)
-        if factor is not None:
-            layer = modules.get(name.split(f".{factor}.")[0])
-            side = None if layer is None else getattr(layer, "in_features" if factor == "lora_A" else "out_features",
-                                                      None)
-            expected = None if side is None else (shape[0], side) if factor == "lora_A" else (side, shape[1])
-        else:
+        marker = _LORA_TENSOR.search(name)
+        if marker is None:
             expected = tuple(params[name].shape) if name in params else None
+        else:
+            layer = modules.get(name[: marker.start()])
+            if isinstance(layer, nn.Linear) and marker.group(1) in ("A", "B"):
+                expected = (shape[0], layer.in_features) if marker.group(1) == "A" else (layer.out_features, shape[1])
+            else:
+                expected = None if layer is None else shape
         if expected != shape:
             here = "has no place in this model" if expected is None else f"is {list(expected)} in this model"
             raise UserError(f"the adapter in {directory} does not fit this model: {name} is {list(shape)} in the "
