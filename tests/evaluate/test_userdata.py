@@ -263,3 +263,20 @@ def test_rows_are_lines_split_at_line_ends_only_and_mixed_answer_columns_are_rea
 
     columnwise = {"answers": {"answer": ["red", "pink"], "answer_id": [1, 2]}}  # datasets.Sequence({"answer": ...})
     assert _answers(columnwise, "ds:row 1") == ("red", "pink")
+
+
+def test_the_eval_table_prints_a_users_kind_names_as_written() -> None:
+    """Question kinds are the user's `kind` column: `lora[r8]` printed as `lora`, and `x[/b]` raised MarkupError."""
+    from rich.console import Console
+
+    from unigap.evaluate.report import summary_table
+
+    from pathlib import Path
+
+    report = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results" / "tiny_eval.json").read_text())
+    kinds = report["understanding"]["by_kind"]
+    report["understanding"]["by_kind"] = {"x[/b]": next(iter(kinds.values())), "lora[r8]": next(iter(kinds.values()))}
+    console = Console(record=True, width=200)
+    console.print(summary_table(report))
+    text = console.export_text()
+    assert "x[/b]" in text and "lora[r8]" in text

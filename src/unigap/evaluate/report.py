@@ -83,7 +83,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     for name, key, breakdown in HEADLINES:
         row(f"[bold]{name}.{key}[/bold]", report[name], key)
         for group, sub in report[name][breakdown].items():
-            row(f"  {group}", sub, key)
+            row(f"  {escape(group)}", sub, key)
     if "vqa_score" in report["understanding"]:  # users' understanding data
         row("[bold]understanding.vqa_score[/bold]", report["understanding"]["vqa_score"], "vqa_score")
     row("[bold]mean P(yes)[/bold]", report["nonunification"]["mean_p_yes"], "mean")
