@@ -30,20 +30,23 @@ KIND_METRICS = tuple(
 
 def compare(study: Study, arm: str, baseline: str, options: StatsOptions) -> dict[str, Any]:
     """One arm against its baseline on every headline metric and every question kind."""
-    metrics = (*METRICS, *KIND_METRICS)
-    alpha_corrected = options.alpha / len(metrics)
     rows = {}
     arm_runs, baseline_runs = shared_seeds(study.of(arm), study.of(baseline))
-    for metric in metrics:
+    for metric in (*METRICS, *KIND_METRICS):
         test, paper = decide(arm_runs, baseline_runs, metric)
-        p, compared = test["p"], test["compared"]  # both arms' levels and n on the seeds they share
+        compared = test["compared"]  # both arms' levels and n on the seeds they share
         rows[metric.name] = {
             "label": metric.label, "higher_is_better": metric.higher_is_better, "arm": compared["arm"],
             "baseline": compared["baseline"], "n": compared["n"], "n_baseline": compared["n_baseline"], **test,
-            "p_bonferroni": None if p is None else min(1.0, p * len(metrics)),
-            "significant": p is not None and p < alpha_corrected, "welch": paper,
+            "welch": paper,
         }  # fmt: skip
-    return {"arm": arm, "baseline": baseline, "family": ARMS[arm].family, "tests": len(metrics),
+    tests = sum(row["p"] is not None for row in rows.values())  # as the study's family: the tests performed
+    alpha_corrected = options.alpha / tests if tests else options.alpha
+    for row in rows.values():
+        p = row["p"]
+        row |= {"p_bonferroni": None if p is None else min(1.0, p * tests),
+                "significant": p is not None and p < alpha_corrected}
+    return {"arm": arm, "baseline": baseline, "family": ARMS[arm].family, "tests": tests,
             "alpha_corrected": alpha_corrected, "metrics": rows}
 
 

@@ -22,8 +22,9 @@ methods × metrics"):
 - **CIs of a method's level**: `ci95_seeds` is the t-interval over the seed means (k − 1 df; null for one
   seed) around `mean_over_seeds`; `ci95_bootstrap` is a percentile bootstrap of the pooled per-item mean,
   resampling items within each seed (null without records).
-- **Bonferroni**: the family is every test performed, one per method (base excluded) × metric where both sides
-  have items (a metric a model was not evaluated on is no test); `alpha_corrected` = α / family size,
+- **Bonferroni**: the family is every test performed, one per method (base excluded) × metric where the test is
+  defined (p not null: a metric a model was not evaluated on, or without variance on either side, is no test);
+  `alpha_corrected` = α / family size,
   `significant` = p < alpha_corrected, `p_bonferroni` = min(1, p · family size). Each arm's family of methods
   (p1–p4) is also corrected on its own: `p_bonferroni_family`, `significant_in_family` (over that family's tests;
   `bonferroni.families`), for the report's per-family sections. An inference-time arm's understanding tests are
