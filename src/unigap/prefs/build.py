@@ -174,16 +174,17 @@ def _answer_pairs(um: UnifiedModel, images: Sequence[np.ndarray], questions: Seq
     for extra, question, image, a, b in zip(extras, questions, images, *samples, strict=True):
         score_a, score_b = (score(text, question) for text in (a, b))
         chosen, chosen_score, rejected, rejected_score = _ranked(a, score_a, b, score_b)
-        fallback = chosen_score - rejected_score < options.margin
-        # the best reference by the same score (a ShapeWorld answer scores 1; under the VQA soft score the first of a
-        # user's ten references may score 0.3 where the majority answer scores 1)
-        truth, truth_score = max(((r, score(r, question)) for r in getattr(question, "answers", (question.answer,))),
-                                 key=lambda pair: pair[1])
-        if fallback and (not options.fallback_gt or truth_score - rejected_score < options.margin):
-            out.append(None)
-            continue
-        if fallback:
-            chosen, chosen_score = truth, truth_score
+        if chosen_score - rejected_score < options.margin:  # no pair of samples: the ground truth, where allowed
+            # the best reference by the same score (a ShapeWorld answer scores 1; under the VQA soft score the first
+            # of a user's ten references may score 0.3 where the majority answer scores 1)
+            truth, truth_score = max(((r, score(r, question)) for r in getattr(question, "answers", (question.answer,))),
+                                     key=lambda pair: pair[1])
+            if not options.fallback_gt or truth_score - rejected_score < options.margin:
+                out.append(None)
+                continue
+            chosen, chosen_score, fallback = truth, truth_score, True
+        else:
+            fallback = False
         row = {
             "question": question.text,
             "question_kind": question.kind,

@@ -2,8 +2,9 @@
 
 Understanding data (image + question + answer: `unigap.data.understanding`) trains the answers; generation data
 (image + caption: `unigap.data.captions`) trains the image tokens from the caption. The generation images are
-VQ-tokenized once, at the model's image size, into `OUT/gen_tokens.safetensors` (keyed by the data file's sha256 and
-the model's VQ geometry), so a resumed run or a second run in the same folder does not encode them again.
+VQ-tokenized once, at the model's image size, into `OUT/gen_tokens.safetensors` (keyed by the data file's sha256,
+every image's stored bytes, the model's VQ geometry, fingerprint and dtype), so a resumed run or a second run in the
+same folder does not encode them again, and an image edited in place or another model does.
 """
 
 from __future__ import annotations
