@@ -55,6 +55,8 @@ def test_a_paired_test_per_kind_finds_the_kind_that_moved() -> None:
     assert not c["metrics"]["understanding.accuracy.count"]["significant"]
     assert c["metrics"]["understanding.accuracy.color"]["n"] == 0  # a kind the study never asked: no test
     assert c["metrics"]["understanding.accuracy.color"]["p"] is None
+    performed = sum(m["p"] is not None for m in c["metrics"].values())  # kinds never asked make no stricter family
+    assert c["tests"] == performed < len(c["metrics"]) and c["alpha_corrected"] == pytest.approx(0.05 / performed)
 
 
 def test_items_that_do_not_line_up_get_welch() -> None:
