@@ -36,6 +36,8 @@ class Arm:
     requires: tuple[str, ...] = ()
     default: bool = True
     baseline: str | None = None  # an arm this one must beat, compared directly when both ran (report: comparisons)
+    needs_pairs: bool = False  # trains by DPO on the study's preference pairs: the study builds them (and diagnoses
+    # their gradients) when a selected arm needs them, and the report shows its DPO losses
 
     def build(self) -> Callable[..., None]:
         return load(self.builder)
@@ -44,7 +46,12 @@ class Arm:
 ARMS: Registry[Arm] = Registry("arm")
 
 
+RESERVED = ("base", "prefs", "answer-length")  # the study folder's own entries: an arm's folder beside them
+
+
 def register(arm: Arm) -> Arm:
+    if arm.name in RESERVED:
+        raise ValueError(f"arm name {arm.name!r} is the study's own (reserved: {', '.join(RESERVED)})")
     if arm.family not in FAMILIES or arm.kind not in KINDS:
         raise ValueError(f"arm {arm.name!r}: unknown family {arm.family!r} or kind {arm.kind!r}")
     if not set(arm.requires) <= set(ARMS):
@@ -54,7 +61,8 @@ def register(arm: Arm) -> Arm:
 
 _P1, _P2 = "unigap.study.builders:train_strategy", "unigap.study.builders:self_improve"
 for _strategy in STRATEGIES:
-    register(Arm(_strategy, "p1", "trained", _P1, default=_strategy in SPEC_STRATEGIES))  # torchjd's: opt-in
+    register(Arm(_strategy, "p1", "trained", _P1, default=_strategy in SPEC_STRATEGIES,  # torchjd's: opt-in
+                 needs_pairs=True))
 for _lam in SOUP_LAMBDAS:
     register(Arm(f"soup-{_lam:g}", "p1", "post-hoc", "unigap.study.builders:soup", ("und-only", "gen-only")))
 register(Arm("oracle", "p1", "post-hoc", "unigap.study.builders:oracle", ("und-only", "gen-only")))
@@ -104,8 +112,8 @@ def select(names: str | None) -> tuple[str, ...]:
                 chosen.add(item)
             else:
                 raise ARMS.unknown(item, [*FAMILIES, *ARMS], label="arm or family")
-    for name in list(chosen):
-        chosen |= set(ARMS[name].requires)
+    while (required := {r for name in chosen for r in ARMS[name].requires} - chosen):  # (requirements' too)
+        chosen |= required
     if not chosen:
         raise UserError("--methods selects no arm")
     return tuple(name for name in ARMS if name in chosen)

@@ -124,3 +124,50 @@ def test_an_arm_registered_in_a_users_script_runs_and_reaches_the_report(small_c
     assert "my-arm" in (tmp_path / "study" / "report.html").read_text()
     generation = built.results["results"]["my-arm"]["generation.accuracy"]  # the base's own images, paired
     assert (generation["delta"], generation["test"], generation["p"]) == (0.0, "paired", 1.0)
+
+
+def test_a_users_arms_register_like_the_builtin_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requirements of requirements are selected; a post-hoc arm without requirements joins only when chosen; an
+    arm registered after import is among the defaults; the study's own folder names are refused."""
+    monkeypatch.setattr(ARMS, "_entries", dict(ARMS))  # (the registrations end with the test)
+    register(Arm("soup-of-soup", "p1", "post-hoc", "unigap.study.builders:soup", ("soup-0.5",), default=False))
+    assert set(select("soup-of-soup")) == {"soup-of-soup", "soup-0.5", "und-only", "gen-only"}
+    StudyConfig(methods=select("soup-of-soup"))  # (it said "need gen-only, und-only too")
+    register(Arm("my-posthoc", "p4", "post-hoc", "unigap.study.builders:soup", default=False))
+    assert "my-posthoc" not in StudyConfig(methods=("joint",)).methods_in_order()
+    register(Arm("my-default", "p4", "trained", "unigap.study.builders:unimrg"))
+    assert "my-default" in StudyConfig().methods
+    for name in ("base", "prefs", "answer-length"):
+        with pytest.raises(ValueError, match="the study's own"):
+            register(Arm(name, "p3", "inference-time", "unigap.study.builders:refine"))
+
+
+def test_an_arm_of_any_family_that_trains_on_the_pairs_gets_them(small_config: StudyConfig, tmp_path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pairs were built only when a p1 arm ran: a user's p4 arm reading them found no file."""
+    from unigap.study.run import StudyRunner
+
+    monkeypatch.setattr(ARMS, "_entries", dict(ARMS))
+    register(Arm("my-dpo", "p4", "trained", "unigap.study.builders:train_strategy", default=False, needs_pairs=True))
+    register(Arm("my-sft", "p4", "trained", "unigap.study.builders:unimrg", default=False))
+    names = lambda methods: [job.name for job in StudyRunner(small_config.scaled(methods=methods), tmp_path,  # noqa: E731
+                                                             None).jobs()]
+    assert {"und pairs", "gen pairs", "gradient diagnostics"} <= set(names(("my-dpo",)))
+    assert "und pairs" not in names(("my-sft",))
+
+
+def test_a_builder_that_writes_no_eval_json_is_an_error_not_a_missing_arm(small_config: StudyConfig, tmp_path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from unigap.study import run_study
+
+    module = types.ModuleType("users_lazy_arms")
+    module.forgets = lambda runner, name, seed: None  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "users_lazy_arms", module)
+    monkeypatch.setattr(ARMS, "_entries", dict(ARMS))
+    register(Arm("forgetful", "p3", "inference-time", "users_lazy_arms:forgets", default=False))
+    with pytest.raises(RuntimeError, match="the job 'forgetful, seed 0' ended without writing .*eval.json"):
+        run_study(small_config.scaled(methods=select("forgetful")), tmp_path / "study", show_progress=False)
+    assert '"interrupted": true' in (tmp_path / "study" / "jobs.jsonl").read_text()

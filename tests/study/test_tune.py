@@ -167,3 +167,12 @@ def test_the_default_grid_searches_every_generation_pair_kind() -> None:
     from unigap.train.defaults import TUNE_GRID
 
     assert TUNE_GRID["kinds"] == GEN_KINDS
+
+
+@pytest.mark.parametrize(("lrs", "betas"), [((1e-5, 1e-5), (0.1,)), ((1e-5, 1.0000001e-5), (0.1, 0.1000001))])
+def test_a_grid_that_names_two_points_alike_is_refused(lrs: tuple, betas: tuple) -> None:
+    """Points are run folders named by `:g`; two points of one name shared a folder, the second reading the first's
+    finished curve as its own."""
+    with pytest.raises(UserError, match="the grid names .*lr1e-05_beta0.1.* more than once"):
+        TuneConfig(lrs=lrs, betas=betas)
+    assert len(TuneConfig(lrs=(1e-5, 3e-5), betas=(0.1,)).grid()) == 2 * len(TuneConfig(lrs=(1e-5,), betas=(0.1,)).grid())

@@ -112,7 +112,7 @@ def _smooth(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _trained(study: Study) -> list[str]:
     """The DPO-trained methods: those with a training log that is not another family's (SFT, GRPO)."""
     return [m for m in study.methods() if any(run.log_rows for run in study.of(m))
-            and (m not in ARMS or ARMS[m].family == "p1")]
+            and (m not in ARMS or ARMS[m].needs_pairs)]
 
 
 def _panels(methods: Sequence[str], path: Path, ylabel: str, draw: Callable[[Axes, str], None], sharey: bool) -> Path:

@@ -218,7 +218,7 @@ def training_summary(method: str, runs: Sequence[MethodRun], options: StatsOptio
     """Final (tail-mean) losses, KL and weights per seed and over seeds, with the ln 2 flags; None
     for methods without DPO training logs (base, soups, oracle, arms of the other families)."""
     logged = [run for run in runs if run.log_rows]
-    if not logged or (method in ARMS and ARMS[method].family != "p1"):
+    if not logged or (method in ARMS and not ARMS[method].needs_pairs):
         return None
     per_seed = []
     for run in logged:

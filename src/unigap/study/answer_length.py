@@ -67,8 +67,8 @@ def _form(runner: Any, form: str, out: Path) -> dict[str, Any]:
                                  c.diagnose_pairs, 0, sweep_probes=0, options=DPOOptions(beta=c.beta),
                                  progress=update)
     um = runner.model()
-    settings = TrainConfig(strategy="und-only", steps=c.steps, lr=c.lr, beta=c.beta, seed=0,
-                           checkpoint_every=min(50, c.steps))
+    settings = TrainConfig(strategy="und-only", steps=c.steps, lr=c.lr, beta=c.beta, nll_weight=c.nll_weight, seed=0,
+                           checkpoint_every=min(50, c.steps))  # the study's und-only arm, on the other answer form
     trainer = DPOTrainer(um, settings, und, runner.pairs("gen"), out / form)
     with runner.bar(f"answer length: {form} DPO", c.steps) as update:
         result = trainer.train(trainer.has_checkpoint, lambda step, record: update(step))

@@ -7,7 +7,7 @@ under different settings is refused instead of silently mixing results.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from unigap.errors import UserError
@@ -31,7 +31,8 @@ class StudyConfig:
     und_fallback_gt: bool = False  # und pairs: the ground truth as chosen when both samples tie (weak models)
     diagnose_pairs: int = 200
     sweep_probes: int = 16
-    methods: tuple[str, ...] = select(None)  # the arms (`unigap.arms`); default: the default arms
+    methods: tuple[str, ...] = field(default_factory=lambda: select(None))  # the arms (`unigap.arms`); default: the
+    # default arms, those registered when the config is made (a user's script registers its own first)
     steps: int = DPO_DEFAULTS.steps  # the DPO arms' settings: `unigap train`'s defaults unless changed here
     lr: float = DPO_DEFAULTS.lr
     beta: float = DPO_DEFAULTS.beta
@@ -70,7 +71,7 @@ class StudyConfig:
         requirements they meet (soups and the oracle run whenever und-only and gen-only do)."""
         chosen = set(self.methods)
         return [name for name, arm in ARMS.items()
-                if name in chosen or (arm.kind == "post-hoc" and set(arm.requires) <= chosen)]
+                if name in chosen or (arm.kind == "post-hoc" and arm.requires and set(arm.requires) <= chosen)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"methods": list(self.methods)}

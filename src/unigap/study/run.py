@@ -71,11 +71,11 @@ class StudyRunner:
         return self.out / PREFS_DIR / f"{task}.jsonl"
 
     def jobs(self) -> list[Job]:
-        """In the order of the study: base evaluation, data and diagnostics (when a P1 arm runs), then per seed every arm
-        in registry order."""
+        """In the order of the study: base evaluation, data and diagnostics (when an arm that trains on the preference
+        pairs runs), then per seed every arm in registry order."""
         c = self.config
         jobs = [Job(f"base, seed {k}", self.eval_file(BASE, k), partial(self.evaluate_base, k)) for k in range(c.seeds)]
-        if any(ARMS[name].family == "p1" for name in c.methods):  # preference pairs and their gradients: P1's
+        if any(ARMS[name].needs_pairs for name in c.methods):  # preference pairs and their gradients
             jobs += [Job(f"{task} pairs", self.prefs_file(task), partial(self.build_pairs, task)) for task in ("und", "gen")]
             jobs.append(Job("gradient diagnostics", self.run_dir(BASE, 0) / DIAGNOSTICS_FILE, self.diagnose))
         for k in range(c.seeds):
@@ -246,6 +246,8 @@ def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) 
                 started = time.perf_counter()
                 try:
                     job.run()
+                    if not job.output.is_file():  # a builder's bug: its arm would be missing from the report
+                        raise RuntimeError(f"the job {job.name!r} ended without writing {job.output}")
                 finally:  # an interrupted attempt's time too: the report's wall column is what the arm cost
                     row = {"job": job.name, "seconds": time.perf_counter() - started}
                     with (out / JOBS_FILE).open("a", encoding="utf-8") as handle:

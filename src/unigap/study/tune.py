@@ -106,6 +106,7 @@ class TuneConfig:
             raise UserError(f"eval_every ({self.eval_every}) must not exceed steps ({self.steps})")
         if self.kl_budget is not None and not self.kl_budget > 0:
             raise UserError(f"kl_budget must be > 0, got {self.kl_budget}")
+        self.grid()  # (refuses a grid that names two points alike)
 
     def grid(self) -> list[dict[str, Any]]:
         """Every grid point: its TrainConfig settings, and a name that tags each one (but an axis at its usual
@@ -115,6 +116,11 @@ class TuneConfig:
             tags = [value if isinstance(value, str) else f"{tag}{value:g}"
                     for (_, _, tag, usual), value in zip(AXES, values) if value != usual]
             points.append({"name": "_".join(tags), **{key: value for (_, key, _, _), value in zip(AXES, values)}})
+        names = [point["name"] for point in points]
+        if len(set(names)) < len(names):  # one run folder for two points: the second would read the first's curve
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise UserError(f"the grid names {', '.join(twice)} more than once (a value repeated, or two values "
+                            "alike to 6 significant digits)")
         return points
 
     def to_dict(self) -> dict[str, Any]:
