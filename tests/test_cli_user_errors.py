@@ -555,3 +555,27 @@ def test_an_entry_in_the_way_outside_the_paths_given_keeps_its_traceback(tmp_pat
         f"{tmp_path / 'out' / 'samples.jsonl'} is a directory, where unigap needs a file")
     assert _in_the_way(inside, ["world", "sample", f"--out={tmp_path / 'other'}"]) is None
     assert _in_the_way(FileExistsError(17, "File exists"), ["--out", str(tmp_path)]) is None
+
+
+def test_sigterm_ends_a_run_as_an_interrupt_does(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`kill` or a scheduler's preemption: SIGTERM ran no `finally` (a study lost the attempt's time, staged files
+    stayed) and left no message; now it is ^C's one line and exit 130, and the handler before is restored."""
+    import os
+    import signal
+
+    from unigap.world import dataset
+
+    out = tmp_path / "w"
+    real, calls = dataset.render_pil, []
+
+    def render_then_terminate(scene):
+        calls.append(scene)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(scene)
+
+    monkeypatch.setattr(dataset, "render_pil", render_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    code, err = _run(capsys, ["world", "sample", "--n", "3", "--seed", "0", "--out", str(out)])
+    assert code == 130 and err == "unigap: interrupted\n" and signal.getsignal(signal.SIGTERM) is before
+    assert not out.exists() or not any(p.name.endswith(".tmp") for p in out.iterdir())  # staging removed

@@ -8,9 +8,12 @@ never shows a traceback or a usage box.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -244,12 +247,26 @@ def _in_the_way(exc: OSError, argv: list[str]) -> str | None:
     return f"{target} is {kind}, where unigap needs {goes}; move it away or choose another path"
 
 
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM (`kill`, `timeout`, a scheduler's preemption) handled as ^C: every `finally` runs (a study records
+    the attempt's time, staged files are removed) and the run ends in one line, exit 130, ready to resume. Returns
+    the handler it replaced (None off the main thread, where Python cannot set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes (a `UserError`, or a flag click cannot parse) become one `unigap: error: ...` line
     on stderr with exit code 2."""
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
+    terminate = _sigterm_as_interrupt()
     try:
         configure_threads()  # before torch is imported
         _one_line_warnings()
@@ -283,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"unigap: error: {in_the_way}", file=sys.stderr)
         sys.exit(2)
     finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
         if "WORLD_SIZE" in os.environ:  # under a launcher: leave the process group before exit
             from unigap import distributed
 
