@@ -189,3 +189,19 @@ def test_adapters_on_convolutions_and_embeddings_still_load(target: str, tmp_pat
     um = load_model("tiny")
     um.load_adapter(tmp_path / "adapter")
     assert um.peft is not None
+
+
+def test_an_adapter_with_lora_biases_is_checked_without_a_traceback(tmp_path: Path) -> None:
+    """PEFT's `lora_bias=True` saves a 1-D `lora_B.bias` ([out]); reading its shape as a factor's raised IndexError."""
+    from safetensors.torch import load_file, save_file
+
+    from unigap.model.lora import check_adapter_fits
+
+    trained = load_model("tiny")
+    trained.add_lora(rank=4, alpha=8)
+    directory = trained.save_adapter(tmp_path / "adapter")
+    tensors = load_file(directory / "adapter_model.safetensors")
+    key = next(k for k in tensors if k.endswith("q_proj.lora_B.weight"))
+    tensors[key.replace(".weight", ".bias")] = torch.zeros(tensors[key].shape[0])
+    save_file(tensors, directory / "adapter_model.safetensors")
+    check_adapter_fits(load_model("tiny").model, directory)  # fits: the bias is left to PEFT

@@ -171,3 +171,10 @@ def test_a_builder_that_writes_no_eval_json_is_an_error_not_a_missing_arm(small_
     with pytest.raises(RuntimeError, match="the job 'forgetful, seed 0' ended without writing .*eval.json"):
         run_study(small_config.scaled(methods=select("forgetful")), tmp_path / "study", show_progress=False)
     assert '"interrupted": true' in (tmp_path / "study" / "jobs.jsonl").read_text()
+
+
+def test_an_arm_reading_pairs_it_did_not_ask_for_is_told_how(small_config: StudyConfig, tmp_path) -> None:
+    from unigap.study.run import StudyRunner
+
+    with pytest.raises(UserError, match="registered with needs_pairs=True"):
+        StudyRunner(small_config, tmp_path, None).pairs("und")

@@ -247,17 +247,18 @@ def _in_the_way(exc: OSError, argv: list[str]) -> str | None:
     return f"{target} is {kind}, where unigap needs {goes}; move it away or choose another path"
 
 
-def _sigterm_as_interrupt() -> Any:
+def _sigterm_as_interrupt() -> Callable[[], None]:
     """SIGTERM (`kill`, `timeout`, a scheduler's preemption) handled as ^C: every `finally` runs (a study records
     the attempt's time, staged files are removed) and the run ends in one line, exit 130, ready to resume. Returns
-    the handler it replaced (None off the main thread, where Python cannot set one)."""
+    what puts the handler before back (nothing to do off the main thread, where Python cannot set one)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return lambda: None
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    before = signal.signal(signal.SIGTERM, interrupt)  # (None: a handler set outside Python, restored as the default)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
-    terminate = _sigterm_as_interrupt()
+    restore_sigterm = _sigterm_as_interrupt()
     try:
         configure_threads()  # before torch is imported
         _one_line_warnings()
@@ -300,8 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"unigap: error: {in_the_way}", file=sys.stderr)
         sys.exit(2)
     finally:
-        if terminate is not None:
-            signal.signal(signal.SIGTERM, terminate)
+        restore_sigterm()
         if "WORLD_SIZE" in os.environ:  # under a launcher: leave the process group before exit
             from unigap import distributed
 

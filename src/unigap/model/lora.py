@@ -101,7 +101,7 @@ def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
             expected = tuple(params[name].shape) if name in params else None
         else:
             layer = modules.get(name[: marker.start()])
-            if isinstance(layer, nn.Linear) and marker.group(1) in ("A", "B"):
+            if isinstance(layer, nn.Linear) and marker.group(1) in ("A", "B") and len(shape) == 2:  # (not a bias)
                 expected = (shape[0], layer.in_features) if marker.group(1) == "A" else (layer.out_features, shape[1])
             else:
                 expected = None if layer is None else shape

@@ -110,7 +110,8 @@ def _smooth(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _trained(study: Study) -> list[str]:
-    """The DPO-trained methods: those with a training log that is not another family's (SFT, GRPO)."""
+    """The DPO-trained methods: those with a training log that train on the study's pairs (`Arm.needs_pairs`; not
+    the SFT or GRPO arms' logs)."""
     return [m for m in study.methods() if any(run.log_rows for run in study.of(m))
             and (m not in ARMS or ARMS[m].needs_pairs)]
 

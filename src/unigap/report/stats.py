@@ -216,7 +216,7 @@ def series(rows: Sequence[dict[str, Any]], name: str) -> tuple[list[int], list[f
 
 def training_summary(method: str, runs: Sequence[MethodRun], options: StatsOptions) -> dict[str, Any] | None:
     """Final (tail-mean) losses, KL and weights per seed and over seeds, with the ln 2 flags; None
-    for methods without DPO training logs (base, soups, oracle, arms of the other families)."""
+    for methods without DPO training logs (base, soups, oracle, arms that do not train on the study's pairs)."""
     logged = [run for run in runs if run.log_rows]
     if not logged or (method in ARMS and not ARMS[method].needs_pairs):
         return None

@@ -12,8 +12,8 @@ Directory layout read by `load_study` (what `unigap study` writes)::
     RESULTS/<method>/seed<k>/diagnostics.json  optional: gradient diagnostics (usually base only)
     RESULTS/answer-length/answer_length.json   optional: the answer-length probe (`unigap.study.answer_length`)
     RESULTS/jobs.jsonl                       optional: seconds per study job ("<method>, seed <k>"), summed per method
-                                             (an attempt stopped by ^C, SIGTERM or an error counts too; one
-                                             killed by SIGKILL writes no row, so its time is lost)
+                                             (an attempt stopped by ^C, an error or, under the CLI, SIGTERM
+                                             counts too; one killed otherwise writes no row: its time is lost)
 
 The base model is the method named `base`.
 """

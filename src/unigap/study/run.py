@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from unigap.atomic import claim_settings
+from unigap.errors import UserError
 from unigap.manifest import read_record
 from unigap.study.results import ANSWER_LENGTH_FILE, BASE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
 from unigap.study.config import FULL, StudyConfig
@@ -127,6 +128,10 @@ class StudyRunner:
         """The study's preference pairs of one task, read once."""
         if task not in self._pairs:
             from unigap.prefs.rows import load_pairs
+
+            if not self.prefs_file(task).is_file():  # built only for arms that say they train on them
+                raise UserError(f"no preference pairs in {self.prefs_file(task)}: the arms that read them are "
+                                "registered with needs_pairs=True")
 
             self._pairs[task] = load_pairs(self.prefs_file(task), task)
         return self._pairs[task]
