@@ -366,9 +366,10 @@ def test_free_text_on_janus_pro_geometry(janus_pro_dir, clip_dir, tmp_path, caps
     # a random CLIP may accept both images or neither: then nothing passes, said in one line
     assert (code == 0 and "clip" in pairs.read_text()) or (code == 2 and "no gen-model pair passed" in err), err
 
-    config = SelfImproveConfig(prompts=str(prompts), audit=f"clip:{clip_dir}", method="sft", n_prompts=2, samples=2,
-                               epochs=1, eval_n=0, epoch_eval_n=0, audit_size=4, batch_size=2, guard=False, bf16=True,
-                               gradient_checkpointing=True)
+    # poor labels (the judge inverted): the random model's own judge accepts none of its images, so nothing would train
+    config = SelfImproveConfig(prompts=str(prompts), audit=f"clip:{clip_dir}", method="sft", labels="poor", n_prompts=2,
+                               samples=2, epochs=1, eval_n=0, epoch_eval_n=0, audit_size=4, batch_size=2, guard=False,
+                               bf16=True, gradient_checkpointing=True)
     result = run(load_model(janus_pro_dir), config, tmp_path / "si", progress=False)
     assert result["audits"][0]["audited"] == 4 and math.isfinite(result["epochs"][1]["loss"])
     assert (tmp_path / "si" / "adapter" / "adapter_config.json").is_file()
