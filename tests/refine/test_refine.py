@@ -132,3 +132,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, args: list[str
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_format_failure_is_no_stop_decision_and_the_mean_stop_round_has_an_interval() -> None:
+    """A reflection outside the grammar ends its prompt with the image kept; it was counted as having gone on past a
+    correct image (here the only such case), and in the decisions' denominator."""
+    from unigap.evaluate.data import prompt_specs
+    from unigap.refine.loop import Trajectory
+    from unigap.world import NO_EDIT
+
+    specs = prompt_specs("test", 3, 0, 0)
+    fixed_then_stopped = Trajectory(specs[0], images=[None] * 2, verified=[False, True],
+                                    reflections=["move the circle above the square", NO_EDIT], stop_round=2)
+    garbled = Trajectory(specs[1], images=[None], verified=[True], reflections=["garbage"], format_failure_round=1)
+    stopped_on_wrong = Trajectory(specs[2], images=[None], verified=[False], reflections=[NO_EDIT], stop_round=1)
+    stop = stop_metrics([fixed_then_stopped, garbled, stopped_on_wrong])
+    assert stop["decisions"] == 3 and stop["went_on_past_correct"]["rate"] == 0
+    assert stop["stopped_on_correct"]["rate"] == stop["stopped_on_wrong"]["rate"] == pytest.approx(1 / 3)
+    low, high = stop["mean_round"]["ci95"]
+    assert stop["mean_round"]["mean"] == 1.5 and low < 1.5 < high
+    assert stop_metrics([stopped_on_wrong])["mean_round"]["ci95"] is None  # one stop: no interval

@@ -28,7 +28,7 @@ from unigap.evaluate.data import FreePrompt
 from unigap.evaluate.generation import self_p_yes, stream_seed
 from unigap.evaluate.judges import JUDGES, Judge
 from unigap.evaluate.progress import map_items
-from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped, with_ci
+from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped, t_interval, with_ci
 from unigap.refine.loop import Refinable, Trajectory, verdict_after
 from unigap.world import CATEGORIES, PromptSpec
 
@@ -74,16 +74,21 @@ def round_metrics(trajectories: Sequence[Trajectory], rounds: int,
 
 
 def stop_metrics(trajectories: Sequence[Trajectory], verdicts: Verdicts | None = None) -> dict[str, Any]:
-    """How often and when prompts stop (every prompt), and whether each stop decision was right (by the verifier, or
-    by `verdicts`, over the prompts decided)."""
-    decisions = []  # (stopped, image accepted) for every reflection asked
+    """How often and when prompts stop (every prompt; `mean_round` with its t-interval), and whether each stop
+    decision was right (by the verifier, or by `verdicts`, over the prompts decided). A reflection outside the
+    grammar under `edit` is no decision: its prompt ends with its image kept, counted as a format failure."""
+    decisions = []  # (stopped, image accepted) for every reflection that decided
     for t, v in _decided(trajectories, verdicts):
         for note_round in range(1, len(t.reflections) + 1):
-            decisions.append((t.stop_round == note_round, v[note_round - 1]))
+            if t.format_failure_round != note_round:  # (it was counted as going on past its image)
+                decisions.append((t.stop_round == note_round, v[note_round - 1]))
     stopped = [t.stop_round for t in trajectories if t.stop_round is not None]
+    mean_round = summarize(stopped, "mean")
+    mean_round["ci95"] = (None if len(stopped) < 2  # (one stop: no spread to take an interval from)
+                          else t_interval(mean_round["mean"], mean_round["stderr"], len(stopped) - 1))
     return {
         "rate": _rate([t.stop_round is not None for t in trajectories]),
-        "mean_round": summarize(stopped, "mean"),
+        "mean_round": mean_round,
         "decisions": len(decisions),
         "stopped_on_correct": _rate([s and ok for s, ok in decisions]),
         "stopped_on_wrong": _rate([s and not ok for s, ok in decisions]),
