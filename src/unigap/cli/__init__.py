@@ -254,7 +254,7 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
-    def interrupt(signum: int, frame: Any) -> None:
+    def interrupt(*_: Any) -> None:  # (signal number, frame)
         raise KeyboardInterrupt
 
     before = signal.signal(signal.SIGTERM, interrupt)  # (None: a handler set outside Python, restored as the default)
