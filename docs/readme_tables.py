@@ -286,12 +286,15 @@ def full_study_result() -> dict[str, Any]:
     if p3["results"][p3["base"]] != result["results"][result["base"]] or any(
             p3["config"][k] != result["config"][k] for k in shared):
         raise SystemExit(f"{STUDY_P3} and {STUDY_FULL} disagree on the base model or the settings: they cannot be merged")
-    alpha, tests = result["bonferroni"]["alpha_corrected"], result["bonferroni"]["tests"]
+    from unigap.report.stats import corrected
+
+    alpha, tests = result["bonferroni"]["alpha"], result["bonferroni"]["tests"]
     arms = [arm["name"] for arm in p3["arms"] if arm.get("family") == "p3"]
     for arm in arms:
-        metrics = {name: {**m, "significant": m["p"] is not None and m["p"] < alpha,
-                          "p_bonferroni": None if m["p"] is None else min(1.0, m["p"] * tests)}
-                   for name, m in p3["results"][arm].items()}
+        metrics = {}
+        for name, m in p3["results"][arm].items():
+            p_bonferroni, significant = corrected(m["p"], tests, alpha)
+            metrics[name] = {**m, "significant": significant, "p_bonferroni": p_bonferroni}
         result["results"][arm] = metrics
         result["jobs_seconds"] += p3["wall_seconds"][arm] - result["wall_seconds"][arm]
         result["wall_seconds"][arm] = p3["wall_seconds"][arm]

@@ -18,7 +18,7 @@ from typing import Any
 
 from unigap.arms import ARMS
 from unigap.evaluate.stats import as_percent, with_ci
-from unigap.report.stats import StatsOptions, decide, pool, shared_seeds
+from unigap.report.stats import StatsOptions, alpha_over, corrected, decide, pool, shared_seeds, tests_performed
 from unigap.study.results import METRICS, Metric, Study, sample
 from unigap.world import QUESTION_KINDS
 
@@ -40,14 +40,11 @@ def compare(study: Study, arm: str, baseline: str, options: StatsOptions) -> dic
             "baseline": compared["baseline"], "n": compared["n"], "n_baseline": compared["n_baseline"], **test,
             "welch": paper,
         }  # fmt: skip
-    tests = sum(row["p"] is not None for row in rows.values())  # as the study's family: the tests performed
-    alpha_corrected = options.alpha / tests if tests else options.alpha
+    tests = tests_performed(rows.values())  # as the study's family: the tests performed
     for row in rows.values():
-        p = row["p"]
-        row |= {"p_bonferroni": None if p is None else min(1.0, p * tests),
-                "significant": p is not None and p < alpha_corrected}
+        row["p_bonferroni"], row["significant"] = corrected(row["p"], tests, options.alpha)
     return {"arm": arm, "baseline": baseline, "family": ARMS[arm].family, "tests": tests,
-            "alpha_corrected": alpha_corrected, "metrics": rows}
+            "alpha_corrected": alpha_over(options.alpha, tests), "metrics": rows}
 
 
 def comparisons(study: Study, options: StatsOptions = StatsOptions()) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -263,6 +263,22 @@ def diagnostics_summary(runs: Sequence[MethodRun]) -> dict[str, Any] | None:
     return {"per_seed": per_seed, **means}
 
 
+def tests_performed(rows: Iterable[dict[str, Any]]) -> int:
+    """How many of these rows hold a test (a p): a Bonferroni family's size."""
+    return sum(row["p"] is not None for row in rows)
+
+
+def alpha_over(alpha: float, tests: int) -> float:
+    """Bonferroni's threshold over `tests` tests (α itself where there is none)."""
+    return alpha / tests if tests else alpha
+
+
+def corrected(p: float | None, tests: int, alpha: float) -> tuple[float | None, bool]:
+    """(p_bonferroni, significant) of one test in a family of `tests`: (min(1, p · tests), p < α / tests); (None,
+    False) without a test."""
+    return (None, False) if p is None else (min(1.0, p * tests), p < alpha / tests)
+
+
 def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
                   metrics_tested: Sequence[Metric] = METRICS) -> dict[str, Any]:
     """Everything the report shows, as one JSON-serialisable dict (see the module docstring); `metrics_tested`:
@@ -279,20 +295,14 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
             test, paper = decide(arm_runs, base_runs, metric)
             metrics[method][metric.name] = metric_summary(study.of(method), metric, options) | test | {"welch": paper}
     families = {m: ARMS[m].family if m in ARMS else OTHER_FAMILY for m in compared}
-    performed = {m: sum(row["p"] is not None for row in metrics[m].values()) for m in compared}  # no items: no test
+    performed = {m: tests_performed(metrics[m].values()) for m in compared}  # no items: no test
     family = sum(performed.values())
-    alpha_corrected = options.alpha / family if family else options.alpha
     family_tests = {f: sum(performed[m] for m in compared if families[m] == f) for f in dict.fromkeys(families.values())}
     for method in compared:
         own = family_tests[families[method]]
         for row in metrics[method].values():
-            p = row["p"]
-            row |= {
-                "p_bonferroni": None if p is None else min(1.0, p * family),
-                "significant": p is not None and p < alpha_corrected,
-                "p_bonferroni_family": None if p is None else min(1.0, p * own),
-                "significant_in_family": p is not None and p < options.alpha / own,
-            }
+            row["p_bonferroni"], row["significant"] = corrected(row["p"], family, options.alpha)
+            row["p_bonferroni_family"], row["significant_in_family"] = corrected(row["p"], own, options.alpha)
     return {
         "options": asdict(options) | {"confidence": CONFIDENCE},
         "config": study.config,
@@ -302,8 +312,8 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
                  for m in compared],
         "seeds": sorted({run.seed for run in study.runs}),
         "metrics": [asdict(metric) for metric in metrics_tested],
-        "bonferroni": {"alpha": options.alpha, "tests": family, "alpha_corrected": alpha_corrected,
-                       "families": {f: {"tests": n, "alpha_corrected": options.alpha / n if n else options.alpha}
+        "bonferroni": {"alpha": options.alpha, "tests": family, "alpha_corrected": alpha_over(options.alpha, family),
+                       "families": {f: {"tests": n, "alpha_corrected": alpha_over(options.alpha, n)}
                                     for f, n in family_tests.items()}},
         "results": metrics,
         "training": {m: s for m in methods if (s := training_summary(m, study.of(m), options)) is not None},
