@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from unigap.atomic import file_fingerprint
 from unigap.errors import UserError
 from unigap.pixels import rgb_pixels
 
@@ -199,10 +200,8 @@ class StoredImage:
         place; a PIL image is hashed by its pixels."""
         value = _stored(self.value, self.base)[0]
         if isinstance(value, Path):
-            value = value.read_bytes()
-        elif not isinstance(value, bytes):
-            value = self.to_pixels().tobytes()
-        return hashlib.sha256(value).hexdigest()
+            return file_fingerprint(value)
+        return hashlib.sha256(value if isinstance(value, bytes) else self.to_pixels().tobytes()).hexdigest()
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         """`np.asarray(stored)` gives the pixels, as it did when rows held arrays (always a fresh array)."""

@@ -91,7 +91,8 @@ def summary_table(report: dict[str, Any]) -> Table:
     within = judge["auc_within"]
     table.add_row("[bold]self_judge.auc_within[/bold]", _fmt(within["auc"]), f"{within['pairs']} pairs", "—")
     for category, sub in judge["auc_by_category"].items():
-        table.add_row(f"  {escape(category)}", _fmt(sub["auc"]), f"{sub['n_correct']}+{sub['n_wrong']}", _fmt(sub["stderr"]))
+        table.add_row(f"  {escape(category)}", _fmt(sub["auc"]), f"{sub['n_correct']}+{sub['n_wrong']}",
+                      _fmt(sub["stderr"]))
     row("[bold]self_judge.precision[/bold]", judge["precision"], "precision")
     for name in ("stop_when_correct", "stop_when_wrong", "valid_edit_rate", "format_failures"):
         if "reflect" in report:

@@ -130,7 +130,6 @@ def check_counts(**named: Sequence[object]) -> int:
     return next(iter(lengths.values()))
 
 
-
 def keeps_caches(sampler: Callable[..., T]) -> Callable[..., T]:
     """A no-grad sampler `sampler(model, ...)` run with activation checkpointing off, restored after: transformers'
     checkpointed layers drop the KV cache whenever the model is in train mode, so sampling from a model trained with

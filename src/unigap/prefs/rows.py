@@ -269,7 +269,7 @@ def pairs_of(rows: Sequence[tuple[str, dict[str, Any]]], path: str | Path, task:
             check_ids(um, where, row)
         try:
             pairs.append(row_to_pair(row, Path(path).parent))
-        except (json.JSONDecodeError, UserError) as exc:
+        except UserError as exc:  # (an unreadable image: the scenes were checked with the rows)
             raise UserError(f"{where}: malformed preference row: {exc}") from None
     return pairs if um is None else fit_references(um, pairs, rows)
 

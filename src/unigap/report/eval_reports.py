@@ -212,7 +212,8 @@ def comparison_table(results: dict[str, Any]) -> Table:
             c = m["compared"]  # the seeds both have: what Δ compares
             n = str(c["n"]) if c["n"] == c["n_baseline"] else f"{c['n_baseline']} → {c['n']}"  # (both where they differ)
             table.add_row(
-                escape(method), escape(metric["label"].rsplit(" ", 1)[0]), n, f"{fmt(c['baseline'])} → {fmt(c['arm'])}",
+                escape(method), escape(metric["label"].rsplit(" ", 1)[0]), n,
+                f"{fmt(c['baseline'])} → {fmt(c['arm'])}",
                 f"[bold green]{test}*[/bold green]" if m["significant"] else test, fmt_p(m["p"]), m["test"],
                 fmt_p(m["welch"]["p"]),
             )

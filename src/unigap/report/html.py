@@ -262,8 +262,8 @@ def methods_section(results: dict[str, Any]) -> str:
         "(Welch's t-test on the pooled outcomes where the items do not line up; results.json names the test of "
         "each row). Δ = pooled mean − base pooled mean; its CI is the test's interval. The paper's test, Welch's "
         "(n = 200 per seed, 3 seeds), is in results.json and results.csv beside it (p_welch).",
-        f"Bonferroni over {b['tests']} tests (methods × metrics where the test is defined): α = {b['alpha']} → significant when "
-        f"p < {b['alpha_corrected']:.2g} (the paper: {PAPER_BONFERRONI['methods']} × "
+        f"Bonferroni over {b['tests']} tests (methods × metrics where the test is defined): α = {b['alpha']} → "
+        f"significant when p < {b['alpha_corrected']:.2g} (the paper: {PAPER_BONFERRONI['methods']} × "
         f"{PAPER_BONFERRONI['metrics']}, p < {PAPER_BONFERRONI['alpha_corrected']}).{_family_note(b)}",
         "Levels: mean over seed means with a t-interval over seeds (k − 1 df); pooled per-item mean with a "
         f"percentile bootstrap ({o['bootstrap_resamples']} resamples, items resampled within each seed).",

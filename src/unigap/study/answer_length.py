@@ -100,7 +100,8 @@ def answer_length(runner: Any) -> None:
               "ratio_sentence_over_word": {"geometric_mean": math.exp(change["delta"]), "batches": change["n"],
                                            "p": change["p"],
                                            "ci95": None if change["ci95"] is None else [math.exp(v) for v in change["ci95"]]},
-              "settings": {"steps": c.steps, "lr": c.lr, "beta": c.beta, "nll_weight": c.nll_weight, "batches": c.diagnose_pairs, "n": c.n, "seed": 0}}
+              "settings": {"steps": c.steps, "lr": c.lr, "beta": c.beta, "nll_weight": c.nll_weight,
+                           "batches": c.diagnose_pairs, "n": c.n, "seed": 0}}
     result["finding"] = finding(result)
     write_json(path, result)
 
