@@ -89,6 +89,25 @@ def test_the_decoder_says_which_reflections_it_cut_off(tiny) -> None:
     assert tiny.answer([], [], return_finished=True) == ([], [])
 
 
+def test_sampled_answers_carry_their_ids_and_are_scored_as_sampled(tiny) -> None:
+    """`sample_answers`: the texts `answer` gives, the ids sampled (EOS last only where one was sampled), and
+    `answer_token_logprobs` scores those ids as they are: a finished answer as its text would be scored (the word
+    tokenizer gives the ids back), a cut-off one without an EOS."""
+    pairs = held_out_pairs(4, seed=3)
+    images = [render(scene) for _, scene in pairs]
+    questions = [tiny.prompts.reflect_question(spec.text) for spec, _ in pairs]
+    done = tiny.sample_answers(images, questions, 24, 1.0, seed=5)
+    assert done.texts == tiny.answer(images, questions, 24, 1.0, seed=5) and done.finished == [True] * 4
+    assert all(ids[-1] == tiny.prompts.ids.eos and tiny.prompts.ids.eos not in ids[:-1] for ids in done.ids)
+    by_ids, by_text = (tiny.answer_token_logprobs(images, questions, answers) for answers in (done.ids, done.texts))
+    assert torch.equal(by_ids[1], by_text[1]) and torch.allclose(by_ids[0], by_text[0])
+    cut = tiny.sample_answers(images, questions, 2, 1.0, seed=5)
+    assert cut.finished == [False] * 4 and all(len(ids) == 2 and tiny.prompts.ids.eos not in ids for ids in cut.ids)
+    assert tiny.answer_token_logprobs(images, questions, cut.ids)[1].sum(dim=-1).tolist() == [2] * 4
+    with pytest.raises(ValueError, match=r"answers\[1\] must be a text or a non-empty list of token ids"):
+        tiny.answer_token_logprobs(images[:2], questions[:2], [done.ids[0], [10**9]])
+
+
 def test_the_shipped_model_reflects_in_the_grammar_and_stops_on_intact_scenes(tiny) -> None:
     """On renders of held-out prompts it answers "no further edit needed"; on scenes broken by one edit it
     names some valid fixes; every answer is in the grammar."""

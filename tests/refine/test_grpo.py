@@ -21,8 +21,9 @@ from unigap.world.scoring import image_score
 from unigap import distributed
 from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard, first_alarm, logged_keys, train_grpo
 from unigap.refine.grpo_config import GRPOConfig
-from unigap.refine.grpo_loss import advantages, image_loss, refine_rewards, text_loss, token_loss
-from unigap.refine.rollout import reward_for
+from unigap.model.understanding import Completions
+from unigap.refine.grpo_loss import advantages, image_loss, image_token_loss, refine_rewards, text_loss, token_loss
+from unigap.refine.rollout import Buffered, reward_for
 from unigap.train.checkpoint import load_checkpoint, save_checkpoint
 
 TINY_RUN = {"steps": 4, "prompts_per_step": 1, "num_generations": 3, "eval_n": 0, "checkpoint_every": 2}
@@ -36,7 +37,7 @@ def test_r3_stage_rewards() -> None:
     deltas, text, image = refine_rewards(prev, new, stopped, format_ok, [p == 1.0 for p in prev])
     assert deltas == [1.0, 0.5, -0.25, 0.0, -0.5]  # a correct stop earns 1; a format failure makes nothing
     assert text == [2.0, 1.5, 0.75, 0.0, 0.5]  # f + Δ·f
-    assert image == [None, 1.0, 0.25, None, 0.5]  # no image advantage where the branch stopped
+    assert image == [1.0, 1.0, 0.25, 0.5, 0.5]  # no image made (a stop, a format failure): the start carried
     assert refine_rewards([0.5], [None], [True], [True], [False])[0] == [0.0]  # stopping on an imperfect image: 0
     assert refine_rewards([0.7], [None], [True], [True], [True])[0] == [1.0]  # perfect is the reward's verdict
 
@@ -107,6 +108,61 @@ def test_a_moved_policy_is_clipped_asymmetrically_and_counted() -> None:
     out.loss.sum().backward()
     assert logprobs.grad[0, 1] == 0 and logprobs.grad[1, 1] == 0  # clipped: no gradient
     assert logprobs.grad[0, 0] != 0 and logprobs.grad[0, 2] != 0 and logprobs.grad[1, 0] != 0  # 1.25 < 1.28: kept
+
+
+def test_an_image_is_clipped_as_one_on_its_mean_log_prob_as_r3_does() -> None:
+    """R3 clips an image's ratio exp(mean log π − mean log π_old), not each token's: an image whose tokens moved
+    both ways but whose mean stayed inside the clip range keeps its whole gradient, and one whose mean moved out is
+    clipped on every token. At a rollout's first update the gradient is the per-token one."""
+    old = torch.log(torch.full((2, 4), 0.5))
+    ratios = torch.tensor([[1.5, 1.5, 0.6, 0.6], [1.3, 1.3, 1.3, 1.3]])  # row 0: mean log-ratio ≈ −0.05; row 1: 0.26
+    logprobs = (old + torch.log(ratios)).requires_grad_(True)
+    out = image_token_loss(logprobs, old, None, torch.tensor([1.0, 1.0]), 0.2, 0.2, 0.0)
+    assert out.high_clipped.tolist() == [[False] * 4, [True] * 4]  # per token, row 0's 1.5s would be clipped
+    image_loss(out.loss).backward()
+    assert (logprobs.grad[0] != 0).all() and (logprobs.grad[1] == 0).all()
+    fresh = torch.randn(3, 5, requires_grad=True)
+    adv, ref = torch.tensor([0.5, -1.0, 2.0]), fresh.detach() - 0.1
+    per_image = image_loss(image_token_loss(fresh, fresh.detach(), ref, adv, 0.2, 0.2, 0.1).loss)
+    per_token = image_loss(token_loss(fresh, fresh.detach(), ref, torch.ones(3, 5, dtype=torch.bool), adv, 0.2, 0.2,
+                                      0.1).loss)
+    assert per_image.item() == pytest.approx(per_token.item())
+    assert torch.allclose(torch.autograd.grad(per_image, fresh)[0], torch.autograd.grad(per_token, fresh)[0])
+
+
+def test_a_refine_groups_image_baseline_counts_the_branches_that_stopped_at_the_starting_score() -> None:
+    """R3 carries a stopped branch's image and score forward, so the image baseline is the mean over all G branches
+    and only the made images train: start 0.5, branches stop, stop, 1.0, 0.5 → advantages +0.375 and −0.125 (the
+    made images alone would give ±0.25)."""
+    from unigap.refine.rollout import _part
+
+    _, _, image = refine_rewards([0.5] * 4, [None, None, 1.0, 0.5], [True, True, False, False], [True] * 4,
+                                 [False] * 4)
+    part = _part(None, "image", lambda: None, image, GRPOConfig(beta=0.0), rows=[2, 3])
+    assert part.advantage.tolist() == pytest.approx([0.375, -0.125])
+    assert part.rewards == (0.5, 0.5, 1.0, 0.5)  # the group's, as `scale_rewards="batch"` reads them
+
+
+def test_reflections_are_scored_as_the_tokens_sampled(monkeypatch) -> None:
+    """A refine group scores each reflection's sampled ids: a completion cut off before its EOS is scored without
+    an EOS it never sampled, and ids that decode and re-tokenise differently are scored as sampled."""
+    from unigap.refine.rollout import refine_group
+
+    um = load_model("tiny")
+    note = um.prompts.answer_ids("make the red circle blue")
+    cut = note[:3]  # no EOS: `max_completion_length` stopped it
+    monkeypatch.setattr(um, "sample_answers", lambda images, *a, **k: Completions(
+        ["make the red circle blue", "make the"], [note, cut], [True, False]))
+    spec = distinct_prompts(1, 0, 0, split="train")[0]
+    config = GRPOConfig(num_generations=2, beta=0.0)
+    start = um.generate_images([spec.text], 1, 5.0, 1.0, 0)[0].tolist()
+    rollout = refine_group(um, Buffered(0, tuple(start), 0.5), spec, config, 1, reward_for("verifier"))
+    logprobs, mask = rollout.parts[0].score()
+    assert mask.sum(dim=-1).tolist() == [len(note), len(cut)]
+    image = um.decode_tokens(torch.tensor([start]))[0]
+    question = um.prompts.reflect_question(spec.text)
+    expected, _ = um.answer_token_logprobs([image], [question], [cut])
+    assert torch.allclose(logprobs[1, -len(cut):], expected[0], atol=1e-5)
 
 
 def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
@@ -196,8 +252,9 @@ def test_rollouts_are_scored_at_the_temperature_they_were_sampled_at(monkeypatch
             return _scorer(*args, **kwargs)
 
         monkeypatch.setattr(um, name, recording)
-    monkeypatch.setattr(um, "reflect", lambda images, *args, **kwargs: (["make the red circle blue"] * len(images),
-                                                                       [True] * len(images)))  # (so it edits)
+    note = "make the red circle blue"  # (so it edits)
+    monkeypatch.setattr(um, "sample_answers", lambda images, *args, **kwargs: Completions(
+        [note] * len(images), [um.prompts.answer_ids(note)] * len(images), [True] * len(images)))
     spec = distinct_prompts(1, 0, 0, split="train")[0]
     config = GRPOConfig(num_generations=2, temperature=0.7, beta=0.01)
     generated = generation_group(um, 0, spec, config, 0, reward_for("verifier"))
@@ -321,7 +378,8 @@ def test_stages_alternate_the_buffer_is_checkpointed_and_a_killed_run_resumes_ex
     assert "completions/clipped_ratio" in rows[1] and "completions/clipped_ratio" not in rows[0]  # reflections only
     assert "refine/stop_rate" in rows[1] and "generate/audit/verifier_accuracy" not in rows[0]  # the reward is it
     state = torch.load(tmp_path / "whole" / "checkpoint" / "checkpoint.pt", weights_only=False)
-    assert len(state["buffer"]) >= 2 * config.num_generations  # every generated image is buffered
+    # R3's buffer: the latest generation step's images (step 2's), none of step 0's and no edit
+    assert len(state["buffer"]) == config.prompts_per_step * config.num_generations
 
     _kill_at_step_3(GRPOTrainer(load_model("tiny"), config, tmp_path / "cut"))
     with pytest.raises(UserError, match="different settings"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache, JanusForConditionalGeneration
@@ -76,23 +77,41 @@ def answer_logprobs(
     return logprobs.sum(dim=-1), mask.sum(dim=-1)
 
 
+def answer_targets(fmt: PromptFormat, answers: Sequence[str | Sequence[int]], vocab_size: int) -> list[list[int]]:
+    """The token ids each answer is scored as: a text is tokenised with EOS appended (`PromptFormat.answer_ids`); ids
+    (a sampled completion, `Completions.ids`) are taken as they are, EOS only where they end in one. Why both:
+    decoding sampled ids and tokenising the text again need not give the ids back (a byte-level BPE merges
+    differently; the answer's leading space), and a completion cut off before its EOS never sampled one."""
+    targets = []
+    for index, answer in enumerate(answers):
+        if isinstance(answer, str):
+            targets.append(fmt.answer_ids(answer))
+            continue
+        ids = [int(i) for i in answer]
+        if not ids or not all(0 <= i < vocab_size for i in ids):
+            raise ValueError(f"answers[{index}] must be a text or a non-empty list of token ids in [0, {vocab_size}), "
+                             f"got {list(answer)!r:.80}")
+        targets.append(ids)
+    return targets
+
+
 def answer_token_logprobs(
     model: JanusForConditionalGeneration,
     fmt: PromptFormat,
     vision: VisionPreprocessing,
     images: Sequence[ImageInput],
     questions: Sequence[str],
-    answers: Sequence[str],
+    answers: Sequence[str | Sequence[int]],
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token teacher-forced log-probs of each answer + EOS → (log-probs [B, W], mask [B, W]), right-aligned
-    (row b's answer is its last mask[b].sum() columns; padded columns hold 0), at a sampling `temperature`;
-    differentiable."""
+    """Per-token teacher-forced log-probs of each answer → (log-probs [B, W], mask [B, W]), right-aligned (row b's
+    answer is its last mask[b].sum() columns; padded columns hold 0), at a sampling `temperature`; differentiable.
+    An answer is a text (scored with EOS appended) or token ids (scored as they are: `answer_targets`)."""
     batch_size = check_counts(images=images, questions=questions, answers=answers)
     if batch_size == 0:
         empty = torch.zeros((0, 0), device=model.device)
         return empty, empty.bool()
-    targets = [fmt.answer_ids(answer) for answer in answers]
+    targets = answer_targets(fmt, answers, model.lm_head.weight.shape[0])
     sequences = [fmt.understanding_ids(q) + t for q, t in zip(questions, targets, strict=True)]
     batch = _batch(model, fmt, vision, images, sequences)
     hidden, _ = _hidden(model, batch)
@@ -208,6 +227,15 @@ def grouped_answer_logprobs(
     return torch.cat(totals)[restore], torch.cat(counts)[restore]
 
 
+class Completions(NamedTuple):
+    """Sampled answers: their texts, the token ids sampled (EOS last where the answer ended in one) and whether each
+    ended in EOS (False where `max_new_tokens` cut it off: TRL's truncated completions)."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    finished: list[bool]
+
+
 @torch.no_grad()
 @keeps_caches
 def generate_answers(
@@ -219,14 +247,13 @@ def generate_answers(
     max_new_tokens: int,
     temperature: float,
     seed: int | None,
-) -> tuple[list[str], list[bool]]:
-    """Decode answers with a KV cache until EOS or `max_new_tokens` (temperature 0 = greedy) → (texts, whether each
-    ended in EOS: False where `max_new_tokens` cut it off)."""
+) -> Completions:
+    """Decode answers with a KV cache until EOS or `max_new_tokens` (temperature 0 = greedy)."""
     batch_size = check_counts(images=images, questions=questions)
     check_temperature(temperature)
     check_positive_int("max_new_tokens", max_new_tokens)
     if batch_size == 0:
-        return [], []
+        return Completions([], [], [])
     generator = make_generator(seed, model.device)
     batch = _batch(model, fmt, vision, images, [fmt.understanding_ids(q) for q in questions])
     hidden, cache = _hidden(model, batch, use_cache=True)
@@ -249,13 +276,11 @@ def generate_answers(
             use_cache=True,
         )
         hidden, cache = out.last_hidden_state, out.past_key_values
-    rows = torch.stack(produced, dim=1).tolist()
-    texts = []
-    for row in rows:
-        if fmt.ids.eos in row:
-            row = row[: row.index(fmt.ids.eos)]
-        texts.append(fmt.tokenizer.decode(row, skip_special_tokens=True).strip())
-    return texts, done.tolist()
+    rows = [row[: row.index(fmt.ids.eos) + 1] if fmt.ids.eos in row else row
+            for row in torch.stack(produced, dim=1).tolist()]
+    texts = [fmt.tokenizer.decode(row[:-1] if row[-1] == fmt.ids.eos else row, skip_special_tokens=True).strip()
+             for row in rows]
+    return Completions(texts, rows, done.tolist())
 
 
 @torch.no_grad()

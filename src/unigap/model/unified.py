@@ -139,10 +139,21 @@ class UnifiedModel:
     ) -> list[str] | tuple[list[str], list[bool]]:
         """Answer one question per image (temperature 0 = greedy); with `return_finished`, also whether each answer
         ended in EOS (False where `max_new_tokens` cut it off: TRL's truncated completions)."""
-        texts, finished = understanding.generate_answers(
-            self.model, self.prompts, self.vision, images, questions, max_new_tokens, temperature, seed
-        )
+        texts, _, finished = self.sample_answers(images, questions, max_new_tokens, temperature, seed)
         return (texts, finished) if return_finished else texts
+
+    def sample_answers(
+        self,
+        images: Sequence[ImageInput],
+        questions: Sequence[str],
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> understanding.Completions:
+        """`answer`'s completions with the token ids sampled (EOS last where one was): a policy gradient scores those
+        ids (`answer_token_logprobs` takes them), since re-tokenising the decoded text need not give them back."""
+        return understanding.generate_answers(self.model, self.prompts, self.vision, images, questions,
+                                              max_new_tokens, temperature, seed)
 
     def answer_logprobs(
         self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str]
@@ -151,10 +162,12 @@ class UnifiedModel:
         return understanding.answer_logprobs(self.model, self.prompts, self.vision, images, questions, answers)
 
     def answer_token_logprobs(
-        self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str], temperature: float = 1.0
+        self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str | Sequence[int]],
+        temperature: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs [B, W] of each answer + EOS and their mask [B, W] (right-aligned), under the
-        distribution `answer` samples at `temperature`; differentiable: what token-level policy-gradient losses need."""
+        distribution `answer` samples at `temperature`; differentiable: what token-level policy-gradient losses need.
+        An answer given as token ids (`sample_answers`' `ids`) is scored as exactly those ids, EOS only if sampled."""
         return understanding.answer_token_logprobs(self.model, self.prompts, self.vision, images, questions, answers,
                                                    temperature)
 

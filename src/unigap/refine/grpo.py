@@ -1,9 +1,10 @@
 """`unigap refine train`: R3's GRPO of generation, reflection and refinement, on a LoRA, resumable.
 
 The "tree" schedule (SPEC §3): even steps train the generation stage (G images of each of P train prompts, a group
-each); every image goes to a rollout buffer split into perfect (the verifier's score 1, or the reward judge accepts)
-and imperfect; odd steps draw one buffered image per group (`perfect_fraction` of them perfect) and roll out G
-reflect + refine branches from it, so each stage has its own group baseline (`unigap.refine.rollout`).
+each); their images replace the rollout buffer (R3 clears it at each generation step), split into perfect (the
+verifier's score 1, or the reward judge accepts) and imperfect; odd steps draw one buffered image per group
+(`perfect_fraction` of them perfect), so they start from the current policy's images, and roll out G reflect +
+refine branches from it, so each stage has its own group baseline (`unigap.refine.rollout`).
 `stages="generate"` trains the generation stage alone (every step a generation step, no buffer). One AdamW step per
 rollout step (R3: betas (0.9, 0.95), no weight decay, linear warm-up then a constant rate), gradients clipped at 1.
 Training prompts are train-split prompts only; the reward is the verifier's graded score of each image, or a judge's
@@ -223,8 +224,8 @@ class GRPOTrainer:
             scaled = batch_scale([rollout for _, rollout, _ in self.rollouts], rewards)
             self.rollouts = [(group, rollout, None)
                              for (group, _, _), rollout in zip(self.rollouts, scaled, strict=True)]
-        if c.stages == "tree":  # only refine steps draw from the buffer
-            self.buffer += [b for _, _, buffered, _ in groups for b in buffered]
+        if c.stages == "tree" and self.stage == "generate":  # R3's buffer: the latest generation step's images
+            self.buffer = [b for _, _, buffered, _ in groups for b in buffered]
         return [metrics for _, metrics, _, _ in groups]
 
     def _train_step(self) -> dict[str, Any]:

@@ -5,16 +5,17 @@ f ∈ {0, 1} the format check):
 * generation stage: image reward r (the tiny model writes no plan, so there is no text reward);
 * reflect/refine stage: Δ = r_new − r_prev, except Δ = 1 when the previous image was perfect and the model said
   stop (a correct stop);
-  text reward f + Δ·f; image reward r_new, its advantage zeroed where no image was made (stopped, or a format
-  failure).
+  text reward f + Δ·f; image reward r_new, and where no image was made (stopped, or a format failure) the
+  starting image's r_prev carried forward, as R3's branches carry their image: every branch counts in the group's
+  mean, and the advantage is zeroed only where no image was made.
 Advantage = reward − group mean (`scale_rewards` "group" also divides by the group's std, "batch" by the std of every
-reward of the step's groups of the same kind, as TRL does: `batch_scaled`). Loss per sequence: the PPO-clipped ratio
-π/π_old (clipped to [1 − ε, 1 + ε_high], TRL's `epsilon` and `epsilon_high`) times the advantage, plus β times the k3
-estimate of KL(π‖π_ref), per token; π_old is the policy the samples were drawn from, so the ratio is 1 at a rollout's
-first update and moves only over TRL's `num_iterations` updates of it; text is aggregated by TRL's `loss_type`
-(`text_loss`; by default R3's token-level sum / count over the group, TRL's "bnpo" with a group as the batch), an
-image over its own tokens (R3: an image's log-prob is its mean per-token log-prob), then images over the batch (every
-image has the same number of tokens, so each loss type gives this).
+reward of the step's groups of the same kind, as TRL does: `batch_scaled`). The PPO-clipped ratio π/π_old (clipped to
+[1 − ε, 1 + ε_high], TRL's `epsilon` and `epsilon_high`) times the advantage, plus β times the k3 estimate of
+KL(π‖π_ref) per token; π_old is the policy the samples were drawn from, so the ratio is 1 at a rollout's first update
+and moves only over TRL's `num_iterations` updates of it. A reflection's ratio is per token, aggregated by TRL's
+`loss_type` (`text_loss`; by default R3's token-level sum / count over the group, TRL's "bnpo" with a group as the
+batch); an image's is the ratio of its mean per-token log-probs, clipped as one (R3's; `image_token_loss`), its KL
+the mean over its tokens, then images are averaged.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import torch
 
 def refine_rewards(r_prev: Sequence[float], r_new: Sequence[float | None], stopped: Sequence[bool],
                    format_ok: Sequence[bool], prev_perfect: Sequence[bool],
-                   ) -> tuple[list[float], list[float], list[float | None]]:
-    """Per branch: (Δ, text reward, image reward or None where no image was made)."""
+                   ) -> tuple[list[float], list[float], list[float]]:
+    """Per branch: (Δ, text reward, image reward: r_new, or r_prev carried forward where no image was made)."""
     deltas, text, image = [], [], []
     for prev, new, stop, ok, perfect in zip(r_prev, r_new, stopped, format_ok, prev_perfect, strict=True):
         if stop:
@@ -40,7 +41,7 @@ def refine_rewards(r_prev: Sequence[float], r_new: Sequence[float | None], stopp
         f = float(ok)
         deltas.append(delta)
         text.append(f + delta * f)
-        image.append(None if stop or new is None else new)
+        image.append(prev if stop or new is None else new)
     return deltas, text, image
 
 
@@ -82,6 +83,12 @@ def batch_scaled(advantage: torch.Tensor, rewards: Sequence[float | None]) -> to
     return advantage / (_std(_defined(rewards)) + 1e-4)
 
 
+def k3(ref_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """The k3 estimate of KL(π‖π_ref) per token (Schulman's; TRL's and R3's): exp(d) − d − 1, d = log π_ref − log π."""
+    diff = ref_logprobs - logprobs
+    return torch.exp(diff) - diff - 1
+
+
 def token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
                mask: torch.Tensor, advantage: torch.Tensor, epsilon: float, epsilon_high: float,
                beta: float) -> TokenLoss:
@@ -95,8 +102,7 @@ def token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs:
     loss = -torch.min(ratio * adv, clipped * adv)
     kl = torch.zeros_like(logprobs)
     if ref_logprobs is not None and beta > 0:
-        diff = ref_logprobs - logprobs
-        kl = torch.exp(diff) - diff - 1
+        kl = k3(ref_logprobs, logprobs)
         loss = loss + beta * kl
     low = (ratio < 1 - epsilon) & (adv < 0) & mask
     high = (ratio > 1 + epsilon_high) & (adv > 0) & mask
@@ -121,6 +127,20 @@ def text_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "bnp
             raise ValueError("dr_grpo divides by max_completion_length: give it")
         return per_token.sum() / (per_token.size(0) * max_completion_length)
     raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
+
+
+def image_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
+                     advantage: torch.Tensor, epsilon: float, epsilon_high: float, beta: float) -> TokenLoss:
+    """`token_loss` for images [B, N] (every image has all N tokens), R3's way: an image's log-prob is its mean
+    per-token log-prob, so its ratio exp(mean log π − mean log π_old) is clipped once for the whole image (its clip
+    flags set on each of its tokens). Each token carries the image's clipped term plus β times its own k3 KL, so
+    `image_loss` gives the image's term + β × its mean KL. At a rollout's first update (ratio 1) the gradient is the
+    per-token ratio's."""
+    mask = torch.ones_like(logprobs, dtype=torch.bool)
+    whole = token_loss(logprobs.mean(dim=-1, keepdim=True), old_logprobs.mean(dim=-1, keepdim=True), None,
+                       mask[:, :1], advantage, epsilon, epsilon_high, 0.0)  # [B, 1]
+    kl = k3(ref_logprobs, logprobs) if ref_logprobs is not None and beta > 0 else torch.zeros_like(logprobs)
+    return TokenLoss(whole.loss + beta * kl, kl, whole.low_clipped.expand_as(mask), whole.high_clipped.expand_as(mask))
 
 
 def image_loss(per_token: torch.Tensor) -> torch.Tensor:

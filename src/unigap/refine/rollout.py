@@ -10,7 +10,8 @@
   r − group mean.
 * `refine_group`: G branches from one buffered image: a sampled reflection in a fresh context, then, unless it
   stops or fails the format check, the next image (an edit of the image; a model that cannot edit regenerates from
-  the refined prompt). Rewards and advantages as `grpo_loss` states them.
+  the refined prompt). Rewards and advantages as `grpo_loss` states them; a reflection is scored as the token ids
+  sampled (its EOS only where it sampled one), not as its text tokenised again.
 Each returns a `Rollout`: its trained parts (text and/or images: how to score them under the current policy, at the
 temperature they were sampled at, as TRL does; their advantages; and the reference's log-probs, the same way under
 `adapters_disabled`, when β > 0), the new images for the rollout buffer, and its metrics. `rollout_loss` is the loss of
@@ -31,7 +32,9 @@ from unigap.evaluate.judges import VERIFIER, get_judge
 from unigap.model.decoding import token_entropies
 from unigap.world.scoring import image_score
 from unigap.refine.grpo_config import GRPOConfig
-from unigap.refine.grpo_loss import advantages, batch_scaled, image_loss, refine_rewards, text_loss, token_loss
+from unigap.refine.grpo_loss import (
+    advantages, batch_scaled, image_loss, image_token_loss, refine_rewards, text_loss, token_loss,
+)
 from unigap.refine.loop import refined_prompt
 from unigap.world import PromptSpec, parse_reflection
 
@@ -82,7 +85,8 @@ class Part:
     score: Scores
     advantage: torch.Tensor  # [B]
     reference: torch.Tensor | None  # [B, T] log-probs under π_ref; None when β = 0
-    rewards: tuple[float | None, ...] = ()  # what the advantages come from (`scale_rewards="batch"` rescales them)
+    rewards: tuple[float | None, ...] = ()  # what the advantages come from (`scale_rewards="batch"` rescales them):
+    # the group's, every branch's where a part trains only some of them
     truncated: tuple[bool, ...] = ()  # text: each completion cut off at `max_completion_length` before its EOS
 
 
@@ -97,9 +101,12 @@ class Rollout:
 
 
 def _part(um: Any, kind: str, score: Scores, rewards: Sequence[float | None], config: GRPOConfig,
-          truncated: Sequence[bool] = ()) -> Part:
-    """A part with its advantages and reference log-probs (none when β = 0: the KL term is off)."""
+          truncated: Sequence[bool] = (), rows: Sequence[int] | None = None) -> Part:
+    """A part with its advantages (against the whole group's `rewards`; of the branches `rows` where the part trains
+    only those) and reference log-probs (none when β = 0: the KL term is off)."""
     advantage = advantages(rewards, config.scale_rewards)
+    if rows is not None:
+        advantage = advantage[list(rows)]
     if config.beta <= 0:
         return Part(kind, score, advantage, None, tuple(rewards), tuple(truncated))
     with torch.no_grad(), um.adapters_disabled():
@@ -147,12 +154,13 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
         kind_sums[0] += float(torch.where(mask, torch.cat(seen), 0.0).sum())  # (a scorer may score in row chunks)
         kind_sums[1] += float(mask.sum())
         before = logprobs.detach() if old is None else old[i]
-        out = token_loss(logprobs, before, part.reference, mask, part.advantage, config.epsilon,
-                         config.epsilon_high or config.epsilon, config.beta)
+        clip = (config.epsilon, config.epsilon_high or config.epsilon, config.beta)
         if part.kind == "text":
+            out = token_loss(logprobs, before, part.reference, mask, part.advantage, *clip)
             loss = loss + text_loss(out.loss, mask, config.loss_type, config.max_completion_length)
             kls.append(float(out.kl.detach().sum() / mask.sum().clamp(min=1)))
         else:
+            out = image_token_loss(logprobs, before, part.reference, part.advantage, *clip)
             loss = loss + image_loss(out.loss)
             kls.append(float(out.kl.detach().mean()))
         olds.append(before)
@@ -217,13 +225,14 @@ def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, 
 def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig, seed: int,
                  reward: Reward) -> Rollout:
     """G reflect (+ refine) branches from one buffered image: the reflections and the images made are the trained
-    parts (text and image rewards)."""
+    parts (text and image rewards). Its images are not buffered: refine steps start from generation steps' images."""
     g, cfg, guidance = config.num_generations, config.cfg_scale or None, config.edit_guidance
     edit = um.supports_editing
+    question = um.prompts.reflect_question(spec.text)  # `reflect`'s, in a fresh context
     with torch.no_grad():
         image = um.decode_tokens(torch.tensor([start.tokens]))[0]
-        notes, finished = um.reflect([image] * g, [spec.text] * g, config.max_completion_length, config.temperature,
-                                     seed, return_finished=True)
+        notes, sampled, finished = um.sample_answers([image] * g, [question] * g, config.max_completion_length,
+                                                     config.temperature, seed)
     readings = [parse_reflection(note) for note in notes]
     stopped = [r.stop for r in readings]
     format_ok = [r.format_ok if edit else bool(note.strip()) for r, note in zip(readings, notes, strict=True)]
@@ -245,9 +254,8 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
             new_scores[i] = score
     deltas, text_rewards, image_rewards = refine_rewards([start.score] * g, new_scores, stopped, format_ok,
                                                          [reward.perfect(start.score)] * g)
-    # text: every branch's reflection
-    question = um.prompts.reflect_question(spec.text)
-    parts = [_part(um, "text", lambda: um.answer_token_logprobs([image] * g, [question] * g, notes,
+    # text: every branch's reflection, as sampled
+    parts = [_part(um, "text", lambda: um.answer_token_logprobs([image] * g, [question] * g, sampled,
                                                                 config.temperature), text_rewards, config,
                    [not done for done in finished])]
     if making:  # images: the branches that made one; zero advantage elsewhere
@@ -260,12 +268,11 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
             refined = [refined_prompt(spec.text, notes[i]) for i in making]
             score_images = lambda: _every_token(um.image_token_logprobs(  # noqa: E731
                 refined, tokens, cfg, temperature=config.temperature))
-        parts.append(_part(um, "image", score_images, [image_rewards[i] for i in making], config))
+        parts.append(_part(um, "image", score_images, image_rewards, config, rows=making))
     metrics = {f"refine/{k}": v for k, v in _group_stats(text_rewards).items()}
     metrics |= _reward_stats("refine/rewards/format", format_ok) | _reward_stats("refine/rewards/delta", deltas)
     metrics["refine/stop_rate"] = float(np.mean(stopped))
     made_scores = [s for s in new_scores if s is not None]
     if made_scores:
         metrics |= _reward_stats(f"refine/rewards/{reward_key(reward.name)}", made_scores)
-    buffered = [Buffered(start.prompt, tuple(row), s) for row, s in zip(tokens.tolist(), made_scores, strict=True)]
-    return Rollout(tuple(parts), buffered, metrics)
+    return Rollout(tuple(parts), [], metrics)
