@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,18 +135,29 @@ def test_a_refine_groups_image_baseline_counts_the_branches_that_stopped_at_the_
     """R3 carries a stopped branch's image and score forward, so the image baseline is the mean over all G branches
     and only the made images train: start 0.5, branches stop, stop, 1.0, 0.5 → advantages +0.375 and −0.125 (the
     made images alone would give ±0.25)."""
-    from unigap.refine.rollout import _part
+    from unigap.model.decoding import token_logprobs
+    from unigap.refine.rollout import Rollout, _part, rollout_loss
 
     _, _, image = refine_rewards([0.5] * 4, [None, None, 1.0, 0.5], [True, True, False, False], [True] * 4,
                                  [False] * 4)
     part = _part(None, "image", lambda: None, image, GRPOConfig(beta=0.0), rows=[2, 3])
     assert part.advantage.tolist() == pytest.approx([0.375, -0.125])
     assert part.rewards == (0.5, 0.5, 1.0, 0.5)  # the group's, as `scale_rewards="batch"` reads them
+    # R3's images' loss is a sum over all G branches' images / G (a stop's image trains with advantage 0), and its
+    # images' policy term weighs `image_loss_weight` (R3's mse_weight 2) against the reflections'
+    logits, tokens = torch.randn(2, 5, 7, requires_grad=True), torch.randint(0, 7, (2, 5))
+    logprobs = []
+    scored = replace(part, score=lambda: (logprobs.append(token_logprobs(logits, tokens)) or logprobs[-1],
+                                          torch.ones(2, 5, dtype=torch.bool)))
+    loss, _, _ = rollout_loss(Rollout((scored,), [], {}), GRPOConfig(beta=0.0))
+    (grad,) = torch.autograd.grad(loss, logprobs[0])
+    assert part.share == 0.5
+    assert torch.allclose(grad, -2.0 * 0.5 * torch.tensor([[0.375], [-0.125]]).expand(2, 5) / 5 / 2)
 
 
 def test_reflections_are_scored_as_the_tokens_sampled(monkeypatch) -> None:
-    """A refine group scores each reflection's sampled ids: a completion cut off before its EOS is scored without
-    an EOS it never sampled, and ids that decode and re-tokenise differently are scored as sampled."""
+    """A refine group scores each reflection as the ids sampled: a completion cut off before its EOS is scored
+    without an EOS it never sampled (its text tokenised again would have one)."""
     from unigap.refine.rollout import refine_group
 
     um = load_model("tiny")

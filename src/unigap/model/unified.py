@@ -165,9 +165,9 @@ class UnifiedModel:
         self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str | Sequence[int]],
         temperature: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs [B, W] of each answer + EOS and their mask [B, W] (right-aligned), under the
-        distribution `answer` samples at `temperature`; differentiable: what token-level policy-gradient losses need.
-        An answer given as token ids (`sample_answers`' `ids`) is scored as exactly those ids, EOS only if sampled."""
+        """Per-token log-probs [B, W] of each answer and their mask [B, W] (right-aligned), under the distribution
+        `answer` samples at `temperature`; differentiable: what token-level policy-gradient losses need. A text is
+        scored with EOS appended; token ids (`sample_answers`' `ids`) as exactly those ids, an EOS only if sampled."""
         return understanding.answer_token_logprobs(self.model, self.prompts, self.vision, images, questions, answers,
                                                    temperature)
 

@@ -6,7 +6,8 @@ and unigap's trainers elsewhere (`lr`, `steps`, `seed`, `lora_*`, `max_grad_norm
 R3's where they differ from TRL's, said per field: `beta` 0.001 (TRL 0.0: R3 keeps a KL to the frozen reference),
 `scale_rewards` "none" (TRL "group": R3 does not divide advantages by the group's reward std), `loss_type` "bnpo" (TRL
 "dapo": both divide by the trained tokens, of the local batch and of the global one; here a group is a batch, as in
-R3), groups of 16. One optimiser step per rollout by default (TRL's `num_iterations` 1, R3's too), so the PPO ratio is
+R3), groups of 16, and `image_loss_weight` 2 (TRL has no images: R3's `mse_weight` on its images' policy term).
+One optimiser step per rollout by default (TRL's `num_iterations` 1, R3's too), so the PPO ratio is
 1 at the update and `epsilon` only clips once `num_iterations` > 1 reuses a rollout.
 """
 
@@ -53,6 +54,7 @@ class GRPOConfig:
     edit_cfg_scale: float = EDIT_CFG_SCALE  # and edits under this one (`unigap.model.editing.EditGuidance`)
     edit_image_cfg_scale: float = EDIT_IMAGE_CFG_SCALE
     beta: float = 0.001  # KL weight, k3 estimator against the frozen reference (TRL default 0.0; R3 0.001)
+    image_loss_weight: float = 2.0  # the images' policy term against the reflections' (R3's `mse_weight`; no KL)
     epsilon: float = 0.2  # PPO clip range: the ratio is kept >= 1 − epsilon
     epsilon_high: float | None = None  # and <= 1 + epsilon_high (DAPO's clip-higher); None: epsilon, as in TRL
     num_iterations: int = 1  # optimiser steps on each rollout (TRL's μ); R3 and TRL: 1 (>1: the audit guard's
@@ -78,7 +80,7 @@ class GRPOConfig:
         check_field_types(self)
         check_ranges(self, positive=("steps", "lr", "max_grad_norm", "prompts_per_step", "epsilon",
                                      "max_completion_length", "lora_rank", "lora_alpha", "checkpoint_every",
-                                     "num_iterations"),
+                                     "num_iterations", "image_loss_weight"),
                      non_negative=("beta", "temperature", "cfg_scale", "edit_cfg_scale", "edit_image_cfg_scale",
                                    "warmup_steps", "seed", "data_seed", "eval_n", "eval_rounds"))
         if self.epsilon_high is not None and not self.epsilon_high > 0:

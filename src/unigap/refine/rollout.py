@@ -88,6 +88,9 @@ class Part:
     rewards: tuple[float | None, ...] = ()  # what the advantages come from (`scale_rewards="batch"` rescales them):
     # the group's, every branch's where a part trains only some of them
     truncated: tuple[bool, ...] = ()  # text: each completion cut off at `max_completion_length` before its EOS
+    # the share of the group's branches it trains: R3 counts every branch's image in the images' mean (a stopped
+    # branch's with advantage 0), so the images a refine group made weigh made / G
+    share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -104,13 +107,13 @@ def _part(um: Any, kind: str, score: Scores, rewards: Sequence[float | None], co
           truncated: Sequence[bool] = (), rows: Sequence[int] | None = None) -> Part:
     """A part with its advantages (against the whole group's `rewards`; of the branches `rows` where the part trains
     only those) and reference log-probs (none when β = 0: the KL term is off)."""
-    advantage = advantages(rewards, config.scale_rewards)
+    advantage, share = advantages(rewards, config.scale_rewards), 1.0
     if rows is not None:
-        advantage = advantage[list(rows)]
+        advantage, share = advantage[list(rows)], len(rows) / len(rewards)
     if config.beta <= 0:
-        return Part(kind, score, advantage, None, tuple(rewards), tuple(truncated))
+        return Part(kind, score, advantage, None, tuple(rewards), tuple(truncated), share)
     with torch.no_grad(), um.adapters_disabled():
-        return Part(kind, score, advantage, score()[0], tuple(rewards), tuple(truncated))
+        return Part(kind, score, advantage, score()[0], tuple(rewards), tuple(truncated), share)
 
 
 def batch_scale(rollouts: Sequence[Rollout], rewards: dict[str, list[float | None]]) -> list[Rollout]:
@@ -131,7 +134,7 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
     at the first update, where they are the policy's own, returned for the next ones), and the update's metrics
     (TRL's `kl` when β > 0; `entropy` and `clip_ratio/*` over the group's trained tokens, a refine group's reflection
     and image tokens together, and `entropy/text` and `entropy/image` over each kind's own, since a reflection's few
-    tokens are otherwise lost among its image's; `completions/mean_length` (tokens scored, EOS included) and
+    tokens are otherwise lost among its image's; `completions/mean_length` (tokens scored: an EOS where sampled) and
     `completions/clipped_ratio` of the reflections, the latter the share the decoder cut off at
     `max_completion_length` before an EOS; with `mask_truncated_completions` those reflections are left out of the
     loss and of the per-token metrics, as in TRL, while the image made from one still trains)."""
@@ -144,7 +147,7 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
         with token_entropies() as seen:
             logprobs, mask = part.score()
         if part.kind == "text":
-            lengths = mask.sum(dim=-1)  # each reflection's tokens and its EOS
+            lengths = mask.sum(dim=-1)  # each reflection's sampled tokens, its EOS where it sampled one
             clipped = torch.tensor(part.truncated, dtype=torch.bool, device=mask.device)
             metrics["completions/mean_length"] = float(lengths.float().mean())
             metrics["completions/clipped_ratio"] = float(clipped.float().mean())
@@ -160,8 +163,9 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
             loss = loss + text_loss(out.loss, mask, config.loss_type, config.max_completion_length)
             kls.append(float(out.kl.detach().sum() / mask.sum().clamp(min=1)))
         else:
-            out = image_token_loss(logprobs, before, part.reference, part.advantage, *clip)
-            loss = loss + image_loss(out.loss)
+            # (the clipped term is linear in the advantage: weighting it weights the policy term alone, as R3 does)
+            out = image_token_loss(logprobs, before, part.reference, part.advantage * config.image_loss_weight, *clip)
+            loss = loss + part.share * image_loss(out.loss)
             kls.append(float(out.kl.detach().mean()))
         olds.append(before)
         low, high = low + float(out.low_clipped.sum()), high + float(out.high_clipped.sum())
