@@ -163,4 +163,8 @@ def test_a_device_torch_cannot_use_is_one_clear_error(monkeypatch: pytest.Monkey
         loading.default_device_and_dtype("gpu", None)
     with pytest.raises(UserError, match="unknown dtype 'fp16'"):
         loading.default_device_and_dtype("cpu", "fp16")
+    with pytest.raises(UserError, match="dtype must be a floating-point type .*, got int8"):
+        loading.default_device_and_dtype("cpu", "int8")  # (the library failed deep inside loading)
+    with pytest.raises(UserError, match="device 'mps' asked for, but this torch cannot use it: "):
+        loading.default_device_and_dtype("mps", None)
     assert loading.default_device_and_dtype(None, None) == (torch.device("cpu"), torch.float32)

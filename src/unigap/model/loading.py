@@ -108,10 +108,17 @@ def default_device_and_dtype(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {str(device)!r} asked for, but this torch sees no CUDA device "
                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None})")
+    try:  # any other kind (mps, xpu, …): a tensor there or the library's reason, in one line
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise UserError(f"device {str(device)!r} asked for, but this torch cannot use it: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise UserError(f"unknown dtype {dtype!r}")
         dtype = getattr(torch, dtype)
+    if dtype is not None and not dtype.is_floating_point:
+        raise UserError(f"dtype must be a floating-point type (float32, bfloat16, float16), got {dtype_name(dtype)}")
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return device, dtype
