@@ -3,6 +3,7 @@ the corpus keeps held-out prompts out, and a killed run resumes to the same weig
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -25,6 +26,8 @@ from unigap.pretrain.joint import (
     critique_rows,
     edit_loss,
     generation_loss,
+    joint_step,
+    make_optimizer,
     trainable_parameters,
     understanding_loss,
 )
@@ -171,6 +174,18 @@ def test_losses_are_the_model_scorers(model_and_corpus) -> None:
         [corpus.renders[r] for r, _ in picked], [q.text for _, q in picked], [q.answer for _, q in picked]
     )
     assert torch.allclose(und, -total.sum() / count.sum(), atol=1e-5)
+
+
+def test_a_joint_step_logs_the_rate_it_used(model_and_corpus, corpora) -> None:
+    """The first warm-up step trains at lr / warmup and logs that (read after the scheduler stepped, it logged the
+    next step's rate)."""
+    um = copy.deepcopy(model_and_corpus[0])
+    head = PatchHead(um.model.config.text_config.hidden_size)
+    params = trainable_parameters(um, TINY) + list(head.parameters())
+    optimizer, schedule = make_optimizer(params, TINY)
+    rng = np.random.default_rng(0)
+    logged = [joint_step(um, head, corpora, optimizer, schedule, params, rng, TINY).lr for _ in range(2)]
+    assert logged == pytest.approx([TINY.lr / TINY.warmup, TINY.lr])
 
 
 def test_prompt_dropout_uses_the_cfg_unconditional_prompt(model_and_corpus) -> None:

@@ -204,6 +204,7 @@ def joint_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
+    lr = schedule.get_last_lr()[0]  # the rate this step uses (after `schedule.step()` it is the next step's)
     optimizer.step()
     schedule.step()
-    return JointStep(und.item(), gen.item(), patch.item(), critique.item(), edit.item(), schedule.get_last_lr()[0])
+    return JointStep(und.item(), gen.item(), patch.item(), critique.item(), edit.item(), lr)
