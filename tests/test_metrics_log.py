@@ -55,3 +55,43 @@ def test_tensorboard_receives_the_numbers(tmp_path: Path) -> None:
     events.Reload()
     assert set(events.Tags()["scalars"]) == {"loss", "accuracy"}
     assert [e.value for e in events.Scalars("loss")] == pytest.approx([0.7, 0.6])
+
+
+class _FakeRun:
+    def __init__(self, **init: object) -> None:
+        self.init, self.axes, self.rows = init, [], []
+
+    def define_metric(self, name: str, step_metric: str | None = None) -> None:
+        self.axes.append((name, step_metric))
+
+    def log(self, row: dict, step: int | None = None) -> None:
+        assert step is None  # W&B ignores a row whose step is below its latest: stages count from 0 each
+        self.rows.append(row)
+
+    def finish(self) -> None:
+        pass
+
+
+def test_wandb_gets_a_step_axis_per_stage_and_a_resumed_run_its_own_run(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+    import sys
+    import types
+
+    runs: list[_FakeRun] = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: runs.append(_FakeRun(**kw)) or runs[-1]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "wandb" else real(name))
+    path = tmp_path / "log.jsonl"
+    logger = MetricLogger(path, report_to=("wandb",))
+    logger.log(5600, {"loss": 0.1}, prefix="vq/")
+    logger.log(10, {"loss": 0.2}, prefix="vision/")  # a later stage at a lower step: its own axis
+    logger.log(20, {"loss": 0.3}, prefix="vision/")
+    run = runs[0]
+    assert run.rows == [{"vq/loss": 0.1, "vq/step": 5600}, {"vision/loss": 0.2, "vision/step": 10},
+                        {"vision/loss": 0.3, "vision/step": 20}]
+    assert run.axes == [("vq/step", None), ("vq/*", "vq/step"), ("vision/step", None), ("vision/*", "vision/step")]
+    MetricLogger(path, report_to=("wandb",), resume_step=20)
+    MetricLogger(path, report_to=("wandb",))
+    assert runs[1].init["id"] == run.init["id"] != runs[2].init["id"]  # resumed: the same W&B run; fresh: a new one

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from unigap.atomic import write_text_atomically
 from unigap.errors import UserError
 
 BACKENDS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # name -> the package it needs
+WANDB_ID_FILE = "wandb_run_id.txt"  # beside the log: the W&B run a resumed job goes on in
 
 
 def parse_report_to(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -56,8 +58,15 @@ class MetricLogger:
             else:
                 import wandb
 
-                run = wandb.init(project="unigap", name=run_name, dir=str(self.path.parent), resume="allow")
+                # a resumed run goes on in the same W&B run (its id kept beside the log); a fresh one starts its own
+                id_file = self.path.parent / WANDB_ID_FILE
+                run_id = id_file.read_text().strip() if id_file.is_file() and (append or resume_step is not None) \
+                    else uuid.uuid4().hex[:16]
+                write_text_atomically(id_file, run_id)
+                run = wandb.init(project="unigap", name=run_name, dir=str(self.path.parent), id=run_id,
+                                 resume="allow")
                 self._writers.append(("wandb", run))
+        self._wandb_axes: set[str] = set()  # the prefixes whose own step axis W&B has been told about
 
     def keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Rewrite the file with the rows `keep` accepts, less a last row a killed run left half-written: before a
@@ -80,8 +89,13 @@ class MetricLogger:
             if name == "tensorboard":
                 for key, value in numbers.items():
                     writer.add_scalar(key, value, step)
-            else:
-                writer.log(numbers, step=step)
+            else:  # W&B drops rows logged at a step below its latest: each prefix gets its own step axis, since a
+                # job's stages (pretraining's) each count from 0
+                if prefix not in self._wandb_axes:
+                    writer.define_metric(f"{prefix}step")
+                    writer.define_metric(f"{prefix}*", step_metric=f"{prefix}step")
+                    self._wandb_axes.add(prefix)
+                writer.log(numbers | {f"{prefix}step": step})
 
     def close(self) -> None:
         for name, writer in self._writers:
