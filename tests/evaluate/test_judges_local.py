@@ -170,13 +170,18 @@ def test_vlm_judge_gives_p_yes(vlm_dir, pairs) -> None:
     ("vlm:CLIP", "cannot load a vlm judge"),
     ("clip:VLM", "not a CLIP or SigLIP model"),
     ("vlm:TEXT_ONLY", "cannot load a vlm judge"),
+    ("clip:POINTER", "cannot read the weights of the clip judge in .* \\(incomplete or corrupt\\?\\)"),
     ("sam:/x", "unknown judge"),
 ])
 def test_a_bad_judge_is_one_user_error(clip_dir, vlm_dir, tmp_path, name, message) -> None:
     text_only = tmp_path / "text-only"  # a chat template that cannot take an image part fails at load, not mid-run
     shutil.copytree(vlm_dir, text_only)
     (text_only / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}")
+    pointer = tmp_path / "lfs-pointer"  # a clone without `git lfs pull`: a pointer where the weights should be
+    shutil.copytree(clip_dir, pointer)
+    (pointer / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
     name = name.replace("CLIP", str(clip_dir)).replace("VLM", str(vlm_dir)).replace("TEXT_ONLY", str(text_only))
+    name = name.replace("POINTER", str(pointer))
     with pytest.raises(UserError, match=message) as info:
         get_judge(name)
     assert "\n" not in str(info.value)

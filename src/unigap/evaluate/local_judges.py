@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from PIL import Image
 
 from unigap.errors import UserError, first_line
@@ -70,6 +71,9 @@ def _loading(kind: str, path: Path) -> Iterator[None]:
             yield
     except UserError:  # (a ValueError too) already says what is wrong
         raise
+    except SafetensorError as exc:  # a weights file cut short, or a Git LFS pointer in its place
+        raise UserError(f"cannot read the weights of the {kind} judge in {path} (incomplete or corrupt?): "
+                        f"{first_line(exc)}") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, ImportError) as exc:
         raise UserError(f"cannot load a {kind} judge from {path}: {first_line(exc)}") from None
 
