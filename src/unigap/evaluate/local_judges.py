@@ -27,12 +27,11 @@ from PIL import Image
 
 from unigap.errors import UserError, first_line
 from unigap.evaluate.critique import auc
-from unigap.evaluate.data import held_out_pairs
 from unigap.pixels import opaque_rgb
-from unigap.world import PromptSpec, near_misses, render_pil, satisfies
+from unigap.world import PromptSpec, near_misses, render_pil, sample_records, satisfies
 
 CLIPSCORE_WEIGHT = 2.5  # Hessel et al.'s w
-CALIBRATION_N = 200  # val-split renders the CLIP threshold is fitted on
+CALIBRATION_N = 200  # train-split renders the CLIP threshold is fitted on
 CALIBRATION_SEED = 0
 CALIBRATION_STREAM = 11  # the near miss of each render is drawn from this stream of the calibration seed
 BATCH_SIZE = 16
@@ -153,11 +152,12 @@ class ClipScorer:
 
 def calibration_set(n: int = CALIBRATION_N,
                     seed: int = CALIBRATION_SEED) -> tuple[list[Image.Image], list[str], list[str]]:
-    """n val-split renders with their true prompt and one near-miss prompt the scene does not satisfy (renders
-    whose every near miss it satisfies are skipped)."""
+    """n train-split renders (of the default partition, data seed 0) with their true prompt and one near-miss prompt
+    the scene does not satisfy (renders whose every near miss it satisfies are skipped). Train, so that the
+    threshold is never fitted on the prompts an evaluation asks about, on val or test."""
     rng = np.random.default_rng([seed, CALIBRATION_STREAM])
     images, true, miss = [], [], []
-    for spec, scene in held_out_pairs(n, seed, seed, split="val"):
+    for spec, scene in sample_records(n, 0, "train", draw_seed=seed):
         wrong = [other for other in near_misses(spec) if not satisfies(scene, other)]
         if wrong:
             images.append(render_pil(scene))
@@ -190,7 +190,7 @@ def calibrate(scorer: ClipScorer, n: int = CALIBRATION_N, seed: int = CALIBRATIO
         "threshold": threshold,
         "clipscore_threshold": CLIPSCORE_WEIGHT * threshold,
         "pairs": len(images),
-        "split": "val",
+        "split": "train",
         "seed": seed,
         "balanced_accuracy": balanced,
         "auc": auc(pos, neg)["auc"],
