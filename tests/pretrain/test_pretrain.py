@@ -473,3 +473,6 @@ def test_the_closing_line_names_a_folder_called_tiny_as_a_path(tmp_path: Path, c
     with pytest.raises(SystemExit) as exc:
         main(["pretrain", "--quick", "--out", "tiny"])
     assert exc.value.code == 0 and "load it with --model ./tiny" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # another seed trains in another partition: its held-out prompts are that one's
+        main(["pretrain", "--quick", "--seed", "3", "--out", "other"])
+    assert "(held out: `unigap eval --data-seed 3`)" in " ".join(capsys.readouterr().out.split())

@@ -13,7 +13,10 @@ from unigap.errors import UserError
 
 def pretrain_command(
     out: Path = typer.Option(..., "--out", help="Output directory: a checkpoint that `--model DIR` loads."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the corpus, the initialisation and the data order."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the corpus, the initialisation and the data order, and "
+                             "the train/val/test partition it trains within: evaluate a model pretrained with "
+                             "--seed N by `unigap eval --data-seed N` (partition 0, every other command's, holds "
+                             "prompts it trained on)."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized run (minutes, not a useful model)."),
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
 ) -> None:
@@ -38,4 +41,6 @@ def pretrain_command(
         directory = pretrain(out, config, report_to=backends)
     write_manifest(directory, record)
     shown = f"./{directory}" if str(directory) in EMBEDDED else str(directory)  # `--model tiny` is the shipped model
-    Console().print(f"saved {directory} in {time.perf_counter() - started:.0f} s; load it with --model {shown}")
+    partition = f" (held out: `unigap eval --data-seed {seed}`)" if seed else ""  # the partition it trained in
+    Console().print(f"saved {directory} in {time.perf_counter() - started:.0f} s; load it with --model {shown}"
+                    f"{partition}")
