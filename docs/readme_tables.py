@@ -279,8 +279,8 @@ STUDY_P3 = ROOT / "docs" / "results" / "study_p3.json"
 
 
 def full_study_result() -> dict[str, Any]:
-    """`study_full.json` with its p3 arms and their claims replaced by `study_p3.json`'s; the p3 arms'
-    significance recomputed over all of the full study's tests."""
+    """`study_full.json` with its p3 arms, their comparisons and their claims replaced by `study_p3.json`'s; the p3
+    arms' significance recomputed over all of the full study's tests."""
     result, p3 = _load(STUDY_FULL), _load(STUDY_P3)
     shared = ("model_weights", "seeds", "n", "data_seed", "refine_rounds", "grpo_steps")
     if p3["results"][p3["base"]] != result["results"][result["base"]] or any(
@@ -298,6 +298,8 @@ def full_study_result() -> dict[str, Any]:
         result["results"][arm] = metrics
         result["jobs_seconds"] += p3["wall_seconds"][arm] - result["wall_seconds"][arm]
         result["wall_seconds"][arm] = p3["wall_seconds"][arm]
+    result["comparisons"] = [c for c in result.get("comparisons", []) if c["arm"] not in arms] + [
+        c for c in p3.get("comparisons", []) if c["arm"] in arms]  # (refine − best-of-n, refine-grpo − refine)
     p3_claims = {c["arm"]: c for c in p3["claims"] if c["family"] == "p3"}
     result["claims"] = [p3_claims.get(c["arm"], c) if c["family"] == "p3" else c for c in result["claims"]]
     return _with_seed_level(result)
