@@ -106,6 +106,17 @@ def test_sampled_answers_carry_their_ids_and_are_scored_as_sampled(tiny) -> None
     assert tiny.answer_token_logprobs(images, questions, cut.ids)[1].sum(dim=-1).tolist() == [2] * 4
     with pytest.raises(ValueError, match=r"answers\[1\] must be a text or a non-empty list of token ids"):
         tiny.answer_token_logprobs(images[:2], questions[:2], [done.ids[0], [10**9]])
+    placeholder = tiny.prompts.ids.image  # input only: a model that favours it (a random one may) never answers it
+    with pytest.raises(ValueError, match="without the image placeholder"):
+        tiny.answer_token_logprobs(images[:1], questions[:1], [[placeholder]])
+    favoured = tiny.model.lm_head.register_forward_hook(lambda _, __, out: out.index_add(
+        -1, torch.tensor([placeholder]), torch.full((*out.shape[:-1], 1), 100.0)))
+    try:
+        drawn = tiny.sample_answers(images, questions, 4, 1.0, seed=5)
+        assert all(placeholder not in ids for ids in drawn.ids)
+        assert tiny.answer_token_logprobs(images, questions, drawn.ids)[1].sum().item() > 0  # and they score
+    finally:
+        favoured.remove()
 
 
 def test_the_shipped_model_reflects_in_the_grammar_and_stops_on_intact_scenes(tiny) -> None:

@@ -88,9 +88,9 @@ def answer_targets(fmt: PromptFormat, answers: Sequence[str | Sequence[int]], vo
             targets.append(fmt.answer_ids(answer))
             continue
         ids = [int(i) for i in answer]
-        if not ids or not all(0 <= i < vocab_size for i in ids):
-            raise ValueError(f"answers[{index}] must be a text or a non-empty list of token ids in [0, {vocab_size}), "
-                             f"got {list(answer)!r:.80}")
+        if not ids or not all(0 <= i < vocab_size and i != fmt.ids.image for i in ids):
+            raise ValueError(f"answers[{index}] must be a text or a non-empty list of token ids in [0, {vocab_size}) "
+                             f"without the image placeholder {fmt.ids.image}, got {list(answer)!r:.80}")
         targets.append(ids)
     return targets
 
@@ -248,7 +248,8 @@ def generate_answers(
     temperature: float,
     seed: int | None,
 ) -> Completions:
-    """Decode answers with a KV cache until EOS or `max_new_tokens` (temperature 0 = greedy)."""
+    """Decode answers with a KV cache until EOS or `max_new_tokens` (temperature 0 = greedy), never the image
+    placeholder: it is input only, and an answer holding it could not be scored (`answer_token_logprobs`)."""
     batch_size = check_counts(images=images, questions=questions)
     check_temperature(temperature)
     check_positive_int("max_new_tokens", max_new_tokens)
@@ -261,7 +262,12 @@ def generate_answers(
     done = torch.zeros(batch_size, dtype=torch.bool, device=model.device)
     produced: list[torch.Tensor] = []
     for _ in range(max_new_tokens):
-        token = choose(model.lm_head(hidden[:, -1]), temperature, generator)
+        logits = model.lm_head(hidden[:, -1])
+        token = choose(logits, temperature, generator)
+        drawn = token == fmt.ids.image  # input only (its position takes image features): drawn again from the rest,
+        if bool(drawn.any()):  # the distribution with it masked, every other draw as it was
+            token[drawn] = choose(logits[drawn].index_fill(-1, torch.tensor([fmt.ids.image], device=logits.device),
+                                                           float("-inf")), temperature, generator)
         token = token.masked_fill(done, fmt.ids.pad)
         produced.append(token)
         done |= token == fmt.ids.eos
