@@ -157,14 +157,15 @@ def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tenso
         kind_sums[0] += float(torch.where(mask, torch.cat(seen), 0.0).sum())  # (a scorer may score in row chunks)
         kind_sums[1] += float(mask.sum())
         before = logprobs.detach() if old is None else old[i]
-        clip = (config.epsilon, config.epsilon_high or config.epsilon, config.beta)
+        clip = (config.epsilon, config.epsilon_high or config.epsilon)  # the ratio's range
         if part.kind == "text":
-            out = token_loss(logprobs, before, part.reference, mask, part.advantage, *clip)
+            out = token_loss(logprobs, before, part.reference, mask, part.advantage, *clip, config.beta)
             loss = loss + text_loss(out.loss, mask, config.loss_type, config.max_completion_length)
             kls.append(float(out.kl.detach().sum() / mask.sum().clamp(min=1)))
         else:
             # (the clipped term is linear in the advantage: weighting it weights the policy term alone, as R3 does)
-            out = image_token_loss(logprobs, before, part.reference, part.advantage * config.image_loss_weight, *clip)
+            out = image_token_loss(logprobs, before, part.reference, part.advantage * config.image_loss_weight, *clip,
+                                   config.beta)
             loss = loss + part.share * image_loss(out.loss)
             kls.append(float(out.kl.detach().mean()))
         olds.append(before)
