@@ -212,3 +212,21 @@ def test_a_staging_folder_is_named_as_the_cleanup_of_killed_writers_matches(tmp_
     with indexed_files_atomically(tmp_path, {"a.jsonl": ["file"]}) as staging:
         assert fnmatch.fnmatchcase(staging.name, ".files.a.jsonl.????????.tmp")
         (staging / "a.jsonl").write_text("")
+
+
+def test_save_report_is_on_disk_before_it_replaces_the_previous_report(tmp_path, monkeypatch) -> None:
+    from unigap.evaluate.report import save_report
+
+    path = tmp_path / "report.json"
+    save_report({"a": 1}, path)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(path.read_text())  # the old report is still in place while the new one is synced
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    save_report({"a": 2}, path)
+    assert synced == ['{\n  "a": 1\n}\n']
+    assert json.loads(path.read_text()) == {"a": 2}

@@ -48,9 +48,17 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
 
 
 def save_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """The report as indented JSON (null for values of empty samples), written atomically."""
+    """The report as indented JSON (null for values of empty samples), written atomically and on disk (fsynced)
+    before it replaces an earlier report."""
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    return write_atomically(path, write)
 
 
 def save_images(images: Sequence[Image.Image], folder: str | os.PathLike) -> None:
