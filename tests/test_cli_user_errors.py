@@ -323,6 +323,20 @@ def test_a_resumed_run_must_read_the_same_model_and_data_by_content(tmp_path: Pa
     assert code == 2 and "holds a refine run under other inputs (compared by content) (prompts: " in err
 
 
+def test_a_split_name_is_claimed_as_the_split_not_a_folder_of_that_name(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    from unigap.cli.common import claim_inputs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train").mkdir()  # a user's folder named like the split: `--prompts train` still reads the split
+    (tmp_path / "train" / "x.txt").write_text("a")
+    claim_inputs(tmp_path / "run", "selfimprove", "tiny", prompts="train")
+    assert json.loads((tmp_path / "run" / "inputs.json").read_text())["prompts"] == "train"
+    (tmp_path / "train" / "x.txt").write_text("b")
+    claim_inputs(tmp_path / "run", "selfimprove", "tiny", prompts="train")  # it resumes
+
+
 def test_another_commands_output_is_not_written_into(tmp_path: Path, capsys) -> None:
     dataset = tmp_path / "world"
     assert _run(capsys, ["world", "sample", "--n", "2", "--seed", "0", "--out", str(dataset)])[0] in (0, None)

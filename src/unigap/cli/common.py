@@ -81,6 +81,7 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     from unigap.model.checkpoint import weights_fingerprint
     from unigap.model.loading import resolve_checkpoint
     from unigap.model.lora import adapter_fingerprint
+    from unigap.world import SPLITS
 
     # the command too: until a run finishes and writes its manifest, this names what made OUT (`cli._made_by`)
     inputs = fingerprints
@@ -89,7 +90,8 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
         sources = {"adapter_files": (adapter, adapter_fingerprint)} | {name: (source, file_fingerprint)
                                                                        for name, source in data.items()}
         for name, (source, fingerprint) in sources.items():  # (an absent one as null: compared too)
-            exists = source is not None and Path(source).exists()
+            # a split name is read as the split (`prompt_specs`), whatever a folder of that name in the cwd holds
+            exists = source is not None and source not in SPLITS and Path(source).exists()
             inputs[name] = fingerprint(source) if exists else None if source is None else str(source)
     recorded = (out / INPUTS_FILE).is_file() or not entries(out)
     # a record from before it had them (its "adapter" hashed the whole folder, outputs written there too)
