@@ -171,6 +171,23 @@ def test_a_prompt_file_with_a_held_out_prompt_is_refused(tmp_path: Path, capsys)
     assert f"{held_out!r} is a test-split prompt" in capsys.readouterr().err
 
 
+def test_prompts_in_the_config_file_are_the_ones_read(tmp_path: Path, monkeypatch) -> None:
+    """`--prompts` unset leaves the TOML's `prompts` in force (flags win only where given)."""
+    prompts, toml = tmp_path / "prompts.txt", tmp_path / "settings.toml"
+    prompts.write_text("a red circle\n")
+    toml.write_text(f"prompts = {json.dumps(str(prompts))}\n")
+    read: list[str] = []
+
+    def training_prompts(config: SelfImproveConfig) -> None:
+        read.append(config.prompts)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(run_module, "training_prompts", training_prompts)
+    assert _cli("--config", str(toml), "--out", str(tmp_path / "run")) == 2
+    assert _cli("--config", str(toml), "--prompts", "train", "--out", str(tmp_path / "run")) == 2
+    assert read == [str(prompts), "train"]
+
+
 def _toy_run(out: Path, **overrides) -> dict:
     um = load_model("tiny")
     return run(um, SelfImproveConfig(**{**TOY, **overrides}), out, progress=False)

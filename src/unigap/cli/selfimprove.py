@@ -42,8 +42,9 @@ def _table(result: dict) -> Table:
 @app.command("selfimprove")
 def selfimprove_command(
     model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
-    prompts: str = typer.Option("train", "--prompts", help="train (training prompts) or a prompt file (free "
-                                "text too, with --labels self or poor and --judge clip:DIR, vlm:DIR or none)."),
+    prompts: str | None = typer.Option(None, "--prompts", help="train (training prompts, the default) or a prompt "
+                                       "file (free text too, with --labels self or poor and --judge clip:DIR, vlm:DIR "
+                                       "or none)."),
     n_prompts: int = typer.Option(None, "--n-prompts", help="Training prompts (default 300)."),
     samples: int = typer.Option(None, "--samples", help="Images sampled per prompt (default 10)."),
     method: str = typer.Option(None, "--method", help="sft | dpo | curriculum-sft (default) | curriculum-dpo."),
