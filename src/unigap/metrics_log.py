@@ -34,6 +34,24 @@ def parse_report_to(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL log appended to row by row, less a last row a killed writer left half-written (no
+    newline yet); none when there is no file."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8-sig") if path.is_file() else ""
+    lines = text.splitlines()
+    if text and not text.endswith("\n"):
+        lines.pop()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def keep_log_rows(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite a JSONL log with the rows `keep` accepts (`read_log`'s: a half-written last row goes), before a
+    resumed job appends again."""
+    if Path(path).is_file():
+        write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in read_log(path) if keep(row)))
+
+
 class MetricLogger:
     """`log(step, record)` appends a JSON line to `path` and sends the record's numbers to the backends."""
 
@@ -43,8 +61,8 @@ class MetricLogger:
         the file as it is (a job whose stages resume themselves)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if append:
-            pass
+        if append:  # less a row a killed run left half-written, which the next row would be appended to
+            self.keep_rows(lambda row: True)
         elif resume_step is None:
             self.path.write_text("")
         else:  # a resumed run: keep only the steps before the one it resumes at
@@ -71,13 +89,7 @@ class MetricLogger:
     def keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Rewrite the file with the rows `keep` accepts, less a last row a killed run left half-written: before a
         resumed run logs again the steps it redoes."""
-        if not self.path.is_file():
-            return
-        text = self.path.read_text()
-        lines = text.splitlines()
-        if text and not text.endswith("\n"):
-            lines.pop()
-        write_text_atomically(self.path, "".join(line + "\n" for line in lines if keep(json.loads(line))))
+        keep_log_rows(self.path, keep)
 
     def log(self, step: int, record: dict[str, Any], prefix: str = "") -> None:
         """One row; the backends see its numbers under `prefix` + key (e.g. a pretraining stage's name)."""

@@ -253,9 +253,25 @@ def test_a_run_writes_its_files_and_resumes_to_the_same_result(tmp_path: Path, m
         _toy_run(tmp_path / "cut", **config)
     monkeypatch.setattr(run_module, "_save_epoch", save)
     assert len((tmp_path / "cut" / "epochs.jsonl").read_text().splitlines()) == 1
+    with (tmp_path / "cut" / "epochs.jsonl").open("a") as log:
+        log.write('{"step": 1, "epo')  # and a row cut off by the kill
     assert _toy_run(tmp_path / "cut", **config) == full
     logged = [json.loads(line) for line in (tmp_path / "cut" / "epochs.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in logged] == [0, 1, 2] and logged == full["epochs"]
+
+    plot, calls, drawn = run_module.epochs_plot, [], []
+
+    def killed_drawing_the_last_epoch(epochs, path):  # a kill while the last figure is drawn: it is drawn again
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        drawn.append([row["epoch"] for row in epochs])
+        return plot(epochs, path)
+
+    monkeypatch.setattr(run_module, "epochs_plot", killed_drawing_the_last_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(tmp_path / "drawn", **config)
+    assert _toy_run(tmp_path / "drawn", **config) == full and drawn[-1] == [0, 1, 2]
 
     other = load_model("tiny")
     with torch.no_grad():

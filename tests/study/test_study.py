@@ -101,9 +101,12 @@ def test_killed_study_resumes_to_the_same_numbers(
     assert (out / "pcgrad" / "seed1" / "checkpoint" / "checkpoint.pt").is_file()
     cut = json.loads((out / "jobs.jsonl").read_text().splitlines()[-1])  # the killed attempt's time is counted
     assert cut["job"] == "pcgrad, seed 1" and cut["interrupted"] is True and cut["seconds"] > 0
+    with (out / "jobs.jsonl").open("a") as jobs:
+        jobs.write('{"job": "soup')  # and a row a second kill cut off
     monkeypatch.setattr(StudyRunner, "evaluate", evaluate)
     capsys.readouterr()
     build_report(run_study(small_config, out), out)
+    assert all(json.loads(line)["job"] for line in (out / "jobs.jsonl").read_text().splitlines())
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("study")]  # (not transformers')
     total = len(_jobs(finished))
     assert lines and len(lines) < total and all(re.fullmatch(rf"study: job \d+/{total}: .+", line) for line in lines)

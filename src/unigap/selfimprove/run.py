@@ -20,7 +20,6 @@ they hold the same results and weights, and the main process writes them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from unigap.evaluate.judges import get_judge
 from unigap.evaluate.report import HEADLINES, load_images, save_images
 from unigap.evaluate.stats import paired_difference, summarize, with_ci
 from unigap.model.checkpoint import model_identity
-from unigap.metrics_log import MetricLogger
+from unigap.metrics_log import MetricLogger, read_log
 from unigap.progress import progress as progress_bar
 from unigap.selfimprove.config import TRAINABLE, SelfImproveConfig
 from unigap.selfimprove.figures import epochs_plot
@@ -191,8 +190,7 @@ def _epoch_row(um: Any, config: SelfImproveConfig, epoch: int, data: Data, recor
 
 
 def _read_epochs(out: Path) -> list[dict[str, Any]]:
-    path = out / EPOCHS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return read_log(out / EPOCHS_FILE)
 
 
 def _resume(um: Any, optimizer: torch.optim.Optimizer, out: Path) -> tuple[int, list[dict[str, Any]] | None]:
@@ -211,13 +209,14 @@ def _resume(um: Any, optimizer: torch.optim.Optimizer, out: Path) -> tuple[int, 
 
 
 def _save_epoch(um: Any, optimizer: torch.optim.Optimizer, out: Path, epoch: int, epochs: list[dict]) -> None:
-    """The adapter (replacing the previous epoch's), the checkpoint (with the epochs' log rows) and the figure; the
+    """The figure, the adapter (replacing the previous epoch's) and the checkpoint (with the epochs' log rows), in
+    that order: a run killed after its last checkpoint resumes past every epoch, so nothing would draw it again. The
     caller then logs the row."""
+    epochs_plot(epochs, out / "figures" / "epochs.png")
     um.save_adapter(out / "adapter")  # each file replaced whole
     trainable = {name: p.detach().clone() for name, p in um.model.named_parameters() if p.requires_grad}
     save_checkpoint(out / "checkpoint", {"epoch": epoch, "trainable": trainable, "epochs": epochs,
                                          "optimizer": optimizer.state_dict(), "rng": rng_state()})
-    epochs_plot(epochs, out / "figures" / "epochs.png")
 
 
 GUARD_ALPHA = 0.05  # the guard stops on evidence, not on a handful of audited images

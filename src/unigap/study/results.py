@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from unigap.errors import UserError, first_line
+from unigap.metrics_log import read_log
 from unigap.evaluate.stats import paired_difference
 from unigap.arms import arm_order
 
@@ -98,7 +99,7 @@ def read_json(path: Path) -> Any:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        return read_log(path)  # (less a last row a kill cut off)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
 

@@ -38,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from unigap.atomic import claim_settings
 from unigap.errors import UserError
 from unigap.manifest import read_record
+from unigap.metrics_log import keep_log_rows
 from unigap.study.results import ANSWER_LENGTH_FILE, BASE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
 from unigap.study.config import FULL, StudyConfig
 from unigap.arms import ARMS
@@ -243,6 +244,7 @@ def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) 
         runner = StudyRunner(config, out, progress)
         jobs = runner.jobs()
         overall = progress.add_task("study", total=len(jobs))
+        keep_log_rows(out / JOBS_FILE, lambda row: True)  # a row a kill cut off would take the next one with it
         for index, job in enumerate(jobs):
             if not job.output.is_file():
                 progress.update(overall, description=f"study: {job.name}")
