@@ -180,6 +180,7 @@ def test_other_weights_under_the_same_model_name_are_refused(
         ({"seeds": 1}, "at least 2"),
         ({"methods": ("und-only", "sideways")}, "unknown arm 'sideways'"),
         ({"n": 0}, "n must be positive"),
+        ({"n": 1}, r"--n must be at least 2 \(the paired test"),
     ],
 )
 def test_bad_settings_are_user_errors(changes: dict, message: str) -> None:

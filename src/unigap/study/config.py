@@ -51,6 +51,8 @@ class StudyConfig:
             raise UserError(f"--seeds must be at least 2 (the interval over seed means needs two), got {self.seeds}")
         check_ranges(self, positive=("n", "und_pairs", "gen_pairs", "steps", "batch_size", "grpo_steps", "unimrg_steps",
                                      "unimrg_scenes"))
+        if self.n < 2:  # (the paired test against the base, on every arm, needs two items)
+            raise UserError(f"--n must be at least 2 (the paired test against the base needs two items), got {self.n}")
         if self.diagnose_pairs < 4:
             raise UserError(f"diagnose_pairs must be at least 4, got {self.diagnose_pairs}")
         if not (self.lr > 0 and self.beta > 0 and self.nll_weight >= 0):
