@@ -128,6 +128,12 @@ def test_a_guard_turned_on_at_a_resume_says_which_adapter_the_folder_holds(tmp_p
     audit = {"round": 0, "epoch": 0, "precision": {"value": 1 / 30, "n": 30}, "base_rate": {"value": 0.4, "n": 100}}
     with pytest.raises(GuardStopped, match="holds epoch 3's adapter, trained past this audit without the guard"):
         run_module._guard(tmp_path, SelfImproveConfig(**TOY), [audit], None, last_epoch=0)
+    finished = {"after": {"generation_accuracy": {"accuracy": 0.5}}, "guard": {"stopped": False}}
+    (tmp_path / "selfimprove.json").write_text(json.dumps(finished))  # the run had finished: its result stays
+    with pytest.raises(GuardStopped, match=r"trained past this audit without the guard, and .*selfimprove.json the "
+                                           r"result of that finished run \(--no-guard"):
+        run_module._guard(tmp_path, SelfImproveConfig(**TOY), [audit], None, last_epoch=0)
+    assert json.loads((tmp_path / "selfimprove.json").read_text()) == finished
 
 
 def test_a_model_that_already_has_an_adapter_is_refused_before_any_work(tmp_path: Path) -> None:

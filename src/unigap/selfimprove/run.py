@@ -38,6 +38,7 @@ from unigap.evaluate.generation import generate_and_judge
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.report import HEADLINES, load_images, save_images
 from unigap.evaluate.stats import paired_difference, summarize, with_ci
+from unigap.manifest import read_record
 from unigap.model.checkpoint import model_identity
 from unigap.metrics_log import MetricLogger, read_log
 from unigap.progress import progress as progress_bar
@@ -240,13 +241,16 @@ def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], b
     guard = {"stopped": True, "precision": precision["value"], "n": n, "threshold": threshold, "p": p,
              "alpha": GUARD_ALPHA, "epoch": last_epoch}
     epochs = _read_epochs(out)
-    result = _result(config, before, None, epochs, audits, guard)
-    if distributed.is_main():
-        write_json(out / RESULT_FILE, result)
+    earlier = read_record(out / RESULT_FILE)  # a finished --no-guard run's result, resumed with the guard: kept
+    finished = earlier is not None and (earlier.get("guard") or {}).get("stopped") is False
+    if distributed.is_main() and not finished:
+        write_json(out / RESULT_FILE, _result(config, before, None, epochs, audits, guard))
     trained = max((row["epoch"] for row in epochs), default=0)  # beyond last_epoch: a --no-guard run resumed with it
     kept = f"the adapter of epoch {last_epoch} is kept in {out / 'adapter'}" if last_epoch else "no adapter was trained"
     if trained > last_epoch:
         kept = f"{out / 'adapter'} holds epoch {trained}'s adapter, trained past this audit without the guard"
+    if finished:
+        kept += f", and {out / RESULT_FILE} the result of that finished run"
     raise GuardStopped(
         f"guard: label precision {precision['value']:.2f} (n = {n}) against the {config.audit} is below the base rate "
         f"{threshold:.2f} of the model's own images after labelling round {audits[-1]['round']} (one-sided binomial "
