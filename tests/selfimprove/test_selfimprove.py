@@ -112,11 +112,15 @@ def test_the_guard_stops_on_evidence_not_on_a_handful_of_images(tmp_path: Path, 
     config = SelfImproveConfig(**TOY)
     if stops:
         with pytest.raises(GuardStopped, match="one-sided binomial"):
-            run_module._guard(tmp_path, config, [audit], None, last_epoch=1)
+            run_module._guard(tmp_path, config, [audit], None)
         assert json.loads((tmp_path / "selfimprove.json").read_text())["guard"]["stopped"] is True
     else:
-        run_module._guard(tmp_path, config, [audit], None, last_epoch=1)
+        run_module._guard(tmp_path, config, [audit], None)
         assert not (tmp_path / "selfimprove.json").exists()
+    unguarded = SelfImproveConfig(**TOY, guard=False)  # --no-guard runs on, and records where it would have stopped
+    run_module._guard(tmp_path / "unguarded", unguarded, [audit], None)
+    alarm = run_module._result(unguarded, None, None, [], [audit], None)["guard"]["alarm"]
+    assert (alarm is not None) == stops and (alarm is None or (alarm["round"], alarm["epoch"], alarm["n"]) == (1, 1, n))
 
 
 def test_a_guard_turned_on_at_a_resume_says_which_adapter_the_folder_holds(tmp_path: Path) -> None:
@@ -127,12 +131,12 @@ def test_a_guard_turned_on_at_a_resume_says_which_adapter_the_folder_holds(tmp_p
     (tmp_path / "epochs.jsonl").write_text("".join(json.dumps({"step": e, "epoch": e}) + "\n" for e in range(4)))
     audit = {"round": 0, "epoch": 0, "precision": {"value": 1 / 30, "n": 30}, "base_rate": {"value": 0.4, "n": 100}}
     with pytest.raises(GuardStopped, match="holds epoch 3's adapter, trained past this audit without the guard"):
-        run_module._guard(tmp_path, SelfImproveConfig(**TOY), [audit], None, last_epoch=0)
+        run_module._guard(tmp_path, SelfImproveConfig(**TOY), [audit], None)
     finished = {"after": {"generation_accuracy": {"accuracy": 0.5}}, "guard": {"stopped": False}}
     (tmp_path / "selfimprove.json").write_text(json.dumps(finished))  # the run had finished: its result stays
     with pytest.raises(GuardStopped, match=r"trained past this audit without the guard, and .*selfimprove.json the "
                                            r"result of that finished run \(--no-guard"):
-        run_module._guard(tmp_path, SelfImproveConfig(**TOY), [audit], None, last_epoch=0)
+        run_module._guard(tmp_path, SelfImproveConfig(**TOY), [audit], None)
     assert json.loads((tmp_path / "selfimprove.json").read_text()) == finished
 
 

@@ -91,7 +91,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
                          write=main) if config.eval_n else None
     data = Data([label_round(um, specs, range(len(specs)), config, 0, out, progress)])
     audits = [{"round": 0, "epoch": 0, **audit_metrics(data.rounds[0])}]
-    _guard(out, config, audits, before, last_epoch=0)
+    _guard(out, config, audits, before)
 
     torch.manual_seed(config.seed)  # the LoRA init and the dropout stream
     um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout, train_generation_head=False,
@@ -120,7 +120,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
             data.rounds.append(label_round(um, specs, discard, config, 1, out, progress))
             joined = len(discard) - len(data.discard)
             audits.append({"round": 1, "epoch": epoch - 1, **audit_metrics(data.rounds[1])})
-            _guard(out, config, audits, before, last_epoch=epoch - 1)
+            _guard(out, config, audits, before)
             if config.objective == "dpo":
                 data.pairs += dpo_pairs(um, data.rounds[1], config)
         if epoch <= start:
@@ -223,28 +223,35 @@ def _save_epoch(um: Any, optimizer: torch.optim.Optimizer, out: Path, epoch: int
 GUARD_ALPHA = 0.05  # the guard stops on evidence, not on a handful of audited images
 
 
-def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], before: dict[str, Any] | None,
-           last_epoch: int) -> None:
-    """Stop the run (`GuardStopped`, after writing `selfimprove.json`) when the latest audit shows the accepted images
-    correct less often than the model's images overall: precision below the base rate, by a one-sided binomial test
-    at `GUARD_ALPHA` (a replay round re-judges only the hardest prompts, where 0 of 1-5 accepted images may be
-    correct by chance)."""
+def _alarm(config: SelfImproveConfig, audit: dict[str, Any]) -> dict[str, Any] | None:
+    """What the guard stops on, for one audit: the accepted images correct less often than the model's images
+    overall, precision below the base rate by a one-sided binomial test at `GUARD_ALPHA` (a replay round re-judges
+    only the hardest prompts, where 0 of 1-5 accepted images may be correct by chance); None when it passes."""
     from scipy.stats import binomtest
 
-    precision, threshold = audits[-1]["precision"], audits[-1]["base_rate"]["value"]
-    if not config.guard or config.audit == "none" or precision["value"] is None or threshold is None:
-        return
+    precision, threshold = audit["precision"], audit["base_rate"]["value"]
+    if config.audit == "none" or precision["value"] is None or threshold is None:
+        return None
     n = precision["n"]
     p = binomtest(round(precision["value"] * n), n, threshold, alternative="less").pvalue  # (≥ 0.5 when not below)
     if p >= GUARD_ALPHA:
+        return None
+    return {"precision": precision["value"], "n": n, "threshold": threshold, "p": p, "alpha": GUARD_ALPHA,
+            "round": audit["round"], "epoch": audit["epoch"]}
+
+
+def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], before: dict[str, Any] | None) -> None:
+    """Stop the run (`GuardStopped`, after writing `selfimprove.json`) when the latest audit raises the alarm
+    (`_alarm`); the adapter in OUT is then the one trained before that audit."""
+    alarm = _alarm(config, audits[-1]) if config.guard else None
+    if alarm is None:
         return
-    guard = {"stopped": True, "precision": precision["value"], "n": n, "threshold": threshold, "p": p,
-             "alpha": GUARD_ALPHA, "epoch": last_epoch}
+    last_epoch = alarm["epoch"]
     epochs = _read_epochs(out)
     earlier = read_record(out / RESULT_FILE)  # a finished --no-guard run's result, resumed with the guard: kept
     finished = earlier is not None and (earlier.get("guard") or {}).get("stopped") is False
     if distributed.is_main() and not finished:
-        write_json(out / RESULT_FILE, _result(config, before, None, epochs, audits, guard))
+        write_json(out / RESULT_FILE, _result(config, before, None, epochs, audits, {"stopped": True, **alarm}))
     trained = max((row["epoch"] for row in epochs), default=0)  # beyond last_epoch: a --no-guard run resumed with it
     kept = f"the adapter of epoch {last_epoch} is kept in {out / 'adapter'}" if last_epoch else "no adapter was trained"
     if trained > last_epoch:
@@ -252,9 +259,9 @@ def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], b
     if finished:
         kept += f", and {out / RESULT_FILE} the result of that finished run"
     raise GuardStopped(
-        f"guard: label precision {precision['value']:.2f} (n = {n}) against the {config.audit} is below the base rate "
-        f"{threshold:.2f} of the model's own images after labelling round {audits[-1]['round']} (one-sided binomial "
-        f"p = {p:.2g}): stopped; {kept} (--no-guard runs on)"
+        f"guard: label precision {alarm['precision']:.2f} (n = {alarm['n']}) against the {config.audit} is below the "
+        f"base rate {alarm['threshold']:.2f} of the model's own images after labelling round {alarm['round']} "
+        f"(one-sided binomial p = {alarm['p']:.2g}): stopped; {kept} (--no-guard runs on)"
     )
 
 
@@ -292,8 +299,10 @@ def _result(config: SelfImproveConfig, before: dict[str, Any] | None, after: dic
         "after": headline(after),
         "epochs": epochs,
         "audits": audits,
+        # a run that went on: the first audit that would have stopped it (under --no-guard), or null
         "guard": guard or {"stopped": False, "rule": "stop when audited precision < audited base rate (one-sided "
-                                                     f"binomial p < {GUARD_ALPHA})"},
+                                                     f"binomial p < {GUARD_ALPHA})",
+                           "alarm": next(filter(None, (_alarm(config, audit) for audit in audits)), None)},
         "win_rate": None,  # measured after training (`win_rate`); none for a run the guard stopped
     }
     if after is not None:
