@@ -53,6 +53,9 @@ def test_rewards_by_name_score_and_judge_perfection_as_their_judge_does() -> Non
     assert verifier.perfect(1.0) and not verifier.perfect(0.99)  # graded: perfect only when satisfied
     assert own.score(um, images, spec) == pytest.approx(self_p_yes(um, images, [spec.text] * 3))
     assert own.perfect(0.5) and not own.perfect(0.49)  # a judge's score is perfect where the judge accepts
+    binary = reward_for("verifier-binary")  # the verdict: what the loop's accuracy counts
+    assert binary.score(um, images, spec) == [float(s == 1.0) for s in verifier.score(um, images, spec)]
+    assert binary.perfect(1.0) and not binary.perfect(0.0)
     with pytest.raises(UserError, match="unknown judge 'nope'"):
         reward_for("nope")
     before = own.score(um, images, spec)
@@ -359,8 +362,9 @@ def test_config_errors_name_the_fix() -> None:
         GRPOConfig(temperature=0)
     with pytest.raises(UserError, match="stages must be one of tree, generate"):
         GRPOConfig(stages="refine")
-    with pytest.raises(UserError, match="reward: unknown judge 'clipscore'"):
+    with pytest.raises(UserError, match="reward: unknown judge 'clipscore'.*; or verifier | verifier-binary"):
         GRPOConfig(reward="clipscore")
+    assert GRPOConfig(reward="verifier-binary").reward == "verifier-binary"
 
 
 def test_generation_stage_alone_self_rewarded_logs_the_verifier_as_its_audit(tmp_path) -> None:

@@ -144,9 +144,10 @@ def train_command(
     stages: str | None = typer.Option(None, "--stages", help="tree (R3's schedule, the default) | generate (every "
                                       "step trains the generation stage alone)."),
     reward: str | None = typer.Option(None, "--reward", help="What scores each image: verifier (its graded score, "
-                                      "the default) | self-pyes (the model's own judge: self-rewarded; the verifier "
-                                      "is logged beside it as an audit) | base-pyes (its judge before training, "
-                                      "frozen) | clip:DIR | vlm:DIR (see `unigap eval --judge`)."),
+                                      "the default) | verifier-binary (its verdict, 1 or 0: the accuracy the loop "
+                                      "is measured by) | self-pyes (the model's own judge: self-rewarded; the "
+                                      "verifier is logged beside it as an audit) | base-pyes (its judge before "
+                                      "training, frozen) | clip:DIR | vlm:DIR (see `unigap eval --judge`)."),
     no_guard: bool = typer.Option(False, "--no-guard", help="With a judge as the reward: keep the verifier's audit "
                                   "but never stop (the guard stops, exit 3, when the audited accuracy falls; "
                                   "grpo.json's guard.alarm records when it would have)."),
@@ -179,7 +180,7 @@ def train_command(
     from unigap.metrics_log import parse_report_to
     from unigap.refine.grpo import train_grpo
     from unigap.refine.grpo_config import GRPOConfig
-    from unigap.refine.rollout import VERIFIER_REWARD
+    from unigap.refine.grpo_config import VERIFIER_REWARDS
 
     settings = GRPOConfig.load(config, steps=steps, stages=stages, reward=reward, guard=False if no_guard else None,
                                lr=lr, num_generations=num_generations, beta=beta, scale_rewards=scale_rewards,
@@ -188,11 +189,11 @@ def train_command(
     backends = parse_report_to(report_to)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
-    if no_guard and settings.reward == VERIFIER_REWARD:
+    if no_guard and settings.reward in VERIFIER_REWARDS:
         raise UserError("--no-guard applies to a judge's reward (--reward self-pyes, base-pyes, clip:DIR, vlm:DIR); "
                         "the verifier's needs no guard")
     judge: dict = {"name": "verifier"}  # the loop's accuracy before and after, and the audit of a judge reward
-    if settings.reward != VERIFIER_REWARD:  # a bad judge directory fails here, before anything is written
+    if settings.reward not in VERIFIER_REWARDS:  # a bad judge directory fails here, before anything is written
         judge["reward"] = get_judge(settings.reward).describe()
     with inputs_claimed(out, "refine train", model):
         report = guarded_run("refine-train", settings.to_dict(), settings.seed, judge, out, model,

@@ -46,7 +46,7 @@ from unigap.evaluate.stats import paired_difference, welch
 from unigap.progress import progress
 from unigap.model.checkpoint import model_identity
 from unigap.model.editing import EDIT_SETTINGS
-from unigap.refine.grpo_config import GRPOConfig
+from unigap.refine.grpo_config import VERIFIER_REWARDS, GRPOConfig
 from unigap.refine.loop import run_loop
 from unigap.refine.metrics import round_metrics
 from unigap.refine.rollout import (
@@ -299,7 +299,7 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     trainer = GRPOTrainer(um, config, out, report_to)
     report: dict[str, Any] = {"config": config.to_dict(), "trained_parameters": TRAINED, "before": before,
                               "after": None, "guard": None}
-    if config.reward != VERIFIER_REWARD:
+    if config.reward not in VERIFIER_REWARDS:
         report["guard"] = {"stopped": False, "active": config.guard, "rule": f"stop when the verifier's accuracy of "
                            f"the latest {config.audit_window} generation steps < the first's (Welch p < {GUARD_P})"}
 

@@ -26,6 +26,9 @@ from unigap.train.config import check_field_types, check_ranges, load_config
 
 SCALE_REWARDS = ("none", "group", "batch")
 STAGES = ("tree", "generate")
+# the verifier's rewards: its graded score (partial credit per satisfied part), or its verdict (1 correct, else 0: the
+# accuracy the loop is measured by); neither needs the guard a judge's reward has
+VERIFIER_REWARDS = ("verifier", "verifier-binary")
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,8 @@ class GRPOConfig:
 
     steps: int = 200  # rollout steps = optimiser steps
     stages: str = "tree"  # R3's: even steps train generation, odd steps reflect + refine; "generate": generation alone
-    # what scores each image: "verifier" (its graded score; perfect = satisfied), or a judge by name (its score;
-    # perfect = it accepts): self-pyes (the model's own judge: self-rewarded), base-pyes (its judge before the
+    # what scores each image: "verifier" (its graded score; perfect = satisfied), "verifier-binary" (its verdict,
+    # 1 or 0), or a judge by name (its score; perfect = it accepts): self-pyes (the model's own judge: self-rewarded), base-pyes (its judge before the
     # adapter: a frozen reward model), clip:DIR, vlm:DIR. A buffered image keeps the score it was given when made.
     reward: str = "verifier"
     # with a judge as the reward: stop (exit 3) when the verifier's accuracy on the training images of the latest
@@ -100,9 +103,10 @@ class GRPOConfig:
         if self.stages not in STAGES:
             raise UserError(f"stages must be one of {', '.join(STAGES)}, got {self.stages!r}")
         try:
-            check_judge_name(self.reward)
+            if self.reward not in VERIFIER_REWARDS:
+                check_judge_name(self.reward)
         except UserError as exc:
-            raise UserError(f"reward: {exc}") from None
+            raise UserError(f"reward: {exc}; or {' | '.join(VERIFIER_REWARDS)}") from None
         if self.loss_type not in LOSS_TYPES:
             raise UserError(f"loss-type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:

@@ -31,7 +31,7 @@ import torch
 from unigap.evaluate.judges import VERIFIER, get_judge
 from unigap.model.decoding import token_entropies
 from unigap.world.scoring import image_score
-from unigap.refine.grpo_config import GRPOConfig
+from unigap.refine.grpo_config import VERIFIER_REWARDS, GRPOConfig
 from unigap.refine.grpo_loss import (
     advantages, batch_scaled, image_loss, image_token_loss, refine_rewards, text_loss, token_loss,
 )
@@ -61,11 +61,12 @@ class Reward:
 
 
 def reward_for(name: str) -> Reward:
-    """The reward `name`: `verifier` (graded), or a judge's name (its score; an undecided image scores 0)."""
+    """The reward `name`: `verifier` (graded), `verifier-binary` (the verifier's verdict), or a judge's name (its
+    score; an undecided image scores 0)."""
     if name == VERIFIER_REWARD:
         return Reward(name, lambda um, images, spec: [image_score(im, spec, im.size[0]) for im in images],
                       lambda score: score == 1.0)
-    judge = get_judge(name)
+    judge = get_judge(VERIFIER if name in VERIFIER_REWARDS else name)
 
     def score(um: Any, images: list[Any], spec: PromptSpec) -> list[float]:
         return [0.0 if s is None else float(s) for s in judge.fn(um, images, [spec] * len(images))]
@@ -217,7 +218,7 @@ def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, 
                  scores, config)
     metrics = {f"generate/{k}": v for k, v in _group_stats(scores).items()}
     metrics |= _reward_stats(f"generate/rewards/{reward_key(reward.name)}", scores)
-    if reward.name != VERIFIER_REWARD:  # the independent check: how often the verifier passes what the reward pays
+    if reward.name not in VERIFIER_REWARDS:  # the independent check: how often the verifier passes what the reward pays
         audit = get_judge(VERIFIER_REWARD).fn(um, images, [spec] * len(images))  # 1.0 where it is satisfied
         metrics["generate/audit/verifier_accuracy"] = float(np.mean(audit))
         accepted = [ok for ok, score in zip(audit, scores, strict=True) if reward.perfect(score)]
