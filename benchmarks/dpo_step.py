@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--lora-rank", type=int, default=64)
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1], help="pairs per task per step")
-    parser.add_argument("--steps", type=int, default=5, help="steps per timed run")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=positive_int, default=5, help="steps per timed run")
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute activations in the backward pass (less memory, larger batches)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the peak MFU divides by (default: see above)")

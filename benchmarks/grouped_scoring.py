@@ -4,7 +4,7 @@ Why: pretraining scores several questions per image after one shared image pass.
 are left-padded to the longest, and a full-sentence description (~30 tokens) among one-word answers
 (~10 tokens with their question) made most of that block padding. This times a forward + backward of
 `grouped_answer_logprobs` on pretraining batches (the full preset's images × questions per image, drawn
-from the real corpus), both ways side by side, and checks the scores agree.
+from the real corpus), both ways side by side on the CPU, and checks the scores agree.
 
     python benchmarks/grouped_scoring.py [--repeats 5]
 """
@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, write_result
+from _common import machine, positive_int, write_result
 from unigap.model import load_model
 from unigap.model.understanding import grouped_answer_logprobs
 from unigap.pretrain import FULL
@@ -32,9 +32,9 @@ RESULT = Path(__file__).parent / "results" / "grouped_scoring.json"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     args = parser.parse_args()
-    um = load_model("tiny")
+    um = load_model("tiny", device="cpu")  # float32 on the CPU (the timing does not synchronise a GPU)
     um.model.train()
     corpus = understanding_corpus(400, seed=0, questions_per_scene=FULL.questions_per_scene)
     rng = np.random.default_rng(0)

@@ -103,10 +103,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[10, 80])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling.json"))
     args = parser.parse_args(argv)
+    if args.cfg_scale <= 1:  # transformers' generate doubles the rows at any scale, but only mixes them above 1
+        parser.error(f"--cfg-scale must be > 1 (transformers' image generate needs CFG), got {args.cfg_scale}")
+    torch.manual_seed(0)  # transformers' sampling draws from the global generator
 
     um = load_model(args.model, args.device, args.dtype)
     rate, bandwidth = matmul_flops(um.device, um.dtype), copy_bytes_per_s(um.device)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         greedy = um.generate_images(prompts, cfg_scale=args.cfg_scale, temperature=0.0)
         equal = greedy == _transformers_sampler(um, prompts, args.cfg_scale, False)()
         tokens, steps = batch * um.num_image_tokens, um.num_image_tokens
-        rows_per_step = 2 * batch if args.cfg_scale != 1.0 else batch
+        rows_per_step = 2 * batch  # the conditional and unconditional rows
         row = {
             "batch_size": batch,
             "image_tokens": um.num_image_tokens,
