@@ -151,4 +151,6 @@ def test_a_format_failure_is_no_stop_decision_and_the_mean_stop_round_has_an_int
     assert stop["stopped_on_correct"]["rate"] == stop["stopped_on_wrong"]["rate"] == pytest.approx(1 / 3)
     low, high = stop["mean_round"]["ci95"]
     assert stop["mean_round"]["mean"] == 1.5 and low < 1.5 < high
+    from scipy import stats  # the t-interval of the stop rounds 2 and 1: the sample sd, as scipy takes it
+    assert [low, high] == pytest.approx(list(stats.t.interval(0.95, 1, loc=1.5, scale=stats.sem([2, 1]))))
     assert stop_metrics([stopped_on_wrong])["mean_round"]["ci95"] is None  # one stop: no interval

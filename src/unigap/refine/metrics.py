@@ -18,6 +18,8 @@ Intervals: Wilson's for shares (`unigap.evaluate.stats.with_ci`), a t-interval f
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,7 +86,9 @@ def stop_metrics(trajectories: Sequence[Trajectory], verdicts: Verdicts | None =
                 decisions.append((t.stop_round == note_round, v[note_round - 1]))
     stopped = [t.stop_round for t in trajectories if t.stop_round is not None]
     mean_round = summarize(stopped, "mean")
-    mean_round["ci95"] = (None if len(stopped) < 2  # (one stop: no spread to take an interval from)
+    if len(stopped) >= 2:  # (one stop: no spread to take an interval from) the sample sd, as a t-interval takes it
+        mean_round["stderr"] = statistics.stdev(stopped) / math.sqrt(len(stopped))
+    mean_round["ci95"] = (None if len(stopped) < 2
                           else t_interval(mean_round["mean"], mean_round["stderr"], len(stopped) - 1))
     return {
         "rate": _rate([t.stop_round is not None for t in trajectories]),
