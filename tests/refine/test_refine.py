@@ -23,6 +23,8 @@ def test_an_exact_reflector_and_editor_fix_round_zero_and_then_stop(stub) -> Non
     assert rounds[0]["accuracy"] == 0.0  # the stub's first pictures are all broken by one edit
     assert rounds[1]["accuracy"] >= 0.75 and rounds[1]["improved"]["rate"] >= 0.75
     assert rounds[1]["worse"]["rate"] == 0.0 and rounds[1]["n"] == len(trajectories)
+    colours = rounds[1]["by_category"]["colors"]  # per category with its interval too
+    assert colours["n"] == 6 and colours["ci95"][0] <= colours["accuracy"] <= colours["ci95"][1]
     stop = stop_metrics(trajectories)
     assert stop["rate"]["rate"] >= 0.75 and stop["stopped_on_wrong"]["rate"] == 0.0
     assert all(t.verdict_after(3) == t.verified[-1] for t in trajectories)  # stopped prompts carry their image

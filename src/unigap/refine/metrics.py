@@ -47,6 +47,14 @@ def _decided(trajectories: Sequence[Trajectory], verdicts: Verdicts | None) -> l
     return [(t, list(v)) for t, v in zip(trajectories, verdicts, strict=True) if None not in v]
 
 
+def _accuracy_by_category(rows: Sequence[dict[str, Any]], outcome: str) -> dict[str, Any]:
+    """Accuracy of `row[outcome]` over the rows and per category, each with n, stderr and its Wilson interval."""
+    out = with_ci(summarize_grouped(rows, outcome, "accuracy", "category", CATEGORIES, "by_category"), "accuracy")
+    for entry in out["by_category"].values():
+        with_ci(entry, "accuracy")
+    return out
+
+
 def _rate(outcomes: Sequence[bool]) -> dict[str, Any]:
     """The share of true outcomes, with n, stderr and its Wilson interval."""
     return with_ci(summarize(outcomes, "rate"), "rate")
@@ -60,8 +68,7 @@ def round_metrics(trajectories: Sequence[Trajectory], rounds: int,
     out = []
     for round_ in range(rounds + 1):
         rows = [{"category": t.spec.category, "verified": verdict_after(v, round_)} for t, v in decided]
-        entry = {"round": round_, **with_ci(summarize_grouped(rows, "verified", "accuracy", "category", CATEGORIES,
-                                                              "by_category"), "accuracy")}
+        entry = {"round": round_, **_accuracy_by_category(rows, "verified")}
         if round_:
             changes = [(v[round_ - 1], v[round_]) for _, v in decided if len(v) > round_]
             entry.update(refined=sum(len(t.images) > round_ for t in trajectories),
@@ -139,7 +146,7 @@ def _accuracy(specs: Sequence[PromptSpec | FreePrompt], verdicts: Sequence[bool 
     """Accuracy by a judge's verdicts, overall and per category, over the images it decided."""
     rows = [{"category": spec.category, "accepted": verdict}
             for spec, verdict in zip(specs, verdicts, strict=True) if verdict is not None]
-    return with_ci(summarize_grouped(rows, "accepted", "accuracy", "category", CATEGORIES, "by_category"), "accuracy")
+    return _accuracy_by_category(rows, "accepted")
 
 
 def judged_part(judge: Judge, um: Any, trajectories: Sequence[Trajectory], rounds: int) -> dict[str, Any]:
