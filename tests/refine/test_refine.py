@@ -119,6 +119,9 @@ def test_a_model_that_cannot_edit_regenerates_and_refuses_edit(stub_factory, tmp
     assert run_refine(stub, RefineConfig(n=4, rounds=1), tmp_path / "regen", progress=False)["rounds"] == report["rounds"]
     with pytest.raises(UserError, match="cannot"):
         run_refine(stub, RefineConfig(n=4, rounds=1, refiner="edit"), tmp_path / "edit", progress=False)
+    with pytest.raises(UserError, match="^--edit-cfg guide edits; this model cannot edit, so the loop regenerates$"):
+        run_refine(stub, RefineConfig(n=4, rounds=1, edit_cfg_scale=5.0), tmp_path / "guided", progress=False)
+    assert not (tmp_path / "guided").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize(

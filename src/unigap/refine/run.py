@@ -83,10 +83,17 @@ class RefineConfig:
 
 
 def check_refiner(um: Refinable, config: RefineConfig) -> str:
-    """The refiner this model runs; `UserError` for `edit` on a model that cannot edit."""
+    """The refiner this model runs; `UserError` for `edit` on a model that cannot edit, and for edit guidance where
+    the loop regenerates (`auto` on such a model): it would be recorded, and never used."""
     if config.refiner == "edit" and not um.supports_editing:
         raise UserError("--refiner edit needs a model that can edit images; this one cannot (use regenerate or auto)")
-    return refiner_for(um, config.refiner)
+    mode = refiner_for(um, config.refiner)
+    given = [flag for flag, value, default in (("--edit-cfg", config.edit_cfg_scale, EDIT_CFG_SCALE),
+                                               ("--edit-image-cfg", config.edit_image_cfg_scale, EDIT_IMAGE_CFG_SCALE))
+             if value != default]
+    if mode != "edit" and given:
+        raise UserError(f"{' and '.join(given)} guide edits; this model cannot edit, so the loop regenerates")
+    return mode
 
 
 def refine_prompts(config: RefineConfig) -> list[PromptSpec | FreePrompt]:
