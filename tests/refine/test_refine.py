@@ -109,6 +109,16 @@ def test_refine_json_holds_rounds_oracle_and_best_of_n_and_resumes(stub, tmp_pat
         run_refine(stub, config, tmp_path / "run", progress=False)
 
 
+def test_rounds_zero_generates_once_for_the_loop_and_its_oracle(stub, tmp_path: Path, monkeypatch) -> None:
+    import unigap.refine.run as run_module
+
+    loops = []
+    real = run_module.run_loop
+    monkeypatch.setattr(run_module, "run_loop", lambda *args, **kwargs: loops.append(args[3]) or real(*args, **kwargs))
+    report = run_refine(stub, RefineConfig(n=4, rounds=0), tmp_path / "once", progress=False)
+    assert loops == ["self"] and report["oracle"]["rounds"] == report["rounds"]
+
+
 def test_a_model_that_cannot_edit_regenerates_and_refuses_edit(stub_factory, tmp_path: Path) -> None:
     stub = stub_factory(can_edit=False)
     report = run_refine(stub, RefineConfig(n=4, rounds=1), tmp_path / "regen", progress=False)

@@ -170,7 +170,8 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
         return part
 
     main = _part(out, config.reflector, lambda: loop(config.reflector), judged=extra is not None)
-    oracle = main if config.reflector == "oracle" else (
+    # (with no round after the first image, the oracle's loop is the same one-shot generation: not run again)
+    oracle = main if config.reflector == "oracle" or config.rounds == 0 else (
         _part(out, "oracle", lambda: loop("oracle"), judged=extra is not None) if instructible else None)
     baseline = _part(out, "best_of_n", lambda: best_of_n(um, specs, 1 + config.rounds, config.seed, config.cfg_scale,
                                                          config.temperature, config.batch_size, progress, extra))
