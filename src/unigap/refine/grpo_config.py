@@ -38,8 +38,9 @@ class GRPOConfig:
     steps: int = 200  # rollout steps = optimiser steps
     stages: str = "tree"  # R3's: even steps train generation, odd steps reflect + refine; "generate": generation alone
     # what scores each image: "verifier" (its graded score; perfect = satisfied), "verifier-binary" (its verdict,
-    # 1 or 0), or a judge by name (its score; perfect = it accepts): self-pyes (the model's own judge: self-rewarded), base-pyes (its judge before the
-    # adapter: a frozen reward model), clip:DIR, vlm:DIR. A buffered image keeps the score it was given when made.
+    # 1 or 0), or a judge by name (its score; perfect = it accepts): self-pyes (the model's own judge:
+    # self-rewarded), base-pyes (its judge before the adapter: a frozen reward model), clip:DIR, vlm:DIR. A buffered
+    # image keeps the score it was given when made.
     reward: str = "verifier"
     # with a judge as the reward: stop (exit 3) when the verifier's accuracy on the training images of the latest
     # `audit_window` generation steps is below that of the first window (one-sided Welch on the steps, p < 0.01)
