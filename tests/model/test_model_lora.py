@@ -205,3 +205,30 @@ def test_an_adapter_with_lora_biases_is_checked_without_a_traceback(tmp_path: Pa
     tensors[key.replace(".weight", ".bias")] = torch.zeros(tensors[key].shape[0])
     save_file(tensors, directory / "adapter_model.safetensors")
     check_adapter_fits(load_model("tiny").model, directory)  # fits: the bias is left to PEFT
+
+
+def test_parts_trained_in_full_train_in_float32_over_bfloat16_weights(tiny_dir: Path, images, tmp_path: Path) -> None:
+    """An AdamW step on a bfloat16 weight rounds away updates below half its spacing (at lr 1e-4 most of the
+    generation head's): the head and the other fully trained parts keep float32 copies, the model around them bf16."""
+    um = load_model(tiny_dir, dtype="bfloat16")
+    um.add_lora(rank=4, alpha=8, dropout=0.0, trained_modules=("vision_model",))
+    trained = {name: p for name, p in um.model.named_parameters() if p.requires_grad and "lora_" not in name}
+    assert {name.split(".")[1] for name in trained} == {"generation_head", "vision_model"}
+    assert all(p.dtype == torch.float32 for p in trained.values())
+    assert um.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    tokens = um.generate_images(PROMPTS, cfg_scale=2.0, temperature=1.0, seed=1)  # (the head's output cast back)
+    head = next(p for name, p in trained.items() if "generation_head" in name)
+    before = head.detach().clone()
+    optimizer = torch.optim.AdamW(list(trained.values()), lr=1e-4)
+    text, _ = um.answer_logprobs(images[:2], QUESTIONS, ANSWERS)
+    image, _ = um.image_logprobs(PROMPTS, tokens)
+    (-(text.sum() + image.sum())).backward()
+    assert all(p.grad is not None for p in trained.values())
+    optimizer.step()
+    moved = (head != before).float().mean().item()
+    assert moved > 0.99  # in bfloat16 about three in four of the head's weights would not have moved (at lr 1e-4)
+    um.save_adapter(tmp_path / "adapter")
+    resumed = load_model(tiny_dir, dtype="bfloat16")
+    resumed.load_adapter(tmp_path / "adapter", trainable=True)
+    assert all(p.dtype == torch.float32 for name, p in resumed.model.named_parameters()
+               if p.requires_grad and "lora_" not in name)

@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import ModulesToSaveWrapper
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from torch.utils._pytree import tree_map
 from transformers import JanusForConditionalGeneration
 
 from unigap.errors import UserError, first_line
@@ -41,7 +44,8 @@ def attach_lora(
     trained_modules: Sequence[str] = (),
 ) -> PeftModel:
     """Wrap `model` with a fresh LoRA adapter named "default" (B = 0, so outputs start unchanged); the generation
-    head and `trained_modules` (names of `model.model`'s children) train in full as peft `modules_to_save`."""
+    head and `trained_modules` (names of `model.model`'s children) train in full as peft `modules_to_save`, in
+    float32 like the LoRA factors (`train_in_float32`)."""
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     if not 0 <= dropout < 1:
@@ -54,7 +58,31 @@ def attach_lora(
         modules_to_save=[*([GENERATION_HEAD] if train_generation_head else []), *trained_modules] or None,
         bias="none",
     )
-    return get_peft_model(model, config)
+    return _fully_trained_in_float32(get_peft_model(model, config))  # (peft keeps the LoRA factors float32)
+
+
+def _fully_trained_in_float32(peft_model: PeftModel) -> PeftModel:
+    for wrapper in [m for m in peft_model.modules() if isinstance(m, ModulesToSaveWrapper)]:
+        train_in_float32(wrapper.modules_to_save["default"])
+    return peft_model
+
+
+def train_in_float32(module: nn.Module) -> None:
+    """Keep a module trained in full in float32 over bfloat16 (or float16) weights: an AdamW step on a bfloat16
+    weight rounds away any update below half its spacing, at lr 1e-4 that of every weight above ~0.03 in size, most
+    of the generation head's. Its floating inputs are cast up and its floating outputs back to the weights' dtype, so
+    the model around it runs as before."""
+    dtype = next(module.parameters()).dtype
+    if dtype == torch.float32:
+        return
+    module.float()
+
+    def cast(to: torch.dtype) -> object:
+        return lambda value: value.to(to) if torch.is_tensor(value) and value.is_floating_point() else value
+
+    module.register_forward_pre_hook(lambda _, args, kwargs: tree_map(cast(torch.float32), (args, kwargs)),
+                                     with_kwargs=True)
+    module.register_forward_hook(lambda _, args, output: tree_map(cast(dtype), output))
 
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # a saved PEFT adapter's files
@@ -112,14 +140,16 @@ def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
 
 
 def load_lora(model: JanusForConditionalGeneration, directory: str | Path, trainable: bool) -> PeftModel:
-    """Wrap `model` with an adapter saved by `PeftModel.save_pretrained` (standard PEFT format); `UserError` for a
-    directory without one, or with an unreadable one."""
+    """Wrap `model` with an adapter saved by `PeftModel.save_pretrained` (standard PEFT format), its parts trained in
+    full in float32 where it goes on training (`train_in_float32`); `UserError` for a directory without one, or with
+    an unreadable one."""
     check_adapter_files(directory)
     check_adapter_fits(model, directory)  # before PEFT wraps the model: a failure there leaves it half-wrapped
     try:
-        return PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
+        peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
     except SafetensorError as exc:
         raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
+    return _fully_trained_in_float32(peft_model) if trainable else peft_model
 
 
 @dataclass
