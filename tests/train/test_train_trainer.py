@@ -177,3 +177,20 @@ def test_generation_pairs_under_cfg_are_rescored_against_the_base_model(tiny_dir
     result = task_dpo_loss(trainer.um, rescored[:1], cfg.dpo)
     assert result.metrics["reward_margin"] == pytest.approx(0.0, abs=1e-4)
     assert result.metrics["dpo_loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_references_are_rescored_a_few_pairs_at_a_time(tiny_dir: Path, pairs, monkeypatch) -> None:
+    """A file of thousands of pairs scored in one forward pass would not fit on a GPU (576-token images, 16k logits)."""
+    import unigap.train.dpo as dpo_module
+
+    scored: list[int] = []
+    real = dpo_module.sequence_logprobs
+    monkeypatch.setattr(dpo_module, "sequence_logprobs",
+                        lambda um, chunk, cfg_scale=None: scored.append(len(chunk)) or real(um, chunk, cfg_scale))
+    und, gen = pairs
+    many = list(gen) * 4
+    trainer = DPOTrainer(load_model(tiny_dir), config(strategy="gen-only", gen_cfg_scale=5.0), und, many,
+                         Path("unused"))
+    assert scored == [dpo_module.REFERENCE_BATCH, len(many) - dpo_module.REFERENCE_BATCH]
+    references = [p.ref_chosen for p in trainer.pairs["gen"]]
+    assert references == pytest.approx(references[: len(gen)] * 4, abs=1e-4)  # a pair's, whatever its batch

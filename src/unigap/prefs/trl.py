@@ -25,9 +25,8 @@ from PIL import Image
 from unigap.data.tables import image_cell, stored_image
 from unigap.errors import UserError
 from unigap.model.images import ImageInput, to_rgb_array
-from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
+from unigap.train.dpo import GenerationPair, Pair, REFERENCE_BATCH, UnderstandingPair, with_reference
 
-REFERENCE_BATCH = 8
 
 
 def is_trl_row(row: dict[str, Any]) -> bool:
@@ -128,8 +127,7 @@ def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -
 def rescored(um: Any, pairs: Sequence[Pair]) -> list[Pair]:
     """The pairs with reference log-probs (and token counts) computed by `um`'s base model, `REFERENCE_BATCH` at a
     time: a file may hold many thousands."""
-    return [pair for start in range(0, len(pairs), REFERENCE_BATCH)
-            for pair in with_reference(um, pairs[start : start + REFERENCE_BATCH])]
+    return with_reference(um, pairs, batch=REFERENCE_BATCH)
 
 
 def png_bytes(image: ImageInput) -> bytes:

@@ -199,18 +199,26 @@ def reference_logprobs(
         return sequence_logprobs(um, pairs, cfg_scale)
 
 
-def with_reference(um: UnifiedModel, pairs: Sequence[Pair], cfg_scale: float | None = None) -> list[Pair]:
-    """The pairs with reference log-probs (and answer token counts) replaced by freshly computed ones."""
-    ref_chosen, ref_rejected, n_chosen, n_rejected = reference_logprobs(um, pairs, cfg_scale)
-    rows = zip(
-        pairs, ref_chosen.tolist(), ref_rejected.tolist(), n_chosen.tolist(), n_rejected.tolist(), strict=True
-    )
+REFERENCE_BATCH = 8  # pairs scored at once where a whole file is rescored: all of them in one batch would not fit
+
+
+def with_reference(um: UnifiedModel, pairs: Sequence[Pair], cfg_scale: float | None = None,
+                   batch: int | None = None) -> list[Pair]:
+    """The pairs with reference log-probs (and answer token counts) replaced by freshly computed ones, `batch`
+    pairs at a time (all at once by default: a caller's batch)."""
     out: list[Pair] = []
-    for pair, chosen, rejected, chosen_tokens, rejected_tokens in rows:
-        fields = {"ref_chosen": chosen, "ref_rejected": rejected}
-        if isinstance(pair, UnderstandingPair):  # a generation pair's counts are its token tuples' lengths
-            fields |= {"chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens}
-        out.append(replace(pair, **fields))
+    step = batch or max(len(pairs), 1)
+    for start in range(0, len(pairs), step):
+        chunk = pairs[start : start + step]
+        ref_chosen, ref_rejected, n_chosen, n_rejected = reference_logprobs(um, chunk, cfg_scale)
+        rows = zip(
+            chunk, ref_chosen.tolist(), ref_rejected.tolist(), n_chosen.tolist(), n_rejected.tolist(), strict=True
+        )
+        for pair, chosen, rejected, chosen_tokens, rejected_tokens in rows:
+            fields = {"ref_chosen": chosen, "ref_rejected": rejected}
+            if isinstance(pair, UnderstandingPair):  # a generation pair's counts are its token tuples' lengths
+                fields |= {"chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens}
+            out.append(replace(pair, **fields))
     return out
 
 

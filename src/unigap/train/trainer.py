@@ -38,7 +38,7 @@ from unigap.train.loop import (
     run_steps,
 )
 from unigap.train.config import TrainConfig
-from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, task_dpo_loss, with_reference
+from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, REFERENCE_BATCH, task_dpo_loss, with_reference
 from unigap.train.names import TASKS, check_pair_tasks
 from unigap.train.strategies import Strategy, build_strategy, length_norm_weight
 
@@ -86,11 +86,11 @@ class DPOTrainer:
                 f"generation pairs hold images of {sorted(lengths)} tokens, but this model uses {um.num_image_tokens}"
             )
         if config.gen_cfg_scale and gen_pairs and not config.bf16:  # the stored references are conditional-only
-            given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale)
+            given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale, REFERENCE_BATCH)
         if config.bf16:  # rescore the references under the policy's autocast, so training starts at the reference
             with bf16_autocast(um.device):
-                given = {task: with_reference(um, pairs, (config.gen_cfg_scale or None) if task == "gen" else None)
-                         if pairs else pairs for task, pairs in given.items()}
+                given = {task: with_reference(um, pairs, (config.gen_cfg_scale or None) if task == "gen" else None,
+                                              REFERENCE_BATCH) if pairs else pairs for task, pairs in given.items()}
         self.um, self.config, self.out_dir = um, config, Path(out_dir)
         self.report_to = parse_report_to(report_to)
         self.pairs: dict[str, Sequence[Pair]] = {task: pairs for task, pairs in given.items() if pairs}
