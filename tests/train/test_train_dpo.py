@@ -117,16 +117,24 @@ def test_task_loss_refuses_mixed_batches(tiny_dir: Path) -> None:
         task_dpo_loss(um, [und[0], gen[0]])
 
 
-@pytest.mark.parametrize("kind", ["sigmoid", "ipo"])
-def test_trls_reward_margin_is_of_the_summed_rewards_where_the_loss_compares_per_token(kind: str) -> None:
-    """TRL logs `rewards/margins` and `rewards/accuracies` of β·(log π − log π_ref) summed over each sequence, also
-    for IPO; the loss's own margin is per token there, and may even have the other sign (10 tokens against 2)."""
-    from unigap.train.dpo import trl_metrics
+def test_trls_metrics_are_per_token_where_the_loss_compares_per_token(tiny_dir: Path) -> None:
+    """TRL divides the policy's and the reference's log-probs by the completion length for IPO, and logs those:
+    its `logps/*` and `rewards/*` are then per token (and here under `length_normalize` too, the loss's own scale)."""
+    from unigap.train.dpo import sequence_logprobs
 
-    chosen, rejected, ref = torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([0.0])
-    out = dpo_loss(chosen, rejected, ref, ref, beta=0.1, loss_type=kind, chosen_tokens=torch.tensor([10.0]),
-                   rejected_tokens=torch.tensor([2.0]), length_normalize=True)
-    assert float(out.margins[0]) < 0  # per token: 0.2 against 0.5
-    metrics = trl_metrics(chosen, rejected, ref, ref, beta=0.1)
-    assert metrics["rewards/chosen"] == pytest.approx(0.2) and metrics["rewards/rejected"] == pytest.approx(0.1)
-    assert metrics["rewards/margins"] == pytest.approx(0.1) and metrics["rewards/accuracies"] == 1.0
+    um = lora_model(tiny_dir)
+    und, gen = random_pairs(um, 2)
+    for pairs in (und, gen):
+        with torch.no_grad():
+            chosen, rejected, n_chosen, n_rejected = sequence_logprobs(um, pairs)
+        refs = {"chosen": torch.tensor([p.ref_chosen for p in pairs]), "rejected": torch.tensor([p.ref_rejected
+                                                                                               for p in pairs])}
+        summed = task_dpo_loss(um, pairs, DPOOptions()).metrics
+        assert summed["logps/chosen"] == pytest.approx(float(chosen.mean()), rel=1e-4)
+        for options in (DPOOptions(loss_type="ipo"), DPOOptions(length_normalize=True)):
+            per_token = task_dpo_loss(um, pairs, options).metrics
+            for side, policy, counts in (("chosen", chosen, n_chosen), ("rejected", rejected, n_rejected)):
+                assert per_token[f"logps/{side}"] == pytest.approx(float((policy / counts).mean()), rel=1e-4)
+                assert per_token[f"ref_logps/{side}"] == pytest.approx(float((refs[side] / counts).mean()), rel=1e-4)
+            margins = 0.1 * ((chosen - refs["chosen"]) / n_chosen - (rejected - refs["rejected"]) / n_rejected)
+            assert per_token["rewards/margins"] == pytest.approx(float(margins.mean()), rel=1e-3, abs=1e-6)

@@ -237,15 +237,18 @@ def task_dpo_loss(um: UnifiedModel, pairs: Sequence[Pair], options: DPOOptions =
         length_normalize=options.length_normalize,
         nll_weight=options.nll_weight,
     )
-    ref_chosen = torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32)
-    ref_rejected = torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)
+    logps = [chosen.detach().float().cpu(), rejected.detach().float().cpu(),
+             torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32),
+             torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)]
+    if options.length_normalize or options.loss_type == "ipo":  # per token, as the loss compares them (and TRL's IPO)
+        counts = [n.float().cpu() for n in (n_chosen, n_rejected)] * 2
+        logps = [value / count for value, count in zip(logps, counts, strict=True)]
     metrics = {
         "dpo_loss": float(out.preference.mean()),  # the NLL term apart: ln 2 = no signal, 0 = separated
         "reward_margin": float(out.margins.mean()),
         "accuracy": float(out.accuracies.mean()),
         "kl": float(out.kl.mean()),
-        **trl_metrics(chosen.detach().float().cpu(), rejected.detach().float().cpu(), ref_chosen, ref_rejected,
-                      options.beta),
+        **trl_metrics(*logps, options.beta),
     }
     return TaskLoss(out.loss, metrics)
 
@@ -257,12 +260,11 @@ TRL_KEYS = ("logps/chosen", "logps/rejected", "ref_logps/chosen", "ref_logps/rej
 
 def trl_metrics(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
                 beta: float) -> dict[str, float]:
-    """TRL's DPO diagnostics under its names (`TRL_KEYS`, batch means): the policy's and the reference's summed
-    log-probs of the chosen and rejected sequences, the implicit rewards β·(log π − log π_ref) of each, their
-    margin and how often it is positive, all of summed log-probs as TRL logs them, also where the loss compares them
-    per token (IPO, `length_normalize`: `reward_margin` and `accuracy` are the loss's own). Over-optimisation shows
-    as `logps/chosen` falling below `ref_logps/chosen` while the loss goes to 0 (the rejected ones are pushed down,
-    the chosen not raised)."""
+    """TRL's DPO diagnostics under its names (`TRL_KEYS`, batch means): the policy's and the reference's log-probs of
+    the chosen and rejected sequences (summed, or per token where the loss compares them so: TRL's IPO, and
+    `length_normalize`), the implicit rewards β·(log π − log π_ref) of each, their margin and how often it is
+    positive. Over-optimisation shows as `logps/chosen` falling below `ref_logps/chosen` while the loss goes to 0 (the
+    rejected ones are pushed down, the chosen not raised)."""
     chosen_rewards, rejected_rewards = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
     return {
         "logps/chosen": float(chosen.mean()),
