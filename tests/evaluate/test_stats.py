@@ -59,7 +59,8 @@ def test_normalisation_matches(given, expected):
     assert normalize_answer(given) == normalize_answer(expected)
 
 
-@pytest.mark.parametrize("given, expected", [("no", "yes"), ("red circle", "red"), ("", "yes"), ("tw o", "two")])
+@pytest.mark.parametrize("given, expected", [("no", "yes"), ("red circle", "red"), ("", "yes"), ("tw o", "two"),
+                                             ("50", "50%"), ("c", "C++"), ("5", "5$")])  # a symbol is no punctuation
 def test_normalisation_keeps_real_differences(given, expected):
     assert normalize_answer(given) != normalize_answer(expected)
 

@@ -57,10 +57,13 @@ def understanding_items(
     ]
 
 
+SENTENCE_PUNCTUATION = frozenset(".,!?;:")  # what ends a sentence; "50%" or "C++" keep their symbols
+
+
 def normalize_answer(text: str) -> str:
-    """Lowercase words and punctuation marks joined by single spaces, trailing punctuation removed."""
+    """Lowercase words and punctuation marks joined by single spaces, trailing sentence punctuation removed."""
     words = tokenize_words(text)
-    while words and not words[-1].isalnum():
+    while words and words[-1] in SENTENCE_PUNCTUATION:
         words.pop()
     return " ".join(words)
 

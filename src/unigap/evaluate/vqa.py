@@ -6,7 +6,9 @@ subset of all-but-one reference answers as min(1, matches / 3), and those scores
 reference answer it is exact match. Answers are normalised as the official script does: its punctuation marks
 removed where one touches a space or the answer holds a thousands comma, else made a space (apostrophes, colons,
 per cent signs kept: "don't", "10:30", "50%"), a full stop removed unless a digit follows, lower case, number words
-to digits, articles dropped, common contractions given their apostrophe.
+to digits, articles dropped, common contractions given their apostrophe. Unlike the official script, which
+normalises only where the references disagree, every answer is normalised (as LLaVA's and lmms-eval's scorers do):
+"Yes." against ten "yes" scores 1, not 0.
 """
 
 from __future__ import annotations
