@@ -27,11 +27,20 @@ def report(um):
     return run(um)
 
 
-def test_report_has_every_metric_with_n_and_stderr(report):
+def test_report_has_every_metric_with_n_stderr_and_interval(report):
     for name, key in KEYS.items():
         metric = report[name]
-        assert {key, "n", "stderr"} <= set(metric), name
+        assert {key, "n", "stderr", "ci95"} <= set(metric), name
         assert metric[key] is None or 0.0 <= metric[key] <= 1.0
+        assert metric[key] is None or metric["ci95"][0] <= metric[key] <= metric["ci95"][1]
+    for category in report["generation"]["by_category"].values():  # per category too
+        assert "ci95" in category and (category["n"] or category["ci95"] is None)
+    p_yes = report["nonunification"]["mean_p_yes"]  # a mean: a t-interval, with the sample sd
+    from scipy import stats
+
+    values = [r["p_yes"] for r in report["records"]["generation"]]
+    assert p_yes["ci95"] == pytest.approx(list(stats.t.interval(0.95, len(values) - 1, loc=p_yes["mean"],
+                                                                  scale=stats.sem(values))))
     assert report["understanding"]["n"] == report["generation"]["n"] == 6
     assert report["weak_generation"]["n"] == sum(r["self_rejected"] for r in report["records"]["generation"])
     assert json.loads(json.dumps(report, allow_nan=False)) == report

@@ -13,6 +13,7 @@ from unigap.evaluate.editing import edit_accuracy
 from unigap.evaluate.generation import generate_and_judge, generation_metrics, judged_generation
 from unigap.evaluate.judges import Judge, get_judge
 from unigap.evaluate.progress import check_batch_size
+from unigap.evaluate.stats import with_cis
 from unigap.evaluate.understanding import (
     DEFAULT_MAX_NEW_TOKENS,
     answer_items,
@@ -107,4 +108,7 @@ def evaluate(
         else:
             report["edit"] = None
             report["edit_skipped"] = "the checkpoint cannot edit images (supports_editing is false)"
+    for key, value in report.items():
+        if key not in ("config", "records"):
+            with_cis(value)  # every metric with its 95% interval
     return report

@@ -96,6 +96,29 @@ def with_ci(metric: dict[str, Any], key: str) -> dict[str, Any]:
     return metric
 
 
+SHARES = ("accuracy", "score", "rate", "precision", "value")  # the value keys of metrics that are shares of n items
+
+
+def with_cis(node: Any) -> Any:
+    """Every metric in `node` (a dict with n and stderr, at any depth) given its `ci95` in place: Wilson's interval
+    for a share (`with_ci`), the t-interval (sample sd, n − 1 df) for a mean; one it already has is kept."""
+    if isinstance(node, list):
+        for item in node:
+            with_cis(item)
+    if not isinstance(node, dict):
+        return node
+    for value in node.values():
+        with_cis(value)
+    if {"n", "stderr"} <= node.keys() and "ci95" not in node:
+        share = next((key for key in SHARES if key in node), None)
+        if share is not None:
+            with_ci(node, share)
+        elif "mean" in node:
+            n, mean, stderr = node["n"], node["mean"], node["stderr"]
+            node["ci95"] = None if mean is None or n < 2 else t_interval(mean, stderr * math.sqrt(n / (n - 1)), n - 1)
+    return node
+
+
 def as_percent(metric: dict[str, Any], key: str = "value") -> dict[str, Any]:
     """A share's metric (its value, stderr and ci95) × 100, for rates the papers give in percent (win rates)."""
     scaled = {name: None if metric.get(name) is None else 100 * metric[name] for name in (key, "stderr")}
