@@ -18,8 +18,6 @@ Intervals: Wilson's for shares (`unigap.evaluate.stats.with_ci`), a t-interval f
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +28,7 @@ from unigap.evaluate.data import FreePrompt
 from unigap.evaluate.generation import self_p_yes, stream_seed
 from unigap.evaluate.judges import JUDGES, Judge
 from unigap.evaluate.progress import map_items
-from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped, t_interval, with_ci
+from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped, with_ci, with_cis
 from unigap.refine.loop import Refinable, Trajectory, verdict_after
 from unigap.world import CATEGORIES, PromptSpec
 
@@ -49,10 +47,7 @@ def _decided(trajectories: Sequence[Trajectory], verdicts: Verdicts | None) -> l
 
 def _accuracy_by_category(rows: Sequence[dict[str, Any]], outcome: str) -> dict[str, Any]:
     """Accuracy of `row[outcome]` over the rows and per category, each with n, stderr and its Wilson interval."""
-    out = with_ci(summarize_grouped(rows, outcome, "accuracy", "category", CATEGORIES, "by_category"), "accuracy")
-    for entry in out["by_category"].values():
-        with_ci(entry, "accuracy")
-    return out
+    return with_cis(summarize_grouped(rows, outcome, "accuracy", "category", CATEGORIES, "by_category"))
 
 
 def _rate(outcomes: Sequence[bool]) -> dict[str, Any]:
@@ -92,11 +87,7 @@ def stop_metrics(trajectories: Sequence[Trajectory], verdicts: Verdicts | None =
             if t.format_failure_round != note_round:  # (it was counted as going on past its image)
                 decisions.append((t.stop_round == note_round, v[note_round - 1]))
     stopped = [t.stop_round for t in trajectories if t.stop_round is not None]
-    mean_round = summarize(stopped, "mean")
-    if len(stopped) >= 2:  # (one stop: no spread to take an interval from) the sample sd, as a t-interval takes it
-        mean_round["stderr"] = statistics.stdev(stopped) / math.sqrt(len(stopped))
-    mean_round["ci95"] = (None if len(stopped) < 2
-                          else t_interval(mean_round["mean"], mean_round["stderr"], len(stopped) - 1))
+    mean_round = with_cis(summarize(stopped, "mean"))  # (one stop: no spread to take an interval from)
     return {
         "rate": _rate([t.stop_round is not None for t in trajectories]),
         "mean_round": mean_round,
