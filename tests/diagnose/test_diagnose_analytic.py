@@ -49,6 +49,25 @@ def _vectors(rng: np.random.Generator, n: int, zero_a: bool = False) -> list[np.
     return list(out)
 
 
+def test_a_batch_that_overflowed_is_counted_and_left_out_not_written_as_nan() -> None:
+    """One bf16 overflow among the batches: the report is still JSON (it refuses NaN), the batch counted."""
+    rng = np.random.default_rng(0)
+    und, gen = _vectors(rng, 6), _vectors(rng, 6)
+    und[2] = und[2].copy()
+    und[2][0] = np.inf
+    params = _params()
+    collector = GradientCollector(None, params, _linear(params), _linear(params))
+    for i in range(6):
+        collector.add(und[i], gen[i], i, i)
+    report = analyse(collector.log, [1.0] * 6, [1.0] * 6)
+    json.dumps(report, allow_nan=False)
+    assert report["inter"]["cos_undefined"] == 1 and report["inter"]["cos_n"] == 5
+    assert report["inter"]["ratio_n"] == 5 and report["inter"]["und_norm_nonfinite"] == 1
+    cos = [_cos(u, g) for i, (u, g) in enumerate(zip(und, gen, strict=True)) if i != 2]
+    assert report["inter"]["cos_mean"] == pytest.approx(np.mean(cos), rel=1e-6)
+    assert report["samples"]["und_norm"][2] is None
+
+
 def test_cosine_ratio_and_intra_are_exact_for_known_gradients() -> None:
     rng = np.random.default_rng(0)
     und, gen = _vectors(rng, 6), [3.0 * v for v in _vectors(rng, 6)]

@@ -2,8 +2,9 @@
 
 Everything is computed from per-tensor sums (see `gradients`), so a group of tensors is just a mask.
 A group whose gradients are exactly zero (lora_A at step 0 under PEFT's B = 0 init) is reported as
-`{"zero_gradient": true}`; a cosine with a zero-norm side is undefined and counted, never NaN. The JSON
-therefore never holds NaN or infinity: undefined values are null.
+`{"zero_gradient": true}`; a cosine with a zero-norm or non-finite side is undefined and counted, never NaN, and a
+summary leaves out (and counts) values that overflowed. The JSON therefore never holds NaN or infinity: undefined
+values are null.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from unigap.evaluate.stats import finite, t_interval, welch
 
 def summary(values: Sequence[float] | np.ndarray, prefix: str) -> dict[str, Any]:
     """`{prefix}_mean/_std/_ci95/_median/_min/_max/_n`: std is the sample std (ddof 1), ci95 the t-interval
-    of the mean; both null below two values."""
+    of the mean; both null below two values. Non-finite values (a batch that overflowed) are left out, and counted
+    in `{prefix}_nonfinite` where there are any."""
     x = np.asarray(values, dtype=np.float64)
+    kept = np.isfinite(x)
+    x, dropped = x[kept], int((~kept).sum())
     n = len(x)
-    out: dict[str, Any] = {f"{prefix}_n": n}
+    out: dict[str, Any] = {f"{prefix}_n": n} | ({f"{prefix}_nonfinite": dropped} if dropped else {})
     if n == 0:
         return out | {f"{prefix}_{k}": None for k in ("mean", "std", "ci95", "median", "min", "max")}
     mean = float(x.mean())
@@ -41,15 +45,16 @@ def summary(values: Sequence[float] | np.ndarray, prefix: str) -> dict[str, Any]
 
 
 def cosines(triples: np.ndarray) -> tuple[np.ndarray, int]:
-    """Cosines of rows [‖a‖², ‖b‖², ⟨a, b⟩] where both norms are non-zero, and how many were undefined."""
-    defined = (triples[:, 0] > 0) & (triples[:, 1] > 0)
+    """Cosines of rows [‖a‖², ‖b‖², ⟨a, b⟩] where both norms are non-zero and all three finite, and how many were
+    undefined."""
+    defined = (triples[:, 0] > 0) & (triples[:, 1] > 0) & np.isfinite(triples).all(axis=1)
     t = triples[defined]
     return t[:, 2] / np.sqrt(t[:, 0] * t[:, 1]), int((~defined).sum())
 
 
 def ratios(triples: np.ndarray) -> np.ndarray:
-    """ρ = ‖a‖ / ‖b‖ where ‖b‖ > 0."""
-    t = triples[triples[:, 1] > 0]
+    """ρ = ‖a‖ / ‖b‖ where ‖b‖ > 0 and both are finite."""
+    t = triples[(triples[:, 1] > 0) & np.isfinite(triples[:, :2]).all(axis=1)]
     return np.sqrt(t[:, 0] / t[:, 1])
 
 
@@ -171,8 +176,8 @@ def analyse(log: GradientLog, und_tokens: Sequence[float], gen_tokens: Sequence[
         "losses": {**summary(log.und_loss, "und"), **summary(log.gen_loss, "gen")},
         "samples": samples
         | {
-            "und_norm": np.sqrt(inter[:, 0]).tolist(),
-            "gen_norm": np.sqrt(inter[:, 1]).tolist(),
+            "und_norm": [finite(v) for v in np.sqrt(inter[:, 0]).tolist()],  # (null where a batch overflowed)
+            "gen_norm": [finite(v) for v in np.sqrt(inter[:, 1]).tolist()],
             "und_index": list(log.und_index),
             "gen_index": list(log.gen_index),
         },
