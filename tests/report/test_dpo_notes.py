@@ -58,3 +58,13 @@ def test_the_best_is_named_among_the_arms_that_did_not_over_optimise() -> None:
     over, no_gain = dpo_notes(results)
     assert "over-optimised in joint" in over
     assert "The best of the arms that did not over-optimise, gen-only: +0.003" in no_gain
+
+
+def test_an_arm_without_a_generation_delta_is_passed_over() -> None:
+    """Every verdict undecided leaves Δ null: the best is chosen among the arms that have one."""
+    results = _results(0.003, False, 0.55, False)
+    results["training"]["joint"] = {**results["training"]["gen-only"], "trained": ["und", "gen"]}
+    results["results"]["joint"] = {"generation.accuracy": {"delta": None, "significant": False, "test": None,
+                                                           "p": None}}
+    [note] = dpo_notes(results)
+    assert "gen-only: +0.003" in note

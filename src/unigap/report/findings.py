@@ -70,7 +70,7 @@ def no_gain_note(results: dict[str, Any]) -> list[str]:
     the best of them, and what its loss says about why (pairs not separated, or separated without carrying over)."""
     gen_arms = [m for m, t in results["training"].items() if "gen" in t["trained"] and m in results["results"]]
     arms = [m for m in gen_arms if not results["training"][m].get("gen_overoptimised")]
-    rows = {m: results["results"][m]["generation.accuracy"] for m in arms}
+    rows = {m: r for m in arms if (r := results["results"][m]["generation.accuracy"])["delta"] is not None}
     if not rows or any(r["significant"] and r["delta"] > 0 for r in rows.values()):
         return []
     best = max(rows, key=lambda m: rows[m]["delta"])
