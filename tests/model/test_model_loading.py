@@ -72,7 +72,10 @@ def test_load_model_rejects_bad_paths(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(UserError, match="DeepSeek-format .*convert_janus_weights_to_hf.py"):
         load_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "janus"}))
-    with pytest.raises(UserError, match="safetensors"):
+    with pytest.raises(UserError, match="safetensors weights$"):
+        load_model(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")  # the conversion script's default: pickled weights
+    with pytest.raises(UserError, match=r"only pytorch_model\*.bin: run the conversion with --safe_serialization"):
         load_model(tmp_path)
     monkeypatch.setitem(loading.EMBEDDED, "tiny", tmp_path / "absent")
     with pytest.raises(UserError, match="embedded model 'tiny' is not present"):

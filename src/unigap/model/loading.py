@@ -58,7 +58,10 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
     if model_type != "janus":
         raise UserError(f"{directory} is not a Janus checkpoint (config model_type is {model_type!r}, not 'janus')")
     if not any(directory.glob("*.safetensors")):
-        raise UserError(f"{directory} has no *.safetensors weights")
+        pickled = any(directory.glob("pytorch_model*.bin"))  # what the conversion script writes by default
+        raise UserError(f"{directory} has no *.safetensors weights" + (
+            " (only pytorch_model*.bin: run the conversion with --safe_serialization, or load the folder with "
+            "JanusForConditionalGeneration.from_pretrained and save_pretrained it again)" if pickled else ""))
     return directory
 
 
