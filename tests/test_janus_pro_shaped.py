@@ -57,6 +57,12 @@ def test_the_processor_loads_and_unigaps_prompt_ids_are_janusprocessors(tmp_path
     assert text == "<|User|>: <image_placeholder>\nWhat color is the circle?\n\n<|Assistant|>:"
     ids = processor(text=text, images=[Image.new("RGB", (64, 64), "white")])["input_ids"][0]
     assert um.prompts.understanding_ids(question) == list(ids)
+    for spaced in (f" {question}", f"{question} \n"):  # the template keeps a leading space, drops trailing ones
+        text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                                              "text": spaced}]}],
+                                             add_generation_prompt=True)
+        ids = processor(text=text, images=[Image.new("RGB", (64, 64), "white")])["input_ids"][0]
+        assert um.prompts.understanding_ids(spaced) == list(ids), repr(spaced)
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "a red circle"}]}],
                                          add_generation_prompt=True)
     ids = processor(text=text, generation_mode="image")["input_ids"][0]

@@ -93,7 +93,7 @@ class PromptFormat:
 
     def understanding_ids(self, question: str) -> list[int]:
         """BOS + prompt with one image (N placeholders) and the question, ready for the answer."""
-        question = _braces(_text(question, "question").strip())
+        question = _braces(_text(question, "question").rstrip())  # (as the chat template: a leading space stays)
         chat = f"{_braces(self.system_prompt)}<|User|>: {{block}}\n{question}\n\n<|Assistant|>:"
         return self._with_image(f"{{block}} {question}", chat, "understanding")
 
