@@ -53,6 +53,26 @@ def test_both_tasks_in_one_run(tiny_dir: Path, world: Path, tmp_path: Path, caps
     assert config["und_data"].endswith("questions.jsonl") and config["lora_rank"] == 4
 
 
+def test_data_named_in_the_config_file_is_claimed_by_content(tiny_dir: Path, world: Path, tmp_path: Path, capsys,
+                                                                monkeypatch) -> None:
+    """A resumed run is compared with the files it read, wherever they were named: a --config file's data too."""
+    import unigap.cli.train as train_cli
+
+    claimed: list[dict] = []
+
+    def stop(out, what, model, **data):
+        claimed.append(data)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(train_cli, "inputs_claimed", stop)
+    toml = tmp_path / "data.toml"
+    data = world / "samples.jsonl"
+    toml.write_text(world.joinpath("small.toml").read_text() + f"gen_data = {json.dumps(str(data))}\n")
+    code, _, _ = run_main(capsys, ["train", "--model", str(tiny_dir), "--objective", "sft", "--config", str(toml),
+                                   "--out", str(tmp_path / "run")])
+    assert code == 2 and claimed == [{"und_data": None, "gen_data": str(data)}]
+
+
 def test_generation_data_trains_the_head_understanding_data_does_not(tiny_dir: Path, world: Path,
                                                                        tmp_path: Path) -> None:
     base = load_model(tiny_dir).model.model.generation_head.state_dict()

@@ -165,7 +165,8 @@ def _train_sft(run: Run, und_data: Path | None, gen_data: Path | None, common: d
     settings = SFTConfig.load(run.config, **common, **paths)
     run = run.under(settings.bf16)
     data = read_sft_data(settings)  # a bad row fails before the model loads
-    with inputs_claimed(run.out, "train", run.model, und_data=und_data, gen_data=gen_data), manifest(
+    read = {name: getattr(settings, name) or None for name in paths}  # the files read: a --config file's too
+    with inputs_claimed(run.out, "train", run.model, **read), manifest(
             "train", {"model": run.model, "objective": "sft", **settings.to_dict()}, seeds=[settings.seed]) as record:
         result = train_sft(run.load(record), settings, run.out, run.resume, run.backends, data=data)
     sizes = f"{len(data.understanding)} understanding, {len(data.captions)} generation examples"
