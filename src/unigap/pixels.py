@@ -11,6 +11,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+# What Pillow raises for a file that is no readable image: OSError (UnidentifiedImageError is one), ValueError or
+# SyntaxError for a damaged header or chunk ("Truncated IHDR chunk", "broken PNG file"), and DecompressionBombError
+# for one over twice its pixel limit (none of the others)
+UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
 
 def opaque_rgb(image: Image.Image) -> Image.Image:
     """A PIL image of any mode as RGB, transparency (straight or premultiplied alpha, or a palette's transparent

@@ -242,6 +242,21 @@ def test_an_image_over_pils_bomb_limit_is_one_line_naming_its_row(tmp_path) -> N
         load_image(tmp_path / "big.png")
 
 
+@pytest.mark.parametrize(("offset", "byte"), [(11, 0), (36, 0)])  # damaged chunks: ValueError, SyntaxError
+def test_a_damaged_image_file_is_one_line_naming_its_row(tmp_path, offset: int, byte: int) -> None:
+    from unigap.world import load_image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "bad.png")
+    data = bytearray((tmp_path / "bad.png").read_bytes())
+    data[offset] = byte
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    (tmp_path / "data.jsonl").write_text(json.dumps({"image": "bad.png", "question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(UserError, match=r"data.jsonl:1: cannot read image bad.png: "):
+        read_understanding_data(tmp_path / "data.jsonl")
+    with pytest.raises(UserError, match=r"bad.png as an image: "):
+        load_image(tmp_path / "bad.png")
+
+
 def test_rows_are_lines_split_at_line_ends_only_and_mixed_answer_columns_are_read(tmp_path, image_file):
     """JSON written with ensure_ascii=False keeps U+2028 and U+0085 unescaped in its strings: still one row each. A
     CSV row that fills only `answer` beside an `answers` column, and datasets' column-wise answer records, are read."""

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from unigap.atomic import file_fingerprint
 from unigap.errors import UserError
-from unigap.pixels import rgb_pixels
+from unigap.pixels import UNREADABLE_IMAGE, rgb_pixels
 
 TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 Row = tuple[str, dict[str, Any]]  # (location, row)
@@ -178,7 +178,7 @@ def image_cell(row: dict[str, Any], base: Path, where: str, name: str = "image")
         else:
             raise UserError(f"{where}: {name!r} must be a path, bytes or an image, got {type(value).__name__}")
         return rgb_pixels(image)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:  # (a bomb: not an OSError)
+    except UNREADABLE_IMAGE as exc:
         raise UserError(f"{where}: cannot read image {shown}: {exc}") from None
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 from scipy import ndimage
 
 from unigap.errors import UserError
-from unigap.pixels import rgb_pixels
+from unigap.pixels import UNREADABLE_IMAGE, rgb_pixels
 from unigap.world.prompts import PromptSpec, check, parse_prompt
 from unigap.world.render import BACKGROUND, PALETTE
 from unigap.world.scene import DEFAULT_CANVAS, Geometry
@@ -214,5 +214,5 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(p) as image:
             return rgb_pixels(image)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # (a bomb, > 2×PIL's pixel limit: neither)
+    except UNREADABLE_IMAGE as exc:
         raise UserError(f"cannot read {p} as an image: {exc}") from None
