@@ -68,6 +68,20 @@ def test_parquet_with_embedded_image_bytes(tmp_path):
     _check(read_understanding_data(path))
 
 
+def test_whole_number_answers_stored_as_floats_are_read_and_a_missing_one_is_named(tmp_path):
+    """pandas writes an integer column with a missing value as floats: 1.0 is the answer 1; NaN is its row's error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image = {"bytes": _png(), "path": None}
+    rows = [{"image": image, "question": "How many?", "answer": 1.0}, {"image": image, "question": "How many?",
+                                                                       "answer": float("nan")}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "counts.parquet")
+    with pytest.raises(UserError, match=r"counts.parquet:row 2: 'answer' must be"):
+        read_understanding_data(tmp_path / "counts.parquet")
+    assert read_understanding_data(tmp_path / "counts.parquet", n=1)[0].question.answers == ("1",)
+
+
 def test_a_dataset_saved_to_disk(tmp_path):
     datasets = pytest.importorskip("datasets")  # a dev dependency: installed by `make setup`
     rows = {"image": [Image.new("RGB", (8, 8), RED)] * 2, "question": ["What color?"] * 2, "answer": ["red"] * 2}

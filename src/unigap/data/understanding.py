@@ -47,10 +47,12 @@ class UserItem:
 
 
 def _answer_text(value: Any) -> str | None:
-    """An answer as text: a string, a whole number (VQA's counts, often stored as integers), or VQAv2's
-    `{"answer": ...}` record; None for anything else."""
+    """An answer as text: a string, a whole number (VQA's counts, often stored as integers, or as floats where pandas
+    wrote a column with a missing value), or VQAv2's `{"answer": ...}` record; None for anything else (NaN too)."""
     if isinstance(value, dict):
         value = value.get("answer")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value if isinstance(value, str) and value.strip() else None
