@@ -97,6 +97,10 @@ def test_merged_checkpoint_equals_base_plus_adapter(editing_base, adapter, image
     code, _, err = run_main(capsys, "ask", "--model", out, "--adapter", adapter, "--image", tmp_path / "white.png",
                             "--question", "How many objects are there?")  # the adapter again would apply it twice
     assert code == 2 and f"already has the adapter {adapter} merged into its weights" in err
+    (adapter / "eval.json").write_text("{}")  # an output written beside the adapter since: still the same adapter
+    code, _, err = run_main(capsys, "ask", "--model", out, "--adapter", adapter, "--image", tmp_path / "white.png",
+                            "--question", "How many objects are there?")
+    assert code == 2 and "merged into its weights" in err
 
 
 def test_merged_checkpoint_keeps_the_base_dtype_and_files(tiny_dir, tmp_path) -> None:

@@ -172,14 +172,17 @@ MERGED_ADAPTER_KEY = "adapter_sha256"  # in a `merge --model --adapter` checkpoi
 
 
 def _refuse_merged_twice(model: str, adapter: Path) -> None:
-    """A checkpoint written by `unigap merge --model --adapter A` has A in its weights: A again would apply it twice."""
+    """A checkpoint written by `unigap merge --model --adapter A` has A in its weights: A again would apply it twice.
+    A is known by its own files (`adapter_fingerprint`: what else its folder holds, a run's checkpoint or outputs, may
+    change), or by its whole folder's hash, which merges recorded before."""
     from unigap.atomic import file_fingerprint
     from unigap.manifest import MANIFEST_FILE, read_record
+    from unigap.model.lora import adapter_fingerprint
 
     record = read_record(Path(model) / MANIFEST_FILE) or {}
     config = record.get("config") if record.get("command") == "merge" else None
     merged = config.get(MERGED_ADAPTER_KEY) if isinstance(config, dict) else None
-    if merged is not None and merged == file_fingerprint(adapter):
+    if merged is not None and merged in (adapter_fingerprint(adapter), file_fingerprint(adapter)):
         raise UserError(f"{model} already has the adapter {adapter} merged into its weights (its {MANIFEST_FILE}); "
                         "load it without --adapter")
 

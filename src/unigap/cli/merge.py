@@ -49,16 +49,16 @@ def merge(
 
 def _fold(model: str, adapter: Path, out: Path) -> None:
     """Load --model with --adapter, merge, write OUT atomically (with its manifest)."""
-    from unigap.atomic import file_fingerprint
     from unigap.cli.common import load
     from unigap.manifest import manifest, write_manifest
     from unigap.model.loading import resolve_checkpoint
+    from unigap.model.lora import adapter_fingerprint
     from unigap.model.standalone import check_new_directory, save_merged
 
     check_new_directory(out)  # before the slow load
     # the adapter's content is recorded, so that loading OUT with it again is refused (`common.load`)
     with manifest("merge", {"model": model, "adapter": str(adapter), "out": str(out),
-                            MERGED_ADAPTER_KEY: file_fingerprint(adapter)}) as record:
+                            MERGED_ADAPTER_KEY: adapter_fingerprint(adapter)}) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
         save_merged(um, resolve_checkpoint(model), out)
