@@ -91,6 +91,16 @@ def test_a_dataset_saved_to_disk(tmp_path):
     items = read_understanding_data(tmp_path / "ds")
     _check(items)
     assert isinstance(items[0].stored.value["bytes"], bytes)  # kept encoded, not as a decoded PIL image
+    images = datasets.Features({"images": datasets.Sequence(datasets.Image()), "question": datasets.Value("string"),
+                                "answer": datasets.Value("string")})  # TRL's column: a list of images
+    datasets.Dataset.from_dict({"images": [[Image.new("RGB", (8, 8), RED)]] * 2, "question": ["What color?"] * 2,
+                                "answer": ["red"] * 2}, features=images).save_to_disk(str(tmp_path / "trl"))
+    saved = sorted(p.name for p in (tmp_path / "trl").iterdir())
+    from unigap.data.tables import read_table
+
+    [(_, row), _] = read_table(tmp_path / "trl")
+    assert isinstance(row["images"][0]["bytes"], bytes)
+    assert sorted(p.name for p in (tmp_path / "trl").iterdir()) == saved  # read, and nothing written there
 
 
 def test_a_dataset_keeps_lists_of_images_encoded(tmp_path):

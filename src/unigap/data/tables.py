@@ -121,25 +121,13 @@ def _dataset_rows(path: Path) -> list[Row]:
         dataset = datasets.load_from_disk(str(path))
         if isinstance(dataset, datasets.DatasetDict):
             raise UserError(f"{path} holds several splits ({', '.join(dataset)}); pass one split's folder")
-        for name, feature in dataset.features.items():  # rows keep images encoded: decoded as they are used
-            if (undecoded := _undecoded(feature, datasets)) != feature:
-                dataset = dataset.cast_column(name, undecoded)
-        return [(f"{path}:row {i}", row) for i, row in enumerate(dataset, start=1)]
+        # the stored rows, images still encoded ({"bytes", "path"}: decoded as they are used), read as they are: a cast
+        # of a list-of-images column (TRL's `images`) would write a cache file into the user's folder
+        return [(f"{path}:row {i}", row) for i, row in enumerate(dataset.data.to_pylist(), start=1)]
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged folder fails inside datasets in many ways (KeyError, IndexError, ...)
         raise UserError(f"{path}: cannot load the dataset: {type(exc).__name__}: {exc}") from None
-
-
-def _undecoded(feature: Any, datasets: Any) -> Any:
-    """The feature with every `Image` in it undecoded (TRL's `images` column is a list of them)."""
-    if isinstance(feature, datasets.Image):
-        return datasets.Image(decode=False)
-    if isinstance(feature, datasets.Sequence | getattr(datasets, "List", datasets.Sequence)):
-        return type(feature)(_undecoded(feature.feature, datasets), length=feature.length)
-    if isinstance(feature, list) and len(feature) == 1:
-        return [_undecoded(feature[0], datasets)]
-    return feature
 
 
 def text_cell(row: dict[str, Any], name: str, where: str) -> str:
