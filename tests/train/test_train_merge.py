@@ -108,6 +108,27 @@ def test_merge_cli_writes_one_soup_per_lambda(adapters: tuple[Path, Path], tmp_p
         assert re.search(message, capsys.readouterr().err) and not (tmp_path / "new").exists()
 
 
+def test_a_soup_cut_off_while_written_leaves_no_folder(adapters: tuple[Path, Path], tmp_path: Path,
+                                                       monkeypatch) -> None:
+    """A kill (or a full disk) between a soup's weights and its config left a folder a rerun refused as taken."""
+    import unigap.train.merge as merge_module
+
+    real, written = merge_module.atomic_write_bytes, []
+
+    def cut_off(path, write):
+        if path.name == merge_module.ADAPTER_CONFIG:
+            raise KeyboardInterrupt
+        written.append(path.name)
+        real(path, write)
+
+    monkeypatch.setattr(merge_module, "atomic_write_bytes", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        merge_module.soups(*adapters, tmp_path / "out", (0.5,))
+    assert written == [merge_module.ADAPTER_WEIGHTS] and list((tmp_path / "out").iterdir()) == []
+    monkeypatch.setattr(merge_module, "atomic_write_bytes", real)
+    assert merge_module.soups(*adapters, tmp_path / "out", (0.5,)) == [tmp_path / "out" / "soup-0.5"]
+
+
 def test_oracle_routes_understanding_and_generation(tiny_dir: Path, adapters: tuple[Path, Path]) -> None:
     und, gen = adapters
     u_pairs, g_pairs = random_pairs(lora_model(tiny_dir), 2)

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from unigap.errors import UserError, first_line
-from unigap.atomic import atomic_write_bytes
+from unigap.atomic import atomic_write_bytes, directory_atomically
 from unigap.model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_files
 from unigap.train.names import SOUP_LAMBDAS
 
@@ -98,8 +98,8 @@ def soup(und_dir: str | Path, gen_dir: str | Path, lam: float, out_dir: str | Pa
 def soups(
     und_dir: str | Path, gen_dir: str | Path, out_dir: str | Path, lambdas: tuple[float, ...] = SOUP_LAMBDAS
 ) -> list[Path]:
-    """One soup per λ, in OUT/soup-{λ}; every λ is checked before any soup is written, and a soup is never written
-    over another."""
+    """One soup per λ, in OUT/soup-{λ}; every λ is checked before any soup is written, a soup is never written
+    over another, and each folder appears whole (weights and config) or not at all."""
     for lam in lambdas:
         _check_lambda(lam)
     if Path(und_dir).resolve() == Path(gen_dir).resolve():
@@ -113,7 +113,10 @@ def soups(
     if taken:
         raise UserError(f"--out {out_dir} already holds {', '.join(taken)}; choose a new --out or other --lambda "
                         "values")
-    return [soup(und_dir, gen_dir, lam, directory) for lam, directory in zip(lambdas, directories, strict=True)]
+    for lam, directory in zip(lambdas, directories, strict=True):
+        with directory_atomically(directory) as staging:
+            soup(und_dir, gen_dir, lam, staging)
+    return directories
 
 
 def _check_lambda(lam: float) -> None:
