@@ -65,3 +65,11 @@ def test_unknown_source_and_bad_n() -> None:
         prompt_specs("no/such/file.txt", 10, 0)
     with pytest.raises(UserError, match="--n must be positive"):
         prompt_specs("test", 0, 0)
+
+
+def test_a_table_is_no_prompt_file(tmp_path: Path) -> None:
+    """Read as text, a CSV's header would be the first prompt and its quotes part of each."""
+    path = tmp_path / "prompts.csv"
+    path.write_text('prompt\n"a red circle"\n')
+    with pytest.raises(UserError, match=r"prompts.csv: a prompt file is plain text .* or JSONL .*not \.csv$"):
+        read_prompt_file(path)

@@ -1,8 +1,8 @@
 """Users' data files as rows: JSONL, CSV, Parquet, or a dataset saved by `datasets.save_to_disk`, each row with
 the place it came from, so that one malformed row is one error naming `FILE:LINE` (or `FILE:row N`).
 
-Why one reader: prompt lists, understanding data and preference pairs all arrive in these formats, and every
-command must fail the same way, before anything is written. Image cells are read by `image_cell`: a path
+Why one reader: understanding and caption data and preference pairs all arrive in these formats (prompt lists are
+text or JSONL: `unigap.evaluate.data`), and every command must fail the same way, before anything is written. Image cells are read by `image_cell`: a path
 (relative to the data file's folder), raw bytes, a `{"bytes", "path"}` struct (how `datasets` stores an `Image`
 column in Parquet) or an already decoded image. Where many rows are kept (understanding and caption data),
 `stored_image` checks a cell by decoding it once and keeps it as stored (a path, or encoded bytes): a user's file

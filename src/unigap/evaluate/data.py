@@ -117,8 +117,12 @@ def read_prompt_file(path: str | Path) -> list[tuple[int, str]]:
 
 def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, metadata object) of every line of a prompt file, checked as `read_prompt_file` does: a JSON
-    line's object as written (GenEval's scorer reads its other fields), `{"prompt": text}` for a plain line."""
+    line's object as written (GenEval's scorer reads its other fields), `{"prompt": text}` for a plain line. A table
+    format is refused: read as text, a CSV's header would be the first prompt and its quotes part of each."""
     path = Path(path)
+    if path.suffix.lower() in (".csv", ".tsv", ".parquet"):
+        raise UserError(f"{path}: a prompt file is plain text (one prompt per line) or JSONL with a 'prompt' field, "
+                        f"not {path.suffix}")
     lines = text_lines(path, "prompt file")
     out = []
     for line_no, line in enumerate(lines, start=1):
