@@ -230,3 +230,27 @@ def test_save_report_is_on_disk_before_it_replaces_the_previous_report(tmp_path,
     save_report({"a": 2}, path)
     assert synced == ['{\n  "a": 1\n}\n']
     assert json.loads(path.read_text()) == {"a": 2}
+
+
+def test_a_record_that_is_no_json_object_is_one_line(tmp_path) -> None:
+    for content in (b"\xff", b"[1]"):  # not UTF-8; JSON but no object
+        (tmp_path / "settings.json").write_bytes(content)
+        with pytest.raises(UserError, match=r"cannot read .*settings.json"):
+            claim_settings(tmp_path / "settings.json", {"a": 1}, "refine")
+
+
+def test_an_output_behind_a_folder_that_cannot_be_searched_is_one_line(tmp_path, monkeypatch) -> None:
+    """Python 3.11's `Path.exists` raises PermissionError there (root, who runs the tests, is never refused)."""
+    from unigap.atomic import check_creatable
+
+    locked = tmp_path / "locked"
+    real = Path.exists
+
+    def exists(self: Path, *args, **kwargs) -> bool:
+        if self == locked / "out" or locked in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    with pytest.raises(UserError, match=r"cannot write .*locked/out: Permission denied"):
+        check_creatable(locked / "out")

@@ -593,3 +593,11 @@ def test_sigterm_ends_a_run_as_an_interrupt_does(tmp_path: Path, capsys, monkeyp
     code, err = _run(capsys, ["world", "sample", "--n", "3", "--seed", "0", "--out", str(out)])
     assert code == 130 and err == "unigap: interrupted\n" and signal.getsignal(signal.SIGTERM) is before
     assert not out.exists() or not any(p.name.endswith(".tmp") for p in out.iterdir())  # staging removed
+
+
+def test_a_commands_default_out_is_checked_as_a_typed_one(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("")  # a file where `refine` puts its default runs/refine
+    code, err = _run(capsys, ["refine", "--n", "1", "--rounds", "0"])
+    assert code == 2 and err == "unigap: error: cannot create runs/refine: runs is a file\n"
+    assert _run(capsys, ["refine", "--help"])[0] in (0, None)  # help reads no --out

@@ -43,16 +43,19 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 def check_creatable(path: str | os.PathLike) -> Path:
     """`UserError` unless `path` can be created: its nearest existing ancestor must be a writable directory, and the
     path itself, where it exists, a file or a (writable) directory (an atomic rename would replace a device or a
-    pipe)."""
+    pipe). A folder on the way that cannot be searched is one too (Python 3.11's `exists` raises there)."""
     path = Path(path)
-    if path.exists() and not (path.is_file() or path.is_dir()):
-        raise UserError(f"output path {path} exists and is neither a file nor a directory")
-    blocking = next((p for p in path.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise UserError(f"cannot create {path}: {blocking} is a file")
-    for directory in (blocking, path if path.is_dir() else None):
-        if directory is not None and not _writable(directory):
-            raise UserError(f"cannot write {path}: {directory} is not writable")
+    try:
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            raise UserError(f"output path {path} exists and is neither a file nor a directory")
+        blocking = next((p for p in path.parents if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise UserError(f"cannot create {path}: {blocking} is a file")
+        for directory in (blocking, path if path.is_dir() else None):
+            if directory is not None and not _writable(directory):
+                raise UserError(f"cannot write {path}: {directory} is not writable")
+    except PermissionError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror} ({exc.filename or path})") from None
     return path
 
 
@@ -161,8 +164,10 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
     if path.is_file():
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # (JSON and UTF-8 decoding errors are ValueErrors)
             raise UserError(f"cannot read {path}: {exc}") from None
+        if not isinstance(saved, dict):
+            raise UserError(f"cannot read {path}: it holds no JSON object; move it away or choose a new --out")
         compared = {k: v for k, v in settings.items() if k not in free}
         changed = differences_since({k: v for k, v in saved.items() if k in compared}, compared, defaults or {})
         if changed:

@@ -110,7 +110,9 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
 
     from unigap.atomic import check_creatable
 
-    for value in _values(argv, "--out"):
+    typed = _values(argv, "--out")
+    defaults = [] if typed or {"--help", "-h"} & set(argv) else _default_out(command, subcommand)
+    for value in typed or defaults:
         if not value.strip():  # an unset shell variable: Path("") would be the current directory
             raise UserError("--out is empty; give a path (. for the current directory)")
         if value.endswith(("/", os.sep)) and _writes_a_file(argv, command):
@@ -123,6 +125,19 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
         if made_by is not None and made_by != " ".join(filter(None, (command, subcommand))):
             held = "holds" if Path(value).is_dir() else "is"
             raise UserError(f"--out {value} {held} the output of `unigap {made_by}`; choose another --out")
+
+
+def _params(command: str, subcommand: str | None) -> list[Any]:
+    """The click parameters of `unigap command [subcommand]` (none for an unknown command)."""
+    group = _click_command().commands.get(command)  # type: ignore[attr-defined]
+    chosen = (getattr(group, "commands", None) or {}).get(subcommand, group) if subcommand else group
+    return list(getattr(chosen, "params", ()))
+
+
+def _default_out(command: str, subcommand: str | None) -> list[str]:
+    """The command's own `--out` default where it has one (`runs/refine`, ...): checked as a typed one is."""
+    return [str(param.default) for param in _params(command, subcommand)
+            if "--out" in getattr(param, "opts", ()) and not param.required and param.default not in (None, "")]
 
 
 def _values(argv: list[str], flag: str) -> list[str]:
@@ -202,9 +217,7 @@ def _how_to_continue(argv: list[str], command: str, subcommand: str | None) -> s
     """After ^C: how the same command picks up where it stopped, where it can."""
     if command in RERUN_CONTINUES:
         return "; rerun the same command to continue"
-    group = _click_command().commands.get(command)  # type: ignore[attr-defined]
-    chosen = (getattr(group, "commands", None) or {}).get(subcommand, group) if subcommand else group
-    options = {opt for param in getattr(chosen, "params", ()) for opt in getattr(param, "opts", ())}
+    options = {opt for param in _params(command, subcommand) for opt in getattr(param, "opts", ())}
     geneval = command != "generate" or _values(argv, "--layout")[-1:] == ["geneval"]  # (its only resumable layout)
     return "; rerun it with --resume to continue" if "--resume" in options and geneval else ""
 
