@@ -26,3 +26,16 @@ def test_world_sample_writes_its_manifest(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "shapes" / MANIFEST_FILE).read_text())
     assert saved["command"] == "world sample" and saved["config"]["n"] == 3
 
+
+
+def test_the_commit_is_unigaps_own_not_an_enclosing_projects(monkeypatch) -> None:
+    """Installed in a virtual environment inside a user's git project, the project's commit says nothing of unigap."""
+    import subprocess
+
+    import unigap.manifest as manifest_module
+
+    package = Path(manifest_module.__file__).resolve().parent
+    for toplevel, expected in ((package.parents[1], "abc123"), (Path("/home/user/project"), None)):
+        monkeypatch.setattr(subprocess, "run", lambda *a, top=toplevel, **k: subprocess.CompletedProcess(
+            a, 0, stdout=f"{top}\nabc123\n", stderr=""))
+        assert manifest_module.git_commit() == expected

@@ -32,13 +32,18 @@ def _version(package: str) -> str | None:
 
 
 def git_commit() -> str | None:
-    """The commit of the checkout unigap runs from, or None (an installed wheel, no git)."""
+    """The commit of the checkout unigap runs from, or None (an installed wheel, no git, or a package installed inside
+    another repository, a virtual environment in a user's project, whose commit says nothing of unigap's code)."""
+    package = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                             timeout=5, check=False)
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=package, capture_output=True,
+                             text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    lines = out.stdout.splitlines() if out.returncode == 0 else []
+    if len(lines) != 2 or (Path(lines[0]).resolve() / "src" / "unigap") != package:
+        return None
+    return lines[1]
 
 
 def _now() -> str:
