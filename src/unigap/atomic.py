@@ -90,16 +90,18 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
     return path
 
 
+def write_synced(tmp: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call `write(handle)` on the binary file `tmp`, then flush it to disk: a file about to replace another must be
+    whole on disk before the rename, or a crash can leave an empty file where the old one was."""
+    with tmp.open("wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(handle)` on a binary file that replaces `path` atomically (fsynced first)."""
-
-    def write_file(tmp: Path) -> None:
-        with tmp.open("wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    write_atomically(path, write_file)
+    """Call `write(handle)` on a binary file that replaces `path` atomically (fsynced first: `write_synced`)."""
+    write_atomically(path, lambda tmp: write_synced(tmp, write))
 
 
 def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
