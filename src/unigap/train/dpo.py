@@ -115,6 +115,12 @@ class DPOOptions:
         if not self.nll_weight >= 0:
             raise ValueError(f"nll_weight must be >= 0, got {self.nll_weight}")
 
+    @property
+    def per_token(self) -> bool:
+        """Whether the loss compares log-ratios per token: `length_normalize`, or IPO (as TRL: its 1/(2β) target is
+        per token)."""
+        return self.length_normalize or self.loss_type == "ipo"
+
 
 @dataclass(frozen=True)
 class TaskLoss:
@@ -138,8 +144,7 @@ def dpo_loss(
     nll_weight: float = 0.0,
 ) -> DPOOutput:
     """DPO (sigmoid) or IPO loss on per-pair summed log-probs [B]; see the module docstring for formulas."""
-    DPOOptions(beta=beta, loss_type=loss_type, nll_weight=nll_weight)  # validates
-    length_normalize = length_normalize or loss_type == "ipo"  # as TRL: IPO's 1/(2β) target is per token
+    length_normalize = DPOOptions(beta, loss_type, length_normalize, nll_weight).per_token  # (validated)
     needs_counts = length_normalize or nll_weight > 0
     if needs_counts and (chosen_tokens is None or rejected_tokens is None):
         raise ValueError("length_normalize and nll_weight need chosen_tokens and rejected_tokens")
@@ -240,7 +245,7 @@ def task_dpo_loss(um: UnifiedModel, pairs: Sequence[Pair], options: DPOOptions =
     logps = [chosen.detach().float().cpu(), rejected.detach().float().cpu(),
              torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32),
              torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)]
-    if options.length_normalize or options.loss_type == "ipo":  # per token, as the loss compares them (and TRL's IPO)
+    if options.per_token:  # as the loss compares them (and TRL logs IPO's)
         counts = [n.float().cpu() for n in (n_chosen, n_rejected)] * 2
         logps = [value / count for value, count in zip(logps, counts, strict=True)]
     metrics = {
