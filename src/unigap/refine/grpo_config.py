@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from unigap.errors import UserError
-from unigap.evaluate.judges import check_judge_name
+from unigap.evaluate.judges import VERIFIER, check_judge_name
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuidance
 from unigap.model.generation import CFG_SCALE
 from unigap.refine.grpo_loss import LOSS_TYPES
@@ -28,7 +28,7 @@ SCALE_REWARDS = ("none", "group", "batch")
 STAGES = ("tree", "generate")
 # the verifier's rewards: its graded score (partial credit per satisfied part), or its verdict (1 correct, else 0: the
 # accuracy the loop is measured by); neither needs the guard a judge's reward has
-VERIFIER_REWARDS = ("verifier", "verifier-binary")
+VERIFIER_REWARDS = (VERIFIER, "verifier-binary")
 
 
 @dataclass(frozen=True)
