@@ -132,6 +132,9 @@ def test_a_model_that_cannot_edit_regenerates_and_refuses_edit(stub_factory, tmp
     with pytest.raises(UserError, match="^--edit-cfg guide edits; this model cannot edit, so the loop regenerates$"):
         run_refine(stub, RefineConfig(n=4, rounds=1, edit_cfg_scale=5.0), tmp_path / "guided", progress=False)
     assert not (tmp_path / "guided").exists()  # refused before anything is written
+    with pytest.raises(UserError, match="^--edit-cfg guide edits; --refiner regenerate never edits$"):  # any model
+        run_refine(stub_factory(), RefineConfig(n=4, rounds=1, refiner="regenerate", edit_cfg_scale=5.0),
+                   tmp_path / "guided", progress=False)
 
 
 @pytest.mark.parametrize(

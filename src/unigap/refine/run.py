@@ -92,7 +92,9 @@ def check_refiner(um: Refinable, config: RefineConfig) -> str:
                                                ("--edit-image-cfg", config.edit_image_cfg_scale, EDIT_IMAGE_CFG_SCALE))
              if value != default]
     if mode != "edit" and given:
-        raise UserError(f"{' and '.join(given)} guide edits; this model cannot edit, so the loop regenerates")
+        why = "--refiner regenerate never edits" if config.refiner == "regenerate" else \
+            "this model cannot edit, so the loop regenerates"
+        raise UserError(f"{' and '.join(given)} guide edits; {why}")
     return mode
 
 
