@@ -28,7 +28,6 @@ from unigap.model.images import ImageInput, to_rgb_array
 from unigap.train.dpo import GenerationPair, Pair, REFERENCE_BATCH, UnderstandingPair, with_reference
 
 
-
 def is_trl_row(row: dict[str, Any]) -> bool:
     """A row in TRL's convention (no unigap `kind`; prompt and chosen, rejected or their images)."""
     return "kind" not in row and "prompt" in row
