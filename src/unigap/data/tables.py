@@ -3,10 +3,11 @@ the place it came from, so that one malformed row is one error naming `FILE:LINE
 
 Why one reader: understanding and caption data and preference pairs all arrive in these formats (prompt lists are
 text or JSONL: `unigap.evaluate.data`), and every command must fail the same way, before anything is written. Image
-cells are read by `image_cell`: a path (relative to the data file's folder), raw bytes, a `{"bytes", "path"}` struct (how `datasets` stores an `Image`
-column in Parquet) or an already decoded image. Where many rows are kept (understanding and caption data),
-`stored_image` checks a cell by decoding it once and keeps it as stored (a path, or encoded bytes): a user's file
-of 100,000 photos decoded at once would need about 100 GB, so they are decoded as they are used.
+cells are read by `image_cell`: a path (relative to the data file's folder), raw bytes, a `{"bytes", "path"}`
+struct (how `datasets` stores an `Image` column in Parquet) or an already decoded image. Where many rows are kept
+(understanding and caption data), `stored_image` checks a cell by decoding it once and keeps it as stored (a path, or
+encoded bytes): a user's file of 100,000 photos decoded at once would need about 100 GB, so they are decoded as they
+are used.
 """
 
 from __future__ import annotations
