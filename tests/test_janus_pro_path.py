@@ -101,16 +101,19 @@ def test_unimrg_trains_on_janus_pro_geometry(janus_pro: Path, tmp_path: Path) ->
     assert (out / "adapter_model.safetensors").is_file()
 
 
-def test_refine_train_regenerates_on_janus_pro(janus_pro: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("reward", ["verifier", "verifier-binary"])
+def test_refine_train_regenerates_on_janus_pro(janus_pro: Path, tmp_path: Path, reward: str) -> None:
     """GRPO's refine stage on a model that cannot edit: free-text reflections, images regenerated from the refined
-    prompt and scored at 384 px."""
+    prompt and scored at 384 px (the verifier's graded score, or its verdict)."""
     config = tmp_path / "grpo.toml"
     config.write_text("steps = 2\nprompts_per_step = 1\nnum_generations = 2\neval_n = 0\nlora_rank = 4\n"
                       "max_completion_length = 4\n")
     out = tmp_path / "grpo"
-    _run("refine", "train", "--model", str(janus_pro), "--config", str(config), "--out", str(out))
+    _run("refine", "train", "--model", str(janus_pro), "--config", str(config), "--reward", reward, "--out", str(out))
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["stage"] for row in rows] == ["generate", "refine"]
+    key = "image_score" if reward == "verifier" else reward  # the reward's column, named after it
+    assert f"generate/rewards/{key}/mean" in rows[0]
     assert (out / "adapter_model.safetensors").is_file() and (out / "grpo.json").is_file()
 
 
