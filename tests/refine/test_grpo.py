@@ -362,7 +362,8 @@ def test_config_errors_name_the_fix() -> None:
         GRPOConfig(temperature=0)
     with pytest.raises(UserError, match="stages must be one of tree, generate"):
         GRPOConfig(stages="refine")
-    with pytest.raises(UserError, match="reward: unknown judge 'clipscore'.*; or verifier | verifier-binary"):
+    with pytest.raises(UserError, match=r"reward: unknown judge 'clipscore'; expected one of verifier, self-pyes, base-pyes, clip:DIR, "
+                                          r"vlm:DIR, or verifier-binary$"):
         GRPOConfig(reward="clipscore")
     assert GRPOConfig(reward="verifier-binary").reward == "verifier-binary"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from unigap.errors import UserError
-from unigap.evaluate.judges import VERIFIER, check_judge_name
+from unigap.evaluate.judges import JUDGES, VERIFIER, check_judge_name
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuidance
 from unigap.model.generation import CFG_SCALE
 from unigap.refine.grpo_loss import LOSS_TYPES
@@ -106,8 +106,9 @@ class GRPOConfig:
         try:
             if self.reward not in VERIFIER_REWARDS:
                 check_judge_name(self.reward)
-        except UserError as exc:
-            raise UserError(f"reward: {exc}; or {' | '.join(VERIFIER_REWARDS)}") from None
+        except UserError as exc:  # the judges' list already names `verifier`; add the rewards only GRPO knows
+            extra = [name for name in VERIFIER_REWARDS if name not in JUDGES]
+            raise UserError(f"reward: {exc}, or {', '.join(extra)}") from None
         if self.loss_type not in LOSS_TYPES:
             raise UserError(f"loss-type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:
