@@ -601,3 +601,32 @@ def test_a_commands_default_out_is_checked_as_a_typed_one(tmp_path: Path, capsys
     code, err = _run(capsys, ["refine", "--n", "1", "--rounds", "0"])
     assert code == 2 and err == "unigap: error: cannot create runs/refine: runs is a file\n"
     assert _run(capsys, ["refine", "--help"])[0] in (0, None)  # help reads no --out
+
+
+@pytest.mark.parametrize(("args", "patched", "hint"), [
+    (["pretrain", "--quick"], "unigap.pretrain.pretrain", "; rerun the same command to continue"),
+    (["world", "sample", "--n", "2", "--seed", "0"], "unigap.cli.world.write_dataset", ""),
+])
+@pytest.mark.parametrize(("error", "says"), [
+    (OSError(28, "No space left on device", "/data/run/x.tmp"), "No space left on device: /data/run/x.tmp"),
+    (OSError(30, "Read-only file system"), "Read-only file system"),
+])
+def test_a_file_system_that_refuses_a_write_mid_run_is_one_line(tmp_path: Path, capsys, monkeypatch, args, patched,
+                                                               hint, error, says) -> None:
+    """A full disk or a folder turned read-only after the up-front checks: one line, exit 1, how to go on."""
+    def refused(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(patched, refused)
+    code, err = _run(capsys, [*args, "--out", str(tmp_path / "out")])
+    assert (code, err) == (1, f"unigap: error: {says}{hint}\n")
+
+
+def test_other_os_errors_keep_their_traceback(tmp_path: Path, monkeypatch) -> None:
+    """(An errno that is not the file system refusing a write is unigap's bug, not the user's to fix.)"""
+    def broken(*args, **kwargs):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr("unigap.cli.world.write_dataset", broken)
+    with pytest.raises(OSError, match="Invalid argument"):
+        main(["world", "sample", "--n", "2", "--seed", "0", "--out", str(tmp_path / "out")])

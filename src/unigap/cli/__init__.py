@@ -2,11 +2,12 @@
 
 `main` is the console-script entry point. It turns a `UserError`, or a flag or value click cannot parse (an
 infinite float and an int beyond 64 bits included), into one line on stderr and exit code 2, so a user's mistake
-never shows a traceback or a usage box.
+never shows a traceback or a usage box; a write the file system refuses mid-run is one line with exit code 1.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import signal
 import sys
@@ -274,13 +275,19 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
+# The file system refusing a write mid-run (a full disk or quota, a read-only or forbidden folder): the user can
+# fix it and continue, so one line and exit 1 (what was written is whole: every result is written atomically).
+STORAGE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes (a `UserError`, or a flag click cannot parse) become one `unigap: error: ...` line
-    on stderr with exit code 2."""
+    on stderr with exit code 2; a file system that refuses a write, one line with exit code 1."""
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model load
     restore_sigterm = _sigterm_as_interrupt()
+    command, subcommand = "", None  # (named before anything can fail)
     try:
         configure_threads()  # before torch is imported
         _one_line_warnings()
@@ -313,6 +320,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"unigap: error: {in_the_way}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in STORAGE_REFUSED:  # not the file system's refusal: unigap's own fault, with its traceback
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        typed = sys.argv[1:] if argv is None else argv
+        print(f"unigap: error: {exc.strerror}{where}{_how_to_continue(typed, command, subcommand)}", file=sys.stderr)
+        sys.exit(1)
     finally:
         restore_sigterm()
         if "WORLD_SIZE" in os.environ:  # under a launcher: leave the process group before exit
