@@ -254,3 +254,33 @@ def test_an_output_behind_a_folder_that_cannot_be_searched_is_one_line(tmp_path,
     monkeypatch.setattr(Path, "exists", exists)
     with pytest.raises(UserError, match=r"cannot write .*locked/out: Permission denied"):
         check_creatable(locked / "out")
+
+
+def test_every_writer_puts_each_file_on_disk_before_it_is_in_place(tmp_path, monkeypatch) -> None:
+    """A power loss must not leave a file renamed into place but empty: a pool round's tokens beside the index that
+    marks the round done, a merged checkpoint's weights inside a folder that exists only when complete."""
+    from unigap.atomic import directory_atomically, write_atomically
+
+    synced: set[int] = set()
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        synced.add(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        files = [Path(src)] if Path(src).is_file() else [p for p in Path(src).rglob("*") if p.is_file()]
+        assert all(p.stat().st_ino in synced for p in files), f"{src} is renamed before it is on disk"
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_atomically(tmp_path / "tokens.safetensors", lambda tmp: tmp.write_bytes(b"t"))
+    with directory_atomically(tmp_path / "merged") as staging:
+        (staging / "sub").mkdir()
+        (staging / "sub" / "model.safetensors").write_bytes(b"w")
+    with indexed_files_atomically(tmp_path / "set", {"samples.jsonl": ["file"]}) as staging:
+        (staging / "000.png").write_bytes(b"p")
+        (staging / "samples.jsonl").write_text(json.dumps({"file": "000.png"}) + "\n")
+    assert (tmp_path / "merged" / "sub" / "model.safetensors").read_bytes() == b"w"
+    assert (tmp_path / "set" / "000.png").read_bytes() == b"p"

@@ -1,7 +1,8 @@
 """Atomic writes: a reader (or a resumed job) sees the old file or the new one, never half of one.
 
 Every result, checkpoint and figure goes through `write_atomically`: write a temporary file in the target's
-directory, then `os.replace` it over the target. A folder of many files (a merged checkpoint, a GenEval prompt
+directory, fsync it, then `os.replace` it over the target (every writer here puts a file on disk before its rename,
+so not even a power loss leaves an empty file in place, or an index listing one). A folder of many files (a merged checkpoint, a GenEval prompt
 folder) goes through `directory_atomically`: written into a temporary directory next to the target, then renamed onto
 it, so a folder that exists is complete. Files that join a folder holding others (an adapter beside its run's log and
 checkpoint) go through `files_atomically`, each renamed into place; files listed by an index (a dataset's images and
@@ -74,14 +75,15 @@ def _writable(directory: Path) -> bool:
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call `write(temporary path)` next to `path` (its directory created if missing), then rename the
-    result over `path`."""
+    """Call `write(temporary path)` next to `path` (its directory created if missing), then flush the result to disk
+    and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        _on_disk(Path(tmp))
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
@@ -90,18 +92,21 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
     return path
 
 
-def write_synced(tmp: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(handle)` on the binary file `tmp`, then flush it to disk: a file about to replace another must be
-    whole on disk before the rename, or a crash can leave an empty file where the old one was."""
-    with tmp.open("wb") as handle:
-        write(handle)
-        handle.flush()
+def _on_disk(file: Path) -> None:
+    """fsync `file`: a file about to replace another (or to be listed by an index written after it) must be whole on
+    disk before the rename, or a power loss can leave an empty file where the old one was. A kill alone loses
+    nothing written; this is for the machine going down."""
+    with file.open("rb") as handle:
         os.fsync(handle.fileno())
 
 
 def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(handle)` on a binary file that replaces `path` atomically (fsynced first: `write_synced`)."""
-    write_atomically(path, lambda tmp: write_synced(tmp, write))
+    """Call `write(handle)` on a binary file that replaces `path` atomically."""
+    def written(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            write(handle)
+
+    write_atomically(path, written)
 
 
 def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
@@ -193,6 +198,8 @@ def directory_atomically(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         for entry in [tmp, *tmp.rglob("*")]:
+            if entry.is_file():
+                _on_disk(entry)
             os.chmod(entry, DIR_MODE if entry.is_dir() else FILE_MODE)
         try:
             os.replace(tmp, path)
@@ -217,7 +224,7 @@ def files_atomically(directory: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         files = _staged(tmp)
         _check_targets(directory, tmp, files)
-        _move_into(directory, tmp, files, fsync=True)
+        _move_into(directory, tmp, files)
 
 
 @contextmanager
@@ -254,13 +261,11 @@ def _check_targets(directory: Path, tmp: Path, files: Iterable[Path]) -> None:
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target))
 
 
-def _move_into(directory: Path, tmp: Path, files: list[Path], fsync: bool) -> None:
-    """Rename each staged file (its target checked: `_check_targets`) over its namesake in `directory` (fsynced first
-    where `fsync`: on disk before it replaces a file, as a checkpoint must be; a kill alone loses nothing written)."""
+def _move_into(directory: Path, tmp: Path, files: list[Path]) -> None:
+    """Rename each staged file (its target checked: `_check_targets`) over its namesake in `directory`, each on disk
+    first (`_on_disk`)."""
     for path in files:
-        if fsync:
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
+        _on_disk(path)
         os.chmod(path, FILE_MODE)
     for path in files:
         target = directory / path.relative_to(tmp)
@@ -312,8 +317,8 @@ def indexed_files_atomically(directory: str | os.PathLike, indexes: dict[str, Co
         atomic_write_lines(pending, [json.dumps({"file": name}) for name in listing])
         for name in reversed(indexes):  # the completeness mark goes first
             (directory / name).unlink(missing_ok=True)
-        _move_into(directory, tmp, [p for name, p in new.items() if name not in indexes], fsync=False)
-        _move_into(directory, tmp, [tmp / name for name in indexes if (tmp / name).is_file()], fsync=True)
+        _move_into(directory, tmp, [p for name, p in new.items() if name not in indexes])
+        _move_into(directory, tmp, [tmp / name for name in indexes if (tmp / name).is_file()])
     remove_replaced(directory, earlier, listed(), inside=inside, named=named)
     pending.unlink()
 

@@ -48,10 +48,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
 
 
 def save_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """The report as indented JSON (null for values of empty samples), written atomically and on disk (fsynced)
-    before it replaces an earlier report."""
+    """The report as indented JSON (null for values of empty samples), written atomically."""
     data = (json.dumps(report, indent=2, allow_nan=False) + "\n").encode("utf-8")
-    return write_atomically(path, lambda tmp: atomic.write_synced(tmp, lambda handle: handle.write(data)))
+    return write_atomically(path, lambda tmp: tmp.write_bytes(data))
 
 
 def save_images(images: Sequence[Image.Image], folder: str | os.PathLike) -> None:
