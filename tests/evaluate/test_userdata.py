@@ -150,6 +150,20 @@ def test_a_malformed_row_names_file_and_line(tmp_path, image_file, text, message
     assert str(exc.value).startswith(f"{path}:") and message in str(exc.value), str(exc.value)
 
 
+@pytest.mark.parametrize(("cell", "says"), [
+    ('""', "'image' is an empty path"), ("5", "'image' must be a path, bytes or an image, got int"),
+    ("[1, 2]", "'image' must be a path, bytes or an image, got list"),
+    ('{"bytes": null, "path": null}', "'image' must be a path, bytes or an image, got NoneType"),
+])
+def test_an_image_cell_of_the_wrong_kind_is_named_once(tmp_path, cell: str, says: str) -> None:
+    """(It used to be wrapped in a second error claiming image bytes were read, the row named twice.)"""
+    path = tmp_path / "und.jsonl"
+    path.write_text(f'{{"image": {cell}, "question": "Q?", "answer": "x"}}\n')
+    with pytest.raises(UserError) as exc:
+        read_understanding_data(path)
+    assert str(exc.value) == f"{path}:1: {says}"
+
+
 def test_whole_number_answers_and_vqav2_answer_records_are_read(tmp_path, image_file):
     """VQA sets store counts as integers, and VQAv2 keeps each annotator's answer in a record."""
     path = tmp_path / "und.jsonl"

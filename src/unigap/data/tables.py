@@ -157,15 +157,17 @@ def image_cell(row: dict[str, Any], base: Path, where: str, name: str = "image")
     if name not in row or row[name] is None:
         raise UserError(f"{where}: missing {name!r} column")
     value, shown = _stored(row[name], base)
+    if isinstance(value, str) and not value:
+        raise UserError(f"{where}: {name!r} is an empty path")
+    if not isinstance(value, (Image.Image, bytes, Path)):  # (before the reading, whose errors name the image)
+        raise UserError(f"{where}: {name!r} must be a path, bytes or an image, got {type(value).__name__}")
     try:
         if isinstance(value, Image.Image):
             image = value
         elif isinstance(value, bytes):
             image = Image.open(io.BytesIO(value))
-        elif isinstance(value, Path):
-            image = Image.open(value)
         else:
-            raise UserError(f"{where}: {name!r} must be a path, bytes or an image, got {type(value).__name__}")
+            image = Image.open(value)
         return rgb_pixels(image)
     except UNREADABLE_IMAGE as exc:
         raise UserError(f"{where}: cannot read image {shown}: {exc}") from None
