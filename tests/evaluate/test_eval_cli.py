@@ -38,6 +38,8 @@ def test_eval_writes_the_report(tiny_dir, tmp_path, capsys):
     assert report["understanding"]["n"] == 4 and report["config"]["model"] == str(tiny_dir)
     assert len(report["records"]["generation"]) == 4
     assert report["vq_reconstruction"]["n"] == 4 and 0 <= report["vq_reconstruction"]["accuracy"] <= 1
+    low, high = report["vq_reconstruction"]["ci95"]  # (Wilson's: every metric of a report has its interval)
+    assert low <= report["vq_reconstruction"]["accuracy"] <= high
     assert "vq_reconstruction.accuracy" in stdout
     assert sorted(p.name for p in out.parent.iterdir()) == ["eval.json"]  # no temporary file left
 

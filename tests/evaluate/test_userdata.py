@@ -233,6 +233,9 @@ def test_eval_scores_a_users_questions(tiny_dir, tmp_path, capsys, image_file):
         assert record["vqa_score"] == vqa_score(record["answer"], record["answers"])
     assert set(report["understanding"]["by_kind"]) == {"color", "count"}
     assert report["understanding"]["vqa_score"]["n"] == 2 and report["config"]["questions"] == "2 given"
+    vqa = report["understanding"]["vqa_score"]
+    assert vqa["ci95"][0] <= vqa["vqa_score"] <= vqa["ci95"][1]  # the headline has its interval, as every metric
+    assert all("ci95" in kind for kind in vqa["by_kind"].values())
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"image": image_file}) + "\n")
     code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--questions", bad, "--out", tmp_path / "b.json"])

@@ -96,7 +96,8 @@ def with_ci(metric: dict[str, Any], key: str) -> dict[str, Any]:
     return metric
 
 
-SHARES = ("accuracy", "score", "rate", "precision", "value")  # the value keys of metrics that are shares of n items
+# The value keys of metrics that are shares of n items (the VQA soft score, a graded mean, is read as one: `with_ci`).
+SHARES = ("accuracy", "score", "vqa_score", "rate", "precision", "value")
 
 
 def with_cis(node: Any) -> Any:

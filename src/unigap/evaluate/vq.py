@@ -13,7 +13,7 @@ from PIL import Image
 
 from unigap.evaluate.data import held_out_pairs
 from unigap.evaluate.progress import map_items
-from unigap.evaluate.stats import summarize
+from unigap.evaluate.stats import summarize, with_cis
 from unigap.world import render, verify
 
 
@@ -34,4 +34,4 @@ def vq_fidelity(
                 for (spec, _), image in zip(chunk, decoded, strict=True)]
 
     pairs = held_out_pairs(n, seed, data_seed, split=split)
-    return summarize(map_items(pairs, batch_size, batch, "VQ reconstructions", progress), "accuracy")
+    return with_cis(summarize(map_items(pairs, batch_size, batch, "VQ reconstructions", progress), "accuracy"))
