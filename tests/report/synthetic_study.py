@@ -52,6 +52,9 @@ def log_rows(rng: np.random.Generator, und_final: float, gen_final: float) -> li
                 "gen_kl": 0.04 * frac,
                 "w_und": w_und,
                 "w_gen": 1 - w_und,
+                **{f"{task}/{kind}/{side}": -50.0 + sign * frac * (kind == "logps")  # chosen rise, rejected fall
+                   for task in ("und", "gen") for side, sign in (("chosen", 1), ("rejected", -2))
+                   for kind in ("logps", "ref_logps")},
             }
         )
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
 import shutil
@@ -122,6 +123,17 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     assert high - low > 100  # text and figures, not a blank page
     histogram = image.histogram()
     assert sum(histogram[:128]) > 0.002 * sum(histogram)  # a visible share of dark (ink) pixels
+
+
+def test_logs_without_log_probabilities_get_no_empty_figure(study: Study, tmp_path) -> None:
+    """(Logs written before TRL's logps keys: the figure was a blank image under a caption about its lines.)"""
+    bare = [dataclasses.replace(run, log_rows=[{k: v for k, v in row.items() if "logps" not in k}
+                                               for row in run.log_rows]) for run in study.runs]
+    built = build_report(Study(bare, study.config), tmp_path / "out")
+    names = {p.name for p in built.files}
+    assert "losses.png" in names and "logps.png" not in names
+    text = (tmp_path / "out" / REPORT_HTML).read_text(encoding="utf-8")
+    assert "chosen and rejected log-probability" not in text
 
 
 def test_gradient_figure_without_raw_samples(tmp_path):

@@ -173,8 +173,12 @@ def logps_plot(study: Study, path: Path) -> Path:
                     ax.plot(*_smooth(steps, values), color=colour, linestyle=style, label=f"{task} {side}")
         ax.axhline(0, color="black", linewidth=0.8)
 
-    methods = [m for m in _trained(study) if any(len(_shift(study.of(m), t, "chosen")[0]) for t in ("und", "gen"))]
-    return _panels(methods, path, "log π − log π_ref (nats)", draw, sharey=False)
+    return _panels(_with_logps(study), path, "log π − log π_ref (nats)", draw, sharey=False)
+
+
+def _with_logps(study: Study) -> list[str]:
+    """The trained arms whose logs hold TRL's log-probability keys (logs from before them hold none)."""
+    return [m for m in _trained(study) if any(len(_shift(study.of(m), t, "chosen")[0]) for t in ("und", "gen"))]
 
 
 def weights_plot(study: Study, path: Path) -> Path:
@@ -269,16 +273,15 @@ def write_figures(study: Study, results: dict[str, Any], directory: str | Path) 
                 "a loss that stays there carries no preference signal.",
             )
         )
-        plots.append(
-            Plot(
+        if _with_logps(study):
+            plots.append(Plot(
                 logps_plot(study, directory / "logps.png"),
                 "Training dynamics: chosen and rejected log-probability against the reference",
                 "log π − log π_ref per sequence (TRL's logps/chosen − ref_logps/chosen, and the same for the rejected), "
                 "mean over seeds, moving average. Healthy DPO raises the chosen (solid) above 0; a chosen line that "
                 "falls below 0 while the loss goes to 0 is over-optimisation: only the rejected (dashed) were pushed "
                 "down.",
-            )
-        )
+            ))  # (no empty figure under a caption about its lines)
         plots.append(
             Plot(
                 weights_plot(study, directory / "weights.png"),
