@@ -25,7 +25,7 @@ def _named(argument: str) -> tuple[list[tuple[str, Path]], bool]:
         return [(Path(argument).stem, Path(argument))], False
     if not name or not file:
         raise UserError(f"{argument!r}: expected NAME=FILE or FILE")
-    if not glob.has_magic(file):
+    if not glob.has_magic(file) or Path(file).is_file():  # (a file named `after[1].json` is that file, no pattern)
         return [(name, Path(file))], True
     matches = sorted(glob.glob(file))
     if not matches:
