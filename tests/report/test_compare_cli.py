@@ -233,6 +233,17 @@ def test_names_with_brackets_print_as_given(tmp_path: Path, capsys) -> None:
     assert "lora[r8]" in text and "x[/b]" in text and "against before[v1]" in text
 
 
+def test_a_named_file_with_brackets_is_that_file_not_a_pattern(tmp_path: Path, capsys) -> None:
+    """`lora=after[1].json` read `after1.json` (the brackets a glob's character class), silently."""
+    before = _write(tmp_path / "before.json", 0.40)
+    bracketed, decoy = _write(tmp_path / "after[1].json", 0.55, draw=1), _write(tmp_path / "after1.json", 0.2, draw=2)
+    code, _, err = _run(capsys, before, f"lora={bracketed}", "--out", tmp_path / "c.json")
+    assert code in (0, None) and not err
+    assert json.loads((tmp_path / "c.json").read_text())["reports"] == [["before", str(before)],
+                                                                        ["lora", str(bracketed)]]
+    assert str(decoy) not in (tmp_path / "c.json").read_text()
+
+
 def test_a_metric_a_model_lacks_is_no_test_in_the_bonferroni_family(tmp_path: Path, capsys) -> None:
     """The judged metric exists in two reports but not the third: that model's row has no items and no p, and a
     test never performed must not make every other one stricter."""
@@ -242,7 +253,8 @@ def test_a_metric_a_model_lacks_is_no_test_in_the_bonferroni_family(tmp_path: Pa
         if judged:
             report["config"]["judge"] = {"name": "clip:/m", "threshold": 0.3, "version": 1, "weights": "abc"}
         for r in report["records"]["generation"]:
-            r["judge_accepted"] = r["verified"] if judged else None
+            if judged:  # (a report made without --judge has no such key: it used to be called no eval report)
+                r["judge_accepted"] = r["verified"]
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps(report))
     code, _, _ = _run(capsys, *paths, "--out", tmp_path / "c.json")

@@ -85,12 +85,16 @@ def reports_study(reports: Sequence[tuple[str, Path]]) -> Study:
 
 def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
     """The metrics some report holds outcomes of (generation needs the verifier's verdicts; judged generation
-    another judge's); every record of a tested metric must carry its outcome, None where undecided."""
+    another judge's); every record of a tested metric must carry its outcome, None where undecided (a report made
+    without `--judge` carries no judged outcome at all: that model is not tested on it)."""
     tested = []
     for metric in (*METRICS, JUDGED):
         rows = [(path, r) for path, report in reports for r in report["records"].get(metric.records) or []]
         if not any(r.get(metric.outcome) is not None for _, r in rows):
             continue
+        if metric is JUDGED:
+            judged = {path for path, r in rows if metric.outcome in r}
+            rows = [(path, r) for path, r in rows if path in judged]
         lacking = next((path for path, r in rows if metric.outcome not in r), None)
         if lacking is not None:
             raise UserError(f"{lacking} is not a `unigap eval` report (a {metric.records} record lacks "

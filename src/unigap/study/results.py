@@ -175,14 +175,14 @@ class Sample:
 
 
 def sample(run: MethodRun, metric: Metric) -> Sample:
-    """The metric's outcomes in a run's evaluation report: from per-item records (null outcomes, e.g. the
+    """The metric's outcomes in a run's evaluation report: from per-item records (null or absent outcomes, e.g. the
     weak-generation outcome of self-accepted images, are outside the sample), else from its summary."""
     report = run.eval_report
     records = report.get("records", {}).get(metric.records)
     if records is not None:
         if metric.where is not None:
             records = [r for r in records if r.get(metric.where[0]) == metric.where[1]]
-        items = np.array([float(r[metric.outcome]) for r in records if r[metric.outcome] is not None])
+        items = np.array([float(r[metric.outcome]) for r in records if r.get(metric.outcome) is not None])
         if not len(items):
             return Sample(0, None, 0.0, items)
         return Sample(len(items), float(items.mean()), float(items.var()), items)
