@@ -107,6 +107,21 @@ def test_a_seed_the_arm_lacks_is_left_out_of_the_base_too(study):
     assert row["test"] == "welch" and row["seed_level"]["deltas"] == [] and row["seed_level"]["p"] is None
 
 
+def test_a_seed_where_one_side_has_no_items_of_a_metric_is_left_out_of_that_metric(study):
+    """An arm that self-accepts every image of seed 2 has no weak-generation outcome there: the base's seed-2 items
+    would otherwise count against the arm's seeds 0 and 1 (a Δ of seed 2's level, not the arm's change)."""
+    import copy
+
+    runs = [r for r in study.runs if r.method == BASE]
+    arm = [MethodRun("und-only", r.seed, copy.deepcopy(r.eval_report)) for r in runs]
+    for record in arm[-1].eval_report["records"]["generation"]:
+        record["weak_generation"] = None
+    with pytest.warns(UnigapWarning, match=r"no weak_generation.rate items on one side of seed\(s\) \[2\]"):
+        row = compute_stats(Study(runs + arm))["results"]["und-only"]["weak_generation.rate"]
+    assert row["delta"] == 0 and row["compared"]["seeds"] == [0, 1]
+    assert row["compared"]["n"] == row["compared"]["n_baseline"] == row["n"] > 0
+
+
 def test_weak_generation_counts_only_self_rejected_images(study, results):
     rejected = sum(r["self_rejected"] for run in study.of("joint") for r in run.eval_report["records"]["generation"])
     assert results["results"]["joint"]["weak_generation.rate"]["n"] == rejected
