@@ -36,6 +36,13 @@ def test_decode_returns_rgb_images_and_accepts_any_input(um: UnifiedModel, image
     assert um.decode_tokens(torch.zeros((0, um.num_image_tokens), dtype=torch.long)) == []
 
 
+def test_a_batch_as_one_array_encodes_as_its_list(um: UnifiedModel, images) -> None:
+    """A [B, H, W, 3] array, which `answer` and `judge` take, raised numpy's ambiguous-truth-value error."""
+    stacked = np.stack([np.asarray(image) for image in images])
+    assert torch.equal(um.encode_images(stacked), um.encode_images(list(stacked)))
+    assert um.encode_images(stacked[:0]).shape == (0, um.num_image_tokens)
+
+
 def test_transformers_raw_quantizer_would_disagree(um: UnifiedModel, images) -> None:
     """Why encode is ours: the unnormalised search of `JanusVQVAE.encode` picks other codes."""
     with torch.no_grad():

@@ -283,8 +283,7 @@ class UnifiedModel:
     def encode_images(self, images: Sequence[ImageInput]) -> torch.LongTensor:
         """Images → VQ token ids [B, N] (nearest normalised code; see `images.vq_encode`)."""
         vq = self.model.model.vqmodel
-        check_counts(images=images)  # a list: one image alone would be iterated row by row
-        if not images:
+        if check_counts(images=images) == 0:  # (a list or a [B, H, W, 3] array: one image alone would be read by rows)
             return torch.zeros((0, self.num_image_tokens), dtype=torch.long, device=self.device)
         pixels = pixel_tensor(images, vq_image_size(vq), VQ_MEAN, VQ_STD)
         return vq_encode(vq, pixels.to(self.device, self.dtype))
