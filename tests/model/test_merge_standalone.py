@@ -115,6 +115,24 @@ def test_merged_checkpoint_keeps_the_base_dtype_and_files(tiny_dir, tmp_path) ->
     assert (out / "tokenizer.json").read_bytes() == (tiny_dir / "tokenizer.json").read_bytes()
 
 
+def test_a_merge_where_the_default_dtype_is_bf16_keeps_an_fp32_base_whole(editing_base, adapter, tmp_path, capsys,
+                                                                          monkeypatch) -> None:
+    """On a GPU the default load is bf16: an fp32 base merged there was written back as fp32 copies of its bf16
+    rounding (every weight, the VQ included), no longer what base + adapter computes."""
+    from safetensors.torch import load_file
+
+    from unigap.model import loading
+
+    real = loading.default_device_and_dtype
+    monkeypatch.setattr(loading, "default_device_and_dtype",  # what a CUDA machine picks when told nothing
+                        lambda device, dtype: real(device, torch.bfloat16 if dtype is None else dtype))
+    out = tmp_path / "merged"
+    code, _, _ = run_main(capsys, "merge", "--model", editing_base, "--adapter", adapter, "--out", out)
+    base, merged = load_file(editing_base / "model.safetensors"), load_file(out / "model.safetensors")
+    vq = [name for name in base if name.startswith("model.vqmodel.")]
+    assert code == 0 and vq and all(torch.equal(merged[name], base[name]) for name in vq)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

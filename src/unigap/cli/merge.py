@@ -53,14 +53,17 @@ def _fold(model: str, adapter: Path, out: Path) -> None:
     from unigap.manifest import manifest, write_manifest
     from unigap.model.loading import resolve_checkpoint
     from unigap.model.lora import adapter_fingerprint
-    from unigap.model.standalone import check_new_directory, save_merged
+    from unigap.model.standalone import check_new_directory, save_merged, stored_dtype
 
     check_new_directory(out)  # before the slow load
     # the adapter's content is recorded, so that loading OUT with it again is refused (`common.load`)
     with manifest("merge", {"model": model, "adapter": str(adapter), "out": str(out),
                             MERGED_ADAPTER_KEY: adapter_fingerprint(adapter)}) as record:
-        um = load(model, adapter)
+        base = resolve_checkpoint(model)
+        # in the dtype its weights are stored in: a CUDA default of bf16 would round an fp32 base for good
+        dtype = stored_dtype(base)
+        um = load(model, adapter, dtype=None if dtype is None else str(dtype).removeprefix("torch."))
         record["device"] = str(um.device)
-        save_merged(um, resolve_checkpoint(model), out)
+        save_merged(um, base, out)
     write_manifest(out, record)
     typer.echo(str(out))

@@ -35,8 +35,14 @@ def check_new_directory(out: str | os.PathLike) -> Path:
 
 
 def stored_dtype(directory: Path) -> torch.dtype | None:
-    """The dtype a checkpoint's config says its weights are stored in (None when it says none)."""
-    config = json.loads((directory / "config.json").read_text())
+    """The dtype a checkpoint's config says its weights are stored in (None when it says none, or has no readable
+    config: loading the checkpoint says what is wrong)."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
     value = getattr(torch, str(config.get("dtype") or config.get("torch_dtype")), None)
     return value if isinstance(value, torch.dtype) else None
 
