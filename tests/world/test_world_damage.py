@@ -134,3 +134,9 @@ def test_a_merged_pair_touches_and_an_occluded_object_shows_at_least_a_speck() -
                 assert ndimage.label(blob, structure=np.ones((3, 3)))[1] == 1
             else:
                 assert blob.sum() >= SPECK_AREA
+
+
+def test_an_object_index_the_scene_lacks_is_one_line():
+    scene = sample_scene_for(sample_spec(np.random.default_rng(0), "single_object"), np.random.default_rng(0))
+    with pytest.raises(UserError, match=f"index 9 names no object of a scene with {len(scene.objects)}"):
+        damage_scene(scene, np.random.default_rng(0), "warped", index=9)

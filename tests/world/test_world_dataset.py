@@ -120,3 +120,14 @@ def test_samples_jsonl_is_written_last_as_the_mark_of_a_complete_dataset(tmp_pat
     placed = [path.name for path in renamed if path.parent in (tmp_path, tmp_path / "images")
               and not path.name.endswith(".tmp")]  # (not staged ones, nor the swap's own list)
     assert placed == ["000000.png", "000001.png", QUESTIONS_FILE, SAMPLES_FILE]
+
+
+def test_the_documented_split_hash_is_the_one_used():
+    """The module docstring is how users re-derive the partition: its formula must give `scene_split`'s split."""
+    import hashlib
+
+    from unigap.world.dataset import scene_json
+
+    for seed, (_, scene) in enumerate(sample_records(40, 0, "test", draw_seed=3)):
+        digest = hashlib.sha256(f"{seed}:scene:{scene_json(scene)}".encode()).digest()
+        assert scene_split(scene, seed) == SPLITS[int.from_bytes(digest[:8], "big") % 3]

@@ -186,3 +186,10 @@ def test_an_empty_scene_is_one_clear_error_not_an_index_error():
         describe(empty)
     with pytest.raises(ValueError, match="sample_question needs a scene with at least one object"):
         sample_questions(empty, np.random.default_rng(0), 2)
+
+
+def test_a_kind_without_a_sentence_form_says_so():
+    """(It said no well-defined question existed for the scene, which blamed the scene.)"""
+    scene = sample_scene(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="'describe' questions have no sentence form; those that do: color, count"):
+        sample_question(scene, np.random.default_rng(0), kind="describe", form="sentence")

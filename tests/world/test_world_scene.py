@@ -89,3 +89,20 @@ def test_drawing_functions_take_a_generator_or_an_int_seed() -> None:
     assert sample_scene_for(spec, 4) == sample_scene_for(spec, np.random.default_rng(4))
     with pytest.raises(UserError, match="rng must be a numpy Generator .* or an int seed, got NoneType"):
         sample_spec(None)
+
+
+def test_a_numpy_integer_canvas_is_a_canvas_and_scenes_keep_plain_ints():
+    """`np.int64(64)` was refused as "not an integer >= 32"; a scene keeps a plain int, so it serialises."""
+    scene = sample_scene(np.random.default_rng(0), canvas=np.int64(64))
+    assert scene == sample_scene(np.random.default_rng(0)) and type(scene.canvas) is int
+    assert json.loads(json.dumps(scene.to_dict()))["canvas"] == 64
+    assert Geometry.for_canvas(np.int32(128)) == Geometry.for_canvas(128)
+    with pytest.raises(UserError, match="canvas size"):
+        Geometry.for_canvas(64.0)
+
+
+@pytest.mark.parametrize("objects", [None, 3, "circle"])
+def test_a_scene_whose_objects_are_no_list_is_one_line(objects):
+    """(A preference row's malformed scene cell raised TypeError, past the row check that names its line.)"""
+    with pytest.raises(UserError, match="'objects' must be a list"):
+        Scene.from_dict({"canvas": 64, "objects": objects})

@@ -236,6 +236,8 @@ def damage_scene(
     if not scene.objects:
         return None
     index = int(rng.integers(len(scene.objects))) if index is None else index
+    if not 0 <= index < len(scene.objects):
+        raise UserError(f"index {index} names no object of a scene with {len(scene.objects)}")
     obj = scene.objects[index]
     r = geo.radius(obj.size)
     box = _box(obj, geo)

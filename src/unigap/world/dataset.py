@@ -2,10 +2,11 @@
 
 Why: results must be reproducible byte for byte, and held-out splits must be genuinely held out.
 
-* Prompt split: within each category, prompt texts are ordered by sha256(f"{seed}:prompt:{text}"); the
+* Hash: h(kind, text) = the first 8 bytes of sha256(f"{seed}:{kind}:{text}") as a big-endian integer.
+* Prompt split: within each category, prompt texts are ordered by h("prompt", text) (ties by text); the
   first ~10% (at least one) go to test, the next ~10% (at least one) to val, the rest to train.
   Every category therefore appears in every split, and no prompt text is in two splits.
-* Scene split: a scene belongs to split number int(sha256(f"{seed}:scene:{canonical json}")) % 3;
+* Scene split: a scene belongs to split number h("scene", canonical json) % 3 (train, val, test);
   a sampled scene from another split's share is rejected and redrawn. So no scene is in two splits
   (even under different prompts), whatever n.
 * Sampling: record i draws a category (uniform, unless fixed), a prompt of that category uniformly from

@@ -64,8 +64,9 @@ class Geometry:
     @classmethod
     def for_canvas(cls, canvas: int = DEFAULT_CANVAS) -> Geometry:
         """Scale the reference geometry; canvases below `MIN_CANVAS` cannot keep objects separable."""
-        if not isinstance(canvas, int) or canvas < MIN_CANVAS:
+        if isinstance(canvas, bool) or not isinstance(canvas, numbers.Integral) or canvas < MIN_CANVAS:
             raise UserError(f"canvas size must be an integer >= {MIN_CANVAS}, got {canvas!r}")
+        canvas = int(canvas)  # (a numpy integer too: the geometry holds plain ints)
         s = canvas / DEFAULT_CANVAS
         return cls(
             canvas=canvas,
@@ -130,6 +131,7 @@ class Scene:
         if len(self.objects) > MAX_OBJECTS:  # more is clutter, which no prompt describes
             raise UserError(f"a scene holds at most {MAX_OBJECTS} objects, got {len(self.objects)}")
         geo = Geometry.for_canvas(self.canvas)
+        object.__setattr__(self, "canvas", geo.canvas)  # a plain int (from a numpy one too): scenes hash as JSON
         for o in self.objects:
             r = geo.radius(o.size)
             if not (r <= o.x < self.canvas - r and r <= o.y < self.canvas - r):
@@ -146,6 +148,8 @@ class Scene:
             canvas, objects = int(d["canvas"]), d["objects"]
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"malformed scene {d!r}: {exc}") from None
+        if not isinstance(objects, list | tuple):
+            raise UserError(f"malformed scene {d!r}: 'objects' must be a list, got {type(objects).__name__}")
         return cls(canvas, tuple(SceneObject.from_dict(o) for o in objects))
 
     @property
