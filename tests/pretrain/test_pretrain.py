@@ -383,10 +383,20 @@ def test_polish_is_the_joint_step_at_its_own_batches_and_rate() -> None:
 
 @pytest.mark.parametrize(("change", "message"), [({"polish_intact": 1.5}, "polish_intact must lie in"),
                                                  ({"critique_intact": -0.1}, "critique_intact must lie in"),
-                                                 ({"polish_steps": -1}, "polish_steps must be >= 0")])
-def test_pretrain_config_refuses_impossible_polish_settings(change: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+                                                 ({"polish_steps": -1}, "polish_steps must be >= 0"),
+                                                 # these failed only later: a traceback, or a "loss is not finite"
+                                                 ({"gen_batch": 0}, "gen_batch must be positive, got 0"),
+                                                 ({"polish_gen_batch": 0}, "polish_gen_batch must be positive"),
+                                                 ({"und_batch": 0}, "und_batch must be positive"),
+                                                 ({"questions_per_image": 0}, "questions_per_image must be positive"),
+                                                 ({"edit_pairs": 0}, "edit_pairs must be positive"),
+                                                 ({"checkpoint_every": 0}, "checkpoint_every must be positive"),
+                                                 ({"prompt_dropout": 1.5}, r"prompt_dropout must lie in \[0, 1\]"),
+                                                 ({"lr": float("nan")}, "lr must be positive, got nan")])
+def test_pretrain_config_refuses_impossible_settings(change: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
         TINY.scaled(**change)
+    assert TINY.scaled(edit_batch=0, critique_batch=0).edit_batch == 0  # (a task left unlearnt is a choice)
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
+from unigap.errors import UserError
 from unigap.model.editing import check_edit_source
 from unigap.train.config import check_field_types
+
+
+# Every corpus is built and every step draws understanding and generation examples; critique and edit batches may be
+# 0 (that task is not learnt).
+POSITIVE = ("hidden_size", "num_layers", "num_heads", "codebook_size", "vision_hidden_size", "vision_layers", "scenes",
+            "understanding_scenes", "questions_per_scene", "critique_scenes", "edit_pairs", "vq_batch", "vq_lr",
+            "vq_crop", "vision_batch", "vision_lr", "und_batch", "questions_per_image", "gen_batch", "lr",
+            "checkpoint_every", "polish_lr", "polish_und_batch", "polish_gen_batch")
+NON_NEGATIVE = ("vq_steps", "vq_empty_crop_weight", "vision_steps", "steps", "critique_batch", "edit_batch",
+                "weight_decay", "warmup", "patch_label_weight", "polish_steps", "polish_warmup", "polish_critique_batch",
+                "polish_edit_batch")
+
+
+def _check(name: str, value: object, ok: Callable[[Any], bool], what: str) -> None:
+    """One line naming the field as `PretrainConfig` (and `recipe_probe --set`) spells it (NaN fails every check)."""
+    if not ok(value):
+        raise UserError(f"{name} must {what}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -71,17 +91,18 @@ class PretrainConfig:
     polish_intact: float = 0.5
 
     def __post_init__(self) -> None:
+        """Refuse a setting that would fail (or train nothing) only later, often after the long VQ stage."""
         check_field_types(self)
-        shares = {"polish_intact": self.polish_intact, "critique_intact": self.critique_intact,
-                  "edit_instruction_dropout": self.edit_instruction_dropout}
-        for name, share in shares.items():
-            if share is not None and not 0.0 <= share <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {share}")
+        for name in ("polish_intact", "critique_intact", "edit_instruction_dropout", "sentence_fraction",
+                     "reconstructed_fraction", "prompt_dropout"):
+            _check(name, getattr(self, name), lambda share: share is None or 0.0 <= share <= 1.0, "lie in [0, 1]")
         check_edit_source(self.edit_source)
         if self.vq_merge_similarity is not None and not -1.0 < self.vq_merge_similarity <= 1.0:
             raise ValueError(f"vq_merge_similarity is a cosine similarity in (-1, 1], got {self.vq_merge_similarity}")
-        if self.polish_steps < 0:
-            raise ValueError(f"polish_steps must be >= 0, got {self.polish_steps}")
+        for name in POSITIVE:
+            _check(name, getattr(self, name), lambda value: value > 0, "be positive")
+        for name in NON_NEGATIVE:
+            _check(name, getattr(self, name), lambda value: value >= 0, "be >= 0")
 
     def scaled(self, **changes: object) -> PretrainConfig:
         return replace(self, **changes)
