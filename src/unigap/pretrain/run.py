@@ -240,7 +240,9 @@ def _stage_vision(um: UnifiedModel, und: UnderstandingCorpus, config: PretrainCo
     return seconds
 
 
-VQ_SETTINGS = ("seed", "scenes", "codebook_size")  # with every vq_* setting but the merge, which follows stage 1
+# With every vq_* setting but the merge, which follows stage 1. The VQ's initial weights also follow the modules built
+# before it from the same seed: the LLM's width and the vision tower's.
+VQ_SETTINGS = ("seed", "scenes", "codebook_size", "hidden_size", "vision_hidden_size", "vision_layers")
 VISION_SETTINGS = ("understanding_scenes", "questions_per_scene", "sentence_fraction", "reconstructed_fraction",
                    "vq_merge_similarity")  # with the VQ's and every vision_* setting
 
