@@ -127,7 +127,8 @@ def test_calibration_pairs_are_true_prompts_against_near_misses() -> None:
     assert len(images) == len(true) == len(miss) > 10 and all(t != m for t, m in zip(true, miss, strict=True))
     assert calibration_set(20, seed=3)[2] == miss  # seeded
     train = {spec.text for spec in split_prompts("train", 0)}
-    assert set(true) <= train  # never a prompt an evaluation (val or test) asks about
+    assert set(true) <= train and set(miss) <= train  # never a prompt an evaluation (val or test) asks about
+    assert len(calibration_set(200)[0]) > 120  # (a train near miss exists for most renders)
 
 
 def test_clip_judge_scores_are_in_unit_range_deterministic_and_calibrated(clip_dir, pairs) -> None:

@@ -28,12 +28,13 @@ from PIL import Image
 from unigap.errors import UserError, first_line
 from unigap.evaluate.critique import auc
 from unigap.pixels import opaque_rgb
-from unigap.world import PromptSpec, near_misses, render_pil, sample_records, satisfies
+from unigap.world import PromptSpec, near_misses, render_pil, sample_records, satisfies, split_prompts
 
 CLIPSCORE_WEIGHT = 2.5  # Hessel et al.'s w
 CALIBRATION_N = 200  # train-split renders the CLIP threshold is fitted on
 CALIBRATION_SEED = 0
 CALIBRATION_STREAM = 11  # the near miss of each render is drawn from this stream of the calibration seed
+CALIBRATION_PARTITION = 0  # the ShapeWorld partition (data seed) whose train split the threshold is fitted on
 BATCH_SIZE = 16
 YES_WORDS = ("yes", "Yes", " yes", " Yes")
 NO_WORDS = ("no", "No", " no", " No")
@@ -152,13 +153,14 @@ class ClipScorer:
 
 def calibration_set(n: int = CALIBRATION_N,
                     seed: int = CALIBRATION_SEED) -> tuple[list[Image.Image], list[str], list[str]]:
-    """n train-split renders (of the default partition, data seed 0) with their true prompt and one near-miss prompt
-    the scene does not satisfy (renders whose every near miss it satisfies are skipped). Train, so that the
-    threshold is never fitted on the prompts an evaluation asks about, on val or test."""
+    """n train-split renders (of the default partition, data seed 0) with their true prompt and one train-split
+    near-miss prompt the scene does not satisfy (renders with no such near miss are skipped). Train on both sides,
+    so that the threshold is never fitted on the prompts an evaluation of that partition asks about, val or test."""
     rng = np.random.default_rng([seed, CALIBRATION_STREAM])
+    train = {spec.text for spec in split_prompts("train", CALIBRATION_PARTITION)}
     images, true, miss = [], [], []
-    for spec, scene in sample_records(n, 0, "train", draw_seed=seed):
-        wrong = [other for other in near_misses(spec) if not satisfies(scene, other)]
+    for spec, scene in sample_records(n, CALIBRATION_PARTITION, "train", draw_seed=seed):
+        wrong = [other for other in near_misses(spec) if other.text in train and not satisfies(scene, other)]
         if wrong:
             images.append(render_pil(scene))
             true.append(spec.text)
@@ -191,6 +193,7 @@ def calibrate(scorer: ClipScorer, n: int = CALIBRATION_N, seed: int = CALIBRATIO
         "clipscore_threshold": CLIPSCORE_WEIGHT * threshold,
         "pairs": len(images),
         "split": "train",
+        "data_seed": CALIBRATION_PARTITION,  # (another partition's held-out prompts may be among them)
         "seed": seed,
         "balanced_accuracy": balanced,
         "auc": auc(pos, neg)["auc"],
