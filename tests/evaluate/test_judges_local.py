@@ -202,6 +202,7 @@ def test_eval_with_a_clip_judge_records_it(tiny_dir, clip_dir, tmp_path, capsys)
     assert "balanced_accuracy" in judge["calibration"] and report["manifest"]["judge"] == judge
     judged = report["judged_generation"]
     assert judged["n"] == 4 and 0 <= judged["accuracy"] <= 1 and judged["mean_clipscore"]["n"] == 4
+    assert judged["mean_clipscore_100"]["mean"] == pytest.approx(40 * judged["mean_clipscore"]["mean"])  # the paper's
     assert report["generation"]["n"] == 4  # the verifier still reports on ShapeWorld prompts
     assert all(0 <= r["judge_score"] <= 1 for r in report["records"]["generation"])
 

@@ -148,7 +148,7 @@ def judged_generation(judge: Judge, um: ImageModel, specs: Sequence[PromptSpec],
                       records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Generation accuracy by `judge` (not the verifier) on the evaluated images: each record gains `judge_score`
     and `judge_accepted` (None where the judge cannot decide); the metric holds the mean score too, and the
-    judge's native score where it has one (CLIPScore)."""
+    judge's native scores where it has them (CLIPScore on Hessel et al.'s scale and as 100 · cos)."""
     scores = judge.fn(um, images, specs)
     for record, score in zip(records, scores, strict=True):
         record["judge_score"] = score
@@ -160,7 +160,6 @@ def judged_generation(judge: Judge, um: ImageModel, specs: Sequence[PromptSpec],
         "undecided": len(records) - len(decided),
         "mean_score": summarize([r["judge_score"] for r in decided], "mean"),
     }
-    if judge.scaled_score is not None:
-        name, factor = judge.scaled_score
+    for name, factor in judge.scaled_scores:
         metric[f"mean_{name}"] = summarize([factor * r["judge_score"] for r in decided], "mean")
     return metric

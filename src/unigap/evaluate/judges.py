@@ -39,7 +39,7 @@ class Judge:
     threshold: float  # accept when score >= threshold
     directory: str | None = None  # a local judge's checkpoint
     calibration: dict[str, Any] | None = None  # how its threshold was chosen, and how well it separates
-    scaled_score: tuple[str, float] | None = None  # (name, factor) of the judge's native score = factor · score
+    scaled_scores: tuple[tuple[str, float], ...] = ()  # (name, factor): the judge's native scores = factor · score
     # bump when the judge's question, parsing or calibration changes: reports record it, and `unigap compare`
     # compares only the verdicts of judges alike (kind, weights, threshold, version)
     version: int = 1
@@ -94,7 +94,8 @@ CHANCE_AUC = 0.55  # a calibrated CLIP judge below this on the near-miss pairs i
 
 def _clip_judge(name: str, path: Path) -> Judge:
     """CLIPScore / 2.5 of a local CLIP or SigLIP, its threshold calibrated on ShapeWorld near misses."""
-    from unigap.evaluate.local_judges import CLIPSCORE_WEIGHT, ClipScorer, calibrate, prompt_texts
+    from unigap.evaluate.local_judges import (CLIPSCORE_WEIGHT, PAPER_CLIPSCORE_WEIGHT, ClipScorer, calibrate,
+                                              prompt_texts)
 
     scorer = ClipScorer(path)
     calibration = calibrate(scorer)
@@ -105,7 +106,8 @@ def _clip_judge(name: str, path: Path) -> Judge:
             f"{calibration['pairs']} pairs): its verdicts, and any accuracy it reports, mean little"), stacklevel=2)
     return Judge(name, lambda um, images, specs: scorer.scores(images, prompt_texts(specs)), independent=True,
                  threshold=calibration.pop("threshold"), directory=str(path.resolve()),
-                 calibration=calibration, scaled_score=("clipscore", CLIPSCORE_WEIGHT), weights=_weights(path))
+                 calibration=calibration, weights=_weights(path),
+                 scaled_scores=(("clipscore", CLIPSCORE_WEIGHT), ("clipscore_100", PAPER_CLIPSCORE_WEIGHT)))
 
 
 def _vlm_judge(name: str, path: Path) -> Judge:

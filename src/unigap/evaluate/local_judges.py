@@ -5,7 +5,8 @@ any prompt, and being separate from the model under study it can audit a self-ju
 directory only (`local_files_only`: nothing is downloaded), and every failure to load is one `UserError` line.
 
 * `clip`: CLIPScore (Hessel et al. 2021) = 2.5 · max(cos(image, text), 0); the judge's score in [0, 1] is
-  CLIPScore / 2.5 = max(cos, 0). Its accept threshold is calibrated on ShapeWorld renders: the threshold that best
+  CLIPScore / 2.5 = max(cos, 0). Reports give its mean on that scale (`mean_clipscore`) and as 100 · max(cos, 0)
+  (`mean_clipscore_100`), the scale the multi-task DPO paper reports (26.87 for Janus-Pro-7B). Its accept threshold is calibrated on ShapeWorld renders: the threshold that best
   separates each render's true prompt from one near-miss prompt (balanced accuracy), with the calibration's
   balanced accuracy and AUC recorded, so a useless judge (a random CLIP: both near 0.5) is visible in every report.
 * `vlm`: P(yes) of the judge question unigap asks its own models, from the next-token logits of the first tokens
@@ -31,6 +32,7 @@ from unigap.pixels import opaque_rgb
 from unigap.world import PromptSpec, near_misses, render_pil, sample_records, satisfies, split_prompts
 
 CLIPSCORE_WEIGHT = 2.5  # Hessel et al.'s w
+PAPER_CLIPSCORE_WEIGHT = 100.0  # CLIPScore as 100 · cos, as arXiv 2603.17044 reports it
 CALIBRATION_N = 200  # train-split renders the CLIP threshold is fitted on
 CALIBRATION_SEED = 0
 CALIBRATION_STREAM = 11  # the near miss of each render is drawn from this stream of the calibration seed
