@@ -313,7 +313,7 @@ def test_killed_run_resumes_to_the_same_weights(whole: Path, tmp_path: Path, mon
         pretrain(out, config, show_progress=False)
     if stage == "joint":  # stage 3 finished in an earlier run; its last losses still reach the summary
         summaries = [json.loads((run / run_module.SUMMARY_FILE).read_text()) for run in (whole, out)]
-        assert summaries[1]["final_losses"] is not None
+        assert summaries[1]["final_losses"] is not None and summaries[1]["device"] == "cpu"
         assert summaries[1]["final_losses"] == pytest.approx(summaries[0]["final_losses"])
         assert summaries[1]["polish_final_losses"] == pytest.approx(summaries[0]["polish_final_losses"])
     logs = [[json.loads(line) for line in (run / run_module.LOG_FILE).read_text().splitlines()] for run in (whole, out)]
@@ -416,7 +416,8 @@ def test_pretrain_config_refuses_impossible_settings(change: dict, message: str)
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--seed", "-1"], "--seed must be >= 0"), (["--out", "{file}"], "is a file, not a directory")],
+    [(["--seed", "-1"], "--seed must be >= 0"), (["--out", "{file}"], "is a file, not a directory"),
+     (["--device", "tpu"], "unknown device 'tpu'"), (["--device", "cuda:7"], "asked for, but this torch")],
 )
 def test_cli_rejects_bad_input_with_one_line(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     file = tmp_path / "file.txt"
@@ -489,12 +490,30 @@ def test_joint_stage_leaves_the_vq_and_by_default_the_vision_tower_alone(trains_
     assert all(id(p) in params for p in um.model.model.language_model.parameters())
 
 
+def test_the_device_asked_for_is_where_it_trains_and_is_recorded(tmp_path: Path, monkeypatch) -> None:
+    """`--device` reaches `pretrain` and the manifest; the run's summary records where it trained."""
+    import unigap.pretrain
+
+    seen = {}
+
+    def fake(out, config, report_to=(), device="cpu"):
+        seen["device"] = device
+        return Path(out).mkdir() or Path(out)
+
+    monkeypatch.setattr(unigap.pretrain, "pretrain", fake)
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--quick", "--device", "cpu", "--out", str(tmp_path / "m")])
+    assert exc.value.code == 0 and str(seen["device"]) == "cpu"
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["device"] == "cpu"
+
+
 def test_the_closing_line_names_a_folder_called_tiny_as_a_path(tmp_path: Path, capsys, monkeypatch) -> None:
     """`--model tiny` loads the shipped model, so a run saved in ./tiny must be named ./tiny."""
     import unigap.pretrain
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(unigap.pretrain, "pretrain", lambda out, config, report_to=(): Path(out).mkdir() or Path(out))
+    monkeypatch.setattr(unigap.pretrain, "pretrain",
+                        lambda out, config, report_to=(), device="cpu": Path(out).mkdir() or Path(out))
     with pytest.raises(SystemExit) as exc:
         main(["pretrain", "--quick", "--out", "tiny"])
     assert exc.value.code == 0 and "load it with --model ./tiny" in capsys.readouterr().out

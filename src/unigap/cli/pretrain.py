@@ -19,6 +19,9 @@ def pretrain_command(
                              "prompts it trained on)."),
     quick: bool = typer.Option(False, "--quick", help="CI-sized run (minutes, not a useful model)."),
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
+    device: str | None = typer.Option(None, "--device", help="Where to train, in float32: cpu, cuda, cuda:1, ... "
+                                      "(default: CUDA when torch sees it, else cpu). The same data and initial "
+                                      "weights on any device; only a CPU run reproduces the shipped model exactly."),
 ) -> None:
     """Train the VQ tokenizer, the vision tower, then LLM + aligners + generation head; rerunning an interrupted run
     resumes it (a finished one is refused)."""
@@ -32,13 +35,15 @@ def pretrain_command(
     from dataclasses import asdict
 
     from unigap.manifest import manifest, write_manifest
-    from unigap.model.loading import EMBEDDED
+    from unigap.model.loading import EMBEDDED, default_device_and_dtype
+
+    chosen, _ = default_device_and_dtype(device, "float32")  # a device torch cannot use: one line, before any work
 
     config = (QUICK if quick else FULL).scaled(seed=seed)
     started = time.perf_counter()
     with manifest("pretrain", asdict(config), seeds=[seed]) as record:
-        record["device"] = "cpu"
-        directory = pretrain(out, config, report_to=backends)
+        record["device"] = str(chosen)
+        directory = pretrain(out, config, report_to=backends, device=chosen)
     write_manifest(directory, record)
     shown = f"./{directory}" if str(directory) in EMBEDDED else str(directory)  # `--model tiny` is the shipped model
     partition = f" (held out: `unigap eval --data-seed {seed}`)" if seed else ""  # the partition it trained in

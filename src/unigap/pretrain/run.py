@@ -33,7 +33,6 @@ from unigap.model import (
     save_tiny,
     tiny_janus_config,
 )
-from unigap.model.images import vq_decode
 from unigap.model.prompts import TINY_TEMPLATE
 from unigap.model.tiny import tiny_generation_config
 from unigap.pretrain.config import PretrainConfig
@@ -73,8 +72,9 @@ def _bar(description: str, total: int, show: bool):  # noqa: ANN202 - `unigap.pr
     return progress(description, total, show, transient=False)
 
 
-def build_model(config: PretrainConfig) -> UnifiedModel:
-    """The untrained tiny Janus over the ShapeWorld vocabulary, seeded."""
+def build_model(config: PretrainConfig, device: str | torch.device = "cpu") -> UnifiedModel:
+    """The untrained tiny Janus over the ShapeWorld vocabulary, seeded (initialised on the CPU, the same weights
+    whatever `device` it then moves to)."""
     tokenizer = build_word_tokenizer(vocabulary())
     torch.manual_seed(config.seed)
     janus_config = tiny_janus_config(
@@ -89,15 +89,14 @@ def build_model(config: PretrainConfig) -> UnifiedModel:
     )
     model = JanusForConditionalGeneration(janus_config)
     model.generation_config = tiny_generation_config(tokenizer)  # the special ids UnifiedModel reads
-    return UnifiedModel(model, tokenizer, template=TINY_TEMPLATE, edit_source=config.edit_source)
+    return UnifiedModel(model.to(device), tokenizer, template=TINY_TEMPLATE, edit_source=config.edit_source)
 
 
 @torch.no_grad()
 def vq_reconstructions(um: UnifiedModel, tokens: np.ndarray) -> np.ndarray:
     """The VQ's decoding [S, H, W, 3] uint8 of ids [S, N]."""
-    vq = um.model.model.vqmodel
     images = [image for i in range(0, len(tokens), ENCODE_BATCH)
-              for image in vq_decode(vq, torch.from_numpy(tokens[i : i + ENCODE_BATCH]))]
+              for image in um.decode_tokens(torch.from_numpy(tokens[i : i + ENCODE_BATCH]))]
     return np.stack([np.asarray(image) for image in images])
 
 
@@ -139,7 +138,7 @@ def _resume_log(logger: MetricLogger, stage: str, done: int = -1) -> None:
 def save_stage(module: torch.nn.Module, path: Path, seconds: float, settings: dict) -> None:
     """A finished stage's weights, with the seconds it took (kept across resumes) and the settings it was trained
     under (`stage_settings`), written atomically."""
-    state = {k: v.contiguous() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     metadata = {"seconds": repr(seconds), "settings": json.dumps(settings)}
     atomic_write_bytes(path, lambda handle: handle.write(save(state, metadata=metadata)))
 
@@ -158,7 +157,7 @@ def saved_settings(path: Path) -> dict | None:
     if path.suffix == ".safetensors":
         with safe_open(path, framework="pt") as handle:
             return json.loads((handle.metadata() or {}).get("settings", "null"))
-    return torch.load(path, weights_only=False, mmap=True).get("config")  # (mapped: the tensors are not read)
+    return torch.load(path, weights_only=False, mmap=True, map_location="cpu").get("config")  # (mapped: not read)
 
 
 def check_stage_files(out: Path, config: PretrainConfig) -> None:
@@ -191,7 +190,7 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
     if (out / VQ_FILE).is_file():
         return _load_stage(vq, out / VQ_FILE, settings, "vq")
     partial = out / VQ_PARTIAL
-    resume = torch.load(partial, weights_only=False) if partial.is_file() else None
+    resume = torch.load(partial, weights_only=False, map_location="cpu") if partial.is_file() else None
     if resume is not None:
         refuse_other_settings(partial, resume.get("config"), settings, "vq")
     start = time.perf_counter() - (resume["seconds"] if resume else 0.0)
@@ -290,7 +289,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
     settings = stage_settings(config, stage)
     checkpoint = out / STAGE_FILES[stage]
     if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location="cpu")  # (loading moves it to the model's)
         refuse_other_settings(checkpoint, state.get("config"), settings, stage)
         um.model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
@@ -321,8 +320,10 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
 
 
 def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool = True,
-             report_to: Sequence[str] = ()) -> Path:
-    """Train a tiny Janus on ShapeWorld into `out` (a `load_model`-able checkpoint) and return it."""
+             report_to: Sequence[str] = (), device: str | torch.device = "cpu") -> Path:
+    """Train a tiny Janus on ShapeWorld into `out` (a `load_model`-able checkpoint) and return it. On `device` in
+    float32; the corpora are drawn on the CPU, so a GPU run trains on the same data from the same initial weights
+    (its float rounding differs, so its weights are not bit-equal to a CPU run's, and a resume there is not exact)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file, not a directory")
@@ -330,7 +331,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     check_stage_files(out, config)
     started = time.perf_counter()
     logger = MetricLogger(out / LOG_FILE, report_to, append=True, run_name=f"{out.name}-pretrain")  # stages resume
-    um = build_model(config)
+    um = build_model(config, device)
     corpora = build_corpora(config, grid_side(um.num_image_tokens), show_progress)
     corpus_seconds = time.perf_counter() - started
     vq_seconds = _stage_vq(um, corpora.gen.renders, config, out, show_progress, logger)
@@ -364,6 +365,7 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
         "polish_final_losses": polish["final"],
         "wall_seconds_this_run": time.perf_counter() - started,
         "torch_threads": torch.get_num_threads(),
+        "device": str(um.device),
     }
     write_text_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2))
     logger.close()

@@ -48,7 +48,9 @@ def train_vision(
     grid = grid_side(tower.config.num_image_tokens)
     labels = torch.from_numpy(np.stack([patch_labels(scene, grid) for scene in corpus.scenes]))
     torch.manual_seed(seed)
-    heads = torch.nn.ModuleList(torch.nn.Linear(tower.config.hidden_size, len(v) + 1) for v in ATTRIBUTES)
+    device = next(tower.parameters()).device
+    heads = torch.nn.ModuleList(torch.nn.Linear(tower.config.hidden_size, len(v) + 1) for v in ATTRIBUTES).to(device)
+    labels = labels.to(device)
     params = [*tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
@@ -58,8 +60,8 @@ def train_vision(
         rows = rng.integers(len(corpus), size=batch)
         use_recon = rng.random(batch) < reconstructed
         images = np.where(use_recon[:, None, None, None], corpus.reconstructions[rows], corpus.renders[rows])
-        hidden = tower(pixel_values=to_pixels(images)).last_hidden_state  # [B, grid², D]
-        target = labels[rows]
+        hidden = tower(pixel_values=to_pixels(images).to(device)).last_hidden_state  # [B, grid², D]
+        target = labels[torch.from_numpy(rows).to(device)]
         logits = [head(hidden) for head in heads]
         loss = sum(F.cross_entropy(lg.flatten(0, 1), target[:, k].flatten()) for k, lg in enumerate(logits))
         optimizer.zero_grad(set_to_none=True)

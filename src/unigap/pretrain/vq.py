@@ -117,22 +117,24 @@ def train_vq(
     Every `checkpoint_every` steps `checkpoint` gets the whole training state (weights, optimiser, schedule,
     sampler, code usage); passing that dict back as `resume` continues to the same weights as an unbroken run.
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # (on the CPU whatever the device: the same draws everywhere)
+    device = vq.quantize.embedding.weight.device
     optimizer = torch.optim.AdamW(vq.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.05)
-    used = torch.zeros(vq.config.num_embeddings, dtype=torch.bool)
+    used = torch.zeros(vq.config.num_embeddings, dtype=torch.bool, device=device)
     first = 0
     if resume is not None:
         vq.load_state_dict(resume["vq"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         generator.set_state(resume["generator"])
-        used, first = resume["used"].clone(), resume["step"]
+        used, first = resume["used"].clone().to(device), resume["step"]
     cell = 2 ** (len(vq.config.channel_multiplier) - 1)  # pixels per token side
     vq.train()
     for step in range(first, steps):
         rows = torch.randint(len(images), (batch,), generator=generator).numpy()
         pixels = to_pixels(grid_crops(images[rows], crop or images.shape[1], cell, generator, empty_crop_weight))
+        pixels = pixels.to(device)
         recon, quant_loss, ids = vq_reconstruct(vq, pixels)
         reconstruction = reconstruction_loss(recon, pixels)
         loss = reconstruction + quant_loss
@@ -148,7 +150,7 @@ def train_vq(
             on_step(step, VQStep(loss.item(), reconstruction.item(), int(used.sum())))
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             checkpoint({"vq": vq.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                        "generator": generator.get_state(), "used": used.clone(), "step": step + 1})
+                        "generator": generator.get_state(), "used": used.cpu(), "step": step + 1})
     vq.eval()
 
 
@@ -159,8 +161,8 @@ def _restart_unused(vq: JanusVQVAE, pixels: torch.Tensor, used: torch.Tensor, ge
     if len(dead) == 0:
         return
     latents = vq_latents(vq, pixels).reshape(-1, vq.config.embed_dim)
-    picks = latents[torch.randint(len(latents), (len(dead),), generator=generator)]
-    noise = 0.01 * torch.randn(picks.shape, generator=generator)
+    picks = latents[torch.randint(len(latents), (len(dead),), generator=generator).to(latents.device)]
+    noise = 0.01 * torch.randn(picks.shape, generator=generator).to(picks.device)
     vq.quantize.embedding.weight[dead] = F.normalize(picks + noise, p=2, dim=-1)
 
 
