@@ -23,12 +23,12 @@ from unigap.world import detect
 from unigap.world.edits import UNKNOWN
 
 
-def damaged_samples(kind: str, n: int, seed: int) -> list:
+def damaged_samples(kind: str, n: int, seed: int, canvas: int = 64) -> list:
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < n:
         spec = sample_spec(rng)
-        damaged = damage_scene(sample_scene_for(spec, rng), rng, kind)
+        damaged = damage_scene(sample_scene_for(spec, rng, canvas), rng, kind)
         if damaged is not None:
             out.append((spec, damaged))
     return out
@@ -45,6 +45,16 @@ def test_the_verifier_reads_damaged_pictures_as_the_rule_says(kind: str) -> None
             agree += verify(image, prompt).satisfied == rule_satisfies(damaged, prompt)
             total += 1
     assert agree / total >= 0.97
+
+
+@pytest.mark.parametrize("canvas", [32, 128])
+def test_specks_stay_above_the_verifiers_floor_on_other_canvases(canvas: int) -> None:
+    """Specks were sized in 64-px pixels: at 128 px the verifier dropped them as noise while the rule counted them
+    (it read the objects of 0 of 120 speck-damaged pictures as the rule does)."""
+    for spec, damaged in damaged_samples("speck", 30, canvas, canvas):
+        image = render_damaged(damaged)
+        assert sorted((o.shape, o.color) for o in detect(image, canvas)) == sorted(
+            (o.shape, o.color) for o in rule_objects(damaged)), spec.text
 
 
 @pytest.mark.parametrize("kind", ["malformed", "cut", "edge", "merged"])

@@ -50,7 +50,16 @@ from unigap.errors import UserError
 from unigap.world.edits import UNKNOWN, Thing, things
 from unigap.world.prompts import PromptSpec, check
 from unigap.world.render import BACKGROUND, PALETTE, render_pil, shape_outline
-from unigap.world.scene import COLORS, Geometry, Scene, SceneObject, as_generator, place_object, random_kind
+from unigap.world.scene import (
+    COLORS,
+    DEFAULT_CANVAS,
+    Geometry,
+    Scene,
+    SceneObject,
+    as_generator,
+    place_object,
+    random_kind,
+)
 from unigap.world.verify import EIGHT, shape_of
 
 DAMAGE_KINDS: tuple[str, ...] = ("warped", "malformed", "cut", "edge", "merged", "occluded", "speck", "extra")
@@ -62,8 +71,8 @@ EDGE_FRACTION = (0.35, 0.60)  # share of the box beyond the canvas
 MERGE_OFFSET = (0.75, 0.95)  # a merged twin's centre offset, in box sides
 OCCLUDE_OFFSET = (0.35, 0.55)  # an occluding object's centre offset, in box sides
 PLUS_BAR = 4  # a plus sign's bars are a quarter of the box wide (area ~0.44 of the box: no shape's)
-SPECK_RADIUS = (4, 5)  # px: specks are just above the verifier's smallest object (see SPECK_AREA)
-SPECK_AREA = 30  # px: at least this many, above the verifier's 25-px floor for an object
+SPECK_RADIUS = (4, 5)  # px on a 64-px canvas: specks are just above the verifier's smallest object (SPECK_AREA)
+SPECK_AREA = 30  # px on a 64-px canvas: at least this many, above the verifier's 25-px floor for an object
 WARP_NOISE = (0.04, 0.16)  # std of a warped outline's radial jitter, in radii, before smoothing
 WARP_SQUASH = (0.75, 1.0)  # a warped object's scale along one random axis
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1, inclusive
@@ -329,12 +338,21 @@ def damage_scene(
         objects[index] = _unknown_at(objects[index], union)
         return _result(scene, kind, "", image, objects)
     hidden = _painted_box(image, obj.color, box)
-    if hidden is None or not _no_shape(painted[hidden[1] : hidden[3] + 1, hidden[0] : hidden[2] + 1], SPECK_AREA):
+    if hidden is None or not _no_shape(painted[hidden[1] : hidden[3] + 1, hidden[0] : hidden[2] + 1],
+                                       speck_sizes(scene.canvas)[1]):
         return None  # too little covered to be no shape any more, or a sliver below an object's size
     objects[index] = _unknown_at(objects[index], hidden)
     top = things([twin])[0]
     objects.append(replace(top, key=len(objects)))
     return _result(scene, kind, "", image, objects)
+
+
+def speck_sizes(canvas: int) -> tuple[tuple[int, int], int]:
+    """`SPECK_RADIUS` and `SPECK_AREA` scaled up to a canvas above 64 px as the verifier's smallest object is
+    (lengths by the side, areas by its square), so that a speck stays above that floor: at 128 px the 64-px sizes
+    fell below it. Never scaled down: on a 32-px canvas proportionally smaller specks and remnants were misread."""
+    scale = max(1.0, canvas / DEFAULT_CANVAS)
+    return (round(SPECK_RADIUS[0] * scale), round(SPECK_RADIUS[1] * scale)), round(SPECK_AREA * scale**2)
 
 
 def _clutter(scene: Scene, rng: np.random.Generator, kind: str, objects: list[Thing]) -> Damaged | None:
@@ -352,9 +370,10 @@ def _clutter(scene: Scene, rng: np.random.Generator, kind: str, objects: list[Th
         spot = place_object(("circle", COLORS[rng.integers(len(COLORS))], "small"), placed, rng, scene.canvas)
         if spot is None:
             return None
-        radius = float(rng.integers(SPECK_RADIUS[0], SPECK_RADIUS[1] + 1)) * 1.15
+        (low, high), area = speck_sizes(scene.canvas)
+        radius = float(rng.integers(low, high + 1)) * 1.15
         blobs = (_blob(rng, spot.x, spot.y, radius) for _ in range(20))
-        points = next((p for p in blobs if _blob_mask_is_no_shape(p, scene.canvas, SPECK_AREA)), None)
+        points = next((p for p in blobs if _blob_mask_is_no_shape(p, scene.canvas, area)), None)
         if points is None:
             return None
         draw.polygon(points, fill=PALETTE[spot.color])
