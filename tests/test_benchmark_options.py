@@ -30,3 +30,24 @@ def test_a_benchmark_refuses_what_it_cannot_run(script: str, argv: list[str], me
     with pytest.raises(SystemExit) as exit_info:
         module.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_pretraining_speed_benchmark_times_every_stage_and_projects_the_recipe(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Run at toy batch sizes: what is checked is that each stage is timed and the projection adds up.)"""
+    import json
+
+    from unigap.pretrain import QUICK
+
+    module = _script("pretrain_speed", monkeypatch)
+    toy = QUICK.scaled(und_batch=2, gen_batch=2, critique_batch=2, edit_batch=2, vq_batch=2, vision_batch=2)
+    monkeypatch.setattr(module, "FULL", toy)
+    monkeypatch.setattr(module, "SMALL", {name: 6 for name in module.SMALL})
+    module.main(["--device", "cpu", "--steps", "2", "--out", str(tmp_path / "speed.json")])
+    result = json.loads((tmp_path / "speed.json").read_text())
+    stages = {row["stage"]: row for row in result["stages"]}
+    assert list(stages) == ["draw the corpora (CPU)", "VQ-code the corpora", "VQ tokenizer", "vision tower", "joint"]
+    assert stages["joint"]["full_steps"] == toy.steps and stages["joint"]["seconds_per_step"] > 0
+    assert stages["joint"]["projected_seconds"] == pytest.approx(toy.steps * stages["joint"]["seconds_per_step"])
+    assert result["projected_minutes"] * 60 == pytest.approx(sum(row["projected_seconds"] for row in result["stages"]))
+    assert result["device"] == "cpu"

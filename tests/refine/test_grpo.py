@@ -366,6 +366,8 @@ def test_config_errors_name_the_fix() -> None:
                                           r"vlm:DIR, or verifier-binary$"):
         GRPOConfig(reward="clipscore")
     assert GRPOConfig(reward="verifier-binary").reward == "verifier-binary"
+    with pytest.raises(UserError, match="lora-dropout must be 0 in refine train, got 0.05: the policy runs in eval"):
+        GRPOConfig(lora_dropout=0.05)  # (it was recorded as used while training ran without it)
 
 
 def test_generation_stage_alone_self_rewarded_logs_the_verifier_as_its_audit(tmp_path) -> None:

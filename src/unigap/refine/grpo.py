@@ -15,7 +15,7 @@ Before training and after, the refine loop runs on `eval_n` held-out prompts wit
 
 Under `accelerate launch` each process rolls out every `world`-th group of a step and the gradients are summed
 (`unigap.distributed`); the groups' results are gathered in group order, so the log, the rollout buffer and the
-weights are those of one process (with `lora_dropout` 0: dropout draws its masks per process).
+weights are those of one process (the policy runs in eval mode: no dropout draws masks per process).
 
 With a judge as the reward, the verifier audits the generation steps' images, and the guard stops the run (exit 3)
 when the audited accuracy of the latest `audit_window` generation steps is below the first window's (`audit_guard`):

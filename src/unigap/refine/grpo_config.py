@@ -71,7 +71,7 @@ class GRPOConfig:
     mask_truncated_completions: bool = False  # leave reflections cut off at that length out of the loss (TRL's)
     lora_rank: int = 32
     lora_alpha: float = 64.0
-    lora_dropout: float = 0.0  # rollouts and the update must see the same policy
+    lora_dropout: float = 0.0  # only 0: the policy runs in eval mode (rollouts and the update see the same policy)
     seed: int = 0
     data_seed: int = 0  # the train split's partition; training prompts are train-split prompts only
     eval_n: int = 300  # held-out prompts for the before/after refine loop; 0 = none (the study evaluates)
@@ -113,9 +113,12 @@ class GRPOConfig:
             raise UserError(f"loss-type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:
             raise UserError(f"scale-rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
-        for name in ("perfect_fraction", "lora_dropout", "adam_beta1", "adam_beta2"):
+        for name in ("perfect_fraction", "adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}")
+        if self.lora_dropout != 0:  # (a value recorded as if it had acted, while training was a run with 0)
+            raise UserError(f"lora-dropout must be 0 in refine train, got {self.lora_dropout}: the policy runs in "
+                            "eval mode, so that rollouts and the update see the same policy, and dropout never acts")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
