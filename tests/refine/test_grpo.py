@@ -20,11 +20,12 @@ from unigap.evaluate.generation import self_p_yes
 from unigap.model import UnifiedModel, load_model
 from unigap.world.scoring import image_score
 from unigap import distributed
-from unigap.refine.grpo import LOGGED_KEYS, GRPOTrainer, audit_guard, first_alarm, logged_keys, train_grpo
+from unigap.refine.grpo import (LOGGED_KEYS, GRPOTrainer, audit_guard, first_alarm, logged_keys, step_means,
+                                 train_grpo)
 from unigap.refine.grpo_config import GRPOConfig
 from unigap.model.understanding import Completions
 from unigap.refine.grpo_loss import advantages, image_loss, image_token_loss, refine_rewards, text_loss, token_loss
-from unigap.refine.rollout import Buffered, reward_for
+from unigap.refine.rollout import WEIGHT, Buffered, reward_for
 from unigap.train.checkpoint import load_checkpoint, save_checkpoint
 
 TINY_RUN = {"steps": 4, "prompts_per_step": 1, "num_generations": 3, "eval_n": 0, "checkpoint_every": 2}
@@ -178,6 +179,15 @@ def test_reflections_are_scored_as_the_tokens_sampled(monkeypatch) -> None:
     question = um.prompts.reflect_question(spec.text)
     expected, _ = um.answer_token_logprobs([image], [question], [cut])
     assert torch.allclose(logprobs[1, -len(cut):], expected[0], atol=1e-5)
+
+
+def test_a_steps_image_reward_mean_is_per_image_as_trls() -> None:
+    """Group A made 16 images averaging 0.9, group B one scoring 0.1: TRL's mean is 0.85, not the groups' 0.5."""
+    key = "refine/rewards/verifier/mean"
+    a = {key: 0.9, WEIGHT + key: 16.0, "refine/stop_rate": 0.0}
+    b = {key: 0.1, WEIGHT + key: 1.0, "refine/stop_rate": 0.5}
+    assert step_means([a, b]) == pytest.approx({key: (16 * 0.9 + 0.1) / 17, "refine/stop_rate": 0.25})
+    assert step_means([a, {"refine/stop_rate": 1.0}]) == pytest.approx({key: 0.9, "refine/stop_rate": 0.5})
 
 
 def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:

@@ -50,7 +50,7 @@ from unigap.refine.grpo_config import VERIFIER_REWARDS, GRPOConfig
 from unigap.refine.loop import run_loop
 from unigap.refine.metrics import round_metrics
 from unigap.refine.rollout import (
-    VERIFIER_REWARD, Buffered, Rollout, batch_scale, generation_group, refine_group, reward_for, reward_key,
+    VERIFIER_REWARD, WEIGHT, Buffered, Rollout, batch_scale, generation_group, refine_group, reward_for, reward_key,
     rollout_loss,
 )
 from unigap.train.loop import (
@@ -62,7 +62,7 @@ def logged_keys(reward: str = VERIFIER_REWARD) -> tuple[str, ...]:
     `reward`, `reward_std`, `frac_reward_zero_std`, `rewards/<reward>/mean|std`, `kl` only when β > 0, `entropy`,
     `clip_ratio/*`, `completions/mean_length|clipped_ratio`, per stage; beyond TRL's, `entropy/text` of the
     reflections and `entropy/image` of the images, each over its own tokens). Unlike TRL's, a row's stds are within
-    each group of G samples, averaged over the step's groups; with `num_iterations` > 1 the rewards are logged at the
+    each group of G samples, averaged over the step's groups (means are over all samples, as TRL's); with `num_iterations` > 1 the rewards are logged at the
     step that rolled out, the loss's keys at every step."""
     image = reward_key(reward)
     return (
@@ -249,14 +249,21 @@ class GRPOTrainer:
         distributed.sum_gradients([p for _, p in self.named])
         metrics = [m | own for m, (_, _, own) in zip(metrics, groups, strict=True)] if metrics else \
             [own for _, _, own in groups]
-        keys = sorted({k for m in metrics for k in m})
-        record |= {k: float(np.mean([m[k] for m in metrics if k in m])) for k in keys}
+        record |= step_means(metrics)
         record["loss"] = float(np.mean([loss for _, loss, _ in groups]))
         record["grad_norm"] = optimizer_step(self.named, self.optimizer, self.scheduler, self.config.max_grad_norm,
                                              self.step)
         if AUDIT_KEY in record:
             self.audits.append((record[AUDIT_KEY], record["generate/reward"]))
         return record
+
+
+def step_means(metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's mean over the groups of a step that logged it, a group weighing `WEIGHT + key` (default 1): so
+    a mean over images is per image when groups made different numbers of them."""
+    keys = sorted({k for m in metrics for k in m if not k.startswith(WEIGHT)})
+    return {k: float(np.average([m[k] for m in metrics if k in m],
+                                weights=[m.get(WEIGHT + k, 1.0) for m in metrics if k in m])) for k in keys}
 
 
 def _postfix(record: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ from unigap.refine.loop import refined_prompt
 from unigap.world import PromptSpec, parse_reflection
 
 VERIFIER_REWARD = VERIFIER
+WEIGHT = "_weight/"  # `WEIGHT + key`: how much a group's value of `key` weighs in the step's mean (default 1; not logged)
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,7 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
     metrics |= _reward_stats("refine/rewards/format", format_ok) | _reward_stats("refine/rewards/delta", deltas)
     metrics["refine/stop_rate"] = float(np.mean(stopped))
     made_scores = [s for s in new_scores if s is not None]
-    if made_scores:
-        metrics |= _reward_stats(f"refine/rewards/{reward_key(reward.name)}", made_scores)
+    if made_scores:  # (its mean over the step is per image, as TRL's: a group weighs by the images it made)
+        made = f"refine/rewards/{reward_key(reward.name)}"
+        metrics |= _reward_stats(made, made_scores) | {f"{WEIGHT}{made}/mean": float(len(made_scores))}
     return Rollout(tuple(parts), [], metrics)
