@@ -622,6 +622,19 @@ def test_a_file_system_that_refuses_a_write_mid_run_is_one_line(tmp_path: Path, 
     assert (code, err) == (1, f"unigap: error: {says}{hint}\n")
 
 
+def test_a_full_disk_at_a_reports_write_is_the_same_line_not_bad_input(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The report writer turned every OSError into a `UserError` (exit 2, "bad input", no way to continue)."""
+    from unigap import atomic
+
+    def full(path, write):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(atomic, "write_atomically", full)
+    out = tmp_path / "eval.json"
+    code, err = _run(capsys, ["eval", "--model", "tiny", "--n", "2", "--out", str(out)])
+    assert (code, err.splitlines()[-1]) == (1, f"unigap: error: No space left on device: {out}") and not out.exists()
+
+
 def test_other_os_errors_keep_their_traceback(tmp_path: Path, monkeypatch) -> None:
     """(An errno that is not the file system refusing a write is unigap's bug, not the user's to fix.)"""
     def broken(*args, **kwargs):

@@ -1,6 +1,8 @@
 """The exceptions the CLI turns into one clear line: `UserError` (exit 2) and `GuardStopped` (exit 3); and
 `UnigapWarning`, a warning it prints as one line."""
 
+import errno
+
 
 class UserError(ValueError):
     """A mistake in the user's input (bad file, bad prompt, bad flag value): not a bug in unigap. A `ValueError`, so
@@ -17,6 +19,10 @@ class GuardStopped(Exception):
 
 
 INTERRUPTED = 130  # the exit code of a command stopped by ^C (the shell's, and typer's)
+# The file system refusing a write mid-run (a full disk or quota, a read-only or forbidden folder): not a mistake in
+# the command but a state the user can fix and continue from; the CLI says so in one line, exit 1 (nothing half
+# written is left: results are written atomically). Writers pass these on rather than calling them bad input.
+STORAGE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 FIRST_LINE_CHARS = 400  # torch's "Missing key(s) in state_dict: ..." lists every key on one line
 
 

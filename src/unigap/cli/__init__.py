@@ -7,7 +7,6 @@ never shows a traceback or a usage box; a write the file system refuses mid-run 
 
 from __future__ import annotations
 
-import errno
 import functools
 import signal
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 
 import typer
 
-from unigap.errors import INTERRUPTED, UserError
+from unigap.errors import INTERRUPTED, STORAGE_REFUSED, UserError
 from unigap.threads import configure_threads
 
 app = typer.Typer(
@@ -273,11 +272,6 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
 
     before = signal.signal(signal.SIGTERM, interrupt)  # (None: a handler set outside Python, restored as the default)
     return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
-
-
-# The file system refusing a write mid-run (a full disk or quota, a read-only or forbidden folder): the user can
-# fix it and continue, so one line and exit 1 (what was written is whole: every result is written atomically).
-STORAGE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from unigap import atomic
-from unigap.errors import UserError
+from unigap.errors import STORAGE_REFUSED, UserError
 
 HEADLINES = (
     ("understanding", "accuracy", "by_kind"),
@@ -44,6 +44,8 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic.write_atomically(path, write)
     except OSError as exc:
+        if exc.errno in STORAGE_REFUSED:  # (mid-run: the CLI says how to continue)
+            raise
         raise UserError(f"cannot write {path}: {exc}") from None
 
 
