@@ -284,3 +284,20 @@ def test_every_writer_puts_each_file_on_disk_before_it_is_in_place(tmp_path, mon
         (staging / "samples.jsonl").write_text(json.dumps({"file": "000.png"}) + "\n")
     assert (tmp_path / "merged" / "sub" / "model.safetensors").read_bytes() == b"w"
     assert (tmp_path / "set" / "000.png").read_bytes() == b"p"
+
+
+def test_a_sets_files_are_on_disk_before_its_old_index_goes(tmp_path, monkeypatch) -> None:
+    """A kill between the old index's removal and the new one's leaves no index: that window holds renames only,
+    not an fsync per image."""
+    def write_set(text: str) -> None:
+        with indexed_files_atomically(tmp_path, {"samples.jsonl": ["file"]}) as staging:
+            (staging / "000.png").write_text(text)
+            (staging / "samples.jsonl").write_text(json.dumps({"file": "000.png"}) + "\n")
+
+    write_set("old")
+    index_there: list[bool] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (index_there.append((tmp_path / "samples.jsonl").is_file()),
+                                                 real_fsync(fd))[1])
+    write_set("new")
+    assert index_there and all(index_there) and (tmp_path / "000.png").read_text() == "new"

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from unigap.errors import UserError
+from unigap.errors import STORAGE_REFUSED, UserError
 
 FILE_MODE = 0o644  # mkstemp creates private (0600) files; results are meant to be shared
 
@@ -203,7 +203,9 @@ def directory_atomically(path: str | os.PathLike) -> Iterator[Path]:
             os.chmod(entry, DIR_MODE if entry.is_dir() else FILE_MODE)
         try:
             os.replace(tmp, path)
-        except OSError as exc:  # a file, or a directory that filled up meanwhile
+        except OSError as exc:  # a file, or a directory that filled up meanwhile (a refusing file system: passed on)
+            if exc.errno in STORAGE_REFUSED:
+                raise
             raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -224,6 +226,8 @@ def files_atomically(directory: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         files = _staged(tmp)
         _check_targets(directory, tmp, files)
+        for path in files:
+            _on_disk(path)
         _move_into(directory, tmp, files)
 
 
@@ -262,10 +266,9 @@ def _check_targets(directory: Path, tmp: Path, files: Iterable[Path]) -> None:
 
 
 def _move_into(directory: Path, tmp: Path, files: list[Path]) -> None:
-    """Rename each staged file (its target checked: `_check_targets`) over its namesake in `directory`, each on disk
-    first (`_on_disk`)."""
+    """Rename each staged file (its target checked: `_check_targets`, put on disk: `_on_disk`) over its namesake in
+    `directory`."""
     for path in files:
-        _on_disk(path)
         os.chmod(path, FILE_MODE)
     for path in files:
         target = directory / path.relative_to(tmp)
@@ -312,6 +315,8 @@ def indexed_files_atomically(directory: str | os.PathLike, indexes: dict[str, Co
             raise RuntimeError(f"{tmp} holds no {last}: nothing was replaced")
         files = _staged(tmp)
         _check_targets(directory, tmp, files)
+        for path in files:  # before the old indexes go: the window a kill leaves no index in is renames only
+            _on_disk(path)
         new = {p.relative_to(tmp).as_posix(): p for p in files}
         listing = sorted(earlier | (set(new) - set(indexes)))
         atomic_write_lines(pending, [json.dumps({"file": name}) for name in listing])
