@@ -349,14 +349,15 @@ def test_a_finished_stage_file_is_refused_under_its_own_settings_changed_not_und
                                "vision")
 
 
-@pytest.mark.parametrize("change", [dict(hidden_size=128), dict(vision_hidden_size=64), dict(vision_layers=1),
-                                    dict(num_layers=2), dict(num_heads=2), dict(codebook_size=256)])
+@pytest.mark.parametrize("change", [dict(hidden_size=128), dict(vision_hidden_size=64), dict(vision_layers=2),
+                                    dict(num_layers=3), dict(num_heads=4), dict(codebook_size=256)])
 def test_every_setting_that_changes_the_vqs_initial_weights_is_a_vq_setting(change: dict) -> None:
     """A VQ stage file is reused under a config with the same VQ settings: one whose seed draws other initial VQ
     weights (the LLM's width, the vision tower's, built first) would not reproduce from its own record."""
     def initial(config):
         return run_module.build_model(config).model.model.vqmodel.state_dict()
 
+    assert TINY.scaled(**change) != TINY  # (each case changes something)
     base, other = initial(TINY), initial(TINY.scaled(**change))
     differs = base.keys() != other.keys() or any(base[k].shape != other[k].shape or not torch.equal(base[k], other[k])
                                                  for k in base)
@@ -417,7 +418,7 @@ def test_pretrain_config_refuses_impossible_settings(change: dict, message: str)
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--seed", "-1"], "--seed must be >= 0"), (["--out", "{file}"], "is a file, not a directory"),
-     (["--device", "tpu"], "unknown device 'tpu'"), (["--device", "cuda:7"], "asked for, but this torch")],
+     (["--device", "tpu"], "unknown device 'tpu'"), (["--device", "cuda:99"], "asked for, but this torch")],
 )
 def test_cli_rejects_bad_input_with_one_line(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     file = tmp_path / "file.txt"
