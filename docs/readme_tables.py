@@ -197,6 +197,19 @@ def sampling_profile() -> str:
                                f"{result['matmul_gflops_2048']:.0f} GFLOP/s in the same run.")
 
 
+def pretrain_speed() -> str:
+    """`benchmarks/pretrain_speed.py`: seconds per step of each pretraining stage, and the full recipe projected."""
+    result = _load(BENCH / "pretrain_speed.json")
+    lines = ["| stage | ms per step | full recipe steps | projected min |", "|---|---|---|---|"]
+    for row in result["stages"]:
+        step = "" if row["seconds_per_step"] is None else f"{1000 * row['seconds_per_step']:.0f}"
+        lines.append(f"| {row['stage']} | {step} | {row['full_steps'] or ''} | {row['projected_seconds'] / 60:.1f} |")
+    lines.append(f"| total | | | {result['projected_minutes']:.0f} |")
+    where = result.get("device_name", result["device"])
+    return "\n".join(lines) + (f"\n\n{where}, {result['dtype']}, {result['torch_threads']} threads; a 2048 × 2048 "
+                               f"matmul ran at {result['matmul_gflops']:.0f} GFLOP/s in the same run.")
+
+
 STUDY_P4 = ROOT / "docs" / "results" / "study_p4.json"
 STUDY_P2 = ROOT / "docs" / "results" / "study_p2.json"
 # Janus-Pro-7B in the paper (arXiv 2507.16663): T2I-CompBench++ overall and non-unification, by method
@@ -436,6 +449,7 @@ def dpo_tune(*paths: Path) -> str:
 TABLES: dict[str, Callable[[], str]] = {"model-card": model_card, "damage-agreement": damage_agreement, "sampling": sampling,
                                         "sampling-compile": sampling_compile, "sampling-profile": sampling_profile,
                                         "sampling-gpu": sampling_gpu, "dpo-mfu": dpo_mfu, "benchmarks": benchmarks,
+                                        "pretrain-speed": pretrain_speed,
                                         "self-improvement": self_improvement, "unimrg": unimrg, "full-study": full_study,
                                         "study-headline": study_headline,
                                         "claims": claims, "dpo-tune": partial(dpo_tune, DPO_TUNE),
