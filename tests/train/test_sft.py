@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from test_train_cli import run_main
@@ -60,7 +61,7 @@ def test_data_named_in_the_config_file_is_claimed_by_content(tiny_dir: Path, wor
 
     claimed: list[dict] = []
 
-    def stop(out, what, model, **data):
+    def stop(out, what, model, contents=None, **data):
         claimed.append(data)
         raise UserError("stop here")
 
@@ -71,6 +72,25 @@ def test_data_named_in_the_config_file_is_claimed_by_content(tiny_dir: Path, wor
     code, _, _ = run_main(capsys, ["train", "--model", str(tiny_dir), "--objective", "sft", "--config", str(toml),
                                    "--out", str(tmp_path / "run")])
     assert code == 2 and claimed == [{"und_data": None, "gen_data": str(data)}]
+
+
+def test_a_resume_after_an_image_was_edited_in_place_is_refused(tiny_dir: Path, world: Path, tmp_path: Path,
+                                                                capsys) -> None:
+    """The data file's hash misses an image it names by path: edited in place, the steps after a resume trained on
+    other pictures than the steps before."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world, data)
+    args = ["train", "--model", str(tiny_dir), "--objective", "sft", "--gen-data", str(data / "samples.jsonl"),
+            "--steps", "2", "--config", str(data / "small.toml"), "--out", str(tmp_path / "run")]
+    assert run_main(capsys, args)[0] == 0
+    image = sorted((data / "images").iterdir())[0]
+    pixels = np.asarray(Image.open(image)).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(image)
+    code, _, err = run_main(capsys, [*args, "--steps", "4", "--resume"])
+    assert code == 2 and "under other inputs (compared by content) (images: " in err
 
 
 def test_generation_data_trains_the_head_understanding_data_does_not(tiny_dir: Path, world: Path,

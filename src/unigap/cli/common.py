@@ -68,14 +68,17 @@ INPUTS_FILE = "inputs.json"
 
 
 def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, write: bool = True,
-                 fingerprints: dict[str, str | None] | None = None, **data: Path | str | None) -> dict[str, str | None]:
+                 fingerprints: dict[str, str | None] | None = None, contents: dict[str, str] | None = None,
+                 **data: Path | str | None) -> dict[str, str | None]:
     """Record what a resumable run reads, by content, in OUT/inputs.json: the model's weights (`weights_fingerprint`),
     the adapter's own files (`adapter_fingerprint`), each data file's sha256 (a split name as itself), and the command;
     or refuse (`UserError`) to continue a run made from other inputs, which `--resume` would mix with this one's.
     Called once the inputs are checked, before anything is written; `write=False` only checks (before the model loads,
     where the inputs can only be read in full with it). A directory that already holds files but no record (a run from
     before records) is left as it is: its inputs are unknown, and a record written now would vouch for them. Returns
-    the record; `fingerprints`, a check's record, is written without reading the inputs again."""
+    the record; `fingerprints`, a check's record, is written without reading the inputs again. `contents`: other
+    inputs' fingerprints, already computed (the images a data file names by path); a record from before it held them
+    is taken as made from these."""
     from unigap import distributed
     from unigap.atomic import claim_settings, entries, file_fingerprint
     from unigap.model.checkpoint import weights_fingerprint
@@ -93,9 +96,10 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
             # a split name is read as the split (`prompt_specs`), whatever a folder of that name in the cwd holds
             exists = source is not None and source not in SPLITS and Path(source).exists()
             inputs[name] = fingerprint(source) if exists else None if source is None else str(source)
+        inputs |= contents or {}
     recorded = (out / INPUTS_FILE).is_file() or not entries(out)
     # a record from before it had them (its "adapter" hashed the whole folder, outputs written there too)
-    defaults = {"command": what, "adapter_files": inputs.get("adapter_files")}
+    defaults = {"command": what, "adapter_files": inputs.get("adapter_files"), **(contents or {})}
     claim_settings(out / INPUTS_FILE, inputs, what, defaults=defaults,
                    write=write and distributed.is_main() and recorded, kind="inputs (compared by content)")
     return inputs
@@ -103,7 +107,7 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
 
 @contextmanager
 def inputs_claimed(out: Path, what: str, model: str, adapter: Path | None = None,
-                   **data: Path | str | None) -> Iterator[dict[str, str | None]]:
+                   contents: dict[str, str] | None = None, **data: Path | str | None) -> Iterator[dict[str, str | None]]:
     """`claim_inputs` around the block that loads the model and runs: an error before the run writes anything of its
     own (an adapter that does not fit the model, a model folder that does not load) takes the new record back, so the
     corrected command is not refused as a run "under other inputs"."""
@@ -111,7 +115,7 @@ def inputs_claimed(out: Path, what: str, model: str, adapter: Path | None = None
 
     record_file = out / INPUTS_FILE
     fresh = not record_file.exists()
-    record = claim_inputs(out, what, model, adapter, **data)
+    record = claim_inputs(out, what, model, adapter, contents=contents, **data)
     try:
         yield record
     except BaseException:

@@ -158,7 +158,7 @@ class Run:
 
 def _train_sft(run: Run, und_data: Path | None, gen_data: Path | None, common: dict[str, Any]) -> None:
     from unigap.manifest import manifest
-    from unigap.train.sft_data import SFTConfig, read_sft_data, train_sft
+    from unigap.train.sft_data import SFTConfig, images_digest, read_sft_data, train_sft
 
     paths = {"und_data": None if und_data is None else str(und_data),
              "gen_data": None if gen_data is None else str(gen_data)}
@@ -166,7 +166,8 @@ def _train_sft(run: Run, und_data: Path | None, gen_data: Path | None, common: d
     run = run.under(settings.bf16)
     data = read_sft_data(settings)  # a bad row fails before the model loads
     read = {name: getattr(settings, name) or None for name in paths}  # the files read: a --config file's too
-    with inputs_claimed(run.out, "train", run.model, **read), manifest(
+    images = images_digest([item.stored for item in data.understanding] + [c.stored for c in data.captions])
+    with inputs_claimed(run.out, "train", run.model, contents={"images": images}, **read), manifest(
             "train", {"model": run.model, "objective": "sft", **settings.to_dict()}, seeds=[settings.seed]) as record:
         result = train_sft(run.load(record), settings, run.out, run.resume, run.backends, data=data)
     sizes = f"{len(data.understanding)} understanding, {len(data.captions)} generation examples"

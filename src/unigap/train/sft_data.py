@@ -4,7 +4,8 @@ Understanding data (image + question + answer: `unigap.data.understanding`) trai
 (image + caption: `unigap.data.captions`) trains the image tokens from the caption. The generation images are
 VQ-tokenized once, at the model's image size, into `OUT/gen_tokens.safetensors` (keyed by the data file's sha256,
 every image's stored bytes, the model's VQ geometry, fingerprint and dtype), so a resumed run or a second run in the
-same folder does not encode them again, and an image edited in place or another model does.
+same folder does not encode them again, and an image edited in place or another model does. A resumed run is
+refused when any image it reads (by path, from either file) was edited since the run began (`images_digest`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from unigap.data.captions import CaptionedImage, read_caption_data
+from unigap.data.tables import StoredImage
 from unigap.data.understanding import UserItem, read_understanding_data
 from unigap.errors import UserError
 from unigap import distributed
@@ -78,12 +80,18 @@ def read_sft_data(config: SFTConfig) -> SFTData:
     )
 
 
+def images_digest(images: list[StoredImage]) -> str:
+    """One sha256 over every image's stored content (a file named by path read in full): what a data file's own
+    hash misses when an image is edited in place."""
+    return hashlib.sha256("".join(image.digest() for image in images).encode()).hexdigest()
+
+
 def caption_tokens(um: Any, captions: list[CaptionedImage], source: str, out_dir: Path,
                    progress: Any = None) -> torch.Tensor:
     """VQ ids [n, N] of the captioned images, read from the token cache when it matches, else encoded and cached.
     The key holds every image's bytes and the model with its dtype: an image edited in place, or another VQ, is
     encoded again, not read stale."""
-    images = hashlib.sha256("".join(c.stored.digest() for c in captions).encode()).hexdigest()
+    images = images_digest([c.stored for c in captions])
     key = {"sha256": file_fingerprint(source), "rows": str(len(captions)), "tokens": str(um.num_image_tokens),
            "codebook": str(um.model.config.vq_config.num_embeddings), "images": images,
            **{name: str(value) for name, value in model_identity(um).items()}}
