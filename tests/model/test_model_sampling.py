@@ -100,6 +100,17 @@ def test_the_cuda_graph_step_samples_what_the_eager_step_samples(tiny_dir: Path,
     torch.testing.assert_close(runs[0][1], runs[1][1])
 
 
+def test_the_cuda_graph_step_runs_under_bf16_autocast_on_fp32_weights(tiny_dir: Path) -> None:
+    """`refine train --bf16` samples under autocast: an fp32 prefill fills a float32 cache, each step's keys come in
+    bf16, and the fixed-shape store (`index_copy_`, which does not cast) raised at the first rollout on CUDA."""
+    um = load_model(tiny_dir, "cpu", torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ids, mask = prompt_batch(um.prompts, ["a red circle"], cfg=True, device=um.device)
+        embeds = um.model.get_input_embeddings()(ids)
+        tokens, _ = sample_from_prefix(um.model, um.prompts, embeds, mask, 1, 5.0, 1.0, seed=0, cuda_graphs=True)
+    assert tokens.shape == (1, um.num_image_tokens)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_replayed_cuda_graphs_sample_what_the_eager_step_samples(tiny_dir: Path) -> None:
     """On a GPU, in fp32 without TF32: greedy tokens and log-probs of captured and replayed steps against eager."""

@@ -72,8 +72,9 @@ def decode_step(
         cache.valid.index_fill_(1, slot, True)
         seen = cache.valid.shape[1]
 
-        def store(buffer: torch.Tensor, new: torch.Tensor) -> None:
-            buffer.index_copy_(2, slot, new)
+        def store(buffer: torch.Tensor, new: torch.Tensor) -> None:  # (index_copy_ does not cast, as copy_ does:
+            buffer.index_copy_(2, slot, new.to(buffer.dtype))      # under autocast a step's keys are bf16, the cache's
+                                                                   # from an fp32 prefill float32)
     else:
         cache.valid.narrow(1, slot, 1).fill_(True)  # (narrow, not [:, slot]: a compiled step keeps the slot symbolic)
         seen = slot + 1
