@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -383,3 +384,14 @@ def test_free_text_on_janus_pro_geometry(janus_pro_dir, clip_dir, tmp_path, caps
     result = run(load_model(janus_pro_dir), config, tmp_path / "si", progress=False)
     assert result["audits"][0]["audited"] == 4 and math.isfinite(result["epochs"][1]["loss"])
     assert (tmp_path / "si" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_local_judge_goes_where_the_model_would_not_to_gpu_0(monkeypatch) -> None:
+    """Under `accelerate launch` every process put its judge on "cuda", the current device: GPU 0 for all of them."""
+    from unigap.evaluate import local_judges
+    from unigap.model import loading
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(loading, "default_device_and_dtype",
+                        lambda device, dtype: (torch.device(f"cuda:{os.environ['LOCAL_RANK']}"), torch.float32))
+    assert local_judges._device() == torch.device("cuda:3")

@@ -91,7 +91,11 @@ def _load_model(kind: str, path: Path, auto_class: Any) -> Any:
 
 
 def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The model's default device (`default_device_and_dtype`): under `accelerate launch` each process's own GPU,
+    not GPU 0 for every process (a bare "cuda" is the current device, 0 until accelerate sets it)."""
+    from unigap.model.loading import default_device_and_dtype
+
+    return default_device_and_dtype(None, "float32")[0]
 
 
 def _batched(items: Sequence[Any], size: int = BATCH_SIZE) -> Iterator[Sequence[Any]]:
