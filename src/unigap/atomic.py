@@ -2,11 +2,12 @@
 
 Every result, checkpoint and figure goes through `write_atomically`: write a temporary file in the target's
 directory, fsync it, then `os.replace` it over the target (every writer here puts a file on disk before its rename,
-so not even a power loss leaves an empty file in place, or an index listing one). A folder of many files (a merged checkpoint, a GenEval prompt
-folder) goes through `directory_atomically`: written into a temporary directory next to the target, then renamed onto
-it, so a folder that exists is complete. Files that join a folder holding others (an adapter beside its run's log and
-checkpoint) go through `files_atomically`, each renamed into place; files listed by an index (a dataset's images and
-its samples.jsonl) through `indexed_files_atomically`, the index last. Kept free of torch so light modules can use it.
+so not even a power loss leaves an empty file in place, or an index listing one). A folder of many files (a merged
+checkpoint, a GenEval prompt folder) goes through `directory_atomically`: written into a temporary directory next to
+the target, then renamed onto it, so a folder that exists is complete. Files that join a folder holding others (an
+adapter beside its run's log and checkpoint) go through `files_atomically`, each renamed into place; files listed by
+an index (a dataset's images and its samples.jsonl) through `indexed_files_atomically`, the index last. Kept free of
+torch so light modules can use it.
 """
 
 from __future__ import annotations

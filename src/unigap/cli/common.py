@@ -107,7 +107,8 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
 
 @contextmanager
 def inputs_claimed(out: Path, what: str, model: str, adapter: Path | None = None,
-                   contents: dict[str, str] | None = None, **data: Path | str | None) -> Iterator[dict[str, str | None]]:
+                   contents: dict[str, str] | None = None,
+                   **data: Path | str | None) -> Iterator[dict[str, str | None]]:
     """`claim_inputs` around the block that loads the model and runs: an error before the run writes anything of its
     own (an adapter that does not fit the model, a model folder that does not load) takes the new record back, so the
     corrected command is not refused as a run "under other inputs"."""

@@ -6,9 +6,10 @@ directory only (`local_files_only`: nothing is downloaded), and every failure to
 
 * `clip`: CLIPScore (Hessel et al. 2021) = 2.5 · max(cos(image, text), 0); the judge's score in [0, 1] is
   CLIPScore / 2.5 = max(cos, 0). Reports give its mean on that scale (`mean_clipscore`) and as 100 · max(cos, 0)
-  (`mean_clipscore_100`), the scale the multi-task DPO paper reports (26.87 for Janus-Pro-7B). Its accept threshold is calibrated on ShapeWorld renders: the threshold that best
-  separates each render's true prompt from one near-miss prompt (balanced accuracy), with the calibration's
-  balanced accuracy and AUC recorded, so a useless judge (a random CLIP: both near 0.5) is visible in every report.
+  (`mean_clipscore_100`), the scale the multi-task DPO paper reports (26.87 for Janus-Pro-7B). Its accept
+  threshold is calibrated on ShapeWorld renders: the threshold that best separates each render's true prompt from
+  one near-miss prompt (balanced accuracy), with the calibration's balanced accuracy and AUC recorded, so a useless
+  judge (a random CLIP: both near 0.5) is visible in every report.
 * `vlm`: P(yes) of the judge question unigap asks its own models, from the next-token logits of the first tokens
   of yes/Yes against no/No (normalised over those); accept at 0.5.
 """

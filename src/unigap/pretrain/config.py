@@ -18,8 +18,8 @@ POSITIVE = ("hidden_size", "num_layers", "num_heads", "codebook_size", "vision_h
             "vq_crop", "vision_batch", "vision_lr", "und_batch", "questions_per_image", "gen_batch", "lr",
             "checkpoint_every", "polish_lr", "polish_und_batch", "polish_gen_batch")
 NON_NEGATIVE = ("vq_steps", "vq_empty_crop_weight", "vision_steps", "steps", "critique_batch", "edit_batch",
-                "weight_decay", "warmup", "patch_label_weight", "polish_steps", "polish_warmup", "polish_critique_batch",
-                "polish_edit_batch")
+                "weight_decay", "warmup", "patch_label_weight", "polish_steps", "polish_warmup",
+                "polish_critique_batch", "polish_edit_batch")
 
 
 def _check(name: str, value: object, ok: Callable[[Any], bool], what: str) -> None:

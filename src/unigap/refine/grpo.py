@@ -62,8 +62,8 @@ def logged_keys(reward: str = VERIFIER_REWARD) -> tuple[str, ...]:
     `reward`, `reward_std`, `frac_reward_zero_std`, `rewards/<reward>/mean|std`, `kl` only when β > 0, `entropy`,
     `clip_ratio/*`, `completions/mean_length|clipped_ratio`, per stage; beyond TRL's, `entropy/text` of the
     reflections and `entropy/image` of the images, each over its own tokens). Unlike TRL's, a row's stds are within
-    each group of G samples, averaged over the step's groups (means are over all samples, as TRL's); with `num_iterations` > 1 the rewards are logged at the
-    step that rolled out, the loss's keys at every step."""
+    each group of G samples, averaged over the step's groups (means are over all samples, as TRL's); with
+    `num_iterations` > 1 the rewards are logged at the step that rolled out, the loss's keys at every step."""
     image = reward_key(reward)
     return (
         "step", "stage", "lr", "loss", "grad_norm", "kl", "entropy", "entropy/text", "entropy/image",

@@ -39,7 +39,7 @@ from unigap.refine.loop import refined_prompt
 from unigap.world import PromptSpec, parse_reflection
 
 VERIFIER_REWARD = VERIFIER
-WEIGHT = "_weight/"  # `WEIGHT + key`: how much a group's value of `key` weighs in the step's mean (default 1; not logged)
+WEIGHT = "_weight/"  # `WEIGHT + key`: how much a group's `key` weighs in the step's mean (default 1; not logged)
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,8 @@ def _seeds_with_items(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[Met
     """`shared_seeds` for one metric: sides that share seeds drop a seed where one has items of `metric` and one none (a
     model that self-accepts every image of a seed has no weak-generation outcome there), one warning; else the
     other side's items of that seed would count against the pooled level of different seeds."""
-    arm_has, baseline_has = ({run.seed: sample(run, metric).n > 0 for run in runs} for runs in (arm_runs, baseline_runs))
+    arm_has, baseline_has = ({run.seed: sample(run, metric).n > 0 for run in runs}
+                             for runs in (arm_runs, baseline_runs))
     one_sided = {seed for seed in arm_has.keys() & baseline_has.keys() if arm_has[seed] != baseline_has[seed]}
     if not one_sided or not any(arm_has.values()) or not any(baseline_has.values()):  # (a side without the metric:
         return list(arm_runs), list(baseline_runs)                                    # no test, as before)
@@ -157,9 +158,9 @@ def _seeds_with_items(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[Met
 
 def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], metric: Metric
            ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The test that decides arm − baseline on `metric` (on their `shared_seeds` with its items), with Welch's and the seed-level
-    test beside it: the paired test where the two sides' per-item records line up and it is defined, else Welch's
-    on the pooled samples. Returns ({`delta`, the deciding test's `TEST_KEYS`, `seed_level`}, Welch's t, df, p and
+    """The test that decides arm − baseline on `metric` (on their `shared_seeds` with its items), with Welch's and
+    the seed-level test beside it: the paired test where the two sides' per-item records line up and it is defined,
+    else Welch's on the pooled samples. Returns ({`delta`, the deciding test's `TEST_KEYS`, `seed_level`}, Welch's t, df, p and
     interval)."""
     arm_runs, baseline_runs = _seeds_with_items(arm_runs, baseline_runs, metric)
     arm_samples, baseline_samples = ([sample(run, metric) for run in runs] for runs in (arm_runs, baseline_runs))

@@ -264,7 +264,8 @@ def sample_question(
         ]
         kind = kinds[rng.integers(len(kinds))]
     if form == "sentence" and kind in QUESTION_KINDS and kind not in SENTENCE_KINDS:  # (not "no well-defined one")
-        raise ValueError(f"{kind!r} questions have no sentence form; those that do: {', '.join(sorted(SENTENCE_KINDS))}")
+        raise ValueError(f"{kind!r} questions have no sentence form; those that do: "
+                         f"{', '.join(sorted(SENTENCE_KINDS))}")
     pool = candidate_questions(scene, kind, judge_prompts, form)
     if not pool:
         raise ValueError(f"no well-defined {kind!r} question exists for this scene")
