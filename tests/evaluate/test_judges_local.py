@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -392,6 +391,7 @@ def test_a_local_judge_goes_where_the_model_would_not_to_gpu_0(monkeypatch) -> N
     from unigap.model import loading
 
     monkeypatch.setenv("LOCAL_RANK", "3")
-    monkeypatch.setattr(loading, "default_device_and_dtype",
-                        lambda device, dtype: (torch.device(f"cuda:{os.environ['LOCAL_RANK']}"), torch.float32))
-    assert local_judges._device() == torch.device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (the real rule runs: only the probe is stubbed)
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: real_empty(*a, **k))
+    assert local_judges._device() == loading.default_device_and_dtype(None, None)[0] == torch.device("cuda:3")
