@@ -50,8 +50,10 @@ def test_every_grid_point_is_evaluated_at_each_checkpoint_against_the_base(tuned
 
 
 def test_a_rerun_reuses_finished_runs_and_other_settings_are_refused(tuned: tuple[Path, dict],
-                                                                    small_tune: TuneConfig) -> None:
-    out, results = tuned
+                                                                    small_tune: TuneConfig, tmp_path: Path) -> None:
+    """(On a copy: a rerun rewrites results.json, which the other tests of the module read as the first run's.)"""
+    out, results = tmp_path / "run", tuned[1]
+    shutil.copytree(tuned[0], out)
     curve = out / "runs" / results["runs"][0]["name"] / "curve.json"
     stamp = curve.stat().st_mtime_ns
     assert tune(small_tune, out) == results
