@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchjd.aggregation import MGDA, UPGrad
+from torchjd.aggregation import IMTLG, MGDA, AlignedMTL, DualProj, UPGrad
 
 from unigap.errors import UserError
-from unigap.train.names import STRATEGIES
+from unigap.train.names import STRATEGIES, TORCHJD
 from unigap.train.strategies import GradWeighted, PCGrad, Strategy, build_strategy, length_norm_weight
 
 
@@ -62,7 +62,15 @@ def test_grad_weighted_refreshes_every_k_steps() -> None:
     assert weights == pytest.approx([0.5, 0.5, 0.5, at3, at3, at3, at6])
 
 
-@pytest.mark.parametrize(("name", "aggregator"), [("upgrad", UPGrad), ("mgda", MGDA)])
+TORCHJD_AGGREGATORS = {"upgrad": UPGrad, "mgda": MGDA, "dualproj": DualProj, "imtl-g": IMTLG,
+                       "aligned-mtl": AlignedMTL}
+
+
+def test_every_torchjd_strategy_is_checked_against_its_aggregator() -> None:
+    assert set(TORCHJD_AGGREGATORS) == set(TORCHJD)  # (a strategy added there is added here, with its class)
+
+
+@pytest.mark.parametrize(("name", "aggregator"), TORCHJD_AGGREGATORS.items())
 def test_torchjd_strategies_match_the_aggregator(name: str, aggregator: type) -> None:
     strategy = make(name)
     g_gen = torch.tensor([-2.0, 1.0, 0.5])  # conflicting with G_UND
