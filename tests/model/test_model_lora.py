@@ -182,13 +182,21 @@ def test_another_base_models_adapter_is_refused_and_leaves_the_model_as_it_was(t
 
 @pytest.mark.parametrize("target", ["model.vision_model.embeddings.patch_embedding",
                                     "model.vision_model.embeddings.position_embedding"])
-def test_adapters_on_convolutions_and_embeddings_still_load(target: str, tmp_path: Path) -> None:
+def test_adapters_on_convolutions_and_embeddings_still_load(target: str, tmp_path: Path, images) -> None:
+    """Loaded, they compute what the trained model computes (its LoRA factors moved, so that they matter)."""
     trained = load_model("tiny")
     trained.add_lora(rank=4, alpha=8, target_modules=[target])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in trained.trainable_parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
     trained.save_adapter(tmp_path / "adapter")
     um = load_model("tiny")
     um.load_adapter(tmp_path / "adapter")
-    assert um.peft is not None
+    with torch.no_grad():
+        scores = [model.answer_logprobs(images[:2], QUESTIONS, ANSWERS)[0] for model in (trained, um, load_model("tiny"))]
+    torch.testing.assert_close(scores[1], scores[0])
+    assert not torch.allclose(scores[1], scores[2])  # (the adapter changes what the vision tower sees)
 
 
 def test_an_adapter_with_lora_biases_is_checked_without_a_traceback(tmp_path: Path) -> None:
