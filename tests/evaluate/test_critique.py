@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from unigap.evaluate.critique import auc, self_judge_metrics, win_rate
@@ -9,7 +10,8 @@ from unigap.evaluate.editing import edit_accuracy, edit_items
 from unigap.evaluate.run import evaluate
 from unigap.evaluate.understanding import understanding_items
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE
-from unigap.world import parse_instruction
+from unigap.world import parse_instruction, split_prompts, verify
+from unigap.world.scene_edits import edit_picture
 
 
 def test_auc_counts_ordered_pairs_with_ties_as_half() -> None:
@@ -55,8 +57,13 @@ def test_reflections_outside_the_grammar_are_format_failures(stub_factory) -> No
 def test_edit_items_are_broken_held_out_scenes_with_the_exact_fix() -> None:
     items = edit_items(12, seed=4)
     assert len(items) == 12
+    test_prompts = {spec.text for spec in split_prompts("test", 0)}
+    rng = np.random.default_rng(0)
     for item in items:
         parse_instruction(item["instruction"])  # in the grammar
+        assert item["spec"].text in test_prompts
+        assert not verify(item["image"], item["spec"]).satisfied  # broken
+        assert verify(edit_picture(item["image"], item["instruction"], rng), item["spec"]).satisfied  # and its fix
     again = edit_items(12, seed=4)
     assert [i["instruction"] for i in items] == [i["instruction"] for i in again]
 

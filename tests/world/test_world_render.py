@@ -33,11 +33,14 @@ def test_palette_is_well_separated_from_itself_and_the_background():
     assert d[np.triu_indices(len(colors), 1)].min() > 100
 
 
-def test_render_is_deterministic_and_matches_pil():
+def test_render_draws_each_object_where_and_as_large_as_it_says():
     scene = Scene(
         64,
         (SceneObject("triangle", "orange", "large", 20, 20), SceneObject("circle", "blue", "small", 50, 50)),
     )
-    assert np.array_equal(render(scene), render(scene))
-    assert np.array_equal(render(scene), np.asarray(render_pil(scene)))
-    assert set(map(tuple, render(scene).reshape(-1, 3))) == {BACKGROUND, PALETTE["orange"], PALETTE["blue"]}
+    image = render(scene)  # [y, x]
+    assert set(map(tuple, image.reshape(-1, 3))) == {BACKGROUND, PALETTE["orange"], PALETTE["blue"]}  # no blending
+    assert tuple(image[20, 20]) == PALETTE["orange"] and tuple(image[50, 50]) == PALETTE["blue"]
+    assert tuple(image[50, 44]) == PALETTE["blue"] and tuple(image[50, 43]) == BACKGROUND  # a small circle: radius 6
+    assert tuple(image[0, 0]) == BACKGROUND
+    assert np.array_equal(np.asarray(render_pil(scene)), image)  # (the PIL image is the same picture)
