@@ -168,6 +168,39 @@ def test_vlm_judge_gives_p_yes(vlm_dir, pairs) -> None:
                                 "version": 1, "weights": weights_fingerprint(vlm_dir)}  # which VLM, wherever it is
 
 
+def test_clip_judge_scores_are_the_clip_models_own_cosine(clip_dir, pairs) -> None:
+    """Against CLIP's forward pass, one pair at a time: logits_per_image / logit_scale is the cosine."""
+    images, specs = pairs
+    model, processor = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
+    expected = []
+    for image, spec in zip(images, specs, strict=True):
+        with torch.no_grad():
+            out = model(**processor(text=[spec.text], images=[image.convert("RGB")], return_tensors="pt"))
+        expected.append(max(float(out.logits_per_image[0, 0] / model.logit_scale.exp()), 0.0))
+    assert get_judge(f"clip:{clip_dir}").fn(None, images, specs) == pytest.approx(expected, abs=1e-5)
+
+
+def test_vlm_judge_p_yes_is_the_models_next_token_odds_of_yes_against_no(vlm_dir, pairs) -> None:
+    """Against the VLM's forward pass on each question alone (no padding): P(y or Y) / P(y, Y, n or N) of the first
+    answer token (byte tokens here; " yes" and " no" share their first byte, which tells nothing apart)."""
+    from unigap.model.prompts import judge_question
+
+    images, specs = pairs
+    model, processor = LlavaForConditionalGeneration.from_pretrained(vlm_dir).eval(), LlavaProcessor.from_pretrained(
+        vlm_dir)
+    yes, no = (processor.tokenizer.convert_tokens_to_ids(list(letters)) for letters in ("yY", "nN"))
+    expected = []
+    for image, spec in zip(images, specs, strict=True):
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": judge_question(spec.text)}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        with torch.no_grad():
+            logits = model(**processor(images=[image.convert("RGB")], text=[text], return_tensors="pt")).logits
+        lp = logits[0, -1].float().log_softmax(-1)
+        expected.append(float(torch.sigmoid(lp[yes].logsumexp(-1) - lp[no].logsumexp(-1))))
+    assert get_judge(f"vlm:{vlm_dir}").fn(None, images, specs) == pytest.approx(expected, abs=1e-5)
+
+
 @pytest.mark.parametrize("name, message", [
     ("clip:/nonexistent", "does not exist"),
     ("clip:", "needs a directory"),
