@@ -93,6 +93,26 @@ def test_adapter_save_load_round_trip(tiny_dir: Path, fresh: UnifiedModel, image
         load_model(tiny_dir).load_adapter(tmp_path)
 
 
+@pytest.mark.parametrize("trainable", [False, True])
+def test_a_bf16_adapter_reloads_to_the_outputs_it_was_saved_with(tiny_dir: Path, images, tmp_path: Path,
+                                                                 trainable: bool) -> None:
+    """Over bfloat16 weights the generation head trains in float32; loaded into PEFT's bfloat16 copy it was rounded,
+    and the reloaded adapter computed other log-probs (a GPU's `eval --adapter`, soups) than the one saved."""
+    trained = load_model(tiny_dir, dtype=torch.bfloat16)
+    trained.add_lora(rank=4, alpha=8, dropout=0.0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in trained.trainable_parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    trained.save_adapter(tmp_path / "adapter")
+    tokens = trained.generate_images(PROMPTS, cfg_scale=5.0, temperature=1.0, seed=3)
+    loaded = load_model(tiny_dir, dtype=torch.bfloat16)
+    loaded.load_adapter(tmp_path / "adapter", trainable=trainable)
+    with torch.no_grad():
+        assert torch.equal(loaded.image_token_logprobs(PROMPTS, tokens), trained.image_token_logprobs(PROMPTS, tokens))
+    assert torch.equal(loaded.generate_images(PROMPTS, cfg_scale=5.0, temperature=1.0, seed=3), tokens)
+
+
 def test_a_trainable_adapter_loads_for_inference_until_training_starts(tiny_dir: Path, fresh: UnifiedModel, images,
                                                                        tmp_path: Path) -> None:
     """peft builds LoRA layers in train mode: loaded trainable, dropout would make every score a random draw."""

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.utils import ModulesToSaveWrapper
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils._pytree import tree_map
 from transformers import JanusForConditionalGeneration
@@ -141,15 +142,19 @@ def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
 
 def load_lora(model: JanusForConditionalGeneration, directory: str | Path, trainable: bool) -> PeftModel:
     """Wrap `model` with an adapter saved by `PeftModel.save_pretrained` (standard PEFT format), its parts trained in
-    full in float32 where it goes on training (`train_in_float32`); `UserError` for a directory without one, or with
-    an unreadable one."""
+    full in float32 as they were trained (`train_in_float32`), their saved float32 weights loaded as saved: over
+    bfloat16 weights, PEFT's copies in the base's dtype would round them, and the loaded adapter would compute other
+    outputs than the one saved. `UserError` for a directory without one, or with an unreadable one."""
     check_adapter_files(directory)
     check_adapter_fits(model, directory)  # before PEFT wraps the model: a failure there leaves it half-wrapped
     try:
-        peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
+        peft_model = _fully_trained_in_float32(PeftModel.from_pretrained(model, str(directory), is_trainable=trainable))
+        weights = Path(directory) / ADAPTER_WEIGHTS
+        if weights.is_file():  # (a legacy .bin adapter keeps PEFT's own load)
+            set_peft_model_state_dict(peft_model, load_file(weights))
     except SafetensorError as exc:
         raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
-    return _fully_trained_in_float32(peft_model) if trainable else peft_model
+    return peft_model
 
 
 @dataclass
