@@ -200,6 +200,25 @@ def test_another_base_models_adapter_is_refused_and_leaves_the_model_as_it_was(t
     assert not any("lora_" in name for name, _ in um.model.named_parameters())
 
 
+def test_an_unreadable_adapter_is_refused_before_the_model_is_wrapped(tiny_dir: Path, tmp_path: Path) -> None:
+    """A truncated weights file was found unreadable only once PEFT had put its layers in: the model was left
+    half-wrapped, and a good adapter loaded next was refused as "another base model's"."""
+    um = load_model("tiny")
+    um.add_lora(rank=4, alpha=8)
+    um.save_adapter(tmp_path / "good")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_bytes((tmp_path / "good" / "adapter_config.json").read_bytes())
+    weights = (tmp_path / "good" / "adapter_model.safetensors").read_bytes()
+    (broken / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
+    fresh = load_model("tiny")
+    with pytest.raises(UserError, match=r"cannot read the adapter in .*broken \(incomplete or corrupt\?\)"):
+        fresh.load_adapter(broken)
+    assert fresh.peft is None and not any("lora_" in name for name, _ in fresh.model.named_parameters())
+    fresh.load_adapter(tmp_path / "good")  # and the right one still loads
+    assert fresh.peft is not None
+
+
 @pytest.mark.parametrize("target", ["model.vision_model.embeddings.patch_embedding",
                                     "model.vision_model.embeddings.position_embedding"])
 def test_adapters_on_convolutions_and_embeddings_still_load(target: str, tmp_path: Path, images) -> None:

@@ -121,8 +121,8 @@ def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
     try:
         with safe_open(str(weights), "pt") as handle:
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except SafetensorError:
-        return  # unreadable: load_lora's own error says so
+    except SafetensorError as exc:  # here, before PEFT wraps the model: its failure would leave it half-wrapped
+        raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
     for key, shape in shapes.items():
         name = key.removeprefix("base_model.model.")
         marker = _LORA_TENSOR.search(name)
