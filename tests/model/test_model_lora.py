@@ -279,3 +279,15 @@ def test_parts_trained_in_full_train_in_float32_over_bfloat16_weights(tiny_dir: 
     resumed.load_adapter(tmp_path / "adapter", trainable=True)
     assert all(p.dtype == torch.float32 for name, p in resumed.model.named_parameters()
                if p.requires_grad and "lora_" not in name)
+
+
+def test_trained_modules_are_the_parts_named_and_a_misspelt_one_is_refused() -> None:
+    """PEFT matches `modules_to_save` by suffix: `aligner` alone also trained `generation_aligner`; `nope` trained
+    nothing more, silently."""
+    um = load_model("tiny")
+    um.add_lora(rank=4, alpha=8, trained_modules=("aligner",))
+    trained = {name.split(".modules_to_save")[0].split(".")[-1] for name, param in um.model.named_parameters()
+               if param.requires_grad and "lora_" not in name}
+    assert trained == {"aligner", "generation_head"}
+    with pytest.raises(ValueError, match=r"trained_modules \['nope'\] name no part of this model; its parts: "):
+        load_model("tiny").add_lora(trained_modules=("nope",))

@@ -51,12 +51,18 @@ def attach_lora(
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     if not 0 <= dropout < 1:
         raise ValueError(f"LoRA dropout must lie in [0, 1), got {dropout}")
+    parts = dict(model.model.named_children())
+    unknown = [name for name in trained_modules if name not in parts]
+    if unknown:
+        raise ValueError(f"trained_modules {unknown} name no part of this model; its parts: {', '.join(parts)}")
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_modules,
-        modules_to_save=[*([GENERATION_HEAD] if train_generation_head else []), *trained_modules] or None,
+        # anchored: PEFT matches by suffix, and `aligner` alone would take `generation_aligner` with it
+        modules_to_save=[*([GENERATION_HEAD] if train_generation_head else []),
+                         *(f"model.{name}" for name in trained_modules)] or None,
         bias="none",
     )
     return _fully_trained_in_float32(get_peft_model(model, config))  # (peft keeps the LoRA factors float32)
