@@ -106,6 +106,11 @@ def test_sampled_answers_carry_their_ids_and_are_scored_as_sampled(tiny) -> None
     assert tiny.answer_token_logprobs(images, questions, cut.ids)[1].sum(dim=-1).tolist() == [2] * 4
     with pytest.raises(ValueError, match=r"answers\[1\] must be a text or a non-empty list of token ids"):
         tiny.answer_token_logprobs(images[:2], questions[:2], [done.ids[0], [10**9]])
+    for bad in (None, 5, ["red"], [7.9]):  # (a traceback from the list, or 7.9 scored as id 7)
+        with pytest.raises(ValueError, match=r"answers\[0\] must be a text or a non-empty list of token ids"):
+            tiny.answer_token_logprobs(images[:1], questions[:1], [bad])
+    with pytest.raises(ValueError, match="each prompt must be a string, got None"):
+        tiny.judge(images[:1], [None])
     placeholder = tiny.prompts.ids.image  # input only: a model that favours it (a random one may) never answers it
     with pytest.raises(ValueError, match="without the image placeholder"):
         tiny.answer_token_logprobs(images[:1], questions[:1], [[placeholder]])

@@ -162,7 +162,7 @@ def _braces(text: str) -> str:
 
 def _bare(prompt: str) -> str:
     """A prompt without surrounding space or end punctuation, to embed in a question."""
-    return prompt.strip().rstrip(".!?").strip()
+    return _text(prompt, "prompt").strip().rstrip(".!?").strip()
 
 
 def janus_pro_system_prompt(use_default_system_prompt: bool) -> str:

@@ -7,6 +7,8 @@ answers end at the last column: the scorer only runs the LM head on the last T c
 
 from __future__ import annotations
 
+import operator
+
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,10 +89,14 @@ def answer_targets(fmt: PromptFormat, answers: Sequence[str | Sequence[int]], vo
         if isinstance(answer, str):
             targets.append(fmt.answer_ids(answer))
             continue
-        ids = [int(i) for i in answer]
+        must = (f"answers[{index}] must be a text or a non-empty list of token ids in [0, {vocab_size}) without the "
+                f"image placeholder {fmt.ids.image}")
+        try:
+            ids = [operator.index(i) for i in answer]  # integral only: 7.9 or "red" is no token id
+        except TypeError:
+            raise ValueError(f"{must}, got {answer!r:.80}") from None
         if not ids or not all(0 <= i < vocab_size and i != fmt.ids.image for i in ids):
-            raise ValueError(f"answers[{index}] must be a text or a non-empty list of token ids in [0, {vocab_size}) "
-                             f"without the image placeholder {fmt.ids.image}, got {list(answer)!r:.80}")
+            raise ValueError(f"{must}, got {list(answer)!r:.80}")
         targets.append(ids)
     return targets
 
