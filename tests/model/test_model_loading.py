@@ -171,3 +171,22 @@ def test_a_device_torch_cannot_use_is_one_clear_error(monkeypatch: pytest.Monkey
     with pytest.raises(UserError, match="device 'mps' asked for, but this torch cannot use it: "):
         loading.default_device_and_dtype("mps", None)
     assert loading.default_device_and_dtype(None, None) == (torch.device("cpu"), torch.float32)
+
+
+def test_a_save_killed_midway_never_leaves_weights_without_their_sidecar(tmp_path: Path, monkeypatch) -> None:
+    """Weights were written in place and the sidecar last: a kill between left a folder that loaded as a Janus-Pro
+    checkpoint, under the wrong prompt template, with a warning about unknown words at most."""
+    um = load_model("tiny")
+    out = tmp_path / "saved"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(um.tokenizer), "save_pretrained", killed)  # after the weights, before the end
+    with pytest.raises(KeyboardInterrupt):
+        um.save(out)
+    names = {p.name for p in out.iterdir()}
+    assert "model.safetensors" not in names or "unigap.json" in names
+    assert not [name for name in names if name.startswith(".")]  # no staging folder left behind
+    monkeypatch.undo()
+    assert load_model(um.save(out)).prompts.template == "tiny"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
 
-from unigap.atomic import write_text_atomically
+from unigap.atomic import files_atomically, write_text_atomically
 from unigap.errors import UserError
 from unigap.model.editing import EDIT_SOURCES, check_edit_source
 from unigap.model.prompts import JANUS_PRO_TEMPLATE, TEMPLATES
@@ -58,14 +58,14 @@ def save_checkpoint(
     use_default_system_prompt: bool = True,
 ) -> Path:
     """Write weights, configs, tokenizer and the `unigap.json` sidecar so `load_model` can read them back
-    (`use_default_system_prompt`: a converted checkpoint's processor setting, which has no other file here)."""
+    (`use_default_system_prompt`: a converted checkpoint's processor setting, which has no other file here). The
+    sidecar goes first and every other file is renamed into place whole (`files_atomically`): a kill never leaves
+    weights that load without it, as a Janus-Pro checkpoint under the wrong prompt template, or a torn file."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; expected one of {', '.join(TEMPLATES)}")
     check_edit_source(edit_source)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
     settings = {
         "template": template,
         "image_mean": list(image_mean) if isinstance(image_mean, tuple | list) else [image_mean] * 3,
@@ -75,6 +75,9 @@ def save_checkpoint(
         "use_default_system_prompt": use_default_system_prompt,
     }
     write_text_atomically(directory / SIDECAR, json.dumps(settings, indent=2))
+    with files_atomically(directory) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return directory
 
 
