@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +187,11 @@ class StoredImage:
     def to_pixels(self) -> np.ndarray:
         return image_cell({self.name: self.value}, self.base, self.where, self.name)
 
+    @cached_property
     def digest(self) -> str:
         """sha256 of what is stored (the file's bytes for a path), so a cache keyed on it notices an image edited in
-        place; a PIL image is hashed by its pixels."""
+        place; a PIL image is hashed by its pixels. Read once: a run's input claim and its token cache key see the same
+        content, and a large file is not read twice for them."""
         value = _stored(self.value, self.base)[0]
         if isinstance(value, Path):
             return file_fingerprint(value)

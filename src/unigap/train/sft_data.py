@@ -83,7 +83,7 @@ def read_sft_data(config: SFTConfig) -> SFTData:
 def images_digest(images: list[StoredImage]) -> str:
     """One sha256 over every image's stored content (a file named by path read in full): what a data file's own
     hash misses when an image is edited in place."""
-    return hashlib.sha256("".join(image.digest() for image in images).encode()).hexdigest()
+    return hashlib.sha256("".join(image.digest for image in images).encode()).hexdigest()
 
 
 def caption_tokens(um: Any, captions: list[CaptionedImage], source: str, out_dir: Path,
