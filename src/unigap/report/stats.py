@@ -141,36 +141,38 @@ def seed_level(arm: dict[int, float | None], baseline: dict[int, float | None]) 
             "t": d["t"], "df": len(seeds) - 1 if d["t"] is not None else None, "p": d["p"], "delta_ci95": d["ci95"]}
 
 
-def _seeds_with_items(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], metric: Metric
-                      ) -> tuple[list[MethodRun], list[MethodRun]]:
-    """`shared_seeds` for one metric: sides that share seeds drop a seed where one has items of `metric` and one none (a
-    model that self-accepts every image of a seed has no weak-generation outcome there), one warning; else the
-    other side's items of that seed would count against the pooled level of different seeds."""
-    arm_has, baseline_has = ({run.seed: sample(run, metric).n > 0 for run in runs}
-                             for runs in (arm_runs, baseline_runs))
+Sampled = list[tuple[MethodRun, Sample]]  # each run of a side with its sample of one metric
+
+
+def _seeds_with_items(arm: Sampled, baseline: Sampled, metric: Metric) -> tuple[Sampled, Sampled]:
+    """`shared_seeds` for one metric: sides that share seeds drop a seed where one has items of `metric` and one
+    none (a model that self-accepts every image of a seed has no weak-generation outcome there), one warning; else
+    the other side's items of that seed would count against the pooled level of different seeds."""
+    arm_has, baseline_has = ({run.seed: s.n > 0 for run, s in side} for side in (arm, baseline))
     one_sided = {seed for seed in arm_has.keys() & baseline_has.keys() if arm_has[seed] != baseline_has[seed]}
     if not one_sided or not any(arm_has.values()) or not any(baseline_has.values()):  # (a side without the metric:
-        return list(arm_runs), list(baseline_runs)                                    # no test, as before)
-    warnings.warn(f"{arm_runs[0].method} against {baseline_runs[0].method}: no {metric.name} items on one side of "
+        return arm, baseline                                                          # no test, as before)
+    warnings.warn(f"{arm[0][0].method} against {baseline[0][0].method}: no {metric.name} items on one side of "
                   f"seed(s) {sorted(one_sided)}, compared without them", UnigapWarning, stacklevel=3)
-    return [r for r in arm_runs if r.seed not in one_sided], [r for r in baseline_runs if r.seed not in one_sided]
+    return [(run, s) for run, s in arm if run.seed not in one_sided], \
+        [(run, s) for run, s in baseline if run.seed not in one_sided]
 
 
 def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], metric: Metric
            ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The test that decides arm − baseline on `metric` (on their `shared_seeds` with its items), with Welch's and
     the seed-level test beside it: the paired test where the two sides' per-item records line up and it is defined,
-    else Welch's on the pooled samples. Returns ({`delta`, the deciding test's `TEST_KEYS`, `seed_level`}, Welch's t, df, p and
-    interval)."""
-    arm_runs, baseline_runs = _seeds_with_items(arm_runs, baseline_runs, metric)
-    arm_samples, baseline_samples = ([sample(run, metric) for run in runs] for runs in (arm_runs, baseline_runs))
-    arm, baseline = pool(arm_samples), pool(baseline_samples)
+    else Welch's on the pooled samples. Returns ({`delta`, the deciding test's `TEST_KEYS`, `seed_level`}, Welch's t,
+    df, p and interval)."""
+    arm_side, baseline_side = _seeds_with_items(
+        *([(run, sample(run, metric)) for run in runs] for runs in (arm_runs, baseline_runs)), metric)
+    arm_runs, baseline_runs = [run for run, _ in arm_side], [run for run, _ in baseline_side]
+    arm, baseline = (pool([s for _, s in side]) for side in (arm_side, baseline_side))
     keyed_arm, keyed_baseline = keyed(arm_runs, metric), keyed(baseline_runs, metric)
     same = paired(keyed_arm, keyed_baseline) if keyed_arm is not None and keyed_baseline is not None else None
     paper = welch_from_stats(arm.mean, arm.var, arm.n, baseline.mean, baseline.var, baseline.n)
     test = same if same is not None and same["p"] is not None else {"test": "welch", **paper}
-    seeds = seed_level(*({run.seed: s.mean for run, s in zip(runs, samples, strict=True)}
-                         for runs, samples in ((arm_runs, arm_samples), (baseline_runs, baseline_samples))))
+    seeds = seed_level(*({run.seed: s.mean for run, s in side} for side in (arm_side, baseline_side)))
     delta = None if arm.mean is None or baseline.mean is None else arm.mean - baseline.mean
     compared = {"seeds": sorted({run.seed for run in arm_runs}), "arm": arm.mean, "baseline": baseline.mean,
                 "n": arm.n, "n_baseline": baseline.n}  # the levels Δ is the difference of (`shared_seeds`)
