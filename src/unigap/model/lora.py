@@ -65,23 +65,25 @@ def attach_lora(
                          *(f"model.{name}" for name in trained_modules)] or None,
         bias="none",
     )
-    return _fully_trained_in_float32(get_peft_model(model, config))  # (peft keeps the LoRA factors float32)
-
-
-def _fully_trained_in_float32(peft_model: PeftModel) -> PeftModel:
-    for wrapper in [m for m in peft_model.modules() if isinstance(m, ModulesToSaveWrapper)]:
-        train_in_float32(wrapper.modules_to_save["default"])
+    peft_model = get_peft_model(model, config)
+    _fully_trained_in_float32(peft_model)  # (peft keeps the LoRA factors float32)
     return peft_model
 
 
-def train_in_float32(module: nn.Module) -> None:
+def _fully_trained_in_float32(peft_model: PeftModel) -> bool:
+    """`train_in_float32` on every part trained in full; whether any was not float32 already."""
+    wrappers = [m for m in peft_model.modules() if isinstance(m, ModulesToSaveWrapper)]
+    return any([train_in_float32(wrapper.modules_to_save["default"]) for wrapper in wrappers])
+
+
+def train_in_float32(module: nn.Module) -> bool:
     """Keep a module trained in full in float32 over bfloat16 (or float16) weights: an AdamW step on a bfloat16
     weight rounds away any update below half its spacing, at lr 1e-4 that of every weight above ~0.03 in size, most
     of the generation head's. Its floating inputs are cast up and its floating outputs back to the weights' dtype, so
-    the model around it runs as before."""
+    the model around it runs as before. Returns whether it changed anything (False: float32 already)."""
     dtype = next(module.parameters()).dtype
     if dtype == torch.float32:
-        return
+        return False
     module.float()
 
     def cast(to: torch.dtype) -> object:
@@ -90,6 +92,7 @@ def train_in_float32(module: nn.Module) -> None:
     module.register_forward_pre_hook(lambda _, args, kwargs: tree_map(cast(torch.float32), (args, kwargs)),
                                      with_kwargs=True)
     module.register_forward_hook(lambda _, args, output: tree_map(cast(dtype), output))
+    return True
 
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # a saved PEFT adapter's files
@@ -154,10 +157,10 @@ def load_lora(model: JanusForConditionalGeneration, directory: str | Path, train
     check_adapter_files(directory)
     check_adapter_fits(model, directory)  # before PEFT wraps the model: a failure there leaves it half-wrapped
     try:
-        peft_model = _fully_trained_in_float32(PeftModel.from_pretrained(model, str(directory), is_trainable=trainable))
+        peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
         weights = Path(directory) / ADAPTER_WEIGHTS
-        if weights.is_file():  # (a legacy .bin adapter keeps PEFT's own load)
-            set_peft_model_state_dict(peft_model, load_file(weights))
+        if _fully_trained_in_float32(peft_model) and weights.is_file():  # (a legacy .bin adapter: PEFT's own load)
+            set_peft_model_state_dict(peft_model, load_file(weights))  # the upcast copies hold rounded weights
     except SafetensorError as exc:
         raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
     return peft_model
