@@ -16,6 +16,7 @@ import typer
 from unigap.errors import GuardStopped, UserError, first_line
 
 if TYPE_CHECKING:
+    import torch
     from rich.table import Table
 
     from unigap.model import UnifiedModel
@@ -192,7 +193,7 @@ def _refuse_merged_twice(model: str, adapter: Path) -> None:
                         "load it without --adapter")
 
 
-def load(model: str, adapter: Path | None, dtype: str | None = None) -> UnifiedModel:
+def load(model: str, adapter: Path | None, dtype: str | torch.dtype | None = None) -> UnifiedModel:
     """The model (plus adapter); missing or broken directories are user errors, not tracebacks."""
     if adapter is not None and not adapter.is_dir():
         raise UserError(f"adapter directory {adapter} {'is a file' if adapter.exists() else 'does not exist'}")

@@ -61,8 +61,7 @@ def _fold(model: str, adapter: Path, out: Path) -> None:
                             MERGED_ADAPTER_KEY: adapter_fingerprint(adapter)}) as record:
         base = resolve_checkpoint(model)
         # in the dtype its weights are stored in: a CUDA default of bf16 would round an fp32 base for good
-        dtype = stored_dtype(base)
-        um = load(model, adapter, dtype=None if dtype is None else str(dtype).removeprefix("torch."))
+        um = load(model, adapter, dtype=stored_dtype(base))
         record["device"] = str(um.device)
         save_merged(um, base, out)
     write_manifest(out, record)
