@@ -72,9 +72,10 @@ def decode_step(
         cache.valid.index_fill_(1, slot, True)
         seen = cache.valid.shape[1]
 
-        def store(buffer: torch.Tensor, new: torch.Tensor) -> None:  # (index_copy_ does not cast, as copy_ does:
-            buffer.index_copy_(2, slot, new.to(buffer.dtype))      # under autocast a step's keys are bf16, the cache's
-                                                                   # from an fp32 prefill float32)
+        # (cast: index_copy_ does not, as copy_ does, and under autocast a step's keys are bf16 where an fp32
+        # prefill made the cache float32)
+        def store(buffer: torch.Tensor, new: torch.Tensor) -> None:
+            buffer.index_copy_(2, slot, new.to(buffer.dtype))
     else:
         cache.valid.narrow(1, slot, 1).fill_(True)  # (narrow, not [:, slot]: a compiled step keeps the slot symbolic)
         seen = slot + 1

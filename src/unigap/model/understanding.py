@@ -8,7 +8,6 @@ answers end at the last column: the scorer only runs the LM head on the last T c
 from __future__ import annotations
 
 import operator
-
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
