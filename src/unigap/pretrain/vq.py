@@ -128,7 +128,7 @@ def train_vq(
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         generator.set_state(resume["generator"])
-        used, first = resume["used"].clone().to(device), resume["step"]
+        used, first = resume["used"].to(device, copy=True), resume["step"]
     cell = 2 ** (len(vq.config.channel_multiplier) - 1)  # pixels per token side
     vq.train()
     for step in range(first, steps):
