@@ -23,6 +23,7 @@ from rich.table import Table
 
 from _common import machine, matmul_flops, positive_int, write_result
 
+from unigap.errors import UserError
 from unigap.model.loading import default_device_and_dtype
 from unigap.pretrain import FULL
 from unigap.pretrain.joint import PatchHead, joint_step, make_optimizer, trainable_parameters
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per stage")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
-    device, _ = default_device_and_dtype(args.device, "float32")
+    try:
+        device, _ = default_device_and_dtype(args.device, "float32")
+    except UserError as exc:  # one line and exit 2, as the other options' errors
+        parser.error(str(exc))
     config, n = FULL.scaled(**SMALL), args.steps + WARMUP
     um = build_model(config, device)
     started = time.perf_counter()

@@ -51,3 +51,15 @@ def test_the_pretraining_speed_benchmark_times_every_stage_and_projects_the_reci
     assert stages["joint"]["projected_seconds"] == pytest.approx(toy.steps * stages["joint"]["seconds_per_step"])
     assert result["projected_minutes"] * 60 == pytest.approx(sum(row["projected_seconds"] for row in result["stages"]))
     assert result["device"] == "cpu"
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["--device", "tpu"], "unknown device 'tpu'"),
+                                               (["--steps", "0"], "must be at least 1, got 0")])
+def test_the_pretraining_speed_benchmark_refuses_what_it_cannot_run(argv: list[str], message: str, capsys,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _script("pretrain_speed", monkeypatch)
+    monkeypatch.setattr(module, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
