@@ -32,6 +32,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def device_name(text: str) -> str:
+    """An argparse type: a device torch can use here (`cpu`, `cuda`, `cuda:1`, ...), refused in one line with exit
+    code 2 before any work, as `unigap`'s own commands refuse it."""
+    from unigap.errors import UserError
+    from unigap.model.loading import default_device_and_dtype
+
+    try:
+        default_device_and_dtype(text, None)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def seconds(run: Callable[[], object], device: torch.device) -> float:
     """Wall seconds of one call of `run`, waiting for the device's queued work."""
     start = time.perf_counter()

@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, write_result
+from _common import device_name, machine, write_result
 
 import unigap.world
 from unigap.diagnose import GradientCollector, dpo_loss_fn, shared_parameters
@@ -55,7 +55,7 @@ def _pairs(um: UnifiedModel, seed: int) -> tuple[list[UnderstandingPair], list[G
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: a random tiny model)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", type=device_name, default=None)
     parser.add_argument("--steps", type=int, default=12, help="training steps (two are not timed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnose_cost.json"))

@@ -21,9 +21,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, matmul_flops, positive_int, write_result
+from _common import device_name, machine, matmul_flops, positive_int, write_result
 
-from unigap.errors import UserError
 from unigap.model.loading import default_device_and_dtype
 from unigap.pretrain import FULL
 from unigap.pretrain.joint import PatchHead, joint_step, make_optimizer, trainable_parameters
@@ -48,14 +47,12 @@ def per_step(run: Callable[[Callable[..., None]], None], steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when torch sees it)")
+    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda, ... (default: CUDA when torch "
+                        "sees it)")
     parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per stage")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
-    try:
-        device, _ = default_device_and_dtype(args.device, "float32")
-    except UserError as exc:  # one line and exit 2, as the other options' errors
-        parser.error(str(exc))
+    device, _ = default_device_and_dtype(args.device, "float32")
     config, n = FULL.scaled(**SMALL), args.steps + WARMUP
     um = build_model(config, device)
     started = time.perf_counter()

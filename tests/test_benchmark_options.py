@@ -22,6 +22,8 @@ def _script(name: str, monkeypatch: pytest.MonkeyPatch):
     ("sampling", ["--cfg-scale", "1"], "--cfg-scale must be > 1"),  # transformers' image generate needs CFG
     ("sampling", ["--repeats", "0"], "must be at least 1, got 0"),  # a median of nothing
     ("dpo_step", ["--steps", "0"], "must be at least 1, got 0"),
+    ("sampling", ["--device", "tpu"], "unknown device 'tpu'"),  # (a traceback from deep in the load)
+    ("dpo_step", ["--device", "cuda:99"], "asked for, but this torch"),
 ])
 def test_a_benchmark_refuses_what_it_cannot_run(script: str, argv: list[str], message: str,
                                                 monkeypatch: pytest.MonkeyPatch, capsys) -> None:
