@@ -32,17 +32,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-def device_name(text: str) -> str:
-    """An argparse type: a device torch can use here (`cpu`, `cuda`, `cuda:1`, ...), refused in one line with exit
-    code 2 before any work, as `unigap`'s own commands refuse it."""
+def check_device(parser: argparse.ArgumentParser, device: str | None) -> None:
+    """Refuse a `--device` torch cannot use here (`cpu`, `cuda`, `cuda:1`, ...) in one line with exit code 2 before any
+    work, as `unigap`'s own commands refuse it. After parsing, not as the option's type: the documented
+    `--device cuda` still parses where no GPU is."""
     from unigap.errors import UserError
     from unigap.model.loading import default_device_and_dtype
 
     try:
-        default_device_and_dtype(text, None)
+        default_device_and_dtype(device, None)
     except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+        parser.error(f"--device: {exc}")
 
 
 def seconds(run: Callable[[], object], device: torch.device) -> float:

@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import device_name, machine, write_result
+from _common import check_device, machine, write_result
 
 import unigap.world
 from unigap.diagnose import GradientCollector, dpo_loss_fn, shared_parameters
@@ -55,11 +55,12 @@ def _pairs(um: UnifiedModel, seed: int) -> tuple[list[UnderstandingPair], list[G
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: a random tiny model)")
-    parser.add_argument("--device", type=device_name, default=None)
+    parser.add_argument("--device", default=None)
     parser.add_argument("--steps", type=int, default=12, help="training steps (two are not timed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnose_cost.json"))
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
     if args.steps < 3:
         parser.error("--steps must be at least 3 (the first and last steps are not timed)")
 

@@ -37,7 +37,7 @@ from rich.table import Table
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import device_name, machine, matmul_flops, paired_medians, positive_int, write_result
+from _common import check_device, machine, matmul_flops, paired_medians, positive_int, write_result
 
 import unigap.world
 from unigap.model import UnifiedModel, load_model, save_random_tiny
@@ -145,7 +145,7 @@ def summary(rows: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: a random tiny model)")
-    parser.add_argument("--device", type=device_name, default=None)
+    parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--lora-rank", type=int, default=64)
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1], help="pairs per task per step")
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the peak MFU divides by (default: see above)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dpo_step.json"))
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
 
     with tempfile.TemporaryDirectory() as scratch:
         um = load_model(args.model, args.device, args.dtype) if args.model else _tiny_model(Path(scratch))

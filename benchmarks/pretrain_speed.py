@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import device_name, machine, matmul_flops, positive_int, write_result
+from _common import check_device, machine, matmul_flops, positive_int, write_result
 
 from unigap.model.loading import default_device_and_dtype
 from unigap.pretrain import FULL
@@ -47,11 +47,12 @@ def per_step(run: Callable[[Callable[..., None]], None], steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda, ... (default: CUDA when torch "
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when torch "
                         "sees it)")
     parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per stage")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
     device, _ = default_device_and_dtype(args.device, "float32")
     config, n = FULL.scaled(**SMALL), args.steps + WARMUP
     um = build_model(config, device)

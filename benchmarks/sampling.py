@@ -29,8 +29,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import (copy_bytes_per_s, device_name, machine, matmul_flops, paired_medians, positive_int, seconds,
-                     write_result)
+from _common import (check_device, copy_bytes_per_s, machine, matmul_flops, paired_medians, positive_int,
+                     seconds, write_result)
 from transformers import GenerationConfig
 
 from unigap.model import UnifiedModel, load_model
@@ -101,13 +101,14 @@ def eager_on_cuda(um: UnifiedModel, prompts: list[str], cfg_scale: float, greedy
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help='checkpoint directory or "tiny" (default)')
-    parser.add_argument("--device", type=device_name, default=None)
+    parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[10, 80])
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling.json"))
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
     if args.cfg_scale <= 1:  # transformers' generate doubles the rows at any scale, but only mixes them above 1
         parser.error(f"--cfg-scale must be > 1 (transformers' image generate needs CFG), got {args.cfg_scale}")
     torch.manual_seed(0)  # transformers' sampling draws from the global generator
