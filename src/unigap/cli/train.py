@@ -57,8 +57,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last "
                                 "checkpoint (a fresh start when there is none, so a preemptible job can always pass it)."),
     dtype: str | None = typer.Option(None, "--dtype", help="Weights' dtype: float32 | bfloat16 (default: bfloat16 "
-                                     "on a GPU, float32 on a CPU); LoRA weights and the generation head (trained in "
-                                     "full) stay float32."),
+                                     "on a GPU, float32 on a CPU); LoRA weights and the generation head's master "
+                                     "weights (trained in full) stay float32."),
     gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
     bf16: bool = BF16_OPTION,
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),

@@ -20,6 +20,7 @@ from peft.utils import ModulesToSaveWrapper
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn.utils.stateless import _reparametrize_module  # (torch.func.functional_call's own)
 from torch.utils._pytree import tree_map
 from transformers import JanusForConditionalGeneration
 
@@ -77,21 +78,27 @@ def _fully_trained_in_float32(peft_model: PeftModel) -> bool:
 
 
 def train_in_float32(module: nn.Module) -> bool:
-    """Keep a module trained in full in float32 over bfloat16 (or float16) weights: an AdamW step on a bfloat16
-    weight rounds away any update below half its spacing, at lr 1e-4 that of every weight above ~0.03 in size, most
-    of the generation head's. Its floating inputs are cast up and its floating outputs back to the weights' dtype, so
-    the model around it runs as before. Returns whether it changed anything (False: float32 already)."""
+    """Keep float32 master weights for a module trained in full over bfloat16 (or float16) weights: an AdamW step on
+    a bfloat16 weight rounds away any update below half its spacing, at lr 1e-4 that of every weight above ~0.03 in
+    size, most of the generation head's. The module still computes in the weights' dtype, on its master weights
+    rounded to it (gradients reach the float32 copies), so a fresh adapter computes exactly what the base does:
+    computed in float32, DPO's log-ratios and GRPO's KL started off zero. Floating inputs are cast to that dtype,
+    so the model around it runs as before. Returns whether it changed anything (False: float32 already)."""
     dtype = next(module.parameters()).dtype
     if dtype == torch.float32:
         return False
     module.float()
+    forward = type(module).forward
 
-    def cast(to: torch.dtype) -> object:
-        return lambda value: value.to(to) if torch.is_tensor(value) and value.is_floating_point() else value
+    def rounded_forward(*args: object, **kwargs: object) -> object:
+        args, kwargs = tree_map(lambda v: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v,
+                                (args, kwargs))
+        rounded = {name: tensor.to(dtype) for name, tensor in (*module.named_parameters(), *module.named_buffers())
+                   if tensor.is_floating_point()}
+        with _reparametrize_module(module, rounded):
+            return forward(module, *args, **kwargs)
 
-    module.register_forward_pre_hook(lambda _, args, kwargs: tree_map(cast(torch.float32), (args, kwargs)),
-                                     with_kwargs=True)
-    module.register_forward_hook(lambda _, args, output: tree_map(cast(dtype), output))
+    module.forward = rounded_forward
     return True
 
 
