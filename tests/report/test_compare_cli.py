@@ -91,6 +91,18 @@ def test_reports_sharing_a_name_are_one_models_seeds(tmp_path: Path, capsys) -> 
     assert code in (0, None) and json.loads((tmp_path / "g.json").read_text())["results"] == results["results"]
 
 
+def test_warnings_name_the_baseline_as_the_user_did_and_any_model_may_be_called_base(tmp_path: Path, capsys) -> None:
+    """The baseline is compared under the name it was given: warnings called it `base` (the study's name for it),
+    and a model named `base` that was not the baseline was refused."""
+    v7 = [_write(tmp_path / f"v7-{s}.json", 0.4, seed=s) for s in (0, 1)]
+    with pytest.warns(UnigapWarning, match=r"base has seeds \[0\] and v7 \[0, 1\]: they are compared on the seeds"):
+        code, _, _ = _run(capsys, *(f"v7={p}" for p in v7), f"base={_write(tmp_path / 'b.json', 0.5, draw=1)}",
+                          "--out", tmp_path / "c.json")
+    results = json.loads((tmp_path / "c.json").read_text())
+    assert code in (0, None) and results["base"] == "v7" and list(results["results"]) == ["v7", "base"]
+    assert results["results"]["base"]["generation.accuracy"]["n"] == 300
+
+
 def test_the_title_names_each_models_seeds_where_they_differ(tmp_path: Path, capsys) -> None:
     base = [_write(tmp_path / f"s{s}.json", 0.4, seed=s) for s in (0, 1)]
     code, out, _ = _run(capsys, *(f"base={p}" for p in base), f"arm={_write(tmp_path / 'a.json', 0.5, seed=7)}",
@@ -170,7 +182,6 @@ def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys)
     ("same file", "{tmp}/good.json is given twice (as 'good' and as 'again')"),
     ("same file unnamed", "{tmp}/good.json is given twice"),
     ("same file name", "{tmp}/s0/eval.json and {tmp}/s1/eval.json would both be 'eval' ({tmp}/s0/eval.json is"),
-    ("base named", "the name 'base' is kept for the baseline"),
     ("bad name", "'=x.json': expected NAME=FILE or FILE"),
     ("no match", "{tmp}/seed*/eval.json matches no file"),
     ("unnamed glob", "{tmp}/s*/eval.json: a glob needs a name"),
@@ -210,7 +221,6 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
         "same file": [good, f"again={good}"],
         "same file unnamed": [good, good],
         "same file name": [good, s0, s1],
-        "base named": [good, f"base={s0}"],
         "bad name": [good, "=x.json"],
         "no match": [good, f"x={tmp_path}/seed*/eval.json"],
         "unnamed glob": [good, f"{tmp_path}/s*/eval.json"],

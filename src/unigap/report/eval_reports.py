@@ -22,7 +22,7 @@ from rich.table import Table
 from unigap.errors import UnigapWarning, UserError
 from unigap.report.cells import fmt, fmt_p
 from unigap.report.stats import compute_stats
-from unigap.study.results import BASE, METRICS, Metric, MethodRun, Study, read_json
+from unigap.study.results import METRICS, Metric, MethodRun, Study, read_json
 
 JUDGED = Metric("judged_generation.accuracy", "judged-generation accuracy", "generation", "judge_accepted")
 STUDY_ONLY = ("config", "training", "diagnostics", "arms")
@@ -64,9 +64,6 @@ def reports_study(reports: Sequence[tuple[str, Path]]) -> Study:
         files[path.resolve()] = name
     if len({name for name, _ in reports}) < 2:
         raise UserError("give at least two models to compare: the baseline's report, then one or more others")
-    baseline = reports[0][0]
-    if baseline != BASE and any(name == BASE for name, _ in reports):
-        raise UserError(f"the name {BASE!r} is kept for the baseline, the first report; name the others differently")
     runs, seen = [], {}
     for name, path in reports:
         if path.is_dir():
@@ -79,7 +76,7 @@ def reports_study(reports: Sequence[tuple[str, Path]]) -> Study:
             raise UserError(f"{seen[name, seed]} and {path} are both {name!r} seed {seed}; name them apart with "
                             "NAME=FILE")
         seen[name, seed] = path
-        runs.append(MethodRun(BASE if name == baseline else name, seed, report))
+        runs.append(MethodRun(name, seed, report))
     return Study(runs)
 
 
@@ -167,9 +164,9 @@ def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False)
     tested = _tested([(path, run.eval_report) for (_, path), run in zip(reports, study.runs, strict=True)])
     if by_group:
         tested += _by_group([run.eval_report for run in study.runs], tested)
-    results = compute_stats(study, metrics_tested=tested)
     baseline, order = reports[0][0], list(dict.fromkeys(name for name, _ in reports))
-    results["results"] = {name: results["results"][BASE if name == baseline else name] for name in order}
+    results = compute_stats(study, metrics_tested=tested, baseline=baseline)
+    results["results"] = {name: results["results"][name] for name in order}
     for name in order[1:]:
         for summary in results["results"][name].values():
             for key in FAMILY_KEYS:
@@ -179,7 +176,7 @@ def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False)
         results.pop(key)
     for key in STUDY_OPTIONS:
         results["options"].pop(key)
-    seeds = {name: sorted({run.seed for run in study.runs if run.method == (BASE if name == baseline else name)})
+    seeds = {name: sorted({run.seed for run in study.runs if run.method == name})
              for name in order}
     return results | {"base": baseline, "methods": order, "model_seeds": seeds,
                       "reports": [[name, str(path)] for name, path in reports]}

@@ -298,17 +298,18 @@ def corrected(p: float | None, tests: int, alpha: float) -> tuple[float | None, 
 
 
 def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
-                  metrics_tested: Sequence[Metric] = METRICS) -> dict[str, Any]:
+                  metrics_tested: Sequence[Metric] = METRICS, baseline: str = BASE) -> dict[str, Any]:
     """Everything the report shows, as one JSON-serialisable dict (see the module docstring); `metrics_tested`:
-    the study's METRICS, or what `unigap compare` finds in its reports."""
-    methods = study.methods()
-    compared = [m for m in methods if m != BASE]
-    metrics: dict[str, dict[str, Any]] = {BASE: {}}
+    the study's METRICS, or what `unigap compare` finds in its reports; `baseline`: the method the others are
+    tested against (the study's base, or `unigap compare`'s first report, by the name its warnings give)."""
+    methods = [baseline, *(m for m in study.methods() if m != baseline)]
+    compared = methods[1:]
+    metrics: dict[str, dict[str, Any]] = {baseline: {}}
     for metric in metrics_tested:
-        metrics[BASE][metric.name] = metric_summary(study.of(BASE), metric, options)
+        metrics[baseline][metric.name] = metric_summary(study.of(baseline), metric, options)
     for method in compared:
         metrics[method] = {}
-        arm_runs, base_runs = shared_seeds(study.of(method), study.of(BASE))
+        arm_runs, base_runs = shared_seeds(study.of(method), study.of(baseline))
         for metric in metrics_tested:
             test, paper = decide(arm_runs, base_runs, metric)
             metrics[method][metric.name] = metric_summary(study.of(method), metric, options) | test | {"welch": paper}
@@ -324,7 +325,7 @@ def compute_stats(study: Study, options: StatsOptions = StatsOptions(),
     return {
         "options": asdict(options) | {"confidence": CONFIDENCE},
         "config": study.config,
-        "base": BASE,
+        "base": baseline,
         "methods": methods,
         "arms": [{"name": m, "family": ARMS[m].family, "kind": ARMS[m].kind} if m in ARMS else {"name": m}
                  for m in compared],
