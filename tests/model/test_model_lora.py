@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -294,6 +295,31 @@ def test_a_fresh_adapter_over_bfloat16_weights_computes_exactly_the_base(tiny_di
             reference = um.image_token_logprobs(PROMPTS, tokens), um.answer_logprobs(images[:2], QUESTIONS, ANSWERS)[0]
     assert all(torch.equal(a, b) for a, b in zip(policy, reference))
     assert um.generate_images(PROMPTS, cfg_scale=5.0, temperature=1.0, seed=0).equal(tokens)
+
+
+def test_master_weights_over_bfloat16_give_the_same_gradients_under_activation_checkpointing(tiny_dir: Path,
+                                                                                               images) -> None:
+    """Checkpointing runs a vision layer again in the backward pass, outside the trained part's forward: there it
+    must round its master weights too (it met float32 weights and raised a dtype error)."""
+    grads = []
+    for checkpointing in (False, True):
+        um = load_model(tiny_dir, dtype=torch.bfloat16)
+        torch.manual_seed(0)  # (LoRA's A factors)
+        um.add_lora(rank=4, alpha=8, dropout=0.0, trained_modules=("vision_model",),
+                    gradient_checkpointing=checkpointing)
+        um.model.train()
+        (-um.answer_logprobs(images[:2], QUESTIONS, ANSWERS)[0].sum()).backward()
+        grads.append({name: p.grad for name, p in um.model.named_parameters() if p.requires_grad})
+    vision = [name for name, grad in grads[0].items() if "vision_model" in name and grad is not None]
+    assert grads[0].keys() == grads[1].keys() and vision
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads[0].values(), grads[1].values()))
+    copy = deepcopy(um.model.model.vision_model.modules_to_save["default"])  # (its forward rebound to the copy)
+    with torch.no_grad():
+        for param in copy.parameters():
+            param.zero_()
+    assert all(p.abs().sum() > 0 for p in um.model.model.vision_model.modules_to_save["default"].parameters()
+               if p.dim() > 1)
+    assert copy.forward.__self__ is copy
 
 
 def test_trained_modules_are_the_parts_named_and_a_misspelt_one_is_refused() -> None:

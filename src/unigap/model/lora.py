@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MethodType
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
@@ -80,26 +81,36 @@ def _fully_trained_in_float32(peft_model: PeftModel) -> bool:
 def train_in_float32(module: nn.Module) -> bool:
     """Keep float32 master weights for a module trained in full over bfloat16 (or float16) weights: an AdamW step on
     a bfloat16 weight rounds away any update below half its spacing, at lr 1e-4 that of every weight above ~0.03 in
-    size, most of the generation head's. The module still computes in the weights' dtype, on its master weights
-    rounded to it (gradients reach the float32 copies), so a fresh adapter computes exactly what the base does:
-    computed in float32, DPO's log-ratios and GRPO's KL started off zero. Floating inputs are cast to that dtype,
-    so the model around it runs as before. Returns whether it changed anything (False: float32 already)."""
+    size, most of the generation head's. The module still computes in the weights' own dtypes, on its master weights
+    rounded to them (gradients reach the float32 copies), so a fresh adapter computes exactly what the base does:
+    computed in float32, DPO's log-ratios and GRPO's KL started off zero. Floating inputs are cast to that dtype, so
+    the model around it runs as before. Returns whether it changed anything (False: float32 already)."""
     dtype = next(module.parameters()).dtype
     if dtype == torch.float32:
         return False
+    for sub in module.modules():  # each rounds its own weights and its children's: activation checkpointing runs a
+        dtypes = {name: tensor.dtype for name, tensor in _floating(sub)}  # layer again outside its parent's forward
+        if dtypes:
+            sub._master_dtypes = dtypes
+            sub.forward = MethodType(_rounded_forward, sub)  # (bound to the module: a deep copy rebinds to the copy)
+    module._input_dtype = dtype
     module.float()
-    forward = type(module).forward
+    return True
 
-    def rounded_forward(*args: object, **kwargs: object) -> object:
+
+def _floating(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(name, t) for name, t in (*module.named_parameters(), *module.named_buffers()) if t.is_floating_point()]
+
+
+def _rounded_forward(self: nn.Module, *args: object, **kwargs: object) -> object:
+    """`self`'s own forward on its master weights rounded to the dtypes they were loaded in (`train_in_float32`)."""
+    dtype = getattr(self, "_input_dtype", None)
+    if dtype is not None:
         args, kwargs = tree_map(lambda v: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v,
                                 (args, kwargs))
-        rounded = {name: tensor.to(dtype) for name, tensor in (*module.named_parameters(), *module.named_buffers())
-                   if tensor.is_floating_point()}
-        with _reparametrize_module(module, rounded):
-            return forward(module, *args, **kwargs)
-
-    module.forward = rounded_forward
-    return True
+    rounded = {name: tensor.to(self._master_dtypes.get(name, tensor.dtype)) for name, tensor in _floating(self)}
+    with _reparametrize_module(self, rounded):
+        return type(self).forward(self, *args, **kwargs)
 
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # a saved PEFT adapter's files
