@@ -85,6 +85,9 @@ def test_malformed_jsonl_row_names_file_and_line(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "q.jsonl", [json.dumps(gen_row(0)), "", "{not json"])
     with pytest.raises(UserError, match=rf"^{path}:3: malformed preference row: invalid JSON"):
         load_pairs(path, "gen")
+    path = _jsonl(tmp_path / "same.jsonl", [json.dumps(gen_row(0) | {"rejected_ids": gen_row(0)["chosen_ids"]})])
+    with pytest.raises(UserError, match=rf"^{path}:1: malformed preference row: chosen and rejected are the same \("):
+        read_rows(path)  # (a DPO gradient of zero up to rounding: diagnose divided by its norm)
     cases = {"chosen_ref_logprob": float("nan"), "rejected_ids": [], "seed": "0", "fallback": 1, "kind": "rl"}
     for key, value in cases.items():
         path = _jsonl(tmp_path / f"{key}.jsonl", [json.dumps(gen_row(0) | {key: value})])

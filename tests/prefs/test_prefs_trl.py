@@ -149,6 +149,10 @@ def test_diagnose_reads_pairs_in_trls_convention(built, tiny_dir: Path, tmp_path
         ({"prompt": "a red circle", "chosen_ids": [1, 2], "rejected_ids": [1, 2.5]},
          "'rejected_ids' must be a non-empty list of integer token ids"),
         ({"prompt": "a red circle", "chosen_ids": [True], "rejected_ids": [1]}, "'chosen_ids' must be a non-empty"),
+        ({"prompt": "Q?", "chosen": "a", "rejected": [{"role": "assistant", "content": "a"}], "image": "x.png"},
+         "chosen and rejected are the same"),
+        ({"prompt": "a red circle", "chosen_ids": [1, 2], "rejected_ids": [1, 2]}, "chosen and rejected are the same"),
+        ({"prompt": "a red circle", "chosen_image": "x.png", "rejected_image": "x.png"}, "chosen and rejected are the"),
     ],
 )
 def test_a_malformed_trl_row_names_file_and_line(tmp_path: Path, row: dict, message: str) -> None:

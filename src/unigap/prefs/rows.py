@@ -41,7 +41,7 @@ import numpy as np
 
 from unigap.errors import UnigapWarning, UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
-from unigap.prefs.trl import check_ids, is_trl_row, rescored, token_ids, trl_pairs, trl_problem, trl_task
+from unigap.prefs.trl import SAME_SIDES, check_ids, is_trl_row, rescored, token_ids, trl_pairs, trl_problem, trl_task
 from unigap.data.tables import StoredImage, read_table, stored_image
 from unigap.atomic import atomic_write_bytes, atomic_write_lines, indexed_files_atomically
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
@@ -99,7 +99,7 @@ def _problem(row: Any) -> str:
     for name in ("chosen_ids", "rejected_ids"):
         if not token_ids(row[name]):
             return f"{name!r} must be a non-empty list of integer token ids"
-    return ""
+    return SAME_SIDES if row["chosen_ids"] == row["rejected_ids"] else ""
 
 
 def _store_images(path: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -67,6 +67,10 @@ def has_ids(row: dict[str, Any]) -> bool:
     return all(isinstance(row.get(f"{s}_ids"), list) and row[f"{s}_ids"] for s in ("chosen", "rejected"))
 
 
+# A pair whose sides are the same has a DPO gradient of zero up to rounding: a diagnosis would divide by that
+SAME_SIDES = "chosen and rejected are the same (a pair that prefers nothing)"
+
+
 def trl_problem(row: dict[str, Any]) -> str:
     """Why a TRL-convention row is malformed ('' when it is fine)."""
     if not _text(row["prompt"], "user"):
@@ -75,12 +79,16 @@ def trl_problem(row: dict[str, Any]) -> str:
         if not has_ids(row):
             if not all(row.get(f"{s}_image") is not None for s in ("chosen", "rejected")):
                 return "a generation row needs chosen_image and rejected_image (or chosen_ids and rejected_ids)"
-            return ""
+            return SAME_SIDES if row["chosen_image"] == row["rejected_image"] else ""
         bad = next((side for side in ("chosen_ids", "rejected_ids") if not token_ids(row[side])), None)
-        return "" if bad is None else f"{bad!r} must be a non-empty list of integer token ids"
+        if bad is not None:
+            return f"{bad!r} must be a non-empty list of integer token ids"
+        return SAME_SIDES if row["chosen_ids"] == row["rejected_ids"] else ""
     for side in ("chosen", "rejected"):
         if not _text(row.get(side), "assistant"):
             return f"{side!r} holds no text (a string, or a conversation with an assistant message)"
+    if _text(row["chosen"], "assistant") == _text(row["rejected"], "assistant"):
+        return SAME_SIDES
     images = _und_images(row)
     if not isinstance(images, list) or len(images) != 1:
         return "an understanding row needs one image ('images': [image] or 'image')"
