@@ -43,6 +43,7 @@ def test_diagnose_writes_report_and_figures(tiny_dir: Path, prefs: dict[str, Pat
     pairs = {task: len(path.read_text().splitlines()) for task, path in prefs.items()}
     assert report["distinct_pairs"] == {**pairs, "batches": 4} and max(pairs.values()) < 4
     assert f"4 batches from {pairs['gen']} gen pairs reuse {4 - pairs['gen']} of them" in err  # not independent
+    assert "pass a gen file with more pairs" in " ".join(err.split())  # (not --pairs below the 4 it takes)
     assert all((tmp_path / "d" / name).is_file() for name in report["figures"])
     # seeded: a second run gives the same numbers
     _run(capsys, [*argv, "--out", str(tmp_path / "e"), "--seed", "3", "--sweep-probes", "1"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from scipy import stats
 
 from unigap.diagnose.stats import cosines, depth_trend, group_summary, summary, welch
+from unigap.diagnose.sweep import length_response
 
 INTER = [0.012, -0.020, 0.004, -0.011, 0.009, -0.003, 0.015, -0.008]
 INTRA = [0.051, 0.032, 0.047, 0.029, 0.060, 0.038]
@@ -64,3 +66,12 @@ def test_depth_trend_is_spearman_and_null_without_variation() -> None:
     expected = stats.spearmanr([0, 1, 2, 3], [0.01, -0.02, 0.03, 0.05])
     assert depth_trend(rows)["spearman_r"] == pytest.approx(expected.statistic)
     assert depth_trend([{"layer": i, "cos_mean": 0.0} for i in range(4)])["spearman_r"] is None
+
+
+def test_the_length_sweep_leaves_an_overflowed_probe_out_and_its_json_holds_no_nan() -> None:
+    """A probe whose gradient overflowed stopped the report from being written (JSON has no NaN)."""
+    out = length_response({"short": [1.0, math.nan, 0.5], "long": [2.0, math.inf, 1.5]},
+                          {"short": [2.0, 2.0, 2.0], "long": [8.0, 8.0, 8.0]}, [1.0, 1.0, math.inf], 4.0)
+    json.dumps(out, allow_nan=False)
+    assert out["conditions"]["short"]["samples"]["ratio"] == [1.0, None, 0.5]
+    assert out["conditions"]["long"]["ratio_nonfinite"] == 1 and out["loglog_slope"] is not None

@@ -105,8 +105,9 @@ def diagnose_command(
         if len(data[task]) < pairs:  # each pair is used once before any twice: the batches repeat some
             typer.echo(f"unigap: warning: {pairs} batches from {len(data[task])} {task} pairs reuse "
                        f"{pairs - len(data[task])} of them, so the {task} samples are not independent and the tests "
-                       f"overstate their evidence; pass --pairs {len(data[task])} or fewer, or a {task} file with "
-                       "more pairs", err=True)
+                       f"overstate their evidence; pass "
+                       + (f"--pairs {len(data[task])} or fewer, or " if len(data[task]) >= MIN_PAIRS else "")
+                       + f"a {task} file with more pairs", err=True)
     total, done = pairs + 2 * sweep_probes, [0]
 
     def advance() -> None:

@@ -104,7 +104,7 @@ def length_response(
     """Per condition: ρ and T/N; across them: the exponent k in ρ ∝ (T/N)^k, from the two condition
     means and from a log-log fit over every probe (with Pearson r on the logs and Spearman's rank r)."""
     gen = np.asarray(gen_norms, dtype=np.float64)
-    gen = gen[gen > 0]
+    gen = gen[np.isfinite(gen) & (gen > 0)]
     if len(gen) == 0:
         raise ValueError("every generation gradient is zero: ρ is undefined")
     conditions: dict[str, Any] = {}
@@ -115,7 +115,7 @@ def length_response(
         conditions[name] = {
             **summary(rho, "ratio"),
             **summary(ratio, "token_ratio"),
-            "samples": {"ratio": rho.tolist(), "token_ratio": ratio.tolist()},
+            "samples": {"ratio": [finite(v) for v in rho], "token_ratio": [finite(v) for v in ratio]},  # (overflow: null)
         }
         all_rho.append(rho)
         all_ratio.append(ratio)
@@ -125,7 +125,7 @@ def length_response(
     if len(means) == 2 and means[0][1] != means[1][1] and all(m[0] for m in means):
         (rho_a, t_a), (rho_b, t_b) = means
         out["exponent_from_means"] = finite(math.log(rho_b / rho_a) / math.log(t_b / t_a))
-    defined = rho > 0
+    defined = np.isfinite(rho) & (rho > 0)
     if len(set(ratio[defined])) > 1:
         x, y = np.log(ratio[defined]), np.log(rho[defined])
         slope, _ = np.polyfit(x, y, 1)
