@@ -136,7 +136,9 @@ def norm_change(triples: np.ndarray) -> dict[str, Any]:
 
 def weighting(triples: np.ndarray, und_tokens: Sequence[float], gen_tokens: Sequence[float]) -> dict[str, Any]:
     """The w_U that gradient-weighted DPO would set, ‖g_G‖/(‖g_U‖+‖g_G‖), per batch; next to the
-    length-normalised weight N/(N+T) from the mean token counts (SPEC §1 strategies 5 and 6)."""
+    length-normalised weight N/(N+T) from the mean token counts of the batches' pairs (SPEC §1 strategies 5 and 6;
+    the `length-norm` strategy averages its whole files, the same where the batches draw each pair once: a file in
+    TRL's convention is converted only where drawn)."""
     und_norm, gen_norm = np.sqrt(triples[:, 0]), np.sqrt(triples[:, 1])
     total = und_norm + gen_norm
     w = gen_norm[total > 0] / total[total > 0]
