@@ -4,10 +4,12 @@ resumes to the same numbers, and other settings on the same directory are refuse
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from unigap.cli import main
@@ -244,3 +246,21 @@ def test_a_study_is_resumed_in_the_dtype_it_ran_in(tmp_path: Path, small_config:
     (tmp_path / "old" / "study.json").write_text(json.dumps(small_config.to_dict() | {"model_weights": "w"}))
     claim(small_config, tmp_path / "old", "w", dtype="float32")
     assert json.loads((tmp_path / "old" / "study.json").read_text())["model_dtype"] == "float32"
+
+
+def test_the_answer_forms_are_paired_batch_by_batch_only_where_they_drew_the_same_generation_pairs() -> None:
+    """The diagnosis draws its generation order after the und order from one generator: und files of different
+    lengths draw other generation pairs, and a paired test of the batches' log ratios would pair unrelated batches."""
+    from scipy import stats as sps
+
+    from unigap.study.answer_length import compare_forms
+
+    rng = np.random.default_rng(0)
+    word, sentence = rng.lognormal(-3.0, 0.5, 40), rng.lognormal(-2.8, 0.5, 40)
+    paired = compare_forms({"pairs": 256, "ratios": list(word)}, {"pairs": 256, "ratios": list(sentence)})
+    assert paired["test"] == "paired" and paired["batches"] == 40
+    assert paired["p"] == pytest.approx(sps.ttest_rel(np.log(sentence), np.log(word)).pvalue)
+    apart = compare_forms({"pairs": 256, "ratios": list(word)}, {"pairs": 250, "ratios": list(sentence)})
+    assert apart["test"] == "welch"
+    assert apart["p"] == pytest.approx(sps.ttest_ind(np.log(sentence), np.log(word), equal_var=False).pvalue)
+    assert apart["geometric_mean"] == pytest.approx(math.exp(np.log(sentence).mean() - np.log(word).mean()))

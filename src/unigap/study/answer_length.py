@@ -9,7 +9,8 @@ generation pairs (`run_diagnostics`, the study's number of single-pair batches),
 study's steps, rate and β (seed 0), and evaluates it as the study evaluates every arm, on the base's seed-0 items.
 
 Both forms' batches draw the same generation pair (same seed and pair count), so ‖g_G‖ cancels in ρ_sentence/ρ_word
-batch by batch: the forms are compared by a paired t-test on the per-batch log ratios. Δ understanding and Δ
+batch by batch: the forms are compared by a paired t-test on the per-batch log ratios (by Welch's where the margin
+filter kept more pairs of one form: the generation draws then differ, `compare_forms`). Δ understanding and Δ
 generation of each form are paired against the base on the same items (`unigap.study.results.paired`). Each form is
 written to OUT/answer-length/<form>.json when done (a rerun skips it); OUT/answer-length/answer_length.json
 (`ANSWER_LENGTH_FILE`) last, with the finding in one sentence, stated whichever way it falls.
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from unigap.atomic import cached_json, write_json
-from unigap.evaluate.stats import paired_difference
+from unigap.evaluate.stats import paired_difference, welch
 from unigap.study.results import ANSWER_LENGTH_FILE, METRICS, MethodRun, keyed, paired, sample
 
 FORMS = ("word", "sentence")
@@ -93,17 +94,27 @@ def answer_length(runner: Any) -> None:
     path = runner.out / ANSWER_LENGTH_FILE
     forms = {form: cached_json(path.parent / f"{form}.json", lambda form=form: _form(runner, form, path.parent))
              for form in FORMS}
-    logs = [np.log(forms[f]["ratios"]) for f in FORMS]
-    change = paired_difference(*logs)  # log ρ_sentence − log ρ_word, batch by batch
     c = runner.config
-    result = {"forms": forms,
-              "ratio_sentence_over_word": {"geometric_mean": math.exp(change["delta"]), "batches": change["n"],
-                                           "p": change["p"],
-                                           "ci95": None if change["ci95"] is None else [math.exp(v) for v in change["ci95"]]},
+    result = {"forms": forms, "ratio_sentence_over_word": compare_forms(*(forms[f] for f in FORMS)),
               "settings": {"steps": c.steps, "lr": c.lr, "beta": c.beta, "nll_weight": c.nll_weight,
                            "batches": c.diagnose_pairs, "n": c.n, "seed": 0}}
     result["finding"] = finding(result)
     write_json(path, result)
+
+
+def compare_forms(word: dict[str, Any], sentence: dict[str, Any]) -> dict[str, Any]:
+    """ρ_sentence / ρ_word as the geometric mean of the batches' ratios, with its interval and p: paired batch by
+    batch where both forms drew the same generation pairs, which needs und files of one length (the diagnosis draws
+    the generation order after the und order, from one generator), else by Welch's test on the log ratios."""
+    logs = [np.log(form["ratios"]) for form in (word, sentence)]
+    if word["pairs"] == sentence["pairs"] and len(logs[0]) == len(logs[1]):
+        change = paired_difference(*logs)  # log ρ_sentence − log ρ_word, batch by batch
+        test, delta, ci95, batches = "paired", change["delta"], change["ci95"], change["n"]
+    else:
+        change, delta = welch(logs[1], logs[0]), float(logs[1].mean() - logs[0].mean())
+        test, ci95, batches = "welch", change["delta_ci95"], min(map(len, logs))
+    return {"geometric_mean": math.exp(delta), "batches": batches, "test": test, "p": change["p"],
+            "ci95": None if ci95 is None else [math.exp(v) for v in ci95]}
 
 
 def finding(result: dict[str, Any]) -> str:
@@ -117,5 +128,5 @@ def finding(result: dict[str, Any]) -> str:
              if result["forms"][f]["understanding"]["p"] is not None and result["forms"][f]["understanding"]["p"] < ALPHA]
     return (f"Answering in a full sentence ({sentence['answer_tokens']:.1f} answer tokens against "
             f"{word['answer_tokens']:.1f}) {effect} ρ = ‖g_U‖/‖g_G‖ ({sentence['ratio']:.3f} vs {word['ratio']:.3f}; "
-            f"ratio {ratio['geometric_mean']:.2f}, paired p {'n/a' if p is None else f'{p:.2g}'}); understanding DPO "
-            f"moved understanding significantly in {' and '.join(moved) if moved else 'neither'} form.")
+            f"ratio {ratio['geometric_mean']:.2f}, {ratio.get('test', 'paired')} p {'n/a' if p is None else f'{p:.2g}'}); "
+            f"understanding DPO moved understanding significantly in {' and '.join(moved) if moved else 'neither'} form.")
