@@ -30,7 +30,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 import unigap.world as world
 from unigap.cli import main
 from unigap.errors import UserError
-from unigap.evaluate.judges import get_judge
+from unigap.evaluate.judges import _local_judge, get_judge
 from unigap.evaluate.local_judges import balanced_threshold, calibration_set
 from unigap.model.checkpoint import weights_fingerprint
 from unigap.refine import RefineConfig, run_refine
@@ -428,3 +428,24 @@ def test_a_local_judge_goes_where_the_model_would_not_to_gpu_0(monkeypatch) -> N
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: real_empty(*a, **k))
     assert local_judges._device() == loading.default_device_and_dtype(None, None)[0] == torch.device("cuda:3")
+
+
+def test_a_resume_under_other_judge_weights_in_the_same_folder_is_refused(tiny_dir, clip_dir, tmp_path,
+                                                                          capsys) -> None:
+    """Only the judge's name ("clip:DIR") was compared: a resume after the folder's model changed mixed two judges'
+    verdicts in one refine.json (and in GRPO's reward, the self-improvement audit)."""
+    judge = tmp_path / "clip"
+    shutil.copytree(clip_dir, judge)
+    args = ["refine", "--model", tiny_dir, "--n", 2, "--rounds", 0, "--judge", f"clip:{judge}", "--out", tmp_path / "r"]
+    code, _, err = run_main(capsys, args)
+    assert code in (0, None), err
+    code, _, err = run_main(capsys, [*args, "--resume"])  # the same judge: continues (here: nothing left to do)
+    assert code in (0, None), err
+    torch.manual_seed(1)
+    model = CLIPModel.from_pretrained(judge)
+    with torch.no_grad():
+        model.logit_scale.add_(1.0)
+    model.save_pretrained(judge)
+    _local_judge.cache_clear()  # (a process loads each judge once: a resume is a new process)
+    code, _, err = run_main(capsys, [*args, "--resume"])
+    assert code == 2 and "holds a refine run under other inputs" in err and "judge_weights" in err

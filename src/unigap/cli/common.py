@@ -106,6 +106,14 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     return inputs
 
 
+def judge_claimed(judge: dict[str, Any], name: str = "judge") -> dict[str, str]:
+    """A local judge (its `describe()`) as a claimed input, by its weights (its directory where they are not
+    safetensors): a resume under another model in the folder it names would mix two judges' verdicts in one run."""
+    if judge.get("directory") is None:  # (the verifier, the model's own judges: their names are compared as settings)
+        return {}
+    return {f"{name}_weights": judge.get("weights") or judge["directory"]}
+
+
 @contextmanager
 def inputs_claimed(out: Path, what: str, model: str, adapter: Path | None = None,
                    contents: dict[str, str] | None = None,

@@ -18,6 +18,7 @@ from unigap.cli.common import (
     edit_guidance_kwargs,
     guarded_run,
     inputs_claimed,
+    judge_claimed,
     load,
     print_table,
     weights_dtype,
@@ -121,9 +122,10 @@ def refine_command(
 
     chosen = get_judge(config.judge, independent=True)  # a bad judge directory fails before anything is written
     distributed.wait_for_everyone()  # under `accelerate launch`: every process has checked OUT before one writes
-    with inputs_claimed(out, "refine", model, adapter, prompts=config.prompts), manifest(
+    described = chosen.describe()
+    with inputs_claimed(out, "refine", model, adapter, judge_claimed(described), prompts=config.prompts), manifest(
             "refine", {"model": model, "adapter": None if adapter is None else str(adapter), **config.__dict__},
-            seeds=[seed], judge=chosen.describe()) as record:
+            seeds=[seed], judge=described) as record:
         um = load(model, adapter)
         record["device"] = str(um.device)
         report = run_refine(um, config, out)
@@ -195,7 +197,7 @@ def train_command(
     judge: dict = {"name": "verifier"}  # the loop's accuracy before and after, and the audit of a judge reward
     if settings.reward not in VERIFIER_REWARDS:  # a bad judge directory fails here, before anything is written
         judge["reward"] = get_judge(settings.reward).describe()
-    with inputs_claimed(out, "refine train", model):
+    with inputs_claimed(out, "refine train", model, contents=judge_claimed(judge.get("reward", {}), "reward")):
         report = guarded_run("refine-train", settings.to_dict(), settings.seed, judge, out, model,
                              weights_dtype(None, settings.bf16),
                              lambda um: train_grpo(um, settings, out, resume, backends))

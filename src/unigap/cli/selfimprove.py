@@ -87,7 +87,7 @@ def selfimprove_command(
     from unigap import distributed
 
     distributed.wait_for_everyone()  # under `accelerate launch`: every process has checked OUT before one writes
-    from unigap.cli.common import guarded_run, inputs_claimed
+    from unigap.cli.common import guarded_run, inputs_claimed, judge_claimed
     from unigap.selfimprove.run import training_prompts
 
     training_prompts(config)  # a bad file, or a held-out prompt in it, fails before the model loads
@@ -95,7 +95,7 @@ def selfimprove_command(
 
     # a bad judge directory fails before anything is written; the audit reuses this loaded (calibrated) judge
     judge = {"name": "none"} if config.audit == "none" else get_judge(config.audit, independent=True).describe()
-    with inputs_claimed(out, "selfimprove", model, prompts=config.prompts):
+    with inputs_claimed(out, "selfimprove", model, contents=judge_claimed(judge, "audit"), prompts=config.prompts):
         result = guarded_run("selfimprove", config.to_dict(), config.seed, judge, out, model, dtype,
                              lambda um: run(um, config, out, report_to=backends))
     if result is None:
