@@ -534,7 +534,7 @@ def test_a_self_rewarded_run_whose_audit_falls_is_stopped_and_resumes_without_th
     verdicts = iter([1, 1, 1, 1, 1, 0, 1, 1, 1] + [0, 0, 0, 0, 0, 1, 0, 0, 0] * 3)
     monkeypatch.setattr(judges, "verify", lambda *args, **kw: SimpleNamespace(satisfied=bool(next(verdicts))))
     config = tmp_path / "g.toml"
-    config.write_text("steps = 8\nprompts_per_step = 1\nnum_generations = 3\neval_n = 0\ncheckpoint_every = 2\n"
+    config.write_text("steps = 9\nprompts_per_step = 1\nnum_generations = 3\neval_n = 0\ncheckpoint_every = 2\n"
                       "stages = 'generate'\nreward = 'self-pyes'\naudit_window = 3\n")
     args = ["refine", "train", "--config", str(config), "--out", str(tmp_path / "g")]
     with pytest.raises(SystemExit) as exit_info:
@@ -558,9 +558,15 @@ def test_a_self_rewarded_run_whose_audit_falls_is_stopped_and_resumes_without_th
     assert exit_info.value.code in (0, None)
     rows = [json.loads(line) for line in (tmp_path / "g" / "log.jsonl").read_text().splitlines()]
     report = json.loads((tmp_path / "g" / "grpo.json").read_text())
-    assert [r["step"] for r in rows] == list(range(8)) and report["guard"] == {
+    assert [r["step"] for r in rows] == list(range(9)) and report["guard"] == {
         "stopped": False, "active": False, "rule": report["guard"]["rule"], "alarm": stop["alarm"]}
     assert (tmp_path / "g" / "adapter_model.safetensors").is_file()
+    finished = (tmp_path / "g" / "grpo.json").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--resume"])  # the finished run, resumed with the guard on: it alarms, and keeps the result
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 3 and "keeps the result of the finished run, trained past this alarm" in err
+    assert (tmp_path / "g" / "grpo.json").read_text() == finished  # (was replaced by a "stopped" record)
 
 
 def test_a_group_whose_rewards_are_equal_to_within_rounding_counts_as_zero_std() -> None:

@@ -43,6 +43,7 @@ from unigap.errors import GuardStopped, UserError
 from unigap.evaluate.data import distinct_prompts, held_out_pairs
 from unigap.evaluate.generation import batch_seed
 from unigap.evaluate.stats import paired_difference, welch
+from unigap.manifest import read_record
 from unigap.progress import progress
 from unigap.model.checkpoint import model_identity
 from unigap.model.editing import EDIT_SETTINGS
@@ -322,6 +323,10 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     if report["guard"] is not None:  # a judge reward: the stop's record, if any, and the rule's first alarm
         report["guard"] |= {**(trainer.guard or {}), "alarm": first_alarm(trainer.audits, config.audit_window)}
     if stopped is not None:
+        earlier = read_record(out / RESULT_FILE)  # a finished --no-guard run's result, resumed with the guard: kept
+        if earlier is not None and (earlier.get("guard") or {}).get("stopped") is False:
+            raise GuardStopped(f"{stopped}; {out / RESULT_FILE} keeps the result of the finished run, trained past "
+                               "this alarm without the guard") from None
         write()
         raise stopped
     report["after"] = after = _loop_eval(um, config, show_progress) if config.eval_n else None
