@@ -71,6 +71,8 @@ def test_text_outside_the_grammar_is_one_clear_error(text: str) -> None:
 
 def test_reflections_are_a_stop_an_edit_or_a_format_failure() -> None:
     assert parse_reflection("No further edit needed.").stop
+    for worded in ("No further edit is needed.", "no further edits needed", "No further edit needed, it matches."):
+        assert parse_reflection(worded).stop and parse_reflection(worded).format_ok  # (R3: an answer containing it)
     made = parse_reflection("make the red circle blue")
     assert not made.stop and made.format_ok and made.edit == Edit("recolour", Ref("circle", "red"), color="blue")
     broken = parse_reflection("the circle should be blue")

@@ -1,8 +1,8 @@
 """Reason → reflect → refine at inference (R3, arXiv 2602.15772), on image tokens.
 
 Round 0 generates one image per prompt. Each later round asks the reflector about every prompt still running,
-in a fresh context holding only the current image and the target prompt: `no further edit needed` stops that
-prompt (its last image carries forward), anything else is an instruction and the refiner makes the next image
+in a fresh context holding only the current image and the target prompt: an answer containing `no further edit`
+stops that prompt (its last image carries forward), anything else is an instruction and the refiner makes the next image
 from it: `edit` (the current image + the instruction, on models that can edit) or `regenerate` (a new sample
 from the prompt refined by the instruction, R3's fallback for models that cannot; the instruction is free text
 there). With `edit`, an instruction outside the grammar is a *format failure*: the image is kept, the prompt

@@ -48,6 +48,7 @@ from unigap.world.prompts import RELATION_PHRASES, Item, PromptSpec, article
 from unigap.world.scene import COLORS, MAX_OBJECTS, RELATIONS, SHAPES, Placed, relation_holds
 
 NO_EDIT = "no further edit needed"
+STOP_PHRASE = "no further edit"  # what an answer must contain to stop (R3)
 # R3's reflection question (sen-ye/R3), asked in a fresh context with the image and the target prompt.
 REFLECT_QUESTION = (
     "The description of the target image is: {prompt}. How to further edit the provided image to make it "
@@ -210,8 +211,9 @@ class Reflection:
 
 
 def parse_reflection(text: str) -> Reflection:
-    """`NO_EDIT` → stop; an instruction of the grammar → its edit; anything else a format failure."""
-    if _normalize(text) == NO_EDIT:
+    """An answer containing "no further edit" → stop (R3's rule: a free-text model words it its own way); an
+    instruction of the grammar → its edit; anything else a format failure."""
+    if STOP_PHRASE in _normalize(text):
         return Reflection(text, True, None)
     try:
         return Reflection(text, False, parse_instruction(text))
