@@ -84,7 +84,7 @@ def stop_metrics(trajectories: Sequence[Trajectory], verdicts: Verdicts | None =
     decisions = []  # (stopped, image accepted) for every reflection that decided
     for t, v in _decided(trajectories, verdicts):
         for note_round in range(1, len(t.reflections) + 1):
-            if t.format_failure_round != note_round:  # (a format failure is no decision; it once counted as going on)
+            if t.format_failure_round != note_round:  # (a format failure is no decision)
                 decisions.append((t.stop_round == note_round, v[note_round - 1]))
     stopped = [t.stop_round for t in trajectories if t.stop_round is not None]
     mean_round = with_cis(summarize(stopped, "mean"))  # (one stop: no spread to take an interval from)
