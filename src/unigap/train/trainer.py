@@ -182,7 +182,8 @@ class DPOTrainer:
         zeros = [torch.zeros_like(p) for _, p in self.named]
         g = {task: grads.get(task, zeros) for task in TASKS}
         flat = {task: _flat([t for t, s in zip(g[task], self.is_shared, strict=True) if s]) for task in TASKS}
-        combo = self.strategy.combine(flat["und"], flat["gen"], self.step)
+        with torch.autocast(flat["und"].device.type, enabled=False):  # (gradient maths in float32, not under --bf16's
+            combo = self.strategy.combine(flat["und"], flat["gen"], self.step)  # autocast: torchjd solves in numpy)
         norms = {task: float(flat[task].norm()) for task in TASKS}
         cos = (
             float(torch.dot(flat["und"], flat["gen"]) / (norms["und"] * norms["gen"]))
