@@ -204,3 +204,14 @@ def test_the_strategies_combine_the_gradients_in_float32_under_bf16_autocast(tin
     weights = [run(tiny_dir, pairs, tmp_path / str(bf16), config(strategy=strategy, steps=1, bf16=bf16))[0]
                for bf16 in (False, True)]
     assert all(abs(weights[0][key] - weights[1][key]) < 0.05 for key in ("w_und", "w_gen"))
+
+
+def test_under_bf16_autocast_training_starts_exactly_at_the_reference(tmp_path: Path) -> None:
+    """The references are rescored under the policy's autocast in batches of the policy's: rescored 8 pairs at a
+    time, bf16's batch-shape rounding put step 0's generation margin at -0.028, not 0."""
+    shipped = load_model("tiny")  # (on the random tiny model the two batchings happened to round alike)
+    und, gen = random_pairs(shipped, 3)
+    DPOTrainer(shipped, config(steps=1, bf16=True), und, gen, tmp_path).train()
+    first = read_log(tmp_path)[0]
+    assert all(first[f"{task}_dpo_loss"] == pytest.approx(math.log(2), abs=1e-6) for task in ("und", "gen"))
+    assert first["und/rewards/margins"] == first["gen/rewards/margins"] == 0.0

@@ -87,10 +87,12 @@ class DPOTrainer:
             )
         if config.gen_cfg_scale and gen_pairs and not config.bf16:  # the stored references are conditional-only
             given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale, REFERENCE_BATCH)
-        if config.bf16:  # rescore the references under the policy's autocast, so training starts at the reference
+        if config.bf16:  # rescore the references under the policy's autocast, so training starts at the reference:
+            # in batches of the policy's (bf16 results move with a batch's shape; exact at one pair per process)
+            share = -(-config.batch_size // distributed.world_size())
             with bf16_autocast(um.device):
                 given = {task: with_reference(um, pairs, (config.gen_cfg_scale or None) if task == "gen" else None,
-                                              REFERENCE_BATCH) if pairs else pairs for task, pairs in given.items()}
+                                              share) if pairs else pairs for task, pairs in given.items()}
         self.um, self.config, self.out_dir = um, config, Path(out_dir)
         self.report_to = parse_report_to(report_to)
         self.pairs: dict[str, Sequence[Pair]] = {task: pairs for task, pairs in given.items() if pairs}
