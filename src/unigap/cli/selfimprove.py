@@ -51,7 +51,9 @@ def selfimprove_command(
     labels: str = typer.Option(None, "--labels", help="self (default) | verifier (upper bound) | poor."),
     epochs: int = typer.Option(None, "--epochs", help="Training epochs (default 4)."),
     curriculum_at: int = typer.Option(None, "--curriculum-at", help="Replay epoch (default: half-way)."),
-    trainable: str = typer.Option(None, "--trainable", help="llm (default) | llm+aligners | llm+aligners+vision."),
+    trainable: str = typer.Option(None, "--trainable", help="llm (default) | llm+aligners | llm+aligners+vision "
+                                  "(the paper's ablation; on Janus the image-token losses reach only the generation "
+                                  "aligner of these)."),
     audit: str = typer.Option(None, "--audit", "--judge", help="The independent judge that audits labels: verifier "
                               "(default) | clip:DIR | vlm:DIR (a local CLIP/SigLIP or image-text-to-text model, as "
                               "`unigap eval --judge`) | none. `--judge` is the same option, named as elsewhere."),

@@ -19,7 +19,9 @@ from unigap.train.config import check_field_types, check_ranges, load_config
 METHODS = ("sft", "dpo", "curriculum-sft", "curriculum-dpo")
 LABELS = ("self", "verifier", "poor")
 # What trains: LoRA on the shared LLM always; the paper's ablation adds the aligners (both projectors), then the
-# vision tower, as fully trained copies (peft `modules_to_save`). The paper found the LLM alone best.
+# vision tower, as fully trained copies (peft `modules_to_save`). The paper found the LLM alone best. On Janus the
+# losses here, on image tokens, reach only the generation aligner of these: the understanding aligner and the vision
+# tower get no gradient and stay as loaded.
 TRAINABLE: dict[str, tuple[str, ...]] = {
     "llm": (),
     "llm+aligners": ("aligner", "generation_aligner"),
