@@ -176,7 +176,7 @@ def test_world_sample_without_questions_drops_an_earlier_runs_questions(tmp_path
 @pytest.mark.parametrize(("command", "hint"), [
     (["eval", "--model", "tiny"], "(free text needs --judge clip:DIR or vlm:DIR)"),
     (["refine"], "(free text needs --judge clip:DIR or vlm:DIR)"),
-    (["selfimprove"], "(free text needs --labels self or poor, and --judge clip:DIR, vlm:DIR or none)"),
+    (["selfimprove"], "(free text needs --judge clip:DIR or vlm:DIR, or --judge none with --labels self or poor)"),
 ])
 def test_a_free_text_prompt_names_the_fix(tmp_path: Path, capsys, command: list[str], hint: str) -> None:
     prompts = tmp_path / "prompts.txt"

@@ -302,6 +302,23 @@ def test_selfimprove_trains_on_free_text_audited_by_a_clip_judge(tiny_dir, clip_
     assert result["config"]["judge"]["directory"] == str(clip_dir.resolve())
 
 
+def test_verifier_labels_on_free_text_are_the_independent_judges_verdicts(tiny_dir, clip_dir, tmp_path) -> None:
+    """`--labels verifier` labels by the independent judge (`--judge`): a CLIP on a real checkpoint's free text, the
+    paper's external-judge variant. It always called the ShapeWorld verifier, which reads no free text."""
+    from unigap.model import load_model
+    from unigap.selfimprove import run
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\na blue circle\n")
+    config = SelfImproveConfig(prompts=str(prompts), audit=f"clip:{clip_dir}", labels="verifier", method="sft",
+                               n_prompts=2, samples=2, epochs=1, eval_n=0, epoch_eval_n=0, audit_size=4,
+                               batch_size=2, guard=False)
+    run(load_model(tiny_dir), config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "pool" / "round0.jsonl").read_text().splitlines()]
+    assert [row["category"] for row in rows] == ["free", "free", "colors", "colors"]
+    assert [row["accepted"] for row in rows] == [row["audit"] for row in rows]  # labels = the judge's verdicts
+
+
 def test_selfimprove_with_a_bad_audit_directory_exits_2_and_writes_nothing(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     code, _, err = run_main(capsys, ["selfimprove", "--audit", "vlm:/nonexistent", "--out", out])

@@ -43,12 +43,13 @@ def _table(result: dict) -> Table:
 def selfimprove_command(
     model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
     prompts: str | None = typer.Option(None, "--prompts", help="train (training prompts, the default) or a prompt "
-                                       "file (free text too, with --labels self or poor and --judge clip:DIR, vlm:DIR "
-                                       "or none)."),
+                                       "file (free text too, with --judge clip:DIR or vlm:DIR, or --judge none and "
+                                       "--labels self or poor)."),
     n_prompts: int = typer.Option(None, "--n-prompts", help="Training prompts (default 300)."),
     samples: int = typer.Option(None, "--samples", help="Images sampled per prompt (default 10)."),
     method: str = typer.Option(None, "--method", help="sft | dpo | curriculum-sft (default) | curriculum-dpo."),
-    labels: str = typer.Option(None, "--labels", help="self (default) | verifier (upper bound) | poor."),
+    labels: str = typer.Option(None, "--labels", help="self (default) | verifier (the independent judge, --judge, "
+                               "labels: the upper bound) | poor."),
     epochs: int = typer.Option(None, "--epochs", help="Training epochs (default 4)."),
     curriculum_at: int = typer.Option(None, "--curriculum-at", help="Replay epoch (default: half-way)."),
     trainable: str = typer.Option(None, "--trainable", help="llm (default) | llm+aligners | llm+aligners+vision "

@@ -37,7 +37,7 @@ class SelfImproveConfig:
     """One self-improvement run. Defaults: the paper's N = 10 and LLM-only LoRA; curriculum replay half-way."""
 
     method: str = "curriculum-sft"
-    labels: str = "self"  # self = the method; verifier = the independent judge labels (upper bound); poor = bad
+    labels: str = "self"  # self = the method; verifier = the independent judge labels (`labeller`; upper bound); poor
     prompts: str = "train"  # train (distinct training prompts) or a prompt file
     n_prompts: int = 300
     samples: int = 10  # N images per prompt
@@ -124,3 +124,9 @@ class SelfImproveConfig:
     def load(cls, toml_file: Path | None = None, **overrides: Any) -> SelfImproveConfig:
         """Defaults, then the TOML file's keys (named like the fields), then the overrides that are not None."""
         return load_config(cls, toml_file, overrides)
+
+
+def labeller(config: SelfImproveConfig) -> str:
+    """The judge whose verdicts `labels = "verifier"` trains on: the independent judge (`audit`; a local CLIP or VLM
+    on a real checkpoint's prompts, the paper's external-judge variant), the ShapeWorld verifier where there is none."""
+    return "verifier" if config.audit == "none" else config.audit

@@ -2,7 +2,8 @@
 
 Labellers (`--labels`):
 * `self`: the model's own judge, accept when P(yes) of the judge question >= 0.5 (the method, SPEC §2);
-* `verifier`: the independent judge labels (the upper bound, the paper's external-judge variant);
+* `verifier`: the independent judge labels (`--judge`, the verifier by default: the upper bound, the paper's
+  external-judge variant);
 * `poor`: the self-judge inverted (accepts what it rejects): deliberately bad self-supervision, to reproduce
   co-degradation.
 
@@ -31,7 +32,7 @@ from unigap.evaluate.generation import ACCEPT_THRESHOLD, stream_seed
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.progress import map_batches
 from unigap.evaluate.stats import summarize
-from unigap.selfimprove.config import SelfImproveConfig
+from unigap.selfimprove.config import SelfImproveConfig, labeller
 from unigap.world import PromptSpec
 
 POOL_STREAM = 5  # sampling seeds of round r come from stream_seed(seed, POOL_STREAM, batch, r)
@@ -53,7 +54,8 @@ class Sample:
 def _labels(config: SelfImproveConfig, um: Any, images: list, specs: list[PromptSpec | FreePrompt],
             p_yes: list[float]) -> list[bool]:
     if config.labels == "verifier":
-        return [bool(v) for v in get_judge("verifier").fn(um, images, specs)]
+        judge = get_judge(labeller(config), independent=True)
+        return [judge.accepts(score) is True for score in judge.fn(um, images, specs)]  # (undecided: not accepted)
     accepted = [p >= ACCEPT_THRESHOLD for p in p_yes]
     return [not a for a in accepted] if config.labels == "poor" else accepted
 

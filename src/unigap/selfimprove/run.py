@@ -42,13 +42,13 @@ from unigap.manifest import read_record
 from unigap.model.checkpoint import model_identity
 from unigap.metrics_log import MetricLogger, read_log
 from unigap.progress import progress as progress_bar
-from unigap.selfimprove.config import TRAINABLE, SelfImproveConfig
+from unigap.selfimprove.config import TRAINABLE, SelfImproveConfig, labeller
 from unigap.selfimprove.figures import epochs_plot
 from unigap.selfimprove.pool import Sample, audit_metrics, label_round
 from unigap.selfimprove.train import UNTRAINED, dpo_pairs, train_epoch
 from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
-FREE_TEXT_HINT = " (free text needs --labels self or poor, and --judge clip:DIR, vlm:DIR or none)"
+FREE_TEXT_HINT = " (free text needs --judge clip:DIR or vlm:DIR, or --judge none with --labels self or poor)"
 
 RESULT_FILE = "selfimprove.json"
 EPOCHS_FILE = "epochs.jsonl"
@@ -149,7 +149,7 @@ def training_prompts(config: SelfImproveConfig) -> list[Any]:
     """The prompts self-improvement trains on (`--prompts`); a prompt file holding a held-out ShapeWorld prompt is
     refused: training on it would leak into the before/after evaluation, which draws from the test split. Free text
     (a real checkpoint's prompts) is read where no label or audit needs the verifier."""
-    free_text = config.labels != "verifier" and config.audit != "verifier"
+    free_text = "verifier" not in (config.audit, labeller(config) if config.labels == "verifier" else None)
     return training_prompt_specs(config.prompts, config.n_prompts, config.seed, config.data_seed, free_text,
                                  FREE_TEXT_HINT, "self-improvement trains on")
 
