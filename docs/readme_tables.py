@@ -39,6 +39,16 @@ def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _auc_within(judge: dict[str, Any]) -> str:
+    """The self-judge's within-category AUC with its interval, from the categories' AUCs (a report from before the
+    interval was recorded has their standard errors)."""
+    from unigap.evaluate.critique import within_auc
+
+    within = within_auc(judge["auc_by_category"])
+    low, high = within["ci95"]
+    return f"{within['auc']:.3f} [{low:.3f}, {high:.3f}] ({within['pairs']} pairs)"
+
+
 def _value(metric: dict[str, Any], key: str) -> str:
     """A share with its Wilson interval (within [0, 1], unlike value ± 1.96 stderr near 0 or 1) and n."""
     from unigap.evaluate.stats import with_ci
@@ -80,7 +90,7 @@ def model_card() -> str:
         ("understanding accuracy", _value(report["understanding"], "accuracy")),
         ("generation accuracy (verifier)", _value(report["generation"], "accuracy")),
         ("non-unification", _value(report["nonunification"], "score")),
-        ("self-judge AUC within categories", f"{judge['auc_within']['auc']:.3f} ({judge['auc_within']['pairs']} pairs)"),
+        ("self-judge AUC within categories", _auc_within(judge)),
         ("self-judge precision (P(yes) ≥ 0.5)", _value(judge["precision"], "precision")),
         ("reflection: stops on correct images", _value(report["reflect"]["stop_when_correct"], "rate")),
         ("reflection: valid edit on fixable failed images", _value(report["reflect"]["valid_edit_rate"], "rate")),
@@ -89,7 +99,8 @@ def model_card() -> str:
     ]
     table = ["| | shipped `tiny` |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
     command = f"`unigap eval --model tiny --n {report['config']['n']} --seed {report['config']['seed']} --out card.json`"
-    return "\n".join(table) + f"\n\nMetrics: {command} on held-out test prompts (in brackets: a 95% Wilson interval)."
+    return "\n".join(table) + (f"\n\nMetrics: {command} on held-out test prompts (in brackets: a 95% interval, "
+                                 "Wilson's, or for the AUC the normal one of its Hanley-McNeil error).")
 
 
 def damage_agreement() -> str:

@@ -44,6 +44,26 @@ def test_auc_within_weights_categories_by_their_pairs() -> None:
     assert self_judge_metrics(rows)["auc_within"]["auc"] == pytest.approx(1 / 3)
 
 
+def test_the_aucs_carry_n_and_a_95_interval_from_their_standard_errors() -> None:
+    """Every metric of a report has its interval: the AUCs had none (and the within-category one no n or stderr),
+    so a reading 0.001 under a target could not be told from noise."""
+    rng = np.random.default_rng(0)
+    rows = [record(c, float(p), bool(v)) for c in ("colors", "position") for p, v in
+            zip(rng.random(40), rng.random(40) < 0.5)]
+    metrics = self_judge_metrics(rows)
+    by = metrics["auc_by_category"]
+    for m in by.values():
+        if m["auc"] is not None:
+            assert m["n"] == m["n_correct"] + m["n_wrong"]
+            assert m["ci95"] == pytest.approx([m["auc"] - 1.959964 * m["stderr"], m["auc"] + 1.959964 * m["stderr"]])
+    within = metrics["auc_within"]
+    w = {c: by[c]["n_correct"] * by[c]["n_wrong"] for c in ("colors", "position")}
+    stderr = np.sqrt(sum((w[c] * by[c]["stderr"]) ** 2 for c in w)) / sum(w.values())
+    assert within["n"] == 80 and within["stderr"] == pytest.approx(stderr)
+    assert within["ci95"] == pytest.approx([within["auc"] - 1.959964 * stderr, within["auc"] + 1.959964 * stderr])
+    assert auc([0.9, 0.8], [0.1])["ci95"] == [1.0, 1.0]  # (within [0, 1])
+
+
 def test_reflections_outside_the_grammar_are_format_failures(stub_factory) -> None:
     n, seed = 24, 3
     stub = stub_factory(understanding_items(n, seed), doubted_categories=("colors", "counting"))

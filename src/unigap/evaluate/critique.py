@@ -25,7 +25,7 @@ from scipy.stats import rankdata
 
 from unigap.evaluate.progress import map_items
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, self_p_yes
-from unigap.evaluate.stats import as_percent, summarize, summarize_grouped, with_ci
+from unigap.evaluate.stats import as_percent, summarize, summarize_grouped, t_interval, with_ci
 from unigap.world import CATEGORIES, Geometry, diff, is_valid_fix, parse_prompt, parse_reflection, verify
 
 MIN_PER_CLASS = 10  # a category's AUC counts as meeting a bar only with this many correct and wrong images
@@ -36,16 +36,38 @@ class Reflector(Protocol):
 
 
 def auc(positives: Sequence[float], negatives: Sequence[float]) -> dict[str, Any]:
-    """P(a positive scores above a negative), ties half, with the Hanley-McNeil standard error."""
+    """P(a positive scores above a negative), ties half, with the Hanley-McNeil standard error and its normal 95%
+    interval (within [0, 1])."""
     n_pos, n_neg = len(positives), len(negatives)
-    out: dict[str, Any] = {"auc": None, "n_correct": n_pos, "n_wrong": n_neg, "stderr": None}
+    out: dict[str, Any] = {"auc": None, "n": n_pos + n_neg, "n_correct": n_pos, "n_wrong": n_neg, "stderr": None,
+                           "ci95": None}
     if not n_pos or not n_neg:
         return out
     ranks = rankdata([*positives, *negatives])
     value = (ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     q1, q2 = value / (2 - value), 2 * value**2 / (1 + value)
     variance = (value * (1 - value) + (n_pos - 1) * (q1 - value**2) + (n_neg - 1) * (q2 - value**2)) / (n_pos * n_neg)
-    return {**out, "auc": float(value), "stderr": math.sqrt(max(variance, 0.0))}
+    stderr = math.sqrt(max(variance, 0.0))
+    return {**out, "auc": float(value), "stderr": stderr, "ci95": _interval(float(value), stderr)}
+
+
+def _interval(value: float, stderr: float) -> list[float]:
+    return [min(max(bound, 0.0), 1.0) for bound in t_interval(value, stderr, math.inf)]
+
+
+def within_auc(by_category: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The categories' AUCs (`auc`) averaged with weights their correct × wrong pair counts, over the categories that
+    have both; its standard error from theirs (independent categories) and normal 95% interval, and n the images of
+    those categories."""
+    weights = {c: m["n_correct"] * m["n_wrong"] for c, m in by_category.items() if m["auc"] is not None}
+    total = sum(weights.values())
+    if not total:
+        return {"auc": None, "pairs": 0, "categories": [], "n": 0, "stderr": None, "ci95": None}
+    value = sum(by_category[c]["auc"] * w for c, w in weights.items()) / total
+    stderr = math.sqrt(sum((w * by_category[c]["stderr"]) ** 2 for c, w in weights.items())) / total
+    return {"auc": value, "pairs": total, "categories": sorted(weights), "stderr": stderr,
+            "n": sum(by_category[c]["n_correct"] + by_category[c]["n_wrong"] for c in weights),
+            "ci95": _interval(value, stderr)}
 
 
 def self_judge_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -56,13 +78,10 @@ def self_judge_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for category in CATEGORIES:
         rows = [r for r in records if r["category"] == category]
         by_category[category] = auc([r["p_yes"] for r in rows if r["verified"]], [r["p_yes"] for r in rows if not r["verified"]])
-    weights = {c: m["n_correct"] * m["n_wrong"] for c, m in by_category.items() if m["auc"] is not None}
-    total = sum(weights.values())
-    within = sum(by_category[c]["auc"] * w for c, w in weights.items()) / total if total else None
     pooled = auc([r["p_yes"] for r in records if r["verified"]], [r["p_yes"] for r in records if not r["verified"]])
     accepted = [r for r in records if r["self_accepted"]]
     return {
-        "auc_within": {"auc": within, "pairs": total, "categories": sorted(weights)},
+        "auc_within": within_auc(by_category),
         "auc_pooled": pooled,
         "auc_by_category": by_category,
         "precision": summarize_grouped(accepted, "verified", "precision", "category", CATEGORIES, "by_category"),

@@ -91,7 +91,8 @@ def summary_table(report: dict[str, Any]) -> Table:
     row("[bold]mean P(yes)[/bold]", report["nonunification"]["mean_p_yes"], "mean")
     judge = report["self_judge"]
     within = judge["auc_within"]
-    table.add_row("[bold]self_judge.auc_within[/bold]", _fmt(within["auc"]), f"{within['pairs']} pairs", "—")
+    table.add_row("[bold]self_judge.auc_within[/bold]", _fmt(within["auc"]), f"{within['pairs']} pairs",
+                  _fmt(within.get("stderr")))  # (a report from before its interval: none)
     for category, sub in judge["auc_by_category"].items():
         table.add_row(f"  {escape(category)}", _fmt(sub["auc"]), f"{sub['n_correct']}+{sub['n_wrong']}",
                       _fmt(sub["stderr"]))
