@@ -254,6 +254,10 @@ def test_free_text_prompts_need_a_text_judge(tiny_dir, clip_dir, tmp_path, capsy
     assert [r["category"] for r in records] == ["colors", "free"] and records[1]["verified"] is None
     assert report["generation"]["n"] == 1 and report["judged_generation"]["n"] == 2  # the verifier reads one
     assert report["judged_generation"]["by_category"]["free"]["n"] == 1
+    weak = report["judged_generation"]["weak_generation"]  # (the verifier's leaves the free-text image out)
+    rejected = [r for r in records if r["self_rejected"]]
+    assert weak["n"] == len(rejected) and "ci95" in weak
+    assert weak["rate"] == (sum(not r["judge_accepted"] for r in rejected) / len(rejected) if rejected else None)
 
 
 def test_eval_defaults_to_the_verifier(stub_factory) -> None:

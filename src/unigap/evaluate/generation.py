@@ -147,18 +147,24 @@ def generation_metrics(records: Sequence[dict[str, Any]]) -> dict[str, dict[str,
 def judged_generation(judge: Judge, um: ImageModel, specs: Sequence[PromptSpec], images: Sequence[Image.Image],
                       records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Generation accuracy by `judge` (not the verifier) on the evaluated images: each record gains `judge_score`
-    and `judge_accepted` (None where the judge cannot decide); the metric holds the mean score too, and the
-    judge's native scores where it has them (CLIPScore on Hessel et al.'s scale and as 100 · cos)."""
+    and `judge_accepted` (None where the judge cannot decide); the metric holds the mean score too, the judge's
+    native scores where it has them (CLIPScore on Hessel et al.'s scale and as 100 · cos), and the weak-generation
+    rate by this judge (SPEC §2: of the images the model's own judge rejects, the share this one rejects too: on
+    free text, which the verifier cannot read, the only one)."""
     scores = judge.fn(um, images, specs)
     for record, score in zip(records, scores, strict=True):
         record["judge_score"] = score
-        record["judge_accepted"] = judge.accepts(score)
+        record["judge_accepted"] = accepted = judge.accepts(score)
+        record["judged_weak_generation"] = None if accepted is None or record["self_accepted"] else not accepted
     decided = [r for r in records if r["judge_accepted"] is not None]
+    weak = [r for r in decided if r["judged_weak_generation"] is not None]
     metric = {
         "judge": judge.name,
         **summarize_grouped(decided, "judge_accepted", "accuracy", "category", CATEGORIES, "by_category"),
         "undecided": len(records) - len(decided),
         "mean_score": summarize([r["judge_score"] for r in decided], "mean"),
+        "weak_generation": summarize_grouped(weak, "judged_weak_generation", "rate", "category", CATEGORIES,
+                                             "by_category"),
     }
     for name, factor in judge.scaled_scores:
         metric[f"mean_{name}"] = summarize([factor * r["judge_score"] for r in decided], "mean")
