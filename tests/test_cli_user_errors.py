@@ -145,6 +145,16 @@ def test_a_config_with_inf_is_one_line(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", [["selfimprove"], ["refine", "train"]])
+def test_a_config_seed_beyond_64_bits_is_one_line(tmp_path: Path, capsys, command: list[str]) -> None:
+    """As the flags refuse it: torch's `manual_seed` raised its overflow once the model had loaded."""
+    config = tmp_path / "big.toml"
+    config.write_text("seed = 99999999999999999999999\n")
+    code, err = _run(capsys, [*command, "--config", str(config), "--out", str(tmp_path / "out")])
+    assert code == 2 and err == "unigap: error: config key seed does not fit in 64 bits, got 99999999999999999999999\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path, capsys) -> None:
     config = tmp_path / "bin.toml"
     config.write_bytes(b"\xff\xfe")

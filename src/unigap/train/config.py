@@ -105,6 +105,8 @@ def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any])
             raise UserError(f"config key {name} must be {_type_name(hints[name])}, got {values[name]!r}")
         if isinstance(value, float) and not math.isfinite(value):  # TOML writes inf and nan
             raise UserError(f"config key {name} must be a finite number, got {value!r}")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:  # (as the flags: torch's seeds take 64 bits)
+            raise UserError(f"config key {name} does not fit in 64 bits, got {value!r}")
     return cls(**coerced)
 
 
