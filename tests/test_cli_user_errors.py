@@ -528,10 +528,10 @@ def test_a_model_that_fails_to_load_leaves_no_record_that_refuses_the_corrected_
     broken = tmp_path / "broken"
     shutil.copytree(resolve_checkpoint("tiny"), broken)
     (broken / "tokenizer.json").unlink()
-    out = tmp_path / "run"
+    out = tmp_path / "runs" / "run"
     args = ["refine", "--n", "1", "--rounds", "0", "--out", str(out)]
     code, err = _run(capsys, [*args, "--model", str(broken)])
-    assert code == 2 and "tokenizer" in err and not (out / "inputs.json").exists()
+    assert code == 2 and "tokenizer" in err and not (tmp_path / "runs").exists()  # (nor the folders it made)
     code, err = _run(capsys, [*args, "--model", "tiny"])
     assert code == 0 and (out / "inputs.json").is_file() and (out / "refine.json").is_file(), err
 

@@ -119,18 +119,23 @@ def inputs_claimed(out: Path, what: str, model: str, adapter: Path | None = None
                    contents: dict[str, str] | None = None,
                    **data: Path | str | None) -> Iterator[dict[str, str | None]]:
     """`claim_inputs` around the block that loads the model and runs: an error before the run writes anything of its
-    own (an adapter that does not fit the model, a model folder that does not load) takes the new record back, so the
-    corrected command is not refused as a run "under other inputs"."""
+    own (an adapter that does not fit the model, a model folder that does not load) takes the new record back, and
+    the folders writing it made, so the refused command leaves nothing and the corrected one is not refused as a run
+    "under other inputs"."""
     from unigap.atomic import entries
 
     record_file = out / INPUTS_FILE
     fresh = not record_file.exists()
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # (deepest first)
     record = claim_inputs(out, what, model, adapter, contents=contents, **data)
     try:
         yield record
     except BaseException:
         if fresh and entries(out) == [INPUTS_FILE]:
             record_file.unlink()
+            for folder in made:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         raise
 
 
