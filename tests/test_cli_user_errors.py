@@ -653,3 +653,11 @@ def test_other_os_errors_keep_their_traceback(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr("unigap.cli.world.write_dataset", broken)
     with pytest.raises(OSError, match="Invalid argument"):
         main(["world", "sample", "--n", "2", "--seed", "0", "--out", str(tmp_path / "out")])
+
+
+def test_a_soup_of_adapters_that_do_not_read_writes_no_folder(tmp_path: Path, capsys) -> None:
+    """The adapters were read inside the soup's atomic folder, whose parents were made first."""
+    out = tmp_path / "deep" / "soups"
+    code, err = _run(capsys, ["merge", "--und", str(tmp_path / "u"), "--gen", str(tmp_path / "g"), "--out", str(out)])
+    assert code == 2 and err.count("\n") == 1 and "holds no PEFT adapter" in err
+    assert not (tmp_path / "deep").exists()

@@ -66,15 +66,28 @@ def delta_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     }
 
 
+Adapter = tuple[dict, dict[str, torch.Tensor]]  # a saved adapter's config and tensors
+
+
 def soup(und_dir: str | Path, gen_dir: str | Path, lam: float, out_dir: str | Path) -> Path:
     """Write the adapter λ·θ_U + (1−λ)·θ_G (exact on ΔW; generation head interpolated) to `out_dir`."""
     _check_lambda(lam)
+    return _write_soup(_matching_adapters(und_dir, gen_dir), lam, out_dir)
+
+
+def _matching_adapters(und_dir: str | Path, gen_dir: str | Path) -> tuple[Adapter, Adapter]:
+    """Both adapters, read and checked to be of one shape (a `UserError` otherwise)."""
     (config_u, tensors_u), (config_g, tensors_g) = _read_adapter(und_dir), _read_adapter(gen_dir)
     differ = [key for key in _MUST_MATCH if config_u.get(key) != config_g.get(key)]
     if differ or set(tensors_u) != set(tensors_g):
         raise UserError(
             f"{und_dir} and {gen_dir} are adapters of different shapes ({', '.join(differ) or 'tensors'})"
         )
+    return (config_u, tensors_u), (config_g, tensors_g)
+
+
+def _write_soup(adapters: tuple[Adapter, Adapter], lam: float, out_dir: str | Path) -> Path:
+    (config_u, tensors_u), (config_g, tensors_g) = adapters
     scale_u, scale_g = lam * lora_scaling(config_u), (1 - lam) * lora_scaling(config_g)
     merged: dict[str, torch.Tensor] = {}
     for key, u in tensors_u.items():
@@ -113,9 +126,10 @@ def soups(
     if taken:
         raise UserError(f"--out {out_dir} already holds {', '.join(taken)}; choose a new --out or other --lambda "
                         "values")
+    adapters = _matching_adapters(und_dir, gen_dir)  # (before any folder is made: a refusal writes nothing)
     for lam, directory in zip(lambdas, directories, strict=True):
         with directory_atomically(directory) as staging:
-            soup(und_dir, gen_dir, lam, staging)
+            _write_soup(adapters, lam, staging)
     return directories
 
 
