@@ -661,3 +661,12 @@ def test_a_soup_of_adapters_that_do_not_read_writes_no_folder(tmp_path: Path, ca
     code, err = _run(capsys, ["merge", "--und", str(tmp_path / "u"), "--gen", str(tmp_path / "g"), "--out", str(out)])
     assert code == 2 and err.count("\n") == 1 and "holds no PEFT adapter" in err
     assert not (tmp_path / "deep").exists()
+
+
+def test_a_config_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """As the prompt and data files may (a Windows editor writes one): it was 'Invalid statement (at line 1)'."""
+    from unigap.train.config import TrainConfig
+
+    config = tmp_path / "bom.toml"
+    config.write_bytes("\ufeffstrategy = 'joint'\nsteps = 3\n".encode())
+    assert TrainConfig.load(config).steps == 3

@@ -98,7 +98,7 @@ def train(
     from unigap.train.trainer import DPOTrainer
 
     settings = TrainConfig.load(config, strategy=strategy, beta=beta, nll_weight=nll_weight, **common)
-    if strategy is None and (config is None or "strategy" not in tomllib.loads(config.read_text(encoding="utf-8"))):
+    if strategy is None and (config is None or "strategy" not in tomllib.loads(config.read_text(encoding="utf-8-sig"))):
         raise UserError("--objective dpo needs --strategy (one of " + ", ".join(STRATEGIES) + "), or strategy in "
                         "--config")
     run = run.under(settings.bf16)

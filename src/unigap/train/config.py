@@ -90,7 +90,7 @@ def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any])
     values: dict[str, Any] = {}
     if toml_file is not None:
         try:
-            values = tomllib.loads(Path(toml_file).read_text(encoding="utf-8"))
+            values = tomllib.loads(Path(toml_file).read_text(encoding="utf-8-sig"))  # (a BOM, as the data files)
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise UserError(f"cannot read config {toml_file}: {exc}") from None
     values |= {key: value for key, value in overrides.items() if value is not None}
