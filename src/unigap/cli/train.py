@@ -98,7 +98,8 @@ def train(
     from unigap.train.trainer import DPOTrainer
 
     settings = TrainConfig.load(config, strategy=strategy, beta=beta, nll_weight=nll_weight, **common)
-    if strategy is None and (config is None or "strategy" not in tomllib.loads(config.read_text(encoding="utf-8-sig"))):
+    given = {} if config is None else tomllib.loads(config.read_text(encoding="utf-8-sig"))  # (read: load checked it)
+    if strategy is None and "strategy" not in given:
         raise UserError("--objective dpo needs --strategy (one of " + ", ".join(STRATEGIES) + "), or strategy in "
                         "--config")
     run = run.under(settings.bf16)
