@@ -115,7 +115,8 @@ def length_response(
         conditions[name] = {
             **summary(rho, "ratio"),
             **summary(ratio, "token_ratio"),
-            "samples": {"ratio": [finite(v) for v in rho], "token_ratio": [finite(v) for v in ratio]},  # (overflow: null)
+            # (an overflowed probe: null)
+            "samples": {"ratio": [finite(v) for v in rho], "token_ratio": [finite(v) for v in ratio]},
         }
         all_rho.append(rho)
         all_ratio.append(ratio)

@@ -47,8 +47,8 @@ def attach_lora(
     trained_modules: Sequence[str] = (),
 ) -> PeftModel:
     """Wrap `model` with a fresh LoRA adapter named "default" (B = 0, so outputs start unchanged); the generation
-    head and `trained_modules` (names of `model.model`'s children) train in full as peft `modules_to_save`, in
-    float32 like the LoRA factors (`train_in_float32`)."""
+    head and `trained_modules` (names of `model.model`'s children) train in full as peft `modules_to_save`, with
+    float32 master weights like the LoRA factors (`train_in_float32`)."""
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     if not 0 <= dropout < 1:
@@ -169,9 +169,9 @@ def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
 
 def load_lora(model: JanusForConditionalGeneration, directory: str | Path, trainable: bool) -> PeftModel:
     """Wrap `model` with an adapter saved by `PeftModel.save_pretrained` (standard PEFT format), its parts trained in
-    full in float32 as they were trained (`train_in_float32`), their saved float32 weights loaded as saved: over
-    bfloat16 weights, PEFT's copies in the base's dtype would round them, and the loaded adapter would compute other
-    outputs than the one saved. `UserError` for a directory without one, or with an unreadable one."""
+    full with float32 master weights as they were trained (`train_in_float32`), their saved float32 weights loaded as
+    saved: over bfloat16 weights PEFT's copies in the base's dtype would round them, and a resumed run would train on
+    from the rounded weights. `UserError` for a directory without one, or with an unreadable one."""
     check_adapter_files(directory)
     check_adapter_fits(model, directory)  # before PEFT wraps the model: a failure there leaves it half-wrapped
     try:

@@ -126,7 +126,8 @@ def finding(result: dict[str, Any]) -> str:
               "raises" if ratio["geometric_mean"] > 1 else "lowers")
     moved = [f"{f} ({result['forms'][f]['understanding']['delta']:+.3f})" for f in FORMS
              if result["forms"][f]["understanding"]["p"] is not None and result["forms"][f]["understanding"]["p"] < ALPHA]
+    test, shown = ratio.get("test", "paired"), "n/a" if p is None else f"{p:.2g}"
     return (f"Answering in a full sentence ({sentence['answer_tokens']:.1f} answer tokens against "
             f"{word['answer_tokens']:.1f}) {effect} ρ = ‖g_U‖/‖g_G‖ ({sentence['ratio']:.3f} vs {word['ratio']:.3f}; "
-            f"ratio {ratio['geometric_mean']:.2f}, {ratio.get('test', 'paired')} p {'n/a' if p is None else f'{p:.2g}'}); "
-            f"understanding DPO moved understanding significantly in {' and '.join(moved) if moved else 'neither'} form.")
+            f"ratio {ratio['geometric_mean']:.2f}, {test} p {shown}); understanding DPO moved understanding "
+            f"significantly in {' and '.join(moved) if moved else 'neither'} form.")

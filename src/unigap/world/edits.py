@@ -18,7 +18,7 @@ move        ``move REF RELATION REF``                     the referent moves int
 =========== ============================================= =============================================
 
 RELATION is one of "to the left of", "to the right of", "above", "below" (their one definition is in
-`unigap.world.scene`). The stop answer is exactly `NO_EDIT`.
+`unigap.world.scene`). An answer that stops holds `STOP_PHRASE` (R3's rule); the canonical one is `NO_EDIT`.
 
 **Distance** `distance(objects, spec)`: the fewest edits after which the objects satisfy the prompt,
 as if every object could be named (a reference names only the first object it matches, so in rare
