@@ -28,6 +28,7 @@ import argparse
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from _common import check_device, machine, matmul_flops, paired_medians, positive_int, write_result
@@ -61,8 +63,8 @@ def datasheet_peak(um: UnifiedModel, override_tflops: float | None) -> tuple[flo
     return None
 
 
-def _tiny_model(directory: Path) -> UnifiedModel:
-    return load_model(save_random_tiny(directory, unigap.world.vocabulary()))
+def _tiny_model(directory: Path, device: str | None, dtype: str | None) -> UnifiedModel:
+    return load_model(save_random_tiny(directory, unigap.world.vocabulary()), device, dtype)
 
 
 def _pairs(um: UnifiedModel, n: int) -> tuple[list[Pair], list[Pair]]:
@@ -104,9 +106,11 @@ def _stepper(
     return step
 
 
-def step_flops(step: Callable[[int], float]) -> int:
-    """FLOPs one call of `step` executes (matmuls and attention, forward and backward)."""
-    with FlopCounterMode(display=False) as counter:
+def step_flops(step: Callable[[int], float], device: torch.device) -> int:
+    """FLOPs one call of `step` executes (matmuls and attention, forward and backward). On a CPU attention is counted
+    in SDPA's math backend: torch's counter has no formula for the CPU's fused kernel, and counts it as 0."""
+    with FlopCounterMode(display=False) as counter, (
+            sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()):
         step(0)
     return counter.get_total_flops()
 
@@ -114,12 +118,12 @@ def step_flops(step: Callable[[int], float]) -> int:
 def model_and_executed_flops(um: UnifiedModel, step: Callable[[int], float]) -> tuple[int, int]:
     """(model FLOPs, executed FLOPs) of one step: equal unless activation checkpointing recomputes the forward
     pass, whose extra work MFU leaves out and HFU counts."""
-    executed = step_flops(step)
+    executed = step_flops(step, um.device)
     if not um.model.is_activation_checkpointing:
         return executed, executed
     um.model.activation_checkpointing_disable()
     try:
-        return step_flops(step), executed
+        return step_flops(step, um.device), executed
     finally:
         um.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
@@ -159,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_device(parser, args.device)
 
     with tempfile.TemporaryDirectory() as scratch:
-        um = load_model(args.model, args.device, args.dtype) if args.model else _tiny_model(Path(scratch))
+        um = (load_model(args.model, args.device, args.dtype) if args.model
+              else _tiny_model(Path(scratch), args.device, args.dtype))
     und, gen = _pairs(um, max(4, *args.batch_sizes))
     um.add_lora(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.0,  # dropout off: equal losses below
                 gradient_checkpointing=args.gradient_checkpointing)

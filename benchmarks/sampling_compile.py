@@ -1,8 +1,9 @@
 """Does `torch.compile` of the sampler's decoding step pay on this machine? Eager against compiled, side by side.
 
 The sampler's step (`unigap.model.sampler.decode_step`) is compiled as it is, with dynamic shapes (the attended
-length grows by one each step), and swapped in for the eager one. Each batch size starts from a cold compiler (no
-compiled code in memory, an empty inductor cache directory), so its first call is the full compile cost a job pays.
+length grows by one each step), and swapped in for the eager one. Each batch size runs in a process of its own with
+an empty inductor cache directory, so its first call is the full compile cost a fresh job pays (in one process a
+later size would reuse the compiler's start-up and in-memory caches, and look cheaper than it is).
 Reported per batch size: eager and compiled ms per sampling step (median of `--repeats`, taking turns), the
 speed-up, whether greedy tokens agree, and how many images a job must sample before the compile cost is paid back.
 unigap does not compile by default: on the 2-core CPU it does not pay (docs/experiments.md). `--freezing` folds
@@ -17,7 +18,10 @@ per-step overhead on a CPU.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +31,7 @@ import torch._inductor.config
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, paired_medians, positive_int, write_result
+from _common import check_device, machine, paired_medians, positive_int, write_result
 from sampling import prompts_for
 
 import unigap.model.sampler as sampler
@@ -38,6 +42,7 @@ from unigap.model.sampler import decode_step
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help='checkpoint directory or "tiny" (default)')
+    parser.add_argument("--device", default="cpu", help="cpu (default): the machine the compile is timed on")
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[10, 80])
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
@@ -45,10 +50,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cpp-wrapper", action="store_true", help="inductor's C++ wrapper (no Python per call)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling_compile.json"))
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    if len(args.batch_sizes) > 1:
+        return _each_in_its_own_process(args)
     inductor = {"freezing": args.freezing, "cpp_wrapper": args.cpp_wrapper}
     torch._inductor.config.freezing, torch._inductor.config.cpp_wrapper = args.freezing, args.cpp_wrapper
 
-    um = load_model(args.model)
+    um = load_model(args.model, args.device)
     steps, rows = um.num_image_tokens, []
 
     def sample(prompts: list[str], step: object, temperature: float = 1.0) -> torch.Tensor:
@@ -60,7 +68,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     for batch in args.batch_sizes:
         prompts = prompts_for(batch)
-        torch.compiler.reset()  # a cold compile for every batch size: what a fresh machine pays
         with tempfile.TemporaryDirectory(prefix="unigap-inductor-") as cache:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
             compiled = torch.compile(decode_step, dynamic=True)
@@ -80,7 +87,36 @@ def main(argv: list[str] | None = None) -> dict:
             "break_even_images": (first_call - fast) / saved_per_image if saved_per_image > 0 else None,
         })
 
-    table = Table(title=f"torch.compile of the decoding step, CFG {args.cfg_scale}, median of {args.repeats}")
+    payload = {"model": args.model, **machine(um), "torch": torch.__version__, "cfg_scale": args.cfg_scale,
+               "repeats": args.repeats, "inductor": inductor, "results": rows}
+    _show(payload)
+    write_result(args.out, payload)
+    return payload
+
+
+def _each_in_its_own_process(args: argparse.Namespace) -> dict:
+    """The script once per batch size, each in a fresh process (a cold compile), their rows in one result."""
+    own = ["--model", args.model, "--device", args.device, "--repeats", str(args.repeats),
+           "--cfg-scale", str(args.cfg_scale), *(["--freezing"] if args.freezing else []),
+           *(["--cpp-wrapper"] if args.cpp_wrapper else [])]
+    payload, rows = {}, []
+    with tempfile.TemporaryDirectory(prefix="unigap-compile-") as scratch:
+        for batch in args.batch_sizes:
+            part = Path(scratch) / f"{batch}.json"
+            subprocess.run([sys.executable, __file__, *own, "--batch-sizes", str(batch), "--out", str(part)],
+                           check=True, stdout=subprocess.DEVNULL)
+            payload = json.loads(part.read_text())
+            rows += payload["results"]
+    payload["results"] = rows
+    _show(payload)
+    write_result(args.out, payload)
+    return payload
+
+
+def _show(payload: dict) -> None:
+    rows = payload["results"]
+    table = Table(title=f"torch.compile of the decoding step, CFG {payload['cfg_scale']}, median of "
+                        f"{payload['repeats']}")
     for column in ("batch", "eager ms/step", "compiled ms/step", "speed-up", "compile s", "greedy equal",
                    "pays after images"):
         table.add_column(column, justify="right")
@@ -90,10 +126,6 @@ def main(argv: list[str] | None = None) -> dict:
                       "yes" if row["greedy_tokens_equal"] else "NO",
                       "never" if row["break_even_images"] is None else f"{row['break_even_images']:.0f}")
     Console().print(table)
-    payload = {"model": args.model, **machine(um), "torch": torch.__version__, "cfg_scale": args.cfg_scale,
-               "repeats": args.repeats, "inductor": inductor, "results": rows}
-    write_result(args.out, payload)
-    return payload
 
 
 if __name__ == "__main__":

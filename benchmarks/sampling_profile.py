@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, matmul_flops, positive_int, write_result
+from _common import check_device, machine, matmul_flops, positive_int, write_result
 from sampling import prompts_for
 
 from unigap.model import load_model
@@ -59,12 +59,14 @@ def matmul_flops_of(event: object) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help='checkpoint directory or "tiny" (default)')
+    parser.add_argument("--device", default="cpu", help="cpu (default): a CPU study (its profile times CPU work)")
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[10, 80])
     parser.add_argument("--cfg-scale", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling_profile.json"))
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
 
-    um = load_model(args.model)
+    um = load_model(args.model, args.device)
     rate = matmul_flops(um.device, um.dtype)
     steps, rows = um.num_image_tokens, []
     for batch in args.batch_sizes:
