@@ -44,10 +44,11 @@ def fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
 
 
 def fmt_p(p: float | None) -> str:
-    """p-values as the paper prints them: three decimals, scientific below 0.001."""
+    """p-values as the paper prints them: three decimals, two significant digits below 0.01 (Bonferroni's thresholds
+    are printed so, and 0.0016 must not read as 0.002 beside "p < 0.0018"), scientific below 0.001."""
     if p is None:
         return DASH
-    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+    return f"{p:.3f}" if p >= 0.01 else f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
 def ci(interval: Sequence[float] | None, signed: bool = False, below: bool = False) -> str:

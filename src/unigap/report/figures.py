@@ -42,10 +42,18 @@ def _save(figure: Figure, path: Path) -> Path:
     return save_figure(figure, path, dpi=DPI)
 
 
+PALETTE = [*colormaps["tab10"].colors, *colormaps["tab20"].colors[1::2]]  # tab10's strong colours, tab20's light
+MARKERS = ("o", "s", "^", "D")  # a new marker for each round of the palette: a full study has 30 methods
+
+
 def method_colours(methods: Sequence[str]) -> dict[str, Any]:
-    """One colour per method, the same in every figure: tab10's strong colours first, then tab20's light ones."""
-    palette = [*colormaps["tab10"].colors, *colormaps["tab20"].colors[1::2]]
-    return {method: palette[i % len(palette)] for i, method in enumerate(methods)}
+    """One colour per method, the same in every figure."""
+    return {method: PALETTE[i % len(PALETTE)] for i, method in enumerate(methods)}
+
+
+def method_markers(methods: Sequence[str]) -> dict[str, str]:
+    """One marker per method: with the colour, one look per method where there are more methods than colours."""
+    return {method: MARKERS[i // len(PALETTE) % len(MARKERS)] for i, method in enumerate(methods)}
 
 
 def _legend_outside(ax: Axes) -> None:
@@ -61,7 +69,7 @@ def tradeoff_plot(results: dict[str, Any], path: Path) -> Path:
     95% CIs of its tests: which arm closes the gap, and in which direction."""
     figure = Figure(figsize=(8.5, 5.5))
     ax = figure.add_subplot()
-    colours = method_colours(results["methods"])
+    colours, markers = method_colours(results["methods"]), method_markers(results["methods"])
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.axvline(0.0, color="grey", linewidth=0.8)
     ax.plot([0], [0], marker="*", markersize=14, color="black", linestyle="none", label=BASE)
@@ -80,8 +88,9 @@ def tradeoff_plot(results: dict[str, Any], path: Path) -> Path:
         ax.annotate("", xy=(und["delta"], gen["delta"]), xytext=(0.0, 0.0),
                     arrowprops={"arrowstyle": "->", "color": colours[method], "alpha": 0.6, "shrinkA": 0, "shrinkB": 4})
         ax.errorbar(
-            und["delta"], gen["delta"], xerr=errors[0], yerr=errors[1], marker="o", capsize=3, linestyle="none",
-            color=colours[method], markerfacecolor=colours[method] if filled else "white", label=method,
+            und["delta"], gen["delta"], xerr=errors[0], yerr=errors[1], marker=markers[method], capsize=3,
+            linestyle="none", color=colours[method], markerfacecolor=colours[method] if filled else "white",
+            label=method,
         )  # fmt: skip
     ax.set(
         xlabel="Δ understanding accuracy vs base",
@@ -193,7 +202,8 @@ def weights_plot(study: Study, path: Path) -> Path:
                 ax.plot(
                     steps, values, linestyle=style, color=colours[method], label=method if name == "w_und" else None
                 )
-    ax.set(xlabel="step", ylabel="task weight", ylim=(-0.02, 1.02), title="Task weights (solid w_U, dashed w_G)")
+    ax.set(xlabel="step", ylabel="task weight", title="Task weights (solid w_U, dashed w_G)")
+    ax.set_ylim(bottom=-0.02, top=max(1.02, ax.get_ylim()[1]))  # (torchjd's weightings can pass 1)
     _legend_outside(ax)
     return _save(figure, path)
 

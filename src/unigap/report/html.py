@@ -148,7 +148,7 @@ def comparison_section(c: dict[str, Any]) -> list[Any]:
         mark = "*" if m["significant"] else ""
         delta = escape(fmt(m["delta"], signed=True) + mark) + ci(m["delta_ci95"], signed=True, below=True)
         rows.append([m["label"], fmt(m["arm"]), fmt(m["baseline"]), kind(delta), kind(escape(fmt_p(m["p"]))),
-                     m["test"], m["n"]])
+                     m["test"] if m["p"] is not None else DASH, m["n"]])  # (no items: no test at all)
         if m["significant"]:
             (better if (m["delta"] > 0) == m["higher_is_better"] else worse).append(m["label"])
     found = (f"significantly better than {c['baseline']} on {', '.join(better)}" if better
