@@ -137,6 +137,19 @@ def test_file_outputs_refuse_a_folder_name_or_another_format(tmp_path: Path, cap
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["x.txt"]
 
 
+def test_a_grid_rerun_leaves_another_metadata_jsonl_and_its_images_alone(tmp_path: Path, capsys) -> None:
+    """Any folder holding a metadata.jsonl passed for an earlier grid run, whose PNGs a rerun replaces: a user's
+    image-folder dataset lost its images."""
+    prompts, mine = tmp_path / "prompts.txt", tmp_path / "mine"
+    prompts.write_text("a red circle\n")
+    mine.mkdir()
+    (mine / "0000.png").write_bytes(b"not ours")
+    (mine / "metadata.jsonl").write_text('{"file_name": "0000.png", "label": "mine"}\n')
+    code, err = _run(capsys, ["generate", "--model", "tiny", "--prompts", str(prompts), "--out", str(mine)])
+    assert code == 2 and "holds files of something else than an earlier grid run" in err
+    assert (mine / "0000.png").read_bytes() == b"not ours"
+
+
 def test_a_config_with_inf_is_one_line(tmp_path: Path, capsys) -> None:
     config = tmp_path / "inf.toml"
     config.write_text("lr = inf\n")

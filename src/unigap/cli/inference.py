@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,6 +20,7 @@ app = typer.Typer()
 
 LAYOUTS = ("grid", "geneval")
 GRID_INDEX = "metadata.jsonl"  # grid layout with --prompts: which PNG shows which prompt (imagefolder's name)
+GRID_COLUMNS = ("file_name", "prompt", "seed", "n")  # its rows
 SETTINGS_FILE = "settings.json"  # a geneval-layout run's settings, checked on --resume (GenEval's scorer skips files)
 
 
@@ -89,9 +91,9 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
         raise UserError(f"--out {out} is a file; with --prompts it must be a directory")
     elif out.suffix.lower() == ".png":
         raise UserError(f"--out {out}: with --prompts --out is a directory (a PNG per line); give a folder name")
-    elif entries(out) and not has_index(out, GRID_INDEX):
-        raise UserError(f"--out {out} holds files of something else than an earlier grid run (no {GRID_INDEX}); "
-                        f"choose an empty or new folder")
+    elif entries(out) and not (has_index(out, GRID_INDEX) and _grid_index(out / GRID_INDEX)):
+        raise UserError(f"--out {out} holds files of something else than an earlier grid run (no {GRID_INDEX} of "
+                        f"one); choose an empty or new folder")
     else:
         check_output_file(out / GRID_INDEX)  # a parent that is a file fails here, before the model loads
     um = load(model, adapter)
@@ -106,11 +108,25 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
             sheet = grid(um.decode_tokens(tokens))
             target = out if staging is None else staging / f"{index:04d}.png"
             write_atomically(target, lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
-            rows.append({"file_name": target.name, "prompt": text, "seed": seed + index, "n": n})
+            rows.append(dict(zip(GRID_COLUMNS, (target.name, text, seed + index, n), strict=True)))
         if staging is not None:
             atomic_write_lines(staging / GRID_INDEX, [json.dumps(row) for row in rows])
     one, many = ("an image", "images") if n == 1 else (f"a grid of {n} images", f"grids of {n} images")
     typer.echo(f"wrote {one if len(texts) == 1 else f'{len(texts)} {many}, one per prompt,'} to {out}")
+
+
+def _grid_index(path: Path) -> bool:
+    """Whether `path` is the index an earlier grid run wrote (its rows `GRID_COLUMNS`, naming its PNGs), or is being
+    swapped in: the rerun replaces the PNGs it lists, so another `metadata.jsonl` (an image folder of a user's
+    dataset, a GenEval prompt folder) must not pass for one."""
+    if not path.is_file():
+        return True  # (a swap a kill interrupted: `indexed_files_atomically` finishes it)
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return False
+    return all(isinstance(row, dict) and set(row) == set(GRID_COLUMNS) and re.fullmatch(r"\d{4,}\.png",
+               str(row["file_name"])) for row in rows)
 
 
 def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path, *, n: int, seed: int, cfg: float,
