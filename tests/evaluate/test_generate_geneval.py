@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,20 @@ def test_resume_writes_only_the_missing_folders_and_the_same_images(tiny_dir, pr
     assert not list(out.glob(".*"))
     code, _, err = run_main(capsys, [*args, "--resume", "--seed", 1])
     assert code == 2 and "other settings" in err
+
+
+def test_a_run_killed_while_its_model_loaded_starts_again(tiny_dir, prompts, tmp_path, capsys) -> None:
+    """A hard kill between the inputs record and settings.json left an --out that a rerun refused as begun and
+    --resume as holding no run."""
+    out = tmp_path / "images"
+    args = ["generate", "--model", tiny_dir, "--prompts", prompts, "--layout", "geneval", "--batch-size", 2,
+            "--out", out]
+    assert run_main(capsys, args)[0] == 0
+    for entry in out.iterdir():  # all but what the kill leaves: the claimed inputs
+        if entry.name != "inputs.json":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    code, stdout, err = run_main(capsys, args)
+    assert code == 0 and (out / "settings.json").is_file() and len(list(out.glob("0000*"))) == 3, err
 
 
 def test_resume_refuses_an_adapter_retrained_in_place(tiny_dir, prompts, tmp_path, capsys) -> None:

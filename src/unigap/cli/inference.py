@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from unigap.cli.common import (ADAPTER_OPTION, MODEL_OPTION, inputs_claimed, load, require_non_negative,
+from unigap.cli.common import (ADAPTER_OPTION, INPUTS_FILE, MODEL_OPTION, inputs_claimed, load, require_non_negative,
                                require_positive)
 from unigap.errors import UserError
 from unigap.world import load_image
@@ -146,7 +146,7 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --layout geneval it must be a directory")
     check_output_file(out / SETTINGS_FILE)  # a parent that is a file fails here, before the model loads
-    started = bool(entries(out))
+    started = bool(set(entries(out)) - {INPUTS_FILE})  # (its inputs alone: killed while the model loaded)
     if started and not resume:
         raise UserError(f"{out} is not empty: pass --resume to continue a generate run there, or choose another --out")
     if started and not (out / SETTINGS_FILE).is_file():
