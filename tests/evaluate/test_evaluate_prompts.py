@@ -34,7 +34,8 @@ def test_prompt_files_in_text_jsonl_and_geneval_shape(tmp_path: Path) -> None:
 
 def test_every_line_of_a_jsonl_prompt_file_is_json(tmp_path: Path) -> None:
     """A quoted string in a .jsonl file is not a prompt with quotes in it; in a .txt file it is text."""
-    for name, expected in (("prompts.jsonl", None), ("prompts.txt", '"a red circle"')):
+    for name, expected in (("prompts.jsonl", None), ("prompts.JSONL", None), ("prompts.json", None),
+                           ("prompts.txt", '"a red circle"')):  # (.json and .JSONL were read as text)
         path = tmp_path / name
         path.write_text('"a red circle"\n')
         if expected is None:
@@ -50,6 +51,7 @@ def test_every_line_of_a_jsonl_prompt_file_is_json(tmp_path: Path) -> None:
         ("a red circle\n\n", "prompts.txt:2: empty line"),
         ("a red circle\n{not json\n", "prompts.txt:2: not valid JSON"),
         ('{"text": "a red circle"}\n', 'prompts.txt:1: a JSON line needs a string "prompt" field'),
+        ('{"prompt": "  "}\n', 'prompts.txt:1: empty "prompt" field'),
         ("a purple dragon\n", "prompts.txt:1:"),
     ],
 )

@@ -127,7 +127,7 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
     out = []
     for line_no, line in enumerate(lines, start=1):
         try:
-            out.append((line_no, _prompt_row(line, jsonl=path.suffix == ".jsonl")))
+            out.append((line_no, _prompt_row(line, jsonl=path.suffix.lower() in (".jsonl", ".json"))))
         except UserError as exc:
             raise UserError(f"{path}:{line_no}: {exc}") from None
     if not out:
@@ -144,8 +144,8 @@ def _is_json(text: str) -> bool:
 
 
 def _prompt_row(line: str, jsonl: bool = False) -> dict:
-    """A line as a metadata object. Plain lines are prompts; in a .jsonl file, a line that is JSON other than an
-    object (a quoted string) is refused, not read as a prompt with quotes in it."""
+    """A line as a metadata object. Plain lines are prompts; in a .jsonl (or .json) file, a line that is JSON other
+    than an object (a quoted string, an array) is refused, not read as a prompt with quotes in it."""
     if not line.strip():
         raise UserError("empty line")
     if not line.lstrip().startswith("{"):
@@ -158,4 +158,6 @@ def _prompt_row(line: str, jsonl: bool = False) -> dict:
         raise UserError(f"not valid JSON ({exc.msg})") from None
     if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
         raise UserError('a JSON line needs a string "prompt" field')
+    if not row["prompt"].strip():
+        raise UserError('empty "prompt" field')
     return row
