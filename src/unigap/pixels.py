@@ -19,7 +19,10 @@ UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombErr
 
 def opaque_rgb(image: Image.Image) -> Image.Image:
     """A PIL image of any mode as RGB, transparency (straight or premultiplied alpha, or a palette's transparent
-    colour) composited onto white."""
+    colour) composited onto white, and 16-bit greyscale scaled to 8 bits (Pillow's conversion clips it at 255: a
+    16-bit PNG turned almost white)."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
+        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
     if {"A", "a"} & set(image.getbands()) or image.info.get("transparency") is not None:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))

@@ -140,6 +140,16 @@ def test_a_users_mistake_is_a_value_error_to_scripts():
         parse_prompt("a triangle!")
 
 
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """Pillow's conversion of a 16-bit PNG (mode I;16) clips every value above 255: a ramp read as white."""
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    with Image.open(tmp_path / "ramp.png") as opened:
+        pixels = rgb_pixels(opened)
+    assert np.array_equal(pixels, np.repeat((ramp >> 8).astype(np.uint8)[..., None], 3, axis=2))
+    assert np.array_equal(load_image(tmp_path / "ramp.png"), pixels)
+
+
 def test_a_transparent_background_reads_as_white_as_in_transformers(tmp_path):
     """A cut-out PNG (shape opaque, background transparent, its hidden colour black) must not read as a shape on a
     black canvas: transparency is composited onto white, as transformers' `convert_to_rgb` does."""
