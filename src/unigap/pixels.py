@@ -22,7 +22,12 @@ def opaque_rgb(image: Image.Image) -> Image.Image:
     colour) composited onto white, and 16-bit greyscale scaled to 8 bits (Pillow's conversion clips it at 255: a
     16-bit PNG turned almost white)."""
     if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
-        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
+        values = np.asarray(image).astype(np.int64)
+        grey = Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8))
+        transparent = image.info.get("transparency")
+        if transparent is not None:  # a PNG's one transparent grey value, kept as alpha for the compositing below
+            grey.putalpha(Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8)))
+        image = grey
     if {"A", "a"} & set(image.getbands()) or image.info.get("transparency") is not None:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))

@@ -148,6 +148,12 @@ def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
         pixels = rgb_pixels(opened)
     assert np.array_equal(pixels, np.repeat((ramp >> 8).astype(np.uint8)[..., None], 3, axis=2))
     assert np.array_equal(load_image(tmp_path / "ramp.png"), pixels)
+    Image.fromarray(ramp).save(tmp_path / "cut.png", transparency=int(ramp[0, 5]))  # one grey value transparent
+    with Image.open(tmp_path / "cut.png") as opened:
+        cut = rgb_pixels(opened)
+    assert (cut[0, 5] == 255).all() and np.array_equal(np.delete(cut[0], 5, axis=0), np.delete(pixels[0], 5, axis=0))
+    wide = Image.fromarray(np.array([[0, 70000, -5, 300]], dtype=np.int32))  # mode I: clipped, not wrapped
+    assert rgb_pixels(wide)[0, :, 0].tolist() == [0, 255, 0, 1]
 
 
 def test_a_transparent_background_reads_as_white_as_in_transformers(tmp_path):
