@@ -122,7 +122,8 @@ def model_and_executed_flops(um: UnifiedModel, step: Callable[[int], float]) -> 
     if not um.model.is_activation_checkpointing:
         return executed, executed
     um.model.activation_checkpointing_disable()
-    try:
+    um.model.disable_input_require_grads()  # (its hooks would carry the backward into the frozen embeddings; the
+    try:                                    # enable below sets them again)
         return step_flops(step, um.device), executed
     finally:
         um.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
