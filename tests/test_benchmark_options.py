@@ -34,8 +34,8 @@ def test_a_benchmark_refuses_what_it_cannot_run(script: str, argv: list[str], me
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_the_pretraining_speed_benchmark_times_every_stage_and_projects_the_recipe(tmp_path: Path,
-                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_pretraining_speed_benchmark_times_every_stage_and_projects_the_recipe(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """(Run at toy batch sizes: what is checked is that each stage is timed and the projection adds up.)"""
     import json
 

@@ -234,7 +234,8 @@ def test_adapters_on_convolutions_and_embeddings_still_load(target: str, tmp_pat
     um = load_model("tiny")
     um.load_adapter(tmp_path / "adapter")
     with torch.no_grad():
-        scores = [model.answer_logprobs(images[:2], QUESTIONS, ANSWERS)[0] for model in (trained, um, load_model("tiny"))]
+        scores = [model.answer_logprobs(images[:2], QUESTIONS, ANSWERS)[0]
+                  for model in (trained, um, load_model("tiny"))]
     torch.testing.assert_close(scores[1], scores[0])
     assert not torch.allclose(scores[1], scores[2])  # (the adapter changes what the vision tower sees)
 

@@ -25,7 +25,7 @@ from scipy.stats import rankdata
 
 from unigap.evaluate.progress import map_items
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, self_p_yes
-from unigap.evaluate.stats import as_percent, summarize, summarize_grouped, t_interval, with_ci
+from unigap.evaluate.stats import as_percent, share_interval, summarize, summarize_grouped, with_ci
 from unigap.world import CATEGORIES, Geometry, diff, is_valid_fix, parse_prompt, parse_reflection, verify
 
 MIN_PER_CLASS = 10  # a category's AUC counts as meeting a bar only with this many correct and wrong images
@@ -48,11 +48,7 @@ def auc(positives: Sequence[float], negatives: Sequence[float]) -> dict[str, Any
     q1, q2 = value / (2 - value), 2 * value**2 / (1 + value)
     variance = (value * (1 - value) + (n_pos - 1) * (q1 - value**2) + (n_neg - 1) * (q2 - value**2)) / (n_pos * n_neg)
     stderr = math.sqrt(max(variance, 0.0))
-    return {**out, "auc": float(value), "stderr": stderr, "ci95": _interval(float(value), stderr)}
-
-
-def _interval(value: float, stderr: float) -> list[float]:
-    return [min(max(bound, 0.0), 1.0) for bound in t_interval(value, stderr, math.inf)]
+    return {**out, "auc": float(value), "stderr": stderr, "ci95": share_interval(float(value), stderr, math.inf)}
 
 
 def within_auc(by_category: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -67,7 +63,7 @@ def within_auc(by_category: dict[str, dict[str, Any]]) -> dict[str, Any]:
     stderr = math.sqrt(sum((w * by_category[c]["stderr"]) ** 2 for c, w in weights.items())) / total
     return {"auc": value, "pairs": total, "categories": sorted(weights), "stderr": stderr,
             "n": sum(by_category[c]["n_correct"] + by_category[c]["n_wrong"] for c in weights),
-            "ci95": _interval(value, stderr)}
+            "ci95": share_interval(value, stderr, math.inf)}
 
 
 def self_judge_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -36,6 +36,13 @@ def t_interval(mean: float, stderr: float, df: float, confidence: float = CONFID
     return [mean - half, mean + half]
 
 
+def share_interval(mean: float, stderr: float, df: float) -> list[float]:
+    """`t_interval` cut to [0, 1], for a quantity that is a share (an AUC, a mean of accuracies over seeds): at a
+    value near 0 or 1 the interval would otherwise reach past it."""
+    low, high = t_interval(mean, stderr, df)
+    return [max(0.0, low), min(1.0, high)]
+
+
 def welch_from_stats(mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int,
                      alternative: Alternative = "two-sided") -> dict[str, Any]:
     """Welch's t-test of mean_a − mean_b from each side's mean, population variance (ddof 0, as `summarize` keeps it)

@@ -49,7 +49,7 @@ import numpy as np
 
 from unigap.arms import ARMS
 from unigap.errors import UnigapWarning
-from unigap.evaluate.stats import CONFIDENCE, finite, paired_difference, t_interval, welch_from_stats
+from unigap.evaluate.stats import CONFIDENCE, finite, paired_difference, share_interval, welch_from_stats
 from unigap.train.defaults import LN2, OVEROPTIMISED_LOSS
 from unigap.study.results import BASE, METRICS, Metric, MethodRun, Sample, Study, keyed, paired, sample
 from unigap.train.names import TASKS, trained_tasks
@@ -186,8 +186,7 @@ def seed_interval(means: Sequence[float]) -> list[float] | None:
     k = len(means)
     if k < 2:
         return None
-    low, high = t_interval(float(np.mean(means)), float(np.std(means, ddof=1)) / math.sqrt(k), k - 1)
-    return [max(0.0, low), min(1.0, high)]
+    return share_interval(float(np.mean(means)), float(np.std(means, ddof=1)) / math.sqrt(k), k - 1)
 
 
 def bootstrap_interval(samples: Sequence[Sample], resamples: int, rng: np.random.Generator) -> list[float] | None:
