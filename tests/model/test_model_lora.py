@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import pickle
 from copy import deepcopy
 from pathlib import Path
 
@@ -320,7 +321,20 @@ def test_master_weights_over_bfloat16_give_the_same_gradients_under_activation_c
             param.zero_()
     assert all(p.abs().sum() > 0 for p in um.model.model.vision_model.modules_to_save["default"].parameters()
                if p.dim() > 1)
-    assert copy.forward.__self__ is copy
+    assert copy.forward.module is copy
+
+
+def test_a_part_trained_in_full_over_bfloat16_survives_a_pickle(tiny_dir: Path) -> None:
+    """`torch.save` of a whole module pickles it: its rounding forward was a bound method, which pickles as a lookup
+    of `_rounded_forward` on the module and failed to load."""
+    um = load_model(tiny_dir, dtype=torch.bfloat16)
+    um.add_lora(rank=4, alpha=8, dropout=0.0)
+    head = um.model.model.generation_head.modules_to_save["default"]
+    loaded = pickle.loads(pickle.dumps(head))
+    assert loaded.forward.module is loaded
+    hidden = torch.randn(2, head.proj_out.in_features, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(loaded(hidden), head(hidden)) and loaded(hidden).dtype == torch.bfloat16
 
 
 def test_trained_modules_are_the_parts_named_and_a_misspelt_one_is_refused() -> None:

@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MethodType
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
@@ -92,7 +91,7 @@ def train_in_float32(module: nn.Module) -> bool:
         dtypes = {name: tensor.dtype for name, tensor in _floating(sub)}  # layer again outside its parent's forward
         if dtypes:
             sub._master_dtypes = dtypes
-            sub.forward = MethodType(_rounded_forward, sub)  # (bound to the module: a deep copy rebinds to the copy)
+            sub.forward = _RoundedForward(sub)
     module._input_dtype = dtype
     module.float()
     return True
@@ -102,15 +101,23 @@ def _floating(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(name, t) for name, t in (*module.named_parameters(), *module.named_buffers()) if t.is_floating_point()]
 
 
-def _rounded_forward(self: nn.Module, *args: object, **kwargs: object) -> object:
-    """`self`'s own forward on its master weights rounded to the dtypes they were loaded in (`train_in_float32`)."""
-    dtype = getattr(self, "_input_dtype", None)
-    if dtype is not None:
-        args, kwargs = tree_map(lambda v: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v,
-                                (args, kwargs))
-    rounded = {name: tensor.to(self._master_dtypes.get(name, tensor.dtype)) for name, tensor in _floating(self)}
-    with _reparametrize_module(self, rounded):
-        return type(self).forward(self, *args, **kwargs)
+class _RoundedForward:
+    """A module's own forward on its master weights rounded to the dtypes they were loaded in (`train_in_float32`).
+    An object holding the module rather than a bound method: a deep copy or a pickle of the module carries it along,
+    pointing at the copy (a bound method pickles as a lookup of its function's name on the module, which fails)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        module = self.module
+        dtype = getattr(module, "_input_dtype", None)
+        if dtype is not None:
+            args, kwargs = tree_map(lambda v: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v,
+                                    (args, kwargs))
+        rounded = {name: tensor.to(module._master_dtypes.get(name, tensor.dtype)) for name, tensor in _floating(module)}
+        with _reparametrize_module(module, rounded):
+            return type(module).forward(module, *args, **kwargs)
 
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # a saved PEFT adapter's files
