@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from unigap.atomic import file_fingerprint
 from unigap.data.tables import StoredImage
 
 from test_prefs_build import run_main
 from unigap.errors import UnigapWarning, UserError
 from unigap.model import load_model
 from unigap.prefs.build import BuildOptions, build_preferences
-from unigap.prefs.rows import check_pair_file, load_pairs, read_rows, write_rows
+from unigap.prefs.rows import check_pair_file, load_pairs, read_rows, stored_images, write_rows
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,18 @@ def test_export_then_load_gives_the_same_pairs(tiny_dir: Path, built, tmp_path: 
         assert isinstance(und[0]["images"][0], Image.Image) and isinstance(gen[0]["chosen_image"], Image.Image)
 
 
+def test_trl_generation_rows_claim_their_images_unless_they_give_ids(built, tmp_path: Path) -> None:
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "a.png")
+    Image.new("RGB", (64, 64), "black").save(tmp_path / "b.png")
+    path = tmp_path / "gen.jsonl"
+    by_image = {"prompt": "a red circle", "chosen_image": "a.png", "rejected_image": "b.png"}
+    by_ids = by_image | {"chosen_ids": [1] * 64, "rejected_ids": [2] * 64}
+    path.write_text(json.dumps(by_image) + "\n" + json.dumps(by_ids) + "\n")
+    stored = stored_images(check_pair_file(path, "gen"), path)
+    assert [image.digest for image in stored] == [file_fingerprint(tmp_path / name) for name in ("a.png", "b.png")]
+    assert stored_images(check_pair_file(built["gen"], "gen"), built["gen"]) == []
+
+
 def test_a_handwritten_trl_file_trains(tiny_dir: Path, tmp_path: Path, capsys) -> None:
     Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
     rows = [{"prompt": "What color is the background?", "chosen": "white", "rejected": "black", "image": "white.png"},
@@ -80,9 +93,13 @@ def test_a_handwritten_trl_file_trains(tiny_dir: Path, tmp_path: Path, capsys) -
     assert [p.question for p in pairs] == ["What color is the background?", "How many objects are there?"]
     assert all(math.isfinite(p.ref_chosen) and p.chosen_tokens > 0 for p in pairs)
     out = tmp_path / "run"
-    code, _, err = run_main(capsys, ["train", "--model", str(tiny_dir), "--strategy", "und-only", "--und", str(path),
-                                     "--steps", "2", "--out", str(out)])
+    args = ["train", "--model", str(tiny_dir), "--strategy", "und-only", "--und", str(path), "--out", str(out)]
+    code, _, err = run_main(capsys, [*args, "--steps", "2"])
     assert code == 0 and (out / "adapter_model.safetensors").is_file(), err
+    # the file's own hash misses its image edited in place: a resume would train on another picture than before
+    Image.new("RGB", (64, 64), "black").save(tmp_path / "white.png")
+    code, _, err = run_main(capsys, [*args, "--steps", "4", "--resume"])
+    assert code == 2 and "under other inputs (compared by content) (images: " in err, err
 
 
 def test_a_missing_image_fails_before_anything_is_written_and_the_fixed_file_then_trains(
@@ -187,6 +204,8 @@ def test_pairs_from_your_own_questions_store_their_images(tiny_dir: Path, tmp_pa
     pairs = load_pairs(out, "und")
     assert np.array_equal(pairs[0].image, np.asarray(Image.open(tmp_path / "white.png")))
     assert all(p.question == "How many objects are there?" for p in pairs)
+    stored = stored_images(check_pair_file(out, "und"), out)  # what a resumed `train` claims by content
+    assert [image.digest for image in stored] == [file_fingerprint(out.parent / r["images"][0]) for r in built]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"image": "white.png", "question": "Q?"}) + "\n")
     code, _, err = run_main(capsys, ["prefs", "build", "--model", "MISSING", "--kind", "und", "--n", "2",

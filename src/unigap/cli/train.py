@@ -93,8 +93,9 @@ def train(
         return
     import tomllib
 
-    from unigap.prefs.rows import check_pair_file, pairs_of
+    from unigap.prefs.rows import check_pair_file, pairs_of, stored_images
     from unigap.train.config import TrainConfig
+    from unigap.train.sft_data import images_digest
     from unigap.train.trainer import DPOTrainer
 
     settings = TrainConfig.load(config, strategy=strategy, beta=beta, nll_weight=nll_weight, **common)
@@ -106,7 +107,9 @@ def train(
     files = {task: path for task, path in (("und", und), ("gen", gen)) if path is not None}
     check_pair_tasks(settings.strategy, files)  # before the model loads
     rows = {task: check_pair_file(path, task) for task, path in files.items()}  # a bad row fails before the load
-    inputs = claim_inputs(out, "train", model, und=und, gen=gen, write=False)  # another run's OUT, too
+    images = images_digest([image for task, path in files.items() for image in stored_images(rows[task], path)])
+    inputs = claim_inputs(out, "train", model, und=und, gen=gen, write=False,  # another run's OUT, too
+                          contents={"images": images})
     from unigap.manifest import manifest
     from unigap import distributed
 

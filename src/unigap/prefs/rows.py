@@ -41,7 +41,8 @@ import numpy as np
 
 from unigap.errors import UnigapWarning, UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
-from unigap.prefs.trl import SAME_SIDES, check_ids, is_trl_row, rescored, token_ids, trl_pairs, trl_problem, trl_task
+from unigap.prefs.trl import (SAME_SIDES, check_ids, is_trl_row, rescored, stored_cells, token_ids, trl_pairs,
+                              trl_problem, trl_task)
 from unigap.data.tables import StoredImage, read_table, stored_image
 from unigap.atomic import atomic_write_bytes, atomic_write_lines, indexed_files_atomically
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
@@ -220,6 +221,20 @@ def check_pair_file(path: str | Path, task: str) -> list[tuple[str, dict[str, An
             raise UserError(f"{where}: a {row.get('kind', row_task)!r} pair, but this file was given as {task} data")
     check_one_convention(path, rows)
     return rows
+
+
+def stored_images(rows: Sequence[tuple[str, dict[str, Any]]], path: str | Path) -> list[StoredImage]:
+    """Every image validated rows of a preference file read from storage (not a scene they re-render, not token ids):
+    what a resumed run claims with the file, whose own hash misses an image edited in place beside it."""
+    images = []
+    for where, row in rows:
+        if is_trl_row(row):
+            cells = stored_cells(row)
+        else:
+            stored = task_of(row["kind"]) == "und" and not isinstance(row.get("scene"), str)  # (gen rows: ids)
+            cells = [row["images"][0]] if stored else []
+        images += [StoredImage(cell, Path(path).parent, where) for cell in cells]
+    return images
 
 
 def check_one_convention(path: str | Path, rows: Sequence[tuple[str, dict[str, Any]]]) -> None:

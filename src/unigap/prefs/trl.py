@@ -61,6 +61,14 @@ def token_ids(value: Any) -> bool:
                                                            for i in value)
 
 
+def stored_cells(row: dict[str, Any]) -> list[Any]:
+    """The image cells a TRL row reads from storage: an understanding row's image, a generation row's two images
+    unless it gives their token ids."""
+    if trl_task(row) == "und":
+        return _und_images(row)[:1]
+    return [] if has_ids(row) else [row["chosen_image"], row["rejected_image"]]
+
+
 def has_ids(row: dict[str, Any]) -> bool:
     """Whether a TRL generation row gives its images as token ids (`chosen_ids`, `rejected_ids`: non-empty lists)
     rather than as images: how reading it checks it and how converting it reads it agree."""
