@@ -386,6 +386,12 @@ def test_another_commands_output_is_not_written_into(tmp_path: Path, capsys) -> 
     with pytest.raises(UserError, match="holds the output of `unigap refine`"):
         check(["refine", "train", "--out", str(unfinished)])
     check(["refine", "--out", str(unfinished)])
+    study = tmp_path / "study"  # a study records its settings first, its manifest when it finishes
+    study.mkdir()
+    (study / "study.json").write_text("{}")
+    with pytest.raises(UserError, match="holds the output of `unigap study`"):
+        check(["train", "--out", str(study)])
+    check(["study", "--out", str(study)])
     inputs = unfinished / "inputs.json"  # a file command's --out onto a run's records
     with pytest.raises(UserError, match=rf"^--out {inputs} is the output of `unigap refine`; choose another --out$"):
         check(["eval", "--model", "tiny", "--out", str(inputs)])

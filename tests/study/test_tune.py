@@ -64,6 +64,35 @@ def test_a_rerun_reuses_finished_runs_and_other_settings_are_refused(tuned: tupl
     strict = tune(replace(small_tune, kl_budget=1e-9), out)["chosen"]  # selection only: no run is redone
     assert strict is None or strict["kl"] <= 1e-9
     assert curve.stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match="trained with lr 0.03, not 0.0300000001; give that value"):  # (named alike)
+        tune(replace(small_tune, lrs=(0.0300000001,)), out)
+
+
+def test_the_cli_writes_a_manifest_and_keeps_other_commands_out(tuned: tuple[Path, dict], small_tune: TuneConfig,
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command's output directory holds its manifest; and until it does, tune.json names the command, so
+    another one is not written into a tuning still running."""
+    import unigap.study.tune as tune_module
+
+    out = tmp_path / "run"
+    shutil.copytree(tuned[0], out)
+    real = tune_module.tune  # (the CLI's sampling batch, which the finished runs were not evaluated with)
+    monkeypatch.setattr(tune_module, "tune", lambda config, *args, **kwargs: real(
+        replace(config, sample_batch_size=small_tune.sample_batch_size), *args, **kwargs))
+    flags = ["--kinds", "gen-real,gen-model", "--lrs", "0.03", "--nll-weights", "0", "--steps", "2", "--eval-every",
+             "1", "--n", "4", "--pairs", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", *flags, "--out", str(out)])
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "tune" and manifest["config"]["lrs"] == [0.03] and manifest["ended_at"]
+    for finished in (True, False):
+        if not finished:
+            (out / "manifest.json").unlink()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--objective", "sft", "--out", str(out)])
+        assert exit_info.value.code == 2 and "holds the output of `unigap tune`" in capsys.readouterr().err
 
 
 def test_a_grid_grown_on_a_rerun_reuses_the_finished_points(tuned: tuple[Path, dict], small_tune: TuneConfig,

@@ -152,10 +152,15 @@ def _writes_a_file(argv: list[str], command: str) -> bool:
     return command in FILE_OUTPUTS and not (command == "generate" and many)
 
 
+# the settings a run of these commands records first, before any manifest or inputs record (names as in
+# `unigap.study.results` and `unigap.study.tune`, which import torch)
+SETTINGS_RECORDS = {"study.json": "study", "tune.json": "tune"}
+
+
 def _made_by(path: Path) -> str | None:
     """The command that wrote a directory (`refine train` as typed): its manifest's, or for a run not finished yet
-    its inputs record's; of a JSON file, the command its record names (a manifest, an inputs record, or a report
-    with its manifest inside, as `eval` writes); None when none says."""
+    its inputs record's or its settings record's; of a JSON file, the command its record names (a manifest, an
+    inputs record, or a report with its manifest inside, as `eval` writes); None when none says."""
     from unigap.cli.common import INPUTS_FILE
     from unigap.manifest import MANIFEST_FILE, read_record
 
@@ -164,6 +169,7 @@ def _made_by(path: Path) -> str | None:
         records = [record or {}, (record or {}).get("manifest") or {}]
     else:
         records = [read_record(path / name) or {} for name in (MANIFEST_FILE, INPUTS_FILE)]
+        records += [{"command": command} for name, command in SETTINGS_RECORDS.items() if (path / name).is_file()]
     for record in records:
         command = record.get("command") if isinstance(record, dict) else None
         if isinstance(command, str):

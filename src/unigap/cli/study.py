@@ -100,9 +100,11 @@ def tune_command(
                                    help="Validation evaluation (checkpoint selection) every K steps."),
     n: int = typer.Option(TUNE_RUN["n"], "--n", help="Validation prompts per evaluation."),
     pairs: int = typer.Option(TUNE_RUN["gen_pairs"], "--pairs", help="Generation pairs per kind (train prompts)."),
-    kl_budget: float | None = typer.Option(None, "--kl-budget", help="Checkpoints whose |sample KL| to the reference "
-                                           "(nats per image) exceeds this are not eligible."),
-    seed: int = typer.Option(0, "--seed", help="Training and validation sampling seed."),
+    kl_budget: float | None = typer.Option(None, "--kl-budget", help="Checkpoints whose drift from the reference, "
+                                           "mean |log π − log π_ref| on the pair images (nats per image; of each "
+                                           "step's mean), exceeds this are not eligible."),
+    seed: int = typer.Option(0, "--seed", help="Training seed, and the seed that draws the validation prompts and "
+                                               "samples their images."),
     out: Path = typer.Option(Path("runs/tune"), "--out", help="Output directory; rerun the same command to resume."),
 ) -> None:
     """Choose the DPO defaults on the validation split: a grid of gen-only DPO runs (pair kind × lr × β × NLL
@@ -111,6 +113,7 @@ def tune_command(
     values in the same OUT to add runs: finished ones are reused."""
     from rich.table import Table
 
+    from unigap.manifest import manifest, write_manifest
     from unigap.study.tune import TABLE_HEADER, TuneConfig, table, tune
 
     config = TuneConfig(
@@ -121,7 +124,9 @@ def tune_command(
         eval_every=eval_every, n=n, gen_pairs=pairs, kl_budget=kl_budget, seed=seed,
     )  # fmt: skip
     console = Console(stderr=True, log_path=False)  # a timed line per stage, without the source line it was logged at
-    results = tune(config, out, progress=lambda what: console.log(f"tune: {what}"))
+    with manifest("tune", config.to_dict(), seeds=[seed], judge={"name": "verifier"}) as record:
+        results = tune(config, out, progress=lambda what: console.log(f"tune: {what}"))
+    write_manifest(out, record)
     rendered = Table(*TABLE_HEADER, title=f"gen-only DPO on the validation split (n = {config.n}, seed {seed})")
     for row in table(results):
         rendered.add_row(*row)

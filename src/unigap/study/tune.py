@@ -15,7 +15,8 @@ accuracy. The procedure compares what the field uses against that, side by side,
   `eval_every` steps, paired with the base model's on the same prompts and sampling seeds;
 * a KL budget: a checkpoint whose drift from the reference on the pair images (the mean of |log π − log π_ref| over
   the chosen and the rejected, in nats per image, over the steps since the last evaluation) exceeds `kl_budget` is
-  not eligible.
+  not eligible. Each step logs its pairs' mean shift, so at more than one pair per step shifts of opposite sign
+  within a step cancel: the drift is then a lower bound.
 
 The chosen setting is the eligible (run, checkpoint) with the highest validation generation accuracy; the report
 says plainly when even that one does not beat the base. Only
@@ -81,7 +82,7 @@ class TuneConfig:
     n: int = TUNE_RUN["n"]  # validation prompts per evaluation
     gen_pairs: int = TUNE_RUN["gen_pairs"]
     kl_budget: float | None = None
-    seed: int = 0  # the training seed (data order, LoRA init) and the validation sampling seed
+    seed: int = 0  # the training seed (data order, LoRA init), and the validation prompts' draw and sampling seed
     data_seed: int = 0  # the train/validation partition: the model's pretraining seed
     sample_batch_size: int = 32  # images per sampling batch (validation evaluation); not a training setting
 
@@ -140,7 +141,8 @@ def _window(rows: Sequence[dict[str, Any]], key: str) -> float | None:
 def diagnostics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The generation DPO diagnostics of a window of log records (means): the DPO loss (without the NLL term), the
     policy's shift against the reference on the chosen and the rejected images, their mean absolute shift (the drift
-    the KL budget bounds), and whether it over-optimises."""
+    the KL budget bounds: of each step's mean shift, a record holding its pairs' means), and whether it
+    over-optimises."""
     loss = _window(rows, "gen_dpo_loss")
     shifts = {side: [r[f"gen/logps/{side}"] - r[f"gen/ref_logps/{side}"] for r in rows
                      if r.get(f"gen/logps/{side}") is not None and r.get(f"gen/ref_logps/{side}") is not None]
@@ -202,11 +204,21 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
             _write_json(curve_file, {**point, "points": _run(config, point, pairs[point["gen_kind"]], specs, base,
                                                               curve_file.parent)})
             gc.collect()  # the run's model and optimiser go before the next one loads
-        curves.append(json.loads(curve_file.read_text(encoding="utf-8")))
+        curves.append(_reused(json.loads(curve_file.read_text(encoding="utf-8")), point))
     results = {"config": config.to_dict(), "base": {"n": len(base), "accuracy": float(np.mean(base))},
                "runs": curves, "chosen": choose(curves, config.kl_budget)}
     _write_json(out / RESULTS_FILE, results)
     return results
+
+
+def _reused(curve: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's curve, if it was trained at this grid point: a name rounds its values to 6 significant
+    digits, so a rerun's value that rounds alike would otherwise be reported with the other value's run."""
+    for _, key, _, usual in AXES:
+        if curve.get(key, usual) != point[key]:
+            raise UserError(f"runs/{point['name']} was trained with {key} {curve.get(key, usual)}, not {point[key]}; "
+                            "give that value, or another --out")
+    return curve
 
 
 def _verified(um: Any, specs: Sequence[Any], config: TuneConfig) -> list[bool]:
