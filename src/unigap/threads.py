@@ -31,8 +31,9 @@ def available_cpus() -> int:
     return count
 
 
-def configure_threads(environ: dict[str, str] | None = None) -> int:
-    """Set OMP_NUM_THREADS as the module docstring says; returns the number chosen."""
+def configure_threads(environ: dict[str, str] | None = None) -> int | None:
+    """Set OMP_NUM_THREADS as the module docstring says; returns the number chosen (the first of an OpenMP list such
+    as "4,2"; None for a user's value that is no count, which is left for torch to read)."""
     env = os.environ if environ is None else environ
     wanted = env.get(VARIABLE, "").strip()
     if wanted:
@@ -41,4 +42,5 @@ def configure_threads(environ: dict[str, str] | None = None) -> int:
         env["OMP_NUM_THREADS"] = wanted
     elif not env.get("OMP_NUM_THREADS", "").strip():
         env["OMP_NUM_THREADS"] = str(available_cpus())
-    return int(env["OMP_NUM_THREADS"])
+    first = env["OMP_NUM_THREADS"].split(",")[0].strip()
+    return int(first) if first.isdigit() else None
