@@ -689,3 +689,23 @@ def test_a_config_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
     config = tmp_path / "bom.toml"
     config.write_bytes("\ufeffstrategy = 'joint'\nsteps = 3\n".encode())
     assert TrainConfig.load(config).steps == 3
+
+
+def test_a_failed_first_start_is_cleaned_up_by_the_main_process_only(tmp_path: Path, monkeypatch) -> None:
+    """Under accelerate every process fails alike: the main process wrote the record and takes it back; another one
+    removing it too raced it to a FileNotFoundError, a traceback in place of the one-line error."""
+    from unigap import distributed
+    from unigap.cli import common
+
+    out = tmp_path / "run"
+
+    def main_writes(out: Path, *args, **kwargs) -> dict:  # (what the main process does meanwhile)
+        out.mkdir()
+        (out / common.INPUTS_FILE).write_text("{}")
+        return {}
+
+    monkeypatch.setattr(common, "claim_inputs", main_writes)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    with pytest.raises(UserError, match="does not fit"), common.inputs_claimed(out, "refine", "tiny"):
+        raise UserError("the adapter does not fit")
+    assert (out / common.INPUTS_FILE).is_file()  # the main process's to remove

@@ -122,6 +122,7 @@ def inputs_claimed(out: Path, what: str, model: str, adapter: Path | None = None
     own (an adapter that does not fit the model, a model folder that does not load) takes the new record back, and
     the folders writing it made, so the refused command leaves nothing and the corrected one is not refused as a run
     "under other inputs"."""
+    from unigap import distributed
     from unigap.atomic import entries
 
     record_file = out / INPUTS_FILE
@@ -131,7 +132,8 @@ def inputs_claimed(out: Path, what: str, model: str, adapter: Path | None = None
     try:
         yield record
     except BaseException:
-        if fresh and entries(out) == [INPUTS_FILE]:
+        # (the main process wrote the record: another one removing it too would race it to a FileNotFoundError)
+        if fresh and distributed.is_main() and entries(out) == [INPUTS_FILE]:
             record_file.unlink()
             for folder in made:
                 if folder.is_dir() and not any(folder.iterdir()):
