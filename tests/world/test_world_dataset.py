@@ -105,6 +105,9 @@ def test_user_errors(tmp_path):
     (tmp_path / "samples.jsonl").write_text('{"index": 0}\n')
     with pytest.raises(UserError, match="malformed record"):
         load_dataset(tmp_path)
+    (tmp_path / "samples.jsonl").write_bytes(b"\xff\xfe garbage\n")  # (was a UnicodeDecodeError)
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        load_dataset(tmp_path)
 
 
 def test_samples_jsonl_is_written_last_as_the_mark_of_a_complete_dataset(tmp_path, monkeypatch) -> None:

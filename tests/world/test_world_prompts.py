@@ -85,6 +85,9 @@ def test_invalid_specs_raise_user_error():
         PromptSpec("position", (Item("circle", "red"), Item("square", "blue")))
     with pytest.raises(UserError, match="malformed"):
         PromptSpec.from_dict({"category": "colors"})
+    for count in (1e999, 2.5):  # (an OverflowError; a count cut to 2)
+        with pytest.raises(UserError, match="malformed prompt spec.*is not a whole number"):
+            PromptSpec.from_dict({"category": "counting", "items": [{"shape": "circle", "count": count}]})
 
 
 def test_sample_spec_covers_categories_deterministically():

@@ -106,3 +106,19 @@ def test_a_scene_whose_objects_are_no_list_is_one_line(objects):
     """(A preference row's malformed scene cell raised TypeError, past the row check that names its line.)"""
     with pytest.raises(UserError, match="'objects' must be a list"):
         Scene.from_dict({"canvas": 64, "objects": objects})
+
+
+def test_coordinates_are_whole_pixels_as_plain_ints() -> None:
+    """A numpy integer coordinate broke writing the scene as JSON; 20.9 was cut to 20 and JSON's 1e999 raised an
+    OverflowError past the malformed-row check that names a file's line."""
+    scene = Scene(64, (SceneObject("circle", "red", "small", np.int64(20), np.int64(30)),))
+    assert json.loads(json.dumps(scene.to_dict()))["objects"][0] == {**scene.objects[0].to_dict(), "x": 20, "y": 30}
+    assert type(scene.objects[0].x) is int and SceneObject("circle", "red", "small", 20.0, 30).x == 20
+    for x in (20.9, True, float("inf"), float("nan"), np.float32(20.5)):
+        with pytest.raises(UserError, match="whole number of pixels"):
+            SceneObject("circle", "red", "small", x, 30)
+    for scene_dict in ({"canvas": 1e999, "objects": []},
+                       {"canvas": 64, "objects": [{"shape": "circle", "color": "red", "size": "small", "x": 20.9,
+                                                   "y": 30}]}):
+        with pytest.raises(UserError, match="^malformed scene.*is not a whole number"):
+            Scene.from_dict(scene_dict)

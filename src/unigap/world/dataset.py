@@ -34,7 +34,7 @@ from unigap.errors import UserError
 from unigap.world.prompts import CATEGORIES, PromptSpec, all_specs, near_misses, sample_scene_for, satisfies
 from unigap.world.questions import Question, sample_question
 from unigap.world.render import render_pil
-from unigap.world.scene import DEFAULT_CANVAS, Scene, sample_scene
+from unigap.world.scene import DEFAULT_CANVAS, Scene, sample_scene, whole_number
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 HELD_OUT_FRACTION = 0.1  # of each category's prompts, for val and for test each
@@ -244,19 +244,23 @@ def load_dataset(directory: str | Path) -> list[Record]:
     if not path.is_file():
         raise UserError(f"no {SAMPLES_FILE} in {root}")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            try:
-                row = json.loads(line)
-                records.append(
-                    Record(
-                        index=int(row["index"]),
-                        split=str(row["split"]),
-                        spec=PromptSpec.from_dict(row["spec"]),
-                        scene=Scene.from_dict(row["scene"]),
-                        image_path=root / row["image"],
-                    )
+    try:
+        with path.open(encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text: {exc}") from None
+    for line_no, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            records.append(
+                Record(
+                    index=whole_number(row["index"]),
+                    split=str(row["split"]),
+                    spec=PromptSpec.from_dict(row["spec"]),
+                    scene=Scene.from_dict(row["scene"]),
+                    image_path=root / row["image"],
                 )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise UserError(f"{path}:{line_no}: malformed record: {exc}") from None
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{path}:{line_no}: malformed record: {exc}") from None
     return records

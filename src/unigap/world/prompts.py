@@ -56,6 +56,7 @@ from unigap.world.scene import (
     place_objects,
     reads_clearly,
     relation_holds,
+    whole_number,
 )
 
 CATEGORIES: tuple[str, ...] = (
@@ -148,7 +149,7 @@ class PromptSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptSpec:
         try:
-            items = tuple(Item(str(i["shape"]), i.get("color"), int(i.get("count", 1))) for i in d["items"])
+            items = tuple(Item(str(i["shape"]), i.get("color"), whole_number(i.get("count", 1))) for i in d["items"])
             return cls(str(d["category"]), items, d.get("relation"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"malformed prompt spec {d!r}: {exc}") from None

@@ -86,6 +86,15 @@ class Geometry:
         return float(self.radius_small + self.radius_large + 1)
 
 
+def whole_number(value: Any) -> int:
+    """An integer field as a plain int (from a numpy integer too, or a JSON number like 20.0): a fraction, a bool,
+    inf or nan is a `ValueError`, not cut to an int."""
+    if isinstance(value, bool) or (isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+                                   and not float(value).is_integer()):
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class SceneObject:
     """One ground-truth object: what it is and where its bounding-box centre lies (integer pixels)."""
@@ -103,6 +112,11 @@ class SceneObject:
             raise UserError(f"unknown color {self.color!r}; expected one of {', '.join(COLORS)}")
         if self.size not in SIZES:
             raise UserError(f"unknown size {self.size!r}; expected one of {', '.join(SIZES)}")
+        for name in ("x", "y"):  # plain ints: a numpy one does not write as JSON, a fraction is not a pixel
+            try:
+                object.__setattr__(self, name, whole_number(getattr(self, name)))
+            except (TypeError, ValueError) as exc:
+                raise UserError(f"{name} of a scene object must be a whole number of pixels: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"shape": self.shape, "color": self.color, "size": self.size, "x": self.x, "y": self.y}
@@ -110,7 +124,7 @@ class SceneObject:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SceneObject:
         try:
-            return cls(str(d["shape"]), str(d["color"]), str(d["size"]), int(d["x"]), int(d["y"]))
+            return cls(str(d["shape"]), str(d["color"]), str(d["size"]), whole_number(d["x"]), whole_number(d["y"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"malformed scene object {d!r}: {exc}") from None
 
@@ -145,7 +159,7 @@ class Scene:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Scene:
         try:
-            canvas, objects = int(d["canvas"]), d["objects"]
+            canvas, objects = whole_number(d["canvas"]), d["objects"]
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"malformed scene {d!r}: {exc}") from None
         if not isinstance(objects, list | tuple):
