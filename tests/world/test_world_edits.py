@@ -69,6 +69,26 @@ def test_text_outside_the_grammar_is_one_clear_error(text: str) -> None:
     assert "\n" not in str(caught.value) and "no further edit needed" in str(caught.value)
 
 
+def test_the_stop_answer_is_named_as_such_not_listed_as_expected() -> None:
+    with pytest.raises(UserError, match="^'No further edit needed.' is the stop answer, not an edit instruction"):
+        parse_instruction("No further edit needed.")
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Edit("recolour", Ref("circle"), color="red", relation="above", anchor=Ref("square")),
+     "invalid recolour edit: takes no relation; takes no anchor"),
+    (lambda: Edit("remove", Ref("circle"), color="red"), "invalid remove edit: takes no color"),
+    (lambda: Edit("move", Ref("circle"), shape="square", relation="above", anchor=Ref("square")),
+     "invalid move edit: takes no shape"),
+    (lambda: Edit("remove", Ref("blob")), "invalid object reference: unknown shape 'blob'"),
+    (lambda: Ref("circle", "pink"), "invalid object reference: unknown color 'pink'"),
+])
+def test_an_edit_whose_text_would_drop_or_misname_a_field_is_refused(make, message: str) -> None:
+    """(Its text said less than it: the recolour above read "make the circle red", "remove the blob" parses not.)"""
+    with pytest.raises(UserError, match=f"^{message}$"):
+        make()
+
+
 def test_reflections_are_a_stop_an_edit_or_a_format_failure() -> None:
     assert parse_reflection("No further edit needed.").stop
     for worded in ("No further edit is needed.", "no further edits needed", "No further edit needed, it matches."):
@@ -201,6 +221,8 @@ def test_edit_picture_returns_a_new_array_and_reads_pil_images() -> None:
     picture = render(sample_scene_for(parse_prompt("a red circle"), rng))
     kept = edit_picture(picture, "remove the green triangle", rng)  # refers to nothing: the picture is kept
     assert kept is not picture and np.array_equal(kept, picture)
+    stopped = edit_picture(picture, NO_EDIT, rng)  # the reflection's stop answer (was refused as no edit)
+    assert stopped is not picture and np.array_equal(stopped, picture)
     recoloured = edit_picture(Image.fromarray(picture).convert("RGBA"), "make the red circle blue", rng)
     assert verify(recoloured, "a blue circle").satisfied and not verify(recoloured, "a red circle").satisfied
 

@@ -101,6 +101,12 @@ class Ref:
     shape: str | None = None
     color: str | None = None
 
+    def __post_init__(self) -> None:
+        odd = [f"{name} {value!r}" for name, value, allowed in (("shape", self.shape, SHAPES), ("color", self.color,
+               COLORS)) if value is not None and value not in allowed]
+        if odd:  # (its text would name what no instruction can: "remove the blob" does not parse)
+            raise UserError(f"invalid object reference: unknown {', '.join(odd)}")
+
     def matches(self, obj: Placed) -> bool:
         return (self.shape is None or obj.shape == self.shape) and (self.color is None or obj.color == self.color)
 
@@ -130,11 +136,13 @@ class Edit:
         if needs is None:
             raise UserError(f"unknown edit kind {self.kind!r}; expected one of {', '.join(EDIT_KINDS)}")
         missing = [name for name in needs if getattr(self, name) is None]
+        unused = [name for name in ("target", "color", "shape", "relation", "anchor")  # (its text would drop them)
+                  if getattr(self, name) is not None and name not in needs + _OPTIONAL_FIELDS.get(self.kind, ())]
         odd = [f"{name} {value!r}" for name, value, allowed in (("color", self.color, COLORS), ("shape", self.shape,
                SHAPES), ("relation", self.relation, RELATIONS)) if value is not None and value not in allowed]
-        if missing or odd or (self.relation is None) != (self.anchor is None):
-            problem = "; ".join([*(f"needs its {name}" for name in missing), *(f"unknown {o}" for o in odd)]) or (
-                "a relation and its anchor go together")
+        if missing or unused or odd or (self.relation is None) != (self.anchor is None):
+            problem = "; ".join([*(f"needs its {name}" for name in missing), *(f"takes no {name}" for name in unused),
+                                 *(f"unknown {o}" for o in odd)]) or "a relation and its anchor go together"
             raise UserError(f"invalid {self.kind} edit: {problem}")
 
     @property
@@ -152,6 +160,7 @@ class Edit:
 
 _EDIT_FIELDS = {"recolour": ("target", "color"), "add": ("shape",), "remove": ("target",),
                 "move": ("target", "relation", "anchor")}
+_OPTIONAL_FIELDS = {"add": ("color", "relation", "anchor")}
 _COLOR = "|".join(COLORS)
 _SHAPE = "|".join(SHAPES)
 _RELATION = "|".join(re.escape(p) for p in RELATION_PHRASES.values())
@@ -181,8 +190,11 @@ def _parse_ref(text: str) -> Ref:
 
 
 def parse_instruction(text: str) -> Edit:
-    """The edit an instruction names; `UserError` for text outside the grammar (including `NO_EDIT`)."""
+    """The edit an instruction names; `UserError` for text outside the grammar, and for a stop answer (`NO_EDIT`:
+    `parse_reflection` reads both)."""
     normal = _normalize(text)
+    if STOP_PHRASE in normal:
+        raise UserError(f"{text!r} is the stop answer, not an edit instruction (parse_reflection reads both)")
     for kind, pattern in _PATTERNS.items():
         match = pattern.fullmatch(normal)
         if match is None:

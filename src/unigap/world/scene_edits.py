@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from unigap.errors import UserError
-from unigap.world.edits import EDIT_KINDS, Edit, apply_to_objects, candidate_edits, diff, distance, parse_instruction
+from unigap.world.edits import (EDIT_KINDS, Edit, apply_to_objects, candidate_edits, diff, distance, parse_instruction,
+                                parse_reflection)
 from unigap.world.prompts import PromptSpec
 from unigap.world.render import render
 from unigap.world.scene import (
@@ -76,10 +77,10 @@ def apply_edit(scene: Scene, edit: Edit, rng: np.random.Generator) -> Scene:
 
 def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.random.Generator) -> np.ndarray:
     """The exact edit of a clean picture: its objects as the verifier reads them, the instruction applied
-    (`apply_edit`), the result rendered. The picture is kept when the instruction does not apply; `UserError`
-    for text outside the grammar or a picture holding an object of no shape or more than `MAX_OBJECTS` (it cannot be
-    redrawn). An editor to
-    compare a model's edits with. The result is always a new array."""
+    (`apply_edit`), the result rendered. The picture is kept when the instruction does not apply, or is the stop
+    answer (`parse_reflection`); `UserError` for text outside the grammar or a picture holding an object of no shape
+    or more than `MAX_OBJECTS` (it cannot be redrawn). An editor to compare a model's edits with. The result is
+    always a new array."""
     rng = as_generator(rng)
     canvas = image.size[0] if isinstance(image, Image.Image) else np.asarray(image).shape[0]
     array = as_rgb_array(image, canvas)
@@ -91,6 +92,8 @@ def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.rand
         raise UserError(f"edit_picture redraws clean pictures; this one holds {len(detected)} objects, more than a "
                         f"scene's {MAX_OBJECTS}")
     scene = Scene(canvas, tuple(SceneObject(o.shape, o.color, o.size, int(o.x), int(o.y)) for o in detected))
+    if parse_reflection(instruction).stop:
+        return array.copy()  # the stop answer: nothing to change
     edit = parse_instruction(instruction)
     try:
         return render(apply_edit(scene, edit, rng))
