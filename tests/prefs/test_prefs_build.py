@@ -114,6 +114,8 @@ def test_bad_options(tiny_dir: Path, tmp_path: Path, capsys) -> None:
         BuildOptions("und", 1, 0, "m", temperature=0.0)
     with pytest.raises(UserError, match="unknown kind"):
         BuildOptions("gen", 1, 0, "m")
+    with pytest.raises(UserError, match="--margin compares two samples' scores; a gen-real pair"):  # (was ignored)
+        BuildOptions("gen-real", 1, 0, "m", margin=0.9)
 
 
 def test_word_and_sentence_forms_ask_the_same_questions() -> None:
@@ -139,7 +141,14 @@ def test_fewer_pairs_than_asked_is_said(tiny_dir: Path, tmp_path: Path, capsys) 
     code, out, err = build(capsys, tiny_dir, tmp_path / "und.jsonl", "und", "--fallback-gt", "--max-candidates", "1")
     kept = len((tmp_path / "und.jsonl").read_text().splitlines())
     assert code in (0, None) and kept < 3 and f"wrote {kept} pairs" in out
-    assert f"unigap: warning: {kept} of the 3 pairs asked for" in err
+    assert f"unigap: warning: {kept} of the 3 pairs asked for: the candidates tried gave no more (raise " \
+           "--max-candidates, default 12; or lower --margin)" in err
+    from unigap.prefs.build import shortfall  # (the flags that would give more, as they apply)
+
+    assert shortfall(BuildOptions("gen-real", 3, 0, "m")) == "the candidates tried gave no more (raise " \
+                                                             "--max-candidates, default 12)"
+    assert shortfall(BuildOptions("und", 3, 0, "m", questions="q.jsonl")) == \
+        "every candidate in --questions was tried (lower --margin)"
 
 
 def test_gen_model_pairs_from_a_prompt_file_by_a_local_judge(tiny_dir: Path, tmp_path: Path) -> None:
@@ -248,3 +257,23 @@ def test_the_ground_truth_fallback_takes_the_best_reference_with_its_own_score(r
     assert (out if out is None else (out[0]["chosen"], out[0]["chosen_score"])) == expected
     if out is not None:
         assert out[0]["fallback"] and out[0]["chosen_score"] == vqa_score(out[0]["chosen"], references)
+
+
+def test_a_gap_equal_to_the_margin_is_kept_whatever_its_rounding() -> None:
+    """Scores are fractions: 1.0 − 0.9 computes as 0.0999…98, and a pair whose answers differ by exactly the margin
+    was dropped (so were token-F1 gaps equal to the default 0.5 that computed as 0.4999…)."""
+    from types import SimpleNamespace
+
+    from unigap.data.understanding import UserQuestion
+    from unigap.evaluate.vqa import vqa_score
+    from unigap.prefs.build import _answer_pairs, clears
+
+    assert 1.0 - 0.9 < 0.1 and clears(1.0 - 0.9, 0.1) and not clears(0.49, 0.5)
+    references = ("a",) * 3 + ("b",) * 7
+    assert (vqa_score("b", references), vqa_score("a", references)) == (1.0, 0.9)
+    samples = iter([["b"], ["a"]])
+    um = SimpleNamespace(answer=lambda *args: next(samples), prompts=SimpleNamespace(answer_ids=lambda text: [1, 2]))
+    options = BuildOptions("und", 1, 0, "m", margin=0.1, questions="q.jsonl")
+    (out,) = _answer_pairs(um, [np.zeros((8, 8, 3), np.uint8)], [UserQuestion("other", "which?", references)],
+                           [{}], options, 0, lambda text, q: vqa_score(text, q.answers))
+    assert out is not None and (out[0]["chosen"], out[0]["rejected"]) == ("b", "a")

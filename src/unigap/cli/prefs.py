@@ -25,7 +25,8 @@ def build(
     out: Path = typer.Option(..., "--out", help="Output file, .jsonl or .parquet."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (und answers; gen-real)."),
     margin: float = typer.Option(MARGIN, "--margin", help="Minimum score margin (und, gen-model by the verifier)."),
-    fallback_gt: bool = typer.Option(False, "--fallback-gt", help="und: ground truth as chosen when samples tie."),
+    fallback_gt: bool = typer.Option(False, "--fallback-gt", help="und: ground truth as chosen when the two "
+                                     "samples' scores differ by less than --margin."),
     cfg_scale: float = typer.Option(5.0, "--cfg-scale", help="CFG scale for image sampling (1 = none)."),
     max_candidates: int | None = typer.Option(None, "--max-candidates", help="Candidates to try (default 4n)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Candidates per model call."),
@@ -46,7 +47,8 @@ def build(
     from unigap.errors import UserError
     from unigap.model import load_model
     from unigap.evaluate.judges import VERIFIER, get_judge
-    from unigap.prefs.build import BuildOptions, build_preferences, candidate_prompts, candidate_questions, summary
+    from unigap.prefs.build import (BuildOptions, build_preferences, candidate_prompts, candidate_questions, shortfall,
+                                    summary)
     from unigap.prefs.rows import write_rows
 
     if fallback_gt and kind != "und":  # (the study passes it for every kind; a user means und pairs by it)
@@ -68,8 +70,7 @@ def build(
         path = write_rows(out, rows)
         typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")
         if len(rows) < n:
-            typer.echo(f"unigap: warning: {len(rows)} of the {n} pairs asked for: the candidates tried gave no more "
-                       f"(raise --max-candidates, default {4 * n}; or lower --margin)", err=True)
+            typer.echo(f"unigap: warning: {len(rows)} of the {n} pairs asked for: {shortfall(options)}", err=True)
 
 
 @app.command()

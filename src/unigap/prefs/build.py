@@ -109,6 +109,9 @@ class BuildOptions:
                             + ("need a rendered scene of each prompt" if self.kind == "gen-real"
                                else "take your questions with --questions"))
         check_judge_name(self.judge, independent=True)
+        if self.margin != MARGIN and self.kind == "gen-real":
+            raise UserError("--margin compares two samples' scores; a gen-real pair is kept when the rendered scene "
+                            "scores above the sample")
         if self.margin != MARGIN and self.judge != VERIFIER:
             raise UserError(f"--margin compares the verifier's graded scores; {self.judge} keeps a pair where it "
                             "accepts exactly one image of two")
@@ -118,6 +121,27 @@ class BuildOptions:
             raise UserError(
                 f"und pairs need two *different* samples: temperature must be > 0, got {self.temperature}"
             )
+
+
+def shortfall(options: BuildOptions) -> str:
+    """Why a build kept fewer pairs than asked, and the flags that would give it more candidates or keep more of them
+    (the margin only where it filters: not gen-real's pairs, not a local judge's)."""
+    if options.questions is not None or options.prompts is not None:
+        told, hints = f"every candidate in --{'questions' if options.questions else 'prompts'} was tried", []
+    else:
+        told, hints = "the candidates tried gave no more", [f"raise --max-candidates, default {4 * options.n}"]
+    if options.kind != "gen-real" and options.judge == VERIFIER:
+        hints.append("lower --margin")
+    return told + (f" ({'; or '.join(hints)})" if hints else "")
+
+
+MARGIN_SLACK = 1e-9  # scores are fractions: a gap equal to the margin exactly (4/7 − 1/14) computes as 0.49999…
+
+
+def clears(gap: float, margin: float) -> bool:
+    """Whether two scores differ by at least the margin (equal to it kept, as the SPEC keeps it), up to the rounding
+    of their difference."""
+    return gap >= margin - MARGIN_SLACK
 
 
 def _seed(options: BuildOptions, batch: int, draw: int) -> int:
@@ -174,12 +198,12 @@ def _answer_pairs(um: UnifiedModel, images: Sequence[np.ndarray], questions: Seq
     for extra, question, image, a, b in zip(extras, questions, images, *samples, strict=True):
         score_a, score_b = (score(text, question) for text in (a, b))
         chosen, chosen_score, rejected, rejected_score = _ranked(a, score_a, b, score_b)
-        if chosen_score - rejected_score < options.margin:  # no pair of samples: the ground truth, where allowed
-            # the best reference by the same score (a ShapeWorld answer scores 1; under the VQA soft score the first
-            # of a user's ten references may score 0.3 where the majority answer scores 1)
+        if not clears(chosen_score - rejected_score, options.margin):  # no pair of samples: the ground truth,
+            # where allowed: the best reference by the same score (a ShapeWorld answer scores 1; under the VQA soft
+            # score the first of a user's ten references may score 0.3 where the majority answer scores 1)
             truth, truth_score = max(((r, score(r, question)) for r in getattr(question, "answers", (question.answer,))),
                                      key=lambda pair: pair[1])
-            if not options.fallback_gt or truth_score - rejected_score < options.margin:
+            if not options.fallback_gt or not clears(truth_score - rejected_score, options.margin):
                 out.append(None)
                 continue
             chosen, chosen_score, fallback = truth, truth_score, True
@@ -242,7 +266,7 @@ def _gen_batch(
             keep = chosen_score > rejected_score
         else:  # the better image chosen, if the judge's verdicts differ or the graded scores by the margin
             keep = (_kept_by_judge(judge, score_a, score_b) if judge is not None
-                    else abs(score_a - score_b) >= options.margin)
+                    else clears(abs(score_a - score_b), options.margin))
             if keep:
                 chosen, chosen_score, rejected, rejected_score = _ranked(a, score_a, b, score_b)
         if not keep:
