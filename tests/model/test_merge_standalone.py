@@ -101,6 +101,12 @@ def test_merged_checkpoint_equals_base_plus_adapter(editing_base, adapter, image
     code, _, err = run_main(capsys, "ask", "--model", out, "--adapter", adapter, "--image", tmp_path / "white.png",
                             "--question", "How many objects are there?")
     assert code == 2 and "merged into its weights" in err
+    other = make_adapter(editing_base, tmp_path / "other", seed=1)  # merged over the merge: the first still known
+    assert run_main(capsys, "merge", "--model", out, "--adapter", other, "--out", tmp_path / "merged2")[0] == 0
+    for merged_in in (adapter, other):
+        code, _, err = run_main(capsys, "merge", "--model", tmp_path / "merged2", "--adapter", merged_in, "--out",
+                                tmp_path / "merged3")
+        assert code == 2 and f"already has the adapter {merged_in} merged into its weights" in err
 
 
 def test_merged_checkpoint_keeps_the_base_dtype_and_files(tiny_dir, tmp_path) -> None:

@@ -85,6 +85,44 @@ def test_soup_refuses_mismatched_adapters(adapters: tuple[Path, Path], tmp_path:
     assert not (tmp_path / "out").exists()
 
 
+def _copy(adapter: Path, to: Path, config: object = None, tensors: dict | None = None) -> Path:
+    """`adapter` in `to`, its config (a dict, or the file's raw text) and tensors replaced where given."""
+    from safetensors.torch import save_file
+
+    to.mkdir()
+    weights = load_file(str(adapter / "adapter_model.safetensors")) | (tensors or {})
+    save_file(weights, str(to / "adapter_model.safetensors"))
+    text = (adapter / "adapter_config.json").read_text()
+    (to / "adapter_config.json").write_text(config if isinstance(config, str) else json.dumps(
+        json.loads(text) if config is None else config))
+    return to
+
+
+def test_a_malformed_config_or_another_bases_adapter_is_one_line_and_writes_nothing(adapters: tuple[Path, Path],
+                                                                                    tmp_path: Path) -> None:
+    """A config that is no JSON object raised a traceback; one without lora_alpha (peft's default, 8) a KeyError
+    after the soup's folder was made; an adapter of a base of another size, torch's concatenation error."""
+    und, gen = adapters
+    config = json.loads((gen / "adapter_config.json").read_text())
+    refused = {'{"r": 4,': "cannot read .*adapter_config.json", "[]": "must hold a JSON object, got list",
+               json.dumps(config | {"lora_alpha": "x"}): "lora_alpha must be a number, got 'x'",
+               json.dumps(config | {"base_model_name_or_path": "/elsewhere"}):
+               rf"different shapes: base_model_name_or_path '{re.escape(config['base_model_name_or_path'])}' and "
+               "'/elsewhere'"}
+    for i, (text, message) in enumerate(refused.items()):
+        with pytest.raises(UserError, match=message):
+            soup(und, _copy(gen, tmp_path / f"bad{i}", text), 0.5, tmp_path / "out")
+    key = next(k for k in load_file(str(gen / "adapter_model.safetensors")) if k.endswith(".lora_A.weight"))
+    other = _copy(gen, tmp_path / "other-base", tensors={key: torch.zeros(config["r"], 3)})
+    with pytest.raises(UserError, match=rf"different shapes: {re.escape(key)} \({config['r']}, 3\) and"):
+        soup(other, und, 0.5, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    unsaid = _copy(gen, tmp_path / "no-alpha", {k: v for k, v in config.items() if k != "lora_alpha"})
+    alone = soup(und, unsaid, 0.0, tmp_path / "out")  # λ = 0: that adapter alone, at peft's scaling 8 / r
+    for name, delta in delta_weights(alone).items():
+        torch.testing.assert_close(delta, delta_weights(gen)[name] * 8 / config["lora_alpha"], rtol=1e-5, atol=1e-7)
+
+
 def test_merge_cli_writes_one_soup_per_lambda(adapters: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["merge", "--und", str(adapters[0]), "--gen", str(adapters[1]), "--out", str(tmp_path)])

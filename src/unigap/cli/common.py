@@ -190,20 +190,33 @@ def weights_dtype(dtype: str | None, bf16: bool) -> str | None:
 
 
 MERGED_ADAPTER_KEY = "adapter_sha256"  # in a `merge --model --adapter` checkpoint's manifest config
+MERGED_BEFORE_KEY = "merged_before"  # beside it: the adapters its --model had merged in already, by their hashes
 
 
-def _refuse_merged_twice(model: str, adapter: Path) -> None:
-    """A checkpoint written by `unigap merge --model --adapter A` has A in its weights: A again would apply it twice.
-    A is known by its own files (`adapter_fingerprint`: what else its folder holds, a run's checkpoint or outputs, may
-    change), or by its whole folder's hash, which merges recorded before."""
-    from unigap.atomic import file_fingerprint
+def merged_adapters(model: str) -> list[str]:
+    """The hashes of every adapter merged into a checkpoint `unigap merge --model --adapter` wrote (its manifest's;
+    its base's merges carried along), none for any other checkpoint."""
     from unigap.manifest import MANIFEST_FILE, read_record
-    from unigap.model.lora import adapter_fingerprint
 
     record = read_record(Path(model) / MANIFEST_FILE) or {}
     config = record.get("config") if record.get("command") == "merge" else None
-    merged = config.get(MERGED_ADAPTER_KEY) if isinstance(config, dict) else None
-    if merged is not None and merged in (adapter_fingerprint(adapter), file_fingerprint(adapter)):
+    if not isinstance(config, dict):
+        return []
+    before = config.get(MERGED_BEFORE_KEY)
+    return [*(before if isinstance(before, list) else []), *filter(None, [config.get(MERGED_ADAPTER_KEY)])]
+
+
+def _refuse_merged_twice(model: str, adapter: Path) -> None:
+    """A checkpoint written by `unigap merge --model --adapter A` has A in its weights (and whatever its --model had
+    merged in): A again would apply it twice. A is known by its own files (`adapter_fingerprint`: what else its
+    folder holds, a run's checkpoint or outputs, may change), or by its whole folder's hash, which merges recorded
+    before."""
+    from unigap.atomic import file_fingerprint
+    from unigap.manifest import MANIFEST_FILE
+    from unigap.model.lora import adapter_fingerprint
+
+    merged = merged_adapters(model)
+    if merged and {adapter_fingerprint(adapter), file_fingerprint(adapter)} & set(merged):
         raise UserError(f"{model} already has the adapter {adapter} merged into its weights (its {MANIFEST_FILE}); "
                         "load it without --adapter")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from unigap.cli.common import MERGED_ADAPTER_KEY
+from unigap.cli.common import MERGED_ADAPTER_KEY, MERGED_BEFORE_KEY, merged_adapters
 from unigap.errors import UserError
 from unigap.train.names import SOUP_LAMBDAS
 
@@ -58,7 +58,8 @@ def _fold(model: str, adapter: Path, out: Path) -> None:
     check_new_directory(out)  # before the slow load
     # the adapter's content is recorded, so that loading OUT with it again is refused (`common.load`)
     with manifest("merge", {"model": model, "adapter": str(adapter), "out": str(out),
-                            MERGED_ADAPTER_KEY: adapter_fingerprint(adapter)}) as record:
+                            MERGED_ADAPTER_KEY: adapter_fingerprint(adapter),
+                            MERGED_BEFORE_KEY: merged_adapters(model)}) as record:
         base = resolve_checkpoint(model)
         # in the dtype its weights are stored in: a CUDA default of bf16 would round an fp32 base for good
         um = load(model, adapter, dtype=stored_dtype(base))

@@ -36,6 +36,8 @@ def read_sidecar(directory: Path) -> dict:
             settings = json.loads(sidecar_file.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"{sidecar_file} is not valid JSON: {exc}") from exc
+        if not isinstance(settings, dict):
+            raise UserError(f"{sidecar_file} must hold a JSON object, got {type(settings).__name__}")
     template = settings.setdefault("template", JANUS_PRO_TEMPLATE)
     if template not in TEMPLATES:
         raise UserError(f"{sidecar_file}: unknown template {template!r}; expected one of {', '.join(TEMPLATES)}")

@@ -28,6 +28,7 @@ from unigap.model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_fil
 from unigap.train.names import SOUP_LAMBDAS
 
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+LORA_ALPHA = 8  # peft's LoraConfig default, for a config that leaves it out
 # settings that must agree for two adapters to be souped (rank and alpha may differ)
 _MUST_MATCH = ("peft_type", "target_modules", "modules_to_save", "base_model_name_or_path", "bias")
 
@@ -35,9 +36,17 @@ _MUST_MATCH = ("peft_type", "target_modules", "modules_to_save", "base_model_nam
 def _read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     directory = Path(directory)
     check_adapter_files(directory, weights=(ADAPTER_WEIGHTS,))  # (souping reads the safetensors format)
-    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    try:
+        config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {directory / ADAPTER_CONFIG}: {first_line(exc)}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{directory / ADAPTER_CONFIG} must hold a JSON object, got {type(config).__name__}")
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("peft_type") != "LORA":
         raise UserError(f"{directory}: only plain LoRA adapters (no rank/alpha patterns) can be souped")
+    alpha = config.get("lora_alpha", LORA_ALPHA)
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise UserError(f"{directory / ADAPTER_CONFIG}: lora_alpha must be a number, got {alpha!r}")
     try:
         tensors = load_file(str(directory / ADAPTER_WEIGHTS))
     except SafetensorError as exc:
@@ -50,9 +59,9 @@ def _read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]
 
 
 def lora_scaling(config: dict) -> float:
-    """peft's scaling: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA."""
+    """peft's scaling: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA (lora_alpha absent: peft's default)."""
     rank = config["r"]
-    return config["lora_alpha"] / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    return config.get("lora_alpha", LORA_ALPHA) / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
 def delta_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -78,12 +87,25 @@ def soup(und_dir: str | Path, gen_dir: str | Path, lam: float, out_dir: str | Pa
 def _matching_adapters(und_dir: str | Path, gen_dir: str | Path) -> tuple[Adapter, Adapter]:
     """Both adapters, read and checked to be of one shape (a `UserError` otherwise)."""
     (config_u, tensors_u), (config_g, tensors_g) = _read_adapter(und_dir), _read_adapter(gen_dir)
-    differ = [key for key in _MUST_MATCH if config_u.get(key) != config_g.get(key)]
-    if differ or set(tensors_u) != set(tensors_g):
-        raise UserError(
-            f"{und_dir} and {gen_dir} are adapters of different shapes ({', '.join(differ) or 'tensors'})"
-        )
+    differ = [f"{key} {config_u.get(key)!r} and {config_g.get(key)!r}" for key in _MUST_MATCH
+              if config_u.get(key) != config_g.get(key)]
+    if not differ and set(tensors_u) != set(tensors_g):
+        differ = ["their tensors' names"]
+    if not differ:  # (a base of another size under the same name: the soup's concatenation would fail)
+        differ = [f"{key} {tuple(tensors_u[key].shape)} and {tuple(tensors_g[key].shape)}" for key in tensors_u
+                  if _shape(key, tensors_u[key]) != _shape(key, tensors_g[key])][:1]
+    if differ:
+        raise UserError(f"{und_dir} and {gen_dir} are adapters of different shapes: {'; '.join(differ)}")
     return (config_u, tensors_u), (config_g, tensors_g)
+
+
+def _shape(key: str, tensor: torch.Tensor) -> tuple[int, ...]:
+    """What two adapters of one base share in a tensor: all of it but the rank (A's rows, B's columns)."""
+    if key.endswith(A_SUFFIX):
+        return tuple(tensor.shape[1:])
+    if key.endswith(B_SUFFIX):
+        return (tensor.shape[0], *tensor.shape[2:])
+    return tuple(tensor.shape)
 
 
 def _write_soup(adapters: tuple[Adapter, Adapter], lam: float, out_dir: str | Path) -> Path:
