@@ -176,3 +176,13 @@ def test_an_interrupted_merge_leaves_nothing(editing_base, adapter, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         save_merged(um, editing_base, tmp_path / "merged")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("text", "message"), [("{", "is not valid JSON"), ("[]", "must hold a JSON object, got list")])
+def test_a_sidecar_that_is_no_json_object_is_one_line(tmp_path: Path, text: str, message: str) -> None:
+    """(A list raised AttributeError from `setdefault`.)"""
+    from unigap.errors import UserError
+
+    (tmp_path / "unigap.json").write_text(text)
+    with pytest.raises(UserError, match=message):
+        read_sidecar(tmp_path)
