@@ -4,14 +4,15 @@ An arm declares its family (p1 multi-task DPO, p2 self-improvement, p3 reason-re
 multi-representation generation), its kind (trained,
 post-hoc, inference-time), the arms it needs first (soups need `und-only` and `gen-only`), whether the default
 study runs it, and its builder: `"module:function"`, called as `builder(runner, name, seed)`, which must write
-`<name>/seed<k>/eval.json` last (that file marks the job done). Adding an arm is one `register` call, here or in a
-user's script before the study runs. Kept free of torch so `unigap study --help` stays fast.
+`<name>/seed<k>/eval.json` last (that file marks the job done), with the builder's `options` (a DPO strategy, a
+self-improvement method and labels, a UniMRG objective: `unigap.study.builders`). Adding an arm is one `register`
+call, here or in a user's script before the study runs. Kept free of torch so `unigap study --help` stays fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from unigap.errors import UserError
@@ -38,6 +39,7 @@ class Arm:
     baseline: str | None = None  # an arm this one must beat, compared directly when both ran (report: comparisons)
     needs_pairs: bool = False  # trains by DPO on the study's preference pairs: the study builds them (and diagnoses
     # their gradients) when a selected arm needs them, and the report shows its DPO losses
+    options: Mapping[str, Any] = field(default_factory=dict)  # its builder's settings, checked before any job runs
 
     def build(self) -> Callable[..., None]:
         return load(self.builder)
@@ -62,22 +64,21 @@ def register(arm: Arm) -> Arm:
 _P1, _P2 = "unigap.study.builders:train_strategy", "unigap.study.builders:self_improve"
 for _strategy in STRATEGIES:
     register(Arm(_strategy, "p1", "trained", _P1, default=_strategy in SPEC_STRATEGIES,  # torchjd's: opt-in
-                 needs_pairs=True))
+                 needs_pairs=True, options={"strategy": _strategy}))
 for _lam in SOUP_LAMBDAS:
     register(Arm(f"soup-{_lam:g}", "p1", "post-hoc", "unigap.study.builders:soup", ("und-only", "gen-only")))
 register(Arm("oracle", "p1", "post-hoc", "unigap.study.builders:oracle", ("und-only", "gen-only")))
-# self-improvement: method and labels per arm (`self_improve` reads them from SELF_ARMS); off by default: each
-# samples ten images per training prompt, several times the cost of a DPO arm
-SELF_ARMS: dict[str, dict[str, Any]] = {
+# self-improvement: method and labels per arm; off by default: each samples ten images per training prompt, several
+# times the cost of a DPO arm
+for _name, _options in {
     "self-sft": {"method": "sft"},
     "self-dpo": {"method": "dpo"},
     "self-curriculum-sft": {"method": "curriculum-sft"},
     "self-curriculum-dpo": {"method": "curriculum-dpo"},
     "self-verifier": {"method": "curriculum-sft", "labels": "verifier"},
     "self-poor": {"method": "curriculum-sft", "labels": "poor", "guard": False},
-}
-for _name in SELF_ARMS:
-    register(Arm(_name, "p2", "trained", _P2, default=False))
+}.items():
+    register(Arm(_name, "p2", "trained", _P2, default=False, options=_options))
 # the supervised reference for self-improvement: SFT on rendered train scenes (ground-truth images, not the model's)
 register(Arm("sft", "p2", "trained", "unigap.study.builders:sft", default=False))
 # reason-reflect-refine at inference: the base model's final images after the loop replace its one-shot ones
@@ -87,10 +88,10 @@ register(Arm("refine-oracle", "p3", "inference-time", "unigap.study.builders:ref
 register(Arm("best-of-n", "p3", "inference-time", "unigap.study.builders:best_of_n", default=False))
 # the loop after R3's GRPO training, against the loop before it
 register(Arm("refine-grpo", "p3", "trained", "unigap.study.builders:refine_grpo", default=False, baseline="refine"))
-# UniMRG: understanding SFT with the auxiliary maps, and its baseline without them (the arm name is the objective)
+# UniMRG: understanding SFT with the auxiliary maps, and its baseline without them
 for _name in ("unimrg", "und-sft"):  # UniMRG's claim: the maps help beyond the same understanding SFT alone
     register(Arm(_name, "p4", "trained", "unigap.study.builders:unimrg", default=False,
-                 baseline="und-sft" if _name == "unimrg" else None))
+                 baseline="und-sft" if _name == "unimrg" else None, options={"objective": _name}))
 
 
 def arm_order() -> tuple[str, ...]:

@@ -148,12 +148,34 @@ def test_an_arm_of_any_family_that_trains_on_the_pairs_gets_them(small_config: S
     from unigap.study.run import StudyRunner
 
     monkeypatch.setattr(ARMS, "_entries", dict(ARMS))
-    register(Arm("my-dpo", "p4", "trained", "unigap.study.builders:train_strategy", default=False, needs_pairs=True))
-    register(Arm("my-sft", "p4", "trained", "unigap.study.builders:unimrg", default=False))
+    register(Arm("my-dpo", "p4", "trained", "unigap.study.builders:train_strategy", default=False, needs_pairs=True,
+                 options={"strategy": "joint"}))
+    register(Arm("my-sft", "p4", "trained", "unigap.study.builders:unimrg", default=False,
+                 options={"objective": "und-sft"}))
     names = lambda methods: [job.name for job in StudyRunner(small_config.scaled(methods=methods), tmp_path,  # noqa: E731
                                                              None).jobs()]
     assert {"und pairs", "gen pairs", "gradient diagnostics"} <= set(names(("my-dpo",)))
     assert "und pairs" not in names(("my-sft",))
+
+
+@pytest.mark.parametrize(("builder", "options", "message"), [
+    ("train_strategy", {}, "arm 'mine': its builder train_strategy needs options={'strategy': ...}"),
+    ("train_strategy", {"strategy": "mine"}, "unknown strategy 'mine'"),
+    ("self_improve", {"method": "sft", "label": "poor"}, "arm 'mine': .*unexpected keyword argument 'label'"),
+    ("unimrg", {"objective": "dpo"}, "objective"),
+])
+def test_an_arm_a_stock_builder_cannot_build_fails_before_any_job(small_config: StudyConfig, tmp_path,
+                                                                  monkeypatch: pytest.MonkeyPatch, builder: str,
+                                                                  options: dict, message: str) -> None:
+    """The builders chose their settings by the arm's name: an arm of another name failed when its job ran, after
+    the base evaluations, the pairs and every arm before it."""
+    from unigap.study.run import StudyRunner
+
+    monkeypatch.setattr(ARMS, "_entries", dict(ARMS))
+    register(Arm("mine", "p2", "trained", f"unigap.study.builders:{builder}", default=False, options=options))
+    with pytest.raises(UserError, match=message):
+        StudyRunner(small_config.scaled(methods=("mine",)), tmp_path, None).jobs()
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_builder_that_writes_no_eval_json_is_an_error_not_a_missing_arm(small_config: StudyConfig, tmp_path,

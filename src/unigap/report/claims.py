@@ -120,7 +120,7 @@ def sentence(entry: dict[str, Any]) -> str:
             f"p {p}; {entry['test']}).")
 
 
-POOR_ARM = "self-poor"  # self-improvement from deliberately poor labels, guard off (`unigap.arms.SELF_ARMS`)
+POOR_ARM = "self-poor"  # self-improvement from deliberately poor labels, guard off (its arm in `unigap.arms`)
 _CO_METRICS = ("nonunification.score", "generation.accuracy", "understanding.accuracy")  # the gap first
 
 

@@ -1,5 +1,9 @@
 """How each kind of study arm is built: `builder(runner, name, seed)` trains or assembles the arm's model, then
-evaluates it into `<name>/seed<k>/eval.json` (last: that file marks the job done). See `unigap.arms`."""
+evaluates it into `<name>/seed<k>/eval.json` (last: that file marks the job done). See `unigap.arms`.
+
+The training builders take their settings from the arm's `options`: `train_strategy` a DPO `strategy`,
+`self_improve` `SelfImproveConfig` fields (`method`, `labels`, `guard`), `unimrg` an `objective`; `check_options`
+builds each arm's settings before any job runs, so an arm registered without them fails at once, not hours in."""
 
 from __future__ import annotations
 
@@ -7,17 +11,37 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from unigap.arms import SELF_ARMS
+from unigap.arms import ARMS, Arm
+from unigap.errors import UserError
+from unigap.registry import load
+
+# each training builder's settings class, which the arm's options are keywords of
+SETTINGS = {"train_strategy": "unigap.train.config:TrainConfig", "self_improve": "unigap.selfimprove:SelfImproveConfig",
+            "unimrg": "unigap.unimrg:UniMRGConfig"}
+
+
+def check_options(arm: Arm) -> None:
+    """`UserError` unless the arm's builder, if one of these, takes its options (and needs them)."""
+    module, _, function = arm.builder.partition(":")
+    if module != __name__ or function not in SETTINGS:
+        return
+    needed = {"train_strategy": "strategy", "unimrg": "objective", "self_improve": "method"}[function]
+    if needed not in arm.options:
+        raise UserError(f"arm {arm.name!r}: its builder {function} needs options={{{needed!r}: ...}}")
+    try:
+        load(SETTINGS[function])(**arm.options)
+    except TypeError as exc:  # (an option the settings have no field for)
+        raise UserError(f"arm {arm.name!r}: {exc}") from None
 
 
 def train_strategy(runner: Any, name: str, seed: int) -> None:
-    """Multi-task DPO with strategy `name` (continuing a killed run), evaluated; its resume checkpoint dropped."""
+    """Multi-task DPO with the arm's strategy (continuing a killed run), evaluated; its resume checkpoint dropped."""
     from unigap.train.config import TrainConfig
     from unigap.train.trainer import DPOTrainer
 
     c = runner.config
-    settings = TrainConfig(strategy=name, steps=c.steps, lr=c.lr, beta=c.beta, nll_weight=c.nll_weight, seed=seed,
-                           checkpoint_every=min(50, c.steps))
+    settings = TrainConfig(**ARMS[name].options, steps=c.steps, lr=c.lr, beta=c.beta, nll_weight=c.nll_weight,
+                           seed=seed, checkpoint_every=min(50, c.steps))
     um = runner.model()
     trainer = DPOTrainer(um, settings, runner.pairs("und"), runner.pairs("gen"), runner.run_dir(name, seed))
     with runner.bar(f"{name} DPO", c.steps) as update:
@@ -54,7 +78,7 @@ def self_improve(runner: Any, name: str, seed: int) -> None:
     from unigap.selfimprove.run import RESULT_FILE
 
     c = runner.config
-    config = SelfImproveConfig(**SELF_ARMS[name], n_prompts=c.self_prompts, epochs=c.self_epochs, eval_n=0,
+    config = SelfImproveConfig(**ARMS[name].options, n_prompts=c.self_prompts, epochs=c.self_epochs, eval_n=0,
                                epoch_eval_n=0, seed=seed, data_seed=c.data_seed)
     um, out, notes = runner.model(), runner.run_dir(name, seed) / "selfimprove", None
     try:
@@ -138,13 +162,13 @@ def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalI
 
 
 def unimrg(runner: Any, name: str, seed: int) -> None:
-    """`unigap train --objective <name>` (unimrg or und-sft) with its own defaults at the study's step budget
+    """`unigap train --objective <the arm's>` (unimrg or und-sft) with its own defaults at the study's step budget
     (continuing a killed run), evaluated; its resume checkpoint dropped."""
     from unigap.unimrg import UniMRGConfig, build_data
     from unigap.unimrg.trainer import train_unimrg
 
     c = runner.config
-    config = UniMRGConfig(objective=name, steps=c.unimrg_steps, n_scenes=c.unimrg_scenes, seed=seed,
+    config = UniMRGConfig(**ARMS[name].options, steps=c.unimrg_steps, n_scenes=c.unimrg_scenes, seed=seed,
                           data_seed=c.data_seed, checkpoint_every=min(50, c.unimrg_steps))
     um = runner.model()
     maps = list(config.auxiliary)  # the same data for every seed: built once per study process

@@ -75,7 +75,11 @@ class StudyRunner:
     def jobs(self) -> list[Job]:
         """In the order of the study: base evaluation, data and diagnostics (when an arm that trains on the preference
         pairs runs), then per seed every arm in registry order."""
+        from unigap.study.builders import check_options
+
         c = self.config
+        for name in c.methods:  # (an arm its builder cannot build fails now, not after the jobs before it)
+            check_options(ARMS[name])
         jobs = [Job(f"base, seed {k}", self.eval_file(BASE, k), partial(self.evaluate_base, k)) for k in range(c.seeds)]
         if any(ARMS[name].needs_pairs for name in c.methods):  # preference pairs and their gradients
             jobs += [Job(f"{task} pairs", self.prefs_file(task), partial(self.build_pairs, task)) for task in ("und", "gen")]
