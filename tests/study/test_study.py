@@ -54,6 +54,26 @@ def test_study_writes_every_run_and_the_report(finished: Path) -> None:
     assert len(_jobs(finished)) == 2 + 2 + 1 + 2 * (3 + 4) + 1
 
 
+def test_an_answer_form_killed_before_its_result_is_saved_keeps_its_checkpoint(finished: Path, small_config, tmp_path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint was removed before the form's result was written: a kill between them lost the whole run."""
+    from rich.progress import Progress
+
+    import unigap.study.answer_length as probe
+
+    out = tmp_path / "study"
+    shutil.copytree(finished, out)
+    (out / "answer-length" / "word.json").unlink()
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(probe, "_against_base", killed)
+    with pytest.raises(KeyboardInterrupt), Progress(disable=True) as progress:
+        probe.answer_length(StudyRunner(small_config, out, progress))
+    assert (out / "answer-length" / "word" / "checkpoint").is_dir()
+
+
 def test_the_answer_length_probe_and_the_claims_reach_the_report(finished: Path) -> None:
     probe = json.loads((finished / "answer-length" / "answer_length.json").read_text())
     for form in ("word", "sentence"):
@@ -257,10 +277,13 @@ def test_the_answer_forms_are_paired_batch_by_batch_only_where_they_drew_the_sam
 
     rng = np.random.default_rng(0)
     word, sentence = rng.lognormal(-3.0, 0.5, 40), rng.lognormal(-2.8, 0.5, 40)
-    paired = compare_forms({"pairs": 256, "ratios": list(word)}, {"pairs": 256, "ratios": list(sentence)})
+    paired = compare_forms({"pairs": 256, "ratios": list(word)}, {"pairs": 256, "ratios": list(sentence)}, 40)
     assert paired["test"] == "paired" and paired["batches"] == 40
     assert paired["p"] == pytest.approx(sps.ttest_rel(np.log(sentence), np.log(word)).pvalue)
-    apart = compare_forms({"pairs": 256, "ratios": list(word)}, {"pairs": 250, "ratios": list(sentence)})
+    apart = compare_forms({"pairs": 256, "ratios": list(word)}, {"pairs": 250, "ratios": list(sentence)}, 40)
     assert apart["test"] == "welch"
+    # one batch dropped in each form (a ρ not finite), at other places: the lists line up no more
+    dropped = compare_forms({"pairs": 256, "ratios": list(word[1:])}, {"pairs": 256, "ratios": list(sentence[:-1])}, 40)
+    assert dropped["test"] == "welch" and dropped["batches"] == 39
     assert apart["p"] == pytest.approx(sps.ttest_ind(np.log(sentence), np.log(word), equal_var=False).pvalue)
     assert apart["geometric_mean"] == pytest.approx(math.exp(np.log(sentence).mean() - np.log(word).mean()))

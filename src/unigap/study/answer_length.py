@@ -77,7 +77,6 @@ def _form(runner: Any, form: str, out: Path) -> dict[str, Any]:
     after = runner.evaluation(um, 0)
     base = json.loads(runner.eval_file("base", 0).read_text())
     inter = report["inter"]
-    shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)  # the adapter and log stay
     return {
         "pairs": len(und),
         "answer_tokens": float(np.mean([(p.chosen_tokens + p.rejected_tokens) / 2 for p in und])),
@@ -91,23 +90,29 @@ def _form(runner: Any, form: str, out: Path) -> dict[str, Any]:
 
 def answer_length(runner: Any) -> None:
     """The study job: both forms (each resumable), then the comparison of ρ between them."""
+    from unigap.train.loop import CHECKPOINT_DIR
+
     path = runner.out / ANSWER_LENGTH_FILE
-    forms = {form: cached_json(path.parent / f"{form}.json", lambda form=form: _form(runner, form, path.parent))
-             for form in FORMS}
+    forms = {}
+    for form in FORMS:
+        forms[form] = cached_json(path.parent / f"{form}.json", lambda form=form: _form(runner, form, path.parent))
+        # (once its result is saved: a run killed before that resumes from it, not from step 0)
+        shutil.rmtree(path.parent / form / CHECKPOINT_DIR, ignore_errors=True)  # the adapter and log stay
     c = runner.config
-    result = {"forms": forms, "ratio_sentence_over_word": compare_forms(*(forms[f] for f in FORMS)),
+    result = {"forms": forms, "ratio_sentence_over_word": compare_forms(*(forms[f] for f in FORMS), c.diagnose_pairs),
               "settings": {"steps": c.steps, "lr": c.lr, "beta": c.beta, "nll_weight": c.nll_weight,
                            "batches": c.diagnose_pairs, "n": c.n, "seed": 0}}
     result["finding"] = finding(result)
     write_json(path, result)
 
 
-def compare_forms(word: dict[str, Any], sentence: dict[str, Any]) -> dict[str, Any]:
+def compare_forms(word: dict[str, Any], sentence: dict[str, Any], batches: int) -> dict[str, Any]:
     """ρ_sentence / ρ_word as the geometric mean of the batches' ratios, with its interval and p: paired batch by
     batch where both forms drew the same generation pairs, which needs und files of one length (the diagnosis draws
-    the generation order after the und order, from one generator), else by Welch's test on the log ratios."""
+    the generation order after the und order, from one generator), and each kept all its `batches` (a batch whose ρ
+    is not finite is dropped, at its own place in each form), else by Welch's test on the log ratios."""
     logs = [np.log(form["ratios"]) for form in (word, sentence)]
-    if word["pairs"] == sentence["pairs"] and len(logs[0]) == len(logs[1]):
+    if word["pairs"] == sentence["pairs"] and len(logs[0]) == len(logs[1]) == batches:
         change = paired_difference(*logs)  # log ρ_sentence − log ρ_word, batch by batch
         test, delta, ci95, batches = "paired", change["delta"], change["ci95"], change["n"]
     else:
