@@ -203,6 +203,10 @@ def test_other_weights_under_the_same_model_name_are_refused(
         ({"methods": ("und-only", "sideways")}, "unknown arm 'sideways'"),
         ({"n": 0}, "n must be positive"),
         ({"n": 1}, r"--n must be at least 2 \(the paired test"),
+        ({"self_prompts": 0}, "self-prompts must be positive"),  # (these four were not checked: Python API only)
+        ({"self_epochs": 0}, "self-epochs must be positive"),
+        ({"sweep_probes": -3}, "sweep-probes must be >= 0"),
+        ({"refine_rounds": -1}, "refine-rounds must be >= 0"),
     ],
 )
 def test_bad_settings_are_user_errors(changes: dict, message: str) -> None:

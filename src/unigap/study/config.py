@@ -50,7 +50,8 @@ class StudyConfig:
         if self.seeds < 2:
             raise UserError(f"--seeds must be at least 2 (the interval over seed means needs two), got {self.seeds}")
         check_ranges(self, positive=("n", "und_pairs", "gen_pairs", "steps", "batch_size", "grpo_steps", "unimrg_steps",
-                                     "unimrg_scenes"))
+                                     "unimrg_scenes", "self_prompts", "self_epochs"),
+                     non_negative=("data_seed", "sweep_probes", "refine_rounds"))  # (0 probes: no sweep)
         if self.n < 2:  # (the paired test against the base, on every arm, needs two items)
             raise UserError(f"--n must be at least 2 (the paired test against the base needs two items), got {self.n}")
         if self.diagnose_pairs < 4:
