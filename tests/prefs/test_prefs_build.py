@@ -145,10 +145,12 @@ def test_fewer_pairs_than_asked_is_said(tiny_dir: Path, tmp_path: Path, capsys) 
            "--max-candidates, default 12; or lower --margin)" in err
     from unigap.prefs.build import shortfall  # (the flags that would give more, as they apply)
 
-    assert shortfall(BuildOptions("gen-real", 3, 0, "m")) == "the candidates tried gave no more (raise " \
-                                                             "--max-candidates, default 12)"
-    assert shortfall(BuildOptions("und", 3, 0, "m", questions="q.jsonl")) == \
+    assert shortfall(BuildOptions("gen-real", 3, 0, "m"), 12) == "the candidates tried gave no more (raise " \
+                                                                 "--max-candidates, default 12)"
+    assert shortfall(BuildOptions("und", 3, 0, "m", questions="q.jsonl"), 5) == \
         "every candidate in --questions was tried (lower --margin)"
+    assert shortfall(BuildOptions("und", 3, 0, "m", questions="q.jsonl"), 12).startswith(  # (the file may hold more)
+        "the candidates tried gave no more (raise --max-candidates")
 
 
 def test_gen_model_pairs_from_a_prompt_file_by_a_local_judge(tiny_dir: Path, tmp_path: Path) -> None:

@@ -70,7 +70,8 @@ def build(
         path = write_rows(out, rows)
         typer.echo(f"wrote {len(rows)} pairs to {path}: {summary(rows)}")
         if len(rows) < n:
-            typer.echo(f"unigap: warning: {len(rows)} of the {n} pairs asked for: {shortfall(options)}", err=True)
+            short = shortfall(options, len(items or specs or ()))  # (of a file: its rows read as candidates)
+            typer.echo(f"unigap: warning: {len(rows)} of the {n} pairs asked for: {short}", err=True)
 
 
 @app.command()

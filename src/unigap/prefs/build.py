@@ -123,10 +123,15 @@ class BuildOptions:
             )
 
 
-def shortfall(options: BuildOptions) -> str:
-    """Why a build kept fewer pairs than asked, and the flags that would give it more candidates or keep more of them
-    (the margin only where it filters: not gen-real's pairs, not a local judge's)."""
-    if options.questions is not None or options.prompts is not None:
+def candidate_limit(options: BuildOptions) -> int:
+    """How many candidates a build tries at most (of a --questions or --prompts file: its first so many rows)."""
+    return options.max_candidates or 4 * options.n
+
+
+def shortfall(options: BuildOptions, candidates: int) -> str:
+    """Why a build of `candidates` kept fewer pairs than asked, and the flags that would give it more candidates or
+    keep more of them (the margin only where it filters: not gen-real's pairs, not a local judge's)."""
+    if (options.questions is not None or options.prompts is not None) and candidates < candidate_limit(options):
         told, hints = f"every candidate in --{'questions' if options.questions else 'prompts'} was tried", []
     else:
         told, hints = "the candidates tried gave no more", [f"raise --max-candidates, default {4 * options.n}"]
@@ -288,13 +293,13 @@ def _gen_batch(
 
 def candidate_questions(options: BuildOptions) -> list[UserItem]:
     """The rows of `options.questions` that may become candidates (a bad row fails here, naming its line)."""
-    return read_understanding_data(options.questions, options.max_candidates or 4 * options.n)
+    return read_understanding_data(options.questions, candidate_limit(options))
 
 
 def candidate_prompts(options: BuildOptions) -> list[PromptSpec | FreePrompt]:
     """The lines of `options.prompts` that may become candidates: free text only where a judge reads it; a bad line
     or a held-out ShapeWorld prompt (of the partition `seed` fixes) fails here."""
-    return training_prompt_specs(options.prompts, options.max_candidates or 4 * options.n, options.seed, options.seed,
+    return training_prompt_specs(options.prompts, candidate_limit(options), options.seed, options.seed,
                                  options.judge != VERIFIER, FREE_TEXT_HINT, "preference pairs are built from")
 
 
@@ -312,7 +317,7 @@ def build_preferences(
             "build preference pairs with the base model (reference log-probs come from it), not an adapter"
         )
     canvas = vq_image_size(um.model.model.vqmodel)
-    limit = options.max_candidates or 4 * options.n
+    limit = candidate_limit(options)
     records: Sequence[Any]
     if options.questions is not None:
         records = candidate_questions(options) if questions is None else questions
