@@ -9,7 +9,7 @@ package can use it.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # What Pillow raises for a file that is no readable image: OSError (UnidentifiedImageError is one), ValueError or
 # SyntaxError for a damaged header or chunk ("Truncated IHDR chunk", "broken PNG file"), and DecompressionBombError
@@ -18,10 +18,13 @@ UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombErr
 
 
 def opaque_rgb(image: Image.Image) -> Image.Image:
-    """A PIL image of any mode as RGB, transparency (straight or premultiplied alpha, or a palette's transparent
-    colour) composited onto white, and 16-bit greyscale scaled to 8 bits (Pillow's conversion clips it at 255: a
-    16-bit PNG turned almost white)."""
-    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
+    """A PIL image of any mode as RGB, upright (its EXIF orientation applied, as `datasets` and transformers'
+    `load_image` do: a camera's photo is stored sideways), transparency (straight or premultiplied alpha, or a
+    palette's transparent colour) composited onto white, and 16-bit greyscale scaled to 8 bits (Pillow's conversion
+    clips it at 255: a 16-bit PNG turned almost white)."""
+    sixteen_bit = _sixteen_bit(image)  # (read before the transposition, which loads the pixels)
+    image = ImageOps.exif_transpose(image)
+    if sixteen_bit:
         values = np.asarray(image).astype(np.int64)
         grey = Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8))
         transparent = image.info.get("transparency")
@@ -32,6 +35,19 @@ def opaque_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))
     return image.convert("RGB")
+
+
+def _sixteen_bit(image: Image.Image) -> bool:
+    """Whether a greyscale image holds 16-bit values: by the mode a file's decoder reads (a 16-bit PGM opens as mode
+    "I"), else, for an image in memory, by its values (a dark 16-bit frame stays dark, a bright one no whiter)."""
+    if image.mode.startswith("I;16"):
+        return True
+    if image.mode != "I":
+        return False
+    raw = [tile.args[0] if isinstance(tile.args, tuple) else tile.args for tile in getattr(image, "tile", ())]
+    if raw:
+        return all(isinstance(mode, str) and mode.startswith("I;16") for mode in raw)
+    return image.getextrema()[1] > 255
 
 
 def rgb_pixels(image: Image.Image) -> np.ndarray:

@@ -336,3 +336,66 @@ def test_the_eval_table_prints_a_users_kind_names_as_written() -> None:
     console.print(summary_table(report))
     text = console.export_text()
     assert "x[/b]" in text and "lora[r8]" in text
+
+
+def test_an_integer_too_long_for_python_is_a_malformed_row_not_a_traceback(tmp_path, image_file, capsys):
+    """json.loads raises a plain ValueError for an integer of over 4300 digits, past `except JSONDecodeError`."""
+    from unigap.evaluate.data import read_prompt_file
+
+    huge = "9" * 5000
+    path = tmp_path / "und.jsonl"
+    path.write_text(f'{{"image": "{image_file}", "question": "How many?", "answer": {huge}}}\n')
+    with pytest.raises(UserError, match=rf"^{path}:1: malformed row: invalid JSON \(Exceeds the limit"):
+        read_understanding_data(path)
+    cell = tmp_path / "und.csv"
+    cell.write_text(f'image,question,answers\n{image_file},How many?,"[{huge}]"\n')
+    with pytest.raises(UserError, match=rf"^{cell}:2: 'answers' must be a list"):
+        read_understanding_data(cell)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(f'{{"prompt": "a red circle", "n": {huge}}}\n')
+    with pytest.raises(UserError, match=rf"^{prompts}:1: not valid JSON \(Exceeds the limit"):
+        read_prompt_file(prompts)
+
+
+def test_csv_rows_are_located_where_they_start_and_suffixes_in_any_case_are_read(tmp_path, image_file):
+    path = tmp_path / "und.CSV"  # (refused as an unknown format)
+    path.write_text(f'image,question,answer\n{image_file},"What\ncolor?",red\n\n{image_file},How many?,one\n'
+                    f'{image_file},"a\nb\nc",x,extra\n')
+    with pytest.raises(UserError, match=rf"^{path}:6: expected 3 columns"):  # (was the record's last line, 8)
+        read_table(path)
+    path.write_text(path.read_text().rsplit(f"{image_file},\"a", 1)[0])
+    assert [where for where, _ in read_table(path)] == [f"{path}:2", f"{path}:5"]  # (was :3, the quoted cell's end)
+
+
+def test_answers_read_alike_from_every_format_and_a_given_answer_is_the_one_matched(tmp_path, image_file):
+    """pandas writes an int column with a gap as floats, "3.0" in its CSV: read as 3 there too (it scored 0 against
+    "3"). Where a row gives `answer` beside `answers`, exact match compared with the first of `answers` instead."""
+    from unigap.data.understanding import _answers
+
+    csv = tmp_path / "und.csv"
+    csv.write_text(f"image,question,answer,kind\n{image_file},How many?,3.0,\n{image_file},How many?,2.5,count\n")
+    jsonl = tmp_path / "und.jsonl"
+    jsonl.write_text(json.dumps({"image": image_file, "question": "How many?", "answer": 3.0, "kind": float("nan")})
+                     + "\n" + json.dumps({"image": image_file, "question": "How many?", "answer": "2.5",
+                                          "kind": "count"}) + "\n")
+    read = [[(item.question.answers, item.question.kind) for item in read_understanding_data(p)] for p in (csv, jsonl)]
+    assert read[0] == read[1] == [(("3",), "all"), (("2.5",), "count")]  # (a NaN kind was the group "nan")
+    assert _answers({"answer": "blue", "answers": ["navy", "blue", "blue"]}, "r") == ("blue", "navy", "blue")
+    with pytest.raises(UserError, match="^r: its 'answer' 'red' is not one of its 'answers'"):
+        _answers({"answer": "red", "answers": ["navy", "blue"]}, "r")
+
+
+def test_images_are_read_upright_and_16_bit_by_their_depth_not_their_values(tmp_path):
+    """A camera's JPEG is stored sideways with an EXIF orientation, which `datasets` and transformers apply; a 16-bit
+    PGM opens as mode I, and a dark one (no value over 255) was read as 8-bit, near white."""
+    from unigap.pixels import rgb_pixels
+
+    image = Image.new("RGB", (6, 4), RED)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    image.save(tmp_path / "photo.jpg", exif=exif)
+    assert rgb_pixels(Image.open(tmp_path / "photo.jpg")).shape == (6, 4, 3)
+    for values, expected in (([200] * 4, [0] * 4), ([200, 200, 200, 300], [0, 0, 0, 1]), ([40000] * 4, [156] * 4)):
+        (tmp_path / "grey.pgm").write_bytes(b"P5\n2 2\n65535\n" + np.array(values, ">u2").tobytes())
+        assert rgb_pixels(Image.open(tmp_path / "grey.pgm"))[..., 0].ravel().tolist() == expected
+    assert rgb_pixels(Image.fromarray(np.full((2, 2), 200, np.int32)))[0, 0, 0] == 200  # (in memory: by its values)

@@ -151,6 +151,7 @@ ONE_IMAGE = r"an und row needs its 'scene' \(ShapeWorld\) or its 'images' \(a li
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"scene": "{bad"}, "malformed scene: invalid JSON"),
+    ({"scene": '{"canvas": ' + "9" * 5000 + "}"}, "malformed scene: invalid JSON"),  # (ValueError: over 4300 digits)
     ({"scene": None, "images": []}, ONE_IMAGE),
     ({"scene": None, "images": ["a.png", "b.png"]}, ONE_IMAGE),
 ])

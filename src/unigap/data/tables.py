@@ -41,11 +41,11 @@ def read_table(path: str | Path, what: str = "row") -> list[Row]:
         rows = _dataset_rows(path)
     elif not path.is_file():
         raise UserError(f"data file not found: {path}")
-    elif path.suffix == ".jsonl":
+    elif path.suffix.lower() == ".jsonl":  # (data.CSV as data.csv, as prompt files are read)
         rows = _jsonl_rows(path, what)
-    elif path.suffix == ".csv":
+    elif path.suffix.lower() == ".csv":
         rows = _csv_rows(path)
-    elif path.suffix == ".parquet":
+    elif path.suffix.lower() == ".parquet":
         rows = _parquet_rows(path)
     else:
         raise UserError(f"{path}: unknown data format; expected {', '.join(TABLE_SUFFIXES)} or a save_to_disk folder")
@@ -74,8 +74,8 @@ def _jsonl_rows(path: Path, what: str) -> list[Row]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{line_no}: malformed {what}: invalid JSON ({exc.msg})") from None
+        except ValueError as exc:  # (a JSONDecodeError, or an integer of more digits than Python converts)
+            raise UserError(f"{path}:{line_no}: malformed {what}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{line_no}: malformed {what}: not a JSON object")
         out.append((f"{path}:{line_no}", row))
@@ -91,10 +91,13 @@ def _csv_rows(path: Path) -> list[Row]:
             if repeated:  # DictReader would keep the last such column's cells, silently
                 raise UserError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once")
             out = []
-            for row in reader:  # the header is line 1; `line_num` counts quoted newlines too
+            for row in reader:  # located at the line it starts on: `line_num` is its last (a quoted cell may span lines)
+                cells = [cell for cell in (*row.values(), *row.get(None, ())) if isinstance(cell, str)]
+                spanned = sum(cell.count("\n") for cell in cells)
+                where = f"{path}:{reader.line_num - spanned}"
                 if None in row or None in row.values():
-                    raise UserError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames or [])} columns")
-                out.append((f"{path}:{reader.line_num}", dict(row)))
+                    raise UserError(f"{where}: expected {len(reader.fieldnames or [])} columns")
+                out.append((where, dict(row)))
             return out
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
@@ -118,7 +121,8 @@ def _dataset_rows(path: Path) -> list[Row]:
     try:
         import datasets
     except ImportError:
-        raise UserError(f"{path}: reading a save_to_disk folder needs the datasets package (pip install datasets)") from None
+        raise UserError(f"{path}: reading a save_to_disk folder needs the datasets package (pip install "
+                        "datasets)") from None
     try:
         dataset = datasets.load_from_disk(str(path))
         if isinstance(dataset, datasets.DatasetDict):
@@ -128,7 +132,7 @@ def _dataset_rows(path: Path) -> list[Row]:
         return [(f"{path}:row {i}", row) for i, row in enumerate(dataset.data.to_pylist(), start=1)]
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a damaged folder fails inside datasets in many ways (KeyError, IndexError, ...)
+    except Exception as exc:  # noqa: BLE001 - a damaged folder fails inside datasets in many ways (KeyError, ...)
         raise UserError(f"{path}: cannot load the dataset: {type(exc).__name__}: {exc}") from None
 
 

@@ -1,8 +1,9 @@
 """Users' own understanding data: image + question + answer(s), from any table `unigap.data.tables` reads.
 
-Columns: `image` (a path relative to the file's folder, bytes, or an image), `question`, and either `answer` (one
-string) or `answers` (several reference answers, VQA-style; in CSV a JSON list), optionally `kind` (a question
-type, for the per-kind breakdown; "all" when absent). The items look like ShapeWorld's `UnderstandingItem`s to
+Columns: `image` (a path relative to the file's folder, bytes, or an image), `question`, and `answer` (one
+string) or `answers` (several reference answers, VQA-style; in CSV a JSON list) or both (`answer` one of `answers`,
+the one exact match compares with), optionally `kind` (a question type, for the per-kind breakdown; "all" when
+absent). The items look like ShapeWorld's `UnderstandingItem`s to
 `answer_items`, so one scorer serves both: normalised exact match against the first reference, plus the VQA soft
 score against all of them.
 """
@@ -10,6 +11,8 @@ score against all of them.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,11 +49,17 @@ class UserItem:
         return self.stored.to_pixels()
 
 
+WHOLE_FLOAT = re.compile(r"[+-]?\d+\.0*")  # how pandas writes a whole number of a float column in CSV
+
+
 def _answer_text(value: Any) -> str | None:
     """An answer as text: a string, a whole number (VQA's counts, often stored as integers, or as floats where pandas
-    wrote a column with a missing value), or VQAv2's `{"answer": ...}` record; None for anything else (NaN too)."""
+    wrote a column with a missing value, "3.0" in its CSV), or VQAv2's `{"answer": ...}` record; None for anything
+    else (NaN too)."""
     if isinstance(value, dict):
         value = value.get("answer")
+    if isinstance(value, str) and WHOLE_FLOAT.fullmatch(value.strip()):
+        value = float(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -59,26 +68,40 @@ def _answer_text(value: Any) -> str | None:
 
 
 def _answers(row: dict[str, Any], where: str) -> tuple[str, ...]:
+    """The row's reference answers, its `answer` first where it gives both (the one exact match compares with: the
+    soft score does not depend on their order)."""
     if row.get("answers") not in (None, ""):  # (a CSV row that fills only `answer` leaves `answers` empty)
-        value = row["answers"]
-        if isinstance(value, dict) and isinstance(value.get("answer"), list):  # datasets' Sequence of records
-            value = value["answer"]
-        if isinstance(value, str):  # CSV: a JSON list in one cell
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise UserError(f"{where}: 'answers' must be a list of strings (in CSV, a JSON list)") from None
-        answers = [_answer_text(a) for a in value] if isinstance(value, list | tuple) else []
-        if not answers or None in answers:
-            raise UserError(f"{where}: 'answers' must be a non-empty list of answers (non-empty strings, whole "
-                            "numbers, or VQAv2's {\"answer\": ...} records)")
-        return tuple(answers)
+        answers = _references(row, where)
+        if row.get("answer") in (None, ""):
+            return answers
+        answer = _answer_text(row["answer"])
+        if answer not in answers:
+            raise UserError(f"{where}: its 'answer' {row['answer']!r} is not one of its 'answers'; give one of them, "
+                            "or leave one column out")
+        return (answer, *answers[:answers.index(answer)], *answers[answers.index(answer) + 1:])
     if "answer" not in row:
         raise UserError(f"{where}: needs an 'answer' or an 'answers' column (it has {', '.join(map(repr, row))})")
     answer = _answer_text(row["answer"])
     if answer is None:
         raise UserError(f"{where}: 'answer' must be a non-empty string or a whole number")
     return (answer,)
+
+
+def _references(row: dict[str, Any], where: str) -> tuple[str, ...]:
+    """The `answers` column as answer texts."""
+    value = row["answers"]
+    if isinstance(value, dict) and isinstance(value.get("answer"), list):  # datasets' Sequence of records
+        value = value["answer"]
+    if isinstance(value, str):  # CSV: a JSON list in one cell
+        try:
+            value = json.loads(value)
+        except ValueError:  # (a JSONDecodeError, or an integer of more digits than Python converts)
+            raise UserError(f"{where}: 'answers' must be a list of strings (in CSV, a JSON list)") from None
+    answers = [_answer_text(a) for a in value] if isinstance(value, list | tuple) else []
+    if not answers or None in answers:
+        raise UserError(f"{where}: 'answers' must be a non-empty list of answers (non-empty strings, whole "
+                        "numbers, or VQAv2's {\"answer\": ...} records)")
+    return tuple(answers)
 
 
 def read_understanding_data(path: str | Path, n: int | None = None) -> list[UserItem]:
@@ -90,9 +113,10 @@ def read_understanding_data(path: str | Path, n: int | None = None) -> list[User
     base = base_folder(path)
     items = []
     for index, (where, row) in enumerate(read_table(path)[:n]):
-        question = UserQuestion(
-            str(row.get("kind") or DEFAULT_KIND), text_cell(row, "question", where), _answers(row, where)
-        )
+        kind = row.get("kind")
+        missing = not kind or isinstance(kind, float) and math.isnan(kind)  # (NaN: a gap in a pandas column)
+        question = UserQuestion(DEFAULT_KIND if missing else str(kind), text_cell(row, "question", where),
+                                _answers(row, where))
         items.append(UserItem(index, stored_image(row, base, where), question, where))
     return items
 

@@ -138,7 +138,7 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # (a JSONDecodeError, or an integer of more digits than Python converts)
         return False
     return True
 
@@ -154,8 +154,8 @@ def _prompt_row(line: str, jsonl: bool = False) -> dict:
         return {"prompt": line}
     try:
         row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON ({exc.msg})") from None
+    except ValueError as exc:  # (a JSONDecodeError, or an integer of more digits than Python converts)
+        raise UserError(f"not valid JSON ({getattr(exc, 'msg', exc)})") from None
     if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
         raise UserError('a JSON line needs a string "prompt" field')
     if not row["prompt"].strip():

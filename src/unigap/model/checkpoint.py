@@ -34,7 +34,7 @@ def read_sidecar(directory: Path) -> dict:
     if sidecar_file.is_file():
         try:
             settings = json.loads(sidecar_file.read_text())
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # (a JSONDecodeError, or an integer of more digits than Python converts)
             raise UserError(f"{sidecar_file} is not valid JSON: {exc}") from exc
         if not isinstance(settings, dict):
             raise UserError(f"{sidecar_file} must hold a JSON object, got {type(settings).__name__}")

@@ -47,7 +47,7 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
         raise UserError(f"{directory} is not a transformers checkpoint: it has no config.json")
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as exc:
+    except (ValueError, AttributeError) as exc:  # (ValueError: a JSONDecodeError, or a huge integer)
         raise UserError(f"{config_file} is not a valid JSON config: {exc}") from exc
     if model_type == "multi_modality":  # DeepSeek's own Janus / Janus-Pro release, before conversion
         raise UserError(
@@ -68,7 +68,7 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
 def _read_json(file: Path) -> dict:
     try:
         return json.loads(file.read_text()) if file.is_file() else {}
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # (a JSONDecodeError, or an integer of more digits than Python converts)
         raise UserError(f"{file} is not valid JSON: {exc}") from exc
 
 

@@ -88,7 +88,7 @@ def _problem(row: Any) -> str:
     if row["kind"] == "und" and isinstance(row.get("scene"), str):
         try:
             Scene.from_dict(json.loads(row["scene"]))
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # (a JSONDecodeError, or an integer of more digits than Python converts)
             return f"malformed scene: invalid JSON ({exc})"
         except UserError as exc:  # ("malformed scene …")
             return str(exc)
