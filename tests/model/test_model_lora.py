@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import json
 import pickle
 from copy import deepcopy
 from pathlib import Path
@@ -218,6 +219,54 @@ def test_an_unreadable_adapter_is_refused_before_the_model_is_wrapped(tiny_dir: 
         fresh.load_adapter(broken)
     assert fresh.peft is None and not any("lora_" in name for name, _ in fresh.model.named_parameters())
     fresh.load_adapter(tmp_path / "good")  # and the right one still loads
+    assert fresh.peft is not None
+
+
+def test_an_adapter_peft_fails_on_is_checked_first_and_whatever_else_fails_leaves_the_model_whole(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A legacy .bin adapter of another base, a config whose r is not its factors' rank, or a config that is no JSON
+    failed inside PEFT, after it had begun wrapping the model: LoRA layers left in, `um.peft` None, the fingerprint
+    changed, and a good adapter loaded next refused as another base model's."""
+    from safetensors.torch import load_file
+
+    import unigap.model.lora as lora
+
+    other = load_model(tiny_dir)
+    other.add_lora(rank=4, alpha=8)
+    tensors = load_file(other.save_adapter(tmp_path / "other") / "adapter_model.safetensors")
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "adapter_config.json").write_bytes((tmp_path / "other" / "adapter_config.json").read_bytes())
+    torch.save(tensors, legacy / "adapter_model.bin")
+    um = load_model("tiny")
+    um.add_lora(rank=4, alpha=8)
+    good = um.save_adapter(tmp_path / "good")
+    config = json.loads((good / "adapter_config.json").read_text())
+    wrong_rank, no_json = tmp_path / "wrong-rank", tmp_path / "no-json"
+    for directory, text in ((wrong_rank, json.dumps(config | {"r": 8})), (no_json, "{")):
+        directory.mkdir()
+        (directory / "adapter_config.json").write_text(text)
+        (directory / "adapter_model.safetensors").write_bytes((good / "adapter_model.safetensors").read_bytes())
+    fresh = load_model("tiny")
+    before = fresh.fingerprint()
+    for directory, message in ((legacy, "does not fit this model"), (wrong_rank, "its weights have rank 4 but "
+                               "adapter_config.json says r = 8"), (no_json, "cannot read .*adapter_config.json")):
+        with pytest.raises(UserError, match=message):
+            fresh.load_adapter(directory)
+        assert fresh.peft is None and fresh.fingerprint() == before
+    wrap = lora.PeftModel.from_pretrained
+
+    def wraps_then_fails(model, *args, **kwargs):
+        wrap(model, *args, **kwargs)
+        raise RuntimeError("Error(s) in loading state_dict for PeftModel:\n\tsize mismatch for ...")
+
+    monkeypatch.setattr(lora.PeftModel, "from_pretrained", wraps_then_fails)
+    with pytest.raises(UserError, match="^cannot apply the adapter in .*good: Error\\(s\\) in loading state_dict"):
+        fresh.load_adapter(good)
+    assert fresh.peft is None and fresh.fingerprint() == before and not hasattr(fresh.model, "peft_config")
+    assert not any("lora_" in name or "modules_to_save" in name for name, _ in fresh.model.named_parameters())
+    monkeypatch.undo()
+    fresh.load_adapter(good)  # and the right one still loads
     assert fresh.peft is not None
 
 

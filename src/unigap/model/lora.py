@@ -8,14 +8,18 @@ every UnifiedModel method runs the adapted model; `disable_adapter()` gives the 
 
 from __future__ import annotations
 
+import json
+import pickle
 import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
@@ -143,20 +147,51 @@ def adapter_fingerprint(directory: str | Path) -> str:
     return "".join(file_fingerprint(file) for file in present) if present else file_fingerprint(directory)
 
 
-def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
-    """`UserError` when a saved adapter's tensors do not fit `model` (another base model's adapter): a LoRA factor
-    of a layer this model lacks, or whose inner side differs from its linear layer's, or a tensor trained in full of
-    another shape or with no place here. Reads the safetensors header only; factors of other layer types (embedding,
-    convolution) and a legacy `.bin` adapter are left to PEFT."""
-    weights = Path(directory) / ADAPTER_WEIGHTS
-    if not weights.is_file():
-        return
-    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    """A saved adapter's `adapter_config.json`; `UserError` naming it when it is no readable JSON object."""
+    path = Path(directory) / ADAPTER_CONFIG
     try:
-        with safe_open(str(weights), "pt") as handle:
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except SafetensorError as exc:  # here, before PEFT wraps the model: its failure would leave it half-wrapped
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # (ValueError: a JSONDecodeError, or an integer too long to convert)
+        raise UserError(f"cannot read {path}: {first_line(exc)}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _tensor_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes of a saved adapter's tensors, read without their values (a safetensors header, or a legacy `.bin`
+    loaded onto the meta device)."""
+    weights, legacy = directory / ADAPTER_WEIGHTS, directory / LEGACY_WEIGHTS
+    try:
+        if weights.is_file():
+            with safe_open(str(weights), "pt") as handle:
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        return {key: tuple(t.shape) for key, t in torch.load(legacy, map_location="meta", weights_only=True).items()}
+    except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError, AttributeError) as exc:
         raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
+
+
+def check_ranks(directory: Path, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    """`UserError` unless the adapter's LoRA factors have the rank its config says (no `rank_pattern`): PEFT would
+    fail halfway through wrapping a model with it, and a soup of it would be written, then fail to load."""
+    ranks = {shape[0] for key, shape in shapes.items() if key.endswith(".lora_A.weight")}
+    if not config.get("rank_pattern") and ranks - {config.get("r")}:
+        raise UserError(f"{directory}: its weights have rank {', '.join(map(str, sorted(ranks)))} but "
+                        f"{ADAPTER_CONFIG} says r = {config.get('r')}")
+
+
+def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
+    """`UserError` when a saved adapter does not fit `model` (another base model's adapter), checked before PEFT wraps
+    the model, whose failure would leave it half-wrapped: a LoRA factor of a layer this model lacks, or whose inner
+    side differs from its linear layer's or whose rank is not its config's `r`, or a tensor trained in full of
+    another shape or with no place here. Reads the tensors' shapes only; factors of other layer types (embedding,
+    convolution) are left to PEFT."""
+    directory = Path(directory)
+    config = read_adapter_config(directory)
+    shapes = _tensor_shapes(directory)
+    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    check_ranks(directory, config, shapes)
     for key, shape in shapes.items():
         name = key.removeprefix("base_model.model.")
         marker = _LORA_TENSOR.search(name)
@@ -186,9 +221,26 @@ def load_lora(model: JanusForConditionalGeneration, directory: str | Path, train
         weights = Path(directory) / ADAPTER_WEIGHTS
         if _fully_trained_in_float32(peft_model) and weights.is_file():  # (a legacy .bin adapter: PEFT's own load)
             set_peft_model_state_dict(peft_model, load_file(weights))  # the upcast copies hold rounded weights
-    except SafetensorError as exc:
-        raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever PEFT met after it began wrapping: the model is given back whole
+        _unwrap(model)
+        raise UserError(f"cannot apply the adapter in {directory}: {first_line(exc)}") from None
     return peft_model
+
+
+def _unwrap(model: nn.Module) -> None:
+    """`model` as it was before PEFT began wrapping it: each LoRA layer and each trained-in-full wrapper replaced by
+    the module it wraps, PEFT's config on it dropped (what a failed `PeftModel.from_pretrained` leaves behind)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            inner = module.original_module
+        elif isinstance(module, LoraLayer):
+            inner = module.get_base_layer()
+        else:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, inner)
+    if "peft_config" in vars(model):
+        del model.peft_config
 
 
 @dataclass

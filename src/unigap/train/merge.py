@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save
 
 from unigap.errors import UserError, first_line
 from unigap.atomic import atomic_write_bytes, directory_atomically
-from unigap.model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_files
+from unigap.model.lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_files, check_ranks,
+                               read_adapter_config)
 from unigap.train.names import SOUP_LAMBDAS
 
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
@@ -36,12 +37,7 @@ _MUST_MATCH = ("peft_type", "target_modules", "modules_to_save", "base_model_nam
 def _read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     directory = Path(directory)
     check_adapter_files(directory, weights=(ADAPTER_WEIGHTS,))  # (souping reads the safetensors format)
-    try:
-        config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {directory / ADAPTER_CONFIG}: {first_line(exc)}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{directory / ADAPTER_CONFIG} must hold a JSON object, got {type(config).__name__}")
+    config = read_adapter_config(directory)
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("peft_type") != "LORA":
         raise UserError(f"{directory}: only plain LoRA adapters (no rank/alpha patterns) can be souped")
     alpha = config.get("lora_alpha", LORA_ALPHA)
@@ -51,10 +47,7 @@ def _read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]
         tensors = load_file(str(directory / ADAPTER_WEIGHTS))
     except SafetensorError as exc:
         raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
-    ranks = {tensor.shape[0] for key, tensor in tensors.items() if key.endswith(A_SUFFIX)}
-    if ranks - {config.get("r")}:  # a soup of it would be written, and then fail to load
-        raise UserError(f"{directory}: its weights have rank {', '.join(map(str, sorted(ranks)))} but "
-                        f"{ADAPTER_CONFIG} says r = {config.get('r')}")
+    check_ranks(directory, config, {key: tuple(tensor.shape) for key, tensor in tensors.items()})
     return config, tensors
 
 
