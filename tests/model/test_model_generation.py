@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from unigap.model import UnifiedModel
+from unigap.model import UnifiedModel, load_model
 from unigap.model.decoding import left_pad
 
 SAME_LENGTH = ["a red circle", "a blue square", "the big star"]
@@ -139,6 +141,13 @@ def test_bad_image_tokens_and_counts_raise(um: UnifiedModel) -> None:
         um.image_logprobs(["a", "b"], good[:, :-1])
     with pytest.raises(ValueError, match="integer ids"):
         um.image_logprobs(["a", "b"], good.float())
+    small = torch.full((1, n), 3, dtype=torch.uint8)  # ids of uint8 inside a codebook over 255: fine (refused, as
+    assert len(um.decode_tokens(small)) == 1  # `max() >= size` compared in uint8, where the bound wraps)
+    with pytest.raises(ValueError, match="this model carries a LoRA adapter: save it with save_adapter, or write "
+                                         "base \\+ adapter as one checkpoint with `unigap merge"):
+        adapted = load_model("tiny")
+        adapted.add_lora(rank=2, alpha=4)
+        adapted.save(Path("unused"))
     with pytest.raises(ValueError, match="mismatched batch: got 3 prompts, 2 image token rows"):
         um.image_logprobs(["a", "b", "c"], good)
     with pytest.raises(ValueError, match="n_per_prompt"):

@@ -165,6 +165,8 @@ def test_a_single_string_is_not_read_as_one_prompt_per_character(um: UnifiedMode
         um.generate_images([None], seed=0)
     with pytest.raises(ValueError, match="cfg_scale must be None or a finite number >= 0, got inf"):
         um.generate_images(["a red circle"], cfg_scale=float("inf"), seed=0)
+    with pytest.raises(ValueError, match="cfg_scale must be None or a finite number >= 0, got '5'"):  # (TypeError)
+        um.generate_images(["a red circle"], cfg_scale="5", seed=0)
     with pytest.raises(ValueError, match="seed must fit in 64 bits"):
         um.generate_images(["a red circle"], seed=2**70)
     image = um.decode_tokens(um.generate_images(["a red circle"], seed=0))[0]

@@ -132,6 +132,23 @@ def test_accepts_pil_images_and_checks_size():
         verify(big, parse_prompt("a triangle"))
 
 
+def test_a_path_or_a_prompts_text_is_taken_wherever_an_image_or_a_spec_is(tmp_path):
+    """verify(path) said "expected an RGB image ..., got array shape ()"; satisfies, check and judge_question given a
+    prompt's text raised AttributeError ('str' object has no attribute 'items')."""
+    from unigap.world import judge_question, satisfies
+    from unigap.world.prompts import check
+
+    scene = _scene(("triangle", "purple", "large", 30, 30))
+    Image.fromarray(render(scene)).save(tmp_path / "t.png")
+    assert verify(tmp_path / "t.png", "a triangle").satisfied and verify(str(tmp_path / "t.png"), "a circle").reason
+    assert satisfies(scene, "a purple triangle") and not satisfies(scene, "a red triangle")
+    assert check(scene.objects, "a triangle", scene.geometry.margin) == check(scene.objects, parse_prompt(
+        "a triangle"), scene.geometry.margin)
+    assert judge_question("a red circle") == judge_question(parse_prompt("a red circle"))
+    with pytest.raises(UserError, match="image file not found"):
+        verify(tmp_path / "gone.png", "a triangle")
+
+
 def test_a_users_mistake_is_a_value_error_to_scripts():
     """Scripts catch bad values as ValueError; the CLI turns the same UserError into one line."""
     with pytest.raises(ValueError, match="expected a 64x64 image, got 32x48"):

@@ -18,6 +18,7 @@ those who need the sampling distribution itself (GRPO's ratio, as TRL computes i
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -43,8 +44,9 @@ CFG_SCALE = 5.0  # text-to-image guidance everywhere by default: images are samp
 
 def check_guidance_scale(name: str, scale: float | None) -> None:
     """A guidance scale is None (no guidance) or a finite number >= 0 (an infinite one makes every probability NaN)."""
-    if scale is not None and not 0 <= scale < math.inf:
-        raise ValueError(f"{name} must be None or a finite number >= 0, got {scale}")
+    number = isinstance(scale, numbers.Real) and not isinstance(scale, bool)  # ("5": a TypeError from the comparison)
+    if scale is not None and not (number and 0 <= scale < math.inf):
+        raise ValueError(f"{name} must be None or a finite number >= 0, got {scale!r}")
 
 
 def uses_cfg(cfg_scale: float | None) -> bool:
@@ -189,12 +191,13 @@ def check_image_tokens(image_tokens: torch.Tensor, num_tokens: int, codebook_siz
         raise ValueError(
             f"image tokens must have shape [batch, {num_tokens}] for this model, got {tuple(image_tokens.shape)}"
         )
+    image_tokens = image_tokens.long()  # (compared as uint8, `max() >= 512` wrapped the bound and was always true)
     if image_tokens.numel() and (image_tokens.min() < 0 or image_tokens.max() >= codebook_size):
         raise ValueError(
             f"image token ids must lie in [0, {codebook_size}), got range "
             f"[{int(image_tokens.min())}, {int(image_tokens.max())}]"
         )
-    return image_tokens.long()
+    return image_tokens
 
 
 def score_image_tokens(

@@ -113,7 +113,9 @@ class UnifiedModel:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write this model as a checkpoint directory that `load_model` reads back (sidecar included)."""
         if self.peft is not None:
-            raise ValueError("this model carries a LoRA adapter: save it with save_adapter (or merge it first)")
+            raise ValueError("this model carries a LoRA adapter: save it with save_adapter, or write base + adapter as "
+                             "one checkpoint with `unigap merge --model DIR --adapter A --out OUT` "
+                             "(unigap.model.standalone.save_merged)")
         return save_checkpoint(
             self.model,
             self.tokenizer,
@@ -151,7 +153,9 @@ class UnifiedModel:
         seed: int | None = None,
     ) -> understanding.Completions:
         """`answer`'s completions with the token ids sampled (EOS last where one was): a policy gradient scores those
-        ids (`answer_token_logprobs` takes them), since re-tokenising the decoded text need not give them back."""
+        ids (`answer_token_logprobs` takes them), since re-tokenising the decoded text need not give them back.
+        Sampled (temperature > 0), as in `answer` and `reflect`, a row depends on `seed` and on the rest of the batch,
+        as `generate_images`' rows do."""
         return understanding.generate_answers(self.model, self.prompts, self.vision, images, questions,
                                               max_new_tokens, temperature, seed)
 
@@ -234,8 +238,8 @@ class UnifiedModel:
         head. Guidance is InstructPix2Pix's (`editing.EditGuidance`): `cfg_scale` scales the instruction against the
         source alone, `image_cfg_scale` the source against neither; `image_cfg_scale=cfg_scale` is plain CFG on a
         twin without source or instruction, as `generate_images` guides (and `edit` did before `image_cfg_scale`);
-        `cfg_scale=None`: no guidance.
-        `UserError` on a checkpoint that cannot edit (`supports_editing` False, e.g. Janus-Pro)."""
+        `cfg_scale=None`: no guidance. A row depends on `seed` and on the rest of the batch, as `generate_images`'
+        rows do. `UserError` on a checkpoint that cannot edit (`supports_editing` False, e.g. Janus-Pro)."""
         if not self.supports_editing:
             raise UserError(
                 "this checkpoint cannot edit images (it was not trained to; Janus-Pro cannot): "

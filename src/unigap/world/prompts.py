@@ -277,8 +277,14 @@ def sample_spec(rng: np.random.Generator, category: str | None = None) -> Prompt
     return pool[rng.integers(len(pool))]
 
 
-def check(objects: Sequence[Placed], spec: PromptSpec, margin: float) -> tuple[bool, str]:
+def as_spec(spec: PromptSpec | str) -> PromptSpec:
+    """A spec, or a ShapeWorld prompt's text read as one (`parse_prompt`): what every function taking a prompt takes."""
+    return parse_prompt(spec) if isinstance(spec, str) else spec
+
+
+def check(objects: Sequence[Placed], spec: PromptSpec | str, margin: float) -> tuple[bool, str]:
     """Whether objects satisfy the spec (semantics in the module docstring) and a human-readable reason."""
+    spec = as_spec(spec)
     if len(objects) > MAX_OBJECTS:
         return False, f"{len(objects)} objects found; a ShapeWorld scene holds at most {MAX_OBJECTS}"
     found = [[o for o in objects if item.matches(o)] for item in spec.items]
@@ -295,8 +301,9 @@ def check(objects: Sequence[Placed], spec: PromptSpec, margin: float) -> tuple[b
     return True, "found " + ", ".join(f"{len(m)} {item.noun}(s)" for item, m in zip(spec.items, found))
 
 
-def satisfies(scene: Scene, spec: PromptSpec) -> bool:
-    """Ground truth: does the scene satisfy the spec? The verifier applies the same `check` to detections."""
+def satisfies(scene: Scene, spec: PromptSpec | str) -> bool:
+    """Ground truth: does the scene satisfy the spec (or a prompt's text)? The verifier applies the same `check` to
+    detections."""
     return check(scene.objects, spec, scene.geometry.margin)[0]
 
 

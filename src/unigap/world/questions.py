@@ -34,6 +34,7 @@ from unigap.world.prompts import (
     NUMBER_WORDS,
     RELATION_PHRASES,
     PromptSpec,
+    as_spec,
     all_specs,
     article,
     plural,
@@ -131,9 +132,9 @@ def describe(scene: Scene) -> str:
     return TEMPLATES["description_many"].format(number=NUMBER_WORDS[len(phrases)], objects=listed)
 
 
-def judge_question(spec: PromptSpec) -> str:
-    """The self-judgement question for a prompt."""
-    return TEMPLATES["judge"].format(prompt=spec.text)
+def judge_question(spec: PromptSpec | str) -> str:
+    """The self-judgement question for a prompt (a spec, or a ShapeWorld prompt's text)."""
+    return TEMPLATES["judge"].format(prompt=as_spec(spec).text)
 
 
 def judge(scene: Scene, spec: PromptSpec) -> Question:

@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from unigap.errors import UserError
 from unigap.pixels import UNREADABLE_IMAGE, rgb_pixels
-from unigap.world.prompts import PromptSpec, check, parse_prompt
+from unigap.world.prompts import PromptSpec, as_spec, check
 from unigap.world.render import BACKGROUND, PALETTE
 from unigap.world.scene import DEFAULT_CANVAS, Geometry
 
@@ -92,8 +92,11 @@ class Verdict:
         }
 
 
-def as_rgb_array(image: np.ndarray | Image.Image, canvas: int = DEFAULT_CANVAS) -> np.ndarray:
-    """uint8 HxWx3 array of a PIL image or array; `UserError` unless it is canvas x canvas RGB."""
+def as_rgb_array(image: np.ndarray | Image.Image | str | Path, canvas: int = DEFAULT_CANVAS) -> np.ndarray:
+    """uint8 HxWx3 array of a PIL image, an array or an image file's path (a string read as an array had no
+    shape); `UserError` unless it is canvas x canvas RGB."""
+    if isinstance(image, str | Path):
+        return as_rgb_array(load_image(image), canvas)
     array = rgb_pixels(image) if isinstance(image, Image.Image) else np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3:
         raise UserError(
@@ -164,8 +167,9 @@ def shape_of(crop: np.ndarray) -> str:
     return _classify_shape(crop)[0]
 
 
-def detect(image: np.ndarray | Image.Image, canvas: int = DEFAULT_CANVAS) -> list[Detected]:
-    """All palette-coloured objects in the image, sorted left-to-right like scene objects."""
+def detect(image: np.ndarray | Image.Image | str | Path, canvas: int = DEFAULT_CANVAS) -> list[Detected]:
+    """All palette-coloured objects in the image (or the image file a path names), sorted left-to-right like scene
+    objects."""
     geo = Geometry.for_canvas(canvas)
     dist = _color_distances(as_rgb_array(image, canvas))
     min_area = round(MIN_AREA_FRACTION * (2 * geo.radius_small + 1) ** 2)
@@ -197,10 +201,10 @@ def _describe(color: int, mask: np.ndarray, geo: Geometry) -> Detected:
     )
 
 
-def verify(image: np.ndarray | Image.Image, spec: PromptSpec | str, canvas: int = DEFAULT_CANVAS) -> Verdict:
-    """Judge an image against a prompt spec (or a ShapeWorld prompt's text) with exactly the ground-truth semantics."""
-    if isinstance(spec, str):
-        spec = parse_prompt(spec)
+def verify(image: np.ndarray | Image.Image | str | Path, spec: PromptSpec | str, canvas: int = DEFAULT_CANVAS) -> Verdict:
+    """Judge an image (or an image file's path) against a prompt spec (or a ShapeWorld prompt's text) with exactly the
+    ground-truth semantics."""
+    spec = as_spec(spec)
     objects = detect(image, canvas)
     satisfied, reason = check(objects, spec, Geometry.for_canvas(canvas).margin)
     return Verdict(satisfied, reason, objects)
