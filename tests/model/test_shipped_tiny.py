@@ -36,8 +36,8 @@ def test_the_shipped_model_is_small_and_self_contained() -> None:
 
 
 def test_the_shipped_model_is_what_the_full_preset_trains() -> None:
-    """`unigap pretrain --seed 0` reproduces the shipped weights only if the preset is the one they were trained with.
-    A setting added to the recipe since is compared at its default, which is what the shipped run trained with."""
+    """The full preset is the shipped weights' recipe (their corpus rules since changed: docs/experiments.md). A
+    setting added to the recipe since is compared at its default, which is what the shipped run trained with."""
     recorded = json.loads((loading.EMBEDDED["tiny"] / "pretrain.json").read_text())["config"]
     assert asdict(PretrainConfig(**recorded)) == asdict(FULL)
     # what the shipped run did not record must be off in the preset, not merely equal to it

@@ -294,6 +294,8 @@ def test_killed_run_resumes_to_the_same_weights(whole: Path, tmp_path: Path, mon
             pretrain(out, config, show_progress=False)
         monkeypatch.undo()
         assert (out / getattr(run_module, checkpoint_file)).is_file()
+        saved = torch.load(out / getattr(run_module, checkpoint_file), weights_only=False, map_location="cpu")
+        assert saved["device"] == "cpu"  # (a resume on another kind of device is warned of)
 
     if stage == "vq":
         run_killed(killed_at(3), "VQ_PARTIAL")
@@ -523,3 +525,18 @@ def test_the_closing_line_names_a_folder_called_tiny_as_a_path(tmp_path: Path, c
     with pytest.raises(SystemExit):  # another seed trains in another partition: its held-out prompts are that one's
         main(["pretrain", "--quick", "--seed", "3", "--out", "other"])
     assert "(held out: `unigap eval --data-seed 3`)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_stage_resumed_on_another_kind_of_device_is_warned_of(tmp_path: Path) -> None:
+    """A run preempted on a GPU and resumed on a CPU went on silently: its records showed the last device only."""
+    import warnings
+
+    from unigap.errors import UnigapWarning
+
+    path = tmp_path / "joint.pt"
+    with pytest.warns(UnigapWarning, match="joint.pt was trained on cuda so far and goes on on cpu: .* --device cuda"):
+        run_module.warn_other_device(path, "cuda", torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_module.warn_other_device(path, "cpu", torch.device("cpu"))
+        run_module.warn_other_device(path, None, torch.device("cpu"))  # (a checkpoint from before it said)

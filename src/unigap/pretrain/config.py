@@ -30,7 +30,8 @@ def _check(name: str, value: object, ok: Callable[[Any], bool], what: str) -> No
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Model sizes, corpora and each training stage's budget. The full preset is what ships as `tiny`."""
+    """Model sizes, corpora and each training stage's budget. The full preset is the shipped `tiny`'s recipe (its
+    corpora drawn by the rules of its day: docs/experiments.md)."""
 
     seed: int = 0
     # model (see unigap.model.tiny_janus_config)

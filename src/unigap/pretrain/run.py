@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save
 from transformers import JanusForConditionalGeneration
 
 from unigap.atomic import atomic_write_bytes, differences_since, write_text_atomically
-from unigap.errors import UserError
+from unigap.errors import UnigapWarning, UserError
 from unigap.evaluate import vq_fidelity
 from unigap.metrics_log import MetricLogger
 from unigap.model import (
@@ -183,6 +184,14 @@ def refuse_other_settings(path: Path, saved: dict | None, settings: dict, stage:
                         f"rerun with those settings or use a new --out")
 
 
+def warn_other_device(path: Path, saved: str | None, device: torch.device) -> None:
+    """A warning where a stage resumes on another kind of device than its checkpoint was written on (a run preempted
+    on a GPU, resumed on a CPU): it goes on, but mixes two devices' numerics, which its records would not show."""
+    if saved is not None and saved != device.type:
+        warnings.warn(f"{path} was trained on {saved} so far and goes on on {device.type}: the run mixes the two "
+                      f"devices' numerics (pass --device {saved} to keep to one)", UnigapWarning, stacklevel=2)
+
+
 def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out: Path, show: bool,
               logger: MetricLogger) -> float:
     """Train (or, on resume, load) the VQ; returns the seconds its training took (recorded in the file on resume)."""
@@ -193,10 +202,11 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
     resume = torch.load(partial, weights_only=False, map_location="cpu") if partial.is_file() else None
     if resume is not None:
         refuse_other_settings(partial, resume.get("config"), settings, "vq")
+        warn_other_device(partial, resume.get("device"), um.device)
     start = time.perf_counter() - (resume["seconds"] if resume else 0.0)
 
     def checkpoint(state: dict) -> None:
-        state |= {"seconds": time.perf_counter() - start, "config": settings}
+        state |= {"seconds": time.perf_counter() - start, "config": settings, "device": um.device.type}
         atomic_write_bytes(partial, lambda handle: torch.save(state, handle))  # fsynced: a checkpoint
 
     _resume_log(logger, "vq", resume["step"] if resume else 0)
@@ -268,7 +278,7 @@ def stage_state(um: UnifiedModel, head: PatchHead, optimizer: torch.optim.Optimi
     finished still reports them) and the settings it was written under."""
     return {"model": um.model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "step": step, "seconds": seconds,
-            "final": final, "config": settings}
+            "final": final, "config": settings, "device": um.device.type}
 
 
 def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out: Path, show: bool,
@@ -291,6 +301,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False, map_location="cpu")  # (loading moves it to the model's)
         refuse_other_settings(checkpoint, state.get("config"), settings, stage)
+        warn_other_device(checkpoint, state.get("device"), um.device)
         um.model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
