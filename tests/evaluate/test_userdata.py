@@ -365,6 +365,9 @@ def test_csv_rows_are_located_where_they_start_and_suffixes_in_any_case_are_read
         read_table(path)
     path.write_text(path.read_text().rsplit(f"{image_file},\"a", 1)[0])
     assert [where for where, _ in read_table(path)] == [f"{path}:2", f"{path}:5"]  # (was :3, the quoted cell's end)
+    path.write_text(f'image,question,answers\n{image_file},How many?,"[1,\n')  # cut inside a quoted cell
+    with pytest.raises(UserError, match="cannot read .*unexpected end of data"):  # (read as the answer '[1,\n')
+        read_table(path)
 
 
 def test_answers_read_alike_from_every_format_and_a_given_answer_is_the_one_matched(tmp_path, image_file):

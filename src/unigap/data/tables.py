@@ -85,7 +85,7 @@ def _jsonl_rows(path: Path, what: str) -> list[Row]:
 def _csv_rows(path: Path) -> list[Row]:
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(handle, strict=True)  # (a file cut inside a quoted cell: an error, not a row)
             names = [name for name in reader.fieldnames or () if name]  # (a spreadsheet's trailing empty columns)
             repeated = sorted({name for name in names if names.count(name) > 1})
             if repeated:  # DictReader would keep the last such column's cells, silently
