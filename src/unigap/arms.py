@@ -39,7 +39,8 @@ class Arm:
     baseline: str | None = None  # an arm this one must beat, compared directly when both ran (report: comparisons)
     needs_pairs: bool = False  # trains by DPO on the study's preference pairs: the study builds them (and diagnoses
     # their gradients) when a selected arm needs them, and the report shows its DPO losses
-    options: Mapping[str, Any] = field(default_factory=dict)  # its builder's settings, checked before any job runs
+    # its builder's settings, checked before any job runs (not hashed: an arm hashes as it did before it had them)
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def build(self) -> Callable[..., None]:
         return load(self.builder)

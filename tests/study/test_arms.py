@@ -172,7 +172,8 @@ def test_an_arm_a_stock_builder_cannot_build_fails_before_any_job(small_config: 
     from unigap.study.run import StudyRunner
 
     monkeypatch.setattr(ARMS, "_entries", dict(ARMS))
-    register(Arm("mine", "p2", "trained", f"unigap.study.builders:{builder}", default=False, options=options))
+    arm = register(Arm("mine", "p2", "trained", f"unigap.study.builders:{builder}", default=False, options=options))
+    assert hash(arm) == hash(Arm("mine", "p2", "trained", arm.builder, default=False))  # (options are not hashed)
     with pytest.raises(UserError, match=message):
         StudyRunner(small_config.scaled(methods=("mine",)), tmp_path, None).jobs()
     assert not any(tmp_path.iterdir())
