@@ -1,9 +1,9 @@
 """DPO learning rate for a model: und-only and gen-only runs at several learning rates, evaluated on held-out items.
 
-Why: SPEC §1's lr 1e-6 is tuned for a 7B model's LoRA; the tiny model needs its own, and the study's default
-(`unigap.study.FULL.lr`) comes from this sweep. Each run is exactly a study job (`StudyRunner.train`: the study's
-preference pairs, its step budget, seed 0, then `unigap.evaluate` on `--n` items), so the numbers carry over.
-Finished runs in `--work` are reused.
+Why: the multi-task DPO paper's lr 1e-6 is tuned for a 7B model's LoRA; the tiny model needs its own, and the
+study's default (`unigap.study.FULL.lr`) comes from this sweep. Each run is exactly a study job (the study's
+`train_strategy` builder: its preference pairs, its step budget, seed 0, then `unigap.evaluate` on `--n` items), so
+the numbers carry over. Finished runs in `--work` are reused; a sweep of other steps, n or model there is refused.
 
     python benchmarks/dpo_lr_sweep.py [--model tiny] [--lrs 3e-5 1e-4 3e-4] [--steps 150] [--n 200]
 """
@@ -22,8 +22,10 @@ from rich.table import Table
 
 from _common import machine, write_result
 
+from unigap.atomic import claim_settings
 from unigap.report import BASE
 from unigap.study import FULL, StudyRunner
+from unigap.study.builders import train_strategy
 
 TASKS = ("und", "gen")
 
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     config = FULL.scaled(model=args.model, steps=args.steps, n=args.n)
+    # (its runs are named by lr alone: another sweep's would be reused as this one's)
+    claim_settings(args.work / "sweep.json", {"model": args.model, "steps": args.steps, "n": args.n}, "lr sweep")
     rows = []
     with Progress(console=Console(stderr=True)) as progress:
         base = StudyRunner(config, args.work / BASE, progress)
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                 shutil.copyfile(base.prefs_file(task), runner.prefs_file(task))
             for strategy in ("und-only", "gen-only"):
                 if not (runner.run_dir(strategy, 0) / "eval.json").is_file():
-                    runner.train(strategy, 0)
+                    train_strategy(runner, strategy, 0)
                 rows.append(_row(runner, strategy, lr))
 
     table = Table(title=f"DPO lr sweep: {args.model}, {args.steps} steps, seed 0, n = {args.n}")

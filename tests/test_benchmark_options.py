@@ -65,3 +65,37 @@ def test_the_pretraining_speed_benchmark_refuses_what_it_cannot_run(argv: list[s
         module.main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_the_lr_sweep_trains_each_run_as_the_study_does_and_keeps_to_its_settings(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    """It called `StudyRunner.train`, which the study's runner no longer has (its arms' builders train): an
+    AttributeError after the pairs and the base evaluation. Its runs are named by lr alone, so another sweep's (of
+    other steps or n) in the same --work would have been reused as its own."""
+    import json
+
+    from unigap.errors import UserError
+
+    module = _script("dpo_lr_sweep", monkeypatch)
+    trained = []
+
+    def evaluated(runner, method: str, seed: int = 0) -> None:
+        (runner.run_dir(method, seed)).mkdir(parents=True, exist_ok=True)
+        report = {"understanding": {"accuracy": 0.5}, "generation": {"accuracy": 0.4}, "nonunification": {"score": 0.1}}
+        (runner.run_dir(method, seed) / "eval.json").write_text(json.dumps(report))
+        trained.append((runner.config.lr, method))
+
+    def pairs(runner, task: str) -> None:
+        runner.prefs_file(task).parent.mkdir(parents=True, exist_ok=True)
+        runner.prefs_file(task).write_text("")
+
+    monkeypatch.setattr(module.StudyRunner, "build_pairs", pairs)
+    monkeypatch.setattr(module.StudyRunner, "evaluate_base", lambda runner, seed: evaluated(runner, module.BASE))
+    monkeypatch.setattr(module, "train_strategy", evaluated)
+    argv = ["--lrs", "1e-4", "--steps", "2", "--n", "2", "--work", str(tmp_path / "work"), "--out",
+            str(tmp_path / "sweep.json")]
+    result = module.main(argv)
+    assert [row["method"] for row in result["rows"]] == [module.BASE, "und-only", "gen-only"]
+    assert trained == [(module.FULL.lr, module.BASE), (1e-4, "und-only"), (1e-4, "gen-only")]
+    with pytest.raises(UserError, match="steps: 2 → 3"):
+        module.main([*argv[:3], "3", *argv[4:]])
