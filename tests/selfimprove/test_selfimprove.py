@@ -318,3 +318,18 @@ def test_gradient_checkpointing_trains_the_same_and_bf16_autocasts(tmp_path: Pat
     assert plain["epochs"][1]["steps"] > 0 and checkpointed["epochs"][1]["loss"] == pytest.approx(loss, abs=1e-6)
     assert bf16["epochs"][1]["loss"] != loss and abs(bf16["epochs"][1]["loss"] - loss) < 0.1 * abs(loss)
     assert bf16["config"]["bf16"] is True
+
+
+def test_the_epoch_probe_samples_in_the_configured_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It sampled 64 prompts at a time whatever `sample_batch` said: 128 rows with CFG, tens of GB of KV cache for a
+    7B on a GPU, which lowering `sample_batch` could not help."""
+    run_module = importlib.import_module("unigap.selfimprove.run")  # (the package's `run` is the function)
+    seen = []
+
+    def sampled(um, specs, seed, batch_size, *args):
+        seen.append(batch_size)
+        return None, [{"verified": True, "self_rejected": False} for _ in specs]
+
+    monkeypatch.setattr(run_module, "generate_and_judge", sampled)
+    run_module._epoch_row(None, SelfImproveConfig(epoch_eval_n=4, sample_batch=8), 1, Data(rounds=[[]]), {}, 0)
+    assert seen == [8]

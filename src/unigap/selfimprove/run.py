@@ -184,7 +184,8 @@ def _epoch_row(um: Any, config: SelfImproveConfig, epoch: int, data: Data, recor
            "discard_pool": len(data.discard), "joined": joined}
     if config.epoch_eval_n:
         specs = prompt_specs("val", config.epoch_eval_n, config.seed, config.data_seed)
-        _, records = generate_and_judge(um, specs, config.seed, 64, config.cfg_scale, config.temperature, False)
+        _, records = generate_and_judge(um, specs, config.seed, config.sample_batch, config.cfg_scale,
+                                        config.temperature, False)
         row["val_generation_accuracy"] = summarize([r["verified"] for r in records], "value")["value"]
         row["val_nonunification"] = summarize([r["self_rejected"] for r in records], "value")["value"]
     return row
