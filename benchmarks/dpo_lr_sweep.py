@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
             for task in TASKS:
                 runner.prefs_file(task).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(base.prefs_file(task), runner.prefs_file(task))
+            # (the base's evaluation and images too: an arm's win rate is on them, where its runner looks)
+            shutil.copytree(base.run_dir(BASE, 0), runner.run_dir(BASE, 0), dirs_exist_ok=True)
             for strategy in ("und-only", "gen-only"):
                 if not (runner.run_dir(strategy, 0) / "eval.json").is_file():
                     train_strategy(runner, strategy, 0)

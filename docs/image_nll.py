@@ -32,7 +32,7 @@ def nll_per_token(um: UnifiedModel, records: list) -> np.ndarray:
             chunk = records[i : i + BATCH]
             tokens = um.encode_images([render(scene) for _, scene in chunk])
             logprobs, counts = um.image_logprobs([spec.text for spec, _ in chunk], tokens)
-            out.append((-logprobs / counts).numpy())
+            out.append((-logprobs / counts).cpu().numpy())  # (on a GPU: .numpy() of a CUDA tensor raises)
     return np.concatenate(out)
 
 

@@ -91,7 +91,11 @@ def test_the_lr_sweep_trains_each_run_as_the_study_does_and_keeps_to_its_setting
 
     monkeypatch.setattr(module.StudyRunner, "build_pairs", pairs)
     monkeypatch.setattr(module.StudyRunner, "evaluate_base", lambda runner, seed: evaluated(runner, module.BASE))
-    monkeypatch.setattr(module, "train_strategy", evaluated)
+    def trained_as_the_study_does(runner, method: str, seed: int) -> None:
+        assert runner.eval_file(module.BASE, seed).is_file()  # its win rate reads the base's evaluation there
+        evaluated(runner, method, seed)
+
+    monkeypatch.setattr(module, "train_strategy", trained_as_the_study_does)
     argv = ["--lrs", "1e-4", "--steps", "2", "--n", "2", "--work", str(tmp_path / "work"), "--out",
             str(tmp_path / "sweep.json")]
     result = module.main(argv)
