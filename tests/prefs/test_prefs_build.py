@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import unigap.prefs.build as build_module
 from unigap.cli import main
@@ -279,3 +281,22 @@ def test_a_gap_equal_to_the_margin_is_kept_whatever_its_rounding() -> None:
     (out,) = _answer_pairs(um, [np.zeros((8, 8, 3), np.uint8)], [UserQuestion("other", "which?", references)],
                            [{}], options, 0, lambda text, q: vqa_score(text, q.answers))
     assert out is not None and (out[0]["chosen"], out[0]["rejected"]) == ("b", "a")
+
+
+def test_out_that_holds_a_users_data_or_is_an_input_is_refused_before_any_work(tiny_dir: Path, tmp_path: Path,
+                                                                               capsys) -> None:
+    """`--out` onto the questions file replaced 40 questions with one pair; onto a world sample's samples.jsonl or a
+    training log, it replaced them too (exit 0). An earlier pairs file is still rebuilt."""
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"image": "white.png", "question": "How many?", "answer": "zero"}) + "\n")
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 0.5}\n')
+    for out, extra, message in ((questions, ["--questions", str(questions)], "is a file this command reads"),
+                                (log, [], "exists and holds no preference pairs")):
+        before = out.read_bytes()
+        code, _, err = build(capsys, Path("MISSING"), out, "und", "--fallback-gt", *extra)
+        assert code == 2 and message in err and out.read_bytes() == before, err
+    pairs = tmp_path / "und.jsonl"
+    assert build(capsys, tiny_dir, pairs, "und", "--fallback-gt")[0] in (0, None)
+    assert build(capsys, tiny_dir, pairs, "und", "--fallback-gt", "--seed", "1")[0] in (0, None)  # (its own file)

@@ -42,14 +42,16 @@ def build(
                               "one; free-text prompts too)."),
 ) -> None:
     """Sample, score and filter pairs; write them with reference log-probs under the base model."""
-    check_output(out)
     from unigap import distributed
     from unigap.errors import UserError
     from unigap.model import load_model
     from unigap.evaluate.judges import VERIFIER, get_judge
     from unigap.prefs.build import (BuildOptions, build_preferences, candidate_prompts, candidate_questions, shortfall,
                                     summary)
-    from unigap.prefs.rows import write_rows
+    from unigap.prefs.rows import check_replaceable, write_rows
+
+    check_output(out)
+    check_replaceable(out, questions, prompts)  # (a user's questions, a world sample's data: not pairs to replace)
 
     if fallback_gt and kind != "und":  # (the study passes it for every kind; a user means und pairs by it)
         raise UserError(f"--fallback-gt applies to und pairs (ground truth as the chosen answer); {kind} pairs have no "
@@ -84,12 +86,13 @@ def export(
     """Write the pairs in TRL's column convention (prompt, chosen, rejected, images; generation pairs as prompt,
     chosen_image, rejected_image), loadable with `datasets` and TRL's DPOTrainer, and by `unigap train`."""
     from unigap.errors import UserError
-    from unigap.prefs.rows import check_one_convention, read_located_rows, row_image, write_rows
+    from unigap.prefs.rows import check_one_convention, check_replaceable, read_located_rows, row_image, write_rows
     from unigap.prefs.trl import check_ids, check_trl_export, is_trl_row, to_trl
 
     check_output(out)
     if out.resolve() == source.resolve():
         raise UserError("--out must differ from the source file")
+    check_replaceable(out)
     located = read_located_rows(source)
     rows = [row for _, row in located]
     check_one_convention(source, located)

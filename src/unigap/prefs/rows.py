@@ -188,6 +188,19 @@ def read_located_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
+def check_replaceable(out: Path, *inputs: str | Path | None) -> None:
+    """`UserError` unless writing pairs to `out` loses nothing but earlier pairs: not a file the command reads, and
+    an existing file only where it holds preference rows (a rerun rebuilds its own file, not a user's data)."""
+    if not out.is_file():
+        return
+    if any(source is not None and Path(source).resolve() == out.resolve() for source in inputs):
+        raise UserError(f"--out {out} is a file this command reads; choose another --out")
+    try:
+        read_located_rows(out)
+    except UserError:
+        raise UserError(f"--out {out} exists and holds no preference pairs; choose another --out") from None
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """The validated rows of a preference file."""
     return [row for _, row in read_located_rows(path)]
