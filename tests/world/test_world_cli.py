@@ -57,7 +57,12 @@ def test_sample_with_a_draw_seed_records_it(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["world", "sample", "--n", "0", "--seed", "1", "--out", "OUT"], "--n must be positive"),
+        (["world", "sample", "--n", "0", "--seed", "1", "--out", "OUT"], "--n must be from 1 to 1,000,000, got 0"),
+        (["world", "sample", "--n", "10000000000000", "--seed", "1", "--out", "OUT"], "--n must be from 1"),  # (hung)
+        (["world", "sample", "--n", "1", "--seed", "1", "--out", "OUT", "--questions", "100000000000"],
+         "--questions must be from 0 to 100"),  # (a 745 GiB allocation's traceback)
+        (["world", "sample", "--n", "1", "--seed", "1", "--out", "MINE"], "holds questions.jsonl, images that "
+         "`unigap world sample` did not write"),  # (deleted and overwritten, exit 0)
         (["world", "sample", "--n", "2", "--seed", "1", "--out", "FILE"], "is a file"),
         (
             ["world", "sample", "--n", "2", "--seed", "1", "--out", "OUT", "--split", "dev"],
@@ -78,8 +83,11 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
     (tmp_path / "file.txt").write_text("not an image")
     Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(tmp_path / "small.png")
     Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(tmp_path / "good.png")
+    (tmp_path / "mine" / "images").mkdir(parents=True)  # a user's folder: their questions and pictures
+    (tmp_path / "mine" / "questions.jsonl").write_text('{"question": "mine"}\n')
     paths = {
         "OUT": tmp_path / "out",
+        "MINE": tmp_path / "mine",
         "FILE": tmp_path / "file.txt",
         "MISSING": tmp_path / "nope.png",
         "SMALL": tmp_path / "small.png",
@@ -89,6 +97,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("unigap: error: ") and message in err
     assert "Traceback" not in err
+    assert (tmp_path / "mine" / "questions.jsonl").read_text() == '{"question": "mine"}\n'
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):

@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from unigap.errors import UserError
-from unigap.manifest import manifest, write_manifest
+from unigap.manifest import MANIFEST_FILE, manifest, read_record, write_manifest
 from unigap.progress import progress
-from unigap.world.dataset import QUESTIONS_FILE, SPLITS, write_dataset
+from unigap.world.dataset import IMAGES_DIR, QUESTIONS_FILE, SAMPLES_FILE, SPLITS, write_dataset
 from unigap.world.prompts import CATEGORIES, parse_prompt
 from unigap.world.scene import DEFAULT_CANVAS, MIN_CANVAS
 from unigap.world.verify import load_image, verify
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 
 MAX_SIZE = 2048  # a sampled canvas larger than this only costs memory and disk
+MAX_N, MAX_QUESTIONS = 1_000_000, 100  # a dataset's images, and questions per image (more ran out of memory or hung)
 PROGRESS_MIN_N = 200  # below this a bar flickers more than it informs
 
 
@@ -42,12 +43,12 @@ def sample(
 ) -> None:
     """Write DIR/samples.jsonl and DIR/images/*.png for one split (rendered scenes with the prompt each satisfies:
     generation data for `unigap train --objective sft --gen-data`)."""
-    if n <= 0:
-        raise UserError(f"--n must be positive, got {n}")
+    if not 0 < n <= MAX_N:
+        raise UserError(f"--n must be from 1 to {MAX_N:,}, got {n}")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
-    if questions < 0:
-        raise UserError(f"--questions must be >= 0, got {questions}")
+    if not 0 <= questions <= MAX_QUESTIONS:
+        raise UserError(f"--questions must be from 0 to {MAX_QUESTIONS}, got {questions}")
     if draw_seed is not None and draw_seed < 0:
         raise UserError(f"--draw-seed must be >= 0, got {draw_seed}")
     if not MIN_CANVAS <= size <= MAX_SIZE:
@@ -56,10 +57,15 @@ def sample(
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if category is not None and category not in CATEGORIES:
         raise UserError(f"--category must be one of {', '.join(CATEGORIES)}, got {category!r}")
+    theirs = [name for name in (SAMPLES_FILE, QUESTIONS_FILE, IMAGES_DIR) if (out / name).exists()]
+    if theirs and (read_record(out / MANIFEST_FILE) or {}).get("command") != "world sample":  # (a rerun replaces them)
+        raise UserError(f"--out {out} holds {', '.join(theirs)} that `unigap world sample` did not write; choose "
+                        "another --out")
     settings = {"n": n, "seed": seed, "split": split, "category": category, "size": size, "questions": questions,
                 "draw_seed": draw_seed}
     seeds = [seed] if draw_seed is None else [seed, draw_seed]
-    with manifest("world sample", settings, seeds=seeds) as record, progress("sampling", n, show=n >= PROGRESS_MIN_N) as update:
+    with manifest("world sample", settings, seeds=seeds) as record, \
+            progress("sampling", n, show=n >= PROGRESS_MIN_N) as update:
         path = write_dataset(out, n, seed, split, category, size, progress=update, questions=questions,
                              draw_seed=draw_seed)
     write_manifest(out, record)
