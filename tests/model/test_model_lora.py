@@ -242,15 +242,19 @@ def test_an_adapter_peft_fails_on_is_checked_first_and_whatever_else_fails_leave
     um.add_lora(rank=4, alpha=8)
     good = um.save_adapter(tmp_path / "good")
     config = json.loads((good / "adapter_config.json").read_text())
-    wrong_rank, no_json = tmp_path / "wrong-rank", tmp_path / "no-json"
-    for directory, text in ((wrong_rank, json.dumps(config | {"r": 8})), (no_json, "{")):
+    wrong_rank, no_json, nan_alpha, one_name = (tmp_path / name for name in ("wrong-rank", "no-json", "nan", "one"))
+    for directory, text in ((wrong_rank, json.dumps(config | {"r": 8})), (no_json, "{"),
+                            (nan_alpha, json.dumps(config | {"lora_alpha": float("nan")})),
+                            (one_name, json.dumps(config | {"modules_to_save": "generation_head"}))):
         directory.mkdir()
         (directory / "adapter_config.json").write_text(text)
         (directory / "adapter_model.safetensors").write_bytes((good / "adapter_model.safetensors").read_bytes())
     fresh = load_model("tiny")
     before = fresh.fingerprint()
     for directory, message in ((legacy, "does not fit this model"), (wrong_rank, "its weights have rank 4 but "
-                               "adapter_config.json says r = 8"), (no_json, "cannot read .*adapter_config.json")):
+                               "adapter_config.json says r = 8"), (no_json, "cannot read .*adapter_config.json"),
+                               (nan_alpha, "lora_alpha must be a number, got nan"),  # (folded: NaN weights)
+                               (one_name, "cannot apply the adapter .*modules_to_save")):  # (wrappers in wrappers)
         with pytest.raises(UserError, match=message):
             fresh.load_adapter(directory)
         assert fresh.peft is None and fresh.fingerprint() == before

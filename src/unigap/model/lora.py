@@ -9,6 +9,7 @@ every UnifiedModel method runs the adapted model; `disable_adapter()` gives the 
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 import warnings
@@ -125,6 +126,7 @@ class _RoundedForward:
 
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # a saved PEFT adapter's files
+LORA_ALPHA = 8  # peft's LoraConfig default, for a config that leaves it out
 LEGACY_WEIGHTS = "adapter_model.bin"  # PEFT's pickle format (save_pretrained(safe_serialization=False))
 _LORA_TENSOR = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\b")  # PEFT's names of its tensors
 
@@ -156,6 +158,9 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read {path}: {first_line(exc)}") from None
     if not isinstance(config, dict):
         raise UserError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    alpha = config.get("lora_alpha", LORA_ALPHA)  # (NaN: a merged checkpoint of NaN weights, written with exit 0)
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise UserError(f"{path}: lora_alpha must be a number, got {alpha!r}")
     return config
 
 
@@ -230,13 +235,13 @@ def load_lora(model: JanusForConditionalGeneration, directory: str | Path, train
 def _unwrap(model: nn.Module) -> None:
     """`model` as it was before PEFT began wrapping it: each LoRA layer and each trained-in-full wrapper replaced by
     the module it wraps, PEFT's config on it dropped (what a failed `PeftModel.from_pretrained` leaves behind)."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, ModulesToSaveWrapper):
-            inner = module.original_module
-        elif isinstance(module, LoraLayer):
-            inner = module.get_base_layer()
-        else:
-            continue
+    while True:  # outermost first: a wrapper inside another is found again, under its new name, on a later pass
+        wrappers = [(name, module) for name, module in model.named_modules()
+                    if isinstance(module, ModulesToSaveWrapper | LoraLayer)]
+        if not wrappers:
+            break
+        name, module = wrappers[0]
+        inner = module.original_module if isinstance(module, ModulesToSaveWrapper) else module.get_base_layer()
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, inner)
     if "peft_config" in vars(model):

@@ -24,12 +24,11 @@ from safetensors.torch import load_file, save
 
 from unigap.errors import UserError, first_line
 from unigap.atomic import atomic_write_bytes, directory_atomically
-from unigap.model.lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_files, check_ranks,
+from unigap.model.lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_ALPHA, check_adapter_files, check_ranks,
                                read_adapter_config)
 from unigap.train.names import SOUP_LAMBDAS
 
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
-LORA_ALPHA = 8  # peft's LoraConfig default, for a config that leaves it out
 # settings that must agree for two adapters to be souped (rank and alpha may differ)
 _MUST_MATCH = ("peft_type", "target_modules", "modules_to_save", "base_model_name_or_path", "bias")
 
@@ -40,9 +39,6 @@ def _read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]
     config = read_adapter_config(directory)
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("peft_type") != "LORA":
         raise UserError(f"{directory}: only plain LoRA adapters (no rank/alpha patterns) can be souped")
-    alpha = config.get("lora_alpha", LORA_ALPHA)
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
-        raise UserError(f"{directory / ADAPTER_CONFIG}: lora_alpha must be a number, got {alpha!r}")
     try:
         tensors = load_file(str(directory / ADAPTER_WEIGHTS))
     except SafetensorError as exc:
