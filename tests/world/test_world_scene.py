@@ -19,6 +19,9 @@ def test_geometry_scales_with_canvas():
     assert (g128.radius_small, g128.radius_large, g128.margin) == (12, 22, 12)
     with pytest.raises(UserError, match="canvas size"):
         Geometry.for_canvas(16)
+    for huge in (2049, 100_000, 10**30):  # (rendering a preference row's scene took 24 GB; PIL's OverflowError)
+        with pytest.raises(UserError, match="canvas size must be an integer from 32 to 2048"):
+            Geometry.for_canvas(huge)
 
 
 def test_relation_definition():

@@ -12,14 +12,13 @@ from unigap.manifest import MANIFEST_FILE, manifest, read_record, write_manifest
 from unigap.progress import progress
 from unigap.world.dataset import IMAGES_DIR, QUESTIONS_FILE, SAMPLES_FILE, SPLITS, write_dataset
 from unigap.world.prompts import CATEGORIES, parse_prompt
-from unigap.world.scene import DEFAULT_CANVAS, MIN_CANVAS
+from unigap.world.scene import DEFAULT_CANVAS, MAX_CANVAS, MIN_CANVAS
 from unigap.world.verify import load_image, verify
 
 app = typer.Typer(
     help="ShapeWorld: a synthetic world of coloured shapes with exact ground truth.", no_args_is_help=True
 )
 
-MAX_SIZE = 2048  # a sampled canvas larger than this only costs memory and disk
 MAX_N, MAX_QUESTIONS = 1_000_000, 100  # a dataset's images, and questions per image (more ran out of memory or hung)
 PROGRESS_MIN_N = 200  # below this a bar flickers more than it informs
 
@@ -33,7 +32,7 @@ def sample(
     category: str | None = typer.Option(
         None, "--category", help=f"One of {', '.join(CATEGORIES)} (default: all)."
     ),
-    size: int = typer.Option(DEFAULT_CANVAS, "--size", help=f"Canvas side in pixels ({MIN_CANVAS} to {MAX_SIZE})."),
+    size: int = typer.Option(DEFAULT_CANVAS, "--size", help=f"Canvas side in pixels ({MIN_CANVAS} to {MAX_CANVAS})."),
     questions: int = typer.Option(0, "--questions", help="Also write DIR/questions.jsonl: this many questions per "
                                   "image with their exact answers (understanding data for train --objective sft), "
                                   "each drawn independently, so an image may get one question twice."),
@@ -51,8 +50,8 @@ def sample(
         raise UserError(f"--questions must be from 0 to {MAX_QUESTIONS}, got {questions}")
     if draw_seed is not None and draw_seed < 0:
         raise UserError(f"--draw-seed must be >= 0, got {draw_seed}")
-    if not MIN_CANVAS <= size <= MAX_SIZE:
-        raise UserError(f"--size must be from {MIN_CANVAS} to {MAX_SIZE} pixels, got {size}")
+    if not MIN_CANVAS <= size <= MAX_CANVAS:
+        raise UserError(f"--size must be from {MIN_CANVAS} to {MAX_CANVAS} pixels, got {size}")
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if category is not None and category not in CATEGORIES:

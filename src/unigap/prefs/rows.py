@@ -71,6 +71,14 @@ _BY_KIND: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
+def _finite(value: float) -> bool:
+    """`math.isfinite`, and False for an integer too large for a float (JSON's 400-digit number: an OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _problem(row: Any) -> str:
     """Why a row is malformed ('' when it is fine)."""
     if not isinstance(row, dict):
@@ -88,14 +96,14 @@ def _problem(row: Any) -> str:
     if row["kind"] == "und" and isinstance(row.get("scene"), str):
         try:
             Scene.from_dict(json.loads(row["scene"]))
+        except UserError as exc:  # ("malformed scene …"; first: a UserError is a ValueError)
+            return str(exc)
         except ValueError as exc:  # (a JSONDecodeError, or an integer of more digits than Python converts)
             return f"malformed scene: invalid JSON ({exc})"
-        except UserError as exc:  # ("malformed scene …")
-            return str(exc)
     elif row["kind"] == "und" and not (isinstance(row.get("images"), list) and len(row["images"]) == 1):
         return "an und row needs its 'scene' (ShapeWorld) or its 'images' (a list of one image)"
     for name in ("chosen_ref_logprob", "rejected_ref_logprob"):
-        if not math.isfinite(row[name]):
+        if not _finite(row[name]):
             return f"{name!r} is not finite"
     for name in ("chosen_ids", "rejected_ids"):
         if not token_ids(row[name]):

@@ -36,6 +36,7 @@ SIZES: tuple[str, ...] = ("small", "large")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 MAX_OBJECTS = 4
 MIN_CANVAS = 32
+MAX_CANVAS = 2048  # (`world sample --size`'s limit too)
 RESTARTS = 1000  # whole-scene retries before giving up; placement succeeds far sooner on any valid canvas
 DEFAULT_CANVAS = 64
 
@@ -63,9 +64,11 @@ class Geometry:
 
     @classmethod
     def for_canvas(cls, canvas: int = DEFAULT_CANVAS) -> Geometry:
-        """Scale the reference geometry; canvases below `MIN_CANVAS` cannot keep objects separable."""
-        if isinstance(canvas, bool) or not isinstance(canvas, numbers.Integral) or canvas < MIN_CANVAS:
-            raise UserError(f"canvas size must be an integer >= {MIN_CANVAS}, got {canvas!r}")
+        """Scale the reference geometry; canvases below `MIN_CANVAS` cannot keep objects separable, and above
+        `MAX_CANVAS` only cost memory (a preference row's scene of canvas 100000 took 24 GB to render)."""
+        whole = isinstance(canvas, numbers.Integral) and not isinstance(canvas, bool)
+        if not (whole and MIN_CANVAS <= canvas <= MAX_CANVAS):
+            raise UserError(f"canvas size must be an integer from {MIN_CANVAS} to {MAX_CANVAS}, got {canvas!r}")
         canvas = int(canvas)  # (a numpy integer too: the geometry holds plain ints)
         s = canvas / DEFAULT_CANVAS
         return cls(
