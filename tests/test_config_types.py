@@ -83,3 +83,16 @@ def test_a_toml_file_fills_optional_and_array_fields_in_their_types(tmp_path: Pa
     toml.write_text('rates = ["fast"]\n')
     with pytest.raises(UserError, match=r"config key rates must be an array of numbers, got \['fast'\]"):
         load_config(_Shapes, toml, {})
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("1" + "0" * 400, "config key lr must be a finite number, got inf"),  # (an OverflowError from float())
+    ("9" * 5000, "cannot read config .*Exceeds the limit"),  # (tomllib's plain ValueError)
+])
+def test_a_toml_number_too_large_is_one_line(tmp_path: Path, value: str, message: str) -> None:
+    from unigap.train.config import TrainConfig
+
+    toml = tmp_path / "big.toml"
+    toml.write_text(f"lr = {value}\n")
+    with pytest.raises(UserError, match=message):
+        TrainConfig.load(toml, strategy="joint")

@@ -91,8 +91,8 @@ def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any])
     if toml_file is not None:
         try:
             values = tomllib.loads(Path(toml_file).read_text(encoding="utf-8-sig"))  # (a BOM, as the data files)
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise UserError(f"cannot read config {toml_file}: {exc}") from None
+        except (OSError, ValueError) as exc:  # (a TOMLDecodeError or UnicodeDecodeError, or an integer of more
+            raise UserError(f"cannot read config {toml_file}: {exc}") from None  # digits than Python converts)
     values |= {key: value for key, value in overrides.items() if value is not None}
     hints = typing.get_type_hints(cls)
     known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
@@ -144,7 +144,7 @@ def _coerced(value: Any, expected: Any) -> Any:
     if typing.get_origin(expected) is tuple and isinstance(value, list | tuple):
         return tuple(_coerced(item, _element(expected)) for item in value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        return float(value) if abs(value) < 2**1024 else math.inf  # (beyond a float: infinite, as a range check says)
     return value
 
 
