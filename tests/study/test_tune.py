@@ -168,7 +168,10 @@ def test_diagnostics_flag_a_loss_near_zero_with_falling_chosen() -> None:
      (["--kinds", "gen-bad"], "unknown pair kind gen-bad"),
      (["--eval-every", "500"], "eval_every (500) must not exceed steps (300)"),
      (["--pairs-per-step", "2.5"], "expected comma-separated whole numbers"),
-     (["--pairs-per-step", "0"], "pairs per step must be positive integers, got 0")],
+     (["--pairs-per-step", "0"], "pairs per step must be positive integers up to the pairs (128), got 0"),
+     (["--pairs-per-step", "1" + "0" * 400], "expected comma-separated whole numbers"),  # (an OverflowError)
+     (["--pairs-per-step", "9" * 30], "expected comma-separated whole numbers"),  # (a hang in the trainer)
+     (["--pairs-per-step", "200"], "pairs per step must be positive integers up to the pairs (128), got 200")],
 )
 def test_the_cli_rejects_bad_settings_in_one_line(flags: list[str], message: str, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:

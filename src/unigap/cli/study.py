@@ -73,11 +73,14 @@ def _listed(values: tuple) -> str:
 
 
 def _numbers(text: str, flag: str, cast: Callable[[str], float] = float) -> tuple[float, ...]:
+    from unigap.cli import INT64
+
     try:
         numbers = tuple(cast(part) for part in text.split(","))
     except ValueError:
         numbers = ()
-    if not numbers or not all(math.isfinite(number) for number in numbers):
+    # (1e400 as an int overflowed math.isfinite; a 30-digit one passed, to hang in the trainer)
+    if not numbers or not all(abs(number) < INT64 and math.isfinite(number) for number in numbers):
         what = "whole numbers" if cast is int else "finite numbers"
         raise typer.BadParameter(f"expected comma-separated {what}, got {text!r}", param_hint=flag)
     return numbers

@@ -96,8 +96,9 @@ class TuneConfig:
         if not (all(v > 0 for v in (*self.lrs, *self.betas)) and all(v >= 0 for v in (*self.nll_weights,
                                                                                     *self.cfg_scales))):
             raise UserError("learning rates and betas must be > 0, NLL weights and CFG scales >= 0")  # (NaN fails)
-        if not all(isinstance(b, int) and b >= 1 for b in self.pair_batches):
-            raise UserError(f"pairs per step must be positive integers, got {', '.join(map(str, self.pair_batches))}")
+        if not all(isinstance(b, int) and 1 <= b <= self.gen_pairs for b in self.pair_batches):
+            raise UserError(f"pairs per step must be positive integers up to the pairs ({self.gen_pairs}), got "
+                            f"{', '.join(map(str, self.pair_batches))}")
         for name in ("steps", "eval_every", "n", "gen_pairs", "sample_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
