@@ -127,16 +127,20 @@ def test_merge_cli_writes_one_soup_per_lambda(adapters: tuple[Path, Path], tmp_p
     with pytest.raises(SystemExit) as exc:
         main(["merge", "--und", str(adapters[0]), "--gen", str(adapters[1]), "--out", str(tmp_path)])
     assert exc.value.code == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["soup-0.3", "soup-0.5", "soup-0.7"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "soup-0.3", "soup-0.5", "soup-0.7"]
     assert capsys.readouterr().out.split() == [str(tmp_path / f"soup-{lam}") for lam in ("0.3", "0.5", "0.7")]
+    with pytest.raises(SystemExit) as exc:  # (a training run's adapter was written beside the soups, exit 0)
+        main(["train", "--model", "tiny", "--objective", "und-sft", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "holds the output of `unigap merge`" in capsys.readouterr().err
     written = (tmp_path / "soup-0.7" / "adapter_model.safetensors").read_bytes()
     with pytest.raises(SystemExit) as exc:  # a second run into the same --out never writes over a soup
         main(["merge", "--und", str(adapters[1]), "--gen", str(adapters[0]), "--out", str(tmp_path), "--lambda", "0.1",
               "--lambda", "0.7"])
     assert exc.value.code == 2 and f"--out {tmp_path} already holds soup-0.7;" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["soup-0.3", "soup-0.5", "soup-0.7"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "soup-0.3", "soup-0.5", "soup-0.7"]
     assert (tmp_path / "soup-0.7" / "adapter_model.safetensors").read_bytes() == written
     for lambdas, message, gen in ((["0.2", "0.2"], "name the same soup twice", adapters[1]),
+                                  (["-0", "0"], "name the same soup twice", adapters[1]),  # (soup--0 and soup-0)
                                   (["0.2", "1.5"], "must lie in \\[0, 1\\]", adapters[1]),
                                   (["0.2"], "--und and --gen are the same adapter", adapters[0])):
         with pytest.raises(SystemExit) as exc:
