@@ -178,6 +178,23 @@ def test_an_interrupted_merge_leaves_nothing(editing_base, adapter, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_met_by_the_merge_is_the_storage_error_of_every_writer(editing_base, adapter, tmp_path,
+                                                                            monkeypatch, capsys) -> None:
+    """safetensors raises its own SafetensorError for a failed write, which printed a traceback (exit 1) where every
+    other writer's full disk is one line."""
+    from safetensors import SafetensorError
+
+    def full(self, *args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No "
+                              "space left on device\" }) No space left on device (os error 28)")
+
+    monkeypatch.setattr(JanusForConditionalGeneration, "save_pretrained", full)
+    code, _, err = run_main(capsys, "merge", "--model", editing_base, "--adapter", adapter, "--out", tmp_path / "m")
+    lines = [line for line in err.splitlines() if line.startswith("unigap:")]
+    assert code == 1 and len(lines) == 1 and "No space left on device" in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.parametrize(("text", "message"), [("{", "is not valid JSON"), ("[]", "must hold a JSON object, got list")])
 def test_a_sidecar_that_is_no_json_object_is_one_line(tmp_path: Path, text: str, message: str) -> None:
     """(A list raised AttributeError from `setdefault`.)"""

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 import torch
+from safetensors import SafetensorError
 
 from unigap.atomic import directory_atomically
 from unigap.errors import UserError
@@ -62,5 +64,11 @@ def save_merged(um: UnifiedModel, base_dir: str | os.PathLike, out: str | os.Pat
         for file in base_dir.iterdir():
             if file.is_file() and not any(file.match(pattern) for pattern in WEIGHT_FILES):
                 shutil.copy2(file, tmp / file.name)
-        um.model.save_pretrained(tmp)  # safetensors + config.json + generation_config.json, over the base's
+        try:
+            um.model.save_pretrained(tmp)  # safetensors + config.json + generation_config.json, over the base's
+        except SafetensorError as exc:  # (its own error for a failed write: "No space left on device (os error 28)")
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), str(exc)) from exc  # the storage's refusal, as every other writer's
     return out
