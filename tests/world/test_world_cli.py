@@ -61,8 +61,8 @@ def test_sample_with_a_draw_seed_records_it(tmp_path, capsys):
         (["world", "sample", "--n", "10000000000000", "--seed", "1", "--out", "OUT"], "--n must be from 1"),  # (hung)
         (["world", "sample", "--n", "1", "--seed", "1", "--out", "OUT", "--questions", "100000000000"],
          "--questions must be from 0 to 100"),  # (a 745 GiB allocation's traceback)
-        (["world", "sample", "--n", "1", "--seed", "1", "--out", "MINE"], "holds questions.jsonl, images that "
-         "`unigap world sample` did not write"),  # (deleted and overwritten, exit 0)
+        (["world", "sample", "--n", "1", "--seed", "1", "--out", "MINE"], "holds questions.jsonl, images/000000.png "
+         "that `unigap world sample` did not write"),  # (deleted and overwritten, exit 0)
         (["world", "sample", "--n", "2", "--seed", "1", "--out", "FILE"], "is a file"),
         (
             ["world", "sample", "--n", "2", "--seed", "1", "--out", "OUT", "--split", "dev"],
@@ -85,6 +85,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
     Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(tmp_path / "good.png")
     (tmp_path / "mine" / "images").mkdir(parents=True)  # a user's folder: their questions and pictures
     (tmp_path / "mine" / "questions.jsonl").write_text('{"question": "mine"}\n')
+    (tmp_path / "mine" / "images" / "000000.png").write_bytes(b"a user's picture")
     paths = {
         "OUT": tmp_path / "out",
         "MINE": tmp_path / "mine",
@@ -118,3 +119,13 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"unigap: error: image file not found: {tmp_path / 'x.png'}"]
+
+
+def test_a_sample_made_before_manifests_or_cut_off_before_one_is_still_rerun(tmp_path, capsys):
+    """Its samples.jsonl's rows say what made it: only a folder of someone else's files is refused."""
+    out = tmp_path / "w"
+    args = ["world", "sample", "--n", "2", "--seed", "1", "--out", str(out)]
+    assert run_main(capsys, args)[0] in (0, None)
+    (out / "manifest.json").unlink()
+    assert run_main(capsys, [*args[:3], "3", *args[4:]])[0] in (0, None)
+    assert len(list((out / "images").glob("*.png"))) == 3

@@ -56,8 +56,8 @@ def sample(
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if category is not None and category not in CATEGORIES:
         raise UserError(f"--category must be one of {', '.join(CATEGORIES)}, got {category!r}")
-    theirs = [name for name in (SAMPLES_FILE, QUESTIONS_FILE, IMAGES_DIR) if (out / name).exists()]
-    if theirs and (read_record(out / MANIFEST_FILE) or {}).get("command") != "world sample":  # (a rerun replaces them)
+    theirs = _not_ours(out, n)
+    if theirs:
         raise UserError(f"--out {out} holds {', '.join(theirs)} that `unigap world sample` did not write; choose "
                         "another --out")
     settings = {"n": n, "seed": seed, "split": split, "category": category, "size": size, "questions": questions,
@@ -70,6 +70,28 @@ def sample(
     write_manifest(out, record)
     asked = f", and {questions} question(s) per image to {out / QUESTIONS_FILE}" if questions else ""
     typer.echo(f"wrote {n} samples to {path}{asked}")
+
+
+def _not_ours(out: Path, n: int) -> list[str]:
+    """What a sample into `out` would replace that no earlier one wrote (a user's own questions and pictures): its
+    index files, and the images it writes, unless an earlier sample made the folder (its manifest, or, from before
+    manifests, its samples.jsonl's rows)."""
+    if (read_record(out / MANIFEST_FILE) or {}).get("command") == "world sample" or _a_sample(out / SAMPLES_FILE):
+        return []
+    found = [name for name in (SAMPLES_FILE, QUESTIONS_FILE) if (out / name).is_file()]
+    images = sorted(p.name for p in (out / IMAGES_DIR).glob("*.png") if p.stem.isdigit() and int(p.stem) < n
+                    and len(p.stem) >= 6) if (out / IMAGES_DIR).is_dir() else []
+    return found + [f"{IMAGES_DIR}/{name}" for name in images[:3]] + (["..."] if len(images) > 3 else [])
+
+
+def _a_sample(index: Path) -> bool:
+    """Whether a samples.jsonl's first row is one `world sample` writes."""
+    try:
+        with index.open(encoding="utf-8") as handle:
+            row = json.loads(handle.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(row, dict) and {"index", "split", "spec", "scene", "image"} <= set(row)
 
 
 @app.command("verify")
