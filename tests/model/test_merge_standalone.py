@@ -107,6 +107,10 @@ def test_merged_checkpoint_equals_base_plus_adapter(editing_base, adapter, image
         code, _, err = run_main(capsys, "merge", "--model", tmp_path / "merged2", "--adapter", merged_in, "--out",
                                 tmp_path / "merged3")
         assert code == 2 and f"already has the adapter {merged_in} merged into its weights" in err
+    record = (tmp_path / "merged2" / "manifest.json").read_text()  # soups written there replaced that record
+    code, _, err = run_main(capsys, "merge", "--und", adapter, "--gen", other, "--out", tmp_path / "merged2")
+    assert code == 2 and "holds a checkpoint `merge --model --adapter` wrote" in err
+    assert (tmp_path / "merged2" / "manifest.json").read_text() == record
 
 
 def test_merged_checkpoint_keeps_the_base_dtype_and_files(tiny_dir, tmp_path) -> None:

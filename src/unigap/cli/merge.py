@@ -35,11 +35,14 @@ def merge(
     if soups_given:
         if und is None or gen is None:
             raise UserError("adapter soups need both --und and --gen")
-        from unigap.manifest import manifest, write_manifest
+        from unigap.manifest import MANIFEST_FILE, manifest, read_record, write_manifest
         from unigap.train.merge import soups
 
         chosen = tuple(lam + 0.0 for lam in lambdas or SOUP_LAMBDAS)  # (-0 is 0: one soup, not soup--0 beside it)
-        with manifest("merge", {"und": str(und), "gen": str(gen), "lambdas": list(chosen)}) as record:
+        if (out / "config.json").exists() or merged_adapters(str(out)):  # (its manifest would be replaced)
+            raise UserError(f"--out {out} holds a checkpoint `merge --model --adapter` wrote; choose another --out")
+        earlier = ((read_record(out / MANIFEST_FILE) or {}).get("config") or {}).get("lambdas") or []
+        with manifest("merge", {"und": str(und), "gen": str(gen), "lambdas": [*earlier, *chosen]}) as record:
             written = soups(und, gen, out, chosen)
         write_manifest(out, record)  # (OUT is the merge's: another command's run is not written beside its soups)
         for path in written:
