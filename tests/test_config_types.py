@@ -87,6 +87,7 @@ def test_a_toml_file_fills_optional_and_array_fields_in_their_types(tmp_path: Pa
 
 @pytest.mark.parametrize(("value", "message"), [
     ("1" + "0" * 400, "config key lr must be a finite number, got inf"),  # (an OverflowError from float())
+    (str(2**1024 - 1), "config key lr must be a finite number, got inf"),  # (below 2**1024, still past a float)
     ("9" * 5000, "cannot read config .*Exceeds the limit"),  # (tomllib's plain ValueError)
 ])
 def test_a_toml_number_too_large_is_one_line(tmp_path: Path, value: str, message: str) -> None:

@@ -249,9 +249,13 @@ def test_an_adapter_peft_fails_on_is_checked_first_and_whatever_else_fails_leave
         directory.mkdir()
         (directory / "adapter_config.json").write_text(text)
         (directory / "adapter_model.safetensors").write_bytes((good / "adapter_model.safetensors").read_bytes())
+    empty = tmp_path / "empty-bin"  # (an EOFError traceback)
+    empty.mkdir()
+    (empty / "adapter_config.json").write_bytes((good / "adapter_config.json").read_bytes())
+    (empty / "adapter_model.bin").write_bytes(b"")
     fresh = load_model("tiny")
-    before = fresh.fingerprint()
-    for directory, message in ((legacy, "does not fit this model"), (wrong_rank, "its weights have rank 4 but "
+    before, flags = fresh.fingerprint(), [p.requires_grad for p in fresh.model.parameters()]
+    for directory, message in ((empty, "cannot read the adapter in .*empty-bin"), (legacy, "does not fit this model"), (wrong_rank, "its weights have rank 4 but "
                                "adapter_config.json says r = 8"), (no_json, "cannot read .*adapter_config.json"),
                                (nan_alpha, "lora_alpha must be a number, got nan"),  # (folded: NaN weights)
                                (one_name, "cannot apply the adapter .*modules_to_save")):  # (wrappers in wrappers)
@@ -268,6 +272,7 @@ def test_an_adapter_peft_fails_on_is_checked_first_and_whatever_else_fails_leave
     with pytest.raises(UserError, match="^cannot apply the adapter in .*good: Error\\(s\\) in loading state_dict"):
         fresh.load_adapter(good)
     assert fresh.peft is None and fresh.fingerprint() == before and not hasattr(fresh.model, "peft_config")
+    assert [p.requires_grad for p in fresh.model.parameters()] == flags  # (PEFT had frozen them all)
     assert not any("lora_" in name or "modules_to_save" in name for name, _ in fresh.model.named_parameters())
     monkeypatch.undo()
     fresh.load_adapter(good)  # and the right one still loads

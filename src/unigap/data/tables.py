@@ -91,13 +91,16 @@ def _csv_rows(path: Path) -> list[Row]:
             if repeated:  # DictReader would keep the last such column's cells, silently
                 raise UserError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once")
             out = []
-            for row in reader:  # located at the line it starts on: `line_num` is its last (a quoted cell may span lines)
-                cells = [cell for cell in (*row.values(), *row.get(None, ())) if isinstance(cell, str)]
-                spanned = sum(cell.count("\n") for cell in cells)
-                where = f"{path}:{reader.line_num - spanned}"
-                if None in row or None in row.values():
-                    raise UserError(f"{where}: expected {len(reader.fieldnames or [])} columns")
-                out.append((where, dict(row)))
+            try:
+                for row in reader:  # located at the line it starts on: `line_num` is its last (a cell may span lines)
+                    cells = [cell for cell in (*row.values(), *row.get(None, ())) if isinstance(cell, str)]
+                    spanned = sum(cell.count("\n") for cell in cells)
+                    where = f"{path}:{reader.line_num - spanned}"
+                    if None in row or None in row.values():
+                        raise UserError(f"{where}: expected {len(reader.fieldnames or [])} columns")
+                    out.append((where, dict(row)))
+            except csv.Error as exc:  # (strict: a stray quote, or a file cut inside a quoted cell)
+                raise UserError(f"{path}:{reader.line_num + 1}: malformed CSV: {exc}") from None  # (the record's start)
             return out
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None

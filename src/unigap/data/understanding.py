@@ -49,7 +49,7 @@ class UserItem:
         return self.stored.to_pixels()
 
 
-WHOLE_FLOAT = re.compile(r"[+-]?\d+\.0*")  # how pandas writes a whole number of a float column in CSV
+WHOLE_FLOAT = re.compile(r"[+-]?\d{1,15}\.0*")  # pandas' whole number of a float column in CSV (exact as a float)
 
 
 def _answer_text(value: Any) -> str | None:
@@ -72,13 +72,15 @@ def _answers(row: dict[str, Any], where: str) -> tuple[str, ...]:
     soft score does not depend on their order)."""
     if row.get("answers") not in (None, ""):  # (a CSV row that fills only `answer` leaves `answers` empty)
         answers = _references(row, where)
-        if row.get("answer") in (None, ""):
+        answer = _answer_text(row.get("answer"))  # (None where absent, blank or NaN: a gap in a pandas column)
+        if answer is None:
             return answers
-        answer = _answer_text(row["answer"])
-        if answer not in answers:
+        folded = [" ".join(a.lower().split()) for a in (answer, *answers)]  # ("Yes" is "yes"; "yes " is "yes")
+        if folded[0] not in folded[1:]:
             raise UserError(f"{where}: its 'answer' {row['answer']!r} is not one of its 'answers'; give one of them, "
                             "or leave one column out")
-        return (answer, *answers[:answers.index(answer)], *answers[answers.index(answer) + 1:])
+        same = folded.index(folded[0], 1) - 1
+        return (answers[same], *answers[:same], *answers[same + 1:])
     if "answer" not in row:
         raise UserError(f"{where}: needs an 'answer' or an 'answers' column (it has {', '.join(map(repr, row))})")
     answer = _answer_text(row["answer"])

@@ -173,7 +173,7 @@ def _tensor_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
             with safe_open(str(weights), "pt") as handle:
                 return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         return {key: tuple(t.shape) for key, t in torch.load(legacy, map_location="meta", weights_only=True).items()}
-    except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError, AttributeError) as exc:
+    except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError, AttributeError, EOFError) as exc:
         raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
 
 
@@ -221,6 +221,7 @@ def load_lora(model: JanusForConditionalGeneration, directory: str | Path, train
     from the rounded weights. `UserError` for a directory without one, or with an unreadable one."""
     check_adapter_files(directory)
     check_adapter_fits(model, directory)  # before PEFT wraps the model: a failure there leaves it half-wrapped
+    trained = {name: param.requires_grad for name, param in model.named_parameters()}  # (PEFT freezes them)
     try:
         peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=trainable)
         weights = Path(directory) / ADAPTER_WEIGHTS
@@ -228,6 +229,8 @@ def load_lora(model: JanusForConditionalGeneration, directory: str | Path, train
             set_peft_model_state_dict(peft_model, load_file(weights))  # the upcast copies hold rounded weights
     except Exception as exc:  # noqa: BLE001 - whatever PEFT met after it began wrapping: the model is given back whole
         _unwrap(model)
+        for name, param in model.named_parameters():
+            param.requires_grad_(trained.get(name, param.requires_grad))
         raise UserError(f"cannot apply the adapter in {directory}: {first_line(exc)}") from None
     return peft_model
 

@@ -144,7 +144,10 @@ def _coerced(value: Any, expected: Any) -> Any:
     if typing.get_origin(expected) is tuple and isinstance(value, list | tuple):
         return tuple(_coerced(item, _element(expected)) for item in value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value) if abs(value) < 2**1024 else math.inf  # (beyond a float: infinite, as a range check says)
+        try:
+            return float(value)
+        except OverflowError:  # (beyond a float: infinite, which the finite check then names)
+            return math.inf
     return value
 
 
