@@ -15,9 +15,10 @@ from unigap.arms import ARMS, Arm
 from unigap.errors import UserError
 from unigap.registry import load
 
-# each training builder's settings class, which the arm's options are keywords of
-SETTINGS = {"train_strategy": "unigap.train.config:TrainConfig", "self_improve": "unigap.selfimprove:SelfImproveConfig",
-            "unimrg": "unigap.unimrg:UniMRGConfig"}
+# each training builder's settings class, which the arm's options are keywords of, and the option it needs
+SETTINGS = {"train_strategy": ("unigap.train.config:TrainConfig", "strategy"),
+            "self_improve": ("unigap.selfimprove:SelfImproveConfig", "method"),
+            "unimrg": ("unigap.unimrg:UniMRGConfig", "objective")}
 
 
 def check_options(arm: Arm) -> None:
@@ -25,11 +26,11 @@ def check_options(arm: Arm) -> None:
     module, _, function = arm.builder.partition(":")
     if module != __name__ or function not in SETTINGS:
         return
-    needed = {"train_strategy": "strategy", "unimrg": "objective", "self_improve": "method"}[function]
+    settings, needed = SETTINGS[function]
     if needed not in arm.options:
         raise UserError(f"arm {arm.name!r}: its builder {function} needs options={{{needed!r}: ...}}")
     try:
-        load(SETTINGS[function])(**arm.options)
+        load(settings)(**arm.options)
     except TypeError as exc:  # (an option the settings have no field for)
         raise UserError(f"arm {arm.name!r}: {exc}") from None
 
