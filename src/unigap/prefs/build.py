@@ -140,7 +140,7 @@ def shortfall(options: BuildOptions, candidates: int) -> str:
     return told + (f" ({'; or '.join(hints)})" if hints else "")
 
 
-MARGIN_SLACK = 1e-9  # scores are fractions: a gap equal to the margin exactly (4/7 − 1/14) computes as 0.49999…
+MARGIN_SLACK = 1e-9  # scores are fractions: a gap equal to the margin exactly (1.0 − 0.9) computes as 0.0999…98
 
 
 def clears(gap: float, margin: float) -> bool:

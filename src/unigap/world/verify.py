@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from unigap.errors import UserError
 from unigap.pixels import UNREADABLE_IMAGE, rgb_pixels
-from unigap.world.prompts import PromptSpec, as_spec, check
+from unigap.world.prompts import PromptSpec, check
 from unigap.world.render import BACKGROUND, PALETTE
 from unigap.world.scene import DEFAULT_CANVAS, Geometry
 
@@ -201,10 +201,10 @@ def _describe(color: int, mask: np.ndarray, geo: Geometry) -> Detected:
     )
 
 
-def verify(image: np.ndarray | Image.Image | str | Path, spec: PromptSpec | str, canvas: int = DEFAULT_CANVAS) -> Verdict:
-    """Judge an image (or an image file's path) against a prompt spec (or a ShapeWorld prompt's text) with exactly the
-    ground-truth semantics."""
-    spec = as_spec(spec)
+def verify(image: np.ndarray | Image.Image | str | Path, spec: PromptSpec | str,
+           canvas: int = DEFAULT_CANVAS) -> Verdict:
+    """Judge an image (or an image file's path) against a prompt spec (or a ShapeWorld prompt's text, which `check`
+    reads) with exactly the ground-truth semantics."""
     objects = detect(image, canvas)
     satisfied, reason = check(objects, spec, Geometry.for_canvas(canvas).margin)
     return Verdict(satisfied, reason, objects)
