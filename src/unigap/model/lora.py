@@ -128,6 +128,7 @@ class _RoundedForward:
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # a saved PEFT adapter's files
 LORA_ALPHA = 8  # peft's LoraConfig default, for a config that leaves it out
 LEGACY_WEIGHTS = "adapter_model.bin"  # PEFT's pickle format (save_pretrained(safe_serialization=False))
+A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"  # a LoRA layer's two factors in a saved adapter
 _LORA_TENSOR = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\b")  # PEFT's names of its tensors
 
 
@@ -180,7 +181,7 @@ def _tensor_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
 def check_ranks(directory: Path, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
     """`UserError` unless the adapter's LoRA factors have the rank its config says (no `rank_pattern`): PEFT would
     fail halfway through wrapping a model with it, and a soup of it would be written, then fail to load."""
-    ranks = {shape[0] for key, shape in shapes.items() if key.endswith(".lora_A.weight")}
+    ranks = {shape[0] for key, shape in shapes.items() if key.endswith(A_SUFFIX)}
     if not config.get("rank_pattern") and ranks - {config.get("r")}:
         raise UserError(f"{directory}: its weights have rank {', '.join(map(str, sorted(ranks)))} but "
                         f"{ADAPTER_CONFIG} says r = {config.get('r')}")

@@ -24,11 +24,10 @@ from safetensors.torch import load_file, save
 
 from unigap.errors import UserError, first_line
 from unigap.atomic import atomic_write_bytes, directory_atomically
-from unigap.model.lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_ALPHA, check_adapter_files, check_ranks,
-                               read_adapter_config)
+from unigap.model.lora import (A_SUFFIX, ADAPTER_CONFIG, ADAPTER_WEIGHTS, B_SUFFIX, LORA_ALPHA, check_adapter_files,
+                               check_ranks, read_adapter_config)
 from unigap.train.names import SOUP_LAMBDAS
 
-A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 # settings that must agree for two adapters to be souped (rank and alpha may differ)
 _MUST_MATCH = ("peft_type", "target_modules", "modules_to_save", "base_model_name_or_path", "bias")
 
