@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -10,7 +11,7 @@ import typer
 from unigap.errors import UserError
 from unigap.manifest import MANIFEST_FILE, manifest, read_record, write_manifest
 from unigap.progress import progress
-from unigap.world.dataset import IMAGES_DIR, QUESTIONS_FILE, SAMPLES_FILE, SPLITS, write_dataset
+from unigap.world.dataset import IMAGE_NAME, IMAGES_DIR, QUESTIONS_FILE, SAMPLES_FILE, SPLITS, write_dataset
 from unigap.world.prompts import CATEGORIES, parse_prompt
 from unigap.world.scene import DEFAULT_CANVAS, MAX_CANVAS, MIN_CANVAS
 from unigap.world.verify import load_image, verify
@@ -79,8 +80,8 @@ def _not_ours(out: Path, n: int) -> list[str]:
     if (read_record(out / MANIFEST_FILE) or {}).get("command") == "world sample" or _a_sample(out / SAMPLES_FILE):
         return []
     found = [name for name in (SAMPLES_FILE, QUESTIONS_FILE) if (out / name).is_file()]
-    images = sorted(p.name for p in (out / IMAGES_DIR).glob("*.png") if p.stem.isdigit() and int(p.stem) < n
-                    and len(p.stem) >= 6) if (out / IMAGES_DIR).is_dir() else []
+    images = sorted(p.name for p in (out / IMAGES_DIR).glob("*.png")
+                    if re.fullmatch(IMAGE_NAME, p.name) and int(p.stem) < n) if (out / IMAGES_DIR).is_dir() else []
     return found + [f"{IMAGES_DIR}/{name}" for name in images[:3]] + (["..."] if len(images) > 3 else [])
 
 

@@ -44,6 +44,7 @@ JUDGE_POOL = 16  # prompts a judge question about one scene is drawn from: one i
 SCENE_STREAM = 3  # rng stream of random train scenes, apart from the question stream (1)
 QUESTION_STREAM = 1
 IMAGES_DIR = "images"
+IMAGE_NAME = r"\d{6,}\.png"  # a sample's image in IMAGES_DIR ({index:06d}.png): what a rewrite replaces
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def write_dataset(
     pairs = sample_records(n, seed, split, category, canvas, draw_seed)
     # samples.jsonl last: a study reads its presence as complete data
     with indexed_files_atomically(out, {QUESTIONS_FILE: ["image"], SAMPLES_FILE: ["image"]}, inside=out / IMAGES_DIR,
-                                  named=r"\d{6,}\.png") as staging:
+                                  named=IMAGE_NAME) as staging:
         (staging / IMAGES_DIR).mkdir()
         lines = []
         for i, (spec, scene) in enumerate(pairs):
