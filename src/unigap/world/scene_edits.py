@@ -92,9 +92,10 @@ def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.rand
         raise UserError(f"edit_picture redraws clean pictures; this one holds {len(detected)} objects, more than a "
                         f"scene's {MAX_OBJECTS}")
     scene = Scene(canvas, tuple(SceneObject(o.shape, o.color, o.size, int(o.x), int(o.y)) for o in detected))
-    if parse_reflection(instruction).stop:
+    reading = parse_reflection(instruction)
+    if reading.stop:
         return array.copy()  # the stop answer: nothing to change
-    edit = parse_instruction(instruction)
+    edit = reading.edit or parse_instruction(instruction)  # (text outside the grammar: its one-line error)
     try:
         return render(apply_edit(scene, edit, rng))
     except UserError:
