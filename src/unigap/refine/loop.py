@@ -11,9 +11,9 @@ best-so-far selection — so any gain is the loop's own.
 
 The `oracle` reflector answers with the exact first edit of the diff between the verifier's parse of the
 image and the prompt (`unigap.world.reflection_answer`), which splits a shortfall into reflection errors and
-refinement errors; it stops free-text prompts at once. Every image is judged by the verifier (the independent judge) as it is made; a free-text
-prompt (a real checkpoint's), which the verifier cannot read, gets None, and another judge reads its images
-afterwards (`unigap.refine.metrics.judged_part`).
+refinement errors; it stops free-text prompts at once. Every image is judged by the verifier (the independent
+judge) as it is made; a free-text prompt (a real checkpoint's), which the verifier cannot read, gets None, and
+another judge reads its images afterwards (`unigap.refine.metrics.judged_part`).
 """
 
 from __future__ import annotations
