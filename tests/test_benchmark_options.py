@@ -24,6 +24,7 @@ def _script(name: str, monkeypatch: pytest.MonkeyPatch):
     ("dpo_step", ["--steps", "0"], "must be at least 1, got 0"),
     ("sampling", ["--device", "tpu"], "unknown device 'tpu'"),  # (a traceback from deep in the load)
     ("dpo_step", ["--device", "cuda:99"], "asked for, but this torch"),
+    ("grpo_memory", ["--micro-batch-sizes", "0"], "must be at least 1, got 0"),
 ])
 def test_a_benchmark_refuses_what_it_cannot_run(script: str, argv: list[str], message: str,
                                                 monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -65,6 +66,19 @@ def test_the_pretraining_speed_benchmark_refuses_what_it_cannot_run(argv: list[s
         module.main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_the_grpo_memory_benchmark_records_both_stages_for_whole_groups_and_spans(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    module = _script("grpo_memory", monkeypatch)
+    module.main(["--device", "cpu", "--num-generations", "4", "--micro-batch-sizes", "1", "--repeats", "1", "--out",
+                 str(tmp_path / "grpo.json")])
+    whole, span = json.loads((tmp_path / "grpo.json").read_text())["results"]
+    assert (whole["micro_batch_size"], span["micro_batch_size"]) == (None, 1)
+    for stage in ("generate", "refine"):
+        assert 0 < span[stage]["saved_mib"] < whole[stage]["saved_mib"] and span[stage]["seconds"] > 0
 
 
 def test_the_lr_sweep_trains_each_run_as_the_study_does_and_keeps_to_its_settings(

@@ -151,12 +151,15 @@ def test_a_refine_groups_image_baseline_counts_the_branches_that_stopped_at_the_
     # images' policy term weighs `image_loss_weight` (R3's mse_weight 2) against the reflections'
     logits, tokens = torch.randn(2, 5, 7, requires_grad=True), torch.randint(0, 7, (2, 5))
     logprobs = []
-    scored = replace(part, score=lambda: (logprobs.append(token_logprobs(logits, tokens)) or logprobs[-1],
-                                          torch.ones(2, 5, dtype=torch.bool)))
-    loss, _, _ = rollout_loss(Rollout((scored,), [], {}), GRPOConfig(beta=0.0))
-    (grad,) = torch.autograd.grad(loss, logprobs[0])
+
+    def score(rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        logprobs.append(token_logprobs(logits, tokens))
+        logprobs[-1].retain_grad()
+        return logprobs[-1], torch.ones(2, 5, dtype=torch.bool)
+
+    rollout_loss(Rollout((replace(part, score=score),), [], {}), GRPOConfig(beta=0.0))  # (back-propagates)
     assert part.share == 0.5
-    assert torch.allclose(grad, -2.0 * 0.5 * torch.tensor([[0.375], [-0.125]]).expand(2, 5) / 5 / 2)
+    assert torch.allclose(logprobs[0].grad, -2.0 * 0.5 * torch.tensor([[0.375], [-0.125]]).expand(2, 5) / 5 / 2)
 
 
 def test_reflections_are_scored_as_the_tokens_sampled(monkeypatch) -> None:
@@ -200,7 +203,7 @@ def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
     logits = torch.randn(2, 4, 6, requires_grad=True)
     tokens = torch.tensor([[1, 2, 3, 4], [0, 0, 5, 1]])
     mask = torch.tensor([[True, True, True, True], [False, False, True, True]])  # 3 tokens + EOS; 1 token + EOS
-    part = Part("text", lambda: (torch.where(mask, token_logprobs(logits, tokens), 0.0), mask),
+    part = Part("text", lambda rows=slice(None): (torch.where(mask, token_logprobs(logits, tokens), 0.0), mask),
                 torch.tensor([1.0, -1.0]), None, truncated=(True, False))
     config = GRPOConfig(max_completion_length=3, beta=0.0)
     loss, old, metrics = rollout_loss(Rollout((part,), [], {}), config)
@@ -210,8 +213,7 @@ def test_an_update_logs_trls_entropy_clip_and_completion_metrics() -> None:
     assert metrics["entropy/text"] == metrics["entropy"] and "entropy/image" not in metrics  # no image part
     assert metrics["completions/clipped_ratio"] == 0.5 and metrics["completions/mean_length"] == 3.0
     assert metrics["clip_ratio/region_mean"] == 0.0 and "kl" not in metrics  # the first update; β = 0
-    assert torch.equal(old[0], torch.where(mask, token_logprobs(logits, tokens), 0.0).detach())
-    loss.backward()
+    assert torch.equal(old[0][0], torch.where(mask, token_logprobs(logits, tokens), 0.0).detach())
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     with token_entropies() as outer:  # outside a block nothing is recorded; inside, the innermost block records
         token_logprobs(logits, tokens)
@@ -237,13 +239,12 @@ def test_masked_truncated_reflections_train_nothing_but_still_count_as_clipped(l
     def run(rows: slice, **changes):
         logits = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
         image_logits = torch.randn(1, 3, 6, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
-        text = Part("text", lambda: (torch.where(mask[rows], token_logprobs(logits[rows], tokens[rows]), 0.0),
+        text = Part("text", lambda _=None: (torch.where(mask[rows], token_logprobs(logits[rows], tokens[rows]), 0.0),
                                      mask[rows]), torch.tensor([1.0, -1.0])[rows], None, truncated=(True, False)[rows])
-        image = Part("image", lambda: (token_logprobs(image_logits, tokens[:1, :3]),
+        image = Part("image", lambda _=None: (token_logprobs(image_logits, tokens[:1, :3]),
                                        torch.ones(1, 3, dtype=torch.bool)), torch.tensor([1.0]), None)
         config = GRPOConfig(max_completion_length=3, beta=0.0, loss_type=loss_type, **changes)
-        loss, _, metrics = rollout_loss(Rollout((text, image), [], {}), config)
-        loss.backward()
+        loss, _, metrics = rollout_loss(Rollout((text, image), [], {}), config)  # (back-propagates)
         return loss, logits.grad, image_logits.grad, metrics
 
     loss, grad, image_grad, metrics = run(slice(None), mask_truncated_completions=True)
@@ -492,6 +493,15 @@ def test_cli_trains_and_compares_the_loop_before_and_after(tmp_path, capsys, mon
     with pytest.raises(SystemExit) as exit_info:  # without --resume: a new run, not this one's parts
         main(["refine", "train", "--config", str(config), "--split", "val", "--out", str(tmp_path / "g")])
     assert exit_info.value.code == 2 and "already holds a refine train run" in capsys.readouterr().err
+    config.write_text(config.read_text().replace("eval_n = 4", "eval_n = 3"))
+    with pytest.raises(SystemExit) as exit_info:  # spans change only rounding: a run resumes under another size
+        main(["refine", "train", "--config", str(config), "--split", "val", "--out", str(tmp_path / "g"), "--resume",
+              "--micro-batch-size", "1"])
+    assert exit_info.value.code in (0, None)
+    assert json.loads((tmp_path / "g" / "grpo.json").read_text())["config"]["micro_batch_size"] == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["refine", "train", "--micro-batch-size", "0", "--out", str(tmp_path / "h")])
+    assert exit_info.value.code == 2 and "micro-batch-size must be positive" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["refine", "train", "--num-generations", "1", "--out", str(tmp_path / "h")])
     assert exit_info.value.code == 2 and "num-generations must be >= 2" in capsys.readouterr().err
@@ -579,3 +589,110 @@ def test_a_group_whose_rewards_are_equal_to_within_rounding_counts_as_zero_std()
     stats = _group_stats(text)
     assert 0 < stats["reward_std"] < 1e-15 and stats["frac_reward_zero_std"] == 1.0
     assert _group_stats([0.0, 1.0, 0.5])["frac_reward_zero_std"] == 0.0
+
+
+def _span_scorer(logits: torch.Tensor, tokens: torch.Tensor, lengths: list[int]):
+    """A reflection scorer shaped like `answer_token_logprobs`: the rows asked for, right-aligned in the width of
+    their longest answer."""
+    from unigap.model.decoding import token_logprobs
+
+    full = logits.shape[1]
+
+    def score(rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(lengths[rows])
+        mask = torch.tensor([[col >= width - n for col in range(width)] for n in lengths[rows]])
+        return torch.where(mask, token_logprobs(logits[rows, full - width:], tokens[rows, full - width:]), 0.0), mask
+
+    return score
+
+
+@pytest.mark.parametrize("loss_type", ["bnpo", "grpo", "dr_grpo"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_group_scored_in_micro_batches_gets_the_gradient_and_metrics_of_the_whole(loss_type: str,
+                                                                                    masked: bool) -> None:
+    """`micro_batch_size` scores and back-propagates a group's rows a span at a time, each with its share of the
+    whole group's loss (the group's completions and trained tokens in the denominators): the gradient, the loss and
+    the logged metrics are the whole group's, for every loss type, with truncated reflections masked or not, with a
+    KL to a reference, and at a later update reusing the rollout's log-probs."""
+    from unigap.model.decoding import token_logprobs
+    from unigap.refine.rollout import Part, Rollout, rollout_loss, spans
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = [4, 1, 3, 2, 4]
+    tokens = torch.randint(0, 6, (5, 4), generator=generator)
+    base_text, base_image = torch.randn(5, 4, 6, generator=generator), torch.randn(3, 7, 6, generator=generator)
+    image_tokens = torch.randint(0, 6, (3, 7), generator=generator)
+
+    def run(micro: int | None) -> tuple[float, torch.Tensor, torch.Tensor, dict[str, float]]:
+        config = GRPOConfig(beta=0.1, loss_type=loss_type, max_completion_length=4, mask_truncated_completions=masked,
+                            micro_batch_size=micro, num_iterations=2, checkpoint_every=2)
+        text_logits, image_logits = base_text.clone().requires_grad_(True), base_image.clone().requires_grad_(True)
+        text_score = _span_scorer(text_logits, tokens, lengths)
+        image_score = lambda rows=slice(None): (token_logprobs(image_logits[rows], image_tokens[rows]),  # noqa: E731
+                                                torch.ones(len(image_tokens[rows]), 7, dtype=torch.bool))
+        with torch.no_grad():  # a reference a little off the policy, span by span as `_part` computes it
+            text_ref = tuple(text_score(s)[0] - 0.05 for s in spans(5, micro))
+            image_ref = tuple(image_score(s)[0] + 0.05 for s in spans(3, micro))
+        text = Part("text", text_score, torch.tensor([1.0, -0.5, 0.25, -1.0, 0.25]), text_ref,
+                    truncated=(True, False, False, True, False), lengths=tuple(lengths))
+        image = Part("image", image_score, torch.tensor([0.5, -1.0, 0.5]), image_ref, share=0.6)
+        rollout = Rollout((text, image), [], {})
+        _, old, _ = rollout_loss(rollout, config, divisor=2)
+        with torch.no_grad():  # the policy moves before the rollout's second update: ratios leave 1, some clip
+            text_logits += 0.8 * torch.randn(5, 4, 6, generator=torch.Generator().manual_seed(1))
+            image_logits += 0.8 * torch.randn(3, 7, 6, generator=torch.Generator().manual_seed(2))
+        text_logits.grad = image_logits.grad = None
+        loss, _, metrics = rollout_loss(rollout, config, old, divisor=2)
+        return loss, text_logits.grad, image_logits.grad, metrics
+
+    loss, text_grad, image_grad, metrics = run(None)
+    assert metrics["clip_ratio/region_mean"] > 0 and metrics["kl"] > 0  # the comparison covers clipping and the KL
+    for micro in (1, 2):
+        span_loss, span_text_grad, span_image_grad, span_metrics = run(micro)
+        assert span_loss == pytest.approx(loss, rel=1e-5)
+        assert torch.allclose(span_text_grad, text_grad, atol=1e-7) and torch.allclose(span_image_grad, image_grad,
+                                                                                        atol=1e-7)
+        assert span_metrics == pytest.approx(metrics, rel=1e-5)
+    assert (text_grad[[0, 3]].abs().sum() == 0) == masked  # (the truncated reflections: masked, they train nothing)
+
+
+def test_micro_batches_of_a_real_rollout_train_the_same_and_hold_fewer_activations() -> None:
+    """On the shipped model's rollouts of both stages (images; reflections and edits), `micro_batch_size` 1 gives the
+    whole group's gradient on every trained parameter, while the tensors autograd keeps for the backward pass peak
+    lower (each span's are freed by its own backward)."""
+    import weakref
+
+    def step(micro: int | None) -> tuple[list[list[torch.Tensor]], list[int]]:
+        trainer = GRPOTrainer(load_model("tiny"), GRPOConfig(**(TINY_RUN | {"beta": 0.01, "micro_batch_size": micro})),
+                              "unused")
+        grads, peaks = [], []
+        for index in (0, 1):  # a generation step, then a refine step from its images
+            trainer.step = index
+            trainer._roll_out()
+            assert trainer.stage == ("generate", "refine")[index]
+            live, peak = [0], [0]
+
+            def pack(tensor: torch.Tensor) -> torch.Tensor:
+                live[0] += tensor.numel() * tensor.element_size()
+                peak[0] = max(peak[0], live[0])
+                weakref.finalize(tensor, lambda size=tensor.numel() * tensor.element_size(): live.__setitem__(
+                    0, live[0] - size))
+                return tensor
+
+            for _, p in trainer.named:
+                p.grad = None
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                for _, rollout, _ in trainer.rollouts:
+                    rollout_loss(rollout, trainer.config, divisor=1)
+            grads.append([p.grad.clone() for _, p in trainer.named])
+            peaks.append(peak[0])
+        return grads, peaks
+
+    from unigap.refine.rollout import rollout_loss
+
+    whole_grads, whole_peaks = step(None)
+    span_grads, span_peaks = step(1)
+    for whole, span in zip(whole_grads, span_grads, strict=True):
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(whole, span, strict=True))
+        assert any(a.abs().sum() > 0 for a in whole)
+    assert all(s < 0.6 * w for s, w in zip(span_peaks, whole_peaks, strict=True)), (span_peaks, whole_peaks)

@@ -156,6 +156,9 @@ def train_command(
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 3e-4; R3 trains the full model at "
                                     "5e-6, a LoRA needs more)."),
     num_generations: int | None = typer.Option(None, "--num-generations", help="Samples per group (R3: 16)."),
+    micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", help="Samples scored and back-propagated "
+                                                "at once (default: a whole group): less memory, the same gradient "
+                                                "up to rounding; a run may resume under another value."),
     beta: float | None = typer.Option(None, "--beta", help="KL weight, k3 estimator (default 0.001, R3's; TRL's "
                                       "default is 0)."),
     scale_rewards: str | None = typer.Option(None, "--scale-rewards", help="none (R3: reward − group mean, the "
@@ -186,7 +189,7 @@ def train_command(
 
     settings = GRPOConfig.load(config, steps=steps, stages=stages, reward=reward, guard=False if no_guard else None,
                                lr=lr, num_generations=num_generations, beta=beta, scale_rewards=scale_rewards,
-                               loss_type=loss_type,
+                               loss_type=loss_type, micro_batch_size=micro_batch_size,
                                eval_n=eval_n, eval_split=split, seed=seed, bf16=bf16 or None)
     backends = parse_report_to(report_to)
     if out.exists() and not out.is_dir():

@@ -83,7 +83,9 @@ RESULT_FILE = "grpo.json"
 # generation head, which every recorded run trained in full beside the LoRA
 TRAINED = "LoRA on the LLM + the generation head (in full)"
 SETTINGS_FILE = "settings.json"  # the run's settings, checked on --resume before the loop's "before" part is reused
-FREE_SETTINGS = ("guard",)  # switches that change no number, only whether the run goes on
+# switches that change no number (only whether the run goes on; `micro_batch_size` only rounding: a run that ran out
+# of memory resumes in smaller spans)
+FREE_SETTINGS = ("guard", "micro_batch_size")
 TRAIN_PROMPTS = 1000  # distinct train-split prompts groups are drawn from (all of them where there are fewer)
 STEP_STREAM = 11
 GUARD_P = 0.01  # one-sided Welch p below which a falling audit stops the run
@@ -134,7 +136,7 @@ class GRPOTrainer:
         self.guard: dict[str, Any] | None = None  # the guard's record once it stops the run
         # this process's groups of the latest rollout (group, rollout, the sampling policy's log-probs once known),
         # and its stage: `num_iterations` steps update on one rollout
-        self.rollouts: list[tuple[int, Rollout, list[torch.Tensor] | None]] = []
+        self.rollouts: list[tuple[int, Rollout, list[list[torch.Tensor]] | None]] = []
         self.stage = "generate"
         self.rolled_out_at: int | None = None  # every process's step of the latest rollout (a share may be empty)
         self.step = 0
@@ -238,10 +240,9 @@ class GRPOTrainer:
         def update() -> list[tuple[int, float, dict[str, float]]]:
             mine = []
             for i, (group, rollout, old) in enumerate(self.rollouts):
-                loss, old, own = rollout_loss(rollout, c, old)
-                (loss / c.prompts_per_step).backward()
+                loss, old, own = rollout_loss(rollout, c, old, c.prompts_per_step)  # (back-propagated)
                 self.rollouts[i] = (group, rollout, old)
-                mine.append((group, float(loss.detach()), own))
+                mine.append((group, loss, own))
             return mine
 
         groups = sorted((row for rows in distributed.gather_results(update) for row in rows), key=lambda row: row[0])

@@ -78,6 +78,11 @@ class GRPOConfig:
     eval_rounds: int = 3
     eval_split: str = "test"  # where those prompts come from: test, or val to choose settings
     checkpoint_every: int = 25
+    # samples scored and back-propagated at once, a group's loss summed over its spans (TRL's
+    # per_device_train_batch_size, with gradient accumulation making up the step): None = a whole group at once, as
+    # every recorded run. Bounds the activations a step holds (a Janus-Pro-1B needs it: docs/experiments.md); the
+    # same gradient up to rounding, so a run may resume under another value
+    micro_batch_size: int | None = None
     bf16: bool = False  # bf16 autocast (TRL's bf16=True): float32 weights and optimiser, matmuls in bfloat16
 
     def __post_init__(self) -> None:
@@ -87,6 +92,8 @@ class GRPOConfig:
                                      "num_iterations", "image_loss_weight"),
                      non_negative=("beta", "temperature", "cfg_scale", "edit_cfg_scale", "edit_image_cfg_scale",
                                    "warmup_steps", "seed", "data_seed", "eval_n", "eval_rounds"))
+        if self.micro_batch_size is not None and not self.micro_batch_size > 0:
+            raise UserError(f"micro-batch-size must be positive (or unset: a whole group), got {self.micro_batch_size}")
         if self.epsilon_high is not None and not self.epsilon_high > 0:
             raise UserError(f"epsilon-high must be positive (or unset: epsilon), got {self.epsilon_high}")
         if self.checkpoint_every % self.num_iterations:

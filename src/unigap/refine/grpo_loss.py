@@ -113,19 +113,22 @@ LOSS_TYPES = ("bnpo", "grpo", "dr_grpo")
 
 
 def text_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "bnpo",
-              max_completion_length: int | None = None) -> torch.Tensor:
+              max_completion_length: int | None = None, rows: int | None = None,
+              tokens: int | None = None) -> torch.Tensor:
     """Completions' per-token losses [B, T] (zero outside `mask`) as one loss, TRL's way per `loss_type`: "bnpo" (R3's)
     the sum over every trained token of the batch / their count; "grpo" each completion's mean over its tokens, then
     the mean over completions (shorter completions weigh more per token: the length bias Dr. GRPO names); "dr_grpo"
-    the sum / (B × `max_completion_length`), a constant that removes that bias."""
+    the sum / (B × `max_completion_length`), a constant that removes that bias. For some rows of a batch, `rows` and
+    `tokens` are the whole batch's completions and trained tokens: the batch's loss is the sum of its rows' losses."""
     if loss_type == "bnpo":
-        return per_token.sum() / mask.sum().clamp(min=1)
+        return per_token.sum() / (mask.sum().clamp(min=1) if tokens is None else max(tokens, 1))
     if loss_type == "grpo":
-        return (per_token.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)).mean()
+        means = per_token.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
+        return means.mean() if rows is None else means.sum() / rows
     if loss_type == "dr_grpo":
         if max_completion_length is None:
             raise ValueError("dr_grpo divides by max_completion_length: give it")
-        return per_token.sum() / (per_token.size(0) * max_completion_length)
+        return per_token.sum() / ((per_token.size(0) if rows is None else rows) * max_completion_length)
     raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
 
 
@@ -143,7 +146,8 @@ def image_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_log
     return TokenLoss(whole.loss + beta * kl, kl, whole.low_clipped.expand_as(mask), whole.high_clipped.expand_as(mask))
 
 
-def image_loss(per_token: torch.Tensor) -> torch.Tensor:
+def image_loss(per_token: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     """Images' per-token losses [B, N] (every image has all N tokens, B >= 1) as one loss: each image's mean over its
-    tokens, then the mean over images."""
-    return per_token.mean(dim=-1).mean()
+    tokens, then the mean over images (over `rows` images, the whole batch's, when these are some of its rows)."""
+    means = per_token.mean(dim=-1)
+    return means.mean() if rows is None else means.sum() / rows

@@ -75,24 +75,31 @@ def reward_for(name: str) -> Reward:
     return Reward(name, score, lambda value: bool(judge.accepts(value)))
 
 
-Scores = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # (log-probs [B, T], mask [B, T]) under the policy
+# rows (a slice of the part's; all by default) → their (log-probs [b, T], mask [b, T]) under the policy
+Scores = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Part:
     """One trained part of a group's rollout: the reflections ("text", aggregated by `loss_type`) or images ("image",
-    each its mean over its tokens), rescored under the current policy at every update."""
+    each its mean over its tokens), rescored under the current policy at every update, in `spans` of its rows."""
 
     kind: str
     score: Scores
     advantage: torch.Tensor  # [B]
-    reference: torch.Tensor | None  # [B, T] log-probs under π_ref; None when β = 0
+    reference: tuple[torch.Tensor, ...] | None  # log-probs under π_ref, one [b, T] per span; None when β = 0
     rewards: tuple[float | None, ...] = ()  # what the advantages come from (`scale_rewards="batch"` rescales them):
     # the group's, every branch's where a part trains only some of them
     truncated: tuple[bool, ...] = ()  # text: each completion cut off at `max_completion_length` before its EOS
+    lengths: tuple[int, ...] = ()  # text: each completion's scored tokens (its mask row), for losses over spans
     # the share of the group's branches it trains: R3 counts every branch's image in the images' mean (a stopped
     # branch's with advantage 0), so the images a refine group made weigh made / G
     share: float = 1.0
+
+
+def spans(rows: int, size: int | None) -> list[slice]:
+    """A part's `rows` in the slices it is scored in: all at once (`size` None), or `size` at a time."""
+    return [slice(None)] if size is None else [slice(start, start + size) for start in range(0, rows, size)]
 
 
 @dataclass(frozen=True)
@@ -106,16 +113,19 @@ class Rollout:
 
 
 def _part(um: Any, kind: str, score: Scores, rewards: Sequence[float | None], config: GRPOConfig,
-          truncated: Sequence[bool] = (), rows: Sequence[int] | None = None) -> Part:
+          truncated: Sequence[bool] = (), rows: Sequence[int] | None = None, lengths: Sequence[int] = ()) -> Part:
     """A part with its advantages (against the whole group's `rewards`; of the branches `rows` where the part trains
-    only those) and reference log-probs (none when β = 0: the KL term is off)."""
+    only those) and reference log-probs, span by span as the policy's will be (none when β = 0: the KL term is
+    off)."""
     advantage, share = advantages(rewards, config.scale_rewards), 1.0
     if rows is not None:
         advantage, share = advantage[list(rows)], len(rows) / len(rewards)
+    part = Part(kind, score, advantage, None, tuple(rewards), tuple(truncated), tuple(lengths), share)
     if config.beta <= 0:
-        return Part(kind, score, advantage, None, tuple(rewards), tuple(truncated), share)
+        return part
     with torch.no_grad(), um.adapters_disabled():
-        return Part(kind, score, advantage, score()[0], tuple(rewards), tuple(truncated), share)
+        return replace(part, reference=tuple(score(span)[0] for span in spans(len(advantage),
+                                                                                config.micro_batch_size)))
 
 
 def batch_scale(rollouts: Sequence[Rollout], rewards: dict[str, list[float | None]]) -> list[Rollout]:
@@ -130,48 +140,80 @@ def _every_token(logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return logprobs, torch.ones_like(logprobs, dtype=torch.bool)
 
 
-def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, float]]:
-    """One update's GRPO loss on a group's rollout, the log-probs of the policy that sampled it (`old`, per part: None
-    at the first update, where they are the policy's own, returned for the next ones), and the update's metrics
-    (TRL's `kl` when β > 0; `entropy` and `clip_ratio/*` over the group's trained tokens, a refine group's reflection
-    and image tokens together, and `entropy/text` and `entropy/image` over each kind's own, since a reflection's few
-    tokens are otherwise lost among its image's; `completions/mean_length` (tokens scored: an EOS where sampled) and
-    `completions/clipped_ratio` of the reflections, the latter the share the decoder cut off at
-    `max_completion_length` before an EOS; with `mask_truncated_completions` those reflections are left out of the
-    loss and of the per-token metrics, as in TRL, while the image made from one still trains)."""
-    loss: Any = 0.0
-    olds, kls = [], []
+def rollout_loss(rollout: Rollout, config: GRPOConfig, old: Sequence[Sequence[torch.Tensor]] | None = None,
+                 divisor: float = 1) -> tuple[float, list[list[torch.Tensor]], dict[str, float]]:
+    """One update's GRPO loss on a group's rollout, back-propagated ÷ `divisor` (the step's groups); the log-probs of
+    the policy that sampled it (`old`, per part and span: None at the first update, where they are the policy's own,
+    returned for the next ones); and the update's metrics (TRL's `kl` when β > 0; `entropy` and `clip_ratio/*` over
+    the group's trained tokens, a refine group's reflection and image tokens together, and `entropy/text` and
+    `entropy/image` over each kind's own, since a reflection's few tokens are otherwise lost among its image's;
+    `completions/mean_length` (tokens scored: an EOS where sampled) and `completions/clipped_ratio` of the
+    reflections, the latter the share the decoder cut off at `max_completion_length` before an EOS; with
+    `mask_truncated_completions` those reflections are left out of the loss and of the per-token metrics, as in TRL,
+    while the image made from one still trains).
+
+    The loss is a sum over rows, so with `micro_batch_size` each span of a part is scored and back-propagated with its
+    share of the whole group's loss (the group's totals in its denominators), and only one span's activations are held
+    at a time: the same gradient up to rounding. Without it the group's parts are back-propagated together."""
+    whole = config.micro_batch_size is None
+    pending: Any = 0.0  # the group's loss, when back-propagated together
+    loss = 0.0
+    olds: list[list[torch.Tensor]] = []
+    kls = []
     low = high = 0.0
     entropies: dict[str, list[float]] = {}  # per kind: summed entropy, tokens
     metrics: dict[str, float] = {}
+    clip = (config.epsilon, config.epsilon_high or config.epsilon)  # the ratio's range
     for i, part in enumerate(rollout.parts):
-        with token_entropies() as seen:
-            logprobs, mask = part.score()
-        if part.kind == "text":
-            lengths = mask.sum(dim=-1)  # each reflection's sampled tokens, its EOS where it sampled one
-            clipped = torch.tensor(part.truncated, dtype=torch.bool, device=mask.device)
-            metrics["completions/mean_length"] = float(lengths.float().mean())
-            metrics["completions/clipped_ratio"] = float(clipped.float().mean())
-            if config.mask_truncated_completions:  # TRL's: a cut-off reflection trains nothing
-                mask = mask & ~clipped.unsqueeze(-1)
+        clipped = torch.tensor(part.truncated, dtype=torch.bool)
+        rows, trained = len(part.advantage), None  # the group's totals a span's loss is divided by
+        if part.kind == "text" and not whole:
+            if len(part.lengths) != rows:
+                raise ValueError("a reflection part scored in spans needs each row's token count (`lengths`)")
+            masked = clipped.tolist() if config.mask_truncated_completions else [False] * rows
+            trained = sum(n for n, out in zip(part.lengths, masked, strict=True) if not out)
+        lengths, kl_sum, kl_count, spans_old = [], 0.0, 0.0, []
         kind_sums = entropies.setdefault(part.kind, [0.0, 0.0])
-        kind_sums[0] += float(torch.where(mask, torch.cat(seen), 0.0).sum())  # (a scorer may score in row chunks)
-        kind_sums[1] += float(mask.sum())
-        before = logprobs.detach() if old is None else old[i]
-        clip = (config.epsilon, config.epsilon_high or config.epsilon)  # the ratio's range
+        for j, span in enumerate(spans(rows, config.micro_batch_size)):
+            with token_entropies() as seen:
+                logprobs, mask = part.score(span)
+            if part.kind == "text":
+                lengths.append(mask.sum(dim=-1))  # each reflection's sampled tokens, its EOS where it sampled one
+                if config.mask_truncated_completions:  # TRL's: a cut-off reflection trains nothing
+                    mask = mask & ~clipped[span].to(mask.device).unsqueeze(-1)
+            kind_sums[0] += float(torch.where(mask, torch.cat(seen), 0.0).sum())  # (a scorer may score in row chunks)
+            kind_sums[1] += float(mask.sum())
+            before = logprobs.detach() if old is None else old[i][j]
+            reference = None if part.reference is None else part.reference[j]
+            if part.kind == "text":
+                out = token_loss(logprobs, before, reference, mask, part.advantage[span], *clip, config.beta)
+                term = text_loss(out.loss, mask, config.loss_type, config.max_completion_length, None if whole else
+                                 rows, trained)
+                kl_count = kl_count + mask.sum()
+            else:
+                # (the clipped term is linear in the advantage: weighting it weights the policy term alone, as R3 does)
+                out = image_token_loss(logprobs, before, reference, part.advantage[span] * config.image_loss_weight,
+                                       *clip, config.beta)
+                term = part.share * image_loss(out.loss, None if whole else rows)
+                kl_count = kl_count + out.kl.numel()
+            kl_sum = kl_sum + out.kl.detach().sum()
+            if whole:
+                pending = pending + term
+            else:
+                (term / divisor).backward()
+                loss += float(term.detach())
+            spans_old.append(before)
+            low, high = low + float(out.low_clipped.sum()), high + float(out.high_clipped.sum())
         if part.kind == "text":
-            out = token_loss(logprobs, before, part.reference, mask, part.advantage, *clip, config.beta)
-            loss = loss + text_loss(out.loss, mask, config.loss_type, config.max_completion_length)
-            kls.append(float(out.kl.detach().sum() / mask.sum().clamp(min=1)))
+            metrics["completions/mean_length"] = float(torch.cat(lengths).float().mean())
+            metrics["completions/clipped_ratio"] = float(clipped.float().mean())
+            kls.append(float(kl_sum / kl_count.clamp(min=1)))
         else:
-            # (the clipped term is linear in the advantage: weighting it weights the policy term alone, as R3 does)
-            out = image_token_loss(logprobs, before, part.reference, part.advantage * config.image_loss_weight, *clip,
-                                   config.beta)
-            loss = loss + part.share * image_loss(out.loss)
-            kls.append(float(out.kl.detach().mean()))
-        olds.append(before)
-        low, high = low + float(out.low_clipped.sum()), high + float(out.high_clipped.sum())
+            kls.append(float(kl_sum / kl_count))
+        olds.append(spans_old)
+    if whole:
+        (pending / divisor).backward()
+        loss = float(pending.detach())
     if config.beta > 0:  # (TRL logs `kl` only when it is in the loss)
         metrics["kl"] = float(np.mean(kls))  # the text's and the images' estimates, averaged
     tokens = sum(count for _, count in entropies.values())
@@ -214,9 +256,8 @@ def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, 
         images = um.decode_tokens(tokens)
         scores = reward.score(um, images, spec)
     prompts = [spec.text] * g
-    part = _part(um, "image", lambda: _every_token(um.image_token_logprobs(prompts, tokens, cfg,  # [G, N]
-                                                                            temperature=config.temperature)),
-                 scores, config)
+    part = _part(um, "image", lambda rows=slice(None): _every_token(um.image_token_logprobs(  # [G, N]
+        prompts[rows], tokens[rows], cfg, temperature=config.temperature)), scores, config)
     metrics = {f"generate/{k}": v for k, v in _group_stats(scores).items()}
     metrics |= _reward_stats(f"generate/rewards/{reward_key(reward.name)}", scores)
     if reward.name not in VERIFIER_REWARDS:  # the independent check: how often the verifier passes what the reward pays
@@ -262,19 +303,19 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
     deltas, text_rewards, image_rewards = refine_rewards([start.score] * g, new_scores, stopped, format_ok,
                                                          [reward.perfect(start.score)] * g)
     # text: every branch's reflection, as sampled
-    parts = [_part(um, "text", lambda: um.answer_token_logprobs([image] * g, [question] * g, sampled,
-                                                                config.temperature), text_rewards, config,
-                   [not done for done in finished])]
+    parts = [_part(um, "text", lambda rows=slice(None): um.answer_token_logprobs(
+        [image] * len(sampled[rows]), [question] * len(sampled[rows]), sampled[rows], config.temperature),
+        text_rewards, config, [not done for done in finished], lengths=[len(ids) for ids in sampled])]
     if making:  # images: the branches that made one; zero advantage elsewhere
         if edit:
             sources, instructions = [image] * len(making), [notes[i] for i in making]
-            score_images = lambda: _every_token(um.edit_token_logprobs(  # noqa: E731
-                sources, instructions, tokens, guidance.text, image_cfg_scale=guidance.image,
+            score_images = lambda rows=slice(None): _every_token(um.edit_token_logprobs(  # noqa: E731
+                sources[rows], instructions[rows], tokens[rows], guidance.text, image_cfg_scale=guidance.image,
                 temperature=config.temperature))
         else:
             refined = [refined_prompt(spec.text, notes[i]) for i in making]
-            score_images = lambda: _every_token(um.image_token_logprobs(  # noqa: E731
-                refined, tokens, cfg, temperature=config.temperature))
+            score_images = lambda rows=slice(None): _every_token(um.image_token_logprobs(  # noqa: E731
+                refined[rows], tokens[rows], cfg, temperature=config.temperature))
         parts.append(_part(um, "image", score_images, image_rewards, config, rows=making))
     metrics = {f"refine/{k}": v for k, v in _group_stats(text_rewards).items()}
     metrics |= _reward_stats("refine/rewards/format", format_ok) | _reward_stats("refine/rewards/delta", deltas)
