@@ -3,6 +3,7 @@ before any work, with nothing written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -709,3 +710,26 @@ def test_a_failed_first_start_is_cleaned_up_by_the_main_process_only(tmp_path: P
     with pytest.raises(UserError, match="does not fit"), common.inputs_claimed(out, "refine", "tiny"):
         raise UserError("the adapter does not fit")
     assert (out / common.INPUTS_FILE).is_file()  # the main process's to remove
+
+
+def test_a_text_holding_an_image_tokens_string_is_one_line_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    """A prompt or question the model cannot take (the text of one of its image tokens) failed with a traceback
+    after the model loaded; it is named (FILE:LINE where it has one) before anything is written."""
+    from unigap.world import render_pil, sample_scene
+
+    image = tmp_path / "scene.png"
+    render_pil(sample_scene(0)).save(image)
+    (tmp_path / "p.txt").write_text("a red circle\na blue square <begin_of_image>\n")
+    (tmp_path / "q.jsonl").write_text(json.dumps({"image": str(image), "question": "how many <image_placeholder>?",
+                                                  "answer": "1"}) + "\n")
+    for args, message in [
+        (["generate", "--prompts", tmp_path / "p.txt", "--out", tmp_path / "grid"],
+         "p.txt:2: generation prompts must not contain image tokens, got 'a blue square <begin_of_image>'"),
+        (["ask", "--image", image, "--question", "how many <image_placeholder>?"],
+         "--question: the understanding prompt holds 65 image placeholder tokens, expected 64"),
+        (["eval", "--n", "2", "--questions", tmp_path / "q.jsonl", "--out", tmp_path / "e.json"],
+         "q.jsonl:1: the understanding prompt holds 65 image placeholder tokens"),
+    ]:
+        code, err = _run(capsys, [*map(str, args[:1]), "--model", "tiny", *map(str, args[1:])])
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["p.txt", "q.jsonl", "scene.png"]

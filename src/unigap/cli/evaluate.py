@@ -13,6 +13,7 @@ from unigap.cli.common import (
     EDIT_IMAGE_CFG_OPTION,
     JUDGE_OPTION,
     MODEL_OPTION,
+    check_model_texts,
     edit_guidance_kwargs,
     load,
     print_table,
@@ -84,6 +85,8 @@ def eval_command(
                 **edit_guidance}
     with manifest("eval", settings, seeds=[seed], judge=chosen.describe()) as record:
         um = load(model, adapter)
+        check_model_texts(um, prompts=[(f"--prompts {prompts}", spec.text) for spec in specs or ()],
+                          questions=[(item.where, item.question.text) for item in items or ()])
         record["device"] = str(um.device)
         report = evaluate(
             um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature, split=split,

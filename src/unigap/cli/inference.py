@@ -11,8 +11,8 @@ from pathlib import Path
 
 import typer
 
-from unigap.cli.common import (ADAPTER_OPTION, INPUTS_FILE, MODEL_OPTION, inputs_claimed, load, require_non_negative,
-                               require_positive)
+from unigap.cli.common import (ADAPTER_OPTION, INPUTS_FILE, MODEL_OPTION, check_model_texts, inputs_claimed, load,
+                               require_non_negative, require_positive)
 from unigap.errors import UserError
 from unigap.world import load_image
 
@@ -84,7 +84,9 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
     from unigap.evaluate.data import read_prompt_file
     from unigap.evaluate.layouts import grid
 
-    texts = [prompt] if prompt is not None else [text for _, text in read_prompt_file(prompts)][:max_prompts]
+    numbered = [("--prompt", prompt)] if prompt is not None else [
+        (f"{prompts}:{line_no}", text) for line_no, text in read_prompt_file(prompts)][:max_prompts]
+    texts = [text for _, text in numbered]
     if prompts is None:
         check_output_file(out, ".png")
     elif out.exists() and not out.is_dir():
@@ -97,6 +99,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
     else:
         check_output_file(out / GRID_INDEX)  # a parent that is a file fails here, before the model loads
     um = load(model, adapter)
+    check_model_texts(um, prompts=numbered)
     rows = []
     # a prompt file's PNGs and index are staged, then swapped in: an interrupted rerun never mixes two runs
     staged = nullcontext() if prompts is None else indexed_files_atomically(out, {GRID_INDEX: ["file_name"]},
@@ -139,10 +142,11 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     from unigap.manifest import manifest, write_manifest
 
     require_positive("--batch-size", batch_size)
-    rows = [row for _, row in read_prompt_rows(prompts)]
-    if max_prompts is not None and max_prompts >= len(rows):
+    numbered = read_prompt_rows(prompts)
+    if max_prompts is not None and max_prompts >= len(numbered):
         max_prompts = None  # nothing is cut: a resumed run may leave the flag out
-    rows = rows[:max_prompts]
+    numbered = numbered[:max_prompts]
+    rows = [row for _, row in numbered]
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --layout geneval it must be a directory")
     check_output_file(out / SETTINGS_FILE)  # a parent that is a file fails here, before the model loads
@@ -160,6 +164,7 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     with inputs_claimed(out, "generate", model, adapter), manifest(
             "generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
         um = load(model, adapter)
+        check_model_texts(um, prompts=[(f"{prompts}:{line_no}", row["prompt"]) for line_no, row in numbered])
         claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None})
         record["device"] = str(um.device)
         written = write_geneval_layout(um, rows, out, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
@@ -182,4 +187,5 @@ def ask(
         raise UserError("--question must not be empty")
     pixels = load_image(image)
     um = load(model, adapter)
+    check_model_texts(um, questions=[("--question", question)])
     typer.echo(um.answer([pixels], [question], max_new_tokens=max_new_tokens)[0])

@@ -84,8 +84,8 @@ class PromptFormat:
         text = (tiny_text if self.template == TINY_TEMPLATE else chat_text).format(block=block)
         ids = [self.ids.bos] + self._encode(text)
         found = ids.count(self.ids.image)
-        if found != self.num_image_tokens:
-            raise ValueError(
+        if found != self.num_image_tokens:  # (a user's text holding an image token's string: a `UserError`)
+            raise UserError(
                 f"the {what} prompt holds {found} image placeholder tokens, expected {self.num_image_tokens} "
                 "(does the text contain image tokens, or does the tokenizer split the placeholder?)"
             )
@@ -110,7 +110,7 @@ class PromptFormat:
         text = prompt if self.template == TINY_TEMPLATE else f"<|User|>: {prompt}\n\n<|Assistant|>:"
         ids = self._encode(text)
         if {self.ids.image, self.ids.boi, self.ids.eoi} & set(ids):
-            raise ValueError(f"generation prompts must not contain image tokens, got {prompt!r}")
+            raise UserError(f"generation prompts must not contain image tokens, got {prompt!r}")
         return [self.ids.bos] + ids + [self.ids.boi]
 
     def edit_ids(self, instruction: str) -> list[int]:
