@@ -97,17 +97,25 @@ def test_bad_inputs_exit_2_with_one_line(tiny_dir: Path, prefs: dict[str, Path],
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     (tmp_path / "file").write_text("")
+    mine = tmp_path / "mine"  # a user's folder: its figures' names would have been replaced, its sweep.png removed
+    mine.mkdir()
+    for name in ("notes.txt", "sweep.png", "cosines.png", "manifest.json"):
+        (mine / name).write_text('{"mine": 1}')
     cases = [
         (["--und", str(tmp_path / "missing.jsonl"), "--gen", str(prefs["gen"])], "not found"),
         (["--und", str(bad), "--gen", str(prefs["gen"])], "bad.jsonl:1"),
         (["--und", str(prefs["gen"]), "--gen", str(prefs["gen"])], "given as und data"),
         (["--und", str(prefs["und"]), "--gen", str(prefs["gen"]), "--out", str(tmp_path / "file")], "is a file"),
+        (["--und", str(prefs["und"]), "--gen", str(prefs["gen"]), "--out", str(mine), "--sweep-probes", "0"],
+         "holds files of something else than an earlier diagnose run"),
     ]
     for args, message in cases:
         out = [] if "--out" in args else ["--out", str(tmp_path / "o")]
         code, _, err = _run(capsys, ["--model", str(tiny_dir), *args, *out])
         assert code == 2, err
         assert err.count("\n") == 1 and message in err, err
+    assert all((mine / name).read_text() == '{"mine": 1}' for name in ("notes.txt", "sweep.png", "cosines.png",
+                                                                     "manifest.json"))
     files = ["--und", str(prefs["und"]), "--gen", str(prefs["gen"]), "--out", str(tmp_path / "o")]
     code, _, err = _run(capsys, ["--model", str(tmp_path / "nope"), *files])
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err

@@ -6,6 +6,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from unigap.atomic import entries
 from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, print_table, require_non_negative, require_positive
 from unigap.errors import UserError
 from unigap.progress import progress
@@ -53,6 +54,16 @@ def summary_table(report: dict) -> Table:
     return table
 
 
+def _earlier_run(out: Path) -> bool:
+    """Whether `out` holds an earlier diagnose run, which a rerun replaces: by its manifest, or (killed between its
+    report and its manifest) by its report's sections."""
+    from unigap.diagnose.run import REPORT
+    from unigap.manifest import MANIFEST_FILE, read_record
+
+    made = (read_record(out / MANIFEST_FILE) or {}).get("command") == "diagnose"
+    return made or {"inter", "intra", "weighting"} <= set(read_record(out / REPORT) or {})
+
+
 @app.command("diagnose")
 def diagnose_command(
     model: str = MODEL_OPTION,
@@ -83,6 +94,9 @@ def diagnose_command(
         raise UserError("--full-params measures the base LLM's own weights; it cannot be combined with --adapter")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
+    if entries(out) and not _earlier_run(out):  # (its figures' names would replace, or remove, a user's files)
+        raise UserError(f"--out {out} holds files of something else than an earlier diagnose run; choose an empty or "
+                        "new folder")
 
     from unigap.diagnose import run_diagnostics, shared_parameters, write_report
     from unigap.manifest import manifest, write_manifest
