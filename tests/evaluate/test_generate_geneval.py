@@ -123,6 +123,27 @@ def test_a_run_killed_while_its_model_loaded_starts_again(tiny_dir, prompts, tmp
     assert code == 0 and (out / "settings.json").is_file() and len(list(out.glob("0000*"))) == 3, err
 
 
+def test_resume_compares_the_weights_not_their_paths_and_where_the_images_were_drawn(tiny_dir, prompts, tmp_path,
+                                                                                      capsys) -> None:
+    """The model's path spelled otherwise (a job resumed from another folder) reads the same weights: resumed. A run
+    begun in another dtype or on another device drew other images for the same seeds: refused. A run recorded
+    before these were kept resumes as it did."""
+    out = tmp_path / "images"
+    args = ["generate", "--prompts", prompts, "--layout", "geneval", "--max-prompts", 1, "--out", out]
+    assert run_main(capsys, [*args, "--model", tiny_dir])[0] == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert (settings["model_dtype"], settings["device"]) == ("float32", "cpu")
+    code, stdout, err = run_main(capsys, [*args, "--model", f"{tiny_dir}{os.sep}", "--resume"])
+    assert code == 0 and "wrote 0 of 1" in stdout, err
+    for key, value in (("model_dtype", "bfloat16"), ("device", "cuda")):
+        (out / "settings.json").write_text(json.dumps(settings | {key: value}))
+        code, _, err = run_main(capsys, [*args, "--model", tiny_dir, "--resume"])
+        assert code == 2 and f'{key}: "{value}" →' in err, err
+    (out / "settings.json").write_text(json.dumps({k: v for k, v in settings.items()
+                                                   if k not in ("model_dtype", "device")}))
+    assert run_main(capsys, [*args, "--model", tiny_dir, "--resume"])[0] == 0
+
+
 def test_resume_refuses_an_adapter_retrained_in_place(tiny_dir, prompts, tmp_path, capsys) -> None:
     """The adapter is compared by content, not by its path: resuming would mix two models' images."""
     import torch

@@ -140,6 +140,7 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     from unigap.evaluate.data import read_prompt_rows
     from unigap.evaluate.layouts import write_geneval_layout
     from unigap.manifest import manifest, write_manifest
+    from unigap.model.checkpoint import dtype_name
 
     require_positive("--batch-size", batch_size)
     numbered = read_prompt_rows(prompts)
@@ -155,17 +156,23 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
         raise UserError(f"{out} is not empty: pass --resume to continue a generate run there, or choose another --out")
     if started and not (out / SETTINGS_FILE).is_file():
         raise UserError(f"--resume: {out} holds no generate run (no {SETTINGS_FILE}); choose another --out")
-    # the prompts by content, not path: a resumed run must write the folders of the same lines
+    # the prompts by content, not path: a resumed run must write the folders of the same lines; the model and adapter
+    # paths are recorded, not compared (another spelling, or a job resumed from another folder, reads the same
+    # weights), since `inputs_claimed` compares their contents
     settings = {"layout": "geneval", "model": model, "adapter": None if adapter is None else str(adapter),
                 "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(), "n": n, "seed": seed, "cfg": cfg,
                 "temperature": temperature, "batch_size": batch_size, "max_prompts": max_prompts}
-    claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None}, write=False)
-    # the weights by content: an adapter retrained in place differs
+    paths = ("model", "adapter")
+    claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None}, write=False, free=paths)
     with inputs_claimed(out, "generate", model, adapter), manifest(
             "generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
         um = load(model, adapter)
         check_model_texts(um, prompts=[(f"{prompts}:{line_no}", row["prompt"]) for line_no, row in numbered])
-        claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None})
+        # and where the images are drawn: another device's random streams, or dtype, draw other images for a seed
+        # (a run recorded before these were resumes as it did)
+        machine = {"model_dtype": dtype_name(um.dtype), "device": um.device.type}
+        claim_settings(out / SETTINGS_FILE, settings | machine, "generate", defaults={"max_prompts": None, **machine},
+                       free=paths)
         record["device"] = str(um.device)
         written = write_geneval_layout(um, rows, out, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
                                        batch_size=batch_size)
