@@ -292,6 +292,23 @@ def test_rollouts_are_scored_at_the_temperature_they_were_sampled_at(monkeypatch
     assert all(temperature == 0.7 for _, temperature in seen), seen
 
 
+def test_a_cfg_scale_of_0_guides_as_it_does_in_eval_and_refine(monkeypatch) -> None:
+    """0 is the unconditional distribution everywhere (`unigap eval --cfg 0`, `RefineConfig`); GRPO read it as
+    falsy, no guidance, so its images and its before/after loop were drawn from another distribution."""
+    import unigap.refine.grpo as grpo
+    from unigap.refine.rollout import generation_group
+
+    um, seen = load_model("tiny"), []
+    for name in ("generate_images", "image_token_logprobs"):
+        method = getattr(um, name)
+        monkeypatch.setattr(um, name, lambda *a, _m=method, _n=name, **k: seen.append((_n, a[2])) or _m(*a, **k))
+    monkeypatch.setattr(grpo, "run_loop", lambda *a, **k: seen.append(("run_loop", a[6])) or [])
+    config = GRPOConfig(num_generations=2, beta=0.0, cfg_scale=0.0, eval_n=1, eval_rounds=1)
+    generation_group(um, 0, distinct_prompts(1, 0, 0, split="train")[0], config, 0, reward_for("verifier")).parts[0].score()
+    grpo._loop_eval(um, config, show_progress=False)
+    assert seen == [("generate_images", 0.0), ("image_token_logprobs", 0.0), ("run_loop", 0.0)]
+
+
 def test_batch_scaling_divides_by_the_std_of_every_group_of_the_step() -> None:
     """TRL's `scale_rewards="batch"`: each group's advantages stay centred on its own mean, and all are divided by
     the std of the step's rewards of their kind, over every group."""

@@ -279,7 +279,7 @@ def _postfix(record: dict[str, Any]) -> str:
 def _loop_eval(um: Any, config: GRPOConfig, show_progress: bool) -> dict[str, Any]:
     """The refine loop on `eval_n` held-out prompts (fixed seeds): per-round metrics and per-prompt final verdicts."""
     specs = [spec for spec, _ in held_out_pairs(config.eval_n, config.seed, config.data_seed, split=config.eval_split)]
-    trajectories = run_loop(um, specs, config.eval_rounds, "self", "auto", config.seed, config.cfg_scale or None,
+    trajectories = run_loop(um, specs, config.eval_rounds, "self", "auto", config.seed, config.cfg_scale,
                             config.temperature, progress=show_progress, edit_guidance=config.edit_guidance)
     return {"rounds": round_metrics(trajectories, config.eval_rounds),
             "final": [t.verdict_after(config.eval_rounds) for t in trajectories]}

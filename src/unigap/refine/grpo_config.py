@@ -54,7 +54,7 @@ class GRPOConfig:
     num_generations: int = 16  # G: samples per group (TRL's name); R3: 16
     prompts_per_step: int = 4  # groups per step (TRL counts completions instead: per_device_train_batch_size = P·G)
     temperature: float = 1.0
-    cfg_scale: float = CFG_SCALE  # images are sampled, and scored, under this guidance
+    cfg_scale: float = CFG_SCALE  # images are sampled, and scored, under this guidance (1 = none; 0 = unconditional)
     edit_cfg_scale: float = EDIT_CFG_SCALE  # and edits under this one (`unigap.model.editing.EditGuidance`)
     edit_image_cfg_scale: float = EDIT_IMAGE_CFG_SCALE
     beta: float = 0.001  # KL weight, k3 estimator against the frozen reference (TRL default 0.0; R3 0.001)

@@ -250,7 +250,7 @@ def _group_stats(rewards: list[float]) -> dict[str, float]:
 def generation_group(um: Any, index: int, spec: PromptSpec, config: GRPOConfig, seed: int,
                      reward: Reward) -> Rollout:
     """Generate G images of one prompt: one trained part, the images (image reward only)."""
-    g, cfg = config.num_generations, config.cfg_scale or None
+    g, cfg = config.num_generations, config.cfg_scale
     with torch.no_grad():
         tokens = um.generate_images([spec.text], g, cfg, config.temperature, seed).cpu()
         images = um.decode_tokens(tokens)
@@ -274,7 +274,7 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
                  reward: Reward) -> Rollout:
     """G reflect (+ refine) branches from one buffered image: the reflections and the images made are the trained
     parts (text and image rewards). Its images are not buffered: refine steps start from generation steps' images."""
-    g, cfg, guidance = config.num_generations, config.cfg_scale or None, config.edit_guidance
+    g, cfg, guidance = config.num_generations, config.cfg_scale, config.edit_guidance
     edit = um.supports_editing
     question = um.prompts.reflect_question(spec.text)  # `reflect`'s, in a fresh context
     with torch.no_grad():
