@@ -161,8 +161,12 @@ def test_an_arm_of_any_family_that_trains_on_the_pairs_gets_them(small_config: S
 @pytest.mark.parametrize(("builder", "options", "message"), [
     ("train_strategy", {}, "arm 'mine': its builder train_strategy needs options={'strategy': ...}"),
     ("train_strategy", {"strategy": "mine"}, "unknown strategy 'mine'"),
-    ("self_improve", {"method": "sft", "label": "poor"}, "arm 'mine': .*unexpected keyword argument 'label'"),
+    ("self_improve", {"method": "sft", "label": "poor"}, "arm 'mine' at the study's settings: .*unexpected keyword argument 'label'"),
     ("unimrg", {"objective": "dpo"}, "objective"),
+    # an option the study sets itself (its budget): a TypeError when the job ran
+    ("self_improve", {"method": "sft", "epochs": 3}, "arm 'mine' at the study's settings: .*multiple values for "
+                                                     "keyword argument 'epochs'"),
+    ("train_strategy", {"strategy": "joint", "steps": 9}, "multiple values for keyword argument 'steps'"),
 ])
 def test_an_arm_a_stock_builder_cannot_build_fails_before_any_job(small_config: StudyConfig, tmp_path,
                                                                   monkeypatch: pytest.MonkeyPatch, builder: str,
@@ -177,6 +181,18 @@ def test_an_arm_a_stock_builder_cannot_build_fails_before_any_job(small_config: 
     with pytest.raises(UserError, match=message):
         StudyRunner(small_config.scaled(methods=("mine",)), tmp_path, None).jobs()
     assert not any(tmp_path.iterdir())
+
+
+def test_an_arm_its_builder_cannot_run_at_the_studys_budget_fails_before_any_job(small_config: StudyConfig,
+                                                                                  tmp_path) -> None:
+    """A curriculum replays between epochs: at one self-improvement epoch its job failed after the base evaluations."""
+    from unigap.study.run import StudyRunner
+
+    config = small_config.scaled(methods=("self-curriculum-sft",), self_epochs=1)
+    with pytest.raises(UserError, match="arm 'self-curriculum-sft' at the study's settings: .*needs --epochs >= 2"):
+        StudyRunner(config, tmp_path, None).jobs()
+    assert [job.name for job in StudyRunner(config.scaled(self_epochs=2), tmp_path, None).jobs()][-1] == \
+        "self-curriculum-sft, seed 1"
 
 
 def test_a_builder_that_writes_no_eval_json_is_an_error_not_a_missing_arm(small_config: StudyConfig, tmp_path,

@@ -1,9 +1,10 @@
 """How each kind of study arm is built: `builder(runner, name, seed)` trains or assembles the arm's model, then
 evaluates it into `<name>/seed<k>/eval.json` (last: that file marks the job done). See `unigap.arms`.
 
-The training builders take their settings from the arm's `options`: `train_strategy` a DPO `strategy`,
-`self_improve` `SelfImproveConfig` fields (`method`, `labels`, `guard`), `unimrg` an `objective`; `check_options`
-builds each arm's settings before any job runs, so an arm registered without them fails at once, not hours in."""
+The training builders take their settings from the arm's `options` and the study's budget: `train_strategy` a DPO
+`strategy`, `self_improve` `SelfImproveConfig` fields (`method`, `labels`, `guard`), `unimrg` an `objective`;
+`check_options` builds each arm's settings at the study's budget before any job runs, so an arm they do not make a
+run of (an option missing, unknown, or one the study sets itself) fails at once, not hours in."""
 
 from __future__ import annotations
 
@@ -13,16 +14,39 @@ from typing import Any
 
 from unigap.arms import ARMS, Arm
 from unigap.errors import UserError
-from unigap.registry import load
 
-# each training builder's settings class, which the arm's options are keywords of, and the option it needs
-SETTINGS = {"train_strategy": ("unigap.train.config:TrainConfig", "strategy"),
-            "self_improve": ("unigap.selfimprove:SelfImproveConfig", "method"),
-            "unimrg": ("unigap.unimrg:UniMRGConfig", "objective")}
+def _dpo_settings(c: Any, arm: Arm, seed: int) -> Any:
+    from unigap.train.config import TrainConfig
+
+    return TrainConfig(**arm.options, steps=c.steps, lr=c.lr, beta=c.beta, nll_weight=c.nll_weight, seed=seed,
+                       checkpoint_every=min(50, c.steps))
 
 
-def check_options(arm: Arm) -> None:
-    """`UserError` unless the arm's builder, if one of these, takes its options (and needs them)."""
+def _self_improve_settings(c: Any, arm: Arm, seed: int) -> Any:
+    from unigap.selfimprove import SelfImproveConfig
+
+    # (its own before/after evaluation skipped: the study evaluates every arm the same way)
+    return SelfImproveConfig(**arm.options, n_prompts=c.self_prompts, epochs=c.self_epochs, eval_n=0, epoch_eval_n=0,
+                             seed=seed, data_seed=c.data_seed)
+
+
+def _unimrg_settings(c: Any, arm: Arm, seed: int) -> Any:
+    from unigap.unimrg import UniMRGConfig
+
+    return UniMRGConfig(**arm.options, steps=c.unimrg_steps, n_scenes=c.unimrg_scenes, seed=seed,
+                        data_seed=c.data_seed, checkpoint_every=min(50, c.unimrg_steps))
+
+
+# each training builder's settings for (study config, arm, seed), of which the arm's options are keywords, and the
+# option it needs
+SETTINGS: dict[str, tuple[Callable[[Any, Arm, int], Any], str]] = {
+    "train_strategy": (_dpo_settings, "strategy"), "self_improve": (_self_improve_settings, "method"),
+    "unimrg": (_unimrg_settings, "objective")}
+
+
+def check_options(arm: Arm, config: Any) -> None:
+    """`UserError` unless the arm's builder, if one of these, makes settings of its options (and has the one it needs)
+    at the study `config`'s budget."""
     module, _, function = arm.builder.partition(":")
     if module != __name__ or function not in SETTINGS:
         return
@@ -30,19 +54,17 @@ def check_options(arm: Arm) -> None:
     if needed not in arm.options:
         raise UserError(f"arm {arm.name!r}: its builder {function} needs options={{{needed!r}: ...}}")
     try:
-        load(settings)(**arm.options)
-    except TypeError as exc:  # (an option the settings have no field for)
-        raise UserError(f"arm {arm.name!r}: {exc}") from None
+        settings(config, arm, 0)
+    except (TypeError, UserError) as exc:  # (an option the settings have no field for, or one the study sets)
+        raise UserError(f"arm {arm.name!r} at the study's settings: {exc}") from None
 
 
 def train_strategy(runner: Any, name: str, seed: int) -> None:
     """Multi-task DPO with the arm's strategy (continuing a killed run), evaluated; its resume checkpoint dropped."""
-    from unigap.train.config import TrainConfig
     from unigap.train.trainer import DPOTrainer
 
     c = runner.config
-    settings = TrainConfig(**ARMS[name].options, steps=c.steps, lr=c.lr, beta=c.beta, nll_weight=c.nll_weight,
-                           seed=seed, checkpoint_every=min(50, c.steps))
+    settings = _dpo_settings(c, ARMS[name], seed)
     um = runner.model()
     trainer = DPOTrainer(um, settings, runner.pairs("und"), runner.pairs("gen"), runner.run_dir(name, seed))
     with runner.bar(f"{name} DPO", c.steps) as update:
@@ -72,15 +94,12 @@ def oracle(runner: Any, name: str, seed: int) -> None:
 
 
 def self_improve(runner: Any, name: str, seed: int) -> None:
-    """`unigap selfimprove` with the arm's method and labels at the study's budget (its own before/after
-    evaluation skipped: the study evaluates every arm the same way)."""
+    """`unigap selfimprove` with the arm's method and labels at the study's budget."""
     from unigap.manifest import read_record
-    from unigap.selfimprove import GuardStopped, SelfImproveConfig, run
+    from unigap.selfimprove import GuardStopped, run
     from unigap.selfimprove.run import RESULT_FILE
 
-    c = runner.config
-    config = SelfImproveConfig(**ARMS[name].options, n_prompts=c.self_prompts, epochs=c.self_epochs, eval_n=0,
-                               epoch_eval_n=0, seed=seed, data_seed=c.data_seed)
+    config = _self_improve_settings(runner.config, ARMS[name], seed)
     um, out, notes = runner.model(), runner.run_dir(name, seed) / "selfimprove", None
     try:
         run(um, config, out, progress=False)
@@ -165,12 +184,10 @@ def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalI
 def unimrg(runner: Any, name: str, seed: int) -> None:
     """`unigap train --objective <the arm's>` (unimrg or und-sft) with its own defaults at the study's step budget
     (continuing a killed run), evaluated; its resume checkpoint dropped."""
-    from unigap.unimrg import UniMRGConfig, build_data
+    from unigap.unimrg import build_data
     from unigap.unimrg.trainer import train_unimrg
 
-    c = runner.config
-    config = UniMRGConfig(**ARMS[name].options, steps=c.unimrg_steps, n_scenes=c.unimrg_scenes, seed=seed,
-                          data_seed=c.data_seed, checkpoint_every=min(50, c.unimrg_steps))
+    config = _unimrg_settings(runner.config, ARMS[name], seed)
     um = runner.model()
     maps = list(config.auxiliary)  # the same data for every seed: built once per study process
     data = runner.memo(("unimrg", *maps), lambda: build_data(um, config.n_scenes, config.data_seed,

@@ -79,7 +79,7 @@ class StudyRunner:
 
         c = self.config
         for name in c.methods:  # (an arm its builder cannot build fails now, not after the jobs before it)
-            check_options(ARMS[name])
+            check_options(ARMS[name], c)
         jobs = [Job(f"base, seed {k}", self.eval_file(BASE, k), partial(self.evaluate_base, k)) for k in range(c.seeds)]
         if any(ARMS[name].needs_pairs for name in c.methods):  # preference pairs and their gradients
             jobs += [Job(f"{task} pairs", self.prefs_file(task), partial(self.build_pairs, task)) for task in ("und", "gen")]
