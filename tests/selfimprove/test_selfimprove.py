@@ -38,6 +38,8 @@ def _cli(*args: str) -> int:
         ({"method": "curriculum-sft", "epochs": 4, "curriculum_at": 4}, "curriculum-at"),
         ({"epochs": 1}, "curriculum-sft replays the discard pool between epochs: it needs --epochs >= 2, got 1"),
         ({"trainable": "everything"}, "unknown trainable"),
+        # (the guard never acted, and its record read as an audit passed)
+        ({"audit_size": 0}, 'audit-size 0 audits nothing: give it a positive size, or audit = "none"'),
     ],
 )
 def test_bad_settings_are_one_clear_error(overrides: dict, message: str) -> None:

@@ -88,6 +88,9 @@ class SelfImproveConfig:
                                      "lora_alpha", "max_grad_norm", "sample_batch"),
                      non_negative=("nll_weight", "loss_cfg_scale", "weight_decay", "audit_size", "eval_n",
                                    "epoch_eval_n", "seed", "data_seed", "cfg_scale", "temperature"))
+        if self.audit != "none" and self.audit_size == 0:  # (its guard would never act, and its record read as passed)
+            raise UserError(f"audit-size 0 audits nothing: give it a positive size, or audit = \"none\" (--judge none) "
+                            f"to run without the {self.audit} audit")
         if self.objective == "dpo" and self.samples < 2:
             raise UserError("DPO needs --samples >= 2: a pair is an accepted and a rejected image of one prompt")
         if self.curriculum and self.epochs < 2:  # (the replay comes after an epoch and before another)
