@@ -176,6 +176,9 @@ def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys)
     ("outcome missing", "{tmp}/partial.json is not a `unigap eval` report (a generation record lacks 'verified')"),
     ("outcome a word", "{tmp}/word.json is not a `unigap eval` report (a generation record's 'verified' is 'yes'"),
     ("records a number", "{tmp}/number.json is not a `unigap eval` report (its records are not JSON arrays)"),
+    # (json reads NaN as a float: the Δ was NaN and writing --out a traceback)
+    ("outcome NaN", "{tmp}/nan.json is not a `unigap eval` report (an understanding record's 'correct' is nan, not a "
+                    "finite number)"),
     ("seed a string", "{tmp}/seed.json is not a `unigap eval` report (its config has no integer seed)"),
     ("no seed", "{tmp}/noseed.json is not a `unigap eval` report (its config has no integer seed)"),
     ("same seed", "are both 'a' seed 0; name them apart with NAME=FILE"),
@@ -200,6 +203,9 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
     (tmp_path / "partial.json").write_text(json.dumps(partial))
     partial["records"]["generation"][3]["verified"] = "yes"
     (tmp_path / "word.json").write_text(json.dumps(partial))
+    nan = json.loads(good.read_text())
+    nan["records"]["understanding"][0]["correct"] = float("nan")
+    (tmp_path / "nan.json").write_text(json.dumps(nan))
     number = json.loads(good.read_text())
     number["records"]["understanding"] = 5
     (tmp_path / "number.json").write_text(json.dumps(number))
@@ -215,6 +221,7 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
         "outcome missing": [good, tmp_path / "partial.json"],
         "outcome a word": [good, tmp_path / "word.json"],
         "records a number": [good, tmp_path / "number.json"],
+        "outcome NaN": [good, tmp_path / "nan.json"],
         "seed a string": [good, tmp_path / "seed.json"],
         "no seed": [good, tmp_path / "noseed.json"],
         "same seed": [good, f"a={s0}", f"a={_write(tmp_path / 'twin.json', 0.5)}"],

@@ -92,15 +92,16 @@ def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
         if metric is JUDGED:
             judged = {path for path, r in rows if metric.outcome in r}
             rows = [(path, r) for path, r in rows if path in judged]
+        record = f"{'an' if metric.records[0] in 'aeiou' else 'a'} {metric.records} record"
         lacking = next((path for path, r in rows if metric.outcome not in r), None)
         if lacking is not None:
-            raise UserError(f"{lacking} is not a `unigap eval` report (a {metric.records} record lacks "
+            raise UserError(f"{lacking} is not a `unigap eval` report ({record} lacks "
                             f"{metric.outcome!r})")
-        wrong = next(((path, r[metric.outcome]) for path, r in rows if not isinstance(r[metric.outcome], (int, float))
-                      and r[metric.outcome] is not None), None)
-        if wrong is not None:
-            raise UserError(f"{wrong[0]} is not a `unigap eval` report (a {metric.records} record's "
-                            f"{metric.outcome!r} is {wrong[1]!r}, not a number)")
+        wrong = next(((path, r[metric.outcome]) for path, r in rows if r[metric.outcome] is not None and not (
+            isinstance(r[metric.outcome], (int, float)) and math.isfinite(r[metric.outcome]))), None)
+        if wrong is not None:  # (json reads NaN and Infinity as floats: a Δ of NaN, then a traceback writing it)
+            raise UserError(f"{wrong[0]} is not a `unigap eval` report ({record}'s "
+                            f"{metric.outcome!r} is {wrong[1]!r}, not a finite number)")
         if metric is JUDGED and not _judged_alike([report for _, report in reports]):
             continue
         tested.append(metric)
