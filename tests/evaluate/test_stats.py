@@ -94,8 +94,8 @@ def test_t_interval_is_scipys_and_the_point_without_spread():
 def test_the_same_change_to_within_rounding_is_no_variance_and_one_pair_has_no_stderr():
     """Seed means subtract to 0.050000000000000044 and 0.04999999999999993: the same change, where a t-test on the
     rounding would report p ~ 1e-30."""
-    out = paired_difference([0.50, 0.55, 0.60], [0.55, 0.60, 0.65])
-    assert out["t"] is None and out["p"] is None and out["stderr"] == 0.0
+    out = paired_difference([0.50, 0.55, 0.60], [0.55, 0.60, 0.65])  # (the sign test: all 3 pairs went up)
+    assert out["t"] is None and out["p"] == 0.25 and out["test"] == "sign" and out["stderr"] == 0.0
     assert out["ci95"] == [pytest.approx(0.05)] * 2
     assert paired_difference([0.50, 0.55], [0.50, 0.55 + 1e-17])["p"] == 1.0  # no change, to within rounding
     varied = paired_difference([0.50, 0.55, 0.60], [0.55, 0.61, 0.64])

@@ -228,6 +228,17 @@ def test_undefined_tests_are_null_not_nan():
     assert welch_from_stats(1.0, 0.0, 1, 0.5, 0.25, 5)["p"] is None  # one item on a side
 
 
+def test_every_item_flipped_the_same_way_is_decided_by_the_sign_test():
+    """Wrong on every item before and right on every one after: neither t-test is defined (no variance anywhere), and
+    the largest effect there can be was reported as untested ("not reproduced"). The sign test decides it."""
+    def run(method: str, correct: bool) -> MethodRun:
+        return MethodRun(method, 0, {"records": {"understanding": [{"index": i, "correct": correct}
+                                                                    for i in range(20)], "generation": []}})
+
+    row = compute_stats(Study([run(BASE, False), run("joint", True)]))["results"]["joint"]["understanding.accuracy"]
+    assert row["welch"]["p"] is None and row["test"] == "sign" and row["p"] == 2 * 0.5**20 and row["significant"]
+
+
 def test_the_same_change_on_every_item_is_decided_by_welch():
     """Every item up by 0.25 (a soft score): the paired t-test is undefined (no variance of the differences), so
     Welch's test on the two samples decides, as where the items do not line up."""

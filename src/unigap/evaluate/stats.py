@@ -155,11 +155,12 @@ def summarize_grouped(
 
 def paired_difference(before: Sequence[float | bool], after: Sequence[float | bool]) -> dict[str, Any]:
     """after − before on the same items (same prompts and sampling seeds): the mean change with n, stderr, a 95%
-    t-interval and the two-sided paired t-test's t and p (`scipy.stats.ttest_rel`). Without variance the t-test is
-    undefined (the interval is then the point): no change anywhere is no evidence of one (t 0, p 1, as a sign test
-    gives); the same non-zero change everywhere leaves t and p null. "The same" is to within float rounding: seed
-    means such as 0.55 − 0.50 and 0.60 − 0.55 differ in their last bits, which a t-test would read as certainty.
-    One pair has no standard error (null)."""
+    t-interval and the two-sided paired t-test's t and p (`scipy.stats.ttest_rel`), `test` "paired t". Without
+    variance the t-test is undefined (the interval is then the point): no change anywhere is no evidence of one
+    (t 0, p 1, as a sign test gives); the same non-zero change on all n pairs is decided by the sign test (`test`
+    "sign", t null, p = 2 × 0.5ⁿ: every pair moved the same way). "The same" is to within float rounding: seed means
+    such as 0.55 − 0.50 and 0.60 − 0.55 differ in their last bits, which a t-test would read as certainty. One pair
+    has no standard error and no test (null)."""
     from scipy import stats
 
     if len(before) != len(after):
@@ -168,7 +169,7 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     changes = [b - a for a, b in zip(before, after, strict=True)]
     out = summarize(changes, "delta")
     n, delta = out["n"], out["delta"]
-    out |= {"ci95": None, "t": None, "p": None}
+    out |= {"ci95": None, "t": None, "p": None, "test": None}
     if n < 2:
         return out | {"stderr": None}
     rounding = 1e-12 * max(1.0, *(abs(c) for c in changes))
@@ -178,7 +179,9 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     out["ci95"] = t_interval(delta, out["stderr"], n - 1)
     if varies:
         test = stats.ttest_rel(after, before)
-        out["t"], out["p"] = float(test.statistic), float(test.pvalue)
+        out["t"], out["p"], out["test"] = float(test.statistic), float(test.pvalue), "paired t"
     elif abs(delta) <= rounding:
-        out["t"], out["p"] = 0.0, 1.0
+        out["t"], out["p"], out["test"] = 0.0, 1.0, "paired t"
+    else:  # (a t of ±infinity: the largest effect there can be was reported as untested, "not reproduced")
+        out["p"], out["test"] = min(1.0, 2 * 0.5**n), "sign"
     return out

@@ -56,7 +56,8 @@ from unigap.train.names import TASKS, trained_tasks
 
 OTHER_FAMILY = "other"  # the family of a method outside the arm registry
 TEST_KEYS = ("test", "t", "df", "p", "delta_ci95")  # the deciding test's fields in each row
-TEST_LABELS = {"paired": "paired t-test", "welch": "Welch's t-test"}  # a row's `test` in words
+# a row's `test` in words (the sign test decides a paired comparison whose every pair changed alike)
+TEST_LABELS = {"paired": "paired t-test", "sign": "sign test", "welch": "Welch's t-test"}
 
 # the training-log series the report reads, each with the log keys that may hold it (first present wins)
 LOG_SERIES: dict[str, tuple[str, ...]] = {
@@ -162,7 +163,8 @@ def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], me
            ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The test that decides arm − baseline on `metric` (on their `shared_seeds` with its items), with Welch's and
     the seed-level test beside it: the paired test where the two sides' per-item records line up and it is defined,
-    else Welch's on the pooled samples. Returns ({`delta`, the deciding test's `TEST_KEYS`, `seed_level`}, Welch's t,
+    else Welch's on the pooled samples (also over the sign test of a change alike on every item, where Welch's is
+    defined: the two samples' spread is then the evidence). Returns ({`delta`, the deciding test's `TEST_KEYS`, `seed_level`}, Welch's t,
     df, p and interval)."""
     arm_side, baseline_side = _seeds_with_items(
         *([(run, sample(run, metric)) for run in runs] for runs in (arm_runs, baseline_runs)), metric)
@@ -171,7 +173,8 @@ def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], me
     keyed_arm, keyed_baseline = keyed(arm_runs, metric), keyed(baseline_runs, metric)
     same = paired(keyed_arm, keyed_baseline) if keyed_arm is not None and keyed_baseline is not None else None
     paper = welch_from_stats(arm.mean, arm.var, arm.n, baseline.mean, baseline.var, baseline.n)
-    test = same if same is not None and same["p"] is not None else {"test": "welch", **paper}
+    paired_decides = same is not None and same["p"] is not None and (same["test"] != "sign" or paper["p"] is None)
+    test = same if paired_decides else {"test": "welch", **paper}
     seeds = seed_level(*({run.seed: s.mean for run, s in side} for side in (arm_side, baseline_side)))
     delta = None if arm.mean is None or baseline.mean is None else arm.mean - baseline.mean
     compared = {"seeds": sorted({run.seed for run in arm_runs}), "arm": arm.mean, "baseline": baseline.mean,

@@ -223,5 +223,5 @@ def paired(arm: dict[tuple[Any, ...], float], baseline: dict[tuple[Any, ...], fl
         return None
     keys = sorted(arm, key=repr)
     d = paired_difference([baseline[k] for k in keys], [arm[k] for k in keys])
-    return {"test": "paired", "t": d["t"], "df": d["n"] - 1, "p": d["p"], "delta_ci95": d["ci95"] if d["p"] is not None
-            else None}
+    return {"test": "sign" if d["test"] == "sign" else "paired", "t": d["t"], "df": d["n"] - 1, "p": d["p"],
+            "delta_ci95": d["ci95"] if d["p"] is not None else None}
