@@ -84,7 +84,8 @@ def test_paired_difference_matches_scipy() -> None:
     half = stats.t.ppf(0.975, 7) * out["stderr"]
     assert out["ci95"] == pytest.approx([0.375 - half, 0.375 + half])
     assert paired_difference([1, 0], [1, 0])["p"] == 1.0  # no change anywhere: no evidence of one
-    assert paired_difference([0, 0], [1, 1])["p"] is None  # the same change everywhere: the t-test is undefined
+    same = paired_difference([0, 0], [1, 1])  # the same change everywhere: the t-test is undefined, the sign test decides
+    assert same["t"] is None and same["p"] == 0.5 and same["test"] == "sign"
 
 
 def test_poor_labels_with_the_guard_stop_with_exit_3(tmp_path: Path) -> None:
