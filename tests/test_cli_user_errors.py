@@ -720,8 +720,12 @@ def test_a_text_holding_an_image_tokens_string_is_one_line_and_writes_nothing(tm
     image = tmp_path / "scene.png"
     render_pil(sample_scene(0)).save(image)
     (tmp_path / "p.txt").write_text("a red circle\na blue square <begin_of_image>\n")
+    (tmp_path / "free.txt").write_text("a blue square <begin_of_image>\n")  # (train on free text: no held-out prompt)
     (tmp_path / "q.jsonl").write_text(json.dumps({"image": str(image), "question": "how many <image_placeholder>?",
                                                   "answer": "1"}) + "\n")
+    (tmp_path / "trl.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [  # TRL's und pairs
+        {"prompt": "how many shapes?", "chosen": "1", "rejected": "2", "images": [str(image)]},
+        {"prompt": "how many <image_placeholder>?", "chosen": "1", "rejected": "2", "images": [str(image)]}]))
     for args, message in [
         (["generate", "--prompts", tmp_path / "p.txt", "--out", tmp_path / "grid"],
          "p.txt:2: generation prompts must not contain image tokens, got 'a blue square <begin_of_image>'"),
@@ -729,7 +733,18 @@ def test_a_text_holding_an_image_tokens_string_is_one_line_and_writes_nothing(tm
          "--question: the understanding prompt holds 65 image placeholder tokens, expected 64"),
         (["eval", "--n", "2", "--questions", tmp_path / "q.jsonl", "--out", tmp_path / "e.json"],
          "q.jsonl:1: the understanding prompt holds 65 image placeholder tokens"),
+        # each of these failed once it had written its run's first files, which a rerun then refused
+        (["selfimprove", "--prompts", tmp_path / "free.txt", "--judge", "none", "--n-prompts", "2", "--out",
+          tmp_path / "si"], "free.txt:1: generation prompts must not contain image tokens"),
+        (["train", "--objective", "sft", "--und-data", tmp_path / "q.jsonl", "--out", tmp_path / "sft"],
+         "q.jsonl:1: the understanding prompt holds 65"),
+        (["train", "--strategy", "und-only", "--und", tmp_path / "trl.jsonl", "--out", tmp_path / "dpo"],
+         "trl.jsonl:2: the understanding prompt holds 65"),
+        (["prefs", "build", "--kind", "und", "--questions", tmp_path / "q.jsonl", "--n", "1", "--out",
+          tmp_path / "pairs.jsonl"], "q.jsonl:1: the understanding prompt holds 65"),
     ]:
-        code, err = _run(capsys, [*map(str, args[:1]), "--model", "tiny", *map(str, args[1:])])
+        words = 2 if args[0] == "prefs" else 1  # (prefs build)
+        code, err = _run(capsys, [*map(str, args[:words]), "--model", "tiny", *map(str, args[words:])])
         assert code == 2 and err.count("\n") == 1 and message in err, err
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["p.txt", "q.jsonl", "scene.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["free.txt", "p.txt", "q.jsonl", "scene.png",
+                                                                "trl.jsonl"]

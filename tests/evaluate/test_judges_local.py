@@ -393,6 +393,11 @@ def test_refine_reads_free_text_with_a_clip_judge(tiny_dir, clip_dir, tmp_path, 
     report = json.loads((tmp_path / "free" / "refine.json").read_text())
     assert report["oracle"] is None and "no ShapeWorld prompt" in report["oracle_skipped"]
     assert report["rounds"][0]["accuracy"] is None and report["judged"]["rounds"][0]["n"] == 1
+    token = tmp_path / "token.txt"  # free text the model cannot take: refused before any work
+    token.write_text("a photo of a cat\na cat <begin_of_image>\n")
+    code, _, err = run_main(capsys, [*args[:4], token, *args[5:], *judge, "--out", tmp_path / "token"])
+    assert code == 2 and f"{token}:2: generation prompts must not contain image tokens" in err
+    assert not (tmp_path / "token").exists()
     assert "judged by clip:" in " ".join(out.split())  # the table reports the judge's numbers (its title wraps)
 
     part = tmp_path / "free" / "parts" / "self.json"

@@ -7,7 +7,7 @@ the flag checks stay fast.
 from __future__ import annotations
 
 from pathlib import Path
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -166,19 +166,6 @@ def guarded_run(command: str, settings: dict[str, Any], seed: int, judge: dict[s
         return None
     write_manifest(out, record)
     return result
-
-
-def check_model_texts(um: UnifiedModel, prompts: Iterable[tuple[str, str]] = (),
-                      questions: Iterable[tuple[str, str]] = ()) -> None:
-    """Every (where, text) prompt and question tokenised as the model will, once it is loaded and before anything is
-    written: one it cannot take (the text of an image token in it) is one line naming where it came from, not a
-    failure midway through a run."""
-    for texts, encode in ((prompts, um.prompts.generation_ids), (questions, um.prompts.understanding_ids)):
-        for where, text in texts:
-            try:
-                encode(text)
-            except UserError as exc:
-                raise UserError(f"{where}: {exc}") from None
 
 
 def require_positive(flag: str, value: float) -> None:

@@ -13,7 +13,6 @@ from unigap.cli.common import (
     EDIT_IMAGE_CFG_OPTION,
     JUDGE_OPTION,
     MODEL_OPTION,
-    check_model_texts,
     edit_guidance_kwargs,
     load,
     print_table,
@@ -68,7 +67,7 @@ def eval_command(
     if prompts is not None and not Path(prompts).is_file():  # (prompt_specs' message offers splits, which eval refuses)
         what = "a directory, not a" if Path(prompts).is_dir() else "no such"
         raise UserError(f"--prompts {prompts}: {what} prompt file")
-    from unigap.evaluate.data import FREE_TEXT_HINT, prompt_specs
+    from unigap.evaluate.data import FREE_TEXT_HINT, prompt_lines, prompt_specs
     from unigap.data.understanding import read_understanding_data
 
     # a bad file fails before the load
@@ -85,8 +84,8 @@ def eval_command(
                 **edit_guidance}
     with manifest("eval", settings, seeds=[seed], judge=chosen.describe()) as record:
         um = load(model, adapter)
-        check_model_texts(um, prompts=[(f"--prompts {prompts}", spec.text) for spec in specs or ()],
-                          questions=[(item.where, item.question.text) for item in items or ()])
+        um.prompts.check_texts(prompts=prompt_lines(prompts),
+                               questions=[(item.where, item.question.text) for item in items or ()])
         record["device"] = str(um.device)
         report = evaluate(
             um, n, seed, data_seed=data_seed, batch_size=batch_size, cfg_scale=cfg, temperature=temperature, split=split,

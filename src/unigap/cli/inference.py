@@ -11,8 +11,8 @@ from pathlib import Path
 
 import typer
 
-from unigap.cli.common import (ADAPTER_OPTION, INPUTS_FILE, MODEL_OPTION, check_model_texts, inputs_claimed, load,
-                               require_non_negative, require_positive)
+from unigap.cli.common import (ADAPTER_OPTION, INPUTS_FILE, MODEL_OPTION, inputs_claimed, load, require_non_negative,
+                               require_positive)
 from unigap.errors import UserError
 from unigap.world import load_image
 
@@ -99,7 +99,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
     else:
         check_output_file(out / GRID_INDEX)  # a parent that is a file fails here, before the model loads
     um = load(model, adapter)
-    check_model_texts(um, prompts=numbered)
+    um.prompts.check_texts(prompts=numbered)
     rows = []
     # a prompt file's PNGs and index are staged, then swapped in: an interrupted rerun never mixes two runs
     staged = nullcontext() if prompts is None else indexed_files_atomically(out, {GRID_INDEX: ["file_name"]},
@@ -167,7 +167,7 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
     with inputs_claimed(out, "generate", model, adapter), manifest(
             "generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
         um = load(model, adapter)
-        check_model_texts(um, prompts=[(f"{prompts}:{line_no}", row["prompt"]) for line_no, row in numbered])
+        um.prompts.check_texts(prompts=[(f"{prompts}:{line_no}", row["prompt"]) for line_no, row in numbered])
         # and where the images are drawn: another device's random streams, or dtype, draw other images for a seed
         # (a run recorded before these were resumes as it did)
         machine = {"model_dtype": dtype_name(um.dtype), "device": um.device.type}
@@ -194,5 +194,5 @@ def ask(
         raise UserError("--question must not be empty")
     pixels = load_image(image)
     um = load(model, adapter)
-    check_model_texts(um, questions=[("--question", question)])
+    um.prompts.check_texts(questions=[("--question", question)])
     typer.echo(um.answer([pixels], [question], max_new_tokens=max_new_tokens)[0])

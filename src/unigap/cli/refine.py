@@ -118,6 +118,7 @@ def refine_command(
     from unigap.refine.run import refine_prompts
 
     refine_prompts(config)  # a bad prompt file fails before the load
+    from unigap.evaluate.data import prompt_lines
     from unigap.evaluate.judges import get_judge
 
     chosen = get_judge(config.judge, independent=True)  # a bad judge directory fails before anything is written
@@ -127,6 +128,7 @@ def refine_command(
             "refine", {"model": model, "adapter": None if adapter is None else str(adapter), **config.__dict__},
             seeds=[seed], judge=described) as record:
         um = load(model, adapter)
+        um.prompts.check_texts(prompts=prompt_lines(config.prompts))  # (run_refine writes before it samples)
         record["device"] = str(um.device)
         report = run_refine(um, config, out)
     if not distributed.is_main():

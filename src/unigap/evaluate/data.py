@@ -115,6 +115,14 @@ def read_prompt_file(path: str | Path) -> list[tuple[int, str]]:
     return [(line_no, row["prompt"]) for line_no, row in read_prompt_rows(path)]
 
 
+def prompt_lines(source: str | Path | None) -> list[tuple[str, str]]:
+    """("FILE:LINE", text) of every line of a prompt file (none for a split, whose ShapeWorld prompts every model
+    takes, or for no source): what `PromptFormat.check_texts` names a line it cannot take by."""
+    if source is None or str(source) in SPLITS:
+        return []
+    return [(f"{source}:{line_no}", text) for line_no, text in read_prompt_file(source)]
+
+
 def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, metadata object) of every line of a prompt file, checked as `read_prompt_file` does: a JSON
     line's object as written (GenEval's scorer reads its other fields), `{"prompt": text}` for a plain line. A table

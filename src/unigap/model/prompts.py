@@ -22,6 +22,7 @@ and ``<bos>{prompt}<begin_of_image>``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -90,6 +91,17 @@ class PromptFormat:
                 "(does the text contain image tokens, or does the tokenizer split the placeholder?)"
             )
         return ids
+
+    def check_texts(self, prompts: Iterable[tuple[str, str]] = (), questions: Iterable[tuple[str, str]] = ()) -> None:
+        """Every (where, text) prompt and question tokenised as the model will, once it is loaded and before anything
+        is written: one it cannot take (the text of an image token in it) is one `UserError` naming where it came
+        from, not a failure midway through a run."""
+        for texts, encode in ((prompts, self.generation_ids), (questions, self.understanding_ids)):
+            for where, text in texts:
+                try:
+                    encode(text)
+                except UserError as exc:
+                    raise UserError(f"{where}: {exc}") from None
 
     def understanding_ids(self, question: str) -> list[int]:
         """BOS + prompt with one image (N placeholders) and the question, ready for the answer."""

@@ -39,7 +39,7 @@ import numpy as np
 
 from unigap.data.understanding import UserItem, read_understanding_data
 from unigap.errors import UserError
-from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, training_prompt_specs
+from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, prompt_lines, training_prompt_specs
 from unigap.evaluate.judges import VERIFIER, Judge, check_judge_name, get_judge
 from unigap.evaluate.vqa import vqa_score
 from unigap.model.generation import CFG_SCALE
@@ -326,6 +326,8 @@ def build_preferences(
     else:
         records = sample_records(limit, options.seed, "train", canvas=canvas)
     limit = len(records)
+    asked = [(item.where, item.question.text) for item in records if isinstance(item, UserItem)]
+    um.prompts.check_texts(prompts=prompt_lines(options.prompts), questions=asked)  # (not at the batch drawing one)
     score_batch: Callable[..., list[Candidate | None]] = _und_batch if options.kind == "und" else _gen_batch
     if options.questions is not None:
         score_batch = _user_und_batch

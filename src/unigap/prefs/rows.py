@@ -42,7 +42,7 @@ import numpy as np
 from unigap.errors import UnigapWarning, UserError
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
 from unigap.prefs.trl import (SAME_SIDES, check_ids, is_trl_row, rescored, stored_cells, token_ids, trl_pairs,
-                              trl_problem, trl_task)
+                              trl_problem, trl_prompt, trl_task)
 from unigap.data.tables import StoredImage, read_table, stored_image
 from unigap.atomic import atomic_write_bytes, atomic_write_lines, indexed_files_atomically
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, with_reference
@@ -292,7 +292,12 @@ def load_pairs(path: str | Path, task: str, um: Any = None, on_use: bool = False
 def pairs_of(rows: Sequence[tuple[str, dict[str, Any]]], path: str | Path, task: str, um: Any = None,
              on_use: bool = False) -> Sequence[Pair]:
     """`load_pairs` of rows `check_pair_file(path, task)` already read (a command checks them before the model
-    loads, then converts them)."""
+    loads, then converts them). With the model, every row's text is tokenised first: one it cannot take fails here,
+    naming its row, not at the training step that draws it."""
+    if um is not None:
+        texts = [(where, trl_prompt(row) if is_trl_row(row) else row["question" if task == "und" else "prompt"])
+                 for where, row in rows]
+        um.prompts.check_texts(**{"questions" if task == "und" else "prompts": texts})
     if is_trl_row(rows[0][1]):
         if um is None:
             raise ValueError("pairs in TRL's convention need the base model to be read")

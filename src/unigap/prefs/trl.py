@@ -50,6 +50,11 @@ def _text(value: Any, role: str) -> str:
     return ""
 
 
+def trl_prompt(row: dict[str, Any]) -> str:
+    """A TRL row's prompt as the model reads it: its text, or its user messages' text parts."""
+    return _text(row["prompt"], "user")
+
+
 def _und_images(row: dict[str, Any]) -> Any:
     """An understanding row's image list: `images`, or its single `image` as a list (None when it has neither)."""
     return row.get("images", [row["image"]] if row.get("image") is not None else None)
@@ -123,7 +128,7 @@ def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -
     `um`), reference log-probs and token counts computed with `um`'s base model."""
     pairs: list[Pair] = []
     for where, row in rows:
-        prompt = _text(row["prompt"], "user")
+        prompt = trl_prompt(row)
         if trl_task(row) == "und":
             image = stored_image({"image": _und_images(row)[0]}, base, where)  # decoded when scored
             pairs.append(UnderstandingPair(image, prompt, _text(row["chosen"], "assistant"),

@@ -33,7 +33,7 @@ from unigap.atomic import cached_json, claim_settings, write_json
 from unigap.errors import GuardStopped, UserError
 from unigap.evaluate import evaluate
 from unigap.evaluate.critique import win_rate as understanding_win_rate
-from unigap.evaluate.data import prompt_specs, training_prompt_specs
+from unigap.evaluate.data import prompt_lines, prompt_specs, training_prompt_specs
 from unigap.evaluate.generation import generate_and_judge
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.report import HEADLINES, load_images, save_images
@@ -85,6 +85,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     main = distributed.is_main()
     progress = progress and main
     specs = training_prompts(config)
+    um.prompts.check_texts(prompts=prompt_lines(config.prompts))  # (before anything is written or sampled)
     _check_settings(out, config, len(specs), model_identity(um))
 
     before = cached_json(out / "before.json", lambda: _evaluate(um, config, out, "before", progress),

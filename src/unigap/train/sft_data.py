@@ -134,6 +134,8 @@ def train_sft(um: Any, config: SFTConfig, out_dir: str | Path, resume: bool = Fa
     out_dir = Path(out_dir)
     resumed_state(out_dir, config, resume, mmap=True, identity=model_identity(um))  # fails before the data is built
     data = read_sft_data(config) if data is None else data
+    um.prompts.check_texts(prompts=[(c.where, c.prompt) for c in data.captions],  # (before a step draws one, hours in)
+                           questions=[(item.where, item.question.text) for item in data.understanding])
     show_progress = show_progress and distributed.is_main()
     with progress("tokenize", max(len(data.captions), 1), show_progress and bool(data.captions)) as update:
         tasks = sft_tasks(um, config, data, out_dir, update)
