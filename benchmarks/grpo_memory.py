@@ -1,12 +1,12 @@
 """What a `refine train` step holds for its backward pass, by `--micro-batch-size`: whole groups against spans.
 
-Why: GRPO scores a group's G samples with gradients, so a step's activations grow with G (at the defaults, about
-85 GiB for a generation step of a Janus-Pro-1B by docs/experiments.md's estimate). `micro_batch_size` scores and
-back-propagates a span of samples at a time. For one generation step and the refine step from its images, on one
-model with one LoRA and the same rollouts for every setting, this records the peak bytes of the tensors autograd
-saves for the backward pass (counted by `torch.autograd.graph.saved_tensors_hooks`, any device), on CUDA the peak
-allocated memory of the update, and the update's median seconds over `--repeats`, the settings timed in turn on
-their stored rollouts (spans cost time).
+Why: GRPO scores a group's G samples with gradients, so a step's activations grow with G (at the defaults, about 85
+GiB for a generation step of a Janus-Pro-1B by docs/experiments.md's estimate). `micro_batch_size` scores and back-
+propagates a span of samples at a time. For one generation step and the refine step from its images, on one model
+with one LoRA and the same rollouts for every setting, this records the peak bytes of the tensors autograd saves for
+the backward pass (by `torch.autograd.graph.saved_tensors_hooks`, any device: each storage once, the weights a layer
+saves not counted), on CUDA the peak allocated memory of the update, and the update's median seconds over
+`--repeats`, the settings timed in turn on their stored rollouts (spans cost time).
 
     python benchmarks/grpo_memory.py                       # the shipped model, CPU
     python benchmarks/grpo_memory.py --model DIR --device cuda --micro-batch-sizes 8 4 1
@@ -38,20 +38,32 @@ MIB = 2**20
 
 
 class SavedPeak:
-    """The peak bytes of tensors saved for backward and still alive, while the context is open."""
+    """The peak bytes of the storage behind the tensors saved for backward and still alive, while the context is
+    open: each storage counted once however many saved tensors view it, the model's weights and buffers not at all
+    (a linear layer saves its weight, which costs nothing more)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+        self.views: dict[int, list[int]] = {}  # storage → [bytes, saved tensors viewing it]
         self.live = self.peak = 0
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        size = tensor.numel() * tensor.element_size()
-        self.live += size
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(tensor, self._release, size)  # (a tensor freed with its graph, after its backward)
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self.weights:
+            return tensor
+        if key not in self.views:
+            self.views[key] = [storage.nbytes(), 0]
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+        self.views[key][1] += 1
+        weakref.finalize(tensor, self._release, key)  # (a tensor freed with its graph, after its backward)
         return tensor
 
-    def _release(self, size: int) -> None:
-        self.live -= size
+    def _release(self, key: int) -> None:
+        self.views[key][1] -= 1
+        if not self.views[key][1]:
+            self.live -= self.views.pop(key)[0]
 
     def __enter__(self) -> SavedPeak:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
@@ -72,7 +84,7 @@ def update(trainer: GRPOTrainer, config: GRPOConfig, rollouts: list[Any]) -> dic
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     try:
-        with SavedPeak() as saved:
+        with SavedPeak(trainer.um.model) as saved:
             for _, rollout, _ in rollouts:
                 rollout_loss(rollout, config, divisor=config.prompts_per_step)
     except torch.OutOfMemoryError:  # (whole groups of a large model: recorded, and the spans still run)
