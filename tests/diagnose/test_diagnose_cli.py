@@ -55,6 +55,26 @@ def test_diagnose_writes_report_and_figures(tiny_dir: Path, prefs: dict[str, Pat
     assert sorted(p.name for p in (tmp_path / "e").glob("*.png")) == sorted(figures) and "sweep.png" not in figures
 
 
+def test_a_run_killed_while_drawing_its_figures_is_its_reruns_to_replace(tiny_dir: Path, prefs: dict[str, Path],
+                                                                         tmp_path: Path, capsys, monkeypatch) -> None:
+    """A kill between the first figure and the report left only PNGs, which the rerun refused as someone else's."""
+    import unigap.diagnose.run as run
+
+    draw = run.write_figures
+
+    def killed(report: dict, directory: Path) -> list[str]:
+        (directory / "cosines.png").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    argv = ["--model", str(tiny_dir), "--und", str(prefs["und"]), "--gen", str(prefs["gen"]), "--pairs", "4",
+            "--sweep-probes", "0", "--out", str(tmp_path / "d")]
+    monkeypatch.setattr(run, "write_figures", killed)
+    assert _run(capsys, argv)[0] == 130
+    monkeypatch.setattr(run, "write_figures", draw)
+    code, _, err = _run(capsys, argv)
+    assert code == 0 and (tmp_path / "d" / "cosines.png").read_bytes() != b"half", err
+
+
 def test_diagnose_a_trained_adapter_reaches_lora_a(
     tiny_dir: Path, prefs: dict[str, Path], tmp_path: Path, capsys
 ) -> None:
