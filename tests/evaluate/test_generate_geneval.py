@@ -127,7 +127,7 @@ def test_resume_compares_the_weights_not_their_paths_and_where_the_images_were_d
                                                                                       capsys) -> None:
     """The model's path spelled otherwise (a job resumed from another folder) reads the same weights: resumed. A run
     begun in another dtype or on another device drew other images for the same seeds: refused. A run recorded
-    before these were kept resumes as it did."""
+    before these were kept resumes as it did, and one without the weights' record is held to its model's path."""
     out = tmp_path / "images"
     args = ["generate", "--prompts", prompts, "--layout", "geneval", "--max-prompts", 1, "--out", out]
     assert run_main(capsys, [*args, "--model", tiny_dir])[0] == 0
@@ -142,6 +142,9 @@ def test_resume_compares_the_weights_not_their_paths_and_where_the_images_were_d
     (out / "settings.json").write_text(json.dumps({k: v for k, v in settings.items()
                                                    if k not in ("model_dtype", "device")}))
     assert run_main(capsys, [*args, "--model", tiny_dir, "--resume"])[0] == 0
+    (out / "inputs.json").unlink()  # a run begun before the weights' record: nothing but the path names its model
+    code, _, err = run_main(capsys, [*args, "--model", f"{tiny_dir}{os.sep}", "--resume"])
+    assert code == 2 and "model: " in err, err
 
 
 def test_resume_refuses_an_adapter_retrained_in_place(tiny_dir, prompts, tmp_path, capsys) -> None:

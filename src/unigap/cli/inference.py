@@ -158,11 +158,11 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
         raise UserError(f"--resume: {out} holds no generate run (no {SETTINGS_FILE}); choose another --out")
     # the prompts by content, not path: a resumed run must write the folders of the same lines; the model and adapter
     # paths are recorded, not compared (another spelling, or a job resumed from another folder, reads the same
-    # weights), since `inputs_claimed` compares their contents
+    # weights), where `inputs_claimed` compares their contents: not in a run begun before it kept its record
     settings = {"layout": "geneval", "model": model, "adapter": None if adapter is None else str(adapter),
                 "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(), "n": n, "seed": seed, "cfg": cfg,
                 "temperature": temperature, "batch_size": batch_size, "max_prompts": max_prompts}
-    paths = ("model", "adapter")
+    paths = ("model", "adapter") if (out / INPUTS_FILE).is_file() else ()
     claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None}, write=False, free=paths)
     with inputs_claimed(out, "generate", model, adapter), manifest(
             "generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
