@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from unigap.arms import ARMS, FAMILIES, Arm, register, select
@@ -67,7 +69,10 @@ def test_p2_and_p3_arms_build_on_a_tiny_model_and_reach_the_report(small_config:
     assert (tmp_path / "study" / "refine-grpo" / "seed0" / "grpo" / "adapter_model.safetensors").is_file()
     assert "accuracy per round" in (tmp_path / "study" / "report.html").read_text()
     for name in ("self-sft", "sft", "refine", "best-of-n"):
-        assert (tmp_path / "study" / name / "seed1" / "eval.json").is_file()
+        report = json.loads((tmp_path / "study" / name / "seed1" / "eval.json").read_text())
+        # (an inference-time arm's own images replace the one-shot metrics: with their intervals, as eval's)
+        assert all("ci95" in report[key] for key in ("generation", "nonunification", "weak_generation")), name
+        assert "ci95" in report["self_judge"]["precision"], name
     assert (tmp_path / "study" / "sft" / "seed0" / "gen_tokens.safetensors").is_file()  # its data tokenized once
     assert (tmp_path / "study" / "self-sft" / "seed0" / "selfimprove" / "pool" / "round0.jsonl").is_file()
     assert list(built.results["win_rates"]) == ["self-sft", "sft", "refine-grpo"]  # the trained arms, not the loop

@@ -108,7 +108,13 @@ def evaluate(
         else:
             report["edit"] = None
             report["edit_skipped"] = "the checkpoint cannot edit images (supports_editing is false)"
+    return with_intervals(report)
+
+
+def with_intervals(report: dict[str, Any]) -> dict[str, Any]:
+    """Every metric of an eval report given its 95% interval, in place: what `evaluate` returns, and what a caller
+    that replaces some of its metrics (the study's inference-time arms) applies again before saving it."""
     for key, value in report.items():
         if key not in ("config", "records"):
-            with_cis(value)  # every metric with its 95% interval
+            with_cis(value)
     return report

@@ -162,6 +162,7 @@ def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalI
     """An inference-time arm's evaluation: the model's own, with `final`'s images in place of the one-shot ones
     (verified and self-judged the same way) and the loop's per-round metrics where it gives them."""
     from unigap.evaluate import evaluate, save_report
+    from unigap.evaluate.run import with_intervals
     from unigap.evaluate.critique import self_judge_metrics
     from unigap.evaluate.data import held_out_pairs
     from unigap.evaluate.generation import generation_metrics, judge_images
@@ -178,7 +179,7 @@ def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalI
     report["records"]["generation"] = records
     report["config"].update(model=c.model, method=name, refine_rounds=c.refine_rounds)
     runner.add_win_rate(report, um, name, seed)  # (refine-grpo's; the other refine arms are the base model)
-    save_report(report, runner.eval_file(name, seed))
+    save_report(with_intervals(report), runner.eval_file(name, seed))  # (the replaced metrics' too)
 
 
 def unimrg(runner: Any, name: str, seed: int) -> None:
