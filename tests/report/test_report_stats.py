@@ -228,6 +228,22 @@ def test_undefined_tests_are_null_not_nan():
     assert welch_from_stats(1.0, 0.0, 1, 0.5, 0.25, 5)["p"] is None  # one item on a side
 
 
+def test_a_level_of_0_or_1_gets_wilsons_interval_not_a_point():
+    """0 correct of 600 over 3 seeds: a bootstrap of identical items and the t-interval of identical seed means are
+    both [0, 0], as if the level were certain."""
+    from scipy.stats import binomtest
+
+    def run(seed: int, correct: bool) -> MethodRun:
+        return MethodRun(BASE, seed, {"records": {"understanding": [{"index": i, "correct": correct}
+                                                                     for i in range(200)], "generation": []}})
+
+    for correct, count in ((False, 0), (True, 600)):
+        level = compute_stats(Study([run(k, correct) for k in range(3)]))["results"][BASE]["understanding.accuracy"]
+        wilson = binomtest(count, 600).proportion_ci(0.95, method="wilson")
+        assert level["ci95_bootstrap"] == level["ci95_seeds"] == pytest.approx([wilson.low, wilson.high])
+        assert level["ci95_bootstrap"][0] < level["ci95_bootstrap"][1]
+
+
 def test_every_item_flipped_the_same_way_is_decided_by_the_sign_test():
     """Wrong on every item before and right on every one after: neither t-test is defined (no variance anywhere), and
     the largest effect there can be was reported as untested ("not reproduced"). The sign test decides it."""

@@ -21,7 +21,8 @@ methods × metrics"):
   row, for reading our numbers next to the paper's; a test over 3 seed means could not reach its p = 0.005.
 - **CIs of a method's level**: `ci95_seeds` is the t-interval over the seed means (k − 1 df; null for one
   seed) around `mean_over_seeds`; `ci95_bootstrap` is a percentile bootstrap of the pooled per-item mean,
-  resampling items within each seed (null without records).
+  resampling items within each seed (null without records). Where every item is 0, or every item 1, neither can
+  leave the point: both are then Wilson's interval of the pooled count (0 of 600 is [0, 0.006], not certain).
 - **Bonferroni**: the family is every test performed, one per method (base excluded) × metric where the test is
   defined (p not null: a metric a model was not evaluated on, or without variance on either side, is no test);
   `alpha_corrected` = α / family size,
@@ -49,7 +50,7 @@ import numpy as np
 
 from unigap.arms import ARMS
 from unigap.errors import UnigapWarning
-from unigap.evaluate.stats import CONFIDENCE, finite, paired_difference, share_interval, welch_from_stats
+from unigap.evaluate.stats import CONFIDENCE, finite, paired_difference, share_interval, welch_from_stats, with_ci
 from unigap.train.defaults import LN2, OVEROPTIMISED_LOSS
 from unigap.study.results import BASE, METRICS, Metric, MethodRun, Sample, Study, keyed, paired, sample
 from unigap.train.names import TASKS, trained_tasks
@@ -212,6 +213,10 @@ def metric_summary(runs: Sequence[MethodRun], metric: Metric, options: StatsOpti
     pooled = pool(samples)
     key = zlib.crc32(f"{runs[0].method}/{metric.name}".encode())  # same draws whatever else is in the study
     rng = np.random.default_rng([options.bootstrap_seed, key])
+    seeds, bootstrap = seed_interval(seed_means), bootstrap_interval(samples, options.bootstrap_resamples, rng)
+    if pooled.n and pooled.mean in (0.0, 1.0):  # every item alike: no resample or seed spread moves off it
+        wilson = with_ci({"value": pooled.mean, "n": pooled.n}, "value")["ci95"]
+        seeds, bootstrap = seeds and wilson, bootstrap and wilson
     return {
         "per_seed": [
             {"seed": run.seed, "value": s.mean, "n": s.n, "stderr": math.sqrt(s.var / s.n) if s.n else None}
@@ -219,10 +224,10 @@ def metric_summary(runs: Sequence[MethodRun], metric: Metric, options: StatsOpti
         ],
         "seeds": len(seed_means),
         "mean_over_seeds": _mean(seed_means),
-        "ci95_seeds": seed_interval(seed_means),
+        "ci95_seeds": seeds,
         "pooled": pooled.mean,
         "n": pooled.n,
-        "ci95_bootstrap": bootstrap_interval(samples, options.bootstrap_resamples, rng),
+        "ci95_bootstrap": bootstrap,
     }
 
 
