@@ -714,7 +714,8 @@ def test_a_failed_first_start_is_cleaned_up_by_the_main_process_only(tmp_path: P
 
 def test_a_text_holding_an_image_tokens_string_is_one_line_and_writes_nothing(tmp_path: Path, capsys) -> None:
     """A prompt or question the model cannot take (the text of one of its image tokens) failed with a traceback
-    after the model loaded; it is named (FILE:LINE where it has one) before anything is written."""
+    after the model loaded, and one too long for its context ran on positions it never saw; each is named
+    (FILE:LINE where it has one) before anything is written."""
     from unigap.world import render_pil, sample_scene
 
     image = tmp_path / "scene.png"
@@ -729,6 +730,10 @@ def test_a_text_holding_an_image_tokens_string_is_one_line_and_writes_nothing(tm
     for args, message in [
         (["generate", "--prompts", tmp_path / "p.txt", "--out", tmp_path / "grid"],
          "p.txt:2: generation prompts must not contain image tokens, got 'a blue square <begin_of_image>'"),
+        (["generate", "--prompt", "a red circle " * 150, "--out", tmp_path / "long.png"],  # (positions it never saw)
+         "--prompt: 452 tokens and its image 64: 516 positions, more than the model's context of 512"),
+        (["ask", "--image", image, "--question", "how many shapes " * 150],
+         "--question: with its image: 517 positions, more than the model's context of 512"),
         (["ask", "--image", image, "--question", "how many <image_placeholder>?"],
          "--question: the understanding prompt holds 65 image placeholder tokens, expected 64"),
         (["eval", "--n", "2", "--questions", tmp_path / "q.jsonl", "--out", tmp_path / "e.json"],

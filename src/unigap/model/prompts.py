@@ -62,6 +62,7 @@ class PromptFormat:
     ids: SpecialIds
     num_image_tokens: int
     system_prompt: str = ""
+    max_positions: int | None = None  # the LLM's context (`max_position_embeddings`): what `check_texts` holds to
 
     def __post_init__(self) -> None:
         if self.template not in TEMPLATES:
@@ -94,14 +95,20 @@ class PromptFormat:
 
     def check_texts(self, prompts: Iterable[tuple[str, str]] = (), questions: Iterable[tuple[str, str]] = ()) -> None:
         """Every (where, text) prompt and question tokenised as the model will, once it is loaded and before anything
-        is written: one it cannot take (the text of an image token in it) is one `UserError` naming where it came
-        from, not a failure midway through a run."""
-        for texts, encode in ((prompts, self.generation_ids), (questions, self.understanding_ids)):
+        is written: one it cannot take (the text of an image token in it, or too long for its context with the image
+        it comes with) is one `UserError` naming where it came from, not a failure or silent nonsense midway through
+        a run."""
+        for texts, encode, image in ((prompts, self.generation_ids, self.num_image_tokens),
+                                     (questions, self.understanding_ids, 0)):  # (a question's image is in its ids)
             for where, text in texts:
                 try:
-                    encode(text)
+                    length = len(encode(text)) + image
                 except UserError as exc:
                     raise UserError(f"{where}: {exc}") from None
+                if self.max_positions is not None and length > self.max_positions:
+                    what = f"{length - image} tokens and its image {image}" if image else "with its image"
+                    raise UserError(f"{where}: {what}: {length} positions, more than the model's context of "
+                                    f"{self.max_positions}")
 
     def understanding_ids(self, question: str) -> list[int]:
         """BOS + prompt with one image (N placeholders) and the question, ready for the answer."""

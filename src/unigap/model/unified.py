@@ -80,6 +80,7 @@ class UnifiedModel:
             ids=special_ids(self.model, tokenizer),
             num_image_tokens=vision_config.num_image_tokens,
             system_prompt=janus_pro_system_prompt(use_default_system_prompt) if template == JANUS_PRO_TEMPLATE else "",
+            max_positions=getattr(self.model.config.text_config, "max_position_embeddings", None),
         )
         self.vision = VisionPreprocessing(vision_config.image_size, tuple(image_mean), tuple(image_std))
         self._supports_editing = supports_editing
