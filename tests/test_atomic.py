@@ -301,3 +301,15 @@ def test_a_sets_files_are_on_disk_before_its_old_index_goes(tmp_path, monkeypatc
                                                  real_fsync(fd))[1])
     write_set("new")
     assert index_there and all(index_there) and (tmp_path / "000.png").read_text() == "new"
+
+
+def test_an_interrupted_first_write_leaves_no_empty_folders_of_its_own(tmp_path) -> None:
+    """`generate --prompts FILE --out a/b` killed before its first image left `a/` and `a/b/` behind, empty."""
+    (tmp_path / "mine").mkdir()
+    out = tmp_path / "mine" / "a" / "b"
+    with pytest.raises(KeyboardInterrupt), indexed_files_atomically(out, {"index.jsonl": ["file"]}):
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine"]  # the user's own folder stays
+    with indexed_files_atomically(out, {"index.jsonl": ["file"]}) as staging:
+        (staging / "index.jsonl").write_text("")
+    assert (out / "index.jsonl").is_file()

@@ -12,6 +12,7 @@ torch so light modules can use it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import hashlib
@@ -234,10 +235,12 @@ def files_atomically(directory: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def _staging(directory: Path, tag: str = "") -> Iterator[Path]:
-    """A temporary directory in `directory`, removed at the end; those an earlier writer of the same `tag` left when
-    killed outright go first (a tag keeps apart the writers that share a folder, such as two data files: the stale
-    ones are matched by mkdtemp's 8 random characters exactly, so no tag's pattern reaches a longer tag's folders)."""
+    """A temporary directory in `directory` (made with its parents where missing: those left empty are removed with
+    it), removed at the end; those an earlier writer of the same `tag` left when killed outright go first (a tag
+    keeps apart the writers that share a folder, such as two data files: the stale ones are matched by mkdtemp's 8
+    random characters exactly, so no tag's pattern reaches a longer tag's folders)."""
     prefix = f"{FILES_PREFIX}{tag}"
+    made = [folder for folder in (directory, *directory.parents) if not folder.exists()]  # (deepest first)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob(f"{glob.escape(prefix)}{'?' * 8}{TMP_SUFFIX}"):
@@ -249,6 +252,9 @@ def _staging(directory: Path, tag: str = "") -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # an interrupted first write leaves no empty folders of its own behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # (only where empty)
 
 
 def _staged(tmp: Path) -> list[Path]:
