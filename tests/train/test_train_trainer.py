@@ -215,3 +215,14 @@ def test_under_bf16_autocast_training_starts_exactly_at_the_reference(tmp_path: 
     first = read_log(tmp_path)[0]
     assert all(first[f"{task}_dpo_loss"] == pytest.approx(math.log(2), abs=1e-6) for task in ("und", "gen"))
     assert first["und/rewards/margins"] == first["gen/rewards/margins"] == 0.0
+
+
+def test_in_bf16_weights_training_starts_exactly_at_the_reference(tmp_path: Path) -> None:
+    """bf16 weights (a GPU's default load) round with a batch's shape as autocast does: references stored 3 pairs at a
+    time put step 0's generation margin off 0 (-0.006 on `prefs build`'s pairs), which the stuck-at-ln-2 signal
+    reads."""
+    shipped = load_model("tiny", dtype="bfloat16")
+    und, gen = random_pairs(shipped, 3)
+    DPOTrainer(shipped, config(steps=1), und, gen, tmp_path).train()
+    first = read_log(tmp_path)[0]
+    assert first["und/rewards/margins"] == first["gen/rewards/margins"] == 0.0

@@ -13,6 +13,7 @@ Files in the output directory: `log.jsonl` (one JSON object per step), `checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,12 +86,14 @@ class DPOTrainer:
             raise UserError(
                 f"generation pairs hold images of {sorted(lengths)} tokens, but this model uses {um.num_image_tokens}"
             )
-        if config.gen_cfg_scale and gen_pairs and not config.bf16:  # the stored references are conditional-only
+        # half-precision results move with a batch's shape: under `--bf16` autocast or in bf16 weights (a GPU's
+        # default) the references are rescored as the policy scores, so that training starts at the reference
+        rounded = config.bf16 or um.dtype in (torch.bfloat16, torch.float16)
+        if config.gen_cfg_scale and gen_pairs and not rounded:  # the stored references are conditional-only
             given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale, REFERENCE_BATCH)
-        if config.bf16:  # rescore the references under the policy's autocast, so training starts at the reference:
-            # in batches of the policy's (bf16 results move with a batch's shape; exact at one pair per process)
+        if rounded:  # in batches of the policy's (exact at one pair per process)
             share = -(-config.batch_size // distributed.world_size())
-            with bf16_autocast(um.device):
+            with bf16_autocast(um.device) if config.bf16 else contextlib.nullcontext():
                 given = {task: with_reference(um, pairs, (config.gen_cfg_scale or None) if task == "gen" else None,
                                               share) if pairs else pairs for task, pairs in given.items()}
         self.um, self.config, self.out_dir = um, config, Path(out_dir)
