@@ -253,6 +253,7 @@ def test_every_item_flipped_the_same_way_is_decided_by_the_sign_test():
 
     row = compute_stats(Study([run(BASE, False), run("joint", True)]))["results"]["joint"]["understanding.accuracy"]
     assert row["welch"]["p"] is None and row["test"] == "sign" and row["p"] == 2 * 0.5**20 and row["significant"]
+    assert row["df"] is None and row["delta_ci95"] is None  # a sign test has neither
 
 
 def test_the_same_change_on_every_item_is_decided_by_welch():

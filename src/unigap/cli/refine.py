@@ -211,7 +211,7 @@ def train_command(
     if report.get("change"):
         before, after = report["before"]["rounds"][-1]["accuracy"], report["after"]["rounds"][-1]["accuracy"]
         change = report["change"]
-        p = "n/a" if change["p"] is None else f"{change['p']:.2g}"  # (no test where every change is equal)
+        p = "n/a" if change["p"] is None else f"{change['p']:.2g}"  # (no test below two prompts)
         typer.echo(f"accuracy after {settings.eval_rounds} rounds: {before:.3f} → {after:.3f} "
                    f"(paired Δ {change['delta']:+.3f}, p {p})")
     typer.echo(f"wrote {out / 'grpo.json'}")

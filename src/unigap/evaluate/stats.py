@@ -158,7 +158,7 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     t-interval and the two-sided paired t-test's t and p (`scipy.stats.ttest_rel`), `test` "paired t". Without
     variance the t-test is undefined (the interval is then the point): no change anywhere is no evidence of one
     (t 0, p 1, as a sign test gives); the same non-zero change on all n pairs is decided by the sign test (`test`
-    "sign", t null, p = 2 × 0.5ⁿ: every pair moved the same way). "The same" is to within float rounding: seed means
+    "sign", t and the interval null, p = 2 × 0.5ⁿ: every pair moved the same way, by an amount no spread bounds). "The same" is to within float rounding: seed means
     such as 0.55 − 0.50 and 0.60 − 0.55 differ in their last bits, which a t-test would read as certainty. One pair
     has no standard error and no test (null)."""
     from scipy import stats
@@ -183,5 +183,5 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     elif abs(delta) <= rounding:
         out["t"], out["p"], out["test"] = 0.0, 1.0, "paired t"
     else:  # (a t of ±infinity: the largest effect there can be was reported as untested, "not reproduced")
-        out["p"], out["test"] = min(1.0, 2 * 0.5**n), "sign"
+        out["p"], out["test"], out["ci95"] = min(1.0, 2 * 0.5**n), "sign", None
     return out

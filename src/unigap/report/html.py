@@ -79,7 +79,8 @@ def headline_table(results: dict[str, Any], methods: Sequence[str] | None = None
             mark = "*" if significant else ""
             delta = escape(fmt(m["delta"], signed=True) + mark) + ci(m["delta_ci95"], signed=True, below=True)
             seeds = m["seed_level"]
-            below = f'<br><span class="ci">seeds {escape(fmt_p(seeds["p"]))}</span>' if seeds["df"] else ""
+            below = f'<br><span class="ci">seeds {escape(fmt_p(seeds["p"]))}</span>' if seeds["p"] is not None \
+                else ""
             row += [kind(delta), kind(escape(fmt_p(m["p"])) + below)]
         training = results["training"].get(method)
         kl = f"{fmt(training['und_kl'], 2)} / {fmt(training['gen_kl'], 2)}" if training else DASH

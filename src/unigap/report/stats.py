@@ -10,7 +10,8 @@ methods × metrics"):
   the items' own difficulty from the error (`decide`). Otherwise (an arm evaluated on other items, reports without
   records, or the same non-zero change on every item, where the t-test is undefined) it is Welch's two-sided t-test
   on the pooled per-item outcomes, computed exactly from each seed's mean, n and standard error when there are no
-  records. `delta` is the pooled mean minus the base's over the seeds both have (`compared`: those seeds, both
+  records; where that is undefined too (every item flipped the same way), the **sign** test of the paired changes
+  (p = 2 × 0.5ⁿ, no interval). `delta` is the pooled mean minus the base's over the seeds both have (`compared`: those seeds, both
   levels and n; the level columns cover all of a method's seeds), `delta_ci95` the deciding test's interval of that
   difference (the error bars of the trade-off figure).
 - **Seeds**: both sides are compared on the seeds they share (`shared_seeds`; a warning when one lacks some). The
@@ -24,7 +25,8 @@ methods × metrics"):
   resampling items within each seed (null without records). Where every item is 0, or every item 1, neither can
   leave the point: both are then Wilson's interval of the pooled count (0 of 600 is [0, 0.006], not certain).
 - **Bonferroni**: the family is every test performed, one per method (base excluded) × metric where the test is
-  defined (p not null: a metric a model was not evaluated on, or without variance on either side, is no test);
+  defined (p not null: a metric a model was not evaluated on, or one without variance and without items to pair,
+  is no test);
   `alpha_corrected` = α / family size,
   `significant` = p < alpha_corrected, `p_bonferroni` = min(1, p · family size). Each arm's family of methods
   (p1–p4) is also corrected on its own: `p_bonferroni_family`, `significant_in_family` (over that family's tests;

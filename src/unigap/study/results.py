@@ -223,5 +223,6 @@ def paired(arm: dict[tuple[Any, ...], float], baseline: dict[tuple[Any, ...], fl
         return None
     keys = sorted(arm, key=repr)
     d = paired_difference([baseline[k] for k in keys], [arm[k] for k in keys])
-    return {"test": "sign" if d["test"] == "sign" else "paired", "t": d["t"], "df": d["n"] - 1, "p": d["p"],
+    sign = d["test"] == "sign"  # (no degrees of freedom, no interval)
+    return {"test": "sign" if sign else "paired", "t": d["t"], "df": None if sign else d["n"] - 1, "p": d["p"],
             "delta_ci95": d["ci95"] if d["p"] is not None else None}
