@@ -731,7 +731,7 @@ def test_a_text_holding_an_image_tokens_string_is_one_line_and_writes_nothing(tm
         (["generate", "--prompts", tmp_path / "p.txt", "--out", tmp_path / "grid"],
          "p.txt:2: generation prompts must not contain image tokens, got 'a blue square <begin_of_image>'"),
         (["generate", "--prompt", "a red circle " * 150, "--out", tmp_path / "long.png"],  # (positions it never saw)
-         "--prompt: 452 tokens and its image 64: 516 positions, more than the model's context of 512"),
+         "--prompt: 452 tokens and its image 63: 515 positions, more than the model's context of 512"),
         (["ask", "--image", image, "--question", "how many shapes " * 150],
          "--question: with its image: 517 positions, more than the model's context of 512"),
         (["ask", "--image", image, "--question", "how many <image_placeholder>?"],

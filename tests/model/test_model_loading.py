@@ -190,3 +190,22 @@ def test_a_save_killed_midway_never_leaves_weights_without_their_sidecar(tmp_pat
     assert not [name for name in names if name.startswith(".")]  # no staging folder left behind
     monkeypatch.undo()
     assert load_model(um.save(out)).prompts.template == "tiny"
+
+
+def test_check_texts_holds_a_prompt_to_the_context_its_image_tokens_are_fed_in() -> None:
+    """A prompt is followed by N image tokens, of which N − 1 are fed back: 449 prompt ids + 63 fill the tiny model's
+    512 positions (accepted), one more word passes them. The check says nothing of words the tokenizer does not know:
+    the run that follows says it once."""
+    import warnings
+
+    from unigap.model import load_model
+
+    fmt = load_model("tiny").prompts
+    assert len(fmt.generation_ids("circle " * 447)) == 449
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fmt.check_texts(prompts=[("p", "circle " * 447), ("q", "a zebra circle")])
+    assert not seen
+    with pytest.raises(UserError, match="^x:2: 450 tokens and its image 63: 513 positions, more than the model's "
+                                        "context of 512$"):
+        fmt.check_texts(prompts=[("x:2", "circle " * 448)])

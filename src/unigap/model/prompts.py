@@ -96,19 +96,23 @@ class PromptFormat:
     def check_texts(self, prompts: Iterable[tuple[str, str]] = (), questions: Iterable[tuple[str, str]] = ()) -> None:
         """Every (where, text) prompt and question tokenised as the model will, once it is loaded and before anything
         is written: one it cannot take (the text of an image token in it, or too long for its context with the image
-        it comes with) is one `UserError` naming where it came from, not a failure or silent nonsense midway through
-        a run."""
-        for texts, encode, image in ((prompts, self.generation_ids, self.num_image_tokens),
-                                     (questions, self.understanding_ids, 0)):  # (a question's image is in its ids)
-            for where, text in texts:
-                try:
-                    length = len(encode(text)) + image
-                except UserError as exc:
-                    raise UserError(f"{where}: {exc}") from None
-                if self.max_positions is not None and length > self.max_positions:
-                    what = f"{length - image} tokens and its image {image}" if image else "with its image"
-                    raise UserError(f"{where}: {what}: {length} positions, more than the model's context of "
-                                    f"{self.max_positions}")
+        it comes with: a prompt's N image tokens, of which N − 1 are fed back) is one `UserError` naming where it came
+        from, not a failure or silent nonsense midway through a run. (An answer's tokens, and the judge and
+        reflection questions built around a prompt, are not counted: a few dozen tokens, against Janus-Pro's 16k.)"""
+        fed = self.num_image_tokens - 1
+        with warnings.catch_warnings():  # (a word the tokenizer does not know is said once, by the run itself)
+            warnings.simplefilter("ignore", UnigapWarning)
+            for texts, encode, image in ((prompts, self.generation_ids, fed),
+                                         (questions, self.understanding_ids, 0)):  # (a question holds its image)
+                for where, text in texts:
+                    try:
+                        length = len(encode(text)) + image
+                    except UserError as exc:
+                        raise UserError(f"{where}: {exc}") from None
+                    if self.max_positions is not None and length > self.max_positions:
+                        what = f"{length - image} tokens and its image {image}" if image else "with its image"
+                        raise UserError(f"{where}: {what}: {length} positions, more than the model's context of "
+                                        f"{self.max_positions}")
 
     def understanding_ids(self, question: str) -> list[int]:
         """BOS + prompt with one image (N placeholders) and the question, ready for the answer."""
