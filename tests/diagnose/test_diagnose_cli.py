@@ -57,7 +57,8 @@ def test_diagnose_writes_report_and_figures(tiny_dir: Path, prefs: dict[str, Pat
 
 def test_a_run_killed_while_drawing_its_figures_is_its_reruns_to_replace(tiny_dir: Path, prefs: dict[str, Path],
                                                                          tmp_path: Path, capsys, monkeypatch) -> None:
-    """A kill between the first figure and the report left only PNGs, which the rerun refused as someone else's."""
+    """A kill between the first figure and the report left only PNGs, which the rerun refused as someone else's (the
+    report is written after its figures: in a study it marks the job done)."""
     import unigap.diagnose.run as run
 
     draw = run.write_figures
@@ -70,6 +71,7 @@ def test_a_run_killed_while_drawing_its_figures_is_its_reruns_to_replace(tiny_di
             "--sweep-probes", "0", "--out", str(tmp_path / "d")]
     monkeypatch.setattr(run, "write_figures", killed)
     assert _run(capsys, argv)[0] == 130
+    assert not (tmp_path / "d" / "diagnostics.json").exists()  # (the study would count the job done, undrawn)
     monkeypatch.setattr(run, "write_figures", draw)
     code, _, err = _run(capsys, argv)
     assert code == 0 and (tmp_path / "d" / "cosines.png").read_bytes() != b"half", err

@@ -55,13 +55,15 @@ def summary_table(report: dict) -> Table:
 
 
 def _earlier_run(out: Path) -> bool:
-    """Whether `out` holds an earlier diagnose run, which a rerun replaces: by its manifest, or (killed between its
-    report and its manifest) by its report's sections."""
+    """Whether `out` holds an earlier diagnose run, which a rerun replaces: by its manifest, or (killed before it)
+    by its report's sections, or (killed while drawing) by holding nothing but its figures."""
+    from unigap.diagnose.figures import FIGURES
     from unigap.diagnose.run import REPORT
     from unigap.manifest import MANIFEST_FILE, read_record
 
     made = (read_record(out / MANIFEST_FILE) or {}).get("command") == "diagnose"
-    return made or {"inter", "intra", "weighting"} <= set(read_record(out / REPORT) or {})
+    reported = {"inter", "intra", "weighting"} <= set(read_record(out / REPORT) or {})
+    return made or reported or set(entries(out)) <= set(FIGURES)
 
 
 @app.command("diagnose")

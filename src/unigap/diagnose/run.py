@@ -91,7 +91,6 @@ def write_report(report: dict[str, Any], directory: str | os.PathLike) -> Path:
     """DIR/diagnostics.json (written atomically, no NaN) and the PNG figures next to it."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / REPORT, report)  # first: a run killed while drawing is still its rerun's to replace
     report = report | {"figures": write_figures(report, out)}
-    write_json(out / REPORT, report)
+    write_json(out / REPORT, report)  # last: the study's job is done once it exists
     return out / REPORT
