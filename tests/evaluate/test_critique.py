@@ -62,6 +62,13 @@ def test_the_aucs_carry_n_and_a_95_interval_from_their_standard_errors() -> None
     assert within["n"] == 80 and within["stderr"] == pytest.approx(stderr)
     assert within["ci95"] == pytest.approx([within["auc"] - 1.959964 * stderr, within["auc"] + 1.959964 * stderr])
     assert auc([0.9, 0.8], [0.1])["ci95"] == [1.0, 1.0]  # (within [0, 1])
+    # Hanley and McNeil's standard error by hand: A = 5/6, Q1 = A/(2 − A) = 5/7, Q2 = 2A²/(1 + A) = 25/33, 3 correct
+    # and 2 wrong: SE² = (A(1 − A) + 2(Q1 − A²) + 1(Q2 − A²)) / 6 (the checks above read the function's own output)
+    a = 5 / 6
+    se = np.sqrt((a * (1 - a) + 2 * (5 / 7 - a**2) + (25 / 33 - a**2)) / 6)
+    hand = auc([0.9, 0.8, 0.3], [0.4, 0.1])
+    assert hand["auc"] == pytest.approx(a) and hand["stderr"] == pytest.approx(se) == pytest.approx(0.2007082218)
+    assert hand["ci95"] == pytest.approx([a - 1.959964 * se, 1.0])
 
 
 def test_reflections_outside_the_grammar_are_format_failures(stub_factory) -> None:
