@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from unigap.cli import main
-from unigap.errors import UserError
+from unigap.errors import UnigapWarning, UserError
 from unigap.model import load_model
 from unigap.model.generation import prompt_batch
 from unigap.model.images import normalized_codebook, vq_encode
@@ -310,7 +310,10 @@ def test_killed_run_resumes_to_the_same_weights(whole: Path, tmp_path: Path, mon
         run_killed(killed_at(config.steps - 2 + 3), "POLISH_FILE")  # the rest of stage 3, then polish's third step
         with pytest.raises(UserError, match=r"polish.pt was written under other polish settings \(lr: "):
             pretrain(out, config.scaled(polish_lr=config.polish_lr / 2), show_progress=False)
-    pretrain(out, config, show_progress=False)
+    last = out / getattr(run_module, "VQ_PARTIAL" if stage == "vq" else "POLISH_FILE")
+    torch.save(torch.load(last, weights_only=False, map_location="cpu") | {"device": "cuda"}, last)  # preempted on a GPU
+    with pytest.warns(UnigapWarning, match=f"{last.name} was trained on cuda so far and goes on on cpu"):
+        pretrain(out, config, show_progress=False)
     with pytest.raises(UserError, match="holds a finished pretraining run"):  # not trained again from scratch
         pretrain(out, config, show_progress=False)
     if stage == "joint":  # stage 3 finished in an earlier run; its last losses still reach the summary
@@ -530,8 +533,6 @@ def test_the_closing_line_names_a_folder_called_tiny_as_a_path(tmp_path: Path, c
 def test_a_stage_resumed_on_another_kind_of_device_is_warned_of(tmp_path: Path) -> None:
     """A run preempted on a GPU and resumed on a CPU went on silently: its records showed the last device only."""
     import warnings
-
-    from unigap.errors import UnigapWarning
 
     path = tmp_path / "joint.pt"
     with pytest.warns(UnigapWarning, match="joint.pt was trained on cuda so far and goes on on cpu: .* --device cuda"):
