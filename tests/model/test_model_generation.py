@@ -130,7 +130,7 @@ def test_samples_are_prompt_major(um: UnifiedModel) -> None:
     assert not torch.equal(greedy[1], greedy[2])
 
 
-def test_bad_image_tokens_and_counts_raise(um: UnifiedModel) -> None:
+def test_bad_image_tokens_and_counts_raise(um: UnifiedModel, tmp_path: Path) -> None:
     n, size = um.num_image_tokens, um.codebook_size
     good = torch.zeros((2, n), dtype=torch.long)
     with pytest.raises(ValueError, match="must lie in"):
@@ -143,11 +143,11 @@ def test_bad_image_tokens_and_counts_raise(um: UnifiedModel) -> None:
         um.image_logprobs(["a", "b"], good.float())
     small = torch.full((1, n), 3, dtype=torch.uint8)  # ids of uint8 inside a codebook over 255: fine (refused, as
     assert len(um.decode_tokens(small)) == 1  # `max() >= size` compared in uint8, where the bound wraps)
+    adapted = load_model("tiny")
+    adapted.add_lora(rank=2, alpha=4)
     with pytest.raises(ValueError, match="this model carries a LoRA adapter: save it with save_adapter, or write "
                                          "base \\+ adapter as one checkpoint with `unigap merge"):
-        adapted = load_model("tiny")
-        adapted.add_lora(rank=2, alpha=4)
-        adapted.save(Path("unused"))
+        adapted.save(tmp_path / "unused")  # (a regression writes its checkpoint there, not into the repository)
     with pytest.raises(ValueError, match="mismatched batch: got 3 prompts, 2 image token rows"):
         um.image_logprobs(["a", "b", "c"], good)
     with pytest.raises(ValueError, match="n_per_prompt"):
