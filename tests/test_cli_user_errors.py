@@ -314,7 +314,7 @@ def test_a_resumed_run_must_read_the_same_model_and_data_by_content(tmp_path: Pa
     claim_inputs(run, "train", "tiny", und=data, gen=None)
     claim_inputs(run, "train", "tiny", und=tmp_path / "pairs.jsonl", gen=None)  # the same: it resumes
     data.write_text("b\n")
-    with pytest.raises(UserError, match=r"holds a train run under other inputs \(compared by content\) \(und: "):
+    with pytest.raises(UserError, match=r"holds a train run under other inputs \(compared by file name and content\) \(und: "):
         claim_inputs(run, "train", "tiny", und=data, gen=None)
     data.write_text("a\n")
     with pytest.raises(UserError, match=r"gen: null → "):  # a file it did not read then
@@ -344,7 +344,7 @@ def test_a_resumed_run_must_read_the_same_model_and_data_by_content(tmp_path: Pa
     assert _run(capsys, args)[0] in (0, None)
     prompts.write_text("a red circle\na green square\n")
     code, err = _run(capsys, [*args, "--resume"])
-    assert code == 2 and "holds a refine run under other inputs (compared by content) (prompts: " in err
+    assert code == 2 and "holds a refine run under other inputs (compared by file name and content) (prompts: " in err
 
 
 def test_a_split_name_is_claimed_as_the_split_not_a_folder_of_that_name(tmp_path: Path, monkeypatch) -> None:

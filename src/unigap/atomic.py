@@ -32,8 +32,9 @@ FILE_MODE = 0o644  # mkstemp creates private (0600) files; results are meant to 
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (of every file of a folder, such as a `datasets` save_to_disk one, in name order):
-    what a run read, by content, so that a resumed run can tell it is still the same."""
+    """sha256 of a file's name and bytes (of every file of a folder, such as a `datasets` save_to_disk one, in name
+    order): what a run read, so that a resumed run can tell it is still the same. The name counts (a renamed copy is
+    another input), and stays counted: merged checkpoints and runs in progress carry these hashes."""
     digest = hashlib.sha256()
     root = Path(path)
     for file in sorted(root.rglob("*")) if root.is_dir() else [root]:

@@ -172,7 +172,7 @@ def test_resume_refuses_an_adapter_retrained_in_place(tiny_dir, prompts, tmp_pat
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     make_adapter(1)
     code, _, err = run_main(capsys, [*args, "--resume"])
-    assert code == 2 and "under other inputs (compared by content) (adapter_files:" in err
+    assert code == 2 and "under other inputs (compared by file name and content) (adapter_files:" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 

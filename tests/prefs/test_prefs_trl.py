@@ -99,7 +99,7 @@ def test_a_handwritten_trl_file_trains(tiny_dir: Path, tmp_path: Path, capsys) -
     # the file's own hash misses its image edited in place: a resume would train on another picture than before
     Image.new("RGB", (64, 64), "black").save(tmp_path / "white.png")
     code, _, err = run_main(capsys, [*args, "--steps", "4", "--resume"])
-    assert code == 2 and "under other inputs (compared by content) (images: " in err, err
+    assert code == 2 and "under other inputs (compared by file name and content) (images: " in err, err
 
 
 def test_a_missing_image_fails_before_anything_is_written_and_the_fixed_file_then_trains(

@@ -90,7 +90,7 @@ def test_a_resume_after_an_image_was_edited_in_place_is_refused(tiny_dir: Path, 
     pixels[0, 0] = 255 - pixels[0, 0]
     Image.fromarray(pixels).save(image)
     code, _, err = run_main(capsys, [*args, "--steps", "4", "--resume"])
-    assert code == 2 and "under other inputs (compared by content) (images: " in err
+    assert code == 2 and "under other inputs (compared by file name and content) (images: " in err
 
 
 def test_generation_data_trains_the_head_understanding_data_does_not(tiny_dir: Path, world: Path,
