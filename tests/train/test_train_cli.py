@@ -51,13 +51,15 @@ def test_train_from_files(tiny_dir: Path, files, tmp_path: Path, capsys) -> None
         "1e-3",
         "--config",
         str(config),
+        "--batch-size",  # (a flag since `accelerate launch` needs one pair per process: a TOML key alone before)
+        "2",
     ]
     code, out, _ = run_main(capsys, args)
     assert code == 0 and "trained 3 steps (pcgrad)" in out
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and all(r["w_und"] == 1.0 for r in log)
     settings = json.loads((tmp_path / "train_config.json").read_text())
-    assert (settings["steps"], settings["lora_rank"], settings["lr"]) == (3, 4, 1e-3)
+    assert (settings["steps"], settings["lora_rank"], settings["lr"], settings["batch_size"]) == (3, 4, 1e-3, 2)
     assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "adapter_model.safetensors").is_file()
     code, _, err = run_main(capsys, args)
     assert code == 2 and "already holds a run; pass --resume" in err

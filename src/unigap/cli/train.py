@@ -48,6 +48,9 @@ def train(
                                        "sft/unimrg 300)."),
     lr: float | None = typer.Option(None, "--lr", help=f"Peak learning rate (default: dpo {DPO.lr:g}, "
                                       "sft 3e-4, unimrg 1e-4)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Pairs (dpo) or examples (sft, unimrg) per "
+                                          "task per step (default: dpo 1, sft/unimrg 8); under `accelerate launch` "
+                                          "the processes share them, at least one each."),
     beta: float | None = typer.Option(None, "--beta", help=f"DPO beta (default {DPO.beta:g})."),
     nll_weight: float | None = typer.Option(None, "--nll-weight", help="DPO: weight of the NLL term on the chosen "
                                             f"sequence (RPO; default {DPO.nll_weight:g})."),
@@ -82,8 +85,8 @@ def train(
     if objective != "sft" and sft_flags:
         trains_on = "preference pairs: --und/--gen" if objective == "dpo" else "ShapeWorld scenes it renders itself"
         raise UserError(f"{', '.join(sft_flags)}: for --objective sft only ({objective} trains on {trains_on})")
-    common = {"steps": steps, "lr": lr, "seed": seed, "gradient_checkpointing": gradient_checkpointing or None,
-              "bf16": bf16 or None}
+    common = {"steps": steps, "lr": lr, "seed": seed, "batch_size": batch_size,
+              "gradient_checkpointing": gradient_checkpointing or None, "bf16": bf16 or None}
     run = Run(model, dtype, out, config, resume, backends)
     if objective == "sft":
         _train_sft(run, und_data, gen_data, common)

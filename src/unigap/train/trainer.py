@@ -78,7 +78,7 @@ class DPOTrainer:
     ) -> None:
         if config.batch_size < distributed.world_size():
             raise UserError(f"batch-size {config.batch_size} gives a process no pairs: use at least one per process "
-                            f"({distributed.world_size()})")
+                            f"(--batch-size {distributed.world_size()} or more)")
         given = {"und": und_pairs, "gen": gen_pairs}
         check_pair_tasks(config.strategy, [task for task, pairs in given.items() if pairs])
         lengths = {len(ids) for pair in gen_pairs for ids in (pair.chosen, pair.rejected)}
