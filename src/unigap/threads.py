@@ -17,17 +17,30 @@ from unigap.errors import UserError
 
 VARIABLE = "UNIGAP_NUM_THREADS"
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+CFS_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")  # cgroup v1 (older Docker hosts): "<quota>", -1 for none
+CFS_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def _quota() -> tuple[int, int] | None:
+    """The cgroup's CPU quota and period in µs (v2, else v1), None where there is none or it cannot be read."""
+    try:
+        quota, period = CPU_MAX.read_text().split()[:2]
+        return None if quota == "max" else (int(quota), int(period))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(CFS_QUOTA.read_text())
+        return None if quota <= 0 else (quota, int(CFS_PERIOD.read_text()))
+    except (OSError, ValueError):
+        return None
 
 
 def available_cpus() -> int:
     """CPUs this process may use: its affinity, capped by the cgroup quota when there is one."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = CPU_MAX.read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
+    quota = _quota()
+    if quota is not None and quota[1] > 0:
+        count = min(count, max(1, math.ceil(quota[0] / quota[1])))
     return count
 
 

@@ -65,6 +65,10 @@ def _register() -> None:
     app.add_typer(selfimprove_app)  # `selfimprove`
 
 
+try:  # before the commands' modules import numpy, whose BLAS reads OMP_NUM_THREADS once (`main` reports a bad value)
+    configure_threads()
+except UserError:
+    pass
 _register()
 # the commands that run data-parallel under `accelerate launch` (`unigap.distributed`); the others would each run
 # whole in every process, racing to write the same files, so they refuse
