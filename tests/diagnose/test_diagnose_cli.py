@@ -58,7 +58,8 @@ def test_diagnose_writes_report_and_figures(tiny_dir: Path, prefs: dict[str, Pat
 def test_a_run_killed_while_drawing_its_figures_is_its_reruns_to_replace(tiny_dir: Path, prefs: dict[str, Path],
                                                                          tmp_path: Path, capsys, monkeypatch) -> None:
     """A kill between the first figure and the report left only PNGs, which the rerun refused as someone else's (the
-    report is written after its figures: in a study it marks the job done)."""
+    report is written after its figures: in a study it marks the job done). The manifest, written first, says whose
+    they are; a user's folder of files named like the figures is still refused."""
     import unigap.diagnose.run as run
 
     draw = run.write_figures
@@ -75,6 +76,11 @@ def test_a_run_killed_while_drawing_its_figures_is_its_reruns_to_replace(tiny_di
     monkeypatch.setattr(run, "write_figures", draw)
     code, _, err = _run(capsys, argv)
     assert code == 0 and (tmp_path / "d" / "cosines.png").read_bytes() != b"half", err
+    plots = tmp_path / "plots"  # (named like its figures, and nothing else: taken for a killed run's)
+    plots.mkdir()
+    (plots / "sweep.png").write_bytes(b"mine")
+    code, _, err = _run(capsys, [*argv[:-1], str(plots)])
+    assert code == 2 and "holds files of something else" in err and (plots / "sweep.png").read_bytes() == b"mine"
 
 
 def test_diagnose_a_trained_adapter_reaches_lora_a(

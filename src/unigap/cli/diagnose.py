@@ -55,15 +55,13 @@ def summary_table(report: dict) -> Table:
 
 
 def _earlier_run(out: Path) -> bool:
-    """Whether `out` holds an earlier diagnose run, which a rerun replaces: by its manifest, or (killed before it)
-    by its report's sections, or (killed while drawing) by holding nothing but its figures."""
-    from unigap.diagnose.figures import FIGURES
+    """Whether `out` holds an earlier diagnose run, which a rerun replaces: by its manifest (written before the run's
+    first file, and again when it ends), or, from before that, by its report's sections."""
     from unigap.diagnose.run import REPORT
     from unigap.manifest import MANIFEST_FILE, read_record
 
     made = (read_record(out / MANIFEST_FILE) or {}).get("command") == "diagnose"
-    reported = {"inter", "intra", "weighting"} <= set(read_record(out / REPORT) or {})
-    return made or reported or set(entries(out)) <= set(FIGURES)
+    return made or {"inter", "intra", "weighting"} <= set(read_record(out / REPORT) or {})
 
 
 @app.command("diagnose")
@@ -134,6 +132,7 @@ def diagnose_command(
                 "pairs": pairs, "seed": seed, "sweep_probes": sweep_probes, "beta": beta, "full_params": full_params}
     with manifest("diagnose", settings, seeds=[seed]) as record, progress("gradients", total) as update:
         record["device"] = str(um.device)
+        write_manifest(out, record)  # (unfinished: no end time) the folder is this command's before any figure
         report = run_diagnostics(
             um,
             params,
