@@ -194,8 +194,8 @@ def test_a_save_killed_midway_never_leaves_weights_without_their_sidecar(tmp_pat
 
 def test_check_texts_holds_a_prompt_to_the_context_its_image_tokens_are_fed_in() -> None:
     """A prompt is followed by N image tokens, of which N − 1 are fed back: 449 prompt ids + 63 fill the tiny model's
-    512 positions (accepted), one more word passes them. The check says nothing of words the tokenizer does not know:
-    the run that follows says it once."""
+    512 positions (accepted), one more word passes them. A word the tokenizer does not know is said once, by the
+    check (before a run that reads its texts a batch at a time, hours in), not again by the run."""
     import warnings
 
     from unigap.model import load_model
@@ -204,8 +204,9 @@ def test_check_texts_holds_a_prompt_to_the_context_its_image_tokens_are_fed_in()
     assert len(fmt.generation_ids("circle " * 447)) == 449
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        fmt.check_texts(prompts=[("p", "circle " * 447), ("q", "a zebra circle")])
-    assert not seen
+        fmt.check_texts(prompts=[("p", "circle " * 447), ("q", "a zebra circle")], questions=[("r", "is it a zebra")])
+        fmt.generation_ids("two zebra circles")
+    assert [str(w.message) for w in seen] == ["the tokenizer does not know 'zebra': each reads as <unk>"]
     with pytest.raises(UserError, match="^x:2: 450 tokens and its image 63: 513 positions, more than the model's "
                                         "context of 512$"):
         fmt.check_texts(prompts=[("x:2", "circle " * 448)])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
@@ -63,6 +63,8 @@ class PromptFormat:
     num_image_tokens: int
     system_prompt: str = ""
     max_positions: int | None = None  # the LLM's context (`max_position_embeddings`): what `check_texts` holds to
+    # the words a warning has named: each unknown word is said once per model (`check_texts`, then the run itself)
+    warned: set[str] = field(default_factory=set, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.template not in TEMPLATES:
@@ -71,10 +73,12 @@ class PromptFormat:
     def _encode(self, text: str) -> list[int]:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if self.tokenizer.unk_token_id in ids:  # a word-level vocabulary (the shipped model's) reads them as nothing
-            unknown = [word for word in text.split() if self.tokenizer.unk_token_id in self.tokenizer(
-                word, add_special_tokens=False)["input_ids"]]
-            warnings.warn(f"the tokenizer does not know {', '.join(map(repr, unknown))}: each reads as "
-                          f"{self.tokenizer.unk_token}", UnigapWarning, stacklevel=3)
+            unknown = [word for word in dict.fromkeys(text.split()) if word not in self.warned and
+                       self.tokenizer.unk_token_id in self.tokenizer(word, add_special_tokens=False)["input_ids"]]
+            if unknown:
+                self.warned.update(unknown)
+                warnings.warn(f"the tokenizer does not know {', '.join(map(repr, unknown))}: each reads as "
+                              f"{self.tokenizer.unk_token}", UnigapWarning, stacklevel=3)
         return ids
 
     def _with_image(self, tiny_text: str, chat_text: str, what: str) -> list[int]:
@@ -100,19 +104,17 @@ class PromptFormat:
         from, not a failure or silent nonsense midway through a run. (An answer's tokens, and the judge and
         reflection questions built around a prompt, are not counted: a few dozen tokens, against Janus-Pro's 16k.)"""
         fed = self.num_image_tokens - 1
-        with warnings.catch_warnings():  # (a word the tokenizer does not know is said once, by the run itself)
-            warnings.simplefilter("ignore", UnigapWarning)
-            for texts, encode, image in ((prompts, self.generation_ids, fed),
-                                         (questions, self.understanding_ids, 0)):  # (a question holds its image)
-                for where, text in texts:
-                    try:
-                        length = len(encode(text)) + image
-                    except UserError as exc:
-                        raise UserError(f"{where}: {exc}") from None
-                    if self.max_positions is not None and length > self.max_positions:
-                        what = f"{length - image} tokens and its image {image}" if image else "with its image"
-                        raise UserError(f"{where}: {what}: {length} positions, more than the model's context of "
-                                        f"{self.max_positions}")
+        for texts, encode, image in ((prompts, self.generation_ids, fed),
+                                     (questions, self.understanding_ids, 0)):  # (a question holds its image)
+            for where, text in texts:
+                try:
+                    length = len(encode(text)) + image  # (a word the tokenizer does not know is said here, once)
+                except UserError as exc:
+                    raise UserError(f"{where}: {exc}") from None
+                if self.max_positions is not None and length > self.max_positions:
+                    what = f"{length - image} tokens and its image {image}" if image else "with its image"
+                    raise UserError(f"{where}: {what}: {length} positions, more than the model's context of "
+                                    f"{self.max_positions}")
 
     def understanding_ids(self, question: str) -> list[int]:
         """BOS + prompt with one image (N placeholders) and the question, ready for the answer."""
