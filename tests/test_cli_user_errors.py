@@ -631,6 +631,23 @@ def test_a_commands_default_out_is_checked_as_a_typed_one(tmp_path: Path, capsys
     code, err = _run(capsys, ["refine", "--n", "1", "--rounds", "0"])
     assert code == 2 and err == "unigap: error: cannot create runs/refine: runs is a file\n"
     assert _run(capsys, ["refine", "--help"])[0] in (0, None)  # help reads no --out
+    # the study's default depends on --quick: it was never checked, and the study began in another command's folder
+    (tmp_path / "runs").unlink()
+    (tmp_path / "runs" / "study-quick").mkdir(parents=True)
+    (tmp_path / "runs" / "study-quick" / "manifest.json").write_text('{"command": "tune"}')
+    code, err = _run(capsys, ["study", "--quick"])
+    assert code == 2 and err == "unigap: error: --out runs/study-quick holds the output of `unigap tune`; choose " \
+                                "another --out\n"
+    assert _run(capsys, ["train", "--out", "runs/study-quick", "--help"])[0] in (0, None)  # help writes nothing
+    (tmp_path / "runs" / "refine" / "settings.json").mkdir(parents=True)  # where refine writes its settings: the
+    code, err = _run(capsys, ["refine", "--n", "1", "--rounds", "0", "--resume"])  # default --out's: a traceback
+    assert code == 2 and err.endswith("runs/refine/settings.json is a directory, where unigap needs a file; move it "
+                                      "away or choose another path\n"), err
+
+
+def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path: Path, capsys) -> None:
+    code, err = _run(capsys, ["world", "sample", "--n", "1", "--seed", "0", "--out", str(tmp_path / ("a" * 300))])
+    assert code == 2 and err.startswith("unigap: error: File name too long: ") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(("args", "patched", "hint"), [

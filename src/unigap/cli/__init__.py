@@ -7,6 +7,7 @@ never shows a traceback or a usage box; a write the file system refuses mid-run 
 
 from __future__ import annotations
 
+import errno
 import functools
 import signal
 import sys
@@ -114,9 +115,9 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
 
     from unigap.atomic import check_creatable
 
-    typed = _values(argv, "--out")
-    defaults = [] if typed or {"--help", "-h"} & set(argv) else _default_out(command, subcommand)
-    for value in typed or defaults:
+    if {"--help", "-h"} & set(argv):  # (help writes nothing)
+        return
+    for value in _outs(argv, command, subcommand):
         if not value.strip():  # an unset shell variable: Path("") would be the current directory
             raise UserError("--out is empty; give a path (. for the current directory)")
         if value.endswith(("/", os.sep)) and _writes_a_file(argv, command):
@@ -138,8 +139,16 @@ def _params(command: str, subcommand: str | None) -> list[Any]:
     return list(getattr(chosen, "params", ()))
 
 
-def _default_out(command: str, subcommand: str | None) -> list[str]:
-    """The command's own `--out` default where it has one (`runs/refine`, ...): checked as a typed one is."""
+def _outs(argv: list[str], command: str, subcommand: str | None) -> list[str]:
+    """Where the command writes: every `--out` typed, else its own default where it has one (`runs/refine`, ...;
+    the study's by `--quick`), which is checked as a typed one is."""
+    typed = _values(argv, "--out")
+    if typed:
+        return typed
+    if command == "study":
+        from unigap.cli.study import default_out
+
+        return [str(default_out("--quick" in argv))]
     return [str(param.default) for param in _params(command, subcommand)
             if "--out" in getattr(param, "opts", ()) and not param.required and param.default not in (None, "")]
 
@@ -319,12 +328,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"unigap: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
-        in_the_way = _in_the_way(exc, sys.argv[1:] if argv is None else argv)
+        typed = sys.argv[1:] if argv is None else argv
+        in_the_way = _in_the_way(exc, [*typed, *_outs(typed, command, subcommand)])  # (a default --out is the user's)
         if in_the_way is None:  # not at a path the user gave: unigap's own fault, with its traceback
             raise
         print(f"unigap: error: {in_the_way}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # (a path the user gave: Python 3.11's `exists` raises on one)
+            print(f"unigap: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+            sys.exit(2)
         if exc.errno not in STORAGE_REFUSED:  # not the file system's refusal: unigap's own fault, with its traceback
             raise
         where = f": {exc.filename}" if exc.filename else ""

@@ -17,6 +17,11 @@ from unigap.train.defaults import TUNE_GRID, TUNE_RUN
 OPT_IN = tuple(name for name, arm in ARMS.items() if arm.family == "p1" and not arm.default)  # by name or p1
 
 
+def default_out(quick: bool) -> Path:
+    """Where `unigap study` writes without --out (checked before it starts, as a typed --out is)."""
+    return Path("runs/study-quick" if quick else "runs/study")
+
+
 def study_command(
     model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
     seeds: int | None = typer.Option(None, "--seeds", help="Training and evaluation seeds (default 3; quick 2)."),
@@ -59,7 +64,7 @@ def study_command(
 
     from unigap.manifest import manifest, write_manifest
 
-    out = out or Path("runs/study-quick" if quick else "runs/study")
+    out = out or default_out(quick)
     with manifest("study", asdict(config), seeds=list(range(config.seeds)), judge={"name": "verifier"}) as record:
         built = build_report(run_study(config, out), out, title=f"unigap study: {config.model}")
         record["config"]["methods"] = built.results["config"]["methods"]  # study.json's: every arm of the folder
