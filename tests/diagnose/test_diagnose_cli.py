@@ -73,9 +73,16 @@ def test_a_run_killed_while_drawing_its_figures_is_its_reruns_to_replace(tiny_di
     monkeypatch.setattr(run, "write_figures", killed)
     assert _run(capsys, argv)[0] == 130
     assert not (tmp_path / "d" / "diagnostics.json").exists()  # (the study would count the job done, undrawn)
+    unfinished = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert unfinished["command"] == "diagnose" and unfinished["ended_at"] is None
     monkeypatch.setattr(run, "write_figures", draw)
     code, _, err = _run(capsys, argv)
     assert code == 0 and (tmp_path / "d" / "cosines.png").read_bytes() != b"half", err
+    finished = (tmp_path / "d" / "manifest.json").read_text()
+    monkeypatch.setattr(run, "write_figures", killed)  # a rerun killed midway: the finished run's manifest and
+    assert _run(capsys, [*argv[:-3], "1", *argv[-2:]])[0] == 130  # report stay together
+    assert (tmp_path / "d" / "manifest.json").read_text() == finished
+    monkeypatch.setattr(run, "write_figures", draw)
     plots = tmp_path / "plots"  # (named like its figures, and nothing else: taken for a killed run's)
     plots.mkdir()
     (plots / "sweep.png").write_bytes(b"mine")

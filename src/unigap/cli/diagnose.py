@@ -132,7 +132,8 @@ def diagnose_command(
                 "pairs": pairs, "seed": seed, "sweep_probes": sweep_probes, "beta": beta, "full_params": full_params}
     with manifest("diagnose", settings, seeds=[seed]) as record, progress("gradients", total) as update:
         record["device"] = str(um.device)
-        write_manifest(out, record)  # (unfinished: no end time) the folder is this command's before any figure
+        if not _earlier_run(out):  # (unfinished: no end time) the folder is this command's before any figure; an
+            write_manifest(out, record)  # earlier run's manifest stays with its report until this one replaces both
         report = run_diagnostics(
             um,
             params,
