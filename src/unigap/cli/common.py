@@ -102,7 +102,8 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     # a record from before it had them (its "adapter" hashed the whole folder, outputs written there too)
     defaults = {"command": what, "adapter_files": inputs.get("adapter_files"), **(contents or {})}
     claim_settings(out / INPUTS_FILE, inputs, what, defaults=defaults,
-                   write=write and distributed.is_main() and recorded, kind="inputs (compared by file name and content)")
+                   write=write and distributed.is_main() and recorded,
+                   kind="inputs (compared by file name and content)")
     return inputs
 
 

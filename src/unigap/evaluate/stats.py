@@ -156,11 +156,11 @@ def summarize_grouped(
 def paired_difference(before: Sequence[float | bool], after: Sequence[float | bool]) -> dict[str, Any]:
     """after − before on the same items (same prompts and sampling seeds): the mean change with n, stderr, a 95%
     t-interval and the two-sided paired t-test's t and p (`scipy.stats.ttest_rel`), `test` "paired t". Without
-    variance the t-test is undefined (the interval is then the point): no change anywhere is no evidence of one
-    (t 0, p 1, as a sign test gives); the same non-zero change on all n pairs is decided by the sign test (`test`
-    "sign", t and the interval null, p = 2 × 0.5ⁿ: every pair moved the same way, by an amount no spread bounds). "The same" is to within float rounding: seed means
-    such as 0.55 − 0.50 and 0.60 − 0.55 differ in their last bits, which a t-test would read as certainty. One pair
-    has no standard error and no test (null)."""
+    variance the t-test is undefined (the interval is then the point): no change anywhere is no evidence of one (t
+    0, p 1, as a sign test gives); the same non-zero change on all n pairs is decided by the sign test (`test`
+    "sign", t and the interval null, p = 2 × 0.5ⁿ: every pair moved the same way, by an amount no spread bounds).
+    "The same" is to within float rounding: seed means such as 0.55 − 0.50 and 0.60 − 0.55 differ in their last
+    bits, which a t-test would read as certainty. One pair has no standard error and no test (null)."""
     from scipy import stats
 
     if len(before) != len(after):

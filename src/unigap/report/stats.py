@@ -6,14 +6,14 @@ methods × metrics"):
 
 - **Test** (`test`, `t`, `df`, `p`, `delta_ci95`): base and arm are evaluated on the same items with the same
   sampling seeds, so where their per-item records line up (seed, item index, prompt or question) the deciding test
-  is the **paired** t-test on the per-item differences pooled across seeds (3 × 200 = 600 pairs), which removes
-  the items' own difficulty from the error (`decide`). Otherwise (an arm evaluated on other items, reports without
+  is the **paired** t-test on the per-item differences pooled across seeds (3 × 200 = 600 pairs), which removes the
+  items' own difficulty from the error (`decide`). Otherwise (an arm evaluated on other items, reports without
   records, or the same non-zero change on every item, where the t-test is undefined) it is Welch's two-sided t-test
   on the pooled per-item outcomes, computed exactly from each seed's mean, n and standard error when there are no
-  records; where that is undefined too (every item flipped the same way), the **sign** test of the paired changes
-  (p = 2 × 0.5ⁿ, no interval). `delta` is the pooled mean minus the base's over the seeds both have (`compared`: those seeds, both
-  levels and n; the level columns cover all of a method's seeds), `delta_ci95` the deciding test's interval of that
-  difference (the error bars of the trade-off figure).
+  records; where that is undefined too (every item flipped the same way), the **sign** test of the paired changes (p
+  = 2 × 0.5ⁿ, no interval). `delta` is the pooled mean minus the base's over the seeds both have (`compared`: those
+  seeds, both levels and n; the level columns cover all of a method's seeds), `delta_ci95` the deciding test's
+  interval of that difference (the error bars of the trade-off figure).
 - **Seeds**: both sides are compared on the seeds they share (`shared_seeds`; a warning when one lacks some). The
   item-level tests count every seed's items as items, so they cover item sampling, not the variation between
   training runs (in the study a seed also seeds the arm's training). `seed_level` is the paired t-test over the
@@ -167,8 +167,8 @@ def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], me
     """The test that decides arm − baseline on `metric` (on their `shared_seeds` with its items), with Welch's and
     the seed-level test beside it: the paired test where the two sides' per-item records line up and it is defined,
     else Welch's on the pooled samples (also over the sign test of a change alike on every item, where Welch's is
-    defined: the two samples' spread is then the evidence). Returns ({`delta`, the deciding test's `TEST_KEYS`, `seed_level`}, Welch's t,
-    df, p and interval)."""
+    defined: the two samples' spread is then the evidence). Returns ({`delta`, the deciding test's `TEST_KEYS`,
+    `seed_level`}, Welch's t, df, p and interval)."""
     arm_side, baseline_side = _seeds_with_items(
         *([(run, sample(run, metric)) for run in runs] for runs in (arm_runs, baseline_runs)), metric)
     arm_runs, baseline_runs = [run for run, _ in arm_side], [run for run, _ in baseline_side]
