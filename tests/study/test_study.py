@@ -291,3 +291,32 @@ def test_the_answer_forms_are_paired_batch_by_batch_only_where_they_drew_the_sam
     assert dropped["test"] == "welch" and dropped["batches"] == 39
     assert apart["p"] == pytest.approx(sps.ttest_ind(np.log(sentence), np.log(word), equal_var=False).pvalue)
     assert apart["geometric_mean"] == pytest.approx(math.exp(np.log(sentence).mean() - np.log(word).mean()))
+
+
+def test_the_grpo_arm_scores_in_the_studys_micro_batches_and_may_resume_under_others(tmp_path: Path,
+                                                                                      small_config: StudyConfig,
+                                                                                      monkeypatch) -> None:
+    """A Janus-Pro-1B study's refine-grpo arm needs GRPO's micro-batches (about 85 GiB a generation step without),
+    which the study could not pass; they change only rounding, so a study resumes under another size."""
+    from types import SimpleNamespace
+
+    import unigap.refine.grpo as grpo
+    from unigap.study import claim
+    from unigap.study.builders import refine_grpo
+
+    given = []
+
+    def stop(um, config, out, **kwargs):
+        given.append(config.micro_batch_size)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grpo, "train_grpo", stop)
+    config = small_config.scaled(methods=("refine-grpo",), grpo_micro_batch_size=4, grpo_steps=2)
+    runner = SimpleNamespace(config=config, model=lambda: None, run_dir=lambda name, seed: tmp_path / name)
+    with pytest.raises(KeyboardInterrupt):
+        refine_grpo(runner, "refine-grpo", 0)
+    assert given == [4]
+    claim(config, tmp_path, "w")
+    claim(config.scaled(grpo_micro_batch_size=1), tmp_path, "w")  # (refused as other settings before)
+    with pytest.raises(UserError, match="grpo_micro_batch_size must be positive"):
+        small_config.scaled(grpo_micro_batch_size=0)

@@ -42,6 +42,7 @@ class StudyConfig:
     self_epochs: int = 2
     refine_rounds: int = 3  # reason-reflect-refine arms: rounds after the first image (best-of-n: 1 + rounds samples)
     grpo_steps: int = 200  # refine-grpo arm: GRPO steps (the rest: GRPOConfig's defaults)
+    grpo_micro_batch_size: int | None = None  # and its `micro_batch_size` (a Janus-Pro-1B needs one; only rounding)
     unimrg_steps: int = 300  # SFT arms (unimrg, und-sft, sft): optimiser steps, and the train scenes their data is
     unimrg_scenes: int = 2000  # drawn from (UniMRGConfig's and SFTConfig's defaults; their other settings as they are)
 
@@ -52,6 +53,9 @@ class StudyConfig:
         check_ranges(self, positive=("n", "und_pairs", "gen_pairs", "steps", "batch_size", "grpo_steps", "unimrg_steps",
                                      "unimrg_scenes", "self_prompts", "self_epochs"),
                      non_negative=("data_seed", "sweep_probes", "refine_rounds"))  # (0 probes: no sweep)
+        if self.grpo_micro_batch_size is not None and not self.grpo_micro_batch_size > 0:
+            raise UserError(f"grpo_micro_batch_size must be positive (or None: whole groups), got "
+                            f"{self.grpo_micro_batch_size}")
         if self.n < 2:  # (the paired test against the base, on every arm, needs two items)
             raise UserError(f"--n must be at least 2 (the paired test against the base needs two items), got {self.n}")
         if self.diagnose_pairs < 4:

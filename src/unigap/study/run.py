@@ -220,7 +220,7 @@ def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str,
     methods = [*earlier, *(m for m in config.methods if m not in earlier)]
     recorded = {WEIGHTS_KEY: weights, **(edit_guidance or {}), **({DTYPE_KEY: dtype} if dtype else {})}
     defaults = FULL.to_dict() | {WEIGHTS_KEY: weights, DTYPE_KEY: dtype}  # a study from before a setting: its default
-    free: tuple[str, ...] = ("methods",)
+    free: tuple[str, ...] = ("methods", "grpo_micro_batch_size")  # (the latter changes only rounding)
     if edit_guidance and not any(ARMS[m].family == "p3" for m in methods if m in ARMS):  # (the folder's arms too)
         defaults |= edit_guidance  # arms that never edit: the scales change none of their numbers
         free += tuple(edit_guidance)
