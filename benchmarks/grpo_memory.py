@@ -1,12 +1,12 @@
 """What a `refine train` step holds for its backward pass, by `--micro-batch-size`: whole groups against spans.
 
 Why: GRPO scores a group's G samples with gradients, so a step's activations grow with G (at the defaults, about 85
-GiB for a generation step of a Janus-Pro-1B by docs/experiments.md's estimate). `micro_batch_size` scores and back-
-propagates a span of samples at a time. For one generation step and the refine step from its images, on one model
-with one LoRA and the same rollouts for every setting, this records the peak bytes of the tensors autograd saves for
-the backward pass (by `torch.autograd.graph.saved_tensors_hooks`, any device: each storage once, the weights a layer
-saves not counted), on CUDA the peak allocated memory of the update, and the update's median seconds over
-`--repeats`, the settings timed in turn on their stored rollouts (spans cost time).
+GiB for a generation step of a Janus-Pro-1B by docs/experiments.md's estimate). `micro_batch_size` scores and
+back-propagates a span of samples at a time. For one generation step and the refine step from its images, on one
+model with one LoRA and the same rollouts for every setting, this records the peak bytes of the tensors autograd
+saves for the backward pass (by `torch.autograd.graph.saved_tensors_hooks`, any device: each storage once, the
+weights a layer saves not counted), on CUDA the peak allocated memory of the update, and the update's median seconds
+over `--repeats`, the settings timed in turn on their stored rollouts (spans cost time).
 
     python benchmarks/grpo_memory.py                       # the shipped model, CPU
     python benchmarks/grpo_memory.py --model DIR --device cuda --micro-batch-sizes 8 4 1
