@@ -179,6 +179,8 @@ def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys)
     # (json reads NaN as a float: the Δ was NaN and writing --out a traceback)
     ("outcome NaN", "{tmp}/nan.json is not a `unigap eval` report (an understanding record's 'correct' is nan, not a "
                     "finite number)"),
+    ("outcome huge", "{tmp}/huge.json is not a `unigap eval` report (an understanding record's 'correct' is 1000"),  # (a
+    # traceback: an integer beyond a float overflowed the finite check)
     ("seed a string", "{tmp}/seed.json is not a `unigap eval` report (its config has no integer seed)"),
     ("no seed", "{tmp}/noseed.json is not a `unigap eval` report (its config has no integer seed)"),
     ("same seed", "are both 'a' seed 0; name them apart with NAME=FILE"),
@@ -206,6 +208,8 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
     nan = json.loads(good.read_text())
     nan["records"]["understanding"][0]["correct"] = float("nan")
     (tmp_path / "nan.json").write_text(json.dumps(nan))
+    nan["records"]["understanding"][0]["correct"] = 10**400
+    (tmp_path / "huge.json").write_text(json.dumps(nan))
     number = json.loads(good.read_text())
     number["records"]["understanding"] = 5
     (tmp_path / "number.json").write_text(json.dumps(number))
@@ -222,6 +226,7 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
         "outcome a word": [good, tmp_path / "word.json"],
         "records a number": [good, tmp_path / "number.json"],
         "outcome NaN": [good, tmp_path / "nan.json"],
+        "outcome huge": [good, tmp_path / "huge.json"],
         "seed a string": [good, tmp_path / "seed.json"],
         "no seed": [good, tmp_path / "noseed.json"],
         "same seed": [good, f"a={s0}", f"a={_write(tmp_path / 'twin.json', 0.5)}"],

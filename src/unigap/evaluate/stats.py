@@ -23,8 +23,12 @@ CONFIDENCE = 0.95  # the level of every interval the reports give
 
 
 def finite(value: Any) -> float | None:
-    """A float for JSON, or None for missing / NaN / ±inf: JSON has no NaN, and an undefined value is null."""
-    return None if value is None or not math.isfinite(float(value)) else float(value)
+    """A float for JSON, or None for missing / NaN / ±inf, or an integer beyond a float (JSON's 400-digit number):
+    JSON has no NaN, and an undefined value is null."""
+    try:
+        return None if value is None or not math.isfinite(float(value)) else float(value)
+    except OverflowError:
+        return None
 
 
 def t_interval(mean: float, stderr: float, df: float, confidence: float = CONFIDENCE) -> list[float]:

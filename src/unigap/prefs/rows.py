@@ -31,7 +31,6 @@ A malformed row raises `UserError` naming the file and line (JSONL) or row (Parq
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from unigap.errors import UnigapWarning, UserError
+from unigap.evaluate.stats import finite
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
 from unigap.prefs.trl import (SAME_SIDES, check_ids, is_trl_row, rescored, stored_cells, token_ids, trl_pairs,
                               trl_problem, trl_prompt, trl_task)
@@ -71,14 +71,6 @@ _BY_KIND: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
-def _finite(value: float) -> bool:
-    """`math.isfinite`, and False for an integer too large for a float (JSON's 400-digit number: an OverflowError)."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
 def _problem(row: Any) -> str:
     """Why a row is malformed ('' when it is fine)."""
     if not isinstance(row, dict):
@@ -103,7 +95,7 @@ def _problem(row: Any) -> str:
     elif row["kind"] == "und" and not (isinstance(row.get("images"), list) and len(row["images"]) == 1):
         return "an und row needs its 'scene' (ShapeWorld) or its 'images' (a list of one image)"
     for name in ("chosen_ref_logprob", "rejected_ref_logprob"):
-        if not _finite(row[name]):
+        if finite(row[name]) is None:  # (also an integer beyond a float)
             return f"{name!r} is not finite"
     for name in ("chosen_ids", "rejected_ids"):
         if not token_ids(row[name]):

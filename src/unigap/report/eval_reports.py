@@ -20,6 +20,7 @@ from rich.markup import escape  # names are the user's, not rich markup
 from rich.table import Table
 
 from unigap.errors import UnigapWarning, UserError
+from unigap.evaluate.stats import finite
 from unigap.report.cells import fmt, fmt_p
 from unigap.report.stats import compute_stats
 from unigap.study.results import METRICS, Metric, MethodRun, Study, read_json
@@ -98,8 +99,8 @@ def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
             raise UserError(f"{lacking} is not a `unigap eval` report ({record} lacks "
                             f"{metric.outcome!r})")
         wrong = next(((path, r[metric.outcome]) for path, r in rows if r[metric.outcome] is not None and not (
-            isinstance(r[metric.outcome], (int, float)) and math.isfinite(r[metric.outcome]))), None)
-        if wrong is not None:  # (json reads NaN and Infinity as floats: a Δ of NaN, then a traceback writing it)
+            isinstance(r[metric.outcome], (int, float)) and finite(r[metric.outcome]) is not None)), None)
+        if wrong is not None:  # (json reads NaN and Infinity as floats, 1e400 as an int: a Δ of NaN, or a traceback)
             raise UserError(f"{wrong[0]} is not a `unigap eval` report ({record}'s "
                             f"{metric.outcome!r} is {wrong[1]!r}, not a finite number)")
         if metric is JUDGED and not _judged_alike([report for _, report in reports]):
