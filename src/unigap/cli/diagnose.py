@@ -94,7 +94,8 @@ def diagnose_command(
         raise UserError("--full-params measures the base LLM's own weights; it cannot be combined with --adapter")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
-    if entries(out) and not _earlier_run(out):  # (its figures' names would replace, or remove, a user's files)
+    earlier = _earlier_run(out)
+    if entries(out) and not earlier:  # (its figures' names would replace, or remove, a user's files)
         raise UserError(f"--out {out} holds files of something else than an earlier diagnose run; choose an empty or "
                         "new folder")
 
@@ -132,7 +133,7 @@ def diagnose_command(
                 "pairs": pairs, "seed": seed, "sweep_probes": sweep_probes, "beta": beta, "full_params": full_params}
     with manifest("diagnose", settings, seeds=[seed]) as record, progress("gradients", total) as update:
         record["device"] = str(um.device)
-        if not _earlier_run(out):  # (unfinished: no end time) the folder is this command's before any figure; an
+        if not earlier:  # (unfinished: no end time) the folder is this command's before any figure; an
             write_manifest(out, record)  # earlier run's manifest stays with its report until this one replaces both
         report = run_diagnostics(
             um,

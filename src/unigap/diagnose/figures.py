@@ -104,15 +104,15 @@ def sweep_plot(sweep: dict[str, Any], path: Path) -> Path:
     return _save(figure, path)
 
 
-FIGURES = ("cosines.png", "ratio.png", "per_layer.png", "sweep.png")  # every figure's file name, the sweep's last
-
-
 def write_figures(report: dict[str, Any], directory: Path) -> list[str]:
     """All figures the report supports, into `directory`; returns their file names."""
-    cosines, ratio, per_layer, sweep = (directory / name for name in FIGURES)
-    paths = [cosine_histogram(report, cosines), ratio_histogram(report, ratio), per_layer_plot(report, per_layer)]
+    paths = [
+        cosine_histogram(report, directory / "cosines.png"),
+        ratio_histogram(report, directory / "ratio.png"),
+        per_layer_plot(report, directory / "per_layer.png"),
+    ]
     if report.get("sweep"):
-        paths.append(sweep_plot(report["sweep"], sweep))
+        paths.append(sweep_plot(report["sweep"], directory / "sweep.png"))
     else:  # a rerun without the sweep leaves no earlier run's figure beside this report
-        sweep.unlink(missing_ok=True)
+        (directory / "sweep.png").unlink(missing_ok=True)
     return [p.name for p in paths]
