@@ -35,3 +35,33 @@ def test_the_task_weights_figure_shows_a_weight_above_one(tmp_path) -> None:
     finally:
         figures._save = saved
     assert drawn[0].axes[0].get_ylim()[1] >= 2.3
+
+
+def test_a_significant_harm_is_coloured_as_a_harm_not_as_a_gain() -> None:
+    """A significant fall in generation accuracy (or rise in a rate that should fall) is red, a gain green: colour
+    must not show a collapse as a win, in the HTML and in the terminal's table alike."""
+    import numpy as np
+
+    from synthetic_study import eval_report
+    from unigap.report.build import summary_table
+    from unigap.report.cells import fmt
+    from unigap.report.html import headline_table
+    from unigap.report.stats import compute_stats
+    from unigap.study.results import METRICS, MethodRun, Study
+
+    runs = [MethodRun(method, seed, eval_report(np.random.default_rng([seed, i]), p_und, p_gen))
+            for seed in (0, 1) for i, (method, (p_und, p_gen)) in enumerate({"base": (0.5, 0.6),
+                                                                               "collapse": (0.9, 0.05)}.items())]
+    results = compute_stats(Study(runs, {}))
+    und, gen = (results["results"]["collapse"][name] for name in ("understanding.accuracy", "generation.accuracy"))
+    assert und["significant"] and und["delta"] > 0 and gen["significant"] and gen["delta"] < 0
+    html = headline_table(results)
+    assert f'<td class="sig">{fmt(und["delta"], signed=True)}*' in html
+    assert f'<td class="sig-worse">{fmt(gen["delta"], signed=True)}*' in html
+    weak = results["results"]["collapse"]["weak_generation.rate"]  # a rate that should fall: its rise is a harm
+    assert weak["significant"] and weak["delta"] > 0
+    assert f'<td class="sig-worse">{fmt(weak["delta"], signed=True)}*' in html
+    cells = {metric.name: column._cells[0] for metric, column in zip(METRICS, summary_table(results).columns[1:])}
+    assert cells["understanding.accuracy"].startswith("[bold green]")
+    assert cells["generation.accuracy"].startswith("[bold red]")
+    assert cells["weak_generation.rate"].startswith("[bold red]")

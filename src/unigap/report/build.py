@@ -17,7 +17,7 @@ from unigap.evaluate.report import save_report, write_atomically
 from unigap.report.claims import co_degradation, verdicts
 from unigap.report.compare import comparisons, guard_stops, kind_levels, refine_curves, win_rates
 from unigap.report.figures import Plot, write_figures
-from unigap.report.cells import fmt, fmt_p
+from unigap.report.cells import fmt, fmt_p, rich_significance, significance_verdict
 from unigap.report.html import write_html
 from unigap.report.stats import CSV_COLUMNS, StatsOptions, compute_stats, csv_rows
 from unigap.study.results import METRICS, MethodRun, Study, as_study
@@ -74,7 +74,8 @@ def build_report(
 
 
 def summary_table(results: dict[str, Any]) -> Table:
-    """Δ vs base with p per metric (bold * = significant after Bonferroni) and the final generation loss."""
+    """Δ vs base with p per metric (* = significant after Bonferroni: green a gain, red a harm) and the final
+    generation loss."""
     b = results["bonferroni"]
     table = Table(title=f"unigap study (seeds {results['seeds']}; Bonferroni p < {b['alpha_corrected']:.2g})")
     table.add_column("method", overflow="fold")
@@ -86,7 +87,8 @@ def summary_table(results: dict[str, Any]) -> Table:
         for metric in METRICS:
             m = results["results"][method][metric.name]
             text = f"{fmt(m['delta'], signed=True)} ({fmt_p(m['p'])})"
-            cells.append(f"[bold green]{text}*[/bold green]" if m["significant"] else text)
+            cells.append(rich_significance(text, significance_verdict(m["significant"], m["delta"],
+                                                                      metric.higher_is_better)))
         training = results["training"].get(method, {})
         gap = fmt(training.get("gen_ln2_gap"), 4, signed=True)
         cells.append(f"[red]{gap} no signal[/red]" if training.get("gen_no_signal") else gap)

@@ -14,7 +14,33 @@ class Safe(str):
 
 
 class Significant(Safe):
-    """A cell shown in bold: significant after Bonferroni."""
+    """A cell shown in bold green: significant after Bonferroni, and better for the metric."""
+
+
+class SignificantlyWorse(Safe):
+    """A cell shown in bold red: significant after Bonferroni, and worse for the metric (a harm, not a gain)."""
+
+
+def significance_verdict(significant: bool, delta: float | None, higher_is_better: bool) -> str:
+    """How a Δ reads: "better", "worse" (significant, by the metric's direction: a rise in a rate that should fall
+    is a harm) or "" (not significant), so that colour never shows a harm as a gain."""
+    if not significant or delta is None:
+        return ""
+    return "better" if (delta > 0) == higher_is_better else "worse"
+
+
+def significance_cell(text: Safe, verdict: str) -> Safe:
+    """`text` as an HTML table cell styled by `significance_verdict`'s verdict."""
+    return {"better": Significant, "worse": SignificantlyWorse}.get(verdict, Safe)(text)
+
+
+def rich_significance(text: str, verdict: str) -> str:
+    """`text` for a rich terminal table: marked * and coloured as `significance_cell` colours it, when significant."""
+    style = {"better": "bold green", "worse": "bold red"}.get(verdict)
+    return f"[{style}]{text}*[/{style}]" if style else text
+
+
+_CLASS = {Significant: ' class="sig"', SignificantlyWorse: ' class="sig-worse"'}
 
 
 def _cell(value: Any) -> str:
@@ -27,9 +53,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequen
     body = []
     for i, row in enumerate(rows):
         css = f' class="{escape(classes[i])}"' if i < len(classes) and classes[i] else ""
-        cells = "".join(
-            f'<td class="sig">{_cell(v)}</td>' if isinstance(v, Significant) else f"<td>{_cell(v)}</td>" for v in row
-        )
+        cells = "".join(f"<td{_CLASS.get(type(v), '')}>{_cell(v)}</td>" for v in row)
         body.append(f"<tr{css}>{cells}</tr>")
     return Safe(
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from unigap.errors import UnigapWarning, UserError
 from unigap.evaluate.stats import finite
-from unigap.report.cells import fmt, fmt_p
+from unigap.report.cells import fmt, fmt_p, rich_significance, significance_verdict
 from unigap.report.stats import compute_stats
 from unigap.study.results import METRICS, Metric, MethodRun, Study, read_json
 
@@ -190,8 +190,9 @@ def _interval(interval: Sequence[float] | None) -> str:
 
 def comparison_table(results: dict[str, Any]) -> Table:
     """`compare_reports`' results for the terminal: per model and metric both levels, Δ with the deciding test's 95%
-    CI and p (bold * = significant after Bonferroni over models × metrics), the test (paired where both sides hold
-    the same items, else Welch), and Welch's p, uncorrected, for reading beside papers that use it."""
+    CI and p (* = significant after Bonferroni over models × metrics: green a gain, red a harm), the test (paired
+    where both sides hold the same items, else Welch), and Welch's p, uncorrected, for reading beside papers that use
+    it."""
     b, baseline = results["bonferroni"], results["base"]
     by_model = results.get("model_seeds") or {name: results["seeds"] for name in results["methods"]}  # (older ones)
     if all(each == by_model[baseline] for each in by_model.values()):
@@ -217,7 +218,8 @@ def comparison_table(results: dict[str, Any]) -> Table:
             table.add_row(
                 escape(method), escape(metric["label"].rsplit(" ", 1)[0]), n,
                 f"{fmt(c['baseline'])} → {fmt(c['arm'])}",
-                f"[bold green]{test}*[/bold green]" if m["significant"] else test, fmt_p(m["p"]), m["test"],
+                rich_significance(test, significance_verdict(m["significant"], m["delta"], metric["higher_is_better"])),
+                fmt_p(m["p"]), m["test"],
                 fmt_p(m["welch"]["p"]),
             )
         table.add_section()

@@ -16,7 +16,7 @@ from typing import Any
 
 from unigap.arms import FAMILIES
 from unigap.atomic import write_atomically
-from unigap.report.cells import DASH, Safe, Significant, ci, fmt, fmt_p, table
+from unigap.report.cells import DASH, Safe, ci, fmt, fmt_p, significance_cell, significance_verdict, table
 from unigap.report.figures import Plot
 from unigap.report.findings import answer_length_section, claims_section, dpo_notes, self_improvement_section
 from unigap.report.reference import PAPER_BASE, PAPER_BONFERRONI, PAPER_FINAL, PAPER_GRADIENTS, PAPER_HEADLINE
@@ -38,6 +38,7 @@ th:first-child, td:first-child { text-align: left; }
 tr.base td { background: #fafbfc; font-style: italic; }
 tr.paper td { color: #566074; background: #fbfaf4; }
 td.sig { font-weight: 700; color: #0b6b2f; }
+td.sig-worse { font-weight: 700; color: #9b1c1c; }
 td { vertical-align: top; }
 .ci { color: #7a8396; font-size: 0.85em; }
 .flag { background: #fde8e8; color: #9b1c1c; border-radius: 3px; padding: 0 5px; font-weight: 600; }
@@ -75,13 +76,13 @@ def headline_table(results: dict[str, Any], methods: Sequence[str] | None = None
         for metric in METRICS:
             m = results["results"][method][metric.name]
             significant = bool(m.get(significance))
-            kind = Significant if significant else Safe
+            verdict = significance_verdict(significant, m["delta"], metric.higher_is_better)
             mark = "*" if significant else ""
             delta = escape(fmt(m["delta"], signed=True) + mark) + ci(m["delta_ci95"], signed=True, below=True)
             seeds = m["seed_level"]
             below = f'<br><span class="ci">seeds {escape(fmt_p(seeds["p"]))}</span>' if seeds["p"] is not None \
                 else ""
-            row += [kind(delta), kind(escape(fmt_p(m["p"])) + below)]
+            row += [significance_cell(delta, verdict), significance_cell(escape(fmt_p(m["p"])) + below, verdict)]
         training = results["training"].get(method)
         kl = f"{fmt(training['und_kl'], 2)} / {fmt(training['gen_kl'], 2)}" if training else DASH
         rows.append(row + [kl, _minutes(results, method)])
@@ -108,7 +109,7 @@ def family_sections(results: dict[str, Any]) -> list[Any]:
         out += [f"<h3>{escape(family)}: {escape(FAMILIES.get(family, 'arms outside the registry'))}</h3>",
                 headline_table(results, arms, "significant_in_family"),
                 f'<p class="note">bold* = significant after Bonferroni over this family\'s {t["tests"]} tests '
-                f"(p < {t['alpha_corrected']:.2g}).</p>"]
+                f"(p < {t['alpha_corrected']:.2g}); green a gain, red a harm.</p>"]
     return out
 
 
@@ -145,13 +146,14 @@ def comparison_section(c: dict[str, Any]) -> list[Any]:
     """One arm against its baseline arm: a verdict line, then per metric and question kind both levels, Δ [CI], p."""
     rows, better, worse = [], [], []
     for m in c["metrics"].values():
-        kind = Significant if m["significant"] else Safe
+        verdict = significance_verdict(m["significant"], m["delta"], m["higher_is_better"])
         mark = "*" if m["significant"] else ""
         delta = escape(fmt(m["delta"], signed=True) + mark) + ci(m["delta_ci95"], signed=True, below=True)
-        rows.append([m["label"], fmt(m["arm"]), fmt(m["baseline"]), kind(delta), kind(escape(fmt_p(m["p"]))),
+        rows.append([m["label"], fmt(m["arm"]), fmt(m["baseline"]), significance_cell(delta, verdict),
+                     significance_cell(escape(fmt_p(m["p"])), verdict),
                      m["test"] if m["p"] is not None else DASH, m["n"]])  # (no items: no test at all)
-        if m["significant"]:
-            (better if (m["delta"] > 0) == m["higher_is_better"] else worse).append(m["label"])
+        if verdict:
+            (better if verdict == "better" else worse).append(m["label"])
     found = (f"significantly better than {c['baseline']} on {', '.join(better)}" if better
              else f"not significantly better than {c['baseline']} on any metric")
     verdict = (f"{c['arm']} is {found}{'; worse on ' + ', '.join(worse) if worse else ''} (Bonferroni over its "
@@ -298,7 +300,8 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
     lead = (
         f"{len(results['methods']) - 1} methods vs {results['base']}, seeds {results['seeds']}, "
         f"n = {'/'.join(sorted({str(s['n']) for s in per_seed}))} items per seed; "
-        f"bold* = significant after Bonferroni (p < {b['alpha_corrected']:.2g}, {b['tests']} tests)."
+        f"bold* = significant after Bonferroni (p < {b['alpha_corrected']:.2g}, {b['tests']} tests; green a gain, "
+        "red a harm)."
     )
     smallest = min(s["n"] for s in per_seed)
     banner = (
