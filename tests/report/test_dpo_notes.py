@@ -68,3 +68,17 @@ def test_an_arm_without_a_generation_delta_is_passed_over() -> None:
                                                            "p": None}}
     [note] = dpo_notes(results)
     assert "gen-only: +0.003" in note
+
+
+def test_the_notes_never_contradict_a_measured_gain_of_an_over_optimised_arm() -> None:
+    """An over-optimised arm that nonetheless raised generation significantly: the banner quotes the measured change
+    instead of promising a fall, and the no-gain note speaks only of the arms that did not over-optimise."""
+    results = _results(0.01, False, 0.55, False)
+    results["training"]["joint"] = {**results["training"]["gen-only"], "trained": ["und", "gen"], "gen_loss": 0.01,
+                                    "gen_chosen_shift": -9.0, "gen_overoptimised": True}
+    results["results"]["joint"] = {"generation.accuracy": {"delta": 0.12, "significant": True, "test": "paired",
+                                                           "p": 1e-6}}
+    over, no_gain = dpo_notes(results)
+    assert "generation accuracy here: joint +0.120" in over and "expect generation to get worse" not in over
+    assert no_gain.startswith('<p class="banner">No arm that did not over-optimise raised generation accuracy')
+    assert "No arm's generation DPO" not in no_gain

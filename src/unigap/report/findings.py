@@ -57,22 +57,27 @@ def overoptimisation_note(results: dict[str, Any]) -> list[str]:
     if not flagged:
         return []
     worst = min(flagged.values(), key=lambda t: t["gen_chosen_shift"])
+    measured = [f"{arm} {fmt(r['delta'], signed=True)}" for arm in flagged
+                if (r := results["results"].get(arm, {}).get("generation.accuracy")) and r["delta"] is not None]
+    here = f" (generation accuracy here: {', '.join(measured)})" if measured else ""
     return [f'<p class="banner">Generation DPO over-optimised in {escape(", ".join(flagged))}: the loss fell far '
             f"below ln 2 (to {fmt(min(t['gen_loss'] for t in flagged.values()))} at the lowest) while the chosen images "
             f"became less likely than under the reference (by up to {fmt(-worst['gen_chosen_shift'], 1)} nats). DPO "
-            "separated the pairs by pushing the model's own samples down, not by pulling the correct images up; "
-            "expect generation to get worse, not better (lower the learning rate or steps, add the NLL term on "
-            "the chosen, or use on-policy pairs: <code>unigap tune</code>).</p>"]
+            "separated the pairs by pushing the model's own samples down, not by pulling the correct images up, "
+            f"which tends to make generation worse, not better{escape(here)}. Lower the learning rate or steps, add "
+            "the NLL term on the chosen, or use on-policy pairs: <code>unigap tune</code>.</p>"]
 
 
 def no_gain_note(results: dict[str, Any]) -> list[str]:
-    """When no arm's generation DPO (over-optimised ones aside: see above) raised generation accuracy significantly:
+    """When no arm's generation DPO that did not over-optimise (see above) raised generation accuracy significantly:
     the best of them, and what its loss says about why (pairs not separated, or separated without carrying over)."""
     gen_arms = [m for m, t in results["training"].items() if "gen" in t["trained"] and m in results["results"]]
     arms = [m for m in gen_arms if not results["training"][m].get("gen_overoptimised")]
     rows = {m: r for m in arms if (r := results["results"][m]["generation.accuracy"])["delta"] is not None}
     if not rows or any(r["significant"] and r["delta"] > 0 for r in rows.values()):
         return []
+    over_gained = [m for m in gen_arms if m not in arms and (r := results["results"][m]["generation.accuracy"])
+                   ["significant"] and r["delta"] is not None and r["delta"] > 0]  # (then "no arm" would be false)
     best = max(rows, key=lambda m: rows[m]["delta"])
     r, t = rows[best], results["training"][best]
     test = f"{TEST_LABELS[r['test']]} p {fmt_p(r['p'])}"
@@ -91,7 +96,8 @@ def no_gain_note(results: dict[str, Any]) -> list[str]:
                "not follow: what separates the pairs did not carry over to new prompts (compare settings on the "
                "validation split with <code>unigap tune</code>).")
     which = "of the arms that did not over-optimise" if len(arms) < len(gen_arms) else "of them"
-    return [f'<p class="banner">No arm\'s generation DPO raised generation accuracy significantly. The best '
+    none = "No arm that did not over-optimise raised" if over_gained else "No arm's generation DPO raised"
+    return [f'<p class="banner">{none} generation accuracy significantly. The best '
             f"{which}, {escape(best)}: {fmt(r['delta'], signed=True)} ({test}); {why}</p>"]
 
 
