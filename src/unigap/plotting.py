@@ -11,6 +11,12 @@ from matplotlib.figure import Figure
 from unigap.atomic import write_atomically
 
 
+def plain(text: str) -> str:
+    """A user's text (an arm's name) as a matplotlib label: a `$` is a dollar sign, not the start of maths, which
+    would render a `$...$` pair as a formula and fail the whole figure where it is not valid maths."""
+    return text.replace("$", r"\$")
+
+
 def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
     FigureCanvasAgg(figure)
     figure.tight_layout()

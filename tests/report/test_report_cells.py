@@ -65,3 +65,16 @@ def test_a_significant_harm_is_coloured_as_a_harm_not_as_a_gain() -> None:
     assert cells["understanding.accuracy"].startswith("[bold green]")
     assert cells["generation.accuracy"].startswith("[bold red]")
     assert cells["weak_generation.rate"].startswith("[bold red]")
+
+
+def test_a_dollar_in_an_arms_name_is_a_dollar_not_maths(tmp_path) -> None:
+    """`load_study` takes any folder name as an arm: matplotlib read a `$...$` pair in it as a formula, rendered as
+    maths, or failing the whole figure (and report) where it was not valid maths."""
+    from unigap.report.figures import losses_plot, weights_plot
+    from unigap.study.results import MethodRun, Study
+
+    rows = [{"step": s, "w_und": 0.5, "w_gen": 0.5, "und_loss": 0.6, "gen_loss": 0.6} for s in range(4)]
+    name = r"lr $\frac$ cost"
+    study = Study([MethodRun(name, 0, {}, rows), MethodRun("base", 0, {})])
+    for plot in (weights_plot, losses_plot):
+        assert plot(study, tmp_path / f"{plot.__name__}.png").stat().st_size > 1000

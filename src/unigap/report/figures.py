@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from unigap.plotting import save_figure
+from unigap.plotting import plain, save_figure
 from unigap.train.defaults import LN2
 from unigap.arms import ARMS
 from unigap.report.stats import series
@@ -90,7 +90,7 @@ def tradeoff_plot(results: dict[str, Any], path: Path) -> Path:
         ax.errorbar(
             und["delta"], gen["delta"], xerr=errors[0], yerr=errors[1], marker=markers[method], capsize=3,
             linestyle="none", color=colours[method], markerfacecolor=colours[method] if filled else "white",
-            label=method,
+            label=plain(method),
         )  # fmt: skip
     ax.set(
         xlabel="Δ understanding accuracy vs base",
@@ -133,7 +133,7 @@ def _panels(methods: Sequence[str], path: Path, ylabel: str, draw: Callable[[Axe
     axes = figure.subplots(rows, cols, sharex=True, sharey=sharey, squeeze=False).ravel()
     for ax, method in zip(axes, methods, strict=False):
         draw(ax, method)
-        ax.set_title(method, fontsize="medium")
+        ax.set_title(plain(method), fontsize="medium")
     for ax in axes[len(methods) :]:
         ax.set_visible(False)
     for ax in axes[::cols]:
@@ -200,7 +200,7 @@ def weights_plot(study: Study, path: Path) -> Path:
             steps, values = _seed_mean(study.of(method), name)
             if len(steps):
                 ax.plot(
-                    steps, values, linestyle=style, color=colours[method], label=method if name == "w_und" else None
+                    steps, values, linestyle=style, color=colours[method], label=plain(method) if name == "w_und" else None
                 )
     ax.set(xlabel="step", ylabel="task weight", title="Task weights (solid w_U, dashed w_G)")
     ax.set_ylim(bottom=-0.02, top=max(1.02, ax.get_ylim()[1]))  # (torchjd's weightings can pass 1)
