@@ -20,4 +20,9 @@ def plain(text: str) -> str:
 def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
     FigureCanvasAgg(figure)
     figure.tight_layout()
-    return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
+    # The tight box, legends left out of the layout included: a legend beside the axes, with long arm names, widens
+    # the picture instead of being cut off or squeezing the axes.
+    aside = [ax.get_legend() for ax in figure.axes if ax.get_legend() and not ax.get_legend().get_in_layout()]
+    extra = figure.get_default_bbox_extra_artists() + aside
+    return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight",
+                                                            bbox_extra_artists=extra))

@@ -78,3 +78,17 @@ def test_a_dollar_in_an_arms_name_is_a_dollar_not_maths(tmp_path) -> None:
     study = Study([MethodRun(name, 0, {}, rows), MethodRun("base", 0, {})])
     for plot in (weights_plot, losses_plot):
         assert plot(study, tmp_path / f"{plot.__name__}.png").stat().st_size > 1000
+
+
+def test_a_long_arm_name_widens_the_figure_instead_of_being_cut_off(tmp_path) -> None:
+    from PIL import Image
+
+    from unigap.report.figures import weights_plot
+    from unigap.study.results import MethodRun, Study
+
+    rows = [{"step": s, "w_und": 0.5, "w_gen": 0.5} for s in range(4)]
+    widths = []
+    for name in ("short", "a-very-long-arm-name-" * 5):
+        path = weights_plot(Study([MethodRun(name, 0, {}, rows), MethodRun("base", 0, {})]), tmp_path / "w.png")
+        widths.append(Image.open(path).size[0])
+    assert widths[1] > widths[0] + 300  # (the legend beside the axes grows by the name's ~100 extra characters)

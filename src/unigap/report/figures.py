@@ -57,11 +57,12 @@ def method_markers(methods: Sequence[str]) -> dict[str, str]:
 
 
 def _legend_outside(ax: Axes) -> None:
-    """Legend right of the axes: with a dozen methods it would hide the data inside them."""
+    """Legend right of the axes: with a dozen methods it would hide the data inside them. Left out of the layout, so
+    long arm names widen the saved picture (`save_figure` saves the tight box) instead of squeezing the axes."""
     rows = 16  # legend entries per column that fit beside the axes
     count = len(ax.get_legend_handles_labels()[0])
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-              ncol=max(1, -(-count // rows)))
+              ncol=max(1, -(-count // rows))).set_in_layout(False)
 
 
 def tradeoff_plot(results: dict[str, Any], path: Path) -> Path:
