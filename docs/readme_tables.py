@@ -36,7 +36,7 @@ DPO_TUNE_N1000 = [ROOT / "docs" / "results" / f"dpo_tune_n1000{part}.json" for p
 
 
 def _load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _auc_within(judge: dict[str, Any]) -> str:
@@ -491,7 +491,7 @@ def main() -> None:
     args = parser.parse_args()
     stale = []
     for document in DOCUMENTS:
-        text, changed = render(document.read_text())
+        text, changed = render(document.read_text(encoding="utf-8"))  # (not the locale's: written as UTF-8)
         stale += [f"{document.name}: {name}" for name in changed]
         if not args.check:
             write_text_atomically(document, text)  # an interrupted run leaves the document as it was

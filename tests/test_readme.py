@@ -47,3 +47,16 @@ def test_an_empty_table_is_filled_without_touching_the_text_around_it() -> None:
 def test_an_arm_without_a_recorded_wall_time_reads_as_a_dash_not_zero_minutes() -> None:
     minutes = _tables_module()._minutes
     assert minutes({"sft": 90.0}, "sft") == "1.5" and minutes({"sft": 90.0}, "unimrg") == "—"
+
+
+def test_the_tables_script_reads_utf8_whatever_the_locale() -> None:
+    """Under an ASCII or cp1252 locale the script read the README in the locale's encoding: a crash, or (without
+    --check) a README rewritten with every non-ASCII character garbled."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    done = subprocess.run([sys.executable, "-X", "utf8=0", str(ROOT / "docs" / "readme_tables.py"), "--check"],
+                          env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-500:]
