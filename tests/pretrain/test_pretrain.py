@@ -137,6 +137,18 @@ def test_vq_training_path_agrees_with_transformers_decode(corpus) -> None:
         assert torch.allclose(recon, vq.decode(ids), atol=1e-5)  # and decodes them as transformers does
 
 
+def test_the_log_counts_the_codes_used_at_a_restart_step_too(corpus, monkeypatch) -> None:
+    """A restart clears the used set; the step's count was taken after it, so every 100th log row said 0."""
+    import unigap.pretrain.vq as vq_module
+
+    monkeypatch.setattr(vq_module, "RESTART_EVERY", 2)
+    vq = build_model(TINY).model.model.vqmodel
+    used = []
+    train_vq(vq, corpus.renders[:8], steps=5, batch=4, lr=2e-3, seed=0,
+             on_step=lambda step, numbers: used.append(numbers.codes_used))
+    assert len(used) == 5 and min(used) > 0
+
+
 def _has_object(crop: np.ndarray) -> bool:
     return bool((np.abs(crop.astype(np.int16) - crop[:1, :1].astype(np.int16)).max(-1) > CROP_FOREGROUND).any())
 

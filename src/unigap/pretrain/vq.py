@@ -143,11 +143,12 @@ def train_vq(
         optimizer.step()
         schedule.step()
         used[ids.unique()] = True
+        codes_used = int(used.sum())  # (since the last restart: counted before this step's restart clears it)
         if (step + 1) % RESTART_EVERY == 0 and step + 1 < steps:
             _restart_unused(vq, pixels, used, generator)
             used.zero_()
         if on_step is not None:
-            on_step(step, VQStep(loss.item(), reconstruction.item(), int(used.sum())))
+            on_step(step, VQStep(loss.item(), reconstruction.item(), codes_used))
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             checkpoint({"vq": vq.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                         "generator": generator.get_state(), "used": used.cpu(), "step": step + 1})
