@@ -427,11 +427,13 @@ def test_polish_is_the_joint_step_at_its_own_batches_and_rate() -> None:
                                                  ({"edit_pairs": 0}, "edit_pairs must be positive"),
                                                  ({"checkpoint_every": 0}, "checkpoint_every must be positive"),
                                                  ({"prompt_dropout": 1.5}, r"prompt_dropout must lie in \[0, 1\]"),
-                                                 ({"lr": float("nan")}, "lr must be positive, got nan")])
+                                                 ({"lr": float("nan")}, "lr must be positive, got nan"),
+                                                 ({"vq_crop": 30}, "vq_crop must be a multiple of the VQ's 8-pixel")])
 def test_pretrain_config_refuses_impossible_settings(change: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         TINY.scaled(**change)
     assert TINY.scaled(edit_batch=0, critique_batch=0).edit_batch == 0  # (a task left unlearnt is a choice)
+    assert TINY.scaled(vq_crop=96).vq_crop == 96  # (the whole image: no crop, whatever its side)
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,9 @@ from unigap.model.generation import CFG_SCALE
 from unigap.model.prompts import TINY_TEMPLATE
 from unigap.model.tokenizer import BOI, BOS, EOS, IMAGE, PAD, build_word_tokenizer, special_token_id
 
+TINY_IMAGE_SIZE = 64  # ShapeWorld's canvas
+TINY_PATCH_SIZE = 8  # pixels per image token side, for the vision tower and the VQ alike
+
 
 def tiny_janus_config(
     vocab_size: int,
@@ -37,8 +40,8 @@ def tiny_janus_config(
     hidden_size: int = 256,
     num_layers: int = 4,
     num_heads: int = 4,
-    image_size: int = 64,
-    patch_size: int = 8,
+    image_size: int = TINY_IMAGE_SIZE,
+    patch_size: int = TINY_PATCH_SIZE,
     codebook_size: int = 256,
     vq_base_channels: int = 32,
     vision_hidden_size: int = 64,

@@ -8,6 +8,7 @@ from typing import Any
 
 from unigap.errors import UserError
 from unigap.model.editing import check_edit_source
+from unigap.model.tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE
 from unigap.train.config import check_field_types
 
 
@@ -104,6 +105,9 @@ class PretrainConfig:
             _check(name, getattr(self, name), lambda value: value > 0, "be positive")
         for name in NON_NEGATIVE:
             _check(name, getattr(self, name), lambda value: value >= 0, "be >= 0")
+        _check("vq_crop", self.vq_crop, lambda crop: crop % TINY_PATCH_SIZE == 0 or crop >= TINY_IMAGE_SIZE,
+               f"be a multiple of the VQ's {TINY_PATCH_SIZE}-pixel token side (or the whole {TINY_IMAGE_SIZE}-pixel "
+               "image)")  # (a crop between token rows fails the first VQ step, after every corpus is drawn)
 
     def scaled(self, **changes: object) -> PretrainConfig:
         return replace(self, **changes)
