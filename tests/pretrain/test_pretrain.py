@@ -545,13 +545,19 @@ def test_the_closing_line_names_a_folder_called_tiny_as_a_path(tmp_path: Path, c
 
 
 def test_a_stage_resumed_on_another_kind_of_device_is_warned_of(tmp_path: Path) -> None:
-    """A run preempted on a GPU and resumed on a CPU went on silently: its records showed the last device only."""
+    """A run preempted on a GPU and resumed on a CPU went on silently: its records showed the last device only. So did
+    one resumed with another CPU thread count, whose matrix products round differently."""
     import warnings
 
-    path = tmp_path / "joint.pt"
+    path, cpu = tmp_path / "joint.pt", torch.device("cpu")
     with pytest.warns(UnigapWarning, match="joint.pt was trained on cuda so far and goes on on cpu: .* --device cuda"):
-        run_module.warn_other_device(path, "cuda", torch.device("cpu"))
+        run_module.warn_other_numerics(path, {"device": "cuda"}, cpu)
+    other = torch.get_num_threads() + 1
+    with pytest.warns(UnigapWarning, match=f"joint.pt was trained with {other} torch threads so far and goes on with "
+                                           f"{torch.get_num_threads()}: .* OMP_NUM_THREADS={other}"):
+        run_module.warn_other_numerics(path, {"device": "cpu", "threads": other}, cpu)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        run_module.warn_other_device(path, "cpu", torch.device("cpu"))
-        run_module.warn_other_device(path, None, torch.device("cpu"))  # (a checkpoint from before it said)
+        run_module.warn_other_numerics(path, run_module.numerics(cpu), cpu)
+        run_module.warn_other_numerics(path, {"device": "cpu"}, cpu)  # (a checkpoint from before it said)
+        run_module.warn_other_numerics(path, {}, cpu)

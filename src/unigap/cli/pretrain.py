@@ -21,7 +21,8 @@ def pretrain_command(
     report_to: str = typer.Option("none", "--report-to", help="Also log to: none | tensorboard | wandb (as TRL)."),
     device: str | None = typer.Option(None, "--device", help="Where to train, in float32: cpu, cuda, cuda:1, ... "
                                       "(default: CUDA when torch sees it, else cpu). The same data and initial "
-                                      "weights on any device; on a CPU the same seed gives the same weights."),
+                                      "weights on any device; on a CPU the same seed and torch thread count give "
+                                      "the same weights."),
 ) -> None:
     """Train the VQ tokenizer, the vision tower, then LLM + aligners + generation head; rerunning an interrupted run
     resumes it (a finished one is refused)."""

@@ -184,12 +184,25 @@ def refuse_other_settings(path: Path, saved: dict | None, settings: dict, stage:
                         f"rerun with those settings or use a new --out")
 
 
-def warn_other_device(path: Path, saved: str | None, device: torch.device) -> None:
-    """A warning where a stage resumes on another kind of device than its checkpoint was written on (a run preempted
-    on a GPU, resumed on a CPU): it goes on, but mixes two devices' numerics, which its records would not show."""
-    if saved is not None and saved != device.type:
-        warnings.warn(f"{path} was trained on {saved} so far and goes on on {device.type}: the run mixes the two "
-                      f"devices' numerics (pass --device {saved} to keep to one)", UnigapWarning, stacklevel=2)
+def numerics(device: torch.device) -> dict:
+    """What a stage's float rounding depends on besides its settings, recorded in each checkpoint: the kind of
+    device, and on a CPU the torch thread count (its matrix products split their sums by thread)."""
+    return {"device": device.type} | ({"threads": torch.get_num_threads()} if device.type == "cpu" else {})
+
+
+def warn_other_numerics(path: Path, saved: dict, device: torch.device) -> None:
+    """A warning where a stage resumes on another kind of device, or on a CPU with another thread count, than its
+    checkpoint was written with (a run preempted on a GPU, resumed on a CPU; or on a node with another CPU quota): it
+    goes on, but mixes two numerics, which its records would not show."""
+    now = numerics(device)
+    if saved.get("device") is not None and saved["device"] != now["device"]:
+        warnings.warn(f"{path} was trained on {saved['device']} so far and goes on on {now['device']}: the run mixes "
+                      f"the two devices' numerics (pass --device {saved['device']} to keep to one)", UnigapWarning,
+                      stacklevel=2)
+    elif saved.get("threads") is not None and now.get("threads") not in (None, saved["threads"]):
+        warnings.warn(f"{path} was trained with {saved['threads']} torch threads so far and goes on with "
+                      f"{now['threads']}: the weights will differ from an unbroken run's in float rounding (set "
+                      f"OMP_NUM_THREADS={saved['threads']} to keep to one)", UnigapWarning, stacklevel=2)
 
 
 def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out: Path, show: bool,
@@ -202,11 +215,11 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
     resume = torch.load(partial, weights_only=False, map_location="cpu") if partial.is_file() else None
     if resume is not None:
         refuse_other_settings(partial, resume.get("config"), settings, "vq")
-        warn_other_device(partial, resume.get("device"), um.device)
+        warn_other_numerics(partial, resume, um.device)
     start = time.perf_counter() - (resume["seconds"] if resume else 0.0)
 
     def checkpoint(state: dict) -> None:
-        state |= {"seconds": time.perf_counter() - start, "config": settings, "device": um.device.type}
+        state |= {"seconds": time.perf_counter() - start, "config": settings} | numerics(um.device)
         atomic_write_bytes(partial, lambda handle: torch.save(state, handle))  # fsynced: a checkpoint
 
     _resume_log(logger, "vq", resume["step"] if resume else 0)
@@ -278,7 +291,7 @@ def stage_state(um: UnifiedModel, head: PatchHead, optimizer: torch.optim.Optimi
     finished still reports them) and the settings it was written under."""
     return {"model": um.model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "rng": rng.bit_generator.state, "step": step, "seconds": seconds,
-            "final": final, "config": settings, "device": um.device.type}
+            "final": final, "config": settings} | numerics(um.device)
 
 
 def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out: Path, show: bool,
@@ -301,7 +314,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False, map_location="cpu")  # (loading moves it to the model's)
         refuse_other_settings(checkpoint, state.get("config"), settings, stage)
-        warn_other_device(checkpoint, state.get("device"), um.device)
+        warn_other_numerics(checkpoint, state, um.device)
         um.model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
