@@ -88,6 +88,8 @@ def test_load_dataset_round_trips(tmp_path):
         assert record.prompt == row["prompt"] and record.spec.category == "position"
         assert np.array_equal(np.asarray(Image.open(record.image_path)), render(record.scene))
     assert not list(tmp_path.glob(".samples.*"))  # the temp file was renamed away
+    path.write_text(path.read_text() + "\n  \n", encoding="utf-8")  # (a blank line, as `cat` of two files leaves)
+    assert [r.index for r in load_dataset(tmp_path)] == list(range(12))
 
 
 def test_user_errors(tmp_path):
@@ -104,6 +106,9 @@ def test_user_errors(tmp_path):
         load_dataset(tmp_path)
     (tmp_path / "samples.jsonl").write_text('{"index": 0}\n')
     with pytest.raises(UserError, match="malformed record"):
+        load_dataset(tmp_path)
+    (tmp_path / "samples.jsonl").write_text("[" * 100_000 + "\n")  # (was a RecursionError's traceback)
+    with pytest.raises(UserError, match=":1: malformed record"):
         load_dataset(tmp_path)
     (tmp_path / "samples.jsonl").write_bytes(b"\xff\xfe garbage\n")  # (was a UnicodeDecodeError)
     with pytest.raises(UserError, match="is not UTF-8 text"):

@@ -251,6 +251,8 @@ def load_dataset(directory: str | Path) -> list[Record]:
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text: {exc}") from None
     for line_no, line in enumerate(lines, start=1):
+        if not line.strip():  # (a trailing blank line, or files joined with `cat`: as the other JSONL readers do)
+            continue
         try:
             row = json.loads(line)
             records.append(
@@ -262,6 +264,6 @@ def load_dataset(directory: str | Path) -> list[Record]:
                     image_path=root / row["image"],
                 )
             )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:  # (deep nesting)
             raise UserError(f"{path}:{line_no}: malformed record: {exc}") from None
     return records
