@@ -162,3 +162,23 @@ def test_semantics_on_constructed_scenes():
     # red triangle (x=50, same column) is neither left nor right of it.
     assert not satisfies(scene, parse_prompt("a red triangle to the left of a blue square"))
     assert not satisfies(scene, parse_prompt("a red triangle to the right of a blue square"))
+
+
+def test_every_public_function_taking_a_prompt_takes_its_text():
+    """`as_spec` promised prompt text everywhere; these raised AttributeError on a string ('str' has no 'category')."""
+    from unigap.world import break_scene, diff, distance, is_valid_fix, near_misses, reflection_answer, render
+    from unigap.world.scoring import image_score
+
+    text, other = "a red circle", "a blue circle"
+    spec, other_spec = parse_prompt(text), parse_prompt(other)
+    assert near_misses(text) == near_misses(spec)
+    scene = sample_scene_for(text, np.random.default_rng(0))
+    assert scene == sample_scene_for(spec, np.random.default_rng(0))
+    margin = scene.geometry.margin
+    for function in (distance, diff, reflection_answer):
+        assert function(scene.objects, other, margin) == function(scene.objects, other_spec, margin)
+    fix = diff(scene.objects, other_spec, margin)[0]
+    assert is_valid_fix(scene.objects, other, fix, margin) and is_valid_fix(scene.objects, other_spec, fix, margin)
+    assert break_scene(scene, text, np.random.default_rng(1)) == break_scene(scene, spec, np.random.default_rng(1))
+    canvas = scene.geometry.canvas
+    assert image_score(render(scene), text, canvas) == image_score(render(scene), spec, canvas) == 1.0

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from unigap.errors import UserError
-from unigap.world.prompts import RELATION_PHRASES, Item, PromptSpec, article
+from unigap.world.prompts import RELATION_PHRASES, Item, PromptSpec, article, as_spec
 from unigap.world.scene import COLORS, MAX_OBJECTS, RELATIONS, SHAPES, Placed, relation_holds
 
 NO_EDIT = "no further edit needed"
@@ -322,9 +322,9 @@ def _distance_position(objects: Sequence[Thing], spec: PromptSpec, margin: float
     return int(best)
 
 
-def distance(objects: Sequence[Placed], spec: PromptSpec, margin: float) -> int:
+def distance(objects: Sequence[Placed], spec: PromptSpec | str, margin: float) -> int:
     """The fewest edits after which `objects` satisfy `spec` (0 iff `check` holds); see the module docstring."""
-    objects = things(objects)
+    objects, spec = things(objects), as_spec(spec)
     if spec.category in ("single_object", "colors"):
         return _distance_single(objects, spec.items[0])
     if spec.category in ("two_objects", "color_attribution"):
@@ -369,27 +369,29 @@ def candidate_edits(objects: Sequence[Placed], spec: PromptSpec | None = None) -
     return edits
 
 
-def is_valid_fix(objects: Sequence[Placed], spec: PromptSpec, edit: Edit, margin: float) -> bool:
+def is_valid_fix(objects: Sequence[Placed], spec: PromptSpec | str, edit: Edit, margin: float) -> bool:
     """Whether the edit applies and removes a difference (lowers the distance)."""
-    after = apply_to_objects(objects, edit)
+    spec, after = as_spec(spec), apply_to_objects(objects, edit)
     return after is not None and distance(after, spec, margin) < distance(objects, spec, margin)
 
 
 KIND_PREFERENCE = ("recolour", "move", "remove", "add")  # least disruptive first
 
 
-def diff(objects: Sequence[Placed], spec: PromptSpec, margin: float) -> list[Edit]:
+def diff(objects: Sequence[Placed], spec: PromptSpec | str, margin: float) -> list[Edit]:
     """Every single edit that removes one difference (see the module docstring), least disruptive kind
     first (recolour, move, remove, add), then left to right; empty when the prompt is satisfied."""
+    spec = as_spec(spec)
     if distance(objects, spec, margin) == 0:
         return []
     fixes = [e for e in candidate_edits(objects, spec) if is_valid_fix(objects, spec, e, margin)]
     return sorted(fixes, key=lambda e: KIND_PREFERENCE.index(e.kind))  # stable: keeps left-to-right order
 
 
-def reflection_answer(objects: Sequence[Placed], spec: PromptSpec, margin: float) -> str | None:
+def reflection_answer(objects: Sequence[Placed], spec: PromptSpec | str, margin: float) -> str | None:
     """The canonical reflection: `NO_EDIT` when the prompt is satisfied, else the first edit of the diff;
     None when no single edit helps (clutter that no reference can name), where no answer is right."""
+    spec = as_spec(spec)
     if distance(objects, spec, margin) == 0:
         return NO_EDIT
     fixes = diff(objects, spec, margin)

@@ -236,11 +236,15 @@ def _attributes(spec: PromptSpec) -> list[tuple]:
     return [items[0]]
 
 
-@cache
-def near_misses(spec: PromptSpec) -> tuple[PromptSpec, ...]:
+def near_misses(spec: PromptSpec | str) -> tuple[PromptSpec, ...]:
     """Every prompt of the same category that differs from `spec` in exactly one thing: one item's colour,
     shape or count, or the relation (the side). The judge's hard negatives: a picture of `spec` usually
     fails them, and only careful looking tells which."""
+    return _near_misses(as_spec(spec))
+
+
+@cache
+def _near_misses(spec: PromptSpec) -> tuple[PromptSpec, ...]:
     mine = _attributes(spec)
 
     def one_apart(other: PromptSpec) -> bool:
@@ -278,7 +282,8 @@ def sample_spec(rng: np.random.Generator, category: str | None = None) -> Prompt
 
 
 def as_spec(spec: PromptSpec | str) -> PromptSpec:
-    """A spec, or a ShapeWorld prompt's text read as one (`parse_prompt`): what every function taking a prompt takes."""
+    """A spec, or a ShapeWorld prompt's text read as one (`parse_prompt`): what every public function of the world
+    taking a prompt takes."""
     return parse_prompt(spec) if isinstance(spec, str) else spec
 
 
@@ -339,10 +344,10 @@ def _reads_clearly(scene: Scene, spec: PromptSpec) -> bool:
 
 
 def sample_scene_for(
-    spec: PromptSpec, rng: np.random.Generator, canvas: int = DEFAULT_CANVAS, distractors: bool = True
+    spec: PromptSpec | str, rng: np.random.Generator, canvas: int = DEFAULT_CANVAS, distractors: bool = True
 ) -> Scene:
     """A random scene that satisfies the spec (see the module docstring for the distractor policy)."""
-    rng = as_generator(rng)
+    spec, rng = as_spec(spec), as_generator(rng)
     for _ in range(RESTARTS):
         kinds = _required_kinds(spec, rng)
         n_extra = int(rng.integers(0, MAX_OBJECTS - len(kinds) + 1)) if distractors else 0

@@ -16,7 +16,7 @@ from PIL import Image
 from unigap.errors import UserError
 from unigap.world.edits import (EDIT_KINDS, Edit, apply_to_objects, candidate_edits, diff, distance, parse_instruction,
                                 parse_reflection)
-from unigap.world.prompts import PromptSpec
+from unigap.world.prompts import PromptSpec, as_spec
 from unigap.world.render import render
 from unigap.world.scene import (
     COLORS,
@@ -103,13 +103,13 @@ def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.rand
 
 
 def break_scene(
-    scene: Scene, spec: PromptSpec, rng: np.random.Generator, accept: Callable[[Scene], bool] | None = None
+    scene: Scene, spec: PromptSpec | str, rng: np.random.Generator, accept: Callable[[Scene], bool] | None = None
 ) -> tuple[Scene, Edit]:
     """A scene one edit away from satisfying `spec` (distance 1, with a fix the grammar can name, and
     `accept`ed), made by one random edit of `scene`, and that edit. The edit's kind is drawn uniformly
     among the kinds that can break this scene, then edits of that kind are tried in random order.
     `UserError` if none breaks it."""
-    rng = as_generator(rng)
+    spec, rng = as_spec(spec), as_generator(rng)
     margin = scene.geometry.margin
     by_kind: dict[str, list[Edit]] = {}
     for edit in candidate_edits(scene.objects):

@@ -20,7 +20,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from unigap.world.prompts import Item, PromptSpec, check
+from unigap.world.prompts import Item, PromptSpec, as_spec, check
 from unigap.world.questions import tokenize_words
 from unigap.world.scene import Geometry
 from unigap.world.verify import detect
@@ -51,9 +51,9 @@ def _item_spec(item: Item, category: str) -> PromptSpec:
     return PromptSpec("colors" if item.color is not None else "single_object", (Item(item.shape, item.color),))
 
 
-def image_score(image: np.ndarray | Image.Image, spec: PromptSpec, canvas: int) -> float:
+def image_score(image: np.ndarray | Image.Image, spec: PromptSpec | str, canvas: int) -> float:
     """Share of the spec's requirements met in the image (1.0 iff the verifier is satisfied)."""
-    objects = detect(image, canvas)
+    spec, objects = as_spec(spec), detect(image, canvas)
     margin = Geometry.for_canvas(canvas).margin
     met = [check(objects, _item_spec(item, spec.category), margin)[0] for item in spec.items]
     if spec.category == "position":
