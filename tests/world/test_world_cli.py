@@ -61,6 +61,8 @@ def test_sample_with_a_draw_seed_records_it(tmp_path, capsys):
         (["world", "sample", "--n", "10000000000000", "--seed", "1", "--out", "OUT"], "--n must be from 1"),  # (hung)
         (["world", "sample", "--n", "1", "--seed", "1", "--out", "OUT", "--questions", "100000000000"],
          "--questions must be from 0 to 100"),  # (a 745 GiB allocation's traceback)
+        (["world", "sample", "--n", "1000000", "--seed", "1", "--out", "OUT", "--questions", "100"],
+         "--n × --questions must be at most 5,000,000 questions in all"),  # (~65 GB and 5 h, silent, then killed)
         (["world", "sample", "--n", "1", "--seed", "1", "--out", "MINE"], "holds questions.jsonl, images/000000.png "
          "that `unigap world sample` did not write"),  # (deleted and overwritten, exit 0)
         (["world", "sample", "--n", "2", "--seed", "1", "--out", "FILE"], "is a file"),

@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 
 MAX_N, MAX_QUESTIONS = 1_000_000, 100  # a dataset's images, and questions per image (more ran out of memory or hung)
+MAX_QUESTION_ROWS = 5_000_000  # questions in all: held in memory for one write (~0.7 KB and 0.2 ms each)
 PROGRESS_MIN_N = 200  # below this a bar flickers more than it informs
 
 
@@ -49,6 +50,9 @@ def sample(
         raise UserError(f"--seed must be >= 0, got {seed}")
     if not 0 <= questions <= MAX_QUESTIONS:
         raise UserError(f"--questions must be from 0 to {MAX_QUESTIONS}, got {questions}")
+    if n * questions > MAX_QUESTION_ROWS:
+        raise UserError(f"--n × --questions must be at most {MAX_QUESTION_ROWS:,} questions in all (they are held in "
+                        f"memory for one write), got {n * questions:,}: sample the questions in smaller parts")
     if draw_seed is not None and draw_seed < 0:
         raise UserError(f"--draw-seed must be >= 0, got {draw_seed}")
     if not MIN_CANVAS <= size <= MAX_CANVAS:
