@@ -138,7 +138,9 @@ class Scene:
     left-to-right (then top-to-bottom).
 
     The canonical order makes two scenes equal exactly when they draw the same picture, which is what
-    "splits share no scene" needs, and gives descriptions their left-to-right order.
+    "splits share no scene" needs, and gives descriptions their left-to-right order. That holds for objects kept
+    apart, as every sampled, damaged and edited scene keeps them; a scene built by hand or read from JSON is not
+    checked for overlap, and there a later-drawn object hides what it covers, which its ground truth still counts.
     """
 
     canvas: int
