@@ -188,6 +188,11 @@ def test_wrong_task_and_export_without_model(built, tmp_path: Path, capsys) -> N
     code, _, err = run_main(capsys, ["prefs", "export", str(built["und"]), "--out", str(tmp_path / "u.jsonl"),
                                      "--model", "tiny"])
     assert code == 2 and "these are understanding pairs" in err and not (tmp_path / "u.jsonl").exists()
+    both = tmp_path / "both.jsonl"  # (to Parquet: pyarrow's "cannot mix list and non-list" traceback, exit 1)
+    both.write_text(built["und"].read_text() + built["gen"].read_text())
+    code, _, err = run_main(capsys, ["prefs", "export", str(both), "--out", str(tmp_path / "b.parquet"),
+                                     "--model", "tiny"])
+    assert code == 2 and "mixes understanding and generation pairs" in err and not (tmp_path / "b.parquet").exists()
 
 
 def test_pairs_from_your_own_questions_store_their_images(tiny_dir: Path, tmp_path: Path, capsys) -> None:

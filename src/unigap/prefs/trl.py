@@ -173,7 +173,13 @@ def to_trl(row: dict[str, Any], image: ImageInput | None, chosen_image: Image.Im
 
 
 def check_trl_export(rows: Sequence[dict[str, Any]], model: str | None) -> None:
+    """What an export needs before it loads a model: one task's pairs (TRL trains one task's columns at a time, and a
+    Parquet column cannot hold an understanding prompt's messages and a generation prompt's text), and --model
+    exactly when there are generation images to decode."""
     generation = any(row["kind"] != "und" for row in rows)
+    if generation and any(row["kind"] == "und" for row in rows):
+        raise UserError("the file mixes understanding and generation pairs: export each task's pairs to a file of "
+                        "its own (`unigap train` and TRL take one task's pairs per file)")
     if generation and model is None:
         raise UserError("exporting generation pairs decodes their images: pass --model (the model that built them)")
     if rows and not generation and model is not None:
