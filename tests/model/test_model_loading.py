@@ -213,3 +213,25 @@ def test_check_texts_holds_a_prompt_to_the_context_its_image_tokens_are_fed_in()
     with pytest.raises(UserError, match="^x:2: 450 tokens and its image 63: 513 positions, more than the model's "
                                         "context of 512$"):
         fmt.check_texts(prompts=[("x:2", "circle " * 448)])
+
+
+def test_a_sharded_checkpoint_loads_and_a_missing_shard_or_index_is_one_clear_error(tiny_dir: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Janus-Pro-7B comes in shards; an interrupted download (a shard or the index missing) was a transformers
+    traceback after the tokenizer loaded."""
+    from transformers import JanusForConditionalGeneration
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_dir, sharded)
+    (sharded / "model.safetensors").unlink()
+    JanusForConditionalGeneration.from_pretrained(tiny_dir).save_pretrained(sharded, max_shard_size="2MB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and not (sharded / "model.safetensors").exists()
+    assert load_model(sharded).model.dtype.is_floating_point  # (all there: it loads)
+    for broken, name in ((shards[1], shards[1].name), (sharded / "model.safetensors.index.json", None)):
+        copy = tmp_path / f"without-{broken.name}"
+        shutil.copytree(sharded, copy)
+        (copy / broken.name).unlink()
+        message = f"lacks 1 of the weight files .* \\(first: {name}\\)" if name else "nor the model.safetensors.index"
+        with pytest.raises(UserError, match=message):
+            load_model(copy)

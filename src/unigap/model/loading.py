@@ -62,7 +62,26 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
         raise UserError(f"{directory} has no *.safetensors weights" + (
             " (only pytorch_model*.bin: run the conversion with --safe_serialization, or load the folder with "
             "JanusForConditionalGeneration.from_pretrained and save_pretrained it again)" if pickled else ""))
+    _check_shards(directory)
     return directory
+
+
+def _check_shards(directory: Path) -> None:
+    """A sharded checkpoint (Janus-Pro-7B's) with all its shards and the index that joins them: a shard or the index
+    missing, what an interrupted download leaves, was transformers' traceback after the tokenizer loaded."""
+    if (directory / "model.safetensors").is_file():  # (what transformers loads first, whatever else is there)
+        return
+    index = directory / "model.safetensors.index.json"
+    if not index.is_file():
+        raise UserError(f"{directory} holds *.safetensors weights but neither model.safetensors nor the "
+                        "model.safetensors.index.json that joins shards (an incomplete download?)")
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise UserError(f"{index} has no 'weight_map' of tensor names to shard files")
+    missing = sorted({str(name) for name in weight_map.values()} - {p.name for p in directory.glob("*.safetensors")})
+    if missing:
+        raise UserError(f"{directory} lacks {len(missing)} of the weight files its {index.name} names (first: "
+                        f"{missing[0]}): an incomplete download?")
 
 
 def _read_json(file: Path) -> dict:
