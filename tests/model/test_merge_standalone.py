@@ -13,6 +13,7 @@ from PIL import Image
 from transformers import JanusForConditionalGeneration
 
 from unigap.cli import main
+from unigap.errors import UserError
 from unigap.model import UnifiedModel, load_model
 from unigap.model.checkpoint import read_sidecar
 from unigap.model.standalone import save_merged
@@ -123,6 +124,17 @@ def test_merged_checkpoint_keeps_the_base_dtype_and_files(tiny_dir, tmp_path) ->
     assert base_files <= {p.name for p in out.iterdir()}
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     assert (out / "tokenizer.json").read_bytes() == (tiny_dir / "tokenizer.json").read_bytes()
+
+
+def test_merging_a_model_loaded_narrower_than_its_base_is_stored_is_refused(tiny_dir, tmp_path) -> None:
+    """`load_model` defaults to bf16 on a GPU: `save_merged` then wrote every fp32 base weight's bf16 rounding as
+    float32, and turned the caller's model to float32."""
+    adapter = make_adapter(tiny_dir, tmp_path / "adapter", seed=1)
+    um = load_model(tiny_dir, dtype="bfloat16")
+    um.load_adapter(adapter)
+    with pytest.raises(UserError, match="loaded in bfloat16, but .* stores float32: .* dtype='float32'"):
+        save_merged(um, tiny_dir, tmp_path / "merged")
+    assert um.peft is not None and um.dtype == torch.bfloat16 and not (tmp_path / "merged").exists()  # untouched
 
 
 def test_a_merge_where_the_default_dtype_is_bf16_keeps_an_fp32_base_whole(editing_base, adapter, tmp_path, capsys,

@@ -55,11 +55,16 @@ def save_merged(um: UnifiedModel, base_dir: str | os.PathLike, out: str | os.Pat
     if um.peft is None:
         raise ValueError("this model carries no adapter to merge")
     base_dir, out = Path(base_dir), check_new_directory(out)
+    dtype = stored_dtype(base_dir)
+    if dtype is not None and um.dtype != dtype and torch.finfo(um.dtype).eps > torch.finfo(dtype).eps:
+        raise UserError(f"this model was loaded in {str(um.dtype).removeprefix('torch.')}, but {base_dir} stores "
+                        f"{str(dtype).removeprefix('torch.')}: every merged weight would keep the narrower rounding "
+                        f"under the wider name; load it with dtype={str(dtype).removeprefix('torch.')!r} to merge "
+                        "losslessly (`unigap merge` does)")
     um.peft.merge_and_unload()  # LoRA folded into the base layers, trained modules (generation head) put in place
     um.peft = None
-    dtype = stored_dtype(base_dir)
     if dtype is not None:
-        um.model.to(dtype)  # loaded as fp32 on CPU, bf16 on CUDA: saved as the base was
+        um.model.to(dtype)  # saved in the dtype the base is stored in
     with directory_atomically(out) as tmp:
         for file in base_dir.iterdir():
             if file.is_file() and not any(file.match(pattern) for pattern in WEIGHT_FILES):
