@@ -239,3 +239,13 @@ def test_in_bf16_weights_training_starts_exactly_at_the_reference(tmp_path: Path
     DPOTrainer(shipped, config(steps=1), und, gen, tmp_path).train()
     first = read_log(tmp_path)[0]
     assert first["und/rewards/margins"] == first["gen/rewards/margins"] == 0.0
+
+
+def test_a_checkpoint_file_torch_did_not_write_is_one_clear_error(tmp_path) -> None:
+    """A foreign or corrupt checkpoint.pt that is not a zip (an old pickle, a text file) raised UnpicklingError."""
+    from unigap.errors import UserError
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"hello, not a checkpoint at all\n" * 4)
+    for mmap in (False, True):
+        with pytest.raises(UserError, match="cannot read checkpoint"):
+            load_checkpoint(tmp_path, mmap=mmap)

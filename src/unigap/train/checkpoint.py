@@ -9,6 +9,7 @@ The data order needs no state: it is a function of (seed, task, step).
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def load_checkpoint(directory: Path, mmap: bool = False) -> dict[str, Any]:
         raise UserError(f"nothing to resume: no {CHECKPOINT_FILE} in {directory}")
     try:
         return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except (OSError, RuntimeError, EOFError) as exc:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # (the last: a file torch did not write)
         raise UserError(f"cannot read checkpoint {path}: {exc}") from None
 
 
