@@ -166,8 +166,11 @@ def test_a_device_torch_cannot_use_is_one_clear_error(monkeypatch: pytest.Monkey
         loading.default_device_and_dtype("gpu", None)
     with pytest.raises(UserError, match="unknown dtype 'fp16'"):
         loading.default_device_and_dtype("cpu", "fp16")
-    with pytest.raises(UserError, match="dtype must be a floating-point type .*, got int8"):
-        loading.default_device_and_dtype("cpu", "int8")  # (the library failed deep inside loading)
+    for dtype, shown in (("int8", "int8"), ("float8_e4m3fn", "float8_e4m3fn"), (float, "<class 'float'>")):
+        with pytest.raises(UserError, match=f"dtype must be one of float32, bfloat16, float16, float64 .*, got {shown}"):
+            loading.default_device_and_dtype("cpu", dtype)  # (the library failed deep inside loading; float8 and
+            # Python's float passed the floating-point check, to a storage or attribute error)
+    assert loading.default_device_and_dtype("cpu", "bfloat16")[1] == torch.bfloat16
     with pytest.raises(UserError, match="device 'mps' asked for, but this torch cannot use it: "):
         loading.default_device_and_dtype("mps", None)
     assert loading.default_device_and_dtype(None, None) == (torch.device("cpu"), torch.float32)

@@ -116,6 +116,9 @@ def uses_default_system_prompt(directory: Path, settings: dict | None = None) ->
     return bool((settings or {}).get("use_default_system_prompt", True))
 
 
+LOADABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
 def default_device_and_dtype(
     device: str | torch.device | None, dtype: torch.dtype | str | None
 ) -> tuple[torch.device, torch.dtype]:
@@ -139,8 +142,10 @@ def default_device_and_dtype(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise UserError(f"unknown dtype {dtype!r}")
         dtype = getattr(torch, dtype)
-    if dtype is not None and not dtype.is_floating_point:
-        raise UserError(f"dtype must be a floating-point type (float32, bfloat16, float16), got {dtype_name(dtype)}")
+    if dtype is not None and dtype not in LOADABLE_DTYPES:  # (a float8 is floating point, with no storage to load in)
+        shown = dtype_name(dtype) if isinstance(dtype, torch.dtype) else repr(dtype)  # (Python's float, numpy's)
+        raise UserError(f"dtype must be one of float32, bfloat16, float16, float64 (a torch.dtype or its name), "
+                        f"got {shown}")
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return device, dtype
