@@ -44,6 +44,11 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
         raise UserError(f"model path {directory} is not a directory")
     config_file = directory / "config.json"
     if not config_file.is_file():
+        adapter = _read_json(directory / "adapter_config.json")  # (a LoRA adapter given where its base goes)
+        if isinstance(adapter, dict) and adapter:
+            base = adapter.get("base_model_name_or_path") or "BASE"
+            raise UserError(f"{directory} is a LoRA adapter, not a checkpoint: load its base with it, `--model {base} "
+                            f"--adapter {directory}` (in Python, `um = load_model(base); um.load_adapter(adapter)`)")
         raise UserError(f"{directory} is not a transformers checkpoint: it has no config.json")
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
