@@ -31,8 +31,9 @@ def test_word_tokenizer_special_tokens_and_round_trip(tmp_path: Path) -> None:
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert again("RED circle? zebra", add_special_tokens=False)["input_ids"] == ids
     assert again.image_token == IMAGE and again.boi_token == BOI and again.eoi_token == EOI
-    with pytest.raises(ValueError, match="single non-empty words"):
-        build_word_tokenizer(["two words"])
+    for entry in ("two words", "", "top-left", "yes."):  # (the last two took ids no text could ever reach)
+        with pytest.raises(ValueError, match="single words or single punctuation marks"):
+            build_word_tokenizer([entry])
 
 
 def test_tiny_config_obeys_janus_constraints() -> None:

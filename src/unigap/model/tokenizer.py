@@ -30,15 +30,17 @@ def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     = 5/6), then the words in order of first appearance (lowercased, duplicates dropped). Text is split on
     whitespace and punctuation, so "show?" is two tokens; unknown words map to `<unk>`.
     """
+    split = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for word in words:
         word = word.lower()
-        if not word or any(ch.isspace() for ch in word):
-            raise ValueError(f"vocabulary entries must be single non-empty words, got {word!r}")
+        if [piece for piece, _ in split.pre_tokenize_str(word)] != [word]:  # ("top-left", "yes.": never one token)
+            raise ValueError(f"vocabulary entries must be single words or single punctuation marks, as text is split "
+                             f"into, got {word!r}")
         vocab.setdefault(word, len(vocab))
     backend = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
     backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    backend.pre_tokenizer = split
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD,
