@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from unigap.cli import main
 from unigap.errors import UserError
@@ -320,3 +321,26 @@ def test_the_grpo_arm_scores_in_the_studys_micro_batches_and_may_resume_under_ot
     claim(config.scaled(grpo_micro_batch_size=1), tmp_path, "w")  # (refused as other settings before)
     with pytest.raises(UserError, match="grpo_micro_batch_size must be positive"):
         small_config.scaled(grpo_micro_batch_size=0)
+
+
+def test_an_inference_time_arm_judges_its_images_in_the_studys_batches(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    """The refine and best-of-n arms judged all n final images in one forward (about n × 610 tokens on a
+    Janus-Pro: out of memory at --n 1000, after the loop had run); the base judges in batches of --batch-size."""
+    from types import SimpleNamespace
+
+    from unigap.model import load_model
+    from unigap.study.builders import _with_final_images
+
+    um = load_model("tiny")
+    config = SimpleNamespace(n=5, batch_size=2, data_seed=0, model="tiny", refine_rounds=0)
+    runner = SimpleNamespace(config=config, add_win_rate=lambda *args: None,
+                             eval_file=lambda name, seed: tmp_path / name / f"seed{seed}" / "eval.json")
+    judged, judge = [], um.judge
+    monkeypatch.setattr(um, "judge", lambda images, prompts: judged.append(len(images)) or judge(images, prompts))
+    white = Image.new("RGB", (64, 64), "white")
+    _with_final_images(runner, "best-of-n", 0, um, lambda model, specs, seed: ([white] * len(specs), None))
+    report = json.loads((tmp_path / "best-of-n" / "seed0" / "eval.json").read_text())
+    records = report["records"]["generation"]
+    assert [r["index"] for r in records] == list(range(5)) and not any(r["verified"] for r in records)
+    assert judged and max(judged) <= 2  # (the evaluation's own and the final images' judging alike)

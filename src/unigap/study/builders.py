@@ -166,6 +166,7 @@ def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalI
     from unigap.evaluate.critique import self_judge_metrics
     from unigap.evaluate.data import held_out_pairs
     from unigap.evaluate.generation import generation_metrics, judge_images
+    from unigap.evaluate.progress import map_items
 
     c = runner.config
     report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False, progress=False)
@@ -173,7 +174,9 @@ def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalI
     images, rounds = final(um, specs, seed)
     if rounds is not None:
         report["refine"] = {"rounds": rounds}
-    records = judge_images(um, specs, images)
+    records = map_items(list(zip(specs, images, strict=True)), c.batch_size, lambda index, chunk: judge_images(
+        um, [spec for spec, _ in chunk], [image for _, image in chunk], start=index * c.batch_size), "judging",
+        show=False)  # (in the study's batches, as the base's images were judged: not n images in one forward)
     report.update(generation_metrics(records))
     report["self_judge"] = self_judge_metrics(records)
     report["records"]["generation"] = records
