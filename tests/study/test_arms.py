@@ -172,6 +172,9 @@ def test_an_arm_of_any_family_that_trains_on_the_pairs_gets_them(small_config: S
     ("self_improve", {"method": "sft", "epochs": 3}, "arm 'mine' at the study's settings: .*multiple values for "
                                                      "keyword argument 'epochs'"),
     ("train_strategy", {"strategy": "joint", "steps": 9}, "multiple values for keyword argument 'steps'"),
+    # (no pairs built for it: it failed after every base evaluation, or, beside a p1 arm, left the report's losses)
+    ("train_strategy", {"strategy": "joint"}, "arm 'mine': its builder train_strategy trains on the study's "
+                                              "preference pairs; register it with needs_pairs=True"),
 ])
 def test_an_arm_a_stock_builder_cannot_build_fails_before_any_job(small_config: StudyConfig, tmp_path,
                                                                   monkeypatch: pytest.MonkeyPatch, builder: str,

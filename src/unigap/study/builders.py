@@ -57,6 +57,9 @@ def check_options(arm: Arm, config: Any) -> None:
         settings(config, arm, 0)
     except (TypeError, UserError) as exc:  # (an option the settings have no field for, or one the study sets)
         raise UserError(f"arm {arm.name!r} at the study's settings: {exc}") from None
+    if function == "train_strategy" and not arm.needs_pairs:  # (no pairs were built: it failed after every base run)
+        raise UserError(f"arm {arm.name!r}: its builder train_strategy trains on the study's preference pairs; "
+                        "register it with needs_pairs=True, so that the study builds them")
 
 
 def train_strategy(runner: Any, name: str, seed: int) -> None:
