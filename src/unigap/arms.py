@@ -55,6 +55,8 @@ RESERVED = ("base", "prefs", "answer-length")  # the study folder's own entries:
 def register(arm: Arm) -> Arm:
     if arm.name in RESERVED:
         raise ValueError(f"arm name {arm.name!r} is the study's own (reserved: {', '.join(RESERVED)})")
+    if arm.name in FAMILIES:  # (`--methods` reads a family's name first: the arm could never be chosen alone)
+        raise ValueError(f"arm name {arm.name!r} is a family's ({', '.join(FAMILIES)})")
     if arm.family not in FAMILIES or arm.kind not in KINDS:
         raise ValueError(f"arm {arm.name!r}: unknown family {arm.family!r} or kind {arm.kind!r}")
     if not set(arm.requires) <= set(ARMS):

@@ -41,6 +41,9 @@ def test_post_hoc_arms_join_when_their_requirements_run() -> None:
 def test_a_name_registers_once() -> None:
     with pytest.raises(ValueError, match="registered twice"):
         register(Arm("joint", "p1", "trained", "unigap.study.builders:train_strategy"))
+    with pytest.raises(ValueError, match="arm name 'p4' is a family's"):  # (`--methods p4` chose the family instead)
+        register(Arm("p4", "p1", "post-hoc", "unigap.study.builders:oracle"))
+    assert "p4" not in ARMS
 
 
 def test_the_cli_rejects_an_unknown_arm_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
