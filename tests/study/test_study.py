@@ -255,8 +255,12 @@ def test_a_study_from_before_the_edit_scales_resumes_unless_its_arms_edit(tmp_pa
             assert json.loads((out / "study.json").read_text())["edit_image_cfg_scale"] == 1.5  # recorded from now on
             claim(config, out, "w", guidance | {"edit_cfg_scale": 3.0})  # and free to change: no arm of it edits
             assert json.loads((out / "study.json").read_text())["edit_cfg_scale"] == 3.0
-            with pytest.raises(UserError, match=r"edit_cfg_scale: 3.0 → 2.0"):  # until one does
-                claim(small_config.scaled(methods=("refine",)), out, "w", guidance)
+            # an arm that edits joins under the library's scales: the ones recorded while nothing edited held no
+            # numbers (it was refused, and the folder's hours of runs with it)
+            claim(small_config.scaled(methods=("refine",)), out, "w", guidance)
+            assert json.loads((out / "study.json").read_text())["edit_cfg_scale"] == 2.0
+            with pytest.raises(UserError, match=r"edit_cfg_scale: 2.0 → 3.0"):  # from then on they are its own
+                claim(small_config.scaled(methods=("refine",)), out, "w", guidance | {"edit_cfg_scale": 3.0})
 
 
 def test_a_study_is_resumed_in_the_dtype_it_ran_in(tmp_path: Path, small_config: StudyConfig) -> None:

@@ -221,8 +221,10 @@ def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str,
     recorded = {WEIGHTS_KEY: weights, **(edit_guidance or {}), **({DTYPE_KEY: dtype} if dtype else {})}
     defaults = FULL.to_dict() | {WEIGHTS_KEY: weights, DTYPE_KEY: dtype}  # a study from before a setting: its default
     free: tuple[str, ...] = ("methods", "grpo_micro_batch_size")  # (the latter changes only rounding)
-    if edit_guidance and not any(ARMS[m].family == "p3" for m in methods if m in ARMS):  # (the folder's arms too)
-        defaults |= edit_guidance  # arms that never edit: the scales change none of their numbers
+    if edit_guidance and not any(ARMS[m].family == "p3" for m in earlier if m in ARMS):
+        # no arm asked of the folder before edits: the scales changed none of its numbers, and are recorded afresh
+        # for the p3 arms this run may add (not held to values recorded while nothing used them)
+        defaults |= edit_guidance
         free += tuple(edit_guidance)
     claim_settings(out / STUDY_FILE, config.to_dict() | recorded | {"methods": methods}, "study", defaults, free=free)
     return methods[len(earlier):] if earlier else []
