@@ -107,16 +107,22 @@ def test_a_malformed_config_or_another_bases_adapter_is_one_line_and_writes_noth
     refused = {'{"r": 4,': "cannot read .*adapter_config.json", "[]": "must hold a JSON object, got list",
                json.dumps(config | {"lora_alpha": "x"}): "lora_alpha must be a number, got 'x'",
                json.dumps(config | {"base_model_name_or_path": "/elsewhere"}):
-               rf"different shapes: base_model_name_or_path '{re.escape(config['base_model_name_or_path'])}' and "
+               rf"different bases or shapes: base_model_name_or_path '{re.escape(config['base_model_name_or_path'])}' "
+               "and "
                "'/elsewhere'"}
     for i, (text, message) in enumerate(refused.items()):
         with pytest.raises(UserError, match=message):
             soup(und, _copy(gen, tmp_path / f"bad{i}", text), 0.5, tmp_path / "out")
     key = next(k for k in load_file(str(gen / "adapter_model.safetensors")) if k.endswith(".lora_A.weight"))
     other = _copy(gen, tmp_path / "other-base", tensors={key: torch.zeros(config["r"], 3)})
-    with pytest.raises(UserError, match=rf"different shapes: {re.escape(key)} \({config['r']}, 3\) and"):
+    with pytest.raises(UserError, match=rf"different bases or shapes: {re.escape(key)} \({config['r']}, 3\) and"):
         soup(other, und, 0.5, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    import os
+
+    relative = os.path.relpath(config["base_model_name_or_path"])  # (the same base, trained from another folder)
+    assert soup(und, _copy(gen, tmp_path / "relative", config | {"base_model_name_or_path": relative}), 0.5,
+                tmp_path / "out-relative").is_dir()
     unsaid = _copy(gen, tmp_path / "no-alpha", {k: v for k, v in config.items() if k != "lora_alpha"})
     alone = soup(und, unsaid, 0.0, tmp_path / "out")  # λ = 0: that adapter alone, at peft's scaling 8 / r
     for name, delta in delta_weights(alone).items():

@@ -76,15 +76,27 @@ def _matching_adapters(und_dir: str | Path, gen_dir: str | Path) -> tuple[Adapte
     """Both adapters, read and checked to be of one shape (a `UserError` otherwise)."""
     (config_u, tensors_u), (config_g, tensors_g) = _read_adapter(und_dir), _read_adapter(gen_dir)
     differ = [f"{key} {config_u.get(key)!r} and {config_g.get(key)!r}" for key in _MUST_MATCH
-              if config_u.get(key) != config_g.get(key)]
+              if config_u.get(key) != config_g.get(key)
+              and not (key == "base_model_name_or_path" and _same_base(config_u.get(key), config_g.get(key)))]
     if not differ and set(tensors_u) != set(tensors_g):
         differ = ["their tensors' names"]
     if not differ:  # (a base of another size under the same name: the soup's concatenation would fail)
         differ = [f"{key} {tuple(tensors_u[key].shape)} and {tuple(tensors_g[key].shape)}" for key in tensors_u
                   if _shape(key, tensors_u[key]) != _shape(key, tensors_g[key])][:1]
     if differ:
-        raise UserError(f"{und_dir} and {gen_dir} are adapters of different shapes: {'; '.join(differ)}")
+        raise UserError(f"{und_dir} and {gen_dir} are adapters of different bases or shapes: {'; '.join(differ)}")
     return (config_u, tensors_u), (config_g, tensors_g)
+
+
+def _same_base(a: object, b: object) -> bool:
+    """Whether two adapters' recorded bases are one checkpoint by another spelling: the shipped model's name and its
+    path, or a relative and an absolute path to one folder (from here)."""
+    from unigap.model.loading import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(str(a)).resolve() == resolve_checkpoint(str(b)).resolve()
+    except UserError:  # (one no longer there, or never a checkpoint: the names are all there is to compare)
+        return False
 
 
 def _shape(key: str, tensor: torch.Tensor) -> tuple[int, ...]:
