@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -140,9 +141,18 @@ def test_merge_cli_writes_one_soup_per_lambda(adapters: tuple[Path, Path], tmp_p
     assert exc.value.code == 2 and "holds the output of `unigap merge`" in capsys.readouterr().err
     written = (tmp_path / "soup-0.7" / "adapter_model.safetensors").read_bytes()
     with pytest.raises(SystemExit) as exc:  # a second run into the same --out never writes over a soup
-        main(["merge", "--und", str(adapters[1]), "--gen", str(adapters[0]), "--out", str(tmp_path), "--lambda", "0.1",
+        main(["merge", "--und", str(adapters[0]), "--gen", str(adapters[1]), "--out", str(tmp_path), "--lambda", "0.1",
               "--lambda", "0.7"])
     assert exc.value.code == 2 and f"--out {tmp_path} already holds soup-0.7;" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # nor adds soups of other adapters (its record named them for all)
+        main(["merge", "--und", str(adapters[1]), "--gen", str(adapters[0]), "--out", str(tmp_path), "--lambda", "0.1"])
+    assert exc.value.code == 2 and f"--out {tmp_path} holds soups of other adapters (--und {adapters[0]} --gen " \
+        f"{adapters[1]})" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # the same adapters' soup at another λ joins them
+        main(["merge", "--und", str(adapters[0]), "--gen", str(adapters[1]), "--out", str(tmp_path), "--lambda", "0.1"])
+    assert exc.value.code == 0 and (tmp_path / "soup-0.1").is_dir()
+    assert json.loads((tmp_path / "manifest.json").read_text())["config"]["lambdas"] == [0.3, 0.5, 0.7, 0.1]
+    shutil.rmtree(tmp_path / "soup-0.1")  # (the listing below is the earlier soups')
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "soup-0.3", "soup-0.5", "soup-0.7"]
     assert (tmp_path / "soup-0.7" / "adapter_model.safetensors").read_bytes() == written
     for lambdas, message, gen in ((["0.2", "0.2"], "name the same soup twice", adapters[1]),

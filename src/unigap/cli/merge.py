@@ -41,7 +41,12 @@ def merge(
         chosen = tuple(lam + 0.0 for lam in lambdas or SOUP_LAMBDAS)  # (-0 is 0: one soup, not soup--0 beside it)
         if (out / "config.json").exists() or merged_adapters(str(out)):  # (its manifest would be replaced)
             raise UserError(f"--out {out} holds a checkpoint `merge --model --adapter` wrote; choose another --out")
-        earlier = ((read_record(out / MANIFEST_FILE) or {}).get("config") or {}).get("lambdas") or []
+        before = (read_record(out / MANIFEST_FILE) or {}).get("config") or {}
+        if any(before.get(side) and Path(before[side]).resolve() != path.resolve()
+               for side, path in (("und", und), ("gen", gen))):  # (its record would name them for the earlier soups)
+            raise UserError(f"--out {out} holds soups of other adapters (--und {before.get('und')} --gen "
+                            f"{before.get('gen')}); choose another --out")
+        earlier = before.get("lambdas") or []
         with manifest("merge", {"und": str(und), "gen": str(gen), "lambdas": [*earlier, *chosen]}) as record:
             written = soups(und, gen, out, chosen)
         write_manifest(out, record)  # (OUT is the merge's: another command's run is not written beside its soups)
