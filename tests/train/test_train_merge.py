@@ -212,3 +212,17 @@ def test_oracle_routes_understanding_and_generation(tiny_dir: Path, adapters: tu
     torch.testing.assert_close(image_lp, single["gen"][1])
     assert not torch.allclose(single["und"][1], single["gen"][1])  # the routing is visible
     assert oracle.num_image_tokens == 64
+    with torch.no_grad():  # (image_token_logprobs, edit and edit_token_logprobs ran under the und adapter)
+        torch.testing.assert_close(oracle.image_token_logprobs(prompts, tokens).sum(-1), single["gen"][1])
+
+
+def test_the_oracle_routes_every_method_of_the_model_that_runs_the_llm() -> None:
+    """A method missing from both routing sets runs under the und adapter whatever its task."""
+    import inspect
+
+    from unigap.model.unified import UnifiedModel
+    from unigap.train.oracle import GENERATION_CALLS, UNDERSTANDING_CALLS, UNROUTED_CALLS
+
+    methods = {name for name, value in vars(UnifiedModel).items() if inspect.isfunction(value) and name[0] != "_"}
+    assert methods == UNDERSTANDING_CALLS | GENERATION_CALLS | UNROUTED_CALLS
+    assert not UNDERSTANDING_CALLS & GENERATION_CALLS

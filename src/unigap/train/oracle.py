@@ -16,8 +16,14 @@ from unigap.model.unified import UnifiedModel
 
 UND_ADAPTER = "default"  # the name `UnifiedModel.load_adapter` gives
 GEN_ADAPTER = "gen"
-UNDERSTANDING_CALLS = frozenset({"answer", "answer_logprobs", "judge", "judge_generate"})
-GENERATION_CALLS = frozenset({"generate_images", "image_logprobs"})
+# every method of `UnifiedModel` that runs the LLM, by task (a test holds each new method to one of these sets)
+UNDERSTANDING_CALLS = frozenset({"answer", "sample_answers", "answer_logprobs", "answer_token_logprobs",
+                                 "grouped_answer_logprobs", "judge", "judge_generate", "reflect"})
+GENERATION_CALLS = frozenset({"generate_images", "edit", "image_logprobs", "image_token_logprobs",
+                              "edit_token_logprobs"})
+# and those that do not: the VQ's, and the adapters' bookkeeping (the wrapped model's, unrouted)
+UNROUTED_CALLS = frozenset({"encode_images", "decode_tokens", "save", "add_lora", "load_adapter", "fingerprint",
+                            "save_adapter", "adapters_disabled", "shared_lora_parameters", "trainable_parameters"})
 
 
 class SeparateLoraOracle:
