@@ -170,6 +170,10 @@ def test_diagnose_reads_pairs_in_trls_convention(built, tiny_dir: Path, tmp_path
          "chosen and rejected are the same"),
         ({"prompt": "a red circle", "chosen_ids": [1, 2], "rejected_ids": [1, 2]}, "chosen and rejected are the same"),
         ({"prompt": "a red circle", "chosen_image": "x.png", "rejected_image": "x.png"}, "chosen and rejected are the"),
+        # plain strings were compared as written (a conversation's parts are stripped): these loaded
+        ({"prompt": "Q?", "chosen": "triangle", "rejected": " triangle ", "image": "x.png"}, "chosen and rejected are"),
+        ({"prompt": "Q?", "chosen": "   ", "rejected": "b", "image": "x.png"}, "'chosen' holds no text"),
+        ({"prompt": "  ", "chosen": "a", "rejected": "b", "image": "x.png"}, "'prompt' holds no text"),
     ],
 )
 def test_a_malformed_trl_row_names_file_and_line(tmp_path: Path, row: dict, message: str) -> None:
@@ -273,3 +277,15 @@ def test_export_names_the_line_of_a_bad_row_and_refuses_a_mixed_file(built, tmp_
     missing.write_text(json.dumps(rows[0]) + "\n" + json.dumps(stored) + "\n")
     code, _, err = run_main(capsys, ["prefs", "export", str(missing), "--out", str(tmp_path / "n.jsonl")])
     assert code == 2 and f"{missing}:2: cannot read image nope.png" in err and not (tmp_path / "n.jsonl").exists()
+
+
+def test_a_generation_row_whose_two_images_are_one_picture_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    """Images were compared as cells: "a.png" and "./a.png", or two files of one picture, trained as a pair."""
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "a.png")
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "b.png")
+    path = tmp_path / "gen.jsonl"
+    for rejected in ("./a.png", "b.png"):
+        path.write_text(json.dumps({"prompt": "a red circle", "chosen_image": "a.png", "rejected_image": rejected})
+                        + "\n")
+        with pytest.raises(UserError, match=rf"{path}:1: chosen and rejected are the same .*encode to the same image"):
+            load_pairs(path, "gen", load_model(tiny_dir))

@@ -38,7 +38,8 @@ def trl_task(row: dict[str, Any]) -> str:
 
 
 def _text(value: Any, role: str) -> str:
-    """A plain string, or the text parts of a conversational message list's `role` messages."""
+    """A plain string (as written), or the text parts of a conversational message list's `role` messages (each
+    stripped)."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
@@ -86,7 +87,7 @@ SAME_SIDES = "chosen and rejected are the same (a pair that prefers nothing)"
 
 def trl_problem(row: dict[str, Any]) -> str:
     """Why a TRL-convention row is malformed ('' when it is fine)."""
-    if not _text(row["prompt"], "user"):
+    if not _text(row["prompt"], "user").strip():  # (compared stripped, as a conversation's parts are)
         return "'prompt' holds no text (a string, or a conversation with a user message)"
     if trl_task(row) == "gen":
         if not has_ids(row):
@@ -98,9 +99,9 @@ def trl_problem(row: dict[str, Any]) -> str:
             return f"{bad!r} must be a non-empty list of integer token ids"
         return SAME_SIDES if row["chosen_ids"] == row["rejected_ids"] else ""
     for side in ("chosen", "rejected"):
-        if not _text(row.get(side), "assistant"):
+        if not _text(row.get(side), "assistant").strip():
             return f"{side!r} holds no text (a string, or a conversation with an assistant message)"
-    if _text(row["chosen"], "assistant") == _text(row["rejected"], "assistant"):
+    if _text(row["chosen"], "assistant").strip() == _text(row["rejected"], "assistant").strip():
         return SAME_SIDES
     images = _und_images(row)
     if not isinstance(images, list) or len(images) != 1:
@@ -140,6 +141,8 @@ def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -
         else:
             images = [image_cell(row, base, where, f"{side}_image") for side in ("chosen", "rejected")]
             chosen, rejected = (tuple(ids) for ids in um.encode_images(images).tolist())
+            if chosen == rejected:  # (one file under two names, two files of one picture, or two the VQ reads alike)
+                raise UserError(f"{where}: {SAME_SIDES}: its two images encode to the same image tokens")
         pairs.append(GenerationPair(prompt, chosen, rejected, math.nan, math.nan))
     return rescored(um, pairs)
 
