@@ -174,6 +174,8 @@ def test_diagnose_reads_pairs_in_trls_convention(built, tiny_dir: Path, tmp_path
         ({"prompt": "Q?", "chosen": "triangle", "rejected": " triangle ", "image": "x.png"}, "chosen and rejected are"),
         ({"prompt": "Q?", "chosen": "   ", "rejected": "b", "image": "x.png"}, "'chosen' holds no text"),
         ({"prompt": "  ", "chosen": "a", "rejected": "b", "image": "x.png"}, "'prompt' holds no text"),
+        ({"chosen": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "a"}], "rejected": "b"},
+         "a row in TRL's convention needs its 'prompt' column"),  # (was "kind must be one of ..., got None")
     ],
 )
 def test_a_malformed_trl_row_names_file_and_line(tmp_path: Path, row: dict, message: str) -> None:

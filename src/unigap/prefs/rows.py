@@ -77,6 +77,9 @@ def _problem(row: Any) -> str:
         return "not a JSON object"
     if is_trl_row(row):
         return trl_problem(row)
+    if "kind" not in row and any(key in row for key in ("chosen", "rejected", "chosen_image", "rejected_image")):
+        return ("a row in TRL's convention needs its 'prompt' column (TRL's implicit-prompt rows, whose chosen and "
+                "rejected conversations carry the prompt, are not read: give the prompt its own column)")
     if row.get("kind") not in KINDS:
         return f"kind must be one of {', '.join(KINDS)}, got {row.get('kind')!r}"
     for name, kind in (_COMMON | _BY_KIND[task_of(row["kind"])]).items():
