@@ -150,3 +150,19 @@ def test_an_object_index_the_scene_lacks_is_one_line():
     scene = sample_scene_for(sample_spec(np.random.default_rng(0), "single_object"), np.random.default_rng(0))
     with pytest.raises(UserError, match=f"index 9 names no object of a scene with {len(scene.objects)}"):
         damage_scene(scene, np.random.default_rng(0), "warped", index=9)
+
+
+@pytest.mark.parametrize(("kind", "seed", "color"), [("speck", 156, "red"), ("edge", 25, "green")])
+def test_on_a_small_canvas_damage_the_rule_misreads_is_drawn_again(kind: str, seed: int, color: str) -> None:
+    """At 32 px a speck (sized for 64 px, never scaled down) outgrew its small circle's room and fused with the
+    square beside it, which the rule still counted; and 2 px of a small square off the edge left a rest that is a
+    shape, which the rule called of none. Both pictures contradicted their labels: such a damage is drawn again."""
+    from unigap.world.scene import Scene, SceneObject
+
+    scene = Scene(32, (SceneObject("square", color, "small", 16, 16),))
+    assert damage_scene(scene, seed, kind) is None
+    for draw in range(40):  # and what is drawn there is read as the rule says
+        damaged = damage_scene(scene, draw, kind)
+        if damaged is not None:
+            assert sorted((o.shape, o.color) for o in detect(render_damaged(damaged), 32)) == sorted(
+                (o.shape, o.color) for o in rule_objects(damaged)), draw

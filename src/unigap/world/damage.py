@@ -310,8 +310,9 @@ def damage_scene(
             return None
         _draw(draw, moved, geo)
         visible = _painted_box(image, obj.color, box)
-        if visible is None:
-            return None
+        if visible is None or not _no_shape((np.asarray(image)[visible[1] : visible[3] + 1, visible[0] : visible[2] + 1]
+                                             == PALETTE[obj.color]).all(axis=-1)):
+            return None  # (on a canvas under 40 px, 2 px off the edge can leave a small box's rest a shape)
         objects[index] = _unknown_at(objects[index], visible)
         return _result(scene, kind, side, image, objects)
     # merged / occluded: a twin overlapping the object's box along one axis
@@ -347,6 +348,13 @@ def damage_scene(
     return _result(scene, kind, "", image, objects)
 
 
+def _touches(after: np.ndarray, before: np.ndarray) -> bool:
+    """Whether what was drawn between `before` and `after` touches (8-neighbours) anything drawn before it: two
+    objects that touch read as one blob, which the rule would count as two."""
+    drawn = (after != before).any(axis=-1)
+    return bool((ndimage.binary_dilation(drawn, structure=EIGHT) & (before != BACKGROUND).any(axis=-1)).any())
+
+
 def speck_sizes(canvas: int) -> tuple[tuple[int, int], int]:
     """`SPECK_RADIUS` and `SPECK_AREA` scaled up to a canvas above 64 px as the verifier's smallest object is
     (lengths by the side, areas by its square), so that a speck stays above that floor: at 128 px the 64-px sizes
@@ -376,7 +384,10 @@ def _clutter(scene: Scene, rng: np.random.Generator, kind: str, objects: list[Th
         points = next((p for p in blobs if _blob_mask_is_no_shape(p, scene.canvas, area)), None)
         if points is None:
             return None
+        before = np.asarray(image).copy()
         draw.polygon(points, fill=PALETTE[spot.color])
+        if _touches(np.asarray(image), before):  # (on a canvas under 64 px a speck outgrows a small circle's room)
+            return None
         placed.append(spot)
         box = _painted_box(image, spot.color, _box(spot, scene.geometry))
         if box is None:
