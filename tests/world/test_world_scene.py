@@ -61,6 +61,14 @@ def test_sampling_is_deterministic_in_the_seed():
     assert sample_scene(np.random.default_rng(6)) != a[0]
 
 
+@pytest.mark.parametrize("n_objects", [2.5, True, 0, 5])
+def test_a_scene_of_no_whole_number_of_objects_is_one_line(n_objects) -> None:
+    """2.5 failed inside `range`, and True drew one object."""
+    with pytest.raises(UserError, match="n_objects must be a whole number|a scene holds 1-4 objects"):
+        sample_scene(0, n_objects=n_objects)
+    assert len(sample_scene(0, n_objects=3.0).objects) == 3  # (a JSON number like 3.0 is three)
+
+
 def test_scenes_are_canonical_and_round_trip():
     objs = (SceneObject("circle", "red", "small", 40, 20), SceneObject("square", "blue", "large", 15, 40))
     assert Scene(64, objs) == Scene(64, objs[::-1])

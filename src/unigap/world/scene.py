@@ -270,7 +270,10 @@ def sample_scene(
 ) -> Scene:
     """A random scene with `n_objects` (default: uniform 1-4) uniformly random objects."""
     rng = as_generator(rng)
-    n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else n_objects
+    try:  # (2.5 failed in `range`, True drew one object)
+        n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else whole_number(n_objects)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"n_objects must be a whole number: {exc}") from None
     if not 1 <= n <= MAX_OBJECTS:
         raise UserError(f"a scene holds 1-{MAX_OBJECTS} objects, got {n}")
     for _ in range(RESTARTS):
