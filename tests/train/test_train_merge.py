@@ -226,3 +226,29 @@ def test_the_oracle_routes_every_method_of_the_model_that_runs_the_llm() -> None
     methods = {name for name, value in vars(UnifiedModel).items() if inspect.isfunction(value) and name[0] != "_"}
     assert methods == UNDERSTANDING_CALLS | GENERATION_CALLS | UNROUTED_CALLS
     assert not UNDERSTANDING_CALLS & GENERATION_CALLS
+
+
+def test_soups_added_to_a_folder_are_matched_by_content_not_by_how_a_path_was_typed(
+        adapters: tuple[Path, Path], tmp_path: Path, capsys, monkeypatch) -> None:
+    """The manifest kept --und/--gen as typed: the same adapters typed from another folder were refused, and others
+    typed alike from another folder were added (the record naming one pair for soups of two)."""
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        for side, adapter in zip(("und", "gen"), adapters, strict=True):
+            shutil.copytree(adapter, tmp_path / run / side)
+    (tmp_path / "b" / "gen" / "adapter_config.json").write_text(  # (b's gen adapter: other content)
+        (tmp_path / "b" / "gen" / "adapter_config.json").read_text().replace("{", '{"revision": null, ', 1))
+    soups = tmp_path / "soups"
+    monkeypatch.chdir(tmp_path / "a")
+    assert main_code(["merge", "--und", "und", "--gen", "gen", "--out", str(soups), "--lambda", "0.5"]) == 0
+    monkeypatch.chdir(tmp_path)  # the same adapters, typed from elsewhere: added
+    assert main_code(["merge", "--und", "a/und", "--gen", "a/gen", "--out", str(soups), "--lambda", "0.3"]) == 0
+    monkeypatch.chdir(tmp_path / "b")  # others typed alike: refused
+    assert main_code(["merge", "--und", "und", "--gen", "gen", "--out", str(soups), "--lambda", "0.7"]) == 2
+    assert "holds soups of other adapters" in capsys.readouterr().err and not (soups / "soup-0.7").exists()
+
+
+def main_code(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return exc.value.code

@@ -36,18 +36,21 @@ def merge(
         if und is None or gen is None:
             raise UserError("adapter soups need both --und and --gen")
         from unigap.manifest import MANIFEST_FILE, manifest, read_record, write_manifest
+        from unigap.model.lora import adapter_fingerprint
         from unigap.train.merge import soups
 
         chosen = tuple(lam + 0.0 for lam in lambdas or SOUP_LAMBDAS)  # (-0 is 0: one soup, not soup--0 beside it)
         if (out / "config.json").exists() or merged_adapters(str(out)):  # (its manifest would be replaced)
             raise UserError(f"--out {out} holds a checkpoint `merge --model --adapter` wrote; choose another --out")
         before = (read_record(out / MANIFEST_FILE) or {}).get("config") or {}
-        if any(before.get(side) and Path(before[side]).resolve() != path.resolve()
-               for side, path in (("und", und), ("gen", gen))):  # (its record would name them for the earlier soups)
+        sides = {"und": und, "gen": gen}
+        adapters = {side: str(path.resolve()) for side, path in sides.items()} | {
+            f"{side}_fingerprint": adapter_fingerprint(path) for side, path in sides.items() if path.is_dir()}
+        if _other_adapters(before, adapters):  # (its record would name these for the earlier soups too)
             raise UserError(f"--out {out} holds soups of other adapters (--und {before.get('und')} --gen "
                             f"{before.get('gen')}); choose another --out")
         earlier = before.get("lambdas") or []
-        with manifest("merge", {"und": str(und), "gen": str(gen), "lambdas": [*earlier, *chosen]}) as record:
+        with manifest("merge", adapters | {"lambdas": [*earlier, *chosen]}) as record:
             written = soups(und, gen, out, chosen)
         write_manifest(out, record)  # (OUT is the merge's: another command's run is not written beside its soups)
         for path in written:
@@ -58,6 +61,15 @@ def merge(
     if lambdas:
         raise UserError("--lambda applies to adapter soups (--und/--gen) only")
     _fold(model, adapter, out)
+
+
+def _other_adapters(before: dict, now: dict) -> bool:
+    """Whether an earlier soups run into the same folder souped other adapters: by content where it recorded it, else
+    by path (recorded as typed before: read from here, as best it can be)."""
+    keys = [f"{side}_fingerprint" for side in ("und", "gen")]
+    if all(key in before and key in now for key in keys):  # (an adapter missing now: the soups say so themselves)
+        return any(before[key] != now[key] for key in keys)
+    return any(before.get(side) and Path(before[side]).resolve() != Path(now[side]) for side in ("und", "gen"))
 
 
 def _fold(model: str, adapter: Path, out: Path) -> None:
