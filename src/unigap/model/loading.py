@@ -47,8 +47,10 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
         adapter = _read_json(directory / "adapter_config.json")  # (a LoRA adapter given where its base goes)
         if isinstance(adapter, dict) and adapter:
             base = adapter.get("base_model_name_or_path") or "BASE"
-            raise UserError(f"{directory} is a LoRA adapter, not a checkpoint: load its base with it, `--model {base} "
-                            f"--adapter {directory}` (in Python, `um = load_model(base); um.load_adapter(adapter)`)")
+            raise UserError(f"{directory} is a LoRA adapter, not a checkpoint: pass its base, --model {base}, with "
+                            f"--adapter {directory} where the command takes one (`unigap merge --model {base} "
+                            f"--adapter {directory} --out DIR` makes one checkpoint of both; in Python, "
+                            "`um = load_model(base); um.load_adapter(adapter)`)")
         raise UserError(f"{directory} is not a transformers checkpoint: it has no config.json")
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
