@@ -554,7 +554,7 @@ def test_a_stage_resumed_on_another_kind_of_device_is_warned_of(tmp_path: Path) 
         run_module.warn_other_numerics(path, {"device": "cuda"}, cpu)
     other = torch.get_num_threads() + 1
     with pytest.warns(UnigapWarning, match=f"joint.pt was trained with {other} torch threads so far and goes on with "
-                                           f"{torch.get_num_threads()}: .* OMP_NUM_THREADS={other}"):
+                                           f"{torch.get_num_threads()}: .* UNIGAP_NUM_THREADS={other}"):
         run_module.warn_other_numerics(path, {"device": "cpu", "threads": other}, cpu)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

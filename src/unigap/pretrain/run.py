@@ -202,7 +202,7 @@ def warn_other_numerics(path: Path, saved: dict, device: torch.device) -> None:
     elif saved.get("threads") is not None and now.get("threads") not in (None, saved["threads"]):
         warnings.warn(f"{path} was trained with {saved['threads']} torch threads so far and goes on with "
                       f"{now['threads']}: the weights will differ from an unbroken run's in float rounding (set "
-                      f"OMP_NUM_THREADS={saved['threads']} to keep to one)", UnigapWarning, stacklevel=2)
+                      f"UNIGAP_NUM_THREADS={saved['threads']} to keep to one)", UnigapWarning, stacklevel=2)
 
 
 def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out: Path, show: bool,
