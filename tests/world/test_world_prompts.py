@@ -167,6 +167,7 @@ def test_semantics_on_constructed_scenes():
 def test_every_public_function_taking_a_prompt_takes_its_text():
     """`as_spec` promised prompt text everywhere; these raised AttributeError on a string ('str' has no 'category')."""
     from unigap.world import break_scene, diff, distance, is_valid_fix, near_misses, reflection_answer, render
+    from unigap.world.edits import candidate_edits
     from unigap.world.scoring import image_score
 
     text, other = "a red circle", "a blue circle"
@@ -177,6 +178,7 @@ def test_every_public_function_taking_a_prompt_takes_its_text():
     margin = scene.geometry.margin
     for function in (distance, diff, reflection_answer):
         assert function(scene.objects, other, margin) == function(scene.objects, other_spec, margin)
+    assert candidate_edits(scene.objects, other) == candidate_edits(scene.objects, other_spec)
     fix = diff(scene.objects, other_spec, margin)[0]
     assert is_valid_fix(scene.objects, other, fix, margin) and is_valid_fix(scene.objects, other_spec, fix, margin)
     assert break_scene(scene, text, np.random.default_rng(1)) == break_scene(scene, spec, np.random.default_rng(1))

@@ -346,14 +346,14 @@ def _references(objects: Sequence[Placed]) -> list[Ref]:
     return [refs[i] for i in sorted(refs)]
 
 
-def candidate_edits(objects: Sequence[Placed], spec: PromptSpec | None = None) -> list[Edit]:
+def candidate_edits(objects: Sequence[Placed], spec: PromptSpec | str | None = None) -> list[Edit]:
     """Every edit worth trying on these objects, each object named by its most specific reference.
 
     Given the prompt, edits that cannot lower its distance are left out: an added object that matches
     none of its items only adds to the count, and a move only changes relations, which only position
     prompts have. The diff is the same either way (a test checks), only cheaper.
     """
-    refs = _references(objects)
+    spec, refs = None if spec is None else as_spec(spec), _references(objects)
     edits = [Edit("recolour", ref, color=c) for ref in refs for c in COLORS if c != ref.color]
     edits += [Edit("remove", ref) for ref in refs]
     if spec is None or spec.category == "position":
