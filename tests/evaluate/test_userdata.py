@@ -383,6 +383,12 @@ def test_answers_read_alike_from_every_format_and_a_given_answer_is_the_one_matc
                                           "kind": "count"}) + "\n")
     read = [[(item.question.answers, item.question.kind) for item in read_understanding_data(p)] for p in (csv, jsonl)]
     assert read[0] == read[1] == [(("3",), "all"), (("2.5",), "count")]  # (a NaN kind was the group "nan")
+    # an answer written with a decimal point is kept as written, in a column of words (a price, a version)
+    csv.write_text(f"image,question,answer\n{image_file},Price?,10.00\n{image_file},Version?,3.0\n"
+                   f"{image_file},Colour?,red\n")
+    jsonl.write_text(json.dumps({"image": image_file, "question": "Price?", "answer": "10.00"}) + "\n")
+    assert [item.question.answers for item in read_understanding_data(csv)] == [("10.00",), ("3.0",), ("red",)]
+    assert read_understanding_data(jsonl)[0].question.answers == ("10.00",)  # (was "10": "10.00" scored 0)
     assert _answers({"answer": "blue", "answers": ["navy", "blue", "blue"]}, "r") == ("blue", "navy", "blue")
     assert _answers({"answer": "Yes ", "answers": ["no", "yes"]}, "r") == ("yes", "no")  # (as the scorer reads it)
     assert _answers({"answer": float("nan"), "answers": ["a", "b"]}, "r") == ("a", "b")  # (a gap in the column)

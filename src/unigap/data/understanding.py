@@ -49,16 +49,24 @@ class UserItem:
         return self.stored.to_pixels()
 
 
-WHOLE_FLOAT = re.compile(r"[+-]?\d{1,15}\.0*")  # pandas' whole number of a float column in CSV (exact as a float)
+FLOAT_CELL = re.compile(r"[+-]?\d+\.\d+([eE][+-]?\d+)?")  # a float as pandas writes it in CSV ("3.0", "2.5")
+WHOLE_FLOAT = re.compile(r"[+-]?\d{1,15}\.0")  # pandas' whole number of a float column (exact as a float)
 
 
-def _answer_text(value: Any) -> str | None:
-    """An answer as text: a string, a whole number (VQA's counts, often stored as integers, or as floats where pandas
-    wrote a column with a missing value, "3.0" in its CSV), or VQAv2's `{"answer": ...}` record; None for anything
-    else (NaN too)."""
+def _a_float_column(rows: list[tuple[str, dict[str, Any]]], column: str) -> bool:
+    """Whether a CSV column is what pandas writes of a float column (every filled cell a float's repr, a missing
+    value having made a column of counts float): only there is "3.0" the count 3, not an answer written "3.0"."""
+    cells = [row[column].strip() for _, row in rows if isinstance(row.get(column), str) and row[column].strip()]
+    return bool(cells) and all(FLOAT_CELL.fullmatch(cell) for cell in cells)
+
+
+def _answer_text(value: Any, whole_floats: bool = False) -> str | None:
+    """An answer as text: a string (as written: "10.00" is a price, not 10), a whole number (VQA's counts, often
+    stored as integers, or as floats: "3.0" in a CSV column that `whole_floats` says pandas wrote of floats), or
+    VQAv2's `{"answer": ...}` record; None for anything else (NaN too)."""
     if isinstance(value, dict):
         value = value.get("answer")
-    if isinstance(value, str) and WHOLE_FLOAT.fullmatch(value.strip()):
+    if whole_floats and isinstance(value, str) and WHOLE_FLOAT.fullmatch(value.strip()):
         value = float(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -67,12 +75,12 @@ def _answer_text(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _answers(row: dict[str, Any], where: str) -> tuple[str, ...]:
+def _answers(row: dict[str, Any], where: str, whole_floats: bool = False) -> tuple[str, ...]:
     """The row's reference answers, its `answer` first where it gives both (the one exact match compares with: the
-    soft score does not depend on their order)."""
+    soft score does not depend on their order); `whole_floats`: its `answer` cell is pandas' float (`_answer_text`)."""
     if row.get("answers") not in (None, ""):  # (a CSV row that fills only `answer` leaves `answers` empty)
         answers = _references(row, where)
-        answer = _answer_text(row.get("answer"))  # (None where absent, blank or NaN: a gap in a pandas column)
+        answer = _answer_text(row.get("answer"), whole_floats)  # (None where absent, blank or NaN: a pandas gap)
         if answer is None:
             return answers
         folded = [" ".join(a.lower().split()) for a in (answer, *answers)]  # ("Yes" is "yes"; "yes " is "yes")
@@ -83,7 +91,7 @@ def _answers(row: dict[str, Any], where: str) -> tuple[str, ...]:
         return (answers[same], *answers[:same], *answers[same + 1:])
     if "answer" not in row:
         raise UserError(f"{where}: needs an 'answer' or an 'answers' column (it has {', '.join(map(repr, row))})")
-    answer = _answer_text(row["answer"])
+    answer = _answer_text(row["answer"], whole_floats)
     if answer is None:
         raise UserError(f"{where}: 'answer' must be a non-empty string or a whole number")
     return (answer,)
@@ -113,12 +121,14 @@ def read_understanding_data(path: str | Path, n: int | None = None) -> list[User
     if n is not None and n < 1:
         raise UserError(f"--n must be positive, got {n}")
     base = base_folder(path)
+    rows = read_table(path)
+    whole_floats = Path(path).suffix.lower() == ".csv" and _a_float_column(rows, "answer")  # (the whole column's)
     items = []
-    for index, (where, row) in enumerate(read_table(path)[:n]):
+    for index, (where, row) in enumerate(rows[:n]):
         kind = row.get("kind")
         missing = not kind or isinstance(kind, float) and math.isnan(kind)  # (NaN: a gap in a pandas column)
         question = UserQuestion(DEFAULT_KIND if missing else str(kind), text_cell(row, "question", where),
-                                _answers(row, where))
+                                _answers(row, where, whole_floats))
         items.append(UserItem(index, stored_image(row, base, where), question, where))
     return items
 
