@@ -396,6 +396,19 @@ def test_answers_read_alike_from_every_format_and_a_given_answer_is_the_one_matc
         _answers({"answer": "red", "answers": ["navy", "blue"]}, "r")
 
 
+def test_an_integer_coded_kind_of_zero_is_a_kind_not_all(tmp_path, image_file):
+    """`not kind` folded the type column's class 0 (and 0.0, pandas' float of it) into "all", the rows with none."""
+    path = tmp_path / "und.jsonl"
+    kinds = [0, 1, 0.0, 2.0, "", None, "colour"]
+    path.write_text("".join(json.dumps({"image": image_file, "question": "Q?", "answer": "a", "kind": kind}) + "\n"
+                            for kind in kinds))
+    assert [item.question.kind for item in read_understanding_data(path)] == ["0", "1", "0", "2", "all", "all",
+                                                                             "colour"]
+    path.write_text(json.dumps({"image": image_file, "question": "Q?", "answer": "a", "kind": ["x"]}) + "\n")
+    with pytest.raises(UserError, match=r":1: 'kind' must be text or a number, got \['x'\]"):
+        read_understanding_data(path)
+
+
 def test_images_are_read_upright_and_16_bit_by_their_depth_not_their_values(tmp_path):
     """A camera's JPEG is stored sideways with an EXIF orientation, which `datasets` and transformers apply; a 16-bit
     PGM opens as mode I, and a dark one (no value over 255) was read as 8-bit, near white."""

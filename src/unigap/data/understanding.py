@@ -114,6 +114,19 @@ def _references(row: dict[str, Any], where: str) -> tuple[str, ...]:
     return tuple(answers)
 
 
+def _kind(value: Any, where: str) -> str:
+    """A row's question kind as a group name: text, or a number (an integer-coded type column: 0 is a kind too, not
+    "all"); `DEFAULT_KIND` where the cell is absent, blank or NaN (a gap in a pandas column)."""
+    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float)
+                                                                           and math.isnan(value)):
+        return DEFAULT_KIND
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # (pandas' float of an integer column with a gap: 0.0 is kind 0)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise UserError(f"{where}: 'kind' must be text or a number, got {value!r}")
+    return str(value)
+
+
 def read_understanding_data(path: str | Path, n: int | None = None) -> list[UserItem]:
     """The first n items (all when n is None or the file has fewer); every row up to them checked, each image
     decoded once, so a bad row fails here, naming `FILE:LINE`, before a model is loaded or anything is written (the
@@ -125,9 +138,7 @@ def read_understanding_data(path: str | Path, n: int | None = None) -> list[User
     whole_floats = Path(path).suffix.lower() == ".csv" and _a_float_column(rows, "answer")  # (the whole column's)
     items = []
     for index, (where, row) in enumerate(rows[:n]):
-        kind = row.get("kind")
-        missing = not kind or isinstance(kind, float) and math.isnan(kind)  # (NaN: a gap in a pandas column)
-        question = UserQuestion(DEFAULT_KIND if missing else str(kind), text_cell(row, "question", where),
+        question = UserQuestion(_kind(row.get("kind"), where), text_cell(row, "question", where),
                                 _answers(row, where, whole_floats))
         items.append(UserItem(index, stored_image(row, base, where), question, where))
     return items
