@@ -113,6 +113,23 @@ def test_a_dataset_keeps_lists_of_images_encoded(tmp_path):
     assert isinstance(row["images"][0]["bytes"], bytes) and row["prompt"] == "What color?"
 
 
+def test_a_datasets_class_labels_are_read_as_their_names(tmp_path):
+    """Read raw, a `ClassLabel` answer or kind column held its integer codes: every "yes" reference was "1", and a
+    model answering "yes" scored 0."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "answer": datasets.ClassLabel(names=["no", "yes"]),
+                                  "kind": datasets.ClassLabel(names=["colour", "count"]),
+                                  "tags": datasets.Sequence(datasets.ClassLabel(names=["a", "b"]))})
+    rows = {"image": [Image.new("RGB", (8, 8), RED)] * 2, "question": ["Red?"] * 2, "answer": [1, 0],
+            "kind": [0, 1], "tags": [[1, 0], []]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    assert [row["tags"] for _, row in read_table(tmp_path / "ds")] == [["b", "a"], []]
+    items = read_understanding_data(tmp_path / "ds")
+    assert [(item.question.answers, item.question.kind) for item in items] == [(("yes",), "colour"),
+                                                                               (("no",), "count")]
+
+
 def test_images_are_kept_as_stored_and_decoded_when_used(tmp_path, image_file):
     """A user's file of many photos is checked once, then held as paths or bytes, not as pixel arrays."""
     path = tmp_path / "und.jsonl"

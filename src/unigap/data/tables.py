@@ -132,11 +132,31 @@ def _dataset_rows(path: Path) -> list[Row]:
             raise UserError(f"{path} holds several splits ({', '.join(dataset)}); pass one split's folder")
         # the stored rows, images still encoded ({"bytes", "path"}: decoded as they are used), read as they are: a cast
         # of a list-of-images column (TRL's `images`) would write a cache file into the user's folder
-        return [(f"{path}:row {i}", row) for i, row in enumerate(dataset.data.to_pylist(), start=1)]
+        rows = [(f"{path}:row {i}", row) for i, row in enumerate(dataset.data.to_pylist(), start=1)]
+        return _class_names(rows, dataset.features)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged folder fails inside datasets in many ways (KeyError, ...)
         raise UserError(f"{path}: cannot load the dataset: {type(exc).__name__}: {exc}") from None
+
+
+def _class_names(rows: list[Row], features: Any) -> list[Row]:
+    """The rows with each `ClassLabel` column (or list of them) as its class names: read raw, a labelled answer or
+    kind column held the integer codes ("1" where the dataset says "yes"), and -1, no label, is None."""
+    import datasets
+
+    def name(label: Any, value: Any) -> Any:
+        return label.int2str(value) if isinstance(value, int) and value >= 0 else None if value == -1 else value
+
+    for column, feature in features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            for _, row in rows:
+                row[column] = name(feature, row[column])
+        elif isinstance(getattr(feature, "feature", None), datasets.ClassLabel):
+            for _, row in rows:
+                if isinstance(row[column], list):
+                    row[column] = [name(feature.feature, value) for value in row[column]]
+    return rows
 
 
 def text_cell(row: dict[str, Any], name: str, where: str) -> str:
