@@ -225,6 +225,7 @@ def test_vqa_normalisation_and_soft_score():
     assert normalize_vqa("Two dogs.") == "2 dogs" and normalize_vqa("the  Red") == "red"
     assert normalize_vqa("dont") == "don't" and normalize_vqa("3.5") == "3.5"
     assert vqa_score("dont", ["don't"] * 10) == vqa_score("don't", ["dont"] * 10) == 1.0  # the apostrophe is kept
+    assert normalize_vqa("Im") == "im"  # (as the official script: its key "Im" never meets a lower-cased word)
     assert [normalize_vqa(a) for a in ("U.S.", "10:30", "50%", "1,000", "red-ish", "yes !")] == [
         "us", "10:30", "50%", "1000", "red ish", "yes"]  # as the official script gives them
     assert vqa_score("2", ["two"] * 3 + ["three"] * 7) == pytest.approx(0.9)  # (3 · 2/3 + 7 · 1) / 10

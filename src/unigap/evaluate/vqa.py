@@ -3,12 +3,15 @@
 Why it and not exact match alone: VQA-style data has several human answers per question (ten in VQA v2), and
 "two" against annotators who said "2" or "two" is right. The official rule: an answer is scored against each
 subset of all-but-one reference answers as min(1, matches / 3), and those scores are averaged; with a single
-reference answer it is exact match. Answers are normalised as the official script does: its punctuation marks
-removed where one touches a space or the answer holds a thousands comma, else made a space (apostrophes, colons,
-per cent signs kept: "don't", "10:30", "50%"), a full stop removed unless a digit follows, lower case, number words
-to digits, articles dropped, common contractions given their apostrophe. Unlike the official script, which
-normalises only where the references disagree, every answer is normalised (as LLaVA's and lmms-eval's scorers do):
-"Yes." against ten "yes" scores 1, not 0.
+reference answer it is exact match of the normalised answers (the accuracy beside it compares the answers' words,
+lower-cased, instead: "two" against "2" scores 1 here and is not correct there). Answers are normalised as the official
+script does: its punctuation marks removed where one touches a space or the answer holds a thousands comma, else made
+a space (apostrophes, colons, per cent signs kept: "don't", "10:30", "50%"), a full stop removed unless a digit
+follows, lower case, number words to digits, articles dropped, the commonest contractions given their apostrophe (17
+of the official table's ~110: "theres" and "oclock", which it reads as "there's" and "o'clock", are left as written;
+"im" stays "im" there too, its keys "Im" and "Ive" never matching a lower-cased word). Unlike the official script,
+which normalises only where the references disagree, every answer is normalised (as LLaVA's and lmms-eval's scorers
+do): "Yes." against ten "yes" scores 1, not 0.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ _ARTICLES = {"a", "an", "the"}
 _CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent": "aren't", "cant": "can't",
                  "wont": "won't", "wasnt": "wasn't", "werent": "weren't", "didnt": "didn't", "hasnt": "hasn't",
                  "havent": "haven't", "shouldnt": "shouldn't", "couldnt": "couldn't", "wouldnt": "wouldn't",
-                 "im": "i'm", "ive": "i've", "youre": "you're", "thats": "that's", "whats": "what's"}
+                 "youre": "you're", "thats": "that's", "whats": "what's"}  # (each as in the official table)
 _PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
                 "!")
 _THOUSANDS = re.compile(r"(\d)(,)(\d)")
