@@ -20,8 +20,9 @@ UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombErr
 def opaque_rgb(image: Image.Image) -> Image.Image:
     """A PIL image of any mode as RGB, upright (its EXIF orientation applied, as `datasets` and transformers'
     `load_image` do: a camera's photo is stored sideways), transparency (straight or premultiplied alpha, or a
-    palette's transparent colour) composited onto white, and 16-bit greyscale scaled to 8 bits (Pillow's conversion
-    clips it at 255: a 16-bit PNG turned almost white)."""
+    palette's transparent colour) composited onto white, 16-bit greyscale scaled to 8 bits (Pillow's conversion
+    clips it at 255: a 16-bit PNG turned almost white), and a float image's values read as 0-1 where they all lie
+    there, else as 0-255."""
     sixteen_bit = _sixteen_bit(image)  # (read before the transposition, which loads the pixels)
     image = ImageOps.exif_transpose(image)
     if sixteen_bit:
@@ -31,6 +32,10 @@ def opaque_rgb(image: Image.Image) -> Image.Image:
         if transparent is not None:  # a PNG's one transparent grey value, kept as alpha for the compositing below
             grey.putalpha(Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8)))
         image = grey
+    if image.mode == "F":  # a float image (a TIFF of 0-1 values): Pillow's conversion cast 0.5 to 0, all black
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        scale = 255.0 if values.size and values.min() >= 0.0 and values.max() <= 1.0 else 1.0
+        image = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8))
     if {"A", "a"} & set(image.getbands()) or image.info.get("transparency") is not None:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))

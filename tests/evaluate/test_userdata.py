@@ -441,3 +441,13 @@ def test_images_are_read_upright_and_16_bit_by_their_depth_not_their_values(tmp_
         (tmp_path / "grey.pgm").write_bytes(b"P5\n2 2\n65535\n" + np.array(values, ">u2").tobytes())
         assert rgb_pixels(Image.open(tmp_path / "grey.pgm"))[..., 0].ravel().tolist() == expected
     assert rgb_pixels(Image.fromarray(np.full((2, 2), 200, np.int32)))[0, 0, 0] == 200  # (in memory: by its values)
+
+
+def test_a_float_image_is_read_by_its_range_not_cast_to_black(tmp_path):
+    """A float TIFF (mode F) of 0-1 values converted to all-black pixels."""
+    from unigap.pixels import rgb_pixels
+
+    Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)).save(tmp_path / "unit.tiff")
+    assert rgb_pixels(Image.open(tmp_path / "unit.tiff"))[..., 0].tolist() == [[0, 128], [255, 64]]
+    wide = Image.fromarray(np.array([[0.0, 100.0], [300.0, -5.0]], np.float32))  # (not 0-1: 0-255, clipped)
+    assert rgb_pixels(wide)[..., 0].tolist() == [[0, 100], [255, 0]]
