@@ -189,6 +189,31 @@ def test_sampling_in_train_mode_keeps_its_caches_under_gradient_checkpointing() 
     assert layers and any(m.gradient_checkpointing for m in layers)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients_without_a_gradient_for_the_embeddings() -> None:
+    """transformers made the embeddings' output require a gradient (for reentrant checkpointing; ours is not): each
+    backward pass also computed one for it, which nothing trains."""
+    from unigap.train.dpo import DPOOptions, UnderstandingPair, task_dpo_loss
+    from unigap.world import render, sample_records
+
+    pairs = [UnderstandingPair(render(scene), "What color is the circle?", "red", "blue", -3.0, -4.0, 0, 0)
+             for _, scene in sample_records(2, 0, "train")]
+    grads, embedded = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        um = load_model("tiny")
+        um.add_lora(rank=4, alpha=8, dropout=0.0, gradient_checkpointing=checkpointing)
+        um.model.train()
+        hook = um.model.get_input_embeddings().register_forward_hook(
+            lambda module, args, out: embedded.append(out.requires_grad))
+        task_dpo_loss(um, pairs, DPOOptions()).loss.backward()
+        hook.remove()
+        grads.append({name: p.grad for name, p in um.model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7)
+    assert not any(embedded)
+
+
 def test_another_base_models_adapter_is_refused_and_leaves_the_model_as_it_was(tiny_dir: Path, tmp_path: Path) -> None:
     """PEFT wrapped the model and then raised a size-mismatch RuntimeError: LoRA layers left in, `um.peft` None,
     and a later `um.save()` wrote a checkpoint `load_model` refused."""

@@ -327,6 +327,9 @@ class UnifiedModel:
         self.model.train(was_training)  # peft builds LoRA layers in train mode: dropout would act at inference
         if gradient_checkpointing:  # active in train mode only: sampling and evaluation keep their KV caches
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            # transformers also makes the embeddings' output require a gradient, which only reentrant checkpointing
+            # needs: every backward pass then computed a gradient for it that nothing trains (the same gradients)
+            self.model.disable_input_require_grads()
         return self.peft
 
     def load_adapter(self, directory: str | os.PathLike, trainable: bool = False) -> PeftModel:
