@@ -13,9 +13,10 @@ forward and backward; a frozen base computes input gradients but no weight gradi
 device's peak: the datasheet's dense bf16 rate for known GPUs (`--peak-tflops` to override), else the measured
 rate of a square matmul in the model's dtype. The measured matmul rate is recorded beside it. A batch size
 that runs out of memory ends the sweep and is recorded as such. With `--gradient-checkpointing` (activations
-recomputed in the backward pass: less memory, so larger batches fit) the model FLOPs are counted on a step
-without it, as MFU's convention is; the FLOPs the step executes, recomputation included, give the hardware FLOP
-utilisation (`hfu`) beside it.
+recomputed in the backward pass: less memory, so larger batches fit) the model FLOPs leave the recomputed forward
+pass out, as MFU's convention is (the executed FLOPs less the checkpointed layers' forward pass, counted without
+gradients); the FLOPs the step executes, recomputation included, give the hardware FLOP utilisation (`hfu`) beside
+it.
 
     python benchmarks/dpo_step.py                          # random tiny model (ShapeWorld vocabulary)
     python benchmarks/dpo_step.py --model DIR --device cuda --batch-sizes 1 4 8
@@ -30,6 +31,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ from rich.table import Table
 
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from _common import check_device, machine, matmul_flops, paired_medians, positive_int, write_result
 
@@ -106,27 +109,51 @@ def _stepper(
     return step
 
 
+def _policy_forward(um: UnifiedModel, und: Sequence[Pair], gen: Sequence[Pair], batch: int) -> Callable[[], object]:
+    """The policy's forward pass of a step on the first `batch` pairs of each task (the part activation
+    checkpointing recomputes: a recomputed π_ref runs without gradients, so is never recomputed)."""
+    return lambda: [task_dpo_loss(um, list(pairs[:batch]), DPOOptions()) for pairs in (und, gen)]
+
+
+def _counted(device: torch.device) -> Any:
+    """FLOPs counted with attention in SDPA's math backend on a CPU: torch's counter has no formula for the CPU's
+    fused kernel, and counts it as 0."""
+    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
+
+
 def step_flops(step: Callable[[int], float], device: torch.device) -> int:
-    """FLOPs one call of `step` executes (matmuls and attention, forward and backward). On a CPU attention is counted
-    in SDPA's math backend: torch's counter has no formula for the CPU's fused kernel, and counts it as 0."""
-    with FlopCounterMode(display=False) as counter, (
-            sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()):
+    """FLOPs one call of `step` executes (matmuls and attention, forward and backward)."""
+    with FlopCounterMode(display=False) as counter, _counted(device):
         step(0)
     return counter.get_total_flops()
 
 
-def model_and_executed_flops(um: UnifiedModel, step: Callable[[int], float]) -> tuple[int, int]:
+def recomputed_flops(um: UnifiedModel, forward: Callable[[], object]) -> int:
+    """The FLOPs activation checkpointing adds to a step: the forward pass of each checkpointed layer the backward
+    pass runs through (those holding trained parameters), counted in `forward`, the step's policy forward pass, run
+    without gradients."""
+    layers = [name for name, module in um.model.named_modules() if isinstance(module, GradientCheckpointingLayer)
+              and module.gradient_checkpointing and any(p.requires_grad for p in module.parameters())]
+    with FlopCounterMode(display=False) as counter, _counted(um.device), torch.no_grad():
+        forward()
+
+    def checkpointed(key: str) -> bool:  # (the counter names a module from the class of the one first called)
+        tail = key.partition(".")[2]
+        return bool(tail) and any(name == tail or name.endswith("." + tail) for name in layers)
+
+    return sum(sum(ops.values()) for key, ops in counter.get_flop_counts().items() if checkpointed(key))
+
+
+def model_and_executed_flops(um: UnifiedModel, step: Callable[[int], float],
+                             forward: Callable[[], object]) -> tuple[int, int]:
     """(model FLOPs, executed FLOPs) of one step: equal unless activation checkpointing recomputes the forward
-    pass, whose extra work MFU leaves out and HFU counts."""
+    pass, whose extra work MFU leaves out and HFU counts. The model FLOPs are the executed ones less that recomputed
+    forward pass, not a step counted without checkpointing: that step needs the memory checkpointing saves, and ran
+    out of it at exactly the batches checkpointing is for."""
     executed = step_flops(step, um.device)
     if not um.model.is_activation_checkpointing:
         return executed, executed
-    um.model.activation_checkpointing_disable()
-    um.model.disable_input_require_grads()  # (its hooks would carry the backward into the frozen embeddings; the
-    try:                                    # enable below sets them again)
-        return step_flops(step, um.device), executed
-    finally:
-        um.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return executed - recomputed_flops(um, forward), executed
 
 
 def summary(rows: list[dict]) -> dict:
@@ -195,11 +222,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     rows: list[dict] = []
     for batch in args.batch_sizes:
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(um.device)
         try:
             steppers = [_stepper(um, und, gen, recompute, batch) for recompute in (False, True)]
-            flops = [model_and_executed_flops(um, step) for step in steppers]
+            flops = [model_and_executed_flops(um, step, _policy_forward(um, und, gen, batch)) for step in steppers]
+            if cuda:  # (after the counting: the peak is the timed steps')
+                torch.cuda.reset_peak_memory_stats(um.device)
             runs = [lambda step=step: [step(i) for i in range(args.steps)] for step in steppers]
             seconds = [run / args.steps for run in paired_medians(runs, args.repeats, um.device)]
         except torch.OutOfMemoryError:

@@ -117,3 +117,22 @@ def test_the_lr_sweep_trains_each_run_as_the_study_does_and_keeps_to_its_setting
     assert trained == [(module.FULL.lr, module.BASE), (1e-4, "und-only"), (1e-4, "gen-only")]
     with pytest.raises(UserError, match="steps: 2 → 3"):
         module.main([*argv[:3], "3", *argv[4:]])
+
+
+def test_the_dpo_benchmark_counts_a_checkpointed_steps_model_flops_without_an_unchecked_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model FLOPs of a checkpointed step were counted on a step run without checkpointing, which needs the memory
+    checkpointing saves: on a GPU it ran out of it at every batch the option is for (and set the recorded peak)."""
+    import torch
+
+    bench = _script("dpo_step", monkeypatch)
+    um = bench._tiny_model(tmp_path, "cpu", None)
+    und, gen = bench._pairs(um, 2)
+    um.add_lora(rank=4, alpha=8, dropout=0.0, gradient_checkpointing=True)
+    um.model.train()
+    step = bench._stepper(um, und, gen, False, 2)
+    model, executed = bench.model_and_executed_flops(um, step, bench._policy_forward(um, und, gen, 2))
+    um.model.activation_checkpointing_disable()
+    plain = bench.step_flops(step, um.device)  # (on the tiny model a step without checkpointing fits)
+    assert executed > 1.3 * plain and model == pytest.approx(plain, rel=0.01)
+    assert torch.is_grad_enabled()
