@@ -32,7 +32,11 @@ FIT, TEST = 1000, 200
 
 @torch.no_grad()
 def patch_features(tower: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    return torch.cat([tower(pixel_values=pixels[i : i + 200]).last_hidden_state for i in range(0, len(pixels), 200)])
+    """The tower's patch features, in float32 on the CPU (where the probe is fitted), whatever the device and dtype
+    the model was loaded in (a GPU's bf16 by default)."""
+    weight = next(tower.parameters())
+    return torch.cat([tower(pixel_values=pixels[i : i + 200].to(weight.device, weight.dtype)).last_hidden_state
+                      .float().cpu() for i in range(0, len(pixels), 200)])
 
 
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> float:

@@ -136,3 +136,17 @@ def test_the_dpo_benchmark_counts_a_checkpointed_steps_model_flops_without_an_un
     plain = bench.step_flops(step, um.device)  # (on the tiny model a step without checkpointing fits)
     assert executed > 1.3 * plain and model == pytest.approx(plain, rel=0.01)
     assert torch.is_grad_enabled()
+
+
+def test_the_vision_probe_reads_a_tower_loaded_in_another_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Float32 CPU pixels went straight into the tower, which a GPU loads in bf16 by default: the first forward failed."""
+    import numpy as np
+    import torch
+
+    from unigap.model import load_model
+    from unigap.pretrain.vq import to_pixels
+
+    probe = _script("vision_probe", monkeypatch)
+    tower = load_model("tiny", dtype="bfloat16").model.model.vision_model.eval()
+    features = probe.patch_features(tower, to_pixels(np.full((3, 64, 64, 3), 255, np.uint8)))
+    assert features.dtype == torch.float32 and features.device.type == "cpu" and features.shape[0] == 3
