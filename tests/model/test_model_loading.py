@@ -109,15 +109,38 @@ def test_tiny_prompt_layout(um) -> None:
     assert gen[0] == 1 and gen[-1] == 5 and len(gen) == 5
 
 
-def _byte_level_tokenizer() -> PreTrainedTokenizerFast:
-    """A real byte-level BPE tokenizer (no merges) whose decode returns the exact text."""
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    backend = Tokenizer(BPE(vocab={ch: i for i, ch in enumerate(sorted(alphabet))}, merges=[]))
+def _byte_level_tokenizer(merged: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A real byte-level BPE tokenizer whose decode returns the exact text: no merges but those spelling the
+    `merged` words (with their leading space) as one token each."""
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges = []
+    for word in merged:
+        piece = "Ġ"
+        for ch in word:
+            merges.append((piece, ch))
+            piece += ch
+            vocab.setdefault(piece, len(vocab))
+    backend = Tokenizer(BPE(vocab=vocab, merges=merges))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
     tok.add_special_tokens({"additional_special_tokens": [IMAGE, BOI, EOI]})
     return tok
+
+
+def _janus_pro_format(tok: PreTrainedTokenizerFast) -> PromptFormat:
+    ids = SpecialIds(bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id, image=tok.convert_tokens_to_ids(
+        IMAGE), boi=tok.convert_tokens_to_ids(BOI), eoi=tok.convert_tokens_to_ids(EOI))
+    return PromptFormat(JANUS_PRO_TEMPLATE, tok, ids, num_image_tokens=3, system_prompt=janus_pro_system_prompt(True))
+
+
+def test_the_judge_reads_one_next_token_only_where_every_yes_and_no_is_one_token(um) -> None:
+    """With " yes", " no" and " No" merged but " Yes" two tokens ("Ġ" + "Yes"), the first tokens shared none, so the
+    judge summed P("Ġ"), every word starting with a space, into "yes"."""
+    assert um.prompts.judges_by_first_token()  # (the shipped word-level tokenizer: one token each)
+    assert _janus_pro_format(_byte_level_tokenizer(("yes", "Yes", "no", "No"))).judges_by_first_token()
+    assert not _janus_pro_format(_byte_level_tokenizer(("yes", "no", "No"))).judges_by_first_token()
+    assert not _janus_pro_format(_byte_level_tokenizer()).judges_by_first_token()  # (shared first token "Ġ")
 
 
 def test_janus_pro_prompts_follow_the_chat_template() -> None:

@@ -158,6 +158,14 @@ class PromptFormat:
         """R3's reflection question for a generation prompt (asked in a fresh context with the image)."""
         return REFLECT_QUESTION.format(prompt=_bare(prompt))
 
+    def judges_by_first_token(self) -> bool:
+        """Whether P(yes) can be read off one next-token distribution: every yes and no spelling a single token, the
+        yes ones distinct from the no ones. Otherwise the words' whole token sequences are scored: a first token
+        shared by both ("Ġ" alone), or one that begins other words too (" Yes" as "Ġ" + "Yes" beside a merged
+        " yes"), would count every word starting like it as the answer."""
+        yes, no = self.first_answer_token_ids(YES_WORDS), self.first_answer_token_ids(NO_WORDS)
+        return not set(yes) & set(no) and all(len(self._answer_text_ids(word)) == 1 for word in YES_WORDS + NO_WORDS)
+
     def first_answer_token_ids(self, words: tuple[str, ...]) -> list[int]:
         """Distinct first tokens of the given answer words (e.g. " yes"/" Yes"), for yes/no scoring."""
         unk = self.tokenizer.unk_token_id

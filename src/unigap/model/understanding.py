@@ -305,14 +305,15 @@ def judge_yes_probability(
     """P(yes) for "Does this image show {prompt}?", normalised over the yes and no first tokens.
 
     Several spellings ("yes"/"Yes") may map to different first tokens; their probabilities are summed. Where a
-    yes and a no word share their first token (a byte-level tokenizer without merges for them), the words' whole
-    token sequences are scored instead (the first token alone gave exactly 0.5).
+    spelling is more than one token (`PromptFormat.judges_by_first_token`: a byte-level tokenizer without merges
+    for them), the words' whole token sequences are scored instead (the first token alone gave exactly 0.5 where a
+    yes and a no word began alike).
     """
     batch_size = check_counts(images=images, prompts=prompts)
     if batch_size == 0:
         return torch.zeros(0, device=model.device)
     yes_ids, no_ids = fmt.first_answer_token_ids(YES_WORDS), fmt.first_answer_token_ids(NO_WORDS)
-    if set(yes_ids) & set(no_ids):  # " yes" and " no" begin alike (" " alone): each word's tokens decide, EOS left out
+    if not fmt.judges_by_first_token():  # each word's tokens decide, EOS left out
         questions = [fmt.judge_question(p) for p in prompts]
 
         def words(group: tuple[str, ...]) -> torch.Tensor:
