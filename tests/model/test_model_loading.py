@@ -158,6 +158,7 @@ def test_janus_pro_prompts_follow_the_chat_template() -> None:
     block = BOI + IMAGE * 3 + EOI  # (trailing whitespace goes, a leading space stays: as JanusProcessor's template)
     assert text == f"<bos>{janus_pro_system_prompt(True)}<|User|>: {block}\n What is it?\n\n<|Assistant|>:"
     assert tok.decode(fmt.answer_ids("A dog.")) == " A dog.<eos>"
+    assert tok.decode(fmt.answer_ids("  ")) == "<eos>"  # (as the template writes an empty answer: not " " + EOS)
     assert tok.decode(fmt.generation_ids("a cat")) == f"<bos><|User|>: a cat\n\n<|Assistant|>:{BOI}"
     assert fmt.judge_question("a red circle.") == "Does this image show a red circle?"
     with pytest.raises(ValueError, match="image placeholder"):

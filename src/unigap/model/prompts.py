@@ -127,7 +127,9 @@ class PromptFormat:
         return self._answer_text_ids(_text(answer, "answer").strip()) + [self.ids.eos]
 
     def _answer_text_ids(self, answer: str) -> list[int]:
-        return self._encode(answer if self.template == TINY_TEMPLATE else f" {answer}")
+        """The answer's tokens after the prompt: in the chat template's convention, after a space (none for an empty
+        answer, which the template writes as "<|Assistant|>:" straight followed by EOS)."""
+        return self._encode(answer if self.template == TINY_TEMPLATE or not answer else f" {answer}")
 
     def generation_ids(self, prompt: str) -> list[int]:
         """BOS + generation prompt ending in <begin_of_image>; the image tokens follow it."""
