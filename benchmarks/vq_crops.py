@@ -37,7 +37,7 @@ def run(mode: str, renders: np.ndarray, steps: int, n: int) -> dict:
                 WEIGHTS[mode])
     seconds = time.perf_counter() - started
     return {"crops": mode, "empty_crop_weight": WEIGHTS[mode], "steps": steps, "train_seconds": seconds} | vq_fidelity(
-        um, n=n, seed=0, data_seed=0, progress=False)
+        um, n=n, seed=0, data_seed=0, progress=False, split="val")  # (a recipe is chosen on val, never on test)
 
 
 def main() -> None:
