@@ -422,6 +422,10 @@ def test_an_integer_coded_kind_of_zero_is_a_kind_not_all(tmp_path, image_file):
                             for kind in kinds))
     assert [item.question.kind for item in read_understanding_data(path)] == ["0", "1", "0", "2", "all", "all",
                                                                              "colour"]
+    csv = tmp_path / "und.csv"  # (pandas writes an integer column with a gap as floats: "0.0" in its CSV)
+    csv.write_text("image,question,answer,kind\n" + "".join(f"{image_file},Q?,a,{kind}\n"
+                                                         for kind in ("0.0", "", "1.0")))
+    assert [item.question.kind for item in read_understanding_data(csv)] == ["0", "all", "1"]
     path.write_text(json.dumps({"image": image_file, "question": "Q?", "answer": "a", "kind": ["x"]}) + "\n")
     with pytest.raises(UserError, match=r":1: 'kind' must be text or a number, got \['x'\]"):
         read_understanding_data(path)

@@ -114,12 +114,15 @@ def _references(row: dict[str, Any], where: str) -> tuple[str, ...]:
     return tuple(answers)
 
 
-def _kind(value: Any, where: str) -> str:
+def _kind(value: Any, where: str, whole_floats: bool = False) -> str:
     """A row's question kind as a group name: text, or a number (an integer-coded type column: 0 is a kind too, not
-    "all"); `DEFAULT_KIND` where the cell is absent, blank or NaN (a gap in a pandas column)."""
+    "all"); `DEFAULT_KIND` where the cell is absent, blank or NaN (a gap in a pandas column). `whole_floats`: the cell
+    is in a CSV column pandas wrote of floats ("0.0" is kind 0 there, as 0.0 is in Parquet or JSONL)."""
     if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float)
                                                                            and math.isnan(value)):
         return DEFAULT_KIND
+    if whole_floats and isinstance(value, str) and WHOLE_FLOAT.fullmatch(value.strip()):
+        value = float(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # (pandas' float of an integer column with a gap: 0.0 is kind 0)
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -135,11 +138,12 @@ def read_understanding_data(path: str | Path, n: int | None = None) -> list[User
         raise UserError(f"--n must be positive, got {n}")
     base = base_folder(path)
     rows = read_table(path)
-    whole_floats = Path(path).suffix.lower() == ".csv" and _a_float_column(rows, "answer")  # (the whole column's)
+    csv = Path(path).suffix.lower() == ".csv"
+    floats = {column: csv and _a_float_column(rows, column) for column in ("answer", "kind")}  # (whole columns')
     items = []
     for index, (where, row) in enumerate(rows[:n]):
-        question = UserQuestion(_kind(row.get("kind"), where), text_cell(row, "question", where),
-                                _answers(row, where, whole_floats))
+        question = UserQuestion(_kind(row.get("kind"), where, floats["kind"]), text_cell(row, "question", where),
+                                _answers(row, where, floats["answer"]))
         items.append(UserItem(index, stored_image(row, base, where), question, where))
     return items
 
