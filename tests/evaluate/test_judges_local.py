@@ -62,6 +62,30 @@ def byte_tokenizer(append_eos: bool, extra: tuple[str, ...] = ()) -> PreTrainedT
     return tokenizer
 
 
+def test_the_vlm_judge_reads_one_token_spellings_where_a_tokenizer_has_them() -> None:
+    """With " yes", " no" and " No" merged but "Yes" and " Yes" not, the yes side held "Ġ" and "Y" (every word
+    after a space, or starting with Y): only one-token spellings count where both words have some."""
+    from unigap.evaluate.local_judges import answer_token_ids
+
+    tokenizer = byte_tokenizer(append_eos=False)
+    merged = {}
+    for word in ("yes", "no", "No"):  # (" yes" as one token: Ġ, Ġy, Ġye, Ġyes)
+        backend = json.loads(tokenizer.backend_tokenizer.to_str())
+        piece = "Ġ"
+        for ch in word:
+            backend["model"]["merges"].append([piece, ch])
+            piece += ch
+            backend["model"]["vocab"].setdefault(piece, len(backend["model"]["vocab"]))
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(backend)),
+                                            bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+        merged[word] = tokenizer.convert_tokens_to_ids(piece)
+    yes, no = answer_token_ids(tokenizer)
+    assert yes == [merged["yes"]] and no == sorted([merged["no"], merged["No"]])
+    yes, no = answer_token_ids(byte_tokenizer(append_eos=False))  # (no merges at all: the first bytes, as before)
+    assert [byte_tokenizer(append_eos=False).convert_ids_to_tokens(ids) for ids in (yes, no)] == [["Y", "y"],
+                                                                                                 ["N", "n"]]
+
+
 def _image_processor() -> CLIPImageProcessorPil:
     return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 

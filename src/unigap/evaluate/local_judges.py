@@ -213,12 +213,16 @@ def calibrate(scorer: ClipScorer, n: int = CALIBRATION_N, seed: int = CALIBRATIO
 
 
 def answer_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """First tokens of the yes and the no words; a token both start with (e.g. a lone space) tells nothing apart
-    and is dropped."""
+    """The tokens whose next-token odds P(yes) reads: the spellings of yes and no that are one token each (" yes",
+    "Yes", ...) where both words have such spellings; else (a byte-level tokenizer without merges) every spelling's
+    first token. A token both start with (e.g. a lone space) tells nothing apart and is dropped. (A spelling of
+    several tokens beside one-token ones counted its first token, "Ġ" or "Y": every word starting like it.)"""
+    spelled = {words: [tokenizer(word, add_special_tokens=False)["input_ids"] for word in words]
+               for words in (YES_WORDS, NO_WORDS)}
+    whole = all(any(len(seq) == 1 for seq in seqs) for seqs in spelled.values())
 
     def first(words: tuple[str, ...]) -> set[int]:
-        ids = (tokenizer(word, add_special_tokens=False)["input_ids"] for word in words)
-        return {seq[0] for seq in ids if seq} - {tokenizer.unk_token_id}
+        return {seq[0] for seq in spelled[words] if seq and (len(seq) == 1 or not whole)} - {tokenizer.unk_token_id}
 
     yes, no = first(YES_WORDS), first(NO_WORDS)
     shared = yes & no
