@@ -200,9 +200,8 @@ def weights_plot(study: Study, path: Path) -> Path:
         for name, style in (("w_und", "-"), ("w_gen", "--")):
             steps, values = _seed_mean(study.of(method), name)
             if len(steps):
-                ax.plot(
-                    steps, values, linestyle=style, color=colours[method], label=plain(method) if name == "w_und" else None
-                )
+                ax.plot(steps, values, linestyle=style, color=colours[method],
+                        label=plain(method) if name == "w_und" else None)
     ax.set(xlabel="step", ylabel="task weight", title="Task weights (solid w_U, dashed w_G)")
     ax.set_ylim(bottom=-0.02, top=max(1.02, ax.get_ylim()[1]))  # (torchjd's weightings can pass 1)
     _legend_outside(ax)
