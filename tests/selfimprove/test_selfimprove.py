@@ -336,3 +336,15 @@ def test_the_epoch_probe_samples_in_the_configured_batches(monkeypatch: pytest.M
     monkeypatch.setattr(run_module, "generate_and_judge", sampled)
     run_module._epoch_row(None, SelfImproveConfig(epoch_eval_n=4, sample_batch=8), 1, Data(rounds=[[]]), {}, 0)
     assert seen == [8]
+
+
+def test_an_epoch_with_nothing_accepted_is_warned_of(tmp_path: Path, monkeypatch) -> None:
+    """A real checkpoint whose judge accepts no image (P(yes) ~0.005 on a random Janus-Pro) trained nothing, saved an
+    untrained adapter and reported Δ +0.000 as if it had run."""
+    import unigap.selfimprove.pool as pool
+    from unigap.errors import UnigapWarning
+
+    monkeypatch.setattr(pool, "ACCEPT_THRESHOLD", 1.1)  # (no P(yes) reaches it)
+    with pytest.warns(UnigapWarning, match="epoch 1 trained nothing: none of the images was accepted"):
+        result = _toy_run(tmp_path / "none", method="sft", epochs=1, eval_n=2, epoch_eval_n=2)
+    assert result["epochs"][-1]["steps"] == 0

@@ -20,6 +20,7 @@ they hold the same results and weights, and the main process writes them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from PIL import Image
 
 from unigap import distributed
 from unigap.atomic import cached_json, claim_settings, write_json
-from unigap.errors import GuardStopped, UserError
+from unigap.errors import GuardStopped, UnigapWarning, UserError
 from unigap.evaluate import evaluate
 from unigap.evaluate.critique import win_rate as understanding_win_rate
 from unigap.evaluate.data import prompt_lines, prompt_specs, training_prompt_specs
@@ -129,6 +130,11 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
         size = len(data.sft) if config.objective == "sft" else len(data.pairs)
         with progress_bar(f"epoch {epoch}/{config.epochs}", size, progress) as update:
             record = train_epoch(um, optimizer, config, epoch, data.sft, data.pairs, update)
+        if not record["steps"] and main:  # (a judge that accepts nothing: the run would end as if it had trained)
+            what = ("none of the images was accepted" if config.objective == "sft" else
+                    "no prompt has both an accepted and a rejected image")
+            warnings.warn(f"epoch {epoch} trained nothing: {what} (see pool/); its adapter is the epoch before's",
+                          UnigapWarning, stacklevel=2)
         epochs.append(_epoch_row(um, config, epoch, data, record, joined))
         if logger:
             _save_epoch(um, optimizer, out, epoch, epochs)
