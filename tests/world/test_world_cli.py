@@ -77,7 +77,8 @@ def test_sample_with_a_draw_seed_records_it(tmp_path, capsys):
         (["world", "sample", "--n", "2", "--seed", "1", "--out", "OUT", "--draw-seed", "-1"], "--draw-seed must be >= 0"),
         (["world", "verify", "MISSING", "--prompt", "a circle"], "image file not found"),
         (["world", "verify", "FILE", "--prompt", "a circle"], "cannot read"),
-        (["world", "verify", "SMALL", "--prompt", "a circle"], "expected a 64x64 image, got 32x32"),
+        (["world", "verify", "SMALL", "--prompt", "a circle"], "is 32x32, not the 64x64 canvas --size says; pass "
+                                                              "--size 32"),
         (["world", "verify", "GOOD", "--prompt", "a pink elephant"], "cannot parse prompt"),
     ],
 )

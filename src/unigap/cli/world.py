@@ -107,5 +107,10 @@ def verify_command(
 ) -> None:
     """Judge one image against one prompt; prints a JSON verdict (exit 0 whether satisfied or not)."""
     spec = parse_prompt(prompt)
-    verdict = verify(load_image(image), spec, size)
+    picture = load_image(image)
+    height, width = picture.shape[:2]
+    if (height, width) != (size, size) and height == width:  # (a Janus-Pro's 384-px image, say)
+        raise UserError(f"{image} is {width}x{height}, not the {size}x{size} canvas --size says; pass --size {width} "
+                        "to judge it at its own size")
+    verdict = verify(picture, spec, size)
     typer.echo(json.dumps({"prompt": spec.text, **verdict.to_dict()}))
