@@ -64,15 +64,16 @@ def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys
     out = tmp_path / "images"
     code, stdout, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "metadata.jsonl"]
-    assert stdout.strip() == f"wrote 2 images, one per prompt, to {out}"
+    assert stdout.strip() == f"wrote 2 images, one per prompt, and metadata.jsonl to {out}/"
     import datasets
 
     loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
     assert loaded["prompt"] == ["a red circle", "free text is fine here"] and loaded[0]["image"].size == (64, 64)
     (out / "2024.png").write_text("a user's own file, named like an image")
     prompts.write_text("a blue square\n")  # a rerun with fewer prompts leaves no earlier image behind
-    code, _, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
+    code, stdout, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "2024.png", "metadata.jsonl"]
+    assert stdout.strip() == f"wrote 1 image, one per prompt, and metadata.jsonl to {out}/"  # (was "an image to")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     prompts.write_text("a red circle\na green triangle\n")  # a rerun stopped at its second image changes nothing
     sheets, real_grid = [], layouts.grid

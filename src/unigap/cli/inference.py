@@ -114,8 +114,11 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
             rows.append(dict(zip(GRID_COLUMNS, (target.name, text, seed + index, n), strict=True)))
         if staging is not None:
             atomic_write_lines(staging / GRID_INDEX, [json.dumps(row) for row in rows])
-    one, many = ("an image", "images") if n == 1 else (f"a grid of {n} images", f"grids of {n} images")
-    typer.echo(f"wrote {one if len(texts) == 1 else f'{len(texts)} {many}, one per prompt,'} to {out}")
+    if prompts is None:
+        typer.echo(f"wrote {'an image' if n == 1 else f'a grid of {n} images'} to {out}")
+    else:  # (a folder, whatever the number of prompts: one PNG each, and the index)
+        kind = ("image", "images") if n == 1 else (f"grid of {n} images", f"grids of {n} images")
+        typer.echo(f"wrote {len(texts)} {kind[len(texts) != 1]}, one per prompt, and {GRID_INDEX} to {out}/")
 
 
 def _grid_index(path: Path) -> bool:
