@@ -105,8 +105,20 @@ def test_gen_model_keeps_the_better_sample_by_margin(tiny_dir: Path, monkeypatch
 def test_nothing_kept_is_a_user_error(tiny_dir: Path, tmp_path: Path, capsys) -> None:
     """Without the ground-truth fallback a random model's two answers are both wrong: no pair survives."""
     code, _, err = build(capsys, tiny_dir, tmp_path / "und.jsonl", "und", "--max-candidates", "4")
-    assert code == 2 and "unigap: error: no und pair passed the filters" in err
+    assert code == 2 and "unigap: error: no und pair passed the filters in 4 candidates; try --max-candidates, a " \
+        "higher --temperature, a lower --margin or --fallback-gt" in err
     assert not (tmp_path / "und.jsonl").exists()
+
+
+def test_the_advice_when_nothing_passes_names_what_can_help_that_kind() -> None:
+    """It offered "a higher --temperature" to gen-model, which samples at fixed temperatures, and "more candidates"
+    to a questions file that holds no more."""
+    from unigap.prefs.build import BuildOptions, _what_helps
+
+    options = dict(n=2, seed=0, model_name="tiny")
+    assert _what_helps(BuildOptions("gen-model", **options)) == "--max-candidates or a lower --margin"
+    assert _what_helps(BuildOptions("gen-model", **options, judge="clip:dir")) == "--max-candidates or another --judge"
+    assert "--max-candidates" not in _what_helps(BuildOptions("und", **options, questions="q.jsonl"))
 
 
 def test_bad_options(tiny_dir: Path, tmp_path: Path, capsys) -> None:

@@ -303,6 +303,16 @@ def candidate_prompts(options: BuildOptions) -> list[PromptSpec | FreePrompt]:
                                  options.judge != VERIFIER, FREE_TEXT_HINT, "preference pairs are built from")
 
 
+def _what_helps(options: BuildOptions) -> str:
+    """The knobs that can let a kind's candidates pass (more candidates only where more can be drawn)."""
+    more = [] if options.questions is not None or options.prompts is not None else ["--max-candidates"]
+    knobs = {"und": ["a higher --temperature", "a lower --margin", "--fallback-gt"],
+             "gen-model": ["a lower --margin"] if options.judge == VERIFIER else ["another --judge"],
+             "gen-real": ["a higher --temperature"]}.get(options.kind, [])
+    choices = [*more, *knobs] or ["other settings"]
+    return ", ".join(choices[:-1]) + (" or " if len(choices) > 1 else "") + choices[-1]
+
+
 def build_preferences(
     um: UnifiedModel, options: BuildOptions, progress: Progress | None = None,
     questions: Sequence[UserItem] | None = None, prompts: Sequence[PromptSpec | FreePrompt] | None = None,
@@ -347,10 +357,7 @@ def build_preferences(
         if len(kept) >= options.n:
             break
     if not kept:
-        raise UserError(
-            f"no {options.kind} pair passed the filters in {limit} candidates; "
-            "try more candidates, a higher --temperature, or --fallback-gt (und)"
-        )
+        raise UserError(f"no {options.kind} pair passed the filters in {limit} candidates; try {_what_helps(options)}")
     rows = []
     chunks = [kept[start : start + options.batch_size] for start in range(0, len(kept), options.batch_size)]
     referenced = [pairs for results in distributed.ordered_rounds(
