@@ -286,3 +286,19 @@ def test_a_metric_a_model_lacks_is_no_test_in_the_bonferroni_family(tmp_path: Pa
     performed = sum(row["p"] is not None for row in rows)
     assert performed == len(rows) - 1 and results["bonferroni"]["tests"] == performed
     assert all(row["significant"] == (row["p"] is not None and row["p"] < 0.05 / performed) for row in rows)
+
+
+def test_reports_of_other_data_are_warned_of(tmp_path: Path, capsys) -> None:
+    """A report on users' prompts compared with one on the held-out items printed its Welch table silently: its Δ
+    compares different items."""
+    before, after = _write(tmp_path / "before.json", 0.40), _write(tmp_path / "after.json", 0.45, draw=1)
+    report = json.loads(after.read_text())
+    report["config"] |= {"prompts": "3 given", "split": "test"}
+    after.write_text(json.dumps(report))
+    with pytest.warns(UnigapWarning, match=r"after.json was evaluated on other data than .*before.json \(split None "
+                                           r"→ 'test'; prompts None → '3 given'\): its Δ compares different items"):
+        code, _, _ = _run(capsys, before, after)
+    assert code in (0, None)
+    with warnings.catch_warnings():  # (the same data: no warning)
+        warnings.simplefilter("error", UnigapWarning)
+        _run(capsys, before, _write(tmp_path / "again.json", 0.45, draw=2))

@@ -163,6 +163,7 @@ def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False)
     generation category and question kind), models in the order given, the baseline under its own name, and
     without what only a study has."""
     study = reports_study(reports)  # its runs in the order of `reports`
+    _warn_other_data([(path, run.eval_report) for (_, path), run in zip(reports, study.runs, strict=True)])
     tested = _tested([(path, run.eval_report) for (_, path), run in zip(reports, study.runs, strict=True)])
     if by_group:
         tested += _by_group([run.eval_report for run in study.runs], tested)
@@ -182,6 +183,22 @@ def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False)
              for name in order}
     return results | {"base": baseline, "methods": order, "model_seeds": seeds,
                       "reports": [[name, str(path)] for name, path in reports]}
+
+
+DATA_SETTINGS = ("split", "data_seed", "prompts", "questions")  # what a report's items were drawn from
+
+
+def _warn_other_data(reports: Sequence[tuple[Path, dict[str, Any]]]) -> None:
+    """A warning where a report's items come from other data than the baseline's (another split or partition, or
+    users' files beside the held-out items): its Δ then compares different items, not one model against another."""
+    first, config = reports[0][0], reports[0][1].get("config") or {}
+    for path, report in reports[1:]:
+        other = report.get("config") or {}
+        differ = [f"{key} {config.get(key)!r} → {other.get(key)!r}" for key in DATA_SETTINGS
+                  if config.get(key) != other.get(key)]
+        if differ:
+            warnings.warn(UnigapWarning(f"{path} was evaluated on other data than {first} ({'; '.join(differ)}): "
+                                        "its Δ compares different items"), stacklevel=3)
 
 
 def _interval(interval: Sequence[float] | None) -> str:
