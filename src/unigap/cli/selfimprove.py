@@ -59,7 +59,8 @@ def selfimprove_command(
                               "(default) | clip:DIR | vlm:DIR (a local CLIP/SigLIP or image-text-to-text model, as "
                               "`unigap eval --judge`) | none. `--judge` is the same option, named as elsewhere."),
     no_guard: bool = typer.Option(False, "--no-guard", help="Audit and log, but never stop the run."),
-    eval_n: int = typer.Option(None, "--eval-n", help="Held-out prompts for before/after (default 300)."),
+    eval_n: int = typer.Option(None, "--eval-n", help="Held-out prompts for before/after (default 300; the per-epoch "
+                               "validation probe is --config's epoch_eval_n, default 100)."),
     config_file: Path | None = typer.Option(None, "--config", help="A TOML file of settings (flags win)."),
     seed: int = typer.Option(None, "--seed", help="Draws the prompts and every sample (default 0)."),
     out: Path = typer.Option(Path("runs/selfimprove"), "--out", help="Output directory."),

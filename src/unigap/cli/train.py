@@ -56,7 +56,8 @@ def train(
                                             f"sequence (RPO; default {DPO.nll_weight:g})."),
     seed: int | None = typer.Option(None, "--seed", help="Seed: LoRA init, data order, dropout (default 0)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of TrainConfig (dpo), SFTConfig (sft) or "
-                                       "UniMRGConfig (unimrg, und-sft) keys; flags win."),
+                                       "UniMRGConfig (unimrg, und-sft) keys; flags win. unimrg and und-sft draw "
+                                       "their data from n_scenes (default 2000) scenes there, whatever --steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last "
                                 "checkpoint (a fresh start when there is none, so a preemptible job can always pass it)."),
     dtype: str | None = typer.Option(None, "--dtype", help="Weights' dtype: float32 | bfloat16 (default: bfloat16 "
