@@ -60,7 +60,7 @@ def selfimprove_command(
                               "`unigap eval --judge`) | none. `--judge` is the same option, named as elsewhere."),
     no_guard: bool = typer.Option(False, "--no-guard", help="Audit and log, but never stop the run."),
     eval_n: int = typer.Option(None, "--eval-n", help="Held-out prompts for before/after (default 300; the per-epoch "
-                               "validation probe is --config's epoch_eval_n, default 100)."),
+                               "validation probe's size is epoch_eval_n, set in --config)."),
     config_file: Path | None = typer.Option(None, "--config", help="A TOML file of settings (flags win)."),
     seed: int = typer.Option(None, "--seed", help="Draws the prompts and every sample (default 0)."),
     out: Path = typer.Option(Path("runs/selfimprove"), "--out", help="Output directory."),
