@@ -60,16 +60,21 @@ def _a_float_column(rows: list[tuple[str, dict[str, Any]]], column: str) -> bool
     return bool(cells) and all(FLOAT_CELL.fullmatch(cell) for cell in cells)
 
 
-def _answer_text(value: Any, whole_floats: bool = False) -> str | None:
-    """An answer as text: a string (as written: "10.00" is a price, not 10), a whole number (VQA's counts, often
-    stored as integers, or as floats: "3.0" in a CSV column that `whole_floats` says pandas wrote of floats), or
-    VQAv2's `{"answer": ...}` record; None for anything else (NaN too)."""
-    if isinstance(value, dict):
-        value = value.get("answer")
+def _whole(value: Any, whole_floats: bool) -> Any:
+    """A whole float as the integer it stands for (pandas' float of an integer column with a gap: 3.0, or "3.0" in a
+    CSV column that `whole_floats` says pandas wrote of floats); any other value as it is."""
     if whole_floats and isinstance(value, str) and WHOLE_FLOAT.fullmatch(value.strip()):
         value = float(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _answer_text(value: Any, whole_floats: bool = False) -> str | None:
+    """An answer as text: a string (as written: "10.00" is a price, not 10), a whole number (VQA's counts, often
+    stored as integers, or as floats: `_whole`), or VQAv2's `{"answer": ...}` record; None for anything else (NaN
+    too)."""
+    if isinstance(value, dict):
+        value = value.get("answer")
+    value = _whole(value, whole_floats)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value if isinstance(value, str) and value.strip() else None
@@ -121,10 +126,7 @@ def _kind(value: Any, where: str, whole_floats: bool = False) -> str:
     if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float)
                                                                            and math.isnan(value)):
         return DEFAULT_KIND
-    if whole_floats and isinstance(value, str) and WHOLE_FLOAT.fullmatch(value.strip()):
-        value = float(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # (pandas' float of an integer column with a gap: 0.0 is kind 0)
+    value = _whole(value, whole_floats)  # (0.0 is kind 0)
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise UserError(f"{where}: 'kind' must be text or a number, got {value!r}")
     return str(value)
