@@ -163,8 +163,9 @@ def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False)
     generation category and question kind), models in the order given, the baseline under its own name, and
     without what only a study has."""
     study = reports_study(reports)  # its runs in the order of `reports`
-    _warn_other_data([(path, run.eval_report) for (_, path), run in zip(reports, study.runs, strict=True)])
-    tested = _tested([(path, run.eval_report) for (_, path), run in zip(reports, study.runs, strict=True)])
+    read = [(path, run.eval_report) for (_, path), run in zip(reports, study.runs, strict=True)]
+    _warn_other_data(read)
+    tested = _tested(read)
     if by_group:
         tested += _by_group([run.eval_report for run in study.runs], tested)
     baseline, order = reports[0][0], list(dict.fromkeys(name for name, _ in reports))
