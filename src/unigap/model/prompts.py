@@ -24,6 +24,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from transformers import PreTrainedTokenizerBase
 from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
@@ -160,13 +161,24 @@ class PromptFormat:
         """R3's reflection question for a generation prompt (asked in a fresh context with the image)."""
         return REFLECT_QUESTION.format(prompt=_bare(prompt))
 
+    @cached_property
+    def _yes_no(self) -> tuple[list[int], list[int], bool]:
+        """The yes and the no first tokens, and `judges_by_first_token`: the tokenizer's, worked out once (the judge
+        asks on every batch)."""
+        yes, no = self.first_answer_token_ids(YES_WORDS), self.first_answer_token_ids(NO_WORDS)
+        single = all(len(self._answer_text_ids(word)) == 1 for word in YES_WORDS + NO_WORDS)
+        return yes, no, not set(yes) & set(no) and single
+
     def judges_by_first_token(self) -> bool:
         """Whether P(yes) can be read off one next-token distribution: every yes and no spelling a single token, the
         yes ones distinct from the no ones. Otherwise the words' whole token sequences are scored: a first token
         shared by both ("Ġ" alone), or one that begins other words too (" Yes" as "Ġ" + "Yes" beside a merged
         " yes"), would count every word starting like it as the answer."""
-        yes, no = self.first_answer_token_ids(YES_WORDS), self.first_answer_token_ids(NO_WORDS)
-        return not set(yes) & set(no) and all(len(self._answer_text_ids(word)) == 1 for word in YES_WORDS + NO_WORDS)
+        return self._yes_no[2]
+
+    def yes_no_token_ids(self) -> tuple[list[int], list[int]]:
+        """`first_answer_token_ids` of the yes and of the no words, whose next-token odds the judge reads."""
+        return self._yes_no[0], self._yes_no[1]
 
     def first_answer_token_ids(self, words: tuple[str, ...]) -> list[int]:
         """Distinct first tokens of the given answer words (e.g. " yes"/" Yes"), for yes/no scoring."""

@@ -312,7 +312,6 @@ def judge_yes_probability(
     batch_size = check_counts(images=images, prompts=prompts)
     if batch_size == 0:
         return torch.zeros(0, device=model.device)
-    yes_ids, no_ids = fmt.first_answer_token_ids(YES_WORDS), fmt.first_answer_token_ids(NO_WORDS)
     if not fmt.judges_by_first_token():  # each word's tokens decide, EOS left out
         questions = [fmt.judge_question(p) for p in prompts]
 
@@ -325,6 +324,7 @@ def judge_yes_probability(
     batch = _batch(model, fmt, vision, images, [fmt.understanding_ids(fmt.judge_question(p)) for p in prompts])
     hidden, _ = _hidden(model, batch)
     logprobs = torch.log_softmax(model.lm_head(hidden[:, -1]).float(), dim=-1)
+    yes_ids, no_ids = fmt.yes_no_token_ids()
     yes = torch.logsumexp(logprobs[:, yes_ids], dim=-1)
     no = torch.logsumexp(logprobs[:, no_ids], dim=-1)
     return torch.sigmoid(yes - no)
