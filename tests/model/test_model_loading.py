@@ -270,3 +270,6 @@ def test_a_sharded_checkpoint_loads_and_a_missing_shard_or_index_is_one_clear_er
         message = f"lacks 1 of the weight files .* \\(first: {name}\\)" if name else "nor the model.safetensors.index"
         with pytest.raises(UserError, match=message):
             load_model(copy)
+    (tmp_path / f"without-{shards[1].name}" / "model.safetensors.index.json").write_text("[]")  # (was AttributeError)
+    with pytest.raises(UserError, match="has no 'weight_map'"):
+        load_model(tmp_path / f"without-{shards[1].name}")

@@ -82,7 +82,8 @@ def _check_shards(directory: Path) -> None:
     if not index.is_file():
         raise UserError(f"{directory} holds *.safetensors weights but neither model.safetensors nor the "
                         "model.safetensors.index.json that joins shards (an incomplete download?)")
-    weight_map = _read_json(index).get("weight_map")
+    joined = _read_json(index)
+    weight_map = joined.get("weight_map") if isinstance(joined, dict) else None  # (a JSON list: no map either)
     if not isinstance(weight_map, dict):
         raise UserError(f"{index} has no 'weight_map' of tensor names to shard files")
     missing = sorted({str(name) for name in weight_map.values()} - {p.name for p in directory.glob("*.safetensors")})
