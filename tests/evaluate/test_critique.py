@@ -61,7 +61,12 @@ def test_the_aucs_carry_n_and_a_95_interval_from_their_standard_errors() -> None
     stderr = np.sqrt(sum((w[c] * by[c]["stderr"]) ** 2 for c in w)) / sum(w.values())
     assert within["n"] == 80 and within["stderr"] == pytest.approx(stderr)
     assert within["ci95"] == pytest.approx([within["auc"] - 1.959964 * stderr, within["auc"] + 1.959964 * stderr])
-    assert auc([0.9, 0.8], [0.1])["ci95"] == [1.0, 1.0]  # (within [0, 1])
+    perfect = auc([0.9, 0.8], [0.1])
+    assert perfect["ci95"][1] == 1.0 and perfect["ci95"][0] < 0.5  # within [0, 1], and not certainty from 3 images
+    assert auc([0.1], [0.9])["stderr"] == pytest.approx(auc([0.9], [0.1])["stderr"])  # 0 and 1 alike
+    assert auc([0.1], [0.9])["stderr"] > 0
+    assert self_judge_metrics([record("colors", p, v) for p, v in ((0.9, True), (0.8, True), (0.2, False))]
+                              )["auc_within"]["stderr"] > 0
     # Hanley and McNeil's standard error by hand: A = 5/6, Q1 = A/(2 − A) = 5/7, Q2 = 2A²/(1 + A) = 25/33, 3 correct
     # and 2 wrong: SE² = (A(1 − A) + 2(Q1 − A²) + 1(Q2 − A²)) / 6 (the checks above read the function's own output)
     a = 5 / 6
