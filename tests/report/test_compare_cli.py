@@ -302,3 +302,9 @@ def test_reports_of_other_data_are_warned_of(tmp_path: Path, capsys) -> None:
     with warnings.catch_warnings():  # (the same data: no warning)
         warnings.simplefilter("error", UnigapWarning)
         _run(capsys, before, _write(tmp_path / "again.json", 0.45, draw=2))
+    report = json.loads((tmp_path / "again.json").read_text())  # a batch's sampling seed follows its index
+    report["config"]["batch_size"] = 1 + (json.loads(before.read_text())["config"].get("batch_size") or 0)
+    (tmp_path / "again.json").write_text(json.dumps(report))
+    with pytest.warns(UnigapWarning, match=r"again.json was sampled under other seeds than .*before.json \(batch_size "
+                                           r".*: its images are paired by prompt, not by sampling seed"):
+        _run(capsys, before, tmp_path / "again.json")

@@ -187,19 +187,24 @@ def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False)
 
 
 DATA_SETTINGS = ("split", "data_seed", "prompts", "questions")  # what a report's items were drawn from
+SAMPLING_SETTINGS = ("batch_size",)  # what else its images' sampling seeds follow (a batch's seed is its index's)
 
 
 def _warn_other_data(reports: Sequence[tuple[Path, dict[str, Any]]]) -> None:
     """A warning where a report's items come from other data than the baseline's (another split or partition, or
-    users' files beside the held-out items): its Δ then compares different items, not one model against another."""
+    users' files beside the held-out items): its Δ then compares different items, not one model against another. And
+    where its images were sampled under other seeds (another --batch-size): the paired test then pairs prompts only."""
     first, config = reports[0][0], reports[0][1].get("config") or {}
     for path, report in reports[1:]:
         other = report.get("config") or {}
-        differ = [f"{key} {config.get(key)!r} → {other.get(key)!r}" for key in DATA_SETTINGS
-                  if config.get(key) != other.get(key)]
-        if differ:
-            warnings.warn(UnigapWarning(f"{path} was evaluated on other data than {first} ({'; '.join(differ)}): "
-                                        "its Δ compares different items"), stacklevel=3)
+        for settings, what, meaning in ((DATA_SETTINGS, "evaluated on other data", "its Δ compares different items"),
+                                        (SAMPLING_SETTINGS, "sampled under other seeds",
+                                         "its images are paired by prompt, not by sampling seed")):
+            differ = [f"{key} {config.get(key)!r} → {other.get(key)!r}" for key in settings
+                      if config.get(key) != other.get(key)]
+            if differ:
+                warnings.warn(UnigapWarning(f"{path} was {what} than {first} ({'; '.join(differ)}): {meaning}"),
+                              stacklevel=3)
 
 
 def _interval(interval: Sequence[float] | None) -> str:
@@ -219,7 +224,7 @@ def comparison_table(results: dict[str, Any]) -> Table:
         seeds = "seeds " + ", ".join(f"{escape(name)} {each}" for name, each in by_model.items())
     name = escape(baseline)
     table = Table(title=f"against {name}, {seeds}: level {name} → model; Δ and p by the paired test where "
-                        "both sides hold the same items (same --split, --n, --seed, --data-seed), else Welch; "
+                        "both sides hold the same items (same --split, --n, --seed, --data-seed, --batch-size), else Welch; "
                         f"* significant after Bonferroni over {b['tests']} tests (p < {b['alpha_corrected']:.2g}); "
                         "Welch p uncorrected")
     for header in ("model", "metric", "n", "level", "Δ [95% CI]", "p", "test", "Welch p"):
