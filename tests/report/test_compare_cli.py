@@ -119,6 +119,7 @@ def test_another_judges_verdicts_are_compared_where_there_is_no_verifier(tmp_pat
         rng = np.random.default_rng(len(paths))
         for r in report["records"]["generation"]:
             r |= {"verified": None, "weak_generation": None, "judge_accepted": bool(rng.random() < rate)}
+        report["config"]["judge"] = {"name": "clip:/m", "threshold": 0.3, "version": 1, "weights": "abc"}
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps(report))
     code, out, _ = _run(capsys, *paths, "--out", tmp_path / "c.json")
@@ -128,6 +129,7 @@ def test_another_judges_verdicts_are_compared_where_there_is_no_verifier(tmp_pat
                                                         "judged_generation.accuracy"]
     judged = results["results"]["after"]["judged_generation.accuracy"]
     assert judged["n"] == 300 and judged["significant"] and results["bonferroni"]["tests"] == 3
+    assert results["judge"] == json.loads(paths[0].read_text())["config"]["judge"]  # which judge said so
 
 
 def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys) -> None:

@@ -111,8 +111,7 @@ def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
 
 def _judged_alike(reports: Sequence[dict[str, Any]]) -> bool:
     """Whether every report with another judge's verdicts had a judge alike (`_alike`); warns otherwise."""
-    judges = [_judge(report) for report in reports
-              if any(r.get(JUDGED.outcome) is not None for r in report["records"].get(JUDGED.records) or [])]
+    judges = [_judge(report) for report in reports if _judged(report)]
     if all(_alike(judges[0], judge) for judge in judges[1:]):
         return True
     named = "; ".join(dict.fromkeys(f"{j.get('name') or 'an unnamed judge'} (threshold {j.get('threshold')}, version "
@@ -120,6 +119,11 @@ def _judged_alike(reports: Sequence[dict[str, Any]]) -> bool:
     warnings.warn(UnigapWarning(f"judged-generation accuracy left out: the reports' judges differ ({named})"),
                   stacklevel=2)
     return False
+
+
+def _judged(report: dict[str, Any]) -> bool:
+    """Whether the report holds another judge's verdicts (`eval --judge`)."""
+    return any(r.get(JUDGED.outcome) is not None for r in report["records"].get(JUDGED.records) or [])
 
 
 def _judge(report: dict[str, Any]) -> dict[str, Any]:
@@ -160,8 +164,8 @@ def _by_group(reports: Sequence[dict[str, Any]], metrics: Sequence[Metric]) -> l
 
 def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False) -> dict[str, Any]:
     """`compute_stats` of the reports (see `reports_study`) over the metrics they hold (with `by_group`, also per
-    generation category and question kind), models in the order given, the baseline under its own name, and
-    without what only a study has."""
+    generation category and question kind), models in the order given, the baseline under its own name, the judge
+    of judged-generation accuracy where it is tested (None otherwise), and without what only a study has."""
     study = reports_study(reports)  # its runs in the order of `reports`
     read = [(path, run.eval_report) for (_, path), run in zip(reports, study.runs, strict=True)]
     _warn_other_data(read)
@@ -182,7 +186,8 @@ def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False)
         results["options"].pop(key)
     seeds = {name: sorted({run.seed for run in study.runs if run.method == name})
              for name in order}
-    return results | {"base": baseline, "methods": order, "model_seeds": seeds,
+    judge = next(_judge(report) for _, report in read if _judged(report)) if JUDGED in tested else None
+    return results | {"base": baseline, "methods": order, "model_seeds": seeds, "judge": judge,
                       "reports": [[name, str(path)] for name, path in reports]}
 
 
