@@ -294,7 +294,7 @@ def test_eval_defaults_to_the_verifier(stub_factory) -> None:
     assert "judged_generation" not in report
 
 
-@pytest.mark.parametrize("judge, message", [("clip:/nonexistent", "does not exist"), ("self-pyes", "unknown judge")])
+@pytest.mark.parametrize("judge, message", [("clip:/nonexistent", "does not exist"), ("self-pyes", "the model's own judge, not an independent one")])
 def test_eval_with_a_bad_judge_exits_2_and_writes_nothing(tiny_dir, tmp_path, capsys, judge, message) -> None:
     out = tmp_path / "sub" / "eval.json"
     code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--judge", judge, "--n", 2, "--out", out])

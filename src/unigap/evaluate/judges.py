@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from unigap.errors import UnigapWarning
+from unigap.errors import UnigapWarning, UserError
 from unigap.evaluate.generation import ACCEPT_THRESHOLD, self_p_yes
 from unigap.model.checkpoint import weights_fingerprint
 from unigap.registry import Registry
@@ -136,7 +136,10 @@ def check_judge_name(name: str, independent: bool = False) -> None:
     if sep and kind in LOCAL_JUDGES:
         return
     fixed = [j.name for j in JUDGES.values() if j.independent or not independent]
-    JUDGES.lookup(name, [*fixed, *(f"{kind}:DIR" for kind in LOCAL_JUDGES)])
+    choices = [*fixed, *(f"{kind}:DIR" for kind in LOCAL_JUDGES)]
+    if name in JUDGES and name not in fixed:  # (registered, but the model's own: it cannot check the model)
+        raise UserError(f"{name} is the model's own judge, not an independent one; expected one of {', '.join(choices)}")
+    JUDGES.lookup(name, choices)
 
 
 @lru_cache(maxsize=4)
