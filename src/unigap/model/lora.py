@@ -201,7 +201,8 @@ def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
     for key, shape in shapes.items():
         name = key.removeprefix("base_model.model.")
         marker = _LORA_TENSOR.search(name)
-        if marker is None:
+        if marker is None:  # (a targeted embedding's own weight is saved under its LoRA layer's `base_layer`)
+            name = name.replace(".base_layer.", ".")
             expected = tuple(params[name].shape) if name in params else None
         else:
             layer = modules.get(name[: marker.start()])
