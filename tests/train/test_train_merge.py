@@ -84,6 +84,14 @@ def test_soup_refuses_mismatched_adapters(adapters: tuple[Path, Path], tmp_path:
                                         rf"says r = {config['r'] * 8}"):
         soup(adapters[0], wrong, 0.5, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    key = next(k for k in load_file(str(adapters[1] / "adapter_model.safetensors")) if k.endswith(".lora_B.weight"))
+    for name, extra in (("bias", {key.replace(".weight", ".bias"): torch.zeros(4)}),  # PEFT's lora_bias=True
+                        ("embedding", {key.replace("lora_B.weight", "lora_embedding_A"): torch.zeros(config["r"], 4)})):
+        both = [_copy(adapter, tmp_path / f"{name}{i}", tensors=extra) for i, adapter in enumerate(adapters)]
+        with pytest.raises(UserError, match=rf"{name}0: only plain LoRA adapters \(factors of linear layers\) can be "
+                                            rf"souped; it holds {re.escape(next(iter(extra)))}"):
+            soup(*both, 0.5, tmp_path / "out")  # (mixed as if trained in full: an exact soup's cross terms back)
+    assert not (tmp_path / "out").exists()
 
 
 def _copy(adapter: Path, to: Path, config: object = None, tensors: dict | None = None) -> Path:

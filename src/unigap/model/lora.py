@@ -129,7 +129,7 @@ ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetens
 LORA_ALPHA = 8  # peft's LoraConfig default, for a config that leaves it out
 LEGACY_WEIGHTS = "adapter_model.bin"  # PEFT's pickle format (save_pretrained(safe_serialization=False))
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"  # a LoRA layer's two factors in a saved adapter
-_LORA_TENSOR = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\b")  # PEFT's names of its tensors
+LORA_TENSOR = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\b")  # PEFT's names of its tensors
 
 
 def check_adapter_files(directory: str | Path, weights: tuple[str, ...] = (ADAPTER_WEIGHTS, LEGACY_WEIGHTS)) -> None:
@@ -200,7 +200,7 @@ def check_adapter_fits(model: nn.Module, directory: str | Path) -> None:
     check_ranks(directory, config, shapes)
     for key, shape in shapes.items():
         name = key.removeprefix("base_model.model.")
-        marker = _LORA_TENSOR.search(name)
+        marker = LORA_TENSOR.search(name)
         if marker is None:  # (a targeted embedding's own weight is saved under its LoRA layer's `base_layer`)
             name = name.replace(".base_layer.", ".")
             expected = tuple(params[name].shape) if name in params else None

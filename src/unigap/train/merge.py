@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save
 
 from unigap.errors import UserError, first_line
 from unigap.atomic import atomic_write_bytes, directory_atomically
-from unigap.model.lora import (A_SUFFIX, ADAPTER_CONFIG, ADAPTER_WEIGHTS, B_SUFFIX, LORA_ALPHA, check_adapter_files,
-                               check_ranks, read_adapter_config)
+from unigap.model.lora import (A_SUFFIX, ADAPTER_CONFIG, ADAPTER_WEIGHTS, B_SUFFIX, LORA_ALPHA, LORA_TENSOR,
+                               check_adapter_files, check_ranks, read_adapter_config)
 from unigap.train.names import SOUP_LAMBDAS
 
 # settings that must agree for two adapters to be souped (rank and alpha may differ)
@@ -43,6 +43,10 @@ def _read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]
     except SafetensorError as exc:
         raise UserError(f"cannot read the adapter in {directory} (incomplete or corrupt?): {first_line(exc)}") from None
     check_ranks(directory, config, {key: tuple(tensor.shape) for key, tensor in tensors.items()})
+    other = next((key for key in tensors if LORA_TENSOR.search(key) and not key.endswith((A_SUFFIX, B_SUFFIX))), None)
+    if other is not None:  # (mixed as if trained in full, they would bring back the cross terms, or not load)
+        raise UserError(f"{directory}: only plain LoRA adapters (factors of linear layers) can be souped; it holds "
+                        f"{other}")
     return config, tensors
 
 
