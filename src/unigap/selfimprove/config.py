@@ -27,9 +27,10 @@ TRAINABLE: dict[str, tuple[str, ...]] = {
     "llm+aligners": ("aligner", "generation_aligner"),
     "llm+aligners+vision": ("aligner", "generation_aligner", "vision_model"),
 }
-# The guard stops a run when the audited precision of its accepted images falls below the audited base rate (the
-# share of all its images the independent judge accepts): SFT on the accepted images then teaches the model
-# images that are correct *less* often than its own samples already are, which can only degrade it.
+# The guard stops a run when the audited precision of its accepted images is significantly below the audited base
+# rate (the share of all its images the independent judge accepts; a one-sided binomial test, p < 0.05, so that a
+# handful of audited images cannot stop it): SFT on the accepted images then teaches the model images that are
+# correct *less* often than its own samples already are, which can only degrade it.
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,12 @@ class SelfImproveConfig:
     max_grad_norm: float = 1.0
     audit: str = "verifier"  # an independent judge (verifier, clip:DIR, vlm:DIR), or none
     audit_size: int = 200  # labels checked by the independent judge per labelling round
-    guard: bool = True  # stop (exit 3) when the audited precision < the audited base rate
+    guard: bool = True  # stop (exit 3) when the audited precision is significantly below the audited base rate
     eval_n: int = 300  # held-out (test) prompts for the before/after comparison; 0 = none (the study evaluates)
     epoch_eval_n: int = 100  # validation prompts measured after each epoch (the per-epoch figure)
     seed: int = 0
     data_seed: int = 0
-    cfg_scale: float = CFG_SCALE
+    cfg_scale: float = CFG_SCALE  # sampling's guidance, the sampler's: 1 = none, 0 = the unconditional logits alone
     temperature: float = 1.0
     sample_batch: int = 64  # images per sampling call
     bf16: bool = False  # bf16 autocast of training (TRL's bf16=True): float32 weights and optimiser
@@ -78,7 +79,8 @@ class SelfImproveConfig:
                 raise UserError(f"unknown {name} {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
         if self.prompts in HELD_OUT_SPLITS:
             raise UserError(f"--prompts {self.prompts}: the {self.prompts} split is held out (the before/after "
-                            "evaluation draws from it); train on train or a prompt file")
+                            "evaluation draws from test, the per-epoch probe from val); train on train or a prompt "
+                            "file")
         if self.audit != "none":
             try:
                 check_judge_name(self.audit, independent=True)

@@ -269,7 +269,7 @@ def _guard(out: Path, config: SelfImproveConfig, audits: list[dict[str, Any]], b
     raise GuardStopped(
         f"guard: label precision {alarm['precision']:.2f} (n = {alarm['n']}) against the {config.audit} is below the "
         f"base rate {alarm['threshold']:.2f} of the model's own images after labelling round {alarm['round']} "
-        f"(one-sided binomial p = {alarm['p']:.2g}): stopped; {kept} (--no-guard runs on)"
+        f"(one-sided binomial p = {alarm['p']:.2g}): stopped; {kept} (--resume --no-guard goes on past it)"
     )
 
 
