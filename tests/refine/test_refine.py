@@ -129,12 +129,11 @@ def test_a_model_that_cannot_edit_regenerates_and_refuses_edit(stub_factory, tmp
     assert run_refine(stub, RefineConfig(n=4, rounds=1), tmp_path / "regen", progress=False)["rounds"] == report["rounds"]
     with pytest.raises(UserError, match="cannot"):
         run_refine(stub, RefineConfig(n=4, rounds=1, refiner="edit"), tmp_path / "edit", progress=False)
-    with pytest.raises(UserError, match="^--edit-cfg guide edits; this model cannot edit, so the loop regenerates$"):
+    with pytest.raises(UserError, match="^--edit-cfg guides edits; this model cannot edit, so the loop regenerates$"):
         run_refine(stub, RefineConfig(n=4, rounds=1, edit_cfg_scale=5.0), tmp_path / "guided", progress=False)
     assert not (tmp_path / "guided").exists()  # refused before anything is written
-    with pytest.raises(UserError, match="^--edit-cfg guide edits; --refiner regenerate never edits$"):  # any model
-        run_refine(stub_factory(), RefineConfig(n=4, rounds=1, refiner="regenerate", edit_cfg_scale=5.0),
-                   tmp_path / "guided", progress=False)
+    with pytest.raises(UserError, match="^--edit-image-cfg guides edits; --refiner regenerate never edits$"):
+        RefineConfig(n=4, rounds=1, refiner="regenerate", edit_image_cfg_scale=5.0)  # any model: only the flag given
 
 
 @pytest.mark.parametrize(
@@ -142,7 +141,9 @@ def test_a_model_that_cannot_edit_regenerates_and_refuses_edit(stub_factory, tmp
     [(["--rounds", "-1"], "--rounds must be >= 0"), (["--reflector", "judge"], "--reflector must be one of"),
      (["--prompts", "nowhere.txt"], "neither"),
      (["--rounds", "0", "--reflector", "oracle", "--edit-cfg", "2"],
-      "--reflector, --edit-cfg act on the rounds after the first image, and --rounds 0 runs none")],
+      "--reflector, --edit-cfg act on the rounds after the first image, and --rounds 0 runs none"),
+     (["--refiner", "regenerate", "--edit-image-cfg", "1"],  # (the flag given, not both)
+      "--edit-image-cfg guides edits; --refiner regenerate never edits")],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -105,9 +105,8 @@ def refine_command(
     after_first = [option for option in _typed(ctx) if option in ("--reflector", "--refiner", "--edit-cfg",
                                                                   "--edit-image-cfg")]
     if rounds == 0 and after_first:
-        raise UserError(f"{', '.join(after_first)} act on the rounds after the first image, and --rounds 0 runs none")
-    if refiner == "regenerate" and edit_guidance:
-        raise UserError("--edit-cfg and --edit-image-cfg guide edits; --refiner regenerate never edits")
+        raise UserError(f"{', '.join(after_first)} act{'s' if len(after_first) == 1 else ''} on the rounds after the "
+                        "first image, and --rounds 0 runs none")
     config = RefineConfig(n=n, rounds=rounds, reflector=reflector, refiner=refiner, prompts=prompts, seed=seed,
                           batch_size=batch_size, judge=judge, **edit_guidance)
     if out.exists() and not out.is_dir():

@@ -11,6 +11,7 @@ configuration in the same directory is refused):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,24 @@ class RefineConfig:
             if getattr(self, name) < 0:
                 raise UserError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
         check_judge_name(self.judge, independent=True)
+        if self.refiner == "regenerate" and self.edit_flags:
+            raise unused_guidance(self.edit_flags, "--refiner regenerate never edits")
 
     @property
     def edit_guidance(self) -> EditGuidance:
         return EditGuidance(self.edit_cfg_scale, self.edit_image_cfg_scale)
+
+    @property
+    def edit_flags(self) -> list[str]:
+        """The edit-guidance flags set away from their defaults."""
+        return [flag for flag, value, default in (("--edit-cfg", self.edit_cfg_scale, EDIT_CFG_SCALE),
+                                                  ("--edit-image-cfg", self.edit_image_cfg_scale, EDIT_IMAGE_CFG_SCALE))
+                if value != default]
+
+
+def unused_guidance(flags: Sequence[str], why: str) -> UserError:
+    """The refusal of edit guidance a run would record and never use."""
+    return UserError(f"{' and '.join(flags)} guide{'s' if len(flags) == 1 else ''} edits; {why}")
 
 
 def check_refiner(um: Refinable, config: RefineConfig) -> str:
@@ -88,13 +103,8 @@ def check_refiner(um: Refinable, config: RefineConfig) -> str:
     if config.refiner == "edit" and not um.supports_editing:
         raise UserError("--refiner edit needs a model that can edit images; this one cannot (use regenerate or auto)")
     mode = refiner_for(um, config.refiner)
-    given = [flag for flag, value, default in (("--edit-cfg", config.edit_cfg_scale, EDIT_CFG_SCALE),
-                                               ("--edit-image-cfg", config.edit_image_cfg_scale, EDIT_IMAGE_CFG_SCALE))
-             if value != default]
-    if mode != "edit" and given:
-        why = "--refiner regenerate never edits" if config.refiner == "regenerate" else \
-            "this model cannot edit, so the loop regenerates"
-        raise UserError(f"{' and '.join(given)} guide edits; {why}")
+    if mode != "edit" and config.edit_flags:  # (`regenerate` is refused by the config itself)
+        raise unused_guidance(config.edit_flags, "this model cannot edit, so the loop regenerates")
     return mode
 
 
