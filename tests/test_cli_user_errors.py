@@ -742,14 +742,14 @@ def test_a_text_holding_an_image_tokens_string_is_one_line_and_writes_nothing(tm
     (tmp_path / "q.jsonl").write_text(json.dumps({"image": str(image), "question": "how many <image_placeholder>?",
                                                   "answer": "1"}) + "\n")
     (tmp_path / "trl.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [  # TRL's und pairs
-        {"prompt": "how many shapes?", "chosen": "1", "rejected": "2", "images": [str(image)]},
+        {"prompt": "how many circles are there?", "chosen": "1", "rejected": "2", "images": [str(image)]},
         {"prompt": "how many <image_placeholder>?", "chosen": "1", "rejected": "2", "images": [str(image)]}]))
     for args, message in [
         (["generate", "--prompts", tmp_path / "p.txt", "--out", tmp_path / "grid"],
          "p.txt:2: generation prompts must not contain image tokens, got 'a blue square <begin_of_image>'"),
         (["generate", "--prompt", "a red circle " * 150, "--out", tmp_path / "long.png"],  # (positions it never saw)
          "--prompt: 452 tokens and its image 63: 515 positions, more than the model's context of 512"),
-        (["ask", "--image", image, "--question", "how many shapes " * 150],
+        (["ask", "--image", image, "--question", "how many circles " * 150],
          "--question: with its image: 517 positions, more than the model's context of 512"),
         (["ask", "--image", image, "--question", "how many <image_placeholder>?"],
          "--question: the understanding prompt holds 65 image placeholder tokens, expected 64"),
