@@ -394,6 +394,11 @@ def test_config_errors_name_the_fix() -> None:
                                           r"vlm:DIR, or verifier-binary$"):
         GRPOConfig(reward="clipscore")
     assert GRPOConfig(reward="verifier-binary").reward == "verifier-binary"
+    assert GRPOConfig(perfect_fraction=1.0).perfect_fraction == 1.0  # (always a perfect start where there is one)
+    with pytest.raises(UserError, match=r"perfect-fraction must lie in \[0, 1\], got 1.5"):
+        GRPOConfig(perfect_fraction=1.5)
+    with pytest.raises(UserError, match=r"adam-beta2 must lie in \[0, 1\), got 1.0"):
+        GRPOConfig(adam_beta2=1.0)
     with pytest.raises(UserError, match="lora-dropout must be 0 in refine train, got 0.05: the policy runs in eval"):
         GRPOConfig(lora_dropout=0.05)  # (it was recorded as used while training ran without it)
 

@@ -142,8 +142,9 @@ def train_command(
     model: str = typer.Option("tiny", "--model", help='A checkpoint directory, or "tiny" (the shipped model).'),
     out: Path = typer.Option(Path("runs/refine-grpo"), "--out", help="Output directory: log, checkpoint, adapter, "
                              "settings.json, grpo.json (the loop before and after training)."),
-    steps: int | None = typer.Option(None, "--steps", help="Rollout (= optimiser) steps; even steps train generation, "
-                                     "odd steps reflection + refinement unless --stages generate (default 200)."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimiser steps (default 200); rollouts alternate "
+                                     "generation and reflection + refinement unless --stages generate, one rollout "
+                                     "per num_iterations steps (1 by default: a rollout a step)."),
     stages: str | None = typer.Option(None, "--stages", help="tree (R3's schedule, the default) | generate (every "
                                       "step trains the generation stage alone)."),
     reward: str | None = typer.Option(None, "--reward", help="What scores each image: verifier (its graded score, "

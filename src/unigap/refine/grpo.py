@@ -1,12 +1,13 @@
 """`unigap refine train`: R3's GRPO of generation, reflection and refinement, on a LoRA, resumable.
 
-The "tree" schedule (SPEC §3): even steps train the generation stage (G images of each of P train prompts, a group
+The "tree" schedule (SPEC §3): even rollouts train the generation stage (G images of each of P train prompts, a group
 each); their images replace the rollout buffer (R3 clears it at each generation step), split into perfect (the
-verifier's score 1, or the reward judge accepts) and imperfect; odd steps draw one buffered image per group
+verifier's score 1, or the reward judge accepts) and imperfect; odd rollouts draw one buffered image per group
 (`perfect_fraction` of them perfect), so they start from the current policy's images, and roll out G reflect +
 refine branches from it, so each stage has its own group baseline (`unigap.refine.rollout`).
-`stages="generate"` trains the generation stage alone (every step a generation step, no buffer). One AdamW step per
-rollout step (R3: betas (0.9, 0.95), no weight decay, linear warm-up then a constant rate), gradients clipped at 1.
+`stages="generate"` trains the generation stage alone (every rollout a generation one, no buffer). `num_iterations`
+AdamW steps per rollout, one by default as in R3 (betas (0.9, 0.95), no weight decay, linear warm-up then a constant
+rate), gradients clipped at 1.
 Training prompts are train-split prompts only; the reward is the verifier's graded score of each image, or a judge's
 score (`GRPOConfig.reward`).
 

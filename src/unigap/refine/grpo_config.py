@@ -36,7 +36,7 @@ class GRPOConfig:
     """One GRPO run of the refine loop on the shipped model's scale."""
 
     steps: int = 200  # rollout steps = optimiser steps
-    stages: str = "tree"  # R3's: even steps train generation, odd steps reflect + refine; "generate": generation alone
+    stages: str = "tree"  # R3's: even rollouts train generation, odd ones reflect + refine; "generate": that alone
     # what scores each image: "verifier" (its graded score; perfect = satisfied), "verifier-binary" (its verdict,
     # 1 or 0), or a judge by name (its score; perfect = it accepts): self-pyes (the model's own judge:
     # self-rewarded), base-pyes (its judge before the adapter: a frozen reward model), clip:DIR, vlm:DIR. A buffered
@@ -120,7 +120,9 @@ class GRPOConfig:
             raise UserError(f"loss-type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:
             raise UserError(f"scale-rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
-        for name in ("perfect_fraction", "adam_beta1", "adam_beta2"):
+        if not 0 <= self.perfect_fraction <= 1:  # (1: always a perfect start where the buffer has one)
+            raise UserError(f"perfect-fraction must lie in [0, 1], got {self.perfect_fraction}")
+        for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}")
         if self.lora_dropout != 0:  # (a value recorded as if it had acted, while training was a run with 0)
