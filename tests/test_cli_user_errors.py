@@ -52,6 +52,8 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["prefs", "build", "--model", "tiny", "--kind", "gen-real", "--n", "2", "--temperature", "-1"],
      "temperature and cfg scale must be >= 0, got -1.0 and 5.0"),
     (["selfimprove", "--prompts", "test"], "--prompts test: the test split is held out"),
+    (["selfimprove", "--prompts", "nowhere.txt"], "--prompts must be a split (train) or a prompt file; nowhere.txt is "
+                                                  "neither"),  # (the held-out splits are refused)
     (["study", "--methods", ""], "unknown arm or family ''"),
     (["refine", "--prompts", "train"], "--prompts train: refine measures the loop on held-out prompts"),
     (["refine", "--batch-size", "0"], "--batch-size must be positive, got 0"),

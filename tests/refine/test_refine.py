@@ -139,7 +139,7 @@ def test_a_model_that_cannot_edit_regenerates_and_refuses_edit(stub_factory, tmp
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--rounds", "-1"], "--rounds must be >= 0"), (["--reflector", "judge"], "--reflector must be one of"),
-     (["--prompts", "nowhere.txt"], "neither"),
+     (["--prompts", "nowhere.txt"], "--prompts must be a split (test, val) or a prompt file; nowhere.txt is neither"),
      (["--rounds", "0", "--reflector", "oracle", "--edit-cfg", "2"],
       "--reflector, --edit-cfg act on the rounds after the first image, and --rounds 0 runs none"),
      (["--refiner", "regenerate", "--edit-image-cfg", "1"],  # (the flag given, not both)

@@ -10,6 +10,7 @@ exactly `sample_records(n, data_seed, "test")`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +69,13 @@ class FreePrompt:
 
 
 def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0, free_text: bool = False,
-                 free_text_hint: str = "") -> list[PromptSpec | FreePrompt]:
+                 free_text_hint: str = "", splits: Sequence[str] = SPLITS) -> list[PromptSpec | FreePrompt]:
     """At most n ShapeWorld prompts from a split (train: distinct prompts; test/val: `held_out_pairs`'s draw) or
     from a file: plain text (one prompt per line) or JSONL with a `prompt` field (GenEval's metadata shape).
     With `free_text`, a line outside ShapeWorld's grammar becomes a `FreePrompt` (for a judge that reads text);
     otherwise it is, like any bad line, a `UserError` naming `FILE:LINE` (and ending with `free_text_hint`, where
-    the command could read free text with other options)."""
+    the command could read free text with other options). `splits`: those the command takes, for the message
+    naming neither a split nor a file."""
     if n < 1:
         raise UserError(f"--n must be positive, got {n}")
     if source in HELD_OUT_SPLITS:
@@ -82,7 +84,7 @@ def prompt_specs(source: str, n: int, seed: int, data_seed: int = 0, free_text: 
         return distinct_prompts(n, seed, data_seed)
     path = Path(source)
     if not path.is_file():
-        raise UserError(f"--prompts must be a split ({', '.join(SPLITS)}) or a prompt file; {path} is neither")
+        raise UserError(f"--prompts must be a split ({', '.join(splits)}) or a prompt file; {path} is neither")
     specs: list[PromptSpec | FreePrompt] = []
     for line_no, text in read_prompt_file(path):
         try:
@@ -98,7 +100,8 @@ def training_prompt_specs(source: str, n: int, seed: int, data_seed: int, free_t
                           trains: str) -> list[PromptSpec | FreePrompt]:
     """`prompt_specs` for a method that trains on them (`trains` names it): a prompt file holding a held-out
     ShapeWorld prompt of partition `data_seed` is refused, since training on it would leak into the evaluation."""
-    specs = prompt_specs(source, n, seed, data_seed, free_text=free_text, free_text_hint=free_text_hint)
+    specs = prompt_specs(source, n, seed, data_seed, free_text=free_text, free_text_hint=free_text_hint,
+                         splits=("train",))
     if source != "train":
         held_out = {s.text: split for split in HELD_OUT_SPLITS for s in split_prompts(split, data_seed)}
         leaked = next((spec.text for spec in specs if spec.text in held_out), None)

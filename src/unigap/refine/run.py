@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from unigap import distributed
 from unigap.atomic import cached_json, claim_settings, write_atomically, write_json
 from unigap.errors import UserError
-from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, prompt_specs
+from unigap.evaluate.data import FREE_TEXT_HINT, HELD_OUT_SPLITS, FreePrompt, prompt_specs
 from unigap.evaluate.judges import Judge, check_judge_name, get_judge
 from unigap.model.checkpoint import model_identity
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS, EditGuidance
@@ -112,7 +112,7 @@ def refine_prompts(config: RefineConfig) -> list[PromptSpec | FreePrompt]:
     """The loop's prompts: free text (a real checkpoint's) only where a judge that reads text grades the images; a
     `UserError` names the line otherwise."""
     return prompt_specs(config.prompts, config.n, config.seed, config.data_seed, free_text=config.judge != "verifier",
-                        free_text_hint=FREE_TEXT_HINT)
+                        free_text_hint=FREE_TEXT_HINT, splits=HELD_OUT_SPLITS)
 
 
 def _loop_part(um: Refinable, specs: list[PromptSpec | FreePrompt], config: RefineConfig, reflector: str,
