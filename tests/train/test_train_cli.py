@@ -73,6 +73,23 @@ def test_train_from_files(tiny_dir: Path, files, tmp_path: Path, capsys) -> None
     assert code == 0 and "trained 3 steps" in out
 
 
+def test_a_resume_under_changed_settings_fails_before_the_pairs_are_read(tiny_dir: Path, files, tmp_path: Path,
+                                                                         capsys, monkeypatch) -> None:
+    """Reading the pairs encodes their images, and under --bf16, bf16 weights or CFG-mixed log-probs rescores every
+    reference (a forward per pair, minutes on a real model): the one-line refusal came after all of it."""
+    import unigap.prefs.rows
+
+    und, _, _ = files
+    args = ["train", "--model", str(tiny_dir), "--strategy", "und-only", "--und", str(und), "--out", str(tmp_path),
+            "--steps", "1"]
+    assert run_main(capsys, args)[0] == 0
+    monkeypatch.setattr(unigap.prefs.rows, "pairs_of", lambda *_: pytest.fail("the pairs were read first"))
+    code, _, err = run_main(capsys, [*args, "--lr", "1e-2", "--resume"])
+    assert code == 2 and "cannot resume" in err and "lr: " in err
+    code, _, err = run_main(capsys, [*args, "--lr", "1e-2"])  # (not resuming: told so, not about a resume)
+    assert code == 2 and "already holds a run; pass --resume" in err
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

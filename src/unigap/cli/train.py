@@ -100,6 +100,8 @@ def train(
     from unigap.prefs.rows import check_pair_file, pairs_of, stored_images
     from unigap.train.config import TrainConfig
     from unigap.train.sft_data import images_digest
+    from unigap.model.checkpoint import model_identity
+    from unigap.train.loop import resumed_state
     from unigap.train.trainer import DPOTrainer
 
     settings = TrainConfig.load(config, strategy=strategy, beta=beta, nll_weight=nll_weight, **common)
@@ -121,6 +123,8 @@ def train(
                        **settings.to_dict()}
     with manifest("train", settings_record, seeds=[settings.seed]) as record:
         um = run.load(record)
+        # a mistaken --resume, or none, fails before the pairs' images are encoded and their references rescored
+        resumed_state(out, settings, resume, mmap=True, identity=model_identity(um))
         und_pairs, gen_pairs = (pairs_of(rows[task], files[task], task, um) if task in files else []
                                 for task in ("und", "gen"))
         claim_inputs(out, "train", model, fingerprints=inputs)  # recorded once every row is read (images, token ids)

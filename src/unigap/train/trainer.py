@@ -36,7 +36,6 @@ from unigap.train.loop import (
     bf16_autocast,
     holds_run,
     optimizer_step,
-    resumed_state,
     run_steps,
 )
 from unigap.train.config import TrainConfig
@@ -87,9 +86,6 @@ class DPOTrainer:
             raise UserError(
                 f"generation pairs hold images of {sorted(lengths)} tokens, but this model uses {um.num_image_tokens}"
             )
-        self.identity = model_identity(um)  # before the LoRA: the model a resumed run must continue on
-        if holds_run(out_dir):  # a resume under other settings is refused before the references are rescored
-            resumed_state(out_dir, config, True, mmap=True, identity=self.identity)
         # half-precision results move with a batch's shape: under `--bf16` autocast or in bf16 weights (a GPU's
         # default) the references are rescored as the policy scores, so that training starts at the reference
         rounded = config.bf16 or um.dtype in (torch.bfloat16, torch.float16)
@@ -110,6 +106,7 @@ class DPOTrainer:
             reweight_every=config.reweight_every,
             length_w_und=self._length_w_und,
         )
+        self.identity = model_identity(um)  # before the LoRA: the model a resumed run must continue on
         torch.manual_seed(config.seed)  # the LoRA A init and the dropout stream
         um.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout,
                     gradient_checkpointing=config.gradient_checkpointing)
