@@ -30,6 +30,28 @@ def test_an_exact_reflector_and_editor_fix_round_zero_and_then_stop(stub) -> Non
     assert all(t.verdict_after(3) == t.verified[-1] for t in trajectories)  # stopped prompts carry their image
 
 
+def test_the_loop_and_best_of_n_start_from_given_one_shot_images(stub, monkeypatch) -> None:
+    """The study's inference-time arms start from the base's own one-shot images: the loop drew its round 0, and
+    best-of-N its samples, from other seeds, so "refine − base" paired two draws of the base model, not one image
+    before and after the loop."""
+    import numpy as np
+
+    import unigap.world as world
+    from unigap.refine.metrics import best_of_n_images
+
+    one_shot = stub.decode_tokens(stub.generate_images([s.text for s in SPECS]))  # (the stub's: all broken)
+    real, calls = stub.generate_images, []
+    monkeypatch.setattr(stub, "generate_images", lambda prompts, n=1, *args: calls.append(n) or real(prompts, n, *args))
+    trajectories = run_loop(stub, SPECS, rounds=1, reflector="self", refiner="auto", seed=0, progress=False,
+                            first=one_shot)
+    assert [t.images[0] for t in trajectories] == one_shot and not calls  # (round 1 edits)
+    assert [t.verified[0] for t in trajectories] == [False] * len(SPECS)
+    rng = np.random.default_rng(0)
+    right = [world.render_pil(world.sample_scene_for(spec, rng)) for spec in SPECS]
+    assert best_of_n_images(stub, SPECS, 3, 0, 5.0, 1.0, 8, False, first=right) == right  # the judge's pick
+    assert calls == [2, 2]  # n − 1 more of each prompt (two prompts a batch: 8 // 3)
+
+
 def test_progress_lines_name_each_round_and_the_oracles_as_its_own(stub, monkeypatch) -> None:
     import unigap.refine.loop as loop_module
 

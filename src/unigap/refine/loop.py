@@ -118,13 +118,19 @@ def run_loop(
     batch_size: int = 32,
     progress: bool = True,
     edit_guidance: EditGuidance = EditGuidance(),
+    first: Sequence[Image.Image] | None = None,
 ) -> list[Trajectory]:
     """Every prompt through round 0 and up to `rounds` reflect/refine rounds (module docstring). `cfg_scale` guides
-    generation and regeneration, `edit_guidance` the edits. Progress lines name the oracle's rounds as its own."""
+    generation and regeneration, `edit_guidance` the edits. Progress lines name the oracle's rounds as its own.
+    `first`, where given, is round 0 (one image per prompt): the one-shot images an evaluation of the same prompts
+    sampled, so that the loop's change is measured against those very images, not against another draw."""
     mode = refiner_for(um, refiner)
     trajectories = [Trajectory(spec) for spec in specs]
     stage = "oracle round" if reflector == "oracle" else "round"
-    _generate(um, trajectories, seed, 0, cfg_scale, temperature, batch_size, progress, f"{stage} 0: generate")
+    if first is None:
+        _generate(um, trajectories, seed, 0, cfg_scale, temperature, batch_size, progress, f"{stage} 0: generate")
+    else:
+        _record(trajectories, list(first))
     for round_ in range(1, rounds + 1):
         active = [t for t in trajectories if t.running]
         if not active:

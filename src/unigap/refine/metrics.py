@@ -106,18 +106,22 @@ def gain(trajectories: Sequence[Trajectory], rounds: int, verdicts: Verdicts | N
 
 def best_of_n_images(
     um: Refinable, specs: Sequence[PromptSpec | FreePrompt], n: int, seed: int, cfg_scale: float | None,
-    temperature: float, batch_size: int, progress: bool,
+    temperature: float, batch_size: int, progress: bool, first: Sequence[Image.Image] | None = None,
 ) -> list[Image.Image]:
     """The honest baseline at the loop's budget: n samples per prompt, the self-judge keeps the one it rates
-    highest (P(yes)); one image per prompt."""
-    def batch(index: int, chunk: list[PromptSpec | FreePrompt]) -> list[Image.Image]:
-        tokens = um.generate_images([s.text for s in chunk], n, cfg_scale, temperature,
-                                    stream_seed(seed, BEST_OF_N_STREAM, index))
-        images = um.decode_tokens(tokens)
-        p_yes = torch.tensor(self_p_yes(um, images, [s.text for s in chunk for _ in range(n)])).view(len(chunk), n)
+    highest (P(yes)); one image per prompt. `first`, where given, is each prompt's first sample (the one-shot
+    image the loop starts from, `run_loop`'s `first`), and n − 1 more are drawn."""
+    drawn = n - (first is not None)
+
+    def batch(index: int, chunk: list[tuple[int, PromptSpec | FreePrompt]]) -> list[Image.Image]:
+        samples = um.decode_tokens(um.generate_images([s.text for _, s in chunk], drawn, cfg_scale, temperature,
+                                                      stream_seed(seed, BEST_OF_N_STREAM, index))) if drawn else []
+        images = [image for row, (i, _) in enumerate(chunk) for image in
+                  ([] if first is None else [first[i]]) + samples[row * drawn:(row + 1) * drawn]]
+        p_yes = torch.tensor(self_p_yes(um, images, [s.text for _, s in chunk for _ in range(n)])).view(len(chunk), n)
         return [images[row * n + int(p_yes[row].argmax())] for row in range(len(chunk))]
 
-    return map_items(specs, max(1, batch_size // n), batch, f"best of {n}", progress)
+    return map_items(list(enumerate(specs)), max(1, batch_size // n), batch, f"best of {n}", progress)
 
 
 def best_of_n(

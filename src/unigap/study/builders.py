@@ -112,7 +112,8 @@ def self_improve(runner: Any, name: str, seed: int) -> None:
 
 
 # an inference-time arm's final images for (model, held-out specs, seed), and the loop's per-round metrics (or None)
-FinalImages = Callable[[Any, list[Any], int], tuple[list[Any], Any]]
+# (model, prompts, seed, their one-shot images) -> the final images and the loop's per-round metrics, or None
+FinalImages = Callable[[Any, list[Any], int, list[Any]], tuple[list[Any], Any]]
 
 
 def refine(runner: Any, name: str, seed: int) -> None:
@@ -141,21 +142,22 @@ def best_of_n(runner: Any, name: str, seed: int) -> None:
 
     c = runner.config
 
-    def pick(um: Any, specs: list[Any], seed: int) -> tuple[list[Any], None]:
-        return best_of_n_images(um, specs, 1 + c.refine_rounds, seed, CFG_SCALE, 1.0, c.batch_size, False), None
+    def pick(um: Any, specs: list[Any], seed: int, one_shot: list[Any]) -> tuple[list[Any], None]:
+        return best_of_n_images(um, specs, 1 + c.refine_rounds, seed, CFG_SCALE, 1.0, c.batch_size, False,
+                                first=one_shot), None
 
     _with_final_images(runner, name, seed, runner.model(), pick)
 
 
 def _loop(c: Any, reflector: str) -> FinalImages:
     """The refine loop's final images, and its per-round metrics."""
-    def final(um: Any, specs: list[Any], seed: int) -> tuple[list[Any], Any]:
+    def final(um: Any, specs: list[Any], seed: int, one_shot: list[Any]) -> tuple[list[Any], Any]:
         from unigap.model.generation import CFG_SCALE
         from unigap.refine.loop import run_loop
         from unigap.refine.metrics import round_metrics
 
         trajectories = run_loop(um, specs, c.refine_rounds, reflector, "auto", seed, CFG_SCALE, 1.0, c.batch_size,
-                                False)
+                                False, first=one_shot)
         return [t.images[-1] for t in trajectories], round_metrics(trajectories, c.refine_rounds)
 
     return final
@@ -163,7 +165,9 @@ def _loop(c: Any, reflector: str) -> FinalImages:
 
 def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalImages) -> None:
     """An inference-time arm's evaluation: the model's own, with `final`'s images in place of the one-shot ones
-    (verified and self-judged the same way) and the loop's per-round metrics where it gives them."""
+    (verified and self-judged the same way) and the loop's per-round metrics where it gives them. `final` starts
+    from those one-shot images (the base's own, on the base model: same prompts, seeds and batches), so an arm and
+    the base pair on the same images, as the report's paired test says they do."""
     from unigap.evaluate import evaluate, save_report
     from unigap.evaluate.run import with_intervals
     from unigap.evaluate.critique import self_judge_metrics
@@ -172,9 +176,11 @@ def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalI
     from unigap.evaluate.progress import map_items
 
     c = runner.config
-    report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False, progress=False)
+    one_shot: list[Any] = []
+    report = evaluate(um, c.n, seed, data_seed=c.data_seed, batch_size=c.batch_size, critique=False, progress=False,
+                      on_images=one_shot.extend)
     specs = [spec for spec, _ in held_out_pairs(c.n, seed, c.data_seed)]
-    images, rounds = final(um, specs, seed)
+    images, rounds = final(um, specs, seed, one_shot)
     if rounds is not None:
         report["refine"] = {"rounds": rounds}
     records = map_items(list(zip(specs, images, strict=True)), c.batch_size, lambda index, chunk: judge_images(
