@@ -57,6 +57,21 @@ def test_tensorboard_receives_the_numbers(tmp_path: Path) -> None:
     assert [e.value for e in events.Scalars("loss")] == pytest.approx([0.7, 0.6])
 
 
+def test_a_resumed_runs_tensorboard_curve_holds_the_redone_steps_once(tmp_path: Path) -> None:
+    """The killed run's events for the steps a resumed one redoes stayed in its event file: zig-zag curves."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for resume_step, losses in ((None, range(5)), (2, range(12, 15))):
+        logger = MetricLogger(tmp_path / "log.jsonl", report_to=("tensorboard",), resume_step=resume_step)
+        for step, loss in zip(range(resume_step or 0, 5), losses):
+            logger.log(step, {"loss": float(loss)})
+        logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(0, 0.0), (1, 1.0), (2, 12.0), (3, 13.0),
+                                                                   (4, 14.0)]
+
+
 class _FakeRun:
     def __init__(self, **init: object) -> None:
         self.init, self.axes, self.rows = init, [], []

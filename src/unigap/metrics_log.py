@@ -72,7 +72,10 @@ class MetricLogger:
             if name == "tensorboard":
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._writers.append(("tensorboard", SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))))
+                # the steps from the one a run (re)starts at hide what a killed run wrote for them: no zig-zag curves
+                purge = None if append else resume_step or 0
+                self._writers.append(("tensorboard", SummaryWriter(log_dir=str(self.path.parent / "tensorboard"),
+                                                                   purge_step=purge)))
             else:
                 import wandb
 
