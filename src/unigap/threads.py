@@ -50,10 +50,10 @@ def configure_threads(environ: dict[str, str] | None = None) -> int | None:
     env = os.environ if environ is None else environ
     wanted = env.get(VARIABLE, "").strip()
     if wanted:
-        if not wanted.isdigit() or int(wanted) < 1:
+        if not (wanted.isascii() and wanted.isdigit()) or int(wanted) < 1:  # ("²" and "４" are digits to Python)
             raise UserError(f"{VARIABLE} must be a positive integer (or empty for the default), got {wanted!r}")
         env["OMP_NUM_THREADS"] = wanted
     elif not env.get("OMP_NUM_THREADS", "").strip():
         env["OMP_NUM_THREADS"] = str(available_cpus())
     first = env["OMP_NUM_THREADS"].split(",")[0].strip()
-    return int(first) if first.isdigit() else None
+    return int(first) if first.isascii() and first.isdigit() else None
