@@ -138,7 +138,7 @@ def test_a_guard_turned_on_at_a_resume_says_which_adapter_the_folder_holds(tmp_p
     finished = {"after": {"generation_accuracy": {"accuracy": 0.5}}, "guard": {"stopped": False}}
     (tmp_path / "selfimprove.json").write_text(json.dumps(finished))  # the run had finished: its result stays
     with pytest.raises(GuardStopped, match=r"trained past this audit without the guard, and .*selfimprove.json the "
-                                           r"result of that finished run \(--no-guard"):
+                                           r"result of that finished run \(--resume --no-guard"):
         run_module._guard(tmp_path, SelfImproveConfig(**TOY), [audit], None)
     assert json.loads((tmp_path / "selfimprove.json").read_text()) == finished
 
