@@ -242,10 +242,10 @@ def test_a_checkpoint_from_before_a_new_setting_still_resumes(tiny_dir: Path, wo
         sft_data.SFTTrainer(um, config, tasks, tmp_path / "run", "run").train(
             on_step=lambda step, record: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None)
     state = load_checkpoint(tmp_path / "run" / "checkpoint")
-    del state["config"]["gradient_checkpointing"]  # as written before the setting existed
+    del state["config"]["prompt_dropout"]  # as written before the setting existed
     save_checkpoint(tmp_path / "run" / "checkpoint", state)
-    changed = dataclasses.replace(config, gradient_checkpointing=True)
-    with pytest.raises(UserError, match=r"different settings: gradient_checkpointing: \(absent\) → true"):
+    changed = dataclasses.replace(config, prompt_dropout=0.1)
+    with pytest.raises(UserError, match=r"different settings: prompt_dropout: \(absent\) → 0.1"):
         train_sft(load_model(tiny_dir), changed, tmp_path / "run", resume=True, show_progress=False)
     train_sft(load_model(tiny_dir), config, tmp_path / "run", resume=True, show_progress=False)
     assert [r["step"] for r in _log(tmp_path / "run")] == [0, 1, 2, 3]

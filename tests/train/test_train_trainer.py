@@ -110,6 +110,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_dir: Path, pairs, 
 
 def test_resume_refuses_changed_settings(tiny_dir: Path, pairs, tmp_path: Path) -> None:
     run(tiny_dir, pairs, tmp_path, config(steps=2))
+    run(tiny_dir, pairs, tmp_path, config(steps=2, gradient_checkpointing=True), resume=True)  # the same gradients:
+    # the usual way on after running out of memory is not refused
     with pytest.raises(UserError, match="lr: 0.001 → 0.01"):
         run(tiny_dir, pairs, tmp_path, config(steps=2, lr=1e-2), resume=True)
     und, gen = pairs  # a GPU's bf16 run resumed on a CPU in float32 would go on with other numbers

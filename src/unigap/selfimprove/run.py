@@ -48,6 +48,7 @@ from unigap.selfimprove.figures import epochs_plot
 from unigap.selfimprove.pool import Sample, audit_metrics, label_round
 from unigap.selfimprove.train import UNTRAINED, dpo_pairs, train_epoch
 from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from unigap.train.loop import RECOMPUTE_SETTINGS
 
 FREE_TEXT_HINT = " (free text needs --judge clip:DIR or vlm:DIR, or --judge none with --labels self or poor)"
 
@@ -170,7 +171,7 @@ def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int, model:
     number), so a stopped run can be continued with `--no-guard --resume`."""
     settings = {**config.to_dict(), "n_prompts_used": n_prompts, **model}
     claim_settings(out / "settings.json", settings, "selfimprove", defaults={"bf16": False, **model},
-                   free=("guard", "gradient_checkpointing"), write=distributed.is_main())
+                   free=("guard", *RECOMPUTE_SETTINGS), write=distributed.is_main())
 
 
 def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress: bool) -> dict[str, Any]:

@@ -70,6 +70,11 @@ def refuse_unless_resuming(out_dir: str | Path, resume: bool) -> None:
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it, or use a new --out")
 
 
+# switches every trainer may change on resume: recomputing activations gives the same gradients, and is the usual
+# way on for a run that ran out of memory
+RECOMPUTE_SETTINGS = ("gradient_checkpointing",)
+
+
 def resumed_state(out_dir: str | Path, settings: Any, resume: bool, free_settings: Sequence[str] = (),
                   required_settings: Sequence[str] = (), mmap: bool = False,
                   identity: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -83,6 +88,7 @@ def resumed_state(out_dir: str | Path, settings: Any, resume: bool, free_setting
         refuse_unless_resuming(out_dir, resume)
         return None
     state = load_checkpoint(Path(out_dir) / CHECKPOINT_DIR, mmap=mmap)
+    free_settings = (*free_settings, *RECOMPUTE_SETTINGS)
     defaults = {f.name: f.default for f in fields(settings) if f.name not in required_settings}
     changed = differences_since({k: v for k, v in state["config"].items() if k not in free_settings},
                                 {k: v for k, v in asdict(settings).items() if k not in free_settings}, defaults)
