@@ -108,7 +108,7 @@ def test_a_missing_image_fails_before_anything_is_written_and_the_fixed_file_the
     """The image is only read with the model; the run must not have claimed OUT by then, or the fixed file is
     refused as "other inputs"."""
     Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
-    row = {"prompt": "What color is the background?", "chosen": "white", "rejected": "black", "image": "white.png"}
+    row = {"prompt": "What color is the circle?", "chosen": "white", "rejected": "black", "image": "white.png"}
     path, out = tmp_path / "mine.jsonl", tmp_path / "run"
     path.write_text(json.dumps(row) + "\n" + json.dumps(row | {"image": "gone.png"}) + "\n")
     args = ["train", "--model", str(tiny_dir), "--strategy", "und-only", "--und", str(path), "--steps", "1",
