@@ -343,8 +343,15 @@ def test_an_inference_time_arm_judges_its_images_in_the_studys_batches(monkeypat
     judged, judge = [], um.judge
     monkeypatch.setattr(um, "judge", lambda images, prompts: judged.append(len(images)) or judge(images, prompts))
     white = Image.new("RGB", (64, 64), "white")
-    _with_final_images(runner, "best-of-n", 0, um, lambda model, specs, seed: ([white] * len(specs), None))
+    given = []
+    _with_final_images(runner, "best-of-n", 0, um, lambda model, specs, seed, one_shot: (
+        given.extend(one_shot) or [white] * len(specs), None))
     report = json.loads((tmp_path / "best-of-n" / "seed0" / "eval.json").read_text())
     records = report["records"]["generation"]
     assert [r["index"] for r in records] == list(range(5)) and not any(r["verified"] for r in records)
     assert judged and max(judged) <= 2  # (the evaluation's own and the final images' judging alike)
+    from unigap.evaluate import evaluate
+
+    base: list[Image.Image] = []  # the arm starts from the base's own one-shot images: same prompts, seeds, batches
+    evaluate(load_model("tiny"), 5, 0, batch_size=2, critique=False, progress=False, on_images=base.extend)
+    assert [image.tobytes() for image in given] == [image.tobytes() for image in base]
