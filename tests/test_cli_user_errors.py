@@ -38,6 +38,8 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     (["eval", "--model", "tiny", "--seed", "-1"], "--seed must be >= 0, got -1"),
     (["eval", "--model", "tiny", "--data-seed", "-1"], "--data-seed must be >= 0, got -1"),
     (["refine", "--seed", "-1"], "seed must be >= 0, got -1"),
+    (["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--data-seed", "-1"],
+     "seed and data seed must be >= 0, got 0 and -1"),
     (["refine", "--refiner", "regenerate", "--edit-cfg", "3"], "--refiner regenerate never edits"),
     (["refine", "train", "--no-guard"], "--no-guard applies to a judge's reward"),
     (["selfimprove", "--method", "sft", "--curriculum-at", "1"], "curriculum-at applies to the curriculum methods"),

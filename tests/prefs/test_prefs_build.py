@@ -74,7 +74,8 @@ def test_gen_real_rows_are_real_vs_generated(tiny_dir: Path, tmp_path: Path, cap
     table = datasets.load_dataset("parquet", data_files=str(out), split="train")
     assert table.num_rows == 3 and set(table["kind"]) == {"gen-real"}
     um = load_model(tiny_dir)
-    records = sample_records(12, 5, "train")  # the candidate stream (max candidates 4n)
+    records = sample_records(12, 0, "train", draw_seed=5)  # the candidate stream (max candidates 4n): --seed 5 draws
+    # from the train split of partition 0 (--data-seed's default), which eval holds its test split out of
     for row in read_rows(out):
         spec, scene = records[row["candidate"]]
         assert row["prompt"] == spec.text and row["chosen_score"] > row["rejected_score"]
@@ -204,7 +205,7 @@ def test_a_judge_scores_shapeworld_train_prompts_too(tiny_dir: Path) -> None:
     judge = Judge("vlm:fake", lambda um, images, specs: next(draws), independent=True, threshold=0.5)
     options = BuildOptions("gen-model", n=3, seed=1, model_name="m", batch_size=4, max_candidates=4, judge="vlm:DIR")
     rows = build_preferences(load_model(tiny_dir), options, judge=judge)
-    expected = sample_records(4, 1, "train", canvas=64)
+    expected = sample_records(4, 0, "train", canvas=64, draw_seed=1)
     assert [row["candidate"] for row in rows] == [0, 1, 2]  # every candidate: the two draws disagree on each
     assert all(row["prompt"] == expected[row["candidate"]][0].text and row["chosen_score"] == 1.0 for row in rows)
 
@@ -223,9 +224,14 @@ def test_prompt_files_and_judges_are_checked_before_the_model_loads(tiny_dir: Pa
     code, _, err = build(capsys, tiny_dir, tmp_path / "a.jsonl", "gen-model", "--prompts", str(free))
     assert code == 2 and f"{free}:2:" in err and "free text needs --judge clip:DIR or vlm:DIR" in err
     held_out = tmp_path / "held_out.txt"
-    held_out.write_text(f"{split_prompts('test', 5)[0].text}\n")  # --seed 5 fixes the partition
+    held_out.write_text(f"{split_prompts('test', 0)[0].text}\n")  # a test prompt of the partition eval uses (0):
+    # refused under --seed 5 too, which used to fix the partition, so that other seeds trained on eval's test prompts
     code, _, err = build(capsys, tiny_dir, tmp_path / "b.jsonl", "gen-model", "--prompts", str(held_out))
     assert code == 2 and "is a test-split prompt; preference pairs are built from train-split prompts only" in err
+    held_out.write_text(f"{split_prompts('test', 7)[0].text}\n")  # (--data-seed names another partition)
+    code, _, err = build(capsys, tiny_dir, tmp_path / "b.jsonl", "gen-model", "--prompts", str(held_out),
+                         "--data-seed", "7")
+    assert code == 2 and "is a test-split prompt" in err
     code, _, err = build(capsys, tiny_dir, tmp_path / "c.jsonl", "gen-real", "--prompts", str(free))
     assert code == 2 and "gen-real pairs need a rendered scene of each prompt" in err
     code, _, err = build(capsys, tiny_dir, tmp_path / "d.jsonl", "gen-model", "--judge", f"clip:{tmp_path / 'none'}")
@@ -241,7 +247,7 @@ def test_train_split_prompts_from_a_file_keep_the_graded_rule(tiny_dir: Path, tm
 
     monkeypatch.setattr(build_module, "image_score", _spread_score)
     prompts = tmp_path / "train.txt"
-    prompts.write_text("".join(f"{spec.text}\n" for spec in split_prompts("train", 5)[:12]))
+    prompts.write_text("".join(f"{spec.text}\n" for spec in split_prompts("train", 0)[:12]))
     code, out, _ = build(capsys, tiny_dir, tmp_path / "gen.jsonl", "gen-model", "--prompts", str(prompts),
                          "--margin", "0.25")
     rows = read_rows(tmp_path / "gen.jsonl")

@@ -21,7 +21,10 @@ def build(
     model: str = MODEL_OPTION,
     kind: str = typer.Option(..., "--kind", help=" | ".join(KINDS)),
     n: int = typer.Option(..., "--n", help="Number of pairs to keep."),
-    seed: int = typer.Option(0, "--seed", help="Seed: scenes, questions and samples all follow from it."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the candidates drawn from the train split, their questions "
+                             "and samples all follow from it."),
+    data_seed: int = typer.Option(0, "--data-seed", help="The partition into train/val/test splits, as eval's: "
+                                  "keep it at the one you evaluate on (default 0), so no pair is of a held-out prompt."),
     out: Path = typer.Option(..., "--out", help="Output file, .jsonl or .parquet."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (und answers; gen-real)."),
     margin: float = typer.Option(MARGIN, "--margin", help="Minimum score margin (und, gen-model by the verifier)."),
@@ -58,7 +61,7 @@ def build(
                         "answers")
     options = BuildOptions(
         kind, n, seed, model, temperature, margin, fallback_gt, cfg_scale, max_candidates, batch_size, answer_form,
-        None if questions is None else str(questions), None if prompts is None else str(prompts), judge,
+        None if questions is None else str(questions), None if prompts is None else str(prompts), judge, data_seed,
     )
     # a bad row, prompt line or judge directory fails before the model loads
     items = None if options.questions is None else candidate_questions(options)

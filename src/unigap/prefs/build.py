@@ -22,8 +22,8 @@ judge (`clip:DIR`, `vlm:DIR`) the two images are scored by it and a pair is kept
 (its calibrated threshold; `margin` does not apply, as its scores have their own scale), which is how free-text
 prompts, which the verifier cannot read, get pairs; each such row records the judge.
 
-Candidates are (prompt spec, scene) records from `sample_records(·, seed, "train")` at the model's VQ
-image size, drawn in order until `n` pairs are kept or `max_candidates` (default 4n) were tried, so the
+Candidates are (prompt spec, scene) records of the train split of partition `data_seed` (eval's), drawn by `seed`
+(`sample_records(·, data_seed, "train", draw_seed=seed)`) at the model's VQ image size, drawn in order until `n` pairs are kept or `max_candidates` (default 4n) were tried, so the
 same arguments give the same file. Reference log-probs (base model, conditional-only for images) are
 computed once here and stored in the rows.
 """
@@ -84,6 +84,7 @@ class BuildOptions:
     questions: str | None = None  # und: a file of your own questions (image, question, answer(s)) as candidates
     prompts: str | None = None  # gen-model: a prompt file as candidates
     judge: str = VERIFIER  # gen-model: who scores the images (verifier: graded, with the margin; else accept/reject)
+    data_seed: int = 0  # the partition into splits (eval's --data-seed); `seed` draws within its train split
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -92,8 +93,8 @@ class BuildOptions:
         for flag, value in sizes:
             if value is not None and value <= 0:
                 raise UserError(f"{flag} must be positive, got {value}")
-        if self.seed < 0:
-            raise UserError(f"seed must be >= 0, got {self.seed}")
+        if self.seed < 0 or self.data_seed < 0:
+            raise UserError(f"seed and data seed must be >= 0, got {self.seed} and {self.data_seed}")
         if self.answer_form not in ANSWER_FORMS:
             raise UserError(f"answer form must be one of {', '.join(ANSWER_FORMS)}, got {self.answer_form!r}")
         if self.answer_form != "any" and self.kind != "und":
@@ -298,8 +299,8 @@ def candidate_questions(options: BuildOptions) -> list[UserItem]:
 
 def candidate_prompts(options: BuildOptions) -> list[PromptSpec | FreePrompt]:
     """The lines of `options.prompts` that may become candidates: free text only where a judge reads it; a bad line
-    or a held-out ShapeWorld prompt (of the partition `seed` fixes) fails here."""
-    return training_prompt_specs(options.prompts, candidate_limit(options), options.seed, options.seed,
+    or a held-out ShapeWorld prompt (of the partition `data_seed` fixes) fails here."""
+    return training_prompt_specs(options.prompts, candidate_limit(options), options.seed, options.data_seed,
                                  options.judge != VERIFIER, FREE_TEXT_HINT, "preference pairs are built from")
 
 
@@ -334,7 +335,7 @@ def build_preferences(
     elif options.prompts is not None:
         records = [(spec, None) for spec in (candidate_prompts(options) if prompts is None else prompts)]
     else:
-        records = sample_records(limit, options.seed, "train", canvas=canvas)
+        records = sample_records(limit, options.data_seed, "train", canvas=canvas, draw_seed=options.seed)
     limit = len(records)
     asked = [(item.where, item.question.text) for item in records if isinstance(item, UserItem)]
     um.prompts.check_texts(prompts=prompt_lines(options.prompts), questions=asked)  # (not at the batch drawing one)
@@ -369,6 +370,7 @@ def build_preferences(
                     "kind": options.kind,
                     "model": options.model_name,
                     "seed": options.seed,
+                    "data_seed": options.data_seed,
                     "candidate": candidate,
                     **row,
                     "chosen_ref_logprob": pair.ref_chosen,

@@ -58,7 +58,8 @@ def _form(runner: Any, form: str, out: Path) -> dict[str, Any]:
     c = runner.config
     pairs_file = out / f"und-{form}.jsonl"
     if not pairs_file.is_file():
-        options = BuildOptions("und", c.und_pairs, c.data_seed, c.model, fallback_gt=True, answer_form=form)
+        options = BuildOptions("und", c.und_pairs, c.data_seed, c.model, fallback_gt=True, answer_form=form,
+                               data_seed=c.data_seed)
         with runner.bar(f"answer length: {form} pairs", c.und_pairs) as update:
             write_rows(pairs_file, build_preferences(runner.model(), options, lambda kept, tried: update(kept)))
     und = load_pairs(pairs_file, "und")

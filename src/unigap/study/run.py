@@ -107,7 +107,8 @@ class StudyRunner:
 
         c = self.config
         kind, n = ("und", c.und_pairs) if task == "und" else (c.gen_kind, c.gen_pairs)
-        options = BuildOptions(kind, n, c.data_seed, c.model, fallback_gt=c.und_fallback_gt, batch_size=8)
+        options = BuildOptions(kind, n, c.data_seed, c.model, fallback_gt=c.und_fallback_gt, batch_size=8,
+                               data_seed=c.data_seed)
         with self.bar(f"{kind} pairs", n) as update:
             rows = build_preferences(self.model(), options, lambda kept, tried: update(kept))
         write_rows(self.prefs_file(task), rows)

@@ -194,7 +194,8 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
         path = out / "pairs" / f"{kind}.jsonl"
         if not path.is_file():
             progress(f"{kind} pairs")
-            options = BuildOptions(kind, config.gen_pairs, config.data_seed, config.model, batch_size=8)
+            options = BuildOptions(kind, config.gen_pairs, config.data_seed, config.model, batch_size=8,
+                                   data_seed=config.data_seed)
             write_rows(path, build_preferences(load_model(config.model), options))
         pairs[kind] = load_pairs(path, "gen")
     curves = []
