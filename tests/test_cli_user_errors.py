@@ -407,6 +407,13 @@ def test_another_commands_output_is_not_written_into(tmp_path: Path, capsys) -> 
     check(["eval", "--model", "tiny", "--out", str(report)])  # eval's own: a rerun may replace it
     with pytest.raises(UserError, match="is the output of `unigap eval`"):
         check(["compare", "--out", str(report)])
+    result = unfinished / "refine.json"  # a result that names no command: its folder's command wrote it
+    result.write_text('{"rounds": []}')
+    with pytest.raises(UserError, match="is the output of `unigap refine`"):
+        check(["eval", "--model", "tiny", "--out", str(result)])
+    compared = study / "compared.json"  # compare's own result, in another command's folder: a rerun may replace it
+    compared.write_text('{"results": {}, "manifest": {"command": "compare"}}')
+    check(["compare", "--out", str(compared)])
     assert _command(["refine", "--prompts", "val"]) == ("refine", None)
     assert _command(["prefs", "export", "a.jsonl"]) == ("prefs", "export") and _command(["--help"]) == ("", None)
 

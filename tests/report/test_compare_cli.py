@@ -130,6 +130,7 @@ def test_another_judges_verdicts_are_compared_where_there_is_no_verifier(tmp_pat
     judged = results["results"]["after"]["judged_generation.accuracy"]
     assert judged["n"] == 300 and judged["significant"] and results["bonferroni"]["tests"] == 3
     assert results["judge"] == json.loads(paths[0].read_text())["config"]["judge"]  # which judge said so
+    assert results["manifest"]["command"] == "compare"  # (its record: a later --out onto it is known as compare's)
 
 
 def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys) -> None:

@@ -173,13 +173,17 @@ SETTINGS_RECORDS = {"study.json": "study", "tune.json": "tune"}
 def _made_by(path: Path) -> str | None:
     """The command that wrote a directory (`refine train` as typed): its manifest's, or for a run not finished yet
     its inputs record's or its settings record's; of a JSON file, the command its record names (a manifest, an
-    inputs record, or a report with its manifest inside, as `eval` writes); None when none says."""
+    inputs record, or a report with its manifest inside, as `eval` writes), or for one that names none (`refine.json`,
+    `diagnostics.json`, a study's `results.json`) the command that wrote its folder; None when none says."""
     from unigap.cli.common import INPUTS_FILE
     from unigap.manifest import MANIFEST_FILE, read_record
 
     if path.is_file():
         record = read_record(path) if path.suffix == ".json" else None
         records = [record or {}, (record or {}).get("manifest") or {}]
+        if path.suffix == ".json" and not any(isinstance(r, dict) and isinstance(r.get("command"), str)
+                                              for r in records):
+            return _made_by(path.parent) if path.parent != path else None
     else:
         records = [read_record(path / name) or {} for name in (MANIFEST_FILE, INPUTS_FILE)]
         records += [{"command": command} for name, command in SETTINGS_RECORDS.items() if (path / name).is_file()]

@@ -69,7 +69,11 @@ def compare_command(
         check_output_file(out, ".json")
         if any(out.resolve() == path.resolve() for _, path in pairs):
             raise UserError(f"--out {out} is one of the reports it reads; give another file")
-    results = compare_reports(pairs, by_group=by_category)
+    from unigap.manifest import manifest
+
+    with manifest("compare", {"reports": [[name, str(path)] for name, path in pairs],
+                              "by_category": by_category}) as record:
+        results = compare_reports(pairs, by_group=by_category)
     print_table(comparison_table(results))
     if out is not None:
-        save_report(results, out)
+        save_report(results | {"manifest": record}, out)
