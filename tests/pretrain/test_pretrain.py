@@ -544,6 +544,16 @@ def test_the_closing_line_names_a_folder_called_tiny_as_a_path(tmp_path: Path, c
     assert "(held out: `unigap eval --data-seed 3`)" in " ".join(capsys.readouterr().out.split())
 
 
+def test_a_folder_of_a_users_own_files_is_refused_before_any_work(tmp_path: Path) -> None:
+    """The checkpoint's files (config.json, the weights, the tokenizer) were written over a user's own at the end."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"mine holds files a pretraining run did not write \(config.json\); choose"):
+        pretrain(mine, QUICK, show_progress=False)
+    assert [p.name for p in mine.iterdir()] == ["config.json"]
+
+
 def test_a_stage_resumed_on_another_kind_of_device_is_warned_of(tmp_path: Path) -> None:
     """A run preempted on a GPU and resumed on a CPU went on silently: its records showed the last device only. So did
     one resumed with another CPU thread count, whose matrix products round differently."""

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from transformers import JanusForConditionalGeneration
 
-from unigap.atomic import atomic_write_bytes, differences_since, write_text_atomically
+from unigap.atomic import atomic_write_bytes, differences_since, entries, write_text_atomically
 from unigap.errors import UnigapWarning, UserError
 from unigap.evaluate import vq_fidelity
 from unigap.metrics_log import MetricLogger
@@ -166,6 +166,10 @@ def check_stage_files(out: Path, config: PretrainConfig) -> None:
     written under other settings than the stages they would resume (each stage checks again as it loads)."""
     if (out / SUMMARY_FILE).is_file():
         raise UserError(f"{out} holds a finished pretraining run ({SUMMARY_FILE}); choose a new --out")
+    names = entries(out)  # (the checkpoint's files would be written over a user's own at the end)
+    if names and not {LOG_FILE, VQ_FILE, VQ_PARTIAL, VISION_FILE, *STAGE_FILES.values()} & set(names):
+        raise UserError(f"{out} holds files a pretraining run did not write ({', '.join(sorted(names)[:3])}"
+                        f"{', …' if len(names) > 3 else ''}); choose an empty or new --out")
     stages = [(VQ_FILE, "vq", config), (VQ_PARTIAL, "vq", config), (VISION_FILE, "vision", config)]
     stages += [(JOINT_FILE, "joint", config)] if config.steps else []
     stages += [(POLISH_FILE, "polish", config.polish())] if config.polish_steps else []
