@@ -313,3 +313,17 @@ def test_an_interrupted_first_write_leaves_no_empty_folders_of_its_own(tmp_path)
     with indexed_files_atomically(out, {"index.jsonl": ["file"]}) as staging:
         (staging / "index.jsonl").write_text("")
     assert (out / "index.jsonl").is_file()
+
+
+def test_a_checkpoint_write_removes_what_a_killed_write_of_it_left(tmp_path) -> None:
+    """A SIGKILL inside a checkpoint's write left its temporary, a checkpoint's size, for good."""
+    from unigap.train.checkpoint import load_checkpoint, save_checkpoint
+
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    stale = directory / ".checkpoint.pt.qdbvdw8g.tmp"
+    stale.write_bytes(b"x" * 1000)
+    other = directory / ".other.pt.qdbvdw8g.tmp"  # (another file's: not this writer's to remove)
+    other.write_bytes(b"y")
+    save_checkpoint(directory, {"step": 3})
+    assert load_checkpoint(directory)["step"] == 3 and not stale.exists() and other.exists()

@@ -103,12 +103,18 @@ def _on_disk(file: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(handle)` on a binary file that replaces `path` atomically."""
+def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object], sole: bool = False) -> None:
+    """Call `write(handle)` on a binary file that replaces `path` atomically. `sole`: this process is the only writer
+    of `path` (a checkpoint), so the temporaries a killed earlier write of it left (a checkpoint's size each, never
+    removed by a kill) are deleted first."""
     def written(tmp: Path) -> None:
         with tmp.open("wb") as handle:
             write(handle)
 
+    if sole:
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
     write_atomically(path, written)
 
 

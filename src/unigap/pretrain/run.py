@@ -141,7 +141,7 @@ def save_stage(module: torch.nn.Module, path: Path, seconds: float, settings: di
     under (`stage_settings`), written atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     metadata = {"seconds": repr(seconds), "settings": json.dumps(settings)}
-    atomic_write_bytes(path, lambda handle: handle.write(save(state, metadata=metadata)))
+    atomic_write_bytes(path, lambda handle: handle.write(save(state, metadata=metadata)), sole=True)
 
 
 def _load_stage(module: torch.nn.Module, path: Path, settings: dict, stage: str) -> float:
@@ -224,7 +224,7 @@ def _stage_vq(um: UnifiedModel, renders: np.ndarray, config: PretrainConfig, out
 
     def checkpoint(state: dict) -> None:
         state |= {"seconds": time.perf_counter() - start, "config": settings} | numerics(um.device)
-        atomic_write_bytes(partial, lambda handle: torch.save(state, handle))  # fsynced: a checkpoint
+        atomic_write_bytes(partial, lambda handle: torch.save(state, handle), sole=True)  # fsynced: a checkpoint
 
     _resume_log(logger, "vq", resume["step"] if resume else 0)
     with _bar("VQ tokenizer", config.vq_steps, show) as update:
@@ -342,7 +342,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
             if step % config.checkpoint_every == 0 or step == config.steps:
                 state = stage_state(um, head, optimizer, schedule, rng, step, time.perf_counter() - started, final,
                                     settings)
-                atomic_write_bytes(checkpoint, lambda handle: torch.save(state, handle))
+                atomic_write_bytes(checkpoint, lambda handle: torch.save(state, handle), sole=True)
     um.model.eval()
     return {"seconds": time.perf_counter() - started, "final": final}
 

@@ -43,7 +43,7 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     """Write `state` (tensors, optimizer/scheduler state dicts, plain values) to DIR/checkpoint.pt."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    atomic_write_bytes(path, lambda handle: torch.save(state, handle))
+    atomic_write_bytes(path, lambda handle: torch.save(state, handle), sole=True)  # (the main process's alone)
     return path
 
 
