@@ -62,9 +62,10 @@ def test_generate_writes_one_png_per_prompt_of_a_file(tiny_dir, tmp_path, capsys
     prompts = tmp_path / "prompts.txt"
     prompts.write_text('a red circle\n{"prompt": "free text is fine here"}\n')
     out = tmp_path / "images"
-    code, stdout, _ = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
+    code, stdout, stderr = run_main(capsys, ["generate", "--model", tiny_dir, "--prompts", prompts, "--out", out])
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "metadata.jsonl"]
     assert stdout.strip() == f"wrote 2 images, one per prompt, and metadata.jsonl to {out}/"
+    assert "generate: 2/2" in stderr  # (progress, as the geneval layout shows it: it showed nothing)
     import datasets
 
     loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))

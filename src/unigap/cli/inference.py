@@ -83,6 +83,7 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
     from unigap.evaluate import check_output_file, write_atomically
     from unigap.evaluate.data import read_prompt_file
     from unigap.evaluate.layouts import grid
+    from unigap.evaluate.progress import batches
 
     numbered = [("--prompt", prompt)] if prompt is not None else [
         (f"{prompts}:{line_no}", text) for line_no, text in read_prompt_file(prompts)][:max_prompts]
@@ -105,7 +106,8 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
     staged = nullcontext() if prompts is None else indexed_files_atomically(out, {GRID_INDEX: ["file_name"]},
                                                                               named=r"\d{4,}\.png")
     with staged as staging:
-        for index, text in enumerate(texts):
+        for (index,) in batches(range(len(texts)), 1, "generate", show=prompts is not None):
+            text = texts[index]
             tokens = um.generate_images([text], n_per_prompt=n, cfg_scale=cfg, temperature=temperature,
                                         seed=seed + index)
             sheet = grid(um.decode_tokens(tokens))
