@@ -58,9 +58,9 @@ def compare_command(
                                      "question kind (each a test: Bonferroni counts them)."),
 ) -> None:
     """Each model against the first: per metric both levels, Δ with its 95% CI and p by the paired test where both
-    were evaluated on the same items and sampling seeds (same --split, --n, --seed, --data-seed, --batch-size), else
-    by Welch's, Bonferroni over models × metrics. Another judge's verdicts (eval --judge) are compared only between judges alike
-    (the same kind, weights, threshold and version)."""
+    were evaluated on the same items (same --split, --n, --seed, --data-seed; with the same --batch-size the same
+    sampling seeds too, else a warning), else by Welch's, Bonferroni over models × metrics. Another judge's verdicts
+    (eval --judge) are compared only between judges alike (the same kind, weights, threshold and version)."""
     from unigap.evaluate import check_output_file, save_report
     from unigap.report import compare_reports, comparison_table
 

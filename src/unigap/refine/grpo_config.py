@@ -35,7 +35,7 @@ VERIFIER_REWARDS = (VERIFIER, "verifier-binary")
 class GRPOConfig:
     """One GRPO run of the refine loop on the shipped model's scale."""
 
-    steps: int = 200  # rollout steps = optimiser steps
+    steps: int = 200  # optimiser steps; a rollout every num_iterations of them (1: every step)
     stages: str = "tree"  # R3's: even rollouts train generation, odd ones reflect + refine; "generate": that alone
     # what scores each image: "verifier" (its graded score; perfect = satisfied), "verifier-binary" (its verdict,
     # 1 or 0), or a judge by name (its score; perfect = it accepts): self-pyes (the model's own judge:

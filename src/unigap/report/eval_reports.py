@@ -229,7 +229,7 @@ def comparison_table(results: dict[str, Any]) -> Table:
         seeds = "seeds " + ", ".join(f"{escape(name)} {each}" for name, each in by_model.items())
     name = escape(baseline)
     table = Table(title=f"against {name}, {seeds}: level {name} → model; Δ and p by the paired test where "
-                        "both sides hold the same items (same --split, --n, --seed, --data-seed, --batch-size), else Welch; "
+                        "both sides hold the same items (same --split, --n, --seed, --data-seed), else Welch; "
                         f"* significant after Bonferroni over {b['tests']} tests (p < {b['alpha_corrected']:.2g}); "
                         "Welch p uncorrected")
     for header in ("model", "metric", "n", "level", "Δ [95% CI]", "p", "test", "Welch p"):
