@@ -552,6 +552,11 @@ def test_a_folder_of_a_users_own_files_is_refused_before_any_work(tmp_path: Path
     with pytest.raises(UserError, match=r"mine holds files a pretraining run did not write \(config.json\); choose"):
         pretrain(mine, QUICK, show_progress=False)
     assert [p.name for p in mine.iterdir()] == ["config.json"]
+    killed = tmp_path / "killed"  # a run killed before its first log row: only its loggers' files, and a dotfile
+    (killed / "tensorboard").mkdir(parents=True)
+    (killed / "wandb_run_id.txt").write_text("abc")
+    (killed / ".DS_Store").write_bytes(b"")
+    run_module.check_stage_files(killed, QUICK)  # (resumable, as the README says)
 
 
 def test_a_stage_resumed_on_another_kind_of_device_is_warned_of(tmp_path: Path) -> None:

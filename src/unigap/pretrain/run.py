@@ -27,7 +27,7 @@ from transformers import JanusForConditionalGeneration
 from unigap.atomic import atomic_write_bytes, differences_since, entries, write_text_atomically
 from unigap.errors import UnigapWarning, UserError
 from unigap.evaluate import vq_fidelity
-from unigap.metrics_log import MetricLogger
+from unigap.metrics_log import LOGGER_FILES, MetricLogger
 from unigap.model import (
     UnifiedModel,
     build_word_tokenizer,
@@ -166,8 +166,8 @@ def check_stage_files(out: Path, config: PretrainConfig) -> None:
     written under other settings than the stages they would resume (each stage checks again as it loads)."""
     if (out / SUMMARY_FILE).is_file():
         raise UserError(f"{out} holds a finished pretraining run ({SUMMARY_FILE}); choose a new --out")
-    names = entries(out)  # (the checkpoint's files would be written over a user's own at the end)
-    if names and not {LOG_FILE, VQ_FILE, VQ_PARTIAL, VISION_FILE, *STAGE_FILES.values()} & set(names):
+    names = [name for name in entries(out) if not name.startswith(".")]  # (a user's own would be written over)
+    if names and not {LOG_FILE, VQ_FILE, VQ_PARTIAL, VISION_FILE, *STAGE_FILES.values(), *LOGGER_FILES} & set(names):
         raise UserError(f"{out} holds files a pretraining run did not write ({', '.join(sorted(names)[:3])}"
                         f"{', …' if len(names) > 3 else ''}); choose an empty or new --out")
     stages = [(VQ_FILE, "vq", config), (VQ_PARTIAL, "vq", config), (VISION_FILE, "vision", config)]
