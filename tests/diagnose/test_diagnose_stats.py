@@ -68,6 +68,15 @@ def test_depth_trend_is_spearman_and_null_without_variation() -> None:
     assert depth_trend([{"layer": i, "cos_mean": 0.0} for i in range(4)])["spearman_r"] is None
 
 
+def test_the_depth_trends_p_is_exact_over_the_few_layers_of_a_small_model() -> None:
+    """scipy's t-approximation gave a perfectly monotone 4-layer profile p 0, though the smallest p 4 layers can
+    give is 2/24 (two-sided, exact over the 24 orderings)."""
+    monotone = depth_trend([{"layer": i, "cos_mean": c} for i, c in enumerate([0.01, 0.02, 0.03, 0.05])])
+    assert monotone["spearman_r"] == pytest.approx(1.0) and monotone["p"] == pytest.approx(2 / 24)
+    mixed = depth_trend([{"layer": i, "cos_mean": c} for i, c in enumerate([0.01, -0.02, 0.03, 0.05])])  # ρ 0.8
+    assert mixed["p"] == pytest.approx(8 / 24)  # (the orderings as far from no trend: |ρ| ≥ 0.8; scipy: 0.2)
+
+
 def test_the_length_sweep_leaves_an_overflowed_probe_out_and_its_json_holds_no_nan() -> None:
     """A probe whose gradient overflowed stopped the report from being written (JSON has no NaN)."""
     out = length_response({"short": [1.0, math.nan, 0.5], "long": [2.0, math.inf, 1.5]},

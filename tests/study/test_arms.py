@@ -178,6 +178,9 @@ def test_an_arm_of_any_family_that_trains_on_the_pairs_gets_them(small_config: S
     # (no pairs built for it: it failed after every base evaluation, or, beside a p1 arm, left the report's losses)
     ("train_strategy", {"strategy": "joint"}, "arm 'mine': its builder train_strategy trains on the study's "
                                               "preference pairs; register it with needs_pairs=True"),
+    # options a builder never reads (a duplicate arm under another name), and a soup's λ its name cannot give
+    ("refine", {"rounds": 5}, r"arm 'mine': its builder refine takes no options, got \['rounds'\]"),
+    ("soup", {}, r"arm 'mine': a soup is named soup-<λ>, λ in \[0, 1\]"),
 ])
 def test_an_arm_a_stock_builder_cannot_build_fails_before_any_job(small_config: StudyConfig, tmp_path,
                                                                   monkeypatch: pytest.MonkeyPatch, builder: str,
@@ -228,3 +231,29 @@ def test_an_arm_reading_pairs_it_did_not_ask_for_is_told_how(small_config: Study
 
     with pytest.raises(UserError, match="registered with needs_pairs=True"):
         StudyRunner(small_config, tmp_path, None).pairs("und")
+
+
+def test_unimrg_arms_share_built_data_only_when_it_is_the_same_data(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data was shared under the maps' names alone: an und-sft arm of other answer forms trained on und-sft's."""
+    from types import SimpleNamespace
+
+    import unigap.study.builders as builders
+    import unigap.unimrg
+    import unigap.unimrg.trainer
+
+    monkeypatch.setattr(ARMS, "_entries", dict(ARMS))
+    register(Arm("und-sft-word", "p4", "trained", "unigap.study.builders:unimrg", default=False,
+                 options={"objective": "und-sft", "sentence_fraction": 0.0}))
+    built, trained = [], []
+    monkeypatch.setattr(unigap.unimrg, "build_data", lambda *args: built.append(args[4]) or ("data", args[4]))
+    monkeypatch.setattr(unigap.unimrg.trainer, "train_unimrg", lambda um, config, out, **kw: trained.append(
+        (config.sentence_fraction, kw["data"])) or SimpleNamespace(out_dir=out))
+    memo: dict = {}
+    runner = SimpleNamespace(config=SimpleNamespace(unimrg_steps=2, unimrg_scenes=4, data_seed=0), model=lambda: None,
+                             memo=lambda key, make: memo[key] if key in memo else memo.setdefault(key, make()),
+                             run_dir=lambda name, seed: tmp_path / name, evaluate=lambda *args, **kw: None)
+    for name in ("und-sft", "und-sft-word", "und-sft"):
+        builders.unimrg(runner, name, 0)
+    default = trained[0][0]
+    assert built == [default, 0.0] and trained == [(default, ("data", default)), (0.0, ("data", 0.0)),
+                                                   (default, ("data", default))]

@@ -48,7 +48,18 @@ def check_options(arm: Arm, config: Any) -> None:
     """`UserError` unless the arm's builder, if one of these, makes settings of its options (and has the one it needs)
     at the study `config`'s budget."""
     module, _, function = arm.builder.partition(":")
-    if module != __name__ or function not in SETTINGS:
+    if module != __name__:
+        return
+    if function == "soup":  # (its λ is its name's: a bad one failed after seed 0's DPO arms had trained)
+        from unigap.train.merge import check_lambda
+
+        try:
+            check_lambda(float(arm.name.removeprefix("soup-")))
+        except (ValueError, UserError) as exc:
+            raise UserError(f"arm {arm.name!r}: a soup is named soup-<λ>, λ in [0, 1] ({exc})") from None
+    if function not in SETTINGS:
+        if arm.options:  # (they would be recorded, and never used: a duplicate arm under another name)
+            raise UserError(f"arm {arm.name!r}: its builder {function} takes no options, got {sorted(arm.options)}")
         return
     settings, needed = SETTINGS[function]
     if needed not in arm.options:
@@ -111,8 +122,8 @@ def self_improve(runner: Any, name: str, seed: int) -> None:
     runner.evaluate(um, name, seed, notes=notes)
 
 
-# an inference-time arm's final images for (model, held-out specs, seed), and the loop's per-round metrics (or None)
-# (model, prompts, seed, their one-shot images) -> the final images and the loop's per-round metrics, or None
+# an inference-time arm's (model, held-out specs, seed, their one-shot images) -> the final images and the loop's
+# per-round metrics, or None
 FinalImages = Callable[[Any, list[Any], int, list[Any]], tuple[list[Any], Any]]
 
 
@@ -166,8 +177,8 @@ def _loop(c: Any, reflector: str) -> FinalImages:
 def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalImages) -> None:
     """An inference-time arm's evaluation: the model's own, with `final`'s images in place of the one-shot ones
     (verified and self-judged the same way) and the loop's per-round metrics where it gives them. `final` starts
-    from those one-shot images (the base's own, on the base model: same prompts, seeds and batches), so an arm and
-    the base pair on the same images, as the report's paired test says they do."""
+    from those one-shot images, sampled with the base's prompts, seeds and batches (on the base model they are the
+    base's own), so an arm and the base pair on the same images, as the report's paired test says they do."""
     from unigap.evaluate import evaluate, save_report
     from unigap.evaluate.run import with_intervals
     from unigap.evaluate.critique import self_judge_metrics
@@ -202,9 +213,10 @@ def unimrg(runner: Any, name: str, seed: int) -> None:
 
     config = _unimrg_settings(runner.config, ARMS[name], seed)
     um = runner.model()
-    maps = list(config.auxiliary)  # the same data for every seed: built once per study process
-    data = runner.memo(("unimrg", *maps), lambda: build_data(um, config.n_scenes, config.data_seed,
-                       config.questions_per_image, config.sentence_fraction, maps))
+    maps = list(config.auxiliary)  # the same data for every seed: built once per study process, per what it reads
+    key = ("unimrg", config.n_scenes, config.data_seed, config.questions_per_image, config.sentence_fraction, *maps)
+    data = runner.memo(key, lambda: build_data(um, config.n_scenes, config.data_seed, config.questions_per_image,
+                                               config.sentence_fraction, maps))
     out = runner.run_dir(name, seed)
     result = train_unimrg(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False, data=data)
     runner.evaluate(um, name, seed)

@@ -72,7 +72,7 @@ Adapter = tuple[dict, dict[str, torch.Tensor]]  # a saved adapter's config and t
 
 def soup(und_dir: str | Path, gen_dir: str | Path, lam: float, out_dir: str | Path) -> Path:
     """Write the adapter λ·θ_U + (1−λ)·θ_G (exact on ΔW; generation head interpolated) to `out_dir`."""
-    _check_lambda(lam)
+    check_lambda(lam)
     return _write_soup(_matching_adapters(und_dir, gen_dir), lam, out_dir)
 
 
@@ -140,7 +140,7 @@ def soups(
     """One soup per λ, in OUT/soup-{λ}; every λ is checked before any soup is written, a soup is never written
     over another, and each folder appears whole (weights and config) or not at all."""
     for lam in lambdas:
-        _check_lambda(lam)
+        check_lambda(lam)
     if Path(und_dir).resolve() == Path(gen_dir).resolve():
         raise UserError(f"--und and --gen are the same adapter ({und_dir}): every soup of it with itself is that "
                         "adapter")
@@ -159,7 +159,8 @@ def soups(
     return directories
 
 
-def _check_lambda(lam: float) -> None:
+def check_lambda(lam: float) -> None:
+    """`UserError` unless λ (the und-only adapter's weight in a soup) lies in [0, 1]."""
     if not 0 <= lam <= 1:
         raise UserError(f"λ must lie in [0, 1], got {lam}")
 
