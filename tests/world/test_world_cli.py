@@ -82,6 +82,8 @@ def test_sample_with_a_draw_seed_records_it(tmp_path, capsys):
         (["world", "verify", "GOOD", "--prompt", "a pink elephant"], "cannot parse prompt"),
         (["world", "verify", "SHEET", "--prompt", "a circle"], "pass --size 128 to judge it at its own size, or if it "
          "is a grid of 64x64 images (`generate --n`), crop each tile"),  # (judged as one scene of every tile's objects)
+        (["world", "verify", "WIDE", "--prompt", "a circle"], "is 128x64, not the 64x64 canvas --size says; if it is a "
+         "grid of 64x64 images (`generate --n`), crop each tile"),  # (generate --n 2's sheet)
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
@@ -89,6 +91,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
     Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(tmp_path / "small.png")
     Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(tmp_path / "good.png")
     Image.fromarray(np.full((128, 128, 3), 255, np.uint8)).save(tmp_path / "sheet.png")
+    Image.fromarray(np.full((64, 128, 3), 255, np.uint8)).save(tmp_path / "wide.png")
     (tmp_path / "mine" / "images").mkdir(parents=True)  # a user's folder: their questions and pictures
     (tmp_path / "mine" / "questions.jsonl").write_text('{"question": "mine"}\n')
     (tmp_path / "mine" / "images" / "000000.png").write_bytes(b"a user's picture")
@@ -100,6 +103,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
         "SMALL": tmp_path / "small.png",
         "GOOD": tmp_path / "good.png",
         "SHEET": tmp_path / "sheet.png",
+        "WIDE": tmp_path / "wide.png",
     }
     code, _out, err = run_main(capsys, [str(paths.get(a, a)) for a in args])
     assert code == 2

@@ -109,10 +109,11 @@ def verify_command(
     spec = parse_prompt(prompt)
     picture = load_image(image)
     height, width = picture.shape[:2]
-    if (height, width) != (size, size) and height == width:  # (a Janus-Pro's 384-px image, say)
-        grid = (f", or if it is a grid of {size}x{size} images (`generate --n`), crop each tile and verify it alone"
-                if width % size == 0 else "")  # (the sheet read as one scene holds every tile's objects)
-        raise UserError(f"{image} is {width}x{height}, not the {size}x{size} canvas --size says; pass --size {width} "
-                        f"to judge it at its own size{grid}")
+    if (height, width) != (size, size) and (height == width or width % size == height % size == 0):
+        grid = (f"if it is a grid of {size}x{size} images (`generate --n`), crop each tile and verify it alone"
+                if width % size == height % size == 0 else "")  # (the sheet read as one scene: every tile's objects)
+        own = f"pass --size {width} to judge it at its own size" if height == width else ""  # (a Janus-Pro's 384 px)
+        raise UserError(f"{image} is {width}x{height}, not the {size}x{size} canvas --size says; "
+                        f"{own}{', or ' if own and grid else ''}{grid}")
     verdict = verify(picture, spec, size)
     typer.echo(json.dumps({"prompt": spec.text, **verdict.to_dict()}))
