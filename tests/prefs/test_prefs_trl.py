@@ -51,6 +51,7 @@ def test_export_then_load_gives_the_same_pairs(tiny_dir: Path, built, tmp_path: 
         code, stdout, err = run_main(capsys, ["prefs", "export", str(source), "--out", str(out), *model])
         assert code == 0 and "TRL's convention" in stdout, err
         rows = read_rows(out)
+        assert (rows[0]["seed"], rows[0]["data_seed"]) == (0, 0)  # (their provenance: the draw and the partition)
         if task == "und":
             assert {"prompt", "chosen", "rejected", "images", "ref_chosen_logps"} <= set(rows[0])
             assert rows[0]["prompt"][0]["role"] == "user" and rows[0]["chosen"][0]["role"] == "assistant"
