@@ -557,6 +557,9 @@ def test_a_folder_of_a_users_own_files_is_refused_before_any_work(tmp_path: Path
     (killed / "wandb_run_id.txt").write_text("abc")
     (killed / ".DS_Store").write_bytes(b"")
     run_module.check_stage_files(killed, QUICK)  # (resumable, as the README says)
+    (mine / "wandb").mkdir()  # (a user's project folder W&B has run in is still the user's)
+    with pytest.raises(UserError, match="holds files a pretraining run did not write"):
+        run_module.check_stage_files(mine, QUICK)
 
 
 def test_a_stage_resumed_on_another_kind_of_device_is_warned_of(tmp_path: Path) -> None:

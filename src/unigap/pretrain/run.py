@@ -167,7 +167,8 @@ def check_stage_files(out: Path, config: PretrainConfig) -> None:
     if (out / SUMMARY_FILE).is_file():
         raise UserError(f"{out} holds a finished pretraining run ({SUMMARY_FILE}); choose a new --out")
     names = [name for name in entries(out) if not name.startswith(".")]  # (a user's own would be written over)
-    if names and not {LOG_FILE, VQ_FILE, VQ_PARTIAL, VISION_FILE, *STAGE_FILES.values(), *LOGGER_FILES} & set(names):
+    ours = {LOG_FILE, VQ_FILE, VQ_PARTIAL, VISION_FILE, *STAGE_FILES.values()}
+    if names and not ours & set(names) and not set(names) <= set(LOGGER_FILES):  # (those alone: killed before a row)
         raise UserError(f"{out} holds files a pretraining run did not write ({', '.join(sorted(names)[:3])}"
                         f"{', …' if len(names) > 3 else ''}); choose an empty or new --out")
     stages = [(VQ_FILE, "vq", config), (VQ_PARTIAL, "vq", config), (VISION_FILE, "vision", config)]
