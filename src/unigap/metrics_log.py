@@ -20,7 +20,8 @@ from unigap.errors import UserError
 
 BACKENDS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # name -> the package it needs
 WANDB_ID_FILE = "wandb_run_id.txt"  # beside the log: the W&B run a resumed job goes on in
-LOGGER_FILES = ("tensorboard", "wandb", WANDB_ID_FILE)  # what the backends write beside the log, from the start
+TENSORBOARD_DIR = "tensorboard"  # beside the log: the event files
+LOGGER_FILES = (TENSORBOARD_DIR, "wandb", WANDB_ID_FILE)  # what the backends write beside the log, from the start
 
 
 def parse_report_to(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -75,7 +76,7 @@ class MetricLogger:
 
                 # the steps from the one a run (re)starts at hide what a killed run wrote for them: no zig-zag curves
                 purge = None if append else resume_step or 0
-                self._writers.append(("tensorboard", SummaryWriter(log_dir=str(self.path.parent / LOGGER_FILES[0]),
+                self._writers.append(("tensorboard", SummaryWriter(log_dir=str(self.path.parent / TENSORBOARD_DIR),
                                                                    purge_step=purge)))
             else:
                 import wandb
