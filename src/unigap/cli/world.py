@@ -109,11 +109,10 @@ def verify_command(
     spec = parse_prompt(prompt)
     picture = load_image(image)
     height, width = picture.shape[:2]
-    if (height, width) != (size, size) and (height == width or width % size == height % size == 0):
-        grid = (f"if it is a grid of {size}x{size} images (`generate --n`), crop each tile and verify it alone"
-                if width % size == height % size == 0 else "")  # (the sheet read as one scene: every tile's objects)
-        own = f"pass --size {width} to judge it at its own size" if height == width else ""  # (a Janus-Pro's 384 px)
-        raise UserError(f"{image} is {width}x{height}, not the {size}x{size} canvas --size says; "
-                        f"{own}{', or ' if own and grid else ''}{grid}")
+    hints = [f"pass --size {width} to judge it at its own size"] if height == width else []  # (a Janus-Pro's 384 px)
+    if width % size == height % size == 0:  # (a sheet read as one scene: every tile's objects)
+        hints.append(f"if it is a grid of {size}x{size} images (`generate --n`), crop each tile and verify it alone")
+    if (height, width) != (size, size) and hints:
+        raise UserError(f"{image} is {width}x{height}, not the {size}x{size} canvas --size says; {', or '.join(hints)}")
     verdict = verify(picture, spec, size)
     typer.echo(json.dumps({"prompt": spec.text, **verdict.to_dict()}))
