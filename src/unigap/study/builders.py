@@ -50,13 +50,8 @@ def check_options(arm: Arm, config: Any) -> None:
     module, _, function = arm.builder.partition(":")
     if module != __name__:
         return
-    if function == "soup":  # (its λ is its name's: a bad one failed after seed 0's DPO arms had trained)
-        from unigap.train.merge import check_lambda
-
-        try:
-            check_lambda(float(arm.name.removeprefix("soup-")))
-        except (ValueError, UserError) as exc:
-            raise UserError(f"arm {arm.name!r}: a soup is named soup-<λ>, λ in [0, 1] ({exc})") from None
+    if function == "soup":  # (a bad λ failed after seed 0's DPO arms had trained)
+        _soup_lambda(arm.name)
     if function not in SETTINGS:
         if arm.options:  # (they would be recorded, and never used: a duplicate arm under another name)
             raise UserError(f"arm {arm.name!r}: its builder {function} takes no options, got {sorted(arm.options)}")
@@ -87,11 +82,23 @@ def train_strategy(runner: Any, name: str, seed: int) -> None:
     shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)  # the adapter and log stay
 
 
+def _soup_lambda(name: str) -> float:
+    """A soup arm's λ, which its name `soup-<λ>` gives; `UserError` for a name that gives none in [0, 1]."""
+    from unigap.train.merge import check_lambda
+
+    try:
+        lam = float(name.removeprefix("soup-"))
+        check_lambda(lam)
+    except (ValueError, UserError) as exc:
+        raise UserError(f"arm {name!r}: a soup is named soup-<λ>, λ in [0, 1] ({exc})") from None
+    return lam
+
+
 def soup(runner: Any, name: str, seed: int) -> None:
     """The rewarded soup `soup-<λ>` of the seed's und-only and gen-only adapters."""
     from unigap.train.merge import soup as merge_soup
 
-    lam = float(name.removeprefix("soup-"))
+    lam = _soup_lambda(name)
     adapter = merge_soup(runner.run_dir("und-only", seed), runner.run_dir("gen-only", seed), lam,
                          runner.run_dir(name, seed))
     um = runner.model()
