@@ -23,8 +23,8 @@ judge (`clip:DIR`, `vlm:DIR`) the two images are scored by it and a pair is kept
 prompts, which the verifier cannot read, get pairs; each such row records the judge.
 
 Candidates are (prompt spec, scene) records of the train split of partition `data_seed` (eval's), drawn by `seed`
-(`sample_records(·, data_seed, "train", draw_seed=seed)`) at the model's VQ image size, drawn in order until `n` pairs are kept or `max_candidates` (default 4n) were tried, so the
-same arguments give the same file. Reference log-probs (base model, conditional-only for images) are
+(`sample_records(·, data_seed, "train", draw_seed=seed)`) at the model's VQ image size, taken in order until `n`
+pairs are kept or `max_candidates` (default 4n) were tried, so the same arguments give the same file. Reference log-probs (base model, conditional-only for images) are
 computed once here and stored in the rows.
 """
 
