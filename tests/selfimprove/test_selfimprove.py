@@ -349,3 +349,27 @@ def test_an_epoch_with_nothing_accepted_is_warned_of(tmp_path: Path, monkeypatch
         result = _toy_run(tmp_path / "none", method="sft", epochs=1, eval_n=0, epoch_eval_n=1, n_prompts=2,
                           audit_size=2)
     assert result["epochs"][-1]["steps"] == 0
+
+
+def test_a_diverged_epoch_names_what_survives(tmp_path: Path, monkeypatch) -> None:
+    """A non-finite loss stopped the run saying only that: not that epoch 1's adapter and checkpoint were kept."""
+    from unigap.train.loop import TrainingDiverged
+
+    original, calls = run_module.train_epoch, []
+
+    def diverged_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise TrainingDiverged("non-finite loss in epoch 2: training stopped")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "train_epoch", diverged_in_epoch_2)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"epoch 2: training stopped; epoch 1's adapter is kept in .*adapter "
+                                               r"and its checkpoint in .*checkpoint \(--resume continues from it"):
+        _toy_run(out, method="sft", labels="verifier", eval_n=0, epoch_eval_n=1, n_prompts=2, audit_size=2)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    calls.clear()
+    calls.append(1)  # the next call is epoch 2's again
+    with pytest.raises(TrainingDiverged, match="epoch 2: training stopped; epoch 1's adapter is kept"):
+        _toy_run(out, method="sft", labels="verifier", eval_n=0, epoch_eval_n=1, n_prompts=2, audit_size=2)

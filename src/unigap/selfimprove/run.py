@@ -48,7 +48,7 @@ from unigap.selfimprove.figures import epochs_plot
 from unigap.selfimprove.pool import Sample, audit_metrics, label_round
 from unigap.selfimprove.train import UNTRAINED, dpo_pairs, train_epoch
 from unigap.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from unigap.train.loop import RECOMPUTE_SETTINGS
+from unigap.train.loop import RECOMPUTE_SETTINGS, TrainingDiverged
 
 FREE_TEXT_HINT = " (free text needs --judge clip:DIR or vlm:DIR, or --judge none with --labels self or poor)"
 
@@ -130,7 +130,10 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
             continue
         size = len(data.sft) if config.objective == "sft" else len(data.pairs)
         with progress_bar(f"epoch {epoch}/{config.epochs}", size, progress) as update:
-            record = train_epoch(um, optimizer, config, epoch, data.sft, data.pairs, update)
+            try:
+                record = train_epoch(um, optimizer, config, epoch, data.sft, data.pairs, update)
+            except TrainingDiverged as exc:
+                raise TrainingDiverged(f"{exc}; {_kept(out, epoch - 1)}") from None
         if not record["steps"] and main:  # (a judge that accepts nothing: the run would end as if it had trained)
             what = ("none of the images was accepted" if config.objective == "sft" else
                     "no prompt has both an accepted and a rejected image")
@@ -216,6 +219,14 @@ def _resume(um: Any, optimizer: torch.optim.Optimizer, out: Path) -> tuple[int, 
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     return int(state["epoch"]), state.get("epochs")
+
+
+def _kept(out: Path, epoch: int) -> str:
+    """What a run stopped in `epoch + 1` leaves to go on from."""
+    if not epoch:
+        return "no epoch had finished, so nothing was saved"
+    return (f"epoch {epoch}'s adapter is kept in {out / 'adapter'} and its checkpoint in {out / 'checkpoint'} "
+            f"(--resume continues from it; {EPOCHS_FILE} shows the epochs before)")
 
 
 def _save_epoch(um: Any, optimizer: torch.optim.Optimizer, out: Path, epoch: int, epochs: list[dict]) -> None:
