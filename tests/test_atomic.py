@@ -327,3 +327,52 @@ def test_a_checkpoint_write_removes_what_a_killed_write_of_it_left(tmp_path) -> 
     other.write_bytes(b"y")
     save_checkpoint(directory, {"step": 3})
     assert load_checkpoint(directory)["step"] == 3 and not stale.exists() and other.exists()
+
+
+def test_a_path_setting_may_be_spelled_otherwise_on_resume(tmp_path, monkeypatch) -> None:
+    """`--prompts ./p.txt` then `--prompts p.txt` (or its absolute path) named the same file, yet the resume was
+    refused as a change of settings; a split name is not a path, whatever file of that name the folder holds."""
+    from unigap.atomic import path_settings
+    from unigap.selfimprove import SelfImproveConfig
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("p.txt", "q.txt", "train"):
+        Path(name).write_text("a red circle\n")
+    Path("judge").mkdir()
+    paths = path_settings(SelfImproveConfig)
+    assert paths == {"prompts": ("train", "val", "test"), "audit": ()}
+    path = tmp_path / "run" / "settings.json"
+    claim_settings(path, {"prompts": "./p.txt", "audit": "clip:./judge", "n": 3}, "selfimprove", paths=paths)
+    claim_settings(path, {"prompts": str(tmp_path / "p.txt"), "audit": "clip:judge", "n": 3}, "selfimprove",
+                   paths=paths)
+    with pytest.raises(UserError, match=r"prompts: .*p.txt\" → \"q.txt\""):
+        claim_settings(path, {"prompts": "q.txt", "audit": "clip:judge", "n": 3}, "selfimprove", paths=paths)
+    with pytest.raises(UserError, match=r"audit: \"clip:judge\" → \"vlm:judge\""):
+        claim_settings(path, {"prompts": "p.txt", "audit": "vlm:judge", "n": 3}, "selfimprove", paths=paths)
+    with pytest.raises(UserError, match=r"prompts: .*p.txt\" → \"p.txt\""):  # (not a path setting here)
+        claim_settings(path, {"prompts": "p.txt", "audit": "clip:judge", "n": 3}, "selfimprove")
+    split = tmp_path / "split" / "settings.json"
+    claim_settings(split, {"prompts": "train"}, "selfimprove", paths=paths)
+    with pytest.raises(UserError, match=r"prompts: \"train\" → \"./train\""):
+        claim_settings(split, {"prompts": "./train"}, "selfimprove", paths=paths)
+
+
+def test_a_checkpoints_path_setting_may_be_spelled_otherwise_on_resume(tmp_path, monkeypatch) -> None:
+    """The same for a trainer's checkpoint (the GRPO reward's judge folder)."""
+    from dataclasses import asdict, replace
+
+    import torch
+
+    from unigap.refine.grpo_config import GRPOConfig
+    from unigap.train.checkpoint import save_checkpoint
+    from unigap.train.loop import CHECKPOINT_DIR, resumed_state
+
+    monkeypatch.chdir(tmp_path)
+    Path("judge").mkdir()
+    config = GRPOConfig(reward="verifier")
+    state = {"config": asdict(config) | {"reward": "clip:./judge"}, "step": 1, "x": torch.zeros(1)}
+    save_checkpoint(tmp_path / "out" / CHECKPOINT_DIR, state)
+    resumed = resumed_state(tmp_path / "out", replace(config, reward="clip:judge"), resume=True)
+    assert resumed is not None and resumed["config"]["reward"] == "clip:./judge"
+    with pytest.raises(UserError, match=r"reward: \"clip:./judge\" → \"verifier\""):
+        resumed_state(tmp_path / "out", config, resume=True)

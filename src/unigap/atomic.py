@@ -13,6 +13,7 @@ torch so light modules can use it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import glob
 import hashlib
@@ -157,22 +158,53 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             if k not in saved or k not in current or saved[k] != current[k]]
 
 
-def differences_since(saved: dict[str, Any], settings: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+PATH_WORDS = "unigap_path_words"  # (the metadata key)
+
+
+def path_setting(words: Collection[str] = ()) -> dict[str, Any]:
+    """A config field's `metadata`: its value may name a file or folder (or a judge's `kind:DIR`), which a resumed
+    run may spell otherwise (`./p`, `p`, its absolute path); `words` are values that name no path (a split, `tiny`)."""
+    return {PATH_WORDS: tuple(words)}
+
+
+def path_settings(config: Any) -> dict[str, tuple[str, ...]]:
+    """The fields of the dataclass (or instance) `config` marked with `path_setting`, with their words."""
+    return {f.name: f.metadata[PATH_WORDS] for f in dataclasses.fields(config) if PATH_WORDS in f.metadata}
+
+
+def _same_path(a: Any, b: Any, words: Collection[str]) -> bool:
+    """Whether `a` and `b` spell one existing file or folder (after the same `kind:` prefix, if any)."""
+    if not (isinstance(a, str) and isinstance(b, str)) or a in words or b in words:
+        return False
+    (kind_a, _, path_a), (kind_b, _, path_b) = (v.rpartition(":") for v in (a, b))
+    try:
+        return kind_a == kind_b and os.path.samefile(path_a, path_b)
+    except OSError:  # (one of them is gone, or names nothing)
+        return False
+
+
+def differences_since(saved: dict[str, Any], settings: dict[str, Any], defaults: dict[str, Any],
+                      paths: dict[str, Collection[str]] | None = None) -> list[str]:
     """`config_differences`, where a setting absent from the saved ones (added since they were written) counts as
-    equal when it is at its value in `defaults`."""
+    equal when it is at its value in `defaults`, and one of `paths` (`path_settings`) as equal where both spell the
+    same file or folder."""
     added = {k for k, v in settings.items() if k not in saved and k in defaults and defaults[k] == v}
-    return config_differences(saved, {k: v for k, v in settings.items() if k not in added})
+    spelled = {k for k, words in (paths or {}).items()
+               if k in saved and k in settings and _same_path(saved[k], settings[k], words)}
+    return config_differences(saved, {k: saved[k] if k in spelled else v for k, v in settings.items()
+                                      if k not in added})
 
 
 def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
                    defaults: dict[str, Any] | None = None, write: bool = True, kind: str = "settings",
-                   free: tuple[str, ...] = ()) -> None:
+                   free: tuple[str, ...] = (), paths: dict[str, Collection[str]] | None = None) -> None:
     """Write a run's settings to `path` (unless `write` is False: a data-parallel process other than the one that
     writes), or refuse (`UserError` naming each difference) to continue a `what` run made under others, since its
     finished parts are only reusable under what produced them. A setting absent from the saved ones (added since)
     counts as equal when it has its value in `defaults`; a saved one that `settings` no longer has (removed since, or
     one the caller leaves free to change) is not compared, and is kept: a refused or other command into the same
-    directory must not erase what its run recorded. The `free` ones are not compared and are written all the same."""
+    directory must not erase what its run recorded. The `free` ones are not compared and are written all the same;
+    `paths` (`path_settings`) may be spelled otherwise."""
     path = Path(path)
     saved: dict[str, Any] = {}
     if path.parent.exists() and not path.parent.is_dir():
@@ -185,7 +217,7 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
         if not isinstance(saved, dict):
             raise UserError(f"cannot read {path}: it holds no JSON object; move it away or choose a new --out")
         compared = {k: v for k, v in settings.items() if k not in free}
-        changed = differences_since({k: v for k, v in saved.items() if k in compared}, compared, defaults or {})
+        changed = differences_since({k: v for k, v in saved.items() if k in compared}, compared, defaults or {}, paths)
         if changed:
             raise UserError(f"{path.parent} holds a {what} run under other {kind} ({'; '.join(changed)}); rerun "
                             f"with the same {kind} to resume it, or choose a new --out")

@@ -39,7 +39,7 @@ import torch
 from transformers import get_constant_schedule_with_warmup
 
 from unigap import distributed
-from unigap.atomic import cached_json, claim_settings, write_json
+from unigap.atomic import cached_json, claim_settings, path_settings, write_json
 from unigap.errors import GuardStopped, UserError
 from unigap.evaluate.data import distinct_prompts, held_out_pairs
 from unigap.evaluate.generation import batch_seed
@@ -303,7 +303,8 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
     identity = model_identity(um)  # the base model, before any adapter of a resumed run is loaded
     defaults = {f.name: f.default for f in fields(GRPOConfig) if f.name not in required} | identity
     settings = {k: v for k, v in config.to_dict().items() if k not in FREE_SETTINGS} | identity
-    claim_settings(out / SETTINGS_FILE, settings, "refine train", defaults, write=main and not holds_run(out))
+    claim_settings(out / SETTINGS_FILE, settings, "refine train", defaults, write=main and not holds_run(out),
+                   paths=path_settings(config))
     before = cached_json(out / "parts" / "before.json", lambda: _loop_eval(um, config, show_progress),
                          write=main) if config.eval_n else None
     trainer = GRPOTrainer(um, config, out, report_to)

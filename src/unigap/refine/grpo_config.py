@@ -13,10 +13,11 @@ One optimiser step per rollout by default (TRL's `num_iterations` 1, R3's too), 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unigap.atomic import path_setting
 from unigap.errors import UserError
 from unigap.evaluate.judges import JUDGES, VERIFIER, check_judge_name
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EditGuidance
@@ -41,7 +42,7 @@ class GRPOConfig:
     # 1 or 0), or a judge by name (its score; perfect = it accepts): self-pyes (the model's own judge:
     # self-rewarded), base-pyes (its judge before the adapter: a frozen reward model), clip:DIR, vlm:DIR. A buffered
     # image keeps the score it was given when made.
-    reward: str = "verifier"
+    reward: str = field(default="verifier", metadata=path_setting())
     # with a judge as the reward: stop (exit 3) when the verifier's accuracy on the training images of the latest
     # `audit_window` generation steps is below that of the first window (one-sided Welch on the steps, p < 0.01)
     guard: bool = True

@@ -12,14 +12,14 @@ configuration in the same directory is refused):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 
 from unigap import distributed
-from unigap.atomic import cached_json, claim_settings, write_atomically, write_json
+from unigap.atomic import cached_json, claim_settings, path_setting, path_settings, write_atomically, write_json
 from unigap.errors import UserError
 from unigap.evaluate.data import FREE_TEXT_HINT, HELD_OUT_SPLITS, FreePrompt, prompt_specs
 from unigap.evaluate.judges import Judge, check_judge_name, get_judge
@@ -29,7 +29,7 @@ from unigap.model.generation import CFG_SCALE
 from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
 from unigap.refine.metrics import best_of_n, gain, judged_part, round_metrics, stop_metrics
 from unigap.train.config import check_field_types
-from unigap.world import PromptSpec
+from unigap.world import SPLITS, PromptSpec
 
 STRIPS = 8  # prompts drawn as strips
 SCALE = 3
@@ -43,14 +43,14 @@ class RefineConfig:
     rounds: int = 3  # reflect/refine rounds after the first generation; 0 = one-shot generation
     reflector: str = "self"
     refiner: str = "auto"
-    prompts: str = "test"  # a split (test, val) or a prompt file (text lines or JSONL with a "prompt" field; free
+    prompts: str = field(default="test", metadata=path_setting(SPLITS))  # a split (test, val) or a prompt file (text lines or JSONL with a "prompt" field; free
     # text only with a judge that reads text)
     seed: int = 0
     data_seed: int = 0
     cfg_scale: float = CFG_SCALE  # generation's (and regeneration's) guidance
     temperature: float = 1.0
     batch_size: int = 32
-    judge: str = "verifier"  # the independent judge of the reported accuracy (the loop always reads the verifier)
+    judge: str = field(default="verifier", metadata=path_setting())  # the independent judge of the reported accuracy (the loop always reads the verifier)
     edit_cfg_scale: float = EDIT_CFG_SCALE  # an edit's guidance: `unigap.model.editing.EditGuidance`
     edit_image_cfg_scale: float = EDIT_IMAGE_CFG_SCALE
 
@@ -170,7 +170,7 @@ def run_refine(um: Refinable, config: RefineConfig, out: str | Path, progress: b
     required = EDIT_SETTINGS if mode == "edit" else ()  # (one that regenerated never edited)
     defaults = {f.name: f.default for f in fields(RefineConfig) if f.name not in required}
     defaults |= identity  # a run from before they were recorded: its model is unknown, not refused
-    claim_settings(out / "settings.json", settings, "refine", defaults, write=writer)
+    claim_settings(out / "settings.json", settings, "refine", defaults, write=writer, paths=path_settings(config))
     progress = progress and writer
 
     def loop(reflector: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from unigap import distributed
-from unigap.atomic import cached_json, claim_settings, write_json
+from unigap.atomic import cached_json, claim_settings, path_settings, write_json
 from unigap.errors import GuardStopped, UnigapWarning, UserError
 from unigap.evaluate import evaluate
 from unigap.evaluate.critique import win_rate as understanding_win_rate
@@ -174,7 +174,7 @@ def _check_settings(out: Path, config: SelfImproveConfig, n_prompts: int, model:
     number), so a stopped run can be continued with `--no-guard --resume`."""
     settings = {**config.to_dict(), "n_prompts_used": n_prompts, **model}
     claim_settings(out / "settings.json", settings, "selfimprove", defaults={"bf16": False, **model},
-                   free=("guard", *RECOMPUTE_SETTINGS), write=distributed.is_main())
+                   free=("guard", *RECOMPUTE_SETTINGS), write=distributed.is_main(), paths=path_settings(config))
 
 
 def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress: bool) -> dict[str, Any]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from unigap.atomic import path_setting
 from unigap.errors import UserError
 from unigap.arms import ARMS, select
+from unigap.model.loading import EMBEDDED
 from unigap.prefs.kinds import GEN_KINDS
 from unigap.train.config import check_field_types, check_ranges
 from unigap.train.defaults import DPO_DEFAULTS
@@ -21,7 +23,7 @@ from unigap.train.defaults import DPO_DEFAULTS
 class StudyConfig:
     """A study: the model, the seeds, the data and training budgets, the evaluation size."""
 
-    model: str = "tiny"
+    model: str = field(default="tiny", metadata=path_setting(EMBEDDED))
     seeds: int = 3
     n: int = 200  # evaluation items (questions and prompts) per model and seed
     data_seed: int = 0  # train/test partition: the model's pretraining seed

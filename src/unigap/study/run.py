@@ -35,7 +35,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from unigap.atomic import claim_settings
+from unigap.atomic import claim_settings, path_settings
 from unigap.errors import UserError
 from unigap.manifest import read_record
 from unigap.metrics_log import keep_log_rows
@@ -227,7 +227,8 @@ def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str,
         # for the p3 arms this run may add (not held to values recorded while nothing used them)
         defaults |= edit_guidance
         free += tuple(edit_guidance)
-    claim_settings(out / STUDY_FILE, config.to_dict() | recorded | {"methods": methods}, "study", defaults, free=free)
+    claim_settings(out / STUDY_FILE, config.to_dict() | recorded | {"methods": methods}, "study", defaults, free=free,
+                   paths=path_settings(config))
     return methods[len(earlier):] if earlier else []
 
 

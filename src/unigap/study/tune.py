@@ -40,14 +40,15 @@ import itertools
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unigap.atomic import claim_settings, write_text_atomically
+from unigap.atomic import claim_settings, path_setting, path_settings, write_text_atomically
 from unigap.errors import UserError
+from unigap.model.loading import EMBEDDED
 from unigap.prefs.kinds import GEN_KINDS
 from unigap.train.config import check_field_types
 from unigap.train.defaults import OVEROPTIMISED_LOSS, TUNE_GRID, TUNE_RUN
@@ -70,7 +71,7 @@ SETTINGS_FILE, BASE_FILE, RESULTS_FILE, CURVE_FILE = "tune.json", "base.json", "
 class TuneConfig:
     """The grid, the budget of each run, and the validation evaluation."""
 
-    model: str = "tiny"
+    model: str = field(default="tiny", metadata=path_setting(EMBEDDED))
     kinds: tuple[str, ...] = TUNE_GRID["kinds"]
     lrs: tuple[float, ...] = TUNE_GRID["lrs"]
     nll_weights: tuple[float, ...] = TUNE_GRID["nll_weights"]
@@ -182,7 +183,8 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
     settings = {k: v for k, v in config.to_dict().items() if k not in SELECTION_ONLY}
     dtype = default_dtype_name()
     claim_settings(out / SETTINGS_FILE, settings | {"model_weights": weights, "model_dtype": dtype}, "tuning",
-                   {f.name: f.default for f in fields(TuneConfig)} | {"model_dtype": dtype})  # (added since: unknown)
+                   {f.name: f.default for f in fields(TuneConfig)} | {"model_dtype": dtype},  # (added since: unknown)
+                   paths=path_settings(config))
     specs = [spec for spec, _ in held_out_pairs(config.n, config.seed, config.data_seed, split="val")]
     base_file = out / BASE_FILE
     if not base_file.is_file():

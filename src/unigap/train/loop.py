@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from unigap.atomic import atomic_write_lines, config_differences, differences_since
+from unigap.atomic import atomic_write_lines, config_differences, differences_since, path_settings
 from unigap.errors import UserError
 from unigap.metrics_log import MetricLogger
 from unigap import distributed
@@ -91,7 +91,8 @@ def resumed_state(out_dir: str | Path, settings: Any, resume: bool, free_setting
     free_settings = (*free_settings, *RECOMPUTE_SETTINGS)
     defaults = {f.name: f.default for f in fields(settings) if f.name not in required_settings}
     changed = differences_since({k: v for k, v in state["config"].items() if k not in free_settings},
-                                {k: v for k, v in asdict(settings).items() if k not in free_settings}, defaults)
+                                {k: v for k, v in asdict(settings).items() if k not in free_settings}, defaults,
+                                path_settings(settings))
     if changed:
         raise UserError(f"cannot resume {out_dir} under different settings: {'; '.join(changed)}")
     saved = state.get(IDENTITY_KEY)
