@@ -1,9 +1,9 @@
 """DPO learning rate for a model: und-only and gen-only runs at several learning rates, evaluated on held-out items.
 
-Why: the multi-task DPO paper's lr 1e-6 is tuned for a 7B model's LoRA; the tiny model needs its own, and the
-study's default (`unigap.study.FULL.lr`) comes from this sweep. Each run is exactly a study job (the study's
-`train_strategy` builder: its preference pairs, its step budget, seed 0, then `unigap.evaluate` on `--n` items), so
-the numbers carry over. Finished runs in `--work` are reused; a sweep of other steps, n or model there is refused.
+Why: the multi-task DPO paper's lr 1e-6 is tuned for a 7B model's LoRA; the tiny model needs its own (the study's
+default, `unigap.study.FULL.lr`, now comes from `unigap tune`; this sweep came first). Each run is exactly a study
+job (the study's `train_strategy` builder: its preference pairs, its step budget, seed 0, then `unigap.evaluate` on
+`--n` items), so the numbers carry over. Finished runs in `--work` are reused; a sweep of other steps, n or model there is refused.
 
     python benchmarks/dpo_lr_sweep.py [--model tiny] [--lrs 3e-5 1e-4 3e-4] [--steps 150] [--n 200]
 """

@@ -15,7 +15,7 @@ Greedy agreement is also given as the fraction of equal tokens and the mean firs
 a random model's near-tied logits can flip an argmax between two correct implementations.
 
     python benchmarks/sampling.py                           # the shipped model, batch sizes 10 and 80
-    python benchmarks/sampling.py --model DIR --device cuda --batch-sizes 16 128
+    python benchmarks/sampling.py --model DIR --device cuda --batch-sizes 16 128 --out runs/sampling_gpu.json
 """
 
 from __future__ import annotations
