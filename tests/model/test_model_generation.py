@@ -100,6 +100,12 @@ def test_a_dropout_mask_is_refused_under_cfg_or_at_the_wrong_length(um: UnifiedM
         um.image_token_logprobs(SAME_LENGTH[:2], tokens, cfg_scale=5.0, dropped=torch.tensor([True, False]))
     with pytest.raises(ValueError, match=r"one flag per row \(2\), got shape \(1,\)"):
         um.image_token_logprobs(SAME_LENGTH[:2], tokens, dropped=torch.tensor([True]))
+    with pytest.raises(ValueError, match="dropped must hold flags"):  # (a probability cast to True: dropped)
+        um.image_token_logprobs(SAME_LENGTH[:2], tokens, dropped=[0.5, 0.0])
+    with pytest.raises(ValueError, match="dropped must hold flags"):
+        um.image_token_logprobs(SAME_LENGTH[:2], tokens, dropped=torch.tensor([0, 2]))
+    kept = um.image_token_logprobs(SAME_LENGTH[:2], tokens, dropped=[1, 0])  # 0 and 1 are flags
+    torch.testing.assert_close(kept, um.image_token_logprobs(SAME_LENGTH[:2], tokens, dropped=[True, False]))
 
 
 def test_image_logprobs_is_differentiable(fresh: UnifiedModel) -> None:

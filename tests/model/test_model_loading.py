@@ -99,6 +99,22 @@ def test_directory_without_sidecar_is_janus_pro(janus_pro_dir: Path) -> None:
     assert model.vision.mean == (0.1, 0.2, 0.3) and model.vision.std == (0.25, 0.25, 0.25)
 
 
+@pytest.mark.parametrize("sidecar, message", [
+    ({"image_std": 0}, r"image_std must be 3 finite numbers, each > 0, got 0"),  # (NaN pixels: every P(yes) NaN)
+    ({"image_mean": "abc"}, r"image_mean must be 3 finite numbers, got \"abc\""),  # (a ValueError from float())
+    ({"image_std": [0.5, 0.5, None]}, r"image_std must be 3 finite numbers, each > 0, got \[0.5, 0.5, null\]"),
+    ({"editing": "false"}, r"editing must be true or false, got \"false\""),  # (read as true)
+])
+def test_a_hand_edited_sidecar_is_one_clear_error(tiny_dir: Path, tmp_path: Path, sidecar: dict,
+                                                   message: str) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    path = copy / "unigap.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | sidecar))
+    with pytest.raises(UserError, match=message):
+        load_model(copy)
+
+
 def test_tiny_prompt_layout(um) -> None:
     ids = um.prompts.understanding_ids("does this image show a red circle?")
     n = um.num_image_tokens

@@ -129,6 +129,18 @@ def test_a_trainable_adapter_loads_for_inference_until_training_starts(tiny_dir:
                                                  strict=True))
 
 
+@pytest.mark.parametrize("rank, alpha, message", [
+    (2.5, 8, r"LoRA rank must be an integer >= 1, got 2.5"),  # (a TypeError deep in torch)
+    (4, float("nan"), r"LoRA alpha must be a finite number > 0, got nan"),  # (saved, then refused on loading)
+    (4, None, r"LoRA alpha must be a finite number > 0, got None"),
+])
+def test_bad_lora_settings_are_refused_before_the_model_changes(tiny_dir: Path, rank, alpha, message: str) -> None:
+    um = load_model(tiny_dir)
+    with pytest.raises(ValueError, match=message):
+        um.add_lora(rank=rank, alpha=alpha)
+    um.add_lora(rank=2, alpha=4)  # (nothing was left half-attached)
+
+
 def test_shared_parameters_grouped_by_layer_and_factor(fresh: UnifiedModel) -> None:
     fresh.add_lora(rank=4, alpha=8, dropout=0.0)
     groups = fresh.shared_lora_parameters()

@@ -169,6 +169,12 @@ def test_a_single_string_is_not_read_as_one_prompt_per_character(um: UnifiedMode
         um.generate_images(["a red circle"], cfg_scale="5", seed=0)
     with pytest.raises(ValueError, match="seed must fit in 64 bits"):
         um.generate_images(["a red circle"], seed=2**70)
+    for temperature in (None, "1", True):  # (a TypeError from the comparison; True read as 1)
+        with pytest.raises(ValueError, match=f"temperature must be >= 0 \\(0 = greedy\\) and finite, got {temperature!r}"):
+            um.generate_images(["a red circle"], temperature=temperature, seed=0)
+    tokens = torch.zeros((1, um.num_image_tokens), dtype=torch.long)
+    with pytest.raises(ValueError, match="temperature must be > 0 and finite, got None"):
+        um.image_token_logprobs(["a red circle"], tokens, temperature=None)
     image = um.decode_tokens(um.generate_images(["a red circle"], seed=0))[0]
     with pytest.raises(ValueError, match="questions must be a list"):
         um.answer([image], "?")

@@ -20,7 +20,7 @@ def test_token_logprobs_are_the_tempered_softmaxs() -> None:
         assert torch.allclose(token_logprobs(logits, tokens, temperature), expected, atol=1e-6)
     untempered = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
     assert torch.equal(token_logprobs(logits, tokens, 1.0), untempered)
-    with pytest.raises(ValueError, match="temperature > 0"):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
         token_logprobs(logits, tokens, 0.0)
 
 

@@ -44,6 +44,9 @@ def read_sidecar(directory: Path) -> dict:
     source = settings.setdefault("edit_source", "vision")  # sidecars written before it existed: the vision tower
     if source not in EDIT_SOURCES:
         raise UserError(f"{sidecar_file}: unknown edit_source {source!r}; expected one of {', '.join(EDIT_SOURCES)}")
+    for key in ("editing", "use_default_system_prompt"):  # ("false" would read as true)
+        if key in settings and not isinstance(settings[key], bool):
+            raise UserError(f"{sidecar_file}: {key} must be true or false, got {json.dumps(settings[key])}")
     return settings
 
 

@@ -92,8 +92,7 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.LongTensor, temperature: 
     """log p(token) under softmax(logits / temperature), the distribution `choose` samples at that temperature,
     computed in fp32 whatever the model dtype (and, inside `token_entropies`, each distribution's entropy recorded).
     GRPO scores its samples at the temperature they were drawn at, as TRL does."""
-    if not temperature > 0:
-        raise ValueError(f"log-probs need a temperature > 0, got {temperature}")
+    check_temperature(temperature, positive=True)
     logits = logits.float()
     logprobs = torch.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
     if _ENTROPY_RECORDERS:
@@ -108,9 +107,13 @@ def check_positive_int(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def check_temperature(temperature: float) -> None:
-    if not 0 <= temperature < math.inf:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy) and finite, got {temperature}")
+def check_temperature(temperature: float, positive: bool = False) -> None:
+    """A finite number >= 0 (0 = greedy), or > 0 where log-probs are taken at it (not a bool, not "1", not None,
+    which would fail inside the comparison with a TypeError)."""
+    number = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+    if not (number and (temperature > 0 if positive else temperature >= 0) and temperature < math.inf):
+        raise ValueError(f"temperature must be {'> 0' if positive else '>= 0 (0 = greedy)'} and finite, "
+                         f"got {temperature!r}")
 
 
 def check_counts(**named: Sequence[object]) -> int:

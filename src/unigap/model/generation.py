@@ -252,7 +252,10 @@ def check_dropped(dropped: torch.Tensor | None, batch: int, cfg: bool) -> torch.
         return None
     if cfg:
         raise ValueError("dropout masks are for conditional scoring; under guidance every row has its own twins")
-    dropped = torch.as_tensor(dropped, dtype=torch.bool)
+    dropped = torch.as_tensor(dropped)
+    if dropped.is_floating_point() or dropped.is_complex() or not bool(((dropped == 0) | (dropped == 1)).all()):
+        raise ValueError("dropped must hold flags (bools, or 0 and 1), not probabilities")
+    dropped = dropped.bool()
     if dropped.shape != (batch,):
         raise ValueError(f"dropped must hold one flag per row ({batch}), got shape {tuple(dropped.shape)}")
     return dropped

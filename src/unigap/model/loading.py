@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -107,10 +108,12 @@ def pixel_stats(directory: Path, settings: dict) -> tuple[tuple[float, ...], tup
 
     def stat(key: str) -> tuple[float, ...]:
         value = settings.get(key, preprocessor.get(key, DEFAULT_PIXEL_STAT))
-        values = tuple(float(v) for v in (value if isinstance(value, list | tuple) else [value] * 3))
-        if len(values) != 3:
-            raise UserError(f"{directory}: {key} must have 3 values, got {value}")
-        return values
+        values = value if isinstance(value, list | tuple) else [value] * 3
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        if len(values) != 3 or not numbers or (key == "image_std" and min(values) <= 0):  # (a std of 0: NaN pixels)
+            raise UserError(f"{directory}: {key} must be 3 finite numbers{', each > 0' if key == 'image_std' else ''}"
+                            f", got {json.dumps(value)}")
+        return tuple(float(v) for v in values)
 
     return stat("image_mean"), stat("image_std")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import pickle
 import re
 import warnings
@@ -30,6 +31,7 @@ from torch.utils._pytree import tree_map
 from transformers import JanusForConditionalGeneration
 
 from unigap.errors import UserError, first_line
+from unigap.model.decoding import check_positive_int
 
 LM_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 GENERATION_HEAD = "generation_head"
@@ -53,8 +55,9 @@ def attach_lora(
     """Wrap `model` with a fresh LoRA adapter named "default" (B = 0, so outputs start unchanged); the generation
     head and `trained_modules` (names of `model.model`'s children) train in full as peft `modules_to_save`, with
     float32 master weights like the LoRA factors (`train_in_float32`)."""
-    if rank < 1:
-        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    check_positive_int("LoRA rank", rank)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < math.inf:
+        raise ValueError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")  # (saved NaN: refused on loading)
     if not 0 <= dropout < 1:
         raise ValueError(f"LoRA dropout must lie in [0, 1), got {dropout}")
     parts = dict(model.model.named_children())
