@@ -34,6 +34,16 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     assert blocker.read_text() == "x\n"
 
 
+def test_an_out_name_too_long_for_its_temporary_fails_before_any_work(tmp_path: Path, capsys) -> None:
+    """A name that fits the file system's 255 bytes but not with the temporary it is written as first
+    (".NAME.XXXXXXXX.tmp") failed at the end of the run, its work lost."""
+    out = tmp_path / ("r" * 242 + ".json")  # 247 bytes: 261 with the temporary's 14
+    code, err = _run(capsys, ["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--out", str(out)])
+    assert code == 2 and err == (f"unigap: error: cannot create {'r' * 40}… (247 bytes): at most 241 bytes fit in a "
+                                 "name here (with the temporary it is written as first)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["eval", "--model", "tiny", "--seed", "-1"], "--seed must be >= 0, got -1"),
     (["eval", "--model", "tiny", "--data-seed", "-1"], "--data-seed must be >= 0, got -1"),
