@@ -192,6 +192,33 @@ def test_vlm_judge_gives_p_yes(vlm_dir, pairs) -> None:
                                 "version": 1, "weights": weights_fingerprint(vlm_dir)}  # which VLM, wherever it is
 
 
+def test_a_vlm_judge_whose_processor_reads_a_flat_list_as_one_prompts_images_judges_a_batch(tmp_path, pairs) -> None:
+    """Mllama's (and Gemma 3's, SmolVLM's) processor took the batch's images as one prompt's and raised on the first
+    batch of two; the judge loaded, since its check judged one image."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessor, MllamaProcessor
+    from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
+
+    tokenizer = byte_tokenizer(append_eos=False, extra=("<|image|>", "<|python_tag|>"))
+    vision = MllamaVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1,
+                                attention_heads=2, image_size=56, patch_size=14, max_num_tiles=1, vision_output_dim=64,
+                                intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1]])
+    text = MllamaTextConfig(vocab_size=len(tokenizer) + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=2, cross_attention_layers=[1],
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=1, bos_token_id=0)
+    torch.manual_seed(0)
+    config = MllamaConfig(vision_config=vision, text_config=text,
+                          image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"))
+    MllamaForConditionalGeneration(config).save_pretrained(tmp_path)
+    MllamaProcessor(image_processor=MllamaImageProcessor(size={"height": 56, "width": 56}, max_image_tiles=1),
+                    tokenizer=tokenizer).save_pretrained(tmp_path)
+    images, specs = pairs
+    judge = get_judge(f"vlm:{tmp_path}", independent=True)
+    scores = judge.fn(None, images[:3], specs[:3])
+    assert len(scores) == 3 and all(0.0 < s < 1.0 for s in scores)
+    assert [judge.fn(None, [image], [spec])[0] for image, spec in zip(images[:3], specs[:3])] == pytest.approx(
+        scores, abs=1e-5)
+
+
 def test_clip_judge_scores_are_the_clip_models_own_cosine(clip_dir, pairs) -> None:
     """Against CLIP's forward pass, one pair at a time: logits_per_image / logit_scale is the cosine."""
     images, specs = pairs

@@ -245,7 +245,8 @@ class VlmJudge:
         tokenizer.padding_side = "left"  # the next-token logits of every row sit at the last position
         self.yes, self.no = answer_token_ids(tokenizer)
         with _loading("vlm", path):
-            self.p_yes([PROBE_IMAGE], ["a circle"])  # e.g. a chat template that cannot take an image fails here
+            # e.g. a chat template that cannot take an image fails here, or a processor that cannot batch
+            self.p_yes([PROBE_IMAGE] * 2, ["a circle", "a red square"])
 
     def prompt(self, text: str) -> str:
         """The judge question, in the processor's chat template when it has one."""
@@ -263,7 +264,8 @@ class VlmJudge:
         out: list[float] = []
         device = next(self.model.parameters()).device
         for chunk in _batched(list(zip(images, texts, strict=True))):
-            inputs = self.processor(images=[opaque_rgb(image) for image, _ in chunk],
+            # one list of images per prompt: a flat list is one prompt's images to some processors (Mllama, Gemma 3)
+            inputs = self.processor(images=[[opaque_rgb(image)] for image, _ in chunk],
                                     text=[self.prompt(text) for _, text in chunk], padding=True, return_tensors="pt")
             inputs = inputs.to(device=device, dtype=self.model.dtype)
             logits = self.model(**inputs).logits[:, -1].float().log_softmax(-1)
