@@ -32,6 +32,14 @@ def test_summary_of_too_few_values_is_null_not_nan() -> None:
     assert one["x_mean"] == 0.5 and one["x_std"] is None and one["x_ci95"] is None
 
 
+def test_an_interval_stays_within_what_its_quantity_can_be() -> None:
+    """ρ of a few batches, one large: its t-interval reached below 0, which no norm ratio can; w_U's past 1."""
+    rho = group_summary(np.array([[100.0, 1.0, 0.0], [0.01, 1.0, 0.0], [0.01, 1.0, 0.0]]))
+    assert rho["ratio_ci95"][0] == 0.0 and rho["ratio_ci95"][1] > 10
+    assert summary([0.99, 0.2, 1.0], "cos", (-1.0, 1.0))["cos_ci95"][1] == 1.0
+    assert summary([0.99, 0.2, 1.0], "x")["x_ci95"][1] > 1.0  # (unbounded by default)
+
+
 def test_welch_matches_scipy() -> None:
     result = welch(INTRA, INTER)
     expected = stats.ttest_ind(INTRA, INTER, equal_var=False)

@@ -20,10 +20,17 @@ from unigap.diagnose.gradients import GradientLog
 from unigap.evaluate.stats import finite, t_interval, welch
 
 
-def summary(values: Sequence[float] | np.ndarray, prefix: str) -> dict[str, Any]:
+COSINE = (-1.0, 1.0)  # the range of a quantity, to which its interval is cut
+NONNEGATIVE = (0.0, math.inf)
+SHARE = (0.0, 1.0)
+
+
+def summary(values: Sequence[float] | np.ndarray, prefix: str,
+            bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, Any]:
     """`{prefix}_mean/_std/_ci95/_median/_min/_max/_n`: std is the sample std (ddof 1), ci95 the t-interval
-    of the mean; both null below two values. Non-finite values (a batch that overflowed) are left out, and counted
-    in `{prefix}_nonfinite` where there are any."""
+    of the mean, cut to the quantity's `bounds` (a cosine's interval does not reach past 1, nor a ratio's below 0);
+    both null below two values. Non-finite values (a batch that overflowed) are left out, and counted in
+    `{prefix}_nonfinite` where there are any."""
     x = np.asarray(values, dtype=np.float64)
     kept = np.isfinite(x)
     x, dropped = x[kept], int((~kept).sum())
@@ -33,7 +40,8 @@ def summary(values: Sequence[float] | np.ndarray, prefix: str) -> dict[str, Any]
         return out | {f"{prefix}_{k}": None for k in ("mean", "std", "ci95", "median", "min", "max")}
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if n > 1 else math.nan
-    ci = [finite(bound) for bound in t_interval(mean, std / math.sqrt(n), n - 1)] if n > 1 else [None]
+    ci = [finite(min(max(bound, bounds[0]), bounds[1])) for bound in t_interval(mean, std / math.sqrt(n), n - 1)
+          ] if n > 1 else [None]
     return out | {
         f"{prefix}_mean": mean,
         f"{prefix}_std": finite(std),
@@ -67,12 +75,12 @@ def group_summary(triples: np.ndarray) -> dict[str, Any]:
     cv = finite(np.std(rho, ddof=1) / np.mean(rho)) if len(rho) > 1 and np.mean(rho) > 0 else None
     return {
         "zero_gradient": False,
-        **summary(cos, "cos"),
+        **summary(cos, "cos", COSINE),
         "cos_undefined": undefined,
-        **summary(rho, "ratio"),
+        **summary(rho, "ratio", NONNEGATIVE),
         "ratio_cv": cv,
-        **summary(np.sqrt(triples[:, 0]), "und_norm"),
-        **summary(np.sqrt(triples[:, 1]), "gen_norm"),
+        **summary(np.sqrt(triples[:, 0]), "und_norm", NONNEGATIVE),
+        **summary(np.sqrt(triples[:, 1]), "gen_norm", NONNEGATIVE),
     }
 
 
@@ -144,9 +152,9 @@ def norm_change(triples: np.ndarray) -> dict[str, Any]:
     measured = np.sqrt(np.maximum(uu + gg + 2 * ug, 0.0) / gg) - 1
     predicted = rho2 / 2
     return {
-        **summary(predicted, "predicted_half_rho2"),
-        **summary(np.sqrt(1 + rho2) - 1, "orthogonal"),
-        **summary(measured, "measured"),
+        **summary(predicted, "predicted_half_rho2", NONNEGATIVE),
+        **summary(np.sqrt(1 + rho2) - 1, "orthogonal", NONNEGATIVE),
+        **summary(measured, "measured", (-1.0, math.inf)),
         **summary(measured - predicted, "error"),
     }
 
@@ -161,7 +169,7 @@ def weighting(triples: np.ndarray, und_tokens: Sequence[float], gen_tokens: Sequ
     w = gen_norm[total > 0] / total[total > 0]
     t_mean, n_mean = float(np.mean(und_tokens)), float(np.mean(gen_tokens))
     return {
-        **summary(w, "grad_weighted_w_und"),
+        **summary(w, "grad_weighted_w_und", SHARE),
         "und_tokens_mean": t_mean,
         "gen_tokens_mean": n_mean,
         "length_normalised_w_und": n_mean / (n_mean + t_mean),
@@ -179,7 +187,7 @@ def analyse(log: GradientLog, und_tokens: Sequence[float], gen_tokens: Sequence[
     samples: dict[str, Any] = {"inter_cos": inter_cos.tolist(), "ratio": ratios(inter).tolist()}
     for task in ("und", "gen"):
         cos, undefined = cosines(_masked(log.array(f"intra_{task}"), everything))
-        intra |= summary(cos, f"{task}_cos") | {f"{task}_cos_undefined": undefined}
+        intra |= summary(cos, f"{task}_cos", COSINE) | {f"{task}_cos_undefined": undefined}
         intra[f"welch_{task}_vs_inter"] = welch(cos, inter_cos)
         samples[f"intra_{task}_cos"] = cos.tolist()
     per_layer, per_module = per_group(log)

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from unigap.diagnose.gradients import LossFn, ParameterSet, task_gradient
-from unigap.diagnose.stats import finite, summary
+from unigap.diagnose.stats import NONNEGATIVE, finite, summary
 from unigap.model import UnifiedModel
 from unigap.train.dpo import UnderstandingPair, reference_logprobs
 from unigap.world import COLORS, DEFAULT_CANVAS, SHAPES, SIZES, candidate_questions, describe, render, sample_scene
@@ -113,8 +113,8 @@ def length_response(
         rho = np.asarray(norms, dtype=np.float64) / gen[np.arange(len(norms)) % len(gen)]
         ratio = np.asarray(und_tokens[name], dtype=np.float64) / gen_tokens
         conditions[name] = {
-            **summary(rho, "ratio"),
-            **summary(ratio, "token_ratio"),
+            **summary(rho, "ratio", NONNEGATIVE),
+            **summary(ratio, "token_ratio", NONNEGATIVE),
             # (an overflowed probe: null)
             "samples": {"ratio": [finite(v) for v in rho], "token_ratio": [finite(v) for v in ratio]},
         }
