@@ -18,6 +18,7 @@ from unigap.errors import UnigapWarning, UserError
 from unigap.model import load_model
 from unigap.model.generation import prompt_batch
 from unigap.model.images import normalized_codebook, vq_encode
+from unigap.pretrain import FULL as FULL_CONFIG
 from unigap.pretrain import QUICK, pretrain
 from unigap.pretrain import run as run_module
 from unigap.pretrain.corpus import Corpora, critique_corpus, edit_corpus, generation_corpus, understanding_corpus
@@ -198,6 +199,18 @@ def test_a_joint_step_logs_the_rate_it_used(model_and_corpus, corpora) -> None:
     rng = np.random.default_rng(0)
     logged = [joint_step(um, head, corpora, optimizer, schedule, params, rng, TINY).lr for _ in range(2)]
     assert logged == pytest.approx([TINY.lr / TINY.warmup, TINY.lr])
+
+
+@pytest.mark.parametrize("config", [QUICK, FULL_CONFIG], ids=["quick", "full"])
+def test_the_recipes_reach_their_peak_rate_and_decay_from_it(config) -> None:
+    """`--quick` kept the full recipe's 100 warm-up steps over its 40: it trained at 1-40 % of its rate, never decaying."""
+    optimizer, schedule = make_optimizer([torch.nn.Parameter(torch.zeros(1))], config)
+    rates = []
+    for _ in range(config.steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert max(rates) == pytest.approx(config.lr) and rates[-1] < config.lr / 2
 
 
 def test_prompt_dropout_uses_the_cfg_unconditional_prompt(model_and_corpus) -> None:
@@ -579,3 +592,31 @@ def test_a_stage_resumed_on_another_kind_of_device_is_warned_of(tmp_path: Path) 
         run_module.warn_other_numerics(path, run_module.numerics(cpu), cpu)
         run_module.warn_other_numerics(path, {"device": "cpu"}, cpu)  # (a checkpoint from before it said)
         run_module.warn_other_numerics(path, {}, cpu)
+
+
+@pytest.mark.slow
+def test_a_rerun_that_turns_a_stage_off_keeps_no_row_of_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the VQ merge, then after polish, each rerun with that stage off: the killed run's merge and polish
+    rows stayed in the log, which then disagreed with the run (the summary's `polish_final_losses: null`)."""
+    config, out = RESUMED.scaled(vq_steps=2), tmp_path / "run"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def stages() -> set[str]:
+        return {json.loads(line)["stage"] for line in (out / run_module.LOG_FILE).read_text().splitlines()}
+
+    monkeypatch.setattr(run_module, "tokenize_corpora", killed)  # (after the merge's row)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(out, config, show_progress=False)
+    assert "vq_merge" in stages()
+    config = config.scaled(vq_merge_similarity=None)
+    monkeypatch.setattr(run_module, "tokenize_corpora", tokenize_corpora)
+    monkeypatch.setattr(run_module, "save_tiny", killed)  # (after polish's last row and checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(out, config, show_progress=False)
+    assert "polish" in stages() and "vq_merge" not in stages()
+    monkeypatch.undo()
+    pretrain(out, config.scaled(polish_steps=0), show_progress=False)
+    assert "joint" in stages() and not {"polish", "vq_merge"} & stages()
+    assert json.loads((out / run_module.SUMMARY_FILE).read_text())["polish_final_losses"] is None

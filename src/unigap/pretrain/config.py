@@ -122,4 +122,4 @@ class PretrainConfig:
 
 FULL = PretrainConfig()
 QUICK = FULL.scaled(scenes=400, understanding_scenes=400, questions_per_scene=2, critique_scenes=200, edit_pairs=200,
-                    vq_steps=40, vision_steps=20, steps=40, checkpoint_every=20)
+                    vq_steps=40, vision_steps=20, steps=40, warmup=4, checkpoint_every=20)  # (FULL's 100: all warm-up)

@@ -307,6 +307,7 @@ def _stage_joint(um: UnifiedModel, corpora: Corpora, config: PretrainConfig, out
     patch-label head is trained alongside and not saved with the model. A checkpoint written under other
     settings is refused, not resumed (its weights would not be what the settings say)."""
     if config.steps == 0:  # (polish is off by default: no optimiser, no bar, and any stale checkpoint ignored)
+        _resume_log(logger, stage)  # (the rows of a run killed in it, before the stage was turned off)
         return {"seconds": 0.0, "final": None}
     torch.manual_seed(config.seed)
     head = PatchHead(config.hidden_size).to(um.device)
@@ -365,10 +366,10 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     corpus_seconds = time.perf_counter() - started
     vq_seconds = _stage_vq(um, corpora.gen.renders, config, out, show_progress, logger)
     coded = time.perf_counter()
+    _resume_log(logger, "vq_merge")  # (a rerun without the merge keeps no row of one)
     if config.vq_merge_similarity is not None:
         codes = merge_similar_codes(um.model.model.vqmodel, to_pixels(corpora.gen.renders[:MERGE_IMAGES]),
                                     config.vq_merge_similarity)
-        _resume_log(logger, "vq_merge")
         _log(logger, {"stage": "vq_merge", "similarity": config.vq_merge_similarity, "codes": codes})
     tokenize_corpora(um, corpora)
     fidelity = vq_fidelity(um, n=VQ_CHECK, seed=config.seed, data_seed=config.seed, progress=show_progress)
