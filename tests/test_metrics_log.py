@@ -72,6 +72,29 @@ def test_a_resumed_runs_tensorboard_curve_holds_the_redone_steps_once(tmp_path: 
                                                                    (4, 14.0)]
 
 
+def test_a_job_whose_stages_resume_sends_each_stage_step_to_tensorboard_once(tmp_path: Path) -> None:
+    """Pretraining appends (its stages resume themselves): a stage's steps redone after its checkpoint, and a one-off
+    row written again on every resume, reached TensorBoard twice."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def run(rows: list[tuple[str, int, float]]) -> None:
+        logger = MetricLogger(tmp_path / "log.jsonl", report_to=("tensorboard",), append=True)
+        # as pretraining does: the joint stage resumed from its step 10, the one-off row written again
+        logger.keep_rows(lambda row: not (row["stage"] == "joint" and row["step"] > 10 or row["stage"] == "fidelity"))
+        for stage, step, loss in rows:
+            logger.log(step, {"stage": stage, "loss": loss}, prefix=f"{stage}/")
+        logger.close()
+
+    run([("fidelity", 0, 0.5), ("joint", 10, 1.0), ("joint", 20, 2.0)])  # killed after step 20
+    run([("fidelity", 0, 0.5), ("joint", 20, 2.0), ("joint", 30, 3.0)])
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("joint/loss")] == [(10, 1.0), (20, 2.0), (30, 3.0)]
+    assert [(e.step, e.value) for e in events.Scalars("fidelity/loss")] == [(0, 0.5)]
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in rows] == [("joint", 10), ("fidelity", 0), ("joint", 20), ("joint", 30)]
+
+
 class _FakeRun:
     def __init__(self, **init: object) -> None:
         self.init, self.axes, self.rows = init, [], []

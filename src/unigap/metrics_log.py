@@ -63,6 +63,9 @@ class MetricLogger:
         the file as it is (a job whose stages resume themselves)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # with `append`, the (stage, step) rows an earlier run already sent to the backends: a stage that resumes
+        # logs its steps after the checkpoint again, and TensorBoard's purge would hide every other stage's too
+        self._sent = {(row.get("stage"), row.get("step")) for row in read_log(self.path)} if append else set()
         if append:  # less a row a killed run left half-written, which the next row would be appended to
             self.keep_rows(lambda row: True)
         elif resume_step is None:
@@ -100,6 +103,8 @@ class MetricLogger:
         """One row; the backends see its numbers under `prefix` + key (e.g. a pretraining stage's name)."""
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, **{k: v for k, v in record.items() if k != "step"}}) + "\n")
+        if (record.get("stage"), step) in self._sent:
+            return
         numbers = {prefix + k: float(v) for k, v in record.items()
                    if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
         for name, writer in self._writers:
