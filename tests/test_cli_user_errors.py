@@ -96,7 +96,7 @@ def test_an_out_name_too_long_for_its_temporary_fails_before_any_work(tmp_path: 
     (["prefs", "build", "--model", "tiny", "--kind", "gen-model", "--n", "2", "--answer-form", "word"],
      "--answer-form applies to und pairs; gen-model pairs have no answers"),
     (["world", "sample", "--n", "2", "--seed", "0", "--size", "99999"],
-     "--size must be from 32 to 2048 pixels, got 99999"),
+     "--size must be from 32 to 8192 pixels, got 99999"),
     (["train", "--model", "tiny", "--strategy", "joint", "--und", "missing.jsonl"],
      "strategy 'joint' needs gen preference pairs (--gen FILE)"),
     (["eval", "--model", "tiny", "--prompts", "nofile.txt"], "--prompts nofile.txt: no such prompt file"),

@@ -154,8 +154,8 @@ ONE_IMAGE = r"an und row needs its 'scene' \(ShapeWorld\) or its 'images' \(a li
     ({"scene": '{"canvas": ' + "9" * 5000 + "}"}, "malformed scene: invalid JSON"),  # (ValueError: over 4300 digits)
     ({"scene": None, "images": []}, ONE_IMAGE),
     ({"scene": None, "images": ["a.png", "b.png"]}, ONE_IMAGE),
-    ({"scene": '{"canvas": -64, "objects": []}'}, "canvas size must be an integer from 32 to 2048, got -64"),
-    ({"scene": '{"canvas": 100000, "objects": []}'}, "canvas size must be an integer from 32 to 2048"),  # (24 GB)
+    ({"scene": '{"canvas": -64, "objects": []}'}, "canvas size must be an integer from 32 to 8192, got -64"),
+    ({"scene": '{"canvas": 100000, "objects": []}'}, "canvas size must be an integer from 32 to 8192"),  # (24 GB)
     ({"chosen_ref_logprob": 10**400}, "'chosen_ref_logprob' is not finite"),  # (OverflowError)
 ])
 def test_an_und_rows_image_is_checked_when_the_file_is_read(tmp_path: Path, change: dict, message: str) -> None:

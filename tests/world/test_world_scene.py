@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from unigap.errors import UserError
-from unigap.world import Geometry, Scene, SceneObject, relation_holds, sample_scene
+from unigap.world import Geometry, Scene, SceneObject, relation_holds, render, sample_scene
 
 
 def test_geometry_scales_with_canvas():
@@ -19,9 +19,12 @@ def test_geometry_scales_with_canvas():
     assert (g128.radius_small, g128.radius_large, g128.margin) == (12, 22, 12)
     with pytest.raises(UserError, match="canvas size"):
         Geometry.for_canvas(16)
-    for huge in (2049, 100_000, 10**30):  # (rendering a preference row's scene took 24 GB; PIL's OverflowError)
-        with pytest.raises(UserError, match="canvas size must be an integer from 32 to 2048"):
+    for huge in (8193, 100_000, 10**30):  # (rendering a preference row's scene took 24 GB; PIL's OverflowError)
+        with pytest.raises(UserError, match="canvas size must be an integer from 32 to 8192"):
             Geometry.for_canvas(huge)
+    # a script's 4096-pixel scenes rendered before the bound came in, and still do
+    scene = Scene(4096, (SceneObject("circle", "red", "large", 2000, 2000),))
+    assert render(scene).shape == (4096, 4096, 3) and Scene.from_dict(scene.to_dict()) == scene
 
 
 def test_relation_definition():
