@@ -1,5 +1,5 @@
 """The exceptions the CLI turns into one clear line: `UserError` (exit 2) and `GuardStopped` (exit 3); and
-`UnigapWarning`, a warning it prints as one line."""
+`UnigapWarning`, a warning it prints as one line (`UnigapDeprecationWarning` too)."""
 
 import errno
 
@@ -12,6 +12,11 @@ class UserError(ValueError):
 class UnigapWarning(UserWarning):
     """Something the user may have got wrong but that need not stop the work (an unknown word, a name that shadows a
     folder): the CLI prints it as one `unigap: warning:` line."""
+
+
+class UnigapDeprecationWarning(UnigapWarning, FutureWarning):
+    """An input the public API used to accept and will refuse in a later release (a `FutureWarning`: shown to the
+    user of a script, not only to its developer): it is still read as before, meanwhile."""
 
 
 class GuardStopped(Exception):

@@ -15,7 +15,7 @@ from unigap.errors import UserError
 from unigap.model import build_word_tokenizer, load_model, loading, tiny_janus_config
 from unigap.model.checkpoint import weights_fingerprint
 from unigap.model.prompts import JANUS_PRO_TEMPLATE, PromptFormat, SpecialIds, janus_pro_system_prompt
-from unigap.model.tokenizer import BOI, BOS, EOI, EOS, IMAGE, PAD, UNK
+from unigap.model.tokenizer import BOI, BOS, EOI, EOS, IMAGE, PAD, SPECIAL_TOKENS, UNK
 
 
 def test_word_tokenizer_special_tokens_and_round_trip(tmp_path: Path) -> None:
@@ -31,9 +31,14 @@ def test_word_tokenizer_special_tokens_and_round_trip(tmp_path: Path) -> None:
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert again("RED circle? zebra", add_special_tokens=False)["input_ids"] == ids
     assert again.image_token == IMAGE and again.boi_token == BOI and again.eoi_token == EOI
-    for entry in ("two words", "", "top-left", "yes."):  # (the last two took ids no text could ever reach)
-        with pytest.raises(ValueError, match="single words or single punctuation marks"):
+    for entry in ("two words", ""):
+        with pytest.raises(ValueError, match="single non-empty words"):
             build_word_tokenizer([entry])
+    from unigap.errors import UnigapDeprecationWarning
+
+    for entry in ("top-left", "yes."):  # ids no text can reach: given as before, with a warning, until refused
+        with pytest.warns(UnigapDeprecationWarning, match=f"vocabulary entry '{entry}' is split by the tokenizer"):
+            assert len(build_word_tokenizer([entry, "red"])) == len(SPECIAL_TOKENS) + 2
 
 
 def test_tiny_config_obeys_janus_constraints() -> None:

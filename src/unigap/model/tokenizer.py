@@ -7,11 +7,13 @@ The image tokens mirror Janus-Pro's names, so the same code finds them in either
 
 from __future__ import annotations
 
+import warnings
+
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from unigap.errors import UserError
+from unigap.errors import UnigapDeprecationWarning, UserError
 
 PAD = "<pad>"
 BOS = "<bos>"
@@ -34,9 +36,12 @@ def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for word in words:
         word = word.lower()
+        if not word or any(ch.isspace() for ch in word):
+            raise ValueError(f"vocabulary entries must be single non-empty words, got {word!r}")
         if [piece for piece, _ in split.pre_tokenize_str(word)] != [word]:  # ("top-left", "yes.": never one token)
-            raise ValueError(f"vocabulary entries must be single words or single punctuation marks, as text is split "
-                             f"into, got {word!r}")
+            warnings.warn(f"vocabulary entry {word!r} is split by the tokenizer, so no text reaches its id: give single "
+                          f"words or single punctuation marks (such entries are refused in a later release)",
+                          UnigapDeprecationWarning, stacklevel=2)
         vocab.setdefault(word, len(vocab))
     backend = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
     backend.normalizer = normalizers.Lowercase()

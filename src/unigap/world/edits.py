@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from unigap.errors import UserError
+from unigap.errors import UnigapDeprecationWarning, UserError
 from unigap.world.prompts import RELATION_PHRASES, Item, PromptSpec, article, as_spec
 from unigap.world.scene import COLORS, MAX_OBJECTS, RELATIONS, SHAPES, Placed, relation_holds
 
@@ -140,10 +141,13 @@ class Edit:
                   if getattr(self, name) is not None and name not in needs + _OPTIONAL_FIELDS.get(self.kind, ())]
         odd = [f"{name} {value!r}" for name, value, allowed in (("color", self.color, COLORS), ("shape", self.shape,
                SHAPES), ("relation", self.relation, RELATIONS)) if value is not None and value not in allowed]
-        if missing or unused or odd or (self.relation is None) != (self.anchor is None):
-            problem = "; ".join([*(f"needs its {name}" for name in missing), *(f"takes no {name}" for name in unused),
-                                 *(f"unknown {o}" for o in odd)]) or "a relation and its anchor go together"
+        if missing or odd or (self.relation is None) != (self.anchor is None):
+            problem = "; ".join([*(f"needs its {name}" for name in missing), *(f"unknown {o}" for o in odd)]) \
+                or "a relation and its anchor go together"
             raise UserError(f"invalid {self.kind} edit: {problem}")
+        if unused:  # (accepted, and left out of its text, before they were refused)
+            warnings.warn(f"a {self.kind} edit takes no {' or '.join(unused)}: ignored (its text leaves it out), and "
+                          f"refused in a later release", UnigapDeprecationWarning, stacklevel=3)
 
     @property
     def text(self) -> str:

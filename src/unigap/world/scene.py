@@ -21,14 +21,16 @@ Geometry (all lengths scale with the canvas side, `canvas`; numbers below are fo
 
 from __future__ import annotations
 
+import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from unigap.errors import UserError
+from unigap.errors import UnigapDeprecationWarning, UserError
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -116,8 +118,14 @@ class SceneObject:
         if self.size not in SIZES:
             raise UserError(f"unknown size {self.size!r}; expected one of {', '.join(SIZES)}")
         for name in ("x", "y"):  # plain ints: a numpy one does not write as JSON, a fraction is not a pixel
+            value = getattr(self, name)
+            if (isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isfinite(value)
+                    and not float(value).is_integer()):  # (cut to an int before fractions were refused)
+                warnings.warn(f"{name} {float(value)} of a scene object is not a whole number of pixels: cut to "
+                              f"{int(value)}, and refused in a later release", UnigapDeprecationWarning, stacklevel=3)
+                value = int(value)
             try:
-                object.__setattr__(self, name, whole_number(getattr(self, name)))
+                object.__setattr__(self, name, whole_number(value))
             except (TypeError, ValueError) as exc:
                 raise UserError(f"{name} of a scene object must be a whole number of pixels: {exc}") from None
 
@@ -127,7 +135,7 @@ class SceneObject:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SceneObject:
         try:
-            return cls(str(d["shape"]), str(d["color"]), str(d["size"]), whole_number(d["x"]), whole_number(d["y"]))
+            return cls(str(d["shape"]), str(d["color"]), str(d["size"]), d["x"], d["y"])  # (checked there)
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"malformed scene object {d!r}: {exc}") from None
 
