@@ -275,7 +275,9 @@ def damage_scene(
             draw.rectangle([(obj.x - half, y0), (obj.x + half, y1)], fill=fill)
             draw.rectangle([(x0, obj.y - half), (x1, obj.y + half)], fill=fill)
         else:
-            points = next((p for p in (_blob(rng, obj.x, obj.y, r) for _ in range(20)) if _blob_mask_is_no_shape(p, canvas)), None)
+            # (one below the verifier's smallest object would be an object the picture does not show)
+            blobs = (_blob(rng, obj.x, obj.y, r) for _ in range(20))
+            points = next((p for p in blobs if _blob_mask_is_no_shape(p, canvas, speck_sizes(canvas)[1])), None)
             if points is None:
                 return None
             draw.polygon(points, fill=fill)
