@@ -376,3 +376,10 @@ def test_a_checkpoints_path_setting_may_be_spelled_otherwise_on_resume(tmp_path,
     assert resumed is not None and resumed["config"]["reward"] == "clip:./judge"
     with pytest.raises(UserError, match=r"reward: \"clip:./judge\" → \"verifier\""):
         resumed_state(tmp_path / "out", config, resume=True)
+    # and an SFT run's data files (the study's sft arm names them under its --out, however that was spelled)
+    from unigap.train.sft_data import SFTConfig
+
+    Path("d.jsonl").write_text("{}\n")
+    sft = SFTConfig(gen_data="./d.jsonl")
+    save_checkpoint(tmp_path / "sft" / CHECKPOINT_DIR, {"config": asdict(sft), "step": 1, "x": torch.zeros(1)})
+    assert resumed_state(tmp_path / "sft", replace(sft, gen_data=str(tmp_path / "d.jsonl")), resume=True)

@@ -11,7 +11,7 @@ refused when any image it reads (by path, from either file) was edited since the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from unigap.atomic import path_setting
 from unigap.data.captions import CaptionedImage, read_caption_data
 from unigap.data.tables import StoredImage
 from unigap.data.understanding import UserItem, read_understanding_data
@@ -40,8 +41,8 @@ class SFTConfig(SFTOptions):
     """`SFTOptions` plus the data files and each task's loss weight; a file left empty trains no such task."""
 
     lr: float = 3e-4  # chosen on the validation split of the shipped model (docs/experiments.md)
-    und_data: str = ""  # image + question + answer(s): JSONL/CSV/Parquet or a save_to_disk folder
-    gen_data: str = ""  # image + prompt (or caption), same formats
+    und_data: str = field(default="", metadata=path_setting())  # image + question + answer(s): JSONL/CSV/Parquet or a save_to_disk folder
+    gen_data: str = field(default="", metadata=path_setting())  # image + prompt (or caption), same formats
     und_weight: float = 1.0
     gen_weight: float = 1.0
     max_rows: int = 0  # use at most this many rows of each file (0: all)
