@@ -34,14 +34,23 @@ def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, capsys, comma
     assert blocker.read_text() == "x\n"
 
 
-def test_an_out_name_too_long_for_its_temporary_fails_before_any_work(tmp_path: Path, capsys) -> None:
-    """A name that fits the file system's 255 bytes but not with the temporary it is written as first
-    (".NAME.XXXXXXXX.tmp") failed at the end of the run, its work lost."""
-    out = tmp_path / ("r" * 242 + ".json")  # 247 bytes: 261 with the temporary's 14
+def test_an_out_name_too_long_for_its_temporaries_fails_before_any_work(tmp_path: Path, capsys) -> None:
+    """A file name that fits the file system's 255 bytes but not with the temporaries it is written through (a
+    preference file's pending list, "..NAME.pending.tmp.XXXXXXXX.tmp") failed at the end of the run, its work lost."""
+    from unigap.atomic import indexed_files_atomically
+
+    fits = tmp_path / ("r" * 222 + ".jsonl")  # 228 bytes: 255 with the temporaries' 27
+    with indexed_files_atomically(tmp_path, {fits.name: ["image"]}) as stage:  # (how `prefs build` writes it)
+        (stage / fits.name).write_text("{}\n")
+    assert fits.read_text() == "{}\n"
+    out = tmp_path / ("r" * 223 + ".jsonl")
     code, err = _run(capsys, ["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "2", "--out", str(out)])
-    assert code == 2 and err == (f"unigap: error: cannot create {'r' * 40}… (247 bytes): at most 241 bytes fit in a "
-                                 "name here (with the temporary it is written as first)\n")
-    assert list(tmp_path.iterdir()) == []
+    assert code == 2 and err == (f"unigap: error: cannot create {'r' * 40}… (229 bytes): at most 228 bytes fit in "
+                                 "the name of a file written here (with the temporaries it is written through)\n")
+    assert sorted(tmp_path.iterdir()) == [fits]
+    folder = tmp_path / ("d" * 245)  # a run's folder has no temporary named after it
+    code, err = _run(capsys, ["world", "sample", "--n", "1", "--seed", "0", "--out", str(folder)])
+    assert code == 0 and folder.is_dir()
 
 
 @pytest.mark.parametrize(("args", "message"), [

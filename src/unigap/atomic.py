@@ -59,26 +59,29 @@ def check_creatable(path: str | os.PathLike) -> Path:
         for directory in (blocking, path if path.is_dir() else None):
             if directory is not None and not _writable(directory):
                 raise UserError(f"cannot write {path}: {directory} is not writable")
-        _check_name_length(path, blocking)
     except PermissionError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror} ({exc.filename or path})") from None
     return path
 
 
-TEMPORARY_EXTRA = len(".") + len(".12345678") + len(".tmp")  # `write_atomically`'s temporary name: ".NAME.XXXXXXXX.tmp"
+# the most bytes a writer adds to a file's name for a temporary: an indexed folder's pending list, ".NAME.pending.tmp",
+# written atomically (as "..NAME.pending.tmp.XXXXXXXX.tmp"); `write_atomically`'s own ".NAME.XXXXXXXX.tmp" adds 14
+TEMPORARY_EXTRA = len("..") + len(".pending.tmp") + len(".12345678.tmp")
 
 
-def _check_name_length(path: Path, existing: Path | None) -> None:
-    """A name that fits the file system but not with the temporary it is written as first fails the write at the
-    end of a run: refused before the work instead (a longer one fails `exists` already)."""
+def check_name_fits(path: str | os.PathLike) -> None:
+    """`UserError` where the name of a file to write fits the file system but not with the temporaries it is written
+    through: the write would fail at the end of a run, its work lost (a longer name fails `check_creatable`)."""
+    path = Path(path)
+    existing = next((p for p in path.parents if p.is_dir()), Path("."))
     try:
-        limit = os.pathconf(existing or ".", "PC_NAME_MAX")
+        limit = os.pathconf(existing, "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
     if len(os.fsencode(path.name)) + TEMPORARY_EXTRA > limit:
         raise UserError(f"cannot create {path.name[:40]}… ({len(os.fsencode(path.name))} bytes): at most "
-                        f"{limit - TEMPORARY_EXTRA} bytes fit in a name here (with the temporary it is written as "
-                        f"first)")
+                        f"{limit - TEMPORARY_EXTRA} bytes fit in the name of a file written here (with the temporaries "
+                        f"it is written through)")
 
 
 PROBE_PREFIX = ".unigap-probe-"  # `_writable`'s trial entry, there for an instant (another process may see it)

@@ -113,7 +113,7 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
     command writes a directory fails here, before any work, instead of as a traceback after it."""
     import os
 
-    from unigap.atomic import check_creatable
+    from unigap.atomic import check_creatable, check_name_fits
 
     if {"--help", "-h"} & set(argv):  # (help writes nothing)
         return
@@ -124,6 +124,8 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
             raise UserError(f"--out {value} names a directory, and `unigap {command}` writes a file there: give "
                             f"a file name")
         check_creatable(value)
+        if _writes_a_file(argv, command):
+            check_name_fits(value)
         if command not in FILE_OUTPUTS and Path(value).is_file():
             raise UserError(f"--out {value} is a file, not a directory")
         made_by = _made_by(Path(value))
