@@ -146,8 +146,8 @@ class Edit:
                 or "a relation and its anchor go together"
             raise UserError(f"invalid {self.kind} edit: {problem}")
         if unused:  # (accepted, and left out of its text, before they were refused)
-            warnings.warn(f"a {self.kind} edit takes no {' or '.join(unused)}: ignored (its text leaves it out), and "
-                          f"refused in a later release", UnigapDeprecationWarning, stacklevel=3)
+            warnings.warn(f"a {self.kind} edit takes no {' or '.join(unused)}: its text leaves it out, and a later "
+                          f"release refuses it", UnigapDeprecationWarning, stacklevel=3)
 
     @property
     def text(self) -> str:
