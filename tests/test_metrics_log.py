@@ -77,8 +77,8 @@ def test_a_job_whose_stages_resume_sends_each_stage_step_to_tensorboard_once(tmp
     row written again on every resume, reached TensorBoard twice."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    def run(rows: list[tuple[str, int, float]]) -> None:
-        logger = MetricLogger(tmp_path / "log.jsonl", report_to=("tensorboard",), append=True)
+    def run(rows: list[tuple[str, int, float]], report_to: tuple[str, ...] = ("tensorboard",)) -> None:
+        logger = MetricLogger(tmp_path / "log.jsonl", report_to=report_to, append=True)
         # as pretraining does: the joint stage resumed from its step 10, the one-off row written again
         logger.keep_rows(lambda row: not (row["stage"] == "joint" and row["step"] > 10 or row["stage"] == "fidelity"))
         for stage, step, loss in rows:
@@ -93,6 +93,26 @@ def test_a_job_whose_stages_resume_sends_each_stage_step_to_tensorboard_once(tmp
     assert [(e.step, e.value) for e in events.Scalars("fidelity/loss")] == [(0, 0.5)]
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"]) for r in rows] == [("joint", 10), ("fidelity", 0), ("joint", 20), ("joint", 30)]
+    run([("fidelity", 0, 0.5), ("joint", 20, 2.5), ("joint", 30, 3.0)])  # redone on another device: new numbers sent
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert (20, 2.5) in [(e.step, e.value) for e in events.Scalars("joint/loss")]
+    assert [(e.step, e.value) for e in events.Scalars("fidelity/loss")] == [(0, 0.5)]
+
+
+def test_a_job_resumed_with_a_backend_it_ran_without_sends_it_every_row(tmp_path: Path) -> None:
+    """(The rows the first run logged to its file alone reached no backend, and were not sent on resume either.)"""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for report_to, steps in (((), (10, 20)), (("tensorboard",), (20, 30))):
+        logger = MetricLogger(tmp_path / "log.jsonl", report_to=report_to, append=True)
+        logger.keep_rows(lambda row: row["step"] <= 10)
+        for step in steps:
+            logger.log(step, {"stage": "joint", "loss": step / 10}, prefix="joint/")
+        logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("joint/loss")] == [(20, 2.0), (30, 3.0)]
 
 
 class _FakeRun:

@@ -54,6 +54,12 @@ def keep_log_rows(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> N
         write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in read_log(path) if keep(row)))
 
 
+def _numbers(record: dict[str, Any]) -> dict[str, float]:
+    """A row's numbers, as the backends get them (not its step, flags or text)."""
+    return {k: float(v) for k, v in record.items()
+            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 class MetricLogger:
     """`log(step, record)` appends a JSON line to `path` and sends the record's numbers to the backends."""
 
@@ -63,9 +69,11 @@ class MetricLogger:
         the file as it is (a job whose stages resume themselves)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # with `append`, the (stage, step) rows an earlier run already sent to the backends: a stage that resumes
-        # logs its steps after the checkpoint again, and TensorBoard's purge would hide every other stage's too
-        self._sent = {(row.get("stage"), row.get("step")) for row in read_log(self.path)} if append else set()
+        # with `append`, the numbers of each (stage, step) an earlier run logged: a stage that resumes logs its steps
+        # after the checkpoint again, and a backend that already holds them is not sent them twice (TensorBoard's
+        # purge would hide every other stage's steps too)
+        self._earlier = {(row.get("stage"), row.get("step")): _numbers(row) for row in read_log(self.path)} \
+            if append else {}
         if append:  # less a row a killed run left half-written, which the next row would be appended to
             self.keep_rows(lambda row: True)
         elif resume_step is None:
@@ -79,19 +87,20 @@ class MetricLogger:
 
                 # the steps from the one a run (re)starts at hide what a killed run wrote for them: no zig-zag curves
                 purge = None if append else resume_step or 0
+                held = (self.path.parent / TENSORBOARD_DIR).is_dir()  # (an earlier run wrote to it)
                 self._writers.append(("tensorboard", SummaryWriter(log_dir=str(self.path.parent / TENSORBOARD_DIR),
-                                                                   purge_step=purge)))
+                                                                   purge_step=purge), held))
             else:
                 import wandb
 
                 # a resumed run goes on in the same W&B run (its id kept beside the log); a fresh one starts its own
                 id_file = self.path.parent / WANDB_ID_FILE
-                run_id = id_file.read_text().strip() if id_file.is_file() and (append or resume_step is not None) \
-                    else uuid.uuid4().hex[:16]
+                held = id_file.is_file() and (append or resume_step is not None)  # (the same W&B run goes on)
+                run_id = id_file.read_text().strip() if held else uuid.uuid4().hex[:16]
                 write_text_atomically(id_file, run_id)
                 run = wandb.init(project="unigap", name=run_name, dir=str(self.path.parent), id=run_id,
                                  resume="allow")
-                self._writers.append(("wandb", run))
+                self._writers.append(("wandb", run, held))
         self._wandb_axes: set[str] = set()  # the prefixes whose own step axis W&B has been told about
 
     def keep_rows(self, keep: Callable[[dict[str, Any]], bool]) -> None:
@@ -103,11 +112,12 @@ class MetricLogger:
         """One row; the backends see its numbers under `prefix` + key (e.g. a pretraining stage's name)."""
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, **{k: v for k, v in record.items() if k != "step"}}) + "\n")
-        if (record.get("stage"), step) in self._sent:
-            return
-        numbers = {prefix + k: float(v) for k, v in record.items()
-                   if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
-        for name, writer in self._writers:
+        raw = _numbers(record)
+        numbers = {prefix + k: v for k, v in raw.items()}
+        again = self._earlier.get((record.get("stage"), step)) == raw  # (logged before, with these numbers)
+        for name, writer, held in self._writers:
+            if again and held:
+                continue
             if name == "tensorboard":
                 for key, value in numbers.items():
                     writer.add_scalar(key, value, step)
@@ -120,6 +130,6 @@ class MetricLogger:
                 writer.log(numbers | {f"{prefix}step": step})
 
     def close(self) -> None:
-        for name, writer in self._writers:
+        for name, writer, _ in self._writers:
             writer.close() if name == "tensorboard" else writer.finish()
         self._writers = []
