@@ -40,8 +40,7 @@ def summary(values: Sequence[float] | np.ndarray, prefix: str,
         return out | {f"{prefix}_{k}": None for k in ("mean", "std", "ci95", "median", "min", "max")}
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if n > 1 else math.nan
-    ci = [finite(min(max(bound, bounds[0]), bounds[1])) for bound in t_interval(mean, std / math.sqrt(n), n - 1)
-          ] if n > 1 else [None]
+    ci = [finite(bound) for bound in t_interval(mean, std / math.sqrt(n), n - 1, bounds=bounds)] if n > 1 else [None]
     return out | {
         f"{prefix}_mean": mean,
         f"{prefix}_std": finite(std),

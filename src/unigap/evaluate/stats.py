@@ -31,20 +31,21 @@ def finite(value: Any) -> float | None:
         return None
 
 
-def t_interval(mean: float, stderr: float, df: float, confidence: float = CONFIDENCE) -> list[float]:
-    """mean ± the two-sided t quantile (df degrees of freedom) × stderr, the one t-interval of every report; the point
-    itself when stderr is 0, where `scipy.stats.t.interval` gives NaN."""
+def t_interval(mean: float, stderr: float, df: float, confidence: float = CONFIDENCE,
+               bounds: tuple[float, float] = (-math.inf, math.inf)) -> list[float]:
+    """mean ± the two-sided t quantile (df degrees of freedom) × stderr, the one t-interval of every report, cut to
+    the quantity's `bounds` (a cosine's interval does not reach past 1); the point itself when stderr is 0, where
+    `scipy.stats.t.interval` gives NaN."""
     from scipy import stats
 
     half = float(stats.t.ppf((1 + confidence) / 2, df)) * stderr
-    return [mean - half, mean + half]
+    return [max(mean - half, bounds[0]), min(mean + half, bounds[1])]
 
 
 def share_interval(mean: float, stderr: float, df: float) -> list[float]:
     """`t_interval` cut to [0, 1], for a quantity that is a share (an AUC, a mean of accuracies over seeds): at a
     value near 0 or 1 the interval would otherwise reach past it."""
-    low, high = t_interval(mean, stderr, df)
-    return [max(0.0, low), min(1.0, high)]
+    return t_interval(mean, stderr, df, bounds=(0.0, 1.0))
 
 
 def welch_from_stats(mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int,
