@@ -84,6 +84,10 @@ def test_sample_with_a_draw_seed_records_it(tmp_path, capsys):
          "is a grid of 64x64 images (`generate --n`), crop each tile"),  # (judged as one scene of every tile's objects)
         (["world", "verify", "WIDE", "--prompt", "a circle"], "is 128x64, not the 64x64 canvas --size says; if it is a "
          "grid of 64x64 images (`generate --n`), crop each tile"),  # (generate --n 2's sheet)
+        (["world", "verify", "GOOD", "--prompt", "a circle", "--size", "0"],  # (a ZeroDivisionError traceback)
+         "--size must be from 32 to 8192 pixels, got 0"),
+        (["world", "verify", "TINY", "--prompt", "a circle"],  # (it hinted at --size 8, which was then refused)
+         "is 8x8, not the 64x64 canvas --size says; a canvas is square, 32 to 8192 pixels"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
@@ -92,6 +96,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
     Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(tmp_path / "good.png")
     Image.fromarray(np.full((128, 128, 3), 255, np.uint8)).save(tmp_path / "sheet.png")
     Image.fromarray(np.full((64, 128, 3), 255, np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "tiny.png")
     (tmp_path / "mine" / "images").mkdir(parents=True)  # a user's folder: their questions and pictures
     (tmp_path / "mine" / "questions.jsonl").write_text('{"question": "mine"}\n')
     (tmp_path / "mine" / "images" / "000000.png").write_bytes(b"a user's picture")
@@ -104,6 +109,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
         "GOOD": tmp_path / "good.png",
         "SHEET": tmp_path / "sheet.png",
         "WIDE": tmp_path / "wide.png",
+        "TINY": tmp_path / "tiny.png",
     }
     code, _out, err = run_main(capsys, [str(paths.get(a, a)) for a in args])
     assert code == 2

@@ -103,16 +103,20 @@ def _a_sample(index: Path) -> bool:
 def verify_command(
     image: Path = typer.Argument(..., help="PNG/JPEG image of the configured size."),
     prompt: str = typer.Option(..., "--prompt", help='A ShapeWorld prompt, e.g. "a red circle".'),
-    size: int = typer.Option(DEFAULT_CANVAS, "--size", help="Canvas side in pixels."),
+    size: int = typer.Option(DEFAULT_CANVAS, "--size", help=f"Canvas side in pixels ({MIN_CANVAS} to {MAX_CANVAS})."),
 ) -> None:
     """Judge one image against one prompt; prints a JSON verdict (exit 0 whether satisfied or not)."""
+    if not MIN_CANVAS <= size <= MAX_CANVAS:
+        raise UserError(f"--size must be from {MIN_CANVAS} to {MAX_CANVAS} pixels, got {size}")
     spec = parse_prompt(prompt)
     picture = load_image(image)
     height, width = picture.shape[:2]
-    hints = [f"pass --size {width} to judge it at its own size"] if height == width else []  # (a Janus-Pro's 384 px)
+    judged = height == width and MIN_CANVAS <= width <= MAX_CANVAS  # (a Janus-Pro's 384 px)
+    hints = [f"pass --size {width} to judge it at its own size"] if judged else []
     if width % size == height % size == 0:  # (a sheet read as one scene: every tile's objects)
         hints.append(f"if it is a grid of {size}x{size} images (`generate --n`), crop each tile and verify it alone")
-    if (height, width) != (size, size) and hints:
+    if (height, width) != (size, size):
+        hints = hints or [f"a canvas is square, {MIN_CANVAS} to {MAX_CANVAS} pixels"]
         raise UserError(f"{image} is {width}x{height}, not the {size}x{size} canvas --size says; {', or '.join(hints)}")
     verdict = verify(picture, spec, size)
     typer.echo(json.dumps({"prompt": spec.text, **verdict.to_dict()}))
