@@ -156,6 +156,11 @@ def test_merge_cli_writes_one_soup_per_lambda(adapters: tuple[Path, Path], tmp_p
         main(["merge", "--und", str(adapters[1]), "--gen", str(adapters[0]), "--out", str(tmp_path), "--lambda", "0.1"])
     assert exc.value.code == 2 and f"--out {tmp_path} holds soups of other adapters (--und {adapters[0]} --gen " \
         f"{adapters[1]})" in capsys.readouterr().err
+    picture = tmp_path.parent / f"{tmp_path.name}-picture.png"
+    picture.write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:  # not an adapter: said so, not that the soups were of others
+        main(["merge", "--und", str(adapters[0]), "--gen", str(picture), "--out", str(tmp_path), "--lambda", "0.1"])
+    assert exc.value.code == 2 and f"{picture} holds no PEFT adapter" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # the same adapters' soup at another λ joins them
         main(["merge", "--und", str(adapters[0]), "--gen", str(adapters[1]), "--out", str(tmp_path), "--lambda", "0.1"])
     assert exc.value.code == 0 and (tmp_path / "soup-0.1").is_dir()

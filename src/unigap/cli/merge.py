@@ -36,8 +36,11 @@ def merge(
         if und is None or gen is None:
             raise UserError("adapter soups need both --und and --gen")
         from unigap.manifest import MANIFEST_FILE, manifest, read_record, write_manifest
-        from unigap.model.lora import adapter_fingerprint
+        from unigap.model.lora import adapter_fingerprint, check_adapter_files
         from unigap.train.merge import soups
+
+        for path in (und, gen):  # (before the earlier soups are compared with them: the flag at fault named first)
+            check_adapter_files(path)
 
         chosen = tuple(lam + 0.0 for lam in lambdas or SOUP_LAMBDAS)  # (-0 is 0: one soup, not soup--0 beside it)
         if (out / "config.json").exists() or merged_adapters(str(out)):  # (its manifest would be replaced)
