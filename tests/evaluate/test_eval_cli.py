@@ -53,7 +53,7 @@ def test_eval_generates_a_users_prompt_file(tiny_dir, tmp_path, capsys):
     assert code == 0 and [r["prompt"] for r in report["records"]["generation"]] == ["a red circle", "two blue squares"]
     assert report["understanding"]["n"] == 2 and report["config"]["prompts"] == "2 given"
     bad = tmp_path / "bad.txt"
-    bad.write_text("a red circle\n\n")
+    bad.write_text("a red circle\n\ntwo blue squares\n")
     code, _, err = run_main(capsys, ["eval", "--model", tiny_dir, "--prompts", bad, "--out", tmp_path / "b.json"])
     assert code == 2 and err.strip() == f"unigap: error: {bad}:2: empty line" and not (tmp_path / "b.json").exists()
 

@@ -45,10 +45,20 @@ def test_every_line_of_a_jsonl_prompt_file_is_json(tmp_path: Path) -> None:
             assert read_prompt_file(path) == [(1, expected)]
 
 
+def test_blank_lines_at_the_end_of_a_prompt_file_are_not_prompts(tmp_path: Path) -> None:
+    """(An editor's or printf's trailing blank lines were refused as "empty line"; no other line moves.)"""
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red circle\ntwo blue squares\n\n  \n")
+    assert read_prompt_file(path) == [(1, "a red circle"), (2, "two blue squares")]
+    path.write_text("\n\n")
+    with pytest.raises(UserError, match="holds no prompts"):
+        read_prompt_file(path)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("a red circle\n\n", "prompts.txt:2: empty line"),
+        ("a red circle\n\ntwo blue squares\n", "prompts.txt:2: empty line"),
         ("a red circle\n{not json\n", "prompts.txt:2: not valid JSON"),
         ('{"text": "a red circle"}\n', 'prompts.txt:1: a JSON line needs a string "prompt" field'),
         ('{"prompt": "  "}\n', 'prompts.txt:1: empty "prompt" field'),

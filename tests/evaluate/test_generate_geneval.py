@@ -201,7 +201,7 @@ def test_an_interrupted_run_leaves_only_complete_folders(um, tmp_path, monkeypat
     [
         ([], ["a red circle", "{not json"], "evaluation_metadata.jsonl:2: not valid JSON"),
         ([], ["a red circle", '{"tag": "colors"}'], 'evaluation_metadata.jsonl:2: a JSON line needs a string "prompt"'),
-        ([], ["a red circle", ""], "evaluation_metadata.jsonl:2: empty line"),
+        ([], ["a red circle", "", "a blue square"], "evaluation_metadata.jsonl:2: empty line"),
         # (a traceback once the model had loaded, leaving a folder neither a rerun nor --resume would take)
         ([], ["a red circle", "a blue square <begin_of_image>"],
          "evaluation_metadata.jsonl:2: generation prompts must not contain image tokens"),

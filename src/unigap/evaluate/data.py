@@ -135,6 +135,8 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict]]:
         raise UserError(f"{path}: a prompt file is plain text (one prompt per line) or JSONL with a 'prompt' field, "
                         f"not {path.suffix}")
     lines = text_lines(path, "prompt file")
+    while lines and not lines[-1].strip():  # (blank lines an editor leaves at the end: no line moves)
+        lines.pop()
     out = []
     for line_no, line in enumerate(lines, start=1):
         try:
