@@ -157,6 +157,10 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
     toml.write_text("lrr = 1\n")
     with pytest.raises(UserError, match="unknown config key"):
         TrainConfig.load(toml)
+    toml.write_text("learning_rate = 1e-4\nmax_steps = 2\n")  # TRL's names: unigap's are named
+    with pytest.raises(UserError, match=r"unknown config key\(s\) learning_rate \(unigap's lr\), max_steps "
+                                        r"\(unigap's steps\); known: "):
+        TrainConfig.load(toml)
     with pytest.raises(UserError, match="unknown strategy"):
         TrainConfig.load(None, strategy="best")
     with pytest.raises(UserError, match="config key steps must be an integer, got 1.5"):

@@ -84,6 +84,11 @@ class TrainConfig:
         return load_config(cls, toml_file, overrides)
 
 
+# TRL's names of settings unigap names otherwise (its others, `beta`, `loss_type`, `max_grad_norm`, ..., are TRL's)
+TRL_NAMES = {"learning_rate": "lr", "max_steps": "steps", "save_steps": "checkpoint_every", "lora_r": "lora_rank",
+             "r": "lora_rank", "per_device_train_batch_size": "batch_size"}
+
+
 def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any]) -> C:
     """A config dataclass from its defaults, then a TOML file's flat keys (named like the fields), then the
     overrides that are not None; unknown keys and wrongly typed values are `UserError`s."""
@@ -98,7 +103,8 @@ def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any])
     known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise UserError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        named = [f"{key} (unigap's {TRL_NAMES[key]})" if TRL_NAMES.get(key) in known else key for key in unknown]
+        raise UserError(f"unknown config key(s) {', '.join(named)}; known: {', '.join(known)}")
     coerced = {name: _coerced(value, hints[name]) for name, value in values.items()}
     for name, value in coerced.items():
         if not _type_ok(value, hints[name]):
