@@ -800,3 +800,29 @@ def test_a_text_holding_an_image_tokens_string_is_one_line_and_writes_nothing(tm
         assert code == 2 and err.count("\n") == 1 and message in err, err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["free.txt", "p.txt", "q.jsonl", "scene.png",
                                                                 "trl.jsonl"]
+
+
+def test_an_adapter_trained_on_other_base_weights_is_warned_of(tmp_path: Path) -> None:
+    """(Applied to another checkpoint of the same shapes it loaded without a word, its generation head replacing
+    that model's.)"""
+    import json
+    import warnings
+
+    from unigap.cli.common import INPUTS_FILE, load
+    from unigap.errors import UnigapWarning
+    from unigap.model import load_model
+    from unigap.model.checkpoint import weights_fingerprint
+    from unigap.model.loading import resolve_checkpoint
+
+    um = load_model("tiny")
+    um.add_lora(rank=2, alpha=4)
+    adapter = um.save_adapter(tmp_path / "adapter")
+    with warnings.catch_warnings():  # no record (another tool's adapter): nothing said
+        warnings.simplefilter("error", UnigapWarning)
+        load("tiny", adapter)
+        (adapter / INPUTS_FILE).write_text(json.dumps({"model_weights": weights_fingerprint(resolve_checkpoint("tiny"))}))
+        load("tiny", adapter)  # its own base
+    (adapter / INPUTS_FILE).write_text(json.dumps({"model_weights": "0123456789abcdef"}))
+    with pytest.warns(UnigapWarning, match=r"adapter .* was trained on other base weights \(0123456789abcdef\) than "
+                                           r"--model tiny \(\w+\): it applies, and its trained parts replace"):
+        load("tiny", adapter)

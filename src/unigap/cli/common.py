@@ -222,6 +222,26 @@ def _refuse_merged_twice(model: str, adapter: Path) -> None:
                         "load it without --adapter")
 
 
+def _warn_other_base(model: str, adapter: Path) -> None:
+    """An adapter `unigap train` wrote records its base's weights (`INPUTS_FILE`): applied to another model it
+    loads all the same where the shapes fit, its generation head replacing that model's, so that is said."""
+    import json
+    import warnings
+
+    from unigap.errors import UnigapWarning
+    from unigap.model.checkpoint import weights_fingerprint
+    from unigap.model.loading import resolve_checkpoint
+
+    try:
+        trained_on = json.loads((adapter / INPUTS_FILE).read_text()).get("model_weights")
+    except (OSError, ValueError, AttributeError):  # (no record: an adapter of another tool, or a damaged one)
+        return
+    here = weights_fingerprint(resolve_checkpoint(model))
+    if isinstance(trained_on, str) and trained_on != here:
+        warnings.warn(f"adapter {adapter} was trained on other base weights ({trained_on}) than --model {model} "
+                      f"({here}): it applies, and its trained parts replace this model's", UnigapWarning, stacklevel=2)
+
+
 def load(model: str, adapter: Path | None, dtype: str | torch.dtype | None = None) -> UnifiedModel:
     """The model (plus adapter); missing or broken directories are user errors, not tracebacks."""
     if adapter is not None and not adapter.is_dir():
@@ -231,6 +251,7 @@ def load(model: str, adapter: Path | None, dtype: str | torch.dtype | None = Non
     if adapter is not None:
         check_adapter_files(adapter)  # before a slow load
         _refuse_merged_twice(model, adapter)
+        _warn_other_base(model, adapter)
 
     from unigap.model import load_model
 
