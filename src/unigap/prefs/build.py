@@ -359,7 +359,7 @@ def build_preferences(
             break
     if not kept:
         raise UserError(f"no {options.kind} pair passed the filters in {limit} candidates; try {_what_helps(options)}")
-    rows = []
+    rows, fingerprint = [], um.fingerprint()  # (which model's references the rows store: `fit_references`)
     chunks = [kept[start : start + options.batch_size] for start in range(0, len(kept), options.batch_size)]
     referenced = [pairs for results in distributed.ordered_rounds(
         chunks, lambda chunk: with_reference(um, [pair for _, _, pair in chunk])) for pairs in results]
@@ -369,6 +369,7 @@ def build_preferences(
                 {
                     "kind": options.kind,
                     "model": options.model_name,
+                    "model_fingerprint": fingerprint,
                     "seed": options.seed,
                     "data_seed": options.data_seed,
                     "candidate": candidate,
