@@ -826,3 +826,25 @@ def test_an_adapter_trained_on_other_base_weights_is_warned_of(tmp_path: Path) -
     with pytest.warns(UnigapWarning, match=r"adapter .* was trained on other base weights \(0123456789abcdef\) than "
                                            r"--model tiny \(\w+\): it applies, and its trained parts replace"):
         load("tiny", adapter)
+
+
+def test_a_data_seed_other_than_the_models_pretraining_seed_is_warned_of(tmp_path: Path, capsys) -> None:
+    """`eval --data-seed 3` on `tiny` measured 173 of its 200 test prompts among the prompts it was pretrained on."""
+    import warnings
+
+    from unigap.cli.common import warn_other_partition
+    from unigap.errors import UnigapWarning
+
+    with pytest.warns(UnigapWarning, match=r"--data-seed 3: tiny was pretrained on partition 0's train split; "
+                                           r"partition 3's splits mix its training and held-out prompts \(--data-seed "
+                                           r"0 keeps them apart\)"):
+        warn_other_partition("tiny", 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnigapWarning)
+        warn_other_partition("tiny", 0)
+        warn_other_partition(str(tmp_path), 3)  # (no pretraining record: a checkpoint unigap did not pretrain)
+    out = tmp_path / "pairs.jsonl"  # said by the command, and the work goes on
+    with pytest.warns(UnigapWarning, match="--data-seed 3: tiny was pretrained"):
+        code, _ = _run(capsys, ["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "1", "--data-seed", "3",
+                                "--fallback-gt", "--out", str(out)])
+    assert code == 0 and out.is_file()

@@ -18,6 +18,7 @@ from unigap.cli.common import (
     print_table,
     require_non_negative,
     require_positive,
+    warn_other_partition,
 )
 
 app = typer.Typer()
@@ -74,6 +75,8 @@ def eval_command(
     from unigap.evaluate.judges import check_judge_name, get_judge
 
     check_judge_name(judge, independent=True)
+    if prompts is None:  # (the split's prompts: a file's are the user's)
+        warn_other_partition(model, data_seed)
     specs = None if prompts is None else prompt_specs(prompts, n, seed, data_seed, free_text=judge != "verifier",
                                                       free_text_hint=FREE_TEXT_HINT)
     items = None if questions is None else read_understanding_data(questions, n)

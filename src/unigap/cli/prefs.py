@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from unigap.cli.common import MODEL_OPTION
+from unigap.cli.common import MODEL_OPTION, warn_other_partition
 from unigap.progress import progress
 from unigap.prefs.kinds import KINDS, MARGIN, check_output
 
@@ -67,6 +67,8 @@ def build(
     items = None if options.questions is None else candidate_questions(options)
     specs = None if options.prompts is None else candidate_prompts(options)
     chosen = None if judge == VERIFIER else get_judge(judge, independent=True)
+    if specs is None and items is None:  # (the train split's candidates: a file's are the user's)
+        warn_other_partition(model, data_seed)
     um = load_model(model)
     main = distributed.is_main()  # under `accelerate launch` the processes share the batches; one writes
     with progress(f"{kind} pairs", n, main) as update:
