@@ -102,3 +102,12 @@ def test_the_same_change_to_within_rounding_is_no_variance_and_one_pair_has_no_s
     assert varied["p"] == pytest.approx(stats.ttest_rel([0.55, 0.61, 0.64], [0.50, 0.55, 0.60]).pvalue)
     single = paired_difference([0.0], [1.0])
     assert single["delta"] == 1.0 and single["n"] == 1 and single["stderr"] is None and single["p"] is None
+
+
+def test_a_paired_change_of_verdicts_stays_within_one_either_way():
+    """(compare on 2 items read generation −0.250 [−1.046, +0.546], weak generation ±2.9: past any change a verdict
+    can make.)"""
+    out = paired_difference([True, False, True, False], [False, True, True, False])
+    assert out["ci95"] == [-1.0, 1.0]
+    graded = paired_difference([0.2, 0.9, 0.5], [0.9, 0.1, 0.5])  # (not verdicts: its own interval)
+    assert graded["ci95"][0] < -1.0 and graded["ci95"][1] > 0.5

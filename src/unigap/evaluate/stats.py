@@ -165,7 +165,8 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     0, p 1, as a sign test gives); the same non-zero change on all n pairs is decided by the sign test (`test`
     "sign", t and the interval null, p = 2 × 0.5ⁿ: every pair moved the same way, by an amount no spread bounds).
     "The same" is to within float rounding: seed means such as 0.55 − 0.50 and 0.60 − 0.55 differ in their last
-    bits, which a t-test would read as certainty. One pair has no standard error and no test (null)."""
+    bits, which a t-test would read as certainty. One pair has no standard error and no test (null). Outcomes of 0
+    or 1 (verdicts) change by at most 1 either way: their interval is cut to [-1, 1]."""
     from scipy import stats
 
     if len(before) != len(after):
@@ -181,7 +182,8 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     varies = max(changes) - min(changes) > rounding
     sd = math.sqrt(math.fsum((c - delta) ** 2 for c in changes) / (n - 1)) if varies else 0.0
     out["stderr"] = sd / math.sqrt(n)  # the sample sd, as the interval and the test use (summarize's is ddof 0)
-    out["ci95"] = t_interval(delta, out["stderr"], n - 1)
+    binary = all(v in (0.0, 1.0) for v in (*before, *after))
+    out["ci95"] = t_interval(delta, out["stderr"], n - 1, bounds=(-1.0, 1.0) if binary else (-math.inf, math.inf))
     if varies:
         test = stats.ttest_rel(after, before)
         out["t"], out["p"], out["test"] = float(test.statistic), float(test.pvalue), "paired t"
