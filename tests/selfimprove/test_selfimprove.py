@@ -329,13 +329,14 @@ def test_the_epoch_probe_samples_in_the_configured_batches(monkeypatch: pytest.M
     run_module = importlib.import_module("unigap.selfimprove.run")  # (the package's `run` is the function)
     seen = []
 
-    def sampled(um, specs, seed, batch_size, *args):
-        seen.append(batch_size)
+    def sampled(um, specs, seed, batch_size, cfg_scale, temperature, progress):
+        seen.append((batch_size, progress))
         return None, [{"verified": True, "self_rejected": False} for _ in specs]
 
     monkeypatch.setattr(run_module, "generate_and_judge", sampled)
     run_module._epoch_row(None, SelfImproveConfig(epoch_eval_n=4, sample_batch=8), 1, Data(rounds=[[]]), {}, 0)
-    assert seen == [8]
+    run_module._epoch_row(None, SelfImproveConfig(epoch_eval_n=4, sample_batch=8), 1, Data(rounds=[[]]), {}, 0, True)
+    assert seen == [(8, False), (8, True)]  # (its bar shown where the run's are: it sampled in silence)
 
 
 def test_an_epoch_with_nothing_accepted_is_warned_of(tmp_path: Path, monkeypatch) -> None:

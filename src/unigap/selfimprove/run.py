@@ -113,7 +113,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
     logger = MetricLogger(out / EPOCHS_FILE, report_to, resume_step=kept if epochs else None,
                           run_name=f"{out.name}-selfimprove") if main else None
     if not epochs:
-        epochs = [_epoch_row(um, config, 0, data, UNTRAINED, joined=0)]
+        epochs = [_epoch_row(um, config, 0, data, UNTRAINED, 0, progress)]
     for row in epochs[kept:] if logger else ():
         logger.log(row["step"], row)
     for epoch in range(1, config.epochs + 1):
@@ -139,7 +139,7 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
                     "no prompt has both an accepted and a rejected image")
             warnings.warn(f"epoch {epoch} trained nothing: {what} (see pool/); its adapter is the epoch before's",
                           UnigapWarning, stacklevel=2)
-        epochs.append(_epoch_row(um, config, epoch, data, record, joined))
+        epochs.append(_epoch_row(um, config, epoch, data, record, joined, progress))
         if logger:
             _save_epoch(um, optimizer, out, epoch, epochs)
             logger.log(epoch, epochs[-1])  # last: the row marks the epoch done
@@ -189,14 +189,15 @@ def _evaluate(um: Any, config: SelfImproveConfig, out: Path, name: str, progress
 
 
 def _epoch_row(um: Any, config: SelfImproveConfig, epoch: int, data: Data, record: dict[str, Any],
-               joined: int) -> dict[str, Any]:
-    """An epoch's log row, with the validation probe (generation accuracy and non-unification)."""
+               joined: int, progress: bool = False) -> dict[str, Any]:
+    """An epoch's log row, with the validation probe (generation accuracy and non-unification; its bar shown with
+    `progress`: minutes of sampling on a real checkpoint)."""
     row = {"step": epoch, "epoch": epoch, **record, "sft_examples": len(data.sft), "pairs": len(data.pairs),
            "discard_pool": len(data.discard), "joined": joined}
     if config.epoch_eval_n:
         specs = prompt_specs("val", config.epoch_eval_n, config.seed, config.data_seed)
         _, records = generate_and_judge(um, specs, config.seed, config.sample_batch, config.cfg_scale,
-                                        config.temperature, False)
+                                        config.temperature, progress)
         row["val_generation_accuracy"] = summarize([r["verified"] for r in records], "value")["value"]
         row["val_nonunification"] = summarize([r["self_rejected"] for r in records], "value")["value"]
     return row
