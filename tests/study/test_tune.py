@@ -26,13 +26,24 @@ def small_tune() -> TuneConfig:
 
 
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory: pytest.TempPathFactory, small_tune: TuneConfig) -> tuple[Path, dict]:
+def said() -> list[str]:
+    """The progress lines the tuning below printed."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory, small_tune: TuneConfig, said: list[str]) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("tune") / "run"
-    return out, tune(small_tune, out)
+    return out, tune(small_tune, out, progress=said.append)
 
 
-def test_every_grid_point_is_evaluated_at_each_checkpoint_against_the_base(tuned: tuple[Path, dict]) -> None:
+def test_every_grid_point_is_evaluated_at_each_checkpoint_against_the_base(tuned: tuple[Path, dict],
+                                                                           said: list[str]) -> None:
     out, results = tuned
+    # each evaluation is said as it ends (a grid point's training and evaluations ran minutes in silence)
+    name = results["runs"][0]["name"]
+    assert [line for line in said if line.startswith(f"{name}: ")] == [
+        f"{name}: step {p['step']}/2, accuracy {p['accuracy']:.3f}" for p in results["runs"][0]["points"]]
     assert json.loads((out / "results.json").read_text()) == results
     assert [run["name"] for run in results["runs"]] == ["gen-real_lr0.03_beta0.1_nll0", "gen-model_lr0.03_beta0.1_nll0"]
     base = results["base"]["accuracy"]

@@ -206,7 +206,7 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
         if not curve_file.is_file():
             progress(point["name"])
             _write_json(curve_file, {**point, "points": _run(config, point, pairs[point["gen_kind"]], specs, base,
-                                                              curve_file.parent)})
+                                                              curve_file.parent, progress)})
             gc.collect()  # the run's model and optimiser go before the next one loads
         curves.append(_reused(json.loads(curve_file.read_text(encoding="utf-8")), point))
     results = {"config": config.to_dict(), "base": {"n": len(base), "accuracy": float(np.mean(base))},
@@ -235,9 +235,10 @@ def _verified(um: Any, specs: Sequence[Any], config: TuneConfig) -> list[bool]:
 
 
 def _run(config: TuneConfig, point: dict[str, Any], pairs: list[Any], specs: Sequence[Any], base: list[bool],
-         run_dir: Path) -> list[dict[str, Any]]:
+         run_dir: Path, progress: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
     """One grid point: gen-only DPO from scratch (a run killed midway starts again: minutes, not worth resuming),
-    evaluated every `eval_every` steps and at the end; its log.jsonl stays in `run_dir`."""
+    evaluated every `eval_every` steps and at the end, each evaluation a `progress` line; its log.jsonl stays in
+    `run_dir`."""
     from unigap.evaluate.stats import paired_difference
     from unigap.model import load_model
     from unigap.train.config import TrainConfig
@@ -258,6 +259,7 @@ def _run(config: TuneConfig, point: dict[str, Any], pairs: list[Any], specs: Seq
             change = paired_difference(base, after)
             points.append({"step": step, "accuracy": float(np.mean(after)), "delta": change["delta"],
                            "ci95": change["ci95"], "p": change["p"], **diagnostics(window)})
+            progress(f"{point['name']}: step {step}/{config.steps}, accuracy {points[-1]['accuracy']:.3f}")
             window.clear()
             um.model.train()  # LoRA dropout back on
 
