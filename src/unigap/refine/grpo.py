@@ -30,6 +30,7 @@ stop the rule would have made, null if none, kept when a stopped run is continue
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,10 @@ class GRPOTrainer:
         self.rolled_out_at: int | None = None  # every process's step of the latest rollout (a share may be empty)
         self.step = 0
 
-    def train(self, resume: bool = False, show_progress: bool = True) -> None:
-        """Run to `config.steps`; with `resume`, continue from the checkpoint (the rollout buffer included)."""
+    def train(self, resume: bool = False, show_progress: bool = True,
+              on_step: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+        """Run to `config.steps`; with `resume`, continue from the checkpoint (the rollout buffer included);
+        `on_step(done, record)` after each step (the study's bar)."""
         c = self.config
 
         def step(index: int) -> dict[str, Any]:
@@ -157,6 +160,8 @@ class GRPOTrainer:
 
         def after(done: int, record: dict[str, Any]) -> None:
             update(done, _postfix(record))
+            if on_step is not None:
+                on_step(done, record)
             if AUDIT_KEY in record:
                 self._check_guard(done)
 
@@ -287,8 +292,10 @@ def _loop_eval(um: Any, config: GRPOConfig, show_progress: bool) -> dict[str, An
 
 
 def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = False,
-               report_to: tuple[str, ...] = (), show_progress: bool = True) -> dict[str, Any]:
-    """The refine loop before training, GRPO, the loop after it; `grpo.json` (written last) in OUT."""
+               report_to: tuple[str, ...] = (), show_progress: bool = True,
+               on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The refine loop before training, GRPO (`on_step` as `GRPOTrainer.train`'s), the loop after it; `grpo.json`
+    (written last) in OUT."""
     out = Path(out_dir)
     refuse_unless_resuming(out, resume)
     if (out / SETTINGS_FILE).exists() and not resume:
@@ -320,7 +327,7 @@ def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = 
 
     stopped: GuardStopped | None = None
     try:
-        trainer.train(resume, show_progress)  # a finished run: restored, not rerun
+        trainer.train(resume, show_progress, on_step)  # a finished run: restored, not rerun
     except GuardStopped as exc:
         stopped = exc
     if report["guard"] is not None:  # a judge reward: the stop's record, if any, and the rule's first alarm

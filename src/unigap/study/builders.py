@@ -149,7 +149,9 @@ def refine_grpo(runner: Any, name: str, seed: int) -> None:
     um = runner.model()
     config = GRPOConfig(steps=c.grpo_steps, seed=seed, data_seed=c.data_seed, eval_n=0,
                         checkpoint_every=min(25, c.grpo_steps), micro_batch_size=c.grpo_micro_batch_size)
-    train_grpo(um, config, runner.run_dir(name, seed) / "grpo", resume=True, show_progress=False)  # (fresh if none)
+    with runner.bar(f"{name} GRPO", c.grpo_steps) as update:  # (its own bars would break the study's display)
+        train_grpo(um, config, runner.run_dir(name, seed) / "grpo", resume=True, show_progress=False,  # (fresh if none)
+                   on_step=lambda done, record: update(done))
     _with_final_images(runner, name, seed, um, _loop(c, "self"))
 
 
