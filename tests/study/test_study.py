@@ -317,7 +317,10 @@ def test_the_grpo_arm_scores_in_the_studys_micro_batches_and_may_resume_under_ot
 
     monkeypatch.setattr(grpo, "train_grpo", stop)
     config = small_config.scaled(methods=("refine-grpo",), grpo_micro_batch_size=4, grpo_steps=2)
-    runner = SimpleNamespace(config=config, model=lambda: None, run_dir=lambda name, seed: tmp_path / name)
+    from contextlib import nullcontext
+
+    runner = SimpleNamespace(config=config, model=lambda: None, run_dir=lambda name, seed: tmp_path / name,
+                             bar=lambda description, total: nullcontext(lambda done=None: None))
     with pytest.raises(KeyboardInterrupt):
         refine_grpo(runner, "refine-grpo", 0)
     assert given == [4]
