@@ -153,3 +153,21 @@ def test_wandb_gets_a_step_axis_per_stage_and_a_resumed_run_its_own_run(tmp_path
     MetricLogger(path, report_to=("wandb",), resume_step=20)
     MetricLogger(path, report_to=("wandb",))
     assert runs[1].init["id"] == run.init["id"] != runs[2].init["id"]  # resumed: the same W&B run; fresh: a new one
+
+
+def test_a_row_damaged_since_it_was_written_is_one_line_naming_it(tmp_path: Path) -> None:
+    """(A resumed run read a damaged log row as a JSONDecodeError traceback; a half-written last row is a kill's.)"""
+    from unigap.atomic import cached_json
+    from unigap.errors import UserError
+    from unigap.metrics_log import read_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 0}\n{"step": 1, "lo\n{"step": 2}\n{"step": 3, "lo')
+    with pytest.raises(UserError, match=r"cannot read .*log.jsonl:2: Unterminated string .* move it away"):
+        read_log(log)
+    log.write_text('{"step": 0}\n{"step": 1, "lo')
+    assert read_log(log) == [{"step": 0}]
+    part = tmp_path / "part.json"
+    part.write_text('{"accuracy": 0.')
+    with pytest.raises(UserError, match=r"cannot read .*part.json: "):
+        cached_json(part, lambda: {"accuracy": 1.0})

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from unigap.errors import STORAGE_REFUSED, UserError
+from unigap.errors import STORAGE_REFUSED, UserError, first_line
 
 FILE_MODE = 0o644  # mkstemp creates private (0600) files; results are meant to be shared
 
@@ -156,12 +156,20 @@ def write_json(path: str | os.PathLike, value: Any) -> Path:
     return write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file, or a `UserError` naming it (a damaged or unreadable one is not a traceback)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as exc:  # (JSON and UTF-8 decoding errors are ValueErrors)
+        raise UserError(f"cannot read {path}: {first_line(exc)}") from None
+
+
 def cached_json(path: str | os.PathLike, make: Callable[[], Any], write: bool = True) -> Any:
     """A resumable job's stage: the JSON in `path` when it exists, else `make()`, written there atomically (unless
     `write` is False: a data-parallel process other than the one that writes)."""
     path = Path(path)
     if path.is_file():
-        return json.loads(path.read_text())
+        return read_json(path)
     value = make()
     if write:
         write_json(path, value)

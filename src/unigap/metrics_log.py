@@ -38,13 +38,22 @@ def parse_report_to(value: str | Sequence[str] | None) -> tuple[str, ...]:
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a JSONL log appended to row by row, less a last row a killed writer left half-written (no
-    newline yet); none when there is no file."""
+    newline yet); none when there is no file. A row damaged otherwise is a `UserError` naming its line."""
     path = Path(path)
     text = path.read_text(encoding="utf-8-sig") if path.is_file() else ""
     lines = text.splitlines()
     if text and not text.endswith("\n"):
         lines.pop()
-    return [json.loads(line) for line in lines if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as exc:  # (a JSONDecodeError, or an integer of more digits than Python converts)
+            raise UserError(f"cannot read {path}:{number}: {getattr(exc, 'msg', exc)} (damaged since it was "
+                            f"written: move it away to redo what it records)") from None
+    return rows
 
 
 def keep_log_rows(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> None:

@@ -23,7 +23,8 @@ from unigap.errors import UnigapWarning, UserError
 from unigap.evaluate.stats import finite
 from unigap.report.cells import fmt, fmt_p, rich_significance, significance_verdict
 from unigap.report.stats import compute_stats
-from unigap.study.results import METRICS, Metric, MethodRun, Study, read_json
+from unigap.atomic import read_json
+from unigap.study.results import METRICS, Metric, MethodRun, Study
 
 JUDGED = Metric("judged_generation.accuracy", "judged-generation accuracy", "generation", "judge_accepted")
 STUDY_ONLY = ("config", "training", "diagnostics", "arms")

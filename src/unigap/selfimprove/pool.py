@@ -32,6 +32,7 @@ from unigap.evaluate.generation import ACCEPT_THRESHOLD, stream_seed
 from unigap.evaluate.judges import get_judge
 from unigap.evaluate.progress import map_batches
 from unigap.evaluate.stats import summarize
+from unigap.metrics_log import read_log
 from unigap.selfimprove.config import SelfImproveConfig, labeller
 from unigap.world import PromptSpec
 
@@ -142,7 +143,7 @@ def _save_round(samples: Sequence[Sample], images: Sequence[Any], out: Path, rou
 def load_round(specs: Sequence[PromptSpec | FreePrompt], out: Path, round_: int) -> list[Sample]:
     """A finished round's samples, as `label_round` returned them."""
     pool = out / "pool"
-    rows = [json.loads(line) for line in (pool / f"round{round_}.jsonl").read_text().splitlines()]
+    rows = read_log(pool / f"round{round_}.jsonl")
     tokens = load_file(str(pool / f"round{round_}.safetensors"))["tokens"].tolist()
     return [
         Sample(row["prompt_index"], specs[row["prompt_index"]], tuple(ids), row["p_yes"], row["accepted"],

@@ -20,7 +20,6 @@ The base model is the method named `base`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from unigap.errors import UserError, first_line
+from unigap.atomic import read_json
+from unigap.errors import UserError
 from unigap.metrics_log import read_log
 from unigap.evaluate.stats import paired_difference
 from unigap.arms import arm_order
@@ -90,17 +90,10 @@ def as_study(source: Study | Sequence[MethodRun] | str | Path) -> Study:
     return study
 
 
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError) as exc:  # (JSON and UTF-8 decoding errors are ValueErrors)
-        raise UserError(f"cannot read {path}: {first_line(exc)}") from None
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
-        return read_log(path)  # (less a last row a kill cut off)
-    except (OSError, ValueError) as exc:
+        return read_log(path)  # (less a last row a kill cut off; a damaged row: a UserError naming its line)
+    except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
 
 
