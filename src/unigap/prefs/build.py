@@ -42,6 +42,7 @@ from unigap.errors import UserError
 from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, prompt_lines, training_prompt_specs
 from unigap.evaluate.judges import VERIFIER, Judge, check_judge_name, get_judge
 from unigap.evaluate.vqa import vqa_score
+from unigap.model.checkpoint import model_identity
 from unigap.model.generation import CFG_SCALE
 from unigap.model.images import vq_image_size
 from unigap.model.unified import UnifiedModel
@@ -359,7 +360,7 @@ def build_preferences(
             break
     if not kept:
         raise UserError(f"no {options.kind} pair passed the filters in {limit} candidates; try {_what_helps(options)}")
-    rows, fingerprint = [], um.fingerprint()  # (which model's references the rows store: `fit_references`)
+    rows, identity = [], model_identity(um)  # (which model's references the rows store: `fit_references`)
     chunks = [kept[start : start + options.batch_size] for start in range(0, len(kept), options.batch_size)]
     referenced = [pairs for results in distributed.ordered_rounds(
         chunks, lambda chunk: with_reference(um, [pair for _, _, pair in chunk])) for pairs in results]
@@ -369,7 +370,8 @@ def build_preferences(
                 {
                     "kind": options.kind,
                     "model": options.model_name,
-                    "model_fingerprint": fingerprint,
+                    "model_fingerprint": identity["model"],
+                    "model_dtype": identity["model_dtype"],
                     "seed": options.seed,
                     "data_seed": options.data_seed,
                     "candidate": candidate,

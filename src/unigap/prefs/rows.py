@@ -9,7 +9,7 @@ Columns (every kind):
   kind                      "und" | "gen-real" | "gen-model"
   model, seed, candidate    provenance: the model path, the build seed, the candidate's index in the
                             seed's deterministic candidate stream
-  model_fingerprint         the builder's `UnifiedModel.fingerprint()` (absent in files written before it)
+  model_fingerprint, model_dtype    the builder's `model_identity` (absent in files written before it)
   fallback                  und: the chosen answer is the ground truth, not a sample (`--fallback-gt`)
   chosen_ids, rejected_ids  token ids: answer tokens (EOS included) for und, VQ image tokens for gen
   chosen_score, rejected_score      exact scores (`unigap.world.scoring`)
@@ -41,6 +41,7 @@ import numpy as np
 
 from unigap.errors import UnigapWarning, UserError
 from unigap.evaluate.stats import finite
+from unigap.model.checkpoint import model_identity
 from unigap.prefs.kinds import KINDS, check_output, check_suffix, images_folder, task_of
 from unigap.prefs.trl import (SAME_SIDES, check_ids, is_trl_row, rescored, stored_cells, token_ids, trl_pairs,
                               trl_problem, trl_prompt, trl_task)
@@ -321,14 +322,15 @@ def fit_references(um: Any, pairs: Sequence[Pair], rows: Sequence[tuple[str, dic
     file stores (a file from before rows named their builder, or an edited one): a row keeps its builder's
     reference, and DPO of another model against it would train against the wrong reference without a word. (The
     numbers alone let a fine-tuned model's 2-token answers pass: 0.54 nats of drift per side.)"""
-    mine = getattr(um, "fingerprint", lambda: None)()
-    other = next(((where, row) for where, row in rows
-                  if mine is not None and row.get("model_fingerprint") not in (None, mine)), None)
+    mine = model_identity(um)  # (in another dtype the same weights hash otherwise: the numbers below tell)
+    other = next(((where, row) for where, row in rows if mine["model"] is not None
+                  and row.get("model_fingerprint") not in (None, mine["model"])
+                  and row.get("model_dtype") == mine["model_dtype"]), None)
     if other is not None:
         where, row = other
         warnings.warn(f"{where}: built by another model ({row['model']}, fingerprint {row['model_fingerprint']}) than "
-                      f"this one ({mine}): every pair's reference is recomputed with this model", UnigapWarning,
-                      stacklevel=2)
+                      f"this one ({mine['model']}): every pair's reference is recomputed with this model",
+                      UnigapWarning, stacklevel=2)
         return rescored(um, pairs)
     spots = sorted({round(i * (len(pairs) - 1) / (REFERENCE_CHECKS - 1)) for i in range(REFERENCE_CHECKS)})
     absolute, per_token = REFERENCE_TOLERANCE

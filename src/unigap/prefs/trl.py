@@ -162,8 +162,8 @@ def png_bytes(image: ImageInput) -> bytes:
 def to_trl(row: dict[str, Any], image: ImageInput | None, chosen_image: Image.Image | None,
            rejected_image: Image.Image | None) -> dict[str, Any]:
     """A unigap row in TRL's columns (images as PNG bytes; the writer stores them), its provenance and scores kept."""
-    keep = {key: row[key] for key in ("model", "model_fingerprint", "seed", "data_seed", "candidate", "chosen_score",
-                                      "rejected_score", "judge")
+    keep = {key: row[key] for key in ("model", "model_fingerprint", "model_dtype", "seed", "data_seed", "candidate",
+                                      "chosen_score", "rejected_score", "judge")
             if key in row}  # (the scores are the judge's, where a row names one)
     refs = {"ref_chosen_logps": row["chosen_ref_logprob"], "ref_rejected_logps": row["rejected_ref_logprob"]}
     if row["kind"] == "und":
