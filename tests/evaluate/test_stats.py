@@ -111,3 +111,5 @@ def test_a_paired_change_of_verdicts_stays_within_one_either_way():
     assert out["ci95"] == [-1.0, 1.0]
     graded = paired_difference([0.2, 0.9, 0.5], [0.9, 0.1, 0.5])  # (not verdicts: its own interval)
     assert graded["ci95"][0] < -1.0 and graded["ci95"][1] > 0.5
+    assert welch([1, 0], [0, 1, 1])["delta_ci95"] == [-1.0, 1.0]  # (items that do not line up: [-2.9, 2.6])
+    assert welch([0.2, 0.9], [0.1, 0.5, 0.9])["delta_ci95"][0] < -1.0

@@ -49,11 +49,12 @@ def share_interval(mean: float, stderr: float, df: float) -> list[float]:
 
 
 def welch_from_stats(mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int,
-                     alternative: Alternative = "two-sided") -> dict[str, Any]:
+                     alternative: Alternative = "two-sided",
+                     bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, Any]:
     """Welch's t-test of mean_a − mean_b from each side's mean, population variance (ddof 0, as `summarize` keeps it)
     and n, for reports that keep no items; equals `scipy.stats.ttest_ind(a, b, equal_var=False, alternative=...)` on
-    the items. `t`, `df`, `p` and `delta_ci95`, the two-sided t-interval of the difference whatever `alternative`; all
-    null where the test is undefined (n < 2 on a side, or no variance on either)."""
+    the items. `t`, `df`, `p` and `delta_ci95`, the two-sided t-interval of the difference whatever `alternative` (cut
+    to the difference's `bounds`); all null where the test is undefined (n < 2 on a side, or no variance on either)."""
     from scipy import stats
 
     out: dict[str, Any] = {"t": None, "df": None, "p": None, "delta_ci95": None}
@@ -67,7 +68,7 @@ def welch_from_stats(mean_a: float, var_a: float, n_a: int, mean_b: float, var_b
     df = (sq_a + sq_b) ** 2 / (sq_a**2 / (n_a - 1) + sq_b**2 / (n_b - 1))
     test = stats.ttest_ind_from_stats(mean_a, math.sqrt(sq_a * n_a), n_a, mean_b, math.sqrt(sq_b * n_b), n_b,
                                       equal_var=False, alternative=alternative)
-    interval = [finite(bound) for bound in t_interval(mean_a - mean_b, se, df)]
+    interval = [finite(bound) for bound in t_interval(mean_a - mean_b, se, df, bounds=bounds)]
     return {"t": finite(test.statistic), "df": finite(df), "p": finite(test.pvalue),
             "delta_ci95": None if None in interval else interval}
 
@@ -78,7 +79,9 @@ def welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, alte
     mean(b), `scipy.stats.ttest_ind(a, b, equal_var=False)`, with the same null where it is undefined."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     moments = [(float(v.mean()), float(v.var()), len(v)) if len(v) else (math.nan, 0.0, 0) for v in (x, y)]
-    return {"n_a": len(x), "n_b": len(y), **welch_from_stats(*moments[0], *moments[1], alternative=alternative)}
+    binary = bool(np.isin(np.concatenate([x, y]), (0.0, 1.0)).all())  # (verdicts: a difference within [-1, 1])
+    return {"n_a": len(x), "n_b": len(y), **welch_from_stats(*moments[0], *moments[1], alternative=alternative,
+                                                             bounds=(-1.0, 1.0) if binary else (-math.inf, math.inf))}
 
 
 def summarize(values: Sequence[float | bool], key: str) -> dict[str, Any]:
