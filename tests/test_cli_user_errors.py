@@ -828,11 +828,11 @@ def test_an_adapter_trained_on_other_base_weights_is_warned_of(tmp_path: Path) -
         load("tiny", adapter)
 
 
-def test_a_data_seed_other_than_the_models_pretraining_seed_is_warned_of(tmp_path: Path, capsys) -> None:
+def test_a_data_seed_other_than_the_models_pretraining_seed_is_warned_of(tmp_path: Path, capsys, monkeypatch) -> None:
     """`eval --data-seed 3` on `tiny` measured 173 of its 200 test prompts among the prompts it was pretrained on."""
     import warnings
 
-    from unigap.cli.common import warn_other_partition
+    from unigap.cli.common import load, warn_other_partition
     from unigap.errors import UnigapWarning
 
     with pytest.warns(UnigapWarning, match=r"--data-seed 3: tiny was pretrained on partition 0's train split; "
@@ -843,6 +843,18 @@ def test_a_data_seed_other_than_the_models_pretraining_seed_is_warned_of(tmp_pat
         warnings.simplefilter("error", UnigapWarning)
         warn_other_partition("tiny", 0)
         warn_other_partition(str(tmp_path), 3)  # (no pretraining record: a checkpoint unigap did not pretrain)
+    prompts = tmp_path / "p.txt"  # a prompt file's eval still asks the split's questions
+    prompts.write_text("a red circle\n")
+    with pytest.warns(UnigapWarning, match="--data-seed 3: tiny was pretrained"):
+        code, _ = _run(capsys, ["eval", "--model", "tiny", "--data-seed", "3", "--prompts", str(prompts), "--n", "1",
+                                "--out", str(tmp_path / "e.json")])
+    assert code == 0
+    (tmp_path / "tiny").mkdir()  # a folder named like the shipped model: that is said once, not by each helper
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UnigapWarning) as caught:
+        warn_other_partition("tiny", 0)
+        load("tiny", None)
+    assert sum("names the shipped model" in str(w.message) for w in caught) == 1
     out = tmp_path / "pairs.jsonl"  # said by the command, and the work goes on
     with pytest.warns(UnigapWarning, match="--data-seed 3: tiny was pretrained"):
         code, _ = _run(capsys, ["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "1", "--data-seed", "3",

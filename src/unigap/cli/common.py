@@ -236,7 +236,9 @@ def _warn_other_base(model: str, adapter: Path) -> None:
         trained_on = json.loads((adapter / INPUTS_FILE).read_text()).get("model_weights")
     except (OSError, ValueError, AttributeError):  # (no record: an adapter of another tool, or a damaged one)
         return
-    here = weights_fingerprint(resolve_checkpoint(model))
+    with warnings.catch_warnings():  # (what --model names is said once, by the load)
+        warnings.simplefilter("ignore", UnigapWarning)
+        here = weights_fingerprint(resolve_checkpoint(model))
     if isinstance(trained_on, str) and trained_on != here:
         warnings.warn(f"adapter {adapter} was trained on other base weights ({trained_on}) than --model {model} "
                       f"({here}): it applies, and its trained parts replace this model's", UnigapWarning, stacklevel=2)
@@ -254,7 +256,9 @@ def warn_other_partition(model: str, data_seed: int) -> None:
     from unigap.pretrain.run import SUMMARY_FILE
 
     try:
-        pretrained = json.loads((resolve_checkpoint(model) / SUMMARY_FILE).read_text())["config"]["seed"]
+        with warnings.catch_warnings():  # (what --model names is said once, by the load)
+            warnings.simplefilter("ignore", UnigapWarning)
+            pretrained = json.loads((resolve_checkpoint(model) / SUMMARY_FILE).read_text())["config"]["seed"]
     except (OSError, ValueError, KeyError, TypeError):  # (no record: a checkpoint unigap did not pretrain)
         return
     if isinstance(pretrained, int) and pretrained != data_seed:

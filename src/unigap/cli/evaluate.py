@@ -75,7 +75,7 @@ def eval_command(
     from unigap.evaluate.judges import check_judge_name, get_judge
 
     check_judge_name(judge, independent=True)
-    if prompts is None:  # (the split's prompts: a file's are the user's)
+    if prompts is None or questions is None:  # (a split's prompts or questions: a file's are the user's)
         warn_other_partition(model, data_seed)
     specs = None if prompts is None else prompt_specs(prompts, n, seed, data_seed, free_text=judge != "verifier",
                                                       free_text_hint=FREE_TEXT_HINT)
