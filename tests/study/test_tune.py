@@ -222,3 +222,17 @@ def test_a_grid_that_names_two_points_alike_is_refused(lrs: tuple, betas: tuple)
     with pytest.raises(UserError, match="the grid names .*lr1e-05_beta0.1.* more than once"):
         TuneConfig(lrs=lrs, betas=betas)
     assert len(TuneConfig(lrs=(1e-5, 3e-5), betas=(0.1,)).grid()) == 2 * len(TuneConfig(lrs=(1e-5,), betas=(0.1,)).grid())
+
+
+def test_a_damaged_stage_file_is_one_line_naming_it(tuned: tuple[Path, dict], small_tune: TuneConfig,
+                                                    tmp_path: Path) -> None:
+    """(A finished point's curve damaged since it was written was a JSONDecodeError traceback on the rerun.)"""
+    from unigap.study.tune import CURVE_FILE
+
+    out, results = tuned
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    curve = copy / "runs" / results["runs"][0]["name"] / CURVE_FILE
+    curve.write_text(curve.read_text()[:20])
+    with pytest.raises(UserError, match=f"cannot read {curve}: "):
+        tune(small_tune, copy)

@@ -18,7 +18,6 @@ written to OUT/answer-length/<form>.json when done (a rerun skips it); OUT/answe
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -26,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from unigap.atomic import cached_json, write_json
+from unigap.atomic import cached_json, read_json, write_json
 from unigap.evaluate.stats import paired_difference, welch
+from unigap.metrics_log import read_log
 from unigap.study.results import ANSWER_LENGTH_FILE, METRICS, MethodRun, keyed, paired, sample
 
 FORMS = ("word", "sentence")
@@ -74,9 +74,9 @@ def _form(runner: Any, form: str, out: Path) -> dict[str, Any]:
     trainer = DPOTrainer(um, settings, und, runner.pairs("gen"), out / form)
     with runner.bar(f"answer length: {form} DPO", c.steps) as update:
         result = trainer.train(trainer.has_checkpoint, lambda step, record: update(step))
-    rows = [json.loads(line) for line in result.log_file.read_text().splitlines()]
+    rows = read_log(result.log_file)
     after = runner.evaluation(um, 0)
-    base = json.loads(runner.eval_file("base", 0).read_text())
+    base = read_json(runner.eval_file("base", 0))
     inter = report["inter"]
     return {
         "pairs": len(und),

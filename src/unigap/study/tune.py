@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from unigap.atomic import claim_settings, path_setting, path_settings, write_text_atomically
+from unigap.atomic import claim_settings, path_setting, path_settings, read_json, write_text_atomically
 from unigap.errors import UserError
 from unigap.model.loading import EMBEDDED
 from unigap.prefs.kinds import GEN_KINDS
@@ -190,7 +190,7 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
     if not base_file.is_file():
         progress("base model on the validation prompts")
         _write_json(base_file, {"verified": _verified(load_model(config.model), specs, config)})
-    base = json.loads(base_file.read_text(encoding="utf-8"))["verified"]
+    base = read_json(base_file)["verified"]
     pairs: dict[str, list[Any]] = {}
     for kind in config.kinds:
         path = out / "pairs" / f"{kind}.jsonl"
@@ -208,7 +208,7 @@ def tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] = 
             _write_json(curve_file, {**point, "points": _run(config, point, pairs[point["gen_kind"]], specs, base,
                                                               curve_file.parent, progress)})
             gc.collect()  # the run's model and optimiser go before the next one loads
-        curves.append(_reused(json.loads(curve_file.read_text(encoding="utf-8")), point))
+        curves.append(_reused(read_json(curve_file), point))
     results = {"config": config.to_dict(), "base": {"n": len(base), "accuracy": float(np.mean(base))},
                "runs": curves, "chosen": choose(curves, config.kl_budget)}
     _write_json(out / RESULTS_FILE, results)
