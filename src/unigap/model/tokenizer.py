@@ -39,8 +39,8 @@ def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
         if not word or any(ch.isspace() for ch in word):
             raise ValueError(f"vocabulary entries must be single non-empty words, got {word!r}")
         if [piece for piece, _ in split.pre_tokenize_str(word)] != [word]:  # ("top-left", "yes.": never one token)
-            warnings.warn(f"vocabulary entry {word!r} is split by the tokenizer, so no text reaches its id: give single "
-                          f"words or single punctuation marks (such entries are refused in a later release)",
+            warnings.warn(f"vocabulary entry {word!r} is split by the tokenizer, so no text reaches its id: give "
+                          f"single words or single punctuation marks (such entries are refused in a later release)",
                           UnigapDeprecationWarning, stacklevel=2)
         vocab.setdefault(word, len(vocab))
     backend = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))

@@ -43,14 +43,16 @@ class RefineConfig:
     rounds: int = 3  # reflect/refine rounds after the first generation; 0 = one-shot generation
     reflector: str = "self"
     refiner: str = "auto"
-    prompts: str = field(default="test", metadata=path_setting(SPLITS))  # a split (test, val) or a prompt file (text lines or JSONL with a "prompt" field; free
-    # text only with a judge that reads text)
+    # a split (test, val) or a prompt file (text lines or JSONL with a "prompt" field; free text only with a judge
+    # that reads text)
+    prompts: str = field(default="test", metadata=path_setting(SPLITS))
     seed: int = 0
     data_seed: int = 0
     cfg_scale: float = CFG_SCALE  # generation's (and regeneration's) guidance
     temperature: float = 1.0
     batch_size: int = 32
-    judge: str = field(default="verifier", metadata=path_setting())  # the independent judge of the reported accuracy (the loop always reads the verifier)
+    # the independent judge of the reported accuracy (the loop always reads the verifier)
+    judge: str = field(default="verifier", metadata=path_setting())
     edit_cfg_scale: float = EDIT_CFG_SCALE  # an edit's guidance: `unigap.model.editing.EditGuidance`
     edit_image_cfg_scale: float = EDIT_IMAGE_CFG_SCALE
 

@@ -41,7 +41,7 @@ class SelfImproveConfig:
 
     method: str = "curriculum-sft"
     labels: str = "self"  # self = the method; verifier = the independent judge labels (`labeller`; upper bound); poor
-    prompts: str = field(default="train", metadata=path_setting(SPLITS))  # train (distinct training prompts) or a prompt file
+    prompts: str = field(default="train", metadata=path_setting(SPLITS))  # train (distinct prompts) or a prompt file
     n_prompts: int = 300
     samples: int = 10  # N images per prompt
     epochs: int = 4
@@ -60,7 +60,7 @@ class SelfImproveConfig:
     lora_dropout: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    audit: str = field(default="verifier", metadata=path_setting())  # an independent judge (verifier, clip:DIR, vlm:DIR), or none
+    audit: str = field(default="verifier", metadata=path_setting())  # a judge (verifier, clip:DIR, vlm:DIR), or none
     audit_size: int = 200  # labels checked by the independent judge per labelling round
     guard: bool = True  # stop (exit 3) when the audited precision is significantly below the audited base rate
     eval_n: int = 300  # held-out (test) prompts for the before/after comparison; 0 = none (the study evaluates)

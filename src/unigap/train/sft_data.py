@@ -41,7 +41,8 @@ class SFTConfig(SFTOptions):
     """`SFTOptions` plus the data files and each task's loss weight; a file left empty trains no such task."""
 
     lr: float = 3e-4  # chosen on the validation split of the shipped model (docs/experiments.md)
-    und_data: str = field(default="", metadata=path_setting())  # image + question + answer(s): JSONL/CSV/Parquet or a save_to_disk folder
+    # image + question + answer(s): JSONL/CSV/Parquet or a save_to_disk folder
+    und_data: str = field(default="", metadata=path_setting())
     gen_data: str = field(default="", metadata=path_setting())  # image + prompt (or caption), same formats
     und_weight: float = 1.0
     gen_weight: float = 1.0
