@@ -235,6 +235,7 @@ def test_an_arm_reading_pairs_it_did_not_ask_for_is_told_how(small_config: Study
 
 def test_unimrg_arms_share_built_data_only_when_it_is_the_same_data(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The data was shared under the maps' names alone: an und-sft arm of other answer forms trained on und-sft's."""
+    from contextlib import nullcontext
     from types import SimpleNamespace
 
     import unigap.study.builders as builders
@@ -251,7 +252,8 @@ def test_unimrg_arms_share_built_data_only_when_it_is_the_same_data(tmp_path, mo
     memo: dict = {}
     runner = SimpleNamespace(config=SimpleNamespace(unimrg_steps=2, unimrg_scenes=4, data_seed=0), model=lambda: None,
                              memo=lambda key, make: memo[key] if key in memo else memo.setdefault(key, make()),
-                             run_dir=lambda name, seed: tmp_path / name, evaluate=lambda *args, **kw: None)
+                             run_dir=lambda name, seed: tmp_path / name, evaluate=lambda *args, **kw: None,
+                             bar=lambda description, total: nullcontext(lambda done=None: None))
     for name in ("und-sft", "und-sft-word", "und-sft"):
         builders.unimrg(runner, name, 0)
     default = trained[0][0]

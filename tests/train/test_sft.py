@@ -111,7 +111,10 @@ def test_resume_reuses_the_token_cache_and_ends_where_a_whole_run_does(tiny_dir:
                                                                        tmp_path: Path) -> None:
     config = SFTConfig(steps=4, lora_rank=4, lora_alpha=8, batch_size=2, checkpoint_every=2,
                        gen_data=str(world / "samples.jsonl"), und_data=str(world / "questions.jsonl"))
-    train_sft(load_model(tiny_dir), config, tmp_path / "whole", show_progress=False)
+    done = []
+    train_sft(load_model(tiny_dir), config, tmp_path / "whole", show_progress=False,
+              on_step=lambda step, record: done.append((step, "loss" in record)))
+    assert done == [(1, True), (2, True), (3, True), (4, True)]  # (the study's bar: its sft arm trained in silence)
 
     def stop_at_3(step: int, record: dict) -> None:
         if step == 3:

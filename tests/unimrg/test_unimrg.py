@@ -112,7 +112,10 @@ def test_a_killed_run_resumes_to_the_same_adapter(data, tmp_path) -> None:
 
 
 def test_a_resume_under_other_settings_fails_before_the_data_is_built(data, tmp_path, monkeypatch) -> None:
-    _train(data, tmp_path / "run")
+    done = []  # (and each step reaches the caller: the study's bar)
+    train_unimrg(load_model("tiny"), UniMRGConfig(**SMALL), tmp_path / "run", show_progress=False, data=data,
+                 on_step=lambda step, record: done.append(step))
+    assert done == list(range(1, SMALL["steps"] + 1))
 
     def build_data(*args, **kwargs):
         raise AssertionError("the data was built before the settings were checked")

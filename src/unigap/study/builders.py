@@ -227,7 +227,9 @@ def unimrg(runner: Any, name: str, seed: int) -> None:
     data = runner.memo(key, lambda: build_data(um, config.n_scenes, config.data_seed, config.questions_per_image,
                                                config.sentence_fraction, maps))
     out = runner.run_dir(name, seed)
-    result = train_unimrg(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False, data=data)
+    with runner.bar(f"{name} steps", config.steps) as update:  # (its own bars would break the study's display)
+        result = train_unimrg(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False, data=data,
+                              on_step=lambda done, record: update(done))
     runner.evaluate(um, name, seed)
     shutil.rmtree(result.out_dir / "checkpoint", ignore_errors=True)  # the adapter and log stay
 
@@ -248,6 +250,8 @@ def sft(runner: Any, name: str, seed: int) -> None:
                        und_data=str(data / QUESTIONS_FILE), gen_data=str(data / SAMPLES_FILE))
     um = runner.model()
     out = runner.run_dir(name, seed)
-    result = train_sft(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False)
+    with runner.bar(f"{name} steps", config.steps) as update:
+        result = train_sft(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False,
+                           on_step=lambda done, record: update(done))
     runner.evaluate(um, name, seed)
     shutil.rmtree(result.out_dir / "checkpoint", ignore_errors=True)  # the adapter, log and token cache stay

@@ -30,6 +30,7 @@ from unigap.train.checkpoint import (
 )
 
 LOG_FILE = "log.jsonl"
+StepCallback = Callable[[int, dict[str, Any]], None]  # (steps done, the step's log record)
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_FILE = "train_config.json"
 IDENTITY_KEY = "model_identity"  # a checkpoint's record of the model it trains (`resumed_state`)
@@ -182,4 +183,15 @@ def run_steps(
     finally:
         if main:
             logger.close()
+    return step
+
+
+def bar_and(update: Callable[..., None], on_step: StepCallback | None) -> StepCallback:
+    """A step callback that moves a progress bar (the step's loss beside it), then calls `on_step`, if any (a study
+    shows its own bar where the trainer's would break its display)."""
+    def step(done: int, record: dict[str, Any]) -> None:
+        update(done, f"loss {record['loss']:.3f}")
+        if on_step is not None:
+            on_step(done, record)
+
     return step

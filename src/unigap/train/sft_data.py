@@ -28,7 +28,7 @@ from unigap import distributed
 from unigap.atomic import atomic_write_bytes, file_fingerprint
 from unigap.train.config import check_field, check_ranges, load_config
 from unigap.model.checkpoint import model_identity
-from unigap.train.loop import resumed_state
+from unigap.train.loop import StepCallback, bar_and, resumed_state
 from unigap.train.sft import AnswerTask, SFTOptions, SFTTrainer, Task, TextToImageTask, vq_tokens
 from unigap.train.trainer import TrainResult
 
@@ -127,10 +127,11 @@ def sft_tasks(um: Any, config: SFTConfig, data: SFTData, out_dir: Path, progress
 
 
 def train_sft(um: Any, config: SFTConfig, out_dir: str | Path, resume: bool = False,
-              report_to: tuple[str, ...] = (), show_progress: bool = True, data: SFTData | None = None
-              ) -> TrainResult:
+              report_to: tuple[str, ...] = (), show_progress: bool = True, data: SFTData | None = None,
+              on_step: StepCallback | None = None) -> TrainResult:
     """Read the data (unless given), tokenize the generation images once, then train (or resume) a LoRA in
-    `out_dir` with progress bars: what `unigap train --objective sft` runs."""
+    `out_dir` with progress bars (and `on_step(done, record)` after each step: the study's bar): what
+    `unigap train --objective sft` runs."""
     from unigap.progress import progress
 
     out_dir = Path(out_dir)
@@ -143,4 +144,4 @@ def train_sft(um: Any, config: SFTConfig, out_dir: str | Path, resume: bool = Fa
         tasks = sft_tasks(um, config, data, out_dir, update)
     trainer = SFTTrainer(um, config, tasks, out_dir, f"{out_dir.name}-sft", report_to)
     with progress("sft", config.steps, show_progress) as update:
-        return trainer.train(resume, lambda step, record: update(step, f"loss {record['loss']:.3f}"))
+        return trainer.train(resume, bar_and(update, on_step))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from unigap import distributed
 from unigap.train.loop import (
     CHECKPOINT_DIR,
     LOG_FILE,
+    StepCallback,
     TrainingDiverged,
     bf16_autocast,
     holds_run,
@@ -42,9 +43,6 @@ from unigap.train.config import TrainConfig
 from unigap.train.dpo import GenerationPair, Pair, UnderstandingPair, REFERENCE_BATCH, task_dpo_loss, with_reference
 from unigap.train.names import TASKS, check_pair_tasks
 from unigap.train.strategies import Strategy, build_strategy, length_norm_weight
-
-
-StepCallback = Callable[[int, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)

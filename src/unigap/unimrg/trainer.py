@@ -18,7 +18,7 @@ from typing import Any
 
 from unigap.errors import UnigapWarning
 from unigap.model.checkpoint import model_identity
-from unigap.train.loop import resumed_state
+from unigap.train.loop import StepCallback, bar_and, resumed_state
 from unigap.train.sft import AnswerTask, ImageToImageTask, SFTTrainer, Task
 from unigap.train.trainer import TrainResult
 from unigap.unimrg.config import REPRESENTATIONS, UniMRGConfig
@@ -60,10 +60,10 @@ class UniMRGTrainer(SFTTrainer):
 
 
 def train_unimrg(um: Any, config: UniMRGConfig, out_dir: str | Path, resume: bool = False,
-                 report_to: tuple[str, ...] = (), show_progress: bool = True, data: UniMRGData | None = None
-                 ) -> TrainResult:
+                 report_to: tuple[str, ...] = (), show_progress: bool = True, data: UniMRGData | None = None,
+                 on_step: StepCallback | None = None) -> TrainResult:
     """Build the data (unless given: it depends on the data settings only, not on the seed), then train (or resume)
-    a run in `out_dir`, with progress bars: what `unigap train --objective unimrg|und-sft` and the study's `unimrg`
+    a run in `out_dir`, with progress bars (and `on_step` as `train_sft`'s): what `unigap train --objective unimrg|und-sft` and the study's `unimrg`
     and `und-sft` arms run."""
     from unigap import distributed
     from unigap.progress import progress
@@ -78,4 +78,4 @@ def train_unimrg(um: Any, config: UniMRGConfig, out_dir: str | Path, resume: boo
                               config.sentence_fraction, representations, update)
     trainer = UniMRGTrainer(um, config, data, out_dir, report_to)
     with progress(config.objective, config.steps, show_progress) as update:
-        return trainer.train(resume, lambda step, record: update(step, f"loss {record['loss']:.3f}"))
+        return trainer.train(resume, bar_and(update, on_step))
