@@ -222,24 +222,32 @@ def _refuse_merged_twice(model: str, adapter: Path) -> None:
                         "load it without --adapter")
 
 
-def _warn_other_base(model: str, adapter: Path) -> None:
-    """An adapter `unigap train` wrote records its base's weights (`INPUTS_FILE`): applied to another model it
-    loads all the same where the shapes fit, its generation head replacing that model's, so that is said."""
-    import json
+def _checkpoint_quietly(model: str) -> Path:
+    """`resolve_checkpoint`, its warning about what `model` names left to the load that says it once."""
     import warnings
 
     from unigap.errors import UnigapWarning
-    from unigap.model.checkpoint import weights_fingerprint
     from unigap.model.loading import resolve_checkpoint
 
-    try:
-        trained_on = json.loads((adapter / INPUTS_FILE).read_text()).get("model_weights")
-    except (OSError, ValueError, AttributeError):  # (no record: an adapter of another tool, or a damaged one)
-        return
-    with warnings.catch_warnings():  # (what --model names is said once, by the load)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnigapWarning)
-        here = weights_fingerprint(resolve_checkpoint(model))
-    if isinstance(trained_on, str) and trained_on != here:
+        return resolve_checkpoint(model)
+
+
+def _warn_other_base(model: str, adapter: Path) -> None:
+    """An adapter `unigap train` wrote records its base's weights (`INPUTS_FILE`): applied to another model it
+    loads all the same where the shapes fit, its generation head replacing that model's, so that is said."""
+    import warnings
+
+    from unigap.errors import UnigapWarning
+    from unigap.manifest import read_record
+    from unigap.model.checkpoint import weights_fingerprint
+
+    trained_on = (read_record(adapter / INPUTS_FILE) or {}).get("model_weights")  # (none: another tool's adapter)
+    if not isinstance(trained_on, str):
+        return
+    here = weights_fingerprint(_checkpoint_quietly(model))
+    if trained_on != here:
         warnings.warn(f"adapter {adapter} was trained on other base weights ({trained_on}) than --model {model} "
                       f"({here}): it applies, and its trained parts replace this model's", UnigapWarning, stacklevel=2)
 
@@ -248,20 +256,18 @@ def warn_other_partition(model: str, data_seed: int) -> None:
     """A checkpoint `unigap pretrain` wrote records its seed, the partition its training prompts came from: under
     another --data-seed the held-out prompts hold many of them (173 of partition 3's 200 test prompts, for `tiny`),
     and the train split many of its held-out ones."""
-    import json
     import warnings
 
     from unigap.errors import UnigapWarning
-    from unigap.model.loading import resolve_checkpoint
+    from unigap.manifest import read_record
     from unigap.pretrain.run import SUMMARY_FILE
 
     try:
-        with warnings.catch_warnings():  # (what --model names is said once, by the load)
-            warnings.simplefilter("ignore", UnigapWarning)
-            pretrained = json.loads((resolve_checkpoint(model) / SUMMARY_FILE).read_text())["config"]["seed"]
-    except (OSError, ValueError, KeyError, TypeError):  # (no record: a checkpoint unigap did not pretrain)
+        summary = read_record(_checkpoint_quietly(model) / SUMMARY_FILE) or {}
+    except (UserError, OSError):  # (a model that names no checkpoint: the load says so)
         return
-    if isinstance(pretrained, int) and pretrained != data_seed:
+    pretrained = summary.get("config", {}).get("seed") if isinstance(summary.get("config"), dict) else None
+    if isinstance(pretrained, int) and pretrained != data_seed:  # (none: a checkpoint unigap did not pretrain)
         warnings.warn(f"--data-seed {data_seed}: {model} was pretrained on partition {pretrained}'s train split; "
                       f"partition {data_seed}'s splits mix its training and held-out prompts (--data-seed "
                       f"{pretrained} keeps them apart)", UnigapWarning, stacklevel=2)
