@@ -55,8 +55,7 @@ def sample(
                         f"memory for one write), got {n * questions:,}: sample the questions in smaller parts")
     if draw_seed is not None and draw_seed < 0:
         raise UserError(f"--draw-seed must be >= 0, got {draw_seed}")
-    if not MIN_CANVAS <= size <= MAX_CANVAS:
-        raise UserError(f"--size must be from {MIN_CANVAS} to {MAX_CANVAS} pixels, got {size}")
+    _check_size(size)
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if category is not None and category not in CATEGORIES:
@@ -99,6 +98,11 @@ def _a_sample(index: Path) -> bool:
     return isinstance(row, dict) and {"index", "split", "spec", "scene", "image"} <= set(row)
 
 
+def _check_size(size: int) -> None:
+    if not MIN_CANVAS <= size <= MAX_CANVAS:
+        raise UserError(f"--size must be from {MIN_CANVAS} to {MAX_CANVAS} pixels, got {size}")
+
+
 @app.command("verify")
 def verify_command(
     image: Path = typer.Argument(..., help="PNG/JPEG image of the configured size."),
@@ -106,8 +110,7 @@ def verify_command(
     size: int = typer.Option(DEFAULT_CANVAS, "--size", help=f"Canvas side in pixels ({MIN_CANVAS} to {MAX_CANVAS})."),
 ) -> None:
     """Judge one image against one prompt; prints a JSON verdict (exit 0 whether satisfied or not)."""
-    if not MIN_CANVAS <= size <= MAX_CANVAS:
-        raise UserError(f"--size must be from {MIN_CANVAS} to {MAX_CANVAS} pixels, got {size}")
+    _check_size(size)
     spec = parse_prompt(prompt)
     picture = load_image(image)
     height, width = picture.shape[:2]
