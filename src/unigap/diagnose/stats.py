@@ -17,16 +17,15 @@ import numpy as np
 from scipy import stats
 
 from unigap.diagnose.gradients import GradientLog
-from unigap.evaluate.stats import finite, t_interval, welch
+from unigap.evaluate.stats import SHARE, UNBOUNDED, finite, t_interval, welch
 
 
-COSINE = (-1.0, 1.0)  # the range of a quantity, to which its interval is cut
+COSINE = (-1.0, 1.0)  # the range of a quantity, to which its interval is cut (`t_interval`)
 NONNEGATIVE = (0.0, math.inf)
-SHARE = (0.0, 1.0)
 
 
 def summary(values: Sequence[float] | np.ndarray, prefix: str,
-            bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, Any]:
+            bounds: tuple[float, float] = UNBOUNDED) -> dict[str, Any]:
     """`{prefix}_mean/_std/_ci95/_median/_min/_max/_n`: std is the sample std (ddof 1), ci95 the t-interval
     of the mean, cut to the quantity's `bounds` (a cosine's interval does not reach past 1, nor a ratio's below 0);
     both null below two values. Non-finite values (a batch that overflowed) are left out, and counted in

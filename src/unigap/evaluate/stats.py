@@ -31,8 +31,12 @@ def finite(value: Any) -> float | None:
         return None
 
 
+UNBOUNDED = (-math.inf, math.inf)  # the range of a quantity, to which its interval is cut
+SHARE = (0.0, 1.0)
+
+
 def t_interval(mean: float, stderr: float, df: float, confidence: float = CONFIDENCE,
-               bounds: tuple[float, float] = (-math.inf, math.inf)) -> list[float]:
+               bounds: tuple[float, float] = UNBOUNDED) -> list[float]:
     """mean ± the two-sided t quantile (df degrees of freedom) × stderr, the one t-interval of every report, cut to
     the quantity's `bounds` (a cosine's interval does not reach past 1); the point itself when stderr is 0, where
     `scipy.stats.t.interval` gives NaN."""
@@ -45,12 +49,12 @@ def t_interval(mean: float, stderr: float, df: float, confidence: float = CONFID
 def share_interval(mean: float, stderr: float, df: float) -> list[float]:
     """`t_interval` cut to [0, 1], for a quantity that is a share (an AUC, a mean of accuracies over seeds): at a
     value near 0 or 1 the interval would otherwise reach past it."""
-    return t_interval(mean, stderr, df, bounds=(0.0, 1.0))
+    return t_interval(mean, stderr, df, bounds=SHARE)
 
 
 def welch_from_stats(mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int,
-                     alternative: Alternative = "two-sided",
-                     bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, Any]:
+                     alternative: Alternative = "two-sided", bounds: tuple[float, float] = UNBOUNDED
+                     ) -> dict[str, Any]:
     """Welch's t-test of mean_a − mean_b from each side's mean, population variance (ddof 0, as `summarize` keeps it)
     and n, for reports that keep no items; equals `scipy.stats.ttest_ind(a, b, equal_var=False, alternative=...)` on
     the items. `t`, `df`, `p` and `delta_ci95`, the two-sided t-interval of the difference whatever `alternative` (cut
@@ -79,9 +83,13 @@ def welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, alte
     mean(b), `scipy.stats.ttest_ind(a, b, equal_var=False)`, with the same null where it is undefined."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     moments = [(float(v.mean()), float(v.var()), len(v)) if len(v) else (math.nan, 0.0, 0) for v in (x, y)]
-    binary = bool(np.isin(np.concatenate([x, y]), (0.0, 1.0)).all())  # (verdicts: a difference within [-1, 1])
     return {"n_a": len(x), "n_b": len(y), **welch_from_stats(*moments[0], *moments[1], alternative=alternative,
-                                                             bounds=(-1.0, 1.0) if binary else (-math.inf, math.inf))}
+                                                             bounds=difference_bounds([*x, *y]))}
+
+
+def difference_bounds(values: Sequence[float]) -> tuple[float, float]:
+    """Where a difference of means of `values` can lie: within [-1, 1] for 0/1 outcomes (verdicts), else anywhere."""
+    return (-1.0, 1.0) if all(v in (0.0, 1.0) for v in values) else UNBOUNDED
 
 
 def summarize(values: Sequence[float | bool], key: str) -> dict[str, Any]:
@@ -185,8 +193,7 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     varies = max(changes) - min(changes) > rounding
     sd = math.sqrt(math.fsum((c - delta) ** 2 for c in changes) / (n - 1)) if varies else 0.0
     out["stderr"] = sd / math.sqrt(n)  # the sample sd, as the interval and the test use (summarize's is ddof 0)
-    binary = all(v in (0.0, 1.0) for v in (*before, *after))
-    out["ci95"] = t_interval(delta, out["stderr"], n - 1, bounds=(-1.0, 1.0) if binary else (-math.inf, math.inf))
+    out["ci95"] = t_interval(delta, out["stderr"], n - 1, bounds=difference_bounds([*before, *after]))
     if varies:
         test = stats.ttest_rel(after, before)
         out["t"], out["p"], out["test"] = float(test.statistic), float(test.pvalue), "paired t"
