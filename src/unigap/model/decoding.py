@@ -107,11 +107,15 @@ def check_positive_int(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def is_number(value: object) -> bool:
+    """A real number, not a bool (True would read as 1) nor a string ("5": a TypeError in the comparison after)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_temperature(temperature: float, positive: bool = False) -> None:
     """A finite number >= 0 (0 = greedy), or > 0 where log-probs are taken at it (not a bool, not "1", not None,
     which would fail inside the comparison with a TypeError)."""
-    number = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
-    if not (number and (temperature > 0 if positive else temperature >= 0) and temperature < math.inf):
+    if not (is_number(temperature) and (temperature > 0 if positive else temperature >= 0) and temperature < math.inf):
         raise ValueError(f"temperature must be {'> 0' if positive else '>= 0 (0 = greedy)'} and finite, "
                          f"got {temperature!r}")
 

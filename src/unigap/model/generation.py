@@ -18,7 +18,6 @@ those who need the sampling distribution itself (GRPO's ratio, as TRL computes i
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -31,6 +30,7 @@ from unigap.model.decoding import (
     check_positive_int,
     check_temperature,
     choose,
+    is_number,
     left_pad,
     make_generator,
     positions,
@@ -44,8 +44,7 @@ CFG_SCALE = 5.0  # text-to-image guidance everywhere by default: images are samp
 
 def check_guidance_scale(name: str, scale: float | None) -> None:
     """A guidance scale is None (no guidance) or a finite number >= 0 (an infinite one makes every probability NaN)."""
-    number = isinstance(scale, numbers.Real) and not isinstance(scale, bool)  # ("5": a TypeError from the comparison)
-    if scale is not None and not (number and 0 <= scale < math.inf):
+    if scale is not None and not (is_number(scale) and 0 <= scale < math.inf):
         raise ValueError(f"{name} must be None or a finite number >= 0, got {scale!r}")
 
 

@@ -18,6 +18,7 @@ from transformers.utils import logging as hf_logging
 
 from unigap.errors import UnigapWarning, UserError, first_line
 from unigap.model.checkpoint import dtype_name, read_sidecar
+from unigap.model.decoding import is_number
 from unigap.model.unified import UnifiedModel
 
 EMBEDDED = {"tiny": Path(__file__).resolve().parent.parent / "assets" / "tiny"}
@@ -109,7 +110,7 @@ def pixel_stats(directory: Path, settings: dict) -> tuple[tuple[float, ...], tup
     def stat(key: str) -> tuple[float, ...]:
         value = settings.get(key, preprocessor.get(key, DEFAULT_PIXEL_STAT))
         values = value if isinstance(value, list | tuple) else [value] * 3
-        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        numbers = all(is_number(v) and math.isfinite(v) for v in values)
         if len(values) != 3 or not numbers or (key == "image_std" and min(values) <= 0):  # (a std of 0: NaN pixels)
             raise UserError(f"{directory}: {key} must be 3 finite numbers{', each > 0' if key == 'image_std' else ''}"
                             f", got {json.dumps(value)}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import pickle
 import re
 import warnings
@@ -31,7 +30,7 @@ from torch.utils._pytree import tree_map
 from transformers import JanusForConditionalGeneration
 
 from unigap.errors import UserError, first_line
-from unigap.model.decoding import check_positive_int
+from unigap.model.decoding import check_positive_int, is_number
 
 LM_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 GENERATION_HEAD = "generation_head"
@@ -56,7 +55,7 @@ def attach_lora(
     head and `trained_modules` (names of `model.model`'s children) train in full as peft `modules_to_save`, with
     float32 master weights like the LoRA factors (`train_in_float32`)."""
     check_positive_int("LoRA rank", rank)
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < math.inf:
+    if not (is_number(alpha) and 0 < alpha < math.inf):
         raise ValueError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")  # (saved NaN: refused on loading)
     if not 0 <= dropout < 1:
         raise ValueError(f"LoRA dropout must lie in [0, 1), got {dropout}")
