@@ -24,7 +24,8 @@ def build(
     seed: int = typer.Option(0, "--seed", help="Seed: the candidates drawn from the train split, their questions "
                              "and samples all follow from it."),
     data_seed: int = typer.Option(0, "--data-seed", help="The partition into train/val/test splits, as eval's: "
-                                  "keep it at the one you evaluate on (default 0), so no pair is of a held-out prompt."),
+                                  "keep it at the one you evaluate on (default 0), so no pair is of a held-out "
+                                  "prompt."),
     out: Path = typer.Option(..., "--out", help="Output file, .jsonl or .parquet."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (und answers; gen-real)."),
     margin: float = typer.Option(MARGIN, "--margin", help="Minimum score margin (und, gen-model by the verifier)."),

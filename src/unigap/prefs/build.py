@@ -24,8 +24,8 @@ prompts, which the verifier cannot read, get pairs; each such row records the ju
 
 Candidates are (prompt spec, scene) records of the train split of partition `data_seed` (eval's), drawn by `seed`
 (`sample_records(·, data_seed, "train", draw_seed=seed)`) at the model's VQ image size, taken in order until `n`
-pairs are kept or `max_candidates` (default 4n) were tried, so the same arguments give the same file. Reference log-probs (base model, conditional-only for images) are
-computed once here and stored in the rows.
+pairs are kept or `max_candidates` (default 4n) were tried, so the same arguments give the same file. Reference
+log-probs (base model, conditional-only for images) are computed once here and stored in the rows.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ stop the rule would have made, null if none, kept when a stopped run is continue
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,8 @@ from unigap.refine.rollout import (
     rollout_loss,
 )
 from unigap.train.loop import (
-    TrainingDiverged, checkpoint_step, holds_run, kept_checkpoint, optimizer_step, refuse_unless_resuming, run_steps,
+    StepCallback, TrainingDiverged, checkpoint_step, holds_run, kept_checkpoint, optimizer_step, refuse_unless_resuming,
+    run_steps,
 )
 
 def logged_keys(reward: str = VERIFIER_REWARD) -> tuple[str, ...]:
@@ -144,7 +144,7 @@ class GRPOTrainer:
         self.step = 0
 
     def train(self, resume: bool = False, show_progress: bool = True,
-              on_step: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+              on_step: StepCallback | None = None) -> None:
         """Run to `config.steps`; with `resume`, continue from the checkpoint (the rollout buffer included);
         `on_step(done, record)` after each step (the study's bar)."""
         c = self.config
@@ -293,7 +293,7 @@ def _loop_eval(um: Any, config: GRPOConfig, show_progress: bool) -> dict[str, An
 
 def train_grpo(um: Any, config: GRPOConfig, out_dir: str | Path, resume: bool = False,
                report_to: tuple[str, ...] = (), show_progress: bool = True,
-               on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+               on_step: StepCallback | None = None) -> dict[str, Any]:
     """The refine loop before training, GRPO (`on_step` as `GRPOTrainer.train`'s), the loop after it; `grpo.json`
     (written last) in OUT."""
     out = Path(out_dir)

@@ -132,7 +132,7 @@ def run_steps(
     run_name: str | None = None,
     extra_state: Callable[[], dict[str, Any]] = dict,
     restore_extra: Callable[[dict[str, Any]], None] = lambda state: None,
-    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    on_step: StepCallback | None = None,
     bf16: bool = False,
     free_settings: Sequence[str] = (),
     required_settings: Sequence[str] = (),

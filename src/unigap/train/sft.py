@@ -28,7 +28,7 @@ from unigap.model.checkpoint import model_identity
 from unigap.model.images import ImageInput
 from unigap.train.config import check_field, check_field_types, check_ranges
 from unigap import distributed
-from unigap.train.loop import LOG_FILE, TrainingDiverged, optimizer_step, run_steps
+from unigap.train.loop import LOG_FILE, StepCallback, TrainingDiverged, optimizer_step, run_steps
 from unigap.train.trainer import TrainResult
 
 
@@ -181,7 +181,7 @@ class SFTTrainer:
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup, options.steps)
         self.step = 0
 
-    def train(self, resume: bool = False, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+    def train(self, resume: bool = False, on_step: StepCallback | None = None) -> TrainResult:
         """Run to `options.steps`; with `resume`, continue from the checkpoint in the output directory."""
         o = self.options
 

@@ -11,7 +11,7 @@ Logged keys (`LOGGED_KEYS`): step, lr, loss, und/loss, <representation>/loss, gr
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ class UniMRGTrainer(SFTTrainer):
             tasks[name] = (ImageToImageTask(data.images, INSTRUCTIONS[name], data.targets[name]), weight)
         super().__init__(um, config, tasks, out_dir, f"{Path(out_dir).name}-{config.objective}", report_to)
 
-    def train(self, resume: bool = False, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+    def train(self, resume: bool = False, on_step: StepCallback | None = None) -> TrainResult:
         with _fixed_instructions():  # each step encodes the instructions
             return super().train(resume, on_step)
 
@@ -63,8 +63,8 @@ def train_unimrg(um: Any, config: UniMRGConfig, out_dir: str | Path, resume: boo
                  report_to: tuple[str, ...] = (), show_progress: bool = True, data: UniMRGData | None = None,
                  on_step: StepCallback | None = None) -> TrainResult:
     """Build the data (unless given: it depends on the data settings only, not on the seed), then train (or resume)
-    a run in `out_dir`, with progress bars (and `on_step` as `train_sft`'s): what `unigap train --objective unimrg|und-sft` and the study's `unimrg`
-    and `und-sft` arms run."""
+    a run in `out_dir`, with progress bars (and `on_step` as `train_sft`'s): what `unigap train --objective
+    unimrg|und-sft` and the study's `unimrg` and `und-sft` arms run."""
     from unigap import distributed
     from unigap.progress import progress
     from unigap.unimrg.data import build_data
