@@ -91,11 +91,15 @@ class Geometry:
         return float(self.radius_small + self.radius_large + 1)
 
 
+def _fraction(value: Any) -> bool:
+    """A real number that is no whole number (inf and nan among them)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not float(value).is_integer()
+
+
 def whole_number(value: Any) -> int:
     """An integer field as a plain int (from a numpy integer too, or a JSON number like 20.0): a fraction, a bool,
     inf or nan is a `ValueError`, not cut to an int."""
-    if isinstance(value, bool) or (isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
-                                   and not float(value).is_integer()):
+    if isinstance(value, bool) or _fraction(value):
         raise ValueError(f"{value!r} is not a whole number")
     return int(value)
 
@@ -119,8 +123,7 @@ class SceneObject:
             raise UserError(f"unknown size {self.size!r}; expected one of {', '.join(SIZES)}")
         for name in ("x", "y"):  # plain ints: a numpy one does not write as JSON, a fraction is not a pixel
             value = getattr(self, name)
-            if (isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isfinite(value)
-                    and not float(value).is_integer()):  # (cut to an int before fractions were refused)
+            if _fraction(value) and math.isfinite(value):  # (cut to an int before fractions were refused)
                 warnings.warn(f"{name} {float(value)} of a scene object is not a whole number of pixels: cut to "
                               f"{int(value)}, and refused in a later release", UnigapDeprecationWarning, stacklevel=3)
                 value = int(value)
