@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from unigap.evaluate import normalize_answer, summarize, summarize_by
-from unigap.evaluate.stats import paired_difference, t_interval, welch, welch_from_stats
+from unigap.evaluate.stats import SHARE, paired_difference, summarize_mean, t_interval, welch, welch_from_stats
 
 
 def test_binary_outcomes_give_binomial_stderr():
@@ -113,3 +113,13 @@ def test_a_paired_change_of_verdicts_stays_within_one_either_way():
     assert graded["ci95"][0] < -1.0 and graded["ci95"][1] > 0.5
     assert welch([1, 0], [0, 1, 1])["delta_ci95"] == [-1.0, 1.0]  # (items that do not line up: [-2.9, 2.6])
     assert welch([0.2, 0.9], [0.1, 0.5, 0.9])["delta_ci95"][0] < -1.0
+
+
+def test_a_graded_mean_keeps_its_interval_within_what_the_quantity_can_be():
+    """(A mean P(yes) of 0.975 over 4 images read [0.895, 1.055].)"""
+    values = [0.99, 0.99, 0.99, 0.93]
+    low, high = stats.t.interval(0.95, 3, loc=np.mean(values), scale=stats.sem(values))
+    assert high > 1
+    assert summarize_mean(values, SHARE)["ci95"] == pytest.approx([low, 1.0])
+    assert summarize_mean(values)["ci95"] == pytest.approx([low, high])  # (unbounded: scipy's)
+    assert summarize_mean([0.5], SHARE)["ci95"] is None and summarize_mean([], SHARE)["ci95"] is None

@@ -25,7 +25,7 @@ def test_an_exact_reflector_and_editor_fix_round_zero_and_then_stop(stub) -> Non
     assert rounds[1]["worse"]["rate"] == 0.0 and rounds[1]["n"] == len(trajectories)
     colours = rounds[1]["by_category"]["colors"]  # per category with its interval too
     assert colours["n"] == 6 and colours["ci95"][0] <= colours["accuracy"] <= colours["ci95"][1]
-    stop = stop_metrics(trajectories)
+    stop = stop_metrics(trajectories, 3)
     assert stop["rate"]["rate"] >= 0.75 and stop["stopped_on_wrong"]["rate"] == 0.0
     assert all(t.verdict_after(3) == t.verified[-1] for t in trajectories)  # stopped prompts carry their image
 
@@ -175,7 +175,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, args: list[str
     assert not (tmp_path / "out").exists()
 
 
-def test_a_format_failure_is_no_stop_decision_and_the_mean_stop_round_has_an_interval() -> None:
+def test_a_format_failure_is_no_stop_decision_and_the_mean_stop_round_has_an_interval_within_the_rounds() -> None:
     """A reflection outside the grammar ends its prompt with the image kept; it was counted as having gone on past a
     correct image (here the only such case), and in the decisions' denominator."""
     from unigap.evaluate.data import prompt_specs
@@ -187,11 +187,13 @@ def test_a_format_failure_is_no_stop_decision_and_the_mean_stop_round_has_an_int
                                     reflections=["move the circle above the square", NO_EDIT], stop_round=2)
     garbled = Trajectory(specs[1], images=[None], verified=[True], reflections=["garbage"], format_failure_round=1)
     stopped_on_wrong = Trajectory(specs[2], images=[None], verified=[False], reflections=[NO_EDIT], stop_round=1)
-    stop = stop_metrics([fixed_then_stopped, garbled, stopped_on_wrong])
+    stop = stop_metrics([fixed_then_stopped, garbled, stopped_on_wrong], 3)
     assert stop["decisions"] == 3 and stop["went_on_past_correct"]["rate"] == 0
     assert stop["stopped_on_correct"]["rate"] == stop["stopped_on_wrong"]["rate"] == pytest.approx(1 / 3)
-    low, high = stop["mean_round"]["ci95"]
-    assert stop["mean_round"]["mean"] == 1.5 and low < 1.5 < high
-    from scipy import stats  # the t-interval of the stop rounds 2 and 1: the sample sd, as scipy takes it
-    assert [low, high] == pytest.approx(list(stats.t.interval(0.95, 1, loc=1.5, scale=stats.sem([2, 1]))))
-    assert stop_metrics([stopped_on_wrong])["mean_round"]["ci95"] is None  # one stop: no interval
+    assert stop["mean_round"]["mean"] == 1.5
+    from scipy import stats  # the t-interval of the stop rounds 2 and 1 (the sample sd, as scipy takes it) ...
+    low, high = stats.t.interval(0.95, 1, loc=1.5, scale=stats.sem([2, 1]))
+    assert low < 1 and high > 3  # ... reaches past both ends of rounds 1..3, where it is cut
+    assert stop["mean_round"]["ci95"] == [1.0, 3.0]
+    assert stop_metrics([fixed_then_stopped, stopped_on_wrong], 10)["mean_round"]["ci95"] == pytest.approx([1.0, high])
+    assert stop_metrics([stopped_on_wrong], 3)["mean_round"]["ci95"] is None  # one stop: no interval

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from unigap.evaluate.progress import map_batches
-from unigap.evaluate.stats import summarize, summarize_grouped
+from unigap.evaluate.stats import SHARE, summarize_grouped, summarize_mean
 from unigap.model.generation import CFG_SCALE
 from unigap.world import CATEGORIES, PromptSpec, verify
 
@@ -137,7 +137,7 @@ def generation_metrics(records: Sequence[dict[str, Any]]) -> dict[str, dict[str,
         "generation": metric("verified", "accuracy"),
         "nonunification": {
             **metric("self_rejected", "score"),
-            "mean_p_yes": summarize([r["p_yes"] for r in records], "mean"),
+            "mean_p_yes": summarize_mean([r["p_yes"] for r in records], SHARE),
         },
         "weak_generation": metric("weak_generation", "rate", rejected),
         "judge": metric("judge_correct", "accuracy"),
@@ -162,10 +162,10 @@ def judged_generation(judge: Judge, um: ImageModel, specs: Sequence[PromptSpec],
         "judge": judge.name,
         **summarize_grouped(decided, "judge_accepted", "accuracy", "category", CATEGORIES, "by_category"),
         "undecided": len(records) - len(decided),
-        "mean_score": summarize([r["judge_score"] for r in decided], "mean"),
+        "mean_score": summarize_mean([r["judge_score"] for r in decided], SHARE),
         "weak_generation": summarize_grouped(weak, "judged_weak_generation", "rate", "category", CATEGORIES,
                                              "by_category"),
     }
     for name, factor in judge.scaled_scores:
-        metric[f"mean_{name}"] = summarize([factor * r["judge_score"] for r in decided], "mean")
+        metric[f"mean_{name}"] = summarize_mean([factor * r["judge_score"] for r in decided], (0.0, factor))
     return metric

@@ -107,6 +107,20 @@ def summarize(values: Sequence[float | bool], key: str) -> dict[str, Any]:
     return {key: mean, "n": n, "stderr": math.sqrt(variance / n)}
 
 
+def summarize_mean(values: Sequence[float], bounds: tuple[float, float] = UNBOUNDED) -> dict[str, Any]:
+    """`summarize` of a graded quantity (key `mean`) with its t-interval cut to the quantity's `bounds`: a mean
+    P(yes) of 0.98 over 5 images has no interval past 1."""
+    metric = summarize(values, "mean")
+    metric["ci95"] = _mean_interval(metric, bounds)
+    return metric
+
+
+def _mean_interval(metric: dict[str, Any], bounds: tuple[float, float] = UNBOUNDED) -> list[float] | None:
+    """The t-interval (sample sd, n − 1 df) of a `summarize`d mean; null below 2 values."""
+    n, mean, stderr = metric["n"], metric["mean"], metric["stderr"]
+    return None if mean is None or n < 2 else t_interval(mean, stderr * math.sqrt(n / (n - 1)), n - 1, bounds=bounds)
+
+
 def with_ci(metric: dict[str, Any], key: str) -> dict[str, Any]:
     """The metric (a share of n outcomes) with `ci95`, Wilson's score interval: within [0, 1] at small n and at
     shares of 0 or 1, where value ± 1.96 stderr is not (null when the value is). A graded mean (the VQA soft score)
@@ -138,8 +152,7 @@ def with_cis(node: Any) -> Any:
         if share is not None:
             with_ci(node, share)
         elif "mean" in node:
-            n, mean, stderr = node["n"], node["mean"], node["stderr"]
-            node["ci95"] = None if mean is None or n < 2 else t_interval(mean, stderr * math.sqrt(n / (n - 1)), n - 1)
+            node["ci95"] = _mean_interval(node)
     return node
 
 

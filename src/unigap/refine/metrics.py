@@ -28,7 +28,8 @@ from unigap.evaluate.data import FreePrompt
 from unigap.evaluate.generation import self_p_yes, stream_seed
 from unigap.evaluate.judges import JUDGES, Judge
 from unigap.evaluate.progress import map_items
-from unigap.evaluate.stats import paired_difference, summarize, summarize_grouped, with_ci, with_cis
+from unigap.evaluate.stats import (paired_difference, summarize, summarize_grouped, summarize_mean, with_ci,
+                                   with_cis)
 from unigap.refine.loop import Refinable, Trajectory, verdict_after
 from unigap.world import CATEGORIES, PromptSpec
 
@@ -77,17 +78,18 @@ def round_metrics(trajectories: Sequence[Trajectory], rounds: int,
     return out
 
 
-def stop_metrics(trajectories: Sequence[Trajectory], verdicts: Verdicts | None = None) -> dict[str, Any]:
-    """How often and when prompts stop (every prompt; `mean_round` with its t-interval), and whether each stop
-    decision was right (by the verifier, or by `verdicts`, over the prompts decided). A reflection outside the
-    grammar under `edit` is no decision: its prompt ends with its image kept, counted as a format failure."""
+def stop_metrics(trajectories: Sequence[Trajectory], rounds: int, verdicts: Verdicts | None = None) -> dict[str, Any]:
+    """How often and when prompts stop (every prompt; `mean_round` with its t-interval, within 1..rounds), and
+    whether each stop decision was right (by the verifier, or by `verdicts`, over the prompts decided). A reflection
+    outside the grammar under `edit` is no decision: its prompt ends with its image kept, counted as a format
+    failure."""
     decisions = []  # (stopped, image accepted) for every reflection that decided
     for t, v in _decided(trajectories, verdicts):
         for note_round in range(1, len(t.reflections) + 1):
             if t.format_failure_round != note_round:  # (a format failure is no decision)
                 decisions.append((t.stop_round == note_round, v[note_round - 1]))
     stopped = [t.stop_round for t in trajectories if t.stop_round is not None]
-    mean_round = with_cis(summarize(stopped, "mean"))  # (one stop: no spread to take an interval from)
+    mean_round = summarize_mean(stopped, (1.0, float(rounds)))  # (one stop: no spread to take an interval from)
     return {
         "rate": _rate([t.stop_round is not None for t in trajectories]),
         "mean_round": mean_round,
@@ -150,5 +152,5 @@ def judged_part(judge: Judge, um: Any, trajectories: Sequence[Trajectory], round
     flat = [(t.spec, image) for t in trajectories for image in t.images]
     verdicts = iter(judge.verdicts(um, [image for _, image in flat], [spec for spec, _ in flat]))
     per_prompt = [[next(verdicts) for _ in t.images] for t in trajectories]
-    return {"rounds": round_metrics(trajectories, rounds, per_prompt), "stop": stop_metrics(trajectories, per_prompt),
+    return {"rounds": round_metrics(trajectories, rounds, per_prompt), "stop": stop_metrics(trajectories, rounds, per_prompt),
             "gain": gain(trajectories, rounds, per_prompt), "verdicts": per_prompt}

@@ -122,7 +122,7 @@ def _loop_part(um: Refinable, specs: list[PromptSpec | FreePrompt], config: Refi
     trajectories = run_loop(um, specs, config.rounds, reflector, config.refiner, config.seed, config.cfg_scale,
                             config.temperature, config.batch_size, progress, config.edit_guidance)
     rounds = round_metrics(trajectories, config.rounds)
-    part = {"accuracy": rounds[-1]["accuracy"], "rounds": rounds, "stop": stop_metrics(trajectories),
+    part = {"accuracy": rounds[-1]["accuracy"], "rounds": rounds, "stop": stop_metrics(trajectories, config.rounds),
             "gain": gain(trajectories, config.rounds), "records": [t.to_dict() for t in trajectories]}
     if judge is not None:
         part["judged"] = judged_part(judge, um, trajectories, config.rounds)
