@@ -113,9 +113,11 @@ def test_a_dataset_keeps_lists_of_images_encoded(tmp_path):
     assert isinstance(row["images"][0]["bytes"], bytes) and row["prompt"] == "What color?"
 
 
-def test_a_datasets_class_labels_are_read_as_their_names(tmp_path):
+@pytest.mark.parametrize("saved", ["ds", "data.parquet"])
+def test_a_datasets_class_labels_are_read_as_their_names(tmp_path, saved):
     """Read raw, a `ClassLabel` answer or kind column held its integer codes: every "yes" reference was "1", and a
-    model answering "yes" scored 0."""
+    model answering "yes" scored 0. The same in a save_to_disk folder and in a Parquet file `datasets` wrote (the
+    Hub's files), whose schema keeps the labels."""
     datasets = pytest.importorskip("datasets")
     features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
                                   "answer": datasets.ClassLabel(names=["no", "yes"]),
@@ -123,9 +125,10 @@ def test_a_datasets_class_labels_are_read_as_their_names(tmp_path):
                                   "tags": datasets.Sequence(datasets.ClassLabel(names=["a", "b"]))})
     rows = {"image": [Image.new("RGB", (8, 8), RED)] * 2, "question": ["Red?"] * 2, "answer": [1, 0],
             "kind": [0, 1], "tags": [[1, 0], []]}
-    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
-    assert [row["tags"] for _, row in read_table(tmp_path / "ds")] == [["b", "a"], []]
-    items = read_understanding_data(tmp_path / "ds")
+    dataset = datasets.Dataset.from_dict(rows, features=features)
+    dataset.save_to_disk(str(tmp_path / saved)) if saved == "ds" else dataset.to_parquet(str(tmp_path / saved))
+    assert [row["tags"] for _, row in read_table(tmp_path / saved)] == [["b", "a"], []]
+    items = read_understanding_data(tmp_path / saved)
     assert [(item.question.answers, item.question.kind) for item in items] == [(("yes",), "colour"),
                                                                                (("no",), "count")]
 

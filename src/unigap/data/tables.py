@@ -114,7 +114,18 @@ def _parquet_rows(path: Path) -> list[Row]:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
         raise UserError(f"{path}: cannot read Parquet: {exc}") from None
-    return [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
+    rows = [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
+    return _class_names(rows, _parquet_features(table.schema.metadata or {}))
+
+
+def _parquet_features(metadata: dict[bytes, bytes]) -> dict[str, Any]:
+    """The `datasets` features a Parquet file written by `datasets` (`to_parquet`, the Hub's files) keeps in its
+    schema, as `Features.to_dict()` gives them; none for any other file."""
+    try:
+        features = json.loads(metadata[b"huggingface"])["info"]["features"]
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return features if isinstance(features, dict) else {}
 
 
 def _dataset_rows(path: Path) -> list[Row]:
@@ -133,29 +144,34 @@ def _dataset_rows(path: Path) -> list[Row]:
         # the stored rows, images still encoded ({"bytes", "path"}: decoded as they are used), read as they are: a cast
         # of a list-of-images column (TRL's `images`) would write a cache file into the user's folder
         rows = [(f"{path}:row {i}", row) for i, row in enumerate(dataset.data.to_pylist(), start=1)]
-        return _class_names(rows, dataset.features)
+        return _class_names(rows, dataset.features.to_dict())
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged folder fails inside datasets in many ways (KeyError, ...)
         raise UserError(f"{path}: cannot load the dataset: {type(exc).__name__}: {exc}") from None
 
 
-def _class_names(rows: list[Row], features: Any) -> list[Row]:
-    """The rows with each `ClassLabel` column (or list of them) as its class names: read raw, a labelled answer or
-    kind column held the integer codes ("1" where the dataset says "yes"), and -1, no label, is None."""
-    import datasets
+def _class_names(rows: list[Row], features: dict[str, Any]) -> list[Row]:
+    """The rows with each `ClassLabel` column (or list of them) as its class names, from `datasets` features in
+    their `to_dict()` form: read raw, a labelled answer or kind column held the integer codes ("1" where the dataset
+    says "yes"), and -1, no label, is None."""
 
-    def name(label: Any, value: Any) -> Any:
-        return label.int2str(value) if isinstance(value, int) and value >= 0 else None if value == -1 else value
+    def labels(feature: Any) -> list[str] | None:
+        is_label = isinstance(feature, dict) and feature.get("_type") == "ClassLabel"
+        return feature.get("names") if is_label and isinstance(feature.get("names"), list) else None
+
+    def name(names: list[str], value: Any) -> Any:
+        if isinstance(value, int) and 0 <= value < len(names):
+            return names[value]
+        return None if value == -1 else value
 
     for column, feature in features.items():
-        if isinstance(feature, datasets.ClassLabel):
-            for _, row in rows:
-                row[column] = name(feature, row[column])
-        elif isinstance(getattr(feature, "feature", None), datasets.ClassLabel):
-            for _, row in rows:
-                if isinstance(row[column], list):
-                    row[column] = [name(feature.feature, value) for value in row[column]]
+        names, listed = labels(feature), isinstance(feature, dict) and labels(feature.get("feature"))
+        for _, row in rows:
+            if column in row and names is not None:
+                row[column] = name(names, row[column])
+            elif listed and isinstance(row.get(column), list):
+                row[column] = [name(listed, value) for value in row[column]]
     return rows
 
 
