@@ -239,6 +239,15 @@ def test_vqa_normalisation_and_soft_score():
         vqa_score("x", [])
 
 
+@pytest.mark.parametrize("answer", ["", "?", "The", "an"])
+def test_an_answer_of_nothing_is_no_match_for_a_letter_choice(answer):
+    """The letter "A" of a multiple-choice reference normalises, as an article, to nothing, as do these answers: each
+    scored 1 against it."""
+    assert normalize_vqa(answer) == normalize_vqa("A") == ""
+    assert vqa_score(answer, ["A"]) == 0.0 and vqa_score(answer, ["A"] * 10) == 0.0
+    assert vqa_score("a.", ["A"]) == vqa_score("A", ["A"] * 10) == 1.0 and vqa_score("B", ["A"]) == 0.0
+
+
 def test_eval_scores_a_users_questions(tiny_dir, tmp_path, capsys, image_file):
     path = tmp_path / "und.jsonl"
     rows = [{"image": image_file, "question": "What color is the circle?", "answers": ["red"] * 3, "kind": "color"},

@@ -11,7 +11,9 @@ follows, lower case, number words to digits, articles dropped, the commonest con
 of the official table's ~110: "theres" and "oclock", which it reads as "there's" and "o'clock", are left as written;
 "im" stays "im" there too, its keys "Im" and "Ive" never matching a lower-cased word). Unlike the official script,
 which normalises only where the references disagree, every answer is normalised (as LLaVA's and lmms-eval's scorers
-do): "Yes." against ten "yes" scores 1, not 0.
+do): "Yes." against ten "yes" scores 1, not 0. Where both normalise to nothing (the articles of a letter choice
+"A", an empty or "?" answer), they match only as the same words, lower-cased without punctuation: "a." matches "A",
+and "" or "The" no longer does.
 """
 
 from __future__ import annotations
@@ -48,8 +50,18 @@ def vqa_score(answer: str, references: Sequence[str]) -> float:
     if not references:
         raise ValueError("vqa_score needs at least one reference answer")
     given = normalize_vqa(answer)
-    hits = [normalize_vqa(ref) == given for ref in references]
+    hits = [_matches(answer, given, ref) for ref in references]
     if len(hits) == 1:
         return float(hits[0])
     total = sum(hits)
     return sum(min(1.0, (total - hit) / 3) for hit in hits) / len(hits)
+
+
+def _matches(answer: str, given: str, reference: str) -> bool:
+    """`given` (the normalised answer) against the reference; the bare words where both normalise to nothing."""
+    normalised = normalize_vqa(reference)
+    return given == normalised if given or normalised else _bare(answer) == _bare(reference)
+
+
+def _bare(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
