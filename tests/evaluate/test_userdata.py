@@ -12,7 +12,7 @@ from PIL import Image
 from unigap.errors import UserError
 from unigap.data.understanding import kinds_of, read_understanding_data
 from unigap.evaluate.vqa import normalize_vqa, vqa_score
-from unigap.data.tables import read_table
+from unigap.data.tables import image_cell, read_table
 from test_eval_cli import run_main
 
 RED = (255, 0, 0)
@@ -467,3 +467,27 @@ def test_a_float_image_is_read_by_its_range_not_cast_to_black(tmp_path):
     assert rgb_pixels(Image.open(tmp_path / "unit.tiff"))[..., 0].tolist() == [[0, 128], [255, 64]]
     wide = Image.fromarray(np.array([[0.0, 100.0], [300.0, -5.0]], np.float32))  # (not 0-1: 0-255, clipped)
     assert rgb_pixels(wide)[..., 0].tolist() == [[0, 100], [255, 0]]
+
+
+def test_a_multi_frame_image_file_is_closed_once_read(tmp_path):
+    """Pillow keeps a GIF, a multi-page TIFF or a phone's MPO JPEG open after loading: one handle per row, left to
+    the garbage collector (a ResourceWarning)."""
+    import gc
+    import warnings
+
+    frames = [Image.new("RGB", (8, 8), colour) for colour in (RED, (0, 255, 0))]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert tuple(image_cell({"image": "a.gif"}, tmp_path, "x")[0, 0]) == RED
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_data_uri_or_url_is_refused_in_one_short_line(tmp_path):
+    """(Read as a path, a data URI's error line printed the whole image twice: 33,228 characters for a 12 KB PNG.)"""
+    uri = "data:image/png;base64," + "A" * 20_000
+    for cell in (uri, "https://example.com/a.png"):
+        with pytest.raises(UserError, match="URL or data URI") as caught:
+            image_cell({"image": cell}, tmp_path, "x.jsonl:1")
+        assert len(str(caught.value)) < 200

@@ -205,16 +205,19 @@ def image_cell(row: dict[str, Any], base: Path, where: str, name: str = "image")
         raise UserError(f"{where}: {name!r} is an empty path")
     if not isinstance(value, (Image.Image, bytes, Path)):  # (before the reading, whose errors name the image)
         raise UserError(f"{where}: {name!r} must be a path, bytes or an image, got {type(value).__name__}")
+    if shown.startswith(_NOT_FETCHED):  # (read as a path, the error printed a data URI's whole image, twice)
+        raise UserError(f"{where}: {name!r} is a URL or data URI ({shown[:40]}...), which unigap does not fetch: "
+                        "give a path, bytes or an image")
     try:
         if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, bytes):
-            image = Image.open(io.BytesIO(value))
-        else:
-            image = Image.open(value)
-        return rgb_pixels(image)
+            return rgb_pixels(value)
+        with Image.open(io.BytesIO(value) if isinstance(value, bytes) else value) as image:  # (a GIF stays open)
+            return rgb_pixels(image)
     except UNREADABLE_IMAGE as exc:
         raise UserError(f"{where}: cannot read image {shown}: {exc}") from None
+
+
+_NOT_FETCHED = ("data:", "http://", "https://", "s3://", "gs://", "hf://")
 
 
 @dataclass(frozen=True)
