@@ -351,6 +351,16 @@ def test_rows_are_lines_split_at_line_ends_only_and_mixed_answer_columns_are_rea
     assert _answers(columnwise, "ds:row 1") == ("red", "pink")
 
 
+def test_the_majority_of_a_rows_answers_is_the_one_exact_match_and_sft_use() -> None:
+    """VQAv2's ten answers in annotator order: exact match compared with, and SFT trained on, the first annotator's
+    ("pink"), where the dataset's own `multiple_choice_answer` is the majority's."""
+    from unigap.data.understanding import _answers
+
+    assert _answers({"answers": ["pink", "red", "Red ", "blue", "red"]}, "x") == ("red", "pink", "Red ", "blue", "red")
+    assert _answers({"answers": ["pink", "red"]}, "x") == ("pink", "red")  # (a tie: the earliest)
+    assert _answers({"answers": ["pink", "red", "red"], "answer": "PINK"}, "x")[0] == "pink"  # (given: kept)
+
+
 def test_the_eval_table_prints_a_users_kind_names_as_written() -> None:
     """Question kinds are the user's `kind` column: `lora[r8]` printed as `lora`, and `x[/b]` raised MarkupError."""
     from rich.console import Console

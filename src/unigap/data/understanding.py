@@ -4,8 +4,8 @@ Columns: `image` (a path relative to the file's folder, bytes, or an image), `qu
 string) or `answers` (several reference answers, VQA-style; in CSV a JSON list) or both (`answer` one of `answers`,
 the one exact match compares with), optionally `kind` (a question type, for the per-kind breakdown; "all" when
 absent). The items look like ShapeWorld's `UnderstandingItem`s to
-`answer_items`, so one scorer serves both: normalised exact match against the first reference, plus the VQA soft
-score against all of them.
+`answer_items`, so one scorer serves both: normalised exact match against the first reference (`answer`, or the
+majority of `answers`), plus the VQA soft score against all of them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class UserQuestion:
 
     @property
     def answer(self) -> str:
-        """The reference exact match compares against: the first one."""
+        """The reference exact match compares against and SFT trains on: the first one (see `_answers`)."""
         return self.answers[0]
 
 
@@ -81,18 +81,21 @@ def _answer_text(value: Any, whole_floats: bool = False) -> str | None:
 
 
 def _answers(row: dict[str, Any], where: str, whole_floats: bool = False) -> tuple[str, ...]:
-    """The row's reference answers, its `answer` first where it gives both (the one exact match compares with: the
-    soft score does not depend on their order); `whole_floats`: its `answer` cell is pandas' float (`_answer_text`)."""
+    """The row's reference answers, first the one exact match compares with and SFT trains on (the soft score does
+    not depend on their order): its `answer` where it gives both, else the majority answer (VQAv2's
+    `multiple_choice_answer`; the earliest on a tie), not whichever annotator came first. `whole_floats`: its
+    `answer` cell is pandas' float (`_answer_text`)."""
     if row.get("answers") not in (None, ""):  # (a CSV row that fills only `answer` leaves `answers` empty)
         answers = _references(row, where)
         answer = _answer_text(row.get("answer"), whole_floats)  # (None where absent, blank or NaN: a pandas gap)
+        folded = [" ".join(a.lower().split()) for a in answers]  # ("Yes" is "yes"; "yes " is "yes")
         if answer is None:
-            return answers
-        folded = [" ".join(a.lower().split()) for a in (answer, *answers)]  # ("Yes" is "yes"; "yes " is "yes")
-        if folded[0] not in folded[1:]:
+            same = max(range(len(answers)), key=lambda i: (folded.count(folded[i]), -i))
+        elif (given := " ".join(answer.lower().split())) in folded:
+            same = folded.index(given)
+        else:
             raise UserError(f"{where}: its 'answer' {row['answer']!r} is not one of its 'answers'; give one of them, "
                             "or leave one column out")
-        same = folded.index(folded[0], 1) - 1
         return (answers[same], *answers[:same], *answers[same + 1:])
     if "answer" not in row:
         raise UserError(f"{where}: needs an 'answer' or an 'answers' column (it has {', '.join(map(repr, row))})")
