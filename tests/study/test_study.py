@@ -153,7 +153,8 @@ def test_a_rerun_with_more_arms_adds_them_and_one_with_fewer_runs_nothing(
     assert f"study: adding joint to the study in {out}" in capsys.readouterr().err.splitlines()
     assert _jobs(out)[len(_jobs(finished)):] == ["joint, seed 0", "joint, seed 1"]  # the rest was there already
     saved = json.loads((out / "study.json").read_text())
-    assert saved["methods"] == [*small_config.methods, "joint"]  # every arm the folder holds
+    assert saved["methods"] == [*small_config.methods_in_order(), "joint"]  # every arm the folder holds, its soups
+    assert "soup-0.5" in saved["methods"] and "soup-0.5" not in small_config.methods  # (the post-hoc arms too)
     results = build_report(out, out).results
     assert results["methods"] == [*METHODS[:3], "joint", *METHODS[3:]]
     run_study(small_config.scaled(methods=("und-only",)), out, show_progress=False)

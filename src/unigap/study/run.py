@@ -218,7 +218,7 @@ def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str,
     jobs run (each arm's runs are its own folders, and the report reads every arm there), so a rerun with other
     --methods adds arms, and study.json lists every arm asked of the folder."""
     earlier = (read_record(out / STUDY_FILE) or {}).get("methods") or []
-    methods = [*earlier, *(m for m in config.methods if m not in earlier)]
+    methods = [*earlier, *(m for m in config.methods_in_order() if m not in earlier)]  # (the soups it runs too)
     recorded = {WEIGHTS_KEY: weights, **(edit_guidance or {}), **({DTYPE_KEY: dtype} if dtype else {})}
     defaults = FULL.to_dict() | {WEIGHTS_KEY: weights, DTYPE_KEY: dtype}  # a study from before a setting: its default
     free: tuple[str, ...] = ("methods", "grpo_micro_batch_size")  # (the latter changes only rounding)
