@@ -162,6 +162,20 @@ def test_a_rerun_with_more_arms_adds_them_and_one_with_fewer_runs_nothing(
     assert json.loads((out / "study.json").read_text())["methods"] == saved["methods"]
 
 
+def test_a_checkpoint_left_by_a_kill_after_the_evaluation_is_dropped_on_rerun(tmp_path: Path, finished: Path,
+                                                                               small_config: StudyConfig) -> None:
+    """A run killed between writing its eval.json and dropping its resume checkpoint was never run again: its
+    LoRA, heads and optimiser state stayed for good."""
+    out = tmp_path / "killed"
+    shutil.copytree(finished, out)
+    left = out / "und-only" / "seed1" / "checkpoint"
+    assert not left.exists() and (left.parent / "adapter_model.safetensors").is_file()  # (dropped, adapter kept)
+    left.mkdir()
+    (left / "checkpoint.pt").write_bytes(b"state")
+    run_study(small_config, out, show_progress=False)
+    assert not left.exists() and _jobs(out) == _jobs(finished)  # (dropped, and nothing run again)
+
+
 def test_the_manifest_of_a_rerun_lists_every_arm_of_the_folder(
     tmp_path: Path, finished: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,7 +8,6 @@ run of (an option missing, unknown, or one the study sets itself) fails at once,
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -69,7 +68,7 @@ def check_options(arm: Arm, config: Any) -> None:
 
 
 def train_strategy(runner: Any, name: str, seed: int) -> None:
-    """Multi-task DPO with the arm's strategy (continuing a killed run), evaluated; its resume checkpoint dropped."""
+    """Multi-task DPO with the arm's strategy (continuing a killed run), evaluated."""
     from unigap.train.trainer import DPOTrainer
 
     c = runner.config
@@ -79,7 +78,6 @@ def train_strategy(runner: Any, name: str, seed: int) -> None:
     with runner.bar(f"{name} DPO", c.steps) as update:
         trainer.train(trainer.has_checkpoint, lambda step, record: update(step))
     runner.evaluate(um, name, seed)
-    shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)  # the adapter and log stay
 
 
 def _soup_lambda(name: str) -> float:
@@ -216,7 +214,8 @@ def _with_final_images(runner: Any, name: str, seed: int, um: Any, final: FinalI
 
 def unimrg(runner: Any, name: str, seed: int) -> None:
     """`unigap train --objective <the arm's>` (unimrg or und-sft) with its own defaults at the study's step budget
-    (continuing a killed run), evaluated; its resume checkpoint dropped."""
+    (continuing a killed run), evaluated."""
+    from unigap.train.loop import CHECKPOINT_DIR
     from unigap.unimrg import build_data
     from unigap.unimrg.trainer import train_unimrg
 
@@ -228,17 +227,17 @@ def unimrg(runner: Any, name: str, seed: int) -> None:
                                                config.sentence_fraction, maps))
     out = runner.run_dir(name, seed)
     with runner.bar(f"{name} steps", config.steps) as update:  # (its own bars would break the study's display)
-        result = train_unimrg(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False, data=data,
-                              on_step=lambda done, record: update(done))
+        train_unimrg(um, config, out, resume=(out / CHECKPOINT_DIR).is_dir(), show_progress=False, data=data,
+                     on_step=lambda done, record: update(done))
     runner.evaluate(um, name, seed)
-    shutil.rmtree(result.out_dir / "checkpoint", ignore_errors=True)  # the adapter and log stay
 
 
 def sft(runner: Any, name: str, seed: int) -> None:
     """`unigap train --objective sft` on rendered train scenes: `unigap world sample`'s files (images with the
     prompt each satisfies, and two questions per image), written once per study, at the SFT arms' step and scene
-    budget; evaluated; its resume checkpoint dropped. The scenes are the first of the shipped model's pretraining
-    corpus (draw seed = `data_seed`); fresh ones (`--draw-seed`) did no better (docs/experiments.md)."""
+    budget; evaluated. The scenes are the first of the shipped model's pretraining corpus (draw seed = `data_seed`);
+    fresh ones (`--draw-seed`) did no better (docs/experiments.md)."""
+    from unigap.train.loop import CHECKPOINT_DIR
     from unigap.train.sft_data import SFTConfig, train_sft
     from unigap.world.dataset import QUESTIONS_FILE, SAMPLES_FILE, write_dataset
 
@@ -251,7 +250,6 @@ def sft(runner: Any, name: str, seed: int) -> None:
     um = runner.model()
     out = runner.run_dir(name, seed)
     with runner.bar(f"{name} steps", config.steps) as update:
-        result = train_sft(um, config, out, resume=(out / "checkpoint").is_dir(), show_progress=False,
-                           on_step=lambda done, record: update(done))
+        train_sft(um, config, out, resume=(out / CHECKPOINT_DIR).is_dir(), show_progress=False,
+                  on_step=lambda done, record: update(done))
     runner.evaluate(um, name, seed)
-    shutil.rmtree(result.out_dir / "checkpoint", ignore_errors=True)  # the adapter, log and token cache stay

@@ -23,6 +23,7 @@ Layout of OUT (what `unigap.report.load_study` reads)::
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ from unigap.manifest import read_record
 from unigap.metrics_log import keep_log_rows
 from unigap.study.results import ANSWER_LENGTH_FILE, BASE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
 from unigap.study.config import FULL, StudyConfig
+from unigap.train.loop import CHECKPOINT_DIR
 from unigap.arms import ARMS
 
 WEIGHTS_KEY = "model_weights"  # in study.json: the weights_fingerprint of the model the study ran on
@@ -51,11 +53,13 @@ PREFS_DIR = "prefs"
 
 @dataclass(frozen=True)
 class Job:
-    """One step of the study; done when `output` exists."""
+    """One step of the study; done when `output` exists. `scratch`: its resume checkpoint, dropped once `output` is
+    written (by the runner, so that a kill between the two leaves no checkpoint behind for ever)."""
 
     name: str
     output: Path
     run: Callable[[], None]
+    scratch: Path | None = None
 
 
 class StudyRunner:
@@ -85,8 +89,8 @@ class StudyRunner:
             jobs += [Job(f"{task} pairs", self.prefs_file(task), partial(self.build_pairs, task)) for task in ("und", "gen")]
             jobs.append(Job("gradient diagnostics", self.run_dir(BASE, 0) / DIAGNOSTICS_FILE, self.diagnose))
         for k in range(c.seeds):
-            jobs += [Job(f"{name}, seed {k}", self.eval_file(name, k), partial(ARMS[name].build(), self, name, k))
-                     for name in c.methods_in_order()]
+            jobs += [Job(f"{name}, seed {k}", self.eval_file(name, k), partial(ARMS[name].build(), self, name, k),
+                         self.run_dir(name, k) / CHECKPOINT_DIR) for name in c.methods_in_order()]
         if "und-only" in c.methods:  # the question P1 leaves open: does answer length decide understanding DPO?
             from unigap.study.answer_length import answer_length
 
@@ -268,5 +272,7 @@ def run_study(config: StudyConfig, out: str | Path, show_progress: bool = True) 
                     row = {"job": job.name, "seconds": time.perf_counter() - started}
                     with (out / JOBS_FILE).open("a", encoding="utf-8") as handle:
                         handle.write(json.dumps(row | ({} if job.output.is_file() else {"interrupted": True})) + "\n")
+            if job.scratch is not None:  # (the adapter and log stay)
+                shutil.rmtree(job.scratch, ignore_errors=True)
             progress.advance(overall)
     return out
