@@ -208,6 +208,18 @@ def test_a_claims_sentence_gives_each_seeds_difference_and_the_test_over_them(bu
     assert f"; per seed {deltas}, over them p {row['seed_level']['p']:.2g}; paired t-test" in sentence(claim)
 
 
+def test_a_claim_no_test_could_weigh_is_not_tested_rather_than_not_reproduced() -> None:
+    from unigap.report.claims import sentence, verdicts
+
+    row = {"delta": 0.5, "delta_ci95": None, "p": None, "welch": {"p": None}, "test": "welch",
+           "significant_in_family": False,
+           "seed_level": {"deltas": [], "p": None}}
+    results = {"arms": [{"name": "und-only", "family": "p1"}], "results": {"und-only": {"understanding.accuracy": row}},
+               "bonferroni": {"families": {"p1": {"tests": 0}}}}
+    [claim] = verdicts(results)
+    assert claim["verdict"] == "not tested" and "no test result for und-only" in sentence(claim)
+
+
 @pytest.mark.parametrize("count", [1, 3, 5, 7])
 def test_every_column_of_panels_shows_its_step_axis(count, tmp_path, monkeypatch) -> None:
     """With a part-empty last row the panels above the hidden ones end their columns: they carry the step axis

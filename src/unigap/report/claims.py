@@ -86,7 +86,7 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         if family not in ran:
             continue
         test = _test(results, claim)
-        if test is None:
+        if test is None or test["p"] is None:  # (a Δ no test could weigh: n = 1 a side, or no variance)
             verdict = "not tested"
         elif not test["significant"]:
             verdict = "not reproduced"
