@@ -192,6 +192,7 @@ def test_the_manifest_of_a_rerun_lists_every_arm_of_the_folder(
     assert exit_info.value.code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["command"] == "study" and manifest["config"]["methods"] == [*study["methods"], "joint"]
+    assert manifest["device"] == "cpu"  # (it was null in every study's and tuning run's manifest)
 
 
 def test_other_settings_on_the_same_directory_are_refused(finished: Path, small_config: StudyConfig) -> None:

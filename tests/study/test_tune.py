@@ -98,6 +98,7 @@ def test_the_cli_writes_a_manifest_and_keeps_other_commands_out(tuned: tuple[Pat
     assert exit_info.value.code in (0, None), capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["command"] == "tune" and manifest["config"]["lrs"] == [0.03] and manifest["ended_at"]
+    assert manifest["device"] == "cpu"
     for finished in (True, False):
         if not finished:
             (out / "manifest.json").unlink()

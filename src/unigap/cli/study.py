@@ -66,11 +66,19 @@ def study_command(
 
     out = out or default_out(quick)
     with manifest("study", asdict(config), seeds=list(range(config.seeds)), judge={"name": "verifier"}) as record:
+        record["device"] = _device()
         built = build_report(run_study(config, out), out, title=f"unigap study: {config.model}")
         record["config"]["methods"] = built.results["config"]["methods"]  # study.json's: every arm of the folder
     write_manifest(out, record)
     print_table(summary_table(built.results))
     typer.echo(f"wrote {out / 'report.html'} (and results.json, results.csv, figures) in {out}")
+
+
+def _device() -> str:
+    """Where the study's or tuning run's models load (`load_model`'s default), as every manifest records it."""
+    from unigap.model.loading import default_device_and_dtype
+
+    return str(default_device_and_dtype(None, None)[0])
 
 
 def _listed(values: tuple) -> str:
@@ -133,6 +141,7 @@ def tune_command(
     )  # fmt: skip
     console = Console(stderr=True, log_path=False)  # a timed line per stage, without the source line it was logged at
     with manifest("tune", config.to_dict(), seeds=[seed], judge={"name": "verifier"}) as record:
+        record["device"] = _device()
         results = tune(config, out, progress=lambda what: console.log(f"tune: {what}"))
     write_manifest(out, record)
     rendered = Table(*TABLE_HEADER, title=f"gen-only DPO on the validation split (n = {config.n}, seed {seed})")
