@@ -64,14 +64,15 @@ def test_an_out_name_too_long_for_its_temporaries_fails_before_any_work(tmp_path
     (["selfimprove", "--method", "sft", "--curriculum-at", "1"], "curriculum-at applies to the curriculum methods"),
     (["generate", "--model", "tiny", "--prompt", "a red circle", "--seed", "-1"], "--seed must be >= 0, got -1"),
     (["refine", "train", "--split", "train"], "--split (eval_split) must be test or val, got 'train'"),
-    (["eval", "--model", "tiny", "--edit-cfg", "-1"], "--edit-cfg must be >= 0, got -1.0"),
+    (["eval", "--model", "tiny", "--edit-cfg", "-1"], "--edit-cfg must be a number from 0 to 1e+06, got -1.0"),
     (["eval", "--model", "tiny", "--prompts", "train"], "--prompts train: eval's held-out prompts are chosen by --split"),
-    (["refine", "--edit-image-cfg", "-2"], "--edit-image-cfg must be >= 0, got -2.0"),
+    (["refine", "--edit-image-cfg", "-2"], "--edit-image-cfg must be a number from 0 to 1e+06, got -2.0"),
     (["tune", "--seed", "-1"], "seed and data seed must be >= 0, got -1 and 0"),
     (["prefs", "build", "--model", "tiny", "--kind", "gen-model", "--n", "2", "--cfg-scale", "-1"],
-     "temperature and cfg scale must be >= 0, got 1.0 and -1.0"),
+     "cfg scale must be a number from 0 to 1e+06 (or None: no guidance), got -1.0"),
     (["prefs", "build", "--model", "tiny", "--kind", "gen-real", "--n", "2", "--temperature", "-1"],
-     "temperature and cfg scale must be >= 0, got -1.0 and 5.0"),
+     "temperature must be >= 0 (0 = greedy) and finite (a positive one at least 1e-06), got -1.0"),
+    (["refine", "--model", "tiny", "--edit-cfg", "1e38"], "--edit-cfg must be a number from 0 to 1e+06, got 1e+38"),
     (["selfimprove", "--prompts", "test"], "--prompts test: the test split is held out"),
     (["selfimprove", "--prompts", "nowhere.txt"], "--prompts must be a split (train) or a prompt file; nowhere.txt is "
                                                   "neither"),  # (the held-out splits are refused)
@@ -179,6 +180,24 @@ def test_a_config_with_inf_is_one_line(tmp_path: Path, capsys) -> None:
     config.write_text("lr = inf\n")
     code, err = _run(capsys, ["selfimprove", "--config", str(config), "--out", str(tmp_path / "out")])
     assert code == 2 and err == "unigap: error: config key lr must be a finite number, got inf\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("command", "setting", "says"), [
+    (["selfimprove"], "temperature = 1e-38", "temperature must be >= 0 (0 = greedy) and finite (a positive one at "
+                                             "least 1e-06), got 1e-38"),
+    (["selfimprove"], "loss_cfg_scale = 1e38", "loss-cfg-scale must be a number from 0 to 1e+06 (or None"),
+    (["refine", "train"], "edit_image_cfg_scale = 1e38", "edit-image-cfg-scale must be a number from 0 to 1e+06"),
+    (["refine", "train"], "temperature = 1e-300", "temperature must be >= 0 (0 = greedy) and finite (a positive one"),
+])
+def test_a_config_sampling_setting_that_overflows_the_logits_is_one_line(tmp_path: Path, capsys, command, setting,
+                                                                         says) -> None:
+    """(Refused only once the model had loaded and sampled: torch's "probability tensor contains either inf, nan or
+    element < 0".)"""
+    config = tmp_path / "c.toml"
+    config.write_text(setting + "\n")
+    code, err = _run(capsys, [*command, "--config", str(config), "--out", str(tmp_path / "out")])
+    assert code == 2 and err.startswith(f"unigap: error: {says}") and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
 
 
@@ -710,6 +729,28 @@ def test_a_full_disk_at_a_reports_write_is_the_same_line_not_bad_input(tmp_path:
     out = tmp_path / "eval.json"
     code, err = _run(capsys, ["eval", "--model", "tiny", "--n", "2", "--out", str(out)])
     assert (code, err.splitlines()[-1]) == (1, f"unigap: error: No space left on device: {out}") and not out.exists()
+
+
+@pytest.mark.parametrize("error", [
+    "torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB total capacity)')",
+    "RuntimeError(\"[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to "
+    "allocate 1099511627776 bytes\")",
+])
+def test_running_out_of_memory_is_one_line_with_what_to_lower(tmp_path: Path, capsys, monkeypatch, error) -> None:
+    """A GPU's out-of-memory error ended in a traceback: a state a smaller batch avoids, not unigap's bug."""
+    import torch
+
+    def out_of_memory(*args, **kwargs):
+        raise eval(error, {"torch": torch})
+
+    monkeypatch.setattr("unigap.pretrain.pretrain", out_of_memory)
+    code, err = _run(capsys, ["pretrain", "--quick", "--out", str(tmp_path / "out")])
+    assert code == 1 and err.count("\n") == 1 and err.startswith("unigap: error: out of memory (")
+    assert err.endswith("a smaller --batch-size (or --n), where the command takes one, may fit; rerun the same "
+                        "command to continue\n")
+    monkeypatch.setattr("unigap.pretrain.pretrain", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # (any other RuntimeError keeps its traceback)
+        main(["pretrain", "--quick", "--out", str(tmp_path / "other")])
 
 
 def test_other_os_errors_keep_their_traceback(tmp_path: Path, monkeypatch) -> None:

@@ -122,6 +122,7 @@ def test_ask_prints_an_answer(tiny_dir, tmp_path, capsys):
 def paths(tmp_path, tiny_dir):
     (tmp_path / "empty").mkdir()
     (tmp_path / "FILE").write_text("not an image")
+    Image.new("RGB", (64, 64), (0, 200, 0)).save(tmp_path / "ok.png")
     return {"MODEL": tiny_dir, "TMP": tmp_path}
 
 
@@ -142,6 +143,14 @@ def paths(tmp_path, tiny_dir):
         (["generate", "--model", "MODEL", "--prompt", " ", "--out", "TMP/i.png"], "--prompt must not be empty"),
         (["generate", "--model", "MODEL", "--prompt", "a circle", "--temperature", -1, "--out", "TMP/i.png"],
          "--temperature must be >= 0"),
+        (["generate", "--model", "MODEL", "--prompt", "a circle", "--temperature", 1e-38, "--out", "TMP/i.png"],
+         "(a positive one at least 1e-06), got 1e-38"),  # (logits / T overflowed: every probability NaN)
+        (["eval", "--model", "MODEL", "--cfg", 1e38, "--n", 2, "--out", "TMP/o.json"], "--cfg must be a number from 0 to 1e+06, "
+         "got 1e+38"),
+        (["generate", "--model", "MODEL", "--prompt", "a circle", "--n", 1_000_000, "--out", "TMP/i.png"],
+         "--n must be from 1 to 256"),  # (sampled in one call: killed by the kernel, out of memory)
+        (["ask", "--model", "MODEL", "--image", "TMP/ok.png", "--question", "What?", "--max-new-tokens", 1000],
+         "--max-new-tokens 1000: with the question and its image"),  # (answered past the model's context)
         (["generate", "--model", "MODEL", "--prompt", "a circle", "--out", "TMP"], "is a directory"),
         (["ask", "--model", "MODEL", "--image", "TMP/FILE", "--question", "What?"], "cannot read"),
         (["ask", "--model", "MODEL", "--image", "TMP/nope.png", "--question", "What?"], "image file not found"),

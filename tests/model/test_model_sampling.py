@@ -163,17 +163,19 @@ def test_a_single_string_is_not_read_as_one_prompt_per_character(um: UnifiedMode
         um.generate_images("a red circle", seed=0)
     with pytest.raises(ValueError, match="each prompt must be a string, got None"):
         um.generate_images([None], seed=0)
-    with pytest.raises(ValueError, match="cfg_scale must be None or a finite number >= 0, got inf"):
+    guidance = r"cfg_scale must be a number from 0 to 1e\+06 \(or None: no guidance\), got "
+    with pytest.raises(ValueError, match=guidance + "inf"):
         um.generate_images(["a red circle"], cfg_scale=float("inf"), seed=0)
-    with pytest.raises(ValueError, match="cfg_scale must be None or a finite number >= 0, got '5'"):  # (TypeError)
+    with pytest.raises(ValueError, match=guidance + "'5'"):  # (a TypeError)
         um.generate_images(["a red circle"], cfg_scale="5", seed=0)
     with pytest.raises(ValueError, match="seed must fit in 64 bits"):
         um.generate_images(["a red circle"], seed=2**70)
+    sampled = r"temperature must be >= 0 \(0 = greedy\) and finite \(a positive one at least 1e-06\), got "
     for temperature in (None, "1", True):  # (a TypeError from the comparison; True read as 1)
-        with pytest.raises(ValueError, match=f"temperature must be >= 0 \\(0 = greedy\\) and finite, got {temperature!r}"):
+        with pytest.raises(ValueError, match=sampled + repr(temperature)):
             um.generate_images(["a red circle"], temperature=temperature, seed=0)
     tokens = torch.zeros((1, um.num_image_tokens), dtype=torch.long)
-    with pytest.raises(ValueError, match="temperature must be > 0 and finite, got None"):
+    with pytest.raises(ValueError, match=r"temperature must be > 0 and finite \(a positive one at least 1e-06\)"):
         um.image_token_logprobs(["a red circle"], tokens, temperature=None)
     image = um.decode_tokens(um.generate_images(["a red circle"], seed=0))[0]
     with pytest.raises(ValueError, match="questions must be a list"):
@@ -186,3 +188,19 @@ def test_a_single_string_is_not_read_as_one_prompt_per_character(um: UnifiedMode
         um.encode_images(np.asarray(image))
     with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1, got 1.5"):
         um.answer([image], ["what shape ?"], max_new_tokens=1.5)
+
+
+def test_a_temperature_or_guidance_that_overflows_the_logits_is_refused_before_sampling(um: UnifiedModel) -> None:
+    """T = 1e-38 or CFG 1e38 made the logits inf and every probability NaN: torch's "probability tensor contains
+    either inf, nan or element < 0" after the work; the bounds are far past any use."""
+    from unigap.errors import UserError
+
+    with pytest.raises(UserError, match=r"at least 1e-06\), got 1e-38"):
+        um.generate_images(["a red circle"], temperature=1e-38, seed=0)
+    with pytest.raises(UserError, match=r"from 0 to 1e\+06 \(or None: no guidance\), got 1e\+38"):
+        um.generate_images(["a red circle"], cfg_scale=1e38, seed=0)
+    with pytest.raises(UserError, match="at least 1e-06"):
+        um.answer([np.zeros((64, 64, 3), np.uint8)], ["What color?"], temperature=1e-300)
+    greedy = um.generate_images(["a red circle"], temperature=0, seed=0)
+    assert torch.equal(um.generate_images(["a red circle"], temperature=1e-6, seed=0), greedy)  # (the limit's value)
+    assert um.generate_images(["a red circle"], cfg_scale=1e6, seed=0).shape == greedy.shape

@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from unigap.errors import INTERRUPTED, STORAGE_REFUSED, UserError
+from unigap.errors import INTERRUPTED, STORAGE_REFUSED, UserError, first_line
 from unigap.threads import configure_threads
 
 app = typer.Typer(
@@ -299,6 +299,14 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """A GPU's out-of-memory error (torch's), or the host's where an allocation fails rather than the process being
+    killed: not a bug, and nothing half written (results are written atomically); a state a smaller batch avoids."""
+    torch = sys.modules.get("torch")
+    return (isinstance(exc, MemoryError) or torch is not None and isinstance(exc, torch.OutOfMemoryError)
+            or "DefaultCPUAllocator: can't allocate memory" in str(exc))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes (a `UserError`, or a flag click cannot parse) become one `unigap: error: ...` line
     on stderr with exit code 2; a file system that refuses a write, one line with exit code 1."""
@@ -349,6 +357,13 @@ def main(argv: list[str] | None = None) -> None:
         where = f": {exc.filename}" if exc.filename else ""
         typed = sys.argv[1:] if argv is None else argv
         print(f"unigap: error: {exc.strerror}{where}{_how_to_continue(typed, command, subcommand)}", file=sys.stderr)
+        sys.exit(1)
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):  # unigap's own fault, with its traceback
+            raise
+        typed = sys.argv[1:] if argv is None else argv
+        print(f"unigap: error: out of memory ({first_line(exc)}); a smaller --batch-size (or --n), where the command "
+              f"takes one, may fit{_how_to_continue(typed, command, subcommand)}", file=sys.stderr)
         sys.exit(1)
     finally:
         restore_sigterm()

@@ -58,10 +58,11 @@ EDIT_IMAGE_CFG_OPTION = typer.Option(None, "--edit-image-cfg", help="Edits' guid
 
 def edit_guidance_kwargs(edit_cfg: float | None, edit_image_cfg: float | None) -> dict[str, float]:
     """The edit-guidance flags a user gave, as config keywords (the rest keep their defaults)."""
+    from unigap.model.generation import check_guidance_scale
+
     given = {"edit_cfg_scale": (edit_cfg, "--edit-cfg"), "edit_image_cfg_scale": (edit_image_cfg, "--edit-image-cfg")}
     for value, flag in given.values():
-        if value is not None:
-            require_non_negative(flag, value)
+        check_guidance_scale(flag, value)
     return {key: value for key, (value, _) in given.items() if value is not None}
 
 
@@ -172,6 +173,15 @@ def guarded_run(command: str, settings: dict[str, Any], seed: int, judge: dict[s
 def require_positive(flag: str, value: float) -> None:
     if not value > 0:
         raise UserError(f"{flag} must be positive, got {value}")
+
+
+def require_sampling(cfg: float, temperature: float) -> None:
+    """--cfg and --temperature in the sampler's ranges, checked before the model loads (not after, in torch)."""
+    from unigap.model.decoding import check_temperature
+    from unigap.model.generation import check_guidance_scale
+
+    check_guidance_scale("--cfg", cfg)
+    check_temperature(temperature, name="--temperature")
 
 
 def require_non_negative(flag: str, value: float) -> None:

@@ -18,6 +18,7 @@ from unigap.cli.common import (
     print_table,
     require_non_negative,
     require_positive,
+    require_sampling,
     warn_other_partition,
 )
 
@@ -55,8 +56,7 @@ def eval_command(
 
     require_positive("--n", n)
     require_positive("--batch-size", batch_size)
-    require_non_negative("--cfg", cfg)
-    require_non_negative("--temperature", temperature)
+    require_sampling(cfg, temperature)
     require_non_negative("--seed", seed)
     require_non_negative("--data-seed", data_seed)
     edit_guidance = edit_guidance_kwargs(edit_cfg, edit_image_cfg)

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from unigap.cli.common import (ADAPTER_OPTION, INPUTS_FILE, MODEL_OPTION, inputs_claimed, load, require_non_negative,
-                               require_positive)
+                               require_positive, require_sampling)
 from unigap.errors import UserError
 from unigap.world import load_image
 
@@ -21,6 +21,7 @@ app = typer.Typer()
 LAYOUTS = ("grid", "geneval")
 GRID_INDEX = "metadata.jsonl"  # grid layout with --prompts: which PNG shows which prompt (imagefolder's name)
 GRID_COLUMNS = ("file_name", "prompt", "seed", "n")  # its rows
+MAX_N = 256  # images per prompt, sampled in one call: a 16 × 16 grid (10⁶ ran this machine's 24 GB out and was killed)
 SETTINGS_FILE = "settings.json"  # a geneval-layout run's settings, checked on --resume (GenEval's scorer skips files)
 
 
@@ -49,14 +50,14 @@ def generate(
                                 "finished prompt folders."),
 ) -> None:
     """Generate images for a prompt (or each prompt of a file) and save them as PNG."""
-    require_positive("--n", n)
+    if not 0 < n <= MAX_N:
+        raise UserError(f"--n must be from 1 to {MAX_N} (images per prompt, sampled at once), got {n}")
     if max_prompts is not None:
         require_positive("--max-prompts", max_prompts)
         if prompts is None:
             raise UserError("--max-prompts limits a --prompts file; with --prompt there is one prompt")
     require_non_negative("--seed", seed)
-    require_non_negative("--cfg", cfg)
-    require_non_negative("--temperature", temperature)
+    require_sampling(cfg, temperature)
     if layout not in LAYOUTS:
         raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if (prompt is None) == (prompts is None):
@@ -200,4 +201,8 @@ def ask(
     pixels = load_image(image)
     um = load(model, adapter)
     um.prompts.check_texts(questions=[("--question", question)])
+    asked, room = len(um.prompts.understanding_ids(question)), um.prompts.max_positions
+    if room is not None and asked + max_new_tokens > room:  # (the answer ran on past the context, without a word)
+        raise UserError(f"--max-new-tokens {max_new_tokens}: with the question and its image ({asked} positions) "
+                        f"more than the model's context of {room}; at most {room - asked}")
     typer.echo(um.answer([pixels], [question], max_new_tokens=max_new_tokens)[0])

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from unigap.errors import UserError
+
 T = TypeVar("T")
 _ENTROPY_RECORDERS: list[list[torch.Tensor]] = []  # the open `token_entropies` blocks, innermost last
 
@@ -112,12 +114,20 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_temperature(temperature: float, positive: bool = False) -> None:
-    """A finite number >= 0 (0 = greedy), or > 0 where log-probs are taken at it (not a bool, not "1", not None,
-    which would fail inside the comparison with a TypeError)."""
-    if not (is_number(temperature) and (temperature > 0 if positive else temperature >= 0) and temperature < math.inf):
-        raise ValueError(f"temperature must be {'> 0' if positive else '>= 0 (0 = greedy)'} and finite, "
-                         f"got {temperature!r}")
+# Temperatures below this (but above greedy's 0) and guidance scales above `MAX_GUIDANCE` overflow float32 logits to
+# inf, and every probability to NaN: torch's "probability tensor contains either inf, nan or element < 0" after the
+# model loaded. Far past any use (T = 1e-6 is greedy already).
+MIN_TEMPERATURE = 1e-6
+MAX_GUIDANCE = 1e6
+
+
+def check_temperature(temperature: float, positive: bool = False, name: str = "temperature") -> None:
+    """0 (greedy) or a number from `MIN_TEMPERATURE` to infinity (not included), or no 0 where log-probs are taken at
+    it (not a bool, not "1", not None, which would fail inside the comparison with a TypeError). A `UserError` (a
+    ValueError), so that the CLI, checking a flag `name` before the model loads, says it in one line."""
+    if not (is_number(temperature) and (temperature == 0 and not positive or MIN_TEMPERATURE <= temperature < math.inf)):
+        raise UserError(f"{name} must be {'> 0' if positive else '>= 0 (0 = greedy)'} and finite (a positive one at "
+                        f"least {MIN_TEMPERATURE:g}), got {temperature!r}")
 
 
 def check_counts(**named: Sequence[object]) -> int:

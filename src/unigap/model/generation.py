@@ -17,14 +17,15 @@ those who need the sampling distribution itself (GRPO's ratio, as TRL computes i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
 from transformers import JanusForConditionalGeneration
 
+from unigap.errors import UserError
 from unigap.model.decoding import (
+    MAX_GUIDANCE,
     keeps_caches,
     check_counts,
     check_positive_int,
@@ -43,9 +44,11 @@ CFG_SCALE = 5.0  # text-to-image guidance everywhere by default: images are samp
 
 
 def check_guidance_scale(name: str, scale: float | None) -> None:
-    """A guidance scale is None (no guidance) or a finite number >= 0 (an infinite one makes every probability NaN)."""
-    if scale is not None and not (is_number(scale) and 0 <= scale < math.inf):
-        raise ValueError(f"{name} must be None or a finite number >= 0, got {scale!r}")
+    """A guidance scale is None (no guidance) or a number from 0 to `MAX_GUIDANCE` (an infinite one, or one near
+    float32's limit, makes every probability NaN); a `UserError`, as `check_temperature`'s."""
+    if scale is not None and not (is_number(scale) and 0 <= scale <= MAX_GUIDANCE):
+        none = "" if name.startswith("--") else " (or None: no guidance)"  # (a flag cannot be None)
+        raise UserError(f"{name} must be a number from 0 to {MAX_GUIDANCE:g}{none}, got {scale!r}")
 
 
 def uses_cfg(cfg_scale: float | None) -> bool:

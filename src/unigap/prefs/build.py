@@ -43,7 +43,8 @@ from unigap.evaluate.data import FREE_TEXT_HINT, FreePrompt, prompt_lines, train
 from unigap.evaluate.judges import VERIFIER, Judge, check_judge_name, get_judge
 from unigap.evaluate.vqa import vqa_score
 from unigap.model.checkpoint import model_identity
-from unigap.model.generation import CFG_SCALE
+from unigap.model.decoding import check_temperature
+from unigap.model.generation import CFG_SCALE, check_guidance_scale
 from unigap.model.images import vq_image_size
 from unigap.model.unified import UnifiedModel
 from unigap.prefs.kinds import KINDS, MARGIN
@@ -117,8 +118,8 @@ class BuildOptions:
         if self.margin != MARGIN and self.judge != VERIFIER:
             raise UserError(f"--margin compares the verifier's graded scores; {self.judge} keeps a pair where it "
                             "accepts exactly one image of two")
-        if not self.temperature >= 0 or self.cfg_scale is not None and not self.cfg_scale >= 0:
-            raise UserError(f"temperature and cfg scale must be >= 0, got {self.temperature} and {self.cfg_scale}")
+        check_temperature(self.temperature)
+        check_guidance_scale("cfg scale", self.cfg_scale)
         if self.kind == "und" and not self.temperature > 0:
             raise UserError(
                 f"und pairs need two *different* samples: temperature must be > 0, got {self.temperature}"

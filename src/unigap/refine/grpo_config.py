@@ -91,8 +91,8 @@ class GRPOConfig:
         check_ranges(self, positive=("steps", "lr", "max_grad_norm", "prompts_per_step", "epsilon",
                                      "max_completion_length", "lora_rank", "lora_alpha", "checkpoint_every",
                                      "num_iterations", "image_loss_weight"),
-                     non_negative=("beta", "temperature", "cfg_scale", "edit_cfg_scale", "edit_image_cfg_scale",
-                                   "warmup_steps", "seed", "data_seed", "eval_n", "eval_rounds"))
+                     non_negative=("beta", "warmup_steps", "seed", "data_seed", "eval_n", "eval_rounds"),
+                     temperatures=("temperature",), guidance=("cfg_scale", "edit_cfg_scale", "edit_image_cfg_scale"))
         if self.micro_batch_size is not None and not self.micro_batch_size > 0:
             raise UserError(f"micro-batch-size must be positive (or unset: a whole group), got {self.micro_batch_size}")
         if self.epsilon_high is not None and not self.epsilon_high > 0:

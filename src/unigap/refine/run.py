@@ -25,7 +25,8 @@ from unigap.evaluate.data import FREE_TEXT_HINT, HELD_OUT_SPLITS, FreePrompt, pr
 from unigap.evaluate.judges import Judge, check_judge_name, get_judge
 from unigap.model.checkpoint import model_identity
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS, EditGuidance
-from unigap.model.generation import CFG_SCALE
+from unigap.model.decoding import check_temperature
+from unigap.model.generation import CFG_SCALE, check_guidance_scale
 from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
 from unigap.refine.metrics import best_of_n, gain, judged_part, round_metrics, stop_metrics
 from unigap.train.config import check_field_types
@@ -71,10 +72,10 @@ class RefineConfig:
                             "prompt file (refine train trains on the train split)")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be positive, got {self.batch_size}")
-        for name in ("cfg_scale", "temperature", "edit_cfg_scale", "edit_image_cfg_scale"):
-            if not getattr(self, name) >= 0:
-                flag = f"--{name.replace('_scale', '').replace('_', '-')}" if name.startswith("edit") else name
-                raise UserError(f"{flag} must be >= 0, got {getattr(self, name)}")
+        check_temperature(self.temperature)
+        for name in ("cfg_scale", "edit_cfg_scale", "edit_image_cfg_scale"):
+            check_guidance_scale(f"--{name.replace('_scale', '').replace('_', '-')}" if name.startswith("edit") else name,
+                                 getattr(self, name))
         for name in ("seed", "data_seed"):  # (data_seed: the Python API's, and a TOML config's)
             if getattr(self, name) < 0:
                 raise UserError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")

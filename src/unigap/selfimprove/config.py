@@ -90,8 +90,8 @@ class SelfImproveConfig:
                 raise UserError(f"audit: {exc}, or none") from None
         check_ranges(self, positive=("n_prompts", "samples", "epochs", "lr", "batch_size", "beta", "lora_rank",
                                      "lora_alpha", "max_grad_norm", "sample_batch"),
-                     non_negative=("nll_weight", "loss_cfg_scale", "weight_decay", "audit_size", "eval_n",
-                                   "epoch_eval_n", "seed", "data_seed", "cfg_scale", "temperature"))
+                     non_negative=("nll_weight", "weight_decay", "audit_size", "eval_n", "epoch_eval_n", "seed",
+                                   "data_seed"), temperatures=("temperature",), guidance=("loss_cfg_scale", "cfg_scale"))
         if self.audit != "none" and self.audit_size == 0:  # (its guard would never act, and its record read as passed)
             raise UserError(f"audit-size 0 audits nothing: give it a positive size, or audit = \"none\" (--judge none) "
                             f"to run without the {self.audit} audit")

@@ -60,7 +60,7 @@ class TrainConfig:
         STRATEGIES.lookup(self.strategy)
         check_ranges(self, positive=("steps", "lr", "beta", "lora_rank", "lora_alpha", "max_grad_norm",
                                      "reweight_every", "checkpoint_every", "batch_size"),
-                     non_negative=("weight_decay", "nll_weight", "gen_cfg_scale", "seed"))
+                     non_negative=("weight_decay", "nll_weight", "seed"), guidance=("gen_cfg_scale",))
         for name in ("joint_alpha", "fixed_w_und"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -178,13 +178,22 @@ def check_field(config: object, name: str, ok: bool, what: str) -> None:
         raise UserError(f"{name.replace('_', '-')} must {what}, got {getattr(config, name)}")
 
 
-def check_ranges(config: object, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
+def check_ranges(config: object, positive: Sequence[str] = (), non_negative: Sequence[str] = (),
+                 temperatures: Sequence[str] = (), guidance: Sequence[str] = ()) -> None:
     """Every config's range check in one form: each `positive` field > 0 and each `non_negative` one >= 0 (NaN fails
-    both), else `check_field`'s one line."""
+    both), else `check_field`'s one line; each of `temperatures` and `guidance` (a CFG scale) in the sampler's own
+    range (`check_temperature`, `check_guidance_scale`), here, before a model loads and samples at it."""
+    from unigap.model.decoding import check_temperature
+    from unigap.model.generation import check_guidance_scale
+
     for name in positive:
         check_field(config, name, getattr(config, name) > 0, "be positive")
     for name in non_negative:
         check_field(config, name, getattr(config, name) >= 0, "be >= 0")
+    for name in temperatures:
+        check_temperature(getattr(config, name), name=name.replace("_", "-"))
+    for name in guidance:
+        check_guidance_scale(name.replace("_", "-"), getattr(config, name))
 
 
 def check_field_types(config: Any) -> None:

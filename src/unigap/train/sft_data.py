@@ -55,7 +55,7 @@ class SFTConfig(SFTOptions):
         super().__post_init__()
         if not self.und_data and not self.gen_data:
             raise UserError("--objective sft needs --und-data, --gen-data or both")
-        check_ranges(self, non_negative=("und_weight", "gen_weight", "max_rows", "loss_cfg_scale"))
+        check_ranges(self, non_negative=("und_weight", "gen_weight", "max_rows"), guidance=("loss_cfg_scale",))
         check_field(self, "prompt_dropout", not (self.loss_cfg_scale and self.prompt_dropout),
                     "be 0 with loss-cfg-scale (the CFG mixture scores every row with its unconditional twin)")
         if not (self.und_data and self.und_weight > 0 or self.gen_data and self.gen_weight > 0):
