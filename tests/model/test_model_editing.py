@@ -82,7 +82,7 @@ def test_edit_guidance_is_instruct_pix2pix(editor: UnifiedModel, images) -> None
     assert EditGuidance(None, 1.5).groups == ("full",) and torch.equal(EditGuidance(None, 1.5).mix(c), c)
     with pytest.raises(ValueError, match="image_cfg_scale must be a number from 0 to 1e"):
         EditGuidance(2.0, -1.0)
-    with pytest.raises(ValueError, match=r"cfg_scale must be a number from 0 to 1e\+06 \(or None: no guidance\), got inf"):
+    with pytest.raises(ValueError, match=r"cfg_scale must be a number from 0 to 1e\+06 \(or None: no guidance\), got"):
         EditGuidance(float("inf"), 1.0)
     # scoring under a cfg_scale defaults its image scale as `edit` does, so the two agree unless told otherwise
     tokens, sampled = sample_from_prefix(editor.model, editor.prompts, *guidance_prefix(

@@ -21,7 +21,7 @@ app = typer.Typer()
 LAYOUTS = ("grid", "geneval")
 GRID_INDEX = "metadata.jsonl"  # grid layout with --prompts: which PNG shows which prompt (imagefolder's name)
 GRID_COLUMNS = ("file_name", "prompt", "seed", "n")  # its rows
-MAX_N = 256  # images per prompt, sampled in one call: a 16 × 16 grid (10⁶ ran this machine's 24 GB out and was killed)
+MAX_N = 256  # images per prompt, sampled in one call: a 16 × 16 grid (10⁶ ran a 24 GB machine out, and was killed)
 SETTINGS_FILE = "settings.json"  # a geneval-layout run's settings, checked on --resume (GenEval's scorer skips files)
 
 

@@ -125,7 +125,8 @@ def check_temperature(temperature: float, positive: bool = False, name: str = "t
     """0 (greedy) or a number from `MIN_TEMPERATURE` to infinity (not included), or no 0 where log-probs are taken at
     it (not a bool, not "1", not None, which would fail inside the comparison with a TypeError). A `UserError` (a
     ValueError), so that the CLI, checking a flag `name` before the model loads, says it in one line."""
-    if not (is_number(temperature) and (temperature == 0 and not positive or MIN_TEMPERATURE <= temperature < math.inf)):
+    greedy = temperature == 0 and not positive
+    if not (is_number(temperature) and (greedy or MIN_TEMPERATURE <= temperature < math.inf)):
         raise UserError(f"{name} must be {'> 0' if positive else '>= 0 (0 = greedy)'} and finite (a positive one at "
                         f"least {MIN_TEMPERATURE:g}), got {temperature!r}")
 

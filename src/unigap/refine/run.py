@@ -74,8 +74,8 @@ class RefineConfig:
             raise UserError(f"--batch-size must be positive, got {self.batch_size}")
         check_temperature(self.temperature)
         for name in ("cfg_scale", "edit_cfg_scale", "edit_image_cfg_scale"):
-            check_guidance_scale(f"--{name.replace('_scale', '').replace('_', '-')}" if name.startswith("edit") else name,
-                                 getattr(self, name))
+            flag = f"--{name.replace('_scale', '').replace('_', '-')}" if name.startswith("edit") else name
+            check_guidance_scale(flag, getattr(self, name))
         for name in ("seed", "data_seed"):  # (data_seed: the Python API's, and a TOML config's)
             if getattr(self, name) < 0:
                 raise UserError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")

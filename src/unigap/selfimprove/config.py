@@ -91,7 +91,8 @@ class SelfImproveConfig:
         check_ranges(self, positive=("n_prompts", "samples", "epochs", "lr", "batch_size", "beta", "lora_rank",
                                      "lora_alpha", "max_grad_norm", "sample_batch"),
                      non_negative=("nll_weight", "weight_decay", "audit_size", "eval_n", "epoch_eval_n", "seed",
-                                   "data_seed"), temperatures=("temperature",), guidance=("loss_cfg_scale", "cfg_scale"))
+                                   "data_seed"),
+                     temperatures=("temperature",), guidance=("loss_cfg_scale", "cfg_scale"))
         if self.audit != "none" and self.audit_size == 0:  # (its guard would never act, and its record read as passed)
             raise UserError(f"audit-size 0 audits nothing: give it a positive size, or audit = \"none\" (--judge none) "
                             f"to run without the {self.audit} audit")
