@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from unigap import distributed
+from unigap.errors import UserError
 
 
 def test_summed_tensors_keep_their_dtypes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,3 +45,29 @@ def test_a_checkpoint_from_more_gpus_restores_the_states_of_the_gpus_there_are(m
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
     set_rng_state({"cpu": torch.get_rng_state(), "cuda": ["gpu0", "gpu1"]})  # saved where 2 GPUs were visible
     assert restored == [("gpu0", 0)]
+
+
+@pytest.mark.parametrize(("error", "raised", "says"), [
+    (UserError("--n must be positive"), UserError, "process 1 failed: --n must be positive"),
+    (ValueError("bad item"), RuntimeError, "process 1 failed: ValueError: bad item"),
+])
+def test_another_processs_user_error_is_a_user_error_here_too(monkeypatch: pytest.MonkeyPatch, error, raised,
+                                                               says) -> None:
+    """(Its RuntimeError printed a traceback on every other process, beside the failing one's one line.)"""
+    sent = []
+
+    def gathered(value):  # process 0's value, and what process 1 sent when `fn` raised there
+        sent.append(value)
+        return [value, sent[0]]
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "gather_objects", gathered)
+
+    def fails():
+        raise error
+
+    with pytest.raises(type(error)):  # the failing process: its own error, once sent to the others
+        distributed.gather_results(fails)
+    with pytest.raises(raised) as caught:  # (here in place of the first process, which received it)
+        distributed.gather_results(lambda: 1)
+    assert str(caught.value) == says and type(caught.value) is raised

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from unigap.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -124,19 +126,22 @@ def gather_objects(value: Any) -> list[Any]:
 
 def gather_results(fn: Callable[[], Any]) -> list[Any]:
     """`fn()` on every process, gathered in rank order; when it raises on any process, every process raises (the
-    failing one its own error), instead of the others waiting for it in the next collective."""
+    failing one its own error), instead of the others waiting for it in the next collective: a `UserError` where it
+    was one (the CLI's one line, not a traceback from every other process), else a RuntimeError naming it."""
     try:
-        mine: tuple[bool, Any] = (True, fn())
+        mine: tuple[bool, Any, bool] = (True, fn(), False)
     except Exception as exc:
         if world_size() == 1:
             raise
-        gather_objects((False, f"{type(exc).__name__}: {exc}"))
+        user = isinstance(exc, UserError)
+        gather_objects((False, str(exc) if user else f"{type(exc).__name__}: {exc}", user))
         raise
     results = gather_objects(mine)
-    failed = [(index, message) for index, (ok, message) in enumerate(results) if not ok]
+    failed = [(index, message, user) for index, (ok, message, user) in enumerate(results) if not ok]
     if failed:
-        raise RuntimeError(f"process {failed[0][0]} failed: {failed[0][1]}")
-    return [value for _, value in results]
+        index, message, user = failed[0]
+        raise (UserError if user else RuntimeError)(f"process {index} failed: {message}")
+    return [value for _, value, _ in results]
 
 
 def ordered_rounds(items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[list[Any]]:

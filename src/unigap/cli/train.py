@@ -50,7 +50,8 @@ def train(
                                       "sft 3e-4, unimrg 1e-4)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Pairs (dpo) or examples (sft, unimrg) per "
                                           "task per step (default: dpo 1, sft/unimrg 8); under `accelerate launch` "
-                                          "the processes share them, at least one each."),
+                                          "the processes share them (dpo: at least one each; elsewhere a process "
+                                          "without one idles)."),
     beta: float | None = typer.Option(None, "--beta", help=f"DPO beta (default {DPO.beta:g})."),
     nll_weight: float | None = typer.Option(None, "--nll-weight", help="DPO: weight of the NLL term on the chosen "
                                             f"sequence (RPO; default {DPO.nll_weight:g})."),
