@@ -138,3 +138,30 @@ def test_trls_metrics_are_per_token_where_the_loss_compares_per_token(tiny_dir: 
                 assert per_token[f"ref_logps/{side}"] == pytest.approx(float((refs[side] / counts).mean()), rel=1e-4)
             margins = 0.1 * ((chosen - refs["chosen"]) / n_chosen - (rejected - refs["rejected"]) / n_rejected)
             assert per_token["rewards/margins"] == pytest.approx(float(margins.mean()), rel=1e-3, abs=1e-6)
+
+
+def test_shared_references_are_each_computed_by_one_process_and_match_unshared(tiny_dir: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `accelerate launch` every process recomputed every pair's reference: 8 GPUs did 8 times the work (a
+    GPU's bf16 default rescored them all) and went no faster. Shared, a process scores its batches and receives the
+    others' numbers (here the "other process" returns what this one computed)."""
+    from unigap import distributed
+    from unigap.train import dpo
+
+    um = lora_model(tiny_dir)
+    und, gen = random_pairs(um, 5)
+    alone = dpo.with_reference(um, gen, batch=2)
+    scored, real = [], dpo.reference_logprobs
+
+    def counted(um, chunk, cfg_scale):
+        scored.append(len(chunk))
+        return real(um, chunk, cfg_scale)
+
+    monkeypatch.setattr(dpo, "reference_logprobs", counted)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "gather_objects", lambda value: [value, value])
+    shared = dpo.with_reference(um, gen[:4], batch=2, shared=True)
+    assert scored == [2]  # (of 2 batches: the other is the other process's)
+    assert [p.ref_chosen for p in shared] == pytest.approx([p.ref_chosen for p in alone[:2]] * 2)
+    assert [p.prompt for p in shared] == [p.prompt for p in gen[:4]]  # (each process keeps its own pairs)

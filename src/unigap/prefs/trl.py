@@ -149,8 +149,8 @@ def trl_pairs(um: Any, rows: Sequence[tuple[str, dict[str, Any]]], base: Path) -
 
 def rescored(um: Any, pairs: Sequence[Pair]) -> list[Pair]:
     """The pairs with reference log-probs (and token counts) computed by `um`'s base model, `REFERENCE_BATCH` at a
-    time: a file may hold many thousands."""
-    return with_reference(um, pairs, batch=REFERENCE_BATCH)
+    time (shared between processes under `accelerate launch`): a file may hold many thousands."""
+    return with_reference(um, pairs, batch=REFERENCE_BATCH, shared=True)
 
 
 def png_bytes(image: ImageInput) -> bytes:

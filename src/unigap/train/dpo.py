@@ -38,6 +38,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from unigap import distributed
 from unigap.model.images import ImageInput
 from unigap.model.unified import UnifiedModel
 
@@ -208,22 +209,27 @@ REFERENCE_BATCH = 8  # pairs scored at once where a whole file is rescored: all 
 
 
 def with_reference(um: UnifiedModel, pairs: Sequence[Pair], cfg_scale: float | None = None,
-                   batch: int | None = None) -> list[Pair]:
+                   batch: int | None = None, shared: bool = False) -> list[Pair]:
     """The pairs with reference log-probs (and answer token counts) replaced by freshly computed ones, `batch`
-    pairs at a time (all at once by default: a caller's batch)."""
-    out: list[Pair] = []
+    pairs at a time (all at once by default: a caller's batch). `shared`: the batches shared between the processes
+    under `accelerate launch`, every process receiving every pair's numbers (each computed them all), for a caller
+    that is not already inside a shared loop."""
     step = batch or max(len(pairs), 1)
-    for start in range(0, len(pairs), step):
-        chunk = pairs[start : start + step]
-        ref_chosen, ref_rejected, n_chosen, n_rejected = reference_logprobs(um, chunk, cfg_scale)
-        rows = zip(
-            chunk, ref_chosen.tolist(), ref_rejected.tolist(), n_chosen.tolist(), n_rejected.tolist(), strict=True
-        )
-        for pair, chosen, rejected, chosen_tokens, rejected_tokens in rows:
-            fields = {"ref_chosen": chosen, "ref_rejected": rejected}
-            if isinstance(pair, UnderstandingPair):  # a generation pair's counts are its token tuples' lengths
-                fields |= {"chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens}
-            out.append(replace(pair, **fields))
+    chunks = [pairs[start : start + step] for start in range(0, len(pairs), step)]
+
+    def numbers(chunk: Sequence[Pair]) -> list[tuple[float, float, int, int]]:
+        return list(zip(*(values.tolist() for values in reference_logprobs(um, chunk, cfg_scale)), strict=True))
+
+    if shared:
+        scored = [row for done in distributed.ordered_rounds(chunks, numbers) for rows in done for row in rows]
+    else:
+        scored = [row for chunk in chunks for row in numbers(chunk)]
+    out: list[Pair] = []
+    for pair, (chosen, rejected, chosen_tokens, rejected_tokens) in zip(pairs, scored, strict=True):
+        fields = {"ref_chosen": chosen, "ref_rejected": rejected}
+        if isinstance(pair, UnderstandingPair):  # a generation pair's counts are its token tuples' lengths
+            fields |= {"chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens}
+        out.append(replace(pair, **fields))
     return out
 
 

@@ -88,12 +88,12 @@ class DPOTrainer:
         # default) the references are rescored as the policy scores, so that training starts at the reference
         rounded = config.bf16 or um.dtype in (torch.bfloat16, torch.float16)
         if config.gen_cfg_scale and gen_pairs and not rounded:  # the stored references are conditional-only
-            given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale, REFERENCE_BATCH)
+            given["gen"] = with_reference(um, gen_pairs, config.gen_cfg_scale, REFERENCE_BATCH, shared=True)
         if rounded:  # in batches of the policy's (exact at one pair per process)
             share = -(-config.batch_size // distributed.world_size())
             with bf16_autocast(um.device) if config.bf16 else contextlib.nullcontext():
                 given = {task: with_reference(um, pairs, (config.gen_cfg_scale or None) if task == "gen" else None,
-                                              share) if pairs else pairs for task, pairs in given.items()}
+                                              share, shared=True) if pairs else pairs for task, pairs in given.items()}
         self.um, self.config, self.out_dir = um, config, Path(out_dir)
         self.report_to = parse_report_to(report_to)
         self.pairs: dict[str, Sequence[Pair]] = {task: pairs for task, pairs in given.items() if pairs}
