@@ -371,10 +371,16 @@ def test_a_resumed_run_must_read_the_same_model_and_data_by_content(tmp_path: Pa
     with pytest.raises(UserError, match=r"model_weights: "):
         claim_inputs(run, "train", str(retrained), und=data, gen=None)
     legacy = tmp_path / "legacy"  # a run from before inputs were recorded: nothing vouches for them now
-    legacy.mkdir()
+    (legacy / "checkpoint").mkdir(parents=True)
+    (legacy / "checkpoint" / "checkpoint.pt").write_bytes(b"")
     (legacy / "log.jsonl").write_text("")
     claim_inputs(legacy, "train", "tiny", und=data, gen=None)
     assert not (legacy / "inputs.json").exists()
+    (legacy / "checkpoint" / "checkpoint.pt").unlink()  # (finished: its manifest names the command)
+    (legacy / "manifest.json").write_text('{"command": "train"}')
+    claim_inputs(legacy, "train", "tiny", und=data, gen=None)
+    with pytest.raises(UserError, match="holds files no `unigap refine train` run wrote"):  # (another command's)
+        claim_inputs(legacy, "refine train", "tiny")
     probed = tmp_path / "probed"  # empty but for another process's instant write test: a new run, recorded
     (probed / ".unigap-probe-x1").mkdir(parents=True)
     claim_inputs(probed, "train", "tiny", und=data, gen=None)
@@ -690,8 +696,8 @@ def test_a_commands_default_out_is_checked_as_a_typed_one(tmp_path: Path, capsys
     assert _run(capsys, ["train", "--out", "runs/study-quick", "--help"])[0] in (0, None)  # help writes nothing
     (tmp_path / "runs" / "refine" / "settings.json").mkdir(parents=True)  # where refine writes its settings: the
     code, err = _run(capsys, ["refine", "--n", "1", "--rounds", "0", "--resume"])  # default --out's: a traceback
-    assert code == 2 and err.endswith("runs/refine/settings.json is a directory, where unigap needs a file; move it "
-                                      "away or choose another path\n"), err
+    assert code == 2 and err == ("unigap: error: --out runs/refine holds files no `unigap refine` run wrote "
+                                 "(settings.json); choose an empty or new folder\n"), err
 
 
 def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path: Path, capsys) -> None:
@@ -901,3 +907,39 @@ def test_a_data_seed_other_than_the_models_pretraining_seed_is_warned_of(tmp_pat
         code, _ = _run(capsys, ["prefs", "build", "--model", "tiny", "--kind", "und", "--n", "1", "--data-seed", "3",
                                 "--fallback-gt", "--out", str(out)])
     assert code == 0 and out.is_file()
+
+
+def test_a_training_run_refuses_an_out_it_would_write_over(tmp_path: Path, capsys) -> None:
+    """`train --out` a model's own folder wrote its adapter there, which transformers then loaded with the model for
+    good; a user's data folder lost its README to PEFT's card; and `eval --prompts p.json --out p.json` wrote the
+    report over the prompts."""
+    import shutil
+
+    from unigap.model.loading import resolve_checkpoint
+
+    model, data, mine = tmp_path / "mymodel", tmp_path / "data", tmp_path / "mine"
+    shutil.copytree(resolve_checkpoint("tiny"), model)
+    before = sorted(p.name for p in model.iterdir())
+    _run(capsys, ["world", "sample", "--n", "2", "--seed", "0", "--out", str(data)])
+    mine.mkdir()
+    (mine / "README.md").write_text("my dataset card")
+    for out, says in ((model, f"--out {model} is a folder this command reads (--model); choose another --out"),
+                      (mine, f"--out {mine} holds files no `unigap train` run wrote (README.md); choose an empty or "
+                             "new folder")):
+        code, err = _run(capsys, ["train", "--model", str(model), "--objective", "sft", "--gen-data",
+                                  str(data / "samples.jsonl"), "--steps", "1", "--out", str(out)])
+        assert (code, err) == (2, f"unigap: error: {says}\n")
+    assert sorted(p.name for p in model.iterdir()) == before and (mine / "README.md").read_text() == "my dataset card"
+    prompts = tmp_path / "p.json"
+    prompts.write_text('{"prompt": "a red square"}\n')
+    code, err = _run(capsys, ["eval", "--model", "tiny", "--n", "2", "--prompts", str(prompts), "--out", str(prompts)])
+    assert (code, err) == (2, f"unigap: error: --out {prompts} is a file this command reads (--prompts); choose "
+                              "another --out\n")
+    assert prompts.read_text() == '{"prompt": "a red square"}\n'
+
+
+def test_the_meta_device_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    """(It passed the device check, built the corpora, then failed in the VQ with a NotImplementedError.)"""
+    code, err = _run(capsys, ["pretrain", "--quick", "--device", "meta", "--out", str(tmp_path / "out")])
+    assert (code, err) == (2, "unigap: error: device 'meta' holds no data to compute with; give cpu or cuda\n")
+    assert not (tmp_path / "out").exists()

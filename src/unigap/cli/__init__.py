@@ -128,10 +128,24 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
             check_name_fits(value)
         if command not in FILE_OUTPUTS and Path(value).is_file():
             raise UserError(f"--out {value} is a file, not a directory")
+        read = _read_from(argv, Path(value))
+        if read is not None:  # (eval --prompts p.json --out p.json wrote its report over the prompts)
+            kind = "file" if Path(value).is_file() else "folder"
+            raise UserError(f"--out {value} is a {kind} this command reads ({read}); choose another --out")
         made_by = _made_by(Path(value))
         if made_by is not None and made_by != " ".join(filter(None, (command, subcommand))):
             held = "holds" if Path(value).is_dir() else "is"
             raise UserError(f"--out {value} {held} the output of `unigap {made_by}`; choose another --out")
+
+
+def _read_from(argv: list[str], out: Path) -> str | None:
+    """The other option (`--prompts`, `--model`, ...) whose value names the existing file or folder `out` is."""
+    if not out.exists():
+        return None
+    for flag in {arg.split("=", 1)[0] for arg in argv if arg.startswith("--") and arg.split("=", 1)[0] != "--out"}:
+        if any(Path(value).exists() and Path(value).samefile(out) for value in _values(argv, flag)):
+            return flag
+    return None
 
 
 def _params(command: str, subcommand: str | None) -> list[Any]:

@@ -76,8 +76,10 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
     the adapter's own files (`adapter_fingerprint`), each data file's sha256 (a split name as itself), and the command;
     or refuse (`UserError`) to continue a run made from other inputs, which `--resume` would mix with this one's.
     Called once the inputs are checked, before anything is written; `write=False` only checks (before the model loads,
-    where the inputs can only be read in full with it). A directory that already holds files but no record (a run from
-    before records) is left as it is: its inputs are unknown, and a record written now would vouch for them. Returns
+    where the inputs can only be read in full with it). A directory that already holds files but no record is refused
+    (a model's folder, a user's data, another run's adapter: written over, a model's took the adapter for good) unless
+    it is a run of this command from before records, which is left as it is: its inputs are unknown, and a record
+    written now would vouch for them. Returns
     the record; `fingerprints`, a check's record, is written without reading the inputs again. `contents`: other
     inputs' fingerprints, already computed (the images a data file names by path); a record from before it held them
     is taken as made from these."""
@@ -100,12 +102,26 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
             inputs[name] = fingerprint(source) if exists else None if source is None else str(source)
         inputs |= contents or {}
     recorded = (out / INPUTS_FILE).is_file() or not entries(out)
+    if not recorded and not _earlier_run(out, what):  # (a model's folder took the adapter: loaded with it from then on)
+        names = sorted(entries(out))
+        raise UserError(f"--out {out} holds files no `unigap {what}` run wrote ({', '.join(names[:3])}"
+                        f"{', ...' if len(names) > 3 else ''}); choose an empty or new folder")
     # a record from before it had them (its "adapter" hashed the whole folder, outputs written there too)
     defaults = {"command": what, "adapter_files": inputs.get("adapter_files"), **(contents or {})}
     claim_settings(out / INPUTS_FILE, inputs, what, defaults=defaults,
                    write=write and distributed.is_main() and recorded,
                    kind="inputs (compared by file name and content)")
     return inputs
+
+
+def _earlier_run(out: Path, what: str) -> bool:
+    """Whether `out`, holding files but no inputs record, holds a run of `what` from before runs kept one: its
+    manifest names the command, or its resume checkpoint is there."""
+    from unigap.manifest import MANIFEST_FILE, read_record
+    from unigap.train.loop import holds_run
+
+    made_by = (read_record(out / MANIFEST_FILE) or {}).get("command")
+    return holds_run(out) or isinstance(made_by, str) and made_by.replace("-", " ") == what
 
 
 def judge_claimed(judge: dict[str, Any], name: str = "judge") -> dict[str, str]:

@@ -142,6 +142,8 @@ def default_device_and_dtype(
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise UserError(f"unknown device {device!r}: {exc}") from None
+    if device.type == "meta":  # (it takes the tensor below, and fails minutes later, inside the first computation)
+        raise UserError("device 'meta' holds no data to compute with; give cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {str(device)!r} asked for, but this torch sees no CUDA device "
                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None})")
