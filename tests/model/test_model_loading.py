@@ -294,3 +294,16 @@ def test_a_sharded_checkpoint_loads_and_a_missing_shard_or_index_is_one_clear_er
     (tmp_path / f"without-{shards[1].name}" / "model.safetensors.index.json").write_text("[]")  # (was AttributeError)
     with pytest.raises(UserError, match="has no 'weight_map'"):
         load_model(tmp_path / f"without-{shards[1].name}")
+
+
+def test_a_checkpoint_folder_holding_an_adapter_says_so_when_it_loads(tiny_dir: Path, tmp_path: Path) -> None:
+    """transformers applies an adapter_config.json beside a checkpoint without a word: the model loaded was the
+    checkpoint and that adapter (an adapter trained into its folder by an earlier `train --out`)."""
+    from unigap.errors import UnigapWarning
+
+    shutil.copytree(tiny_dir, tmp_path / "m")
+    um = load_model(tmp_path / "m")
+    um.add_lora(2, 4, 0.0)
+    um.save_adapter(tmp_path / "m")
+    with pytest.warns(UnigapWarning, match="holds a LoRA adapter .* which transformers loaded with it"):
+        load_model(tmp_path / "m")

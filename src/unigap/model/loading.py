@@ -190,6 +190,10 @@ def load_weights(
     if unused:
         warnings.warn(f"the weights in {directory} hold {len(unused)} tensor(s) its config.json has no place for "
                       f"(first: {unused[0]}); loaded without them", UnigapWarning, stacklevel=3)
+    if getattr(model, "_hf_peft_config_loaded", False):  # (transformers applies a folder's adapter without a word)
+        warnings.warn(f"{directory} holds a LoRA adapter (adapter_config.json) beside the checkpoint, which "
+                      "transformers loaded with it: this model is the checkpoint and that adapter", UnigapWarning,
+                      stacklevel=3)
     return model.eval(), tokenizer
 
 
