@@ -151,7 +151,10 @@ def test_file_outputs_refuse_a_folder_name_or_another_format(tmp_path: Path, cap
         (["generate", "--model", "tiny", "--prompt", "a red circle", "--out", f"{tmp_path}/new/"], "names a directory"),
         (["generate", "--model", "tiny", "--prompt", "a red circle", "--out", str(tmp_path / "a.jpg")], "writes PNG"),
         (["generate", "--model", "tiny", "--prompts", str(prompts), "--out", str(tmp_path / "g.png")],
-         "with --prompts --out is a directory"),
+         "names a file, and `unigap generate` writes a folder there"),
+        (["refine", "--n", "1", "--out", str(tmp_path / "r.json")],
+         "names a file, and `unigap refine` writes a folder"),
+        (["refine", "train", "--out", str(tmp_path / "g.JSON")], "`unigap refine train` writes a folder there (a file"),
         (["generate", "--model", "tiny", "--prompts", str(prompts), "--out", str(tmp_path / "other")],
          "holds files of something else than an earlier grid run"),
     ]

@@ -106,6 +106,7 @@ def _check_processes(command: str, subcommand: str | None) -> None:
 
 # the commands whose --out may be a file; the others write a directory
 FILE_OUTPUTS = ("eval", "compare", "prefs", "generate")
+FILE_SUFFIXES = (".json", ".jsonl", ".png", ".jpg", ".csv", ".parquet", ".html", ".txt", ".safetensors")
 
 
 def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
@@ -128,6 +129,11 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
             check_name_fits(value)
         if command not in FILE_OUTPUTS and Path(value).is_file():
             raise UserError(f"--out {value} is a file, not a directory")
+        folder = not _writes_a_file(argv, command) and not Path(value).is_dir()
+        if folder and Path(value).suffix.lower() in FILE_SUFFIXES:  # (refine --out r.json made a folder r.json)
+            typed = " ".join(filter(None, (command, subcommand)))
+            raise UserError(f"--out {value} names a file, and `unigap {typed}` writes a folder there (a file in it "
+                            "per output): give a folder name")
         read = _read_from(argv, Path(value))
         if read is not None:  # (eval --prompts p.json --out p.json wrote its report over the prompts)
             kind = "file" if Path(value).is_file() else "folder"

@@ -93,8 +93,6 @@ def _generate_grids(model: str, adapter: Path | None, prompt: str | None, prompt
         check_output_file(out, ".png")
     elif out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --prompts it must be a directory")
-    elif out.suffix.lower() == ".png":
-        raise UserError(f"--out {out}: with --prompts --out is a directory (a PNG per line); give a folder name")
     elif entries(out) and not (has_index(out, GRID_INDEX) and _grid_index(out / GRID_INDEX)):
         raise UserError(f"--out {out} holds files of something else than an earlier grid run (no {GRID_INDEX} of "
                         f"one); choose an empty or new folder")
