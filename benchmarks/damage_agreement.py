@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from _common import write_result
+from _common import nonnegative_int, positive_int, run_main, write_result
 from unigap.world import (
     DAMAGE_KINDS,
     damage_scene,
@@ -62,17 +62,22 @@ def measure(n: int, seed: int) -> dict:
          "prompts": prompts[label], "verdicts_agree": prompts_agree[label] / prompts[label]}
         for label in sorted(pictures)
     ]
-    overall = {"pictures": sum(pictures.values()), "objects_agree": sum(pictures_agree.values()) / sum(pictures.values()),
+    overall = {"pictures": sum(pictures.values()),
+               "objects_agree": sum(pictures_agree.values()) / sum(pictures.values()),
                "prompts": sum(prompts.values()), "verdicts_agree": sum(prompts_agree.values()) / sum(prompts.values())}
     return {"n": n, "seed": seed, "overall": overall, "by_damage": rows}
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="damaged pictures (kinds in turn)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=positive_int, default=2000, help="damaged pictures (kinds in turn)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--out", type=Path, default=RESULT)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = options().parse_args(argv)
     result = measure(args.n, args.seed)
     table = Table(title=f"verifier vs damage rule (n = {args.n} pictures, seed {args.seed})")
     for column in ("damage", "pictures", "objects agree", "prompts", "verdicts agree"):
@@ -85,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import write_result
+from _common import nonnegative_int, positive_int, run_main, write_result
 from unigap.evaluate.critique import self_judge_metrics
 from unigap.evaluate.data import held_out_pairs
 from unigap.evaluate.generation import generate_and_judge
@@ -51,7 +51,8 @@ def parts(spec: PromptSpec) -> list[tuple[str, str]]:
             asked.append((TEMPLATES[template].format(a=article(item.noun), color=item.color, shape=item.shape), "yes"))
     if spec.category == "position" and all(item.color for item in spec.items):
         a, b = spec.items
-        asked.append((TEMPLATES["position"].format(color=a.color, shape=a.shape, relation=RELATION_PHRASES[spec.relation],
+        asked.append((TEMPLATES["position"].format(color=a.color, shape=a.shape,
+                                                   relation=RELATION_PHRASES[spec.relation],
                                                    color2=b.color, shape2=b.shape), "yes"))
     return asked
 
@@ -97,14 +98,18 @@ def judged(scores: list[float], threshold: float, records: list[dict]) -> dict:
             "precision": accepted["precision"], "n": accepted["n"], "accept_rate": accepted["n"] / len(records)}
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--split", default="test", choices=("val", "test"))
-    parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--n", type=positive_int, default=500)
+    parser.add_argument("--seed", type=nonnegative_int, default=7)
     parser.add_argument("--out", type=Path, default=RESULT)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = options().parse_args(argv)
     um = load_model(args.model)
     specs = [spec for spec, _ in held_out_pairs(args.n, args.seed, 0, split=args.split)]
     with torch.no_grad():
@@ -122,13 +127,15 @@ def main() -> None:
     for column in ("score", "AUC within categories", "precision", "accepted", *CATEGORIES):
         table.add_column(column)
     for name, row in results.items():
-        cells = [f"{v:.3f}" if v is not None else "—" for v in (row["auc_within"], row["precision"], row["accept_rate"])]
+        cells = [f"{v:.3f}" if v is not None else "—"
+                 for v in (row["auc_within"], row["precision"], row["accept_rate"])]
         table.add_row(name, *cells, *(f"{row['auc_by_category'][c]:.2f}" if row["auc_by_category"][c] is not None
                                       else "—" for c in CATEGORIES))
     Console(width=200).print(table)
     write_result(args.out, {"model": args.model, "split": args.split, "n": args.n, "seed": args.seed,
-                            "generation_accuracy": sum(r["verified"] for r in records) / len(records), "results": results})
+                            "generation_accuracy": sum(r["verified"] for r in records) / len(records),
+                            "results": results})
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

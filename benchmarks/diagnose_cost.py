@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import check_device, machine, write_result
+from _common import check_device, machine, nonnegative_int, positive_int, run_main, write_result
 
 import unigap.world
 from unigap.diagnose import GradientCollector, dpo_loss_fn, shared_parameters
@@ -52,13 +52,18 @@ def _pairs(um: UnifiedModel, seed: int) -> tuple[list[UnderstandingPair], list[G
     return und, with_reference(um, gen)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: a random tiny model)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--steps", type=int, default=12, help="training steps (two are not timed)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnose_cost.json"))
+    parser.add_argument("--steps", type=positive_int, default=12, help="training steps (two are not timed)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "diagnose_cost.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = options()
     args = parser.parse_args(argv)
     check_device(parser, args.device)
     if args.steps < 3:
@@ -122,4 +127,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

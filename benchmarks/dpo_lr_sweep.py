@@ -3,7 +3,8 @@
 Why: the multi-task DPO paper's lr 1e-6 is tuned for a 7B model's LoRA; the tiny model needs its own (the study's
 default, `unigap.study.FULL.lr`, now comes from `unigap tune`; this sweep came first). Each run is exactly a study
 job (the study's `train_strategy` builder: its preference pairs, its step budget, seed 0, then `unigap.evaluate` on
-`--n` items), so the numbers carry over. Finished runs in `--work` are reused; a sweep of other steps, n or model there is refused.
+`--n` items), so the numbers carry over. Finished runs in `--work` are reused; a sweep of other steps, n or model
+there is refused.
 
     python benchmarks/dpo_lr_sweep.py [--model tiny] [--lrs 3e-5 1e-4 3e-4] [--steps 150] [--n 200]
 """
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from _common import machine, write_result
+from _common import check_model, machine, positive_float, positive_int, run_main, write_result
 
 from unigap.atomic import claim_settings
 from unigap.report import BASE
@@ -48,15 +49,21 @@ def _row(runner: StudyRunner, method: str, lr: float | None) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> dict:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4])
-    parser.add_argument("--steps", type=int, default=FULL.steps)
-    parser.add_argument("--n", type=int, default=FULL.n)
+    parser.add_argument("--lrs", type=positive_float, nargs="+", default=[3e-5, 1e-4, 3e-4])
+    parser.add_argument("--steps", type=positive_int, default=FULL.steps)
+    parser.add_argument("--n", type=positive_int, default=FULL.n)
     parser.add_argument("--work", type=Path, default=Path("runs/dpo-lr-sweep"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dpo_lr_sweep.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dpo_lr_sweep.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = options()
     args = parser.parse_args(argv)
+    check_model(parser, args.model)  # (before --work records it as the sweep's)
 
     config = FULL.scaled(model=args.model, steps=args.steps, n=args.n)
     # (its runs are named by lr alone: another sweep's would be reused as this one's)
@@ -83,11 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append(_row(runner, strategy, lr))
 
     table = Table(title=f"DPO lr sweep: {args.model}, {args.steps} steps, seed 0, n = {args.n}")
-    columns = ("method", "lr", "understanding", "generation", "nonunification", "und_dpo_loss_last20", "gen_dpo_loss_last20")
+    columns = ("method", "lr", "understanding", "generation", "nonunification", "und_dpo_loss_last20",
+               "gen_dpo_loss_last20")
     for column in columns:
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(*("—" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+        table.add_row(*("—" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
+                        for c in columns))
     Console().print(table)
     result = {
         "model": args.model,
@@ -102,4 +111,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -42,7 +42,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from _common import check_device, machine, matmul_flops, paired_medians, positive_int, write_result
+from _common import (check_device, machine, matmul_flops, paired_medians, positive_float, positive_int,
+                     run_main, write_result)
 
 import unigap.world
 from unigap.model import UnifiedModel, load_model, save_random_tiny
@@ -57,7 +58,7 @@ DATASHEET_BF16_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 80GB HBM3": 989.4, "
 
 def datasheet_peak(um: UnifiedModel, override_tflops: float | None) -> tuple[float, str] | None:
     """The peak MFU divides by when one is known (the override, else a GPU's datasheet), and where it comes from."""
-    if override_tflops:
+    if override_tflops is not None:
         return override_tflops * 1e12, "--peak-tflops"
     if um.device.type == "cuda":
         name = torch.cuda.get_device_name(um.device)
@@ -174,21 +175,27 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: a random tiny model)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--lora-rank", type=int, default=64)
+    parser.add_argument("--lora-rank", type=positive_int, default=64)
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1], help="pairs per task per step")
     parser.add_argument("--steps", type=positive_int, default=5, help="steps per timed run")
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute activations in the backward pass (less memory, larger batches)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the peak MFU divides by (default: see above)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dpo_step.json"))
+    parser.add_argument("--peak-tflops", type=positive_float, default=None,
+                        help="the peak MFU divides by (default: see above)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dpo_step.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = options()
     args = parser.parse_args(argv)
-    check_device(parser, args.device)
+    check_device(parser, args.device, args.dtype)
 
     with tempfile.TemporaryDirectory() as scratch:
         um = (load_model(args.model, args.device, args.dtype) if args.model
@@ -267,4 +274,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

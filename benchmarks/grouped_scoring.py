@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, positive_int, write_result
+from _common import machine, positive_int, run_main, write_result
 from unigap.model import load_model
 from unigap.model.understanding import grouped_answer_logprobs
 from unigap.pretrain import FULL
@@ -30,10 +30,14 @@ from unigap.pretrain.corpus import understanding_corpus
 RESULT = Path(__file__).parent / "results" / "grouped_scoring.json"
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=positive_int, default=5)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = options().parse_args(argv)
     um = load_model("tiny", device="cpu")  # float32 on the CPU (the timing does not synchronise a GPU)
     um.model.train()
     corpus = understanding_corpus(400, seed=0, questions_per_scene=FULL.questions_per_scene)
@@ -57,7 +61,8 @@ def main() -> None:
         assert torch.allclose(totals[1], totals[3], atol=1e-4), "bucketing changed the scores"
     one, three = statistics.median(seconds[1]), statistics.median(seconds[3])
     table = Table("rows per step", "1 block (s)", "3 buckets (s)", "speed-up")
-    table.add_row(f"{FULL.und_batch} images × {FULL.questions_per_image}", f"{one:.3f}", f"{three:.3f}", f"{one / three:.2f}×")
+    table.add_row(f"{FULL.und_batch} images × {FULL.questions_per_image}", f"{one:.3f}", f"{three:.3f}",
+                  f"{one / three:.2f}×")
     Console().print(table)
     write_result(RESULT, {"benchmark": "grouped_scoring", "images": FULL.und_batch,
                           "questions_per_image": FULL.questions_per_image, "repeats": args.repeats,
@@ -66,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

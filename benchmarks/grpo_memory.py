@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import check_device, machine, positive_int, write_result
+from _common import check_device, machine, positive_int, run_main, write_result
 
 from unigap.model import load_model
 from unigap.refine.grpo import GRPOTrainer
@@ -95,9 +95,10 @@ def update(trainer: GRPOTrainer, config: GRPOConfig, rollouts: list[Any]) -> dic
             "cuda_peak_mib": torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None}
 
 
-def main(argv: list[str] | None = None) -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help='"tiny" (the shipped model) or a checkpoint directory')
+    parser.add_argument("--model", default="tiny",
+                        help='"tiny" (the shipped model) or a checkpoint directory')
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when torch sees it)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 (default: the device's)")
     parser.add_argument("--num-generations", type=positive_int, default=16, help="G: samples per group")
@@ -105,8 +106,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="spans to compare with whole groups")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed updates per setting and stage")
     parser.add_argument("--out", type=Path, default=RESULT)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = options()
     args = parser.parse_args(argv)
-    check_device(parser, args.device)
+    check_device(parser, args.device, args.dtype)
     um = load_model(args.model, args.device, args.dtype)
     config = GRPOConfig(prompts_per_step=1, num_generations=args.num_generations, eval_n=0)
     trainer = GRPOTrainer(um, config, "unused")
@@ -142,4 +148,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -17,7 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from _common import write_result
+from _common import nonnegative_int, positive_int, run_main, write_result
 from unigap.evaluate.critique import auc
 from unigap.model import load_model
 from unigap.world import CATEGORIES, break_scene, check, damage_scene, render, sample_records, warp_scene
@@ -64,18 +64,23 @@ def measure(model: str, n: int, seed: int) -> dict:
         for category in CATEGORIES:
             rows = [(it, p) for it, p in zip(items, p_yes, strict=True) if it["category"] == category]
             by_category[category] = auc([p for it, p in rows if it["truth"]], [p for it, p in rows if not it["truth"]])
-        result["splits"][split] = {"accuracy": float(np.mean(accurate)), "yes_rate": float(np.mean([it["truth"] for it in items])),
+        result["splits"][split] = {"accuracy": float(np.mean(accurate)),
+                                   "yes_rate": float(np.mean([it["truth"] for it in items])),
                                    "auc_by_category": by_category}
     return result
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--n", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--n", type=positive_int, default=400)
+    parser.add_argument("--seed", type=nonnegative_int, default=3)
     parser.add_argument("--out", type=Path, default=RESULT)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = options().parse_args(argv)
     result = measure(args.model, args.n, args.seed)
     table = Table(title=f"self-judge on rendered pictures ({args.model}, n = {args.n} per split)")
     table.add_column("split")
@@ -90,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

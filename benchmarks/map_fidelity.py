@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, write_result
+from _common import machine, nonnegative_int, positive_int, run_main, write_result
 from unigap.model import load_model
 from unigap.world import PALETTE, random_train_scenes, render, render_depth, render_segmentation
 
@@ -57,22 +57,27 @@ def measure(model: str, n: int, seed: int) -> dict:
     return {"model": model, "n": n, "seed": seed, "machine": machine(um), "rows": rows}
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--n", type=int, default=200, help="random train-split scenes")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=positive_int, default=200, help="random train-split scenes")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--out", type=Path, default=RESULT)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = options().parse_args(argv)
     result = measure(args.model, args.n, args.seed)
     table = Table(title=f"VQ round trip of the auxiliary maps ({args.model}, n = {args.n})")
     for column in ("map", "background", "mean abs error", "pixel classes kept"):
         table.add_column(column, justify="left" if column in ("map", "background") else "right")
     for row in result["rows"]:
-        table.add_row(row["map"], row["background"], f"{row['mean_abs_error']:.1f}", f"{row['pixel_class_agreement']:.3f}")
+        table.add_row(row["map"], row["background"], f"{row['mean_abs_error']:.1f}",
+                      f"{row['pixel_class_agreement']:.3f}")
     Console().print(table)
     write_result(args.out, result)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import check_device, machine, matmul_flops, positive_int, write_result
+from _common import check_device, machine, matmul_flops, positive_int, run_main, write_result
 
 from unigap.model.loading import default_device_and_dtype
 from unigap.pretrain import FULL
@@ -45,12 +45,17 @@ def per_step(run: Callable[[Callable[..., None]], None], steps: int) -> float:
     return float(np.median(np.diff(stamps[WARMUP - 1:])))
 
 
-def main(argv: list[str] | None = None) -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when torch "
                         "sees it)")
     parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per stage")
     parser.add_argument("--out", type=Path, default=RESULT)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = options()
     args = parser.parse_args(argv)
     check_device(parser, args.device)
     device, _ = default_device_and_dtype(args.device, "float32")
@@ -109,4 +114,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    main()
+    run_main(options(), main)

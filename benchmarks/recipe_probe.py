@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _common import positive_int, run_main
 from unigap.atomic import write_atomically
+from unigap.errors import first_line
 from unigap.evaluate import evaluate, save_report
 from unigap.model import load_model
+from unigap.model.loading import resolve_checkpoint
 from unigap.pretrain import FULL, PretrainConfig, pretrain
 from unigap.pretrain.joint import PatchHead, make_optimizer, trainable_parameters
 from unigap.pretrain.run import (
@@ -61,24 +65,51 @@ def reuse_joint(source: Path, out: Path, config: PretrainConfig) -> None:
     write_atomically(out / JOINT_FILE, lambda tmp: torch.save(state, tmp))
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=500, help="joint-stage steps")
+    parser.add_argument("--steps", type=positive_int, default=500, help="joint-stage steps")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a PretrainConfig change")
     parser.add_argument("--reuse", type=Path, help="checkpoint directory whose VQ (and vision tower) to reuse")
     parser.add_argument("--new-vision", action="store_true", help="train the vision stage instead of reusing it")
     parser.add_argument("--reuse-joint", action="store_true", help="also reuse --reuse's weights as stage 3")
-    parser.add_argument("--n", type=int, default=300)
-    args = parser.parse_args()
+    parser.add_argument("--n", type=positive_int, default=300)
+    return parser
+
+
+def config_changes(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, object]:
+    """`--set FIELD=JSON` items as `PretrainConfig` changes, each refused in one line before any stage trains."""
+    names, changes = {field.name for field in fields(PretrainConfig)}, {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        if not equals or name not in names:
+            parser.error(f"--set {item!r}: give FIELD=JSON, FIELD a PretrainConfig field (e.g. num_layers=6)")
+        if name == "steps":
+            parser.error(f"--set {item!r}: give the joint stage's steps as --steps")
+        try:
+            changes[name] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            parser.error(f"--set {item!r}: the value is not JSON ({exc}); a string is quoted: FIELD='\"text\"'")
+    return changes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = options()
+    args = parser.parse_args(argv)
     if args.reuse_joint and args.reuse is None:
         parser.error("--reuse-joint needs --reuse DIR (the checkpoint whose weights are the finished stage 3)")
-    changes = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
-    config = FULL.scaled(steps=args.steps, **changes)
-    if args.reuse is not None:
-        reuse_stages(args.reuse, args.out, vision=not args.new_vision, config=config)
+    reuse = None if args.reuse is None else resolve_checkpoint(args.reuse)  # (a UserError: run_main's one line)
+    if args.reuse_joint and not (reuse / "pretrain.json").is_file():
+        parser.error(f"--reuse-joint: {reuse} holds no pretrain.json (the record of its stage 3)")
+    changes = config_changes(parser, args.set)
+    try:
+        config = FULL.scaled(steps=args.steps, **changes)
+    except ValueError as exc:  # (a UserError, or a value check's plain ValueError: vq_merge_similarity's)
+        parser.error(f"--set: {first_line(exc)}")
+    if reuse is not None:
+        reuse_stages(reuse, args.out, vision=not args.new_vision, config=config)
         if args.reuse_joint:
-            reuse_joint(args.reuse, args.out, config)
+            reuse_joint(reuse, args.out, config)
     pretrain(args.out, config, show_progress=False)
     report = evaluate(load_model(args.out), args.n, seed=11, split="val", progress=False)
     report["config"].update(model=str(args.out), probe={"steps": args.steps, **changes})
@@ -87,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

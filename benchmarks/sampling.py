@@ -9,7 +9,8 @@ sampling step, whether greedy tokens agree, and the compute floor of a step: 2 F
 the token embeddings + generation head + generation embeddings and aligner) × rows per step (2 × batch with
 CFG), attention ignored, at the rate of a 2048 × 2048 matmul in the model's dtype measured on the same threads;
 and the weights' memory floor: reading those parameters once per step at the measured copy bandwidth (the KV
-cache's reads come on top; attention is left out of both floors). On CUDA, unigap replays each step as a CUDA graph (`UNIGAP_CUDA_GRAPHS=0` turns it off);
+cache's reads come on top; attention is left out of both floors). On CUDA, unigap replays each step as a CUDA graph
+(`UNIGAP_CUDA_GRAPHS=0` turns it off);
 there its eager sampler is timed once too, and its greedy tokens compared with the graphed ones.
 Greedy agreement is also given as the fraction of equal tokens and the mean first step that differs: in bf16,
 a random model's near-tied logits can flip an argmax between two correct implementations.
@@ -29,8 +30,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import (check_device, copy_bytes_per_s, machine, matmul_flops, paired_medians, positive_int,
-                     seconds, write_result)
+from _common import (check_device, copy_bytes_per_s, guidance_scale, machine, matmul_flops,
+                     paired_medians, positive_int, run_main, seconds, write_result)
 from transformers import GenerationConfig
 
 from unigap.model import UnifiedModel, load_model
@@ -99,17 +100,22 @@ def eager_on_cuda(um: UnifiedModel, prompts: list[str], cfg_scale: float, greedy
             "eager_vs_graphs_first_difference": first_difference(eager == greedy)}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help='checkpoint directory or "tiny" (default)')
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[10, 80])
     parser.add_argument("--repeats", type=positive_int, default=3)
-    parser.add_argument("--cfg-scale", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling.json"))
+    parser.add_argument("--cfg-scale", type=guidance_scale, default=5.0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sampling.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = options()
     args = parser.parse_args(argv)
-    check_device(parser, args.device)
+    check_device(parser, args.device, args.dtype)
     if args.cfg_scale <= 1:  # transformers' generate doubles the rows at any scale, but only mixes them above 1
         parser.error(f"--cfg-scale must be > 1 (transformers' image generate needs CFG), got {args.cfg_scale}")
     torch.manual_seed(0)  # transformers' sampling draws from the global generator
@@ -178,4 +184,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -31,26 +31,34 @@ import torch._inductor.config
 from rich.console import Console
 from rich.table import Table
 
-from _common import check_device, machine, paired_medians, positive_int, write_result
+from _common import (check_device, check_model, guidance_scale, machine, paired_medians, positive_int, run_main,
+                     write_result)
 from sampling import prompts_for
 
 import unigap.model.sampler as sampler
+from unigap.errors import UserError
 from unigap.model import load_model
 from unigap.model.sampler import decode_step
 
 
-def main(argv: list[str] | None = None) -> dict:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help='checkpoint directory or "tiny" (default)')
     parser.add_argument("--device", default="cpu", help="cpu (default): the machine the compile is timed on")
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[10, 80])
     parser.add_argument("--repeats", type=positive_int, default=3)
-    parser.add_argument("--cfg-scale", type=float, default=5.0)
+    parser.add_argument("--cfg-scale", type=guidance_scale, default=5.0)
     parser.add_argument("--freezing", action="store_true", help="inductor's freezing (weights as constants)")
     parser.add_argument("--cpp-wrapper", action="store_true", help="inductor's C++ wrapper (no Python per call)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling_compile.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sampling_compile.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = options()
     args = parser.parse_args(argv)
     check_device(parser, args.device)
+    check_model(parser, args.model)  # (before a process per batch size starts)
     if len(args.batch_sizes) > 1:
         return _each_in_its_own_process(args)
     inductor = {"freezing": args.freezing, "cpp_wrapper": args.cpp_wrapper}
@@ -103,8 +111,12 @@ def _each_in_its_own_process(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="unigap-compile-") as scratch:
         for batch in args.batch_sizes:
             part = Path(scratch) / f"{batch}.json"
-            subprocess.run([sys.executable, __file__, *own, "--batch-sizes", str(batch), "--out", str(part)],
-                           check=True, stdout=subprocess.DEVNULL)
+            child = subprocess.run([sys.executable, __file__, *own, "--batch-sizes", str(batch), "--out", str(part)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if child.returncode == 2 and ": error: " in child.stderr:  # it refused an option in argparse's line
+                raise UserError(child.stderr.strip().splitlines()[-1].split(": error: ", 1)[1])  # (the parent's too)
+            sys.stderr.write(child.stderr)
+            child.check_returncode()
             payload = json.loads(part.read_text())
             rows += payload["results"]
     payload["results"] = rows
@@ -129,4 +141,4 @@ def _show(payload: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -8,7 +8,8 @@ script says why the gap to the floor is what it is. It runs the sampler once per
   2048 x 2048 matmul's on the same threads;
 - attention: the fused attention kernel (`scaled_dot_product_*`);
 - sampling: softmax, the random draw and the log-probs of the drawn tokens;
-- other: norms, rotary embeddings, activations, copies into the cache and the dispatch of every small op.
+- other: norms (`aten::div_` too: in a sampling call every one is the divide inside RMSNorm's `aten::mean`), rotary
+  embeddings, activations, copies into the cache and the dispatch of every small op.
 The prompt's prefill is included (one pass, against 64 decoding steps). The profiler adds its own cost to every
 operator, so read shares, and take absolute times from `benchmarks/sampling.py`.
 
@@ -24,7 +25,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import check_device, machine, matmul_flops, positive_int, write_result
+from _common import (check_device, guidance_scale, machine, matmul_flops, positive_int, run_main,
+                     write_result)
 from sampling import prompts_for
 
 from unigap.model import load_model
@@ -33,7 +35,7 @@ GROUPS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
     "attention": ("scaled_dot_product",),
     "sampling": ("aten::_softmax", "aten::_log_softmax", "aten::exponential_", "aten::multinomial", "aten::argmax",
-                 "aten::gather", "aten::div_"),
+                 "aten::gather"),
 }
 
 
@@ -56,13 +58,18 @@ def matmul_flops_of(event: object) -> float:
     return 2.0 * m * k * n * (batch[0] if batch else 1) * event.count
 
 
-def main(argv: list[str] | None = None) -> dict:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help='checkpoint directory or "tiny" (default)')
     parser.add_argument("--device", default="cpu", help="cpu (default): a CPU study (its profile times CPU work)")
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[10, 80])
-    parser.add_argument("--cfg-scale", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling_profile.json"))
+    parser.add_argument("--cfg-scale", type=guidance_scale, default=5.0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sampling_profile.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = options()
     args = parser.parse_args(argv)
     check_device(parser, args.device)
 
@@ -104,4 +111,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -24,7 +24,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, positive_int, write_result
+from _common import machine, nonnegative_int, positive_int, run_main, write_result
 
 WIDTH, HEIGHT = 640, 480
 MEASURE = """
@@ -56,12 +56,16 @@ def write_data(folder: Path, n: int, seed: int) -> Path:
     return folder / "und.jsonl"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=positive_int, default=400, help="Images in the file.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "user_data_memory.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = options().parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = write_data(Path(tmp), args.n, args.seed)
         on_disk = sum(f.stat().st_size for f in (Path(tmp) / "images").iterdir())
@@ -81,4 +85,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, write_result
+from _common import machine, nonnegative_int, positive_int, run_main, write_result
 from unigap.evaluate import generate_and_judge, held_out_pairs
 from unigap.model import load_model
 from unigap.world import detect, render, verify
@@ -55,11 +55,15 @@ def measure(name: str, images: list, specs: list) -> dict:
     }
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--n", type=positive_int, default=500)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = options().parse_args(argv)
     um = load_model("tiny")
     pairs = held_out_pairs(args.n, args.seed)
     specs = [spec for spec, _ in pairs]
@@ -69,7 +73,8 @@ def main() -> None:
     rows = [
         measure("random tokens", um.decode_tokens(random_ids), specs),
         measure("shipped tiny, generated (CFG 5, T 1)", generated, specs),
-        measure("VQ reconstructions of the scenes", um.decode_tokens(um.encode_images([render(s) for _, s in pairs])), specs),
+        measure("VQ reconstructions of the scenes", um.decode_tokens(um.encode_images([render(s) for _, s in pairs])),
+                specs),
     ]
     table = Table("images", "accuracy, limit 4", "accuracy, no limit", "objects per image", "share > 4")
     for row in rows:
@@ -80,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, write_result
+from _common import check_model, machine, run_main, write_result
 from unigap.model import load_model
 from unigap.pretrain.corpus import understanding_corpus
 from unigap.pretrain.labels import patch_labels
@@ -55,10 +55,17 @@ def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, seed: int = 0) 
     return (predicted == labels[FIT:])[on_object].float().mean().item()
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="tiny or a checkpoint directory (repeatable)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = options()
+    args = parser.parse_args(argv)
+    for name in args.model or []:  # (a later one would fail after the earlier ones' probes)
+        check_model(parser, name)
     corpus = understanding_corpus(FIT + TEST, seed=0, questions_per_scene=0)
     pixels = to_pixels(corpus.renders)
     rows, um = [], None
@@ -77,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

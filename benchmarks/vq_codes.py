@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import positive_int, write_result
+from _common import finite_float, positive_int, run_main, write_result
 from unigap.evaluate.vq import vq_fidelity
 from unigap.model import UnifiedModel, load_model
 from unigap.pretrain.corpus import edit_corpus, generation_corpus
@@ -57,13 +57,17 @@ def measure(um: UnifiedModel, sources: np.ndarray, results: np.ndarray) -> dict[
     }
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--pairs", type=positive_int, default=300, help="edit pairs of train scenes (seed 0)")
-    parser.add_argument("--similarity", type=float, nargs="*", default=[0.95, 0.9, 0.85, 0.8])
+    parser.add_argument("--similarity", type=finite_float, nargs="*", default=[0.95, 0.9, 0.85, 0.8])
     parser.add_argument("--out", type=Path, default=RESULT)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = options().parse_args(argv)
     base = load_model(args.model, device="cpu")
     corpus = edit_corpus(args.pairs, 0)
     sources, results = np.stack(corpus.sources), np.stack(corpus.results)
@@ -86,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from _common import machine, write_result
+from _common import machine, positive_int, run_main, write_result
 
 from unigap.evaluate import vq_fidelity
 from unigap.pretrain import FULL, vq
@@ -40,20 +40,25 @@ def run(mode: str, renders: np.ndarray, steps: int, n: int) -> dict:
         um, n=n, seed=0, data_seed=0, progress=False, split="val")  # (a recipe is chosen on val, never on test)
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--scenes", type=int, default=4000)
-    parser.add_argument("--n", type=int, default=200)
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=positive_int, default=800)
+    parser.add_argument("--scenes", type=positive_int, default=4000)
+    parser.add_argument("--n", type=positive_int, default=200)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = options().parse_args(argv)
     renders = np.stack([render(scene) for _, scene in sample_records(args.scenes, FULL.seed, "train")])
     rows = [run(mode, renders, args.steps, args.n) for mode in ("uniform", "object")]
     table = Table("crops", "steps", "train s", "verifier accepts reconstructions")
     for row in rows:
-        table.add_row(row["crops"], str(row["steps"]), f"{row['train_seconds']:.0f}", f"{row['accuracy']:.3f} ± {row['stderr']:.3f}")
+        table.add_row(row["crops"], str(row["steps"]), f"{row['train_seconds']:.0f}",
+                      f"{row['accuracy']:.3f} ± {row['stderr']:.3f}")
     Console().print(table)
     write_result(RESULT, {"benchmark": "vq_crops", "scenes": args.scenes, "n": args.n, "runs": rows, **machine()})
 
 
 if __name__ == "__main__":
-    main()
+    run_main(options(), main)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,14 +27,86 @@ def _script(name: str, monkeypatch: pytest.MonkeyPatch):
     ("sampling", ["--device", "tpu"], "unknown device 'tpu'"),  # (a traceback from deep in the load)
     ("dpo_step", ["--device", "cuda:99"], "asked for, but this torch"),
     ("grpo_memory", ["--micro-batch-sizes", "0"], "must be at least 1, got 0"),
+    ("sampling", ["--dtype", "foo"], "unknown dtype 'foo'"),  # (the dtype was checked only by the load)
+    ("dpo_step", ["--dtype", "foo"], "unknown dtype 'foo'"),
+    ("grpo_memory", ["--dtype", "int8"], "dtype must be one of"),
+    ("sampling", ["--cfg-scale", "nan"], "must be a finite number, got nan"),  # (NaN passed the `<= 1` check)
+    ("sampling_profile", ["--cfg-scale", "-1"], "must be from 0 to"),
+    ("dpo_step", ["--lora-rank", "0"], "must be at least 1, got 0"),  # (it failed after building the model)
+    ("dpo_step", ["--peak-tflops", "0"], "must be > 0, got 0"),  # (0 was ignored, a negative peak taken)
+    ("dpo_lr_sweep", ["--model", "/nonexistent"], "model path /nonexistent does not exist"),  # (before --work)
 ])
 def test_a_benchmark_refuses_what_it_cannot_run(script: str, argv: list[str], message: str,
                                                 monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     module = _script(script, monkeypatch)
-    monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("the model loaded"), raising=False)
     with pytest.raises(SystemExit) as exit_info:
         module.main(argv)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def _run_as_command(script: str, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str]:
+    """The script as `python benchmarks/SCRIPT.py ARGV` runs it (its `__main__` block, in this process: each
+    subprocess would import torch afresh): its exit code and its last line on stderr, which must be its only
+    error line."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / f"{script}.py"), *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCHMARKS / f"{script}.py"), run_name="__main__")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(lines) and [line for line in lines if ": error: " in line] == lines[-1:]
+    return exit_info.value.code, lines[-1]
+
+
+@pytest.mark.parametrize(("script", "argv", "message"), [
+    ("sampling", ["--model", "/nonexistent"], "model path /nonexistent does not exist"),  # (the load's UserError)
+    ("grpo_memory", ["--model", "/nonexistent"], "model path /nonexistent does not exist"),
+    ("vision_probe", ["--model", "tiny", "--model", "/nonexistent"], "model path /nonexistent does not exist"),
+    ("sampling", ["--dtype", "foo"], "unknown dtype 'foo'"),
+    ("sampling", ["--cfg-scale", "inf"], "argument --cfg-scale: must be a finite number, got inf"),
+    ("dpo_step", ["--lora-rank", "0"], "argument --lora-rank: must be at least 1, got 0"),
+    ("damage_agreement", ["--n", "0"], "argument --n: must be at least 1, got 0"),  # (a ZeroDivisionError)
+    ("vq_crops", ["--n", "0"], "argument --n: must be at least 1, got 0"),  # (after training a VQ)
+    ("recipe_probe", ["--out", "unused", "--n", "0"], "argument --n: must be at least 1, got 0"),  # (after pretrain)
+    ("recipe_probe", ["--out", "unused", "--set", "num_layers"], "give FIELD=JSON"),
+    ("recipe_probe", ["--out", "unused", "--set", "num_layers=six"], "the value is not JSON"),
+    ("recipe_probe", ["--out", "unused", "--set", "steps=10"], "give the joint stage's steps as --steps"),
+    ("recipe_probe", ["--out", "unused", "--set", "num_layers=1.5"], "num_layers must be an integer, got 1.5"),
+])
+def test_a_benchmark_run_as_a_command_refuses_a_bad_flag_in_one_line(script: str, argv: list[str], message: str,
+                                                                     monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    code, line = _run_as_command(script, argv, monkeypatch, capsys)
+    assert code == 2 and line.startswith(f"{script}.py: error: ") and message in line
+
+
+def test_the_compile_benchmark_reports_a_childs_refusal_as_its_own(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Each batch size runs in a child process: a child's refusal came back as its traceback, then the parent's
+    CalledProcessError."""
+    import subprocess
+
+    def refused(command: list[str], **_: object) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess(command, 2, None, "usage: sampling_compile.py [-h]\n"
+                                                            "sampling_compile.py: error: no such thing\n")
+
+    monkeypatch.setattr(subprocess, "run", refused)
+    code, line = _run_as_command("sampling_compile", ["--batch-sizes", "1", "2"], monkeypatch, capsys)
+    assert (code, line) == (2, "sampling_compile.py: error: no such thing")
+
+
+@pytest.mark.parametrize("script", ["sampling", "sampling_compile", "sampling_profile", "dpo_step", "diagnose_cost",
+                                    "dpo_lr_sweep"])
+def test_a_benchmark_writes_its_result_beside_itself_from_any_folder(script: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _script(script, monkeypatch).options().parse_args([]).out == BENCHMARKS / "results" / f"{script}.json"
+
+
+def test_a_result_with_a_nan_is_refused_not_written_as_invalid_json(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    common = _script("_common", monkeypatch)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        common.write_result(tmp_path / "result.json", {"mfu": float("nan")})
+    assert not (tmp_path / "result.json").exists()
 
 
 def test_the_pretraining_speed_benchmark_times_every_stage_and_projects_the_recipe(
@@ -139,7 +213,8 @@ def test_the_dpo_benchmark_counts_a_checkpointed_steps_model_flops_without_an_un
 
 
 def test_the_vision_probe_reads_a_tower_loaded_in_another_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Float32 CPU pixels went straight into the tower, which a GPU loads in bf16 by default: the first forward failed."""
+    """Float32 CPU pixels went straight into the tower, which a GPU loads in bf16 by default: the first forward
+    failed."""
     import numpy as np
     import torch
 
