@@ -941,6 +941,37 @@ def test_a_training_run_refuses_an_out_it_would_write_over(tmp_path: Path, capsy
     assert prompts.read_text() == '{"prompt": "a red square"}\n'
 
 
+def test_an_out_named_like_a_split_the_shipped_model_or_a_number_is_no_input(tmp_path: Path, capsys,
+                                                                              monkeypatch) -> None:
+    """The reruns a name or a number made look like inputs were refused ("--out val is a folder this command reads
+    (--split)"); and a long prompt, no file name, failed the check with ENAMETOOLONG once --out existed."""
+    monkeypatch.chdir(tmp_path)
+    for out in ("val", "2"):
+        for _ in range(2):  # (the rerun)
+            code, err = _run(capsys, ["world", "sample", "--split", "val", "--n", "2", "--seed", "0", "--out", out])
+            assert code in (0, None) and not err, err
+    prompt = "a red circle above a blue square " * 9
+    for _ in range(2):
+        code, err = _run(capsys, ["generate", "--model", "tiny", "--prompt", prompt, "--out", "img.png"])
+        assert code in (0, None) and not err, err
+
+
+def test_a_run_from_before_inputs_records_resumes_and_a_hidden_file_is_no_run(tmp_path: Path) -> None:
+    """A geneval or refine run killed before runs kept inputs.json holds its settings record and no checkpoint: its
+    resume was refused; a new folder holding only a .gitkeep was refused as "files no run wrote"."""
+    from unigap.cli.common import claim_inputs
+
+    legacy = tmp_path / "gv"
+    (legacy / "00000" / "samples").mkdir(parents=True)
+    (legacy / "settings.json").write_text("{}")
+    claim_inputs(legacy, "generate", "tiny", None, write=False)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / ".gitkeep").write_text("")
+    claim_inputs(kept, "selfimprove", "tiny")
+    assert (kept / "inputs.json").is_file()  # (a new run: recorded)
+
+
 def test_the_meta_device_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
     """(It passed the device check, built the corpora, then failed in the VQ with a NotImplementedError.)"""
     code, err = _run(capsys, ["pretrain", "--quick", "--device", "meta", "--out", str(tmp_path / "out")])

@@ -50,6 +50,7 @@ def test_a_checkpoint_from_more_gpus_restores_the_states_of_the_gpus_there_are(m
 @pytest.mark.parametrize(("error", "raised", "says"), [
     (UserError("--n must be positive"), UserError, "process 1 failed: --n must be positive"),
     (ValueError("bad item"), RuntimeError, "process 1 failed: ValueError: bad item"),
+    (torch.OutOfMemoryError("CUDA out of memory"), torch.OutOfMemoryError, "process 1 failed: CUDA out of memory"),
 ])
 def test_another_processs_user_error_is_a_user_error_here_too(monkeypatch: pytest.MonkeyPatch, error, raised,
                                                                says) -> None:

@@ -126,22 +126,28 @@ def gather_objects(value: Any) -> list[Any]:
 
 def gather_results(fn: Callable[[], Any]) -> list[Any]:
     """`fn()` on every process, gathered in rank order; when it raises on any process, every process raises (the
-    failing one its own error), instead of the others waiting for it in the next collective: a `UserError` where it
-    was one (the CLI's one line, not a traceback from every other process), else a RuntimeError naming it."""
+    failing one its own error), instead of the others waiting for it in the next collective: a `UserError` or a GPU's
+    out-of-memory error where it was one (the CLI's one line, not a traceback from every other process), else a
+    RuntimeError naming it."""
     try:
-        mine: tuple[bool, Any, bool] = (True, fn(), False)
+        mine: tuple[bool, Any, str] = (True, fn(), "")
     except Exception as exc:
         if world_size() == 1:
             raise
-        user = isinstance(exc, UserError)
-        gather_objects((False, str(exc) if user else f"{type(exc).__name__}: {exc}", user))
+        kind = next((name for name, kind in _PASSED_ON.items() if isinstance(exc, kind)), "")
+        gather_objects((False, str(exc) if kind else f"{type(exc).__name__}: {exc}", kind))
         raise
     results = gather_objects(mine)
-    failed = [(index, message, user) for index, (ok, message, user) in enumerate(results) if not ok]
+    failed = [(index, message, kind) for index, (ok, message, kind) in enumerate(results) if not ok]
     if failed:
-        index, message, user = failed[0]
-        raise (UserError if user else RuntimeError)(f"process {index} failed: {message}")
+        index, message, kind = failed[0]
+        raise _PASSED_ON.get(kind, RuntimeError)(f"process {index} failed: {message}")
     return [value for _, value, _ in results]
+
+
+# the errors another process raises as they were (by name: a pickled exception may not unpickle), so that the CLI
+# treats them alike on every process
+_PASSED_ON: dict[str, type[Exception]] = {"user": UserError, "memory": torch.OutOfMemoryError}
 
 
 def ordered_rounds(items: Sequence[T], fn: Callable[[T], Any]) -> Iterator[list[Any]]:

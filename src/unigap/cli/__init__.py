@@ -145,13 +145,32 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
 
 
 def _read_from(argv: list[str], out: Path) -> str | None:
-    """The other option (`--prompts`, `--model`, ...) whose value names the existing file or folder `out` is."""
+    """The other option (`--prompts`, `--model`, ...) whose value names the existing file or folder `out` is; not a
+    value the command reads as a name (a split, the shipped model) or a number (`--n 2 --out 2`)."""
     if not out.exists():
         return None
-    for flag in {arg.split("=", 1)[0] for arg in argv if arg.startswith("--") and arg.split("=", 1)[0] != "--out"}:
-        if any(Path(value).exists() and Path(value).samefile(out) for value in _values(argv, flag)):
-            return flag
+    for flag in sorted({arg.split("=", 1)[0] for arg in argv if arg.startswith("--")} - {"--out"}):
+        for value in _values(argv, flag):
+            try:
+                same = Path(value).exists() and Path(value).samefile(out)
+            except OSError:  # (a long prompt is no file name: ENAMETOOLONG)
+                continue
+            if same and not _a_name(value):
+                return flag
     return None
+
+
+def _a_name(value: str) -> bool:
+    """Whether the commands read `value` as a name or a number, whatever a folder of that name holds: a split, the
+    shipped model (imported only here: `unigap.model` loads torch), a count or a seed."""
+    from unigap.model.loading import EMBEDDED
+    from unigap.world import SPLITS
+
+    try:
+        float(value)
+    except ValueError:
+        return value in SPLITS or value in EMBEDDED
+    return True
 
 
 def _params(command: str, subcommand: str | None) -> list[Any]:

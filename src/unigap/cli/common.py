@@ -67,6 +67,7 @@ def edit_guidance_kwargs(edit_cfg: float | None, edit_image_cfg: float | None) -
 
 
 INPUTS_FILE = "inputs.json"
+RUN_SETTINGS_FILE = "settings.json"  # the settings record of the runs `claim_inputs` guards that have no checkpoint
 
 
 def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, write: bool = True,
@@ -101,9 +102,9 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
             exists = source is not None and source not in SPLITS and Path(source).exists()
             inputs[name] = fingerprint(source) if exists else None if source is None else str(source)
         inputs |= contents or {}
-    recorded = (out / INPUTS_FILE).is_file() or not entries(out)
-    if not recorded and not _earlier_run(out, what):  # (a model's folder took the adapter: loaded with it from then on)
-        names = sorted(entries(out))
+    names = sorted(name for name in entries(out) if not name.startswith("."))  # (a .gitkeep, macOS's .DS_Store)
+    recorded = (out / INPUTS_FILE).is_file() or not names
+    if not recorded and not _earlier_run(out, what):  # (a model's folder took the adapter: loaded with it for good)
         raise UserError(f"--out {out} holds files no `unigap {what}` run wrote ({', '.join(names[:3])}"
                         f"{', ...' if len(names) > 3 else ''}); choose an empty or new folder")
     # a record from before it had them (its "adapter" hashed the whole folder, outputs written there too)
@@ -116,12 +117,14 @@ def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, 
 
 def _earlier_run(out: Path, what: str) -> bool:
     """Whether `out`, holding files but no inputs record, holds a run of `what` from before runs kept one: its
-    manifest names the command, or its resume checkpoint is there."""
+    manifest names the command, or its resume checkpoint or its settings record (`generate`'s geneval layout,
+    `refine`, `refine train`, `selfimprove`: each compares them on --resume) is there."""
     from unigap.manifest import MANIFEST_FILE, read_record
     from unigap.train.loop import holds_run
 
     made_by = (read_record(out / MANIFEST_FILE) or {}).get("command")
-    return holds_run(out) or isinstance(made_by, str) and made_by.replace("-", " ") == what
+    return (holds_run(out) or (out / RUN_SETTINGS_FILE).is_file()
+            or isinstance(made_by, str) and made_by.replace("-", " ") == what)
 
 
 def judge_claimed(judge: dict[str, Any], name: str = "judge") -> dict[str, str]:
