@@ -152,5 +152,6 @@ def judged_part(judge: Judge, um: Any, trajectories: Sequence[Trajectory], round
     flat = [(t.spec, image) for t in trajectories for image in t.images]
     verdicts = iter(judge.verdicts(um, [image for _, image in flat], [spec for spec, _ in flat]))
     per_prompt = [[next(verdicts) for _ in t.images] for t in trajectories]
-    return {"rounds": round_metrics(trajectories, rounds, per_prompt), "stop": stop_metrics(trajectories, rounds, per_prompt),
+    return {"rounds": round_metrics(trajectories, rounds, per_prompt),
+            "stop": stop_metrics(trajectories, rounds, per_prompt),
             "gain": gain(trajectories, rounds, per_prompt), "verdicts": per_prompt}
