@@ -141,6 +141,18 @@ def test_rounds_zero_generates_once_for_the_loop_and_its_oracle(stub, tmp_path: 
     assert loops == ["self"] and report["oracle"]["rounds"] == report["rounds"]
 
 
+def test_an_empty_reflection_is_a_format_failure_when_regenerating_as_in_training(stub_factory) -> None:
+    """Training rewarded an empty reflection as a format failure (no image); the loop regenerated from "prompt. " and
+    counted it as going on."""
+    stub = stub_factory(can_edit=False)
+    stub.reflect = lambda images, prompts: [" "] * len(images)
+    [trajectory] = run_loop(stub, SPECS[:1], rounds=2, reflector="self", refiner="auto", seed=0, progress=False)
+    assert trajectory.format_failure_round == 1 and len(trajectory.images) == 1 and trajectory.stop_round is None
+    from unigap.refine.loop import acted_on
+
+    assert not acted_on(" ", edit=False) and acted_on("make it red", edit=False) and not acted_on("make it red", True)
+
+
 def test_a_model_that_cannot_edit_regenerates_and_refuses_edit(stub_factory, tmp_path: Path) -> None:
     stub = stub_factory(can_edit=False)
     report = run_refine(stub, RefineConfig(n=4, rounds=1), tmp_path / "regen", progress=False)

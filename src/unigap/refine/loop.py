@@ -5,8 +5,8 @@ in a fresh context holding only the current image and the target prompt: an answ
 stops that prompt (its last image carries forward), anything else is an instruction and the refiner makes the next image
 from it: `edit` (the current image + the instruction, on models that can edit) or `regenerate` (a new sample
 from the prompt refined by the instruction, R3's fallback for models that cannot; the instruction is free text
-there). With `edit`, an instruction outside the grammar is a *format failure*: the image is kept, the prompt
-stops, and the failure is counted. Nothing else happens inside the loop — no self-judge gating, no retries, no
+there). With `edit`, an instruction outside the grammar is a *format failure* (with `regenerate`, an empty one):
+the image is kept, the prompt stops, and the failure is counted. Nothing else happens inside the loop — no self-judge gating, no retries, no
 best-so-far selection — so any gain is the loop's own.
 
 The `oracle` reflector answers with the exact first edit of the diff between the verifier's parse of the
@@ -101,6 +101,13 @@ def oracle_reflection(image: Image.Image, spec: PromptSpec | FreePrompt) -> str:
     return answer or "no further edit needed"  # no single edit helps: the oracle cannot instruct either
 
 
+def acted_on(note: str, edit: bool) -> bool:
+    """Whether a reflection that does not stop can be acted on: within the edit grammar for an editor, any text but
+    none for a regenerator (an empty one would redraw the prompt as it was). The loop and its GRPO rollouts agree:
+    a reflection training rewards as a format failure is one here too."""
+    return parse_reflection(note).format_ok if edit else bool(note.strip())
+
+
 def refined_prompt(prompt: str, instruction: str) -> str:
     """R3's regenerate fallback: the target prompt refined by the instruction, as free text."""
     return f"{prompt.strip().rstrip('.')}. {instruction.strip()}"
@@ -139,10 +146,9 @@ def run_loop(
         refining: list[tuple[Trajectory, str]] = []
         for trajectory, note in zip(active, notes, strict=True):
             trajectory.reflections.append(note)
-            reading = parse_reflection(note)
-            if reading.stop:
+            if parse_reflection(note).stop:
                 trajectory.stop_round = round_
-            elif mode == "edit" and not reading.format_ok:
+            elif not acted_on(note, mode == "edit"):
                 trajectory.format_failure_round = round_
             else:
                 refining.append((trajectory, note))

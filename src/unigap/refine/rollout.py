@@ -35,7 +35,7 @@ from unigap.refine.grpo_config import VERIFIER_REWARDS, GRPOConfig
 from unigap.refine.grpo_loss import (
     advantages, batch_scaled, image_loss, image_token_loss, refine_rewards, text_loss, token_loss,
 )
-from unigap.refine.loop import refined_prompt
+from unigap.refine.loop import acted_on, refined_prompt
 from unigap.world import PromptSpec, parse_reflection
 
 VERIFIER_REWARD = VERIFIER
@@ -281,9 +281,8 @@ def refine_group(um: Any, start: Buffered, spec: PromptSpec, config: GRPOConfig,
         image = um.decode_tokens(torch.tensor([start.tokens]))[0]
         notes, sampled, finished = um.sample_answers([image] * g, [question] * g, config.max_completion_length,
                                                      config.temperature, seed)
-    readings = [parse_reflection(note) for note in notes]
-    stopped = [r.stop for r in readings]
-    format_ok = [r.format_ok if edit else bool(note.strip()) for r, note in zip(readings, notes, strict=True)]
+    stopped = [parse_reflection(note).stop for note in notes]
+    format_ok = [acted_on(note, edit) for note in notes]
     making = [i for i in range(g) if not stopped[i] and format_ok[i]]
     new_scores: list[float | None] = [None] * g
     tokens = torch.zeros((0, um.num_image_tokens), dtype=torch.long)
