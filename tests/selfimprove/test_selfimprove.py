@@ -374,3 +374,13 @@ def test_a_diverged_epoch_names_what_survives(tmp_path: Path, monkeypatch) -> No
     calls.append(1)  # the next call is epoch 2's again
     with pytest.raises(TrainingDiverged, match="epoch 2: training stopped; epoch 1's adapter is kept"):
         _toy_run(out, method="sft", labels="verifier", eval_n=0, epoch_eval_n=1, n_prompts=2, audit_size=2)
+
+
+def test_the_loss_follows_the_sampling_guidance_unless_told_otherwise() -> None:
+    """The loss's scale was a fixed 5: a run sampling without guidance (cfg_scale 1) trained SFT and its DPO pairs
+    on a CFG-5 mixture it never sampled from."""
+    from unigap.selfimprove import SelfImproveConfig
+
+    assert SelfImproveConfig().loss_cfg_scale == 5.0  # (the default run: unchanged)
+    assert SelfImproveConfig(cfg_scale=1.0).loss_cfg_scale == 1.0
+    assert SelfImproveConfig(cfg_scale=3.0, loss_cfg_scale=0.0).loss_cfg_scale == 0.0  # (given: kept)

@@ -51,10 +51,11 @@ class SelfImproveConfig:
     batch_size: int = 16  # SFT images (DPO: pairs) per optimiser step
     beta: float = 0.1  # DPO
     nll_weight: float = 1.0  # DPO: NLL on the chosen image (SPEC §2)
-    # the CFG scale the losses are computed under (the sampling policy's); 0 = the conditional logits alone. Images
-    # are sampled with CFG, and a conditional-only loss moves logits that guidance then multiplies by cfg_scale:
-    # on the shipped model that halved generation accuracy even with the verifier's labels (docs/experiments.md)
-    loss_cfg_scale: float = CFG_SCALE
+    # the CFG scale the losses are computed under: unset, the sampling policy's (`cfg_scale`, which it then
+    # follows); 0 = the conditional logits alone. Images are sampled with CFG, and a conditional-only loss moves
+    # logits that guidance then multiplies by cfg_scale: on the shipped model that halved generation accuracy even
+    # with the verifier's labels (docs/experiments.md)
+    loss_cfg_scale: float | None = None
     lora_rank: int = 32
     lora_alpha: float = 64.0
     lora_dropout: float = 0.05
@@ -75,6 +76,8 @@ class SelfImproveConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        if self.loss_cfg_scale is None:  # (a fixed 5 trained a run that sampled at another scale on a policy it never
+            object.__setattr__(self, "loss_cfg_scale", self.cfg_scale)  # sampled)
         choices = {"method": METHODS, "labels": LABELS, "trainable": tuple(TRAINABLE)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
