@@ -33,7 +33,7 @@ def cosine_histogram(report: dict[str, Any], path: Path) -> Path:
         if samples[key]:
             ax.hist(samples[key], bins=bins, alpha=0.5, label=f"{label} (n={len(samples[key])})")
     ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set(xlabel="cosine", ylabel="batches", title="Gradient cosines")
+    ax.set(xlabel="cosine", ylabel="count (batches; couples of batches within a task)", title="Gradient cosines")
     ax.legend()
     return _save(figure, path)
 
