@@ -956,6 +956,26 @@ def test_an_out_named_like_a_split_the_shipped_model_or_a_number_is_no_input(tmp
         assert code in (0, None) and not err, err
 
 
+def test_an_input_named_like_a_split_or_a_number_is_still_an_input(tmp_path: Path, monkeypatch) -> None:
+    """The name exemption applied to every flag: `--questions test --out test` would write the report over the
+    questions; a settings.json let `train` into another command's folder."""
+    from unigap.cli import _check_out
+    from unigap.cli.common import claim_inputs
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("test", "2024"):
+        Path(name).write_text("q")
+        with pytest.raises(UserError, match=f"--out {name} is a file this command reads \\(--questions\\)"):
+            _check_out(["eval", "--questions", name, "--out", name], "eval", None)
+    other = tmp_path / "refine-run"
+    other.mkdir()
+    (other / "settings.json").write_text("{}")
+    (other / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="holds files no `unigap train` run wrote"):
+        claim_inputs(other, "train", "tiny", write=False)
+    claim_inputs(other, "refine", "tiny", write=False)  # (refine's own, from before inputs records)
+
+
 def test_a_run_from_before_inputs_records_resumes_and_a_hidden_file_is_no_run(tmp_path: Path) -> None:
     """A geneval or refine run killed before runs kept inputs.json holds its settings record and no checkpoint: its
     resume was refused; a new folder holding only a .gitkeep was refused as "files no run wrote"."""

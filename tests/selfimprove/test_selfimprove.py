@@ -384,3 +384,5 @@ def test_the_loss_follows_the_sampling_guidance_unless_told_otherwise() -> None:
     assert SelfImproveConfig().loss_cfg_scale == 5.0  # (the default run: unchanged)
     assert SelfImproveConfig(cfg_scale=1.0).loss_cfg_scale == 1.0
     assert SelfImproveConfig(cfg_scale=3.0, loss_cfg_scale=0.0).loss_cfg_scale == 0.0  # (given: kept)
+    with pytest.raises(UserError, match="cfg-scale 0 samples from the unconditional logits alone"):
+        SelfImproveConfig(cfg_scale=0.0)  # (a loss scale of 0 means the conditional logits alone: no match)

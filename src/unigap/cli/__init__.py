@@ -134,7 +134,7 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
             typed = " ".join(filter(None, (command, subcommand)))
             raise UserError(f"--out {value} names a file, and `unigap {typed}` writes a folder there (a file in it "
                             "per output): give a folder name")
-        read = _read_from(argv, Path(value))
+        read = _read_from(argv, command, subcommand, Path(value))
         if read is not None:  # (eval --prompts p.json --out p.json wrote its report over the prompts)
             kind = "file" if Path(value).is_file() else "folder"
             raise UserError(f"--out {value} is a {kind} this command reads ({read}); choose another --out")
@@ -144,33 +144,35 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
             raise UserError(f"--out {value} {held} the output of `unigap {made_by}`; choose another --out")
 
 
-def _read_from(argv: list[str], out: Path) -> str | None:
-    """The other option (`--prompts`, `--model`, ...) whose value names the existing file or folder `out` is; not a
-    value the command reads as a name (a split, the shipped model) or a number (`--n 2 --out 2`)."""
+def _read_from(argv: list[str], command: str, subcommand: str | None, out: Path) -> str | None:
+    """The other option whose value names the existing file or folder `out` is: a path option's (`--questions`,
+    `--adapter`), or a text option's (`--model`, `--prompts`) unless the command reads it as a name (a split, the
+    shipped model); never a number's (`--n 2 --out 2`)."""
     if not out.exists():
         return None
-    for flag in sorted({arg.split("=", 1)[0] for arg in argv if arg.startswith("--")} - {"--out"}):
-        for value in _values(argv, flag):
-            try:
-                same = Path(value).exists() and Path(value).samefile(out)
-            except OSError:  # (a long prompt is no file name: ENAMETOOLONG)
-                continue
-            if same and not _a_name(value):
-                return flag
+    for param in _params(command, subcommand):
+        kind = str(param.bare_type() if callable(getattr(param, "bare_type", None)) else "str")  # (its annotation)
+        if "Path" not in kind and "str" not in kind:
+            continue
+        for flag in (opt for opt in param.opts if opt != "--out"):
+            for value in _values(argv, flag):
+                if "Path" not in kind and _a_name(value):
+                    continue
+                try:
+                    if Path(value).exists() and Path(value).samefile(out):
+                        return flag
+                except OSError:  # (a long prompt is no file name: ENAMETOOLONG)
+                    continue
     return None
 
 
 def _a_name(value: str) -> bool:
-    """Whether the commands read `value` as a name or a number, whatever a folder of that name holds: a split, the
-    shipped model (imported only here: `unigap.model` loads torch), a count or a seed."""
+    """Whether the commands read a text option's `value` as a name, whatever a folder of that name holds: a split,
+    the shipped model (imported only here: `unigap.model` loads torch)."""
     from unigap.model.loading import EMBEDDED
     from unigap.world import SPLITS
 
-    try:
-        float(value)
-    except ValueError:
-        return value in SPLITS or value in EMBEDDED
-    return True
+    return value in SPLITS or value in EMBEDDED
 
 
 def _params(command: str, subcommand: str | None) -> list[Any]:

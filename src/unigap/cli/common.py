@@ -68,6 +68,7 @@ def edit_guidance_kwargs(edit_cfg: float | None, edit_image_cfg: float | None) -
 
 INPUTS_FILE = "inputs.json"
 RUN_SETTINGS_FILE = "settings.json"  # the settings record of the runs `claim_inputs` guards that have no checkpoint
+SETTINGS_RECORDED = ("generate", "refine", "refine train", "selfimprove")  # the commands that write one
 
 
 def claim_inputs(out: Path, what: str, model: str, adapter: Path | None = None, write: bool = True,
@@ -123,8 +124,8 @@ def _earlier_run(out: Path, what: str) -> bool:
     from unigap.train.loop import holds_run
 
     made_by = (read_record(out / MANIFEST_FILE) or {}).get("command")
-    return (holds_run(out) or (out / RUN_SETTINGS_FILE).is_file()
-            or isinstance(made_by, str) and made_by.replace("-", " ") == what)
+    settings = what in SETTINGS_RECORDED and (out / RUN_SETTINGS_FILE).is_file()
+    return holds_run(out) or settings or isinstance(made_by, str) and made_by.replace("-", " ") == what
 
 
 def judge_claimed(judge: dict[str, Any], name: str = "judge") -> dict[str, str]:

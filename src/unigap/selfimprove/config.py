@@ -77,7 +77,10 @@ class SelfImproveConfig:
     def __post_init__(self) -> None:
         check_field_types(self)
         if self.loss_cfg_scale is None:  # (a fixed 5 trained a run that sampled at another scale on a policy it never
-            object.__setattr__(self, "loss_cfg_scale", self.cfg_scale)  # sampled)
+            if self.cfg_scale == 0:  # sampled from)
+                raise UserError("cfg-scale 0 samples from the unconditional logits alone, which no loss scale "
+                                "trains: set loss_cfg_scale (0 = the conditional logits alone)")
+            object.__setattr__(self, "loss_cfg_scale", self.cfg_scale)
         choices = {"method": METHODS, "labels": LABELS, "trainable": tuple(TRAINABLE)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
