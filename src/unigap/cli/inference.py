@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import typer
 
 from unigap.cli.common import (ADAPTER_OPTION, INPUTS_FILE, MODEL_OPTION, inputs_claimed, load, require_non_negative,
                                require_positive, require_sampling)
-from unigap.errors import UserError
+from unigap.errors import UnigapWarning, UserError
 from unigap.world import load_image
 
 app = typer.Typer()
@@ -152,6 +153,11 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
         max_prompts = None  # nothing is cut: a resumed run may leave the flag out
     numbered = numbered[:max_prompts]
     rows = [row for _, row in numbered]
+    untagged = [line_no for line_no, row in numbered if "tag" not in row]
+    if untagged:  # (its scorer reads metadata["tag"] of every folder: the first such one stops the whole scoring)
+        warnings.warn(f"{prompts}:{untagged[0]}: {len(untagged)} of {len(rows)} prompt(s) without GenEval's metadata "
+                      "(tag, include): its scorer stops at their folders; give its evaluation_metadata.jsonl lines",
+                      UnigapWarning, stacklevel=2)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --layout geneval it must be a directory")
     check_output_file(out / SETTINGS_FILE)  # a parent that is a file fails here, before the model loads
