@@ -105,3 +105,22 @@ def test_refine_curves_count_the_improved_among_the_prompts_the_verifier_decided
     assert rounds[1]["refined"] == 4 and rounds[1]["improved"]["n"] == 2
     [_, curve] = refine_curves(Study([MethodRun("refine", 0, {"refine": {"rounds": rounds}})]))["refine"]
     assert curve["improved"] == 1 and curve["worse"] == 0
+
+
+def test_welchs_and_the_seed_level_intervals_of_a_change_stay_within_one() -> None:
+    """Every metric is a share: compare on 4 against 3 items read understanding +0.250 [-0.546, +1.046], and over
+    two seeds weak generation +0.100 [-3.202, +3.402]."""
+    from unigap.report.stats import METRICS, decide, seed_level
+
+    def report(verified: list[bool], shift: int) -> dict:
+        gen = [{"index": i, "prompt": f"p{i + shift}", "verified": v, "self_rejected": False, "weak_generation": None}
+               for i, v in enumerate(verified)]
+        return {"records": {"understanding": [], "generation": gen}}
+
+    generation = next(m for m in METRICS if m.name == "generation.accuracy")
+    arm = [MethodRun("a", 0, report([True, False, False], 100))]
+    base = [MethodRun("base", 0, report([True, False, True, False], 0))]
+    test, welch = decide(arm, base, generation)
+    assert test["test"] == "welch" and welch["delta_ci95"] == [-1.0, 1.0]  # (unbounded: about [-1.34, +1.01])
+    level = seed_level({0: 0.9, 1: 0.1}, {0: 0.1, 1: 0.8})
+    assert level["delta_ci95"] == [-1.0, 1.0]  # (unbounded: ±9 over 2 seeds)

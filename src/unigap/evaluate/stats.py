@@ -182,7 +182,8 @@ def summarize_grouped(
     return {**overall, label: summarize_by(records, group, groups, outcome, key)}
 
 
-def paired_difference(before: Sequence[float | bool], after: Sequence[float | bool]) -> dict[str, Any]:
+def paired_difference(before: Sequence[float | bool], after: Sequence[float | bool],
+                      bounds: tuple[float, float] | None = None) -> dict[str, Any]:
     """after − before on the same items (same prompts and sampling seeds): the mean change with n, stderr, a 95%
     t-interval and the two-sided paired t-test's t and p (`scipy.stats.ttest_rel`), `test` "paired t". Without
     variance the t-test is undefined (the interval is then the point): no change anywhere is no evidence of one (t
@@ -190,7 +191,8 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     "sign", t and the interval null, p = 2 × 0.5ⁿ: every pair moved the same way, by an amount no spread bounds).
     "The same" is to within float rounding: seed means such as 0.55 − 0.50 and 0.60 − 0.55 differ in their last
     bits, which a t-test would read as certainty. One pair has no standard error and no test (null). Outcomes of 0
-    or 1 (verdicts) change by at most 1 either way: their interval is cut to [-1, 1]."""
+    or 1 (verdicts) change by at most 1 either way: their interval is cut to [-1, 1]; `bounds`, a change's range the
+    caller knows otherwise (of seed means of shares, also [-1, 1])."""
     from scipy import stats
 
     if len(before) != len(after):
@@ -206,7 +208,7 @@ def paired_difference(before: Sequence[float | bool], after: Sequence[float | bo
     varies = max(changes) - min(changes) > rounding
     sd = math.sqrt(math.fsum((c - delta) ** 2 for c in changes) / (n - 1)) if varies else 0.0
     out["stderr"] = sd / math.sqrt(n)  # the sample sd, as the interval and the test use (summarize's is ddof 0)
-    out["ci95"] = t_interval(delta, out["stderr"], n - 1, bounds=difference_bounds([*before, *after]))
+    out["ci95"] = t_interval(delta, out["stderr"], n - 1, bounds=bounds or difference_bounds([*before, *after]))
     if varies:
         test = stats.ttest_rel(after, before)
         out["t"], out["p"], out["test"] = float(test.statistic), float(test.pvalue), "paired t"

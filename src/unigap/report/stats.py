@@ -135,12 +135,16 @@ def shared_seeds(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRu
     return [r for r in arm_runs if r.seed in common], [r for r in baseline_runs if r.seed in common]
 
 
+SHARE_CHANGE = (-1.0, 1.0)  # every metric is a share (`seed_interval`): a change of one lies within ±1
+
+
 def seed_level(arm: dict[int, float | None], baseline: dict[int, float | None]) -> dict[str, Any]:
     """arm − baseline over the seed means the two share (`{seed: mean}`): each seed's difference, and the paired
     t-test over them (k − 1 df) with its interval. The item-level test counts each seed's items as items; with a
     seed that also trains the arm, this one counts the runs' own variation too (null below two seeds)."""
     seeds = sorted(s for s in arm.keys() & baseline.keys() if arm[s] is not None and baseline[s] is not None)
-    d = paired_difference([baseline[s] for s in seeds], [arm[s] for s in seeds])  # type: ignore[misc]
+    d = paired_difference([baseline[s] for s in seeds], [arm[s] for s in seeds],  # type: ignore[misc]
+                          bounds=SHARE_CHANGE)
     return {"deltas": [{"seed": s, "delta": arm[s] - baseline[s]} for s in seeds],  # type: ignore[operator]
             "t": d["t"], "df": len(seeds) - 1 if d["t"] is not None else None, "p": d["p"], "delta_ci95": d["ci95"]}
 
@@ -175,7 +179,7 @@ def decide(arm_runs: Sequence[MethodRun], baseline_runs: Sequence[MethodRun], me
     arm, baseline = (pool([s for _, s in side]) for side in (arm_side, baseline_side))
     keyed_arm, keyed_baseline = keyed(arm_runs, metric), keyed(baseline_runs, metric)
     same = paired(keyed_arm, keyed_baseline) if keyed_arm is not None and keyed_baseline is not None else None
-    paper = welch_from_stats(arm.mean, arm.var, arm.n, baseline.mean, baseline.var, baseline.n)
+    paper = welch_from_stats(arm.mean, arm.var, arm.n, baseline.mean, baseline.var, baseline.n, bounds=SHARE_CHANGE)
     paired_decides = same is not None and same["p"] is not None and (same["test"] != "sign" or paper["p"] is None)
     test = same if paired_decides else {"test": "welch", **paper}
     seeds = seed_level(*({run.seed: s.mean for run, s in side} for side in (arm_side, baseline_side)))
