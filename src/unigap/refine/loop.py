@@ -6,8 +6,8 @@ stops that prompt (its last image carries forward), anything else is an instruct
 from it: `edit` (the current image + the instruction, on models that can edit) or `regenerate` (a new sample
 from the prompt refined by the instruction, R3's fallback for models that cannot; the instruction is free text
 there). With `edit`, an instruction outside the grammar is a *format failure* (with `regenerate`, an empty one):
-the image is kept, the prompt stops, and the failure is counted. Nothing else happens inside the loop — no self-judge gating, no retries, no
-best-so-far selection — so any gain is the loop's own.
+the image is kept, the prompt stops, and the failure is counted. Nothing else happens inside the loop — no
+self-judge gating, no retries, no best-so-far selection — so any gain is the loop's own.
 
 The `oracle` reflector answers with the exact first edit of the diff between the verifier's parse of the
 image and the prompt (`unigap.world.reflection_answer`), which splits a shortfall into reflection errors and
