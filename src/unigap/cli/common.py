@@ -67,7 +67,9 @@ def edit_guidance_kwargs(edit_cfg: float | None, edit_image_cfg: float | None) -
 
 
 INPUTS_FILE = "inputs.json"
-RUN_SETTINGS_FILE = "settings.json"  # the settings record of the runs `claim_inputs` guards that have no checkpoint
+# the settings record of the runs `claim_inputs` guards that have no checkpoint, compared on --resume (a geneval
+# layout's too: GenEval's scorer skips files)
+RUN_SETTINGS_FILE = "settings.json"
 SETTINGS_RECORDED = ("generate", "refine", "refine train", "selfimprove")  # the commands that write one
 
 

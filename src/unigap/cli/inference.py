@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from unigap.cli.common import (ADAPTER_OPTION, INPUTS_FILE, MODEL_OPTION, inputs_claimed, load, require_non_negative,
-                               require_positive, require_sampling)
+from unigap.cli.common import (ADAPTER_OPTION, INPUTS_FILE, MODEL_OPTION, RUN_SETTINGS_FILE, inputs_claimed, load,
+                               require_non_negative, require_positive, require_sampling)
 from unigap.errors import UnigapWarning, UserError
 from unigap.world import load_image
 
@@ -23,7 +23,6 @@ LAYOUTS = ("grid", "geneval")
 GRID_INDEX = "metadata.jsonl"  # grid layout with --prompts: which PNG shows which prompt (imagefolder's name)
 GRID_COLUMNS = ("file_name", "prompt", "seed", "n")  # its rows
 MAX_N = 256  # images per prompt, sampled in one call: a 16 × 16 grid (10⁶ ran a 24 GB machine out, and was killed)
-SETTINGS_FILE = "settings.json"  # a geneval-layout run's settings, checked on --resume (GenEval's scorer skips files)
 
 
 @app.command()
@@ -160,12 +159,12 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
                       UnigapWarning, stacklevel=2)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; with --layout geneval it must be a directory")
-    check_output_file(out / SETTINGS_FILE)  # a parent that is a file fails here, before the model loads
+    check_output_file(out / RUN_SETTINGS_FILE)  # a parent that is a file fails here, before the model loads
     started = bool(set(entries(out)) - {INPUTS_FILE})  # (its inputs alone: killed while the model loaded)
     if started and not resume:
         raise UserError(f"{out} is not empty: pass --resume to continue a generate run there, or choose another --out")
-    if started and not (out / SETTINGS_FILE).is_file():
-        raise UserError(f"--resume: {out} holds no generate run (no {SETTINGS_FILE}); choose another --out")
+    if started and not (out / RUN_SETTINGS_FILE).is_file():
+        raise UserError(f"--resume: {out} holds no generate run (no {RUN_SETTINGS_FILE}); choose another --out")
     # the prompts by content, not path: a resumed run must write the folders of the same lines; the model and adapter
     # paths are recorded, not compared (another spelling, or a job resumed from another folder, reads the same
     # weights), where `inputs_claimed` compares their contents: not in a run begun before it kept its record
@@ -173,7 +172,8 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
                 "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(), "n": n, "seed": seed, "cfg": cfg,
                 "temperature": temperature, "batch_size": batch_size, "max_prompts": max_prompts}
     paths = ("model", "adapter") if (out / INPUTS_FILE).is_file() else ()
-    claim_settings(out / SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None}, write=False, free=paths)
+    claim_settings(out / RUN_SETTINGS_FILE, settings, "generate", defaults={"max_prompts": None}, write=False,
+                   free=paths)
     with inputs_claimed(out, "generate", model, adapter), manifest(
             "generate", {**settings, "prompts": str(prompts)}, seeds=[seed]) as record:
         um = load(model, adapter)
@@ -181,8 +181,8 @@ def _generate_geneval(model: str, adapter: Path | None, prompts: Path, out: Path
         # and where the images are drawn: another device's random streams, or dtype, draw other images for a seed
         # (a run recorded before these were resumes as it did)
         machine = {"model_dtype": dtype_name(um.dtype), "device": um.device.type}
-        claim_settings(out / SETTINGS_FILE, settings | machine, "generate", defaults={"max_prompts": None, **machine},
-                       free=paths)
+        claim_settings(out / RUN_SETTINGS_FILE, settings | machine, "generate",
+                       defaults={"max_prompts": None, **machine}, free=paths)
         record["device"] = str(um.device)
         written = write_geneval_layout(um, rows, out, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
                                        batch_size=batch_size)

@@ -362,27 +362,24 @@ def build_preferences(
     if not kept:
         raise UserError(f"no {options.kind} pair passed the filters in {limit} candidates; try {_what_helps(options)}")
     rows, identity = [], model_identity(um)  # (which model's references the rows store: `fit_references`)
-    chunks = [kept[start : start + options.batch_size] for start in range(0, len(kept), options.batch_size)]
-    referenced = [pairs for results in distributed.ordered_rounds(
-        chunks, lambda chunk: with_reference(um, [pair for _, _, pair in chunk])) for pairs in results]
-    for chunk, pairs in zip(chunks, referenced, strict=True):
-        for (candidate, row, _), pair in zip(chunk, pairs, strict=True):
-            rows.append(
-                {
-                    "kind": options.kind,
-                    "model": options.model_name,
-                    "model_fingerprint": identity["model"],
-                    "model_dtype": identity["model_dtype"],
-                    "seed": options.seed,
-                    "data_seed": options.data_seed,
-                    "candidate": candidate,
-                    **row,
-                    "chosen_ref_logprob": pair.ref_chosen,
-                    "rejected_ref_logprob": pair.ref_rejected,
-                    "chosen_tokens": pair.chosen_tokens,
-                    "rejected_tokens": pair.rejected_tokens,
-                }
-            )
+    referenced = with_reference(um, [pair for _, _, pair in kept], batch=options.batch_size, shared=True)
+    for (candidate, row, _), pair in zip(kept, referenced, strict=True):
+        rows.append(
+            {
+                "kind": options.kind,
+                "model": options.model_name,
+                "model_fingerprint": identity["model"],
+                "model_dtype": identity["model_dtype"],
+                "seed": options.seed,
+                "data_seed": options.data_seed,
+                "candidate": candidate,
+                **row,
+                "chosen_ref_logprob": pair.ref_chosen,
+                "rejected_ref_logprob": pair.ref_rejected,
+                "chosen_tokens": pair.chosen_tokens,
+                "rejected_tokens": pair.rejected_tokens,
+            }
+        )
     return rows
 
 

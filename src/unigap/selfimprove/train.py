@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from unigap import distributed
-from unigap.evaluate.progress import map_items
 from unigap.selfimprove.config import SelfImproveConfig
 from unigap.selfimprove.pool import Sample
 from unigap.train.dpo import DPOOptions, GenerationPair, task_dpo_loss, with_reference
@@ -50,9 +49,7 @@ def dpo_pairs(um: Any, samples: Sequence[Sample], config: SelfImproveConfig) -> 
         rejected = [rejected[i] for i in rng.permutation(len(rejected))]
         pairs += [GenerationPair(a.spec.text, a.tokens, r.tokens, 0.0, 0.0) for a, r in zip(accepted, rejected)]
     with bf16_autocast(um.device, config.bf16):
-        return map_items(pairs, REFERENCE_BATCH,  # type: ignore[return-value]
-                         lambda _, chunk: with_reference(um, chunk, config.loss_cfg_scale or None),
-                         "reference log-probs", show=False)
+        return with_reference(um, pairs, config.loss_cfg_scale or None, REFERENCE_BATCH, shared=True)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
