@@ -118,19 +118,20 @@ def _check_out(argv: list[str], command: str, subcommand: str | None) -> None:
 
     if {"--help", "-h"} & set(argv):  # (help writes nothing)
         return
+    writes_a_file = _writes_a_file(argv, command)
     for value in _outs(argv, command, subcommand):
         if not value.strip():  # an unset shell variable: Path("") would be the current directory
             raise UserError("--out is empty; give a path (. for the current directory)")
-        if value.endswith(("/", os.sep)) and _writes_a_file(argv, command):
+        if value.endswith(("/", os.sep)) and writes_a_file:
             raise UserError(f"--out {value} names a directory, and `unigap {command}` writes a file there: give "
                             f"a file name")
         check_creatable(value)
-        if _writes_a_file(argv, command):
+        if writes_a_file:
             check_name_fits(value)
         if command not in FILE_OUTPUTS and Path(value).is_file():
             raise UserError(f"--out {value} is a file, not a directory")
-        folder = not _writes_a_file(argv, command) and not Path(value).is_dir()
-        if folder and Path(value).suffix.lower() in FILE_SUFFIXES:  # (refine --out r.json made a folder r.json)
+        # (refine --out r.json made a folder r.json)
+        if not writes_a_file and not Path(value).is_dir() and Path(value).suffix.lower() in FILE_SUFFIXES:
             typed = " ".join(filter(None, (command, subcommand)))
             raise UserError(f"--out {value} names a file, and `unigap {typed}` writes a folder there (a file in it "
                             "per output): give a folder name")
