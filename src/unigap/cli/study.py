@@ -63,22 +63,16 @@ def study_command(
     from dataclasses import asdict
 
     from unigap.manifest import manifest, write_manifest
+    from unigap.model.loading import default_device_name
 
     out = out or default_out(quick)
     with manifest("study", asdict(config), seeds=list(range(config.seeds)), judge={"name": "verifier"}) as record:
-        record["device"] = _device()
+        record["device"] = default_device_name()
         built = build_report(run_study(config, out), out, title=f"unigap study: {config.model}")
         record["config"]["methods"] = built.results["config"]["methods"]  # study.json's: every arm of the folder
     write_manifest(out, record)
     print_table(summary_table(built.results))
     typer.echo(f"wrote {out / 'report.html'} (and results.json, results.csv, figures) in {out}")
-
-
-def _device() -> str:
-    """Where the study's or tuning run's models load (`load_model`'s default), as every manifest records it."""
-    from unigap.model.loading import default_device_and_dtype
-
-    return str(default_device_and_dtype(None, None)[0])
 
 
 def _listed(values: tuple) -> str:
@@ -130,6 +124,7 @@ def tune_command(
     from rich.table import Table
 
     from unigap.manifest import manifest, write_manifest
+    from unigap.model.loading import default_device_name
     from unigap.study.tune import TABLE_HEADER, TuneConfig, table, tune
 
     config = TuneConfig(
@@ -141,7 +136,7 @@ def tune_command(
     )  # fmt: skip
     console = Console(stderr=True, log_path=False)  # a timed line per stage, without the source line it was logged at
     with manifest("tune", config.to_dict(), seeds=[seed], judge={"name": "verifier"}) as record:
-        record["device"] = _device()
+        record["device"] = default_device_name()
         results = tune(config, out, progress=lambda what: console.log(f"tune: {what}"))
     write_manifest(out, record)
     rendered = Table(*TABLE_HEADER, title=f"gen-only DPO on the validation split (n = {config.n}, seed {seed})")

@@ -165,6 +165,11 @@ def default_device_and_dtype(
     return device, dtype
 
 
+def default_device_name() -> str:
+    """The device `load_model` loads on when told none, as the study's and tuning run's manifests record it."""
+    return str(default_device_and_dtype(None, None)[0])
+
+
 def default_dtype_name() -> str:
     """The dtype `load_model` loads in when told none (a GPU's bf16, a CPU's float32), as run records name it: what
     a study or a tuning run records of its models, which `model()` loads afresh for every arm."""
