@@ -279,6 +279,27 @@ def test_a_study_from_before_the_edit_scales_resumes_unless_its_arms_edit(tmp_pa
                 claim(small_config.scaled(methods=("refine",)), out, "w", guidance | {"edit_cfg_scale": 3.0})
 
 
+def test_a_family_budget_is_free_in_a_folder_where_no_arm_of_the_family_ran(tmp_path: Path) -> None:
+    """A --quick study from before the other families' budgets were settings (its arms all P1) resumes under
+    --quick, whose budgets are not the full preset's; once an arm of a family ran, its budget is held."""
+    from unigap.study import QUICK, claim
+    from unigap.arms import ARMS
+
+    p1 = tuple(name for name, arm in ARMS.items() if arm.family == "p1" and arm.kind == "trained")
+    budgets = ("self_prompts", "self_epochs", "refine_rounds", "grpo_steps", "unimrg_steps", "unimrg_scenes")
+    old = {k: v for k, v in QUICK.scaled(methods=p1).to_dict().items() if k not in budgets}
+    (tmp_path / "study.json").write_text(json.dumps(old | {"model_weights": "w"}))
+    added = claim(QUICK, tmp_path, "w")
+    assert "self-sft" in added and json.loads((tmp_path / "study.json").read_text())["self_prompts"] == QUICK.self_prompts
+    with pytest.raises(UserError, match=r"self_prompts: 8 → 9"):  # self-sft is asked of the folder now
+        claim(QUICK.scaled(self_prompts=9), tmp_path, "w")
+    fresh = tmp_path / "p1"
+    claim(QUICK.scaled(methods=("joint",)), fresh, "w")
+    claim(QUICK.scaled(methods=("joint",), refine_rounds=2, unimrg_steps=5), fresh, "w")  # no arm reads them
+    with pytest.raises(UserError, match=r"steps: 6 → 7"):  # but a P1 budget is held
+        claim(QUICK.scaled(methods=("joint",), steps=7), fresh, "w")
+
+
 def test_a_study_is_resumed_in_the_dtype_it_ran_in(tmp_path: Path, small_config: StudyConfig) -> None:
     """A study started on a GPU (bf16 by default) is not resumed on a CPU (float32); one from before the dtype was
     recorded is, its dtype unknown."""

@@ -7,7 +7,7 @@ under different settings is refused instead of silently mixing results.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from unigap.atomic import path_setting
@@ -17,6 +17,11 @@ from unigap.model.loading import EMBEDDED
 from unigap.prefs.kinds import GEN_KINDS
 from unigap.train.config import check_field_types, check_ranges
 from unigap.train.defaults import DPO_DEFAULTS
+
+
+def used_by(default: Any, *families: str) -> Any:
+    """A budget setting only the arms of `families` read: a study folder with none of them may take it afresh."""
+    return field(default=default, metadata={"families": families})
 
 
 @dataclass(frozen=True)
@@ -40,13 +45,16 @@ class StudyConfig:
     beta: float = DPO_DEFAULTS.beta
     nll_weight: float = DPO_DEFAULTS.nll_weight
     batch_size: int = 32
-    self_prompts: int = 150  # self-improvement arms: training prompts (10 images each) and epochs
-    self_epochs: int = 2
-    refine_rounds: int = 3  # reason-reflect-refine arms: rounds after the first image (best-of-n: 1 + rounds samples)
-    grpo_steps: int = 200  # refine-grpo arm: GRPO steps (the rest: GRPOConfig's defaults)
+    # the other families' budgets, each free to change in a folder with no arm that reads it
+    self_prompts: int = used_by(150, "p2")  # self-improvement arms: training prompts (10 images each) and epochs
+    self_epochs: int = used_by(2, "p2")
+    refine_rounds: int = used_by(3, "p3")  # reflect-refine arms: rounds after the first image (best-of-n: 1 + rounds)
+    grpo_steps: int = used_by(200, "p3")  # refine-grpo arm: GRPO steps (the rest: GRPOConfig's defaults)
     grpo_micro_batch_size: int | None = None  # and its `micro_batch_size` (a Janus-Pro-1B needs one; only rounding)
-    unimrg_steps: int = 300  # SFT arms (unimrg, und-sft, sft): optimiser steps, and the train scenes their data is
-    unimrg_scenes: int = 2000  # drawn from (UniMRGConfig's and SFTConfig's defaults; their other settings as they are)
+    # SFT arms (unimrg, und-sft, sft): optimiser steps, and the train scenes their data is drawn from (UniMRGConfig's
+    # and SFTConfig's defaults; their other settings as they are)
+    unimrg_steps: int = used_by(300, "p2", "p4")
+    unimrg_scenes: int = used_by(2000, "p2", "p4")
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -81,6 +89,11 @@ class StudyConfig:
         chosen = set(self.methods)
         return [name for name, arm in ARMS.items()
                 if name in chosen or (arm.kind == "post-hoc" and arm.requires and set(arm.requires) <= chosen)]
+
+    @staticmethod
+    def families_using() -> dict[str, tuple[str, ...]]:
+        """Each `used_by` setting and the families of arms that read it."""
+        return {f.name: f.metadata["families"] for f in fields(StudyConfig) if "families" in f.metadata}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"methods": list(self.methods)}

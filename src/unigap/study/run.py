@@ -225,14 +225,15 @@ def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str,
     methods = [*earlier, *(m for m in config.methods_in_order() if m not in earlier)]  # (the soups it runs too)
     recorded = {WEIGHTS_KEY: weights, **(edit_guidance or {}), **({DTYPE_KEY: dtype} if dtype else {})}
     defaults = FULL.to_dict() | {WEIGHTS_KEY: weights, DTYPE_KEY: dtype}  # a study from before a setting: its default
-    free: tuple[str, ...] = ("methods", "grpo_micro_batch_size")  # (the latter changes only rounding)
-    if edit_guidance and not any(ARMS[m].family == "p3" for m in earlier if m in ARMS):
-        # no arm asked of the folder before edits: the scales changed none of its numbers, and are recorded afresh
-        # for the p3 arms this run may add (not held to values recorded while nothing used them)
-        defaults |= edit_guidance
-        free += tuple(edit_guidance)
-    claim_settings(out / STUDY_FILE, config.to_dict() | recorded | {"methods": methods}, "study", defaults, free=free,
-                   paths=path_settings(config))
+    settings = config.to_dict() | recorded | {"methods": methods}
+    # a setting no arm asked of the folder before reads (its family's budget, the edit scales) changed none of its
+    # numbers: recorded afresh for the arms this run may add, not held to values recorded while nothing used them
+    ran = {ARMS[m].family for m in earlier if m in ARMS}
+    unused = [name for name, families in (StudyConfig.families_using() | dict.fromkeys(edit_guidance or {}, ("p3",))
+                                          ).items() if not ran & set(families)]
+    defaults |= {name: settings[name] for name in unused}
+    free = ("methods", "grpo_micro_batch_size", *unused)  # (the latter changes only rounding)
+    claim_settings(out / STUDY_FILE, settings, "study", defaults, free=free, paths=path_settings(config))
     return methods[len(earlier):] if earlier else []
 
 
