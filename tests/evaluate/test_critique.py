@@ -87,17 +87,19 @@ def test_reflections_outside_the_grammar_are_format_failures(stub_factory) -> No
 
 
 def test_edit_items_are_broken_held_out_scenes_with_the_exact_fix() -> None:
-    items = edit_items(12, seed=4)
-    assert len(items) == 12
+    """Every item's instruction can be carried out on its canvas: the README's 500 items of seed 7 held a move of a
+    large shape above one near the top edge, and an add no position allowed, which no editor could satisfy."""
+    items = edit_items(500, seed=7)
+    assert len(items) == 500
     test_prompts = {spec.text for spec in split_prompts("test", 0)}
-    rng = np.random.default_rng(0)
     for item in items:
         parse_instruction(item["instruction"])  # in the grammar
         assert item["spec"].text in test_prompts
         assert not verify(item["image"], item["spec"]).satisfied  # broken
-        assert verify(edit_picture(item["image"], item["instruction"], rng), item["spec"]).satisfied  # and its fix
-    again = edit_items(12, seed=4)
-    assert [i["instruction"] for i in items] == [i["instruction"] for i in again]
+        assert any(verify(edit_picture(item["image"], item["instruction"], np.random.default_rng(s)),
+                          item["spec"]).satisfied for s in range(3)), item["instruction"]  # and fixed by its fix
+    again = edit_items(12, seed=7)
+    assert [i["instruction"] for i in items[:12]] == [i["instruction"] for i in again]
 
 
 def test_an_exact_editor_scores_near_one(editing_stub) -> None:

@@ -19,6 +19,7 @@ from unigap.world import (
     break_scene,
     diff,
     distance,
+    drawable_fix,
     is_valid_fix,
     parse_instruction,
     parse_reflection,
@@ -248,3 +249,17 @@ def test_edit_picture_refuses_clutter_it_cannot_redraw_as_a_scene() -> None:
     five = np.where((one != background).any(axis=-1, keepdims=True), one, four)
     with pytest.raises(UserError, match="this one holds 5 objects, more than a scene's 4"):
         edit_picture(five, "make the blue square red", np.random.default_rng(0))
+
+
+def test_the_drawable_fix_skips_a_fix_the_canvas_has_no_room_for() -> None:
+    """A large triangle above a circle 11 pixels from the top edge would need a centre above the canvas: the diff
+    names that move first, and the drawable fix moves the circle instead."""
+    scene = Scene(64, (SceneObject("triangle", "red", "large", 21, 14),
+                       SceneObject("circle", "purple", "small", 52, 11)))
+    prompt = "a red triangle above a purple circle"
+    first = reflection_answer(scene.objects, prompt, scene.geometry.margin)
+    assert first == "move the red triangle above the purple circle"
+    fix = drawable_fix(scene, prompt)
+    assert fix is not None and fix.text == "move the purple circle below the red triangle"
+    assert satisfies(apply_edit(scene, fix, np.random.default_rng(1)), prompt)
+    assert drawable_fix(apply_edit(scene, fix, np.random.default_rng(1)), prompt) is None  # nothing left to fix

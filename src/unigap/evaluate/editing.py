@@ -2,8 +2,9 @@
 
 Each item is a held-out prompt and a held-out scene satisfying it, broken by one random edit
 (`unigap.world.break_scene`); the instruction is the first edit of the exact diff between the broken scene
-and the prompt (`unigap.world.reflection_answer`, the oracle's instruction), the source image the broken
-scene's render. The edit is sampled with editing's guidance (`unigap.model.editing.EditGuidance`), a temperature
+and the prompt that can be drawn on the canvas (`unigap.world.drawable_fix`, the oracle's instruction), the source
+image the broken scene's render. A break whose every fix would need a position the canvas lacks is drawn again, from
+the item's own generator: an exact editor scores every item. The edit is sampled with editing's guidance (`unigap.model.editing.EditGuidance`), a temperature
 and a seed per batch, and the verifier judges it against the prompt.
 """
 
@@ -21,7 +22,7 @@ from unigap.evaluate.generation import batch_seed
 from unigap.evaluate.progress import map_items
 from unigap.evaluate.stats import summarize_grouped
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE
-from unigap.world import CATEGORIES, EDIT_KINDS, break_scene, parse_instruction, reflection_answer, render, verify
+from unigap.world import CATEGORIES, EDIT_KINDS, break_scene, drawable_fix, parse_instruction, render, verify
 
 EDIT_STREAM = 5  # rng stream that breaks the scenes, apart from the scene and question streams
 
@@ -39,10 +40,14 @@ def edit_items(n: int, seed: int, data_seed: int = 0, split: str = "test") -> li
     """n (prompt, broken scene render, exact instruction) items on held-out prompts and scenes, seeded."""
     rng = np.random.default_rng([seed, EDIT_STREAM])
     items = []
-    for spec, scene in held_out_pairs(n, seed, data_seed, split=split):
+    for index, (spec, scene) in enumerate(held_out_pairs(n, seed, data_seed, split=split)):
         broken, _ = break_scene(scene, spec, rng)
-        instruction = reflection_answer(broken.objects, spec, broken.geometry.margin)
-        items.append({"spec": spec, "image": render(broken), "instruction": instruction})
+        fix = drawable_fix(broken, spec)
+        if fix is None:  # (its own generator: the items after it are drawn as before)
+            broken, _ = break_scene(scene, spec, np.random.default_rng([seed, EDIT_STREAM, index]),
+                                    accept=lambda b: drawable_fix(b, spec) is not None)
+            fix = drawable_fix(broken, spec)
+        items.append({"spec": spec, "image": render(broken), "instruction": fix.text})
     return items
 
 

@@ -54,7 +54,7 @@ from unigap.world.prompts import (
     sample_spec,
     satisfies,
 )
-from unigap.world.scene_edits import apply_edit, break_scene, edit_picture
+from unigap.world.scene_edits import apply_edit, break_scene, drawable_fix, edit_picture
 from unigap.world.questions import (
     ANSWER_FORMS,
     QUESTION_KINDS,
@@ -110,6 +110,7 @@ __all__ = [
     "damage_scene",
     "diff",
     "distance",
+    "drawable_fix",
     "edit_picture",
     "is_valid_fix",
     "near_misses",

@@ -102,6 +102,21 @@ def edit_picture(image: np.ndarray | Image.Image, instruction: str, rng: np.rand
         return array.copy()
 
 
+def drawable_fix(scene: Scene, spec: PromptSpec | str) -> Edit | None:
+    """The first edit of the exact diff (`diff`) that can be drawn on the scene's canvas, None when none can (or
+    the prompt holds). `diff` reasons on objects, not pixels: moving a large shape above one near the top edge can
+    be a fix no position allows, which no editor, exact or learned, carries out. Placements are tried with a fixed
+    generator, so the answer is the same on every call."""
+    spec = as_spec(spec)
+    for edit in diff(scene.objects, spec, scene.geometry.margin):
+        try:
+            apply_edit(scene, edit, np.random.default_rng(0))
+        except UserError:
+            continue
+        return edit
+    return None
+
+
 def break_scene(
     scene: Scene, spec: PromptSpec | str, rng: np.random.Generator, accept: Callable[[Scene], bool] | None = None
 ) -> tuple[Scene, Edit]:
