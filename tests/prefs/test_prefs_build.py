@@ -291,6 +291,7 @@ def test_a_gap_equal_to_the_margin_is_kept_whatever_its_rounding() -> None:
     from unigap.prefs.build import _answer_pairs, clears
 
     assert 1.0 - 0.9 < 0.1 and clears(1.0 - 0.9, 0.1) and not clears(0.49, 0.5)
+    assert clears(0.25, 1e-10) and not clears(0.0, 1e-10)  # a margin under the slack keeps no tie
     references = ("a",) * 3 + ("b",) * 7
     assert (vqa_score("b", references), vqa_score("a", references)) == (1.0, 0.9)
     samples = iter([["b"], ["a"]])

@@ -148,8 +148,9 @@ MARGIN_SLACK = 1e-9  # scores are fractions: a gap equal to the margin exactly (
 
 def clears(gap: float, margin: float) -> bool:
     """Whether two scores differ by at least the margin (equal to it kept, as the SPEC keeps it), up to the rounding
-    of their difference."""
-    return gap >= margin - MARGIN_SLACK
+    of their difference; never a tie, whatever the margin (one under the slack kept them, and a pair of the same
+    answer twice, which training refuses)."""
+    return gap > 0 and gap >= margin - MARGIN_SLACK
 
 
 def _seed(options: BuildOptions, batch: int, draw: int) -> int:
