@@ -71,7 +71,7 @@ def test_an_out_name_too_long_for_its_temporaries_fails_before_any_work(tmp_path
     (["prefs", "build", "--model", "tiny", "--kind", "gen-model", "--n", "2", "--cfg-scale", "-1"],
      "cfg scale must be a number from 0 to 1e+06 (or None: no guidance), got -1.0"),
     (["prefs", "build", "--model", "tiny", "--kind", "gen-real", "--n", "2", "--temperature", "-1"],
-     "temperature must be >= 0 (0 = greedy) and finite (a positive one at least 1e-06), got -1.0"),
+     "temperature must be >= 0 (0 = greedy) and finite (a positive one from 1e-06 to 1e+06), got -1.0"),
     (["refine", "--model", "tiny", "--edit-cfg", "1e38"], "--edit-cfg must be a number from 0 to 1e+06, got 1e+38"),
     (["selfimprove", "--prompts", "test"], "--prompts test: the test split is held out"),
     (["selfimprove", "--prompts", "nowhere.txt"], "--prompts must be a split (train) or a prompt file; nowhere.txt is "
@@ -187,8 +187,10 @@ def test_a_config_with_inf_is_one_line(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize(("command", "setting", "says"), [
-    (["selfimprove"], "temperature = 1e-38", "temperature must be >= 0 (0 = greedy) and finite (a positive one at "
-                                             "least 1e-06), got 1e-38"),
+    (["selfimprove"], "temperature = 1e-38", "temperature must be >= 0 (0 = greedy) and finite (a positive one "
+                                             "from 1e-06 to 1e+06), got 1e-38"),
+    (["selfimprove"], "temperature = 1e39", "temperature must be >= 0 (0 = greedy) and finite (a positive one "
+                                            "from 1e-06 to 1e+06), got 1e+39"),
     (["selfimprove"], "loss_cfg_scale = 1e38", "loss-cfg-scale must be a number from 0 to 1e+06 (or None"),
     (["refine", "train"], "edit_image_cfg_scale = 1e38", "edit-image-cfg-scale must be a number from 0 to 1e+06"),
     (["refine", "train"], "temperature = 1e-300", "temperature must be >= 0 (0 = greedy) and finite (a positive one"),

@@ -170,12 +170,14 @@ def test_a_single_string_is_not_read_as_one_prompt_per_character(um: UnifiedMode
         um.generate_images(["a red circle"], cfg_scale="5", seed=0)
     with pytest.raises(ValueError, match="seed must fit in 64 bits"):
         um.generate_images(["a red circle"], seed=2**70)
-    sampled = r"temperature must be >= 0 \(0 = greedy\) and finite \(a positive one at least 1e-06\), got "
+    sampled = r"temperature must be >= 0 \(0 = greedy\) and finite \(a positive one from 1e-06 to 1e\+06\), got "
     for temperature in (None, "1", True):  # (a TypeError from the comparison; True read as 1)
         with pytest.raises(ValueError, match=sampled + repr(temperature)):
             um.generate_images(["a red circle"], temperature=temperature, seed=0)
+    with pytest.raises(ValueError, match=sampled + r"1e\+39"):  # (float32's inf: every probability NaN)
+        um.answer([np.zeros((64, 64, 3), np.uint8)], ["?"], temperature=1e39, seed=0)
     tokens = torch.zeros((1, um.num_image_tokens), dtype=torch.long)
-    with pytest.raises(ValueError, match=r"temperature must be > 0 and finite \(a positive one at least 1e-06\)"):
+    with pytest.raises(ValueError, match=r"temperature must be > 0 and finite \(a positive one from 1e-06 to 1e\+06\)"):
         um.image_token_logprobs(["a red circle"], tokens, temperature=None)
     image = um.decode_tokens(um.generate_images(["a red circle"], seed=0))[0]
     with pytest.raises(ValueError, match="questions must be a list"):

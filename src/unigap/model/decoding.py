@@ -6,7 +6,6 @@ sequence's numbers do not depend on what else is in its batch (batched == unbatc
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -118,17 +117,17 @@ def is_number(value: object) -> bool:
 # inf, and every probability to NaN: torch's "probability tensor contains either inf, nan or element < 0" after the
 # model loaded. Far past any use (T = 1e-6 is greedy already).
 MIN_TEMPERATURE = 1e-6
-MAX_GUIDANCE = 1e6
+MAX_GUIDANCE = MAX_TEMPERATURE = 1e6  # (past ~3e38 a temperature is float32's inf, and logits / T NaN)
 
 
 def check_temperature(temperature: float, positive: bool = False, name: str = "temperature") -> None:
-    """0 (greedy) or a number from `MIN_TEMPERATURE` to infinity (not included), or no 0 where log-probs are taken at
+    """0 (greedy) or a number from `MIN_TEMPERATURE` to `MAX_TEMPERATURE`, or no 0 where log-probs are taken at
     it (not a bool, not "1", not None, which would fail inside the comparison with a TypeError). A `UserError` (a
     ValueError), so that the CLI, checking a flag `name` before the model loads, says it in one line."""
     greedy = temperature == 0 and not positive
-    if not (is_number(temperature) and (greedy or MIN_TEMPERATURE <= temperature < math.inf)):
-        raise UserError(f"{name} must be {'> 0' if positive else '>= 0 (0 = greedy)'} and finite (a positive one at "
-                        f"least {MIN_TEMPERATURE:g}), got {temperature!r}")
+    if not (is_number(temperature) and (greedy or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE)):
+        raise UserError(f"{name} must be {'> 0' if positive else '>= 0 (0 = greedy)'} and finite (a positive one "
+                        f"from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}), got {temperature!r}")
 
 
 def check_counts(**named: Sequence[object]) -> int:
