@@ -157,6 +157,8 @@ ONE_IMAGE = r"an und row needs its 'scene' \(ShapeWorld\) or its 'images' \(a li
     ({"scene": '{"canvas": -64, "objects": []}'}, "canvas size must be an integer from 32 to 8192, got -64"),
     ({"scene": '{"canvas": 100000, "objects": []}'}, "canvas size must be an integer from 32 to 8192"),  # (24 GB)
     ({"chosen_ref_logprob": 10**400}, "'chosen_ref_logprob' is not finite"),  # (OverflowError)
+    ({"chosen_tokens": -100000}, "'chosen_tokens' must be a positive count of tokens, got -100000"),  # (w_und < 0)
+    ({"rejected_tokens": 0}, "'rejected_tokens' must be a positive count of tokens, got 0"),
 ])
 def test_an_und_rows_image_is_checked_when_the_file_is_read(tmp_path: Path, change: dict, message: str) -> None:
     """An empty image list passed the check and raised IndexError on use (a traceback after the model loaded); a

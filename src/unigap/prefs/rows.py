@@ -105,6 +105,9 @@ def _problem(row: Any) -> str:
     for name in ("chosen_ids", "rejected_ids"):
         if not token_ids(row[name]):
             return f"{name!r} must be a non-empty list of integer token ids"
+    for name in ("chosen_tokens", "rejected_tokens"):  # (length-norm divides by them: a negative one flips w_und)
+        if row[name] < 1:
+            return f"{name!r} must be a positive count of tokens, got {row[name]}"
     return SAME_SIDES if row["chosen_ids"] == row["rejected_ids"] else ""
 
 
