@@ -21,6 +21,7 @@ from typing import Any
 from unigap.atomic import write_text_atomically
 
 MANIFEST_FILE = "manifest.json"
+INPUTS_FILE = "inputs.json"  # what a command read: an adapter's base weights (`model_weights`), among others
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "numpy", "scipy", "torchjd")
 
 

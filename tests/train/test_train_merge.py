@@ -265,3 +265,26 @@ def main_code(args: list[str]) -> int:
     with pytest.raises(SystemExit) as exc:
         main(args)
     return exc.value.code
+
+
+def test_a_soup_records_its_adapters_base_so_other_weights_are_warned_of(adapters: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    """A soup applied to a model with one of its adapters folded in already applied that adapter again (λ more of
+    it) without the warning the adapter itself gets; adapters of two bases are not souped."""
+    from unigap.cli.common import _warn_other_base
+    from unigap.errors import UnigapWarning
+    from unigap.train.merge import soups
+
+    copies = [shutil.copytree(a, tmp_path / a.name) for a in adapters]
+    for copy in copies:
+        (copy / "inputs.json").write_text(json.dumps({"model_weights": "sha256:folded", "seed": 0}))
+    (made,) = soups(*copies, tmp_path / "soups", (0.5,))
+    assert json.loads((made / "inputs.json").read_text()) == {"model_weights": "sha256:folded"}
+    with pytest.warns(UnigapWarning, match="was trained on other base weights"):
+        _warn_other_base("tiny", made)
+    (copies[1] / "inputs.json").write_text(json.dumps({"model_weights": "sha256:other"}))
+    with pytest.raises(UserError, match="trained on different base weights"):
+        soups(*copies, tmp_path / "more", (0.5,))
+    assert not (tmp_path / "more").exists()
+    (made,) = soups(*adapters, tmp_path / "plain", (0.5,))  # (adapters of no record: a soup of none)
+    assert not (made / "inputs.json").exists()

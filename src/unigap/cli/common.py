@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from unigap.errors import GuardStopped, UserError, first_line
+from unigap.manifest import INPUTS_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +67,6 @@ def edit_guidance_kwargs(edit_cfg: float | None, edit_image_cfg: float | None) -
     return {key: value for key, (value, _) in given.items() if value is not None}
 
 
-INPUTS_FILE = "inputs.json"
 # the settings record of the runs `claim_inputs` guards that have no checkpoint, compared on --resume (a geneval
 # layout's too: GenEval's scorer skips files)
 RUN_SETTINGS_FILE = "settings.json"
