@@ -180,8 +180,11 @@ def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys)
     ("outcome a word", "{tmp}/word.json is not a `unigap eval` report (a generation record's 'verified' is 'yes'"),
     ("records a number", "{tmp}/number.json is not a `unigap eval` report (its records are not JSON arrays)"),
     # (json reads NaN as a float: the Δ was NaN and writing --out a traceback)
-    ("outcome NaN", "{tmp}/nan.json is not a `unigap eval` report (an understanding record's 'correct' is nan, not a "
-                    "finite number)"),
+    ("outcome NaN", "{tmp}/nan.json is not a `unigap eval` report (an understanding record's 'correct' is nan, not "
+                    "true or false)"),
+    ("outcome 5", "{tmp}/five.json is not a `unigap eval` report (an understanding record's 'correct' is 5, not true "
+                  "or false)"),  # (read as an accuracy of 1.25)
+    ("records empty", "no metric can be compared: no report holds an outcome of one"),  # (a table of nothing)
     ("outcome huge", "{tmp}/huge.json is not a `unigap eval` report (an understanding record's 'correct' is 1000"),  # (a
     # traceback: an integer beyond a float overflowed the finite check)
     ("seed a string", "{tmp}/seed.json is not a `unigap eval` report (its config has no integer seed)"),
@@ -213,6 +216,12 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
     (tmp_path / "nan.json").write_text(json.dumps(nan))
     nan["records"]["understanding"][0]["correct"] = 10**400
     (tmp_path / "huge.json").write_text(json.dumps(nan))
+    nan["records"]["understanding"][0]["correct"] = 5
+    (tmp_path / "five.json").write_text(json.dumps(nan))
+    empty = json.loads(good.read_text())
+    empty["records"] = {"understanding": [], "generation": []}
+    (tmp_path / "empty.json").write_text(json.dumps(empty))
+    (tmp_path / "empty2.json").write_text(json.dumps(empty | {"config": {"seed": 1}}))
     number = json.loads(good.read_text())
     number["records"]["understanding"] = 5
     (tmp_path / "number.json").write_text(json.dumps(number))
@@ -230,6 +239,8 @@ def test_bad_input_is_one_line_and_nothing_written(tmp_path: Path, capsys, case:
         "records a number": [good, tmp_path / "number.json"],
         "outcome NaN": [good, tmp_path / "nan.json"],
         "outcome huge": [good, tmp_path / "huge.json"],
+        "outcome 5": [good, tmp_path / "five.json"],
+        "records empty": [tmp_path / "empty.json", tmp_path / "empty2.json"],
         "seed a string": [good, tmp_path / "seed.json"],
         "no seed": [good, tmp_path / "noseed.json"],
         "same seed": [good, f"a={s0}", f"a={_write(tmp_path / 'twin.json', 0.5)}"],

@@ -100,10 +100,11 @@ def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
             raise UserError(f"{lacking} is not a `unigap eval` report ({record} lacks "
                             f"{metric.outcome!r})")
         wrong = next(((path, r[metric.outcome]) for path, r in rows if r[metric.outcome] is not None and not (
-            isinstance(r[metric.outcome], (int, float)) and finite(r[metric.outcome]) is not None)), None)
-        if wrong is not None:  # (json reads NaN and Infinity as floats, 1e400 as an int: a Δ of NaN, or a traceback)
+            isinstance(r[metric.outcome], (int, float)) and finite(r[metric.outcome]) in (0, 1))), None)
+        if wrong is not None:  # (json reads NaN and Infinity as floats, 1e400 as an int: a Δ of NaN, or a traceback;
+            # a 5 read as an outcome made an accuracy of 1.25)
             raise UserError(f"{wrong[0]} is not a `unigap eval` report ({record}'s "
-                            f"{metric.outcome!r} is {wrong[1]!r}, not a finite number)")
+                            f"{metric.outcome!r} is {wrong[1]!r}, not true or false)")
         if metric is JUDGED and not _judged_alike([report for _, report in reports]):
             continue
         tested.append(metric)
@@ -171,6 +172,9 @@ def compare_reports(reports: Sequence[tuple[str, Path]], by_group: bool = False)
     read = [(path, run.eval_report) for (_, path), run in zip(reports, study.runs, strict=True)]
     _warn_other_data(read)
     tested = _tested(read)
+    if not tested:  # (records with no outcome in them: a table of nothing, "Bonferroni over 0 tests")
+        files = ", ".join(str(path) for _, path in reports)
+        raise UserError(f"no metric can be compared: no report holds an outcome of one ({files})")
     if by_group:
         tested += _by_group([run.eval_report for run in study.runs], tested)
     baseline, order = reports[0][0], list(dict.fromkeys(name for name, _ in reports))
