@@ -33,5 +33,5 @@ def test_questions_are_seeded_and_cover_the_kinds():
 
 
 def test_non_positive_n_is_a_user_error():
-    with pytest.raises(UserError, match="n must be positive"):
+    with pytest.raises(UserError, match="n must be an integer >= 1, got 0"):
         held_out_pairs(0, seed=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,14 @@ from unigap.world import (
     SPLITS,
     all_specs,
     load_dataset,
+    parse_prompt,
+    random_train_scenes,
     render,
     sample_records,
     satisfies,
     scene_split,
     split_prompts,
+    train_questions,
     write_dataset,
 )
 
@@ -139,3 +143,22 @@ def test_the_documented_split_hash_is_the_one_used():
     for seed, (_, scene) in enumerate(sample_records(40, 0, "test", draw_seed=3)):
         digest = hashlib.sha256(f"{seed}:scene:{scene_json(scene)}".encode()).digest()
         assert scene_split(scene, seed) == SPLITS[int.from_bytes(digest[:8], "big") % 3]
+
+
+@pytest.mark.parametrize(("call", "says"), [
+    (lambda: sample_records(2.5, 0), "n must be an integer >= 1, got 2.5"),
+    (lambda: random_train_scenes(2.5, 0), "n must be an integer >= 0, got 2.5"),  # (it drew 3)
+    (lambda: train_questions([], 0, -1), "per_scene must be an integer >= 0, got -1"),
+    (lambda: train_questions([], 0, 1, sentence_fraction=1.5), "sentence_fraction must be a share from 0 to 1"),
+    (lambda: parse_prompt(None), "a prompt must be text, got NoneType"),
+])
+def test_the_world_api_refuses_a_bad_count_or_text_in_one_line(call, says: str) -> None:
+    """These failed inside numpy (TypeError, "negative dimensions"), or went on with a rounded-up count."""
+    with pytest.raises(UserError, match=re.escape(says)):
+        call()
+
+
+def test_write_dataset_refuses_a_bad_question_count_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=re.escape("questions must be an integer >= 0, got -1")):
+        write_dataset(tmp_path / "d", 2, 0, questions=-1)  # (it wrote the images and no questions)
+    assert not (tmp_path / "d").exists()

@@ -263,3 +263,16 @@ def test_the_drawable_fix_skips_a_fix_the_canvas_has_no_room_for() -> None:
     assert fix is not None and fix.text == "move the purple circle below the red triangle"
     assert satisfies(apply_edit(scene, fix, np.random.default_rng(1)), prompt)
     assert drawable_fix(apply_edit(scene, fix, np.random.default_rng(1)), prompt) is None  # nothing left to fix
+
+
+def test_the_edit_functions_take_instruction_text_and_refuse_other_values_in_one_line() -> None:
+    """`apply_edit(scene, "remove the circle", rng)` failed with AttributeError ('str' has no 'target'), and a None
+    instruction or reflection inside the parser's lower()."""
+    scene = Scene(64, (SceneObject("circle", "red", "small", 20, 20), SceneObject("square", "blue", "small", 44, 44)))
+    assert [o.shape for o in apply_edit(scene, "remove the circle", 0).objects] == ["square"]
+    assert is_valid_fix(scene.objects, "a blue circle", "make the red circle blue", scene.geometry.margin)
+    with pytest.raises(UserError, match="expected an Edit or an instruction, got int"):
+        apply_edit(scene, 3, 0)
+    for parse in (parse_instruction, parse_reflection):
+        with pytest.raises(UserError, match="an instruction or reflection must be text, got NoneType"):
+            parse(None)

@@ -102,12 +102,6 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.LongTensor, temperature: 
     return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def check_positive_int(name: str, value: int) -> None:
-    """A count of samples or tokens: an integer >= 1 (not a bool, not 1.5, which would fail deep inside torch)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def is_number(value: object) -> bool:
     """A real number, not a bool (True would read as 1) nor a string ("5": a TypeError in the comparison after)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -28,7 +28,6 @@ from unigap.model.decoding import (
     MAX_GUIDANCE,
     keeps_caches,
     check_counts,
-    check_positive_int,
     check_temperature,
     choose,
     is_number,
@@ -39,6 +38,7 @@ from unigap.model.decoding import (
 )
 from unigap.model.prompts import PromptFormat
 from unigap.model.sampler import GraphedStep, StaticCache, cuda_graphs_enabled, image_step
+from unigap.world.scene import check_integer
 
 CFG_SCALE = 5.0  # text-to-image guidance everywhere by default: images are sampled, and scored, under this mix
 
@@ -124,7 +124,7 @@ def sample_image_tokens(
     Rows are prompt-major (all samples of prompt 0, then prompt 1, ...), like `num_return_sequences`.
     """
     check_counts(prompts=prompts)
-    check_positive_int("n_per_prompt", n_per_prompt)
+    check_integer("n_per_prompt", n_per_prompt)
     expanded = [prompt for prompt in prompts for _ in range(n_per_prompt)]
     if not expanded:
         return sample_from_prefix(model, fmt, None, None, 0, cfg_scale, temperature, seed)

@@ -30,7 +30,8 @@ from torch.utils._pytree import tree_map
 from transformers import JanusForConditionalGeneration
 
 from unigap.errors import UserError, first_line
-from unigap.model.decoding import check_positive_int, is_number
+from unigap.model.decoding import is_number
+from unigap.world.scene import check_integer
 
 LM_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 GENERATION_HEAD = "generation_head"
@@ -54,7 +55,7 @@ def attach_lora(
     """Wrap `model` with a fresh LoRA adapter named "default" (B = 0, so outputs start unchanged); the generation
     head and `trained_modules` (names of `model.model`'s children) train in full as peft `modules_to_save`, with
     float32 master weights like the LoRA factors (`train_in_float32`)."""
-    check_positive_int("LoRA rank", rank)
+    check_integer("LoRA rank", rank)
     if not (is_number(alpha) and 0 < alpha < math.inf):
         raise ValueError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")  # (saved NaN: refused on loading)
     if not 0 <= dropout < 1:

@@ -19,7 +19,6 @@ from transformers import DynamicCache, JanusForConditionalGeneration
 from unigap.model.decoding import (
     keeps_caches,
     check_counts,
-    check_positive_int,
     check_temperature,
     choose,
     extend,
@@ -30,6 +29,7 @@ from unigap.model.decoding import (
 )
 from unigap.model.images import ImageInput, VisionPreprocessing
 from unigap.model.prompts import NO_WORDS, YES_WORDS, PromptFormat
+from unigap.world.scene import check_integer
 
 
 @dataclass
@@ -257,7 +257,7 @@ def generate_answers(
     placeholder: it is input only, and an answer holding it could not be scored (`answer_token_logprobs`)."""
     batch_size = check_counts(images=images, questions=questions)
     check_temperature(temperature)
-    check_positive_int("max_new_tokens", max_new_tokens)
+    check_integer("max_new_tokens", max_new_tokens)
     if batch_size == 0:
         return Completions([], [], [])
     generator = make_generator(seed, model.device)

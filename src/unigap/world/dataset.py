@@ -34,7 +34,7 @@ from unigap.errors import UserError
 from unigap.world.prompts import CATEGORIES, PromptSpec, all_specs, near_misses, sample_scene_for, satisfies
 from unigap.world.questions import Question, sample_question
 from unigap.world.render import render_pil
-from unigap.world.scene import DEFAULT_CANVAS, Scene, sample_scene, whole_number
+from unigap.world.scene import DEFAULT_CANVAS, Scene, check_integer, sample_scene, whole_number
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 HELD_OUT_FRACTION = 0.1  # of each category's prompts, for val and for test each
@@ -110,8 +110,7 @@ def sample_records(
     `seed` fixes the partition into splits; `draw_seed` (default: `seed`) only which pairs are drawn from it,
     so evaluations with different draw seeds sample the same held-out split."""
     _check_split(split)
-    if n <= 0:
-        raise UserError(f"n must be positive, got {n}")
+    check_integer("n", n)
     categories = CATEGORIES if category is None else (category,)
     pools = {c: split_prompts(split, seed, c) for c in categories}
     rng = np.random.default_rng([seed if draw_seed is None else draw_seed, SPLITS.index(split)])
@@ -129,6 +128,7 @@ def sample_records(
 def random_train_scenes(n: int, seed: int, draw: int | None = None) -> list[Scene]:
     """n uniformly random scenes (`sample_scene`, 1-4 random objects) of the train split of partition `seed`;
     `draw` picks another sample of them (None: pretraining's)."""
+    check_integer("n", n, least=0)
     rng = np.random.default_rng([seed, SCENE_STREAM, *([] if draw is None else [draw])])
     scenes: list[Scene] = []
     while len(scenes) < n:
@@ -163,6 +163,9 @@ def train_questions(
 ) -> list[list[Question]]:
     """`per_scene` answer-balanced questions about each scene (every kind; judge questions name train prompts of
     partition `seed` only), a `sentence_fraction` share in the full-sentence form; seeded."""
+    check_integer("per_scene", per_scene, least=0)
+    if not 0 <= sentence_fraction <= 1:
+        raise UserError(f"sentence_fraction must be a share from 0 to 1, got {sentence_fraction!r}")
     train = split_prompts("train", seed)
     rng = np.random.default_rng([seed, QUESTION_STREAM])
     questions = []
@@ -217,6 +220,7 @@ def write_dataset(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output directory {out} is a file")
+    check_integer("questions", questions, least=0)
     pairs = sample_records(n, seed, split, category, canvas, draw_seed)
     # samples.jsonl last: a study reads its presence as complete data
     with indexed_files_atomically(out, {QUESTIONS_FILE: ["image"], SAMPLES_FILE: ["image"]}, inside=out / IMAGES_DIR,

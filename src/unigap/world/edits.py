@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from unigap.errors import UnigapDeprecationWarning, UserError
-from unigap.world.prompts import RELATION_PHRASES, Item, PromptSpec, article, as_spec
+from unigap.world.prompts import RELATION_PHRASES, Item, PromptSpec, article, as_spec, check_text
 from unigap.world.scene import COLORS, MAX_OBJECTS, RELATIONS, SHAPES, Placed, relation_holds
 
 NO_EDIT = "no further edit needed"
@@ -183,6 +183,7 @@ GRAMMAR_HELP = (
 
 
 def _normalize(text: str) -> str:
+    check_text(text, "an instruction or reflection")
     out = " ".join(text.lower().replace(" .", ".").split())
     return out[:-1].rstrip() if out.endswith(".") else out
 
@@ -224,6 +225,15 @@ class Reflection:
     @property
     def format_ok(self) -> bool:
         return self.stop or self.edit is not None
+
+
+def as_edit(edit: Edit | str) -> Edit:
+    """An edit, or the one its instruction text names (as a prompt's text stands for its spec)."""
+    if isinstance(edit, str):
+        return parse_instruction(edit)
+    if not isinstance(edit, Edit):
+        raise UserError(f"expected an Edit or an instruction, got {type(edit).__name__}: {edit!r:.60}")
+    return edit
 
 
 def parse_reflection(text: str) -> Reflection:
@@ -373,9 +383,9 @@ def candidate_edits(objects: Sequence[Placed], spec: PromptSpec | str | None = N
     return edits
 
 
-def is_valid_fix(objects: Sequence[Placed], spec: PromptSpec | str, edit: Edit, margin: float) -> bool:
-    """Whether the edit applies and removes a difference (lowers the distance)."""
-    spec, after = as_spec(spec), apply_to_objects(objects, edit)
+def is_valid_fix(objects: Sequence[Placed], spec: PromptSpec | str, edit: Edit | str, margin: float) -> bool:
+    """Whether the edit (or instruction) applies and removes a difference (lowers the distance)."""
+    spec, after = as_spec(spec), apply_to_objects(objects, as_edit(edit))
     return after is not None and distance(after, spec, margin) < distance(objects, spec, margin)
 
 

@@ -254,8 +254,15 @@ def _near_misses(spec: PromptSpec) -> tuple[PromptSpec, ...]:
     return tuple(other for other in all_specs(spec.category) if one_apart(other))
 
 
+def check_text(text: object, what: str) -> None:
+    """`UserError` unless `text` is a string: None or a number failed as an AttributeError inside the parser."""
+    if not isinstance(text, str):
+        raise UserError(f"{what} must be text, got {type(text).__name__}: {text!r:.60}")
+
+
 def normalize_text(text: str) -> str:
     """Lower-case, trim, collapse whitespace, drop one trailing period: the forms `parse_prompt` accepts."""
+    check_text(text, "a prompt")
     out = " ".join(text.lower().split())
     return out[:-1].rstrip() if out.endswith(".") else out
 

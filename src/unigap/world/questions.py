@@ -40,7 +40,8 @@ from unigap.world.prompts import (
     plural,
     satisfies,
 )
-from unigap.world.scene import COLORS, RELATIONS, SHAPES, SIZES, Scene, SceneObject, as_generator, relation_holds
+from unigap.world.scene import (COLORS, RELATIONS, SHAPES, SIZES, Scene, SceneObject, as_generator, check_integer,
+                                relation_holds)
 
 QUESTION_KINDS: tuple[str, ...] = (
     "color",
@@ -278,6 +279,7 @@ def sample_question(
 
 def sample_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[Question]:
     """n independently sampled questions (duplicates possible)."""
+    check_integer("n", n, least=0)
     rng = as_generator(rng)
     return [sample_question(scene, rng) for _ in range(n)]
 

@@ -96,6 +96,13 @@ def _fraction(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not float(value).is_integer()
 
 
+def check_integer(name: str, value: Any, least: int = 1) -> None:
+    """A count (of samples, tokens, questions): an integer >= `least`, not a bool nor 2.5 (which would fail deep inside
+    numpy or torch, or be rounded up), as one `UserError` line."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
 def whole_number(value: Any) -> int:
     """An integer field as a plain int (from a numpy integer too, or a JSON number like 20.0): a fraction, a bool,
     inf or nan is a `ValueError`, not cut to an int."""

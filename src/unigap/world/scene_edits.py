@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from unigap.errors import UserError
-from unigap.world.edits import (EDIT_KINDS, Edit, apply_to_objects, candidate_edits, diff, distance, parse_instruction,
-                                parse_reflection)
+from unigap.world.edits import (EDIT_KINDS, Edit, apply_to_objects, as_edit, candidate_edits, diff, distance,
+                                parse_instruction, parse_reflection)
 from unigap.world.prompts import PromptSpec, as_spec
 from unigap.world.render import render
 from unigap.world.scene import (
@@ -33,11 +33,11 @@ from unigap.world.scene import (
 from unigap.world.verify import as_rgb_array, detect
 
 
-def apply_edit(scene: Scene, edit: Edit, rng: np.random.Generator) -> Scene:
-    """The scene after the edit; added and moved objects go to random valid positions (added ones get a
-    random size, the other size if it does not fit, and a random colour when the edit names none). `UserError` when the edit does not apply
-    (a reference matches nothing, a fifth object, or no free position)."""
-    rng = as_generator(rng)
+def apply_edit(scene: Scene, edit: Edit | str, rng: np.random.Generator) -> Scene:
+    """The scene after the edit (or instruction); added and moved objects go to random valid positions (added ones
+    get a random size, the other size if it does not fit, and a random colour when the edit names none). `UserError`
+    when the edit does not apply (a reference matches nothing, a fifth object, or no free position)."""
+    rng, edit = as_generator(rng), as_edit(edit)
     objects = list(scene.objects)
     target = edit.target.find(objects) if edit.target else None
     anchor = edit.anchor.find(objects) if edit.anchor else None
