@@ -2,10 +2,11 @@
 
 Each item is a held-out prompt and a held-out scene satisfying it, broken by one random edit
 (`unigap.world.break_scene`); the instruction is the first edit of the exact diff between the broken scene
-and the prompt that can be drawn on the canvas (`unigap.world.drawable_fix`, the oracle's instruction), the source
-image the broken scene's render. A break whose every fix would need a position the canvas lacks is drawn again, from
-the item's own generator: an exact editor scores every item. The edit is sampled with editing's guidance (`unigap.model.editing.EditGuidance`), a temperature
-and a seed per batch, and the verifier judges it against the prompt.
+and the prompt that can be drawn on the canvas (`unigap.world.drawable_fix`), the source image the broken scene's
+render. A break whose every fix would need a position the canvas lacks is drawn again, from the item's own
+generator: an exact editor scores every item. The edit is sampled with editing's guidance
+(`unigap.model.editing.EditGuidance`), a temperature and a seed per batch, and the verifier judges it against the
+prompt.
 """
 
 from __future__ import annotations
