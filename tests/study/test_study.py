@@ -300,6 +300,19 @@ def test_a_family_budget_is_free_in_a_folder_where_no_arm_of_the_family_ran(tmp_
         claim(QUICK.scaled(methods=("joint",), steps=7), fresh, "w")
 
 
+def test_an_arm_not_registered_now_holds_every_budget(tmp_path: Path, small_config: StudyConfig) -> None:
+    """A user's arm in the folder, not registered by the process resuming it, may have read any family's budget: a
+    rerun without it must not free (and overwrite) the budget its finished seeds trained under."""
+    from unigap.study import claim
+
+    config = small_config.scaled(methods=("joint",))
+    claim(config, tmp_path, "w")
+    record = json.loads((tmp_path / "study.json").read_text())
+    (tmp_path / "study.json").write_text(json.dumps(record | {"methods": ["my-self", "joint"]}))
+    with pytest.raises(UserError, match=rf"self_prompts: {config.self_prompts} → 9"):
+        claim(config.scaled(self_prompts=9), tmp_path, "w")
+
+
 def test_a_study_is_resumed_in_the_dtype_it_ran_in(tmp_path: Path, small_config: StudyConfig) -> None:
     """A study started on a GPU (bf16 by default) is not resumed on a CPU (float32); one from before the dtype was
     recorded is, its dtype unknown."""

@@ -43,7 +43,7 @@ from unigap.metrics_log import keep_log_rows
 from unigap.study.results import ANSWER_LENGTH_FILE, BASE, DIAGNOSTICS_FILE, EVAL_FILE, JOBS_FILE, STUDY_FILE
 from unigap.study.config import FULL, StudyConfig
 from unigap.train.loop import CHECKPOINT_DIR
-from unigap.arms import ARMS
+from unigap.arms import ARMS, FAMILIES
 
 WEIGHTS_KEY = "model_weights"  # in study.json: the weights_fingerprint of the model the study ran on
 DTYPE_KEY = "model_dtype"  # and the dtype it ran in
@@ -228,7 +228,8 @@ def claim(config: StudyConfig, out: Path, weights: str, edit_guidance: dict[str,
     settings = config.to_dict() | recorded | {"methods": methods}
     # a setting no arm asked of the folder before reads (its family's budget, the edit scales) changed none of its
     # numbers: recorded afresh for the arms this run may add, not held to values recorded while nothing used them
-    ran = {ARMS[m].family for m in earlier if m in ARMS}
+    # (an arm not registered here, a user's, may read any of them)
+    ran = set(FAMILIES) if any(m not in ARMS for m in earlier) else {ARMS[m].family for m in earlier}
     unused = [name for name, families in (StudyConfig.families_using() | dict.fromkeys(edit_guidance or {}, ("p3",))
                                           ).items() if not ran & set(families)]
     defaults |= {name: settings[name] for name in unused}
