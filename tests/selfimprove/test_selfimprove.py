@@ -386,3 +386,19 @@ def test_the_loss_follows_the_sampling_guidance_unless_told_otherwise() -> None:
     assert SelfImproveConfig(cfg_scale=3.0, loss_cfg_scale=0.0).loss_cfg_scale == 0.0  # (given: kept)
     with pytest.raises(UserError, match="cfg-scale 0 samples from the unconditional logits alone"):
         SelfImproveConfig(cfg_scale=0.0)  # (a loss scale of 0 means the conditional logits alone: no match)
+
+
+def test_the_table_shows_a_change_the_sign_test_decided() -> None:
+    """Every item moving alike is decided by the sign test, with no interval: the row hid the Δ behind its p."""
+    from rich.console import Console
+
+    from unigap.cli.selfimprove import _table
+    from unigap.evaluate.stats import paired_difference
+
+    paired = paired_difference([0.0] * 8, [1.0] * 8)
+    result = {"config": {"method": "sft", "labels": "self"}, "before": None, "after": None, "win_rate": {},
+              "paired": {"generation_accuracy": paired}}
+    console = Console(record=True, width=200)
+    console.print(_table(result))
+    line = next(line for line in console.export_text().splitlines() if line.lstrip("│ ").startswith("generation acc"))
+    assert "+1.000 (sign test)" in line and "0.008" in line

@@ -28,8 +28,12 @@ def _table(result: dict) -> Table:
     for name, section in HEADLINE.items():
         key = VALUE_KEY[section]
         paired = result.get("paired", {}).get(name)
-        delta = "—" if not paired or paired["ci95"] is None else (
-            f"{paired['delta']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]")
+        if not paired or paired["delta"] is None:
+            delta = "—"
+        elif paired["ci95"] is None:  # (every item moved alike: the sign test, no interval)
+            delta = f"{paired['delta']:+.3f} (sign test)"
+        else:
+            delta = f"{paired['delta']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]"
         table.add_row(name.replace("_", " "), _fmt((result["before"] or {}).get(name), key),
                       _fmt((result["after"] or {}).get(name), key), delta, _fmt(paired, "p"))
     win = result.get("win_rate") or {}

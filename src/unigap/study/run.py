@@ -194,7 +194,8 @@ class StudyRunner:
         save_report(report | (notes or {}), self.eval_file(method, seed))
 
     def add_win_rate(self, report: dict[str, Any], um: Any, method: str, seed: int) -> None:
-        """A trained arm's report gains its `win_rate` (an inference-time arm's model is the base's: none)."""
+        """A trained arm's report gains its `win_rate`, the SPEC's rate of arms that train (an inference-time arm's
+        model is the base's; a post-hoc one, a soup or the oracle, trains nothing of its own: none)."""
         if method in ARMS and ARMS[method].kind == "trained":
             report["win_rate"] = self.win_rate(um, seed)
 
