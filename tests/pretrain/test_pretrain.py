@@ -620,3 +620,20 @@ def test_a_rerun_that_turns_a_stage_off_keeps_no_row_of_it(tmp_path: Path, monke
     pretrain(out, config.scaled(polish_steps=0), show_progress=False)
     assert "joint" in stages() and not {"polish", "vq_merge"} & stages()
     assert json.loads((out / run_module.SUMMARY_FILE).read_text())["polish_final_losses"] is None
+
+
+def test_a_one_off_row_logged_alike_before_keeps_its_place_on_resume(tmp_path: Path) -> None:
+    """The VQ check is recomputed by every run: logged again, its row landed after the finished vision stage's
+    rows, and a resumed log no longer read in one run's order."""
+    from unigap.metrics_log import MetricLogger, read_log
+
+    logger = MetricLogger(tmp_path / "log.jsonl", append=True)
+    fidelity = {"stage": "vq_fidelity", "accepted": 0.5, "n": 4}
+    for row in ({"stage": "vq", "step": 0, "loss": 1.0}, fidelity, {"stage": "vision", "step": 0, "loss": 2.0}):
+        run_module._log(logger, row)
+    before = read_log(logger.path)
+    run_module._log_again(logger, dict(fidelity))  # a resumed run: the same numbers
+    assert read_log(logger.path) == before
+    run_module._log_again(logger, fidelity | {"accepted": 0.75})  # other numbers: the new row replaces the old
+    assert [row["stage"] for row in read_log(logger.path)] == ["vq", "vision", "vq_fidelity"]
+    assert read_log(logger.path)[-1]["accepted"] == 0.75

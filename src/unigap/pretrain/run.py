@@ -27,7 +27,7 @@ from transformers import JanusForConditionalGeneration
 from unigap.atomic import atomic_write_bytes, differences_since, entries, write_text_atomically
 from unigap.errors import UnigapWarning, UserError
 from unigap.evaluate import vq_fidelity
-from unigap.metrics_log import LOGGER_FILES, MetricLogger
+from unigap.metrics_log import LOGGER_FILES, MetricLogger, read_log
 from unigap.model import (
     UnifiedModel,
     build_word_tokenizer,
@@ -134,6 +134,16 @@ def _resume_log(logger: MetricLogger, stage: str, done: int = -1) -> None:
     """Before a stage logs: drop its rows after step `done` (those a resumed stage logs again; -1: all of them, for
     a stage that starts over or a one-off row) and a row a kill left half-written, so the log reads like one run's."""
     logger.keep_rows(lambda row: row.get("stage") != stage or row["step"] <= done)
+
+
+def _log_again(logger: MetricLogger, row: dict) -> None:
+    """A one-off row every run recomputes (the VQ check, the code merge): where an earlier run logged it alike it
+    stays where it was, so a resumed log reads in one run's order (logged again, it landed after the finished vision
+    stage's rows); else the old one goes and this one is logged."""
+    earlier = [old for old in read_log(logger.path) if old.get("stage") == row["stage"]]
+    if earlier != [{"step": row.get("step", 0), **row}]:
+        _resume_log(logger, row["stage"])
+        _log(logger, row)
 
 
 def save_stage(module: torch.nn.Module, path: Path, seconds: float, settings: dict) -> None:
@@ -366,15 +376,15 @@ def pretrain(out: str | os.PathLike, config: PretrainConfig, show_progress: bool
     corpus_seconds = time.perf_counter() - started
     vq_seconds = _stage_vq(um, corpora.gen.renders, config, out, show_progress, logger)
     coded = time.perf_counter()
-    _resume_log(logger, "vq_merge")  # (a rerun without the merge keeps no row of one)
-    if config.vq_merge_similarity is not None:
+    if config.vq_merge_similarity is None:
+        _resume_log(logger, "vq_merge")  # (a rerun without the merge keeps no row of one)
+    else:
         codes = merge_similar_codes(um.model.model.vqmodel, to_pixels(corpora.gen.renders[:MERGE_IMAGES]),
                                     config.vq_merge_similarity)
-        _log(logger, {"stage": "vq_merge", "similarity": config.vq_merge_similarity, "codes": codes})
+        _log_again(logger, {"stage": "vq_merge", "similarity": config.vq_merge_similarity, "codes": codes})
     tokenize_corpora(um, corpora)
     fidelity = vq_fidelity(um, n=VQ_CHECK, seed=config.seed, data_seed=config.seed, progress=show_progress)
-    _resume_log(logger, "vq_fidelity")
-    _log(logger, {"stage": "vq_fidelity", **fidelity})
+    _log_again(logger, {"stage": "vq_fidelity", **fidelity})
     tokenize_seconds = time.perf_counter() - coded  # paid again by every resumed run: the corpora are not stored
     vision_seconds = _stage_vision(um, corpora.und, config, out, show_progress, logger)
     joint = _stage_joint(um, corpora, config, out, show_progress, logger)
