@@ -100,7 +100,7 @@ def test_user_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         write_dataset(tmp_path / "file", 3, seed=0)
-    with pytest.raises(UserError, match="positive"):
+    with pytest.raises(UserError, match="n must be an integer >= 1, got 0"):
         sample_records(0, seed=0)
     with pytest.raises(UserError, match="unknown split"):
         sample_records(3, seed=0, split="dev")
