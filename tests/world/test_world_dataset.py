@@ -14,6 +14,7 @@ from unigap.errors import UserError
 from unigap.world import (
     CATEGORIES,
     SPLITS,
+    Scene,
     all_specs,
     load_dataset,
     parse_prompt,
@@ -151,6 +152,8 @@ def test_the_documented_split_hash_is_the_one_used():
     (lambda: train_questions([], 0, -1), "per_scene must be an integer >= 0, got -1"),
     (lambda: train_questions([], 0, 1, sentence_fraction=1.5), "sentence_fraction must be a share from 0 to 1"),
     (lambda: parse_prompt(None), "a prompt must be text, got NoneType"),
+    (lambda: satisfies(Scene(64, ()), None), "expected a PromptSpec or a ShapeWorld prompt, got NoneType"),
+    (lambda: satisfies(Scene(64, ()), 5), "expected a PromptSpec or a ShapeWorld prompt, got int"),
 ])
 def test_the_world_api_refuses_a_bad_count_or_text_in_one_line(call, says: str) -> None:
     """These failed inside numpy (TypeError, "negative dimensions"), or went on with a rounded-up count."""

@@ -290,8 +290,12 @@ def sample_spec(rng: np.random.Generator, category: str | None = None) -> Prompt
 
 def as_spec(spec: PromptSpec | str) -> PromptSpec:
     """A spec, or a ShapeWorld prompt's text read as one (`parse_prompt`): what every public function of the world
-    taking a prompt takes."""
-    return parse_prompt(spec) if isinstance(spec, str) else spec
+    taking a prompt takes (anything else failed as an AttributeError inside them)."""
+    if isinstance(spec, str):
+        return parse_prompt(spec)
+    if not isinstance(spec, PromptSpec):
+        raise UserError(f"expected a PromptSpec or a ShapeWorld prompt, got {type(spec).__name__}: {spec!r:.60}")
+    return spec
 
 
 def check(objects: Sequence[Placed], spec: PromptSpec | str, margin: float) -> tuple[bool, str]:
