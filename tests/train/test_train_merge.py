@@ -288,3 +288,6 @@ def test_a_soup_records_its_adapters_base_so_other_weights_are_warned_of(adapter
     assert not (tmp_path / "more").exists()
     (made,) = soups(*adapters, tmp_path / "plain", (0.5,))  # (adapters of no record: a soup of none)
     assert not (made / "inputs.json").exists()
+    soup(*copies[:1], copies[0], 0.5, tmp_path / "again")  # (one base) then rewritten in place from no record:
+    soup(*adapters, 0.5, tmp_path / "again")  # the earlier record is not left to warn of the wrong base
+    assert not (tmp_path / "again" / "inputs.json").exists()

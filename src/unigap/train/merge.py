@@ -144,7 +144,9 @@ def _write_soup(adapters: tuple[Adapter, Adapter], lam: float, out_dir: str | Pa
     weights = save({key: t.contiguous() for key, t in merged.items()}, metadata={"format": "pt"})
     atomic_write_bytes(out / ADAPTER_WEIGHTS, lambda handle: handle.write(weights))
     atomic_write_bytes(out / ADAPTER_CONFIG, lambda handle: handle.write(json.dumps(config, indent=2).encode()))
-    if trained_on is not None:
+    if trained_on is None:  # (a soup rewritten in place: not the record of the adapters it was made of before)
+        (out / INPUTS_FILE).unlink(missing_ok=True)
+    else:
         atomic_write_bytes(out / INPUTS_FILE, lambda handle: handle.write(json.dumps({"model_weights": trained_on},
                                                                                      indent=2).encode()))
     return out
