@@ -402,3 +402,8 @@ def test_the_table_shows_a_change_the_sign_test_decided() -> None:
     console.print(_table(result))
     line = next(line for line in console.export_text().splitlines() if line.lstrip("│ ").startswith("generation acc"))
     assert "+1.000 (sign test)" in line and "0.008" in line
+    result["paired"]["generation_accuracy"] = paired_difference([0.0], [1.0])  # one item: no test at all
+    console = Console(record=True, width=200)
+    console.print(_table(result))
+    line = next(line for line in console.export_text().splitlines() if line.lstrip("│ ").startswith("generation acc"))
+    assert "+1.000" in line and "sign test" not in line

@@ -30,8 +30,8 @@ def _table(result: dict) -> Table:
         paired = result.get("paired", {}).get(name)
         if not paired or paired["delta"] is None:
             delta = "—"
-        elif paired["ci95"] is None:  # (every item moved alike: the sign test, no interval)
-            delta = f"{paired['delta']:+.3f} (sign test)"
+        elif paired["ci95"] is None:  # (every item moved alike: the sign test, no interval; one item: no test)
+            delta = f"{paired['delta']:+.3f}" + (" (sign test)" if paired.get("test") == "sign" else "")
         else:
             delta = f"{paired['delta']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]"
         table.add_row(name.replace("_", " "), _fmt((result["before"] or {}).get(name), key),
