@@ -174,6 +174,11 @@ def test_a_single_string_is_not_read_as_one_prompt_per_character(um: UnifiedMode
     for temperature in (None, "1", True):  # (a TypeError from the comparison; True read as 1)
         with pytest.raises(ValueError, match=sampled + repr(temperature)):
             um.generate_images(["a red circle"], temperature=temperature, seed=0)
+    context = r"positions, more than the model's context of 512"  # (sampled past it: silent nonsense)
+    with pytest.raises(ValueError, match=r"tokens and its image 63: \d+ " + context):
+        um.generate_images(["a red circle " * 300], seed=0)
+    with pytest.raises(ValueError, match=r"with its image: \d+ " + context):
+        um.answer([np.zeros((64, 64, 3), np.uint8)], ["what " * 600])
     with pytest.raises(ValueError, match=sampled + r"1e\+39"):  # (float32's inf: every probability NaN)
         um.answer([np.zeros((64, 64, 3), np.uint8)], ["?"], temperature=1e39, seed=0)
     tokens = torch.zeros((1, um.num_image_tokens), dtype=torch.long)

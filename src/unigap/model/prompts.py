@@ -82,6 +82,15 @@ class PromptFormat:
                               f"{self.tokenizer.unk_token}", UnigapWarning, stacklevel=3)
         return ids
 
+    def _fits(self, ids: list[int], fed: int) -> list[int]:
+        """`ids`, where they and the `fed` image tokens fed back after them fit the LLM's context; else a `UserError`
+        (past it a prompt was sampled on all the same, at positions the model never saw: silent nonsense)."""
+        total = len(ids) + fed
+        if self.max_positions is not None and total > self.max_positions:
+            what = f"{len(ids)} tokens and its image {fed}" if fed else "with its image"
+            raise UserError(f"{what}: {total} positions, more than the model's context of {self.max_positions}")
+        return ids
+
     def _with_image(self, tiny_text: str, chat_text: str, what: str) -> list[int]:
         """BOS + one of the two texts (by template), whose `{block}` is the image block written as token strings
         and tokenised with the rest, exactly as JanusProcessor expands `<image_placeholder>`; the placeholder
@@ -96,7 +105,7 @@ class PromptFormat:
                 f"the {what} prompt holds {found} image placeholder tokens, expected {self.num_image_tokens} "
                 "(does the text contain image tokens, or does the tokenizer split the placeholder?)"
             )
-        return ids
+        return self._fits(ids, 0)
 
     def check_texts(self, prompts: Iterable[tuple[str, str]] = (), questions: Iterable[tuple[str, str]] = ()) -> None:
         """Every (where, text) prompt and question tokenised as the model will, once it is loaded and before anything
@@ -104,18 +113,12 @@ class PromptFormat:
         it comes with: a prompt's N image tokens, of which N − 1 are fed back) is one `UserError` naming where it came
         from, not a failure or silent nonsense midway through a run. (An answer's tokens, and the judge and
         reflection questions built around a prompt, are not counted: a few dozen tokens, against Janus-Pro's 16k.)"""
-        fed = self.num_image_tokens - 1
-        for texts, encode, image in ((prompts, self.generation_ids, fed),
-                                     (questions, self.understanding_ids, 0)):  # (a question holds its image)
+        for texts, encode in ((prompts, self.generation_ids), (questions, self.understanding_ids)):
             for where, text in texts:
                 try:
-                    length = len(encode(text)) + image  # (a word the tokenizer does not know is said here, once)
+                    encode(text)  # (a word the tokenizer does not know is said here, once)
                 except UserError as exc:
                     raise UserError(f"{where}: {exc}") from None
-                if self.max_positions is not None and length > self.max_positions:
-                    what = f"{length - image} tokens and its image {image}" if image else "with its image"
-                    raise UserError(f"{where}: {what}: {length} positions, more than the model's context of "
-                                    f"{self.max_positions}")
 
     def understanding_ids(self, question: str) -> list[int]:
         """BOS + prompt with one image (N placeholders) and the question, ready for the answer."""
@@ -139,7 +142,7 @@ class PromptFormat:
         ids = self._encode(text)
         if {self.ids.image, self.ids.boi, self.ids.eoi} & set(ids):
             raise UserError(f"generation prompts must not contain image tokens, got {prompt!r}")
-        return [self.ids.bos] + ids + [self.ids.boi]
+        return self._fits([self.ids.bos] + ids + [self.ids.boi], self.num_image_tokens - 1)
 
     def edit_ids(self, instruction: str) -> list[int]:
         """BOS + an editing prompt (the source image's N placeholders and the instruction) ending in
@@ -151,7 +154,8 @@ class PromptFormat:
         """
         instruction = _braces(_text(instruction, "instruction").strip())
         chat = f"<|User|>: {{block}}\n{instruction}\n\n<|Assistant|>:"
-        return self._with_image(f"{instruction} {{block}}", chat, "editing") + [self.ids.boi]
+        return self._fits(self._with_image(f"{instruction} {{block}}", chat, "editing") + [self.ids.boi],
+                          self.num_image_tokens - 1)
 
     def judge_question(self, prompt: str) -> str:
         """The self-judging question for a generation prompt."""
