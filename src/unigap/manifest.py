@@ -86,3 +86,10 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def trained_on(adapter: str | Path) -> str | None:
+    """The base weights (`model_weights`) an adapter's inputs record names: what `unigap train` and a soup of its
+    adapters write; None for another tool's adapter, or a record without them."""
+    base = (read_record(Path(adapter) / INPUTS_FILE) or {}).get("model_weights")
+    return base if isinstance(base, str) else None

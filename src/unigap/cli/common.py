@@ -272,15 +272,15 @@ def _warn_other_base(model: str, adapter: Path) -> None:
     import warnings
 
     from unigap.errors import UnigapWarning
-    from unigap.manifest import read_record
+    from unigap.manifest import trained_on
     from unigap.model.checkpoint import weights_fingerprint
 
-    trained_on = (read_record(adapter / INPUTS_FILE) or {}).get("model_weights")  # (none: another tool's adapter)
-    if not isinstance(trained_on, str):
+    base = trained_on(adapter)
+    if base is None:  # (another tool's adapter)
         return
     here = weights_fingerprint(_checkpoint_quietly(model))
-    if trained_on != here:
-        warnings.warn(f"adapter {adapter} was trained on other base weights ({trained_on}) than --model {model} "
+    if base != here:
+        warnings.warn(f"adapter {adapter} was trained on other base weights ({base}) than --model {model} "
                       f"({here}): it applies, and its trained parts replace this model's", UnigapWarning, stacklevel=2)
 
 

@@ -23,8 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from unigap.errors import UserError, first_line
-from unigap.atomic import atomic_write_bytes, directory_atomically
-from unigap.manifest import INPUTS_FILE, read_record
+from unigap.atomic import atomic_write_bytes, directory_atomically, write_json
+from unigap.manifest import INPUTS_FILE, trained_on
 from unigap.model.lora import (A_SUFFIX, ADAPTER_CONFIG, ADAPTER_WEIGHTS, B_SUFFIX, LORA_ALPHA, LORA_TENSOR,
                                check_adapter_files, check_ranks, read_adapter_config)
 from unigap.train.names import SOUP_LAMBDAS
@@ -74,15 +74,15 @@ Adapter = tuple[dict, dict[str, torch.Tensor]]  # a saved adapter's config and t
 def soup(und_dir: str | Path, gen_dir: str | Path, lam: float, out_dir: str | Path) -> Path:
     """Write the adapter λ·θ_U + (1−λ)·θ_G (exact on ΔW; generation head interpolated) to `out_dir`."""
     check_lambda(lam)
-    return _write_soup(_matching_adapters(und_dir, gen_dir), lam, out_dir, _trained_on(und_dir, gen_dir))
+    return _write_soup(_matching_adapters(und_dir, gen_dir), lam, out_dir, _common_base(und_dir, gen_dir))
 
 
-def _trained_on(und_dir: str | Path, gen_dir: str | Path) -> str | None:
+def _common_base(und_dir: str | Path, gen_dir: str | Path) -> str | None:
     """The base weights both adapters record (`unigap train`'s inputs record), which their soups record in turn, so
     that a soup applied to other weights (one of its adapters folded in already) is warned of as they are; None
     where either records none. `UserError` where they record different ones: the soup would mix two bases."""
-    bases = [(read_record(Path(d) / INPUTS_FILE) or {}).get("model_weights") for d in (und_dir, gen_dir)]
-    if not all(isinstance(base, str) for base in bases):
+    bases = [trained_on(d) for d in (und_dir, gen_dir)]
+    if None in bases:
         return None
     if bases[0] != bases[1]:
         raise UserError(f"{und_dir} and {gen_dir} were trained on different base weights ({bases[0]} and {bases[1]})")
@@ -125,7 +125,7 @@ def _shape(key: str, tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
-def _write_soup(adapters: tuple[Adapter, Adapter], lam: float, out_dir: str | Path, trained_on: str | None) -> Path:
+def _write_soup(adapters: tuple[Adapter, Adapter], lam: float, out_dir: str | Path, base: str | None) -> Path:
     (config_u, tensors_u), (config_g, tensors_g) = adapters
     scale_u, scale_g = lam * lora_scaling(config_u), (1 - lam) * lora_scaling(config_g)
     merged: dict[str, torch.Tensor] = {}
@@ -144,11 +144,10 @@ def _write_soup(adapters: tuple[Adapter, Adapter], lam: float, out_dir: str | Pa
     weights = save({key: t.contiguous() for key, t in merged.items()}, metadata={"format": "pt"})
     atomic_write_bytes(out / ADAPTER_WEIGHTS, lambda handle: handle.write(weights))
     atomic_write_bytes(out / ADAPTER_CONFIG, lambda handle: handle.write(json.dumps(config, indent=2).encode()))
-    if trained_on is None:  # (a soup rewritten in place: not the record of the adapters it was made of before)
+    if base is None:  # (a soup rewritten in place: not the record of the adapters it was made of before)
         (out / INPUTS_FILE).unlink(missing_ok=True)
     else:
-        atomic_write_bytes(out / INPUTS_FILE, lambda handle: handle.write(json.dumps({"model_weights": trained_on},
-                                                                                     indent=2).encode()))
+        write_json(out / INPUTS_FILE, {"model_weights": base})
     return out
 
 
@@ -171,10 +170,10 @@ def soups(
         raise UserError(f"--out {out_dir} already holds {', '.join(taken)}; choose a new --out or other --lambda "
                         "values")
     adapters = _matching_adapters(und_dir, gen_dir)  # (before any folder is made: a refusal writes nothing)
-    trained_on = _trained_on(und_dir, gen_dir)
+    base = _common_base(und_dir, gen_dir)
     for lam, directory in zip(lambdas, directories, strict=True):
         with directory_atomically(directory) as staging:
-            _write_soup(adapters, lam, staging, trained_on)
+            _write_soup(adapters, lam, staging, base)
     return directories
 
 
