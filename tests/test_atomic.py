@@ -29,7 +29,8 @@ def test_claim_settings_accepts_a_setting_added_since_at_its_default(tmp_path) -
 def test_claim_settings_names_each_difference_and_refuses_what_it_cannot_use(tmp_path) -> None:
     path = tmp_path / "run" / "settings.json"
     claim_settings(path, {"n": 3, "lr": 1e-4}, "study")
-    with pytest.raises(UserError, match=r"holds a study run under other settings \(lr: 0.0001 → 0.001; n: 3 → 4\)"):
+    with pytest.raises(UserError, match=r"holds a study run under other settings \(lr: 0.0001 → 0.001; n: 3 → 4\); "
+                                        r"rerun with the same ones to resume it"):
         claim_settings(path, {"n": 4, "lr": 1e-3}, "study")
     path.write_text("{half")
     with pytest.raises(UserError, match="cannot read"):

@@ -248,7 +248,7 @@ def claim_settings(path: str | os.PathLike, settings: dict[str, Any], what: str,
         changed = differences_since({k: v for k, v in saved.items() if k in compared}, compared, defaults or {}, paths)
         if changed:
             raise UserError(f"{path.parent} holds a {what} run under other {kind} ({'; '.join(changed)}); rerun "
-                            f"with the same {kind} to resume it, or choose a new --out")
+                            "with the same ones to resume it, or choose a new --out")
     if write:  # (again on a resume: a setting added since is recorded)
         write_text_atomically(path, json.dumps(saved | settings, indent=2) + "\n")
 
