@@ -346,7 +346,8 @@ def test_an_epoch_with_nothing_accepted_is_warned_of(tmp_path: Path, monkeypatch
     from unigap.errors import UnigapWarning
 
     monkeypatch.setattr(pool, "ACCEPT_THRESHOLD", 1.1)  # (no P(yes) reaches it)
-    with pytest.warns(UnigapWarning, match="epoch 1 trained nothing: none of the images was accepted"):
+    with pytest.warns(UnigapWarning, match=r"epoch 1 trained nothing: none of the images was accepted \(see pool/\); "
+                                            r"its adapter is an untrained one"):
         result = _toy_run(tmp_path / "none", method="sft", epochs=1, eval_n=0, epoch_eval_n=1, n_prompts=2,
                           audit_size=2)
     assert result["epochs"][-1]["steps"] == 0

@@ -137,7 +137,8 @@ def run(um: Any, config: SelfImproveConfig, out: str | Path, progress: bool = Tr
         if not record["steps"] and main:  # (a judge that accepts nothing: the run would end as if it had trained)
             what = ("none of the images was accepted" if config.objective == "sft" else
                     "no prompt has both an accepted and a rejected image")
-            warnings.warn(f"epoch {epoch} trained nothing: {what} (see pool/); its adapter is the epoch before's",
+            kept = "the epoch before's" if epoch > 1 else "an untrained one (the base model's outputs)"
+            warnings.warn(f"epoch {epoch} trained nothing: {what} (see pool/); its adapter is {kept}",
                           UnigapWarning, stacklevel=2)
         epochs.append(_epoch_row(um, config, epoch, data, record, joined, progress))
         if logger:
