@@ -215,6 +215,21 @@ def test_each_family_is_also_corrected_over_its_own_arms(study):
     assert f"(p1 {2 * len(METRICS)}, p2 {len(METRICS)} tests)" in html  # the methods say why the counts differ
 
 
+def test_only_a_multi_task_dpo_study_shows_that_papers_table_and_test(study: Study) -> None:
+    """A self-improvement study's report showed the multi-task DPO paper's Janus-Pro-7B deltas and its 9 × 3
+    Bonferroni as if they were its own study's reference."""
+    from dataclasses import replace
+
+    from unigap.report.html import render_html
+
+    p1 = render_html(compute_stats(study), [])
+    p2 = render_html(compute_stats(Study([replace(run, method="sft") if run.method == "joint" else run
+                                          for run in study.runs if run.method in (BASE, "joint")])), [])
+    for html, shown in ((p1, True), (p2, False)):
+        assert ("method (paper, Janus-Pro-7B)" in html) == shown and ("9 × 3" in html) == shown
+        assert ("n = 200 per seed, 3 seeds" in html) == shown and "p_welch" in html
+
+
 def test_undefined_tests_are_null_not_nan():
     constant = {"records": {"understanding": [{"index": i, "correct": True} for i in range(5)], "generation": []}}
     study = Study([MethodRun(BASE, 0, constant), MethodRun("joint", 0, constant)])

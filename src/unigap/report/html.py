@@ -263,11 +263,13 @@ def methods_section(results: dict[str, Any]) -> str:
         "Test: base and method are evaluated on the same items with the same sampling seeds, so each method is "
         "tested against the base by the two-sided paired t-test on the per-item differences pooled across seeds "
         "(Welch's t-test on the pooled outcomes where the items do not line up; results.json names the test of "
-        "each row). Δ = pooled mean − base pooled mean; its CI is the test's interval. The paper's test, Welch's "
-        "(n = 200 per seed, 3 seeds), is in results.json and results.csv beside it (p_welch).",
+        "each row). Δ = pooled mean − base pooled mean; its CI is the test's interval. Welch's test on the pooled "
+        "outcomes is in results.json and results.csv beside it (p_welch)"
+        + (", the multi-task DPO paper's test (n = 200 per seed, 3 seeds)." if _ran_p1(results) else "."),
         f"Bonferroni over {b['tests']} tests (methods × metrics where the test is defined): α = {b['alpha']} → "
-        f"significant when p < {b['alpha_corrected']:.2g} (the paper: {PAPER_BONFERRONI['methods']} × "
-        f"{PAPER_BONFERRONI['metrics']}, p < {PAPER_BONFERRONI['alpha_corrected']}).{_family_note(b)}",
+        f"significant when p < {b['alpha_corrected']:.2g}"
+        + (f" (the multi-task DPO paper: {PAPER_BONFERRONI['methods']} × {PAPER_BONFERRONI['metrics']}, "
+           f"p < {PAPER_BONFERRONI['alpha_corrected']})" if _ran_p1(results) else "") + f".{_family_note(b)}",
         "Levels: mean over seed means with a t-interval over seeds (k − 1 df); pooled per-item mean with a "
         f"percentile bootstrap ({o['bootstrap_resamples']} resamples, items resampled within each seed).",
         f"Final losses: mean of the last {o['loss_tail']} logged steps; a trained task ending within "
@@ -281,6 +283,18 @@ def methods_section(results: dict[str, Any]) -> str:
         f"<dt>{escape(str(k))}</dt><dd>{escape(json.dumps(v, default=str))}</dd>" for k, v in results["config"].items()
     )
     return f"<ul>{items}</ul>" + (f"<h3>Study configuration</h3><dl>{config}</dl>" if config else "")
+
+
+def _ran_p1(results: dict[str, Any]) -> bool:
+    """Whether a multi-task DPO arm ran: that paper's published table and test belong in no other study's report."""
+    return any(arm.get("family") == "p1" for arm in results["arms"])
+
+
+def _paper_headline() -> list[Any]:
+    return [paper_headline_table(),
+            f'<p class="note">Published Janus-Pro-7B deltas of the multi-task DPO paper vs base VQA {PAPER_BASE["vqa"]} '
+            f"/ CLIPScore {PAPER_BASE['clip']} (our generation accuracy stands for its CLIPScore); different scales "
+            "from ours — compare direction and significance only.</p>"]
 
 
 def _family_note(bonferroni: dict[str, Any]) -> str:
@@ -318,10 +332,8 @@ def render_html(results: dict[str, Any], plots: Sequence[Plot], title: str = "un
         "where the items differ); base row: its level with a bootstrap CI. Under each p, the paired test over "
         "the seeds' Δ (k − 1 df): the tests above count each seed's items as items, so they cover item sampling "
         "only, this one the variation between training runs too. Understanding accuracy is our VQA-like "
-        "score, generation accuracy the exact verifier's (the paper's CLIPScore).</p>",
-        paper_headline_table(),
-        f'<p class="note">Published Janus-Pro-7B deltas vs base VQA {PAPER_BASE["vqa"]} / CLIPScore '
-        f"{PAPER_BASE['clip']}; different scales from ours — compare direction and significance only.</p>",
+        "score, generation accuracy the exact verifier's.</p>",
+        *(_paper_headline() if _ran_p1(results) else []),
         *(_figure(p) for p in plots if p.path.name == "tradeoff.png"),
         *family_sections(results),
         *claims_section(results),
