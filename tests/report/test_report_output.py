@@ -192,9 +192,12 @@ def test_co_degradation_is_stated_whichever_way_it_falls(nonunification, generat
                 "significant_in_family": significant}
 
     results = {"results": {"self-poor": {"nonunification.score": row(nonunification),
-                                         "generation.accuracy": row(generation), "understanding.accuracy": row(0.0)}}}
+                                         "generation.accuracy": row(generation), "understanding.accuracy": row(0.0)}},
+               "bonferroni": {"families": {"p2": {"tests": 12, "alpha_corrected": 0.05 / 12}}}}
     found = co_degradation(results)
     assert found["verdict"] == verdict and found["sentence"].startswith("Co-degradation (") and verdict in found["sentence"]
+    # (its p uncorrected: the threshold that decided beside them)
+    assert found["sentence"].endswith("significant when p < 0.0042, Bonferroni over the family's 12 tests.")
     assert co_degradation({"results": {}}) is None
 
 

@@ -142,8 +142,11 @@ def co_degradation(results: dict[str, Any]) -> dict[str, Any] | None:
     else:
         verdict = "does not appear"
     parts = ", ".join(f"{m.split('.')[0]} {rows[m]['delta']:+.3f} (p {_p(rows[m]['p'])})" for m in _CO_METRICS)
+    family = results["bonferroni"]["families"]["p2"]  # (the p above uncorrected: the verdict's threshold beside them)
     return {"arm": POOR_ARM, "verdict": verdict, "deltas": {m: rows[m]["delta"] for m in _CO_METRICS},
             "p": {m: rows[m]["p"] for m in _CO_METRICS},
             "sentence": f"Co-degradation (non-unification falling while generation or understanding accuracy falls) "
-                        f"{verdict} with poor self-labels and the guard off: {POOR_ARM} against the base, {parts}."}
+                        f"{verdict} with poor self-labels and the guard off: {POOR_ARM} against the base, {parts}; "
+                        f"significant when p < {family['alpha_corrected']:.2g}, Bonferroni over the family's "
+                        f"{family['tests']} tests."}
 
