@@ -181,9 +181,9 @@ def test_verdicts_of_judges_that_differ_are_not_compared(tmp_path: Path, capsys)
     ("records a number", "{tmp}/number.json is not a `unigap eval` report (its records are not JSON arrays)"),
     # (json reads NaN as a float: the Δ was NaN and writing --out a traceback)
     ("outcome NaN", "{tmp}/nan.json is not a `unigap eval` report (an understanding record's 'correct' is nan, not "
-                    "true or false)"),
-    ("outcome 5", "{tmp}/five.json is not a `unigap eval` report (an understanding record's 'correct' is 5, not true "
-                  "or false)"),  # (read as an accuracy of 1.25)
+                    "true, false or a score in [0, 1])"),
+    ("outcome 5", "{tmp}/five.json is not a `unigap eval` report (an understanding record's 'correct' is 5, not true, "
+                  "false or a score in [0, 1])"),  # (read as an accuracy of 1.25)
     ("records empty", "no metric can be compared: no report holds an outcome of one"),  # (a table of nothing)
     ("outcome huge", "{tmp}/huge.json is not a `unigap eval` report (an understanding record's 'correct' is 1000"),  # (a
     # traceback: an integer beyond a float overflowed the finite check)

@@ -230,6 +230,18 @@ def test_only_a_multi_task_dpo_study_shows_that_papers_table_and_test(study: Stu
         assert ("n = 200 per seed, 3 seeds" in html) == shown and "p_welch" in html
 
 
+@pytest.mark.parametrize("outcome", [5, "yes", float("nan"), -0.5])
+def test_a_study_refuses_an_outcome_no_accuracy_averages(study: Study, outcome) -> None:
+    """An edited eval.json in a study folder made an accuracy of 2.875 from outcomes of 5, or a traceback ("yes")."""
+    import copy
+
+    runs = copy.deepcopy(study.runs)
+    runs[0].eval_report["records"]["generation"][3]["verified"] = outcome
+    with pytest.raises(UserError, match=rf"the evaluation report of {runs[0].method} seed {runs[0].seed} is not a "
+                                        r"`unigap eval` report \(a generation record's 'verified' is "):
+        compute_stats(Study(runs, study.config))
+
+
 def test_undefined_tests_are_null_not_nan():
     constant = {"records": {"understanding": [{"index": i, "correct": True} for i in range(5)], "generation": []}}
     study = Study([MethodRun(BASE, 0, constant), MethodRun("joint", 0, constant)])

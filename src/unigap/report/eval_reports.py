@@ -20,7 +20,6 @@ from rich.markup import escape  # names are the user's, not rich markup
 from rich.table import Table
 
 from unigap.errors import UnigapWarning, UserError
-from unigap.evaluate.stats import finite
 from unigap.report.cells import fmt, fmt_p, rich_significance, significance_verdict
 from unigap.report.stats import compute_stats
 from unigap.atomic import read_json
@@ -94,17 +93,13 @@ def _tested(reports: Sequence[tuple[Path, dict[str, Any]]]) -> list[Metric]:
         if metric is JUDGED:
             judged = {path for path, r in rows if metric.outcome in r}
             rows = [(path, r) for path, r in rows if path in judged]
-        record = f"{'an' if metric.records[0] in 'aeiou' else 'a'} {metric.records} record"
         lacking = next((path for path, r in rows if metric.outcome not in r), None)
         if lacking is not None:
-            raise UserError(f"{lacking} is not a `unigap eval` report ({record} lacks "
-                            f"{metric.outcome!r})")
-        wrong = next(((path, r[metric.outcome]) for path, r in rows if r[metric.outcome] is not None and not (
-            isinstance(r[metric.outcome], (int, float)) and finite(r[metric.outcome]) in (0, 1))), None)
-        if wrong is not None:  # (json reads NaN and Infinity as floats, 1e400 as an int: a Δ of NaN, or a traceback;
-            # a 5 read as an outcome made an accuracy of 1.25)
-            raise UserError(f"{wrong[0]} is not a `unigap eval` report ({record}'s "
-                            f"{metric.outcome!r} is {wrong[1]!r}, not true or false)")
+            raise UserError(f"{lacking} is not a `unigap eval` report ({metric.record} lacks {metric.outcome!r})")
+        wrong = next(((path, problem) for path, r in rows if (problem := metric.outcome_problem(r[metric.outcome]))),
+                     None)
+        if wrong is not None:  # (json reads NaN and Infinity as floats, 1e400 as an int: a Δ of NaN, or a traceback)
+            raise UserError(f"{wrong[0]} is not a `unigap eval` report ({wrong[1]})")
         if metric is JUDGED and not _judged_alike([report for _, report in reports]):
             continue
         tested.append(metric)

@@ -31,7 +31,7 @@ import numpy as np
 from unigap.atomic import read_json
 from unigap.errors import UserError
 from unigap.metrics_log import read_log
-from unigap.evaluate.stats import paired_difference
+from unigap.evaluate.stats import finite, paired_difference
 from unigap.arms import arm_order
 
 BASE = "base"
@@ -148,6 +148,20 @@ class Metric:
     where: tuple[str, str] | None = None
     higher_is_better: bool = True
 
+    @property
+    def record(self) -> str:
+        """'a generation record', 'an understanding record': how messages name one of its records."""
+        return f"{'an' if self.records[0] in 'aeiou' else 'a'} {self.records} record"
+
+    def outcome_problem(self, value: Any) -> str | None:
+        """What is wrong with a record's outcome, None when an accuracy can average it: a verdict (true/false, 0/1)
+        or a graded score in [0, 1], or null (undecided). JSON reads a 5, "yes" or NaN as well: an accuracy of 1.25,
+        or a traceback."""
+        number = finite(value) if isinstance(value, (int, float)) else None
+        if value is None or number is not None and 0 <= number <= 1:
+            return None
+        return f"{self.record}'s {self.outcome!r} is {value!r}, not true, false or a score in [0, 1]"
+
 
 METRICS = (
     Metric("understanding.accuracy", "understanding accuracy", "understanding", "correct"),
@@ -171,10 +185,8 @@ def sample(run: MethodRun, metric: Metric) -> Sample:
     """The metric's outcomes in a run's evaluation report: from per-item records (null or absent outcomes, e.g. the
     weak-generation outcome of self-accepted images, are outside the sample), else from its summary."""
     report = run.eval_report
-    records = report.get("records", {}).get(metric.records)
+    records = _records(run, metric)
     if records is not None:
-        if metric.where is not None:
-            records = [r for r in records if r.get(metric.where[0]) == metric.where[1]]
         items = np.array([float(r[metric.outcome]) for r in records if r.get(metric.outcome) is not None])
         if not len(items):
             return Sample(0, None, 0.0, items)
@@ -191,6 +203,20 @@ def sample(run: MethodRun, metric: Metric) -> Sample:
     return Sample(n, summary[key], stderr**2 * n if n else 0.0, None)
 
 
+def _records(run: MethodRun, metric: Metric) -> list[dict[str, Any]] | None:
+    """The run's records of the metric (those its `where` selects); None without records. A record whose outcome no
+    accuracy can average is refused: the report was edited, or was never `unigap eval`'s."""
+    records = (run.eval_report.get("records") or {}).get(metric.records)
+    if records is None:
+        return None
+    records = [r for r in records if metric.where is None or r.get(metric.where[0]) == metric.where[1]]
+    for r in records:
+        if problem := metric.outcome_problem(r.get(metric.outcome)):
+            raise UserError(f"the evaluation report of {run.method} seed {run.seed} is not a `unigap eval` report "
+                            f"({problem})")
+    return records
+
+
 ITEM_KEYS = ("index", "question", "prompt")  # what identifies an evaluation item in its records
 
 
@@ -198,12 +224,10 @@ def keyed(runs: Sequence[MethodRun], metric: Metric) -> dict[tuple[Any, ...], fl
     """Per-item outcomes keyed by (seed, index, question/prompt); None without records."""
     out: dict[tuple[Any, ...], float] = {}
     for run in runs:
-        records = run.eval_report.get("records", {}).get(metric.records)
+        records = _records(run, metric)
         if records is None:
             return None
         for r in records:
-            if metric.where is not None and r.get(metric.where[0]) != metric.where[1]:
-                continue
             if r.get(metric.outcome) is not None:
                 out[(run.seed, *(r.get(k) for k in ITEM_KEYS))] = float(r[metric.outcome])
     return out
