@@ -8,7 +8,7 @@ import pytest
 
 from unigap.arms import ARMS, FAMILIES, Arm, register, select
 from unigap.errors import UserError
-from unigap.study.results import METHOD_ORDER
+from unigap.study.results import BASE, MethodRun, Study
 from unigap.report import build_report
 from unigap.study import StudyConfig
 
@@ -18,7 +18,7 @@ def test_every_arm_has_a_builder_family_and_known_requirements(name: str) -> Non
     arm = ARMS[name]
     assert callable(arm.build()) and arm.family in FAMILIES
     assert set(arm.requires) <= set(ARMS)
-    assert name in METHOD_ORDER  # the report orders it
+    assert Study([MethodRun("zzz", 0, {}), MethodRun(name, 0, {})]).methods() == [name, "zzz"]  # the report orders it
     assert name in StudyConfig(methods=select(name)).methods_in_order()  # the CLI's selection accepts it
 
 
@@ -145,6 +145,9 @@ def test_a_users_arms_register_like_the_builtin_ones(monkeypatch: pytest.MonkeyP
     assert "my-posthoc" not in StudyConfig(methods=("joint",)).methods_in_order()
     register(Arm("my-default", "p4", "trained", "unigap.study.builders:unimrg"))
     assert "my-default" in StudyConfig().methods
+    register(Arm("a-late-one", "p4", "trained", "unigap.study.builders:unimrg", default=False))
+    late = Study([MethodRun(name, 0, {}) for name in ("a-late-one", "my-default", BASE, "joint")])
+    assert late.methods() == [BASE, "joint", "my-default", "a-late-one"]  # (registry order, not the alphabet's)
     for name in ("base", "prefs", "answer-length"):
         with pytest.raises(ValueError, match="the study's own"):
             register(Arm(name, "p3", "inference-time", "unigap.study.builders:refine"))

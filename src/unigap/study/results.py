@@ -37,8 +37,6 @@ from unigap.arms import arm_order
 BASE = "base"
 EVAL_FILE, LOG_FILE, DIAGNOSTICS_FILE, STUDY_FILE = "eval.json", "log.jsonl", "diagnostics.json", "study.json"
 ANSWER_LENGTH_FILE, JOBS_FILE = "answer-length/answer_length.json", "jobs.jsonl"
-# report order: the base, then the study's arms in registry order; anything else after
-METHOD_ORDER = (BASE, *arm_order())
 _SEED_DIR = re.compile(r"seed(\d+)")
 
 
@@ -64,9 +62,10 @@ class Study:
     jobs_seconds: float | None = None  # every job of the study (pairs, diagnostics and probes included)
 
     def methods(self) -> list[str]:
-        """Methods present, in report order (base first)."""
+        """Methods present, in report order: the base, then the arms in registry order (read now: a user's arm
+        registers after this module is imported), anything else after."""
         present = {run.method for run in self.runs}
-        known = [m for m in METHOD_ORDER if m in present]
+        known = [m for m in (BASE, *arm_order()) if m in present]
         return known + sorted(present - set(known))
 
     def of(self, method: str) -> list[MethodRun]:
