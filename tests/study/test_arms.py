@@ -145,7 +145,10 @@ def test_a_users_arms_register_like_the_builtin_ones(monkeypatch: pytest.MonkeyP
     assert "my-posthoc" not in StudyConfig(methods=("joint",)).methods_in_order()
     register(Arm("my-default", "p4", "trained", "unigap.study.builders:unimrg"))
     assert "my-default" in StudyConfig().methods
-    register(Arm("a-late-one", "p4", "trained", "unigap.study.builders:unimrg", default=False))
+    register(Arm("a-late-one", "p4", "trained", "unigap.study.builders:unimrg", default=False, baseline="my-defualt"))
+    with pytest.raises(UserError, match="unknown baseline of arm 'a-late-one': arm 'my-defualt' \\(did you mean "
+                                        "'my-default'\\?\\); expected one of "):  # (the report compared nothing)
+        StudyConfig(methods=("a-late-one",))
     late = Study([MethodRun(name, 0, {}) for name in ("a-late-one", "my-default", BASE, "joint")])
     assert late.methods() == [BASE, "joint", "my-default", "a-late-one"]  # (registry order, not the alphabet's)
     for name in ("base", "prefs", "answer-length"):

@@ -78,7 +78,9 @@ class StudyConfig:
         if not self.methods:
             raise UserError("methods selects no arm")
         for method in self.methods:
-            ARMS.lookup(method)
+            baseline = ARMS.lookup(method).baseline
+            if baseline is not None and baseline not in ARMS:  # (the report compared nothing, and said nothing)
+                raise ARMS.unknown(baseline, label=f"baseline of arm {method!r}: arm")
         missing = sorted({r for m in self.methods for r in ARMS[m].requires} - set(self.methods))
         if missing:
             raise UserError(f"the selected arms need {', '.join(missing)} too")
