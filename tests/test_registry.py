@@ -85,3 +85,17 @@ def test_every_builtin_registry_fails_unknown_names_the_same_way(registry: Regis
     assert len(registry) >= 2
     with pytest.raises(UserError, match=f"^unknown {registry.concept} 'no-such-name'"):
         registry.lookup("no-such-name")
+
+
+def test_a_judge_is_found_by_the_name_it_registered_under(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A judge registered as 'my-judge' whose own name differed was refused as "the model's own judge", with the
+    verifier listed twice."""
+    from unigap.evaluate.judges import Judge, get_judge
+
+    monkeypatch.setattr(JUDGES, "_entries", dict(JUDGES))
+    mine = JUDGES.register("my-judge", Judge("mine", lambda um, images, specs: [1.0] * len(images), independent=True,
+                                             threshold=0.5))
+    assert get_judge("my-judge", independent=True) is mine
+    with pytest.raises(UserError, match="self-pyes is the model's own judge, not an independent one; expected one "
+                                        "of verifier, my-judge, clip:DIR, vlm:DIR$"):
+        get_judge("self-pyes", independent=True)

@@ -135,7 +135,8 @@ def check_judge_name(name: str, independent: bool = False) -> None:
     kind, sep, _ = name.partition(":")
     if sep and kind in LOCAL_JUDGES:
         return
-    fixed = [j.name for j in JUDGES.values() if j.independent or not independent]
+    fixed = [key for key, j in JUDGES.items() if j.independent or not independent]  # (by key: a user's judge may
+    # name itself otherwise)
     choices = [*fixed, *(f"{kind}:DIR" for kind in LOCAL_JUDGES)]
     if name in JUDGES and name not in fixed:  # (registered, but the model's own: it cannot check the model)
         raise UserError(f"{name} is the model's own judge, not an independent one; expected one of {', '.join(choices)}")
