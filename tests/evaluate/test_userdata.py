@@ -68,6 +68,19 @@ def test_parquet_with_embedded_image_bytes(tmp_path):
     _check(read_understanding_data(path))
 
 
+def test_a_datasets_parquet_image_path_is_read_as_datasets_reads_it(tmp_path, monkeypatch, image_file):
+    """`Dataset.to_parquet` keeps an Image column's path as given, relative to the writer's working directory, where
+    `datasets` reads it: unigap joined it to the file's folder (no such file)."""
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    dataset = datasets.Dataset.from_dict({"image": [image_file], "question": ["Q?"], "answer": ["red"]})
+    dataset.cast_column("image", datasets.Image()).to_parquet("data/und.parquet")
+    item, = read_understanding_data("data/und.parquet")
+    assert tuple(item.image[0, 0]) == RED
+
+
 def test_whole_number_answers_stored_as_floats_are_read_and_a_missing_one_is_named(tmp_path):
     """pandas writes an integer column with a missing value as floats: 1.0 is the answer 1; NaN is its row's error."""
     import pyarrow as pa
@@ -157,6 +170,9 @@ def test_images_are_kept_as_stored_and_decoded_when_used(tmp_path, image_file):
         ('{"image": "imgs/a.png", "question": "Q?"}\n', ":1: needs an 'answer' or an 'answers' column"),
         ('{"image": "imgs/missing.png", "question": "Q?", "answer": "x"}\n', ":1: cannot read image imgs/missing.png"),
         ('{"question": "Q?", "answer": "x"}\n', ":1: missing 'image' column"),
+        ('{"image": null, "question": "Q?", "answer": "x"}\n', ":1: 'image' is empty (null)"),
+        ('{"image": "imgs/a.png", "question": "Q?", "answers": null}\n', ":1: its 'answers' is empty and it has no "
+                                                                          "'answer' column"),
         ('{"image": "imgs/a.png", "question": "Q?", "answers": []}\n', ":1: 'answers' must be a non-empty list"),
         ("\n{not json\n", ":2: malformed row: invalid JSON"),
         ("[1, 2]\n", ":1: malformed row: not a JSON object"),

@@ -187,19 +187,28 @@ def text_cell(row: dict[str, Any], name: str, where: str) -> str:
 
 def _stored(value: Any, base: Path) -> tuple[Any, str]:
     """An image cell's content as stored: bytes, a file (a relative path from `base`), or a PIL image as given; and
-    how an error names it (the path as written)."""
-    if isinstance(value, dict):
+    how an error names it (the path as written). A `datasets` struct's relative path is the one its writer gave
+    (`Dataset.to_parquet` keeps it, from the writer's working directory, as `datasets` reads it): from `base` where
+    that file exists, else as given."""
+    struct = isinstance(value, dict)
+    if struct:
         value = value.get("bytes") or value.get("path")
     if isinstance(value, str) and value:
-        return (Path(value) if Path(value).is_absolute() else base / value), value
+        path = Path(value)
+        if not path.is_absolute():
+            as_written = struct and path.exists() and not (base / path).exists()
+            path = path if as_written else base / path
+        return path, value
     return value, "bytes"
 
 
 def image_cell(row: dict[str, Any], base: Path, where: str, name: str = "image") -> np.ndarray:
     """An image column as an RGB uint8 array: a path (relative paths from `base`, the data file's folder), bytes,
     a `{"bytes", "path"}` struct, or a PIL image. `UserError` naming the row when it is missing or unreadable."""
-    if name not in row or row[name] is None:
+    if name not in row:
         raise UserError(f"{where}: missing {name!r} column")
+    if row[name] is None:  # (the column is there: "missing column" sent the user to its header)
+        raise UserError(f"{where}: {name!r} is empty (null)")
     value, shown = _stored(row[name], base)
     if isinstance(value, str) and not value:
         raise UserError(f"{where}: {name!r} is an empty path")

@@ -98,6 +98,8 @@ def _answers(row: dict[str, Any], where: str, whole_floats: bool = False) -> tup
                             "or leave one column out")
         return (answers[same], *answers[:same], *answers[same + 1:])
     if "answer" not in row:
+        if "answers" in row:  # (its cell null or blank)
+            raise UserError(f"{where}: its 'answers' is empty and it has no 'answer' column")
         raise UserError(f"{where}: needs an 'answer' or an 'answers' column (it has {', '.join(map(repr, row))})")
     answer = _answer_text(row["answer"], whole_floats)
     if answer is None:
