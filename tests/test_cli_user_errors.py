@@ -914,6 +914,22 @@ def test_a_data_seed_other_than_the_models_pretraining_seed_is_warned_of(tmp_pat
     assert code == 0 and out.is_file()
 
 
+@pytest.mark.parametrize("command", [["train", "--objective", "und-sft"], ["selfimprove"], ["refine", "train"]])
+def test_a_config_files_data_seed_other_than_the_models_is_warned_of(tmp_path: Path, capsys, command) -> None:
+    """UniMRG, self-improvement and GRPO read `data_seed` from --config and said nothing: `tiny` under partition 1
+    trains on 122 of partition 0's 151 held-out prompts' scenes and evaluates on its training prompts."""
+    from unigap.errors import UnigapWarning
+
+    config = tmp_path / "c.toml"
+    config.write_text("data_seed = 1\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.txt").write_text("x")  # (refused after the warning, before any work)
+    with pytest.warns(UnigapWarning, match=r"data_seed = 1: tiny was pretrained on partition 0's train split; .* "
+                                           r"\(data_seed = 0 keeps them apart\)"):
+        code, err = _run(capsys, [*command, "--model", "tiny", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert code == 2 and "holds files no `unigap" in err, err
+
+
 def test_a_training_run_refuses_an_out_it_would_write_over(tmp_path: Path, capsys) -> None:
     """`train --out` a model's own folder wrote its adapter there, which transformers then loaded with the model for
     good; a user's data folder lost its README to PEFT's card; and `eval --prompts p.json --out p.json` wrote the

@@ -284,10 +284,13 @@ def _warn_other_base(model: str, adapter: Path) -> None:
                       f"({here}): it applies, and its trained parts replace this model's", UnigapWarning, stacklevel=2)
 
 
-def warn_other_partition(model: str, data_seed: int) -> None:
+CONFIG_SEED = "data_seed ="  # how a --config file gives the partition (train's UniMRG, selfimprove, refine train)
+
+
+def warn_other_partition(model: str, data_seed: int, setting: str = "--data-seed") -> None:
     """A checkpoint `unigap pretrain` wrote records its seed, the partition its training prompts came from: under
     another --data-seed the held-out prompts hold many of them (173 of partition 3's 200 test prompts, for `tiny`),
-    and the train split many of its held-out ones."""
+    and the train split many of its held-out ones. `setting`: how the user gave it (a --config file's `data_seed =`)."""
     import warnings
 
     from unigap.errors import UnigapWarning
@@ -300,8 +303,8 @@ def warn_other_partition(model: str, data_seed: int) -> None:
         return
     pretrained = summary.get("config", {}).get("seed") if isinstance(summary.get("config"), dict) else None
     if isinstance(pretrained, int) and pretrained != data_seed:  # (none: a checkpoint unigap did not pretrain)
-        warnings.warn(f"--data-seed {data_seed}: {model} was pretrained on partition {pretrained}'s train split; "
-                      f"partition {data_seed}'s splits mix its training and held-out prompts (--data-seed "
+        warnings.warn(f"{setting} {data_seed}: {model} was pretrained on partition {pretrained}'s train split; "
+                      f"partition {data_seed}'s splits mix its training and held-out prompts ({setting} "
                       f"{pretrained} keeps them apart)", UnigapWarning, stacklevel=2)
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from unigap.cli.common import (
     ADAPTER_OPTION,
     BF16_OPTION,
+    CONFIG_SEED,
     EDIT_CFG_OPTION,
     EDIT_IMAGE_CFG_OPTION,
     JUDGE_OPTION,
@@ -21,6 +22,7 @@ from unigap.cli.common import (
     judge_claimed,
     load,
     print_table,
+    warn_other_partition,
     weights_dtype,
 )
 from unigap.errors import UserError
@@ -193,6 +195,7 @@ def train_command(
                                lr=lr, num_generations=num_generations, beta=beta, scale_rewards=scale_rewards,
                                loss_type=loss_type, micro_batch_size=micro_batch_size,
                                eval_n=eval_n, eval_split=split, seed=seed, bf16=bf16 or None)
+    warn_other_partition(model, settings.data_seed, CONFIG_SEED)
     backends = parse_report_to(report_to)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")

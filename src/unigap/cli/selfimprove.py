@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from unigap.cli.common import BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, print_table, weights_dtype
+from unigap.cli.common import (BF16_OPTION, CONFIG_SEED, GRADIENT_CHECKPOINTING_OPTION, print_table,
+                               warn_other_partition, weights_dtype)
 from unigap.errors import UserError
 
 app = typer.Typer()
@@ -85,6 +86,7 @@ def selfimprove_command(
         guard=False if no_guard else None, eval_n=eval_n, seed=seed, bf16=bf16 or None,
         gradient_checkpointing=gradient_checkpointing or None,
     )
+    warn_other_partition(model, config.data_seed, CONFIG_SEED)
     dtype = weights_dtype(None, config.bf16)
     if no_guard and config.audit == "none":
         raise UserError("--no-guard keeps the audit but not its stop; with --audit none there is no audit to keep")

@@ -13,8 +13,8 @@ from typing import Any
 
 import typer
 
-from unigap.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MODEL_OPTION, claim_inputs, inputs_claimed,
-                               weights_dtype)
+from unigap.cli.common import (BF16_OPTION, CONFIG_SEED, GRADIENT_CHECKPOINTING_OPTION, MODEL_OPTION, claim_inputs,
+                               inputs_claimed, warn_other_partition, weights_dtype)
 from unigap.progress import progress
 from unigap.train.defaults import DPO_DEFAULTS as DPO
 from unigap.train.names import STRATEGIES, check_pair_tasks
@@ -193,6 +193,7 @@ def _train_unimrg(run: Run, objective: str, common: dict[str, Any]) -> None:
     from unigap.unimrg.trainer import train_unimrg
 
     settings = UniMRGConfig.load(run.config, objective=objective, **common)
+    warn_other_partition(run.model, settings.data_seed, CONFIG_SEED)
     run = run.under(settings.bf16)
     with inputs_claimed(run.out, "train", run.model), manifest(
             "train", {"model": run.model, **settings.to_dict()}, seeds=[settings.seed]) as record:
