@@ -31,6 +31,8 @@ from unigap.model.tokenizer import BOI, BOS, EOS, IMAGE, PAD, build_word_tokeniz
 
 TINY_IMAGE_SIZE = 64  # ShapeWorld's canvas
 TINY_PATCH_SIZE = 8  # pixels per image token side, for the vision tower and the VQ alike
+MIN_CODEBOOK = 256  # VQ codes at least
+VISION_HEAD_SIZE = 32  # the vision tower's dimensions per attention head
 
 
 def tiny_janus_config(
@@ -60,8 +62,8 @@ def tiny_janus_config(
         raise ValueError(f"patch_size must be a power of two (the VQ downsamples by 2 per level), got {patch_size}")
     if vq_base_channels % 32:
         raise ValueError(f"vq_base_channels must be a multiple of 32 (GroupNorm(32)), got {vq_base_channels}")
-    if codebook_size < 256:
-        raise ValueError(f"codebook_size must be at least 256, got {codebook_size}")
+    if codebook_size < MIN_CODEBOOK:
+        raise ValueError(f"codebook_size must be at least {MIN_CODEBOOK}, got {codebook_size}")
     tokens = {"pad": PAD, "bos": BOS, "eos": EOS, "image": IMAGE}
     ids = (
         {name: special_token_id(tokenizer, token) for name, token in tokens.items()}
@@ -85,7 +87,7 @@ def tiny_janus_config(
     vision_config = JanusVisionConfig(
         hidden_size=vision_hidden_size,
         num_hidden_layers=vision_layers,
-        num_attention_heads=max(1, vision_hidden_size // 32),
+        num_attention_heads=max(1, vision_hidden_size // VISION_HEAD_SIZE),
         image_size=image_size,
         patch_size=patch_size,
         mlp_ratio=2.0,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from unigap.errors import UserError
 from unigap.model.editing import check_edit_source
-from unigap.model.tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE
+from unigap.model.tiny import MIN_CODEBOOK, TINY_IMAGE_SIZE, TINY_PATCH_SIZE, VISION_HEAD_SIZE
 from unigap.train.config import check_field_types
 
 
@@ -18,7 +19,7 @@ POSITIVE = ("hidden_size", "num_layers", "num_heads", "codebook_size", "vision_h
             "understanding_scenes", "questions_per_scene", "critique_scenes", "edit_pairs", "vq_batch", "vq_lr",
             "vq_crop", "vision_batch", "vision_lr", "und_batch", "questions_per_image", "gen_batch", "lr",
             "checkpoint_every", "polish_lr", "polish_und_batch", "polish_gen_batch")
-NON_NEGATIVE = ("vq_steps", "vq_empty_crop_weight", "vision_steps", "steps", "critique_batch", "edit_batch",
+NON_NEGATIVE = ("seed", "vq_steps", "vq_empty_crop_weight", "vision_steps", "steps", "critique_batch", "edit_batch",
                 "weight_decay", "warmup", "patch_label_weight", "polish_steps", "polish_warmup",
                 "polish_critique_batch", "polish_edit_batch")
 
@@ -101,10 +102,17 @@ class PretrainConfig:
         check_edit_source(self.edit_source)
         if self.vq_merge_similarity is not None and not -1.0 < self.vq_merge_similarity <= 1.0:
             raise ValueError(f"vq_merge_similarity is a cosine similarity in (-1, 1], got {self.vq_merge_similarity}")
-        for name in POSITIVE:
-            _check(name, getattr(self, name), lambda value: value > 0, "be positive")
+        for name in POSITIVE:  # (an infinite lr trained every VQ step on NaN)
+            _check(name, getattr(self, name), lambda value: 0 < value < math.inf, "be positive and finite")
         for name in NON_NEGATIVE:
-            _check(name, getattr(self, name), lambda value: value >= 0, "be >= 0")
+            _check(name, getattr(self, name), lambda value: 0 <= value < math.inf, "be >= 0 and finite")
+        # shapes the model build refuses, after every corpus is drawn (RoPE rotates pairs of a head's dimensions)
+        _check("num_heads", self.num_heads, lambda heads: self.hidden_size % (2 * heads) == 0,
+               f"divide hidden_size {self.hidden_size} into heads of an even size")
+        vision_heads = max(1, self.vision_hidden_size // VISION_HEAD_SIZE)
+        _check("vision_hidden_size", self.vision_hidden_size, lambda size: size % vision_heads == 0,
+               f"be a multiple of its {vision_heads} heads (one per {VISION_HEAD_SIZE} dimensions)")
+        _check("codebook_size", self.codebook_size, lambda size: size >= MIN_CODEBOOK, f"be at least {MIN_CODEBOOK}")
         _check("vq_crop", self.vq_crop, lambda crop: crop % TINY_PATCH_SIZE == 0 or crop >= TINY_IMAGE_SIZE,
                f"be a multiple of the VQ's {TINY_PATCH_SIZE}-pixel token side (or the whole {TINY_IMAGE_SIZE}-pixel "
                "image)")  # (a crop between token rows fails the first VQ step, after every corpus is drawn)
