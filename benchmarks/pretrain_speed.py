@@ -50,8 +50,13 @@ def options() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when torch "
                         "sees it)")
     parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per stage")
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--out", type=Path, default=None, help=f"default: {RESULT.name} on the CPU, "
+                        "pretrain_speed_cuda.json on a GPU (the CPU's result, which the docs quote, kept)")
     return parser
+
+
+def default_out(device: torch.device) -> Path:
+    return RESULT if device.type == "cpu" else RESULT.with_name(f"{RESULT.stem}_{device.type}.json")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     projected = sum(total for *_, total in rows)
     table.add_row("total", "", "", f"{projected / 60:.1f}")
     Console().print(table)
-    write_result(args.out, {
+    write_result(args.out or default_out(um.device), {
         "benchmark": "pretrain_speed", "timed_steps": args.steps, "small_corpora": SMALL,
         "stages": [{"stage": name, "seconds_per_step": step, "full_steps": steps, "projected_seconds": total}
                    for name, step, steps, total in rows],

@@ -130,6 +130,17 @@ def test_the_pretraining_speed_benchmark_times_every_stage_and_projects_the_reci
     assert result["device"] == "cpu"
 
 
+def test_the_pretraining_speed_benchmark_keeps_the_cpus_result_apart_from_a_gpus(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--device cuda` wrote over the CPU's result, whose table the docs quote as this CPU's."""
+    import torch
+
+    module = _script("pretrain_speed", monkeypatch)
+    assert module.options().parse_args([]).out is None
+    assert module.default_out(torch.device("cpu")) == BENCHMARKS / "results" / "pretrain_speed.json"
+    assert module.default_out(torch.device("cuda", 0)) == BENCHMARKS / "results" / "pretrain_speed_cuda.json"
+
+
 @pytest.mark.parametrize(("argv", "message"), [(["--device", "tpu"], "unknown device 'tpu'"),
                                                (["--steps", "0"], "must be at least 1, got 0")])
 def test_the_pretraining_speed_benchmark_refuses_what_it_cannot_run(argv: list[str], message: str, capsys,
