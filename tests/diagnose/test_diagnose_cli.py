@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -102,8 +103,12 @@ def test_diagnose_a_trained_adapter_reaches_lora_a(
     um.save_adapter(tmp_path / "adapter")
     files = ["--und", str(prefs["und"]), "--gen", str(prefs["gen"])]
     argv = ["--model", str(tiny_dir), "--adapter", str(tmp_path / "adapter"), *files, "--pairs", "4"]
-    code, _, err = _run(capsys, [*argv, "--out", str(tmp_path / "d"), "--sweep-probes", "0"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = _run(capsys, [*argv, "--out", str(tmp_path / "d"), "--sweep-probes", "0"])
     assert code == 0, err
+    # (the base built the files: with the adapter attached first, every reference was recomputed)
+    assert not [w for w in caught if "built by another model" in str(w.message)]
     report = json.loads((tmp_path / "d" / "diagnostics.json").read_text())
     assert report["per_module"]["factors"]["lora_A"]["zero_gradient"] is False
     assert report["adapter"] == str(tmp_path / "adapter") and "sweep" not in report

@@ -310,24 +310,33 @@ def warn_other_partition(model: str, data_seed: int, setting: str = "--data-seed
 
 def load(model: str, adapter: Path | None, dtype: str | torch.dtype | None = None) -> UnifiedModel:
     """The model (plus adapter); missing or broken directories are user errors, not tracebacks."""
-    if adapter is not None and not adapter.is_dir():
-        raise UserError(f"adapter directory {adapter} {'is a file' if adapter.exists() else 'does not exist'}")
-    from unigap.model.lora import check_adapter_files
-
     if adapter is not None:
-        check_adapter_files(adapter)  # before a slow load
-        _refuse_merged_twice(model, adapter)
-        _warn_other_base(model, adapter)
-
+        check_adapter(model, adapter)
     from unigap.model import load_model
 
     um = load_model(model, dtype=dtype)
     if adapter is not None:
-        try:
-            um.load_adapter(adapter)
-        except UserError:  # (a ValueError too) already says what is wrong
-            raise
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:
-            hint = " (trained on another base model?)" if "size mismatch" in str(exc) else ""
-            raise UserError(f"cannot apply adapter {adapter} to this model{hint}: {first_line(exc)}") from None
+        apply_adapter(um, adapter)
     return um
+
+
+def check_adapter(model: str, adapter: Path) -> None:
+    """`load`'s checks of an adapter directory for `model`, before a slow load."""
+    if not adapter.is_dir():
+        raise UserError(f"adapter directory {adapter} {'is a file' if adapter.exists() else 'does not exist'}")
+    from unigap.model.lora import check_adapter_files
+
+    check_adapter_files(adapter)
+    _refuse_merged_twice(model, adapter)
+    _warn_other_base(model, adapter)
+
+
+def apply_adapter(um: UnifiedModel, adapter: Path) -> None:
+    """Attach an adapter `check_adapter` passed (`load`'s second half: a caller may use the base model first)."""
+    try:
+        um.load_adapter(adapter)
+    except UserError:  # (a ValueError too) already says what is wrong
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        hint = " (trained on another base model?)" if "size mismatch" in str(exc) else ""
+        raise UserError(f"cannot apply adapter {adapter} to this model{hint}: {first_line(exc)}") from None

@@ -7,7 +7,8 @@ import typer
 from rich.table import Table
 
 from unigap.atomic import entries
-from unigap.cli.common import ADAPTER_OPTION, MODEL_OPTION, load, print_table, require_non_negative, require_positive
+from unigap.cli.common import (ADAPTER_OPTION, MODEL_OPTION, apply_adapter, check_adapter, load, print_table,
+                               require_non_negative, require_positive)
 from unigap.errors import UserError
 from unigap.progress import progress
 from unigap.report.reference import PAPER_GRADIENTS
@@ -109,9 +110,15 @@ def diagnose_command(
     for task, found in rows.items():  # as do too few
         if len(found) < 2:
             raise UserError(f"{files[task]}: intra-task cosines need at least 2 pairs, found {len(found)}")
-    um = load(model, adapter)
-    # TRL rows need the model, and are converted as the batches draw them (a large file is mostly never drawn)
+    if adapter is not None:
+        check_adapter(model, adapter)  # before the slow load
+    um = load(model, None)
+    # TRL rows need the model, and are converted as the batches draw them (a large file is mostly never drawn); the
+    # rows' builder is compared with the base model, whose references DPO uses: with the adapter attached every file
+    # read as another model's, its references all recomputed
     data = {task: pairs_of(rows[task], path, task, um, on_use=True) for task, path in files.items()}
+    if adapter is not None:
+        apply_adapter(um, adapter)
     try:
         params = shared_parameters(um, full_params, seed)
     except ValueError as exc:  # e.g. an adapter with no LoRA on the LLM's decoder layers
