@@ -56,6 +56,20 @@ def test_diagnose_writes_report_and_figures(tiny_dir: Path, prefs: dict[str, Pat
     assert sorted(p.name for p in (tmp_path / "e").glob("*.png")) == sorted(figures) and "sweep.png" not in figures
 
 
+def test_an_overflowing_beta_skips_the_sweep_and_reports_its_nulls(tiny_dir: Path, prefs: dict[str, Path],
+                                                                    tmp_path: Path, capsys) -> None:
+    """At beta 1e300 every generation gradient overflows: the report held nulls, then the sweep's ρ raised a
+    traceback (exit 1) and wrote nothing."""
+    from unigap.errors import UnigapWarning
+
+    argv = ["--model", str(tiny_dir), "--und", str(prefs["und"]), "--gen", str(prefs["gen"]), "--pairs", "4"]
+    with pytest.warns(UnigapWarning, match="the length sweep is skipped: no generation gradient is finite"):
+        code, _, err = _run(capsys, [*argv, "--beta", "1e300", "--sweep-probes", "1", "--out", str(tmp_path / "d")])
+    assert code == 0, err
+    report = json.loads((tmp_path / "d" / "diagnostics.json").read_text())
+    assert "sweep" not in report and "sweep.png" not in report["figures"]
+
+
 def test_a_run_killed_while_drawing_its_figures_is_its_reruns_to_replace(tiny_dir: Path, prefs: dict[str, Path],
                                                                          tmp_path: Path, capsys, monkeypatch) -> None:
     """A kill between the first figure and the report left only PNGs, which the rerun refused as someone else's (the

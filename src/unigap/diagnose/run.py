@@ -7,6 +7,7 @@ so the diagnostics measure exactly the gradients training would follow.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 
 from unigap.diagnose import stats, sweep
 from unigap.diagnose.figures import write_figures
+from unigap.errors import UnigapWarning
 from unigap.diagnose.gradients import FULL, LossFn, ParameterSet, collect, full_parameter_set, lora_parameter_set
 from unigap.model import UnifiedModel
 from unigap.atomic import write_json
@@ -80,7 +82,12 @@ def run_diagnostics(
     report["distinct_pairs"] = {"und": len(set(log.und_index)), "gen": len(set(log.gen_index)), "batches": n_batches}
     report["eval_mode"] = not um.model.training  # LoRA dropout off: gradients depend on the data only
     report["dpo"] = {"beta": options.beta, "loss_type": options.loss_type, "cfg_scale": options.cfg_scale}
-    if sweep_probes > 0:
+    if sweep_probes > 0 and not any(norm for norm in report["samples"]["gen_norm"] if norm is not None):
+        # (every one zero or overflowed, e.g. at an extreme beta: the sweep's ρ has no denominator; the tests above
+        # report their nulls)
+        warnings.warn("the length sweep is skipped: no generation gradient is finite and non-zero, so ρ is undefined",
+                      UnigapWarning, stacklevel=2)
+    elif sweep_probes > 0:
         pairs = sweep.probe_pairs(um, sweep.length_probes(sweep_probes, seed))
         gen_mean = sum(gen_tokens) / len(gen_tokens)
         report["sweep"] = sweep.run_sweep(um, params, pairs, loss_fn, report["samples"]["gen_norm"], gen_mean, progress)

@@ -106,7 +106,7 @@ def length_response(
     gen = np.asarray(gen_norms, dtype=np.float64)
     gen = gen[np.isfinite(gen) & (gen > 0)]
     if len(gen) == 0:
-        raise ValueError("every generation gradient is zero: ρ is undefined")
+        raise ValueError("every generation gradient is zero or non-finite: ρ is undefined")
     conditions: dict[str, Any] = {}
     all_rho, all_ratio = [], []
     for name, norms in und_norms.items():
