@@ -99,3 +99,24 @@ def test_a_judge_is_found_by_the_name_it_registered_under(monkeypatch: pytest.Mo
     with pytest.raises(UserError, match="self-pyes is the model's own judge, not an independent one; expected one "
                                         "of verifier, my-judge, clip:DIR, vlm:DIR$"):
         get_judge("self-pyes", independent=True)
+
+
+def test_a_local_judge_kind_of_a_users_may_load_a_directory_without_a_transformers_config(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kind's directory had to hold a config.json: an open_clip or a .pt checkpoint could not be registered."""
+    from unigap.evaluate.judges import Judge, _local_judge, get_judge
+
+    monkeypatch.setattr(LOCAL_JUDGES, "_entries", dict(LOCAL_JUDGES))
+    seen = []
+
+    def mine(name, path):
+        seen.append(path)
+        return Judge(name, lambda um, images, specs: [1.0] * len(images), independent=True, threshold=0.5)
+
+    LOCAL_JUDGES.register("toykind", mine)
+    (tmp_path / "weights.pt").write_bytes(b"")
+    judge = get_judge(f"toykind:{tmp_path}", independent=True)
+    _local_judge.cache_clear()
+    assert judge.name == f"toykind:{tmp_path}" and seen == [tmp_path]
+    with pytest.raises(UserError, match=r"clip judge directory .* holds no model \(no config.json\)"):
+        get_judge(f"clip:{tmp_path}")

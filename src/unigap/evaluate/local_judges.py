@@ -59,8 +59,6 @@ def model_directory(kind: str, directory: str) -> Path:
         raise UserError(f"{kind} judge directory {path} does not exist")
     if not path.is_dir():
         raise UserError(f"{kind} judge directory {path} is not a directory")
-    if not (path / "config.json").is_file():
-        raise UserError(f"{kind} judge directory {path} holds no model (no config.json)")
     return path
 
 
@@ -83,8 +81,12 @@ def _loading(kind: str, path: Path) -> Iterator[None]:
 
 
 def _load_model(kind: str, path: Path, auto_class: Any) -> Any:
-    """The checkpoint under `auto_class`, in eval mode; one whose weights misfit its config would judge at random."""
+    """The checkpoint under `auto_class`, in eval mode; one whose weights misfit its config would judge at random.
+    (Its config.json checked here, not for every judge kind: a user's kind may load another format.)"""
     from unigap.model.loading import refuse_misfits
+
+    if not (path / "config.json").is_file():
+        raise UserError(f"{kind} judge directory {path} holds no model (no config.json)")
 
     model, info = auto_class.from_pretrained(path, local_files_only=True, output_loading_info=True,
                                              ignore_mismatched_sizes=True)
