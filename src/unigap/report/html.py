@@ -292,9 +292,9 @@ def _ran_p1(results: dict[str, Any]) -> bool:
 
 def _paper_headline() -> list[Any]:
     return [paper_headline_table(),
-            f'<p class="note">Published Janus-Pro-7B deltas of the multi-task DPO paper vs base VQA {PAPER_BASE["vqa"]} '
-            f"/ CLIPScore {PAPER_BASE['clip']} (our generation accuracy stands for its CLIPScore); different scales "
-            "from ours — compare direction and significance only.</p>"]
+            '<p class="note">Published Janus-Pro-7B deltas of the multi-task DPO paper vs base '
+            f"VQA {PAPER_BASE['vqa']} / CLIPScore {PAPER_BASE['clip']} (our generation accuracy stands for its "
+            "CLIPScore); different scales from ours — compare direction and significance only.</p>"]
 
 
 def _family_note(bonferroni: dict[str, Any]) -> str:
