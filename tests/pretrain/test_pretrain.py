@@ -433,17 +433,17 @@ def test_polish_is_the_joint_step_at_its_own_batches_and_rate() -> None:
                                                  ({"critique_intact": -0.1}, "critique_intact must lie in"),
                                                  ({"polish_steps": -1}, "polish_steps must be >= 0"),
                                                  # these failed only later: a traceback, or a "loss is not finite"
-                                                 ({"gen_batch": 0}, "gen_batch must be positive and finite, got 0"),
+                                                 ({"gen_batch": 0}, "gen_batch must be positive, got 0"),
                                                  ({"polish_gen_batch": 0}, "polish_gen_batch must be positive"),
                                                  ({"und_batch": 0}, "und_batch must be positive"),
                                                  ({"questions_per_image": 0}, "questions_per_image must be positive"),
                                                  ({"edit_pairs": 0}, "edit_pairs must be positive"),
                                                  ({"checkpoint_every": 0}, "checkpoint_every must be positive"),
                                                  ({"prompt_dropout": 1.5}, r"prompt_dropout must lie in \[0, 1\]"),
-                                                 ({"lr": float("nan")}, "lr must be positive and finite, got nan"),
+                                                 ({"lr": float("nan")}, "PretrainConfig.lr must be a finite number, got nan"),
                                                  ({"vq_crop": 30}, "vq_crop must be a multiple of the VQ's 8-pixel"),
                                                  # (NaN at every VQ step; tracebacks in the model build or numpy)
-                                                 ({"vq_lr": float("inf")}, "vq_lr must be positive and finite"),
+                                                 ({"vq_lr": float("inf")}, "PretrainConfig.vq_lr must be a finite number"),
                                                  ({"seed": -1}, "seed must be >= 0"),
                                                  ({"num_heads": 3}, "num_heads must divide hidden_size 64 into heads "
                                                                     "of an even size, got 3"),

@@ -165,8 +165,13 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
         TrainConfig.load(None, strategy="best")
     with pytest.raises(UserError, match="config key steps must be an integer, got 1.5"):
         TrainConfig.load(None, steps=1.5)
-    with pytest.raises(UserError, match="nll-weight must be >= 0, got nan"):
+    with pytest.raises(UserError, match="TrainConfig.nll_weight must be a finite number, got nan"):
         TrainConfig(strategy="joint", nll_weight=float("nan"))
+    # as the TOML file's values are: an lr of inf trained on NaN, a seed past 64 bits failed in torch
+    with pytest.raises(UserError, match="TrainConfig.lr must be a finite number, got inf"):
+        TrainConfig(strategy="joint", lr=float("inf"))
+    with pytest.raises(UserError, match=f"TrainConfig.seed does not fit in 64 bits, got {2**70}"):
+        TrainConfig(strategy="joint", seed=2**70)
 
 
 def test_generation_pairs_under_cfg_are_rescored_against_the_base_model(tiny_dir: Path, pairs) -> None:

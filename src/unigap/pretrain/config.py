@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -102,10 +101,10 @@ class PretrainConfig:
         check_edit_source(self.edit_source)
         if self.vq_merge_similarity is not None and not -1.0 < self.vq_merge_similarity <= 1.0:
             raise ValueError(f"vq_merge_similarity is a cosine similarity in (-1, 1], got {self.vq_merge_similarity}")
-        for name in POSITIVE:  # (an infinite lr trained every VQ step on NaN)
-            _check(name, getattr(self, name), lambda value: 0 < value < math.inf, "be positive and finite")
+        for name in POSITIVE:  # (check_field_types refused NaN and inf: an infinite lr trained every VQ step on NaN)
+            _check(name, getattr(self, name), lambda value: value > 0, "be positive")
         for name in NON_NEGATIVE:
-            _check(name, getattr(self, name), lambda value: 0 <= value < math.inf, "be >= 0 and finite")
+            _check(name, getattr(self, name), lambda value: value >= 0, "be >= 0")
         # shapes the model build refuses, after every corpus is drawn (RoPE rotates pairs of a head's dimensions)
         _check("num_heads", self.num_heads, lambda heads: self.hidden_size % (2 * heads) == 0,
                f"divide hidden_size {self.hidden_size} into heads of an even size")

@@ -109,11 +109,19 @@ def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any])
     for name, value in coerced.items():
         if not _type_ok(value, hints[name]):
             raise UserError(f"config key {name} must be {_type_name(hints[name])}, got {values[name]!r}")
-        if isinstance(value, float) and not math.isfinite(value):  # TOML writes inf and nan
-            raise UserError(f"config key {name} must be a finite number, got {value!r}")
-        if isinstance(value, int) and not -(2**63) <= value < 2**63:  # (as the flags: torch's seeds take 64 bits)
-            raise UserError(f"config key {name} does not fit in 64 bits, got {value!r}")
+        if problem := _out_of_range(value):
+            raise UserError(f"config key {name} {problem}")
     return cls(**coerced)
+
+
+def _out_of_range(value: Any) -> str | None:
+    """What no setting can be, whatever its field: an infinite or NaN float (TOML writes inf and nan), an integer
+    beyond 64 bits (as the flags refuse: torch's seeds take 64 bits)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return f"does not fit in 64 bits, got {value!r}"
+    return None
 
 
 def _options(expected: Any) -> tuple[Any, ...] | None:
@@ -197,9 +205,9 @@ def check_ranges(config: object, positive: Sequence[str] = (), non_negative: Seq
 
 
 def check_field_types(config: Any) -> None:
-    """A config built in Python gets the check a TOML file's values get: `TrainConfig(lr="1e-4")` fails here, in
-    one line naming the field, not as a TypeError deep inside a run (or as a seed JSON cannot record); and the same
-    coercion: a list for an array field is kept as a tuple."""
+    """A config built in Python gets the check a TOML file's values get: `TrainConfig(lr="1e-4")` or an lr of inf
+    fails here, in one line naming the field, not as a TypeError deep inside a run (or as a seed JSON cannot record,
+    or torch cannot take); and the same coercion: a list for an array field is kept as a tuple."""
     hints = typing.get_type_hints(type(config))
     for field in fields(config):
         value, expected = getattr(config, field.name), hints[field.name]
@@ -208,3 +216,6 @@ def check_field_types(config: Any) -> None:
             if not _type_ok(coerced, expected):
                 raise UserError(f"{type(config).__name__}.{field.name} must be {_type_name(expected)}, got {value!r}")
             object.__setattr__(config, field.name, coerced)  # (the configs are frozen)
+            value = coerced
+        if problem := _out_of_range(value):  # (an lr of inf sampled a whole pool, then stopped on a NaN loss)
+            raise UserError(f"{type(config).__name__}.{field.name} {problem}")
