@@ -387,6 +387,8 @@ def test_the_loss_follows_the_sampling_guidance_unless_told_otherwise() -> None:
     assert SelfImproveConfig(cfg_scale=3.0, loss_cfg_scale=0.0).loss_cfg_scale == 0.0  # (given: kept)
     with pytest.raises(UserError, match="cfg-scale 0 samples from the unconditional logits alone"):
         SelfImproveConfig(cfg_scale=0.0)  # (a loss scale of 0 means the conditional logits alone: no match)
+    with pytest.raises(UserError, match="^cfg-scale must be a number"):  # (it named the loss scale it was copied to)
+        SelfImproveConfig(cfg_scale=-1.0)
 
 
 def test_the_table_shows_a_change_the_sign_test_decided() -> None:

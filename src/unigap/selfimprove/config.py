@@ -98,7 +98,7 @@ class SelfImproveConfig:
                                      "lora_alpha", "max_grad_norm", "sample_batch"),
                      non_negative=("nll_weight", "weight_decay", "audit_size", "eval_n", "epoch_eval_n", "seed",
                                    "data_seed"),
-                     temperatures=("temperature",), guidance=("loss_cfg_scale", "cfg_scale"))
+                     temperatures=("temperature",), guidance=("cfg_scale", "loss_cfg_scale"))  # (one follows the other)
         if self.audit != "none" and self.audit_size == 0:  # (its guard would never act, and its record read as passed)
             raise UserError(f"audit-size 0 audits nothing: give it a positive size, or audit = \"none\" (--judge none) "
                             f"to run without the {self.audit} audit")
