@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,16 @@ from unigap.refine.metrics import round_metrics, stop_metrics
 from unigap.world import parse_prompt
 
 SPECS = [parse_prompt(t) for t in ("a red circle", "two blue squares", "a circle and a square", "a green triangle")]
+
+
+@pytest.mark.parametrize(("rounds", "reflector", "refiner", "message"), [
+    (1, "Oracle", "edit", "--reflector must be one of self, oracle, got 'Oracle'"),  # (ran the model's own)
+    (1, "self", "edt", "--refiner must be one of auto, edit, regenerate, got 'edt'"),  # (regenerated)
+    (-3, "self", "auto", "--rounds must be >= 0, got -3"),  # (ran round 0 alone)
+])
+def test_the_loop_refuses_settings_it_would_run_as_others(stub, rounds, reflector, refiner, message) -> None:
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        run_loop(stub, SPECS, rounds=rounds, reflector=reflector, refiner=refiner, seed=0, progress=False)
 
 
 def test_an_exact_reflector_and_editor_fix_round_zero_and_then_stop(stub) -> None:

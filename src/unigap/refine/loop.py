@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from unigap.errors import UserError
 from unigap.evaluate.data import FreePrompt
 from unigap.evaluate.generation import stream_seed
 from unigap.evaluate.judges import JUDGES
@@ -86,6 +87,17 @@ def verdict_after(verdicts: Sequence[bool | None], round_: int) -> bool | None:
     return verdicts[min(round_, len(verdicts) - 1)]
 
 
+def check_loop(rounds: int, reflector: str, refiner: str) -> None:
+    """`UserError` for settings the loop cannot run: read as the model's reflector, as a refiner, or as no round, a
+    misspelt one ran another loop than the one asked for, in silence."""
+    if rounds < 0:
+        raise UserError(f"--rounds must be >= 0, got {rounds}")
+    if reflector not in REFLECTORS:
+        raise UserError(f"--reflector must be one of {', '.join(REFLECTORS)}, got {reflector!r}")
+    if refiner not in REFINERS:
+        raise UserError(f"--refiner must be one of {', '.join(REFINERS)}, got {refiner!r}")
+
+
 def refiner_for(um: Refinable, refiner: str) -> str:
     """`auto` picks `edit` on models that can edit, else `regenerate`."""
     return ("edit" if um.supports_editing else "regenerate") if refiner == "auto" else refiner
@@ -131,6 +143,7 @@ def run_loop(
     generation and regeneration, `edit_guidance` the edits. Progress lines name the oracle's rounds as its own.
     `first`, where given, is round 0 (one image per prompt): the one-shot images an evaluation of the same prompts
     sampled, so that the loop's change is measured against those very images, not against another draw."""
+    check_loop(rounds, reflector, refiner)
     mode = refiner_for(um, refiner)
     trajectories = [Trajectory(spec) for spec in specs]
     stage = "oracle round" if reflector == "oracle" else "round"

@@ -27,7 +27,7 @@ from unigap.model.checkpoint import model_identity
 from unigap.model.editing import EDIT_CFG_SCALE, EDIT_IMAGE_CFG_SCALE, EDIT_SETTINGS, EditGuidance
 from unigap.model.decoding import check_temperature
 from unigap.model.generation import CFG_SCALE, check_guidance_scale
-from unigap.refine.loop import REFINERS, REFLECTORS, Refinable, Trajectory, refiner_for, run_loop
+from unigap.refine.loop import Refinable, Trajectory, check_loop, refiner_for, run_loop
 from unigap.refine.metrics import best_of_n, gain, judged_part, round_metrics, stop_metrics
 from unigap.train.config import check_field_types
 from unigap.world import SPLITS, PromptSpec
@@ -59,14 +59,9 @@ class RefineConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        if self.rounds < 0:
-            raise UserError(f"--rounds must be >= 0, got {self.rounds}")
+        check_loop(self.rounds, self.reflector, self.refiner)
         if self.n < 1:
             raise UserError(f"--n must be positive, got {self.n}")
-        if self.reflector not in REFLECTORS:
-            raise UserError(f"--reflector must be one of {', '.join(REFLECTORS)}, got {self.reflector!r}")
-        if self.refiner not in REFINERS:
-            raise UserError(f"--refiner must be one of {', '.join(REFINERS)}, got {self.refiner!r}")
         if self.prompts == "train":
             raise UserError("--prompts train: refine measures the loop on held-out prompts; use test, val or a "
                             "prompt file (refine train trains on the train split)")
