@@ -216,6 +216,12 @@ def test_the_default_grid_searches_every_generation_pair_kind() -> None:
     assert TUNE_GRID["kinds"] == GEN_KINDS
 
 
+def test_a_grid_point_no_run_can_train_is_refused_before_any_work() -> None:
+    """TuneConfig(lrs=(inf,)) built, evaluated the base and built its pairs, then its first run refused the lr."""
+    with pytest.raises(UserError, match=r"^TuneConfig.lrs \(an item\) must be a finite number, got inf$"):
+        TuneConfig(lrs=(1e-4, float("inf")))
+
+
 @pytest.mark.parametrize(("lrs", "betas"), [((1e-5, 1e-5), (0.1,)), ((1e-5, 1.0000001e-5), (0.1, 0.1000001))])
 def test_a_grid_that_names_two_points_alike_is_refused(lrs: tuple, betas: tuple) -> None:
     """Points are run folders named by `:g`; two points of one name shared a folder, the second reading the first's

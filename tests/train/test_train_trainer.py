@@ -172,6 +172,7 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
         TrainConfig(strategy="joint", lr=float("inf"))
     with pytest.raises(UserError, match=f"TrainConfig.seed does not fit in 64 bits, got {2**70}"):
         TrainConfig(strategy="joint", seed=2**70)
+    assert TrainConfig(strategy="joint", max_grad_norm=10**20).max_grad_norm == 1e20  # (a float setting, as TOML's)
 
 
 def test_generation_pairs_under_cfg_are_rescored_against_the_base_model(tiny_dir: Path, pairs) -> None:

@@ -116,7 +116,10 @@ def load_config(cls: type[C], toml_file: Path | None, overrides: dict[str, Any])
 
 def _out_of_range(value: Any) -> str | None:
     """What no setting can be, whatever its field: an infinite or NaN float (TOML writes inf and nan), an integer
-    beyond 64 bits (as the flags refuse: torch's seeds take 64 bits)."""
+    beyond 64 bits (as the flags refuse: torch's seeds take 64 bits); an array's items alike."""
+    if isinstance(value, tuple):
+        problem = next(filter(None, map(_out_of_range, value)), None)
+        return problem and f"(an item) {problem}"
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be a finite number, got {value!r}"
     if isinstance(value, int) and not -(2**63) <= value < 2**63:
@@ -217,5 +220,6 @@ def check_field_types(config: Any) -> None:
                 raise UserError(f"{type(config).__name__}.{field.name} must be {_type_name(expected)}, got {value!r}")
             object.__setattr__(config, field.name, coerced)  # (the configs are frozen)
             value = coerced
-        if problem := _out_of_range(value):  # (an lr of inf sampled a whole pool, then stopped on a NaN loss)
+        if problem := _out_of_range(_coerced(value, expected)):  # (an lr of inf sampled a whole pool, then stopped
+            # on a NaN loss; an int for a float judged as the float it is read as, as from TOML)
             raise UserError(f"{type(config).__name__}.{field.name} {problem}")
