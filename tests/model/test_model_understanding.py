@@ -127,6 +127,14 @@ def test_grouped_answer_logprobs_train_the_vision_tower(fresh: UnifiedModel, ima
         fresh.grouped_answer_logprobs(images[:1], ["Wha"], ["red"])  # one string per image: not 3 one-letter rows
 
 
+@pytest.mark.parametrize("method", ["reflect", "judge_generate"])
+def test_the_prompt_methods_refuse_a_single_string(um: UnifiedModel, images, method: str) -> None:
+    """`reflect([image], "x")` answered one prompt per character, in silence; "ab" judged "a" on one image, "b" on
+    the other."""
+    with pytest.raises(ValueError, match="prompts must be a list with one item per example, got a single str"):
+        getattr(um, method)(images[:2], "ab")
+
+
 def test_length_buckets_cover_every_row_once_and_cut_padding() -> None:
     from unigap.model.understanding import length_buckets
 

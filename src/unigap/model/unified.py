@@ -190,6 +190,7 @@ class UnifiedModel:
         self, images: Sequence[ImageInput], prompts: Sequence[str], max_new_tokens: int = 8
     ) -> list[int | None]:
         """The judge question answered greedily in words, parsed to 1 (yes), 0 (no) or None."""
+        check_counts(images=images, prompts=prompts)  # (before a single string is read as one prompt per character)
         questions = [self.prompts.judge_question(prompt) for prompt in prompts]
         texts = self.answer(images, questions, max_new_tokens=max_new_tokens, temperature=0.0)
         return [understanding.parse_verdict(text) for text in texts]
@@ -201,6 +202,7 @@ class UnifiedModel:
         sampled at `temperature` > 0, as RL rollouts need): `unigap.world.NO_EDIT` or one edit instruction. Any
         checkpoint answers (it is text); read answers with `unigap.world.parse_reflection`, which reports text
         outside the grammar as a format failure. `return_finished` as in `answer`."""
+        check_counts(images=images, prompts=prompts)  # (as in judge_generate)
         questions = [self.prompts.reflect_question(prompt) for prompt in prompts]
         return self.answer(images, questions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                            return_finished=return_finished)
