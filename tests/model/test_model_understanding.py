@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from unigap.errors import UserError
 from unigap.model import UnifiedModel, load_model
 from unigap.model.understanding import parse_verdict
 
@@ -133,6 +134,16 @@ def test_the_prompt_methods_refuse_a_single_string(um: UnifiedModel, images, met
     the other."""
     with pytest.raises(ValueError, match="prompts must be a list with one item per example, got a single str"):
         getattr(um, method)(images[:2], "ab")
+
+
+def test_answers_past_the_context_are_refused_by_the_library_too(um: UnifiedModel, images) -> None:
+    """`sample_answers(..., max_new_tokens=520)` decoded to position 590 of a 512 context, and a 1001-token answer
+    was scored, in silence (`unigap ask` refused the first)."""
+    with pytest.raises(UserError, match=r"^max_new_tokens 520: with the question and its image \(\d+ positions\) "
+                                        r"more than the model's context of 512; at most \d+$"):
+        um.sample_answers(images[:1], ["what color?"], max_new_tokens=520, temperature=0.0)
+    with pytest.raises(UserError, match=r"^answers\[1\] \(1001 tokens\): with the question and its image"):
+        um.answer_logprobs(images[:2], ["what color?"] * 2, ["red", "red " * 1000])
 
 
 def test_length_buckets_cover_every_row_once_and_cut_padding() -> None:

@@ -205,8 +205,6 @@ def ask(
     pixels = load_image(image)
     um = load(model, adapter)
     um.prompts.check_texts(questions=[("--question", question)])
-    asked, room = len(um.prompts.understanding_ids(question)), um.prompts.max_positions
-    if room is not None and asked + max_new_tokens > room:  # (the answer ran on past the context, without a word)
-        raise UserError(f"--max-new-tokens {max_new_tokens}: with the question and its image ({asked} positions) "
-                        f"more than the model's context of {room}; at most {room - asked}")
+    um.prompts.check_room(len(um.prompts.understanding_ids(question)), max_new_tokens,
+                          f"--max-new-tokens {max_new_tokens}")  # (before the answer's work: named as the flag)
     typer.echo(um.answer([pixels], [question], max_new_tokens=max_new_tokens)[0])

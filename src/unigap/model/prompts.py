@@ -82,6 +82,13 @@ class PromptFormat:
                               f"{self.tokenizer.unk_token}", UnigapWarning, stacklevel=3)
         return ids
 
+    def check_room(self, asked: int, more: int, what: str) -> None:
+        """`UserError` naming `what` where `more` tokens after a question of `asked` positions (its image's
+        included) would run past the LLM's context: decoded or scored at positions the model never saw."""
+        if self.max_positions is not None and asked + more > self.max_positions:
+            raise UserError(f"{what}: with the question and its image ({asked} positions) more than the model's "
+                            f"context of {self.max_positions}; at most {self.max_positions - asked}")
+
     def _fits(self, ids: list[int], fed: int) -> list[int]:
         """`ids`, where they and the `fed` image tokens fed back after them fit the LLM's context; else a `UserError`
         (past it a prompt was sampled on all the same, at positions the model never saw: silent nonsense)."""

@@ -117,8 +117,10 @@ def answer_token_logprobs(
         empty = torch.zeros((0, 0), device=model.device)
         return empty, empty.bool()
     targets = answer_targets(fmt, answers, model.lm_head.weight.shape[0])
-    sequences = [fmt.understanding_ids(q) + t for q, t in zip(questions, targets, strict=True)]
-    batch = _batch(model, fmt, vision, images, sequences)
+    asked = [fmt.understanding_ids(q) for q in questions]
+    for row, (ids, target) in enumerate(zip(asked, targets, strict=True)):
+        fmt.check_room(len(ids), len(target), f"answers[{row}] ({len(target)} tokens)")
+    batch = _batch(model, fmt, vision, images, [ids + t for ids, t in zip(asked, targets, strict=True)])
     hidden, _ = _hidden(model, batch)
     return _score_endings(model, hidden, batch.ids, targets, temperature)
 
@@ -260,8 +262,10 @@ def generate_answers(
     check_integer("max_new_tokens", max_new_tokens)
     if batch_size == 0:
         return Completions([], [], [])
+    asked = [fmt.understanding_ids(q) for q in questions]
+    fmt.check_room(max(map(len, asked)), max_new_tokens, f"max_new_tokens {max_new_tokens}")
     generator = make_generator(seed, model.device)
-    batch = _batch(model, fmt, vision, images, [fmt.understanding_ids(q) for q in questions])
+    batch = _batch(model, fmt, vision, images, asked)
     hidden, cache = _hidden(model, batch, use_cache=True)
     mask, position_ids = batch.mask, positions(batch.mask)
     done = torch.zeros(batch_size, dtype=torch.bool, device=model.device)
