@@ -129,15 +129,18 @@ def test_a_trainable_adapter_loads_for_inference_until_training_starts(tiny_dir:
                                                  strict=True))
 
 
-@pytest.mark.parametrize("rank, alpha, message", [
-    (2.5, 8, r"LoRA rank must be an integer >= 1, got 2.5"),  # (a TypeError deep in torch)
-    (4, float("nan"), r"LoRA alpha must be a finite number > 0, got nan"),  # (saved, then refused on loading)
-    (4, None, r"LoRA alpha must be a finite number > 0, got None"),
+@pytest.mark.parametrize("settings, message", [
+    ({"rank": 2.5}, r"LoRA rank must be an integer >= 1, got 2.5"),  # (a TypeError deep in torch)
+    ({"alpha": float("nan")}, r"LoRA alpha must be a finite number > 0, got nan"),  # (saved, then refused on loading)
+    ({"alpha": None}, r"LoRA alpha must be a finite number > 0, got None"),
+    ({"dropout": None}, r"LoRA dropout must lie in \[0, 1\), got None"),  # (TypeErrors naming no argument)
+    ({"dropout": "0.1"}, r"LoRA dropout must lie in \[0, 1\), got '0.1'"),
+    ({"target_modules": 5}, r"LoRA target_modules must be a module name pattern or a list of names, got 5"),
 ])
-def test_bad_lora_settings_are_refused_before_the_model_changes(tiny_dir: Path, rank, alpha, message: str) -> None:
+def test_bad_lora_settings_are_refused_before_the_model_changes(tiny_dir: Path, settings: dict, message: str) -> None:
     um = load_model(tiny_dir)
     with pytest.raises(ValueError, match=message):
-        um.add_lora(rank=rank, alpha=alpha)
+        um.add_lora(**{"rank": 4, "alpha": 8} | settings)
     um.add_lora(rank=2, alpha=4)  # (nothing was left half-attached)
 
 

@@ -211,3 +211,10 @@ def test_a_temperature_or_guidance_that_overflows_the_logits_is_refused_before_s
     greedy = um.generate_images(["a red circle"], temperature=0, seed=0)
     assert torch.equal(um.generate_images(["a red circle"], temperature=1e-6, seed=0), greedy)  # (the limit's value)
     assert um.generate_images(["a red circle"], cfg_scale=1e6, seed=0).shape == greedy.shape
+
+
+def test_an_empty_list_of_image_tokens_is_no_rows(um) -> None:
+    """`decode_tokens([])` said "image tokens must be integer ids, got dtype torch.float32": no float was passed."""
+    assert um.decode_tokens([]) == []
+    total, count = um.image_logprobs([], [])
+    assert total.shape[0] == count.shape[0] == 0

@@ -58,8 +58,12 @@ def attach_lora(
     check_integer("LoRA rank", rank)
     if not (is_number(alpha) and 0 < alpha < math.inf):
         raise ValueError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")  # (saved NaN: refused on loading)
-    if not 0 <= dropout < 1:
-        raise ValueError(f"LoRA dropout must lie in [0, 1), got {dropout}")
+    if not (is_number(dropout) and 0 <= dropout < 1):  # (None or "0.1": a TypeError naming no argument)
+        raise ValueError(f"LoRA dropout must lie in [0, 1), got {dropout!r}")
+    if not (isinstance(target_modules, str) or isinstance(target_modules, Sequence)
+            and all(isinstance(name, str) for name in target_modules)):
+        raise ValueError(f"LoRA target_modules must be a module name pattern or a list of names, got "
+                         f"{target_modules!r}")
     parts = dict(model.model.named_children())
     unknown = [name for name in trained_modules if name not in parts]
     if unknown:
