@@ -384,3 +384,16 @@ def test_a_checkpoints_path_setting_may_be_spelled_otherwise_on_resume(tmp_path,
     sft = SFTConfig(gen_data="./d.jsonl")
     save_checkpoint(tmp_path / "sft" / CHECKPOINT_DIR, {"config": asdict(sft), "step": 1, "x": torch.zeros(1)})
     assert resumed_state(tmp_path / "sft", replace(sft, gen_data=str(tmp_path / "d.jsonl")), resume=True)
+
+
+def test_a_folder_written_whole_clears_what_a_killed_writer_left(tmp_path) -> None:
+    """A merge killed outright left its `.m.XXXXXXXX.tmp` (a checkpoint's size) at every kill, for good; another
+    name's, or a longer name's, stays."""
+    from unigap.atomic import directory_atomically
+
+    for name in (".m.q8nc948i.tmp", ".m.extra.q8nc948i.tmp", ".mm.q8nc948i.tmp"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"w")
+    with directory_atomically(tmp_path / "m") as staging:
+        (staging / "model.safetensors").write_bytes(b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.extra.q8nc948i.tmp", ".mm.q8nc948i.tmp", "m"]

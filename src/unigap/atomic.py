@@ -263,6 +263,8 @@ def directory_atomically(path: str | os.PathLike) -> Iterator[Path]:
     without an error it becomes `path`, else it is removed. `UserError` when `path` is a non-empty directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}{TMP_SUFFIX}"):  # (a writer killed outright
+        shutil.rmtree(stale, ignore_errors=True)  # left its own: a merged checkpoint's worth, at each kill)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
     try:
         yield tmp
