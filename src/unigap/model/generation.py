@@ -186,7 +186,8 @@ def sample_from_prefix(
 def check_image_tokens(image_tokens: torch.Tensor, num_tokens: int, codebook_size: int) -> torch.LongTensor:
     """Validate a [B, N] batch of image-token ids (integer dtype, N tokens, ids inside the codebook)."""
     if not isinstance(image_tokens, torch.Tensor):  # (an empty list: no rows, not float32's "non-integer ids")
-        image_tokens = torch.as_tensor(image_tokens) if len(image_tokens) else torch.zeros((0, num_tokens), dtype=torch.long)
+        image_tokens = (torch.as_tensor(image_tokens) if len(image_tokens)
+                        else torch.zeros((0, num_tokens), dtype=torch.long))
     if image_tokens.dtype.is_floating_point or image_tokens.dtype == torch.bool:
         raise ValueError(f"image tokens must be integer ids, got dtype {image_tokens.dtype}")
     if image_tokens.ndim != 2 or image_tokens.shape[1] != num_tokens:
