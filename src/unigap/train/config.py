@@ -214,12 +214,11 @@ def check_field_types(config: Any) -> None:
     hints = typing.get_type_hints(type(config))
     for field in fields(config):
         value, expected = getattr(config, field.name), hints[field.name]
+        coerced = _coerced(value, expected)  # a list where an array is meant (as from TOML), an int for a float
         if not _type_ok(value, expected):
-            coerced = _coerced(value, expected)  # a list where an array is meant (as from TOML), an int for a float
             if not _type_ok(coerced, expected):
                 raise UserError(f"{type(config).__name__}.{field.name} must be {_type_name(expected)}, got {value!r}")
             object.__setattr__(config, field.name, coerced)  # (the configs are frozen)
-            value = coerced
-        if problem := _out_of_range(_coerced(value, expected)):  # (an lr of inf sampled a whole pool, then stopped
-            # on a NaN loss; an int for a float judged as the float it is read as, as from TOML)
+        if problem := _out_of_range(coerced):  # (an lr of inf sampled a whole pool, then stopped on a NaN loss; an
+            # int for a float judged as the float it is read as, as from TOML)
             raise UserError(f"{type(config).__name__}.{field.name} {problem}")
