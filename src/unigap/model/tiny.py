@@ -35,6 +35,11 @@ MIN_CODEBOOK = 256  # VQ codes at least
 VISION_HEAD_SIZE = 32  # the vision tower's dimensions per attention head
 
 
+def vision_heads(vision_hidden_size: int) -> int:
+    """The tiny vision tower's attention heads: one per `VISION_HEAD_SIZE` dimensions, at least one."""
+    return max(1, vision_hidden_size // VISION_HEAD_SIZE)
+
+
 def tiny_janus_config(
     vocab_size: int,
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -87,7 +92,7 @@ def tiny_janus_config(
     vision_config = JanusVisionConfig(
         hidden_size=vision_hidden_size,
         num_hidden_layers=vision_layers,
-        num_attention_heads=max(1, vision_hidden_size // VISION_HEAD_SIZE),
+        num_attention_heads=vision_heads(vision_hidden_size),
         image_size=image_size,
         patch_size=patch_size,
         mlp_ratio=2.0,

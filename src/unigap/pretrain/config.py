@@ -8,7 +8,7 @@ from typing import Any
 
 from unigap.errors import UserError
 from unigap.model.editing import check_edit_source
-from unigap.model.tiny import MIN_CODEBOOK, TINY_IMAGE_SIZE, TINY_PATCH_SIZE, VISION_HEAD_SIZE
+from unigap.model.tiny import MIN_CODEBOOK, TINY_IMAGE_SIZE, TINY_PATCH_SIZE, VISION_HEAD_SIZE, vision_heads
 from unigap.train.config import check_field_types
 
 
@@ -108,9 +108,9 @@ class PretrainConfig:
         # shapes the model build refuses, after every corpus is drawn (RoPE rotates pairs of a head's dimensions)
         _check("num_heads", self.num_heads, lambda heads: self.hidden_size % (2 * heads) == 0,
                f"divide hidden_size {self.hidden_size} into heads of an even size")
-        vision_heads = max(1, self.vision_hidden_size // VISION_HEAD_SIZE)
-        _check("vision_hidden_size", self.vision_hidden_size, lambda size: size % vision_heads == 0,
-               f"be a multiple of its {vision_heads} heads (one per {VISION_HEAD_SIZE} dimensions)")
+        heads = vision_heads(self.vision_hidden_size)
+        _check("vision_hidden_size", self.vision_hidden_size, lambda size: size % heads == 0,
+               f"be a multiple of its {heads} heads (one per {VISION_HEAD_SIZE} dimensions)")
         _check("codebook_size", self.codebook_size, lambda size: size >= MIN_CODEBOOK, f"be at least {MIN_CODEBOOK}")
         _check("vq_crop", self.vq_crop, lambda crop: crop % TINY_PATCH_SIZE == 0 or crop >= TINY_IMAGE_SIZE,
                f"be a multiple of the VQ's {TINY_PATCH_SIZE}-pixel token side (or the whole {TINY_IMAGE_SIZE}-pixel "
