@@ -16,8 +16,8 @@ import torch
 
 from unigap.diagnose import stats, sweep
 from unigap.diagnose.figures import write_figures
-from unigap.errors import UnigapWarning
 from unigap.diagnose.gradients import FULL, LossFn, ParameterSet, collect, full_parameter_set, lora_parameter_set
+from unigap.errors import UnigapWarning
 from unigap.model import UnifiedModel
 from unigap.atomic import write_json
 from unigap.train.dpo import DPOOptions, GenerationPair, UnderstandingPair, task_dpo_loss
@@ -82,7 +82,7 @@ def run_diagnostics(
     report["distinct_pairs"] = {"und": len(set(log.und_index)), "gen": len(set(log.gen_index)), "batches": n_batches}
     report["eval_mode"] = not um.model.training  # LoRA dropout off: gradients depend on the data only
     report["dpo"] = {"beta": options.beta, "loss_type": options.loss_type, "cfg_scale": options.cfg_scale}
-    if sweep_probes > 0 and not any(norm for norm in report["samples"]["gen_norm"] if norm is not None):
+    if sweep_probes > 0 and not len(sweep.usable_norms(report["samples"]["gen_norm"])):
         # (every one zero or overflowed, e.g. at an extreme beta: the sweep's ρ has no denominator; the tests above
         # report their nulls)
         warnings.warn("the length sweep is skipped: no generation gradient is finite and non-zero, so ρ is undefined",

@@ -95,6 +95,12 @@ def gradient_norm(um: UnifiedModel, params: ParameterSet, loss_fn: LossFn, pair:
     return math.sqrt(sum(float(g.detach().double().pow(2).sum()) for g in grads))
 
 
+def usable_norms(norms: Sequence[float | None]) -> np.ndarray:
+    """The generation gradient norms ρ can divide by: finite and non-zero (null, an overflowed one, is neither)."""
+    gen = np.asarray(norms, dtype=np.float64)  # (None reads as NaN)
+    return gen[np.isfinite(gen) & (gen > 0)]
+
+
 def length_response(
     und_norms: dict[str, Sequence[float]],
     und_tokens: dict[str, Sequence[float]],
@@ -103,8 +109,7 @@ def length_response(
 ) -> dict[str, Any]:
     """Per condition: ρ and T/N; across them: the exponent k in ρ ∝ (T/N)^k, from the two condition
     means and from a log-log fit over every probe (with Pearson r on the logs and Spearman's rank r)."""
-    gen = np.asarray(gen_norms, dtype=np.float64)
-    gen = gen[np.isfinite(gen) & (gen > 0)]
+    gen = usable_norms(gen_norms)
     if len(gen) == 0:
         raise ValueError("every generation gradient is zero or non-finite: ρ is undefined")
     conditions: dict[str, Any] = {}
