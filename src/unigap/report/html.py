@@ -257,7 +257,7 @@ def _figure(plot: Plot) -> str:
 
 def methods_section(results: dict[str, Any]) -> str:
     """How the numbers were computed, and the study configuration as given."""
-    o, b = results["options"], results["bonferroni"]
+    o, b, p1 = results["options"], results["bonferroni"], _ran_p1(results)
     notes = [
         f"Seeds: {', '.join(map(str, results['seeds']))}; every method and the base are evaluated per seed.",
         "Test: base and method are evaluated on the same items with the same sampling seeds, so each method is "
@@ -265,11 +265,11 @@ def methods_section(results: dict[str, Any]) -> str:
         "(Welch's t-test on the pooled outcomes where the items do not line up; results.json names the test of "
         "each row). Δ = pooled mean − base pooled mean; its CI is the test's interval. Welch's test on the pooled "
         "outcomes is in results.json and results.csv beside it (p_welch)"
-        + (", the multi-task DPO paper's test (n = 200 per seed, 3 seeds)." if _ran_p1(results) else "."),
+        + (", the multi-task DPO paper's test (n = 200 per seed, 3 seeds)." if p1 else "."),
         f"Bonferroni over {b['tests']} tests (methods × metrics where the test is defined): α = {b['alpha']} → "
         f"significant when p < {b['alpha_corrected']:.2g}"
         + (f" (the multi-task DPO paper: {PAPER_BONFERRONI['methods']} × {PAPER_BONFERRONI['metrics']}, "
-           f"p < {PAPER_BONFERRONI['alpha_corrected']})" if _ran_p1(results) else "") + f".{_family_note(b)}",
+           f"p < {PAPER_BONFERRONI['alpha_corrected']})" if p1 else "") + f".{_family_note(b)}",
         "Levels: mean over seed means with a t-interval over seeds (k − 1 df); pooled per-item mean with a "
         f"percentile bootstrap ({o['bootstrap_resamples']} resamples, items resampled within each seed).",
         f"Final losses: mean of the last {o['loss_tail']} logged steps; a trained task ending within "
